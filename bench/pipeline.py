@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Issue 2 figures, measured against the named peers in one run.
+
+(a) a fully cached 1000-job DAG through `shoal run` vs Snakemake's no-op run of the same DAG;
+(b) 200 trivial jobs through `shoal run --no-cache` vs GNU make running the same 200 commands, each in an
+    `unshare` sandbox (user, mount, pid, net namespaces + chroot into the same busybox rootfs).
+
+Usage: bench/pipeline.py [--shoal target/release/shoal] [--repeat 5]
+Prints medians and ratios; paste the table into docs/BENCHMARKS.md.
+"""
+import argparse, json, os, statistics, subprocess, sys, tempfile, time, venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def timed(cmd, repeat, **kw):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def snakemake_bin(work):
+    env_dir = ROOT / "bench" / ".venv"
+    exe = env_dir / "bin" / "snakemake"
+    if not exe.exists():
+        venv.create(env_dir, with_pip=True)
+        sh([str(env_dir / "bin" / "pip"), "install", "-q", "snakemake"])
+    return str(exe)
+
+
+def busybox_rootfs(dest):
+    dest.mkdir(parents=True)
+    (dest / "bin").mkdir()
+    sh(["cp", "/bin/busybox", str(dest / "bin" / "busybox")])
+    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", dest / "bin" / applet)
+    for d in ["proc", "tmp", "etc"]:
+        (dest / d).mkdir()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--trivial", type=int, default=200)
+    args = ap.parse_args()
+    shoal = args.shoal
+    cores = os.cpu_count() or 1
+    work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
+    env = dict(os.environ, SHOAL_HOME=str(work / "home"))
+    rootfs = work / "rootfs"
+    busybox_rootfs(rootfs)
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
+    sh([shoal, "image", "build", str(rootfs), "--tag", "busybox:latest", "--env", "PATH=/bin"], env=env,
+       stdout=subprocess.DEVNULL)
+
+    # (a) 1000 jobs: job i depends on job (i-1)//2, a binary tree, each writes one line.
+    n = args.jobs
+    jobs = []
+    for i in range(n):
+        job = {"id": f"j{i}", "image": "busybox:latest", "command": ["echo", str(i)], "outputs": {"out": "stdout"}}
+        if i > 0:
+            job["inputs"] = {"parent": f"jobs:j{(i - 1) // 2}/out"}
+        jobs.append(job)
+    dag = work / "dag1000.json"
+    dag.write_text(json.dumps({"version": 1, "jobs": jobs}))
+    t = time.perf_counter()
+    sh([shoal, "run", str(dag), "--json"], env=env, stdout=subprocess.DEVNULL)
+    cold_1000 = time.perf_counter() - t
+    shoal_cached = timed([shoal, "run", str(dag), "--json"], args.repeat, env=env)
+
+    smk_dir = work / "smk"
+    smk_dir.mkdir()
+    (smk_dir / "Snakefile").write_text(f"""
+rule all:
+    input: expand("out/{{i}}.txt", i=range({n}))
+rule job:
+    input: lambda w: [] if int(w.i) == 0 else [f"out/{{(int(w.i) - 1) // 2}}.txt"]
+    output: "out/{{i}}.txt"
+    shell: "echo {{wildcards.i}} > {{output}}"
+""")
+    smk = snakemake_bin(work)
+    sh([smk, "--cores", str(cores), "--quiet"], cwd=smk_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    smk_noop = timed([smk, "--cores", str(cores), "--quiet"], args.repeat, cwd=smk_dir)
+
+    # (b) 200 trivial jobs, no dependencies, run for real (no cache).
+    m = args.trivial
+    trivial = [{"id": f"t{i}", "image": "busybox:latest", "command": ["echo", str(i)], "outputs": {"out": "stdout"},
+                "requirements": {"cores": 1}} for i in range(m)]
+    dag200 = work / "dag200.json"
+    dag200.write_text(json.dumps({"version": 1, "jobs": trivial}))
+    shoal_trivial = timed([shoal, "run", str(dag200), "--json", "--no-cache"], args.repeat, env=env)
+
+    mk = work / "Makefile"
+    targets = " ".join(f"t{i}" for i in range(m))
+    rules = "".join(
+        f"t{i}:\n\t@unshare -Urmpf --mount-proc={rootfs}/proc chroot {rootfs} /bin/echo {i} > {work}/make-out/t{i}\n"
+        for i in range(m))
+    mk.write_text(f".PHONY: all {targets}\nall: {targets}\n{rules}")
+    (work / "make-out").mkdir()
+    make_trivial = timed(["make", "-s", "-j", str(cores), "-f", str(mk)], args.repeat)
+
+    rows = [
+        ("fully cached 1000-job DAG", "shoal run", shoal_cached, "snakemake no-op", smk_noop),
+        (f"{m} trivial jobs, sandboxed", "shoal run --no-cache", shoal_trivial, f"make -j{cores} + unshare", make_trivial),
+    ]
+    print(f"cold 1000-job run (for reference): {cold_1000:.2f} s; median of {args.repeat} runs below")
+    print(f"| workload | shoal | s | peer | s | ratio |")
+    print(f"|---|---|---|---|---|---|")
+    for name, a, ta, b, tb in rows:
+        print(f"| {name} | {a} | {ta:.3f} | {b} | {tb:.3f} | {ta / tb:.2f} |")
+    print(f"per-job: shoal {shoal_trivial / m * 1000:.1f} ms, make+unshare {make_trivial / m * 1000:.1f} ms")
+    subprocess.run(["rm", "-rf", str(work)])
+
+
+if __name__ == "__main__":
+    main()

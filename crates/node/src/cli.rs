@@ -1,0 +1,382 @@
+//! The command tree. Each subcommand parses its arguments into a typed value and calls one function;
+//! the work lives in the libraries and in `run`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shoal_blobs::Store;
+use shoal_dag::Hash;
+
+use crate::output;
+use crate::run::{self, BackendChoice, RunOptions};
+
+/// Exit code when the command worked but a job it ran failed.
+pub const EXIT_JOB_FAILED: u8 = 1;
+/// Exit code for bad input or an error of the machinery; the message says which.
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about = "Run DAGs of container jobs, isolated, content-addressed and cached")]
+struct Cli {
+    /// Where the store lives (blobs, metadata, materialized root filesystems).
+    #[arg(long, global = true, env = "SHOAL_HOME")]
+    home: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a DAG on this machine: resolve, answer from the cache what it can, run the rest.
+    Run(RunArgs),
+    /// Write an output of a job's latest run to a file (or stdout).
+    Get {
+        /// Job id.
+        job: String,
+        /// Output name, as declared in the DAG.
+        output: String,
+        /// Where to write it (a file, or a directory for tree outputs); stdout when absent.
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the stdout and stderr of a job's latest run.
+    Log {
+        /// Job id, or a run record hash.
+        job: String,
+    },
+    /// Print a run record as JSON.
+    Show {
+        /// Job id (its latest run), or a run record hash.
+        what: String,
+    },
+    /// Store bytes and read them back by hash.
+    #[command(subcommand)]
+    Blob(BlobCommand),
+    /// Import, pull, build and list container images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Delete what no run record, action-cache entry, pin or tagged image references.
+    Gc {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what this machine can do and say how to fix what it cannot.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The DAG file (JSON).
+    dag: PathBuf,
+    /// Where jobs run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Namespace)]
+    backend: BackendArg,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Run jobs even when the action cache has their result.
+    #[arg(long)]
+    no_cache: bool,
+    /// Cores to use for jobs (default: all of this machine's).
+    #[arg(long)]
+    cores: Option<u32>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum BackendArg {
+    /// Linux namespaces + overlayfs + cgroups: fast, a kernel shared with the host.
+    Namespace,
+}
+
+#[derive(Subcommand, Debug)]
+enum BlobCommand {
+    /// Store a file (a blob) or a directory (a tree) and print its hash.
+    Put {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a blob to a file (or stdout), or materialize a tree into a new directory.
+    Get {
+        hash: String,
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// List stored blobs.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import an OCI layout directory, an OCI archive or a `docker save` archive.
+    Import {
+        path: PathBuf,
+        /// Tag to give it (default: the tag recorded in the archive, if any).
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull an image over the OCI distribution API, e.g. `127.0.0.1:5000/busybox:latest`.
+    Pull {
+        reference: String,
+        /// Tag to give it locally (default: the reference's name and tag).
+        #[arg(long)]
+        tag: Option<String>,
+        /// Speak plain HTTP to the registry (always so for 127.0.0.1 and localhost).
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build an image from a root filesystem directory (one layer), import it and tag it.
+    Build {
+        /// The root filesystem.
+        rootfs: PathBuf,
+        #[arg(long)]
+        tag: String,
+        /// Also keep the OCI layout written on the way, in this directory.
+        #[arg(long)]
+        oci_out: Option<PathBuf>,
+        /// Environment of the image, `KEY=VALUE`, repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Default command, repeatable (one argv element each).
+        #[arg(long = "cmd")]
+        cmd: Vec<String>,
+        #[arg(long)]
+        workdir: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tagged images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn open_store(home: &Option<PathBuf>) -> Result<Store> {
+    let home = home.clone().unwrap_or_else(Store::default_home);
+    Store::open(&home).await.with_context(|| format!("opening the store at {}", home.display()))
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let store = open_store(&cli.home).await?;
+            let opts = RunOptions {
+                backend: match args.backend {
+                    BackendArg::Namespace => BackendChoice::Namespace,
+                },
+                json: args.json,
+                use_cache: !args.no_cache,
+                cores: args.cores,
+            };
+            let result = run::run_dag_file(&store, &args.dag, &opts).await;
+            store.shutdown().await;
+            result
+        }
+        command => {
+            let store = open_store(&cli.home).await?;
+            let result = dispatch_store_command(&store, command).await;
+            store.shutdown().await;
+            result.map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
+    match command {
+        Command::Run(_) => unreachable!("handled by dispatch"),
+        Command::Get { job, output, out } => get_output(store, &job, &output, out.as_deref()).await,
+        Command::Log { job } => {
+            let record = run::find_record(store, &job).await?;
+            let stdout = read_blob(store, record.stdout.hash).await?;
+            let stderr = read_blob(store, record.stderr.hash).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&stdout)?;
+            std::io::stderr().write_all(&stderr)?;
+            Ok(())
+        }
+        Command::Show { what } => {
+            let record = run::find_record(store, &what).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            Ok(())
+        }
+        Command::Blob(cmd) => blob_command(store, cmd).await,
+        Command::Image(cmd) => image_command(store, cmd).await,
+        Command::Gc { json } => {
+            let report = store.gc().await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            Ok(())
+        }
+        Command::Doctor { json } => crate::machine::doctor(json),
+    }
+}
+
+async fn read_blob(store: &Store, hash: Hash) -> Result<bytes::Bytes> {
+    store
+        .get_bytes(hash)
+        .await?
+        .with_context(|| format!("blob {hash} is not in this store; it may have been collected by `shoal gc`"))
+}
+
+async fn get_output(store: &Store, job: &str, output: &str, out: Option<&Path>) -> Result<()> {
+    let record = run::find_record(store, job).await?;
+    let digest = match output {
+        "stdout" if !record.outputs.contains_key("stdout") => record.stdout.clone(),
+        "stderr" if !record.outputs.contains_key("stderr") => record.stderr.clone(),
+        _ => record.outputs.get(output).cloned().with_context(|| {
+            let names: Vec<&str> = record.outputs.keys().map(String::as_str).collect();
+            format!("job `{job}` has no output `{output}`; its outputs are: {}", names.join(", "))
+        })?,
+    };
+    write_digest(store, &digest, out).await
+}
+
+async fn write_digest(store: &Store, digest: &shoal_dag::Digest, out: Option<&Path>) -> Result<()> {
+    match (digest.kind, out) {
+        (shoal_dag::DigestKind::File, Some(path)) => store.export(digest.hash, path).await?,
+        (shoal_dag::DigestKind::File, None) => {
+            use std::io::Write;
+            std::io::stdout().write_all(&read_blob(store, digest.hash).await?)?;
+        }
+        (shoal_dag::DigestKind::Tree, Some(path)) => store.materialize(digest.hash, path).await?,
+        (shoal_dag::DigestKind::Tree, None) => {
+            bail!("{} is a directory tree; give a new directory to write it to with `-o DIR`", digest.hash)
+        }
+    }
+    Ok(())
+}
+
+async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
+    match cmd {
+        BlobCommand::Put { path, json } => {
+            let meta = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let digest = if meta.is_dir() {
+                store.put_tree_from_dir(&path).await?
+            } else {
+                let (hash, size) = store.put_file(&path).await?;
+                shoal_dag::Digest { hash, kind: shoal_dag::DigestKind::File, size }
+            };
+            if json {
+                println!("{}", serde_json::to_string(&digest)?);
+            } else {
+                println!("{}", digest.hash);
+            }
+            Ok(())
+        }
+        BlobCommand::Get { hash, out } => {
+            let hash: Hash = hash
+                .parse()
+                .map_err(|e| anyhow::anyhow!("`{hash}` is not a blob hash ({e}); hashes look like blake3:<64 hex>"))?;
+            let kind = if store.is_tree(&hash)? { shoal_dag::DigestKind::Tree } else { shoal_dag::DigestKind::File };
+            let size = store.size(hash).await?.with_context(|| format!("blob {hash} is not in this store"))?;
+            write_digest(store, &shoal_dag::Digest { hash, kind, size }, out.as_deref()).await
+        }
+        BlobCommand::Ls { json } => {
+            let list = store.list().await?;
+            if json {
+                let rows: Vec<_> =
+                    list.iter().map(|(h, s)| serde_json::json!({"hash": h.to_string(), "size": s})).collect();
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                for (hash, size) in list {
+                    println!("{hash}  {}", output::bytes(size));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
+    let (id, json) = match cmd {
+        ImageCommand::Import { path, tag, json } => {
+            (store.import_image_path(&path, tag.as_deref()).await?, json)
+        }
+        ImageCommand::Pull { reference, tag, insecure, json } => {
+            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure, ..Default::default() };
+            let id = store.pull(&reference, opts).await?;
+            if let Some(tag) = tag {
+                store.tag_image(&tag, id)?;
+            }
+            (id, json)
+        }
+        ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json } => {
+            let config = shoal_blobs::image::ImageConfig {
+                env,
+                entrypoint: vec![],
+                cmd,
+                workdir,
+                user: None,
+                arch: crate::machine::oci_arch().to_string(),
+            };
+            let tmp;
+            let layout = match oci_out {
+                Some(dir) => dir,
+                None => {
+                    tmp = tempfile::tempdir()?;
+                    tmp.path().join("layout")
+                }
+            };
+            shoal_blobs::image::build_oci_layout_from_dir(&rootfs, &config, &layout, &tag)
+                .with_context(|| format!("building an OCI layout from {}", rootfs.display()))?;
+            (store.import_oci_layout(&layout, Some(&tag)).await?, json)
+        }
+        ImageCommand::Ls { json } => {
+            let images = store.images()?;
+            if json {
+                println!("{}", serde_json::to_string(&images)?);
+            } else {
+                output::print_images(&images);
+            }
+            return Ok(());
+        }
+    };
+    if json {
+        println!("{}", serde_json::json!({"image": id.to_string()}));
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}

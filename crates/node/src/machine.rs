@@ -1,0 +1,104 @@
+//! Facts about this host, for run records and `shoal doctor`.
+
+use anyhow::Result;
+use shoal_dag::Machine;
+
+/// The OCI name of this machine's architecture.
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Reads the facts that go into every run record; done once per `shoal run`.
+pub fn describe(node_id: &str, backend: &str) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut cpu_flags: Vec<String> = field("flags").split_whitespace().map(str::to_string).collect();
+    cpu_flags.sort();
+    let uts = nix_uname();
+    Machine {
+        node_id: node_id.to_string(),
+        hostname: uts.0,
+        kernel: uts.1,
+        cpu_model: field("model name"),
+        cpu_flags,
+        arch: std::env::consts::ARCH.to_string(),
+        cores: cores(),
+        memory_bytes: memory_bytes(),
+        backend: backend.to_string(),
+        accelerator: None,
+        qemu: None,
+        guest_kernel: None,
+    }
+}
+
+/// (hostname, kernel release) from uname(2).
+fn nix_uname() -> (String, String) {
+    // SAFETY: uname writes into the zeroed struct we own; the strings it fills are NUL-terminated.
+    unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return (String::new(), String::new());
+        }
+        let s = |p: &[libc::c_char]| std::ffi::CStr::from_ptr(p.as_ptr()).to_string_lossy().into_owned();
+        (s(&uts.nodename), s(&uts.release))
+    }
+}
+
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn memory_bytes() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// `shoal doctor`: what works here, and how to fix what does not.
+pub fn doctor(json: bool) -> Result<()> {
+    let mut checks: Vec<(&str, bool, String)> = Vec::new();
+    match shoal_vm::NamespaceBackend::probe() {
+        Ok(()) => checks.push(("namespace backend", true, "user, mount, pid, net, ipc, uts namespaces work".into())),
+        Err(why) => checks.push(("namespace backend", false, why)),
+    }
+    let registry = which("docker-registry");
+    checks.push((
+        "docker-registry (tests)",
+        registry,
+        if registry { "installed".into() } else { "missing: run scripts/setup.sh".into() },
+    ));
+    if json {
+        let rows: Vec<_> = checks
+            .iter()
+            .map(|(name, ok, detail)| serde_json::json!({"check": name, "ok": ok, "detail": detail}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for (name, ok, detail) in &checks {
+            println!("{} {name}: {detail}", if *ok { "ok  " } else { "FAIL" });
+        }
+    }
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}

@@ -1,0 +1,25 @@
+//! The `shoal` binary: a thin CLI over the libraries.
+//!
+//! # Layout
+//! - `cli`: the clap command tree and dispatch.
+//! - `run`: `shoal run DAG`, the embedded single-node runner (resolve, cache lookup, execute, record).
+//! - `machine`: facts about this host for run records.
+//! - `identity`: the node's ed25519 key, which signs run records.
+//! - `output`: tables, stderr tails and other human output.
+
+mod cli;
+mod identity;
+mod machine;
+mod output;
+mod run;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    // The sandbox helper must start before any thread exists (it forks and unshares), so it is
+    // dispatched here, before tokio or tracing are set up.
+    if std::env::args().nth(1).as_deref() == Some(run::SANDBOX_SUBCOMMAND) {
+        shoal_vm::sandbox_helper_main();
+    }
+    cli::main()
+}

@@ -1,0 +1,653 @@
+//! `shoal run DAG`: the embedded single-node runner.
+//!
+//! Every job becomes a task as soon as its dependencies are done. The task resolves the job's
+//! references to hashes, computes the action key and answers from the action cache when it can;
+//! otherwise it waits for cores (a semaphore sized to this machine), runs the job through the
+//! backend, stores outputs, and writes a signed run record. A failed job marks its dependants skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use shoal_blobs::Store;
+use shoal_blobs::image::Image;
+use shoal_dag::{
+    Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, Machine, ResolvedJob, RunRecord, Timing,
+};
+use shoal_vm::{Backend, CollectedOutput, HelperCommand, InputMount, Limits, NamespaceBackend, Request};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::{Instrument, info_span};
+
+use crate::cli::{EXIT_ERROR, EXIT_JOB_FAILED};
+use crate::{identity, machine, output};
+
+/// `shoal __sandbox`: the hidden subcommand the namespace backend runs as its helper process.
+pub const SANDBOX_SUBCOMMAND: &str = "__sandbox";
+/// Lines of a failed job's stderr shown in the summary.
+const STDERR_TAIL_LINES: usize = 20;
+/// Version of the run record layout written by this code.
+const RUN_RECORD_VERSION: u32 = 1;
+/// Cap on a job's captured stdout and stderr, each, in bytes.
+const STDOUT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+#[derive(Clone, Copy, Debug)]
+pub enum BackendChoice {
+    Namespace,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub backend: BackendChoice,
+    pub json: bool,
+    pub use_cache: bool,
+    pub cores: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Done,
+    Failed,
+    Skipped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Done => "done",
+            Status::Failed => "FAILED",
+            Status::Skipped => "skipped",
+        })
+    }
+}
+
+/// What `shoal run` reports per job (the table row, or one element of `--json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub status: Status,
+    pub cached: bool,
+    pub wall_ms: Option<u64>,
+    pub outputs: BTreeMap<String, Digest>,
+    pub record: Option<Hash>,
+    pub action_key: Option<Hash>,
+    pub exit: Option<Exit>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<String>,
+}
+
+impl JobReport {
+    fn new(job: &str, status: Status) -> Self {
+        JobReport {
+            job: job.to_string(),
+            status,
+            cached: false,
+            wall_ms: None,
+            outputs: BTreeMap::new(),
+            record: None,
+            action_key: None,
+            exit: None,
+            error: None,
+            stderr_tail: None,
+        }
+    }
+}
+
+/// What every job task shares.
+struct Ctx {
+    store: Store,
+    backend: Arc<dyn Backend>,
+    key: ed25519_dalek::SigningKey,
+    machine: Machine,
+    dag: Dag,
+    /// Directory of the DAG file: `file:` inputs are relative to it.
+    dag_dir: PathBuf,
+    use_cache: bool,
+    /// Cores of this machine given to jobs; a job takes as many permits as it asks cores.
+    cores: Arc<Semaphore>,
+    cores_total: u32,
+    progress: MultiProgress,
+}
+
+pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    let dag = match shoal_dag::parse_dag(&path.display().to_string(), &text) {
+        Ok(dag) => dag,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let reports = run_dag(store, dag, dag_dir, opts).await?;
+    let ok = reports.iter().all(|r| r.status == Status::Done);
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "jobs": reports}))?);
+    } else {
+        output::print_summary(&reports);
+        for r in reports.iter().filter(|r| r.status == Status::Failed) {
+            eprintln!("\njob `{}` failed: {}", r.job, r.error.as_deref().unwrap_or("see its stderr"));
+            if let Some(tail) = r.stderr_tail.as_deref().filter(|t| !t.is_empty()) {
+                eprintln!("--- last lines of its stderr (all of it: `shoal log {}`) ---\n{tail}", r.job);
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+}
+
+/// Runs every job of `dag`, returning one report per job in file order.
+pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
+    let key = identity::load_or_create(store.home())?;
+    let backend: Arc<dyn Backend> = match opts.backend {
+        BackendChoice::Namespace => {
+            let program = std::env::current_exe().context("cannot find the shoal executable")?;
+            Arc::new(NamespaceBackend::new(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] }))
+        }
+    };
+    let machine = machine::describe(&identity::node_id(&key), backend.name());
+    let cores_total = opts.cores.unwrap_or_else(machine::cores).max(1);
+    let progress = MultiProgress::new();
+    if opts.json {
+        progress.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let n = dag.jobs.len();
+    let ctx = Arc::new(Ctx {
+        store: store.clone(),
+        backend,
+        key,
+        machine,
+        dag,
+        dag_dir,
+        use_cache: opts.use_cache,
+        cores: Arc::new(Semaphore::new(cores_total as usize)),
+        cores_total,
+        progress,
+    });
+    let overall = ctx.progress.add(ProgressBar::new(n as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}")
+            .expect("static template"),
+    );
+    overall.enable_steady_tick(Duration::from_millis(120));
+
+    let deps: Vec<Vec<usize>> = (0..n).map(|i| ctx.dag.dependencies(i)).collect();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependants[d].push(i);
+        }
+    }
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut reports: Vec<Option<JobReport>> = vec![None; n];
+    let mut tasks: JoinSet<(usize, JobReport)> = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<(usize, JobReport)>, idx: usize, reports: &[Option<JobReport>]| {
+        let upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps[idx]
+            .iter()
+            .filter_map(|&d| reports[d].as_ref().map(|r| (r.job.clone(), r.outputs.clone())))
+            .collect();
+        let ctx = ctx.clone();
+        let span = info_span!("job", id = %ctx.dag.jobs[idx].id);
+        tasks.spawn(
+            async move {
+                let report = job_task(&ctx, idx, &upstream).await;
+                (idx, report)
+            }
+            .instrument(span),
+        );
+    };
+    for idx in ctx.dag.topo_order() {
+        if waiting[idx] == 0 {
+            spawn(&mut tasks, idx, &reports);
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (idx, report) = joined.context("a job task panicked")?;
+        overall.inc(1);
+        let ok = report.status == Status::Done;
+        if !ok {
+            overall.set_message(format!("({} failed)", report.job));
+        }
+        reports[idx] = Some(report);
+        if ok {
+            for &d in &dependants[idx] {
+                waiting[d] -= 1;
+                if waiting[d] == 0 && reports[d].is_none() {
+                    spawn(&mut tasks, d, &reports);
+                }
+            }
+        } else {
+            skip_dependants(&ctx.dag, idx, &dependants, &mut reports, &overall);
+        }
+    }
+    overall.finish_and_clear();
+    Ok(reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|| JobReport::new(&ctx.dag.jobs[i].id, Status::Skipped)))
+        .collect())
+}
+
+/// Marks everything downstream of the failed job `idx` as skipped, naming the cause.
+fn skip_dependants(
+    dag: &Dag,
+    idx: usize,
+    dependants: &[Vec<usize>],
+    reports: &mut [Option<JobReport>],
+    overall: &ProgressBar,
+) {
+    let mut stack = dependants[idx].clone();
+    while let Some(d) = stack.pop() {
+        if reports[d].is_some() {
+            continue;
+        }
+        let mut report = JobReport::new(&dag.jobs[d].id, Status::Skipped);
+        report.error = Some(format!("not run: it depends on `{}`, which failed", dag.jobs[idx].id));
+        reports[d] = Some(report);
+        overall.inc(1);
+        stack.extend(dependants[d].iter().copied());
+    }
+}
+
+async fn job_task(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> JobReport {
+    let job = &ctx.dag.jobs[idx];
+    match run_job(ctx, job, upstream).await {
+        Ok(report) => report,
+        Err(e) => {
+            let mut report = JobReport::new(&job.id, Status::Failed);
+            report.error = Some(format!("{e:#}"));
+            report
+        }
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> Result<JobReport> {
+    let queued_unix_ms = now_unix_ms();
+    let (image_id, image) = resolve_image(ctx, &job.image, upstream).await?;
+    let mut inputs = BTreeMap::new();
+    for (name, input) in &job.inputs {
+        let digest = resolve_input(ctx, input, upstream)
+            .await
+            .with_context(|| format!("resolving input `{name}`"))?;
+        inputs.insert(name.clone(), digest);
+    }
+    let stdin = match &job.stdin {
+        Some(input) => Some(resolve_input(ctx, input, upstream).await.context("resolving stdin")?),
+        None => None,
+    };
+    let mut cpu_flags = job.requirements.cpu_flags.clone();
+    cpu_flags.sort();
+    cpu_flags.dedup();
+    let resolved = ResolvedJob {
+        image: image_id,
+        command: job.command.clone(),
+        env: job.env.clone(),
+        workdir: job.workdir.clone(),
+        user: job.user.clone(),
+        stdin,
+        inputs,
+        outputs: job.outputs.clone(),
+        arch: job.requirements.arch,
+        cpu_flags,
+        network: job.requirements.network,
+    };
+    let action_key = resolved.action_key();
+    tracing::debug!(%action_key, "resolved");
+
+    if ctx.use_cache {
+        if let Some(report) = cached_report(ctx, job, &action_key).await? {
+            return Ok(report);
+        }
+    }
+    if job.requirements.cores > ctx.cores_total {
+        bail!(
+            "it needs {} cores and this run has {}; lower `requirements.cores` or run with --cores",
+            job.requirements.cores,
+            ctx.cores_total
+        );
+    }
+    let _permit = ctx.cores.acquire_many(job.requirements.cores).await.context("core semaphore closed")?;
+    let bar = ctx.progress.add(ProgressBar::new_spinner());
+    bar.set_message(format!("{}: running", job.id));
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let result = execute(ctx, job, &image, resolved, action_key, queued_unix_ms).await;
+    bar.finish_and_clear();
+    ctx.progress.remove(&bar);
+    result
+}
+
+/// The report for a job the action cache answers, if it does.
+async fn cached_report(ctx: &Ctx, job: &Job, action_key: &Hash) -> Result<Option<JobReport>> {
+    let Some(record_hash) = ctx.store.action_get(action_key)? else { return Ok(None) };
+    let Some(signed) = ctx.store.get_record(record_hash).await? else { return Ok(None) };
+    let record = match signed.verify() {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::warn!(%record_hash, "ignoring a cached record that does not verify: {e}");
+            return Ok(None);
+        }
+    };
+    let mut report = JobReport::new(&job.id, Status::Done);
+    report.cached = true;
+    report.wall_ms = Some(record.timing.wall_ms);
+    report.outputs = record.outputs;
+    report.record = Some(record_hash);
+    report.action_key = Some(*action_key);
+    report.exit = Some(record.exit);
+    Ok(Some(report))
+}
+
+async fn resolve_image(
+    ctx: &Ctx,
+    image: &ImageRef,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+) -> Result<(Hash, Image)> {
+    match image {
+        ImageRef::Job { job, output } => {
+            let digest = upstream_output(upstream, job, output)?;
+            let tmp = tempfile::Builder::new().prefix("image-").tempdir_in(tmp_root(ctx)?)?;
+            let path = tmp.path().join("image");
+            match digest.kind {
+                DigestKind::File => ctx.store.export(digest.hash, &path).await?,
+                DigestKind::Tree => ctx.store.materialize(digest.hash, &path).await?,
+            }
+            let id = ctx.store.import_image_path(&path, None).await.with_context(|| {
+                format!("the output `{output}` of job `{job}` is not an OCI layout, OCI archive or docker-save archive")
+            })?;
+            let image = ctx.store.get_image(id).await?.ok_or_else(|| anyhow!("image {id} vanished after import"))?;
+            Ok((id, image))
+        }
+        other => Ok(ctx.store.resolve_image(other).await?),
+    }
+}
+
+fn upstream_output<'a>(
+    upstream: &'a BTreeMap<String, BTreeMap<String, Digest>>,
+    job: &str,
+    output: &str,
+) -> Result<&'a Digest> {
+    upstream
+        .get(job)
+        .and_then(|outs| outs.get(output))
+        .ok_or_else(|| anyhow!("job `{job}` finished without producing output `{output}`"))
+}
+
+async fn resolve_input(
+    ctx: &Ctx,
+    input: &InputRef,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+) -> Result<Digest> {
+    match input {
+        InputRef::Job { job, output } => Ok(upstream_output(upstream, job, output)?.clone()),
+        InputRef::Blake3(hash) => digest_of_stored(ctx, *hash).await,
+        InputRef::Sha256(hex) => {
+            let hash = ctx.store.sha256_lookup(hex)?.ok_or_else(|| {
+                anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`")
+            })?;
+            digest_of_stored(ctx, hash).await
+        }
+        InputRef::File(path) => {
+            let path = ctx.dag_dir.join(path);
+            let meta = std::fs::metadata(&path)
+                .with_context(|| format!("cannot read the input file {}", path.display()))?;
+            if meta.is_dir() {
+                Ok(ctx.store.put_tree_from_dir(&path).await?)
+            } else {
+                let (hash, size) = ctx.store.put_file(&path).await?;
+                Ok(Digest { hash, kind: DigestKind::File, size })
+            }
+        }
+    }
+}
+
+async fn digest_of_stored(ctx: &Ctx, hash: Hash) -> Result<Digest> {
+    let size = ctx
+        .store
+        .size(hash)
+        .await?
+        .ok_or_else(|| anyhow!("blob {hash} is not in this store; add it with `shoal blob put`"))?;
+    let kind = if ctx.store.is_tree(&hash)? { DigestKind::Tree } else { DigestKind::File };
+    Ok(Digest { hash, kind, size })
+}
+
+fn tmp_root(ctx: &Ctx) -> Result<PathBuf> {
+    let dir = ctx.store.home().join("tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Runs a job that the cache did not answer, and records what happened.
+async fn execute(
+    ctx: &Ctx,
+    job: &Job,
+    image: &Image,
+    resolved: ResolvedJob,
+    action_key: Hash,
+    queued_unix_ms: u64,
+) -> Result<JobReport> {
+    let work = tempfile::Builder::new().prefix("job-").tempdir_in(tmp_root(ctx)?)?;
+    let rootfs = ctx.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
+    let input_dir = work.path().join("inputs");
+    std::fs::create_dir_all(&input_dir)?;
+    let mut mounts = Vec::new();
+    for (name, digest) in &resolved.inputs {
+        let path = input_dir.join(name);
+        write_out(ctx, digest, &path).await?;
+        mounts.push(InputMount { name: name.clone(), host_path: path });
+    }
+    let stdin = match &resolved.stdin {
+        Some(digest) => {
+            let path = work.path().join("stdin");
+            write_out(ctx, digest, &path).await?;
+            Some(path)
+        }
+        None => None,
+    };
+    let (uid, gid) = user_ids(&rootfs, job.user.as_deref().or(image.config.user.as_deref()))?;
+    let mut env: BTreeMap<String, String> = image
+        .config
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    env.extend(job.env.clone());
+    let mut argv = image.config.entrypoint.clone();
+    argv.extend(job.command.iter().cloned());
+    let r = &job.requirements;
+    let request = Request {
+        rootfs,
+        argv,
+        env: env.into_iter().collect(),
+        workdir: job.workdir.clone().or_else(|| image.config.workdir.clone()).unwrap_or_else(|| "/".into()),
+        uid,
+        gid,
+        stdin,
+        inputs: mounts,
+        outputs: job.outputs.clone(),
+        limits: Limits {
+            cores: r.cores,
+            memory_bytes: r.memory_bytes,
+            scratch_bytes: r.scratch_bytes,
+            output_bytes_max: r.output_bytes_max,
+            stdout_bytes_max: STDOUT_BYTES_MAX,
+            timeout_ms: r.timeout_ms,
+        },
+        network: r.network,
+        work_dir: work.path().join("sandbox"),
+    };
+    std::fs::create_dir_all(&request.work_dir)?;
+    let started_unix_ms = now_unix_ms();
+    let backend = ctx.backend.clone();
+    let start = Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || backend.run(request))
+        .await
+        .context("the backend thread panicked")??;
+    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
+
+    let mut outputs = BTreeMap::new();
+    let mut exit = outcome.exit.clone();
+    let stdout = put_bytes(ctx, outcome.stdout.clone()).await?;
+    let stderr = put_bytes(ctx, outcome.stderr.clone()).await?;
+    for (name, spec) in &job.outputs {
+        let digest = match spec {
+            shoal_dag::OutputSpec::Stdout => stdout.clone(),
+            shoal_dag::OutputSpec::Stderr => stderr.clone(),
+            _ => match outcome.outputs.get(name) {
+                Some(CollectedOutput::File(path)) => {
+                    let (hash, size) = ctx.store.put_file(path).await?;
+                    Digest { hash, kind: DigestKind::File, size }
+                }
+                Some(CollectedOutput::Dir(path)) => ctx.store.put_tree_from_dir(path).await?,
+                None => {
+                    if exit.success() {
+                        exit = Exit::Error(format!("output `{name}` ({spec}) was not produced"));
+                    }
+                    continue;
+                }
+            },
+        };
+        outputs.insert(name.clone(), digest);
+    }
+    let finished_unix_ms = now_unix_ms();
+    let mut machine = ctx.machine.clone();
+    machine.accelerator = outcome.accelerator.clone();
+    machine.backend = outcome.backend.clone();
+    let record = RunRecord {
+        version: RUN_RECORD_VERSION,
+        job_id: job.id.clone(),
+        action_key,
+        job: resolved,
+        requirements: job.requirements.clone(),
+        outputs: outputs.clone(),
+        stdout,
+        stderr,
+        exit: exit.clone(),
+        timing: Timing {
+            queued_unix_ms,
+            started_unix_ms,
+            finished_unix_ms,
+            wall_ms: outcome.wall_ms,
+            user_ms: outcome.user_ms,
+            sys_ms: outcome.sys_ms,
+            peak_memory_bytes: outcome.peak_memory_bytes,
+        },
+        machine,
+        holders: vec![ctx.machine.node_id.clone()],
+    };
+    let signed = record.sign(&ctx.key);
+    let record_hash = ctx.store.put_record(&signed).await?;
+    let success = exit.success();
+    if success {
+        ctx.store.action_put(&action_key, &record_hash)?;
+    }
+    let mut report = JobReport::new(&job.id, if success { Status::Done } else { Status::Failed });
+    report.wall_ms = Some(outcome.wall_ms);
+    report.outputs = outputs;
+    report.record = Some(record_hash);
+    report.action_key = Some(action_key);
+    if !success {
+        report.error = Some(describe_exit(&exit));
+        report.stderr_tail = Some(output::tail(&outcome.stderr, STDERR_TAIL_LINES));
+    }
+    report.exit = Some(exit);
+    Ok(report)
+}
+
+fn describe_exit(exit: &Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("exited with code {code}"),
+        Exit::Signal(sig) => format!("killed by signal {sig}"),
+        Exit::Timeout => "ran past its timeout and was killed; raise `requirements.timeout`".into(),
+        Exit::Oom => "ran out of memory and was killed; raise `requirements.memory`".into(),
+        Exit::OutputTooLarge { output, limit_bytes } => format!(
+            "output `{output}` exceeded its limit of {}; raise `requirements.output_size` or write less",
+            output::bytes(*limit_bytes)
+        ),
+        Exit::Error(msg) => msg.clone(),
+    }
+}
+
+async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {
+    let size = bytes.len() as u64;
+    let hash = ctx.store.put_bytes(bytes).await?;
+    Ok(Digest { hash, kind: DigestKind::File, size })
+}
+
+/// Writes a stored blob or tree to `path` on the host.
+async fn write_out(ctx: &Ctx, digest: &Digest, path: &Path) -> Result<()> {
+    match digest.kind {
+        DigestKind::File => ctx.store.export(digest.hash, path).await?,
+        DigestKind::Tree => ctx.store.materialize(digest.hash, path).await?,
+    }
+    Ok(())
+}
+
+/// Turns a job's or image's `user` (`uid`, `uid:gid`, `name` or `name:group`) into ids, looking
+/// names up in the image's own /etc/passwd and /etc/group.
+fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
+    let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok((0, 0)) };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (u, None),
+    };
+    let lookup = |file: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
+        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        text.lines().find_map(|line| {
+            let parts: Vec<&str> = line.split(':').collect();
+            (parts.first() == Some(&name)).then(|| {
+                (parts.get(field)?.parse().ok()?, parts.get(field + 1).and_then(|g| g.parse().ok()))
+            })?
+        })
+    };
+    let (uid, primary_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, lookup_gid_of_uid(rootfs, uid)),
+        Err(_) => lookup("etc/passwd", u, 2)
+            .ok_or_else(|| anyhow!("user `{u}` is not in the image's /etc/passwd; use a numeric uid"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                lookup("etc/group", g, 2)
+                    .ok_or_else(|| anyhow!("group `{g}` is not in the image's /etc/group; use a numeric gid"))?
+                    .0
+            }
+        },
+        None => primary_gid.unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    text.lines().find_map(|line| {
+        let parts: Vec<&str> = line.split(':').collect();
+        (parts.get(2)?.parse::<u32>().ok()? == uid).then(|| parts.get(3)?.parse().ok())?
+    })
+}
+
+/// Finds a run record by its hash or by job id (the job's latest run), verified.
+pub async fn find_record(store: &Store, what: &str) -> Result<RunRecord> {
+    let hash = match what.parse::<Hash>() {
+        Ok(hash) => hash,
+        Err(_) => store.latest_record_for_job(what)?.ok_or_else(|| {
+            anyhow!("no run of a job `{what}` is recorded here; run a DAG with `shoal run DAG.json` first")
+        })?,
+    };
+    let signed = store
+        .get_record(hash)
+        .await?
+        .ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
+    signed.verify().with_context(|| format!("run record {hash} does not verify"))
+}
