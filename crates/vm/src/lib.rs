@@ -1,1 +1,176 @@
-//! placeholder
+//! Job execution backends for shoal: run one job in isolation, return its exit, stdout,
+//! stderr, outputs and measurements.
+//!
+//! # Layout
+//!
+//! - [`Backend`], [`Request`], [`Outcome`], [`RunError`] (this file): the contract every
+//!   backend implements. Backends block; async callers use `spawn_blocking`.
+//! - [`namespace`]: the namespace backend, host side. It spawns the sandbox helper
+//!   ([`HelperCommand`]), feeds it the request, reads stdout/stderr/outputs/status from pipes,
+//!   enforces the host-side timeout and owns the per-job cgroup.
+//! - [`sandbox`]: the helper process ([`sandbox_helper_main`]). Single-threaded; it clones
+//!   PID 1 of the new namespaces, which builds the root (overlay, /dev, /proc, /input,
+//!   /output, /scratch), runs the job, enforces the timeout and collects the outputs.
+//! - [`collect`]: the output collector: a root directory + output specs -> one tar stream.
+//!   Pure filesystem code, shared with guest-init (the microVM runs the same collector and
+//!   sends the tar back). [`collect::unpack`] is the host side that checks and unpacks it.
+//! - [`wire`]: the serialized messages between host and helper (request, status line). The
+//!   portable part ([`wire::JobSpec`], [`wire::Status`]) is what guest-init will speak too.
+//! - [`cgroup`]: per-job cgroups, v2 or v1 (memory + cpu), peak memory and OOM kills.
+//! - `sys`: the few raw syscalls nix does not wrap (clone without a stack, pidfds).
+//! - `compat`: stand-ins for shoal-dag's `Exit` and `OutputSpec` until that crate lands.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod cgroup;
+pub mod collect;
+mod compat;
+pub mod namespace;
+pub mod sandbox;
+mod sys;
+pub mod wire;
+
+pub use compat::{Exit, OutputSpec};
+pub use namespace::{HelperCommand, NamespaceBackend};
+pub use sandbox::sandbox_helper_main;
+
+/// One job to run. Paths are host paths.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Materialized image root, the read-only lower layer (never written).
+    pub rootfs: PathBuf,
+    /// Program and arguments; `argv[0]` without a `/` is looked up in the job's `PATH`
+    /// (or the usual system directories when the job has none).
+    pub argv: Vec<String>,
+    /// Exactly the environment the job gets: nothing from the host is added.
+    pub env: Vec<(String, String)>,
+    /// Absolute working directory inside the sandbox.
+    pub workdir: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Host file fed as the job's stdin (otherwise /dev/null).
+    pub stdin: Option<PathBuf>,
+    /// Appear read-only at `/input/<name>`.
+    pub inputs: Vec<InputMount>,
+    /// Declared outputs by name.
+    pub outputs: BTreeMap<String, OutputSpec>,
+    pub limits: Limits,
+    /// false: own network namespace with only `lo`; true: the host network (weaker).
+    pub network: bool,
+    /// A fresh host directory the backend may use; the caller deletes it.
+    pub work_dir: PathBuf,
+}
+
+/// A host file or directory shown read-only at `/input/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputMount {
+    pub name: String,
+    pub host_path: PathBuf,
+}
+
+/// Resource bounds of one job. Units are in the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU quota: `cores` x 100 ms per 100 ms.
+    pub cores: u32,
+    /// Memory of everything in the sandbox, tmpfs pages included.
+    pub memory_bytes: u64,
+    /// Size of the `/scratch` tmpfs.
+    pub scratch_bytes: u64,
+    /// Total size of the collected outputs (and of the `/output` tmpfs).
+    pub output_bytes_max: u64,
+    /// Cap on each of stdout and stderr.
+    pub stdout_bytes_max: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cores: 1,
+            memory_bytes: 512 << 20,
+            scratch_bytes: 1 << 30,
+            output_bytes_max: 1 << 30,
+            stdout_bytes_max: 64 << 20,
+            timeout_ms: 3_600_000,
+        }
+    }
+}
+
+/// What a run produced. A job that failed is still an `Outcome`; see `exit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Collected outputs by name (stdout/stderr outputs are in `stdout`/`stderr`, not here);
+    /// paths are inside `work_dir/outputs`.
+    pub outputs: BTreeMap<String, CollectedOutput>,
+    pub wall_ms: u64,
+    pub user_ms: u64,
+    pub sys_ms: u64,
+    /// cgroup peak when cgroups are available, else the largest child's max RSS.
+    pub peak_memory_bytes: u64,
+    /// `namespace`, `microvm`.
+    pub backend: String,
+    /// `kvm` or `tcg` for the microVM; None for the namespace backend.
+    pub accelerator: Option<String>,
+}
+
+/// One collected output on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectedOutput {
+    /// A regular file (a `file:` output).
+    File(PathBuf),
+    /// A directory holding the tree (a `dir:` or `glob:` output).
+    Dir(PathBuf),
+}
+
+/// A backend runs jobs. Blocking; dyn-compatible.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, req: Request) -> Result<Outcome, RunError>;
+}
+
+/// Failures of the machinery, not of the job: a job that exits non-zero, times out, runs out
+/// of memory or writes too much is a normal [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The request itself cannot be run as given.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The image root filesystem is not where the request says.
+    #[error("rootfs {path} is missing or not a directory: materialize the image first")]
+    RootfsMissing { path: PathBuf },
+    /// The sandbox helper program could not be started.
+    #[error(
+        "cannot start the sandbox helper {program}: {source} (build it with `cargo build -p shoal-vm --bin shoal-sandbox`, or run `shoal __sandbox` from the shoal binary)"
+    )]
+    HelperSpawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The helper could not build the sandbox (namespaces, mounts, ...).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// The helper died or spoke nonsense.
+    #[error("sandbox helper failed: {0}")]
+    Helper(String),
+    /// Host-side I/O around the run (pipes, work_dir, unpacking outputs).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> RunError {
+        RunError::Io { what: what.into(), source }
+    }
+}

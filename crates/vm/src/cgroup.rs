@@ -1,0 +1,194 @@
+//! One cgroup per job, for memory and CPU limits and for measuring peak memory and OOM kills.
+//!
+//! cgroup v2 when `/sys/fs/cgroup/cgroup.controllers` lists `memory` (jobs under
+//! `/sys/fs/cgroup/shoal/`); otherwise cgroup v1 `memory` and `cpu` hierarchies (jobs under
+//! `<our own cgroup>/shoal/` in each, so a shoal that runs inside a limited cgroup nests
+//! inside it). Hosts that are v1/v2 hybrids (an empty `unified` v2 mount) take the v1 path.
+//! The host creates the cgroup, the sandbox helper moves PID 1 of the sandbox in before it
+//! runs anything, the host reads the counters after the sandbox is gone and removes it (on
+//! drop, so also on every error path).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// A job's cgroup; removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    layout: Layout,
+}
+
+#[derive(Debug)]
+enum Layout {
+    V2 { dir: PathBuf },
+    V1 { memory: PathBuf, cpu: Option<PathBuf> },
+}
+
+/// Which cgroup hierarchy this host offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// Parent directory of job cgroups.
+    V2 { parent: PathBuf },
+    /// Parent directories in the memory and cpu hierarchies.
+    V1 { memory: PathBuf, cpu: Option<PathBuf> },
+}
+
+impl Hierarchy {
+    /// Looks at the host; Err says why there are no usable cgroups.
+    pub fn detect() -> Result<Hierarchy, String> {
+        let root = Path::new(ROOT);
+        if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers")) {
+            if controllers.split_whitespace().any(|c| c == "memory") {
+                return Ok(Hierarchy::V2 { parent: root.join("shoal") });
+            }
+        }
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let v1_dir = |controller: &str| -> Option<PathBuf> {
+            let rel = own.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                ctrls.split(',').any(|c| c == controller).then(|| path.trim_start_matches('/').to_string())
+            })?;
+            let mount = root.join(controller);
+            mount.is_dir().then(|| mount.join(rel).join("shoal"))
+        };
+        match v1_dir("memory") {
+            Some(memory) if memory.parent().is_some_and(|p| p.join("memory.limit_in_bytes").exists()) => {
+                Ok(Hierarchy::V1 { memory, cpu: v1_dir("cpu") })
+            }
+            _ => Err(format!(
+                "no memory cgroup: {ROOT}/cgroup.controllers does not list `memory` and there is no v1 memory hierarchy; \
+                 jobs run without memory and CPU limits (mount cgroup2 with the memory controller enabled to fix)"
+            )),
+        }
+    }
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+impl Cgroup {
+    /// Creates `job-<pid>-<n>` with the limits in force.
+    pub fn create(hierarchy: &Hierarchy, limits: &Limits) -> io::Result<Cgroup> {
+        let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let memory = limits.memory_bytes.to_string();
+        let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
+        match hierarchy {
+            Hierarchy::V2 { parent } => {
+                fs::create_dir_all(parent)?;
+                // Controllers must be enabled on every level above the job's cgroup.
+                if let Some(top) = parent.parent() {
+                    let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu");
+                }
+                fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu")
+                    .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), "+memory"))?;
+                let dir = parent.join(&name);
+                fs::create_dir(&dir)?;
+                let cg = Cgroup { layout: Layout::V2 { dir: dir.clone() } };
+                fs::write(dir.join("memory.max"), &memory)?;
+                let _ = fs::write(dir.join("memory.swap.max"), "0");
+                if let Err(e) = fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")) {
+                    tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());
+                }
+                Ok(cg)
+            }
+            Hierarchy::V1 { memory: mem_parent, cpu } => {
+                fs::create_dir_all(mem_parent)?;
+                let mem = mem_parent.join(&name);
+                fs::create_dir(&mem)?;
+                let mut cg = Cgroup { layout: Layout::V1 { memory: mem.clone(), cpu: None } };
+                fs::write(mem.join("memory.limit_in_bytes"), &memory)?;
+                // With swap accounting the limit must bound memory + swap too, or the job
+                // swaps instead of being killed. Absent without swap accounting: fine.
+                let _ = fs::write(mem.join("memory.memsw.limit_in_bytes"), &memory);
+                if let Some(cpu_parent) = cpu {
+                    let made = fs::create_dir_all(cpu_parent).and_then(|()| {
+                        let dir = cpu_parent.join(&name);
+                        fs::create_dir(&dir)?;
+                        Ok(dir)
+                    });
+                    match made {
+                        Ok(dir) => {
+                            if let Layout::V1 { cpu, .. } = &mut cg.layout {
+                                *cpu = Some(dir.clone());
+                            }
+                            fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                            fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                        }
+                        Err(e) => tracing::warn!("cannot create a cpu cgroup: {e}; CPU is not limited"),
+                    }
+                }
+                Ok(cg)
+            }
+        }
+    }
+
+    /// The `cgroup.procs` files a process must be written into.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2 { dir } => vec![dir.join("cgroup.procs")],
+            Layout::V1 { memory, cpu } => {
+                std::iter::once(memory).chain(cpu).map(|d| d.join("cgroup.procs")).collect()
+            }
+        }
+    }
+
+    /// Highest memory use seen, bytes.
+    pub fn peak_memory_bytes(&self) -> Option<u64> {
+        let file = match &self.layout {
+            Layout::V2 { dir } => dir.join("memory.peak"),
+            Layout::V1 { memory, .. } => memory.join("memory.max_usage_in_bytes"),
+        };
+        fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// Processes the kernel's OOM killer killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let file = match &self.layout {
+            Layout::V2 { dir } => dir.join("memory.events"),
+            Layout::V1 { memory, .. } => memory.join("memory.oom_control"),
+        };
+        let text = fs::read_to_string(file).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Directories of this cgroup (one per hierarchy).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2 { dir } => vec![dir.clone()],
+            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).cloned().collect(),
+        }
+    }
+
+    /// Removes the cgroup, waiting up to 2 s for its last processes to be gone.
+    pub fn remove(&self) -> io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for dir in self.dirs() {
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("cannot remove cgroup {:?}: {e}", self.dirs());
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The namespace backend, host side: validate the request, make the cgroup, start the
+//! sandbox helper with its pipes, read stdout/stderr/outputs concurrently with caps, enforce
+//! the host-side timeout, and turn the helper's status into an [`Outcome`].
+//!
+//! The sandbox itself is built by the helper ([`crate::sandbox`]), a separate single-threaded
+//! process, because forking into namespaces from a multi-threaded tokio program is unsound.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, fcntl};
+
+use crate::cgroup::{Cgroup, Hierarchy};
+use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, STATUS_FD, Status, TAR_FD};
+use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
+
+/// How long the host lets the sandbox run past `timeout_ms` before killing it: PID 1 kills
+/// the job at `timeout_ms` itself and needs a moment to collect the partial outputs.
+const HOST_GRACE_MS: u64 = 2_000;
+/// Ids mapped 1:1 when the caller is root: the usual range of users and groups in images.
+const ID_MAP_COUNT: u32 = 65_536;
+
+/// How to start the sandbox helper: `program args... REQUEST.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl HelperCommand {
+    /// A standalone helper program (e.g. the `shoal-sandbox` binary of this crate).
+    pub fn new(program: impl Into<PathBuf>) -> HelperCommand {
+        HelperCommand { program: program.into(), args: Vec::new() }
+    }
+
+    /// The running executable with a subcommand, e.g. `shoal __sandbox`.
+    pub fn current_exe(subcommand: &str) -> io::Result<HelperCommand> {
+        Ok(HelperCommand { program: std::env::current_exe()?, args: vec![subcommand.to_string()] })
+    }
+}
+
+/// Runs jobs in user, mount, pid, net, ipc and uts namespaces with an overlay root.
+#[derive(Debug)]
+pub struct NamespaceBackend {
+    helper: HelperCommand,
+    /// None: this host has no usable cgroups, jobs run without limits.
+    cgroups: Option<Hierarchy>,
+}
+
+impl NamespaceBackend {
+    pub fn new(helper: HelperCommand) -> NamespaceBackend {
+        let cgroups = match Hierarchy::detect() {
+            Ok(h) => Some(h),
+            Err(why) => {
+                tracing::warn!("{why}");
+                None
+            }
+        };
+        NamespaceBackend { helper, cgroups }
+    }
+
+    /// Whether this host can create the namespaces the backend needs; Err says why not and
+    /// how to fix it.
+    pub fn probe() -> Result<(), String> {
+        let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+        if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+            return Err("user namespaces are disabled: run `sysctl -w user.max_user_namespaces=15000`".into());
+        }
+        let root = nix::unistd::geteuid().is_root();
+        if !root && read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+            return Err("unprivileged user namespaces are disabled: run `sysctl -w kernel.unprivileged_userns_clone=1`".into());
+        }
+        if !read("/proc/filesystems").unwrap_or_default().contains("overlay") {
+            return Err("the kernel has no overlayfs: run `modprobe overlay`".into());
+        }
+        use nix::sched::CloneFlags as F;
+        let flags = F::CLONE_NEWUSER | F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWNET | F::CLONE_NEWIPC | F::CLONE_NEWUTS;
+        // SAFETY: the child only calls unshare(2) and _exit(2), both async-signal-safe, so
+        // forking a multi-threaded caller is fine.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                let code = match nix::sched::unshare(flags) {
+                    Ok(()) => 0,
+                    Err(e) => e as i32,
+                };
+                // SAFETY: leave the forked copy at once, without running atexit handlers.
+                unsafe { libc::_exit(code) }
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, errno)) => Err(format!(
+                    "cannot create user/mount/pid/net/ipc/uts namespaces: {}; enable user namespaces \
+                     (sysctl user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) \
+                     or run in a container started with --privileged or a seccomp profile that allows unshare",
+                    nix::errno::Errno::from_raw(errno).desc()
+                )),
+                other => Err(format!("namespace probe child ended oddly: {other:?}")),
+            },
+            Err(e) => Err(format!("cannot fork the namespace probe: {e}")),
+        }
+    }
+}
+
+impl Backend for NamespaceBackend {
+    fn name(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn run(&self, req: Request) -> Result<Outcome, RunError> {
+        let span = tracing::info_span!("vm", backend = "namespace");
+        let _enter = span.enter();
+        self.run_inner(req)
+    }
+}
+
+/// First of stdout/stderr to go over its cap.
+type Overflow = Arc<Mutex<Option<&'static str>>>;
+
+impl NamespaceBackend {
+    fn run_inner(&self, req: Request) -> Result<Outcome, RunError> {
+        let started = Instant::now();
+        let root = nix::unistd::geteuid().is_root();
+        validate(&req, root)?;
+        let staging_dir = req.work_dir.join("root");
+        let outputs_dir = req.work_dir.join("outputs");
+        for d in [&staging_dir, &outputs_dir] {
+            fs::create_dir(d).map_err(|e| RunError::io(format!("creating {}", d.display()), e))?;
+            // Outputs keep their modes (setuid included): only root may reach them.
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(|e| RunError::io(format!("chmod {}", d.display()), e))?;
+        }
+        let cgroup = match &self.cgroups {
+            None => {
+                tracing::warn!("no cgroups: running without memory and CPU limits");
+                None
+            }
+            Some(h) => match Cgroup::create(h, &req.limits) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("cannot create the job's cgroup ({e}): running without memory and CPU limits");
+                    None
+                }
+            },
+        };
+        let id_map = if root {
+            IdMap::Identity { count: ID_MAP_COUNT }
+        } else {
+            IdMap::Single { host_uid: nix::unistd::getuid().as_raw(), host_gid: nix::unistd::getgid().as_raw() }
+        };
+        let helper_req = HelperRequest {
+            job: JobSpec {
+                argv: req.argv.clone(),
+                env: req.env.clone(),
+                workdir: req.workdir.clone(),
+                uid: req.uid,
+                gid: req.gid,
+                outputs: req.outputs.clone(),
+                limits: req.limits,
+                network: req.network,
+            },
+            rootfs: req.rootfs.clone(),
+            inputs: req.inputs.clone(),
+            staging_dir,
+            cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
+            id_map,
+        };
+        let request_path = req.work_dir.join("request.json");
+        fs::write(&request_path, serde_json::to_vec(&helper_req).expect("request serializes"))
+            .map_err(|e| RunError::io(format!("writing {}", request_path.display()), e))?;
+
+        let pipe = || io::pipe().map_err(|e| RunError::io("creating a pipe", e));
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let (tar_r, tar_w) = pipe()?;
+        // Above fd 10, so that moving them to 3 and 4 in the child cannot clobber each other.
+        let high = |w: io::PipeWriter| -> Result<OwnedFd, RunError> {
+            let fd = fcntl(w.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| RunError::io("dup", e.into()))?;
+            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; we are its only owner.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        };
+        let (status_hi, tar_hi) = (high(status_w)?, high(tar_w)?);
+        let stdin = match &req.stdin {
+            Some(p) => Stdio::from(File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?),
+            None => Stdio::null(),
+        };
+        let mut cmd = Command::new(&self.helper.program);
+        cmd.args(&self.helper.args).arg(&request_path).env_clear().stdin(stdin).stdout(out_w).stderr(err_w);
+        let (fd_status, fd_tar) = (status_hi.as_raw_fd(), tar_hi.as_raw_fd());
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // syscalls (dup2, prctl, getppid); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd_status, STATUS_FD) < 0 || libc::dup2(fd_tar, TAR_FD) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // Die with the thread that waits for us; it lives until we are reaped.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
+        drop(cmd); // closes our copies of the pipes' write ends
+        drop((status_hi, tar_hi));
+        let pidfd = Arc::new(sys::pidfd_open(child.id() as i32).map_err(|e| RunError::io("pidfd_open", e))?);
+
+        let overflow: Overflow = Arc::new(Mutex::new(None));
+        let cap = req.limits.stdout_bytes_max;
+        let reader = |r: io::PipeReader, which: &'static str| {
+            let (overflow, pidfd) = (overflow.clone(), pidfd.clone());
+            thread::spawn(move || read_capped(r, cap, which, &overflow, &pidfd))
+        };
+        let stdout_t = reader(out_r, "stdout");
+        let stderr_t = reader(err_r, "stderr");
+        let specs = req.outputs.clone();
+        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        let tar_dest = outputs_dir.clone();
+        let tar_t = thread::spawn(move || {
+            let mut capped = Capped { inner: tar_r, left: tar_cap };
+            let result = collect::unpack(&mut capped, &tar_dest, &specs);
+            // Keep draining so the sandbox never blocks on a full pipe.
+            let _ = io::copy(&mut capped.inner, &mut io::sink());
+            result
+        });
+
+        let deadline = started + Duration::from_millis(req.limits.timeout_ms.saturating_add(HOST_GRACE_MS));
+        let mut host_timeout = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if sys::poll_readable(&pidfd, left.as_millis() as u64).map_err(|e| RunError::io("poll", e))? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("sandbox still running {HOST_GRACE_MS} ms after its timeout: killing it");
+                host_timeout = true;
+                let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                break;
+            }
+        }
+        let helper_status = child.wait().map_err(|e| RunError::io("waiting for the helper", e))?;
+        let join = |t: thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
+        let stdout = join(stdout_t);
+        let stderr = join(stderr_t);
+        let unpacked = tar_t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())));
+        let mut status_text = Vec::new();
+        let _ = status_r.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
+        let status: Option<Status> = status_text
+            .split(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .and_then(|l| serde_json::from_slice(l).ok());
+
+        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
+        if let Some(c) = cgroup {
+            if let Err(e) = c.remove() {
+                tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
+            }
+        }
+        let overflowed = *overflow.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut exit, user_ms, sys_ms, rss) = match status {
+            Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),
+            Some(Status::SetupFailed { message }) if overflowed.is_none() && !host_timeout => {
+                return Err(RunError::Setup(message));
+            }
+            _ if overflowed.is_some() || host_timeout || oom => (Exit::Timeout, 0, 0, 0), // replaced below
+            Some(Status::Pid1Died { signal, code }) => {
+                return Err(RunError::Helper(format!(
+                    "PID 1 of the sandbox died (signal {signal:?}, code {code:?}); stderr: {}",
+                    String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2000)..])
+                )));
+            }
+            _ => {
+                return Err(RunError::Helper(format!(
+                    "helper ended ({helper_status}) without a status; stderr: {}",
+                    String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2000)..])
+                )));
+            }
+        };
+        if let Some(which) = overflowed {
+            exit = Exit::OutputTooLarge { output: which.to_string(), limit_bytes: cap };
+        } else if oom && exit != Exit::Timeout && !exit.success() {
+            exit = Exit::Oom;
+        } else if host_timeout {
+            exit = Exit::Timeout;
+        }
+        let outputs = match unpacked {
+            Ok(o) => o,
+            Err(e) if exit.success() => return Err(RunError::Helper(e.to_string())),
+            Err(e) => {
+                tracing::debug!("outputs of a failed job not unpacked: {e}");
+                BTreeMap::new()
+            }
+        };
+        let wall_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(?exit, wall_ms, "job finished");
+        Ok(Outcome {
+            exit,
+            stdout,
+            stderr,
+            outputs,
+            wall_ms,
+            user_ms,
+            sys_ms,
+            peak_memory_bytes: cg_peak.unwrap_or(rss),
+            backend: "namespace".into(),
+            accelerator: None,
+        })
+    }
+}
+
+/// Reads a pipe to its end, keeping at most `cap` bytes; on overflow records `which` and
+/// kills the sandbox (a clear error beats a truncated success).
+fn read_capped(mut r: io::PipeReader, cap: u64, which: &'static str, overflow: &Overflow, pidfd: &OwnedFd) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match r.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let room = cap.saturating_sub(buf.len() as u64) as usize;
+        buf.extend_from_slice(&chunk[..n.min(room)]);
+        if n > room {
+            let mut first = overflow.lock().unwrap_or_else(|e| e.into_inner());
+            if first.is_none() {
+                *first = Some(which);
+                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
+            }
+            drop(first);
+            let _ = io::copy(&mut r, &mut io::sink());
+            break;
+        }
+    }
+    buf
+}
+
+/// A reader that fails once more than `left` bytes were read.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| io::Error::other("output stream over its bound"))?;
+        Ok(n)
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> RunError {
+    RunError::InvalidRequest(msg.into())
+}
+
+fn validate(req: &Request, root: bool) -> Result<(), RunError> {
+    if !req.rootfs.is_dir() {
+        return Err(RunError::RootfsMissing { path: req.rootfs.clone() });
+    }
+    let rootfs = req.rootfs.to_str().ok_or_else(|| invalid("rootfs path is not UTF-8"))?;
+    if rootfs.contains([',', ':', '\\']) || !req.rootfs.is_absolute() {
+        return Err(invalid(format!(
+            "rootfs path {rootfs} must be absolute and free of `,` `:` `\\` (overlayfs options cannot carry them): materialize the image elsewhere"
+        )));
+    }
+    if !req.work_dir.is_dir() {
+        return Err(invalid(format!("work_dir {} is not a directory: create it first", req.work_dir.display())));
+    }
+    if req.argv.is_empty() || req.argv[0].is_empty() {
+        return Err(invalid("argv is empty: give the program to run"));
+    }
+    if !req.workdir.starts_with('/') {
+        return Err(invalid(format!("workdir `{}` must be absolute", req.workdir)));
+    }
+    for (k, _) in &req.env {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            return Err(invalid(format!("env name `{k}` is empty or holds `=` or NUL")));
+        }
+    }
+    if root {
+        if req.uid >= ID_MAP_COUNT || req.gid >= ID_MAP_COUNT {
+            return Err(invalid(format!("uid/gid {}/{} must be below {ID_MAP_COUNT}", req.uid, req.gid)));
+        }
+    } else if req.uid != 0 || req.gid != 0 {
+        return Err(invalid("without root, only uid 0 and gid 0 can be mapped into the sandbox: run shoal as root or run the job as 0:0"));
+    }
+    for (name, spec) in &req.outputs {
+        if !collect::valid_name(name) {
+            return Err(invalid(format!("output name `{name}` must be one plain path component")));
+        }
+        let path = match spec {
+            OutputSpec::Stdout | OutputSpec::Stderr => continue,
+            OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => p,
+        };
+        let under = |base: &str| path == base || path.starts_with(&format!("{base}/"));
+        if !(under("/output") || under("/scratch")) {
+            return Err(invalid(format!("output `{name}`: {path} must be under /output or /scratch")));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for inp in &req.inputs {
+        if !collect::valid_name(&inp.name) || !seen.insert(&inp.name) {
+            return Err(invalid(format!("input name `{}` must be one plain path component, used once", inp.name)));
+        }
+        if fs::metadata(&inp.host_path).is_err() {
+            return Err(invalid(format!("input `{}`: {} does not exist", inp.name, inp.host_path.display())));
+        }
+        if inp.host_path.to_str().is_none() {
+            return Err(invalid(format!("input `{}`: path is not UTF-8", inp.name)));
+        }
+    }
+    let _ = Path::new(rootfs);
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The few raw syscalls the sandbox needs that nix 0.29 does not wrap. Each is one call.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `clone(flags | SIGCHLD)` with no new stack: fork semantics, plus new namespaces for the
+/// child in one step (so the child is PID 1 of its new pid namespace). Returns 0 in the
+/// child, the child's pid in the parent.
+///
+/// # Safety
+/// As `fork`: the caller must be single-threaded, and the child may only do what is safe
+/// after fork in such a process.
+pub unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
+    // SAFETY: a NULL stack makes the kernel reuse the caller's stack copy-on-write, exactly
+    // as fork does; the caller guarantees the fork preconditions. No pointers are passed.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as libc::pid_t) }
+}
+
+/// A pidfd for `pid` (Linux 5.3+): signals and polls reach exactly that process even after
+/// its pid is reused.
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain integer arguments; the kernel returns a new fd or -1.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
+}
+
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
+    // SAFETY: a valid fd we own, a signal number, NULL siginfo and no flags.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Waits until `fd` is readable (a pidfd: the process exited) or `timeout_ms` passes.
+/// Returns true when readable.
+pub fn poll_readable(fd: &OwnedFd, timeout_ms: u64) -> io::Result<bool> {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let timeout = timeout_ms.min(i32::MAX as u64) as i32;
+    loop {
+        // SAFETY: one valid pollfd on our stack, count 1.
+        let ret = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if ret >= 0 {
+            return Ok(ret > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Marks every fd from `first` up close-on-exec, so the job inherits only 0, 1 and 2.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: integer arguments; marks fds, frees nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `ifconfig lo up` through SIOCSIFFLAGS on a throwaway socket.
+pub fn loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union member SIOCGIFFLAGS just filled.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

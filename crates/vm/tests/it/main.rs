@@ -1,0 +1,385 @@
+//! Integration tests of the namespace backend: real sandboxes around a busybox rootfs, with a
+//! checker script inside that proves the sandbox's properties from the inside.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use shoal_vm::{
+    Backend, CollectedOutput, Exit, HelperCommand, InputMount, Limits, NamespaceBackend, Outcome, OutputSpec,
+    Request,
+};
+
+fn backend() -> NamespaceBackend {
+    NamespaceBackend::new(HelperCommand::new(env!("CARGO_BIN_EXE_shoal-sandbox")))
+}
+
+/// A busybox rootfs under `dir`: /bin/busybox plus one symlink per applet, /etc/passwd with
+/// recognisable content, and /tmp.
+fn make_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).expect("install busybox-static for these tests");
+    let list = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("etc/passwd"), "sandbox-passwd\n").unwrap();
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    root
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = make_rootfs(dir.path());
+    Fixture { dir, rootfs }
+}
+
+impl Fixture {
+    fn request(&self, script: &str) -> Request {
+        let work_dir = self.dir.path().join(format!("work-{}", rand_suffix()));
+        fs::create_dir(&work_dir).unwrap();
+        Request {
+            rootfs: self.rootfs.clone(),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+            stdin: None,
+            inputs: vec![],
+            outputs: BTreeMap::new(),
+            limits: Limits { timeout_ms: 20_000, memory_bytes: 256 << 20, ..Limits::default() },
+            network: false,
+            work_dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn run(req: Request) -> Outcome {
+    let out = backend().run(req).expect("backend runs");
+    eprintln!("exit {:?}\nstdout: {}\nstderr: {}", out.exit, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn outputs(list: &[(&str, OutputSpec)]) -> BTreeMap<String, OutputSpec> {
+    list.iter().map(|(n, s)| (n.to_string(), s.clone())).collect()
+}
+
+const CHECKER: &str = r#"
+fail() { echo "FAIL: $*"; exit 1; }
+[ "$(ls /sys/class/net)" = "lo" ] || fail "interfaces: $(ls /sys/class/net)"
+[ $(( $(cat /sys/class/net/lo/flags) & 1 )) = 1 ] || fail "lo is down"
+if echo x > /input/checks/new 2>/tmp/err; then fail "created a file in /input"; fi
+grep -q "Read-only" /tmp/err || fail "/input error: $(cat /tmp/err)"
+if echo x >> /input/checks/check.sh 2>/dev/null; then fail "appended to an input"; fi
+echo overlay > /bin/x && [ "$(cat /bin/x)" = overlay ] || fail "cannot write /bin/x"
+[ "$(cat /proc/1/comm)" = "shoal-sandbox" ] || fail "pid 1 is $(cat /proc/1/comm)"
+[ ! -e /proc/$HOST_PID ] || fail "host process $HOST_PID visible"
+n=$(ls -d /proc/[0-9]* | wc -l)
+[ "$n" -le 6 ] || fail "$n processes visible: $(ls -d /proc/[0-9]*)"
+[ "$(hostname)" = shoal ] || fail "hostname $(hostname)"
+[ "$(id -u):$(id -g)" = "0:0" ] || fail "ids $(id -u):$(id -g)"
+echo "ALL OK"
+echo "--- env"
+tr '\0' '\n' < /proc/$$/environ
+"#;
+
+#[test]
+fn checker_inside_the_sandbox() {
+    let f = fixture();
+    let checks = f.path("checks");
+    fs::create_dir(&checks).unwrap();
+    fs::write(checks.join("check.sh"), CHECKER).unwrap();
+    let host_pid = std::process::id().to_string();
+    // A host env var that must not leak into the job.
+    // SAFETY (test): set before any sandbox starts; other tests only read their own env.
+    unsafe { std::env::set_var("SHOAL_TEST_SECRET", "leaked") };
+    let mut req = f.request("");
+    req.argv = vec!["/bin/sh".into(), "/input/checks/check.sh".into()];
+    req.env = vec![("HOST_PID".into(), host_pid.clone()), ("B".into(), "two words".into())];
+    req.inputs = vec![InputMount { name: "checks".into(), host_path: checks.clone() }];
+    let out = run(req);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit, Exit::Code(0), "{stdout}");
+    assert!(stdout.contains("ALL OK"));
+    let env: Vec<&str> = stdout.split("--- env\n").nth(1).unwrap().lines().collect();
+    assert_eq!(env, vec![format!("HOST_PID={host_pid}").as_str(), "B=two words"]);
+    assert!(!f.rootfs.join("bin/x").exists(), "the overlay wrote through to the host rootfs");
+    assert!(!checks.join("new").exists());
+    assert_eq!(fs::read_to_string(checks.join("check.sh")).unwrap(), CHECKER);
+    assert_eq!(out.backend, "namespace");
+}
+
+#[test]
+fn runs_as_the_requested_uid_and_gid() {
+    let f = fixture();
+    let mut req = f.request("id -u; id -g; id -G; touch /output/f; stat -c %u:%g /output/f");
+    req.uid = 1234;
+    req.gid = 2345;
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1234\n2345\n2345\n1234:2345\n");
+}
+
+#[test]
+fn host_env_does_not_leak() {
+    let f = fixture();
+    // SAFETY (test): see checker_inside_the_sandbox.
+    unsafe { std::env::set_var("SHOAL_TEST_SECRET", "leaked") };
+    let mut req = f.request("");
+    req.argv = vec!["/bin/cat".into(), "/proc/self/environ".into()];
+    req.env = vec![("ONLY".into(), "this".into())];
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(out.stdout, b"ONLY=this\0");
+}
+
+#[test]
+fn stdio_exit_code_and_signal() {
+    let f = fixture();
+    let stdin = f.path("stdin");
+    fs::write(&stdin, "line1\nline2\n").unwrap();
+    let mut req = f.request("cat; echo oops >&2; exit 3");
+    req.stdin = Some(stdin);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(3));
+    assert_eq!(out.stdout, b"line1\nline2\n");
+    assert_eq!(out.stderr, b"oops\n");
+
+    let out = run(f.request("kill -TERM $$"));
+    assert_eq!(out.exit, Exit::Signal(15));
+    let out = run(f.request("exec cat")); // no stdin given: /dev/null
+    assert_eq!((out.exit, out.stdout), (Exit::Code(0), vec![]));
+}
+
+#[test]
+fn exec_failure_is_reported() {
+    let f = fixture();
+    let mut req = f.request("");
+    req.argv = vec!["no-such-program".into()];
+    let out = run(req);
+    match out.exit {
+        Exit::Error(m) => assert!(m.contains("cannot execute `no-such-program`"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = vec![];
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn timeout_keeps_partial_stderr_and_outputs_and_kills_everything() {
+    let f = fixture();
+    let mut req = f.request("echo partial >&2; echo part > /output/p; sleep 98761 & sleep 98762");
+    req.limits.timeout_ms = 500;
+    req.outputs = outputs(&[("p", OutputSpec::File("/output/p".into())), ("q", OutputSpec::File("/output/q".into()))]);
+    let started = Instant::now();
+    let out = run(req);
+    assert!(started.elapsed().as_millis() < 2_000, "took {:?}", started.elapsed());
+    assert_eq!(out.exit, Exit::Timeout);
+    assert_eq!(out.stderr, b"partial\n");
+    match &out.outputs["p"] {
+        CollectedOutput::File(p) => assert_eq!(fs::read_to_string(p).unwrap(), "part\n"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.outputs.contains_key("q"));
+    assert_eq!(processes_with("9876"), Vec::<String>::new());
+}
+
+fn have_cgroups() -> bool {
+    shoal_vm::cgroup::Hierarchy::detect().is_ok()
+}
+
+#[test]
+fn memory_over_the_limit_is_oom() {
+    assert!(have_cgroups(), "this host should have cgroups");
+    let f = fixture();
+    let mut req = f.request("awk 'BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }'");
+    req.limits.memory_bytes = 64 << 20;
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Oom);
+    assert!(out.peak_memory_bytes >= 60 << 20, "peak {}", out.peak_memory_bytes);
+}
+
+#[test]
+fn cgroup_is_gone_afterwards_and_peak_is_measured() {
+    assert!(have_cgroups());
+    let f = fixture();
+    let out = run(f.request("grep memory /proc/self/cgroup; head -c 20000000 /dev/zero > /scratch/z"));
+    assert_eq!(out.exit, Exit::Code(0));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let rel = line.splitn(3, ':').nth(2).unwrap();
+    assert!(rel.contains("/shoal/job-"), "{rel}");
+    let dir = Path::new("/sys/fs/cgroup/memory").join(rel.trim_start_matches('/'));
+    assert!(!dir.exists(), "{} still exists", dir.display());
+    assert!(out.peak_memory_bytes >= 20_000_000, "peak {}", out.peak_memory_bytes);
+}
+
+#[test]
+fn output_over_its_limit() {
+    let f = fixture();
+    let mut req = f.request("dd if=/dev/zero of=/output/big bs=1M count=3; echo small > /output/small");
+    req.limits.output_bytes_max = 1 << 20;
+    req.outputs = outputs(&[("big", OutputSpec::File("/output/big".into())), ("small", OutputSpec::File("/output/small".into()))]);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::OutputTooLarge { output: "big".into(), limit_bytes: 1 << 20 });
+    assert!(out.outputs.is_empty());
+}
+
+#[test]
+fn stdout_over_its_limit() {
+    let f = fixture();
+    let mut req = f.request("yes");
+    req.limits.stdout_bytes_max = 1000;
+    let started = Instant::now();
+    let out = run(req);
+    assert_eq!(out.exit, Exit::OutputTooLarge { output: "stdout".into(), limit_bytes: 1000 });
+    assert_eq!(out.stdout.len(), 1000);
+    assert!(started.elapsed().as_secs() < 5);
+}
+
+#[test]
+fn missing_file_output_fails_a_successful_job() {
+    let f = fixture();
+    let mut req = f.request("true");
+    req.outputs = outputs(&[("x", OutputSpec::File("/output/x".into()))]);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Error("output `x`: /output/x was not created".into()));
+}
+
+#[test]
+fn symlinks_never_reach_the_host() {
+    let f = fixture();
+    let mut req = f.request("mkdir /output/d && ln -s /etc/passwd /output/d/link && ln -s /etc /output/a");
+    req.outputs = outputs(&[
+        ("d", OutputSpec::Dir("/output/d".into())),
+        ("p", OutputSpec::File("/output/a/passwd".into())),
+    ]);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0));
+    let CollectedOutput::Dir(d) = &out.outputs["d"] else { panic!() };
+    assert_eq!(fs::read_link(d.join("link")).unwrap(), Path::new("/etc/passwd"));
+    let CollectedOutput::File(p) = &out.outputs["p"] else { panic!() };
+    assert_eq!(fs::read_to_string(p).unwrap(), "sandbox-passwd\n");
+    assert!(!fs::symlink_metadata(p).unwrap().file_type().is_symlink());
+
+    // A host file the image does not have stays out of reach.
+    assert!(Path::new("/etc/hostname").exists() || Path::new("/etc/os-release").exists());
+    let mut req = f.request("ln -s /etc /output/a");
+    req.outputs = outputs(&[("h", OutputSpec::File("/output/a/os-release".into()))]);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Error("output `h`: /output/a/os-release was not created".into()));
+}
+
+#[test]
+fn glob_and_dir_outputs_keep_modes_and_symlinks() {
+    let f = fixture();
+    let script = "mkdir -p /output/res/sub /scratch/logs/deep && echo f > /output/res/sub/f && chmod 750 /output/res/sub/f \
+        && chmod 700 /output/res/sub && ln -s sub/f /output/res/l \
+        && echo a > /scratch/logs/a.log && echo b > /scratch/logs/deep/b.log && echo c > /scratch/logs/c.txt";
+    let mut req = f.request(script);
+    req.outputs = outputs(&[
+        ("res", OutputSpec::Dir("/output/res".into())),
+        ("logs", OutputSpec::Glob("/scratch/logs/**/*.log".into())),
+        ("empty", OutputSpec::Glob("/output/*.nothing".into())),
+    ]);
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0));
+    let CollectedOutput::Dir(res) = &out.outputs["res"] else { panic!() };
+    let mode = |p: PathBuf| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(res.join("sub/f")), 0o750);
+    assert_eq!(mode(res.join("sub")), 0o700);
+    assert_eq!(fs::read_link(res.join("l")).unwrap(), Path::new("sub/f"));
+    let CollectedOutput::Dir(logs) = &out.outputs["logs"] else { panic!() };
+    assert_eq!(fs::read_to_string(logs.join("a.log")).unwrap(), "a\n");
+    assert_eq!(fs::read_to_string(logs.join("deep/b.log")).unwrap(), "b\n");
+    assert!(!logs.join("c.txt").exists());
+    let CollectedOutput::Dir(empty) = &out.outputs["empty"] else { panic!() };
+    assert_eq!(fs::read_dir(empty).unwrap().count(), 0);
+}
+
+#[test]
+fn setup_errors_are_run_errors() {
+    let f = fixture();
+    let mut req = f.request("true");
+    req.rootfs = f.path("nope");
+    assert!(matches!(backend().run(req), Err(shoal_vm::RunError::RootfsMissing { .. })));
+    let mut req = f.request("true");
+    req.outputs = outputs(&[("x", OutputSpec::File("/etc/passwd".into()))]);
+    assert!(matches!(backend().run(req), Err(shoal_vm::RunError::InvalidRequest(_))));
+    let backend = NamespaceBackend::new(HelperCommand::new("/nonexistent/helper"));
+    assert!(matches!(backend.run(f.request("true")), Err(shoal_vm::RunError::HelperSpawn { .. })));
+}
+
+#[test]
+fn probe_succeeds_here() {
+    NamespaceBackend::probe().unwrap();
+}
+
+/// `cargo test -p shoal-vm --test it -- --ignored --nocapture bench`: median wall time of
+/// `echo hi`, through the backend and through `unshare ... chroot` as a reference.
+#[test]
+#[ignore]
+fn bench_echo_hi() {
+    let f = fixture();
+    let n = 30;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let b = backend();
+    let mut ours = vec![];
+    for _ in 0..n {
+        let mut req = f.request("");
+        req.argv = vec!["/bin/echo".into(), "hi".into()];
+        let t = Instant::now();
+        let out = b.run(req).unwrap();
+        ours.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(out.stdout, b"hi\n");
+    }
+    let mut reference = vec![];
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = std::process::Command::new("unshare")
+            .args(["-Urmpf", "--mount-proc", "chroot"])
+            .arg(&f.rootfs)
+            .args(["/bin/echo", "hi"])
+            .output()
+            .unwrap();
+        reference.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(out.stdout, b"hi\n");
+    }
+    eprintln!("echo hi: namespace backend median {:.2} ms; unshare -Urmpf --mount-proc chroot median {:.2} ms", median(ours), median(reference));
+}
