@@ -44,11 +44,10 @@ impl Hierarchy {
     /// Looks at the host; Err says why there are no usable cgroups.
     pub fn detect() -> Result<Hierarchy, String> {
         let root = Path::new(ROOT);
-        if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers")) {
-            if controllers.split_whitespace().any(|c| c == "memory") {
+        if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers"))
+            && controllers.split_whitespace().any(|c| c == "memory") {
                 return Ok(Hierarchy::V2 { parent: root.join("shoal") });
             }
-        }
         let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let v1_dir = |controller: &str| -> Option<PathBuf> {
             let rel = own.lines().find_map(|l| {

@@ -265,11 +265,10 @@ impl NamespaceBackend {
 
         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
-        if let Some(c) = cgroup {
-            if let Err(e) = c.remove() {
+        if let Some(c) = cgroup
+            && let Err(e) = c.remove() {
                 tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
             }
-        }
         let overflowed = *overflow.lock().unwrap_or_else(|e| e.into_inner());
         let (mut exit, user_ms, sys_ms, rss) = match status {
             Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),

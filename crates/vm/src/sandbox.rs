@@ -205,11 +205,10 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
     // sysfs may be mounted only by the owner of the network namespace; with the host
     // network the sandbox simply has an empty /sys.
     let ro_sys = nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
-    if let Err(e) = mnt(Some("sysfs"), &sysfs, Some("sysfs"), ro_sys, None) {
-        if !job.network {
+    if let Err(e) = mnt(Some("sysfs"), &sysfs, Some("sysfs"), ro_sys, None)
+        && !job.network {
             return Err(e);
         }
-    }
     setup_dev(&root, mem)?;
 
     match fs::symlink_metadata(root.join("tmp")) {
@@ -376,11 +375,10 @@ fn exec_job(x: &Exec) -> (&'static str, Errno) {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // The job, not the sandbox's PID 1, is what the OOM killer should pick first.
     let _ = fs::write("/proc/self/oom_score_adj", "1000");
-    if x.setgroups {
-        if let Err(e) = unistd::setgroups(&[]) {
+    if x.setgroups
+        && let Err(e) = unistd::setgroups(&[]) {
             return ("setgroups", e);
         }
-    }
     if let Err(e) = unistd::setgid(x.gid) {
         return ("setgid", e);
     }
@@ -444,11 +442,10 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
         match collect::collect(Path::new("/"), &job.outputs, limit, &mut tar) {
             Ok(report) => {
                 output_bytes = report.total_bytes;
-                if exit.success() {
-                    if let Some(problem) = report.problems.into_values().next() {
+                if exit.success()
+                    && let Some(problem) = report.problems.into_values().next() {
                         exit = Exit::Error(problem);
                     }
-                }
             }
             Err(collect::CollectError::TooLarge { output, limit_bytes }) => {
                 if !timed_out {
@@ -469,7 +466,7 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
 /// Bytes used in the `/output` tmpfs.
 fn output_used_bytes() -> u64 {
     match nix::sys::statvfs::statvfs("/output") {
-        Ok(st) => (st.blocks() - st.blocks_free()) as u64 * st.fragment_size() as u64,
+        Ok(st) => (st.blocks() - st.blocks_free()) * st.fragment_size(),
         Err(_) => 0,
     }
 }
