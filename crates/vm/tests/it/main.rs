@@ -382,3 +382,16 @@ fn bench_echo_hi() {
     }
     eprintln!("echo hi: namespace backend median {:.2} ms; unshare -Urmpf --mount-proc chroot median {:.2} ms", median(ours), median(reference));
 }
+
+#[test]
+fn network_true_shares_the_host_network() {
+    let f = fixture();
+    let host_ifaces = fs::read_to_string("/proc/net/dev").unwrap().lines().count();
+    let mut req = f.request("cat /proc/net/dev");
+    req.network = true;
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), host_ifaces);
+    let out = run(f.request("cat /proc/net/dev"));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3, "header lines + lo only");
+}
