@@ -1,1 +1,32 @@
-//! placeholder
+//! The DAG format of shoal: parsing with located errors, validation, topological order,
+//! canonical CBOR, action keys and run records.
+//!
+//! # Layout
+//! - `hash`: [`Hash`], a BLAKE3 digest written `blake3:<64 hex>`.
+//! - `json`: a small JSON parser that keeps the line and column of every key and value, because
+//!   serde_json stops at the first problem and we report all of them.
+//! - `spec`: the typed DAG ([`Dag`], [`Job`], references, outputs, requirements) and the
+//!   conversion from located JSON that collects every [`Diagnostic`].
+//! - `units`: sizes (`256MiB`) and durations (`1h30m`).
+//! - `cbor`: [`canonical_cbor`], the one encoding that is ever hashed.
+//! - `record`: [`ResolvedJob`] and its action key, [`RunRecord`] and its signature.
+//!
+//! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
+
+mod cbor;
+mod hash;
+mod json;
+mod record;
+mod spec;
+mod units;
+
+pub use cbor::canonical_cbor;
+pub use hash::Hash;
+pub use record::{
+    Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing,
+};
+pub use spec::{
+    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
+    Requirements, parse_dag,
+};
+pub use units::{parse_duration_ms, parse_size};

@@ -1,0 +1,998 @@
+//! The DAG as typed values, and the conversion from located JSON that reports every problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hash::Hash;
+use crate::json::{self, Member, Node, Pos, Value};
+use crate::record::DigestKind;
+use crate::units::{parse_duration_ms, parse_size};
+
+/// Where a problem is: file, 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub file: String,
+    pub line: u32,
+    pub col: u32,
+}
+
+/// One problem in a DAG file, with where it is, which job, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub location: Location,
+    pub job: Option<String>,
+    pub message: String,
+    pub help: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Location { file, line, col } = &self.location;
+        write!(f, "{file}:{line}:{col}: ")?;
+        if let Some(job) = &self.job {
+            write!(f, "job `{job}`: ")?;
+        }
+        write!(f, "{}\n  help: {}", self.message, self.help)
+    }
+}
+
+/// Every problem found in one DAG file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for d in &self.0 {
+            writeln!(f, "{d}")?;
+        }
+        let file = self.0.first().map(|d| d.location.file.as_str()).unwrap_or("the DAG");
+        let n = self.0.len();
+        write!(f, "{n} problem{} in {file}", if n == 1 { "" } else { "s" })
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dag {
+    pub version: u32,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub image: ImageRef,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub stdin: Option<InputRef>,
+    pub inputs: BTreeMap<String, InputRef>,
+    pub outputs: BTreeMap<String, OutputSpec>,
+    pub requirements: Requirements,
+}
+
+/// Which image a job runs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageRef {
+    /// A tag in the local index, e.g. `busybox:1.35` or `registry:5000/name:tag`.
+    Tag(String),
+    /// An OCI manifest digest (64 hex digits).
+    Sha256(String),
+    /// shoal's own image id.
+    Blake3(Hash),
+    /// An OCI layout or archive produced by another job.
+    Job { job: String, output: String },
+}
+
+/// Where an input comes from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputRef {
+    Blake3(Hash),
+    Sha256(String),
+    Job { job: String, output: String },
+    /// A host path, relative to the DAG file; hashed and stored when the DAG is run.
+    File(String),
+}
+
+/// A declared output.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputSpec {
+    Stdout,
+    Stderr,
+    File(String),
+    Dir(String),
+    Glob(String),
+}
+
+impl OutputSpec {
+    pub fn kind(&self) -> DigestKind {
+        match self {
+            OutputSpec::Stdout | OutputSpec::Stderr | OutputSpec::File(_) => DigestKind::File,
+            OutputSpec::Dir(_) | OutputSpec::Glob(_) => DigestKind::Tree,
+        }
+    }
+}
+
+impl fmt::Display for OutputSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutputSpec::Stdout => f.write_str("stdout"),
+            OutputSpec::Stderr => f.write_str("stderr"),
+            OutputSpec::File(p) => write!(f, "file:{p}"),
+            OutputSpec::Dir(p) => write!(f, "dir:{p}"),
+            OutputSpec::Glob(p) => write!(f, "glob:{p}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+    Riscv64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gpu {
+    pub count: u32,
+    pub model: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    Vm,
+    Namespace,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirements {
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub arch: Option<Arch>,
+    pub cpu_flags: Vec<String>,
+    pub gpu: Option<Gpu>,
+    pub network: bool,
+    pub scratch_bytes: u64,
+    pub output_bytes_max: u64,
+    pub timeout_ms: u64,
+    pub isolation: Isolation,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            cores: 1,
+            memory_bytes: 512 << 20,
+            arch: None,
+            cpu_flags: Vec::new(),
+            gpu: None,
+            network: false,
+            scratch_bytes: 1 << 30,
+            output_bytes_max: 1 << 30,
+            timeout_ms: 3_600_000,
+            isolation: Isolation::Vm,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+impl Dag {
+    pub fn job(&self, id: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.id == id)
+    }
+
+    /// Indices of the jobs `idx` reads from (inputs, stdin, image), each once, ascending.
+    pub fn dependencies(&self, idx: usize) -> Vec<usize> {
+        let index: BTreeMap<&str, usize> = self.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+        job_refs(&self.jobs[idx]).iter().filter_map(|(id, _)| index.get(id.as_str()).copied()).collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    /// Every job after the jobs it depends on; among jobs ready at once, file order.
+    pub fn topo_order(&self) -> Vec<usize> {
+        let n = self.jobs.len();
+        let deps: Vec<Vec<usize>> = (0..n).map(|i| self.dependencies(i)).collect();
+        let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+        let mut dependants = vec![Vec::new(); n];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependants[d].push(i);
+            }
+        }
+        let mut ready: BTreeSet<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+        let mut order = Vec::with_capacity(n);
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &d in &dependants[i] {
+                waiting[d] -= 1;
+                if waiting[d] == 0 {
+                    ready.insert(d);
+                }
+            }
+        }
+        order
+    }
+}
+
+/// (job id, output name) of every `jobs:` reference a job makes.
+fn job_refs(job: &Job) -> Vec<(String, String)> {
+    let mut refs = Vec::new();
+    if let ImageRef::Job { job, output } = &job.image {
+        refs.push((job.clone(), output.clone()));
+    }
+    for input in job.inputs.values().chain(job.stdin.iter()) {
+        if let InputRef::Job { job, output } = input {
+            refs.push((job.clone(), output.clone()));
+        }
+    }
+    refs
+}
+
+/// Parses and validates a DAG, reporting every problem at once.
+pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
+    let root = match json::parse(text) {
+        Ok(root) => root,
+        Err(e) => {
+            return Err(Diagnostics(vec![Diagnostic {
+                location: Location { file: file_name.into(), line: e.pos.line, col: e.pos.col },
+                job: None,
+                message: format!("invalid JSON: {}", e.message),
+                help: "a DAG file is strict JSON: double-quoted keys and strings, no comments, no trailing commas"
+                    .into(),
+            }]));
+        }
+    };
+    let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new() };
+    let dag = cx.dag(&root);
+    if cx.diags.is_empty() {
+        if let Some(dag) = dag {
+            return Ok(dag);
+        }
+    }
+    let mut diags = cx.diags;
+    diags.sort_by_key(|d| (d.location.line, d.location.col));
+    diags.dedup();
+    Err(Diagnostics(diags))
+}
+
+/// Where each job's pieces were written, for diagnostics found after conversion.
+struct JobPlaces {
+    id_pos: Pos,
+    /// For each reference: (job, output, where the reference string is).
+    refs: Vec<(String, String, Pos)>,
+    /// Where each output was declared, with its spec.
+    outputs: BTreeMap<String, (Pos, OutputSpec)>,
+    image_ref: Option<(String, String, Pos)>,
+}
+
+struct Cx {
+    file: String,
+    job: Option<String>,
+    diags: Vec<Diagnostic>,
+}
+
+const TOP_FIELDS: &[&str] = &["version", "jobs"];
+const JOB_FIELDS: &[&str] =
+    &["id", "image", "container", "command", "env", "workdir", "user", "stdin", "inputs", "outputs", "requirements"];
+const REQ_FIELDS: &[&str] = &[
+    "cores", "memory", "arch", "cpu_flags", "gpu", "network", "scratch", "output_size", "timeout", "isolation", "labels",
+];
+const GPU_FIELDS: &[&str] = &["count", "model"];
+const REF_HELP: &str = "a reference is `blake3:<64 hex>`, `sha256:<64 hex>`, `jobs:<id>/<output>` or `file:<path>`";
+const NAME_HELP: &str =
+    "names start with a letter or digit and use only letters, digits, `.`, `_` and `-` (at most 128 characters)";
+const MEMORY_MIN_BYTES: u64 = 16 << 20;
+const SIZE_MAX_BYTES: u64 = 1 << 40;
+const TIMEOUT_MAX_MS: u64 = 7 * 86_400_000;
+const CORES_MAX: u64 = 1024;
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && s.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+fn suggest(field: &str, known: &[&str]) -> String {
+    let best = known.iter().map(|k| (edit_distance(field, k), *k)).min();
+    match best {
+        Some((d, k)) if d <= 2 => format!("did you mean `{k}`? known fields here: {}", known.join(", ")),
+        _ => format!("remove it; known fields here: {}", known.join(", ")),
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl Cx {
+    fn report(&mut self, pos: Pos, message: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            location: Location { file: self.file.clone(), line: pos.line, col: pos.col },
+            job: self.job.clone(),
+            message: message.into(),
+            help: help.into(),
+        });
+    }
+
+    /// The members of an object, reporting duplicates and unknown keys; None if not an object.
+    fn object<'a>(&mut self, node: &'a Node, what: &str, known: &[&str]) -> Option<BTreeMap<&'a str, &'a Member>> {
+        let Value::Object(members) = &node.value else {
+            self.report(node.pos, format!("{what} must be an object, not {}", node.value.type_name()), "write it as `{ ... }`");
+            return None;
+        };
+        let mut seen: BTreeMap<&str, &Member> = BTreeMap::new();
+        for m in members {
+            if let Some(first) = seen.get(m.key.as_str()) {
+                let line = first.key_pos.line;
+                self.report(m.key_pos, format!("duplicate key `{}` in {what}", m.key), format!("it is already given on line {line}; keep one"));
+                continue;
+            }
+            if !known.is_empty() && !known.contains(&m.key.as_str()) {
+                self.report(m.key_pos, format!("unknown field `{}` in {what}", m.key), suggest(&m.key, known));
+                continue;
+            }
+            seen.insert(m.key.as_str(), m);
+        }
+        Some(seen)
+    }
+
+    fn string<'a>(&mut self, node: &'a Node, what: &str) -> Option<&'a str> {
+        match &node.value {
+            Value::String(s) => Some(s),
+            other => {
+                self.report(node.pos, format!("{what} must be a string, not {}", other.type_name()), "put it in double quotes");
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, node: &Node, what: &str, min: u64, max: u64) -> Option<u64> {
+        let parsed = match &node.value {
+            Value::Number(n) => n.parse::<u64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            _ => {
+                let shown = match &node.value {
+                    Value::Number(n) => n.clone(),
+                    other => other.type_name().to_string(),
+                };
+                self.report(node.pos, format!("{what} must be a whole number from {min} to {max}, not {shown}"), format!("write e.g. `{min}`"));
+                None
+            }
+        }
+    }
+
+    fn dag(&mut self, root: &Node) -> Option<Dag> {
+        let top = self.object(root, "the DAG", TOP_FIELDS)?;
+        let mut ok = true;
+        match top.get("version") {
+            None => {
+                self.report(root.pos, "missing field `version`", "add `\"version\": 1` at the top level");
+                ok = false;
+            }
+            Some(m) => {
+                if !matches!(&m.value.value, Value::Number(n) if n == "1") {
+                    let shown = match &m.value.value {
+                        Value::Number(n) => n.clone(),
+                        other => other.type_name().into(),
+                    };
+                    self.report(m.value.pos, format!("unsupported version {shown}"), "this shoal reads `\"version\": 1`");
+                    ok = false;
+                }
+            }
+        }
+        let Some(jobs_member) = top.get("jobs") else {
+            self.report(root.pos, "missing field `jobs`", "add `\"jobs\": [ ... ]` with at least one job");
+            return None;
+        };
+        let Value::Array(items) = &jobs_member.value.value else {
+            self.report(jobs_member.value.pos, format!("`jobs` must be an array, not {}", jobs_member.value.value.type_name()), "write `\"jobs\": [ {\"id\": ...}, ... ]`");
+            return None;
+        };
+        if items.is_empty() {
+            self.report(jobs_member.value.pos, "`jobs` is empty", "add at least one job");
+            return None;
+        }
+        let mut jobs = Vec::new();
+        let mut places = Vec::new();
+        for item in items {
+            match self.job(item) {
+                Some((job, place)) => {
+                    jobs.push(job);
+                    places.push(place);
+                }
+                None => ok = false,
+            }
+        }
+        self.check_graph(&jobs, &places);
+        self.job = None;
+        (ok && self.diags.is_empty()).then_some(Dag { version: 1, jobs })
+    }
+
+    fn job(&mut self, node: &Node) -> Option<(Job, JobPlaces)> {
+        self.job = None;
+        // Learn the id first so every later problem names its job.
+        if let Value::Object(members) = &node.value {
+            if let Some(Member { value: Node { value: Value::String(id), .. }, .. }) = members.iter().find(|m| m.key == "id") {
+                self.job = Some(id.clone());
+            }
+        }
+        let fields = self.object(node, "a job", JOB_FIELDS)?;
+        let before = self.diags.len();
+        let id = match fields.get("id") {
+            None => {
+                self.report(node.pos, "missing field `id`", "give every job a unique `\"id\"`");
+                None
+            }
+            Some(m) => {
+                let id = self.string(&m.value, "`id`");
+                if let Some(id) = id {
+                    if !valid_name(id) {
+                        self.report(m.value.pos, format!("`{id}` is not a valid job id"), NAME_HELP);
+                    }
+                }
+                id.map(str::to_string)
+            }
+        };
+        let id_pos = fields.get("id").map(|m| m.value.pos).unwrap_or(node.pos);
+        let mut image_ref = None;
+        let image = match (fields.get("image"), fields.get("container")) {
+            (Some(_), Some(c)) => {
+                self.report(c.key_pos, "both `image` and `container` are given", "`container` is another name for `image`; keep one");
+                None
+            }
+            (None, None) => {
+                self.report(node.pos, "missing field `image`", "add `\"image\": \"busybox:latest\"` (a tag, `sha256:`, `blake3:` or `jobs:<id>/<output>`)");
+                None
+            }
+            (Some(m), None) | (None, Some(m)) => {
+                let image = self.string(&m.value, "`image`").and_then(|s| self.image_ref(s, m.value.pos));
+                if let Some(ImageRef::Job { job, output }) = &image {
+                    image_ref = Some((job.clone(), output.clone(), m.value.pos));
+                }
+                image
+            }
+        };
+        let command = match fields.get("command") {
+            None => {
+                self.report(node.pos, "missing field `command`", "add `\"command\": [\"program\", \"arg\", ...]`");
+                None
+            }
+            Some(m) => self.command(&m.value),
+        };
+        let env = fields.get("env").map(|m| self.env(&m.value)).unwrap_or_default();
+        let workdir = fields.get("workdir").and_then(|m| {
+            let s = self.string(&m.value, "`workdir`")?;
+            if !s.starts_with('/') {
+                self.report(m.value.pos, format!("`workdir` `{s}` is not absolute"), "write an absolute path inside the container, e.g. `/work`");
+            }
+            Some(s.to_string())
+        });
+        let user = fields.get("user").and_then(|m| self.string(&m.value, "`user`").map(str::to_string));
+        let mut refs = Vec::new();
+        let stdin = fields.get("stdin").and_then(|m| {
+            let s = self.string(&m.value, "`stdin`")?;
+            let r = self.input_ref(s, m.value.pos)?;
+            if let InputRef::Job { job, output } = &r {
+                refs.push((job.clone(), output.clone(), m.value.pos));
+            }
+            Some(r)
+        });
+        let mut inputs = BTreeMap::new();
+        if let Some(m) = fields.get("inputs") {
+            if let Some(members) = self.object(&m.value, "`inputs`", &[]) {
+                for (name, member) in members {
+                    if !valid_name(name) {
+                        self.report(member.key_pos, format!("`{name}` is not a valid input name"), NAME_HELP);
+                        continue;
+                    }
+                    let Some(s) = self.string(&member.value, &format!("input `{name}`")) else { continue };
+                    if let Some(r) = self.input_ref(s, member.value.pos) {
+                        if let InputRef::Job { job, output } = &r {
+                            refs.push((job.clone(), output.clone(), member.value.pos));
+                        }
+                        inputs.insert(name.to_string(), r);
+                    }
+                }
+            }
+        }
+        let mut outputs = BTreeMap::new();
+        let mut output_places = BTreeMap::new();
+        if let Some(m) = fields.get("outputs") {
+            if let Some(members) = self.object(&m.value, "`outputs`", &[]) {
+                let mut paths: BTreeMap<String, (String, u32)> = BTreeMap::new();
+                for (name, member) in members {
+                    if !valid_name(name) {
+                        self.report(member.key_pos, format!("`{name}` is not a valid output name"), NAME_HELP);
+                        continue;
+                    }
+                    let Some(s) = self.string(&member.value, &format!("output `{name}`")) else { continue };
+                    let Some(spec) = self.output_spec(s, member.value.pos) else { continue };
+                    let path = match &spec {
+                        OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => Some(p.clone()),
+                        _ => None,
+                    };
+                    if let Some(path) = path {
+                        if let Some((other, line)) = paths.get(&path) {
+                            self.report(member.value.pos, format!("outputs `{other}` (line {line}) and `{name}` both name `{path}`"), "declare each path once");
+                            continue;
+                        }
+                        paths.insert(path, (name.to_string(), member.value.pos.line));
+                    }
+                    output_places.insert(name.to_string(), (member.value.pos, spec.clone()));
+                    outputs.insert(name.to_string(), spec);
+                }
+            }
+        }
+        let requirements = match fields.get("requirements") {
+            Some(m) => self.requirements(&m.value),
+            None => Requirements::default(),
+        };
+        if self.diags.len() != before {
+            // Still return what parsed, so graph checks can run on the rest of the DAG.
+        }
+        let job = Job {
+            id: id?,
+            image: image.unwrap_or(ImageRef::Tag(String::new())),
+            command: command.unwrap_or_default(),
+            env,
+            workdir,
+            user,
+            stdin,
+            inputs,
+            outputs,
+            requirements,
+        };
+        Some((job, JobPlaces { id_pos, refs, outputs: output_places, image_ref }))
+    }
+
+    fn command(&mut self, node: &Node) -> Option<Vec<String>> {
+        match &node.value {
+            Value::String(s) => {
+                self.report(node.pos, "`command` must be an array of strings, not a string", format!("write it as an argv array, e.g. [\"sh\", \"-c\", {:?}]", s));
+                None
+            }
+            Value::Array(items) => {
+                if items.is_empty() {
+                    self.report(node.pos, "`command` is empty", "give the program to run and its arguments, e.g. [\"echo\", \"hi\"]");
+                    return None;
+                }
+                let mut argv = Vec::new();
+                for item in items {
+                    match &item.value {
+                        Value::String(s) => argv.push(s.clone()),
+                        other => self.report(item.pos, format!("`command` elements must be strings, not {}", other.type_name()), "quote it: every argv element is a string"),
+                    }
+                }
+                (argv.len() == items.len()).then_some(argv)
+            }
+            other => {
+                self.report(node.pos, format!("`command` must be an array of strings, not {}", other.type_name()), "write e.g. [\"echo\", \"hi\"]");
+                None
+            }
+        }
+    }
+
+    fn env(&mut self, node: &Node) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        // The seeds wrote env as ["KEY=VALUE", ...]; both forms are accepted.
+        if let Value::Array(items) = &node.value {
+            for item in items {
+                let Some(s) = self.string(item, "an `env` entry") else { continue };
+                match s.split_once('=') {
+                    Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+                        if env.insert(k.to_string(), v.to_string()).is_some() {
+                            self.report(item.pos, format!("`{k}` is set twice in `env`"), "set each variable once");
+                        }
+                    }
+                    _ => self.report(item.pos, format!("env entry `{s}` is not `KEY=VALUE`"), "write `\"KEY=VALUE\"`, or use an object {\"KEY\": \"VALUE\"}"),
+                }
+            }
+            return env;
+        }
+        let Some(members) = self.object(node, "`env`", &[]) else { return env };
+        for (k, m) in members {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                self.report(m.key_pos, format!("`{k}` is not a valid environment variable name"), "names are non-empty and contain no `=` or NUL");
+                continue;
+            }
+            if let Some(v) = self.string(&m.value, &format!("env `{k}`")) {
+                if v.contains('\0') {
+                    self.report(m.value.pos, format!("env `{k}` contains a NUL byte"), "remove it");
+                    continue;
+                }
+                env.insert(k.to_string(), v.to_string());
+            }
+        }
+        env
+    }
+
+    fn job_ref(&mut self, rest: &str, pos: Pos) -> Option<(String, String)> {
+        match rest.split_once('/') {
+            Some((job, output)) if valid_name(job) && valid_name(output) => Some((job.to_string(), output.to_string())),
+            _ => {
+                self.report(pos, format!("`jobs:{rest}` is not a job reference"), "write `jobs:<job id>/<output name>`");
+                None
+            }
+        }
+    }
+
+    fn hash_ref(&mut self, scheme: &str, hex: &str, pos: Pos) -> bool {
+        if is_hex64(hex) {
+            return true;
+        }
+        self.report(pos, format!("`{scheme}:{hex}` is not a valid {scheme} hash"), format!("a {scheme} hash is `{scheme}:` followed by 64 lowercase hex digits"));
+        false
+    }
+
+    fn input_ref(&mut self, s: &str, pos: Pos) -> Option<InputRef> {
+        let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
+        match scheme {
+            "blake3" => self.hash_ref("blake3", rest, pos).then(|| InputRef::Blake3(Hash::from_hex(rest).expect("checked"))),
+            "sha256" => self.hash_ref("sha256", rest, pos).then(|| InputRef::Sha256(rest.to_string())),
+            "jobs" => self.job_ref(rest, pos).map(|(job, output)| InputRef::Job { job, output }),
+            "file" => {
+                if rest.is_empty() {
+                    self.report(pos, "`file:` has no path", "write `file:<path>`, relative to the DAG file or absolute");
+                    None
+                } else {
+                    Some(InputRef::File(rest.to_string()))
+                }
+            }
+            _ => {
+                self.report(pos, format!("`{s}` is not a reference"), REF_HELP);
+                None
+            }
+        }
+    }
+
+    fn image_ref(&mut self, s: &str, pos: Pos) -> Option<ImageRef> {
+        if let Some(rest) = s.strip_prefix("jobs:") {
+            return self.job_ref(rest, pos).map(|(job, output)| ImageRef::Job { job, output });
+        }
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            return self.hash_ref("sha256", hex, pos).then(|| ImageRef::Sha256(hex.to_string()));
+        }
+        if let Some(hex) = s.strip_prefix("blake3:") {
+            return self.hash_ref("blake3", hex, pos).then(|| ImageRef::Blake3(Hash::from_hex(hex).expect("checked")));
+        }
+        let (name, digest) = match s.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (s, None),
+        };
+        let name_ok = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/' | ':'))
+            && !name.starts_with(['/', ':', '.', '-'])
+            && !name.ends_with(['/', ':']);
+        let digest_ok = digest.is_none_or(|d| d.strip_prefix("sha256:").is_some_and(is_hex64));
+        if !name_ok || !digest_ok {
+            self.report(pos, format!("`{s}` is not an image reference"), "write a tag like `busybox:latest` or `registry:5000/name:tag`, `sha256:<hex>`, `blake3:<hex>` or `jobs:<id>/<output>`");
+            return None;
+        }
+        Some(ImageRef::Tag(s.to_string()))
+    }
+
+    fn output_path(&mut self, kind: &str, path: &str, pos: Pos) -> bool {
+        let help = "write an absolute path under `/output` or `/scratch`, e.g. `file:/output/result.txt`";
+        if !path.starts_with('/') {
+            self.report(pos, format!("output path `{path}` is not absolute"), help);
+            return false;
+        }
+        if path.ends_with('/') || path.contains("//") || path.split('/').any(|c| c == ".." || c == ".") {
+            self.report(pos, format!("output path `{path}` is not normalised"), "remove `.`/`..` components, doubled and trailing slashes");
+            return false;
+        }
+        let inside = ["/output/", "/scratch/"].iter().any(|root| path.starts_with(root));
+        if !inside {
+            let whole = kind == "dir" && (path == "/output" || path == "/scratch");
+            if !whole {
+                self.report(pos, format!("output path `{path}` is outside /output and /scratch"), help);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn output_spec(&mut self, s: &str, pos: Pos) -> Option<OutputSpec> {
+        match s {
+            "stdout" | "fd:1" => return Some(OutputSpec::Stdout),
+            "stderr" | "fd:2" => return Some(OutputSpec::Stderr),
+            _ => {}
+        }
+        let (kind, path) = s.split_once(':').unwrap_or(("", s));
+        match kind {
+            "file" => self.output_path(kind, path, pos).then(|| OutputSpec::File(path.to_string())),
+            "dir" => self.output_path(kind, path, pos).then(|| OutputSpec::Dir(path.to_string())),
+            "glob" => {
+                if !self.output_path(kind, path, pos) {
+                    return None;
+                }
+                if let Err(why) = check_glob(path) {
+                    self.report(pos, format!("`{path}` is not a valid glob: {why}"), "use `*`, `?`, `**` and `[...]` classes, e.g. `glob:/output/*.png`");
+                    return None;
+                }
+                Some(OutputSpec::Glob(path.to_string()))
+            }
+            _ => {
+                self.report(pos, format!("`{s}` is not an output"), "an output is `stdout`, `stderr`, `file:<path>`, `dir:<path>` or `glob:<pattern>`");
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
+        let text = self.string(node, what)?;
+        match parse_size(text) {
+            Ok(v) if (min..=SIZE_MAX_BYTES).contains(&v) => Some(v),
+            Ok(_) => {
+                self.report(node.pos, format!("{what} `{text}` is out of range"), format!("give a size from {} to 1TiB", if min == 0 { "0".to_string() } else { "16MiB".to_string() }));
+                None
+            }
+            Err(e) => {
+                self.report(node.pos, format!("{what}: {e}"), "write a size such as `512MiB` or `2GiB`");
+                None
+            }
+        }
+    }
+
+    fn requirements(&mut self, node: &Node) -> Requirements {
+        let mut r = Requirements::default();
+        let Some(fields) = self.object(node, "`requirements`", REQ_FIELDS) else { return r };
+        if let Some(m) = fields.get("cores") {
+            if let Some(v) = self.integer(&m.value, "`cores`", 1, CORES_MAX) {
+                r.cores = v as u32;
+            }
+        }
+        if let Some(m) = fields.get("memory") {
+            r.memory_bytes = self.size(&m.value, "`memory`", MEMORY_MIN_BYTES).unwrap_or(r.memory_bytes);
+        }
+        if let Some(m) = fields.get("scratch") {
+            r.scratch_bytes = self.size(&m.value, "`scratch`", 0).unwrap_or(r.scratch_bytes);
+        }
+        if let Some(m) = fields.get("output_size") {
+            r.output_bytes_max = self.size(&m.value, "`output_size`", 0).unwrap_or(r.output_bytes_max);
+        }
+        if let Some(m) = fields.get("timeout") {
+            if let Some(text) = self.string(&m.value, "`timeout`") {
+                match parse_duration_ms(text) {
+                    Ok(ms) if (1..=TIMEOUT_MAX_MS).contains(&ms) => r.timeout_ms = ms,
+                    Ok(_) => self.report(m.value.pos, format!("`timeout` `{text}` is out of range"), "give a duration from 1ms to 7d"),
+                    Err(e) => self.report(m.value.pos, format!("`timeout`: {e}"), "write a duration such as `30s`, `5m` or `1h30m`"),
+                }
+            }
+        }
+        if let Some(m) = fields.get("arch") {
+            if let Some(text) = self.string(&m.value, "`arch`") {
+                r.arch = match text {
+                    "x86_64" | "amd64" => Some(Arch::X86_64),
+                    "aarch64" | "arm64" => Some(Arch::Aarch64),
+                    "riscv64" => Some(Arch::Riscv64),
+                    other => {
+                        self.report(m.value.pos, format!("unknown arch `{other}`"), "use `x86_64`, `aarch64` or `riscv64` (`amd64` and `arm64` are accepted)");
+                        None
+                    }
+                };
+            }
+        }
+        if let Some(m) = fields.get("cpu_flags") {
+            match &m.value.value {
+                Value::Array(items) => {
+                    for item in items {
+                        if let Some(flag) = self.string(item, "a CPU flag") {
+                            if flag.is_empty() || !flag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                                self.report(item.pos, format!("`{flag}` is not a CPU flag"), "write flags as /proc/cpuinfo does, e.g. `avx2`, `sse4_2`");
+                            } else {
+                                r.cpu_flags.push(flag.to_string());
+                            }
+                        }
+                    }
+                }
+                other => self.report(m.value.pos, format!("`cpu_flags` must be an array, not {}", other.type_name()), "write e.g. [\"avx2\"]"),
+            }
+        }
+        if let Some(m) = fields.get("gpu") {
+            r.gpu = match &m.value.value {
+                Value::Number(_) => self.integer(&m.value, "`gpu`", 0, 64).map(|count| Gpu { count: count as u32, model: None }),
+                Value::Object(_) => self.object(&m.value, "`gpu`", GPU_FIELDS).and_then(|g| {
+                    let count = match g.get("count") {
+                        Some(c) => self.integer(&c.value, "`gpu.count`", 0, 64)? as u32,
+                        None => 1,
+                    };
+                    let model = g.get("model").and_then(|mm| self.string(&mm.value, "`gpu.model`").map(str::to_string));
+                    Some(Gpu { count, model })
+                }),
+                other => {
+                    self.report(m.value.pos, format!("`gpu` must be a count or an object, not {}", other.type_name()), "write `1`, or {\"count\": 1, \"model\": \"A100\"}");
+                    None
+                }
+            }
+            .filter(|g| g.count > 0);
+        }
+        if let Some(m) = fields.get("network") {
+            match &m.value.value {
+                Value::Bool(b) => r.network = *b,
+                other => self.report(m.value.pos, format!("`network` must be true or false, not {}", other.type_name()), "write `\"network\": true` or `false`"),
+            }
+        }
+        if let Some(m) = fields.get("isolation") {
+            if let Some(text) = self.string(&m.value, "`isolation`") {
+                match text {
+                    "vm" => r.isolation = Isolation::Vm,
+                    "namespace" => r.isolation = Isolation::Namespace,
+                    other => self.report(m.value.pos, format!("unknown isolation `{other}`"), "use `vm` (a microVM, the default) or `namespace`"),
+                }
+            }
+        }
+        if let Some(m) = fields.get("labels") {
+            if let Some(members) = self.object(&m.value, "`labels`", &[]) {
+                for (k, mm) in members {
+                    if let Some(v) = self.string(&mm.value, &format!("label `{k}`")) {
+                        r.labels.insert(k.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Dangling references, self references, output kinds of image references, cycles.
+    fn check_graph(&mut self, jobs: &[Job], places: &[JobPlaces]) {
+        let mut first: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(&j) = first.get(job.id.as_str()) {
+                self.job = Some(job.id.clone());
+                let line = places[j].id_pos.line;
+                self.report(places[i].id_pos, format!("duplicate job id `{}`", job.id), format!("the first job with this id is on line {line}; ids must be unique"));
+            } else {
+                first.insert(&job.id, i);
+            }
+        }
+        for (i, job) in jobs.iter().enumerate() {
+            self.job = Some(job.id.clone());
+            let all_refs = places[i].refs.iter().chain(places[i].image_ref.iter());
+            for (target, output, pos) in all_refs {
+                if target == &job.id {
+                    self.report(*pos, format!("job `{target}` refers to its own output `{output}`"), "a job cannot read what it writes; split it into two jobs");
+                    continue;
+                }
+                let Some(&t) = first.get(target.as_str()) else {
+                    let known: Vec<&str> = first.keys().copied().collect();
+                    let near = known.iter().map(|k| (edit_distance(target, k), *k)).min();
+                    let help = match near {
+                        Some((d, k)) if d <= 2 => format!("did you mean `jobs:{k}/{output}`?"),
+                        _ => format!("jobs in this DAG: {}", known.join(", ")),
+                    };
+                    self.report(*pos, format!("no job `{target}` in this DAG"), help);
+                    continue;
+                };
+                match places[t].outputs.get(output) {
+                    None => {
+                        let names: Vec<&str> = places[t].outputs.keys().map(String::as_str).collect();
+                        self.report(*pos, format!("job `{target}` has no output `{output}`"), format!("its outputs are: {}", if names.is_empty() { "(none)".into() } else { names.join(", ") }));
+                    }
+                    Some((_, spec)) => {
+                        let is_image = places[i].image_ref.as_ref().is_some_and(|(j, o, p)| j == target && o == output && p == pos);
+                        if is_image && !matches!(spec, OutputSpec::File(_) | OutputSpec::Dir(_)) {
+                            self.report(*pos, format!("output `{output}` of job `{target}` is `{spec}`, which cannot hold an image"), "an image built by a job is a `file:` output (an OCI or docker-save archive) or a `dir:` output (an OCI layout)");
+                        }
+                    }
+                }
+            }
+        }
+        self.report_cycles(jobs, places, &first);
+    }
+
+    fn report_cycles(&mut self, jobs: &[Job], places: &[JobPlaces], index: &BTreeMap<&str, usize>) {
+        let n = jobs.len();
+        let edges: Vec<Vec<usize>> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                job_refs(j).iter().filter_map(|(t, _)| index.get(t.as_str()).copied()).filter(|&t| t != i).collect::<BTreeSet<_>>().into_iter().collect()
+            })
+            .collect();
+        // Iterative DFS with colours; each back edge closes one cycle, reported once by its set of jobs.
+        let mut colour = vec![0u8; n];
+        let mut reported: BTreeSet<Vec<usize>> = BTreeSet::new();
+        for start in 0..n {
+            if colour[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            let mut path: Vec<usize> = vec![start];
+            colour[start] = 1;
+            while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+                if *next < edges[node].len() {
+                    let to = edges[node][*next];
+                    *next += 1;
+                    match colour[to] {
+                        0 => {
+                            colour[to] = 1;
+                            stack.push((to, 0));
+                            path.push(to);
+                        }
+                        1 => {
+                            let from = path.iter().position(|&p| p == to).expect("on the path");
+                            let cycle: Vec<usize> = path[from..].to_vec();
+                            let mut key = cycle.clone();
+                            key.sort();
+                            if reported.insert(key) {
+                                let mut names: Vec<&str> = cycle.iter().map(|&c| jobs[c].id.as_str()).collect();
+                                names.push(&jobs[to].id);
+                                // Reported at the reference that closes the cycle (from `node` to `to`).
+                                let pos = places[node].refs.iter().chain(places[node].image_ref.iter()).find(|(t, _, _)| t == &jobs[to].id).map(|(_, _, p)| *p).unwrap_or(places[node].id_pos);
+                                self.job = Some(jobs[node].id.clone());
+                                self.report(pos, format!("cycle: {}", names.join(" -> ")), "a job may only read outputs of jobs that do not depend on it; break the cycle");
+                            }
+                        }
+                        _ => {}
+                    }
+                } else {
+                    colour[node] = 2;
+                    stack.pop();
+                    path.pop();
+                }
+            }
+        }
+    }
+}
+
+/// Checks a glob pattern's syntax: balanced, non-empty `[...]` classes, `**` only as a whole component.
+fn check_glob(pattern: &str) -> Result<(), String> {
+    for component in pattern.split('/') {
+        if component.contains("**") && component != "**" {
+            return Err("`**` must be a whole path component (`/**/`)".into());
+        }
+        let mut chars = component.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '[' => {
+                    if chars.peek() == Some(&'!') || chars.peek() == Some(&'^') {
+                        chars.next();
+                    }
+                    let mut n = 0;
+                    loop {
+                        match chars.next() {
+                            None => return Err("`[` without a closing `]`".into()),
+                            Some(']') if n > 0 => break,
+                            Some(_) => n += 1,
+                        }
+                    }
+                }
+                ']' => return Err("`]` without an opening `[`".into()),
+                '\\' => {
+                    if chars.next().is_none() {
+                        return Err("a trailing `\\`".into());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
