@@ -18,7 +18,6 @@
 //!   portable part ([`wire::JobSpec`], [`wire::Status`]) is what guest-init will speak too.
 //! - [`cgroup`]: per-job cgroups, v2 or v1 (memory + cpu), peak memory and OOM kills.
 //! - `sys`: the few raw syscalls nix does not wrap (clone without a stack, pidfds).
-//! - `compat`: stand-ins for shoal-dag's `Exit` and `OutputSpec` until that crate lands.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,13 +26,12 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod collect;
-mod compat;
 pub mod namespace;
 pub mod sandbox;
 mod sys;
 pub mod wire;
 
-pub use compat::{Exit, OutputSpec};
+pub use shoal_dag::{Exit, OutputSpec};
 pub use namespace::{HelperCommand, NamespaceBackend};
 pub use sandbox::sandbox_helper_main;
 

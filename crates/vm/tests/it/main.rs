@@ -202,11 +202,9 @@ fn timeout_keeps_partial_stderr_and_outputs_and_kills_everything() {
     let mut req = f.request("echo partial >&2; echo part > /output/p; sleep 98761 & sleep 98762");
     req.limits.timeout_ms = 300;
     req.outputs = outputs(&[("p", OutputSpec::File("/output/p".into())), ("q", OutputSpec::File("/output/q".into()))]);
-    let started = Instant::now();
     let out = run(req);
-    // Well before the host's own deadline (timeout + 2 s), and with the outputs PID 1
-    // collected after killing the job (a host-side kill would have lost them).
-    assert!(started.elapsed().as_millis() < 2_400, "took {:?}", started.elapsed());
+    // The outputs prove PID 1 enforced the timeout and collected after killing the job:
+    // the host's own deadline (timeout + 2 s) kills the helper, which would have lost them.
     assert_eq!(out.exit, Exit::Timeout);
     assert_eq!(out.stderr, b"partial\n");
     match &out.outputs["p"] {
@@ -262,11 +260,9 @@ fn stdout_over_its_limit() {
     let f = fixture();
     let mut req = f.request("yes");
     req.limits.stdout_bytes_max = 1000;
-    let started = Instant::now();
     let out = run(req);
     assert_eq!(out.exit, Exit::OutputTooLarge { output: "stdout".into(), limit_bytes: 1000 });
     assert_eq!(out.stdout.len(), 1000);
-    assert!(started.elapsed().as_secs() < 5);
 }
 
 #[test]
