@@ -1,1 +1,390 @@
-//! placeholder
+//! The local store of shoal: blobs named by BLAKE3, trees, the action cache and run records,
+//! pins and garbage collection, and container images imported from OCI.
+//!
+//! # Layout
+//! - [`Store`] (this file): a home directory holding `blobs/` (an iroh-blobs `FsStore`: verified
+//!   BLAKE3 streaming), `meta/` (sled, through `meta`), `rootfs/` (materialized image roots) and
+//!   `tmp/`. Blob operations, the action cache, run records and pins live here.
+//! - `meta`: the only module that touches sled; its doc lists every index.
+//! - [`tree`]: directories as canonical CBOR trees: build from a directory, materialize, the
+//!   per-tree rootfs cache.
+//! - `gc`: mark from records, the action cache, the image index and pins; sweep through
+//!   iroh-blobs' own collector, which never runs unless we ask.
+//! - [`image`]: OCI image layouts, `docker save` and OCI archives, registry pulls, layer expansion
+//!   and merging with whiteouts (Buildbarn ADR 8), and writing an OCI layout from a directory.
+//! - `error`: [`OpenError`], [`StoreError`], [`ImageError`].
+//! - `compat`: the shoal-dag types this crate uses, in one place.
+//!
+//! Invariants: a blob's name is the BLAKE3 of its bytes (iroh-blobs verifies it); a tree blob is
+//! recorded in the `trees` index when stored, so `gc` can follow it; nothing outside `gc` deletes
+//! a blob.
+
+mod compat;
+mod error;
+mod gc;
+pub mod image;
+mod meta;
+pub mod tree;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::Digest as _;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbor};
+pub use error::{ImageError, OpenError, StoreError};
+pub use gc::GcReport;
+pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
+
+use meta::Meta;
+
+/// Files at most this large are read into memory whole when stored or materialized; larger ones
+/// stream.
+const SMALL_FILE_BYTES: u64 = 4 << 20;
+
+/// The local content-addressed store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    home: PathBuf,
+    blobs: iroh_blobs::store::fs::FsStore,
+    meta: Meta,
+    /// Requests to iroh-blobs' collector (see `gc`).
+    gc_tx: mpsc::Sender<gc::GcRequest>,
+    /// One lock per tree being materialized under `rootfs/`, so concurrent callers build once.
+    rootfs_locks: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes `gc` runs.
+    gc_lock: tokio::sync::Mutex<()>,
+}
+
+pub(crate) fn to_iroh(h: Hash) -> iroh_blobs::Hash {
+    iroh_blobs::Hash::from_bytes(h.0)
+}
+pub(crate) fn from_iroh(h: iroh_blobs::Hash) -> Hash {
+    Hash(*h.as_bytes())
+}
+
+impl Store {
+    /// `$SHOAL_HOME`, or `~/.local/share/shoal`.
+    pub fn default_home() -> PathBuf {
+        if let Some(h) = std::env::var_os("SHOAL_HOME").filter(|h| !h.is_empty()) {
+            return PathBuf::from(h);
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        home.join(".local/share/shoal")
+    }
+
+    /// Opens (creating when needed) the store under `home`.
+    pub async fn open(home: &Path) -> Result<Store, OpenError> {
+        for sub in ["", "blobs", "meta", "rootfs", "tmp"] {
+            let p = home.join(sub);
+            std::fs::create_dir_all(&p).map_err(|source| OpenError::CreateDir { path: p.clone(), source })?;
+        }
+        let home = std::fs::canonicalize(home)
+            .map_err(|source| OpenError::CreateDir { path: home.to_owned(), source })?;
+        let meta_dir = home.join("meta");
+        // sled locks its directory: a second process fails here, before touching anything.
+        let meta = Meta::open(&meta_dir)
+            .map_err(|e| OpenError::Meta { path: meta_dir.clone(), message: e.to_string() })?;
+        // Leftovers of interrupted imports and materializations.
+        if let Ok(rd) = std::fs::read_dir(home.join("tmp")) {
+            for e in rd.flatten() {
+                let _ = tree::remove_tree_forcefully(&e.path());
+            }
+        }
+        if let Ok(rd) = std::fs::read_dir(home.join("rootfs")) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let _ = tree::remove_tree_forcefully(&e.path());
+                }
+            }
+        }
+        let blobs_dir = home.join("blobs");
+        let (gc_config, gc_tx) = gc::iroh_gc_config();
+        let mut options = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
+        options.gc = Some(gc_config);
+        let blobs = iroh_blobs::store::fs::FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
+            .await
+            .map_err(|e| OpenError::Blobs { path: blobs_dir.clone(), message: e.to_string() })?;
+        debug!(home = %home.display(), "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                home,
+                blobs,
+                meta,
+                gc_tx,
+                rootfs_locks: Mutex::new(HashMap::new()),
+                gc_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.inner.home
+    }
+
+    pub(crate) fn meta(&self) -> &Meta {
+        &self.inner.meta
+    }
+
+    pub(crate) fn iroh(&self) -> &iroh_blobs::api::Store {
+        &self.inner.blobs
+    }
+
+    /// A fresh, empty temporary directory under `home/tmp` (removed at the next open if left).
+    pub(crate) fn temp_dir(&self, what: &str) -> Result<PathBuf, StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = self.home().join("tmp").join(format!(
+            "{what}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).map_err(StoreError::io("cannot create", &p))?;
+        Ok(p)
+    }
+
+    /// Stores bytes; returns their hash.
+    pub async fn put_bytes(&self, bytes: impl Into<Bytes>) -> Result<Hash, StoreError> {
+        let tt = self
+            .iroh()
+            .add_bytes(bytes.into())
+            .temp_tag()
+            .await
+            .map_err(|e| StoreError::blobs("adding bytes")(&e))?;
+        Ok(from_iroh(tt.hash()))
+    }
+
+    /// Stores the file at `path`, streaming it (it is never whole in memory), and indexes its
+    /// sha256, computed in the same pass. Returns its hash and size.
+    pub async fn put_file(&self, path: &Path) -> Result<(Hash, u64), StoreError> {
+        let (hash, size, sha) = self.put_file_sha256(path).await?;
+        Meta::put(&self.meta().sha256, sha.as_bytes(), &hash.0)?;
+        Ok((hash, size))
+    }
+
+    /// Like `put_file`, returning the sha256 hex too (without indexing it).
+    pub(crate) async fn put_file_sha256(&self, path: &Path) -> Result<(Hash, u64, String), StoreError> {
+        let file = std::fs::File::open(path).map_err(StoreError::io("cannot open", path))?;
+        let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            let mut sha = sha2::Sha256::new();
+            let mut size = 0u64;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let kind = e.kind();
+                        let _ = tx.blocking_send(Err(e));
+                        return Err(std::io::Error::from(kind));
+                    }
+                };
+                buf.truncate(n);
+                sha.update(&buf);
+                size += n as u64;
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Err(std::io::Error::other("the blob store stopped reading"));
+                }
+            }
+            Ok((size, hex::encode(sha.finalize())))
+        });
+        let stream = futures_lite::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        let added = self
+            .iroh()
+            .add_stream(stream)
+            .await
+            .temp_tag()
+            .await
+            .map_err(|e| StoreError::blobs("adding a file")(&e));
+        let read = reader.await.map_err(|e| StoreError::Io {
+            what: "cannot read",
+            path: path.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let (size, sha) = read.map_err(StoreError::io("cannot read", path))?;
+        let tt = added?;
+        Ok((from_iroh(tt.hash()), size, sha))
+    }
+
+    /// Stores a file without indexing its sha256 (tree building): small files in one read.
+    pub(crate) async fn put_file_plain(&self, path: &Path, size: u64) -> Result<Hash, StoreError> {
+        if size <= SMALL_FILE_BYTES {
+            let data = std::fs::read(path).map_err(StoreError::io("cannot read", path))?;
+            self.put_bytes(data).await
+        } else {
+            let abs = std::path::absolute(path).map_err(StoreError::io("cannot resolve", path))?;
+            let tt = self
+                .iroh()
+                .add_path(&abs)
+                .temp_tag()
+                .await
+                .map_err(|e| StoreError::blobs("adding a file")(&e))?;
+            Ok(from_iroh(tt.hash()))
+        }
+    }
+
+    /// The bytes of a blob, or `None` when it is not stored.
+    pub async fn get_bytes(&self, hash: Hash) -> Result<Option<Bytes>, StoreError> {
+        if !self.has(hash).await? {
+            return Ok(None);
+        }
+        let b = self.iroh().get_bytes(to_iroh(hash)).await.map_err(|e| StoreError::blobs("reading a blob")(&e))?;
+        Ok(Some(b))
+    }
+
+    /// Like `get_bytes`, with a missing blob as [`StoreError::NotFound`].
+    pub async fn need_bytes(&self, hash: Hash) -> Result<Bytes, StoreError> {
+        self.get_bytes(hash).await?.ok_or(StoreError::NotFound { hash })
+    }
+
+    /// Writes a blob to the file `dest` (replacing it).
+    pub async fn export(&self, hash: Hash, dest: &Path) -> Result<(), StoreError> {
+        if !self.has(hash).await? {
+            return Err(StoreError::NotFound { hash });
+        }
+        let dest = std::path::absolute(dest).map_err(StoreError::io("cannot resolve", dest))?;
+        self.iroh()
+            .export(to_iroh(hash), &dest)
+            .finish()
+            .await
+            .map_err(|e| StoreError::blobs("exporting a blob")(&e))?;
+        Ok(())
+    }
+
+    pub async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
+        self.iroh().has(to_iroh(hash)).await.map_err(|e| StoreError::blobs("checking a blob")(&e))
+    }
+
+    /// The size of a complete blob, or `None`.
+    pub async fn size(&self, hash: Hash) -> Result<Option<u64>, StoreError> {
+        use iroh_blobs::api::blobs::BlobStatus;
+        match self.iroh().blobs().status(to_iroh(hash)).await {
+            Ok(BlobStatus::Complete { size }) => Ok(Some(size)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(StoreError::blobs("checking a blob")(&e)),
+        }
+    }
+
+    /// Every complete blob and its size, sorted by hash.
+    pub async fn list(&self) -> Result<Vec<(Hash, u64)>, StoreError> {
+        let hashes = self.iroh().blobs().list().hashes().await.map_err(|e| StoreError::blobs("listing blobs")(&e))?;
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if let Some(size) = self.size(from_iroh(h)).await? {
+                out.push((from_iroh(h), size));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    // ---- action cache and records ----
+
+    /// Action key -> record hash (one sled read).
+    pub fn action_get(&self, key: &Hash) -> Result<Option<Hash>, StoreError> {
+        Meta::get_hash(&self.meta().actions, &key.0)
+    }
+
+    /// Records that `key` produced `record`; durable when it returns.
+    pub fn action_put(&self, key: &Hash, record: &Hash) -> Result<(), StoreError> {
+        Meta::put(&self.meta().actions, &key.0, &record.0)?;
+        self.meta().flush()
+    }
+
+    /// Stores a signed record as a blob (its canonical CBOR), caches its bytes in the metadata
+    /// database and makes it the latest record of its job; durable when it returns.
+    pub async fn put_record(&self, rec: &SignedRecord) -> Result<Hash, StoreError> {
+        let bytes = rec.to_cbor();
+        let job_id = record_job_id(&rec.record);
+        let hash = self.put_bytes(bytes.clone()).await?;
+        self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
+        let m = self.meta();
+        Meta::put(&m.records, &hash.0, &bytes)?;
+        if let Some(job_id) = job_id {
+            Meta::put(&m.records_by_job, job_id.as_bytes(), &hash.0)?;
+        }
+        m.flush_async().await?;
+        Ok(hash)
+    }
+
+    /// A record, read from the metadata cache (one sled read) or its blob.
+    pub async fn get_record(&self, hash: Hash) -> Result<Option<SignedRecord>, StoreError> {
+        let cached = self.meta().records.get(hash.0).map_err(StoreError::meta("read"))?;
+        let bytes = match cached {
+            Some(b) => Bytes::from(b.to_vec()),
+            None => match self.get_bytes(hash).await? {
+                Some(b) => b,
+                None => return Ok(None),
+            },
+        };
+        SignedRecord::from_cbor(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadRecord { hash, reason: e.to_string() })
+    }
+
+    pub fn latest_record_for_job(&self, job_id: &str) -> Result<Option<Hash>, StoreError> {
+        Meta::get_hash(&self.meta().records_by_job, job_id.as_bytes())
+    }
+
+    // ---- pins ----
+
+    /// Keeps `hash` (and, for a tree, all it reaches) through `gc`.
+    pub fn pin(&self, hash: Hash) -> Result<(), StoreError> {
+        Meta::put(&self.meta().pins, &hash.0, &[])
+    }
+
+    pub fn unpin(&self, hash: Hash) -> Result<(), StoreError> {
+        self.meta().pins.remove(hash.0).map_err(StoreError::meta("write"))?;
+        Ok(())
+    }
+
+    pub fn pins(&self) -> Result<Vec<Hash>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.meta().pins.iter() {
+            let (k, _) = kv.map_err(StoreError::meta("read"))?;
+            out.extend(meta::hash_of(&k));
+        }
+        Ok(out)
+    }
+
+    /// The blake3 hash stored for content whose sha256 is `sha256_hex`.
+    pub fn by_sha256(&self, sha256_hex: &str) -> Result<Option<Hash>, StoreError> {
+        let hex = sha256_hex.strip_prefix("sha256:").unwrap_or(sha256_hex);
+        Meta::get_hash(&self.meta().sha256, hex.as_bytes())
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
+        self.meta().flush_async().await
+    }
+
+    /// Flushes and stops the blob store. Call before exit.
+    pub async fn shutdown(&self) {
+        let _ = self.flush().await;
+        if let Err(e) = self.iroh().shutdown().await {
+            tracing::warn!("blob store shutdown: {e}");
+        }
+    }
+}
+
+/// The `job_id` field of a run record's CBOR, read without decoding the whole record.
+fn record_job_id(record_cbor: &[u8]) -> Option<String> {
+    let v: ciborium::Value = ciborium::from_reader(record_cbor).ok()?;
+    v.as_map()?.iter().find_map(|(k, v)| match (k.as_text(), v.as_text()) {
+        (Some("job_id"), Some(id)) => Some(id.to_owned()),
+        _ => None,
+    })
+}

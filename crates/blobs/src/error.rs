@@ -1,0 +1,110 @@
+//! Error types, one enum per operation area. Each variant's message names the thing and says what
+//! to do.
+
+use std::path::PathBuf;
+
+use crate::Hash;
+
+/// Opening a store.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A directory of the store could not be created.
+    #[error("cannot create the shoal store directory {path}: {source}; check its permissions or set SHOAL_HOME to a writable directory")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    /// The sled metadata database did not open.
+    #[error("cannot open the metadata database {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory")]
+    Meta { path: PathBuf, message: String },
+    /// The iroh-blobs store did not open.
+    #[error("cannot open the blob store {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory")]
+    Blobs { path: PathBuf, message: String },
+}
+
+/// Storing, reading, trees, records and garbage collection.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A blob that an operation needs is not in the store.
+    #[error("blob {hash} is not in the local store; import it (`shoal import`), fetch it from a peer, or run the job that makes it")]
+    NotFound { hash: Hash },
+    /// Reading or writing a host file failed.
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// The iroh-blobs store reported an error.
+    #[error("blob store: {op} failed: {message}; check the disk under the shoal home (df, permissions)")]
+    Blobs { op: &'static str, message: String },
+    /// The sled metadata database reported an error.
+    #[error("metadata database: {op} failed: {source}; check the disk under the shoal home")]
+    Meta { op: &'static str, source: sled::Error },
+    /// A directory holds something a tree cannot represent.
+    #[error("{path} is a {kind}; trees hold only files, directories and symlinks: remove it or leave it out of the directory")]
+    Unsupported { path: PathBuf, kind: &'static str },
+    /// A file name is not UTF-8.
+    #[error("the name of {path} is not UTF-8; rename it")]
+    NonUtf8Name { path: PathBuf },
+    /// A stored tree blob is malformed or unsafe (a name with `/`, `.` or `..`, unsorted entries...).
+    #[error("tree {hash} is invalid: {reason}; it was not made by shoal: re-create it from its directory")]
+    BadTree { hash: Hash, reason: String },
+    /// A stored record does not decode.
+    #[error("record {hash} is not a signed run record: {reason}")]
+    BadRecord { hash: Hash, reason: String },
+    /// `materialize` was pointed at a path that exists.
+    #[error("{path} already exists; materialize writes a new directory: remove it or choose another destination")]
+    DestinationExists { path: PathBuf },
+}
+
+impl StoreError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { what, path, source }
+    }
+    pub(crate) fn blobs(op: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> StoreError {
+        move |e| StoreError::Blobs { op, message: e.to_string() }
+    }
+    pub(crate) fn meta(op: &'static str) -> impl FnOnce(sled::Error) -> StoreError {
+        move |source| StoreError::Meta { op, source }
+    }
+}
+
+/// Importing, pulling, naming and resolving images.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A store operation failed during an image operation.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No image carries the tag.
+    #[error("no image tagged `{tag}`; run `shoal image ls`, or `shoal image import`/`pull` it")]
+    UnknownTag { tag: String },
+    /// No image has the OCI digest.
+    #[error("no image with digest `sha256:{digest}`; run `shoal image ls`, or `shoal image import`/`pull` it")]
+    UnknownDigest { digest: String },
+    /// No image has the blake3 id.
+    #[error("no image with id `{id}`; run `shoal image ls`, or `shoal image import`/`pull` it")]
+    UnknownId { id: Hash },
+    /// A `jobs:` image reference cannot be resolved here.
+    #[error("image `jobs:{job}/{output}` is built by a job; resolve it after that job ran (the node does this)")]
+    JobImage { job: String, output: String },
+    /// The image source is malformed.
+    #[error("{source_name}: {reason}")]
+    Format { source_name: String, reason: String },
+    /// A blob's content does not match its digest.
+    #[error("{what}: expected sha256:{expected}, got sha256:{actual}; the source is corrupt or was changed: fetch it again")]
+    DigestMismatch { what: String, expected: String, actual: String },
+    /// Reading a host file failed.
+    #[error("{what} {path}: {source}")]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    /// A registry request failed.
+    #[error("registry {url}: {reason}")]
+    Registry { url: String, reason: String },
+    /// A layer entry cannot be expanded.
+    #[error("layer {layer}: entry `{entry}`: {reason}")]
+    Layer { layer: String, entry: String, reason: String },
+}
+
+impl ImageError {
+    pub(crate) fn format(source_name: impl std::fmt::Display, reason: impl Into<String>) -> ImageError {
+        ImageError::Format { source_name: source_name.to_string(), reason: reason.into() }
+    }
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.into();
+        move |source| ImageError::Io { what, path, source }
+    }
+}

@@ -1,0 +1,210 @@
+//! Container images: import from OCI layouts, `docker save` / OCI archives and registries; the
+//! image index (tags and digests); writing an OCI layout from a directory.
+//!
+//! An image is stored as the canonical CBOR of [`Image`]; the BLAKE3 of that blob is its id
+//! (`blake3:...`). Importing follows Buildbarn ADR 8: each layer is expanded into a tree of its
+//! own (whiteout files kept as plain entries), cached by the layer's sha256 digest, and the layer
+//! trees are merged in order (`.wh.<name>` deletes `<name>` below, `.wh..wh..opq` hides everything
+//! below in its directory), each merge cached by the pair of trees. Images that share layers or
+//! files therefore share blobs.
+//!
+//! - `layer`: layer tar -> tree, and the merge.
+//! - `oci`: manifests, OCI layouts, archives, and the common import path.
+//! - `registry`: the OCI distribution API (pull).
+//! - `build`: [`build_oci_layout_from_dir`].
+
+mod build;
+mod layer;
+mod oci;
+mod registry;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use build::build_oci_layout_from_dir;
+pub use registry::PullOptions;
+
+use crate::error::ImageError;
+use crate::meta::{Meta, hash_of};
+use crate::{Hash, ImageRef, Store, StoreError, canonical_cbor};
+
+/// The `blake3:` id of an image: the hash of its [`Image`] blob.
+pub type ImageId = Hash;
+
+/// Called with (bytes done, bytes total) while importing or pulling, for progress bars.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// A stored image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub config: ImageConfig,
+    /// The merged root filesystem.
+    pub rootfs: Hash,
+    /// `sha256:<hex>` of the OCI manifest, when the image came with one.
+    pub oci_digest: Option<String>,
+}
+
+/// What the runtime needs from an image's config.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// shoal's architecture names: `x86_64`, `aarch64`, `riscv64` (OCI's `amd64`, `arm64` are
+    /// translated on import and back on export).
+    pub arch: String,
+}
+
+/// What the index keeps about an image besides its blob (`image_blobs` in `meta`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ImageInfo {
+    /// Blobs kept with the image: manifest, config, layer trees.
+    pub keeps: Vec<Hash>,
+    pub oci_digest: Option<String>,
+}
+
+/// One tag of the index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageEntry {
+    pub tag: String,
+    pub id: Hash,
+    pub oci_digest: Option<String>,
+}
+
+impl Image {
+    pub fn encode(&self) -> Vec<u8> {
+        canonical_cbor(self)
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Image, String> {
+        ciborium::from_reader(bytes).map_err(|e| e.to_string())
+    }
+}
+
+pub(crate) fn oci_arch_to_shoal(arch: &str) -> String {
+    match arch {
+        "amd64" => "x86_64".into(),
+        "arm64" => "aarch64".into(),
+        other => other.into(),
+    }
+}
+
+pub(crate) fn shoal_arch_to_oci(arch: &str) -> String {
+    match arch {
+        "x86_64" | "" => "amd64".into(),
+        "aarch64" => "arm64".into(),
+        other => other.into(),
+    }
+}
+
+/// `busybox` -> `busybox:latest`; names with a tag or digest stay as they are.
+pub fn normalize_tag(tag: &str) -> String {
+    let last = tag.rsplit('/').next().unwrap_or(tag);
+    if last.contains(':') || last.contains('@') { tag.to_owned() } else { format!("{tag}:latest") }
+}
+
+impl Store {
+    /// Every tag, sorted.
+    pub fn images(&self) -> Result<Vec<ImageEntry>, ImageError> {
+        let m = self.meta();
+        let mut out = Vec::new();
+        for kv in m.images.iter() {
+            let (k, v) = kv.map_err(StoreError::meta("read"))?;
+            let (Ok(tag), Some(id)) = (String::from_utf8(k.to_vec()), hash_of(&v)) else { continue };
+            let oci_digest = self.image_digest_of(id);
+            out.push(ImageEntry { tag, id, oci_digest });
+        }
+        Ok(out)
+    }
+
+    fn image_digest_of(&self, id: Hash) -> Option<String> {
+        let bytes = self.meta().image_blobs.get(id.0).ok()??;
+        let info: ImageInfo = ciborium::from_reader(&bytes[..]).ok()?;
+        info.oci_digest
+    }
+
+    /// Points `tag` (a bare name means `:latest`) at image `id`.
+    pub fn tag_image(&self, tag: &str, id: Hash) -> Result<(), ImageError> {
+        let tag = normalize_tag(tag);
+        Meta::put(&self.meta().images, tag.as_bytes(), &id.0)?;
+        self.meta().flush()?;
+        tracing::info!(%tag, %id, "tagged image");
+        Ok(())
+    }
+
+    /// Removes a tag. When no tag is left on the image, its digest entries go too, so the next
+    /// `gc` may collect it. Returns whether the tag existed.
+    pub fn untag_image(&self, tag: &str) -> Result<bool, ImageError> {
+        let tag = normalize_tag(tag);
+        let m = self.meta();
+        let Some(old) = m.images.remove(tag.as_bytes()).map_err(StoreError::meta("write"))? else {
+            return Ok(false);
+        };
+        let id = hash_of(&old);
+        let still_tagged = m.images.iter().values().any(|v| v.ok().and_then(|v| hash_of(&v)) == id);
+        if !still_tagged {
+            for kv in m.image_digests.iter() {
+                let (k, v) = kv.map_err(StoreError::meta("read"))?;
+                if hash_of(&v) == id {
+                    m.image_digests.remove(k).map_err(StoreError::meta("write"))?;
+                }
+            }
+        }
+        m.flush()?;
+        Ok(true)
+    }
+
+    /// The image stored under `id`, or `None`.
+    pub async fn get_image(&self, id: Hash) -> Result<Option<Image>, ImageError> {
+        let Some(bytes) = self.get_bytes(id).await? else { return Ok(None) };
+        Ok(Image::decode(&bytes).ok())
+    }
+
+    /// Finds an image by tag (`busybox:latest`; a bare name means `:latest`), by `sha256:` digest
+    /// of its manifest (or of its config, docker's image id), or by `blake3:` id.
+    pub async fn resolve_image(&self, r: &ImageRef) -> Result<(Hash, Image), ImageError> {
+        let m = self.meta();
+        let id = match r {
+            ImageRef::Tag(t) => {
+                let tag = normalize_tag(t);
+                Meta::get_hash(&m.images, tag.as_bytes())?.ok_or(ImageError::UnknownTag { tag })?
+            }
+            ImageRef::Sha256(hex) => {
+                let hex = hex.strip_prefix("sha256:").unwrap_or(hex).to_owned();
+                Meta::get_hash(&m.image_digests, hex.as_bytes())?.ok_or(ImageError::UnknownDigest { digest: hex })?
+            }
+            ImageRef::Blake3(h) => *h,
+            ImageRef::Job { job, output } => {
+                return Err(ImageError::JobImage { job: job.clone(), output: output.clone() });
+            }
+        };
+        let image = self.get_image(id).await?.ok_or(ImageError::UnknownId { id })?;
+        Ok((id, image))
+    }
+
+    /// Stores an image blob and indexes it: digests, the blobs it keeps, and the tag.
+    pub(crate) async fn index_image(
+        &self,
+        image: &Image,
+        digests: &[String],
+        keeps: &[Hash],
+        tag: Option<&str>,
+    ) -> Result<ImageId, ImageError> {
+        let id = self.put_bytes(image.encode()).await?;
+        let m = self.meta();
+        for d in digests {
+            Meta::put(&m.image_digests, d.as_bytes(), &id.0)?;
+        }
+        let info = ImageInfo { keeps: keeps.to_vec(), oci_digest: image.oci_digest.clone() };
+        let mut info_cbor = Vec::new();
+        ciborium::into_writer(&info, &mut info_cbor).expect("writing to a Vec cannot fail");
+        Meta::put(&m.image_blobs, &id.0, &info_cbor)?;
+        if let Some(tag) = tag {
+            self.tag_image(tag, id)?;
+        }
+        self.flush().await?;
+        Ok(id)
+    }
+}
