@@ -1,0 +1,142 @@
+use std::time::Instant;
+
+use shoal_blobs::{Hash, SignedRecord, StoreError};
+
+use crate::store;
+
+#[tokio::test]
+async fn put_get_export_list() {
+    let (home, s) = store().await;
+    let h = s.put_bytes(&b"hello"[..]).await.unwrap();
+    assert_eq!(h, Hash::of(b"hello"));
+    assert_eq!(&s.get_bytes(h).await.unwrap().unwrap()[..], b"hello");
+    assert!(s.has(h).await.unwrap());
+    assert_eq!(s.size(h).await.unwrap(), Some(5));
+
+    // A file larger than the in-memory threshold, streamed, with its sha256 indexed.
+    let big: Vec<u8> = (0..(9u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let p = home.path().join("big");
+    std::fs::write(&p, &big).unwrap();
+    let (bh, size) = s.put_file(&p).await.unwrap();
+    assert_eq!(size, big.len() as u64);
+    assert_eq!(bh, Hash::of(&big));
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    assert_eq!(s.by_sha256(&sha).unwrap(), Some(bh));
+    let out = home.path().join("out");
+    s.export(bh, &out).await.unwrap();
+    assert!(std::fs::read(&out).unwrap() == big);
+
+    let list = s.list().await.unwrap();
+    assert!(list.contains(&(h, 5)));
+    assert!(list.contains(&(bh, big.len() as u64)));
+    s.shutdown().await;
+
+    // Everything is still there after reopening.
+    drop(s);
+    let s = shoal_blobs::Store::open(home.path()).await.unwrap();
+    assert_eq!(&s.get_bytes(h).await.unwrap().unwrap()[..], b"hello");
+    assert_eq!(s.size(bh).await.unwrap(), Some(big.len() as u64));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_blob() {
+    let (home, s) = store().await;
+    let h = Hash::of(b"never stored");
+    assert_eq!(s.get_bytes(h).await.unwrap(), None);
+    assert!(!s.has(h).await.unwrap());
+    assert_eq!(s.size(h).await.unwrap(), None);
+    let err = s.export(h, &home.path().join("x")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { hash } if hash == h));
+    let msg = err.to_string();
+    assert!(msg.contains(&h.to_string()) && msg.contains("import"), "{msg}");
+    let err = s.materialize(h, &home.path().join("m")).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    s.shutdown().await;
+}
+
+fn fake_record(job: &str, hashes: &[Hash]) -> SignedRecord {
+    use ciborium::Value;
+    let outs = hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (Value::Text(format!("o{i}")), Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(h.0.to_vec()))])))
+        .collect();
+    let v = Value::Map(vec![
+        (Value::Text("job_id".into()), Value::Text(job.into())),
+        (Value::Text("outputs".into()), Value::Map(outs)),
+    ]);
+    let mut record = Vec::new();
+    ciborium::into_writer(&v, &mut record).unwrap();
+    SignedRecord { record, signer: [7; 32], signature: vec![1; 64] }
+}
+
+#[tokio::test]
+async fn records_and_action_cache() {
+    let (_home, s) = store().await;
+    let out = s.put_bytes(&b"out"[..]).await.unwrap();
+    let r1 = fake_record("build", &[out]);
+    let h1 = s.put_record(&r1).await.unwrap();
+    assert_eq!(s.get_record(h1).await.unwrap(), Some(r1.clone()));
+    assert_eq!(s.latest_record_for_job("build").unwrap(), Some(h1));
+    let r2 = fake_record("build", &[]);
+    let h2 = s.put_record(&r2).await.unwrap();
+    assert_eq!(s.latest_record_for_job("build").unwrap(), Some(h2));
+    assert_eq!(s.latest_record_for_job("other").unwrap(), None);
+    // The record is also a plain blob.
+    assert_eq!(SignedRecord::from_cbor(&s.get_bytes(h1).await.unwrap().unwrap()).unwrap(), r1);
+
+    let key = Hash::of(b"action");
+    assert_eq!(s.action_get(&key).unwrap(), None);
+    s.action_put(&key, &h1).unwrap();
+    assert_eq!(s.action_get(&key).unwrap(), Some(h1));
+
+    // The hot path of a fully cached run: 1000 x (action_get + get_record).
+    let mut keys = Vec::new();
+    let t = Instant::now();
+    for i in 0..1000u32 {
+        let k = Hash::of(&i.to_le_bytes());
+        let r = fake_record(&format!("j{i}"), &[out]);
+        let h = s.put_record(&r).await.unwrap();
+        s.action_put(&k, &h).unwrap();
+        keys.push(k);
+    }
+    let put_ms = t.elapsed().as_millis();
+    let t = Instant::now();
+    for k in &keys {
+        let h = s.action_get(k).unwrap().unwrap();
+        assert!(s.get_record(h).await.unwrap().is_some());
+    }
+    let get_ms = t.elapsed().as_millis();
+    eprintln!("MEASURE 1000 x (put_record + action_put): {put_ms} ms; 1000 x (action_get + get_record): {get_ms} ms");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn throughput() {
+    let (home, s) = store().await;
+    let data: Vec<u8> = (0..(128u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let p = home.path().join("f");
+    std::fs::write(&p, &data).unwrap();
+    let t = Instant::now();
+    let (h, _) = s.put_file(&p).await.unwrap();
+    let put = t.elapsed();
+    let t = Instant::now();
+    let b = s.get_bytes(h).await.unwrap().unwrap();
+    let get = t.elapsed();
+    assert_eq!(b.len(), data.len());
+    let t = Instant::now();
+    s.export(h, &home.path().join("g")).await.unwrap();
+    let export = t.elapsed();
+    let mib = 128.0;
+    eprintln!(
+        "MEASURE 128 MiB: put_file {:.0} MiB/s, get_bytes {:.0} MiB/s, export {:.0} MiB/s",
+        mib / put.as_secs_f64(),
+        mib / get.as_secs_f64(),
+        mib / export.as_secs_f64()
+    );
+    s.shutdown().await;
+}

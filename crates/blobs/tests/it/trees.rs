@@ -1,0 +1,202 @@
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use proptest::prelude::*;
+use shoal_blobs::tree::{Entry, EntryKind, Tree};
+use shoal_blobs::{DigestKind, StoreError};
+
+use crate::{is_root, mode, store, write};
+
+fn sample_dir(root: &Path) {
+    write(&root.join("bin/tool"), b"#!/bin/sh\necho hi\n", 0o755);
+    write(&root.join("bin/su"), b"setuid binary", 0o4755);
+    write(&root.join("bin/sg"), b"setgid binary", 0o2711);
+    write(&root.join("etc/conf"), b"a=1\n", 0o644);
+    write(&root.join("etc/secret"), b"s", 0o600);
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    std::os::unix::fs::symlink("tool", root.join("bin/alias")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("etc/outside")).unwrap();
+    std::os::unix::fs::symlink("../../../../nowhere", root.join("etc/dangling")).unwrap();
+    std::fs::hard_link(root.join("etc/conf"), root.join("etc/conf.link")).unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(root.join("etc/secret"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("bin/alias"), Some(42), Some(43)).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tree_round_trip() {
+    let (home, s) = store().await;
+    let src = home.path().join("src");
+    sample_dir(&src);
+    let before = s.list().await.unwrap().len();
+    let d = s.put_tree_from_dir(&src).await.unwrap();
+    assert_eq!(d.kind, DigestKind::Tree);
+    // Blobs: 5 distinct file contents (the hard link stored once) + 5 trees (root, bin, etc, tmp, empty;
+    // tmp and empty are the same empty tree, so 4 distinct).
+    let after = s.list().await.unwrap().len();
+    assert_eq!(after - before, 5 + 4, "hard-linked files are stored once");
+
+    let root = s.get_tree(d.hash).await.unwrap();
+    let names: Vec<&str> = root.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["bin", "empty", "etc", "tmp"]);
+    let EntryKind::Dir { hash: etc } = root.get("etc").unwrap().kind else { panic!() };
+    let etc = s.get_tree(etc).await.unwrap();
+    assert_eq!(etc.get("outside").unwrap().kind, EntryKind::Symlink { target: "/etc/passwd".into() });
+    assert_eq!(etc.get("conf").unwrap().kind, etc.get("conf.link").unwrap().kind);
+
+    let dst = home.path().join("dst");
+    s.materialize(d.hash, &dst).await.unwrap();
+    assert_eq!(mode(&dst.join("bin/tool")), 0o755);
+    assert_eq!(mode(&dst.join("bin/su")), 0o4755);
+    assert_eq!(mode(&dst.join("bin/sg")), 0o2711);
+    assert_eq!(mode(&dst.join("tmp")), 0o1777);
+    assert_eq!(mode(&dst.join("etc/secret")), 0o600);
+    assert_eq!(std::fs::read(dst.join("bin/tool")).unwrap(), b"#!/bin/sh\necho hi\n");
+    // Symlinks come back as links, never followed: the one pointing outside is still a link.
+    let md = std::fs::symlink_metadata(dst.join("etc/outside")).unwrap();
+    assert!(md.file_type().is_symlink());
+    assert_eq!(std::fs::read_link(dst.join("etc/outside")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(std::fs::read_link(dst.join("etc/dangling")).unwrap(), Path::new("../../../../nowhere"));
+    // Identical files are hard-linked within one materialization.
+    let a = std::fs::metadata(dst.join("etc/conf")).unwrap();
+    let b = std::fs::metadata(dst.join("etc/conf.link")).unwrap();
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    if is_root() {
+        let m = std::fs::symlink_metadata(dst.join("etc/secret")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234, 5678));
+        let m = std::fs::symlink_metadata(dst.join("bin/alias")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (42, 43));
+    }
+    // Building the copy gives the same hash.
+    assert_eq!(s.put_tree_from_dir(&dst).await.unwrap().hash, d.hash);
+    // Materializing over an existing path is refused.
+    assert!(matches!(s.materialize(d.hash, &dst).await, Err(StoreError::DestinationExists { .. })));
+
+    // rootfs: materialized once, concurrently, into home/rootfs/<hex>.
+    let (p1, p2) = tokio::join!(s.rootfs(d.hash), s.rootfs(d.hash));
+    let (p1, p2) = (p1.unwrap(), p2.unwrap());
+    assert_eq!(p1, p2);
+    assert_eq!(p1, s.home().join("rootfs").join(d.hash.to_hex()));
+    assert_eq!(mode(&p1.join("bin/su")), 0o4755);
+    assert_eq!(s.put_tree_from_dir(&p1).await.unwrap().hash, d.hash);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuses_unsafe_names() {
+    let (home, s) = store().await;
+    let file = s.put_bytes(&b"x"[..]).await.unwrap();
+    for bad in ["..", ".", "a/b", ""] {
+        let t = Tree { entries: vec![Entry { name: bad.into(), kind: EntryKind::File { hash: file, size: 1 }, mode: 0o644, uid: 0, gid: 0 }] };
+        let h = s.put_tree(&t).await.unwrap();
+        let dst = home.path().join(format!("dst{}", bad.len()));
+        let err = s.materialize(h, &dst).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadTree { .. }), "{bad}: {err}");
+        assert!(err.to_string().contains("invalid"), "{err}");
+        assert!(!home.path().join("x").exists());
+    }
+    // A symlink named `..` pointing outside must not be written either.
+    let t = Tree { entries: vec![Entry { name: "..".into(), kind: EntryKind::Symlink { target: "/".into() }, mode: 0o777, uid: 0, gid: 0 }] };
+    let h = s.put_tree(&t).await.unwrap();
+    assert!(s.materialize(h, &home.path().join("d2")).await.is_err());
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuses_special_files() {
+    let (home, s) = store().await;
+    let src = home.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    let fifo = src.join("sub/pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let err = s.put_tree_from_dir(&src).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { kind: "fifo", .. }), "{err}");
+    assert!(err.to_string().contains(fifo.to_str().unwrap()), "{err}");
+    s.shutdown().await;
+}
+
+#[derive(Debug, Clone)]
+enum Spec {
+    File(Vec<u8>, u32),
+    Dir(u32),
+    Link(String),
+}
+
+fn spec() -> impl Strategy<Value = Vec<(Vec<String>, Spec)>> {
+    let name = prop::sample::select(vec!["a", "b", "c", "d.txt", "é", "Z", ".hidden"]).prop_map(String::from);
+    let path = prop::collection::vec(name, 1..4);
+    let kind = prop_oneof![
+        (prop::collection::vec(any::<u8>(), 0..64), prop::sample::select(vec![0o644u32, 0o755, 0o600, 0o4755, 0o2755]))
+            .prop_map(|(d, m)| Spec::File(d, m)),
+        prop::sample::select(vec![0o755u32, 0o700, 0o1777]).prop_map(Spec::Dir),
+        prop::sample::select(vec!["a", "../b", "/etc/passwd"]).prop_map(|t| Spec::Link(t.into())),
+    ];
+    prop::collection::vec((path, kind), 0..12)
+}
+
+/// Creates the entries in the given order; later entries under an existing non-directory are skipped.
+fn create(root: &Path, entries: &[(Vec<String>, Spec)], rev: bool) {
+    std::fs::create_dir_all(root).unwrap();
+    let mut order: Vec<&(Vec<String>, Spec)> = entries.iter().collect();
+    // The same final tree either way: decide which entries survive in forward order first.
+    let mut taken: Vec<(Vec<String>, Spec)> = Vec::new();
+    for (p, k) in order.drain(..) {
+        let clash = taken.iter().any(|(q, qk)| {
+            (q.len() <= p.len() && p[..q.len()] == q[..] && !matches!(qk, Spec::Dir(_))) || (q.len() > p.len() && q[..p.len()] == p[..]) || q == p
+        });
+        if !clash {
+            taken.push((p.clone(), k.clone()));
+        }
+    }
+    if rev {
+        taken.reverse();
+    }
+    // Directories after their contents, so their modes do not block writing into them.
+    let mut dirs = Vec::new();
+    for (p, k) in &taken {
+        let path = p.iter().fold(root.to_path_buf(), |a, c| a.join(c));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        match k {
+            Spec::File(d, m) => write(&path, d, *m),
+            Spec::Dir(m) => {
+                std::fs::create_dir_all(&path).unwrap();
+                dirs.push((path, *m));
+            }
+            Spec::Link(t) => std::os::unix::fs::symlink(t, &path).unwrap(),
+        }
+    }
+    for (path, m) in dirs {
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    }
+}
+
+#[test]
+fn random_trees_round_trip() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (home, s) = rt.block_on(store());
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    proptest!(ProptestConfig::with_cases(24), |(entries in spec())| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let one = home.path().join(format!("one{n}"));
+        let two = home.path().join(format!("two{n}"));
+        create(&one, &entries, false);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        create(&two, &entries, true);
+        rt.block_on(async {
+            let a = s.put_tree_from_dir(&one).await.unwrap();
+            let b = s.put_tree_from_dir(&two).await.unwrap();
+            prop_assert_eq!(a.hash, b.hash, "creation order and mtimes must not matter");
+            let m = home.path().join(format!("m{n}"));
+            s.materialize(a.hash, &m).await.unwrap();
+            let c = s.put_tree_from_dir(&m).await.unwrap();
+            prop_assert_eq!(a.hash, c.hash);
+            Ok(())
+        })?;
+    });
+    rt.block_on(s.shutdown());
+}
