@@ -240,11 +240,23 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
         Command::Blob(cmd) => blob_command(store, cmd).await,
         Command::Image(cmd) => image_command(store, cmd).await,
         Command::Gc { json } => {
-            let report = store.gc().await?;
+            let r = store.gc().await?;
             if json {
-                println!("{}", serde_json::to_string(&report)?);
+                println!(
+                    "{}",
+                    serde_json::json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
+                        "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
+                        "rootfs_bytes_freed": r.rootfs_bytes_freed})
+                );
             } else {
-                println!("{report}");
+                println!(
+                    "kept {} blobs; removed {} blobs ({}) and {} materialized root filesystems ({})",
+                    r.blobs_kept,
+                    r.blobs_removed,
+                    output::bytes(r.bytes_freed),
+                    r.rootfs_removed,
+                    output::bytes(r.rootfs_bytes_freed)
+                );
             }
             Ok(())
         }
@@ -309,9 +321,8 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
             let hash: Hash = hash
                 .parse()
                 .map_err(|e| anyhow::anyhow!("`{hash}` is not a blob hash ({e}); hashes look like blake3:<64 hex>"))?;
-            let kind = if store.is_tree(&hash)? { shoal_dag::DigestKind::Tree } else { shoal_dag::DigestKind::File };
-            let size = store.size(hash).await?.with_context(|| format!("blob {hash} is not in this store"))?;
-            write_digest(store, &shoal_dag::Digest { hash, kind, size }, out.as_deref()).await
+            let digest = crate::run::digest_of_stored(store, hash).await?;
+            write_digest(store, &digest, out.as_deref()).await
         }
         BlobCommand::Ls { json } => {
             let list = store.list().await?;

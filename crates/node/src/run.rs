@@ -114,6 +114,9 @@ struct Ctx {
     cores: Arc<Semaphore>,
     cores_total: u32,
     progress: MultiProgress,
+    /// Images already resolved in this run, by the reference as written (most DAGs use one or two
+    /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
+    images: std::sync::Mutex<BTreeMap<String, (Hash, Arc<Image>)>>,
 }
 
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
@@ -170,6 +173,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
         cores: Arc::new(Semaphore::new(cores_total as usize)),
         cores_total,
         progress,
+        images: std::sync::Mutex::new(BTreeMap::new()),
     });
     let overall = ctx.progress.add(ProgressBar::new(n as u64));
     overall.set_style(
@@ -352,7 +356,7 @@ async fn resolve_image(
     ctx: &Ctx,
     image: &ImageRef,
     upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
-) -> Result<(Hash, Image)> {
+) -> Result<(Hash, Arc<Image>)> {
     match image {
         ImageRef::Job { job, output } => {
             let digest = upstream_output(upstream, job, output)?;
@@ -366,9 +370,18 @@ async fn resolve_image(
                 format!("the output `{output}` of job `{job}` is not an OCI layout, OCI archive or docker-save archive")
             })?;
             let image = ctx.store.get_image(id).await?.ok_or_else(|| anyhow!("image {id} vanished after import"))?;
-            Ok((id, image))
+            Ok((id, Arc::new(image)))
         }
-        other => Ok(ctx.store.resolve_image(other).await?),
+        other => {
+            let name = format!("{other:?}");
+            if let Some(hit) = ctx.images.lock().expect("image cache lock").get(&name) {
+                return Ok(hit.clone());
+            }
+            let (id, image) = ctx.store.resolve_image(other).await?;
+            let resolved = (id, Arc::new(image));
+            ctx.images.lock().expect("image cache lock").insert(name, resolved.clone());
+            Ok(resolved)
+        }
     }
 }
 
@@ -390,12 +403,12 @@ async fn resolve_input(
 ) -> Result<Digest> {
     match input {
         InputRef::Job { job, output } => Ok(upstream_output(upstream, job, output)?.clone()),
-        InputRef::Blake3(hash) => digest_of_stored(ctx, *hash).await,
+        InputRef::Blake3(hash) => digest_of_stored(&ctx.store, *hash).await,
         InputRef::Sha256(hex) => {
-            let hash = ctx.store.sha256_lookup(hex)?.ok_or_else(|| {
+            let hash = ctx.store.by_sha256(hex)?.ok_or_else(|| {
                 anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`")
             })?;
-            digest_of_stored(ctx, hash).await
+            digest_of_stored(&ctx.store, hash).await
         }
         InputRef::File(path) => {
             let path = ctx.dag_dir.join(path);
@@ -411,13 +424,13 @@ async fn resolve_input(
     }
 }
 
-async fn digest_of_stored(ctx: &Ctx, hash: Hash) -> Result<Digest> {
-    let size = ctx
-        .store
+/// The digest of a stored blob given by hash alone: a tree if it decodes as one.
+pub async fn digest_of_stored(store: &Store, hash: Hash) -> Result<Digest> {
+    let size = store
         .size(hash)
         .await?
         .ok_or_else(|| anyhow!("blob {hash} is not in this store; add it with `shoal blob put`"))?;
-    let kind = if ctx.store.is_tree(&hash)? { DigestKind::Tree } else { DigestKind::File };
+    let kind = if store.get_tree(hash).await.is_ok() { DigestKind::Tree } else { DigestKind::File };
     Ok(Digest { hash, kind, size })
 }
 
@@ -599,42 +612,32 @@ fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
     let Some(user) = user.filter(|u| !u.is_empty()) else { return Ok((0, 0)) };
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
-        None => (u, None),
+        None => (user, None),
     };
-    let lookup = |file: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
-        text.lines().find_map(|line| {
-            let parts: Vec<&str> = line.split(':').collect();
-            (parts.first() == Some(&name)).then(|| {
-                (parts.get(field)?.parse().ok()?, parts.get(field + 1).and_then(|g| g.parse().ok()))
-            })?
-        })
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    // Fields of the line of `file` whose field `key` equals `value`.
+    let find = |file: &str, key: usize, value: &str| -> Option<Vec<String>> {
+        file.lines().map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>()).find(|f| f.get(key).map(String::as_str) == Some(value))
     };
     let (uid, primary_gid) = match u.parse::<u32>() {
-        Ok(uid) => (uid, lookup_gid_of_uid(rootfs, uid)),
-        Err(_) => lookup("etc/passwd", u, 2)
-            .ok_or_else(|| anyhow!("user `{u}` is not in the image's /etc/passwd; use a numeric uid"))?,
+        Ok(uid) => (uid, find(&passwd, 2, u).and_then(|f| f.get(3)?.parse().ok())),
+        Err(_) => {
+            let f = find(&passwd, 0, u).ok_or_else(|| anyhow!("user `{u}` is not in the image's /etc/passwd; use a numeric uid"))?;
+            let uid = f.get(2).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("the image's /etc/passwd entry for `{u}` is malformed"))?;
+            (uid, f.get(3).and_then(|v| v.parse().ok()))
+        }
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => {
-                lookup("etc/group", g, 2)
-                    .ok_or_else(|| anyhow!("group `{g}` is not in the image's /etc/group; use a numeric gid"))?
-                    .0
-            }
+            Err(_) => find(&group, 0, g)
+                .and_then(|f| f.get(2)?.parse().ok())
+                .ok_or_else(|| anyhow!("group `{g}` is not in the image's /etc/group; use a numeric gid"))?,
         },
         None => primary_gid.unwrap_or(uid),
     };
     Ok((uid, gid))
-}
-
-fn lookup_gid_of_uid(rootfs: &Path, uid: u32) -> Option<u32> {
-    let text = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
-    text.lines().find_map(|line| {
-        let parts: Vec<&str> = line.split(':').collect();
-        (parts.get(2)?.parse::<u32>().ok()? == uid).then(|| parts.get(3)?.parse().ok())?
-    })
 }
 
 /// Finds a run record by its hash or by job id (the job's latest run), verified.
