@@ -365,6 +365,11 @@ impl Store {
         Meta::get_hash(&self.meta().sha256, hex.as_bytes())
     }
 
+    /// Whether `hash` was stored as a tree (one sled read; no blob is read).
+    pub fn is_tree(&self, hash: Hash) -> bool {
+        self.meta().is_tree(&hash)
+    }
+
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;

@@ -427,3 +427,23 @@ async fn gc_keeps_reachable_drops_the_rest() {
     assert!(s.has(out).await.unwrap());
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn measure_busybox_parts() {
+    let (home, s) = store().await;
+    let bb = home.path().join("bb");
+    if !busybox_rootfs(&bb) {
+        return;
+    }
+    let t = Instant::now();
+    s.put_file(Path::new("/bin/busybox")).await.unwrap();
+    let pf = t.elapsed().as_millis();
+    let t = Instant::now();
+    s.put_bytes(std::fs::read("/bin/busybox").unwrap()).await.unwrap();
+    let pb = t.elapsed().as_millis();
+    let t = Instant::now();
+    s.put_tree_from_dir(&bb).await.unwrap();
+    let pt = t.elapsed().as_millis();
+    eprintln!("MEASURE busybox parts: put_file {pf} ms, put_bytes {pb} ms, put_tree_from_dir {pt} ms");
+    s.shutdown().await;
+}

@@ -87,9 +87,11 @@ async fn pull_from_a_local_registry() {
     assert_eq!(img.rootfs, s.put_tree_from_dir(&src).await.unwrap().hash, "the pulled rootfs matches the source");
     let fs = s.rootfs(img.rootfs).await.unwrap();
     assert_eq!(std::fs::read(fs.join("lib/big")).unwrap(), big);
-    let seen = seen.lock().unwrap();
-    let &(done, total) = seen.last().unwrap();
-    assert!(total > 0 && done == total, "{seen:?}");
+    {
+        let seen = seen.lock().unwrap();
+        let &(done, total) = seen.last().unwrap();
+        assert!(total > 0 && done == total, "{seen:?}");
+    }
     // By digest as well.
     let digest = img.oci_digest.clone().unwrap();
     let by_digest = s.pull(&format!("127.0.0.1:{port}/tools/app@{digest}"), PullOptions::default()).await.unwrap();
