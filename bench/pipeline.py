@@ -8,7 +8,9 @@
 Usage: bench/pipeline.py [--shoal target/release/shoal] [--repeat 5]
 Prints medians and ratios; paste the table into docs/BENCHMARKS.md.
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time, venv
+import argparse, functools, json, os, statistics, subprocess, sys, tempfile, time, venv
+
+print = functools.partial(print, flush=True)
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,10 +76,13 @@ def main():
         jobs.append(job)
     dag = work / "dag1000.json"
     dag.write_text(json.dumps({"version": 1, "jobs": jobs}))
+    print(f"(a) first run of the {n}-job DAG (fills the cache)...")
     t = time.perf_counter()
     sh([shoal, "run", str(dag), "--json"], env=env, stdout=subprocess.DEVNULL)
     cold_1000 = time.perf_counter() - t
+    print(f"    {cold_1000:.2f} s; now the cached runs")
     shoal_cached = timed([shoal, "run", str(dag), "--json"], args.repeat, env=env)
+    print(f"    shoal cached: {shoal_cached:.3f} s")
 
     smk_dir = work / "smk"
     smk_dir.mkdir()
@@ -90,8 +95,10 @@ rule job:
     shell: "echo {{wildcards.i}} > {{output}}"
 """)
     smk = snakemake_bin(work)
+    print("    snakemake: first run (creates the outputs)...")
     sh([smk, "--cores", str(cores), "--quiet"], cwd=smk_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     smk_noop = timed([smk, "--cores", str(cores), "--quiet"], args.repeat, cwd=smk_dir)
+    print(f"    snakemake no-op: {smk_noop:.3f} s")
 
     # (b) 200 trivial jobs, no dependencies, run for real (no cache).
     m = args.trivial
@@ -99,7 +106,9 @@ rule job:
                 "requirements": {"cores": 1}} for i in range(m)]
     dag200 = work / "dag200.json"
     dag200.write_text(json.dumps({"version": 1, "jobs": trivial}))
+    print(f"(b) {m} trivial jobs...")
     shoal_trivial = timed([shoal, "run", str(dag200), "--json", "--no-cache"], args.repeat, env=env)
+    print(f"    shoal: {shoal_trivial:.3f} s")
 
     mk = work / "Makefile"
     targets = " ".join(f"t{i}" for i in range(m))
