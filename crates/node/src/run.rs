@@ -424,13 +424,13 @@ async fn resolve_input(
     }
 }
 
-/// The digest of a stored blob given by hash alone: a tree if it decodes as one.
+/// The digest of a stored blob given by hash alone (the store knows which hashes are trees).
 pub async fn digest_of_stored(store: &Store, hash: Hash) -> Result<Digest> {
     let size = store
         .size(hash)
         .await?
         .ok_or_else(|| anyhow!("blob {hash} is not in this store; add it with `shoal blob put`"))?;
-    let kind = if store.get_tree(hash).await.is_ok() { DigestKind::Tree } else { DigestKind::File };
+    let kind = if store.is_tree(hash) { DigestKind::Tree } else { DigestKind::File };
     Ok(Digest { hash, kind, size })
 }
 
