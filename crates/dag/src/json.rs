@@ -157,6 +157,7 @@ impl Parser {
     }
 
     fn number(&mut self) -> Result<Value, SyntaxError> {
+        let start = self.pos();
         let mut s = String::new();
         if self.peek() == Some('-') {
             s.push('-');
@@ -176,7 +177,7 @@ impl Parser {
             return Err(self.err("expected a digit"));
         }
         if first == Some('0') && s.trim_start_matches('-').len() > 1 {
-            return Err(self.err("numbers may not have leading zeros"));
+            return Err(SyntaxError { pos: start, message: "numbers may not have leading zeros".into() });
         }
         if self.peek() == Some('.') {
             s.push('.');
@@ -370,7 +371,7 @@ mod tests {
             ("{a: 1}", 1, 2),
             ("\"abc", 1, 5),
             ("{\"a\" 1}", 1, 6),
-            ("[01]", 1, 3),
+            ("[01]", 1, 2),
             ("{}\n x", 2, 2),
             ("[tru]", 1, 2),
         ] {
