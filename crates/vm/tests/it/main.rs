@@ -200,7 +200,8 @@ fn processes_with(marker: &str) -> Vec<String> {
 fn timeout_keeps_partial_stderr_and_outputs_and_kills_everything() {
     let f = fixture();
     let mut req = f.request("echo partial >&2; echo part > /output/p; sleep 98761 & sleep 98762");
-    req.limits.timeout_ms = 300;
+    // Long enough for the shell to start on a loaded two-core machine; the job sleeps far longer.
+    req.limits.timeout_ms = 2_000;
     req.outputs = outputs(&[("p", OutputSpec::File("/output/p".into())), ("q", OutputSpec::File("/output/q".into()))]);
     let out = run(req);
     // The outputs prove PID 1 enforced the timeout and collected after killing the job:
