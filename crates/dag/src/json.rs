@@ -137,6 +137,9 @@ impl Parser {
             Some('f') => self.word("false", Value::Bool(false))?,
             Some('n') => self.word("null", Value::Null)?,
             Some(c) if c == '-' || c.is_ascii_digit() => self.number()?,
+            Some(c) if c == '\'' || c.is_alphabetic() => {
+                return Err(self.err(format!("expected a value (strings need double quotes), found {}", self.found())));
+            }
             _ => return Err(self.err(format!("expected a value, found {}", self.found()))),
         };
         Ok(Node { pos, value })
@@ -297,7 +300,9 @@ impl Parser {
                     self.bump();
                     return Ok(Value::Array(items));
                 }
-                _ => return Err(self.err(format!("expected `,` or `]` in an array, found {}", self.found()))),
+                _ => {
+                    return Err(self.err(format!("expected `,` or `]` in an array, found {}", self.found())));
+                }
             }
         }
     }
@@ -335,7 +340,9 @@ impl Parser {
                     self.bump();
                     return Ok(Value::Object(members));
                 }
-                _ => return Err(self.err(format!("expected `,` or `}}` in an object, found {}", self.found()))),
+                _ => {
+                    return Err(self.err(format!("expected `,` or `}}` in an object, found {}", self.found())));
+                }
             }
         }
     }

@@ -22,11 +22,9 @@ mod units;
 
 pub use cbor::canonical_cbor;
 pub use hash::Hash;
-pub use record::{
-    Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing,
-};
+pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use spec::{
-    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
-    Requirements, parse_dag,
+    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec, Requirements,
+    parse_dag,
 };
 pub use units::{parse_duration_ms, parse_size};

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cbor::canonical_cbor;
 use crate::hash::Hash;
-use crate::spec::{Arch, OutputSpec, Requirements};
+use crate::spec::{Arch, Job, OutputSpec, Requirements};
 
 /// Whether a hash names plain bytes or a tree (a directory encoded as canonical CBOR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -49,8 +49,30 @@ pub struct ResolvedJob {
 const ACTION_DOMAIN: &[u8] = b"shoal-action-v1\0";
 
 impl ResolvedJob {
-    /// The action key: BLAKE3 over a domain prefix and the job's canonical CBOR. The sizes of input
-    /// digests do not enter it (the hash already determines them).
+    /// A job with its references resolved: `image` is the image id, `inputs` and `stdin` the digests
+    /// its references resolved to. Keeps only what changes results (DESIGN: action key): cores,
+    /// memory, scratch, timeout, isolation and labels do not enter it.
+    pub fn from_job(job: &Job, image: Hash, inputs: BTreeMap<String, Digest>, stdin: Option<Digest>) -> ResolvedJob {
+        let mut cpu_flags = job.requirements.cpu_flags.clone();
+        cpu_flags.sort();
+        cpu_flags.dedup();
+        ResolvedJob {
+            image,
+            command: job.command.clone(),
+            env: job.env.clone(),
+            workdir: job.workdir.clone(),
+            user: job.user.clone(),
+            stdin,
+            inputs,
+            outputs: job.outputs.clone(),
+            arch: job.requirements.arch,
+            cpu_flags,
+            network: job.requirements.network,
+        }
+    }
+
+    /// The action key: BLAKE3 over a domain prefix and the job's canonical CBOR. Input digests enter
+    /// with their kind and size, both fixed by the hash, so they never split one computation in two.
     pub fn action_key(&self) -> Hash {
         #[derive(Serialize)]
         struct Keyed<'a> {
@@ -71,7 +93,10 @@ pub enum Exit {
     Signal(i32),
     Timeout,
     Oom,
-    OutputTooLarge { output: String, limit_bytes: u64 },
+    OutputTooLarge {
+        output: String,
+        limit_bytes: u64,
+    },
     /// The machinery could not run or finish the job; the text says why.
     Error(String),
 }

@@ -95,7 +95,10 @@ pub enum ImageRef {
 pub enum InputRef {
     Blake3(Hash),
     Sha256(String),
-    Job { job: String, output: String },
+    Job {
+        job: String,
+        output: String,
+    },
     /// A host path, relative to the DAG file; hashed and stored when the DAG is run.
     File(String),
 }
@@ -194,7 +197,12 @@ impl Dag {
     /// Indices of the jobs `idx` reads from (inputs, stdin, image), each once, ascending.
     pub fn dependencies(&self, idx: usize) -> Vec<usize> {
         let index: BTreeMap<&str, usize> = self.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
-        job_refs(&self.jobs[idx]).iter().filter_map(|(id, _)| index.get(id.as_str()).copied()).collect::<BTreeSet<_>>().into_iter().collect()
+        job_refs(&self.jobs[idx])
+            .iter()
+            .filter_map(|(id, _)| index.get(id.as_str()).copied())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// Every job after the jobs it depends on; among jobs ready at once, file order.
@@ -253,10 +261,10 @@ pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
     };
     let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new() };
     let dag = cx.dag(&root);
-    if cx.diags.is_empty() {
-        if let Some(dag) = dag {
-            return Ok(dag);
-        }
+    if cx.diags.is_empty()
+        && let Some(dag) = dag
+    {
+        return Ok(dag);
     }
     let mut diags = cx.diags;
     diags.sort_by_key(|d| (d.location.line, d.location.col));
@@ -284,7 +292,17 @@ const TOP_FIELDS: &[&str] = &["version", "jobs"];
 const JOB_FIELDS: &[&str] =
     &["id", "image", "container", "command", "env", "workdir", "user", "stdin", "inputs", "outputs", "requirements"];
 const REQ_FIELDS: &[&str] = &[
-    "cores", "memory", "arch", "cpu_flags", "gpu", "network", "scratch", "output_size", "timeout", "isolation", "labels",
+    "cores",
+    "memory",
+    "arch",
+    "cpu_flags",
+    "gpu",
+    "network",
+    "scratch",
+    "output_size",
+    "timeout",
+    "isolation",
+    "labels",
 ];
 const GPU_FIELDS: &[&str] = &["count", "model"];
 const REF_HELP: &str = "a reference is `blake3:<64 hex>`, `sha256:<64 hex>`, `jobs:<id>/<output>` or `file:<path>`";
@@ -340,14 +358,22 @@ impl Cx {
     /// The members of an object, reporting duplicates and unknown keys; None if not an object.
     fn object<'a>(&mut self, node: &'a Node, what: &str, known: &[&str]) -> Option<BTreeMap<&'a str, &'a Member>> {
         let Value::Object(members) = &node.value else {
-            self.report(node.pos, format!("{what} must be an object, not {}", node.value.type_name()), "write it as `{ ... }`");
+            self.report(
+                node.pos,
+                format!("{what} must be an object, not {}", node.value.type_name()),
+                "write it as `{ ... }`",
+            );
             return None;
         };
         let mut seen: BTreeMap<&str, &Member> = BTreeMap::new();
         for m in members {
             if let Some(first) = seen.get(m.key.as_str()) {
                 let line = first.key_pos.line;
-                self.report(m.key_pos, format!("duplicate key `{}` in {what}", m.key), format!("it is already given on line {line}; keep one"));
+                self.report(
+                    m.key_pos,
+                    format!("duplicate key `{}` in {what}", m.key),
+                    format!("it is already given on line {line}; keep one"),
+                );
                 continue;
             }
             if !known.is_empty() && !known.contains(&m.key.as_str()) {
@@ -363,7 +389,11 @@ impl Cx {
         match &node.value {
             Value::String(s) => Some(s),
             other => {
-                self.report(node.pos, format!("{what} must be a string, not {}", other.type_name()), "put it in double quotes");
+                self.report(
+                    node.pos,
+                    format!("{what} must be a string, not {}", other.type_name()),
+                    "put it in double quotes",
+                );
                 None
             }
         }
@@ -381,7 +411,11 @@ impl Cx {
                     Value::Number(n) => n.clone(),
                     other => other.type_name().to_string(),
                 };
-                self.report(node.pos, format!("{what} must be a whole number from {min} to {max}, not {shown}"), format!("write e.g. `{min}`"));
+                self.report(
+                    node.pos,
+                    format!("{what} must be a whole number from {min} to {max}, not {shown}"),
+                    format!("write e.g. `{min}`"),
+                );
                 None
             }
         }
@@ -401,7 +435,11 @@ impl Cx {
                         Value::Number(n) => n.clone(),
                         other => other.type_name().into(),
                     };
-                    self.report(m.value.pos, format!("unsupported version {shown}"), "this shoal reads `\"version\": 1`");
+                    self.report(
+                        m.value.pos,
+                        format!("unsupported version {shown}"),
+                        "this shoal reads `\"version\": 1`",
+                    );
                     ok = false;
                 }
             }
@@ -411,7 +449,11 @@ impl Cx {
             return None;
         };
         let Value::Array(items) = &jobs_member.value.value else {
-            self.report(jobs_member.value.pos, format!("`jobs` must be an array, not {}", jobs_member.value.value.type_name()), "write `\"jobs\": [ {\"id\": ...}, ... ]`");
+            self.report(
+                jobs_member.value.pos,
+                format!("`jobs` must be an array, not {}", jobs_member.value.value.type_name()),
+                "write `\"jobs\": [ {\"id\": ...}, ... ]`",
+            );
             return None;
         };
         if items.is_empty() {
@@ -437,10 +479,11 @@ impl Cx {
     fn job(&mut self, node: &Node) -> Option<(Job, JobPlaces)> {
         self.job = None;
         // Learn the id first so every later problem names its job.
-        if let Value::Object(members) = &node.value {
-            if let Some(Member { value: Node { value: Value::String(id), .. }, .. }) = members.iter().find(|m| m.key == "id") {
-                self.job = Some(id.clone());
-            }
+        if let Value::Object(members) = &node.value
+            && let Some(Member { value: Node { value: Value::String(id), .. }, .. }) =
+                members.iter().find(|m| m.key == "id")
+        {
+            self.job = Some(id.clone());
         }
         let fields = self.object(node, "a job", JOB_FIELDS)?;
         let before = self.diags.len();
@@ -451,10 +494,10 @@ impl Cx {
             }
             Some(m) => {
                 let id = self.string(&m.value, "`id`");
-                if let Some(id) = id {
-                    if !valid_name(id) {
-                        self.report(m.value.pos, format!("`{id}` is not a valid job id"), NAME_HELP);
-                    }
+                if let Some(id) = id
+                    && !valid_name(id)
+                {
+                    self.report(m.value.pos, format!("`{id}` is not a valid job id"), NAME_HELP);
                 }
                 id.map(str::to_string)
             }
@@ -463,11 +506,19 @@ impl Cx {
         let mut image_ref = None;
         let image = match (fields.get("image"), fields.get("container")) {
             (Some(_), Some(c)) => {
-                self.report(c.key_pos, "both `image` and `container` are given", "`container` is another name for `image`; keep one");
+                self.report(
+                    c.key_pos,
+                    "both `image` and `container` are given",
+                    "`container` is another name for `image`; keep one",
+                );
                 None
             }
             (None, None) => {
-                self.report(node.pos, "missing field `image`", "add `\"image\": \"busybox:latest\"` (a tag, `sha256:`, `blake3:` or `jobs:<id>/<output>`)");
+                self.report(
+                    node.pos,
+                    "missing field `image`",
+                    "add `\"image\": \"busybox:latest\"` (a tag, `sha256:`, `blake3:` or `jobs:<id>/<output>`)",
+                );
                 None
             }
             (Some(m), None) | (None, Some(m)) => {
@@ -489,7 +540,11 @@ impl Cx {
         let workdir = fields.get("workdir").and_then(|m| {
             let s = self.string(&m.value, "`workdir`")?;
             if !s.starts_with('/') {
-                self.report(m.value.pos, format!("`workdir` `{s}` is not absolute"), "write an absolute path inside the container, e.g. `/work`");
+                self.report(
+                    m.value.pos,
+                    format!("`workdir` `{s}` is not absolute"),
+                    "write an absolute path inside the container, e.g. `/work`",
+                );
             }
             Some(s.to_string())
         });
@@ -504,49 +559,59 @@ impl Cx {
             Some(r)
         });
         let mut inputs = BTreeMap::new();
-        if let Some(m) = fields.get("inputs") {
-            if let Some(members) = self.object(&m.value, "`inputs`", &[]) {
-                for (name, member) in members {
-                    if !valid_name(name) {
-                        self.report(member.key_pos, format!("`{name}` is not a valid input name"), NAME_HELP);
-                        continue;
+        if let Some(m) = fields.get("inputs")
+            && let Some(members) = self.object(&m.value, "`inputs`", &[])
+        {
+            for (name, member) in members {
+                if !valid_name(name) {
+                    self.report(member.key_pos, format!("`{name}` is not a valid input name"), NAME_HELP);
+                    continue;
+                }
+                let Some(s) = self.string(&member.value, &format!("input `{name}`")) else {
+                    continue;
+                };
+                if let Some(r) = self.input_ref(s, member.value.pos) {
+                    if let InputRef::Job { job, output } = &r {
+                        refs.push((job.clone(), output.clone(), member.value.pos));
                     }
-                    let Some(s) = self.string(&member.value, &format!("input `{name}`")) else { continue };
-                    if let Some(r) = self.input_ref(s, member.value.pos) {
-                        if let InputRef::Job { job, output } = &r {
-                            refs.push((job.clone(), output.clone(), member.value.pos));
-                        }
-                        inputs.insert(name.to_string(), r);
-                    }
+                    inputs.insert(name.to_string(), r);
                 }
             }
         }
         let mut outputs = BTreeMap::new();
         let mut output_places = BTreeMap::new();
-        if let Some(m) = fields.get("outputs") {
-            if let Some(members) = self.object(&m.value, "`outputs`", &[]) {
-                let mut paths: BTreeMap<String, (String, u32)> = BTreeMap::new();
-                for (name, member) in members {
-                    if !valid_name(name) {
-                        self.report(member.key_pos, format!("`{name}` is not a valid output name"), NAME_HELP);
+        if let Some(m) = fields.get("outputs")
+            && let Some(members) = self.object(&m.value, "`outputs`", &[])
+        {
+            let mut paths: BTreeMap<String, (String, u32)> = BTreeMap::new();
+            for (name, member) in members {
+                if !valid_name(name) {
+                    self.report(member.key_pos, format!("`{name}` is not a valid output name"), NAME_HELP);
+                    continue;
+                }
+                let Some(s) = self.string(&member.value, &format!("output `{name}`")) else {
+                    continue;
+                };
+                let Some(spec) = self.output_spec(s, member.value.pos) else {
+                    continue;
+                };
+                let path = match &spec {
+                    OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => Some(p.clone()),
+                    _ => None,
+                };
+                if let Some(path) = path {
+                    if let Some((other, line)) = paths.get(&path) {
+                        self.report(
+                            member.value.pos,
+                            format!("outputs `{other}` (line {line}) and `{name}` both name `{path}`"),
+                            "declare each path once",
+                        );
                         continue;
                     }
-                    let Some(s) = self.string(&member.value, &format!("output `{name}`")) else { continue };
-                    let Some(spec) = self.output_spec(s, member.value.pos) else { continue };
-                    let path = match &spec {
-                        OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => Some(p.clone()),
-                        _ => None,
-                    };
-                    if let Some(path) = path {
-                        if let Some((other, line)) = paths.get(&path) {
-                            self.report(member.value.pos, format!("outputs `{other}` (line {line}) and `{name}` both name `{path}`"), "declare each path once");
-                            continue;
-                        }
-                        paths.insert(path, (name.to_string(), member.value.pos.line));
-                    }
-                    output_places.insert(name.to_string(), (member.value.pos, spec.clone()));
-                    outputs.insert(name.to_string(), spec);
+                    paths.insert(path, (name.to_string(), member.value.pos.line));
                 }
+                output_places.insert(name.to_string(), (member.value.pos, spec.clone()));
+                outputs.insert(name.to_string(), spec);
             }
         }
         let requirements = match fields.get("requirements") {
@@ -574,25 +639,41 @@ impl Cx {
     fn command(&mut self, node: &Node) -> Option<Vec<String>> {
         match &node.value {
             Value::String(s) => {
-                self.report(node.pos, "`command` must be an array of strings, not a string", format!("write it as an argv array, e.g. [\"sh\", \"-c\", {:?}]", s));
+                self.report(
+                    node.pos,
+                    "`command` must be an array of strings, not a string",
+                    format!("write it as an argv array, e.g. [\"sh\", \"-c\", {:?}]", s),
+                );
                 None
             }
             Value::Array(items) => {
                 if items.is_empty() {
-                    self.report(node.pos, "`command` is empty", "give the program to run and its arguments, e.g. [\"echo\", \"hi\"]");
+                    self.report(
+                        node.pos,
+                        "`command` is empty",
+                        "give the program to run and its arguments, e.g. [\"echo\", \"hi\"]",
+                    );
                     return None;
                 }
                 let mut argv = Vec::new();
                 for item in items {
                     match &item.value {
                         Value::String(s) => argv.push(s.clone()),
-                        other => self.report(item.pos, format!("`command` elements must be strings, not {}", other.type_name()), "quote it: every argv element is a string"),
+                        other => self.report(
+                            item.pos,
+                            format!("`command` elements must be strings, not {}", other.type_name()),
+                            "quote it: every argv element is a string",
+                        ),
                     }
                 }
                 (argv.len() == items.len()).then_some(argv)
             }
             other => {
-                self.report(node.pos, format!("`command` must be an array of strings, not {}", other.type_name()), "write e.g. [\"echo\", \"hi\"]");
+                self.report(
+                    node.pos,
+                    format!("`command` must be an array of strings, not {}", other.type_name()),
+                    "write e.g. [\"echo\", \"hi\"]",
+                );
                 None
             }
         }
@@ -603,22 +684,34 @@ impl Cx {
         // The seeds wrote env as ["KEY=VALUE", ...]; both forms are accepted.
         if let Value::Array(items) = &node.value {
             for item in items {
-                let Some(s) = self.string(item, "an `env` entry") else { continue };
+                let Some(s) = self.string(item, "an `env` entry") else {
+                    continue;
+                };
                 match s.split_once('=') {
                     Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
                         if env.insert(k.to_string(), v.to_string()).is_some() {
                             self.report(item.pos, format!("`{k}` is set twice in `env`"), "set each variable once");
                         }
                     }
-                    _ => self.report(item.pos, format!("env entry `{s}` is not `KEY=VALUE`"), "write `\"KEY=VALUE\"`, or use an object {\"KEY\": \"VALUE\"}"),
+                    _ => self.report(
+                        item.pos,
+                        format!("env entry `{s}` is not `KEY=VALUE`"),
+                        "write `\"KEY=VALUE\"`, or use an object {\"KEY\": \"VALUE\"}",
+                    ),
                 }
             }
             return env;
         }
-        let Some(members) = self.object(node, "`env`", &[]) else { return env };
+        let Some(members) = self.object(node, "`env`", &[]) else {
+            return env;
+        };
         for (k, m) in members {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                self.report(m.key_pos, format!("`{k}` is not a valid environment variable name"), "names are non-empty and contain no `=` or NUL");
+                self.report(
+                    m.key_pos,
+                    format!("`{k}` is not a valid environment variable name"),
+                    "names are non-empty and contain no `=` or NUL",
+                );
                 continue;
             }
             if let Some(v) = self.string(&m.value, &format!("env `{k}`")) {
@@ -636,7 +729,11 @@ impl Cx {
         match rest.split_once('/') {
             Some((job, output)) if valid_name(job) && valid_name(output) => Some((job.to_string(), output.to_string())),
             _ => {
-                self.report(pos, format!("`jobs:{rest}` is not a job reference"), "write `jobs:<job id>/<output name>`");
+                self.report(
+                    pos,
+                    format!("`jobs:{rest}` is not a job reference"),
+                    "write `jobs:<job id>/<output name>`",
+                );
                 None
             }
         }
@@ -646,19 +743,29 @@ impl Cx {
         if is_hex64(hex) {
             return true;
         }
-        self.report(pos, format!("`{scheme}:{hex}` is not a valid {scheme} hash"), format!("a {scheme} hash is `{scheme}:` followed by 64 lowercase hex digits"));
+        self.report(
+            pos,
+            format!("`{scheme}:{hex}` is not a valid {scheme} hash"),
+            format!("a {scheme} hash is `{scheme}:` followed by 64 lowercase hex digits"),
+        );
         false
     }
 
     fn input_ref(&mut self, s: &str, pos: Pos) -> Option<InputRef> {
         let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
         match scheme {
-            "blake3" => self.hash_ref("blake3", rest, pos).then(|| InputRef::Blake3(Hash::from_hex(rest).expect("checked"))),
+            "blake3" => {
+                self.hash_ref("blake3", rest, pos).then(|| InputRef::Blake3(Hash::from_hex(rest).expect("checked")))
+            }
             "sha256" => self.hash_ref("sha256", rest, pos).then(|| InputRef::Sha256(rest.to_string())),
             "jobs" => self.job_ref(rest, pos).map(|(job, output)| InputRef::Job { job, output }),
             "file" => {
                 if rest.is_empty() {
-                    self.report(pos, "`file:` has no path", "write `file:<path>`, relative to the DAG file or absolute");
+                    self.report(
+                        pos,
+                        "`file:` has no path",
+                        "write `file:<path>`, relative to the DAG file or absolute",
+                    );
                     None
                 } else {
                     Some(InputRef::File(rest.to_string()))
@@ -686,7 +793,9 @@ impl Cx {
             None => (s, None),
         };
         let name_ok = !name.is_empty()
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/' | ':'))
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-' | '/' | ':'))
             && !name.starts_with(['/', ':', '.', '-'])
             && !name.ends_with(['/', ':']);
         let digest_ok = digest.is_none_or(|d| d.strip_prefix("sha256:").is_some_and(is_hex64));
@@ -704,7 +813,11 @@ impl Cx {
             return false;
         }
         if path.ends_with('/') || path.contains("//") || path.split('/').any(|c| c == ".." || c == ".") {
-            self.report(pos, format!("output path `{path}` is not normalised"), "remove `.`/`..` components, doubled and trailing slashes");
+            self.report(
+                pos,
+                format!("output path `{path}` is not normalised"),
+                "remove `.`/`..` components, doubled and trailing slashes",
+            );
             return false;
         }
         let inside = ["/output/", "/scratch/"].iter().any(|root| path.starts_with(root));
@@ -733,13 +846,21 @@ impl Cx {
                     return None;
                 }
                 if let Err(why) = check_glob(path) {
-                    self.report(pos, format!("`{path}` is not a valid glob: {why}"), "use `*`, `?`, `**` and `[...]` classes, e.g. `glob:/output/*.png`");
+                    self.report(
+                        pos,
+                        format!("`{path}` is not a valid glob: {why}"),
+                        "use `*`, `?`, `**` and `[...]` classes, e.g. `glob:/output/*.png`",
+                    );
                     return None;
                 }
                 Some(OutputSpec::Glob(path.to_string()))
             }
             _ => {
-                self.report(pos, format!("`{s}` is not an output"), "an output is `stdout`, `stderr`, `file:<path>`, `dir:<path>` or `glob:<pattern>`");
+                self.report(
+                    pos,
+                    format!("`{s}` is not an output"),
+                    "an output is `stdout`, `stderr`, `file:<path>`, `dir:<path>` or `glob:<pattern>`",
+                );
                 None
             }
         }
@@ -750,7 +871,14 @@ impl Cx {
         match parse_size(text) {
             Ok(v) if (min..=SIZE_MAX_BYTES).contains(&v) => Some(v),
             Ok(_) => {
-                self.report(node.pos, format!("{what} `{text}` is out of range"), format!("give a size from {} to 1TiB", if min == 0 { "0".to_string() } else { "16MiB".to_string() }));
+                self.report(
+                    node.pos,
+                    format!("{what} `{text}` is out of range"),
+                    format!(
+                        "give a size from {} to 1TiB",
+                        if min == 0 { "0".to_string() } else { "16MiB".to_string() }
+                    ),
+                );
                 None
             }
             Err(e) => {
@@ -762,11 +890,13 @@ impl Cx {
 
     fn requirements(&mut self, node: &Node) -> Requirements {
         let mut r = Requirements::default();
-        let Some(fields) = self.object(node, "`requirements`", REQ_FIELDS) else { return r };
-        if let Some(m) = fields.get("cores") {
-            if let Some(v) = self.integer(&m.value, "`cores`", 1, CORES_MAX) {
-                r.cores = v as u32;
-            }
+        let Some(fields) = self.object(node, "`requirements`", REQ_FIELDS) else {
+            return r;
+        };
+        if let Some(m) = fields.get("cores")
+            && let Some(v) = self.integer(&m.value, "`cores`", 1, CORES_MAX)
+        {
+            r.cores = v as u32;
         }
         if let Some(m) = fields.get("memory") {
             r.memory_bytes = self.size(&m.value, "`memory`", MEMORY_MIN_BYTES).unwrap_or(r.memory_bytes);
@@ -777,47 +907,71 @@ impl Cx {
         if let Some(m) = fields.get("output_size") {
             r.output_bytes_max = self.size(&m.value, "`output_size`", 0).unwrap_or(r.output_bytes_max);
         }
-        if let Some(m) = fields.get("timeout") {
-            if let Some(text) = self.string(&m.value, "`timeout`") {
-                match parse_duration_ms(text) {
-                    Ok(ms) if (1..=TIMEOUT_MAX_MS).contains(&ms) => r.timeout_ms = ms,
-                    Ok(_) => self.report(m.value.pos, format!("`timeout` `{text}` is out of range"), "give a duration from 1ms to 7d"),
-                    Err(e) => self.report(m.value.pos, format!("`timeout`: {e}"), "write a duration such as `30s`, `5m` or `1h30m`"),
-                }
+        if let Some(m) = fields.get("timeout")
+            && let Some(text) = self.string(&m.value, "`timeout`")
+        {
+            match parse_duration_ms(text) {
+                Ok(ms) if (1..=TIMEOUT_MAX_MS).contains(&ms) => r.timeout_ms = ms,
+                Ok(_) => self.report(
+                    m.value.pos,
+                    format!("`timeout` `{text}` is out of range"),
+                    "give a duration from 1ms to 7d",
+                ),
+                Err(e) => self.report(
+                    m.value.pos,
+                    format!("`timeout`: {e}"),
+                    "write a duration such as `30s`, `5m` or `1h30m`",
+                ),
             }
         }
-        if let Some(m) = fields.get("arch") {
-            if let Some(text) = self.string(&m.value, "`arch`") {
-                r.arch = match text {
-                    "x86_64" | "amd64" => Some(Arch::X86_64),
-                    "aarch64" | "arm64" => Some(Arch::Aarch64),
-                    "riscv64" => Some(Arch::Riscv64),
-                    other => {
-                        self.report(m.value.pos, format!("unknown arch `{other}`"), "use `x86_64`, `aarch64` or `riscv64` (`amd64` and `arm64` are accepted)");
-                        None
-                    }
-                };
-            }
+        if let Some(m) = fields.get("arch")
+            && let Some(text) = self.string(&m.value, "`arch`")
+        {
+            r.arch = match text {
+                "x86_64" | "amd64" => Some(Arch::X86_64),
+                "aarch64" | "arm64" => Some(Arch::Aarch64),
+                "riscv64" => Some(Arch::Riscv64),
+                other => {
+                    self.report(
+                        m.value.pos,
+                        format!("unknown arch `{other}`"),
+                        "use `x86_64`, `aarch64` or `riscv64` (`amd64` and `arm64` are accepted)",
+                    );
+                    None
+                }
+            };
         }
         if let Some(m) = fields.get("cpu_flags") {
             match &m.value.value {
                 Value::Array(items) => {
                     for item in items {
                         if let Some(flag) = self.string(item, "a CPU flag") {
-                            if flag.is_empty() || !flag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-                                self.report(item.pos, format!("`{flag}` is not a CPU flag"), "write flags as /proc/cpuinfo does, e.g. `avx2`, `sse4_2`");
+                            if flag.is_empty()
+                                || !flag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                            {
+                                self.report(
+                                    item.pos,
+                                    format!("`{flag}` is not a CPU flag"),
+                                    "write flags as /proc/cpuinfo does, e.g. `avx2`, `sse4_2`",
+                                );
                             } else {
                                 r.cpu_flags.push(flag.to_string());
                             }
                         }
                     }
                 }
-                other => self.report(m.value.pos, format!("`cpu_flags` must be an array, not {}", other.type_name()), "write e.g. [\"avx2\"]"),
+                other => self.report(
+                    m.value.pos,
+                    format!("`cpu_flags` must be an array, not {}", other.type_name()),
+                    "write e.g. [\"avx2\"]",
+                ),
             }
         }
         if let Some(m) = fields.get("gpu") {
             r.gpu = match &m.value.value {
-                Value::Number(_) => self.integer(&m.value, "`gpu`", 0, 64).map(|count| Gpu { count: count as u32, model: None }),
+                Value::Number(_) => {
+                    self.integer(&m.value, "`gpu`", 0, 64).map(|count| Gpu { count: count as u32, model: None })
+                }
                 Value::Object(_) => self.object(&m.value, "`gpu`", GPU_FIELDS).and_then(|g| {
                     let count = match g.get("count") {
                         Some(c) => self.integer(&c.value, "`gpu.count`", 0, 64)? as u32,
@@ -827,7 +981,11 @@ impl Cx {
                     Some(Gpu { count, model })
                 }),
                 other => {
-                    self.report(m.value.pos, format!("`gpu` must be a count or an object, not {}", other.type_name()), "write `1`, or {\"count\": 1, \"model\": \"A100\"}");
+                    self.report(
+                        m.value.pos,
+                        format!("`gpu` must be a count or an object, not {}", other.type_name()),
+                        "write `1`, or {\"count\": 1, \"model\": \"A100\"}",
+                    );
                     None
                 }
             }
@@ -836,24 +994,32 @@ impl Cx {
         if let Some(m) = fields.get("network") {
             match &m.value.value {
                 Value::Bool(b) => r.network = *b,
-                other => self.report(m.value.pos, format!("`network` must be true or false, not {}", other.type_name()), "write `\"network\": true` or `false`"),
+                other => self.report(
+                    m.value.pos,
+                    format!("`network` must be true or false, not {}", other.type_name()),
+                    "write `\"network\": true` or `false`",
+                ),
             }
         }
-        if let Some(m) = fields.get("isolation") {
-            if let Some(text) = self.string(&m.value, "`isolation`") {
-                match text {
-                    "vm" => r.isolation = Isolation::Vm,
-                    "namespace" => r.isolation = Isolation::Namespace,
-                    other => self.report(m.value.pos, format!("unknown isolation `{other}`"), "use `vm` (a microVM, the default) or `namespace`"),
-                }
+        if let Some(m) = fields.get("isolation")
+            && let Some(text) = self.string(&m.value, "`isolation`")
+        {
+            match text {
+                "vm" => r.isolation = Isolation::Vm,
+                "namespace" => r.isolation = Isolation::Namespace,
+                other => self.report(
+                    m.value.pos,
+                    format!("unknown isolation `{other}`"),
+                    "use `vm` (a microVM, the default) or `namespace`",
+                ),
             }
         }
-        if let Some(m) = fields.get("labels") {
-            if let Some(members) = self.object(&m.value, "`labels`", &[]) {
-                for (k, mm) in members {
-                    if let Some(v) = self.string(&mm.value, &format!("label `{k}`")) {
-                        r.labels.insert(k.to_string(), v.to_string());
-                    }
+        if let Some(m) = fields.get("labels")
+            && let Some(members) = self.object(&m.value, "`labels`", &[])
+        {
+            for (k, mm) in members {
+                if let Some(v) = self.string(&mm.value, &format!("label `{k}`")) {
+                    r.labels.insert(k.to_string(), v.to_string());
                 }
             }
         }
@@ -867,7 +1033,11 @@ impl Cx {
             if let Some(&j) = first.get(job.id.as_str()) {
                 self.job = Some(job.id.clone());
                 let line = places[j].id_pos.line;
-                self.report(places[i].id_pos, format!("duplicate job id `{}`", job.id), format!("the first job with this id is on line {line}; ids must be unique"));
+                self.report(
+                    places[i].id_pos,
+                    format!("duplicate job id `{}`", job.id),
+                    format!("the first job with this id is on line {line}; ids must be unique"),
+                );
             } else {
                 first.insert(&job.id, i);
             }
@@ -877,7 +1047,11 @@ impl Cx {
             let all_refs = places[i].refs.iter().chain(places[i].image_ref.iter());
             for (target, output, pos) in all_refs {
                 if target == &job.id {
-                    self.report(*pos, format!("job `{target}` refers to its own output `{output}`"), "a job cannot read what it writes; split it into two jobs");
+                    self.report(
+                        *pos,
+                        format!("job `{target}` refers to its own output `{output}`"),
+                        "a job cannot read what it writes; split it into two jobs",
+                    );
                     continue;
                 }
                 let Some(&t) = first.get(target.as_str()) else {
@@ -893,10 +1067,20 @@ impl Cx {
                 match places[t].outputs.get(output) {
                     None => {
                         let names: Vec<&str> = places[t].outputs.keys().map(String::as_str).collect();
-                        self.report(*pos, format!("job `{target}` has no output `{output}`"), format!("its outputs are: {}", if names.is_empty() { "(none)".into() } else { names.join(", ") }));
+                        self.report(
+                            *pos,
+                            format!("job `{target}` has no output `{output}`"),
+                            format!(
+                                "its outputs are: {}",
+                                if names.is_empty() { "(none)".into() } else { names.join(", ") }
+                            ),
+                        );
                     }
                     Some((_, spec)) => {
-                        let is_image = places[i].image_ref.as_ref().is_some_and(|(j, o, p)| j == target && o == output && p == pos);
+                        let is_image = places[i]
+                            .image_ref
+                            .as_ref()
+                            .is_some_and(|(j, o, p)| j == target && o == output && p == pos);
                         if is_image && !matches!(spec, OutputSpec::File(_) | OutputSpec::Dir(_)) {
                             self.report(*pos, format!("output `{output}` of job `{target}` is `{spec}`, which cannot hold an image"), "an image built by a job is a `file:` output (an OCI or docker-save archive) or a `dir:` output (an OCI layout)");
                         }
@@ -913,7 +1097,13 @@ impl Cx {
             .iter()
             .enumerate()
             .map(|(i, j)| {
-                job_refs(j).iter().filter_map(|(t, _)| index.get(t.as_str()).copied()).filter(|&t| t != i).collect::<BTreeSet<_>>().into_iter().collect()
+                job_refs(j)
+                    .iter()
+                    .filter_map(|(t, _)| index.get(t.as_str()).copied())
+                    .filter(|&t| t != i)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect()
             })
             .collect();
         // Iterative DFS with colours; each back edge closes one cycle, reported once by its set of jobs.
@@ -945,9 +1135,19 @@ impl Cx {
                                 let mut names: Vec<&str> = cycle.iter().map(|&c| jobs[c].id.as_str()).collect();
                                 names.push(&jobs[to].id);
                                 // Reported at the reference that closes the cycle (from `node` to `to`).
-                                let pos = places[node].refs.iter().chain(places[node].image_ref.iter()).find(|(t, _, _)| t == &jobs[to].id).map(|(_, _, p)| *p).unwrap_or(places[node].id_pos);
+                                let pos = places[node]
+                                    .refs
+                                    .iter()
+                                    .chain(places[node].image_ref.iter())
+                                    .find(|(t, _, _)| t == &jobs[to].id)
+                                    .map(|(_, _, p)| *p)
+                                    .unwrap_or(places[node].id_pos);
                                 self.job = Some(jobs[node].id.clone());
-                                self.report(pos, format!("cycle: {}", names.join(" -> ")), "a job may only read outputs of jobs that do not depend on it; break the cycle");
+                                self.report(
+                                    pos,
+                                    format!("cycle: {}", names.join(" -> ")),
+                                    "a job may only read outputs of jobs that do not depend on it; break the cycle",
+                                );
                             }
                         }
                         _ => {}
@@ -985,10 +1185,8 @@ fn check_glob(pattern: &str) -> Result<(), String> {
                     }
                 }
                 ']' => return Err("`]` without an opening `[`".into()),
-                '\\' => {
-                    if chars.next().is_none() {
-                        return Err("a trailing `\\`".into());
-                    }
+                '\\' if chars.next().is_none() => {
+                    return Err("a trailing `\\`".into());
                 }
                 _ => {}
             }

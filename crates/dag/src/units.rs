@@ -67,8 +67,12 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
             "m" => 60_000,
             "h" => 3_600_000,
             "d" => 86_400_000,
-            "" => return Err(format!("`{text}` needs a unit: ms, s, m, h or d (e.g. `30s`)")),
-            other => return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d")),
+            "" => {
+                return Err(format!("`{text}` needs a unit: ms, s, m, h or d (e.g. `30s`)"));
+            }
+            other => {
+                return Err(format!("unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"));
+            }
         };
         if unit_ms >= last_unit_ms {
             return Err(format!("`{text}`: write units from largest to smallest, each once (e.g. `1h30m`)"));

@@ -290,22 +290,7 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
         Some(input) => Some(resolve_input(ctx, input, upstream).await.context("resolving stdin")?),
         None => None,
     };
-    let mut cpu_flags = job.requirements.cpu_flags.clone();
-    cpu_flags.sort();
-    cpu_flags.dedup();
-    let resolved = ResolvedJob {
-        image: image_id,
-        command: job.command.clone(),
-        env: job.env.clone(),
-        workdir: job.workdir.clone(),
-        user: job.user.clone(),
-        stdin,
-        inputs,
-        outputs: job.outputs.clone(),
-        arch: job.requirements.arch,
-        cpu_flags,
-        network: job.requirements.network,
-    };
+    let resolved = ResolvedJob::from_job(job, image_id, inputs, stdin);
     let action_key = resolved.action_key();
     tracing::debug!(%action_key, "resolved");
 
