@@ -1,1 +1,4 @@
-fn main() { eprintln!("simulations: not built yet (issue 5)"); std::process::exit(2) }
+fn main() {
+    eprintln!("simulations: not built yet (issue 5)");
+    std::process::exit(2)
+}

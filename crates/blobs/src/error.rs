@@ -9,13 +9,19 @@ use crate::Hash;
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// A directory of the store could not be created.
-    #[error("cannot create the shoal store directory {path}: {source}; check its permissions or set SHOAL_HOME to a writable directory")]
+    #[error(
+        "cannot create the shoal store directory {path}: {source}; check its permissions or set SHOAL_HOME to a writable directory"
+    )]
     CreateDir { path: PathBuf, source: std::io::Error },
     /// The sled metadata database did not open.
-    #[error("cannot open the metadata database {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory")]
+    #[error(
+        "cannot open the metadata database {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory"
+    )]
     Meta { path: PathBuf, message: String },
     /// The iroh-blobs store did not open.
-    #[error("cannot open the blob store {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory")]
+    #[error(
+        "cannot open the blob store {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory"
+    )]
     Blobs { path: PathBuf, message: String },
 }
 
@@ -23,7 +29,9 @@ pub enum OpenError {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A blob that an operation needs is not in the store.
-    #[error("blob {hash} is not in the local store; import it (`shoal import`), fetch it from a peer, or run the job that makes it")]
+    #[error(
+        "blob {hash} is not in the local store; import it (`shoal import`), fetch it from a peer, or run the job that makes it"
+    )]
     NotFound { hash: Hash },
     /// Reading or writing a host file failed.
     #[error("{what} {path}: {source}")]
@@ -35,7 +43,9 @@ pub enum StoreError {
     #[error("metadata database: {op} failed: {source}; check the disk under the shoal home")]
     Meta { op: &'static str, source: sled::Error },
     /// A directory holds something a tree cannot represent.
-    #[error("{path} is a {kind}; trees hold only files, directories and symlinks: remove it or leave it out of the directory")]
+    #[error(
+        "{path} is a {kind}; trees hold only files, directories and symlinks: remove it or leave it out of the directory"
+    )]
     Unsupported { path: PathBuf, kind: &'static str },
     /// A file name is not UTF-8.
     #[error("the name of {path} is not UTF-8; rename it")]
@@ -86,7 +96,9 @@ pub enum ImageError {
     #[error("{source_name}: {reason}")]
     Format { source_name: String, reason: String },
     /// A blob's content does not match its digest.
-    #[error("{what}: expected sha256:{expected}, got sha256:{actual}; the source is corrupt or was changed: fetch it again")]
+    #[error(
+        "{what}: expected sha256:{expected}, got sha256:{actual}; the source is corrupt or was changed: fetch it again"
+    )]
     DigestMismatch { what: String, expected: String, actual: String },
     /// Reading a host file failed.
     #[error("{what} {path}: {source}")]

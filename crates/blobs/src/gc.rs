@@ -88,12 +88,8 @@ impl Store {
                 image_ids.extend(hash_of(&v));
             }
         }
-        let all_images: HashSet<Hash> = m
-            .image_blobs
-            .iter()
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| hash_of(&k)))
-            .collect();
+        let all_images: HashSet<Hash> =
+            m.image_blobs.iter().keys().filter_map(|k| k.ok().and_then(|k| hash_of(&k))).collect();
 
         // Records.
         let mut records = HashSet::new();

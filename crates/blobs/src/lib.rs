@@ -87,12 +87,12 @@ impl Store {
             let p = home.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| OpenError::CreateDir { path: p.clone(), source })?;
         }
-        let home = std::fs::canonicalize(home)
-            .map_err(|source| OpenError::CreateDir { path: home.to_owned(), source })?;
+        let home =
+            std::fs::canonicalize(home).map_err(|source| OpenError::CreateDir { path: home.to_owned(), source })?;
         let meta_dir = home.join("meta");
         // sled locks its directory: a second process fails here, before touching anything.
-        let meta = Meta::open(&meta_dir)
-            .map_err(|e| OpenError::Meta { path: meta_dir.clone(), message: e.to_string() })?;
+        let meta =
+            Meta::open(&meta_dir).map_err(|e| OpenError::Meta { path: meta_dir.clone(), message: e.to_string() })?;
         // Leftovers of interrupted imports and materializations.
         if let Ok(rd) = std::fs::read_dir(home.join("tmp")) {
             for e in rd.flatten() {
@@ -153,12 +153,8 @@ impl Store {
 
     /// Stores bytes; returns their hash.
     pub async fn put_bytes(&self, bytes: impl Into<Bytes>) -> Result<Hash, StoreError> {
-        let tt = self
-            .iroh()
-            .add_bytes(bytes.into())
-            .temp_tag()
-            .await
-            .map_err(|e| StoreError::blobs("adding bytes")(&e))?;
+        let tt =
+            self.iroh().add_bytes(bytes.into()).temp_tag().await.map_err(|e| StoreError::blobs("adding bytes")(&e))?;
         Ok(from_iroh(tt.hash()))
     }
 
@@ -201,13 +197,8 @@ impl Store {
             Ok((size, hex::encode(sha.finalize())))
         });
         let stream = futures_lite::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let added = self
-            .iroh()
-            .add_stream(stream)
-            .await
-            .temp_tag()
-            .await
-            .map_err(|e| StoreError::blobs("adding a file")(&e));
+        let added =
+            self.iroh().add_stream(stream).await.temp_tag().await.map_err(|e| StoreError::blobs("adding a file")(&e));
         let read = reader.await.map_err(|e| StoreError::Io {
             what: "cannot read",
             path: path.to_owned(),
@@ -225,12 +216,7 @@ impl Store {
             self.put_bytes(data).await
         } else {
             let abs = std::path::absolute(path).map_err(StoreError::io("cannot resolve", path))?;
-            let tt = self
-                .iroh()
-                .add_path(&abs)
-                .temp_tag()
-                .await
-                .map_err(|e| StoreError::blobs("adding a file")(&e))?;
+            let tt = self.iroh().add_path(&abs).temp_tag().await.map_err(|e| StoreError::blobs("adding a file")(&e))?;
             Ok(from_iroh(tt.hash()))
         }
     }
@@ -329,9 +315,7 @@ impl Store {
                 None => return Ok(None),
             },
         };
-        SignedRecord::from_cbor(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::BadRecord { hash, reason: e.to_string() })
+        SignedRecord::from_cbor(&bytes).map(Some).map_err(|e| StoreError::BadRecord { hash, reason: e.to_string() })
     }
 
     pub fn latest_record_for_job(&self, job_id: &str) -> Result<Option<Hash>, StoreError> {

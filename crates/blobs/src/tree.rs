@@ -148,10 +148,7 @@ impl Tree {
     }
 
     pub fn get(&self, name: &str) -> Option<&Entry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes()))
-            .ok()
-            .map(|i| &self.entries[i])
+        self.entries.binary_search_by(|e| e.name.as_bytes().cmp(name.as_bytes())).ok().map(|i| &self.entries[i])
     }
 }
 
@@ -197,7 +194,11 @@ impl Store {
         Ok(Digest { hash, kind: DigestKind::Tree, size })
     }
 
-    fn put_dir_rec<'a>(&'a self, dir: PathBuf, links: &'a mut LinkMap) -> BoxFuture<'a, Result<(Hash, u64), StoreError>> {
+    fn put_dir_rec<'a>(
+        &'a self,
+        dir: PathBuf,
+        links: &'a mut LinkMap,
+    ) -> BoxFuture<'a, Result<(Hash, u64), StoreError>> {
         Box::pin(async move {
             let rd = std::fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))?;
             let mut names = Vec::new();
@@ -310,7 +311,8 @@ impl Store {
                         done.insert(key, path);
                     }
                     EntryKind::Symlink { target } => {
-                        std::os::unix::fs::symlink(target, &path).map_err(StoreError::io("cannot create the symlink", &path))?;
+                        std::os::unix::fs::symlink(target, &path)
+                            .map_err(StoreError::io("cannot create the symlink", &path))?;
                         if root {
                             std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid))
                                 .map_err(StoreError::io("cannot chown", &path))?;

@@ -302,8 +302,7 @@ async fn write_digest(store: &Store, digest: &shoal_dag::Digest, out: Option<&Pa
 async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
     match cmd {
         BlobCommand::Put { path, json } => {
-            let meta = std::fs::symlink_metadata(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            let meta = std::fs::symlink_metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let digest = if meta.is_dir() {
                 store.put_tree_from_dir(&path).await?
             } else {
@@ -342,9 +341,7 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
 
 async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
     let (id, json) = match cmd {
-        ImageCommand::Import { path, tag, json } => {
-            (store.import_image_path(&path, tag.as_deref()).await?, json)
-        }
+        ImageCommand::Import { path, tag, json } => (store.import_image_path(&path, tag.as_deref()).await?, json),
         ImageCommand::Pull { reference, tag, insecure, json } => {
             let opts = shoal_blobs::image::PullOptions { insecure_http: insecure, ..Default::default() };
             let id = store.pull(&reference, opts).await?;

@@ -120,8 +120,7 @@ struct Ctx {
 }
 
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
     let dag = match shoal_dag::parse_dag(&path.display().to_string(), &text) {
         Ok(dag) => dag,
         Err(diagnostics) => {
@@ -193,10 +192,8 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
     let mut reports: Vec<Option<JobReport>> = vec![None; n];
     let mut tasks: JoinSet<(usize, JobReport)> = JoinSet::new();
     let spawn = |tasks: &mut JoinSet<(usize, JobReport)>, idx: usize, reports: &[Option<JobReport>]| {
-        let upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps[idx]
-            .iter()
-            .filter_map(|&d| reports[d].as_ref().map(|r| (r.job.clone(), r.outputs.clone())))
-            .collect();
+        let upstream: BTreeMap<String, BTreeMap<String, Digest>> =
+            deps[idx].iter().filter_map(|&d| reports[d].as_ref().map(|r| (r.job.clone(), r.outputs.clone()))).collect();
         let ctx = ctx.clone();
         let span = info_span!("job", id = %ctx.dag.jobs[idx].id);
         tasks.spawn(
@@ -281,9 +278,7 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
     let (image_id, image) = resolve_image(ctx, &job.image, upstream).await?;
     let mut inputs = BTreeMap::new();
     for (name, input) in &job.inputs {
-        let digest = resolve_input(ctx, input, upstream)
-            .await
-            .with_context(|| format!("resolving input `{name}`"))?;
+        let digest = resolve_input(ctx, input, upstream).await.with_context(|| format!("resolving input `{name}`"))?;
         inputs.insert(name.clone(), digest);
     }
     let stdin = match &job.stdin {
@@ -390,15 +385,16 @@ async fn resolve_input(
         InputRef::Job { job, output } => Ok(upstream_output(upstream, job, output)?.clone()),
         InputRef::Blake3(hash) => digest_of_stored(&ctx.store, *hash).await,
         InputRef::Sha256(hex) => {
-            let hash = ctx.store.by_sha256(hex)?.ok_or_else(|| {
-                anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`")
-            })?;
+            let hash = ctx
+                .store
+                .by_sha256(hex)?
+                .ok_or_else(|| anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`"))?;
             digest_of_stored(&ctx.store, hash).await
         }
         InputRef::File(path) => {
             let path = ctx.dag_dir.join(path);
-            let meta = std::fs::metadata(&path)
-                .with_context(|| format!("cannot read the input file {}", path.display()))?;
+            let meta =
+                std::fs::metadata(&path).with_context(|| format!("cannot read the input file {}", path.display()))?;
             if meta.is_dir() {
                 Ok(ctx.store.put_tree_from_dir(&path).await?)
             } else {
@@ -488,9 +484,8 @@ async fn execute(
     let started_unix_ms = now_unix_ms();
     let backend = ctx.backend.clone();
     let start = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || backend.run(request))
-        .await
-        .context("the backend thread panicked")??;
+    let outcome =
+        tokio::task::spawn_blocking(move || backend.run(request)).await.context("the backend thread panicked")??;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
 
     let mut outputs = BTreeMap::new();
@@ -603,13 +598,19 @@ fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
     let group = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
     // Fields of the line of `file` whose field `key` equals `value`.
     let find = |file: &str, key: usize, value: &str| -> Option<Vec<String>> {
-        file.lines().map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>()).find(|f| f.get(key).map(String::as_str) == Some(value))
+        file.lines()
+            .map(|l| l.split(':').map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.get(key).map(String::as_str) == Some(value))
     };
     let (uid, primary_gid) = match u.parse::<u32>() {
         Ok(uid) => (uid, find(&passwd, 2, u).and_then(|f| f.get(3)?.parse().ok())),
         Err(_) => {
-            let f = find(&passwd, 0, u).ok_or_else(|| anyhow!("user `{u}` is not in the image's /etc/passwd; use a numeric uid"))?;
-            let uid = f.get(2).and_then(|v| v.parse().ok()).ok_or_else(|| anyhow!("the image's /etc/passwd entry for `{u}` is malformed"))?;
+            let f = find(&passwd, 0, u)
+                .ok_or_else(|| anyhow!("user `{u}` is not in the image's /etc/passwd; use a numeric uid"))?;
+            let uid = f
+                .get(2)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| anyhow!("the image's /etc/passwd entry for `{u}` is malformed"))?;
             (uid, f.get(3).and_then(|v| v.parse().ok()))
         }
     };
@@ -633,9 +634,6 @@ pub async fn find_record(store: &Store, what: &str) -> Result<RunRecord> {
             anyhow!("no run of a job `{what}` is recorded here; run a DAG with `shoal run DAG.json` first")
         })?,
     };
-    let signed = store
-        .get_record(hash)
-        .await?
-        .ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
+    let signed = store.get_record(hash).await?.ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
     signed.verify().with_context(|| format!("run record {hash} does not verify"))
 }

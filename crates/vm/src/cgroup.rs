@@ -45,9 +45,10 @@ impl Hierarchy {
     pub fn detect() -> Result<Hierarchy, String> {
         let root = Path::new(ROOT);
         if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers"))
-            && controllers.split_whitespace().any(|c| c == "memory") {
-                return Ok(Hierarchy::V2 { parent: root.join("shoal") });
-            }
+            && controllers.split_whitespace().any(|c| c == "memory")
+        {
+            return Ok(Hierarchy::V2 { parent: root.join("shoal") });
+        }
         let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let v1_dir = |controller: &str| -> Option<PathBuf> {
             let rel = own.lines().find_map(|l| {
@@ -132,9 +133,7 @@ impl Cgroup {
     pub fn procs_files(&self) -> Vec<PathBuf> {
         match &self.layout {
             Layout::V2 { dir } => vec![dir.join("cgroup.procs")],
-            Layout::V1 { memory, cpu } => {
-                std::iter::once(memory).chain(cpu).map(|d| d.join("cgroup.procs")).collect()
-            }
+            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).map(|d| d.join("cgroup.procs")).collect(),
         }
     }
 
@@ -154,9 +153,7 @@ impl Cgroup {
             Layout::V1 { memory, .. } => memory.join("memory.oom_control"),
         };
         let text = fs::read_to_string(file).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok()))
-            .unwrap_or(0)
+        text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
     }
 
     /// Directories of this cgroup (one per hierarchy).

@@ -207,12 +207,8 @@ fn plan_glob(root: &Path, name: &str, pattern: &str) -> Result<Option<Vec<Item>>
         prefix.pop();
     }
     let mut items = Vec::new();
-    let root_item = Item {
-        archive_path: PathBuf::from(name),
-        source: PathBuf::new(),
-        what: ItemKind::Dir,
-        mode: 0o755,
-    };
+    let root_item =
+        Item { archive_path: PathBuf::from(name), source: PathBuf::new(), what: ItemKind::Dir, mode: 0o755 };
     let Some(real) = resolve_in_root(root, &prefix.to_string_lossy())? else {
         return Ok(Some(vec![root_item])); // nothing matched: an empty tree
     };

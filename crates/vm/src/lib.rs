@@ -31,9 +31,9 @@ pub mod sandbox;
 mod sys;
 pub mod wire;
 
-pub use shoal_dag::{Exit, OutputSpec};
 pub use namespace::{HelperCommand, NamespaceBackend};
 pub use sandbox::sandbox_helper_main;
+pub use shoal_dag::{Exit, OutputSpec};
 
 /// One job to run. Paths are host paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

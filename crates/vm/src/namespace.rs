@@ -77,13 +77,16 @@ impl NamespaceBackend {
         }
         let root = nix::unistd::geteuid().is_root();
         if !root && read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-            return Err("unprivileged user namespaces are disabled: run `sysctl -w kernel.unprivileged_userns_clone=1`".into());
+            return Err(
+                "unprivileged user namespaces are disabled: run `sysctl -w kernel.unprivileged_userns_clone=1`".into(),
+            );
         }
         if !read("/proc/filesystems").unwrap_or_default().contains("overlay") {
             return Err("the kernel has no overlayfs: run `modprobe overlay`".into());
         }
         use nix::sched::CloneFlags as F;
-        let flags = F::CLONE_NEWUSER | F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWNET | F::CLONE_NEWIPC | F::CLONE_NEWUTS;
+        let flags =
+            F::CLONE_NEWUSER | F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWNET | F::CLONE_NEWIPC | F::CLONE_NEWUTS;
         // SAFETY: the child only calls unshare(2) and _exit(2), both async-signal-safe, so
         // forking a multi-threaded caller is fine.
         match unsafe { nix::unistd::fork() } {
@@ -190,7 +193,9 @@ impl NamespaceBackend {
         };
         let (status_hi, tar_hi) = (high(status_w)?, high(tar_w)?);
         let stdin = match &req.stdin {
-            Some(p) => Stdio::from(File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?),
+            Some(p) => {
+                Stdio::from(File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?)
+            }
             None => Stdio::null(),
         };
         let mut cmd = Command::new(&self.helper.program);
@@ -211,9 +216,8 @@ impl NamespaceBackend {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
+        let mut child =
+            cmd.spawn().map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
         drop(cmd); // closes our copies of the pipes' write ends
         drop((status_hi, tar_hi));
         let pidfd = Arc::new(sys::pidfd_open(child.id() as i32).map_err(|e| RunError::io("pidfd_open", e))?);
@@ -255,20 +259,20 @@ impl NamespaceBackend {
         let join = |t: thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
         let stdout = join(stdout_t);
         let stderr = join(stderr_t);
-        let unpacked = tar_t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())));
+        let unpacked =
+            tar_t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())));
         let mut status_text = Vec::new();
         let _ = status_r.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
-        let status: Option<Status> = status_text
-            .split(|b| *b == b'\n')
-            .find(|l| !l.is_empty())
-            .and_then(|l| serde_json::from_slice(l).ok());
+        let status: Option<Status> =
+            status_text.split(|b| *b == b'\n').find(|l| !l.is_empty()).and_then(|l| serde_json::from_slice(l).ok());
 
         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
         if let Some(c) = cgroup
-            && let Err(e) = c.remove() {
-                tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
-            }
+            && let Err(e) = c.remove()
+        {
+            tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
+        }
         let overflowed = *overflow.lock().unwrap_or_else(|e| e.into_inner());
         let (mut exit, user_ms, sys_ms, rss) = match status {
             Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),
@@ -396,7 +400,9 @@ fn validate(req: &Request, root: bool) -> Result<(), RunError> {
             return Err(invalid(format!("uid/gid {}/{} must be below {ID_MAP_COUNT}", req.uid, req.gid)));
         }
     } else if req.uid != 0 || req.gid != 0 {
-        return Err(invalid("without root, only uid 0 and gid 0 can be mapped into the sandbox: run shoal as root or run the job as 0:0"));
+        return Err(invalid(
+            "without root, only uid 0 and gid 0 can be mapped into the sandbox: run shoal as root or run the job as 0:0",
+        ));
     }
     for (name, spec) in &req.outputs {
         if !collect::valid_name(name) {

@@ -158,7 +158,13 @@ fn pid1(req: &HelperRequest, sync_r: OwnedFd, status: &File, tar: File) -> i32 {
     0
 }
 
-fn mnt(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mnt(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     mount(src, target, fstype, flags, data).map_err(|e| {
         format!("mount {} on {} ({}): {e}", src.unwrap_or("-"), target.display(), fstype.unwrap_or("bind/remount"))
     })
@@ -192,11 +198,8 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
     }
     let root = stage.join("root");
     let lower = req.rootfs.to_str().ok_or("rootfs path is not UTF-8")?;
-    let opts = format!(
-        "lowerdir={lower},upperdir={},workdir={}",
-        stage.join("upper").display(),
-        stage.join("work").display()
-    );
+    let opts =
+        format!("lowerdir={lower},upperdir={},workdir={}", stage.join("upper").display(), stage.join("work").display());
     mnt(Some("overlay"), &root, Some("overlay"), MsFlags::empty(), Some(&opts))?;
 
     let proc = mountpoint(&root, "proc")?;
@@ -206,9 +209,10 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
     // network the sandbox simply has an empty /sys.
     let ro_sys = nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
     if let Err(e) = mnt(Some("sysfs"), &sysfs, Some("sysfs"), ro_sys, None)
-        && !job.network {
-            return Err(e);
-        }
+        && !job.network
+    {
+        return Err(e);
+    }
     setup_dev(&root, mem)?;
 
     match fs::symlink_metadata(root.join("tmp")) {
@@ -226,14 +230,11 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
         if !collect::valid_name(&inp.name) {
             return Err(format!("input name `{}` is not a plain name", inp.name));
         }
-        let meta = fs::metadata(&inp.host_path).map_err(|e| format!("input `{}` {}: {e}", inp.name, inp.host_path.display()))?;
+        let meta = fs::metadata(&inp.host_path)
+            .map_err(|e| format!("input `{}` {}: {e}", inp.name, inp.host_path.display()))?;
         let target = input.join(&inp.name);
-        if meta.is_dir() {
-            fs::create_dir(&target)
-        } else {
-            File::create(&target).map(drop)
-        }
-        .map_err(|e| format!("creating {}: {e}", target.display()))?;
+        if meta.is_dir() { fs::create_dir(&target) } else { File::create(&target).map(drop) }
+            .map_err(|e| format!("creating {}: {e}", target.display()))?;
         mnt(inp.host_path.to_str(), &target, None, MsFlags::MS_BIND, None)?;
         remount_ro(&target, &inp.host_path)?;
     }
@@ -242,10 +243,22 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
     let (uid, gid) = (job.uid, job.gid);
     let output = mountpoint(&root, "output")?;
     let out_size = job.limits.output_bytes_max.saturating_add(OUTPUT_TMPFS_SLACK_BYTES);
-    mnt(Some("tmpfs"), &output, Some("tmpfs"), nosuid_nodev, Some(&format!("size={out_size},mode=0755,uid={uid},gid={gid}")))?;
+    mnt(
+        Some("tmpfs"),
+        &output,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(&format!("size={out_size},mode=0755,uid={uid},gid={gid}")),
+    )?;
     let scratch = mountpoint(&root, "scratch")?;
     let scratch_size = job.limits.scratch_bytes.max(4096);
-    mnt(Some("tmpfs"), &scratch, Some("tmpfs"), nosuid_nodev, Some(&format!("size={scratch_size},mode=0755,uid={uid},gid={gid}")))?;
+    mnt(
+        Some("tmpfs"),
+        &scratch,
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some(&format!("size={scratch_size},mode=0755,uid={uid},gid={gid}")),
+    )?;
 
     nix::unistd::sethostname("shoal").map_err(|e| format!("sethostname: {e}"))?;
     if !job.network {
@@ -263,7 +276,8 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
 /// mounts inherited from the host (dropping one of those would be refused with EPERM).
 fn remount_ro(target: &Path, source: &Path) -> Result<(), String> {
     use nix::sys::statvfs::{FsFlags, statvfs};
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut flags =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     if let Ok(st) = statvfs(source) {
         let f = st.flags();
         for (sf, mf) in [
@@ -303,11 +317,23 @@ fn setup_dev(root: &Path, mem: u64) -> Result<(), String> {
     }
     let shm = dev.join("shm");
     fs::create_dir(&shm).map_err(|e| format!("mkdir /dev/shm: {e}"))?;
-    mnt(Some("tmpfs"), &shm, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(&format!("size={mem},mode=1777")))?;
+    mnt(
+        Some("tmpfs"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("size={mem},mode=1777")),
+    )?;
     let pts = dev.join("pts");
     fs::create_dir(&pts).map_err(|e| format!("mkdir /dev/pts: {e}"))?;
     // Optional: a private devpts for jobs that want a terminal.
-    if let Err(e) = mnt(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")) {
+    if let Err(e) = mnt(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    ) {
         tracing::debug!("no /dev/pts: {e}");
     }
     Ok(())
@@ -376,9 +402,10 @@ fn exec_job(x: &Exec) -> (&'static str, Errno) {
     // The job, not the sandbox's PID 1, is what the OOM killer should pick first.
     let _ = fs::write("/proc/self/oom_score_adj", "1000");
     if x.setgroups
-        && let Err(e) = unistd::setgroups(&[]) {
-            return ("setgroups", e);
-        }
+        && let Err(e) = unistd::setgroups(&[])
+    {
+        return ("setgroups", e);
+    }
     if let Err(e) = unistd::setgid(x.gid) {
         return ("setgid", e);
     }
@@ -422,9 +449,8 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
     }
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).ok();
     let ms = |tv: nix::sys::time::TimeVal| (tv.tv_sec() as u64) * 1000 + (tv.tv_usec() as u64) / 1000;
-    let (user_ms, sys_ms, max_rss_bytes) = usage
-        .map(|u| (ms(u.user_time()), ms(u.system_time()), (u.max_rss() as u64) * 1024))
-        .unwrap_or_default();
+    let (user_ms, sys_ms, max_rss_bytes) =
+        usage.map(|u| (ms(u.user_time()), ms(u.system_time()), (u.max_rss() as u64) * 1024)).unwrap_or_default();
 
     let limit = job.limits.output_bytes_max;
     let used = output_used_bytes();
@@ -443,9 +469,10 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
             Ok(report) => {
                 output_bytes = report.total_bytes;
                 if exit.success()
-                    && let Some(problem) = report.problems.into_values().next() {
-                        exit = Exit::Error(problem);
-                    }
+                    && let Some(problem) = report.problems.into_values().next()
+                {
+                    exit = Exit::Error(problem);
+                }
             }
             Err(collect::CollectError::TooLarge { output, limit_bytes }) => {
                 if !timed_out {
@@ -521,4 +548,3 @@ fn spawn_and_wait(x: &Exec, timeout_ms: u64, started: Instant) -> Result<(Exit, 
     };
     Ok((if timed_out { Exit::Timeout } else { exit }, timed_out))
 }
-

@@ -10,8 +10,8 @@ use std::path::Path;
 use serde_json::json;
 use sha2::Digest as _;
 
-use super::{ImageConfig, shoal_arch_to_oci};
 use super::oci::{OCI_INDEX, OCI_MANIFEST};
+use super::{ImageConfig, shoal_arch_to_oci};
 
 struct HashingWriter<W> {
     inner: W,
@@ -83,7 +83,13 @@ fn write_layer<W: Write>(rootfs: &Path, w: W) -> io::Result<W> {
             h.set_size(md.len());
             b.append_data(&mut h, &rel, std::fs::File::open(e.path())?)?;
         } else {
-            let kind = if ft.is_socket() { "socket" } else if ft.is_fifo() { "fifo" } else { "device" };
+            let kind = if ft.is_socket() {
+                "socket"
+            } else if ft.is_fifo() {
+                "fifo"
+            } else {
+                "device"
+            };
             return Err(io::Error::other(format!(
                 "{} is a {kind}; an image layer built by shoal holds only files, directories and symlinks",
                 e.path().display()
@@ -147,7 +153,8 @@ pub fn build_oci_layout_from_dir(rootfs: &Path, config: &ImageConfig, out_dir: &
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    manifests.retain(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) != Some(tag));
+    manifests
+        .retain(|m| m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) != Some(tag));
     manifests.push(json!({
         "mediaType": OCI_MANIFEST,
         "digest": manifest_digest,

@@ -59,8 +59,14 @@ fn split_path(raw: &str) -> Result<Vec<String>, String> {
 }
 
 /// Reads the tar at `path` on a blocking thread, sending entries to `tx`.
-fn read_tar(path: &Path, tmp: &Path, layer: &str, tx: mpsc::Sender<Result<Item, ImageError>>) -> Result<(), ImageError> {
-    let err = |entry: &str, reason: String| ImageError::Layer { layer: layer.to_owned(), entry: entry.to_owned(), reason };
+fn read_tar(
+    path: &Path,
+    tmp: &Path,
+    layer: &str,
+    tx: mpsc::Sender<Result<Item, ImageError>>,
+) -> Result<(), ImageError> {
+    let err =
+        |entry: &str, reason: String| ImageError::Layer { layer: layer.to_owned(), entry: entry.to_owned(), reason };
     let file = std::fs::File::open(path).map_err(ImageError::io("cannot open", path))?;
     let mut buf = BufReader::with_capacity(1 << 20, file);
     let head = buf.fill_buf().map_err(ImageError::io("cannot read", path))?.to_vec();
@@ -77,7 +83,10 @@ fn read_tar(path: &Path, tmp: &Path, layer: &str, tx: mpsc::Sender<Result<Item, 
     for entry in entries {
         let mut entry = entry.map_err(ImageError::io("cannot read the tar", path))?;
         let raw_path = entry.path().map_err(ImageError::io("cannot read the tar", path))?;
-        let raw = raw_path.to_str().ok_or_else(|| err(&raw_path.to_string_lossy(), "the name is not UTF-8".into()))?.to_owned();
+        let raw = raw_path
+            .to_str()
+            .ok_or_else(|| err(&raw_path.to_string_lossy(), "the name is not UTF-8".into()))?
+            .to_owned();
         let parts = split_path(&raw).map_err(|r| err(&raw, r))?;
         let h = entry.header();
         let meta = Meta3 {

@@ -56,7 +56,9 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     pub fn is_index(&self) -> bool {
-        self.media_type == OCI_INDEX || self.media_type == DOCKER_LIST || (self.config.is_none() && !self.manifests.is_empty())
+        self.media_type == OCI_INDEX
+            || self.media_type == DOCKER_LIST
+            || (self.config.is_none() && !self.manifests.is_empty())
     }
 }
 
@@ -84,7 +86,8 @@ struct ContainerConfig {
 }
 
 pub(crate) fn parse_config(raw: &[u8], source: &str) -> Result<ImageConfig, ImageError> {
-    let c: ConfigFile = serde_json::from_slice(raw).map_err(|e| ImageError::format(source, format!("image config: {e}")))?;
+    let c: ConfigFile =
+        serde_json::from_slice(raw).map_err(|e| ImageError::format(source, format!("image config: {e}")))?;
     let cc = c.config.unwrap_or_default();
     Ok(ImageConfig {
         env: cc.env.unwrap_or_default(),
@@ -104,7 +107,10 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 pub(crate) fn sha256_of_digest(digest: &str, source: &str) -> Result<String, ImageError> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(hex.to_ascii_lowercase()),
-        _ => Err(ImageError::format(source, format!("digest `{digest}` is not sha256:<64 hex> (the only algorithm shoal reads)"))),
+        _ => Err(ImageError::format(
+            source,
+            format!("digest `{digest}` is not sha256:<64 hex> (the only algorithm shoal reads)"),
+        )),
     }
 }
 
@@ -117,7 +123,9 @@ pub(crate) fn pick_platform<'a>(index: &'a Manifest, source: &str) -> Result<&'a
         .manifests
         .iter()
         .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
-        .ok_or_else(|| ImageError::format(source, "the image index has no linux/amd64 image; shoal runs linux/amd64 only"))
+        .ok_or_else(|| {
+            ImageError::format(source, "the image index has no linux/amd64 image; shoal runs linux/amd64 only")
+        })
 }
 
 /// Where a layer's bytes come from.
@@ -145,7 +153,11 @@ pub(crate) struct ImportPlan {
 impl Store {
     /// Stores the layers (expanded, cached by digest), merges them, stores config, manifest and
     /// the image, and indexes it.
-    pub(crate) async fn run_import(&self, plan: ImportPlan, progress: Option<ProgressFn>) -> Result<ImageId, ImageError> {
+    pub(crate) async fn run_import(
+        &self,
+        plan: ImportPlan,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageId, ImageError> {
         let started = std::time::Instant::now();
         let total: u64 = plan.layers.iter().map(|l| l.size).sum();
         let mut done = 0u64;
@@ -172,11 +184,13 @@ impl Store {
                             let digest = layer.digest.clone().expect("registry layers have digests");
                             let dest = self.temp_dir("pull")?.join("layer");
                             let (c, d2, p2, base) = (client.clone(), dest.clone(), progress.clone(), done);
-                            tokio::task::spawn_blocking(move || c.download_blob(&digest, &d2, |n| {
-                                if let Some(p) = &p2 {
-                                    p(base + n, total);
-                                }
-                            }))
+                            tokio::task::spawn_blocking(move || {
+                                c.download_blob(&digest, &d2, |n| {
+                                    if let Some(p) = &p2 {
+                                        p(base + n, total);
+                                    }
+                                })
+                            })
                             .await
                             .map_err(|e| ImageError::format(&name, e.to_string()))??;
                             (dest, true)
@@ -284,7 +298,12 @@ impl Store {
         }
     }
 
-    async fn import_archive(&self, tar: &Path, tag: Option<&str>, progress: Option<ProgressFn>) -> Result<ImageId, ImageError> {
+    async fn import_archive(
+        &self,
+        tar: &Path,
+        tag: Option<&str>,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageId, ImageError> {
         let dir = self.temp_dir("archive")?;
         let result = async {
             let (t, d) = (tar.to_owned(), dir.clone());
@@ -343,10 +362,12 @@ fn inside(dir: &Path, rel: &str, source: &str) -> Result<PathBuf, ImageError> {
 
 fn docker_plan(dir: &Path, tag: Option<String>, tar: &Path) -> Result<ImportPlan, ImageError> {
     let source = tar.display().to_string();
-    let raw = std::fs::read(dir.join("manifest.json")).map_err(ImageError::io("cannot read", dir.join("manifest.json")))?;
+    let raw =
+        std::fs::read(dir.join("manifest.json")).map_err(ImageError::io("cannot read", dir.join("manifest.json")))?;
     let entries: Vec<DockerManifestEntry> =
         serde_json::from_slice(&raw).map_err(|e| ImageError::format(&source, format!("manifest.json: {e}")))?;
-    let entry = entries.into_iter().next().ok_or_else(|| ImageError::format(&source, "manifest.json lists no image"))?;
+    let entry =
+        entries.into_iter().next().ok_or_else(|| ImageError::format(&source, "manifest.json lists no image"))?;
     let config_path = inside(dir, &entry.config, &source)?;
     let config = std::fs::read(&config_path).map_err(ImageError::io("cannot read", &config_path))?;
     let mut layers = Vec::new();
@@ -403,7 +424,8 @@ fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<
         if actual != hex {
             return Err(ImageError::DigestMismatch { what: format!("{source}: manifest"), expected: hex, actual });
         }
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| ImageError::format(&source, format!("manifest {}: {e}", desc.digest)))?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::format(&source, format!("manifest {}: {e}", desc.digest)))?;
         if m.is_index() || desc.media_type == OCI_INDEX || desc.media_type == DOCKER_LIST {
             hops += 1;
             if hops > 4 {

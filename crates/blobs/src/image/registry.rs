@@ -184,21 +184,25 @@ impl RegistryClient {
             if !status.is_success() {
                 let body = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
                 let hint = if status.as_u16() == 404 { "; check the image name and tag" } else { "" };
-                return Err(ImageError::Registry {
-                    url,
-                    reason: format!("HTTP {status}: {}{hint}", body.trim()),
-                });
+                return Err(ImageError::Registry { url, reason: format!("HTTP {status}: {}{hint}", body.trim()) });
             }
             return Ok(resp);
         }
-        Err(ImageError::Registry { url, reason: "still unauthorized with an anonymous token; the image may be private".into() })
+        Err(ImageError::Registry {
+            url,
+            reason: "still unauthorized with an anonymous token; the image may be private".into(),
+        })
     }
 
     /// A manifest or index, checked against `reference` when that is a digest.
     pub fn manifest(&self, reference: &str) -> Result<Vec<u8>, ImageError> {
-        let mut resp = self.get(&format!("manifests/{reference}"), &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])?;
+        let mut resp =
+            self.get(&format!("manifests/{reference}"), &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST])?;
         let bytes = resp.body_mut().with_config().limit(MANIFEST_BYTES_MAX).read_to_vec().map_err(|e| {
-            ImageError::Registry { url: format!("{}/v2/{}/manifests/{reference}", self.base, self.repo), reason: e.to_string() }
+            ImageError::Registry {
+                url: format!("{}/v2/{}/manifests/{reference}", self.base, self.repo),
+                reason: e.to_string(),
+            }
         })?;
         if reference.starts_with("sha256:") {
             let expected = sha256_of_digest(reference, reference)?;
@@ -215,7 +219,10 @@ impl RegistryClient {
         let expected = sha256_of_digest(digest, digest)?;
         let mut resp = self.get(&format!("blobs/{digest}"), &[])?;
         let bytes = resp.body_mut().with_config().limit(MANIFEST_BYTES_MAX).read_to_vec().map_err(|e| {
-            ImageError::Registry { url: format!("{}/v2/{}/blobs/{digest}", self.base, self.repo), reason: e.to_string() }
+            ImageError::Registry {
+                url: format!("{}/v2/{}/blobs/{digest}", self.base, self.repo),
+                reason: e.to_string(),
+            }
         })?;
         let actual = sha256_hex(&bytes);
         if actual != expected {
@@ -249,7 +256,11 @@ impl RegistryClient {
         file.sync_all().map_err(ImageError::io("cannot write", dest))?;
         let actual = hex::encode(sha.finalize());
         if actual != hex {
-            return Err(ImageError::DigestMismatch { what: format!("blob {digest} from {url}"), expected: hex.to_owned(), actual });
+            return Err(ImageError::DigestMismatch {
+                what: format!("blob {digest} from {url}"),
+                expected: hex.to_owned(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -299,7 +310,11 @@ impl Store {
             config,
             layers: layers
                 .into_iter()
-                .map(|(digest, size)| LayerPlan { digest: Some(digest), size, source: LayerSource::Registry(client.clone()) })
+                .map(|(digest, size)| LayerPlan {
+                    digest: Some(digest),
+                    size,
+                    source: LayerSource::Registry(client.clone()),
+                })
                 .collect(),
             tag: r.local_tag,
         };
@@ -314,7 +329,10 @@ mod tests {
     #[test]
     fn references() {
         let r = parse_reference("127.0.0.1:5000/tools/busybox:1.35").unwrap();
-        assert_eq!((r.host.as_str(), r.repo.as_str(), r.reference.as_str()), ("127.0.0.1:5000", "tools/busybox", "1.35"));
+        assert_eq!(
+            (r.host.as_str(), r.repo.as_str(), r.reference.as_str()),
+            ("127.0.0.1:5000", "tools/busybox", "1.35")
+        );
         assert_eq!(r.local_tag.as_deref(), Some("127.0.0.1:5000/tools/busybox:1.35"));
         let r = parse_reference("localhost:5000/busybox").unwrap();
         assert_eq!((r.host.as_str(), r.repo.as_str(), r.reference.as_str()), ("localhost:5000", "busybox", "latest"));
@@ -328,7 +346,10 @@ mod tests {
 
     #[test]
     fn bearer_challenge() {
-        let p = bearer_params(r#"Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull""#).unwrap();
+        let p = bearer_params(
+            r#"Bearer realm="https://auth.example/token",service="reg.example",scope="repository:a/b:pull""#,
+        )
+        .unwrap();
         assert_eq!(p[0], ("realm".into(), "https://auth.example/token".into()));
         assert_eq!(p[1], ("service".into(), "reg.example".into()));
         assert_eq!(p[2], ("scope".into(), "repository:a/b:pull".into()));

@@ -239,9 +239,14 @@ async fn docker_save_and_oci_archives() {
     // `docker save` format: manifest.json, config, one layer.tar per layer directory.
     let d = home.path().join("save");
     std::fs::create_dir_all(d.join("l1")).unwrap();
-    std::fs::write(d.join("l1/layer.tar"), layer_tar(&[L::Dir("bin", 0o755), L::File("bin/hello", b"hi", 0o755)])).unwrap();
+    std::fs::write(d.join("l1/layer.tar"), layer_tar(&[L::Dir("bin", 0o755), L::File("bin/hello", b"hi", 0o755)]))
+        .unwrap();
     std::fs::create_dir_all(d.join("l2")).unwrap();
-    std::fs::write(d.join("l2/layer.tar"), layer_tar(&[L::File("bin/.wh.hello", b"", 0o644), L::File("bin/bye", b"bye", 0o700)])).unwrap();
+    std::fs::write(
+        d.join("l2/layer.tar"),
+        layer_tar(&[L::File("bin/.wh.hello", b"", 0o644), L::File("bin/bye", b"bye", 0o700)]),
+    )
+    .unwrap();
     let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["X=1"],"Entrypoint":["/bin/bye"]}}"#;
     let config_hex = sha(config);
     std::fs::write(d.join(format!("{config_hex}.json")), config).unwrap();
@@ -260,7 +265,11 @@ async fn docker_save_and_oci_archives() {
 
     // An OCI archive: a layout packed in a tar.
     let layout = home.path().join("layout");
-    write_layout(&layout, &[(layer_tar(&[L::File("f", b"f", 0o644)]), "application/vnd.oci.image.layer.v1.tar")], "latest");
+    write_layout(
+        &layout,
+        &[(layer_tar(&[L::File("f", b"f", 0o644)]), "application/vnd.oci.image.layer.v1.tar")],
+        "latest",
+    );
     let oci_tar = home.path().join("oci.tar");
     tar_dir(&layout, &oci_tar);
     let id2 = s.import_image_path(&oci_tar, Some("fromarchive")).await.unwrap();
@@ -346,7 +355,13 @@ async fn build_layout_then_import() {
     let bb = home.path().join("bb");
     if busybox_rootfs(&bb) {
         let layout = home.path().join("bb-layout");
-        build_oci_layout_from_dir(&bb, &ImageConfig { cmd: vec!["/bin/sh".into()], arch: "x86_64".into(), ..Default::default() }, &layout, "busybox:latest").unwrap();
+        build_oci_layout_from_dir(
+            &bb,
+            &ImageConfig { cmd: vec!["/bin/sh".into()], arch: "x86_64".into(), ..Default::default() },
+            &layout,
+            "busybox:latest",
+        )
+        .unwrap();
         let t = Instant::now();
         let id = s.import_oci_layout(&layout, None).await.unwrap();
         let import_ms = t.elapsed().as_millis();
@@ -356,8 +371,10 @@ async fn build_layout_then_import() {
         let rootfs_ms = t.elapsed().as_millis();
         assert!(std::fs::symlink_metadata(fs.join("bin/sh")).unwrap().file_type().is_symlink());
         assert_eq!(s.resolve_image(&ImageRef::Tag("busybox".into())).await.unwrap().0, id);
-        eprintln!("MEASURE busybox image ({} KiB layer): import {import_ms} ms, rootfs materialize {rootfs_ms} ms",
-            std::fs::metadata("/bin/busybox").unwrap().len() / 1024);
+        eprintln!(
+            "MEASURE busybox image ({} KiB layer): import {import_ms} ms, rootfs materialize {rootfs_ms} ms",
+            std::fs::metadata("/bin/busybox").unwrap().len() / 1024
+        );
     }
     s.shutdown().await;
 }
@@ -375,8 +392,17 @@ async fn gc_keeps_reachable_drops_the_rest() {
         use ciborium::Value;
         let v = Value::Map(vec![
             (Value::Text("job_id".into()), Value::Text("j".into())),
-            (Value::Text("stdout".into()), Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(out.0.to_vec()))])),
-            (Value::Text("outputs".into()), Value::Map(vec![(Value::Text("d".into()), Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(tree.hash.0.to_vec()))]))])),
+            (
+                Value::Text("stdout".into()),
+                Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(out.0.to_vec()))]),
+            ),
+            (
+                Value::Text("outputs".into()),
+                Value::Map(vec![(
+                    Value::Text("d".into()),
+                    Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(tree.hash.0.to_vec()))]),
+                )]),
+            ),
         ]);
         let mut record = Vec::new();
         ciborium::into_writer(&v, &mut record).unwrap();
@@ -389,7 +415,11 @@ async fn gc_keeps_reachable_drops_the_rest() {
     s.pin(pinned).unwrap();
     // An image.
     let layout = home.path().join("layout");
-    write_layout(&layout, &[(layer_tar(&[L::File("imgfile", b"image file", 0o644)]), "application/vnd.oci.image.layer.v1.tar")], "img:1");
+    write_layout(
+        &layout,
+        &[(layer_tar(&[L::File("imgfile", b"image file", 0o644)]), "application/vnd.oci.image.layer.v1.tar")],
+        "img:1",
+    );
     let id = s.import_oci_layout(&layout, None).await.unwrap();
     let img = s.get_image(id).await.unwrap().unwrap();
     let live_rootfs = s.rootfs(img.rootfs).await.unwrap();

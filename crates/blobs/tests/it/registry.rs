@@ -60,7 +60,12 @@ async fn pull_from_a_local_registry() {
     std::os::unix::fs::symlink("app", src.join("bin/alias")).unwrap();
     let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
     write(&src.join("lib/big"), &big, 0o644);
-    let cfg = ImageConfig { env: vec!["PATH=/bin".into()], cmd: vec!["/bin/app".into()], arch: "x86_64".into(), ..Default::default() };
+    let cfg = ImageConfig {
+        env: vec!["PATH=/bin".into()],
+        cmd: vec!["/bin/app".into()],
+        arch: "x86_64".into(),
+        ..Default::default()
+    };
     let layout = home.path().join("layout");
     build_oci_layout_from_dir(&src, &cfg, &layout, "v1").unwrap();
     let push = Command::new("skopeo")

@@ -63,7 +63,9 @@ fn fake_record(job: &str, hashes: &[Hash]) -> SignedRecord {
     let outs = hashes
         .iter()
         .enumerate()
-        .map(|(i, h)| (Value::Text(format!("o{i}")), Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(h.0.to_vec()))])))
+        .map(|(i, h)| {
+            (Value::Text(format!("o{i}")), Value::Map(vec![(Value::Text("hash".into()), Value::Bytes(h.0.to_vec()))]))
+        })
         .collect();
     let v = Value::Map(vec![
         (Value::Text("job_id".into()), Value::Text(job.into())),
@@ -159,6 +161,8 @@ async fn measure_durability_costs() {
         s.action_put(&Hash::of(&i.to_le_bytes()), &Hash::of(b"r")).unwrap();
     }
     let action = t.elapsed().as_micros() / 200;
-    eprintln!("MEASURE per op: put_bytes(4 B) {put} us, flush (iroh sync_db + sled flush) {flush} us, action_put {action} us");
+    eprintln!(
+        "MEASURE per op: put_bytes(4 B) {put} us, flush (iroh sync_db + sled flush) {flush} us, action_put {action} us"
+    );
     s.shutdown().await;
 }

@@ -90,7 +90,15 @@ async fn refuses_unsafe_names() {
     let (home, s) = store().await;
     let file = s.put_bytes(&b"x"[..]).await.unwrap();
     for bad in ["..", ".", "a/b", ""] {
-        let t = Tree { entries: vec![Entry { name: bad.into(), kind: EntryKind::File { hash: file, size: 1 }, mode: 0o644, uid: 0, gid: 0 }] };
+        let t = Tree {
+            entries: vec![Entry {
+                name: bad.into(),
+                kind: EntryKind::File { hash: file, size: 1 },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+            }],
+        };
         let h = s.put_tree(&t).await.unwrap();
         let dst = home.path().join(format!("dst{}", bad.len()));
         let err = s.materialize(h, &dst).await.unwrap_err();
@@ -99,7 +107,15 @@ async fn refuses_unsafe_names() {
         assert!(!home.path().join("x").exists());
     }
     // A symlink named `..` pointing outside must not be written either.
-    let t = Tree { entries: vec![Entry { name: "..".into(), kind: EntryKind::Symlink { target: "/".into() }, mode: 0o777, uid: 0, gid: 0 }] };
+    let t = Tree {
+        entries: vec![Entry {
+            name: "..".into(),
+            kind: EntryKind::Symlink { target: "/".into() },
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        }],
+    };
     let h = s.put_tree(&t).await.unwrap();
     assert!(s.materialize(h, &home.path().join("d2")).await.is_err());
     s.shutdown().await;
@@ -147,7 +163,9 @@ fn create(root: &Path, entries: &[(Vec<String>, Spec)], rev: bool) {
     let mut taken: Vec<(Vec<String>, Spec)> = Vec::new();
     for (p, k) in order.drain(..) {
         let clash = taken.iter().any(|(q, qk)| {
-            (q.len() <= p.len() && p[..q.len()] == q[..] && !matches!(qk, Spec::Dir(_))) || (q.len() > p.len() && q[..p.len()] == p[..]) || q == p
+            (q.len() <= p.len() && p[..q.len()] == q[..] && !matches!(qk, Spec::Dir(_)))
+                || (q.len() > p.len() && q[..p.len()] == p[..])
+                || q == p
         });
         if !clash {
             taken.push((p.clone(), k.clone()));

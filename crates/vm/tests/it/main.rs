@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use shoal_vm::{
-    Backend, CollectedOutput, Exit, HelperCommand, InputMount, Limits, NamespaceBackend, Outcome, OutputSpec,
-    Request,
+    Backend, CollectedOutput, Exit, HelperCommand, InputMount, Limits, NamespaceBackend, Outcome, OutputSpec, Request,
 };
 
 fn backend() -> NamespaceBackend {
@@ -79,7 +78,12 @@ fn rand_suffix() -> u64 {
 
 fn run(req: Request) -> Outcome {
     let out = backend().run(req).expect("backend runs");
-    eprintln!("exit {:?}\nstdout: {}\nstderr: {}", out.exit, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.exit,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -250,7 +254,10 @@ fn output_over_its_limit() {
     let f = fixture();
     let mut req = f.request("dd if=/dev/zero of=/output/big bs=1M count=3; echo small > /output/small");
     req.limits.output_bytes_max = 1 << 20;
-    req.outputs = outputs(&[("big", OutputSpec::File("/output/big".into())), ("small", OutputSpec::File("/output/small".into()))]);
+    req.outputs = outputs(&[
+        ("big", OutputSpec::File("/output/big".into())),
+        ("small", OutputSpec::File("/output/small".into())),
+    ]);
     let out = run(req);
     assert_eq!(out.exit, Exit::OutputTooLarge { output: "big".into(), limit_bytes: 1 << 20 });
     assert!(out.outputs.is_empty());
@@ -279,10 +286,8 @@ fn missing_file_output_fails_a_successful_job() {
 fn symlinks_never_reach_the_host() {
     let f = fixture();
     let mut req = f.request("mkdir /output/d && ln -s /etc/passwd /output/d/link && ln -s /etc /output/a");
-    req.outputs = outputs(&[
-        ("d", OutputSpec::Dir("/output/d".into())),
-        ("p", OutputSpec::File("/output/a/passwd".into())),
-    ]);
+    req.outputs =
+        outputs(&[("d", OutputSpec::Dir("/output/d".into())), ("p", OutputSpec::File("/output/a/passwd".into()))]);
     let out = run(req);
     assert_eq!(out.exit, Exit::Code(0));
     let CollectedOutput::Dir(d) = &out.outputs["d"] else { panic!() };
@@ -377,7 +382,11 @@ fn bench_echo_hi() {
         reference.push(t.elapsed().as_secs_f64() * 1e3);
         assert_eq!(out.stdout, b"hi\n");
     }
-    eprintln!("echo hi: namespace backend median {:.2} ms; unshare -Urmpf --mount-proc chroot median {:.2} ms", median(ours), median(reference));
+    eprintln!(
+        "echo hi: namespace backend median {:.2} ms; unshare -Urmpf --mount-proc chroot median {:.2} ms",
+        median(ours),
+        median(reference)
+    );
 }
 
 #[test]
