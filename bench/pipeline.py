@@ -3,7 +3,7 @@
 
 (a) a fully cached 1000-job DAG through `shoal run` vs Snakemake's no-op run of the same DAG;
 (b) 200 trivial jobs through `shoal run --no-cache` vs GNU make running the same 200 commands, each in an
-    `unshare` sandbox (user, mount, pid, net namespaces + chroot into the same busybox rootfs).
+    `unshare` sandbox (user, mount, pid, ipc, uts, net namespaces + chroot into the same busybox rootfs).
 
 Usage: bench/pipeline.py [--shoal target/release/shoal] [--repeat 5]
 Prints medians and ratios; paste the table into docs/BENCHMARKS.md.
@@ -78,10 +78,10 @@ def main():
     dag.write_text(json.dumps({"version": 1, "jobs": jobs}))
     print(f"(a) first run of the {n}-job DAG (fills the cache)...")
     t = time.perf_counter()
-    sh([shoal, "run", str(dag), "--json"], env=env, stdout=subprocess.DEVNULL)
+    sh([shoal, "run", str(dag), "--json", "--backend", "namespace"], env=env, stdout=subprocess.DEVNULL)
     cold_1000 = time.perf_counter() - t
     print(f"    {cold_1000:.2f} s; now the cached runs")
-    shoal_cached = timed([shoal, "run", str(dag), "--json"], args.repeat, env=env)
+    shoal_cached = timed([shoal, "run", str(dag), "--json", "--backend", "namespace"], args.repeat, env=env)
     print(f"    shoal cached: {shoal_cached:.3f} s")
 
     smk_dir = work / "smk"
@@ -107,13 +107,13 @@ rule job:
     dag200 = work / "dag200.json"
     dag200.write_text(json.dumps({"version": 1, "jobs": trivial}))
     print(f"(b) {m} trivial jobs...")
-    shoal_trivial = timed([shoal, "run", str(dag200), "--json", "--no-cache"], args.repeat, env=env)
+    shoal_trivial = timed([shoal, "run", str(dag200), "--json", "--no-cache", "--backend", "namespace"], args.repeat, env=env)
     print(f"    shoal: {shoal_trivial:.3f} s")
 
     mk = work / "Makefile"
     targets = " ".join(f"t{i}" for i in range(m))
     rules = "".join(
-        f"t{i}:\n\t@unshare -Urmpf --mount-proc={rootfs}/proc chroot {rootfs} /bin/echo {i} > {work}/make-out/t{i}\n"
+        f"t{i}:\n\t@unshare -Urmpfiun --mount-proc={rootfs}/proc chroot {rootfs} /bin/echo {i} > {work}/make-out/t{i}\n"
         for i in range(m))
     mk.write_text(f".PHONY: all {targets}\nall: {targets}\n{rules}")
     (work / "make-out").mkdir()

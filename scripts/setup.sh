@@ -10,7 +10,12 @@ cd "$(dirname "$0")/.."
 #   skopeo           pushes test images into that registry, converts layouts to docker-save archives
 #   iproute2, make   the benchmark's sandbox peer and network checks
 #   util-linux       unshare(1), for the benchmark peer
-PACKAGES=(busybox-static docker-registry skopeo iproute2 make util-linux python3-venv)
+#   linux-image-cloud-amd64   the guest kernel of the microVM backend (its bzImage and modules)
+#   squashfs-tools, erofs-utils   mksquashfs / mkfs.erofs, for the benchmark's peers and `shoal doctor`
+#   qemu-system-x86 (from bookworm-backports, below)   the microVM monitor; qboot comes in qemu-system-data
+PACKAGES=(busybox-static docker-registry skopeo iproute2 make util-linux python3-venv
+  linux-image-cloud-amd64 squashfs-tools erofs-utils cpio)
+BACKPORTS=(qemu-system-x86 qemu-system-data)
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -18,10 +23,32 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing ${missing[*]}" >&2
+missing_bp=()
+for p in "${BACKPORTS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_bp+=("$p")
+done
+if [ ${#missing_bp[@]} -gt 0 ]; then
+  # qemu-utils on these machines comes from bookworm-backports, and bookworm's own qemu-system-x86
+  # conflicts with it (DESIGN section 8): add backports from the machine's own Debian mirror.
+  src=/etc/apt/sources.list.d/debian.sources
+  bp=/etc/apt/sources.list.d/shoal-backports.sources
+  if [ ! -e "$bp" ] && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    uri=$(awk '/^URIs:/{print $2; exit}' "$src" 2>/dev/null || true)
+    uri=${uri:-http://deb.debian.org/debian}
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$uri" | $SUDO tee "$bp" >/dev/null
+  fi
+fi
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} ${missing_bp[*]}" >&2
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ ${#missing_bp[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+      "${missing_bp[@]}" >/dev/null
+  fi
 fi
 # Debian's docker-registry package starts a service on :5000 where it can; tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then

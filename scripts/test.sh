@@ -2,9 +2,13 @@
 # The test command (README): setup, then every test of the workspace, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$(date +%s)
 scripts/setup.sh
+t1=$(date +%s)
+echo "test: setup took $(( t1 - t0 )) s" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
 fi
+echo "test: tests took $(( $(date +%s) - t1 )) s" >&2
