@@ -57,6 +57,8 @@ fi
 
 # One debug build serves the example and the tests (dependencies are optimised, see Cargo.toml).
 cargo build --workspace --all-targets ${CARGO_QUIET:+--quiet}
+# guest-init, PID 1 of the microVMs: static, so it gets its own target directory.
+scripts/build-guest-init.sh
 
 SHOAL="$PWD/target/debug/shoal"
 scripts/build-images.sh "$SHOAL"

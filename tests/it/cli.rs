@@ -7,7 +7,7 @@ fn example_text() -> String {
 }
 
 fn run_json(home: &Home, dag: &std::path::Path) -> (std::process::Output, serde_json::Value) {
-    let out = home.shoal(&["run", dag.to_str().unwrap(), "--json"]);
+    let out = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap(), "--json"]);
     let value = json(&out);
     (out, value)
 }
@@ -55,7 +55,7 @@ fn sample_dag_runs_then_is_all_cache_hits() {
     }
 
     // The human table names every job and says they came from the cache.
-    let table = home.shoal(&["run", dag.to_str().unwrap()]);
+    let table = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]);
     assert_success(&table, "table run");
     let table = stdout(&table);
     for id in ["generate", "count", "split", "letters", "report"] {
@@ -106,7 +106,7 @@ fn failed_job_reports_stderr_and_skips_dependants() {
            "outputs": {"o": "stdout"}}
         ]}"#,
     );
-    let out = home.shoal(&["run", dag.to_str().unwrap()]);
+    let out = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "a failed job makes the exit code 1");
     let err = stderr(&out);
     assert!(err.contains("job `bad` failed: exited with code 3"), "{err}");
@@ -136,7 +136,7 @@ fn bad_dag_reports_every_problem_with_its_location() {
         "bad.json",
         "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"comand\": [\"true\"]},\n  {\"id\": \"b\", \"image\": \"busybox:latest\", \"command\": [\"true\"], \"inputs\": {\"x\": \"jobs:nope/out\"}}\n]}\n",
     );
-    let out = home.shoal(&["run", dag.to_str().unwrap()]);
+    let out = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("bad.json:2:"), "{err}");
@@ -153,7 +153,7 @@ fn show_prints_a_signed_record_and_log_prints_streams() {
         r#"{"version": 1, "jobs": [{"id": "hello", "image": "busybox:latest",
             "command": ["sh", "-c", "echo out-text; echo err-text >&2"], "outputs": {"o": "stdout"}}]}"#,
     );
-    assert_success(&home.shoal(&["run", dag.to_str().unwrap()]), "run");
+    assert_success(&home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]), "run");
     let show = home.shoal(&["show", "hello"]);
     assert_success(&show, "show");
     let record = json(&show);
@@ -193,7 +193,7 @@ echo '{"imageLayoutVersion":"1.0.0"}' > /output/img/oci-layout
         {"id": "use", "image": "jobs:build/image", "command": ["cat", "/greeting"], "outputs": {"o": "stdout"}}
     ]});
     let path = home.write("image.json", &dag.to_string());
-    let out = home.shoal(&["run", path.to_str().unwrap()]);
+    let out = home.shoal(&["run", "--backend", "namespace", path.to_str().unwrap()]);
     assert_success(&out, "run");
     assert_eq!(stdout(&home.shoal(&["get", "use", "o"])), "built by a job\n");
 }
@@ -207,7 +207,7 @@ fn file_inputs_are_hashed_and_gc_keeps_what_records_reference() {
         r#"{"version": 1, "jobs": [{"id": "sort", "image": "busybox:latest", "command": ["sort", "/input/data"],
             "inputs": {"data": "file:data.txt"}, "outputs": {"sorted": "stdout"}}]}"#,
     );
-    assert_success(&home.shoal(&["run", dag.to_str().unwrap()]), "run");
+    assert_success(&home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]), "run");
     assert_eq!(stdout(&home.shoal(&["get", "sort", "sorted"])), "1\n2\n3\n");
 
     // An unreferenced blob goes; the run's outputs and the image stay.
@@ -219,12 +219,12 @@ fn file_inputs_are_hashed_and_gc_keeps_what_records_reference() {
     assert_success(&home.shoal(&["gc"]), "gc");
     assert!(!home.shoal(&["blob", "get", &junk_hash]).status.success(), "unreferenced blob survived gc");
     assert_eq!(stdout(&home.shoal(&["get", "sort", "sorted"])), "1\n2\n3\n");
-    let again = home.shoal(&["run", dag.to_str().unwrap(), "--json"]);
+    let again = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap(), "--json"]);
     assert_eq!(json(&again)["jobs"][0]["cached"], true, "gc dropped the cached result");
 
     // A changed input file changes the action key: the job runs again.
     home.write("data.txt", "9\n8\n");
-    let third = home.shoal(&["run", dag.to_str().unwrap(), "--json"]);
+    let third = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap(), "--json"]);
     assert_eq!(json(&third)["jobs"][0]["cached"], false);
     assert_eq!(stdout(&home.shoal(&["get", "sort", "sorted"])), "8\n9\n");
 }

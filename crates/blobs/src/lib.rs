@@ -226,7 +226,9 @@ impl Store {
         if !self.has(hash).await? {
             return Ok(None);
         }
-        let b = self.iroh().get_bytes(to_iroh(hash)).await.map_err(|e| StoreError::blobs("reading a blob")(&e))?;
+        let b = retry_busy(|| self.iroh().get_bytes(to_iroh(hash)))
+            .await
+            .map_err(|e| StoreError::blobs("reading a blob")(&e))?;
         Ok(Some(b))
     }
 
@@ -241,9 +243,7 @@ impl Store {
             return Err(StoreError::NotFound { hash });
         }
         let dest = std::path::absolute(dest).map_err(StoreError::io("cannot resolve", dest))?;
-        self.iroh()
-            .export(to_iroh(hash), &dest)
-            .finish()
+        retry_busy(|| self.iroh().export(to_iroh(hash), &dest).finish())
             .await
             .map_err(|e| StoreError::blobs("exporting a blob")(&e))?;
         Ok(())
@@ -376,4 +376,40 @@ fn record_job_id(record_cbor: &[u8]) -> Option<String> {
         (Some("job_id"), Some(id)) => Some(id.to_owned()),
         _ => None,
     })
+}
+
+/// Attempts at an operation iroh-blobs refused as busy, the first included.
+const BUSY_ATTEMPTS: u32 = 12;
+/// Longest wait between two attempts, in ms (the waits double from 1 ms: about 0.3 s in all).
+const BUSY_BACKOFF_MAX_MS: u64 = 64;
+
+/// Runs `op`, again with backoff while iroh-blobs answers `ResourceBusy`: its file-system store
+/// holds a bounded inbox per hash and refuses operations past it, which happens when many jobs
+/// read one image or tree at once.
+async fn retry_busy<T, E, F, Fut>(mut op: F) -> Result<T, E>
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay_ms = 1;
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(e) if attempt < BUSY_ATTEMPTS && is_busy(&e) => {
+                tracing::debug!(attempt, "blob store busy; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                delay_ms = (delay_ms * 2).min(BUSY_BACKOFF_MAX_MS);
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// iroh-blobs wraps the `io::ErrorKind::ResourceBusy` several layers deep, without a source
+/// chain to walk; its debug form ends with the causes, the kind's name or its description.
+fn is_busy<E: std::fmt::Debug>(e: &E) -> bool {
+    let text = format!("{e:?}");
+    text.contains("ResourceBusy") || text.contains("resource busy")
 }

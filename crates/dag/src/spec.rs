@@ -167,7 +167,9 @@ pub struct Requirements {
     pub scratch_bytes: u64,
     pub output_bytes_max: u64,
     pub timeout_ms: u64,
-    pub isolation: Isolation,
+    /// None: the run's default (a microVM). `Some(Vm)`: never the namespace backend.
+    /// `Some(Namespace)`: the lighter sandbox is fine.
+    pub isolation: Option<Isolation>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -183,7 +185,7 @@ impl Default for Requirements {
             scratch_bytes: 1 << 30,
             output_bytes_max: 1 << 30,
             timeout_ms: 3_600_000,
-            isolation: Isolation::Vm,
+            isolation: None,
             labels: BTreeMap::new(),
         }
     }
@@ -1005,8 +1007,8 @@ impl Cx {
             && let Some(text) = self.string(&m.value, "`isolation`")
         {
             match text {
-                "vm" => r.isolation = Isolation::Vm,
-                "namespace" => r.isolation = Isolation::Namespace,
+                "vm" => r.isolation = Some(Isolation::Vm),
+                "namespace" => r.isolation = Some(Isolation::Namespace),
                 other => self.report(
                     m.value.pos,
                     format!("unknown isolation `{other}`"),

@@ -74,7 +74,7 @@ struct RunArgs {
     /// The DAG file (JSON).
     dag: PathBuf,
     /// Where jobs run.
-    #[arg(long, value_enum, default_value_t = BackendArg::Namespace)]
+    #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
     backend: BackendArg,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
@@ -89,6 +89,8 @@ struct RunArgs {
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum BackendArg {
+    /// A fresh QEMU microVM per job (KVM where the host has it, TCG otherwise).
+    Microvm,
     /// Linux namespaces + overlayfs + cgroups: fast, a kernel shared with the host.
     Namespace,
 }
@@ -201,6 +203,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = RunOptions {
                 backend: match args.backend {
                     BackendArg::Namespace => BackendChoice::Namespace,
+                    BackendArg::Microvm => BackendChoice::Microvm,
                 },
                 json: args.json,
                 use_cache: !args.no_cache,
@@ -260,7 +263,7 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Doctor { json } => crate::machine::doctor(json),
+        Command::Doctor { json } => crate::machine::doctor(store.home(), json),
     }
 }
 

@@ -71,8 +71,9 @@ fn memory_bytes() -> u64 {
 }
 
 /// `shoal doctor`: what works here, and how to fix what does not.
-pub fn doctor(json: bool) -> Result<()> {
+pub fn doctor(home: &std::path::Path, json: bool) -> Result<()> {
     let mut checks: Vec<(&str, bool, String)> = Vec::new();
+    microvm_checks(home, &mut checks);
     match shoal_vm::NamespaceBackend::probe() {
         Ok(()) => checks.push(("namespace backend", true, "user, mount, pid, net, ipc, uts namespaces work".into())),
         Err(why) => checks.push(("namespace backend", false, why)),
@@ -95,6 +96,73 @@ pub fn doctor(json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The microVM backend's parts, each with how to fix it, then the backend as a whole
+/// (vmlinux extracted, initramfs built, accelerator probed).
+fn microvm_checks(home: &std::path::Path, checks: &mut Vec<(&'static str, bool, String)>) {
+    use shoal_vm::microvm::{find_guest_init, kernel};
+    let qemu = which("qemu-system-x86_64");
+    checks.push((
+        "QEMU",
+        qemu,
+        if qemu {
+            "qemu-system-x86_64 is installed".into()
+        } else {
+            "missing: run scripts/setup.sh (qemu-system-x86 from bookworm-backports)".into()
+        },
+    ));
+    let qboot = std::path::Path::new("/usr/share/qemu/qboot.rom").is_file();
+    checks.push((
+        "qboot firmware",
+        qboot,
+        if qboot {
+            "/usr/share/qemu/qboot.rom".into()
+        } else {
+            "missing: install qemu-system-data (SeaBIOS costs seconds a boot)".into()
+        },
+    ));
+    match kernel::find_kernel() {
+        Ok(k) => {
+            let modules = kernel::module_load_order(&k.modules_dir, kernel::GUEST_MODULES);
+            checks.push(("guest kernel", true, format!("{} ({})", k.release, k.image.display())));
+            match modules {
+                Ok(m) => checks.push((
+                    "guest kernel modules",
+                    true,
+                    m.iter()
+                        .filter_map(|p| p.file_name())
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )),
+                Err(e) => checks.push(("guest kernel modules", false, e)),
+            }
+        }
+        Err(e) => checks.push(("guest kernel", false, e)),
+    }
+    match find_guest_init() {
+        Ok(p) => checks.push(("guest-init", true, p.display().to_string())),
+        Err(e) => checks.push(("guest-init", false, e)),
+    }
+    let squashfs = which("mksquashfs");
+    checks.push((
+        "mksquashfs",
+        squashfs,
+        if squashfs { "installed".into() } else { "missing: install squashfs-tools (scripts/setup.sh does)".into() },
+    ));
+    match shoal_vm::MicrovmBackend::new(shoal_vm::MicrovmConfig::new(home.join("vm"))) {
+        Ok(b) => {
+            let r = b.report();
+            checks.push(("accelerator", true, format!("{} ({})", r.accelerator.as_str(), r.accelerator_reason)));
+            checks.push((
+                "microvm backend",
+                true,
+                format!("QEMU {}, kernel {}, initramfs {}", r.qemu_version, r.kernel_release, r.initramfs.display()),
+            ));
+        }
+        Err(e) => checks.push(("microvm backend", false, e)),
+    }
 }
 
 fn which(program: &str) -> bool {

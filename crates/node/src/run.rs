@@ -36,8 +36,12 @@ const RUN_RECORD_VERSION: u32 = 1;
 /// Cap on a job's captured stdout and stderr, each, in bytes.
 const STDOUT_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-#[derive(Clone, Copy, Debug)]
+/// Which backend a run uses for jobs that do not choose (`isolation` unset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
+    /// A microVM per job (the default). Jobs marked `isolation: namespace` use the namespace sandbox.
+    Microvm,
+    /// The namespace sandbox for every job; a job that requires `isolation: vm` fails with the reason.
     Namespace,
 }
 
@@ -103,7 +107,10 @@ impl JobReport {
 /// What every job task shares.
 struct Ctx {
     store: Store,
-    backend: Arc<dyn Backend>,
+    choice: BackendChoice,
+    namespace: Arc<dyn Backend>,
+    /// Set up on first use: a fully cached run never needs QEMU.
+    microvm: tokio::sync::OnceCell<Arc<dyn Backend>>,
     key: ed25519_dalek::SigningKey,
     machine: Machine,
     dag: Dag,
@@ -116,7 +123,7 @@ struct Ctx {
     progress: MultiProgress,
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
-    images: std::sync::Mutex<BTreeMap<String, (Hash, Arc<Image>)>>,
+    images: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<(Hash, Arc<Image>)>>>>,
 }
 
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
@@ -148,13 +155,14 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
 /// Runs every job of `dag`, returning one report per job in file order.
 pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
     let key = identity::load_or_create(store.home())?;
-    let backend: Arc<dyn Backend> = match opts.backend {
-        BackendChoice::Namespace => {
-            let program = std::env::current_exe().context("cannot find the shoal executable")?;
-            Arc::new(NamespaceBackend::new(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] }))
-        }
+    let program = std::env::current_exe().context("cannot find the shoal executable")?;
+    let namespace: Arc<dyn Backend> =
+        Arc::new(NamespaceBackend::new(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] }));
+    let default_backend = match opts.backend {
+        BackendChoice::Microvm => "microvm",
+        BackendChoice::Namespace => "namespace",
     };
-    let machine = machine::describe(&identity::node_id(&key), backend.name());
+    let machine = machine::describe(&identity::node_id(&key), default_backend);
     let cores_total = opts.cores.unwrap_or_else(machine::cores).max(1);
     let progress = MultiProgress::new();
     if opts.json {
@@ -163,7 +171,9 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
     let n = dag.jobs.len();
     let ctx = Arc::new(Ctx {
         store: store.clone(),
-        backend,
+        choice: opts.backend,
+        namespace,
+        microvm: tokio::sync::OnceCell::new(),
         key,
         machine,
         dag,
@@ -353,14 +363,16 @@ async fn resolve_image(
             Ok((id, Arc::new(image)))
         }
         other => {
+            // One resolution per image per run: jobs asking at once wait for the first.
             let name = format!("{other:?}");
-            if let Some(hit) = ctx.images.lock().expect("image cache lock").get(&name) {
-                return Ok(hit.clone());
-            }
-            let (id, image) = ctx.store.resolve_image(other).await?;
-            let resolved = (id, Arc::new(image));
-            ctx.images.lock().expect("image cache lock").insert(name, resolved.clone());
-            Ok(resolved)
+            let cell = ctx.images.lock().expect("image cache lock").entry(name).or_default().clone();
+            let resolved = cell
+                .get_or_try_init(|| async {
+                    let (id, image) = ctx.store.resolve_image(other).await?;
+                    Ok::<_, anyhow::Error>((id, Arc::new(image)))
+                })
+                .await?;
+            Ok(resolved.clone())
         }
     }
 }
@@ -482,7 +494,7 @@ async fn execute(
     };
     std::fs::create_dir_all(&request.work_dir)?;
     let started_unix_ms = now_unix_ms();
-    let backend = ctx.backend.clone();
+    let backend = backend_for(ctx, job).await?;
     let start = Instant::now();
     let outcome =
         tokio::task::spawn_blocking(move || backend.run(request)).await.context("the backend thread panicked")??;
@@ -516,6 +528,11 @@ async fn execute(
     let mut machine = ctx.machine.clone();
     machine.accelerator = outcome.accelerator.clone();
     machine.backend = outcome.backend.clone();
+    machine.qemu = outcome.vm.as_ref().map(|v| v.qemu.clone());
+    machine.guest_kernel = outcome.vm.as_ref().map(|v| v.guest_kernel.clone());
+    if let Some(vm) = &outcome.vm {
+        tracing::debug!(timeline = ?vm.timeline, "microVM boot timeline (ms since QEMU started)");
+    }
     let record = RunRecord {
         version: RUN_RECORD_VERSION,
         job_id: job.id.clone(),
@@ -555,6 +572,37 @@ async fn execute(
     }
     report.exit = Some(exit);
     Ok(report)
+}
+
+/// The backend for one job: its `isolation` if it states one, else the run's choice.
+async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
+    use shoal_dag::Isolation;
+    let vm = match (job.requirements.isolation, ctx.choice) {
+        (Some(Isolation::Vm), BackendChoice::Namespace) => bail!(
+            "it requires `isolation: vm` and this run uses --backend namespace; run with --backend microvm \
+             (the default), or change the job's isolation to `namespace` if the lighter sandbox is acceptable"
+        ),
+        (Some(Isolation::Namespace), _) | (None, BackendChoice::Namespace) => false,
+        (Some(Isolation::Vm), BackendChoice::Microvm) | (None, BackendChoice::Microvm) => true,
+    };
+    if !vm {
+        return Ok(ctx.namespace.clone());
+    }
+    let home = ctx.store.home().to_path_buf();
+    let backend = ctx
+        .microvm
+        .get_or_try_init(|| async move {
+            let backend = tokio::task::spawn_blocking(move || {
+                shoal_vm::MicrovmBackend::new(shoal_vm::MicrovmConfig::new(home.join("vm")))
+            })
+            .await
+            .context("the microVM setup thread panicked")?
+            .map_err(|e| anyhow!("cannot set up the microVM backend: {e} (or run with --backend namespace)"))?;
+            tracing::info!(accel = backend.accel().as_str(), "microVM backend ready");
+            Ok::<_, anyhow::Error>(Arc::new(backend) as Arc<dyn Backend>)
+        })
+        .await?;
+    Ok(backend.clone())
 }
 
 fn describe_exit(exit: &Exit) -> String {

@@ -14,6 +14,9 @@
 //! - [`collect`]: the output collector: a root directory + output specs -> one tar stream.
 //!   Pure filesystem code, shared with guest-init (the microVM runs the same collector and
 //!   sends the tar back). [`collect::unpack`] is the host side that checks and unpacks it.
+//! - [`microvm`]: the microVM backend (QEMU `microvm`, KVM or TCG): host side in `microvm`,
+//!   the guest's PID 1 in [`microvm::guest`], the disk formats between them in
+//!   [`microvm::disk`], the guest kernel and initramfs in `kernel` and `initramfs`.
 //! - [`wire`]: the serialized messages between host and helper (request, status line). The
 //!   portable part ([`wire::JobSpec`], [`wire::Status`]) is what guest-init will speak too.
 //! - [`cgroup`]: per-job cgroups, v2 or v1 (memory + cpu), peak memory and OOM kills.
@@ -26,12 +29,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod cgroup;
 pub mod collect;
+pub mod microvm;
 pub mod namespace;
 pub mod sandbox;
 mod sys;
 pub mod wire;
 
-pub use namespace::{HelperCommand, NamespaceBackend};
+pub use microvm::{MicrovmBackend, MicrovmConfig};
+pub use namespace::{HelperCommand, NamespaceBackend, RawRun};
 pub use sandbox::sandbox_helper_main;
 pub use shoal_dag::{Exit, OutputSpec};
 
@@ -116,6 +121,8 @@ pub struct Outcome {
     pub backend: String,
     /// `kvm` or `tcg` for the microVM; None for the namespace backend.
     pub accelerator: Option<String>,
+    /// QEMU, guest kernel and boot timeline, for the microVM backend.
+    pub vm: Option<microvm::VmDetails>,
 }
 
 /// One collected output on the host.

@@ -121,26 +121,73 @@ impl Backend for NamespaceBackend {
     fn run(&self, req: Request) -> Result<Outcome, RunError> {
         let span = tracing::info_span!("vm", backend = "namespace");
         let _enter = span.enter();
-        self.run_inner(req)
+        let outputs_dir = req.work_dir.join("outputs");
+        make_private_dir(&outputs_dir)?;
+        let specs = req.outputs.clone();
+        let raw = self.run_streaming(&req, move |tar| collect::unpack(tar, &outputs_dir, &specs))?;
+        let outputs = match raw.outputs {
+            Ok(o) => o,
+            Err(e) if raw.exit.success() => return Err(RunError::Helper(e.to_string())),
+            Err(e) => {
+                tracing::debug!("outputs of a failed job not unpacked: {e}");
+                BTreeMap::new()
+            }
+        };
+        Ok(Outcome {
+            exit: raw.exit,
+            stdout: raw.stdout,
+            stderr: raw.stderr,
+            outputs,
+            wall_ms: raw.wall_ms,
+            user_ms: raw.user_ms,
+            sys_ms: raw.sys_ms,
+            peak_memory_bytes: raw.peak_memory_bytes,
+            backend: "namespace".into(),
+            accelerator: None,
+            vm: None,
+        })
     }
+}
+
+/// What a sandboxed run produced, with the output tar handed to a caller-chosen sink: the host
+/// unpacks it into a directory, guest-init copies it onto the reply disk as it comes.
+#[derive(Debug)]
+pub struct RawRun<T> {
+    pub exit: Exit,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub wall_ms: u64,
+    pub user_ms: u64,
+    pub sys_ms: u64,
+    pub peak_memory_bytes: u64,
+    /// What the sink returned; an error here is not yet a run error (a failed job's outputs
+    /// may well be incomplete).
+    pub outputs: Result<T, collect::UnpackError>,
+}
+
+/// Creates a directory only its owner can enter (outputs keep their modes, setuid included).
+fn make_private_dir(d: &Path) -> Result<(), RunError> {
+    fs::create_dir(d).map_err(|e| RunError::io(format!("creating {}", d.display()), e))?;
+    fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+        .map_err(|e| RunError::io(format!("chmod {}", d.display()), e))
 }
 
 /// First of stdout/stderr to go over its cap.
 type Overflow = Arc<Mutex<Option<&'static str>>>;
 
 impl NamespaceBackend {
-    fn run_inner(&self, req: Request) -> Result<Outcome, RunError> {
+    /// Runs the job; the output tar stream (see [`crate::collect`]) goes to `sink`, on its own
+    /// thread, bounded at twice the output limit plus 64 MiB of headers.
+    pub fn run_streaming<T, F>(&self, req: &Request, sink: F) -> Result<RawRun<T>, RunError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Read) -> Result<T, collect::UnpackError> + Send + 'static,
+    {
         let started = Instant::now();
         let root = nix::unistd::geteuid().is_root();
-        validate(&req, root)?;
+        validate(req, root)?;
         let staging_dir = req.work_dir.join("root");
-        let outputs_dir = req.work_dir.join("outputs");
-        for d in [&staging_dir, &outputs_dir] {
-            fs::create_dir(d).map_err(|e| RunError::io(format!("creating {}", d.display()), e))?;
-            // Outputs keep their modes (setuid included): only root may reach them.
-            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
-                .map_err(|e| RunError::io(format!("chmod {}", d.display()), e))?;
-        }
+        make_private_dir(&staging_dir)?;
         let cgroup = match &self.cgroups {
             None => {
                 tracing::warn!("no cgroups: running without memory and CPU limits");
@@ -230,12 +277,10 @@ impl NamespaceBackend {
         };
         let stdout_t = reader(out_r, "stdout");
         let stderr_t = reader(err_r, "stderr");
-        let specs = req.outputs.clone();
         let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
-        let tar_dest = outputs_dir.clone();
         let tar_t = thread::spawn(move || {
             let mut capped = Capped { inner: tar_r, left: tar_cap };
-            let result = collect::unpack(&mut capped, &tar_dest, &specs);
+            let result = sink(&mut capped);
             // Keep draining so the sandbox never blocks on a full pipe.
             let _ = io::copy(&mut capped.inner, &mut io::sink());
             result
@@ -300,27 +345,17 @@ impl NamespaceBackend {
         } else if host_timeout {
             exit = Exit::Timeout;
         }
-        let outputs = match unpacked {
-            Ok(o) => o,
-            Err(e) if exit.success() => return Err(RunError::Helper(e.to_string())),
-            Err(e) => {
-                tracing::debug!("outputs of a failed job not unpacked: {e}");
-                BTreeMap::new()
-            }
-        };
         let wall_ms = started.elapsed().as_millis() as u64;
         tracing::debug!(?exit, wall_ms, "job finished");
-        Ok(Outcome {
+        Ok(RawRun {
             exit,
             stdout,
             stderr,
-            outputs,
             wall_ms,
             user_ms,
             sys_ms,
             peak_memory_bytes: cg_peak.unwrap_or(rss),
-            backend: "namespace".into(),
-            accelerator: None,
+            outputs: unpacked,
         })
     }
 }
@@ -371,7 +406,7 @@ fn invalid(msg: impl Into<String>) -> RunError {
     RunError::InvalidRequest(msg.into())
 }
 
-fn validate(req: &Request, root: bool) -> Result<(), RunError> {
+pub(crate) fn validate(req: &Request, root: bool) -> Result<(), RunError> {
     if !req.rootfs.is_dir() {
         return Err(RunError::RootfsMissing { path: req.rootfs.clone() });
     }

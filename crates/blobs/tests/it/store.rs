@@ -166,3 +166,33 @@ async fn measure_durability_costs() {
     );
     s.shutdown().await;
 }
+
+/// Many readers of one hash at once (200 jobs starting on one image): iroh-blobs refuses
+/// operations past a per-hash inbox as busy, and the store must retry them, not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_reads_of_one_blob_all_succeed() {
+    let (home, s) = store().await;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let h = s.put_bytes(data.clone()).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let s = s.clone();
+        let dest = home.path().join(format!("out-{i}"));
+        tasks.spawn(async move {
+            if i % 2 == 0 {
+                s.get_bytes(h).await.map(|b| b.map(|b| b.len()))
+            } else {
+                s.export(h, &dest).await.map(|()| Some(std::fs::metadata(&dest).unwrap().len() as usize))
+            }
+        });
+    }
+    let mut failures = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(Some(n)) => assert_eq!(n, data.len()),
+            other => failures.push(format!("{other:?}")),
+        }
+    }
+    assert!(failures.is_empty(), "{} of 400 reads failed, e.g. {}", failures.len(), failures[0]);
+    s.shutdown().await;
+}

@@ -27,10 +27,7 @@ fn a_full_job_parses_to_its_typed_form() {
     assert_eq!(gen_job.outputs["site"], OutputSpec::Dir("/output/site".into()));
     assert_eq!(gen_job.outputs["pngs"].to_string(), "glob:/output/**/*.png");
     let r = &gen_job.requirements;
-    assert_eq!(
-        (r.cores, r.memory_bytes, r.timeout_ms, r.network, r.isolation),
-        (1, 512 << 20, 3_600_000, false, Isolation::Vm)
-    );
+    assert_eq!((r.cores, r.memory_bytes, r.timeout_ms, r.network, r.isolation), (1, 512 << 20, 3_600_000, false, None));
 
     let u = dag.job("use").unwrap();
     assert_eq!(u.image, ImageRef::Job { job: "img".into(), output: "oci".into() });
@@ -51,7 +48,7 @@ fn a_full_job_parses_to_its_typed_form() {
     assert_eq!(r.scratch_bytes, 4 << 30);
     assert_eq!(r.output_bytes_max, 100 << 20);
     assert_eq!(r.timeout_ms, 90 * 60_000);
-    assert_eq!(r.isolation, Isolation::Namespace);
+    assert_eq!(r.isolation, Some(Isolation::Namespace));
     assert_eq!(r.labels["pool"], "night");
 
     // Dependencies come first; among ready jobs, file order.

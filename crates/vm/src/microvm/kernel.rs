@@ -1,0 +1,203 @@
+//! The guest kernel: finding the packaged one, turning its bzImage into an uncompressed
+//! `vmlinux` (booted through its PVH entry, so nothing is decompressed at each boot), and the
+//! modules the guest loads itself, in dependency order.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Modules guest-init needs, before their dependencies are added: the virtio-mmio transport of
+/// QEMU's `microvm` machine, block devices for the disks, squashfs for the image root and
+/// overlayfs for the container root above it.
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "squashfs", "overlay"];
+
+/// Largest bzImage or vmlinux read, in bytes.
+const KERNEL_BYTES_MAX: u64 = 256 << 20;
+/// LZ4 legacy frames decompress to at most 8 MiB each (lz4 -l, as the kernel's build uses).
+const LZ4_LEGACY_BLOCK_BYTES: usize = 8 << 20;
+const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
+
+/// A kernel on this host that can boot the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelPackage {
+    /// `vmlinuz-*` (bzImage) or an uncompressed ELF `vmlinux`.
+    pub image: PathBuf,
+    /// `uname -r` of that kernel, e.g. `6.1.0-56-cloud-amd64`.
+    pub release: String,
+    /// `/lib/modules/<release>`.
+    pub modules_dir: PathBuf,
+}
+
+/// Finds the guest kernel: `SHOAL_GUEST_KERNEL` if set (a bzImage or vmlinux whose modules are
+/// in `/lib/modules/<release>`), else the newest Debian cloud kernel in `/boot`.
+pub fn find_kernel() -> Result<KernelPackage, String> {
+    if let Some(p) = std::env::var_os("SHOAL_GUEST_KERNEL") {
+        let image = PathBuf::from(p);
+        let name = image.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let release =
+            name.strip_prefix("vmlinuz-").or_else(|| name.strip_prefix("vmlinux-")).unwrap_or(&name).to_string();
+        let modules_dir = Path::new("/lib/modules").join(&release);
+        if !image.is_file() || !modules_dir.is_dir() {
+            return Err(format!(
+                "SHOAL_GUEST_KERNEL={} needs to name a file called vmlinuz-<release> with its modules in {}",
+                image.display(),
+                modules_dir.display()
+            ));
+        }
+        return Ok(KernelPackage { image, release, modules_dir });
+    }
+    let mut found: Vec<(Vec<u64>, KernelPackage)> = Vec::new();
+    for entry in fs::read_dir("/boot").map_err(|e| format!("reading /boot: {e}"))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(release) = name.strip_prefix("vmlinuz-") else { continue };
+        if !release.ends_with("-cloud-amd64") {
+            continue;
+        }
+        let modules_dir = Path::new("/lib/modules").join(release);
+        if !modules_dir.join("modules.dep").is_file() {
+            continue;
+        }
+        let version: Vec<u64> = release.split(['.', '-']).map_while(|p| p.parse().ok()).collect();
+        found.push((version, KernelPackage { image: entry.path(), release: release.to_string(), modules_dir }));
+    }
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.pop().map(|(_, k)| k).ok_or_else(|| {
+        "no guest kernel: install Debian's linux-image-cloud-amd64 (scripts/setup.sh does), \
+         or set SHOAL_GUEST_KERNEL to a vmlinuz-<release> whose modules are in /lib/modules/<release>"
+            .to_string()
+    })
+}
+
+/// The uncompressed ELF kernel inside `image`: the image itself if it is already ELF, else the
+/// LZ4 payload of a bzImage, decompressed.
+pub fn extract_vmlinux(image: &[u8]) -> Result<Vec<u8>, String> {
+    if image.starts_with(b"\x7fELF") {
+        return Ok(image.to_vec());
+    }
+    // The x86 boot protocol header (Documentation/arch/x86/boot.rst).
+    let u32_at = |off: usize| -> Option<u32> { Some(u32::from_le_bytes(image.get(off..off + 4)?.try_into().ok()?)) };
+    if image.get(0x202..0x206) != Some(b"HdrS") {
+        return Err("not a bzImage (no `HdrS` boot header) and not an ELF vmlinux".into());
+    }
+    let setup_sects = match image[0x1f1] {
+        0 => 4,
+        n => usize::from(n),
+    };
+    let pm_start = (setup_sects + 1) * 512;
+    let (payload_offset, payload_length) = match (u32_at(0x248), u32_at(0x24c)) {
+        (Some(o), Some(l)) if l >= 8 => (o as usize, l as usize),
+        _ => return Err("bzImage header has no payload (boot protocol older than 2.08)".into()),
+    };
+    let start = pm_start + payload_offset;
+    let payload = image
+        .get(start..start + payload_length)
+        .ok_or_else(|| format!("bzImage payload {start}+{payload_length} lies outside the file"))?;
+    if !payload.starts_with(&LZ4_LEGACY_MAGIC) {
+        let kind = match payload {
+            [0x1f, 0x8b, ..] => "gzip",
+            [0xfd, b'7', b'z', b'X', ..] => "xz",
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => "zstd",
+            _ => "an unknown format",
+        };
+        return Err(format!(
+            "the kernel payload is compressed with {kind}; shoal reads LZ4 (Debian's kernels): \
+             point SHOAL_GUEST_KERNEL at an uncompressed vmlinux instead"
+        ));
+    }
+    // The payload ends with the decompressed size, little-endian.
+    let (stream, size) = payload.split_at(payload.len() - 4);
+    let want = u32::from_le_bytes(size.try_into().expect("4 bytes")) as usize;
+    let out = lz4_legacy_decompress(stream, want)?;
+    if !out.starts_with(b"\x7fELF") {
+        return Err("the decompressed kernel is not an ELF file".into());
+    }
+    Ok(out)
+}
+
+/// LZ4 legacy format: the magic, then blocks of (u32 LE compressed size, data), each at most
+/// 8 MiB decompressed; a repeated magic starts a new stream.
+fn lz4_legacy_decompress(mut input: &[u8], want: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(want);
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK_BYTES];
+    while input.len() >= 4 {
+        let head: [u8; 4] = input[..4].try_into().expect("4 bytes");
+        input = &input[4..];
+        if head == LZ4_LEGACY_MAGIC {
+            continue;
+        }
+        let len = u32::from_le_bytes(head) as usize;
+        let Some(data) = input.get(..len) else {
+            return Err(format!("LZ4 block of {len} bytes runs past the payload"));
+        };
+        input = &input[len..];
+        let n = lz4_flex::block::decompress_into(data, &mut block).map_err(|e| format!("LZ4 block: {e}"))?;
+        out.extend_from_slice(&block[..n]);
+        if out.len() > want {
+            return Err(format!("LZ4 stream decompresses past the stated {want} bytes"));
+        }
+    }
+    if out.len() != want {
+        return Err(format!("LZ4 stream gave {} bytes, the kernel header says {want}", out.len()));
+    }
+    Ok(out)
+}
+
+/// Reads a kernel image, bounded.
+pub fn read_kernel_image(path: &Path) -> Result<Vec<u8>, String> {
+    let len = fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    if len > KERNEL_BYTES_MAX {
+        return Err(format!("{} is {len} bytes, more than a kernel's {KERNEL_BYTES_MAX}", path.display()));
+    }
+    fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// The `.ko` files to load for `wanted`, each after its dependencies, from `modules.dep`.
+/// Modules built into the kernel (listed in `modules.builtin`) are skipped.
+pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let dep_text = fs::read_to_string(modules_dir.join("modules.dep")).map_err(|e| {
+        format!("reading {}/modules.dep: {e} (is the kernel's package complete?)", modules_dir.display())
+    })?;
+    let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+    let name_of = |path: &str| -> String {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        file.split(".ko").next().unwrap_or(file).replace('-', "_")
+    };
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep_text.lines() {
+        let Some((module, rest)) = line.split_once(':') else { continue };
+        deps.insert(name_of(module), (module.to_string(), rest.split_whitespace().map(name_of).collect()));
+    }
+    let builtin: Vec<String> = builtin.lines().map(name_of).collect();
+    let mut order = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        builtin: &[String],
+        seen: &mut std::collections::BTreeSet<String>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) -> Result<(), String> {
+        if depth > 64 {
+            return Err(format!("module dependencies of `{name}` loop"));
+        }
+        if !seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        match deps.get(name) {
+            Some((path, ds)) => {
+                for d in ds {
+                    visit(d, deps, builtin, seen, order, depth + 1)?;
+                }
+                order.push(path.clone());
+                Ok(())
+            }
+            None if builtin.iter().any(|b| b == name) => Ok(()),
+            None => Err(format!("the guest kernel has no module `{name}` (neither loadable nor built in)")),
+        }
+    }
+    for w in wanted {
+        visit(w, &deps, &builtin, &mut seen, &mut order, 0)?;
+    }
+    Ok(order.into_iter().map(|p| modules_dir.join(p)).collect())
+}

@@ -1,0 +1,698 @@
+//! The microVM backend: every job in a fresh QEMU `microvm` with guest-init as PID 1.
+//!
+//! Host side, per job: the image root as a squashfs (built once per rootfs, cached beside it),
+//! a request disk (header + tar of inputs and stdin), a sparse reply disk, then QEMU with the
+//! cached uncompressed kernel and initramfs, no network device, `-no-reboot` so that power-off
+//! and a guest panic both end it. The host waits for QEMU with a deadline (the job's timeout,
+//! which the guest enforces itself, plus a boot allowance), kills it past that, and reads the
+//! reply disk: exit, stdout, stderr and the output tar, unpacked by the same checked code as
+//! the namespace backend's.
+//!
+//! Once per backend: QEMU's version, the guest kernel (its bzImage turned into `vmlinux`,
+//! cached by the image's hash), the initramfs (guest-init + modules, cached by the hash of its
+//! parts) and the accelerator, probed: KVM where `/dev/kvm` works and is not PVM (which cannot
+//! boot a stock kernel) and a bounded probe boot succeeds, TCG otherwise.
+
+pub mod disk;
+pub mod guest;
+pub mod initramfs;
+pub mod kernel;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use self::disk::{DATA_OFFSET, Fault, GuestReply, GuestRequest, REPLY_MAGIC, REQUEST_MAGIC};
+use crate::wire::JobSpec;
+use crate::{Backend, Outcome, Request, RunError, collect, sys};
+
+/// Guest memory on top of the job's limit: kernel, guest-init, inputs on tmpfs, stdout buffers.
+const GUEST_OVERHEAD_MIB: u64 = 160;
+/// Kept of QEMU's console and stderr, for error messages.
+const CONSOLE_TAIL_BYTES: usize = 16 << 10;
+/// How long the probe boot for KVM may take.
+const KVM_PROBE_MS: u64 = 10_000;
+/// Past the job's timeout, the guest's own grace to kill it and reply (as in the namespace backend).
+const GUEST_GRACE_MS: u64 = 2_000;
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// How to set up the backend. `Default` finds everything on the host.
+#[derive(Debug, Clone)]
+pub struct MicrovmConfig {
+    /// Where the vmlinux and initramfs are cached (e.g. `$SHOAL_HOME/vm`).
+    pub cache_dir: PathBuf,
+    /// The static guest-init binary; None: [`find_guest_init`].
+    pub guest_init: Option<PathBuf>,
+    pub qemu: PathBuf,
+    /// None: probe.
+    pub accel: Option<Accel>,
+    /// Allowed for boot and power-off on top of the job's timeout before the guest counts as
+    /// hung; None: 60 s under TCG, 10 s under KVM.
+    pub boot_grace_ms: Option<u64>,
+    /// Test hook: make guest-init panic or hang.
+    pub fault: Option<Fault>,
+}
+
+impl MicrovmConfig {
+    pub fn new(cache_dir: impl Into<PathBuf>) -> MicrovmConfig {
+        MicrovmConfig {
+            cache_dir: cache_dir.into(),
+            guest_init: None,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            accel: None,
+            boot_grace_ms: None,
+            fault: None,
+        }
+    }
+}
+
+/// What the run record says about the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDetails {
+    pub qemu: String,
+    pub guest_kernel: String,
+    pub timeline: BootTimeline,
+}
+
+/// One run's timeline, ms since QEMU was started. Guest points are converted from the guest's
+/// boot clock by assuming power-off takes no time, so `kernel_entry_ms` is an upper bound.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootTimeline {
+    pub kernel_entry_ms: u64,
+    pub init_start_ms: u64,
+    pub job_start_ms: u64,
+    pub job_end_ms: u64,
+    pub reply_written_ms: u64,
+    pub qemu_exit_ms: u64,
+}
+
+/// Everything prepared once: the backend itself.
+#[derive(Debug)]
+pub struct MicrovmBackend {
+    qemu: PathBuf,
+    qemu_version: String,
+    bios: Option<PathBuf>,
+    vmlinux: PathBuf,
+    initramfs: PathBuf,
+    kernel_release: String,
+    accel: Accel,
+    accel_reason: String,
+    boot_grace_ms: u64,
+    fault: Option<Fault>,
+}
+
+/// A machine-readable account of what the backend found, for `shoal doctor`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MicrovmReport {
+    pub qemu: String,
+    pub qemu_version: String,
+    pub bios: Option<PathBuf>,
+    pub kernel_release: String,
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+    pub accelerator: Accel,
+    pub accelerator_reason: String,
+}
+
+impl MicrovmBackend {
+    /// Finds QEMU, the kernel and guest-init, prepares the cached vmlinux and initramfs and
+    /// probes the accelerator. Errors say what to install or set.
+    pub fn new(cfg: MicrovmConfig) -> Result<MicrovmBackend, String> {
+        let qemu_version = qemu_version(&cfg.qemu)?;
+        let bios = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
+        if bios.is_none() {
+            tracing::warn!("{QBOOT} is missing (package qemu-system-data): booting with SeaBIOS costs seconds");
+        }
+        let kernel = kernel::find_kernel()?;
+        let image = kernel::read_kernel_image(&kernel.image)?;
+        let image_hash = blake3::hash(&image).to_hex().to_string();
+        let vmlinux = cfg.cache_dir.join("kernel").join(&image_hash[..32]).join("vmlinux");
+        if !vmlinux.is_file() {
+            let started = Instant::now();
+            let elf = kernel::extract_vmlinux(&image).map_err(|e| format!("{}: {e}", kernel.image.display()))?;
+            write_atomic(&vmlinux, &elf)?;
+            tracing::info!(kernel = %kernel.image.display(), ms = started.elapsed().as_millis() as u64, "extracted vmlinux");
+        }
+        drop(image);
+        let guest_init_path = match cfg.guest_init {
+            Some(p) => p,
+            None => find_guest_init()?,
+        };
+        let guest_init =
+            fs::read(&guest_init_path).map_err(|e| format!("reading {}: {e}", guest_init_path.display()))?;
+        check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
+        let mut modules = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"shoal-initramfs-v1\0");
+        hasher.update(blake3::hash(&guest_init).as_bytes());
+        for path in kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)? {
+            let data = fs::read(&path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            hasher.update(name.as_bytes());
+            hasher.update(blake3::hash(&data).as_bytes());
+            modules.push((name, data));
+        }
+        let initramfs = cfg.cache_dir.join("initramfs").join(format!("{}.cpio", &hasher.finalize().to_hex()[..32]));
+        if !initramfs.is_file() {
+            let cpio = initramfs::build(&guest_init, &modules).map_err(|e| format!("building the initramfs: {e}"))?;
+            write_atomic(&initramfs, &cpio)?;
+            tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
+        }
+        let mut backend = MicrovmBackend {
+            qemu: cfg.qemu,
+            qemu_version,
+            bios,
+            vmlinux,
+            initramfs,
+            kernel_release: kernel.release,
+            accel: Accel::Tcg,
+            accel_reason: String::new(),
+            boot_grace_ms: 0,
+            fault: cfg.fault,
+        };
+        (backend.accel, backend.accel_reason) = match cfg.accel {
+            Some(a) => (a, "chosen by configuration".into()),
+            None => backend.probe_accel(),
+        };
+        backend.boot_grace_ms = cfg.boot_grace_ms.unwrap_or(match backend.accel {
+            Accel::Kvm => 10_000,
+            Accel::Tcg => 60_000,
+        });
+        Ok(backend)
+    }
+
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    pub fn report(&self) -> MicrovmReport {
+        MicrovmReport {
+            qemu: self.qemu.display().to_string(),
+            qemu_version: self.qemu_version.clone(),
+            bios: self.bios.clone(),
+            kernel_release: self.kernel_release.clone(),
+            vmlinux: self.vmlinux.clone(),
+            initramfs: self.initramfs.clone(),
+            accelerator: self.accel,
+            accelerator_reason: self.accel_reason.clone(),
+        }
+    }
+
+    /// KVM only if `/dev/kvm` opens, is not the PVM backend, and boots our kernel to its
+    /// panic (no initramfs, `panic=-1`) within [`KVM_PROBE_MS`].
+    fn probe_accel(&self) -> (Accel, String) {
+        if let Ok(a) = std::env::var("SHOAL_ACCEL") {
+            match a.as_str() {
+                "kvm" => return (Accel::Kvm, "SHOAL_ACCEL=kvm".into()),
+                "tcg" => return (Accel::Tcg, "SHOAL_ACCEL=tcg".into()),
+                other => tracing::warn!("SHOAL_ACCEL={other} is neither kvm nor tcg: probing"),
+            }
+        }
+        if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+            return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
+        }
+        if Path::new("/sys/module/kvm_pvm").exists() {
+            return (
+                Accel::Tcg,
+                "/dev/kvm is the PVM backend (/sys/module/kvm_pvm), which cannot boot a stock kernel".into(),
+            );
+        }
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-no-reboot", "-kernel"])
+            .arg(&self.vmlinux)
+            .args(["-append", "panic=-1 quiet"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(b) = &self.bios {
+            cmd.arg("-bios").arg(b);
+        }
+        let started = Instant::now();
+        match cmd.spawn() {
+            Ok(mut child) => match wait_deadline(&mut child, started + Duration::from_millis(KVM_PROBE_MS)) {
+                Ok(Some(_)) => (Accel::Kvm, format!("probe boot under KVM took {} ms", started.elapsed().as_millis())),
+                Ok(None) => (Accel::Tcg, format!("a probe boot under KVM did not finish within {KVM_PROBE_MS} ms")),
+                Err(e) => (Accel::Tcg, format!("probe boot: {e}")),
+            },
+            Err(e) => (Accel::Tcg, format!("cannot start the KVM probe: {e}")),
+        }
+    }
+
+    fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
+        let started = Instant::now();
+        crate::namespace::validate(&req, true)?;
+        if req.network {
+            return Err(RunError::InvalidRequest(
+                "`network: true` is not supported by the microvm backend yet: run the job with --backend namespace"
+                    .into(),
+            ));
+        }
+        let rootfs_img = squashfs_for(&req.rootfs)?;
+        let request_img = req.work_dir.join("request.img");
+        let reply_img = req.work_dir.join("reply.img");
+        write_request_disk(&request_img, &req, self.fault)?;
+        let stdout_cap = req.limits.stdout_bytes_max;
+        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        let reply_len = round_up(DATA_OFFSET + tar_cap + 2 * stdout_cap, 1 << 20);
+        File::create(&reply_img)
+            .and_then(|f| f.set_len(reply_len))
+            .map_err(|e| RunError::io(format!("creating {}", reply_img.display()), e))?;
+
+        let mem_mib = (req.limits.memory_bytes >> 20) + GUEST_OVERHEAD_MIB;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+            .args(["-serial", "stdio", "-accel", self.accel.as_str(), "-cpu"])
+            .arg(if self.accel == Accel::Kvm { "host" } else { "max" })
+            .arg("-m")
+            .arg(mem_mib.to_string())
+            .arg("-smp")
+            .arg(req.limits.cores.max(1).to_string())
+            .arg("-kernel")
+            .arg(&self.vmlinux)
+            .arg("-initrd")
+            .arg(&self.initramfs)
+            .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"]);
+        if let Some(b) = &self.bios {
+            cmd.arg("-bios").arg(b);
+        }
+        for (id, path, serial, ro) in [
+            ("rootfs", &rootfs_img, disk::ROOTFS_SERIAL, true),
+            ("req", &request_img, disk::REQUEST_SERIAL, true),
+            ("reply", &reply_img, disk::REPLY_SERIAL, false),
+        ] {
+            let path =
+                path.to_str().ok_or_else(|| RunError::InvalidRequest(format!("{} is not UTF-8", path.display())))?;
+            if path.contains(',') {
+                return Err(RunError::InvalidRequest(format!("QEMU cannot take a path with `,`: {path}")));
+            }
+            let mode = if ro { "readonly=on" } else { "cache=unsafe" };
+            cmd.arg("-drive").arg(format!("id={id},file={path},format=raw,if=none,{mode}"));
+            cmd.arg("-device").arg(format!("virtio-blk-device,drive={id},serial={serial}"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_clear();
+        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        tracing::debug!(?cmd, "starting QEMU");
+        let qemu_started = Instant::now();
+        let mut child = cmd.spawn().map_err(|source| RunError::HelperSpawn { program: self.qemu.clone(), source })?;
+        let mut guard = KillOnDrop(Some(&mut child));
+        let console = tail_reader(guard.child().stdout.take());
+        let qemu_err = tail_reader(guard.child().stderr.take());
+        let deadline = qemu_started
+            + Duration::from_millis(
+                req.limits.timeout_ms.saturating_add(GUEST_GRACE_MS).saturating_add(self.boot_grace_ms),
+            );
+        let status = wait_deadline(guard.child(), deadline).map_err(|e| RunError::io("waiting for QEMU", e))?;
+        let qemu_exit_ms = qemu_started.elapsed().as_millis() as u64;
+        let hung = status.is_none();
+        drop(guard); // kills and reaps QEMU if it is still running
+        let console = console.join().unwrap_or_default();
+        let qemu_err = qemu_err.join().unwrap_or_default();
+        let tail = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        if hung {
+            return Err(RunError::Helper(format!(
+                "the microVM hung: no reply {} ms after its {} ms timeout; QEMU was killed. Console: {}",
+                GUEST_GRACE_MS + self.boot_grace_ms,
+                req.limits.timeout_ms,
+                tail(&console)
+            )));
+        }
+        let mut reply_file = File::open(&reply_img).map_err(|e| RunError::io("opening the reply disk", e))?;
+        let header = disk::read_header(&mut reply_file, REPLY_MAGIC)
+            .map_err(|e| RunError::Helper(format!("reply disk: {e}")))?;
+        let Some(header) = header else {
+            let console_text = tail(&console);
+            let what = if console_text.contains("Kernel panic") {
+                "the guest kernel panicked"
+            } else {
+                "the microVM stopped without a reply"
+            };
+            return Err(RunError::Helper(format!(
+                "{what} (QEMU {}). Console: {console_text} QEMU: {}",
+                status.map(|s| s.to_string()).unwrap_or_default(),
+                tail(&qemu_err)
+            )));
+        };
+        let reply: GuestReply =
+            serde_json::from_slice(&header).map_err(|e| RunError::Helper(format!("reply header: {e}")))?;
+        let (exit, user_ms, sys_ms, peak, tar, tar_error, out_span, err_span, tl) = match reply {
+            GuestReply::SetupFailed { message, .. } => {
+                return Err(RunError::Setup(format!("in the microVM: {message}")));
+            }
+            GuestReply::Ran {
+                exit,
+                user_ms,
+                sys_ms,
+                peak_memory_bytes,
+                tar,
+                tar_error,
+                stdout,
+                stderr,
+                timeline,
+                ..
+            } => (exit, user_ms, sys_ms, peak_memory_bytes, tar, tar_error, stdout, stderr, timeline),
+        };
+        let stdout = disk::read_span(&mut reply_file, out_span, stdout_cap, reply_len)
+            .map_err(|e| RunError::Helper(format!("stdout: {e}")))?;
+        let stderr = disk::read_span(&mut reply_file, err_span, stdout_cap, reply_len)
+            .map_err(|e| RunError::Helper(format!("stderr: {e}")))?;
+        let outputs_dir = req.work_dir.join("outputs");
+        fs::create_dir(&outputs_dir).map_err(|e| RunError::io(format!("creating {}", outputs_dir.display()), e))?;
+        let unpacked = match tar_error {
+            Some(e) => Err(collect::UnpackError::Invalid(e)),
+            None if tar.len > tar_cap || tar.offset != DATA_OFFSET || tar.offset + tar.len > reply_len => {
+                Err(collect::UnpackError::Invalid(format!("output region {tar:?} out of bounds")))
+            }
+            None => reply_file
+                .seek(SeekFrom::Start(tar.offset))
+                .map_err(collect::UnpackError::from)
+                .and_then(|_| collect::unpack((&reply_file).take(tar.len), &outputs_dir, &req.outputs)),
+        };
+        let outputs = match unpacked {
+            Ok(o) => o,
+            Err(e) if exit.success() => return Err(RunError::Helper(e.to_string())),
+            Err(e) => {
+                tracing::debug!("outputs of a failed job not unpacked: {e}");
+                BTreeMap::new()
+            }
+        };
+        let kernel_entry_ms = qemu_exit_ms.saturating_sub(tl.reply_written_ms);
+        let timeline = BootTimeline {
+            kernel_entry_ms,
+            init_start_ms: kernel_entry_ms + tl.init_start_ms,
+            job_start_ms: kernel_entry_ms + tl.job_start_ms,
+            job_end_ms: kernel_entry_ms + tl.job_end_ms,
+            reply_written_ms: kernel_entry_ms + tl.reply_written_ms,
+            qemu_exit_ms,
+        };
+        tracing::debug!(?timeline, ?exit, "microVM finished");
+        Ok(Outcome {
+            exit,
+            stdout,
+            stderr,
+            outputs,
+            wall_ms: started.elapsed().as_millis() as u64,
+            user_ms,
+            sys_ms,
+            peak_memory_bytes: peak,
+            backend: "microvm".into(),
+            accelerator: Some(self.accel.as_str().into()),
+            vm: Some(VmDetails {
+                qemu: self.qemu_version.clone(),
+                guest_kernel: self.kernel_release.clone(),
+                timeline,
+            }),
+        })
+    }
+}
+
+impl Backend for MicrovmBackend {
+    fn name(&self) -> &'static str {
+        "microvm"
+    }
+
+    fn run(&self, req: Request) -> Result<Outcome, RunError> {
+        let span = tracing::info_span!("vm", backend = "microvm", accel = self.accel.as_str());
+        let _enter = span.enter();
+        let work_dir = req.work_dir.clone();
+        let result = self.run_vm(req);
+        // The disks are the big temp files of a run; the outputs stay for the caller.
+        for f in ["request.img", "reply.img"] {
+            let _ = fs::remove_file(work_dir.join(f));
+        }
+        result
+    }
+}
+
+/// Kills and reaps the child when dropped, whatever happened before.
+struct KillOnDrop<'a>(Option<&'a mut Child>);
+
+impl KillOnDrop<'_> {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Waits until the child exits (Some) or the deadline passes (None), without busy-waiting.
+fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Option<std::process::ExitStatus>> {
+    let pidfd = sys::pidfd_open(child.id() as i32)?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if sys::poll_readable(&pidfd, left.as_millis() as u64)? {
+            return child.wait().map(Some);
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads a pipe to its end on a thread, keeping the last [`CONSOLE_TAIL_BYTES`].
+fn tail_reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let Some(mut r) = r else { return Vec::new() };
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let mut buf = [0u8; 8192];
+        loop {
+            match r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    k.extend_from_slice(&buf[..n]);
+                    if k.len() > CONSOLE_TAIL_BYTES {
+                        let cut = k.len() - CONSOLE_TAIL_BYTES;
+                        k.drain(..cut);
+                    }
+                }
+            }
+        }
+        std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()))
+    })
+}
+
+fn round_up(n: u64, to: u64) -> u64 {
+    n.div_ceil(to) * to
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let dir = path.parent().expect("cache paths have a parent");
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let tmp =
+        dir.join(format!(".tmp-{}-{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
+    fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("renaming {} into place: {e}", tmp.display()))
+}
+
+fn qemu_version(qemu: &Path) -> Result<String, String> {
+    let out = Command::new(qemu).arg("--version").stdin(Stdio::null()).output().map_err(|e| {
+        format!(
+            "cannot run {} ({e}): install QEMU (scripts/setup.sh installs qemu-system-x86 from bookworm-backports)",
+            qemu.display()
+        )
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    Ok(first.strip_prefix("QEMU emulator version ").unwrap_or(first).trim().to_string())
+}
+
+/// guest-init: `SHOAL_GUEST_INIT`, else where `scripts/build-guest-init.sh` puts it in this
+/// tree (found from the running program's path), else beside the running program, else
+/// `/usr/local/lib/shoal/guest-init`; the first that is a static program.
+pub fn find_guest_init() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("SHOAL_GUEST_INIT") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        // target/{debug,release}/shoal, or target/debug/deps/<test> -> target/<triple>/release/
+        for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+            candidates.push(up.join("x86_64-unknown-linux-gnu/release/shoal-guest-init"));
+        }
+        candidates.push(dir.join("shoal-guest-init"));
+    }
+    candidates.push(PathBuf::from("/usr/local/lib/shoal/guest-init"));
+    let mut dynamic = None;
+    for c in candidates.into_iter().filter(|p| p.is_file()) {
+        match fs::read(&c).map_err(|e| e.to_string()).and_then(|b| check_static(&b)) {
+            Ok(()) => return Ok(c),
+            Err(e) => dynamic = dynamic.or(Some(format!("{}: {e}", c.display()))),
+        }
+    }
+    Err(match dynamic {
+        Some(why) => format!("no static guest-init ({why}); run scripts/build-guest-init.sh or set SHOAL_GUEST_INIT"),
+        None => {
+            "guest-init is not built: run scripts/build-guest-init.sh (or scripts/setup.sh), or set SHOAL_GUEST_INIT"
+                .into()
+        }
+    })
+}
+
+/// Refuses a dynamically linked guest-init: there is no loader in the initramfs.
+fn check_static(elf: &[u8]) -> Result<(), String> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
+    if !elf.starts_with(b"\x7fELF\x02\x01") {
+        return Err("not a 64-bit little-endian ELF program".into());
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+        return Err("truncated ELF header".into());
+    };
+    for i in 0..usize::from(phnum) {
+        let at = phoff as usize + i * usize::from(phentsize);
+        if u32_at(at) == Some(3) {
+            return Err(
+                "dynamically linked (has an interpreter): build it static with scripts/build-guest-init.sh".into()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The squashfs image of a materialized rootfs, built once beside it (`<rootfs>.sqfs`):
+/// uncompressed (TCG pays for every decompression), owned by root, no xattrs.
+pub fn squashfs_for(rootfs: &Path) -> Result<PathBuf, RunError> {
+    let img = rootfs.with_extension("sqfs");
+    if img.is_file() {
+        return Ok(img);
+    }
+    let tmp = rootfs.with_extension(format!("sqfs.tmp-{}-{:?}", std::process::id(), thread::current().id()));
+    let tmp = PathBuf::from(tmp.to_string_lossy().replace(['(', ')'], ""));
+    let started = Instant::now();
+    let out = Command::new("mksquashfs")
+        .arg(rootfs)
+        .arg(&tmp)
+        .args([
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-no-xattrs",
+            "-noI",
+            "-noId",
+            "-noD",
+            "-noF",
+            "-noX",
+        ])
+        .args(["-processors", "1"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RunError::io("running mksquashfs (install squashfs-tools; scripts/setup.sh does)", e))?;
+    if !out.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(RunError::Setup(format!(
+            "mksquashfs {} failed: {}",
+            rootfs.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    fs::rename(&tmp, &img).map_err(|e| RunError::io(format!("renaming {} into place", tmp.display()), e))?;
+    tracing::info!(rootfs = %rootfs.display(), ms = started.elapsed().as_millis() as u64, "built the rootfs squashfs");
+    Ok(img)
+}
+
+/// The request disk: header, then at [`DATA_OFFSET`] a tar of `input/<name>` and `stdin`.
+fn write_request_disk(path: &Path, req: &Request, fault: Option<Fault>) -> Result<(), RunError> {
+    let io_err = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |e: io::Error| RunError::io(what, e)
+    };
+    let mut file = File::create(path).map_err(io_err("creating"))?;
+    file.seek(SeekFrom::Start(DATA_OFFSET)).map_err(io_err("seeking"))?;
+    let mut builder = tar::Builder::new(&mut file);
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Complete);
+    for input in &req.inputs {
+        let name = format!("input/{}", input.name);
+        let meta = fs::symlink_metadata(&input.host_path).map_err(io_err("reading an input for"))?;
+        if meta.is_dir() {
+            builder.append_dir_all(&name, &input.host_path).map_err(io_err("adding an input to"))?;
+        } else {
+            builder.append_path_with_name(&input.host_path, &name).map_err(io_err("adding an input to"))?;
+        }
+    }
+    if let Some(stdin) = &req.stdin {
+        builder.append_path_with_name(stdin, "stdin").map_err(io_err("adding stdin to"))?;
+    }
+    builder.finish().map_err(io_err("finishing the tar of"))?;
+    drop(builder);
+    let end = file.stream_position().map_err(io_err("sizing"))?;
+    let request = GuestRequest {
+        job: JobSpec {
+            argv: req.argv.clone(),
+            env: req.env.clone(),
+            workdir: req.workdir.clone(),
+            uid: req.uid,
+            gid: req.gid,
+            outputs: req.outputs.clone(),
+            limits: req.limits,
+            network: req.network,
+        },
+        inputs: req.inputs.iter().map(|i| i.name.clone()).collect(),
+        stdin: req.stdin.is_some(),
+        tar_bytes: end - DATA_OFFSET,
+        fault,
+    };
+    let json = serde_json::to_vec(&request).expect("the request serializes");
+    disk::write_header(&mut file, REQUEST_MAGIC, &json).map_err(io_err("writing the header of"))?;
+    // Whole sectors: QEMU ignores a partial last one.
+    file.set_len(round_up(end, 4096)).map_err(io_err("padding"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_program_is_refused_as_guest_init() {
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(check_static(&me).unwrap_err().contains("dynamically linked"));
+        assert!(check_static(b"#!/bin/sh").is_err());
+    }
+}
