@@ -29,6 +29,9 @@ use crate::{identity, machine, output};
 
 /// `shoal __sandbox`: the hidden subcommand the namespace backend runs as its helper process.
 pub const SANDBOX_SUBCOMMAND: &str = "__sandbox";
+/// Jobs in flight per core (preparing inputs, running, storing outputs); only the running ones
+/// hold cores.
+const JOBS_IN_FLIGHT_PER_CORE: usize = 3;
 /// Lines of a failed job's stderr shown in the summary.
 const STDERR_TAIL_LINES: usize = 20;
 /// Version of the run record layout written by this code.
@@ -120,6 +123,8 @@ struct Ctx {
     /// Cores of this machine given to jobs; a job takes as many permits as it asks cores.
     cores: Arc<Semaphore>,
     cores_total: u32,
+    /// Jobs being prepared, run or stored at once: [`JOBS_IN_FLIGHT_PER_CORE`] per core.
+    in_flight: Semaphore,
     progress: MultiProgress,
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
@@ -155,9 +160,7 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
 /// Runs every job of `dag`, returning one report per job in file order.
 pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
     let key = identity::load_or_create(store.home())?;
-    let program = std::env::current_exe().context("cannot find the shoal executable")?;
-    let namespace: Arc<dyn Backend> =
-        Arc::new(NamespaceBackend::new(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] }));
+    let namespace: Arc<dyn Backend> = Arc::new(NamespaceBackend::new(sandbox_helper()?));
     let default_backend = match opts.backend {
         BackendChoice::Microvm => "microvm",
         BackendChoice::Namespace => "namespace",
@@ -181,6 +184,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
         use_cache: opts.use_cache,
         cores: Arc::new(Semaphore::new(cores_total as usize)),
         cores_total,
+        in_flight: Semaphore::new(cores_total as usize * JOBS_IN_FLIGHT_PER_CORE),
         progress,
         images: std::sync::Mutex::new(BTreeMap::new()),
     });
@@ -311,7 +315,7 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
             ctx.cores_total
         );
     }
-    let _permit = ctx.cores.acquire_many(job.requirements.cores).await.context("core semaphore closed")?;
+    let _in_flight = ctx.in_flight.acquire().await.context("job semaphore closed")?;
     let bar = ctx.progress.add(ProgressBar::new_spinner());
     bar.set_message(format!("{}: running", job.id));
     bar.enable_steady_tick(Duration::from_millis(120));
@@ -445,7 +449,9 @@ async fn execute(
     let work = tempfile::Builder::new().prefix("job-").tempdir_in(tmp_root(ctx)?)?;
     let rootfs = ctx.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
     let input_dir = work.path().join("inputs");
-    std::fs::create_dir_all(&input_dir)?;
+    if !resolved.inputs.is_empty() {
+        std::fs::create_dir(&input_dir)?;
+    }
     let mut mounts = Vec::new();
     for (name, digest) in &resolved.inputs {
         let path = input_dir.join(name);
@@ -490,14 +496,17 @@ async fn execute(
             timeout_ms: r.timeout_ms,
         },
         network: r.network,
-        work_dir: work.path().join("sandbox"),
+        work_dir: work.path().to_path_buf(),
     };
-    std::fs::create_dir_all(&request.work_dir)?;
     let started_unix_ms = now_unix_ms();
     let backend = backend_for(ctx, job).await?;
+    // Cores are held while the job runs, not while its inputs are written or outputs stored:
+    // those overlap with other jobs' runs.
+    let permit = ctx.cores.acquire_many(job.requirements.cores).await.context("core semaphore closed")?;
     let start = Instant::now();
     let outcome =
         tokio::task::spawn_blocking(move || backend.run(request)).await.context("the backend thread panicked")??;
+    drop(permit);
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
 
     let mut outputs = BTreeMap::new();
@@ -572,6 +581,20 @@ async fn execute(
     }
     report.exit = Some(exit);
     Ok(report)
+}
+
+/// The namespace backend's helper process. The static guest-init serves (it answers
+/// `__sandbox` too): 3 MB with nothing to relocate, it starts in a fraction of the time the
+/// shoal binary takes, and a helper starts for every job. Without it, `shoal __sandbox`.
+fn sandbox_helper() -> Result<HelperCommand> {
+    let program = match shoal_vm::microvm::find_guest_init() {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::debug!("sandbox helper: {why}; using this program");
+            std::env::current_exe().context("cannot find the shoal executable")?
+        }
+    };
+    Ok(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] })
 }
 
 /// The backend for one job: its `isolation` if it states one, else the run's choice.

@@ -10,9 +10,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,8 +18,11 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, fcntl};
 
 use crate::cgroup::{Cgroup, Hierarchy};
-use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, STATUS_FD, Status, TAR_FD};
+use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
 use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
+
+/// Environment variable carrying the spawning process's pid to the helper.
+pub const PARENT_ENV: &str = "SHOAL_SANDBOX_PARENT";
 
 /// How long the host lets the sandbox run past `timeout_ms` before killing it: PID 1 kills
 /// the job at `timeout_ms` itself and needs a moment to collect the partial outputs.
@@ -52,6 +53,9 @@ impl HelperCommand {
 #[derive(Debug)]
 pub struct NamespaceBackend {
     helper: HelperCommand,
+    /// The empty directory every sandbox mounts its staging tmpfs on, each in its own mount
+    /// namespace (so one directory serves all jobs at once); made on first use.
+    staging: std::sync::OnceLock<Result<PathBuf, String>>,
     /// None: this host has no usable cgroups, jobs run without limits.
     cgroups: Option<Hierarchy>,
 }
@@ -65,7 +69,29 @@ impl NamespaceBackend {
                 None
             }
         };
-        NamespaceBackend { helper, cgroups }
+        NamespaceBackend { helper, cgroups, staging: std::sync::OnceLock::new() }
+    }
+
+    /// `$TMPDIR/shoal-staging-<euid>`: created 0700 if missing, refused if it is anything but
+    /// our own directory (a symlink planted there must not redirect the mount).
+    fn staging_dir(&self) -> Result<PathBuf, RunError> {
+        use std::os::unix::fs::MetadataExt;
+        let made = self.staging.get_or_init(|| {
+            let euid = nix::unistd::geteuid().as_raw();
+            let dir = std::env::temp_dir().join(format!("shoal-staging-{euid}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                    .map_err(|e| format!("chmod {}: {e}", dir.display()))?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+            }
+            let meta = fs::symlink_metadata(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !meta.is_dir() || meta.uid() != euid {
+                return Err(format!("{} is not a directory of ours: remove it", dir.display()));
+            }
+            Ok(dir)
+        });
+        made.clone().map_err(RunError::Setup)
     }
 
     /// Whether this host can create the namespaces the backend needs; Err says why not and
@@ -186,8 +212,7 @@ impl NamespaceBackend {
         let started = Instant::now();
         let root = nix::unistd::geteuid().is_root();
         validate(req, root)?;
-        let staging_dir = req.work_dir.join("root");
-        make_private_dir(&staging_dir)?;
+        let staging_dir = self.staging_dir()?;
         let cgroup = match &self.cgroups {
             None => {
                 tracing::warn!("no cgroups: running without memory and CPU limits");
@@ -232,42 +257,33 @@ impl NamespaceBackend {
         let (err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
         let (tar_r, tar_w) = pipe()?;
-        // Above fd 10, so that moving them to 3 and 4 in the child cannot clobber each other.
-        let high = |w: io::PipeWriter| -> Result<OwnedFd, RunError> {
-            let fd = fcntl(w.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| RunError::io("dup", e.into()))?;
+        // Above fd 10, so that moving them to 0-4 in the child cannot clobber each other.
+        let high = |fd: &dyn AsRawFd| -> Result<OwnedFd, RunError> {
+            let fd = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| RunError::io("dup", e.into()))?;
             // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; we are its only owner.
             Ok(unsafe { OwnedFd::from_raw_fd(fd) })
         };
-        let (status_hi, tar_hi) = (high(status_w)?, high(tar_w)?);
         let stdin = match &req.stdin {
-            Some(p) => {
-                Stdio::from(File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?)
-            }
-            None => Stdio::null(),
+            Some(p) => File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?,
+            None => File::open("/dev/null").map_err(|e| RunError::io("opening /dev/null", e))?,
         };
-        let mut cmd = Command::new(&self.helper.program);
-        cmd.args(&self.helper.args).arg(&request_path).env_clear().stdin(stdin).stdout(out_w).stderr(err_w);
-        let (fd_status, fd_tar) = (status_hi.as_raw_fd(), tar_hi.as_raw_fd());
-        let parent = std::process::id() as libc::pid_t;
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // syscalls (dup2, prctl, getppid); it allocates nothing.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd_status, STATUS_FD) < 0 || libc::dup2(fd_tar, TAR_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Die with the thread that waits for us; it lives until we are reaped.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent {
-                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
+        let child_fds = [high(&stdin)?, high(&out_w)?, high(&err_w)?, high(&status_w)?, high(&tar_w)?];
+        drop((stdin, out_w, err_w, status_w, tar_w));
+        let cstr = |s: &std::ffi::OsStr| {
+            std::ffi::CString::new(s.as_encoded_bytes()).map_err(|_| invalid(format!("{s:?} contains a NUL byte")))
+        };
+        let mut argv = vec![cstr(self.helper.program.as_os_str())?];
+        for a in &self.helper.args {
+            argv.push(cstr(a.as_ref())?);
         }
-        let mut child =
-            cmd.spawn().map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
-        drop(cmd); // closes our copies of the pipes' write ends
-        drop((status_hi, tar_hi));
-        let pidfd = Arc::new(sys::pidfd_open(child.id() as i32).map_err(|e| RunError::io("pidfd_open", e))?);
+        argv.push(cstr(request_path.as_os_str())?);
+        // The helper makes itself die with the thread that spawned it (see sandbox_helper_main).
+        let envp = [std::ffi::CString::new(format!("{PARENT_ENV}={}", std::process::id())).expect("no NUL")];
+        let raw_fds: Vec<i32> = child_fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let pid = sys::spawn(&argv, &envp, &raw_fds)
+            .map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
+        drop(child_fds); // our copies of the pipes' write ends: EOF comes when the sandbox ends
+        let pidfd = Arc::new(sys::pidfd_open(pid).map_err(|e| RunError::io("pidfd_open", e))?);
 
         let overflow: Overflow = Arc::new(Mutex::new(None));
         let cap = req.limits.stdout_bytes_max;
@@ -300,7 +316,9 @@ impl NamespaceBackend {
                 break;
             }
         }
-        let helper_status = child.wait().map_err(|e| RunError::io("waiting for the helper", e))?;
+        let helper_status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
+            .map(|w| format!("{w:?}"))
+            .map_err(|e| RunError::io("waiting for the helper", e.into()))?;
         let join = |t: thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
         let stdout = join(stdout_t);
         let stderr = join(stderr_t);

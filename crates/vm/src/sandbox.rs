@@ -42,6 +42,16 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Entry point of the helper (`shoal-sandbox REQUEST.json`, or `shoal __sandbox ...`). The
 /// last argument is the request file; fds 0-4 are set up by the host (see [`crate::wire`]).
 pub fn sandbox_helper_main() -> ! {
+    // Die with the thread that started us, which waits for us until we are reaped. It was
+    // spawned without a fork hook (posix_spawn), so the helper does this itself, then checks
+    // that the parent did not die before the request took hold.
+    if let Some(parent) = std::env::var(crate::namespace::PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) {
+        // SAFETY: prctl with integer arguments; getppid cannot fail.
+        let lost = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent };
+        if lost {
+            std::process::exit(2);
+        }
+    }
     let status = match take_fd(STATUS_FD) {
         Ok(f) => f,
         Err(e) => {

@@ -86,3 +86,40 @@ pub fn loopback_up() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Starts `argv[0]` with exactly `fds[i]` as its fd `i` (every other fd of ours is close-on-exec)
+/// and `envp` as its environment, through posix_spawn: glibc starts it with
+/// `clone(CLONE_VM | CLONE_VFORK)`, so a large multi-threaded caller does not pay for copying
+/// its page tables as `fork` would, once per job.
+pub fn spawn(argv: &[std::ffi::CString], envp: &[std::ffi::CString], fds: &[libc::c_int]) -> io::Result<libc::pid_t> {
+    let mut argv_ptrs: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut envp_ptrs: Vec<*mut libc::c_char> = envp.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    envp_ptrs.push(std::ptr::null_mut());
+    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(r)) };
+    // SAFETY: posix_spawn_file_actions_t is initialised by init before use and destroyed once;
+    // the argument vectors are NULL-terminated and outlive the call; pid is written by the call.
+    unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        check(libc::posix_spawn_file_actions_init(&mut actions))?;
+        let mut result = Ok(());
+        for (target, &fd) in fds.iter().enumerate() {
+            // dup2 onto the same number would keep close-on-exec; no caller passes that.
+            debug_assert_ne!(fd, target as libc::c_int);
+            result = result.and(check(libc::posix_spawn_file_actions_adddup2(&mut actions, fd, target as libc::c_int)));
+        }
+        let mut pid: libc::pid_t = 0;
+        if result.is_ok() {
+            result = check(libc::posix_spawn(
+                &mut pid,
+                argv_ptrs[0],
+                &actions,
+                std::ptr::null(),
+                argv_ptrs.as_ptr(),
+                envp_ptrs.as_ptr(),
+            ));
+        }
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        result.map(|()| pid)
+    }
+}

@@ -1,5 +1,10 @@
-//! Integration tests of the namespace backend: real sandboxes around a busybox rootfs, with a
-//! checker script inside that proves the sandbox's properties from the inside.
+//! Integration tests of both backends: real sandboxes and real microVMs around a busybox rootfs,
+//! with a checker script inside that proves the isolation's properties from the inside. The
+//! cases shared by both backends run once per backend (`namespace::*`, `microvm::*`); with
+//! `SHOAL_REQUIRE_VM=1` a missing QEMU, kernel or guest-init fails the microvm cases instead of
+//! skipping them.
+
+mod microvm_only;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,13 +12,105 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::cell::Cell;
+use std::sync::OnceLock;
+
 use shoal_vm::{
-    Backend, CollectedOutput, Exit, HelperCommand, InputMount, Limits, NamespaceBackend, Outcome, OutputSpec, Request,
+    Backend, CollectedOutput, Exit, HelperCommand, InputMount, Limits, MicrovmBackend, MicrovmConfig, NamespaceBackend,
+    Outcome, OutputSpec, Request,
 };
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Namespace,
+    Microvm,
+}
+
+thread_local! {
+    static KIND: Cell<Kind> = const { Cell::new(Kind::Namespace) };
+}
 
 fn backend() -> NamespaceBackend {
     NamespaceBackend::new(HelperCommand::new(env!("CARGO_BIN_EXE_shoal-sandbox")))
 }
+
+/// Where the microVM artefacts (vmlinux, initramfs) are cached between test runs.
+fn vm_cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("shoal-vm-cache")
+}
+
+/// The microVM backend, set up once per test process; Err says what is missing.
+fn microvm() -> Result<&'static MicrovmBackend, String> {
+    static VM: OnceLock<Result<MicrovmBackend, String>> = OnceLock::new();
+    VM.get_or_init(|| MicrovmBackend::new(MicrovmConfig::new(vm_cache_dir()))).as_ref().map_err(Clone::clone)
+}
+
+/// Whether the microVM cases can run; without `SHOAL_REQUIRE_VM=1` a missing piece skips them.
+fn vm_available() -> bool {
+    match microvm() {
+        Ok(_) => true,
+        Err(e) if std::env::var("SHOAL_REQUIRE_VM").as_deref() == Ok("1") => {
+            panic!("SHOAL_REQUIRE_VM=1 and the microVM backend is unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: the microVM backend is unavailable here: {e}");
+            false
+        }
+    }
+}
+
+fn with_backend(kind: Kind, case: fn()) {
+    if kind == Kind::Microvm && !vm_available() {
+        return;
+    }
+    KIND.with(|k| k.set(kind));
+    case();
+}
+
+fn current() -> Box<dyn Backend> {
+    match KIND.with(Cell::get) {
+        Kind::Namespace => Box::new(backend()),
+        Kind::Microvm => Box::new(Shared(microvm().expect("checked by with_backend"))),
+    }
+}
+
+/// A `&'static` backend as a boxed one.
+struct Shared(&'static MicrovmBackend);
+
+impl Backend for Shared {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn run(&self, req: Request) -> Result<Outcome, shoal_vm::RunError> {
+        self.0.run(req)
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod namespace {
+            $( #[test] fn $name() { super::with_backend(super::Kind::Namespace, super::$name) } )*
+        }
+        mod microvm {
+            $( #[test] fn $name() { super::with_backend(super::Kind::Microvm, super::$name) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    checker_inside_the_sandbox,
+    runs_as_the_requested_uid_and_gid,
+    host_env_does_not_leak,
+    stdio_exit_code_and_signal,
+    exec_failure_is_reported,
+    timeout_keeps_partial_stderr_and_outputs_and_kills_everything,
+    memory_over_the_limit_is_oom,
+    output_over_its_limit,
+    stdout_over_its_limit,
+    missing_file_output_fails_a_successful_job,
+    symlinks_never_reach_the_host,
+    glob_and_dir_outputs_keep_modes_and_symlinks,
+);
 
 /// A busybox rootfs under `dir`: /bin/busybox plus one symlink per applet, /etc/passwd with
 /// recognisable content, and /tmp.
@@ -77,7 +174,10 @@ fn rand_suffix() -> u64 {
 }
 
 fn run(req: Request) -> Outcome {
-    let out = backend().run(req).expect("backend runs");
+    let work_dir = req.work_dir.clone();
+    let out = current().run(req).expect("backend runs");
+    // Whatever the backend started for this job is gone (QEMU's command line names the work dir).
+    assert_eq!(processes_with(&work_dir.to_string_lossy()), Vec::<String>::new());
     eprintln!(
         "exit {:?}\nstdout: {}\nstderr: {}",
         out.exit,
@@ -99,7 +199,7 @@ if echo x 2>/tmp/err > /input/checks/new; then fail "created a file in /input"; 
 grep -q "Read-only" /tmp/err || fail "/input error: $(cat /tmp/err)"
 if echo x >> /input/checks/check.sh 2>/dev/null; then fail "appended to an input"; fi
 echo overlay > /bin/x && [ "$(cat /bin/x)" = overlay ] || fail "cannot write /bin/x"
-[ "$(cat /proc/1/comm)" = "shoal-sandbox" ] || fail "pid 1 is $(cat /proc/1/comm)"
+echo "pid1=$(cat /proc/1/comm)"
 [ ! -e /proc/$HOST_PID ] || fail "host process $HOST_PID visible"
 n=$(ls -d /proc/[0-9]* | wc -l)
 [ "$n" -le 6 ] || fail "$n processes visible: $(ls -d /proc/[0-9]*)"
@@ -110,7 +210,6 @@ echo "--- env"
 tr '\0' '\n' < /proc/$$/environ
 "#;
 
-#[test]
 fn checker_inside_the_sandbox() {
     let f = fixture();
     let checks = f.path("checks");
@@ -130,10 +229,14 @@ fn checker_inside_the_sandbox() {
     assert!(!f.rootfs.join("bin/x").exists(), "the overlay wrote through to the host rootfs");
     assert!(!checks.join("new").exists());
     assert_eq!(fs::read_to_string(checks.join("check.sh")).unwrap(), CHECKER);
-    assert_eq!(out.backend, "namespace");
+    let (backend, pid1) = match KIND.with(Cell::get) {
+        Kind::Namespace => ("namespace", "shoal-sandbox"),
+        Kind::Microvm => ("microvm", "init"),
+    };
+    assert_eq!(out.backend, backend);
+    assert!(stdout.contains(&format!("pid1={pid1}\n")), "{stdout}");
 }
 
-#[test]
 fn runs_as_the_requested_uid_and_gid() {
     let f = fixture();
     let mut req = f.request("id -u; id -g; id -G; touch /output/f; stat -c %u:%g /output/f");
@@ -144,7 +247,6 @@ fn runs_as_the_requested_uid_and_gid() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1234\n2345\n2345\n1234:2345\n");
 }
 
-#[test]
 fn host_env_does_not_leak() {
     let f = fixture();
     // cargo gives the test process a rich environment; none of it may reach the job.
@@ -157,7 +259,6 @@ fn host_env_does_not_leak() {
     assert_eq!(out.stdout, b"ONLY=this\0");
 }
 
-#[test]
 fn stdio_exit_code_and_signal() {
     let f = fixture();
     let stdin = f.path("stdin");
@@ -175,7 +276,6 @@ fn stdio_exit_code_and_signal() {
     assert_eq!((out.exit, out.stdout), (Exit::Code(0), vec![]));
 }
 
-#[test]
 fn exec_failure_is_reported() {
     let f = fixture();
     let mut req = f.request("");
@@ -200,7 +300,6 @@ fn processes_with(marker: &str) -> Vec<String> {
     found
 }
 
-#[test]
 fn timeout_keeps_partial_stderr_and_outputs_and_kills_everything() {
     let f = fixture();
     let mut req = f.request("echo partial >&2; echo part > /output/p; sleep 98761 & sleep 98762");
@@ -224,9 +323,8 @@ fn have_cgroups() -> bool {
     shoal_vm::cgroup::Hierarchy::detect().is_ok()
 }
 
-#[test]
 fn memory_over_the_limit_is_oom() {
-    assert!(have_cgroups(), "this host should have cgroups");
+    assert!(KIND.with(Cell::get) == Kind::Microvm || have_cgroups(), "this host should have cgroups");
     let f = fixture();
     let mut req = f.request("awk 'BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }'");
     req.limits.memory_bytes = 64 << 20;
@@ -249,7 +347,6 @@ fn cgroup_is_gone_afterwards_and_peak_is_measured() {
     assert!(out.peak_memory_bytes >= 20_000_000, "peak {}", out.peak_memory_bytes);
 }
 
-#[test]
 fn output_over_its_limit() {
     let f = fixture();
     let mut req = f.request("dd if=/dev/zero of=/output/big bs=1M count=3; echo small > /output/small");
@@ -263,7 +360,6 @@ fn output_over_its_limit() {
     assert!(out.outputs.is_empty());
 }
 
-#[test]
 fn stdout_over_its_limit() {
     let f = fixture();
     let mut req = f.request("yes");
@@ -273,7 +369,6 @@ fn stdout_over_its_limit() {
     assert_eq!(out.stdout.len(), 1000);
 }
 
-#[test]
 fn missing_file_output_fails_a_successful_job() {
     let f = fixture();
     let mut req = f.request("true");
@@ -282,7 +377,6 @@ fn missing_file_output_fails_a_successful_job() {
     assert_eq!(out.exit, Exit::Error("output `x`: /output/x was not created".into()));
 }
 
-#[test]
 fn symlinks_never_reach_the_host() {
     let f = fixture();
     let mut req = f.request("mkdir /output/d && ln -s /etc/passwd /output/d/link && ln -s /etc /output/a");
@@ -304,7 +398,6 @@ fn symlinks_never_reach_the_host() {
     assert_eq!(out.exit, Exit::Error("output `h`: /output/a/os-release was not created".into()));
 }
 
-#[test]
 fn glob_and_dir_outputs_keep_modes_and_symlinks() {
     let f = fixture();
     let script = "mkdir -p /output/res/sub /scratch/logs/deep && echo f > /output/res/sub/f && chmod 750 /output/res/sub/f \

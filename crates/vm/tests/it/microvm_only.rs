@@ -1,0 +1,119 @@
+//! What only the microVM backend does: guest faults, the host's deadline, resources reaching the
+//! guest, the run record's VM details, and nothing left behind.
+
+use std::fs;
+use std::time::Instant;
+
+use shoal_vm::microvm::disk::Fault;
+use shoal_vm::{Backend, Exit, MicrovmBackend, MicrovmConfig, RunError};
+
+use crate::{fixture, processes_with, vm_available, vm_cache_dir};
+
+fn faulty(fault: Fault, boot_grace_ms: u64) -> MicrovmBackend {
+    let mut cfg = MicrovmConfig::new(vm_cache_dir());
+    cfg.fault = Some(fault);
+    cfg.boot_grace_ms = Some(boot_grace_ms);
+    MicrovmBackend::new(cfg).expect("the microVM backend sets up")
+}
+
+#[test]
+fn a_guest_kernel_panic_is_reported_as_such() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let req = f.request("echo never");
+    let work_dir = req.work_dir.clone();
+    let err = faulty(Fault::Panic, 60_000).run(req).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RunError::Helper(_)), "{err:?}");
+    assert!(text.contains("the guest kernel panicked"), "{text}");
+    assert!(text.contains("injected fault: panicking"), "the console tail is kept: {text}");
+    assert_eq!(processes_with(&work_dir.to_string_lossy()), Vec::<String>::new());
+}
+
+#[test]
+fn a_hung_guest_is_killed_at_the_deadline_and_reported() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let mut req = f.request("echo never");
+    req.limits.timeout_ms = 1_000;
+    let work_dir = req.work_dir.clone();
+    let started = Instant::now();
+    let err = faulty(Fault::Hang, 6_000).run(req).unwrap_err();
+    let took = started.elapsed();
+    assert!(err.to_string().contains("the microVM hung"), "{err}");
+    // Deadline: timeout 1 s + guest grace 2 s + boot allowance 6 s.
+    assert!(took.as_secs_f64() >= 8.5, "killed after {took:?}, before its deadline");
+    assert_eq!(processes_with(&work_dir.to_string_lossy()), Vec::<String>::new(), "QEMU outlived the job");
+    let left: Vec<_> = fs::read_dir(&work_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n == "request.img" || n == "reply.img"), "disks left behind: {left:?}");
+}
+
+#[test]
+fn cores_and_memory_reach_the_guest_and_the_record_names_the_vm() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let mut req = f.request("nproc; grep MemTotal /proc/meminfo; uname -r");
+    req.limits.cores = 2;
+    req.limits.memory_bytes = 300 << 20;
+    let work_dir = req.work_dir.clone();
+    let out = crate::microvm().unwrap().run(req).expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.exit, Exit::Code(0), "{stdout}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("2"), "{stdout}");
+    let mem_kib: u64 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((300 << 10..(300 + 160) << 10).contains(&mem_kib), "MemTotal {mem_kib} kB");
+    let vm = out.vm.expect("vm details");
+    assert_eq!(lines.next(), Some(vm.guest_kernel.as_str()));
+    assert_eq!(out.backend, "microvm");
+    assert!(matches!(out.accelerator.as_deref(), Some("tcg" | "kvm")));
+    assert!(vm.qemu.starts_with(char::is_numeric), "{}", vm.qemu);
+    let t = vm.timeline;
+    let points = [t.kernel_entry_ms, t.init_start_ms, t.job_start_ms, t.job_end_ms, t.reply_written_ms, t.qemu_exit_ms];
+    assert!(points.windows(2).all(|w| w[0] <= w[1]), "timeline out of order: {t:?}");
+    let left: Vec<_> = fs::read_dir(&work_dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n == "request.img" || n == "reply.img"), "disks left behind: {left:?}");
+}
+
+#[test]
+fn network_true_is_refused_with_the_way_out() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let mut req = f.request("true");
+    req.network = true;
+    let err = crate::microvm().unwrap().run(req).unwrap_err();
+    assert!(err.to_string().contains("--backend namespace"), "{err}");
+}
+
+#[test]
+fn inputs_and_stdin_cross_into_the_guest() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let dir = f.path("in-dir");
+    fs::create_dir_all(dir.join("sub")).unwrap();
+    fs::write(dir.join("sub/a.txt"), "aaa").unwrap();
+    std::os::unix::fs::symlink("sub/a.txt", dir.join("link")).unwrap();
+    fs::write(f.path("one"), "one file\n").unwrap();
+    fs::write(f.path("stdin"), "from stdin\n").unwrap();
+    let mut req = f.request("cat; cat /input/one; cat /input/d/link; readlink /input/d/link; touch /input/one 2>&1 || echo ro");
+    req.inputs = vec![
+        shoal_vm::InputMount { name: "d".into(), host_path: dir },
+        shoal_vm::InputMount { name: "one".into(), host_path: f.path("one") },
+    ];
+    req.stdin = Some(f.path("stdin"));
+    let out = crate::microvm().unwrap().run(req).expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit, Exit::Code(0), "{stdout}");
+    assert!(stdout.starts_with("from stdin\none file\naaasub/a.txt\n"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ro"), "an input was writable: {stdout}");
+}
