@@ -2,4 +2,5 @@
 //! Each test gets its own `SHOAL_HOME`. The binary is the one `cargo build --workspace` made.
 
 mod cli;
+mod microvm;
 mod support;

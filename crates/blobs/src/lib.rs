@@ -62,7 +62,13 @@ struct Inner {
     rootfs_locks: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes `gc` runs.
     gc_lock: tokio::sync::Mutex<()>,
+    /// Bounds reads in flight (see [`READS_IN_FLIGHT_MAX`]).
+    reads: tokio::sync::Semaphore,
 }
+
+/// Reads (get, export) in flight at once. iroh-blobs queues at most 32 operations per hash and
+/// answers the rest "busy"; many jobs reading one image at once would otherwise hit that.
+const READS_IN_FLIGHT_MAX: usize = 16;
 
 pub(crate) fn to_iroh(h: Hash) -> iroh_blobs::Hash {
     iroh_blobs::Hash::from_bytes(h.0)
@@ -122,6 +128,7 @@ impl Store {
                 gc_tx,
                 rootfs_locks: Mutex::new(HashMap::new()),
                 gc_lock: tokio::sync::Mutex::new(()),
+                reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT_MAX),
             }),
         })
     }
@@ -226,6 +233,7 @@ impl Store {
         if !self.has(hash).await? {
             return Ok(None);
         }
+        let _read = self.inner.reads.acquire().await.expect("never closed");
         let b = retry_busy(|| self.iroh().get_bytes(to_iroh(hash)))
             .await
             .map_err(|e| StoreError::blobs("reading a blob")(&e))?;
@@ -243,6 +251,7 @@ impl Store {
             return Err(StoreError::NotFound { hash });
         }
         let dest = std::path::absolute(dest).map_err(StoreError::io("cannot resolve", dest))?;
+        let _read = self.inner.reads.acquire().await.expect("never closed");
         retry_busy(|| self.iroh().export(to_iroh(hash), &dest).finish())
             .await
             .map_err(|e| StoreError::blobs("exporting a blob")(&e))?;

@@ -129,6 +129,7 @@ struct Ctx {
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
     images: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<(Hash, Arc<Image>)>>>>,
+    work_dirs: WorkDirs,
 }
 
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
@@ -187,6 +188,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
         in_flight: Semaphore::new(cores_total as usize * JOBS_IN_FLIGHT_PER_CORE),
         progress,
         images: std::sync::Mutex::new(BTreeMap::new()),
+        work_dirs: WorkDirs::default(),
     });
     let overall = ctx.progress.add(ProgressBar::new(n as u64));
     overall.set_style(
@@ -437,6 +439,88 @@ fn tmp_root(ctx: &Ctx) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Job work directories, emptied and reused (as Bazel reuses sandbox directories): creating
+/// and deleting a directory per job costs more than the job itself on ext4, whose allocator
+/// searches for a fresh inode group for every new directory.
+#[derive(Default)]
+struct WorkDirs {
+    free: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+/// A work directory lent to one job; emptied and given back when dropped.
+struct WorkDir<'a> {
+    path: PathBuf,
+    pool: &'a WorkDirs,
+}
+
+impl WorkDirs {
+    fn take(&self, root: &Path) -> Result<WorkDir<'_>> {
+        let reused = self.free.lock().expect("work dir pool").pop();
+        let path = match reused {
+            Some(p) => p,
+            None => tempfile::Builder::new().prefix("job-").tempdir_in(root)?.keep(),
+        };
+        Ok(WorkDir { path, pool: self })
+    }
+}
+
+impl Drop for WorkDirs {
+    fn drop(&mut self) {
+        for p in self.free.get_mut().map(std::mem::take).unwrap_or_default() {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!("cannot remove the work directory {}: {e}", p.display());
+            }
+        }
+    }
+}
+
+impl WorkDir<'_> {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir<'_> {
+    fn drop(&mut self) {
+        // Empty it; keep an empty `outputs` (the backends' output directory), drop the rest.
+        let emptied = std::fs::read_dir(&self.path).map(|entries| {
+            entries.flatten().all(|e| {
+                let p = e.path();
+                let keep = e.file_name() == "outputs" && e.file_type().is_ok_and(|t| t.is_dir());
+                let r = if keep {
+                    std::fs::read_dir(&p)
+                        .map(|inner| inner.flatten().all(|i| remove_any(&i.path()).is_ok()))
+                        .unwrap_or(false)
+                } else {
+                    remove_any(&p).is_ok()
+                };
+                r
+            })
+        });
+        if emptied.unwrap_or(false) {
+            self.pool.free.lock().expect("work dir pool").push(std::mem::take(&mut self.path));
+        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!("cannot remove the work directory {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Removes a file, symlink or directory tree, making read-only directories writable first.
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(p)?;
+    if !meta.is_dir() {
+        return std::fs::remove_file(p);
+    }
+    if meta.permissions().mode() & 0o700 != 0o700 {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    }
+    for e in std::fs::read_dir(p)? {
+        remove_any(&e?.path())?;
+    }
+    std::fs::remove_dir(p)
+}
+
 /// Runs a job that the cache did not answer, and records what happened.
 async fn execute(
     ctx: &Ctx,
@@ -446,7 +530,7 @@ async fn execute(
     action_key: Hash,
     queued_unix_ms: u64,
 ) -> Result<JobReport> {
-    let work = tempfile::Builder::new().prefix("job-").tempdir_in(tmp_root(ctx)?)?;
+    let work = ctx.work_dirs.take(&tmp_root(ctx)?)?;
     let rootfs = ctx.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
     let input_dir = work.path().join("inputs");
     if !resolved.inputs.is_empty() {

@@ -21,6 +21,8 @@ use crate::cgroup::{Cgroup, Hierarchy};
 use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
 use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
 
+/// The helper's fd holding its request (a memfd).
+pub const REQUEST_FD: i32 = 5;
 /// Environment variable carrying the spawning process's pid to the helper.
 pub const PARENT_ENV: &str = "SHOAL_SANDBOX_PARENT";
 
@@ -149,6 +151,7 @@ impl Backend for NamespaceBackend {
         let _enter = span.enter();
         let outputs_dir = req.work_dir.join("outputs");
         make_private_dir(&outputs_dir)?;
+
         let specs = req.outputs.clone();
         let raw = self.run_streaming(&req, move |tar| collect::unpack(tar, &outputs_dir, &specs))?;
         let outputs = match raw.outputs {
@@ -191,9 +194,15 @@ pub struct RawRun<T> {
     pub outputs: Result<T, collect::UnpackError>,
 }
 
-/// Creates a directory only its owner can enter (outputs keep their modes, setuid included).
-fn make_private_dir(d: &Path) -> Result<(), RunError> {
-    fs::create_dir(d).map_err(|e| RunError::io(format!("creating {}", d.display()), e))?;
+/// Creates a directory only its owner can enter (outputs keep their modes, setuid included);
+/// an empty one already there (a reused work directory) serves.
+pub(crate) fn make_private_dir(d: &Path) -> Result<(), RunError> {
+    match fs::create_dir(d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && fs::read_dir(d).is_ok_and(|mut i| i.next().is_none()) => {
+        }
+        Err(e) => return Err(RunError::io(format!("creating {}", d.display()), e)),
+    }
     fs::set_permissions(d, fs::Permissions::from_mode(0o700))
         .map_err(|e| RunError::io(format!("chmod {}", d.display()), e))
 }
@@ -248,9 +257,11 @@ impl NamespaceBackend {
             cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
             id_map,
         };
-        let request_path = req.work_dir.join("request.json");
-        fs::write(&request_path, serde_json::to_vec(&helper_req).expect("request serializes"))
-            .map_err(|e| RunError::io(format!("writing {}", request_path.display()), e))?;
+        // The request travels in a memfd, read by the helper as `/proc/self/fd/5`: no file to
+        // create and delete per job.
+        let request = sys::memfd_with(c"shoal-request", &serde_json::to_vec(&helper_req).expect("request serializes"))
+            .map_err(|e| RunError::io("writing the request to a memfd", e))?;
+        let request_path = PathBuf::from(format!("/proc/self/fd/{REQUEST_FD}"));
 
         let pipe = || io::pipe().map_err(|e| RunError::io("creating a pipe", e));
         let (out_r, out_w) = pipe()?;
@@ -267,8 +278,8 @@ impl NamespaceBackend {
             Some(p) => File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?,
             None => File::open("/dev/null").map_err(|e| RunError::io("opening /dev/null", e))?,
         };
-        let child_fds = [high(&stdin)?, high(&out_w)?, high(&err_w)?, high(&status_w)?, high(&tar_w)?];
-        drop((stdin, out_w, err_w, status_w, tar_w));
+        let child_fds = [high(&stdin)?, high(&out_w)?, high(&err_w)?, high(&status_w)?, high(&tar_w)?, high(&request)?];
+        drop((stdin, out_w, err_w, status_w, tar_w, request));
         let cstr = |s: &std::ffi::OsStr| {
             std::ffi::CString::new(s.as_encoded_bytes()).map_err(|_| invalid(format!("{s:?} contains a NUL byte")))
         };

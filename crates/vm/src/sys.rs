@@ -123,3 +123,18 @@ pub fn spawn(argv: &[std::ffi::CString], envp: &[std::ffi::CString], fds: &[libc
         result.map(|()| pid)
     }
 }
+
+/// A close-on-exec memfd holding `bytes`, positioned at 0.
+pub fn memfd_with(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<std::fs::File> {
+    use std::io::{Seek, Write};
+    // SAFETY: a valid NUL-terminated name and integer flags; the kernel returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just created and nothing else owns it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file)
+}

@@ -1,12 +1,13 @@
 //! Messages between the host and the sandbox helper.
 //!
-//! The host writes a [`HelperRequest`] as JSON into `work_dir/request.json` and passes its
-//! path as the helper's last argument. The helper inherits: fd 0 = the job's stdin, fd 1/2 =
-//! pipes the host reads, fd [`STATUS_FD`] = a pipe for one JSON [`Status`] line, fd
-//! [`TAR_FD`] = a pipe for the output tar (see [`crate::collect`]).
+//! The host writes a [`HelperRequest`] as JSON into a memfd the helper inherits as fd 5 and
+//! passes `/proc/self/fd/5` as the helper's last argument (any readable path serves). The
+//! helper inherits: fd 0 = the job's stdin, fd 1/2 = pipes the host reads, fd [`STATUS_FD`] =
+//! a pipe for one JSON [`Status`] line, fd [`TAR_FD`] = a pipe for the output tar (see
+//! [`crate::collect`]).
 //!
-//! [`JobSpec`] and [`Status`] do not mention host paths or namespaces: guest-init will
-//! receive a `JobSpec` and answer a `Status` plus the same tar.
+//! [`JobSpec`] and [`Status`] do not mention host paths or namespaces: guest-init receives a
+//! `JobSpec` (inside [`crate::microvm::disk::GuestRequest`]) and runs this same helper.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

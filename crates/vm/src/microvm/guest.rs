@@ -83,16 +83,30 @@ fn switch_root() -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
+/// Whether the kernel command line asks for a narrated boot (`shoal.debug`).
+static DEBUG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A step of the boot on the console, with the guest clock, when `shoal.debug` is set.
+fn step(what: &str) {
+    if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("guest-init {:>6} ms: {what}", boottime_ms());
+    }
+}
+
 fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<(), String> {
     use nix::mount::MsFlags as M;
     load_modules(Path::new("/").join(MODULES_DIR).as_path())?;
     switch_root()?;
-    mount("devtmpfs", "/dev", "devtmpfs", M::MS_NOSUID, Some("mode=0755"))?;
     mount("proc", "/proc", "proc", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    DEBUG.store(cmdline.split_whitespace().any(|w| w == "shoal.debug"), std::sync::atomic::Ordering::Relaxed);
+    step("modules loaded, root switched");
+    mount("devtmpfs", "/dev", "devtmpfs", M::MS_NOSUID, Some("mode=0755"))?;
     mount("sysfs", "/sys", "sysfs", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     mount("tmpfs", "/tmp", "tmpfs", M::MS_NOSUID | M::MS_NODEV, Some("mode=1777"))?;
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     let disks = find_disks(&[REQUEST_SERIAL, REPLY_SERIAL, ROOTFS_SERIAL])?;
+    step("disks found");
     let reply = OpenOptions::new()
         .read(true)
         .write(true)
@@ -121,6 +135,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     }
     mount(&disks[ROOTFS_SERIAL].to_string_lossy(), "/rootfs", "squashfs", M::MS_RDONLY | M::MS_NODEV, None)?;
     let inputs = unpack_inputs(&mut request_dev, &request)?;
+    step("rootfs mounted, inputs unpacked");
     fs::create_dir_all(WORK_DIR).map_err(|e| format!("creating {WORK_DIR}: {e}"))?;
 
     let job = request.job;
@@ -155,8 +170,10 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     let backend =
         NamespaceBackend::new(HelperCommand { program: PathBuf::from("/init"), args: vec!["__sandbox".into()] });
     timeline.job_start_ms = boottime_ms();
+    step("starting the job");
     let raw = backend.run_streaming(&req, sink).map_err(|e| e.to_string())?;
     timeline.job_end_ms = boottime_ms();
+    step("job finished");
     let (tar, tar_error) = match raw.outputs {
         Ok(span) => (span, None),
         Err(e) => (Span { offset: DATA_OFFSET, len: 0 }, Some(e.to_string())),
@@ -183,7 +200,9 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         stderr,
         timeline: *timeline,
     };
-    write_reply(&mut reply, &message).map_err(|e| format!("writing the reply: {e}"))
+    write_reply(&mut reply, &message).map_err(|e| format!("writing the reply: {e}"))?;
+    step("reply written");
+    Ok(())
 }
 
 fn write_reply(dev: &mut File, reply: &GuestReply) -> io::Result<()> {

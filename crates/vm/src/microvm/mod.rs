@@ -43,6 +43,10 @@ const KVM_PROBE_MS: u64 = 10_000;
 /// Past the job's timeout, the guest's own grace to kill it and reply (as in the namespace backend).
 const GUEST_GRACE_MS: u64 = 2_000;
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// CONFIG_HZ of Debian's cloud kernel: jiffies per second, for `lpj=`.
+const GUEST_HZ: u64 = 250;
+/// How long the host's TSC is watched to learn its rate.
+const TSC_MEASURE_MS: u64 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -123,6 +127,8 @@ pub struct MicrovmBackend {
     accel_reason: String,
     boot_grace_ms: u64,
     fault: Option<Fault>,
+    /// The host's TSC rate, measured once; None where there is no TSC to read.
+    tsc_khz: Option<u64>,
 }
 
 /// A machine-readable account of what the backend found, for `shoal doctor`.
@@ -193,6 +199,7 @@ impl MicrovmBackend {
             accel_reason: String::new(),
             boot_grace_ms: 0,
             fault: cfg.fault,
+            tsc_khz: tsc_khz(),
         };
         (backend.accel, backend.accel_reason) = match cfg.accel {
             Some(a) => (a, "chosen by configuration".into()),
@@ -207,6 +214,24 @@ impl MicrovmBackend {
 
     pub fn accel(&self) -> Accel {
         self.accel
+    }
+
+    /// `random.trust_cpu=on`: the guest has no entropy of its own at boot, and anything that
+    /// asks for random bytes before the pool fills (a hash map's seed) would block, for
+    /// seconds to minutes under TCG; RDRAND (emulated under TCG) seeds it at once.
+    /// `shoal.debug` (and the kernel's own messages) narrate the boot on the console, when this
+    /// process logs `shoal_vm` at debug level or `SHOAL_GUEST_DEBUG` is set.
+    fn kernel_cmdline(&self) -> String {
+        let debug = tracing::enabled!(tracing::Level::DEBUG) || std::env::var_os("SHOAL_GUEST_DEBUG").is_some();
+        let mut line = String::from("console=ttyS0 panic=-1 mitigations=off random.trust_cpu=on");
+        if let Some(khz) = self.tsc_khz {
+            // The guest's TSC runs at the host's rate (KVM and TCG alike). Told so, the kernel
+            // skips calibrating it against the PIT, which fails when the host is busy and
+            // leaves an emulated guest without a clock: it hangs at boot.
+            line.push_str(&format!(" tsc_early_khz={khz} tsc=reliable lpj={}", khz * 1000 / GUEST_HZ));
+        }
+        line.push_str(if debug { " shoal.debug" } else { " quiet" });
+        line
     }
 
     pub fn report(&self) -> MicrovmReport {
@@ -296,7 +321,8 @@ impl MicrovmBackend {
             .arg(&self.vmlinux)
             .arg("-initrd")
             .arg(&self.initramfs)
-            .args(["-append", "console=ttyS0 quiet panic=-1 mitigations=off"]);
+            .arg("-append")
+            .arg(self.kernel_cmdline());
         if let Some(b) = &self.bios {
             cmd.arg("-bios").arg(b);
         }
@@ -389,7 +415,7 @@ impl MicrovmBackend {
         let stderr = disk::read_span(&mut reply_file, err_span, stdout_cap, reply_len)
             .map_err(|e| RunError::Helper(format!("stderr: {e}")))?;
         let outputs_dir = req.work_dir.join("outputs");
-        fs::create_dir(&outputs_dir).map_err(|e| RunError::io(format!("creating {}", outputs_dir.display()), e))?;
+        crate::namespace::make_private_dir(&outputs_dir)?;
         let unpacked = match tar_error {
             Some(e) => Err(collect::UnpackError::Invalid(e)),
             None if tar.len > tar_cap || tar.offset != DATA_OFFSET || tar.offset + tar.len > reply_len => {
@@ -511,6 +537,28 @@ fn tail_reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec
         }
         std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()))
     })
+}
+
+/// The host's TSC rate in kHz: TSC ticks over [`TSC_MEASURE_MS`] of the monotonic clock,
+/// rounded to a MHz. Only where the TSC is invariant (`constant_tsc` and `nonstop_tsc`).
+fn tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let flags = fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = flags.lines().find(|l| l.starts_with("flags"))?;
+        if !(flags.contains(" constant_tsc") && flags.contains(" nonstop_tsc")) {
+            return None;
+        }
+        // SAFETY: RDTSC has no preconditions on x86_64.
+        let read = || unsafe { std::arch::x86_64::_rdtsc() };
+        let (t0, c0) = (Instant::now(), read());
+        thread::sleep(Duration::from_millis(TSC_MEASURE_MS));
+        let (c1, elapsed) = (read(), t0.elapsed());
+        let khz = (c1.wrapping_sub(c0) as f64 / elapsed.as_secs_f64() / 1000.0) as u64;
+        Some((khz + 500) / 1000 * 1000).filter(|k| *k > 100_000)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 fn round_up(n: u64, to: u64) -> u64 {

@@ -105,7 +105,8 @@ fn inputs_and_stdin_cross_into_the_guest() {
     std::os::unix::fs::symlink("sub/a.txt", dir.join("link")).unwrap();
     fs::write(f.path("one"), "one file\n").unwrap();
     fs::write(f.path("stdin"), "from stdin\n").unwrap();
-    let mut req = f.request("cat; cat /input/one; cat /input/d/link; readlink /input/d/link; touch /input/one 2>&1 || echo ro");
+    let mut req =
+        f.request("cat; cat /input/one; cat /input/d/link; readlink /input/d/link; touch /input/one 2>&1 || echo ro");
     req.inputs = vec![
         shoal_vm::InputMount { name: "d".into(), host_path: dir },
         shoal_vm::InputMount { name: "one".into(), host_path: f.path("one") },

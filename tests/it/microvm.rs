@@ -1,0 +1,136 @@
+//! The microVM backend through the real binary: the sample DAG in microVMs (the default
+//! backend), the same outputs as the namespace backend, `isolation` honoured, `shoal doctor`.
+//! With `SHOAL_REQUIRE_VM=1` (CI) a host without QEMU or the guest kernel fails these tests.
+
+use crate::support::*;
+
+/// Whether `shoal doctor` finds a working microVM backend; without one the VM tests skip,
+/// unless `SHOAL_REQUIRE_VM=1` makes that a failure.
+fn vm_ready(home: &Home) -> bool {
+    let out = home.shoal(&["doctor", "--json"]);
+    assert_success(&out, "shoal doctor --json");
+    let rows = json(&out);
+    let row = rows.as_array().unwrap().iter().find(|r| r["check"] == "microvm backend").expect("a microvm row").clone();
+    if row["ok"] == true {
+        return true;
+    }
+    let why = format!("the microVM backend is unavailable: {}", row["detail"]);
+    if std::env::var("SHOAL_REQUIRE_VM").as_deref() == Ok("1") {
+        panic!("SHOAL_REQUIRE_VM=1 and {why}");
+    }
+    eprintln!("skipped: {why}");
+    false
+}
+
+fn outputs_of(report: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["job"].as_str().unwrap().to_string(), j["outputs"].clone()))
+        .collect()
+}
+
+#[test]
+fn the_sample_dag_runs_in_microvms_with_the_namespace_backends_results() {
+    let home = Home::with_busybox();
+    if !vm_ready(&home) {
+        return;
+    }
+    let dag = repo_root().join("examples/pipeline.json");
+    let out = home.shoal(&["run", dag.to_str().unwrap(), "--json"]);
+    assert_success(&out, "shoal run (microvm, the default)");
+    let vm_run = json(&out);
+    assert_eq!(vm_run["ok"], true, "{vm_run}");
+    let report = stdout(&home.shoal(&["get", "report", "report"]));
+    assert!(report.contains("lines and words: 200 2200"), "{report}");
+
+    // The record says where it ran.
+    let show = home.shoal(&["show", "report"]);
+    assert_success(&show, "shoal show report");
+    let record = json(&show);
+    let machine = &record["machine"];
+    assert_eq!(machine["backend"], "microvm", "{machine}");
+    assert!(matches!(machine["accelerator"].as_str(), Some("tcg" | "kvm")), "{machine}");
+    assert!(machine["qemu"].as_str().is_some_and(|q| !q.is_empty()), "{machine}");
+    assert!(machine["guest_kernel"].as_str().is_some_and(|k| k.contains("cloud")), "{machine}");
+
+    // The namespace backend computes the same bytes for every output.
+    let out = home.shoal(&["run", "--backend", "namespace", "--no-cache", dag.to_str().unwrap(), "--json"]);
+    assert_success(&out, "shoal run --backend namespace --no-cache");
+    assert_eq!(outputs_of(&json(&out)), outputs_of(&vm_run));
+    assert_no_qemu_under(home.path());
+}
+
+#[test]
+fn a_job_that_requires_a_vm_never_runs_in_the_namespace_backend() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "dag.json",
+        r#"{"version": 1, "jobs": [
+  {"id": "strict", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
+   "requirements": {"isolation": "vm"}},
+  {"id": "after", "image": "busybox:latest", "command": ["cat"], "stdin": "jobs:strict/o"}
+]}"#,
+    );
+    let out = home.shoal(&["run", "--backend", "namespace", dag.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("requires `isolation: vm`") && err.contains("--backend microvm"), "{err}");
+    assert!(stdout(&out).contains("skipped"), "its dependant is skipped: {}", stdout(&out));
+}
+
+#[test]
+fn a_job_that_accepts_namespaces_uses_them_under_the_default_backend() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "dag.json",
+        r#"{"version": 1, "jobs": [
+  {"id": "light", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
+   "requirements": {"isolation": "namespace"}}
+]}"#,
+    );
+    assert_success(&home.shoal(&["run", dag.to_str().unwrap()]), "shoal run");
+    let record = json(&home.shoal(&["show", "light"]));
+    assert_eq!(record["machine"]["backend"], "namespace");
+    assert_eq!(record["machine"]["accelerator"], serde_json::Value::Null);
+}
+
+#[test]
+fn doctor_reports_the_accelerator_and_how_to_fix_what_is_missing() {
+    let home = Home::empty();
+    let out = home.shoal(&["doctor", "--json"]);
+    assert_success(&out, "shoal doctor --json");
+    let rows = json(&out);
+    let names: Vec<&str> = rows.as_array().unwrap().iter().map(|r| r["check"].as_str().unwrap()).collect();
+    for expected in ["QEMU", "guest kernel", "guest-init", "microvm backend", "namespace backend"] {
+        assert!(names.contains(&expected), "doctor lacks `{expected}`: {names:?}");
+    }
+    for r in rows.as_array().unwrap() {
+        if r["ok"] == false {
+            let detail = r["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("install") || detail.contains("run ") || detail.contains("set "),
+                "no fix given: {r}"
+            );
+        }
+    }
+    if vm_ready(&home) {
+        let accel = rows.as_array().unwrap().iter().find(|r| r["check"] == "accelerator").expect("accelerator row");
+        let detail = accel["detail"].as_str().unwrap();
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            assert!(detail.starts_with("tcg") && detail.contains("PVM"), "{detail}");
+        }
+    }
+}
+
+/// No QEMU process whose command line mentions `dir` (each test's store lives there).
+fn assert_no_qemu_under(dir: &std::path::Path) {
+    let marker = dir.to_string_lossy().into_owned();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            assert!(!(cmd.contains("qemu-system") && cmd.contains(&marker)), "QEMU outlived its run: {cmd}");
+        }
+    }
+}
