@@ -8,25 +8,11 @@
 Usage: bench/pipeline.py [--shoal target/release/shoal] [--repeat 5]
 Prints medians and ratios; paste the table into docs/BENCHMARKS.md.
 """
-import argparse, functools, json, os, statistics, subprocess, sys, tempfile, time, venv
-
-print = functools.partial(print, flush=True)
+import argparse, json, os, subprocess, sys, time, venv
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
-
-
-def timed(cmd, repeat, **kw):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, print, sh, timed, shoal_home_with_busybox, work_dir  # noqa: E402
 
 
 def snakemake_bin(work):
@@ -38,17 +24,6 @@ def snakemake_bin(work):
     return str(exe)
 
 
-def busybox_rootfs(dest):
-    dest.mkdir(parents=True)
-    (dest / "bin").mkdir()
-    sh(["cp", "/bin/busybox", str(dest / "bin" / "busybox")])
-    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
-        if applet != "busybox":
-            os.symlink("busybox", dest / "bin" / applet)
-    for d in ["proc", "tmp", "etc"]:
-        (dest / d).mkdir()
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
@@ -58,13 +33,8 @@ def main():
     args = ap.parse_args()
     shoal = args.shoal
     cores = os.cpu_count() or 1
-    work = Path(tempfile.mkdtemp(prefix="shoal-bench-"))
-    env = dict(os.environ, SHOAL_HOME=str(work / "home"))
-    rootfs = work / "rootfs"
-    busybox_rootfs(rootfs)
-    (rootfs / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
-    sh([shoal, "image", "build", str(rootfs), "--tag", "busybox:latest", "--env", "PATH=/bin"], env=env,
-       stdout=subprocess.DEVNULL)
+    work = work_dir("shoal-bench-")
+    env, rootfs = shoal_home_with_busybox(shoal, work)
 
     # (a) 1000 jobs: job i depends on job (i-1)//2, a binary tree, each writes one line.
     n = args.jobs

@@ -88,6 +88,10 @@ pub struct JobReport {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr_tail: Option<String>,
+    /// For a job run in a microVM: ms from QEMU's start to kernel entry (an upper bound),
+    /// guest-init, job start and end, reply written, QEMU's exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_timeline: Option<shoal_vm::microvm::BootTimeline>,
 }
 
 impl JobReport {
@@ -103,6 +107,7 @@ impl JobReport {
             exit: None,
             error: None,
             stderr_tail: None,
+            vm_timeline: None,
         }
     }
 }
@@ -656,6 +661,7 @@ async fn execute(
     }
     let mut report = JobReport::new(&job.id, if success { Status::Done } else { Status::Failed });
     report.wall_ms = Some(outcome.wall_ms);
+    report.vm_timeline = outcome.vm.as_ref().map(|v| v.timeline);
     report.outputs = outputs;
     report.record = Some(record_hash);
     report.action_key = Some(action_key);

@@ -201,3 +201,45 @@ pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<Path
     }
     Ok(order.into_iter().map(|p| modules_dir.join(p)).collect())
 }
+
+const MODULE_SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `struct module_signature`: algo, hash, id_type, signer_len, key_id_len, 3 bytes pad, be32 sig_len.
+const MODULE_SIG_INFO_BYTES: usize = 12;
+
+/// A module without its appended signature. The guest loads modules from its own initramfs,
+/// which the host built and hashed; checking an RSA signature per module costs tens of ms under
+/// TCG. The guest kernel does not enforce signatures (no `module.sig_enforce`, no lockdown), so
+/// it loads them and notes the taint.
+pub fn strip_module_signature(module: &[u8]) -> &[u8] {
+    let Some(body) = module.strip_suffix(MODULE_SIG_MAGIC) else { return module };
+    let Some(info_at) = body.len().checked_sub(MODULE_SIG_INFO_BYTES) else { return module };
+    let info = &body[info_at..];
+    let sig_len = u32::from_be_bytes(info[8..12].try_into().expect("4 bytes")) as usize;
+    let extra = sig_len + usize::from(info[3]) + usize::from(info[4]);
+    match info_at.checked_sub(extra) {
+        Some(end) if end > 0 => &module[..end],
+        _ => module,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_is_cut_and_an_unsigned_module_kept() {
+        let mut signed = b"\x7fELF module body".to_vec();
+        let sig = vec![0xaa; 300];
+        signed.extend_from_slice(&sig);
+        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        signed.extend_from_slice(MODULE_SIG_MAGIC);
+        assert_eq!(strip_module_signature(&signed), b"\x7fELF module body");
+        assert_eq!(strip_module_signature(b"\x7fELF plain"), b"\x7fELF plain");
+        // A bogus length leaves the module alone rather than cutting into it.
+        let mut bogus = b"short".to_vec();
+        bogus.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        bogus.extend_from_slice(MODULE_SIG_MAGIC);
+        assert_eq!(strip_module_signature(&bogus), &bogus[..]);
+    }
+}

@@ -173,10 +173,11 @@ impl MicrovmBackend {
         check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
         let mut modules = Vec::new();
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"shoal-initramfs-v1\0");
+        hasher.update(b"shoal-initramfs-v2\0");
         hasher.update(blake3::hash(&guest_init).as_bytes());
         for path in kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)? {
             let data = fs::read(&path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
+            let data = kernel::strip_module_signature(&data).to_vec();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             hasher.update(name.as_bytes());
             hasher.update(blake3::hash(&data).as_bytes());
@@ -367,6 +368,7 @@ impl MicrovmBackend {
         let console = console.join().unwrap_or_default();
         let qemu_err = qemu_err.join().unwrap_or_default();
         let tail = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+        tracing::debug!("guest console:\n{}", tail(&console).replace('\r', ""));
         if hung {
             return Err(RunError::Helper(format!(
                 "the microVM hung: no reply {} ms after its {} ms timeout; QEMU was killed. Console: {}",

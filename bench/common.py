@@ -1,0 +1,47 @@
+"""Helpers shared by the benchmarks: commands, timing, a busybox rootfs, a shoal home with busybox."""
+import functools, os, statistics, subprocess, tempfile, time
+from pathlib import Path
+
+print = functools.partial(print, flush=True)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def timed(cmd, repeat, **kw):
+    """Median wall time of `cmd` over `repeat` runs, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def busybox_rootfs(dest):
+    """/bin/busybox (Debian's busybox-static) with one symlink per applet, /proc, /tmp, /etc/passwd."""
+    dest.mkdir(parents=True)
+    (dest / "bin").mkdir()
+    sh(["cp", "/bin/busybox", str(dest / "bin" / "busybox")])
+    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            os.symlink("busybox", dest / "bin" / applet)
+    for d in ["proc", "tmp", "etc"]:
+        (dest / d).mkdir()
+    (dest / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\n")
+
+
+def shoal_home_with_busybox(shoal, work):
+    """A fresh SHOAL_HOME under `work` holding busybox:latest; returns (env, rootfs path)."""
+    env = dict(os.environ, SHOAL_HOME=str(work / "home"))
+    rootfs = work / "rootfs"
+    busybox_rootfs(rootfs)
+    sh([shoal, "image", "build", str(rootfs), "--tag", "busybox:latest", "--env", "PATH=/bin"], env=env,
+       stdout=subprocess.DEVNULL)
+    return env, rootfs
+
+
+def work_dir(prefix):
+    return Path(tempfile.mkdtemp(prefix=prefix))

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Issue 3 figures: one trivial job (`echo hi`, stdout as its output) end to end, measured against the
+issue's peers in one run, with the microVM's boot timeline.
+
+  shoal run (microvm)      `shoal run --no-cache` of a one-job DAG, default backend
+  (a) bare QEMU boot       the same QEMU command line and kernel, an initramfs whose init powers off at once
+  (c) namespace backend    `shoal run --no-cache --backend namespace`, the same DAG
+  (d) podman               `podman run --rm --network=none` of the same busybox rootfs (imported)
+  (e) bare exec            /bin/echo hi
+  (b) a busybox + crun initramfs is not measured yet.
+
+Usage: bench/microvm.py [--shoal target/release/shoal] [--repeat 7]
+"""
+import argparse, json, re, shlex, shutil, statistics, subprocess, sys, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, print, sh, timed, shoal_home_with_busybox, work_dir  # noqa: E402
+
+POWEROFF_C = r"""
+#include <sys/reboot.h>
+#include <unistd.h>
+int main(void) { sync(); reboot(RB_POWER_OFF); return 0; }
+"""
+
+
+def qemu_argv_of_a_run(shoal, dag, env):
+    """The exact QEMU command line shoal uses, from its debug log."""
+    out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json"], env=dict(env, RUST_LOG="shoal_vm=debug"),
+                         capture_output=True, text=True, check=True)
+    line = next(l for l in out.stderr.splitlines() if "starting QEMU" in l)
+    cmd = re.sub(r"\x1b\[[0-9;]*m", "", line).split("cmd=", 1)[1]
+    argv = shlex.split(cmd)
+    if argv[:2] == ["env", "-i"]:
+        argv = argv[2:]
+    return argv
+
+
+def bare_boot_argv(argv, initramfs):
+    """shoal's QEMU argv with our initramfs and no disks; `quiet` as in a normal run."""
+    out, skip = [], 0
+    for i, a in enumerate(argv):
+        if skip:
+            skip -= 1
+            continue
+        if a in ("-drive", "-device"):
+            skip = 1
+            continue
+        if a == "-initrd":
+            out += [a, str(initramfs)]
+            skip = 1
+            continue
+        out.append(a.replace("shoal.debug", "quiet"))
+    return out
+
+
+def poweroff_initramfs(work):
+    d = work / "poweroff"
+    d.mkdir()
+    (d / "init.c").write_text(POWEROFF_C)
+    sh(["gcc", "-static", "-O2", "-o", str(d / "init"), str(d / "init.c")])
+    cpio = work / "poweroff.cpio"
+    with open(cpio, "wb") as f:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=b"init\n", cwd=d, stdout=f, check=True)
+    return cpio
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    shoal, n = args.shoal, args.repeat
+    work = work_dir("shoal-bench-vm-")
+    env, rootfs = shoal_home_with_busybox(shoal, work)
+    dag = work / "one.json"
+    dag.write_text(json.dumps({"version": 1, "jobs": [
+        {"id": "hi", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"out": "stdout"}}]}))
+
+    print("warming up (kernel extraction, initramfs, rootfs squashfs)...")
+    argv = qemu_argv_of_a_run(shoal, dag, env)
+
+    print(f"shoal run, microvm backend, {n} runs...")
+    walls, timelines = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json"], env=env, capture_output=True,
+                             text=True, check=True)
+        walls.append(time.perf_counter() - t)
+        timelines.append(json.loads(out.stdout)["jobs"][0]["vm_timeline"])
+    shoal_vm = statistics.median(walls)
+
+    print("(a) bare QEMU boot to power-off...")
+    bare = timed(bare_boot_argv(argv, poweroff_initramfs(work)), n)
+    print("(c) namespace backend...")
+    ns = timed([shoal, "run", str(dag), "--no-cache", "--json", "--backend", "namespace"], n, env=env)
+    print("(d) podman...")
+    podman = None
+    if shutil.which("podman"):
+        tar = subprocess.run(["tar", "-C", str(rootfs), "-c", "."], capture_output=True, check=True).stdout
+        subprocess.run(["podman", "import", "-", "shoal-bench-busybox"], input=tar, capture_output=True, check=True)
+        # This host needs runc, cgroupfs and explicit rlimits (DESIGN section 8).
+        podman = timed(["podman", "run", "--rm", "--network=none", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
+                        "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+                        "shoal-bench-busybox", "/bin/echo", "hi"], n)
+    else:
+        print("    podman is not installed: skipped")
+    bare_exec = timed(["/bin/echo", "hi"], n)
+
+    print(f"\nmedian of {n} runs; accelerator: {'kvm' if '-accel' in argv and argv[argv.index('-accel') + 1] == 'kvm' else 'tcg'}")
+    print("| way to run `echo hi` | median ms | shoal microvm / this |")
+    print("|---|---|---|")
+    rows = [("shoal run, microvm backend (cold VM)", shoal_vm), ("(a) QEMU + kernel + init that powers off", bare),
+            ("(c) shoal run, namespace backend", ns)]
+    if podman is not None:
+        rows.append(("(d) podman run --rm --network=none", podman))
+    rows.append(("(e) bare exec", bare_exec))
+    for name, v in rows:
+        print(f"| {name} | {v * 1000:.0f} | {shoal_vm / v:.2f} |")
+    keys = ["kernel_entry_ms", "init_start_ms", "job_start_ms", "job_end_ms", "reply_written_ms", "qemu_exit_ms"]
+    med = {k: statistics.median(t[k] for t in timelines) for k in keys}
+    print("\nboot timeline, ms since QEMU started (median; kernel entry is an upper bound):")
+    print("  " + " -> ".join(f"{k.removesuffix('_ms')} {med[k]:.0f}" for k in keys))
+    print(f"  shoal's own cost around the VM: {shoal_vm * 1000 - med['qemu_exit_ms']:.0f} ms "
+          f"(process start, store, disks); in the guest: init {med['job_start_ms'] - med['init_start_ms']:.0f} ms "
+          f"before the job, {med['reply_written_ms'] - med['job_end_ms']:.0f} ms after")
+    print(f"cold ratio to (a): {shoal_vm / bare:.2f} (figure to reach: <= 1.15)")
+    subprocess.run(["rm", "-rf", str(work)])
+
+
+if __name__ == "__main__":
+    main()
