@@ -85,6 +85,10 @@ struct RunArgs {
     /// Cores to use for jobs (default: all of this machine's).
     #[arg(long)]
     cores: Option<u32>,
+    /// MicroVMs kept booted ahead of demand for each kind of job (image, memory, cores); 0 boots
+    /// one per job when it starts.
+    #[arg(long, default_value_t = 1)]
+    warm_vms: usize,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -208,6 +212,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 json: args.json,
                 use_cache: !args.no_cache,
                 cores: args.cores,
+                warm_vms: args.warm_vms,
             };
             let result = run::run_dag_file(&store, &args.dag, &opts).await;
             store.shutdown().await;

@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub json: bool,
     pub use_cache: bool,
     pub cores: Option<u32>,
+    /// MicroVMs kept booted per kind of job.
+    pub warm_vms: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -116,6 +118,7 @@ impl JobReport {
 struct Ctx {
     store: Store,
     choice: BackendChoice,
+    warm_vms: usize,
     namespace: Arc<dyn Backend>,
     /// Set up on first use: a fully cached run never needs QEMU.
     microvm: tokio::sync::OnceCell<Arc<dyn Backend>>,
@@ -181,6 +184,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
     let ctx = Arc::new(Ctx {
         store: store.clone(),
         choice: opts.backend,
+        warm_vms: opts.warm_vms,
         namespace,
         microvm: tokio::sync::OnceCell::new(),
         key,
@@ -702,11 +706,14 @@ async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
         return Ok(ctx.namespace.clone());
     }
     let home = ctx.store.home().to_path_buf();
+    let warm = ctx.warm_vms;
     let backend = ctx
         .microvm
         .get_or_try_init(|| async move {
             let backend = tokio::task::spawn_blocking(move || {
-                shoal_vm::MicrovmBackend::new(shoal_vm::MicrovmConfig::new(home.join("vm")))
+                let mut cfg = shoal_vm::MicrovmConfig::new(home.join("vm"));
+                cfg.warm_per_kind = warm;
+                shoal_vm::MicrovmBackend::new(cfg)
             })
             .await
             .context("the microVM setup thread panicked")?

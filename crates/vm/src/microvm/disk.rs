@@ -27,6 +27,8 @@ pub const HEADER_BYTES_MAX: u32 = (DATA_OFFSET as u32) - 16;
 pub const REQUEST_SERIAL: &str = "shoal-req";
 pub const REPLY_SERIAL: &str = "shoal-reply";
 pub const ROOTFS_SERIAL: &str = "shoal-rootfs";
+/// What a warm VM's guest-init prints on the console when it waits for its go-ahead.
+pub const WARM_READY_MARKER: &str = "SHOAL-WARM-READY";
 
 /// A fault guest-init injects on purpose, so tests can prove the host reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +55,9 @@ pub struct GuestRequest {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestTimeline {
     pub init_start_ms: u64,
+    /// A warm VM: when the go-ahead came (0 for a cold one).
+    #[serde(default)]
+    pub go_ms: u64,
     pub job_start_ms: u64,
     pub job_end_ms: u64,
     pub reply_written_ms: u64,

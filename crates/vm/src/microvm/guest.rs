@@ -24,6 +24,8 @@ use crate::{InputMount, Request};
 /// How long PID 1 waits for its disks to appear after loading the block driver.
 const DISK_WAIT_MS: u64 = 5_000;
 const INPUTS_DIR: &str = "/tmp/in";
+/// `_IO(0x12, 97)`: drop a block device's cached buffers (linux/fs.h; not in the libc crate).
+const BLKFLSBUF: libc::c_ulong = 0x1261;
 const WORK_DIR: &str = "/tmp/work";
 
 /// CLOCK_BOOTTIME in ms: time since the kernel started.
@@ -113,7 +115,22 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         .open(&disks[REPLY_SERIAL])
         .map_err(|e| format!("opening the reply disk: {e}"))?;
     *reply_dev = Some(reply.try_clone().map_err(|e| format!("dup of the reply disk: {e}"))?);
+    mount(&disks[ROOTFS_SERIAL].to_string_lossy(), "/rootfs", "squashfs", M::MS_RDONLY | M::MS_NODEV, None)?;
     let mut request_dev = File::open(&disks[REQUEST_SERIAL]).map_err(|e| format!("opening the request disk: {e}"))?;
+    if cmdline.split_whitespace().any(|w| w == "shoal.warm") {
+        // Booted ahead of demand: the host fills the request disk, then says go on the console.
+        step("warm: waiting for a job");
+        eprintln!("{}", super::disk::WARM_READY_MARKER);
+        let mut line = String::new();
+        io::stdin().read_line(&mut line).map_err(|e| format!("reading the go-ahead: {e}"))?;
+        timeline.go_ms = boottime_ms();
+        // The kernel read the disk's first blocks when it probed it: drop them.
+        // SAFETY: BLKFLSBUF takes no argument and only drops this device's cached buffers.
+        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&request_dev), BLKFLSBUF, 0) } < 0 {
+            return Err(format!("flushing the request disk's buffers: {}", io::Error::last_os_error()));
+        }
+        step("warm: go");
+    }
     let request_len = request_dev.seek(SeekFrom::End(0)).map_err(|e| format!("sizing the request disk: {e}"))?;
     let json = disk::read_header(&mut request_dev, REQUEST_MAGIC)
         .map_err(|e| format!("request disk: {e}"))?
@@ -133,7 +150,6 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     if request.tar_bytes > request_len.saturating_sub(DATA_OFFSET) {
         return Err(format!("request tar of {} bytes does not fit its disk of {request_len}", request.tar_bytes));
     }
-    mount(&disks[ROOTFS_SERIAL].to_string_lossy(), "/rootfs", "squashfs", M::MS_RDONLY | M::MS_NODEV, None)?;
     let inputs = unpack_inputs(&mut request_dev, &request)?;
     step("rootfs mounted, inputs unpacked");
     fs::create_dir_all(WORK_DIR).map_err(|e| format!("creating {WORK_DIR}: {e}"))?;

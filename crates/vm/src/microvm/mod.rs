@@ -20,7 +20,7 @@ pub mod kernel;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +43,11 @@ const KVM_PROBE_MS: u64 = 10_000;
 /// Past the job's timeout, the guest's own grace to kill it and reply (as in the namespace backend).
 const GUEST_GRACE_MS: u64 = 2_000;
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// Request disk of a pre-booted VM, sized at its boot: a job whose inputs do not fit runs cold.
+const WARM_REQUEST_DISK_BYTES: u64 = DATA_OFFSET + (256 << 20);
+/// Past the go-ahead, what a warm VM is allowed on top of the job's timeout and guest grace
+/// before it counts as hung (no boot to wait for).
+const WARM_GRACE_MS: u64 = 10_000;
 /// CONFIG_HZ of Debian's cloud kernel: jiffies per second, for `lpj=`.
 const GUEST_HZ: u64 = 250;
 /// How long the host's TSC is watched to learn its rate.
@@ -79,6 +84,9 @@ pub struct MicrovmConfig {
     pub boot_grace_ms: Option<u64>,
     /// Test hook: make guest-init panic or hang.
     pub fault: Option<Fault>,
+    /// VMs kept booted ahead of demand for each kind of job seen (image, memory, cores);
+    /// 0: every job boots its own.
+    pub warm_per_kind: usize,
 }
 
 impl MicrovmConfig {
@@ -90,6 +98,7 @@ impl MicrovmConfig {
             accel: None,
             boot_grace_ms: None,
             fault: None,
+            warm_per_kind: 0,
         }
     }
 }
@@ -100,6 +109,8 @@ pub struct VmDetails {
     pub qemu: String,
     pub guest_kernel: String,
     pub timeline: BootTimeline,
+    /// Booted ahead of demand: the timeline counts from the go-ahead, not from QEMU's start.
+    pub warm: bool,
 }
 
 /// One run's timeline, ms since QEMU was started. Guest points are converted from the guest's
@@ -129,6 +140,7 @@ pub struct MicrovmBackend {
     fault: Option<Fault>,
     /// The host's TSC rate, measured once; None where there is no TSC to read.
     tsc_khz: Option<u64>,
+    pool: Option<WarmPool>,
 }
 
 /// A machine-readable account of what the backend found, for `shoal doctor`.
@@ -201,6 +213,7 @@ impl MicrovmBackend {
             boot_grace_ms: 0,
             fault: cfg.fault,
             tsc_khz: tsc_khz(),
+            pool: (cfg.warm_per_kind > 0).then(|| WarmPool::new(cfg.warm_per_kind, cfg.cache_dir.join("warm"))),
         };
         (backend.accel, backend.accel_reason) = match cfg.accel {
             Some(a) => (a, "chosen by configuration".into()),
@@ -289,48 +302,34 @@ impl MicrovmBackend {
         }
     }
 
-    fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
-        let started = Instant::now();
-        crate::namespace::validate(&req, true)?;
-        if req.network {
-            return Err(RunError::InvalidRequest(
-                "`network: true` is not supported by the microvm backend yet: run the job with --backend namespace"
-                    .into(),
-            ));
-        }
-        let rootfs_img = squashfs_for(&req.rootfs)?;
-        let request_img = req.work_dir.join("request.img");
-        let reply_img = req.work_dir.join("reply.img");
-        write_request_disk(&request_img, &req, self.fault)?;
-        let stdout_cap = req.limits.stdout_bytes_max;
-        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
-        let reply_len = round_up(DATA_OFFSET + tar_cap + 2 * stdout_cap, 1 << 20);
-        File::create(&reply_img)
-            .and_then(|f| f.set_len(reply_len))
-            .map_err(|e| RunError::io(format!("creating {}", reply_img.display()), e))?;
-
-        let mem_mib = (req.limits.memory_bytes >> 20) + GUEST_OVERHEAD_MIB;
+    /// QEMU for one VM: the three disks, memory and cores; `warm` makes guest-init wait for a
+    /// go-ahead on its console before it reads the request.
+    fn qemu_command(&self, disks: &VmDisks, mem_mib: u64, cores: u32, warm: bool) -> Result<Command, RunError> {
         let mut cmd = Command::new(&self.qemu);
+        let mut cmdline = self.kernel_cmdline();
+        if warm {
+            cmdline.push_str(" shoal.warm");
+        }
         cmd.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio", "-accel", self.accel.as_str(), "-cpu"])
             .arg(if self.accel == Accel::Kvm { "host" } else { "max" })
             .arg("-m")
             .arg(mem_mib.to_string())
             .arg("-smp")
-            .arg(req.limits.cores.max(1).to_string())
+            .arg(cores.max(1).to_string())
             .arg("-kernel")
             .arg(&self.vmlinux)
             .arg("-initrd")
             .arg(&self.initramfs)
             .arg("-append")
-            .arg(self.kernel_cmdline());
+            .arg(cmdline);
         if let Some(b) = &self.bios {
             cmd.arg("-bios").arg(b);
         }
         for (id, path, serial, ro) in [
-            ("rootfs", &rootfs_img, disk::ROOTFS_SERIAL, true),
-            ("req", &request_img, disk::REQUEST_SERIAL, true),
-            ("reply", &reply_img, disk::REPLY_SERIAL, false),
+            ("rootfs", &disks.rootfs, disk::ROOTFS_SERIAL, true),
+            ("req", &disks.request, disk::REQUEST_SERIAL, true),
+            ("reply", &disks.reply, disk::REPLY_SERIAL, false),
         ] {
             let path =
                 path.to_str().ok_or_else(|| RunError::InvalidRequest(format!("{} is not UTF-8", path.display())))?;
@@ -341,43 +340,140 @@ impl MicrovmBackend {
             cmd.arg("-drive").arg(format!("id={id},file={path},format=raw,if=none,{mode}"));
             cmd.arg("-device").arg(format!("virtio-blk-device,drive={id},serial={serial}"));
         }
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_clear();
+        let stdin = if warm { Stdio::piped() } else { Stdio::null() };
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).env_clear();
         // SAFETY: prctl is async-signal-safe and allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
+                // QEMU dies with the thread that started it: the job's thread, or the pool's.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        Ok(cmd)
+    }
+
+    fn start_vm(&self, cmd: &mut Command) -> Result<Vm, RunError> {
         tracing::debug!(?cmd, "starting QEMU");
-        let qemu_started = Instant::now();
+        let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| RunError::HelperSpawn { program: self.qemu.clone(), source })?;
-        let mut guard = KillOnDrop(Some(&mut child));
-        let console = tail_reader(guard.child().stdout.take());
-        let qemu_err = tail_reader(guard.child().stderr.take());
-        let deadline = qemu_started
-            + Duration::from_millis(
-                req.limits.timeout_ms.saturating_add(GUEST_GRACE_MS).saturating_add(self.boot_grace_ms),
-            );
-        let status = wait_deadline(guard.child(), deadline).map_err(|e| RunError::io("waiting for QEMU", e))?;
-        let qemu_exit_ms = qemu_started.elapsed().as_millis() as u64;
+        let console = tail_reader(child.stdout.take());
+        let qemu_err = tail_reader(child.stderr.take());
+        let stdin = child.stdin.take();
+        Ok(Vm { child: Some(child), stdin, console: Some(console), qemu_err: Some(qemu_err), started })
+    }
+
+    fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
+        let started = Instant::now();
+        crate::namespace::validate(&req, true)?;
+        if req.network {
+            return Err(RunError::InvalidRequest(
+                "`network: true` is not supported by the microvm backend yet: run the job with --backend namespace"
+                    .into(),
+            ));
+        }
+        let rootfs_img = squashfs_for(&req.rootfs)?;
+        let key = WarmKey::of(&rootfs_img, &req.limits);
+        if let Some(pool) = &self.pool {
+            let warm = pool.take(&key);
+            // The next job of this kind finds a VM booted.
+            pool.replenish(self, key);
+            if let Some(warm) = warm {
+                return self.run_warm(&req, warm, started);
+            }
+        }
+        self.run_cold(&req, started)
+    }
+
+    fn run_cold(&self, req: &Request, started: Instant) -> Result<Outcome, RunError> {
+        let rootfs_img = squashfs_for(&req.rootfs)?;
+        let key = WarmKey::of(&rootfs_img, &req.limits);
+        let disks = VmDisks {
+            rootfs: rootfs_img,
+            request: req.work_dir.join("request.img"),
+            reply: req.work_dir.join("reply.img"),
+        };
+        write_request_disk(&disks.request, req, self.fault, None)?;
+        create_sparse(&disks.reply, key.reply_len)?;
+        let mut vm = self.start_vm(&mut self.qemu_command(&disks, key.mem_mib, key.cores, false)?)?;
+        let boot_deadline = vm.started + Duration::from_millis(self.boot_grace_ms);
+        let origin = vm.started;
+        self.finish(req, &mut vm, &disks.reply, key.reply_len, boot_deadline, started, origin)
+    }
+
+    /// A pre-booted VM: fill its request disk, tell it to go, collect as for a cold one.
+    fn run_warm(&self, req: &Request, mut warm: WarmVm, started: Instant) -> Result<Outcome, RunError> {
+        let disks = &warm.disks;
+        if let Err(e) = write_request_disk(&disks.request, req, self.fault, Some(WARM_REQUEST_DISK_BYTES)) {
+            tracing::debug!("warm VM refused ({e}); booting a cold one");
+            drop(warm);
+            return self.run_cold(req, started);
+        }
+        let boot_deadline = warm.vm.started + Duration::from_millis(self.boot_grace_ms);
+        while !warm.ready.load(std::sync::atomic::Ordering::Acquire) {
+            let alive = warm.vm.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            if !alive || Instant::now() >= boot_deadline {
+                tracing::debug!("warm VM never became ready; booting a cold one");
+                drop(warm);
+                return self.run_cold(req, started);
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        let go = Instant::now();
+        let sent = warm.vm.stdin.as_mut().map(|s| s.write_all(b"go\n").and_then(|()| s.flush()));
+        if !matches!(sent, Some(Ok(()))) {
+            tracing::debug!("warm VM died before its job; booting a cold one");
+            drop(warm);
+            return self.run_cold(req, started);
+        }
+        let reply_img = disks.reply.clone();
+        let reply_len = warm.reply_len;
+        let deadline_base = go + Duration::from_millis(WARM_GRACE_MS);
+        let mut outcome = self.finish(req, &mut warm.vm, &reply_img, reply_len, deadline_base, started, go);
+        if let Ok(o) = &mut outcome
+            && let Some(vm) = &mut o.vm
+        {
+            vm.warm = true;
+        }
+        outcome
+    }
+
+    /// Waits for QEMU (the job's timeout past `job_deadline_base`), then reads the reply disk.
+    fn finish(
+        &self,
+        req: &Request,
+        vm: &mut Vm,
+        reply_img: &Path,
+        reply_len: u64,
+        job_deadline_base: Instant,
+        started: Instant,
+        origin: Instant,
+    ) -> Result<Outcome, RunError> {
+        let stdout_cap = req.limits.stdout_bytes_max;
+        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        let qemu_started = vm.started;
+        let deadline = job_deadline_base + Duration::from_millis(req.limits.timeout_ms.saturating_add(GUEST_GRACE_MS));
+        let child = vm.child.as_mut().expect("running");
+        let status = wait_deadline(child, deadline).map_err(|e| RunError::io("waiting for QEMU", e))?;
+        let exit_at = Instant::now();
+        let qemu_exit_ms = exit_at.duration_since(qemu_started).as_millis() as u64;
         let hung = status.is_none();
-        drop(guard); // kills and reaps QEMU if it is still running
-        let console = console.join().unwrap_or_default();
-        let qemu_err = qemu_err.join().unwrap_or_default();
+        vm.kill(); // kills and reaps QEMU if it is still running
+        let console = vm.console.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
+        let qemu_err = vm.qemu_err.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         let tail = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
         tracing::debug!("guest console:\n{}", tail(&console).replace('\r', ""));
         if hung {
             return Err(RunError::Helper(format!(
-                "the microVM hung: no reply {} ms after its {} ms timeout; QEMU was killed. Console: {}",
-                GUEST_GRACE_MS + self.boot_grace_ms,
+                "the microVM hung: no reply {} ms past its {} ms timeout; QEMU was killed. Console: {}",
+                GUEST_GRACE_MS + job_deadline_base.saturating_duration_since(qemu_started).as_millis() as u64,
                 req.limits.timeout_ms,
                 tail(&console)
             )));
         }
-        let mut reply_file = File::open(&reply_img).map_err(|e| RunError::io("opening the reply disk", e))?;
+        let mut reply_file = File::open(reply_img).map_err(|e| RunError::io("opening the reply disk", e))?;
         let header = disk::read_header(&mut reply_file, REPLY_MAGIC)
             .map_err(|e| RunError::Helper(format!("reply disk: {e}")))?;
         let Some(header) = header else {
@@ -436,14 +532,27 @@ impl MicrovmBackend {
                 BTreeMap::new()
             }
         };
-        let kernel_entry_ms = qemu_exit_ms.saturating_sub(tl.reply_written_ms);
-        let timeline = BootTimeline {
-            kernel_entry_ms,
-            init_start_ms: kernel_entry_ms + tl.init_start_ms,
-            job_start_ms: kernel_entry_ms + tl.job_start_ms,
-            job_end_ms: kernel_entry_ms + tl.job_end_ms,
-            reply_written_ms: kernel_entry_ms + tl.reply_written_ms,
-            qemu_exit_ms,
+        let timeline = if tl.go_ms > 0 {
+            // A warm VM: everything counts from the go-ahead; its boot happened before.
+            let since_go = |t: u64| t.saturating_sub(tl.go_ms);
+            BootTimeline {
+                kernel_entry_ms: 0,
+                init_start_ms: 0,
+                job_start_ms: since_go(tl.job_start_ms),
+                job_end_ms: since_go(tl.job_end_ms),
+                reply_written_ms: since_go(tl.reply_written_ms),
+                qemu_exit_ms: exit_at.saturating_duration_since(origin).as_millis() as u64,
+            }
+        } else {
+            let kernel_entry_ms = qemu_exit_ms.saturating_sub(tl.reply_written_ms);
+            BootTimeline {
+                kernel_entry_ms,
+                init_start_ms: kernel_entry_ms + tl.init_start_ms,
+                job_start_ms: kernel_entry_ms + tl.job_start_ms,
+                job_end_ms: kernel_entry_ms + tl.job_end_ms,
+                reply_written_ms: kernel_entry_ms + tl.reply_written_ms,
+                qemu_exit_ms,
+            }
         };
         tracing::debug!(?timeline, ?exit, "microVM finished");
         Ok(Outcome {
@@ -461,6 +570,7 @@ impl MicrovmBackend {
                 qemu: self.qemu_version.clone(),
                 guest_kernel: self.kernel_release.clone(),
                 timeline,
+                warm: false,
             }),
         })
     }
@@ -484,24 +594,237 @@ impl Backend for MicrovmBackend {
     }
 }
 
-/// Kills and reaps the child when dropped, whatever happened before.
-struct KillOnDrop<'a>(Option<&'a mut Child>);
-
-impl KillOnDrop<'_> {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().expect("present until drop")
-    }
+/// The three disks of a VM.
+#[derive(Debug, Clone)]
+struct VmDisks {
+    rootfs: PathBuf,
+    request: PathBuf,
+    reply: PathBuf,
 }
 
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.take()
+/// A running QEMU with its console and stderr readers. Dropping it kills and reaps QEMU.
+struct Vm {
+    child: Option<Child>,
+    /// The guest's serial input: a warm VM's go-ahead.
+    stdin: Option<std::process::ChildStdin>,
+    console: Option<thread::JoinHandle<Vec<u8>>>,
+    qemu_err: Option<thread::JoinHandle<Vec<u8>>>,
+    started: Instant,
+}
+
+impl Vm {
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take()
             && child.try_wait().ok().flatten().is_none()
         {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a pre-booted VM fits: its image root, memory, cores and reply disk size.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct WarmKey {
+    rootfs: PathBuf,
+    mem_mib: u64,
+    cores: u32,
+    reply_len: u64,
+}
+
+impl WarmKey {
+    fn of(rootfs_img: &Path, limits: &crate::Limits) -> WarmKey {
+        let tar_cap = limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        WarmKey {
+            rootfs: rootfs_img.to_path_buf(),
+            mem_mib: (limits.memory_bytes >> 20) + GUEST_OVERHEAD_MIB,
+            cores: limits.cores.max(1),
+            reply_len: round_up(DATA_OFFSET + tar_cap + 2 * limits.stdout_bytes_max, 1 << 20),
+        }
+    }
+}
+
+/// A VM booted ahead of demand, its guest-init waiting on the console for a go-ahead; its disks
+/// live in a directory of its own, removed with it.
+struct WarmVm {
+    vm: Vm,
+    disks: VmDisks,
+    reply_len: u64,
+    dir: PathBuf,
+    /// guest-init said it waits for a job: input sent before then may be lost (the kernel
+    /// resets the serial port's FIFO while it boots).
+    ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for WarmVm {
+    fn drop(&mut self) {
+        self.vm.kill();
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!("cannot remove the warm VM's directory {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Pre-booted VMs by what they fit. Boots happen on one thread of the pool's own, so QEMU's
+/// parent-death signal ties every warm VM to the pool: when the backend goes, they go.
+struct WarmPool {
+    per_key: usize,
+    dir: PathBuf,
+    ready: Arc<Mutex<std::collections::HashMap<WarmKey, Vec<WarmVm>>>>,
+    /// Keys being booted for, so a burst of jobs does not queue a burst of boots.
+    booting: Arc<Mutex<std::collections::HashMap<WarmKey, usize>>>,
+    boots: Mutex<Option<std::sync::mpsc::Sender<(WarmKey, Command, VmDisks)>>>,
+    thread: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for WarmPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPool").field("per_key", &self.per_key).field("dir", &self.dir).finish()
+    }
+}
+
+impl WarmPool {
+    fn new(per_key: usize, dir: PathBuf) -> WarmPool {
+        remove_stale_vm_dirs(&dir);
+        let ready: Arc<Mutex<std::collections::HashMap<WarmKey, Vec<WarmVm>>>> = Arc::default();
+        let booting: Arc<Mutex<std::collections::HashMap<WarmKey, usize>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<(WarmKey, Command, VmDisks)>();
+        let (ready_t, booting_t) = (ready.clone(), booting.clone());
+        let thread = thread::Builder::new()
+            .name("shoal-warm-vms".into())
+            .spawn(move || {
+                for (key, mut cmd, disks) in rx {
+                    tracing::debug!(?cmd, "starting a warm QEMU");
+                    let started = Instant::now();
+                    let spawned = cmd.spawn();
+                    if let Some(n) = booting_t.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
+                        *n = n.saturating_sub(1);
+                    }
+                    let dir = disks.request.parent().map(Path::to_path_buf).unwrap_or_default();
+                    match spawned {
+                        Ok(mut child) => {
+                            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                            let console = tail_reader_watching(child.stdout.take(), Some(ready.clone()));
+                            let qemu_err = tail_reader(child.stderr.take());
+                            let stdin = child.stdin.take();
+                            let vm = Vm {
+                                child: Some(child),
+                                stdin,
+                                console: Some(console),
+                                qemu_err: Some(qemu_err),
+                                started,
+                            };
+                            let warm = WarmVm { vm, disks, reply_len: key.reply_len, dir, ready };
+                            ready_t.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().push(warm);
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot start a warm VM: {e}");
+                            let _ = fs::remove_dir_all(&dir);
+                        }
+                    }
+                }
+                // The backend is gone: so are the VMs this thread started (PR_SET_PDEATHSIG).
+            })
+            .expect("spawning the warm VM thread");
+        WarmPool { per_key, dir, ready, booting, boots: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) }
+    }
+
+    /// A warm VM for `key` whose QEMU is still alive, one that is ready first; one still
+    /// booting is further along than a cold boot would be.
+    fn take(&self, key: &WarmKey) -> Option<WarmVm> {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let list = ready.get_mut(key)?;
+        list.retain_mut(|w| w.vm.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none()));
+        let at = list
+            .iter()
+            .position(|w| w.ready.load(std::sync::atomic::Ordering::Acquire))
+            .or(list.len().checked_sub(1))?;
+        Some(list.swap_remove(at))
+    }
+
+    /// Boots VMs for `key` until `per_key` are ready or booting.
+    fn replenish(&self, backend: &MicrovmBackend, key: WarmKey) {
+        let have = self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map_or(0, Vec::len);
+        let mut booting = self.booting.lock().unwrap_or_else(|e| e.into_inner());
+        let pending = booting.entry(key.clone()).or_default();
+        while have + *pending < self.per_key {
+            match self.prepare(backend, &key) {
+                Ok((cmd, disks)) => {
+                    let sent = self
+                        .boots
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_ref()
+                        .map(|tx| tx.send((key.clone(), cmd, disks)));
+                    if !matches!(sent, Some(Ok(()))) {
+                        return;
+                    }
+                    *pending += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot prepare a warm VM: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn prepare(&self, backend: &MicrovmBackend, key: &WarmKey) -> Result<(Command, VmDisks), RunError> {
+        fs::create_dir_all(&self.dir).map_err(|e| RunError::io(format!("creating {}", self.dir.display()), e))?;
+        let dir = tempfile_dir(&self.dir)?;
+        let disks =
+            VmDisks { rootfs: key.rootfs.clone(), request: dir.join("request.img"), reply: dir.join("reply.img") };
+        create_sparse(&disks.request, WARM_REQUEST_DISK_BYTES)?;
+        create_sparse(&disks.reply, key.reply_len)?;
+        let cmd = backend.qemu_command(&disks, key.mem_mib, key.cores, true)?;
+        Ok((cmd, disks))
+    }
+}
+
+impl Drop for WarmPool {
+    fn drop(&mut self) {
+        // Closing the channel ends the boot thread; the VMs it started die with it, and dropping
+        // the ready ones removes their disks.
+        tracing::debug!("stopping the warm VMs");
+        drop(self.boots.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// Removes `vm-<pid>-<n>` directories whose process is gone (a run killed with -9).
+fn remove_stale_vm_dirs(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix("vm-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new("/proc").join(pid.to_string()).exists()
+        {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A fresh directory under `parent` named for this process.
+fn tempfile_dir(parent: &Path) -> Result<PathBuf, RunError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = parent.join(format!("vm-{}-{n}", std::process::id()));
+    fs::create_dir(&dir).map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+    Ok(dir)
+}
+
+fn create_sparse(path: &Path, len: u64) -> Result<(), RunError> {
+    File::create(path).and_then(|f| f.set_len(len)).map_err(|e| RunError::io(format!("creating {}", path.display()), e))
 }
 
 /// Waits until the child exits (Some) or the deadline passes (None), without busy-waiting.
@@ -520,16 +843,31 @@ fn wait_deadline(child: &mut Child, deadline: Instant) -> io::Result<Option<std:
 
 /// Reads a pipe to its end on a thread, keeping the last [`CONSOLE_TAIL_BYTES`].
 fn tail_reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<Vec<u8>> {
+    tail_reader_watching(r, None)
+}
+
+/// As [`tail_reader`], and sets `seen` once [`disk::WARM_READY_MARKER`] has gone by.
+fn tail_reader_watching<R: Read + Send + 'static>(
+    r: Option<R>,
+    seen: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> thread::JoinHandle<Vec<u8>> {
     thread::spawn(move || {
         let Some(mut r) = r else { return Vec::new() };
         let kept = Arc::new(Mutex::new(Vec::new()));
         let mut buf = [0u8; 8192];
+        let marker = disk::WARM_READY_MARKER.as_bytes();
         loop {
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     let mut k = kept.lock().unwrap_or_else(|e| e.into_inner());
+                    let from = k.len().saturating_sub(marker.len());
                     k.extend_from_slice(&buf[..n]);
+                    if let Some(flag) = &seen
+                        && k[from..].windows(marker.len()).any(|w| w == marker)
+                    {
+                        flag.store(true, std::sync::atomic::Ordering::Release);
+                    }
                     if k.len() > CONSOLE_TAIL_BYTES {
                         let cut = k.len() - CONSOLE_TAIL_BYTES;
                         k.drain(..cut);
@@ -687,12 +1025,22 @@ pub fn squashfs_for(rootfs: &Path) -> Result<PathBuf, RunError> {
 }
 
 /// The request disk: header, then at [`DATA_OFFSET`] a tar of `input/<name>` and `stdin`.
-fn write_request_disk(path: &Path, req: &Request, fault: Option<Fault>) -> Result<(), RunError> {
+/// `fixed_len`: the disk exists with that size (a warm VM's, whose QEMU has it open): write in
+/// place, never change its length, and refuse a request that does not fit.
+fn write_request_disk(
+    path: &Path,
+    req: &Request,
+    fault: Option<Fault>,
+    fixed_len: Option<u64>,
+) -> Result<(), RunError> {
     let io_err = |what: &str| {
         let what = format!("{what} {}", path.display());
         move |e: io::Error| RunError::io(what, e)
     };
-    let mut file = File::create(path).map_err(io_err("creating"))?;
+    let mut file = match fixed_len {
+        None => File::create(path).map_err(io_err("creating"))?,
+        Some(_) => OpenOptions::new().write(true).open(path).map_err(io_err("opening"))?,
+    };
     file.seek(SeekFrom::Start(DATA_OFFSET)).map_err(io_err("seeking"))?;
     let mut builder = tar::Builder::new(&mut file);
     builder.follow_symlinks(false);
@@ -712,6 +1060,14 @@ fn write_request_disk(path: &Path, req: &Request, fault: Option<Fault>) -> Resul
     builder.finish().map_err(io_err("finishing the tar of"))?;
     drop(builder);
     let end = file.stream_position().map_err(io_err("sizing"))?;
+    if let Some(len) = fixed_len
+        && end > len
+    {
+        return Err(RunError::InvalidRequest(format!(
+            "inputs of {} bytes do not fit a warm VM's request disk",
+            end - DATA_OFFSET
+        )));
+    }
     let request = GuestRequest {
         job: JobSpec {
             argv: req.argv.clone(),
@@ -730,8 +1086,13 @@ fn write_request_disk(path: &Path, req: &Request, fault: Option<Fault>) -> Resul
     };
     let json = serde_json::to_vec(&request).expect("the request serializes");
     disk::write_header(&mut file, REQUEST_MAGIC, &json).map_err(io_err("writing the header of"))?;
-    // Whole sectors: QEMU ignores a partial last one.
-    file.set_len(round_up(end, 4096)).map_err(io_err("padding"))?;
+    match fixed_len {
+        // Whole sectors: QEMU ignores a partial last one.
+        None => file.set_len(round_up(end, 4096)).map_err(io_err("padding"))?,
+        // The guest drops its own cached blocks of the disk before reading (BLKFLSBUF).
+        // QEMU reads the file through the same page cache: nothing to flush on this side.
+        Some(_) => {}
+    }
     Ok(())
 }
 

@@ -118,3 +118,39 @@ fn inputs_and_stdin_cross_into_the_guest() {
     assert!(stdout.starts_with("from stdin\none file\naaasub/a.txt\n"), "{stdout}");
     assert!(stdout.trim_end().ends_with("ro"), "an input was writable: {stdout}");
 }
+
+#[test]
+fn a_warm_vm_takes_the_next_job_and_nothing_outlives_the_pool() {
+    if !vm_available() {
+        return;
+    }
+    let f = fixture();
+    let cache = f.path("vm-cache");
+    let mut cfg = MicrovmConfig::new(&cache);
+    cfg.warm_per_kind = 1;
+    let backend = MicrovmBackend::new(cfg).expect("sets up");
+    // The first job boots cold and leaves a VM booting for the next one of its kind.
+    let first = backend.run(f.request("echo first")).expect("runs");
+    assert_eq!((first.exit, first.stdout), (Exit::Code(0), b"first\n".to_vec()));
+    assert!(!first.vm.unwrap().warm);
+    // The next one, with an input and stdin, finds it: the request disk is filled in place.
+    fs::write(f.path("in"), "input bytes\n").unwrap();
+    let mut req = f.request("cat; cat /input/x");
+    req.stdin = Some(f.path("in"));
+    req.inputs = vec![shoal_vm::InputMount { name: "x".into(), host_path: f.path("in") }];
+    let second = backend.run(req).expect("runs");
+    assert_eq!(String::from_utf8_lossy(&second.stdout), "input bytes\ninput bytes\n");
+    let vm = second.vm.expect("vm details");
+    assert!(vm.warm, "the second job should have run in the pre-booted VM");
+    assert!(vm.timeline.job_start_ms <= vm.timeline.qemu_exit_ms);
+    // A job of another kind (more memory) boots cold.
+    let mut big = f.request("echo big");
+    big.limits.memory_bytes = 400 << 20;
+    assert!(!backend.run(big).expect("runs").vm.unwrap().warm);
+    drop(backend);
+    let warm_dir = cache.join("warm");
+    let left: Vec<_> =
+        fs::read_dir(&warm_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "warm VM directories left: {left:?}");
+    assert_eq!(processes_with(&warm_dir.to_string_lossy()), Vec::<String>::new(), "a warm QEMU outlived its pool");
+}
