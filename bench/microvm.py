@@ -7,6 +7,7 @@ issue's peers in one run, with the microVM's boot timeline.
   (c) namespace backend    `shoal run --no-cache --backend namespace`, the same DAG
   (d) podman               `podman run --rm --network=none` of the same busybox rootfs (imported)
   (e) bare exec            /bin/echo hi
+  warm pool               the same job handed to a VM booted ahead of demand (`--warm-vms 1`)
   (b) a busybox + crun initramfs is not measured yet.
 
 Usage: bench/microvm.py [--shoal target/release/shoal] [--repeat 7]
@@ -26,7 +27,7 @@ int main(void) { sync(); reboot(RB_POWER_OFF); return 0; }
 
 def qemu_argv_of_a_run(shoal, dag, env):
     """The exact QEMU command line shoal uses, from its debug log."""
-    out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json"], env=dict(env, RUST_LOG="shoal_vm=debug"),
+    out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json", "--warm-vms", "0"], env=dict(env, RUST_LOG="shoal_vm=debug"),
                          capture_output=True, text=True, check=True)
     line = next(l for l in out.stderr.splitlines() if "starting QEMU" in l)
     cmd = re.sub(r"\x1b\[[0-9;]*m", "", line).split("cmd=", 1)[1]
@@ -81,14 +82,30 @@ def main():
     argv = qemu_argv_of_a_run(shoal, dag, env)
 
     print(f"shoal run, microvm backend, {n} runs...")
-    walls, timelines = [], []
+    walls, timelines, cold_job = [], [], []
     for _ in range(n):
         t = time.perf_counter()
-        out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json"], env=env, capture_output=True,
+        out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json", "--warm-vms", "0"], env=env, capture_output=True,
                              text=True, check=True)
         walls.append(time.perf_counter() - t)
-        timelines.append(json.loads(out.stdout)["jobs"][0]["vm_timeline"])
+        report = json.loads(out.stdout)["jobs"][0]
+        timelines.append(report["vm_timeline"])
+        cold_job.append(report["wall_ms"] / 1000)
     shoal_vm = statistics.median(walls)
+
+    print(f"warm pool: a job after one that waits 4 s, so a VM is booted and waiting, {n} runs...")
+    chain = work / "chain.json"
+    chain.write_text(json.dumps({"version": 1, "jobs": [
+        {"id": "wait", "image": "busybox:latest", "command": ["sleep", "4"], "outputs": {"out": "stdout"}},
+        {"id": "hi", "image": "busybox:latest", "command": ["echo", "hi"], "stdin": "jobs:wait/out",
+         "outputs": {"out": "stdout"}}]}))
+    warm_job, warm_tl = [], []
+    for _ in range(n):
+        out = subprocess.run([shoal, "run", str(chain), "--no-cache", "--json", "--warm-vms", "1"], env=env,
+                             capture_output=True, text=True, check=True)
+        hi = json.loads(out.stdout)["jobs"][1]
+        warm_job.append(hi["wall_ms"] / 1000)
+        warm_tl.append(hi["vm_timeline"])
 
     print("(a) bare QEMU boot to power-off...")
     bare = timed(bare_boot_argv(argv, poweroff_initramfs(work)), n)
@@ -117,6 +134,12 @@ def main():
     rows.append(("(e) bare exec", bare_exec))
     for name, v in rows:
         print(f"| {name} | {v * 1000:.0f} | {shoal_vm / v:.2f} |")
+    cold_med, warm_med = statistics.median(cold_job), statistics.median(warm_job)
+    print(f"\nthe job alone (backend call, from the run report): cold VM {cold_med * 1000:.0f} ms, "
+          f"warm VM {warm_med * 1000:.0f} ms: warm/cold {warm_med / cold_med:.2f} (figure to reach: <= 0.3)")
+    wk = ["job_start_ms", "job_end_ms", "reply_written_ms", "qemu_exit_ms"]
+    print("  warm timeline, ms since the go-ahead: " +
+          " -> ".join(f"{k.removesuffix('_ms')} {statistics.median(t[k] for t in warm_tl):.0f}" for k in wk))
     keys = ["kernel_entry_ms", "init_start_ms", "job_start_ms", "job_end_ms", "reply_written_ms", "qemu_exit_ms"]
     med = {k: statistics.median(t[k] for t in timelines) for k in keys}
     print("\nboot timeline, ms since QEMU started (median; kernel entry is an upper bound):")
