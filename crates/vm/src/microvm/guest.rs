@@ -16,7 +16,7 @@ use super::disk::{
     self, DATA_OFFSET, Fault, GuestReply, GuestRequest, GuestTimeline, REPLY_MAGIC, REPLY_SERIAL, REQUEST_MAGIC,
     REQUEST_SERIAL, ROOTFS_SERIAL, Span,
 };
-use super::initramfs::MODULES_DIR;
+use super::initramfs::{MODULES_DIR, NET_MODULES_DIR};
 use crate::collect::UnpackError;
 use crate::namespace::{HelperCommand, NamespaceBackend};
 use crate::{InputMount, Request};
@@ -75,6 +75,7 @@ fn switch_root() -> Result<(), String> {
     fs::copy("/init", "/newroot/init").map_err(|e| format!("copying /init: {e}"))?;
     let _ = fs::remove_file("/init");
     let _ = fs::remove_dir_all(Path::new("/").join(MODULES_DIR));
+    let _ = fs::remove_dir_all(Path::new("/").join(NET_MODULES_DIR));
     for d in ["dev", "proc", "sys", "tmp", "rootfs"] {
         fs::create_dir_all(Path::new("/newroot").join(d)).map_err(|e| format!("creating /newroot/{d}: {e}"))?;
     }
@@ -97,11 +98,19 @@ fn step(what: &str) {
 
 fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<(), String> {
     use nix::mount::MsFlags as M;
-    load_modules(Path::new("/").join(MODULES_DIR).as_path())?;
-    switch_root()?;
+    // The command line says what this VM has (`shoal.net`: a network device) and wants.
     mount("proc", "/proc", "proc", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    DEBUG.store(cmdline.split_whitespace().any(|w| w == "shoal.debug"), std::sync::atomic::Ordering::Relaxed);
+    nix::mount::umount("/proc").map_err(|e| format!("umount /proc: {e}"))?;
+    let flag = |f: &str| cmdline.split_whitespace().any(|w| w == f);
+    DEBUG.store(flag("shoal.debug"), std::sync::atomic::Ordering::Relaxed);
+    let network = flag("shoal.net");
+    load_modules(Path::new("/").join(MODULES_DIR).as_path())?;
+    if network {
+        load_modules(Path::new("/").join(NET_MODULES_DIR).as_path())?;
+    }
+    switch_root()?;
+    mount("proc", "/proc", "proc", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     step("modules loaded, root switched");
     mount("devtmpfs", "/dev", "devtmpfs", M::MS_NOSUID, Some("mode=0755"))?;
     mount("sysfs", "/sys", "sysfs", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
@@ -109,6 +118,10 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     mount("cgroup2", "/sys/fs/cgroup", "cgroup2", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     let disks = find_disks(&[REQUEST_SERIAL, REPLY_SERIAL, ROOTFS_SERIAL])?;
     step("disks found");
+    if network {
+        configure_network()?;
+        step("network configured");
+    }
     let reply = OpenOptions::new()
         .read(true)
         .write(true)
@@ -225,6 +238,74 @@ fn write_reply(dev: &mut File, reply: &GuestReply) -> io::Result<()> {
     let json = serde_json::to_vec(reply).map_err(io::Error::other)?;
     disk::write_header(dev, REPLY_MAGIC, &json)?;
     dev.sync_all()
+}
+
+/// QEMU's user-mode network, as its built-in DHCP server would hand it out: 10.0.2.15/24 on
+/// `eth0` and the default route through 10.0.2.2 (which also reaches the host's loopback); `lo`
+/// comes up too. QEMU answers DNS at 10.0.2.3, which the job uses if its image's resolv.conf says so.
+fn configure_network() -> Result<(), String> {
+    use std::net::Ipv4Addr;
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_millis(DISK_WAIT_MS);
+    while !Path::new("/sys/class/net/eth0").exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("the network device eth0 did not appear within {DISK_WAIT_MS} ms"));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    crate::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let fd = sock.as_raw_fd();
+    let sockaddr = |ip: Ipv4Addr| -> libc::sockaddr {
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it as sockaddr_in.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    };
+    let ifreq = || {
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"eth0\0") {
+            *dst = *src as libc::c_char;
+        }
+        req
+    };
+    let ioctl = |what: &str, request: libc::c_ulong, arg: *mut libc::c_void| -> Result<(), String> {
+        // SAFETY: each request below is given the structure it is documented to take.
+        if unsafe { libc::ioctl(fd, request, arg) } < 0 {
+            return Err(format!("{what}: {}", io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut req = ifreq();
+    req.ifr_ifru.ifru_addr = sockaddr(Ipv4Addr::new(10, 0, 2, 15));
+    ioctl("setting eth0's address", libc::SIOCSIFADDR, (&raw mut req).cast())?;
+    let mut req = ifreq();
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
+    ioctl("setting eth0's netmask", libc::SIOCSIFNETMASK, (&raw mut req).cast())?;
+    let mut req = ifreq();
+    ioctl("reading eth0's flags", libc::SIOCGIFFLAGS, (&raw mut req).cast())?;
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    ioctl("bringing eth0 up", libc::SIOCSIFFLAGS, (&raw mut req).cast())?;
+    // SAFETY: rtentry is plain old data; all-zero is a valid value.
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
+    route.rt_gateway = sockaddr(Ipv4Addr::new(10, 0, 2, 2));
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    ioctl("adding the default route", libc::SIOCADDRT, (&raw mut route).cast())?;
+    Ok(())
 }
 
 /// Loads every module in `dir`, in name order (the host numbered them in dependency order).

@@ -6,6 +6,8 @@ use std::io::{self, Write};
 
 /// The modules' directory inside the initramfs; guest-init loads its files in name order.
 pub const MODULES_DIR: &str = "modules";
+/// Network modules, loaded only when the VM has a network device.
+pub const NET_MODULES_DIR: &str = "modules-net";
 
 /// Writes a newc ("070701") cpio archive entry by entry.
 pub struct CpioWriter<W: Write> {
@@ -90,17 +92,24 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
-/// The whole initramfs: `/init` = guest-init, `modules/NN-name.ko` in load order.
-pub fn build(guest_init: &[u8], modules: &[(String, Vec<u8>)]) -> io::Result<Vec<u8>> {
+/// The whole initramfs: `/init` = guest-init, `modules/NN-name.ko` and `modules-net/NN-name.ko`
+/// in load order (module files already loaded by an earlier list are left out of a later one).
+pub fn build(
+    guest_init: &[u8],
+    modules: &[(String, Vec<u8>)],
+    net_modules: &[(String, Vec<u8>)],
+) -> io::Result<Vec<u8>> {
     let mut w = CpioWriter::new(Vec::new());
-    for d in ["dev", "proc", "sys", "tmp", "rootfs", MODULES_DIR] {
+    for d in ["dev", "proc", "sys", "tmp", "rootfs", MODULES_DIR, NET_MODULES_DIR] {
         w.dir(d, 0o755)?;
     }
     // The kernel opens /dev/console for PID 1's stdio before devtmpfs is mounted.
     w.char_device("dev/console", 0o600, 5, 1)?;
     w.file("init", 0o755, guest_init)?;
-    for (i, (name, data)) in modules.iter().enumerate() {
-        w.file(&format!("{MODULES_DIR}/{i:02}-{name}"), 0o644, data)?;
+    for (dir, list) in [(MODULES_DIR, modules), (NET_MODULES_DIR, net_modules)] {
+        for (i, (name, data)) in list.iter().enumerate() {
+            w.file(&format!("{dir}/{i:02}-{name}"), 0o644, data)?;
+        }
     }
     w.finish()
 }
@@ -111,11 +120,12 @@ mod tests {
 
     #[test]
     fn entries_are_aligned_and_the_archive_ends_with_a_trailer() {
-        let bytes = build(b"#!init", &[("a.ko".into(), vec![1, 2, 3])]).unwrap();
+        let bytes = build(b"#!init", &[("a.ko".into(), vec![1, 2, 3])], &[("n.ko".into(), vec![4])]).unwrap();
         assert!(bytes.starts_with(b"070701"));
         assert_eq!(bytes.len() % 512, 0);
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("modules/00-a.ko\0"));
+        assert!(text.contains("modules-net/00-n.ko\0"));
         assert!(text.contains("TRAILER!!!\0"));
         // Every header starts on a 4-byte boundary.
         for (i, _) in text.match_indices("070701") {

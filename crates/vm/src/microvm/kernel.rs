@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 /// QEMU's `microvm` machine, block devices for the disks, squashfs for the image root and
 /// overlayfs for the container root above it.
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "virtio_blk", "squashfs", "overlay"];
+/// Loaded only in a VM with a network device (`network: true`), after [`GUEST_MODULES`].
+pub const GUEST_NET_MODULES: &[&str] = &["virtio_net"];
 
 /// Largest bzImage or vmlinux read, in bytes.
 const KERNEL_BYTES_MAX: u64 = 256 << 20;

@@ -183,21 +183,31 @@ impl MicrovmBackend {
         let guest_init =
             fs::read(&guest_init_path).map_err(|e| format!("reading {}: {e}", guest_init_path.display()))?;
         check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
-        let mut modules = Vec::new();
         let mut hasher = blake3::Hasher::new();
-        hasher.update(b"shoal-initramfs-v2\0");
+        hasher.update(b"shoal-initramfs-v3\0");
         hasher.update(blake3::hash(&guest_init).as_bytes());
-        for path in kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)? {
-            let data = fs::read(&path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
-            let data = kernel::strip_module_signature(&data).to_vec();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            hasher.update(name.as_bytes());
-            hasher.update(blake3::hash(&data).as_bytes());
-            modules.push((name, data));
+        let base = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)?;
+        let net: Vec<PathBuf> = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_NET_MODULES)?
+            .into_iter()
+            .filter(|p| !base.contains(p))
+            .collect();
+        let mut lists = [Vec::new(), Vec::new()];
+        for (list, paths) in lists.iter_mut().zip([&base, &net]) {
+            hasher.update(b"\0list\0");
+            for path in paths {
+                let data = fs::read(path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
+                let data = kernel::strip_module_signature(&data).to_vec();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                hasher.update(name.as_bytes());
+                hasher.update(blake3::hash(&data).as_bytes());
+                list.push((name, data));
+            }
         }
+        let [modules, net_modules] = lists;
         let initramfs = cfg.cache_dir.join("initramfs").join(format!("{}.cpio", &hasher.finalize().to_hex()[..32]));
         if !initramfs.is_file() {
-            let cpio = initramfs::build(&guest_init, &modules).map_err(|e| format!("building the initramfs: {e}"))?;
+            let cpio = initramfs::build(&guest_init, &modules, &net_modules)
+                .map_err(|e| format!("building the initramfs: {e}"))?;
             write_atomic(&initramfs, &cpio)?;
             tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
         }
@@ -304,11 +314,17 @@ impl MicrovmBackend {
 
     /// QEMU for one VM: the three disks, memory and cores; `warm` makes guest-init wait for a
     /// go-ahead on its console before it reads the request.
-    fn qemu_command(&self, disks: &VmDisks, mem_mib: u64, cores: u32, warm: bool) -> Result<Command, RunError> {
+    fn qemu_command(&self, disks: &VmDisks, key: &WarmKey, warm: bool) -> Result<Command, RunError> {
+        let (mem_mib, cores) = (key.mem_mib, key.cores);
         let mut cmd = Command::new(&self.qemu);
         let mut cmdline = self.kernel_cmdline();
         if warm {
             cmdline.push_str(" shoal.warm");
+        }
+        if key.network {
+            // QEMU's user-mode network: outbound connections only, the host's loopback as 10.0.2.2.
+            cmdline.push_str(" shoal.net");
+            cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]);
         }
         cmd.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio", "-accel", self.accel.as_str(), "-cpu"])
@@ -368,14 +384,8 @@ impl MicrovmBackend {
     fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
         let started = Instant::now();
         crate::namespace::validate(&req, true)?;
-        if req.network {
-            return Err(RunError::InvalidRequest(
-                "`network: true` is not supported by the microvm backend yet: run the job with --backend namespace"
-                    .into(),
-            ));
-        }
         let rootfs_img = squashfs_for(&req.rootfs)?;
-        let key = WarmKey::of(&rootfs_img, &req.limits);
+        let key = WarmKey::of(&rootfs_img, &req.limits, req.network);
         if let Some(pool) = &self.pool {
             let warm = pool.take(&key);
             // The next job of this kind finds a VM booted.
@@ -389,7 +399,7 @@ impl MicrovmBackend {
 
     fn run_cold(&self, req: &Request, started: Instant) -> Result<Outcome, RunError> {
         let rootfs_img = squashfs_for(&req.rootfs)?;
-        let key = WarmKey::of(&rootfs_img, &req.limits);
+        let key = WarmKey::of(&rootfs_img, &req.limits, req.network);
         let disks = VmDisks {
             rootfs: rootfs_img,
             request: req.work_dir.join("request.img"),
@@ -397,7 +407,7 @@ impl MicrovmBackend {
         };
         write_request_disk(&disks.request, req, self.fault, None)?;
         create_sparse(&disks.reply, key.reply_len)?;
-        let mut vm = self.start_vm(&mut self.qemu_command(&disks, key.mem_mib, key.cores, false)?)?;
+        let mut vm = self.start_vm(&mut self.qemu_command(&disks, &key, false)?)?;
         let boot_deadline = vm.started + Duration::from_millis(self.boot_grace_ms);
         let origin = vm.started;
         self.finish(req, &mut vm, &disks.reply, key.reply_len, boot_deadline, started, origin)
@@ -636,16 +646,18 @@ struct WarmKey {
     mem_mib: u64,
     cores: u32,
     reply_len: u64,
+    network: bool,
 }
 
 impl WarmKey {
-    fn of(rootfs_img: &Path, limits: &crate::Limits) -> WarmKey {
+    fn of(rootfs_img: &Path, limits: &crate::Limits, network: bool) -> WarmKey {
         let tar_cap = limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
         WarmKey {
             rootfs: rootfs_img.to_path_buf(),
             mem_mib: (limits.memory_bytes >> 20) + GUEST_OVERHEAD_MIB,
             cores: limits.cores.max(1),
             reply_len: round_up(DATA_OFFSET + tar_cap + 2 * limits.stdout_bytes_max, 1 << 20),
+            network,
         }
     }
 }
@@ -782,7 +794,7 @@ impl WarmPool {
             VmDisks { rootfs: key.rootfs.clone(), request: dir.join("request.img"), reply: dir.join("reply.img") };
         create_sparse(&disks.request, WARM_REQUEST_DISK_BYTES)?;
         create_sparse(&disks.reply, key.reply_len)?;
-        let cmd = backend.qemu_command(&disks, key.mem_mib, key.cores, true)?;
+        let cmd = backend.qemu_command(&disks, key, true)?;
         Ok((cmd, disks))
     }
 }

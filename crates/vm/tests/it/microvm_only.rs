@@ -82,15 +82,28 @@ fn cores_and_memory_reach_the_guest_and_the_record_names_the_vm() {
 }
 
 #[test]
-fn network_true_is_refused_with_the_way_out() {
+fn network_true_reaches_out_through_qemu_user_networking() {
     if !vm_available() {
         return;
     }
+    // A server on the host's loopback, which the guest reaches as 10.0.2.2.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf);
+        conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 15\r\n\r\nhello from host").unwrap();
+    });
     let f = fixture();
-    let mut req = f.request("true");
+    let mut req = f.request(&format!("grep -o eth0 /proc/net/dev; wget -q -O - http://10.0.2.2:{port}/"));
     req.network = true;
-    let err = crate::microvm().unwrap().run(req).unwrap_err();
-    assert!(err.to_string().contains("--backend namespace"), "{err}");
+    let out = crate::microvm().unwrap().run(req).expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit, Exit::Code(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("eth0") && stdout.ends_with("hello from host"), "{stdout}");
+    server.join().unwrap();
 }
 
 #[test]
