@@ -241,16 +241,7 @@ impl NamespaceBackend {
             IdMap::Single { host_uid: nix::unistd::getuid().as_raw(), host_gid: nix::unistd::getgid().as_raw() }
         };
         let helper_req = HelperRequest {
-            job: JobSpec {
-                argv: req.argv.clone(),
-                env: req.env.clone(),
-                workdir: req.workdir.clone(),
-                uid: req.uid,
-                gid: req.gid,
-                outputs: req.outputs.clone(),
-                limits: req.limits,
-                network: req.network,
-            },
+            job: JobSpec::of(req),
             rootfs: req.rootfs.clone(),
             inputs: req.inputs.clone(),
             staging_dir,

@@ -36,6 +36,22 @@ pub struct JobSpec {
     pub network: bool,
 }
 
+impl JobSpec {
+    /// The part of a request that says what to run, without host paths.
+    pub fn of(req: &crate::Request) -> JobSpec {
+        JobSpec {
+            argv: req.argv.clone(),
+            env: req.env.clone(),
+            workdir: req.workdir.clone(),
+            uid: req.uid,
+            gid: req.gid,
+            outputs: req.outputs.clone(),
+            limits: req.limits,
+            network: req.network,
+        }
+    }
+}
+
 /// How user and group ids of the sandbox map onto the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IdMap {

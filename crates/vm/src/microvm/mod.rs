@@ -1081,16 +1081,7 @@ fn write_request_disk(
         )));
     }
     let request = GuestRequest {
-        job: JobSpec {
-            argv: req.argv.clone(),
-            env: req.env.clone(),
-            workdir: req.workdir.clone(),
-            uid: req.uid,
-            gid: req.gid,
-            outputs: req.outputs.clone(),
-            limits: req.limits,
-            network: req.network,
-        },
+        job: JobSpec::of(req),
         inputs: req.inputs.iter().map(|i| i.name.clone()).collect(),
         stdin: req.stdin.is_some(),
         tar_bytes: end - DATA_OFFSET,
