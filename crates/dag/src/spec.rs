@@ -198,7 +198,21 @@ impl Dag {
 
     /// Indices of the jobs `idx` reads from (inputs, stdin, image), each once, ascending.
     pub fn dependencies(&self, idx: usize) -> Vec<usize> {
-        let index: BTreeMap<&str, usize> = self.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect();
+        self.deps_with(&self.id_index(), idx)
+    }
+
+    /// [`Dag::dependencies`] of every job, the id index built once (a 1000-job DAG would build
+    /// it a thousand times).
+    pub fn all_dependencies(&self) -> Vec<Vec<usize>> {
+        let index = self.id_index();
+        (0..self.jobs.len()).map(|i| self.deps_with(&index, i)).collect()
+    }
+
+    fn id_index(&self) -> BTreeMap<&str, usize> {
+        self.jobs.iter().enumerate().map(|(i, j)| (j.id.as_str(), i)).collect()
+    }
+
+    fn deps_with(&self, index: &BTreeMap<&str, usize>, idx: usize) -> Vec<usize> {
         job_refs(&self.jobs[idx])
             .iter()
             .filter_map(|(id, _)| index.get(id.as_str()).copied())
@@ -210,7 +224,7 @@ impl Dag {
     /// Every job after the jobs it depends on; among jobs ready at once, file order.
     pub fn topo_order(&self) -> Vec<usize> {
         let n = self.jobs.len();
-        let deps: Vec<Vec<usize>> = (0..n).map(|i| self.dependencies(i)).collect();
+        let deps = self.all_dependencies();
         let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
         let mut dependants = vec![Vec::new(); n];
         for (i, ds) in deps.iter().enumerate() {
