@@ -81,17 +81,22 @@ def main():
     print("warming up (kernel extraction, initramfs, rootfs squashfs)...")
     argv = qemu_argv_of_a_run(shoal, dag, env)
 
-    print(f"shoal run, microvm backend, {n} runs...")
-    walls, timelines, cold_job = [], [], []
+    # The cold VM and the bare boot alternate, so that the machine's drift touches both alike.
+    print(f"shoal run on the microvm backend and (a) the bare QEMU boot, alternately, {n} runs each...")
+    bare_argv = bare_boot_argv(argv, poweroff_initramfs(work))
+    walls, bares, timelines, cold_job = [], [], [], []
     for _ in range(n):
         t = time.perf_counter()
-        out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json", "--warm-vms", "0"], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run([shoal, "run", str(dag), "--no-cache", "--json", "--warm-vms", "0"], env=env,
+                             capture_output=True, text=True, check=True)
         walls.append(time.perf_counter() - t)
         report = json.loads(out.stdout)["jobs"][0]
         timelines.append(report["vm_timeline"])
         cold_job.append(report["wall_ms"] / 1000)
-    shoal_vm = statistics.median(walls)
+        t = time.perf_counter()
+        subprocess.run(bare_argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        bares.append(time.perf_counter() - t)
+    shoal_vm, bare = statistics.median(walls), statistics.median(bares)
 
     print(f"warm pool: a job after one that waits 4 s, so a VM is booted and waiting, {n} runs...")
     chain = work / "chain.json"
@@ -107,8 +112,6 @@ def main():
         warm_job.append(hi["wall_ms"] / 1000)
         warm_tl.append(hi["vm_timeline"])
 
-    print("(a) bare QEMU boot to power-off...")
-    bare = timed(bare_boot_argv(argv, poweroff_initramfs(work)), n)
     print("(c) namespace backend...")
     ns = timed([shoal, "run", str(dag), "--no-cache", "--json", "--backend", "namespace"], n, env=env)
     print("(d) podman...")
