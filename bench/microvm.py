@@ -8,7 +8,8 @@ issue's peers in one run, with the microVM's boot timeline.
   (d) podman               `podman run --rm --network=none` of the same busybox rootfs (imported)
   (e) bare exec            /bin/echo hi
   warm pool               the same job handed to a VM booted ahead of demand (`--warm-vms 1`)
-  (b) a busybox + crun initramfs is not measured yet.
+  (b) busybox + crun      the same kernel and rootfs squashfs, an initramfs of busybox, Debian's crun and the
+                          modules, whose shell script mounts the root and runs the job with `crun run`
 
 Usage: bench/microvm.py [--shoal target/release/shoal] [--repeat 7]
 """
@@ -66,6 +67,58 @@ def poweroff_initramfs(work):
     return cpio
 
 
+CRUN_INIT = """#!/bin/busybox sh
+B=/bin/busybox
+$B mount -t proc none /proc
+$B mount -t sysfs none /sys
+$B mount -t devtmpfs none /dev
+$B mount -t cgroup2 none /sys/fs/cgroup
+for m in virtio_ring virtio virtio_mmio virtio_blk squashfs overlay; do $B insmod /m/$m.ko; done
+while [ ! -b /dev/vda ]; do $B usleep 1000; done
+# The image read-only under a tmpfs, as shoal's sandbox has it (the runtime needs mountpoints in it).
+$B mkdir -p /mnt/lower /mnt/t /mnt/bundle/rootfs
+$B mount -t squashfs -o ro /dev/vda /mnt/lower
+$B mount -t tmpfs none /mnt/t
+$B mkdir /mnt/t/u /mnt/t/w
+$B mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/bundle/rootfs
+$B cp /config.json /mnt/bundle/config.json
+/bin/crun run --no-pivot --bundle /mnt/bundle job
+$B poweroff -f
+"""
+
+
+def crun_initramfs(work, modules_dir):
+    """(b): busybox + Debian's crun (and the libraries it links) + the six modules, as the seeds did it."""
+    d = work / "crun-initramfs"
+    for sub in ["bin", "m", "proc", "sys", "dev", "tmp", "mnt"]:
+        (d / sub).mkdir(parents=True)
+    shutil.copy("/bin/busybox", d / "bin" / "busybox")
+    shutil.copy("/usr/bin/crun", d / "bin" / "crun")
+    libs = subprocess.run(["ldd", "/usr/bin/crun"], capture_output=True, text=True, check=True).stdout
+    for path in re.findall(r"(/\S+\.so[.\d]*)", libs):
+        dest = d / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+    for m in ["drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_mmio",
+              "drivers/block/virtio_blk", "fs/squashfs/squashfs", "fs/overlayfs/overlay"]:
+        shutil.copy(modules_dir / "kernel" / f"{m}.ko", d / "m" / (m.rsplit("/", 1)[1] + ".ko"))
+    (d / "init").write_text(CRUN_INIT)
+    (d / "init").chmod(0o755)
+    spec_dir = work / "crun-spec"
+    spec_dir.mkdir()
+    sh(["crun", "spec"], cwd=spec_dir)
+    spec = json.loads((spec_dir / "config.json").read_text())
+    spec["process"]["args"] = ["/bin/echo", "hi"]
+    spec["process"]["terminal"] = False
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (d / "config.json").write_text(json.dumps(spec))
+    files = subprocess.run(["find", "."], cwd=d, capture_output=True, text=True, check=True).stdout
+    cpio = work / "crun.cpio"
+    with open(cpio, "wb") as f:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=files.encode(), cwd=d, stdout=f, check=True)
+    return cpio
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
@@ -112,6 +165,15 @@ def main():
         warm_job.append(hi["wall_ms"] / 1000)
         warm_tl.append(hi["vm_timeline"])
 
+    print("(b) busybox + crun initramfs...")
+    sqfs = next((work / "home" / "rootfs").glob("*.sqfs"))
+    modules_dir = next(Path("/lib/modules").glob("*-cloud-amd64"))
+    crun_argv = bare_boot_argv(argv, crun_initramfs(work, modules_dir)) + [
+        "-drive", f"id=r,file={sqfs},format=raw,if=none,readonly=on", "-device", "virtio-blk-device,drive=r"]
+    probe = subprocess.run(crun_argv, capture_output=True, text=True)
+    if "hi" not in probe.stdout.split():
+        print("    the crun initramfs did not print `hi`:", probe.stdout[-2000:])
+    crun = timed(crun_argv, n)
     print("(c) namespace backend...")
     ns = timed([shoal, "run", str(dag), "--no-cache", "--json", "--backend", "namespace"], n, env=env)
     print("(d) podman...")
@@ -131,6 +193,7 @@ def main():
     print("| way to run `echo hi` | median ms | shoal microvm / this |")
     print("|---|---|---|")
     rows = [("shoal run, microvm backend (cold VM)", shoal_vm), ("(a) QEMU + kernel + init that powers off", bare),
+            ("(b) QEMU + kernel + busybox and crun initramfs running the job", crun),
             ("(c) shoal run, namespace backend", ns)]
     if podman is not None:
         rows.append(("(d) podman run --rm --network=none", podman))
