@@ -194,12 +194,22 @@ impl Store {
         m.merges.clear().map_err(StoreError::meta("write"))?;
         Meta::flush(m)?;
 
-        // Materialized roots of dead trees.
+        // Materialized roots of dead trees, and their squashfs images (`<tree>.sqfs`, built
+        // beside them by the microVM backend).
         let rootfs = self.home().join("rootfs");
         if let Ok(rd) = std::fs::read_dir(&rootfs) {
             for e in rd.flatten() {
                 let name = e.file_name();
-                let Some(h) = name.to_str().and_then(Hash::from_hex) else { continue };
+                let Some(name) = name.to_str() else { continue };
+                if let Some(h) = name.strip_suffix(".sqfs").and_then(Hash::from_hex) {
+                    if !live.contains(&h) {
+                        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        std::fs::remove_file(e.path()).map_err(StoreError::io("cannot remove", e.path()))?;
+                        report.rootfs_bytes_freed += bytes;
+                    }
+                    continue;
+                }
+                let Some(h) = Hash::from_hex(name) else { continue };
                 if live.contains(&h) {
                     continue;
                 }

@@ -429,6 +429,10 @@ async fn gc_keeps_reachable_drops_the_rest() {
     write(&jdir.join("j"), &vec![9u8; 100_000], 0o644);
     let jtree = s.put_tree_from_dir(&jdir).await.unwrap();
     let dead_rootfs = s.rootfs(jtree.hash).await.unwrap();
+    // The microVM backend's squashfs images sit beside the roots and share their fate.
+    let (live_sqfs, dead_sqfs) = (live_rootfs.with_extension("sqfs"), dead_rootfs.with_extension("sqfs"));
+    std::fs::write(&live_sqfs, b"live image").unwrap();
+    std::fs::write(&dead_sqfs, b"dead image").unwrap();
 
     let report = s.gc().await.unwrap();
     eprintln!("{report:?}");
@@ -442,6 +446,7 @@ async fn gc_keeps_reachable_drops_the_rest() {
     assert!(report.bytes_freed >= 100_000, "{report:?}");
     assert_eq!(report.rootfs_removed, 1);
     assert!(live_rootfs.exists() && !dead_rootfs.exists());
+    assert!(live_sqfs.exists() && !dead_sqfs.exists());
     // The image still materializes after gc, and a second gc removes nothing.
     assert!(s.resolve_image(&ImageRef::Tag("img:1".into())).await.is_ok());
     let again = s.gc().await.unwrap();
