@@ -124,6 +124,61 @@ fn doctor_reports_the_accelerator_and_how_to_fix_what_is_missing() {
     }
 }
 
+#[test]
+fn killing_shoal_mid_job_takes_its_vms_with_it() {
+    let home = Home::with_busybox();
+    if !vm_ready(&home) {
+        return;
+    }
+    let dag = home.write(
+        "dag.json",
+        r#"{"version": 1, "jobs": [
+  {"id": "long", "image": "busybox:latest", "command": ["sleep", "600"], "outputs": {"o": "stdout"}}
+]}"#,
+    );
+    let mut cmd = std::process::Command::new(shoal_bin());
+    cmd.args(["run", dag.to_str().unwrap(), "--json", "--warm-vms", "1"])
+        .env("SHOAL_HOME", home.store())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    // Wait until its VM (and the warm one it boots for the next job of this kind) run.
+    let marker = home.path().to_string_lossy().into_owned();
+    let started = std::time::Instant::now();
+    while qemus_under(&marker) < 2 {
+        assert!(started.elapsed().as_secs() < 60, "shoal never started its VMs");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while qemus_under(&marker) > 0 {
+        assert!(killed.elapsed().as_secs() < 5, "QEMU outlived the shoal that started it");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The next run clears what the killed one left (its warm VM's disks) and works.
+    let again = home.write(
+        "quick.json",
+        r#"{"version": 1, "jobs": [{"id": "q", "image": "busybox:latest", "command": ["true"]}]}"#,
+    );
+    let warm_dir = home.store().join("vm/warm");
+    assert!(std::fs::read_dir(&warm_dir).unwrap().next().is_some(), "the killed run left its warm VM's disks");
+    assert_success(&home.shoal(&["run", again.to_str().unwrap(), "--warm-vms", "0"]), "a run after the kill");
+    assert!(std::fs::read_dir(&warm_dir).unwrap().next().is_none(), "stale warm VM disks were not cleared");
+}
+
+/// How many QEMU processes mention `marker` on their command line.
+fn qemus_under(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(marker))
+        .count()
+}
+
 /// No QEMU process whose command line mentions `dir` (each test's store lives there).
 fn assert_no_qemu_under(dir: &std::path::Path) {
     let marker = dir.to_string_lossy().into_owned();

@@ -211,6 +211,8 @@ impl MicrovmBackend {
             write_atomic(&initramfs, &cpio)?;
             tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
         }
+        // Disks of warm VMs whose shoal was killed before it could remove them.
+        remove_stale_vm_dirs(&cfg.cache_dir.join("warm"));
         let mut backend = MicrovmBackend {
             qemu: cfg.qemu,
             qemu_version,
@@ -703,7 +705,6 @@ impl std::fmt::Debug for WarmPool {
 
 impl WarmPool {
     fn new(per_key: usize, dir: PathBuf) -> WarmPool {
-        remove_stale_vm_dirs(&dir);
         let ready: Arc<Mutex<std::collections::HashMap<WarmKey, Vec<WarmVm>>>> = Arc::default();
         let booting: Arc<Mutex<std::collections::HashMap<WarmKey, usize>>> = Arc::default();
         let (tx, rx) = std::sync::mpsc::channel::<(WarmKey, Command, VmDisks)>();
