@@ -1,0 +1,7 @@
+//! The mesh. This module holds only the sans-IO core: no sockets, no clock, no randomness of its
+//! own; time comes in as `now_ms` arguments. The networking around it (libp2p, iroh-blobs) is
+//! issue 4's next step.
+//!
+//! - [`ledger`]: the replicated ledger, a grow-only set of signed facts folded into job states.
+
+pub mod ledger;

@@ -1,0 +1,224 @@
+//! Properties of the ledger's sans-IO core: merging is set union (commutative, associative,
+//! idempotent), any delivery order gives the same state, no view has two live winners for a job,
+//! forged or unsigned facts are refused, leases expire, attempts are counted.
+
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+use shoal_dag::Hash;
+use shoal_node::mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError};
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_bytes(&[n.max(1); 32])
+}
+
+fn dag() -> Hash {
+    Hash::of(b"a dag file")
+}
+
+const JOBS: [&str; 3] = ["a", "b", "c"];
+
+/// A random history over one DAG of three jobs and four nodes: claims, renewals, completions,
+/// failures and a possible cancel, each referring to earlier claims, signed by their claimant.
+fn history() -> impl Strategy<Value = Vec<Fact>> {
+    prop::collection::vec((0u8..6, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
+        let submit = Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 };
+        let mut facts = vec![Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)];
+        let mut claims: Vec<(Hash, u8)> = Vec::new();
+        for (i, (kind, node, job, t, pick)) in steps.into_iter().enumerate() {
+            let hlc = Hlc { wall_ms: t, counter: i as u32 };
+            let earlier = claims.get(pick % claims.len().max(1)).copied();
+            let (signer, body) = match (kind, earlier) {
+                (0 | 1, _) | (2..=4, None) => {
+                    (node, Body::Claim { dag: dag(), job: JOBS[job].into(), lease_until_ms: t + 30 })
+                }
+                (2, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
+                (3, Some((claim, owner))) => (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]) }),
+                (4, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {i}") }),
+                _ => (node, Body::Cancel { dag: dag() }),
+            };
+            let fact = Fact::sign(&key(signer + 2), hlc, body);
+            if matches!(fact.body, Body::Claim { .. }) {
+                claims.push((fact.id(), signer));
+            }
+            facts.push(fact);
+        }
+        facts
+    })
+}
+
+fn ledger_of(facts: &[Fact]) -> Ledger {
+    let mut l = Ledger::new();
+    for f in facts {
+        l.insert(f.clone()).expect("signed facts are accepted");
+    }
+    l
+}
+
+/// The lease of a claim as the facts say: its own, extended by its author's renewals.
+fn lease_of(facts: &[Fact], claim: &Fact) -> u64 {
+    let id = claim.id();
+    let own = match &claim.body {
+        Body::Claim { lease_until_ms, .. } => *lease_until_ms,
+        _ => unreachable!(),
+    };
+    facts
+        .iter()
+        .filter(|g| g.author == claim.author)
+        .filter_map(|g| match &g.body {
+            Body::Renew { claim, lease_until_ms } if *claim == id => Some(*lease_until_ms),
+            _ => None,
+        })
+        .fold(own, u64::max)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn merge_is_commutative_associative_and_idempotent(a in history(), b in history(), c in history()) {
+        let (la, lb, lc) = (ledger_of(&a), ledger_of(&b), ledger_of(&c));
+        let mut ab = la.clone();
+        ab.merge(&lb);
+        let mut ba = lb.clone();
+        ba.merge(&la);
+        prop_assert_eq!(&ab, &ba);
+        prop_assert_eq!(ab.digest(), ba.digest());
+        let mut ab_c = ab.clone();
+        ab_c.merge(&lc);
+        let mut bc = lb.clone();
+        bc.merge(&lc);
+        let mut a_bc = la.clone();
+        a_bc.merge(&bc);
+        prop_assert_eq!(&ab_c, &a_bc);
+        let mut aa = la.clone();
+        let (added, refused) = aa.merge(&la);
+        prop_assert_eq!((added, refused.len()), (0, 0));
+        prop_assert_eq!(&aa, &la);
+    }
+
+    #[test]
+    fn any_delivery_order_gives_the_same_state(facts in history(), seed in any::<u64>(), now in 0u64..200) {
+        let mut shuffled = facts.clone();
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        prop_assert_eq!(ledger_of(&facts).state(now), ledger_of(&shuffled).state(now));
+    }
+
+    #[test]
+    fn a_claimed_job_is_held_by_its_smallest_live_claim(facts in history(), now in 0u64..200) {
+        let state = ledger_of(&facts).state(now);
+        for (job, js) in &state.dags[&dag()].jobs {
+            let JobState::Claimed { claim, .. } = js else { continue };
+            let live: Vec<&Fact> = facts
+                .iter()
+                .filter(|f| matches!(&f.body, Body::Claim { job: j, .. } if j == job))
+                .filter(|f| {
+                    let id = f.id();
+                    let ended = facts.iter().any(|g| {
+                        g.author == f.author
+                            && matches!(&g.body, Body::Done { claim, .. } | Body::Fail { claim, .. } if *claim == id)
+                    });
+                    lease_of(&facts, f) > now && !ended
+                })
+                .collect();
+            let winner = live.iter().min_by_key(|f| (f.hlc, f.author));
+            prop_assert!(winner.is_some(), "job {} claimed without a live claim", job);
+            prop_assert_eq!(*claim, winner.unwrap().id());
+        }
+    }
+}
+
+#[test]
+fn forged_altered_and_unsigned_facts_are_refused() {
+    let good = Fact::sign(&key(1), Hlc::default(), Body::Cancel { dag: dag() });
+    let mut ledger = Ledger::new();
+    assert_eq!(ledger.insert(good.clone()), Ok(true));
+    assert_eq!(ledger.insert(good.clone()), Ok(false));
+
+    let mut altered = good.clone();
+    altered.body = Body::Cancel { dag: Hash::of(b"another dag") };
+    assert_eq!(ledger.insert(altered), Err(LedgerError::BadSignature));
+
+    let mut someone_else = good.clone();
+    someone_else.author = key(2).verifying_key().to_bytes();
+    assert_eq!(ledger.insert(someone_else), Err(LedgerError::BadSignature));
+
+    let mut unsigned = good.clone();
+    unsigned.signature = [0; 64];
+    assert_eq!(ledger.insert(unsigned), Err(LedgerError::BadSignature));
+
+    let empty = Fact::sign(&key(1), Hlc::default(), Body::Submit { dag: dag(), jobs: vec![], max_attempts: 1 });
+    assert!(matches!(ledger.insert(empty), Err(LedgerError::Malformed(_))));
+    assert_eq!(ledger.len(), 1, "refused facts leave the ledger as it was");
+}
+
+#[test]
+fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
+    let mut l = Ledger::new();
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 3 };
+    l.insert(Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)).unwrap();
+    let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 };
+    let claim = Fact::sign(&key(2), Hlc { wall_ms: 10, counter: 0 }, claim);
+    let claim_id = claim.id();
+    l.insert(claim).unwrap();
+    let job = |l: &Ledger, now| l.state(now).dags[&dag()].jobs["a"].clone();
+    assert!(matches!(job(&l, 50), JobState::Claimed { claim, .. } if claim == claim_id));
+    assert!(matches!(job(&l, 100), JobState::Open { .. }), "the lease ended");
+    let renew = |lease| Body::Renew { claim: claim_id, lease_until_ms: lease };
+    l.insert(Fact::sign(&key(3), Hlc { wall_ms: 90, counter: 0 }, renew(500))).unwrap();
+    assert!(matches!(job(&l, 150), JobState::Open { .. }), "a renewal by another node counts for nothing");
+    l.insert(Fact::sign(&key(2), Hlc { wall_ms: 90, counter: 1 }, renew(200))).unwrap();
+    assert!(matches!(job(&l, 150), JobState::Claimed { lease_until_ms: 200, .. }));
+    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r) };
+    l.insert(Fact::sign(&key(3), Hlc { wall_ms: 95, counter: 0 }, done(b"x"))).unwrap();
+    assert!(matches!(job(&l, 150), JobState::Claimed { .. }), "a Done by another node counts for nothing");
+    l.insert(Fact::sign(&key(2), Hlc { wall_ms: 95, counter: 1 }, done(b"r"))).unwrap();
+    assert!(matches!(job(&l, 1000), JobState::Done { record, .. } if record == Hash::of(b"r")));
+}
+
+#[test]
+fn a_job_failed_max_attempts_times_has_failed_with_every_reason() {
+    let mut l = Ledger::new();
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 2 };
+    l.insert(Fact::sign(&key(1), Hlc::default(), submit)).unwrap();
+    for (i, node) in [2u8, 3].into_iter().enumerate() {
+        let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 };
+        let claim = Fact::sign(&key(node), Hlc { wall_ms: 10 + i as u64, counter: 0 }, claim);
+        let id = claim.id();
+        l.insert(claim).unwrap();
+        let state = l.state(20).dags[&dag()].jobs["a"].clone();
+        assert!(matches!(state, JobState::Claimed { .. }), "attempt {i} holds the job: {state:?}");
+        let fail = Body::Fail { claim: id, reason: format!("oom on node {node}") };
+        l.insert(Fact::sign(&key(node), Hlc { wall_ms: 30, counter: i as u32 }, fail)).unwrap();
+    }
+    match &l.state(40).dags[&dag()].jobs["a"] {
+        JobState::Failed { failures } => assert_eq!(failures, &["oom on node 2", "oom on node 3"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hybrid_logical_clocks_move_forward() {
+    let a = Hlc { wall_ms: 100, counter: 3 };
+    assert_eq!(a.tick(50), Hlc { wall_ms: 100, counter: 4 }, "a clock behind does not move it back");
+    assert_eq!(a.tick(200), Hlc { wall_ms: 200, counter: 0 });
+    let remote = Hlc { wall_ms: 300, counter: 7 };
+    assert_eq!(a.observe(remote, 150), Hlc { wall_ms: 300, counter: 8 });
+    assert!(a.observe(remote, 150) > remote && a.observe(remote, 150) > a);
+}
+
+#[test]
+fn a_fact_round_trips_through_cbor_with_its_id_and_signature() {
+    let f = Fact::sign(&key(4), Hlc { wall_ms: 5, counter: 1 }, Body::Fail { claim: dag(), reason: "why".into() });
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&f, &mut bytes).unwrap();
+    let back: Fact = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(back, f);
+    assert_eq!(back.id(), f.id());
+    back.verify().unwrap();
+}
