@@ -3,5 +3,7 @@
 //! issue 4's next step.
 //!
 //! - [`ledger`]: the replicated ledger, a grow-only set of signed facts folded into job states.
+//! - [`capabilities`]: what a node offers, whether a job fits it, and why no node can run a job.
 
+pub mod capabilities;
 pub mod ledger;

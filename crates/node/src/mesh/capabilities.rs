@@ -1,0 +1,169 @@
+//! What a node can run, and whether a job's requirements fit it: pure functions the scheduler
+//! core and `shoal peers` use. A job no node in the mesh could ever run is reported unschedulable
+//! with every reason, instead of waiting forever.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use shoal_dag::{Arch, Isolation, Requirements};
+
+/// What a node offers, as it gossips it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub arch: Arch,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub cpu_flags: BTreeSet<String>,
+    /// One entry per GPU: its model.
+    pub gpus: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Whether the node can run microVMs (QEMU, guest kernel and guest-init present).
+    pub microvm: bool,
+}
+
+/// One reason a job does not fit a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mismatch {
+    Arch { wanted: Arch, has: Arch },
+    Cores { wanted: u32, has: u32 },
+    Memory { wanted_bytes: u64, has_bytes: u64 },
+    CpuFlags { missing: Vec<String> },
+    Gpu { wanted: u32, model: Option<String>, has: u32 },
+    Label { key: String, wanted: String, has: Option<String> },
+    NoMicrovm,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Arch { wanted, has } => write!(f, "needs {wanted:?}, is {has:?}"),
+            Mismatch::Cores { wanted, has } => write!(f, "needs {wanted} cores, has {has}"),
+            Mismatch::Memory { wanted_bytes, has_bytes } => {
+                write!(f, "needs {} MiB of memory, has {} MiB", wanted_bytes >> 20, has_bytes >> 20)
+            }
+            Mismatch::CpuFlags { missing } => write!(f, "lacks CPU flags {}", missing.join(", ")),
+            Mismatch::Gpu { wanted, model, has } => match model {
+                Some(m) => write!(f, "needs {wanted} GPU(s) of model {m}, has {has} of it"),
+                None => write!(f, "needs {wanted} GPU(s), has {has}"),
+            },
+            Mismatch::Label { key, wanted, has } => match has {
+                Some(h) => write!(f, "needs label {key}={wanted}, has {key}={h}"),
+                None => write!(f, "needs label {key}={wanted}, has none"),
+            },
+            Mismatch::NoMicrovm => write!(f, "needs isolation: vm and cannot run microVMs"),
+        }
+    }
+}
+
+/// Every way `req` does not fit `caps`; empty when it fits.
+pub fn mismatches(req: &Requirements, caps: &Capabilities) -> Vec<Mismatch> {
+    let mut out = Vec::new();
+    if let Some(arch) = req.arch
+        && arch != caps.arch
+    {
+        out.push(Mismatch::Arch { wanted: arch, has: caps.arch });
+    }
+    if req.cores > caps.cores {
+        out.push(Mismatch::Cores { wanted: req.cores, has: caps.cores });
+    }
+    if req.memory_bytes > caps.memory_bytes {
+        out.push(Mismatch::Memory { wanted_bytes: req.memory_bytes, has_bytes: caps.memory_bytes });
+    }
+    let missing: Vec<String> = req.cpu_flags.iter().filter(|f| !caps.cpu_flags.contains(*f)).cloned().collect();
+    if !missing.is_empty() {
+        out.push(Mismatch::CpuFlags { missing });
+    }
+    if let Some(gpu) = &req.gpu {
+        let has = caps.gpus.iter().filter(|m| gpu.model.as_ref().is_none_or(|want| *m == want)).count() as u32;
+        if has < gpu.count {
+            out.push(Mismatch::Gpu { wanted: gpu.count, model: gpu.model.clone(), has });
+        }
+    }
+    for (key, wanted) in &req.labels {
+        let has = caps.labels.get(key);
+        if has != Some(wanted) {
+            out.push(Mismatch::Label { key: key.clone(), wanted: wanted.clone(), has: has.cloned() });
+        }
+    }
+    if req.isolation == Some(Isolation::Vm) && !caps.microvm {
+        out.push(Mismatch::NoMicrovm);
+    }
+    out
+}
+
+/// Why no node of `mesh` can run `req`, or None if one can. The reason lists each node's
+/// mismatches, so a user sees what to change (or which machine to add).
+pub fn unschedulable(req: &Requirements, mesh: &[(String, Capabilities)]) -> Option<String> {
+    if mesh.is_empty() {
+        return Some("the mesh has no nodes".into());
+    }
+    let mut reasons = Vec::new();
+    for (node, caps) in mesh {
+        let m = mismatches(req, caps);
+        if m.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = m.iter().map(ToString::to_string).collect();
+        reasons.push(format!("{node}: {}", list.join("; ")));
+    }
+    Some(format!("no node can run it: {}", reasons.join(" | ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_dag::Gpu;
+
+    fn node() -> Capabilities {
+        Capabilities {
+            arch: Arch::X86_64,
+            cores: 2,
+            memory_bytes: 24 << 30,
+            cpu_flags: ["avx2", "sse4_2"].into_iter().map(String::from).collect(),
+            gpus: vec![],
+            labels: [("pool".to_string(), "night".to_string())].into(),
+            microvm: true,
+        }
+    }
+
+    #[test]
+    fn a_default_job_fits_and_every_mismatch_is_named() {
+        assert!(mismatches(&Requirements::default(), &node()).is_empty());
+        let req = Requirements {
+            arch: Some(Arch::Aarch64),
+            cores: 8,
+            memory_bytes: 64 << 30,
+            cpu_flags: vec!["avx512f".into(), "avx2".into()],
+            gpu: Some(Gpu { count: 1, model: None }),
+            labels: [("pool".to_string(), "day".to_string())].into(),
+            isolation: Some(Isolation::Vm),
+            ..Requirements::default()
+        };
+        let m = mismatches(&req, &node());
+        assert_eq!(m.len(), 6, "{m:?}");
+        assert!(m.contains(&Mismatch::CpuFlags { missing: vec!["avx512f".into()] }));
+        let mut no_vm = node();
+        no_vm.microvm = false;
+        assert_eq!(
+            mismatches(&Requirements { isolation: Some(Isolation::Vm), ..Requirements::default() }, &no_vm),
+            vec![Mismatch::NoMicrovm]
+        );
+        assert!(mismatches(&Requirements::default(), &no_vm).is_empty(), "unset isolation may use namespaces");
+    }
+
+    #[test]
+    fn a_gpu_job_in_a_mesh_without_gpus_is_unschedulable_with_the_reason() {
+        let req = Requirements { gpu: Some(Gpu { count: 1, model: None }), ..Requirements::default() };
+        let mesh = vec![("a".to_string(), node()), ("b".to_string(), node())];
+        let why = unschedulable(&req, &mesh).expect("unschedulable");
+        assert!(why.contains("a: needs 1 GPU(s), has 0") && why.contains("b: needs 1 GPU(s), has 0"), "{why}");
+        let mut gpu_node = node();
+        gpu_node.gpus = vec!["A100".into()];
+        let mesh = vec![("a".to_string(), node()), ("g".to_string(), gpu_node.clone())];
+        assert_eq!(unschedulable(&req, &mesh), None);
+        let h100 = Requirements { gpu: Some(Gpu { count: 1, model: Some("H100".into()) }), ..Requirements::default() };
+        assert!(unschedulable(&h100, &[("g".to_string(), gpu_node)]).unwrap().contains("model H100"));
+        assert!(unschedulable(&Requirements::default(), &[]).is_some());
+    }
+}
