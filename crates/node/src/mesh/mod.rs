@@ -4,6 +4,8 @@
 //!
 //! - [`ledger`]: the replicated ledger, a grow-only set of signed facts folded into job states.
 //! - [`capabilities`]: what a node offers, whether a job fits it, and why no node can run a job.
+//! - [`core`]: one node's scheduler as a state machine around the ledger (`handle_*` in, `poll_*` out).
 
 pub mod capabilities;
+pub mod core;
 pub mod ledger;
