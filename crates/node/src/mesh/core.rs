@@ -17,6 +17,11 @@ use super::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId};
 
 /// How long a claim holds without a renewal, in ms.
 pub const LEASE_MS: u64 = 10_000;
+/// How long a node waits, per place it ranks behind for a job, before claiming it: the node that
+/// ranks first for a job (rendezvous hashing over the known peers) claims at once, the second
+/// after this long if the job is still open, and so on. Without it every node claims every job
+/// that opens and all but one of those runs are stopped.
+pub const CLAIM_STAGGER_MS: u64 = 200;
 
 /// What the node should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +49,10 @@ pub struct NodeCore {
     /// DAG contents by hash, once known (submitted here or fetched).
     dags: BTreeMap<Hash, Dag>,
     running: BTreeMap<Hash, Running>,
+    /// Known peers, this node included; ranks jobs among nodes.
+    peers: BTreeSet<NodeId>,
+    /// When this node first saw each job open.
+    open_since: BTreeMap<(Hash, String), u64>,
     out_facts: VecDeque<Fact>,
     out_actions: VecDeque<Action>,
 }
@@ -59,6 +68,8 @@ impl NodeCore {
             ledger: Ledger::new(),
             dags: BTreeMap::new(),
             running: BTreeMap::new(),
+            peers: [id].into(),
+            open_since: BTreeMap::new(),
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
         }
@@ -98,6 +109,25 @@ impl NodeCore {
     /// DAGs named by the ledger whose content this node lacks: fetch them by hash.
     pub fn wanted_dags(&self, now_ms: u64) -> Vec<Hash> {
         self.ledger.state(now_ms).dags.keys().filter(|h| !self.dags.contains_key(h)).copied().collect()
+    }
+
+    /// The nodes of the mesh as gossip knows them (this node is always among them).
+    pub fn handle_peers(&mut self, now_ms: u64, peers: impl IntoIterator<Item = NodeId>) {
+        self.peers = peers.into_iter().chain([self.id]).collect();
+        self.schedule(now_ms);
+    }
+
+    /// This node's place among the known peers for a job: 0 claims first.
+    fn rank(&self, dag: &Hash, job: &str) -> u64 {
+        let score = |node: &NodeId| {
+            let mut h = blake3::Hasher::new();
+            h.update(&dag.0);
+            h.update(job.as_bytes());
+            h.update(node);
+            *h.finalize().as_bytes()
+        };
+        let mine = score(&self.id);
+        self.peers.iter().filter(|p| score(p) < mine).count() as u64
     }
 
     /// A fact from a peer. A refused fact changes nothing.
@@ -151,7 +181,9 @@ impl NodeCore {
                 JobState::Claimed { lease_until_ms, .. } => Some(lease_until_ms),
                 _ => None,
             });
-        renewals.chain(expiries).min().map(|t| t.max(now_ms))
+        let staggered =
+            self.open_since.iter().map(|((dag, job), since)| since + self.rank(dag, job) * CLAIM_STAGGER_MS);
+        renewals.chain(expiries).chain(staggered.filter(|t| *t > now_ms)).min().map(|t| t.max(now_ms))
     }
 
     pub fn poll_fact(&mut self) -> Option<Fact> {
@@ -184,6 +216,7 @@ impl NodeCore {
             self.out_actions.push_back(Action::Stop { claim });
         }
         let mut claimable = Vec::new();
+        let mut open_now = BTreeSet::new();
         for (dag_hash, dag_state) in &state.dags {
             let Some(dag) = self.dags.get(dag_hash) else { continue };
             let done: BTreeSet<&str> = dag_state
@@ -203,9 +236,16 @@ impl NodeCore {
                 if !mismatches(&job.requirements, &self.caps).is_empty() {
                     continue;
                 }
+                let key = (*dag_hash, job.id.clone());
+                let since = *self.open_since.entry(key.clone()).or_insert(now_ms);
+                open_now.insert(key);
+                if now_ms < since + self.rank(dag_hash, &job.id) * CLAIM_STAGGER_MS {
+                    continue;
+                }
                 claimable.push((*dag_hash, job.id.clone(), job.requirements.cores));
             }
         }
+        self.open_since.retain(|k, _| open_now.contains(k));
         for (dag, job, cores) in claimable {
             if cores > self.free_cores() {
                 continue;
