@@ -45,6 +45,8 @@ pub struct Config {
     pub job_ms: (u64, u64),
     /// Stop after this much simulated time.
     pub limit_ms: u64,
+    /// (node, at_ms): that node dies then — nothing it would do or receive happens after.
+    pub crash: Option<(usize, u64)>,
 }
 
 enum Event {
@@ -175,13 +177,22 @@ pub fn run(cfg: &Config) -> Report {
             .get(&dag_hash)
             .is_some_and(|d| d.jobs.values().all(|j| matches!(j, JobState::Done { .. })))
     };
+    let dead = |node: usize, at: u64| cfg.crash.is_some_and(|(n, t)| n == node && at >= t);
     while let Some(Reverse((at, id, _))) = queue.pop() {
         if at > cfg.limit_ms {
             break;
         }
         now = at;
         processed += 1;
-        let node = match events.remove(&id).expect("queued") {
+        let event = events.remove(&id).expect("queued");
+        let target = match &event {
+            Event::Deliver { to, .. } => *to,
+            Event::Tick { node } | Event::Finished { node, .. } => *node,
+        };
+        if dead(target, at) {
+            continue;
+        }
+        let node = match event {
             Event::Deliver { to, fact } => {
                 nodes[to].handle_fact(now, *fact).expect("facts from the core verify");
                 to
@@ -197,21 +208,27 @@ pub fn run(cfg: &Config) -> Report {
             }
         };
         outbox(node, now, &mut nodes, &mut rng, &mut queue, &mut events, &mut starts, &mut stopped, &mut pending_ticks);
+        let live: Vec<usize> = (0..nodes.len()).filter(|&n| !dead(n, now)).collect();
+        let first = live[0];
         if queue.is_empty()
-            || (done_all(&nodes, now) && nodes.iter().all(|n| n.ledger().len() == nodes[0].ledger().len()))
+            || (done_all(&nodes[first..=first], now)
+                && live.iter().all(|&n| nodes[n].ledger().len() == nodes[first].ledger().len()))
         {
             break;
         }
     }
-    // Let the last facts land, then compare every view.
+    // Let the last facts land, then compare the views of the nodes still alive.
     while let Some(Reverse((at, id, _))) = queue.pop() {
-        if let Some(Event::Deliver { to, fact }) = events.remove(&id) {
+        if let Some(Event::Deliver { to, fact }) = events.remove(&id)
+            && !dead(to, at)
+        {
             nodes[to].handle_fact(at, *fact).expect("facts verify");
         }
     }
-    let digest = nodes[0].ledger().digest();
-    let converged = nodes.iter().all(|n| n.ledger().digest() == digest);
-    let state = nodes[0].ledger().state(now);
+    let live: Vec<usize> = (0..nodes.len()).filter(|&n| !dead(n, now)).collect();
+    let digest = nodes[live[0]].ledger().digest();
+    let converged = live.iter().all(|&n| nodes[n].ledger().digest() == digest);
+    let state = nodes[live[0]].ledger().state(now);
     let done =
         state.dags.get(&dag_hash).map_or(0, |d| d.jobs.values().filter(|j| matches!(j, JobState::Done { .. })).count());
     let mut finish = vec![0u64; cfg.jobs];

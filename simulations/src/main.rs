@@ -27,6 +27,7 @@ fn main() {
         latency_ms: (1, 20),
         job_ms: (1_000, 60_000),
         limit_ms: 7 * 86_400_000,
+        crash: None,
     };
     let started = std::time::Instant::now();
     let r = run(&cfg);
