@@ -53,6 +53,9 @@ pub struct NodeCore {
     peers: BTreeSet<NodeId>,
     /// When this node first saw each job open.
     open_since: BTreeMap<(Hash, String), u64>,
+    /// The earliest lease of a job claimed elsewhere, as of the last schedule: when a job may
+    /// become claimable with no new fact (only facts can make a claim live, so it stays valid).
+    next_expiry: Option<u64>,
     out_facts: VecDeque<Fact>,
     out_actions: VecDeque<Action>,
 }
@@ -70,6 +73,7 @@ impl NodeCore {
             running: BTreeMap::new(),
             peers: [id].into(),
             open_since: BTreeMap::new(),
+            next_expiry: None,
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
         }
@@ -176,11 +180,7 @@ impl NodeCore {
     /// When `handle_tick` is next needed: the earliest renewal, or a lease elsewhere expiring.
     pub fn poll_timeout(&self, now_ms: u64) -> Option<u64> {
         let renewals = self.running.values().map(|r| r.lease_until_ms.saturating_sub(LEASE_MS / 2));
-        let expiries =
-            self.ledger.state(now_ms).dags.into_values().flat_map(|d| d.jobs.into_values()).filter_map(|js| match js {
-                JobState::Claimed { lease_until_ms, .. } => Some(lease_until_ms),
-                _ => None,
-            });
+        let expiries = self.next_expiry.filter(|t| *t > now_ms);
         let staggered =
             self.open_since.iter().map(|((dag, job), since)| since + self.rank(dag, job) * CLAIM_STAGGER_MS);
         renewals.chain(expiries).chain(staggered.filter(|t| *t > now_ms)).min().map(|t| t.max(now_ms))
@@ -201,6 +201,15 @@ impl NodeCore {
     /// Stops runs that lost their job; claims what fits.
     fn schedule(&mut self, now_ms: u64) {
         let state = self.ledger.state(now_ms);
+        self.next_expiry = state
+            .dags
+            .values()
+            .flat_map(|d| d.jobs.values())
+            .filter_map(|js| match js {
+                JobState::Claimed { lease_until_ms, .. } => Some(*lease_until_ms),
+                _ => None,
+            })
+            .min();
         // Runs whose claim no longer holds the job.
         let lost: Vec<Hash> = self
             .running
