@@ -81,6 +81,15 @@ fn a_job_that_requires_a_vm_never_runs_in_the_namespace_backend() {
 }
 
 #[test]
+fn too_many_warm_vms_is_refused_with_the_range() {
+    let home = Home::empty();
+    let dag = repo_root().join("examples/pipeline.json");
+    let out = home.shoal(&["run", dag.to_str().unwrap(), "--warm-vms", "99"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("from 0 to 16"), "{}", stderr(&out));
+}
+
+#[test]
 fn a_job_that_accepts_namespaces_uses_them_under_the_default_backend() {
     let home = Home::with_busybox();
     let dag = home.write(

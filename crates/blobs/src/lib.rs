@@ -39,6 +39,7 @@ pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbo
 pub use error::{ImageError, OpenError, StoreError};
 pub use gc::GcReport;
 pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
+pub use tree::remove_tree_forcefully;
 
 use meta::Meta;
 

@@ -369,7 +369,7 @@ impl Store {
 
 /// Removes a file or a directory tree, first making directories writable (a materialized tree
 /// may hold `0555` directories, which even their owner cannot empty otherwise).
-pub(crate) fn remove_tree_forcefully(path: &Path) -> std::io::Result<()> {
+pub fn remove_tree_forcefully(path: &Path) -> std::io::Result<()> {
     let md = match std::fs::symlink_metadata(path) {
         Ok(md) => md,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

@@ -87,8 +87,17 @@ struct RunArgs {
     cores: Option<u32>,
     /// MicroVMs kept booted ahead of demand for each kind of job (image, memory, cores); 0 boots
     /// one per job when it starts.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = warm_vms_in_range)]
     warm_vms: usize,
+}
+
+/// `--warm-vms`: 0 to [`shoal_vm::microvm::WARM_PER_KIND_MAX`].
+fn warm_vms_in_range(text: &str) -> Result<usize, String> {
+    let max = shoal_vm::microvm::WARM_PER_KIND_MAX;
+    match text.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("give a number from 0 to {max} (VMs kept booted per kind of job)")),
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

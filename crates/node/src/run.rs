@@ -497,14 +497,13 @@ impl Drop for WorkDir<'_> {
             entries.flatten().all(|e| {
                 let p = e.path();
                 let keep = e.file_name() == "outputs" && e.file_type().is_ok_and(|t| t.is_dir());
-                let r = if keep {
+                if keep {
                     std::fs::read_dir(&p)
-                        .map(|inner| inner.flatten().all(|i| remove_any(&i.path()).is_ok()))
+                        .map(|inner| inner.flatten().all(|i| shoal_blobs::remove_tree_forcefully(&i.path()).is_ok()))
                         .unwrap_or(false)
                 } else {
-                    remove_any(&p).is_ok()
-                };
-                r
+                    shoal_blobs::remove_tree_forcefully(&p).is_ok()
+                }
             })
         });
         if emptied.unwrap_or(false) {
@@ -513,22 +512,6 @@ impl Drop for WorkDir<'_> {
             tracing::warn!("cannot remove the work directory {}: {e}", self.path.display());
         }
     }
-}
-
-/// Removes a file, symlink or directory tree, making read-only directories writable first.
-fn remove_any(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(p)?;
-    if !meta.is_dir() {
-        return std::fs::remove_file(p);
-    }
-    if meta.permissions().mode() & 0o700 != 0o700 {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-    }
-    for e in std::fs::read_dir(p)? {
-        remove_any(&e?.path())?;
-    }
-    std::fs::remove_dir(p)
 }
 
 /// Runs a job that the cache did not answer, and records what happened.

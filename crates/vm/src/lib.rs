@@ -90,6 +90,14 @@ pub struct Limits {
     pub timeout_ms: u64,
 }
 
+impl Limits {
+    /// Bound on a run's output tar stream: twice the output limit plus 64 MiB of tar headers. The
+    /// collector enforces the output limit inside the sandbox; this only stops a stream gone wrong.
+    pub fn output_stream_bytes_max(&self) -> u64 {
+        self.output_bytes_max.saturating_mul(2).saturating_add(64 << 20)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -295,7 +295,7 @@ impl NamespaceBackend {
         };
         let stdout_t = reader(out_r, "stdout");
         let stderr_t = reader(err_r, "stderr");
-        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        let tar_cap = req.limits.output_stream_bytes_max();
         let tar_t = thread::spawn(move || {
             let mut capped = Capped { inner: tar_r, left: tar_cap };
             let result = sink(&mut capped);

@@ -43,6 +43,8 @@ const KVM_PROBE_MS: u64 = 10_000;
 /// Past the job's timeout, the guest's own grace to kill it and reply (as in the namespace backend).
 const GUEST_GRACE_MS: u64 = 2_000;
 const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+/// Most VMs kept booted ahead of demand per kind of job (each holds its memory while it waits).
+pub const WARM_PER_KIND_MAX: usize = 16;
 /// Request disk of a pre-booted VM, sized at its boot: a job whose inputs do not fit runs cold.
 const WARM_REQUEST_DISK_BYTES: u64 = DATA_OFFSET + (256 << 20);
 /// Past the go-ahead, what a warm VM is allowed on top of the job's timeout and guest grace
@@ -69,7 +71,7 @@ impl Accel {
     }
 }
 
-/// How to set up the backend. `Default` finds everything on the host.
+/// How to set up the backend. [`MicrovmConfig::new`] finds everything on the host.
 #[derive(Debug, Clone)]
 pub struct MicrovmConfig {
     /// Where the vmlinux and initramfs are cached (e.g. `$SHOAL_HOME/vm`).
@@ -85,7 +87,7 @@ pub struct MicrovmConfig {
     /// Test hook: make guest-init panic or hang.
     pub fault: Option<Fault>,
     /// VMs kept booted ahead of demand for each kind of job seen (image, memory, cores);
-    /// 0: every job boots its own.
+    /// 0: every job boots its own. At most [`WARM_PER_KIND_MAX`].
     pub warm_per_kind: usize,
 }
 
@@ -225,7 +227,8 @@ impl MicrovmBackend {
             boot_grace_ms: 0,
             fault: cfg.fault,
             tsc_khz: tsc_khz(),
-            pool: (cfg.warm_per_kind > 0).then(|| WarmPool::new(cfg.warm_per_kind, cfg.cache_dir.join("warm"))),
+            pool: (cfg.warm_per_kind > 0)
+                .then(|| WarmPool::new(cfg.warm_per_kind.min(WARM_PER_KIND_MAX), cfg.cache_dir.join("warm"))),
         };
         (backend.accel, backend.accel_reason) = match cfg.accel {
             Some(a) => (a, "chosen by configuration".into()),
@@ -373,55 +376,44 @@ impl MicrovmBackend {
         Ok(cmd)
     }
 
-    fn start_vm(&self, cmd: &mut Command) -> Result<Vm, RunError> {
-        tracing::debug!(?cmd, "starting QEMU");
-        let started = Instant::now();
-        let mut child = cmd.spawn().map_err(|source| RunError::HelperSpawn { program: self.qemu.clone(), source })?;
-        let console = tail_reader(child.stdout.take());
-        let qemu_err = tail_reader(child.stderr.take());
-        let stdin = child.stdin.take();
-        Ok(Vm { child: Some(child), stdin, console: Some(console), qemu_err: Some(qemu_err), started })
-    }
-
     fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
         let started = Instant::now();
         crate::namespace::validate(&req, true)?;
-        let rootfs_img = squashfs_for(&req.rootfs)?;
-        let key = WarmKey::of(&rootfs_img, &req.limits, req.network);
+        let key = WarmKey::of(&squashfs_for(&req.rootfs)?, &req.limits, req.network);
         if let Some(pool) = &self.pool {
             let warm = pool.take(&key);
             // The next job of this kind finds a VM booted.
-            pool.replenish(self, key);
+            pool.replenish(self, key.clone());
             if let Some(warm) = warm {
-                return self.run_warm(&req, warm, started);
+                return self.run_warm(&req, &key, warm, started);
             }
         }
-        self.run_cold(&req, started)
+        self.run_cold(&req, &key, started)
     }
 
-    fn run_cold(&self, req: &Request, started: Instant) -> Result<Outcome, RunError> {
-        let rootfs_img = squashfs_for(&req.rootfs)?;
-        let key = WarmKey::of(&rootfs_img, &req.limits, req.network);
+    fn run_cold(&self, req: &Request, key: &WarmKey, started: Instant) -> Result<Outcome, RunError> {
         let disks = VmDisks {
-            rootfs: rootfs_img,
+            rootfs: key.rootfs.clone(),
             request: req.work_dir.join("request.img"),
             reply: req.work_dir.join("reply.img"),
         };
         write_request_disk(&disks.request, req, self.fault, None)?;
         create_sparse(&disks.reply, key.reply_len)?;
-        let mut vm = self.start_vm(&mut self.qemu_command(&disks, &key, false)?)?;
+        let mut cmd = self.qemu_command(&disks, key, false)?;
+        let mut vm =
+            spawn_vm(&mut cmd, None).map_err(|source| RunError::HelperSpawn { program: self.qemu.clone(), source })?;
         let boot_deadline = vm.started + Duration::from_millis(self.boot_grace_ms);
         let origin = vm.started;
         self.finish(req, &mut vm, &disks.reply, key.reply_len, boot_deadline, started, origin)
     }
 
     /// A pre-booted VM: fill its request disk, tell it to go, collect as for a cold one.
-    fn run_warm(&self, req: &Request, mut warm: WarmVm, started: Instant) -> Result<Outcome, RunError> {
+    fn run_warm(&self, req: &Request, key: &WarmKey, mut warm: WarmVm, started: Instant) -> Result<Outcome, RunError> {
         let disks = &warm.disks;
         if let Err(e) = write_request_disk(&disks.request, req, self.fault, Some(WARM_REQUEST_DISK_BYTES)) {
             tracing::debug!("warm VM refused ({e}); booting a cold one");
             drop(warm);
-            return self.run_cold(req, started);
+            return self.run_cold(req, key, started);
         }
         let boot_deadline = warm.vm.started + Duration::from_millis(self.boot_grace_ms);
         while !warm.ready.load(std::sync::atomic::Ordering::Acquire) {
@@ -429,7 +421,7 @@ impl MicrovmBackend {
             if !alive || Instant::now() >= boot_deadline {
                 tracing::debug!("warm VM never became ready; booting a cold one");
                 drop(warm);
-                return self.run_cold(req, started);
+                return self.run_cold(req, key, started);
             }
             thread::sleep(Duration::from_millis(2));
         }
@@ -438,7 +430,7 @@ impl MicrovmBackend {
         if !matches!(sent, Some(Ok(()))) {
             tracing::debug!("warm VM died before its job; booting a cold one");
             drop(warm);
-            return self.run_cold(req, started);
+            return self.run_cold(req, key, started);
         }
         let reply_img = disks.reply.clone();
         let reply_len = warm.reply_len;
@@ -464,7 +456,7 @@ impl MicrovmBackend {
         origin: Instant,
     ) -> Result<Outcome, RunError> {
         let stdout_cap = req.limits.stdout_bytes_max;
-        let tar_cap = req.limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
+        let tar_cap = req.limits.output_stream_bytes_max();
         let qemu_started = vm.started;
         let deadline = job_deadline_base + Duration::from_millis(req.limits.timeout_ms.saturating_add(GUEST_GRACE_MS));
         let child = vm.child.as_mut().expect("running");
@@ -479,8 +471,9 @@ impl MicrovmBackend {
         tracing::debug!("guest console:\n{}", tail(&console).replace('\r', ""));
         if hung {
             return Err(RunError::Helper(format!(
-                "the microVM hung: no reply {} ms past its {} ms timeout; QEMU was killed. Console: {}",
-                GUEST_GRACE_MS + job_deadline_base.saturating_duration_since(qemu_started).as_millis() as u64,
+                "the microVM hung: no reply {} ms after {} (its job's timeout is {} ms); QEMU was killed. Console: {}",
+                deadline.saturating_duration_since(origin).as_millis(),
+                if origin == qemu_started { "QEMU started" } else { "its go-ahead" },
                 req.limits.timeout_ms,
                 tail(&console)
             )));
@@ -653,12 +646,11 @@ struct WarmKey {
 
 impl WarmKey {
     fn of(rootfs_img: &Path, limits: &crate::Limits, network: bool) -> WarmKey {
-        let tar_cap = limits.output_bytes_max.saturating_mul(2).saturating_add(64 << 20);
         WarmKey {
             rootfs: rootfs_img.to_path_buf(),
             mem_mib: (limits.memory_bytes >> 20) + GUEST_OVERHEAD_MIB,
             cores: limits.cores.max(1),
-            reply_len: round_up(DATA_OFFSET + tar_cap + 2 * limits.stdout_bytes_max, 1 << 20),
+            reply_len: round_up(DATA_OFFSET + limits.output_stream_bytes_max() + 2 * limits.stdout_bytes_max, 1 << 20),
             network,
         }
     }
@@ -713,26 +705,14 @@ impl WarmPool {
             .name("shoal-warm-vms".into())
             .spawn(move || {
                 for (key, mut cmd, disks) in rx {
-                    tracing::debug!(?cmd, "starting a warm QEMU");
-                    let started = Instant::now();
-                    let spawned = cmd.spawn();
+                    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let spawned = spawn_vm(&mut cmd, Some(ready.clone()));
                     if let Some(n) = booting_t.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key) {
                         *n = n.saturating_sub(1);
                     }
                     let dir = disks.request.parent().map(Path::to_path_buf).unwrap_or_default();
                     match spawned {
-                        Ok(mut child) => {
-                            let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                            let console = tail_reader_watching(child.stdout.take(), Some(ready.clone()));
-                            let qemu_err = tail_reader(child.stderr.take());
-                            let stdin = child.stdin.take();
-                            let vm = Vm {
-                                child: Some(child),
-                                stdin,
-                                console: Some(console),
-                                qemu_err: Some(qemu_err),
-                                started,
-                            };
+                        Ok(vm) => {
                             let warm = WarmVm { vm, disks, reply_len: key.reply_len, dir, ready };
                             ready_t.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().push(warm);
                         }
@@ -838,6 +818,18 @@ fn tempfile_dir(parent: &Path) -> Result<PathBuf, RunError> {
 
 fn create_sparse(path: &Path, len: u64) -> Result<(), RunError> {
     File::create(path).and_then(|f| f.set_len(len)).map_err(|e| RunError::io(format!("creating {}", path.display()), e))
+}
+
+/// Starts QEMU with readers for its console (watching for [`disk::WARM_READY_MARKER`] when
+/// `ready` is given) and its stderr.
+fn spawn_vm(cmd: &mut Command, ready: Option<Arc<std::sync::atomic::AtomicBool>>) -> io::Result<Vm> {
+    tracing::debug!(?cmd, warm = ready.is_some(), "starting QEMU");
+    let started = Instant::now();
+    let mut child = cmd.spawn()?;
+    let console = tail_reader_watching(child.stdout.take(), ready);
+    let qemu_err = tail_reader(child.stderr.take());
+    let stdin = child.stdin.take();
+    Ok(Vm { child: Some(child), stdin, console: Some(console), qemu_err: Some(qemu_err), started })
 }
 
 /// Waits until the child exits (Some) or the deadline passes (None), without busy-waiting.
@@ -959,7 +951,7 @@ pub fn find_guest_init() -> Result<PathBuf, String> {
     candidates.push(PathBuf::from("/usr/local/lib/shoal/guest-init"));
     let mut dynamic = None;
     for c in candidates.into_iter().filter(|p| p.is_file()) {
-        match fs::read(&c).map_err(|e| e.to_string()).and_then(|b| check_static(&b)) {
+        match elf_head(&c).and_then(|b| check_static(&b)) {
             Ok(()) => return Ok(c),
             Err(e) => dynamic = dynamic.or(Some(format!("{}: {e}", c.display()))),
         }
@@ -971,6 +963,17 @@ pub fn find_guest_init() -> Result<PathBuf, String> {
                 .into()
         }
     })
+}
+
+/// The start of an ELF file, enough for its program headers (which follow the 64-byte header):
+/// looking for a guest-init must not read whole programs, at every `shoal run`.
+fn elf_head(path: &Path) -> Result<Vec<u8>, String> {
+    const HEAD_BYTES: u64 = 64 << 10;
+    let mut head = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head))
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Ok(head)
 }
 
 /// Refuses a dynamically linked guest-init: there is no loader in the initramfs.
