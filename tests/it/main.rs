@@ -2,5 +2,6 @@
 //! Each test gets its own `SHOAL_HOME`. The binary is the one `cargo build --workspace` made.
 
 mod cli;
+mod mesh;
 mod microvm;
 mod support;

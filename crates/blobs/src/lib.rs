@@ -12,6 +12,8 @@
 //!   iroh-blobs' own collector, which never runs unless we ask.
 //! - [`image`]: OCI image layouts, `docker save` and OCI archives, registry pulls, layer expansion
 //!   and merging with whiteouts (Buildbarn ADR 8), and writing an OCI layout from a directory.
+//! - [`net`]: an iroh endpoint serving the store's blobs to peers (iroh-blobs), and fetching
+//!   blobs, trees and images from peers, verified while they stream.
 //! - `error`: [`OpenError`], [`StoreError`], [`ImageError`].
 //! - `compat`: the shoal-dag types this crate uses, in one place.
 //!
@@ -21,9 +23,11 @@
 
 mod compat;
 mod error;
+mod facts;
 mod gc;
 pub mod image;
 mod meta;
+pub mod net;
 pub mod tree;
 
 use std::collections::HashMap;

@@ -13,6 +13,7 @@
 //! | `trees` | hash | empty: the blob is a tree |
 //! | `layers` | layer `sha256` hex | the layer's expanded tree (whiteouts still in it) |
 //! | `merges` | lower hash ‖ upper hash | merged tree |
+//! | `facts` | fact id (32 bytes) | the signed fact's CBOR (the mesh ledger, opaque here) |
 
 use std::path::Path;
 
@@ -32,6 +33,7 @@ pub(crate) struct Meta {
     pub trees: sled::Tree,
     pub layers: sled::Tree,
     pub merges: sled::Tree,
+    pub facts: sled::Tree,
 }
 
 pub(crate) fn hash_of(v: &[u8]) -> Option<Hash> {
@@ -53,6 +55,7 @@ impl Meta {
             trees: db.open_tree("trees")?,
             layers: db.open_tree("layers")?,
             merges: db.open_tree("merges")?,
+            facts: db.open_tree("facts")?,
             db,
         })
     }

@@ -166,8 +166,14 @@ impl Store {
     /// Stores one tree blob (after sorting its entries) and records that it is a tree.
     pub async fn put_tree(&self, tree: &Tree) -> Result<Hash, StoreError> {
         let hash = self.put_bytes(tree.encode()).await?;
-        Meta::put(&self.meta().trees, &hash.0, &[])?;
+        self.mark_tree(hash)?;
         Ok(hash)
+    }
+
+    /// Records that the stored blob `hash` is a tree (the `trees` index), as `put_tree` does; for
+    /// tree blobs that arrive by other ways (fetched from a peer).
+    pub(crate) fn mark_tree(&self, hash: Hash) -> Result<(), StoreError> {
+        Meta::put(&self.meta().trees, &hash.0, &[])
     }
 
     /// Reads and checks a tree blob.

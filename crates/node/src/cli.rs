@@ -40,6 +40,61 @@ enum Command {
         /// Where to write it (a file, or a directory for tree outputs); stdout when absent.
         #[arg(short, long)]
         out: Option<PathBuf>,
+        /// Ask this node (URL of its HTTP API) instead of reading the local store: it fetches the
+        /// output from whichever peer holds it.
+        #[arg(long, env = "SHOAL_NODE")]
+        node: Option<String>,
+        /// With --node: the DAG the job belongs to (default: the one DAG with this job done).
+        #[arg(long)]
+        dag: Option<String>,
+    },
+    /// Run a mesh node: gossip, claim and run jobs, serve blobs and the HTTP API, until stopped.
+    Node(NodeArgs),
+    /// Mesh administration.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Submit a DAG to a node of the mesh (it keeps running after this command ends).
+    Submit {
+        dag: PathBuf,
+        #[command(flatten)]
+        node: NodeArg,
+        /// Follow the DAG until every job has ended, then print the table.
+        #[arg(long)]
+        wait: bool,
+        /// Attempts each job gets before it fails for good (default 3).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The state of a DAG's jobs across the mesh (all DAGs when none is given).
+    Status {
+        dag: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the mesh's ledger live: which node claims, finishes or fails which job.
+    Watch {
+        dag: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a DAG: its open and running jobs stop, done ones stay done.
+    Cancel {
+        dag: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Every node of the mesh: capabilities, load, when last heard from.
+    Peers {
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the stdout and stderr of a job's latest run.
     Log {
@@ -98,6 +153,69 @@ fn warm_vms_in_range(text: &str) -> Result<usize, String> {
         Ok(n) if n <= max => Ok(n),
         _ => Err(format!("give a number from 0 to {max} (VMs kept booted per kind of job)")),
     }
+}
+
+/// Which node a mesh command talks to.
+#[derive(Args, Debug)]
+struct NodeArg {
+    /// The node's HTTP API (default: $SHOAL_NODE, else the node running with this store).
+    #[arg(long = "node", env = "SHOAL_NODE")]
+    url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// libp2p listen address (repeatable).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/7171")]
+    listen: Vec<String>,
+    /// A peer to join through, e.g. /ip4/10.0.0.5/tcp/7171/p2p/12D3Koo... (repeatable).
+    #[arg(long)]
+    join: Vec<String>,
+    /// The HTTP API's address (loopback by default: it accepts DAGs).
+    #[arg(long, default_value = "127.0.0.1:7170")]
+    http: std::net::SocketAddr,
+    /// The iroh blob endpoint's UDP address.
+    #[arg(long, default_value = "127.0.0.1:7172")]
+    blobs: std::net::SocketAddr,
+    /// The mesh key file (default: $SHOAL_HOME/mesh.key, made by `shoal mesh init`).
+    #[arg(long)]
+    mesh_key: Option<PathBuf>,
+    /// Accept only these peer ids (repeatable); default: any node holding the mesh key.
+    #[arg(long = "allow")]
+    allow: Vec<String>,
+    /// Find peers on the local network by mDNS (multicast on every interface; off by default).
+    #[arg(long)]
+    mdns: bool,
+    /// Where jobs run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
+    backend: BackendArg,
+    /// Cores offered to the mesh (default: all of this machine's).
+    #[arg(long)]
+    cores: Option<u32>,
+    #[arg(long, default_value_t = 1, value_parser = warm_vms_in_range)]
+    warm_vms: usize,
+    /// A label jobs can require, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// Nodes that keep a copy of each output, the runner included.
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Also write this node's addresses as JSON to this file once it listens.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum MeshCommand {
+    /// Make a new mesh key (a 32-byte pre-shared key); every node of the mesh needs a copy.
+    Init {
+        /// Where to write it (default: $SHOAL_HOME/mesh.key).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing key (nodes holding the old one can no longer connect).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -227,6 +345,33 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             store.shutdown().await;
             result
         }
+        Command::Node(args) => {
+            let store = open_store(&cli.home).await?;
+            let opts = node_options(&store, args)?;
+            crate::daemon::run_node(store, opts).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Mesh(MeshCommand::Init { out, force }) => {
+            let home = cli.home.clone().unwrap_or_else(Store::default_home);
+            let path = out.unwrap_or_else(|| home.join("mesh.key"));
+            mesh_init(&path, force)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { job, output, out, node: Some(url), dag } => {
+            let client = crate::client::Client::new(url.trim_end_matches('/').to_string());
+            tokio::task::spawn_blocking(move || {
+                crate::client::get_output(&client, dag.as_deref(), &job, &output, out.as_ref())
+            })
+            .await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { .. }
+        | Command::Status { .. }
+        | Command::Watch { .. }
+        | Command::Cancel { .. }
+        | Command::Peers { .. } => {
+            let home = cli.home.clone().unwrap_or_else(Store::default_home);
+            tokio::task::spawn_blocking(move || client_command(&home, cli.command)).await?
+        }
         command => {
             let store = open_store(&cli.home).await?;
             let result = dispatch_store_command(&store, command).await;
@@ -238,8 +383,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 
 async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
     match command {
-        Command::Run(_) => unreachable!("handled by dispatch"),
-        Command::Get { job, output, out } => get_output(store, &job, &output, out.as_deref()).await,
+        Command::Run(_)
+        | Command::Node(_)
+        | Command::Mesh(_)
+        | Command::Submit { .. }
+        | Command::Status { .. }
+        | Command::Watch { .. }
+        | Command::Cancel { .. }
+        | Command::Peers { .. } => unreachable!("handled by dispatch"),
+        Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
         Command::Log { job } => {
             let record = run::find_record(store, &job).await?;
             let stdout = read_blob(store, record.stdout.hash).await?;
@@ -404,4 +556,115 @@ async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
         println!("{id}");
     }
     Ok(())
+}
+
+fn backend_choice(arg: BackendArg) -> BackendChoice {
+    match arg {
+        BackendArg::Namespace => BackendChoice::Namespace,
+        BackendArg::Microvm => BackendChoice::Microvm,
+    }
+}
+
+fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOptions> {
+    let addr = |what: &str, text: &str| -> Result<libp2p::Multiaddr> {
+        text.parse().with_context(|| format!("{what} `{text}` is not a multiaddr; write e.g. /ip4/127.0.0.1/tcp/7171"))
+    };
+    let listen = args.listen.iter().map(|a| addr("--listen", a)).collect::<Result<Vec<_>>>()?;
+    let join = args.join.iter().map(|a| addr("--join", a)).collect::<Result<Vec<_>>>()?;
+    let allow = if args.allow.is_empty() {
+        None
+    } else {
+        Some(
+            args.allow
+                .iter()
+                .map(|p| p.parse().with_context(|| format!("--allow `{p}` is not a peer id (12D3Koo...)")))
+                .collect::<Result<_>>()?,
+        )
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for l in &args.labels {
+        let (k, v) = l.split_once('=').with_context(|| format!("--label `{l}`: write KEY=VALUE"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if args.replicas == 0 || args.replicas > 16 {
+        bail!("--replicas is 1 to 16 (nodes keeping each output)");
+    }
+    Ok(crate::daemon::NodeOptions {
+        listen,
+        join,
+        http: args.http,
+        blobs: args.blobs,
+        mesh_key: args.mesh_key.unwrap_or_else(|| store.home().join("mesh.key")),
+        allow,
+        mdns: args.mdns,
+        run: RunOptions {
+            backend: backend_choice(args.backend),
+            json: true,
+            use_cache: true,
+            cores: args.cores,
+            warm_vms: args.warm_vms,
+        },
+        labels,
+        replicas: args.replicas,
+        ready_file: args.ready_file,
+    })
+}
+
+fn mesh_init(path: &Path, force: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() && !force {
+        bail!("{} exists; copy it to the other nodes, or pass --force to make a new one", path.display());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(shoal_node::mesh::net::format_psk(&key).as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    println!("{}", path.display());
+    eprintln!("wrote a new mesh key; copy it to every node (`shoal node --mesh-key PATH`)");
+    Ok(())
+}
+
+fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
+    use crate::client::{self, Client};
+    let connect = |arg: NodeArg| -> Result<Client> { Ok(Client::new(client::node_url(arg.url, home)?)) };
+    match command {
+        Command::Submit { dag, node, wait, max_attempts, json } => {
+            let ok = client::submit(&connect(node)?, &dag, max_attempts, wait, json)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+        }
+        Command::Status { dag, node, json } => {
+            let c = connect(node)?;
+            let v = match &dag {
+                Some(d) => c.get_json(&format!("/v1/dags/{d}"))?,
+                None => c.get_json("/v1/dags")?,
+            };
+            if json || dag.is_none() {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                client::print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { dag, node, json } => {
+            client::watch(&connect(node)?, dag.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { dag, node } => {
+            let v = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), b"")?;
+            println!("{v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { node, json } => {
+            client::peers(&connect(node)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => unreachable!("only client commands come here"),
+    }
 }

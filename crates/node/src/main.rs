@@ -2,12 +2,16 @@
 //!
 //! # Layout
 //! - `cli`: the clap command tree and dispatch.
+//! - `daemon`: `shoal node`, a mesh peer: the loop around the sans-IO core, its HTTP API, the executor.
+//! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`, `get --node`).
 //! - `run`: `shoal run DAG`, the embedded single-node runner (resolve, cache lookup, execute, record).
 //! - `machine`: facts about this host for run records.
 //! - `identity`: the node's ed25519 key, which signs run records.
 //! - `output`: tables, stderr tails and other human output.
 
 mod cli;
+mod client;
+mod daemon;
 mod identity;
 mod machine;
 mod output;

@@ -115,13 +115,9 @@ impl JobReport {
 }
 
 /// What every job task shares.
-struct Ctx {
+pub(crate) struct Ctx {
     store: Store,
-    choice: BackendChoice,
-    warm_vms: usize,
-    namespace: Arc<dyn Backend>,
-    /// Set up on first use: a fully cached run never needs QEMU.
-    microvm: tokio::sync::OnceCell<Arc<dyn Backend>>,
+    backends: Arc<Backends>,
     key: ed25519_dalek::SigningKey,
     machine: Machine,
     dag: Dag,
@@ -166,10 +162,43 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
 }
 
-/// Runs every job of `dag`, returning one report per job in file order.
-pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
+/// The backends jobs run on, shared by every DAG a process runs (a mesh node runs many: one warm
+/// pool serves them all).
+pub(crate) struct Backends {
+    choice: BackendChoice,
+    warm_vms: usize,
+    namespace: Arc<dyn Backend>,
+    /// Set up on first use: a fully cached run never needs QEMU.
+    microvm: tokio::sync::OnceCell<Arc<dyn Backend>>,
+}
+
+impl Ctx {
+    pub(crate) fn dag(&self) -> &Dag {
+        &self.dag
+    }
+}
+
+impl Backends {
+    pub(crate) fn new(opts: &RunOptions) -> Result<Arc<Backends>> {
+        Ok(Arc::new(Backends {
+            choice: opts.backend,
+            warm_vms: opts.warm_vms,
+            namespace: Arc::new(NamespaceBackend::new(sandbox_helper()?)),
+            microvm: tokio::sync::OnceCell::new(),
+        }))
+    }
+}
+
+/// Everything the jobs of one DAG share, made ready to run them (the mesh node makes one per DAG
+/// it executes jobs of, `run_dag` one per run).
+pub(crate) fn prepare(
+    store: &Store,
+    dag: Dag,
+    dag_dir: PathBuf,
+    opts: &RunOptions,
+    backends: Arc<Backends>,
+) -> Result<Arc<Ctx>> {
     let key = identity::load_or_create(store.home())?;
-    let namespace: Arc<dyn Backend> = Arc::new(NamespaceBackend::new(sandbox_helper()?));
     let default_backend = match opts.backend {
         BackendChoice::Microvm => "microvm",
         BackendChoice::Namespace => "namespace",
@@ -180,13 +209,9 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
     if opts.json {
         progress.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let n = dag.jobs.len();
-    let ctx = Arc::new(Ctx {
+    Ok(Arc::new(Ctx {
         store: store.clone(),
-        choice: opts.backend,
-        warm_vms: opts.warm_vms,
-        namespace,
-        microvm: tokio::sync::OnceCell::new(),
+        backends,
         key,
         machine,
         dag,
@@ -198,7 +223,18 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
         progress,
         images: std::sync::Mutex::new(BTreeMap::new()),
         work_dirs: WorkDirs::default(),
-    });
+    }))
+}
+
+/// Runs the job at `idx` of the prepared DAG, given the outputs of the jobs it depends on.
+pub(crate) async fn run_one(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> JobReport {
+    job_task(ctx, idx, upstream).await
+}
+
+/// Runs every job of `dag`, returning one report per job in file order.
+pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
+    let n = dag.jobs.len();
+    let ctx = prepare(store, dag, dag_dir, opts, Backends::new(opts)?)?;
     let overall = ctx.progress.add(ProgressBar::new(n as u64));
     overall.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}")
@@ -678,7 +714,8 @@ fn sandbox_helper() -> Result<HelperCommand> {
 /// The backend for one job: its `isolation` if it states one, else the run's choice.
 async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
     use shoal_dag::Isolation;
-    let vm = match (job.requirements.isolation, ctx.choice) {
+    let backends = &ctx.backends;
+    let vm = match (job.requirements.isolation, backends.choice) {
         (Some(Isolation::Vm), BackendChoice::Namespace) => bail!(
             "it requires `isolation: vm` and this run uses --backend namespace; run with --backend microvm \
              (the default), or change the job's isolation to `namespace` if the lighter sandbox is acceptable"
@@ -687,11 +724,11 @@ async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
         (Some(Isolation::Vm), BackendChoice::Microvm) | (None, BackendChoice::Microvm) => true,
     };
     if !vm {
-        return Ok(ctx.namespace.clone());
+        return Ok(backends.namespace.clone());
     }
     let home = ctx.store.home().to_path_buf();
-    let warm = ctx.warm_vms;
-    let backend = ctx
+    let warm = backends.warm_vms;
+    let backend = backends
         .microvm
         .get_or_try_init(|| async move {
             let backend = tokio::task::spawn_blocking(move || {

@@ -1,6 +1,7 @@
 //! Integration tests of shoal-blobs. Each test opens its own store in a fresh temp home.
 
 mod images;
+mod net;
 mod registry;
 mod store;
 mod trees;

@@ -87,6 +87,26 @@ impl NodeCore {
         &self.ledger
     }
 
+    pub fn caps(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The content of a DAG, if this node has it.
+    pub fn dag(&self, hash: &Hash) -> Option<&Dag> {
+        self.dags.get(hash)
+    }
+
+    /// Jobs this node is running now.
+    pub fn running_count(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Abandons a DAG: its open and claimed jobs end as cancelled (done ones stay done).
+    pub fn cancel(&mut self, now_ms: u64, dag: Hash) {
+        self.emit(now_ms, Body::Cancel { dag });
+        self.schedule(now_ms);
+    }
+
     fn emit(&mut self, now_ms: u64, body: Body) -> Hash {
         self.hlc = self.hlc.tick(now_ms);
         let fact = Fact::sign(&self.key, self.hlc, body);
@@ -194,7 +214,7 @@ impl NodeCore {
         self.out_actions.pop_front()
     }
 
-    fn free_cores(&self) -> u32 {
+    pub fn free_cores(&self) -> u32 {
         self.caps.cores.saturating_sub(self.running.values().map(|r| r.cores).sum())
     }
 

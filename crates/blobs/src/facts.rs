@@ -1,0 +1,40 @@
+//! The mesh ledger's facts, kept in sled so that a restarted node resumes where it stopped. The
+//! store treats a fact as opaque bytes under its id; `shoal-node` signs, checks and folds them.
+
+use crate::error::StoreError;
+use crate::meta;
+use crate::{Hash, Store};
+
+impl Store {
+    /// Stores facts (id, CBOR) in one batch; durable when it returns, so a fact acknowledged to a
+    /// peer or a user survives a kill -9.
+    pub async fn put_facts(&self, facts: &[(Hash, Vec<u8>)]) -> Result<(), StoreError> {
+        if facts.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (id, bytes) in facts {
+            batch.insert(&id.0, bytes.as_slice());
+        }
+        let m = self.meta();
+        m.facts.apply_batch(batch).map_err(StoreError::meta("write"))?;
+        m.flush_async().await
+    }
+
+    /// Every stored fact, in id order.
+    pub fn facts(&self) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.meta().facts.iter() {
+            let (k, v) = kv.map_err(StoreError::meta("read"))?;
+            if let Some(id) = meta::hash_of(&k) {
+                out.push((id, v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many facts are stored.
+    pub fn fact_count(&self) -> usize {
+        self.meta().facts.len()
+    }
+}

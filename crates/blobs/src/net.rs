@@ -1,0 +1,464 @@
+//! Blobs between peers: an iroh endpoint that serves this store's blobs with iroh-blobs
+//! ([`Store::serve_blobs`] -> [`BlobNode`]), and fetching blobs, trees and images from peers into
+//! the store.
+//!
+//! Verification: iroh-blobs checks every 16 KiB group of a blob against the BLAKE3 tree of its
+//! hash while it streams, before the group is written; a group that does not match ends the
+//! transfer from that peer, and only what matched stays (a partial blob, which no read sees:
+//! `has`, `get_bytes` and `export` want a complete one). A fetch is done when the blob is complete
+//! in the store, which is checked after every transfer.
+//!
+//! Network hygiene: the endpoint binds only the address it is given, has no relay, no address
+//! lookup but the peers given to [`BlobNode::add_peer`] (in memory), no port mapping and no
+//! net-report probes: it sends to no address it was not told about.
+//!
+//! A fetched blob is not a root for `gc`, like a blob just stored: the caller records what uses
+//! it (a run record, a tag, a pin) before the next `gc`.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use iroh::address_lookup::memory::MemoryLookup;
+use iroh::endpoint::{PortmapperConfig, presets};
+use iroh::protocol::Router;
+use iroh::{Endpoint, EndpointAddr, NetReportConfig, PublicKey, RelayMode, SecretKey, TransportAddr};
+use iroh_blobs::BlobsProtocol;
+use iroh_blobs::api::remote::GetProgressItem;
+use iroh_blobs::get::GetError;
+use iroh_blobs::get::fsm::{AtBlobHeaderNextError, DecodeError};
+use iroh_blobs::util::connection_pool::{self, ConnectionPool, PoolConnectError};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::image::{Image, ImageInfo};
+use crate::meta::Meta;
+use crate::tree::{EntryKind, Tree};
+use crate::{Digest, DigestKind, Hash, Store, StoreError, retry_busy, to_iroh};
+
+/// How long connecting to a peer (QUIC handshake included) may take before it counts as failed
+/// and the next provider is tried.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How long a transfer from one peer may go without a byte of progress before it counts as
+/// failed and the next provider is tried. A whole blob has no deadline: a large one on a slow
+/// link takes as long as it takes, as long as it moves.
+pub const FETCH_STALL_TIMEOUT_S: u64 = 20;
+/// Blobs of one tree fetched at once by [`BlobNode::fetch_tree`].
+pub const TREE_FETCHES_IN_FLIGHT_MAX: usize = 16;
+/// How long an unused connection to a peer is kept for the next fetch.
+pub const CONNECTION_IDLE_TIMEOUT_S: u64 = 30;
+/// Connections to peers open at once (attempts included).
+pub const CONNECTIONS_MAX: usize = 256;
+/// Connection attempts running at once.
+pub const CONNECTS_PENDING_MAX: usize = 32;
+
+/// How to reach a peer's blob endpoint (gossiped inside CBOR): its endpoint id (the ed25519
+/// public key of the node's secret) and the socket addresses it listens on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobPeer {
+    pub id: [u8; 32],
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// One provider that could not deliver a blob, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderFailure {
+    pub peer: [u8; 32],
+    pub reason: String,
+}
+
+/// Serving and fetching blobs.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The endpoint could not be bound.
+    #[error(
+        "cannot start the blob endpoint on {bind}: {reason}; choose an address of this machine and a free port (port 0 picks one)"
+    )]
+    Bind { bind: SocketAddr, reason: String },
+    /// No provider was given but this node itself.
+    #[error(
+        "cannot fetch {hash}: no peer to fetch it from (none was given, or only this node); ask the mesh which peers hold it (the run record that names it says which node made it)"
+    )]
+    NoProviders { hash: Hash },
+    /// Every provider was tried and none delivered the blob.
+    #[error(
+        "cannot fetch {hash} from {}: {}; check that a peer holding it is up and its address is known (add_peer), or produce it here",
+        plural_peers(.tried.len()),
+        failures(.tried)
+    )]
+    Unavailable { hash: Hash, tried: Vec<ProviderFailure> },
+    /// A blob fetched as a tree does not decode as one.
+    #[error(
+        "{hash} was fetched as a tree but is not one: {reason}; the reference that names it as a tree is wrong (a file's hash?)"
+    )]
+    NotATree { hash: Hash, reason: String },
+    /// A blob fetched as an image does not decode as one.
+    #[error(
+        "{id} was fetched as an image but is not one: {reason}; check the image id (`shoal image ls` on the peer that has it)"
+    )]
+    NotAnImage { id: Hash, reason: String },
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn plural_peers(n: usize) -> String {
+    if n == 1 { "the 1 peer tried".into() } else { format!("any of the {n} peers tried") }
+}
+
+fn failures(tried: &[ProviderFailure]) -> String {
+    tried.iter().map(|f| format!("peer {}: {}", short_id(&f.peer), f.reason)).collect::<Vec<_>>().join("; ")
+}
+
+fn short_id(id: &[u8; 32]) -> String {
+    hex::encode(&id[..5])
+}
+
+/// An iroh endpoint serving the store's blobs (iroh-blobs' protocol), and fetching from peers.
+/// Cheap to clone; [`BlobNode::shutdown`] stops it.
+#[derive(Clone)]
+pub struct BlobNode {
+    inner: Arc<NodeInner>,
+}
+
+struct NodeInner {
+    store: Store,
+    endpoint: Endpoint,
+    router: Router,
+    lookup: MemoryLookup,
+    pool: ConnectionPool,
+}
+
+impl std::fmt::Debug for BlobNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobNode").field("id", &self.inner.endpoint.id()).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Starts an iroh endpoint bound to `bind` whose identity is the ed25519 `secret` (the same
+    /// secret as the node's libp2p identity), serving this store's blobs to any peer that asks.
+    pub async fn serve_blobs(&self, secret: [u8; 32], bind: SocketAddr) -> Result<BlobNode, NetError> {
+        let bind_error = |reason: String| NetError::Bind { bind, reason };
+        let lookup = MemoryLookup::new();
+        let endpoint = Endpoint::builder(presets::Minimal)
+            .secret_key(SecretKey::from_bytes(&secret))
+            .relay_mode(RelayMode::Disabled)
+            .clear_address_lookup()
+            .address_lookup(lookup.clone())
+            .portmapper_config(PortmapperConfig::Disabled)
+            .net_report_config(NetReportConfig::minimal())
+            // Without this the builder also binds the unspecified address of the other family.
+            .clear_ip_transports()
+            .bind_addr(bind)
+            .map_err(|e| bind_error(e.to_string()))?
+            .bind()
+            .await
+            .map_err(|e| bind_error(error_chain(&e)))?;
+        let router =
+            Router::builder(endpoint.clone()).accept(iroh_blobs::ALPN, BlobsProtocol::new(self.iroh(), None)).spawn();
+        let mut options = connection_pool::Options::default();
+        options.connect_timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+        options.idle_timeout = Duration::from_secs(CONNECTION_IDLE_TIMEOUT_S);
+        options.max_connections = CONNECTIONS_MAX;
+        options.max_pending_connections = CONNECTS_PENDING_MAX;
+        let pool = ConnectionPool::new(endpoint.clone(), iroh_blobs::ALPN, options);
+        debug!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "blob endpoint started");
+        Ok(BlobNode { inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool }) })
+    }
+}
+
+/// Why one attempt at one provider failed (its `Debug` is what `retry_busy` inspects).
+#[derive(Debug)]
+enum Failure {
+    Connect(PoolConnectError),
+    Get(GetError),
+    Stalled,
+    Ended,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(PoolConnectError::Timeout { .. }) => {
+                write!(f, "no connection within {CONNECT_TIMEOUT_MS} ms (down, or a wrong address?)")
+            }
+            Failure::Connect(e) => write!(f, "cannot connect: {}", error_chain(e)),
+            Failure::Get(GetError::AtBlobHeaderNext { source: AtBlobHeaderNextError::NotFound { .. }, .. }) => {
+                write!(f, "does not have it")
+            }
+            Failure::Get(GetError::Decode {
+                source: DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. },
+                ..
+            }) => write!(f, "sent bytes that do not match the hash (refused; only verified bytes are kept)"),
+            Failure::Get(GetError::Decode {
+                source:
+                    DecodeError::ChunkNotFound { .. }
+                    | DecodeError::LeafNotFound { .. }
+                    | DecodeError::ParentNotFound { .. },
+                ..
+            }) => write!(f, "has only part of it"),
+            // iroh-blobs' provider answers a hash it does not have with a reset, code 3, as it does
+            // when reading its store fails.
+            Failure::Get(e) if e.iroh_error_code() == Some(iroh_blobs::protocol::ERR_INTERNAL) => {
+                write!(
+                    f,
+                    "does not have it (it reset the request: iroh-blobs error 3, also sent when it cannot read its store)"
+                )
+            }
+            Failure::Get(e) => write!(f, "{}", error_chain(e)),
+            Failure::Stalled => write!(f, "sent nothing for {FETCH_STALL_TIMEOUT_S} s"),
+            Failure::Ended => write!(f, "the transfer ended without a result"),
+        }
+    }
+}
+
+/// An error and its causes, each once.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let t = cause.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+impl BlobNode {
+    fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Our endpoint id and the addresses peers reach us at.
+    pub fn me(&self) -> BlobPeer {
+        let ep = &self.inner.endpoint;
+        let mut addrs: Vec<SocketAddr> = ep.bound_sockets().into_iter().filter(|a| !a.ip().is_unspecified()).collect();
+        // Bound to an unspecified address, the endpoint lists the interfaces' addresses here.
+        for a in ep.addr().ip_addrs() {
+            if !a.ip().is_unspecified() && !addrs.contains(a) {
+                addrs.push(*a);
+            }
+        }
+        BlobPeer { id: *ep.id().as_bytes(), addrs }
+    }
+
+    /// Makes a peer's addresses known (replacing what was known of it). A peer whose id is not
+    /// an ed25519 public key is ignored with a warning; so is this node itself.
+    pub fn add_peer(&self, peer: &BlobPeer) {
+        let Ok(id) = PublicKey::from_bytes(&peer.id) else {
+            warn!(peer = %hex::encode(peer.id), "ignoring a blob peer whose id is not an ed25519 public key");
+            return;
+        };
+        if id == self.inner.endpoint.id() {
+            return;
+        }
+        let addr = EndpointAddr::from_parts(id, peer.addrs.iter().copied().map(TransportAddr::Ip));
+        self.inner.lookup.set_endpoint_info(addr);
+    }
+
+    /// Fetches one blob into the local store, verified, trying `providers` in order (this node
+    /// itself is skipped). Nothing is fetched when the blob is complete here already. Returns the
+    /// bytes that arrived (0 when it was here).
+    pub async fn fetch(&self, hash: Hash, providers: &[[u8; 32]]) -> Result<u64, NetError> {
+        self.fetch_with_progress(hash, providers, |_| {}).await
+    }
+
+    /// [`BlobNode::fetch`], calling `progress` with the bytes received so far.
+    pub async fn fetch_with_progress(
+        &self,
+        hash: Hash,
+        providers: &[[u8; 32]],
+        progress: impl Fn(u64) + Send + Sync,
+    ) -> Result<u64, NetError> {
+        let store = self.store();
+        if store.has(hash).await? {
+            return Ok(0);
+        }
+        let remote = store.iroh().remote();
+        let before = retry_busy(|| remote.local(to_iroh(hash)))
+            .await
+            .map_err(|e| StoreError::blobs("checking a partial blob")(&e))?
+            .local_bytes();
+        let me = self.inner.endpoint.id();
+        let received = AtomicU64::new(0);
+        let mut tried = Vec::new();
+        for peer in providers {
+            let Ok(id) = PublicKey::from_bytes(peer) else {
+                tried
+                    .push(ProviderFailure { peer: *peer, reason: "not an endpoint id (an ed25519 public key)".into() });
+                continue;
+            };
+            if id == me {
+                continue;
+            }
+            let outcome = retry_busy(|| self.fetch_from(hash, id, &received, &progress)).await;
+            let reason = match outcome {
+                Ok(()) if store.has(hash).await? => {
+                    let after = store.size(hash).await?.unwrap_or(0);
+                    debug!(%hash, peer = %id.fmt_short(), bytes = after.saturating_sub(before), "fetched blob");
+                    return Ok(after.saturating_sub(before));
+                }
+                Ok(()) => "answered, but the blob is still incomplete here".to_owned(),
+                Err(f) => f.to_string(),
+            };
+            debug!(%hash, peer = %id.fmt_short(), %reason, "provider failed");
+            tried.push(ProviderFailure { peer: *peer, reason });
+        }
+        if tried.is_empty() { Err(NetError::NoProviders { hash }) } else { Err(NetError::Unavailable { hash, tried }) }
+    }
+
+    /// One transfer from one provider: whatever of the blob is missing here.
+    async fn fetch_from(
+        &self,
+        hash: Hash,
+        id: PublicKey,
+        received: &AtomicU64,
+        progress: &(impl Fn(u64) + Send + Sync),
+    ) -> Result<(), Failure> {
+        let conn = self.inner.pool.get_or_connect(id).await.map_err(Failure::Connect)?;
+        let remote = self.store().iroh().remote();
+        let mut stream = std::pin::pin!(remote.fetch((*conn).clone(), to_iroh(hash)).stream());
+        let base = received.load(Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(Duration::from_secs(FETCH_STALL_TIMEOUT_S), stream.next()).await {
+                Err(_) => return Err(Failure::Stalled),
+                Ok(None) => return Err(Failure::Ended),
+                Ok(Some(GetProgressItem::Progress(n))) => {
+                    received.store(base + n, Ordering::Relaxed);
+                    progress(base + n);
+                }
+                Ok(Some(GetProgressItem::Done(_))) => return Ok(()),
+                Ok(Some(GetProgressItem::Error(e))) => return Err(Failure::Get(e)),
+            }
+        }
+    }
+
+    /// Fetches a tree blob and, recursively, every file and subtree it names, at most
+    /// [`TREE_FETCHES_IN_FLIGHT_MAX`] at once; each tree is checked (decoded) and recorded as a
+    /// tree, as [`Store::put_tree`] does. Blobs already here are not fetched again. Returns the
+    /// bytes that arrived.
+    pub async fn fetch_tree(&self, hash: Hash, providers: &[[u8; 32]]) -> Result<u64, NetError> {
+        self.fetch_tree_with_progress(hash, providers, |_| {}).await
+    }
+
+    /// [`BlobNode::fetch_tree`], calling `progress` with the bytes received so far, all blobs of
+    /// the tree together.
+    pub async fn fetch_tree_with_progress(
+        &self,
+        hash: Hash,
+        providers: &[[u8; 32]],
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<u64, NetError> {
+        let providers: Arc<[[u8; 32]]> = providers.into();
+        let progress: Progress = Arc::new(progress);
+        let received = Arc::new(AtomicU64::new(0));
+        let mut seen = HashSet::from([hash]);
+        let mut queue = VecDeque::from([(hash, true)]);
+        let mut tasks = JoinSet::new();
+        let mut total = 0u64;
+        loop {
+            while tasks.len() < TREE_FETCHES_IN_FLIGHT_MAX
+                && let Some((h, is_tree)) = queue.pop_front()
+            {
+                let (node, providers, progress, received) =
+                    (self.clone(), providers.clone(), progress.clone(), received.clone());
+                tasks.spawn(async move { node.fetch_tree_part(h, is_tree, &providers, progress, &received).await });
+            }
+            let Some(joined) = tasks.join_next().await else { break };
+            let (bytes, children) = joined.map_err(|e| StoreError::Blobs {
+                op: "fetching a tree",
+                message: format!("a fetch task failed: {e}"),
+            })??;
+            total += bytes;
+            for child in children {
+                if seen.insert(child.0) {
+                    queue.push_back(child);
+                }
+            }
+        }
+        debug!(%hash, bytes = total, blobs = seen.len(), "fetched tree");
+        Ok(total)
+    }
+
+    /// One blob of a tree; for a tree blob, also its checked entries: (hash, is a tree).
+    async fn fetch_tree_part(
+        &self,
+        hash: Hash,
+        is_tree: bool,
+        providers: &[[u8; 32]],
+        progress: Progress,
+        received: &AtomicU64,
+    ) -> Result<(u64, Vec<(Hash, bool)>), NetError> {
+        let last = AtomicU64::new(0);
+        let bytes = self
+            .fetch_with_progress(hash, providers, |n| {
+                let delta = n.saturating_sub(last.swap(n, Ordering::Relaxed));
+                progress(received.fetch_add(delta, Ordering::Relaxed) + delta);
+            })
+            .await?;
+        if !is_tree {
+            return Ok((bytes, Vec::new()));
+        }
+        let store = self.store();
+        let tree =
+            Tree::decode(&store.need_bytes(hash).await?).map_err(|reason| NetError::NotATree { hash, reason })?;
+        store.mark_tree(hash)?;
+        let children = tree
+            .entries
+            .into_iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::File { hash, .. } => Some((hash, false)),
+                EntryKind::Dir { hash } => Some((hash, true)),
+                EntryKind::Symlink { .. } => None,
+            })
+            .collect();
+        Ok((bytes, children))
+    }
+
+    /// A file digest's blob ([`BlobNode::fetch`]) or a tree digest's tree
+    /// ([`BlobNode::fetch_tree`]).
+    pub async fn fetch_digest(&self, d: &Digest, providers: &[[u8; 32]]) -> Result<u64, NetError> {
+        match d.kind {
+            DigestKind::File => self.fetch(d.hash, providers).await,
+            DigestKind::Tree => self.fetch_tree(d.hash, providers).await,
+        }
+    }
+
+    /// An image: its blob, checked, then its rootfs tree. Afterwards [`Store::get_image`] and
+    /// [`Store::rootfs`] work here. The image is indexed as an image (without tag or OCI
+    /// digests), like an untagged import: tag or pin it to keep it through `gc`.
+    pub async fn fetch_image(&self, id: Hash, providers: &[[u8; 32]]) -> Result<u64, NetError> {
+        let mut bytes = self.fetch(id, providers).await?;
+        let store = self.store();
+        let image =
+            Image::decode(&store.need_bytes(id).await?).map_err(|reason| NetError::NotAnImage { id, reason })?;
+        bytes += self.fetch_tree(image.rootfs, providers).await?;
+        let m = store.meta();
+        if !m.image_blobs.contains_key(id.0).map_err(StoreError::meta("read"))? {
+            let info = ImageInfo { keeps: Vec::new(), oci_digest: image.oci_digest.clone() };
+            let mut cbor = Vec::new();
+            ciborium::into_writer(&info, &mut cbor).expect("writing to a Vec cannot fail");
+            Meta::put(&m.image_blobs, &id.0, &cbor)?;
+            m.flush_async().await?;
+        }
+        Ok(bytes)
+    }
+
+    /// Stops serving and closes the endpoint (connections to peers end).
+    pub async fn shutdown(self) {
+        if let Err(e) = self.inner.router.shutdown().await {
+            warn!("blob endpoint shutdown: {e}");
+        }
+        self.inner.endpoint.close().await;
+    }
+}

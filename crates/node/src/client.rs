@@ -1,0 +1,333 @@
+//! The CLI's side of a node's HTTP API: `shoal submit`, `status`, `watch`, `cancel`, `peers`
+//! and `get --node`. Blocking (ureq): these are short commands.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+/// Longest answer read from a node that is not an output, in bytes.
+const REPLY_BYTES_MAX: u64 = 64 << 20;
+/// Longest an output fetched through a node may be, in bytes.
+const OUTPUT_BYTES_MAX: u64 = 16 << 30;
+/// How often `--wait` asks for the DAG's status, in ms.
+const WAIT_POLL_MS: u64 = 200;
+
+/// Where the node is: `--node`, `$SHOAL_NODE`, or the `node.json` a running node writes in its home.
+pub fn node_url(given: Option<String>, home: &Path) -> Result<String> {
+    if let Some(url) = given.filter(|u| !u.is_empty()) {
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    let path = home.join("node.json");
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        anyhow!(
+            "no node given and none runs with the store {}: start one with `shoal node`, or pass --node URL \
+             (e.g. http://127.0.0.1:7170)",
+            home.display()
+        )
+    })?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    v.get("http")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("{} names no http address", path.display()))
+}
+
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: String) -> Client {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build();
+        Client { agent: ureq::Agent::new_with_config(config), base }
+    }
+
+    fn check(&self, url: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<ureq::http::Response<ureq::Body>> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let body = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
+        let msg = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(body);
+        bail!("{url}: HTTP {}: {msg}", resp.status())
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        anyhow!("cannot reach the node at {}: {e}; is `shoal node` running there?", self.base)
+    }
+
+    pub fn get_json(&self, path: &str) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.agent.get(&url).call().map_err(|e| self.unreachable(e))?;
+        let mut resp = self.check(&url, resp)?;
+        Ok(resp.body_mut().with_config().limit(REPLY_BYTES_MAX).read_json()?)
+    }
+
+    pub fn post(&self, path: &str, body: &[u8]) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.agent.post(&url).send(body).map_err(|e| self.unreachable(e))?;
+        let mut resp = self.check(&url, resp)?;
+        Ok(resp.body_mut().with_config().limit(REPLY_BYTES_MAX).read_json()?)
+    }
+
+    fn get_stream(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.agent.get(&url).call().map_err(|e| self.unreachable(e))?;
+        self.check(&url, resp)
+    }
+}
+
+/// `shoal submit`: uploads the DAG's `file:` inputs, submits it, and prints its hash (or, with
+/// `wait`, follows it to the end and prints every job's state).
+pub fn submit(client: &Client, path: &Path, max_attempts: Option<u32>, wait: bool, json: bool) -> Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    // Parse here first: located errors from the file as the user wrote it.
+    let dag = shoal_dag::parse_dag(&path.display().to_string(), &text).map_err(|d| anyhow!("{d}"))?;
+    let mut value: Value = serde_json::from_str(&text)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    for (job, jv) in dag.jobs.iter().zip(value["jobs"].as_array_mut().into_iter().flatten()) {
+        let mut refs: Vec<(Option<String>, &shoal_dag::InputRef)> =
+            job.inputs.iter().map(|(n, r)| (Some(n.clone()), r)).collect();
+        refs.extend(job.stdin.iter().map(|r| (None, r)));
+        for (name, r) in refs {
+            let shoal_dag::InputRef::File(p) = r else { continue };
+            let file = dir.join(p);
+            if file.is_dir() {
+                bail!(
+                    "job `{}`: `file:{}` is a directory; `shoal submit` uploads files only: store it on the node \
+                     with `shoal blob put DIR` and use the blake3: hash it prints",
+                    job.id,
+                    p
+                );
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
+            let reply = client.post("/v1/blobs", &bytes)?;
+            let hash = reply["hash"].as_str().ok_or_else(|| anyhow!("the node's upload reply names no hash"))?;
+            match name {
+                Some(n) => jv["inputs"][n] = Value::String(hash.to_string()),
+                None => jv["stdin"] = Value::String(hash.to_string()),
+            }
+        }
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dag.json".into());
+    let mut query = format!("?name={}", urlencode(&name));
+    if let Some(n) = max_attempts {
+        query.push_str(&format!("&max_attempts={n}"));
+    }
+    let reply = client.post(&format!("/v1/dags{query}"), serde_json::to_string_pretty(&value)?.as_bytes())?;
+    let hash = reply["dag"].as_str().ok_or_else(|| anyhow!("the node's reply names no DAG"))?.to_string();
+    if !wait {
+        if json {
+            println!("{reply}");
+        } else {
+            println!("{hash}");
+        }
+        return Ok(true);
+    }
+    if !json {
+        eprintln!("submitted {hash}; waiting for its jobs (ctrl-c stops waiting, not the DAG)");
+    }
+    wait_for(client, &hash, json)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const TERMINAL: [&str; 4] = ["done", "failed", "cancelled", "unschedulable"];
+
+/// Polls until every job is terminal, with a progress bar; prints the table (or JSON).
+pub fn wait_for(client: &Client, dag: &str, json: bool) -> Result<bool> {
+    let bar = indicatif::ProgressBar::new(0);
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}")
+            .expect("static template"),
+    );
+    let start = Instant::now();
+    let status = loop {
+        let status = client.get_json(&format!("/v1/dags/{dag}"))?;
+        let jobs = status["jobs"].as_object().cloned().unwrap_or_default();
+        let ended = jobs.values().filter(|j| TERMINAL.contains(&j["state"].as_str().unwrap_or(""))).count();
+        let running = jobs.values().filter(|j| j["state"] == "claimed").count();
+        bar.set_length(jobs.len() as u64);
+        bar.set_position(ended as u64);
+        bar.set_message(format!("({running} running)"));
+        if !jobs.is_empty() && ended == jobs.len() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(WAIT_POLL_MS));
+    };
+    bar.finish_and_clear();
+    let ok = status["jobs"].as_object().is_some_and(|j| j.values().all(|j| j["state"] == "done"));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "dag": dag, "jobs": status["jobs"]}))?
+        );
+    } else {
+        print_status(&status);
+        eprintln!("{} in {:.1} s", if ok { "done" } else { "ended with failures" }, start.elapsed().as_secs_f64());
+    }
+    Ok(ok)
+}
+
+/// The table of a DAG's jobs: state, the node that ran or runs it, its record, why it failed.
+pub fn print_status(status: &Value) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["job", "state", "node", "record", "note"]);
+    for (id, j) in status["jobs"].as_object().into_iter().flatten() {
+        let short = |v: &Value, n: usize| {
+            v.as_str().map(|s| s.trim_start_matches("blake3:").chars().take(n).collect::<String>())
+        };
+        let note = j["reason"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                j["failures"]
+                    .as_array()
+                    .and_then(|f| f.last())
+                    .and_then(Value::as_str)
+                    .map(|s| s.lines().next().unwrap_or("").to_string())
+            })
+            .unwrap_or_default();
+        table.add_row([
+            id.clone(),
+            j["state"].as_str().unwrap_or("").to_string(),
+            short(&j["node"], 12).unwrap_or_default(),
+            short(&j["record"], 12).unwrap_or_default(),
+            note,
+        ]);
+    }
+    println!("{table}");
+}
+
+/// `shoal watch`: every ledger event of the DAG (all DAGs when none given) as it happens.
+pub fn watch(client: &Client, dag: Option<&str>, json: bool) -> Result<()> {
+    let resp = client.get_stream("/v1/events")?;
+    let reader = BufReader::new(resp.into_body().into_reader());
+    let want = dag.map(|d| if d.starts_with("blake3:") { d.to_string() } else { format!("blake3:{d}") });
+    for line in reader.lines() {
+        let line = line.context("the node closed the event stream")?;
+        let Some(data) = line.strip_prefix("data:") else { continue };
+        let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else { continue };
+        if want.as_deref().is_some_and(|w| ev["dag"].as_str() != Some(w)) {
+            continue;
+        }
+        if json {
+            println!("{ev}");
+        } else {
+            let node: String = ev["node"].as_str().unwrap_or("").chars().take(12).collect();
+            println!(
+                "{:<10} {:<20} on {node}  {}",
+                ev["kind"].as_str().unwrap_or(""),
+                ev["job"].as_str().unwrap_or("-"),
+                ev["detail"].as_str().unwrap_or("").lines().next().unwrap_or("")
+            );
+        }
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// `shoal peers`.
+pub fn peers(client: &Client, json: bool) -> Result<()> {
+    let v = client.get_json("/v1/peers")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v["peers"])?);
+        return Ok(());
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table
+        .set_header(["node", "host", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "http"]);
+    for p in v["peers"].as_array().into_iter().flatten() {
+        let node: String = p["node"].as_str().unwrap_or("").chars().take(12).collect();
+        let seen = if p["me"] == true {
+            "(this node)".to_string()
+        } else if p["connected"] == true {
+            format!("{} ms ago", p["last_seen_ms_ago"])
+        } else {
+            format!("{} ms ago, disconnected", p["last_seen_ms_ago"])
+        };
+        table.add_row([
+            node,
+            p["hostname"].as_str().unwrap_or("").to_string(),
+            p["caps"]["arch"].as_str().unwrap_or("").to_string(),
+            p["caps"]["cores"].to_string(),
+            p["free_cores"].to_string(),
+            p["running"].to_string(),
+            crate::output::bytes(p["caps"]["memory_bytes"].as_u64().unwrap_or(0)),
+            p["caps"]["microvm"].to_string(),
+            p["facts"].to_string(),
+            seen,
+            p["http"].as_str().unwrap_or("").to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+/// `shoal get JOB OUTPUT --node URL [--dag HASH]`: the output from whichever peer holds it.
+pub fn get_output(client: &Client, dag: Option<&str>, job: &str, output: &str, out: Option<&PathBuf>) -> Result<()> {
+    let dag = match dag {
+        Some(d) => d.to_string(),
+        None => {
+            // The one DAG in the ledger that has this job done.
+            let list = client.get_json("/v1/dags")?;
+            let mut found = Vec::new();
+            for d in list["dags"].as_array().into_iter().flatten() {
+                let h = d["dag"].as_str().unwrap_or("").to_string();
+                let s = client.get_json(&format!("/v1/dags/{h}"))?;
+                if s["jobs"][job]["state"] == "done" {
+                    found.push(h);
+                }
+            }
+            match found.len() {
+                0 => bail!("no DAG in the mesh's ledger has a job `{job}` done; `shoal status` lists them"),
+                1 => found.remove(0),
+                _ => bail!("several DAGs have a job `{job}` done ({}); choose one with --dag", found.join(", ")),
+            }
+        }
+    };
+    let resp = client.get_stream(&format!("/v1/dags/{dag}/jobs/{}/outputs/{}", urlencode(job), urlencode(output)))?;
+    let is_tar = resp.headers().get("content-type").and_then(|v| v.to_str().ok()) == Some("application/x-tar");
+    let mut reader = resp.into_body().into_with_config().limit(OUTPUT_BYTES_MAX).reader();
+    match (is_tar, out) {
+        (true, Some(dir)) => {
+            std::fs::create_dir_all(dir)?;
+            tar::Archive::new(reader).unpack(dir).with_context(|| format!("unpacking into {}", dir.display()))?;
+        }
+        (true, None) => {
+            bail!("output `{output}` is a directory tree; give a new directory to write it to with `-o DIR`")
+        }
+        (false, Some(path)) => {
+            let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            std::io::copy(&mut reader, &mut f)?;
+        }
+        (false, None) => {
+            let mut buf = Vec::new();
+            reader.read_to_end(&mut buf)?;
+            std::io::stdout().write_all(&buf)?;
+        }
+    }
+    Ok(())
+}

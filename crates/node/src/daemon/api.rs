@@ -1,0 +1,273 @@
+//! The HTTP API of a node (axum; loopback by default). Every handler turns its request into one
+//! [`Cmd`] for the loop, or reads the store; nothing here touches the core directly. The routes
+//! are described in `openapi.json` (served at `/v1/openapi.json`).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use shoal_dag::{DigestKind, Hash};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, exec, pin};
+
+/// Largest DAG file accepted, in bytes.
+const DAG_BYTES_MAX: usize = 16 << 20;
+/// Largest blob one upload may carry, in bytes (streamed to disk, never held in memory).
+const UPLOAD_BYTES_MAX: u64 = 4 << 30;
+/// Largest attempts budget a submitter may ask for.
+const MAX_ATTEMPTS_MAX: u32 = 100;
+
+type Shr = Arc<Shared>;
+
+pub(crate) fn router(shared: Shr) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/dags", post(submit).get(list_dags).layer(DefaultBodyLimit::max(DAG_BYTES_MAX)))
+        .route("/v1/dags/{dag}", get(dag_status))
+        .route("/v1/dags/{dag}/cancel", post(cancel))
+        .route("/v1/dags/{dag}/jobs/{job}/outputs/{output}", get(job_output))
+        .route("/v1/records/{record}", get(record))
+        .route("/v1/blobs", post(upload).layer(DefaultBodyLimit::disable()))
+        .route("/v1/blobs/{hash}", get(blob))
+        .route("/v1/peers", get(peers))
+        .route("/v1/events", get(events))
+        .with_state(shared)
+}
+
+/// An error as JSON `{"error": ...}` with a status code.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+fn not_found(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, msg.into())
+}
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `blake3:<hex>` or the bare hex.
+fn parse_hash(text: &str) -> Result<Hash, ApiError> {
+    let full = if text.starts_with("blake3:") { text.to_string() } else { format!("blake3:{text}") };
+    full.parse().map_err(|e: String| bad(format!("`{text}` is not a hash: {e}")))
+}
+
+async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    shared.cmds.send(make(tx)).await.map_err(|_| internal("the node is stopping"))?;
+    rx.await.map_err(|_| internal("the node is stopping"))
+}
+
+async fn health(State(s): State<Shr>) -> impl IntoResponse {
+    axum::Json(json!({"ok": true, "node": hex::encode(s.node)}))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    /// The DAG file's name, for error locations.
+    name: Option<String>,
+    max_attempts: Option<u32>,
+}
+
+async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String) -> Result<Response, ApiError> {
+    let name = q.name.unwrap_or_else(|| "dag.json".into());
+    let max_attempts = q.max_attempts.unwrap_or(MAX_ATTEMPTS_DEFAULT);
+    if !(1..=MAX_ATTEMPTS_MAX).contains(&max_attempts) {
+        return Err(bad(format!("max_attempts is 1 to {MAX_ATTEMPTS_MAX}")));
+    }
+    let pinned = pin::pin_dag(&s.store, &name, &body).await.map_err(|e| bad(format!("{e:#}")))?;
+    let jobs: Vec<String> = pinned.dag.jobs.iter().map(|j| j.id.clone()).collect();
+    let hash = pinned.hash;
+    ask(&s, |reply| Cmd::Submit { hash, dag: pinned.dag, max_attempts, reply }).await?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"dag": hash, "jobs": jobs}))).into_response())
+}
+
+async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
+    let status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let list: Vec<_> = status
+        .dags
+        .iter()
+        .map(|(hash, d)| {
+            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+            for j in d.jobs.values() {
+                *counts.entry(j.state).or_default() += 1;
+            }
+            json!({"dag": hash, "jobs": d.jobs.len(), "states": counts})
+        })
+        .collect();
+    Ok(axum::Json(json!({"node": status.node, "dags": list})).into_response())
+}
+
+async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
+    let hash = parse_hash(&dag)?;
+    let mut status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let view = status
+        .dags
+        .remove(&hash.to_string())
+        .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
+    Ok(axum::Json(json!({"node": status.node, "dag": hash, "known": view.known, "jobs": view.jobs})).into_response())
+}
+
+async fn cancel(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
+    let hash = parse_hash(&dag)?;
+    if ask(&s, |reply| Cmd::Cancel { dag: hash, reply }).await? {
+        Ok(axum::Json(json!({"dag": hash, "cancelled": true})).into_response())
+    } else {
+        Err(not_found(format!("this node's ledger has no DAG {hash}")))
+    }
+}
+
+async fn peers(State(s): State<Shr>) -> Result<Response, ApiError> {
+    let peers = ask(&s, |reply| Cmd::Peers { reply }).await?;
+    Ok(axum::Json(json!({"peers": peers})).into_response())
+}
+
+/// A run record (JSON), fetched from the peers that may hold it when this node lacks it.
+async fn record(State(s): State<Shr>, Path(record): Path<String>) -> Result<Response, ApiError> {
+    let hash = parse_hash(&record)?;
+    let providers = ask(&s, |reply| Cmd::Providers { first: None, reply }).await?;
+    let rec =
+        exec::fetch_record(&s.store, &s.blobs, hash, &providers).await.map_err(|e| not_found(format!("{e:#}")))?;
+    Ok(axum::Json(rec).into_response())
+}
+
+/// An output of a job of a DAG, from wherever the mesh holds it: a file's bytes, or a tree as a
+/// tar archive.
+async fn job_output(
+    State(s): State<Shr>,
+    Path((dag, job, output)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let hash = parse_hash(&dag)?;
+    let status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let view = status.dags.get(&hash.to_string()).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
+    let jv = view.jobs.get(&job).ok_or_else(|| not_found(format!("DAG {hash} has no job `{job}`")))?;
+    let record = jv.record.ok_or_else(|| {
+        ApiError(
+            StatusCode::CONFLICT,
+            format!("job `{job}` is {}, not done; `shoal watch` shows its progress", jv.state),
+        )
+    })?;
+    let runner = jv.node.as_deref().and_then(|n| hex::decode(n).ok()).and_then(|b| <[u8; 32]>::try_from(b).ok());
+    let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await?;
+    let rec =
+        exec::fetch_record(&s.store, &s.blobs, record, &providers).await.map_err(|e| internal(format!("{e:#}")))?;
+    let digest = match output.as_str() {
+        "stdout" if !rec.outputs.contains_key("stdout") => rec.stdout.clone(),
+        "stderr" if !rec.outputs.contains_key("stderr") => rec.stderr.clone(),
+        _ => rec.outputs.get(&output).cloned().ok_or_else(|| {
+            let names: Vec<&str> = rec.outputs.keys().map(String::as_str).collect();
+            not_found(format!("job `{job}` has no output `{output}`; it has {}", names.join(", ")))
+        })?,
+    };
+    exec::fetch_digest(&s, &digest, &providers).await.map_err(|e| internal(format!("{e:#}")))?;
+    let hash_header = digest.hash.to_string();
+    match digest.kind {
+        DigestKind::File => {
+            let bytes = s.store.need_bytes(digest.hash).await.map_err(internal)?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    ("x-shoal-hash".parse().unwrap(), hash_header),
+                ],
+                bytes,
+            )
+                .into_response())
+        }
+        DigestKind::Tree => {
+            let tmp =
+                tempfile::Builder::new().prefix("out-").tempdir_in(s.store.home().join("tmp")).map_err(internal)?;
+            let dir = tmp.path().join("tree");
+            s.store.materialize(digest.hash, &dir).await.map_err(internal)?;
+            let tar = tokio::task::spawn_blocking(move || {
+                let mut b = tar::Builder::new(Vec::new());
+                b.follow_symlinks(false);
+                b.append_dir_all(".", &dir)?;
+                let out = b.into_inner();
+                drop(tmp);
+                out
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/x-tar".to_string()),
+                    ("x-shoal-hash".parse().unwrap(), hash_header),
+                ],
+                tar,
+            )
+                .into_response())
+        }
+    }
+}
+
+async fn blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, ApiError> {
+    let hash = parse_hash(&hash)?;
+    if !s.store.has(hash).await.map_err(internal)? {
+        let providers = ask(&s, |reply| Cmd::Providers { first: None, reply }).await?;
+        s.blobs.fetch(hash, &providers).await.map_err(|e| not_found(format!("{e}")))?;
+    }
+    let bytes = s.store.need_bytes(hash).await.map_err(internal)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// Stores the request body as a blob, streaming it to disk first.
+async fn upload(State(s): State<Shr>, body: Body) -> Result<Response, ApiError> {
+    let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(s.store.home().join("tmp")).map_err(internal)?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(internal)?);
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| bad(format!("reading the upload: {e}")))?;
+        total += chunk.len() as u64;
+        if total > UPLOAD_BYTES_MAX {
+            return Err(ApiError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "an upload is at most {UPLOAD_BYTES_MAX} bytes; copy larger files to the node and `shoal blob put` them"
+                ),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(internal)?;
+    }
+    file.flush().await.map_err(internal)?;
+    drop(file);
+    let (hash, size) = s.store.put_file(tmp.path()).await.map_err(internal)?;
+    Ok((StatusCode::CREATED, axum::Json(json!({"hash": hash, "size": size}))).into_response())
+}
+
+/// Ledger changes as server-sent events (`shoal watch`).
+async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = s.events.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|item| async move {
+        match item {
+            Ok(ev) => Some(Ok(SseEvent::default().event(ev.kind).json_data(&ev).unwrap_or_default())),
+            Err(_) => Some(Ok(SseEvent::default().event("lagged").data("some events were missed"))),
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,180 @@
+//! Running a job this node claimed: fetch what it needs from peers, then run it exactly as
+//! `shoal run` does (the same action key, cache, backends and records).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, anyhow};
+use shoal_blobs::Store;
+use shoal_blobs::net::BlobNode;
+use shoal_dag::{Digest, DigestKind, Hash, ImageRef, InputRef, RunRecord};
+use shoal_node::mesh::ledger::NodeId;
+
+use super::Shared;
+use crate::run::{self, Ctx, Status};
+
+/// Runs job `idx` of the prepared DAG; `upstream` names each dependency's run record and the
+/// node that made it. Ok(record hash) when the job succeeded, Err(why) otherwise.
+pub(crate) async fn run_claimed(
+    shared: &Shared,
+    ctx: &Ctx,
+    idx: usize,
+    upstream: &[(String, Hash, NodeId)],
+    peers: &[NodeId],
+) -> Result<Hash, String> {
+    match run_claimed_inner(shared, ctx, idx, upstream, peers).await {
+        Ok(report) if report.status == Status::Done => report.record.ok_or_else(|| "no run record".to_string()),
+        Ok(report) => {
+            let mut why = report.error.unwrap_or_else(|| "failed".into());
+            if let Some(tail) = report.stderr_tail.filter(|t| !t.is_empty()) {
+                why = format!("{why}\n--- stderr (tail) ---\n{tail}");
+            }
+            Err(why)
+        }
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
+async fn run_claimed_inner(
+    shared: &Shared,
+    ctx: &Ctx,
+    idx: usize,
+    upstream: &[(String, Hash, NodeId)],
+    peers: &[NodeId],
+) -> Result<run::JobReport> {
+    let job = &ctx.dag().jobs[idx];
+    let mut outputs: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
+    for (dep, record, holder) in upstream {
+        let providers = providers(*holder, peers);
+        let rec = fetch_record(&shared.store, &shared.blobs, *record, &providers)
+            .await
+            .with_context(|| format!("fetching the run record of `{dep}`"))?;
+        outputs.insert(dep.clone(), rec.outputs);
+    }
+    let providers_all: Vec<NodeId> = {
+        let mut p: Vec<NodeId> = upstream.iter().map(|(_, _, n)| *n).collect();
+        p.extend(peers.iter().filter(|n| !p.contains(n)).copied().collect::<Vec<_>>());
+        p
+    };
+    // The image, every input and stdin, into this store.
+    match &job.image {
+        ImageRef::Blake3(id) => {
+            let blobs = &shared.blobs;
+            shared
+                .complete
+                .once(*id, async {
+                    blobs.fetch_image(*id, &providers_all).await.map(|_| ()).map_err(anyhow::Error::from)
+                })
+                .await
+                .context("fetching the job's image")?;
+        }
+        ImageRef::Job { job: j, output } => fetch_upstream(shared, &outputs, j, output, &providers_all).await?,
+        _ => {}
+    }
+    for r in job.inputs.values().chain(job.stdin.iter()) {
+        match r {
+            InputRef::Job { job: j, output } => fetch_upstream(shared, &outputs, j, output, &providers_all).await?,
+            InputRef::Blake3(h) => fetch_bare(shared, *h, &providers_all).await?,
+            _ => {}
+        }
+    }
+    Ok(run::run_one(ctx, idx, &outputs).await)
+}
+
+/// The holder first, then the other peers.
+fn providers(holder: NodeId, peers: &[NodeId]) -> Vec<NodeId> {
+    std::iter::once(holder).chain(peers.iter().copied().filter(|p| *p != holder)).collect()
+}
+
+async fn fetch_upstream(
+    shared: &Shared,
+    outputs: &BTreeMap<String, BTreeMap<String, Digest>>,
+    job: &str,
+    output: &str,
+    providers: &[NodeId],
+) -> Result<()> {
+    let d = outputs
+        .get(job)
+        .and_then(|o| o.get(output))
+        .ok_or_else(|| anyhow!("job `{job}` finished without producing output `{output}`"))?;
+    fetch_digest(shared, d, providers).await
+}
+
+/// A digest's blob or tree into the local store, unless it is there. A tree is walked once per
+/// process (its root blob arrives before its children, so "the root is here" does not mean
+/// "the tree is here"), and concurrent callers wait for the one walk.
+pub(crate) async fn fetch_digest(shared: &Shared, d: &Digest, providers: &[NodeId]) -> Result<()> {
+    match d.kind {
+        DigestKind::File => {
+            if !shared.store.has(d.hash).await? {
+                shared.blobs.fetch(d.hash, providers).await.with_context(|| format!("fetching {}", d.hash))?;
+            }
+            Ok(())
+        }
+        DigestKind::Tree => {
+            let blobs = &shared.blobs;
+            shared
+                .complete
+                .once(d.hash, async {
+                    blobs.fetch_tree(d.hash, providers).await.map(|_| ()).map_err(anyhow::Error::from)
+                })
+                .await
+                .with_context(|| format!("fetching the tree {}", d.hash))
+        }
+    }
+}
+
+/// Trees and images known complete in this store, each fetched by one caller at a time.
+#[derive(Default)]
+pub(crate) struct Complete {
+    cells: std::sync::Mutex<BTreeMap<Hash, std::sync::Arc<tokio::sync::OnceCell<()>>>>,
+}
+
+impl Complete {
+    /// Runs `fetch` unless an earlier call for `hash` succeeded; callers at once wait for one run.
+    pub(crate) async fn once(&self, hash: Hash, fetch: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+        let cell = self.cells.lock().expect("complete-set lock").entry(hash).or_default().clone();
+        cell.get_or_try_init(|| fetch).await.map(|_| ())
+    }
+}
+
+/// A `blake3:` input whose kind the DAG does not say: a blob, or a tree if it decodes as one.
+async fn fetch_bare(shared: &Shared, hash: Hash, providers: &[NodeId]) -> Result<()> {
+    if !shared.store.has(hash).await? {
+        shared.blobs.fetch(hash, providers).await.with_context(|| format!("fetching input {hash}"))?;
+    }
+    let bytes = shared.store.need_bytes(hash).await?;
+    if shoal_blobs::tree::Tree::decode(&bytes).is_ok() {
+        let size = bytes.len() as u64;
+        fetch_digest(shared, &Digest { hash, kind: DigestKind::Tree, size }, providers).await?;
+    }
+    Ok(())
+}
+
+/// A run record into this store (verified: it comes from elsewhere), and decoded.
+pub(crate) async fn fetch_record(
+    store: &Store,
+    blobs: &BlobNode,
+    hash: Hash,
+    providers: &[NodeId],
+) -> Result<RunRecord> {
+    if let Some(signed) = store.get_record(hash).await? {
+        return Ok(signed.verify()?);
+    }
+    blobs.fetch(hash, providers).await?;
+    let bytes = store.need_bytes(hash).await?;
+    let signed = shoal_blobs::SignedRecord::from_cbor(&bytes).map_err(|e| anyhow!("run record {hash}: {e}"))?;
+    let record = signed.verify().with_context(|| format!("run record {hash} does not verify"))?;
+    store.put_record(&signed).await?;
+    Ok(record)
+}
+
+/// Keeps a copy of a run's record, outputs, stdout and stderr in this store; the bytes fetched.
+pub(crate) async fn replicate(shared: &Shared, record: Hash, providers: &[NodeId]) -> Result<u64> {
+    let rec = fetch_record(&shared.store, &shared.blobs, record, providers).await?;
+    let mut total = 0;
+    for d in rec.outputs.values().chain([&rec.stdout, &rec.stderr]) {
+        fetch_digest(shared, d, providers).await?;
+        total += d.size;
+    }
+    Ok(total)
+}

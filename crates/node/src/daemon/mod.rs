@@ -1,0 +1,894 @@
+//! `shoal node`: one peer of a mesh. It drives the sans-IO [`NodeCore`] from one `tokio::select!`
+//! loop that owns it, around the libp2p swarm (facts and announcements by gossipsub, anti-entropy
+//! by request-response), the iroh endpoint serving this store's blobs, the job executor, and the
+//! HTTP API, which talks to the loop only through [`Cmd`]s.
+//!
+//! # Layout
+//! - this file: options, start-up (identity, mesh key, ledger reloaded from sled) and the loop.
+//! - `api`: the HTTP API (axum) and the commands it sends the loop.
+//! - `exec`: runs one claimed job: fetches its DAG's upstream records, inputs and image from
+//!   peers, then runs it as `shoal run` does.
+//! - `pin`: turns a submitted DAG into one whose every reference is a hash.
+
+mod api;
+mod exec;
+pub mod pin;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use shoal_blobs::Store;
+use shoal_blobs::net::{BlobNode, BlobPeer};
+use shoal_dag::{Dag, Hash};
+use shoal_node::mesh::capabilities::Capabilities;
+use shoal_node::mesh::core::{Action, NodeCore};
+use shoal_node::mesh::ledger::{Body, Fact, JobState, NodeId};
+use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
+use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinSet};
+use tracing::{debug, info, warn};
+
+use crate::identity;
+use crate::run::{BackendChoice, Backends, RunOptions};
+
+/// How often a node announces itself, in ms.
+const ANNOUNCE_MS: u64 = 5_000;
+/// How soon after a new connection a node announces itself, in ms (gossipsub needs a moment to
+/// exchange subscriptions first).
+const ANNOUNCE_AFTER_CONNECT_MS: u64 = 300;
+/// A peer not heard from for this long is taken as gone (ranks, replicas, providers), in ms.
+const PEER_TTL_MS: u64 = 3 * ANNOUNCE_MS + 1_000;
+/// How often a node compares its ledger with one peer's, in ms.
+const ANTI_ENTROPY_MS: u64 = 2_000;
+/// Commands from the API waiting for the loop.
+const COMMANDS_QUEUED_MAX: usize = 256;
+/// Events kept for slow SSE subscribers before they miss some.
+const EVENTS_QUEUED_MAX: usize = 4096;
+/// How long a DAG whose content could not be fetched waits before the next try, in ms.
+const DAG_FETCH_RETRY_MS: u64 = 1_000;
+/// Copies of other nodes' outputs being fetched at once.
+const REPLICATIONS_IN_FLIGHT_MAX: usize = 4;
+/// Attempts a job gets before it fails for good, unless the submitter says otherwise.
+pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub listen: Vec<Multiaddr>,
+    pub join: Vec<Multiaddr>,
+    pub http: SocketAddr,
+    pub blobs: SocketAddr,
+    /// The mesh key file (`shoal mesh init`); default `$SHOAL_HOME/mesh.key`.
+    pub mesh_key: PathBuf,
+    pub allow: Option<BTreeSet<PeerId>>,
+    pub mdns: bool,
+    pub run: RunOptions,
+    pub labels: BTreeMap<String, String>,
+    /// Nodes that keep a copy of every output (the runner included).
+    pub replicas: usize,
+    /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
+    pub ready_file: Option<PathBuf>,
+}
+
+/// What the API asks of the loop; each is answered on its `reply` channel.
+pub(crate) enum Cmd {
+    /// A pinned DAG (stored as a blob already) to submit from here; answered once the Submit fact
+    /// is durable.
+    Submit {
+        hash: Hash,
+        dag: Dag,
+        max_attempts: u32,
+        reply: oneshot::Sender<()>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusView>,
+    },
+    Cancel {
+        dag: Hash,
+        reply: oneshot::Sender<bool>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerView>>,
+    },
+    /// Who may hold the blobs of a run record: its runner first, then every live peer.
+    Providers {
+        first: Option<NodeId>,
+        reply: oneshot::Sender<Vec<NodeId>>,
+    },
+}
+
+/// The ledger's view as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct StatusView {
+    pub node: String,
+    pub dags: BTreeMap<String, DagView>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DagView {
+    pub jobs: BTreeMap<String, JobView>,
+    /// Whether this node has the DAG's content (it fetches it by hash).
+    pub known: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct JobView {
+    /// open, claimed, done, failed, cancelled, or unschedulable.
+    pub state: &'static str,
+    pub node: Option<String>,
+    pub record: Option<Hash>,
+    pub failures: Vec<String>,
+    /// Why no node of the mesh can run it, when none can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PeerView {
+    pub node: String,
+    pub peer_id: String,
+    pub hostname: String,
+    pub me: bool,
+    pub connected: bool,
+    pub caps: Capabilities,
+    pub http: Option<String>,
+    pub running: u32,
+    pub free_cores: u32,
+    pub facts: u64,
+    pub last_seen_ms_ago: u64,
+}
+
+/// A change the ledger saw, for `shoal watch` (SSE).
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Event {
+    pub kind: &'static str,
+    pub dag: Hash,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    pub node: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn host_arch() -> shoal_dag::Arch {
+    match std::env::consts::ARCH {
+        "aarch64" => shoal_dag::Arch::Aarch64,
+        "riscv64" => shoal_dag::Arch::Riscv64,
+        _ => shoal_dag::Arch::X86_64,
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The libp2p peer id of a node id (both are the node's ed25519 public key).
+pub(crate) fn peer_id_of_node(node: &NodeId) -> Option<PeerId> {
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node).ok()?;
+    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The mesh key: 32 bytes in libp2p's pre-shared key file format.
+pub fn read_mesh_key(path: &std::path::Path) -> Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "no mesh key at {}: create one with `shoal mesh init` and copy it to every node of the mesh \
+             (or pass --mesh-key PATH)",
+            path.display()
+        )
+    })?;
+    shoal_node::mesh::net::parse_psk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Everything the loop's helpers share with the API.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub blobs: Arc<BlobNode>,
+    pub cmds: mpsc::Sender<Cmd>,
+    pub events: broadcast::Sender<Event>,
+    pub node: NodeId,
+    /// Trees and images fetched complete (see `exec::fetch_digest`).
+    pub complete: exec::Complete,
+}
+
+/// Runs the node until ctrl-c or SIGTERM.
+pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
+    let key = identity::load_or_create(store.home())?;
+    let node_id: NodeId = key.verifying_key().to_bytes();
+    let psk = read_mesh_key(&opts.mesh_key)?;
+    let net = Net::new(NetConfig {
+        secret: key.to_bytes(),
+        psk,
+        listen: opts.listen.clone(),
+        join: opts.join.clone(),
+        allow: opts.allow.clone(),
+        mdns: opts.mdns,
+    })
+    .context("starting the mesh network")?;
+    let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
+    let machine = crate::machine::describe(&identity::node_id(&key), "");
+    let caps = Capabilities {
+        arch: host_arch(),
+        cores: opts.run.cores.unwrap_or(machine.cores).max(1),
+        memory_bytes: machine.memory_bytes,
+        cpu_flags: machine.cpu_flags.iter().cloned().collect(),
+        gpus: Vec::new(),
+        labels: opts.labels.clone(),
+        microvm: opts.run.backend == BackendChoice::Microvm,
+    };
+    let mut core = NodeCore::new(key.clone(), caps);
+    let started = Instant::now();
+    let mut reloaded = 0usize;
+    for (id, bytes) in store.facts()? {
+        match wire::decode::<Fact>(&bytes) {
+            Ok(fact) if fact.id() == id => {
+                if core.handle_fact(now_unix_ms(), fact).is_ok() {
+                    reloaded += 1;
+                }
+            }
+            _ => warn!(%id, "a stored fact does not decode or match its id; ignored"),
+        }
+    }
+    // Facts we reload were persisted before: the core re-emits none of them, but drain what it
+    // decided while folding them (claims of jobs found open).
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
+    let (events, _) = broadcast::channel(EVENTS_QUEUED_MAX);
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        blobs: blobs.clone(),
+        cmds: cmd_tx,
+        events,
+        node: node_id,
+        complete: exec::Complete::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(opts.http)
+        .await
+        .with_context(|| format!("cannot listen for the HTTP API on {} (pass --http ADDR)", opts.http))?;
+    let http_addr = listener.local_addr()?;
+    let app = api::router(shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!("the HTTP API stopped: {e}");
+        }
+    });
+    info!(node = %hex::encode(node_id), peer = %net.peer_id(), http = %http_addr, facts = reloaded,
+        "node started in {} ms", started.elapsed().as_millis());
+    let backends = Backends::new(&opts.run)?;
+    let mut node = Node {
+        core,
+        net,
+        shared,
+        opts,
+        backends,
+        http_addr,
+        peers: BTreeMap::new(),
+        connected: BTreeSet::new(),
+        listen_addrs: Vec::new(),
+        jobs: JoinSet::new(),
+        running: BTreeMap::new(),
+        dag_fetches: BTreeMap::new(),
+        fetched: mpsc::channel(64),
+        ctxs: BTreeMap::new(),
+        sync_turn: 0,
+        to_persist: Vec::new(),
+        inline_dags: Vec::new(),
+        to_replicate: Vec::new(),
+        announce_soon: false,
+        replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
+    };
+    node.run(cmd_rx).await
+}
+
+struct PeerInfo {
+    announce: Announce,
+    seen: Instant,
+}
+
+struct Node {
+    core: NodeCore,
+    net: Net,
+    shared: Arc<Shared>,
+    opts: NodeOptions,
+    backends: Arc<Backends>,
+    http_addr: SocketAddr,
+    /// Nodes heard from by announcement, this one excluded.
+    peers: BTreeMap<NodeId, PeerInfo>,
+    connected: BTreeSet<PeerId>,
+    listen_addrs: Vec<Multiaddr>,
+    /// Claimed jobs being run: claim -> its task.
+    jobs: JoinSet<(Hash, Result<Hash, String>)>,
+    running: BTreeMap<Hash, AbortHandle>,
+    /// DAG contents being fetched (or waiting to retry): hash -> when the next try may start.
+    dag_fetches: BTreeMap<Hash, Option<Instant>>,
+    fetched: (mpsc::Sender<(Hash, Result<Dag, String>)>, mpsc::Receiver<(Hash, Result<Dag, String>)>),
+    /// Prepared runners per DAG.
+    ctxs: BTreeMap<Hash, Arc<crate::run::Ctx>>,
+    /// Which connected peer anti-entropy asks next.
+    sync_turn: usize,
+    /// Facts received or made since the last persist.
+    to_persist: Vec<Fact>,
+    /// DAG contents that came inline with gossip, to store and hand to the core.
+    inline_dags: Vec<DagText>,
+    /// Run records finished elsewhere (record, runner), to consider keeping a copy of.
+    to_replicate: Vec<(Hash, NodeId)>,
+    /// Announce shortly (a peer just connected).
+    announce_soon: bool,
+    /// Bounds the copies being made at once.
+    replications: Arc<tokio::sync::Semaphore>,
+}
+
+impl Node {
+    async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
+        let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
+        let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        self.after_step().await;
+        loop {
+            let now = now_unix_ms();
+            let wake = self.core.poll_timeout(now).map(|t| t.saturating_sub(now)).unwrap_or(60_000).min(60_000);
+            tokio::select! {
+                ev = self.net.next_event() => self.on_net(ev),
+                Some(cmd) = cmds.recv() => self.on_cmd(cmd).await,
+                Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
+                    match joined {
+                        Ok((claim, result)) => {
+                            self.running.remove(&claim);
+                            if let Err(why) = &result {
+                                warn!(%claim, "job failed: {why}");
+                            }
+                            self.core.handle_job_finished(now_unix_ms(), claim, result);
+                        }
+                        Err(e) if e.is_cancelled() => {}
+                        Err(e) => warn!("a job task panicked: {e}"),
+                    }
+                }
+                Some((hash, result)) = self.fetched.1.recv() => match result {
+                    Ok(dag) => {
+                        self.dag_fetches.remove(&hash);
+                        self.core.handle_dag(now_unix_ms(), hash, dag);
+                    }
+                    Err(why) => {
+                        debug!(%hash, "DAG fetch failed: {why}");
+                        self.dag_fetches.insert(hash, Some(Instant::now() + Duration::from_millis(DAG_FETCH_RETRY_MS)));
+                    }
+                },
+                _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_tick(now_unix_ms()),
+                _ = announce.tick() => self.announce(),
+                _ = sync.tick() => self.anti_entropy(),
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+            self.after_step().await;
+            if std::mem::take(&mut self.announce_soon) {
+                announce.reset_after(Duration::from_millis(ANNOUNCE_AFTER_CONNECT_MS));
+            }
+        }
+        info!("node stopping");
+        let _ = std::fs::remove_file(self.shared.store.home().join("node.json"));
+        self.shared.store.shutdown().await;
+        Ok(())
+    }
+
+    /// After every event: persist and gossip new facts, start and stop jobs, fetch DAGs.
+    async fn after_step(&mut self) {
+        let mut own = Vec::new();
+        while let Some(fact) = self.core.poll_fact() {
+            own.push(fact);
+        }
+        if !own.is_empty() {
+            for chunk in own.chunks(wire::FACTS_PER_MESSAGE_MAX) {
+                let mut dags = Vec::new();
+                for f in chunk {
+                    if let Body::Submit { dag, .. } = &f.body
+                        && let Ok(Some(bytes)) = self.shared.store.get_bytes(*dag).await
+                        && bytes.len() <= wire::DAG_INLINE_BYTES_MAX
+                        && let Ok(text) = String::from_utf8(bytes.to_vec())
+                    {
+                        dags.push(DagText { hash: *dag, text });
+                    }
+                }
+                let batch = FactBatch { v: WIRE_VERSION, facts: chunk.to_vec(), dags };
+                if let Err(e) = self.net.publish(Topic::Facts, wire::encode(&batch)) {
+                    debug!("gossip: {e} (anti-entropy will carry it)");
+                }
+            }
+            self.to_persist.extend(own);
+        }
+        if !self.to_persist.is_empty() {
+            let facts = std::mem::take(&mut self.to_persist);
+            for f in &facts {
+                self.note_event(f);
+            }
+            let rows: Vec<(Hash, Vec<u8>)> = facts.iter().map(|f| (f.id(), wire::encode(f))).collect();
+            if let Err(e) = self.shared.store.put_facts(&rows).await {
+                warn!("cannot persist {} facts: {e:#}", rows.len());
+            }
+        }
+        for d in std::mem::take(&mut self.inline_dags) {
+            if self.core.dag(&d.hash).is_some() || Hash::of(d.text.as_bytes()) != d.hash {
+                continue;
+            }
+            match shoal_dag::parse_dag(&d.hash.to_string(), &d.text) {
+                Ok(dag) => {
+                    let stored = self.shared.store.put_bytes(d.text.into_bytes()).await;
+                    if stored.is_ok() && self.shared.store.pin(d.hash).is_ok() {
+                        self.dag_fetches.remove(&d.hash);
+                        self.core.handle_dag(now_unix_ms(), d.hash, dag);
+                    }
+                }
+                Err(e) => warn!(dag = %d.hash, "a DAG sent inline does not parse: {e}"),
+            }
+        }
+        self.replicate();
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Start { claim, dag, job } => self.start_job(claim, dag, job),
+                Action::Stop { claim } => {
+                    if let Some(h) = self.running.remove(&claim) {
+                        info!(%claim, "stopping a run whose claim lost (or whose DAG was cancelled)");
+                        h.abort();
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for hash in self.core.wanted_dags(now_unix_ms()) {
+            match self.dag_fetches.get(&hash) {
+                Some(None) => continue,
+                Some(Some(retry)) if *retry > now => continue,
+                _ => {}
+            }
+            self.dag_fetches.insert(hash, None);
+            let shared = self.shared.clone();
+            let providers = self.live_peers();
+            let tx = self.fetched.0.clone();
+            tokio::spawn(async move {
+                let result = fetch_dag(&shared, hash, &providers).await.map_err(|e| format!("{e:#}"));
+                let _ = tx.send((hash, result)).await;
+            });
+        }
+    }
+
+    /// Keeps a copy of the outputs of runs finished elsewhere when this node is among the
+    /// `replicas - 1` nodes that rank first for the record (rendezvous hashing over the live
+    /// nodes, the runner excluded): every node computes the same holders without talking.
+    fn replicate(&mut self) {
+        let wanted = self.opts.replicas.saturating_sub(1);
+        if wanted == 0 {
+            self.to_replicate.clear();
+            return;
+        }
+        let me = self.core.id();
+        let live: Vec<NodeId> = self.live_peers().into_iter().chain([me]).collect();
+        for (record, runner) in std::mem::take(&mut self.to_replicate) {
+            if runner == me {
+                continue;
+            }
+            let mut ranked: Vec<(blake3::Hash, NodeId)> = live
+                .iter()
+                .filter(|n| **n != runner)
+                .map(|n| {
+                    let mut h = blake3::Hasher::new();
+                    h.update(&record.0);
+                    h.update(n);
+                    (h.finalize(), *n)
+                })
+                .collect();
+            ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            if !ranked.iter().take(wanted).any(|(_, n)| *n == me) {
+                continue;
+            }
+            let shared = self.shared.clone();
+            let providers: Vec<NodeId> =
+                std::iter::once(runner).chain(live.iter().copied().filter(|n| *n != runner && *n != me)).collect();
+            let permits = self.replications.clone();
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire().await else { return };
+                match exec::replicate(&shared, record, &providers).await {
+                    Ok(bytes) => debug!(%record, bytes, "kept a copy of a run's outputs"),
+                    Err(e) => warn!(%record, "cannot keep a copy of a run's outputs: {e:#}"),
+                }
+            });
+        }
+    }
+
+    fn note_event(&self, fact: &Fact) {
+        let node = hex::encode(fact.author);
+        let claim_job = |claim: &Hash| match self.core.ledger().get(claim).map(|f| &f.body) {
+            Some(Body::Claim { dag, job, .. }) => Some((*dag, job.clone())),
+            _ => None,
+        };
+        let event = match &fact.body {
+            Body::Submit { dag, jobs, .. } => {
+                Event { kind: "submitted", dag: *dag, job: None, node, detail: Some(format!("{} jobs", jobs.len())) }
+            }
+            Body::Claim { dag, job, .. } => {
+                Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None }
+            }
+            Body::Done { claim, record } => match claim_job(claim) {
+                Some((dag, job)) => Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()) },
+                None => return,
+            },
+            Body::Fail { claim, reason } => match claim_job(claim) {
+                Some((dag, job)) => Event { kind: "failed", dag, job: Some(job), node, detail: Some(reason.clone()) },
+                None => return,
+            },
+            Body::Cancel { dag } => Event { kind: "cancelled", dag: *dag, job: None, node, detail: None },
+            Body::Renew { .. } => return,
+        };
+        let _ = self.shared.events.send(event);
+    }
+
+    /// Live peers' node ids, freshest first.
+    fn live_peers(&self) -> Vec<NodeId> {
+        let mut live: Vec<(&NodeId, &PeerInfo)> =
+            self.peers.iter().filter(|(_, p)| p.seen.elapsed() < Duration::from_millis(PEER_TTL_MS)).collect();
+        live.sort_by_key(|(_, p)| std::cmp::Reverse(p.seen));
+        live.into_iter().map(|(n, _)| *n).collect()
+    }
+
+    fn start_job(&mut self, claim: Hash, dag_hash: Hash, job: String) {
+        let Some(dag) = self.core.dag(&dag_hash).cloned() else {
+            self.core.handle_job_finished(now_unix_ms(), claim, Err("this node lost the DAG's content".into()));
+            return;
+        };
+        let Some(idx) = dag.jobs.iter().position(|j| j.id == job) else {
+            self.core.handle_job_finished(now_unix_ms(), claim, Err(format!("the DAG has no job `{job}`")));
+            return;
+        };
+        let state = self.core.ledger().state(now_unix_ms());
+        let deps = dag.all_dependencies();
+        let mut upstream = Vec::new();
+        for &d in &deps[idx] {
+            let dep = &dag.jobs[d].id;
+            match state.dags.get(&dag_hash).and_then(|s| s.jobs.get(dep)) {
+                Some(JobState::Done { record, node, .. }) => upstream.push((dep.clone(), *record, *node)),
+                _ => {
+                    self.core.handle_job_finished(
+                        now_unix_ms(),
+                        claim,
+                        Err(format!("dependency `{dep}` is not done in this node's view")),
+                    );
+                    return;
+                }
+            }
+        }
+        let ctx = match self.ctxs.get(&dag_hash) {
+            Some(c) => c.clone(),
+            None => {
+                let mut opts = self.opts.run.clone();
+                opts.json = true;
+                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.backends.clone()) {
+                    Ok(c) => {
+                        self.ctxs.insert(dag_hash, c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        self.core.handle_job_finished(now_unix_ms(), claim, Err(format!("{e:#}")));
+                        return;
+                    }
+                }
+            }
+        };
+        info!(%claim, dag = %dag_hash, job, "starting");
+        let shared = self.shared.clone();
+        let peers = self.live_peers();
+        let handle = self.jobs.spawn(async move {
+            let result = exec::run_claimed(&shared, &ctx, idx, &upstream, &peers).await;
+            (claim, result)
+        });
+        self.running.insert(claim, handle);
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = now_unix_ms();
+        match ev {
+            NetEvent::Listening(addr) => {
+                self.listen_addrs.push(addr);
+                self.write_ready_file();
+            }
+            NetEvent::Connected(peer) => {
+                self.connected.insert(peer);
+                // A new connection (a newcomer, or a peer back from a restart) learns our
+                // addresses from our next announcement: make it soon, once subscriptions are
+                // exchanged, rather than at the next regular tick.
+                self.announce_soon = true;
+            }
+            NetEvent::Disconnected(peer) => {
+                self.connected.remove(&peer);
+            }
+            NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
+                Ok(batch) if batch.v == WIRE_VERSION => {
+                    self.take_facts(now, batch.facts, &from);
+                    self.inline_dags.extend(batch.dags);
+                }
+                Ok(_) => debug!(%from, "a fact batch of another wire version; ignored"),
+                Err(e) => warn!(%from, "{e}"),
+            },
+            NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
+                Ok(a) if a.v == WIRE_VERSION => {
+                    if peer_id_of_node(&a.node) != Some(from) {
+                        warn!(%from, "an announcement for another node's id; ignored");
+                        return;
+                    }
+                    self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+                    let new = !self.peers.contains_key(&a.node);
+                    self.peers.insert(a.node, PeerInfo { announce: a, seen: Instant::now() });
+                    if new {
+                        let live = self.live_peers();
+                        self.core.handle_peers(now, live);
+                        // Tell the newcomer about us at once rather than at the next tick.
+                        self.announce();
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(%from, "{e}"),
+            },
+            NetEvent::Request { peer, request, channel } => {
+                let resp = self.answer_sync(now, &peer, &request.0);
+                self.net.respond(channel, SyncResponse(wire::encode(&resp)));
+            }
+            NetEvent::Response { peer, response, .. } => self.on_sync_response(now, &peer, &response.0),
+            NetEvent::RequestFailed { peer, error, .. } => debug!(%peer, "sync request failed: {error}"),
+        }
+    }
+
+    fn take_facts(&mut self, now: u64, facts: Vec<Fact>, from: &PeerId) -> (u64, u64) {
+        let (mut added, mut refused) = (0, 0);
+        for fact in facts {
+            let id = fact.id();
+            if self.core.ledger().get(&id).is_some() {
+                continue;
+            }
+            match self.core.handle_fact(now, fact.clone()) {
+                Ok(()) => {
+                    added += 1;
+                    if let Body::Done { record, .. } = &fact.body {
+                        self.to_replicate.push((*record, fact.author));
+                    }
+                    self.to_persist.push(fact);
+                }
+                Err(e) => {
+                    refused += 1;
+                    warn!(%from, "refused a fact: {e}");
+                }
+            }
+        }
+        (added, refused)
+    }
+
+    fn answer_sync(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) -> SyncResp {
+        let req = match wire::decode::<SyncReq>(bytes) {
+            Ok(r) => r,
+            Err(e) => return SyncResp::Refused { reason: e.to_string() },
+        };
+        let ledger = self.core.ledger();
+        match req {
+            SyncReq::Digest { digest, .. } => {
+                if digest == ledger.digest() {
+                    SyncResp::Same
+                } else {
+                    SyncResp::Ids { ids: ledger.ids().into_iter().take(wire::IDS_PER_MESSAGE_MAX).collect() }
+                }
+            }
+            SyncReq::Get { ids } => SyncResp::Facts {
+                facts: ids.iter().take(wire::FACTS_PER_MESSAGE_MAX).filter_map(|id| ledger.get(id).cloned()).collect(),
+            },
+            SyncReq::Put { facts } => {
+                let facts = facts.into_iter().take(wire::FACTS_PER_MESSAGE_MAX).collect();
+                let (added, refused) = self.take_facts(now, facts, peer);
+                SyncResp::Stored { added, refused }
+            }
+        }
+    }
+
+    fn on_sync_response(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) {
+        let resp = match wire::decode::<SyncResp>(bytes) {
+            Ok(r) => r,
+            Err(e) => return warn!(%peer, "{e}"),
+        };
+        match resp {
+            SyncResp::Ids { ids } => {
+                let theirs: BTreeSet<Hash> = ids.into_iter().collect();
+                let mine = self.core.ledger().ids();
+                let want: Vec<Hash> = theirs.difference(&mine).take(wire::FACTS_PER_MESSAGE_MAX).copied().collect();
+                if !want.is_empty() {
+                    debug!(%peer, n = want.len(), "anti-entropy: fetching facts we lack");
+                    self.net.request(peer, SyncRequest(wire::encode(&SyncReq::Get { ids: want })));
+                }
+                let give: Vec<Fact> =
+                    self.core.ledger().missing_from(&theirs).take(wire::FACTS_PER_MESSAGE_MAX).cloned().collect();
+                if !give.is_empty() {
+                    debug!(%peer, n = give.len(), "anti-entropy: pushing facts the peer lacks");
+                    self.net.request(peer, SyncRequest(wire::encode(&SyncReq::Put { facts: give })));
+                }
+            }
+            SyncResp::Facts { facts } => {
+                self.take_facts(now, facts, peer);
+            }
+            SyncResp::Refused { reason } => warn!(%peer, "the peer refused our sync request: {reason}"),
+            SyncResp::Same | SyncResp::Stored { .. } => {}
+        }
+    }
+
+    fn anti_entropy(&mut self) {
+        let peers: Vec<PeerId> = self.connected.iter().copied().collect();
+        if peers.is_empty() {
+            return;
+        }
+        self.sync_turn = (self.sync_turn + 1) % peers.len();
+        let ledger = self.core.ledger();
+        let req = SyncReq::Digest { digest: ledger.digest(), count: ledger.len() as u64 };
+        self.net.request(&peers[self.sync_turn], SyncRequest(wire::encode(&req)));
+        // Forget peers long gone, so ranks and providers stay among the living.
+        let before = self.peers.len();
+        self.peers.retain(|_, p| p.seen.elapsed() < Duration::from_millis(PEER_TTL_MS * 4));
+        if self.peers.len() != before {
+            let live = self.live_peers();
+            self.core.handle_peers(now_unix_ms(), live);
+        }
+    }
+
+    fn announce(&mut self) {
+        let ledger = self.core.ledger();
+        let a = Announce {
+            v: WIRE_VERSION,
+            node: self.core.id(),
+            hostname: crate::machine::describe("", "").hostname,
+            caps: self.core.caps().clone(),
+            blob_addrs: self.shared.blobs.me().addrs,
+            http: Some(format!("http://{}", self.http_addr)),
+            running: self.core.running_count() as u32,
+            free_cores: self.core.free_cores(),
+            facts: ledger.len() as u64,
+            ledger_digest: ledger.digest(),
+            sent_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
+            debug!("announce: {e}");
+        }
+    }
+
+    /// Writes where this node listens to `$SHOAL_HOME/node.json` (so local commands find it) and
+    /// to `--ready-file`.
+    fn write_ready_file(&self) {
+        let ready = serde_json::json!({
+            "node": hex::encode(self.core.id()),
+            "peer_id": self.net.peer_id().to_string(),
+            "listen": self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.net.peer_id())).collect::<Vec<_>>(),
+            "http": format!("http://{}", self.http_addr),
+            "blobs": self.shared.blobs.me().addrs,
+        });
+        let home_file = self.shared.store.home().join("node.json");
+        for path in std::iter::once(&home_file).chain(self.opts.ready_file.as_ref()) {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, format!("{ready}\n")).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
+                warn!("cannot write {}", path.display());
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        let now = now_unix_ms();
+        match cmd {
+            Cmd::Submit { hash, dag, max_attempts, reply } => {
+                let known = self.core.ledger().state(now).dags.contains_key(&hash);
+                if !known {
+                    self.core.submit(now, hash, dag, max_attempts);
+                } else if self.core.dag(&hash).is_none() {
+                    self.core.handle_dag(now, hash, dag);
+                }
+                // Persist (and gossip) before answering: an acknowledged submit survives a kill -9.
+                self.after_step().await;
+                let _ = reply.send(());
+            }
+            Cmd::Status { reply } => {
+                let _ = reply.send(self.status_view(now));
+            }
+            Cmd::Cancel { dag, reply } => {
+                let known = self.core.ledger().state(now).dags.contains_key(&dag);
+                if known {
+                    self.core.cancel(now, dag);
+                    self.after_step().await;
+                }
+                let _ = reply.send(known);
+            }
+            Cmd::Peers { reply } => {
+                let _ = reply.send(self.peer_views());
+            }
+            Cmd::Providers { first, reply } => {
+                let mut list: Vec<NodeId> = first.into_iter().collect();
+                list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    fn status_view(&self, now: u64) -> StatusView {
+        let state = self.core.ledger().state(now);
+        let mesh: Vec<(String, Capabilities)> =
+            std::iter::once((hex::encode(self.core.id()), self.core.caps().clone()))
+                .chain(
+                    self.live_peers()
+                        .iter()
+                        .filter_map(|n| self.peers.get(n).map(|p| (hex::encode(n), p.announce.caps.clone()))),
+                )
+                .collect();
+        let mut dags = BTreeMap::new();
+        for (hash, ds) in state.dags {
+            let dag = self.core.dag(&hash);
+            let mut jobs = BTreeMap::new();
+            for (id, js) in ds.jobs {
+                let (state, node, record, failures) = match js {
+                    JobState::Open { failures } => ("open", None, None, failures),
+                    JobState::Claimed { node, failures, .. } => ("claimed", Some(hex::encode(node)), None, failures),
+                    JobState::Done { node, record, .. } => ("done", Some(hex::encode(node)), Some(record), vec![]),
+                    JobState::Failed { failures } => ("failed", None, None, failures),
+                    JobState::Cancelled => ("cancelled", None, None, vec![]),
+                };
+                let reason = if state == "open" {
+                    dag.and_then(|d| d.jobs.iter().find(|j| j.id == id))
+                        .and_then(|j| shoal_node::mesh::capabilities::unschedulable(&j.requirements, &mesh))
+                } else {
+                    None
+                };
+                let state = if reason.is_some() { "unschedulable" } else { state };
+                jobs.insert(id, JobView { state, node, record, failures, reason });
+            }
+            dags.insert(hash.to_string(), DagView { jobs, known: dag.is_some() });
+        }
+        StatusView { node: hex::encode(self.core.id()), dags }
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        let ledger = self.core.ledger();
+        let me = PeerView {
+            node: hex::encode(self.core.id()),
+            peer_id: self.net.peer_id().to_string(),
+            hostname: crate::machine::describe("", "").hostname,
+            me: true,
+            connected: true,
+            caps: self.core.caps().clone(),
+            http: Some(format!("http://{}", self.http_addr)),
+            running: self.core.running_count() as u32,
+            free_cores: self.core.free_cores(),
+            facts: ledger.len() as u64,
+            last_seen_ms_ago: 0,
+        };
+        let others = self.peers.iter().map(|(id, p)| {
+            let peer_id = peer_id_of_node(id);
+            PeerView {
+                node: hex::encode(id),
+                peer_id: peer_id.map(|p| p.to_string()).unwrap_or_default(),
+                hostname: p.announce.hostname.clone(),
+                me: false,
+                connected: peer_id.is_some_and(|p| self.connected.contains(&p)),
+                caps: p.announce.caps.clone(),
+                http: p.announce.http.clone(),
+                running: p.announce.running,
+                free_cores: p.announce.free_cores,
+                facts: p.announce.facts,
+                last_seen_ms_ago: p.seen.elapsed().as_millis() as u64,
+            }
+        });
+        std::iter::once(me).chain(others).collect()
+    }
+}
+
+/// A DAG's content by its hash: from this store, or fetched from peers.
+async fn fetch_dag(shared: &Shared, hash: Hash, providers: &[NodeId]) -> Result<Dag> {
+    if !shared.store.has(hash).await? {
+        shared.blobs.fetch(hash, providers).await?;
+    }
+    let bytes = shared.store.need_bytes(hash).await?;
+    let text = std::str::from_utf8(&bytes).context("the DAG blob is not UTF-8")?;
+    let dag = shoal_dag::parse_dag(&hash.to_string(), text).map_err(|d| anyhow!("the DAG blob does not parse: {d}"))?;
+    shared.store.pin(hash)?;
+    Ok(dag)
+}

@@ -1,0 +1,70 @@
+//! Pinning: a DAG submitted to the mesh names its images by tag and its inputs by `sha256:` or
+//! `file:`, which mean something only on the machine that wrote it. Before it enters the ledger
+//! the submitting node rewrites every such reference to the `blake3:` hash it stands for here, so
+//! the DAG blob every node fetches means the same computation everywhere (and the action keys
+//! agree). `file:` inputs are uploaded by `shoal submit` first and arrive here as `blake3:`.
+
+use anyhow::{Result, anyhow, bail};
+use serde_json::Value;
+use shoal_blobs::Store;
+use shoal_dag::{Dag, Hash, ImageRef, InputRef};
+
+/// A DAG with every reference a hash, stored as a pinned blob named by `hash`.
+pub struct Pinned {
+    pub hash: Hash,
+    pub dag: Dag,
+}
+
+/// Parses, checks and pins `text` (the DAG file `name`). Errors carry the parser's located
+/// diagnostics, or name the job and reference that cannot be resolved here.
+pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
+    let dag = shoal_dag::parse_dag(name, text).map_err(|d| anyhow!("{d}"))?;
+    let mut value: Value = serde_json::from_str(text)?;
+    let jobs = value.get_mut("jobs").and_then(Value::as_array_mut).ok_or_else(|| anyhow!("no jobs array"))?;
+    for (job, jv) in dag.jobs.iter().zip(jobs.iter_mut()) {
+        let obj = jv.as_object_mut().ok_or_else(|| anyhow!("job `{}` is not an object", job.id))?;
+        match &job.image {
+            ImageRef::Tag(_) | ImageRef::Sha256(_) => {
+                let (id, _) = store.resolve_image(&job.image).await.map_err(|e| {
+                    anyhow!("job `{}`: {e}; import the image on the node you submit to (`shoal image import`)", job.id)
+                })?;
+                let key = if obj.contains_key("image") { "image" } else { "container" };
+                obj.insert(key.into(), Value::String(id.to_string()));
+            }
+            ImageRef::Blake3(_) | ImageRef::Job { .. } => {}
+        }
+        for (input, r) in &job.inputs {
+            if let Some(h) = pinned_input(store, &job.id, input, r)? {
+                obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.into()));
+            }
+        }
+        if let Some(r) = &job.stdin
+            && let Some(h) = pinned_input(store, &job.id, "stdin", r)?
+        {
+            obj.insert("stdin".into(), h.into());
+        }
+    }
+    let pinned_text = serde_json::to_string_pretty(&value)? + "\n";
+    let dag = shoal_dag::parse_dag(name, &pinned_text).map_err(|d| anyhow!("the pinned DAG does not parse: {d}"))?;
+    let hash = store.put_bytes(pinned_text.into_bytes()).await?;
+    store.pin(hash)?;
+    Ok(Pinned { hash, dag })
+}
+
+/// The `blake3:` reference an input becomes, or None when it is one already (or a job's output).
+fn pinned_input(store: &Store, job: &str, input: &str, r: &InputRef) -> Result<Option<String>> {
+    match r {
+        InputRef::Blake3(_) | InputRef::Job { .. } => Ok(None),
+        InputRef::Sha256(hex) => {
+            let h: Hash = store.by_sha256(hex)?.ok_or_else(|| {
+                anyhow!("job `{job}`, input `{input}`: no blob here has sha256:{hex}; `shoal blob put` it")
+            })?;
+            Ok(Some(h.to_string()))
+        }
+        InputRef::File(path) => bail!(
+            "job `{job}`, input `{input}`: `file:{}` names a file on the submitting machine; submit with \
+             `shoal submit`, which uploads it, or store it with `shoal blob put` and use its blake3: hash",
+            path
+        ),
+    }
+}

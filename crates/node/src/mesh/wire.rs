@@ -1,0 +1,115 @@
+//! The messages nodes exchange, as canonical CBOR: what gossipsub carries (fact batches on
+//! `shoal/facts/1`, announcements on `shoal/caps/1`) and the anti-entropy exchange over
+//! request-response (`/shoal/sync/1`). Pure types and codecs: no I/O.
+//!
+//! Anti-entropy: a node sends one peer its ledger digest (`SyncReq::Digest`) now and then; a peer
+//! whose digest differs answers with every fact id it holds (`SyncResp::Ids`); the asker then
+//! fetches what it lacks (`SyncReq::Get`) and pushes what the peer lacks (`SyncReq::Put`). Equal
+//! digests cost one round trip of ~100 bytes, which is all an idle mesh sends.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use shoal_dag::{Hash, canonical_cbor};
+
+use super::capabilities::Capabilities;
+use super::ledger::{Fact, NodeId};
+
+/// Version of these messages; a node ignores messages of another version.
+pub const WIRE_VERSION: u32 = 1;
+/// Most facts in one gossip message or one `Get`/`Put`/`Facts`.
+pub const FACTS_PER_MESSAGE_MAX: usize = 1024;
+/// Most fact ids in one `Ids` answer (32 bytes each: 32 MiB at most, the response size limit).
+pub const IDS_PER_MESSAGE_MAX: usize = 1_000_000;
+
+/// Largest DAG file sent inline with its `Submit` fact, in bytes; larger ones are fetched by hash.
+pub const DAG_INLINE_BYTES_MAX: usize = 256 * 1024;
+
+/// A gossip message on the facts topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactBatch {
+    pub v: u32,
+    pub facts: Vec<Fact>,
+    /// The content of DAGs these facts submit, when small: a submitter may leave the moment its
+    /// submit is acknowledged, and its peers then still have what to run. Named by BLAKE3 of the
+    /// text; a receiver checks that before using it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dags: Vec<DagText>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DagText {
+    pub hash: Hash,
+    pub text: String,
+}
+
+/// What a node tells the mesh about itself, every few seconds (`shoal peers` shows it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announce {
+    pub v: u32,
+    pub node: NodeId,
+    pub hostname: String,
+    pub caps: Capabilities,
+    /// Where its iroh endpoint listens (its id is `node`: one key serves both).
+    pub blob_addrs: Vec<SocketAddr>,
+    /// Its HTTP API, if it serves one.
+    pub http: Option<String>,
+    /// Jobs it is running, and its cores not held by them.
+    pub running: u32,
+    pub free_cores: u32,
+    /// Facts it holds, and their digest (equal digests, equal ledgers).
+    pub facts: u64,
+    pub ledger_digest: Hash,
+    /// When it sent this, by its own clock (Unix ms).
+    pub sent_unix_ms: u64,
+}
+
+/// An anti-entropy request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncReq {
+    Digest { digest: Hash, count: u64 },
+    Get { ids: Vec<Hash> },
+    Put { facts: Vec<Fact> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncResp {
+    Same,
+    Ids { ids: Vec<Hash> },
+    Facts { facts: Vec<Fact> },
+    Stored { added: u64, refused: u64 },
+    Refused { reason: String },
+}
+
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("a malformed mesh message: {0}")]
+pub struct WireError(String);
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    canonical_cbor(value)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    ciborium::from_reader(bytes).map_err(|e| WireError(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::ledger::{Body, Hlc};
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_an_error() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let fact = Fact::sign(&key, Hlc { wall_ms: 5, counter: 1 }, Body::Cancel { dag: Hash::of(b"d") });
+        let batch = FactBatch { v: WIRE_VERSION, facts: vec![fact.clone()], dags: vec![] };
+        assert_eq!(decode::<FactBatch>(&encode(&batch)).unwrap(), batch);
+        let req = SyncReq::Put { facts: vec![fact] };
+        assert_eq!(decode::<SyncReq>(&encode(&req)).unwrap(), req);
+        assert!(decode::<SyncResp>(b"\xff\x00garbage").is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! The mesh: real `shoal node` processes on 127.0.0.1 (ports bound to 0), each with its own store,
+//! talking libp2p and iroh to each other; the namespace backend runs the jobs (the microVM path is
+//! tested on its own). Every wait has a deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Longest a node may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the nodes of a test may take to all hear of each other.
+const MESH_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct MeshNode {
+    pub home: Home,
+    child: Option<Child>,
+    pub node: String,
+    pub http: String,
+    pub listen: String,
+    log: PathBuf,
+    agent: ureq::Agent,
+}
+
+pub fn mesh_key(dir: &Path) -> PathBuf {
+    let path = dir.join("mesh.key");
+    let out = Command::new(shoal_bin()).args(["mesh", "init", "--out", path.to_str().unwrap()]).output().unwrap();
+    assert_success(&out, "shoal mesh init");
+    path
+}
+
+impl MeshNode {
+    pub fn start(home: Home, key: &Path, join: &[&str], extra: &[&str]) -> MeshNode {
+        let ready = home.path().join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log = home.path().join("node.log");
+        let mut cmd = Command::new(shoal_bin());
+        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0"])
+            .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
+            .args(["--backend", "namespace"])
+            .args(extra);
+        for j in join {
+            cmd.args(["--join", j]);
+        }
+        let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        cmd.env("SHOAL_HOME", home.store())
+            .env("RUST_LOG", "shoal=debug,shoal_node=debug,warn")
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let child = cmd.spawn().expect("spawn shoal node");
+        let start = Instant::now();
+        let v: Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && v["listen"].as_array().is_some_and(|l| !l.is_empty())
+            {
+                break v;
+            }
+            assert!(
+                start.elapsed() < START_TIMEOUT,
+                "shoal node did not start in {START_TIMEOUT:?}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build();
+        MeshNode {
+            home,
+            child: Some(child),
+            node: v["node"].as_str().unwrap().to_string(),
+            http: v["http"].as_str().unwrap().to_string(),
+            listen: v["listen"][0].as_str().unwrap().to_string(),
+            log,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// Restarts a node with the same store (and so the same identity).
+    pub fn restart(mut self, key: &Path, join: &[&str]) -> MeshNode {
+        self.kill();
+        let home = std::mem::replace(&mut self.home, Home::empty());
+        MeshNode::start(home, key, join, &[])
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        let mut resp = self.agent.get(format!("{}{path}", self.http)).call().expect("HTTP GET");
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().with_config().limit(1 << 30).read_to_vec().unwrap())
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// `shoal` with this node as `--node`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(shoal_bin());
+        cmd.args(args).env("SHOAL_NODE", &self.http).env("SHOAL_HOME", self.home.store()).env_remove("RUST_LOG");
+        run_with_deadline(cmd)
+    }
+
+    /// Peers this node hears from (itself included).
+    pub fn live_peers(&self) -> BTreeSet<String> {
+        let v = self.get_json("/v1/peers");
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["me"] == true || (p["last_seen_ms_ago"].as_u64().unwrap_or(u64::MAX) < 16_000))
+            .map(|p| p["node"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for MeshNode {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- log of node {} ---\n{}", &self.node[..12], self.log());
+        }
+    }
+}
+
+/// Waits until every node hears from every other.
+pub fn wait_for_mesh(nodes: &[&MeshNode]) {
+    let want: BTreeSet<String> = nodes.iter().map(|n| n.node.clone()).collect();
+    let start = Instant::now();
+    loop {
+        if nodes.iter().all(|n| want.is_subset(&n.live_peers())) {
+            return;
+        }
+        assert!(start.elapsed() < MESH_TIMEOUT, "the nodes did not all hear of each other in {MESH_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `pred` holds for the DAG's view on `node`, returning that view.
+pub fn wait_dag(node: &MeshNode, dag: &str, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (status, body) = node.get(&format!("/v1/dags/{dag}"));
+        if status == 200 {
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            if pred(&v) {
+                return v;
+            }
+            assert!(start.elapsed() < within, "{what}: not reached in {within:?}; last view: {v:#}");
+        } else {
+            assert!(start.elapsed() < within, "{what}: DAG unknown after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn all_in(v: &Value, state: &str) -> bool {
+    v["jobs"].as_object().is_some_and(|j| !j.is_empty() && j.values().all(|j| j["state"] == state))
+}
+
+fn submit(node: &MeshNode, dag: &Path) -> String {
+    let out = node.cli(&["submit", dag.to_str().unwrap()]);
+    assert_success(&out, "shoal submit");
+    stdout(&out).trim().to_string()
+}
+
+/// 10 generators, 40 consumers of their outputs: 50 jobs.
+fn fan_out_dag() -> String {
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        jobs.push(serde_json::json!({"id": format!("gen{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", format!("seq 1 {}", (i + 1) * 100)], "outputs": {"out": "stdout"}}));
+    }
+    for k in 0..40 {
+        jobs.push(serde_json::json!({"id": format!("use{k}"), "image": "busybox:latest",
+            "command": ["sh", "-c", format!("echo use{k}: $(wc -l < /input/nums)")],
+            "inputs": {"nums": format!("jobs:gen{}/out", k % 10)}, "outputs": {"out": "stdout"}}));
+    }
+    serde_json::to_string_pretty(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap()
+}
+
+#[test]
+fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let others: Vec<MeshNode> = (0..3).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], &[])).collect();
+    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
+    wait_for_mesh(&all);
+
+    let dag_file = n0.home.write("fan.json", &fan_out_dag());
+    let dag = submit(&n0, &dag_file);
+    let view = wait_dag(&others[2], &dag, Duration::from_secs(120), "all 50 jobs done", |v| all_in(v, "done"));
+    let runners: BTreeMap<String, usize> =
+        view["jobs"].as_object().unwrap().values().fold(BTreeMap::new(), |mut m, j| {
+            *m.entry(j["node"].as_str().unwrap().to_string()).or_default() += 1;
+            m
+        });
+    assert_eq!(runners.len(), 4, "work went to every node: {runners:?}");
+
+    // Every output, from every node (fetched from whichever peer holds it).
+    for k in [0, 7, 13, 39] {
+        let want = format!("use{k}: {}\n", (k % 10 + 1) * 100);
+        for n in &all {
+            let (status, body) = n.get(&format!("/v1/dags/{dag}/jobs/use{k}/outputs/out"));
+            assert_eq!(
+                (status, String::from_utf8_lossy(&body).into_owned()),
+                (200, want.clone()),
+                "use{k} from {}",
+                &n.node[..12]
+            );
+        }
+    }
+    for i in 0..10 {
+        let want: String = (1..=(i + 1) * 100).map(|x| format!("{x}\n")).collect();
+        for n in &all {
+            let (status, body) = n.get(&format!("/v1/dags/{dag}/jobs/gen{i}/outputs/out"));
+            assert_eq!(status, 200);
+            assert_eq!(String::from_utf8_lossy(&body), want, "gen{i} from {}", &n.node[..12]);
+        }
+    }
+    // `shoal get` through a node that ran none of it works the same.
+    let out = others[0].cli(&["get", "use3", "out", "--dag", &dag]);
+    assert_success(&out, "shoal get --node");
+    assert_eq!(stdout(&out), "use3: 400\n");
+
+    // A job that needs a GPU in a mesh without one is reported unschedulable, with each node's reason.
+    let gpu = n0.home.write(
+        "gpu.json",
+        r#"{"version": 1, "jobs": [{"id": "train", "image": "busybox:latest", "command": ["true"],
+            "requirements": {"gpu": 1}}]}"#,
+    );
+    let gdag = submit(&n0, &gpu);
+    let v = wait_dag(&others[1], &gdag, Duration::from_secs(20), "gpu job unschedulable", |v| {
+        v["jobs"]["train"]["state"] == "unschedulable"
+    });
+    let reason = v["jobs"]["train"]["reason"].as_str().unwrap();
+    assert!(reason.contains("needs 1 GPU(s), has 0"), "{reason}");
+    for n in &all {
+        assert!(reason.contains(&n.node), "the reason names node {}: {reason}", n.node);
+    }
+}
+
+#[test]
+fn kill_9_of_the_node_running_a_long_job_costs_one_attempt_not_the_dag() {
+    let homes: Vec<Home> = (0..3).map(|_| Home::with_busybox()).collect();
+    let key = mesh_key(homes[0].path());
+    let mut homes = homes.into_iter();
+    let n0 = MeshNode::start(homes.next().unwrap(), &key, &[], &[]);
+    let mut nodes = vec![n0];
+    for h in homes {
+        let join = nodes[0].listen.clone();
+        nodes.push(MeshNode::start(h, &key, &[&join], &[]));
+    }
+    wait_for_mesh(&nodes.iter().collect::<Vec<_>>());
+    let dag_file = nodes[0].home.write(
+        "long.json",
+        r#"{"version": 1, "jobs": [{"id": "long", "image": "busybox:latest",
+            "command": ["sh", "-c", "sleep 4; echo survived"], "outputs": {"out": "stdout"}}]}"#,
+    );
+    let dag = submit(&nodes[0], &dag_file);
+    let v =
+        wait_dag(&nodes[0], &dag, Duration::from_secs(20), "long claimed", |v| v["jobs"]["long"]["state"] == "claimed");
+    let victim = v["jobs"]["long"]["node"].as_str().unwrap().to_string();
+    let idx = nodes.iter().position(|n| n.node == victim).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let killed_at = Instant::now();
+    nodes[idx].kill();
+    let witness = &nodes[(idx + 1) % nodes.len()];
+    let v = wait_dag(witness, &dag, Duration::from_secs(60), "long done elsewhere", |v| {
+        v["jobs"]["long"]["state"] == "done"
+    });
+    let recovery = killed_at.elapsed();
+    assert_ne!(v["jobs"]["long"]["node"].as_str().unwrap(), victim, "another node ran it");
+    // Lease (10 s) + the job (4 s) + slack.
+    assert!(recovery < Duration::from_secs(25), "finished {recovery:?} after the kill");
+    let (status, body) = witness.get(&format!("/v1/dags/{dag}/jobs/long/outputs/out"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "survived\n".to_string()));
+}
+
+#[test]
+fn the_dag_completes_after_its_submitter_leaves_and_a_restarted_node_resumes() {
+    let homes: Vec<Home> = (0..3).map(|_| Home::with_busybox()).collect();
+    let key = mesh_key(homes[0].path());
+    let mut homes = homes.into_iter();
+    let n0 = MeshNode::start(homes.next().unwrap(), &key, &[], &[]);
+    let n1 = MeshNode::start(homes.next().unwrap(), &key, &[&n0.listen], &[]);
+    let n2 = MeshNode::start(homes.next().unwrap(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1, &n2]);
+    let text = r#"{"version": 1, "jobs": [
+        {"id": "a", "image": "busybox:latest", "command": ["sh", "-c", "sleep 1; echo from-a"], "outputs": {"o": "stdout"}},
+        {"id": "b", "image": "busybox:latest", "command": ["sh", "-c", "sleep 1; tr a-z A-Z < /input/x"],
+         "inputs": {"x": "jobs:a/o"}, "outputs": {"o": "stdout"}},
+        {"id": "c", "image": "busybox:latest", "command": ["sh", "-c", "cat /input/x /input/x"],
+         "inputs": {"x": "jobs:b/o"}, "outputs": {"o": "stdout"}}]}"#;
+    let dag_file = n0.home.write("chain.json", text);
+    let dag = submit(&n0, &dag_file);
+    // The submitter leaves at once.
+    let mut n0 = n0;
+    n0.kill();
+    let v = wait_dag(&n1, &dag, Duration::from_secs(60), "chain done without its submitter", |v| all_in(v, "done"));
+    let n0_id = n0.node.clone();
+    assert!(v["jobs"].as_object().unwrap().values().all(|j| j["node"] != n0_id.as_str()), "{v}");
+
+    // It comes back from its own store and sees the results.
+    let n1_listen = n1.listen.clone();
+    let n0 = n0.restart(&key, &[&n1_listen]);
+    assert_eq!(n0.node, n0_id, "same identity after the restart");
+    wait_dag(&n0, &dag, Duration::from_secs(30), "the rejoined node sees the results", |v| all_in(v, "done"));
+    let (status, body) = n0.get(&format!("/v1/dags/{dag}/jobs/c/outputs/o"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "FROM-A\nFROM-A\n".to_string()));
+
+    // A node holding another mesh key cannot join.
+    let stranger_home = Home::empty();
+    let other_key = mesh_key(stranger_home.path());
+    let stranger = MeshNode::start(stranger_home, &other_key, &[&n1_listen], &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(stranger.live_peers(), BTreeSet::from([stranger.node.clone()]), "the stranger hears no one");
+    assert!(!n1.live_peers().contains(&stranger.node), "the mesh does not hear the stranger");
+    let (status, _) = stranger.get(&format!("/v1/dags/{dag}"));
+    assert_eq!(status, 404, "no ledger crossed");
+}
