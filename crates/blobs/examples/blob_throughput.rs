@@ -97,6 +97,7 @@ async fn main() {
         raw.push(mib_per_s(BLOB_BYTES, secs));
         eprintln!("raw run {run}: {:.0} MiB/s", raw[run]);
         eb.close().await;
+        // iroh-blobs' shutdown may answer "sender closed" as its actor stops; that is fine here.
         rb.shutdown().await.ok();
 
         // For reference: raw iroh-blobs without the downloader (one connection, `remote().fetch`),
@@ -111,8 +112,10 @@ async fn main() {
         raw_remote.push(mib_per_s(BLOB_BYTES, secs));
         eprintln!("raw remote().fetch run {run}: {:.0} MiB/s", raw_remote[run]);
         eb.close().await;
-        // iroh-blobs' shutdown may answer "sender closed" as its actor stops; that is fine here.
         rb.shutdown().await.ok();
+        for dir in ["shoal-b", "raw-b", "raw-remote-b"] {
+            std::fs::remove_dir_all(tmp.path().join(format!("{dir}{run}"))).ok();
+        }
     }
     na.shutdown().await;
     a.shutdown().await;

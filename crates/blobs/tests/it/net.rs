@@ -317,3 +317,32 @@ async fn fetch_an_image() {
     na.shutdown().await;
     nb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_fetch_one_blob_from_one_provider_at_once() {
+    const FETCHERS: usize = 40;
+    let (_ha, a) = store().await;
+    let na = node(&a, 20).await;
+    let data = random_bytes("crowd", 3 << 20);
+    let hash = a.put_bytes(data.clone()).await.unwrap();
+    let mut fetchers = Vec::new();
+    for i in 0..FETCHERS {
+        let (h, s) = store().await;
+        let n = node(&s, 30 + i as u8).await;
+        n.add_peer(&na.me());
+        fetchers.push((h, s, n));
+    }
+    let provider = na.me().id;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (_, _, n) in &fetchers {
+        let n = n.clone();
+        tasks.spawn(async move { n.fetch(hash, &[provider]).await });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failed.push(e.to_string());
+        }
+    }
+    assert!(failed.is_empty(), "{} of {FETCHERS} failed: {:?}", failed.len(), failed.first());
+}

@@ -195,6 +195,9 @@ pub(crate) struct Shared {
     pub node: NodeId,
     /// Trees and images fetched complete (see `exec::fetch_digest`).
     pub complete: exec::Complete,
+    /// The backends this node's jobs run on, and how (the explorer runs its jobs here too).
+    pub backends: Arc<Backends>,
+    pub run: RunOptions,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -246,6 +249,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         events,
         node: node_id,
         complete: exec::Complete::default(),
+        backends: Backends::new(&opts.run)?,
+        run: opts.run.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
@@ -259,13 +264,11 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     });
     info!(node = %hex::encode(node_id), peer = %net.peer_id(), http = %http_addr, facts = reloaded,
         "node started in {} ms", started.elapsed().as_millis());
-    let backends = Backends::new(&opts.run)?;
     let mut node = Node {
         core,
         net,
         shared,
         opts,
-        backends,
         http_addr,
         peers: BTreeMap::new(),
         connected: BTreeSet::new(),
@@ -295,7 +298,6 @@ struct Node {
     net: Net,
     shared: Arc<Shared>,
     opts: NodeOptions,
-    backends: Arc<Backends>,
     http_addr: SocketAddr,
     /// Nodes heard from by announcement, this one excluded.
     peers: BTreeMap<NodeId, PeerInfo>,
@@ -564,7 +566,7 @@ impl Node {
             None => {
                 let mut opts = self.opts.run.clone();
                 opts.json = true;
-                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.backends.clone()) {
+                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.shared.backends.clone()) {
                     Ok(c) => {
                         self.ctxs.insert(dag_hash, c.clone());
                         c
