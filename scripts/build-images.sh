@@ -28,3 +28,6 @@ printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/fa
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
 "$SHOAL" image build "$rootfs" --tag busybox:latest --env PATH=/usr/sbin:/usr/bin:/sbin:/bin --cmd sh >/dev/null
 echo "setup: busybox:latest is in the store" >&2
+
+# The Program Explorer's images (gcc, python3, graphviz), from a debootstrap'd Debian base.
+"$(dirname "$0")/build-explorer-images.sh" "$SHOAL"

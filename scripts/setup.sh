@@ -13,8 +13,10 @@ cd "$(dirname "$0")/.."
 #   linux-image-cloud-amd64   the guest kernel of the microVM backend (its bzImage and modules)
 #   squashfs-tools, erofs-utils   mksquashfs / mkfs.erofs, for the benchmark's peers and `shoal doctor`
 #   qemu-system-x86 (from bookworm-backports, below)   the microVM monitor; qboot comes in qemu-system-data
+#   debootstrap      the Program Explorer's images (gcc, python3, graphviz), built on a Debian minbase
+#   chromium, chromium-driver   the explorer's browser tests (headless, driven by playwright-core from npm)
 PACKAGES=(busybox-static docker-registry skopeo iproute2 make util-linux python3-venv
-  linux-image-cloud-amd64 squashfs-tools erofs-utils cpio)
+  linux-image-cloud-amd64 squashfs-tools erofs-utils cpio debootstrap chromium chromium-driver)
 BACKPORTS=(qemu-system-x86 qemu-system-data)
 
 SUDO=""
@@ -62,3 +64,9 @@ scripts/build-guest-init.sh
 
 SHOAL="$PWD/target/debug/shoal"
 scripts/build-images.sh "$SHOAL"
+
+# The explorer's browser tests: playwright-core (no browser download: it drives /usr/bin/chromium).
+if [ ! -f tests/browser/node_modules/.package-lock.json ] \
+  || [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi

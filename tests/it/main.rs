@@ -2,6 +2,7 @@
 //! Each test gets its own `SHOAL_HOME`. The binary is the one `cargo build --workspace` made.
 
 mod cli;
+mod explorer;
 mod mesh;
 mod microvm;
 mod support;

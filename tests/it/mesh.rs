@@ -339,3 +339,136 @@ fn the_dag_completes_after_its_submitter_leaves_and_a_restarted_node_resumes() {
     let (status, _) = stranger.get(&format!("/v1/dags/{dag}"));
     assert_eq!(status, 404, "no ledger crossed");
 }
+
+fn post_json(node: &MeshNode, path: &str, body: &Value) -> Value {
+    let mut resp = node.agent.post(format!("{}{path}", node.http)).send_json(body).expect("HTTP POST");
+    let status = resp.status().as_u16();
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert!(status < 300, "POST {path}: {status} {v}");
+    v
+}
+
+fn peer_id(node: &MeshNode) -> String {
+    node.listen.rsplit("/p2p/").next().unwrap().to_string()
+}
+
+#[test]
+fn a_partition_runs_both_sides_then_heals_into_one_ledger_and_names_the_nondeterministic_job() {
+    let homes: Vec<Home> = (0..4).map(|_| Home::with_busybox()).collect();
+    let key = mesh_key(homes[0].path());
+    let mut homes = homes.into_iter();
+    let flags = ["--test-partitions"];
+    let n0 = MeshNode::start(homes.next().unwrap(), &key, &[], &flags);
+    let n1 = MeshNode::start(homes.next().unwrap(), &key, &[&n0.listen], &flags);
+    let n2 = MeshNode::start(homes.next().unwrap(), &key, &[&n0.listen], &flags);
+    let n3 = MeshNode::start(homes.next().unwrap(), &key, &[&n0.listen, &n2.listen], &flags);
+    let all = [&n0, &n1, &n2, &n3];
+    wait_for_mesh(&all);
+
+    // {n0, n1} | {n2, n3}: each side refuses the other.
+    let (left, right) = ([&n0, &n1], [&n2, &n3]);
+    let cut = |block: bool| {
+        for (side, other) in [(&left, &right), (&right, &left)] {
+            let peers: Vec<String> = other.iter().map(|n| peer_id(n)).collect();
+            for n in side.iter() {
+                post_json(n, "/v1/test/block", &serde_json::json!({"peers": peers, "block": block}));
+            }
+        }
+    };
+    cut(true);
+    let text = r#"{"version": 1, "jobs": [
+        {"id": "same", "image": "busybox:latest", "command": ["echo", "one result"], "outputs": {"o": "stdout"}},
+        {"id": "rand", "image": "busybox:latest", "command": ["cat", "/proc/sys/kernel/random/uuid"],
+         "outputs": {"o": "stdout"}}]}"#;
+    let dag_file = n0.home.write("split.json", text);
+    let d0 = submit(&n0, &dag_file);
+    let d2 = submit(&n2, &dag_file);
+    assert_eq!(d0, d2, "the same DAG pins to the same hash on both sides");
+    for n in [&n1, &n3] {
+        wait_dag(n, &d0, Duration::from_secs(60), "each side runs the DAG alone", |v| all_in(v, "done"));
+    }
+    let v0 = n0.get_json(&format!("/v1/dags/{d0}"));
+    let v2 = n2.get_json(&format!("/v1/dags/{d0}"));
+    assert_ne!(v0["jobs"]["same"]["record"], v2["jobs"]["same"]["record"], "both sides ran it");
+
+    cut(false);
+    // Converged: every node names the same winners, and sees both runs of each job.
+    let start = Instant::now();
+    let views = loop {
+        let views: Vec<Value> = all.iter().map(|n| n.get_json(&format!("/v1/dags/{d0}"))).collect();
+        let winners: BTreeSet<String> =
+            views.iter().map(|v| format!("{}|{}", v["jobs"]["same"]["record"], v["jobs"]["rand"]["record"])).collect();
+        let both_runs = views.iter().all(|v| v["jobs"]["rand"]["runs"].as_array().is_some_and(|r| r.len() == 2));
+        if winners.len() == 1 && both_runs {
+            break views;
+        }
+        assert!(start.elapsed() < Duration::from_secs(45), "the ledgers did not converge after the heal: {views:#?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for v in &views {
+        assert_eq!(v["jobs"]["same"]["nondeterministic"], false, "equal outputs are one result: {v}");
+        assert_eq!(v["jobs"]["rand"]["nondeterministic"], true, "unequal outputs are reported: {v}");
+    }
+    let outs: BTreeSet<String> = all
+        .iter()
+        .map(|n| String::from_utf8(n.get(&format!("/v1/dags/{d0}/jobs/rand/outputs/o")).1).unwrap())
+        .collect();
+    assert_eq!(outs.len(), 1, "every node serves the winner's output: {outs:?}");
+}
+
+#[test]
+fn kill_9_during_heavy_ledger_writes_loses_no_acknowledged_submit() {
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = MeshNode::start(home, &key, &[], &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, stop, acked) = (node.http.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let dag = serde_json::json!({"version": 1, "jobs": [{"id": "j", "image": "busybox:latest",
+                        "command": ["echo", format!("writer {w} dag {i}")], "outputs": {"o": "stdout"}}]});
+                    let Ok(mut resp) = agent.post(format!("{url}/v1/dags")).send_json(&dag) else { break };
+                    if resp.status().as_u16() == 201 {
+                        let v: Value = resp.body_mut().read_json().unwrap();
+                        acked.lock().unwrap().push(v["dag"].as_str().unwrap().to_string());
+                    }
+                }
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    while acked.lock().unwrap().len() < 40 {
+        assert!(start.elapsed() < Duration::from_secs(60), "submits too slow: {}", acked.lock().unwrap().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut node = node;
+    node.kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let node = node.restart(&key, &[]);
+    let list = node.get_json("/v1/dags");
+    let have: BTreeSet<String> =
+        list["dags"].as_array().unwrap().iter().map(|d| d["dag"].as_str().unwrap().to_string()).collect();
+    let lost: Vec<&String> = acked.iter().filter(|d| !have.contains(*d)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged submits lost after kill -9: {lost:?}", lost.len(), acked.len());
+    // The restarted node resumes: every one of them completes.
+    for d in acked.iter().take(5) {
+        wait_dag(&node, d, Duration::from_secs(60), "a DAG acknowledged before the kill completes", |v| {
+            all_in(v, "done")
+        });
+    }
+}

@@ -117,6 +117,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open the Program Explorer (a web page that runs catalogue images on your files) of the node
+    /// running with this store, starting one when none runs.
+    Explore(crate::explorer::ExploreArgs),
     /// Check what this machine can do and say how to fix what it cannot.
     Doctor {
         #[arg(long)]
@@ -203,6 +206,9 @@ struct NodeArgs {
     /// Also write this node's addresses as JSON to this file once it listens.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Serve POST /v1/test/block, which cuts this node off from given peers (for partition tests).
+    #[arg(long, hide = true)]
+    test_partitions: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -364,6 +370,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             .await??;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explore(args) => {
+            let home = cli.home.clone().unwrap_or_else(Store::default_home);
+            tokio::task::spawn_blocking(move || crate::explorer::explore(&home, args)).await?
+        }
         Command::Submit { .. }
         | Command::Status { .. }
         | Command::Watch { .. }
@@ -390,7 +400,8 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
         | Command::Status { .. }
         | Command::Watch { .. }
         | Command::Cancel { .. }
-        | Command::Peers { .. } => unreachable!("handled by dispatch"),
+        | Command::Peers { .. }
+        | Command::Explore(_) => unreachable!("handled by dispatch"),
         Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
         Command::Log { job } => {
             let record = run::find_record(store, &job).await?;
@@ -607,6 +618,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         labels,
         replicas: args.replicas,
         ready_file: args.ready_file,
+        test_partitions: args.test_partitions,
     })
 }
 

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `cli`: the clap command tree and dispatch.
 //! - `daemon`: `shoal node`, a mesh peer: the loop around the sans-IO core, its HTTP API, the executor.
+//! - `explorer`: the Program Explorer, a web page on every node that runs catalogue images on your files.
 //! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`, `get --node`).
 //! - `run`: `shoal run DAG`, the embedded single-node runner (resolve, cache lookup, execute, record).
 //! - `machine`: facts about this host for run records.
@@ -12,6 +13,7 @@
 mod cli;
 mod client;
 mod daemon;
+mod explorer;
 mod identity;
 mod machine;
 mod output;

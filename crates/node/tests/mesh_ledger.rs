@@ -1,11 +1,12 @@
 //! Properties of the ledger's sans-IO core: merging is set union (commutative, associative,
-//! idempotent), any delivery order gives the same state, no view has two live winners for a job,
-//! forged or unsigned facts are refused, leases expire, attempts are counted.
+//! idempotent), any delivery order gives the same state, the incremental view equals the full
+//! fold after every fact of any delivery order, no view has two live winners for a job, forged
+//! or unsigned facts are refused, leases expire, attempts are counted.
 
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use shoal_dag::Hash;
-use shoal_node::mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError};
+use shoal_node::mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, Touched};
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n.max(1); 32])
@@ -44,6 +45,55 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
         }
         facts
     })
+}
+
+/// A history that also holds what the simple one never makes: competing submits of the same DAG
+/// hash (other job lists, other attempt budgets), renewals, completions and failures signed by
+/// someone other than the claimant, and facts about claims that never arrive.
+fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
+    prop::collection::vec((0u8..10, 0u8..4, 0usize..4, 0u64..100, 0usize..64), 1..60).prop_map(|steps| {
+        let jobs_of = |mask: usize| -> Vec<String> {
+            let list: Vec<String> =
+                JOBS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, j)| j.to_string()).collect();
+            if list.is_empty() { vec!["a".into()] } else { list }
+        };
+        let mut facts = Vec::new();
+        let mut claims: Vec<(Hash, u8)> = Vec::new();
+        for (i, (kind, node, job, t, pick)) in steps.into_iter().enumerate() {
+            let hlc = Hlc { wall_ms: t, counter: (i % 3) as u32 };
+            let earlier = claims.get(pick % claims.len().max(1)).copied();
+            let job_name = ["a", "b", "c", "z"][job].to_string();
+            let (signer, body) = match (kind, earlier) {
+                (0, _) => (node, Body::Submit { dag: dag(), jobs: jobs_of(pick), max_attempts: 1 + (pick % 3) as u32 }),
+                (1 | 2, _) | (3..=5, None) => (node, Body::Claim { dag: dag(), job: job_name, lease_until_ms: t + 30 }),
+                (3, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
+                (4, Some((claim, owner))) => (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8]) }),
+                (5, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {}", pick % 5) }),
+                // Someone else than the claimant renews, finishes or fails it: ignored by the fold.
+                (6, Some((claim, owner))) => ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged") }),
+                (7, Some((claim, owner))) => ((owner + 1) % 4, Body::Fail { claim, reason: "not mine".into() }),
+                // A fact about a claim nobody holds.
+                (6 | 7 | 8, _) => (node, Body::Renew { claim: Hash::of(&[pick as u8]), lease_until_ms: t + 90 }),
+                _ => (node, Body::Cancel { dag: dag() }),
+            };
+            let fact = Fact::sign(&key(signer + 2), hlc, body);
+            if matches!(fact.body, Body::Claim { .. }) {
+                claims.push((fact.id(), signer));
+            }
+            facts.push(fact);
+        }
+        facts
+    })
+}
+
+fn shuffle(facts: &mut [Fact], seed: u64) {
+    let mut x = seed | 1;
+    for i in (1..facts.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        facts.swap(i, (x % (i as u64 + 1)) as usize);
+    }
 }
 
 fn ledger_of(facts: &[Fact]) -> Ledger {
@@ -107,6 +157,42 @@ proptest! {
             shuffled.swap(i, (x % (i as u64 + 1)) as usize);
         }
         prop_assert_eq!(ledger_of(&facts).state(now), ledger_of(&shuffled).state(now));
+    }
+
+    #[test]
+    fn the_incremental_view_equals_the_full_fold_after_every_fact(
+        simple in history(),
+        rich in rich_history(),
+        seed in any::<u64>(),
+        nows in prop::collection::vec(0u64..200, 3),
+    ) {
+        for facts in [simple, rich] {
+            let mut shuffled = facts.clone();
+            shuffle(&mut shuffled, seed);
+            let mut l = Ledger::new();
+            for (i, f) in shuffled.iter().enumerate() {
+                // A history may hold the same fact twice (same author, clock and body).
+                let fresh = l.get(&f.id()).is_none();
+                let touched = l.insert_verified(f.clone().verified().unwrap());
+                prop_assert_eq!(touched == Touched::Duplicate, !fresh);
+                prop_assert_eq!(l.insert_verified(f.clone().verified().unwrap()), Touched::Duplicate);
+                let now = nows[i % nows.len()];
+                let full = l.fold(now);
+                prop_assert_eq!(&l.state(now), &full, "after {} of {} facts, at {} ms", i + 1, shuffled.len(), now);
+                for (hash, d) in &full.dags {
+                    for (job, js) in &d.jobs {
+                        let incremental = l.job_state(hash, job, now);
+                        prop_assert_eq!(incremental.as_ref(), Some(js));
+                    }
+                    let incremental = l.dag_state(hash, now);
+                    prop_assert_eq!(incremental.as_ref(), Some(d));
+                }
+                prop_assert_eq!(l.job_state(&dag(), "z", now).is_some(), full.dags.get(&dag()).is_some_and(|d| d.jobs.contains_key("z")));
+            }
+            for now in &nows {
+                prop_assert_eq!(l.state(*now), ledger_of(&facts).fold(*now));
+            }
+        }
     }
 
     #[test]

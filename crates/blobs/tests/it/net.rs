@@ -318,10 +318,13 @@ async fn fetch_an_image() {
     nb.shutdown().await;
 }
 
+/// Many nodes fetching one blob from one provider at once (an image everyone needs), and one node
+/// fetching the same tree several times at once (jobs sharing an input).
 #[tokio::test(flavor = "multi_thread")]
-async fn many_fetch_one_blob_from_one_provider_at_once() {
-    const FETCHERS: usize = 40;
-    let (_ha, a) = store().await;
+async fn fetches_at_once() {
+    const FETCHERS: usize = 24;
+    const SAME_TREE_FETCHES: usize = 4;
+    let (ha, a) = store().await;
     let na = node(&a, 20).await;
     let data = random_bytes("crowd", 3 << 20);
     let hash = a.put_bytes(data.clone()).await.unwrap();
@@ -345,4 +348,27 @@ async fn many_fetch_one_blob_from_one_provider_at_once() {
         }
     }
     assert!(failed.is_empty(), "{} of {FETCHERS} failed: {:?}", failed.len(), failed.first());
+    for (_, s, _) in &fetchers {
+        assert_eq!(s.get_bytes(hash).await.unwrap().unwrap(), data);
+    }
+
+    let src = ha.path().join("src");
+    sample_dir(&src);
+    let digest = a.put_tree_from_dir(&src).await.unwrap();
+    let (hb, b, nb) = &fetchers[0];
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..SAME_TREE_FETCHES {
+        let nb = nb.clone();
+        tasks.spawn(async move { nb.fetch_tree(digest.hash, &[provider]).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let dest = hb.path().join("out");
+    b.materialize(digest.hash, &dest).await.unwrap();
+    assert_eq!(snapshot(&dest), snapshot(&src));
+    for (_, _, n) in fetchers {
+        n.shutdown().await;
+    }
+    na.shutdown().await;
 }

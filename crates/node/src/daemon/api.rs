@@ -31,9 +31,12 @@ const MAX_ATTEMPTS_MAX: u32 = 100;
 
 type Shr = Arc<Shared>;
 
-pub(crate) fn router(shared: Shr) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
+pub(crate) fn router(shared: Shr, test_partitions: bool) -> Router {
+    let mut r = Router::new();
+    if test_partitions {
+        r = r.route("/v1/test/block", post(test_block));
+    }
+    r.route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/dags", post(submit).get(list_dags).layer(DefaultBodyLimit::max(DAG_BYTES_MAX)))
         .route("/v1/dags/{dag}", get(dag_status))
@@ -43,7 +46,9 @@ pub(crate) fn router(shared: Shr) -> Router {
         .route("/v1/blobs", post(upload).layer(DefaultBodyLimit::disable()))
         .route("/v1/blobs/{hash}", get(blob))
         .route("/v1/peers", get(peers))
+        .route("/v1/metrics", get(metrics))
         .route("/v1/events", get(events))
+        .merge(crate::explorer::router())
         .with_state(shared)
 }
 
@@ -70,6 +75,33 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 fn parse_hash(text: &str) -> Result<Hash, ApiError> {
     let full = if text.starts_with("blake3:") { text.to_string() } else { format!("blake3:{text}") };
     full.parse().map_err(|e: String| bad(format!("`{text}` is not a hash: {e}")))
+}
+
+/// How long a fetch for the API keeps retrying while peers' addresses are still arriving (a node
+/// just started or rejoined hears the ledger before every announcement), in ms.
+const FETCH_RETRY_WINDOW_MS: u64 = 6_000;
+/// Pause between those tries, in ms.
+const FETCH_RETRY_PAUSE_MS: u64 = 250;
+
+/// Runs `fetch` with the providers the loop names (`first` leading), asking again for providers
+/// and retrying for up to [`FETCH_RETRY_WINDOW_MS`] while it fails.
+async fn with_providers<T, F, Fut>(s: &Shared, first: Option<[u8; 32]>, fetch: F) -> anyhow::Result<T>
+where
+    F: Fn(Vec<[u8; 32]>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(FETCH_RETRY_WINDOW_MS);
+    loop {
+        let providers = ask(s, |reply| Cmd::Providers { first, reply }).await.map_err(|e| anyhow::anyhow!(e.1))?;
+        match fetch(providers).await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::debug!("fetch for the API failed, retrying: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_millis(FETCH_RETRY_PAUSE_MS)).await;
+            }
+        }
+    }
 }
 
 async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, ApiError> {
@@ -125,10 +157,28 @@ async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
 async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
     let mut status = ask(&s, |reply| Cmd::Status { reply }).await?;
-    let view = status
+    let mut view = status
         .dags
         .remove(&hash.to_string())
         .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
+    // A job finished more than once: compare what the runs produced.
+    for jv in view.jobs.values_mut().filter(|j| j.runs.len() > 1) {
+        let mut outputs = std::collections::BTreeSet::new();
+        let mut all_known = true;
+        for run in &jv.runs {
+            let runner = hex::decode(&run.node).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await?;
+            match exec::fetch_record(&s.store, &s.blobs, run.record, &providers).await {
+                Ok(rec) => {
+                    outputs.insert(rec.outputs.iter().map(|(k, d)| (k.clone(), d.hash)).collect::<Vec<_>>());
+                }
+                Err(_) => all_known = false,
+            }
+        }
+        if all_known || outputs.len() > 1 {
+            jv.nondeterministic = Some(outputs.len() > 1);
+        }
+    }
     Ok(axum::Json(json!({"node": status.node, "dag": hash, "known": view.known, "jobs": view.jobs})).into_response())
 }
 
@@ -141,6 +191,27 @@ async fn cancel(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Respons
     }
 }
 
+async fn metrics(State(s): State<Shr>) -> Result<Response, ApiError> {
+    Ok(axum::Json(ask(&s, |reply| Cmd::Metrics { reply }).await?).into_response())
+}
+
+#[derive(Deserialize)]
+struct BlockBody {
+    peers: Vec<String>,
+    block: bool,
+}
+
+/// Test-only: refuse (or accept again) the given peers at the swarm, to make partitions.
+async fn test_block(State(s): State<Shr>, axum::Json(b): axum::Json<BlockBody>) -> Result<Response, ApiError> {
+    let peers = b
+        .peers
+        .iter()
+        .map(|p| p.parse().map_err(|_| bad(format!("`{p}` is not a peer id"))))
+        .collect::<Result<Vec<libp2p::PeerId>, _>>()?;
+    ask(&s, |reply| Cmd::Block { peers, block: b.block, reply }).await?;
+    Ok(axum::Json(json!({"ok": true})).into_response())
+}
+
 async fn peers(State(s): State<Shr>) -> Result<Response, ApiError> {
     let peers = ask(&s, |reply| Cmd::Peers { reply }).await?;
     Ok(axum::Json(json!({"peers": peers})).into_response())
@@ -149,9 +220,10 @@ async fn peers(State(s): State<Shr>) -> Result<Response, ApiError> {
 /// A run record (JSON), fetched from the peers that may hold it when this node lacks it.
 async fn record(State(s): State<Shr>, Path(record): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&record)?;
-    let providers = ask(&s, |reply| Cmd::Providers { first: None, reply }).await?;
-    let rec =
-        exec::fetch_record(&s.store, &s.blobs, hash, &providers).await.map_err(|e| not_found(format!("{e:#}")))?;
+    let sh = &s;
+    let rec = with_providers(&s, None, |p| async move { exec::fetch_record(&sh.store, &sh.blobs, hash, &p).await })
+        .await
+        .map_err(|e| not_found(format!("{e:#}")))?;
     Ok(axum::Json(rec).into_response())
 }
 
@@ -172,9 +244,10 @@ async fn job_output(
         )
     })?;
     let runner = jv.node.as_deref().and_then(|n| hex::decode(n).ok()).and_then(|b| <[u8; 32]>::try_from(b).ok());
-    let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await?;
-    let rec =
-        exec::fetch_record(&s.store, &s.blobs, record, &providers).await.map_err(|e| internal(format!("{e:#}")))?;
+    let sh = &s;
+    let rec = with_providers(&s, runner, |p| async move { exec::fetch_record(&sh.store, &sh.blobs, record, &p).await })
+        .await
+        .map_err(|e| internal(format!("{e:#}")))?;
     let digest = match output.as_str() {
         "stdout" if !rec.outputs.contains_key("stdout") => rec.stdout.clone(),
         "stderr" if !rec.outputs.contains_key("stderr") => rec.stderr.clone(),
@@ -183,7 +256,10 @@ async fn job_output(
             not_found(format!("job `{job}` has no output `{output}`; it has {}", names.join(", ")))
         })?,
     };
-    exec::fetch_digest(&s, &digest, &providers).await.map_err(|e| internal(format!("{e:#}")))?;
+    let d = &digest;
+    with_providers(&s, runner, |p| async move { exec::fetch_digest(sh, d, &p).await })
+        .await
+        .map_err(|e| internal(format!("{e:#}")))?;
     let hash_header = digest.hash.to_string();
     match digest.kind {
         DigestKind::File => {
@@ -228,8 +304,14 @@ async fn job_output(
 async fn blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
     if !s.store.has(hash).await.map_err(internal)? {
-        let providers = ask(&s, |reply| Cmd::Providers { first: None, reply }).await?;
-        s.blobs.fetch(hash, &providers).await.map_err(|e| not_found(format!("{e}")))?;
+        let blobs = &s.blobs;
+        with_providers(
+            &s,
+            None,
+            |p| async move { blobs.fetch(hash, &p).await.map(|_| ()).map_err(anyhow::Error::from) },
+        )
+        .await
+        .map_err(|e| not_found(format!("{e:#}")))?;
     }
     let bytes = s.store.need_bytes(hash).await.map_err(internal)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -257,6 +339,7 @@ async fn upload(State(s): State<Shr>, body: Body) -> Result<Response, ApiError> 
     file.flush().await.map_err(internal)?;
     drop(file);
     let (hash, size) = s.store.put_file(tmp.path()).await.map_err(internal)?;
+    s.store.flush().await.map_err(internal)?;
     Ok((StatusCode::CREATED, axum::Json(json!({"hash": hash, "size": size}))).into_response())
 }
 

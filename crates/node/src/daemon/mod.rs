@@ -45,6 +45,8 @@ const ANNOUNCE_MS: u64 = 5_000;
 const ANNOUNCE_AFTER_CONNECT_MS: u64 = 300;
 /// A peer not heard from for this long is taken as gone (ranks, replicas, providers), in ms.
 const PEER_TTL_MS: u64 = 3 * ANNOUNCE_MS + 1_000;
+/// Peers a node dials directly when it hears of them (beyond these it relies on gossip relaying).
+const DIRECT_PEERS_MAX: usize = 32;
 /// How often a node compares its ledger with one peer's, in ms.
 const ANTI_ENTROPY_MS: u64 = 2_000;
 /// Commands from the API waiting for the loop.
@@ -74,6 +76,8 @@ pub struct NodeOptions {
     pub replicas: usize,
     /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
     pub ready_file: Option<PathBuf>,
+    /// Serve `POST /v1/test/block`, which cuts this node off from given peers (partition tests).
+    pub test_partitions: bool,
 }
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
@@ -95,6 +99,16 @@ pub(crate) enum Cmd {
     },
     Peers {
         reply: oneshot::Sender<Vec<PeerView>>,
+    },
+    /// Counters for `/v1/metrics`.
+    Metrics {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// Test-only (`--test-partitions`): refuse (or accept again) these peers at the swarm.
+    Block {
+        peers: Vec<PeerId>,
+        block: bool,
+        reply: oneshot::Sender<()>,
     },
     /// Who may hold the blobs of a run record: its runner first, then every live peer.
     Providers {
@@ -124,9 +138,22 @@ pub(crate) struct JobView {
     pub node: Option<String>,
     pub record: Option<Hash>,
     pub failures: Vec<String>,
+    /// Every run record reported done for the job, when more than one run finished (a race or
+    /// a partition): equal outputs are one result, unequal ones a non-deterministic job.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<DoneRun>,
+    /// Set by the API once it compared the runs' outputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nondeterministic: Option<bool>,
     /// Why no node of the mesh can run it, when none can.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct DoneRun {
+    pub node: String,
+    pub record: Hash,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -162,6 +189,18 @@ fn host_arch() -> shoal_dag::Arch {
         "riscv64" => shoal_dag::Arch::Riscv64,
         _ => shoal_dag::Arch::X86_64,
     }
+}
+
+/// CPU this process has used: (user, system) ms.
+fn cpu_ms() -> (u64, u64) {
+    // SAFETY: getrusage fills the zeroed struct we own and cannot fail for RUSAGE_SELF.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+        ru
+    };
+    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    (ms(ru.ru_utime), ms(ru.ru_stime))
 }
 
 fn now_unix_ms() -> u64 {
@@ -256,7 +295,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen for the HTTP API on {} (pass --http ADDR)", opts.http))?;
     let http_addr = listener.local_addr()?;
-    let app = api::router(shared.clone());
+    let app = api::router(shared.clone(), opts.test_partitions);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!("the HTTP API stopped: {e}");
@@ -283,6 +322,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         inline_dags: Vec::new(),
         to_replicate: Vec::new(),
         announce_soon: false,
+        started,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
     };
     node.run(cmd_rx).await
@@ -319,6 +359,7 @@ struct Node {
     inline_dags: Vec<DagText>,
     /// Run records finished elsewhere (record, runner), to consider keeping a copy of.
     to_replicate: Vec<(Hash, NodeId)>,
+    started: Instant,
     /// Announce shortly (a peer just connected).
     announce_soon: bool,
     /// Bounds the copies being made at once.
@@ -566,7 +607,8 @@ impl Node {
             None => {
                 let mut opts = self.opts.run.clone();
                 opts.json = true;
-                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.shared.backends.clone()) {
+                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.shared.backends.clone())
+                {
                     Ok(c) => {
                         self.ctxs.insert(dag_hash, c.clone());
                         c
@@ -620,6 +662,16 @@ impl Node {
                         return;
                     }
                     self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+                    // Gossip reached us through others: connect directly, so the mesh stays
+                    // whole when the node everyone joined through leaves.
+                    if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
+                        for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
+                            let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
+                            if let Err(e) = self.net.dial(addr) {
+                                debug!(%from, "cannot dial an announced address: {e}");
+                            }
+                        }
+                    }
                     let new = !self.peers.contains_key(&a.node);
                     self.peers.insert(a.node, PeerInfo { announce: a, seen: Instant::now() });
                     if new {
@@ -745,6 +797,7 @@ impl Node {
             hostname: crate::machine::describe("", "").hostname,
             caps: self.core.caps().clone(),
             blob_addrs: self.shared.blobs.me().addrs,
+            listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
             http: Some(format!("http://{}", self.http_addr)),
             running: self.core.running_count() as u32,
             free_cores: self.core.free_cores(),
@@ -804,6 +857,37 @@ impl Node {
             Cmd::Peers { reply } => {
                 let _ = reply.send(self.peer_views());
             }
+            Cmd::Metrics { reply } => {
+                let (bytes_in, bytes_out) = self.net.traffic();
+                let (user_ms, sys_ms) = cpu_ms();
+                let _ = reply.send(serde_json::json!({
+                    "node": hex::encode(self.core.id()),
+                    "uptime_ms": self.started.elapsed().as_millis() as u64,
+                    "cpu_user_ms": user_ms,
+                    "cpu_sys_ms": sys_ms,
+                    "libp2p_bytes_in": bytes_in,
+                    "libp2p_bytes_out": bytes_out,
+                    "facts": self.core.ledger().len(),
+                    "peers_live": self.live_peers().len(),
+                    "connected": self.connected.len(),
+                    "running": self.core.running_count(),
+                }));
+            }
+            Cmd::Block { peers, block, reply } => {
+                for p in peers {
+                    if block {
+                        self.net.block(p);
+                    } else {
+                        self.net.unblock(p);
+                    }
+                }
+                if !block {
+                    for a in self.opts.join.clone() {
+                        let _ = self.net.dial(a);
+                    }
+                }
+                let _ = reply.send(());
+            }
             Cmd::Providers { first, reply } => {
                 let mut list: Vec<NodeId> = first.into_iter().collect();
                 list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));
@@ -822,6 +906,22 @@ impl Node {
                         .filter_map(|n| self.peers.get(n).map(|p| (hex::encode(n), p.announce.caps.clone()))),
                 )
                 .collect();
+        // Every Done of every job (the fold keeps only the winner).
+        let ledger = self.core.ledger();
+        let none = BTreeSet::new();
+        let mut done_runs: BTreeMap<(Hash, String), Vec<DoneRun>> = BTreeMap::new();
+        for f in ledger.missing_from(&none) {
+            if let Body::Done { claim, record } = &f.body
+                && let Some(c) = ledger.get(claim)
+                && c.author == f.author
+                && let Body::Claim { dag, job, .. } = &c.body
+            {
+                let runs = done_runs.entry((*dag, job.clone())).or_default();
+                if !runs.iter().any(|r| r.record == *record) {
+                    runs.push(DoneRun { node: hex::encode(f.author), record: *record });
+                }
+            }
+        }
         let mut dags = BTreeMap::new();
         for (hash, ds) in state.dags {
             let dag = self.core.dag(&hash);
@@ -841,7 +941,9 @@ impl Node {
                     None
                 };
                 let state = if reason.is_some() { "unschedulable" } else { state };
-                jobs.insert(id, JobView { state, node, record, failures, reason });
+                let runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
+                let runs = if runs.len() > 1 { runs } else { Vec::new() };
+                jobs.insert(id, JobView { state, node, record, failures, runs, nondeterministic: None, reason });
             }
             dags.insert(hash.to_string(), DagView { jobs, known: dag.is_some() });
         }

@@ -48,6 +48,9 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
     let dag = shoal_dag::parse_dag(name, &pinned_text).map_err(|d| anyhow!("the pinned DAG does not parse: {d}"))?;
     let hash = store.put_bytes(pinned_text.into_bytes()).await?;
     store.pin(hash)?;
+    // Durable before the Submit is acknowledged: a fact whose DAG is lost in a crash names work
+    // nobody can do.
+    store.flush().await?;
     Ok(Pinned { hash, dag })
 }
 

@@ -6,14 +6,21 @@
 //! Policy: a node claims a job when the job is open, its dependencies are done, it fits this node
 //! and this node has the cores free; it renews its claims at half their lease; when a smaller claim
 //! wins a job it is running, it stops it (the race costs one attempt, results are content-addressed).
+//!
+//! Cost: every input re-evaluates only the jobs it can change (a fact: its job, or its DAG for a
+//! submit or cancel; time: the jobs whose lease ended), against the ledger's incremental view.
+//! Claimable jobs wait in a queue ordered by when this node may claim them, one queue per core
+//! count, so an event costs O(log jobs), not a scan of every job (at 10k nodes and 100k jobs a scan
+//! per event was the whole budget).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use shoal_dag::{Dag, Hash};
 
 use super::capabilities::{Capabilities, mismatches};
-use super::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId};
+use super::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId, Touched, VerifiedFact};
 
 /// How long a claim holds without a renewal, in ms.
 pub const LEASE_MS: u64 = 10_000;
@@ -22,6 +29,21 @@ pub const LEASE_MS: u64 = 10_000;
 /// after this long if the job is still open, and so on. Without it every node claims every job
 /// that opens and all but one of those runs are stopped.
 pub const CLAIM_STAGGER_MS: u64 = 200;
+
+/// The timing a core runs with; `Default` is what `shoal node` uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoreConfig {
+    /// How long a claim holds without a renewal; renewed at half of it.
+    pub lease_ms: u64,
+    /// Wait per rank place before claiming (see [`CLAIM_STAGGER_MS`]).
+    pub claim_stagger_ms: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig { lease_ms: LEASE_MS, claim_stagger_ms: CLAIM_STAGGER_MS }
+    }
+}
 
 /// What the node should do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,45 +57,112 @@ pub enum Action {
 /// A claim this node holds and is running.
 struct Running {
     dag: Hash,
-    job: String,
+    job: u32,
     cores: u32,
     lease_until_ms: u64,
+}
+
+/// A job this node may claim: open, dependencies done, fits.
+#[derive(Clone, Copy)]
+struct Candidate {
+    /// When this node may claim it: when it saw it open, plus its rank's stagger.
+    eligible_ms: u64,
+    cores: u32,
+}
+
+/// A DAG whose content and submit this node both have, as the scheduler tracks it.
+struct Sched {
+    dag: Arc<Dag>,
+    index: BTreeMap<String, u32>,
+    dependants: Vec<Vec<u32>>,
+    /// Per job, how many of its dependencies are not done yet in this node's view.
+    waiting: Vec<u32>,
+    done: Vec<bool>,
+    /// Per job, whether its requirements fit this node (capabilities do not change).
+    fits: Vec<bool>,
+    /// Per job, the first 8 bytes of BLAKE3(dag, job): its rendezvous point.
+    point: Vec<u64>,
 }
 
 pub struct NodeCore {
     key: SigningKey,
     id: NodeId,
+    /// This node's rendezvous key (the first 8 bytes of its id).
+    me: u64,
     caps: Capabilities,
+    cfg: CoreConfig,
     hlc: Hlc,
     ledger: Ledger,
     /// DAG contents by hash, once known (submitted here or fetched).
-    dags: BTreeMap<Hash, Dag>,
+    dags: BTreeMap<Hash, Arc<Dag>>,
+    /// DAGs both known and submitted.
+    sched: BTreeMap<Hash, Sched>,
     running: BTreeMap<Hash, Running>,
-    /// Known peers, this node included; ranks jobs among nodes.
-    peers: BTreeSet<NodeId>,
-    /// When this node first saw each job open.
-    open_since: BTreeMap<(Hash, String), u64>,
-    /// The earliest lease of a job claimed elsewhere, as of the last schedule: when a job may
-    /// become claimable with no new fact (only facts can make a claim live, so it stays valid).
-    next_expiry: Option<u64>,
+    /// The claim this node runs for a job, by (dag, job index).
+    running_by_job: BTreeMap<(Hash, u32), Hash>,
+    /// Rendezvous keys of the known peers, this node included; ranks jobs among nodes.
+    peers: Vec<u64>,
+    /// Per DAG, the peers that schedule it, when a DAG is scheduled by a group of the mesh rather
+    /// than by everyone (its gossip topic's subscribers).
+    dag_peers: BTreeMap<Hash, Vec<u64>>,
+    candidates: BTreeMap<(Hash, u32), Candidate>,
+    /// The candidates by core count, each in the order this node may claim them.
+    queues: BTreeMap<u32, BTreeSet<(u64, Hash, u32)>>,
+    /// Lease ends of jobs claimed elsewhere that this node could take over (dependencies done,
+    /// fitting): the job is looked at again then. One entry per job, moved when the lease is
+    /// renewed, so a node wakes when a lease really ends, not at every renewal in its view.
+    leases: BTreeSet<(u64, Hash, u32)>,
+    lease_of: BTreeMap<(Hash, u32), u64>,
     out_facts: VecDeque<Fact>,
     out_actions: VecDeque<Action>,
 }
 
+/// A 64-bit mixer (splitmix64's finaliser): rendezvous scores from a job's point and a node's key
+/// in a few ns, so ranking a job among 10k peers costs microseconds, not 10k BLAKE3 hashes.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn key64(id: &NodeId) -> u64 {
+    u64::from_le_bytes(id[..8].try_into().expect("8 bytes"))
+}
+
+fn point(dag: &Hash, job: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&dag.0);
+    h.update(job.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 impl NodeCore {
     pub fn new(key: SigningKey, caps: Capabilities) -> NodeCore {
+        NodeCore::with_config(key, caps, CoreConfig::default())
+    }
+
+    pub fn with_config(key: SigningKey, caps: Capabilities, cfg: CoreConfig) -> NodeCore {
         let id = key.verifying_key().to_bytes();
+        // A zero lease would make every claim lapse the moment it is made.
+        let cfg = CoreConfig { lease_ms: cfg.lease_ms.max(2), ..cfg };
         NodeCore {
             key,
             id,
+            me: key64(&id),
             caps,
+            cfg,
             hlc: Hlc::default(),
             ledger: Ledger::new(),
             dags: BTreeMap::new(),
+            sched: BTreeMap::new(),
             running: BTreeMap::new(),
-            peers: [id].into(),
-            open_since: BTreeMap::new(),
-            next_expiry: None,
+            running_by_job: BTreeMap::new(),
+            peers: vec![key64(&id)],
+            dag_peers: BTreeMap::new(),
+            candidates: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            leases: BTreeSet::new(),
+            lease_of: BTreeMap::new(),
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
         }
@@ -91,9 +180,13 @@ impl NodeCore {
         &self.caps
     }
 
+    pub fn config(&self) -> CoreConfig {
+        self.cfg
+    }
+
     /// The content of a DAG, if this node has it.
     pub fn dag(&self, hash: &Hash) -> Option<&Dag> {
-        self.dags.get(hash)
+        self.dags.get(hash).map(|d| &**d)
     }
 
     /// Jobs this node is running now.
@@ -101,74 +194,105 @@ impl NodeCore {
         self.running.len()
     }
 
+    /// Jobs this node could claim now or later (open, dependencies done, fitting).
+    pub fn candidate_count(&self) -> usize {
+        self.candidates.len()
+    }
+
     /// Abandons a DAG: its open and claimed jobs end as cancelled (done ones stay done).
     pub fn cancel(&mut self, now_ms: u64, dag: Hash) {
         self.emit(now_ms, Body::Cancel { dag });
-        self.schedule(now_ms);
+        self.settle(now_ms);
     }
 
+    /// Signs, stores and queues for gossip a fact of this node, and folds it in.
     fn emit(&mut self, now_ms: u64, body: Body) -> Hash {
         self.hlc = self.hlc.tick(now_ms);
         let fact = Fact::sign(&self.key, self.hlc, body);
-        let id = fact.id();
-        self.ledger.insert(fact.clone()).expect("our own facts verify");
+        let verified = fact.clone().verified().expect("our own facts verify");
+        let id = verified.id();
+        let touched = self.ledger.insert_verified(verified);
         self.out_facts.push_back(fact);
+        self.touch(now_ms, touched);
         id
     }
 
     /// Submits a DAG from here; its content is known at once.
-    pub fn submit(&mut self, now_ms: u64, dag_hash: Hash, dag: Dag, max_attempts: u32) {
+    pub fn submit(&mut self, now_ms: u64, dag_hash: Hash, dag: impl Into<Arc<Dag>>, max_attempts: u32) {
+        let dag = dag.into();
         let jobs = dag.jobs.iter().map(|j| j.id.clone()).collect();
         self.dags.insert(dag_hash, dag);
         self.emit(now_ms, Body::Submit { dag: dag_hash, jobs, max_attempts });
-        self.schedule(now_ms);
+        self.settle(now_ms);
     }
 
     /// The content of a DAG this node learned about from a `Submit` (fetched by hash).
-    pub fn handle_dag(&mut self, now_ms: u64, dag_hash: Hash, dag: Dag) {
-        self.dags.insert(dag_hash, dag);
-        self.schedule(now_ms);
+    pub fn handle_dag(&mut self, now_ms: u64, dag_hash: Hash, dag: impl Into<Arc<Dag>>) {
+        if self.dags.contains_key(&dag_hash) {
+            return;
+        }
+        self.dags.insert(dag_hash, dag.into());
+        self.touch(now_ms, Touched::Dag(dag_hash));
+        self.settle(now_ms);
     }
 
     /// DAGs named by the ledger whose content this node lacks: fetch them by hash.
-    pub fn wanted_dags(&self, now_ms: u64) -> Vec<Hash> {
-        self.ledger.state(now_ms).dags.keys().filter(|h| !self.dags.contains_key(h)).copied().collect()
+    pub fn wanted_dags(&self, _now_ms: u64) -> Vec<Hash> {
+        self.ledger.dags().filter(|h| !self.dags.contains_key(h)).copied().collect()
     }
 
-    /// The nodes of the mesh as gossip knows them (this node is always among them).
+    /// The nodes of the mesh as gossip knows them (this node is always among them). Jobs already
+    /// waiting keep their place; the new ranks count for jobs that open from now on (re-ranking
+    /// every waiting job on every change of membership would cost O(jobs × peers) per change).
     pub fn handle_peers(&mut self, now_ms: u64, peers: impl IntoIterator<Item = NodeId>) {
-        self.peers = peers.into_iter().chain([self.id]).collect();
-        self.schedule(now_ms);
+        self.peers = peers.into_iter().map(|p| key64(&p)).chain([self.me]).collect();
+        self.peers.sort_unstable();
+        self.peers.dedup();
+        self.settle(now_ms);
+    }
+
+    /// The peers that schedule one DAG (its topic's subscribers), when not all of the mesh does:
+    /// its jobs are ranked among them only. Same rule as [`NodeCore::handle_peers`] for jobs
+    /// already waiting.
+    pub fn handle_dag_peers(&mut self, now_ms: u64, dag: Hash, peers: impl IntoIterator<Item = NodeId>) {
+        let mut keys: Vec<u64> = peers.into_iter().map(|p| key64(&p)).chain([self.me]).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        self.dag_peers.insert(dag, keys);
+        self.settle(now_ms);
     }
 
     /// This node's place among the known peers for a job: 0 claims first.
-    fn rank(&self, dag: &Hash, job: &str) -> u64 {
-        let score = |node: &NodeId| {
-            let mut h = blake3::Hasher::new();
-            h.update(&dag.0);
-            h.update(job.as_bytes());
-            h.update(node);
-            *h.finalize().as_bytes()
-        };
-        let mine = score(&self.id);
-        self.peers.iter().filter(|p| score(p) < mine).count() as u64
+    fn rank(&self, dag: &Hash, point: u64) -> u64 {
+        let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
+        let mine = mix(point ^ self.me);
+        peers.iter().filter(|&&p| mix(point ^ p) < mine).count() as u64
     }
 
     /// A fact from a peer. A refused fact changes nothing.
     pub fn handle_fact(&mut self, now_ms: u64, fact: Fact) -> Result<(), LedgerError> {
-        let hlc = fact.hlc;
-        if self.ledger.insert(fact)? {
-            self.hlc = self.hlc.observe(hlc, now_ms);
-            self.schedule(now_ms);
-        }
+        self.handle_verified_fact(now_ms, fact.verified()?);
         Ok(())
+    }
+
+    /// A fact already checked by this process (read back from its own store, or shared by a
+    /// simulator that checked it once for all its nodes). Returns whether it was new.
+    pub fn handle_verified_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
+        let hlc = fact.fact().hlc;
+        let touched = self.ledger.insert_verified(fact);
+        if touched == Touched::Duplicate {
+            return false;
+        }
+        self.hlc = self.hlc.observe(hlc, now_ms);
+        self.touch(now_ms, touched);
+        self.settle(now_ms);
+        true
     }
 
     /// A run this node started has ended: `Ok(record)` or `Err(reason)`.
     pub fn handle_job_finished(&mut self, now_ms: u64, claim: Hash, result: Result<Hash, String>) {
-        if self.running.remove(&claim).is_none() {
-            return;
-        }
+        let Some(r) = self.running.remove(&claim) else { return };
+        self.running_by_job.remove(&(r.dag, r.job));
         match result {
             Ok(record) => self.emit(now_ms, Body::Done { claim, record }),
             Err(reason) => {
@@ -177,33 +301,37 @@ impl NodeCore {
                 self.emit(now_ms, Body::Fail { claim, reason })
             }
         };
-        self.schedule(now_ms);
+        self.settle(now_ms);
     }
 
     /// Time passed: renew leases, claim what became claimable.
     pub fn handle_tick(&mut self, now_ms: u64) {
+        let half = self.cfg.lease_ms / 2;
         let due: Vec<(Hash, u64)> = self
             .running
             .iter()
-            .filter(|(_, r)| r.lease_until_ms.saturating_sub(now_ms) <= LEASE_MS / 2)
-            .map(|(c, _)| (*c, now_ms + LEASE_MS))
+            .filter(|(_, r)| r.lease_until_ms.saturating_sub(now_ms) <= half)
+            .map(|(c, _)| (*c, now_ms + self.cfg.lease_ms))
             .collect();
         for (claim, lease) in due {
-            self.emit(now_ms, Body::Renew { claim, lease_until_ms: lease });
             if let Some(r) = self.running.get_mut(&claim) {
                 r.lease_until_ms = lease;
             }
+            self.emit(now_ms, Body::Renew { claim, lease_until_ms: lease });
         }
-        self.schedule(now_ms);
+        self.settle(now_ms);
     }
 
-    /// When `handle_tick` is next needed: the earliest renewal, or a lease elsewhere expiring.
+    /// When `handle_tick` is next needed: the earliest renewal, a lease expiring, or a waiting job
+    /// this node may claim with the cores it has free.
     pub fn poll_timeout(&self, now_ms: u64) -> Option<u64> {
-        let renewals = self.running.values().map(|r| r.lease_until_ms.saturating_sub(LEASE_MS / 2));
-        let expiries = self.next_expiry.filter(|t| *t > now_ms);
-        let staggered =
-            self.open_since.iter().map(|((dag, job), since)| since + self.rank(dag, job) * CLAIM_STAGGER_MS);
-        renewals.chain(expiries).chain(staggered.filter(|t| *t > now_ms)).min().map(|t| t.max(now_ms))
+        let half = self.cfg.lease_ms / 2;
+        let renewals = self.running.values().map(|r| r.lease_until_ms.saturating_sub(half)).min();
+        let expiry = self.leases.first().map(|(t, ..)| *t);
+        let free = self.free_cores();
+        let claimable =
+            self.queues.range(..=free).filter_map(|(_, q)| q.first().map(|(t, ..)| *t)).filter(|t| *t > now_ms).min();
+        [renewals, expiry, claimable].into_iter().flatten().min().map(|t| t.max(now_ms))
     }
 
     pub fn poll_fact(&mut self) -> Option<Fact> {
@@ -218,71 +346,146 @@ impl NodeCore {
         self.caps.cores.saturating_sub(self.running.values().map(|r| r.cores).sum())
     }
 
-    /// Stops runs that lost their job; claims what fits.
-    fn schedule(&mut self, now_ms: u64) {
-        let state = self.ledger.state(now_ms);
-        self.next_expiry = state
-            .dags
-            .values()
-            .flat_map(|d| d.jobs.values())
-            .filter_map(|js| match js {
-                JobState::Claimed { lease_until_ms, .. } => Some(*lease_until_ms),
+    /// Re-evaluates what a new fact (or DAG content) may have changed.
+    fn touch(&mut self, now_ms: u64, touched: Touched) {
+        match touched {
+            Touched::Duplicate | Touched::Nothing => {}
+            Touched::Job { dag, job } => {
+                if let Some(idx) = self.sched.get(&dag).and_then(|s| s.index.get(&job)).copied() {
+                    self.evaluate(now_ms, dag, idx);
+                }
+            }
+            Touched::Dag(dag) => {
+                if !self.sched.contains_key(&dag) {
+                    self.start_tracking(dag);
+                }
+                let n = self.sched.get(&dag).map_or(0, |s| s.dag.jobs.len() as u32);
+                for idx in 0..n {
+                    self.evaluate(now_ms, dag, idx);
+                }
+            }
+        }
+    }
+
+    /// Starts scheduling a DAG once both its content and a submit of it are here.
+    fn start_tracking(&mut self, hash: Hash) {
+        let Some(dag) = self.dags.get(&hash).cloned() else { return };
+        if !self.ledger.has_dag(&hash) {
+            return;
+        }
+        let n = dag.jobs.len();
+        let deps = dag.all_dependencies();
+        let mut dependants = vec![Vec::new(); n];
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                dependants[d].push(i as u32);
+            }
+        }
+        let sched = Sched {
+            index: dag.jobs.iter().enumerate().map(|(i, j)| (j.id.clone(), i as u32)).collect(),
+            dependants,
+            waiting: deps.iter().map(|d| d.len() as u32).collect(),
+            done: vec![false; n],
+            fits: dag.jobs.iter().map(|j| mismatches(&j.requirements, &self.caps).is_empty()).collect(),
+            point: dag.jobs.iter().map(|j| point(&hash, &j.id)).collect(),
+            dag,
+        };
+        self.sched.insert(hash, sched);
+    }
+
+    /// Brings one job's place in this node's queues in line with the ledger at `now_ms`, and its
+    /// dependants' when it became done.
+    fn evaluate(&mut self, now_ms: u64, dag: Hash, idx: u32) {
+        let mut work = vec![idx];
+        while let Some(idx) = work.pop() {
+            let Some(s) = self.sched.get_mut(&dag) else { return };
+            let job = &s.dag.jobs[idx as usize];
+            let state = self.ledger.job_state(&dag, &job.id, now_ms);
+            if matches!(state, Some(JobState::Done { .. })) && !s.done[idx as usize] {
+                s.done[idx as usize] = true;
+                for &k in &s.dependants[idx as usize] {
+                    s.waiting[k as usize] -= 1;
+                    if s.waiting[k as usize] == 0 {
+                        work.push(k);
+                    }
+                }
+            }
+            let claimable =
+                matches!(state, Some(JobState::Open { .. })) && s.waiting[idx as usize] == 0 && s.fits[idx as usize];
+            if let Some(claim) = self.running_by_job.get(&(dag, idx)).copied()
+                && !matches!(&state, Some(JobState::Claimed { claim: c, .. }) if *c == claim)
+            {
+                self.running_by_job.remove(&(dag, idx));
+                self.running.remove(&claim);
+                self.out_actions.push_back(Action::Stop { claim });
+            }
+            let could_take = s.waiting[idx as usize] == 0 && s.fits[idx as usize];
+            let (cores, pt) = (job.requirements.cores, s.point[idx as usize]);
+            let key = (dag, idx);
+            let timer = match &state {
+                Some(JobState::Claimed { lease_until_ms, .. })
+                    if could_take && !self.running_by_job.contains_key(&key) =>
+                {
+                    Some(*lease_until_ms)
+                }
                 _ => None,
-            })
-            .min();
-        // Runs whose claim no longer holds the job.
-        let lost: Vec<Hash> = self
-            .running
-            .iter()
-            .filter(|(claim, r)| {
-                !matches!(state.dags.get(&r.dag).and_then(|d| d.jobs.get(&r.job)),
-                    Some(JobState::Claimed { claim: c, .. }) if c == *claim)
-            })
-            .map(|(c, _)| *c)
-            .collect();
-        for claim in lost {
-            self.running.remove(&claim);
-            self.out_actions.push_back(Action::Stop { claim });
-        }
-        let mut claimable = Vec::new();
-        let mut open_now = BTreeSet::new();
-        for (dag_hash, dag_state) in &state.dags {
-            let Some(dag) = self.dags.get(dag_hash) else { continue };
-            let done: BTreeSet<&str> = dag_state
-                .jobs
-                .iter()
-                .filter(|(_, js)| matches!(js, JobState::Done { .. }))
-                .map(|(j, _)| j.as_str())
-                .collect();
-            let deps = dag.all_dependencies();
-            for (i, job) in dag.jobs.iter().enumerate() {
-                if !matches!(dag_state.jobs.get(&job.id), Some(JobState::Open { .. })) {
-                    continue;
+            };
+            if self.lease_of.get(&key).copied() != timer {
+                if let Some(old) = self.lease_of.remove(&key) {
+                    self.leases.remove(&(old, dag, idx));
                 }
-                if !deps[i].iter().all(|&d| done.contains(dag.jobs[d].id.as_str())) {
-                    continue;
+                if let Some(t) = timer {
+                    self.lease_of.insert(key, t);
+                    self.leases.insert((t, dag, idx));
                 }
-                if !mismatches(&job.requirements, &self.caps).is_empty() {
-                    continue;
+            }
+            match (claimable, self.candidates.get(&key).copied()) {
+                (true, None) => {
+                    let eligible_ms = now_ms + self.rank(&dag, pt) * self.cfg.claim_stagger_ms;
+                    self.candidates.insert(key, Candidate { eligible_ms, cores });
+                    self.queues.entry(cores).or_default().insert((eligible_ms, dag, idx));
                 }
-                let key = (*dag_hash, job.id.clone());
-                let since = *self.open_since.entry(key.clone()).or_insert(now_ms);
-                open_now.insert(key);
-                if now_ms < since + self.rank(dag_hash, &job.id) * CLAIM_STAGGER_MS {
-                    continue;
+                (false, Some(c)) => {
+                    self.candidates.remove(&key);
+                    if let Some(q) = self.queues.get_mut(&c.cores) {
+                        q.remove(&(c.eligible_ms, dag, idx));
+                    }
                 }
-                claimable.push((*dag_hash, job.id.clone(), job.requirements.cores));
+                _ => {}
             }
         }
-        self.open_since.retain(|k, _| open_now.contains(k));
-        for (dag, job, cores) in claimable {
-            if cores > self.free_cores() {
-                continue;
+    }
+
+    /// Looks again at jobs whose lease ended, then claims what this node may, in the order it may.
+    fn settle(&mut self, now_ms: u64) {
+        while let Some(&(t, dag, idx)) = self.leases.first() {
+            if t > now_ms {
+                break;
             }
-            let lease_until_ms = now_ms + LEASE_MS;
-            let claim = self.emit(now_ms, Body::Claim { dag, job: job.clone(), lease_until_ms });
-            self.running.insert(claim, Running { dag, job: job.clone(), cores, lease_until_ms });
-            self.out_actions.push_back(Action::Start { claim, dag, job });
+            self.leases.pop_first();
+            self.lease_of.remove(&(dag, idx));
+            self.evaluate(now_ms, dag, idx);
+        }
+        loop {
+            let free = self.free_cores();
+            let next =
+                self.queues.range(..=free).filter_map(|(_, q)| q.first().copied()).filter(|(t, ..)| *t <= now_ms).min();
+            let Some((_, dag, idx)) = next else { break };
+            let Some(s) = self.sched.get(&dag) else { break };
+            let job = &s.dag.jobs[idx as usize];
+            let (id, cores) = (job.id.clone(), job.requirements.cores);
+            let lease_until_ms = now_ms + self.cfg.lease_ms;
+            // Recorded as running before the claim is folded in, so the fold sees it as ours.
+            self.hlc = self.hlc.tick(now_ms);
+            let fact = Fact::sign(&self.key, self.hlc, Body::Claim { dag, job: id.clone(), lease_until_ms });
+            let verified = fact.clone().verified().expect("our own facts verify");
+            let claim = verified.id();
+            self.running.insert(claim, Running { dag, job: idx, cores, lease_until_ms });
+            self.running_by_job.insert((dag, idx), claim);
+            self.out_actions.push_back(Action::Start { claim, dag, job: id });
+            let touched = self.ledger.insert_verified(verified);
+            self.out_facts.push_back(fact);
+            self.touch(now_ms, touched);
         }
     }
 }

@@ -10,6 +10,7 @@
 //! for good, every attempt's reason kept. Only a claim's author may renew, finish or fail it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -157,11 +158,62 @@ impl Fact {
     }
 }
 
-/// The facts a node holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ledger {
-    facts: BTreeMap<Hash, Fact>,
+/// A fact whose signature and bounds were checked once, with its id computed once. Cheap to
+/// clone (the fact is shared): a process verifies a fact when it first sees it, and every copy it
+/// hands on (to sled, to its ledger, to a simulated peer) carries that proof in its type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedFact {
+    id: Hash,
+    fact: Arc<Fact>,
 }
+
+impl VerifiedFact {
+    pub fn id(&self) -> Hash {
+        self.id
+    }
+
+    pub fn fact(&self) -> &Fact {
+        &self.fact
+    }
+}
+
+impl Fact {
+    /// Checks the fact and wraps it with its id.
+    pub fn verified(self) -> Result<VerifiedFact, LedgerError> {
+        self.verify()?;
+        Ok(VerifiedFact { id: self.id(), fact: Arc::new(self) })
+    }
+}
+
+/// What a newly inserted fact may have changed in the fold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touched {
+    /// The fact was already here.
+    Duplicate,
+    /// New, but no job's state depends on it yet (a renewal whose claim has not arrived, a fact
+    /// about a claim by someone else than its author).
+    Nothing,
+    /// The state of this one job.
+    Job { dag: Hash, job: String },
+    /// Any job of this DAG (a submit or a cancel).
+    Dag(Hash),
+}
+
+/// The facts a node holds, and the fold kept up to date as they arrive.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    facts: BTreeMap<Hash, Arc<Fact>>,
+    view: View,
+}
+
+impl PartialEq for Ledger {
+    /// Equal fact sets; the view is a function of them.
+    fn eq(&self, other: &Ledger) -> bool {
+        self.facts == other.facts
+    }
+}
+
+impl Eq for Ledger {}
 
 /// Where one job stands in a view of the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -202,12 +254,187 @@ pub struct State {
     pub dags: BTreeMap<Hash, DagState>,
 }
 
-struct ClaimView<'a> {
+/// The incremental fold: per claim and per job what the reference fold would compute, updated
+/// by each fact in O(log facts + claims of its job), so a job's state costs O(its claims).
+#[derive(Clone, Debug, Default)]
+struct View {
+    dags: BTreeMap<Hash, DagView>,
+    cancelled: BTreeSet<Hash>,
+    claims: BTreeMap<Hash, ClaimIx>,
+    /// Renewals, completions and failures whose claim has not arrived yet, by claim id: applied
+    /// when it does (delivery order is arbitrary).
+    orphans: BTreeMap<Hash, Vec<Hash>>,
+    /// Per DAG and job: its claims, whether or not the DAG's submit has arrived.
+    jobs: BTreeMap<Hash, BTreeMap<String, JobIx>>,
+}
+
+#[derive(Clone, Debug)]
+struct DagView {
+    /// The winning submit: the earliest by (hlc, author), and its id.
+    key: (Hlc, NodeId, Hash),
+    max_attempts: u32,
+}
+
+#[derive(Clone, Debug)]
+struct ClaimIx {
+    dag: Hash,
+    job: String,
+    author: NodeId,
+    hlc: Hlc,
+    lease_until_ms: u64,
+    /// The smallest (hlc, author, record) among its author's completions.
+    done: Option<(Hlc, NodeId, Hash)>,
+    /// The smallest reason among its author's failures.
+    failed: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct JobIx {
+    /// Named by the winning submit of its DAG.
+    listed: bool,
+    /// (hlc, author, id) of every claim on it, ascending: the first live one wins.
+    claims: Vec<(Hlc, NodeId, Hash)>,
+    /// The winning completion: (done key, claim key), smallest first, as the fold picks it.
+    done: Option<((Hlc, NodeId, Hash), (Hlc, NodeId, Hash))>,
+}
+
+/// One claim as the reference fold sees it.
+struct FoldClaim<'a> {
     id: Hash,
     fact: &'a Fact,
     lease_until_ms: u64,
     done: Option<(Hlc, NodeId, Hash)>,
     failed: Option<String>,
+}
+
+impl View {
+    /// Folds one new fact in; says which job states may have changed.
+    fn apply(&mut self, facts: &BTreeMap<Hash, Arc<Fact>>, id: Hash, fact: &Fact) -> Touched {
+        match &fact.body {
+            Body::Submit { dag, jobs, max_attempts } => {
+                let key = (fact.hlc, fact.author, id);
+                // Ties on (hlc, author) go to the smaller id, as in the fold (which meets ids in order).
+                if self.dags.get(dag).is_some_and(|d| d.key <= key) {
+                    return Touched::Nothing;
+                }
+                let listing = self.jobs.entry(*dag).or_default();
+                if self.dags.contains_key(dag) {
+                    // An earlier submit of the same hash with another job list (only a forger's
+                    // or a buggy client's): the fold takes the earliest one's list.
+                    listing.values_mut().for_each(|j| j.listed = false);
+                }
+                for job in jobs {
+                    listing.entry(job.clone()).or_default().listed = true;
+                }
+                self.dags.insert(*dag, DagView { key, max_attempts: *max_attempts });
+                Touched::Dag(*dag)
+            }
+            Body::Cancel { dag } => {
+                if self.cancelled.insert(*dag) {
+                    Touched::Dag(*dag)
+                } else {
+                    Touched::Nothing
+                }
+            }
+            Body::Claim { dag, job, lease_until_ms } => {
+                let mut claim = ClaimIx {
+                    dag: *dag,
+                    job: job.clone(),
+                    author: fact.author,
+                    hlc: fact.hlc,
+                    lease_until_ms: *lease_until_ms,
+                    done: None,
+                    failed: None,
+                };
+                for later in self.orphans.remove(&id).unwrap_or_default() {
+                    if let Some(f) = facts.get(&later) {
+                        Self::amend(&mut claim, f);
+                    }
+                }
+                let ix = self.jobs.entry(*dag).or_default().entry(job.clone()).or_default();
+                let key = (fact.hlc, fact.author, id);
+                let at = ix.claims.partition_point(|c| *c < key);
+                ix.claims.insert(at, key);
+                if let Some(done) = claim.done {
+                    Self::offer_done(ix, done, key);
+                }
+                self.claims.insert(id, claim);
+                Touched::Job { dag: *dag, job: job.clone() }
+            }
+            Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } => {
+                let Some(c) = self.claims.get_mut(claim) else {
+                    self.orphans.entry(*claim).or_default().push(id);
+                    return Touched::Nothing;
+                };
+                if !Self::amend(c, fact) {
+                    return Touched::Nothing;
+                }
+                let (dag, job, key) = (c.dag, c.job.clone(), (c.hlc, c.author, *claim));
+                if let Some(done) = c.done
+                    && let Some(ix) = self.jobs.get_mut(&dag).and_then(|j| j.get_mut(&job))
+                {
+                    Self::offer_done(ix, done, key);
+                }
+                Touched::Job { dag, job }
+            }
+        }
+    }
+
+    /// Applies a renewal, completion or failure to its claim if its author made the claim.
+    fn amend(c: &mut ClaimIx, fact: &Fact) -> bool {
+        if fact.author != c.author {
+            return false;
+        }
+        match &fact.body {
+            Body::Renew { lease_until_ms, .. } => c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms),
+            Body::Done { record, .. } => {
+                let candidate = (fact.hlc, fact.author, *record);
+                if c.done.is_none_or(|d| candidate < d) {
+                    c.done = Some(candidate);
+                }
+            }
+            Body::Fail { reason, .. } => {
+                if c.failed.as_ref().is_none_or(|f| reason < f) {
+                    c.failed = Some(reason.clone());
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The fold's winning completion is the smallest done key, ties going to the earlier claim.
+    fn offer_done(ix: &mut JobIx, done: (Hlc, NodeId, Hash), claim: (Hlc, NodeId, Hash)) {
+        if ix.done.is_none_or(|d| (done, claim) < d) {
+            ix.done = Some((done, claim));
+        }
+    }
+
+    fn job_state(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<JobState> {
+        let d = self.dags.get(dag)?;
+        let ix = self.jobs.get(dag)?.get(job).filter(|j| j.listed)?;
+        Some(self.state_of(d, ix, dag, now_ms))
+    }
+
+    fn state_of(&self, d: &DagView, ix: &JobIx, dag: &Hash, now_ms: u64) -> JobState {
+        if let Some(((_, _, record), (_, node, claim))) = ix.done {
+            return JobState::Done { claim, node, record };
+        }
+        if self.cancelled.contains(dag) {
+            return JobState::Cancelled;
+        }
+        let claims = ix.claims.iter().map(|(.., id)| (id, &self.claims[id]));
+        let failures: Vec<String> = claims.clone().filter_map(|(_, c)| c.failed.clone()).collect();
+        if failures.len() >= d.max_attempts as usize {
+            return JobState::Failed { failures };
+        }
+        match claims.clone().find(|(_, c)| c.failed.is_none() && c.lease_until_ms > now_ms) {
+            Some((id, c)) => {
+                JobState::Claimed { claim: *id, node: c.author, lease_until_ms: c.lease_until_ms, failures }
+            }
+            None => JobState::Open { failures },
+        }
+    }
 }
 
 impl Ledger {
@@ -225,9 +452,18 @@ impl Ledger {
 
     /// Adds a fact after checking it; Ok(false) if it was already here.
     pub fn insert(&mut self, fact: Fact) -> Result<bool, LedgerError> {
-        fact.verify()?;
-        let id = fact.id();
-        Ok(self.facts.insert(id, fact).is_none())
+        // Checked first: a copy of a stored fact with a broken signature is still refused.
+        Ok(self.insert_verified(fact.verified()?) != Touched::Duplicate)
+    }
+
+    /// Adds a checked fact and folds it into the view; says what it may have changed.
+    pub fn insert_verified(&mut self, fact: VerifiedFact) -> Touched {
+        let id = fact.id;
+        if self.facts.contains_key(&id) {
+            return Touched::Duplicate;
+        }
+        self.facts.insert(id, fact.fact.clone());
+        self.view.apply(&self.facts, id, &fact.fact)
     }
 
     /// Union with `other` (whose facts are checked again: it may come from anywhere). Returns how
@@ -236,7 +472,7 @@ impl Ledger {
         let mut added = 0;
         let mut refused = Vec::new();
         for fact in other.facts.values() {
-            match self.insert(fact.clone()) {
+            match self.insert(Fact::clone(fact)) {
                 Ok(true) => added += 1,
                 Ok(false) => {}
                 Err(e) => refused.push(e),
@@ -250,12 +486,17 @@ impl Ledger {
     }
 
     pub fn get(&self, id: &Hash) -> Option<&Fact> {
-        self.facts.get(id)
+        self.facts.get(id).map(|f| &**f)
+    }
+
+    /// Every fact, by id, each with the proof that it was checked when it came in.
+    pub fn verified_facts(&self) -> impl Iterator<Item = VerifiedFact> + '_ {
+        self.facts.iter().map(|(id, f)| VerifiedFact { id: *id, fact: f.clone() })
     }
 
     /// The facts this ledger has that a peer holding `theirs` lacks (anti-entropy).
     pub fn missing_from<'a>(&'a self, theirs: &'a BTreeSet<Hash>) -> impl Iterator<Item = &'a Fact> + 'a {
-        self.facts.iter().filter(move |(id, _)| !theirs.contains(id)).map(|(_, f)| f)
+        self.facts.iter().filter(move |(id, _)| !theirs.contains(id)).map(|(_, f)| &**f)
     }
 
     /// One hash of the whole set: equal digests, equal ledgers.
@@ -267,13 +508,49 @@ impl Ledger {
         Hash(*h.finalize().as_bytes())
     }
 
-    /// Every DAG and job as the facts say at `now_ms`.
+    /// Whether some submit names `dag`.
+    pub fn has_dag(&self, dag: &Hash) -> bool {
+        self.view.dags.contains_key(dag)
+    }
+
+    /// The DAGs some submit names.
+    pub fn dags(&self) -> impl Iterator<Item = &Hash> + '_ {
+        self.view.dags.keys()
+    }
+
+    /// One job as the facts say at `now_ms`, from the incremental view (O(its claims)); None if
+    /// no submit of `dag` names it.
+    pub fn job_state(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<JobState> {
+        self.view.job_state(dag, job, now_ms)
+    }
+
+    /// One DAG as the facts say at `now_ms` (O(its jobs)).
+    pub fn dag_state(&self, dag: &Hash, now_ms: u64) -> Option<DagState> {
+        let d = self.view.dags.get(dag)?;
+        let jobs = self.view.jobs.get(dag).map_or_else(BTreeMap::new, |jobs| {
+            jobs.iter()
+                .filter(|(_, ix)| ix.listed)
+                .map(|(job, ix)| (job.clone(), self.view.state_of(d, ix, dag, now_ms)))
+                .collect()
+        });
+        Some(DagState { max_attempts: d.max_attempts, jobs })
+    }
+
+    /// Every DAG and job as the facts say at `now_ms`, from the incremental view (O(jobs), not
+    /// O(facts)); equal to [`Ledger::fold`].
     pub fn state(&self, now_ms: u64) -> State {
+        State { dags: self.view.dags.keys().filter_map(|d| Some((*d, self.dag_state(d, now_ms)?))).collect() }
+    }
+
+    /// The reference fold: every DAG and job as the facts say at `now_ms`, computed from the whole
+    /// set (O(facts)). [`Ledger::state`] answers the same from the incremental view; property tests
+    /// hold the two equal for any delivery order. Kept as the definition the view must match.
+    pub fn fold(&self, now_ms: u64) -> State {
         let mut submits: BTreeMap<Hash, (&Fact, &Vec<String>, u32)> = BTreeMap::new();
         let mut cancelled: BTreeSet<Hash> = BTreeSet::new();
-        let mut claims: BTreeMap<(Hash, &str), Vec<ClaimView<'_>>> = BTreeMap::new();
+        let mut claims: BTreeMap<(Hash, &str), Vec<FoldClaim<'_>>> = BTreeMap::new();
         let mut claim_of: BTreeMap<Hash, (Hash, &str)> = BTreeMap::new();
-        for (id, fact) in &self.facts {
+        for (id, fact) in self.facts.iter().map(|(id, f)| (id, &**f)) {
             match &fact.body {
                 Body::Submit { dag, jobs, max_attempts } => {
                     // One DAG hash is one DAG; the earliest submission sets its attempt budget.
@@ -290,7 +567,7 @@ impl Ledger {
                 }
                 Body::Claim { dag, job, lease_until_ms } => {
                     claim_of.insert(*id, (*dag, job.as_str()));
-                    claims.entry((*dag, job.as_str())).or_default().push(ClaimView {
+                    claims.entry((*dag, job.as_str())).or_default().push(FoldClaim {
                         id: *id,
                         fact,
                         lease_until_ms: *lease_until_ms,
@@ -302,18 +579,18 @@ impl Ledger {
             }
         }
         // Renewals, completions and failures count only from the claim's own author.
-        for fact in self.facts.values() {
-            let (claim, apply): (&Hash, &dyn Fn(&mut ClaimView<'_>)) = match &fact.body {
+        for fact in self.facts.values().map(|f| &**f) {
+            let (claim, apply): (&Hash, &dyn Fn(&mut FoldClaim<'_>)) = match &fact.body {
                 Body::Renew { claim, lease_until_ms } => {
-                    (claim, &move |c: &mut ClaimView<'_>| c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms))
+                    (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms))
                 }
-                Body::Done { claim, record } => (claim, &move |c: &mut ClaimView<'_>| {
+                Body::Done { claim, record } => (claim, &move |c: &mut FoldClaim<'_>| {
                     let candidate = (fact.hlc, fact.author, *record);
                     if c.done.is_none_or(|d| candidate < d) {
                         c.done = Some(candidate);
                     }
                 }),
-                Body::Fail { claim, reason } => (claim, &move |c: &mut ClaimView<'_>| {
+                Body::Fail { claim, reason } => (claim, &move |c: &mut FoldClaim<'_>| {
                     if c.failed.as_ref().is_none_or(|f| reason < f) {
                         c.failed = Some(reason.clone());
                     }

@@ -18,6 +18,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -251,6 +253,7 @@ pub struct Net {
     swarm: Swarm<Behaviour>,
     join: Vec<Multiaddr>,
     rejoin: Interval,
+    traffic: Arc<Traffic>,
 }
 
 /// The libp2p identity of a node secret. Copies it: libp2p zeroes the buffer it is given.
@@ -302,13 +305,18 @@ impl Net {
         debug!(psk_fingerprint = %psk.fingerprint(), "mesh key");
         let mdns = cfg.mdns;
         let allow = cfg.allow.clone();
+        let traffic = Arc::new(Traffic::default());
+        let counted = traffic.clone();
 
         let swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             // pnet wraps the raw TCP stream, before noise: without the key, nothing else is reachable.
             .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
                 Ok(tcp::tokio::Transport::new(tcp::Config::new())
-                    .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                    // Counted below pnet: the bytes that really cross the wire.
+                    .and_then(move |socket, _| {
+                        PnetConfig::new(psk).handshake(Counted { inner: socket, traffic: counted.clone() })
+                    })
                     .upgrade(Version::V1Lazy)
                     .authenticate(noise::Config::new(key)?)
                     .multiplex(yamux::Config::default())
@@ -325,7 +333,7 @@ impl Net {
         let period = Duration::from_secs(REJOIN_INTERVAL_S);
         let mut rejoin = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         rejoin.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut net = Net { swarm, join: cfg.join, rejoin };
+        let mut net = Net { swarm, join: cfg.join, rejoin, traffic };
         for addr in cfg.listen {
             net.swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr, reason: e.to_string() })?;
         }
@@ -337,6 +345,11 @@ impl Net {
 
     pub fn peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+
+    /// Bytes received and sent over every libp2p connection so far (TCP payload, below pnet).
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.traffic.bytes_in.load(Ordering::Relaxed), self.traffic.bytes_out.load(Ordering::Relaxed))
     }
 
     /// The addresses listened on so far (port 0 resolved once [`NetEvent::Listening`] came).
@@ -614,5 +627,62 @@ impl Behaviour {
             sync,
             mdns: Toggle::from(mdns),
         })
+    }
+}
+
+/// Byte counters of all connections together.
+#[derive(Default)]
+struct Traffic {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A stream that counts what it reads and writes into [`Traffic`].
+struct Counted<S> {
+    inner: S,
+    traffic: Arc<Traffic>,
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.traffic.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.traffic.bytes_out.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }

@@ -52,6 +52,8 @@ pub struct Announce {
     pub caps: Capabilities,
     /// Where its iroh endpoint listens (its id is `node`: one key serves both).
     pub blob_addrs: Vec<SocketAddr>,
+    /// Where its libp2p swarm listens (multiaddrs as text), so peers can dial it directly.
+    pub listen: Vec<String>,
     /// Its HTTP API, if it serves one.
     pub http: Option<String>,
     /// Jobs it is running, and its cores not held by them.

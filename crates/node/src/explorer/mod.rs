@@ -1,0 +1,828 @@
+//! The Program Explorer: Compiler Explorer for any container, served by every `shoal node`.
+//!
+//! A person edits input files in the page, picks an image of the catalogue and fills in its
+//! options; the page posts one multipart request (a JSON `request` part, then one `file` part per
+//! input and an optional `stdin` part). Each part is streamed to a temporary file and into the
+//! store, never held whole in memory; the options are checked and rendered into argv; the job
+//! becomes a one-job DAG run by the same pipeline as `shoal run` (`run::prepare` + `run::run_one`
+//! with the node's backends), so an identical request is answered from the action cache at once.
+//! The answer is a view of the signed run record; `/r/<record hash>` reloads it, inputs and
+//! options included (they ride in the job's environment as `SHOAL_EXPLORER`, so they are part of
+//! the record and of the action key).
+//!
+//! # Layout
+//! - this file: the routes and the run pipeline.
+//! - `catalogue`: the TOML catalogue, option checking and argv rendering.
+//! - `explore`: `shoal explore` (finds or starts a local node, prints and opens the URL).
+//! - `page/`: the page, plain HTML, CSS and JS embedded in the binary (no build step).
+
+mod catalogue;
+mod explore;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::multipart::MultipartRejection;
+use axum::extract::{DefaultBodyLimit, Extension, Multipart, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shoal_blobs::tree::EntryKind;
+use shoal_dag::{Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, OutputSpec, Requirements, ResolvedJob};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use self::catalogue::{Catalogue, Entry, Problem};
+use crate::daemon::Shared;
+use crate::output::bytes as human_bytes;
+use crate::run;
+
+pub(crate) use explore::{ExploreArgs, explore};
+
+/// Input files one request may carry.
+const INPUT_FILES_MAX: usize = 32;
+/// Largest input file, in bytes.
+const INPUT_FILE_BYTES_MAX: u64 = 4 << 20;
+/// Largest stdin, in bytes.
+const STDIN_BYTES_MAX: u64 = 4 << 20;
+/// Largest request (all parts' contents together), in bytes.
+const REQUEST_BYTES_MAX: u64 = 16 << 20;
+/// Room for the multipart headers above [`REQUEST_BYTES_MAX`], in bytes.
+const REQUEST_HEADER_SLACK_BYTES: usize = 1 << 20;
+/// Largest `request` part (the JSON descriptor), in bytes.
+const DESCRIPTOR_BYTES_MAX: usize = 64 << 10;
+/// After refusing a request, how much more of its body is read (and dropped) so the client gets
+/// the answer instead of a reset connection, in bytes.
+const DRAIN_BYTES_MAX: u64 = 64 << 20;
+/// Stdout, stderr, inputs and text outputs up to this size come inline in a run view, in bytes.
+const INLINE_TEXT_BYTES_MAX: u64 = 64 << 10;
+/// Output files listed in a run view (the rest are counted).
+const OUTPUT_FILES_LISTED_MAX: usize = 64;
+/// Runs that miss the cache and run at once; more wait (cache hits never wait).
+const RUNS_IN_FLIGHT_MAX: usize = 2;
+/// Blobs up to this size are served from memory; larger ones are streamed from a file, in bytes.
+const SERVE_FROM_MEMORY_BYTES_MAX: u64 = 8 << 20;
+/// Size of a run's `/scratch`, in bytes.
+const SCRATCH_BYTES: u64 = 256 << 20;
+/// The environment variable that carries the explorer request (image id, options, main file) in
+/// the job, and so in its run record: what a permalink reloads.
+const REQUEST_ENV: &str = "SHOAL_EXPLORER";
+/// The job id of explorer runs.
+const JOB_ID: &str = "explore";
+/// The output that collects everything a run writes under `/output`.
+const OUTPUT_NAME: &str = "files";
+const OUTPUT_DIR: &str = "/output";
+/// Where a run starts: writable, executable, empty.
+const WORKDIR: &str = "/scratch";
+
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/app.js");
+const PAGE_CSS: &str = include_str!("page/app.css");
+
+type Shr = Arc<Shared>;
+
+/// What the explorer's routes share besides the node's [`Shared`].
+struct Explorer {
+    /// Loaded on first use (it may come from the store's home).
+    catalogue: OnceLock<Result<Arc<Loaded>, String>>,
+    /// Bounds the runs that miss the cache.
+    runs: Semaphore,
+}
+
+struct Loaded {
+    catalogue: Catalogue,
+    /// Where it came from: `builtin` or a path.
+    source: String,
+}
+
+impl Explorer {
+    fn catalogue(&self, s: &Shared) -> Result<Arc<Loaded>, ExError> {
+        self.catalogue
+            .get_or_init(|| {
+                let loaded = load_catalogue(s.store.home());
+                match &loaded {
+                    Ok(l) => {
+                        tracing::info!(source = %l.source, images = l.catalogue.entries.len(), "explorer catalogue")
+                    }
+                    Err(e) => tracing::warn!("the explorer's catalogue does not load: {e}"),
+                }
+                loaded
+            })
+            .clone()
+            .map_err(|e| ExError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the catalogue does not load: {e}")))
+    }
+}
+
+/// `$SHOAL_EXPLORER_CATALOGUE`, else `$SHOAL_HOME/explorer/catalogue.toml`, else the built-in one.
+fn load_catalogue(home: &std::path::Path) -> Result<Arc<Loaded>, String> {
+    let path = std::env::var_os("SHOAL_EXPLORER_CATALOGUE")
+        .map(PathBuf::from)
+        .or_else(|| Some(home.join("explorer/catalogue.toml")).filter(|p| p.is_file()));
+    let (source, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            (p.display().to_string(), text)
+        }
+        None => ("builtin".to_string(), catalogue::BUILTIN.to_string()),
+    };
+    let catalogue = Catalogue::parse(&source, &text)?;
+    Ok(Arc::new(Loaded { catalogue, source }))
+}
+
+/// The explorer's routes, merged into the node's router (which adds the state).
+pub(crate) fn router() -> Router<Shr> {
+    let explorer = Arc::new(Explorer { catalogue: OnceLock::new(), runs: Semaphore::new(RUNS_IN_FLIGHT_MAX) });
+    Router::new()
+        .route("/", get(page))
+        .route("/explore", get(page))
+        .route("/r/{record}", get(page))
+        .route("/explorer/app.js", get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }))
+        .route("/explorer/app.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
+        .route("/v1/explorer/catalogue", get(catalogue_json))
+        .route(
+            "/v1/explorer/runs",
+            post(run_request).layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX as usize + REQUEST_HEADER_SLACK_BYTES)),
+        )
+        .route("/v1/explorer/runs/{record}", get(run_view))
+        .route("/v1/explorer/files/{hash}/{name}", get(file))
+        .layer(Extension(explorer))
+}
+
+/// An error of the explorer's API: `{"error": ..., "problems": [...]}` with a status code.
+#[derive(Debug)]
+struct ExError {
+    status: StatusCode,
+    message: String,
+    problems: Vec<Problem>,
+}
+
+impl ExError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ExError {
+        ExError { status, message: message.into(), problems: Vec::new() }
+    }
+}
+
+impl IntoResponse for ExError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.message});
+        if !self.problems.is_empty() {
+            body["problems"] = json!(self.problems);
+        }
+        (self.status, Json(body)).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ExError {
+    ExError::new(StatusCode::BAD_REQUEST, msg)
+}
+fn too_large(msg: impl Into<String>) -> ExError {
+    ExError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
+}
+fn internal(e: impl std::fmt::Display) -> ExError {
+    ExError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `blake3:<hex>` or the bare hex.
+fn parse_hash(text: &str) -> Result<Hash, ExError> {
+    let full = if text.starts_with("blake3:") { text.to_string() } else { format!("blake3:{text}") };
+    full.parse().map_err(|e: String| bad(format!("`{text}` is not a hash: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page
+
+async fn page() -> Response {
+    let mut r = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE_HTML).into_response();
+    let h = r.headers_mut();
+    // Outputs are shown as <img> or text only; nothing but our own script runs on the page.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; object-src 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explorer>>) -> Result<Response, ExError> {
+    let loaded = ex.catalogue(&s)?;
+    let tags: std::collections::BTreeSet<String> =
+        s.store.images().map_err(internal)?.into_iter().map(|i| i.tag).collect();
+    let entries: Vec<Value> = loaded
+        .catalogue
+        .entries
+        .iter()
+        .map(|e| {
+            let mut v = json!(e);
+            v["available"] = json!(tags.contains(&shoal_blobs::image::normalize_tag(&e.image)));
+            v
+        })
+        .collect();
+    let backend = match s.run.backend {
+        run::BackendChoice::Microvm => "microvm",
+        run::BackendChoice::Namespace => "namespace",
+    };
+    Ok(Json(json!({
+        "source": loaded.source,
+        "types": loaded.catalogue.types,
+        "entries": entries,
+        "backend": backend,
+        "limits": {
+            "files_max": INPUT_FILES_MAX,
+            "file_bytes_max": INPUT_FILE_BYTES_MAX,
+            "stdin_bytes_max": STDIN_BYTES_MAX,
+            "request_bytes_max": REQUEST_BYTES_MAX,
+        },
+    }))
+    .into_response())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running
+
+/// The `request` part.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunRequest {
+    /// The catalogue id.
+    entry: String,
+    #[serde(default)]
+    options: BTreeMap<String, Value>,
+    /// The file to run, for images whose command names `{main}`.
+    main: Option<String>,
+}
+
+/// What the job carries in [`REQUEST_ENV`]: enough to fill the page again.
+#[derive(Serialize, Deserialize)]
+struct Carried {
+    entry: String,
+    options: BTreeMap<String, Value>,
+    main: Option<String>,
+}
+
+/// A request whose parts are in the store.
+struct Received {
+    entry: Entry,
+    options: BTreeMap<String, Value>,
+    main: Option<String>,
+    inputs: BTreeMap<String, Digest>,
+    stdin: Option<Digest>,
+}
+
+async fn run_request(
+    State(s): State<Shr>,
+    Extension(ex): Extension<Arc<Explorer>>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ExError> {
+    let started = Instant::now();
+    let loaded = ex.catalogue(&s)?;
+    let multipart = multipart.map_err(|e| {
+        bad(format!(
+            "{e}; send multipart/form-data: a `request` part (JSON: entry, options, main), then `file` parts and \
+             an optional `stdin` part"
+        ))
+    })?;
+    let tmp = tempfile::Builder::new().prefix("explore-").tempdir_in(tmp_root(&s)?).map_err(internal)?;
+    let received = receive(&s, &loaded.catalogue, multipart, tmp.path()).await?;
+    drop(tmp);
+    let (record, cached) = execute(&s, &ex, received).await?;
+    let mut view = run_view_of(&s, record).await?;
+    view.cached = Some(cached);
+    view.answer_ms = Some(started.elapsed().as_millis() as u64);
+    Ok(Json(view).into_response())
+}
+
+fn tmp_root(s: &Shared) -> Result<PathBuf, ExError> {
+    let dir = s.store.home().join("tmp");
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    Ok(dir)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ExError {
+    ExError::new(e.status(), format!("reading the request: {}", e.body_text()))
+}
+
+/// Reads the parts in order, each file streamed through `dir` into the store. On a limit, the
+/// rest of the body is read and dropped (up to [`DRAIN_BYTES_MAX`]) before the answer.
+async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path::Path) -> Result<Received, ExError> {
+    let mut field = mp
+        .next_field()
+        .await
+        .map_err(multipart_error)?
+        .ok_or_else(|| bad("the request is empty; its first part is `request` (JSON: entry, options, main)"))?;
+    if field.name() != Some("request") {
+        return Err(bad(format!(
+            "the first part is `{}`; it must be `request` (JSON: entry, options, main)",
+            field.name().unwrap_or("")
+        )));
+    }
+    let mut descriptor = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if descriptor.len() + chunk.len() > DESCRIPTOR_BYTES_MAX {
+            return Err(too_large(format!(
+                "the `request` part is larger than {}",
+                human_bytes(DESCRIPTOR_BYTES_MAX as u64)
+            )));
+        }
+        descriptor.extend_from_slice(&chunk);
+    }
+    drop(field);
+    let req: RunRequest = serde_json::from_slice(&descriptor)
+        .map_err(|e| bad(format!("the `request` part is not {{\"entry\", \"options\", \"main\"}} JSON: {e}")))?;
+    let entry = cat.entry(&req.entry).cloned().ok_or_else(|| {
+        let ids: Vec<&str> = cat.entries.iter().map(|e| e.id.as_str()).collect();
+        ExError::new(
+            StatusCode::NOT_FOUND,
+            format!("the catalogue has no image `{}`; it has: {}", req.entry, ids.join(", ")),
+        )
+    })?;
+    // Options are checked before any file is read: a bad form costs no upload.
+    let options = entry.normalize(&req.options).map_err(|problems| ExError {
+        status: StatusCode::BAD_REQUEST,
+        message: format!(
+            "{} option{} of `{}` {} wrong: {}",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            entry.id,
+            if problems.len() == 1 { "is" } else { "are" },
+            problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ")
+        ),
+        problems,
+    })?;
+
+    let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
+    let mut stdin: Option<Digest> = None;
+    let mut total = descriptor.len() as u64;
+    let mut refused: Option<ExError> = None;
+    let mut drained = 0u64;
+    let mut n = 0usize;
+    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
+        if let Some(why) = refused.take() {
+            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                drained += chunk.len() as u64;
+                if drained > DRAIN_BYTES_MAX {
+                    return Err(why);
+                }
+            }
+            refused = Some(why);
+            continue;
+        }
+        let part = field.name().unwrap_or("").to_string();
+        let (what, limit, name) = match part.as_str() {
+            "file" => {
+                let name = field.file_name().unwrap_or("").to_string();
+                if !catalogue::input_name(&name) {
+                    return Err(bad(format!(
+                        "`{name}` is not a file name the sandbox takes: start with a letter or digit, then letters, \
+                         digits, `.`, `_` and `-`, at most 128 characters"
+                    )));
+                }
+                if inputs.contains_key(&name) {
+                    return Err(bad(format!("two input files are named `{name}`")));
+                }
+                if inputs.len() >= INPUT_FILES_MAX {
+                    refused = Some(too_large(format!(
+                        "too many input files: at most {INPUT_FILES_MAX} per run; put more in one archive"
+                    )));
+                    continue_drain(&mut field, &mut drained).await?;
+                    continue;
+                }
+                (format!("the input file `{name}`"), INPUT_FILE_BYTES_MAX, Some(name))
+            }
+            "stdin" => {
+                if stdin.is_some() {
+                    return Err(bad("the request has two `stdin` parts"));
+                }
+                ("stdin".to_string(), STDIN_BYTES_MAX, None)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown part `{other}`; after `request` come `file` parts (with a filename) and `stdin`"
+                )));
+            }
+        };
+        let path = dir.join(format!("part-{n}"));
+        n += 1;
+        let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+        let mut size = 0u64;
+        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+            size += chunk.len() as u64;
+            total += chunk.len() as u64;
+            if size > limit {
+                refused = Some(too_large(format!(
+                    "{what} is larger than {}, the limit for one {}",
+                    human_bytes(limit),
+                    if name.is_some() { "file" } else { "stdin" }
+                )));
+            } else if total > REQUEST_BYTES_MAX {
+                refused = Some(too_large(format!(
+                    "the request is larger than {}, the limit for all files together",
+                    human_bytes(REQUEST_BYTES_MAX)
+                )));
+            }
+            if refused.is_some() {
+                drained += chunk.len() as u64;
+                continue_drain(&mut field, &mut drained).await?;
+                break;
+            }
+            file.write_all(&chunk).await.map_err(internal)?;
+        }
+        if refused.is_some() {
+            continue;
+        }
+        file.flush().await.map_err(internal)?;
+        drop(file);
+        let (hash, size) = s.store.put_file(&path).await.map_err(internal)?;
+        let _ = tokio::fs::remove_file(&path).await;
+        let digest = Digest { hash, kind: DigestKind::File, size };
+        match name {
+            Some(name) => {
+                inputs.insert(name, digest);
+            }
+            None => stdin = Some(digest),
+        }
+    }
+    if let Some(why) = refused {
+        return Err(why);
+    }
+
+    let main = match req.main {
+        Some(m) if inputs.contains_key(&m) => Some(m),
+        Some(m) => {
+            return Err(bad(format!("`main` names `{m}`, which is not among the input files")));
+        }
+        // The first file of a type the image reads, else the first file.
+        None => inputs
+            .keys()
+            .find(|n| entry.inputs.iter().any(|t| t == cat.media_type_of(n)))
+            .or_else(|| inputs.keys().next())
+            .cloned(),
+    };
+    if entry.needs_main() && main.is_none() {
+        return Err(ExError {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("`{}` runs a file, and the request has none; add one", entry.id),
+            problems: vec![Problem { option: String::new(), message: "no input file".into() }],
+        });
+    }
+    Ok(Received { entry, options, main, inputs, stdin })
+}
+
+/// Reads the rest of a refused part, counting it against [`DRAIN_BYTES_MAX`].
+async fn continue_drain(field: &mut axum::extract::multipart::Field<'_>, drained: &mut u64) -> Result<(), ExError> {
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        *drained += chunk.len() as u64;
+        if *drained > DRAIN_BYTES_MAX {
+            return Err(too_large("the request is far over its limits; it was not read to its end"));
+        }
+    }
+    Ok(())
+}
+
+/// The one-job DAG of a request.
+fn job_of(r: &Received) -> Result<Job, ExError> {
+    let files: Vec<String> = r.inputs.keys().cloned().collect();
+    let rendered = r.entry.render(&r.options, r.main.as_deref(), &files);
+    let mut env = rendered.env;
+    let carried = Carried { entry: r.entry.id.clone(), options: r.options.clone(), main: r.main.clone() };
+    env.insert(REQUEST_ENV.to_string(), serde_json::to_string(&carried).map_err(internal)?);
+    Ok(Job {
+        id: JOB_ID.to_string(),
+        image: ImageRef::Tag(r.entry.image.clone()),
+        command: rendered.command,
+        env,
+        workdir: Some(WORKDIR.to_string()),
+        user: None,
+        stdin: r.stdin.as_ref().map(|d| InputRef::Blake3(d.hash)),
+        inputs: r.inputs.iter().map(|(n, d)| (n.clone(), InputRef::Blake3(d.hash))).collect(),
+        outputs: BTreeMap::from([(OUTPUT_NAME.to_string(), OutputSpec::Dir(OUTPUT_DIR.to_string()))]),
+        requirements: Requirements {
+            cores: 1,
+            memory_bytes: r.entry.memory_bytes,
+            timeout_ms: r.entry.timeout_ms,
+            output_bytes_max: r.entry.output_bytes_max,
+            scratch_bytes: SCRATCH_BYTES,
+            ..Requirements::default()
+        },
+    })
+}
+
+/// Runs the request as `shoal run` would; returns its record and whether the cache answered.
+async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ExError> {
+    let job = job_of(&r)?;
+    let (image_id, _) = s.store.resolve_image(&job.image).await.map_err(|e| {
+        ExError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the image `{}` of `{}` is not in this node's store ({e}); build it with scripts/build-images.sh \
+                 (scripts/setup.sh does)",
+                r.entry.image, r.entry.id
+            ),
+        )
+    })?;
+    // A request the cache answers does not wait behind running ones.
+    let key = ResolvedJob::from_job(&job, image_id, r.inputs.clone(), r.stdin.clone()).action_key();
+    let hit = s.store.action_get(&key).map_err(internal)?.is_some();
+    let _permit = if hit { None } else { Some(ex.runs.acquire().await.map_err(internal)?) };
+    let dag = Dag { version: 1, jobs: vec![job] };
+    let ctx = run::prepare(&s.store, dag, PathBuf::new(), &s.run, s.backends.clone()).map_err(internal)?;
+    let span = tracing::info_span!("job", id = JOB_ID, entry = %r.entry.id);
+    let report = tracing::Instrument::instrument(run::run_one(&ctx, 0, &BTreeMap::new()), span).await;
+    match report.record {
+        Some(record) => Ok((record, report.cached)),
+        None => Err(ExError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the run could not start: {}", report.error.unwrap_or_else(|| "no reason given".into())),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run views and permalinks
+
+/// A stored file as the page shows it.
+#[derive(Serialize)]
+struct FileView {
+    /// Its path (under /output for outputs), or its input name.
+    name: String,
+    size: u64,
+    hash: Hash,
+    media_type: String,
+    url: String,
+    /// The content, when it is UTF-8 text of at most [`INLINE_TEXT_BYTES_MAX`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// What the page shows of a run.
+#[derive(Serialize)]
+struct RunView {
+    record: Hash,
+    permalink: String,
+    record_url: String,
+    /// Whether the action cache answered this request (absent when viewed by permalink).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cached: Option<bool>,
+    /// Server time from the request's first byte to the answer, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answer_ms: Option<u64>,
+    entry: Option<String>,
+    options: BTreeMap<String, Value>,
+    main: Option<String>,
+    ok: bool,
+    exit: Exit,
+    /// Why it failed, in words (timeouts and out-of-memory name their limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    wall_ms: u64,
+    peak_memory_bytes: u64,
+    backend: String,
+    accelerator: Option<String>,
+    stdout: FileView,
+    stderr: FileView,
+    files: Vec<FileView>,
+    /// Output files not listed (past [`OUTPUT_FILES_LISTED_MAX`]).
+    files_not_listed: usize,
+    inputs: Vec<FileView>,
+    stdin: Option<FileView>,
+    /// The signed record's content, as `shoal show` prints it.
+    run_record: shoal_dag::RunRecord,
+}
+
+async fn run_view(State(s): State<Shr>, Path(record): Path<String>) -> Result<Response, ExError> {
+    let hash = parse_hash(&record)?;
+    Ok(Json(run_view_of(&s, hash).await?).into_response())
+}
+
+async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
+    let signed =
+        s.store.get_record(hash).await.map_err(internal)?.ok_or_else(|| {
+            ExError::new(StatusCode::NOT_FOUND, format!("no run record {hash} is stored on this node"))
+        })?;
+    let rec = signed.verify().map_err(|e| internal(format!("run record {hash} does not verify: {e}")))?;
+    let carried: Option<Carried> = rec.job.env.get(REQUEST_ENV).and_then(|t| serde_json::from_str(t).ok());
+    let stdout = file_view(s, "stdout", &rec.stdout, true).await?;
+    let stderr = file_view(s, "stderr", &rec.stderr, true).await?;
+    let mut files = Vec::new();
+    let mut files_not_listed = 0;
+    if let Some(d) = rec.outputs.get(OUTPUT_NAME).filter(|d| d.kind == DigestKind::Tree) {
+        let mut stack = vec![(String::new(), d.hash)];
+        while let Some((prefix, tree)) = stack.pop() {
+            let tree = s.store.get_tree(tree).await.map_err(internal)?;
+            for e in tree.entries.iter().rev() {
+                let path = format!("{prefix}{}", e.name);
+                match &e.kind {
+                    EntryKind::File { hash, size } if files.len() < OUTPUT_FILES_LISTED_MAX => {
+                        let d = Digest { hash: *hash, kind: DigestKind::File, size: *size };
+                        files.push(file_view(s, &path, &d, true).await?);
+                    }
+                    EntryKind::File { .. } => files_not_listed += 1,
+                    EntryKind::Dir { hash } => stack.push((format!("{path}/"), *hash)),
+                    EntryKind::Symlink { .. } => {}
+                }
+            }
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    let mut inputs = Vec::new();
+    for (name, d) in &rec.job.inputs {
+        inputs.push(file_view(s, name, d, false).await?);
+    }
+    let stdin = match &rec.job.stdin {
+        Some(d) => Some(file_view(s, "stdin", d, false).await?),
+        None => None,
+    };
+    let ok = rec.exit.success();
+    let message = (!ok).then(|| describe_exit(&rec.exit, &rec.requirements));
+    let hex = hash.to_hex();
+    Ok(RunView {
+        record: hash,
+        permalink: format!("/r/{hex}"),
+        record_url: format!("/v1/records/{hash}"),
+        cached: None,
+        answer_ms: None,
+        entry: carried.as_ref().map(|c| c.entry.clone()),
+        options: carried.as_ref().map(|c| c.options.clone()).unwrap_or_default(),
+        main: carried.and_then(|c| c.main),
+        ok,
+        exit: rec.exit.clone(),
+        message,
+        wall_ms: rec.timing.wall_ms,
+        peak_memory_bytes: rec.timing.peak_memory_bytes,
+        backend: rec.machine.backend.clone(),
+        accelerator: rec.machine.accelerator.clone(),
+        stdout,
+        stderr,
+        files,
+        files_not_listed,
+        inputs,
+        stdin,
+        run_record: rec,
+    })
+}
+
+/// Failure in words, naming the limit that was hit.
+fn describe_exit(exit: &Exit, req: &Requirements) -> String {
+    match exit {
+        Exit::Code(0) => "finished".into(),
+        Exit::Code(code) => format!("exited with code {code}"),
+        Exit::Signal(sig) => format!("killed by signal {sig}"),
+        Exit::Timeout => {
+            format!("timed out: still running after {}, this image's limit", crate::output::millis(req.timeout_ms))
+        }
+        Exit::Oom => {
+            format!("out of memory: it needed more than {}, this image's limit", human_bytes(req.memory_bytes))
+        }
+        Exit::OutputTooLarge { output, limit_bytes } => {
+            format!("wrote too much: `{output}` went past {}, this image's output limit", human_bytes(*limit_bytes))
+        }
+        Exit::Error(msg) => format!("the run failed: {msg}"),
+    }
+}
+
+/// The media type of a file by its name: images, a few documents, else by content.
+fn media_type_by_name(name: &str) -> Option<&'static str> {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+    Some(match ext.as_str() {
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "json" => "application/json",
+        _ => return None,
+    })
+}
+
+async fn file_view(s: &Shared, name: &str, d: &Digest, outputs: bool) -> Result<FileView, ExError> {
+    let by_name = media_type_by_name(name);
+    let mut text = None;
+    let is_image = by_name.is_some_and(|t| t.starts_with("image/"));
+    if d.size <= INLINE_TEXT_BYTES_MAX && !is_image {
+        if let Some(b) = s.store.get_bytes(d.hash).await.map_err(internal)? {
+            if !b.contains(&0) {
+                text = String::from_utf8(b.to_vec()).ok();
+            }
+        }
+    }
+    let media_type = match (by_name, &text) {
+        (Some(t), _) => t.to_string(),
+        (None, Some(_)) => "text/plain".to_string(),
+        (None, None) if d.size == 0 => "text/plain".to_string(),
+        (None, None) => "application/octet-stream".to_string(),
+    };
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let _ = outputs;
+    Ok(FileView {
+        name: name.to_string(),
+        size: d.size,
+        hash: d.hash,
+        url: format!("/v1/explorer/files/{}/{}", d.hash.to_hex(), percent_encode(base)),
+        media_type,
+        text,
+    })
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct FileQuery {
+    /// Serve as an attachment (a download) rather than inline.
+    download: Option<u8>,
+}
+
+/// A stored blob by hash, typed by the name in its URL. Content-addressed, so cached for good;
+/// served under a sandboxing CSP, so an SVG opened directly runs no script on this origin.
+async fn file(
+    State(s): State<Shr>,
+    Path((hash, name)): Path<(String, String)>,
+    Query(q): Query<FileQuery>,
+) -> Result<Response, ExError> {
+    let hash = parse_hash(&hash)?;
+    let size = s
+        .store
+        .size(hash)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ExError::new(StatusCode::NOT_FOUND, format!("no blob {hash} is stored on this node")))?;
+    let media_type = match media_type_by_name(&name) {
+        Some(t) => t,
+        None if size <= INLINE_TEXT_BYTES_MAX => {
+            let b = s.store.need_bytes(hash).await.map_err(internal)?;
+            if !b.contains(&0) && std::str::from_utf8(&b).is_ok() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            }
+        }
+        None => "application/octet-stream",
+    };
+    let body = if size <= SERVE_FROM_MEMORY_BYTES_MAX {
+        Body::from(s.store.need_bytes(hash).await.map_err(internal)?)
+    } else {
+        let tmp = tempfile::Builder::new().prefix("serve-").tempfile_in(tmp_root(&s)?).map_err(internal)?;
+        s.store.export(hash, tmp.path()).await.map_err(internal)?;
+        let file = tokio::fs::File::open(tmp.path()).await.map_err(internal)?;
+        Body::from_stream(file_stream(file, tmp))
+    };
+    let disposition = if q.download == Some(1) { "attachment" } else { "inline" };
+    let safe_name: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    if let Ok(v) = HeaderValue::from_str(&format!("{disposition}; filename=\"{safe_name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
+}
+
+/// A file's bytes as a stream of chunks; the temporary file goes when the stream ends.
+fn file_stream(
+    file: tokio::fs::File,
+    tmp: tempfile::NamedTempFile,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use tokio::io::AsyncReadExt;
+    futures::stream::unfold((file, Some(tmp)), |(mut file, tmp)| async move {
+        tmp.as_ref()?;
+        let mut buf = vec![0u8; 256 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), (file, tmp)))
+            }
+            Err(e) => Some((Err(e), (file, None))),
+        }
+    })
+}
