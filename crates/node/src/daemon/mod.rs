@@ -39,7 +39,7 @@ use crate::identity;
 use crate::run::{BackendChoice, Backends, RunOptions};
 
 /// How often a node announces itself, in ms.
-const ANNOUNCE_MS: u64 = 5_000;
+const ANNOUNCE_MS: u64 = 10_000;
 /// How soon after a new connection a node announces itself, in ms (gossipsub needs a moment to
 /// exchange subscriptions first).
 const ANNOUNCE_AFTER_CONNECT_MS: u64 = 300;
@@ -48,7 +48,7 @@ const PEER_TTL_MS: u64 = 3 * ANNOUNCE_MS + 1_000;
 /// Peers a node dials directly when it hears of them (beyond these it relies on gossip relaying).
 const DIRECT_PEERS_MAX: usize = 32;
 /// How often a node compares its ledger with one peer's, in ms.
-const ANTI_ENTROPY_MS: u64 = 2_000;
+const ANTI_ENTROPY_MS: u64 = 5_000;
 /// Commands from the API waiting for the loop.
 const COMMANDS_QUEUED_MAX: usize = 256;
 /// Events kept for slow SSE subscribers before they miss some.
@@ -163,7 +163,8 @@ pub(crate) struct PeerView {
     pub hostname: String,
     pub me: bool,
     pub connected: bool,
-    pub caps: Capabilities,
+    /// None until an announcement with capabilities arrived.
+    pub caps: Option<Capabilities>,
     pub http: Option<String>,
     pub running: u32,
     pub free_cores: u32,
@@ -181,6 +182,8 @@ pub(crate) struct Event {
     pub node: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// When the fact was made, by its author's clock (its HLC's wall time, Unix ms).
+    pub at_unix_ms: u64,
 }
 
 fn host_arch() -> shoal_dag::Arch {
@@ -323,6 +326,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         to_replicate: Vec::new(),
         announce_soon: false,
         started,
+        announces: 0,
+        caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
     };
     node.run(cmd_rx).await
@@ -330,6 +335,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
 
 struct PeerInfo {
     announce: Announce,
+    /// Its capabilities, from the last announcement that carried them.
+    caps: Option<Capabilities>,
     seen: Instant,
 }
 
@@ -360,6 +367,9 @@ struct Node {
     /// Run records finished elsewhere (record, runner), to consider keeping a copy of.
     to_replicate: Vec<(Hash, NodeId)>,
     started: Instant,
+    /// Announcements sent so far, and how many of the next ones carry capabilities whatever.
+    announces: u64,
+    caps_soon: u32,
     /// Announce shortly (a peer just connected).
     announce_soon: bool,
     /// Bounds the copies being made at once.
@@ -543,26 +553,38 @@ impl Node {
 
     fn note_event(&self, fact: &Fact) {
         let node = hex::encode(fact.author);
+        let at = fact.hlc.wall_ms;
         let claim_job = |claim: &Hash| match self.core.ledger().get(claim).map(|f| &f.body) {
             Some(Body::Claim { dag, job, .. }) => Some((*dag, job.clone())),
             _ => None,
         };
         let event = match &fact.body {
-            Body::Submit { dag, jobs, .. } => {
-                Event { kind: "submitted", dag: *dag, job: None, node, detail: Some(format!("{} jobs", jobs.len())) }
-            }
+            Body::Submit { dag, jobs, .. } => Event {
+                kind: "submitted",
+                dag: *dag,
+                job: None,
+                node,
+                detail: Some(format!("{} jobs", jobs.len())),
+                at_unix_ms: at,
+            },
             Body::Claim { dag, job, .. } => {
-                Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None }
+                Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None, at_unix_ms: at }
             }
             Body::Done { claim, record } => match claim_job(claim) {
-                Some((dag, job)) => Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()) },
+                Some((dag, job)) => {
+                    Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()), at_unix_ms: at }
+                }
                 None => return,
             },
             Body::Fail { claim, reason } => match claim_job(claim) {
-                Some((dag, job)) => Event { kind: "failed", dag, job: Some(job), node, detail: Some(reason.clone()) },
+                Some((dag, job)) => {
+                    Event { kind: "failed", dag, job: Some(job), node, detail: Some(reason.clone()), at_unix_ms: at }
+                }
                 None => return,
             },
-            Body::Cancel { dag } => Event { kind: "cancelled", dag: *dag, job: None, node, detail: None },
+            Body::Cancel { dag } => {
+                Event { kind: "cancelled", dag: *dag, job: None, node, detail: None, at_unix_ms: at }
+            }
             Body::Renew { .. } => return,
         };
         let _ = self.shared.events.send(event);
@@ -643,6 +665,7 @@ impl Node {
                 // addresses from our next announcement: make it soon, once subscriptions are
                 // exchanged, rather than at the next regular tick.
                 self.announce_soon = true;
+                self.caps_soon = 2;
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
@@ -673,7 +696,8 @@ impl Node {
                         }
                     }
                     let new = !self.peers.contains_key(&a.node);
-                    self.peers.insert(a.node, PeerInfo { announce: a, seen: Instant::now() });
+                    let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
+                    self.peers.insert(a.node, PeerInfo { announce: a, caps, seen: Instant::now() });
                     if new {
                         let live = self.live_peers();
                         self.core.handle_peers(now, live);
@@ -795,7 +819,7 @@ impl Node {
             v: WIRE_VERSION,
             node: self.core.id(),
             hostname: crate::machine::describe("", "").hostname,
-            caps: self.core.caps().clone(),
+            caps: (self.announces % wire::CAPS_EVERY == 0 || self.caps_soon > 0).then(|| self.core.caps().clone()),
             blob_addrs: self.shared.blobs.me().addrs,
             listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
             http: Some(format!("http://{}", self.http_addr)),
@@ -805,6 +829,8 @@ impl Node {
             ledger_digest: ledger.digest(),
             sent_unix_ms: now_unix_ms(),
         };
+        self.announces += 1;
+        self.caps_soon = self.caps_soon.saturating_sub(1);
         if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
             debug!("announce: {e}");
         }
@@ -903,7 +929,7 @@ impl Node {
                 .chain(
                     self.live_peers()
                         .iter()
-                        .filter_map(|n| self.peers.get(n).map(|p| (hex::encode(n), p.announce.caps.clone()))),
+                        .filter_map(|n| self.peers.get(n).and_then(|p| Some((hex::encode(n), p.caps.clone()?)))),
                 )
                 .collect();
         // Every Done of every job (the fold keeps only the winner).
@@ -958,7 +984,7 @@ impl Node {
             hostname: crate::machine::describe("", "").hostname,
             me: true,
             connected: true,
-            caps: self.core.caps().clone(),
+            caps: Some(self.core.caps().clone()),
             http: Some(format!("http://{}", self.http_addr)),
             running: self.core.running_count() as u32,
             free_cores: self.core.free_cores(),
@@ -973,7 +999,7 @@ impl Node {
                 hostname: p.announce.hostname.clone(),
                 me: false,
                 connected: peer_id.is_some_and(|p| self.connected.contains(&p)),
-                caps: p.announce.caps.clone(),
+                caps: p.caps.clone(),
                 http: p.announce.http.clone(),
                 running: p.announce.running,
                 free_cores: p.announce.free_cores,

@@ -25,6 +25,9 @@ pub const IDS_PER_MESSAGE_MAX: usize = 1_000_000;
 /// Largest DAG file sent inline with its `Submit` fact, in bytes; larger ones are fetched by hash.
 pub const DAG_INLINE_BYTES_MAX: usize = 256 * 1024;
 
+/// One announcement in this many carries the full capabilities.
+pub const CAPS_EVERY: u64 = 6;
+
 /// A gossip message on the facts topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FactBatch {
@@ -49,7 +52,9 @@ pub struct Announce {
     pub v: u32,
     pub node: NodeId,
     pub hostname: String,
-    pub caps: Capabilities,
+    /// Its capabilities, in every [`CAPS_EVERY`]th announcement and the first ones after a new
+    /// connection (they rarely change, and the CPU flags alone are ~1 KB); `None` in between.
+    pub caps: Option<Capabilities>,
     /// Where its iroh endpoint listens (its id is `node`: one key serves both).
     pub blob_addrs: Vec<SocketAddr>,
     /// Where its libp2p swarm listens (multiaddrs as text), so peers can dial it directly.
