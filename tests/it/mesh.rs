@@ -472,3 +472,38 @@ fn kill_9_during_heavy_ledger_writes_loses_no_acknowledged_submit() {
         });
     }
 }
+
+#[test]
+fn shoal_run_join_runs_a_dag_over_the_mesh_and_leaves() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::with_busybox(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    let me = Home::with_busybox();
+    let dag = me.write(
+        "pair.json",
+        r#"{"version": 1, "jobs": [
+            {"id": "x", "image": "busybox:latest", "command": ["echo", "over the mesh"], "outputs": {"o": "stdout"}},
+            {"id": "y", "image": "busybox:latest", "command": ["rev", "/input/i"], "inputs": {"i": "jobs:x/o"},
+             "outputs": {"o": "stdout"}}]}"#,
+    );
+    let out = me.shoal(&[
+        "run",
+        dag.to_str().unwrap(),
+        "--json",
+        "--backend",
+        "namespace",
+        "--join",
+        &n0.listen,
+        "--mesh-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_success(&out, "shoal run --join");
+    let v = json(&out);
+    assert_eq!(v["ok"], true, "{v}");
+    let d = v["dag"].as_str().unwrap();
+    // The run's node has left; the mesh still answers.
+    let (status, body) = n1.get(&format!("/v1/dags/{d}/jobs/y/outputs/o"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "hsem eht revo\n".to_string()));
+}

@@ -147,6 +147,13 @@ struct RunArgs {
     /// one per job when it starts.
     #[arg(long, default_value_t = 1, value_parser = warm_vms_in_range)]
     warm_vms: usize,
+    /// Run it over a mesh instead: join through this peer (repeatable) as a node for the length of
+    /// the run, submit the DAG, follow it to the end, then leave (the mesh keeps the results).
+    #[arg(long)]
+    join: Vec<String>,
+    /// With --join: the mesh key (default: $SHOAL_HOME/mesh.key).
+    #[arg(long)]
+    mesh_key: Option<PathBuf>,
 }
 
 /// `--warm-vms`: 0 to [`shoal_vm::microvm::WARM_PER_KIND_MAX`].
@@ -347,6 +354,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 cores: args.cores,
                 warm_vms: args.warm_vms,
             };
+            if !args.join.is_empty() {
+                return run_in_mesh(store, args, opts).await;
+            }
             let result = run::run_dag_file(&store, &args.dag, &opts).await;
             store.shutdown().await;
             result
@@ -619,6 +629,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         replicas: args.replicas,
         ready_file: args.ready_file,
         test_partitions: args.test_partitions,
+        shutdown: None,
     })
 }
 
@@ -679,4 +690,70 @@ fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
         }
         _ => unreachable!("only client commands come here"),
     }
+}
+
+/// How long `shoal run --join` waits for its embedded node to listen, in seconds.
+const EMBEDDED_NODE_START_S: u64 = 30;
+
+/// `shoal run DAG --join ADDR`: this process becomes a node of the mesh for the length of the run.
+async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<ExitCode> {
+    let tmp = tempfile::tempdir()?;
+    let ready = tmp.path().join("ready.json");
+    let join = args
+        .join
+        .iter()
+        .map(|a| a.parse().with_context(|| format!("--join `{a}` is not a multiaddr (/ip4/HOST/tcp/PORT/p2p/ID)")))
+        .collect::<Result<Vec<libp2p::Multiaddr>>>()?;
+    let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
+    let node_opts = crate::daemon::NodeOptions {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
+        join,
+        http: "127.0.0.1:0".parse().expect("static address"),
+        blobs: "127.0.0.1:0".parse().expect("static address"),
+        mesh_key: args.mesh_key.clone().unwrap_or_else(|| store.home().join("mesh.key")),
+        allow: None,
+        mdns: false,
+        run: opts,
+        labels: Default::default(),
+        replicas: 2,
+        ready_file: Some(ready.clone()),
+        test_partitions: false,
+        shutdown: Some(shutdown.clone()),
+    };
+    let node = tokio::spawn(crate::daemon::run_node(store, node_opts));
+    let start = std::time::Instant::now();
+    let http = loop {
+        if let Ok(text) = std::fs::read_to_string(&ready)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(h) = v["http"].as_str()
+        {
+            break h.to_string();
+        }
+        if node.is_finished() {
+            return match node.await? {
+                Err(e) => Err(e),
+                Ok(()) => bail!("the embedded node stopped before it listened"),
+            };
+        }
+        if start.elapsed() > std::time::Duration::from_secs(EMBEDDED_NODE_START_S) {
+            bail!("the embedded node did not start in {EMBEDDED_NODE_START_S} s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // Give the mesh a moment to hear of us, so ranks and fetches include this node's peers.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (dag, json) = (args.dag.clone(), args.json);
+    let ok = tokio::task::spawn_blocking(move || -> Result<bool> {
+        let client = crate::client::Client::new(http);
+        let (ok, hash) = crate::client::submit_and_wait(&client, &dag, None, json)?;
+        match crate::client::hand_off(&client, &hash) {
+            Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),
+            Err(e) => tracing::warn!("could not hand this node's outputs to a peer before leaving: {e:#}"),
+        }
+        Ok(ok)
+    })
+    .await?;
+    shutdown.notify_one();
+    node.await??;
+    Ok(if ok? { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
 }

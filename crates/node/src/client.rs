@@ -89,6 +89,21 @@ impl Client {
 /// `shoal submit`: uploads the DAG's `file:` inputs, submits it, and prints its hash (or, with
 /// `wait`, follows it to the end and prints every job's state).
 pub fn submit(client: &Client, path: &Path, max_attempts: Option<u32>, wait: bool, json: bool) -> Result<bool> {
+    submit_inner(client, path, max_attempts, wait, json).map(|(ok, _)| ok)
+}
+
+/// Submits and follows to the end: (every job done, the DAG's hash).
+pub fn submit_and_wait(client: &Client, path: &Path, max_attempts: Option<u32>, json: bool) -> Result<(bool, String)> {
+    submit_inner(client, path, max_attempts, true, json)
+}
+
+fn submit_inner(
+    client: &Client,
+    path: &Path,
+    max_attempts: Option<u32>,
+    wait: bool,
+    json: bool,
+) -> Result<(bool, String)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
     // Parse here first: located errors from the file as the user wrote it.
     let dag = shoal_dag::parse_dag(&path.display().to_string(), &text).map_err(|d| anyhow!("{d}"))?;
@@ -132,12 +147,12 @@ pub fn submit(client: &Client, path: &Path, max_attempts: Option<u32>, wait: boo
         } else {
             println!("{hash}");
         }
-        return Ok(true);
+        return Ok((true, hash));
     }
     if !json {
         eprintln!("submitted {hash}; waiting for its jobs (ctrl-c stops waiting, not the DAG)");
     }
-    wait_for(client, &hash, json)
+    Ok((wait_for(client, &hash, json)?, hash))
 }
 
 fn urlencode(s: &str) -> String {
@@ -330,4 +345,41 @@ pub fn get_output(client: &Client, dag: Option<&str>, job: &str, output: &str, o
         }
     }
     Ok(())
+}
+
+/// Before an embedded node (`shoal run --join`) leaves: every output it produced is fetched by
+/// another node (through that node's API), so the results outlive it even if replication has not
+/// caught up. Returns how many outputs were handed off; a peer whose API is out of reach is skipped.
+pub fn hand_off(local: &Client, dag: &str) -> Result<usize> {
+    let me = local.get_json("/v1/health")?["node"].as_str().unwrap_or("").to_string();
+    let peers = local.get_json("/v1/peers")?;
+    let others: Vec<Client> = peers["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["me"] != true && p["connected"] == true)
+        .filter_map(|p| p["http"].as_str().map(|h| Client::new(h.to_string())))
+        .collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    let status = local.get_json(&format!("/v1/dags/{dag}"))?;
+    let mut handed = 0;
+    for (job, j) in status["jobs"].as_object().into_iter().flatten() {
+        if j["node"].as_str() != Some(me.as_str()) || j["state"] != "done" {
+            continue;
+        }
+        let Some(record) = j["record"].as_str() else { continue };
+        let rec = local.get_json(&format!("/v1/records/{record}"))?;
+        let mut names: Vec<String> = rec["outputs"].as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect();
+        names.extend(["stdout".to_string(), "stderr".to_string()]);
+        names.dedup();
+        for name in names {
+            let path = format!("/v1/dags/{dag}/jobs/{}/outputs/{}", urlencode(job), urlencode(&name));
+            if others.iter().any(|c| c.get_stream(&path).and_then(|r| Ok(r.into_body().read_to_vec()?)).is_ok()) {
+                handed += 1;
+            }
+        }
+    }
+    Ok(handed)
 }

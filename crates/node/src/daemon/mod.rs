@@ -78,6 +78,8 @@ pub struct NodeOptions {
     pub ready_file: Option<PathBuf>,
     /// Serve `POST /v1/test/block`, which cuts this node off from given peers (partition tests).
     pub test_partitions: bool,
+    /// Stops the node when notified (an embedded node, `shoal run --join`); signals always do.
+    pub shutdown: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
@@ -381,6 +383,7 @@ impl Node {
         let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
         let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = self.opts.shutdown.clone().unwrap_or_default();
         self.after_step().await;
         loop {
             let now = now_unix_ms();
@@ -416,6 +419,7 @@ impl Node {
                 _ = sync.tick() => self.anti_entropy(),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
+                _ = shutdown.notified() => break,
             }
             self.after_step().await;
             if std::mem::take(&mut self.announce_soon) {
