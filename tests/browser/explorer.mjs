@@ -21,7 +21,9 @@ if (!base) {
   process.exit(2);
 }
 
-const C_PROGRAM = `#include <stdio.h>
+// Unique per run, so that its first run is a cache miss even against a node that ran this test before.
+const C_PROGRAM = `// ${new Date().toISOString()}
+#include <stdio.h>
 int main(void) {
     int sum = 0;
     for (int i = 1; i <= 100; i++) sum += i;
@@ -29,7 +31,7 @@ int main(void) {
     return 0;
 }
 `;
-const DOT_GRAPH = 'digraph g { rankdir=LR; editor -> node -> microvm -> record; }\n';
+const DOT_GRAPH = 'digraph g { rankdir=LR; editor -> shoal -> microvm -> record; }\n';
 
 const profile = mkdtempSync(join(tmpdir(), 'shoal-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -47,11 +49,17 @@ function check(cond, what) {
   if (!cond) throw new Error(`${step}: ${what}`);
 }
 
+// Waits for the output image named `suffix`; a failed run ends the wait with its stderr.
 async function imageLoaded(page, suffix) {
-  await page.waitForFunction((sfx) => {
+  const outcome = await page.waitForFunction((sfx) => {
     const img = [...document.querySelectorAll('#files img')].find((i) => i.src.endsWith(sfx));
-    return img && img.complete && img.naturalWidth > 0;
+    if (img && img.complete && img.naturalWidth > 0) return 'ok';
+    const exit = document.querySelector('#exit');
+    if (exit && exit.classList.contains('fail')) return `the run failed: ${exit.textContent}: ${document.querySelector('#stderr').textContent}`;
+    return false;
   }, suffix, { timeout: RUN_TIMEOUT_MS });
+  const v = await outcome.jsonValue();
+  check(v === 'ok', v);
 }
 
 const text = (page, sel) => page.$eval(sel, (e) => e.textContent);
@@ -59,7 +67,10 @@ const text = (page, sel) => page.$eval(sel, (e) => e.textContent);
 try {
   const page = context.pages()[0] || await context.newPage();
   page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()}`); });
+  // The one refused request (bad options) logs a 400; anything else logged as an error fails the test.
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/status of 400/.test(m.text())) errors.push(`console: ${m.text()}`);
+  });
   let firstLoadBytes = 0;
   const count = async (req) => {
     const s = await req.sizes().catch(() => null);

@@ -1,5 +1,5 @@
 //! The Program Explorer on a real `shoal node --backend namespace`: its API (cache hits, limits, bad
-//! options, permalinks, timeouts) over HTTP, and the page in real headless Chromium
+//! options, permalinks, timeouts, out-of-memory) over HTTP, and the page in real headless Chromium
 //! (tests/browser/explorer.mjs, playwright-core driving Debian's chromium).
 
 use std::path::{Path, PathBuf};
@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::mesh::{MeshNode, mesh_key};
+use crate::mesh::{MeshNode, mesh_key, wait_for_mesh};
 use crate::support::*;
 
-/// A catalogue of one busybox entry whose options cover every kind of form field.
+/// A catalogue of a busybox entry whose options cover every kind of form field, and one that runs out of
+/// memory.
 const TEST_CATALOGUE: &str = r#"
 version = 1
 [types]
@@ -52,6 +53,13 @@ name = "name"
 type = "string"
 max_len = 16
 default = "world"
+
+[[image]]
+id = "hog"
+title = "a memory hog"
+image = "busybox:latest"
+command = ["sh", "-c", "echo start; head -c 400000000 /dev/zero | sort > /dev/null"]
+memory = "32MiB"
 "#;
 
 const SCRIPT: &str = r#"mode=$1 count=$2 loud=$3 name=$4
@@ -63,12 +71,18 @@ echo "stdin: $line"
 echo oops >&2
 "#;
 
-/// A node with busybox:latest and the test catalogue in its store.
-fn node() -> MeshNode {
+/// A home with busybox:latest and the test catalogue in its store.
+fn home() -> Home {
     let home = Home::with_busybox();
     let dir = home.store().join("explorer");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("catalogue.toml"), TEST_CATALOGUE).unwrap();
+    home
+}
+
+/// A node of its own mesh with busybox:latest and the test catalogue.
+fn node() -> MeshNode {
+    let home = home();
     let key = mesh_key(home.path());
     MeshNode::start(home, &key, &[], &[])
 }
@@ -233,9 +247,12 @@ fn explorer_refuses_bad_options_and_oversize_requests_with_reasons() {
     for want in ["5 options of `sh` are wrong", "has no option `colour`", "Count: 9 is outside 1 to 5", "at most 16"] {
         assert!(error.contains(want), "{want:?} not in {error}");
     }
+    // A refusal reads the rest of the body first, so a client still sending gets the reason, not a reset.
+    let (status, v) = run(&n, &bad, &[("script.sh", &vec![b'#'; 3 << 20])], None);
+    assert_eq!((status, v["problems"].as_array().map(Vec::len)), (400, Some(5)), "{v}");
     let (status, v) = run(&n, &json!({"entry": "nope"}), script, None);
     assert_eq!(status, 404, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("it has: sh"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("it has: sh, hog"), "{v}");
     let (status, v) = run(&n, &json!({"entry": "sh"}), &[], None);
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("runs a file, and the request has none"), "{v}");
@@ -271,7 +288,34 @@ fn explorer_refuses_bad_options_and_oversize_requests_with_reasons() {
     assert_eq!(v["stdout"]["text"], "started\n");
     let (status, again) = run(&n, &json!({"entry": "sh"}), &[("script.sh", b"echo started; sleep 30")], None);
     assert_eq!((status, &again["cached"]), (200, &json!(false)), "failures are not cached");
+    // So does one that runs out of memory.
+    let (status, v) = run(&n, &json!({"entry": "hog"}), &[], None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((&v["ok"], &v["exit"]), (&json!(false), &json!("oom")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("out of memory: it needed more than 32.0 MiB"), "{v}");
     assert_eq!(n.get_json("/v1/health")["ok"], true);
+}
+
+#[test]
+fn a_permalink_works_on_another_node_of_the_mesh() {
+    let home = home();
+    let key = mesh_key(home.path());
+    let n0 = MeshNode::start(home, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    let files: &[(&str, &[u8])] = &[("script.sh", SCRIPT.as_bytes()), ("data.txt", b"far away\n")];
+    let (status, v) = run(&n0, &json!({"entry": "sh", "main": "script.sh"}), files, Some(b"x\n"));
+    assert_eq!((status, &v["ok"]), (200, &json!(true)), "{v:#}");
+    let hex = v["record"].as_str().unwrap().trim_start_matches("blake3:");
+    // n1 has neither the record nor its blobs: it fetches them from n0.
+    let view = n1.get_json(&format!("/v1/explorer/runs/{hex}"));
+    for field in ["record", "stdout", "stderr", "files", "inputs", "stdin", "options", "entry"] {
+        assert_eq!(view[field], v[field], "{field}");
+    }
+    let (status, _, text) = get(&n1, view["files"][0]["url"].as_str().unwrap());
+    assert_eq!((status, text.as_str()), (200, "FAR AWAY\n"));
+    let (status, _, _) = get(&n1, &format!("/v1/explorer/runs/{}", "1".repeat(64)));
+    assert_eq!(status, 404);
 }
 
 /// The root filesystems scripts/build-explorer-images.sh keeps (the same default).
@@ -342,4 +386,42 @@ fn explorer_in_headless_chromium_runs_gcc_and_dot_and_reloads_a_permalink() {
     eprintln!("{}{}", stdout(&out), stderr(&out));
     assert_success(&out, "node tests/browser/explorer.mjs");
     assert!(stdout(&out).contains("\"ok\":true"), "{}", stdout(&out));
+}
+
+#[test]
+fn shoal_explore_starts_a_node_once_and_then_finds_it() {
+    let home = Home::with_busybox();
+    let explore = || home.shoal(&["explore", "--no-open", "--http", "127.0.0.1:0", "--backend", "namespace"]);
+    let out = explore();
+    assert_success(&out, "shoal explore");
+    let url = stdout(&out).trim().trim_end_matches('/').to_string();
+    let pid: i32 = stderr(&out)
+        .split("(pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in: {}", stderr(&out)));
+    let stop = Stop(pid);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let mut resp = agent().get(format!("{url}/")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.body_mut().read_to_string().unwrap().contains("Program Explorer"));
+    // Again: the running node is found, none is started.
+    let again = explore();
+    assert_success(&again, "shoal explore (again)");
+    assert_eq!(stdout(&again).trim().trim_end_matches('/'), url);
+    assert!(!stderr(&again).contains("started a node"), "{}", stderr(&again));
+    drop(stop);
+}
+
+/// Ends the node `shoal explore` started (it runs on by design) when the test ends, passing or not.
+struct Stop(i32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the node this test started; no memory is involved.
+        unsafe {
+            libc::kill(self.0, libc::SIGTERM);
+        }
+    }
 }

@@ -214,13 +214,8 @@ impl Catalogue {
             }
             let known: BTreeSet<&str> = options.iter().map(|o| o.name.as_str()).chain(BUILTIN_PLACEHOLDERS).collect();
             for t in e.command.iter().chain(e.env.values()) {
-                match placeholders(t) {
-                    Ok(used) => {
-                        for p in used.iter().filter(|p| !known.contains(p.as_str())) {
-                            problems.push(format!("{at}: the template `{t}` names `{{{p}}}`, which is no option"));
-                        }
-                    }
-                    Err(why) => problems.push(format!("{at}: the template `{t}`: {why}")),
+                for p in placeholders(t).iter().filter(|p| !known.contains(p.as_str())) {
+                    problems.push(format!("{at}: the template `{t}` names `{{{p}}}`, which is no option"));
                 }
             }
             for x in &e.example {
@@ -258,11 +253,7 @@ impl Catalogue {
     /// The media type of a file, by its extension (`text/plain` when unknown).
     pub fn media_type_of(&self, name: &str) -> &str {
         let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-        self.types
-            .iter()
-            .find(|(_, exts)| exts.iter().any(|x| *x == ext))
-            .map(|(t, _)| t.as_str())
-            .unwrap_or("text/plain")
+        self.types.iter().find(|(_, exts)| exts.contains(&ext)).map(|(t, _)| t.as_str()).unwrap_or("text/plain")
     }
 }
 
@@ -365,7 +356,7 @@ enum Piece<'a> {
 /// Splits a template into text and placeholders. A placeholder is `{name}` with a name as options
 /// have (`[a-z][a-z0-9_]*`); any other brace is text, so shell code such as `${b%.*}` needs no
 /// escaping; `{{` and `}}` are a literal `{` and `}`.
-fn pieces(t: &str) -> Result<Vec<Piece<'_>>, String> {
+fn pieces(t: &str) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     let mut rest = t;
     while let Some(i) = rest.find(['{', '}']) {
@@ -373,12 +364,12 @@ fn pieces(t: &str) -> Result<Vec<Piece<'_>>, String> {
             out.push(Piece::Text(&rest[..i]));
         }
         let tail = &rest[i..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             out.push(Piece::Brace);
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
             out.push(Piece::Text("}"));
-            rest = &tail[2..];
+            rest = after;
         } else if let Some(end) = tail.find('}').filter(|&end| end > 0 && option_name(&tail[1..end])) {
             out.push(Piece::Name(&tail[1..end]));
             rest = &tail[end + 1..];
@@ -390,11 +381,11 @@ fn pieces(t: &str) -> Result<Vec<Piece<'_>>, String> {
     if !rest.is_empty() {
         out.push(Piece::Text(rest));
     }
-    Ok(out)
+    out
 }
 
-fn placeholders(t: &str) -> Result<Vec<String>, String> {
-    Ok(pieces(t)?.into_iter().filter_map(|p| if let Piece::Name(n) = p { Some(n.to_string()) } else { None }).collect())
+fn placeholders(t: &str) -> Vec<String> {
+    pieces(t).into_iter().filter_map(|p| if let Piece::Name(n) = p { Some(n.to_string()) } else { None }).collect()
 }
 
 impl Entry {
@@ -492,7 +483,7 @@ impl Entry {
         let fill = |t: &str| -> (String, bool) {
             let mut s = String::new();
             let mut empty = false;
-            for p in pieces(t).unwrap_or_default() {
+            for p in pieces(t) {
                 match p {
                     Piece::Text(x) => s.push_str(x),
                     Piece::Brace => s.push('{'),

@@ -8,7 +8,8 @@
 //! with the node's backends), so an identical request is answered from the action cache at once.
 //! The answer is a view of the signed run record; `/r/<record hash>` reloads it, inputs and
 //! options included (they ride in the job's environment as `SHOAL_EXPLORER`, so they are part of
-//! the record and of the action key).
+//! the record and of the action key), on any node: one that lacks the record fetches it and its
+//! blobs from its peers.
 //!
 //! # Layout
 //! - this file: the routes and the run pipeline.
@@ -39,7 +40,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use self::catalogue::{Catalogue, Entry, Problem};
-use crate::daemon::Shared;
+use crate::daemon::{Cmd, Shared};
 use crate::output::bytes as human_bytes;
 use crate::run;
 
@@ -313,9 +314,31 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ExError {
     ExError::new(e.status(), format!("reading the request: {}", e.body_text()))
 }
 
-/// Reads the parts in order, each file streamed through `dir` into the store. On a limit, the
-/// rest of the body is read and dropped (up to [`DRAIN_BYTES_MAX`]) before the answer.
+/// Reads the parts in order, each file streamed through `dir` into the store. A refused request
+/// is read to its end (dropping up to [`DRAIN_BYTES_MAX`]) before the answer, so the client reads
+/// the reason instead of a reset connection.
 async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path::Path) -> Result<Received, ExError> {
+    let result = receive_parts(s, cat, &mut mp, dir).await;
+    if result.is_err() {
+        let mut drained = 0u64;
+        'parts: while let Ok(Some(mut field)) = mp.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                drained += chunk.len() as u64;
+                if drained > DRAIN_BYTES_MAX {
+                    break 'parts;
+                }
+            }
+        }
+    }
+    result
+}
+
+async fn receive_parts(
+    s: &Shared,
+    cat: &Catalogue,
+    mp: &mut Multipart,
+    dir: &std::path::Path,
+) -> Result<Received, ExError> {
     let mut field = mp
         .next_field()
         .await
@@ -347,7 +370,7 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
             format!("the catalogue has no image `{}`; it has: {}", req.entry, ids.join(", ")),
         )
     })?;
-    // Options are checked before any file is read: a bad form costs no upload.
+    // Options are checked before any file is stored: a bad form costs no upload into the store.
     let options = entry.normalize(&req.options).map_err(|problems| ExError {
         status: StatusCode::BAD_REQUEST,
         message: format!(
@@ -364,20 +387,8 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
     let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
     let mut stdin: Option<Digest> = None;
     let mut total = descriptor.len() as u64;
-    let mut refused: Option<ExError> = None;
-    let mut drained = 0u64;
     let mut n = 0usize;
     while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
-        if let Some(why) = refused.take() {
-            while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-                drained += chunk.len() as u64;
-                if drained > DRAIN_BYTES_MAX {
-                    return Err(why);
-                }
-            }
-            refused = Some(why);
-            continue;
-        }
         let part = field.name().unwrap_or("").to_string();
         let (what, limit, name) = match part.as_str() {
             "file" => {
@@ -392,11 +403,9 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
                     return Err(bad(format!("two input files are named `{name}`")));
                 }
                 if inputs.len() >= INPUT_FILES_MAX {
-                    refused = Some(too_large(format!(
+                    return Err(too_large(format!(
                         "too many input files: at most {INPUT_FILES_MAX} per run; put more in one archive"
                     )));
-                    continue_drain(&mut field, &mut drained).await?;
-                    continue;
                 }
                 (format!("the input file `{name}`"), INPUT_FILE_BYTES_MAX, Some(name))
             }
@@ -420,26 +429,19 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
             size += chunk.len() as u64;
             total += chunk.len() as u64;
             if size > limit {
-                refused = Some(too_large(format!(
+                return Err(too_large(format!(
                     "{what} is larger than {}, the limit for one {}",
                     human_bytes(limit),
                     if name.is_some() { "file" } else { "stdin" }
                 )));
-            } else if total > REQUEST_BYTES_MAX {
-                refused = Some(too_large(format!(
+            }
+            if total > REQUEST_BYTES_MAX {
+                return Err(too_large(format!(
                     "the request is larger than {}, the limit for all files together",
                     human_bytes(REQUEST_BYTES_MAX)
                 )));
             }
-            if refused.is_some() {
-                drained += chunk.len() as u64;
-                continue_drain(&mut field, &mut drained).await?;
-                break;
-            }
             file.write_all(&chunk).await.map_err(internal)?;
-        }
-        if refused.is_some() {
-            continue;
         }
         file.flush().await.map_err(internal)?;
         drop(file);
@@ -452,9 +454,6 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
             }
             None => stdin = Some(digest),
         }
-    }
-    if let Some(why) = refused {
-        return Err(why);
     }
 
     let main = match req.main {
@@ -477,17 +476,6 @@ async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path
         });
     }
     Ok(Received { entry, options, main, inputs, stdin })
-}
-
-/// Reads the rest of a refused part, counting it against [`DRAIN_BYTES_MAX`].
-async fn continue_drain(field: &mut axum::extract::multipart::Field<'_>, drained: &mut u64) -> Result<(), ExError> {
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        *drained += chunk.len() as u64;
-        if *drained > DRAIN_BYTES_MAX {
-            return Err(too_large("the request is far over its limits; it was not read to its end"));
-        }
-    }
-    Ok(())
 }
 
 /// The one-job DAG of a request.
@@ -606,14 +594,14 @@ async fn run_view(State(s): State<Shr>, Path(record): Path<String>) -> Result<Re
 }
 
 async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
-    let signed =
-        s.store.get_record(hash).await.map_err(internal)?.ok_or_else(|| {
-            ExError::new(StatusCode::NOT_FOUND, format!("no run record {hash} is stored on this node"))
-        })?;
+    let signed = match s.store.get_record(hash).await.map_err(internal)? {
+        Some(signed) => signed,
+        None => fetch_from_mesh(s, hash).await?,
+    };
     let rec = signed.verify().map_err(|e| internal(format!("run record {hash} does not verify: {e}")))?;
     let carried: Option<Carried> = rec.job.env.get(REQUEST_ENV).and_then(|t| serde_json::from_str(t).ok());
-    let stdout = file_view(s, "stdout", &rec.stdout, true).await?;
-    let stderr = file_view(s, "stderr", &rec.stderr, true).await?;
+    let stdout = file_view(s, "stdout", &rec.stdout).await?;
+    let stderr = file_view(s, "stderr", &rec.stderr).await?;
     let mut files = Vec::new();
     let mut files_not_listed = 0;
     if let Some(d) = rec.outputs.get(OUTPUT_NAME).filter(|d| d.kind == DigestKind::Tree) {
@@ -625,7 +613,7 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
                 match &e.kind {
                     EntryKind::File { hash, size } if files.len() < OUTPUT_FILES_LISTED_MAX => {
                         let d = Digest { hash: *hash, kind: DigestKind::File, size: *size };
-                        files.push(file_view(s, &path, &d, true).await?);
+                        files.push(file_view(s, &path, &d).await?);
                     }
                     EntryKind::File { .. } => files_not_listed += 1,
                     EntryKind::Dir { hash } => stack.push((format!("{path}/"), *hash)),
@@ -637,10 +625,10 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
     }
     let mut inputs = Vec::new();
     for (name, d) in &rec.job.inputs {
-        inputs.push(file_view(s, name, d, false).await?);
+        inputs.push(file_view(s, name, d).await?);
     }
     let stdin = match &rec.job.stdin {
-        Some(d) => Some(file_view(s, "stdin", d, false).await?),
+        Some(d) => Some(file_view(s, "stdin", d).await?),
         None => None,
     };
     let ok = rec.exit.success();
@@ -670,6 +658,32 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
         stdin,
         run_record: rec,
     })
+}
+
+/// A run record this node lacks, fetched from the mesh's other nodes with everything its view
+/// shows (stdout, stderr, outputs, inputs, stdin): a permalink works on every node of the mesh.
+async fn fetch_from_mesh(s: &Shared, hash: Hash) -> Result<shoal_dag::SignedRecord, ExError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.cmds.send(Cmd::Providers { first: None, reply }).await.map_err(|_| internal("the node is stopping"))?;
+    let providers = answer.await.map_err(|_| internal("the node is stopping"))?;
+    let missing =
+        |why: String| ExError::new(StatusCode::NOT_FOUND, format!("no run record {hash} is on this node{why}"));
+    if providers.is_empty() {
+        return Err(missing(" (and it has no peers to ask)".into()));
+    }
+    s.blobs.fetch(hash, &providers).await.map_err(|e| missing(format!(", nor on its peers: {e}")))?;
+    let bytes = s.store.need_bytes(hash).await.map_err(internal)?;
+    let signed =
+        shoal_dag::SignedRecord::from_cbor(&bytes).map_err(|e| bad(format!("{hash} is not a run record: {e}")))?;
+    let rec = signed.verify().map_err(|e| internal(format!("run record {hash} does not verify: {e}")))?;
+    s.store.put_record(&signed).await.map_err(internal)?;
+    let digests = [&rec.stdout, &rec.stderr].into_iter().chain(rec.outputs.values()).chain(rec.job.inputs.values());
+    for d in digests.chain(rec.job.stdin.iter()) {
+        if d.kind == DigestKind::Tree || !s.store.has(d.hash).await.map_err(internal)? {
+            s.blobs.fetch_digest(d, &providers).await.map_err(|e| internal(format!("fetching {}: {e}", d.hash)))?;
+        }
+    }
+    Ok(signed)
 }
 
 /// Failure in words, naming the limit that was hit.
@@ -706,16 +720,16 @@ fn media_type_by_name(name: &str) -> Option<&'static str> {
     })
 }
 
-async fn file_view(s: &Shared, name: &str, d: &Digest, outputs: bool) -> Result<FileView, ExError> {
+async fn file_view(s: &Shared, name: &str, d: &Digest) -> Result<FileView, ExError> {
     let by_name = media_type_by_name(name);
     let mut text = None;
     let is_image = by_name.is_some_and(|t| t.starts_with("image/"));
-    if d.size <= INLINE_TEXT_BYTES_MAX && !is_image {
-        if let Some(b) = s.store.get_bytes(d.hash).await.map_err(internal)? {
-            if !b.contains(&0) {
-                text = String::from_utf8(b.to_vec()).ok();
-            }
-        }
+    if d.size <= INLINE_TEXT_BYTES_MAX
+        && !is_image
+        && let Some(b) = s.store.get_bytes(d.hash).await.map_err(internal)?
+        && !b.contains(&0)
+    {
+        text = String::from_utf8(b.to_vec()).ok();
     }
     let media_type = match (by_name, &text) {
         (Some(t), _) => t.to_string(),
@@ -724,7 +738,6 @@ async fn file_view(s: &Shared, name: &str, d: &Digest, outputs: bool) -> Result<
         (None, None) => "application/octet-stream".to_string(),
     };
     let base = name.rsplit('/').next().unwrap_or(name);
-    let _ = outputs;
     Ok(FileView {
         name: name.to_string(),
         size: d.size,

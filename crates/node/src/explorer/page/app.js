@@ -292,7 +292,7 @@ function showResult(v, roundTripMs) {
     : v.cached ? 'hit: answered from the action cache' : 'miss: ran now';
   row('Cache', el('span', { id: 'cached', text: cache }));
   row('Ran on', `${v.backend}${v.accelerator ? ` (${v.accelerator})` : ''}, peak memory ${humanBytes(v.peak_memory_bytes)}`);
-  row('Record', el('a', { id: 'permalink', href: v.permalink, text: v.permalink }), ' · ',
+  row('Record', el('a', { id: 'permalink', href: v.permalink, title: 'permalink: names the run record', text: `${v.permalink.slice(0, 19)}…` }), ' · ',
     el('a', { href: v.record_url, text: 'JSON' }));
   showStream('stdout', v.stdout);
   showStream('stderr', v.stderr);
