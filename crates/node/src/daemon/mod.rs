@@ -70,6 +70,8 @@ pub struct NodeOptions {
     pub mesh_key: PathBuf,
     pub allow: Option<BTreeSet<PeerId>>,
     pub mdns: bool,
+    /// Serve as a relay for mesh peers behind NAT (`--relay-server`).
+    pub relay_server: bool,
     pub run: RunOptions,
     pub labels: BTreeMap<String, String>,
     /// Nodes that keep a copy of every output (the runner included).
@@ -256,6 +258,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         join: opts.join.clone(),
         allow: opts.allow.clone(),
         mdns: opts.mdns,
+        relay_server: opts.relay_server,
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
@@ -611,13 +614,13 @@ impl Node {
             self.core.handle_job_finished(now_unix_ms(), claim, Err(format!("the DAG has no job `{job}`")));
             return;
         };
-        let state = self.core.ledger().state(now_unix_ms());
+        let now = now_unix_ms();
         let deps = dag.all_dependencies();
         let mut upstream = Vec::new();
         for &d in &deps[idx] {
             let dep = &dag.jobs[d].id;
-            match state.dags.get(&dag_hash).and_then(|s| s.jobs.get(dep)) {
-                Some(JobState::Done { record, node, .. }) => upstream.push((dep.clone(), *record, *node)),
+            match self.core.ledger().job_state(&dag_hash, dep, now) {
+                Some(JobState::Done { record, node, .. }) => upstream.push((dep.clone(), record, node)),
                 _ => {
                     self.core.handle_job_finished(
                         now_unix_ms(),
@@ -863,7 +866,7 @@ impl Node {
         let now = now_unix_ms();
         match cmd {
             Cmd::Submit { hash, dag, max_attempts, reply } => {
-                let known = self.core.ledger().state(now).dags.contains_key(&hash);
+                let known = self.core.ledger().has_dag(&hash);
                 if !known {
                     self.core.submit(now, hash, dag, max_attempts);
                 } else if self.core.dag(&hash).is_none() {
@@ -877,7 +880,7 @@ impl Node {
                 let _ = reply.send(self.status_view(now));
             }
             Cmd::Cancel { dag, reply } => {
-                let known = self.core.ledger().state(now).dags.contains_key(&dag);
+                let known = self.core.ledger().has_dag(&dag);
                 if known {
                     self.core.cancel(now, dag);
                     self.after_step().await;
