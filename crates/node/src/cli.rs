@@ -175,7 +175,8 @@ struct NodeArg {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// libp2p listen address (repeatable).
+    /// libp2p listen address (repeatable); behind NAT, through a relay:
+    /// /ip4/RELAY_IP/tcp/PORT/p2p/RELAY_ID/p2p-circuit.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/7171")]
     listen: Vec<String>,
     /// A peer to join through, e.g. /ip4/10.0.0.5/tcp/7171/p2p/12D3Koo... (repeatable).
@@ -196,6 +197,9 @@ struct NodeArgs {
     /// Find peers on the local network by mDNS (multicast on every interface; off by default).
     #[arg(long)]
     mdns: bool,
+    /// Serve as a relay for mesh peers behind NAT (only peers holding the mesh key can use it).
+    #[arg(long)]
+    relay_server: bool,
     /// Where jobs run.
     #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
     backend: BackendArg,
@@ -618,6 +622,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         mesh_key: args.mesh_key.unwrap_or_else(|| store.home().join("mesh.key")),
         allow,
         mdns: args.mdns,
+        relay_server: args.relay_server,
         run: RunOptions {
             backend: backend_choice(args.backend),
             json: true,
@@ -713,6 +718,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         mesh_key: args.mesh_key.clone().unwrap_or_else(|| store.home().join("mesh.key")),
         allow: None,
         mdns: false,
+        relay_server: false,
         run: opts,
         labels: Default::default(),
         replicas: 2,

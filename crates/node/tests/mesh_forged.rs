@@ -68,6 +68,7 @@ async fn forged_and_altered_facts_are_refused_by_a_running_node() {
         join: vec![listen],
         allow: None,
         mdns: false,
+        relay_server: false,
     })
     .unwrap();
     tokio::time::timeout(WAIT, async {

@@ -1,12 +1,14 @@
 //! The libp2p layer (`shoal_node::mesh::net`) over loopback: connection, gossip, sync
-//! request-response, the mesh key, block and allow lists, the key file format. Every node listens
-//! on 127.0.0.1 with mDNS off, so nothing leaves the machine. Every wait is bounded.
+//! request-response, the mesh key, block and allow lists, the key file format, relayed connections.
+//! Every node listens on 127.0.0.1 (or only through a relay on it) with mDNS off, so nothing leaves
+//! the machine. Every wait is bounded.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use shoal_node::mesh::net::{
     Net, NetConfig, NetError, NetEvent, SyncRequest, SyncResponse, Topic, format_psk, parse_psk, peer_id_of,
@@ -62,26 +64,29 @@ fn config(n: u8, psk: [u8; 32], join: &[&Node]) -> NetConfig {
         join: join.iter().map(|n| n.addr.clone()).collect(),
         allow: None,
         mdns: false,
+        relay_server: false,
     }
 }
 
 impl Node {
+    /// Starts a node and waits until it listens (its first address is `addr`).
     async fn start(cfg: NetConfig) -> Node {
+        let mut node = Node::spawn(cfg);
+        node.addr = node
+            .wait_for(WAIT, |e| match e {
+                Some(NetEvent::Listening(addr)) => Some(addr.clone()),
+                _ => None,
+            })
+            .await
+            .expect("listening within the bound");
+        node
+    }
+
+    /// Starts a node without waiting for anything (`addr` stays empty).
+    fn spawn(cfg: NetConfig) -> Node {
         init_tracing();
         let mut net = Net::new(cfg).expect("net starts");
         let id = net.peer_id();
-        // Until the listener reports its port; events before it are kept for the test.
-        let mut pending = VecDeque::new();
-        let addr = timeout(WAIT, async {
-            loop {
-                match net.next_event().await {
-                    NetEvent::Listening(addr) => break addr,
-                    other => pending.push_back(other),
-                }
-            }
-        })
-        .await
-        .expect("listening within the bound");
         let (cmds, mut cmd_rx) = mpsc::unbounded_channel::<Cmd>();
         let (event_tx, events) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -99,7 +104,12 @@ impl Node {
                 }
             }
         });
-        Node { id, addr, cmds, events, pending, task }
+        Node { id, addr: Multiaddr::empty(), cmds, events, pending: VecDeque::new(), task }
+    }
+
+    /// Its address with its peer id, as others dial it.
+    fn p2p_addr(&self) -> Multiaddr {
+        self.addr.clone().with_p2p(self.id).expect("a direct address without a peer id")
     }
 
     /// Runs `f` on the node's `Net` inside its task.
@@ -369,6 +379,184 @@ async fn allow_list_refuses_others() {
     // B was never disturbed.
     assert!(!b.disconnected_from(a.id, Duration::ZERO).await);
     eprintln!("allow list: {:?}", started.elapsed());
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// C asks B over whatever connection C has to B; B answers `answer`; returns what C got.
+async fn sync_round_trip(c: &mut Node, b: &mut Node, ask: &[u8], answer: Vec<u8>) -> SyncResponse {
+    let (b_id, c_id) = (b.id, c.id);
+    let req = ask.to_vec();
+    let id = c.call(move |net| net.request(&b_id, SyncRequest(req))).await;
+    let channel = b
+        .wait_for(WAIT, |e| match e {
+            Some(NetEvent::Request { peer, request, .. }) if *peer == c_id && request.0 == ask => match e.take() {
+                Some(NetEvent::Request { channel, .. }) => Some(channel),
+                _ => unreachable!(),
+            },
+            _ => None,
+        })
+        .await
+        .expect("B receives the request");
+    b.call(move |net| net.respond(channel, SyncResponse(answer))).await;
+    c.wait_for(WAIT, |e| match e {
+        Some(NetEvent::Response { peer, id: got, response }) if *peer == b_id && *got == id => Some(response.clone()),
+        Some(NetEvent::RequestFailed { id: got, error, .. }) if *got == id => panic!("request failed: {error}"),
+        _ => None,
+    })
+    .await
+    .expect("C receives the response")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_carries_a_connection_between_nodes_behind_nat() {
+    let started = Instant::now();
+    let r = Node::start(NetConfig { relay_server: true, ..config(51, PSK, &[]) }).await;
+    let relay = r.p2p_addr();
+    // B and C stand for nodes behind NAT: no listener at all, only a connection out to R.
+    let mut b = Node::spawn(NetConfig { listen: vec![], ..config(52, PSK, &[&r]) });
+    let mut c = Node::spawn(NetConfig { listen: vec![], ..config(53, PSK, &[&r]) });
+    assert!(b.connected_to(r.id, WAIT).await, "B connects to the relay");
+    let via = relay.clone();
+    b.call(move |net| net.listen_via_relay(via)).await.expect("B listens through R");
+    let circuit = b
+        .wait_for(WAIT, |e| match e {
+            Some(NetEvent::Listening(addr)) => Some(addr.clone()),
+            _ => None,
+        })
+        .await
+        .expect("R accepts B's reservation");
+    assert_eq!(circuit, relay.clone().with(Protocol::P2pCircuit), "B listens on R's circuit, named without B's id");
+    let reserved = started.elapsed();
+
+    // C knows R only: it dials B by the relayed address, never by a direct one (B has none).
+    assert!(c.connected_to(r.id, WAIT).await, "C connects to the relay");
+    let to_b: Multiaddr = format!("{}/p2p/{}/p2p-circuit/p2p/{}", r.addr, r.id, b.id).parse().unwrap();
+    assert!(r.addr.to_string().starts_with("/ip4/127.0.0.1/tcp/"));
+    let dialed = Instant::now();
+    let dial = to_b.clone();
+    c.call(move |net| net.dial(dial)).await.expect("dial starts");
+    assert!(c.connected_to(b.id, WAIT).await, "C reaches B through R");
+    assert!(b.connected_to(c.id, WAIT).await, "B sees C");
+    let connected = dialed.elapsed();
+    let (b_id, c_id) = (b.id, c.id);
+    let paths = c.call(move |net| net.connection_addrs(&b_id)).await;
+    assert!(!paths.is_empty() && paths.iter().all(is_relayed), "C's connections to B are relayed: {paths:?}");
+    let paths = b.call(move |net| net.connection_addrs(&c_id)).await;
+    assert!(!paths.is_empty() && paths.iter().all(is_relayed), "B's connections to C are relayed: {paths:?}");
+
+    // A round trip over the circuit, with a response larger than libp2p's default circuit limit
+    // (128 KiB), which a mesh relay does not apply.
+    let asked = Instant::now();
+    let big: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let response = sync_round_trip(&mut c, &mut b, b"digest", big.clone()).await;
+    assert_eq!(response.0, big);
+    let round_trip = asked.elapsed();
+    let paths = c.call(move |net| net.connection_addrs(&b_id)).await;
+    assert!(paths.iter().all(is_relayed), "still only relayed: {paths:?}");
+
+    // B's block list judges relayed connections too.
+    b.call(move |net| net.block(c_id)).await;
+    assert!(c.disconnected_from(b.id, WAIT).await, "B's block cuts the relayed connection");
+    b.forget();
+    c.call(move |net| net.dial(to_b)).await.expect("dial starts");
+    assert!(!b.connected_to(c.id, Duration::from_secs(3)).await, "B refuses C through the relay while blocked");
+    assert!(
+        eventually(WAIT, || async { !c.call(move |net| net.connected_peers()).await.contains(&b_id) }).await,
+        "C holds no connection to B"
+    );
+    eprintln!(
+        "relay: reservation in {reserved:?}, relayed connection in {connected:?}, 1 MiB round trip in \
+         {round_trip:?}, all {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_mesh_key_cannot_use_the_relay() {
+    let started = Instant::now();
+    let mut r = Node::start(NetConfig { relay_server: true, ..config(61, PSK, &[]) }).await;
+    let circuit = r.p2p_addr().with(Protocol::P2pCircuit);
+    // With the key, a node that names the circuit in `listen` and joins the relay too (as `shoal node
+    // --listen R/p2p-circuit --join R` does) gets a reservation at once: the join dial under way
+    // makes the reservation's own dial fail, and reserving is tried again on the join connection.
+    let reserving = Instant::now();
+    let mut b =
+        Node::start(NetConfig { listen: vec![circuit.clone()], join: vec![r.p2p_addr()], ..config(62, PSK, &[]) })
+            .await;
+    assert_eq!(b.addr, circuit);
+    let reserved = reserving.elapsed();
+    let tick = Duration::from_secs(shoal_node::mesh::net::REJOIN_INTERVAL_S);
+    assert!(reserved < tick / 2, "the reservation waited for a rejoin tick: {reserved:?}");
+
+    // Without it: neither a reservation on R (X) nor a circuit through R to B (Y). Two nodes, so
+    // that Y's dial is not merged into the dial to R that X's reservation makes.
+    let mut x = Node::spawn(NetConfig { listen: vec![circuit.clone()], ..config(63, [8u8; 32], &[]) });
+    let mut y = Node::spawn(NetConfig { listen: vec![], ..config(64, [8u8; 32], &[]) });
+    let to_b = circuit.clone().with(Protocol::P2p(b.id));
+    y.call(move |net| net.dial(to_b)).await.expect("dial starts");
+    let seen = x
+        .wait_for(QUIET, |e| match e {
+            Some(NetEvent::Connected(_) | NetEvent::Listening(_)) => Some(format!("{e:?}")),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seen, None, "the node with the wrong key got a reservation or a connection");
+    let seen = y
+        .wait_for(Duration::ZERO, |e| match e {
+            Some(NetEvent::Connected(_) | NetEvent::Listening(_)) => Some(format!("{e:?}")),
+            _ => None,
+        })
+        .await;
+    assert_eq!(seen, None, "the node with the wrong key got a connection");
+    let outsiders = [x.id, y.id];
+    for (who, node) in [("R", &mut r), ("B", &mut b)] {
+        let seen = node
+            .wait_for(Duration::ZERO, |e| match e {
+                Some(NetEvent::Connected(p)) if outsiders.contains(p) => Some(*p),
+                _ => None,
+            })
+            .await;
+        assert_eq!(seen, None, "{who} saw a node with the wrong key");
+    }
+    assert!(x.call(|net| net.connected_peers()).await.is_empty());
+    assert!(y.call(|net| net.connected_peers()).await.is_empty());
+    assert_eq!(r.call(|net| net.connected_peers()).await, vec![b.id]);
+
+    // A relay address must name the relay.
+    let err = x.call(|net| net.listen_via_relay("/ip4/127.0.0.1/tcp/9/p2p-circuit".parse().unwrap())).await;
+    assert!(matches!(err, Err(NetError::Listen { .. })), "{err:?}");
+    eprintln!("wrong key at a relay: {:?} (the control's reservation in {reserved:?})", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_reservation_is_made_again_until_the_relay_is_up() {
+    let started = Instant::now();
+    // A port free a moment ago, for a relay that is not up yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let r_id = peer_id_of(&secret(71));
+    let circuit: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{r_id}/p2p-circuit").parse().unwrap();
+    let mut b = Node::spawn(NetConfig { listen: vec![circuit.clone()], ..config(72, PSK, &[]) });
+    // The first attempt fails (nothing listens there yet); the next one, a rejoin tick later, not.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = Node::start(NetConfig {
+        relay_server: true,
+        listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()],
+        ..config(71, PSK, &[])
+    })
+    .await;
+    assert_eq!(r.id, r_id);
+    let within = Duration::from_secs(shoal_node::mesh::net::REJOIN_INTERVAL_S) + WAIT;
+    let got = b
+        .wait_for(within, |e| match e {
+            Some(NetEvent::Listening(addr)) => Some(addr.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, Some(circuit), "B reserves on the relay once it is up");
+    eprintln!("relay retried: {:?}", started.elapsed());
 }
 
 #[test]

@@ -11,31 +11,64 @@
 //! the caller encodes facts and capabilities (canonical CBOR) and decides what a sync request
 //! means; this module only moves them, bounded in size.
 //!
-//! Not here yet: relay client, DCUtR and AutoNAT (nodes behind NAT, cross-cloud). They need the
-//! relay-client phase of the builder, a relay server on some nodes, and a decision about pnet on
-//! relayed circuits (the hop to the relay is pnet-protected, the end-to-end circuit is noise only);
-//! until then a node must be reachable directly over TCP by at least one peer.
+//! # Nodes behind NAT: relay, DCUtR, AutoNAT
+//!
+//! A node that no peer can dial (behind NAT, in another cloud) reserves a slot on a *relay*, a mesh
+//! node started with [`NetConfig::relay_server`] (`shoal node --relay-server`), and listens through
+//! it on `<relay>/p2p-circuit` ([`Net::listen_via_relay`], or such an address in
+//! [`NetConfig::listen`]; the reservation is renewed by itself and made again when lost). Peers reach
+//! it at `<relay>/p2p-circuit/p2p/<its id>`, the address it announces. Once a relayed connection
+//! stands, DCUtR tries to replace it with a direct one (a hole punch); AutoNAT tells a node whether
+//! its own addresses are reachable from outside, and a confirmed one becomes an external address,
+//! which identify announces and a relay names in its reservations. A relay names the addresses it is
+//! reachable at: those AutoNAT confirmed and its listen addresses (of a listener on an unspecified
+//! IP, all but the loopback ones).
+//!
+//! How the mesh stays closed with relays in it:
+//! - The hop to a relay is an ordinary connection of this transport, TCP + pnet + noise + yamux.
+//!   Without the mesh key nobody reaches a relay, so nobody outside the mesh can reserve a slot, open
+//!   a circuit, or be reached through one; a relay has no listener of its own, it is one more
+//!   protocol on connections that have passed pnet. For the same reason a node cannot use a relay
+//!   outside the mesh (our TCP speaks pnet first).
+//! - A circuit end to end is noise + yamux inside the two pnet-protected hops, without a pnet layer
+//!   of its own: the relay, itself a key holder, forwards noise ciphertext it can neither read nor
+//!   alter undetected. Noise authenticates both ends: the dialer gets exactly the peer id named after
+//!   `/p2p-circuit` (the swarm drops a connection to any other), and the listener learns the
+//!   dialer's id from noise, not from the relay's word.
+//! - The allow list and the block list judge relayed connections at both ends as they judge direct
+//!   ones (by the peer id noise proved); a relay refuses the peers on its own lists before they can
+//!   reserve or open anything.
+//! - DCUtR's direct connection is a dial of this same TCP transport: pnet again. It, AutoNAT and the
+//!   relay dial only addresses given in the configuration or told by peers (their listen and observed
+//!   addresses). AutoNAT asks only connected peers (no fixed servers), and only peers seen at global
+//!   IPs (`only_global_ips`, so never on loopback or a LAN); its dial-back goes only to the asking
+//!   peer's own observed IP.
+//! - No QUIC, as above: every hop has pnet under it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::multiaddr::Protocol;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{ConnectionDenied, NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionDenied, ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, gossipsub, identify, identity,
-    kad, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub,
+    identify, identity, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use tokio::time::{Interval, MissedTickBehavior};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Largest gossip RPC frame, in bytes (payload plus gossipsub's envelope and signature). Facts
 /// and capabilities are small; a larger fact belongs in a blob, named by its hash.
@@ -65,6 +98,18 @@ pub const IDLE_CONNECTION_TIMEOUT_S: u64 = 60;
 /// another mesh key can stall that long, and dials should not pile up.
 pub const REJOIN_INTERVAL_S: u64 = 10;
 const _: () = assert!(REJOIN_INTERVAL_S >= UPGRADE_TIMEOUT_S);
+/// How long a relay keeps one circuit open, in seconds. Relays serve only the mesh, so a circuit
+/// has no byte limit (a sync response is up to 32 MiB); the time limit recycles circuits whose ends
+/// are long gone, and when one ends the peers dial again (and DCUtR gets another chance).
+pub const RELAY_CIRCUIT_S: u64 = 3600;
+/// Circuits a relay keeps open at once, in all and per peer (a peer behind NAT may talk to many
+/// through one relay).
+pub const RELAY_CIRCUITS_MAX: usize = 256;
+pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 32;
+/// Circuits one peer may open in a burst, then one per [`RELAY_CIRCUIT_REFILL_S`] (per peer, not
+/// per IP: many mesh nodes may sit behind one NAT).
+const RELAY_CIRCUIT_BURST: u32 = 64;
+const RELAY_CIRCUIT_REFILL_S: u64 = 10;
 
 /// Gossipsub mesh degree: small meshes (2-4 nodes) must work, so the lower bound is low; larger
 /// meshes keep about `GOSSIP_MESH_N` peers per topic.
@@ -176,7 +221,8 @@ pub struct NetConfig {
     pub secret: [u8; 32],
     /// The mesh's pre-shared key (`shoal mesh init`).
     pub psk: [u8; 32],
-    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` (tests: `/ip4/127.0.0.1/tcp/0`).
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4001` (tests: `/ip4/127.0.0.1/tcp/0`), or
+    /// through a relay, `/ip4/ADDR/tcp/PORT/p2p/RELAY_ID/p2p-circuit` (see [`Net::listen_via_relay`]).
     pub listen: Vec<Multiaddr>,
     /// Addresses of peers to dial at start (`--join`), with or without `/p2p/<peer id>`.
     pub join: Vec<Multiaddr>,
@@ -186,12 +232,17 @@ pub struct NetConfig {
     /// Discover peers on the LAN by multicast DNS. Off by default: it multicasts on every
     /// interface (DESIGN section 7, network hygiene).
     pub mdns: bool,
+    /// Serve as a relay for mesh peers behind NAT: they reserve a slot here and are reached through
+    /// it (`/p2p-circuit`). Only peers holding the mesh key can reach it (see the module doc).
+    pub relay_server: bool,
 }
 
 /// What the network tells the node.
 #[derive(Debug)]
 pub enum NetEvent {
-    /// The node listens on this address (one event per address, e.g. after port 0 resolves).
+    /// The node listens on this address (once per address, e.g. after port 0 resolves). A relayed
+    /// one is `<relay>/p2p/<relay id>/p2p-circuit`, without our own id, like a direct one; it comes
+    /// once the relay accepted the reservation.
     Listening(Multiaddr),
     /// The first connection to this peer is up.
     Connected(PeerId),
@@ -219,13 +270,13 @@ pub enum NetError {
     #[error("could not set up the network ({what}): {reason}")]
     Setup { what: &'static str, reason: String },
     #[error(
-        "cannot listen on {addr}: {reason}; use a free port, or /ip4/ADDR/tcp/PORT \
-         (only TCP is supported)"
+        "cannot listen on {addr}: {reason}; use a free port, or /ip4/ADDR/tcp/PORT, or \
+         /ip4/ADDR/tcp/PORT/p2p/RELAY_ID/p2p-circuit through a relay (only TCP is supported)"
     )]
     Listen { addr: Multiaddr, reason: String },
     #[error(
-        "cannot dial {addr}: {reason}; a join address looks like /ip4/ADDR/tcp/PORT[/p2p/PEER_ID] \
-         (only TCP is supported)"
+        "cannot dial {addr}: {reason}; a join address looks like /ip4/ADDR/tcp/PORT[/p2p/PEER_ID], \
+         or /ip4/ADDR/tcp/PORT/p2p/RELAY_ID/p2p-circuit/p2p/PEER_ID through a relay (only TCP is supported)"
     )]
     Dial { addr: Multiaddr, reason: String },
     #[error("cannot publish on {topic}: {reason}")]
@@ -245,6 +296,12 @@ struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Reservations on relays and circuits through them (the other half of the relay transport).
+    relay_client: relay::client::Behaviour,
+    /// Serving as a relay ([`NetConfig::relay_server`]).
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
 }
 
 /// One node's libp2p swarm. Create it inside a tokio runtime; drive it with
@@ -254,6 +311,25 @@ pub struct Net {
     join: Vec<Multiaddr>,
     rejoin: Interval,
     traffic: Arc<Traffic>,
+    /// Listening through relays: kept to listen again when a reservation is lost.
+    relayed: Vec<RelayedListen>,
+    /// Whether this node serves as a relay (its listen addresses are then external addresses).
+    relay_server: bool,
+    /// Listeners on an unspecified IP (0.0.0.0, ::), whose loopback addresses a relay does not offer.
+    wildcard: HashSet<ListenerId>,
+    /// Listen addresses already reported (a relay reservation's renewal reports them again).
+    reported: HashSet<Multiaddr>,
+    /// Each open connection: its peer and where it goes ([`Net::connection_addrs`]).
+    connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+}
+
+/// One `<relay>/p2p-circuit` listen address and its listener while it has one.
+struct RelayedListen {
+    addr: Multiaddr,
+    relay: PeerId,
+    listener: Option<ListenerId>,
+    /// Attempts that failed in a row (only the second is a warning).
+    failures: u32,
 }
 
 /// The libp2p identity of a node secret. Copies it: libp2p zeroes the buffer it is given.
@@ -304,15 +380,19 @@ impl Net {
         let psk = PreSharedKey::new(cfg.psk);
         debug!(psk_fingerprint = %psk.fingerprint(), "mesh key");
         let mdns = cfg.mdns;
+        let relay_server = cfg.relay_server;
         let allow = cfg.allow.clone();
         let traffic = Arc::new(Traffic::default());
         let counted = traffic.clone();
+        // The relay client is a transport (dialing and listening on `/p2p-circuit` addresses) and a
+        // behaviour (reservations and circuits over connections to relays) that talk to each other.
+        let (relay_transport, relay_client) = relay::client::new(keypair.public().to_peer_id());
 
         let swarm = SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             // pnet wraps the raw TCP stream, before noise: without the key, nothing else is reachable.
             .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                Ok(tcp::tokio::Transport::new(tcp::Config::new())
+                let direct = tcp::tokio::Transport::new(tcp::Config::new())
                     // Counted below pnet: the bytes that really cross the wire.
                     .and_then(move |socket, _| {
                         PnetConfig::new(psk).handshake(Counted { inner: socket, traffic: counted.clone() })
@@ -321,10 +401,23 @@ impl Net {
                     .authenticate(noise::Config::new(key)?)
                     .multiplex(yamux::Config::default())
                     // Covers TCP connect, pnet, noise and yamux together.
-                    .timeout(Duration::from_secs(UPGRADE_TIMEOUT_S)))
+                    .timeout(Duration::from_secs(UPGRADE_TIMEOUT_S));
+                // A circuit runs over connections of `direct` (to the relay, pnet under them), so it
+                // is not counted again, and has no pnet of its own: noise end to end (module doc).
+                // What `SwarmBuilder::with_relay_client` builds, plus the same upgrade timeout.
+                let relayed = relay_transport
+                    .upgrade(Version::V1Lazy)
+                    .authenticate(noise::Config::new(key)?)
+                    .multiplex(yamux::Config::default())
+                    // Covers reaching the relay, opening the circuit, noise and yamux.
+                    .timeout(Duration::from_secs(UPGRADE_TIMEOUT_S));
+                Ok(direct
+                    .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+                    .or_transport(relayed.map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))))
+                    .map(|either, _| either.into_inner()))
             })
             .map_err(|e| NetError::Setup { what: "transport", reason: e.to_string() })?
-            .with_behaviour(|key| Behaviour::new(key, allow, mdns))
+            .with_behaviour(|key| Behaviour::new(key, allow, mdns, relay_client, relay_server))
             .map_err(|e| NetError::Setup { what: "behaviours", reason: e.to_string() })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(IDLE_CONNECTION_TIMEOUT_S)))
             .build();
@@ -333,14 +426,61 @@ impl Net {
         let period = Duration::from_secs(REJOIN_INTERVAL_S);
         let mut rejoin = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         rejoin.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut net = Net { swarm, join: cfg.join, rejoin, traffic };
+        let mut net = Net {
+            swarm,
+            join: cfg.join,
+            rejoin,
+            traffic,
+            relayed: Vec::new(),
+            relay_server,
+            wildcard: HashSet::new(),
+            reported: HashSet::new(),
+            connections: HashMap::new(),
+        };
         for addr in cfg.listen {
-            net.swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr, reason: e.to_string() })?;
+            if is_circuit(&addr) {
+                net.listen_via_relay(addr)?;
+                continue;
+            }
+            let id = net
+                .swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            if addr.iter().any(|p| {
+                matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())
+                    || matches!(p, Protocol::Ip6(ip) if ip.is_unspecified())
+            }) {
+                net.wildcard.insert(id);
+            }
         }
         for addr in net.join.clone() {
             net.dial(addr)?;
         }
         Ok(net)
+    }
+
+    /// Listens through a relay: reserves a slot on it (dialing it if needed) and takes connections
+    /// it forwards. `relay` is the relay's address with its peer id, with or without the trailing
+    /// `/p2p-circuit`, e.g. `/ip4/203.0.113.5/tcp/7171/p2p/12D3Koo.../p2p-circuit`. The relay must
+    /// serve as one ([`NetConfig::relay_server`]) and hold the mesh key. The address arrives as
+    /// [`NetEvent::Listening`] once the relay accepted; a reservation lost (the relay restarted, the
+    /// connection broke) is made again every [`REJOIN_INTERVAL_S`] seconds.
+    pub fn listen_via_relay(&mut self, relay: Multiaddr) -> Result<(), NetError> {
+        let (addr, relay_id) = circuit_listen_addr(&relay)?;
+        if self.relayed.iter().any(|r| r.addr == addr) {
+            return Ok(());
+        }
+        let id =
+            self.swarm.listen_on(addr.clone()).map_err(|e| NetError::Listen { addr: relay, reason: e.to_string() })?;
+        debug!(%addr, "listening through a relay");
+        self.relayed.push(RelayedListen { addr, relay: relay_id, listener: Some(id), failures: 0 });
+        Ok(())
+    }
+
+    /// Where each open connection to `peer` goes: the address dialed or dialed from for a direct
+    /// one, the circuit for a relayed one (it contains `/p2p-circuit`).
+    pub fn connection_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.connections.values().filter(|(p, _)| p == peer).map(|(_, addr)| addr.clone()).collect()
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -423,6 +563,7 @@ impl Net {
                 event = self.swarm.select_next_some() => event,
                 _ = self.rejoin.tick() => {
                     self.rejoin_if_alone();
+                    self.relisten(None);
                     continue;
                 }
             };
@@ -443,18 +584,98 @@ impl Net {
         }
     }
 
+    /// Listens again through the relays whose reservation was lost (`only`: through that relay).
+    fn relisten(&mut self, only: Option<PeerId>) {
+        for r in self.relayed.iter_mut().filter(|r| r.listener.is_none() && only.is_none_or(|p| p == r.relay)) {
+            match self.swarm.listen_on(r.addr.clone()) {
+                Ok(id) => r.listener = Some(id),
+                Err(e) => debug!(addr = %r.addr, "cannot listen through the relay again: {e}"),
+            }
+        }
+    }
+
     fn handle(&mut self, event: SwarmEvent<BehaviourEvent>) -> Option<NetEvent> {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                // A relayed address comes as `.../p2p-circuit/p2p/<our id>`; reported like a direct
+                // one, without our id (callers append it).
+                let mut address = address;
+                if address.iter().last() == Some(Protocol::P2p(*self.swarm.local_peer_id())) {
+                    address.pop();
+                }
+                if let Some(r) = self.relayed.iter_mut().find(|r| r.listener == Some(listener_id)) {
+                    r.failures = 0;
+                }
+                // A relay names its external addresses in reservations: offer where it listens.
+                let loopback = address.iter().any(|p| {
+                    matches!(p, Protocol::Ip4(ip) if ip.is_loopback())
+                        || matches!(p, Protocol::Ip6(ip) if ip.is_loopback())
+                });
+                if self.relay_server && !is_circuit(&address) && !(loopback && self.wildcard.contains(&listener_id)) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                if !self.reported.insert(address.clone()) {
+                    return None;
+                }
                 debug!(%address, "listening");
                 Some(NetEvent::Listening(address))
             }
-            SwarmEvent::ConnectionEstablished { peer_id, endpoint, num_established, .. } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                debug!(%address, "no longer listening");
+                if self.relay_server {
+                    self.swarm.remove_external_address(&address);
+                }
+                None
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(r) = self.relayed.iter_mut().find(|r| r.listener == Some(listener_id)) {
+                    r.listener = None;
+                    r.failures += 1;
+                    let why = match &reason {
+                        Ok(()) => "the relay could not be reached, or the connection to it closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    // The first failure may be the benign race below: a warning only when the next
+                    // attempt fails too.
+                    if r.failures == 2 {
+                        warn!(
+                            relay = %r.addr,
+                            "not listening through this relay ({why}); trying again every {REJOIN_INTERVAL_S} s \
+                             (the relay must hold the mesh key and run with --relay-server)"
+                        );
+                    } else {
+                        debug!(relay = %r.addr, "still not listening through this relay: {why}");
+                    }
+                    // The reservation's own dial to the relay is refused while another dial to it
+                    // (a join address) is under way; once connected, reserving uses that connection.
+                    // Right away only after a first failure, so a relay that refuses is not hammered.
+                    let relay = r.relay;
+                    if r.failures == 1 && self.swarm.is_connected(&relay) {
+                        self.relisten(Some(relay));
+                    }
+                }
+                None
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
+                // For a relayed inbound connection, the remote address is only `/p2p/<peer>`: keep
+                // the circuit it came through instead.
+                let path = match &endpoint {
+                    libp2p::core::ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                        local_addr.clone()
+                    }
+                    _ => endpoint.get_remote_address().clone(),
+                };
+                debug!(peer = %peer_id, addr = %path, "connected");
+                self.connections.insert(connection_id, (peer_id, path));
+                // A relay we lost (or never got) a reservation on is back: reserve now.
+                if !endpoint.is_relayed() {
+                    self.relisten(Some(peer_id));
+                }
                 (num_established.get() == 1).then_some(NetEvent::Connected(peer_id))
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                self.connections.remove(&connection_id);
                 (num_established == 0).then_some(NetEvent::Disconnected(peer_id))
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
@@ -540,8 +761,68 @@ impl Net {
                 None
             }
             BehaviourEvent::Mdns(mdns::Event::Expired(_)) => None,
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if renewal {
+                    debug!(relay = %relay_peer_id, "relay reservation renewed");
+                } else {
+                    info!(relay = %relay_peer_id, "reachable through a relay");
+                }
+                None
+            }
+            BehaviourEvent::RelayClient(event) => {
+                debug!("relay client: {event:?}");
+                None
+            }
+            BehaviourEvent::Relay(event) => {
+                debug!("relay: {event:?}");
+                None
+            }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => {
+                match result {
+                    Ok(_) => {
+                        info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one")
+                    }
+                    Err(e) => debug!(peer = %remote_peer_id, "no direct connection, staying relayed: {e}"),
+                }
+                None
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                info!(?old, ?new, "reachability from outside (AutoNAT)");
+                None
+            }
+            BehaviourEvent::Autonat(event) => {
+                debug!("autonat: {event:?}");
+                None
+            }
             BehaviourEvent::Blocked(never) | BehaviourEvent::Allowed(never) => match never {},
         }
+    }
+}
+
+/// Whether an address goes through a relay.
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// `<relay>/p2p/<relay id>/p2p-circuit` from a relay's address, with or without the circuit part,
+/// and the relay's peer id.
+fn circuit_listen_addr(relay: &Multiaddr) -> Result<(Multiaddr, PeerId), NetError> {
+    let mut addr = relay.clone();
+    if addr.iter().last() == Some(Protocol::P2pCircuit) {
+        addr.pop();
+    }
+    match addr.iter().last() {
+        Some(Protocol::P2p(relay_id)) if addr.iter().count() >= 2 && !is_circuit(&addr) => {
+            Ok((addr.with(Protocol::P2pCircuit), relay_id))
+        }
+        _ => Err(NetError::Listen {
+            addr: relay.clone(),
+            reason: "a relay address is the relay's own address ending in its peer id, then /p2p-circuit".into(),
+        }),
     }
 }
 
@@ -561,6 +842,8 @@ impl Behaviour {
         key: &identity::Keypair,
         allow: Option<BTreeSet<PeerId>>,
         mdns_on: bool,
+        relay_client: relay::client::Behaviour,
+        relay_server: bool,
     ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
 
@@ -594,8 +877,8 @@ impl Behaviour {
             kad::store::MemoryStore::new(peer_id),
             kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
         );
-        // Server mode from the start: without AutoNAT no external address is ever confirmed,
-        // and a client-mode node would answer no DHT query.
+        // Server mode from the start: AutoNAT confirms only global addresses, and only after its
+        // boot delay, so on a LAN or loopback a client-mode node would answer no DHT query.
         kad.set_mode(Some(kad::Mode::Server));
 
         let codec = request_response::cbor::codec::Codec::<SyncRequest, SyncResponse>::default()
@@ -617,6 +900,30 @@ impl Behaviour {
 
         let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
 
+        let relay = relay_server.then(|| {
+            let burst = NonZeroU32::new(RELAY_CIRCUIT_BURST).expect("a positive constant");
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_circuits: RELAY_CIRCUITS_MAX,
+                    max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX,
+                    max_circuit_duration: Duration::from_secs(RELAY_CIRCUIT_S),
+                    // 0 is no limit (libp2p's default, 128 KiB, is for public relays of strangers).
+                    max_circuit_bytes: 0,
+                    circuit_src_rate_limiters: Vec::new(),
+                    ..relay::Config::default()
+                }
+                .circuit_src_per_peer(burst, Duration::from_secs(RELAY_CIRCUIT_REFILL_S)),
+            )
+        });
+
+        // Probes go to connected peers only (no fixed servers), and only to peers seen at a global
+        // IP; a probe asks the peer to dial back our own observed IP.
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config { use_connected: true, only_global_ips: true, ..autonat::Config::default() },
+        );
+
         Ok(Behaviour {
             blocked: allow_block_list::Behaviour::default(),
             allowed: Toggle::from(allowed),
@@ -626,6 +933,10 @@ impl Behaviour {
             kad,
             sync,
             mdns: Toggle::from(mdns),
+            relay_client,
+            relay: Toggle::from(relay),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat,
         })
     }
 }
