@@ -1,16 +1,41 @@
 //! A deterministic discrete-event simulator around the real sans-IO node core
-//! (`shoal_node::mesh::core::NodeCore`): virtual time, a seeded message layer with latency, jobs
-//! that take simulated time. Same seed, same run, event for event. A first cut of issue 5: no
-//! churn, loss, partitions or heterogeneous nodes yet.
+//! (`shoal_node::mesh::core::NodeCore` and its ledger): thousands of cores under a virtual clock,
+//! talking through a seeded message layer. Same seed, same run, event for event.
+//!
+//! # Layout
+//! - [`workload`]: the DAGs a run submits (layered, fan-out, chains, an overnight mix) as real
+//!   DAG files through the real parser, with each job's work.
+//! - this file: the simulator. Nodes are heterogeneous (arch, cores, memory, GPU, speed) and
+//!   churn (crash and restart from their persisted facts, leave, join). Facts travel by
+//!   gossip over a mesh of degree ~[`Config::mesh_degree`] per topic (gossipsub-like: a node
+//!   relays a fact it has not seen to its mesh peers, except those it came from, in batches),
+//!   repaired by anti-entropy (digest exchange with one mesh peer now and then, then the ids and
+//!   the missing facts, as `mesh::wire` does). Messages have a latency distribution, loss, an
+//!   uplink bandwidth, and partitions; every byte is counted from real CBOR sizes.
+//!   Topics: with [`Config::group_nodes`] = 0 one topic carries every fact to every node (the
+//!   design as `shoal node` has it); otherwise each DAG has its own topic, subscribed by the
+//!   `group_nodes` nodes that rank highest for its hash (rendezvous) among those that fit, and
+//!   only they hold its facts and run its jobs.
+//! - [`output`]: the table, CSV and SVG plots of a run.
+//!
+//! Invariants are checked as the run goes (see [`Sim::check_node`] and [`Sim::sample`]) and at
+//! the end; each violation names the seed, and `SHOAL_SIM_SEED=N` replays the run.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+pub mod output;
+pub mod workload;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
-use shoal_dag::{Arch, Dag, Hash, parse_dag};
-use shoal_node::mesh::capabilities::Capabilities;
-use shoal_node::mesh::core::{Action, NodeCore};
-use shoal_node::mesh::ledger::{Fact, JobState};
+use shoal_dag::{Arch, Dag, Hash};
+use shoal_node::mesh::capabilities::{Capabilities, mismatches};
+use shoal_node::mesh::core::{Action, CoreConfig, NodeCore};
+use shoal_node::mesh::ledger::{Body, JobState, NodeId, VerifiedFact};
+use shoal_node::mesh::wire;
+
+pub use workload::{SimDag, WorkDist, Workload};
 
 /// xorshift64*: the simulator's only randomness, from its seed.
 pub struct Rng(u64);
@@ -31,221 +56,1598 @@ impl Rng {
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo + 1)
     }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = self.unit().max(1e-12);
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// Exponential with this mean.
+    pub fn exp(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.unit()).max(1e-12).ln()
+    }
 }
 
-#[derive(Clone, Debug)]
+/// One-way message latency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Latency {
+    Uniform {
+        lo_ms: u64,
+        hi_ms: u64,
+    },
+    /// Log-normal around a median (a long tail, as across the internet), capped.
+    LogNormal {
+        median_ms: u64,
+        sigma: f64,
+        max_ms: u64,
+    },
+}
+
+impl Latency {
+    fn sample(&self, rng: &mut Rng) -> u64 {
+        match *self {
+            Latency::Uniform { lo_ms, hi_ms } => rng.range(lo_ms, hi_ms),
+            Latency::LogNormal { median_ms, sigma, max_ms } => {
+                ((median_ms as f64 * (sigma * rng.normal()).exp()) as u64).clamp(1, max_ms)
+            }
+        }
+    }
+}
+
+/// A partition: from `at_ms` for `for_ms`, `fraction` of the nodes (chosen by the seed) are cut off
+/// from the rest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Partition {
+    pub at_ms: u64,
+    pub for_ms: u64,
+    pub fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub nodes: usize,
     pub jobs: usize,
     pub seed: u64,
+    pub workload: Workload,
+    pub work: WorkDist,
+    /// The mixed workload's DAGs are submitted over this long.
+    pub submit_window_ms: u64,
+    /// Nodes of several kinds (cores, speed, memory, GPU, arch); else all alike.
+    pub heterogeneous: bool,
+    /// Heterogeneous nodes' speeds are uniform in 1 ± this.
+    pub speed_spread: f64,
+    /// Cores of every node when not heterogeneous.
     pub cores_per_node: u32,
-    /// One-way message latency, uniform, ms.
-    pub latency_ms: (u64, u64),
-    /// Job run time, uniform, ms.
-    pub job_ms: (u64, u64),
+    pub latency: Latency,
+    /// Probability that one message is lost.
+    pub loss: f64,
+    /// Uplink of every node, bits per second.
+    pub uplink_bps: u64,
+    /// Node churn per hour, as a fraction of the nodes: crashes (back after a while, from their
+    /// persisted facts), leaves and joins.
+    pub churn_per_hour: f64,
+    /// Single crashes: (node, at_ms); the node stays down.
+    pub crashes: Vec<(usize, u64)>,
+    pub partition: Option<Partition>,
+    /// Nodes per DAG topic; 0: every node holds every DAG (one topic for all).
+    pub group_nodes: usize,
+    /// Mesh peers per node per topic.
+    pub mesh_degree: usize,
+    /// How long a node batches facts before relaying them, ms.
+    pub flush_ms: u64,
+    /// Each node starts one anti-entropy exchange this often, ms.
+    pub anti_entropy_ms: u64,
+    /// How long until the mesh notices a node is gone (the failure detector), ms.
+    pub detect_ms: u64,
+    pub core: CoreConfig,
+    /// Fraction of runs that fail (and are retried, up to `max_attempts`).
+    pub job_failure: f64,
+    pub max_attempts: u32,
+    /// Metrics are sampled this often, ms of simulated time.
+    pub sample_ms: u64,
     /// Stop after this much simulated time.
     pub limit_ms: u64,
-    /// (node, at_ms): that node dies then — nothing it would do or receive happens after.
-    pub crash: Option<(usize, u64)>,
+    /// Print a line per sample to stderr (long runs).
+    pub progress: bool,
 }
 
-enum Event {
-    Deliver { to: usize, fact: Box<Fact> },
-    Tick { node: usize },
-    Finished { node: usize, claim: Hash },
+impl Config {
+    /// A small, homogeneous, reliable run of one layered DAG.
+    pub fn basic(nodes: usize, jobs: usize, seed: u64) -> Config {
+        Config {
+            nodes,
+            jobs,
+            seed,
+            workload: Workload::Layered,
+            work: WorkDist { median_ms: 20_000, sigma: 0.6, max_ms: 120_000 },
+            submit_window_ms: 0,
+            heterogeneous: false,
+            speed_spread: 0.5,
+            cores_per_node: 2,
+            latency: Latency::Uniform { lo_ms: 1, hi_ms: 20 },
+            loss: 0.0,
+            uplink_bps: 100_000_000,
+            churn_per_hour: 0.0,
+            crashes: vec![],
+            partition: None,
+            group_nodes: 0,
+            mesh_degree: 6,
+            flush_ms: 20,
+            anti_entropy_ms: 30_000,
+            detect_ms: 15_000,
+            core: CoreConfig::default(),
+            job_failure: 0.0,
+            max_attempts: 3,
+            sample_ms: 60_000,
+            limit_ms: 7 * 86_400_000,
+            progress: false,
+        }
+    }
+
+    /// A named scenario (what `--scenario` picks).
+    pub fn scenario(name: &str, nodes: usize, jobs: usize, seed: u64) -> Result<Config, String> {
+        let mut c = Config::basic(nodes, jobs, seed);
+        let overnight = |c: &mut Config| {
+            c.workload = Workload::Mixed;
+            c.heterogeneous = true;
+            c.work = WorkDist { median_ms: 5 * 60_000, sigma: 0.7, max_ms: 3_600_000 };
+            c.submit_window_ms = 3_600_000;
+            c.latency = Latency::LogNormal { median_ms: 30, sigma: 0.6, max_ms: 2_000 };
+            c.loss = 0.01;
+            c.uplink_bps = 10_000_000;
+            c.sample_ms = 300_000;
+            // Leases of minutes: renewals are most of the gossip (see docs/SIMULATIONS.md).
+            c.core.lease_ms = 600_000;
+            // Above the p99 of gossip propagation over a few hops, or the next-ranked node claims
+            // before it hears the first one's claim (200 ms gave 32% concurrent duplicates here).
+            c.core.claim_stagger_ms = 1_000;
+            c.group_nodes = if c.nodes > 500 { 32 } else { 0 };
+        };
+        match name {
+            "basic" => {}
+            "layered" | "fanout" | "chains" | "mixed" => c.workload = name.parse()?,
+            "overnight" => overnight(&mut c),
+            "churn" => {
+                overnight(&mut c);
+                c.churn_per_hour = 0.01;
+            }
+            "partition" => {
+                overnight(&mut c);
+                c.partition = Some(Partition { at_ms: 20 * 60_000, for_ms: 20 * 60_000, fraction: 0.3 });
+            }
+            _ => {
+                return Err(format!(
+                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn or partition"
+                ));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Per-message framing beyond the CBOR of the facts: gossipsub's protobuf envelope, yamux and
+/// noise framing, in bytes (measured order of magnitude, not exact).
+const MESSAGE_OVERHEAD_BYTES: u64 = 64;
+/// A digest request or a `Same` answer of anti-entropy, in bytes (framing included).
+const DIGEST_BYTES: u64 = 112;
+/// One fact id in an `Ids`/`Get` message, in bytes.
+const ID_BYTES: u64 = 34;
+/// How often convergence is checked after a partition heals and at the end, ms.
+const CONVERGE_CHECK_MS: u64 = 1_000;
+/// How long after the last job is first done the mesh may take to converge and every view to
+/// see every DAG ended, ms: a Done lost with a node that left costs a lease and a rerun.
+const CONVERGE_LIMIT_MS: u64 = 3 * 3_600_000;
+/// Mean time a crashed node stays down before it restarts, ms.
+const DOWNTIME_MEAN_MS: f64 = 10.0 * 60_000.0;
+/// Nodes fitting each rarer requirement of a DAG (a GPU, aarch64) its topic takes in at least.
+const FIT_PER_KIND_MIN: usize = 8;
+/// DAG topics whose views are compared at each sample (the check costs O(jobs) per topic).
+const VIEW_CHECKS_PER_SAMPLE: usize = 8;
+
+enum Ev {
+    /// Facts from `from` on `topic` (gossip or anti-entropy).
+    Deliver {
+        to: u32,
+        from: u32,
+        topic: u32,
+        facts: Vec<VerifiedFact>,
+    },
+    Flush {
+        node: u32,
+        epoch: u32,
+    },
+    Tick {
+        node: u32,
+        generation: u32,
+    },
+    Finished {
+        node: u32,
+        epoch: u32,
+        claim: Hash,
+        ok: bool,
+    },
+    AntiEntropy {
+        node: u32,
+        epoch: u32,
+    },
+    Submit {
+        dag: u32,
+    },
+    Churn,
+    Crash {
+        node: u32,
+        permanent: bool,
+    },
+    Restart {
+        node: u32,
+    },
+    Detect {
+        node: u32,
+        epoch: u32,
+    },
+    PartitionStart,
+    PartitionEnd,
+    Sample,
+    Converge,
+}
+
+struct Queued {
+    at: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    /// Reversed: the heap pops the earliest (then the first queued).
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    Up,
+    Down,
+    Gone,
+}
+
+/// A fact waiting in a node's outgoing batch, and the peers it came from (not sent back there).
+struct Pending {
+    fact: VerifiedFact,
+    from: Vec<u32>,
+}
+
+struct Node {
+    key: SigningKey,
+    id: NodeId,
+    caps: Capabilities,
+    /// Work per ms of run time: a job of work w takes w / speed.
+    speed: f64,
+    core: Option<NodeCore>,
+    status: Status,
+    /// Bumped at each crash: events meant for an earlier life are dropped.
+    epoch: u32,
+    tick_at: u64,
+    tick_gen: u32,
+    /// Runs in progress: claim -> (dag, job, started at).
+    running: BTreeMap<Hash, (u32, u32, u64)>,
+    pending: BTreeMap<u32, BTreeMap<Hash, Pending>>,
+    flush_scheduled: bool,
+    link_free_at: u64,
+    topics: BTreeSet<u32>,
+    /// Per topic: XOR of the ids held and their count (an order-free digest the simulator keeps
+    /// beside each ledger; the bytes counted are those of the real digest exchange).
+    digest: BTreeMap<u32, ([u8; 32], u32)>,
+    /// Per topic: every fact before this index of the topic's list is held.
+    synced: BTreeMap<u32, usize>,
+    /// What survives a crash: the ledger's facts and the DAG files (sled and the blob store).
+    persisted: Vec<VerifiedFact>,
+    persisted_dags: Vec<Hash>,
+    ae_turn: usize,
+    /// Partition side.
+    side: bool,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+struct Topic {
+    members: Vec<u32>,
+    /// Mesh peers of each member.
+    mesh: BTreeMap<u32, Vec<u32>>,
+    /// Every fact published on it, in the order they were first made.
+    facts: Vec<Hash>,
+    dags: Vec<u32>,
+}
+
+/// What the simulator knows of one fact (HashMap: looked up, never iterated).
+#[derive(Clone, Copy)]
+struct FactMeta {
+    /// Its CBOR size (`mesh::wire::encode`).
+    bytes: u32,
+}
+
+/// The truth about one job, as no node sees it.
+#[derive(Clone, Default)]
+struct JobTruth {
+    ready_at: Option<u64>,
+    first_start: Option<u64>,
+    done_at: Option<u64>,
+    starts: u32,
+    /// Starts while another run of it was going on (a race, or a partition).
+    concurrent: u32,
+    /// Runs of it now: (node, claim).
+    live: Vec<(u32, Hash)>,
+    holders: Vec<u32>,
+}
+
+/// One sample of the metrics over time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleRow {
+    pub t_s: f64,
+    pub done: usize,
+    pub running: usize,
+    pub up_nodes: usize,
+    /// Bytes received per up node per second over the interval.
+    pub gossip_bytes_per_node_s: f64,
+    pub starts: u64,
+    pub duplicates: u64,
+    pub events: u64,
 }
 
 /// What a run measured.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
-    pub done: usize,
+    pub seed: u64,
+    pub nodes: usize,
     pub jobs: usize,
+    pub dags: usize,
+    pub done: usize,
+    pub failed: usize,
     pub makespan_ms: u64,
-    /// max(critical path, total work / capacity), both in ms of job time.
+    /// max(latest submit + its critical path, first submit + total work / capacity), the critical
+    /// path at the fastest node's speed.
     pub lower_bound_ms: u64,
-    pub starts: usize,
-    pub stopped: usize,
+    /// The same with the critical path at the nodes' mean speed: what a placement blind to speed
+    /// can hope for (not a strict bound).
+    pub lower_bound_mean_speed_ms: u64,
+    pub starts: u64,
+    /// Starts beyond one per job.
+    pub extra_starts: u64,
+    /// Starts while another run of the same job went on.
+    pub concurrent_duplicates: u64,
+    pub stopped: u64,
+    /// Run time of stopped or lost runs, ms.
+    pub wasted_ms: u64,
+    pub claim_latency_ms: Percentiles,
+    /// Bytes received per node per second, averaged over the run and the nodes up.
+    pub gossip_bytes_per_node_s: f64,
+    /// The busiest node's.
+    pub gossip_bytes_per_node_s_max: f64,
+    /// After the partition healed, until every fact made before it was held by every member.
+    pub converge_after_heal_ms: Option<u64>,
+    /// After the last DAG ended, until every member held every fact of its topic.
+    pub converge_at_end_ms: Option<u64>,
     pub events: u64,
-    pub converged: bool,
+    pub crashes: u64,
+    pub joins: u64,
+    pub leaves: u64,
+    /// Done jobs whose every holder left (recomputable from their lineage).
+    pub outputs_lost: usize,
+    /// Facts held, summed over nodes, at the end (memory).
+    pub facts_held: u64,
+    /// Distinct facts made in the run.
+    pub facts_made: u64,
+    pub violations: Vec<String>,
+    pub samples: Vec<SampleRow>,
+    /// Events handled, by kind.
+    pub events_by_kind: BTreeMap<&'static str, u64>,
 }
 
-/// A layered random DAG: each job reads up to two jobs of the previous layer.
-pub fn layered_dag(jobs: usize, rng: &mut Rng) -> (Hash, Dag, Vec<Vec<usize>>) {
-    let width = (jobs as f64).sqrt().ceil() as usize;
-    let mut text = String::from(r#"{"version": 1, "jobs": ["#);
-    let mut deps = Vec::with_capacity(jobs);
-    for i in 0..jobs {
-        let layer = i / width;
-        let mut inputs = BTreeSet::new();
-        if layer > 0 {
-            for _ in 0..2 {
-                inputs.insert((layer - 1) * width + rng.range(0, width as u64 - 1) as usize);
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    pub mean: f64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(mut v: Vec<u64>) -> Percentiles {
+        if v.is_empty() {
+            return Percentiles::default();
+        }
+        v.sort_unstable();
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        Percentiles { mean: v.iter().sum::<u64>() as f64 / v.len() as f64, p50: at(0.5), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+pub struct Sim {
+    cfg: Config,
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Queued>,
+    nodes: Vec<Node>,
+    topics: Vec<Topic>,
+    dags: Vec<SimDag>,
+    dag_of: BTreeMap<Hash, u32>,
+    /// Per DAG, per job.
+    truth: Vec<Vec<JobTruth>>,
+    /// Per DAG: jobs not done yet, and the topic it is on.
+    left: Vec<usize>,
+    topic_of_dag: Vec<u32>,
+    meta: HashMap<Hash, FactMeta>,
+    claim_topic: HashMap<Hash, u32>,
+    partitioned: bool,
+    heal: Option<(u64, Vec<usize>)>,
+    finished_at: Option<u64>,
+    report: Report,
+    last_sample: (u64, u64),
+    processed: u64,
+    violations: BTreeSet<String>,
+}
+
+fn node_key(i: usize) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    SigningKey::from_bytes(&seed)
+}
+
+/// Rendezvous score of a node for a DAG: the highest `group_nodes` subscribe to its topic.
+fn affinity(dag: &Hash, node: &NodeId) -> u64 {
+    let mut h = [0u8; 8];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = dag.0[i] ^ node[i];
+    }
+    let x = u64::from_le_bytes(h).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 29)
+}
+
+impl Sim {
+    pub fn new(cfg: Config) -> Sim {
+        let mut rng = Rng::new(cfg.seed);
+        let dags = workload::generate(cfg.workload, cfg.jobs, &cfg.work, cfg.submit_window_ms, &mut rng);
+        let mut sim = Sim {
+            truth: dags.iter().map(|d| vec![JobTruth::default(); d.work_ms.len()]).collect(),
+            left: dags.iter().map(|d| d.work_ms.len()).collect(),
+            topic_of_dag: vec![u32::MAX; dags.len()],
+            dag_of: dags.iter().enumerate().map(|(i, d)| (d.hash, i as u32)).collect(),
+            dags,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            topics: Vec::new(),
+            meta: HashMap::new(),
+            claim_topic: HashMap::new(),
+            partitioned: false,
+            heal: None,
+            finished_at: None,
+            report: Report { seed: cfg.seed, nodes: cfg.nodes, ..Report::default() },
+            last_sample: (0, 0),
+            processed: 0,
+            violations: BTreeSet::new(),
+            cfg,
+        };
+        sim.report.jobs = sim.dags.iter().map(|d| d.work_ms.len()).sum();
+        sim.report.dags = sim.dags.len();
+        for i in 0..sim.cfg.nodes {
+            sim.add_node(i);
+        }
+        if sim.cfg.group_nodes == 0 {
+            sim.topics.push(Topic { members: vec![], mesh: BTreeMap::new(), facts: vec![], dags: vec![] });
+            for n in 0..sim.nodes.len() as u32 {
+                sim.subscribe(n, 0);
+            }
+            let ids: Vec<NodeId> = sim.nodes.iter().map(|n| n.id).collect();
+            for n in &mut sim.nodes {
+                n.core.as_mut().expect("up").handle_peers(0, ids.iter().copied());
             }
         }
-        let ins: Vec<String> = inputs.iter().map(|d| format!(r#""i{d}": "jobs:j{d}/o""#)).collect();
-        if i > 0 {
-            text.push(',');
+        for d in 0..sim.dags.len() {
+            let at = sim.dags[d].submit_at_ms;
+            sim.push(at, Ev::Submit { dag: d as u32 });
         }
-        text.push_str(&format!(
-            r#"{{"id": "j{i}", "image": "b:1", "command": ["x"], "outputs": {{"o": "stdout"}}, "inputs": {{{}}}}}"#,
-            ins.join(", ")
-        ));
-        deps.push(inputs.into_iter().collect());
+        for n in 0..sim.nodes.len() as u32 {
+            let at = sim.rng.range(0, sim.cfg.anti_entropy_ms);
+            sim.push(at, Ev::AntiEntropy { node: n, epoch: 0 });
+        }
+        for &(node, at) in &sim.cfg.crashes.clone() {
+            sim.push(at, Ev::Crash { node: node as u32, permanent: true });
+        }
+        if sim.cfg.churn_per_hour > 0.0 {
+            let gap = sim.churn_gap();
+            sim.push(gap, Ev::Churn);
+        }
+        if let Some(p) = sim.cfg.partition {
+            sim.push(p.at_ms, Ev::PartitionStart);
+            sim.push(p.at_ms + p.for_ms, Ev::PartitionEnd);
+        }
+        let s = sim.cfg.sample_ms;
+        sim.push(s, Ev::Sample);
+        sim
     }
-    text.push_str("]}");
-    let dag = parse_dag("sim.json", &text).expect("the generated DAG is valid");
-    (Hash::of(text.as_bytes()), dag, deps)
-}
 
-pub fn run(cfg: &Config) -> Report {
-    let mut rng = Rng::new(cfg.seed);
-    let caps = Capabilities {
-        arch: Arch::X86_64,
-        cores: cfg.cores_per_node,
-        memory_bytes: 16 << 30,
-        cpu_flags: BTreeSet::new(),
-        gpus: vec![],
-        labels: BTreeMap::new(),
-        microvm: true,
-    };
-    let mut nodes: Vec<NodeCore> = (0..cfg.nodes)
-        .map(|i| {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
-            NodeCore::new(SigningKey::from_bytes(&seed), caps.clone())
+    fn churn_gap(&mut self) -> u64 {
+        let per_ms = self.cfg.churn_per_hour * self.cfg.nodes as f64 / 3_600_000.0;
+        (self.rng.exp(1.0 / per_ms) as u64).max(1)
+    }
+
+    fn add_node(&mut self, i: usize) {
+        let key = node_key(i);
+        let id = key.verifying_key().to_bytes();
+        let (caps, speed) = if self.cfg.heterogeneous {
+            let r = self.rng.range(0, 99);
+            let cores = match r {
+                0..=39 => 2,
+                40..=74 => 4,
+                75..=94 => 8,
+                _ => 16,
+            };
+            let arch = if self.rng.range(0, 9) == 0 { Arch::Aarch64 } else { Arch::X86_64 };
+            let gpus = if self.rng.range(0, 19) == 0 { vec!["sim-gpu".to_string()] } else { vec![] };
+            let caps = Capabilities {
+                arch,
+                cores,
+                memory_bytes: u64::from(cores) * (2 << 30),
+                cpu_flags: BTreeSet::new(),
+                gpus,
+                labels: BTreeMap::new(),
+                microvm: true,
+            };
+            (caps, 1.0 - self.cfg.speed_spread + 2.0 * self.cfg.speed_spread * self.rng.unit())
+        } else {
+            let caps = Capabilities {
+                arch: Arch::X86_64,
+                cores: self.cfg.cores_per_node,
+                memory_bytes: 16 << 30,
+                cpu_flags: BTreeSet::new(),
+                gpus: vec![],
+                labels: BTreeMap::new(),
+                microvm: true,
+            };
+            (caps, 1.0)
+        };
+        let side = self.rng.unit() < self.cfg.partition.map_or(0.0, |p| p.fraction);
+        let core = NodeCore::with_config(key.clone(), caps.clone(), self.cfg.core);
+        self.nodes.push(Node {
+            key,
+            id,
+            caps,
+            speed,
+            core: Some(core),
+            status: Status::Up,
+            epoch: 0,
+            tick_at: u64::MAX,
+            tick_gen: 0,
+            running: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            flush_scheduled: false,
+            link_free_at: 0,
+            topics: BTreeSet::new(),
+            digest: BTreeMap::new(),
+            synced: BTreeMap::new(),
+            persisted: vec![],
+            persisted_dags: vec![],
+            ae_turn: 0,
+            side,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+    }
+
+    fn push(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Queued { at: at.max(self.now), seq: self.seq, ev });
+    }
+
+    fn up(&self, n: u32) -> bool {
+        self.nodes[n as usize].status == Status::Up
+    }
+
+    fn violation(&mut self, what: String) {
+        if self.violations.len() < 20 {
+            self.violations.insert(format!("t={} ms: {what}", self.now));
+        }
+    }
+
+    /// Runs to the end: every DAG ended and the mesh converged, or the time limit.
+    pub fn run(mut self) -> Report {
+        while let Some(q) = self.queue.pop() {
+            if q.at > self.cfg.limit_ms {
+                break;
+            }
+            self.now = q.at;
+            self.processed += 1;
+            if self.step(q.ev) {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// Handles one event; true when the run is over.
+    fn step(&mut self, ev: Ev) -> bool {
+        let kind = match &ev {
+            Ev::Deliver { .. } => "deliver",
+            Ev::Flush { .. } => "flush",
+            Ev::Tick { .. } => "tick",
+            Ev::Finished { .. } => "finished",
+            Ev::AntiEntropy { .. } => "anti-entropy",
+            _ => "other",
+        };
+        *self.report.events_by_kind.entry(kind).or_default() += 1;
+        match ev {
+            Ev::Deliver { to, from, topic, facts } => self.deliver(to, from, topic, facts),
+            Ev::Flush { node, epoch } => {
+                if self.nodes[node as usize].epoch == epoch && self.up(node) {
+                    self.flush(node);
+                }
+            }
+            Ev::Tick { node, generation } => {
+                let n = &mut self.nodes[node as usize];
+                if n.tick_gen == generation && n.status == Status::Up {
+                    n.tick_at = u64::MAX;
+                    let now = self.now;
+                    n.core.as_mut().expect("up").handle_tick(now);
+                    self.drain(node);
+                }
+            }
+            Ev::Finished { node, epoch, claim, ok } => {
+                let n = &mut self.nodes[node as usize];
+                if n.epoch == epoch
+                    && n.status == Status::Up
+                    && let Some((dag, job, _)) = n.running.remove(&claim)
+                {
+                    self.truth[dag as usize][job as usize].live.retain(|(_, c)| *c != claim);
+                    let result = if ok {
+                        // Content-addressed: every successful run of a job has the same record.
+                        let d = &self.dags[dag as usize];
+                        Ok(Hash::of(format!("{}/{}", d.hash, job).as_bytes()))
+                    } else {
+                        Err("simulated failure".to_string())
+                    };
+                    let now = self.now;
+                    self.nodes[node as usize].core.as_mut().expect("up").handle_job_finished(now, claim, result);
+                    self.drain(node);
+                }
+            }
+            Ev::AntiEntropy { node, epoch } => {
+                if self.nodes[node as usize].epoch == epoch && self.up(node) {
+                    self.anti_entropy(node, None);
+                    let next = self.now + self.cfg.anti_entropy_ms;
+                    self.push(next, Ev::AntiEntropy { node, epoch });
+                }
+            }
+            Ev::Submit { dag } => self.submit(dag),
+            Ev::Churn => {
+                self.churn();
+                let gap = self.churn_gap();
+                self.push(self.now + gap, Ev::Churn);
+            }
+            Ev::Crash { node, permanent } => self.crash(node, permanent),
+            Ev::Restart { node } => self.restart(node),
+            Ev::Detect { node, epoch } => {
+                if self.nodes[node as usize].epoch == epoch && !self.up(node) {
+                    self.forget(node);
+                }
+            }
+            Ev::PartitionStart => self.partitioned = true,
+            Ev::PartitionEnd => {
+                self.partitioned = false;
+                let marks = self.topics.iter().map(|t| t.facts.len()).collect();
+                self.heal = Some((self.now, marks));
+                self.push(self.now + CONVERGE_CHECK_MS, Ev::Converge);
+            }
+            Ev::Sample => {
+                self.sample();
+                self.push(self.now + self.cfg.sample_ms, Ev::Sample);
+            }
+            Ev::Converge => return self.converge_check(),
+        }
+        false
+    }
+
+    /// The DAG is submitted by a random node; its topic's members get its file.
+    fn submit(&mut self, d: u32) {
+        let up: Vec<u32> = (0..self.nodes.len() as u32).filter(|&n| self.up(n)).collect();
+        if up.is_empty() {
+            return self.violation("no node is up to submit a DAG".into());
+        }
+        let submitter = up[self.rng.range(0, up.len() as u64 - 1) as usize];
+        let hash = self.dags[d as usize].hash;
+        let topic = if self.cfg.group_nodes == 0 {
+            0
+        } else {
+            let t = self.topics.len() as u32;
+            self.topics.push(Topic { members: vec![], mesh: BTreeMap::new(), facts: vec![], dags: vec![] });
+            let mut members: BTreeSet<u32> = self.group_for(d, &up);
+            members.insert(submitter);
+            for m in members {
+                self.subscribe(m, t);
+            }
+            t
+        };
+        self.topics[topic as usize].dags.push(d);
+        self.topic_of_dag[d as usize] = topic;
+        for j in 0..self.truth[d as usize].len() {
+            if self.dags[d as usize].deps[j].is_empty() {
+                self.truth[d as usize][j].ready_at = Some(self.now);
+            }
+        }
+        let members = self.topics[topic as usize].members.clone();
+        let dag = self.dags[d as usize].dag.clone();
+        for &m in &members {
+            if m != submitter && self.up(m) {
+                self.give_dag(m, d);
+            }
+        }
+        if self.cfg.group_nodes > 0 {
+            self.tell_topic_peers(topic);
+        }
+        let now = self.now;
+        let attempts = self.cfg.max_attempts;
+        self.nodes[submitter as usize].core.as_mut().expect("up").submit(now, hash, dag, attempts);
+        self.nodes[submitter as usize].persisted_dags.push(hash);
+        self.drain(submitter);
+    }
+
+    /// The nodes that subscribe to a DAG's topic: the `group_nodes` up nodes that rank highest for
+    /// the DAG's hash among those fitting its most common requirement, topped up with the highest
+    /// ranking of those fitting each rarer requirement (a GPU, aarch64) until
+    /// [`FIT_PER_KIND_MIN`] of them are in.
+    fn group_for(&self, d: u32, up: &[u32]) -> BTreeSet<u32> {
+        let sd = &self.dags[d as usize];
+        let mut kinds: Vec<(&shoal_dag::Requirements, usize)> = Vec::new();
+        for j in &sd.dag.jobs {
+            match kinds.iter_mut().find(|(r, _)| *r == &j.requirements) {
+                Some(k) => k.1 += 1,
+                None => kinds.push((&j.requirements, 1)),
+            }
+        }
+        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+        let mut out = BTreeSet::new();
+        for (i, (req, _)) in kinds.into_iter().enumerate() {
+            let fits = |n: u32| mismatches(req, &self.nodes[n as usize].caps).is_empty();
+            let want = if i == 0 { self.cfg.group_nodes } else { FIT_PER_KIND_MIN.min(self.cfg.group_nodes) };
+            let have = out.iter().filter(|&&n| fits(n)).count();
+            if have >= want {
+                continue;
+            }
+            let mut fit: Vec<(u64, u32)> = up
+                .iter()
+                .filter(|&&n| !out.contains(&n) && fits(n))
+                .map(|&n| (affinity(&sd.hash, &self.nodes[n as usize].id), n))
+                .collect();
+            let g = (want - have).min(fit.len());
+            if g > 0 {
+                fit.select_nth_unstable_by(g - 1, |a, b| b.cmp(a));
+            }
+            out.extend(fit[..g].iter().map(|(_, n)| *n));
+        }
+        out
+    }
+
+    /// A node receives a DAG file it will schedule (fetched by hash from a member).
+    fn give_dag(&mut self, m: u32, d: u32) {
+        let (hash, dag, bytes) = {
+            let sd = &self.dags[d as usize];
+            (sd.hash, sd.dag.clone(), sd.text_bytes as u64 + MESSAGE_OVERHEAD_BYTES)
+        };
+        let now = self.now;
+        let n = &mut self.nodes[m as usize];
+        n.bytes_in += bytes;
+        if !n.persisted_dags.contains(&hash) {
+            n.persisted_dags.push(hash);
+        }
+        n.core.as_mut().expect("up").handle_dag(now, hash, dag);
+        self.drain(m);
+    }
+
+    /// Every member of a DAG topic learns who schedules it (gossipsub tells a node its topic's peers).
+    fn tell_topic_peers(&mut self, topic: u32) {
+        let t = &self.topics[topic as usize];
+        let ids: Vec<NodeId> = t.members.iter().map(|&m| self.nodes[m as usize].id).collect();
+        let members = t.members.clone();
+        let dags: Vec<Hash> = t.dags.iter().map(|&d| self.dags[d as usize].hash).collect();
+        let now = self.now;
+        for m in members {
+            if !self.up(m) {
+                continue;
+            }
+            for h in &dags {
+                self.nodes[m as usize].core.as_mut().expect("up").handle_dag_peers(now, *h, ids.iter().copied());
+            }
+            self.drain(m);
+        }
+    }
+
+    /// Adds a node to a topic and to the mesh of `mesh_degree` random members.
+    fn subscribe(&mut self, n: u32, topic: u32) {
+        let t = &mut self.topics[topic as usize];
+        if t.members.contains(&n) {
+            return;
+        }
+        // Half the degree out, the other half comes in from later members: ~`mesh_degree` each.
+        let want = self.cfg.mesh_degree.div_ceil(2).min(t.members.len());
+        let mut peers: Vec<u32> = Vec::new();
+        let mut tries = 0;
+        while peers.len() < want && tries < want * 8 {
+            tries += 1;
+            let p = t.members[self.rng.range(0, t.members.len() as u64 - 1) as usize];
+            // gossipsub's D_high: a peer with this many mesh links takes no more.
+            let full = t.mesh.get(&p).is_some_and(|m| m.len() >= self.cfg.mesh_degree * 3 / 2);
+            if !peers.contains(&p) && !full {
+                peers.push(p);
+            }
+        }
+        for &p in &peers {
+            t.mesh.entry(p).or_default().push(n);
+        }
+        t.mesh.insert(n, peers);
+        t.members.push(n);
+        let node = &mut self.nodes[n as usize];
+        node.topics.insert(topic);
+        node.digest.entry(topic).or_insert(([0; 32], 0));
+        node.synced.entry(topic).or_insert(0);
+    }
+
+    /// Takes a node out of a topic; its mesh peers left with few peers take new ones.
+    fn unsubscribe(&mut self, n: u32, topic: u32) {
+        let t = &mut self.topics[topic as usize];
+        t.members.retain(|&m| m != n);
+        let peers = t.mesh.remove(&n).unwrap_or_default();
+        for p in peers {
+            let Some(pm) = t.mesh.get_mut(&p) else { continue };
+            pm.retain(|&x| x != n);
+            // gossipsub's D_low: below it a node grafts new mesh peers.
+            if pm.len() < self.cfg.mesh_degree / 2 + 1 && t.members.len() > pm.len() + 1 {
+                for _ in 0..4 {
+                    let q = t.members[self.rng.range(0, t.members.len() as u64 - 1) as usize];
+                    let pm = t.mesh.get_mut(&p).expect("member");
+                    if q != p && !pm.contains(&q) {
+                        pm.push(q);
+                        t.mesh.entry(q).or_default().push(p);
+                        break;
+                    }
+                }
+            }
+        }
+        self.nodes[n as usize].topics.remove(&topic);
+    }
+
+    /// Everything a node's core wants done after an input: facts to publish, runs to start or
+    /// stop, its next timer; then the per-step invariant.
+    fn drain(&mut self, n: u32) {
+        let now = self.now;
+        loop {
+            let Some(f) = self.nodes[n as usize].core.as_mut().expect("up").poll_verified_fact() else { break };
+            self.publish(n, f);
+        }
+        loop {
+            let Some(a) = self.nodes[n as usize].core.as_mut().expect("up").poll_action() else { break };
+            match a {
+                Action::Start { claim, dag, job } => self.start(n, claim, dag, &job),
+                Action::Stop { claim } => {
+                    if let Some((d, j, started)) = self.nodes[n as usize].running.remove(&claim) {
+                        self.report.stopped += 1;
+                        self.report.wasted_ms += now - started;
+                        self.truth[d as usize][j as usize].live.retain(|(_, c)| *c != claim);
+                    }
+                }
+            }
+        }
+        let node = &mut self.nodes[n as usize];
+        if let Some(t) = node.core.as_ref().expect("up").poll_timeout(now)
+            && t < node.tick_at
+        {
+            node.tick_at = t;
+            node.tick_gen += 1;
+            let generation = node.tick_gen;
+            self.push(t, Ev::Tick { node: n, generation });
+        }
+        self.check_node(n);
+    }
+
+    /// Invariant after every step: a node runs only jobs its own view says its claim holds — so
+    /// no view has two winners it acts on — and every claim it runs is in its ledger.
+    fn check_node(&mut self, n: u32) {
+        let node = &self.nodes[n as usize];
+        let core = node.core.as_ref().expect("up");
+        let mut bad = Vec::new();
+        for (claim, &(d, j, _)) in &node.running {
+            let sd = &self.dags[d as usize];
+            let state = core.ledger().job_state(&sd.hash, &sd.dag.jobs[j as usize].id, self.now);
+            if !matches!(state, Some(JobState::Claimed { claim: c, node: w, .. }) if c == *claim && w == node.id) {
+                bad.push(format!("node {n} runs {}/j{j} but its view says {state:?}", sd.hash.short()));
+            }
+        }
+        for b in bad {
+            self.violation(b);
+        }
+    }
+
+    fn start(&mut self, n: u32, claim: Hash, dag: Hash, job: &str) {
+        let d = self.dag_of[&dag];
+        let j: u32 = job[1..].parse().expect("simulated job ids are j<index>");
+        let node = &self.nodes[n as usize];
+        let run_ms = ((self.dags[d as usize].work_ms[j as usize] as f64 / node.speed) as u64).max(1);
+        let epoch = node.epoch;
+        let t = &mut self.truth[d as usize][j as usize];
+        t.starts += 1;
+        if t.live.iter().any(|(m, _)| *m != n) {
+            t.concurrent += 1;
+        }
+        t.first_start.get_or_insert(self.now);
+        t.live.push((n, claim));
+        self.report.starts += 1;
+        self.nodes[n as usize].running.insert(claim, (d, j, self.now));
+        let ok = self.cfg.job_failure == 0.0 || self.rng.unit() >= self.cfg.job_failure;
+        self.push(self.now + run_ms, Ev::Finished { node: n, epoch, claim, ok });
+    }
+
+    /// A fact made by node `n`: recorded, and queued for its mesh peers.
+    fn publish(&mut self, n: u32, f: VerifiedFact) {
+        let id = f.id();
+        let topic = match &f.fact().body {
+            Body::Submit { dag, .. } | Body::Cancel { dag } | Body::Claim { dag, .. } => {
+                self.topic_of_dag[self.dag_of[dag] as usize]
+            }
+            Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } => {
+                *self.claim_topic.get(claim).expect("a node finishes only claims it made")
+            }
+        };
+        if matches!(f.fact().body, Body::Claim { .. }) {
+            self.claim_topic.insert(id, topic);
+        }
+        if let Body::Done { claim, .. } = &f.fact().body
+            && let Some((d, j)) = self.claim_job(claim, n)
+        {
+            self.job_done(d, j, n);
+        }
+        let bytes = wire::encode(f.fact()).len() as u32;
+        self.meta.insert(id, FactMeta { bytes });
+        self.topics[topic as usize].facts.push(id);
+        self.hold(n, topic, id);
+        self.queue_relay(n, topic, f, None);
+    }
+
+    /// The (dag, job) of a claim, read from the claimant's ledger.
+    fn claim_job(&self, claim: &Hash, n: u32) -> Option<(u32, u32)> {
+        let core = self.nodes[n as usize].core.as_ref()?;
+        match &core.ledger().get(claim)?.body {
+            Body::Claim { dag, job, .. } => Some((self.dag_of[dag], job[1..].parse().ok()?)),
+            _ => None,
+        }
+    }
+
+    fn job_done(&mut self, d: u32, j: u32, n: u32) {
+        let t = &mut self.truth[d as usize][j as usize];
+        if t.done_at.is_some() {
+            if !t.holders.contains(&n) {
+                t.holders.push(n);
+            }
+            return;
+        }
+        t.done_at = Some(self.now);
+        t.holders.push(n);
+        // Outputs are replicated to a second node of the topic (k = 2).
+        let topic = self.topic_of_dag[d as usize];
+        let members = &self.topics[topic as usize].members;
+        let r = members[self.rng.range(0, members.len() as u64 - 1) as usize];
+        let t = &mut self.truth[d as usize][j as usize];
+        if r != n {
+            t.holders.push(r);
+        }
+        self.left[d as usize] -= 1;
+        // Dependants whose inputs are now all done are ready.
+        let now = self.now;
+        let sd = &self.dags[d as usize];
+        for k in 0..sd.deps.len() {
+            if sd.deps[k].contains(&j)
+                && sd.deps[k].iter().all(|&x| self.truth[d as usize][x as usize].done_at.is_some())
+            {
+                self.truth[d as usize][k].ready_at = Some(now);
+            }
+        }
+        if self.left.iter().all(|&l| l == 0) && self.finished_at.is_none() {
+            self.finished_at = Some(now);
+            self.push(now + CONVERGE_CHECK_MS, Ev::Converge);
+        }
+    }
+
+    /// Node `n` now holds fact `id` of `topic`.
+    fn hold(&mut self, n: u32, topic: u32, id: Hash) {
+        let node = &mut self.nodes[n as usize];
+        let e = node.digest.entry(topic).or_insert(([0; 32], 0));
+        for (a, b) in e.0.iter_mut().zip(id.0) {
+            *a ^= b;
+        }
+        e.1 += 1;
+    }
+
+    fn queue_relay(&mut self, n: u32, topic: u32, f: VerifiedFact, from: Option<u32>) {
+        let node = &mut self.nodes[n as usize];
+        let batch = node.pending.entry(topic).or_default();
+        batch.entry(f.id()).or_insert(Pending { fact: f, from: vec![] }).from.extend(from);
+        if !node.flush_scheduled {
+            node.flush_scheduled = true;
+            let epoch = node.epoch;
+            self.push(self.now + self.cfg.flush_ms, Ev::Flush { node: n, epoch });
+        }
+    }
+
+    /// Sends a node's batched facts to its mesh peers, each without what it sent us.
+    fn flush(&mut self, n: u32) {
+        let pending = std::mem::take(&mut self.nodes[n as usize].pending);
+        self.nodes[n as usize].flush_scheduled = false;
+        for (topic, batch) in pending {
+            let peers = self.topics[topic as usize].mesh.get(&n).cloned().unwrap_or_default();
+            for p in peers {
+                let facts: Vec<VerifiedFact> =
+                    batch.values().filter(|x| !x.from.contains(&p)).map(|x| x.fact.clone()).collect();
+                if facts.is_empty() {
+                    continue;
+                }
+                let bytes =
+                    MESSAGE_OVERHEAD_BYTES + facts.iter().map(|f| u64::from(self.meta[&f.id()].bytes)).sum::<u64>();
+                self.send(n, p, topic, facts, bytes);
+            }
+        }
+    }
+
+    /// One message on the wire: uplink time, latency, loss, partitions, dead receivers.
+    fn send(&mut self, from: u32, to: u32, topic: u32, facts: Vec<VerifiedFact>, bytes: u64) {
+        let at = self.transmit(from, bytes);
+        if !self.reachable(from, to) || (self.cfg.loss > 0.0 && self.rng.unit() < self.cfg.loss) {
+            return;
+        }
+        self.nodes[to as usize].bytes_in += bytes;
+        self.push(at, Ev::Deliver { to, from, topic, facts });
+    }
+
+    /// Queues `bytes` on a node's uplink; when they arrive at the far end (before loss).
+    fn transmit(&mut self, from: u32, bytes: u64) -> u64 {
+        let lat = self.cfg.latency.sample(&mut self.rng);
+        let node = &mut self.nodes[from as usize];
+        node.bytes_out += bytes;
+        let wire_ms = bytes * 8 * 1000 / self.cfg.uplink_bps.max(1);
+        node.link_free_at = node.link_free_at.max(self.now) + wire_ms;
+        node.link_free_at + lat
+    }
+
+    fn reachable(&self, a: u32, b: u32) -> bool {
+        self.up(b) && !(self.partitioned && self.nodes[a as usize].side != self.nodes[b as usize].side)
+    }
+
+    fn deliver(&mut self, to: u32, from: u32, topic: u32, facts: Vec<VerifiedFact>) {
+        if !self.up(to) {
+            return;
+        }
+        let now = self.now;
+        for f in facts {
+            let id = f.id();
+            let new = self.nodes[to as usize].core.as_mut().expect("up").handle_verified_fact(now, f.clone());
+            if new {
+                self.hold(to, topic, id);
+                if let Body::Done { claim, .. } = &f.fact().body
+                    && let Some((d, j)) = self.claim_job(claim, to)
+                    && self.truth[d as usize][j as usize].holders.is_empty()
+                {
+                    // A Done whose job no holder remembers (cannot happen: the maker holds it).
+                    self.violation(format!("a Done for {d}/j{j} with no holder"));
+                }
+                self.queue_relay(to, topic, f, Some(from));
+            } else if let Some(p) = self.nodes[to as usize].pending.get_mut(&topic).and_then(|b| b.get_mut(&id)) {
+                p.from.push(from);
+            }
+        }
+        self.drain(to);
+    }
+
+    /// One anti-entropy exchange of node `n` with a mesh peer on one of its topics: digests; if
+    /// they differ, the peer's ids, then what each lacks, both ways (as `mesh::wire` does).
+    fn anti_entropy(&mut self, n: u32, only: Option<(u32, u32)>) {
+        let (topic, peer) = match only {
+            Some(tp) => tp,
+            None => {
+                let topics: Vec<u32> = self.nodes[n as usize].topics.iter().copied().collect();
+                if topics.is_empty() {
+                    return;
+                }
+                let node = &mut self.nodes[n as usize];
+                node.ae_turn = node.ae_turn.wrapping_add(1);
+                let topic = topics[node.ae_turn % topics.len()];
+                let Some(mesh) = self.topics[topic as usize].mesh.get(&n).filter(|m| !m.is_empty()) else { return };
+                let peer = mesh[self.rng.range(0, mesh.len() as u64 - 1) as usize];
+                (topic, peer)
+            }
+        };
+        let arrive = self.transmit(n, DIGEST_BYTES);
+        if !self.reachable(n, peer) {
+            return;
+        }
+        self.nodes[peer as usize].bytes_in += DIGEST_BYTES;
+        let mine = self.nodes[n as usize].digest.get(&topic).copied();
+        let theirs = self.nodes[peer as usize].digest.get(&topic).copied();
+        if mine == theirs {
+            let back = self.transmit(peer, DIGEST_BYTES) + arrive - self.now;
+            self.nodes[n as usize].bytes_in += DIGEST_BYTES;
+            let _ = back;
+            return;
+        }
+        let list = &self.topics[topic as usize].facts;
+        let from = self.nodes[n as usize].synced[&topic]
+            .min(self.nodes[peer as usize].synced.get(&topic).copied().unwrap_or(0));
+        let (mut i_lack, mut they_lack) = (Vec::new(), Vec::new());
+        let (a, b) =
+            (self.nodes[n as usize].core.as_ref().expect("up"), self.nodes[peer as usize].core.as_ref().expect("up"));
+        for id in &list[from..] {
+            match (a.ledger().get(id).is_some(), b.ledger().get(id).is_some()) {
+                (false, true) => i_lack.push(b.ledger().verified(id).expect("held")),
+                (true, false) => they_lack.push(a.ledger().verified(id).expect("held")),
+                _ => {}
+            }
+        }
+        let peer_count = u64::from(theirs.map_or(0, |t| t.1));
+        let size = |v: &[VerifiedFact], meta: &HashMap<Hash, FactMeta>| {
+            v.iter().map(|f| u64::from(meta[&f.id()].bytes)).sum::<u64>()
+        };
+        // The peer answers with its ids; we ask for what we lack and push what it lacks.
+        let ids_bytes = MESSAGE_OVERHEAD_BYTES + ID_BYTES * peer_count;
+        let get_bytes = MESSAGE_OVERHEAD_BYTES + ID_BYTES * i_lack.len() as u64;
+        let put_bytes = MESSAGE_OVERHEAD_BYTES + size(&they_lack, &self.meta);
+        let facts_bytes = MESSAGE_OVERHEAD_BYTES + size(&i_lack, &self.meta);
+        let t1 = self.transmit(peer, ids_bytes);
+        self.nodes[n as usize].bytes_in += ids_bytes;
+        let _ = self.transmit(n, get_bytes + put_bytes);
+        self.nodes[peer as usize].bytes_in += get_bytes + put_bytes;
+        let t2 = self.transmit(peer, facts_bytes);
+        self.nodes[n as usize].bytes_in += facts_bytes;
+        let rtt = t1.max(arrive) + (t2 - self.now);
+        if !i_lack.is_empty() {
+            self.push(rtt, Ev::Deliver { to: n, from: peer, topic, facts: i_lack });
+        }
+        if !they_lack.is_empty() {
+            self.push(rtt, Ev::Deliver { to: peer, from: n, topic, facts: they_lack });
+        }
+        self.advance_synced(n, topic);
+        self.advance_synced(peer, topic);
+    }
+
+    fn advance_synced(&mut self, n: u32, topic: u32) -> usize {
+        let list = &self.topics[topic as usize].facts;
+        let node = &mut self.nodes[n as usize];
+        let Some(core) = node.core.as_ref() else { return 0 };
+        let s = node.synced.entry(topic).or_insert(0);
+        while *s < list.len() && core.ledger().get(&list[*s]).is_some() {
+            *s += 1;
+        }
+        *s
+    }
+
+    /// One churn event: a crash (back later), a leave, or a join, in proportion 2 : 1 : 1.
+    fn churn(&mut self) {
+        let up: Vec<u32> = (0..self.nodes.len() as u32).filter(|&n| self.up(n)).collect();
+        match self.rng.range(0, 3) {
+            0 => {
+                let i = self.nodes.len();
+                self.add_node(i);
+                self.report.joins += 1;
+                let n = i as u32;
+                let epoch = 0;
+                let at = self.now + self.rng.range(0, self.cfg.anti_entropy_ms);
+                self.push(at, Ev::AntiEntropy { node: n, epoch });
+                if self.cfg.group_nodes == 0 {
+                    self.join_global(n);
+                }
+            }
+            r => {
+                if up.len() > 1 {
+                    let n = up[self.rng.range(0, up.len() as u64 - 1) as usize];
+                    self.crash(n, r == 1);
+                }
+            }
+        }
+    }
+
+    /// A new or restarted node on the one topic: it learns the peers and every live DAG.
+    fn join_global(&mut self, n: u32) {
+        self.subscribe(n, 0);
+        let ids: Vec<NodeId> =
+            (0..self.nodes.len() as u32).filter(|&m| self.up(m)).map(|m| self.nodes[m as usize].id).collect();
+        let now = self.now;
+        for m in 0..self.nodes.len() as u32 {
+            if self.up(m) {
+                self.nodes[m as usize].core.as_mut().expect("up").handle_peers(now, ids.iter().copied());
+                self.drain(m);
+            }
+        }
+        for d in self.topics[0].dags.clone() {
+            if self.left[d as usize] > 0 && !self.nodes[n as usize].persisted_dags.contains(&self.dags[d as usize].hash)
+            {
+                self.give_dag(n, d);
+            }
+        }
+        if let Some(&peer) = self.topics[0].mesh.get(&n).and_then(|m| m.first()) {
+            self.anti_entropy(n, Some((0, peer)));
+        }
+    }
+
+    fn crash(&mut self, n: u32, permanent: bool) {
+        if !self.up(n) {
+            return;
+        }
+        let now = self.now;
+        let node = &mut self.nodes[n as usize];
+        let core = node.core.take().expect("up");
+        node.persisted = core.ledger().verified_facts().collect();
+        node.status = if permanent { Status::Gone } else { Status::Down };
+        node.epoch += 1;
+        node.pending.clear();
+        node.flush_scheduled = false;
+        node.tick_at = u64::MAX;
+        let lost: Vec<(Hash, (u32, u32, u64))> = std::mem::take(&mut node.running).into_iter().collect();
+        let epoch = node.epoch;
+        for (claim, (d, j, started)) in lost {
+            self.report.wasted_ms += now - started;
+            self.truth[d as usize][j as usize].live.retain(|(_, c)| *c != claim);
+        }
+        if permanent {
+            self.report.leaves += 1;
+            self.nodes[n as usize].persisted.clear();
+        } else {
+            self.report.crashes += 1;
+            let back = self.rng.exp(DOWNTIME_MEAN_MS) as u64;
+            self.push(now + back.max(1), Ev::Restart { node: n });
+        }
+        self.push(now + self.cfg.detect_ms, Ev::Detect { node: n, epoch });
+    }
+
+    /// The failure detector noticed a node is gone: its topics drop it, and a DAG topic left with
+    /// fewer than `group_nodes` members takes the next node in rendezvous order.
+    fn forget(&mut self, n: u32) {
+        let topics: Vec<u32> = self.nodes[n as usize].topics.iter().copied().collect();
+        for t in topics {
+            self.unsubscribe(n, t);
+            if self.cfg.group_nodes == 0 {
+                continue;
+            }
+            let live_dags: Vec<u32> =
+                self.topics[t as usize].dags.iter().copied().filter(|&d| self.left[d as usize] > 0).collect();
+            if live_dags.is_empty() {
+                continue;
+            }
+            let up_members = self.topics[t as usize].members.iter().filter(|&&m| self.up(m)).count();
+            if up_members < self.cfg.group_nodes {
+                let d = live_dags[0];
+                let up: Vec<u32> = (0..self.nodes.len() as u32)
+                    .filter(|&m| self.up(m) && !self.topics[t as usize].members.contains(&m))
+                    .collect();
+                let hash = self.dags[d as usize].hash;
+                let best = up.iter().copied().max_by_key(|&m| affinity(&hash, &self.nodes[m as usize].id));
+                if let Some(m) = best {
+                    self.subscribe(m, t);
+                    for d in live_dags {
+                        self.give_dag(m, d);
+                    }
+                    if let Some(&peer) = self.topics[t as usize].mesh.get(&m).and_then(|x| x.first()) {
+                        self.anti_entropy(m, Some((t, peer)));
+                    }
+                }
+            }
+            self.tell_topic_peers(t);
+        }
+        if self.cfg.group_nodes == 0 {
+            let ids: Vec<NodeId> =
+                (0..self.nodes.len() as u32).filter(|&m| self.up(m)).map(|m| self.nodes[m as usize].id).collect();
+            let now = self.now;
+            for m in 0..self.nodes.len() as u32 {
+                if self.up(m) {
+                    self.nodes[m as usize].core.as_mut().expect("up").handle_peers(now, ids.iter().copied());
+                    self.drain(m);
+                }
+            }
+        }
+    }
+
+    /// A crashed node comes back with what it persisted: its ledger's facts and DAG files.
+    fn restart(&mut self, n: u32) {
+        if self.nodes[n as usize].status != Status::Down {
+            return;
+        }
+        let now = self.now;
+        let node = &mut self.nodes[n as usize];
+        let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.core);
+        for f in std::mem::take(&mut node.persisted) {
+            core.handle_verified_fact(now, f);
+        }
+        node.core = Some(core);
+        node.status = Status::Up;
+        node.tick_at = u64::MAX;
+        let epoch = node.epoch;
+        for h in node.persisted_dags.clone() {
+            let dag: Arc<Dag> = self.dags[self.dag_of[&h] as usize].dag.clone();
+            self.nodes[n as usize].core.as_mut().expect("up").handle_dag(now, h, dag);
+        }
+        // What the core made while reloading (claims, as `shoal node` would make them) is
+        // published by the drain below.
+        let at = now + self.rng.range(0, self.cfg.anti_entropy_ms);
+        self.push(at, Ev::AntiEntropy { node: n, epoch });
+        if self.cfg.group_nodes == 0 {
+            let was = self.nodes[n as usize].topics.contains(&0);
+            if was {
+                self.unsubscribe(n, 0);
+            }
+            self.join_global(n);
+        } else {
+            // Back into the topics of its DAGs that are still running.
+            let mine: Vec<u32> = self.nodes[n as usize].persisted_dags.iter().map(|h| self.dag_of[h]).collect();
+            for d in mine {
+                let t = self.topic_of_dag[d as usize];
+                if self.left[d as usize] == 0 || t == u32::MAX {
+                    continue;
+                }
+                if self.topics[t as usize].members.contains(&n) {
+                    self.unsubscribe(n, t);
+                }
+                self.subscribe(n, t);
+                self.tell_topic_peers(t);
+                if let Some(&peer) = self.topics[t as usize].mesh.get(&n).and_then(|x| x.first()) {
+                    self.anti_entropy(n, Some((t, peer)));
+                }
+            }
+        }
+        self.drain(n);
+    }
+
+    /// With `marks`: every fact made before the mark that some up member of its topic holds, every
+    /// up member holds. Without: the up members of every topic hold the same facts (equal digests).
+    fn converged(&mut self, marks: Option<&[usize]>) -> bool {
+        for t in 0..self.topics.len() {
+            let up: Vec<u32> = self.topics[t].members.iter().copied().filter(|&m| self.up(m)).collect();
+            if up.len() < 2 {
+                continue;
+            }
+            match marks {
+                None => {
+                    let d0 = self.nodes[up[0] as usize].digest.get(&(t as u32));
+                    if up.iter().any(|&m| self.nodes[m as usize].digest.get(&(t as u32)) != d0) {
+                        return false;
+                    }
+                }
+                Some(marks) => {
+                    let want = marks.get(t).copied().unwrap_or(0);
+                    let from = up.iter().map(|&m| self.advance_synced(m, t as u32)).min().unwrap_or(0);
+                    for id in &self.topics[t].facts[from.min(want)..want] {
+                        let held = up
+                            .iter()
+                            .filter(|&&m| self.nodes[m as usize].core.as_ref().expect("up").ledger().get(id).is_some())
+                            .count();
+                        if held > 0 && held < up.len() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Every DAG ended in the view of every up member of its topic.
+    fn views_ended(&self) -> bool {
+        self.dags.iter().enumerate().all(|(d, sd)| {
+            let t = self.topic_of_dag[d];
+            t != u32::MAX
+                && self.topics[t as usize].members.iter().filter_map(|&m| self.nodes[m as usize].core.as_ref()).all(
+                    |core| {
+                        core.ledger().dag_state(&sd.hash, self.now).is_some_and(|s| {
+                            s.jobs.values().all(|j| {
+                                matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled)
+                            })
+                        })
+                    },
+                )
         })
-        .collect();
-    let (dag_hash, dag, deps) = layered_dag(cfg.jobs, &mut rng);
-    let durations: Vec<u64> = (0..cfg.jobs).map(|_| rng.range(cfg.job_ms.0, cfg.job_ms.1)).collect();
-    let index: BTreeMap<String, usize> = dag.jobs.iter().enumerate().map(|(i, j)| (j.id.clone(), i)).collect();
+    }
 
-    let mut queue: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
-    let mut events: BTreeMap<u64, Event> = BTreeMap::new();
-    let mut seq = 0u64;
-    let mut push = |queue: &mut BinaryHeap<_>, events: &mut BTreeMap<u64, Event>, at: u64, ev: Event| {
-        seq += 1;
-        events.insert(seq, ev);
-        queue.push(Reverse((at, seq, 0usize)));
-    };
-    let ids: Vec<_> = nodes.iter().map(NodeCore::id).collect();
-    for n in nodes.iter_mut() {
-        n.handle_peers(0, ids.iter().copied());
-        n.handle_dag(0, dag_hash, dag.clone());
+    fn converge_check(&mut self) -> bool {
+        if let Some((healed, marks)) = self.heal.take() {
+            if self.converged(Some(&marks)) {
+                self.report.converge_after_heal_ms = Some(self.now - healed);
+            } else {
+                self.heal = Some((healed, marks));
+            }
+        }
+        if let Some(end) = self.finished_at {
+            if self.heal.is_none() && self.converged(None) && self.views_ended() {
+                self.report.converge_at_end_ms = Some(self.now - end);
+                return true;
+            }
+            if self.now > end + CONVERGE_LIMIT_MS {
+                self.violation(format!(
+                    "the mesh did not converge within {CONVERGE_LIMIT_MS} ms of the last DAG ending"
+                ));
+                return true;
+            }
+        }
+        self.push(self.now + CONVERGE_CHECK_MS, Ev::Converge);
+        false
     }
-    nodes[0].submit(0, dag_hash, dag.clone(), 3);
-    let (mut starts, mut stopped, mut processed) = (0usize, 0usize, 0u64);
-    let mut now = 0u64;
-    let mut pending_ticks: BTreeSet<(usize, u64)> = BTreeSet::new();
-    let mut outbox = |node: usize,
-                      now: u64,
-                      nodes: &mut Vec<NodeCore>,
-                      rng: &mut Rng,
-                      queue: &mut BinaryHeap<_>,
-                      events: &mut BTreeMap<u64, Event>,
-                      starts: &mut usize,
-                      stopped: &mut usize,
-                      pending_ticks: &mut BTreeSet<(usize, u64)>| {
-        while let Some(fact) = nodes[node].poll_fact() {
-            for to in 0..nodes.len() {
-                if to != node {
-                    let at = now + rng.range(cfg.latency_ms.0, cfg.latency_ms.1);
-                    push(queue, events, at, Event::Deliver { to, fact: Box::new(fact.clone()) });
+
+    /// Metrics over time, and the invariants that cost more than a step: two members of a topic
+    /// holding the same facts agree on every job of it.
+    fn sample(&mut self) {
+        let up: Vec<&Node> = self.nodes.iter().filter(|n| n.status == Status::Up).collect();
+        let bytes: u64 = self.nodes.iter().map(|n| n.bytes_in).sum();
+        let dt_s = (self.now - self.last_sample.0) as f64 / 1000.0;
+        let row = SampleRow {
+            t_s: self.now as f64 / 1000.0,
+            done: self.truth.iter().flatten().filter(|t| t.done_at.is_some()).count(),
+            running: up.iter().map(|n| n.running.len()).sum(),
+            up_nodes: up.len(),
+            gossip_bytes_per_node_s: (bytes - self.last_sample.1) as f64 / up.len().max(1) as f64 / dt_s.max(1e-9),
+            starts: self.report.starts,
+            duplicates: self.truth.iter().flatten().map(|t| u64::from(t.concurrent)).sum(),
+            events: self.processed,
+        };
+        self.last_sample = (self.now, bytes);
+        if self.cfg.progress {
+            eprintln!(
+                "t={:.2} h: {} of {} jobs done, {} running, {} nodes up, {:.2} kbit/s/node, {} events",
+                row.t_s / 3600.0,
+                row.done,
+                self.report.jobs,
+                row.running,
+                row.up_nodes,
+                row.gossip_bytes_per_node_s * 8.0 / 1000.0,
+                row.events
+            );
+        }
+        self.report.samples.push(row);
+        for _ in 0..VIEW_CHECKS_PER_SAMPLE.min(self.topics.len()) {
+            let t = self.rng.range(0, self.topics.len() as u64 - 1) as usize;
+            let members: Vec<u32> = self.topics[t].members.iter().copied().filter(|&m| self.up(m)).collect();
+            if members.len() < 2 {
+                continue;
+            }
+            let a = members[self.rng.range(0, members.len() as u64 - 1) as usize];
+            let b = members[self.rng.range(0, members.len() as u64 - 1) as usize];
+            let (na, nb) = (&self.nodes[a as usize], &self.nodes[b as usize]);
+            if a == b || na.digest.get(&(t as u32)) != nb.digest.get(&(t as u32)) {
+                continue;
+            }
+            let mut bad = Vec::new();
+            for &d in &self.topics[t].dags {
+                let h = self.dags[d as usize].hash;
+                let sa = na.core.as_ref().expect("up").ledger().dag_state(&h, self.now);
+                let sb = nb.core.as_ref().expect("up").ledger().dag_state(&h, self.now);
+                if sa != sb {
+                    bad.push(format!("nodes {a} and {b} hold the same facts of DAG {} but disagree", h.short()));
+                }
+            }
+            for what in bad {
+                self.violation(what);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        self.sample();
+        let now = self.now;
+        let mut r = std::mem::take(&mut self.report);
+        let truth = self.truth.iter().flatten();
+        r.done = truth.clone().filter(|t| t.done_at.is_some()).count();
+        r.makespan_ms = truth.clone().filter_map(|t| t.done_at).max().unwrap_or(0);
+        r.extra_starts = truth.clone().map(|t| u64::from(t.starts.saturating_sub(1))).sum();
+        r.concurrent_duplicates = truth.clone().map(|t| u64::from(t.concurrent)).sum();
+        r.claim_latency_ms =
+            Percentiles::of(truth.clone().filter_map(|t| Some(t.first_start?.saturating_sub(t.ready_at?))).collect());
+        // Lower bound: no DAG ends before its submit plus its critical path at the fastest speed,
+        // and no schedule beats the total work spread over every core of the starting mesh.
+        let fastest = self.nodes.iter().map(|n| n.speed).fold(0.0f64, f64::max).max(1e-9);
+        let capacity: f64 = self.nodes[..self.cfg.nodes].iter().map(|n| f64::from(n.caps.cores) * n.speed).sum();
+        let work: u64 = self.dags.iter().flat_map(|d| d.work_ms.iter()).sum();
+        let first = self.dags.iter().map(|d| d.submit_at_ms).min().unwrap_or(0);
+        let cp = self.dags.iter().map(|d| d.submit_at_ms + d.critical_path_ms(fastest)).max().unwrap_or(0);
+        let by_work = first + (work as f64 / capacity.max(1e-9)) as u64;
+        r.lower_bound_ms = cp.max(by_work);
+        let mean_speed = self.nodes.iter().map(|n| n.speed).sum::<f64>() / self.nodes.len().max(1) as f64;
+        let cp_mean = self.dags.iter().map(|d| d.submit_at_ms + d.critical_path_ms(mean_speed)).max().unwrap_or(0);
+        r.lower_bound_mean_speed_ms = cp_mean.max(by_work);
+        // Gossip: bytes received per node per second of the run, over the nodes' up time.
+        let span_s = (r.makespan_ms.max(1) as f64) / 1000.0;
+        let per_node: Vec<f64> = self.nodes.iter().map(|n| n.bytes_in as f64 / span_s).collect();
+        r.gossip_bytes_per_node_s = per_node.iter().sum::<f64>() / per_node.len().max(1) as f64;
+        r.gossip_bytes_per_node_s_max = per_node.iter().copied().fold(0.0, f64::max);
+        r.events = self.processed;
+        r.facts_made = self.meta.len() as u64;
+        r.facts_held = self.nodes.iter().filter_map(|n| n.core.as_ref()).map(|n| n.ledger().len() as u64).sum();
+        // Every submitted DAG ended in every up member's view, once the mesh healed.
+        for (d, sd) in self.dags.iter().enumerate() {
+            let t = self.topic_of_dag[d];
+            if t == u32::MAX {
+                self.violations.insert(format!("DAG {d} was never submitted"));
+                continue;
+            }
+            for &m in &self.topics[t as usize].members {
+                let Some(core) = self.nodes[m as usize].core.as_ref() else { continue };
+                let ended = core.ledger().dag_state(&sd.hash, now).is_some_and(|s| {
+                    s.jobs
+                        .values()
+                        .all(|j| matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled))
+                });
+                if !ended && self.violations.len() < 20 {
+                    self.violations.insert(format!("DAG {} has not ended in node {m}'s view", sd.hash.short()));
+                }
+            }
+            if let Some(core) =
+                self.topics[t as usize].members.iter().find_map(|&m| self.nodes[m as usize].core.as_ref())
+                && let Some(s) = core.ledger().dag_state(&sd.hash, now)
+            {
+                r.failed += s.jobs.values().filter(|j| matches!(j, JobState::Failed { .. })).count();
+            }
+        }
+        // Every Done job's outputs are held by a node that has not left, or recomputable: its DAG
+        // is still held by such a node (the lineage), so it can be run again from its inputs.
+        for (d, jobs) in self.truth.iter().enumerate() {
+            let t = self.topic_of_dag[d];
+            let dag_held = t != u32::MAX
+                && self.topics[t as usize].members.iter().any(|&m| self.nodes[m as usize].status != Status::Gone);
+            for (j, tr) in jobs.iter().enumerate() {
+                if tr.done_at.is_none() {
+                    continue;
+                }
+                if tr.holders.iter().all(|&h| self.nodes[h as usize].status == Status::Gone) {
+                    r.outputs_lost += 1;
+                    if !dag_held {
+                        self.violations.insert(format!("DAG {d} job {j}: outputs lost and its DAG with them"));
+                    }
                 }
             }
         }
-        while let Some(action) = nodes[node].poll_action() {
-            match action {
-                Action::Start { claim, job, .. } => {
-                    *starts += 1;
-                    push(queue, events, now + durations[index[&job]], Event::Finished { node, claim });
-                }
-                Action::Stop { .. } => *stopped += 1,
-            }
+        if self.finished_at.is_none() {
+            self.violations.insert(format!("{} of {} jobs done when the run stopped", r.done, r.jobs));
+        } else if r.converge_at_end_ms.is_none() {
+            self.violations.insert("the ledgers did not converge".into());
         }
-        if let Some(t) = nodes[node].poll_timeout(now)
-            && pending_ticks.insert((node, t))
-        {
-            push(queue, events, t, Event::Tick { node });
+        if self.cfg.partition.is_some() && r.converge_after_heal_ms.is_none() {
+            self.violations.insert("the mesh did not converge after the partition healed".into());
         }
-    };
-    outbox(0, 0, &mut nodes, &mut rng, &mut queue, &mut events, &mut starts, &mut stopped, &mut pending_ticks);
-    let done_all = |nodes: &[NodeCore], now: u64| {
-        nodes[0]
-            .ledger()
-            .state(now)
-            .dags
-            .get(&dag_hash)
-            .is_some_and(|d| d.jobs.values().all(|j| matches!(j, JobState::Done { .. })))
-    };
-    let dead = |node: usize, at: u64| cfg.crash.is_some_and(|(n, t)| n == node && at >= t);
-    while let Some(Reverse((at, id, _))) = queue.pop() {
-        if at > cfg.limit_ms {
-            break;
+        if r.makespan_ms < r.lower_bound_ms && r.done == r.jobs {
+            self.violations
+                .insert(format!("makespan {} ms beats the lower bound {} ms", r.makespan_ms, r.lower_bound_ms));
         }
-        now = at;
-        processed += 1;
-        let event = events.remove(&id).expect("queued");
-        let target = match &event {
-            Event::Deliver { to, .. } => *to,
-            Event::Tick { node } | Event::Finished { node, .. } => *node,
-        };
-        if dead(target, at) {
-            continue;
-        }
-        let node = match event {
-            Event::Deliver { to, fact } => {
-                nodes[to].handle_fact(now, *fact).expect("facts from the core verify");
-                to
-            }
-            Event::Tick { node } => {
-                pending_ticks.retain(|(n, t)| !(*n == node && *t <= now));
-                nodes[node].handle_tick(now);
-                node
-            }
-            Event::Finished { node, claim } => {
-                nodes[node].handle_job_finished(now, claim, Ok(Hash::of(&claim.0)));
-                node
-            }
-        };
-        outbox(node, now, &mut nodes, &mut rng, &mut queue, &mut events, &mut starts, &mut stopped, &mut pending_ticks);
-        let live: Vec<usize> = (0..nodes.len()).filter(|&n| !dead(n, now)).collect();
-        let first = live[0];
-        if queue.is_empty()
-            || (done_all(&nodes[first..=first], now)
-                && live.iter().all(|&n| nodes[n].ledger().len() == nodes[first].ledger().len()))
-        {
-            break;
-        }
+        r.violations = self
+            .violations
+            .into_iter()
+            .map(|v| format!("seed {}: {v} (replay: SHOAL_SIM_SEED={})", r.seed, r.seed))
+            .collect();
+        r
     }
-    // Let the last facts land, then compare the views of the nodes still alive.
-    while let Some(Reverse((at, id, _))) = queue.pop() {
-        if let Some(Event::Deliver { to, fact }) = events.remove(&id)
-            && !dead(to, at)
-        {
-            nodes[to].handle_fact(at, *fact).expect("facts verify");
-        }
-    }
-    let live: Vec<usize> = (0..nodes.len()).filter(|&n| !dead(n, now)).collect();
-    let digest = nodes[live[0]].ledger().digest();
-    let converged = live.iter().all(|&n| nodes[n].ledger().digest() == digest);
-    let state = nodes[live[0]].ledger().state(now);
-    let done =
-        state.dags.get(&dag_hash).map_or(0, |d| d.jobs.values().filter(|j| matches!(j, JobState::Done { .. })).count());
-    let mut finish = vec![0u64; cfg.jobs];
-    for i in 0..cfg.jobs {
-        finish[i] = deps[i].iter().map(|&d| finish[d]).max().unwrap_or(0) + durations[i];
-    }
-    let critical = finish.iter().copied().max().unwrap_or(0);
-    let work: u64 = durations.iter().sum();
-    let capacity = (cfg.nodes as u64 * u64::from(cfg.cores_per_node)).max(1);
-    Report {
-        done,
-        jobs: cfg.jobs,
-        makespan_ms: now,
-        lower_bound_ms: critical.max(work / capacity),
-        starts,
-        stopped,
-        events: processed,
-        converged,
-    }
+}
+
+/// One run of `cfg`.
+pub fn run(cfg: &Config) -> Report {
+    Sim::new(cfg.clone()).run()
 }

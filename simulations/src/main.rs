@@ -1,58 +1,143 @@
-//! `cargo run -p shoal-simulations --release -- --nodes 50 --jobs 400 --seed 1`: one deterministic
-//! run of the real node core; prints what it measured.
+//! `cargo run -p shoal-simulations --release -- --nodes 10000 --jobs 100000 --seed 1 --scenario churn`:
+//! one deterministic run of the real node core; prints a table row and writes CSV and SVG plots
+//! into `--out`. `--sweep N` runs seeds `seed..seed+N` and names every seed that broke an invariant.
+
+use std::path::PathBuf;
+use std::time::Instant;
 
 use clap::Parser;
-use shoal_simulations::{Config, run};
+use shoal_simulations::{Config, output, run};
 
 #[derive(Parser)]
 #[command(about = "Deterministic simulation of shoal's scheduler core")]
 struct Args {
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     nodes: usize,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 2000)]
     jobs: usize,
+    /// The first seed; `SHOAL_SIM_SEED=N` replays a failed run.
     #[arg(long, env = "SHOAL_SIM_SEED", default_value_t = 1)]
     seed: u64,
-    #[arg(long, default_value_t = 2)]
-    cores: u32,
+    /// basic, layered, fanout, chains, mixed, overnight, churn or partition.
+    #[arg(long, default_value = "churn")]
+    scenario: String,
+    /// Runs this many seeds from `--seed` on; prints one row each, writes no plots.
+    #[arg(long)]
+    sweep: Option<u64>,
+    /// Where CSV and SVG files go.
+    #[arg(long, default_value = "target/sim")]
+    out: PathBuf,
+    /// Nodes per DAG topic (0: one topic, every node holds every DAG).
+    #[arg(long)]
+    group_nodes: Option<usize>,
+    #[arg(long)]
+    mesh_degree: Option<usize>,
+    /// Claim lease, ms (renewed at half).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Claim stagger per rank place, ms.
+    #[arg(long)]
+    stagger_ms: Option<u64>,
+    /// Anti-entropy period per node, ms.
+    #[arg(long)]
+    anti_entropy_ms: Option<u64>,
+    /// Churn per hour, as a fraction of the nodes.
+    #[arg(long)]
+    churn: Option<f64>,
+    /// Fraction of messages lost.
+    #[arg(long)]
+    loss: Option<f64>,
+    /// Median job work, ms at speed 1.
+    #[arg(long)]
+    job_ms: Option<u64>,
+    /// Heterogeneous nodes' speeds are uniform in 1 ± this (0: all alike).
+    #[arg(long)]
+    speed_spread: Option<f64>,
+    /// A line per metrics sample on stderr.
+    #[arg(long)]
+    progress: bool,
+    /// Cores per node (homogeneous scenarios).
+    #[arg(long)]
+    cores: Option<u32>,
 }
 
-fn main() {
+fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
+    let mut c = Config::scenario(&a.scenario, a.nodes, a.jobs, seed).map_err(anyhow::Error::msg)?;
+    if let Some(g) = a.group_nodes {
+        c.group_nodes = g;
+    }
+    if let Some(d) = a.mesh_degree {
+        c.mesh_degree = d;
+    }
+    if let Some(l) = a.lease_ms {
+        c.core.lease_ms = l;
+    }
+    if let Some(x) = a.stagger_ms {
+        c.core.claim_stagger_ms = x;
+    }
+    if let Some(x) = a.anti_entropy_ms {
+        c.anti_entropy_ms = x;
+    }
+    if let Some(x) = a.churn {
+        c.churn_per_hour = x;
+    }
+    if let Some(x) = a.loss {
+        c.loss = x;
+    }
+    if let Some(x) = a.job_ms {
+        c.work.median_ms = x;
+    }
+    if let Some(x) = a.speed_spread {
+        c.speed_spread = x;
+    }
+    c.progress = a.progress;
+    if let Some(x) = a.cores {
+        c.cores_per_node = x;
+    }
+    Ok(c)
+}
+
+fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let cfg = Config {
-        nodes: a.nodes,
-        jobs: a.jobs,
-        seed: a.seed,
-        cores_per_node: a.cores,
-        latency_ms: (1, 20),
-        job_ms: (1_000, 60_000),
-        limit_ms: 7 * 86_400_000,
-        crash: None,
-    };
-    let started = std::time::Instant::now();
-    let r = run(&cfg);
-    let wall = started.elapsed();
-    println!(
-        "| nodes | jobs | seed | done | makespan s | lower bound s | ratio | starts | stopped | events | events/s | converged |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {:.0} | {} |",
-        cfg.nodes,
-        cfg.jobs,
-        cfg.seed,
-        r.done,
-        r.makespan_ms as f64 / 1000.0,
-        r.lower_bound_ms as f64 / 1000.0,
-        r.makespan_ms as f64 / r.lower_bound_ms.max(1) as f64,
-        r.starts,
-        r.stopped,
-        r.events,
-        r.events as f64 / wall.as_secs_f64(),
-        r.converged
-    );
-    if r.done != r.jobs || !r.converged {
-        eprintln!("invariant broken with seed {} (replay: SHOAL_SIM_SEED={})", cfg.seed, cfg.seed);
+    println!("{}", output::TABLE_HEADER);
+    let seeds = a.seed..a.seed + a.sweep.unwrap_or(1);
+    let mut failed = Vec::new();
+    for seed in seeds {
+        let cfg = config(&a, seed)?;
+        let started = Instant::now();
+        let r = run(&cfg);
+        let wall_s = started.elapsed().as_secs_f64();
+        println!("{}", output::table_row(&a.scenario, &r, wall_s));
+        if a.sweep.is_none() {
+            let name = format!("{}-{}n-{}j-s{}", a.scenario, a.nodes, a.jobs, seed);
+            for p in output::write(&a.out, &name, &r, wall_s)? {
+                eprintln!("wrote {}", p.display());
+            }
+            eprintln!(
+                "claim latency mean {:.1} s, max {:.1} s; stopped {}, wasted {:.1} core-h; crashes {}, joins {}, leaves {}; outputs lost {}; facts held {}; converged {} s after the end",
+                r.claim_latency_ms.mean / 1000.0,
+                r.claim_latency_ms.max as f64 / 1000.0,
+                r.stopped,
+                r.wasted_ms as f64 / 3.6e6,
+                r.crashes,
+                r.joins,
+                r.leaves,
+                r.outputs_lost,
+                r.facts_held,
+                r.converge_at_end_ms.map_or("-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
+            );
+        }
+        eprintln!("events by kind: {:?}", r.events_by_kind);
+        for v in &r.violations {
+            eprintln!("invariant broken: {v}");
+        }
+        if !r.violations.is_empty() {
+            failed.push(seed);
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("seeds with a broken invariant: {failed:?} (replay one: SHOAL_SIM_SEED=N, same flags)");
         std::process::exit(1);
     }
+    Ok(())
 }

@@ -113,7 +113,7 @@ pub struct NodeCore {
     /// renewed, so a node wakes when a lease really ends, not at every renewal in its view.
     leases: BTreeSet<(u64, Hash, u32)>,
     lease_of: BTreeMap<(Hash, u32), u64>,
-    out_facts: VecDeque<Fact>,
+    out_facts: VecDeque<VerifiedFact>,
     out_actions: VecDeque<Action>,
 }
 
@@ -208,11 +208,10 @@ impl NodeCore {
     /// Signs, stores and queues for gossip a fact of this node, and folds it in.
     fn emit(&mut self, now_ms: u64, body: Body) -> Hash {
         self.hlc = self.hlc.tick(now_ms);
-        let fact = Fact::sign(&self.key, self.hlc, body);
-        let verified = fact.clone().verified().expect("our own facts verify");
+        let verified = VerifiedFact::own(Fact::sign(&self.key, self.hlc, body));
         let id = verified.id();
+        self.out_facts.push_back(verified.clone());
         let touched = self.ledger.insert_verified(verified);
-        self.out_facts.push_back(fact);
         self.touch(now_ms, touched);
         id
     }
@@ -335,6 +334,11 @@ impl NodeCore {
     }
 
     pub fn poll_fact(&mut self) -> Option<Fact> {
+        self.out_facts.pop_front().map(|f| f.fact().clone())
+    }
+
+    /// [`NodeCore::poll_fact`] with its id and proof of checking, for drivers that share facts.
+    pub fn poll_verified_fact(&mut self) -> Option<VerifiedFact> {
         self.out_facts.pop_front()
     }
 
@@ -478,13 +482,13 @@ impl NodeCore {
             // Recorded as running before the claim is folded in, so the fold sees it as ours.
             self.hlc = self.hlc.tick(now_ms);
             let fact = Fact::sign(&self.key, self.hlc, Body::Claim { dag, job: id.clone(), lease_until_ms });
-            let verified = fact.clone().verified().expect("our own facts verify");
+            let verified = VerifiedFact::own(fact);
             let claim = verified.id();
             self.running.insert(claim, Running { dag, job: idx, cores, lease_until_ms });
             self.running_by_job.insert((dag, idx), claim);
             self.out_actions.push_back(Action::Start { claim, dag, job: id });
+            self.out_facts.push_back(verified.clone());
             let touched = self.ledger.insert_verified(verified);
-            self.out_facts.push_back(fact);
             self.touch(now_ms, touched);
         }
     }

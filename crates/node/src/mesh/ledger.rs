@@ -177,6 +177,13 @@ impl VerifiedFact {
     }
 }
 
+impl VerifiedFact {
+    /// A fact this process just signed with its own key: nothing to check.
+    pub(crate) fn own(fact: Fact) -> VerifiedFact {
+        VerifiedFact { id: fact.id(), fact: Arc::new(fact) }
+    }
+}
+
 impl Fact {
     /// Checks the fact and wraps it with its id.
     pub fn verified(self) -> Result<VerifiedFact, LedgerError> {
@@ -487,6 +494,11 @@ impl Ledger {
 
     pub fn get(&self, id: &Hash) -> Option<&Fact> {
         self.facts.get(id).map(|f| &**f)
+    }
+
+    /// One fact with the proof that it was checked when it came in.
+    pub fn verified(&self, id: &Hash) -> Option<VerifiedFact> {
+        self.facts.get(id).map(|f| VerifiedFact { id: *id, fact: f.clone() })
     }
 
     /// Every fact, by id, each with the proof that it was checked when it came in.

@@ -1,0 +1,83 @@
+//! Fixed-seed scenarios of the real node core, the invariants asserted after every step and at
+//! the end (see `shoal_simulations::Sim`): a failure names its seed, and
+//! `SHOAL_SIM_SEED=N cargo run -p shoal-simulations --release -- --scenario ... ` replays it.
+
+use shoal_simulations::{Config, Latency, Partition, Report, WorkDist, run};
+
+/// The overnight scenario shrunk to run in seconds in a debug build: 200 heterogeneous nodes,
+/// jobs of about a minute, leases of a minute.
+fn small(scenario: &str, seed: u64) -> Config {
+    let mut c = Config::scenario(scenario, 200, 200, seed).expect("a known scenario");
+    c.work = WorkDist { median_ms: 60_000, sigma: 0.5, max_ms: 300_000 };
+    c.submit_window_ms = 5 * 60_000;
+    c.core.lease_ms = 60_000;
+    c.sample_ms = 60_000;
+    c
+}
+
+fn assert_ok(r: &Report) {
+    assert!(r.violations.is_empty(), "{:#?}", r.violations);
+    assert_eq!(r.done, r.jobs, "seed {}: every job done", r.seed);
+    assert!(r.makespan_ms >= r.lower_bound_ms, "seed {}: {r:?}", r.seed);
+    assert!(r.converge_at_end_ms.is_some(), "seed {}: converged", r.seed);
+}
+
+#[test]
+fn a_layered_dag_on_a_few_nodes_completes_converges_and_replays_exactly() {
+    let c = Config::basic(8, 30, 7);
+    let r = run(&c);
+    assert_ok(&r);
+    assert_eq!(r.extra_starts, 0, "no races on a quiet mesh: {r:?}");
+    assert!((r.makespan_ms as f64) < 1.05 * r.lower_bound_ms as f64, "{r:?}");
+    assert_eq!(run(&c), r, "the same seed replays the same run");
+}
+
+#[test]
+fn churn_at_200_nodes_crashes_restarts_leaves_and_joins() {
+    let mut c = small("churn", 1);
+    // Enough churn to hit a run of ~20 minutes many times: 30% of the nodes per hour.
+    c.churn_per_hour = 0.3;
+    let r = run(&c);
+    assert_ok(&r);
+    assert!(r.crashes + r.leaves + r.joins >= 10, "churn happened: {r:?}");
+    assert!(r.concurrent_duplicates * 50 <= r.jobs as u64, "≤ 2% concurrent duplicates: {r:?}");
+}
+
+#[test]
+fn a_partition_heals_and_every_ledger_converges() {
+    let mut c = small("partition", 2);
+    c.partition = Some(Partition { at_ms: 3 * 60_000, for_ms: 5 * 60_000, fraction: 0.3 });
+    let r = run(&c);
+    assert_ok(&r);
+    let healed = r.converge_after_heal_ms.expect("converged after the heal");
+    assert!(healed < 120_000, "converged {healed} ms after the heal: {r:?}");
+}
+
+#[test]
+fn dag_topics_of_a_few_nodes_each_finish_under_churn_and_loss() {
+    let mut c = small("churn", 3);
+    c.group_nodes = 24;
+    c.churn_per_hour = 0.3;
+    c.loss = 0.05;
+    c.latency = Latency::LogNormal { median_ms: 40, sigma: 0.8, max_ms: 3_000 };
+    let r = run(&c);
+    assert_ok(&r);
+    // Each node holds only its topics' facts: far fewer than every fact on every node.
+    let everyone = r.facts_made * r.nodes as u64;
+    assert!(r.facts_held * 2 < everyone, "{} facts held, {everyone} if every node held every fact", r.facts_held);
+}
+
+#[test]
+fn the_dag_completes_when_any_of_a_few_nodes_dies_mid_run() {
+    // Each node in turn (one of them submitted the DAG) dies 5 s in, while the first layer runs:
+    // its claims lapse, other nodes finish the DAG, and a job it held costs one attempt.
+    let mut retried = 0;
+    for node in 0..8 {
+        let mut c = Config::basic(8, 30, 3);
+        c.crashes = vec![(node, 5_000)];
+        let r = run(&c);
+        assert_ok(&r);
+        retried += usize::from(r.extra_starts > 0);
+    }
+    assert!(retried > 0, "no node held a run when it died: the test proves nothing");
+}
