@@ -703,8 +703,15 @@ impl Node {
                         }
                     }
                     let new = !self.peers.contains_key(&a.node);
+                    let node = a.node;
+                    let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
                     let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
                     self.peers.insert(a.node, PeerInfo { announce: a, caps, seen: Instant::now() });
+                    if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
+                        let caps: Vec<(NodeId, Capabilities)> =
+                            self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
+                        self.core.handle_peer_caps(now, caps);
+                    }
                     if new {
                         let live = self.live_peers();
                         self.core.handle_peers(now, live);

@@ -115,6 +115,8 @@ pub struct NodeCore {
     lease_of: BTreeMap<(Hash, u32), u64>,
     out_facts: VecDeque<VerifiedFact>,
     out_actions: VecDeque<Action>,
+    /// Peers' announced capabilities by rendezvous key (see [`NodeCore::handle_peer_caps`]).
+    peer_caps: BTreeMap<u64, Capabilities>,
 }
 
 /// A 64-bit mixer (splitmix64's finaliser): rendezvous scores from a job's point and a node's key
@@ -165,6 +167,7 @@ impl NodeCore {
             lease_of: BTreeMap::new(),
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
+            peer_caps: BTreeMap::new(),
         }
     }
 
@@ -259,6 +262,29 @@ impl NodeCore {
         keys.dedup();
         self.dag_peers.insert(dag, keys);
         self.settle(now_ms);
+    }
+
+    /// The capabilities peers announced (a driver with them calls this; without it every known
+    /// peer counts as able to run every job). Used only to rank: a peer that could never run a
+    /// job is no reason to wait for it. Same rule as [`NodeCore::handle_peers`] for jobs waiting.
+    pub fn handle_peer_caps(&mut self, now_ms: u64, caps: impl IntoIterator<Item = (NodeId, Capabilities)>) {
+        self.peer_caps = caps.into_iter().map(|(n, c)| (key64(&n), c)).collect();
+        self.settle(now_ms);
+    }
+
+    /// This node's place for a job among the known peers that could run it: 0 claims first. A
+    /// peer whose capabilities are unknown counts as able to.
+    fn rank_for(&self, dag: &Hash, point: u64, req: &shoal_dag::Requirements) -> u64 {
+        if self.peer_caps.is_empty() {
+            return self.rank(dag, point);
+        }
+        let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
+        let mine = mix(point ^ self.me);
+        peers
+            .iter()
+            .filter(|&&p| mix(point ^ p) < mine)
+            .filter(|p| self.peer_caps.get(p).is_none_or(|c| mismatches(req, c).is_empty()))
+            .count() as u64
     }
 
     /// This node's place among the known peers for a job: 0 claims first.
@@ -403,7 +429,9 @@ impl NodeCore {
         let mut work = vec![idx];
         while let Some(idx) = work.pop() {
             let Some(s) = self.sched.get_mut(&dag) else { return };
-            let job = &s.dag.jobs[idx as usize];
+            // A handle of its own on the DAG (an Arc), so the job can be read while `self` is.
+            let dag_content = s.dag.clone();
+            let job = &dag_content.jobs[idx as usize];
             let state = self.ledger.job_state(&dag, &job.id, now_ms);
             if matches!(state, Some(JobState::Done { .. })) && !s.done[idx as usize] {
                 s.done[idx as usize] = true;
@@ -445,7 +473,7 @@ impl NodeCore {
             }
             match (claimable, self.candidates.get(&key).copied()) {
                 (true, None) => {
-                    let eligible_ms = now_ms + self.rank(&dag, pt) * self.cfg.claim_stagger_ms;
+                    let eligible_ms = now_ms + self.rank_for(&dag, pt, &job.requirements) * self.cfg.claim_stagger_ms;
                     self.candidates.insert(key, Candidate { eligible_ms, cores });
                     self.queues.entry(cores).or_default().insert((eligible_ms, dag, idx));
                 }
@@ -607,6 +635,39 @@ mod tests {
         }
         assert_eq!(started, vec!["a".to_string()]);
         assert!(now <= LEASE_MS + 2, "taken over at {now} ms, lease {LEASE_MS} ms");
+    }
+
+    #[test]
+    fn a_job_only_one_node_can_run_is_claimed_at_once_once_peers_capabilities_are_known() {
+        // Many peers that lack the label the job needs: without their capabilities the one node
+        // that has it waits behind those that rank first; with them it claims at once.
+        let text = r#"{"version": 1, "jobs": [
+          {"id": "only-b", "image": "b:1", "command": ["x"], "requirements": {"labels": {"name": "b"}}}]}"#;
+        let h = Hash::of(text.as_bytes());
+        let dag = parse_dag("d.json", text).unwrap();
+        let others: Vec<NodeId> =
+            (10..30u8).map(|i| SigningKey::from_bytes(&[i; 32]).verifying_key().to_bytes()).collect();
+        let mut b_caps = caps(1);
+        b_caps.labels.insert("name".into(), "b".into());
+        let start_at = |with_caps: bool| {
+            let mut b = NodeCore::new(SigningKey::from_bytes(&[2; 32]), b_caps.clone());
+            b.handle_peers(0, others.clone());
+            if with_caps {
+                b.handle_peer_caps(0, others.iter().map(|n| (*n, caps(1))));
+            }
+            b.submit(0, h, dag.clone(), 1);
+            let mut now = 0;
+            loop {
+                if starts(&mut b).iter().any(|a| matches!(a, Action::Start { .. })) {
+                    return now;
+                }
+                now = b.poll_timeout(now).expect("a wake-up while the job waits");
+                b.handle_tick(now);
+            }
+        };
+        let without = start_at(false);
+        assert!(without > 0, "20 peers rank before b for some of them, so b waited: {without} ms");
+        assert_eq!(start_at(true), 0, "no capable peer ranks before b");
     }
 
     #[test]
