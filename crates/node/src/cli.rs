@@ -639,21 +639,13 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
 }
 
 fn mesh_init(path: &Path, force: bool) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if path.exists() && !force {
         bail!("{} exists; copy it to the other nodes, or pass --force to make a new one", path.display());
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(shoal_node::mesh::net::format_psk(&key).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::daemon::write_mesh_key(path)?;
     println!("{}", path.display());
     eprintln!("wrote a new mesh key; copy it to every node (`shoal node --mesh-key PATH`)");
     Ok(())

@@ -1,7 +1,6 @@
 //! `shoal explore`: opens the Program Explorer of the node running with this store, starting one
 //! (in the background, where it keeps running) when none answers.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
@@ -60,7 +59,7 @@ fn start_node(home: &Path, args: &ExploreArgs) -> Result<String> {
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let key = home.join("mesh.key");
     if !key.exists() {
-        write_mesh_key(&key)?;
+        crate::daemon::write_mesh_key(&key)?;
     }
     // The default port may belong to a node of another store.
     let http =
@@ -107,18 +106,6 @@ fn start_node(home: &Path, args: &ExploreArgs) -> Result<String> {
     }
 }
 
-/// A fresh mesh key for a node of its own (the same file `shoal mesh init` writes).
-fn write_mesh_key(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(shoal_node::mesh::net::format_psk(&key).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
 
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
