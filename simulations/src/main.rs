@@ -126,8 +126,8 @@ fn main() -> anyhow::Result<()> {
                 r.facts_held,
                 r.converge_at_end_ms.map_or("-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
             );
+            eprintln!("events by kind: {:?}", r.events_by_kind);
         }
-        eprintln!("events by kind: {:?}", r.events_by_kind);
         for v in &r.violations {
             eprintln!("invariant broken: {v}");
         }

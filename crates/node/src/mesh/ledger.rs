@@ -295,6 +295,9 @@ struct ClaimIx {
     failed: Option<String>,
 }
 
+/// (hlc, author, id or record): the order facts compete in.
+type OrderKey = (Hlc, NodeId, Hash);
+
 #[derive(Clone, Debug, Default)]
 struct JobIx {
     /// Named by the winning submit of its DAG.
@@ -302,7 +305,7 @@ struct JobIx {
     /// (hlc, author, id) of every claim on it, ascending: the first live one wins.
     claims: Vec<(Hlc, NodeId, Hash)>,
     /// The winning completion: (done key, claim key), smallest first, as the fold picks it.
-    done: Option<((Hlc, NodeId, Hash), (Hlc, NodeId, Hash))>,
+    done: Option<(OrderKey, OrderKey)>,
 }
 
 /// One claim as the reference fold sees it.
