@@ -139,7 +139,7 @@ async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String
 }
 
 async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
-    let status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let status = ask(&s, |reply| Cmd::Status { dag: None, reply }).await?;
     let list: Vec<_> = status
         .dags
         .iter()
@@ -156,7 +156,7 @@ async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
 
 async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
-    let mut status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let mut status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
     let mut view = status
         .dags
         .remove(&hash.to_string())
@@ -234,7 +234,7 @@ async fn job_output(
     Path((dag, job, output)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
-    let status = ask(&s, |reply| Cmd::Status { reply }).await?;
+    let status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
     let view = status.dags.get(&hash.to_string()).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
     let jv = view.jobs.get(&job).ok_or_else(|| not_found(format!("DAG {hash} has no job `{job}`")))?;
     let record = jv.record.ok_or_else(|| {

@@ -94,7 +94,9 @@ pub(crate) enum Cmd {
         max_attempts: u32,
         reply: oneshot::Sender<()>,
     },
+    /// The ledger's view: of one DAG (with every run of each job), or of all.
     Status {
+        dag: Option<Hash>,
         reply: oneshot::Sender<StatusView>,
     },
     Cancel {
@@ -345,6 +347,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         to_replicate: Vec::new(),
         announce_soon: false,
         started,
+        hostname: crate::machine::describe("", "").hostname,
         announces: 0,
         caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
@@ -386,6 +389,8 @@ struct Node {
     /// Run records finished elsewhere (record, runner), to consider keeping a copy of.
     to_replicate: Vec<(Hash, NodeId)>,
     started: Instant,
+    /// This machine's name, for announcements (read once).
+    hostname: String,
     /// Announcements sent so far, and how many of the next ones carry capabilities whatever.
     announces: u64,
     caps_soon: u32,
@@ -846,7 +851,7 @@ impl Node {
         let a = Announce {
             v: WIRE_VERSION,
             node: self.core.id(),
-            hostname: crate::machine::describe("", "").hostname,
+            hostname: self.hostname.clone(),
             caps: (self.announces % wire::CAPS_EVERY == 0 || self.caps_soon > 0).then(|| self.core.caps().clone()),
             blob_addrs: self.shared.blobs.me().addrs,
             listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
@@ -897,8 +902,8 @@ impl Node {
                 self.after_step().await;
                 let _ = reply.send(());
             }
-            Cmd::Status { reply } => {
-                let _ = reply.send(self.status_view(now));
+            Cmd::Status { dag, reply } => {
+                let _ = reply.send(self.status_view(now, dag));
             }
             Cmd::Cancel { dag, reply } => {
                 let known = self.core.ledger().has_dag(&dag);
@@ -950,8 +955,13 @@ impl Node {
         }
     }
 
-    fn status_view(&self, now: u64) -> StatusView {
-        let state = self.core.ledger().state(now);
+    /// Every DAG's jobs, or one DAG's with every run of each job (which costs a pass over the facts).
+    fn status_view(&self, now: u64, only: Option<Hash>) -> StatusView {
+        let ledger = self.core.ledger();
+        let dag_states: BTreeMap<Hash, shoal_node::mesh::ledger::DagState> = match only {
+            Some(d) => ledger.dag_state(&d, now).map(|s| (d, s)).into_iter().collect(),
+            None => ledger.state(now).dags,
+        };
         let mesh: Vec<(String, Capabilities)> =
             std::iter::once((hex::encode(self.core.id()), self.core.caps().clone()))
                 .chain(
@@ -960,15 +970,15 @@ impl Node {
                         .filter_map(|n| self.peers.get(n).and_then(|p| Some((hex::encode(n), p.caps.clone()?)))),
                 )
                 .collect();
-        // Every Done of every job (the fold keeps only the winner).
-        let ledger = self.core.ledger();
+        // Every Done of every job of the one DAG asked for (the fold keeps only the winner).
         let none = BTreeSet::new();
         let mut done_runs: BTreeMap<(Hash, String), Vec<DoneRun>> = BTreeMap::new();
-        for f in ledger.missing_from(&none) {
+        for f in ledger.missing_from(&none).filter(|_| only.is_some()) {
             if let Body::Done { claim, record } = &f.body
                 && let Some(c) = ledger.get(claim)
                 && c.author == f.author
                 && let Body::Claim { dag, job, .. } = &c.body
+                && Some(*dag) == only
             {
                 let runs = done_runs.entry((*dag, job.clone())).or_default();
                 if !runs.iter().any(|r| r.record == *record) {
@@ -977,7 +987,7 @@ impl Node {
             }
         }
         let mut dags = BTreeMap::new();
-        for (hash, ds) in state.dags {
+        for (hash, ds) in dag_states {
             let dag = self.core.dag(&hash);
             let mut jobs = BTreeMap::new();
             for (id, js) in ds.jobs {
@@ -1009,7 +1019,7 @@ impl Node {
         let me = PeerView {
             node: hex::encode(self.core.id()),
             peer_id: self.net.peer_id().to_string(),
-            hostname: crate::machine::describe("", "").hostname,
+            hostname: self.hostname.clone(),
             me: true,
             connected: true,
             caps: Some(self.core.caps().clone()),
