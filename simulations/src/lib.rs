@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use shoal_dag::{Arch, Dag, Hash};
-use shoal_node::mesh::capabilities::{Capabilities, mismatches};
-use shoal_node::mesh::core::{Action, CoreConfig, NodeCore};
+use shoal_node::mesh::capabilities::{Capabilities, SPEED_REFERENCE, mismatches};
+use shoal_node::mesh::core::{Action, CoreConfig, Finished, NodeCore, PeerTable};
 use shoal_node::mesh::ledger::{Body, JobState, NodeId, VerifiedFact};
 use shoal_node::mesh::wire;
 
@@ -504,6 +504,9 @@ pub struct Sim {
     last_sample: (u64, u64),
     processed: u64,
     violations: BTreeSet<String>,
+    /// Every node's capabilities as gossip would announce them (speed included), one table
+    /// shared by all cores.
+    peer_table: Arc<PeerTable>,
 }
 
 fn node_key(i: usize) -> SigningKey {
@@ -547,6 +550,7 @@ impl Sim {
             last_sample: (0, 0),
             processed: 0,
             violations: BTreeSet::new(),
+            peer_table: Arc::default(),
             cfg,
         };
         sim.report.jobs = sim.dags.iter().map(|d| d.work_ms.len()).sum();
@@ -554,6 +558,7 @@ impl Sim {
         for i in 0..sim.cfg.nodes {
             sim.add_node(i);
         }
+        sim.share_peer_table();
         if sim.cfg.group_nodes == 0 {
             sim.topics.push(Topic { members: vec![], mesh: BTreeMap::new(), facts: vec![], dags: vec![] });
             for n in 0..sim.nodes.len() as u32 {
@@ -588,6 +593,19 @@ impl Sim {
         sim
     }
 
+    /// Builds the capabilities table from every node and hands it to every up core (at start and
+    /// when a node joins: announcements carry capabilities).
+    fn share_peer_table(&mut self) {
+        self.peer_table = Arc::new(PeerTable::new(self.nodes.iter().map(|n| (n.id, n.caps.clone()))));
+        let now = self.now;
+        for m in 0..self.nodes.len() as u32 {
+            if self.up(m) {
+                let table = self.peer_table.clone();
+                self.nodes[m as usize].core.as_mut().expect("up").handle_peer_table(now, table);
+            }
+        }
+    }
+
     fn churn_gap(&mut self) -> u64 {
         let per_ms = self.cfg.churn_per_hour * self.cfg.nodes as f64 / 3_600_000.0;
         (self.rng.exp(1.0 / per_ms) as u64).max(1)
@@ -614,8 +632,11 @@ impl Sim {
                 gpus,
                 labels: BTreeMap::new(),
                 microvm: true,
+                speed: SPEED_REFERENCE,
             };
-            (caps, 1.0 - self.cfg.speed_spread + 2.0 * self.cfg.speed_spread * self.rng.unit())
+            let speed = 1.0 - self.cfg.speed_spread + 2.0 * self.cfg.speed_spread * self.rng.unit();
+            let caps = Capabilities { speed: ((speed * f64::from(SPEED_REFERENCE)) as u32).max(1), ..caps };
+            (caps, speed)
         } else {
             let caps = Capabilities {
                 arch: Arch::X86_64,
@@ -625,6 +646,7 @@ impl Sim {
                 gpus: vec![],
                 labels: BTreeMap::new(),
                 microvm: true,
+                speed: SPEED_REFERENCE,
             };
             (caps, 1.0)
         };
@@ -723,9 +745,9 @@ impl Sim {
                     let result = if ok {
                         // Content-addressed: every successful run of a job has the same record.
                         let d = &self.dags[dag as usize];
-                        Ok(Hash::of(format!("{}/{}", d.hash, job).as_bytes()))
+                        Finished::Done { record: Hash::of(format!("{}/{}", d.hash, job).as_bytes()), bytes: 0 }
                     } else {
-                        Err("simulated failure".to_string())
+                        Finished::Failed("simulated failure".to_string())
                     };
                     let now = self.now;
                     self.nodes[node as usize].core.as_mut().expect("up").handle_job_finished(now, claim, result);
@@ -834,14 +856,21 @@ impl Sim {
             if have >= want {
                 continue;
             }
-            let mut fit: Vec<(u64, u32)> = up
+            // Weighted rendezvous, as the core ranks jobs: a node's weight is its speed to the
+            // core's exponent, so faster nodes serve more DAGs (smallest score first).
+            let k = f64::from(self.cfg.core.speed_exponent);
+            let mut fit: Vec<(f64, u32)> = up
                 .iter()
                 .filter(|&&n| !out.contains(&n) && fits(n))
-                .map(|&n| (affinity(&sd.hash, &self.nodes[n as usize].id), n))
+                .map(|&n| {
+                    let node = &self.nodes[n as usize];
+                    let u = ((affinity(&sd.hash, &node.id) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                    ((-u.ln()).ln() - k * node.speed.ln(), n)
+                })
                 .collect();
             let g = (want - have).min(fit.len());
             if g > 0 {
-                fit.select_nth_unstable_by(g - 1, |a, b| b.cmp(a));
+                fit.select_nth_unstable_by(g - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             }
             out.extend(fit[..g].iter().map(|(_, n)| *n));
         }
@@ -1008,12 +1037,13 @@ impl Sim {
     fn publish(&mut self, n: u32, f: VerifiedFact) {
         let id = f.id();
         let topic = match &f.fact().body {
-            Body::Submit { dag, .. } | Body::Cancel { dag } | Body::Claim { dag, .. } => {
+            Body::Submit { dag, .. } | Body::Cancel { dag } | Body::Claim { dag, .. } | Body::Lost { dag, .. } => {
                 self.topic_of_dag[self.dag_of[dag] as usize]
             }
-            Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } => {
-                *self.claim_topic.get(claim).expect("a node finishes only claims it made")
-            }
+            Body::Renew { claim, .. }
+            | Body::Done { claim, .. }
+            | Body::Fail { claim, .. }
+            | Body::Release { claim } => *self.claim_topic.get(claim).expect("a node finishes only claims it made"),
         };
         if matches!(f.fact().body, Body::Claim { .. }) {
             self.claim_topic.insert(id, topic);
@@ -1251,6 +1281,7 @@ impl Sim {
             0 => {
                 let i = self.nodes.len();
                 self.add_node(i);
+                self.share_peer_table();
                 self.report.joins += 1;
                 let n = i as u32;
                 let epoch = 0;
@@ -1377,6 +1408,7 @@ impl Sim {
         let now = self.now;
         let node = &mut self.nodes[n as usize];
         let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.core);
+        core.handle_peer_table(now, self.peer_table.clone());
         for f in std::mem::take(&mut node.persisted) {
             core.handle_verified_fact(now, f);
         }

@@ -38,6 +38,10 @@ struct Args {
     /// Claim stagger per rank place, ms.
     #[arg(long)]
     stagger_ms: Option<u64>,
+    /// How strongly placement prefers fast nodes (the rendezvous weight is speed^this; 0: blind).
+    #[arg(long)]
+    speed_exponent: Option<u32>,
+
     /// Anti-entropy period per node, ms.
     #[arg(long)]
     anti_entropy_ms: Option<u64>,
@@ -71,6 +75,9 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     }
     if let Some(l) = a.lease_ms {
         c.core.lease_ms = l;
+    }
+    if let Some(k) = a.speed_exponent {
+        c.core.speed_exponent = k;
     }
     if let Some(x) = a.stagger_ms {
         c.core.claim_stagger_ms = x;

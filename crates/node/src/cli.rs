@@ -211,6 +211,10 @@ struct NodeArgs {
     /// A label jobs can require, KEY=VALUE (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// This node's speed per core, per mille of the reference core (placement prefers faster
+    /// nodes); default: measured at start by a short CPU benchmark.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    speed: Option<u32>,
     /// Nodes that keep a copy of each output, the runner included.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
@@ -631,6 +635,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
             warm_vms: args.warm_vms,
         },
         labels,
+        speed: args.speed,
         replicas: args.replicas,
         ready_file: args.ready_file,
         test_partitions: args.test_partitions,
@@ -713,6 +718,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         relay_server: false,
         run: opts,
         labels: Default::default(),
+        speed: None,
         replicas: 2,
         ready_file: Some(ready.clone()),
         test_partitions: false,

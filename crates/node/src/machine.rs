@@ -170,3 +170,34 @@ fn which(program: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false)
 }
+
+/// Time of [`speed_workload`] on the reference core (this project's 2-core CI machine), in ns.
+const SPEED_REFERENCE_NS: u64 = 4_000_000;
+
+/// A small, branchy integer workload (a PRNG filling a buffer, then a sort): about 4 ms on the
+/// reference core. Returns a checksum so the work is not optimised away.
+fn speed_workload() -> u64 {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v: Vec<u32> = (0..1 << 16)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u32
+        })
+        .collect();
+    v.sort_unstable();
+    v.iter().step_by(4096).fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(u64::from(*b)))
+}
+
+/// This machine's speed per core, per mille of the reference core: the best of five runs of a
+/// 4 ms workload (about 20 ms at start), so a momentarily busy core does not understate it.
+pub fn core_speed() -> u32 {
+    let mut best = u64::MAX;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        std::hint::black_box(speed_workload());
+        best = best.min(t.elapsed().as_nanos() as u64);
+    }
+    (SPEED_REFERENCE_NS * 1000 / best.max(1)).clamp(1, 1_000_000) as u32
+}

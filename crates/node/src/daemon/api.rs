@@ -245,9 +245,33 @@ async fn job_output(
     })?;
     let runner = jv.node.as_deref().and_then(|n| hex::decode(n).ok()).and_then(|b| <[u8; 32]>::try_from(b).ok());
     let sh = &s;
-    let rec = with_providers(&s, runner, |p| async move { exec::fetch_record(&sh.store, &sh.blobs, record, &p).await })
-        .await
-        .map_err(|e| internal(format!("{e:#}")))?;
+    let lost = |e: anyhow::Error| {
+        let (s, job) = (s.clone(), job.clone());
+        async move {
+            let Ok(reported) = ask(&s, |reply| Cmd::Lost { dag: hash, job: job.clone(), record, runner, reply }).await
+            else {
+                return internal(format!("{e:#}"));
+            };
+            if reported {
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "no node holds the outputs of job `{job}` any more ({e:#}); it is being run again: \
+                         retry once `shoal status` shows it done"
+                    ),
+                )
+            } else {
+                internal(format!("{e:#}"))
+            }
+        }
+    };
+    let rec =
+        match with_providers(&s, runner, |p| async move { exec::fetch_record(&sh.store, &sh.blobs, record, &p).await })
+            .await
+        {
+            Ok(rec) => rec,
+            Err(e) => return Err(lost(e).await),
+        };
     let digest = match output.as_str() {
         "stdout" if !rec.outputs.contains_key("stdout") => rec.stdout.clone(),
         "stderr" if !rec.outputs.contains_key("stderr") => rec.stderr.clone(),
@@ -257,9 +281,9 @@ async fn job_output(
         })?,
     };
     let d = &digest;
-    with_providers(&s, runner, |p| async move { exec::fetch_digest(sh, d, &p).await })
-        .await
-        .map_err(|e| internal(format!("{e:#}")))?;
+    if let Err(e) = with_providers(&s, runner, |p| async move { exec::fetch_digest(sh, d, &p).await }).await {
+        return Err(lost(e).await);
+    }
     let hash_header = digest.hash.to_string();
     match digest.kind {
         DigestKind::File => {

@@ -11,27 +11,70 @@ use shoal_node::mesh::ledger::NodeId;
 
 use super::Shared;
 use crate::run::{self, Ctx, Status};
+use shoal_node::mesh::core::Finished;
+
+/// How long a node waits before it asks every provider once more for an upstream output none
+/// delivered, before it reports the output lost (its job then runs again), in ms.
+const LOST_RECHECK_MS: u64 = 2_000;
+
+/// Why a claimed job did not get to run.
+enum NotRun {
+    /// The outputs of `record`, the completion of dependency `job`, are nowhere to be fetched.
+    Lost {
+        job: String,
+        record: Hash,
+        why: anyhow::Error,
+    },
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for NotRun {
+    fn from(e: anyhow::Error) -> Self {
+        NotRun::Other(e)
+    }
+}
 
 /// Runs job `idx` of the prepared DAG; `upstream` names each dependency's run record and the
-/// node that made it. Ok(record hash) when the job succeeded, Err(why) otherwise.
+/// node that made it.
 pub(crate) async fn run_claimed(
     shared: &Shared,
     ctx: &Ctx,
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
-) -> Result<Hash, String> {
+) -> Finished {
     match run_claimed_inner(shared, ctx, idx, upstream, peers).await {
-        Ok(report) if report.status == Status::Done => report.record.ok_or_else(|| "no run record".to_string()),
+        Ok(report) if report.status == Status::Done => match report.record {
+            Some(record) => Finished::Done { record, bytes: report.outputs.values().map(|d| d.size).sum() },
+            None => Finished::Failed("no run record".into()),
+        },
         Ok(report) => {
             let mut why = report.error.unwrap_or_else(|| "failed".into());
             if let Some(tail) = report.stderr_tail.filter(|t| !t.is_empty()) {
                 why = format!("{why}\n--- stderr (tail) ---\n{tail}");
             }
-            Err(why)
+            Finished::Failed(why)
         }
-        Err(e) => Err(format!("{e:#}")),
+        Err(NotRun::Lost { job, record, why }) => {
+            tracing::warn!(upstream = job, %record, "an input is lost with every holder: {why:#}");
+            Finished::Lost { job, record }
+        }
+        Err(NotRun::Other(e)) => Finished::Failed(format!("{e:#}")),
     }
+}
+
+/// Runs `fetch` of something made by upstream job `job` (completion `record`); if every
+/// provider fails, asks once more after [`LOST_RECHECK_MS`], then reports it lost.
+async fn from_upstream<T, Fut: std::future::Future<Output = Result<T>>>(
+    job: &str,
+    record: Hash,
+    fetch: impl Fn() -> Fut,
+) -> Result<T, NotRun> {
+    if let Ok(v) = fetch().await {
+        return Ok(v);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(LOST_RECHECK_MS)).await;
+    fetch().await.map_err(|why| NotRun::Lost { job: job.to_string(), record, why })
 }
 
 async fn run_claimed_inner(
@@ -40,16 +83,30 @@ async fn run_claimed_inner(
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
-) -> Result<run::JobReport> {
+) -> Result<run::JobReport, NotRun> {
     let job = &ctx.dag().jobs[idx];
     let mut outputs: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
+    let mut records: BTreeMap<&str, Hash> = BTreeMap::new();
     for (dep, record, holder) in upstream {
         let providers = providers(*holder, peers);
-        let rec = fetch_record(&shared.store, &shared.blobs, *record, &providers)
-            .await
-            .with_context(|| format!("fetching the run record of `{dep}`"))?;
+        let rec = from_upstream(dep, *record, || async {
+            fetch_record(&shared.store, &shared.blobs, *record, &providers)
+                .await
+                .with_context(|| format!("fetching the run record of `{dep}`"))
+        })
+        .await?;
         outputs.insert(dep.clone(), rec.outputs);
+        records.insert(dep, *record);
     }
+    let upstream_output = |j: &str, output: &str, providers: &[NodeId]| {
+        let record = records.get(j).copied();
+        let (outputs, j, output) = (&outputs, j.to_string(), output.to_string());
+        let providers = providers.to_vec();
+        async move {
+            let record = record.ok_or_else(|| anyhow!("`{j}` is not among the job's dependencies"))?;
+            from_upstream(&j, record, || fetch_upstream(shared, outputs, &j, &output, &providers)).await
+        }
+    };
     let providers_all: Vec<NodeId> = {
         let mut p: Vec<NodeId> = upstream.iter().map(|(_, _, n)| *n).collect();
         p.extend(peers.iter().filter(|n| !p.contains(n)).copied().collect::<Vec<_>>());
@@ -67,12 +124,12 @@ async fn run_claimed_inner(
                 .await
                 .context("fetching the job's image")?;
         }
-        ImageRef::Job { job: j, output } => fetch_upstream(shared, &outputs, j, output, &providers_all).await?,
+        ImageRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
         _ => {}
     }
     for r in job.inputs.values().chain(job.stdin.iter()) {
         match r {
-            InputRef::Job { job: j, output } => fetch_upstream(shared, &outputs, j, output, &providers_all).await?,
+            InputRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
             InputRef::Blake3(h) => fetch_bare(shared, *h, &providers_all).await?,
             _ => {}
         }

@@ -27,7 +27,7 @@ use shoal_blobs::Store;
 use shoal_blobs::net::{BlobNode, BlobPeer};
 use shoal_dag::{Dag, Hash};
 use shoal_node::mesh::capabilities::Capabilities;
-use shoal_node::mesh::core::{Action, NodeCore};
+use shoal_node::mesh::core::{Action, Finished, NodeCore};
 use shoal_node::mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
 use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
@@ -74,6 +74,8 @@ pub struct NodeOptions {
     pub relay_server: bool,
     pub run: RunOptions,
     pub labels: BTreeMap<String, String>,
+    /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
+    pub speed: Option<u32>,
     /// Nodes that keep a copy of every output (the runner included).
     pub replicas: usize,
     /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
@@ -120,6 +122,16 @@ pub(crate) enum Cmd {
     Providers {
         first: Option<NodeId>,
         reply: oneshot::Sender<Vec<NodeId>>,
+    },
+    /// The outputs of `record` (job `job`'s completion, run by `runner`) could be fetched from no
+    /// live peer: reported lost, so the job runs again, unless its runner is alive (then the
+    /// failure is taken as passing). Answers whether it was reported.
+    Lost {
+        dag: Hash,
+        job: String,
+        record: Hash,
+        runner: Option<NodeId>,
+        reply: oneshot::Sender<bool>,
     },
 }
 
@@ -287,6 +299,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         gpus: Vec::new(),
         labels: opts.labels.clone(),
         microvm: opts.run.backend == BackendChoice::Microvm,
+        speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
     };
     let mut core = NodeCore::new(key.clone(), caps);
     let started = Instant::now();
@@ -373,7 +386,7 @@ struct Node {
     connected: BTreeSet<PeerId>,
     listen_addrs: Vec<Multiaddr>,
     /// Claimed jobs being run: claim -> its task.
-    jobs: JoinSet<(Hash, Result<Hash, String>)>,
+    jobs: JoinSet<(Hash, Finished)>,
     running: BTreeMap<Hash, AbortHandle>,
     /// DAG contents being fetched (or waiting to retry): hash -> when the next try may start.
     dag_fetches: BTreeMap<Hash, Option<Instant>>,
@@ -417,8 +430,11 @@ impl Node {
                     match joined {
                         Ok((claim, result)) => {
                             self.running.remove(&claim);
-                            if let Err(why) = &result {
-                                warn!(%claim, "job failed: {why}");
+                            match &result {
+                                Finished::Failed(why) => warn!(%claim, "job failed: {why}"),
+                                Finished::Lost { job, record } => warn!(%claim, upstream = job, %record,
+                                    "no node holds an input any more: its job runs again, this claim is released"),
+                                Finished::Done { .. } => {}
                             }
                             self.core.handle_job_finished(now_unix_ms(), claim, result);
                         }
@@ -596,7 +612,7 @@ impl Node {
             Body::Claim { dag, job, .. } => {
                 Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None, at_unix_ms: at }
             }
-            Body::Done { claim, record } => match claim_job(claim) {
+            Body::Done { claim, record, .. } => match claim_job(claim) {
                 Some((dag, job)) => {
                     Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()), at_unix_ms: at }
                 }
@@ -611,6 +627,18 @@ impl Node {
             Body::Cancel { dag } => {
                 Event { kind: "cancelled", dag: *dag, job: None, node, detail: None, at_unix_ms: at }
             }
+            Body::Lost { dag, job, record } => Event {
+                kind: "lost",
+                dag: *dag,
+                job: Some(job.clone()),
+                node,
+                detail: Some(format!("no node holds the outputs of {record}: the job runs again")),
+                at_unix_ms: at,
+            },
+            Body::Release { claim } => match claim_job(claim) {
+                Some((dag, job)) => Event { kind: "released", dag, job: Some(job), node, detail: None, at_unix_ms: at },
+                None => return,
+            },
             Body::Renew { .. } => return,
         };
         let _ = self.shared.events.send(event);
@@ -626,11 +654,19 @@ impl Node {
 
     fn start_job(&mut self, claim: Hash, dag_hash: Hash, job: String) {
         let Some(dag) = self.core.dag(&dag_hash).cloned() else {
-            self.core.handle_job_finished(now_unix_ms(), claim, Err("this node lost the DAG's content".into()));
+            self.core.handle_job_finished(
+                now_unix_ms(),
+                claim,
+                Finished::Failed("this node lost the DAG's content".into()),
+            );
             return;
         };
         let Some(idx) = dag.jobs.iter().position(|j| j.id == job) else {
-            self.core.handle_job_finished(now_unix_ms(), claim, Err(format!("the DAG has no job `{job}`")));
+            self.core.handle_job_finished(
+                now_unix_ms(),
+                claim,
+                Finished::Failed(format!("the DAG has no job `{job}`")),
+            );
             return;
         };
         let now = now_unix_ms();
@@ -644,7 +680,7 @@ impl Node {
                     self.core.handle_job_finished(
                         now_unix_ms(),
                         claim,
-                        Err(format!("dependency `{dep}` is not done in this node's view")),
+                        Finished::Failed(format!("dependency `{dep}` is not done in this node's view")),
                     );
                     return;
                 }
@@ -662,7 +698,7 @@ impl Node {
                         c
                     }
                     Err(e) => {
-                        self.core.handle_job_finished(now_unix_ms(), claim, Err(format!("{e:#}")));
+                        self.core.handle_job_finished(now_unix_ms(), claim, Finished::Failed(format!("{e:#}")));
                         return;
                     }
                 }
@@ -947,6 +983,18 @@ impl Node {
                 }
                 let _ = reply.send(());
             }
+            Cmd::Lost { dag, job, record, runner, reply } => {
+                let runner_alive = runner.is_some_and(|r| r == self.core.id() || self.live_peers().contains(&r));
+                let current = matches!(self.core.ledger().job_state(&dag, &job, now),
+                    Some(JobState::Done { record: r, .. }) if r == record);
+                let report = current && !runner_alive && !self.live_peers().is_empty();
+                if report {
+                    warn!(%dag, job, %record, "no live peer holds a job's outputs: reporting them lost");
+                    self.core.report_lost(now, dag, job, record);
+                    self.after_step().await;
+                }
+                let _ = reply.send(report);
+            }
             Cmd::Providers { first, reply } => {
                 let mut list: Vec<NodeId> = first.into_iter().collect();
                 list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));
@@ -973,8 +1021,14 @@ impl Node {
         // Every Done of every job of the one DAG asked for (the fold keeps only the winner).
         let none = BTreeSet::new();
         let mut done_runs: BTreeMap<(Hash, String), Vec<DoneRun>> = BTreeMap::new();
+        let mut lost: BTreeSet<Hash> = BTreeSet::new();
         for f in ledger.missing_from(&none).filter(|_| only.is_some()) {
-            if let Body::Done { claim, record } = &f.body
+            if let Body::Lost { dag, record, .. } = &f.body
+                && Some(*dag) == only
+            {
+                lost.insert(*record);
+            }
+            if let Body::Done { claim, record, .. } = &f.body
                 && let Some(c) = ledger.get(claim)
                 && c.author == f.author
                 && let Body::Claim { dag, job, .. } = &c.body
@@ -1005,7 +1059,8 @@ impl Node {
                     None
                 };
                 let state = if reason.is_some() { "unschedulable" } else { state };
-                let runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
+                let mut runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
+                runs.retain(|r| !lost.contains(&r.record));
                 let runs = if runs.len() > 1 { runs } else { Vec::new() };
                 jobs.insert(id, JobView { state, node, record, failures, runs, nondeterministic: None, reason });
             }

@@ -19,6 +19,17 @@ pub struct Capabilities {
     pub labels: BTreeMap<String, String>,
     /// Whether the node can run microVMs (QEMU, guest kernel and guest-init present).
     pub microvm: bool,
+    /// How fast one core of it runs, per mille of a reference core ([`SPEED_REFERENCE`]): the
+    /// scheduler puts a job on the fastest free node that fits. Measured at start.
+    #[serde(default = "speed_reference")]
+    pub speed: u32,
+}
+
+/// The speed of the reference core, and of a node that did not say.
+pub const SPEED_REFERENCE: u32 = 1000;
+
+fn speed_reference() -> u32 {
+    SPEED_REFERENCE
 }
 
 /// One reason a job does not fit a node.
@@ -124,6 +135,7 @@ mod tests {
             gpus: vec![],
             labels: [("pool".to_string(), "night".to_string())].into(),
             microvm: true,
+            speed: SPEED_REFERENCE,
         }
     }
 

@@ -7,6 +7,17 @@
 //! and this node has the cores free; it renews its claims at half their lease; when a smaller claim
 //! wins a job it is running, it stops it (the race costs one attempt, results are content-addressed).
 //!
+//! Placement: every node ranks the peers that could run a job the same way and waits its place's
+//! stagger before claiming, so the first in rank usually runs it. The order: peers holding at
+//! least [`LOCALITY_BYTES_MIN`] of the job's inputs (its dependencies' runners) first, the most
+//! bytes first; then weighted rendezvous hashing with weight speed^[`SPEED_EXPONENT`], so faster
+//! nodes take most jobs (and a critical path runs near the fastest nodes' speed) while load still
+//! spreads. The order uses only what every node sees alike (the ledger's completions, announced
+//! capabilities), not the load a node's view shows: views of load differ while claims travel, and
+//! two nodes that each think they rank first both claim (simulated: 10 × the duplicate runs).
+//! A job whose input is lost with every holder is reported with [`Finished::Lost`]: the core says
+//! so in the ledger, gives its claim up, and the upstream job runs again.
+//!
 //! Cost: every input re-evaluates only the jobs it can change (a fact: its job, or its DAG for a
 //! submit or cancel; time: the jobs whose lease ended), against the ledger's incremental view.
 //! Claimable jobs wait in a queue ordered by when this node may claim them, one queue per core
@@ -30,6 +41,13 @@ pub const LEASE_MS: u64 = 10_000;
 /// that opens and all but one of those runs are stopped.
 pub const CLAIM_STAGGER_MS: u64 = 200;
 
+/// Inputs a node must hold of a job, in bytes, before it ranks ahead of faster free peers for it:
+/// below this, moving the inputs costs less than a slower node's time.
+pub const LOCALITY_BYTES_MIN: u64 = 1 << 20;
+/// How strongly placement prefers fast nodes: a node's weight in the rendezvous is its speed to
+/// this power (speed 1.5 against 1.0 weighs 25 ×).
+pub const SPEED_EXPONENT: u32 = 8;
+
 /// The timing a core runs with; `Default` is what `shoal node` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoreConfig {
@@ -37,12 +55,68 @@ pub struct CoreConfig {
     pub lease_ms: u64,
     /// Wait per rank place before claiming (see [`CLAIM_STAGGER_MS`]).
     pub claim_stagger_ms: u64,
+    /// See [`LOCALITY_BYTES_MIN`].
+    pub locality_bytes_min: u64,
+    /// See [`SPEED_EXPONENT`]; 0 ranks by hash alone.
+    pub speed_exponent: u32,
 }
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { lease_ms: LEASE_MS, claim_stagger_ms: CLAIM_STAGGER_MS }
+        CoreConfig {
+            lease_ms: LEASE_MS,
+            claim_stagger_ms: CLAIM_STAGGER_MS,
+            locality_bytes_min: LOCALITY_BYTES_MIN,
+            speed_exponent: SPEED_EXPONENT,
+        }
     }
+}
+
+/// How a run this node started ended (see [`NodeCore::handle_job_finished`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// It succeeded with this run record, whose outputs weigh `bytes`.
+    Done { record: Hash, bytes: u64 },
+    /// It failed: the attempt counts.
+    Failed(String),
+    /// It could not start: the outputs of `record`, the completion of its dependency `job`, could
+    /// be fetched from no node. The job `job` runs again and this one waits for it; the attempt
+    /// does not count.
+    Lost { job: String, record: Hash },
+}
+
+/// Peers' announced capabilities, shared between cores (a simulator hands one table to all its
+/// nodes). Built once per change of what peers announce.
+#[derive(Clone, Debug, Default)]
+pub struct PeerTable {
+    /// By rendezvous key: capabilities and ln(speed).
+    peers: BTreeMap<u64, (Capabilities, f64)>,
+}
+
+impl PeerTable {
+    pub fn new(caps: impl IntoIterator<Item = (NodeId, Capabilities)>) -> PeerTable {
+        PeerTable {
+            peers: caps
+                .into_iter()
+                .map(|(n, c)| {
+                    let ln_speed = ln_speed(c.speed);
+                    (key64(&n), (c, ln_speed))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+fn ln_speed(speed: u32) -> f64 {
+    (f64::from(speed.max(1)) / f64::from(super::capabilities::SPEED_REFERENCE)).ln()
 }
 
 /// What the node should do.
@@ -82,6 +156,8 @@ struct Sched {
     fits: Vec<bool>,
     /// Per job, the first 8 bytes of BLAKE3(dag, job): its rendezvous point.
     point: Vec<u64>,
+    /// Per job, the jobs it depends on.
+    deps: Vec<Vec<u32>>,
 }
 
 pub struct NodeCore {
@@ -115,8 +191,10 @@ pub struct NodeCore {
     lease_of: BTreeMap<(Hash, u32), u64>,
     out_facts: VecDeque<VerifiedFact>,
     out_actions: VecDeque<Action>,
-    /// Peers' announced capabilities by rendezvous key (see [`NodeCore::handle_peer_caps`]).
-    peer_caps: BTreeMap<u64, Capabilities>,
+    /// Peers' announced capabilities (see [`NodeCore::handle_peer_caps`]).
+    peer_caps: Arc<PeerTable>,
+    /// ln(this node's speed).
+    ln_speed: f64,
 }
 
 /// A 64-bit mixer (splitmix64's finaliser): rendezvous scores from a job's point and a node's key
@@ -151,6 +229,7 @@ impl NodeCore {
             key,
             id,
             me: key64(&id),
+            ln_speed: ln_speed(caps.speed),
             caps,
             cfg,
             hlc: Hlc::default(),
@@ -167,7 +246,7 @@ impl NodeCore {
             lease_of: BTreeMap::new(),
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
-            peer_caps: BTreeMap::new(),
+            peer_caps: Arc::default(),
         }
     }
 
@@ -265,33 +344,66 @@ impl NodeCore {
     }
 
     /// The capabilities peers announced (a driver with them calls this; without it every known
-    /// peer counts as able to run every job). Used only to rank: a peer that could never run a
-    /// job is no reason to wait for it. Same rule as [`NodeCore::handle_peers`] for jobs waiting.
+    /// peer counts as able to run every job, free, and of the reference speed). Used only to rank:
+    /// a peer that could never run a job is no reason to wait for it, a faster free one is. Same
+    /// rule as [`NodeCore::handle_peers`] for jobs waiting.
     pub fn handle_peer_caps(&mut self, now_ms: u64, caps: impl IntoIterator<Item = (NodeId, Capabilities)>) {
-        self.peer_caps = caps.into_iter().map(|(n, c)| (key64(&n), c)).collect();
+        self.handle_peer_table(now_ms, Arc::new(PeerTable::new(caps)));
+    }
+
+    /// [`NodeCore::handle_peer_caps`] with a table built once for many cores.
+    pub fn handle_peer_table(&mut self, now_ms: u64, table: Arc<PeerTable>) {
+        self.peer_caps = table;
         self.settle(now_ms);
     }
 
-    /// This node's place for a job among the known peers that could run it: 0 claims first. A
-    /// peer whose capabilities are unknown counts as able to.
-    fn rank_for(&self, dag: &Hash, point: u64, req: &shoal_dag::Requirements) -> u64 {
-        if self.peer_caps.is_empty() {
-            return self.rank(dag, point);
+    /// This node's place for job `idx` of `dag` among the known peers that could run it: 0 claims
+    /// first. See the module's documentation for the order.
+    fn rank_for(&self, dag: &Hash, idx: u32, now_ms: u64) -> u64 {
+        let Some(s) = self.sched.get(dag) else { return 0 };
+        let job = &s.dag.jobs[idx as usize];
+        let (req, point) = (&job.requirements, s.point[idx as usize]);
+        // Bytes of the job's inputs each node holds, as the runner of a dependency.
+        let mut held: Vec<(u64, u64)> = Vec::new();
+        for &d in &s.deps[idx as usize] {
+            if let Some(JobState::Done { node, bytes, .. }) =
+                self.ledger.job_state(dag, &s.dag.jobs[d as usize].id, now_ms)
+            {
+                let k = key64(&node);
+                match held.iter_mut().find(|(n, _)| *n == k) {
+                    Some(e) => e.1 += bytes,
+                    None => held.push((k, bytes)),
+                }
+            }
         }
+        let min = self.cfg.locality_bytes_min;
+        let local = |p: u64| {
+            let bytes = held.iter().find(|(n, _)| *n == p).map_or(0, |e| e.1);
+            if bytes >= min { bytes } else { 0 }
+        };
+        let k = f64::from(self.cfg.speed_exponent);
+        // Weighted rendezvous in log space: ln(-ln u) - k ln(speed), smaller first.
+        let weighted = |p: u64, ln_speed: f64| {
+            let u = ((mix(point ^ p) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (-u.ln()).ln() - k * ln_speed
+        };
+        let mine = (local(self.me), weighted(self.me, self.ln_speed));
         let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
-        let mine = mix(point ^ self.me);
-        peers
-            .iter()
-            .filter(|&&p| mix(point ^ p) < mine)
-            .filter(|p| self.peer_caps.get(p).is_none_or(|c| mismatches(req, c).is_empty()))
-            .count() as u64
-    }
-
-    /// This node's place among the known peers for a job: 0 claims first.
-    fn rank(&self, dag: &Hash, point: u64) -> u64 {
-        let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
-        let mine = mix(point ^ self.me);
-        peers.iter().filter(|&&p| mix(point ^ p) < mine).count() as u64
+        let mut rank = 0;
+        for &p in peers.iter().filter(|&&p| p != self.me) {
+            let ln_speed = match self.peer_caps.peers.get(&p) {
+                Some((c, _)) if !mismatches(req, c).is_empty() => continue,
+                Some((_, ln)) => *ln,
+                None => 0.0,
+            };
+            let theirs = local(p);
+            if theirs != mine.0 {
+                rank += u64::from(theirs > mine.0);
+                continue;
+            }
+            rank += u64::from(weighted(p, ln_speed) < mine.1);
+        }
+        rank
     }
 
     /// A fact from a peer. A refused fact changes nothing.
@@ -314,18 +426,36 @@ impl NodeCore {
         true
     }
 
-    /// A run this node started has ended: `Ok(record)` or `Err(reason)`.
-    pub fn handle_job_finished(&mut self, now_ms: u64, claim: Hash, result: Result<Hash, String>) {
+    /// A run this node started has ended.
+    pub fn handle_job_finished(&mut self, now_ms: u64, claim: Hash, result: Finished) {
         let Some(r) = self.running.remove(&claim) else { return };
         self.running_by_job.remove(&(r.dag, r.job));
         match result {
-            Ok(record) => self.emit(now_ms, Body::Done { claim, record }),
-            Err(reason) => {
-                let mut reason = reason;
-                reason.truncate(super::ledger::REASON_BYTES_MAX);
-                self.emit(now_ms, Body::Fail { claim, reason })
+            Finished::Done { record, bytes } => {
+                self.emit(now_ms, Body::Done { claim, record, bytes });
             }
-        };
+            Finished::Failed(mut reason) => {
+                if reason.len() > super::ledger::REASON_BYTES_MAX {
+                    let mut end = super::ledger::REASON_BYTES_MAX;
+                    while !reason.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    reason.truncate(end);
+                }
+                self.emit(now_ms, Body::Fail { claim, reason });
+            }
+            Finished::Lost { job, record } => {
+                self.emit(now_ms, Body::Lost { dag: r.dag, job, record });
+                self.emit(now_ms, Body::Release { claim });
+            }
+        }
+        self.settle(now_ms);
+    }
+
+    /// The outputs of `record`, the completion of `job`, could be fetched from no node (a
+    /// reader of them found so): the job runs again.
+    pub fn report_lost(&mut self, now_ms: u64, dag: Hash, job: String, record: Hash) {
+        self.emit(now_ms, Body::Lost { dag, job, record });
         self.settle(now_ms);
     }
 
@@ -418,6 +548,7 @@ impl NodeCore {
             done: vec![false; n],
             fits: dag.jobs.iter().map(|j| mismatches(&j.requirements, &self.caps).is_empty()).collect(),
             point: dag.jobs.iter().map(|j| point(&hash, &j.id)).collect(),
+            deps: deps.iter().map(|d| d.iter().map(|&i| i as u32).collect()).collect(),
             dag,
         };
         self.sched.insert(hash, sched);
@@ -427,21 +558,35 @@ impl NodeCore {
     /// dependants' when it became done.
     fn evaluate(&mut self, now_ms: u64, dag: Hash, idx: u32) {
         let mut work = vec![idx];
+        // Claims of ours another claim beat: given up at once, so that if the winner fails or
+        // releases, a claim nobody runs does not hold the job until its lease ends.
+        let mut beaten = Vec::new();
         while let Some(idx) = work.pop() {
-            let Some(s) = self.sched.get_mut(&dag) else { return };
+            let Some(s) = self.sched.get_mut(&dag) else { break };
             // A handle of its own on the DAG (an Arc), so the job can be read while `self` is.
             let dag_content = s.dag.clone();
             let job = &dag_content.jobs[idx as usize];
             let state = self.ledger.job_state(&dag, &job.id, now_ms);
-            if matches!(state, Some(JobState::Done { .. })) && !s.done[idx as usize] {
-                s.done[idx as usize] = true;
+            let done = matches!(state, Some(JobState::Done { .. }));
+            if done != s.done[idx as usize] {
+                // Done, or no longer done (its outputs were lost): its dependants wait one
+                // dependency less, or one more.
+                s.done[idx as usize] = done;
                 for &k in &s.dependants[idx as usize] {
-                    s.waiting[k as usize] -= 1;
-                    if s.waiting[k as usize] == 0 {
-                        work.push(k);
+                    if done {
+                        s.waiting[k as usize] -= 1;
+                        if s.waiting[k as usize] == 0 {
+                            work.push(k);
+                        }
+                    } else {
+                        s.waiting[k as usize] += 1;
+                        if s.waiting[k as usize] == 1 {
+                            work.push(k);
+                        }
                     }
                 }
             }
+            let key = (dag, idx);
             let claimable =
                 matches!(state, Some(JobState::Open { .. })) && s.waiting[idx as usize] == 0 && s.fits[idx as usize];
             if let Some(claim) = self.running_by_job.get(&(dag, idx)).copied()
@@ -450,10 +595,12 @@ impl NodeCore {
                 self.running_by_job.remove(&(dag, idx));
                 self.running.remove(&claim);
                 self.out_actions.push_back(Action::Stop { claim });
+                if matches!(&state, Some(JobState::Claimed { .. })) {
+                    beaten.push(claim);
+                }
             }
             let could_take = s.waiting[idx as usize] == 0 && s.fits[idx as usize];
-            let (cores, pt) = (job.requirements.cores, s.point[idx as usize]);
-            let key = (dag, idx);
+            let cores = job.requirements.cores;
             let timer = match &state {
                 Some(JobState::Claimed { lease_until_ms, .. })
                     if could_take && !self.running_by_job.contains_key(&key) =>
@@ -473,7 +620,7 @@ impl NodeCore {
             }
             match (claimable, self.candidates.get(&key).copied()) {
                 (true, None) => {
-                    let eligible_ms = now_ms + self.rank_for(&dag, pt, &job.requirements) * self.cfg.claim_stagger_ms;
+                    let eligible_ms = now_ms + self.rank_for(&dag, idx, now_ms) * self.cfg.claim_stagger_ms;
                     self.candidates.insert(key, Candidate { eligible_ms, cores });
                     self.queues.entry(cores).or_default().insert((eligible_ms, dag, idx));
                 }
@@ -485,6 +632,9 @@ impl NodeCore {
                 }
                 _ => {}
             }
+        }
+        for claim in beaten {
+            self.emit(now_ms, Body::Release { claim });
         }
     }
 
@@ -536,6 +686,7 @@ mod tests {
             gpus: vec![],
             labels: BTreeMap::new(),
             microvm: true,
+            speed: crate::mesh::capabilities::SPEED_REFERENCE,
         }
     }
 
@@ -598,7 +749,7 @@ mod tests {
         nodes[1].handle_dag(1, h, dag);
         assert!(starts(&mut nodes[1]).is_empty(), "a is claimed and b waits for a");
         let Action::Start { claim, .. } = a0[0].clone() else { unreachable!() };
-        nodes[0].handle_job_finished(5, claim, Ok(Hash::of(b"record a")));
+        nodes[0].handle_job_finished(5, claim, Finished::Done { record: Hash::of(b"record a"), bytes: 3 });
         gossip(&mut nodes, 6);
         // Both may claim b the moment a is done (each claims before it hears the other); the smaller
         // claim wins and the other run is stopped: one node is left running b.
@@ -714,5 +865,148 @@ mod tests {
             n.ledger().state(LEASE_MS + 1).dags[&h].jobs.values().find(|j| matches!(j, JobState::Claimed { .. })),
             Some(JobState::Claimed { lease_until_ms, .. }) if *lease_until_ms == renew_at + LEASE_MS
         ));
+    }
+
+    fn id_of(seed: u8) -> NodeId {
+        SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes()
+    }
+
+    #[test]
+    fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_attempt() {
+        let (h, dag) = chain();
+        let mut nodes = vec![
+            NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1)),
+            NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1)),
+        ];
+        nodes[0].submit(0, h, dag.clone(), 1);
+        nodes[1].handle_dag(0, h, dag);
+        let Some(Action::Start { claim, .. }) = starts(&mut nodes[0]).pop() else { panic!("a starts") };
+        gossip(&mut nodes, 1);
+        let lost_record = Hash::of(b"record a");
+        nodes[0].handle_job_finished(2, claim, Finished::Done { record: lost_record, bytes: 10 });
+        gossip(&mut nodes, 3);
+        // Whoever runs b finds a's outputs gone.
+        let (runner, b_claim) = (0..2)
+            .find_map(|i| {
+                let acts = starts(&mut nodes[i]);
+                net_running(&acts).contains(&"b".to_string()).then(|| {
+                    let claim = acts.iter().rev().find_map(|a| match a {
+                        Action::Start { claim, job, .. } if job == "b" => Some(*claim),
+                        _ => None,
+                    });
+                    (i, claim.unwrap())
+                })
+            })
+            .expect("someone runs b");
+        gossip(&mut nodes, 4);
+        nodes[runner].handle_job_finished(5, b_claim, Finished::Lost { job: "a".into(), record: lost_record });
+        gossip(&mut nodes, 6);
+        let state = nodes[0].ledger().state(6);
+        assert_eq!(state, nodes[1].ledger().state(6));
+        let jobs = &state.dags[&h].jobs;
+        assert!(
+            matches!(&jobs["a"], JobState::Claimed { .. } | JobState::Open { .. }),
+            "a runs again: {:?}",
+            jobs["a"]
+        );
+        assert_eq!(jobs["b"], JobState::Open { failures: vec![] }, "b waits for a, no attempt spent");
+        // a is claimed again, and once done with a new record, b runs.
+        let again: Vec<(usize, Hash)> = (0..2)
+            .flat_map(|i| {
+                starts(&mut nodes[i])
+                    .into_iter()
+                    .filter_map(move |a| match a {
+                        Action::Start { claim, job, .. } if job == "a" => Some((i, claim)),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(!again.is_empty(), "a is claimed again");
+        let (i, c) = again[0];
+        nodes[i].handle_job_finished(7, c, Finished::Done { record: Hash::of(b"record a, again"), bytes: 10 });
+        gossip(&mut nodes, 8);
+        let running_b: Vec<String> = (0..2).flat_map(|i| net_running(&starts(&mut nodes[i]))).collect();
+        assert!(running_b.contains(&"b".to_string()), "b runs once a is done again: {running_b:?}");
+    }
+
+    /// A DAG of `n` independent one-core jobs.
+    fn flat(n: usize) -> (Hash, Dag) {
+        let jobs: Vec<String> =
+            (0..n).map(|i| format!(r#"{{"id": "j{i}", "image": "b:1", "command": ["x"]}}"#)).collect();
+        let text = format!(r#"{{"version": 1, "jobs": [{}]}}"#, jobs.join(","));
+        (Hash::of(text.as_bytes()), parse_dag("d.json", &text).unwrap())
+    }
+
+    #[test]
+    fn faster_peers_rank_first_for_most_jobs() {
+        let (h, dag) = flat(200);
+        let peers: Vec<NodeId> = (10..20).map(id_of).collect();
+        let mut table: Vec<(NodeId, Capabilities)> = peers.iter().map(|p| (*p, caps(4))).collect();
+        table[0].1.speed = 1500; // one fast peer
+        let mut me = NodeCore::new(SigningKey::from_bytes(&[3; 32]), caps(0));
+        me.handle_peers(0, peers.clone());
+        me.handle_peer_caps(0, table.clone());
+        me.handle_dag(0, h, dag.clone());
+        let fast = key64(&peers[0]);
+        let mut firsts = 0;
+        for (i, j) in dag.jobs.iter().enumerate() {
+            let pt = point(&h, &j.id);
+            let best = me.peers.iter().filter(|p| **p != me.me).copied().min_by(|a, b| {
+                let w = |p: u64| {
+                    let u = ((mix(pt ^ p) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                    (-u.ln()).ln() - 8.0 * if p == fast { 1.5f64.ln() } else { 0.0 }
+                };
+                w(*a).total_cmp(&w(*b))
+            });
+            firsts += usize::from(best == Some(fast));
+            let _ = i;
+        }
+        assert!(firsts > 150, "the 1.5x peer ranks first for most jobs (weight 25x of 10 peers): {firsts}/200");
+        // A node at speed 2 ranks first among equals for most jobs.
+        let mut quick = NodeCore::new(SigningKey::from_bytes(&[4; 32]), Capabilities { speed: 2000, ..caps(1000) });
+        quick.handle_peers(0, peers.clone());
+        quick.handle_peer_caps(0, peers.iter().map(|p| (*p, caps(4))));
+        quick.handle_dag(0, h, dag.clone());
+        quick.submit(0, h, dag.clone(), 1);
+        let zero = (0..200).filter(|&i| quick.rank_for(&h, i, 0) == 0).count();
+        assert!(zero > 175, "speed 2 against 1: weight 256x of 266: first for {zero}/200");
+    }
+
+    #[test]
+    fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
+        let text = r#"{"version": 1, "jobs": [
+          {"id": "a", "image": "b:1", "command": ["x"], "outputs": {"o": "stdout"}},
+          {"id": "b", "image": "b:1", "command": ["x"], "stdin": "jobs:a/o"}]}"#;
+        let h = Hash::of(text.as_bytes());
+        let dag = parse_dag("d.json", text).unwrap();
+        let holder = SigningKey::from_bytes(&[10; 32]);
+        let fast = id_of(11);
+        for (bytes, want) in [(64u64 << 20, 0), (4 << 10, 1)] {
+            // This node made a's outputs; a 4x faster peer is free.
+            let mut me = NodeCore::new(holder.clone(), caps(2));
+            me.handle_peers(0, [fast]);
+            me.handle_peer_caps(0, [(fast, Capabilities { speed: 4000, ..caps(2) })]);
+            let submit = Fact::sign(
+                &holder,
+                Hlc::default(),
+                Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+            );
+            let claim = Fact::sign(
+                &holder,
+                Hlc { wall_ms: 0, counter: 1 },
+                Body::Claim { dag: h, job: "a".into(), lease_until_ms: 10_000 },
+            );
+            let done = Fact::sign(
+                &holder,
+                Hlc { wall_ms: 1, counter: 0 },
+                Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes },
+            );
+            me.handle_dag(0, h, dag.clone());
+            for f in [submit, claim, done] {
+                me.handle_fact(1, f).unwrap();
+            }
+            assert_eq!(me.rank_for(&h, 1, 2), want, "b's input is {bytes} bytes, held here");
+        }
     }
 }

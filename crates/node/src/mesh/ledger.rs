@@ -4,10 +4,13 @@
 //!
 //! Facts: `Submit` (a DAG and its jobs), `Claim` (a node takes a job until its lease ends),
 //! `Renew` (the claimant extends the lease), `Done` (the claim produced a run record), `Fail` (the
-//! attempt failed, with why), `Cancel` (the DAG is abandoned). Among the live claims of a job,
-//! the one with the smallest (hybrid logical clock, node id) wins; a lease not renewed in time
-//! expires and the job is open again; a job whose attempts failed `max_attempts` times has failed
-//! for good, every attempt's reason kept. Only a claim's author may renew, finish or fail it.
+//! attempt failed, with why), `Cancel` (the DAG is abandoned), `Lost` (no node holds the outputs
+//! of a completion any more: it no longer counts, and the job is open to be run again), `Release`
+//! (the claimant gives its claim up without it counting as a failed attempt). Among the live
+//! claims of a job, the one with the smallest (hybrid logical clock, node id) wins; a lease not
+//! renewed in time expires and the job is open again; a job whose attempts failed `max_attempts`
+//! times has failed for good, every attempt's reason kept. Only a claim's author may renew,
+//! finish, fail or release it; any node may report a completion's outputs lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -76,9 +79,13 @@ pub enum Body {
         claim: Hash,
         lease_until_ms: u64,
     },
+    /// The claim's run succeeded with this run record, whose outputs weigh `bytes` in all
+    /// (placement prefers the nodes that hold a job's inputs).
     Done {
         claim: Hash,
         record: Hash,
+        #[serde(default)]
+        bytes: u64,
     },
     Fail {
         claim: Hash,
@@ -86,6 +93,18 @@ pub enum Body {
     },
     Cancel {
         dag: Hash,
+    },
+    /// Every node this one could ask has lost the outputs of `record` (a completion of `job`):
+    /// the completions naming it no longer count, so the job runs again.
+    Lost {
+        dag: Hash,
+        job: String,
+        record: Hash,
+    },
+    /// The claimant gives the claim up unfinished (an input was lost, the node is stopping): the
+    /// job is open again at once and the attempt does not count as failed.
+    Release {
+        claim: Hash,
     },
 }
 
@@ -241,6 +260,8 @@ pub enum JobState {
         claim: Hash,
         node: NodeId,
         record: Hash,
+        /// The bytes of its outputs.
+        bytes: u64,
     },
     /// Failed `max_attempts` times; every attempt's reason, in claim order.
     Failed {
@@ -289,10 +310,20 @@ struct ClaimIx {
     author: NodeId,
     hlc: Hlc,
     lease_until_ms: u64,
-    /// The smallest (hlc, author, record) among its author's completions.
-    done: Option<(Hlc, NodeId, Hash)>,
+    /// Its author's completions: (hlc, author, record) and the bytes of the record's outputs.
+    dones: Vec<((Hlc, NodeId, Hash), u64)>,
     /// The smallest reason among its author's failures.
     failed: Option<String>,
+    /// Its author gave it up.
+    released: bool,
+}
+
+impl ClaimIx {
+    /// Holds its job: not finished (a completion whose outputs were lost still ends it), not
+    /// failed, not released, lease running.
+    fn live(&self, now_ms: u64) -> bool {
+        self.dones.is_empty() && self.failed.is_none() && !self.released && self.lease_until_ms > now_ms
+    }
 }
 
 /// (hlc, author, id or record): the order facts compete in.
@@ -304,8 +335,11 @@ struct JobIx {
     listed: bool,
     /// (hlc, author, id) of every claim on it, ascending: the first live one wins.
     claims: Vec<(Hlc, NodeId, Hash)>,
-    /// The winning completion: (done key, claim key), smallest first, as the fold picks it.
-    done: Option<(OrderKey, OrderKey)>,
+    /// Every completion: (done key, claim key) -> its outputs' bytes; the smallest whose record
+    /// is not lost wins.
+    dones: BTreeMap<(OrderKey, OrderKey), u64>,
+    /// Records reported lost.
+    lost: BTreeSet<Hash>,
 }
 
 /// One claim as the reference fold sees it.
@@ -313,8 +347,9 @@ struct FoldClaim<'a> {
     id: Hash,
     fact: &'a Fact,
     lease_until_ms: u64,
-    done: Option<(Hlc, NodeId, Hash)>,
+    dones: Vec<((Hlc, NodeId, Hash), u64)>,
     failed: Option<String>,
+    released: bool,
 }
 
 impl View {
@@ -353,8 +388,9 @@ impl View {
                     author: fact.author,
                     hlc: fact.hlc,
                     lease_until_ms: *lease_until_ms,
-                    done: None,
+                    dones: Vec::new(),
                     failed: None,
+                    released: false,
                 };
                 for later in self.orphans.remove(&id).unwrap_or_default() {
                     if let Some(f) = facts.get(&later) {
@@ -365,13 +401,14 @@ impl View {
                 let key = (fact.hlc, fact.author, id);
                 let at = ix.claims.partition_point(|c| *c < key);
                 ix.claims.insert(at, key);
-                if let Some(done) = claim.done {
-                    Self::offer_done(ix, done, key);
-                }
+                ix.dones.extend(claim.dones.iter().map(|(d, bytes)| ((*d, key), *bytes)));
                 self.claims.insert(id, claim);
                 Touched::Job { dag: *dag, job: job.clone() }
             }
-            Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } => {
+            Body::Renew { claim, .. }
+            | Body::Done { claim, .. }
+            | Body::Fail { claim, .. }
+            | Body::Release { claim } => {
                 let Some(c) = self.claims.get_mut(claim) else {
                     self.orphans.entry(*claim).or_default().push(id);
                     return Touched::Nothing;
@@ -380,44 +417,40 @@ impl View {
                     return Touched::Nothing;
                 }
                 let (dag, job, key) = (c.dag, c.job.clone(), (c.hlc, c.author, *claim));
-                if let Some(done) = c.done
+                if let Body::Done { record, bytes, .. } = &fact.body
                     && let Some(ix) = self.jobs.get_mut(&dag).and_then(|j| j.get_mut(&job))
                 {
-                    Self::offer_done(ix, done, key);
+                    ix.dones.insert(((fact.hlc, fact.author, *record), key), *bytes);
                 }
                 Touched::Job { dag, job }
+            }
+            Body::Lost { dag, job, record } => {
+                if self.jobs.entry(*dag).or_default().entry(job.clone()).or_default().lost.insert(*record) {
+                    Touched::Job { dag: *dag, job: job.clone() }
+                } else {
+                    Touched::Nothing
+                }
             }
         }
     }
 
-    /// Applies a renewal, completion or failure to its claim if its author made the claim.
+    /// Applies a renewal, completion, failure or release to its claim if its author made the claim.
     fn amend(c: &mut ClaimIx, fact: &Fact) -> bool {
         if fact.author != c.author {
             return false;
         }
         match &fact.body {
             Body::Renew { lease_until_ms, .. } => c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms),
-            Body::Done { record, .. } => {
-                let candidate = (fact.hlc, fact.author, *record);
-                if c.done.is_none_or(|d| candidate < d) {
-                    c.done = Some(candidate);
-                }
-            }
+            Body::Done { record, bytes, .. } => c.dones.push(((fact.hlc, fact.author, *record), *bytes)),
             Body::Fail { reason, .. } => {
                 if c.failed.as_ref().is_none_or(|f| reason < f) {
                     c.failed = Some(reason.clone());
                 }
             }
+            Body::Release { .. } => c.released = true,
             _ => return false,
         }
         true
-    }
-
-    /// The fold's winning completion is the smallest done key, ties going to the earlier claim.
-    fn offer_done(ix: &mut JobIx, done: (Hlc, NodeId, Hash), claim: (Hlc, NodeId, Hash)) {
-        if ix.done.is_none_or(|d| (done, claim) < d) {
-            ix.done = Some((done, claim));
-        }
     }
 
     fn job_state(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<JobState> {
@@ -427,8 +460,10 @@ impl View {
     }
 
     fn state_of(&self, d: &DagView, ix: &JobIx, dag: &Hash, now_ms: u64) -> JobState {
-        if let Some(((_, _, record), (_, node, claim))) = ix.done {
-            return JobState::Done { claim, node, record };
+        if let Some((((_, _, record), (_, node, claim)), bytes)) =
+            ix.dones.iter().find(|((d, _), _)| !ix.lost.contains(&d.2))
+        {
+            return JobState::Done { claim: *claim, node: *node, record: *record, bytes: *bytes };
         }
         if self.cancelled.contains(dag) {
             return JobState::Cancelled;
@@ -438,7 +473,7 @@ impl View {
         if failures.len() >= d.max_attempts as usize {
             return JobState::Failed { failures };
         }
-        match claims.clone().find(|(_, c)| c.failed.is_none() && c.lease_until_ms > now_ms) {
+        match claims.clone().find(|(_, c)| c.live(now_ms)) {
             Some((id, c)) => {
                 JobState::Claimed { claim: *id, node: c.author, lease_until_ms: c.lease_until_ms, failures }
             }
@@ -565,6 +600,7 @@ impl Ledger {
         let mut cancelled: BTreeSet<Hash> = BTreeSet::new();
         let mut claims: BTreeMap<(Hash, &str), Vec<FoldClaim<'_>>> = BTreeMap::new();
         let mut claim_of: BTreeMap<Hash, (Hash, &str)> = BTreeMap::new();
+        let mut lost: BTreeSet<(Hash, &str, Hash)> = BTreeSet::new();
         for (id, fact) in self.facts.iter().map(|(id, f)| (id, &**f)) {
             match &fact.body {
                 Body::Submit { dag, jobs, max_attempts } => {
@@ -586,25 +622,27 @@ impl Ledger {
                         id: *id,
                         fact,
                         lease_until_ms: *lease_until_ms,
-                        done: None,
+                        dones: Vec::new(),
                         failed: None,
+                        released: false,
                     });
+                }
+                Body::Lost { dag, job, record } => {
+                    lost.insert((*dag, job.as_str(), *record));
                 }
                 _ => {}
             }
         }
-        // Renewals, completions and failures count only from the claim's own author.
+        // Renewals, completions, failures and releases count only from the claim's own author.
         for fact in self.facts.values().map(|f| &**f) {
             let (claim, apply): (&Hash, &dyn Fn(&mut FoldClaim<'_>)) = match &fact.body {
                 Body::Renew { claim, lease_until_ms } => {
                     (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms))
                 }
-                Body::Done { claim, record } => (claim, &move |c: &mut FoldClaim<'_>| {
-                    let candidate = (fact.hlc, fact.author, *record);
-                    if c.done.is_none_or(|d| candidate < d) {
-                        c.done = Some(candidate);
-                    }
-                }),
+                Body::Done { claim, record, bytes } => {
+                    (claim, &move |c: &mut FoldClaim<'_>| c.dones.push(((fact.hlc, fact.author, *record), *bytes)))
+                }
+                Body::Release { claim } => (claim, &|c: &mut FoldClaim<'_>| c.released = true),
                 Body::Fail { claim, reason } => (claim, &move |c: &mut FoldClaim<'_>| {
                     if c.failed.as_ref().is_none_or(|f| reason < f) {
                         c.failed = Some(reason.clone());
@@ -625,18 +663,22 @@ impl Ledger {
             for job in jobs {
                 let mut list = claims.remove(&(dag, job.as_str())).unwrap_or_default();
                 list.sort_by_key(|c| (c.fact.hlc, c.fact.author));
-                let js = if let Some(done) =
-                    list.iter().filter_map(|c| c.done.map(|d| (d, c.id, c.fact.author))).min_by_key(|(d, ..)| *d)
+                let js = if let Some(done) = list
+                    .iter()
+                    .flat_map(|c| c.dones.iter().map(|(d, bytes)| (*d, c.id, c.fact.author, *bytes)))
+                    .filter(|(d, ..)| !lost.contains(&(dag, job.as_str(), d.2)))
+                    .min_by_key(|(d, ..)| *d)
                 {
-                    JobState::Done { claim: done.1, node: done.2, record: done.0.2 }
+                    JobState::Done { claim: done.1, node: done.2, record: done.0.2, bytes: done.3 }
                 } else if cancelled.contains(&dag) {
                     JobState::Cancelled
                 } else {
                     let failures: Vec<String> = list.iter().filter_map(|c| c.failed.clone()).collect();
                     if failures.len() >= max_attempts as usize {
                         JobState::Failed { failures }
-                    } else if let Some(w) =
-                        list.iter().find(|c| c.done.is_none() && c.failed.is_none() && c.lease_until_ms > now_ms)
+                    } else if let Some(w) = list
+                        .iter()
+                        .find(|c| c.dones.is_empty() && c.failed.is_none() && !c.released && c.lease_until_ms > now_ms)
                     {
                         JobState::Claimed {
                             claim: w.id,
