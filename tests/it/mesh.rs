@@ -42,6 +42,9 @@ impl MeshNode {
         cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0"])
             .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
             .args(["--backend", "namespace"])
+            // Nodes on one machine are equally fast: a speed measured while the others start
+            // would skew placement by noise.
+            .args(["--speed", "1000"])
             .args(extra);
         for j in join {
             cmd.args(["--join", j]);
@@ -506,4 +509,77 @@ fn shoal_run_join_runs_a_dag_over_the_mesh_and_leaves() {
     // The run's node has left; the mesh still answers.
     let (status, body) = n1.get(&format!("/v1/dags/{d}/jobs/y/outputs/o"));
     assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "hsem eht revo\n".to_string()));
+}
+
+#[test]
+fn an_output_lost_with_every_holder_is_recomputed_from_its_job() {
+    // One copy of each output (no replicas), so killing a's runner loses a's outputs.
+    let one = ["--replicas", "1"];
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &one);
+    let mut n1 = MeshNode::start(Home::with_busybox(), &key, &[&n0.listen], &["--replicas", "1", "--label", "role=a"]);
+    let n2 = MeshNode::start(Home::with_busybox(), &key, &[&n0.listen], &one);
+    wait_for_mesh(&[&n0, &n1, &n2]);
+    // a runs only where role=a, b only where late=yes: no node has that until a's runner is gone.
+    let dag_file = n0.home.write(
+        "lost.json",
+        r#"{"version": 1, "jobs": [
+        {"id": "a", "image": "busybox:latest", "command": ["sh", "-c", "echo from-a"], "outputs": {"o": "stdout"},
+         "requirements": {"labels": {"role": "a"}}},
+        {"id": "b", "image": "busybox:latest", "command": ["tr", "a-z", "A-Z"], "stdin": "jobs:a/o",
+         "outputs": {"o": "stdout"}, "requirements": {"labels": {"late": "yes"}}}]}"#,
+    );
+    let dag = submit(&n0, &dag_file);
+    let v = wait_dag(&n0, &dag, Duration::from_secs(30), "a done", |v| v["jobs"]["a"]["state"] == "done");
+    assert_eq!(v["jobs"]["a"]["node"].as_str().unwrap(), n1.node);
+    let first_record = v["jobs"]["a"]["record"].clone();
+    n1.kill();
+    let n3 = MeshNode::start(
+        Home::with_busybox(),
+        &key,
+        &[&n0.listen],
+        &["--replicas", "1", "--label", "role=a", "--label", "late=yes"],
+    );
+    // n3 claims b, finds a's outputs nowhere, reports them lost and releases b; a runs again on
+    // n3 (the only node left with role=a), then b.
+    let v = wait_dag(&n2, &dag, Duration::from_secs(120), "the DAG done after a's outputs were lost", |v| {
+        all_in(v, "done")
+    });
+    assert_eq!(v["jobs"]["a"]["node"].as_str().unwrap(), n3.node, "a ran again: {v:#}");
+    assert_ne!(v["jobs"]["a"]["record"], first_record, "a new completion");
+    assert_eq!(v["jobs"]["b"]["failures"].as_array().map(Vec::len), Some(0), "the release cost b no attempt: {v:#}");
+    let (status, body) = n0.get(&format!("/v1/dags/{dag}/jobs/b/outputs/o"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "FROM-A\n".to_string()));
+    assert!(n3.log().contains("no node holds an input any more"), "n3 says why it released b");
+}
+
+#[test]
+fn a_job_runs_where_its_big_inputs_are() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let others: Vec<MeshNode> =
+        (0..3).map(|_| MeshNode::start(Home::with_busybox(), &key, &[&n0.listen], &[])).collect();
+    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
+    wait_for_mesh(&all);
+    // Four chains: x makes 2 MiB (over the 1 MiB at which locality outranks hashing), y reads it.
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        jobs.push(serde_json::json!({"id": format!("x{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", format!("head -c 2097152 /dev/zero | tr '\\0' '{i}'")],
+            "outputs": {"o": "stdout"}}));
+        jobs.push(serde_json::json!({"id": format!("y{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", "wc -c < /input/d"], "inputs": {"d": format!("jobs:x{i}/o")},
+            "outputs": {"o": "stdout"}}));
+    }
+    let text = serde_json::to_string(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap();
+    let dag = submit(&n0, &n0.home.write("local.json", &text));
+    let v = wait_dag(&n0, &dag, Duration::from_secs(60), "all chains done", |v| all_in(v, "done"));
+    for i in 0..4 {
+        let (x, y) = (&v["jobs"][format!("x{i}")]["node"], &v["jobs"][format!("y{i}")]["node"]);
+        assert_eq!(x, y, "y{i} ran where x{i}'s 2 MiB are: {v:#}");
+        let (status, body) = n0.get(&format!("/v1/dags/{dag}/jobs/y{i}/outputs/o"));
+        assert_eq!((status, String::from_utf8_lossy(&body).trim().to_string()), (200, "2097152".to_string()));
+    }
 }

@@ -21,7 +21,7 @@ const JOBS: [&str; 3] = ["a", "b", "c"];
 /// A random history over one DAG of three jobs and four nodes: claims, renewals, completions,
 /// failures and a possible cancel, each referring to earlier claims, signed by their claimant.
 fn history() -> impl Strategy<Value = Vec<Fact>> {
-    prop::collection::vec((0u8..6, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
+    prop::collection::vec((0u8..8, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
         let submit = Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 };
         let mut facts = vec![Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)];
         let mut claims: Vec<(Hash, u8)> = Vec::new();
@@ -33,8 +33,16 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
                     (node, Body::Claim { dag: dag(), job: JOBS[job].into(), lease_until_ms: t + 30 })
                 }
                 (2, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
-                (3, Some((claim, owner))) => (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]) }),
+                (3, Some((claim, owner))) => {
+                    (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]), bytes: t })
+                }
                 (4, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {i}") }),
+                // Any node may report a completion's outputs lost; only the claimant releases.
+                (6, _) => (
+                    node,
+                    Body::Lost { dag: dag(), job: JOBS[job].into(), record: Hash::of(&[pick as u8 % 4, job as u8]) },
+                ),
+                (7, Some((claim, owner))) => (owner, Body::Release { claim }),
                 _ => (node, Body::Cancel { dag: dag() }),
             };
             let fact = Fact::sign(&key(signer + 2), hlc, body);
@@ -51,7 +59,7 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
 /// hash (other job lists, other attempt budgets), renewals, completions and failures signed by
 /// someone other than the claimant, and facts about claims that never arrive.
 fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
-    prop::collection::vec((0u8..10, 0u8..4, 0usize..4, 0u64..100, 0usize..64), 1..60).prop_map(|steps| {
+    prop::collection::vec((0u8..13, 0u8..4, 0usize..4, 0u64..100, 0usize..64), 1..60).prop_map(|steps| {
         let jobs_of = |mask: usize| -> Vec<String> {
             let list: Vec<String> =
                 JOBS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, j)| j.to_string()).collect();
@@ -67,10 +75,21 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
                 (0, _) => (node, Body::Submit { dag: dag(), jobs: jobs_of(pick), max_attempts: 1 + (pick % 3) as u32 }),
                 (1 | 2, _) | (3..=5, None) => (node, Body::Claim { dag: dag(), job: job_name, lease_until_ms: t + 30 }),
                 (3, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
-                (4, Some((claim, owner))) => (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8]) }),
+                (4, Some((claim, owner))) => {
+                    (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8 % 3]), bytes: t })
+                }
                 (5, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {}", pick % 5) }),
                 // Someone else than the claimant renews, finishes or fails it: ignored by the fold.
-                (6, Some((claim, owner))) => ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged") }),
+                (6, Some((claim, owner))) => {
+                    ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged"), bytes: 1 })
+                }
+                (10, Some((claim, owner))) => (owner, Body::Release { claim }),
+                // A release by someone else than the claimant: ignored.
+                (11, Some((claim, owner))) => ((owner + 1) % 4, Body::Release { claim }),
+                (12, _) => (
+                    node,
+                    Body::Lost { dag: dag(), job: job_name, record: Hash::of(&[pick as u8 % 4, pick as u8 % 3]) },
+                ),
                 (7, Some((claim, owner))) => ((owner + 1) % 4, Body::Fail { claim, reason: "not mine".into() }),
                 // A fact about a claim nobody holds.
                 (6 | 7 | 8, _) => (node, Body::Renew { claim: Hash::of(&[pick as u8]), lease_until_ms: t + 90 }),
@@ -207,7 +226,7 @@ proptest! {
                     let id = f.id();
                     let ended = facts.iter().any(|g| {
                         g.author == f.author
-                            && matches!(&g.body, Body::Done { claim, .. } | Body::Fail { claim, .. } if *claim == id)
+                            && matches!(&g.body, Body::Done { claim, .. } | Body::Fail { claim, .. } | Body::Release { claim } if *claim == id)
                     });
                     lease_of(&facts, f) > now && !ended
                 })
@@ -260,7 +279,7 @@ fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
     assert!(matches!(job(&l, 150), JobState::Open { .. }), "a renewal by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 90, counter: 1 }, renew(200))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { lease_until_ms: 200, .. }));
-    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r) };
+    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r), bytes: 0 };
     l.insert(Fact::sign(&key(3), Hlc { wall_ms: 95, counter: 0 }, done(b"x"))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { .. }), "a Done by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 95, counter: 1 }, done(b"r"))).unwrap();
@@ -307,4 +326,51 @@ fn a_fact_round_trips_through_cbor_with_its_id_and_signature() {
     assert_eq!(back, f);
     assert_eq!(back.id(), f.id());
     back.verify().unwrap();
+}
+
+#[test]
+fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
+    let (k1, k2) = (key(1), key(2));
+    let submit = Fact::sign(&k1, Hlc::default(), Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 1 });
+    let claim = Fact::sign(
+        &k1,
+        Hlc { wall_ms: 1, counter: 0 },
+        Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 },
+    );
+    let record = Hash::of(b"r1");
+    let done = Fact::sign(&k1, Hlc { wall_ms: 2, counter: 0 }, Body::Done { claim: claim.id(), record, bytes: 7 });
+    let mut l = Ledger::new();
+    for f in [submit, claim.clone(), done] {
+        l.insert(f).unwrap();
+    }
+    assert!(matches!(l.job_state(&dag(), "a", 3), Some(JobState::Done { bytes: 7, .. })));
+    // Another node reports the outputs lost: the job is open, the finished claim does not hold it.
+    l.insert(Fact::sign(&k2, Hlc { wall_ms: 3, counter: 0 }, Body::Lost { dag: dag(), job: "a".into(), record }))
+        .unwrap();
+    assert_eq!(l.job_state(&dag(), "a", 4), Some(JobState::Open { failures: vec![] }));
+    // A second claim, released by its author: open again, and no attempt spent (max_attempts 1).
+    let again = Fact::sign(
+        &k2,
+        Hlc { wall_ms: 4, counter: 0 },
+        Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 },
+    );
+    l.insert(again.clone()).unwrap();
+    assert!(matches!(l.job_state(&dag(), "a", 5), Some(JobState::Claimed { .. })));
+    // A release by someone else than the claimant changes nothing.
+    l.insert(Fact::sign(&k1, Hlc { wall_ms: 5, counter: 0 }, Body::Release { claim: again.id() })).unwrap();
+    assert!(matches!(l.job_state(&dag(), "a", 6), Some(JobState::Claimed { .. })));
+    l.insert(Fact::sign(&k2, Hlc { wall_ms: 6, counter: 0 }, Body::Release { claim: again.id() })).unwrap();
+    assert_eq!(l.job_state(&dag(), "a", 7), Some(JobState::Open { failures: vec![] }));
+    // Run again with a new record: done, and the fold agrees with the view.
+    let third = Fact::sign(
+        &k2,
+        Hlc { wall_ms: 7, counter: 0 },
+        Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 },
+    );
+    let r2 = Hash::of(b"r2");
+    l.insert(third.clone()).unwrap();
+    l.insert(Fact::sign(&k2, Hlc { wall_ms: 8, counter: 0 }, Body::Done { claim: third.id(), record: r2, bytes: 7 }))
+        .unwrap();
+    assert!(matches!(l.job_state(&dag(), "a", 9), Some(JobState::Done { record, .. }) if record == r2));
+    assert_eq!(l.state(9), l.fold(9));
 }
