@@ -1582,6 +1582,57 @@ impl Sim {
         }
     }
 
+    /// Prints, for the DAGs that ended latest past their own bound, the chain of jobs that made
+    /// them end when they did: per job its wait for a claim, its run, and what it needed.
+    fn explain_slowest(&self, fastest: f64) {
+        let mut late: Vec<(i64, usize)> = self
+            .dags
+            .iter()
+            .enumerate()
+            .filter_map(|(d, sd)| {
+                let end = self.truth[d].iter().filter_map(|t| t.done_at).max()?;
+                Some((end as i64 - (sd.submit_at_ms + sd.critical_path_ms(fastest)) as i64, d))
+            })
+            .collect();
+        late.sort_unstable_by(|a, b| b.cmp(a));
+        for &(over, d) in late.iter().take(3) {
+            let (sd, truth) = (&self.dags[d], &self.truth[d]);
+            let mut j = (0..truth.len()).max_by_key(|&j| truth[j].done_at.unwrap_or(0)).unwrap_or(0);
+            let (mut wait, mut run, mut ideal, mut chain) = (0u64, 0u64, 0u64, Vec::new());
+            loop {
+                let t = &truth[j];
+                let (ready, start, done) =
+                    (t.ready_at.unwrap_or(0), t.first_start.unwrap_or(0), t.done_at.unwrap_or(0));
+                wait += start.saturating_sub(ready);
+                run += done.saturating_sub(start);
+                ideal += (sd.work_ms[j] as f64 / fastest) as u64;
+                let req = &sd.dag.jobs[j].requirements;
+                chain.push(format!(
+                    "{}(wait {}s run {}s{}{}{})",
+                    sd.dag.jobs[j].id,
+                    start.saturating_sub(ready) / 1000,
+                    done.saturating_sub(start) / 1000,
+                    if req.gpu.is_some() { " gpu" } else { "" },
+                    if req.arch.is_some() { " arch" } else { "" },
+                    if t.starts > 1 { format!(" starts {}", t.starts) } else { String::new() },
+                ));
+                match sd.deps[j].iter().max_by_key(|&&p| truth[p as usize].done_at.unwrap_or(0)) {
+                    Some(&p) => j = p as usize,
+                    None => break,
+                }
+            }
+            chain.reverse();
+            eprintln!(
+                "DAG {d}: {over_s} s past its bound; its last chain waited {w} s, ran {r} s (at the fastest speed {i} s): {}",
+                chain.join(" -> "),
+                over_s = over / 1000,
+                w = wait / 1000,
+                r = run / 1000,
+                i = ideal / 1000
+            );
+        }
+    }
+
     fn finish(mut self) -> Report {
         self.sample();
         let now = self.now;
@@ -1605,6 +1656,9 @@ impl Sim {
         let mean_speed = self.nodes.iter().map(|n| n.speed).sum::<f64>() / self.nodes.len().max(1) as f64;
         let cp_mean = self.dags.iter().map(|d| d.submit_at_ms + d.critical_path_ms(mean_speed)).max().unwrap_or(0);
         r.lower_bound_mean_speed_ms = cp_mean.max(by_work);
+        if std::env::var_os("SHOAL_SIM_EXPLAIN").is_some() {
+            self.explain_slowest(fastest);
+        }
         // Gossip: bytes received per node per second of the run, over the nodes' up time.
         let span_s = (r.makespan_ms.max(1) as f64) / 1000.0;
         let per_node: Vec<f64> = self.nodes.iter().map(|n| n.bytes_in as f64 / span_s).collect();
