@@ -138,6 +138,10 @@ pub struct Config {
     pub partition: Option<Partition>,
     /// Nodes per DAG topic; 0: every node holds every DAG (one topic for all).
     pub group_nodes: usize,
+    /// How strongly DAG topics prefer fast nodes: a node's rendezvous weight for a topic is
+    /// speed^this (0: blind). Lower than the core's placement exponent, or the fastest nodes
+    /// join nearly every topic and carry its gossip.
+    pub topic_speed_exponent: f64,
     /// Mesh peers per node per topic.
     pub mesh_degree: usize,
     /// How long a node batches facts before relaying them, ms.
@@ -178,6 +182,7 @@ impl Config {
             crashes: vec![],
             partition: None,
             group_nodes: 0,
+            topic_speed_exponent: 4.0,
             mesh_degree: 6,
             flush_ms: 20,
             anti_entropy_ms: 30_000,
@@ -856,9 +861,9 @@ impl Sim {
             if have >= want {
                 continue;
             }
-            // Weighted rendezvous, as the core ranks jobs: a node's weight is its speed to the
-            // core's exponent, so faster nodes serve more DAGs (smallest score first).
-            let k = f64::from(self.cfg.core.speed_exponent);
+            // Weighted rendezvous, as the core ranks jobs: a node's weight is its speed to
+            // `topic_speed_exponent`, so faster nodes serve more DAGs (smallest score first).
+            let k = self.cfg.topic_speed_exponent;
             let mut fit: Vec<(f64, u32)> = up
                 .iter()
                 .filter(|&&n| !out.contains(&n) && fits(n))

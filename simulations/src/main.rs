@@ -41,6 +41,9 @@ struct Args {
     /// How strongly placement prefers fast nodes (the rendezvous weight is speed^this; 0: blind).
     #[arg(long)]
     speed_exponent: Option<u32>,
+    /// How strongly DAG topics prefer fast nodes (a node's weight is speed^this).
+    #[arg(long)]
+    topic_speed_exponent: Option<f64>,
 
     /// Anti-entropy period per node, ms.
     #[arg(long)]
@@ -78,6 +81,9 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     }
     if let Some(k) = a.speed_exponent {
         c.core.speed_exponent = k;
+    }
+    if let Some(x) = a.topic_speed_exponent {
+        c.topic_speed_exponent = x;
     }
     if let Some(x) = a.stagger_ms {
         c.core.claim_stagger_ms = x;

@@ -309,6 +309,17 @@ impl Store {
     /// it entered (this node's own, or one the caller verified), so records read back by hash
     /// need no second signature check.
     pub async fn put_record(&self, rec: &SignedRecord) -> Result<Hash, StoreError> {
+        self.put_record_inner(rec, None).await
+    }
+
+    /// [`Store::put_record`] and [`Store::action_put`] of the record under `action_key`, with
+    /// one flush of the metadata database for both (the record first: a crash between the
+    /// two leaves a record without its cache entry, never an entry without its record).
+    pub async fn put_record_for_action(&self, rec: &SignedRecord, action_key: &Hash) -> Result<Hash, StoreError> {
+        self.put_record_inner(rec, Some(action_key)).await
+    }
+
+    async fn put_record_inner(&self, rec: &SignedRecord, action_key: Option<&Hash>) -> Result<Hash, StoreError> {
         let bytes = rec.to_cbor();
         let job_id = record_job_id(&rec.record);
         let hash = self.put_bytes(bytes.clone()).await?;
@@ -317,6 +328,9 @@ impl Store {
         Meta::put(&m.records, &hash.0, &bytes)?;
         if let Some(job_id) = job_id {
             Meta::put(&m.records_by_job, job_id.as_bytes(), &hash.0)?;
+        }
+        if let Some(key) = action_key {
+            Meta::put(&m.actions, &key.0, &hash.0)?;
         }
         m.flush_async().await?;
         Ok(hash)

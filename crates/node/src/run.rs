@@ -363,12 +363,18 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
         );
     }
     let _in_flight = ctx.in_flight.acquire().await.context("job semaphore closed")?;
-    let bar = ctx.progress.add(ProgressBar::new_spinner());
-    bar.set_message(format!("{}: running", job.id));
-    bar.enable_steady_tick(Duration::from_millis(120));
+    // A spinner per running job, where someone sees it: each one ticks on a thread of its own.
+    let bar = (!ctx.progress.is_hidden()).then(|| {
+        let bar = ctx.progress.add(ProgressBar::new_spinner());
+        bar.set_message(format!("{}: running", job.id));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
     let result = execute(ctx, job, &image, resolved, action_key, queued_unix_ms).await;
-    bar.finish_and_clear();
-    ctx.progress.remove(&bar);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+        ctx.progress.remove(&bar);
+    }
     result
 }
 
@@ -678,11 +684,12 @@ async fn execute(
         holders: vec![ctx.machine.node_id.clone()],
     };
     let signed = record.sign(&ctx.key);
-    let record_hash = ctx.store.put_record(&signed).await?;
     let success = exit.success();
-    if success {
-        ctx.store.action_put(&action_key, &record_hash)?;
-    }
+    let record_hash = if success {
+        ctx.store.put_record_for_action(&signed, &action_key).await?
+    } else {
+        ctx.store.put_record(&signed).await?
+    };
     let mut report = JobReport::new(&job.id, if success { Status::Done } else { Status::Failed });
     report.wall_ms = Some(outcome.wall_ms);
     report.vm_timeline = outcome.vm.as_ref().map(|v| v.timeline);

@@ -11,7 +11,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::Limits;
@@ -72,6 +72,21 @@ impl Hierarchy {
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Whether this process has readied the v2 parent of job cgroups (see [`ready_v2_parent`]).
+static V2_PARENT_READY: AtomicBool = AtomicBool::new(false);
+
+/// Creates the parent of job cgroups and enables the memory (and cpu) controllers for its
+/// children, on every level above it.
+fn ready_v2_parent(parent: &Path) -> io::Result<()> {
+    fs::create_dir_all(parent)?;
+    if let Some(top) = parent.parent() {
+        let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu");
+    }
+    fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu")
+        .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), "+memory"))?;
+    V2_PARENT_READY.store(true, Ordering::Relaxed);
+    Ok(())
+}
 
 impl Cgroup {
     /// Creates `job-<pid>-<n>` with the limits in force.
@@ -81,17 +96,29 @@ impl Cgroup {
         let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
         match hierarchy {
             Hierarchy::V2 { parent } => {
-                fs::create_dir_all(parent)?;
-                // Controllers must be enabled on every level above the job's cgroup.
-                if let Some(top) = parent.parent() {
-                    let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu");
+                // The parent is readied once per process (enabling controllers costs more than
+                // the job's own cgroup), and again if it went missing or lost its controllers.
+                if !V2_PARENT_READY.load(Ordering::Relaxed) {
+                    ready_v2_parent(parent)?;
                 }
-                fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu")
-                    .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), "+memory"))?;
                 let dir = parent.join(&name);
-                fs::create_dir(&dir)?;
+                if let Err(e) = fs::create_dir(&dir) {
+                    if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
+                        return Err(e);
+                    }
+                    ready_v2_parent(parent)?;
+                    fs::create_dir(&dir)?;
+                }
                 let cg = Cgroup { layout: Layout::V2 { dir: dir.clone() } };
-                fs::write(dir.join("memory.max"), &memory)?;
+                if let Err(e) = fs::write(dir.join("memory.max"), &memory) {
+                    // No memory controller here: the parent lost it (another program rewrote
+                    // its subtree_control); ready it again, once.
+                    drop(cg);
+                    if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
+                        return Err(e);
+                    }
+                    return Cgroup::create(hierarchy, limits);
+                }
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
                 if let Err(e) = fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")) {
                     tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());

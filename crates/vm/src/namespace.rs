@@ -11,7 +11,6 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,9 @@ pub const PARENT_ENV: &str = "SHOAL_SANDBOX_PARENT";
 /// How long the host lets the sandbox run past `timeout_ms` before killing it: PID 1 kills
 /// the job at `timeout_ms` itself and needs a moment to collect the partial outputs.
 const HOST_GRACE_MS: u64 = 2_000;
+/// How long stdout and stderr may stay open after the helper ended or was killed: every
+/// process holding them is dead by then, so their ends come at once.
+const PIPE_END_WAIT_MS: u64 = 1_000;
 /// Ids mapped 1:1 when the caller is root: the usual range of users and groups in images.
 const ID_MAP_COUNT: u32 = 65_536;
 
@@ -207,9 +209,6 @@ pub(crate) fn make_private_dir(d: &Path) -> Result<(), RunError> {
         .map_err(|e| RunError::io(format!("chmod {}", d.display()), e))
 }
 
-/// First of stdout/stderr to go over its cap.
-type Overflow = Arc<Mutex<Option<&'static str>>>;
-
 impl NamespaceBackend {
     /// Runs the job; the output tar stream (see [`crate::collect`]) goes to `sink`, on its own
     /// thread, bounded at twice the output limit plus 64 MiB of headers.
@@ -285,16 +284,9 @@ impl NamespaceBackend {
         let pid = sys::spawn(&argv, &envp, &raw_fds)
             .map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
         drop(child_fds); // our copies of the pipes' write ends: EOF comes when the sandbox ends
-        let pidfd = Arc::new(sys::pidfd_open(pid).map_err(|e| RunError::io("pidfd_open", e))?);
+        let pidfd = sys::pidfd_open(pid).map_err(|e| RunError::io("pidfd_open", e))?;
 
-        let overflow: Overflow = Arc::new(Mutex::new(None));
         let cap = req.limits.stdout_bytes_max;
-        let reader = |r: io::PipeReader, which: &'static str| {
-            let (overflow, pidfd) = (overflow.clone(), pidfd.clone());
-            thread::spawn(move || read_capped(r, cap, which, &overflow, &pidfd))
-        };
-        let stdout_t = reader(out_r, "stdout");
-        let stderr_t = reader(err_r, "stderr");
         let tar_cap = req.limits.output_stream_bytes_max();
         let tar_t = thread::spawn(move || {
             let mut capped = Capped { inner: tar_r, left: tar_cap };
@@ -304,26 +296,56 @@ impl NamespaceBackend {
             result
         });
 
+        // This thread reads stdout and stderr while it waits for the helper: one poll over the
+        // two pipes and the helper's pidfd, no thread per pipe.
+        let mut pipes = [CappedPipe::new(out_r, "stdout"), CappedPipe::new(err_r, "stderr")];
+        let mut overflowed: Option<&'static str> = None;
+        let mut chunk = vec![0u8; 64 << 10];
         let deadline = started + Duration::from_millis(req.limits.timeout_ms.saturating_add(HOST_GRACE_MS));
-        let mut host_timeout = false;
+        let (mut host_timeout, mut exited) = (false, false);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if sys::poll_readable(&pidfd, left.as_millis() as u64).map_err(|e| RunError::io("poll", e))? {
+            let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].fd.is_some()).collect();
+            if exited && open.is_empty() {
+                break;
+            }
+            let mut fds: Vec<i32> = open.iter().map(|&i| pipes[i].raw()).collect();
+            if !exited {
+                fds.push(pidfd.as_raw_fd());
+            }
+            // Once the helper is gone (or killed), only the pipes' ends are left: they come at once.
+            let ending = exited || host_timeout;
+            let left = if ending {
+                PIPE_END_WAIT_MS
+            } else {
+                deadline.saturating_duration_since(Instant::now()).as_millis() as u64
+            };
+            let ready = sys::poll_any(&fds, left).map_err(|e| RunError::io("poll", e))?;
+            for (k, &i) in open.iter().enumerate() {
+                if ready[k] && pipes[i].read_some(&mut chunk, cap) && overflowed.is_none() {
+                    overflowed = Some(pipes[i].which);
+                    let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                }
+            }
+            if !exited && ready[fds.len() - 1] {
+                exited = true;
+            }
+            if ready.contains(&true) {
+                continue;
+            }
+            if ending {
+                tracing::warn!("a pipe of the sandbox stayed open {PIPE_END_WAIT_MS} ms after it ended");
                 break;
             }
             if Instant::now() >= deadline {
                 tracing::warn!("sandbox still running {HOST_GRACE_MS} ms after its timeout: killing it");
                 host_timeout = true;
                 let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
-                break;
             }
         }
         let helper_status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
             .map(|w| format!("{w:?}"))
             .map_err(|e| RunError::io("waiting for the helper", e.into()))?;
-        let join = |t: thread::JoinHandle<Vec<u8>>| t.join().unwrap_or_default();
-        let stdout = join(stdout_t);
-        let stderr = join(stderr_t);
+        let [stdout, stderr] = pipes.map(|p| p.buf);
         let unpacked =
             tar_t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())));
         let mut status_text = Vec::new();
@@ -338,7 +360,6 @@ impl NamespaceBackend {
         {
             tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
         }
-        let overflowed = *overflow.lock().unwrap_or_else(|e| e.into_inner());
         let (mut exit, user_ms, sys_ms, rss) = match status {
             Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),
             Some(Status::SetupFailed { message }) if overflowed.is_none() && !host_timeout => {
@@ -380,32 +401,49 @@ impl NamespaceBackend {
     }
 }
 
-/// Reads a pipe to its end, keeping at most `cap` bytes; on overflow records `which` and
-/// kills the sandbox (a clear error beats a truncated success).
-fn read_capped(mut r: io::PipeReader, cap: u64, which: &'static str, overflow: &Overflow, pidfd: &OwnedFd) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
-    loop {
-        let n = match r.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        let room = cap.saturating_sub(buf.len() as u64) as usize;
-        buf.extend_from_slice(&chunk[..n.min(room)]);
-        if n > room {
-            let mut first = overflow.lock().unwrap_or_else(|e| e.into_inner());
-            if first.is_none() {
-                *first = Some(which);
-                let _ = sys::pidfd_send_signal(pidfd, libc::SIGKILL);
-            }
-            drop(first);
-            let _ = io::copy(&mut r, &mut io::sink());
-            break;
-        }
+/// stdout or stderr of the sandbox: what was read of it, at most the cap.
+struct CappedPipe {
+    /// None once it reached its end.
+    fd: Option<io::PipeReader>,
+    buf: Vec<u8>,
+    which: &'static str,
+    /// Over its cap: the rest is read and dropped.
+    over: bool,
+}
+
+impl CappedPipe {
+    fn new(fd: io::PipeReader, which: &'static str) -> CappedPipe {
+        CappedPipe { fd: Some(fd), buf: Vec::new(), which, over: false }
     }
-    buf
+
+    fn raw(&self) -> i32 {
+        self.fd.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+
+    /// One read of a pipe poll found ready, keeping at most `cap` bytes in all. Returns true
+    /// when this read took it over its cap (a clear error beats a truncated success).
+    fn read_some(&mut self, chunk: &mut [u8], cap: u64) -> bool {
+        let Some(fd) = self.fd.as_mut() else { return false };
+        let n = match fd.read(chunk) {
+            Ok(0) => {
+                self.fd = None;
+                return false;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(_) => {
+                self.fd = None;
+                return false;
+            }
+        };
+        if self.over {
+            return false;
+        }
+        let room = cap.saturating_sub(self.buf.len() as u64) as usize;
+        self.buf.extend_from_slice(&chunk[..n.min(room)]);
+        self.over = n > room;
+        self.over
+    }
 }
 
 /// A reader that fails once more than `left` bytes were read.

@@ -1,7 +1,7 @@
 //! The few raw syscalls the sandbox needs that nix 0.29 does not wrap. Each is one call.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// `clone(flags | SIGCHLD)` with no new stack: fork semantics, plus new namespaces for the
 /// child in one step (so the child is PID 1 of its new pid namespace). Returns 0 in the
@@ -49,6 +49,25 @@ pub fn poll_readable(fd: &OwnedFd, timeout_ms: u64) -> io::Result<bool> {
         let ret = unsafe { libc::poll(&mut pfd, 1, timeout) };
         if ret >= 0 {
             return Ok(ret > 0);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable or hung up, or `timeout_ms` passes. Returns, per fd,
+/// whether it is (all false after a timeout).
+pub fn poll_any(fds: &[RawFd], timeout_ms: u64) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let timeout = timeout_ms.min(i32::MAX as u64) as i32;
+    loop {
+        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfds on our heap.
+        let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if ret >= 0 {
+            return Ok(pfds.iter().map(|p| p.revents != 0).collect());
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
