@@ -12,6 +12,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::Limits;
@@ -23,6 +24,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug)]
 pub struct Cgroup {
     layout: Layout,
+    /// Set once [`Cgroup::remove`] succeeded: nothing left for drop to do.
+    removed: bool,
 }
 
 #[derive(Debug)]
@@ -91,62 +94,51 @@ fn ready_v2_parent(parent: &Path) -> io::Result<()> {
 impl Cgroup {
     /// Creates `job-<pid>-<n>` with the limits in force.
     pub fn create(hierarchy: &Hierarchy, limits: &Limits) -> io::Result<Cgroup> {
+        let cg = Cgroup::create_empty(hierarchy)?;
+        cg.apply(limits)?;
+        Ok(cg)
+    }
+
+    /// Creates `job-<pid>-<n>` with no limits set yet ([`Cgroup::apply`] sets them).
+    pub fn create_empty(hierarchy: &Hierarchy) -> io::Result<Cgroup> {
         let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let memory = limits.memory_bytes.to_string();
-        let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
         match hierarchy {
             Hierarchy::V2 { parent } => {
                 // The parent is readied once per process (enabling controllers costs more than
-                // the job's own cgroup), and again if it went missing or lost its controllers.
+                // the job's own cgroup), and again if it went missing or lost its controllers
+                // (another program rewrote its subtree_control).
                 if !V2_PARENT_READY.load(Ordering::Relaxed) {
                     ready_v2_parent(parent)?;
                 }
                 let dir = parent.join(&name);
-                if let Err(e) = fs::create_dir(&dir) {
+                let made = fs::create_dir(&dir).and_then(|()| fs::metadata(dir.join("memory.max")).map(drop));
+                if let Err(e) = made {
+                    let _ = fs::remove_dir(&dir);
                     if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
                         return Err(e);
                     }
                     ready_v2_parent(parent)?;
                     fs::create_dir(&dir)?;
                 }
-                let cg = Cgroup { layout: Layout::V2 { dir: dir.clone() } };
-                if let Err(e) = fs::write(dir.join("memory.max"), &memory) {
-                    // No memory controller here: the parent lost it (another program rewrote
-                    // its subtree_control); ready it again, once.
-                    drop(cg);
-                    if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
-                        return Err(e);
-                    }
-                    return Cgroup::create(hierarchy, limits);
-                }
-                let _ = fs::write(dir.join("memory.swap.max"), "0");
-                if let Err(e) = fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")) {
-                    tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());
-                }
-                Ok(cg)
+                Ok(Cgroup { layout: Layout::V2 { dir }, removed: false })
             }
             Hierarchy::V1 { memory: mem_parent, cpu } => {
                 fs::create_dir_all(mem_parent)?;
                 let mem = mem_parent.join(&name);
                 fs::create_dir(&mem)?;
-                let mut cg = Cgroup { layout: Layout::V1 { memory: mem.clone(), cpu: None } };
-                fs::write(mem.join("memory.limit_in_bytes"), &memory)?;
-                // With swap accounting the limit must bound memory + swap too, or the job
-                // swaps instead of being killed. Absent without swap accounting: fine.
-                let _ = fs::write(mem.join("memory.memsw.limit_in_bytes"), &memory);
+                let mut cg = Cgroup { layout: Layout::V1 { memory: mem, cpu: None }, removed: false };
                 if let Some(cpu_parent) = cpu {
                     let made = fs::create_dir_all(cpu_parent).and_then(|()| {
                         let dir = cpu_parent.join(&name);
                         fs::create_dir(&dir)?;
+                        fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
                         Ok(dir)
                     });
                     match made {
                         Ok(dir) => {
                             if let Layout::V1 { cpu, .. } = &mut cg.layout {
-                                *cpu = Some(dir.clone());
+                                *cpu = Some(dir);
                             }
-                            fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
-                            fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
                         }
                         Err(e) => tracing::warn!("cannot create a cpu cgroup: {e}; CPU is not limited"),
                     }
@@ -154,6 +146,31 @@ impl Cgroup {
                 Ok(cg)
             }
         }
+    }
+
+    /// Puts the job's memory and CPU limits in force.
+    pub fn apply(&self, limits: &Limits) -> io::Result<()> {
+        let memory = limits.memory_bytes.to_string();
+        let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
+        match &self.layout {
+            Layout::V2 { dir } => {
+                fs::write(dir.join("memory.max"), &memory)?;
+                let _ = fs::write(dir.join("memory.swap.max"), "0");
+                if let Err(e) = fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")) {
+                    tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());
+                }
+            }
+            Layout::V1 { memory: mem, cpu } => {
+                fs::write(mem.join("memory.limit_in_bytes"), &memory)?;
+                // With swap accounting the limit must bound memory + swap too, or the job
+                // swaps instead of being killed. Absent without swap accounting: fine.
+                let _ = fs::write(mem.join("memory.memsw.limit_in_bytes"), &memory);
+                if let Some(dir) = cpu {
+                    fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The `cgroup.procs` files a process must be written into.
@@ -192,7 +209,7 @@ impl Cgroup {
     }
 
     /// Removes the cgroup, waiting up to 2 s for its last processes to be gone.
-    pub fn remove(&self) -> io::Result<()> {
+    pub fn remove(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(2);
         for dir in self.dirs() {
             loop {
@@ -204,14 +221,114 @@ impl Cgroup {
                 }
             }
         }
+        self.removed = true;
         Ok(())
     }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
         if let Err(e) = self.remove() {
             tracing::warn!("cannot remove cgroup {:?}: {e}", self.dirs());
         }
     }
+}
+
+/// Job cgroups made ahead of the jobs and removed after them, on a thread of its own: a
+/// cgroup's mkdir and rmdir cost more than a trivial job, and neither needs to be in its path.
+/// Every job still gets a cgroup of its own, never used before (no counters or page cache
+/// left from another job).
+#[derive(Debug)]
+pub struct Keeper {
+    hierarchy: Hierarchy,
+    ready: Arc<Mutex<Vec<Cgroup>>>,
+    chores: Option<mpsc::Sender<Chore>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+enum Chore {
+    Refill,
+    Remove(Cgroup),
+}
+
+impl Keeper {
+    /// Holds `ahead` fresh cgroups ready; 0: none, and no thread (one job, as in a guest).
+    pub fn new(hierarchy: Hierarchy, ahead: usize) -> Keeper {
+        let ready = Arc::new(Mutex::new(Vec::new()));
+        if ahead == 0 {
+            return Keeper { hierarchy, ready, chores: None, thread: None };
+        }
+        let (tx, rx) = mpsc::channel();
+        let (h, r) = (hierarchy.clone(), ready.clone());
+        let thread = std::thread::Builder::new().name("shoal-cgroups".into()).spawn(move || keep(&h, ahead, &r, &rx));
+        let (chores, thread) = match thread {
+            Ok(t) => {
+                let _ = tx.send(Chore::Refill);
+                (Some(tx), Some(t))
+            }
+            Err(e) => {
+                tracing::warn!("cannot start the cgroup thread ({e}): cgroups are made and removed in each job's path");
+                (None, None)
+            }
+        };
+        Keeper { hierarchy, ready, chores, thread }
+    }
+
+    /// A fresh cgroup with `limits` in force: one made ahead when there is one.
+    pub fn take(&self, limits: &Limits) -> io::Result<Cgroup> {
+        let made = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(tx) = &self.chores {
+            let _ = tx.send(Chore::Refill);
+        }
+        let cg = match made {
+            Some(cg) => cg,
+            None => Cgroup::create_empty(&self.hierarchy)?,
+        };
+        cg.apply(limits)?;
+        Ok(cg)
+    }
+
+    /// Removes a used cgroup, off the caller's path.
+    pub fn give_back(&self, cg: Cgroup) {
+        if let Some(tx) = &self.chores
+            && let Err(mpsc::SendError(Chore::Remove(cg))) = tx.send(Chore::Remove(cg))
+        {
+            drop(cg);
+        }
+    }
+}
+
+impl Drop for Keeper {
+    /// Waits until every cgroup handed back and every one made ahead is removed.
+    fn drop(&mut self) {
+        drop(self.chores.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn keep(hierarchy: &Hierarchy, ahead: usize, ready: &Mutex<Vec<Cgroup>>, chores: &mpsc::Receiver<Chore>) {
+    while let Ok(chore) = chores.recv() {
+        match chore {
+            Chore::Remove(cg) => drop(cg),
+            Chore::Refill => {
+                while ready.lock().unwrap_or_else(|e| e.into_inner()).len() < ahead {
+                    match Cgroup::create_empty(hierarchy) {
+                        Ok(cg) => ready.lock().unwrap_or_else(|e| e.into_inner()).push(cg),
+                        Err(e) => {
+                            tracing::debug!("cannot make a cgroup ahead: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    ready.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, fcntl};
 
-use crate::cgroup::{Cgroup, Hierarchy};
+use crate::cgroup::{Cgroup, Hierarchy, Keeper};
 use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
 use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
 
@@ -31,6 +31,9 @@ const HOST_GRACE_MS: u64 = 2_000;
 /// How long stdout and stderr may stay open after the helper ended or was killed: every
 /// process holding them is dead by then, so their ends come at once.
 const PIPE_END_WAIT_MS: u64 = 1_000;
+/// Fresh job cgroups held ready (a burst of jobs as large as the cores of a big host takes a
+/// few inline).
+const CGROUPS_AHEAD: usize = 4;
 /// Ids mapped 1:1 when the caller is root: the usual range of users and groups in images.
 const ID_MAP_COUNT: u32 = 65_536;
 
@@ -61,13 +64,24 @@ pub struct NamespaceBackend {
     /// namespace (so one directory serves all jobs at once); made on first use.
     staging: std::sync::OnceLock<Result<PathBuf, String>>,
     /// None: this host has no usable cgroups, jobs run without limits.
-    cgroups: Option<Hierarchy>,
+    cgroups: Option<Keeper>,
 }
 
 impl NamespaceBackend {
+    /// A backend for many jobs: cgroups are made ahead of them and removed after them, off
+    /// their path.
     pub fn new(helper: HelperCommand) -> NamespaceBackend {
+        NamespaceBackend::with_cgroups_ahead(helper, CGROUPS_AHEAD)
+    }
+
+    /// A backend for one job (as guest-init runs it): no cgroup made ahead, no thread.
+    pub fn for_one_job(helper: HelperCommand) -> NamespaceBackend {
+        NamespaceBackend::with_cgroups_ahead(helper, 0)
+    }
+
+    fn with_cgroups_ahead(helper: HelperCommand, ahead: usize) -> NamespaceBackend {
         let cgroups = match Hierarchy::detect() {
-            Ok(h) => Some(h),
+            Ok(h) => Some(Keeper::new(h, ahead)),
             Err(why) => {
                 tracing::warn!("{why}");
                 None
@@ -226,7 +240,7 @@ impl NamespaceBackend {
                 tracing::warn!("no cgroups: running without memory and CPU limits");
                 None
             }
-            Some(h) => match Cgroup::create(h, &req.limits) {
+            Some(k) => match k.take(&req.limits) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::warn!("cannot create the job's cgroup ({e}): running without memory and CPU limits");
@@ -355,10 +369,8 @@ impl NamespaceBackend {
 
         let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
-        if let Some(c) = cgroup
-            && let Err(e) = c.remove()
-        {
-            tracing::warn!("cannot remove cgroup {:?}: {e}", c.dirs());
+        if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
+            k.give_back(c);
         }
         let (mut exit, user_ms, sys_ms, rss) = match status {
             Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),

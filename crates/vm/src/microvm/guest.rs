@@ -196,8 +196,10 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         }
         Ok(Span { offset: DATA_OFFSET, len: n })
     };
-    let backend =
-        NamespaceBackend::new(HelperCommand { program: PathBuf::from("/init"), args: vec!["__sandbox".into()] });
+    let backend = NamespaceBackend::for_one_job(HelperCommand {
+        program: PathBuf::from("/init"),
+        args: vec!["__sandbox".into()],
+    });
     timeline.job_start_ms = boottime_ms();
     step("starting the job");
     let raw = backend.run_streaming(&req, sink).map_err(|e| e.to_string())?;
