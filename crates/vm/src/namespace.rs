@@ -302,13 +302,17 @@ impl NamespaceBackend {
 
         let cap = req.limits.stdout_bytes_max;
         let tar_cap = req.limits.output_stream_bytes_max();
-        let tar_t = thread::spawn(move || {
+        let unpack = move || {
             let mut capped = Capped { inner: tar_r, left: tar_cap };
             let result = sink(&mut capped);
             // Keep draining so the sandbox never blocks on a full pipe.
             let _ = io::copy(&mut capped.inner, &mut io::sink());
             result
-        });
+        };
+        // With no file, directory or glob outputs the stream is an empty archive (two zero
+        // blocks, within the pipe's buffer): read after the sandbox ends, no thread for it.
+        let files = req.outputs.values().any(|o| !matches!(o, OutputSpec::Stdout | OutputSpec::Stderr));
+        let (tar_t, unpack_after) = if files { (Some(thread::spawn(unpack)), None) } else { (None, Some(unpack)) };
 
         // This thread reads stdout and stderr while it waits for the helper: one poll over the
         // two pipes and the helper's pidfd, no thread per pipe.
@@ -360,8 +364,13 @@ impl NamespaceBackend {
             .map(|w| format!("{w:?}"))
             .map_err(|e| RunError::io("waiting for the helper", e.into()))?;
         let [stdout, stderr] = pipes.map(|p| p.buf);
-        let unpacked =
-            tar_t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())));
+        let unpacked = match (tar_t, unpack_after) {
+            (Some(t), _) => {
+                t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())))
+            }
+            (None, Some(unpack)) => unpack(),
+            (None, None) => unreachable!("one of the two is set"),
+        };
         let mut status_text = Vec::new();
         let _ = status_r.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
         let status: Option<Status> =

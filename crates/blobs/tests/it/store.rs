@@ -29,6 +29,15 @@ async fn put_get_export_list() {
     s.export(bh, &out).await.unwrap();
     assert!(std::fs::read(&out).unwrap() == big);
 
+    // The empty blob is written nowhere and read back like any other, also by export.
+    let e = s.put_bytes(&b""[..]).await.unwrap();
+    assert_eq!(e, Hash::of(b""));
+    assert!(s.has(e).await.unwrap());
+    assert_eq!(s.get_bytes(e).await.unwrap().as_deref(), Some(&b""[..]));
+    let empty_out = home.path().join("empty-out");
+    s.export(e, &empty_out).await.unwrap();
+    assert_eq!(std::fs::read(&empty_out).unwrap(), b"");
+
     let list = s.list().await.unwrap();
     assert!(list.contains(&(h, 5)));
     assert!(list.contains(&(bh, big.len() as u64)));
