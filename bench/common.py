@@ -45,3 +45,14 @@ def shoal_home_with_busybox(shoal, work):
 
 def work_dir(prefix):
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def need_packages(*packages):
+    """Installs the Debian packages a bench's peers need (they are not the project's own dependencies,
+    so setup.sh leaves them out); idempotent."""
+    missing = [p for p in packages
+               if subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True, text=True).stdout
+               != "install ok installed"]
+    if missing:
+        print(f"installing the peers' packages: {' '.join(missing)}")
+        sh(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)

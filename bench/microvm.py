@@ -17,7 +17,7 @@ import argparse, json, re, shlex, shutil, statistics, subprocess, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, timed, shoal_home_with_busybox, work_dir  # noqa: E402
+from common import ROOT, need_packages, print, sh, timed, shoal_home_with_busybox, work_dir  # noqa: E402
 
 POWEROFF_C = r"""
 #include <sys/reboot.h>
@@ -32,6 +32,8 @@ def qemu_argv_of_a_run(shoal, dag, env):
                          capture_output=True, text=True, check=True)
     line = next(l for l in out.stderr.splitlines() if "starting QEMU" in l)
     cmd = re.sub(r"\x1b\[[0-9;]*m", "", line).split("cmd=", 1)[1]
+    # Fields tracing prints after the command line (e.g. `warm=false`) are not QEMU's.
+    cmd = re.sub(r"( [a-z_]+=(true|false|[0-9]+))+$", "", cmd)
     argv = shlex.split(cmd)
     if argv[:2] == ["env", "-i"]:
         argv = argv[2:]
@@ -124,6 +126,7 @@ def main():
     ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
+    need_packages("crun", "podman")
     shoal, n = args.shoal, args.repeat
     work = work_dir("shoal-bench-vm-")
     env, rootfs = shoal_home_with_busybox(shoal, work)
