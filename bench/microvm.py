@@ -126,7 +126,7 @@ def main():
     ap.add_argument("--shoal", default=str(ROOT / "target" / "release" / "shoal"))
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
-    need_packages("crun", "podman")
+    need_packages("crun", "podman", "runc")
     shoal, n = args.shoal, args.repeat
     work = work_dir("shoal-bench-vm-")
     env, rootfs = shoal_home_with_busybox(shoal, work)
