@@ -92,13 +92,6 @@ fn ready_v2_parent(parent: &Path) -> io::Result<()> {
 }
 
 impl Cgroup {
-    /// Creates `job-<pid>-<n>` with the limits in force.
-    pub fn create(hierarchy: &Hierarchy, limits: &Limits) -> io::Result<Cgroup> {
-        let cg = Cgroup::create_empty(hierarchy)?;
-        cg.apply(limits)?;
-        Ok(cg)
-    }
-
     /// Creates `job-<pid>-<n>` with no limits set yet ([`Cgroup::apply`] sets them).
     pub fn create_empty(hierarchy: &Hierarchy) -> io::Result<Cgroup> {
         let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -173,11 +166,17 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The `cgroup.procs` files a process must be written into.
-    pub fn procs_files(&self) -> Vec<PathBuf> {
+    /// How the sandbox joins it: (`tasks` files the helper writes `0` into to move itself
+    /// before it forks PID 1, `cgroup.procs` files it writes PID 1's pid into). On v1 the helper
+    /// moves itself: a single thread moving itself is spared the kernel's global threadgroup
+    /// lock, which moving another process takes (up to an RCU grace period when cold, 15 ms on
+    /// the machine of docs/BENCHMARKS.md). v2 has no `tasks` file: PID 1 is moved.
+    pub fn join_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match &self.layout {
-            Layout::V2 { dir } => vec![dir.join("cgroup.procs")],
-            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).map(|d| d.join("cgroup.procs")).collect(),
+            Layout::V2 { dir } => (Vec::new(), vec![dir.join("cgroup.procs")]),
+            Layout::V1 { memory, cpu } => {
+                (std::iter::once(memory).chain(cpu).map(|d| d.join("tasks")).collect(), Vec::new())
+            }
         }
     }
 

@@ -253,12 +253,14 @@ impl NamespaceBackend {
         } else {
             IdMap::Single { host_uid: nix::unistd::getuid().as_raw(), host_gid: nix::unistd::getgid().as_raw() }
         };
+        let (cgroup_tasks, cgroup_procs) = cgroup.as_ref().map(Cgroup::join_files).unwrap_or_default();
         let helper_req = HelperRequest {
             job: JobSpec::of(req),
             rootfs: req.rootfs.clone(),
             inputs: req.inputs.clone(),
             staging_dir,
-            cgroup_procs: cgroup.as_ref().map(Cgroup::procs_files).unwrap_or_default(),
+            cgroup_tasks,
+            cgroup_procs,
             id_map,
         };
         // The request travels in a memfd, read by the helper as `/proc/self/fd/5`: no file to
@@ -312,7 +314,7 @@ impl NamespaceBackend {
         // With no file, directory or glob outputs the stream is an empty archive (two zero
         // blocks, within the pipe's buffer): read after the sandbox ends, no thread for it.
         let files = req.outputs.values().any(|o| !matches!(o, OutputSpec::Stdout | OutputSpec::Stderr));
-        let (tar_t, unpack_after) = if files { (Some(thread::spawn(unpack)), None) } else { (None, Some(unpack)) };
+        let unpacking = if files { Unpacking::OnThread(thread::spawn(unpack)) } else { Unpacking::After(unpack) };
 
         // This thread reads stdout and stderr while it waits for the helper: one poll over the
         // two pipes and the helper's pidfd, no thread per pipe.
@@ -364,12 +366,11 @@ impl NamespaceBackend {
             .map(|w| format!("{w:?}"))
             .map_err(|e| RunError::io("waiting for the helper", e.into()))?;
         let [stdout, stderr] = pipes.map(|p| p.buf);
-        let unpacked = match (tar_t, unpack_after) {
-            (Some(t), _) => {
+        let unpacked = match unpacking {
+            Unpacking::OnThread(t) => {
                 t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())))
             }
-            (None, Some(unpack)) => unpack(),
-            (None, None) => unreachable!("one of the two is set"),
+            Unpacking::After(unpack) => unpack(),
         };
         let mut status_text = Vec::new();
         let _ = status_r.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
@@ -420,6 +421,12 @@ impl NamespaceBackend {
             outputs: unpacked,
         })
     }
+}
+
+/// Where the output tar stream is read: on a thread while the sandbox runs, or after it.
+enum Unpacking<T, F> {
+    OnThread(thread::JoinHandle<T>),
+    After(F),
 }
 
 /// stdout or stderr of the sandbox: what was read of it, at most the cap.

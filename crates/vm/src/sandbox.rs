@@ -89,18 +89,10 @@ fn helper(status: &File) -> Result<i32, String> {
     let tar = take_fd(TAR_FD)?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
-    // cgroup v1 (a `tasks` file beside `cgroup.procs`): the helper moves itself, a single
-    // thread writing "0", which the kernel does without its global threadgroup lock (moving
-    // another process takes it, and waiting for it costs up to an RCU grace period, 15 ms
-    // here); PID 1 is then born in the job's cgroup. v2 has no such file: PID 1 is moved below.
-    let mut move_pid1 = Vec::new();
-    for procs in &req.cgroup_procs {
-        let tasks = procs.with_file_name("tasks");
-        if procs.file_name().is_some_and(|n| n == "cgroup.procs") && tasks.exists() {
-            fs::write(&tasks, "0").map_err(|e| format!("joining cgroup {}: {e}", tasks.display()))?;
-        } else {
-            move_pid1.push(procs);
-        }
+    // PID 1 is born in the job's cgroups where the helper can join them itself (v1, see
+    // `Cgroup::join_files`), and is moved into the others below.
+    for tasks in &req.cgroup_tasks {
+        fs::write(tasks, "0").map_err(|e| format!("joining cgroup {}: {e}", tasks.display()))?;
     }
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
@@ -123,7 +115,7 @@ fn helper(status: &File) -> Result<i32, String> {
     drop(sync_r);
     drop(tar);
     // If anything below fails, returning drops sync_w: PID 1 reads EOF and exits.
-    for procs in move_pid1 {
+    for procs in &req.cgroup_procs {
         fs::write(procs, pid.to_string()).map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
     }
     write_id_maps(pid, req.id_map)?;

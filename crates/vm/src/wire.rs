@@ -75,7 +75,11 @@ pub struct HelperRequest {
     pub inputs: Vec<InputMount>,
     /// An empty host directory the sandbox mounts its staging tmpfs on.
     pub staging_dir: PathBuf,
-    /// `cgroup.procs` files the helper writes PID 1's pid into before releasing it.
+    /// cgroup v1 `tasks` files the helper writes `0` into, joining the job's cgroups itself
+    /// before it forks PID 1 (see [`crate::cgroup::Cgroup::join_files`]).
+    #[serde(default)]
+    pub cgroup_tasks: Vec<PathBuf>,
+    /// `cgroup.procs` files the helper writes PID 1's pid into before releasing it (v2).
     pub cgroup_procs: Vec<PathBuf>,
     pub id_map: IdMap,
 }
