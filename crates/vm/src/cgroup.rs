@@ -30,15 +30,22 @@ pub struct Cgroup {
 
 #[derive(Debug)]
 enum Layout {
-    V2 { dir: PathBuf },
-    V1 { memory: PathBuf, cpu: Option<PathBuf> },
+    /// `cpu`: whether the cpu controller is enabled for it.
+    V2 {
+        dir: PathBuf,
+        cpu: bool,
+    },
+    V1 {
+        memory: PathBuf,
+        cpu: Option<PathBuf>,
+    },
 }
 
 /// Which cgroup hierarchy this host offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
-    /// Parent directory of job cgroups.
-    V2 { parent: PathBuf },
+    /// Parent directory of job cgroups; `cpu`: whether they get the cpu controller too.
+    V2 { parent: PathBuf, cpu: bool },
     /// Parent directories in the memory and cpu hierarchies.
     V1 { memory: PathBuf, cpu: Option<PathBuf> },
 }
@@ -50,7 +57,7 @@ impl Hierarchy {
         if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers"))
             && controllers.split_whitespace().any(|c| c == "memory")
         {
-            return Ok(Hierarchy::V2 { parent: root.join("shoal") });
+            return Ok(Hierarchy::V2 { parent: root.join("shoal"), cpu: true });
         }
         let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
         let v1_dir = |controller: &str| -> Option<PathBuf> {
@@ -74,13 +81,31 @@ impl Hierarchy {
     }
 }
 
+impl Hierarchy {
+    /// A microVM's (guest-init mounts cgroup2 at /sys/fs/cgroup): the job's cgroup directly
+    /// under the root, memory only, since the VM's vCPUs are its CPU limit. Under TCG each
+    /// controller enabled and each level made costs milliseconds of a cold job.
+    pub fn guest() -> Result<Hierarchy, String> {
+        let controllers = fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
+            .map_err(|e| format!("no cgroup2 at {ROOT} ({e}): jobs run without a memory limit"))?;
+        if !controllers.split_whitespace().any(|c| c == "memory") {
+            return Err(format!("the cgroup2 at {ROOT} has no memory controller: jobs run without a memory limit"));
+        }
+        Ok(Hierarchy::V2 { parent: PathBuf::from(ROOT), cpu: false })
+    }
+}
+
 static NEXT: AtomicU64 = AtomicU64::new(0);
 /// Whether this process has readied the v2 parent of job cgroups (see [`ready_v2_parent`]).
 static V2_PARENT_READY: AtomicBool = AtomicBool::new(false);
 
 /// Creates the parent of job cgroups and enables the memory (and cpu) controllers for its
 /// children, on every level above it.
-fn ready_v2_parent(parent: &Path) -> io::Result<()> {
+fn ready_v2_parent(parent: &Path, cpu: bool) -> io::Result<()> {
+    if parent == Path::new(ROOT) {
+        return fs::write(parent.join("cgroup.subtree_control"), if cpu { "+memory +cpu" } else { "+memory" })
+            .inspect(|()| V2_PARENT_READY.store(true, Ordering::Relaxed));
+    }
     fs::create_dir_all(parent)?;
     if let Some(top) = parent.parent() {
         let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu");
@@ -96,12 +121,12 @@ impl Cgroup {
     pub fn create_empty(hierarchy: &Hierarchy) -> io::Result<Cgroup> {
         let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         match hierarchy {
-            Hierarchy::V2 { parent } => {
+            &Hierarchy::V2 { ref parent, cpu } => {
                 // The parent is readied once per process (enabling controllers costs more than
                 // the job's own cgroup), and again if it went missing or lost its controllers
                 // (another program rewrote its subtree_control).
                 if !V2_PARENT_READY.load(Ordering::Relaxed) {
-                    ready_v2_parent(parent)?;
+                    ready_v2_parent(parent, cpu)?;
                 }
                 let dir = parent.join(&name);
                 let made = fs::create_dir(&dir).and_then(|()| fs::metadata(dir.join("memory.max")).map(drop));
@@ -110,10 +135,10 @@ impl Cgroup {
                     if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
                         return Err(e);
                     }
-                    ready_v2_parent(parent)?;
+                    ready_v2_parent(parent, cpu)?;
                     fs::create_dir(&dir)?;
                 }
-                Ok(Cgroup { layout: Layout::V2 { dir }, removed: false })
+                Ok(Cgroup { layout: Layout::V2 { dir, cpu }, removed: false })
             }
             Hierarchy::V1 { memory: mem_parent, cpu } => {
                 fs::create_dir_all(mem_parent)?;
@@ -146,9 +171,12 @@ impl Cgroup {
         let memory = limits.memory_bytes.to_string();
         let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
         match &self.layout {
-            Layout::V2 { dir } => {
+            Layout::V2 { dir, cpu } => {
                 fs::write(dir.join("memory.max"), &memory)?;
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
+                if !cpu {
+                    return Ok(());
+                }
                 if let Err(e) = fs::write(dir.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")) {
                     tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());
                 }
@@ -173,7 +201,7 @@ impl Cgroup {
     /// the machine of docs/BENCHMARKS.md). v2 has no `tasks` file: PID 1 is moved.
     pub fn join_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match &self.layout {
-            Layout::V2 { dir } => (Vec::new(), vec![dir.join("cgroup.procs")]),
+            Layout::V2 { dir, .. } => (Vec::new(), vec![dir.join("cgroup.procs")]),
             Layout::V1 { memory, cpu } => {
                 (std::iter::once(memory).chain(cpu).map(|d| d.join("tasks")).collect(), Vec::new())
             }
@@ -183,7 +211,7 @@ impl Cgroup {
     /// Highest memory use seen, bytes.
     pub fn peak_memory_bytes(&self) -> Option<u64> {
         let file = match &self.layout {
-            Layout::V2 { dir } => dir.join("memory.peak"),
+            Layout::V2 { dir, .. } => dir.join("memory.peak"),
             Layout::V1 { memory, .. } => memory.join("memory.max_usage_in_bytes"),
         };
         fs::read_to_string(file).ok()?.trim().parse().ok()
@@ -192,7 +220,7 @@ impl Cgroup {
     /// Processes the kernel's OOM killer killed in this cgroup.
     pub fn oom_kills(&self) -> u64 {
         let file = match &self.layout {
-            Layout::V2 { dir } => dir.join("memory.events"),
+            Layout::V2 { dir, .. } => dir.join("memory.events"),
             Layout::V1 { memory, .. } => memory.join("memory.oom_control"),
         };
         let text = fs::read_to_string(file).unwrap_or_default();
@@ -202,7 +230,7 @@ impl Cgroup {
     /// Directories of this cgroup (one per hierarchy).
     pub fn dirs(&self) -> Vec<PathBuf> {
         match &self.layout {
-            Layout::V2 { dir } => vec![dir.clone()],
+            Layout::V2 { dir, .. } => vec![dir.clone()],
             Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).cloned().collect(),
         }
     }
@@ -246,6 +274,8 @@ pub struct Keeper {
     ready: Arc<Mutex<Vec<Cgroup>>>,
     chores: Option<mpsc::Sender<Chore>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Used cgroups are left in place, not removed (a microVM's: it powers off after its job).
+    leave_used: bool,
 }
 
 #[derive(Debug)]
@@ -259,7 +289,7 @@ impl Keeper {
     pub fn new(hierarchy: Hierarchy, ahead: usize) -> Keeper {
         let ready = Arc::new(Mutex::new(Vec::new()));
         if ahead == 0 {
-            return Keeper { hierarchy, ready, chores: None, thread: None };
+            return Keeper { hierarchy, ready, chores: None, thread: None, leave_used: false };
         }
         let (tx, rx) = mpsc::channel();
         let (h, r) = (hierarchy.clone(), ready.clone());
@@ -274,7 +304,15 @@ impl Keeper {
                 (None, None)
             }
         };
-        Keeper { hierarchy, ready, chores, thread }
+        Keeper { hierarchy, ready, chores, thread, leave_used: false }
+    }
+
+    /// For a microVM's one job: nothing made ahead, no thread, the used cgroup left for the
+    /// power-off (its rmdir cost 10 ms under TCG).
+    pub fn for_guest(hierarchy: Hierarchy) -> Keeper {
+        let mut keeper = Keeper::new(hierarchy, 0);
+        keeper.leave_used = true;
+        keeper
     }
 
     /// A fresh cgroup with `limits` in force: one made ahead when there is one.
@@ -292,7 +330,11 @@ impl Keeper {
     }
 
     /// Removes a used cgroup, off the caller's path.
-    pub fn give_back(&self, cg: Cgroup) {
+    pub fn give_back(&self, mut cg: Cgroup) {
+        if self.leave_used {
+            cg.removed = true;
+            return;
+        }
         if let Some(tx) = &self.chores
             && let Err(mpsc::SendError(Chore::Remove(cg))) = tx.send(Chore::Remove(cg))
         {

@@ -37,6 +37,16 @@ const CGROUPS_AHEAD: usize = 4;
 /// Ids mapped 1:1 when the caller is root: the usual range of users and groups in images.
 const ID_MAP_COUNT: u32 = 65_536;
 
+/// How the sandbox helper starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Helper {
+    /// `program args... REQUEST.json`, with posix_spawn: for a multi-threaded caller.
+    Spawn(HelperCommand),
+    /// A fork of this process that runs the helper's code, no exec: only for a caller that
+    /// is single-threaded when it starts the job (guest-init), checked at each job.
+    Fork,
+}
+
 /// How to start the sandbox helper: `program args... REQUEST.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelperCommand {
@@ -59,7 +69,7 @@ impl HelperCommand {
 /// Runs jobs in user, mount, pid, net, ipc and uts namespaces with an overlay root.
 #[derive(Debug)]
 pub struct NamespaceBackend {
-    helper: HelperCommand,
+    helper: Helper,
     /// The empty directory every sandbox mounts its staging tmpfs on, each in its own mount
     /// namespace (so one directory serves all jobs at once); made on first use.
     staging: std::sync::OnceLock<Result<PathBuf, String>>,
@@ -71,15 +81,25 @@ impl NamespaceBackend {
     /// A backend for many jobs: cgroups are made ahead of them and removed after them, off
     /// their path.
     pub fn new(helper: HelperCommand) -> NamespaceBackend {
-        NamespaceBackend::with_cgroups_ahead(helper, CGROUPS_AHEAD)
+        NamespaceBackend::with_cgroups_ahead(Helper::Spawn(helper), CGROUPS_AHEAD)
     }
 
-    /// A backend for one job (as guest-init runs it): no cgroup made ahead, no thread.
-    pub fn for_one_job(helper: HelperCommand) -> NamespaceBackend {
-        NamespaceBackend::with_cgroups_ahead(helper, 0)
+    /// A backend for one job of a single-threaded program (guest-init): the helper is a fork
+    /// of the caller (no exec: under TCG starting the 3 MB helper afresh cost 40 ms), no
+    /// cgroup is made ahead, no thread is started. A caller with more than one thread gets
+    /// an error, not an unsound fork.
+    pub fn forking_for_one_job() -> NamespaceBackend {
+        let cgroups = match Hierarchy::guest() {
+            Ok(h) => Some(Keeper::for_guest(h)),
+            Err(why) => {
+                tracing::warn!("{why}");
+                None
+            }
+        };
+        NamespaceBackend { helper: Helper::Fork, cgroups, staging: std::sync::OnceLock::new() }
     }
 
-    fn with_cgroups_ahead(helper: HelperCommand, ahead: usize) -> NamespaceBackend {
+    fn with_cgroups_ahead(helper: Helper, ahead: usize) -> NamespaceBackend {
         let cgroups = match Hierarchy::detect() {
             Ok(h) => Some(Keeper::new(h, ahead)),
             Err(why) => {
@@ -263,12 +283,6 @@ impl NamespaceBackend {
             cgroup_procs,
             id_map,
         };
-        // The request travels in a memfd, read by the helper as `/proc/self/fd/5`: no file to
-        // create and delete per job.
-        let request = sys::memfd_with(c"shoal-request", &serde_json::to_vec(&helper_req).expect("request serializes"))
-            .map_err(|e| RunError::io("writing the request to a memfd", e))?;
-        let request_path = PathBuf::from(format!("/proc/self/fd/{REQUEST_FD}"));
-
         let pipe = || io::pipe().map_err(|e| RunError::io("creating a pipe", e));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
@@ -284,21 +298,34 @@ impl NamespaceBackend {
             Some(p) => File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?,
             None => File::open("/dev/null").map_err(|e| RunError::io("opening /dev/null", e))?,
         };
-        let child_fds = [high(&stdin)?, high(&out_w)?, high(&err_w)?, high(&status_w)?, high(&tar_w)?, high(&request)?];
-        drop((stdin, out_w, err_w, status_w, tar_w, request));
-        let cstr = |s: &std::ffi::OsStr| {
-            std::ffi::CString::new(s.as_encoded_bytes()).map_err(|_| invalid(format!("{s:?} contains a NUL byte")))
+        let mut child_fds = vec![high(&stdin)?, high(&out_w)?, high(&err_w)?, high(&status_w)?, high(&tar_w)?];
+        drop((stdin, out_w, err_w, status_w, tar_w));
+        let pid = match &self.helper {
+            Helper::Spawn(command) => {
+                // The request travels in a memfd, read by the helper as `/proc/self/fd/5`: no
+                // file to create and delete per job.
+                let json = serde_json::to_vec(&helper_req).expect("request serializes");
+                let request = sys::memfd_with(c"shoal-request", &json)
+                    .map_err(|e| RunError::io("writing the request to a memfd", e))?;
+                child_fds.push(high(&request)?);
+                drop(request);
+                spawn_helper(command, &child_fds)?
+            }
+            Helper::Fork => {
+                let threads = fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(0);
+                if threads != 1 {
+                    return Err(RunError::Helper(format!(
+                        "the forking sandbox backend needs a single-threaded caller; this process has {threads} threads"
+                    )));
+                }
+                let raw_fds: Vec<i32> = child_fds.iter().map(AsRawFd::as_raw_fd).collect();
+                let parent = std::process::id() as i32;
+                // SAFETY: this process has one thread (checked above), so its fork is a whole
+                // copy; the child runs the helper's single-threaded code and exits.
+                unsafe { sys::fork_with_fds(&raw_fds, || crate::sandbox::forked_helper_main(parent, &helper_req)) }
+                    .map_err(|e| RunError::io("forking the sandbox helper", e))?
+            }
         };
-        let mut argv = vec![cstr(self.helper.program.as_os_str())?];
-        for a in &self.helper.args {
-            argv.push(cstr(a.as_ref())?);
-        }
-        argv.push(cstr(request_path.as_os_str())?);
-        // The helper makes itself die with the thread that spawned it (see sandbox_helper_main).
-        let envp = [std::ffi::CString::new(format!("{PARENT_ENV}={}", std::process::id())).expect("no NUL")];
-        let raw_fds: Vec<i32> = child_fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let pid = sys::spawn(&argv, &envp, &raw_fds)
-            .map_err(|source| RunError::HelperSpawn { program: self.helper.program.clone(), source })?;
         drop(child_fds); // our copies of the pipes' write ends: EOF comes when the sandbox ends
         let pidfd = sys::pidfd_open(pid).map_err(|e| RunError::io("pidfd_open", e))?;
 
@@ -486,6 +513,23 @@ impl<R: Read> Read for Capped<R> {
         self.left = self.left.checked_sub(n as u64).ok_or_else(|| io::Error::other("output stream over its bound"))?;
         Ok(n)
     }
+}
+
+/// posix_spawn of the helper program with `fds` as its 0-5 and the request path (fd 5) last.
+fn spawn_helper(command: &HelperCommand, fds: &[OwnedFd]) -> Result<i32, RunError> {
+    let cstr = |s: &std::ffi::OsStr| {
+        std::ffi::CString::new(s.as_encoded_bytes()).map_err(|_| invalid(format!("{s:?} contains a NUL byte")))
+    };
+    let mut argv = vec![cstr(command.program.as_os_str())?];
+    for a in &command.args {
+        argv.push(cstr(a.as_ref())?);
+    }
+    argv.push(cstr(format!("/proc/self/fd/{REQUEST_FD}").as_ref())?);
+    // The helper makes itself die with the thread that spawned it (see sandbox_helper_main).
+    let envp = [std::ffi::CString::new(format!("{PARENT_ENV}={}", std::process::id())).expect("no NUL")];
+    let raw_fds: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    sys::spawn(&argv, &envp, &raw_fds)
+        .map_err(|source| RunError::HelperSpawn { program: command.program.clone(), source })
 }
 
 fn invalid(msg: impl Into<String>) -> RunError {

@@ -52,21 +52,39 @@ pub fn sandbox_helper_main() -> ! {
             std::process::exit(2);
         }
     }
+    let request = std::env::args_os()
+        .next_back()
+        .ok_or_else(|| "no request file argument".to_string())
+        .and_then(|path| fs::read(&path).map_err(|e| format!("reading request {}: {e}", Path::new(&path).display())))
+        .and_then(|text| serde_json::from_slice(&text).map_err(|e| format!("bad request: {e}")));
+    std::process::exit(helper_main(request.as_ref()))
+}
+
+/// The helper as a fork of a single-threaded caller (guest-init), with its fds in place and
+/// its request in memory; returns the exit code.
+pub fn forked_helper_main(parent: i32, request: &HelperRequest) -> i32 {
+    // SAFETY: prctl with integer arguments; getppid cannot fail.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent } {
+        return 2;
+    }
+    helper_main(Ok(request))
+}
+
+fn helper_main(request: Result<&HelperRequest, &String>) -> i32 {
     let status = match take_fd(STATUS_FD) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("shoal-sandbox: {e}; this program is started by shoal's namespace backend, not by hand");
-            std::process::exit(2);
+            return 2;
         }
     };
-    let code = match helper(&status) {
+    match request.map_err(String::clone).and_then(|req| helper(&status, req)) {
         Ok(code) => code,
         Err(message) => {
             write_status(&status, &Status::SetupFailed { message });
             1
         }
-    };
-    std::process::exit(code)
+    }
 }
 
 /// Takes ownership of an fd the host passed, marking it close-on-exec so the job never sees it.
@@ -82,10 +100,7 @@ fn write_status(mut status: &File, s: &Status) {
     let _ = status.write_all(&line);
 }
 
-fn helper(status: &File) -> Result<i32, String> {
-    let path = std::env::args_os().next_back().ok_or("no request file argument")?;
-    let text = fs::read(&path).map_err(|e| format!("reading request {}: {e}", Path::new(&path).display()))?;
-    let req: HelperRequest = serde_json::from_slice(&text).map_err(|e| format!("bad request: {e}"))?;
+fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     let tar = take_fd(TAR_FD)?;
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
@@ -109,7 +124,7 @@ fn helper(status: &File) -> Result<i32, String> {
     })?;
     if pid == 0 {
         drop(sync_w);
-        let code = pid1(&req, sync_r, status, tar);
+        let code = pid1(req, sync_r, status, tar);
         std::process::exit(code);
     }
     drop(sync_r);

@@ -143,6 +143,37 @@ pub fn spawn(argv: &[std::ffi::CString], envp: &[std::ffi::CString], fds: &[libc
     }
 }
 
+/// Forks; the child moves `fds` onto 0, 1, 2, ..., closes every other fd from there up, runs
+/// `child` and exits with its code (never returning into the caller's code).
+///
+/// # Safety
+/// The calling process must be single-threaded: the child is a copy of this one thread, and
+/// locks held by others would stay locked in it forever.
+pub unsafe fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    // SAFETY: the caller guarantees a single thread; the child only dups, closes, runs
+    // `child` and leaves with _exit (no atexit handlers, no flushing of copied buffers).
+    unsafe {
+        match libc::fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => {
+                for (target, &fd) in fds.iter().enumerate() {
+                    // The fds are all above the targets (the caller dups them high), so none
+                    // is overwritten before it is moved; dup2 clears close-on-exec.
+                    if libc::dup2(fd, target as libc::c_int) < 0 {
+                        libc::_exit(2);
+                    }
+                }
+                if libc::syscall(libc::SYS_close_range, fds.len() as libc::c_uint, libc::c_uint::MAX, 0) < 0 {
+                    libc::_exit(2);
+                }
+                let code = child();
+                libc::_exit(code)
+            }
+            pid => Ok(pid),
+        }
+    }
+}
+
 /// A close-on-exec memfd holding `bytes`, positioned at 0.
 pub fn memfd_with(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<std::fs::File> {
     use std::io::{Seek, Write};

@@ -17,6 +17,7 @@ pub mod disk;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+mod prepared;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -162,83 +163,58 @@ impl MicrovmBackend {
     /// Finds QEMU, the kernel and guest-init, prepares the cached vmlinux and initramfs and
     /// probes the accelerator. Errors say what to install or set.
     pub fn new(cfg: MicrovmConfig) -> Result<MicrovmBackend, String> {
-        let qemu_version = qemu_version(&cfg.qemu)?;
         let bios = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
         if bios.is_none() {
             tracing::warn!("{QBOOT} is missing (package qemu-system-data): booting with SeaBIOS costs seconds");
         }
         let kernel = kernel::find_kernel()?;
-        let image = kernel::read_kernel_image(&kernel.image)?;
-        let image_hash = blake3::hash(&image).to_hex().to_string();
-        let vmlinux = cfg.cache_dir.join("kernel").join(&image_hash[..32]).join("vmlinux");
-        if !vmlinux.is_file() {
-            let started = Instant::now();
-            let elf = kernel::extract_vmlinux(&image).map_err(|e| format!("{}: {e}", kernel.image.display()))?;
-            write_atomic(&vmlinux, &elf)?;
-            tracing::info!(kernel = %kernel.image.display(), ms = started.elapsed().as_millis() as u64, "extracted vmlinux");
-        }
-        drop(image);
-        let guest_init_path = match cfg.guest_init {
-            Some(p) => p,
+        let guest_init_path = match &cfg.guest_init {
+            Some(p) => p.clone(),
             None => find_guest_init()?,
         };
-        let guest_init =
-            fs::read(&guest_init_path).map_err(|e| format!("reading {}: {e}", guest_init_path.display()))?;
-        check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"shoal-initramfs-v3\0");
-        hasher.update(blake3::hash(&guest_init).as_bytes());
-        let base = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)?;
-        let net: Vec<PathBuf> = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_NET_MODULES)?
-            .into_iter()
-            .filter(|p| !base.contains(p))
-            .collect();
-        let mut lists = [Vec::new(), Vec::new()];
-        for (list, paths) in lists.iter_mut().zip([&base, &net]) {
-            hasher.update(b"\0list\0");
-            for path in paths {
-                let data = fs::read(path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
-                let data = kernel::strip_module_signature(&data).to_vec();
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                hasher.update(name.as_bytes());
-                hasher.update(blake3::hash(&data).as_bytes());
-                list.push((name, data));
-            }
-        }
-        let [modules, net_modules] = lists;
-        let initramfs = cfg.cache_dir.join("initramfs").join(format!("{}.cpio", &hasher.finalize().to_hex()[..32]));
-        if !initramfs.is_file() {
-            let cpio = initramfs::build(&guest_init, &modules, &net_modules)
-                .map_err(|e| format!("building the initramfs: {e}"))?;
-            write_atomic(&initramfs, &cpio)?;
-            tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
+        let modules_dep = kernel.modules_dir.join("modules.dep");
+        let stamp = prepared::stamp(&[&kernel.image, &guest_init_path, &modules_dep], &cfg.qemu);
+        let (mut facts, mut changed) = match prepared::load(&cfg.cache_dir, &stamp) {
+            Some(f) => (f, false),
+            None => (prepare(&kernel, &guest_init_path, &cfg.qemu, &cfg.cache_dir, stamp)?, true),
+        };
+        let (accel, accel_reason) = match (cfg.accel, accel_from_env()) {
+            (Some(a), _) => (a, "chosen by configuration".into()),
+            (None, Some(chosen)) => chosen,
+            (None, None) => match &facts.probed {
+                Some(probed) => probed.clone(),
+                None => {
+                    let probed = probe_accel(&cfg.qemu, &facts.vmlinux, bios.as_deref());
+                    facts.probed = Some(probed.clone());
+                    changed = true;
+                    probed
+                }
+            },
+        };
+        if changed {
+            prepared::store(&cfg.cache_dir, &facts);
         }
         // Disks of warm VMs whose shoal was killed before it could remove them.
         remove_stale_vm_dirs(&cfg.cache_dir.join("warm"));
-        let mut backend = MicrovmBackend {
-            qemu: cfg.qemu,
-            qemu_version,
-            bios,
-            vmlinux,
-            initramfs,
-            kernel_release: kernel.release,
-            accel: Accel::Tcg,
-            accel_reason: String::new(),
-            boot_grace_ms: 0,
-            fault: cfg.fault,
-            tsc_khz: tsc_khz(),
-            pool: (cfg.warm_per_kind > 0)
-                .then(|| WarmPool::new(cfg.warm_per_kind.min(WARM_PER_KIND_MAX), cfg.cache_dir.join("warm"))),
-        };
-        (backend.accel, backend.accel_reason) = match cfg.accel {
-            Some(a) => (a, "chosen by configuration".into()),
-            None => backend.probe_accel(),
-        };
-        backend.boot_grace_ms = cfg.boot_grace_ms.unwrap_or(match backend.accel {
+        let boot_grace_ms = cfg.boot_grace_ms.unwrap_or(match accel {
             Accel::Kvm => 10_000,
             Accel::Tcg => 60_000,
         });
-        Ok(backend)
+        Ok(MicrovmBackend {
+            qemu: cfg.qemu,
+            qemu_version: facts.qemu_version,
+            bios,
+            vmlinux: facts.vmlinux,
+            initramfs: facts.initramfs,
+            kernel_release: facts.kernel_release,
+            accel,
+            accel_reason,
+            boot_grace_ms,
+            fault: cfg.fault,
+            tsc_khz: facts.tsc_khz,
+            pool: (cfg.warm_per_kind > 0)
+                .then(|| WarmPool::new(cfg.warm_per_kind.min(WARM_PER_KIND_MAX), cfg.cache_dir.join("warm"))),
+        })
     }
 
     pub fn accel(&self) -> Accel {
@@ -273,47 +249,6 @@ impl MicrovmBackend {
             initramfs: self.initramfs.clone(),
             accelerator: self.accel,
             accelerator_reason: self.accel_reason.clone(),
-        }
-    }
-
-    /// KVM only if `/dev/kvm` opens, is not the PVM backend, and boots our kernel to its
-    /// panic (no initramfs, `panic=-1`) within [`KVM_PROBE_MS`].
-    fn probe_accel(&self) -> (Accel, String) {
-        if let Ok(a) = std::env::var("SHOAL_ACCEL") {
-            match a.as_str() {
-                "kvm" => return (Accel::Kvm, "SHOAL_ACCEL=kvm".into()),
-                "tcg" => return (Accel::Tcg, "SHOAL_ACCEL=tcg".into()),
-                other => tracing::warn!("SHOAL_ACCEL={other} is neither kvm nor tcg: probing"),
-            }
-        }
-        if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-            return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
-        }
-        if Path::new("/sys/module/kvm_pvm").exists() {
-            return (
-                Accel::Tcg,
-                "/dev/kvm is the PVM backend (/sys/module/kvm_pvm), which cannot boot a stock kernel".into(),
-            );
-        }
-        let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config"])
-            .args(["-display", "none", "-no-reboot", "-kernel"])
-            .arg(&self.vmlinux)
-            .args(["-append", "panic=-1 quiet"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some(b) = &self.bios {
-            cmd.arg("-bios").arg(b);
-        }
-        let started = Instant::now();
-        match cmd.spawn() {
-            Ok(mut child) => match wait_deadline(&mut child, started + Duration::from_millis(KVM_PROBE_MS)) {
-                Ok(Some(_)) => (Accel::Kvm, format!("probe boot under KVM took {} ms", started.elapsed().as_millis())),
-                Ok(None) => (Accel::Tcg, format!("a probe boot under KVM did not finish within {KVM_PROBE_MS} ms")),
-                Err(e) => (Accel::Tcg, format!("probe boot: {e}")),
-            },
-            Err(e) => (Accel::Tcg, format!("cannot start the KVM probe: {e}")),
         }
     }
 
@@ -882,6 +817,114 @@ fn tail_reader_watching<R: Read + Send + 'static>(
         }
         std::mem::take(&mut *kept.lock().unwrap_or_else(|e| e.into_inner()))
     })
+}
+
+/// QEMU's version, the vmlinux and initramfs (built here if their cache lacks them) and the
+/// TSC rate: what [`prepared`] keeps between processes (the accelerator is probed apart).
+fn prepare(
+    kernel: &kernel::KernelPackage,
+    guest_init_path: &Path,
+    qemu: &Path,
+    cache_dir: &Path,
+    stamp: String,
+) -> Result<prepared::HostFacts, String> {
+    let qemu_version = qemu_version(qemu)?;
+    let image = kernel::read_kernel_image(&kernel.image)?;
+    let image_hash = blake3::hash(&image).to_hex().to_string();
+    let vmlinux = cache_dir.join("kernel").join(&image_hash[..32]).join("vmlinux");
+    if !vmlinux.is_file() {
+        let started = Instant::now();
+        let elf = kernel::extract_vmlinux(&image).map_err(|e| format!("{}: {e}", kernel.image.display()))?;
+        write_atomic(&vmlinux, &elf)?;
+        tracing::info!(kernel = %kernel.image.display(), ms = started.elapsed().as_millis() as u64, "extracted vmlinux");
+    }
+    drop(image);
+    let guest_init = fs::read(guest_init_path).map_err(|e| format!("reading {}: {e}", guest_init_path.display()))?;
+    check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"shoal-initramfs-v3\0");
+    hasher.update(blake3::hash(&guest_init).as_bytes());
+    let base = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_MODULES)?;
+    let net: Vec<PathBuf> = kernel::module_load_order(&kernel.modules_dir, kernel::GUEST_NET_MODULES)?
+        .into_iter()
+        .filter(|p| !base.contains(p))
+        .collect();
+    let mut lists = [Vec::new(), Vec::new()];
+    for (list, paths) in lists.iter_mut().zip([&base, &net]) {
+        hasher.update(b"\0list\0");
+        for path in paths {
+            let data = fs::read(path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
+            let data = kernel::strip_module_signature(&data).to_vec();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            hasher.update(name.as_bytes());
+            hasher.update(blake3::hash(&data).as_bytes());
+            list.push((name, data));
+        }
+    }
+    let [modules, net_modules] = lists;
+    let initramfs = cache_dir.join("initramfs").join(format!("{}.cpio", &hasher.finalize().to_hex()[..32]));
+    if !initramfs.is_file() {
+        let cpio = initramfs::build(&guest_init, &modules, &net_modules)
+            .map_err(|e| format!("building the initramfs: {e}"))?;
+        write_atomic(&initramfs, &cpio)?;
+        tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
+    }
+    Ok(prepared::HostFacts {
+        stamp,
+        qemu_version,
+        kernel_release: kernel.release.clone(),
+        vmlinux,
+        initramfs,
+        tsc_khz: tsc_khz(),
+        probed: None,
+    })
+}
+
+/// `SHOAL_ACCEL=kvm|tcg`, which skips the probe.
+fn accel_from_env() -> Option<(Accel, String)> {
+    let a = std::env::var("SHOAL_ACCEL").ok()?;
+    match a.as_str() {
+        "kvm" => Some((Accel::Kvm, "SHOAL_ACCEL=kvm".into())),
+        "tcg" => Some((Accel::Tcg, "SHOAL_ACCEL=tcg".into())),
+        other => {
+            tracing::warn!("SHOAL_ACCEL={other} is neither kvm nor tcg: probing");
+            None
+        }
+    }
+}
+
+/// KVM only if `/dev/kvm` opens, is not the PVM backend, and boots our kernel to its panic
+/// (no initramfs, `panic=-1`) within [`KVM_PROBE_MS`].
+fn probe_accel(qemu: &Path, vmlinux: &Path, bios: Option<&Path>) -> (Accel, String) {
+    if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
+    }
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return (
+            Accel::Tcg,
+            "/dev/kvm is the PVM backend (/sys/module/kvm_pvm), which cannot boot a stock kernel".into(),
+        );
+    }
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config"])
+        .args(["-display", "none", "-no-reboot", "-kernel"])
+        .arg(vmlinux)
+        .args(["-append", "panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(b) = bios {
+        cmd.arg("-bios").arg(b);
+    }
+    let started = Instant::now();
+    match cmd.spawn() {
+        Ok(mut child) => match wait_deadline(&mut child, started + Duration::from_millis(KVM_PROBE_MS)) {
+            Ok(Some(_)) => (Accel::Kvm, format!("probe boot under KVM took {} ms", started.elapsed().as_millis())),
+            Ok(None) => (Accel::Tcg, format!("a probe boot under KVM did not finish within {KVM_PROBE_MS} ms")),
+            Err(e) => (Accel::Tcg, format!("probe boot: {e}")),
+        },
+        Err(e) => (Accel::Tcg, format!("cannot start the KVM probe: {e}")),
+    }
 }
 
 /// The host's TSC rate in kHz: TSC ticks over [`TSC_MEASURE_MS`] of the monotonic clock,
