@@ -438,6 +438,14 @@ fn setup_errors_are_run_errors() {
 }
 
 #[test]
+fn the_forking_backend_refuses_a_multi_threaded_caller() {
+    // This test runs on one of libtest's threads: forking here would copy one thread of many.
+    let f = fixture();
+    let err = NamespaceBackend::forking_for_one_job().run(f.request("true")).unwrap_err();
+    assert!(err.to_string().contains("needs a single-threaded caller"), "{err}");
+}
+
+#[test]
 fn probe_succeeds_here() {
     NamespaceBackend::probe().unwrap();
 }

@@ -167,3 +167,30 @@ fn a_warm_vm_takes_the_next_job_and_nothing_outlives_the_pool() {
     assert!(left.is_empty(), "warm VM directories left: {left:?}");
     assert_eq!(processes_with(&warm_dir.to_string_lossy()), Vec::<String>::new(), "a warm QEMU outlived its pool");
 }
+
+#[test]
+fn host_facts_are_kept_between_backends_and_redone_when_a_file_changes() {
+    if !vm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let guest_init = dir.path().join("guest-init");
+    fs::copy(shoal_vm::microvm::find_guest_init().unwrap(), &guest_init).unwrap();
+    let mut cfg = MicrovmConfig::new(dir.path().join("cache"));
+    cfg.guest_init = Some(guest_init.clone());
+    let real = MicrovmBackend::new(cfg.clone()).unwrap().report().qemu_version;
+    assert!(real.chars().next().is_some_and(|c| c.is_ascii_digit()), "{real}");
+    let facts_file = dir.path().join("cache/host-facts.json");
+    let mut facts: serde_json::Value = serde_json::from_slice(&fs::read(&facts_file).unwrap()).unwrap();
+    facts["qemu_version"] = "kept-from-before".into();
+    fs::write(&facts_file, serde_json::to_vec(&facts).unwrap()).unwrap();
+    assert_eq!(MicrovmBackend::new(cfg.clone()).unwrap().report().qemu_version, "kept-from-before");
+    // A new guest-init (here: the same bytes, a new mtime) makes everything worked out again.
+    let f = fs::OpenOptions::new().write(true).open(&guest_init).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60)).unwrap();
+    drop(f);
+    assert_eq!(MicrovmBackend::new(cfg.clone()).unwrap().report().qemu_version, real);
+    // A facts file that is not ours is ignored, not trusted.
+    fs::write(&facts_file, b"{ not json").unwrap();
+    assert_eq!(MicrovmBackend::new(cfg).unwrap().report().qemu_version, real);
+}
