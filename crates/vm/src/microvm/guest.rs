@@ -107,7 +107,9 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     let flag = |f: &str| cmdline.split_whitespace().any(|w| w == f);
     DEBUG.store(flag("shoal.debug"), std::sync::atomic::Ordering::Relaxed);
     let network = flag("shoal.net");
-    step("cmdline read");
+    if DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+        step(&format!("cmdline read (PID 1 since {} ms)", timeline.init_start_ms));
+    }
     load_modules(Path::new("/").join(MODULES_DIR).as_path())?;
     if network {
         load_modules(Path::new("/").join(NET_MODULES_DIR).as_path())?;
