@@ -144,7 +144,7 @@ pub fn spawn(argv: &[std::ffi::CString], envp: &[std::ffi::CString], fds: &[libc
 }
 
 /// Forks; the child moves `fds` onto 0, 1, 2, ..., closes every other fd from there up, runs
-/// `child` and exits with its code (never returning into the caller's code).
+/// `child` and exits with its code (never returning into the caller's code, not even on a panic).
 ///
 /// # Safety
 /// The calling process must be single-threaded: the child is a copy of this one thread, and
@@ -166,7 +166,8 @@ pub unsafe fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) ->
                 if libc::syscall(libc::SYS_close_range, fds.len() as libc::c_uint, libc::c_uint::MAX, 0) < 0 {
                     libc::_exit(2);
                 }
-                let code = child();
+                // A panic must not unwind out of here into a copy of the caller's code.
+                let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
                 libc::_exit(code)
             }
             pid => Ok(pid),

@@ -181,10 +181,13 @@ impl MicrovmBackend {
         let (accel, accel_reason) = match (cfg.accel, accel_from_env()) {
             (Some(a), _) => (a, "chosen by configuration".into()),
             (None, Some(chosen)) => chosen,
-            (None, None) => match &facts.probed {
-                Some(probed) => probed.clone(),
-                None => {
-                    let probed = probe_accel(&cfg.qemu, &facts.vmlinux, bios.as_deref());
+            // The cheap checks run every time (KVM may have been loaded since); only the probe
+            // boot's verdict is kept.
+            (None, None) => match (kvm_ruled_out(), &facts.probed) {
+                (Some(ruled_out), _) => ruled_out,
+                (None, Some(probed)) => probed.clone(),
+                (None, None) => {
+                    let probed = probe_boot(&cfg.qemu, &facts.vmlinux, bios.as_deref());
                     facts.probed = Some(probed.clone());
                     changed = true;
                     probed
@@ -893,18 +896,22 @@ fn accel_from_env() -> Option<(Accel, String)> {
     }
 }
 
-/// KVM only if `/dev/kvm` opens, is not the PVM backend, and boots our kernel to its panic
-/// (no initramfs, `panic=-1`) within [`KVM_PROBE_MS`].
-fn probe_accel(qemu: &Path, vmlinux: &Path, bios: Option<&Path>) -> (Accel, String) {
+/// TCG and why, when KVM is out of the question without a probe boot: `/dev/kvm` does not open,
+/// or it is the PVM backend.
+fn kvm_ruled_out() -> Option<(Accel, String)> {
     if let Err(e) = OpenOptions::new().read(true).write(true).open("/dev/kvm") {
-        return (Accel::Tcg, format!("/dev/kvm cannot be opened ({e})"));
+        return Some((Accel::Tcg, format!("/dev/kvm cannot be opened ({e})")));
     }
     if Path::new("/sys/module/kvm_pvm").exists() {
-        return (
-            Accel::Tcg,
-            "/dev/kvm is the PVM backend (/sys/module/kvm_pvm), which cannot boot a stock kernel".into(),
-        );
+        let why = "/dev/kvm is the PVM backend (/sys/module/kvm_pvm), which cannot boot a stock kernel";
+        return Some((Accel::Tcg, why.into()));
     }
+    None
+}
+
+/// KVM if our kernel boots to its panic (no initramfs, `panic=-1`) under it within
+/// [`KVM_PROBE_MS`].
+fn probe_boot(qemu: &Path, vmlinux: &Path, bios: Option<&Path>) -> (Accel, String) {
     let mut cmd = Command::new(qemu);
     cmd.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128", "-nodefaults", "-no-user-config"])
         .args(["-display", "none", "-no-reboot", "-kernel"])

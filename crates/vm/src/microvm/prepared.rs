@@ -1,10 +1,10 @@
 //! What setting the backend up learns from the host, kept between processes: QEMU's version,
-//! the cached vmlinux and initramfs, the TSC rate and the probed accelerator. Working them out
-//! reads the kernel, guest-init and modules, starts QEMU twice and watches the TSC for 20 ms
-//! (60 ms of every cold `shoal run` on this machine, more with a KVM probe boot); each is
-//! reused while the files it came from are unchanged (path, size, mtime, ctime, inode) and the
-//! host has not rebooted (`/proc/sys/kernel/random/boot_id`: the TSC rate and KVM's state are
-//! facts of one boot).
+//! the cached vmlinux and initramfs, the TSC rate and the verdict of a KVM probe boot. Working
+//! them out reads the kernel, guest-init and modules, runs `qemu --version` and watches the TSC
+//! for 20 ms (55 ms of every cold `shoal run` on this machine, a probe boot more on KVM hosts);
+//! they are reused while the files they came from are unchanged (path, size, mtime, ctime,
+//! inode) and the host has not rebooted (`/proc/sys/kernel/random/boot_id`: the TSC rate and
+//! KVM's state are facts of one boot).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -26,7 +26,8 @@ pub struct HostFacts {
     pub vmlinux: PathBuf,
     pub initramfs: PathBuf,
     pub tsc_khz: Option<u64>,
-    /// The probed accelerator and why; None when configuration chose it (nothing probed).
+    /// The probe boot's verdict and why; None until one ran (configuration or the cheap checks
+    /// of `/dev/kvm` decided without one).
     pub probed: Option<(Accel, String)>,
 }
 
