@@ -24,7 +24,8 @@ const CPU_PERIOD_US: u64 = 100_000;
 #[derive(Debug)]
 pub struct Cgroup {
     layout: Layout,
-    /// Set once [`Cgroup::remove`] succeeded: nothing left for drop to do.
+    /// Nothing left for drop to do: [`Cgroup::remove`] succeeded, or the cgroup is left in
+    /// place on purpose ([`Keeper::for_guest`]).
     removed: bool,
 }
 
@@ -79,9 +80,7 @@ impl Hierarchy {
             )),
         }
     }
-}
 
-impl Hierarchy {
     /// A microVM's (guest-init mounts cgroup2 at /sys/fs/cgroup): the job's cgroup directly
     /// under the root, memory only, since the VM's vCPUs are its CPU limit. Under TCG each
     /// controller enabled and each level made costs milliseconds of a cold job.

@@ -42,19 +42,7 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
 /// Waits until `fd` is readable (a pidfd: the process exited) or `timeout_ms` passes.
 /// Returns true when readable.
 pub fn poll_readable(fd: &OwnedFd, timeout_ms: u64) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    let timeout = timeout_ms.min(i32::MAX as u64) as i32;
-    loop {
-        // SAFETY: one valid pollfd on our stack, count 1.
-        let ret = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        if ret >= 0 {
-            return Ok(ret > 0);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    Ok(poll_any(&[fd.as_raw_fd()], timeout_ms)?[0])
 }
 
 /// Waits until one of `fds` is readable or hung up, or `timeout_ms` passes. Returns, per fd,
@@ -79,8 +67,14 @@ pub fn poll_any(fds: &[RawFd], timeout_ms: u64) -> io::Result<Vec<bool>> {
 /// Marks every fd from `first` up close-on-exec, so the job inherits only 0, 1 and 2.
 pub fn cloexec_from(first: u32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-    // SAFETY: integer arguments; marks fds, frees nothing.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    close_range_from(first, CLOSE_RANGE_CLOEXEC)
+}
+
+/// `close_range(first, ~0, flags)`: closes (or with CLOSE_RANGE_CLOEXEC marks) every fd from
+/// `first` up.
+fn close_range_from(first: u32, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: integer arguments; the caller owns no handle to the fds it closes.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
@@ -163,7 +157,7 @@ pub unsafe fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) ->
                         libc::_exit(2);
                     }
                 }
-                if libc::syscall(libc::SYS_close_range, fds.len() as libc::c_uint, libc::c_uint::MAX, 0) < 0 {
+                if close_range_from(fds.len() as u32, 0).is_err() {
                     libc::_exit(2);
                 }
                 // A panic must not unwind out of here into a copy of the caller's code.

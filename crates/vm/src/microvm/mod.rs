@@ -8,10 +8,11 @@
 //! reply disk: exit, stdout, stderr and the output tar, unpacked by the same checked code as
 //! the namespace backend's.
 //!
-//! Once per backend: QEMU's version, the guest kernel (its bzImage turned into `vmlinux`,
-//! cached by the image's hash), the initramfs (guest-init + modules, cached by the hash of its
-//! parts) and the accelerator, probed: KVM where `/dev/kvm` works and is not PVM (which cannot
-//! boot a stock kernel) and a bounded probe boot succeeds, TCG otherwise.
+//! Once, and kept between processes while its inputs are unchanged ([`prepared`]): QEMU's
+//! version, the guest kernel (its bzImage turned into `vmlinux`, cached by the image's hash),
+//! the initramfs (guest-init + modules, cached by the hash of its parts), the TSC rate and the
+//! accelerator, probed: KVM where `/dev/kvm` works and is not PVM (which cannot boot a stock
+//! kernel; checked at every start) and a bounded probe boot succeeds, TCG otherwise.
 
 pub mod disk;
 pub mod guest;
@@ -161,7 +162,8 @@ pub struct MicrovmReport {
 
 impl MicrovmBackend {
     /// Finds QEMU, the kernel and guest-init, prepares the cached vmlinux and initramfs and
-    /// probes the accelerator. Errors say what to install or set.
+    /// probes the accelerator, or takes all that from the facts kept by an earlier process.
+    /// Errors say what to install or set.
     pub fn new(cfg: MicrovmConfig) -> Result<MicrovmBackend, String> {
         let bios = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
         if bios.is_none() {

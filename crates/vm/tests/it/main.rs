@@ -439,9 +439,14 @@ fn setup_errors_are_run_errors() {
 
 #[test]
 fn the_forking_backend_refuses_a_multi_threaded_caller() {
-    // This test runs on one of libtest's threads: forking here would copy one thread of many.
+    // A second thread, alive during the call whatever the harness runs tests on: forking here
+    // would copy one thread of two.
     let f = fixture();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || rx.recv());
     let err = NamespaceBackend::forking_for_one_job().run(f.request("true")).unwrap_err();
+    drop(tx);
+    let _ = other.join();
     assert!(err.to_string().contains("needs a single-threaded caller"), "{err}");
 }
 
