@@ -7,9 +7,16 @@
 //! The host creates the cgroup, the sandbox helper moves PID 1 of the sandbox in before it
 //! runs anything, the host reads the counters after the sandbox is gone and removes it (on
 //! drop, so also on every error path).
+//!
+//! A used cgroup is given to the next job instead of being removed when the kernel can reset
+//! its peak-memory counter (v1 `memory.max_usage_in_bytes`; v2 `memory.peak`, resettable per
+//! open file since Linux 6.12), it is empty, and what earlier jobs left charged to it (page
+//! cache) is small: making and removing a memory cgroup costs the kernel more than a trivial
+//! job (docs/BENCHMARKS.md). A job's peak and OOM kills are counted from its own start.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -19,6 +26,12 @@ use crate::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 const CPU_PERIOD_US: u64 = 100_000;
+/// A cgroup holds at most this many jobs before it is removed and a fresh one made.
+const REUSE_JOBS_MAX: u32 = 256;
+/// A used cgroup with more than this still charged to it (page cache of earlier jobs) is
+/// removed rather than reused, bytes: the charge would count against the next job's limit
+/// until reclaimed.
+const REUSE_LEFTOVER_BYTES_MAX: u64 = 8 << 20;
 
 /// A job's cgroup; removed on drop.
 #[derive(Debug)]
@@ -27,6 +40,18 @@ pub struct Cgroup {
     /// Nothing left for drop to do: [`Cgroup::remove`] succeeded, or the cgroup is left in
     /// place on purpose ([`Keeper::for_guest`]).
     removed: bool,
+    /// Jobs it has been taken for, this one included.
+    jobs: u32,
+    /// The limits last written (memory bytes, cores): a reused cgroup skips rewriting them
+    /// (a v1 CPU quota write alone costs the kernel ~10 us of locked work).
+    applied: Option<(u64, u32)>,
+    /// Charge left by earlier jobs when this job's counters were reset, bytes (0 when fresh).
+    baseline_bytes: u64,
+    /// OOM kills counted in this cgroup before this job.
+    oom_before: u64,
+    /// v2 on a reused cgroup: `memory.peak` opened and reset for this job (the reset holds for
+    /// reads through the same open file only).
+    peak_file: Option<File>,
 }
 
 #[derive(Debug)]
@@ -116,6 +141,10 @@ fn ready_v2_parent(parent: &Path, cpu: bool) -> io::Result<()> {
 }
 
 impl Cgroup {
+    fn fresh(layout: Layout) -> Cgroup {
+        Cgroup { layout, removed: false, jobs: 0, applied: None, baseline_bytes: 0, oom_before: 0, peak_file: None }
+    }
+
     /// Creates `job-<pid>-<n>` with no limits set yet ([`Cgroup::apply`] sets them).
     pub fn create_empty(hierarchy: &Hierarchy) -> io::Result<Cgroup> {
         let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -137,13 +166,13 @@ impl Cgroup {
                     ready_v2_parent(parent, cpu)?;
                     fs::create_dir(&dir)?;
                 }
-                Ok(Cgroup { layout: Layout::V2 { dir, cpu }, removed: false })
+                Ok(Cgroup::fresh(Layout::V2 { dir, cpu }))
             }
             Hierarchy::V1 { memory: mem_parent, cpu } => {
                 fs::create_dir_all(mem_parent)?;
                 let mem = mem_parent.join(&name);
                 fs::create_dir(&mem)?;
-                let mut cg = Cgroup { layout: Layout::V1 { memory: mem, cpu: None }, removed: false };
+                let mut cg = Cgroup::fresh(Layout::V1 { memory: mem, cpu: None });
                 if let Some(cpu_parent) = cpu {
                     let made = fs::create_dir_all(cpu_parent).and_then(|()| {
                         let dir = cpu_parent.join(&name);
@@ -165,8 +194,20 @@ impl Cgroup {
         }
     }
 
-    /// Puts the job's memory and CPU limits in force.
-    pub fn apply(&self, limits: &Limits) -> io::Result<()> {
+    /// Puts the job's memory and CPU limits in force (nothing to write when they are the
+    /// ones already in force).
+    pub fn apply(&mut self, limits: &Limits) -> io::Result<()> {
+        let wanted = (limits.memory_bytes, limits.cores);
+        if self.applied == Some(wanted) {
+            return Ok(());
+        }
+        self.applied = None;
+        self.write_limits(limits)?;
+        self.applied = Some(wanted);
+        Ok(())
+    }
+
+    fn write_limits(&self, limits: &Limits) -> io::Result<()> {
         let memory = limits.memory_bytes.to_string();
         let quota = u64::from(limits.cores.max(1)) * CPU_PERIOD_US;
         match &self.layout {
@@ -181,10 +222,14 @@ impl Cgroup {
                 }
             }
             Layout::V1 { memory: mem, cpu } => {
-                fs::write(mem.join("memory.limit_in_bytes"), &memory)?;
                 // With swap accounting the limit must bound memory + swap too, or the job
-                // swaps instead of being killed. Absent without swap accounting: fine.
-                let _ = fs::write(mem.join("memory.memsw.limit_in_bytes"), &memory);
+                // swaps instead of being killed (absent without swap accounting: fine). The
+                // kernel keeps memsw >= the limit at every step, so a raised limit (a reused
+                // cgroup) needs memsw raised first, a lowered one after: try both orders.
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                let _ = fs::write(&memsw, &memory);
+                fs::write(mem.join("memory.limit_in_bytes"), &memory)?;
+                let _ = fs::write(&memsw, &memory);
                 if let Some(dir) = cpu {
                     fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string())?;
                 }
@@ -207,23 +252,65 @@ impl Cgroup {
         }
     }
 
-    /// Highest memory use seen, bytes.
+    /// Highest memory use seen during this job, bytes: the cgroup's peak less what earlier
+    /// jobs had left charged to it when the job started.
     pub fn peak_memory_bytes(&self) -> Option<u64> {
-        let file = match &self.layout {
-            Layout::V2 { dir, .. } => dir.join("memory.peak"),
-            Layout::V1 { memory, .. } => memory.join("memory.max_usage_in_bytes"),
+        let peak = match (&self.peak_file, &self.layout) {
+            (Some(f), _) => read_number_at(f)?,
+            (None, Layout::V2 { dir, .. }) => read_number(&dir.join("memory.peak"))?,
+            (None, Layout::V1 { memory, .. }) => read_number(&memory.join("memory.max_usage_in_bytes"))?,
         };
-        fs::read_to_string(file).ok()?.trim().parse().ok()
+        Some(peak.saturating_sub(self.baseline_bytes))
     }
 
-    /// Processes the kernel's OOM killer killed in this cgroup.
+    /// Processes the kernel's OOM killer killed in this cgroup during this job.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_kills_ever().saturating_sub(self.oom_before)
+    }
+
+    fn oom_kills_ever(&self) -> u64 {
         let file = match &self.layout {
             Layout::V2 { dir, .. } => dir.join("memory.events"),
             Layout::V1 { memory, .. } => memory.join("memory.oom_control"),
         };
         let text = fs::read_to_string(file).unwrap_or_default();
         text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|n| n.trim().parse().ok())).unwrap_or(0)
+    }
+
+    /// Memory charged to it now, bytes.
+    fn usage_bytes(&self) -> Option<u64> {
+        match &self.layout {
+            Layout::V2 { dir, .. } => read_number(&dir.join("memory.current")),
+            Layout::V1 { memory, .. } => read_number(&memory.join("memory.usage_in_bytes")),
+        }
+    }
+
+    /// Readies a used cgroup for another job: its peak reset to what is charged now (that
+    /// charge becomes the baseline subtracted from the peak) and its OOM kills so far noted.
+    /// Err: this kernel cannot reset the peak (v2 before Linux 6.12), so it cannot be reused.
+    fn reset_counters(&mut self) -> io::Result<()> {
+        match &self.layout {
+            Layout::V2 { dir, .. } => {
+                let mut f = File::options().read(true).write(true).open(dir.join("memory.peak"))?;
+                f.write_all(b"reset\n")?;
+                self.peak_file = Some(f);
+            }
+            Layout::V1 { memory, .. } => fs::write(memory.join("memory.max_usage_in_bytes"), "0")?,
+        }
+        self.baseline_bytes = self.usage_bytes().ok_or_else(|| io::Error::other("cannot read the memory usage"))?;
+        self.oom_before = self.oom_kills_ever();
+        Ok(())
+    }
+
+    /// Whether a used cgroup may take another job: no process left in it, not too many jobs
+    /// behind it, little left charged to it.
+    fn reusable(&self) -> bool {
+        let empty = |f: PathBuf| fs::read(f).is_ok_and(|t| t.iter().all(u8::is_ascii_whitespace));
+        let no_processes = match &self.layout {
+            Layout::V2 { dir, .. } => empty(dir.join("cgroup.procs")),
+            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).all(|d| empty(d.join("tasks"))),
+        };
+        no_processes && self.jobs < REUSE_JOBS_MAX && self.usage_bytes().is_some_and(|b| b <= REUSE_LEFTOVER_BYTES_MAX)
     }
 
     /// Directories of this cgroup (one per hierarchy).
@@ -252,6 +339,17 @@ impl Cgroup {
     }
 }
 
+fn read_number(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The number in an open cgroup file, read from its start.
+fn read_number_at(f: &File) -> Option<u64> {
+    let mut buf = [0u8; 32];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
         if self.removed {
@@ -263,14 +361,18 @@ impl Drop for Cgroup {
     }
 }
 
-/// Job cgroups made ahead of the jobs and removed after them, on a thread of its own: a
-/// cgroup's mkdir and rmdir cost more than a trivial job, and neither needs to be in its path.
-/// Every job still gets a cgroup of its own, never used before (no counters or page cache
-/// left from another job).
+/// Job cgroups made ahead of the jobs, reused where the kernel allows (see the module's
+/// docs), and removed after them on a thread of its own: a cgroup's mkdir and rmdir cost more
+/// than a trivial job, and neither needs to be in its path. A cgroup holds one job at a time.
 #[derive(Debug)]
 pub struct Keeper {
     hierarchy: Hierarchy,
+    /// Cgroups ready for a job: made ahead, or used and found [`Cgroup::reusable`].
     ready: Arc<Mutex<Vec<Cgroup>>>,
+    /// Cgroups ready beyond which a used one is removed instead of kept.
+    keep_max: usize,
+    /// Cleared when this kernel turns out unable to reset a cgroup's peak memory.
+    reuse: AtomicBool,
     chores: Option<mpsc::Sender<Chore>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Used cgroups are left in place, not removed (a microVM's: it powers off after its job).
@@ -284,11 +386,20 @@ enum Chore {
 }
 
 impl Keeper {
-    /// Holds `ahead` fresh cgroups ready; 0: none, and no thread (one job, as in a guest).
+    /// Holds `ahead` cgroups ready (made ahead, or used and kept, up to twice that); 0: none,
+    /// and no thread (one job, as in a guest).
     pub fn new(hierarchy: Hierarchy, ahead: usize) -> Keeper {
         let ready = Arc::new(Mutex::new(Vec::new()));
         if ahead == 0 {
-            return Keeper { hierarchy, ready, chores: None, thread: None, leave_used: false };
+            return Keeper {
+                hierarchy,
+                ready,
+                keep_max: 0,
+                reuse: AtomicBool::new(false),
+                chores: None,
+                thread: None,
+                leave_used: false,
+            };
         }
         let (tx, rx) = mpsc::channel();
         let (h, r) = (hierarchy.clone(), ready.clone());
@@ -303,7 +414,15 @@ impl Keeper {
                 (None, None)
             }
         };
-        Keeper { hierarchy, ready, chores, thread, leave_used: false }
+        Keeper {
+            hierarchy,
+            ready,
+            keep_max: ahead * 2,
+            reuse: AtomicBool::new(true),
+            chores,
+            thread,
+            leave_used: false,
+        }
     }
 
     /// For a microVM's one job: nothing made ahead, no thread, the used cgroup left for the
@@ -314,25 +433,52 @@ impl Keeper {
         keeper
     }
 
-    /// A fresh cgroup with `limits` in force: one made ahead when there is one.
+    /// A cgroup for one job with `limits` in force and its counters at zero: a ready one when
+    /// there is one, else a fresh one.
     pub fn take(&self, limits: &Limits) -> io::Result<Cgroup> {
-        let made = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(tx) = &self.chores {
-            let _ = tx.send(Chore::Refill);
+        loop {
+            let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let Some(mut cg) = ready else { break };
+            if cg.jobs > 0
+                && let Err(e) = cg.reset_counters()
+            {
+                tracing::debug!("cannot reset the counters of cgroup {:?} ({e}): cgroups are not reused", cg.dirs());
+                self.reuse.store(false, Ordering::Relaxed);
+                self.give_back(cg);
+                continue;
+            }
+            self.refill();
+            cg.apply(limits)?;
+            cg.jobs += 1;
+            return Ok(cg);
         }
-        let cg = match made {
-            Some(cg) => cg,
-            None => Cgroup::create_empty(&self.hierarchy)?,
-        };
+        self.refill();
+        let mut cg = Cgroup::create_empty(&self.hierarchy)?;
         cg.apply(limits)?;
+        cg.jobs = 1;
         Ok(cg)
     }
 
-    /// Removes a used cgroup, off the caller's path.
+    fn refill(&self) {
+        if let Some(tx) = &self.chores {
+            let _ = tx.send(Chore::Refill);
+        }
+    }
+
+    /// Keeps a used cgroup for the next job if it may be reused, else removes it off the
+    /// caller's path.
     pub fn give_back(&self, mut cg: Cgroup) {
         if self.leave_used {
             cg.removed = true;
             return;
+        }
+        if self.reuse.load(Ordering::Relaxed) && cg.reusable() {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            if ready.len() < self.keep_max {
+                cg.peak_file = None;
+                ready.push(cg);
+                return;
+            }
         }
         if let Some(tx) = &self.chores
             && let Err(mpsc::SendError(Chore::Remove(cg))) = tx.send(Chore::Remove(cg))

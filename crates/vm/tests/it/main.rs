@@ -347,6 +347,49 @@ fn cgroup_is_gone_afterwards_and_peak_is_measured() {
     assert!(out.peak_memory_bytes >= 20_000_000, "peak {}", out.peak_memory_bytes);
 }
 
+/// The job's memory cgroup as /proc/self/cgroup names it (the first line of `out`'s stdout).
+fn memory_cgroup_of(out: &Outcome) -> String {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or_default();
+    line.splitn(3, ':').nth(2).unwrap_or_else(|| panic!("no cgroup line in {text:?}")).to_string()
+}
+
+#[test]
+fn a_reused_cgroup_counts_only_its_own_job() {
+    assert!(have_cgroups());
+    let f = fixture();
+    let b = backend();
+    let show = "grep memory /proc/self/cgroup";
+    let mut big = f.request(&format!("{show}; head -c 30000000 /dev/zero > /scratch/z"));
+    big.limits.memory_bytes = 256 << 20;
+    let first = b.run(big).unwrap();
+    assert_eq!(first.exit, Exit::Code(0));
+    assert!(first.peak_memory_bytes >= 30_000_000, "peak {}", first.peak_memory_bytes);
+
+    // An OOM kill in the cgroup must not be counted against the job after it.
+    let mut oom = f.request(&format!("{show}; awk 'BEGIN {{ s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }}'"));
+    oom.limits.memory_bytes = 64 << 20;
+    let second = b.run(oom).unwrap();
+    assert_eq!(second.exit, Exit::Oom);
+
+    // (It fails: a failure is what an OOM kill counted by mistake would turn into `oom`.)
+    let third = b.run(f.request(&format!("{show}; exit 3"))).unwrap();
+    assert_eq!(third.exit, Exit::Code(3), "{}", String::from_utf8_lossy(&third.stderr));
+    assert!(third.peak_memory_bytes < 10_000_000, "peak {} counts an earlier job", third.peak_memory_bytes);
+    let cgroups = [&first, &second, &third].map(memory_cgroup_of);
+    assert!(cgroups.iter().all(|c| c.contains("/shoal/job-")), "a job ran outside a job cgroup: {cgroups:?}");
+    assert!(
+        cgroups[1] == cgroups[0] || cgroups[2] == cgroups[1] || cgroups[2] == cgroups[0],
+        "no cgroup was reused: {cgroups:?}"
+    );
+    // The limit follows the job, not the cgroup's history: the small job was not held to 64 MiB.
+    let mut again = f.request(&format!("{show}; head -c 100000000 /dev/zero > /scratch/z"));
+    again.limits.memory_bytes = 256 << 20;
+    let fourth = b.run(again).unwrap();
+    assert_eq!(fourth.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&fourth.stderr));
+    assert!(memory_cgroup_of(&fourth).contains("/shoal/job-"));
+}
+
 fn output_over_its_limit() {
     let f = fixture();
     let mut req = f.request("dd if=/dev/zero of=/output/big bs=1M count=3; echo small > /output/small");
