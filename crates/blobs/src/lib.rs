@@ -51,6 +51,18 @@ use meta::Meta;
 /// stream.
 const SMALL_FILE_BYTES: u64 = 4 << 20;
 
+/// How soon a run record must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Before the call returns: a record another node is about to be told of.
+    Now,
+    /// Within about a second (iroh-blobs and sled each commit at least every 500 ms on their
+    /// own) and at the next [`Store::flush`] or [`Store::shutdown`]. A crash before then loses
+    /// the record, and the job runs again ([`Store::action_get`]); one sync per record costs a
+    /// trivial job ~10 % (docs/BENCHMARKS.md).
+    Soon,
+}
+
 /// The local content-addressed store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -297,9 +309,18 @@ impl Store {
 
     // ---- action cache and records ----
 
-    /// Action key -> record hash (one sled read).
-    pub fn action_get(&self, key: &Hash) -> Result<Option<Hash>, StoreError> {
-        Meta::get_hash(&self.meta().actions, &key.0)
+    /// Action key -> record hash: one sled read, and a check that the record's blob is in the
+    /// blob store. A record written with [`Durability::Soon`] goes to the blob store before
+    /// its entry goes to sled, and every blob a job stored goes before its record; but the two
+    /// databases commit on their own, so after a crash an entry can outlive its record's blob.
+    /// Such an entry is a miss (the job runs again), never a record whose outputs are gone.
+    pub async fn action_get(&self, key: &Hash) -> Result<Option<Hash>, StoreError> {
+        let Some(record) = Meta::get_hash(&self.meta().actions, &key.0)? else { return Ok(None) };
+        if !self.has(record).await? {
+            tracing::warn!(%record, "the action cache names a record whose blob is not in the store (lost in a crash?); running the job again");
+            return Ok(None);
+        }
+        Ok(Some(record))
     }
 
     /// Records that `key` produced `record`; durable when it returns.
@@ -309,26 +330,38 @@ impl Store {
     }
 
     /// Stores a signed record as a blob (its canonical CBOR), caches its bytes in the metadata
-    /// database and makes it the latest record of its job; durable when it returns.
-    /// Stores a signed record. Invariant: every record in the store had a valid signature when
-    /// it entered (this node's own, or one the caller verified), so records read back by hash
-    /// need no second signature check.
-    pub async fn put_record(&self, rec: &SignedRecord) -> Result<Hash, StoreError> {
-        self.put_record_inner(rec, None).await
+    /// database and makes it the latest record of its job, as durably as `durability` says.
+    /// Invariant: every record in the store had a valid signature when it entered (this
+    /// node's own, or one the caller verified), so records read back by hash need no second
+    /// signature check.
+    pub async fn put_record(&self, rec: &SignedRecord, durability: Durability) -> Result<Hash, StoreError> {
+        self.put_record_inner(rec, None, durability).await
     }
 
     /// [`Store::put_record`] and [`Store::action_put`] of the record under `action_key`, with
     /// one flush of the metadata database for both (the record first: a crash between the
     /// two leaves a record without its cache entry, never an entry without its record).
-    pub async fn put_record_for_action(&self, rec: &SignedRecord, action_key: &Hash) -> Result<Hash, StoreError> {
-        self.put_record_inner(rec, Some(action_key)).await
+    pub async fn put_record_for_action(
+        &self,
+        rec: &SignedRecord,
+        action_key: &Hash,
+        durability: Durability,
+    ) -> Result<Hash, StoreError> {
+        self.put_record_inner(rec, Some(action_key), durability).await
     }
 
-    async fn put_record_inner(&self, rec: &SignedRecord, action_key: Option<&Hash>) -> Result<Hash, StoreError> {
+    async fn put_record_inner(
+        &self,
+        rec: &SignedRecord,
+        action_key: Option<&Hash>,
+        durability: Durability,
+    ) -> Result<Hash, StoreError> {
         let bytes = rec.to_cbor();
         let job_id = record_job_id(&rec.record);
         let hash = self.put_bytes(bytes.clone()).await?;
-        self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
+        if durability == Durability::Now {
+            self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
+        }
         let m = self.meta();
         Meta::put(&m.records, &hash.0, &bytes)?;
         if let Some(job_id) = job_id {
@@ -337,7 +370,9 @@ impl Store {
         if let Some(key) = action_key {
             Meta::put(&m.actions, &key.0, &hash.0)?;
         }
-        m.flush_async().await?;
+        if durability == Durability::Now {
+            m.flush_async().await?;
+        }
         Ok(hash)
     }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shoal_blobs::Store;
+use shoal_blobs::{Durability, Store};
 use shoal_dag::Hash;
 
 use crate::output;
@@ -361,9 +361,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 use_cache: !args.no_cache,
                 cores: args.cores,
                 warm_vms: args.warm_vms,
+                // A local run flushes the store at its end (`shutdown` below).
+                records: Durability::Soon,
             };
             if !args.join.is_empty() {
-                return run_in_mesh(store, args, opts).await;
+                return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
             }
             let result = run::run_dag_file(&store, &args.dag, &opts).await;
             store.shutdown().await;
@@ -633,6 +635,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
             use_cache: true,
             cores: args.cores,
             warm_vms: args.warm_vms,
+            records: Durability::Now,
         },
         labels,
         speed: args.speed,

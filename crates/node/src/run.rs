@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use shoal_blobs::Store;
+use shoal_blobs::{Durability, Store};
 use shoal_blobs::image::Image;
 use shoal_dag::{
     Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, Machine, ResolvedJob, RunRecord, Timing,
@@ -56,6 +56,9 @@ pub struct RunOptions {
     pub cores: Option<u32>,
     /// MicroVMs kept booted per kind of job.
     pub warm_vms: usize,
+    /// How durable each job's run record is when the job is reported done: `Soon` for a
+    /// local run (it flushes at its end), `Now` where other nodes are told of the record.
+    pub records: Durability,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -124,6 +127,7 @@ pub(crate) struct Ctx {
     /// Directory of the DAG file: `file:` inputs are relative to it.
     dag_dir: PathBuf,
     use_cache: bool,
+    records: Durability,
     /// Cores of this machine given to jobs; a job takes as many permits as it asks cores.
     cores: Arc<Semaphore>,
     cores_total: u32,
@@ -217,6 +221,7 @@ pub(crate) fn prepare(
         dag,
         dag_dir,
         use_cache: opts.use_cache,
+        records: opts.records,
         cores: Arc::new(Semaphore::new(cores_total as usize)),
         cores_total,
         in_flight: Semaphore::new(cores_total as usize * JOBS_IN_FLIGHT_PER_CORE),
@@ -380,7 +385,7 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
 
 /// The report for a job the action cache answers, if it does.
 async fn cached_report(ctx: &Ctx, job: &Job, action_key: &Hash) -> Result<Option<JobReport>> {
-    let Some(record_hash) = ctx.store.action_get(action_key)? else { return Ok(None) };
+    let Some(record_hash) = ctx.store.action_get(action_key).await? else { return Ok(None) };
     let Some(signed) = ctx.store.get_record(record_hash).await? else { return Ok(None) };
     // Read back by hash from our store, which checked its signature when it entered.
     let record = match signed.record_trusted() {
@@ -686,9 +691,9 @@ async fn execute(
     let signed = record.sign(&ctx.key);
     let success = exit.success();
     let record_hash = if success {
-        ctx.store.put_record_for_action(&signed, &action_key).await?
+        ctx.store.put_record_for_action(&signed, &action_key, ctx.records).await?
     } else {
-        ctx.store.put_record(&signed).await?
+        ctx.store.put_record(&signed, ctx.records).await?
     };
     let mut report = JobReport::new(&job.id, if success { Status::Done } else { Status::Failed });
     report.wall_ms = Some(outcome.wall_ms);

@@ -408,7 +408,7 @@ async fn gc_keeps_reachable_drops_the_rest() {
         ciborium::into_writer(&v, &mut record).unwrap();
         SignedRecord { record, signer: [0; 32], signature: vec![] }
     };
-    let rh = s.put_record(&rec).await.unwrap();
+    let rh = s.put_record(&rec, shoal_blobs::Durability::Now).await.unwrap();
     s.action_put(&Hash::of(b"key"), &rh).unwrap();
     // Pinned.
     let pinned = s.put_bytes(&b"pinned"[..]).await.unwrap();

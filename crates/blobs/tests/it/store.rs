@@ -1,6 +1,6 @@
 use std::time::Instant;
 
-use shoal_blobs::{Hash, SignedRecord, StoreError};
+use shoal_blobs::{Durability, Hash, SignedRecord, Store, StoreError};
 
 use crate::store;
 
@@ -90,20 +90,20 @@ async fn records_and_action_cache() {
     let (_home, s) = store().await;
     let out = s.put_bytes(&b"out"[..]).await.unwrap();
     let r1 = fake_record("build", &[out]);
-    let h1 = s.put_record(&r1).await.unwrap();
+    let h1 = s.put_record(&r1, Durability::Now).await.unwrap();
     assert_eq!(s.get_record(h1).await.unwrap(), Some(r1.clone()));
     assert_eq!(s.latest_record_for_job("build").unwrap(), Some(h1));
     let r2 = fake_record("build", &[]);
-    let h2 = s.put_record(&r2).await.unwrap();
+    let h2 = s.put_record(&r2, Durability::Now).await.unwrap();
     assert_eq!(s.latest_record_for_job("build").unwrap(), Some(h2));
     assert_eq!(s.latest_record_for_job("other").unwrap(), None);
     // The record is also a plain blob.
     assert_eq!(SignedRecord::from_cbor(&s.get_bytes(h1).await.unwrap().unwrap()).unwrap(), r1);
 
     let key = Hash::of(b"action");
-    assert_eq!(s.action_get(&key).unwrap(), None);
+    assert_eq!(s.action_get(&key).await.unwrap(), None);
     s.action_put(&key, &h1).unwrap();
-    assert_eq!(s.action_get(&key).unwrap(), Some(h1));
+    assert_eq!(s.action_get(&key).await.unwrap(), Some(h1));
 
     // The hot path of a fully cached run: 1000 x (action_get + get_record).
     let mut keys = Vec::new();
@@ -111,18 +111,42 @@ async fn records_and_action_cache() {
     for i in 0..1000u32 {
         let k = Hash::of(&i.to_le_bytes());
         let r = fake_record(&format!("j{i}"), &[out]);
-        let h = s.put_record(&r).await.unwrap();
+        let h = s.put_record(&r, Durability::Soon).await.unwrap();
         s.action_put(&k, &h).unwrap();
         keys.push(k);
     }
     let put_ms = t.elapsed().as_millis();
     let t = Instant::now();
     for k in &keys {
-        let h = s.action_get(k).unwrap().unwrap();
+        let h = s.action_get(k).await.unwrap().unwrap();
         assert!(s.get_record(h).await.unwrap().is_some());
     }
     let get_ms = t.elapsed().as_millis();
     eprintln!("MEASURE 1000 x (put_record + action_put): {put_ms} ms; 1000 x (action_get + get_record): {get_ms} ms");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_record_written_soon_is_kept_at_shutdown_and_an_entry_without_its_record_is_a_miss() {
+    let (home, s) = store().await;
+    let out = s.put_bytes(&b"soon"[..]).await.unwrap();
+    let rec = fake_record("soon", &[out]);
+    let key = Hash::of(b"soon-action");
+    let h = s.put_record_for_action(&rec, &key, Durability::Soon).await.unwrap();
+    assert_eq!(s.action_get(&key).await.unwrap(), Some(h));
+    // What a crash between the two databases' commits leaves: an entry whose record blob is
+    // not in the blob store.
+    let lost = Hash::of(b"a record lost in a crash");
+    let orphan = Hash::of(b"orphan-action");
+    s.action_put(&orphan, &lost).unwrap();
+    assert_eq!(s.action_get(&orphan).await.unwrap(), None);
+    s.shutdown().await;
+    drop(s);
+
+    let s = Store::open(home.path()).await.unwrap();
+    assert_eq!(s.action_get(&key).await.unwrap(), Some(h));
+    assert_eq!(s.get_record(h).await.unwrap(), Some(rec));
+    assert!(s.has(out).await.unwrap());
     s.shutdown().await;
 }
 

@@ -221,7 +221,7 @@ pub(crate) async fn fetch_record(
     let bytes = store.need_bytes(hash).await?;
     let signed = shoal_blobs::SignedRecord::from_cbor(&bytes).map_err(|e| anyhow!("run record {hash}: {e}"))?;
     let record = signed.verify().with_context(|| format!("run record {hash} does not verify"))?;
-    store.put_record(&signed).await?;
+    store.put_record(&signed, shoal_blobs::Durability::Now).await?;
     Ok(record)
 }
 

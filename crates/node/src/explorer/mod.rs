@@ -521,7 +521,7 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ex
     })?;
     // A request the cache answers does not wait behind running ones.
     let key = ResolvedJob::from_job(&job, image_id, r.inputs.clone(), r.stdin.clone()).action_key();
-    let hit = s.store.action_get(&key).map_err(internal)?.is_some();
+    let hit = s.store.action_get(&key).await.map_err(internal)?.is_some();
     let _permit = if hit { None } else { Some(ex.runs.acquire().await.map_err(internal)?) };
     let dag = Dag { version: 1, jobs: vec![job] };
     let ctx = run::prepare(&s.store, dag, PathBuf::new(), &s.run, s.backends.clone()).map_err(internal)?;
@@ -676,7 +676,7 @@ async fn fetch_from_mesh(s: &Shared, hash: Hash) -> Result<shoal_dag::SignedReco
     let signed =
         shoal_dag::SignedRecord::from_cbor(&bytes).map_err(|e| bad(format!("{hash} is not a run record: {e}")))?;
     let rec = signed.verify().map_err(|e| internal(format!("run record {hash} does not verify: {e}")))?;
-    s.store.put_record(&signed).await.map_err(internal)?;
+    s.store.put_record(&signed, shoal_blobs::Durability::Now).await.map_err(internal)?;
     let digests = [&rec.stdout, &rec.stderr].into_iter().chain(rec.outputs.values()).chain(rec.job.inputs.values());
     for d in digests.chain(rec.job.stdin.iter()) {
         if d.kind == DigestKind::Tree || !s.store.has(d.hash).await.map_err(internal)? {
