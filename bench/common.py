@@ -20,6 +20,20 @@ def timed(cmd, repeat, **kw):
     return statistics.median(times)
 
 
+def timed_alternating(ours, peer, repeat, ours_kw=None, peer_kw=None):
+    """Runs `ours` and `peer` in turn, `repeat` times each, so both see the same phases of a
+    machine whose speed drifts. Returns (median ours, median peer, median of the pairs' ratios,
+    fastest-to-fastest ratio), seconds and plain ratios."""
+    a, b = [], []
+    for _ in range(repeat):
+        for cmd, kw, out in ((ours, ours_kw or {}, a), (peer, peer_kw or {}, b)):
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+            out.append(time.perf_counter() - t)
+    pairs = statistics.median(x / y for x, y in zip(a, b))
+    return statistics.median(a), statistics.median(b), pairs, min(a) / min(b)
+
+
 def busybox_rootfs(dest):
     """/bin/busybox (Debian's busybox-static) with one symlink per applet, /proc, /tmp, /etc/passwd."""
     dest.mkdir(parents=True)

@@ -6,13 +6,15 @@
     `unshare` sandbox (user, mount, pid, ipc, uts, net namespaces + chroot into the same busybox rootfs).
 
 Usage: bench/pipeline.py [--shoal target/release/shoal] [--repeat 5]
-Prints medians and ratios; paste the table into docs/BENCHMARKS.md.
+Each shoal run alternates with its peer's (the machine's speed drifts by tens of percent within a
+minute); prints medians, the ratio of the medians, the median of the adjacent pairs' ratios and the
+fastest-to-fastest ratio. Paste the table into docs/BENCHMARKS.md.
 """
 import argparse, json, os, subprocess, sys, time, venv
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, timed, shoal_home_with_busybox, work_dir  # noqa: E402
+from common import ROOT, print, sh, timed_alternating, shoal_home_with_busybox, work_dir  # noqa: E402
 
 
 def snakemake_bin(work):
@@ -50,9 +52,7 @@ def main():
     t = time.perf_counter()
     sh([shoal, "run", str(dag), "--json", "--backend", "namespace"], env=env, stdout=subprocess.DEVNULL)
     cold_1000 = time.perf_counter() - t
-    print(f"    {cold_1000:.2f} s; now the cached runs")
-    shoal_cached = timed([shoal, "run", str(dag), "--json", "--backend", "namespace"], args.repeat, env=env)
-    print(f"    shoal cached: {shoal_cached:.3f} s")
+    print(f"    {cold_1000:.2f} s")
 
     smk_dir = work / "smk"
     smk_dir.mkdir()
@@ -67,8 +67,11 @@ rule job:
     smk = snakemake_bin(work)
     print("    snakemake: first run (creates the outputs)...")
     sh([smk, "--cores", str(cores), "--quiet"], cwd=smk_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    smk_noop = timed([smk, "--cores", str(cores), "--quiet"], args.repeat, cwd=smk_dir)
-    print(f"    snakemake no-op: {smk_noop:.3f} s")
+    print("    cached shoal runs alternating with snakemake no-op runs...")
+    cached = timed_alternating([shoal, "run", str(dag), "--json", "--backend", "namespace"],
+                               [smk, "--cores", str(cores), "--quiet"], args.repeat,
+                               ours_kw={"env": env}, peer_kw={"cwd": smk_dir})
+    print(f"    shoal cached {cached[0]:.3f} s, snakemake no-op {cached[1]:.3f} s")
 
     # (b) 200 trivial jobs, no dependencies, run for real (no cache).
     m = args.trivial
@@ -76,9 +79,6 @@ rule job:
                 "requirements": {"cores": 1}} for i in range(m)]
     dag200 = work / "dag200.json"
     dag200.write_text(json.dumps({"version": 1, "jobs": trivial}))
-    print(f"(b) {m} trivial jobs...")
-    shoal_trivial = timed([shoal, "run", str(dag200), "--json", "--no-cache", "--backend", "namespace"], args.repeat, env=env)
-    print(f"    shoal: {shoal_trivial:.3f} s")
 
     mk = work / "Makefile"
     targets = " ".join(f"t{i}" for i in range(m))
@@ -87,18 +87,20 @@ rule job:
         for i in range(m))
     mk.write_text(f".PHONY: all {targets}\nall: {targets}\n{rules}")
     (work / "make-out").mkdir()
-    make_trivial = timed(["make", "-s", "-j", str(cores), "-f", str(mk)], args.repeat)
+    print(f"(b) {m} trivial jobs: shoal runs alternating with make runs...")
+    trivial = timed_alternating([shoal, "run", str(dag200), "--json", "--no-cache", "--backend", "namespace"],
+                                ["make", "-s", "-j", str(cores), "-f", str(mk)], args.repeat, ours_kw={"env": env})
 
     rows = [
-        ("fully cached 1000-job DAG", "shoal run", shoal_cached, "snakemake no-op", smk_noop),
-        (f"{m} trivial jobs, sandboxed", "shoal run --no-cache", shoal_trivial, f"make -j{cores} + unshare", make_trivial),
+        ("fully cached 1000-job DAG", "shoal run", "snakemake no-op", cached),
+        (f"{m} trivial jobs, sandboxed", "shoal run --no-cache", f"make -j{cores} + unshare", trivial),
     ]
-    print(f"cold 1000-job run (for reference): {cold_1000:.2f} s; median of {args.repeat} runs below")
-    print(f"| workload | shoal | s | peer | s | ratio |")
-    print(f"|---|---|---|---|---|---|")
-    for name, a, ta, b, tb in rows:
-        print(f"| {name} | {a} | {ta:.3f} | {b} | {tb:.3f} | {ta / tb:.2f} |")
-    print(f"per-job: shoal {shoal_trivial / m * 1000:.1f} ms, make+unshare {make_trivial / m * 1000:.1f} ms")
+    print(f"cold 1000-job run (for reference): {cold_1000:.2f} s; medians of {args.repeat} alternating runs below")
+    print("| workload | shoal | s | peer | s | ratio of medians | median of pairs | fastest to fastest |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, a, b, (ta, tb, pairs, fastest) in rows:
+        print(f"| {name} | {a} | {ta:.3f} | {b} | {tb:.3f} | {ta / tb:.2f} | {pairs:.2f} | {fastest:.2f} |")
+    print(f"per-job: shoal {trivial[0] / m * 1000:.1f} ms, make+unshare {trivial[1] / m * 1000:.1f} ms")
     subprocess.run(["rm", "-rf", str(work)])
 
 
