@@ -450,11 +450,13 @@ impl Store {
 
 /// The `job_id` field of a run record's CBOR, read without decoding the whole record.
 fn record_job_id(record_cbor: &[u8]) -> Option<String> {
-    let v: ciborium::Value = ciborium::from_reader(record_cbor).ok()?;
-    v.as_map()?.iter().find_map(|(k, v)| match (k.as_text(), v.as_text()) {
-        (Some("job_id"), Some(id)) => Some(id.to_owned()),
-        _ => None,
-    })
+    /// Every other field is skipped unbuilt (decoding the whole record into a `Value` was
+    /// 2 % of a run of trivial jobs).
+    #[derive(serde::Deserialize)]
+    struct JobId {
+        job_id: Option<String>,
+    }
+    ciborium::from_reader::<JobId, _>(record_cbor).ok()?.job_id
 }
 
 /// Attempts at an operation iroh-blobs refused as busy, the first included.

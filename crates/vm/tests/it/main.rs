@@ -210,6 +210,15 @@ echo "--- env"
 tr '\0' '\n' < /proc/$$/environ
 "#;
 
+#[test]
+fn input_is_read_only_without_inputs_too() {
+    let f = fixture();
+    let out = run(f.request("if (echo x > /input/new) 2>&1; then echo WROTE; fi; ls -A /input"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.exit, Exit::Code(0));
+    assert!(!stdout.contains("WROTE") && stdout.contains("Read-only"), "{stdout}");
+}
+
 fn checker_inside_the_sandbox() {
     let f = fixture();
     let checks = f.path("checks");
