@@ -21,6 +21,17 @@ fn encoded(value: &Value) -> Vec<u8> {
 
 fn canonicalize(value: Value) -> Value {
     match value {
+        // Every key text (all of shoal's structs): a text key's encoding is its length in a
+        // header that grows with the length, then its bytes, so the encoded keys' bytewise order
+        // is (length, bytes) order, sorted here without encoding each key.
+        Value::Map(entries) if entries.iter().all(|(k, _)| k.is_text()) => {
+            let mut entries: Vec<(Value, Value)> = entries.into_iter().map(|(k, v)| (k, canonicalize(v))).collect();
+            entries.sort_by(|(a, _), (b, _)| {
+                let (a, b) = (a.as_text().unwrap_or_default(), b.as_text().unwrap_or_default());
+                (a.len(), a.as_bytes()).cmp(&(b.len(), b.as_bytes()))
+            });
+            Value::Map(entries)
+        }
         Value::Map(entries) => {
             let mut keyed: Vec<(Vec<u8>, Value, Value)> = entries
                 .into_iter()
@@ -53,6 +64,28 @@ mod tests {
     struct Ba {
         bb: &'static str,
         a: u32,
+    }
+
+    /// The text-key fast path orders keys exactly as sorting by their encodings does, across
+    /// the header sizes (lengths below 24, up to 255, and beyond).
+    #[test]
+    fn text_keys_sort_as_their_encodings_do() {
+        let lengths = [0usize, 1, 2, 23, 24, 25, 255, 256, 300];
+        let mut keys = Vec::new();
+        for &n in &lengths {
+            for c in [b'a', b'b', b'~'] {
+                keys.push(String::from_utf8(vec![c; n]).unwrap());
+            }
+        }
+        keys.push("é".into());
+        keys.push("z".into());
+        let entries: Vec<(Value, Value)> = keys.iter().rev().map(|k| (Value::Text(k.clone()), Value::Null)).collect();
+        let Value::Map(fast) = canonicalize(Value::Map(entries.clone())) else { panic!() };
+        let mut slow: Vec<(Vec<u8>, Value)> = entries.into_iter().map(|(k, _)| (encoded(&k), k)).collect();
+        slow.sort_by(|a, b| a.0.cmp(&b.0));
+        let fast: Vec<Value> = fast.into_iter().map(|(k, _)| k).collect();
+        let slow: Vec<Value> = slow.into_iter().map(|(_, k)| k).collect();
+        assert_eq!(fast, slow);
     }
 
     #[test]

@@ -47,8 +47,8 @@ pub struct Cgroup {
     applied: Option<(u64, u32)>,
     /// Charge left by earlier jobs when this job's counters were reset, bytes (0 when fresh).
     baseline_bytes: u64,
-    /// OOM kills counted in this cgroup before this job.
-    oom_before: u64,
+    /// OOM kills as last read after the job ([`Cgroup::oom_kills`]): read once per job.
+    oom_kills_read: Option<u64>,
     /// v2 on a reused cgroup: `memory.peak` opened and reset for this job (the reset holds for
     /// reads through the same open file only).
     peak_file: Option<File>,
@@ -142,7 +142,15 @@ fn ready_v2_parent(parent: &Path, cpu: bool) -> io::Result<()> {
 
 impl Cgroup {
     fn fresh(layout: Layout) -> Cgroup {
-        Cgroup { layout, removed: false, jobs: 0, applied: None, baseline_bytes: 0, oom_before: 0, peak_file: None }
+        Cgroup {
+            layout,
+            removed: false,
+            jobs: 0,
+            applied: None,
+            baseline_bytes: 0,
+            oom_kills_read: None,
+            peak_file: None,
+        }
     }
 
     /// Creates `job-<pid>-<n>` with no limits set yet ([`Cgroup::apply`] sets them).
@@ -263,12 +271,16 @@ impl Cgroup {
         Some(peak.saturating_sub(self.baseline_bytes))
     }
 
-    /// Processes the kernel's OOM killer killed in this cgroup during this job.
-    pub fn oom_kills(&self) -> u64 {
-        self.oom_kills_ever().saturating_sub(self.oom_before)
+    /// Processes the kernel's OOM killer killed in this cgroup: during this job, since a
+    /// cgroup with an OOM kill is never reused ([`Cgroup::reusable`]). Read after the job
+    /// has ended; the count is kept for the reuse check.
+    pub fn oom_kills(&mut self) -> u64 {
+        let n = self.read_oom_kills();
+        self.oom_kills_read = Some(n);
+        n
     }
 
-    fn oom_kills_ever(&self) -> u64 {
+    fn read_oom_kills(&self) -> u64 {
         let file = match &self.layout {
             Layout::V2 { dir, .. } => dir.join("memory.events"),
             Layout::V1 { memory, .. } => memory.join("memory.oom_control"),
@@ -286,7 +298,7 @@ impl Cgroup {
     }
 
     /// Readies a used cgroup for another job: its peak reset to what is charged now (that
-    /// charge becomes the baseline subtracted from the peak) and its OOM kills so far noted.
+    /// charge becomes the baseline subtracted from the peak).
     /// Err: this kernel cannot reset the peak (v2 before Linux 6.12), so it cannot be reused.
     fn reset_counters(&mut self) -> io::Result<()> {
         match &self.layout {
@@ -298,19 +310,22 @@ impl Cgroup {
             Layout::V1 { memory, .. } => fs::write(memory.join("memory.max_usage_in_bytes"), "0")?,
         }
         self.baseline_bytes = self.usage_bytes().ok_or_else(|| io::Error::other("cannot read the memory usage"))?;
-        self.oom_before = self.oom_kills_ever();
         Ok(())
     }
 
     /// Whether a used cgroup may take another job: no process left in it, not too many jobs
-    /// behind it, little left charged to it.
+    /// behind it, little left charged to it, no OOM kill in it (the kill counter cannot be
+    /// reset, and the next job's failure must not be blamed on it).
     fn reusable(&self) -> bool {
         let empty = |f: PathBuf| fs::read(f).is_ok_and(|t| t.iter().all(u8::is_ascii_whitespace));
         let no_processes = match &self.layout {
             Layout::V2 { dir, .. } => empty(dir.join("cgroup.procs")),
             Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).all(|d| empty(d.join("tasks"))),
         };
-        no_processes && self.jobs < REUSE_JOBS_MAX && self.usage_bytes().is_some_and(|b| b <= REUSE_LEFTOVER_BYTES_MAX)
+        no_processes
+            && self.jobs < REUSE_JOBS_MAX
+            && self.usage_bytes().is_some_and(|b| b <= REUSE_LEFTOVER_BYTES_MAX)
+            && self.oom_kills_read.unwrap_or_else(|| self.read_oom_kills()) == 0
     }
 
     /// Directories of this cgroup (one per hierarchy).
@@ -439,6 +454,7 @@ impl Keeper {
         loop {
             let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(mut cg) = ready else { break };
+            cg.oom_kills_read = None;
             if cg.jobs > 0
                 && let Err(e) = cg.reset_counters()
             {

@@ -255,7 +255,7 @@ impl NamespaceBackend {
         let root = nix::unistd::geteuid().is_root();
         validate(req, root)?;
         let staging_dir = self.staging_dir()?;
-        let cgroup = match &self.cgroups {
+        let mut cgroup = match &self.cgroups {
             None => {
                 tracing::warn!("no cgroups: running without memory and CPU limits");
                 None
@@ -404,7 +404,7 @@ impl NamespaceBackend {
         let status: Option<Status> =
             status_text.split(|b| *b == b'\n').find(|l| !l.is_empty()).and_then(|l| serde_json::from_slice(l).ok());
 
-        let oom = cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+        let oom = cgroup.as_mut().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
         if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
             k.give_back(c);
