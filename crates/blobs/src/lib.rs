@@ -434,9 +434,13 @@ impl Store {
     }
 
     /// Makes every write so far durable.
+    /// Both databases at once. Their order never was a guarantee (sled also flushes on its own
+    /// every 500 ms); what matters after a crash is checked where it is read: an action-cache
+    /// entry whose record blob is missing is a miss ([`Store::action_get`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
-        self.meta().flush_async().await
+        let blobs =
+            async { self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e)) };
+        tokio::try_join!(blobs, self.meta().flush_async()).map(drop)
     }
 
     /// Flushes and stops the blob store. Call before exit.
