@@ -11,6 +11,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,8 +74,65 @@ pub struct NamespaceBackend {
     /// The empty directory every sandbox mounts its staging tmpfs on, each in its own mount
     /// namespace (so one directory serves all jobs at once); made on first use.
     staging: std::sync::OnceLock<Result<PathBuf, String>>,
+    /// None: each job waits for its helper's exit (one job, as in a guest, or no thread).
+    /// Declared before `cgroups`: dropped first, it gives back the last cgroups.
+    reaper: Option<Reaper>,
     /// None: this host has no usable cgroups, jobs run without limits.
-    cgroups: Option<Keeper>,
+    cgroups: Option<Arc<Keeper>>,
+}
+
+/// Reaps helpers whose sandbox has reported its status and closed its pipes, then gives back
+/// their cgroups: the kernel's teardown of a sandbox's namespaces (the mount namespace and the
+/// overlay wait for RCU grace periods, ~1 ms a job on the machine of docs/BENCHMARKS.md)
+/// holds up neither the job's result nor its core. Dropping it waits for every helper sent.
+#[derive(Debug)]
+struct Reaper {
+    tx: Option<mpsc::Sender<Reap>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+enum Reap {
+    Helper(i32, Option<Cgroup>),
+    /// Answered once everything sent before it is done.
+    Barrier(mpsc::Sender<()>),
+}
+
+impl Reaper {
+    fn start(cgroups: Option<Arc<Keeper>>) -> Option<Reaper> {
+        let (tx, rx) = mpsc::channel::<Reap>();
+        let thread = thread::Builder::new().name("shoal-reaper".into()).spawn(move || {
+            for reap in rx {
+                match reap {
+                    Reap::Helper(pid, cgroup) => {
+                        if let Err(e) = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                            tracing::warn!("waiting for sandbox helper {pid}: {e}");
+                        }
+                        if let (Some(c), Some(k)) = (cgroup, &cgroups) {
+                            k.give_back(c);
+                        }
+                    }
+                    Reap::Barrier(done) => drop(done.send(())),
+                }
+            }
+        });
+        match thread {
+            Ok(t) => Some(Reaper { tx: Some(tx), thread: Some(t) }),
+            Err(e) => {
+                tracing::warn!("cannot start the reaper thread ({e}): each job waits for its helper to exit");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl NamespaceBackend {
@@ -96,18 +154,30 @@ impl NamespaceBackend {
                 None
             }
         };
-        NamespaceBackend { helper: Helper::Fork, cgroups, staging: std::sync::OnceLock::new() }
+        let cgroups = cgroups.map(Arc::new);
+        NamespaceBackend { helper: Helper::Fork, cgroups, reaper: None, staging: std::sync::OnceLock::new() }
     }
 
     fn with_cgroups_ahead(helper: Helper, ahead: usize) -> NamespaceBackend {
         let cgroups = match Hierarchy::detect() {
-            Ok(h) => Some(Keeper::new(h, ahead)),
+            Ok(h) => Some(Arc::new(Keeper::new(h, ahead))),
             Err(why) => {
                 tracing::warn!("{why}");
                 None
             }
         };
-        NamespaceBackend { helper, cgroups, staging: std::sync::OnceLock::new() }
+        let reaper = Reaper::start(cgroups.clone());
+        NamespaceBackend { helper, cgroups, reaper, staging: std::sync::OnceLock::new() }
+    }
+
+    /// Waits until the helpers of every job that has returned are reaped and their cgroups
+    /// given back (jobs return while their helper may still be exiting).
+    pub fn reap_pending(&self) {
+        let Some(tx) = self.reaper.as_ref().and_then(|r| r.tx.as_ref()) else { return };
+        let (done, wait) = mpsc::channel();
+        if tx.send(Reap::Barrier(done)).is_ok() {
+            let _ = wait.recv();
+        }
     }
 
     /// `$TMPDIR/shoal-staging-<euid>`: created 0700 if missing, refused if it is anything but
@@ -346,16 +416,25 @@ impl NamespaceBackend {
         // This thread reads stdout and stderr while it waits for the helper: one poll over the
         // two pipes and the helper's pidfd, no thread per pipe.
         let mut pipes = [CappedPipe::new(out_r, "stdout"), CappedPipe::new(err_r, "stderr")];
+        // The status line is read as it comes: with a reaper, the job is over once PID 1 has
+        // reported and the pipes have ended, while the helper may still be exiting.
+        let mut status_pipe = CappedPipe::new(status_r, "status");
+        let reported = |p: &CappedPipe| p.buf.contains(&b'\n') || p.fd.is_none();
         let mut overflowed: Option<&'static str> = None;
         let mut chunk = vec![0u8; 64 << 10];
         let deadline = started + Duration::from_millis(req.limits.timeout_ms.saturating_add(HOST_GRACE_MS));
         let (mut host_timeout, mut exited) = (false, false);
         loop {
             let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].fd.is_some()).collect();
-            if exited && open.is_empty() {
+            let detachable = self.reaper.is_some() && status_pipe.buf.contains(&b'\n') && !host_timeout;
+            if (exited || detachable) && open.is_empty() {
                 break;
             }
             let mut fds: Vec<i32> = open.iter().map(|&i| pipes[i].raw()).collect();
+            let status_at = (!reported(&status_pipe)).then(|| {
+                fds.push(status_pipe.raw());
+                fds.len() - 1
+            });
             if !exited {
                 fds.push(pidfd.as_raw_fd());
             }
@@ -373,6 +452,11 @@ impl NamespaceBackend {
                     let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
                 }
             }
+            if let Some(k) = status_at
+                && ready[k]
+            {
+                status_pipe.read_some(&mut chunk, STATUS_BYTES_MAX);
+            }
             if !exited && ready[fds.len() - 1] {
                 exited = true;
             }
@@ -389,9 +473,13 @@ impl NamespaceBackend {
                 let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
             }
         }
-        let helper_status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
-            .map(|w| format!("{w:?}"))
-            .map_err(|e| RunError::io("waiting for the helper", e.into()))?;
+        let helper_status = if exited {
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
+                .map(|w| format!("{w:?}"))
+                .map_err(|e| RunError::io("waiting for the helper", e.into()))?
+        } else {
+            "exiting".to_string()
+        };
         let [stdout, stderr] = pipes.map(|p| p.buf);
         let unpacked = match unpacking {
             Unpacking::OnThread(t) => {
@@ -399,15 +487,32 @@ impl NamespaceBackend {
             }
             Unpacking::After(unpack) => unpack(),
         };
-        let mut status_text = Vec::new();
-        let _ = status_r.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
+        let mut status_text = std::mem::take(&mut status_pipe.buf);
+        if let Some(rest) = status_pipe.fd.take().filter(|_| exited) {
+            let _ = rest.take(STATUS_BYTES_MAX).read_to_end(&mut status_text);
+        }
         let status: Option<Status> =
             status_text.split(|b| *b == b'\n').find(|l| !l.is_empty()).and_then(|l| serde_json::from_slice(l).ok());
 
         let oom = cgroup.as_mut().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
-        if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
-            k.give_back(c);
+        match (&self.reaper, exited) {
+            (Some(r), false) => {
+                if let Some(Err(mpsc::SendError(Reap::Helper(pid, cgroup)))) =
+                    r.tx.as_ref().map(|tx| tx.send(Reap::Helper(pid, cgroup)))
+                {
+                    // The reaper is gone: reap here.
+                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                    if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
+                        k.give_back(c);
+                    }
+                }
+            }
+            _ => {
+                if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
+                    k.give_back(c);
+                }
+            }
         }
         let (mut exit, user_ms, sys_ms, rss) = match status {
             Some(Status::Finished(f)) => (f.exit, f.user_ms, f.sys_ms, f.max_rss_bytes),

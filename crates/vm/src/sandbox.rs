@@ -17,7 +17,7 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,16 @@ fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     let mut sync_w = File::from(sync_w);
     sync_w.write_all(b"1").map_err(|e| format!("releasing PID 1: {e}"))?;
     drop(sync_w);
+    // The job's stdin, stdout and stderr are PID 1's business now: without our copies, the
+    // host sees their ends when the sandbox's last process lets go of them, not when we exit
+    // after the kernel's teardown of the sandbox's namespaces (RCU grace periods). /dev/null
+    // in their place, so a stray message of ours cannot land in a file opened later.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard fds of this single-threaded helper.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
     match waitpid(Pid::from_raw(pid), None) {
         Ok(WaitStatus::Exited(_, 0 | 1)) => Ok(0), // PID 1 wrote its status
         Ok(WaitStatus::Exited(_, code)) => {
