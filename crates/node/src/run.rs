@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-use shoal_blobs::{Durability, Store};
 use shoal_blobs::image::Image;
+use shoal_blobs::{Durability, Store};
 use shoal_dag::{
     Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, Machine, ResolvedJob, RunRecord, Timing,
 };
@@ -624,13 +624,20 @@ async fn execute(
     };
     let started_unix_ms = now_unix_ms();
     let backend = backend_for(ctx, job).await?;
-    // Cores are held while the job runs, not while its inputs are written or outputs stored:
-    // those overlap with other jobs' runs.
-    let permit = ctx.cores.acquire_many(job.requirements.cores).await.context("core semaphore closed")?;
+    // Cores are held while the job runs, not while its inputs are written, its sandbox is
+    // built (the backend calls the gate when it is) or its outputs stored: those overlap with
+    // other jobs' runs.
+    let (cores, wanted, rt) = (ctx.cores.clone(), job.requirements.cores, tokio::runtime::Handle::current());
     let start = Instant::now();
-    let outcome =
-        tokio::task::spawn_blocking(move || backend.run(request)).await.context("the backend thread panicked")??;
-    drop(permit);
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut permit = None;
+        let outcome =
+            backend.run_gated(request, &mut || permit = rt.block_on(cores.clone().acquire_many_owned(wanted)).ok());
+        drop(permit);
+        outcome
+    })
+    .await
+    .context("the backend thread panicked")??;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
 
     let mut outputs = BTreeMap::new();

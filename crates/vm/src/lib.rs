@@ -146,6 +146,13 @@ pub enum CollectedOutput {
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     fn run(&self, req: Request) -> Result<Outcome, RunError>;
+    /// [`Backend::run`], calling `gate` once right before the job starts (the caller takes the
+    /// job's cores there). A backend that builds its sandbox first calls it when the sandbox
+    /// is ready; by default it is called at once.
+    fn run_gated(&self, req: Request, gate: &mut dyn FnMut()) -> Result<Outcome, RunError> {
+        gate();
+        self.run(req)
+    }
 }
 
 /// Failures of the machinery, not of the job: a job that exits non-zero, times out, runs out

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -253,13 +253,23 @@ impl Backend for NamespaceBackend {
     }
 
     fn run(&self, req: Request) -> Result<Outcome, RunError> {
+        self.run_job(req, None)
+    }
+
+    fn run_gated(&self, req: Request, gate: &mut dyn FnMut()) -> Result<Outcome, RunError> {
+        self.run_job(req, Some(gate))
+    }
+}
+
+impl NamespaceBackend {
+    fn run_job(&self, req: Request, gate: Option<&mut dyn FnMut()>) -> Result<Outcome, RunError> {
         let span = tracing::info_span!("vm", backend = "namespace");
         let _enter = span.enter();
         let outputs_dir = req.work_dir.join("outputs");
         make_private_dir(&outputs_dir)?;
 
         let specs = req.outputs.clone();
-        let raw = self.run_streaming(&req, move |tar| collect::unpack(tar, &outputs_dir, &specs))?;
+        let raw = self.run_streaming(&req, move |tar| collect::unpack(tar, &outputs_dir, &specs), gate)?;
         let outputs = match raw.outputs {
             Ok(o) => o,
             Err(e) if raw.exit.success() => return Err(RunError::Helper(e.to_string())),
@@ -316,12 +326,32 @@ pub(crate) fn make_private_dir(d: &Path) -> Result<(), RunError> {
 impl NamespaceBackend {
     /// Runs the job; the output tar stream (see [`crate::collect`]) goes to `sink`, on its own
     /// thread, bounded at twice the output limit plus 64 MiB of headers.
-    pub fn run_streaming<T, F>(&self, req: &Request, sink: F) -> Result<RawRun<T>, RunError>
+    ///
+    /// With a `gate`, the sandbox is built first and `gate` is called before the job starts
+    /// (the caller takes the job's cores there): building a sandbox waits on the kernel
+    /// (RCU grace periods, the helper's start) for part of its time, which then overlaps
+    /// with other jobs' runs instead of leaving their cores idle. The job's timeout and
+    /// wall time count from the go-ahead.
+    pub fn run_streaming<T, F>(
+        &self,
+        req: &Request,
+        sink: F,
+        gate: Option<&mut dyn FnMut()>,
+    ) -> Result<RawRun<T>, RunError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Read) -> Result<T, collect::UnpackError> + Send + 'static,
     {
-        let started = Instant::now();
+        let mut started = Instant::now();
+        // Gating needs the helper's extra fd: only a spawned helper has one; a forked one
+        // (one job in a guest) goes ahead at once.
+        let mut gate = match gate {
+            Some(go) if !matches!(self.helper, Helper::Spawn(_)) => {
+                go();
+                None
+            }
+            g => g,
+        };
         let root = nix::unistd::geteuid().is_root();
         validate(req, root)?;
         let staging_dir = self.staging_dir()?;
@@ -352,12 +382,17 @@ impl NamespaceBackend {
             cgroup_tasks,
             cgroup_procs,
             id_map,
+            gated: gate.is_some(),
         };
         let pipe = || io::pipe().map_err(|e| RunError::io("creating a pipe", e));
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let (status_r, status_w) = pipe()?;
         let (tar_r, tar_w) = pipe()?;
+        let (gate_r, mut gate_w) = match gate {
+            Some(_) => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+            None => (None, None),
+        };
         // Above fd 10, so that moving them to 0-4 in the child cannot clobber each other.
         let high = |fd: &dyn AsRawFd| -> Result<OwnedFd, RunError> {
             let fd = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| RunError::io("dup", e.into()))?;
@@ -379,6 +414,9 @@ impl NamespaceBackend {
                     .map_err(|e| RunError::io("writing the request to a memfd", e))?;
                 child_fds.push(high(&request)?);
                 drop(request);
+                if let Some(r) = &gate_r {
+                    child_fds.push(high(r)?);
+                }
                 spawn_helper(command, &child_fds)?
             }
             Helper::Fork => {
@@ -397,6 +435,7 @@ impl NamespaceBackend {
             }
         };
         drop(child_fds); // our copies of the pipes' write ends: EOF comes when the sandbox ends
+        drop(gate_r);
         let pidfd = sys::pidfd_open(pid).map_err(|e| RunError::io("pidfd_open", e))?;
 
         let cap = req.limits.stdout_bytes_max;
@@ -422,6 +461,35 @@ impl NamespaceBackend {
         let reported = |p: &CappedPipe| p.buf.contains(&b'\n') || p.fd.is_none();
         let mut overflowed: Option<&'static str> = None;
         let mut chunk = vec![0u8; 64 << 10];
+        if let (Some(go), Some(w)) = (gate.as_mut(), gate_w.as_mut()) {
+            // Wait for the root to be built (or the sandbox to fail), bounded like the job.
+            let setup_deadline = started + Duration::from_millis(req.limits.timeout_ms.saturating_add(HOST_GRACE_MS));
+            while !reported(&status_pipe) {
+                let left = setup_deadline.saturating_duration_since(Instant::now()).as_millis() as u64;
+                let fds = [status_pipe.raw(), pidfd.as_raw_fd()];
+                let ready = sys::poll_any(&fds, left).map_err(|e| RunError::io("poll", e))?;
+                if ready[0] {
+                    status_pipe.read_some(&mut chunk, STATUS_BYTES_MAX);
+                } else if !ready[1] {
+                    tracing::warn!("the sandbox was not built within the job's timeout: killing it");
+                    let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                    break;
+                } else {
+                    break; // the helper is gone; the loop below reports why
+                }
+            }
+            let line_end = status_pipe.buf.iter().position(|&b| b == b'\n');
+            let first: Option<Status> = line_end.and_then(|n| serde_json::from_slice(&status_pipe.buf[..n]).ok());
+            if let (Some(n), Some(Status::Ready)) = (line_end, first) {
+                status_pipe.buf.drain(..=n);
+                go();
+                if w.write_all(b"1").is_ok() {
+                    started = Instant::now();
+                }
+            }
+        }
+        // PID 1 reads EOF instead of the go-ahead if it never came.
+        drop(gate_w);
         let deadline = started + Duration::from_millis(req.limits.timeout_ms.saturating_add(HOST_GRACE_MS));
         let (mut host_timeout, mut exited) = (false, false);
         loop {

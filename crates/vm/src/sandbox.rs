@@ -29,7 +29,7 @@ use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, sigprocmask
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use crate::wire::{Finished, HelperRequest, IdMap, STATUS_FD, Status, TAR_FD};
+use crate::wire::{Finished, GATE_FD, HelperRequest, IdMap, STATUS_FD, Status, TAR_FD};
 use crate::{Exit, collect, sys};
 
 /// Extra room of the `/output` tmpfs above `output_bytes_max`, so that going over the limit
@@ -102,6 +102,7 @@ fn write_status(mut status: &File, s: &Status) {
 
 fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     let tar = take_fd(TAR_FD)?;
+    let gate = if req.gated { Some(take_fd(GATE_FD)?) } else { None };
     let (sync_r, sync_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
 
     // PID 1 is born in the job's cgroups where the helper can join them itself (v1, see
@@ -124,11 +125,12 @@ fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     })?;
     if pid == 0 {
         drop(sync_w);
-        let code = pid1(req, sync_r, status, tar);
+        let code = pid1(req, sync_r, status, tar, gate);
         std::process::exit(code);
     }
     drop(sync_r);
     drop(tar);
+    drop(gate);
     // If anything below fails, returning drops sync_w: PID 1 reads EOF and exits.
     for procs in &req.cgroup_procs {
         fs::write(procs, pid.to_string()).map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
@@ -182,7 +184,7 @@ fn write_id_maps(pid: i32, map: IdMap) -> Result<(), String> {
 
 /// PID 1 of the sandbox. Returns its exit code: 0 after a `Finished` status, 1 after
 /// `SetupFailed`.
-fn pid1(req: &HelperRequest, sync_r: OwnedFd, status: &File, tar: File) -> i32 {
+fn pid1(req: &HelperRequest, sync_r: OwnedFd, status: &File, tar: File, gate: Option<File>) -> i32 {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Wait until the helper has written our maps and cgroup; EOF means it died.
     let mut byte = [0u8; 1];
@@ -192,6 +194,13 @@ fn pid1(req: &HelperRequest, sync_r: OwnedFd, status: &File, tar: File) -> i32 {
     if let Err(message) = setup_root(req) {
         write_status(status, &Status::SetupFailed { message });
         return 1;
+    }
+    if let Some(mut gate) = gate {
+        // EOF instead of the byte: the host gave up on this job; nothing runs.
+        write_status(status, &Status::Ready);
+        if gate.read(&mut byte).ok() != Some(1) {
+            return 1;
+        }
     }
     let finished = run_job(req, tar);
     write_status(status, &Status::Finished(finished));

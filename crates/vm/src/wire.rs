@@ -20,6 +20,9 @@ use crate::{Exit, InputMount, Limits, OutputSpec};
 pub const STATUS_FD: i32 = 3;
 /// Inherited fd of the output tar pipe in the helper.
 pub const TAR_FD: i32 = 4;
+/// Inherited fd of the start gate in the helper (with [`HelperRequest::gated`]): PID 1 reads
+/// one byte from it before it starts the job.
+pub const GATE_FD: i32 = 6;
 /// Bound on the status line the host reads.
 pub const STATUS_BYTES_MAX: u64 = 1 << 20;
 
@@ -82,11 +85,18 @@ pub struct HelperRequest {
     /// `cgroup.procs` files the helper writes PID 1's pid into before releasing it (v2).
     pub cgroup_procs: Vec<PathBuf>,
     pub id_map: IdMap,
+    /// PID 1 reports [`Status::Ready`] once the root is built and waits on [`GATE_FD`] for the
+    /// go-ahead (the host holds the job's cores only from then on).
+    #[serde(default)]
+    pub gated: bool,
 }
 
-/// The one status line the sandbox writes after the job (or instead of it).
+/// The one status line the sandbox writes after the job (or instead of it), after a `Ready`
+/// line when the request is gated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
+    /// The root is built; PID 1 waits for the go-ahead on [`GATE_FD`].
+    Ready,
     /// The job ran (or was killed at its timeout); outputs follow or preceded on the tar fd.
     Finished(Finished),
     /// The sandbox could not be built; nothing ran.

@@ -207,7 +207,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     let backend = NamespaceBackend::forking_for_one_job();
     timeline.job_start_ms = boottime_ms();
     step("starting the job");
-    let raw = backend.run_streaming(&req, sink).map_err(|e| e.to_string())?;
+    let raw = backend.run_streaming(&req, sink, None).map_err(|e| e.to_string())?;
     timeline.job_end_ms = boottime_ms();
     step("job finished");
     let (tar, tar_error) = match raw.outputs {

@@ -493,6 +493,35 @@ fn setup_errors_are_run_errors() {
 }
 
 #[test]
+fn a_gated_job_starts_only_after_its_gate_and_a_sandbox_never_built_never_calls_it() {
+    let f = fixture();
+    let dir = f.path("gate");
+    fs::create_dir(&dir).unwrap();
+    // The input is a bind mount of `dir`: a file the gate writes there is seen by the job only
+    // if the job starts after the gate.
+    let mut req = f.request("cat /input/gate/opened");
+    req.inputs = vec![InputMount { name: "gate".into(), host_path: dir.clone() }];
+    let mut calls = 0;
+    let out = backend()
+        .run_gated(req, &mut || {
+            calls += 1;
+            // Long enough for a job that did not wait to have run `cat` and failed.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            fs::write(dir.join("opened"), "after the gate").unwrap();
+        })
+        .unwrap();
+    assert_eq!(calls, 1);
+    assert_eq!(out.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout, b"after the gate");
+
+    let broken = NamespaceBackend::new(HelperCommand::new("/nonexistent/helper"));
+    let mut calls = 0;
+    let result = broken.run_gated(f.request("true"), &mut || calls += 1);
+    assert!(matches!(result, Err(shoal_vm::RunError::HelperSpawn { .. })), "{result:?}");
+    assert_eq!(calls, 0, "the gate was called for a sandbox that was never built");
+}
+
+#[test]
 fn the_forking_backend_refuses_a_multi_threaded_caller() {
     // A second thread, alive during the call whatever the harness runs tests on: forking here
     // would copy one thread of two.
