@@ -339,8 +339,8 @@ impl Store {
     }
 
     /// [`Store::put_record`] and [`Store::action_put`] of the record under `action_key`, with
-    /// one flush of the metadata database for both (the record first: a crash between the
-    /// two leaves a record without its cache entry, never an entry without its record).
+    /// at most one flush of the metadata database for both (the record first: a crash between
+    /// the two leaves a record without its cache entry, never an entry without its record).
     pub async fn put_record_for_action(
         &self,
         rec: &SignedRecord,
@@ -433,10 +433,10 @@ impl Store {
         self.meta().is_tree(&hash)
     }
 
-    /// Makes every write so far durable.
-    /// Both databases at once. Their order never was a guarantee (sled also flushes on its own
-    /// every 500 ms); what matters after a crash is checked where it is read: an action-cache
-    /// entry whose record blob is missing is a miss ([`Store::action_get`]).
+    /// Makes every write so far durable, both databases at once. Their order never was a
+    /// guarantee (sled also flushes on its own every 500 ms); what matters after a crash is
+    /// checked where it is read: an action-cache entry whose record blob is missing is a miss
+    /// ([`Store::action_get`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let blobs =
             async { self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e)) };

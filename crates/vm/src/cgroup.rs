@@ -297,6 +297,16 @@ impl Cgroup {
         }
     }
 
+    /// Counts one more job in it; a used one has its counters reset first.
+    fn start_job(&mut self) -> io::Result<()> {
+        self.oom_kills_read = None;
+        if self.jobs > 0 {
+            self.reset_counters()?;
+        }
+        self.jobs += 1;
+        Ok(())
+    }
+
     /// Readies a used cgroup for another job: its peak reset to what is charged now (that
     /// charge becomes the baseline subtracted from the peak).
     /// Err: this kernel cannot reset the peak (v2 before Linux 6.12), so it cannot be reused.
@@ -451,27 +461,26 @@ impl Keeper {
     /// A cgroup for one job with `limits` in force and its counters at zero: a ready one when
     /// there is one, else a fresh one.
     pub fn take(&self, limits: &Limits) -> io::Result<Cgroup> {
-        loop {
+        let mut cg = loop {
             let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(mut cg) = ready else { break };
-            cg.oom_kills_read = None;
-            if cg.jobs > 0
-                && let Err(e) = cg.reset_counters()
-            {
-                tracing::debug!("cannot reset the counters of cgroup {:?} ({e}): cgroups are not reused", cg.dirs());
-                self.reuse.store(false, Ordering::Relaxed);
-                self.give_back(cg);
-                continue;
+            let mut cg = match ready {
+                Some(cg) => cg,
+                None => Cgroup::create_empty(&self.hierarchy)?,
+            };
+            match cg.start_job() {
+                Ok(()) => break cg,
+                Err(e) => {
+                    tracing::debug!(
+                        "cannot reset the counters of cgroup {:?} ({e}): cgroups are not reused",
+                        cg.dirs()
+                    );
+                    self.reuse.store(false, Ordering::Relaxed);
+                    self.give_back(cg);
+                }
             }
-            self.refill();
-            cg.apply(limits)?;
-            cg.jobs += 1;
-            return Ok(cg);
-        }
+        };
         self.refill();
-        let mut cg = Cgroup::create_empty(&self.hierarchy)?;
         cg.apply(limits)?;
-        cg.jobs = 1;
         Ok(cg)
     }
 
@@ -491,7 +500,6 @@ impl Keeper {
         if self.reuse.load(Ordering::Relaxed) && cg.reusable() {
             let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
             if ready.len() < self.keep_max {
-                cg.peak_file = None;
                 ready.push(cg);
                 return;
             }

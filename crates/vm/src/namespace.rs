@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::fcntl::{FcntlArg, fcntl};
 
 use crate::cgroup::{Cgroup, Hierarchy, Keeper};
-use crate::wire::{HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
+use crate::wire::{GATE_FD, HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
 use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
 
 /// The helper's fd holding its request (a memfd).
@@ -104,14 +104,7 @@ impl Reaper {
         let thread = thread::Builder::new().name("shoal-reaper".into()).spawn(move || {
             for reap in rx {
                 match reap {
-                    Reap::Helper(pid, cgroup) => {
-                        if let Err(e) = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
-                            tracing::warn!("waiting for sandbox helper {pid}: {e}");
-                        }
-                        if let (Some(c), Some(k)) = (cgroup, &cgroups) {
-                            k.give_back(c);
-                        }
-                    }
+                    Reap::Helper(pid, cgroup) => reap_helper(pid, cgroup, cgroups.as_deref()),
                     Reap::Barrier(done) => drop(done.send(())),
                 }
             }
@@ -123,6 +116,30 @@ impl Reaper {
                 None
             }
         }
+    }
+}
+
+impl Reaper {
+    /// Hands a helper to the reaper thread; reaps it here if the thread is gone.
+    fn send(&self, pid: i32, cgroup: Option<Cgroup>, keeper: Option<&Keeper>) {
+        let reap = Reap::Helper(pid, cgroup);
+        let unsent = match &self.tx {
+            Some(tx) => tx.send(reap).err().map(|e| e.0),
+            None => Some(reap),
+        };
+        if let Some(Reap::Helper(pid, cgroup)) = unsent {
+            reap_helper(pid, cgroup, keeper);
+        }
+    }
+}
+
+/// Waits for a helper whose sandbox is done, then gives back its cgroup.
+fn reap_helper(pid: i32, cgroup: Option<Cgroup>, keeper: Option<&Keeper>) {
+    if let Err(e) = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+        tracing::warn!("waiting for sandbox helper {pid}: {e}");
+    }
+    if let (Some(c), Some(k)) = (cgroup, keeper) {
+        k.give_back(c);
     }
 }
 
@@ -415,6 +432,7 @@ impl NamespaceBackend {
                 child_fds.push(high(&request)?);
                 drop(request);
                 if let Some(r) = &gate_r {
+                    debug_assert_eq!(child_fds.len(), GATE_FD as usize, "the gate's fd number in the helper");
                     child_fds.push(high(r)?);
                 }
                 spawn_helper(command, &child_fds)?
@@ -564,19 +582,10 @@ impl NamespaceBackend {
 
         let oom = cgroup.as_mut().is_some_and(|c| c.oom_kills() > 0);
         let cg_peak = cgroup.as_ref().and_then(Cgroup::peak_memory_bytes);
-        match (&self.reaper, exited) {
-            (Some(r), false) => {
-                if let Some(Err(mpsc::SendError(Reap::Helper(pid, cgroup)))) =
-                    r.tx.as_ref().map(|tx| tx.send(Reap::Helper(pid, cgroup)))
-                {
-                    // The reaper is gone: reap here.
-                    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                    if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
-                        k.give_back(c);
-                    }
-                }
-            }
-            _ => {
+        match self.reaper.as_ref().filter(|_| !exited) {
+            // The helper may still be exiting (the loop ended on PID 1's report).
+            Some(r) => r.send(pid, cgroup, self.cgroups.as_deref()),
+            None => {
                 if let (Some(c), Some(k)) = (cgroup, &self.cgroups) {
                     k.give_back(c);
                 }

@@ -369,37 +369,42 @@ fn a_reused_cgroup_counts_only_its_own_job() {
     let f = fixture();
     let b = backend();
     let show = "grep memory /proc/self/cgroup";
-    let mut big = f.request(&format!("{show}; head -c 30000000 /dev/zero > /scratch/z"));
-    big.limits.memory_bytes = 256 << 20;
-    let first = b.run(big).unwrap();
-    assert_eq!(first.exit, Exit::Code(0));
-    // A job returns while its helper may still be exiting; its cgroup comes back after.
-    b.reap_pending();
-    assert!(first.peak_memory_bytes >= 30_000_000, "peak {}", first.peak_memory_bytes);
+    let job = |script: &str, memory_bytes: u64| {
+        let mut req = f.request(&format!("{show}; {script}"));
+        req.limits.memory_bytes = memory_bytes;
+        let out = b.run(req).unwrap();
+        // A job returns while its helper may still be exiting; its cgroup comes back after.
+        b.reap_pending();
+        let cgroup = memory_cgroup_of(&out);
+        assert!(cgroup.contains("/shoal/job-"), "a job ran outside a job cgroup: {cgroup}");
+        (out, cgroup)
+    };
+    let (big, first) = job("head -c 30000000 /dev/zero > /scratch/z", 256 << 20);
+    assert_eq!(big.exit, Exit::Code(0));
+    assert!(big.peak_memory_bytes >= 30_000_000, "peak {}", big.peak_memory_bytes);
 
-    // An OOM kill in the cgroup must not be counted against the job after it.
-    let mut oom = f.request(&format!("{show}; awk 'BEGIN {{ s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }}'"));
-    oom.limits.memory_bytes = 64 << 20;
-    let second = b.run(oom).unwrap();
-    assert_eq!(second.exit, Exit::Oom);
-    b.reap_pending();
+    // The same cgroup, its peak counted from this job's start.
+    let (small, second) = job("true", 64 << 20);
+    assert_eq!(small.exit, Exit::Code(0));
+    assert_eq!(second, first, "the first cgroup was not reused");
+    assert!(small.peak_memory_bytes < 10_000_000, "peak {} counts an earlier job", small.peak_memory_bytes);
 
-    // (It fails: a failure is what an OOM kill counted by mistake would turn into `oom`.)
-    let third = b.run(f.request(&format!("{show}; exit 3"))).unwrap();
-    assert_eq!(third.exit, Exit::Code(3), "{}", String::from_utf8_lossy(&third.stderr));
-    b.reap_pending();
-    assert!(third.peak_memory_bytes < 10_000_000, "peak {} counts an earlier job", third.peak_memory_bytes);
-    let cgroups = [&first, &second, &third].map(memory_cgroup_of);
-    assert!(cgroups.iter().all(|c| c.contains("/shoal/job-")), "a job ran outside a job cgroup: {cgroups:?}");
-    // The big job's cgroup went to the OOM job, which left an OOM kill in it: not reused.
-    assert_eq!(cgroups[1], cgroups[0], "the first cgroup was not reused");
-    assert_ne!(cgroups[2], cgroups[1], "a cgroup with an OOM kill was reused");
-    // The limit follows the job, not the cgroup's history: the small job was not held to 64 MiB.
-    let mut again = f.request(&format!("{show}; head -c 100000000 /dev/zero > /scratch/z"));
-    again.limits.memory_bytes = 256 << 20;
-    let fourth = b.run(again).unwrap();
-    assert_eq!(fourth.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&fourth.stderr));
-    assert!(memory_cgroup_of(&fourth).contains("/shoal/job-"));
+    // The limit follows the job, not the cgroup's history: raised from 64 MiB again.
+    let (again, third) = job("head -c 100000000 /dev/zero > /scratch/z", 256 << 20);
+    assert_eq!(again.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(third, first);
+
+    let (oom, fourth) = job("awk 'BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }'", 64 << 20);
+    assert_eq!(oom.exit, Exit::Oom);
+    assert_eq!(fourth, first);
+    // ...and lowered again: killed at 64 MiB, not at an earlier job's 256.
+    assert!(oom.peak_memory_bytes <= 72 << 20, "peak {} over the 64 MiB limit", oom.peak_memory_bytes);
+
+    // A cgroup with an OOM kill is not reused, and the kill is not blamed on the next job
+    // (it fails: a failure is what a kill counted by mistake would turn into `oom`).
+    let (failed, fifth) = job("exit 3", 256 << 20);
+    assert_eq!(failed.exit, Exit::Code(3), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_ne!(fifth, fourth, "a cgroup with an OOM kill was reused");
 }
 
 fn output_over_its_limit() {
