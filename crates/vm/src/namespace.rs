@@ -77,6 +77,9 @@ pub struct NamespaceBackend {
     /// None: each job waits for its helper's exit (one job, as in a guest, or no thread).
     /// Declared before `cgroups`: dropped first, it gives back the last cgroups.
     reaper: Option<Reaper>,
+    /// The sandbox's PID 1 stays after its report and the job returns without waiting for the
+    /// helper ([`HelperRequest::linger`]): only for a guest-init that powers off next.
+    linger: bool,
     /// None: this host has no usable cgroups, jobs run without limits.
     cgroups: Option<Arc<Keeper>>,
 }
@@ -172,7 +175,13 @@ impl NamespaceBackend {
             }
         };
         let cgroups = cgroups.map(Arc::new);
-        NamespaceBackend { helper: Helper::Fork, cgroups, reaper: None, staging: std::sync::OnceLock::new() }
+        NamespaceBackend {
+            helper: Helper::Fork,
+            cgroups,
+            reaper: None,
+            linger: true,
+            staging: std::sync::OnceLock::new(),
+        }
     }
 
     fn with_cgroups_ahead(helper: Helper, ahead: usize) -> NamespaceBackend {
@@ -184,7 +193,7 @@ impl NamespaceBackend {
             }
         };
         let reaper = Reaper::start(cgroups.clone());
-        NamespaceBackend { helper, cgroups, reaper, staging: std::sync::OnceLock::new() }
+        NamespaceBackend { helper, cgroups, reaper, linger: false, staging: std::sync::OnceLock::new() }
     }
 
     /// Waits until the helpers of every job that has returned are reaped and their cgroups
@@ -400,6 +409,7 @@ impl NamespaceBackend {
             cgroup_procs,
             id_map,
             gated: gate.is_some(),
+            linger: self.linger,
         };
         let pipe = || io::pipe().map_err(|e| RunError::io("creating a pipe", e));
         let (out_r, out_w) = pipe()?;
@@ -512,7 +522,8 @@ impl NamespaceBackend {
         let (mut host_timeout, mut exited) = (false, false);
         loop {
             let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].fd.is_some()).collect();
-            let detachable = self.reaper.is_some() && status_pipe.buf.contains(&b'\n') && !host_timeout;
+            let detachable =
+                (self.reaper.is_some() || self.linger) && status_pipe.buf.contains(&b'\n') && !host_timeout;
             if (exited || detachable) && open.is_empty() {
                 break;
             }

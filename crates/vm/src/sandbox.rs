@@ -204,6 +204,15 @@ fn pid1(req: &HelperRequest, sync_r: OwnedFd, status: &File, tar: File, gate: Op
     }
     let finished = run_job(req, tar);
     write_status(status, &Status::Finished(finished));
+    if req.linger {
+        // Every process of the sandbox but us is gone (`run_job` killed and reaped them): with
+        // our fds closed the caller sees the pipes end and goes on, and nothing of the
+        // sandbox is torn down before the machine is discarded.
+        let _ = sys::close_range_from(0, 0);
+        loop {
+            nix::unistd::pause();
+        }
+    }
     0
 }
 

@@ -72,7 +72,7 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
 
 /// `close_range(first, ~0, flags)`: closes (or with CLOSE_RANGE_CLOEXEC marks) every fd from
 /// `first` up.
-fn close_range_from(first: u32, flags: libc::c_uint) -> io::Result<()> {
+pub fn close_range_from(first: u32, flags: libc::c_uint) -> io::Result<()> {
     // SAFETY: integer arguments; the caller owns no handle to the fds it closes.
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, flags) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }

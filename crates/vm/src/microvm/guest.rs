@@ -121,7 +121,9 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     mount("devtmpfs", "/dev", "devtmpfs", M::MS_NOSUID, Some("mode=0755"))?;
     mount("sysfs", "/sys", "sysfs", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
     mount("tmpfs", "/tmp", "tmpfs", M::MS_NOSUID | M::MS_NODEV, Some("mode=1777"))?;
-    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, None)?;
+    // favordynmods: moving a process into a cgroup (and enabling a controller) then skips an
+    // RCU grace period the default mode pays for fast forks (cgroup.procs: 15 -> 7 ms here).
+    mount("cgroup2", "/sys/fs/cgroup", "cgroup2", M::MS_NOSUID | M::MS_NODEV | M::MS_NOEXEC, Some("favordynmods"))?;
     let disks = find_disks(&[REQUEST_SERIAL, REPLY_SERIAL, ROOTFS_SERIAL])?;
     step("disks found");
     if network {

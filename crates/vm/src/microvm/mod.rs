@@ -230,7 +230,8 @@ impl MicrovmBackend {
     /// asks for random bytes before the pool fills (a hash map's seed) would block, for
     /// seconds to minutes under TCG; RDRAND (emulated under TCG) seeds it at once.
     /// `shoal.debug` (and the kernel's own messages) narrate the boot on the console, when this
-    /// process logs `shoal_vm` at debug level or `SHOAL_GUEST_DEBUG` is set.
+    /// process logs `shoal_vm` at debug level or `SHOAL_GUEST_DEBUG` is set; the kernel then
+    /// takes every line written to `/dev/kmsg` (it keeps 10 in 5 s otherwise), for marks on its clock.
     fn kernel_cmdline(&self) -> String {
         let debug = tracing::enabled!(tracing::Level::DEBUG) || std::env::var_os("SHOAL_GUEST_DEBUG").is_some();
         let mut line = String::from("console=ttyS0 panic=-1 mitigations=off random.trust_cpu=on");
@@ -240,7 +241,7 @@ impl MicrovmBackend {
             // leaves an emulated guest without a clock: it hangs at boot.
             line.push_str(&format!(" tsc_early_khz={khz} tsc=reliable lpj={}", khz * 1000 / GUEST_HZ));
         }
-        line.push_str(if debug { " shoal.debug" } else { " quiet" });
+        line.push_str(if debug { " shoal.debug printk.devkmsg=on" } else { " quiet" });
         line
     }
 
