@@ -120,6 +120,52 @@ impl Hierarchy {
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+/// Job cgroups are named `job-<pid>-<n>`, `n` counting up in each process.
+const JOB_PREFIX: &str = "job-";
+
+/// mkdir of a job cgroup. Names never repeat within a process, so one already there was left
+/// by a process that had our pid and was killed before it could remove it: it is removed
+/// first (rmdir refuses a cgroup with processes or children, and that error is returned).
+fn make_job_dir(dir: &Path) -> io::Result<()> {
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            fs::remove_dir(dir)?;
+            fs::create_dir(dir)
+        }
+        made => made,
+    }
+}
+
+/// Removes the job cgroups of processes that are gone (killed before they could remove their
+/// own: a test or a node killed mid-job) under this hierarchy's parents; returns how many.
+/// A cgroup of a live process, or one still holding a process, is left alone.
+pub fn remove_stale(hierarchy: &Hierarchy) -> usize {
+    let parents: Vec<&Path> = match hierarchy {
+        // The guest's parent is the root of a VM's own cgroup2: nothing stale there.
+        Hierarchy::V2 { parent, .. } if parent == Path::new(ROOT) => Vec::new(),
+        Hierarchy::V2 { parent, .. } => vec![parent],
+        Hierarchy::V1 { memory, cpu } => std::iter::once(memory.as_path()).chain(cpu.as_deref()).collect(),
+    };
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = fs::read_dir(parent) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) =
+                name.to_str().and_then(|n| n.strip_prefix(JOB_PREFIX)?.split('-').next()?.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id()
+                && !Path::new("/proc").join(pid.to_string()).exists()
+                && fs::remove_dir(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
 /// Whether this process has readied the v2 parent of job cgroups (see [`ready_v2_parent`]).
 static V2_PARENT_READY: AtomicBool = AtomicBool::new(false);
 
@@ -155,7 +201,7 @@ impl Cgroup {
 
     /// Creates `job-<pid>-<n>` with no limits set yet ([`Cgroup::apply`] sets them).
     pub fn create_empty(hierarchy: &Hierarchy) -> io::Result<Cgroup> {
-        let name = format!("job-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{JOB_PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         match hierarchy {
             &Hierarchy::V2 { ref parent, cpu } => {
                 // The parent is readied once per process (enabling controllers costs more than
@@ -165,7 +211,7 @@ impl Cgroup {
                     ready_v2_parent(parent, cpu)?;
                 }
                 let dir = parent.join(&name);
-                let made = fs::create_dir(&dir).and_then(|()| fs::metadata(dir.join("memory.max")).map(drop));
+                let made = make_job_dir(&dir).and_then(|()| fs::metadata(dir.join("memory.max")).map(drop));
                 if let Err(e) = made {
                     let _ = fs::remove_dir(&dir);
                     if !V2_PARENT_READY.swap(false, Ordering::Relaxed) {
@@ -179,12 +225,12 @@ impl Cgroup {
             Hierarchy::V1 { memory: mem_parent, cpu } => {
                 fs::create_dir_all(mem_parent)?;
                 let mem = mem_parent.join(&name);
-                fs::create_dir(&mem)?;
+                make_job_dir(&mem)?;
                 let mut cg = Cgroup::fresh(Layout::V1 { memory: mem, cpu: None });
                 if let Some(cpu_parent) = cpu {
                     let made = fs::create_dir_all(cpu_parent).and_then(|()| {
                         let dir = cpu_parent.join(&name);
-                        fs::create_dir(&dir)?;
+                        make_job_dir(&dir)?;
                         fs::write(dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
                         Ok(dir)
                     });
@@ -524,6 +570,7 @@ impl Drop for Keeper {
 }
 
 fn keep(hierarchy: &Hierarchy, ahead: usize, ready: &Mutex<Vec<Cgroup>>, chores: &mpsc::Receiver<Chore>) {
+    let mut stale_swept = false;
     while let Ok(chore) = chores.recv() {
         match chore {
             Chore::Remove(cg) => drop(cg),
@@ -537,8 +584,41 @@ fn keep(hierarchy: &Hierarchy, ahead: usize, ready: &Mutex<Vec<Cgroup>>, chores:
                         }
                     }
                 }
+                // Once the first jobs have their cgroups: off their path.
+                if !stale_swept {
+                    stale_swept = true;
+                    let n = remove_stale(hierarchy);
+                    if n > 0 {
+                        tracing::info!("removed {n} job cgroups left by killed processes");
+                    }
+                }
             }
         }
     }
     ready.lock().unwrap_or_else(|e| e.into_inner()).clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup left under a name this process is about to use (by a killed process that had
+    /// its pid) is replaced, not an error: v1 jobs ran without any limit when it was.
+    #[test]
+    fn a_leftover_cgroup_under_our_name_is_replaced() {
+        let hierarchy = Hierarchy::detect().expect("this host should have cgroups");
+        let parent = match &hierarchy {
+            Hierarchy::V2 { parent, .. } => parent.clone(),
+            Hierarchy::V1 { memory, .. } => memory.clone(),
+        };
+        fs::create_dir_all(&parent).unwrap();
+        let dir = parent.join(format!("{JOB_PREFIX}{}-leftover-test", std::process::id()));
+        let _ = fs::create_dir(&dir);
+        assert!(dir.is_dir());
+        make_job_dir(&dir).expect("a leftover empty cgroup is replaced");
+        assert!(dir.is_dir());
+        fs::remove_dir(&dir).unwrap();
+        make_job_dir(&dir).expect("a fresh name is made");
+        fs::remove_dir(&dir).unwrap();
+    }
 }

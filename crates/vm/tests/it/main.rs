@@ -596,3 +596,40 @@ fn network_true_shares_the_host_network() {
     let out = run(f.request("cat /proc/net/dev"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3, "header lines + lo only");
 }
+
+/// A job cgroup of a process that is gone (killed before it could remove it) is removed when
+/// the next backend starts; one of a live process is left alone.
+#[test]
+fn job_cgroups_of_killed_processes_are_removed() {
+    use shoal_vm::cgroup::{Hierarchy, remove_stale};
+    let hierarchy = Hierarchy::detect().expect("this host should have cgroups");
+    let parents: Vec<PathBuf> = match &hierarchy {
+        Hierarchy::V2 { parent, .. } => vec![parent.clone()],
+        Hierarchy::V1 { memory, cpu } => std::iter::once(memory.clone()).chain(cpu.clone()).collect(),
+    };
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    assert!(!Path::new("/proc").join(dead.to_string()).exists(), "pid {dead} came back already");
+    let mut stale = Vec::new();
+    let mut kept = Vec::new();
+    for p in &parents {
+        fs::create_dir_all(p).unwrap();
+        let s = p.join(format!("job-{dead}-0"));
+        let k = p.join("job-1-4242"); // PID 1 lives as long as the machine
+        for d in [&s, &k] {
+            let _ = fs::create_dir(d);
+        }
+        stale.push(s);
+        kept.push(k);
+    }
+    let n = remove_stale(&hierarchy);
+    let left: Vec<_> = stale.iter().filter(|d| d.exists()).collect();
+    let gone: Vec<_> = kept.iter().filter(|d| !d.exists()).collect();
+    for d in &kept {
+        let _ = fs::remove_dir(d);
+    }
+    assert!(left.is_empty(), "stale cgroups left: {left:?}");
+    assert!(gone.is_empty(), "cgroups of a live process removed: {gone:?}");
+    assert!(n >= stale.len(), "removed {n}");
+}
