@@ -165,7 +165,8 @@ impl NamespaceBackend {
     /// A backend for one job of a single-threaded program (guest-init): the helper is a fork
     /// of the caller (no exec: under TCG starting the 3 MB helper afresh cost 40 ms), no
     /// cgroup is made ahead, no thread is started. A caller with more than one thread gets
-    /// an error, not an unsound fork.
+    /// an error, not an unsound fork. Each sandbox's PID 1 and helper linger after the job,
+    /// idle, until this process ends (they die with it): the caller powers the machine off.
     pub fn forking_for_one_job() -> NamespaceBackend {
         let cgroups = match Hierarchy::guest() {
             Ok(h) => Some(Keeper::for_guest(h)),
