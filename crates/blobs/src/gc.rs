@@ -193,6 +193,12 @@ impl Store {
         }
         m.merges.clear().map_err(StoreError::meta("write"))?;
         Meta::flush(m)?;
+        if !dead.is_empty() {
+            // The entries removed leave free space in sled's file, which it rewrites at every
+            // open: the next open rewrites the database instead (`meta::compact`).
+            let marker = crate::meta::compact_marker(&self.home().join("meta"));
+            std::fs::write(&marker, b"").map_err(StoreError::io("cannot write", &marker))?;
+        }
 
         // Materialized roots of dead trees, and their squashfs images (`<tree>.sqfs`, built
         // beside them by the microVM backend).

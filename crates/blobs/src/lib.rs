@@ -113,6 +113,27 @@ impl Store {
         let home =
             std::fs::canonicalize(home).map_err(|source| OpenError::CreateDir { path: home.to_owned(), source })?;
         let meta_dir = home.join("meta");
+        if let Err(e) = meta::recover_compaction(&meta_dir) {
+            tracing::warn!("finishing an interrupted compaction of {}: {e}", meta_dir.display());
+        }
+        let marker = meta::compact_marker(&meta_dir);
+        if marker.exists() {
+            // Asked for by the last gc. sled locks its directory: with another process using
+            // this home, this fails before touching anything, and the open below says why.
+            let started = std::time::Instant::now();
+            match meta::compact(&meta_dir) {
+                Ok((before, after)) => {
+                    let _ = std::fs::remove_file(&marker);
+                    tracing::info!(
+                        before,
+                        after,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compacted the metadata database"
+                    );
+                }
+                Err(e) => tracing::warn!("cannot compact {} ({e}): keeping it as it is", meta_dir.display()),
+            }
+        }
         // sled locks its directory: a second process fails here, before touching anything.
         let meta =
             Meta::open(&meta_dir).map_err(|e| OpenError::Meta { path: meta_dir.clone(), message: e.to_string() })?;

@@ -15,7 +15,7 @@
 //! | `merges` | lower hash ‖ upper hash | merged tree |
 //! | `facts` | fact id (32 bytes) | the signed fact's CBOR (the mesh ledger, opaque here) |
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::Hash;
 use crate::error::StoreError;
@@ -83,5 +83,125 @@ impl Meta {
 
     pub fn is_tree(&self, hash: &Hash) -> bool {
         self.trees.contains_key(hash.0).unwrap_or(false)
+    }
+}
+
+/// `meta.<what>` beside the database directory `dir`.
+fn beside(dir: &Path, what: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{name}.{what}"))
+}
+
+/// The file a `gc` that removed entries leaves beside the database, asking the next open to
+/// [`compact`] it.
+pub(crate) fn compact_marker(dir: &Path) -> PathBuf {
+    beside(dir, "compact")
+}
+
+/// Finishes or undoes a [`compact`] that a crash interrupted: its new database is complete
+/// once it has been renamed to `.new`, so a missing `dir` is replaced by `.new` (else by
+/// `.old`), and whatever else is left beside is removed.
+pub(crate) fn recover_compaction(dir: &Path) -> std::io::Result<()> {
+    let (building, new, old) = (beside(dir, "compacting"), beside(dir, "new"), beside(dir, "old"));
+    if !dir.exists() {
+        if new.exists() {
+            std::fs::rename(&new, dir)?;
+        } else if old.exists() {
+            std::fs::rename(&old, dir)?;
+        }
+    }
+    for p in [building, new, old] {
+        if p.exists() {
+            std::fs::remove_dir_all(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites the database in `dir` with only what it holds now. sled 0.34 overwrites every
+/// free segment of its file at each open, so a database that once held much more than it
+/// does (after a `gc` removed most of its entries) opens slowly for good: 90 ms instead of
+/// 20 for a 270 MB one here. Built beside (`.compacting`, then `.new` once complete and
+/// checked), swapped in by renames; [`recover_compaction`] finishes an interrupted swap.
+/// Returns the sizes on disk before and after.
+pub(crate) fn compact(dir: &Path) -> Result<(u64, u64), String> {
+    recover_compaction(dir).map_err(|e| format!("cleaning up an earlier compaction: {e}"))?;
+    let (building, new, old) = (beside(dir, "compacting"), beside(dir, "new"), beside(dir, "old"));
+    let sizes = {
+        let from = sled::Config::new().path(dir).open().map_err(|e| format!("opening {}: {e}", dir.display()))?;
+        let to = sled::Config::new()
+            .path(&building)
+            .create_new(true)
+            .open()
+            .map_err(|e| format!("creating {}: {e}", building.display()))?;
+        for name in from.tree_names() {
+            let (a, b) = (from.open_tree(&name), to.open_tree(&name));
+            let (a, b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+            for kv in a.iter() {
+                let (k, v) = kv.map_err(|e| format!("reading: {e}"))?;
+                b.insert(k, v).map_err(|e| format!("writing: {e}"))?;
+            }
+        }
+        to.flush().map_err(|e| format!("flushing: {e}"))?;
+        let (sum_from, sum_to) = (from.checksum(), to.checksum());
+        if sum_from.as_ref().ok() != sum_to.as_ref().ok() || sum_from.is_err() {
+            return Err(format!("the copy's checksum differs ({sum_from:?} against {sum_to:?})"));
+        }
+        (from.size_on_disk().unwrap_or(0), to.size_on_disk().unwrap_or(0))
+    };
+    std::fs::rename(&building, &new).map_err(|e| format!("renaming the copy: {e}"))?;
+    std::fs::rename(dir, &old).map_err(|e| format!("moving the old database aside: {e}"))?;
+    std::fs::rename(&new, dir).map_err(|e| format!("moving the copy into place: {e}"))?;
+    std::fs::remove_dir_all(&old).map_err(|e| format!("removing the old database: {e}"))?;
+    Ok(sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db_with(dir: &Path, key: &[u8]) {
+        let db = sled::open(dir).unwrap();
+        db.insert(key, b"v").unwrap();
+        db.flush().unwrap();
+    }
+
+    fn key_of(dir: &Path) -> Vec<u8> {
+        let db = sled::open(dir).unwrap();
+        db.iter().keys().next().unwrap().unwrap().to_vec()
+    }
+
+    /// Each point a crash can stop `compact` at: the database is whole afterwards, the new one
+    /// once it was complete, and nothing is left beside it.
+    #[test]
+    fn an_interrupted_compaction_is_finished_or_undone() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("meta");
+        let leftovers = || ["compacting", "new", "old"].iter().filter(|w| beside(&dir, w).exists()).count();
+        // Stopped while building the copy: the copy goes, the database stays.
+        db_with(&dir, b"old");
+        db_with(&beside(&dir, "compacting"), b"partial");
+        recover_compaction(&dir).unwrap();
+        assert_eq!((key_of(&dir), leftovers()), (b"old".to_vec(), 0));
+        // Stopped between moving the database aside and moving the complete copy in.
+        std::fs::rename(&dir, beside(&dir, "old")).unwrap();
+        db_with(&beside(&dir, "new"), b"new");
+        recover_compaction(&dir).unwrap();
+        assert_eq!((key_of(&dir), leftovers()), (b"new".to_vec(), 0));
+        // Stopped after the swap, before removing the old one.
+        db_with(&beside(&dir, "old"), b"older");
+        recover_compaction(&dir).unwrap();
+        assert_eq!((key_of(&dir), leftovers()), (b"new".to_vec(), 0));
+        // And a compaction keeps every tree's entries.
+        {
+            let db = sled::open(&dir).unwrap();
+            db.open_tree("t").unwrap().insert(b"k", b"in a tree").unwrap();
+            db.flush().unwrap();
+        }
+        compact(&dir).unwrap();
+        let db = sled::open(&dir).unwrap();
+        assert_eq!(db.get(b"new").unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(db.open_tree("t").unwrap().get(b"k").unwrap().as_deref(), Some(&b"in a tree"[..]));
+        assert_eq!(leftovers(), 0);
     }
 }

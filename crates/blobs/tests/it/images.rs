@@ -482,3 +482,62 @@ async fn measure_busybox_parts() {
     eprintln!("MEASURE busybox parts: put_file {pf} ms, put_bytes {pb} ms, put_tree_from_dir {pt} ms");
     s.shutdown().await;
 }
+
+/// Bytes of the files in `dir`, recursively.
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// sled rewrites every free segment of its file at each open, so after a gc removed most of
+/// the metadata, the next open rewrites the database with what is left: it shrinks, and
+/// everything live is still there.
+#[tokio::test]
+async fn the_open_after_a_gc_compacts_the_metadata_database() {
+    let (home, s) = store().await;
+    let record = |n: u32| {
+        use ciborium::Value;
+        let v = Value::Map(vec![
+            (Value::Text("job_id".into()), Value::Text("j".into())),
+            (Value::Text("n".into()), Value::Integer(n.into())),
+            (Value::Text("padding".into()), Value::Bytes(vec![7; 2000])),
+        ]);
+        let mut record = Vec::new();
+        ciborium::into_writer(&v, &mut record).unwrap();
+        SignedRecord { record, signer: [0; 32], signature: vec![] }
+    };
+    // 3000 runs of job `j`: only the last stays reachable, through records_by_job and an action.
+    let mut last = None;
+    for n in 0..3000 {
+        last = Some(s.put_record(&record(n), shoal_blobs::Durability::Soon).await.unwrap());
+    }
+    let last = last.unwrap();
+    s.action_put(&Hash::of(b"key"), &last).unwrap();
+    let report = s.gc().await.unwrap();
+    assert!(report.blobs_removed >= 2999, "{report:?}");
+    let marker = home.path().join("meta.compact");
+    assert!(marker.exists(), "gc asks the next open to compact");
+    s.shutdown().await;
+    drop(s);
+    let before = dir_bytes(&home.path().join("meta"));
+
+    let s = Store::open(home.path()).await.unwrap();
+    let after = dir_bytes(&home.path().join("meta"));
+    assert!(!marker.exists(), "the open compacted and took the marker away");
+    assert!(after * 2 < before, "the database shrank: {before} -> {after} bytes");
+    assert_eq!(s.action_get(&Hash::of(b"key")).await.unwrap(), Some(last));
+    assert_eq!(s.get_record(last).await.unwrap().unwrap().record, record(2999).record);
+    // Nothing left beside it, and an open without the marker leaves it alone.
+    let names: Vec<String> = std::fs::read_dir(home.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("meta.")), "{names:?}");
+    s.shutdown().await;
+}
