@@ -106,6 +106,10 @@ impl Store {
 
     /// Opens (creating when needed) the store under `home`.
     pub async fn open(home: &Path) -> Result<Store, OpenError> {
+        // Before `meta/` is created below: an interrupted compaction may have left it missing.
+        if let Err(e) = meta::recover_compaction(&home.join("meta")) {
+            tracing::warn!("finishing an interrupted compaction of {}: {e}", home.join("meta").display());
+        }
         for sub in ["", "blobs", "meta", "rootfs", "tmp"] {
             let p = home.join(sub);
             std::fs::create_dir_all(&p).map_err(|source| OpenError::CreateDir { path: p.clone(), source })?;
@@ -113,9 +117,6 @@ impl Store {
         let home =
             std::fs::canonicalize(home).map_err(|source| OpenError::CreateDir { path: home.to_owned(), source })?;
         let meta_dir = home.join("meta");
-        if let Err(e) = meta::recover_compaction(&meta_dir) {
-            tracing::warn!("finishing an interrupted compaction of {}: {e}", meta_dir.display());
-        }
         let marker = meta::compact_marker(&meta_dir);
         if marker.exists() {
             // Asked for by the last gc. sled locks its directory: with another process using

@@ -98,17 +98,24 @@ pub(crate) fn compact_marker(dir: &Path) -> PathBuf {
     beside(dir, "compact")
 }
 
+/// Whether `dir` holds a sled database (its `db` file), not just a directory.
+fn is_database(dir: &Path) -> bool {
+    dir.join("db").is_file()
+}
+
 /// Finishes or undoes a [`compact`] that a crash interrupted: its new database is complete
-/// once it has been renamed to `.new`, so a missing `dir` is replaced by `.new` (else by
-/// `.old`), and whatever else is left beside is removed.
+/// once it has been renamed to `.new`, so a `dir` without a database is replaced by `.new`
+/// (else by `.old`), and whatever else is left beside is removed. Call it before anything
+/// creates `dir`.
 pub(crate) fn recover_compaction(dir: &Path) -> std::io::Result<()> {
     let (building, new, old) = (beside(dir, "compacting"), beside(dir, "new"), beside(dir, "old"));
-    if !dir.exists() {
-        if new.exists() {
-            std::fs::rename(&new, dir)?;
-        } else if old.exists() {
-            std::fs::rename(&old, dir)?;
+    if !is_database(dir)
+        && let Some(whole) = [&new, &old].into_iter().find(|p| is_database(p))
+    {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
         }
+        std::fs::rename(whole, dir)?;
     }
     for p in [building, new, old] {
         if p.exists() {
@@ -143,9 +150,9 @@ pub(crate) fn compact(dir: &Path) -> Result<(u64, u64), String> {
             }
         }
         to.flush().map_err(|e| format!("flushing: {e}"))?;
-        let (sum_from, sum_to) = (from.checksum(), to.checksum());
-        if sum_from.as_ref().ok() != sum_to.as_ref().ok() || sum_from.is_err() {
-            return Err(format!("the copy's checksum differs ({sum_from:?} against {sum_to:?})"));
+        match (from.checksum(), to.checksum()) {
+            (Ok(a), Ok(b)) if a == b => {}
+            (a, b) => return Err(format!("the copy does not check out (checksums {a:?} against {b:?})")),
         }
         (from.size_on_disk().unwrap_or(0), to.size_on_disk().unwrap_or(0))
     };
@@ -186,6 +193,11 @@ mod tests {
         // Stopped between moving the database aside and moving the complete copy in.
         std::fs::rename(&dir, beside(&dir, "old")).unwrap();
         db_with(&beside(&dir, "new"), b"new");
+        recover_compaction(&dir).unwrap();
+        assert_eq!((key_of(&dir), leftovers()), (b"new".to_vec(), 0));
+        // The same, with an empty `dir` made since: still not a database, the copy is taken.
+        std::fs::rename(&dir, beside(&dir, "new")).unwrap();
+        std::fs::create_dir(&dir).unwrap();
         recover_compaction(&dir).unwrap();
         assert_eq!((key_of(&dir), leftovers()), (b"new".to_vec(), 0));
         // Stopped after the swap, before removing the old one.

@@ -141,8 +141,6 @@ fn make_job_dir(dir: &Path) -> io::Result<()> {
 /// A cgroup of a live process, or one still holding a process, is left alone.
 pub fn remove_stale(hierarchy: &Hierarchy) -> usize {
     let parents: Vec<&Path> = match hierarchy {
-        // The guest's parent is the root of a VM's own cgroup2: nothing stale there.
-        Hierarchy::V2 { parent, .. } if parent == Path::new(ROOT) => Vec::new(),
         Hierarchy::V2 { parent, .. } => vec![parent],
         Hierarchy::V1 { memory, cpu } => std::iter::once(memory.as_path()).chain(cpu.as_deref()).collect(),
     };

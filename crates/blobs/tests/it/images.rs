@@ -541,3 +541,19 @@ async fn the_open_after_a_gc_compacts_the_metadata_database() {
     assert!(!names.iter().any(|n| n.starts_with("meta.")), "{names:?}");
     s.shutdown().await;
 }
+
+/// A crash between moving the old database aside and moving its compacted copy in leaves no
+/// `meta/`: the next open takes the copy, not a fresh empty database.
+#[tokio::test]
+async fn an_open_after_a_compaction_cut_short_keeps_the_database() {
+    let (home, s) = store().await;
+    s.pin(Hash::of(b"pinned")).unwrap();
+    s.shutdown().await;
+    drop(s);
+    std::fs::rename(home.path().join("meta"), home.path().join("meta.new")).unwrap();
+
+    let s = Store::open(home.path()).await.unwrap();
+    assert_eq!(s.pins().unwrap(), vec![Hash::of(b"pinned")], "the compacted copy was taken");
+    assert!(!home.path().join("meta.new").exists());
+    s.shutdown().await;
+}
