@@ -3,6 +3,7 @@
 
 mod cli;
 mod explorer;
+mod hardening;
 mod mesh;
 mod microvm;
 mod support;

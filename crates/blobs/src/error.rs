@@ -54,6 +54,13 @@ pub enum StoreError {
     #[error("tree {hash} is invalid: {reason}; it was not made by shoal: re-create it from its directory")]
     BadTree { hash: Hash, reason: String },
     /// A stored record does not decode.
+    #[error(
+        "blob {hash} is corrupted in this store ({path}: its bytes hash to {actual}); it is no longer \
+         served and `shoal gc` removes it: fetch it again from a peer, re-import it (`shoal blob put`, \
+         `shoal image import`), or rerun the job that made it"
+    )]
+    Corrupt { hash: Hash, actual: Hash, path: String },
+
     #[error("record {hash} is not a signed run record: {reason}")]
     BadRecord { hash: Hash, reason: String },
     /// `materialize` was pointed at a path that exists.

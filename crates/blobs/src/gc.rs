@@ -34,6 +34,8 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub rootfs_removed: u64,
     pub rootfs_bytes_freed: u64,
+    /// Blobs found corrupted earlier and removed now.
+    pub corrupt_removed: u64,
 }
 
 pub(crate) struct GcRequest {
@@ -103,7 +105,7 @@ impl Store {
         for rec in &records {
             live.insert(*rec);
             let Some(signed) = self.get_record(*rec).await? else { continue };
-            if let Ok(v) = ciborium::from_reader::<ciborium::Value, _>(&signed.record[..]) {
+            if let Ok(v) = crate::from_cbor::<ciborium::Value>(&signed.record) {
                 collect_hashes(&v, &mut roots);
             }
         }
@@ -117,7 +119,7 @@ impl Store {
         for id in &image_ids {
             roots.push(*id);
             if let Some(list) = m.image_blobs.get(id.0).map_err(StoreError::meta("read"))? {
-                let info: ImageInfo = ciborium::from_reader(&list[..]).unwrap_or_default();
+                let info: ImageInfo = crate::from_cbor(&list).unwrap_or_default();
                 roots.extend(info.keeps);
             }
             if let Some(bytes) = self.get_bytes(*id).await?
@@ -156,7 +158,13 @@ impl Store {
                 report.bytes_freed += size;
             }
         }
-        if !dead.is_empty() {
+        // Blobs found corrupted go even when something refers to them: they come back whole
+        // from a peer or a re-import.
+        let corrupt = self.corrupt_blobs();
+        for h in &corrupt {
+            live.remove(h);
+        }
+        if !dead.is_empty() || !corrupt.is_empty() {
             let (done_tx, done_rx) = oneshot::channel();
             let req = GcRequest { live: live.iter().map(|h| to_iroh(*h)).collect(), done: done_tx };
             let stopped = || StoreError::Blobs {
@@ -166,6 +174,8 @@ impl Store {
             self.inner.gc_tx.send(req).await.map_err(|_| stopped())?;
             done_rx.await.map_err(|_| stopped())?;
         }
+        self.forget_corrupt(&corrupt)?;
+        report.corrupt_removed = corrupt.len() as u64;
 
         // Prune indexes.
         let gone = |h: &Hash| dead.contains(h);

@@ -30,7 +30,7 @@ mod meta;
 pub mod net;
 pub mod tree;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -39,7 +39,7 @@ use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbor};
+pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbor, from_cbor};
 pub use error::{ImageError, OpenError, StoreError};
 pub use gc::GcReport;
 pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
@@ -81,6 +81,12 @@ struct Inner {
     gc_lock: tokio::sync::Mutex<()>,
     /// Bounds reads in flight (see [`READS_IN_FLIGHT_MAX`]).
     reads: tokio::sync::Semaphore,
+    /// Blobs whose bytes on disk did not match their hash when read (kept in the `corrupt`
+    /// index too): never served or read again, removed by `gc`, rewritten in place when the
+    /// right bytes arrive again (a re-import, a peer).
+    corrupt: Mutex<HashSet<Hash>>,
+    /// iroh-blobs' directory of data files (`<hex>.data`) for blobs above its inline size.
+    data_dir: PathBuf,
 }
 
 /// Reads (get, export) in flight at once. iroh-blobs queues at most 32 operations per hash and
@@ -158,6 +164,14 @@ impl Store {
         let blobs = iroh_blobs::store::fs::FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
             .await
             .map_err(|e| OpenError::Blobs { path: blobs_dir.clone(), message: e.to_string() })?;
+        let corrupt: HashSet<Hash> =
+            meta.corrupt.iter().keys().filter_map(|k| k.ok().and_then(|k| meta::hash_of(&k))).collect();
+        if !corrupt.is_empty() {
+            tracing::warn!(
+                count = corrupt.len(),
+                "blobs found corrupted earlier are kept out of use; `shoal gc` removes them"
+            );
+        }
         debug!(home = %home.display(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -168,6 +182,8 @@ impl Store {
                 rootfs_locks: Mutex::new(HashMap::new()),
                 gc_lock: tokio::sync::Mutex::new(()),
                 reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT_MAX),
+                corrupt: Mutex::new(corrupt),
+                data_dir: blobs_dir.join("data"),
             }),
         })
     }
@@ -205,8 +221,13 @@ impl Store {
             // (most jobs' stderr).
             return Ok(Hash::of(b""));
         }
-        let tt = self.iroh().add_bytes(bytes).temp_tag().await.map_err(|e| StoreError::blobs("adding bytes")(&e))?;
-        Ok(from_iroh(tt.hash()))
+        let tt =
+            self.iroh().add_bytes(bytes.clone()).temp_tag().await.map_err(|e| StoreError::blobs("adding bytes")(&e))?;
+        let hash = from_iroh(tt.hash());
+        if self.is_corrupt(hash) {
+            self.repair(hash, Source::Bytes(&bytes)).await?;
+        }
+        Ok(hash)
     }
 
     /// Stores the file at `path`, streaming it (it is never whole in memory), and indexes its
@@ -256,8 +277,11 @@ impl Store {
             source: std::io::Error::other(e.to_string()),
         })?;
         let (size, sha) = read.map_err(StoreError::io("cannot read", path))?;
-        let tt = added?;
-        Ok((from_iroh(tt.hash()), size, sha))
+        let hash = from_iroh(added?.hash());
+        if self.is_corrupt(hash) {
+            self.repair(hash, Source::File(path)).await?;
+        }
+        Ok((hash, size, sha))
     }
 
     /// Stores a file without indexing its sha256 (tree building): small files in one read.
@@ -268,7 +292,11 @@ impl Store {
         } else {
             let abs = std::path::absolute(path).map_err(StoreError::io("cannot resolve", path))?;
             let tt = self.iroh().add_path(&abs).temp_tag().await.map_err(|e| StoreError::blobs("adding a file")(&e))?;
-            Ok(from_iroh(tt.hash()))
+            let hash = from_iroh(tt.hash());
+            if self.is_corrupt(hash) {
+                self.repair(hash, Source::File(&abs)).await?;
+            }
+            Ok(hash)
         }
     }
 
@@ -278,9 +306,25 @@ impl Store {
             return Ok(None);
         }
         let _read = self.inner.reads.acquire().await.expect("never closed");
-        let b = retry_busy(|| self.iroh().get_bytes(to_iroh(hash)))
-            .await
-            .map_err(|e| StoreError::blobs("reading a blob")(&e))?;
+        let b = match retry_busy(|| self.iroh().get_bytes(to_iroh(hash))).await {
+            Ok(b) => b,
+            Err(e) => {
+                // iroh-blobs reads a blob against its outboard and fails on a mismatch ("encode
+                // error"): look at the data file to tell a corrupted blob from other failures.
+                if let Some(actual) = self.hash_on_disk(hash).await
+                    && actual != hash
+                {
+                    return Err(self.found_corrupt(hash, actual));
+                }
+                return Err(StoreError::blobs("reading a blob")(&e));
+            }
+        };
+        // iroh-blobs verifies what arrives, not what it reads back from its own files: a flipped
+        // bit on disk would be served as the blob (BLAKE3 costs ~0.15 ms a MiB here).
+        let actual = Hash::of(&b);
+        if actual != hash {
+            return Err(self.found_corrupt(hash, actual));
+        }
         Ok(Some(b))
     }
 
@@ -299,16 +343,99 @@ impl Store {
         retry_busy(|| self.iroh().export(to_iroh(hash), &dest).finish())
             .await
             .map_err(|e| StoreError::blobs("exporting a blob")(&e))?;
+        // As in `get_bytes`: what was written must be the blob (read back from the page cache).
+        let written = dest.clone();
+        let actual = tokio::task::spawn_blocking(move || hash_file(&written))
+            .await
+            .map_err(|e| StoreError::Io { what: "cannot check", path: dest.clone(), source: std::io::Error::other(e) })?
+            .map_err(StoreError::io("cannot check", &dest))?;
+        if actual != hash {
+            let _ = std::fs::remove_file(&dest);
+            return Err(self.found_corrupt(hash, actual));
+        }
         Ok(())
     }
 
     pub async fn has(&self, hash: Hash) -> Result<bool, StoreError> {
+        if self.is_corrupt(hash) {
+            return Ok(false);
+        }
         self.iroh().has(to_iroh(hash)).await.map_err(|e| StoreError::blobs("checking a blob")(&e))
+    }
+
+    /// Whether `hash` was found corrupted here (and not repaired since): it is not served.
+    pub fn is_corrupt(&self, hash: Hash) -> bool {
+        self.inner.corrupt.lock().expect("never poisoned").contains(&hash)
+    }
+
+    /// Blobs found corrupted and not repaired since, sorted.
+    pub fn corrupt_blobs(&self) -> Vec<Hash> {
+        let mut v: Vec<Hash> = self.inner.corrupt.lock().expect("never poisoned").iter().copied().collect();
+        v.sort();
+        v
+    }
+
+    /// Forgets corrupted blobs that `gc` removed: stored again, they are new blobs.
+    pub(crate) fn forget_corrupt(&self, removed: &[Hash]) -> Result<(), StoreError> {
+        let mut set = self.inner.corrupt.lock().expect("never poisoned");
+        for h in removed {
+            set.remove(h);
+            self.meta().corrupt.remove(h.0).map_err(StoreError::meta("write"))?;
+        }
+        Ok(())
+    }
+
+    /// The BLAKE3 of a blob's data file, when it has one (blobs above iroh-blobs' inline size).
+    async fn hash_on_disk(&self, hash: Hash) -> Option<Hash> {
+        let path = self.inner.data_dir.join(format!("{}.data", hash.to_hex()));
+        tokio::task::spawn_blocking(move || hash_file(&path).ok()).await.ok().flatten()
+    }
+
+    /// Takes `hash` out of use after its bytes on disk hashed to `actual`, and says so.
+    fn found_corrupt(&self, hash: Hash, actual: Hash) -> StoreError {
+        let path = self.inner.data_dir.join(format!("{}.data", hash.to_hex()));
+        let path = if path.exists() { path.display().to_string() } else { "the blob database".to_string() };
+        tracing::error!(%hash, %actual, %path, "a stored blob is corrupted: taken out of use");
+        self.inner.corrupt.lock().expect("never poisoned").insert(hash);
+        if let Err(e) = Meta::put(&self.meta().corrupt, &hash.0, &[]).and_then(|()| self.meta().flush()) {
+            tracing::warn!(%hash, "cannot record the corrupted blob: {e}");
+        }
+        StoreError::Corrupt { hash, actual, path }
+    }
+
+    /// Writes the right bytes of a corrupted blob over its data file, in place (iroh-blobs may
+    /// hold the file open), then checks them through iroh-blobs and takes the blob back into use.
+    /// A blob small enough to live inside iroh-blobs' database cannot be rewritten: it stays out
+    /// of use until `gc` removes it and it is stored again.
+    async fn repair(&self, hash: Hash, source: Source<'_>) -> Result<(), StoreError> {
+        let path = self.inner.data_dir.join(format!("{}.data", hash.to_hex()));
+        if !path.is_file() {
+            tracing::warn!(%hash, "a corrupted blob inside the blob database cannot be rewritten; `shoal gc` removes it");
+            return Ok(());
+        }
+        let result = match source {
+            Source::Bytes(b) => overwrite(&path, &mut &b[..]),
+            Source::File(src) => std::fs::File::open(src).and_then(|mut f| overwrite(&path, &mut f)),
+        };
+        result.map_err(StoreError::io("cannot rewrite the corrupted blob", &path))?;
+        let b = retry_busy(|| self.iroh().get_bytes(to_iroh(hash)))
+            .await
+            .map_err(|e| StoreError::blobs("reading a blob")(&e))?;
+        if Hash::of(&b) == hash {
+            self.inner.corrupt.lock().expect("never poisoned").remove(&hash);
+            self.meta().corrupt.remove(hash.0).map_err(StoreError::meta("write"))?;
+            self.meta().flush()?;
+            tracing::info!(%hash, "a corrupted blob was rewritten with its right bytes");
+        }
+        Ok(())
     }
 
     /// The size of a complete blob, or `None`.
     pub async fn size(&self, hash: Hash) -> Result<Option<u64>, StoreError> {
         use iroh_blobs::api::blobs::BlobStatus;
+        if self.is_corrupt(hash) {
+            return Ok(None);
+        }
         match self.iroh().blobs().status(to_iroh(hash)).await {
             Ok(BlobStatus::Complete { size }) => Ok(Some(size)),
             Ok(_) => Ok(None),
@@ -474,6 +601,26 @@ impl Store {
     }
 }
 
+/// Where the right bytes of a corrupted blob come from.
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
+/// The BLAKE3 of a file's bytes.
+fn hash_file(path: &Path) -> std::io::Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(Hash(*hasher.finalize().as_bytes()))
+}
+
+/// Copies `from` over the start of the existing file `path` (same inode) and syncs it.
+fn overwrite(path: &Path, from: &mut impl std::io::Read) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
+    std::io::copy(from, &mut f)?;
+    f.sync_all()
+}
+
 /// The `job_id` field of a run record's CBOR, read without decoding the whole record.
 fn record_job_id(record_cbor: &[u8]) -> Option<String> {
     /// Every other field is skipped unbuilt (decoding the whole record into a `Value` was
@@ -482,7 +629,7 @@ fn record_job_id(record_cbor: &[u8]) -> Option<String> {
     struct JobId {
         job_id: Option<String>,
     }
-    ciborium::from_reader::<JobId, _>(record_cbor).ok()?.job_id
+    from_cbor::<JobId>(record_cbor).ok()?.job_id
 }
 
 /// Attempts at an operation iroh-blobs refused as busy, the first included.

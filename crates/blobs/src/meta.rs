@@ -14,6 +14,7 @@
 //! | `layers` | layer `sha256` hex | the layer's expanded tree (whiteouts still in it) |
 //! | `merges` | lower hash ‖ upper hash | merged tree |
 //! | `facts` | fact id (32 bytes) | the signed fact's CBOR (the mesh ledger, opaque here) |
+//! | `corrupt` | hash | empty: its bytes on disk did not match it; never served, dropped by `gc` |
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ pub(crate) struct Meta {
     pub layers: sled::Tree,
     pub merges: sled::Tree,
     pub facts: sled::Tree,
+    pub corrupt: sled::Tree,
 }
 
 pub(crate) fn hash_of(v: &[u8]) -> Option<Hash> {
@@ -56,6 +58,7 @@ impl Meta {
             layers: db.open_tree("layers")?,
             merges: db.open_tree("merges")?,
             facts: db.open_tree("facts")?,
+            corrupt: db.open_tree("corrupt")?,
             db,
         })
     }

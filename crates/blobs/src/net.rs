@@ -284,6 +284,9 @@ impl BlobNode {
         if store.has(hash).await? {
             return Ok(0);
         }
+        if store.is_corrupt(hash) {
+            return self.refetch_corrupt(hash, providers).await;
+        }
         let remote = store.iroh().remote();
         let before = retry_busy(|| remote.local(to_iroh(hash)))
             .await
@@ -313,6 +316,41 @@ impl BlobNode {
             };
             debug!(%hash, peer = %id.fmt_short(), %reason, "provider failed");
             tried.push(ProviderFailure { peer: *peer, reason });
+        }
+        if tried.is_empty() { Err(NetError::NoProviders { hash }) } else { Err(NetError::Unavailable { hash, tried }) }
+    }
+
+    /// The right bytes of a blob found corrupted here, from the first provider that has them
+    /// (verified while they stream), written over the bad copy. iroh-blobs' own fetch would
+    /// skip it: its database says the blob is complete.
+    async fn refetch_corrupt(&self, hash: Hash, providers: &[[u8; 32]]) -> Result<u64, NetError> {
+        let me = self.inner.endpoint.id();
+        let mut tried = Vec::new();
+        for peer in providers {
+            let Ok(id) = PublicKey::from_bytes(peer) else { continue };
+            if id == me {
+                continue;
+            }
+            let got = async {
+                let conn = self.inner.pool.get_or_connect(id).await.map_err(|e| e.to_string())?;
+                iroh_blobs::get::request::get_blob((*conn).clone(), to_iroh(hash))
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(Duration::from_secs(FETCH_STALL_TIMEOUT_S), got).await {
+                Ok(Ok(bytes)) => {
+                    let n = bytes.len() as u64;
+                    self.store().put_bytes(bytes).await?;
+                    if !self.store().is_corrupt(hash) {
+                        tracing::info!(%hash, peer = %id.fmt_short(), "a corrupted blob was fetched again from a peer");
+                        return Ok(n);
+                    }
+                    tried.push(ProviderFailure { peer: *peer, reason: "its copy could not replace the corrupted one here (kept inside the blob database: run `shoal gc`)".into() });
+                }
+                Ok(Err(e)) => tried.push(ProviderFailure { peer: *peer, reason: e }),
+                Err(_) => tried.push(ProviderFailure { peer: *peer, reason: "stalled".into() }),
+            }
         }
         if tried.is_empty() { Err(NetError::NoProviders { hash }) } else { Err(NetError::Unavailable { hash, tried }) }
     }

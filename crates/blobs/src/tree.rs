@@ -117,7 +117,7 @@ impl Tree {
 
     /// Decodes and checks a tree blob.
     pub fn decode(bytes: &[u8]) -> Result<Tree, String> {
-        let wire: WireTree = ciborium::from_reader(bytes).map_err(|e| format!("not a tree blob: {e}"))?;
+        let wire: WireTree = crate::from_cbor(bytes).map_err(|e| format!("not a tree blob: {e}"))?;
         if wire.v != TREE_VERSION {
             return Err(format!("tree version {} (this shoal reads version {TREE_VERSION})", wire.v));
         }

@@ -13,6 +13,16 @@ pub fn canonical_cbor<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Decodes CBOR bytes into `T`, the one way shoal decodes CBOR (records, facts, wire messages,
+/// trees, image entries). A value whose byte strings are read with `deserialize_bytes` fails on
+/// ciborium past its 4 KiB scratch buffer; shoal's byte-string types use `deserialize_byte_buf`,
+/// and the tests decode every kind at sizes well past it. Nesting is bounded by ciborium (256
+/// levels), and lengths are never preallocated from the header, so hostile bytes cost at most
+/// their own size.
+pub fn from_cbor<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    ciborium::from_reader(bytes).map_err(|e| e.to_string())
+}
+
 fn encoded(value: &Value) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");

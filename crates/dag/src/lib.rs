@@ -20,7 +20,7 @@ mod record;
 mod spec;
 mod units;
 
-pub use cbor::canonical_cbor;
+pub use cbor::{canonical_cbor, from_cbor};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use spec::{

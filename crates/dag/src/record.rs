@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::cbor::canonical_cbor;
+use crate::cbor::{canonical_cbor, from_cbor};
 use crate::hash::Hash;
 use crate::spec::{Arch, Job, OutputSpec, Requirements};
 
@@ -200,7 +200,7 @@ impl SignedRecord {
     /// Decodes the record without checking the signature: for a record whose bytes the caller
     /// already trusts (read back by hash from a store that verified it when it entered).
     pub fn record_trusted(&self) -> Result<RunRecord, RecordError> {
-        ciborium::from_reader(self.record.as_slice()).map_err(|e| RecordError::Decode(e.to_string()))
+        from_cbor(&self.record).map_err(RecordError::Decode)
     }
 
     pub fn to_cbor(&self) -> Vec<u8> {
@@ -208,7 +208,7 @@ impl SignedRecord {
     }
 
     pub fn from_cbor(bytes: &[u8]) -> Result<SignedRecord, RecordError> {
-        ciborium::from_reader(bytes).map_err(|e| RecordError::Decode(e.to_string()))
+        from_cbor(bytes).map_err(RecordError::Decode)
     }
 }
 
@@ -230,10 +230,16 @@ mod serde_bytes_vec {
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
                 Ok(v.to_vec())
             }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
                 hex::decode(v).map_err(E::custom)
             }
         }
-        if d.is_human_readable() { d.deserialize_str(V) } else { d.deserialize_bytes(V) }
+        // `deserialize_byte_buf`, not `deserialize_bytes`: ciborium hands out borrowed bytes only up
+        // to its 4 KiB scratch buffer and refuses longer ones ("invalid type: bytes, expected
+        // bytes"), which made every record over about 4 KiB unreadable.
+        if d.is_human_readable() { d.deserialize_str(V) } else { d.deserialize_byte_buf(V) }
     }
 }

@@ -446,7 +446,8 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
                     "{}",
                     serde_json::json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
                         "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
-                        "rootfs_bytes_freed": r.rootfs_bytes_freed})
+                        "rootfs_bytes_freed": r.rootfs_bytes_freed,
+                        "corrupt_removed": r.corrupt_removed})
                 );
             } else {
                 println!(
@@ -457,6 +458,9 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
                     r.rootfs_removed,
                     output::bytes(r.rootfs_bytes_freed)
                 );
+                if r.corrupt_removed > 0 {
+                    println!("removed {} blobs found corrupted on disk", r.corrupt_removed);
+                }
             }
             Ok(())
         }

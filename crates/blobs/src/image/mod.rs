@@ -79,7 +79,7 @@ impl Image {
         canonical_cbor(self)
     }
     pub fn decode(bytes: &[u8]) -> Result<Image, String> {
-        ciborium::from_reader(bytes).map_err(|e| e.to_string())
+        crate::from_cbor(bytes)
     }
 }
 
@@ -121,7 +121,7 @@ impl Store {
 
     fn image_digest_of(&self, id: Hash) -> Option<String> {
         let bytes = self.meta().image_blobs.get(id.0).ok()??;
-        let info: ImageInfo = ciborium::from_reader(&bytes[..]).ok()?;
+        let info: ImageInfo = crate::from_cbor(&bytes).ok()?;
         info.oci_digest
     }
 

@@ -372,3 +372,25 @@ async fn fetches_at_once() {
     }
     na.shutdown().await;
 }
+
+/// A blob corrupted on disk here comes back whole from a peer that holds it (iroh-blobs' own
+/// fetch would skip it: its database says the blob is complete).
+#[tokio::test]
+async fn a_corrupted_blob_is_fetched_again_from_a_peer() {
+    let (_ha, a) = store().await;
+    let (hb, b) = store().await;
+    let (na, nb) = (node(&a, 1).await, node(&b, 2).await);
+    introduce(&[&na, &nb]);
+    let data = random_bytes("corrupt", 300_000);
+    let hash = a.put_bytes(data.clone()).await.unwrap();
+    assert_eq!(b.put_bytes(data.clone()).await.unwrap(), hash);
+    let path = hb.path().join("blobs/data").join(format!("{}.data", hash.to_hex()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1234] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(b.get_bytes(hash).await.is_err());
+    assert!(!b.has(hash).await.unwrap());
+    assert_eq!(nb.fetch(hash, &[na.me().id]).await.unwrap(), data.len() as u64);
+    assert!(!b.is_corrupt(hash));
+    assert_eq!(b.get_bytes(hash).await.unwrap().unwrap(), data);
+}

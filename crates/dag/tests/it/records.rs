@@ -157,3 +157,32 @@ fn exits_serialise_in_snake_case() {
     );
     assert!(Exit::Code(0).success() && !Exit::Code(1).success() && !Exit::Signal(9).success());
 }
+
+/// Sizes of the encoded record to try: around ciborium's 4 KiB scratch buffer (records past it
+/// were unreadable: "invalid type: bytes, expected bytes"), and well past it.
+const RECORD_SIZES: [usize; 7] = [4000, 4096, 4097, 5000, 64 << 10, (64 << 10) + 1, (1 << 20) + 7];
+
+#[test]
+fn records_of_any_size_round_trip() {
+    let key = SigningKey::from_bytes(&[7; 32]);
+    for size in RECORD_SIZES {
+        // The three ways a user made one: a long argument, a long env value, many outputs.
+        let mut long_arg = record();
+        long_arg.job.command.push("a".repeat(size));
+        let mut long_env = record();
+        long_env.job.env.insert("LONG".into(), "é".repeat(size / 2));
+        let mut many_outputs = record();
+        for i in 0..size / 64 {
+            let d = Digest { hash: Hash::of(&i.to_le_bytes()), kind: DigestKind::File, size: i as u64 };
+            many_outputs.outputs.insert(format!("out{i}"), d);
+        }
+        for rec in [long_arg, long_env, many_outputs] {
+            let signed = rec.sign(&key);
+            assert!(signed.record.len() >= size.min(4000), "record of {} bytes for {size}", signed.record.len());
+            let back = SignedRecord::from_cbor(&signed.to_cbor())
+                .unwrap_or_else(|e| panic!("a record of {} bytes does not decode: {e}", signed.record.len()));
+            assert_eq!(back, signed);
+            assert_eq!(back.verify().unwrap(), rec);
+        }
+    }
+}

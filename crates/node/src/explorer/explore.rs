@@ -106,7 +106,6 @@ fn start_node(home: &Path, args: &ExploreArgs) -> Result<String> {
     }
 }
 
-
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();

@@ -100,7 +100,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
-    ciborium::from_reader(bytes).map_err(|e| WireError(e.to_string()))
+    shoal_dag::from_cbor(bytes).map_err(WireError)
 }
 
 #[cfg(test)]
@@ -118,5 +118,36 @@ mod tests {
         let req = SyncReq::Put { facts: vec![fact] };
         assert_eq!(decode::<SyncReq>(&encode(&req)).unwrap(), req);
         assert!(decode::<SyncResp>(b"\xff\x00garbage").is_err());
+    }
+
+    /// Messages around and well past ciborium's 4 KiB scratch buffer decode (a long failure
+    /// reason, a DAG sent inline, many facts).
+    #[test]
+    fn messages_of_any_size_round_trip() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        for size in [4000usize, 4096, 4097, 64 << 10, (1 << 20) + 7] {
+            let fail = Fact::sign(
+                &key,
+                Hlc { wall_ms: 5, counter: 1 },
+                Body::Fail { claim: Hash::of(b"c"), reason: "x".repeat(size) },
+            );
+            let text = "{".to_string() + &" ".repeat(size) + "}";
+            let batch = FactBatch {
+                v: WIRE_VERSION,
+                facts: vec![fail.clone()],
+                dags: vec![DagText { hash: Hash::of(text.as_bytes()), text }],
+            };
+            assert_eq!(decode::<FactBatch>(&encode(&batch)).unwrap(), batch);
+            let facts: Vec<Fact> = (0..(size / 200).min(FACTS_PER_MESSAGE_MAX) as u64)
+                .map(|i| {
+                    Fact::sign(&key, Hlc { wall_ms: i, counter: 0 }, Body::Cancel { dag: Hash::of(&i.to_le_bytes()) })
+                })
+                .chain([fail])
+                .collect();
+            let put = SyncReq::Put { facts };
+            assert_eq!(decode::<SyncReq>(&encode(&put)).unwrap(), put);
+            let ids = SyncResp::Ids { ids: (0..size as u64 / 32).map(|i| Hash::of(&i.to_le_bytes())).collect() };
+            assert_eq!(decode::<SyncResp>(&encode(&ids)).unwrap(), ids);
+        }
     }
 }
