@@ -111,3 +111,103 @@ fn a_corrupted_blob_is_never_served() {
     let again = json(&run_ns(&home, &dag2));
     assert_eq!(again["jobs"][0]["status"], "done", "{again}");
 }
+
+/// A tmpfs of `mib` MiB mounted at `dir` for one test (needs root, as CI is), unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &std::path::Path, mib: u32) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs", dir.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mounting a tmpfs needs root (CI runs as root): {}", stderr(&out));
+        SmallFs(dir.to_owned())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A store on a full file system failed with `output tar: failed to unpack` and no word of
+/// space; what is already stored must stay intact and the store must open cleanly afterwards.
+#[test]
+fn a_full_disk_is_named_and_loses_nothing() {
+    let home = Home::empty();
+    let _fs = SmallFs::mount(&home.store(), 24);
+    let rootfs = home.path().join("rootfs");
+    make_busybox_rootfs(&rootfs);
+    let build = home.shoal(&["image", "build", rootfs.to_str().unwrap(), "--tag", "bb:1", "--env", "PATH=/bin"]);
+    assert_success(&build, "image build");
+    let dag = |name: &str, script: &str| {
+        home.write(
+            name,
+            &serde_json::json!({"version": 1, "jobs": [{"id": name.trim_end_matches(".json"), "image": "bb:1",
+                "command": ["sh", "-c", script], "outputs": {"x": "file:/output/x"}}]})
+            .to_string(),
+        )
+    };
+    let small = dag("small.json", "echo kept > /output/x");
+    assert_success(&run_ns(&home, &small), "small job");
+
+    // Outputs larger than the free space: the job fails and the error says why.
+    let big = dag("big.json", "head -c 40000000 /dev/zero > /output/x");
+    let out = run_ns(&home, &big);
+    assert!(!out.status.success());
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(text.contains("no space left") || text.contains("is full"), "{text}");
+    assert!(text.contains(home.store().to_str().unwrap()), "the error does not name the store's file system: {text}");
+
+    // An import larger than the free space.
+    let file = home.path().join("big.bin");
+    std::fs::write(&file, vec![7u8; 30 << 20]).unwrap();
+    let put = home.shoal(&["blob", "put", file.to_str().unwrap()]);
+    assert!(!put.status.success());
+    assert!(stderr(&put).contains("is full"), "{}", stderr(&put));
+
+    // Everything stored before is intact, and the store works once space is back.
+    assert_eq!(stdout(&home.shoal(&["get", "small", "x"])), "kept\n");
+    assert_success(&home.shoal(&["image", "ls"]), "image ls");
+    let again = json(&run_ns(&home, &small));
+    assert_eq!(again["jobs"][0]["cached"], true, "{again}");
+    let other = dag("other.json", "echo new > /output/x");
+    assert_success(&run_ns(&home, &other), "a job after the full disk");
+    assert_eq!(stdout(&home.shoal(&["get", "other", "x"])), "new\n");
+}
+
+/// `file:/dev/zero` hung and wrote gigabytes into the store's temp directory, left behind after a
+/// kill. Inputs must be regular files or directories, and an interrupted import's temp files go
+/// at the next start.
+#[test]
+fn file_inputs_that_never_end_are_refused() {
+    let home = Home::with_busybox();
+    let fifo = home.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (path, kind) in [("/dev/zero", "character device"), (fifo.to_str().unwrap(), "FIFO")] {
+        let dag = home.write(
+            "zero.json",
+            &serde_json::json!({"version": 1, "jobs": [{"id": "z", "image": "busybox:latest",
+                "command": ["true"], "inputs": {"z": format!("file:{path}")}, "outputs": {"o": "stdout"}}]})
+            .to_string(),
+        );
+        let out = run_ns(&home, &dag);
+        assert!(!out.status.success());
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(text.contains(path) && text.contains(kind) && text.contains("regular file"), "{text}");
+        let put = home.shoal(&["blob", "put", path]);
+        assert!(!put.status.success() && stderr(&put).contains(kind), "{}", stderr(&put));
+    }
+    // What a killed import leaves (ours and iroh-blobs') is gone at the next start.
+    let leftovers = [home.store().join("tmp/upload-x"), home.store().join("blobs/temp/import-x")];
+    for p in &leftovers {
+        std::fs::write(p, vec![0u8; 1 << 20]).unwrap();
+    }
+    assert_success(&home.shoal(&["blob", "ls"]), "blob ls");
+    for p in &leftovers {
+        assert!(!p.exists(), "{} survived the next start", p.display());
+    }
+}

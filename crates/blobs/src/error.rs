@@ -53,14 +53,33 @@ pub enum StoreError {
     /// A stored tree blob is malformed or unsafe (a name with `/`, `.` or `..`, unsorted entries...).
     #[error("tree {hash} is invalid: {reason}; it was not made by shoal: re-create it from its directory")]
     BadTree { hash: Hash, reason: String },
-    /// A stored record does not decode.
+    /// A stored blob's bytes on disk do not hash to its name.
     #[error(
         "blob {hash} is corrupted in this store ({path}: its bytes hash to {actual}); it is no longer \
          served and `shoal gc` removes it: fetch it again from a peer, re-import it (`shoal blob put`, \
          `shoal image import`), or rerun the job that made it"
     )]
     Corrupt { hash: Hash, actual: Hash, path: String },
-
+    /// A file to store is not a regular file.
+    #[error(
+        "{path} is a {kind}, not a regular file or directory: inputs and imports must be files or \
+         directories (copy the data into a file first)"
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+    /// A file to store does not fit on the store's file system.
+    #[error(
+        "cannot store {path} ({len} bytes): the file system holding {fs} has {free_bytes} bytes free; free \
+         space there (`shoal gc`) or move the store (SHOAL_HOME) to a larger file system"
+    )]
+    NoRoom { path: PathBuf, len: u64, fs: PathBuf, free_bytes: u64 },
+    /// A write failed on a file system that is full.
+    #[error(
+        "blob store: {op} failed: the file system holding {fs} is full ({free_bytes} bytes free): free space \
+         there (`shoal gc` drops what nothing references) or move the store (SHOAL_HOME) to a larger file \
+         system; what is already stored is intact ({message})"
+    )]
+    NoSpace { op: &'static str, fs: PathBuf, free_bytes: u64, message: String },
+    /// A stored record does not decode.
     #[error("record {hash} is not a signed run record: {reason}")]
     BadRecord { hash: Hash, reason: String },
     /// `materialize` was pointed at a path that exists.

@@ -158,6 +158,13 @@ impl Store {
             }
         }
         let blobs_dir = home.join("blobs");
+        // iroh-blobs' temp files of imports that failed or were killed (it leaves them: a
+        // `file:/dev/zero` left gigabytes there); no other process uses this home (sled's lock).
+        if let Ok(rd) = std::fs::read_dir(blobs_dir.join("temp")) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         let (gc_config, gc_tx) = gc::iroh_gc_config();
         let mut options = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
         options.gc = Some(gc_config);
@@ -222,7 +229,7 @@ impl Store {
             return Ok(Hash::of(b""));
         }
         let tt =
-            self.iroh().add_bytes(bytes.clone()).temp_tag().await.map_err(|e| StoreError::blobs("adding bytes")(&e))?;
+            self.iroh().add_bytes(bytes.clone()).temp_tag().await.map_err(|e| self.write_failed("adding bytes", &e))?;
         let hash = from_iroh(tt.hash());
         if self.is_corrupt(hash) {
             self.repair(hash, Source::Bytes(&bytes)).await?;
@@ -240,11 +247,14 @@ impl Store {
 
     /// Like `put_file`, returning the sha256 hex too (without indexing it).
     pub(crate) async fn put_file_sha256(&self, path: &Path) -> Result<(Hash, u64, String), StoreError> {
-        let file = std::fs::File::open(path).map_err(StoreError::io("cannot open", path))?;
+        let file = open_regular(path)?;
+        let len = file.metadata().map_err(StoreError::io("cannot stat", path))?.len();
+        self.check_room(path, len)?;
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
         let reader = tokio::task::spawn_blocking(move || {
             use std::io::Read;
-            let mut file = file;
+            // A file that grows while it is read is stored as it was when opened.
+            let mut file = file.take(len);
             let mut sha = sha2::Sha256::new();
             let mut size = 0u64;
             loop {
@@ -270,18 +280,31 @@ impl Store {
         });
         let stream = futures_lite::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let added =
-            self.iroh().add_stream(stream).await.temp_tag().await.map_err(|e| StoreError::blobs("adding a file")(&e));
+            self.iroh().add_stream(stream).await.temp_tag().await.map_err(|e| self.write_failed("adding a file", &e));
         let read = reader.await.map_err(|e| StoreError::Io {
             what: "cannot read",
             path: path.to_owned(),
             source: std::io::Error::other(e.to_string()),
         })?;
+        // A failed store stops the reader: its error is the one that says what happened.
+        let added = added?;
         let (size, sha) = read.map_err(StoreError::io("cannot read", path))?;
-        let hash = from_iroh(added?.hash());
+        let hash = from_iroh(added.hash());
         if self.is_corrupt(hash) {
             self.repair(hash, Source::File(path)).await?;
         }
         Ok((hash, size, sha))
+    }
+
+    /// Refuses to store `len` bytes from `path` when the store's file system would be left with
+    /// less than [`FULL_DISK_BYTES`] free.
+    pub(crate) fn check_room(&self, path: &Path, len: u64) -> Result<(), StoreError> {
+        match fs_free_bytes(self.home()) {
+            Some(free_bytes) if len.saturating_add(FULL_DISK_BYTES) > free_bytes => {
+                Err(StoreError::NoRoom { path: path.to_owned(), len, fs: self.home().to_owned(), free_bytes })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stores a file without indexing its sha256 (tree building): small files in one read.
@@ -290,8 +313,9 @@ impl Store {
             let data = std::fs::read(path).map_err(StoreError::io("cannot read", path))?;
             self.put_bytes(data).await
         } else {
+            self.check_room(path, size)?;
             let abs = std::path::absolute(path).map_err(StoreError::io("cannot resolve", path))?;
-            let tt = self.iroh().add_path(&abs).temp_tag().await.map_err(|e| StoreError::blobs("adding a file")(&e))?;
+            let tt = self.iroh().add_path(&abs).temp_tag().await.map_err(|e| self.write_failed("adding a file", &e))?;
             let hash = from_iroh(tt.hash());
             if self.is_corrupt(hash) {
                 self.repair(hash, Source::File(&abs)).await?;
@@ -383,6 +407,17 @@ impl Store {
             self.meta().corrupt.remove(h.0).map_err(StoreError::meta("write"))?;
         }
         Ok(())
+    }
+
+    /// A failed write of the blob store, named as a full disk when the store's file system has
+    /// (almost) no room left: iroh-blobs' own message does not say so.
+    fn write_failed(&self, op: &'static str, e: &dyn std::fmt::Display) -> StoreError {
+        match fs_free_bytes(self.home()) {
+            Some(free_bytes) if free_bytes < FULL_DISK_BYTES => {
+                StoreError::NoSpace { op, fs: self.home().to_owned(), free_bytes, message: e.to_string() }
+            }
+            _ => StoreError::blobs(op)(e),
+        }
     }
 
     /// The BLAKE3 of a blob's data file, when it has one (blobs above iroh-blobs' inline size).
@@ -509,7 +544,7 @@ impl Store {
         let job_id = record_job_id(&rec.record);
         let hash = self.put_bytes(bytes.clone()).await?;
         if durability == Durability::Now {
-            self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e))?;
+            self.iroh().sync_db().await.map_err(|e| self.write_failed("syncing the blob database", &e))?;
         }
         let m = self.meta();
         Meta::put(&m.records, &hash.0, &bytes)?;
@@ -588,7 +623,7 @@ impl Store {
     /// ([`Store::action_get`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let blobs =
-            async { self.iroh().sync_db().await.map_err(|e| StoreError::blobs("syncing the blob database")(&e)) };
+            async { self.iroh().sync_db().await.map_err(|e| self.write_failed("syncing the blob database", &e)) };
         tokio::try_join!(blobs, self.meta().flush_async()).map(drop)
     }
 
@@ -605,6 +640,41 @@ impl Store {
 enum Source<'a> {
     Bytes(&'a [u8]),
     File(&'a Path),
+}
+
+/// Opens `path` for reading if it is a regular file (never blocking on a FIFO): a device or a
+/// FIFO never ends (`file:/dev/zero` filled the disk).
+fn open_regular(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(StoreError::io("cannot open", path))?;
+    let ft = file.metadata().map_err(StoreError::io("cannot stat", path))?.file_type();
+    let kind = if ft.is_file() {
+        return Ok(file);
+    } else if ft.is_char_device() {
+        "character device"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    };
+    Err(StoreError::NotRegular { path: path.to_owned(), kind })
+}
+
+/// Free space below which a failed write is reported as a full disk, in bytes.
+const FULL_DISK_BYTES: u64 = 64 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+pub fn fs_free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// The BLAKE3 of a file's bytes.

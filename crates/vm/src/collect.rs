@@ -397,11 +397,51 @@ fn push_front_components(todo: &mut VecDeque<OsString>, path: &Path) {
 pub enum UnpackError {
     #[error("output tar: {0}")]
     Invalid(String),
-    #[error("output tar: {source}")]
+    #[error("output tar: {}", with_causes(source))]
     Io {
         #[from]
         source: io::Error,
     },
+    /// The file system the outputs are unpacked to is full.
+    #[error(
+        "no space left on the file system holding {dest} ({free_bytes} bytes free) while writing the job's \
+         outputs ({}): free space there, or move the store (SHOAL_HOME) to a larger file system",
+        with_causes(source)
+    )]
+    NoSpace { dest: PathBuf, free_bytes: u64, source: io::Error },
+}
+
+/// An I/O error with its causes: the tar crate wraps the OS error ("No space left on device")
+/// inside one that only says which entry failed.
+fn with_causes(e: &io::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    if cause.is_none() {
+        cause = e.get_ref().and_then(|inner| inner.source());
+    }
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// A full file system named as such: ENOSPC or EDQUOT, as the error kind or in its causes.
+fn name_full_disk(e: UnpackError, dest: &Path) -> UnpackError {
+    let UnpackError::Io { source } = e else { return e };
+    let full = matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        || matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+    if !full {
+        return UnpackError::Io { source };
+    }
+    let free_bytes = nix::sys::statvfs::statvfs(dest)
+        .map(|st| st.blocks_available() as u64 * st.fragment_size() as u64)
+        .unwrap_or(0);
+    UnpackError::NoSpace { dest: dest.to_owned(), free_bytes, source }
 }
 
 /// Unpacks a tar written by [`collect`] into `dest/<name>` for each declared output. Only
@@ -410,6 +450,14 @@ pub enum UnpackError {
 /// component at a time without following symlinks). Directory modes are applied last, so a
 /// read-only directory can still be filled.
 pub fn unpack<R: Read>(
+    tar: R,
+    dest: &Path,
+    specs: &BTreeMap<String, OutputSpec>,
+) -> Result<BTreeMap<String, CollectedOutput>, UnpackError> {
+    unpack_checked(tar, dest, specs).map_err(|e| name_full_disk(e, dest))
+}
+
+fn unpack_checked<R: Read>(
     tar: R,
     dest: &Path,
     specs: &BTreeMap<String, OutputSpec>,
