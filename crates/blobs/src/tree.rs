@@ -263,17 +263,35 @@ impl Store {
         })
     }
 
-    /// Writes tree `tree` to the new directory `dest`: modes (setuid, setgid, sticky included),
-    /// owners (when running as root), symlinks as links. Identical files (same content, mode and
-    /// owner) are hard-linked to each other.
+    /// Writes tree `tree` to the new directory `dest` for a user to keep and edit: modes (setuid,
+    /// setgid, sticky included), owners (when running as root), symlinks as links, and every file
+    /// its own copy (identical files are copied from the first one written, with
+    /// `copy_file_range`, which shares the blocks where the file system can: btrfs, XFS). Hard
+    /// links would make an edit of one file change the others, and fail past the file system's
+    /// link limit (65,000 on ext4). On failure nothing is left at `dest`.
     pub async fn materialize(&self, tree: Hash, dest: &Path) -> Result<(), StoreError> {
+        self.materialize_as(tree, dest, Links::Copy).await
+    }
+
+    /// Like [`Store::materialize`], with identical files hard-linked to each other (up to the file
+    /// system's link limit): for trees nobody writes to (image roots, a job's read-only inputs).
+    pub async fn materialize_read_only(&self, tree: Hash, dest: &Path) -> Result<(), StoreError> {
+        self.materialize_as(tree, dest, Links::Hard).await
+    }
+
+    async fn materialize_as(&self, tree: Hash, dest: &Path, links: Links) -> Result<(), StoreError> {
         if std::fs::symlink_metadata(dest).is_ok() {
             return Err(StoreError::DestinationExists { path: dest.to_owned() });
         }
         std::fs::create_dir(dest).map_err(StoreError::io("cannot create", dest))?;
         let mut done = HashMap::new();
         let root = is_root();
-        self.materialize_rec(tree, dest.to_owned(), root, &mut done).await
+        let result = self.materialize_rec(tree, dest.to_owned(), root, links, &mut done).await;
+        if result.is_err() {
+            // Never a half-written directory that looks whole.
+            let _ = remove_tree_forcefully(dest);
+        }
+        result
     }
 
     fn materialize_rec<'a>(
@@ -281,6 +299,7 @@ impl Store {
         tree: Hash,
         dir: PathBuf,
         root: bool,
+        links: Links,
         done: &'a mut HashMap<(Hash, u32, u32, u32), PathBuf>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
@@ -293,10 +312,16 @@ impl Store {
                     EntryKind::File { hash, size } => {
                         let key = (*hash, e.mode, e.uid, e.gid);
                         if let Some(first) = done.get(&key) {
-                            std::fs::hard_link(first, &path).map_err(StoreError::io("cannot link", &path))?;
-                            continue;
-                        }
-                        if *size <= SMALL_FILE_BYTES {
+                            if links == Links::Hard {
+                                match std::fs::hard_link(first, &path) {
+                                    Ok(()) => continue,
+                                    // The link limit: this copy becomes the one the next link to.
+                                    Err(e) if e.raw_os_error() == Some(libc::EMLINK) => {}
+                                    Err(e) => return Err(StoreError::io("cannot link", &path)(e)),
+                                }
+                            }
+                            std::fs::copy(first, &path).map_err(StoreError::io("cannot copy to", &path))?;
+                        } else if *size <= SMALL_FILE_BYTES {
                             let bytes = self.need_bytes(*hash).await?;
                             let mut f = std::fs::OpenOptions::new()
                                 .write(true)
@@ -326,7 +351,7 @@ impl Store {
                     }
                     EntryKind::Dir { hash } => {
                         std::fs::create_dir(&path).map_err(StoreError::io("cannot create", &path))?;
-                        self.materialize_rec(*hash, path.clone(), root, done).await?;
+                        self.materialize_rec(*hash, path.clone(), root, links, done).await?;
                         if root {
                             std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid))
                                 .map_err(StoreError::io("cannot chown", &path))?;
@@ -356,7 +381,7 @@ impl Store {
         let tmp = dir.join(format!(".tmp-{}-{}", tree.to_hex(), std::process::id()));
         remove_tree_forcefully(&tmp).map_err(StoreError::io("cannot remove", &tmp))?;
         let started = std::time::Instant::now();
-        if let Err(e) = self.materialize(tree, &tmp).await {
+        if let Err(e) = self.materialize_read_only(tree, &tmp).await {
             let _ = remove_tree_forcefully(&tmp);
             return Err(e);
         }
@@ -371,6 +396,15 @@ impl Store {
         debug!(%tree, ms = started.elapsed().as_millis() as u64, "materialized rootfs");
         Ok(final_path)
     }
+}
+
+/// How [`Store::materialize`] writes identical files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Links {
+    /// Each its own copy.
+    Copy,
+    /// Hard-linked to each other, up to the link limit.
+    Hard,
 }
 
 /// Removes a file or a directory tree, first making directories writable (a materialized tree

@@ -417,7 +417,7 @@ async fn resolve_image(
             let path = tmp.path().join("image");
             match digest.kind {
                 DigestKind::File => ctx.store.export(digest.hash, &path).await?,
-                DigestKind::Tree => ctx.store.materialize(digest.hash, &path).await?,
+                DigestKind::Tree => ctx.store.materialize_read_only(digest.hash, &path).await?,
             }
             let id = ctx.store.import_image_path(&path, None).await.with_context(|| {
                 format!("the output `{output}` of job `{job}` is not an OCI layout, OCI archive or docker-save archive")
@@ -789,7 +789,7 @@ async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {
 async fn write_out(ctx: &Ctx, digest: &Digest, path: &Path) -> Result<()> {
     match digest.kind {
         DigestKind::File => ctx.store.export(digest.hash, path).await?,
-        DigestKind::Tree => ctx.store.materialize(digest.hash, path).await?,
+        DigestKind::Tree => ctx.store.materialize_read_only(digest.hash, path).await?,
     }
     Ok(())
 }

@@ -60,9 +60,15 @@ async fn tree_round_trip() {
     assert!(md.file_type().is_symlink());
     assert_eq!(std::fs::read_link(dst.join("etc/outside")).unwrap(), Path::new("/etc/passwd"));
     assert_eq!(std::fs::read_link(dst.join("etc/dangling")).unwrap(), Path::new("../../../../nowhere"));
-    // Identical files are hard-linked within one materialization.
+    // Identical files are copies a user can edit one by one...
     let a = std::fs::metadata(dst.join("etc/conf")).unwrap();
     let b = std::fs::metadata(dst.join("etc/conf.link")).unwrap();
+    assert_ne!((a.dev(), a.ino()), (b.dev(), b.ino()));
+    // ...and hard-linked where nobody writes.
+    let ro = home.path().join("ro");
+    s.materialize_read_only(d.hash, &ro).await.unwrap();
+    let a = std::fs::metadata(ro.join("etc/conf")).unwrap();
+    let b = std::fs::metadata(ro.join("etc/conf.link")).unwrap();
     assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()));
     if is_root() {
         let m = std::fs::symlink_metadata(dst.join("etc/secret")).unwrap();
@@ -217,4 +223,76 @@ fn random_trees_round_trip() {
         })?;
     });
     rt.block_on(s.shutdown());
+}
+
+/// An ext4 file system in a file in /dev/shm, loop-mounted at `dir` for one test (needs root, as
+/// CI is): ext4's hard-link limit (65,000) is what `shoal get` ran into.
+struct LoopExt4 {
+    dir: std::path::PathBuf,
+    image: std::path::PathBuf,
+}
+
+impl LoopExt4 {
+    fn mount(dir: &Path, mib: u64) -> LoopExt4 {
+        let image = std::path::PathBuf::from(format!("/dev/shm/shoal-test-{}.ext4", std::process::id()));
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(mib << 20).unwrap();
+        let run = |cmd: &str, args: &[&str]| {
+            let out = std::process::Command::new(cmd).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd} {args:?} (needs root, as CI runs): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run("mkfs.ext4", &["-q", "-F", "-N", "100000", image.to_str().unwrap()]);
+        std::fs::create_dir_all(dir).unwrap();
+        run("mount", &["-o", "loop", image.to_str().unwrap(), dir.to_str().unwrap()]);
+        LoopExt4 { dir: dir.to_owned(), image }
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+/// `shoal get` of a directory output with many identical files failed with `Too many links`
+/// (65,001 entries left behind): identical files were hard-linked to each other, past ext4's
+/// link limit, an edit of one changed the others, and a failure left a half-written directory.
+#[tokio::test]
+async fn many_identical_files_materialize_as_copies_and_past_the_link_limit() {
+    let (home, s) = store().await;
+    let same = s.put_bytes(&b"same"[..]).await.unwrap();
+    let file =
+        |name: String, hash| Entry { name, kind: EntryKind::File { hash, size: 4 }, mode: 0o644, uid: 0, gid: 0 };
+    let mut entries: Vec<Entry> = (0..66_000).map(|i| file(format!("f{i:05}"), same)).collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let tree = s.put_tree(&Tree { entries }).await.unwrap();
+    let fs = LoopExt4::mount(&home.path().join("ext4"), 200);
+
+    let copy = fs.dir.join("copy");
+    s.materialize(tree, &copy).await.unwrap();
+    std::fs::write(copy.join("f00000"), b"edited").unwrap();
+    assert_eq!(std::fs::read(copy.join("f00001")).unwrap(), b"same", "editing one file changed another");
+    assert_eq!(std::fs::metadata(copy.join("f65999")).unwrap().nlink(), 1);
+    std::fs::remove_dir_all(&copy).unwrap();
+
+    let ro = fs.dir.join("ro");
+    s.materialize_read_only(tree, &ro).await.unwrap();
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 66_000);
+    assert_eq!(std::fs::read(ro.join("f65999")).unwrap(), b"same");
+    assert!(std::fs::metadata(ro.join("f00000")).unwrap().nlink() > 1, "identical read-only files are linked");
+
+    // A materialization that fails leaves nothing behind.
+    let present = s.put_bytes(&b"here"[..]).await.unwrap();
+    let broken = s
+        .put_tree(&Tree { entries: vec![file("a".into(), present), file("b".into(), shoal_blobs::Hash::of(b"gone"))] })
+        .await
+        .unwrap();
+    let bad = fs.dir.join("bad");
+    assert!(s.materialize(broken, &bad).await.is_err());
+    assert!(!bad.exists(), "a failed materialization left a half-written directory");
 }

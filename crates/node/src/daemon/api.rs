@@ -301,7 +301,7 @@ async fn job_output(
             let tmp =
                 tempfile::Builder::new().prefix("out-").tempdir_in(s.store.home().join("tmp")).map_err(internal)?;
             let dir = tmp.path().join("tree");
-            s.store.materialize(digest.hash, &dir).await.map_err(internal)?;
+            s.store.materialize_read_only(digest.hash, &dir).await.map_err(internal)?;
             let tar = tokio::task::spawn_blocking(move || {
                 let mut b = tar::Builder::new(Vec::new());
                 b.follow_symlinks(false);
