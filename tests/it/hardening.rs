@@ -211,3 +211,49 @@ fn file_inputs_that_never_end_are_refused() {
         assert!(!p.exists(), "{} survived the next start", p.display());
     }
 }
+
+/// A FIFO or socket written under a `dir:` output vanished: the job was `done` with an empty
+/// tree. It must fail and name the path.
+#[test]
+fn special_files_in_outputs_are_refused_by_name() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "fifo.json",
+        r#"{"version": 1, "jobs": [
+            {"id": "d", "image": "busybox:latest", "command": ["sh", "-c", "mkdir -p /output/d/sub; echo x > /output/d/a; mkfifo /output/d/sub/pipe"],
+             "outputs": {"tree": "dir:/output/d"}},
+            {"id": "g", "image": "busybox:latest", "command": ["sh", "-c", "mkdir -p /output/g; mkfifo /output/g/p.txt; echo y > /output/g/q.txt"],
+             "outputs": {"txt": "glob:/output/g/*.txt"}},
+            {"id": "fine", "image": "busybox:latest", "command": ["sh", "-c", "mkdir -p /output/h; mkfifo /output/h/p.log; echo z > /output/h/q.txt"],
+             "outputs": {"txt": "glob:/output/h/*.txt"}}
+        ]}"#,
+    );
+    let report = json(&run_ns(&home, &dag));
+    let job = |id: &str| report["jobs"].as_array().unwrap().iter().find(|j| j["job"] == id).unwrap().clone();
+    for (id, path) in [("d", "/output/d/sub/pipe"), ("g", "/output/g/p.txt")] {
+        let j = job(id);
+        assert_eq!(j["status"], "failed", "{j}");
+        let log = format!("{}", j);
+        assert!(log.contains(path) && log.contains("FIFO"), "{id}: {j}");
+    }
+    // A FIFO the glob does not select is no concern of the output.
+    assert_eq!(job("fine")["status"], "done", "{}", job("fine"));
+}
+
+/// `ln -s / x` under an output came back as a link to `//`.
+#[test]
+fn a_symlink_to_the_root_comes_back_as_written() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "ln.json",
+        r#"{"version": 1, "jobs": [{"id": "ln", "image": "busybox:latest",
+            "command": ["sh", "-c", "mkdir -p /output/d; ln -s / /output/d/root; ln -s /etc/ /output/d/etc; ln -s a//b /output/d/ab"],
+            "outputs": {"tree": "dir:/output/d"}}]}"#,
+    );
+    assert_success(&run_ns(&home, &dag), "run");
+    let dest = home.path().join("got");
+    assert_success(&home.shoal(&["get", "ln", "tree", "-o", dest.to_str().unwrap()]), "get");
+    for (name, target) in [("root", "/"), ("etc", "/etc/"), ("ab", "a//b")] {
+        assert_eq!(std::fs::read_link(dest.join(name)).unwrap().to_str().unwrap(), target, "{name}");
+    }
+}

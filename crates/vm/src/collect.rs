@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::{CollectedOutput, OutputSpec};
@@ -76,9 +76,17 @@ struct Item {
 
 #[derive(Debug)]
 enum ItemKind {
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     Dir,
-    Symlink { target: PathBuf },
+    Symlink {
+        target: PathBuf,
+    },
+    /// A FIFO, socket or device: no tree can hold it, and dropping it silently would lose it.
+    Special {
+        kind: &'static str,
+    },
 }
 
 /// Checks an output or input name: one plain path component.
@@ -104,7 +112,7 @@ pub fn collect<W: Write>(
             OutputSpec::Stdout | OutputSpec::Stderr => continue,
             OutputSpec::File(path) => plan_file(root, name, path, &mut report)?,
             OutputSpec::Dir(path) => plan_dir(root, name, path, &mut report)?,
-            OutputSpec::Glob(pattern) => plan_glob(root, name, pattern)?,
+            OutputSpec::Glob(pattern) => plan_glob(root, name, pattern, &mut report)?,
         };
         let Some(items) = items else { continue };
         let bytes = items
@@ -181,10 +189,35 @@ fn plan_dir(
     }
     let mut items = Vec::new();
     walk_tree(&real, Path::new(name), &mut |_| true, &mut items)?;
-    Ok(Some(items))
+    Ok(refuse_special(name, &real, items, report))
 }
 
-fn plan_glob(root: &Path, name: &str, pattern: &str) -> Result<Option<Vec<Item>>, CollectError> {
+/// `None`, with a problem naming it, when `items` hold a special file (the first one found).
+fn refuse_special(name: &str, real: &Path, items: Vec<Item>, report: &mut CollectReport) -> Option<Vec<Item>> {
+    let Some((item, kind)) = items.iter().find_map(|i| match i.what {
+        ItemKind::Special { kind } => Some((i, kind)),
+        _ => None,
+    }) else {
+        return Some(items);
+    };
+    let rel = item.archive_path.strip_prefix(name).unwrap_or(&item.archive_path);
+    report.problems.insert(
+        name.into(),
+        format!(
+            "output `{name}`: {} is a {kind}; outputs hold only files, directories and symlinks: remove it \
+             before the job ends, or write its data to a regular file",
+            real.join(rel).display()
+        ),
+    );
+    None
+}
+
+fn plan_glob(
+    root: &Path,
+    name: &str,
+    pattern: &str,
+    report: &mut CollectReport,
+) -> Result<Option<Vec<Item>>, CollectError> {
     let bad = |message: String| CollectError::BadSpec { name: name.into(), message };
     if !pattern.starts_with('/') {
         return Err(bad(format!("glob `{pattern}` is not absolute")));
@@ -249,11 +282,12 @@ fn plan_glob(root: &Path, name: &str, pattern: &str) -> Result<Option<Vec<Item>>
     if items.is_empty() {
         items.push(root_item);
     }
-    Ok(Some(items))
+    Ok(refuse_special(name, &real, items, report))
 }
 
 /// Walks `dir` (not following symlinks), pushing `base` and `base/<rel>` items, sorted by
-/// name so the stream is reproducible. Sockets, fifos and devices are skipped.
+/// name so the stream is reproducible. Sockets, fifos and devices come back as
+/// [`ItemKind::Special`], for the caller to refuse.
 fn walk_tree(
     dir: &Path,
     base: &Path,
@@ -278,8 +312,19 @@ fn walk_tree(
             let target = fs::read_link(entry.path()).map_err(io_err(entry.path()))?;
             ItemKind::Symlink { target }
         } else {
-            tracing::debug!(path = %entry.path().display(), "skipping a special file in an output tree");
-            continue;
+            let ft = meta.file_type();
+            let kind = if ft.is_fifo() {
+                "FIFO"
+            } else if ft.is_socket() {
+                "socket"
+            } else if ft.is_char_device() {
+                "character device"
+            } else if ft.is_block_device() {
+                "block device"
+            } else {
+                "special file"
+            };
+            ItemKind::Special { kind }
         };
         let archive_path = if rel.as_os_str().is_empty() { base.to_path_buf() } else { base.join(rel) };
         items.push(Item { archive_path, source: entry.path().to_path_buf(), what, mode: meta.mode() & 0o7777 });
@@ -300,10 +345,21 @@ fn write_item<W: Write>(builder: &mut tar::Builder<W>, item: &Item) -> Result<()
             header.set_size(0);
             builder.append_data(&mut header, &item.archive_path, io::empty()).map_err(err)
         }
+        // Refused while planning (`refuse_special`); never written, never dropped.
+        ItemKind::Special { kind } => Err(err(io::Error::new(io::ErrorKind::InvalidInput, format!("a {kind}")))),
         ItemKind::Symlink { target } => {
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
-            builder.append_link(&mut header, &item.archive_path, target).map_err(err)
+            // The target exactly as written: `set_link_name` (and `append_link` for short
+            // targets) rewrites it by path components, so `/` came back as `//` and `a//b` as
+            // `a/b`. A target too long for the header goes in a GNU long-link record, verbatim.
+            let bytes = target.as_os_str().as_encoded_bytes();
+            if bytes.len() < 100 {
+                header.set_link_name_literal(bytes).map_err(io_err(&item.source))?;
+                builder.append_data(&mut header, &item.archive_path, io::empty()).map_err(err)
+            } else {
+                builder.append_link(&mut header, &item.archive_path, target).map_err(err)
+            }
         }
         ItemKind::File { size } => {
             header.set_entry_type(tar::EntryType::Regular);
