@@ -9,9 +9,11 @@
 //! - `exec`: runs one claimed job: fetches its DAG's upstream records, inputs and image from
 //!   peers, then runs it as `shoal run` does.
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
+//! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
 
 mod api;
 mod exec;
+mod hold;
 pub mod pin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
+use libp2p::request_response::OutboundRequestId;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use shoal_blobs::Store;
@@ -30,7 +33,7 @@ use shoal_node::mesh::capabilities::Capabilities;
 use shoal_node::mesh::core::{Action, Finished, NodeCore};
 use shoal_node::mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
-use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
+use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, HoldState, SyncReq, SyncResp, WIRE_VERSION};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -59,6 +62,18 @@ const DAG_FETCH_RETRY_MS: u64 = 1_000;
 const REPLICATIONS_IN_FLIGHT_MAX: usize = 4;
 /// Attempts a job gets before it fails for good, unless the submitter says otherwise.
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+/// How long a submit may take to have another node hold the DAG's blobs before it is refused,
+/// unless the node is told otherwise (`--submit-replication-timeout-s`), in seconds.
+pub const SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT: u64 = 300;
+/// How often a submitting node asks a peer holding its DAG's blobs how far it got, in ms.
+const HOLD_POLL_MS: u64 = 200;
+/// How long a submitting node waits before it asks its peers again when every one failed to
+/// hold the DAG's blobs (a peer that has just connected may not know our blob address yet), in ms.
+const HOLD_RETRY_MS: u64 = 1_000;
+/// How often a submit waiting for its blobs to be held logs its progress, in ms.
+const HOLD_PROGRESS_LOG_MS: u64 = 5_000;
+/// DAGs whose blobs this node fetches at once for submitting peers; past it, it answers busy.
+const HOLDS_IN_FLIGHT_MAX: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -76,8 +91,12 @@ pub struct NodeOptions {
     pub labels: BTreeMap<String, String>,
     /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
     pub speed: Option<u32>,
-    /// Nodes that keep a copy of every output (the runner included).
+    /// Nodes that keep a copy of every output (the runner included). A submitted DAG's blobs
+    /// (its images and inputs) are held by `replicas - 1` other nodes, at least one, before the
+    /// submit is acknowledged.
     pub replicas: usize,
+    /// How long a submit may wait for other nodes to hold the DAG's blobs, in seconds.
+    pub submit_replication_timeout_s: u64,
     /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
     pub ready_file: Option<PathBuf>,
     /// Serve `POST /v1/test/block`, which cuts this node off from given peers (partition tests).
@@ -88,13 +107,14 @@ pub struct NodeOptions {
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
-    /// A pinned DAG (stored as a blob already) to submit from here; answered once the Submit fact
-    /// is durable.
+    /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
+    /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
+    /// why the blobs could not be copied (then nothing was submitted).
     Submit {
         hash: Hash,
         dag: Dag,
         max_attempts: u32,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<SubmitAck, String>>,
     },
     /// The ledger's view: of one DAG (with every run of each job), or of all.
     Status {
@@ -133,6 +153,14 @@ pub(crate) enum Cmd {
         runner: Option<NodeId>,
         reply: oneshot::Sender<bool>,
     },
+}
+
+/// An acknowledged submit.
+#[derive(Clone, Debug)]
+pub(crate) struct SubmitAck {
+    /// The other nodes that hold every blob the DAG needs; empty when no other node was
+    /// connected (the DAG then depends on this node until a peer has fetched them).
+    pub holders: Vec<NodeId>,
 }
 
 /// The ledger's view as the API shows it.
@@ -232,6 +260,17 @@ fn now_unix_ms() -> u64 {
 pub(crate) fn peer_id_of_node(node: &NodeId) -> Option<PeerId> {
     let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node).ok()?;
     Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The node id of a libp2p peer id, when it names an ed25519 key (an identity multihash of the
+/// key's protobuf encoding, as every shoal node's does).
+pub(crate) fn node_of_peer(peer: &PeerId) -> Option<NodeId> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
 /// The mesh key: 32 bytes in libp2p's pre-shared key file format.
@@ -364,6 +403,9 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         announces: 0,
         caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
+        submits: BTreeMap::new(),
+        hold_requests: BTreeMap::new(),
+        holds: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
     };
     node.run(cmd_rx).await
 }
@@ -411,12 +453,53 @@ struct Node {
     announce_soon: bool,
     /// Bounds the copies being made at once.
     replications: Arc<tokio::sync::Semaphore>,
+    /// Submits waiting for other nodes to hold their DAG's blobs, by DAG.
+    submits: BTreeMap<Hash, PendingSubmit>,
+    /// Our `Hold` requests in flight: request -> (DAG, the peer asked).
+    hold_requests: BTreeMap<OutboundRequestId, (Hash, NodeId)>,
+    /// DAGs whose blobs this node fetches (or fetched) for a submitting peer, and how far it got.
+    holds: Holds,
+}
+
+type Holds = Arc<std::sync::Mutex<BTreeMap<Hash, HoldState>>>;
+
+/// A submit whose DAG's blobs are being copied to other nodes before it is acknowledged.
+struct PendingSubmit {
+    dag: Dag,
+    max_attempts: u32,
+    /// Every API request submitting this DAG meanwhile.
+    replies: Vec<oneshot::Sender<Result<SubmitAck, String>>>,
+    /// Other nodes that hold the blobs needed, and how many are wanted.
+    holders: Vec<NodeId>,
+    wanted: usize,
+    /// Peers not asked yet in this round, best ranked first.
+    candidates: Vec<NodeId>,
+    /// Peers asked, and where each stands.
+    asking: BTreeMap<NodeId, Asking>,
+    /// The last failure of each peer that failed, for the error when all do.
+    failures: BTreeMap<NodeId, String>,
+    started: Instant,
+    deadline: Instant,
+    /// When the next round may start, once every peer of this one failed.
+    next_round: Option<Instant>,
+    last_log: Instant,
+}
+
+/// One peer asked to hold a DAG's blobs.
+struct Asking {
+    /// Whether a request is in flight; when not, the next one goes at `next_ask`.
+    in_flight: bool,
+    next_ask: Instant,
+    /// Its last progress: (items held, items, bytes arrived).
+    progress: (u32, u32, u64),
 }
 
 impl Node {
     async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
         let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
         let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
+        let mut holds = tokio::time::interval(Duration::from_millis(HOLD_POLL_MS));
+        holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = self.opts.shutdown.clone().unwrap_or_default();
         self.after_step().await;
@@ -455,6 +538,7 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_tick(now_unix_ms()),
                 _ = announce.tick() => self.announce(),
                 _ = sync.tick() => self.anti_entropy(),
+                _ = holds.tick(), if !self.submits.is_empty() => self.drive_submits().await,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
                 _ = shutdown.notified() => break,
@@ -723,6 +807,11 @@ impl Node {
             }
             NetEvent::Connected(peer) => {
                 self.connected.insert(peer);
+                // It passed pnet (the mesh key) and noise (its id): a member, so it may fetch
+                // this node's blobs.
+                if let Some(node) = node_of_peer(&peer) {
+                    self.shared.blobs.admit(&node);
+                }
                 // A new connection (a newcomer, or a peer back from a restart) learns our
                 // addresses from our next announcement: make it soon, once subscriptions are
                 // exchanged, rather than at the next regular tick.
@@ -747,6 +836,9 @@ impl Node {
                         return;
                     }
                     self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+                    // Signed by its author and carried only over connections that passed pnet: the
+                    // author is a member (this reaches peers we have no direct connection to).
+                    self.shared.blobs.admit(&a.node);
                     // Gossip reached us through others: connect directly, so the mesh stays
                     // whole when the node everyone joined through leaves.
                     if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
@@ -781,8 +873,20 @@ impl Node {
                 let resp = self.answer_sync(now, &peer, &request.0);
                 self.net.respond(channel, SyncResponse(wire::encode(&resp)));
             }
-            NetEvent::Response { peer, response, .. } => self.on_sync_response(now, &peer, &response.0),
-            NetEvent::RequestFailed { peer, error, .. } => debug!(%peer, "sync request failed: {error}"),
+            NetEvent::Response { peer, id, response } => {
+                if let Some((dag, node)) = self.hold_requests.remove(&id) {
+                    self.on_hold_response(dag, node, &response.0);
+                } else {
+                    self.on_sync_response(now, &peer, &response.0);
+                }
+            }
+            NetEvent::RequestFailed { peer, id, error } => {
+                if let Some((dag, node)) = self.hold_requests.remove(&id) {
+                    self.hold_failed(dag, node, format!("the request failed: {error}"));
+                } else {
+                    debug!(%peer, "sync request failed: {error}");
+                }
+            }
         }
     }
 
@@ -832,6 +936,7 @@ impl Node {
                 let (added, refused) = self.take_facts(now, facts, peer);
                 SyncResp::Stored { added, refused }
             }
+            SyncReq::Hold { dag } => SyncResp::Holding { dag, state: self.hold(dag, peer) },
         }
     }
 
@@ -860,7 +965,7 @@ impl Node {
                 self.take_facts(now, facts, peer);
             }
             SyncResp::Refused { reason } => warn!(%peer, "the peer refused our sync request: {reason}"),
-            SyncResp::Same | SyncResp::Stored { .. } => {}
+            SyncResp::Same | SyncResp::Stored { .. } | SyncResp::Holding { .. } => {}
         }
     }
 
@@ -927,17 +1032,7 @@ impl Node {
     async fn on_cmd(&mut self, cmd: Cmd) {
         let now = now_unix_ms();
         match cmd {
-            Cmd::Submit { hash, dag, max_attempts, reply } => {
-                let known = self.core.ledger().has_dag(&hash);
-                if !known {
-                    self.core.submit(now, hash, dag, max_attempts);
-                } else if self.core.dag(&hash).is_none() {
-                    self.core.handle_dag(now, hash, dag);
-                }
-                // Persist (and gossip) before answering: an acknowledged submit survives a kill -9.
-                self.after_step().await;
-                let _ = reply.send(());
-            }
+            Cmd::Submit { hash, dag, max_attempts, reply } => self.start_submit(hash, dag, max_attempts, reply).await,
             Cmd::Status { dag, reply } => {
                 let _ = reply.send(self.status_view(now, dag));
             }
