@@ -639,6 +639,32 @@ fn a_submit_to_a_node_alone_says_the_dag_depends_on_it() {
     assert!(warning.contains("no other node of the mesh holds this DAG's images and inputs"), "{warning}");
 }
 
+/// A submit whose blobs no other node can come to hold (an input nobody has) is refused with
+/// each peer's reason, and nothing enters the ledger.
+#[test]
+fn a_submit_whose_input_no_node_can_hold_is_refused_with_the_reason() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    let nowhere = format!("blake3:{}", "ab".repeat(32));
+    let dag_file = n0.home.write(
+        "nowhere.json",
+        &format!(
+            r#"{{"version": 1, "jobs": [{{"id": "j", "image": "busybox:latest", "command": ["cat", "/input/x"],
+                "inputs": {{"x": "{nowhere}"}}}}]}}"#
+        ),
+    );
+    let out = n0.cli(&["submit", dag_file.to_str().unwrap()]);
+    assert!(!out.status.success(), "refused: {}", stdout(&out));
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(err.contains("HTTP 503") && err.contains("the DAG was not submitted"), "{err}");
+    assert!(err.contains(&n1.node[..12]) && err.contains(&nowhere), "names the peer and the blob: {err}");
+    assert_eq!(n0.get_json("/v1/dags")["dags"], serde_json::json!([]), "nothing was submitted");
+}
+
 /// Issue 16, item 15: a node serves its blobs only to members of its mesh. An outsider's iroh
 /// endpoint that knows the node's blob address and a hash it holds is refused; a member's
 /// identity (a node that connected over the mesh) is served, and so is the member node itself.

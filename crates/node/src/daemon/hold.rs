@@ -4,9 +4,12 @@
 //!
 //! Pull, over the sync protocol: the submitter asks the connected peers that rank first for the
 //! DAG (rendezvous hash, as for output replicas) to hold it (`SyncReq::Hold`); each fetches what
-//! it lacks over iroh, from the submitter first, pins it, and answers every ask with where it
-//! stands (`SyncResp::Holding`) until `Held` or `Failed`. A peer that fails is replaced by the next
-//! one; when all failed, a new round starts a moment later, until the submit's time limit. The
+//! it lacks over iroh, from the submitter first, and pins it. A peer answers an ask as soon as it
+//! holds everything, or with its progress after [`HOLD_ANSWER_WAIT_MS`] (`SyncResp::Holding`),
+//! and the submitter asks again at once: a long poll, so a DAG whose blobs the peer has costs one
+//! round trip, and no request comes near the sync timeout however large the blobs. A peer that
+//! fails is replaced by the next one; when all failed, a new round starts a moment later, until
+//! the submit's time limit. The
 //! Submit fact is made only once `replicas - 1` peers (at least one) hold the blobs, so an
 //! acknowledged DAG never names blobs that die with its submitter. With no other node connected
 //! the submit is acknowledged at once, and the reply says the DAG depends on this node.
@@ -18,17 +21,106 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use libp2p::PeerId;
+use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use shoal_dag::{Dag, Hash, ImageRef, InputRef};
 use shoal_node::mesh::ledger::NodeId;
-use shoal_node::mesh::net::SyncRequest;
+use shoal_node::mesh::net::{SyncRequest, SyncResponse};
 use shoal_node::mesh::wire::{self, HoldState, SyncReq, SyncResp};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::{
-    HOLD_POLL_MS, HOLD_PROGRESS_LOG_MS, HOLD_RETRY_MS, HOLDS_IN_FLIGHT_MAX, Holds, Node, PendingSubmit, Shared,
-    SubmitAck, exec, fetch_dag, node_of_peer, now_unix_ms, peer_id_of_node,
-};
+use super::{Node, Shared, SubmitAck, exec, fetch_dag, node_of_peer, now_unix_ms, peer_id_of_node};
+
+/// How often waiting submits and unanswered asks are looked at, in ms.
+pub(super) const HOLD_TICK_MS: u64 = 100;
+/// How long a peer keeps an ask of a DAG it is still fetching before it answers with its
+/// progress, in ms (well under the sync protocol's timeout).
+const HOLD_ANSWER_WAIT_MS: u64 = 1_000;
+/// How long a submitting node waits before it asks its peers again when every one failed to
+/// hold the DAG's blobs (a peer that has just connected may not know our blob address yet), in ms.
+const HOLD_RETRY_MS: u64 = 1_000;
+/// Rounds in which every connected peer failed to hold a DAG's blobs before its submit is
+/// refused (a blob nobody has fails every round; a peer that just connected, one at most).
+const HOLD_ROUNDS_MAX: u32 = 3;
+/// How often a submit waiting for its blobs to be held logs its progress, in ms.
+const HOLD_PROGRESS_LOG_MS: u64 = 5_000;
+/// DAGs whose blobs this node fetches at once for submitting peers; past it, it answers busy.
+const HOLDS_IN_FLIGHT_MAX: usize = 16;
+/// Final answers kept for asks that have not come back; past it they are dropped (an asker that
+/// comes back after that is answered by a new hold, at once when the blobs are here).
+const HOLDS_KEPT_MAX: usize = 256;
+/// Progress reports of hold tasks waiting for the loop.
+const HOLD_UPDATES_QUEUED_MAX: usize = 256;
+
+/// A node's side of holding: its own submits waiting for holders, and the DAGs it holds (or
+/// fetches) for other submitters.
+pub(super) struct Holding {
+    /// Submits waiting for other nodes to hold their DAG's blobs, by DAG.
+    submits: BTreeMap<Hash, PendingSubmit>,
+    /// Our `Hold` asks in flight: request -> (DAG, the peer asked).
+    pub(super) requests: BTreeMap<OutboundRequestId, (Hash, NodeId)>,
+    /// DAGs this node fetches (or fetched) for a submitting peer, and how far it got; a final
+    /// state stays until it is answered.
+    holds: BTreeMap<Hash, HoldState>,
+    /// Asks not answered yet: the DAG, where to answer, and when to answer with progress.
+    waiting: Vec<(Hash, ResponseChannel<SyncResponse>, Instant)>,
+    /// Hold tasks report here (their progress and their end).
+    pub(super) updates: (mpsc::Sender<(Hash, HoldState)>, mpsc::Receiver<(Hash, HoldState)>),
+    /// A submit's peers answered: move it on after this event.
+    pub(super) dirty: bool,
+}
+
+impl Default for Holding {
+    fn default() -> Self {
+        Holding {
+            submits: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            holds: BTreeMap::new(),
+            waiting: Vec::new(),
+            updates: mpsc::channel(HOLD_UPDATES_QUEUED_MAX),
+            dirty: false,
+        }
+    }
+}
+
+impl Holding {
+    /// Whether anything waits for time to pass.
+    pub(super) fn active(&self) -> bool {
+        !self.submits.is_empty() || !self.waiting.is_empty()
+    }
+}
+
+/// A submit whose DAG's blobs are being copied to other nodes before it is acknowledged.
+struct PendingSubmit {
+    dag: Dag,
+    max_attempts: u32,
+    /// Every API request submitting this DAG meanwhile.
+    replies: Vec<oneshot::Sender<Result<SubmitAck, String>>>,
+    /// Other nodes that hold the blobs needed, and how many are wanted.
+    holders: Vec<NodeId>,
+    wanted: usize,
+    /// Peers not asked yet in this round, best ranked first.
+    candidates: Vec<NodeId>,
+    /// Peers asked, and where each stands.
+    asking: BTreeMap<NodeId, Asking>,
+    /// The last failure of each peer that failed, for the error when all do.
+    failures: BTreeMap<NodeId, String>,
+    started: Instant,
+    deadline: Instant,
+    /// When the next round may start, once every peer of this one failed, and the rounds
+    /// that ended so.
+    next_round: Option<Instant>,
+    rounds_failed: u32,
+    last_log: Instant,
+}
+
+/// One peer asked to hold a DAG's blobs.
+struct Asking {
+    /// Whether an ask is in flight (it is answered within about [`HOLD_ANSWER_WAIT_MS`]).
+    in_flight: bool,
+    /// Its last progress: (items held, items, bytes arrived).
+    progress: (u32, u32, u64),
+}
 
 fn short(node: &NodeId) -> String {
     hex::encode(&node[..6])
@@ -65,7 +157,7 @@ impl Node {
         max_attempts: u32,
         reply: oneshot::Sender<Result<SubmitAck, String>>,
     ) {
-        if let Some(pending) = self.submits.get_mut(&hash) {
+        if let Some(pending) = self.hold.submits.get_mut(&hash) {
             pending.replies.push(reply);
             return;
         }
@@ -77,7 +169,7 @@ impl Node {
         }
         let now = Instant::now();
         let timeout = Duration::from_secs(self.opts.submit_replication_timeout_s);
-        self.submits.insert(
+        self.hold.submits.insert(
             hash,
             PendingSubmit {
                 dag,
@@ -91,6 +183,7 @@ impl Node {
                 started: now,
                 deadline: now + timeout,
                 next_round: None,
+                rounds_failed: 0,
                 last_log: now,
             },
         );
@@ -123,28 +216,41 @@ impl Node {
     /// that failed, acknowledges what is held and refuses what ran out of time.
     pub(super) async fn drive_submits(&mut self) {
         let now = Instant::now();
-        let dags: Vec<Hash> = self.submits.keys().copied().collect();
+        let dags: Vec<Hash> = self.hold.submits.keys().copied().collect();
         for hash in dags {
-            let Some(p) = self.submits.get_mut(&hash) else { continue };
-            if p.holders.len() >= p.wanted || (now >= p.deadline && !p.holders.is_empty()) {
-                let p = self.submits.remove(&hash).expect("present");
+            let Some(p) = self.hold.submits.get_mut(&hash) else { continue };
+            let round_over = p.asking.is_empty() && p.candidates.is_empty();
+            // Fewer holders than wanted are enough once the time is up or every other peer
+            // failed: the DAG survives this node.
+            if p.holders.len() >= p.wanted || (!p.holders.is_empty() && (now >= p.deadline || round_over)) {
+                let p = self.hold.submits.remove(&hash).expect("present");
                 info!(%hash, holders = ?p.holders.iter().map(short).collect::<Vec<_>>(),
                     "the DAG's blobs are held by other nodes in {} ms; submitted", p.started.elapsed().as_millis());
                 self.finish_submit(hash, p.dag, p.max_attempts, p.replies, p.holders).await;
                 continue;
             }
-            if now >= p.deadline {
-                let p = self.submits.remove(&hash).expect("present");
-                let why = refusal(&p, self.opts.submit_replication_timeout_s);
+            let out_of_rounds = round_over && p.next_round.is_none() && p.rounds_failed + 1 >= HOLD_ROUNDS_MAX;
+            if now >= p.deadline || out_of_rounds {
+                let p = self.hold.submits.remove(&hash).expect("present");
+                let cause = if out_of_rounds {
+                    format!("every connected node failed to hold them, in {HOLD_ROUNDS_MAX} rounds")
+                } else {
+                    format!(
+                        "none did within {} s (raise it with --submit-replication-timeout-s)",
+                        self.opts.submit_replication_timeout_s
+                    )
+                };
+                let why = refusal(&p, &cause);
                 warn!(%hash, "submit refused: {why}");
                 for reply in p.replies {
                     let _ = reply.send(Err(why.clone()));
                 }
                 continue;
             }
-            if p.asking.is_empty() && p.candidates.is_empty() {
+            if round_over {
                 match p.next_round {
                     None => {
+                        p.rounds_failed += 1;
                         p.next_round = Some(now + Duration::from_millis(HOLD_RETRY_MS));
                         continue;
                     }
@@ -154,17 +260,17 @@ impl Node {
                         let holders = p.holders.clone();
                         let fresh: Vec<NodeId> =
                             self.hold_candidates(hash).into_iter().filter(|n| !holders.contains(n)).collect();
-                        let p = self.submits.get_mut(&hash).expect("present");
+                        let p = self.hold.submits.get_mut(&hash).expect("present");
                         p.candidates = fresh;
                         debug!(%hash, peers = p.candidates.len(), "asking the peers again to hold a DAG's blobs");
                     }
                 }
             }
-            let p = self.submits.get_mut(&hash).expect("present");
+            let p = self.hold.submits.get_mut(&hash).expect("present");
             while p.holders.len() + p.asking.len() < p.wanted && !p.candidates.is_empty() {
                 let node = p.candidates.remove(0);
                 debug!(%hash, peer = %short(&node), "asking a peer to hold a DAG's blobs");
-                p.asking.insert(node, super::Asking { in_flight: false, next_ask: now, progress: (0, 0, 0) });
+                p.asking.insert(node, Asking { in_flight: false, progress: (0, 0, 0) });
             }
             if now.duration_since(p.last_log) >= Duration::from_millis(HOLD_PROGRESS_LOG_MS) {
                 p.last_log = now;
@@ -174,16 +280,15 @@ impl Node {
                         mib(bytes), p.deadline.saturating_duration_since(now).as_secs());
                 }
             }
-            let due: Vec<NodeId> =
-                p.asking.iter().filter(|(_, a)| !a.in_flight && a.next_ask <= now).map(|(n, _)| *n).collect();
+            let due: Vec<NodeId> = p.asking.iter().filter(|(_, a)| !a.in_flight).map(|(n, _)| *n).collect();
             for node in due {
                 let Some(peer) = peer_id_of_node(&node) else {
                     self.hold_failed(hash, node, "its node id is not an ed25519 key".into());
                     continue;
                 };
                 let id = self.net.request(&peer, SyncRequest(wire::encode(&SyncReq::Hold { dag: hash })));
-                self.hold_requests.insert(id, (hash, node));
-                if let Some(a) = self.submits.get_mut(&hash).and_then(|p| p.asking.get_mut(&node)) {
+                self.hold.requests.insert(id, (hash, node));
+                if let Some(a) = self.hold.submits.get_mut(&hash).and_then(|p| p.asking.get_mut(&node)) {
                     a.in_flight = true;
                 }
             }
@@ -198,7 +303,7 @@ impl Node {
             Ok(other) => HoldState::Failed { reason: format!("answered {other:?} instead") },
             Err(e) => HoldState::Failed { reason: e.to_string() },
         };
-        let Some(p) = self.submits.get_mut(&dag) else { return };
+        let Some(p) = self.hold.submits.get_mut(&dag) else { return };
         match state {
             HoldState::Held { bytes } => {
                 info!(%dag, peer = %short(&node), "a peer holds the DAG's blobs ({} fetched)", mib(bytes));
@@ -208,64 +313,110 @@ impl Node {
                 }
             }
             HoldState::Fetching { done, items, bytes } => {
+                // Asked again at once: the peer answers when it is done or a moment later.
                 if let Some(a) = p.asking.get_mut(&node) {
                     a.in_flight = false;
-                    a.next_ask = Instant::now() + Duration::from_millis(HOLD_POLL_MS);
                     a.progress = (done, items, bytes);
                 }
             }
             HoldState::Failed { reason } => self.hold_failed(dag, node, reason),
         }
+        self.hold.dirty = true;
     }
 
     pub(super) fn hold_failed(&mut self, dag: Hash, node: NodeId, reason: String) {
-        let Some(p) = self.submits.get_mut(&dag) else { return };
+        let Some(p) = self.hold.submits.get_mut(&dag) else { return };
         debug!(%dag, peer = %short(&node), "a peer cannot hold the DAG's blobs: {reason}");
         p.asking.remove(&node);
         p.failures.insert(node, reason);
+        self.hold.dirty = true;
     }
 
-    /// A peer asks this node to hold `dag`'s blobs: starts fetching them, or says how far it got.
-    /// A final answer (held, failed) is given once; asking again starts over (quickly, when the
-    /// blobs are here).
-    pub(super) fn hold(&mut self, dag: Hash, asker: &PeerId) -> HoldState {
-        let mut holds = self.holds.lock().expect("holds lock");
-        match holds.get(&dag) {
-            Some(HoldState::Fetching { .. }) => return holds[&dag].clone(),
-            Some(_) => return holds.remove(&dag).expect("present"),
-            None => {}
+    /// Answers the asks that waited long enough with the progress of their DAG, and moves the
+    /// waiting submits on.
+    pub(super) async fn hold_tick(&mut self) {
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.hold.waiting).into_iter().partition(|w| w.2 <= now);
+        self.hold.waiting = waiting;
+        for (dag, channel, _) in due {
+            let state =
+                self.hold.holds.get(&dag).cloned().unwrap_or(HoldState::Fetching { done: 0, items: 0, bytes: 0 });
+            self.answer_hold(dag, channel, state);
         }
-        if holds.len() >= HOLDS_IN_FLIGHT_MAX {
-            return HoldState::Failed {
-                reason: format!(
-                    "busy: fetching the blobs of {HOLDS_IN_FLIGHT_MAX} DAGs for other submitters already; ask another node"
-                ),
-            };
+        if !self.hold.submits.is_empty() {
+            self.drive_submits().await;
         }
-        let fetching = HoldState::Fetching { done: 0, items: 0, bytes: 0 };
-        holds.insert(dag, fetching.clone());
-        drop(holds);
-        // The asker has what it submitted; the other live peers may hold some of it too.
-        let first = node_of_peer(asker);
-        let providers: Vec<NodeId> =
-            first.into_iter().chain(self.live_peers().into_iter().filter(|n| Some(*n) != first)).collect();
-        let (shared, holds) = (self.shared.clone(), self.holds.clone());
-        tokio::spawn(async move {
-            let state = match hold_dag(&shared, dag, &providers, &holds).await {
-                Ok(bytes) => HoldState::Held { bytes },
-                Err(e) => {
-                    warn!(%dag, "cannot hold a submitted DAG's blobs for its submitter: {e:#}");
-                    HoldState::Failed { reason: format!("{e:#}") }
+    }
+
+    fn answer_hold(&mut self, dag: Hash, channel: ResponseChannel<SyncResponse>, state: HoldState) {
+        if !matches!(state, HoldState::Fetching { .. }) {
+            // A final state is answered once; an ask after it starts over (quickly, when the
+            // blobs are here).
+            self.hold.holds.remove(&dag);
+        }
+        self.net.respond(channel, SyncResponse(wire::encode(&SyncResp::Holding { dag, state })));
+    }
+
+    /// A hold task's progress, or its end: answers the asks waiting for it when it ended.
+    pub(super) fn on_hold_update(&mut self, dag: Hash, state: HoldState) {
+        let fetching = matches!(state, HoldState::Fetching { .. });
+        self.hold.holds.insert(dag, state.clone());
+        if fetching {
+            return;
+        }
+        let (answer, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.hold.waiting).into_iter().partition(|w| w.0 == dag);
+        self.hold.waiting = waiting;
+        for (_, channel, _) in answer {
+            self.answer_hold(dag, channel, state.clone());
+        }
+    }
+
+    /// A peer asks this node to hold `dag`'s blobs: starts fetching them unless it is; answers
+    /// once they are held (or cannot be), or with the progress after [`HOLD_ANSWER_WAIT_MS`].
+    pub(super) fn hold(&mut self, dag: Hash, asker: &PeerId, channel: ResponseChannel<SyncResponse>) {
+        match self.hold.holds.get(&dag) {
+            Some(HoldState::Fetching { .. }) => {}
+            Some(state) => {
+                let state = state.clone();
+                return self.answer_hold(dag, channel, state);
+            }
+            None => {
+                let fetching = self.hold.holds.values().filter(|s| matches!(s, HoldState::Fetching { .. })).count();
+                if fetching >= HOLDS_IN_FLIGHT_MAX {
+                    let reason = format!(
+                        "busy: fetching the blobs of {HOLDS_IN_FLIGHT_MAX} DAGs for other submitters already; ask another node"
+                    );
+                    return self.answer_hold(dag, channel, HoldState::Failed { reason });
                 }
-            };
-            holds.lock().expect("holds lock").insert(dag, state);
-        });
-        fetching
+                if self.hold.holds.len() >= HOLDS_KEPT_MAX {
+                    self.hold.holds.retain(|_, s| matches!(s, HoldState::Fetching { .. }));
+                }
+                self.hold.holds.insert(dag, HoldState::Fetching { done: 0, items: 0, bytes: 0 });
+                // The asker has what it submitted; the other live peers may hold some of it too.
+                let first = node_of_peer(asker);
+                let providers: Vec<NodeId> =
+                    first.into_iter().chain(self.live_peers().into_iter().filter(|n| Some(*n) != first)).collect();
+                let (shared, updates) = (self.shared.clone(), self.hold.updates.0.clone());
+                tokio::spawn(async move {
+                    let state = match hold_dag(&shared, dag, &providers, &updates).await {
+                        Ok(bytes) => HoldState::Held { bytes },
+                        Err(e) => {
+                            warn!(%dag, "cannot hold a submitted DAG's blobs for its submitter: {e:#}");
+                            HoldState::Failed { reason: format!("{e:#}") }
+                        }
+                    };
+                    let _ = updates.send((dag, state)).await;
+                });
+            }
+        }
+        self.hold.waiting.push((dag, channel, Instant::now() + Duration::from_millis(HOLD_ANSWER_WAIT_MS)));
     }
 }
 
 /// The error of a submit whose blobs no other node came to hold in time.
-fn refusal(p: &PendingSubmit, timeout_s: u64) -> String {
+fn refusal(p: &PendingSubmit, cause: &str) -> String {
     let mut peers: Vec<String> = p
         .asking
         .iter()
@@ -281,22 +432,28 @@ fn refusal(p: &PendingSubmit, timeout_s: u64) -> String {
             .map(|(n, why)| format!("node {}: {why}", short(n))),
     );
     format!(
-        "the DAG was not submitted: no other node came to hold its blobs (images and inputs) within {timeout_s} s ({}); \
-         a submit is acknowledged only once another node holds them, so that the DAG survives this node; \
-         retry, check the peers with `shoal peers`, or start the node with a longer --submit-replication-timeout-s",
+        "the DAG was not submitted: another node must hold its images and inputs first, so that it survives this \
+         node, and {cause} ({}); check that every blake3: input exists on this node or a peer, and the peers \
+         (`shoal peers`), then submit again",
         if peers.is_empty() { "no peer answered".to_string() } else { peers.join("; ") }
     )
 }
 
 /// Fetches and pins every blob `dag` needs: the DAG blob, each job's image (blob and rootfs
-/// tree) and each `blake3:` input or stdin, recording progress in `holds`. Returns the bytes
+/// tree) and each `blake3:` input or stdin, reporting progress to `updates`. Returns the bytes
 /// that arrived.
-async fn hold_dag(shared: &Shared, dag_hash: Hash, providers: &[NodeId], holds: &Holds) -> Result<u64> {
+async fn hold_dag(
+    shared: &Shared,
+    dag_hash: Hash,
+    providers: &[NodeId],
+    updates: &mpsc::Sender<(Hash, HoldState)>,
+) -> Result<u64> {
     if providers.is_empty() {
         return Err(anyhow!("no peer to fetch from"));
     }
+    // Progress is best effort: a full queue skips a report, never the work.
     let progress = |done: u32, items: u32, bytes: u64| {
-        holds.lock().expect("holds lock").insert(dag_hash, HoldState::Fetching { done, items, bytes });
+        let _ = updates.try_send((dag_hash, HoldState::Fetching { done, items, bytes }));
     };
     let before = shared.store.has(dag_hash).await?;
     let dag = fetch_dag(shared, dag_hash, providers).await?;

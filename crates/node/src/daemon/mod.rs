@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use libp2p::request_response::OutboundRequestId;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use shoal_blobs::Store;
@@ -33,7 +32,7 @@ use shoal_node::mesh::capabilities::Capabilities;
 use shoal_node::mesh::core::{Action, Finished, NodeCore};
 use shoal_node::mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
-use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, HoldState, SyncReq, SyncResp, WIRE_VERSION};
+use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -65,15 +64,6 @@ pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
 /// How long a submit may take to have another node hold the DAG's blobs before it is refused,
 /// unless the node is told otherwise (`--submit-replication-timeout-s`), in seconds.
 pub const SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT: u64 = 300;
-/// How often a submitting node asks a peer holding its DAG's blobs how far it got, in ms.
-const HOLD_POLL_MS: u64 = 200;
-/// How long a submitting node waits before it asks its peers again when every one failed to
-/// hold the DAG's blobs (a peer that has just connected may not know our blob address yet), in ms.
-const HOLD_RETRY_MS: u64 = 1_000;
-/// How often a submit waiting for its blobs to be held logs its progress, in ms.
-const HOLD_PROGRESS_LOG_MS: u64 = 5_000;
-/// DAGs whose blobs this node fetches at once for submitting peers; past it, it answers busy.
-const HOLDS_IN_FLIGHT_MAX: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -403,9 +393,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         announces: 0,
         caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
-        submits: BTreeMap::new(),
-        hold_requests: BTreeMap::new(),
-        holds: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+        hold: hold::Holding::default(),
     };
     node.run(cmd_rx).await
 }
@@ -453,52 +441,16 @@ struct Node {
     announce_soon: bool,
     /// Bounds the copies being made at once.
     replications: Arc<tokio::sync::Semaphore>,
-    /// Submits waiting for other nodes to hold their DAG's blobs, by DAG.
-    submits: BTreeMap<Hash, PendingSubmit>,
-    /// Our `Hold` requests in flight: request -> (DAG, the peer asked).
-    hold_requests: BTreeMap<OutboundRequestId, (Hash, NodeId)>,
-    /// DAGs whose blobs this node fetches (or fetched) for a submitting peer, and how far it got.
-    holds: Holds,
-}
-
-type Holds = Arc<std::sync::Mutex<BTreeMap<Hash, HoldState>>>;
-
-/// A submit whose DAG's blobs are being copied to other nodes before it is acknowledged.
-struct PendingSubmit {
-    dag: Dag,
-    max_attempts: u32,
-    /// Every API request submitting this DAG meanwhile.
-    replies: Vec<oneshot::Sender<Result<SubmitAck, String>>>,
-    /// Other nodes that hold the blobs needed, and how many are wanted.
-    holders: Vec<NodeId>,
-    wanted: usize,
-    /// Peers not asked yet in this round, best ranked first.
-    candidates: Vec<NodeId>,
-    /// Peers asked, and where each stands.
-    asking: BTreeMap<NodeId, Asking>,
-    /// The last failure of each peer that failed, for the error when all do.
-    failures: BTreeMap<NodeId, String>,
-    started: Instant,
-    deadline: Instant,
-    /// When the next round may start, once every peer of this one failed.
-    next_round: Option<Instant>,
-    last_log: Instant,
-}
-
-/// One peer asked to hold a DAG's blobs.
-struct Asking {
-    /// Whether a request is in flight; when not, the next one goes at `next_ask`.
-    in_flight: bool,
-    next_ask: Instant,
-    /// Its last progress: (items held, items, bytes arrived).
-    progress: (u32, u32, u64),
+    /// Submits waiting for other nodes to hold their DAG's blobs, and the blobs this node
+    /// holds for other submitters.
+    hold: hold::Holding,
 }
 
 impl Node {
     async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
         let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
         let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
-        let mut holds = tokio::time::interval(Duration::from_millis(HOLD_POLL_MS));
+        let mut holds = tokio::time::interval(Duration::from_millis(hold::HOLD_TICK_MS));
         holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = self.opts.shutdown.clone().unwrap_or_default();
@@ -538,12 +490,16 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_tick(now_unix_ms()),
                 _ = announce.tick() => self.announce(),
                 _ = sync.tick() => self.anti_entropy(),
-                _ = holds.tick(), if !self.submits.is_empty() => self.drive_submits().await,
+                _ = holds.tick(), if self.hold.active() => self.hold_tick().await,
+                Some((dag, state)) = self.hold.updates.1.recv() => self.on_hold_update(dag, state),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
                 _ = shutdown.notified() => break,
             }
             self.after_step().await;
+            if std::mem::take(&mut self.hold.dirty) {
+                self.drive_submits().await;
+            }
             if std::mem::take(&mut self.announce_soon) {
                 announce.reset_after(Duration::from_millis(ANNOUNCE_AFTER_CONNECT_MS));
             }
@@ -870,18 +826,23 @@ impl Node {
                 Err(e) => warn!(%from, "{e}"),
             },
             NetEvent::Request { peer, request, channel } => {
-                let resp = self.answer_sync(now, &peer, &request.0);
+                let resp = match wire::decode::<SyncReq>(&request.0) {
+                    // Answered once held, or with its progress a moment later.
+                    Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
+                    Ok(req) => self.answer_sync(now, &peer, req),
+                    Err(e) => SyncResp::Refused { reason: e.to_string() },
+                };
                 self.net.respond(channel, SyncResponse(wire::encode(&resp)));
             }
             NetEvent::Response { peer, id, response } => {
-                if let Some((dag, node)) = self.hold_requests.remove(&id) {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
                     self.on_hold_response(dag, node, &response.0);
                 } else {
                     self.on_sync_response(now, &peer, &response.0);
                 }
             }
             NetEvent::RequestFailed { peer, id, error } => {
-                if let Some((dag, node)) = self.hold_requests.remove(&id) {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
                     self.hold_failed(dag, node, format!("the request failed: {error}"));
                 } else {
                     debug!(%peer, "sync request failed: {error}");
@@ -914,11 +875,7 @@ impl Node {
         (added, refused)
     }
 
-    fn answer_sync(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) -> SyncResp {
-        let req = match wire::decode::<SyncReq>(bytes) {
-            Ok(r) => r,
-            Err(e) => return SyncResp::Refused { reason: e.to_string() },
-        };
+    fn answer_sync(&mut self, now: u64, peer: &PeerId, req: SyncReq) -> SyncResp {
         let ledger = self.core.ledger();
         match req {
             SyncReq::Digest { digest, .. } => {
@@ -936,7 +893,7 @@ impl Node {
                 let (added, refused) = self.take_facts(now, facts, peer);
                 SyncResp::Stored { added, refused }
             }
-            SyncReq::Hold { dag } => SyncResp::Holding { dag, state: self.hold(dag, peer) },
+            SyncReq::Hold { dag } => SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") },
         }
     }
 
