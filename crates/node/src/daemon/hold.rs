@@ -52,6 +52,9 @@ const HOLDS_KEPT_MAX: usize = 256;
 /// Progress reports of hold tasks waiting for the loop.
 const HOLD_UPDATES_QUEUED_MAX: usize = 256;
 
+/// A hold task's report: the DAG and where its holding stands.
+type HoldUpdate = (Hash, HoldState);
+
 /// A node's side of holding: its own submits waiting for holders, and the DAGs it holds (or
 /// fetches) for other submitters.
 pub(super) struct Holding {
@@ -65,7 +68,7 @@ pub(super) struct Holding {
     /// Asks not answered yet: the DAG, where to answer, and when to answer with progress.
     waiting: Vec<(Hash, ResponseChannel<SyncResponse>, Instant)>,
     /// Hold tasks report here (their progress and their end).
-    pub(super) updates: (mpsc::Sender<(Hash, HoldState)>, mpsc::Receiver<(Hash, HoldState)>),
+    pub(super) updates: (mpsc::Sender<HoldUpdate>, mpsc::Receiver<HoldUpdate>),
     /// A submit's peers answered: move it on after this event.
     pub(super) dirty: bool,
 }
@@ -446,7 +449,7 @@ async fn hold_dag(
     shared: &Shared,
     dag_hash: Hash,
     providers: &[NodeId],
-    updates: &mpsc::Sender<(Hash, HoldState)>,
+    updates: &mpsc::Sender<HoldUpdate>,
 ) -> Result<u64> {
     if providers.is_empty() {
         return Err(anyhow!("no peer to fetch from"));
