@@ -793,8 +793,11 @@ impl Node {
                     }
                     self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
                     // Signed by its author and carried only over connections that passed pnet: the
-                    // author is a member (this reaches peers we have no direct connection to).
-                    self.shared.blobs.admit(&a.node);
+                    // author is a member (this reaches peers we have no direct connection to),
+                    // unless `--allow` leaves it out of this node's mesh.
+                    if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
+                        self.shared.blobs.admit(&a.node);
+                    }
                     // Gossip reached us through others: connect directly, so the mesh stays
                     // whole when the node everyone joined through leaves.
                     if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
