@@ -583,3 +583,146 @@ fn a_job_runs_where_its_big_inputs_are() {
         assert_eq!((status, String::from_utf8_lossy(&body).trim().to_string()), (200, "2097152".to_string()));
     }
 }
+
+/// Issue 16, item 12: an image and a `file:` input that only the submitting node holds reach
+/// another node before the submit is acknowledged, so a kill -9 of the submitter right after
+/// the acknowledgement costs the DAG nothing.
+#[test]
+fn a_dag_whose_image_and_input_only_its_submitter_held_survives_its_kill_9() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let mut n0 = MeshNode::start(first, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    let n2 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1, &n2]);
+    n0.home.write("words.txt", "only on the submitter\n");
+    let dag_file = n0.home.write(
+        "alone.json",
+        r#"{"version": 1, "jobs": [{"id": "j", "image": "busybox:latest",
+            "command": ["sh", "-c", "tr a-z A-Z < /input/w"], "inputs": {"w": "file:words.txt"},
+            "outputs": {"o": "stdout"}}]}"#,
+    );
+    let out = n0.cli(&["submit", dag_file.to_str().unwrap(), "--json"]);
+    assert_success(&out, "shoal submit");
+    n0.kill();
+    let reply = json(&out);
+    assert_eq!(reply["depends_on_this_node"], false, "{reply}");
+    let holders = reply["holders"].as_array().unwrap();
+    assert_eq!(holders.len(), 1, "one other node holds the blobs (--replicas 2): {reply}");
+    assert!([&n1.node, &n2.node].iter().any(|n| holders[0] == n.as_str()), "{reply}");
+    let dag = reply["dag"].as_str().unwrap();
+    // Lease (10 s) when the submitter had claimed the job, the fetch and the run.
+    let v = wait_dag(&n1, dag, Duration::from_secs(60), "the job ended without its submitter", |v| {
+        v["jobs"]["j"]["state"] == "done" || v["jobs"]["j"]["state"] == "failed"
+    });
+    assert_eq!(v["jobs"]["j"]["state"], "done", "{v:#}");
+    let (status, body) = n1.get(&format!("/v1/dags/{dag}/jobs/j/outputs/o"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "ONLY ON THE SUBMITTER\n".to_string()));
+}
+
+/// A node alone says so: the reply marks the DAG as depending on it, and `shoal submit` warns.
+#[test]
+fn a_submit_to_a_node_alone_says_the_dag_depends_on_it() {
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let n0 = MeshNode::start(home, &key, &[], &[]);
+    let dag_file = n0.home.write(
+        "alone.json",
+        r#"{"version": 1, "jobs": [{"id": "j", "image": "busybox:latest", "command": ["true"]}]}"#,
+    );
+    let out = n0.cli(&["submit", dag_file.to_str().unwrap(), "--json"]);
+    assert_success(&out, "shoal submit");
+    let reply = json(&out);
+    assert_eq!(reply["depends_on_this_node"], true, "{reply}");
+    assert_eq!(reply["holders"], serde_json::json!([]), "{reply}");
+    let warning = stderr(&out);
+    assert!(warning.contains("no other node of the mesh holds this DAG's images and inputs"), "{warning}");
+}
+
+/// A submit whose blobs no other node can come to hold (an input nobody has) is refused with
+/// each peer's reason, and nothing enters the ledger.
+#[test]
+fn a_submit_whose_input_no_node_can_hold_is_refused_with_the_reason() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    let nowhere = format!("blake3:{}", "ab".repeat(32));
+    let dag_file = n0.home.write(
+        "nowhere.json",
+        &format!(
+            r#"{{"version": 1, "jobs": [{{"id": "j", "image": "busybox:latest", "command": ["cat", "/input/x"],
+                "inputs": {{"x": "{nowhere}"}}}}]}}"#
+        ),
+    );
+    let out = n0.cli(&["submit", dag_file.to_str().unwrap()]);
+    assert!(!out.status.success(), "refused: {}", stdout(&out));
+    let err = stderr(&out);
+    eprintln!("{err}");
+    assert!(err.contains("HTTP 503") && err.contains("the DAG was not submitted"), "{err}");
+    assert!(err.contains(&n1.node[..12]) && err.contains(&nowhere), "names the peer and the blob: {err}");
+    assert_eq!(n0.get_json("/v1/dags")["dags"], serde_json::json!([]), "nothing was submitted");
+}
+
+/// Issue 16, item 15: a node serves its blobs only to members of its mesh. An outsider's iroh
+/// endpoint that knows the node's blob address and a hash it holds is refused; a member's
+/// identity (a node that connected over the mesh) is served, and so is the member node itself.
+#[test]
+fn the_blob_port_serves_members_of_the_mesh_only() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let mut n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    let secret = b"held by the mesh's first node only".to_vec();
+    let mut resp = n0.agent.post(format!("{}/v1/blobs", n0.http)).send(&secret[..]).expect("upload");
+    assert_eq!(resp.status().as_u16(), 201);
+    let hash: shoal_blobs::Hash =
+        resp.body_mut().read_json::<Value>().unwrap()["hash"].as_str().unwrap().parse().unwrap();
+
+    // The member node fetches it through its own API (over iroh from n0).
+    let (status, body) = n1.get(&format!("/v1/blobs/{hash}"));
+    assert_eq!((status, body), (200, secret.clone()), "a member is served");
+    let member_key: [u8; 32] = std::fs::read(n1.home.store().join("node.key")).unwrap().try_into().unwrap();
+    n1.kill();
+
+    let ready: Value =
+        serde_json::from_str(&std::fs::read_to_string(n0.home.path().join("ready.json")).unwrap()).unwrap();
+    let n0_blobs = shoal_blobs::net::BlobPeer {
+        id: hex::decode(&n0.node).unwrap().try_into().unwrap(),
+        addrs: ready["blobs"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().parse().unwrap()).collect(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fetch_with = |secret_key: [u8; 32]| {
+        rt.block_on(async {
+            let home = tempfile::tempdir().unwrap();
+            let store = shoal_blobs::Store::open(home.path()).await.unwrap();
+            let node = store.serve_blobs(secret_key, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+            node.add_peer(&n0_blobs);
+            let got = node.fetch(hash, &[n0_blobs.id]).await;
+            let bytes = store.get_bytes(hash).await.unwrap().map(|b| b.to_vec());
+            node.shutdown().await;
+            store.shutdown().await;
+            (got.map_err(|e| e.to_string()), bytes)
+        })
+    };
+    let outsider_key: [u8; 32] = rand_key();
+    let (got, bytes) = fetch_with(outsider_key);
+    let err = got.expect_err("an outsider is refused");
+    assert!(err.contains("serves blobs only to members of its mesh"), "{err}");
+    assert_eq!(bytes, None, "not a byte reached the outsider");
+    assert!(n0.log().contains("refused a blob request from an endpoint that is not a member"), "n0 logs the refusal");
+
+    let (got, bytes) = fetch_with(member_key);
+    assert_eq!(got, Ok(secret.len() as u64), "the member's identity is served");
+    assert_eq!(bytes, Some(secret));
+}
+
+/// A fresh ed25519 secret (the outsider's identity), from the kernel's random source.
+fn rand_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    let f = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut &f, &mut key).unwrap();
+    key
+}

@@ -77,6 +77,7 @@ async fn main() {
         let b = Store::open(&tmp.path().join(format!("shoal-b{run}"))).await.unwrap();
         let nb = b.serve_blobs([2; 32], loopback()).await.unwrap();
         nb.add_peer(&na.me());
+        na.admit(&nb.me().id);
         let t = Instant::now();
         let got = nb.fetch(hash, &[na.me().id]).await.unwrap();
         let secs = t.elapsed().as_secs_f64();

@@ -12,28 +12,34 @@
 //! lookup but the peers given to [`BlobNode::add_peer`] (in memory), no port mapping and no
 //! net-report probes: it sends to no address it was not told about.
 //!
+//! Who is served: only endpoints admitted with [`BlobNode::admit`] (the node admits the peers the
+//! mesh's libp2p side proved to hold the mesh key). Anyone else who reaches the UDP port gets the
+//! QUIC handshake (it proves the endpoint id) and then the connection closed with iroh-blobs'
+//! permission error, before a single request is read: knowing a hash is not enough to fetch it.
+//!
 //! A fetched blob is not a root for `gc`, like a blob just stored: the caller records what uses
 //! it (a run record, a tag, a pin) before the next `gc`.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_lite::StreamExt;
 use iroh::address_lookup::memory::MemoryLookup;
-use iroh::endpoint::{PortmapperConfig, presets};
-use iroh::protocol::Router;
+use iroh::endpoint::{Connection, PortmapperConfig, presets};
+use iroh::protocol::{AcceptError, ProtocolHandler, Router};
 use iroh::{Endpoint, EndpointAddr, NetReportConfig, PublicKey, RelayMode, SecretKey, TransportAddr};
-use iroh_blobs::BlobsProtocol;
 use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::get::GetError;
 use iroh_blobs::get::fsm::{AtBlobHeaderNextError, DecodeError};
+use iroh_blobs::provider::StreamPair;
+use iroh_blobs::provider::events::EventSender;
 use iroh_blobs::util::connection_pool::{self, ConnectionPool, PoolConnectError};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::image::{Image, ImageInfo};
 use crate::meta::Meta;
@@ -131,17 +137,95 @@ struct NodeInner {
     router: Router,
     lookup: MemoryLookup,
     pool: ConnectionPool,
+    /// The endpoints this node serves blobs to (see [`BlobNode::admit`]).
+    members: Members,
 }
 
-impl std::fmt::Debug for BlobNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobNode").field("id", &self.inner.endpoint.id()).finish_non_exhaustive()
+/// Endpoint ids allowed to fetch from this node. Shared between the [`BlobNode`] (which adds to
+/// it) and the protocol handler (which reads it at each incoming connection).
+#[derive(Clone, Debug, Default)]
+struct Members(Arc<RwLock<HashSet<PublicKey>>>);
+
+impl Members {
+    fn contains(&self, id: &PublicKey) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    fn insert(&self, id: PublicKey) -> bool {
+        self.0.write().unwrap_or_else(|e| e.into_inner()).insert(id)
+    }
+}
+
+/// iroh-blobs' provider behind the member list, checked at every request stream: one from an
+/// endpoint that was not admitted is reset with [`iroh_blobs::protocol::ERR_PERMISSION`] before
+/// a byte of it is read (the requester reads that code; a connection close would not carry it
+/// reliably, since the requester's connection pool closes the connection locally and that reason
+/// replaces the peer's), and its connection is closed after [`REFUSED_CONNECTION_S`]. An endpoint
+/// admitted meanwhile is served from its next request on the same connection. (iroh-blobs' own
+/// hook, an `EventSender` with `ConnectMode::Intercept`, asks a task over a channel at every
+/// connection and closes refused ones; this is the same decision on the handshake-proven remote
+/// id, without the round trip.)
+#[derive(Clone, Debug)]
+struct MembersOnly {
+    store: iroh_blobs::api::Store,
+    members: Members,
+}
+
+/// How long a connection from an endpoint that is not a member may stay open (every request on
+/// it refused), in seconds.
+pub const REFUSED_CONNECTION_S: u64 = 10;
+/// The reason a refused endpoint reads when its connection is closed.
+const REFUSED_REASON: &[u8] = b"not a member of this mesh";
+
+impl ProtocolHandler for MembersOnly {
+    async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
+        let peer = connection.remote_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(REFUSED_CONNECTION_S);
+        let mut refused = 0u64;
+        loop {
+            let next = connection.accept_bi();
+            let accepted = if self.members.contains(&peer) {
+                next.await
+            } else {
+                match tokio::time::timeout_at(deadline, next).await {
+                    Ok(accepted) => accepted,
+                    Err(_) if self.members.contains(&peer) => continue,
+                    Err(_) => {
+                        debug!(peer = %peer.fmt_short(), refused, "closing a non-member's blob connection");
+                        connection.close(iroh_blobs::protocol::ERR_PERMISSION, REFUSED_REASON);
+                        return Ok(());
+                    }
+                }
+            };
+            // The requester closed the connection (or it broke).
+            let Ok((mut send, mut recv)) = accepted else { return Ok(()) };
+            if self.members.contains(&peer) {
+                let pair = StreamPair::new(connection.stable_id() as u64, recv, send, EventSender::DEFAULT);
+                tokio::spawn(iroh_blobs::provider::handle_stream(pair, self.store.clone()));
+                continue;
+            }
+            if refused == 0 {
+                info!(peer = %peer.fmt_short(), "refused a blob request from an endpoint that is not a member of the mesh");
+            }
+            refused += 1;
+            // Either fails only when the stream is gone already: nothing to refuse then.
+            let _ = recv.stop(iroh_blobs::protocol::ERR_PERMISSION);
+            let _ = send.reset(iroh_blobs::protocol::ERR_PERMISSION);
+        }
+    }
+
+    async fn shutdown(&self) {
+        // What iroh-blobs' own handler does when the router stops.
+        if let Err(e) = self.store.shutdown().await {
+            warn!("blob store shutdown: {e}");
+        }
     }
 }
 
 impl Store {
     /// Starts an iroh endpoint bound to `bind` whose identity is the ed25519 `secret` (the same
-    /// secret as the node's libp2p identity), serving this store's blobs to any peer that asks.
+    /// secret as the node's libp2p identity), serving this store's blobs to the endpoints
+    /// admitted with [`BlobNode::admit`] (none at first) and refusing every other.
     pub async fn serve_blobs(&self, secret: [u8; 32], bind: SocketAddr) -> Result<BlobNode, NetError> {
         let bind_error = |reason: String| NetError::Bind { bind, reason };
         let lookup = MemoryLookup::new();
@@ -159,8 +243,9 @@ impl Store {
             .bind()
             .await
             .map_err(|e| bind_error(error_chain(&e)))?;
-        let router =
-            Router::builder(endpoint.clone()).accept(iroh_blobs::ALPN, BlobsProtocol::new(self.iroh(), None)).spawn();
+        let members = Members::default();
+        let handler = MembersOnly { store: self.iroh().clone(), members: members.clone() };
+        let router = Router::builder(endpoint.clone()).accept(iroh_blobs::ALPN, handler).spawn();
         let mut options = connection_pool::Options::default();
         options.connect_timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
         options.idle_timeout = Duration::from_secs(CONNECTION_IDLE_TIMEOUT_S);
@@ -168,7 +253,7 @@ impl Store {
         options.max_pending_connections = CONNECTS_PENDING_MAX;
         let pool = ConnectionPool::new(endpoint.clone(), iroh_blobs::ALPN, options);
         debug!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "blob endpoint started");
-        Ok(BlobNode { inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool }) })
+        Ok(BlobNode { inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool, members }) })
     }
 }
 
@@ -188,6 +273,11 @@ impl std::fmt::Display for Failure {
                 write!(f, "no connection within {CONNECT_TIMEOUT_MS} ms (down, or a wrong address?)")
             }
             Failure::Connect(e) => write!(f, "cannot connect: {}", error_chain(e)),
+            Failure::Get(e) if e.iroh_error_code() == Some(iroh_blobs::protocol::ERR_PERMISSION) => write!(
+                f,
+                "refused us: it serves blobs only to members of its mesh, the peers it has met over the mesh's \
+                 libp2p connections (which need the mesh key); join its mesh first"
+            ),
             Failure::Get(GetError::AtBlobHeaderNext { source: AtBlobHeaderNextError::NotFound { .. }, .. }) => {
                 write!(f, "does not have it")
             }
@@ -264,6 +354,26 @@ impl BlobNode {
         }
         let addr = EndpointAddr::from_parts(id, peer.addrs.iter().copied().map(TransportAddr::Ip));
         self.inner.lookup.set_endpoint_info(addr);
+    }
+
+    /// Lets the endpoint `id` fetch this store's blobs from now on (it stays admitted until the
+    /// endpoint shuts down). The caller admits only members of its mesh. Returns whether `id` is
+    /// new; an id that is not an ed25519 public key is ignored with a warning.
+    pub fn admit(&self, id: &[u8; 32]) -> bool {
+        let Ok(key) = PublicKey::from_bytes(id) else {
+            warn!(peer = %hex::encode(id), "not admitting a blob peer whose id is not an ed25519 public key");
+            return false;
+        };
+        let new = self.inner.members.insert(key);
+        if new {
+            debug!(peer = %key.fmt_short(), "admitted to fetch blobs");
+        }
+        new
+    }
+
+    /// Whether the endpoint `id` was admitted ([`BlobNode::admit`]).
+    pub fn is_admitted(&self, id: &[u8; 32]) -> bool {
+        PublicKey::from_bytes(id).is_ok_and(|key| self.inner.members.contains(&key))
     }
 
     /// Fetches one blob into the local store, verified, trying `providers` in order (this node

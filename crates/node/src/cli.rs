@@ -215,9 +215,15 @@ struct NodeArgs {
     /// nodes); default: measured at start by a short CPU benchmark.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     speed: Option<u32>,
-    /// Nodes that keep a copy of each output, the runner included.
+    /// Nodes that keep a copy of each output, the runner included. A submitted DAG's images and
+    /// inputs are held by replicas - 1 other nodes (at least one) before the submit is acknowledged.
     #[arg(long, default_value_t = 2)]
     replicas: usize,
+    /// How long a submit may wait for other nodes to hold the DAG's images and inputs, in
+    /// seconds; past it the submit is refused (the DAG would die with this node).
+    #[arg(long, default_value_t = crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    submit_replication_timeout_s: u64,
     /// Also write this node's addresses as JSON to this file once it listens.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -644,6 +650,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         labels,
         speed: args.speed,
         replicas: args.replicas,
+        submit_replication_timeout_s: args.submit_replication_timeout_s,
         ready_file: args.ready_file,
         test_partitions: args.test_partitions,
         shutdown: None,
@@ -727,6 +734,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         labels: Default::default(),
         speed: None,
         replicas: 2,
+        submit_replication_timeout_s: crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
         ready_file: Some(ready.clone()),
         test_partitions: false,
         shutdown: Some(shutdown.clone()),

@@ -141,6 +141,13 @@ fn submit_inner(
     }
     let reply = client.post(&format!("/v1/dags{query}"), serde_json::to_string_pretty(&value)?.as_bytes())?;
     let hash = reply["dag"].as_str().ok_or_else(|| anyhow!("the node's reply names no DAG"))?.to_string();
+    if reply["depends_on_this_node"] == true {
+        eprintln!(
+            "warning: no other node of the mesh holds this DAG's images and inputs yet (none was connected): \
+             if the node at {} leaves before a peer has fetched them, the DAG cannot finish",
+            client.base
+        );
+    }
     if !wait {
         if json {
             println!("{reply}");

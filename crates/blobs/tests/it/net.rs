@@ -27,11 +27,12 @@ async fn node(store: &Store, seed: u8) -> BlobNode {
     store.serve_blobs([seed; 32], loopback()).await.unwrap()
 }
 
-/// Each node learns the others' addresses.
+/// Each node learns the others' addresses and admits them (members of one mesh).
 fn introduce(nodes: &[&BlobNode]) {
     for a in nodes {
         for b in nodes {
             a.add_peer(&b.me());
+            a.admit(&b.me().id);
         }
     }
 }
@@ -333,6 +334,7 @@ async fn fetches_at_once() {
         let (h, s) = store().await;
         let n = node(&s, 30 + i as u8).await;
         n.add_peer(&na.me());
+        na.admit(&n.me().id);
         fetchers.push((h, s, n));
     }
     let provider = na.me().id;
@@ -393,4 +395,39 @@ async fn a_corrupted_blob_is_fetched_again_from_a_peer() {
     assert_eq!(nb.fetch(hash, &[na.me().id]).await.unwrap(), data.len() as u64);
     assert!(!b.is_corrupt(hash));
     assert_eq!(b.get_bytes(hash).await.unwrap().unwrap(), data);
+}
+
+/// An endpoint that was never admitted (an outsider: it knows the address and the hash, not the
+/// mesh) is refused before it can read a byte; once admitted, the same endpoint is served.
+#[tokio::test]
+async fn only_admitted_endpoints_are_served() {
+    let (_ha, a) = store().await;
+    let (_hb, b) = store().await;
+    let (_hc, c) = store().await;
+    let (na, outsider, member) = (node(&a, 40).await, node(&b, 41).await, node(&c, 42).await);
+    for n in [&outsider, &member] {
+        n.add_peer(&na.me());
+    }
+    na.admit(&member.me().id);
+    let data = random_bytes("members only", 100_000);
+    let hash = a.put_bytes(data.clone()).await.unwrap();
+
+    let err = outsider.fetch(hash, &[na.me().id]).await.unwrap_err();
+    eprintln!("{err}");
+    assert!(err.to_string().contains("serves blobs only to members of its mesh"), "{err}");
+    assert!(!b.has(hash).await.unwrap() && b.get_bytes(hash).await.unwrap().is_none(), "nothing arrived");
+    assert!(!na.is_admitted(&outsider.me().id));
+
+    assert_eq!(member.fetch(hash, &[na.me().id]).await.unwrap(), data.len() as u64);
+    assert_eq!(c.get_bytes(hash).await.unwrap().unwrap(), data);
+
+    // Admitted later (it proved its membership on the mesh's side): served from then on.
+    assert!(na.admit(&outsider.me().id), "newly admitted");
+    assert!(!na.admit(&outsider.me().id), "admitting twice changes nothing");
+    assert_eq!(outsider.fetch(hash, &[na.me().id]).await.unwrap(), data.len() as u64);
+    assert_eq!(b.get_bytes(hash).await.unwrap().unwrap(), data);
+
+    for n in [na, outsider, member] {
+        n.shutdown().await;
+    }
 }

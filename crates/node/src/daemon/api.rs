@@ -134,8 +134,17 @@ async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String
     let pinned = pin::pin_dag(&s.store, &name, &body).await.map_err(|e| bad(format!("{e:#}")))?;
     let jobs: Vec<String> = pinned.dag.jobs.iter().map(|j| j.id.clone()).collect();
     let hash = pinned.hash;
-    ask(&s, |reply| Cmd::Submit { hash, dag: pinned.dag, max_attempts, reply }).await?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"dag": hash, "jobs": jobs}))).into_response())
+    // Answered once other nodes hold the DAG's blobs: refused (503) when none could in time.
+    let ack = ask(&s, |reply| Cmd::Submit { hash, dag: pinned.dag, max_attempts, reply })
+        .await?
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let holders: Vec<String> = ack.holders.iter().map(hex::encode).collect();
+    let depends = holders.is_empty();
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({"dag": hash, "jobs": jobs, "holders": holders, "depends_on_this_node": depends})),
+    )
+        .into_response())
 }
 
 async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {

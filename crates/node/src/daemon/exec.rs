@@ -130,7 +130,9 @@ async fn run_claimed_inner(
     for r in job.inputs.values().chain(job.stdin.iter()) {
         match r {
             InputRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
-            InputRef::Blake3(h) => fetch_bare(shared, *h, &providers_all).await?,
+            InputRef::Blake3(h) => {
+                fetch_bare(shared, *h, &providers_all).await?;
+            }
             _ => {}
         }
     }
@@ -195,16 +197,29 @@ impl Complete {
 }
 
 /// A `blake3:` input whose kind the DAG does not say: a blob, or a tree if it decodes as one.
-async fn fetch_bare(shared: &Shared, hash: Hash, providers: &[NodeId]) -> Result<()> {
+/// Returns the bytes that arrived.
+pub(crate) async fn fetch_bare(shared: &Shared, hash: Hash, providers: &[NodeId]) -> Result<u64> {
+    let mut arrived = 0;
     if !shared.store.has(hash).await? {
-        shared.blobs.fetch(hash, providers).await.with_context(|| format!("fetching input {hash}"))?;
+        arrived = shared.blobs.fetch(hash, providers).await.with_context(|| format!("fetching input {hash}"))?;
     }
     let bytes = shared.store.need_bytes(hash).await?;
     if shoal_blobs::tree::Tree::decode(&bytes).is_ok() {
-        let size = bytes.len() as u64;
-        fetch_digest(shared, &Digest { hash, kind: DigestKind::Tree, size }, providers).await?;
+        let tree_bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = tree_bytes.clone();
+        let blobs = &shared.blobs;
+        shared
+            .complete
+            .once(hash, async move {
+                let n = blobs.fetch_tree(hash, providers).await?;
+                counted.store(n, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            })
+            .await
+            .with_context(|| format!("fetching the tree {hash}"))?;
+        arrived += tree_bytes.load(std::sync::atomic::Ordering::Relaxed);
     }
-    Ok(())
+    Ok(arrived)
 }
 
 /// A run record into this store (verified: it comes from elsewhere), and decoded.

@@ -9,9 +9,11 @@
 //! - `exec`: runs one claimed job: fetches its DAG's upstream records, inputs and image from
 //!   peers, then runs it as `shoal run` does.
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
+//! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
 
 mod api;
 mod exec;
+mod hold;
 pub mod pin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +61,9 @@ const DAG_FETCH_RETRY_MS: u64 = 1_000;
 const REPLICATIONS_IN_FLIGHT_MAX: usize = 4;
 /// Attempts a job gets before it fails for good, unless the submitter says otherwise.
 pub const MAX_ATTEMPTS_DEFAULT: u32 = 3;
+/// How long a submit may take to have another node hold the DAG's blobs before it is refused,
+/// unless the node is told otherwise (`--submit-replication-timeout-s`), in seconds.
+pub const SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT: u64 = 300;
 
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
@@ -76,8 +81,12 @@ pub struct NodeOptions {
     pub labels: BTreeMap<String, String>,
     /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
     pub speed: Option<u32>,
-    /// Nodes that keep a copy of every output (the runner included).
+    /// Nodes that keep a copy of every output (the runner included). A submitted DAG's blobs
+    /// (its images and inputs) are held by `replicas - 1` other nodes, at least one, before the
+    /// submit is acknowledged.
     pub replicas: usize,
+    /// How long a submit may wait for other nodes to hold the DAG's blobs, in seconds.
+    pub submit_replication_timeout_s: u64,
     /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
     pub ready_file: Option<PathBuf>,
     /// Serve `POST /v1/test/block`, which cuts this node off from given peers (partition tests).
@@ -88,13 +97,14 @@ pub struct NodeOptions {
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
-    /// A pinned DAG (stored as a blob already) to submit from here; answered once the Submit fact
-    /// is durable.
+    /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
+    /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
+    /// why the blobs could not be copied (then nothing was submitted).
     Submit {
         hash: Hash,
         dag: Dag,
         max_attempts: u32,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<SubmitAck, String>>,
     },
     /// The ledger's view: of one DAG (with every run of each job), or of all.
     Status {
@@ -133,6 +143,14 @@ pub(crate) enum Cmd {
         runner: Option<NodeId>,
         reply: oneshot::Sender<bool>,
     },
+}
+
+/// An acknowledged submit.
+#[derive(Clone, Debug)]
+pub(crate) struct SubmitAck {
+    /// The other nodes that hold every blob the DAG needs; empty when no other node was
+    /// connected (the DAG then depends on this node until a peer has fetched them).
+    pub holders: Vec<NodeId>,
 }
 
 /// The ledger's view as the API shows it.
@@ -232,6 +250,17 @@ fn now_unix_ms() -> u64 {
 pub(crate) fn peer_id_of_node(node: &NodeId) -> Option<PeerId> {
     let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node).ok()?;
     Some(libp2p::identity::PublicKey::from(key).to_peer_id())
+}
+
+/// The node id of a libp2p peer id, when it names an ed25519 key (an identity multihash of the
+/// key's protobuf encoding, as every shoal node's does).
+pub(crate) fn node_of_peer(peer: &PeerId) -> Option<NodeId> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(key.try_into_ed25519().ok()?.to_bytes())
 }
 
 /// The mesh key: 32 bytes in libp2p's pre-shared key file format.
@@ -364,6 +393,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         announces: 0,
         caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
+        hold: hold::Holding::default(),
     };
     node.run(cmd_rx).await
 }
@@ -411,12 +441,17 @@ struct Node {
     announce_soon: bool,
     /// Bounds the copies being made at once.
     replications: Arc<tokio::sync::Semaphore>,
+    /// Submits waiting for other nodes to hold their DAG's blobs, and the blobs this node
+    /// holds for other submitters.
+    hold: hold::Holding,
 }
 
 impl Node {
     async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
         let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
         let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
+        let mut holds = tokio::time::interval(Duration::from_millis(hold::HOLD_TICK_MS));
+        holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = self.opts.shutdown.clone().unwrap_or_default();
         self.after_step().await;
@@ -455,11 +490,16 @@ impl Node {
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_tick(now_unix_ms()),
                 _ = announce.tick() => self.announce(),
                 _ = sync.tick() => self.anti_entropy(),
+                _ = holds.tick(), if self.hold.active() => self.hold_tick().await,
+                Some((dag, state)) = self.hold.updates.1.recv() => self.on_hold_update(dag, state),
                 _ = tokio::signal::ctrl_c() => break,
                 _ = terminate.recv() => break,
                 _ = shutdown.notified() => break,
             }
             self.after_step().await;
+            if std::mem::take(&mut self.hold.dirty) {
+                self.drive_submits().await;
+            }
             if std::mem::take(&mut self.announce_soon) {
                 announce.reset_after(Duration::from_millis(ANNOUNCE_AFTER_CONNECT_MS));
             }
@@ -723,6 +763,11 @@ impl Node {
             }
             NetEvent::Connected(peer) => {
                 self.connected.insert(peer);
+                // It passed pnet (the mesh key) and noise (its id): a member, so it may fetch
+                // this node's blobs.
+                if let Some(node) = node_of_peer(&peer) {
+                    self.shared.blobs.admit(&node);
+                }
                 // A new connection (a newcomer, or a peer back from a restart) learns our
                 // addresses from our next announcement: make it soon, once subscriptions are
                 // exchanged, rather than at the next regular tick.
@@ -747,6 +792,12 @@ impl Node {
                         return;
                     }
                     self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+                    // Signed by its author and carried only over connections that passed pnet: the
+                    // author is a member (this reaches peers we have no direct connection to),
+                    // unless `--allow` leaves it out of this node's mesh.
+                    if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
+                        self.shared.blobs.admit(&a.node);
+                    }
                     // Gossip reached us through others: connect directly, so the mesh stays
                     // whole when the node everyone joined through leaves.
                     if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
@@ -778,11 +829,28 @@ impl Node {
                 Err(e) => warn!(%from, "{e}"),
             },
             NetEvent::Request { peer, request, channel } => {
-                let resp = self.answer_sync(now, &peer, &request.0);
+                let resp = match wire::decode::<SyncReq>(&request.0) {
+                    // Answered once held, or with its progress a moment later.
+                    Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
+                    Ok(req) => self.answer_sync(now, &peer, req),
+                    Err(e) => SyncResp::Refused { reason: e.to_string() },
+                };
                 self.net.respond(channel, SyncResponse(wire::encode(&resp)));
             }
-            NetEvent::Response { peer, response, .. } => self.on_sync_response(now, &peer, &response.0),
-            NetEvent::RequestFailed { peer, error, .. } => debug!(%peer, "sync request failed: {error}"),
+            NetEvent::Response { peer, id, response } => {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
+                    self.on_hold_response(dag, node, &response.0);
+                } else {
+                    self.on_sync_response(now, &peer, &response.0);
+                }
+            }
+            NetEvent::RequestFailed { peer, id, error } => {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
+                    self.hold_failed(dag, node, format!("the request failed: {error}"));
+                } else {
+                    debug!(%peer, "sync request failed: {error}");
+                }
+            }
         }
     }
 
@@ -810,11 +878,7 @@ impl Node {
         (added, refused)
     }
 
-    fn answer_sync(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) -> SyncResp {
-        let req = match wire::decode::<SyncReq>(bytes) {
-            Ok(r) => r,
-            Err(e) => return SyncResp::Refused { reason: e.to_string() },
-        };
+    fn answer_sync(&mut self, now: u64, peer: &PeerId, req: SyncReq) -> SyncResp {
         let ledger = self.core.ledger();
         match req {
             SyncReq::Digest { digest, .. } => {
@@ -832,6 +896,7 @@ impl Node {
                 let (added, refused) = self.take_facts(now, facts, peer);
                 SyncResp::Stored { added, refused }
             }
+            SyncReq::Hold { dag } => SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") },
         }
     }
 
@@ -860,7 +925,7 @@ impl Node {
                 self.take_facts(now, facts, peer);
             }
             SyncResp::Refused { reason } => warn!(%peer, "the peer refused our sync request: {reason}"),
-            SyncResp::Same | SyncResp::Stored { .. } => {}
+            SyncResp::Same | SyncResp::Stored { .. } | SyncResp::Holding { .. } => {}
         }
     }
 
@@ -927,17 +992,7 @@ impl Node {
     async fn on_cmd(&mut self, cmd: Cmd) {
         let now = now_unix_ms();
         match cmd {
-            Cmd::Submit { hash, dag, max_attempts, reply } => {
-                let known = self.core.ledger().has_dag(&hash);
-                if !known {
-                    self.core.submit(now, hash, dag, max_attempts);
-                } else if self.core.dag(&hash).is_none() {
-                    self.core.handle_dag(now, hash, dag);
-                }
-                // Persist (and gossip) before answering: an acknowledged submit survives a kill -9.
-                self.after_step().await;
-                let _ = reply.send(());
-            }
+            Cmd::Submit { hash, dag, max_attempts, reply } => self.start_submit(hash, dag, max_attempts, reply).await,
             Cmd::Status { dag, reply } => {
                 let _ = reply.send(self.status_view(now, dag));
             }

@@ -6,6 +6,13 @@
 //! whose digest differs answers with every fact id it holds (`SyncResp::Ids`); the asker then
 //! fetches what it lacks (`SyncReq::Get`) and pushes what the peer lacks (`SyncReq::Put`). Equal
 //! digests cost one round trip of ~100 bytes, which is all an idle mesh sends.
+//!
+//! Holding a submitted DAG's blobs: before a node acknowledges a submit it asks a peer to hold
+//! what the DAG needs (`SyncReq::Hold`): the DAG blob, its jobs' images (image blob, rootfs tree
+//! and every file in it) and `blake3:` inputs. The peer fetches them from the asker (and its
+//! other peers) over iroh and answers at once with where it stands (`SyncResp::Holding`); the
+//! asker asks again until the answer is `Held` or `Failed`, so no request outlives the sync
+//! timeout however large the blobs.
 
 use std::net::SocketAddr;
 
@@ -71,23 +78,61 @@ pub struct Announce {
     pub sent_unix_ms: u64,
 }
 
-/// An anti-entropy request.
+/// An anti-entropy request, or a request to hold a DAG's blobs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncReq {
-    Digest { digest: Hash, count: u64 },
-    Get { ids: Vec<Hash> },
-    Put { facts: Vec<Fact> },
+    Digest {
+        digest: Hash,
+        count: u64,
+    },
+    Get {
+        ids: Vec<Hash>,
+    },
+    Put {
+        facts: Vec<Fact>,
+    },
+    /// Fetch and keep (pin) every blob the DAG `dag` needs: the DAG blob itself, its images and
+    /// its `blake3:` inputs. Asked again until the answer is final.
+    Hold {
+        dag: Hash,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncResp {
     Same,
-    Ids { ids: Vec<Hash> },
-    Facts { facts: Vec<Fact> },
-    Stored { added: u64, refused: u64 },
-    Refused { reason: String },
+    Ids {
+        ids: Vec<Hash>,
+    },
+    Facts {
+        facts: Vec<Fact>,
+    },
+    Stored {
+        added: u64,
+        refused: u64,
+    },
+    Refused {
+        reason: String,
+    },
+    /// Where the holding of `dag`'s blobs stands.
+    Holding {
+        dag: Hash,
+        state: HoldState,
+    },
+}
+
+/// A peer's progress in holding a DAG's blobs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldState {
+    /// Fetching: `done` of `items` (the DAG, each image, each input) are held, `bytes` arrived.
+    Fetching { done: u32, items: u32, bytes: u64 },
+    /// Every blob the DAG needs is held (and pinned); `bytes` arrived for it.
+    Held { bytes: u64 },
+    /// It cannot hold them, and why.
+    Failed { reason: String },
 }
 
 /// Why a message could not be read.
@@ -117,6 +162,16 @@ mod tests {
         assert_eq!(decode::<FactBatch>(&encode(&batch)).unwrap(), batch);
         let req = SyncReq::Put { facts: vec![fact] };
         assert_eq!(decode::<SyncReq>(&encode(&req)).unwrap(), req);
+        let req = SyncReq::Hold { dag: Hash::of(b"d") };
+        assert_eq!(decode::<SyncReq>(&encode(&req)).unwrap(), req);
+        for state in [
+            HoldState::Fetching { done: 1, items: 3, bytes: 5 << 20 },
+            HoldState::Held { bytes: 7 },
+            HoldState::Failed { reason: "no provider".into() },
+        ] {
+            let resp = SyncResp::Holding { dag: Hash::of(b"d"), state };
+            assert_eq!(decode::<SyncResp>(&encode(&resp)).unwrap(), resp);
+        }
         assert!(decode::<SyncResp>(b"\xff\x00garbage").is_err());
     }
 
