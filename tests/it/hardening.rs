@@ -257,3 +257,30 @@ fn a_symlink_to_the_root_comes_back_as_written() {
         assert_eq!(std::fs::read_link(dest.join(name)).unwrap().to_str().unwrap(), target, "{name}");
     }
 }
+
+/// A fork bomb was bounded only by the host's pid_max: a job now has at most `pids` processes
+/// and threads (1024 by default).
+#[test]
+fn processes_are_limited_by_the_pids_requirement() {
+    let home = Home::with_busybox();
+    // The forks run in a subshell (busybox sh exits when a fork fails); the count uses the shell's
+    // own globbing, since at the limit nothing more can be forked.
+    let script = "(i=0; while [ $i -lt 300 ]; do sleep 5 & i=$((i+1)); done) 2>/dev/null; \
+                  set -- /proc/[0-9]*; echo $#";
+    let dag = home.write(
+        "bomb.json",
+        &serde_json::json!({"version": 1, "jobs": [
+            {"id": "bounded", "image": "busybox:latest", "command": ["sh", "-c", script],
+             "requirements": {"pids": 40, "timeout": "60s"}, "outputs": {"n": "stdout"}},
+            {"id": "default", "image": "busybox:latest", "command": ["sh", "-c", script],
+             "requirements": {"timeout": "60s"}, "outputs": {"n": "stdout"}}
+        ]})
+        .to_string(),
+    );
+    let out = run_ns(&home, &dag);
+    assert_success(&out, "run");
+    let n = |job: &str| stdout(&home.shoal(&["get", job, "n"])).trim().parse::<u32>().unwrap();
+    assert!(n("bounded") <= 40, "{} processes ran under pids: 40", n("bounded"));
+    assert!(n("default") > 300, "the default limit (1024) stopped 300 sleeps: {}", n("default"));
+    assert_eq!(json(&home.shoal(&["show", "bounded"]))["requirements"]["pids_max"], 40);
+}

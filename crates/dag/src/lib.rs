@@ -24,7 +24,7 @@ pub use cbor::{canonical_cbor, from_cbor};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use spec::{
-    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec, Requirements,
-    parse_dag,
+    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
+    PIDS_MAX_DEFAULT, Requirements, parse_dag,
 };
 pub use units::{parse_duration_ms, parse_size};

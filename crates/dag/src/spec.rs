@@ -167,6 +167,9 @@ pub struct Requirements {
     pub scratch_bytes: u64,
     pub output_bytes_max: u64,
     pub timeout_ms: u64,
+    /// Most processes and threads the job may have at once (a fork bomb stops there).
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u32,
     /// None: the run's default (a microVM). `Some(Vm)`: never the namespace backend.
     /// `Some(Namespace)`: the lighter sandbox is fine.
     pub isolation: Option<Isolation>,
@@ -185,6 +188,7 @@ impl Default for Requirements {
             scratch_bytes: 1 << 30,
             output_bytes_max: 1 << 30,
             timeout_ms: 3_600_000,
+            pids_max: PIDS_MAX_DEFAULT,
             isolation: None,
             labels: BTreeMap::new(),
         }
@@ -317,6 +321,7 @@ const REQ_FIELDS: &[&str] = &[
     "scratch",
     "output_size",
     "timeout",
+    "pids",
     "isolation",
     "labels",
 ];
@@ -328,6 +333,14 @@ const MEMORY_MIN_BYTES: u64 = 16 << 20;
 const SIZE_MAX_BYTES: u64 = 1 << 40;
 const TIMEOUT_MAX_MS: u64 = 7 * 86_400_000;
 const CORES_MAX: u64 = 1024;
+/// The `pids` requirement when a job names none: processes and threads at once.
+pub const PIDS_MAX_DEFAULT: u32 = 1024;
+/// The largest `pids` a job may ask for (the kernel's own `pid_max` limit).
+const PIDS_MAX: u64 = 4_194_304;
+
+fn default_pids_max() -> u32 {
+    PIDS_MAX_DEFAULT
+}
 
 fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
@@ -913,6 +926,11 @@ impl Cx {
             && let Some(v) = self.integer(&m.value, "`cores`", 1, CORES_MAX)
         {
             r.cores = v as u32;
+        }
+        if let Some(m) = fields.get("pids")
+            && let Some(v) = self.integer(&m.value, "`pids`", 1, PIDS_MAX)
+        {
+            r.pids_max = v as u32;
         }
         if let Some(m) = fields.get("memory") {
             r.memory_bytes = self.size(&m.value, "`memory`", MEMORY_MIN_BYTES).unwrap_or(r.memory_bytes);

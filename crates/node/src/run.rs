@@ -618,6 +618,7 @@ async fn execute(
             output_bytes_max: r.output_bytes_max,
             stdout_bytes_max: STDOUT_BYTES_MAX,
             timeout_ms: r.timeout_ms,
+            pids_max: r.pids_max,
         },
         network: r.network,
         work_dir: work.path().to_path_buf(),

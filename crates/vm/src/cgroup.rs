@@ -44,7 +44,7 @@ pub struct Cgroup {
     jobs: u32,
     /// The limits last written (memory bytes, cores): a reused cgroup skips rewriting them
     /// (a v1 CPU quota write alone costs the kernel ~10 us of locked work).
-    applied: Option<(u64, u32)>,
+    applied: Option<(u64, u32, u32)>,
     /// Charge left by earlier jobs when this job's counters were reset, bytes (0 when fresh).
     baseline_bytes: u64,
     /// OOM kills as last read after the job ([`Cgroup::oom_kills`]): read once per job.
@@ -57,13 +57,12 @@ pub struct Cgroup {
 #[derive(Debug)]
 enum Layout {
     /// `cpu`: whether the cpu controller is enabled for it.
-    V2 {
-        dir: PathBuf,
-        cpu: bool,
-    },
+    V2 { dir: PathBuf, cpu: bool },
     V1 {
         memory: PathBuf,
         cpu: Option<PathBuf>,
+        /// In the `pids` hierarchy, when the host has one.
+        pids: Option<PathBuf>,
     },
 }
 
@@ -72,8 +71,8 @@ enum Layout {
 pub enum Hierarchy {
     /// Parent directory of job cgroups; `cpu`: whether they get the cpu controller too.
     V2 { parent: PathBuf, cpu: bool },
-    /// Parent directories in the memory and cpu hierarchies.
-    V1 { memory: PathBuf, cpu: Option<PathBuf> },
+    /// Parent directories in the memory, cpu and pids hierarchies.
+    V1 { memory: PathBuf, cpu: Option<PathBuf>, pids: Option<PathBuf> },
 }
 
 impl Hierarchy {
@@ -97,7 +96,7 @@ impl Hierarchy {
         };
         match v1_dir("memory") {
             Some(memory) if memory.parent().is_some_and(|p| p.join("memory.limit_in_bytes").exists()) => {
-                Ok(Hierarchy::V1 { memory, cpu: v1_dir("cpu") })
+                Ok(Hierarchy::V1 { memory, cpu: v1_dir("cpu"), pids: v1_dir("pids") })
             }
             _ => Err(format!(
                 "no memory cgroup: {ROOT}/cgroup.controllers does not list `memory` and there is no v1 memory hierarchy; \
@@ -142,7 +141,9 @@ fn make_job_dir(dir: &Path) -> io::Result<()> {
 pub fn remove_stale(hierarchy: &Hierarchy) -> usize {
     let parents: Vec<&Path> = match hierarchy {
         Hierarchy::V2 { parent, .. } => vec![parent],
-        Hierarchy::V1 { memory, cpu } => std::iter::once(memory.as_path()).chain(cpu.as_deref()).collect(),
+        Hierarchy::V1 { memory, cpu, pids } => {
+            std::iter::once(memory.as_path()).chain(cpu.as_deref()).chain(pids.as_deref()).collect()
+        }
     };
     let mut removed = 0;
     for parent in parents {
@@ -171,14 +172,18 @@ static V2_PARENT_READY: AtomicBool = AtomicBool::new(false);
 /// children, on every level above it.
 fn ready_v2_parent(parent: &Path, cpu: bool) -> io::Result<()> {
     if parent == Path::new(ROOT) {
-        return fs::write(parent.join("cgroup.subtree_control"), if cpu { "+memory +cpu" } else { "+memory" })
+        let wanted = if cpu { "+memory +cpu +pids" } else { "+memory +pids" };
+        return fs::write(parent.join("cgroup.subtree_control"), wanted)
+            .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), if cpu { "+memory +cpu" } else { "+memory" }))
             .inspect(|()| V2_PARENT_READY.store(true, Ordering::Relaxed));
     }
     fs::create_dir_all(parent)?;
     if let Some(top) = parent.parent() {
-        let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu");
+        let _ = fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +pids")
+            .or_else(|_| fs::write(top.join("cgroup.subtree_control"), "+memory +cpu"));
     }
-    fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu")
+    fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu +pids")
+        .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), "+memory +cpu"))
         .or_else(|_| fs::write(parent.join("cgroup.subtree_control"), "+memory"))?;
     V2_PARENT_READY.store(true, Ordering::Relaxed);
     Ok(())
@@ -220,11 +225,26 @@ impl Cgroup {
                 }
                 Ok(Cgroup::fresh(Layout::V2 { dir, cpu }))
             }
-            Hierarchy::V1 { memory: mem_parent, cpu } => {
+            Hierarchy::V1 { memory: mem_parent, cpu, pids } => {
                 fs::create_dir_all(mem_parent)?;
                 let mem = mem_parent.join(&name);
                 make_job_dir(&mem)?;
-                let mut cg = Cgroup::fresh(Layout::V1 { memory: mem, cpu: None });
+                let mut cg = Cgroup::fresh(Layout::V1 { memory: mem, cpu: None, pids: None });
+                if let Some(pids_parent) = pids {
+                    let made = fs::create_dir_all(pids_parent).and_then(|()| {
+                        let dir = pids_parent.join(&name);
+                        make_job_dir(&dir)?;
+                        Ok(dir)
+                    });
+                    match made {
+                        Ok(dir) => {
+                            if let Layout::V1 { pids, .. } = &mut cg.layout {
+                                *pids = Some(dir);
+                            }
+                        }
+                        Err(e) => tracing::warn!("cannot create a pids cgroup: {e}; processes are not limited"),
+                    }
+                }
                 if let Some(cpu_parent) = cpu {
                     let made = fs::create_dir_all(cpu_parent).and_then(|()| {
                         let dir = cpu_parent.join(&name);
@@ -249,7 +269,7 @@ impl Cgroup {
     /// Puts the job's memory and CPU limits in force (nothing to write when they are the
     /// ones already in force).
     pub fn apply(&mut self, limits: &Limits) -> io::Result<()> {
-        let wanted = (limits.memory_bytes, limits.cores);
+        let wanted = (limits.memory_bytes, limits.cores, limits.pids_max);
         if self.applied == Some(wanted) {
             return Ok(());
         }
@@ -266,6 +286,9 @@ impl Cgroup {
             Layout::V2 { dir, cpu } => {
                 fs::write(dir.join("memory.max"), &memory)?;
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
+                if let Err(e) = fs::write(dir.join("pids.max"), limits.pids_max.to_string()) {
+                    tracing::warn!("no pids controller in {}: {e}; processes are not limited", dir.display());
+                }
                 if !cpu {
                     return Ok(());
                 }
@@ -273,7 +296,10 @@ impl Cgroup {
                     tracing::warn!("no cpu controller in {}: {e}; CPU is not limited", dir.display());
                 }
             }
-            Layout::V1 { memory: mem, cpu } => {
+            Layout::V1 { memory: mem, cpu, pids } => {
+                if let Some(dir) = pids {
+                    fs::write(dir.join("pids.max"), limits.pids_max.to_string())?;
+                }
                 // With swap accounting the limit must bound memory + swap too, or the job
                 // swaps instead of being killed (absent without swap accounting: fine). The
                 // kernel keeps memsw >= the limit at every step, so a raised limit (a reused
@@ -298,8 +324,8 @@ impl Cgroup {
     pub fn join_files(&self) -> (Vec<PathBuf>, Vec<PathBuf>) {
         match &self.layout {
             Layout::V2 { dir, .. } => (Vec::new(), vec![dir.join("cgroup.procs")]),
-            Layout::V1 { memory, cpu } => {
-                (std::iter::once(memory).chain(cpu).map(|d| d.join("tasks")).collect(), Vec::new())
+            Layout::V1 { memory, cpu, pids } => {
+                (std::iter::once(memory).chain(cpu).chain(pids).map(|d| d.join("tasks")).collect(), Vec::new())
             }
         }
     }
@@ -374,7 +400,9 @@ impl Cgroup {
         let empty = |f: PathBuf| fs::read(f).is_ok_and(|t| t.iter().all(u8::is_ascii_whitespace));
         let no_processes = match &self.layout {
             Layout::V2 { dir, .. } => empty(dir.join("cgroup.procs")),
-            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).all(|d| empty(d.join("tasks"))),
+            Layout::V1 { memory, cpu, pids } => {
+                std::iter::once(memory).chain(cpu).chain(pids).all(|d| empty(d.join("tasks")))
+            }
         };
         no_processes
             && self.jobs < REUSE_JOBS_MAX
@@ -386,7 +414,7 @@ impl Cgroup {
     pub fn dirs(&self) -> Vec<PathBuf> {
         match &self.layout {
             Layout::V2 { dir, .. } => vec![dir.clone()],
-            Layout::V1 { memory, cpu } => std::iter::once(memory).chain(cpu).cloned().collect(),
+            Layout::V1 { memory, cpu, pids } => std::iter::once(memory).chain(cpu).chain(pids).cloned().collect(),
         }
     }
 

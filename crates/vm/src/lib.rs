@@ -88,6 +88,13 @@ pub struct Limits {
     /// Cap on each of stdout and stderr.
     pub stdout_bytes_max: u64,
     pub timeout_ms: u64,
+    /// Most processes and threads in the sandbox at once (cgroup `pids.max`).
+    #[serde(default = "default_pids_max")]
+    pub pids_max: u32,
+}
+
+fn default_pids_max() -> u32 {
+    shoal_dag::PIDS_MAX_DEFAULT
 }
 
 impl Limits {
@@ -107,6 +114,7 @@ impl Default for Limits {
             output_bytes_max: 1 << 30,
             stdout_bytes_max: 64 << 20,
             timeout_ms: 3_600_000,
+            pids_max: shoal_dag::PIDS_MAX_DEFAULT,
         }
     }
 }

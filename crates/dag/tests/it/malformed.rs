@@ -308,6 +308,11 @@ const CASES: &[Case] = &[
         want: &[(3, 30, Some("a"), "must be a whole number from 1 to 1024, not 0")],
     },
     Case {
+        name: "zero pids",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"requirements\": {\"pids\": 0}}]}",
+        want: &[(3, 29, Some("a"), "must be a whole number from 1 to 4194304, not 0")],
+    },
+    Case {
         name: "fractional cores",
         text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"requirements\": {\"cores\": 1.5}}]}",
         want: &[(3, 30, Some("a"), "not 1.5")],
