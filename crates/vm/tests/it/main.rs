@@ -605,7 +605,9 @@ fn job_cgroups_of_killed_processes_are_removed() {
     let hierarchy = Hierarchy::detect().expect("this host should have cgroups");
     let parents: Vec<PathBuf> = match &hierarchy {
         Hierarchy::V2 { parent, .. } => vec![parent.clone()],
-        Hierarchy::V1 { memory, cpu } => std::iter::once(memory.clone()).chain(cpu.clone()).collect(),
+        Hierarchy::V1 { memory, cpu, pids } => {
+            std::iter::once(memory.clone()).chain(cpu.clone()).chain(pids.clone()).collect()
+        }
     };
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
