@@ -300,7 +300,7 @@ impl Store {
     /// less than [`FULL_DISK_BYTES`] free.
     pub(crate) fn check_room(&self, path: &Path, len: u64) -> Result<(), StoreError> {
         match fs_free_bytes(self.home()) {
-            Some(free_bytes) if len.saturating_add(FULL_DISK_BYTES) > free_bytes => {
+            Some(free_bytes) if len.saturating_add(reserve_bytes(self.home())) > free_bytes => {
                 Err(StoreError::NoRoom { path: path.to_owned(), len, fs: self.home().to_owned(), free_bytes })
             }
             _ => Ok(()),
@@ -413,7 +413,7 @@ impl Store {
     /// (almost) no room left: iroh-blobs' own message does not say so.
     fn write_failed(&self, op: &'static str, e: &dyn std::fmt::Display) -> StoreError {
         match fs_free_bytes(self.home()) {
-            Some(free_bytes) if free_bytes < FULL_DISK_BYTES => {
+            Some(free_bytes) if free_bytes <= reserve_bytes(self.home()) => {
                 StoreError::NoSpace { op, fs: self.home().to_owned(), free_bytes, message: e.to_string() }
             }
             _ => StoreError::blobs(op)(e),
@@ -668,13 +668,21 @@ fn open_regular(path: &Path) -> Result<std::fs::File, StoreError> {
     Err(StoreError::NotRegular { path: path.to_owned(), kind })
 }
 
-/// Free space below which a failed write is reported as a full disk, in bytes.
+/// Free space below which a failed write is reported as a full disk, in bytes (less on a
+/// small file system: [`reserve_bytes`]).
 const FULL_DISK_BYTES: u64 = 64 << 20;
 
 /// Bytes an unprivileged writer may still use on the file system holding `path`.
 pub fn fs_free_bytes(path: &Path) -> Option<u64> {
     let st = rustix::fs::statvfs(path).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Room kept free on the store's file system: [`FULL_DISK_BYTES`], or a twentieth of a
+/// smaller file system.
+fn reserve_bytes(path: &Path) -> u64 {
+    let total = rustix::fs::statvfs(path).map(|st| st.f_blocks.saturating_mul(st.f_frsize)).unwrap_or(u64::MAX);
+    FULL_DISK_BYTES.min(total / 20)
 }
 
 /// The BLAKE3 of a file's bytes.

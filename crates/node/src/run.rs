@@ -38,6 +38,8 @@ const STDERR_TAIL_LINES: usize = 20;
 const RUN_RECORD_VERSION: u32 = 1;
 /// Cap on a job's captured stdout and stderr, each, in bytes.
 const STDOUT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// How much of a failed job's stderr is read for the tail shown with the failure, in bytes.
+const STDERR_TAIL_BYTES_MAX: u64 = 64 << 10;
 
 /// Which backend a run uses for jobs that do not choose (`isolation` unset).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -643,8 +645,8 @@ async fn execute(
 
     let mut outputs = BTreeMap::new();
     let mut exit = outcome.exit.clone();
-    let stdout = put_bytes(ctx, outcome.stdout.clone()).await?;
-    let stderr = put_bytes(ctx, outcome.stderr.clone()).await?;
+    let stdout = put_captured(ctx, &outcome.stdout).await?;
+    let stderr = put_captured(ctx, &outcome.stderr).await?;
     for (name, spec) in &job.outputs {
         let digest = match spec {
             shoal_dag::OutputSpec::Stdout => stdout.clone(),
@@ -711,7 +713,7 @@ async fn execute(
     report.action_key = Some(action_key);
     if !success {
         report.error = Some(describe_exit(&exit));
-        report.stderr_tail = Some(output::tail(&outcome.stderr, STDERR_TAIL_LINES));
+        report.stderr_tail = Some(output::tail(&outcome.stderr.tail(STDERR_TAIL_BYTES_MAX), STDERR_TAIL_LINES));
     }
     report.exit = Some(exit);
     Ok(report)
@@ -777,6 +779,17 @@ fn describe_exit(exit: &Exit) -> String {
             output::bytes(*limit_bytes)
         ),
         Exit::Error(msg) => msg.clone(),
+    }
+}
+
+/// A job's stdout or stderr into the store, from memory or streamed from its file.
+async fn put_captured(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest> {
+    match captured {
+        shoal_vm::Captured::Bytes(b) => put_bytes(ctx, b.clone()).await,
+        shoal_vm::Captured::File { path, .. } => {
+            let (hash, size) = ctx.store.put_file(path).await?;
+            Ok(Digest { hash, kind: DigestKind::File, size })
+        }
     }
 }
 

@@ -119,12 +119,75 @@ impl Default for Limits {
     }
 }
 
+/// A job's stdout or stderr: in memory while small, in a file of the job's work directory past
+/// [`Captured::MEMORY_BYTES_MAX`] (a job writing gigabytes never has them in the runner's memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Captured {
+    Bytes(Vec<u8>),
+    File { path: PathBuf, len: u64 },
+}
+
+impl Default for Captured {
+    fn default() -> Self {
+        Captured::Bytes(Vec::new())
+    }
+}
+
+impl Captured {
+    /// Bytes kept in memory before the stream goes to a file.
+    pub const MEMORY_BYTES_MAX: usize = 1 << 20;
+
+    pub fn len(&self) -> u64 {
+        match self {
+            Captured::Bytes(b) => b.len() as u64,
+            Captured::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All of it in memory (tests, small streams); a file that cannot be read gives what could.
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            Captured::Bytes(b) => b.clone(),
+            Captured::File { path, .. } => std::fs::read(path).unwrap_or_default(),
+        }
+    }
+
+    /// Its last `max` bytes at most (for a failed job's stderr tail).
+    pub fn tail(&self, max: u64) -> Vec<u8> {
+        match self {
+            Captured::Bytes(b) => b[b.len().saturating_sub(max as usize)..].to_vec(),
+            Captured::File { path, len } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let mut out = Vec::new();
+                if let Ok(mut f) = std::fs::File::open(path)
+                    && f.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok()
+                {
+                    let _ = f.take(max).read_to_end(&mut out);
+                }
+                out
+            }
+        }
+    }
+
+    /// Copies it to `w`.
+    pub fn copy_to(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
+        match self {
+            Captured::Bytes(b) => w.write_all(b).map(|()| b.len() as u64),
+            Captured::File { path, .. } => std::io::copy(&mut std::fs::File::open(path)?, w),
+        }
+    }
+}
+
 /// What a run produced. A job that failed is still an `Outcome`; see `exit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub exit: Exit,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: Captured,
+    pub stderr: Captured,
     /// Collected outputs by name (stdout/stderr outputs are in `stdout`/`stderr`, not here);
     /// paths are inside `work_dir/outputs`.
     pub outputs: BTreeMap<String, CollectedOutput>,

@@ -19,7 +19,7 @@ use nix::fcntl::{FcntlArg, fcntl};
 
 use crate::cgroup::{Cgroup, Hierarchy, Keeper};
 use crate::wire::{GATE_FD, HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
-use crate::{Backend, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
+use crate::{Backend, Captured, Exit, Outcome, OutputSpec, Request, RunError, collect, sys};
 
 /// The helper's fd holding its request (a memfd).
 pub const REQUEST_FD: i32 = 5;
@@ -326,8 +326,8 @@ impl NamespaceBackend {
 #[derive(Debug)]
 pub struct RawRun<T> {
     pub exit: Exit,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
+    pub stdout: Captured,
+    pub stderr: Captured,
     pub wall_ms: u64,
     pub user_ms: u64,
     pub sys_ms: u64,
@@ -483,7 +483,10 @@ impl NamespaceBackend {
 
         // This thread reads stdout and stderr while it waits for the helper: one poll over the
         // two pipes and the helper's pidfd, no thread per pipe.
-        let mut pipes = [CappedPipe::new(out_r, "stdout"), CappedPipe::new(err_r, "stderr")];
+        let mut pipes = [
+            CappedPipe::spilling(out_r, "stdout", req.work_dir.join("stdout")),
+            CappedPipe::spilling(err_r, "stderr", req.work_dir.join("stderr")),
+        ];
         // The status line is read as it comes: with a reaper, the job is over once PID 1 has
         // reported and the pipes have ended, while the helper may still be exiting.
         let mut status_pipe = CappedPipe::new(status_r, "status");
@@ -578,7 +581,8 @@ impl NamespaceBackend {
         } else {
             "exiting".to_string()
         };
-        let [stdout, stderr] = pipes.map(|p| p.buf);
+        let [stdout, stderr] = pipes.map(CappedPipe::into_captured);
+        let stderr_tail = || String::from_utf8_lossy(&stderr.tail(2000)).into_owned();
         let unpacked = match unpacking {
             Unpacking::OnThread(t) => {
                 t.join().unwrap_or_else(|_| Err(collect::UnpackError::Invalid("unpack thread panicked".into())))
@@ -612,13 +616,13 @@ impl NamespaceBackend {
             Some(Status::Pid1Died { signal, code }) => {
                 return Err(RunError::Helper(format!(
                     "PID 1 of the sandbox died (signal {signal:?}, code {code:?}); stderr: {}",
-                    String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2000)..])
+                    stderr_tail()
                 )));
             }
             _ => {
                 return Err(RunError::Helper(format!(
                     "helper ended ({helper_status}) without a status; stderr: {}",
-                    String::from_utf8_lossy(&stderr[stderr.len().saturating_sub(2000)..])
+                    stderr_tail()
                 )));
             }
         };
@@ -650,7 +654,8 @@ enum Unpacking<T, F> {
     After(F),
 }
 
-/// stdout or stderr of the sandbox: what was read of it, at most the cap.
+/// stdout or stderr of the sandbox: what was read of it, at most the cap; past
+/// [`Captured::MEMORY_BYTES_MAX`] written to a file instead of memory.
 struct CappedPipe {
     /// None once it reached its end.
     fd: Option<io::PipeReader>,
@@ -658,11 +663,59 @@ struct CappedPipe {
     which: &'static str,
     /// Over its cap: the rest is read and dropped.
     over: bool,
+    /// Where the stream goes once it outgrows memory, and the file once it does.
+    spill: Option<(PathBuf, Option<fs::File>)>,
+    /// Bytes kept in all (memory or file).
+    len: u64,
 }
 
 impl CappedPipe {
     fn new(fd: io::PipeReader, which: &'static str) -> CappedPipe {
-        CappedPipe { fd: Some(fd), buf: Vec::new(), which, over: false }
+        CappedPipe { fd: Some(fd), buf: Vec::new(), which, over: false, spill: None, len: 0 }
+    }
+
+    fn spilling(fd: io::PipeReader, which: &'static str, path: PathBuf) -> CappedPipe {
+        CappedPipe { spill: Some((path, None)), ..CappedPipe::new(fd, which) }
+    }
+
+    /// Keeps `data`: in memory, or in the spill file once memory would pass its bound.
+    fn keep(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        let Some((path, file)) = self.spill.as_mut() else {
+            self.buf.extend_from_slice(data);
+            return;
+        };
+        if file.is_none() && self.buf.len() + data.len() <= Captured::MEMORY_BYTES_MAX {
+            self.buf.extend_from_slice(data);
+            return;
+        }
+        if file.is_none() {
+            match fs::OpenOptions::new().write(true).create(true).truncate(true).open(&*path) {
+                Ok(mut f) => {
+                    let _ = f.write_all(&self.buf);
+                    self.buf = Vec::new();
+                    *file = Some(f);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot write {}: {e}; keeping {} in memory", path.display(), self.which);
+                    self.spill = None;
+                    self.buf.extend_from_slice(data);
+                    return;
+                }
+            }
+        }
+        if let Some(f) = file
+            && let Err(e) = f.write_all(data)
+        {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+
+    fn into_captured(self) -> Captured {
+        match self.spill {
+            Some((path, Some(_))) => Captured::File { path, len: self.len },
+            _ => Captured::Bytes(self.buf),
+        }
     }
 
     fn raw(&self) -> i32 {
@@ -688,8 +741,8 @@ impl CappedPipe {
         if self.over {
             return false;
         }
-        let room = cap.saturating_sub(self.buf.len() as u64) as usize;
-        self.buf.extend_from_slice(&chunk[..n.min(room)]);
+        let room = cap.saturating_sub(self.len) as usize;
+        self.keep(&chunk[..n.min(room)]);
         self.over = n > room;
         self.over
     }

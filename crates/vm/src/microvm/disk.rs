@@ -128,14 +128,40 @@ pub fn read_header<R: Read + Seek>(r: &mut R, magic: &[u8; 8]) -> io::Result<Opt
 
 /// Reads a region of at most `max` bytes that must lie within `disk_len`.
 pub fn read_span<R: Read + Seek>(r: &mut R, span: Span, max: u64, disk_len: u64) -> io::Result<Vec<u8>> {
-    let end = span.offset.checked_add(span.len);
-    if span.len > max || end.is_none_or(|e| e > disk_len) || span.offset < DATA_OFFSET {
-        return Err(io::Error::other(format!("reply region {span:?} is out of bounds")));
-    }
+    check_span(span, max, disk_len)?;
     r.seek(SeekFrom::Start(span.offset))?;
     let mut buf = vec![0u8; span.len as usize];
     r.read_exact(&mut buf)?;
     Ok(buf)
+}
+
+/// A region of the reply as a [`crate::Captured`]: in memory when small, else copied to `file`.
+pub fn capture_span<R: Read + Seek>(
+    r: &mut R,
+    span: Span,
+    max: u64,
+    disk_len: u64,
+    file: &std::path::Path,
+) -> io::Result<crate::Captured> {
+    if span.len as usize <= crate::Captured::MEMORY_BYTES_MAX {
+        return read_span(r, span, max, disk_len).map(crate::Captured::Bytes);
+    }
+    check_span(span, max, disk_len)?;
+    r.seek(SeekFrom::Start(span.offset))?;
+    let mut out = std::fs::File::create(file)?;
+    let len = io::copy(&mut r.take(span.len), &mut out)?;
+    if len != span.len {
+        return Err(io::Error::other(format!("reply region {span:?} ends early")));
+    }
+    Ok(crate::Captured::File { path: file.to_owned(), len })
+}
+
+fn check_span(span: Span, max: u64, disk_len: u64) -> io::Result<()> {
+    let end = span.offset.checked_add(span.len);
+    if span.len > max || end.is_none_or(|e| e > disk_len) || span.offset < DATA_OFFSET {
+        return Err(io::Error::other(format!("reply region {span:?} is out of bounds")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -217,9 +217,12 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         Err(e) => (Span { offset: DATA_OFFSET, len: 0 }, Some(e.to_string())),
     };
     let mut at = DATA_OFFSET + tar.len;
-    let mut put = |bytes: &[u8]| -> Result<Span, String> {
-        reply.seek(SeekFrom::Start(at)).and_then(|_| reply.write_all(bytes)).map_err(|e| format!("reply disk: {e}"))?;
-        let span = Span { offset: at, len: bytes.len() as u64 };
+    let mut put = |captured: &crate::Captured| -> Result<Span, String> {
+        let len = reply
+            .seek(SeekFrom::Start(at))
+            .and_then(|_| captured.copy_to(&mut reply))
+            .map_err(|e| format!("reply disk: {e}"))?;
+        let span = Span { offset: at, len };
         at += span.len;
         Ok(span)
     };

@@ -454,9 +454,9 @@ impl MicrovmBackend {
                 ..
             } => (exit, user_ms, sys_ms, peak_memory_bytes, tar, tar_error, stdout, stderr, timeline),
         };
-        let stdout = disk::read_span(&mut reply_file, out_span, stdout_cap, reply_len)
+        let stdout = disk::capture_span(&mut reply_file, out_span, stdout_cap, reply_len, &req.work_dir.join("stdout"))
             .map_err(|e| RunError::Helper(format!("stdout: {e}")))?;
-        let stderr = disk::read_span(&mut reply_file, err_span, stdout_cap, reply_len)
+        let stderr = disk::capture_span(&mut reply_file, err_span, stdout_cap, reply_len, &req.work_dir.join("stderr"))
             .map_err(|e| RunError::Helper(format!("stderr: {e}")))?;
         let outputs_dir = req.work_dir.join("outputs");
         crate::namespace::make_private_dir(&outputs_dir)?;

@@ -107,6 +107,7 @@ on_both_backends!(
     memory_over_the_limit_is_oom,
     output_over_its_limit,
     stdout_over_its_limit,
+    large_stdout_streams_to_a_file,
     missing_file_output_fails_a_successful_job,
     symlinks_never_reach_the_host,
     glob_and_dir_outputs_keep_modes_and_symlinks,
@@ -179,10 +180,10 @@ fn run(req: Request) -> Outcome {
     // Whatever the backend started for this job is gone (QEMU's command line names the work dir).
     assert_eq!(processes_with(&work_dir.to_string_lossy()), Vec::<String>::new());
     eprintln!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
+        "exit {:?}\nstdout (end): {}\nstderr (end): {}",
         out.exit,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stdout.tail(4096)),
+        String::from_utf8_lossy(&out.stderr.tail(4096))
     );
     out
 }
@@ -214,7 +215,7 @@ tr '\0' '\n' < /proc/$$/environ
 fn input_is_read_only_without_inputs_too() {
     let f = fixture();
     let out = run(f.request("if (echo x > /input/new) 2>&1; then echo WROTE; fi; ls -A /input"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
     assert_eq!(out.exit, Exit::Code(0));
     assert!(!stdout.contains("WROTE") && stdout.contains("Read-only"), "{stdout}");
 }
@@ -230,7 +231,7 @@ fn checker_inside_the_sandbox() {
     req.env = vec![("HOST_PID".into(), host_pid.clone()), ("B".into(), "two words".into())];
     req.inputs = vec![InputMount { name: "checks".into(), host_path: checks.clone() }];
     let out = run(req);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
     assert_eq!(out.exit, Exit::Code(0), "{stdout}");
     assert!(stdout.contains("ALL OK"));
     let env: Vec<&str> = stdout.split("--- env\n").nth(1).unwrap().lines().collect();
@@ -253,7 +254,7 @@ fn runs_as_the_requested_uid_and_gid() {
     req.gid = 2345;
     let out = run(req);
     assert_eq!(out.exit, Exit::Code(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "1234\n2345\n2345\n1234:2345\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout.to_vec()), "1234\n2345\n2345\n1234:2345\n");
 }
 
 fn host_env_does_not_leak() {
@@ -265,7 +266,7 @@ fn host_env_does_not_leak() {
     req.env = vec![("ONLY".into(), "this".into())];
     let out = run(req);
     assert_eq!(out.exit, Exit::Code(0));
-    assert_eq!(out.stdout, b"ONLY=this\0");
+    assert_eq!(out.stdout.to_vec(), b"ONLY=this\0");
 }
 
 fn stdio_exit_code_and_signal() {
@@ -276,13 +277,13 @@ fn stdio_exit_code_and_signal() {
     req.stdin = Some(stdin);
     let out = run(req);
     assert_eq!(out.exit, Exit::Code(3));
-    assert_eq!(out.stdout, b"line1\nline2\n");
-    assert_eq!(out.stderr, b"oops\n");
+    assert_eq!(out.stdout.to_vec(), b"line1\nline2\n");
+    assert_eq!(out.stderr.to_vec(), b"oops\n");
 
     let out = run(f.request("kill -TERM $$"));
     assert_eq!(out.exit, Exit::Signal(15));
     let out = run(f.request("exec cat")); // no stdin given: /dev/null
-    assert_eq!((out.exit, out.stdout), (Exit::Code(0), vec![]));
+    assert_eq!((out.exit, out.stdout.to_vec()), (Exit::Code(0), vec![]));
 }
 
 fn exec_failure_is_reported() {
@@ -319,7 +320,7 @@ fn timeout_keeps_partial_stderr_and_outputs_and_kills_everything() {
     // The outputs prove PID 1 enforced the timeout and collected after killing the job:
     // the host's own deadline (timeout + 2 s) kills the helper, which would have lost them.
     assert_eq!(out.exit, Exit::Timeout);
-    assert_eq!(out.stderr, b"partial\n");
+    assert_eq!(out.stderr.to_vec(), b"partial\n");
     match &out.outputs["p"] {
         CollectedOutput::File(p) => assert_eq!(fs::read_to_string(p).unwrap(), "part\n"),
         other => panic!("{other:?}"),
@@ -348,7 +349,7 @@ fn cgroup_is_gone_afterwards_and_peak_is_measured() {
     let f = fixture();
     let out = run(f.request("grep memory /proc/self/cgroup; head -c 20000000 /dev/zero > /scratch/z"));
     assert_eq!(out.exit, Exit::Code(0));
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let line = String::from_utf8_lossy(&out.stdout.to_vec()).trim().to_string();
     let rel = line.splitn(3, ':').nth(2).unwrap();
     assert!(rel.contains("/shoal/job-"), "{rel}");
     let dir = Path::new("/sys/fs/cgroup/memory").join(rel.trim_start_matches('/'));
@@ -358,7 +359,7 @@ fn cgroup_is_gone_afterwards_and_peak_is_measured() {
 
 /// The job's memory cgroup as /proc/self/cgroup names it (the first line of `out`'s stdout).
 fn memory_cgroup_of(out: &Outcome) -> String {
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
     let line = text.lines().next().unwrap_or_default();
     line.splitn(3, ':').nth(2).unwrap_or_else(|| panic!("no cgroup line in {text:?}")).to_string()
 }
@@ -391,7 +392,7 @@ fn a_reused_cgroup_counts_only_its_own_job() {
 
     // The limit follows the job, not the cgroup's history: raised from 64 MiB again.
     let (again, third) = job("head -c 100000000 /dev/zero > /scratch/z", 256 << 20);
-    assert_eq!(again.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(again.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&again.stderr.to_vec()));
     assert_eq!(third, first);
 
     let (oom, fourth) = job("awk 'BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }'", 64 << 20);
@@ -403,7 +404,7 @@ fn a_reused_cgroup_counts_only_its_own_job() {
     // A cgroup with an OOM kill is not reused, and the kill is not blamed on the next job
     // (it fails: a failure is what a kill counted by mistake would turn into `oom`).
     let (failed, fifth) = job("exit 3", 256 << 20);
-    assert_eq!(failed.exit, Exit::Code(3), "{}", String::from_utf8_lossy(&failed.stderr));
+    assert_eq!(failed.exit, Exit::Code(3), "{}", String::from_utf8_lossy(&failed.stderr.to_vec()));
     assert_ne!(fifth, fourth, "a cgroup with an OOM kill was reused");
 }
 
@@ -427,6 +428,37 @@ fn stdout_over_its_limit() {
     let out = run(req);
     assert_eq!(out.exit, Exit::OutputTooLarge { output: "stdout".into(), limit_bytes: 1000 });
     assert_eq!(out.stdout.len(), 1000);
+}
+
+/// Peak resident memory of this process (nextest runs each test in a process of its own), bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+/// A job writing 2 GiB to stdout took the runner to ~570 MB of memory: stdout was buffered
+/// whole before its limit applied. Past 1 MiB it now goes to a file of the work directory.
+fn large_stdout_streams_to_a_file() {
+    let f = fixture();
+    let mut req = f.request("head -c 32000000 /dev/zero; echo end");
+    req.limits.stdout_bytes_max = 256 << 20;
+    req.limits.memory_bytes = 256 << 20;
+    let before = peak_rss_bytes();
+    let out = run(req);
+    assert_eq!(out.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&out.stderr.to_vec()));
+    assert!(matches!(out.stdout, shoal_vm::Captured::File { len: 32_000_004, .. }), "{:?}", out.stdout.len());
+    assert_eq!(out.stdout.tail(4), b"end\n");
+    let grown = peak_rss_bytes().saturating_sub(before);
+    assert!(grown < 16 << 20, "the runner's peak memory grew by {grown} bytes for 32 MB of stdout");
 }
 
 fn missing_file_output_fails_a_successful_job() {
@@ -516,8 +548,8 @@ fn a_gated_job_starts_only_after_its_gate_and_a_sandbox_never_built_never_calls_
         })
         .unwrap();
     assert_eq!(calls, 1);
-    assert_eq!(out.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(out.stdout, b"after the gate");
+    assert_eq!(out.exit, Exit::Code(0), "{}", String::from_utf8_lossy(&out.stderr.to_vec()));
+    assert_eq!(out.stdout.to_vec(), b"after the gate");
 
     let broken = NamespaceBackend::new(HelperCommand::new("/nonexistent/helper"));
     let mut calls = 0;
@@ -563,7 +595,7 @@ fn bench_echo_hi() {
         let t = Instant::now();
         let out = b.run(req).unwrap();
         ours.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.stdout.to_vec(), b"hi\n");
     }
     let mut reference = vec![];
     for _ in 0..n {
@@ -592,9 +624,9 @@ fn network_true_shares_the_host_network() {
     req.network = true;
     let out = run(req);
     assert_eq!(out.exit, Exit::Code(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), host_ifaces);
+    assert_eq!(String::from_utf8_lossy(&out.stdout.to_vec()).lines().count(), host_ifaces);
     let out = run(f.request("cat /proc/net/dev"));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3, "header lines + lo only");
+    assert_eq!(String::from_utf8_lossy(&out.stdout.to_vec()).lines().count(), 3, "header lines + lo only");
 }
 
 /// A job cgroup of a process that is gone (killed before it could remove it) is removed when

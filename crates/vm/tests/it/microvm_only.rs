@@ -63,7 +63,7 @@ fn cores_and_memory_reach_the_guest_and_the_record_names_the_vm() {
     req.limits.memory_bytes = 300 << 20;
     let work_dir = req.work_dir.clone();
     let out = crate::microvm().unwrap().run(req).expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
     assert_eq!(out.exit, Exit::Code(0), "{stdout}");
     let mut lines = stdout.lines();
     assert_eq!(lines.next(), Some("2"), "{stdout}");
@@ -100,8 +100,8 @@ fn network_true_reaches_out_through_qemu_user_networking() {
     let mut req = f.request(&format!("grep -o eth0 /proc/net/dev; wget -q -O - http://10.0.2.2:{port}/"));
     req.network = true;
     let out = crate::microvm().unwrap().run(req).expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.exit, Exit::Code(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
+    assert_eq!(out.exit, Exit::Code(0), "{stdout} {}", String::from_utf8_lossy(&out.stderr.to_vec()));
     assert!(stdout.contains("eth0") && stdout.ends_with("hello from host"), "{stdout}");
     server.join().unwrap();
 }
@@ -126,7 +126,7 @@ fn inputs_and_stdin_cross_into_the_guest() {
     ];
     req.stdin = Some(f.path("stdin"));
     let out = crate::microvm().unwrap().run(req).expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout.to_vec()).into_owned();
     assert_eq!(out.exit, Exit::Code(0), "{stdout}");
     assert!(stdout.starts_with("from stdin\none file\naaasub/a.txt\n"), "{stdout}");
     assert!(stdout.trim_end().ends_with("ro"), "an input was writable: {stdout}");
@@ -144,7 +144,7 @@ fn a_warm_vm_takes_the_next_job_and_nothing_outlives_the_pool() {
     let backend = MicrovmBackend::new(cfg).expect("sets up");
     // The first job boots cold and leaves a VM booting for the next one of its kind.
     let first = backend.run(f.request("echo first")).expect("runs");
-    assert_eq!((first.exit, first.stdout), (Exit::Code(0), b"first\n".to_vec()));
+    assert_eq!((first.exit, first.stdout.to_vec()), (Exit::Code(0), b"first\n".to_vec()));
     assert!(!first.vm.unwrap().warm);
     // The next one, with an input and stdin, finds it: the request disk is filled in place.
     fs::write(f.path("in"), "input bytes\n").unwrap();
@@ -152,7 +152,7 @@ fn a_warm_vm_takes_the_next_job_and_nothing_outlives_the_pool() {
     req.stdin = Some(f.path("in"));
     req.inputs = vec![shoal_vm::InputMount { name: "x".into(), host_path: f.path("in") }];
     let second = backend.run(req).expect("runs");
-    assert_eq!(String::from_utf8_lossy(&second.stdout), "input bytes\ninput bytes\n");
+    assert_eq!(String::from_utf8_lossy(&second.stdout.to_vec()), "input bytes\ninput bytes\n");
     let vm = second.vm.expect("vm details");
     assert!(vm.warm, "the second job should have run in the pre-booted VM");
     assert!(vm.timeline.job_start_ms <= vm.timeline.qemu_exit_ms);
