@@ -72,7 +72,7 @@ echo oops >&2
 "#;
 
 /// A home with busybox:latest and the test catalogue in its store.
-fn home() -> Home {
+pub(crate) fn home() -> Home {
     let home = Home::with_busybox();
     let dir = home.store().join("explorer");
     std::fs::create_dir_all(&dir).unwrap();
@@ -94,9 +94,9 @@ fn agent() -> ureq::Agent {
 }
 
 /// One part of a multipart body: field name, file name, content.
-struct Part<'a>(&'a str, Option<&'a str>, &'a [u8]);
+pub(crate) struct Part<'a>(pub &'a str, pub Option<&'a str>, pub &'a [u8]);
 
-fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+pub(crate) fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     let boundary = "shoal-test-boundary-7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
     for Part(name, file, content) in parts {
