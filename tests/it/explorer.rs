@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// A catalogue of a busybox entry whose options cover every kind of form field, and one that runs out of
 /// memory.
-const TEST_CATALOGUE: &str = r#"
+pub(crate) const TEST_CATALOGUE: &str = r#"
 version = 1
 [types]
 "text/x-shellscript" = ["sh"]

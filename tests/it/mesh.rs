@@ -39,7 +39,9 @@ impl MeshNode {
         let _ = std::fs::remove_file(&ready);
         let log = home.path().join("node.log");
         let mut cmd = Command::new(shoal_bin());
-        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0"])
+        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--blobs", "127.0.0.1:0"])
+            // On loopback unless the test gives its own address.
+            .args(if extra.contains(&"--http") { &[][..] } else { &["--http", "127.0.0.1:0"][..] })
             .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
             .args(["--backend", "namespace"])
             // Nodes on one machine are equally fast: a speed measured while the others start

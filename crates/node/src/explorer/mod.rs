@@ -303,12 +303,14 @@ struct Carried {
 }
 
 /// A request whose parts are in the store.
-struct Received {
+struct Received<'a> {
     entry: Entry,
     options: BTreeMap<String, Value>,
     main: Option<String>,
     inputs: BTreeMap<String, Digest>,
     stdin: Option<Digest>,
+    /// An anonymous run's place among those in progress, held until it is answered.
+    _admitted: Option<public::Admitted<'a>>,
 }
 
 async fn run_request(
@@ -319,7 +321,7 @@ async fn run_request(
 ) -> Result<Response, ExError> {
     let started = Instant::now();
     let loaded = ex.catalogue(&s)?;
-    let mut multipart = multipart.map_err(|e| {
+    let multipart = multipart.map_err(|e| {
         bad(format!(
             "{e}; send multipart/form-data: a `request` part (JSON: entry, options, main), then `file` parts and \
              an optional `stdin` part"
@@ -329,16 +331,6 @@ async fn run_request(
     let anonymous = match caller.as_deref() {
         Some(Caller::Anonymous { client }) => Some(*client),
         _ => None,
-    };
-    let _admitted = match anonymous {
-        Some(client) => match ex.limits.admit(client, s.store.home(), Instant::now()) {
-            Ok(admitted) => Some(admitted),
-            Err(l) => {
-                drain(&mut multipart).await;
-                return Err(limited(l));
-            }
-        },
-        None => None,
     };
     let tmp = tempfile::Builder::new().prefix("explore-").tempdir_in(tmp_root(&s)?).map_err(internal)?;
     let quota = anonymous.map(|c| (&ex.limits, c));
@@ -368,13 +360,13 @@ type Quota<'a> = Option<(&'a Limits, ClientKey)>;
 /// Reads the parts in order, each file streamed through `dir` into the store. A refused request
 /// is read to its end (dropping up to [`DRAIN_BYTES_MAX`]) before the answer, so the client reads
 /// the reason instead of a reset connection.
-async fn receive(
+async fn receive<'a>(
     s: &Shared,
     cat: &Catalogue,
     mut mp: Multipart,
     dir: &std::path::Path,
-    quota: Quota<'_>,
-) -> Result<Received, ExError> {
+    quota: Quota<'a>,
+) -> Result<Received<'a>, ExError> {
     let result = receive_parts(s, cat, &mut mp, dir, quota).await;
     if result.is_err() {
         drain(&mut mp).await;
@@ -395,13 +387,13 @@ async fn drain(mp: &mut Multipart) {
     }
 }
 
-async fn receive_parts(
+async fn receive_parts<'a>(
     s: &Shared,
     cat: &Catalogue,
     mp: &mut Multipart,
     dir: &std::path::Path,
-    quota: Quota<'_>,
-) -> Result<Received, ExError> {
+    quota: Quota<'a>,
+) -> Result<Received<'a>, ExError> {
     let mut field = mp
         .next_field()
         .await
@@ -457,6 +449,12 @@ async fn receive_parts(
         ),
         problems,
     })?;
+    // An anonymous run is counted once its request is known to be one this node runs: a refused
+    // form costs the client nothing.
+    let admitted = match quota {
+        Some((limits, client)) => Some(limits.admit(client, s.store.home(), Instant::now()).map_err(limited)?),
+        None => None,
+    };
 
     let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
     let mut stdin: Option<Digest> = None;
@@ -555,7 +553,7 @@ async fn receive_parts(
             problems: vec![Problem { option: String::new(), message: "no input file".into() }],
         });
     }
-    Ok(Received { entry, options, main, inputs, stdin })
+    Ok(Received { entry, options, main, inputs, stdin, _admitted: admitted })
 }
 
 /// The one-job DAG of a request.
@@ -588,7 +586,7 @@ fn job_of(r: &Received) -> Result<Job, ExError> {
 }
 
 /// Runs the request as `shoal run` would; returns its record and whether the cache answered.
-async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ExError> {
+async fn execute(s: &Shr, ex: &Explorer, r: Received<'_>) -> Result<(Hash, bool), ExError> {
     let job = job_of(&r)?;
     let (image_id, _) = s.store.resolve_image(&job.image).await.map_err(|e| {
         ExError::new(
