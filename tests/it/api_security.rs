@@ -509,3 +509,33 @@ fn a_public_explorer_refuses_strangers_past_its_disk_high_water_mark() {
     let r = explorer_post(&n, &json!({"entry": "sh", "main": "s.sh"}), script, Some(&submitter));
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+#[test]
+fn an_explorer_permalink_outlives_gc_for_as_long_as_it_is_promised() {
+    let home = crate::explorer::home();
+    let key = mesh_key(home.path());
+    let n = MeshNode::start(home, &key, &[], &["--explorer-keep-days", "7"]);
+    // A failed run is in no action-cache entry; the run after it replaces it as the job's latest.
+    let r = explorer_post(&n, &json!({"entry": "sh", "main": "s.sh"}), &[("s.sh", b"echo kept; exit 3\n")], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let failed = r.json();
+    assert_eq!(failed["ok"], false);
+    let kept = failed["kept_until_unix_ms"].as_u64().unwrap();
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(kept > now_ms + 6 * 86_400_000 && kept <= now_ms + 7 * 86_400_000, "{kept}");
+    let r = explorer_post(&n, &json!({"entry": "sh", "main": "s.sh"}), &[("s.sh", b"echo later\n")], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut n = n;
+    n.kill();
+    let out = n.home.shoal(&["gc", "--json"]);
+    assert_success(&out, "shoal gc");
+    assert!(json(&out)["blobs_removed"].as_u64().unwrap() > 0, "gc removed something: {}", stdout(&out));
+    let n = n.restart(&key, &[]);
+    let hex = failed["record"].as_str().unwrap().trim_start_matches("blake3:");
+    let view = raw(&n, "GET", &format!("/v1/explorer/runs/{hex}"), &[], b"");
+    assert_eq!(view.status, 200, "{view:?}");
+    let view = view.json();
+    assert_eq!(view["stdout"]["text"], "kept\n");
+    assert_eq!(view["inputs"][0]["text"], "echo kept; exit 3\n");
+    assert_eq!(view["kept_until_unix_ms"], kept);
+}

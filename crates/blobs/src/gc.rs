@@ -2,8 +2,8 @@
 //!
 //! Mark: the roots are the records the action cache and `records_by_job` point at (the record blob
 //! and every blob hash inside the record: outputs, stdout, stderr, inputs, trees followed
-//! recursively; image ids inside records are not roots), the pins whose end has not passed, and every indexed image (its
-//! blob, rootfs tree, manifest, config and layer trees).
+//! recursively; image ids inside records are not roots), the pins whose end has not passed, and
+//! every indexed image (its blob, rootfs tree, manifest, config and layer trees).
 //!
 //! Sweep: iroh-blobs deletes only through its own collector, so the store is opened with that
 //! collector configured to wait for our requests: each `gc` hands it the live set and waits for the

@@ -527,6 +527,29 @@ mod tests {
         }
     }
 
+    /// The OpenAPI document states, for every route, the rule [`access`] applies.
+    #[test]
+    fn the_openapi_document_states_each_routes_scope() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let mut checked = 0;
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            // A template's placeholders stand for any value.
+            let concrete = path.replace('{', "").replace('}', "");
+            for (method, op) in ops.as_object().unwrap() {
+                let m: Method = method.to_uppercase().parse().unwrap();
+                let (scope, anonymous) = match access(&m, &concrete) {
+                    Access::Public => ("public", false),
+                    Access::Explorer(s) => (s.as_str(), true),
+                    Access::Needs(s) => (s.as_str(), false),
+                };
+                assert_eq!(op["x-shoal-scope"], scope, "{method} {path}");
+                assert_eq!(op["x-shoal-anonymous"].as_bool().unwrap_or(false), anonymous, "{method} {path}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 18, "{checked}");
+    }
+
     #[test]
     fn every_route_has_a_rule() {
         let check = |m: Method, p: &str, want: Access| assert_eq!(access(&m, p), want, "{m} {p}");
