@@ -226,9 +226,12 @@ pub(crate) struct TokenCheck {
     used: Mutex<BTreeMap<String, u64>>,
 }
 
+/// What identifies a version of the token file: inode, mtime (s, ns), ctime (ns), size.
+type Stamp = (u64, i64, i64, i64, u64);
+
 struct Cached {
-    /// What the file looked like when read (None: not read yet, or absent).
-    stamp: Option<Option<(u64, i64, i64, i64, u64)>>,
+    /// What the file looked like when last read (outer None: never read; inner None: absent).
+    stamp: Option<Option<Stamp>>,
     tokens: Result<Arc<Vec<(StoredToken, blake3::Hash)>>, String>,
 }
 
@@ -251,7 +254,7 @@ impl TokenCheck {
         }
     }
 
-    fn stamp(&self) -> Option<(u64, i64, i64, i64, u64)> {
+    fn stamp(&self) -> Option<Stamp> {
         std::fs::metadata(tokens::tokens_path(&self.home))
             .ok()
             .map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.ctime_nsec(), m.size()))
@@ -534,7 +537,7 @@ mod tests {
         let mut checked = 0;
         for (path, ops) in doc["paths"].as_object().unwrap() {
             // A template's placeholders stand for any value.
-            let concrete = path.replace('{', "").replace('}', "");
+            let concrete = path.replace(['{', '}'], "");
             for (method, op) in ops.as_object().unwrap() {
                 let m: Method = method.to_uppercase().parse().unwrap();
                 let (scope, anonymous) = match access(&m, &concrete) {
