@@ -275,7 +275,12 @@ fn explorer_refuses_bad_options_and_oversize_requests_with_reasons() {
     let (status, v) = run(&n, &json!({"entry": "sh"}), &[("../escape.sh", b"true")], None);
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("is not a file name the sandbox takes"), "{v}");
+    // A body of another type is refused before the handler (415, naming the type it takes); a
+    // multipart body that is not a form still gets the handler's reason.
     let (status, v) = post(&n, "application/json", b"{}");
+    assert_eq!(status, 415, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("takes a body of type multipart/form-data"), "{v}");
+    let (status, v) = post(&n, "multipart/form-data", b"{}");
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("send multipart/form-data"), "{v}");
 
