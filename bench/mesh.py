@@ -52,7 +52,9 @@ class Node:
             return json.loads(r.read())
 
     def post(self, path, body):
-        req = urllib.request.Request(self.http + path, data=body, method="POST")
+        # The node takes JSON bodies only as JSON (urllib would say form-urlencoded: refused, 415).
+        req = urllib.request.Request(self.http + path, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 return json.loads(r.read())

@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// A catalogue of a busybox entry whose options cover every kind of form field, and one that runs out of
 /// memory.
-const TEST_CATALOGUE: &str = r#"
+pub(crate) const TEST_CATALOGUE: &str = r#"
 version = 1
 [types]
 "text/x-shellscript" = ["sh"]
@@ -72,7 +72,7 @@ echo oops >&2
 "#;
 
 /// A home with busybox:latest and the test catalogue in its store.
-fn home() -> Home {
+pub(crate) fn home() -> Home {
     let home = Home::with_busybox();
     let dir = home.store().join("explorer");
     std::fs::create_dir_all(&dir).unwrap();
@@ -94,9 +94,9 @@ fn agent() -> ureq::Agent {
 }
 
 /// One part of a multipart body: field name, file name, content.
-struct Part<'a>(&'a str, Option<&'a str>, &'a [u8]);
+pub(crate) struct Part<'a>(pub &'a str, pub Option<&'a str>, pub &'a [u8]);
 
-fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+pub(crate) fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     let boundary = "shoal-test-boundary-7MA4YWxkTrZu0gW";
     let mut body = Vec::new();
     for Part(name, file, content) in parts {
@@ -275,7 +275,12 @@ fn explorer_refuses_bad_options_and_oversize_requests_with_reasons() {
     let (status, v) = run(&n, &json!({"entry": "sh"}), &[("../escape.sh", b"true")], None);
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("is not a file name the sandbox takes"), "{v}");
+    // A body of another type is refused before the handler (415, naming the type it takes); a
+    // multipart body that is not a form still gets the handler's reason.
     let (status, v) = post(&n, "application/json", b"{}");
+    assert_eq!(status, 415, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("takes a body of type multipart/form-data"), "{v}");
+    let (status, v) = post(&n, "multipart/form-data", b"{}");
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("send multipart/form-data"), "{v}");
 

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `shoal` binary: real sandboxes, a real store, real images.
 //! Each test gets its own `SHOAL_HOME`. The binary is the one `cargo build --workspace` made.
 
+mod api_security;
 mod cli;
 mod explorer;
 mod hardening;

@@ -39,7 +39,9 @@ impl MeshNode {
         let _ = std::fs::remove_file(&ready);
         let log = home.path().join("node.log");
         let mut cmd = Command::new(shoal_bin());
-        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0"])
+        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--blobs", "127.0.0.1:0"])
+            // On loopback unless the test gives its own address.
+            .args(if extra.contains(&"--http") { &[][..] } else { &["--http", "127.0.0.1:0"][..] })
             .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
             .args(["--backend", "namespace"])
             // Nodes on one machine are equally fast: a speed measured while the others start
@@ -676,7 +678,12 @@ fn the_blob_port_serves_members_of_the_mesh_only() {
     let mut n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
     wait_for_mesh(&[&n0, &n1]);
     let secret = b"held by the mesh's first node only".to_vec();
-    let mut resp = n0.agent.post(format!("{}/v1/blobs", n0.http)).send(&secret[..]).expect("upload");
+    let mut resp = n0
+        .agent
+        .post(format!("{}/v1/blobs", n0.http))
+        .header("content-type", "application/octet-stream")
+        .send(&secret[..])
+        .expect("upload");
     assert_eq!(resp.status().as_u16(), 201);
     let hash: shoal_blobs::Hash =
         resp.body_mut().read_json::<Value>().unwrap()["hash"].as_str().unwrap().parse().unwrap();

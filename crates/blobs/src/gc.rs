@@ -2,8 +2,8 @@
 //!
 //! Mark: the roots are the records the action cache and `records_by_job` point at (the record blob
 //! and every blob hash inside the record: outputs, stdout, stderr, inputs, trees followed
-//! recursively; image ids inside records are not roots), the pins, and every indexed image (its
-//! blob, rootfs tree, manifest, config and layer trees).
+//! recursively; image ids inside records are not roots), the pins whose end has not passed, and
+//! every indexed image (its blob, rootfs tree, manifest, config and layer trees).
 //!
 //! Sweep: iroh-blobs deletes only through its own collector, so the store is opened with that
 //! collector configured to wait for our requests: each `gc` hands it the live set and waits for the
@@ -111,8 +111,17 @@ impl Store {
         }
         roots.retain(|h| !all_images.contains(h));
         // Pins.
+        // A pin whose end has passed is dropped, and what it kept goes unless something else keeps it.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         for kv in m.pins.iter() {
-            let (k, _) = kv.map_err(StoreError::meta("read"))?;
+            let (k, v) = kv.map_err(StoreError::meta("read"))?;
+            if crate::pin_end(&v) <= now_ms {
+                m.pins.remove(&k).map_err(StoreError::meta("write"))?;
+                continue;
+            }
             roots.extend(hash_of(&k));
         }
         // Images.

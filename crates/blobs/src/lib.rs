@@ -592,6 +592,28 @@ impl Store {
         Meta::put(&self.meta().pins, &hash.0, &[])
     }
 
+    /// Keeps `hash` (and what it reaches) through `gc` until `until_unix_ms` at least; a pin only
+    /// grows (a later end replaces an earlier one, a pin for good stays). Returns the end now in
+    /// force (`u64::MAX`: for good).
+    pub fn pin_until(&self, hash: Hash, until_unix_ms: u64) -> Result<u64, StoreError> {
+        let pins = &self.meta().pins;
+        let mut kept = until_unix_ms;
+        pins.update_and_fetch(hash.0, |old| {
+            kept = match old {
+                Some(v) => pin_end(v).max(until_unix_ms),
+                None => until_unix_ms,
+            };
+            Some(if kept == u64::MAX { Vec::new() } else { kept.to_be_bytes().to_vec() })
+        })
+        .map_err(StoreError::meta("write"))?;
+        Ok(kept)
+    }
+
+    /// Until when `hash` is pinned (`u64::MAX`: for good), if it is.
+    pub fn pinned_until(&self, hash: Hash) -> Result<Option<u64>, StoreError> {
+        Ok(self.meta().pins.get(hash.0).map_err(StoreError::meta("read"))?.map(|v| pin_end(&v)))
+    }
+
     pub fn unpin(&self, hash: Hash) -> Result<(), StoreError> {
         self.meta().pins.remove(hash.0).map_err(StoreError::meta("write"))?;
         Ok(())
@@ -744,4 +766,9 @@ where
 fn is_busy<E: std::fmt::Debug>(e: &E) -> bool {
     let text = format!("{e:?}");
     text.contains("ResourceBusy") || text.contains("resource busy")
+}
+
+/// The end of a pin from its stored value: none (a pin for good) or 8 bytes, Unix ms big-endian.
+pub(crate) fn pin_end(value: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).unwrap_or(u64::MAX)
 }

@@ -9,7 +9,7 @@
 //! | `image_digests` | `sha256` hex of a manifest or config | image id |
 //! | `image_blobs` | image id | CBOR `ImageInfo`: blobs the image keeps, its OCI digest |
 //! | `sha256` | sha256 hex | blake3 hash of the same bytes |
-//! | `pins` | hash | empty |
+//! | `pins` | hash | empty (kept for good), or until when it is kept (Unix ms, 8 bytes big-endian) |
 //! | `trees` | hash | empty: the blob is a tree |
 //! | `layers` | layer `sha256` hex | the layer's expanded tree (whiteouts still in it) |
 //! | `merges` | lower hash ‖ upper hash | merged tree |

@@ -47,12 +47,18 @@ enum Command {
         /// With --node: the DAG the job belongs to (default: the one DAG with this job done).
         #[arg(long)]
         dag: Option<String>,
+        /// With --node: a file holding the API token (default: $SHOAL_TOKEN).
+        #[arg(long, env = "SHOAL_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Run a mesh node: gossip, claim and run jobs, serve blobs and the HTTP API, until stopped.
     Node(NodeArgs),
     /// Mesh administration.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// Tokens for this home's node's HTTP API (needed off loopback): create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Submit a DAG to a node of the mesh (it keeps running after this command ends).
     Submit {
         dag: PathBuf,
@@ -165,12 +171,41 @@ fn warm_vms_in_range(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Which node a mesh command talks to.
+/// Which node a mesh command talks to, and with which token.
 #[derive(Args, Debug)]
 struct NodeArg {
     /// The node's HTTP API (default: $SHOAL_NODE, else the node running with this store).
     #[arg(long = "node", env = "SHOAL_NODE")]
     url: Option<String>,
+    /// A file holding the API token (`shoal token create` printed it); default: $SHOAL_TOKEN.
+    #[arg(long, env = "SHOAL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token and print its secret (shown this once; only its hash is kept).
+    Create {
+        /// What the token is for (letters, digits, `.`, `_`, `-`): it names it in `ls` and `revoke`.
+        #[arg(long)]
+        name: String,
+        /// read: status, records, blobs, events; submit: read and submit, upload, cancel, explorer
+        /// runs; admin: everything.
+        #[arg(long, value_enum)]
+        scope: crate::tokens::Scope,
+        /// How long it is valid: 30d, 12h, 90m, 2w (default: until revoked).
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens: name, scope, created, expires, last used.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: the node refuses it from its next request on.
+    Revoke { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -230,6 +265,35 @@ struct NodeArgs {
     /// Serve POST /v1/test/block, which cuts this node off from given peers (for partition tests).
     #[arg(long, hide = true)]
     test_partitions: bool,
+    /// A name the HTTP API answers to besides its address and `localhost`, as NAME or NAME:PORT
+    /// (repeatable): the name clients or a reverse proxy use. Requests naming any other host are
+    /// refused (DNS rebinding).
+    #[arg(long = "http-host")]
+    http_hosts: Vec<String>,
+    /// Require API tokens on loopback too (they are always required on other addresses).
+    #[arg(long)]
+    http_auth: bool,
+    /// Anyone may use the Program Explorer (the page and runs of catalogue entries, never with a
+    /// network), within the limits below; everything else needs a token.
+    #[arg(long)]
+    explorer_public: bool,
+    /// Anonymous explorer runs one address may start per minute.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    explorer_runs_per_minute: u32,
+    /// Anonymous explorer runs in progress at once, over all clients; more get 429.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    explorer_runs_queued_max: u32,
+    /// Bytes one address may upload to the explorer per day (UTC), e.g. 256MiB.
+    #[arg(long, default_value = "256MiB")]
+    explorer_upload_per_day: String,
+    /// Anonymous explorer runs are refused while the store's file system has less free space than
+    /// this, in percent.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    explorer_disk_free_min_percent: u8,
+    /// Explorer runs (records and files) are kept at least this many days after their last run,
+    /// so permalinks keep working; `shoal gc` keeps them until then.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    explorer_keep_days: u32,
 }
 
 #[derive(Subcommand, Debug)]
@@ -388,12 +452,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             mesh_init(&path, force)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { job, output, out, node: Some(url), dag } => {
-            let client = crate::client::Client::new(url.trim_end_matches('/').to_string());
+        Command::Get { job, output, out, node: Some(url), dag, token_file } => {
+            let token = crate::tokens::client_secret(token_file.as_deref())?;
+            let client = crate::client::Client::new(url.trim_end_matches('/').to_string(), token);
             tokio::task::spawn_blocking(move || {
                 crate::client::get_output(&client, dag.as_deref(), &job, &output, out.as_ref())
             })
             .await??;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(cmd) => {
+            let home = cli.home.clone().unwrap_or_else(Store::default_home);
+            token_command(&home, cmd)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Explore(args) => {
@@ -422,6 +492,7 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
         Command::Run(_)
         | Command::Node(_)
         | Command::Mesh(_)
+        | Command::Token(_)
         | Command::Submit { .. }
         | Command::Status { .. }
         | Command::Watch { .. }
@@ -630,6 +701,14 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
     if args.replicas == 0 || args.replicas > 16 {
         bail!("--replicas is 1 to 16 (nodes keeping each output)");
     }
+    let http_hosts = args
+        .http_hosts
+        .iter()
+        .map(|h| crate::daemon::auth::Hosts::parse_name(h).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let upload_bytes_per_day = shoal_dag::parse_size(&args.explorer_upload_per_day).map_err(|e| {
+        anyhow::anyhow!("--explorer-upload-per-day `{}`: {e} (write e.g. 256MiB)", args.explorer_upload_per_day)
+    })?;
     Ok(crate::daemon::NodeOptions {
         listen,
         join,
@@ -654,6 +733,16 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         ready_file: args.ready_file,
         test_partitions: args.test_partitions,
         shutdown: None,
+        http_hosts,
+        http_auth: args.http_auth,
+        explorer: crate::explorer::PublicOptions {
+            enabled: args.explorer_public,
+            runs_per_minute: args.explorer_runs_per_minute,
+            runs_queued_max: args.explorer_runs_queued_max as usize,
+            upload_bytes_per_day,
+            disk_free_percent_min: args.explorer_disk_free_min_percent,
+            keep_days: args.explorer_keep_days,
+        },
     })
 }
 
@@ -670,9 +759,79 @@ fn mesh_init(path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// `shoal token create | ls | revoke`: the token list in the home (no store is opened, so this
+/// works while the node runs; it re-reads the list at its next request).
+fn token_command(home: &Path, cmd: TokenCommand) -> Result<()> {
+    use crate::tokens;
+    let when = |ms: Option<u64>| ms.map(output::unix_ms_utc).unwrap_or_else(|| "-".into());
+    match cmd {
+        TokenCommand::Create { name, scope, expires, json } => {
+            let expires = expires.as_deref().map(tokens::parse_duration).transpose()?;
+            let (t, secret) = tokens::create(home, &name, scope, expires)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": t.name, "scope": t.scope, "secret": secret,
+                        "created_unix_ms": t.created_unix_ms, "expires_unix_ms": t.expires_unix_ms})
+                );
+            } else {
+                println!("{secret}");
+                eprintln!(
+                    "token `{}` ({}, expires {}): the secret above is shown only now; keep it in a file only you \
+                     can read and pass --token-file FILE, or set SHOAL_TOKEN",
+                    t.name,
+                    t.scope,
+                    t.expires_unix_ms.map(output::unix_ms_utc).unwrap_or_else(|| "never".into())
+                );
+            }
+        }
+        TokenCommand::Ls { json } => {
+            let list = tokens::load(home)?;
+            let used = tokens::load_used(home);
+            if json {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({"name": t.name, "scope": t.scope, "created_unix_ms": t.created_unix_ms,
+                            "expires_unix_ms": t.expires_unix_ms, "last_used_unix_ms": used.get(&t.name)})
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let mut table = comfy_table::Table::new();
+                table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+                table.set_header(["name", "scope", "created", "expires", "last used"]);
+                let now = tokens::now_unix_ms();
+                for t in &list {
+                    let expires = match t.expires_unix_ms {
+                        Some(e) if e <= now => format!("{} (expired)", output::unix_ms_utc(e)),
+                        e => when(e),
+                    };
+                    table.add_row([
+                        t.name.clone(),
+                        t.scope.to_string(),
+                        output::unix_ms_utc(t.created_unix_ms),
+                        expires,
+                        when(used.get(&t.name).copied()),
+                    ]);
+                }
+                println!("{table}");
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            tokens::revoke(home, &name)?;
+            eprintln!("revoked `{name}`; a node using this home refuses it from its next request");
+        }
+    }
+    Ok(())
+}
+
 fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
     use crate::client::{self, Client};
-    let connect = |arg: NodeArg| -> Result<Client> { Ok(Client::new(client::node_url(arg.url, home)?)) };
+    let connect = |arg: NodeArg| -> Result<Client> {
+        let token = crate::tokens::client_secret(arg.token_file.as_deref())?;
+        Ok(Client::new(client::node_url(arg.url, home)?, token))
+    };
     match command {
         Command::Submit { dag, node, wait, max_attempts, json } => {
             let ok = client::submit(&connect(node)?, &dag, max_attempts, wait, json)?;
@@ -696,7 +855,7 @@ fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { dag, node } => {
-            let v = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), b"")?;
+            let v = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), "application/json", b"")?;
             println!("{v}");
             Ok(ExitCode::SUCCESS)
         }
@@ -738,6 +897,9 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         ready_file: Some(ready.clone()),
         test_partitions: false,
         shutdown: Some(shutdown.clone()),
+        http_hosts: Vec::new(),
+        http_auth: false,
+        explorer: crate::explorer::PublicOptions::default(),
     };
     let node = tokio::spawn(crate::daemon::run_node(store, node_opts));
     let start = std::time::Instant::now();
@@ -763,7 +925,8 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (dag, json) = (args.dag.clone(), args.json);
     let ok = tokio::task::spawn_blocking(move || -> Result<bool> {
-        let client = crate::client::Client::new(http);
+        // The embedded node's API is on loopback without tokens; the token (if any) is for peers.
+        let client = crate::client::Client::new(http, crate::tokens::client_secret(None)?);
         let (ok, hash) = crate::client::submit_and_wait(&client, &dag, None, json)?;
         match crate::client::hand_off(&client, &hash) {
             Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),

@@ -38,15 +38,30 @@ pub fn node_url(given: Option<String>, home: &Path) -> Result<String> {
 pub struct Client {
     agent: ureq::Agent,
     base: String,
+    /// `Authorization` for every request, when the CLI was given a token. Never logged or printed.
+    authorization: Option<String>,
 }
 
 impl Client {
-    pub fn new(base: String) -> Client {
+    /// A client of the node at `base`, sending `token` (the secret) as a bearer token if given.
+    pub fn new(base: String, token: Option<String>) -> Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
             .build();
-        Client { agent: ureq::Agent::new_with_config(config), base }
+        Client {
+            agent: ureq::Agent::new_with_config(config),
+            base,
+            authorization: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    fn get_req(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let req = self.agent.get(url);
+        match &self.authorization {
+            Some(a) => req.header("authorization", a),
+            None => req,
+        }
     }
 
     fn check(&self, url: &str, mut resp: ureq::http::Response<ureq::Body>) -> Result<ureq::http::Response<ureq::Body>> {
@@ -58,7 +73,15 @@ impl Client {
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
             .unwrap_or(body);
+        if resp.status() == 401 && self.authorization.is_none() {
+            bail!("{url}: HTTP 401: {msg}\n(this node needs a token: set SHOAL_TOKEN or pass --token-file PATH)")
+        }
         bail!("{url}: HTTP {}: {msg}", resp.status())
+    }
+
+    /// The secret this client sends, for a client of another node of the same mesh.
+    fn token(&self) -> Option<String> {
+        self.authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")).map(str::to_string)
     }
 
     fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
@@ -67,21 +90,30 @@ impl Client {
 
     pub fn get_json(&self, path: &str) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let resp = self.agent.get(&url).call().map_err(|e| self.unreachable(e))?;
+        let resp = self.get_req(&url).call().map_err(|e| self.unreachable(e))?;
         let mut resp = self.check(&url, resp)?;
         Ok(resp.body_mut().with_config().limit(REPLY_BYTES_MAX).read_json()?)
     }
 
-    pub fn post(&self, path: &str, body: &[u8]) -> Result<Value> {
+    /// POSTs `body` of `content_type` (the node refuses bodies of other types than a route's, and
+    /// untyped ones: see `daemon::auth`); an empty body goes untyped.
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let resp = self.agent.post(&url).send(body).map_err(|e| self.unreachable(e))?;
+        let mut req = self.agent.post(&url);
+        if !body.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send(body).map_err(|e| self.unreachable(e))?;
         let mut resp = self.check(&url, resp)?;
         Ok(resp.body_mut().with_config().limit(REPLY_BYTES_MAX).read_json()?)
     }
 
     fn get_stream(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
-        let resp = self.agent.get(&url).call().map_err(|e| self.unreachable(e))?;
+        let resp = self.get_req(&url).call().map_err(|e| self.unreachable(e))?;
         self.check(&url, resp)
     }
 }
@@ -126,7 +158,7 @@ fn submit_inner(
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
-            let reply = client.post("/v1/blobs", &bytes)?;
+            let reply = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
             let hash = reply["hash"].as_str().ok_or_else(|| anyhow!("the node's upload reply names no hash"))?;
             match name {
                 Some(n) => jv["inputs"][n] = Value::String(hash.to_string()),
@@ -139,7 +171,11 @@ fn submit_inner(
     if let Some(n) = max_attempts {
         query.push_str(&format!("&max_attempts={n}"));
     }
-    let reply = client.post(&format!("/v1/dags{query}"), serde_json::to_string_pretty(&value)?.as_bytes())?;
+    let reply = client.post(
+        &format!("/v1/dags{query}"),
+        "application/json",
+        serde_json::to_string_pretty(&value)?.as_bytes(),
+    )?;
     let hash = reply["dag"].as_str().ok_or_else(|| anyhow!("the node's reply names no DAG"))?.to_string();
     if reply["depends_on_this_node"] == true {
         eprintln!(
@@ -365,7 +401,7 @@ pub fn hand_off(local: &Client, dag: &str) -> Result<usize> {
         .into_iter()
         .flatten()
         .filter(|p| p["me"] != true && p["connected"] == true)
-        .filter_map(|p| p["http"].as_str().map(|h| Client::new(h.to_string())))
+        .filter_map(|p| p["http"].as_str().map(|h| Client::new(h.to_string(), local.token())))
         .collect();
     if others.is_empty() {
         return Ok(0);

@@ -9,6 +9,7 @@
 //! - `machine`: facts about this host for run records.
 //! - `identity`: the node's ed25519 key, which signs run records.
 //! - `output`: tables, stderr tails and other human output.
+//! - `tokens`: API tokens (`shoal token`), kept hashed in `$SHOAL_HOME/tokens.json`.
 
 mod cli;
 mod client;
@@ -18,6 +19,7 @@ mod identity;
 mod machine;
 mod output;
 mod run;
+mod tokens;
 
 use std::process::ExitCode;
 

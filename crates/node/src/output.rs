@@ -53,3 +53,35 @@ pub fn tail(bytes: &[u8], lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A Unix time in ms as `YYYY-MM-DD HH:MM UTC` (`never` past year 9999).
+pub fn unix_ms_utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = secs / 86_400;
+    if days > 2_932_896 {
+        return "never".into();
+    }
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let rem = secs % 86_400;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::unix_ms_utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::unix_ms_utc(951_782_400_000), "2000-02-29 00:00 UTC");
+        assert_eq!(super::unix_ms_utc(1_796_543_718_949), "2026-12-06 07:55 UTC");
+        assert_eq!(super::unix_ms_utc(u64::MAX), "never");
+    }
+}

@@ -283,3 +283,28 @@ async fn a_corrupted_blob_is_refused_named_and_repaired() {
     assert_eq!(s.put_bytes(data.clone()).await.unwrap(), h);
     assert_eq!(s.get_bytes(h).await.unwrap().unwrap(), data);
 }
+
+#[tokio::test]
+async fn a_pin_with_an_end_keeps_its_blob_until_then_and_only_grows() {
+    let (_home, s) = store().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let (past, future, forever) = (
+        s.put_bytes(&b"pinned until yesterday"[..]).await.unwrap(),
+        s.put_bytes(&b"pinned until next week"[..]).await.unwrap(),
+        s.put_bytes(&b"pinned for good"[..]).await.unwrap(),
+    );
+    assert_eq!(s.pin_until(past, now - 86_400_000).unwrap(), now - 86_400_000);
+    let week = now + 7 * 86_400_000;
+    assert_eq!(s.pin_until(future, week).unwrap(), week);
+    // A shorter pin later does not shorten it; a pin for good is not turned into one with an end.
+    assert_eq!(s.pin_until(future, now + 1000).unwrap(), week);
+    s.pin(forever).unwrap();
+    assert_eq!(s.pin_until(forever, week).unwrap(), u64::MAX);
+    assert_eq!(s.pinned_until(future).unwrap(), Some(week));
+    assert_eq!(s.pinned_until(Hash::of(b"never stored")).unwrap(), None);
+    s.gc().await.unwrap();
+    assert!(!s.has(past).await.unwrap(), "a pin whose end passed keeps nothing");
+    assert_eq!(s.pinned_until(past).unwrap(), None, "and is dropped");
+    assert!(s.has(future).await.unwrap() && s.has(forever).await.unwrap());
+    s.shutdown().await;
+}

@@ -20,7 +20,7 @@ use shoal_dag::{DigestKind, Hash};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, exec, pin};
+use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
 
 /// Largest DAG file accepted, in bytes.
 const DAG_BYTES_MAX: usize = 16 << 20;
@@ -31,7 +31,8 @@ const MAX_ATTEMPTS_MAX: u32 = 100;
 
 type Shr = Arc<Shared>;
 
-pub(crate) fn router(shared: Shr, test_partitions: bool) -> Router {
+pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>) -> Router {
+    let explorer = crate::explorer::router(shared.explorer.clone());
     let mut r = Router::new();
     if test_partitions {
         r = r.route("/v1/test/block", post(test_block));
@@ -48,8 +49,9 @@ pub(crate) fn router(shared: Shr, test_partitions: bool) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/metrics", get(metrics))
         .route("/v1/events", get(events))
-        .merge(crate::explorer::router())
+        .merge(explorer)
         .with_state(shared)
+        .layer(axum::middleware::from_fn_with_state(guard, auth::check))
 }
 
 /// An error as JSON `{"error": ...}` with a status code.

@@ -6,12 +6,14 @@
 //! # Layout
 //! - this file: options, start-up (identity, mesh key, ledger reloaded from sled) and the loop.
 //! - `api`: the HTTP API (axum) and the commands it sends the loop.
+//! - `auth`: who may use it: Host and Origin, body types, bearer tokens and their scopes.
 //! - `exec`: runs one claimed job: fetches its DAG's upstream records, inputs and image from
 //!   peers, then runs it as `shoal run` does.
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
 //! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
 
 mod api;
+pub(crate) mod auth;
 mod exec;
 mod hold;
 pub mod pin;
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use shoal_blobs::Store;
@@ -91,6 +93,13 @@ pub struct NodeOptions {
     pub ready_file: Option<PathBuf>,
     /// Serve `POST /v1/test/block`, which cuts this node off from given peers (partition tests).
     pub test_partitions: bool,
+    /// Names (with a port, or any port) the API answers to besides its address and `localhost`
+    /// (`--http-host`): the names a reverse proxy or DNS gives it.
+    pub http_hosts: Vec<(String, Option<u16>)>,
+    /// Require tokens even on loopback (`--http-auth`); always so on other addresses.
+    pub http_auth: bool,
+    /// The explorer: public or not, and the limits of anonymous runs.
+    pub explorer: crate::explorer::PublicOptions,
     /// Stops the node when notified (an embedded node, `shoal run --join`); signals always do.
     pub shutdown: Option<Arc<tokio::sync::Notify>>,
 }
@@ -301,10 +310,31 @@ pub(crate) struct Shared {
     /// The backends this node's jobs run on, and how (the explorer runs its jobs here too).
     pub backends: Arc<Backends>,
     pub run: RunOptions,
+    /// The explorer's public access and limits.
+    pub explorer: crate::explorer::PublicOptions,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
 pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
+    // Tokens are needed off loopback, and when asked for; checked before anything listens.
+    let loopback = opts.http.ip().is_loopback();
+    let tokens =
+        (opts.http_auth || opts.explorer.enabled || !loopback).then(|| Arc::new(auth::TokenCheck::new(store.home())));
+    if let Some(t) = &tokens
+        && !loopback
+    {
+        let home = store.home().display();
+        match t.count() {
+            Ok(0) => bail!(
+                "the HTTP API would listen on {}, which other machines can reach, and no API token exists: create \
+                 one first (`SHOAL_HOME={home} shoal token create --name NAME --scope admin`; give its secret to the \
+                 API's users), or keep the API on loopback (--http 127.0.0.1:7170)",
+                opts.http
+            ),
+            Ok(_) => {}
+            Err(e) => bail!("the HTTP API would listen on {} and its token list cannot be read: {e}", opts.http),
+        }
+    }
     let key = identity::load_or_create(store.home())?;
     let node_id: NodeId = key.verifying_key().to_bytes();
     let psk = read_mesh_key(&opts.mesh_key)?;
@@ -356,17 +386,35 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         complete: exec::Complete::default(),
         backends: Backends::new(&opts.run)?,
         run: opts.run.clone(),
+        explorer: opts.explorer.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
         .with_context(|| format!("cannot listen for the HTTP API on {} (pass --http ADDR)", opts.http))?;
     let http_addr = listener.local_addr()?;
-    let app = api::router(shared.clone(), opts.test_partitions);
+    let guard = Arc::new(auth::Guard {
+        hosts: auth::Hosts { bound: http_addr, names: opts.http_hosts.clone() },
+        tokens: tokens.clone(),
+        explorer_public: opts.explorer.enabled,
+    });
+    let app = api::router(shared.clone(), opts.test_partitions, guard);
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             warn!("the HTTP API stopped: {e}");
         }
     });
+    if let Some(t) = tokens {
+        // When each token was last used, for `shoal token ls`: written off the request path.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(auth::USED_FLUSH_MS));
+            loop {
+                tick.tick().await;
+                let t = t.clone();
+                let _ = tokio::task::spawn_blocking(move || t.flush_used()).await;
+            }
+        });
+    }
     info!(node = %hex::encode(node_id), peer = %net.peer_id(), http = %http_addr, facts = reloaded,
         "node started in {} ms", started.elapsed().as_millis());
     let mut node = Node {

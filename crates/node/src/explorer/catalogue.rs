@@ -49,6 +49,9 @@ struct EntryFile {
     timeout: Option<String>,
     memory: Option<String>,
     output_size: Option<String>,
+    /// Whether its runs get a network (outbound only); never for anonymous runs of a public explorer.
+    #[serde(default)]
+    network: bool,
     #[serde(default)]
     options: Vec<OptionFile>,
     #[serde(default)]
@@ -112,6 +115,8 @@ pub struct Entry {
     pub timeout_ms: u64,
     pub memory_bytes: u64,
     pub output_bytes_max: u64,
+    /// Runs get a network (outbound only): token holders only on a public explorer.
+    pub network: bool,
     pub options: Vec<OptionSpec>,
     pub examples: Vec<Example>,
 }
@@ -235,6 +240,7 @@ impl Catalogue {
                 timeout_ms,
                 memory_bytes,
                 output_bytes_max,
+                network: e.network,
                 options,
                 examples: e.example,
             });

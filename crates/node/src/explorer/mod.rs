@@ -19,6 +19,7 @@
 
 mod catalogue;
 mod explore;
+pub(crate) mod public;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,11 +41,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use self::catalogue::{Catalogue, Entry, Problem};
+use self::public::{Limited, Limits};
+use crate::daemon::auth::{Caller, ClientKey};
 use crate::daemon::{Cmd, Shared};
 use crate::output::bytes as human_bytes;
 use crate::run;
 
 pub(crate) use explore::{ExploreArgs, explore};
+pub use public::PublicOptions;
 
 /// Input files one request may carry.
 const INPUT_FILES_MAX: usize = 32;
@@ -94,6 +98,8 @@ struct Explorer {
     catalogue: OnceLock<Result<Arc<Loaded>, String>>,
     /// Bounds the runs that miss the cache.
     runs: Semaphore,
+    /// What anonymous callers of a public explorer may do; the retention of every run.
+    limits: Limits,
 }
 
 struct Loaded {
@@ -137,8 +143,12 @@ fn load_catalogue(home: &std::path::Path) -> Result<Arc<Loaded>, String> {
 }
 
 /// The explorer's routes, merged into the node's router (which adds the state).
-pub(crate) fn router() -> Router<Shr> {
-    let explorer = Arc::new(Explorer { catalogue: OnceLock::new(), runs: Semaphore::new(RUNS_IN_FLIGHT_MAX) });
+pub(crate) fn router(public: PublicOptions) -> Router<Shr> {
+    let explorer = Arc::new(Explorer {
+        catalogue: OnceLock::new(),
+        runs: Semaphore::new(RUNS_IN_FLIGHT_MAX),
+        limits: Limits::new(public),
+    });
     Router::new()
         .route("/", get(page))
         .route("/explore", get(page))
@@ -161,11 +171,13 @@ struct ExError {
     status: StatusCode,
     message: String,
     problems: Vec<Problem>,
+    /// Sent as `Retry-After` (seconds) with a 429.
+    retry_after_s: Option<u64>,
 }
 
 impl ExError {
     fn new(status: StatusCode, message: impl Into<String>) -> ExError {
-        ExError { status, message: message.into(), problems: Vec::new() }
+        ExError { status, message: message.into(), problems: Vec::new(), retry_after_s: None }
     }
 }
 
@@ -175,7 +187,23 @@ impl IntoResponse for ExError {
         if !self.problems.is_empty() {
             body["problems"] = json!(self.problems);
         }
-        (self.status, Json(body)).into_response()
+        if let Some(s) = self.retry_after_s {
+            body["retry_after_s"] = json!(s);
+        }
+        let mut r = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        r
+    }
+}
+
+fn limited(l: Limited) -> ExError {
+    match l {
+        Limited::Wait { retry_after_s, why } => {
+            ExError { retry_after_s: Some(retry_after_s), ..ExError::new(StatusCode::TOO_MANY_REQUESTS, why) }
+        }
+        Limited::Disk(why) => ExError::new(StatusCode::INSUFFICIENT_STORAGE, why),
     }
 }
 
@@ -239,6 +267,8 @@ async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explo
         "types": loaded.catalogue.types,
         "entries": entries,
         "backend": backend,
+        "public": ex.limits.opts.enabled,
+        "keep_days": ex.limits.opts.keep_days,
         "limits": {
             "files_max": INPUT_FILES_MAX,
             "file_bytes_max": INPUT_FILE_BYTES_MAX,
@@ -273,17 +303,20 @@ struct Carried {
 }
 
 /// A request whose parts are in the store.
-struct Received {
+struct Received<'a> {
     entry: Entry,
     options: BTreeMap<String, Value>,
     main: Option<String>,
     inputs: BTreeMap<String, Digest>,
     stdin: Option<Digest>,
+    /// An anonymous run's place among those in progress, held until it is answered.
+    _admitted: Option<public::Admitted<'a>>,
 }
 
 async fn run_request(
     State(s): State<Shr>,
     Extension(ex): Extension<Arc<Explorer>>,
+    caller: Option<Extension<Caller>>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ExError> {
     let started = Instant::now();
@@ -294,10 +327,17 @@ async fn run_request(
              an optional `stdin` part"
         ))
     })?;
+    // An anonymous caller of a public explorer is counted; a token holder or the local user is not.
+    let anonymous = match caller.as_deref() {
+        Some(Caller::Anonymous { client }) => Some(*client),
+        _ => None,
+    };
     let tmp = tempfile::Builder::new().prefix("explore-").tempdir_in(tmp_root(&s)?).map_err(internal)?;
-    let received = receive(&s, &loaded.catalogue, multipart, tmp.path()).await?;
+    let quota = anonymous.map(|c| (&ex.limits, c));
+    let received = receive(&s, &loaded.catalogue, multipart, tmp.path(), quota).await?;
     drop(tmp);
     let (record, cached) = execute(&s, &ex, received).await?;
+    keep(&s, &ex.limits, record).await;
     let mut view = run_view_of(&s, record).await?;
     view.cached = Some(cached);
     view.answer_ms = Some(started.elapsed().as_millis() as u64);
@@ -314,31 +354,46 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ExError {
     ExError::new(e.status(), format!("reading the request: {}", e.body_text()))
 }
 
+/// An anonymous client's upload quota: the limits and whom to count against.
+type Quota<'a> = Option<(&'a Limits, ClientKey)>;
+
 /// Reads the parts in order, each file streamed through `dir` into the store. A refused request
 /// is read to its end (dropping up to [`DRAIN_BYTES_MAX`]) before the answer, so the client reads
 /// the reason instead of a reset connection.
-async fn receive(s: &Shared, cat: &Catalogue, mut mp: Multipart, dir: &std::path::Path) -> Result<Received, ExError> {
-    let result = receive_parts(s, cat, &mut mp, dir).await;
+async fn receive<'a>(
+    s: &Shared,
+    cat: &Catalogue,
+    mut mp: Multipart,
+    dir: &std::path::Path,
+    quota: Quota<'a>,
+) -> Result<Received<'a>, ExError> {
+    let result = receive_parts(s, cat, &mut mp, dir, quota).await;
     if result.is_err() {
-        let mut drained = 0u64;
-        'parts: while let Ok(Some(mut field)) = mp.next_field().await {
-            while let Ok(Some(chunk)) = field.chunk().await {
-                drained += chunk.len() as u64;
-                if drained > DRAIN_BYTES_MAX {
-                    break 'parts;
-                }
-            }
-        }
+        drain(&mut mp).await;
     }
     result
 }
 
-async fn receive_parts(
+/// Reads and drops the rest of a refused request, up to [`DRAIN_BYTES_MAX`].
+async fn drain(mp: &mut Multipart) {
+    let mut drained = 0u64;
+    'parts: while let Ok(Some(mut field)) = mp.next_field().await {
+        while let Ok(Some(chunk)) = field.chunk().await {
+            drained += chunk.len() as u64;
+            if drained > DRAIN_BYTES_MAX {
+                break 'parts;
+            }
+        }
+    }
+}
+
+async fn receive_parts<'a>(
     s: &Shared,
     cat: &Catalogue,
     mp: &mut Multipart,
     dir: &std::path::Path,
-) -> Result<Received, ExError> {
+    quota: Quota<'a>,
+) -> Result<Received<'a>, ExError> {
     let mut field = mp
         .next_field()
         .await
@@ -371,7 +426,18 @@ async fn receive_parts(
         )
     })?;
     // Options are checked before any file is stored: a bad form costs no upload into the store.
+    if entry.network && quota.is_some() {
+        return Err(ExError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` runs with a network, which this node offers to token holders only; send a token \
+                 (Authorization: Bearer) or choose another image",
+                entry.id
+            ),
+        ));
+    }
     let options = entry.normalize(&req.options).map_err(|problems| ExError {
+        retry_after_s: None,
         status: StatusCode::BAD_REQUEST,
         message: format!(
             "{} option{} of `{}` {} wrong: {}",
@@ -383,6 +449,12 @@ async fn receive_parts(
         ),
         problems,
     })?;
+    // An anonymous run is counted once its request is known to be one this node runs: a refused
+    // form costs the client nothing.
+    let admitted = match quota {
+        Some((limits, client)) => Some(limits.admit(client, s.store.home(), Instant::now()).map_err(limited)?),
+        None => None,
+    };
 
     let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
     let mut stdin: Option<Digest> = None;
@@ -441,6 +513,11 @@ async fn receive_parts(
                     human_bytes(REQUEST_BYTES_MAX)
                 )));
             }
+            if let Some((limits, client)) = quota {
+                limits
+                    .charge_upload(client, chunk.len() as u64, crate::tokens::now_unix_ms() / 1000)
+                    .map_err(limited)?;
+            }
             file.write_all(&chunk).await.map_err(internal)?;
         }
         file.flush().await.map_err(internal)?;
@@ -470,12 +547,13 @@ async fn receive_parts(
     };
     if entry.needs_main() && main.is_none() {
         return Err(ExError {
+            retry_after_s: None,
             status: StatusCode::BAD_REQUEST,
             message: format!("`{}` runs a file, and the request has none; add one", entry.id),
             problems: vec![Problem { option: String::new(), message: "no input file".into() }],
         });
     }
-    Ok(Received { entry, options, main, inputs, stdin })
+    Ok(Received { entry, options, main, inputs, stdin, _admitted: admitted })
 }
 
 /// The one-job DAG of a request.
@@ -501,13 +579,14 @@ fn job_of(r: &Received) -> Result<Job, ExError> {
             timeout_ms: r.entry.timeout_ms,
             output_bytes_max: r.entry.output_bytes_max,
             scratch_bytes: SCRATCH_BYTES,
+            network: r.entry.network,
             ..Requirements::default()
         },
     })
 }
 
 /// Runs the request as `shoal run` would; returns its record and whether the cache answered.
-async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ExError> {
+async fn execute(s: &Shr, ex: &Explorer, r: Received<'_>) -> Result<(Hash, bool), ExError> {
     let job = job_of(&r)?;
     let (image_id, _) = s.store.resolve_image(&job.image).await.map_err(|e| {
         ExError::new(
@@ -533,6 +612,26 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ex
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the run could not start: {}", report.error.unwrap_or_else(|| "no reason given".into())),
         )),
+    }
+}
+
+/// Pins a run's record and everything its view shows for `keep_days` from now (a pin only
+/// grows), so its permalink keeps working at least that long. A failure is logged: the run
+/// stands, it is only not promised to last.
+async fn keep(s: &Shared, limits: &Limits, record: Hash) {
+    let until = crate::tokens::now_unix_ms().saturating_add(u64::from(limits.opts.keep_days) * 86_400_000);
+    let pin_all = async {
+        let signed = s.store.get_record(record).await?.ok_or_else(|| anyhow::anyhow!("the record is not stored"))?;
+        let rec = signed.verify().map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.store.pin_until(record, until)?;
+        let digests = [&rec.stdout, &rec.stderr].into_iter().chain(rec.outputs.values()).chain(rec.job.inputs.values());
+        for d in digests.chain(rec.job.stdin.iter()) {
+            s.store.pin_until(d.hash, until)?;
+        }
+        anyhow::Ok(())
+    };
+    if let Err(e) = pin_all.await {
+        tracing::warn!(%record, "cannot pin an explorer run; its permalink may not last: {e:#}");
     }
 }
 
@@ -565,6 +664,9 @@ struct RunView {
     /// Server time from the request's first byte to the answer, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     answer_ms: Option<u64>,
+    /// The record and its files are kept at least until then (Unix ms; `u64::MAX`: for good), so
+    /// the permalink works until then; absent when this node made no such promise.
+    kept_until_unix_ms: Option<u64>,
     entry: Option<String>,
     options: BTreeMap<String, Value>,
     main: Option<String>,
@@ -588,9 +690,18 @@ struct RunView {
     run_record: shoal_dag::RunRecord,
 }
 
-async fn run_view(State(s): State<Shr>, Path(record): Path<String>) -> Result<Response, ExError> {
+async fn run_view(
+    State(s): State<Shr>,
+    caller: Option<Extension<Caller>>,
+    Path(record): Path<String>,
+) -> Result<Response, ExError> {
     let hash = parse_hash(&record)?;
-    Ok(Json(run_view_of(&s, hash).await?).into_response())
+    let view = run_view_of(&s, hash).await?;
+    // Strangers of a public explorer see explorer runs, not the records of the mesh's DAGs.
+    if matches!(caller.as_deref(), Some(Caller::Anonymous { .. })) && view.run_record.job_id != JOB_ID {
+        return Err(ExError::new(StatusCode::NOT_FOUND, format!("no explorer run has the record {hash}")));
+    }
+    Ok(Json(view).into_response())
 }
 
 async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
@@ -640,6 +751,7 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
         record_url: format!("/v1/records/{hash}"),
         cached: None,
         answer_ms: None,
+        kept_until_unix_ms: s.store.pinned_until(hash).map_err(internal)?,
         entry: carried.as_ref().map(|c| c.entry.clone()),
         options: carried.as_ref().map(|c| c.options.clone()).unwrap_or_default(),
         main: carried.and_then(|c| c.main),

@@ -1,4 +1,5 @@
-// The Program Explorer page: plain JS, no build step. It talks to /v1/explorer/* only.
+// The Program Explorer page: plain JS, no build step. It talks to /v1/explorer/* only, from its own
+// origin (the node refuses requests whose Origin is another site's).
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -12,6 +13,40 @@ const state = {
   entry: null,      // the chosen catalogue entry
   running: false,
 };
+
+// A node that needs a token for its explorer (one not started with --explorer-public, off
+// loopback or with --http-auth) answers 401: the page asks for a token once and keeps it for this
+// tab only (sessionStorage), sending it as a bearer token with every call.
+const TOKEN_KEY = 'shoal-token';
+
+async function api(url, opts = {}, asked = false) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = Object.assign({}, opts.headers || {}, token ? { Authorization: `Bearer ${token}` } : {});
+  const r = await fetch(url, Object.assign({}, opts, { headers }));
+  if (r.status === 401 && !asked) {
+    const given = window.prompt('This node needs an API token (its operator makes one with `shoal token create --scope submit`):');
+    if (given && given.trim()) {
+      sessionStorage.setItem(TOKEN_KEY, given.trim());
+      return api(url, opts, true);
+    }
+  }
+  return r;
+}
+
+// An output image: its URL, or with a token (an <img> cannot send one) the bytes fetched with it.
+function imageOf(f) {
+  const img = el('img', { alt: f.name });
+  if (!sessionStorage.getItem(TOKEN_KEY)) img.src = f.url;
+  else api(f.url).then((r) => r.blob()).then((b) => { img.src = URL.createObjectURL(b); }).catch(() => {});
+  return img;
+}
+
+// `kept until` of a run view: its permalink works at least until then.
+function keptText(ms) {
+  if (ms === null || ms === undefined) return null;
+  if (ms >= 8.64e15) return 'for good';
+  return `until ${new Date(ms).toISOString().slice(0, 16).replace('T', ' ')} UTC (at least)`;
+}
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -250,10 +285,11 @@ async function run() {
   setStatus(`running ${state.entry.title}…`);
   const t0 = performance.now();
   try {
-    const r = await fetch('/v1/explorer/runs', { method: 'POST', body: form });
+    const r = await api('/v1/explorer/runs', { method: 'POST', body: form });
     const body = await r.json().catch(() => ({ error: `HTTP ${r.status} ${r.statusText}` }));
     if (!r.ok) {
-      showBanner(body.error || `HTTP ${r.status}`);
+      const wait = r.headers.get('Retry-After');
+      showBanner((body.error || `HTTP ${r.status}`) + (wait ? ` (try again in ${wait} s)` : ''));
       showProblems(body.problems);
       setStatus('not run');
       return;
@@ -294,6 +330,8 @@ function showResult(v, roundTripMs) {
   row('Ran on', `${v.backend}${v.accelerator ? ` (${v.accelerator})` : ''}, peak memory ${humanBytes(v.peak_memory_bytes)}`);
   row('Record', el('a', { id: 'permalink', href: v.permalink, title: 'permalink: names the run record', text: `${v.permalink.slice(0, 19)}…` }), ' · ',
     el('a', { href: v.record_url, text: 'JSON' }));
+  const kept = keptText(v.kept_until_unix_ms);
+  if (kept) row('Kept', el('span', { id: 'kept', text: kept, title: 'the record and its files are kept at least this long, so the permalink works' }));
   showStream('stdout', v.stdout);
   showStream('stderr', v.stderr);
   const files = $('files');
@@ -302,7 +340,7 @@ function showResult(v, roundTripMs) {
   for (const f of v.files) {
     const caption = el('figcaption', {}, `${f.name} · ${humanBytes(f.size)} · `, download(f));
     if (f.media_type.startsWith('image/')) {
-      files.append(el('figure', {}, el('img', { src: f.url, alt: f.name }), caption));
+      files.append(el('figure', {}, imageOf(f), caption));
     } else if (f.text !== undefined) {
       files.append(el('figure', {}, caption, el('pre', { text: f.text })));
     } else {
@@ -317,13 +355,13 @@ function showResult(v, roundTripMs) {
 
 async function textOf(f) {
   if (f.text !== undefined) return f.text;
-  const r = await fetch(f.url);
+  const r = await api(f.url);
   return r.text();
 }
 
 async function loadPermalink(hash) {
   setStatus('loading the run…');
-  const r = await fetch(`/v1/explorer/runs/${hash}`);
+  const r = await api(`/v1/explorer/runs/${hash}`);
   const v = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
   if (!r.ok) { showBanner(v.error); setStatus(''); return false; }
   state.files = await Promise.all(v.inputs.map(async (f) => ({ name: f.name, text: await textOf(f) })));
@@ -342,7 +380,7 @@ async function loadPermalink(hash) {
 // ---- start -----------------------------------------------------------------------------------
 
 async function boot() {
-  const r = await fetch('/v1/explorer/catalogue');
+  const r = await api('/v1/explorer/catalogue');
   state.cat = await r.json();
   if (!r.ok) { showBanner(state.cat.error); return; }
   if (!state.cat.entries.length) { showBanner('the catalogue is empty'); return; }
