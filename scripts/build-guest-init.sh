@@ -8,4 +8,8 @@ cd "$(dirname "$0")/.."
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release -p shoal-guest-init --target x86_64-unknown-linux-gnu ${CARGO_QUIET:+--quiet}
 # Debug info is most of its size, and the kernel unpacks every byte of the initramfs at each boot.
-strip target/x86_64-unknown-linux-gnu/release/shoal-guest-init
+# Stripped into a new file renamed over the old: the old one may be running (it is the namespace
+# backend's helper), and writing a running program fails with "Text file busy".
+bin=target/x86_64-unknown-linux-gnu/release/shoal-guest-init
+strip -o "$bin.stripped.$$" "$bin"
+mv -f "$bin.stripped.$$" "$bin"

@@ -288,3 +288,81 @@ fn processes_are_limited_by_the_pids_requirement() {
     assert!(n("default") > 300, "the default limit (1024) stopped 300 sleeps: {}", n("default"));
     assert_eq!(json(&home.shoal(&["show", "bounded"]))["requirements"]["pids_max"], 40);
 }
+
+/// Invalid UTF-8 in a DAG file was reported without a location; control characters and
+/// bidirectional overrides from a DAG were echoed raw into the terminal; a DAG file had no size
+/// limit (200 MB took 1.5 GB to parse).
+#[test]
+fn dag_files_are_read_carefully() {
+    let home = Home::with_busybox();
+    let bad = home.path().join("latin1.json");
+    std::fs::write(&bad, b"{\"version\": 1,\n \"jobs\": [{\"id\": \"caf\xe9\"}]}").unwrap();
+    let out = home.shoal(&["run", "--backend", "namespace", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("latin1.json:2:22") && stderr(&out).contains("not UTF-8"), "{}", stderr(&out));
+
+    let evil = home.write(
+        "evil.json",
+        "{\"version\": 1, \"jobs\": [{\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"], \
+         \"x\\u001b[2J\\u202egnp.exe\": 1}]}",
+    );
+    let out = home.shoal(&["run", "--backend", "namespace", evil.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{202e}'),
+        "raw control characters reached the terminal: {err:?}"
+    );
+    assert!(err.contains("\\u{1b}") && err.contains("\\u{202e}"), "{err}");
+
+    let big = home.path().join("big.json");
+    std::fs::write(&big, format!("{{\"version\": 1, \"jobs\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20))).unwrap();
+    let out = home.shoal(&["run", "--backend", "namespace", "--dag-size-max", "1MiB", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("at most 1048576 bytes") && stderr(&out).contains("--dag-size-max"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `scripts/setup.sh` failed with `strip: … Text file busy` while any job in the same checkout
+/// was running (guest-init is the namespace backend's helper).
+#[test]
+fn guest_init_can_be_rebuilt_while_a_job_runs() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "sleep.json",
+        r#"{"version": 1, "jobs": [{"id": "s", "image": "busybox:latest", "command": ["sleep", "8"], "outputs": {"o": "stdout"}}]}"#,
+    );
+    let mut job = std::process::Command::new(shoal_bin())
+        .args(["run", "--backend", "namespace", dag.to_str().unwrap()])
+        .env("SHOAL_HOME", home.store())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let helper = repo_root().join("target/x86_64-unknown-linux-gnu/release/shoal-guest-init");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let busy = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|p| std::fs::read_link(p.path().join("exe")).is_ok_and(|exe| exe == helper))
+    };
+    while !busy() {
+        assert!(std::time::Instant::now() < deadline, "the job's sandbox helper never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // As after a build that changed it: cargo hard-links the program from deps/, and strip then
+    // writes into the linked (running) file instead of renaming a new one over it.
+    let link = helper.with_file_name(format!(".shoal-test-link-{}", std::process::id()));
+    std::fs::hard_link(&helper, &link).unwrap();
+    let mut cmd = std::process::Command::new(repo_root().join("scripts/build-guest-init.sh"));
+    cmd.env("CARGO_QUIET", "1");
+    let out = run_with_deadline(cmd);
+    let _ = std::fs::remove_file(&link);
+    let _ = job.kill();
+    let _ = job.wait();
+    assert_success(&out, "scripts/build-guest-init.sh while guest-init runs");
+}

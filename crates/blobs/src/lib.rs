@@ -298,7 +298,7 @@ impl Store {
 
     /// Refuses to store `len` bytes from `path` when the store's file system would be left with
     /// less than [`FULL_DISK_BYTES`] free.
-    pub(crate) fn check_room(&self, path: &Path, len: u64) -> Result<(), StoreError> {
+    pub fn check_room(&self, path: &Path, len: u64) -> Result<(), StoreError> {
         match fs_free_bytes(self.home()) {
             Some(free_bytes) if len.saturating_add(reserve_bytes(self.home())) > free_bytes => {
                 Err(StoreError::NoRoom { path: path.to_owned(), len, fs: self.home().to_owned(), free_bytes })

@@ -25,6 +25,6 @@ pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use spec::{
     Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
-    PIDS_MAX_DEFAULT, Requirements, parse_dag,
+    PIDS_MAX_DEFAULT, Requirements, escape_for_terminal, parse_dag, parse_dag_bytes,
 };
 pub use units::{parse_duration_ms, parse_size};

@@ -30,11 +30,57 @@ pub struct Diagnostic {
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Location { file, line, col } = &self.location;
-        write!(f, "{file}:{line}:{col}: ")?;
+        write!(f, "{}:{line}:{col}: ", escape_for_terminal(file))?;
         if let Some(job) = &self.job {
-            write!(f, "job `{job}`: ")?;
+            write!(f, "job `{}`: ", escape_for_terminal(job))?;
         }
-        write!(f, "{}\n  help: {}", self.message, self.help)
+        write!(f, "{}\n  help: {}", escape_for_terminal(&self.message), escape_for_terminal(&self.help))
+    }
+}
+
+/// `text` with control characters (NUL, ESC, ...) and bidirectional overrides written as
+/// `\u{..}` escapes: text quoted from a DAG file must not drive the terminal it is printed on
+/// (an escape sequence, a right-to-left override that makes `evil` read as `live`).
+pub fn escape_for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// [`parse_dag`] of a file's bytes: text that is not UTF-8 is reported at the line and column of
+/// its first bad byte.
+pub fn parse_dag_bytes(file_name: &str, bytes: &[u8]) -> Result<Dag, Diagnostics> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_dag(file_name, text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+            let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let col = std::str::from_utf8(&good[line_start..]).map_or(1, |t| t.chars().count() as u32 + 1);
+            Err(Diagnostics(vec![Diagnostic {
+                location: Location { file: file_name.into(), line, col },
+                job: None,
+                message: format!(
+                    "the file is not UTF-8: byte 0x{:02x} at offset {}",
+                    bytes[e.valid_up_to()],
+                    e.valid_up_to()
+                ),
+                help: "save the DAG file as UTF-8 (JSON text is UTF-8)".into(),
+            }]))
+        }
     }
 }
 

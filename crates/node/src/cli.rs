@@ -160,6 +160,9 @@ struct RunArgs {
     /// With --join: the mesh key (default: $SHOAL_HOME/mesh.key).
     #[arg(long)]
     mesh_key: Option<PathBuf>,
+    /// Largest DAG file accepted, e.g. 16MiB (its parse takes about 8 times its size in memory).
+    #[arg(long, default_value = "16MiB")]
+    dag_size_max: String,
 }
 
 /// `--warm-vms`: 0 to [`shoal_vm::microvm::WARM_PER_KIND_MAX`].
@@ -294,6 +297,13 @@ struct NodeArgs {
     /// so permalinks keep working; `shoal gc` keeps them until then.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     explorer_keep_days: u32,
+    /// Largest blob one `POST /v1/blobs` may carry, e.g. 4GiB (also refused when the store's file
+    /// system has no room for it).
+    #[arg(long, default_value = "4GiB")]
+    upload_size_max: String,
+    /// Largest DAG file a submit may carry, e.g. 16MiB.
+    #[arg(long, default_value = "16MiB")]
+    dag_size_max: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -422,18 +432,22 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let store = open_store(&cli.home).await?;
-            let opts = RunOptions {
-                backend: match args.backend {
-                    BackendArg::Namespace => BackendChoice::Namespace,
-                    BackendArg::Microvm => BackendChoice::Microvm,
-                },
-                json: args.json,
-                use_cache: !args.no_cache,
-                cores: args.cores,
-                warm_vms: args.warm_vms,
-                // A local run flushes the store at its end (`shutdown` below).
-                records: Durability::Soon,
-            };
+            let opts =
+                RunOptions {
+                    backend: match args.backend {
+                        BackendArg::Namespace => BackendChoice::Namespace,
+                        BackendArg::Microvm => BackendChoice::Microvm,
+                    },
+                    json: args.json,
+                    use_cache: !args.no_cache,
+                    cores: args.cores,
+                    warm_vms: args.warm_vms,
+                    // A local run flushes the store at its end (`shutdown` below).
+                    records: Durability::Soon,
+                    dag_bytes_max: usize::try_from(shoal_dag::parse_size(&args.dag_size_max).map_err(|e| {
+                        anyhow::anyhow!("--dag-size-max `{}`: {e} (write e.g. 16MiB)", args.dag_size_max)
+                    })?)?,
+                };
             if !args.join.is_empty() {
                 return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
             }
@@ -709,6 +723,11 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
     let upload_bytes_per_day = shoal_dag::parse_size(&args.explorer_upload_per_day).map_err(|e| {
         anyhow::anyhow!("--explorer-upload-per-day `{}`: {e} (write e.g. 256MiB)", args.explorer_upload_per_day)
     })?;
+    let size = |flag: &str, text: &str| {
+        shoal_dag::parse_size(text).map_err(|e| anyhow::anyhow!("--{flag} `{text}`: {e} (write e.g. 4GiB)"))
+    };
+    let upload_bytes_max = size("upload-size-max", &args.upload_size_max)?;
+    let dag_bytes_max = usize::try_from(size("dag-size-max", &args.dag_size_max)?)?;
     Ok(crate::daemon::NodeOptions {
         listen,
         join,
@@ -725,6 +744,7 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
             cores: args.cores,
             warm_vms: args.warm_vms,
             records: Durability::Now,
+            dag_bytes_max,
         },
         labels,
         speed: args.speed,
@@ -743,6 +763,8 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
             disk_free_percent_min: args.explorer_disk_free_min_percent,
             keep_days: args.explorer_keep_days,
         },
+        upload_bytes_max,
+        dag_bytes_max,
     })
 }
 
@@ -899,6 +921,8 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         shutdown: Some(shutdown.clone()),
         http_hosts: Vec::new(),
         http_auth: false,
+        upload_bytes_max: crate::daemon::UPLOAD_BYTES_MAX_DEFAULT,
+        dag_bytes_max: crate::daemon::DAG_BYTES_MAX_DEFAULT,
         explorer: crate::explorer::PublicOptions::default(),
     };
     let node = tokio::spawn(crate::daemon::run_node(store, node_opts));

@@ -136,9 +136,10 @@ fn submit_inner(
     wait: bool,
     json: bool,
 ) -> Result<(bool, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    let bytes = crate::run::read_dag_file(path, crate::daemon::DAG_BYTES_MAX_DEFAULT)?;
     // Parse here first: located errors from the file as the user wrote it.
-    let dag = shoal_dag::parse_dag(&path.display().to_string(), &text).map_err(|d| anyhow!("{d}"))?;
+    let dag = shoal_dag::parse_dag_bytes(&path.display().to_string(), &bytes).map_err(|d| anyhow!("{d}"))?;
+    let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");
     let mut value: Value = serde_json::from_str(&text)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     for (job, jv) in dag.jobs.iter().zip(value["jobs"].as_array_mut().into_iter().flatten()) {

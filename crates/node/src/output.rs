@@ -47,11 +47,12 @@ pub fn print_images(images: &[shoal_blobs::image::ImageEntry]) {
     println!("{table}");
 }
 
-/// The last `lines` lines of a job's stderr, for the failure report.
+/// The last `lines` lines of a job's stderr, for the failure report, with control characters
+/// escaped (a job's output must not drive the terminal it is shown on).
 pub fn tail(bytes: &[u8], lines: usize) -> String {
     let text = String::from_utf8_lossy(bytes);
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    shoal_dag::escape_for_terminal(&all[all.len().saturating_sub(lines)..].join("\n")).into_owned()
 }
 
 /// A Unix time in ms as `YYYY-MM-DD HH:MM UTC` (`never` past year 9999).

@@ -61,6 +61,8 @@ pub struct RunOptions {
     /// How durable each job's run record is when the job is reported done: `Soon` for a
     /// local run (it flushes at its end), `Now` where other nodes are told of the record.
     pub records: Durability,
+    /// Largest DAG file read, bytes.
+    pub dag_bytes_max: usize,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -142,9 +144,36 @@ pub(crate) struct Ctx {
     work_dirs: WorkDirs,
 }
 
+/// The bytes of a DAG file, refused past `max_bytes` before they are read (a 200 MB DAG took
+/// 1.5 GB to parse).
+pub fn read_dag_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("the DAG file {} is not a regular file", path.display());
+    }
+    let too_big = |len: u64| {
+        anyhow!(
+            "the DAG file {} is {len} bytes; a DAG file is at most {max_bytes} bytes (`--dag-size-max`): split it, or \
+             put large data in inputs (`file:`, `blake3:`) instead of the DAG",
+            path.display()
+        )
+    };
+    if meta.len() > max_bytes as u64 {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
-    let dag = match shoal_dag::parse_dag(&path.display().to_string(), &text) {
+    let bytes = read_dag_file(path, opts.dag_bytes_max)?;
+    let dag = match shoal_dag::parse_dag_bytes(&path.display().to_string(), &bytes) {
         Ok(dag) => dag,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");

@@ -22,16 +22,15 @@ use tokio::sync::oneshot;
 
 use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
 
-/// Largest DAG file accepted, in bytes.
-const DAG_BYTES_MAX: usize = 16 << 20;
-/// Largest blob one upload may carry, in bytes (streamed to disk, never held in memory).
-const UPLOAD_BYTES_MAX: u64 = 4 << 30;
+/// How often an upload of unannounced size checks the free space as it comes, bytes.
+const UPLOAD_ROOM_CHECK_BYTES: u64 = 64 << 20;
 /// Largest attempts budget a submitter may ask for.
 const MAX_ATTEMPTS_MAX: u32 = 100;
 
 type Shr = Arc<Shared>;
 
 pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>) -> Router {
+    let dag_bytes_max = shared.dag_bytes_max;
     let explorer = crate::explorer::router(shared.explorer.clone());
     let mut r = Router::new();
     if test_partitions {
@@ -39,7 +38,7 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
     }
     r.route("/v1/health", get(health))
         .route("/v1/openapi.json", get(openapi))
-        .route("/v1/dags", post(submit).get(list_dags).layer(DefaultBodyLimit::max(DAG_BYTES_MAX)))
+        .route("/v1/dags", post(submit).get(list_dags).layer(DefaultBodyLimit::max(dag_bytes_max)))
         .route("/v1/dags/{dag}", get(dag_status))
         .route("/v1/dags/{dag}/cancel", post(cancel))
         .route("/v1/dags/{dag}/jobs/{job}/outputs/{output}", get(job_output))
@@ -353,21 +352,41 @@ async fn blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response
 }
 
 /// Stores the request body as a blob, streaming it to disk first.
-async fn upload(State(s): State<Shr>, body: Body) -> Result<Response, ApiError> {
+async fn upload(State(s): State<Shr>, headers: axum::http::HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let max = s.upload_bytes_max;
+    let too_large = || {
+        ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "an upload is at most {max} bytes (the node's --upload-size-max); copy larger files to the node and \
+                 `shoal blob put` them there"
+            ),
+        )
+    };
+    let no_room = |e: shoal_blobs::StoreError| ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
     let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(s.store.home().join("tmp")).map_err(internal)?;
+    // The size announced is checked before a byte is written; a body without one, every
+    // `UPLOAD_ROOM_CHECK_BYTES` as it comes.
+    let announced =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = announced {
+        if len > max {
+            return Err(too_large());
+        }
+        s.store.check_room(std::path::Path::new("the upload"), len).map_err(no_room)?;
+    }
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(internal)?);
     let mut stream = body.into_data_stream();
-    let mut total = 0u64;
+    let (mut total, mut checked) = (0u64, 0u64);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| bad(format!("reading the upload: {e}")))?;
         total += chunk.len() as u64;
-        if total > UPLOAD_BYTES_MAX {
-            return Err(ApiError(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "an upload is at most {UPLOAD_BYTES_MAX} bytes; copy larger files to the node and `shoal blob put` them"
-                ),
-            ));
+        if total > max {
+            return Err(too_large());
+        }
+        if announced.is_none() && total - checked >= UPLOAD_ROOM_CHECK_BYTES {
+            s.store.check_room(std::path::Path::new("the upload"), UPLOAD_ROOM_CHECK_BYTES).map_err(no_room)?;
+            checked = total;
         }
         file.write_all(&chunk).await.map_err(internal)?;
     }

@@ -102,7 +102,17 @@ pub struct NodeOptions {
     pub explorer: crate::explorer::PublicOptions,
     /// Stops the node when notified (an embedded node, `shoal run --join`); signals always do.
     pub shutdown: Option<Arc<tokio::sync::Notify>>,
+    /// Largest body of one `POST /v1/blobs`, bytes (`--upload-size-max`).
+    pub upload_bytes_max: u64,
+    /// Largest DAG file a submit may carry, bytes (`--dag-size-max`).
+    pub dag_bytes_max: usize,
 }
+
+/// `--upload-size-max` unless told otherwise, bytes.
+pub const UPLOAD_BYTES_MAX_DEFAULT: u64 = 4 << 30;
+/// `--dag-size-max` (and `shoal run`'s) unless told otherwise, bytes: a DAG file's located parse
+/// takes about 8 times its size in memory.
+pub const DAG_BYTES_MAX_DEFAULT: usize = 16 << 20;
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
@@ -312,6 +322,9 @@ pub(crate) struct Shared {
     pub run: RunOptions,
     /// The explorer's public access and limits.
     pub explorer: crate::explorer::PublicOptions,
+    /// See [`NodeOptions::upload_bytes_max`] and [`NodeOptions::dag_bytes_max`].
+    pub upload_bytes_max: u64,
+    pub dag_bytes_max: usize,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -387,6 +400,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         backends: Backends::new(&opts.run)?,
         run: opts.run.clone(),
         explorer: opts.explorer.clone(),
+        upload_bytes_max: opts.upload_bytes_max,
+        dag_bytes_max: opts.dag_bytes_max,
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
