@@ -87,7 +87,12 @@ struct Inner {
     corrupt: Mutex<HashSet<Hash>>,
     /// iroh-blobs' directory of data files (`<hex>.data`) for blobs above its inline size.
     data_dir: PathBuf,
+    /// Largest a layer of an imported image may expand to, bytes (see [`Store::set_image_bytes_max`]).
+    image_bytes_max: std::sync::atomic::AtomicU64,
 }
+
+/// [`Store::set_image_bytes_max`] unless told otherwise, bytes.
+pub const IMAGE_BYTES_MAX_DEFAULT: u64 = 32 << 30;
 
 /// Reads (get, export) in flight at once. iroh-blobs queues at most 32 operations per hash and
 /// answers the rest "busy"; many jobs reading one image at once would otherwise hit that.
@@ -191,12 +196,23 @@ impl Store {
                 reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT_MAX),
                 corrupt: Mutex::new(corrupt),
                 data_dir: blobs_dir.join("data"),
+                image_bytes_max: std::sync::atomic::AtomicU64::new(IMAGE_BYTES_MAX_DEFAULT),
             }),
         })
     }
 
     pub fn home(&self) -> &Path {
         &self.inner.home
+    }
+
+    /// Sets how large one layer of an imported image may expand, bytes (a 4 MB gzip can hold
+    /// 4 GiB of zeros); [`IMAGE_BYTES_MAX_DEFAULT`] until set.
+    pub fn set_image_bytes_max(&self, bytes: u64) {
+        self.inner.image_bytes_max.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn image_bytes_max(&self) -> u64 {
+        self.inner.image_bytes_max.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn meta(&self) -> &Meta {

@@ -23,6 +23,10 @@ struct Cli {
     /// Where the store lives (blobs, metadata, materialized root filesystems).
     #[arg(long, global = true, env = "SHOAL_HOME")]
     home: Option<PathBuf>,
+    /// Largest size one layer of an image may expand to when imported, pulled, built or made by a
+    /// job, e.g. 32GiB (a small gzip can expand to gigabytes of zeros).
+    #[arg(long, global = true, default_value = "32GiB", env = "SHOAL_IMAGE_SIZE_MAX")]
+    image_size_max: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -423,12 +427,21 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// `--image-size-max`, as parsed by `dispatch`, for every store this process opens.
+static IMAGE_BYTES_MAX: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(shoal_blobs::IMAGE_BYTES_MAX_DEFAULT);
+
 async fn open_store(home: &Option<PathBuf>) -> Result<Store> {
     let home = home.clone().unwrap_or_else(Store::default_home);
-    Store::open(&home).await.with_context(|| format!("opening the store at {}", home.display()))
+    let store = Store::open(&home).await.with_context(|| format!("opening the store at {}", home.display()))?;
+    store.set_image_bytes_max(IMAGE_BYTES_MAX.load(std::sync::atomic::Ordering::Relaxed));
+    Ok(store)
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let image_bytes_max = shoal_dag::parse_size(&cli.image_size_max)
+        .map_err(|e| anyhow::anyhow!("--image-size-max `{}`: {e} (write e.g. 32GiB)", cli.image_size_max))?;
+    IMAGE_BYTES_MAX.store(image_bytes_max, std::sync::atomic::Ordering::Relaxed);
     match cli.command {
         Command::Run(args) => {
             let store = open_store(&cli.home).await?;

@@ -63,6 +63,7 @@ fn read_tar(
     path: &Path,
     tmp: &Path,
     layer: &str,
+    expanded_bytes_max: u64,
     tx: mpsc::Sender<Result<Item, ImageError>>,
 ) -> Result<(), ImageError> {
     let err =
@@ -77,11 +78,32 @@ fn read_tar(
     } else {
         Box::new(buf)
     };
+    // A decompression bomb (4 MB of gzip expanding to 4 GiB) stops at the limit.
+    let reader = Bounded { inner: reader, left: expanded_bytes_max };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(ImageError::io("cannot read the tar", path))?;
     let mut n = 0u64;
+    let mut count = 0u64;
+    let too_big = |e: &std::io::Error| e.get_ref().is_some_and(|i| i.is::<OverLimit>());
+    let over = || {
+        err(
+            "",
+            format!(
+                "the layer expands to more than {expanded_bytes_max} bytes (the image size limit, `--image-size-max`); \
+                 if the image is this large, raise the limit"
+            ),
+        )
+    };
     for entry in entries {
-        let mut entry = entry.map_err(ImageError::io("cannot read the tar", path))?;
+        count += 1;
+        if count > LAYER_ENTRIES_MAX {
+            return Err(err("", format!("the layer has more than {LAYER_ENTRIES_MAX} entries")));
+        }
+        let mut entry = match entry {
+            Err(e) if too_big(&e) => return Err(over()),
+            other => other,
+        }
+        .map_err(ImageError::io("cannot read the tar", path))?;
         let raw_path = entry.path().map_err(ImageError::io("cannot read the tar", path))?;
         let raw = raw_path
             .to_str()
@@ -109,13 +131,19 @@ fn read_tar(
                 let size = entry.size();
                 let data = if size <= SMALL_FILE_BYTES {
                     let mut v = Vec::with_capacity(size as usize);
-                    entry.read_to_end(&mut v).map_err(ImageError::io("cannot read the tar", path))?;
+                    match entry.read_to_end(&mut v) {
+                        Err(e) if too_big(&e) => return Err(over()),
+                        r => r.map_err(ImageError::io("cannot read the tar", path))?,
+                    };
                     Data::Mem(Bytes::from(v))
                 } else {
                     n += 1;
                     let p = tmp.join(format!("big-{n}"));
                     let mut f = std::fs::File::create(&p).map_err(ImageError::io("cannot create", &p))?;
-                    std::io::copy(&mut entry, &mut f).map_err(ImageError::io("cannot write", &p))?;
+                    match std::io::copy(&mut entry, &mut f) {
+                        Err(e) if too_big(&e) => return Err(over()),
+                        r => r.map_err(ImageError::io("cannot write", &p))?,
+                    };
                     Data::Temp(p, size)
                 };
                 Item::File(parts, meta, data)
@@ -134,6 +162,35 @@ fn read_tar(
         }
     }
     Ok(())
+}
+
+/// Most entries one layer may hold (each costs a node of the tree being built).
+const LAYER_ENTRIES_MAX: u64 = 4_000_000;
+
+/// The reader's error past its limit.
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("over the size limit")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+/// A reader that fails with [`OverLimit`] once more than `left` bytes came out of it.
+struct Bounded<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.left = self.left.checked_sub(n as u64).ok_or_else(|| std::io::Error::other(OverLimit))?;
+        Ok(n)
+    }
 }
 
 fn parts_empty(item: &Item) -> bool {
@@ -179,8 +236,9 @@ impl Store {
         let tmp = self.temp_dir("layer")?;
         let (tx, mut rx) = mpsc::channel(64);
         let (p, t, l) = (path.to_owned(), tmp.clone(), layer.to_owned());
+        let max = self.image_bytes_max();
         let reader = tokio::task::spawn_blocking(move || {
-            let r = read_tar(&p, &t, &l, tx.clone());
+            let r = read_tar(&p, &t, &l, max, tx.clone());
             if let Err(e) = r {
                 let _ = tx.blocking_send(Err(e));
             }
@@ -306,5 +364,35 @@ impl Store {
             Meta::put(&self.meta().merges, &key, &merged.0)?;
             Ok(merged)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 4 MB gzip layer expanding to 4 GiB imported without limit: expansion stops at the
+    /// image size limit and says so.
+    #[tokio::test]
+    async fn a_decompression_bomb_stops_at_the_limit() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).await.unwrap();
+        let layer = home.path().join("layer.tar.gz");
+        {
+            let gz = flate2::write::GzEncoder::new(std::fs::File::create(&layer).unwrap(), flate2::Compression::best());
+            let mut tar = tar::Builder::new(gz);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(64 << 20);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, "zeros", std::io::repeat(0).take(64 << 20)).unwrap();
+            tar.into_inner().unwrap().finish().unwrap();
+        }
+        assert!(std::fs::metadata(&layer).unwrap().len() < 1 << 20);
+        store.set_image_bytes_max(16 << 20);
+        let err = store.expand_layer(&layer, "bomb").await.unwrap_err().to_string();
+        assert!(err.contains("expands to more than 16777216 bytes") && err.contains("--image-size-max"), "{err}");
+        store.set_image_bytes_max(crate::IMAGE_BYTES_MAX_DEFAULT);
+        store.expand_layer(&layer, "bomb").await.unwrap();
     }
 }
