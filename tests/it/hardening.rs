@@ -366,3 +366,25 @@ fn guest_init_can_be_rebuilt_while_a_job_runs() {
     let _ = job.wait();
     assert_success(&out, "scripts/build-guest-init.sh while guest-init runs");
 }
+
+/// `POST /v1/blobs` took up to a fixed 4 GiB with no setting; a DAG body had a fixed limit.
+#[test]
+fn a_node_s_upload_and_dag_limits_are_settable() {
+    use crate::mesh::{MeshNode, mesh_key};
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = MeshNode::start(home, &key, &[], &["--upload-size-max", "64KiB", "--dag-size-max", "4KiB"]);
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let post = |path: &str, ct: &str, body: Vec<u8>| {
+        let mut r = agent.post(format!("{}{path}", node.http)).header("Content-Type", ct).send(&body[..]).unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+    };
+    let (status, body) = post("/v1/blobs", "application/octet-stream", vec![1u8; 64 << 10]);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post("/v1/blobs", "application/octet-stream", vec![1u8; (64 << 10) + 1]);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("--upload-size-max"), "{body}");
+    let dag = format!("{{\"version\": 1, \"jobs\": [], \"x\": \"{}\"}}", "a".repeat(5000));
+    let (status, _) = post("/v1/dags", "application/json", dag.into_bytes());
+    assert_eq!(status, 413);
+}
