@@ -15,6 +15,7 @@ mod cli;
 mod client;
 mod daemon;
 mod explorer;
+mod held;
 mod identity;
 mod machine;
 mod output;

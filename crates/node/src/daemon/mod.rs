@@ -11,11 +11,13 @@
 //!   peers, then runs it as `shoal run` does.
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
 //! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
+//! - `local`: the routes a CLI uses on the home this node holds (`shoal run`, `get`, `image`...).
 
 mod api;
 pub(crate) mod auth;
 mod exec;
 mod hold;
+mod local;
 pub mod pin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,7 +104,12 @@ pub struct NodeOptions {
     pub explorer: crate::explorer::PublicOptions,
     /// Stops the node when notified (an embedded node, `shoal run --join`); signals always do.
     pub shutdown: Option<Arc<tokio::sync::Notify>>,
+    /// The largest upload a CLI using this node's home may send (a file, a directory or an image
+    /// archive), in bytes.
+    pub local_upload_bytes_max: u64,
 }
+
+pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
@@ -312,6 +319,8 @@ pub(crate) struct Shared {
     pub run: RunOptions,
     /// The explorer's public access and limits.
     pub explorer: crate::explorer::PublicOptions,
+    /// See [`NodeOptions::local_upload_bytes_max`].
+    pub local_upload_bytes_max: u64,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -387,6 +396,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         backends: Backends::new(&opts.run)?,
         run: opts.run.clone(),
         explorer: opts.explorer.clone(),
+        local_upload_bytes_max: opts.local_upload_bytes_max,
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
