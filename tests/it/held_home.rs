@@ -77,7 +77,15 @@ fn ok(out: Output, what: &str) -> Output {
 /// Runs the commands of a session on `home` (through its node or not), returning what they print.
 fn session(home: &Home, round: &str) -> Seen {
     let image = ok(
-        home.shoal(&["image", "build", "rootfs", "--tag", "busybox:latest", "--env", "PATH=/bin:/sbin:/usr/bin:/usr/sbin"]),
+        home.shoal(&[
+            "image",
+            "build",
+            "rootfs",
+            "--tag",
+            "busybox:latest",
+            "--env",
+            "PATH=/bin:/sbin:/usr/bin:/usr/sbin",
+        ]),
         "image build",
     );
     let tree = ok(home.shoal(&["blob", "put", "data"]), "blob put DIR");
@@ -276,7 +284,8 @@ fn readme_three_nodes_on_one_machine_runs_as_written() {
     signal_group(pgid, libc::SIGKILL);
     let _ = child.wait();
     let (out, err) = (std::fs::read_to_string(&out_path).unwrap(), std::fs::read_to_string(&err_path).unwrap());
-    let status = status.unwrap_or_else(|| panic!("the README's example did not end in {README_TIMEOUT:?}:\n{out}\n{err}"));
+    let status =
+        status.unwrap_or_else(|| panic!("the README's example did not end in {README_TIMEOUT:?}:\n{out}\n{err}"));
     assert!(status.success(), "the README's example failed ({status}):\nstdout:\n{out}\nstderr:\n{err}");
     for line in ["lines and words: 200 2200", "parts: part-1 part-2 part-3 part-4", "vowel e: 800"] {
         assert!(out.contains(line), "`{line}` not in the report:\n{out}\nstderr:\n{err}");
