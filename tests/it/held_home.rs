@@ -30,6 +30,7 @@ const DAG: &str = r#"{"version": 1, "jobs": [
 #[derive(Debug, PartialEq)]
 struct Seen {
     image: String,
+    imported: (String, String),
     tree: String,
     table: (String, String),
     json: String,
@@ -88,6 +89,17 @@ fn session(home: &Home, round: &str) -> Seen {
         ]),
         "image build",
     );
+    // The layout `image build` wrote, imported as a directory and as an OCI archive.
+    let layout = home.path().join(format!("layout-{round}"));
+    ok(
+        home.shoal(&["image", "build", "rootfs", "--tag", "kept:1", "--oci-out", layout.to_str().unwrap()]),
+        "--oci-out",
+    );
+    let archive = home.path().join(format!("layout-{round}.tar"));
+    let tar = Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&archive).arg(".").status().unwrap();
+    assert!(tar.success());
+    let from_dir = ok(home.shoal(&["image", "import", layout.to_str().unwrap(), "--tag", "dir:1"]), "import DIR");
+    let from_tar = ok(home.shoal(&["image", "import", archive.to_str().unwrap(), "--tag", "tar:1"]), "import TAR");
     let tree = ok(home.shoal(&["blob", "put", "data"]), "blob put DIR");
     let tree = stdout(&tree).trim().to_string();
     let blob_dir = home.path().join(format!("blob-{round}"));
@@ -114,6 +126,7 @@ fn session(home: &Home, round: &str) -> Seen {
     ok(home.shoal(&["gc"]), "gc");
     Seen {
         image: stdout(&image),
+        imported: (stdout(&from_dir), stdout(&from_tar)),
         tree,
         table: (stdout(&table), stderr(&table)),
         json: stdout(&json_run),
