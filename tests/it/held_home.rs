@@ -306,3 +306,31 @@ fn readme_three_nodes_on_one_machine_runs_as_written() {
     // `shoal watch` in the background followed the mesh (its first events, before the submit ended).
     assert!(out.contains("claimed    generate"), "`shoal watch` saw no claim of `generate`:\n{out}");
 }
+
+#[test]
+fn a_held_home_whose_node_wants_tokens_is_used_with_shoal_token() {
+    let tmp = Home::empty();
+    let key = mesh_key(tmp.path());
+    let node = MeshNode::start(Home::empty(), &key, &[], &["--http-auth"]);
+    let created = node.home.shoal(&["token", "create", "--name", "me", "--scope", "admin"]);
+    assert_success(&created, "shoal token create");
+    let secret = stdout(&created).trim().to_string();
+    let file = node.home.write("f.txt", "through a node that wants tokens\n");
+    let put = |token: Option<&str>| {
+        let mut cmd = Command::new(shoal_bin());
+        cmd.args(["blob", "put", file.to_str().unwrap()])
+            .env("SHOAL_HOME", node.home.store())
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("RUST_LOG");
+        if let Some(t) = token {
+            cmd.env("SHOAL_TOKEN", t);
+        }
+        run_with_deadline(cmd)
+    };
+    let refused = put(None);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).to_lowercase().contains("token"), "{}", stderr(&refused));
+    let stored = put(Some(&secret));
+    assert_success(&stored, "blob put with $SHOAL_TOKEN");
+    assert!(stdout(&stored).starts_with("blake3:"));
+}

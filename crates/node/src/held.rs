@@ -111,6 +111,8 @@ impl Held {
 
     /// Streams `body` to `path` (bytes: a file, or a tar this process writes).
     fn upload<T: DeserializeOwned>(&self, path: &str, body: impl Read) -> Result<T> {
+        // A node that refuses us says why here, not by cutting the upload.
+        let _: Value = self.post_json("/v1/local/ready", &json!({}))?;
         let mut body = body;
         let sent = self.post_request(path, "application/octet-stream").send(ureq::SendBody::from_reader(&mut body));
         Ok(self.reply(path, sent)?.with_config().limit(REPLY_BYTES_MAX).read_json()?)

@@ -62,6 +62,7 @@ pub(crate) fn router() -> Router<Shr> {
         .route("/v1/local/images/import", post(import_image).layer(DefaultBodyLimit::disable()))
         .route("/v1/local/images/pull", post(pull_image))
         .route("/v1/local/gc", post(gc))
+        .route("/v1/local/ready", post(ready))
 }
 
 /// An error as JSON `{"error": ...}`; the message is what the command would have printed.
@@ -287,6 +288,12 @@ fn file_body(file: std::fs::File) -> Body {
             Err(e) => Some((Err(e), None)),
         }
     }))
+}
+
+/// Asked before an upload: a node that refuses the caller (a token missing or too weak) says so
+/// here, where a refusal mid-body would reach the client as a broken connection.
+async fn ready() -> Response {
+    axum::Json(json!({"ok": true})).into_response()
 }
 
 /// `shoal gc`, refused while jobs run here: it removes what nothing references yet, such as a
