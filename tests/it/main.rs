@@ -5,6 +5,7 @@ mod api_security;
 mod cli;
 mod explorer;
 mod hardening;
+mod held_home;
 mod mesh;
 mod microvm;
 mod support;

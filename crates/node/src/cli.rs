@@ -269,6 +269,10 @@ struct NodeArgs {
     /// Also write this node's addresses as JSON to this file once it listens.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// The largest file, directory or image archive a `shoal` command on this node's home may
+    /// send it (those commands go through the node while it runs), e.g. 64GiB.
+    #[arg(long, default_value = "64GiB")]
+    local_upload_bytes_max: String,
     /// Serve POST /v1/test/block, which cuts this node off from given peers (for partition tests).
     #[arg(long, hide = true)]
     test_partitions: bool,
@@ -438,29 +442,57 @@ async fn open_store(home: &Option<PathBuf>) -> Result<Store> {
     Ok(store)
 }
 
+/// The node holding the store at `home`, if one runs (asked off the async threads).
+async fn held_by_node(home: &Path) -> Result<Option<crate::held::Held>> {
+    let home = home.to_path_buf();
+    Ok(tokio::task::spawn_blocking(move || crate::held::Held::find(&home)).await?)
+}
+
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let image_bytes_max = shoal_dag::parse_size(&cli.image_size_max)
         .map_err(|e| anyhow::anyhow!("--image-size-max `{}`: {e} (write e.g. 32GiB)", cli.image_size_max))?;
     IMAGE_BYTES_MAX.store(image_bytes_max, std::sync::atomic::Ordering::Relaxed);
+    let home = cli.home.clone().unwrap_or_else(Store::default_home);
     match cli.command {
         Command::Run(args) => {
-            let store = open_store(&cli.home).await?;
-            let opts =
-                RunOptions {
+            let dag_bytes_max = usize::try_from(
+                shoal_dag::parse_size(&args.dag_size_max)
+                    .map_err(|e| anyhow::anyhow!("--dag-size-max `{}`: {e} (write e.g. 16MiB)", args.dag_size_max))?,
+            )?;
+            if let Some(held) = held_by_node(&home).await? {
+                if !args.join.is_empty() {
+                    return Err(held.refuse(
+                        &home,
+                        "that node is a node of its mesh already (`shoal submit DAG --wait` runs a DAG there)",
+                    ));
+                }
+                let opts = crate::held::HeldRun {
                     backend: match args.backend {
-                        BackendArg::Namespace => BackendChoice::Namespace,
-                        BackendArg::Microvm => BackendChoice::Microvm,
+                        BackendArg::Namespace => "namespace",
+                        BackendArg::Microvm => "microvm",
                     },
                     json: args.json,
-                    use_cache: !args.no_cache,
+                    no_cache: args.no_cache,
                     cores: args.cores,
                     warm_vms: args.warm_vms,
-                    // A local run flushes the store at its end (`shutdown` below).
-                    records: Durability::Soon,
-                    dag_bytes_max: usize::try_from(shoal_dag::parse_size(&args.dag_size_max).map_err(|e| {
-                        anyhow::anyhow!("--dag-size-max `{}`: {e} (write e.g. 16MiB)", args.dag_size_max)
-                    })?)?,
+                    dag_bytes_max,
                 };
+                return tokio::task::spawn_blocking(move || held.run(&args.dag, &opts)).await?;
+            }
+            let store = open_store(&cli.home).await?;
+            let opts = RunOptions {
+                backend: match args.backend {
+                    BackendArg::Namespace => BackendChoice::Namespace,
+                    BackendArg::Microvm => BackendChoice::Microvm,
+                },
+                json: args.json,
+                use_cache: !args.no_cache,
+                cores: args.cores,
+                warm_vms: args.warm_vms,
+                // A local run flushes the store at its end (`shutdown` below).
+                records: Durability::Soon,
+                dag_bytes_max,
+            };
             if !args.join.is_empty() {
                 return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
             }
@@ -469,6 +501,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             result
         }
         Command::Node(args) => {
+            if let Some(held) = held_by_node(&home).await? {
+                return Err(held.refuse(&home, "one node per home"));
+            }
             let store = open_store(&cli.home).await?;
             let opts = node_options(&store, args)?;
             crate::daemon::run_node(store, opts).await.map(|()| ExitCode::SUCCESS)
@@ -505,7 +540,13 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
             tokio::task::spawn_blocking(move || client_command(&home, cli.command)).await?
         }
+        // It reads no store: it works beside a node as well.
+        Command::Doctor { json } => crate::machine::doctor(&home, json).map(|()| ExitCode::SUCCESS),
         command => {
+            if let Some(held) = held_by_node(&home).await? {
+                tokio::task::spawn_blocking(move || held_command(&held, command)).await??;
+                return Ok(ExitCode::SUCCESS);
+            }
             let store = open_store(&cli.home).await?;
             let result = dispatch_store_command(&store, command).await;
             store.shutdown().await;
@@ -525,7 +566,8 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
         | Command::Watch { .. }
         | Command::Cancel { .. }
         | Command::Peers { .. }
-        | Command::Explore(_) => unreachable!("handled by dispatch"),
+        | Command::Explore(_)
+        | Command::Doctor { .. } => unreachable!("handled by dispatch"),
         Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
         Command::Log { job } => {
             let record = run::find_record(store, &job).await?;
@@ -543,33 +585,77 @@ async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
         }
         Command::Blob(cmd) => blob_command(store, cmd).await,
         Command::Image(cmd) => image_command(store, cmd).await,
-        Command::Gc { json } => {
-            let r = store.gc().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
-                        "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
-                        "rootfs_bytes_freed": r.rootfs_bytes_freed,
-                        "corrupt_removed": r.corrupt_removed})
-                );
-            } else {
-                println!(
-                    "kept {} blobs; removed {} blobs ({}) and {} materialized root filesystems ({})",
-                    r.blobs_kept,
-                    r.blobs_removed,
-                    output::bytes(r.bytes_freed),
-                    r.rootfs_removed,
-                    output::bytes(r.rootfs_bytes_freed)
-                );
-                if r.corrupt_removed > 0 {
-                    println!("removed {} blobs found corrupted on disk", r.corrupt_removed);
-                }
-            }
+        Command::Gc { json } => print_gc(&store.gc().await?, json),
+    }
+}
+
+/// The commands of `dispatch_store_command`, through the node that holds the store: the same
+/// output.
+fn held_command(held: &crate::held::Held, command: Command) -> Result<()> {
+    use std::io::Write;
+    match command {
+        Command::Get { job, output, out, .. } => {
+            let record = held.record(&job)?;
+            held.write_digest(&output_digest(&record, &job, &output)?, out.as_deref())
+        }
+        Command::Log { job } => {
+            let record = held.record(&job)?;
+            let stdout = held.read_blob(record.stdout.hash)?;
+            let stderr = held.read_blob(record.stderr.hash)?;
+            std::io::stdout().write_all(&stdout)?;
+            std::io::stderr().write_all(&stderr)?;
             Ok(())
         }
-        Command::Doctor { json } => crate::machine::doctor(store.home(), json),
+        Command::Show { what } => {
+            println!("{}", serde_json::to_string_pretty(&held.record(&what)?)?);
+            Ok(())
+        }
+        Command::Blob(BlobCommand::Put { path, json }) => print_digest(&held.blob_put(&path)?, json),
+        Command::Blob(BlobCommand::Get { hash, out }) => {
+            let digest = held.digest_of_stored(parse_blob_hash(&hash)?)?;
+            held.write_digest(&digest, out.as_deref())
+        }
+        Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
+        Command::Image(ImageCommand::Import { path, tag, json }) => {
+            print_image_id(held.image_import(&path, tag.as_deref())?, json)
+        }
+        Command::Image(ImageCommand::Pull { reference, tag, insecure, json }) => {
+            print_image_id(held.image_pull(&reference, tag.as_deref(), insecure)?, json)
+        }
+        Command::Image(ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json }) => {
+            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
+            print_image_id(held.image_import(&layout, Some(&tag))?, json)
+        }
+        Command::Image(ImageCommand::Ls { json }) => print_images(&held.images()?, json),
+        Command::Gc { json } => print_gc(&held.gc()?, json),
+        _ => unreachable!("handled by dispatch"),
     }
+}
+
+fn print_gc(r: &shoal_blobs::GcReport, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
+                "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
+                "rootfs_bytes_freed": r.rootfs_bytes_freed,
+                "corrupt_removed": r.corrupt_removed})
+        );
+    } else {
+        println!(
+            "kept {} blobs; removed {} blobs ({}) and {} materialized root filesystems ({})",
+            r.blobs_kept,
+            r.blobs_removed,
+            output::bytes(r.bytes_freed),
+            r.rootfs_removed,
+            output::bytes(r.rootfs_bytes_freed)
+        );
+        if r.corrupt_removed > 0 {
+            println!("removed {} blobs found corrupted on disk", r.corrupt_removed);
+        }
+    }
+    Ok(())
 }
 
 async fn read_blob(store: &Store, hash: Hash) -> Result<bytes::Bytes> {
@@ -581,15 +667,19 @@ async fn read_blob(store: &Store, hash: Hash) -> Result<bytes::Bytes> {
 
 async fn get_output(store: &Store, job: &str, output: &str, out: Option<&Path>) -> Result<()> {
     let record = run::find_record(store, job).await?;
-    let digest = match output {
+    write_digest(store, &output_digest(&record, job, output)?, out).await
+}
+
+/// The digest of a job's output `output` in its run record (`stdout` and `stderr` too).
+fn output_digest(record: &shoal_dag::RunRecord, job: &str, output: &str) -> Result<shoal_dag::Digest> {
+    Ok(match output {
         "stdout" if !record.outputs.contains_key("stdout") => record.stdout.clone(),
         "stderr" if !record.outputs.contains_key("stderr") => record.stderr.clone(),
         _ => record.outputs.get(output).cloned().with_context(|| {
             let names: Vec<&str> = record.outputs.keys().map(String::as_str).collect();
             format!("job `{job}` has no output `{output}`; its outputs are: {}", names.join(", "))
         })?,
-    };
-    write_digest(store, &digest, out).await
+    })
 }
 
 async fn write_digest(store: &Store, digest: &shoal_dag::Digest, out: Option<&Path>) -> Result<()> {
@@ -617,34 +707,39 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
                 let (hash, size) = store.put_file(&path).await?;
                 shoal_dag::Digest { hash, kind: shoal_dag::DigestKind::File, size }
             };
-            if json {
-                println!("{}", serde_json::to_string(&digest)?);
-            } else {
-                println!("{}", digest.hash);
-            }
-            Ok(())
+            print_digest(&digest, json)
         }
         BlobCommand::Get { hash, out } => {
-            let hash: Hash = hash
-                .parse()
-                .map_err(|e| anyhow::anyhow!("`{hash}` is not a blob hash ({e}); hashes look like blake3:<64 hex>"))?;
-            let digest = crate::run::digest_of_stored(store, hash).await?;
+            let digest = crate::run::digest_of_stored(store, parse_blob_hash(&hash)?).await?;
             write_digest(store, &digest, out.as_deref()).await
         }
-        BlobCommand::Ls { json } => {
-            let list = store.list().await?;
-            if json {
-                let rows: Vec<_> =
-                    list.iter().map(|(h, s)| serde_json::json!({"hash": h.to_string(), "size": s})).collect();
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                for (hash, size) in list {
-                    println!("{hash}  {}", output::bytes(size));
-                }
-            }
-            Ok(())
+        BlobCommand::Ls { json } => print_blob_list(&store.list().await?, json),
+    }
+}
+
+fn parse_blob_hash(hash: &str) -> Result<Hash> {
+    hash.parse().map_err(|e| anyhow::anyhow!("`{hash}` is not a blob hash ({e}); hashes look like blake3:<64 hex>"))
+}
+
+fn print_digest(digest: &shoal_dag::Digest, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(digest)?);
+    } else {
+        println!("{}", digest.hash);
+    }
+    Ok(())
+}
+
+fn print_blob_list(list: &[(Hash, u64)], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = list.iter().map(|(h, s)| serde_json::json!({"hash": h.to_string(), "size": s})).collect();
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for (hash, size) in list {
+            println!("{hash}  {}", output::bytes(*size));
         }
     }
+    Ok(())
 }
 
 async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
@@ -659,36 +754,46 @@ async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
             (id, json)
         }
         ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json } => {
-            let config = shoal_blobs::image::ImageConfig {
-                env,
-                entrypoint: vec![],
-                cmd,
-                workdir,
-                user: None,
-                arch: crate::machine::oci_arch().to_string(),
-            };
-            let tmp;
-            let layout = match oci_out {
-                Some(dir) => dir,
-                None => {
-                    tmp = tempfile::tempdir()?;
-                    tmp.path().join("layout")
-                }
-            };
-            shoal_blobs::image::build_oci_layout_from_dir(&rootfs, &config, &layout, &tag)
-                .with_context(|| format!("building an OCI layout from {}", rootfs.display()))?;
+            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
             (store.import_oci_layout(&layout, Some(&tag)).await?, json)
         }
-        ImageCommand::Ls { json } => {
-            let images = store.images()?;
-            if json {
-                println!("{}", serde_json::to_string(&images)?);
-            } else {
-                output::print_images(&images);
-            }
-            return Ok(());
-        }
+        ImageCommand::Ls { json } => return print_images(&store.images()?, json),
     };
+    print_image_id(id, json)
+}
+
+/// The one-layer OCI layout `shoal image build` imports (made here, with or without a store).
+fn build_layout(
+    rootfs: &Path,
+    tag: &str,
+    env: Vec<String>,
+    cmd: Vec<String>,
+    workdir: Option<String>,
+    layout: &Path,
+) -> Result<()> {
+    let config = shoal_blobs::image::ImageConfig {
+        env,
+        entrypoint: vec![],
+        cmd,
+        workdir,
+        user: None,
+        arch: crate::machine::oci_arch().to_string(),
+    };
+    shoal_blobs::image::build_oci_layout_from_dir(rootfs, &config, layout, tag)
+        .with_context(|| format!("building an OCI layout from {}", rootfs.display()))
+}
+
+fn print_images(images: &[shoal_blobs::image::ImageEntry], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(images)?);
+    } else {
+        output::print_images(images);
+    }
+    Ok(())
+}
+
+fn print_image_id(id: Hash, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::json!({"image": id.to_string()}));
     } else {
@@ -778,6 +883,9 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         },
         upload_bytes_max,
         dag_bytes_max,
+        local_upload_bytes_max: shoal_dag::parse_size(&args.local_upload_bytes_max).map_err(|e| {
+            anyhow::anyhow!("--local-upload-bytes-max `{}`: {e} (write e.g. 64GiB)", args.local_upload_bytes_max)
+        })?,
     })
 }
 
@@ -937,6 +1045,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         upload_bytes_max: crate::daemon::UPLOAD_BYTES_MAX_DEFAULT,
         dag_bytes_max: crate::daemon::DAG_BYTES_MAX_DEFAULT,
         explorer: crate::explorer::PublicOptions::default(),
+        local_upload_bytes_max: crate::daemon::LOCAL_UPLOAD_BYTES_MAX_DEFAULT,
     };
     let node = tokio::spawn(crate::daemon::run_node(store, node_opts));
     let start = std::time::Instant::now();

@@ -5,6 +5,7 @@
 //! - `daemon`: `shoal node`, a mesh peer: the loop around the sans-IO core, its HTTP API, the executor.
 //! - `explorer`: the Program Explorer, a web page on every node that runs catalogue images on your files.
 //! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`, `get --node`).
+//! - `held`: the CLI on the home of a running node: its commands go through that node.
 //! - `run`: `shoal run DAG`, the embedded single-node runner (resolve, cache lookup, execute, record).
 //! - `machine`: facts about this host for run records.
 //! - `identity`: the node's ed25519 key, which signs run records.
@@ -15,6 +16,7 @@ mod cli;
 mod client;
 mod daemon;
 mod explorer;
+mod held;
 mod identity;
 mod machine;
 mod output;

@@ -19,7 +19,8 @@ pub fn millis(ms: u64) -> String {
     if ms < 1000 { format!("{ms} ms") } else { format!("{:.2} s", ms as f64 / 1000.0) }
 }
 
-pub fn print_summary(reports: &[JobReport]) {
+/// The summary table of a run's jobs, as `shoal run` prints it.
+pub fn summary(reports: &[JobReport]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec!["job", "status", "cached", "time", "outputs"]);
@@ -34,7 +35,7 @@ pub fn print_summary(reports: &[JobReport]) {
             outputs.join("\n"),
         ]);
     }
-    println!("{table}");
+    table.to_string()
 }
 
 pub fn print_images(images: &[shoal_blobs::image::ImageEntry]) {

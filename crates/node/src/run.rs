@@ -142,6 +142,60 @@ pub(crate) struct Ctx {
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
     images: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<(Hash, Arc<Image>)>>>>,
     work_dirs: WorkDirs,
+    /// The contents of the DAG's `file:` inputs by path as written, when a client sent them with
+    /// the DAG (a node running a client's DAG never opens a path of the client's machine).
+    files: Option<BTreeMap<String, Result<Digest, String>>>,
+    /// Where jobs starting and ending are told, for a client following the run from afar.
+    events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+}
+
+/// A step of a run, for a client that draws its progress (`shoal run` through a node).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run resolved its DAG: this many jobs.
+    Jobs { count: usize },
+    /// A job the cache did not answer started running.
+    Started { job: String },
+    /// A job ended (done, failed or skipped).
+    Finished { job: String, ok: bool },
+}
+
+/// Where a run's `file:` inputs come from and who follows it, beyond what [`RunOptions`] says.
+#[derive(Default)]
+pub struct RunSource {
+    /// `file:` contents sent by a client, by path as written in the DAG (or why the client could
+    /// not read one: the job fails with that); `None`: read them from the DAG file's directory.
+    pub files: Option<BTreeMap<String, Result<Digest, String>>>,
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+}
+
+/// What `shoal run` prints once its jobs have ended: stdout (the table or the JSON), stderr (each
+/// failure), and whether every job is done.
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+    pub ok: bool,
+}
+
+/// The output of `shoal run` for these reports, the same wherever the run happened.
+pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
+    use std::fmt::Write;
+    let ok = reports.iter().all(|r| r.status == Status::Done);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "jobs": reports}))?)?;
+    } else {
+        writeln!(stdout, "{}", output::summary(reports))?;
+        for r in reports.iter().filter(|r| r.status == Status::Failed) {
+            writeln!(stderr, "\njob `{}` failed: {}", r.job, r.error.as_deref().unwrap_or("see its stderr"))?;
+            if let Some(tail) = r.stderr_tail.as_deref().filter(|t| !t.is_empty()) {
+                writeln!(stderr, "--- last lines of its stderr (all of it: `shoal log {}`) ---\n{tail}", r.job)?;
+            }
+        }
+    }
+    Ok(Rendered { stdout, stderr, ok })
 }
 
 /// The bytes of a DAG file, refused past `max_bytes` before they are read (a 200 MB DAG took
@@ -182,19 +236,10 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
     };
     let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let reports = run_dag(store, dag, dag_dir, opts).await?;
-    let ok = reports.iter().all(|r| r.status == Status::Done);
-    if opts.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "jobs": reports}))?);
-    } else {
-        output::print_summary(&reports);
-        for r in reports.iter().filter(|r| r.status == Status::Failed) {
-            eprintln!("\njob `{}` failed: {}", r.job, r.error.as_deref().unwrap_or("see its stderr"));
-            if let Some(tail) = r.stderr_tail.as_deref().filter(|t| !t.is_empty()) {
-                eprintln!("--- last lines of its stderr (all of it: `shoal log {}`) ---\n{tail}", r.job);
-            }
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+    let out = render(&reports, opts.json)?;
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    Ok(if out.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
 }
 
 /// The backends jobs run on, shared by every DAG a process runs (a mesh node runs many: one warm
@@ -210,6 +255,13 @@ pub(crate) struct Backends {
 impl Ctx {
     pub(crate) fn dag(&self) -> &Dag {
         &self.dag
+    }
+
+    /// Tells the run's listener, if any (one that went away is no reason to stop).
+    fn tell(&self, event: RunEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
     }
 }
 
@@ -232,6 +284,17 @@ pub(crate) fn prepare(
     dag_dir: PathBuf,
     opts: &RunOptions,
     backends: Arc<Backends>,
+) -> Result<Arc<Ctx>> {
+    prepare_from(store, dag, dag_dir, opts, backends, RunSource::default())
+}
+
+fn prepare_from(
+    store: &Store,
+    dag: Dag,
+    dag_dir: PathBuf,
+    opts: &RunOptions,
+    backends: Arc<Backends>,
+    source: RunSource,
 ) -> Result<Arc<Ctx>> {
     let key = identity::load_or_create(store.home())?;
     let default_backend = match opts.backend {
@@ -259,6 +322,8 @@ pub(crate) fn prepare(
         progress,
         images: std::sync::Mutex::new(BTreeMap::new()),
         work_dirs: WorkDirs::default(),
+        files: source.files,
+        events: source.events,
     }))
 }
 
@@ -269,8 +334,20 @@ pub(crate) async fn run_one(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, B
 
 /// Runs every job of `dag`, returning one report per job in file order.
 pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
+    run_dag_from(store, dag, dag_dir, opts, RunSource::default()).await
+}
+
+/// [`run_dag`] with `file:` contents a client sent and a listener for its progress.
+pub async fn run_dag_from(
+    store: &Store,
+    dag: Dag,
+    dag_dir: PathBuf,
+    opts: &RunOptions,
+    source: RunSource,
+) -> Result<Vec<JobReport>> {
     let n = dag.jobs.len();
-    let ctx = prepare(store, dag, dag_dir, opts, Backends::new(opts)?)?;
+    let ctx = prepare_from(store, dag, dag_dir, opts, Backends::new(opts)?, source)?;
+    ctx.tell(RunEvent::Jobs { count: n });
     let overall = ctx.progress.add(ProgressBar::new(n as u64));
     overall.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}")
@@ -310,6 +387,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
         let (idx, report) = joined.context("a job task panicked")?;
         overall.inc(1);
         let ok = report.status == Status::Done;
+        ctx.tell(RunEvent::Finished { job: report.job.clone(), ok });
         if !ok {
             overall.set_message(format!("({} failed)", report.job));
         }
@@ -322,7 +400,7 @@ pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOption
                 }
             }
         } else {
-            skip_dependants(&ctx.dag, idx, &dependants, &mut reports, &overall);
+            skip_dependants(&ctx.dag, idx, &dependants, &mut reports, &overall, ctx.events.as_ref());
         }
     }
     overall.finish_and_clear();
@@ -340,6 +418,7 @@ fn skip_dependants(
     dependants: &[Vec<usize>],
     reports: &mut [Option<JobReport>],
     overall: &ProgressBar,
+    events: Option<&tokio::sync::mpsc::UnboundedSender<RunEvent>>,
 ) {
     let mut stack = dependants[idx].clone();
     while let Some(d) = stack.pop() {
@@ -350,6 +429,9 @@ fn skip_dependants(
         report.error = Some(format!("not run: it depends on `{}`, which failed", dag.jobs[idx].id));
         reports[d] = Some(report);
         overall.inc(1);
+        if let Some(events) = events {
+            let _ = events.send(RunEvent::Finished { job: dag.jobs[d].id.clone(), ok: false });
+        }
         stack.extend(dependants[d].iter().copied());
     }
 }
@@ -399,6 +481,7 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
         );
     }
     let _in_flight = ctx.in_flight.acquire().await.context("job semaphore closed")?;
+    ctx.tell(RunEvent::Started { job: job.id.clone() });
     // A spinner per running job, where someone sees it: each one ticks on a thread of its own.
     let bar = (!ctx.progress.is_hidden()).then(|| {
         let bar = ctx.progress.add(ProgressBar::new_spinner());
@@ -497,6 +580,11 @@ async fn resolve_input(
                 .ok_or_else(|| anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`"))?;
             digest_of_stored(&ctx.store, hash).await
         }
+        InputRef::File(path) if ctx.files.is_some() => match ctx.files.as_ref().and_then(|f| f.get(path)) {
+            Some(Ok(digest)) => Ok(digest.clone()),
+            Some(Err(why)) => Err(anyhow!("{why}")),
+            None => bail!("the client sent no content for `file:{path}`; send every `file:` input with the DAG"),
+        },
         InputRef::File(path) => {
             let path = ctx.dag_dir.join(path);
             let meta =

@@ -231,6 +231,33 @@ fn find<'a>(root: &'a BTreeMap<String, Node>, parts: &[String]) -> Option<&'a No
 }
 
 impl Store {
+    /// Stores the plain tar archive at `path` as a tree, the same tree `put_tree_from_dir` makes
+    /// of the directory the archive was made from: modes (setuid, setgid, sticky), owners and
+    /// symlinks are taken from the headers, hard links point at their file, and `.wh.` names are
+    /// ordinary names. The digest's size is the sum of the sizes of its file entries, as
+    /// `put_tree_from_dir` counts it. A node uses this for directories a client sends it, owners
+    /// kept whoever the node runs as.
+    pub async fn put_tree_from_tar(&self, path: &Path) -> Result<crate::Digest, ImageError> {
+        let hash = self.expand_layer(path, &path.display().to_string()).await?;
+        let size = self.tree_files_size(hash).await?;
+        Ok(crate::Digest { hash, kind: crate::DigestKind::Tree, size })
+    }
+
+    /// The sum of the sizes of the file entries of tree `hash`, recursively.
+    fn tree_files_size(&self, hash: Hash) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut total = 0u64;
+            for e in self.get_tree(hash).await?.entries {
+                total += match e.kind {
+                    EntryKind::File { size, .. } => size,
+                    EntryKind::Dir { hash } => self.tree_files_size(hash).await?,
+                    EntryKind::Symlink { .. } => 0,
+                };
+            }
+            Ok(total)
+        })
+    }
+
     /// Expands the layer tar at `path` into a tree (whiteouts kept as entries).
     pub(crate) async fn expand_layer(&self, path: &Path, layer: &str) -> Result<Hash, ImageError> {
         let tmp = self.temp_dir("layer")?;

@@ -49,6 +49,7 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
         .route("/v1/metrics", get(metrics))
         .route("/v1/events", get(events))
         .merge(explorer)
+        .merge(super::local::router())
         .with_state(shared)
         .layer(axum::middleware::from_fn_with_state(guard, auth::check))
 }

@@ -11,11 +11,13 @@
 //!   peers, then runs it as `shoal run` does.
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
 //! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
+//! - `local`: the routes a CLI uses on the home this node holds (`shoal run`, `get`, `image`...).
 
 mod api;
 pub(crate) mod auth;
 mod exec;
 mod hold;
+mod local;
 pub mod pin;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -106,6 +108,9 @@ pub struct NodeOptions {
     pub upload_bytes_max: u64,
     /// Largest DAG file a submit may carry, bytes (`--dag-size-max`).
     pub dag_bytes_max: usize,
+    /// The largest upload a CLI using this node's home may send (a file, a directory or an image
+    /// archive), in bytes.
+    pub local_upload_bytes_max: u64,
 }
 
 /// `--upload-size-max` unless told otherwise, bytes.
@@ -113,6 +118,8 @@ pub const UPLOAD_BYTES_MAX_DEFAULT: u64 = 4 << 30;
 /// `--dag-size-max` (and `shoal run`'s) unless told otherwise, bytes: a DAG file's located parse
 /// takes about 8 times its size in memory.
 pub const DAG_BYTES_MAX_DEFAULT: usize = 16 << 20;
+
+pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
@@ -325,6 +332,8 @@ pub(crate) struct Shared {
     /// See [`NodeOptions::upload_bytes_max`] and [`NodeOptions::dag_bytes_max`].
     pub upload_bytes_max: u64,
     pub dag_bytes_max: usize,
+    /// See [`NodeOptions::local_upload_bytes_max`].
+    pub local_upload_bytes_max: u64,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -402,6 +411,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         explorer: opts.explorer.clone(),
         upload_bytes_max: opts.upload_bytes_max,
         dag_bytes_max: opts.dag_bytes_max,
+        local_upload_bytes_max: opts.local_upload_bytes_max,
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await

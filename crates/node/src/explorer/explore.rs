@@ -40,19 +40,28 @@ pub(crate) fn explore(home: &Path, args: ExploreArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The URL of the node whose `node.json` is in `home`, if it answers.
-fn running_node(home: &Path) -> Option<String> {
-    let url = crate::client::node_url(None, home).ok()?;
-    healthy(&url).then_some(url)
+/// The URL of the node whose `node.json` is in `home`, if it answers as the node that file names
+/// (a stale file of a killed node may name a port another node has taken since).
+pub(crate) fn running_node(home: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(home.join("node.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let (url, node) = (v["http"].as_str()?, v["node"].as_str()?);
+    (healthy(url).as_deref() == Some(node)).then(|| url.trim_end_matches('/').to_string())
 }
 
-fn healthy(url: &str) -> bool {
+/// The node id a node's `/v1/health` answers with, if it answers.
+fn healthy(url: &str) -> Option<String> {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_millis(HEALTH_TIMEOUT_MS)))
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    agent.get(format!("{url}/v1/health")).call().is_ok_and(|r| r.status().is_success())
+    let mut resp = agent.get(format!("{url}/v1/health")).call().ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let v: serde_json::Value = resp.body_mut().with_config().limit(1 << 16).read_json().ok()?;
+    v["node"].as_str().map(str::to_string)
 }
 
 fn start_node(home: &Path, args: &ExploreArgs) -> Result<String> {

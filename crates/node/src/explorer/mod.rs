@@ -47,7 +47,7 @@ use crate::daemon::{Cmd, Shared};
 use crate::output::bytes as human_bytes;
 use crate::run;
 
-pub(crate) use explore::{ExploreArgs, explore};
+pub(crate) use explore::{ExploreArgs, explore, running_node};
 pub use public::PublicOptions;
 
 /// Input files one request may carry.
