@@ -95,7 +95,7 @@ fn problems_print_as_file_line_col_job_message_and_help() {
     assert_eq!(
         shown,
         "dags/x.json:3:21: job `a`: unknown field `memroy` in `requirements`\n  help: did you mean `memory`? known fields here: \
-cores, memory, arch, cpu_flags, gpu, network, scratch, output_size, timeout, isolation, labels\n1 problem in dags/x.json"
+cores, memory, arch, cpu_flags, gpu, network, scratch, output_size, timeout, pids, isolation, labels\n1 problem in dags/x.json"
     );
     let two = parse_dag(
         "y.json",
