@@ -682,28 +682,34 @@ enum Source<'a> {
 
 /// Opens `path` for reading if it is a regular file (never blocking on a FIFO): a device or a
 /// FIFO never ends (`file:/dev/zero` filled the disk).
-fn open_regular(path: &Path) -> Result<std::fs::File, StoreError> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+pub fn open_regular(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(StoreError::io("cannot open", path))?;
     let ft = file.metadata().map_err(StoreError::io("cannot stat", path))?.file_type();
-    let kind = if ft.is_file() {
+    if ft.is_file() {
         return Ok(file);
-    } else if ft.is_char_device() {
-        "character device"
-    } else if ft.is_block_device() {
-        "block device"
+    }
+    Err(StoreError::NotRegular { path: path.to_owned(), kind: special_kind(ft) })
+}
+
+/// What a file that is neither a regular file, a directory nor a symlink is, in words.
+pub fn special_kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_socket() {
+        "socket"
     } else if ft.is_fifo() {
         "FIFO"
-    } else if ft.is_socket() {
-        "socket"
+    } else if ft.is_block_device() {
+        "block device"
+    } else if ft.is_char_device() {
+        "character device"
     } else {
         "special file"
-    };
-    Err(StoreError::NotRegular { path: path.to_owned(), kind })
+    }
 }
 
 /// Free space below which a failed write is reported as a full disk, in bytes (less on a

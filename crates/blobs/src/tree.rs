@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -243,18 +243,7 @@ impl Store {
                     let target = target.to_str().ok_or_else(|| StoreError::NonUtf8Name { path: path.clone() })?;
                     EntryKind::Symlink { target: target.to_owned() }
                 } else {
-                    let kind = if ft.is_socket() {
-                        "socket"
-                    } else if ft.is_fifo() {
-                        "fifo"
-                    } else if ft.is_block_device() {
-                        "block device"
-                    } else if ft.is_char_device() {
-                        "character device"
-                    } else {
-                        "special file"
-                    };
-                    return Err(StoreError::Unsupported { path, kind });
+                    return Err(StoreError::Unsupported { path, kind: crate::special_kind(ft) });
                 };
                 entries.push(Entry { name, kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid() });
             }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -378,27 +378,9 @@ fn urlencode(s: &str) -> String {
 /// Opens a file to upload as the store opens one to store: regular files only (a FIFO or a
 /// device would never end), read as long as it was when opened.
 fn open_regular(path: &Path) -> Result<(std::fs::File, u64), StoreError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(io_err("cannot open", path))?;
-    let meta = file.metadata().map_err(io_err("cannot stat", path))?;
-    let ft = meta.file_type();
-    let kind = if ft.is_file() {
-        return Ok((file, meta.len()));
-    } else if ft.is_char_device() {
-        "character device"
-    } else if ft.is_block_device() {
-        "block device"
-    } else if ft.is_fifo() {
-        "FIFO"
-    } else if ft.is_socket() {
-        "socket"
-    } else {
-        "special file"
-    };
-    Err(StoreError::NotRegular { path: path.to_owned(), kind })
+    let file = shoal_blobs::open_regular(path)?;
+    let len = file.metadata().map_err(io_err("cannot stat", path))?.len();
+    Ok((file, len))
 }
 
 /// Checks that the store could hold the directory as a tree (what `put_tree_from_dir` refuses,
@@ -424,18 +406,7 @@ fn check_tree(dir: &Path) -> Result<(), StoreError> {
             if ft.is_dir() {
                 stack.push(path);
             } else if !ft.is_file() && !ft.is_symlink() {
-                let kind = if ft.is_socket() {
-                    "socket"
-                } else if ft.is_fifo() {
-                    "fifo"
-                } else if ft.is_block_device() {
-                    "block device"
-                } else if ft.is_char_device() {
-                    "character device"
-                } else {
-                    "special file"
-                };
-                return Err(StoreError::Unsupported { path, kind });
+                return Err(StoreError::Unsupported { path, kind: shoal_blobs::special_kind(ft) });
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(&path).map_err(io_err("cannot read the link", &path))?;
                 if target.to_str().is_none() {

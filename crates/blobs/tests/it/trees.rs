@@ -137,7 +137,7 @@ async fn refuses_special_files() {
     // SAFETY: `c` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let err = s.put_tree_from_dir(&src).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unsupported { kind: "fifo", .. }), "{err}");
+    assert!(matches!(err, StoreError::Unsupported { kind: "FIFO", .. }), "{err}");
     assert!(err.to_string().contains(fifo.to_str().unwrap()), "{err}");
     s.shutdown().await;
 }
