@@ -1,1 +1,28 @@
-//! Regressions found by fuzzing: one test each, on the input the fuzzer found.
+//! Regressions found by fuzzing or while writing a target: one test each, on the input committed
+//! under `fuzz/regressions/<target>/` (which the corpus replay also runs through the target).
+
+use std::path::{Path, PathBuf};
+
+fn input(target: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions").join(target).join(name)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// A `docker save` archive whose layer is a symlink to /dev/null was imported with the device as
+/// its layer (and one to /dev/zero never finished, filling the disk): it is refused, naming it.
+/// (crates/blobs/tests/it/images.rs has the host-file case.)
+#[test]
+fn archive_layer_link_to_a_device_is_refused() {
+    let rt = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let store = rt.block_on(shoal_blobs::Store::open(home.path())).unwrap();
+    let err = rt
+        .block_on(store.import_docker_archive(&input("archive", "layer-link-to-dev-null"), None))
+        .expect_err("a layer linked to a device")
+        .to_string();
+    assert!(err.contains("`l1/layer.tar` is a link to /dev/null, outside the archive"), "{err}");
+    rt.block_on(store.shutdown());
+}
