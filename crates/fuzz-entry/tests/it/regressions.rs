@@ -26,3 +26,19 @@ fn archive_layer_link_to_a_device_is_refused() {
     assert!(err.contains("`l1/layer.tar` is a link to /dev/null, outside the archive"), "{err}");
     rt.block_on(store.shutdown());
 }
+
+/// A 4.6 KB layer whose one file is 300 directories deep overflowed the stack while its tree was
+/// merged, aborting the process (a node importing it died): such a path is refused, naming it.
+#[test]
+fn layer_path_too_deep_is_refused() {
+    let rt = runtime();
+    let home = tempfile::tempdir().unwrap();
+    let store = rt.block_on(shoal_blobs::Store::open(home.path())).unwrap();
+    let err = rt
+        .block_on(shoal_blobs::image::fuzz::expand_layer(&store, &input("layer", "path-300-deep")))
+        .expect_err("a path 300 deep")
+        .to_string();
+    assert!(err.contains("more than 128 directories deep"), "{err}");
+    shoal_fuzz_entry::layer(&std::fs::read(input("layer", "path-300-deep")).unwrap());
+    rt.block_on(store.shutdown());
+}
