@@ -128,6 +128,17 @@ pub(crate) fn pick_platform<'a>(index: &'a Manifest, source: &str) -> Result<&'a
         })
 }
 
+/// Removes a temporary directory when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = crate::tree::remove_tree_forcefully(dir);
+        }
+    }
+}
+
 /// Where a layer's bytes come from.
 pub(crate) enum LayerSource {
     File(PathBuf),
@@ -178,11 +189,16 @@ impl Store {
             let tree = match cached {
                 Some(t) => t,
                 None => {
-                    let (path, temp) = match &layer.source {
-                        LayerSource::File(p) => (p.clone(), false),
+                    // A downloaded layer's directory goes on every path out, failures included
+                    // (a failed pull left its download behind until the next open).
+                    let mut _download = RemoveOnDrop(None);
+                    let path = match &layer.source {
+                        LayerSource::File(p) => p.clone(),
                         LayerSource::Registry(client) => {
                             let digest = layer.digest.clone().expect("registry layers have digests");
-                            let dest = self.temp_dir("pull")?.join("layer");
+                            let dir = self.temp_dir("pull")?;
+                            _download = RemoveOnDrop(Some(dir.clone()));
+                            let dest = dir.join("layer");
                             let (c, d2, p2, base) = (client.clone(), dest.clone(), progress.clone(), done);
                             tokio::task::spawn_blocking(move || {
                                 c.download_blob(&digest, &d2, |n| {
@@ -193,7 +209,7 @@ impl Store {
                             })
                             .await
                             .map_err(|e| ImageError::format(&name, e.to_string()))??;
-                            (dest, true)
+                            dest
                         }
                     };
                     let (blake, _size, sha) = self.put_file_sha256(&path).await?;
@@ -211,12 +227,6 @@ impl Store {
                             t
                         }
                     };
-                    if temp {
-                        let _ = std::fs::remove_file(&path);
-                        if let Some(parent) = path.parent() {
-                            let _ = std::fs::remove_dir(parent);
-                        }
-                    }
                     tree
                 }
             };

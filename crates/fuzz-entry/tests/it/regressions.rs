@@ -42,3 +42,11 @@ fn layer_path_too_deep_is_refused() {
     shoal_fuzz_entry::layer(&std::fs::read(input("layer", "path-300-deep")).unwrap());
     rt.block_on(store.shutdown());
 }
+
+/// A pull whose layer failed its digest check (or any later step) left the downloaded layer in
+/// the store's `tmp/` until the next open, so failed pulls piled up on disk: found by the
+/// `registry` target, whose entry point checks that `tmp/` is empty after every pull.
+#[test]
+fn failed_pull_leaves_no_download_behind() {
+    shoal_fuzz_entry::registry(&std::fs::read(input("registry", "layer-digest-mismatch")).unwrap());
+}
