@@ -27,9 +27,12 @@ use shoal_node::explorer::request::{INPUT_FILES_MAX, Open, receive};
 use shoal_node::mesh::ledger::{Fact, Ledger};
 use shoal_node::mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp};
 
+/// An entry point: takes any bytes, panics only when an invariant breaks.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus, the file in `fuzz/fuzz_targets/`) and
 /// its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("dag_json", dag_json),
     ("record", record),
     ("fact", fact),
@@ -44,7 +47,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
 ];
 
 /// The entry point named `name`.
-pub fn target(name: &str) -> Option<fn(&[u8])> {
+pub fn target(name: &str) -> Option<Entry> {
     TARGETS.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
 }
 

@@ -219,15 +219,14 @@ impl Store {
                         return Err(ImageError::DigestMismatch { what: name, expected: d.clone(), actual: sha });
                     }
                     Meta::put(&self.meta().sha256, sha.as_bytes(), &blake.0)?;
-                    let tree = match self.cached_layer(&sha).await? {
+                    match self.cached_layer(&sha).await? {
                         Some(t) => t,
                         None => {
                             let t = self.expand_layer(&path, &name).await?;
                             Meta::put(&self.meta().layers, sha.as_bytes(), &t.0)?;
                             t
                         }
-                    };
-                    tree
+                    }
                 }
             };
             layer_trees.push(tree);
