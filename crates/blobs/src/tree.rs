@@ -27,7 +27,7 @@ const TREE_VERSION: u32 = 1;
 /// Most directory levels a tree is stored from or materialized to. Both recurse once per level,
 /// and a job's output 300 directories deep overflowed the stack of `shoal get` (or of the runner
 /// giving it to the next job as an input) and aborted the process; real trees stay far below this.
-pub const TREE_DEPTH_MAX: usize = 128;
+pub const TREE_DEPTH_MAX: usize = 64;
 
 /// One directory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

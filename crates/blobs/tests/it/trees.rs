@@ -322,7 +322,7 @@ async fn trees_deeper_than_the_limit_are_refused() {
     nested(&deep, 300);
     let err = s.put_tree_from_dir(&deep).await.unwrap_err();
     assert!(matches!(err, StoreError::TooDeep { .. }), "{err}");
-    assert!(err.to_string().contains("more than 128 directories below"), "{err}");
+    assert!(err.to_string().contains("more than 64 directories below"), "{err}");
 
     // A tree that deep built blob by blob, as a peer could serve it.
     let file = s.put_bytes(&b"deep"[..]).await.unwrap();
@@ -333,6 +333,6 @@ async fn trees_deeper_than_the_limit_are_refused() {
         tree = s.put_tree(&Tree { entries: vec![entry("a", EntryKind::Dir { hash: tree })] }).await.unwrap();
     }
     let err = s.materialize(tree, &home.path().join("deep-out")).await.unwrap_err();
-    assert!(err.to_string().contains("more than 128 directories deep"), "{err}");
+    assert!(err.to_string().contains("more than 64 directories deep"), "{err}");
     s.shutdown().await;
 }
