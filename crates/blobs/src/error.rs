@@ -47,6 +47,12 @@ pub enum StoreError {
         "{path} is a {kind}; trees hold only files, directories and symlinks: remove it or leave it out of the directory"
     )]
     Unsupported { path: PathBuf, kind: &'static str },
+    /// A directory is nested deeper than a tree may be.
+    #[error(
+        "{path} is more than {max} directories below the directory being stored; flatten it, or pack it in an archive",
+        max = crate::tree::TREE_DEPTH_MAX
+    )]
+    TooDeep { path: PathBuf },
     /// A file name is not UTF-8.
     #[error("the name of {path} is not UTF-8; rename it")]
     NonUtf8Name { path: PathBuf },

@@ -24,6 +24,10 @@ use crate::{Digest, DigestKind, Hash, SMALL_FILE_BYTES, Store, canonical_cbor};
 
 /// The version written in every tree blob.
 const TREE_VERSION: u32 = 1;
+/// Most directory levels a tree is stored from or materialized to. Both recurse once per level,
+/// and a job's output 300 directories deep overflowed the stack of `shoal get` (or of the runner
+/// giving it to the next job as an input) and aborted the process; real trees stay far below this.
+pub const TREE_DEPTH_MAX: usize = 64;
 
 /// One directory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -195,7 +199,7 @@ impl Store {
             });
         }
         let mut links = LinkMap::new();
-        let (hash, size) = self.put_dir_rec(dir.to_owned(), &mut links).await?;
+        let (hash, size) = self.put_dir_rec(dir.to_owned(), 0, &mut links).await?;
         debug!(dir = %dir.display(), %hash, size, "stored tree");
         Ok(Digest { hash, kind: DigestKind::Tree, size })
     }
@@ -203,9 +207,13 @@ impl Store {
     fn put_dir_rec<'a>(
         &'a self,
         dir: PathBuf,
+        depth: usize,
         links: &'a mut LinkMap,
     ) -> BoxFuture<'a, Result<(Hash, u64), StoreError>> {
         Box::pin(async move {
+            if depth > TREE_DEPTH_MAX {
+                return Err(StoreError::TooDeep { path: dir });
+            }
             let rd = std::fs::read_dir(&dir).map_err(StoreError::io("cannot list", &dir))?;
             let mut names = Vec::new();
             for e in rd {
@@ -221,7 +229,7 @@ impl Store {
                 let md = std::fs::symlink_metadata(&path).map_err(StoreError::io("cannot read", &path))?;
                 let ft = md.file_type();
                 let kind = if ft.is_dir() {
-                    let (hash, size) = self.put_dir_rec(path.clone(), links).await?;
+                    let (hash, size) = self.put_dir_rec(path.clone(), depth + 1, links).await?;
                     total += size;
                     EntryKind::Dir { hash }
                 } else if ft.is_file() {
@@ -275,7 +283,7 @@ impl Store {
         std::fs::create_dir(dest).map_err(StoreError::io("cannot create", dest))?;
         let mut done = HashMap::new();
         let root = is_root();
-        let result = self.materialize_rec(tree, dest.to_owned(), root, links, &mut done).await;
+        let result = self.materialize_rec(tree, dest.to_owned(), 0, root, links, &mut done).await;
         if result.is_err() {
             // Never a half-written directory that looks whole.
             let _ = remove_tree_forcefully(dest);
@@ -287,11 +295,18 @@ impl Store {
         &'a self,
         tree: Hash,
         dir: PathBuf,
+        depth: usize,
         root: bool,
         links: Links,
         done: &'a mut HashMap<(Hash, u32, u32, u32), PathBuf>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
+            if depth > TREE_DEPTH_MAX {
+                return Err(StoreError::BadTree {
+                    hash: tree,
+                    reason: format!("it is more than {TREE_DEPTH_MAX} directories deep"),
+                });
+            }
             let t = self.get_tree(tree).await?;
             for e in t.entries {
                 // `decode` refused unsafe names already; check again, cheaply, right where it matters.
@@ -340,7 +355,7 @@ impl Store {
                     }
                     EntryKind::Dir { hash } => {
                         std::fs::create_dir(&path).map_err(StoreError::io("cannot create", &path))?;
-                        self.materialize_rec(*hash, path.clone(), root, links, done).await?;
+                        self.materialize_rec(*hash, path.clone(), depth + 1, root, links, done).await?;
                         if root {
                             std::os::unix::fs::lchown(&path, Some(e.uid), Some(e.gid))
                                 .map_err(StoreError::io("cannot chown", &path))?;

@@ -1,4 +1,13 @@
 //! The parts of shoal-node other crates reuse: the mesh's sans-IO core, which `shoal node` and
-//! `simulations/` drive alike (DESIGN section 3: no second implementation).
+//! `simulations/` drive alike (DESIGN section 3: no second implementation), and the explorer's
+//! parsers of outside bytes (its catalogue and its run requests), which the binary's explorer
+//! and the fuzz targets (`crates/fuzz-entry`) call alike.
 
+pub mod human;
 pub mod mesh;
+
+/// The Program Explorer's parsers; its routes and run pipeline are in the binary.
+pub mod explorer {
+    pub mod catalogue;
+    pub mod request;
+}

@@ -18,6 +18,10 @@ use crate::{Hash, SMALL_FILE_BYTES, Store, StoreError};
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
+/// Most components in a layer entry's path: a tree's depth limit. Building and merging trees
+/// recurse once per level, and a few kilobytes of tar naming a path 300 deep overflowed the stack
+/// and aborted the whole process (found writing the `layer` fuzz target).
+const PATH_DEPTH_MAX: usize = crate::tree::TREE_DEPTH_MAX;
 
 enum Data {
     Mem(Bytes),
@@ -53,6 +57,9 @@ fn split_path(raw: &str) -> Result<Vec<String>, String> {
                 check_name(c)?;
                 out.push(c.to_owned());
             }
+        }
+        if out.len() > PATH_DEPTH_MAX {
+            return Err(format!("the path is more than {PATH_DEPTH_MAX} directories deep"));
         }
     }
     Ok(out)

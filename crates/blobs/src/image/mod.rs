@@ -12,6 +12,7 @@
 //! - `oci`: manifests, OCI layouts, archives, and the common import path.
 //! - `registry`: the OCI distribution API (pull).
 //! - `build`: [`build_oci_layout_from_dir`].
+//! - [`fuzz`]: the private parsers' doors for the fuzz targets (`crates/fuzz-entry`); not an API.
 
 mod build;
 mod layer;
@@ -80,6 +81,69 @@ impl Image {
     }
     pub fn decode(bytes: &[u8]) -> Result<Image, String> {
         crate::from_cbor(bytes)
+    }
+}
+
+/// The narrowest public doors to the image parsers that are otherwise private, for the fuzz
+/// targets (`crates/fuzz-entry`), so nightly fuzzing and the stable corpus replay call the code
+/// an import runs. Not an API: nothing else may use it.
+#[doc(hidden)]
+pub mod fuzz {
+    use std::path::Path;
+
+    use super::oci::{Manifest, parse_config, pick_platform, sha256_of_digest};
+    use super::{ImageConfig, registry};
+    use crate::error::ImageError;
+    use crate::{Hash, Store, StoreError};
+
+    /// What an import takes from a manifest or index: the digest of the platform an index picks,
+    /// or a manifest's config and layer digests (sha256 hex), as `run_import` and `pull` read them.
+    #[derive(Debug)]
+    pub enum ManifestRead {
+        Index { picked: String },
+        Image { config: String, layers: Vec<(String, u64)> },
+    }
+
+    pub fn manifest(raw: &[u8]) -> Result<ManifestRead, ImageError> {
+        let source = "fuzz";
+        let m: Manifest =
+            serde_json::from_slice(raw).map_err(|e| ImageError::format(source, format!("manifest: {e}")))?;
+        if m.is_index() {
+            let picked = pick_platform(&m, source)?.digest.clone();
+            return Ok(ManifestRead::Index { picked: sha256_of_digest(&picked, source)? });
+        }
+        let config = m.config.as_ref().ok_or_else(|| ImageError::format(source, "the manifest has no config"))?;
+        let config = sha256_of_digest(&config.digest, source)?;
+        let mut layers = Vec::new();
+        for l in &m.layers {
+            layers.push((sha256_of_digest(&l.digest, source)?, l.size));
+        }
+        Ok(ManifestRead::Image { config, layers })
+    }
+
+    pub fn config(raw: &[u8]) -> Result<ImageConfig, ImageError> {
+        parse_config(raw, "fuzz")
+    }
+
+    /// The parameters of a registry's `WWW-Authenticate: Bearer ...` challenge.
+    pub fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
+        registry::bearer_params(challenge)
+    }
+
+    /// An image reference as `shoal image pull` reads it: (host, repository, tag or digest).
+    pub fn reference(r: &str) -> Result<(String, String, String), ImageError> {
+        let r = registry::parse_reference(r)?;
+        Ok((r.host, r.repo, r.reference))
+    }
+
+    /// Expands the layer tar (plain, gzip or zstd) at `path` into a tree, whiteouts kept.
+    pub async fn expand_layer(store: &Store, path: &Path) -> Result<Hash, ImageError> {
+        store.expand_layer(path, "fuzz layer").await
+    }
+
+    /// Applies layer tree `upper` onto `lower`, interpreting its whiteouts.
+    pub async fn merge_layers(store: &Store, lower: Option<Hash>, upper: Hash) -> Result<Hash, StoreError> {
+        store.merge_trees(lower, upper).await
     }
 }
 

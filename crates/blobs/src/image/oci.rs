@@ -128,6 +128,17 @@ pub(crate) fn pick_platform<'a>(index: &'a Manifest, source: &str) -> Result<&'a
         })
 }
 
+/// Removes a temporary directory when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = crate::tree::remove_tree_forcefully(dir);
+        }
+    }
+}
+
 /// Where a layer's bytes come from.
 pub(crate) enum LayerSource {
     File(PathBuf),
@@ -178,11 +189,16 @@ impl Store {
             let tree = match cached {
                 Some(t) => t,
                 None => {
-                    let (path, temp) = match &layer.source {
-                        LayerSource::File(p) => (p.clone(), false),
+                    // A downloaded layer's directory goes on every path out, failures included
+                    // (a failed pull left its download behind until the next open).
+                    let mut _download = RemoveOnDrop(None);
+                    let path = match &layer.source {
+                        LayerSource::File(p) => p.clone(),
                         LayerSource::Registry(client) => {
                             let digest = layer.digest.clone().expect("registry layers have digests");
-                            let dest = self.temp_dir("pull")?.join("layer");
+                            let dir = self.temp_dir("pull")?;
+                            _download = RemoveOnDrop(Some(dir.clone()));
+                            let dest = dir.join("layer");
                             let (c, d2, p2, base) = (client.clone(), dest.clone(), progress.clone(), done);
                             tokio::task::spawn_blocking(move || {
                                 c.download_blob(&digest, &d2, |n| {
@@ -193,7 +209,7 @@ impl Store {
                             })
                             .await
                             .map_err(|e| ImageError::format(&name, e.to_string()))??;
-                            (dest, true)
+                            dest
                         }
                     };
                     let (blake, _size, sha) = self.put_file_sha256(&path).await?;
@@ -203,21 +219,14 @@ impl Store {
                         return Err(ImageError::DigestMismatch { what: name, expected: d.clone(), actual: sha });
                     }
                     Meta::put(&self.meta().sha256, sha.as_bytes(), &blake.0)?;
-                    let tree = match self.cached_layer(&sha).await? {
+                    match self.cached_layer(&sha).await? {
                         Some(t) => t,
                         None => {
                             let t = self.expand_layer(&path, &name).await?;
                             Meta::put(&self.meta().layers, sha.as_bytes(), &t.0)?;
                             t
                         }
-                    };
-                    if temp {
-                        let _ = std::fs::remove_file(&path);
-                        if let Some(parent) = path.parent() {
-                            let _ = std::fs::remove_dir(parent);
-                        }
                     }
-                    tree
                 }
             };
             layer_trees.push(tree);
@@ -345,7 +354,8 @@ struct DockerManifestEntry {
 }
 
 fn docker_manifest(dir: &Path) -> Option<Vec<DockerManifestEntry>> {
-    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()
+    let path = regular_file_inside(dir, &dir.join("manifest.json"), "").ok()?;
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 fn docker_repo_tag(dir: &Path) -> Option<String> {
@@ -357,13 +367,39 @@ fn inside(dir: &Path, rel: &str, source: &str) -> Result<PathBuf, ImageError> {
     if rel.split('/').any(|c| c == "..") || rel.starts_with('/') {
         return Err(ImageError::format(source, format!("path `{rel}` leaves the archive")));
     }
-    Ok(dir.join(rel))
+    regular_file_inside(dir, &dir.join(rel), source)
+}
+
+/// `path`, which must resolve to a regular file inside `dir`. An archive's symlinks are unpacked
+/// as written, so a hostile one could otherwise make the import read a host file (`config.json`
+/// -> a file of the host) or a device (a layer -> /dev/zero, read until the disk is full); a
+/// link to another file of the archive (`docker save` links identical layers) is fine. A missing
+/// file is left for the read that needs it to report (a cached layer is never read).
+fn regular_file_inside(dir: &Path, path: &Path, source: &str) -> Result<PathBuf, ImageError> {
+    let rel = path.strip_prefix(dir).unwrap_or(path).display();
+    let root = std::fs::canonicalize(dir).map_err(ImageError::io("cannot read", dir))?;
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_owned()),
+        Err(e) => return Err(ImageError::io("cannot read", path)(e)),
+    };
+    if !real.starts_with(&root) {
+        return Err(ImageError::format(
+            source,
+            format!("`{rel}` is a link to {}, outside the archive; an image brings its own files", real.display()),
+        ));
+    }
+    let md = std::fs::metadata(&real).map_err(ImageError::io("cannot read", &real))?;
+    if !md.is_file() {
+        return Err(ImageError::format(source, format!("`{rel}` is not a regular file")));
+    }
+    Ok(real)
 }
 
 fn docker_plan(dir: &Path, tag: Option<String>, tar: &Path) -> Result<ImportPlan, ImageError> {
     let source = tar.display().to_string();
-    let raw =
-        std::fs::read(dir.join("manifest.json")).map_err(ImageError::io("cannot read", dir.join("manifest.json")))?;
+    let path = inside(dir, "manifest.json", &source)?;
+    let raw = std::fs::read(&path).map_err(ImageError::io("cannot read", &path))?;
     let entries: Vec<DockerManifestEntry> =
         serde_json::from_slice(&raw).map_err(|e| ImageError::format(&source, format!("manifest.json: {e}")))?;
     let entry =
@@ -383,12 +419,12 @@ fn docker_plan(dir: &Path, tag: Option<String>, tar: &Path) -> Result<ImportPlan
 
 fn read_blob(dir: &Path, digest: &str, source: &str) -> Result<(PathBuf, String), ImageError> {
     let hex = sha256_of_digest(digest, source)?;
-    Ok((dir.join("blobs/sha256").join(&hex), hex))
+    Ok((regular_file_inside(dir, &dir.join("blobs/sha256").join(&hex), source)?, hex))
 }
 
 fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<ImportPlan, ImageError> {
     let source = archive.unwrap_or(dir).display().to_string();
-    let index_path = dir.join("index.json");
+    let index_path = regular_file_inside(dir, &dir.join("index.json"), &source)?;
     let raw = std::fs::read(&index_path).map_err(ImageError::io("cannot read the OCI layout index", &index_path))?;
     let index: Manifest =
         serde_json::from_slice(&raw).map_err(|e| ImageError::format(&source, format!("index.json: {e}")))?;

@@ -77,7 +77,7 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
 }
 
 /// The `key="value"` parameters of a `WWW-Authenticate: Bearer ...` challenge.
-fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn bearer_params(challenge: &str) -> Option<Vec<(String, String)>> {
     let rest = challenge.trim().strip_prefix("Bearer ").or_else(|| challenge.trim().strip_prefix("bearer "))?;
     let mut out = Vec::new();
     let mut chars = rest.chars().peekable();

@@ -557,3 +557,74 @@ async fn an_open_after_a_compaction_cut_short_keeps_the_database() {
     assert!(!home.path().join("meta.new").exists());
     s.shutdown().await;
 }
+
+/// An archive (or layout) whose files are links out of it: `tar` unpacks a symlink as written,
+/// and the import used to follow it, so a hostile archive read host files into an image (its
+/// config from a file of the host, a layer from /dev/null; /dev/zero never ended and filled
+/// the disk). Found while writing the `archive` fuzz target; the input of the /dev/null case is
+/// fuzz/regressions/archive/layer-link-to-dev-null.
+#[tokio::test]
+async fn archive_links_leading_out_are_refused() {
+    let (home, s) = store().await;
+    let outside = home.path().join("host-config.json");
+    std::fs::write(&outside, br#"{"architecture":"host-file-was-read"}"#).unwrap();
+    let layer = layer_tar(&[L::File("f", b"f", 0o644)]);
+    let archive = |config: L, layer_entry: L| {
+        let mut b = tar::Builder::new(Vec::new());
+        let manifest = br#"[{"Config":"config.json","RepoTags":["links:1"],"Layers":["l1/layer.tar"]}]"#;
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(manifest.len() as u64);
+        b.append_data(&mut h, "manifest.json", &manifest[..]).unwrap();
+        for e in [config, layer_entry] {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            match e {
+                L::File(p, d, _) => {
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, p, d).unwrap();
+                }
+                L::Sym(p, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        b.into_inner().unwrap()
+    };
+    let config = br#"{"architecture":"amd64"}"#;
+    let cases = [
+        ("config", archive(L::Sym("config.json", outside.to_str().unwrap()), L::File("l1/layer.tar", &layer, 0))),
+        ("layer", archive(L::File("config.json", config, 0), L::Sym("l1/layer.tar", "/dev/null"))),
+    ];
+    for (what, bytes) in cases {
+        let path = home.path().join(format!("{what}.tar"));
+        std::fs::write(&path, &bytes).unwrap();
+        let err = s.import_docker_archive(&path, None).await.expect_err(what).to_string();
+        assert!(err.contains("outside the archive") || err.contains("not a regular file"), "{what}: {err}");
+    }
+    // A link inside the archive (docker save links identical layers) still imports.
+    let inner = archive(L::File("config.json", config, 0), L::Sym("l1/layer.tar", "../l0/layer.tar"));
+    let mut with_target = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(layer.len() as u64);
+    with_target.append_data(&mut h, "l0/layer.tar", &layer[..]).unwrap();
+    let mut a = tar::Archive::new(&inner[..]);
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut h = e.header().clone();
+        let p = e.path().unwrap().into_owned();
+        if h.entry_type() == tar::EntryType::Symlink {
+            with_target.append_link(&mut h, &p, e.link_name().unwrap().unwrap()).unwrap();
+        } else {
+            with_target.append_data(&mut h, &p, &mut e).unwrap();
+        }
+    }
+    let path = home.path().join("inner.tar");
+    std::fs::write(&path, with_target.into_inner().unwrap()).unwrap();
+    s.import_docker_archive(&path, None).await.expect("a link inside the archive");
+    s.shutdown().await;
+}

@@ -296,3 +296,43 @@ async fn many_identical_files_materialize_as_copies_and_past_the_link_limit() {
     assert!(s.materialize(broken, &bad).await.is_err());
     assert!(!bad.exists(), "a failed materialization left a half-written directory");
 }
+
+/// A directory 300 levels deep (a job's output, say) overflowed the stack when it was
+/// materialized, aborting `shoal get` or the runner handing it to the next job: storing one
+/// deeper than `TREE_DEPTH_MAX` is refused naming it, and so is materializing a tree made
+/// elsewhere (a peer's) that deep; `TREE_DEPTH_MAX` levels store and materialize.
+#[tokio::test]
+async fn trees_deeper_than_the_limit_are_refused() {
+    use shoal_blobs::tree::TREE_DEPTH_MAX;
+    let (home, s) = store().await;
+    let nested = |root: &Path, depth: usize| {
+        let mut p = root.to_path_buf();
+        for _ in 0..depth {
+            p.push("a");
+        }
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("f"), b"deep").unwrap();
+    };
+    let ok = home.path().join("ok");
+    nested(&ok, TREE_DEPTH_MAX);
+    let d = s.put_tree_from_dir(&ok).await.unwrap();
+    s.materialize(d.hash, &home.path().join("ok-out")).await.unwrap();
+
+    let deep = home.path().join("deep");
+    nested(&deep, 300);
+    let err = s.put_tree_from_dir(&deep).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooDeep { .. }), "{err}");
+    assert!(err.to_string().contains("more than 64 directories below"), "{err}");
+
+    // A tree that deep built blob by blob, as a peer could serve it.
+    let file = s.put_bytes(&b"deep"[..]).await.unwrap();
+    let entry = |name: &str, kind| Entry { name: name.into(), kind, mode: 0o755, uid: 0, gid: 0 };
+    let mut tree =
+        s.put_tree(&Tree { entries: vec![entry("f", EntryKind::File { hash: file, size: 4 })] }).await.unwrap();
+    for _ in 0..300 {
+        tree = s.put_tree(&Tree { entries: vec![entry("a", EntryKind::Dir { hash: tree })] }).await.unwrap();
+    }
+    let err = s.materialize(tree, &home.path().join("deep-out")).await.unwrap_err();
+    assert!(err.to_string().contains("more than 64 directories deep"), "{err}");
+    s.shutdown().await;
+}

@@ -13,11 +13,13 @@
 //!
 //! # Layout
 //! - this file: the routes and the run pipeline.
-//! - `catalogue`: the TOML catalogue, option checking and argv rendering.
+//! - `catalogue` (in the library, `shoal_node::explorer`): the TOML catalogue, option checking
+//!   and argv rendering.
+//! - `request` (in the library too, so the fuzz targets reach it): reading the multipart body
+//!   into the store; this file's [`Gate`] adds a public explorer's limits.
 //! - `explore`: `shoal explore` (finds or starts a local node, prints and opens the URL).
 //! - `page/`: the page, plain HTML, CSS and JS embedded in the binary (no build step).
 
-mod catalogue;
 mod explore;
 pub(crate) mod public;
 
@@ -37,34 +39,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shoal_blobs::tree::EntryKind;
 use shoal_dag::{Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, OutputSpec, Requirements, ResolvedJob};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
-use self::catalogue::{Catalogue, Entry, Problem};
 use self::public::{Limited, Limits};
 use crate::daemon::auth::{Caller, ClientKey};
 use crate::daemon::{Cmd, Shared};
 use crate::output::bytes as human_bytes;
 use crate::run;
+use shoal_node::explorer::catalogue::{self, Catalogue, Entry};
+use shoal_node::explorer::request::{
+    ExError, Gate, INPUT_FILE_BYTES_MAX, INPUT_FILES_MAX, REQUEST_BYTES_MAX, REQUEST_HEADER_SLACK_BYTES, Received,
+    STDIN_BYTES_MAX, bad, internal, receive,
+};
 
 pub(crate) use explore::{ExploreArgs, explore, running_node};
 pub use public::PublicOptions;
 
-/// Input files one request may carry.
-const INPUT_FILES_MAX: usize = 32;
-/// Largest input file, in bytes.
-const INPUT_FILE_BYTES_MAX: u64 = 4 << 20;
-/// Largest stdin, in bytes.
-const STDIN_BYTES_MAX: u64 = 4 << 20;
-/// Largest request (all parts' contents together), in bytes.
-const REQUEST_BYTES_MAX: u64 = 16 << 20;
-/// Room for the multipart headers above [`REQUEST_BYTES_MAX`], in bytes.
-const REQUEST_HEADER_SLACK_BYTES: usize = 1 << 20;
-/// Largest `request` part (the JSON descriptor), in bytes.
-const DESCRIPTOR_BYTES_MAX: usize = 64 << 10;
-/// After refusing a request, how much more of its body is read (and dropped) so the client gets
-/// the answer instead of a reset connection, in bytes.
-const DRAIN_BYTES_MAX: u64 = 64 << 20;
 /// Stdout, stderr, inputs and text outputs up to this size come inline in a run view, in bytes.
 const INLINE_TEXT_BYTES_MAX: u64 = 64 << 10;
 /// Output files listed in a run view (the rest are counted).
@@ -165,39 +155,6 @@ pub(crate) fn router(public: PublicOptions) -> Router<Shr> {
         .layer(Extension(explorer))
 }
 
-/// An error of the explorer's API: `{"error": ..., "problems": [...]}` with a status code.
-#[derive(Debug)]
-struct ExError {
-    status: StatusCode,
-    message: String,
-    problems: Vec<Problem>,
-    /// Sent as `Retry-After` (seconds) with a 429.
-    retry_after_s: Option<u64>,
-}
-
-impl ExError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ExError {
-        ExError { status, message: message.into(), problems: Vec::new(), retry_after_s: None }
-    }
-}
-
-impl IntoResponse for ExError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message});
-        if !self.problems.is_empty() {
-            body["problems"] = json!(self.problems);
-        }
-        if let Some(s) = self.retry_after_s {
-            body["retry_after_s"] = json!(s);
-        }
-        let mut r = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after_s {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
 fn limited(l: Limited) -> ExError {
     match l {
         Limited::Wait { retry_after_s, why } => {
@@ -205,16 +162,6 @@ fn limited(l: Limited) -> ExError {
         }
         Limited::Disk(why) => ExError::new(StatusCode::INSUFFICIENT_STORAGE, why),
     }
-}
-
-fn bad(msg: impl Into<String>) -> ExError {
-    ExError::new(StatusCode::BAD_REQUEST, msg)
-}
-fn too_large(msg: impl Into<String>) -> ExError {
-    ExError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
-}
-fn internal(e: impl std::fmt::Display) -> ExError {
-    ExError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
 /// `blake3:<hex>` or the bare hex.
@@ -282,35 +229,12 @@ async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explo
 // ---------------------------------------------------------------------------------------------
 // Running
 
-/// The `request` part.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunRequest {
-    /// The catalogue id.
-    entry: String,
-    #[serde(default)]
-    options: BTreeMap<String, Value>,
-    /// The file to run, for images whose command names `{main}`.
-    main: Option<String>,
-}
-
 /// What the job carries in [`REQUEST_ENV`]: enough to fill the page again.
 #[derive(Serialize, Deserialize)]
 struct Carried {
     entry: String,
     options: BTreeMap<String, Value>,
     main: Option<String>,
-}
-
-/// A request whose parts are in the store.
-struct Received<'a> {
-    entry: Entry,
-    options: BTreeMap<String, Value>,
-    main: Option<String>,
-    inputs: BTreeMap<String, Digest>,
-    stdin: Option<Digest>,
-    /// An anonymous run's place among those in progress, held until it is answered.
-    _admitted: Option<public::Admitted<'a>>,
 }
 
 async fn run_request(
@@ -333,10 +257,12 @@ async fn run_request(
         _ => None,
     };
     let tmp = tempfile::Builder::new().prefix("explore-").tempdir_in(tmp_root(&s)?).map_err(internal)?;
-    let quota = anonymous.map(|c| (&ex.limits, c));
-    let received = receive(&s, &loaded.catalogue, multipart, tmp.path(), quota).await?;
+    let mut gate = Public { quota: anonymous.map(|c| (&ex.limits, c)), home: s.store.home(), admitted: None };
+    let received = receive(&s.store, &loaded.catalogue, multipart, tmp.path(), &mut gate).await?;
     drop(tmp);
     let (record, cached) = execute(&s, &ex, received).await?;
+    // An anonymous run's place among those in progress is held until it is answered.
+    drop(gate);
     keep(&s, &ex.limits, record).await;
     let mut view = run_view_of(&s, record).await?;
     view.cached = Some(cached);
@@ -344,216 +270,49 @@ async fn run_request(
     Ok(Json(view).into_response())
 }
 
+/// A public explorer's limits on one anonymous caller (none for a token holder or the local
+/// user), as the request reading asks for them.
+struct Public<'a> {
+    quota: Option<(&'a Limits, ClientKey)>,
+    home: &'a std::path::Path,
+    /// The run's place among those in progress, once admitted.
+    admitted: Option<public::Admitted<'a>>,
+}
+
+impl Gate for Public<'_> {
+    fn allow(&mut self, entry: &Entry) -> Result<(), ExError> {
+        if entry.network && self.quota.is_some() {
+            return Err(ExError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "`{}` runs with a network, which this node offers to token holders only; send a token \
+                     (Authorization: Bearer) or choose another image",
+                    entry.id
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self) -> Result<(), ExError> {
+        if let Some((limits, client)) = self.quota {
+            self.admitted = Some(limits.admit(client, self.home, Instant::now()).map_err(limited)?);
+        }
+        Ok(())
+    }
+
+    fn charge(&mut self, bytes: u64) -> Result<(), ExError> {
+        if let Some((limits, client)) = self.quota {
+            limits.charge_upload(client, bytes, crate::tokens::now_unix_ms() / 1000).map_err(limited)?;
+        }
+        Ok(())
+    }
+}
+
 fn tmp_root(s: &Shared) -> Result<PathBuf, ExError> {
     let dir = s.store.home().join("tmp");
     std::fs::create_dir_all(&dir).map_err(internal)?;
     Ok(dir)
-}
-
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ExError {
-    ExError::new(e.status(), format!("reading the request: {}", e.body_text()))
-}
-
-/// An anonymous client's upload quota: the limits and whom to count against.
-type Quota<'a> = Option<(&'a Limits, ClientKey)>;
-
-/// Reads the parts in order, each file streamed through `dir` into the store. A refused request
-/// is read to its end (dropping up to [`DRAIN_BYTES_MAX`]) before the answer, so the client reads
-/// the reason instead of a reset connection.
-async fn receive<'a>(
-    s: &Shared,
-    cat: &Catalogue,
-    mut mp: Multipart,
-    dir: &std::path::Path,
-    quota: Quota<'a>,
-) -> Result<Received<'a>, ExError> {
-    let result = receive_parts(s, cat, &mut mp, dir, quota).await;
-    if result.is_err() {
-        drain(&mut mp).await;
-    }
-    result
-}
-
-/// Reads and drops the rest of a refused request, up to [`DRAIN_BYTES_MAX`].
-async fn drain(mp: &mut Multipart) {
-    let mut drained = 0u64;
-    'parts: while let Ok(Some(mut field)) = mp.next_field().await {
-        while let Ok(Some(chunk)) = field.chunk().await {
-            drained += chunk.len() as u64;
-            if drained > DRAIN_BYTES_MAX {
-                break 'parts;
-            }
-        }
-    }
-}
-
-async fn receive_parts<'a>(
-    s: &Shared,
-    cat: &Catalogue,
-    mp: &mut Multipart,
-    dir: &std::path::Path,
-    quota: Quota<'a>,
-) -> Result<Received<'a>, ExError> {
-    let mut field = mp
-        .next_field()
-        .await
-        .map_err(multipart_error)?
-        .ok_or_else(|| bad("the request is empty; its first part is `request` (JSON: entry, options, main)"))?;
-    if field.name() != Some("request") {
-        return Err(bad(format!(
-            "the first part is `{}`; it must be `request` (JSON: entry, options, main)",
-            field.name().unwrap_or("")
-        )));
-    }
-    let mut descriptor = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-        if descriptor.len() + chunk.len() > DESCRIPTOR_BYTES_MAX {
-            return Err(too_large(format!(
-                "the `request` part is larger than {}",
-                human_bytes(DESCRIPTOR_BYTES_MAX as u64)
-            )));
-        }
-        descriptor.extend_from_slice(&chunk);
-    }
-    drop(field);
-    let req: RunRequest = serde_json::from_slice(&descriptor)
-        .map_err(|e| bad(format!("the `request` part is not {{\"entry\", \"options\", \"main\"}} JSON: {e}")))?;
-    let entry = cat.entry(&req.entry).cloned().ok_or_else(|| {
-        let ids: Vec<&str> = cat.entries.iter().map(|e| e.id.as_str()).collect();
-        ExError::new(
-            StatusCode::NOT_FOUND,
-            format!("the catalogue has no image `{}`; it has: {}", req.entry, ids.join(", ")),
-        )
-    })?;
-    // Options are checked before any file is stored: a bad form costs no upload into the store.
-    if entry.network && quota.is_some() {
-        return Err(ExError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "`{}` runs with a network, which this node offers to token holders only; send a token \
-                 (Authorization: Bearer) or choose another image",
-                entry.id
-            ),
-        ));
-    }
-    let options = entry.normalize(&req.options).map_err(|problems| ExError {
-        retry_after_s: None,
-        status: StatusCode::BAD_REQUEST,
-        message: format!(
-            "{} option{} of `{}` {} wrong: {}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            entry.id,
-            if problems.len() == 1 { "is" } else { "are" },
-            problems.iter().map(|p| p.message.as_str()).collect::<Vec<_>>().join("; ")
-        ),
-        problems,
-    })?;
-    // An anonymous run is counted once its request is known to be one this node runs: a refused
-    // form costs the client nothing.
-    let admitted = match quota {
-        Some((limits, client)) => Some(limits.admit(client, s.store.home(), Instant::now()).map_err(limited)?),
-        None => None,
-    };
-
-    let mut inputs: BTreeMap<String, Digest> = BTreeMap::new();
-    let mut stdin: Option<Digest> = None;
-    let mut total = descriptor.len() as u64;
-    let mut n = 0usize;
-    while let Some(mut field) = mp.next_field().await.map_err(multipart_error)? {
-        let part = field.name().unwrap_or("").to_string();
-        let (what, limit, name) = match part.as_str() {
-            "file" => {
-                let name = field.file_name().unwrap_or("").to_string();
-                if !catalogue::input_name(&name) {
-                    return Err(bad(format!(
-                        "`{name}` is not a file name the sandbox takes: start with a letter or digit, then letters, \
-                         digits, `.`, `_` and `-`, at most 128 characters"
-                    )));
-                }
-                if inputs.contains_key(&name) {
-                    return Err(bad(format!("two input files are named `{name}`")));
-                }
-                if inputs.len() >= INPUT_FILES_MAX {
-                    return Err(too_large(format!(
-                        "too many input files: at most {INPUT_FILES_MAX} per run; put more in one archive"
-                    )));
-                }
-                (format!("the input file `{name}`"), INPUT_FILE_BYTES_MAX, Some(name))
-            }
-            "stdin" => {
-                if stdin.is_some() {
-                    return Err(bad("the request has two `stdin` parts"));
-                }
-                ("stdin".to_string(), STDIN_BYTES_MAX, None)
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown part `{other}`; after `request` come `file` parts (with a filename) and `stdin`"
-                )));
-            }
-        };
-        let path = dir.join(format!("part-{n}"));
-        n += 1;
-        let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
-        let mut size = 0u64;
-        while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
-            size += chunk.len() as u64;
-            total += chunk.len() as u64;
-            if size > limit {
-                return Err(too_large(format!(
-                    "{what} is larger than {}, the limit for one {}",
-                    human_bytes(limit),
-                    if name.is_some() { "file" } else { "stdin" }
-                )));
-            }
-            if total > REQUEST_BYTES_MAX {
-                return Err(too_large(format!(
-                    "the request is larger than {}, the limit for all files together",
-                    human_bytes(REQUEST_BYTES_MAX)
-                )));
-            }
-            if let Some((limits, client)) = quota {
-                limits
-                    .charge_upload(client, chunk.len() as u64, crate::tokens::now_unix_ms() / 1000)
-                    .map_err(limited)?;
-            }
-            file.write_all(&chunk).await.map_err(internal)?;
-        }
-        file.flush().await.map_err(internal)?;
-        drop(file);
-        let (hash, size) = s.store.put_file(&path).await.map_err(internal)?;
-        let _ = tokio::fs::remove_file(&path).await;
-        let digest = Digest { hash, kind: DigestKind::File, size };
-        match name {
-            Some(name) => {
-                inputs.insert(name, digest);
-            }
-            None => stdin = Some(digest),
-        }
-    }
-
-    let main = match req.main {
-        Some(m) if inputs.contains_key(&m) => Some(m),
-        Some(m) => {
-            return Err(bad(format!("`main` names `{m}`, which is not among the input files")));
-        }
-        // The first file of a type the image reads, else the first file.
-        None => inputs
-            .keys()
-            .find(|n| entry.inputs.iter().any(|t| t == cat.media_type_of(n)))
-            .or_else(|| inputs.keys().next())
-            .cloned(),
-    };
-    if entry.needs_main() && main.is_none() {
-        return Err(ExError {
-            retry_after_s: None,
-            status: StatusCode::BAD_REQUEST,
-            message: format!("`{}` runs a file, and the request has none; add one", entry.id),
-            problems: vec![Problem { option: String::new(), message: "no input file".into() }],
-        });
-    }
-    Ok(Received { entry, options, main, inputs, stdin, _admitted: admitted })
 }
 
 /// The one-job DAG of a request.
@@ -586,7 +345,7 @@ fn job_of(r: &Received) -> Result<Job, ExError> {
 }
 
 /// Runs the request as `shoal run` would; returns its record and whether the cache answered.
-async fn execute(s: &Shr, ex: &Explorer, r: Received<'_>) -> Result<(Hash, bool), ExError> {
+async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ExError> {
     let job = job_of(&r)?;
     let (image_id, _) = s.store.resolve_image(&job.image).await.map_err(|e| {
         ExError::new(
