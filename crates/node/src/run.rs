@@ -247,6 +247,7 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
+    drop(bytes);
     let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let reports = run_dag(store, dag, dag_dir, opts).await?;
     let out = render(&reports, opts.json)?;
