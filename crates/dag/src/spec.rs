@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::Hash;
 use crate::json::{self, Member, Node, Pos, Value};
 use crate::record::DigestKind;
+use crate::sorted_map::SortedMap;
 use crate::units::{parse_duration_ms, parse_size};
 
 /// Where a problem is: file, 1-based line and column.
@@ -112,12 +113,13 @@ pub struct Job {
     pub id: String,
     pub image: ImageRef,
     pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    /// Maps as sorted vectors: a DAG holds every job's for its whole run (see [`SortedMap`]).
+    pub env: SortedMap<String, String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub stdin: Option<InputRef>,
-    pub inputs: BTreeMap<String, InputRef>,
-    pub outputs: BTreeMap<String, OutputSpec>,
+    pub inputs: SortedMap<String, InputRef>,
+    pub outputs: SortedMap<String, OutputSpec>,
     pub requirements: Requirements,
 }
 
@@ -726,12 +728,12 @@ impl Cx {
             id: id?,
             image: image.unwrap_or(ImageRef::Tag(String::new())),
             command: command.unwrap_or_default(),
-            env,
+            env: env.into(),
             workdir,
             user,
             stdin,
-            inputs,
-            outputs,
+            inputs: inputs.into(),
+            outputs: outputs.into(),
             requirements,
         };
         Some((job, JobPlaces { id_pos, refs, image_ref }))

@@ -777,7 +777,7 @@ async fn execute(
         gid,
         stdin,
         inputs: mounts,
-        outputs: job.outputs.clone(),
+        outputs: job.outputs.clone().into(),
         limits: Limits {
             cores: r.cores,
             memory_bytes: r.memory_bytes,
