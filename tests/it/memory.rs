@@ -43,6 +43,8 @@ fn own_peak_rss() -> u64 {
 /// kernel's maxrss of the process, from wait4, which is at least this process's peak RSS when it
 /// was started), with stdout in `out`.
 fn peak_rss(home: &Home, args: &[&str], out: &Path) -> (i32, u64) {
+    // Reaped by the wait4 below, which also reports its rusage (std's `wait` does not).
+    #[allow(clippy::zombie_processes)]
     let mut child = Command::new(shoal_bin())
         .args(args)
         .env("SHOAL_HOME", home.store())
@@ -68,6 +70,7 @@ fn peak_rss(home: &Home, args: &[&str], out: &Path) -> (i32, u64) {
         }
         if start.elapsed() > COMMAND_TIMEOUT {
             let _ = child.kill();
+            let _ = child.wait();
             panic!("shoal {args:?} did not finish in {COMMAND_TIMEOUT:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
