@@ -6,6 +6,7 @@ mod cli;
 mod explorer;
 mod hardening;
 mod held_home;
+mod memory;
 mod mesh;
 mod microvm;
 mod support;

@@ -97,6 +97,12 @@ pub const IMAGE_BYTES_MAX_DEFAULT: u64 = 32 << 30;
 /// Reads (get, export) in flight at once. iroh-blobs queues at most 32 operations per hash and
 /// answers the rest "busy"; many jobs reading one image at once would otherwise hit that.
 const READS_IN_FLIGHT_MAX: usize = 16;
+/// Blobs up to this size are kept inside iroh-blobs' database (redb), larger ones in files of
+/// their own, bytes. redb keeps every page it reads or writes in memory up to its 1 GiB default
+/// (iroh-blobs 0.104 has no setting for it), so with iroh's 16 KiB each job's run record (2 KB)
+/// stayed in memory: 4 KB a job in a big DAG. A record in a file costs its creation instead
+/// (no sync), and the database only its entry.
+pub const BLOB_INLINE_BYTES_MAX: u64 = 1024;
 
 pub(crate) fn to_iroh(h: Hash) -> iroh_blobs::Hash {
     iroh_blobs::Hash::from_bytes(h.0)
@@ -173,6 +179,7 @@ impl Store {
         let (gc_config, gc_tx) = gc::iroh_gc_config();
         let mut options = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
         options.gc = Some(gc_config);
+        options.inline.max_data_inlined = BLOB_INLINE_BYTES_MAX;
         let blobs = iroh_blobs::store::fs::FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
             .await
             .map_err(|e| OpenError::Blobs { path: blobs_dir.clone(), message: e.to_string() })?;

@@ -59,25 +59,45 @@ pub struct SyntaxError {
 /// exhaust the stack.
 const DEPTH_MAX: usize = 64;
 
+#[cfg(test)]
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let mut p = Parser { chars: text.chars().collect(), i: 0, line: 1, col: 1 };
-    p.skip_ws();
-    let node = p.value(0)?;
-    p.skip_ws();
-    if p.i < p.chars.len() {
-        return Err(p.err("unexpected text after the end of the JSON document"));
-    }
-    Ok(node)
+    Parser::new(text, None).document()
 }
 
-struct Parser {
-    chars: Vec<char>,
+/// Like [`parse`], but each element of the array under `key` in the top-level object (its first
+/// occurrence) is handed to `take` as soon as it is parsed, and left in the tree as a `Null` at
+/// its position. A DAG's jobs are converted one at a time this way: the located tree of a whole
+/// big DAG took more memory than the DAG it describes.
+pub fn parse_taking(text: &str, key: &str, take: &mut dyn FnMut(Node)) -> Result<Node, SyntaxError> {
+    Parser::new(text, Some((key, take))).document()
+}
+
+struct Parser<'a> {
+    /// The text, read in place (a copy as `char`s took four bytes per byte of the file).
+    text: &'a str,
+    /// Byte offset of the next character.
     i: usize,
     line: u32,
     col: u32,
+    /// The top-level key whose array elements are handed out, and to what; taken when used.
+    take: Option<(&'a str, &'a mut dyn FnMut(Node))>,
 }
 
-impl Parser {
+impl<'a> Parser<'a> {
+    fn new(text: &'a str, take: Option<(&'a str, &'a mut dyn FnMut(Node))>) -> Self {
+        Parser { text, i: 0, line: 1, col: 1, take }
+    }
+
+    fn document(mut self) -> Result<Node, SyntaxError> {
+        self.skip_ws();
+        let node = self.value(0)?;
+        self.skip_ws();
+        if self.i < self.text.len() {
+            return Err(self.err("unexpected text after the end of the JSON document"));
+        }
+        Ok(node)
+    }
+
     fn pos(&self) -> Pos {
         Pos { line: self.line, col: self.col }
     }
@@ -87,12 +107,12 @@ impl Parser {
     }
 
     fn peek(&self) -> Option<char> {
-        self.chars.get(self.i).copied()
+        self.text[self.i..].chars().next()
     }
 
     fn bump(&mut self) -> Option<char> {
         let c = self.peek()?;
-        self.i += 1;
+        self.i += c.len_utf8();
         if c == '\n' {
             self.line += 1;
             self.col = 1;
@@ -131,7 +151,7 @@ impl Parser {
         let pos = self.pos();
         let value = match self.peek() {
             Some('{') => self.object(depth)?,
-            Some('[') => self.array(depth)?,
+            Some('[') => self.array(depth, None)?,
             Some('"') => Value::String(self.string()?),
             Some('t') => self.word("true", Value::Bool(true))?,
             Some('f') => self.word("false", Value::Bool(false))?,
@@ -276,7 +296,7 @@ impl Parser {
         Ok(v)
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, SyntaxError> {
+    fn array(&mut self, depth: usize, mut take: Option<&mut dyn FnMut(Node)>) -> Result<Value, SyntaxError> {
         self.expect('[', "`[`")?;
         let mut items = Vec::new();
         self.skip_ws();
@@ -286,7 +306,15 @@ impl Parser {
         }
         loop {
             self.skip_ws();
-            items.push(self.value(depth + 1)?);
+            let item = self.value(depth + 1)?;
+            match take.as_mut() {
+                Some(take) => {
+                    let pos = item.pos;
+                    take(item);
+                    items.push(Node { pos, value: Value::Null });
+                }
+                None => items.push(item),
+            }
             self.skip_ws();
             match self.peek() {
                 Some(',') => {
@@ -325,7 +353,15 @@ impl Parser {
             self.skip_ws();
             self.expect(':', "`:` after the key")?;
             self.skip_ws();
-            let value = self.value(depth + 1)?;
+            let value = match self.take.take() {
+                Some((k, take)) if depth == 0 && k == key && self.peek() == Some('[') => {
+                    Node { pos: self.pos(), value: self.array(depth + 1, Some(take))? }
+                }
+                other => {
+                    self.take = other;
+                    self.value(depth + 1)?
+                }
+            };
             members.push(Member { key, key_pos, value });
             self.skip_ws();
             match self.peek() {
@@ -381,10 +417,34 @@ mod tests {
             ("[01]", 1, 2),
             ("{}\n x", 2, 2),
             ("[tru]", 1, 2),
+            // Columns count characters, not bytes.
+            ("[\"é😀\" x]", 1, 7),
         ] {
             let e = parse(text).unwrap_err();
             assert_eq!((e.pos.line, e.pos.col), (line, col), "{text}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn taking_hands_out_the_top_level_arrays_elements_once() {
+        let mut taken = Vec::new();
+        let text = "{\"jobs\": [{\"a\": 1},\n 2], \"x\": {\"jobs\": [3]}, \"jobs\": [4]}";
+        let node = parse_taking(text, "jobs", &mut |n| taken.push(n)).unwrap();
+        assert_eq!(
+            taken.iter().map(|n| n.pos).collect::<Vec<_>>(),
+            [Pos { line: 1, col: 11 }, Pos { line: 2, col: 2 }]
+        );
+        assert_eq!(taken[1].value, Value::Number("2".into()));
+        let Value::Object(members) = node.value else { panic!() };
+        // Left as nulls at their places; a nested or second `jobs` is kept whole.
+        let Value::Array(items) = &members[0].value.value else { panic!() };
+        assert_eq!(
+            items.iter().map(|n| (n.pos, &n.value)).collect::<Vec<_>>(),
+            [(Pos { line: 1, col: 11 }, &Value::Null), (Pos { line: 2, col: 2 }, &Value::Null)]
+        );
+        let Value::Array(items) = &members[2].value.value else { panic!() };
+        assert_eq!(items[0].value, Value::Number("4".into()));
+        assert_eq!(parse(text).unwrap().pos, Pos { line: 1, col: 1 });
     }
 
     #[test]

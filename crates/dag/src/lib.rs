@@ -10,6 +10,7 @@
 //! - `units`: sizes (`256MiB`) and durations (`1h30m`).
 //! - `cbor`: [`canonical_cbor`], the one encoding that is ever hashed.
 //! - `record`: [`ResolvedJob`] and its action key, [`RunRecord`] and its signature.
+//! - `sorted_map`: [`SortedMap`], the small map of a job's inputs, outputs and variables.
 //!
 //! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
 
@@ -17,12 +18,14 @@ mod cbor;
 mod hash;
 mod json;
 mod record;
+mod sorted_map;
 mod spec;
 mod units;
 
 pub use cbor::{canonical_cbor, from_cbor};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
+pub use sorted_map::SortedMap;
 pub use spec::{
     Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
     PIDS_MAX_DEFAULT, Requirements, escape_for_terminal, parse_dag, parse_dag_bytes,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::Hash;
 use crate::json::{self, Member, Node, Pos, Value};
 use crate::record::DigestKind;
+use crate::sorted_map::SortedMap;
 use crate::units::{parse_duration_ms, parse_size};
 
 /// Where a problem is: file, 1-based line and column.
@@ -112,12 +113,13 @@ pub struct Job {
     pub id: String,
     pub image: ImageRef,
     pub command: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    /// Maps as sorted vectors: a DAG holds every job's for its whole run (see [`SortedMap`]).
+    pub env: SortedMap<String, String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub stdin: Option<InputRef>,
-    pub inputs: BTreeMap<String, InputRef>,
-    pub outputs: BTreeMap<String, OutputSpec>,
+    pub inputs: SortedMap<String, InputRef>,
+    pub outputs: SortedMap<String, OutputSpec>,
     pub requirements: Requirements,
 }
 
@@ -313,7 +315,21 @@ fn job_refs(job: &Job) -> Vec<(String, String)> {
 
 /// Parses and validates a DAG, reporting every problem at once.
 pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
-    let root = match json::parse(text) {
+    let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new() };
+    // Each job is converted as soon as it is parsed and its located tree dropped: the tree of a
+    // whole DAG took about twice the memory of the DAG itself.
+    let mut converted = Converted::default();
+    let parsed = json::parse_taking(text, "jobs", &mut |item| {
+        match cx.job(&item) {
+            Some((job, place)) => {
+                converted.jobs.push(job);
+                converted.places.push(place);
+            }
+            None => converted.failed = true,
+        }
+        converted.taken = true;
+    });
+    let root = match parsed {
         Ok(root) => root,
         Err(e) => {
             return Err(Diagnostics(vec![Diagnostic {
@@ -325,8 +341,7 @@ pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
             }]));
         }
     };
-    let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new() };
-    let dag = cx.dag(&root);
+    let dag = cx.dag(&root, converted);
     if cx.diags.is_empty()
         && let Some(dag) = dag
     {
@@ -343,9 +358,18 @@ struct JobPlaces {
     id_pos: Pos,
     /// For each reference: (job, output, where the reference string is).
     refs: Vec<(String, String, Pos)>,
-    /// Where each output was declared, with its spec.
-    outputs: BTreeMap<String, (Pos, OutputSpec)>,
     image_ref: Option<(String, String, Pos)>,
+}
+
+/// The jobs converted while the file was parsed (`json::parse_taking`).
+#[derive(Default)]
+struct Converted {
+    /// Whether the top-level `jobs` array was handed over element by element.
+    taken: bool,
+    jobs: Vec<Job>,
+    places: Vec<JobPlaces>,
+    /// Some job did not convert (its problems are reported).
+    failed: bool,
 }
 
 struct Cx {
@@ -496,7 +520,8 @@ impl Cx {
         }
     }
 
-    fn dag(&mut self, root: &Node) -> Option<Dag> {
+    fn dag(&mut self, root: &Node, converted: Converted) -> Option<Dag> {
+        self.job = None;
         let top = self.object(root, "the DAG", TOP_FIELDS)?;
         let mut ok = true;
         match top.get("version") {
@@ -535,17 +560,22 @@ impl Cx {
             self.report(jobs_member.value.pos, "`jobs` is empty", "add at least one job");
             return None;
         }
-        let mut jobs = Vec::new();
-        let mut places = Vec::new();
-        for item in items {
-            match self.job(item) {
-                Some((job, place)) => {
-                    jobs.push(job);
-                    places.push(place);
+        let (mut jobs, mut places) = (converted.jobs, converted.places);
+        if converted.taken {
+            ok &= !converted.failed;
+        } else {
+            for item in items {
+                match self.job(item) {
+                    Some((job, place)) => {
+                        jobs.push(job);
+                        places.push(place);
+                    }
+                    None => ok = false,
                 }
-                None => ok = false,
             }
         }
+        // Held for the whole run: no doubling slack.
+        jobs.shrink_to_fit();
         self.check_graph(&jobs, &places);
         self.job = None;
         (ok && self.diags.is_empty()).then_some(Dag { version: 1, jobs })
@@ -654,7 +684,6 @@ impl Cx {
             }
         }
         let mut outputs = BTreeMap::new();
-        let mut output_places = BTreeMap::new();
         if let Some(m) = fields.get("outputs")
             && let Some(members) = self.object(&m.value, "`outputs`", &[])
         {
@@ -685,7 +714,6 @@ impl Cx {
                     }
                     paths.insert(path, (name.to_string(), member.value.pos.line));
                 }
-                output_places.insert(name.to_string(), (member.value.pos, spec.clone()));
                 outputs.insert(name.to_string(), spec);
             }
         }
@@ -700,15 +728,15 @@ impl Cx {
             id: id?,
             image: image.unwrap_or(ImageRef::Tag(String::new())),
             command: command.unwrap_or_default(),
-            env,
+            env: env.into(),
             workdir,
             user,
             stdin,
-            inputs,
-            outputs,
+            inputs: inputs.into(),
+            outputs: outputs.into(),
             requirements,
         };
-        Some((job, JobPlaces { id_pos, refs, outputs: output_places, image_ref }))
+        Some((job, JobPlaces { id_pos, refs, image_ref }))
     }
 
     fn command(&mut self, node: &Node) -> Option<Vec<String>> {
@@ -1144,9 +1172,9 @@ impl Cx {
                     self.report(*pos, format!("no job `{target}` in this DAG"), help);
                     continue;
                 };
-                match places[t].outputs.get(output) {
+                match jobs[t].outputs.get(output) {
                     None => {
-                        let names: Vec<&str> = places[t].outputs.keys().map(String::as_str).collect();
+                        let names: Vec<&str> = jobs[t].outputs.keys().map(String::as_str).collect();
                         self.report(
                             *pos,
                             format!("job `{target}` has no output `{output}`"),
@@ -1156,7 +1184,7 @@ impl Cx {
                             ),
                         );
                     }
-                    Some((_, spec)) => {
+                    Some(spec) => {
                         let is_image = places[i]
                             .image_ref
                             .as_ref()

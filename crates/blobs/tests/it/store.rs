@@ -308,3 +308,18 @@ async fn a_pin_with_an_end_keeps_its_blob_until_then_and_only_grows() {
     assert!(s.has(future).await.unwrap() && s.has(forever).await.unwrap());
     s.shutdown().await;
 }
+
+/// A blob over `BLOB_INLINE_BYTES_MAX` (a run record is ~2 KB) is a file of its own, not a value
+/// in iroh-blobs' redb, which keeps every page it touches in memory (4 KB a job of a big DAG).
+#[tokio::test]
+async fn blobs_over_the_inline_size_are_files_of_their_own() {
+    let (home, s) = store().await;
+    let data = home.path().join("blobs").join("data");
+    let small = vec![b's'; shoal_blobs::BLOB_INLINE_BYTES_MAX as usize];
+    let record_sized = vec![b'r'; 2000];
+    let (hs, hr) = (s.put_bytes(small.clone()).await.unwrap(), s.put_bytes(record_sized.clone()).await.unwrap());
+    assert!(!data.join(format!("{}.data", hs.to_hex())).exists(), "a small blob left the database");
+    assert!(data.join(format!("{}.data", hr.to_hex())).is_file(), "a 2 KB blob stayed in the database");
+    assert_eq!(s.get_bytes(hr).await.unwrap().as_deref(), Some(&record_sized[..]));
+    assert_eq!(s.get_bytes(hs).await.unwrap().as_deref(), Some(&small[..]));
+}

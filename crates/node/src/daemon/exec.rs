@@ -45,7 +45,7 @@ pub(crate) async fn run_claimed(
 ) -> Finished {
     match run_claimed_inner(shared, ctx, idx, upstream, peers).await {
         Ok(report) if report.status == Status::Done => match report.record {
-            Some(record) => Finished::Done { record, bytes: report.outputs.values().map(|d| d.size).sum() },
+            Some(record) => Finished::Done { record, bytes: report.outputs.iter().map(|(_, d)| d.size).sum() },
             None => Finished::Failed("no run record".into()),
         },
         Ok(report) => {
