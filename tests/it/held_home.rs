@@ -336,3 +336,51 @@ fn a_held_home_whose_node_wants_tokens_is_used_with_shoal_token() {
     assert_success(&stored, "blob put with $SHOAL_TOKEN");
     assert!(stdout(&stored).starts_with("blake3:"));
 }
+
+/// Regression: `/v1/local/ready` answered before its body arrived and left it unread, so hyper
+/// closed the connection, and the CLI's upload that followed on it (ureq keeps connections) failed
+/// with "Peer disconnected" on a loaded machine. Here the body comes late, on purpose.
+#[test]
+fn a_keep_alive_connection_survives_a_ready_whose_body_comes_late() {
+    use std::io::{Read, Write};
+    let tmp = Home::empty();
+    let key = mesh_key(tmp.path());
+    let node = MeshNode::start(Home::empty(), &key, &[], &[]);
+    let addr = node.http.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST /v1/local/ready HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    s.write_all(b"{}").unwrap();
+    let first = read_reply(&mut s);
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    // The same connection takes the next request.
+    s.write_all(format!("GET /v1/health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let second = read_reply(&mut s);
+    assert!(second.starts_with("HTTP/1.1 200"), "the node closed the connection after a ready: {second:?}");
+
+    /// One reply with a Content-Length body, or what came before the connection closed.
+    fn read_reply(s: &mut std::net::TcpStream) -> String {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if bytes.len() >= end + 4 + len {
+                    return String::from_utf8_lossy(&bytes[..end + 4 + len]).into_owned();
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&bytes).into_owned(),
+                Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+}

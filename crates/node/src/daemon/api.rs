@@ -193,7 +193,7 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
     Ok(axum::Json(json!({"node": status.node, "dag": hash, "known": view.known, "jobs": view.jobs})).into_response())
 }
 
-async fn cancel(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
+async fn cancel(State(s): State<Shr>, Path(dag): Path<String>, _body: axum::body::Bytes) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
     if ask(&s, |reply| Cmd::Cancel { dag: hash, reply }).await? {
         Ok(axum::Json(json!({"dag": hash, "cancelled": true})).into_response())

@@ -292,13 +292,15 @@ fn file_body(file: std::fs::File) -> Body {
 
 /// Asked before an upload: a node that refuses the caller (a token missing or too weak) says so
 /// here, where a refusal mid-body would reach the client as a broken connection.
-async fn ready() -> Response {
+/// Reads its (empty) body: hyper closes a keep-alive connection whose request body is unread when
+/// the reply goes out, and the client's next request on it (the upload) would find it closed.
+async fn ready(_body: axum::body::Bytes) -> Response {
     axum::Json(json!({"ok": true})).into_response()
 }
 
 /// `shoal gc`, refused while jobs run here: it removes what nothing references yet, such as a
 /// running job's outputs before its record is written.
-async fn gc(State(s): State<Shr>) -> Result<Response, LocalError> {
+async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, LocalError> {
     let (tx, rx) = oneshot::channel();
     s.cmds.send(Cmd::Metrics { reply: tx }).await.map_err(|_| failed("the node is stopping"))?;
     let metrics = rx.await.map_err(|_| failed("the node is stopping"))?;
