@@ -411,3 +411,193 @@ fn a_node_s_upload_and_dag_limits_are_settable() {
     let _ = conn.read_to_string(&mut reply);
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A store that cannot be opened (issue 16, "Proving it: Faults"): each damage as a user meets it,
+// with the real binary: exit 2, no panic, a message naming the path and what to do, and the
+// advice, followed, gives a store that opens.
+
+/// Runs `shoal args` on `home` and checks it refused to open the store as a user should see it:
+/// exit 2, no panic text, every one of `needles` in the message. Returns the message.
+fn refused(home: &Home, args: &[&str], needles: &[&str]) -> String {
+    let out = home.shoal(args);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "shoal {args:?}: {:?}\n{text}", out.status);
+    assert!(!text.contains("panicked") && !text.contains("RUST_BACKTRACE"), "shoal {args:?} panicked:\n{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "shoal {args:?}: the message lacks `{needle}`:\n{text}");
+    }
+    text
+}
+
+/// A home with an image and one run in it (so both databases have tables and pages).
+fn used_home() -> Home {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "one.json",
+        r#"{"version": 1, "jobs": [{"id": "one", "image": "busybox:latest", "command": ["echo", "one"],
+            "outputs": {"o": "stdout"}}]}"#,
+    );
+    assert_success(&run_ns(&home, &dag), "a first run");
+    home
+}
+
+/// The sled metadata database overwritten with garbage, or damaged at its start: named, with the
+/// command that moves it aside; done, the store opens again (empty metadata, blobs kept).
+#[test]
+fn a_damaged_metadata_database_is_named_with_the_fix() {
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 3] = [
+        ("garbage", |db| std::fs::write(db, vec![0xa5u8; std::fs::metadata(db).unwrap().len() as usize]).unwrap()),
+        ("a flipped header", |db| {
+            let mut bytes = std::fs::read(db).unwrap();
+            for b in &mut bytes[100..108] {
+                *b ^= 0xff;
+            }
+            std::fs::write(db, bytes).unwrap();
+        }),
+        ("emptied", |db| std::fs::write(db, b"").unwrap()),
+    ];
+    for (what, damage) in damages {
+        let home = used_home();
+        let meta = home.store().join("meta");
+        damage(&meta.join("db"));
+        let path = meta.to_str().unwrap();
+        for args in [&["image", "ls"][..], &["get", "one", "o"], &["gc"]] {
+            let text = refused(&home, args, &[path, "damaged", "mv "]);
+            assert!(text.contains(&format!("{path}.damaged")), "{what}: {text}");
+        }
+        std::fs::rename(&meta, home.store().join("meta.damaged")).unwrap();
+        assert_success(&home.shoal(&["blob", "ls"]), &format!("{what}: blob ls after moving meta aside"));
+    }
+
+    // A file where the database's directory belongs.
+    let home = used_home();
+    let meta = home.store().join("meta");
+    std::fs::remove_dir_all(&meta).unwrap();
+    std::fs::write(&meta, "not a directory").unwrap();
+    refused(&home, &["image", "ls"], &[meta.to_str().unwrap(), "not a directory", "mv "]);
+}
+
+/// iroh-blobs' redb database damaged: not a database, truncated, pages overwritten (redb panics
+/// on those in a thread of iroh-blobs' runtime: the panic must not reach the user), a directory.
+#[test]
+fn a_damaged_blob_database_is_named_with_the_fix() {
+    type Damage = fn(&std::path::Path);
+    let damages: [(&str, Damage); 4] = [
+        ("garbage", |db| std::fs::write(db, vec![0x5au8; 64 << 10]).unwrap()),
+        ("truncated", |db| {
+            let f = std::fs::OpenOptions::new().write(true).open(db).unwrap();
+            f.set_len(1000).unwrap();
+        }),
+        ("pages overwritten", |db| {
+            // The first byte of every page after the header is its type.
+            let mut bytes = std::fs::read(db).unwrap();
+            for page in (4096..bytes.len()).step_by(4096) {
+                bytes[page] = 0xff;
+            }
+            std::fs::write(db, bytes).unwrap();
+        }),
+        ("a directory", |db| {
+            std::fs::remove_file(db).unwrap();
+            std::fs::create_dir(db).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        let home = used_home();
+        let blobs = home.store().join("blobs");
+        damage(&blobs.join("blobs.db"));
+        let path = blobs.to_str().unwrap();
+        for args in [&["image", "ls"][..], &["blob", "ls"]] {
+            let text = refused(&home, args, &[path, "damaged", "mv "]);
+            assert!(text.contains(&format!("{path}.damaged")), "{what}: {text}");
+        }
+        std::fs::rename(&blobs, home.store().join("blobs.damaged")).unwrap();
+        assert_success(&home.shoal(&["blob", "ls"]), &format!("{what}: blob ls after moving blobs aside"));
+    }
+}
+
+/// A store this user may not read or write (the test runs shoal as `nobody`, so it needs root,
+/// as CI has): the message names the very file and says to chown or chmod it.
+#[test]
+fn an_unreadable_store_names_the_file_and_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = used_home();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let chown = std::process::Command::new("chown").args(["-R", "nobody"]).arg(home.store()).output().unwrap();
+    assert!(chown.status.success(), "chown needs root (CI runs as root): {}", stderr(&chown));
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(shoal_bin())
+            .args(args)
+            .env("SHOAL_HOME", home.store())
+            .env_remove("RUST_LOG")
+            .current_dir("/");
+        run_with_deadline(cmd)
+    };
+    assert_success(&as_nobody(&["image", "ls"]), "image ls as the store's owner");
+    for rel in ["meta", "meta/db", "blobs", "blobs/blobs.db"] {
+        let path = home.store().join(rel);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0)).unwrap();
+        let out = as_nobody(&["image", "ls"]);
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{rel}: {text}");
+        assert!(!text.contains("panicked"), "{rel}: {text}");
+        assert!(
+            text.contains(&format!("{} ", path.display())) || text.contains(&format!("{}:", path.display())),
+            "{rel}: {text}"
+        );
+        assert!(text.contains("chown or chmod"), "{rel}: {text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// Two `shoal run` at once on one home: the second named neither the process nor what to do
+/// (sled's "could not acquire lock ... WouldBlock").
+#[test]
+fn a_store_in_use_names_the_process_holding_it() {
+    let home = used_home();
+    let slow = home.write(
+        "slow.json",
+        r#"{"version": 1, "jobs": [{"id": "slow", "image": "busybox:latest", "command": ["sleep", "100"],
+            "requirements": {"timeout": "110s"}, "outputs": {"o": "stdout"}}]}"#,
+    );
+    let mut first = std::process::Command::new(shoal_bin())
+        .args(["run", "--backend", "namespace", slow.to_str().unwrap()])
+        .env("SHOAL_HOME", home.store())
+        .env_remove("RUST_LOG")
+        .current_dir(home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop<'a>(&'a mut std::process::Child);
+    impl Drop for KillOnDrop<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = first.id();
+    let _guard = KillOnDrop(&mut first);
+    // Waits (with a deadline) until the first run holds the store's lock, as /proc/locks says.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) != Some(&"->") && f.get(4) == Some(&pid.to_string().as_str())
+    }) {
+        assert!(started.elapsed() < COMMAND_TIMEOUT, "the first shoal run never locked its store");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let one = home.path().join("one.json");
+    let store = home.store();
+    for args in [&["run", "--backend", "namespace", one.to_str().unwrap()][..], &["image", "ls"]] {
+        refused(
+            &home,
+            args,
+            &[store.to_str().unwrap(), "in use by", &format!("process {pid}"), "shoal run", &format!("kill {pid}")],
+        );
+    }
+}

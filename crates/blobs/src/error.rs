@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::Hash;
 
-/// Opening a store.
+/// Opening a store. Each variant names the file and what to do; none is a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// A directory of the store could not be created.
@@ -13,16 +13,27 @@ pub enum OpenError {
         "cannot create the shoal store directory {path}: {source}; check its permissions or set SHOAL_HOME to a writable directory"
     )]
     CreateDir { path: PathBuf, source: std::io::Error },
-    /// The sled metadata database did not open.
+    /// Something other than a directory is where the store keeps one.
     #[error(
-        "cannot open the metadata database {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory"
+        "{path} is not a directory, and the store keeps its {what} there: move it away (`mv {path} {path}.old`) or set SHOAL_HOME to another directory"
     )]
-    Meta { path: PathBuf, message: String },
-    /// The iroh-blobs store did not open.
+    NotADir { path: PathBuf, what: &'static str },
+    /// Another process holds the store's lock (sled's, or iroh-blobs' redb's): one process at a
+    /// time opens a store.
     #[error(
-        "cannot open the blob store {path}: {message}; if another shoal process uses this home, stop it or set SHOAL_HOME to another directory"
+        "the store {home} is in use by {holder} ({path} is locked): one process at a time opens a store; wait for it to end or stop it{hint}, or set SHOAL_HOME to another directory"
     )]
-    Blobs { path: PathBuf, message: String },
+    Locked { home: PathBuf, path: PathBuf, holder: String, hint: String },
+    /// A database file does not decode: damaged on disk, or written by something else.
+    #[error(
+        "the {what} {path} is damaged ({message}): move it aside (`mv {path} {path}.damaged`) and run again to start it empty — {loses}; or put back a copy from a backup"
+    )]
+    Damaged { what: &'static str, path: PathBuf, message: String, loses: &'static str },
+    /// A file or directory of the store cannot be read or written by this user.
+    #[error(
+        "cannot open the {what} {path}: {message}; the user running shoal must be able to read and write it and the directories above it (`ls -ld {path}`, then chown or chmod), or set SHOAL_HOME to a directory of your own"
+    )]
+    Access { what: &'static str, path: PathBuf, message: String },
 }
 
 /// Storing, reading, trees, records and garbage collection.

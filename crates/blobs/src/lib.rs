@@ -15,6 +15,8 @@
 //! - [`net`]: an iroh endpoint serving the store's blobs to peers (iroh-blobs), and fetching
 //!   blobs, trees and images from peers, verified while they stream.
 //! - `error`: [`OpenError`], [`StoreError`], [`ImageError`].
+//! - `open`: why a store did not open (lock holder, damaged database, permissions), as an
+//!   [`OpenError`] naming the file and the fix.
 //! - `compat`: the shoal-dag types this crate uses, in one place.
 //!
 //! Invariants: a blob's name is the BLAKE3 of its bytes (iroh-blobs verifies it); a tree blob is
@@ -28,6 +30,7 @@ mod gc;
 pub mod image;
 mod meta;
 pub mod net;
+mod open;
 pub mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -43,6 +46,7 @@ pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbo
 pub use error::{ImageError, OpenError, StoreError};
 pub use gc::GcReport;
 pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
+pub use open::is_blob_store_open_panic;
 pub use tree::remove_tree_forcefully;
 
 use meta::Meta;
@@ -127,8 +131,15 @@ impl Store {
         if let Err(e) = meta::recover_compaction(&home.join("meta")) {
             tracing::warn!("finishing an interrupted compaction of {}: {e}", home.join("meta").display());
         }
-        for sub in ["", "blobs", "meta", "rootfs", "tmp"] {
+        for (sub, what) in [
+            ("", "files"),
+            ("blobs", "blobs"),
+            ("meta", "metadata database"),
+            ("rootfs", "image roots"),
+            ("tmp", "temporary files"),
+        ] {
             let p = home.join(sub);
+            open::check_dir(&p, what)?;
             std::fs::create_dir_all(&p).map_err(|source| OpenError::CreateDir { path: p.clone(), source })?;
         }
         let home =
@@ -153,8 +164,7 @@ impl Store {
             }
         }
         // sled locks its directory: a second process fails here, before touching anything.
-        let meta =
-            Meta::open(&meta_dir).map_err(|e| OpenError::Meta { path: meta_dir.clone(), message: e.to_string() })?;
+        let meta = Meta::open(&meta_dir).map_err(|e| open::meta_error(&home, &meta_dir, e))?;
         // Leftovers of interrupted imports and materializations.
         if let Ok(rd) = std::fs::read_dir(home.join("tmp")) {
             for e in rd.flatten() {
@@ -180,9 +190,11 @@ impl Store {
         let mut options = iroh_blobs::store::fs::options::Options::new(&blobs_dir);
         options.gc = Some(gc_config);
         options.inline.max_data_inlined = BLOB_INLINE_BYTES_MAX;
+        let opening = open::OpeningBlobs::start();
         let blobs = iroh_blobs::store::fs::FsStore::load_with_opts(blobs_dir.join("blobs.db"), options)
             .await
-            .map_err(|e| OpenError::Blobs { path: blobs_dir.clone(), message: e.to_string() })?;
+            .map_err(|e| open::blobs_error(&home, &blobs_dir, e.to_string()))?;
+        drop(opening);
         let corrupt: HashSet<Hash> =
             meta.corrupt.iter().keys().filter_map(|k| k.ok().and_then(|k| meta::hash_of(&k))).collect();
         if !corrupt.is_empty() {

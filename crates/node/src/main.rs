@@ -31,5 +31,17 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(run::SANDBOX_SUBCOMMAND) {
         shoal_vm::sandbox_helper_main();
     }
+    quiet_store_open_panics();
     cli::main()
+}
+
+/// redb panics on some damaged pages of a blob database; the store's open turns that into an
+/// error naming the file and the fix, so the panic's own text and backtrace are left out.
+fn quiet_store_open_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !shoal_blobs::is_blob_store_open_panic(std::thread::current().name()) {
+            default(info);
+        }
+    }));
 }
