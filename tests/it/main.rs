@@ -6,6 +6,7 @@ mod cli;
 mod explorer;
 mod hardening;
 mod held_home;
+mod load;
 mod memory;
 mod mesh;
 mod microvm;

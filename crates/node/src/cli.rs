@@ -284,6 +284,17 @@ struct NodeArgs {
     /// Require API tokens on loopback too (they are always required on other addresses).
     #[arg(long)]
     http_auth: bool,
+    /// HTTP connections served at once; past it a new connection is answered 503 (`Retry-After:
+    /// 1`) and closed. Lowered when the open-files limit (raised to its hard limit at start) is
+    /// too small for it.
+    #[arg(long, default_value_t = crate::daemon::serve::CONNECTIONS_MAX_DEFAULT as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    http_connections_max: u64,
+    /// How long an HTTP connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed, in ms.
+    #[arg(long, default_value_t = crate::daemon::serve::HEADER_TIMEOUT_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    http_header_timeout_ms: u64,
     /// Anyone may use the Program Explorer (the page and runs of catalogue entries, never with a
     /// network), within the limits below; everything else needs a token.
     #[arg(long)]
@@ -873,6 +884,10 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         shutdown: None,
         http_hosts,
         http_auth: args.http_auth,
+        http_limits: crate::daemon::serve::HttpLimits {
+            connections_max: usize::try_from(args.http_connections_max).unwrap_or(usize::MAX),
+            header_timeout_ms: args.http_header_timeout_ms,
+        },
         explorer: crate::explorer::PublicOptions {
             enabled: args.explorer_public,
             runs_per_minute: args.explorer_runs_per_minute,
@@ -1044,6 +1059,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         http_auth: false,
         upload_bytes_max: crate::daemon::UPLOAD_BYTES_MAX_DEFAULT,
         dag_bytes_max: crate::daemon::DAG_BYTES_MAX_DEFAULT,
+        http_limits: Default::default(),
         explorer: crate::explorer::PublicOptions::default(),
         local_upload_bytes_max: crate::daemon::LOCAL_UPLOAD_BYTES_MAX_DEFAULT,
     };

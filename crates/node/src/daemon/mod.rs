@@ -19,6 +19,7 @@ mod exec;
 mod hold;
 mod local;
 pub mod pin;
+pub mod serve;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -102,6 +103,8 @@ pub struct NodeOptions {
     pub http_auth: bool,
     /// The explorer: public or not, and the limits of anonymous runs.
     pub explorer: crate::explorer::PublicOptions,
+    /// Connections the HTTP API serves at once, and how long one may take to send its headers.
+    pub http_limits: serve::HttpLimits,
     /// Stops the node when notified (an embedded node, `shoal run --join`); signals always do.
     pub shutdown: Option<Arc<tokio::sync::Notify>>,
     /// Largest body of one `POST /v1/blobs`, bytes (`--upload-size-max`).
@@ -423,12 +426,11 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         explorer_public: opts.explorer.enabled,
     });
     let app = api::router(shared.clone(), opts.test_partitions, guard);
-    tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app).await {
-            warn!("the HTTP API stopped: {e}");
-        }
-    });
+    let http_limits = serve::HttpLimits {
+        connections_max: serve::fit_connections_to_files(opts.http_limits.connections_max),
+        ..opts.http_limits
+    };
+    tokio::spawn(serve::serve(listener, app, http_limits));
     if let Some(t) = tokens {
         // When each token was last used, for `shoal token ls`: written off the request path.
         tokio::spawn(async move {
