@@ -601,3 +601,57 @@ fn a_store_in_use_names_the_process_holding_it() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by bench/soak.py (issue 16, "Proving it: Load and soak").
+
+/// A byte flipped in a node's copy of an output: the first read through the API found the
+/// corruption and answered 500, although the other node held the output whole. It must fetch the
+/// output again from that peer and answer with the right bytes (outputs and `/v1/blobs`).
+#[test]
+fn a_corrupted_copy_is_fetched_again_from_a_peer_on_read() {
+    use crate::mesh::{MeshNode, mesh_key, wait_dag, wait_for_mesh};
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
+    wait_for_mesh(&[&n0, &n1]);
+    // Over iroh-blobs' 16 KiB inline size, so the output has a data file to corrupt.
+    let dag = n0.home.write(
+        "gen.json",
+        r#"{"version": 1, "jobs": [{"id": "gen", "image": "busybox:latest", "command": ["seq", "1", "9000"],
+            "outputs": {"o": "stdout"}}]}"#,
+    );
+    let out = n0.cli(&["submit", dag.to_str().unwrap()]);
+    assert_success(&out, "submit");
+    let dag = stdout(&out).trim().to_string();
+    wait_dag(&n1, &dag, std::time::Duration::from_secs(120), "gen done", |v| v["jobs"]["gen"]["state"] == "done");
+    let want: String = (1..=9000).map(|i| format!("{i}\n")).collect();
+    let path = format!("/v1/dags/{dag}/jobs/gen/outputs/o");
+    // What came back, short: the status, and the body if it is not the output.
+    let answer = |(status, body): (u16, Vec<u8>)| {
+        if body == want.as_bytes() {
+            (status, "the output".to_string())
+        } else {
+            (status, String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned())
+        }
+    };
+    let whole = (200, "the output".to_string());
+    // Both nodes hold it once each has served it.
+    for n in [&n0, &n1] {
+        assert_eq!(answer(n.get(&path)), whole);
+    }
+    let record = n1.get_json(&format!("/v1/dags/{dag}"))["jobs"]["gen"]["record"].as_str().unwrap().to_string();
+    let hash = n1.get_json(&format!("/v1/records/{record}"))["stdout"]["hash"].as_str().unwrap().to_string();
+    let flip = |n: &MeshNode| {
+        let hex = hash.trim_start_matches("blake3:");
+        let file = n.home.store().join("blobs/data").join(format!("{hex}.data"));
+        let mut bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        bytes[1000] ^= 0x20;
+        std::fs::write(&file, bytes).unwrap();
+    };
+    flip(&n1);
+    assert_eq!(answer(n1.get(&path)), whole, "an output after a flip");
+    flip(&n0);
+    assert_eq!(answer(n0.get(&format!("/v1/blobs/{hash}"))), whole, "a blob after a flip");
+}

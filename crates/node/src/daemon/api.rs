@@ -298,7 +298,7 @@ async fn job_output(
     let hash_header = digest.hash.to_string();
     match digest.kind {
         DigestKind::File => {
-            let bytes = s.store.need_bytes(digest.hash).await.map_err(internal)?;
+            let bytes = read_repaired(&s, digest.hash, runner).await?;
             Ok((
                 [
                     (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -311,8 +311,24 @@ async fn job_output(
         DigestKind::Tree => {
             let tmp =
                 tempfile::Builder::new().prefix("out-").tempdir_in(s.store.home().join("tmp")).map_err(internal)?;
-            let dir = tmp.path().join("tree");
-            s.store.materialize_read_only(digest.hash, &dir).await.map_err(internal)?;
+            let mut dir = tmp.path().join("tree");
+            if let Err(shoal_blobs::StoreError::Corrupt { hash, .. }) =
+                s.store.materialize_read_only(digest.hash, &dir).await
+            {
+                // A file of the tree was corrupted here (the read took it out of use): fetch the
+                // tree's missing parts again and materialize it anew.
+                tracing::warn!(%hash, tree = %digest.hash, "an output's copy here is corrupted: fetching it again");
+                let (blobs, tree) = (&s.blobs, digest.hash);
+                with_providers(&s, runner, |p| async move {
+                    blobs.fetch_tree(tree, &p).await.map(|_| ()).map_err(anyhow::Error::from)
+                })
+                .await
+                .map_err(|e| internal(format!("{e:#}")))?;
+                dir = tmp.path().join("tree-fetched");
+            }
+            if !dir.exists() {
+                s.store.materialize_read_only(digest.hash, &dir).await.map_err(internal)?;
+            }
             let tar = tokio::task::spawn_blocking(move || {
                 let mut b = tar::Builder::new(Vec::new());
                 b.follow_symlinks(false);
@@ -348,8 +364,27 @@ async fn blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response
         .await
         .map_err(|e| not_found(format!("{e:#}")))?;
     }
-    let bytes = s.store.need_bytes(hash).await.map_err(internal)?;
+    let bytes = read_repaired(&s, hash, None).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// A blob's bytes from this store. When the read finds the copy here corrupted (which takes it
+/// out of use), the blob is fetched again from the peers (`first` first) and read once more: the
+/// first reader after a flipped byte got a 500 where a peer held the blob whole.
+async fn read_repaired(s: &Shared, hash: Hash, first: Option<[u8; 32]>) -> Result<bytes::Bytes, ApiError> {
+    match s.store.need_bytes(hash).await {
+        Err(shoal_blobs::StoreError::Corrupt { .. }) => {
+            tracing::warn!(%hash, "a blob's copy here is corrupted: fetching it again from the peers");
+            let blobs = &s.blobs;
+            with_providers(s, first, |p| async move {
+                blobs.fetch(hash, &p).await.map(|_| ()).map_err(anyhow::Error::from)
+            })
+            .await
+            .map_err(|e| internal(format!("blob {hash} is corrupted here and no peer could send it: {e:#}")))?;
+            s.store.need_bytes(hash).await.map_err(internal)
+        }
+        other => other.map_err(internal),
+    }
 }
 
 /// Stores the request body as a blob, streaming it to disk first.

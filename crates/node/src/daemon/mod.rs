@@ -1093,6 +1093,8 @@ impl Node {
                     "libp2p_bytes_in": bytes_in,
                     "libp2p_bytes_out": bytes_out,
                     "facts": self.core.ledger().len(),
+                    // Equal on two nodes exactly when they hold the same facts (the soak compares them).
+                    "ledger_digest": self.core.ledger().digest().to_string(),
                     "peers_live": self.live_peers().len(),
                     "connected": self.connected.len(),
                     "running": self.core.running_count(),
