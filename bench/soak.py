@@ -57,7 +57,7 @@ class Node:
                "--speed", "1000"]
         for j in join:
             cmd += ["--join", j]
-        env = dict(os.environ, SHOAL_HOME=str(self.home), RUST_LOG="warn")
+        env = dict(os.environ, SHOAL_HOME=str(self.home), RUST_LOG=os.environ.get("SOAK_RUST_LOG", "warn"))
         log = open(self.dir / "node.log", "ab")
         log.write(f"--- start {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
@@ -289,8 +289,14 @@ def main():
     jobs_lost = sum(4 - (s or {}).get("done", 0) for s in lost.values())
     print(f"drained in {(time.time() - (drain_end - args.drain_minutes * 60)):.0f} s: "
           f"jobs lost {jobs_lost} ({len(lost)} DAGs not all done)")
+    stuck_views = {}
     for d, s in list(lost.items())[:10]:
         print(f"  not done: {d} {s}")
+        for n in live():
+            try:
+                stuck_views.setdefault(d, {})[n.name] = http_json(f"{n.http}/v1/dags/{d}")[1]
+            except (OSError, ValueError) as e:
+                stuck_views.setdefault(d, {})[n.name] = str(e)
 
     # Outputs: every one through a node's API, a sample with the CLI.
     unreadable, checked, cli_checked = [], 0, 0
@@ -370,11 +376,13 @@ def main():
         "jobs_lost": jobs_lost, "outputs_checked_http": checked, "outputs_checked_cli": cli_checked,
         "outputs_unreadable": len(unreadable), "ledger_agree": agree,
         "ledger": {k: {"facts": m["facts"], "digest": m["ledger_digest"]} for k, m in digests.items()},
-        "nodes": rows, "panics": panics, "events": events, "work": str(work),
+        "nodes": rows, "panics": panics, "events": events, "work": str(work), "stuck": stuck_views,
+        "node_ids": {n.name: n.id for n in nodes},
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=str))
-    print(json.dumps({k: v for k, v in report.items() if k not in ("events", "refusals", "nodes", "ledger")}))
+    print(json.dumps({k: v for k, v in report.items()
+                      if k not in ("events", "refusals", "nodes", "ledger", "stuck", "node_ids")}))
     ok = jobs_lost == 0 and not unreadable and agree and not any(panics.values())
     sys.exit(0 if ok else 1)
 
