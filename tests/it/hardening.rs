@@ -655,3 +655,46 @@ fn a_corrupted_copy_is_fetched_again_from_a_peer_on_read() {
     flip(&n0);
     assert_eq!(answer(n0.get(&format!("/v1/blobs/{hash}"))), whole, "a blob after a flip");
 }
+
+/// A job whose completion the mesh reported lost (no node could serve its outputs: here the only
+/// copy is corrupted) was claimed by a node whose action cache still named that same record: it
+/// "finished" with it at once, which no longer counts, and claimed again, ten times a second, for
+/// good; its dependants never ran. The cache must not answer with a record reported lost.
+#[test]
+fn a_job_whose_record_was_reported_lost_is_run_again_not_answered_from_the_cache() {
+    use crate::mesh::{MeshNode, mesh_key, wait_dag, wait_for_mesh};
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    // One holder per output: the runner.
+    let a = MeshNode::start(first, &key, &[], &["--label", "name=a", "--replicas", "1"]);
+    let b = MeshNode::start(Home::empty(), &key, &[&a.listen], &["--label", "name=b", "--replicas", "1"]);
+    wait_for_mesh(&[&a, &b]);
+    let gen_job = serde_json::json!({"id": "gen", "image": "busybox:latest", "command": ["seq", "1", "9000"],
+        "requirements": {"labels": {"name": "a"}}, "outputs": {"o": "stdout"}});
+    let submit = |name: &str, jobs: serde_json::Value| {
+        let path = a.home.write(name, &serde_json::json!({"version": 1, "jobs": jobs}).to_string());
+        let out = a.cli(&["submit", path.to_str().unwrap()]);
+        assert_success(&out, "submit");
+        stdout(&out).trim().to_string()
+    };
+    let done = |v: &serde_json::Value| v["jobs"].as_object().unwrap().values().all(|j| j["state"] == "done");
+    let first = submit("gen.json", serde_json::json!([gen_job]));
+    let v = wait_dag(&a, &first, std::time::Duration::from_secs(60), "gen done", done);
+    let record = v["jobs"]["gen"]["record"].as_str().unwrap().to_string();
+    let hash = a.get_json(&format!("/v1/records/{record}"))["stdout"]["hash"].as_str().unwrap().to_string();
+    let file = a.home.store().join("blobs/data").join(format!("{}.data", hash.trim_start_matches("blake3:")));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[1000] ^= 0x20;
+    std::fs::write(&file, bytes).unwrap();
+
+    // The same `gen` (a cache hit on a) and a reader of its output that only b may run.
+    let second = submit(
+        "use.json",
+        serde_json::json!([gen_job, {"id": "use", "image": "busybox:latest", "command": ["wc", "-l", "/input/g"],
+            "inputs": {"g": "jobs:gen/o"}, "requirements": {"labels": {"name": "b"}}, "outputs": {"o": "stdout"}}]),
+    );
+    let v = wait_dag(&b, &second, std::time::Duration::from_secs(120), "gen run again, use done", done);
+    assert_ne!(v["jobs"]["gen"]["record"].as_str().unwrap(), record, "{v:#}");
+    let (status, body) = b.get(&format!("/v1/dags/{second}/jobs/use/outputs/o"));
+    assert_eq!((status, String::from_utf8_lossy(&body).trim()), (200, "9000 /input/g"));
+}

@@ -5,7 +5,7 @@
 //! otherwise it waits for cores (a semaphore sized to this machine), runs the job through the
 //! backend, stores outputs, and writes a signed run record. A failed job marks its dependants skipped.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -368,7 +368,19 @@ fn prepare_from(
 
 /// Runs the job at `idx` of the prepared DAG, given the outputs of the jobs it depends on.
 pub(crate) async fn run_one(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> JobReport {
-    job_task(ctx, idx, upstream).await
+    job_task(ctx, idx, upstream, &BTreeSet::new()).await
+}
+
+/// [`run_one`], where an action-cache hit naming one of `stale` records is a miss: the mesh
+/// reported those records' outputs lost, and answering with one again would never count (a node
+/// claimed, "finished" from its cache and claimed again, 10 times a second, for good).
+pub(crate) async fn run_one_fresh(
+    ctx: &Ctx,
+    idx: usize,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    stale: &BTreeSet<Hash>,
+) -> JobReport {
+    job_task(ctx, idx, upstream, stale).await
 }
 
 /// Runs every job of `dag`, returning one report per job in file order.
@@ -419,7 +431,7 @@ pub async fn run_dag_from(
         let span = info_span!("job", id = %ctx.dag.jobs[idx].id);
         tasks.spawn(
             async move {
-                let report = job_task(&ctx, idx, &upstream).await;
+                let report = job_task(&ctx, idx, &upstream, &BTreeSet::new()).await;
                 (idx, report)
             }
             .instrument(span),
@@ -484,9 +496,14 @@ fn skip_dependants(
     }
 }
 
-async fn job_task(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> JobReport {
+async fn job_task(
+    ctx: &Ctx,
+    idx: usize,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    stale: &BTreeSet<Hash>,
+) -> JobReport {
     let job = &ctx.dag.jobs[idx];
-    match run_job(ctx, job, upstream).await {
+    match run_job(ctx, job, upstream, stale).await {
         Ok(report) => report,
         Err(e) => {
             let mut report = JobReport::new(&job.id, Status::Failed);
@@ -500,7 +517,12 @@ fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> Result<JobReport> {
+async fn run_job(
+    ctx: &Ctx,
+    job: &Job,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    stale: &BTreeSet<Hash>,
+) -> Result<JobReport> {
     let queued_unix_ms = now_unix_ms();
     let (image_id, image) = resolve_image(ctx, &job.image, upstream).await?;
     let mut inputs = BTreeMap::new();
@@ -518,7 +540,11 @@ async fn run_job(ctx: &Ctx, job: &Job, upstream: &BTreeMap<String, BTreeMap<Stri
 
     if ctx.use_cache {
         if let Some(report) = cached_report(ctx, job, &action_key).await? {
-            return Ok(report);
+            if report.record.is_some_and(|r| stale.contains(&r)) {
+                tracing::info!(%action_key, "the cached record's outputs were reported lost: running the job again");
+            } else {
+                return Ok(report);
+            }
         }
     }
     if job.requirements.cores > ctx.cores_total {

@@ -42,8 +42,9 @@ pub(crate) async fn run_claimed(
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
+    stale: &std::collections::BTreeSet<Hash>,
 ) -> Finished {
-    match run_claimed_inner(shared, ctx, idx, upstream, peers).await {
+    match run_claimed_inner(shared, ctx, idx, upstream, peers, stale).await {
         Ok(report) if report.status == Status::Done => match report.record {
             Some(record) => Finished::Done { record, bytes: report.outputs.iter().map(|(_, d)| d.size).sum() },
             None => Finished::Failed("no run record".into()),
@@ -83,6 +84,7 @@ async fn run_claimed_inner(
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
+    stale: &std::collections::BTreeSet<Hash>,
 ) -> Result<run::JobReport, NotRun> {
     let job = &ctx.dag().jobs[idx];
     let mut outputs: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
@@ -136,7 +138,7 @@ async fn run_claimed_inner(
             _ => {}
         }
     }
-    Ok(run::run_one(ctx, idx, &outputs).await)
+    Ok(run::run_one_fresh(ctx, idx, &outputs, stale).await)
 }
 
 /// The holder first, then the other peers.

@@ -822,8 +822,9 @@ impl Node {
         info!(%claim, dag = %dag_hash, job, "starting");
         let shared = self.shared.clone();
         let peers = self.live_peers();
+        let stale = self.core.ledger().lost_records(&dag_hash, &job);
         let handle = self.jobs.spawn(async move {
-            let result = exec::run_claimed(&shared, &ctx, idx, &upstream, &peers).await;
+            let result = exec::run_claimed(&shared, &ctx, idx, &upstream, &peers, &stale).await;
             (claim, result)
         });
         self.running.insert(claim, handle);

@@ -568,6 +568,13 @@ impl Ledger {
         self.view.dags.keys()
     }
 
+    /// The run records of `job` that some node reported lost (no node could serve their
+    /// outputs): a completion naming one of them no longer counts, so a run of the job must make
+    /// a new record, never answer with one of these from an action cache.
+    pub fn lost_records(&self, dag: &Hash, job: &str) -> BTreeSet<Hash> {
+        self.view.jobs.get(dag).and_then(|jobs| jobs.get(job)).map(|ix| ix.lost.clone()).unwrap_or_default()
+    }
+
     /// One job as the facts say at `now_ms`, from the incremental view (O(its claims)); None if
     /// no submit of `dag` names it.
     pub fn job_state(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<JobState> {
