@@ -540,7 +540,7 @@ fn an_unreadable_store_names_the_file_and_the_fix() {
     for rel in ["meta", "meta/db", "blobs", "blobs/blobs.db"] {
         let path = home.store().join(rel);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
         let out = as_nobody(&["image", "ls"]);
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{rel}: {text}");

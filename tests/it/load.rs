@@ -172,22 +172,20 @@ fn rss_and_fds(pid: u32) -> Option<(u64, usize)> {
     Some((kb * 1024, fds))
 }
 
-pub struct LoadFigures {
-    pub requests: u64,
-    pub statuses: BTreeMap<u16, u64>,
-    pub errors: BTreeMap<String, u64>,
-    pub rss_start: u64,
-    pub rss_peak: u64,
-    pub rss_end: u64,
-    pub fds_start: usize,
-    pub fds_peak: usize,
-    pub fds_end: usize,
-    pub clients_answered: usize,
+/// What a load run measured that its test checks (the rest is printed).
+struct LoadFigures {
+    requests: u64,
+    statuses: BTreeMap<u16, u64>,
+    errors: BTreeMap<String, u64>,
+    rss_peak: u64,
+    fds_start: usize,
+    fds_end: usize,
+    clients_answered: usize,
 }
 
 /// Runs `clients` clients against `node` for `seconds`, sampling the node's memory and files, and
 /// prints the figures.
-pub fn run_load(node: &MeshNode, clients: usize, seconds: u64, mix: Mix) -> LoadFigures {
+fn run_load(node: &MeshNode, clients: usize, seconds: u64, mix: Mix) -> LoadFigures {
     let pid = node.pid().expect("the node runs");
     let (rss_start, fds_start) = rss_and_fds(pid).expect("/proc of the node");
     let addr = node.http.trim_start_matches("http://").to_string();
@@ -262,18 +260,7 @@ pub fn run_load(node: &MeshNode, clients: usize, seconds: u64, mix: Mix) -> Load
         rss_peak.max(rss_end) >> 20,
         rss_end >> 20
     );
-    LoadFigures {
-        requests,
-        statuses,
-        errors,
-        rss_start,
-        rss_peak: rss_peak.max(rss_end),
-        rss_end,
-        fds_start,
-        fds_peak,
-        fds_end,
-        clients_answered,
-    }
+    LoadFigures { requests, statuses, errors, rss_peak: rss_peak.max(rss_end), fds_start, fds_end, clients_answered }
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
