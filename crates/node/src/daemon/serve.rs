@@ -34,6 +34,8 @@ const REFUSAL_MS: u64 = 1_000;
 /// Bytes of a refused connection's request read (and dropped) before the 503 is written, so the
 /// client reads the answer rather than a reset.
 const REFUSAL_READ_BYTES_MAX: usize = 16 << 10;
+/// The open-files limit asked for when the hard limit is unlimited.
+const FILES_WANTED_WHEN_UNLIMITED: u64 = 1 << 20;
 /// Open files kept for everything but HTTP connections (the store, iroh, libp2p, jobs' pipes).
 const FILES_KEPT_FOR_THE_REST: u64 = 1024;
 
@@ -58,12 +60,12 @@ impl Default for HttpLimits {
 pub fn fit_connections_to_files(wanted: usize) -> usize {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum
-        && limit.current.is_some_and(|soft| soft < hard)
-    {
-        limit.current = Some(hard);
+    // An unlimited hard limit still stops at the kernel's `nr_open`: ask for a number.
+    let target = limit.maximum.unwrap_or(FILES_WANTED_WHEN_UNLIMITED);
+    if limit.current.is_some_and(|soft| soft < target) {
+        limit.current = Some(target);
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            debug!("cannot raise the open-files limit to {hard}: {e}");
+            debug!("cannot raise the open-files limit to {target}: {e}");
         }
     }
     let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
