@@ -226,6 +226,14 @@ fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
             m
         });
     assert_eq!(runners.len(), 4, "work went to every node: {runners:?}");
+    // With no job of it running, no node keeps the DAG's prepared runner (they used to, for good).
+    let start = Instant::now();
+    for n in &all {
+        while n.get_json("/v1/metrics")["prepared_dags"] != 0 {
+            assert!(start.elapsed() < Duration::from_secs(30), "{} keeps a finished DAG's runner", &n.node[..12]);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 
     // Every output, from every node (fetched from whichever peer holds it).
     for k in [0, 7, 13, 39] {

@@ -36,7 +36,7 @@ use iroh_blobs::get::GetError;
 use iroh_blobs::get::fsm::{AtBlobHeaderNextError, DecodeError};
 use iroh_blobs::provider::StreamPair;
 use iroh_blobs::provider::events::EventSender;
-use iroh_blobs::util::connection_pool::{self, ConnectionPool, PoolConnectError};
+use iroh_blobs::util::connection_pool::{self, ConnectionPool, ConnectionRef, PoolConnectError};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -139,6 +139,9 @@ struct NodeInner {
     pool: ConnectionPool,
     /// The endpoints this node serves blobs to (see [`BlobNode::admit`]).
     members: Members,
+    /// Peers whose pooled connection must not be used again: they came back on another address,
+    /// or a fetch from them stalled or could not connect.
+    moved: std::sync::Mutex<HashSet<PublicKey>>,
 }
 
 /// Endpoint ids allowed to fetch from this node. Shared between the [`BlobNode`] (which adds to
@@ -253,7 +256,10 @@ impl Store {
         options.max_pending_connections = CONNECTS_PENDING_MAX;
         let pool = ConnectionPool::new(endpoint.clone(), iroh_blobs::ALPN, options);
         debug!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "blob endpoint started");
-        Ok(BlobNode { inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool, members }) })
+        let moved = Default::default();
+        Ok(BlobNode {
+            inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool, members, moved }),
+        })
     }
 }
 
@@ -353,7 +359,29 @@ impl BlobNode {
             return;
         }
         let addr = EndpointAddr::from_parts(id, peer.addrs.iter().copied().map(TransportAddr::Ip));
+        let known = self.inner.lookup.get_endpoint_info(id).map(|info| info.to_endpoint_addr());
+        let moved = known.as_ref().is_some_and(|k| k.addrs != addr.addrs);
         self.inner.lookup.set_endpoint_info(addr);
+        if moved {
+            // Back on another address (restarted on port 0): a pooled connection to the old one
+            // would be handed out until it timed out, and a fetch would wait on it.
+            debug!(peer = %id.fmt_short(), addrs = ?peer.addrs, "blob peer moved; its pooled connection is dropped");
+            self.forget_connection(id);
+        }
+    }
+
+    /// Has the next connection to `id` dialled afresh: a pooled one goes first.
+    fn forget_connection(&self, id: PublicKey) {
+        self.inner.moved.lock().expect("moved peers").insert(id);
+    }
+
+    /// A pooled connection to `id`, closed first and dialled again when `id` moved or failed.
+    async fn connection(&self, id: PublicKey) -> Result<ConnectionRef, PoolConnectError> {
+        let moved = self.inner.moved.lock().expect("moved peers").remove(&id);
+        if moved {
+            let _ = self.inner.pool.close(id).await;
+        }
+        self.inner.pool.get_or_connect(id).await
     }
 
     /// Lets the endpoint `id` fetch this store's blobs from now on (it stays admitted until the
@@ -422,7 +450,13 @@ impl BlobNode {
                     return Ok(after.saturating_sub(before));
                 }
                 Ok(()) => "answered, but the blob is still incomplete here".to_owned(),
-                Err(f) => f.to_string(),
+                Err(f) => {
+                    if matches!(f, Failure::Stalled | Failure::Connect(_)) {
+                        // A dead connection or a stale address: the next fetch from it dials anew.
+                        self.forget_connection(id);
+                    }
+                    f.to_string()
+                }
             };
             debug!(%hash, peer = %id.fmt_short(), %reason, "provider failed");
             tried.push(ProviderFailure { peer: *peer, reason });
@@ -442,7 +476,7 @@ impl BlobNode {
                 continue;
             }
             let got = async {
-                let conn = self.inner.pool.get_or_connect(id).await.map_err(|e| e.to_string())?;
+                let conn = self.connection(id).await.map_err(|e| e.to_string())?;
                 iroh_blobs::get::request::get_blob((*conn).clone(), to_iroh(hash))
                     .bytes()
                     .await
@@ -473,7 +507,7 @@ impl BlobNode {
         received: &AtomicU64,
         progress: &(impl Fn(u64) + Send + Sync),
     ) -> Result<(), Failure> {
-        let conn = self.inner.pool.get_or_connect(id).await.map_err(Failure::Connect)?;
+        let conn = self.connection(id).await.map_err(Failure::Connect)?;
         let remote = self.store().iroh().remote();
         let mut stream = std::pin::pin!(remote.fetch((*conn).clone(), to_iroh(hash)).stream());
         let base = received.load(Ordering::Relaxed);

@@ -431,3 +431,26 @@ async fn only_admitted_endpoints_are_served() {
         n.shutdown().await;
     }
 }
+
+/// A peer that comes back on another port (killed, restarted with port 0) is fetched from at its
+/// new address as soon as it is announced there, though a connection to its old address was open.
+#[tokio::test]
+async fn a_peer_back_on_a_new_port_is_reached_there() {
+    let (_ha, a) = store().await;
+    let (_hb, b) = store().await;
+    let (na, nb) = (node(&a, 1).await, node(&b, 2).await);
+    introduce(&[&na, &nb]);
+    let first = b.put_bytes(random_bytes("before", 100_000)).await.unwrap();
+    assert_eq!(na.fetch(first, &[nb.me().id]).await.unwrap(), 100_000);
+    let old = nb.me().addrs;
+    // Gone without a goodbye, as a kill -9 leaves it: the endpoint is dropped, not closed.
+    drop(nb);
+    let nb2 = node(&b, 2).await;
+    assert_ne!(nb2.me().addrs, old, "the restarted peer must be on a new port for this test");
+    nb2.admit(&na.me().id);
+    na.add_peer(&nb2.me());
+    let second = b.put_bytes(random_bytes("after", 100_000)).await.unwrap();
+    let started = Instant::now();
+    let got = na.fetch(second, &[nb2.me().id]).await;
+    assert_eq!(got.unwrap(), 100_000, "after {:?}", started.elapsed());
+}

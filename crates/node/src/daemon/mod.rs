@@ -492,11 +492,13 @@ struct Node {
     listen_addrs: Vec<Multiaddr>,
     /// Claimed jobs being run: claim -> its task.
     jobs: JoinSet<(Hash, Finished)>,
-    running: BTreeMap<Hash, AbortHandle>,
+    /// claim -> (its DAG, its task).
+    running: BTreeMap<Hash, (Hash, AbortHandle)>,
     /// DAG contents being fetched (or waiting to retry): hash -> when the next try may start.
     dag_fetches: BTreeMap<Hash, Option<Instant>>,
     fetched: (mpsc::Sender<(Hash, Result<Dag, String>)>, mpsc::Receiver<(Hash, Result<Dag, String>)>),
-    /// Prepared runners per DAG.
+    /// Prepared runners of the DAGs with a job running here (dropped with their last job: a
+    /// node that kept every DAG's grew without end; preparing again costs milliseconds).
     ctxs: BTreeMap<Hash, Arc<crate::run::Ctx>>,
     /// Which connected peer anti-entropy asks next.
     sync_turn: usize,
@@ -522,6 +524,13 @@ struct Node {
 }
 
 impl Node {
+    /// Drops the prepared runner of `dag` once none of its jobs runs here.
+    fn drop_ctx_unless_running(&mut self, dag: &Hash) {
+        if !self.running.values().any(|(d, _)| d == dag) {
+            self.ctxs.remove(dag);
+        }
+    }
+
     async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
         let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
         let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
@@ -539,7 +548,9 @@ impl Node {
                 Some(joined) = self.jobs.join_next(), if !self.jobs.is_empty() => {
                     match joined {
                         Ok((claim, result)) => {
-                            self.running.remove(&claim);
+                            if let Some((dag, _)) = self.running.remove(&claim) {
+                                self.drop_ctx_unless_running(&dag);
+                            }
                             match &result {
                                 Finished::Failed(why) => warn!(%claim, "job failed: {why}"),
                                 Finished::Lost { job, record } => warn!(%claim, upstream = job, %record,
@@ -640,9 +651,10 @@ impl Node {
             match action {
                 Action::Start { claim, dag, job } => self.start_job(claim, dag, job),
                 Action::Stop { claim } => {
-                    if let Some(h) = self.running.remove(&claim) {
+                    if let Some((dag, h)) = self.running.remove(&claim) {
                         info!(%claim, "stopping a run whose claim lost (or whose DAG was cancelled)");
                         h.abort();
+                        self.drop_ctx_unless_running(&dag);
                     }
                 }
             }
@@ -827,7 +839,7 @@ impl Node {
             let result = exec::run_claimed(&shared, &ctx, idx, &upstream, &peers, &stale).await;
             (claim, result)
         });
-        self.running.insert(claim, handle);
+        self.running.insert(claim, (dag_hash, handle));
     }
 
     fn on_net(&mut self, ev: NetEvent) {
@@ -1099,6 +1111,8 @@ impl Node {
                     "peers_live": self.live_peers().len(),
                     "connected": self.connected.len(),
                     "running": self.core.running_count(),
+                    // DAGs whose prepared runner this node keeps: those with a job running here.
+                    "prepared_dags": self.ctxs.len(),
                 }));
             }
             Cmd::Block { peers, block, reply } => {
