@@ -70,3 +70,29 @@ def need_packages(*packages):
     if missing:
         print(f"installing the peers' packages: {' '.join(missing)}")
         sh(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)
+
+
+def start_node(shoal, key, ready, home, log, join=(), extra=(), rust_log="warn", start_timeout_s=60):
+    """Starts `shoal node` on loopback (every port 0, namespace backend) with its store at `home`,
+    logging to the open file `log`; waits for its ready file. Returns (process, the ready file's JSON:
+    node, http, listen)."""
+    import json
+    ready.unlink(missing_ok=True)
+    cmd = [shoal, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0",
+           "--mesh-key", str(key), "--ready-file", str(ready), "--backend", "namespace", *extra]
+    for j in join:
+        cmd += ["--join", j]
+    env = dict(os.environ, SHOAL_HOME=str(home), RUST_LOG=rust_log)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    deadline = time.time() + start_timeout_s
+    while True:
+        try:
+            v = json.loads(ready.read_text())
+            if v["listen"]:
+                return proc, v
+        except (OSError, ValueError, KeyError):
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise SystemExit(f"the node at {home} did not start; see {getattr(log, 'name', 'its log')}")
+        time.sleep(0.05)

@@ -25,7 +25,7 @@ import argparse, json, os, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, shoal_home_with_busybox, work_dir  # noqa: E402
+from common import ROOT, print, sh, shoal_home_with_busybox, start_node, work_dir  # noqa: E402
 
 GOAL_BYTES_PER_JOB = 8 * 1000
 
@@ -76,24 +76,8 @@ class Node:
     """A lone `shoal node` on loopback (no peers: a submit is acknowledged at once)."""
 
     def __init__(self, shoal, home, key):
-        ready = home / "ready.json"
-        cmd = [shoal, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs",
-               "127.0.0.1:0", "--mesh-key", str(key), "--ready-file", str(ready), "--backend", "namespace",
-               "--speed", "1000"]
-        env = dict(os.environ, SHOAL_HOME=str(home / "home"), RUST_LOG="warn")
         self.log = open(home / "node.log", "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while True:
-            try:
-                v = json.loads(ready.read_text())
-                if v["listen"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            if time.time() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"the node did not start; see {home / 'node.log'}")
-            time.sleep(0.05)
+        self.proc, v = start_node(shoal, key, home / "ready.json", home / "home", self.log, extra=["--speed", "1000"])
         self.http = v["http"]
 
     def request(self, method, path, body=None):

@@ -15,7 +15,7 @@ import argparse, json, os, signal, statistics, subprocess, sys, threading, time,
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, shoal_home_with_busybox, work_dir  # noqa: E402
+from common import ROOT, print, sh, shoal_home_with_busybox, start_node, work_dir  # noqa: E402
 
 LEASE_MS = 10_000
 
@@ -24,27 +24,9 @@ class Node:
     def __init__(self, shoal, home, key, name, join=(), labels=()):
         self.name, self.home = name, home
         home.mkdir(parents=True, exist_ok=True)
-        ready = home / "ready.json"
-        cmd = [shoal, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs",
-               "127.0.0.1:0", "--mesh-key", str(key), "--ready-file", str(ready), "--backend", "namespace"]
-        for j in join:
-            cmd += ["--join", j]
-        for l in labels:
-            cmd += ["--label", l]
-        env = dict(os.environ, SHOAL_HOME=str(home / "home"), RUST_LOG="warn")
+        extra = [a for l in labels for a in ("--label", l)]
         self.log = open(home / "node.log", "ab")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while True:
-            try:
-                v = json.loads(ready.read_text())
-                if v["listen"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            if time.time() > deadline:
-                raise SystemExit(f"node {name} did not start; see {home / 'node.log'}")
-            time.sleep(0.05)
+        self.proc, v = start_node(shoal, key, home / "ready.json", home / "home", self.log, join=join, extra=extra)
         self.id, self.http, self.listen = v["node"], v["http"], v["listen"][0]
 
     def get(self, path):

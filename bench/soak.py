@@ -19,7 +19,7 @@ import argparse, json, os, random, signal, subprocess, sys, threading, time, url
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, shoal_home_with_busybox, work_dir  # noqa: E402
+from common import ROOT, print, sh, shoal_home_with_busybox, start_node, work_dir  # noqa: E402
 
 NODES = 4
 SAMPLE_EVERY_S = 15
@@ -50,29 +50,11 @@ class Node:
         self.lives = []  # (pid, started, [(t, rss_bytes, fds)])
 
     def start(self, join):
-        ready = self.dir / "ready.json"
-        ready.unlink(missing_ok=True)
-        cmd = [self.shoal, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs",
-               "127.0.0.1:0", "--mesh-key", str(self.key), "--ready-file", str(ready), "--backend", "namespace",
-               "--speed", "1000"]
-        for j in join:
-            cmd += ["--join", j]
-        env = dict(os.environ, SHOAL_HOME=str(self.home), RUST_LOG=os.environ.get("SOAK_RUST_LOG", "warn"))
         log = open(self.dir / "node.log", "ab")
         log.write(f"--- start {time.strftime('%H:%M:%S')}\n".encode())
         log.flush()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        deadline = time.time() + 60
-        while True:
-            try:
-                v = json.loads(ready.read_text())
-                if v["listen"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"node {self.name} did not start; see {self.dir / 'node.log'}")
-            time.sleep(0.1)
+        self.proc, v = start_node(self.shoal, self.key, self.dir / "ready.json", self.home, log, join=join,
+                                  extra=["--speed", "1000"], rust_log=os.environ.get("SOAK_RUST_LOG", "warn"))
         self.id, self.http, self.listen = v["node"], v["http"], v["listen"][0]
         self.started = time.time()
         self.lives.append((self.proc.pid, self.started, []))
