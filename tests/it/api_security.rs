@@ -501,6 +501,13 @@ fn a_public_explorer_serves_strangers_catalogue_runs_within_limits() {
     assert_eq!(r.status, 404, "{r:?}");
     let r = raw(&n, "GET", &format!("/v1/explorer/runs/{record}"), &[("Authorization", &bearer(&submitter))], b"");
     assert_eq!(r.status, 200, "{r:?}");
+    // Nor are its files, though a stranger knows their hash (regression: any stored blob was served).
+    let url = r.json()["stdout"]["url"].as_str().unwrap().to_string();
+    let r = raw(&n, "GET", &url, &[], b"");
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.error().contains("no explorer run shows the file"), "{r:?}");
+    let r = raw(&n, "GET", &url, &[("Authorization", &bearer(&submitter))], b"");
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]

@@ -642,10 +642,18 @@ struct FileQuery {
 /// served under a sandboxing CSP, so an SVG opened directly runs no script on this origin.
 async fn file(
     State(s): State<Shr>,
+    caller: Option<Extension<Caller>>,
     Path((hash, name)): Path<(String, String)>,
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ExError> {
     let hash = parse_hash(&hash)?;
+    // Strangers of a public explorer get what an explorer run shows (kept for a while by `keep`:
+    // the only pins with an end), not every blob of the mesh's DAGs whose hash they learn.
+    if matches!(caller.as_deref(), Some(Caller::Anonymous { .. }))
+        && !matches!(s.store.pinned_until(hash).map_err(internal)?, Some(end) if end != u64::MAX)
+    {
+        return Err(ExError::new(StatusCode::NOT_FOUND, format!("no explorer run shows the file {hash}")));
+    }
     let size = s
         .store
         .size(hash)
