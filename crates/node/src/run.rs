@@ -1210,3 +1210,129 @@ pub async fn find_record(store: &Store, what: &str) -> Result<RunRecord> {
     let signed = store.get_record(hash).await?.ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
     signed.verify().with_context(|| format!("run record {hash} does not verify"))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// A runner of `cores` cores on a fresh store, and the directory that holds its home.
+    async fn runner(cores: u32) -> (tempfile::TempDir, Arc<Runner>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("home")).await.unwrap();
+        let runner = Runner::new(&store, &options(Some(cores))).unwrap();
+        (dir, runner)
+    }
+
+    fn options(cores: Option<u32>) -> RunOptions {
+        RunOptions {
+            backend: BackendChoice::Namespace,
+            json: true,
+            use_cache: true,
+            cores,
+            warm_vms: 0,
+            records: Durability::Soon,
+            dag_bytes_max: 1 << 20,
+        }
+    }
+
+    fn run(runner: &Arc<Runner>, cores: Option<u32>) -> Arc<Ctx> {
+        runner.prepare(Dag { version: 1, jobs: Vec::new() }, PathBuf::new(), &options(cores), RunSource::default())
+    }
+
+    /// Whether `gate` gives its cores now (without waiting).
+    fn cores_now(gate: &CoresGate) -> Option<HeldCores> {
+        gate.acquire().now_or_never().map(|r| r.unwrap())
+    }
+
+    #[tokio::test]
+    async fn every_run_takes_its_cores_from_the_runners_one_budget() {
+        let (_dir, runner) = runner(2).await;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        let held = cores_now(&a.cores_gate(2)).expect("2 free cores");
+        assert!(cores_now(&b.cores_gate(1)).is_none(), "another run waits for the cores the first holds");
+        drop(held);
+        let one = cores_now(&b.cores_gate(1)).expect("given back");
+        assert!(cores_now(&a.cores_gate(2)).is_none());
+        assert!(cores_now(&a.cores_gate(1)).is_some());
+        drop(one);
+    }
+
+    #[tokio::test]
+    async fn a_run_given_fewer_cores_takes_from_its_share_and_from_the_runners() {
+        let (_dir, runner) = runner(4).await;
+        let small = run(&runner, Some(1));
+        assert_eq!(small.cores_total(), 1);
+        let held = cores_now(&small.cores_gate(1)).expect("its one core");
+        assert!(cores_now(&small.cores_gate(1)).is_none(), "its share is one core, though the runner has 3 free");
+        let other = run(&runner, None);
+        let three = cores_now(&other.cores_gate(3)).expect("the runner's other 3 cores");
+        assert!(cores_now(&other.cores_gate(1)).is_none(), "the small run's core counts against the runner's 4");
+        drop((held, three));
+        // Asking for more than the runner has gives the runner's cores, no more.
+        let big = run(&runner, Some(8));
+        assert_eq!(big.cores_total(), 4);
+        assert!(big.own.is_none());
+        assert!(cores_now(&big.cores_gate(4)).is_some());
+    }
+
+    #[tokio::test]
+    async fn jobs_in_flight_are_bounded_by_the_runner_across_runs() {
+        let (_dir, runner) = runner(1).await;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        let mut places: Vec<InFlight> = (0..2).map(|_| a.enter().now_or_never().unwrap().unwrap()).collect();
+        places.push(b.enter().now_or_never().expect("the third place").unwrap());
+        assert_eq!(places.len(), JOBS_IN_FLIGHT_PER_CORE);
+        assert!(
+            b.enter().now_or_never().is_none(),
+            "{JOBS_IN_FLIGHT_PER_CORE} jobs in flight per core, all runs together"
+        );
+        places.pop();
+        assert!(a.enter().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn work_directories_are_reused_while_a_run_lives_and_removed_when_the_last_ends() {
+        let (dir, runner) = runner(1).await;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let pool = &runner.work_dirs;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        assert_eq!(runner.runs_live(), 2);
+        let work = pool.take(&tmp).unwrap();
+        let path = work.path().to_path_buf();
+        std::fs::create_dir(path.join("outputs")).unwrap();
+        std::fs::write(path.join("outputs/out"), "x").unwrap();
+        std::fs::write(path.join("stdin"), "x").unwrap();
+        drop(work);
+        assert_eq!(pool.free(), [path.clone()]);
+        let again = pool.take(&tmp).unwrap();
+        assert_eq!(again.path(), path, "reused");
+        let left: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["outputs"], "emptied, its empty `outputs` kept");
+        assert_eq!(std::fs::read_dir(path.join("outputs")).unwrap().count(), 0);
+        drop(again);
+        drop(a);
+        assert_eq!(pool.free(), [path.clone()], "kept while a run lives");
+        drop(b);
+        assert_eq!(runner.runs_live(), 0);
+        assert!(pool.free().is_empty());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "nothing left under tmp/");
+    }
+
+    #[tokio::test]
+    async fn a_work_directory_given_back_after_its_run_ended_is_removed() {
+        let (dir, runner) = runner(1).await;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let a = run(&runner, None);
+        // A job stopped while its backend ran gives its directory back when the backend returns.
+        let work = runner.work_dirs.take(&tmp).unwrap();
+        drop(a);
+        std::fs::write(work.path().join("stdout"), "late").unwrap();
+        drop(work);
+        assert!(runner.work_dirs.free().is_empty());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+}
