@@ -163,7 +163,7 @@ fn interval(text: &str) -> (u64, u64) {
 }
 
 #[test]
-fn explorer_and_mesh_jobs_together_never_run_on_more_than_the_nodes_cores() {
+fn explorer_local_and_mesh_jobs_together_never_run_on_more_than_the_nodes_cores() {
     let home = Home::with_busybox();
     let dir = home.store().join("explorer");
     std::fs::create_dir_all(&dir).unwrap();
@@ -185,11 +185,25 @@ fn explorer_and_mesh_jobs_together_never_run_on_more_than_the_nodes_cores() {
         v["jobs"].as_object().is_some_and(|j| j.values().any(|j| j["state"] == "claimed"))
     });
     let node = &n;
-    let explored: Vec<(u64, u64)> = std::thread::scope(|s| {
+    let (explored, local): (Vec<(u64, u64)>, (u64, u64)) = std::thread::scope(|s| {
         let runs: Vec<_> = (0..EXPLORER_RUNS)
             .map(|i| s.spawn(move || explore(node, "clock", &clock_script(&format!("explorer {i}")))))
             .collect();
-        runs.into_iter().map(|r| interval(r.join().unwrap()["stdout"]["text"].as_str().unwrap())).collect()
+        // And a local run: `shoal run` on the node's held home.
+        let dag = node.home.write(
+            "local.json",
+            &json!({"version": 1, "jobs": [{"id": "clock", "image": "busybox:latest",
+                "command": ["sh", "-c", clock_script("local")], "outputs": {"out": "stdout"}}]})
+            .to_string(),
+        );
+        let out = node.cli(&["run", "--backend", "namespace", "--json", dag.to_str().unwrap()]);
+        assert_success(&out, "shoal run on a held home");
+        let hash = json(&out)["jobs"][0]["outputs"]["out"]["hash"].as_str().unwrap().to_string();
+        let (status, body) = node.get(&format!("/v1/blobs/{hash}"));
+        assert_eq!(status, 200);
+        let explored =
+            runs.into_iter().map(|r| interval(r.join().unwrap()["stdout"]["text"].as_str().unwrap())).collect();
+        (explored, interval(&String::from_utf8_lossy(&body)))
     });
     wait_dag(&n, &dag, RUNS_TIMEOUT, "the mesh DAG done", all_done);
     let meshed: Vec<(u64, u64)> = (0..MESH_JOBS)
@@ -206,6 +220,7 @@ fn explorer_and_mesh_jobs_together_never_run_on_more_than_the_nodes_cores() {
     // And no two of them ran at once on the node's one core.
     let mut all: Vec<(u64, u64, &str)> = meshed.iter().map(|&(s, e)| (s, e, "mesh")).collect();
     all.extend(explored.iter().map(|&(s, e)| (s, e, "explorer")));
+    all.push((local.0, local.1, "local"));
     all.sort();
     for w in all.windows(2) {
         assert!(w[1].0 >= w[0].1, "two jobs ran at once on one core: {:?} and {:?} (all: {all:?})", w[0], w[1]);
