@@ -465,6 +465,16 @@ impl Runner {
         })
     }
 
+    /// This machine's facts, as read when the runner was built.
+    pub(crate) fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The cores the runner gives jobs, all runs together.
+    pub(crate) fn cores_total(&self) -> u32 {
+        self.budget.cores_total
+    }
+
     /// Runs prepared and not yet ended, of every kind (mesh DAGs, explorer requests, local runs).
     pub(crate) fn runs_live(&self) -> usize {
         self.work_dirs.runs()

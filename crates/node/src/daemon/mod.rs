@@ -376,10 +376,12 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
-    let machine = crate::machine::describe(&identity::node_id(&key), "");
+    // The cores announced to the mesh are the runner's budget, which explorer and local runs share.
+    let runner = Runner::new(&store, &opts.run)?;
+    let machine = runner.machine();
     let caps = Capabilities {
         arch: host_arch(),
-        cores: opts.run.cores.unwrap_or(machine.cores).max(1),
+        cores: runner.cores_total(),
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
         gpus: Vec::new(),
@@ -411,7 +413,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         events,
         node: node_id,
         complete: exec::Complete::default(),
-        runner: Runner::new(&store, &opts.run)?,
+        runner,
         run: opts.run.clone(),
         explorer: opts.explorer.clone(),
         upload_bytes_max: opts.upload_bytes_max,
