@@ -355,13 +355,13 @@ impl Ctx {
 
     /// A place among the jobs in flight: of this run's share first, then of the runner's (so a
     /// run limited to few cores never holds places of the runner's waiting for its own cores).
-    async fn enter(&self) -> Result<InFlight> {
+    async fn enter(&self) -> Result<Permits> {
         let own = match &self.own {
             Some(own) => Some(own.in_flight.clone().acquire_owned().await.context("job semaphore closed")?),
             None => None,
         };
         let runner = self.runner.budget.in_flight.clone().acquire_owned().await.context("job semaphore closed")?;
-        Ok(InFlight { _runner: runner, _own: own })
+        Ok(Permits { _runner: runner, _own: own })
     }
 
     /// What a job asking `wanted` cores waits on before its backend runs it.
@@ -376,8 +376,9 @@ impl Drop for Ctx {
     }
 }
 
-/// A job's place among the jobs in flight, given back when dropped.
-struct InFlight {
+/// What a job holds of a budget (its place in flight, or its cores): of the runner's, and of its
+/// run's own share if it has one; given back when dropped.
+struct Permits {
     _runner: tokio::sync::OwnedSemaphorePermit,
     _own: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -389,22 +390,16 @@ struct CoresGate {
     wanted: u32,
 }
 
-/// Cores held by a running job, given back when dropped.
-struct HeldCores {
-    _runner: tokio::sync::OwnedSemaphorePermit,
-    _own: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
 impl CoresGate {
     /// Always in the same order (the run's, then the runner's), so two jobs never each hold
     /// what the other waits for.
-    async fn acquire(&self) -> Result<HeldCores, tokio::sync::AcquireError> {
+    async fn acquire(&self) -> Result<Permits, tokio::sync::AcquireError> {
         let own = match &self.own {
             Some(own) => Some(own.clone().acquire_many_owned(self.wanted).await?),
             None => None,
         };
         let runner = self.runner.clone().acquire_many_owned(self.wanted).await?;
-        Ok(HeldCores { _runner: runner, _own: own })
+        Ok(Permits { _runner: runner, _own: own })
     }
 }
 
@@ -1252,7 +1247,7 @@ mod tests {
     }
 
     /// Whether `gate` gives its cores now (without waiting).
-    fn cores_now(gate: &CoresGate) -> Option<HeldCores> {
+    fn cores_now(gate: &CoresGate) -> Option<Permits> {
         gate.acquire().now_or_never().map(|r| r.unwrap())
     }
 
@@ -1291,7 +1286,7 @@ mod tests {
     async fn jobs_in_flight_are_bounded_by_the_runner_across_runs() {
         let (_dir, runner) = runner(1).await;
         let (a, b) = (run(&runner, None), run(&runner, None));
-        let mut places: Vec<InFlight> = (0..2).map(|_| a.enter().now_or_never().unwrap().unwrap()).collect();
+        let mut places: Vec<Permits> = (0..2).map(|_| a.enter().now_or_never().unwrap().unwrap()).collect();
         places.push(b.enter().now_or_never().expect("the third place").unwrap());
         assert_eq!(places.len(), JOBS_IN_FLIGHT_PER_CORE);
         assert!(
