@@ -226,3 +226,24 @@ fn explorer_local_and_mesh_jobs_together_never_run_on_more_than_the_nodes_cores(
         assert!(w[1].0 >= w[0].1, "two jobs ran at once on one core: {:?} and {:?} (all: {all:?})", w[0], w[1]);
     }
 }
+
+#[test]
+fn a_local_run_on_a_node_gets_no_more_than_the_nodes_cores() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "two.json",
+        r#"{"version": 1, "jobs": [{"id": "two", "image": "busybox:latest", "command": ["true"],
+            "requirements": {"cores": 2}}]}"#,
+    );
+    // Alone, `shoal run --cores 2` gives it its two cores.
+    let out = home.shoal(&["run", "--backend", "namespace", "--cores", "2", dag.to_str().unwrap()]);
+    assert_success(&out, "shoal run --cores 2");
+
+    // Through a node of one core, asking for more gets the node's one.
+    let key = mesh_key(home.path());
+    let n = MeshNode::start(home, &key, &[], &["--cores", "1"]);
+    let out = n.cli(&["run", "--backend", "namespace", "--cores", "4", "--no-cache", dag.to_str().unwrap()]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(err.contains("it needs 2 cores and this run may use 1"), "{err}");
+}

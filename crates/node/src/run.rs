@@ -655,7 +655,8 @@ async fn run_job(
     }
     if job.requirements.cores > ctx.cores_total() {
         bail!(
-            "it needs {} cores and this run has {}; lower `requirements.cores` or run with --cores",
+            "it needs {} cores and this run may use {}; lower `requirements.cores`, or give more with --cores \
+             (of `shoal run`; of `shoal node` for the runs of a node, whose cores bound all of them)",
             job.requirements.cores,
             ctx.cores_total()
         );
