@@ -1108,7 +1108,7 @@ impl Node {
                     "peers_live": self.live_peers().len(),
                     "connected": self.connected.len(),
                     "running": self.core.running_count(),
-                    // DAGs whose prepared runner this node keeps: those with a job running here.
+                    // DAGs whose run (context on the runner) this node keeps: those with a job running here.
                     "prepared_dags": self.ctxs.len(),
                     // Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
                     "runs_live": self.shared.runner.runs_live(),
