@@ -10,4 +10,5 @@ mod load;
 mod memory;
 mod mesh;
 mod microvm;
+mod runner;
 mod support;

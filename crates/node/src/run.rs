@@ -1,9 +1,17 @@
-//! `shoal run DAG`: the embedded single-node runner.
+//! `shoal run DAG`: the runner, and how a DAG's jobs go through it.
+//!
+//! A process has one [`Runner`]: the store, the signing key, the machine's facts, the backends
+//! (and their warm microVMs), ONE budget of cores and of jobs in flight, and the pool of job
+//! work directories. Every run of the process goes through it — `shoal run`'s DAG, a node's mesh
+//! jobs, its explorer runs and its local runs — so together they never take more than the
+//! process's `--cores`. A run is a [`Ctx`] made by [`Runner::prepare`]: the DAG and what is its
+//! own (where its `file:` inputs come from, who follows it, its image resolutions, whether it may
+//! use the cache, its progress bars), dropped when the run ends.
 //!
 //! Every job becomes a task as soon as its dependencies are done. The task resolves the job's
 //! references to hashes, computes the action key and answers from the action cache when it can;
-//! otherwise it waits for cores (a semaphore sized to this machine), runs the job through the
-//! backend, stores outputs, and writes a signed run record. A failed job marks its dependants skipped.
+//! otherwise it waits for cores (the runner's), runs the job through the backend, stores
+//! outputs, and writes a signed run record. A failed job marks its dependants skipped.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -55,13 +63,19 @@ pub enum BackendChoice {
     Namespace,
 }
 
+/// How a process's [`Runner`] is built ([`Runner::new`]: `backend`, `cores`, `warm_vms`) and how
+/// one run goes ([`Runner::prepare`]: every field but `warm_vms`).
 #[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// The backend of jobs that do not choose: the runner's default, or this run's.
     pub backend: BackendChoice,
     pub json: bool,
     pub use_cache: bool,
+    /// The runner's core budget (None: this machine's cores); for a run, at most this many of
+    /// the runner's cores (None or more: all of them).
     pub cores: Option<u32>,
-    /// MicroVMs kept booted per kind of job.
+    /// MicroVMs kept booted per kind of job; read once, when the runner is built (the warm pool
+    /// is the runner's).
     pub warm_vms: usize,
     /// How durable each job's run record is when the job is reported done: `Soon` for a
     /// local run (it flushes at its end), `Now` where other nodes are told of the record.
@@ -134,32 +148,64 @@ impl JobReport {
     }
 }
 
-/// What every job task shares.
+/// One run (a DAG, or the one job of an explorer request) on the process's [`Runner`]: what
+/// every job task of the run shares, and only what is the run's own. Dropped when the run ends.
 pub(crate) struct Ctx {
-    store: Store,
-    backends: Arc<Backends>,
-    key: ed25519_dalek::SigningKey,
-    machine: Machine,
+    runner: Arc<Runner>,
     dag: Dag,
     /// Directory of the DAG file: `file:` inputs are relative to it.
     dag_dir: PathBuf,
+    /// The backend of this run's jobs that do not choose one.
+    backend: BackendChoice,
     use_cache: bool,
     records: Durability,
-    /// Cores of this machine given to jobs; a job takes as many permits as it asks cores.
-    cores: Arc<Semaphore>,
-    cores_total: u32,
-    /// Jobs being prepared, run or stored at once: [`JOBS_IN_FLIGHT_PER_CORE`] per core.
-    in_flight: Semaphore,
+    /// This run's own share when it asked for fewer cores than the runner has (a local run's
+    /// `--cores`); its jobs take from it and then from the runner's. None: the runner's alone.
+    own: Option<Budget>,
     progress: MultiProgress,
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
     images: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<(Hash, Arc<Image>)>>>>,
-    work_dirs: WorkDirs,
     /// The contents of the DAG's `file:` inputs by path as written, when a client sent them with
     /// the DAG (a node running a client's DAG never opens a path of the client's machine).
     files: Option<BTreeMap<String, Result<Digest, String>>>,
     /// Where jobs starting and ending are told, for a client following the run from afar.
     events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+}
+
+/// What every run of a process shares; built once per process (`shoal run` builds its own, a
+/// node's `Shared` holds one for its mesh jobs, explorer runs and local runs alike).
+///
+/// Invariant: there is one per process, so all the process's runs share its core budget: jobs
+/// running at once hold at most `cores_total` cores between them, whichever run they belong to.
+pub(crate) struct Runner {
+    store: Store,
+    key: ed25519_dalek::SigningKey,
+    /// This machine's facts, read once; each run record names them.
+    machine: Machine,
+    backends: Backends,
+    budget: Budget,
+    /// Runs prepared and not yet ended (per-DAG state alive), and the free work directories.
+    work_dirs: Arc<WorkDirs>,
+}
+
+/// Cores given to jobs and jobs in flight: the runner's, or a run's own smaller share of them.
+struct Budget {
+    cores_total: u32,
+    /// A job takes as many permits as it asks cores, while its backend runs it.
+    cores: Arc<Semaphore>,
+    /// Jobs being prepared, run or stored at once: [`JOBS_IN_FLIGHT_PER_CORE`] per core.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Budget {
+    fn new(cores_total: u32) -> Budget {
+        Budget {
+            cores_total,
+            cores: Arc::new(Semaphore::new(cores_total as usize)),
+            in_flight: Arc::new(Semaphore::new(cores_total as usize * JOBS_IN_FLIGHT_PER_CORE)),
+        }
+    }
 }
 
 /// A step of a run, for a client that draws its progress (`shoal run` through a node).
@@ -249,7 +295,8 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
     };
     drop(bytes);
     let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let reports = run_dag(store, dag, dag_dir, opts).await?;
+    let runner = Runner::new(store, opts)?;
+    let reports = run_dag(&runner, dag, dag_dir, opts, RunSource::default()).await?;
     let out = render(&reports, opts.json)?;
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
@@ -281,10 +328,8 @@ fn json_text(ok: bool, reports: &[JobReport]) -> Result<String> {
     Ok(String::from_utf8(out)?)
 }
 
-/// The backends jobs run on, shared by every DAG a process runs (a mesh node runs many: one warm
-/// pool serves them all).
-pub(crate) struct Backends {
-    choice: BackendChoice,
+/// The backends jobs run on, the runner's (one warm pool serves every run of the process).
+struct Backends {
     warm_vms: usize,
     namespace: Arc<dyn Backend>,
     /// Set up on first use: a fully cached run never needs QEMU.
@@ -302,68 +347,133 @@ impl Ctx {
             let _ = events.send(event);
         }
     }
+
+    /// Cores this run's jobs may use at once: its own share, or the runner's.
+    fn cores_total(&self) -> u32 {
+        self.own.as_ref().unwrap_or(&self.runner.budget).cores_total
+    }
+
+    /// A place among the jobs in flight: of this run's share first, then of the runner's (so a
+    /// run limited to few cores never holds places of the runner's waiting for its own cores).
+    async fn enter(&self) -> Result<Permits> {
+        let own = match &self.own {
+            Some(own) => Some(own.in_flight.clone().acquire_owned().await.context("job semaphore closed")?),
+            None => None,
+        };
+        let runner = self.runner.budget.in_flight.clone().acquire_owned().await.context("job semaphore closed")?;
+        Ok(Permits { _runner: runner, _own: own })
+    }
+
+    /// What a job asking `wanted` cores waits on before its backend runs it.
+    fn cores_gate(&self, wanted: u32) -> CoresGate {
+        CoresGate { own: self.own.as_ref().map(|b| b.cores.clone()), runner: self.runner.budget.cores.clone(), wanted }
+    }
 }
 
-impl Backends {
-    pub(crate) fn new(opts: &RunOptions) -> Result<Arc<Backends>> {
-        Ok(Arc::new(Backends {
-            choice: opts.backend,
-            warm_vms: opts.warm_vms,
-            namespace: Arc::new(NamespaceBackend::new(sandbox_helper()?)),
-            microvm: tokio::sync::OnceCell::new(),
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        self.runner.work_dirs.run_ended();
+    }
+}
+
+/// What a job holds of a budget (its place in flight, or its cores): of the runner's, and of its
+/// run's own share if it has one; given back when dropped.
+struct Permits {
+    _runner: tokio::sync::OwnedSemaphorePermit,
+    _own: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// The cores a job waits for: of its run's own share (if it has one), then of the runner's.
+struct CoresGate {
+    own: Option<Arc<Semaphore>>,
+    runner: Arc<Semaphore>,
+    wanted: u32,
+}
+
+impl CoresGate {
+    /// Always in the same order (the run's, then the runner's), so two jobs never each hold
+    /// what the other waits for.
+    async fn acquire(&self) -> Result<Permits, tokio::sync::AcquireError> {
+        let own = match &self.own {
+            Some(own) => Some(own.clone().acquire_many_owned(self.wanted).await?),
+            None => None,
+        };
+        let runner = self.runner.clone().acquire_many_owned(self.wanted).await?;
+        Ok(Permits { _runner: runner, _own: own })
+    }
+}
+
+impl Runner {
+    /// The process's runner: loads (or makes) the signing key, reads the machine's facts once,
+    /// and sizes the budget to `opts.cores` (this machine's cores by default).
+    pub(crate) fn new(store: &Store, opts: &RunOptions) -> Result<Arc<Runner>> {
+        let key = identity::load_or_create(store.home())?;
+        let default_backend = match opts.backend {
+            BackendChoice::Microvm => "microvm",
+            BackendChoice::Namespace => "namespace",
+        };
+        let machine = machine::describe(&identity::node_id(&key), default_backend);
+        let cores_total = opts.cores.unwrap_or_else(machine::cores).max(1);
+        Ok(Arc::new(Runner {
+            store: store.clone(),
+            key,
+            machine,
+            backends: Backends {
+                warm_vms: opts.warm_vms,
+                namespace: Arc::new(NamespaceBackend::new(sandbox_helper()?)),
+                microvm: tokio::sync::OnceCell::new(),
+            },
+            budget: Budget::new(cores_total),
+            work_dirs: Arc::new(WorkDirs::default()),
         }))
     }
-}
 
-/// Everything the jobs of one DAG share, made ready to run them (the mesh node makes one per DAG
-/// it executes jobs of, `run_dag` one per run).
-pub(crate) fn prepare(
-    store: &Store,
-    dag: Dag,
-    dag_dir: PathBuf,
-    opts: &RunOptions,
-    backends: Arc<Backends>,
-) -> Result<Arc<Ctx>> {
-    prepare_from(store, dag, dag_dir, opts, backends, RunSource::default())
-}
-
-fn prepare_from(
-    store: &Store,
-    dag: Dag,
-    dag_dir: PathBuf,
-    opts: &RunOptions,
-    backends: Arc<Backends>,
-    source: RunSource,
-) -> Result<Arc<Ctx>> {
-    let key = identity::load_or_create(store.home())?;
-    let default_backend = match opts.backend {
-        BackendChoice::Microvm => "microvm",
-        BackendChoice::Namespace => "namespace",
-    };
-    let machine = machine::describe(&identity::node_id(&key), default_backend);
-    let cores_total = opts.cores.unwrap_or_else(machine::cores).max(1);
-    let progress = MultiProgress::new();
-    if opts.json {
-        progress.set_draw_target(ProgressDrawTarget::hidden());
+    /// A run of `dag` on this runner: `opts` says its backend, cache use, record durability,
+    /// how many of the runner's cores it may use (`cores`; `warm_vms` is the runner's) and
+    /// whether a terminal shows its progress; `source` where its `file:` inputs come from and
+    /// who follows it.
+    pub(crate) fn prepare(
+        self: &Arc<Self>,
+        dag: Dag,
+        dag_dir: PathBuf,
+        opts: &RunOptions,
+        source: RunSource,
+    ) -> Arc<Ctx> {
+        let progress = MultiProgress::new();
+        if opts.json {
+            progress.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        let own = opts.cores.map(|c| c.max(1)).filter(|&c| c < self.budget.cores_total).map(Budget::new);
+        self.work_dirs.run_started();
+        Arc::new(Ctx {
+            runner: self.clone(),
+            dag,
+            dag_dir,
+            backend: opts.backend,
+            use_cache: opts.use_cache,
+            records: opts.records,
+            own,
+            progress,
+            images: std::sync::Mutex::new(BTreeMap::new()),
+            files: source.files,
+            events: source.events,
+        })
     }
-    Ok(Arc::new(Ctx {
-        store: store.clone(),
-        backends,
-        key,
-        machine,
-        dag,
-        dag_dir,
-        use_cache: opts.use_cache,
-        records: opts.records,
-        cores: Arc::new(Semaphore::new(cores_total as usize)),
-        cores_total,
-        in_flight: Semaphore::new(cores_total as usize * JOBS_IN_FLIGHT_PER_CORE),
-        progress,
-        images: std::sync::Mutex::new(BTreeMap::new()),
-        work_dirs: WorkDirs::default(),
-        files: source.files,
-        events: source.events,
-    }))
+
+    /// This machine's facts, as read when the runner was built.
+    pub(crate) fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The cores the runner gives jobs, all runs together.
+    pub(crate) fn cores_total(&self) -> u32 {
+        self.budget.cores_total
+    }
+
+    /// Runs prepared and not yet ended, of every kind (mesh DAGs, explorer requests, local runs).
+    pub(crate) fn runs_live(&self) -> usize {
+        self.work_dirs.runs()
+    }
 }
 
 /// Runs the job at `idx` of the prepared DAG, given the outputs of the jobs it depends on.
@@ -383,21 +493,17 @@ pub(crate) async fn run_one_fresh(
     job_task(ctx, idx, upstream, stale).await
 }
 
-/// Runs every job of `dag`, returning one report per job in file order.
-pub async fn run_dag(store: &Store, dag: Dag, dag_dir: PathBuf, opts: &RunOptions) -> Result<Vec<JobReport>> {
-    run_dag_from(store, dag, dag_dir, opts, RunSource::default()).await
-}
-
-/// [`run_dag`] with `file:` contents a client sent and a listener for its progress.
-pub async fn run_dag_from(
-    store: &Store,
+/// Runs every job of `dag` on `runner`, returning one report per job in file order; `source`
+/// gives the `file:` contents a client sent and a listener for its progress, if any.
+pub(crate) async fn run_dag(
+    runner: &Arc<Runner>,
     dag: Dag,
     dag_dir: PathBuf,
     opts: &RunOptions,
     source: RunSource,
 ) -> Result<Vec<JobReport>> {
     let n = dag.jobs.len();
-    let ctx = prepare_from(store, dag, dag_dir, opts, Backends::new(opts)?, source)?;
+    let ctx = runner.prepare(dag, dag_dir, opts, source);
     ctx.tell(RunEvent::Jobs { count: n });
     let overall = ctx.progress.add(ProgressBar::new(n as u64));
     overall.set_style(
@@ -421,7 +527,7 @@ pub async fn run_dag_from(
     // than `tasks_max` are alive: spawning every ready job at once kept a task (4.5 KB in a debug
     // build) per job of a wide DAG until its turn came.
     let mut ready: VecDeque<usize> = ctx.dag.topo_order().into_iter().filter(|&i| waiting[i] == 0).collect();
-    let tasks_max = (ctx.cores_total as usize * JOBS_IN_FLIGHT_PER_CORE * JOB_TASKS_PER_IN_FLIGHT).max(JOB_TASKS_MIN);
+    let tasks_max = (ctx.cores_total() as usize * JOBS_IN_FLIGHT_PER_CORE * JOB_TASKS_PER_IN_FLIGHT).max(JOB_TASKS_MIN);
     let spawn = |tasks: &mut JoinSet<(usize, JobReport)>, idx: usize, reports: &[Option<JobReport>]| {
         let upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps[idx]
             .iter()
@@ -547,14 +653,15 @@ async fn run_job(
             }
         }
     }
-    if job.requirements.cores > ctx.cores_total {
+    if job.requirements.cores > ctx.cores_total() {
         bail!(
-            "it needs {} cores and this run has {}; lower `requirements.cores` or run with --cores",
+            "it needs {} cores and this run may use {}; lower `requirements.cores`, or give more with --cores \
+             (of `shoal run`; of `shoal node` for the runs of a node, whose cores bound all of them)",
             job.requirements.cores,
-            ctx.cores_total
+            ctx.cores_total()
         );
     }
-    let _in_flight = ctx.in_flight.acquire().await.context("job semaphore closed")?;
+    let _in_flight = ctx.enter().await?;
     ctx.tell(RunEvent::Started { job: job.id.clone() });
     // A spinner per running job, where someone sees it: each one ticks on a thread of its own.
     let bar = (!ctx.progress.is_hidden()).then(|| {
@@ -573,8 +680,8 @@ async fn run_job(
 
 /// The report for a job the action cache answers, if it does.
 async fn cached_report(ctx: &Ctx, job: &Job, action_key: &Hash) -> Result<Option<JobReport>> {
-    let Some(record_hash) = ctx.store.action_get(action_key).await? else { return Ok(None) };
-    let Some(signed) = ctx.store.get_record(record_hash).await? else { return Ok(None) };
+    let Some(record_hash) = ctx.runner.store.action_get(action_key).await? else { return Ok(None) };
+    let Some(signed) = ctx.runner.store.get_record(record_hash).await? else { return Ok(None) };
     // Read back by hash from our store, which checked its signature when it entered.
     let record = match signed.record_trusted() {
         Ok(record) => record,
@@ -604,13 +711,14 @@ async fn resolve_image(
             let tmp = tempfile::Builder::new().prefix("image-").tempdir_in(tmp_root(ctx)?)?;
             let path = tmp.path().join("image");
             match digest.kind {
-                DigestKind::File => ctx.store.export(digest.hash, &path).await?,
-                DigestKind::Tree => ctx.store.materialize_read_only(digest.hash, &path).await?,
+                DigestKind::File => ctx.runner.store.export(digest.hash, &path).await?,
+                DigestKind::Tree => ctx.runner.store.materialize_read_only(digest.hash, &path).await?,
             }
-            let id = ctx.store.import_image_path(&path, None).await.with_context(|| {
+            let id = ctx.runner.store.import_image_path(&path, None).await.with_context(|| {
                 format!("the output `{output}` of job `{job}` is not an OCI layout, OCI archive or docker-save archive")
             })?;
-            let image = ctx.store.get_image(id).await?.ok_or_else(|| anyhow!("image {id} vanished after import"))?;
+            let image =
+                ctx.runner.store.get_image(id).await?.ok_or_else(|| anyhow!("image {id} vanished after import"))?;
             Ok((id, Arc::new(image)))
         }
         other => {
@@ -619,7 +727,7 @@ async fn resolve_image(
             let cell = ctx.images.lock().expect("image cache lock").entry(name).or_default().clone();
             let resolved = cell
                 .get_or_try_init(|| async {
-                    let (id, image) = ctx.store.resolve_image(other).await?;
+                    let (id, image) = ctx.runner.store.resolve_image(other).await?;
                     Ok::<_, anyhow::Error>((id, Arc::new(image)))
                 })
                 .await?;
@@ -646,13 +754,13 @@ async fn resolve_input(
 ) -> Result<Digest> {
     match input {
         InputRef::Job { job, output } => Ok(upstream_output(upstream, job, output)?.clone()),
-        InputRef::Blake3(hash) => digest_of_stored(&ctx.store, *hash).await,
+        InputRef::Blake3(hash) => digest_of_stored(&ctx.runner.store, *hash).await,
         InputRef::Sha256(hex) => {
-            let hash = ctx
-                .store
-                .by_sha256(hex)?
-                .ok_or_else(|| anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`"))?;
-            digest_of_stored(&ctx.store, hash).await
+            let hash =
+                ctx.runner.store.by_sha256(hex)?.ok_or_else(|| {
+                    anyhow!("no stored blob has sha256:{hex}; store it first with `shoal blob put FILE`")
+                })?;
+            digest_of_stored(&ctx.runner.store, hash).await
         }
         InputRef::File(path) if ctx.files.is_some() => match ctx.files.as_ref().and_then(|f| f.get(path)) {
             Some(Ok(digest)) => Ok(digest.clone()),
@@ -664,9 +772,9 @@ async fn resolve_input(
             let meta =
                 std::fs::metadata(&path).with_context(|| format!("cannot read the input file {}", path.display()))?;
             if meta.is_dir() {
-                Ok(ctx.store.put_tree_from_dir(&path).await?)
+                Ok(ctx.runner.store.put_tree_from_dir(&path).await?)
             } else {
-                let (hash, size) = ctx.store.put_file(&path).await?;
+                let (hash, size) = ctx.runner.store.put_file(&path).await?;
                 Ok(Digest { hash, kind: DigestKind::File, size })
             }
         }
@@ -684,7 +792,7 @@ pub async fn digest_of_stored(store: &Store, hash: Hash) -> Result<Digest> {
 }
 
 fn tmp_root(ctx: &Ctx) -> Result<PathBuf> {
-    let dir = ctx.store.home().join("tmp");
+    let dir = ctx.runner.store.home().join("tmp");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
@@ -692,45 +800,95 @@ fn tmp_root(ctx: &Ctx) -> Result<PathBuf> {
 /// Job work directories, emptied and reused (as Bazel reuses sandbox directories): creating
 /// and deleting a directory per job costs more than the job itself on ext4, whose allocator
 /// searches for a fresh inode group for every new directory.
+///
+/// The runner's, so the directories kept are bounded by its jobs in flight (a directory is
+/// taken only inside a place in flight), not by the runs it has made; and kept only while a
+/// run is alive: when the last one ends, the free ones are removed, so a process with no run
+/// leaves nothing under `$SHOAL_HOME/tmp`.
 #[derive(Default)]
 struct WorkDirs {
-    free: std::sync::Mutex<Vec<PathBuf>>,
+    state: std::sync::Mutex<Pool>,
 }
 
-/// A work directory lent to one job; emptied and given back when dropped.
-struct WorkDir<'a> {
+#[derive(Default)]
+struct Pool {
+    /// Emptied directories waiting for a job.
+    free: Vec<PathBuf>,
+    /// Runs prepared and not ended ([`Runner::prepare`] to the drop of its [`Ctx`]).
+    runs: usize,
+}
+
+/// A work directory lent to one job; emptied and given back when dropped (removed instead when
+/// no run is alive: a job stopped mid-run gives its directory back only once its backend has
+/// returned, which may be after its run ended).
+struct WorkDir {
     path: PathBuf,
-    pool: &'a WorkDirs,
+    pool: Arc<WorkDirs>,
 }
 
 impl WorkDirs {
-    fn take(&self, root: &Path) -> Result<WorkDir<'_>> {
-        let reused = self.free.lock().expect("work dir pool").pop();
+    fn take(self: &Arc<Self>, root: &Path) -> Result<WorkDir> {
+        let reused = self.lock().free.pop();
         let path = match reused {
             Some(p) => p,
             None => tempfile::Builder::new().prefix("job-").tempdir_in(root)?.keep(),
         };
-        Ok(WorkDir { path, pool: self })
+        Ok(WorkDir { path, pool: self.clone() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.state.lock().expect("work dir pool")
+    }
+
+    fn run_started(&self) {
+        self.lock().runs += 1;
+    }
+
+    /// The end of a run: the last one alive takes the free directories with it.
+    fn run_ended(&self) {
+        let free = {
+            let mut pool = self.lock();
+            pool.runs -= 1;
+            if pool.runs > 0 {
+                return;
+            }
+            std::mem::take(&mut pool.free)
+        };
+        remove_work_dirs(free);
+    }
+
+    fn runs(&self) -> usize {
+        self.lock().runs
+    }
+
+    /// Directories emptied and waiting for a job.
+    #[cfg(test)]
+    fn free(&self) -> Vec<PathBuf> {
+        self.lock().free.clone()
+    }
+}
+
+fn remove_work_dirs(dirs: Vec<PathBuf>) {
+    for p in dirs {
+        if let Err(e) = std::fs::remove_dir_all(&p) {
+            tracing::warn!("cannot remove the work directory {}: {e}", p.display());
+        }
     }
 }
 
 impl Drop for WorkDirs {
     fn drop(&mut self) {
-        for p in self.free.get_mut().map(std::mem::take).unwrap_or_default() {
-            if let Err(e) = std::fs::remove_dir_all(&p) {
-                tracing::warn!("cannot remove the work directory {}: {e}", p.display());
-            }
-        }
+        remove_work_dirs(self.state.get_mut().map(|p| std::mem::take(&mut p.free)).unwrap_or_default());
     }
 }
 
-impl WorkDir<'_> {
+impl WorkDir {
     fn path(&self) -> &Path {
         &self.path
     }
 }
 
-impl Drop for WorkDir<'_> {
+impl Drop for WorkDir {
     fn drop(&mut self) {
         // Empty it; keep an empty `outputs` (the backends' output directory), drop the rest.
         let emptied = std::fs::read_dir(&self.path).map(|entries| {
@@ -747,8 +905,13 @@ impl Drop for WorkDir<'_> {
             })
         });
         if emptied.unwrap_or(false) {
-            self.pool.free.lock().expect("work dir pool").push(std::mem::take(&mut self.path));
-        } else if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            let mut pool = self.pool.lock();
+            if pool.runs > 0 {
+                pool.free.push(std::mem::take(&mut self.path));
+                return;
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
             tracing::warn!("cannot remove the work directory {}: {e}", self.path.display());
         }
     }
@@ -763,8 +926,8 @@ async fn execute(
     action_key: Hash,
     queued_unix_ms: u64,
 ) -> Result<JobReport> {
-    let work = ctx.work_dirs.take(&tmp_root(ctx)?)?;
-    let rootfs = ctx.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
+    let work = ctx.runner.work_dirs.take(&tmp_root(ctx)?)?;
+    let rootfs = ctx.runner.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
     let input_dir = work.path().join("inputs");
     if !resolved.inputs.is_empty() {
         std::fs::create_dir(&input_dir)?;
@@ -821,17 +984,20 @@ async fn execute(
     // Cores are held while the job runs, not while its inputs are written, its sandbox is
     // built (the backend calls the gate when it is) or its outputs stored: those overlap with
     // other jobs' runs.
-    let (cores, wanted, rt) = (ctx.cores.clone(), job.requirements.cores, tokio::runtime::Handle::current());
+    // The work directory goes to the backend's thread and comes back with it: a job stopped
+    // while its backend runs (a mesh claim lost) must not give the directory to another job
+    // while the sandbox still writes in it.
+    let (gate, rt) = (ctx.cores_gate(job.requirements.cores), tokio::runtime::Handle::current());
     let start = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut permit = None;
-        let outcome =
-            backend.run_gated(request, &mut || permit = rt.block_on(cores.clone().acquire_many_owned(wanted)).ok());
-        drop(permit);
-        outcome
+    let (outcome, _work) = tokio::task::spawn_blocking(move || {
+        let mut held = None;
+        let outcome = backend.run_gated(request, &mut || held = rt.block_on(gate.acquire()).ok());
+        drop(held);
+        (outcome, work)
     })
     .await
-    .context("the backend thread panicked")??;
+    .context("the backend thread panicked")?;
+    let outcome = outcome?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
 
     let mut outputs = BTreeMap::new();
@@ -844,10 +1010,10 @@ async fn execute(
             shoal_dag::OutputSpec::Stderr => stderr.clone(),
             _ => match outcome.outputs.get(name) {
                 Some(CollectedOutput::File(path)) => {
-                    let (hash, size) = ctx.store.put_file(path).await?;
+                    let (hash, size) = ctx.runner.store.put_file(path).await?;
                     Digest { hash, kind: DigestKind::File, size }
                 }
-                Some(CollectedOutput::Dir(path)) => ctx.store.put_tree_from_dir(path).await?,
+                Some(CollectedOutput::Dir(path)) => ctx.runner.store.put_tree_from_dir(path).await?,
                 None => {
                     if exit.success() {
                         exit = Exit::Error(format!("output `{name}` ({spec}) was not produced"));
@@ -859,7 +1025,7 @@ async fn execute(
         outputs.insert(name.clone(), digest);
     }
     let finished_unix_ms = now_unix_ms();
-    let mut machine = ctx.machine.clone();
+    let mut machine = ctx.runner.machine.clone();
     machine.accelerator = outcome.accelerator.clone();
     machine.backend = outcome.backend.clone();
     machine.qemu = outcome.vm.as_ref().map(|v| v.qemu.clone());
@@ -887,14 +1053,14 @@ async fn execute(
             peak_memory_bytes: outcome.peak_memory_bytes,
         },
         machine,
-        holders: vec![ctx.machine.node_id.clone()],
+        holders: vec![ctx.runner.machine.node_id.clone()],
     };
-    let signed = record.sign(&ctx.key);
+    let signed = record.sign(&ctx.runner.key);
     let success = exit.success();
     let record_hash = if success {
-        ctx.store.put_record_for_action(&signed, &action_key, ctx.records).await?
+        ctx.runner.store.put_record_for_action(&signed, &action_key, ctx.records).await?
     } else {
-        ctx.store.put_record(&signed, ctx.records).await?
+        ctx.runner.store.put_record(&signed, ctx.records).await?
     };
     let mut report = JobReport::new(&job.id, if success { Status::Done } else { Status::Failed });
     report.wall_ms = Some(outcome.wall_ms);
@@ -927,8 +1093,8 @@ fn sandbox_helper() -> Result<HelperCommand> {
 /// The backend for one job: its `isolation` if it states one, else the run's choice.
 async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
     use shoal_dag::Isolation;
-    let backends = &ctx.backends;
-    let vm = match (job.requirements.isolation, backends.choice) {
+    let backends = &ctx.runner.backends;
+    let vm = match (job.requirements.isolation, ctx.backend) {
         (Some(Isolation::Vm), BackendChoice::Namespace) => bail!(
             "it requires `isolation: vm` and this run uses --backend namespace; run with --backend microvm \
              (the default), or change the job's isolation to `namespace` if the lighter sandbox is acceptable"
@@ -939,7 +1105,7 @@ async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
     if !vm {
         return Ok(backends.namespace.clone());
     }
-    let home = ctx.store.home().to_path_buf();
+    let home = ctx.runner.store.home().to_path_buf();
     let warm = backends.warm_vms;
     let backend = backends
         .microvm
@@ -978,7 +1144,7 @@ async fn put_captured(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest
     match captured {
         shoal_vm::Captured::Bytes(b) => put_bytes(ctx, b.clone()).await,
         shoal_vm::Captured::File { path, .. } => {
-            let (hash, size) = ctx.store.put_file(path).await?;
+            let (hash, size) = ctx.runner.store.put_file(path).await?;
             Ok(Digest { hash, kind: DigestKind::File, size })
         }
     }
@@ -986,15 +1152,15 @@ async fn put_captured(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest
 
 async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {
     let size = bytes.len() as u64;
-    let hash = ctx.store.put_bytes(bytes).await?;
+    let hash = ctx.runner.store.put_bytes(bytes).await?;
     Ok(Digest { hash, kind: DigestKind::File, size })
 }
 
 /// Writes a stored blob or tree to `path` on the host.
 async fn write_out(ctx: &Ctx, digest: &Digest, path: &Path) -> Result<()> {
     match digest.kind {
-        DigestKind::File => ctx.store.export(digest.hash, path).await?,
-        DigestKind::Tree => ctx.store.materialize_read_only(digest.hash, path).await?,
+        DigestKind::File => ctx.runner.store.export(digest.hash, path).await?,
+        DigestKind::Tree => ctx.runner.store.materialize_read_only(digest.hash, path).await?,
     }
     Ok(())
 }
@@ -1049,4 +1215,130 @@ pub async fn find_record(store: &Store, what: &str) -> Result<RunRecord> {
     };
     let signed = store.get_record(hash).await?.ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
     signed.verify().with_context(|| format!("run record {hash} does not verify"))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    /// A runner of `cores` cores on a fresh store, and the directory that holds its home.
+    async fn runner(cores: u32) -> (tempfile::TempDir, Arc<Runner>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("home")).await.unwrap();
+        let runner = Runner::new(&store, &options(Some(cores))).unwrap();
+        (dir, runner)
+    }
+
+    fn options(cores: Option<u32>) -> RunOptions {
+        RunOptions {
+            backend: BackendChoice::Namespace,
+            json: true,
+            use_cache: true,
+            cores,
+            warm_vms: 0,
+            records: Durability::Soon,
+            dag_bytes_max: 1 << 20,
+        }
+    }
+
+    fn run(runner: &Arc<Runner>, cores: Option<u32>) -> Arc<Ctx> {
+        runner.prepare(Dag { version: 1, jobs: Vec::new() }, PathBuf::new(), &options(cores), RunSource::default())
+    }
+
+    /// Whether `gate` gives its cores now (without waiting).
+    fn cores_now(gate: &CoresGate) -> Option<Permits> {
+        gate.acquire().now_or_never().map(|r| r.unwrap())
+    }
+
+    #[tokio::test]
+    async fn every_run_takes_its_cores_from_the_runners_one_budget() {
+        let (_dir, runner) = runner(2).await;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        let held = cores_now(&a.cores_gate(2)).expect("2 free cores");
+        assert!(cores_now(&b.cores_gate(1)).is_none(), "another run waits for the cores the first holds");
+        drop(held);
+        let one = cores_now(&b.cores_gate(1)).expect("given back");
+        assert!(cores_now(&a.cores_gate(2)).is_none());
+        assert!(cores_now(&a.cores_gate(1)).is_some());
+        drop(one);
+    }
+
+    #[tokio::test]
+    async fn a_run_given_fewer_cores_takes_from_its_share_and_from_the_runners() {
+        let (_dir, runner) = runner(4).await;
+        let small = run(&runner, Some(1));
+        assert_eq!(small.cores_total(), 1);
+        let held = cores_now(&small.cores_gate(1)).expect("its one core");
+        assert!(cores_now(&small.cores_gate(1)).is_none(), "its share is one core, though the runner has 3 free");
+        let other = run(&runner, None);
+        let three = cores_now(&other.cores_gate(3)).expect("the runner's other 3 cores");
+        assert!(cores_now(&other.cores_gate(1)).is_none(), "the small run's core counts against the runner's 4");
+        drop((held, three));
+        // Asking for more than the runner has gives the runner's cores, no more.
+        let big = run(&runner, Some(8));
+        assert_eq!(big.cores_total(), 4);
+        assert!(big.own.is_none());
+        assert!(cores_now(&big.cores_gate(4)).is_some());
+    }
+
+    #[tokio::test]
+    async fn jobs_in_flight_are_bounded_by_the_runner_across_runs() {
+        let (_dir, runner) = runner(1).await;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        let mut places: Vec<Permits> = (0..2).map(|_| a.enter().now_or_never().unwrap().unwrap()).collect();
+        places.push(b.enter().now_or_never().expect("the third place").unwrap());
+        assert_eq!(places.len(), JOBS_IN_FLIGHT_PER_CORE);
+        assert!(
+            b.enter().now_or_never().is_none(),
+            "{JOBS_IN_FLIGHT_PER_CORE} jobs in flight per core, all runs together"
+        );
+        places.pop();
+        assert!(a.enter().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn work_directories_are_reused_while_a_run_lives_and_removed_when_the_last_ends() {
+        let (dir, runner) = runner(1).await;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let pool = &runner.work_dirs;
+        let (a, b) = (run(&runner, None), run(&runner, None));
+        assert_eq!(runner.runs_live(), 2);
+        let work = pool.take(&tmp).unwrap();
+        let path = work.path().to_path_buf();
+        std::fs::create_dir(path.join("outputs")).unwrap();
+        std::fs::write(path.join("outputs/out"), "x").unwrap();
+        std::fs::write(path.join("stdin"), "x").unwrap();
+        drop(work);
+        assert_eq!(pool.free(), [path.clone()]);
+        let again = pool.take(&tmp).unwrap();
+        assert_eq!(again.path(), path, "reused");
+        let left: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["outputs"], "emptied, its empty `outputs` kept");
+        assert_eq!(std::fs::read_dir(path.join("outputs")).unwrap().count(), 0);
+        drop(again);
+        drop(a);
+        assert_eq!(pool.free(), [path.clone()], "kept while a run lives");
+        drop(b);
+        assert_eq!(runner.runs_live(), 0);
+        assert!(pool.free().is_empty());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "nothing left under tmp/");
+    }
+
+    #[tokio::test]
+    async fn a_work_directory_given_back_after_its_run_ended_is_removed() {
+        let (dir, runner) = runner(1).await;
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let a = run(&runner, None);
+        // A job stopped while its backend ran gives its directory back when the backend returns.
+        let work = runner.work_dirs.take(&tmp).unwrap();
+        drop(a);
+        std::fs::write(work.path().join("stdout"), "late").unwrap();
+        drop(work);
+        assert!(runner.work_dirs.free().is_empty());
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
 }

@@ -340,7 +340,10 @@ struct RunRequest {
     json: bool,
     #[serde(default)]
     no_cache: bool,
+    /// At most this many of the node's cores for this run (the node's `--cores` bounds every
+    /// run it makes together).
     cores: Option<u32>,
+    /// Checked, but the node's warm pool (`shoal node --warm-vms`) is the one its runs use.
     warm_vms: usize,
 }
 
@@ -377,7 +380,8 @@ impl Drop for RunGuard {
     }
 }
 
-/// `shoal run`: runs the DAG as `shoal run` would on this store, streaming JSON lines: the run's
+/// `shoal run`: runs the DAG as `shoal run` would on this store (on the node's runner, sharing
+/// its cores with the mesh's jobs and the explorer's), streaming JSON lines: the run's
 /// events, then `{"event": "end", "ok", "stdout", "stderr"}` (what the command prints) or
 /// `{"event": "error", "error"}`.
 async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) -> Result<Response, LocalError> {
@@ -419,7 +423,7 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();
-    let store = s.store.clone();
+    let (store, runner) = (s.store.clone(), s.runner.clone());
     let json_out = req.json;
     let counted = Counted::new();
     let task = tokio::spawn(async move {
@@ -433,7 +437,7 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
             })
         };
         let source = RunSource { files: Some(files), events: Some(events_tx) };
-        let result = run::run_dag_from(&store, dag, PathBuf::new(), &opts, source).await;
+        let result = run::run_dag(&runner, dag, PathBuf::new(), &opts, source).await;
         let _ = forward.await;
         // As a local run ends: its records on disk.
         let flushed = store.flush().await;

@@ -43,7 +43,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::identity;
-use crate::run::{BackendChoice, Backends, RunOptions};
+use crate::run::{BackendChoice, RunOptions, RunSource, Runner};
 
 /// How often a node announces itself, in ms.
 const ANNOUNCE_MS: u64 = 10_000;
@@ -327,8 +327,10 @@ pub(crate) struct Shared {
     pub node: NodeId,
     /// Trees and images fetched complete (see `exec::fetch_digest`).
     pub complete: exec::Complete,
-    /// The backends this node's jobs run on, and how (the explorer runs its jobs here too).
-    pub backends: Arc<Backends>,
+    /// The process's runner: mesh jobs, explorer runs and local runs all run through it, so
+    /// they share its `--cores`.
+    pub runner: Arc<Runner>,
+    /// How this node's runs go (`--backend`, `--cores`, ...).
     pub run: RunOptions,
     /// The explorer's public access and limits.
     pub explorer: crate::explorer::PublicOptions,
@@ -374,10 +376,12 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
-    let machine = crate::machine::describe(&identity::node_id(&key), "");
+    // The cores announced to the mesh are the runner's budget, which explorer and local runs share.
+    let runner = Runner::new(&store, &opts.run)?;
+    let machine = runner.machine();
     let caps = Capabilities {
         arch: host_arch(),
-        cores: opts.run.cores.unwrap_or(machine.cores).max(1),
+        cores: runner.cores_total(),
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
         gpus: Vec::new(),
@@ -409,7 +413,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         events,
         node: node_id,
         complete: exec::Complete::default(),
-        backends: Backends::new(&opts.run)?,
+        runner,
         run: opts.run.clone(),
         explorer: opts.explorer.clone(),
         upload_bytes_max: opts.upload_bytes_max,
@@ -497,8 +501,9 @@ struct Node {
     /// DAG contents being fetched (or waiting to retry): hash -> when the next try may start.
     dag_fetches: BTreeMap<Hash, Option<Instant>>,
     fetched: (mpsc::Sender<(Hash, Result<Dag, String>)>, mpsc::Receiver<(Hash, Result<Dag, String>)>),
-    /// Prepared runners of the DAGs with a job running here (dropped with their last job: a
-    /// node that kept every DAG's grew without end; preparing again costs milliseconds).
+    /// The runs (per-DAG contexts on the runner) of the DAGs with a job running here, dropped
+    /// with their last job: a node that kept every DAG's grew without end; preparing again
+    /// costs microseconds (the key, machine facts, cores and work directories are the runner's).
     ctxs: BTreeMap<Hash, Arc<crate::run::Ctx>>,
     /// Which connected peer anti-entropy asks next.
     sync_turn: usize,
@@ -818,17 +823,9 @@ impl Node {
             None => {
                 let mut opts = self.opts.run.clone();
                 opts.json = true;
-                match crate::run::prepare(&self.shared.store, dag, PathBuf::new(), &opts, self.shared.backends.clone())
-                {
-                    Ok(c) => {
-                        self.ctxs.insert(dag_hash, c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        self.core.handle_job_finished(now_unix_ms(), claim, Finished::Failed(format!("{e:#}")));
-                        return;
-                    }
-                }
+                let c = self.shared.runner.prepare(dag, PathBuf::new(), &opts, RunSource::default());
+                self.ctxs.insert(dag_hash, c.clone());
+                c
             }
         };
         info!(%claim, dag = %dag_hash, job, "starting");
@@ -1111,8 +1108,10 @@ impl Node {
                     "peers_live": self.live_peers().len(),
                     "connected": self.connected.len(),
                     "running": self.core.running_count(),
-                    // DAGs whose prepared runner this node keeps: those with a job running here.
+                    // DAGs whose run (context on the runner) this node keeps: those with a job running here.
                     "prepared_dags": self.ctxs.len(),
+                    // Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
+                    "runs_live": self.shared.runner.runs_live(),
                 }));
             }
             Cmd::Block { peers, block, reply } => {

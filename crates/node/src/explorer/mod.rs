@@ -4,8 +4,9 @@
 //! options; the page posts one multipart request (a JSON `request` part, then one `file` part per
 //! input and an optional `stdin` part). Each part is streamed to a temporary file and into the
 //! store, never held whole in memory; the options are checked and rendered into argv; the job
-//! becomes a one-job DAG run by the same pipeline as `shoal run` (`run::prepare` + `run::run_one`
-//! with the node's backends), so an identical request is answered from the action cache at once.
+//! becomes a one-job DAG run by the same pipeline as `shoal run` (`Runner::prepare` + `run::run_one`
+//! on the node's runner, whose cores mesh jobs share), so an identical request is answered from
+//! the action cache at once.
 //! The answer is a view of the signed run record; `/r/<record hash>` reloads it, inputs and
 //! options included (they ride in the job's environment as `SHOAL_EXPLORER`, so they are part of
 //! the record and of the action key), on any node: one that lacks the record fetches it and its
@@ -362,7 +363,7 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ex
     let hit = s.store.action_get(&key).await.map_err(internal)?.is_some();
     let _permit = if hit { None } else { Some(ex.runs.acquire().await.map_err(internal)?) };
     let dag = Dag { version: 1, jobs: vec![job] };
-    let ctx = run::prepare(&s.store, dag, PathBuf::new(), &s.run, s.backends.clone()).map_err(internal)?;
+    let ctx = s.runner.prepare(dag, PathBuf::new(), &s.run, run::RunSource::default());
     let span = tracing::info_span!("job", id = JOB_ID, entry = %r.entry.id);
     let report = tracing::Instrument::instrument(run::run_one(&ctx, 0, &BTreeMap::new()), span).await;
     match report.record {
