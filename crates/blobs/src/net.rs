@@ -20,7 +20,7 @@
 //! A fetched blob is not a root for `gc`, like a blob just stored: the caller records what uses
 //! it (a run record, a tag, a pin) before the next `gc`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -142,6 +142,8 @@ struct NodeInner {
     /// Peers whose pooled connection must not be used again: they came back on another address,
     /// or a fetch from them stalled or could not connect.
     moved: std::sync::Mutex<HashSet<PublicKey>>,
+    /// The connections peers opened to this node.
+    incoming: Incoming,
 }
 
 /// Endpoint ids allowed to fetch from this node. Shared between the [`BlobNode`] (which adds to
@@ -172,6 +174,48 @@ impl Members {
 struct MembersOnly {
     store: iroh_blobs::api::Store,
     members: Members,
+    incoming: Incoming,
+}
+
+/// The connections peers opened to this node, by peer, so those of a peer that moved (restarted
+/// on another address) can be closed: while one to its old address is open, the endpoint answers
+/// the peer's new connections there, and the peer cannot reach this node (for the idle timeout,
+/// 30 s, and longer while its tries keep the old path alive: found by bench/soak.py).
+#[derive(Clone, Debug, Default)]
+struct Incoming(Arc<std::sync::Mutex<HashMap<PublicKey, HashMap<usize, Connection>>>>);
+
+impl Incoming {
+    fn add(&self, connection: &Connection) -> IncomingGuard {
+        let (peer, id) = (connection.remote_id(), connection.stable_id());
+        self.0.lock().expect("incoming").entry(peer).or_default().insert(id, connection.clone());
+        IncomingGuard { incoming: self.clone(), peer, id }
+    }
+
+    fn close_all(&self, peer: &PublicKey) {
+        let gone = self.0.lock().expect("incoming").remove(peer).unwrap_or_default();
+        for connection in gone.into_values() {
+            connection.close(0u32.into(), b"you moved: open a new connection");
+        }
+    }
+}
+
+/// Takes a connection out of [`Incoming`] when its handler ends.
+struct IncomingGuard {
+    incoming: Incoming,
+    peer: PublicKey,
+    id: usize,
+}
+
+impl Drop for IncomingGuard {
+    fn drop(&mut self) {
+        let mut map = self.incoming.0.lock().expect("incoming");
+        if let Some(of_peer) = map.get_mut(&self.peer) {
+            of_peer.remove(&self.id);
+            if of_peer.is_empty() {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// How long a connection from an endpoint that is not a member may stay open (every request on
@@ -183,6 +227,7 @@ const REFUSED_REASON: &[u8] = b"not a member of this mesh";
 impl ProtocolHandler for MembersOnly {
     async fn accept(&self, connection: Connection) -> Result<(), AcceptError> {
         let peer = connection.remote_id();
+        let _registered = self.incoming.add(&connection);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(REFUSED_CONNECTION_S);
         let mut refused = 0u64;
         loop {
@@ -247,7 +292,8 @@ impl Store {
             .await
             .map_err(|e| bind_error(error_chain(&e)))?;
         let members = Members::default();
-        let handler = MembersOnly { store: self.iroh().clone(), members: members.clone() };
+        let incoming = Incoming::default();
+        let handler = MembersOnly { store: self.iroh().clone(), members: members.clone(), incoming: incoming.clone() };
         let router = Router::builder(endpoint.clone()).accept(iroh_blobs::ALPN, handler).spawn();
         let mut options = connection_pool::Options::default();
         options.connect_timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
@@ -258,7 +304,16 @@ impl Store {
         debug!(id = %endpoint.id(), addrs = ?endpoint.bound_sockets(), "blob endpoint started");
         let moved = Default::default();
         Ok(BlobNode {
-            inner: Arc::new(NodeInner { store: self.clone(), endpoint, router, lookup, pool, members, moved }),
+            inner: Arc::new(NodeInner {
+                store: self.clone(),
+                endpoint,
+                router,
+                lookup,
+                pool,
+                members,
+                moved,
+                incoming,
+            }),
         })
     }
 }
@@ -367,6 +422,15 @@ impl BlobNode {
             // would be handed out until it timed out, and a fetch would wait on it.
             debug!(peer = %id.fmt_short(), addrs = ?peer.addrs, "blob peer moved; its pooled connection is dropped");
             self.forget_connection(id);
+            // Now, not at our next fetch from it: while a connection to its old address is open,
+            // its own connections to us are answered there, and it can reach us no more.
+            self.inner.incoming.close_all(&id);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let pool = self.inner.pool.clone();
+                rt.spawn(async move {
+                    let _ = pool.close(id).await;
+                });
+            }
         }
     }
 
