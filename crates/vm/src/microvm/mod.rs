@@ -14,8 +14,6 @@
 //! accelerator, probed: KVM where `/dev/kvm` works and is not PVM (which cannot boot a stock
 //! kernel; checked at every start) and a bounded probe boot succeeds, TCG otherwise.
 
-pub mod disk;
-pub mod guest;
 pub mod initramfs;
 pub mod kernel;
 mod prepared;
@@ -34,7 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use self::disk::{DATA_OFFSET, Fault, GuestReply, GuestRequest, REPLY_MAGIC, REQUEST_MAGIC};
 use crate::wire::JobSpec;
-use crate::{Backend, Outcome, Request, RunError, collect, sys};
+use crate::{Backend, Outcome, Request, RunError, collect};
+pub use shoal_sandbox::disk;
+use shoal_sandbox::sys;
 
 /// Guest memory on top of the job's limit: kernel, guest-init, inputs on tmpfs, stdout buffers.
 const GUEST_OVERHEAD_MIB: u64 = 160;
@@ -319,7 +319,7 @@ impl MicrovmBackend {
 
     fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
         let started = Instant::now();
-        crate::namespace::validate(&req, true)?;
+        shoal_sandbox::namespace::validate(&req, true)?;
         let key = WarmKey::of(&squashfs_for(&req.rootfs)?, &req.limits, req.network);
         if let Some(pool) = &self.pool {
             let warm = pool.take(&key);
@@ -459,7 +459,7 @@ impl MicrovmBackend {
         let stderr = disk::capture_span(&mut reply_file, err_span, stdout_cap, reply_len, &req.work_dir.join("stderr"))
             .map_err(|e| RunError::Helper(format!("stderr: {e}")))?;
         let outputs_dir = req.work_dir.join("outputs");
-        crate::namespace::make_private_dir(&outputs_dir)?;
+        shoal_sandbox::namespace::make_private_dir(&outputs_dir)?;
         let unpacked = match tar_error {
             Some(e) => Err(collect::UnpackError::Invalid(e)),
             None if tar.len > tar_cap || tar.offset != DATA_OFFSET || tar.offset + tar.len > reply_len => {

@@ -12,14 +12,12 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::disk::{
-    self, DATA_OFFSET, Fault, GuestReply, GuestRequest, GuestTimeline, REPLY_MAGIC, REPLY_SERIAL, REQUEST_MAGIC,
-    REQUEST_SERIAL, ROOTFS_SERIAL, Span,
+use shoal_sandbox::collect::UnpackError;
+use shoal_sandbox::disk::{
+    self, DATA_OFFSET, Fault, GuestReply, GuestRequest, GuestTimeline, MODULES_DIR, NET_MODULES_DIR, REPLY_MAGIC,
+    REPLY_SERIAL, REQUEST_MAGIC, REQUEST_SERIAL, ROOTFS_SERIAL, Span,
 };
-use super::initramfs::{MODULES_DIR, NET_MODULES_DIR};
-use crate::collect::UnpackError;
-use crate::namespace::NamespaceBackend;
-use crate::{InputMount, Request};
+use shoal_sandbox::{Captured, InputMount, NamespaceBackend, Request};
 
 /// How long PID 1 waits for its disks to appear after loading the block driver.
 const DISK_WAIT_MS: u64 = 5_000;
@@ -29,14 +27,14 @@ const BLKFLSBUF: libc::c_ulong = 0x1261;
 const WORK_DIR: &str = "/tmp/work";
 
 /// CLOCK_BOOTTIME in ms: time since the kernel started.
-pub fn boottime_ms() -> u64 {
+fn boottime_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
         .unwrap_or(0)
 }
 
 /// PID 1. Never returns: the VM powers off (or, on an injected panic, the kernel panics).
-pub fn pid1_main() -> ! {
+pub(crate) fn pid1_main() -> ! {
     let mut timeline = GuestTimeline { init_start_ms: boottime_ms(), ..GuestTimeline::default() };
     let mut reply_dev: Option<File> = None;
     if let Err(message) = pid1(&mut timeline, &mut reply_dev) {
@@ -142,7 +140,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     if cmdline.split_whitespace().any(|w| w == "shoal.warm") {
         // Booted ahead of demand: the host fills the request disk, then says go on the console.
         step("warm: waiting for a job");
-        eprintln!("{}", super::disk::WARM_READY_MARKER);
+        eprintln!("{}", disk::WARM_READY_MARKER);
         let mut line = String::new();
         io::stdin().read_line(&mut line).map_err(|e| format!("reading the go-ahead: {e}"))?;
         timeline.go_ms = boottime_ms();
@@ -217,7 +215,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         Err(e) => (Span { offset: DATA_OFFSET, len: 0 }, Some(e.to_string())),
     };
     let mut at = DATA_OFFSET + tar.len;
-    let mut put = |captured: &crate::Captured| -> Result<Span, String> {
+    let mut put = |captured: &Captured| -> Result<Span, String> {
         let len = reply
             .seek(SeekFrom::Start(at))
             .and_then(|_| captured.copy_to(&mut reply))
@@ -267,7 +265,7 @@ fn configure_network() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    crate::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    shoal_sandbox::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
@@ -384,7 +382,7 @@ fn unpack_inputs(dev: &mut File, request: &GuestRequest) -> Result<Vec<InputMoun
     archive.unpack(INPUTS_DIR).map_err(|e| format!("unpacking the inputs: {e}"))?;
     let mut mounts = Vec::new();
     for name in &request.inputs {
-        if !crate::collect::valid_name(name) {
+        if !shoal_sandbox::collect::valid_name(name) {
             return Err(format!("input name `{name}` is not one plain path component"));
         }
         let host_path = Path::new(INPUTS_DIR).join("input").join(name);
