@@ -76,7 +76,7 @@ pub fn doctor(home: &std::path::Path, json: bool) -> Result<()> {
     microvm_checks(home, &mut checks);
     match shoal_vm::NamespaceBackend::probe() {
         Ok(()) => checks.push(("namespace backend", true, "user, mount, pid, net, ipc, uts namespaces work".into())),
-        Err(why) => checks.push(("namespace backend", false, why)),
+        Err(why) => checks.push(("namespace backend", false, why.to_string())),
     }
     let registry = which("docker-registry");
     checks.push((

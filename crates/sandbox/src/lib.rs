@@ -37,7 +37,7 @@ pub mod sandbox;
 pub mod sys;
 pub mod wire;
 
-pub use namespace::{HelperCommand, NamespaceBackend, RawRun};
+pub use namespace::{HelperCommand, NamespaceBackend, ProbeError, RawRun};
 pub use sandbox::sandbox_helper_main;
 pub use shoal_dag::{Exit, OutputSpec};
 

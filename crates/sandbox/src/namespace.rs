@@ -8,14 +8,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use nix::fcntl::{FcntlArg, fcntl};
 
 use crate::cgroup::{Cgroup, Hierarchy, Keeper};
 use crate::wire::{GATE_FD, HelperRequest, IdMap, JobSpec, STATUS_BYTES_MAX, Status};
@@ -231,47 +229,45 @@ impl NamespaceBackend {
 
     /// Whether this host can create the namespaces the backend needs; Err says why not and
     /// how to fix it.
-    pub fn probe() -> Result<(), String> {
+    pub fn probe() -> Result<(), ProbeError> {
         let read = |p: &str| fs::read_to_string(p).ok().map(|s| s.trim().to_string());
         if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-            return Err("user namespaces are disabled: run `sysctl -w user.max_user_namespaces=15000`".into());
+            return Err(ProbeError::UserNamespacesOff);
         }
         let root = nix::unistd::geteuid().is_root();
         if !root && read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-            return Err(
-                "unprivileged user namespaces are disabled: run `sysctl -w kernel.unprivileged_userns_clone=1`".into(),
-            );
+            return Err(ProbeError::UnprivilegedUserNamespacesOff);
         }
         if !read("/proc/filesystems").unwrap_or_default().contains("overlay") {
-            return Err("the kernel has no overlayfs: run `modprobe overlay`".into());
+            return Err(ProbeError::NoOverlay);
         }
         use nix::sched::CloneFlags as F;
         let flags =
             F::CLONE_NEWUSER | F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWNET | F::CLONE_NEWIPC | F::CLONE_NEWUTS;
-        // SAFETY: the child only calls unshare(2) and _exit(2), both async-signal-safe, so
-        // forking a multi-threaded caller is fine.
-        match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Child) => {
-                let code = match nix::sched::unshare(flags) {
-                    Ok(()) => 0,
-                    Err(e) => e as i32,
-                };
-                // SAFETY: leave the forked copy at once, without running atexit handlers.
-                unsafe { libc::_exit(code) }
-            }
-            Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
-                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
-                Ok(nix::sys::wait::WaitStatus::Exited(_, errno)) => Err(format!(
-                    "cannot create user/mount/pid/net/ipc/uts namespaces: {}; enable user namespaces \
-                     (sysctl user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) \
-                     or run in a container started with --privileged or a seccomp profile that allows unshare",
-                    nix::errno::Errno::from_raw(errno).desc()
-                )),
-                other => Err(format!("namespace probe child ended oddly: {other:?}")),
-            },
-            Err(e) => Err(format!("cannot fork the namespace probe: {e}")),
-        }
+        sys::can_unshare(flags).map_err(ProbeError::Probe)?.map_err(ProbeError::Unshare)
     }
+}
+
+/// Why this host cannot run the namespace sandbox ([`NamespaceBackend::probe`]); each says the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("user namespaces are disabled: run `sysctl -w user.max_user_namespaces=15000`")]
+    UserNamespacesOff,
+    #[error("unprivileged user namespaces are disabled: run `sysctl -w kernel.unprivileged_userns_clone=1`")]
+    UnprivilegedUserNamespacesOff,
+    #[error("the kernel has no overlayfs: run `modprobe overlay`")]
+    NoOverlay,
+    /// unshare(2) failed in a child of this process.
+    #[error(
+        "cannot create user/mount/pid/net/ipc/uts namespaces: {}; enable user namespaces \
+         (sysctl user.max_user_namespaces, kernel.apparmor_restrict_unprivileged_userns=0 on Ubuntu) \
+         or run in a container started with --privileged or a seccomp profile that allows unshare",
+        .0.desc()
+    )]
+    Unshare(nix::errno::Errno),
+    /// The child that tries could not be forked or waited for.
+    #[error("cannot run the namespace probe: {0}")]
+    Probe(#[source] io::Error),
 }
 
 /// What a sandboxed run produced, with the output tar handed to a caller-chosen sink: the host
@@ -375,11 +371,7 @@ impl NamespaceBackend {
             None => (None, None),
         };
         // Above fd 10, so that moving them to 0-4 in the child cannot clobber each other.
-        let high = |fd: &dyn AsRawFd| -> Result<OwnedFd, RunError> {
-            let fd = fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| RunError::io("dup", e.into()))?;
-            // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; we are its only owner.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        };
+        let high = |fd: &dyn AsFd| sys::dup_above(&fd, 10).map_err(|e| RunError::io("dup", e));
         let stdin = match &req.stdin {
             Some(p) => File::open(p).map_err(|e| RunError::io(format!("opening stdin {}", p.display()), e))?,
             None => File::open("/dev/null").map_err(|e| RunError::io("opening /dev/null", e))?,
@@ -402,7 +394,7 @@ impl NamespaceBackend {
                 spawn_helper(command, &child_fds)?
             }
             Helper::Fork => {
-                let threads = fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(0);
+                let threads = sys::thread_count();
                 if threads != 1 {
                     return Err(RunError::Helper(format!(
                         "the forking sandbox backend needs a single-threaded caller; this process has {threads} threads"
@@ -410,9 +402,8 @@ impl NamespaceBackend {
                 }
                 let raw_fds: Vec<i32> = child_fds.iter().map(AsRawFd::as_raw_fd).collect();
                 let parent = std::process::id() as i32;
-                // SAFETY: this process has one thread (checked above), so its fork is a whole
-                // copy; the child runs the helper's single-threaded code and exits.
-                unsafe { sys::fork_with_fds(&raw_fds, || crate::sandbox::forked_helper_main(parent, &helper_req)) }
+                // The child runs the helper's single-threaded code and exits.
+                sys::fork_with_fds(&raw_fds, || crate::sandbox::forked_helper_main(parent, &helper_req))
                     .map_err(|e| RunError::io("forking the sandbox helper", e))?
             }
         };

@@ -1,22 +1,127 @@
-//! The few raw syscalls the sandbox needs that nix 0.29 does not wrap. Each is one call.
+//! The raw system calls of the sandbox, each behind a safe function, and the only `unsafe` of
+//! this crate: what nix 0.29 does not wrap (clone without a stack, pidfds, close_range,
+//! posix_spawn with fd moves) and the forks, whose precondition (one thread) is checked here
+//! at every call rather than promised by callers.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+
+/// How many threads this process has (`/proc/self/task`); 0 when that cannot be read.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map(Iterator::count).unwrap_or(0)
+}
+
+/// Refuses to fork a process with more than one thread: the child would be a copy of the
+/// calling thread alone, and locks other threads held would stay locked in it forever.
+fn check_single_threaded() -> io::Result<()> {
+    match thread_count() {
+        1 => Ok(()),
+        n => Err(io::Error::other(format!(
+            "a fork needs a single-threaded process; this one has {n} threads (0: /proc/self/task unreadable)"
+        ))),
+    }
+}
 
 /// `clone(flags | SIGCHLD)` with no new stack: fork semantics, plus new namespaces for the
-/// child in one step (so the child is PID 1 of its new pid namespace). Returns 0 in the
-/// child, the child's pid in the parent.
-///
-/// # Safety
-/// As `fork`: the caller must be single-threaded, and the child may only do what is safe
-/// after fork in such a process.
-pub unsafe fn clone_fork(flags: libc::c_int) -> io::Result<libc::pid_t> {
+/// child in one step (so the child is PID 1 of its new pid namespace). The child runs `child`
+/// and exits with its code; the parent gets the child's pid. Refused in a process with more
+/// than one thread.
+pub fn clone_fork(flags: CloneFlags, child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    check_single_threaded()?;
     // SAFETY: a NULL stack makes the kernel reuse the caller's stack copy-on-write, exactly
-    // as fork does; the caller guarantees the fork preconditions. No pointers are passed.
+    // as fork does, and the process has one thread (checked above), so the child is a whole
+    // copy of it. No pointers are passed.
     let ret = unsafe {
-        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
+        libc::syscall(libc::SYS_clone, (flags.bits() | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as libc::pid_t) }
+    match ret {
+        r if r < 0 => Err(io::Error::last_os_error()),
+        0 => std::process::exit(child()),
+        pid => Ok(pid as libc::pid_t),
+    }
+}
+
+/// Forks a child that runs `child` (which execs, and returns only on failure) and leaves with
+/// `_exit` and its code: no atexit handlers, no flushing of buffers copied from the parent.
+/// Refused in a process with more than one thread.
+pub fn fork_exec(child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    check_single_threaded()?;
+    // SAFETY: the process has one thread (checked above), so the child is a whole copy of it;
+    // the child leaves with _exit, never returning into the caller's code.
+    unsafe {
+        match libc::fork() {
+            -1 => Err(io::Error::last_os_error()),
+            0 => libc::_exit(child()),
+            pid => Ok(pid),
+        }
+    }
+}
+
+/// Whether a child of this process can `unshare(flags)`: forks one that tries and exits.
+/// Sound in a multi-threaded process: the child calls only unshare(2) and _exit(2), both
+/// async-signal-safe.
+pub fn can_unshare(flags: CloneFlags) -> io::Result<Result<(), Errno>> {
+    // SAFETY: the child only calls unshare(2) and _exit(2), both async-signal-safe, so forking
+    // a multi-threaded caller is fine.
+    let pid = unsafe {
+        match libc::fork() {
+            -1 => return Err(io::Error::last_os_error()),
+            0 => {
+                let code = match nix::sched::unshare(flags) {
+                    Ok(()) => 0,
+                    Err(e) => e as i32,
+                };
+                libc::_exit(code)
+            }
+            pid => pid,
+        }
+    };
+    match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)? {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(Ok(())),
+        nix::sys::wait::WaitStatus::Exited(_, errno) => Ok(Err(Errno::from_raw(errno))),
+        other => Err(io::Error::other(format!("the unshare probe child ended oddly: {other:?}"))),
+    }
+}
+
+/// fds below 64 already taken by [`take_inherited_fd`], one bit each.
+static TAKEN_FDS: AtomicU64 = AtomicU64::new(0);
+
+/// Takes ownership of `fd`, one this process inherited open from its starter (the helper's
+/// status, tar and gate fds), marking it close-on-exec so the job never sees it. Each fd
+/// (below 64) can be taken once per process.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<File> {
+    if !(0..64).contains(&fd) || TAKEN_FDS.fetch_or(1 << fd, Ordering::SeqCst) & (1 << fd) != 0 {
+        return Err(io::Error::other(format!("fd {fd} is taken already or out of range")));
+    }
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| io::Error::other(format!("fd {fd} was not passed ({e})")))?;
+    // SAFETY: fd is open (F_SETFD succeeded), was inherited (so no handle of this process owns
+    // it, by the protocol with the starter), and is taken once (TAKEN_FDS).
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+pub fn dup_above(fd: &impl AsFd, min: RawFd) -> io::Result<OwnedFd> {
+    let new = nix::fcntl::fcntl(fd.as_fd().as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Puts every signal but SIGKILL and SIGSTOP back to its default disposition (ignored signals
+/// survive exec, and Rust ignores SIGPIPE).
+pub fn reset_signal_dispositions() {
+    use nix::sys::signal::{SigHandler, Signal};
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: SIG_DFL installs no handler code.
+            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
+        }
+    }
 }
 
 /// A pidfd for `pid` (Linux 5.3+): signals and polls reach exactly that process even after
@@ -78,26 +183,50 @@ pub fn close_range_from(first: u32, flags: libc::c_uint) -> io::Result<()> {
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// `ifconfig lo up` through SIOCSIFFLAGS on a throwaway socket.
-pub fn loopback_up() -> io::Result<()> {
+nix::ioctl_readwrite_bad!(
+    /// SIOCGIFFLAGS: reads an interface's flags into an `ifreq` naming it.
+    siocgifflags,
+    libc::SIOCGIFFLAGS,
+    libc::ifreq
+);
+nix::ioctl_write_ptr_bad!(
+    /// SIOCSIFFLAGS: sets an interface's flags from an `ifreq` naming it.
+    siocsifflags,
+    libc::SIOCSIFFLAGS,
+    libc::ifreq
+);
+
+/// An `ifreq` naming `name` (at most 15 bytes), the rest zero.
+pub fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data (a name and a union of integers and sockaddrs); all-zero
+    // is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return Err(io::Error::other(format!("interface name `{name}` is longer than 15 bytes or holds NUL")));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// `ifconfig NAME up` through SIOCGIFFLAGS and SIOCSIFFLAGS on a throwaway socket.
+pub fn interface_up(name: &str) -> io::Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
     let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
+    let mut req = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS reads the name and writes ifru_flags of the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { siocgifflags(sock.as_raw_fd(), &mut req) }?;
     // SAFETY: the union member SIOCGIFFLAGS just filled.
     unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
     // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    unsafe { siocsifflags(sock.as_raw_fd(), &req) }?;
     Ok(())
+}
+
+/// `ifconfig lo up`.
+pub fn loopback_up() -> io::Result<()> {
+    interface_up("lo")
 }
 
 /// Starts `argv[0]` with exactly `fds[i]` as its fd `i` (every other fd of ours is close-on-exec)
@@ -139,12 +268,10 @@ pub fn spawn(argv: &[std::ffi::CString], envp: &[std::ffi::CString], fds: &[libc
 
 /// Forks; the child moves `fds` onto 0, 1, 2, ..., closes every other fd from there up, runs
 /// `child` and exits with its code (never returning into the caller's code, not even on a panic).
-///
-/// # Safety
-/// The calling process must be single-threaded: the child is a copy of this one thread, and
-/// locks held by others would stay locked in it forever.
-pub unsafe fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
-    // SAFETY: the caller guarantees a single thread; the child only dups, closes, runs
+/// Refused in a process with more than one thread.
+pub fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) -> io::Result<libc::pid_t> {
+    check_single_threaded()?;
+    // SAFETY: the process has one thread (checked above); the child only dups, closes, runs
     // `child` and leaves with _exit (no atexit handlers, no flushing of copied buffers).
     unsafe {
         match libc::fork() {
@@ -170,15 +297,10 @@ pub unsafe fn fork_with_fds(fds: &[libc::c_int], child: impl FnOnce() -> i32) ->
 }
 
 /// A close-on-exec memfd holding `bytes`, positioned at 0.
-pub fn memfd_with(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<std::fs::File> {
+pub fn memfd_with(name: &std::ffi::CStr, bytes: &[u8]) -> io::Result<File> {
+    use nix::sys::memfd::{MemFdCreateFlag, memfd_create};
     use std::io::{Seek, Write};
-    // SAFETY: a valid NUL-terminated name and integer flags; the kernel returns a new fd or -1.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the fd was just created and nothing else owns it.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut file = File::from(memfd_create(name, MemFdCreateFlag::MFD_CLOEXEC)?);
     file.write_all(bytes)?;
     file.rewind()?;
     Ok(file)

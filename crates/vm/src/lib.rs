@@ -12,11 +12,14 @@
 //!   `microvm`, its warm pool, host probe and QEMU command line beside it, the guest kernel and
 //!   initramfs in `kernel` and `initramfs`. The guest's side (PID 1) is crates/guest-init; the
 //!   disks between them are [`shoal_sandbox::disk`].
+//! - `sys`: the host side's few raw calls (QEMU's parent-death signal, the TSC), the only
+//!   `unsafe` here.
 
 use std::collections::BTreeMap;
 
 pub mod microvm;
 pub mod namespace;
+mod sys;
 
 pub use microvm::{MicrovmBackend, MicrovmConfig};
 pub use shoal_sandbox::{

@@ -140,8 +140,7 @@ fn tsc_khz() -> Option<u64> {
         if !(flags.contains(" constant_tsc") && flags.contains(" nonstop_tsc")) {
             return None;
         }
-        // SAFETY: RDTSC has no preconditions on x86_64.
-        let read = || unsafe { std::arch::x86_64::_rdtsc() };
+        let read = crate::sys::tsc;
         let (t0, c0) = (Instant::now(), read());
         thread::sleep(Duration::from_millis(TSC_MEASURE_MS));
         let (c1, elapsed) = (read(), t0.elapsed());

@@ -4,7 +4,6 @@
 //! (`PR_SET_PDEATHSIG`) and with the [`Vm`] that holds it.
 
 use std::io::{self, Read};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -88,16 +87,8 @@ impl MicrovmBackend {
         }
         let stdin = if warm { Stdio::piped() } else { Stdio::null() };
         cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).env_clear();
-        // SAFETY: prctl is async-signal-safe and allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                // QEMU dies with the thread that started it: the job's thread, or the pool's.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // QEMU dies with the thread that started it: the job's thread, or the pool's.
+        crate::sys::kill_with_parent(&mut cmd);
         Ok(cmd)
     }
 }
