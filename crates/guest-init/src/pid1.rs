@@ -4,6 +4,9 @@
 //! write the reply, power off. It trusts nothing in the request beyond the documented format
 //! and its bounds; whatever fails is written to the reply disk if there is one, and to the
 //! console either way.
+//!
+//! Errors here are messages (`Result<_, String>`): PID 1 decides nothing on them but to report
+//! them, as `GuestReply::SetupFailed` across the reply disk (the host's `RunError::Setup`).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

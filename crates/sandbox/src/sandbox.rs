@@ -13,6 +13,10 @@
 //!   [`STATUS_FD`].
 //! - `PR_SET_PDEATHSIG(SIGKILL)` on every level: the host kills the helper, the kernel kills
 //!   PID 1, and the end of PID 1 ends every process of its pid namespace.
+//!
+//! Errors here are messages (`Result<_, String>`): nothing in the helper decides on them, they
+//! cross the status pipe as [`Status::SetupFailed`] and the runner hands them on as
+//! [`crate::RunError::Setup`].
 
 use std::ffi::CString;
 use std::fs::{self, File};

@@ -4,12 +4,13 @@
 //! where guest-init is.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::kernel::{ImageError, KernelError};
 use super::qemu::wait_deadline;
 use super::{Accel, initramfs, kernel, prepared};
 
@@ -17,6 +18,67 @@ use super::{Accel, initramfs, kernel, prepared};
 const KVM_PROBE_MS: u64 = 10_000;
 /// How long the host's TSC is watched to learn its rate.
 const TSC_MEASURE_MS: u64 = 20;
+
+/// Why the microVM backend cannot be set up on this host; each names the thing and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    GuestInit(#[from] GuestInitError),
+    /// The kernel image holds no `vmlinux` shoal can boot.
+    #[error("{}: {source}", image.display())]
+    Vmlinux {
+        image: PathBuf,
+        #[source]
+        source: ImageError,
+    },
+    #[error(
+        "cannot run {} ({source}): install QEMU (scripts/setup.sh installs qemu-system-x86 from bookworm-backports)",
+        qemu.display()
+    )]
+    Qemu {
+        qemu: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file of the cache (vmlinux, initramfs) or one it is made from.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("building the initramfs: {0}")]
+    Initramfs(#[source] io::Error),
+}
+
+/// Why there is no guest-init to boot ([`find_guest_init`]).
+#[derive(Debug, thiserror::Error)]
+pub enum GuestInitError {
+    #[error("guest-init is not built: run scripts/build-guest-init.sh (or scripts/setup.sh), or set SHOAL_GUEST_INIT")]
+    NotBuilt,
+    #[error("no static guest-init ({}: {why}); run scripts/build-guest-init.sh or set SHOAL_GUEST_INIT", path.display())]
+    NotStatic { path: PathBuf, why: ElfError },
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a program cannot be guest-init, which runs with no loader and no libraries.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ElfError {
+    #[error("not a 64-bit little-endian ELF program")]
+    NotElf64,
+    #[error("truncated ELF header")]
+    Truncated,
+    #[error("dynamically linked (has an interpreter): build it static with scripts/build-guest-init.sh")]
+    Dynamic,
+}
 
 /// QEMU's version, the vmlinux and initramfs (built here if their cache lacks them) and the
 /// TSC rate: what [`prepared`] keeps between processes (the accelerator is probed apart).
@@ -26,20 +88,22 @@ pub(super) fn prepare(
     qemu: &Path,
     cache_dir: &Path,
     stamp: String,
-) -> Result<prepared::HostFacts, String> {
+) -> Result<prepared::HostFacts, SetupError> {
     let qemu_version = qemu_version(qemu)?;
     let image = kernel::read_kernel_image(&kernel.image)?;
     let image_hash = blake3::hash(&image).to_hex().to_string();
     let vmlinux = cache_dir.join("kernel").join(&image_hash[..32]).join("vmlinux");
     if !vmlinux.is_file() {
         let started = Instant::now();
-        let elf = kernel::extract_vmlinux(&image).map_err(|e| format!("{}: {e}", kernel.image.display()))?;
+        let elf = kernel::extract_vmlinux(&image)
+            .map_err(|source| SetupError::Vmlinux { image: kernel.image.clone(), source })?;
         write_atomic(&vmlinux, &elf)?;
         tracing::info!(kernel = %kernel.image.display(), ms = started.elapsed().as_millis() as u64, "extracted vmlinux");
     }
     drop(image);
-    let guest_init = fs::read(guest_init_path).map_err(|e| format!("reading {}: {e}", guest_init_path.display()))?;
-    check_static(&guest_init).map_err(|e| format!("{}: {e}", guest_init_path.display()))?;
+    let guest_init = fs::read(guest_init_path)
+        .map_err(|source| GuestInitError::Read { path: guest_init_path.to_path_buf(), source })?;
+    check_static(&guest_init).map_err(|why| GuestInitError::NotStatic { path: guest_init_path.to_path_buf(), why })?;
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"shoal-initramfs-v3\0");
     hasher.update(blake3::hash(&guest_init).as_bytes());
@@ -52,7 +116,11 @@ pub(super) fn prepare(
     for (list, paths) in lists.iter_mut().zip([&base, &net]) {
         hasher.update(b"\0list\0");
         for path in paths {
-            let data = fs::read(path).map_err(|e| format!("reading module {}: {e}", path.display()))?;
+            let data = fs::read(path).map_err(|source| SetupError::File {
+                what: "reading module",
+                path: path.clone(),
+                source,
+            })?;
             let data = kernel::strip_module_signature(&data).to_vec();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             hasher.update(name.as_bytes());
@@ -63,8 +131,7 @@ pub(super) fn prepare(
     let [modules, net_modules] = lists;
     let initramfs = cache_dir.join("initramfs").join(format!("{}.cpio", &hasher.finalize().to_hex()[..32]));
     if !initramfs.is_file() {
-        let cpio = initramfs::build(&guest_init, &modules, &net_modules)
-            .map_err(|e| format!("building the initramfs: {e}"))?;
+        let cpio = initramfs::build(&guest_init, &modules, &net_modules).map_err(SetupError::Initramfs)?;
         write_atomic(&initramfs, &cpio)?;
         tracing::info!(path = %initramfs.display(), bytes = cpio.len(), "built the initramfs");
     }
@@ -151,22 +218,25 @@ fn tsc_khz() -> Option<u64> {
     None
 }
 
-pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SetupError> {
+    let file = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SetupError::File { what, path, source }
+    };
     let dir = path.parent().expect("cache paths have a parent");
-    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).map_err(file("creating", dir))?;
     let tmp =
         dir.join(format!(".tmp-{}-{}", std::process::id(), path.file_name().unwrap_or_default().to_string_lossy()));
-    fs::write(&tmp, bytes).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| format!("renaming {} into place: {e}", tmp.display()))
+    fs::write(&tmp, bytes).map_err(file("writing", &tmp))?;
+    fs::rename(&tmp, path).map_err(file("renaming into place", &tmp))
 }
 
-fn qemu_version(qemu: &Path) -> Result<String, String> {
-    let out = Command::new(qemu).arg("--version").stdin(Stdio::null()).output().map_err(|e| {
-        format!(
-            "cannot run {} ({e}): install QEMU (scripts/setup.sh installs qemu-system-x86 from bookworm-backports)",
-            qemu.display()
-        )
-    })?;
+fn qemu_version(qemu: &Path) -> Result<String, SetupError> {
+    let out = Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| SetupError::Qemu { qemu: qemu.to_path_buf(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.lines().next().unwrap_or_default();
     Ok(first.strip_prefix("QEMU emulator version ").unwrap_or(first).trim().to_string())
@@ -175,7 +245,7 @@ fn qemu_version(qemu: &Path) -> Result<String, String> {
 /// guest-init: `SHOAL_GUEST_INIT`, else where `scripts/build-guest-init.sh` puts it in this
 /// tree (found from the running program's path), else beside the running program, else
 /// `/usr/local/lib/shoal/guest-init`; the first that is a static program.
-pub fn find_guest_init() -> Result<PathBuf, String> {
+pub fn find_guest_init() -> Result<PathBuf, GuestInitError> {
     if let Some(p) = std::env::var_os("SHOAL_GUEST_INIT") {
         return Ok(PathBuf::from(p));
     }
@@ -190,50 +260,44 @@ pub fn find_guest_init() -> Result<PathBuf, String> {
         candidates.push(dir.join("shoal-guest-init"));
     }
     candidates.push(PathBuf::from("/usr/local/lib/shoal/guest-init"));
-    let mut dynamic = None;
+    let mut refused = None;
     for c in candidates.into_iter().filter(|p| p.is_file()) {
-        match elf_head(&c).and_then(|b| check_static(&b)) {
+        let checked = elf_head(&c)
+            .and_then(|b| check_static(&b).map_err(|why| GuestInitError::NotStatic { path: c.clone(), why }));
+        match checked {
             Ok(()) => return Ok(c),
-            Err(e) => dynamic = dynamic.or(Some(format!("{}: {e}", c.display()))),
+            Err(e) => refused = refused.or(Some(e)),
         }
     }
-    Err(match dynamic {
-        Some(why) => format!("no static guest-init ({why}); run scripts/build-guest-init.sh or set SHOAL_GUEST_INIT"),
-        None => {
-            "guest-init is not built: run scripts/build-guest-init.sh (or scripts/setup.sh), or set SHOAL_GUEST_INIT"
-                .into()
-        }
-    })
+    Err(refused.unwrap_or(GuestInitError::NotBuilt))
 }
 
 /// The start of an ELF file, enough for its program headers (which follow the 64-byte header):
 /// looking for a guest-init must not read whole programs, at every `shoal run`.
-fn elf_head(path: &Path) -> Result<Vec<u8>, String> {
+fn elf_head(path: &Path) -> Result<Vec<u8>, GuestInitError> {
     const HEAD_BYTES: u64 = 64 << 10;
     let mut head = Vec::new();
     File::open(path)
         .and_then(|f| f.take(HEAD_BYTES).read_to_end(&mut head))
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(|source| GuestInitError::Read { path: path.to_path_buf(), source })?;
     Ok(head)
 }
 
 /// Refuses a dynamically linked guest-init: there is no loader in the initramfs.
-fn check_static(elf: &[u8]) -> Result<(), String> {
+fn check_static(elf: &[u8]) -> Result<(), ElfError> {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4")));
     let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8")));
     if !elf.starts_with(b"\x7fELF\x02\x01") {
-        return Err("not a 64-bit little-endian ELF program".into());
+        return Err(ElfError::NotElf64);
     }
     let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
-        return Err("truncated ELF header".into());
+        return Err(ElfError::Truncated);
     };
     for i in 0..usize::from(phnum) {
         let at = phoff as usize + i * usize::from(phentsize);
         if u32_at(at) == Some(3) {
-            return Err(
-                "dynamically linked (has an interpreter): build it static with scripts/build-guest-init.sh".into()
-            );
+            return Err(ElfError::Dynamic);
         }
     }
     Ok(())
@@ -246,7 +310,8 @@ mod tests {
     #[test]
     fn a_dynamic_program_is_refused_as_guest_init() {
         let me = fs::read(std::env::current_exe().unwrap()).unwrap();
-        assert!(check_static(&me).unwrap_err().contains("dynamically linked"));
+        assert_eq!(check_static(&me), Err(ElfError::Dynamic));
+        assert!(ElfError::Dynamic.to_string().contains("dynamically linked"));
         assert!(check_static(b"#!/bin/sh").is_err());
     }
 }

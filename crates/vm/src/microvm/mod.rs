@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use shoal_sandbox::disk;
 
 use self::disk::{DATA_OFFSET, Fault, GuestReply, REPLY_MAGIC};
-pub use self::host::find_guest_init;
+pub use self::host::{ElfError, GuestInitError, SetupError, find_guest_init};
 use self::host::{accel_from_env, kvm_ruled_out, prepare, probe_boot};
 use self::qemu::{Vm, VmDisks, spawn_vm, wait_deadline};
 pub use self::request::squashfs_for;
@@ -157,7 +157,7 @@ impl MicrovmBackend {
     /// Finds QEMU, the kernel and guest-init, prepares the cached vmlinux and initramfs and
     /// probes the accelerator, or takes all that from the facts kept by an earlier process.
     /// Errors say what to install or set.
-    pub fn new(cfg: MicrovmConfig) -> Result<MicrovmBackend, String> {
+    pub fn new(cfg: MicrovmConfig) -> Result<MicrovmBackend, SetupError> {
         let bios = Path::new(QBOOT).is_file().then(|| PathBuf::from(QBOOT));
         if bios.is_none() {
             tracing::warn!("{QBOOT} is missing (package qemu-system-data): booting with SeaBIOS costs seconds");
