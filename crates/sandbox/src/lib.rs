@@ -193,7 +193,7 @@ pub enum CollectedOutput {
 }
 
 /// Failures of the machinery, not of the job: a job that exits non-zero, times out, runs out
-/// of memory or writes too much is a normal [`Outcome`].
+/// of memory or writes too much is a normal result ([`RawRun`], `shoal_vm::Outcome`).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The request itself cannot be run as given.

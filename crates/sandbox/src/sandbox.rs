@@ -49,10 +49,10 @@ pub fn sandbox_helper_main() -> ! {
     // Die with the thread that started us, which waits for us until we are reaped. It was
     // spawned without a fork hook (posix_spawn), so the helper does this itself, then checks
     // that the parent did not die before the request took hold.
-    if let Some(parent) = std::env::var(crate::namespace::PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) {
-        if !die_with_parent(parent) {
-            std::process::exit(2);
-        }
+    if let Some(parent) = std::env::var(crate::namespace::PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok())
+        && !die_with_parent(parent)
+    {
+        std::process::exit(2);
     }
     let request = std::env::args_os()
         .next_back()

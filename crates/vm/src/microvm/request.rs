@@ -108,12 +108,11 @@ pub(super) fn write_request_disk(
     };
     let json = serde_json::to_vec(&request).expect("the request serializes");
     disk::write_header(&mut file, REQUEST_MAGIC, &json).map_err(io_err("writing the header of"))?;
-    match fixed_len {
-        // Whole sectors: QEMU ignores a partial last one.
-        None => file.set_len(round_up(end, 4096)).map_err(io_err("padding"))?,
-        // The guest drops its own cached blocks of the disk before reading (BLKFLSBUF).
-        // QEMU reads the file through the same page cache: nothing to flush on this side.
-        Some(_) => {}
+    // Whole sectors: QEMU ignores a partial last one. A warm VM's disk keeps its length, and
+    // nothing is flushed: the guest drops its own cached blocks of the disk before reading
+    // (BLKFLSBUF), and QEMU reads the file through the same page cache.
+    if fixed_len.is_none() {
+        file.set_len(round_up(end, 4096)).map_err(io_err("padding"))?;
     }
     Ok(())
 }
