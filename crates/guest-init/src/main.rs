@@ -25,3 +25,33 @@ fn main() {
     }
     pid1::pid1_main()
 }
+
+#[cfg(test)]
+mod tests {
+    /// The crates this manifest's `[dependencies]` names.
+    fn dependencies(manifest: &str) -> Vec<&str> {
+        let section = manifest.split("\n[dependencies]\n").nth(1).expect("a [dependencies] section");
+        let section = section.split("\n[").next().unwrap_or(section);
+        section
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter_map(|l| l.split(['.', ' ', '=']).next())
+            .collect()
+    }
+
+    /// guest-init links the sandbox and the disk format, never the host's side: neither it nor
+    /// the sandbox crate depends on shoal-vm (the QEMU launcher, the warm pool), the store or
+    /// the node.
+    #[test]
+    fn guest_init_never_links_the_host_side() {
+        let guest_init = dependencies(include_str!("../Cargo.toml"));
+        let sandbox = dependencies(include_str!("../../sandbox/Cargo.toml"));
+        assert!(guest_init.contains(&"shoal-sandbox"), "{guest_init:?}");
+        for (name, deps) in [("shoal-guest-init", &guest_init), ("shoal-sandbox", &sandbox)] {
+            for host_side in ["shoal-vm", "shoal-blobs", "shoal-node", "tokio"] {
+                assert!(!deps.contains(&host_side), "{name} depends on {host_side}: {deps:?}");
+            }
+        }
+    }
+}
