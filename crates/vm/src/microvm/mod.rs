@@ -260,7 +260,8 @@ impl MicrovmBackend {
             spawn_vm(&mut cmd, None).map_err(|source| RunError::HelperSpawn { program: self.qemu.clone(), source })?;
         let boot_deadline = vm.started + Duration::from_millis(self.boot_grace_ms);
         let origin = vm.started;
-        self.finish(req, &mut vm, &disks.reply, key.reply_len, boot_deadline, started, origin)
+        let clock = RunClock { started, deadline_base: boot_deadline, origin };
+        self.finish(req, &mut vm, &disks.reply, key.reply_len, clock)
     }
 
     /// A pre-booted VM: fill its request disk, tell it to go, collect as for a cold one.
@@ -291,7 +292,8 @@ impl MicrovmBackend {
         let reply_img = disks.reply.clone();
         let reply_len = warm.reply_len;
         let deadline_base = go + Duration::from_millis(WARM_GRACE_MS);
-        let mut outcome = self.finish(req, &mut warm.vm, &reply_img, reply_len, deadline_base, started, go);
+        let clock = RunClock { started, deadline_base, origin: go };
+        let mut outcome = self.finish(req, &mut warm.vm, &reply_img, reply_len, clock);
         if let Ok(o) = &mut outcome
             && let Some(vm) = &mut o.vm
         {
@@ -300,17 +302,16 @@ impl MicrovmBackend {
         outcome
     }
 
-    /// Waits for QEMU (the job's timeout past `job_deadline_base`), then reads the reply disk.
+    /// Waits for QEMU (the job's timeout past `clock.deadline_base`), then reads the reply disk.
     fn finish(
         &self,
         req: &Request,
         vm: &mut Vm,
         reply_img: &Path,
         reply_len: u64,
-        job_deadline_base: Instant,
-        started: Instant,
-        origin: Instant,
+        clock: RunClock,
     ) -> Result<Outcome, RunError> {
+        let RunClock { started, deadline_base: job_deadline_base, origin } = clock;
         let stdout_cap = req.limits.stdout_bytes_max;
         let tar_cap = req.limits.output_stream_bytes_max();
         let qemu_started = vm.started;
@@ -435,6 +436,18 @@ impl MicrovmBackend {
             }),
         })
     }
+}
+
+/// The instants one run counts from.
+#[derive(Debug, Clone, Copy)]
+struct RunClock {
+    /// The run's start: its wall time counts from here.
+    started: Instant,
+    /// The job's deadline is its timeout and the guest's grace past this: QEMU's start plus the
+    /// boot allowance, or a warm VM's go-ahead plus its grace.
+    deadline_base: Instant,
+    /// What the timeline counts from: QEMU's start, or a warm VM's go-ahead.
+    origin: Instant,
 }
 
 impl Backend for MicrovmBackend {

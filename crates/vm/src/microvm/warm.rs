@@ -139,8 +139,8 @@ impl WarmPool {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .as_ref()
-                        .map(|tx| tx.send((key.clone(), cmd, disks)));
-                    if !matches!(sent, Some(Ok(()))) {
+                        .is_some_and(|tx| tx.send((key.clone(), cmd, disks)).is_ok());
+                    if !sent {
                         return;
                     }
                     *pending += 1;
