@@ -217,6 +217,14 @@ pub enum RunError {
     /// The helper died or spoke nonsense.
     #[error("sandbox helper failed: {0}")]
     Helper(String),
+    /// What came back does not read: a region of a microVM's reply disk (its header, stdout,
+    /// stderr) is missing, out of bounds or malformed.
+    #[error("the reply does not read: {what}: {source}")]
+    Reply {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// Host-side I/O around the run (pipes, work_dir, unpacking outputs).
     #[error("{what}: {source}")]
     Io {

@@ -337,7 +337,7 @@ impl MicrovmBackend {
         }
         let mut reply_file = File::open(reply_img).map_err(|e| RunError::io("opening the reply disk", e))?;
         let header = disk::read_header(&mut reply_file, REPLY_MAGIC)
-            .map_err(|e| RunError::Helper(format!("reply disk: {e}")))?;
+            .map_err(|source| RunError::Reply { what: "its header", source })?;
         let Some(header) = header else {
             let console_text = tail(&console);
             let what = if console_text.contains("Kernel panic") {
@@ -351,8 +351,8 @@ impl MicrovmBackend {
                 tail(&qemu_err)
             )));
         };
-        let reply: GuestReply =
-            serde_json::from_slice(&header).map_err(|e| RunError::Helper(format!("reply header: {e}")))?;
+        let reply: GuestReply = serde_json::from_slice(&header)
+            .map_err(|e| RunError::Reply { what: "its header's JSON", source: e.into() })?;
         let (exit, user_ms, sys_ms, peak, tar, tar_error, out_span, err_span, tl) = match reply {
             GuestReply::SetupFailed { message, .. } => {
                 return Err(RunError::Setup(format!("in the microVM: {message}")));
@@ -371,9 +371,9 @@ impl MicrovmBackend {
             } => (exit, user_ms, sys_ms, peak_memory_bytes, tar, tar_error, stdout, stderr, timeline),
         };
         let stdout = disk::capture_span(&mut reply_file, out_span, stdout_cap, reply_len, &req.work_dir.join("stdout"))
-            .map_err(|e| RunError::Helper(format!("stdout: {e}")))?;
+            .map_err(|source| RunError::Reply { what: "stdout", source })?;
         let stderr = disk::capture_span(&mut reply_file, err_span, stdout_cap, reply_len, &req.work_dir.join("stderr"))
-            .map_err(|e| RunError::Helper(format!("stderr: {e}")))?;
+            .map_err(|source| RunError::Reply { what: "stderr", source })?;
         let outputs_dir = req.work_dir.join("outputs");
         shoal_sandbox::namespace::make_private_dir(&outputs_dir)?;
         let unpacked = match tar_error {
