@@ -76,7 +76,7 @@ pub fn doctor(home: &std::path::Path, json: bool) -> Result<()> {
     microvm_checks(home, &mut checks);
     match shoal_vm::NamespaceBackend::probe() {
         Ok(()) => checks.push(("namespace backend", true, "user, mount, pid, net, ipc, uts namespaces work".into())),
-        Err(why) => checks.push(("namespace backend", false, why)),
+        Err(why) => checks.push(("namespace backend", false, why.to_string())),
     }
     let registry = which("docker-registry");
     checks.push((
@@ -136,14 +136,14 @@ fn microvm_checks(home: &std::path::Path, checks: &mut Vec<(&'static str, bool, 
                         .collect::<Vec<_>>()
                         .join(", "),
                 )),
-                Err(e) => checks.push(("guest kernel modules", false, e)),
+                Err(e) => checks.push(("guest kernel modules", false, e.to_string())),
             }
         }
-        Err(e) => checks.push(("guest kernel", false, e)),
+        Err(e) => checks.push(("guest kernel", false, e.to_string())),
     }
     match find_guest_init() {
         Ok(p) => checks.push(("guest-init", true, p.display().to_string())),
-        Err(e) => checks.push(("guest-init", false, e)),
+        Err(e) => checks.push(("guest-init", false, e.to_string())),
     }
     let squashfs = which("mksquashfs");
     checks.push((
@@ -161,7 +161,7 @@ fn microvm_checks(home: &std::path::Path, checks: &mut Vec<(&'static str, bool, 
                 format!("QEMU {}, kernel {}, initramfs {}", r.qemu_version, r.kernel_release, r.initramfs.display()),
             ));
         }
-        Err(e) => checks.push(("microvm backend", false, e)),
+        Err(e) => checks.push(("microvm backend", false, e.to_string())),
     }
 }
 

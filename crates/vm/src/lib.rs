@@ -3,184 +3,29 @@
 //!
 //! # Layout
 //!
-//! - [`Backend`], [`Request`], [`Outcome`], [`RunError`] (this file): the contract every
-//!   backend implements. Backends block; async callers use `spawn_blocking`.
-//! - [`namespace`]: the namespace backend, host side. It spawns the sandbox helper
-//!   ([`HelperCommand`]), feeds it the request, reads stdout/stderr/outputs/status from pipes,
-//!   enforces the host-side timeout and owns the per-job cgroup.
-//! - [`sandbox`]: the helper process ([`sandbox_helper_main`]). Single-threaded; it clones
-//!   PID 1 of the new namespaces, which builds the root (overlay, /dev, /proc, /input,
-//!   /output, /scratch), runs the job, enforces the timeout and collects the outputs.
-//! - [`collect`]: the output collector: a root directory + output specs -> one tar stream.
-//!   Pure filesystem code, shared with guest-init (the microVM runs the same collector and
-//!   sends the tar back). [`collect::unpack`] is the host side that checks and unpacks it.
-//! - [`microvm`]: the microVM backend (QEMU `microvm`, KVM or TCG): host side in `microvm`,
-//!   the guest's PID 1 in [`microvm::guest`], the disk formats between them in
-//!   [`microvm::disk`], the guest kernel and initramfs in `kernel` and `initramfs`.
-//! - [`wire`]: the serialized messages between host and helper (request, status line). The
-//!   portable part ([`wire::JobSpec`], [`wire::Status`]) is what guest-init will speak too.
-//! - [`cgroup`]: per-job cgroups, v2 or v1 (memory + cpu), peak memory and OOM kills.
-//! - `sys`: the few raw syscalls nix does not wrap (clone without a stack, pidfds).
+//! - [`Backend`], [`Outcome`] (this file): the contract every backend implements. Backends
+//!   block; async callers use `spawn_blocking`. A job ([`Request`]) and the machinery's errors
+//!   ([`RunError`]) are `shoal-sandbox`'s, re-exported here with the sandbox's other types.
+//! - [`namespace`]: the namespace backend: [`NamespaceBackend`] (`shoal-sandbox`'s runner) as a
+//!   [`Backend`], its outputs unpacked into the job's work directory.
+//! - [`microvm`]: the microVM backend (QEMU `microvm`, KVM or TCG): the backend in
+//!   `microvm`, its warm pool, host probe and QEMU command line beside it, the guest kernel and
+//!   initramfs in `kernel` and `initramfs`. The guest's side (PID 1) is crates/guest-init; the
+//!   disks between them are [`shoal_sandbox::disk`].
+//! - `sys`: the host side's few raw calls (QEMU's parent-death signal, the TSC), the only
+//!   `unsafe` here.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
-pub mod cgroup;
-pub mod collect;
 pub mod microvm;
 pub mod namespace;
-pub mod sandbox;
 mod sys;
-pub mod wire;
 
 pub use microvm::{MicrovmBackend, MicrovmConfig};
-pub use namespace::{HelperCommand, NamespaceBackend, RawRun};
-pub use sandbox::sandbox_helper_main;
-pub use shoal_dag::{Exit, OutputSpec};
-
-/// One job to run. Paths are host paths.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Request {
-    /// Materialized image root, the read-only lower layer (never written).
-    pub rootfs: PathBuf,
-    /// Program and arguments; `argv[0]` without a `/` is looked up in the job's `PATH`
-    /// (or the usual system directories when the job has none).
-    pub argv: Vec<String>,
-    /// Exactly the environment the job gets: nothing from the host is added.
-    pub env: Vec<(String, String)>,
-    /// Absolute working directory inside the sandbox.
-    pub workdir: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// Host file fed as the job's stdin (otherwise /dev/null).
-    pub stdin: Option<PathBuf>,
-    /// Appear read-only at `/input/<name>`.
-    pub inputs: Vec<InputMount>,
-    /// Declared outputs by name.
-    pub outputs: BTreeMap<String, OutputSpec>,
-    pub limits: Limits,
-    /// false: own network namespace with only `lo`; true: the host network (weaker).
-    pub network: bool,
-    /// A fresh host directory the backend may use; the caller deletes it.
-    pub work_dir: PathBuf,
-}
-
-/// A host file or directory shown read-only at `/input/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputMount {
-    pub name: String,
-    pub host_path: PathBuf,
-}
-
-/// Resource bounds of one job. Units are in the names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// CPU quota: `cores` x 100 ms per 100 ms.
-    pub cores: u32,
-    /// Memory of everything in the sandbox, tmpfs pages included.
-    pub memory_bytes: u64,
-    /// Size of the `/scratch` tmpfs.
-    pub scratch_bytes: u64,
-    /// Total size of the collected outputs (and of the `/output` tmpfs).
-    pub output_bytes_max: u64,
-    /// Cap on each of stdout and stderr.
-    pub stdout_bytes_max: u64,
-    pub timeout_ms: u64,
-    /// Most processes and threads in the sandbox at once (cgroup `pids.max`).
-    #[serde(default = "default_pids_max")]
-    pub pids_max: u32,
-}
-
-fn default_pids_max() -> u32 {
-    shoal_dag::PIDS_MAX_DEFAULT
-}
-
-impl Limits {
-    /// Bound on a run's output tar stream: twice the output limit plus 64 MiB of tar headers. The
-    /// collector enforces the output limit inside the sandbox; this only stops a stream gone wrong.
-    pub fn output_stream_bytes_max(&self) -> u64 {
-        self.output_bytes_max.saturating_mul(2).saturating_add(64 << 20)
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            cores: 1,
-            memory_bytes: 512 << 20,
-            scratch_bytes: 1 << 30,
-            output_bytes_max: 1 << 30,
-            stdout_bytes_max: 64 << 20,
-            timeout_ms: 3_600_000,
-            pids_max: shoal_dag::PIDS_MAX_DEFAULT,
-        }
-    }
-}
-
-/// A job's stdout or stderr: in memory while small, in a file of the job's work directory past
-/// [`Captured::MEMORY_BYTES_MAX`] (a job writing gigabytes never has them in the runner's memory).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Captured {
-    Bytes(Vec<u8>),
-    File { path: PathBuf, len: u64 },
-}
-
-impl Default for Captured {
-    fn default() -> Self {
-        Captured::Bytes(Vec::new())
-    }
-}
-
-impl Captured {
-    /// Bytes kept in memory before the stream goes to a file.
-    pub const MEMORY_BYTES_MAX: usize = 1 << 20;
-
-    pub fn len(&self) -> u64 {
-        match self {
-            Captured::Bytes(b) => b.len() as u64,
-            Captured::File { len, .. } => *len,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// All of it in memory (tests, small streams); a file that cannot be read gives what could.
-    pub fn to_vec(&self) -> Vec<u8> {
-        match self {
-            Captured::Bytes(b) => b.clone(),
-            Captured::File { path, .. } => std::fs::read(path).unwrap_or_default(),
-        }
-    }
-
-    /// Its last `max` bytes at most (for a failed job's stderr tail).
-    pub fn tail(&self, max: u64) -> Vec<u8> {
-        match self {
-            Captured::Bytes(b) => b[b.len().saturating_sub(max as usize)..].to_vec(),
-            Captured::File { path, len } => {
-                use std::io::{Read, Seek, SeekFrom};
-                let mut out = Vec::new();
-                if let Ok(mut f) = std::fs::File::open(path)
-                    && f.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok()
-                {
-                    let _ = f.take(max).read_to_end(&mut out);
-                }
-                out
-            }
-        }
-    }
-
-    /// Copies it to `w`.
-    pub fn copy_to(&self, w: &mut impl std::io::Write) -> std::io::Result<u64> {
-        match self {
-            Captured::Bytes(b) => w.write_all(b).map(|()| b.len() as u64),
-            Captured::File { path, .. } => std::io::copy(&mut std::fs::File::open(path)?, w),
-        }
-    }
-}
+pub use shoal_sandbox::{
+    Captured, CollectedOutput, Exit, HelperCommand, InputMount, Limits, NamespaceBackend, OutputSpec, RawRun, Request,
+    RunError, cgroup, collect, sandbox_helper_main, wire,
+};
 
 /// What a run produced. A job that failed is still an `Outcome`; see `exit`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,15 +49,6 @@ pub struct Outcome {
     pub vm: Option<microvm::VmDetails>,
 }
 
-/// One collected output on the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CollectedOutput {
-    /// A regular file (a `file:` output).
-    File(PathBuf),
-    /// A directory holding the tree (a `dir:` or `glob:` output).
-    Dir(PathBuf),
-}
-
 /// A backend runs jobs. Blocking; dyn-compatible.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
@@ -223,45 +59,5 @@ pub trait Backend: Send + Sync {
     fn run_gated(&self, req: Request, gate: &mut dyn FnMut()) -> Result<Outcome, RunError> {
         gate();
         self.run(req)
-    }
-}
-
-/// Failures of the machinery, not of the job: a job that exits non-zero, times out, runs out
-/// of memory or writes too much is a normal [`Outcome`].
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The request itself cannot be run as given.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// The image root filesystem is not where the request says.
-    #[error("rootfs {path} is missing or not a directory: materialize the image first")]
-    RootfsMissing { path: PathBuf },
-    /// The sandbox helper program could not be started.
-    #[error(
-        "cannot start the sandbox helper {program}: {source} (build it with `cargo build -p shoal-vm --bin shoal-sandbox`, or run `shoal __sandbox` from the shoal binary)"
-    )]
-    HelperSpawn {
-        program: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The helper could not build the sandbox (namespaces, mounts, ...).
-    #[error("sandbox setup failed: {0}")]
-    Setup(String),
-    /// The helper died or spoke nonsense.
-    #[error("sandbox helper failed: {0}")]
-    Helper(String),
-    /// Host-side I/O around the run (pipes, work_dir, unpacking outputs).
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl RunError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> RunError {
-        RunError::Io { what: what.into(), source }
     }
 }

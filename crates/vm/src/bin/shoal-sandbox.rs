@@ -1,6 +1,6 @@
-//! The namespace backend's sandbox helper (see `shoal_vm::sandbox`). Started by the backend,
+//! The namespace backend's sandbox helper (see `shoal_sandbox::sandbox`). Started by the backend,
 //! never by hand.
 
 fn main() {
-    shoal_vm::sandbox_helper_main()
+    shoal_sandbox::sandbox_helper_main()
 }

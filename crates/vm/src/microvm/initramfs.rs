@@ -4,10 +4,7 @@
 
 use std::io::{self, Write};
 
-/// The modules' directory inside the initramfs; guest-init loads its files in name order.
-pub const MODULES_DIR: &str = "modules";
-/// Network modules, loaded only when the VM has a network device.
-pub const NET_MODULES_DIR: &str = "modules-net";
+pub use shoal_sandbox::disk::{MODULES_DIR, NET_MODULES_DIR};
 
 /// Writes a newc ("070701") cpio archive entry by entry.
 pub struct CpioWriter<W: Write> {

@@ -75,7 +75,7 @@ pub fn load(cache_dir: &Path, stamp: &str) -> Option<HostFacts> {
 /// Keeps the facts for the next process; failing to is only a slower next start.
 pub fn store(cache_dir: &Path, facts: &HostFacts) {
     let bytes = serde_json::to_vec_pretty(facts).expect("facts serialize");
-    if let Err(e) = super::write_atomic(&cache_dir.join(FILE), &bytes) {
+    if let Err(e) = super::host::write_atomic(&cache_dir.join(FILE), &bytes) {
         tracing::debug!("not keeping the host's facts: {e}");
     }
 }

@@ -42,7 +42,9 @@ fn vm_cache_dir() -> PathBuf {
 /// The microVM backend, set up once per test process; Err says what is missing.
 fn microvm() -> Result<&'static MicrovmBackend, String> {
     static VM: OnceLock<Result<MicrovmBackend, String>> = OnceLock::new();
-    VM.get_or_init(|| MicrovmBackend::new(MicrovmConfig::new(vm_cache_dir()))).as_ref().map_err(Clone::clone)
+    VM.get_or_init(|| MicrovmBackend::new(MicrovmConfig::new(vm_cache_dir())).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// Whether the microVM cases can run; without `SHOAL_REQUIRE_VM=1` a missing piece skips them.

@@ -494,9 +494,7 @@ fn name_full_disk(e: UnpackError, dest: &Path) -> UnpackError {
     if !full {
         return UnpackError::Io { source };
     }
-    let free_bytes = nix::sys::statvfs::statvfs(dest)
-        .map(|st| st.blocks_available() as u64 * st.fragment_size() as u64)
-        .unwrap_or(0);
+    let free_bytes = nix::sys::statvfs::statvfs(dest).map(|st| st.blocks_available() * st.fragment_size()).unwrap_or(0);
     UnpackError::NoSpace { dest: dest.to_owned(), free_bytes, source }
 }
 

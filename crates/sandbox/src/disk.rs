@@ -1,4 +1,5 @@
-//! The request and reply disks: how a job goes into the guest and its results come out.
+//! The request and reply disks: how a job goes into the microVM and its results come out
+//! (written by `shoal_vm::microvm` on the host, read by guest-init, and the other way round).
 //!
 //! Both are raw virtio-blk disks, found in the guest by their serial (`shoal-req`,
 //! `shoal-reply`). A disk starts with a header block: an 8-byte magic, a u32 LE version, a u32 LE
@@ -29,6 +30,10 @@ pub const REPLY_SERIAL: &str = "shoal-reply";
 pub const ROOTFS_SERIAL: &str = "shoal-rootfs";
 /// What a warm VM's guest-init prints on the console when it waits for its go-ahead.
 pub const WARM_READY_MARKER: &str = "SHOAL-WARM-READY";
+/// The modules' directory inside the initramfs; guest-init loads its files in name order.
+pub const MODULES_DIR: &str = "modules";
+/// Network modules, loaded only when the VM has a network device.
+pub const NET_MODULES_DIR: &str = "modules-net";
 
 /// A fault guest-init injects on purpose, so tests can prove the host reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,16 +75,32 @@ pub enum Hierarchy {
     V1 { memory: PathBuf, cpu: Option<PathBuf>, pids: Option<PathBuf> },
 }
 
+/// Why there are no usable cgroups: jobs then run without memory and CPU limits.
+#[derive(Debug, thiserror::Error)]
+pub enum NoCgroups {
+    #[error("reading /proc/self/cgroup: {0}")]
+    OwnCgroup(#[source] io::Error),
+    #[error(
+        "no memory cgroup: {ROOT}/cgroup.controllers does not list `memory` and there is no v1 memory hierarchy; \
+         jobs run without memory and CPU limits (mount cgroup2 with the memory controller enabled to fix)"
+    )]
+    NoMemoryController,
+    #[error("no cgroup2 at {ROOT} ({0}): jobs run without a memory limit")]
+    NoGuestCgroup2(#[source] io::Error),
+    #[error("the cgroup2 at {ROOT} has no memory controller: jobs run without a memory limit")]
+    NoGuestMemoryController,
+}
+
 impl Hierarchy {
     /// Looks at the host; Err says why there are no usable cgroups.
-    pub fn detect() -> Result<Hierarchy, String> {
+    pub fn detect() -> Result<Hierarchy, NoCgroups> {
         let root = Path::new(ROOT);
         if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers"))
             && controllers.split_whitespace().any(|c| c == "memory")
         {
             return Ok(Hierarchy::V2 { parent: root.join("shoal"), cpu: true });
         }
-        let own = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(NoCgroups::OwnCgroup)?;
         let v1_dir = |controller: &str| -> Option<PathBuf> {
             let rel = own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
@@ -98,21 +114,18 @@ impl Hierarchy {
             Some(memory) if memory.parent().is_some_and(|p| p.join("memory.limit_in_bytes").exists()) => {
                 Ok(Hierarchy::V1 { memory, cpu: v1_dir("cpu"), pids: v1_dir("pids") })
             }
-            _ => Err(format!(
-                "no memory cgroup: {ROOT}/cgroup.controllers does not list `memory` and there is no v1 memory hierarchy; \
-                 jobs run without memory and CPU limits (mount cgroup2 with the memory controller enabled to fix)"
-            )),
+            _ => Err(NoCgroups::NoMemoryController),
         }
     }
 
     /// A microVM's (guest-init mounts cgroup2 at /sys/fs/cgroup): the job's cgroup directly
     /// under the root, memory only, since the VM's vCPUs are its CPU limit. Under TCG each
     /// controller enabled and each level made costs milliseconds of a cold job.
-    pub fn guest() -> Result<Hierarchy, String> {
-        let controllers = fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))
-            .map_err(|e| format!("no cgroup2 at {ROOT} ({e}): jobs run without a memory limit"))?;
+    pub fn guest() -> Result<Hierarchy, NoCgroups> {
+        let controllers =
+            fs::read_to_string(Path::new(ROOT).join("cgroup.controllers")).map_err(NoCgroups::NoGuestCgroup2)?;
         if !controllers.split_whitespace().any(|c| c == "memory") {
-            return Err(format!("the cgroup2 at {ROOT} has no memory controller: jobs run without a memory limit"));
+            return Err(NoCgroups::NoGuestMemoryController);
         }
         Ok(Hierarchy::V2 { parent: PathBuf::from(ROOT), cpu: false })
     }

@@ -13,21 +13,25 @@
 //!   [`STATUS_FD`].
 //! - `PR_SET_PDEATHSIG(SIGKILL)` on every level: the host kills the helper, the kernel kills
 //!   PID 1, and the end of PID 1 ends every process of its pid namespace.
+//!
+//! Errors here are messages (`Result<_, String>`): nothing in the helper decides on them, they
+//! cross the status pipe as [`Status::SetupFailed`] and the runner hands them on as
+//! [`crate::RunError::Setup`].
 
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+use nix::fcntl::OFlag;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
-use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{Gid, Pid, Uid};
 
 use crate::wire::{Finished, GATE_FD, HelperRequest, IdMap, STATUS_FD, Status, TAR_FD};
 use crate::{Exit, collect, sys};
@@ -45,12 +49,10 @@ pub fn sandbox_helper_main() -> ! {
     // Die with the thread that started us, which waits for us until we are reaped. It was
     // spawned without a fork hook (posix_spawn), so the helper does this itself, then checks
     // that the parent did not die before the request took hold.
-    if let Some(parent) = std::env::var(crate::namespace::PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok()) {
-        // SAFETY: prctl with integer arguments; getppid cannot fail.
-        let lost = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent };
-        if lost {
-            std::process::exit(2);
-        }
+    if let Some(parent) = std::env::var(crate::namespace::PARENT_ENV).ok().and_then(|p| p.parse::<i32>().ok())
+        && !die_with_parent(parent)
+    {
+        std::process::exit(2);
     }
     let request = std::env::args_os()
         .next_back()
@@ -63,8 +65,7 @@ pub fn sandbox_helper_main() -> ! {
 /// The helper as a fork of a single-threaded caller (guest-init), with its fds in place and
 /// its request in memory; returns the exit code.
 pub fn forked_helper_main(parent: i32, request: &HelperRequest) -> i32 {
-    // SAFETY: prctl with integer arguments; getppid cannot fail.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != parent } {
+    if !die_with_parent(parent) {
         return 2;
     }
     helper_main(Ok(request))
@@ -89,9 +90,13 @@ fn helper_main(request: Result<&HelperRequest, &String>) -> i32 {
 
 /// Takes ownership of an fd the host passed, marking it close-on-exec so the job never sees it.
 fn take_fd(fd: i32) -> Result<File, String> {
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| format!("fd {fd} was not passed ({e})"))?;
-    // SAFETY: fd is open (F_SETFD succeeded) and, by the protocol with the host, ours alone.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    sys::take_inherited_fd(fd).map_err(|e| e.to_string())
+}
+
+/// Dies with the parent (SIGKILL when it ends), then checks that `parent` did not end before
+/// that took hold. False: this process should leave at once.
+fn die_with_parent(parent: i32) -> bool {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_ok() && nix::unistd::getppid().as_raw() == parent
 }
 
 fn write_status(mut status: &File, s: &Status) {
@@ -118,19 +123,18 @@ fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     if !req.job.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    // SAFETY: the helper never starts a thread, so the child of this fork-like clone is a
-    // complete copy of a single-threaded process.
-    let pid = unsafe { sys::clone_fork(flags.bits()) }.map_err(|e| {
+    // PID 1 gets the sync pipe's read end, the tar and the gate (the helper's copies go with
+    // the closure when clone_fork returns); the write end stays the helper's alone.
+    let sync_w_fd = sync_w.as_raw_fd();
+    let pid = sys::clone_fork(flags, move || {
+        // The child leaves through exit, so its copy of the write end is never dropped: close it
+        // here, or PID 1 would never see EOF if the helper died.
+        let _ = nix::unistd::close(sync_w_fd);
+        pid1(req, sync_r, status, tar, gate)
+    })
+    .map_err(|e| {
         format!("cannot create namespaces ({e}); check that user namespaces are enabled (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1)")
     })?;
-    if pid == 0 {
-        drop(sync_w);
-        let code = pid1(req, sync_r, status, tar, gate);
-        std::process::exit(code);
-    }
-    drop(sync_r);
-    drop(tar);
-    drop(gate);
     // If anything below fails, returning drops sync_w: PID 1 reads EOF and exits.
     for procs in &req.cgroup_procs {
         fs::write(procs, pid.to_string()).map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
@@ -145,8 +149,7 @@ fn helper(status: &File, req: &HelperRequest) -> Result<i32, String> {
     // in their place, so a stray message of ours cannot land in a file opened later.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
-            // SAFETY: dup2 onto the standard fds of this single-threaded helper.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
     match waitpid(Pid::from_raw(pid), None) {
@@ -454,12 +457,7 @@ fn exec_job(x: &Exec) -> (&'static str, Errno) {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // Rust ignores SIGPIPE in its programs, and ignored signals survive exec: restore the
     // defaults so pipelines in the job behave as they would anywhere.
-    for sig in Signal::iterator() {
-        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
-            // SAFETY: SIG_DFL installs no handler code; nothing runs concurrently.
-            let _ = unsafe { nix::sys::signal::signal(sig, SigHandler::SigDfl) };
-        }
-    }
+    sys::reset_signal_dispositions();
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     // The job, not the sandbox's PID 1, is what the OOM killer should pick first.
     let _ = fs::write("/proc/self/oom_score_adj", "1000");
@@ -564,20 +562,18 @@ fn output_used_bytes() -> u64 {
 /// out (it is then killed).
 fn spawn_and_wait(x: &Exec, timeout_ms: u64, started: Instant) -> Result<(Exit, bool), String> {
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: PID 1 is single-threaded (it is a fork of the single-threaded helper).
-    let child = match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            drop(err_r);
-            let (stage, errno) = exec_job(x);
-            let msg = format!("{stage}: {}", errno.desc());
-            let _ = File::from(err_w).write_all(msg.as_bytes());
-            // SAFETY: leave at once, without running the parent's atexit handlers or
-            // flushing buffers copied from it.
-            unsafe { libc::_exit(127) };
-        }
-        ForkResult::Parent { child } => child,
-    };
-    drop(err_w);
+    // PID 1 is single-threaded (a fork of the single-threaded helper; sys checks). The write
+    // end goes with the closure: the child's, and gone from here when fork_exec returns.
+    let err_r_fd = err_r.as_raw_fd();
+    let child = sys::fork_exec(move || {
+        let _ = nix::unistd::close(err_r_fd);
+        let (stage, errno) = exec_job(x);
+        let msg = format!("{stage}: {}", errno.desc());
+        let _ = File::from(err_w).write_all(msg.as_bytes());
+        127
+    })
+    .map(Pid::from_raw)
+    .map_err(|e| format!("fork: {e}"))?;
     // The pipe closes on a successful exec (CLOEXEC) or carries why it failed.
     let mut msg = String::new();
     let _ = File::from(err_r).read_to_string(&mut msg);

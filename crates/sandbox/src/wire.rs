@@ -7,7 +7,7 @@
 //! [`crate::collect`]).
 //!
 //! [`JobSpec`] and [`Status`] do not mention host paths or namespaces: guest-init receives a
-//! `JobSpec` (inside [`crate::microvm::disk::GuestRequest`]) and runs this same helper.
+//! `JobSpec` (inside [`crate::disk::GuestRequest`]) and runs this same helper.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

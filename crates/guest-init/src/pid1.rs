@@ -4,6 +4,9 @@
 //! write the reply, power off. It trusts nothing in the request beyond the documented format
 //! and its bounds; whatever fails is written to the reply disk if there is one, and to the
 //! console either way.
+//!
+//! Errors here are messages (`Result<_, String>`): PID 1 decides nothing on them but to report
+//! them, as `GuestReply::SetupFailed` across the reply disk (the host's `RunError::Setup`).
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -12,31 +15,29 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::disk::{
-    self, DATA_OFFSET, Fault, GuestReply, GuestRequest, GuestTimeline, REPLY_MAGIC, REPLY_SERIAL, REQUEST_MAGIC,
-    REQUEST_SERIAL, ROOTFS_SERIAL, Span,
+use shoal_sandbox::collect::UnpackError;
+use shoal_sandbox::disk::{
+    self, DATA_OFFSET, Fault, GuestReply, GuestRequest, GuestTimeline, MODULES_DIR, NET_MODULES_DIR, REPLY_MAGIC,
+    REPLY_SERIAL, REQUEST_MAGIC, REQUEST_SERIAL, ROOTFS_SERIAL, Span,
 };
-use super::initramfs::{MODULES_DIR, NET_MODULES_DIR};
-use crate::collect::UnpackError;
-use crate::namespace::NamespaceBackend;
-use crate::{InputMount, Request};
+use shoal_sandbox::{Captured, InputMount, NamespaceBackend, Request};
+
+use crate::sys;
 
 /// How long PID 1 waits for its disks to appear after loading the block driver.
 const DISK_WAIT_MS: u64 = 5_000;
 const INPUTS_DIR: &str = "/tmp/in";
-/// `_IO(0x12, 97)`: drop a block device's cached buffers (linux/fs.h; not in the libc crate).
-const BLKFLSBUF: libc::c_ulong = 0x1261;
 const WORK_DIR: &str = "/tmp/work";
 
 /// CLOCK_BOOTTIME in ms: time since the kernel started.
-pub fn boottime_ms() -> u64 {
+fn boottime_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
         .unwrap_or(0)
 }
 
 /// PID 1. Never returns: the VM powers off (or, on an injected panic, the kernel panics).
-pub fn pid1_main() -> ! {
+pub(crate) fn pid1_main() -> ! {
     let mut timeline = GuestTimeline { init_start_ms: boottime_ms(), ..GuestTimeline::default() };
     let mut reply_dev: Option<File> = None;
     if let Err(message) = pid1(&mut timeline, &mut reply_dev) {
@@ -142,15 +143,12 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
     if cmdline.split_whitespace().any(|w| w == "shoal.warm") {
         // Booted ahead of demand: the host fills the request disk, then says go on the console.
         step("warm: waiting for a job");
-        eprintln!("{}", super::disk::WARM_READY_MARKER);
+        eprintln!("{}", disk::WARM_READY_MARKER);
         let mut line = String::new();
         io::stdin().read_line(&mut line).map_err(|e| format!("reading the go-ahead: {e}"))?;
         timeline.go_ms = boottime_ms();
         // The kernel read the disk's first blocks when it probed it: drop them.
-        // SAFETY: BLKFLSBUF takes no argument and only drops this device's cached buffers.
-        if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&request_dev), BLKFLSBUF, 0) } < 0 {
-            return Err(format!("flushing the request disk's buffers: {}", io::Error::last_os_error()));
-        }
+        sys::flush_block_buffers(&request_dev).map_err(|e| format!("flushing the request disk's buffers: {e}"))?;
         step("warm: go");
     }
     let request_len = request_dev.seek(SeekFrom::End(0)).map_err(|e| format!("sizing the request disk: {e}"))?;
@@ -217,7 +215,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         Err(e) => (Span { offset: DATA_OFFSET, len: 0 }, Some(e.to_string())),
     };
     let mut at = DATA_OFFSET + tar.len;
-    let mut put = |captured: &crate::Captured| -> Result<Span, String> {
+    let mut put = |captured: &Captured| -> Result<Span, String> {
         let len = reply
             .seek(SeekFrom::Start(at))
             .and_then(|_| captured.copy_to(&mut reply))
@@ -259,7 +257,6 @@ fn write_reply(dev: &mut File, reply: &GuestReply) -> io::Result<()> {
 /// comes up too. QEMU answers DNS at 10.0.2.3, which the job uses if its image's resolv.conf says so.
 fn configure_network() -> Result<(), String> {
     use std::net::Ipv4Addr;
-    use std::os::fd::AsRawFd;
     let deadline = Instant::now() + Duration::from_millis(DISK_WAIT_MS);
     while !Path::new("/sys/class/net/eth0").exists() {
         if Instant::now() >= deadline {
@@ -267,59 +264,11 @@ fn configure_network() -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    crate::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| format!("socket: {e}"))?;
-    let fd = sock.as_raw_fd();
-    let sockaddr = |ip: Ipv4Addr| -> libc::sockaddr {
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads it as sockaddr_in.
-        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-    };
-    let ifreq = || {
-        // SAFETY: ifreq is plain old data; all-zero is a valid value.
-        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in req.ifr_name.iter_mut().zip(b"eth0\0") {
-            *dst = *src as libc::c_char;
-        }
-        req
-    };
-    let ioctl = |what: &str, request: libc::c_ulong, arg: *mut libc::c_void| -> Result<(), String> {
-        // SAFETY: each request below is given the structure it is documented to take.
-        if unsafe { libc::ioctl(fd, request, arg) } < 0 {
-            return Err(format!("{what}: {}", io::Error::last_os_error()));
-        }
-        Ok(())
-    };
-    let mut req = ifreq();
-    req.ifr_ifru.ifru_addr = sockaddr(Ipv4Addr::new(10, 0, 2, 15));
-    ioctl("setting eth0's address", libc::SIOCSIFADDR, (&raw mut req).cast())?;
-    let mut req = ifreq();
-    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
-    ioctl("setting eth0's netmask", libc::SIOCSIFNETMASK, (&raw mut req).cast())?;
-    let mut req = ifreq();
-    ioctl("reading eth0's flags", libc::SIOCGIFFLAGS, (&raw mut req).cast())?;
-    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
-    unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
-    ioctl("bringing eth0 up", libc::SIOCSIFFLAGS, (&raw mut req).cast())?;
-    // SAFETY: rtentry is plain old data; all-zero is a valid value.
-    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
-    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_gateway = sockaddr(Ipv4Addr::new(10, 0, 2, 2));
-    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-    ioctl("adding the default route", libc::SIOCADDRT, (&raw mut route).cast())?;
-    Ok(())
+    shoal_sandbox::sys::loopback_up().map_err(|e| format!("bringing lo up: {e}"))?;
+    sys::set_ipv4("eth0", Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(255, 255, 255, 0))
+        .map_err(|e| format!("setting eth0's {e}"))?;
+    shoal_sandbox::sys::interface_up("eth0").map_err(|e| format!("bringing eth0 up: {e}"))?;
+    sys::add_default_route(Ipv4Addr::new(10, 0, 2, 2)).map_err(|e| format!("adding the default route: {e}"))
 }
 
 /// Loads every module in `dir`, in name order (the host numbered them in dependency order).
@@ -384,7 +333,7 @@ fn unpack_inputs(dev: &mut File, request: &GuestRequest) -> Result<Vec<InputMoun
     archive.unpack(INPUTS_DIR).map_err(|e| format!("unpacking the inputs: {e}"))?;
     let mut mounts = Vec::new();
     for name in &request.inputs {
-        if !crate::collect::valid_name(name) {
+        if !shoal_sandbox::collect::valid_name(name) {
             return Err(format!("input name `{name}` is not one plain path component"));
         }
         let host_path = Path::new(INPUTS_DIR).join("input").join(name);
