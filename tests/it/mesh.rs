@@ -747,6 +747,14 @@ fn rand_key() -> [u8; 32] {
     key
 }
 
+/// Stores a 20 KB blob named `name` on `n` (`shoal blob put --node`); its hash.
+fn put_blob(n: &MeshNode, name: &str) -> String {
+    let file = n.home.write(name, &format!("{name} {}\n", "x".repeat(20_000)));
+    let out = n.cli(&["blob", "put", file.to_str().unwrap()]);
+    assert_success(&out, "shoal blob put");
+    stdout(&out).trim().to_string()
+}
+
 /// Found by bench/soak.py: a node killed -9 and started again comes back on another blob port
 /// (port 0 here); its peers must fetch from it there, not keep trying the old one (they did for the
 /// rest of a 60-minute soak: "no connection within 3000 ms").
@@ -757,20 +765,14 @@ fn a_peer_restarted_on_another_blob_port_is_fetched_from_there() {
     let n0 = MeshNode::start(Home::empty(), &key, &[], &[]);
     let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
     wait_for_mesh(&[&n0, &n1]);
-    let put = |n: &MeshNode, name: &str| {
-        let file = n.home.write(name, &format!("{name} {}\n", "x".repeat(20_000)));
-        let out = n.cli(&["blob", "put", file.to_str().unwrap()]);
-        assert_success(&out, "shoal blob put");
-        stdout(&out).trim().to_string()
-    };
     // n0 has fetched from n1 before: it holds a connection to n1's first blob port.
-    let first = put(&n1, "first");
+    let first = put_blob(&n1, "first");
     let (status, body) = n0.get(&format!("/v1/blobs/{first}"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
 
     let n1 = n1.restart(&key, &[&n0.listen]);
     wait_for_mesh(&[&n0, &n1]);
-    let second = put(&n1, "second");
+    let second = put_blob(&n1, "second");
     let (status, body) = n0.get(&format!("/v1/blobs/{second}"));
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).starts_with("second x"));
@@ -786,24 +788,18 @@ fn a_node_restarted_on_another_blob_port_fetches_from_peers_that_knew_it() {
     let n0 = MeshNode::start(Home::empty(), &key, &[], &[]);
     let n1 = MeshNode::start(Home::empty(), &key, &[&n0.listen], &[]);
     wait_for_mesh(&[&n0, &n1]);
-    let put = |n: &MeshNode, name: &str| {
-        let file = n.home.write(name, &format!("{name} {}\n", "x".repeat(20_000)));
-        let out = n.cli(&["blob", "put", file.to_str().unwrap()]);
-        assert_success(&out, "shoal blob put");
-        stdout(&out).trim().to_string()
-    };
     // Each has fetched from the other: each knows the other's first blob port.
-    let (a, b) = (put(&n1, "a"), put(&n0, "b"));
+    let (a, b) = (put_blob(&n1, "a"), put_blob(&n0, "b"));
     assert_eq!(n0.get(&format!("/v1/blobs/{a}")).0, 200);
     assert_eq!(n1.get(&format!("/v1/blobs/{b}")).0, 200);
 
     let n0 = n0.restart(&key, &[&n1.listen]);
     wait_for_mesh(&[&n0, &n1]);
     for name in ["c", "d", "e"] {
-        let c = put(&n1, name);
+        let c = put_blob(&n1, name);
         let (status, body) = n0.get(&format!("/v1/blobs/{c}"));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        let d = put(&n0, &format!("{name}2"));
+        let d = put_blob(&n0, &format!("{name}2"));
         let (status, body) = n1.get(&format!("/v1/blobs/{d}"));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
