@@ -15,19 +15,20 @@
 //! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
 
 mod cbor;
+mod diagnostic;
 mod hash;
 mod json;
 mod record;
 mod sorted_map;
 mod spec;
 mod units;
+mod validate;
 
 pub use cbor::{canonical_cbor, from_cbor};
+pub use diagnostic::{Diagnostic, Diagnostics, Location, escape_for_terminal};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use sorted_map::SortedMap;
-pub use spec::{
-    Arch, Dag, Diagnostic, Diagnostics, Gpu, ImageRef, InputRef, Isolation, Job, Location, OutputSpec,
-    PIDS_MAX_DEFAULT, Requirements, escape_for_terminal, parse_dag, parse_dag_bytes,
-};
+pub use spec::{Arch, Dag, Gpu, ImageRef, InputRef, Isolation, Job, OutputSpec, PIDS_MAX_DEFAULT, Requirements};
 pub use units::{parse_duration_ms, parse_size};
+pub use validate::{parse_dag, parse_dag_bytes};
