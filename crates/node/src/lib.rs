@@ -3,6 +3,7 @@
 //! parsers of outside bytes (its catalogue and its run requests), which the binary's explorer
 //! and the fuzz targets (`crates/fuzz-entry`) call alike.
 
+pub mod api_error;
 pub mod human;
 pub mod mesh;
 

@@ -20,6 +20,8 @@ use shoal_dag::{DigestKind, Hash};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use shoal_node::api_error::{ApiError, bad, internal, not_found, parse_hash};
+
 use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
 
 /// How often an upload of unannounced size checks the free space as it comes, bytes.
@@ -54,31 +56,6 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
         .layer(axum::middleware::from_fn_with_state(guard, auth::check))
 }
 
-/// An error as JSON `{"error": ...}` with a status code.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({"error": self.1}))).into_response()
-    }
-}
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
-}
-fn not_found(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, msg.into())
-}
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-/// `blake3:<hex>` or the bare hex.
-fn parse_hash(text: &str) -> Result<Hash, ApiError> {
-    let full = if text.starts_with("blake3:") { text.to_string() } else { format!("blake3:{text}") };
-    full.parse().map_err(|e: String| bad(format!("`{text}` is not a hash: {e}")))
-}
-
 /// How long a fetch for the API keeps retrying while peers' addresses are still arriving (a node
 /// just started or rejoined hears the ledger before every announcement), in ms.
 const FETCH_RETRY_WINDOW_MS: u64 = 6_000;
@@ -94,7 +71,8 @@ where
 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(FETCH_RETRY_WINDOW_MS);
     loop {
-        let providers = ask(s, |reply| Cmd::Providers { first, reply }).await.map_err(|e| anyhow::anyhow!(e.1))?;
+        let providers =
+            ask(s, |reply| Cmd::Providers { first, reply }).await.map_err(|e| anyhow::anyhow!(e.message))?;
         match fetch(providers).await {
             Ok(v) => return Ok(v),
             Err(e) if std::time::Instant::now() >= deadline => return Err(e),
@@ -139,7 +117,7 @@ async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String
     // Answered once other nodes hold the DAG's blobs: refused (503) when none could in time.
     let ack = ask(&s, |reply| Cmd::Submit { hash, dag: pinned.dag, max_attempts, reply })
         .await?
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let holders: Vec<String> = ack.holders.iter().map(hex::encode).collect();
     let depends = holders.is_empty();
     Ok((
@@ -249,7 +227,7 @@ async fn job_output(
     let view = status.dags.get(&hash.to_string()).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
     let jv = view.jobs.get(&job).ok_or_else(|| not_found(format!("DAG {hash} has no job `{job}`")))?;
     let record = jv.record.ok_or_else(|| {
-        ApiError(
+        ApiError::new(
             StatusCode::CONFLICT,
             format!("job `{job}` is {}, not done; `shoal watch` shows its progress", jv.state),
         )
@@ -264,7 +242,7 @@ async fn job_output(
                 return internal(format!("{e:#}"));
             };
             if reported {
-                ApiError(
+                ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "no node holds the outputs of job `{job}` any more ({e:#}); it is being run again: \
@@ -391,7 +369,7 @@ async fn read_repaired(s: &Shared, hash: Hash, first: Option<[u8; 32]>) -> Resul
 async fn upload(State(s): State<Shr>, headers: axum::http::HeaderMap, body: Body) -> Result<Response, ApiError> {
     let max = s.upload_bytes_max;
     let too_large = || {
-        ApiError(
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "an upload is at most {max} bytes (the node's --upload-size-max); copy larger files to the node and \
@@ -399,7 +377,7 @@ async fn upload(State(s): State<Shr>, headers: axum::http::HeaderMap, body: Body
             ),
         )
     };
-    let no_room = |e: shoal_blobs::StoreError| ApiError(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+    let no_room = |e: shoal_blobs::StoreError| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
     let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(s.store.home().join("tmp")).map_err(internal)?;
     // The size announced is checked before a byte is written; a body without one, every
     // `UPLOAD_ROOM_CHECK_BYTES` as it comes.

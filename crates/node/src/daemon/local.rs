@@ -25,9 +25,11 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_blobs::{Durability, Store};
-use shoal_dag::{Digest, DigestKind, Hash};
+use shoal_dag::{Digest, DigestKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
+
+use shoal_node::api_error::{ApiError, bad, not_found, parse_hash, unprocessable};
 
 use super::{Cmd, Shared};
 use crate::run::{self, BackendChoice, RunEvent, RunOptions, RunSource};
@@ -65,43 +67,20 @@ pub(crate) fn router() -> Router<Shr> {
         .route("/v1/local/ready", post(ready))
 }
 
-/// An error as JSON `{"error": ...}`; the message is what the command would have printed.
-struct LocalError(StatusCode, String);
-
-impl IntoResponse for LocalError {
-    fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({"error": self.1}))).into_response()
-    }
-}
-
-fn bad(msg: impl Into<String>) -> LocalError {
-    LocalError(StatusCode::BAD_REQUEST, msg.into())
-}
-fn not_found(msg: impl Into<String>) -> LocalError {
-    LocalError(StatusCode::NOT_FOUND, msg.into())
-}
-fn failed(e: impl std::fmt::Display) -> LocalError {
-    LocalError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
-}
-
-fn parse_hash(text: &str) -> Result<Hash, LocalError> {
-    text.parse().map_err(|e| bad(format!("`{text}` is not a blob hash ({e}); hashes look like blake3:<64 hex>")))
-}
-
 /// Streams a request body into a new temporary file in the store's `tmp/`, refusing it past
 /// `bytes_max` or when the file system would keep less than [`UPLOAD_FREE_BYTES_MIN`] free. The
 /// file is removed when the returned value is dropped.
-async fn receive(store: &Store, body: Body, bytes_max: u64) -> Result<tempfile::NamedTempFile, LocalError> {
+async fn receive(store: &Store, body: Body, bytes_max: u64) -> Result<tempfile::NamedTempFile, ApiError> {
     let tmp_dir = store.home().join("tmp");
-    let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&tmp_dir).map_err(failed)?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(failed)?);
+    let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&tmp_dir).map_err(unprocessable)?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(unprocessable)?);
     let mut stream = body.into_data_stream();
     let (mut total, mut checked) = (0u64, 0u64);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| bad(format!("reading the upload: {e}")))?;
         total += chunk.len() as u64;
         if total > bytes_max {
-            return Err(LocalError(
+            return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "an upload to this node's store is at most {bytes_max} bytes (`shoal node \
@@ -114,7 +93,7 @@ async fn receive(store: &Store, body: Body, bytes_max: u64) -> Result<tempfile::
             if let Some(free_bytes) = shoal_blobs::fs_free_bytes(&tmp_dir)
                 && free_bytes < UPLOAD_FREE_BYTES_MIN + chunk.len() as u64
             {
-                return Err(LocalError(
+                return Err(ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     format!(
                         "the file system holding {} has {free_bytes} bytes free, and uploads leave at least \
@@ -124,9 +103,9 @@ async fn receive(store: &Store, body: Body, bytes_max: u64) -> Result<tempfile::
                 ));
             }
         }
-        file.write_all(&chunk).await.map_err(failed)?;
+        file.write_all(&chunk).await.map_err(unprocessable)?;
     }
-    file.flush().await.map_err(failed)?;
+    file.flush().await.map_err(unprocessable)?;
     Ok(tmp)
 }
 
@@ -145,26 +124,26 @@ struct NameQuery {
 }
 
 /// `shoal blob put FILE`, and a `file:` input of `shoal run`: the body is the file.
-async fn put_blob(State(s): State<Shr>, Query(q): Query<NameQuery>, body: Body) -> Result<Response, LocalError> {
+async fn put_blob(State(s): State<Shr>, Query(q): Query<NameQuery>, body: Body) -> Result<Response, ApiError> {
     let tmp = receive(&s.store, body, s.local_upload_bytes_max).await?;
     let (hash, size) = s
         .store
         .put_file(tmp.path())
         .await
-        .map_err(|e| failed(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
-    s.store.flush().await.map_err(failed)?;
+        .map_err(|e| unprocessable(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
+    s.store.flush().await.map_err(unprocessable)?;
     Ok((StatusCode::CREATED, axum::Json(Digest { hash, kind: DigestKind::File, size })).into_response())
 }
 
 /// `shoal blob put DIR`, and a directory as a `file:` input: the body is a tar of the directory.
-async fn put_tree(State(s): State<Shr>, Query(q): Query<NameQuery>, body: Body) -> Result<Response, LocalError> {
+async fn put_tree(State(s): State<Shr>, Query(q): Query<NameQuery>, body: Body) -> Result<Response, ApiError> {
     let tmp = receive(&s.store, body, s.local_upload_bytes_max).await?;
     let digest = s
         .store
         .put_tree_from_tar(tmp.path())
         .await
-        .map_err(|e| failed(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
-    s.store.flush().await.map_err(failed)?;
+        .map_err(|e| unprocessable(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
+    s.store.flush().await.map_err(unprocessable)?;
     Ok((StatusCode::CREATED, axum::Json(digest)).into_response())
 }
 
@@ -176,14 +155,14 @@ struct ImportQuery {
 
 /// `shoal image import` and `shoal image build`: the body is an OCI archive (a layout the client
 /// sent as a tar) or a `docker save` archive.
-async fn import_image(State(s): State<Shr>, Query(q): Query<ImportQuery>, body: Body) -> Result<Response, LocalError> {
+async fn import_image(State(s): State<Shr>, Query(q): Query<ImportQuery>, body: Body) -> Result<Response, ApiError> {
     let tmp = receive(&s.store, body, s.local_upload_bytes_max).await?;
     let id = s
         .store
         .import_image_path(tmp.path(), q.tag.as_deref())
         .await
-        .map_err(|e| failed(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
-    s.store.flush().await.map_err(failed)?;
+        .map_err(|e| unprocessable(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
+    s.store.flush().await.map_err(unprocessable)?;
     Ok((StatusCode::CREATED, axum::Json(json!({"image": id.to_string()}))).into_response())
 }
 
@@ -196,52 +175,53 @@ struct PullBody {
 }
 
 /// `shoal image pull`: this node pulls from the registry.
-async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullBody>) -> Result<Response, LocalError> {
+async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullBody>) -> Result<Response, ApiError> {
     let opts = shoal_blobs::image::PullOptions { insecure_http: b.insecure, ..Default::default() };
-    let id = s.store.pull(&b.reference, opts).await.map_err(failed)?;
+    let id = s.store.pull(&b.reference, opts).await.map_err(unprocessable)?;
     if let Some(tag) = &b.tag {
-        s.store.tag_image(tag, id).map_err(failed)?;
+        s.store.tag_image(tag, id).map_err(unprocessable)?;
     }
-    s.store.flush().await.map_err(failed)?;
+    s.store.flush().await.map_err(unprocessable)?;
     Ok((StatusCode::CREATED, axum::Json(json!({"image": id.to_string()}))).into_response())
 }
 
 /// `shoal image ls`.
-async fn images(State(s): State<Shr>) -> Result<Response, LocalError> {
-    Ok(axum::Json(s.store.images().map_err(failed)?).into_response())
+async fn images(State(s): State<Shr>) -> Result<Response, ApiError> {
+    Ok(axum::Json(s.store.images().map_err(unprocessable)?).into_response())
 }
 
 /// `shoal blob ls`.
-async fn list_blobs(State(s): State<Shr>) -> Result<Response, LocalError> {
-    let list = s.store.list().await.map_err(failed)?;
+async fn list_blobs(State(s): State<Shr>) -> Result<Response, ApiError> {
+    let list = s.store.list().await.map_err(unprocessable)?;
     let rows: Vec<_> = list.iter().map(|(h, size)| json!({"hash": h.to_string(), "size": size})).collect();
     Ok(axum::Json(rows).into_response())
 }
 
 /// `shoal show`, and the record `get` and `log` read: a job's latest run record, or one by hash,
 /// verified.
-async fn record(State(s): State<Shr>, Path(what): Path<String>) -> Result<Response, LocalError> {
+async fn record(State(s): State<Shr>, Path(what): Path<String>) -> Result<Response, ApiError> {
     let record = run::find_record(&s.store, &what).await.map_err(|e| not_found(format!("{e:#}")))?;
     Ok(axum::Json(record).into_response())
 }
 
 /// `shoal blob get`: the digest of a stored blob (is it a tree, its size).
-async fn digest(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, LocalError> {
+async fn digest(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
     let digest = run::digest_of_stored(&s.store, hash).await.map_err(|e| not_found(format!("{e:#}")))?;
     Ok(axum::Json(digest).into_response())
 }
 
 /// A stored blob: a file's bytes, or a tree as a tar (header `x-shoal-kind` says which), streamed.
-async fn get_blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, LocalError> {
+async fn get_blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
-    if !s.store.has(hash).await.map_err(failed)? {
+    if !s.store.has(hash).await.map_err(unprocessable)? {
         return Err(not_found(format!("blob {hash} is not in this store")));
     }
-    let tmp = tempfile::Builder::new().prefix("download-").tempdir_in(s.store.home().join("tmp")).map_err(failed)?;
+    let tmp =
+        tempfile::Builder::new().prefix("download-").tempdir_in(s.store.home().join("tmp")).map_err(unprocessable)?;
     let (kind, file) = if s.store.is_tree(hash) {
         let dir = tmp.path().join("tree");
-        s.store.materialize_read_only(hash, &dir).await.map_err(failed)?;
+        s.store.materialize_read_only(hash, &dir).await.map_err(unprocessable)?;
         let tar_path = tmp.path().join("tree.tar");
         let file = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
             let mut b = tar::Builder::new(std::io::BufWriter::new(std::fs::File::create(&tar_path)?));
@@ -251,17 +231,17 @@ async fn get_blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Resp
             std::fs::File::open(&tar_path)
         })
         .await
-        .map_err(failed)?
-        .map_err(failed)?;
+        .map_err(unprocessable)?
+        .map_err(unprocessable)?;
         ("tree", file)
     } else {
         let path = tmp.path().join("blob");
-        s.store.export(hash, &path).await.map_err(failed)?;
-        ("file", std::fs::File::open(&path).map_err(failed)?)
+        s.store.export(hash, &path).await.map_err(unprocessable)?;
+        ("file", std::fs::File::open(&path).map_err(unprocessable)?)
     };
     // The open file stays readable once its directory is gone.
     drop(tmp);
-    let len = file.metadata().map_err(failed)?.len();
+    let len = file.metadata().map_err(unprocessable)?.len();
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -300,14 +280,14 @@ async fn ready(_body: axum::body::Bytes) -> Response {
 
 /// `shoal gc`, refused while jobs run here: it removes what nothing references yet, such as a
 /// running job's outputs before its record is written.
-async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, LocalError> {
+async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, ApiError> {
     let (tx, rx) = oneshot::channel();
-    s.cmds.send(Cmd::Metrics { reply: tx }).await.map_err(|_| failed("the node is stopping"))?;
-    let metrics = rx.await.map_err(|_| failed("the node is stopping"))?;
+    s.cmds.send(Cmd::Metrics { reply: tx }).await.map_err(|_| unprocessable("the node is stopping"))?;
+    let metrics = rx.await.map_err(|_| unprocessable("the node is stopping"))?;
     let mesh_jobs = metrics["running"].as_u64().unwrap_or(0);
     let local_runs = LOCAL_RUNS.load(Ordering::SeqCst);
     if mesh_jobs > 0 || local_runs > 0 {
-        return Err(LocalError(
+        return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "the node holding this store is running {mesh_jobs} mesh jobs and {local_runs} local runs; `shoal \
@@ -315,7 +295,7 @@ async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, 
             ),
         ));
     }
-    let r = s.store.gc().await.map_err(failed)?;
+    let r = s.store.gc().await.map_err(unprocessable)?;
     Ok(axum::Json(json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
         "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
         "rootfs_bytes_freed": r.rootfs_bytes_freed, "corrupt_removed": r.corrupt_removed}))
@@ -384,7 +364,7 @@ impl Drop for RunGuard {
 /// its cores with the mesh's jobs and the explorer's), streaming JSON lines: the run's
 /// events, then `{"event": "end", "ok", "stdout", "stderr"}` (what the command prints) or
 /// `{"event": "error", "error"}`.
-async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) -> Result<Response, LocalError> {
+async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) -> Result<Response, ApiError> {
     let dag = shoal_dag::parse_dag(&req.name, &req.dag).map_err(|d| bad(d.to_string()))?;
     let backend = match req.backend.as_str() {
         "microvm" => BackendChoice::Microvm,
@@ -398,7 +378,7 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
     for (path, input) in req.files {
         let value = match input {
             FileInput::Sent(d) => {
-                let stored = s.store.has(d.hash).await.map_err(failed)?;
+                let stored = s.store.has(d.hash).await.map_err(unprocessable)?;
                 if !stored || s.store.is_tree(d.hash) != (d.kind == DigestKind::Tree) {
                     return Err(bad(format!(
                         "`file:{path}`: {} is not stored here as a {:?}; upload it first (POST /v1/local/blobs or /v1/local/trees)",

@@ -47,10 +47,11 @@ use crate::daemon::auth::{Caller, ClientKey};
 use crate::daemon::{Cmd, Shared};
 use crate::output::bytes as human_bytes;
 use crate::run;
+use shoal_node::api_error::{ApiError, bad, internal, parse_hash};
 use shoal_node::explorer::catalogue::{self, Catalogue, Entry};
 use shoal_node::explorer::request::{
-    ExError, Gate, INPUT_FILE_BYTES_MAX, INPUT_FILES_MAX, REQUEST_BYTES_MAX, REQUEST_HEADER_SLACK_BYTES, Received,
-    STDIN_BYTES_MAX, bad, internal, receive,
+    Gate, INPUT_FILE_BYTES_MAX, INPUT_FILES_MAX, REQUEST_BYTES_MAX, REQUEST_HEADER_SLACK_BYTES, Received,
+    STDIN_BYTES_MAX, receive,
 };
 
 pub(crate) use explore::{ExploreArgs, explore, running_node};
@@ -100,7 +101,7 @@ struct Loaded {
 }
 
 impl Explorer {
-    fn catalogue(&self, s: &Shared) -> Result<Arc<Loaded>, ExError> {
+    fn catalogue(&self, s: &Shared) -> Result<Arc<Loaded>, ApiError> {
         self.catalogue
             .get_or_init(|| {
                 let loaded = load_catalogue(s.store.home());
@@ -113,7 +114,7 @@ impl Explorer {
                 loaded
             })
             .clone()
-            .map_err(|e| ExError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the catalogue does not load: {e}")))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("the catalogue does not load: {e}")))
     }
 }
 
@@ -156,19 +157,13 @@ pub(crate) fn router(public: PublicOptions) -> Router<Shr> {
         .layer(Extension(explorer))
 }
 
-fn limited(l: Limited) -> ExError {
+fn limited(l: Limited) -> ApiError {
     match l {
         Limited::Wait { retry_after_s, why } => {
-            ExError { retry_after_s: Some(retry_after_s), ..ExError::new(StatusCode::TOO_MANY_REQUESTS, why) }
+            ApiError { retry_after_s: Some(retry_after_s), ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, why) }
         }
-        Limited::Disk(why) => ExError::new(StatusCode::INSUFFICIENT_STORAGE, why),
+        Limited::Disk(why) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, why),
     }
-}
-
-/// `blake3:<hex>` or the bare hex.
-fn parse_hash(text: &str) -> Result<Hash, ExError> {
-    let full = if text.starts_with("blake3:") { text.to_string() } else { format!("blake3:{text}") };
-    full.parse().map_err(|e: String| bad(format!("`{text}` is not a hash: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +187,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explorer>>) -> Result<Response, ExError> {
+async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explorer>>) -> Result<Response, ApiError> {
     let loaded = ex.catalogue(&s)?;
     let tags: std::collections::BTreeSet<String> =
         s.store.images().map_err(internal)?.into_iter().map(|i| i.tag).collect();
@@ -243,7 +238,7 @@ async fn run_request(
     Extension(ex): Extension<Arc<Explorer>>,
     caller: Option<Extension<Caller>>,
     multipart: Result<Multipart, MultipartRejection>,
-) -> Result<Response, ExError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
     let loaded = ex.catalogue(&s)?;
     let multipart = multipart.map_err(|e| {
@@ -281,9 +276,9 @@ struct Public<'a> {
 }
 
 impl Gate for Public<'_> {
-    fn allow(&mut self, entry: &Entry) -> Result<(), ExError> {
+    fn allow(&mut self, entry: &Entry) -> Result<(), ApiError> {
         if entry.network && self.quota.is_some() {
-            return Err(ExError::new(
+            return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "`{}` runs with a network, which this node offers to token holders only; send a token \
@@ -295,14 +290,14 @@ impl Gate for Public<'_> {
         Ok(())
     }
 
-    fn admit(&mut self) -> Result<(), ExError> {
+    fn admit(&mut self) -> Result<(), ApiError> {
         if let Some((limits, client)) = self.quota {
             self.admitted = Some(limits.admit(client, self.home, Instant::now()).map_err(limited)?);
         }
         Ok(())
     }
 
-    fn charge(&mut self, bytes: u64) -> Result<(), ExError> {
+    fn charge(&mut self, bytes: u64) -> Result<(), ApiError> {
         if let Some((limits, client)) = self.quota {
             limits.charge_upload(client, bytes, crate::tokens::now_unix_ms() / 1000).map_err(limited)?;
         }
@@ -310,14 +305,14 @@ impl Gate for Public<'_> {
     }
 }
 
-fn tmp_root(s: &Shared) -> Result<PathBuf, ExError> {
+fn tmp_root(s: &Shared) -> Result<PathBuf, ApiError> {
     let dir = s.store.home().join("tmp");
     std::fs::create_dir_all(&dir).map_err(internal)?;
     Ok(dir)
 }
 
 /// The one-job DAG of a request.
-fn job_of(r: &Received) -> Result<Job, ExError> {
+fn job_of(r: &Received) -> Result<Job, ApiError> {
     let files: Vec<String> = r.inputs.keys().cloned().collect();
     let rendered = r.entry.render(&r.options, r.main.as_deref(), &files);
     let mut env = rendered.env;
@@ -346,10 +341,10 @@ fn job_of(r: &Received) -> Result<Job, ExError> {
 }
 
 /// Runs the request as `shoal run` would; returns its record and whether the cache answered.
-async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ExError> {
+async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), ApiError> {
     let job = job_of(&r)?;
     let (image_id, _) = s.store.resolve_image(&job.image).await.map_err(|e| {
-        ExError::new(
+        ApiError::new(
             StatusCode::CONFLICT,
             format!(
                 "the image `{}` of `{}` is not in this node's store ({e}); build it with scripts/build-images.sh \
@@ -368,7 +363,7 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ex
     let report = tracing::Instrument::instrument(run::run_one(&ctx, 0, &BTreeMap::new()), span).await;
     match report.record {
         Some(record) => Ok((record, report.cached)),
-        None => Err(ExError::new(
+        None => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the run could not start: {}", report.error.unwrap_or_else(|| "no reason given".into())),
         )),
@@ -454,17 +449,17 @@ async fn run_view(
     State(s): State<Shr>,
     caller: Option<Extension<Caller>>,
     Path(record): Path<String>,
-) -> Result<Response, ExError> {
+) -> Result<Response, ApiError> {
     let hash = parse_hash(&record)?;
     let view = run_view_of(&s, hash).await?;
     // Strangers of a public explorer see explorer runs, not the records of the mesh's DAGs.
     if matches!(caller.as_deref(), Some(Caller::Anonymous { .. })) && view.run_record.job_id != JOB_ID {
-        return Err(ExError::new(StatusCode::NOT_FOUND, format!("no explorer run has the record {hash}")));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no explorer run has the record {hash}")));
     }
     Ok(Json(view).into_response())
 }
 
-async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
+async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ApiError> {
     let signed = match s.store.get_record(hash).await.map_err(internal)? {
         Some(signed) => signed,
         None => fetch_from_mesh(s, hash).await?,
@@ -534,12 +529,12 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ExError> {
 
 /// A run record this node lacks, fetched from the mesh's other nodes with everything its view
 /// shows (stdout, stderr, outputs, inputs, stdin): a permalink works on every node of the mesh.
-async fn fetch_from_mesh(s: &Shared, hash: Hash) -> Result<shoal_dag::SignedRecord, ExError> {
+async fn fetch_from_mesh(s: &Shared, hash: Hash) -> Result<shoal_dag::SignedRecord, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     s.cmds.send(Cmd::Providers { first: None, reply }).await.map_err(|_| internal("the node is stopping"))?;
     let providers = answer.await.map_err(|_| internal("the node is stopping"))?;
     let missing =
-        |why: String| ExError::new(StatusCode::NOT_FOUND, format!("no run record {hash} is on this node{why}"));
+        |why: String| ApiError::new(StatusCode::NOT_FOUND, format!("no run record {hash} is on this node{why}"));
     if providers.is_empty() {
         return Err(missing(" (and it has no peers to ask)".into()));
     }
@@ -592,7 +587,7 @@ fn media_type_by_name(name: &str) -> Option<&'static str> {
     })
 }
 
-async fn file_view(s: &Shared, name: &str, d: &Digest) -> Result<FileView, ExError> {
+async fn file_view(s: &Shared, name: &str, d: &Digest) -> Result<FileView, ApiError> {
     let by_name = media_type_by_name(name);
     let mut text = None;
     let is_image = by_name.is_some_and(|t| t.starts_with("image/"));
@@ -646,21 +641,21 @@ async fn file(
     caller: Option<Extension<Caller>>,
     Path((hash, name)): Path<(String, String)>,
     Query(q): Query<FileQuery>,
-) -> Result<Response, ExError> {
+) -> Result<Response, ApiError> {
     let hash = parse_hash(&hash)?;
     // Strangers of a public explorer get what an explorer run shows (kept for a while by `keep`:
     // the only pins with an end), not every blob of the mesh's DAGs whose hash they learn.
     if matches!(caller.as_deref(), Some(Caller::Anonymous { .. }))
         && !matches!(s.store.pinned_until(hash).map_err(internal)?, Some(end) if end != u64::MAX)
     {
-        return Err(ExError::new(StatusCode::NOT_FOUND, format!("no explorer run shows the file {hash}")));
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no explorer run shows the file {hash}")));
     }
     let size = s
         .store
         .size(hash)
         .await
         .map_err(internal)?
-        .ok_or_else(|| ExError::new(StatusCode::NOT_FOUND, format!("no blob {hash} is stored on this node")))?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no blob {hash} is stored on this node")))?;
     let media_type = match media_type_by_name(&name) {
         Some(t) => t,
         None if size <= INLINE_TEXT_BYTES_MAX => {

@@ -5,17 +5,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::Multipart;
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use shoal_blobs::Store;
 use shoal_dag::{Digest, DigestKind};
 use tokio::io::AsyncWriteExt;
 
 use super::catalogue::{self, Catalogue, Entry, Problem};
+use crate::api_error::{ApiError, bad, internal, too_large};
 use crate::human::bytes as human_bytes;
 
 /// Input files one request may carry.
@@ -33,49 +32,6 @@ pub const DESCRIPTOR_BYTES_MAX: usize = 64 << 10;
 /// After refusing a request, how much more of its body is read (and dropped) so the client gets
 /// the answer instead of a reset connection, in bytes.
 pub const DRAIN_BYTES_MAX: u64 = 64 << 20;
-
-/// An error of the explorer's API: `{"error": ..., "problems": [...]}` with a status code.
-#[derive(Debug)]
-pub struct ExError {
-    pub status: StatusCode,
-    pub message: String,
-    pub problems: Vec<Problem>,
-    /// Sent as `Retry-After` (seconds) with a 429.
-    pub retry_after_s: Option<u64>,
-}
-
-impl ExError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ExError {
-        ExError { status, message: message.into(), problems: Vec::new(), retry_after_s: None }
-    }
-}
-
-impl IntoResponse for ExError {
-    fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message});
-        if !self.problems.is_empty() {
-            body["problems"] = json!(self.problems);
-        }
-        if let Some(s) = self.retry_after_s {
-            body["retry_after_s"] = json!(s);
-        }
-        let mut r = (self.status, Json(body)).into_response();
-        if let Some(s) = self.retry_after_s {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        r
-    }
-}
-
-pub fn bad(msg: impl Into<String>) -> ExError {
-    ExError::new(StatusCode::BAD_REQUEST, msg)
-}
-pub fn too_large(msg: impl Into<String>) -> ExError {
-    ExError::new(StatusCode::PAYLOAD_TOO_LARGE, msg)
-}
-pub fn internal(e: impl std::fmt::Display) -> ExError {
-    ExError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
 
 /// The `request` part.
 #[derive(Deserialize)]
@@ -98,31 +54,31 @@ pub struct Received {
     pub stdin: Option<Digest>,
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ExError {
-    ExError::new(e.status(), format!("reading the request: {}", e.body_text()))
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    ApiError::new(e.status(), format!("reading the request: {}", e.body_text()))
 }
 
 /// What the node adds to reading a request: a public explorer's limits on anonymous callers.
 pub trait Gate {
     /// Whether `entry` may run for this caller; called before its options are checked.
-    fn allow(&mut self, entry: &Entry) -> Result<(), ExError>;
+    fn allow(&mut self, entry: &Entry) -> Result<(), ApiError>;
     /// Counts the run, once its request is known good and before any file is stored.
-    fn admit(&mut self) -> Result<(), ExError>;
+    fn admit(&mut self) -> Result<(), ApiError>;
     /// Counts `bytes` more of an upload.
-    fn charge(&mut self, bytes: u64) -> Result<(), ExError>;
+    fn charge(&mut self, bytes: u64) -> Result<(), ApiError>;
 }
 
 /// No limits: a token holder, the local user, the fuzz targets.
 pub struct Open;
 
 impl Gate for Open {
-    fn allow(&mut self, _: &Entry) -> Result<(), ExError> {
+    fn allow(&mut self, _: &Entry) -> Result<(), ApiError> {
         Ok(())
     }
-    fn admit(&mut self) -> Result<(), ExError> {
+    fn admit(&mut self) -> Result<(), ApiError> {
         Ok(())
     }
-    fn charge(&mut self, _: u64) -> Result<(), ExError> {
+    fn charge(&mut self, _: u64) -> Result<(), ApiError> {
         Ok(())
     }
 }
@@ -136,7 +92,7 @@ pub async fn receive(
     mut mp: Multipart,
     dir: &std::path::Path,
     gate: &mut (dyn Gate + Send),
-) -> Result<Received, ExError> {
+) -> Result<Received, ApiError> {
     let result = receive_parts(store, cat, &mut mp, dir, gate).await;
     if result.is_err() {
         drain(&mut mp).await;
@@ -163,7 +119,7 @@ async fn receive_parts(
     mp: &mut Multipart,
     dir: &std::path::Path,
     gate: &mut (dyn Gate + Send),
-) -> Result<Received, ExError> {
+) -> Result<Received, ApiError> {
     let mut field = mp
         .next_field()
         .await
@@ -190,14 +146,14 @@ async fn receive_parts(
         .map_err(|e| bad(format!("the `request` part is not {{\"entry\", \"options\", \"main\"}} JSON: {e}")))?;
     let entry = cat.entry(&req.entry).cloned().ok_or_else(|| {
         let ids: Vec<&str> = cat.entries.iter().map(|e| e.id.as_str()).collect();
-        ExError::new(
+        ApiError::new(
             StatusCode::NOT_FOUND,
             format!("the catalogue has no image `{}`; it has: {}", req.entry, ids.join(", ")),
         )
     })?;
     // Options are checked before any file is stored: a bad form costs no upload into the store.
     gate.allow(&entry)?;
-    let options = entry.normalize(&req.options).map_err(|problems| ExError {
+    let options = entry.normalize(&req.options).map_err(|problems| ApiError {
         retry_after_s: None,
         status: StatusCode::BAD_REQUEST,
         message: format!(
@@ -300,7 +256,7 @@ async fn receive_parts(
             .cloned(),
     };
     if entry.needs_main() && main.is_none() {
-        return Err(ExError {
+        return Err(ApiError {
             retry_after_s: None,
             status: StatusCode::BAD_REQUEST,
             message: format!("`{}` runs a file, and the request has none; add one", entry.id),
