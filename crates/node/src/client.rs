@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
+use shoal_node::human::percent_encode;
 
 /// Longest answer read from a node that is not an output, in bytes.
 const REPLY_BYTES_MAX: u64 = 64 << 20;
@@ -168,7 +169,7 @@ fn submit_inner(
         }
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dag.json".into());
-    let mut query = format!("?name={}", urlencode(&name));
+    let mut query = format!("?name={}", percent_encode(&name));
     if let Some(n) = max_attempts {
         query.push_str(&format!("&max_attempts={n}"));
     }
@@ -197,15 +198,6 @@ fn submit_inner(
         eprintln!("submitted {hash}; waiting for its jobs (ctrl-c stops waiting, not the DAG)");
     }
     Ok((wait_for(client, &hash, json)?, hash))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 const TERMINAL: [&str; 4] = ["done", "failed", "cancelled", "unschedulable"];
@@ -367,7 +359,11 @@ pub fn get_output(client: &Client, dag: Option<&str>, job: &str, output: &str, o
             }
         }
     };
-    let resp = client.get_stream(&format!("/v1/dags/{dag}/jobs/{}/outputs/{}", urlencode(job), urlencode(output)))?;
+    let resp = client.get_stream(&format!(
+        "/v1/dags/{dag}/jobs/{}/outputs/{}",
+        percent_encode(job),
+        percent_encode(output)
+    ))?;
     let is_tar = resp.headers().get("content-type").and_then(|v| v.to_str().ok()) == Some("application/x-tar");
     let mut reader = resp.into_body().into_with_config().limit(OUTPUT_BYTES_MAX).reader();
     match (is_tar, out) {
@@ -419,7 +415,7 @@ pub fn hand_off(local: &Client, dag: &str) -> Result<usize> {
         names.extend(["stdout".to_string(), "stderr".to_string()]);
         names.dedup();
         for name in names {
-            let path = format!("/v1/dags/{dag}/jobs/{}/outputs/{}", urlencode(job), urlencode(&name));
+            let path = format!("/v1/dags/{dag}/jobs/{}/outputs/{}", percent_encode(job), percent_encode(&name));
             if others.iter().any(|c| c.get_stream(&path).and_then(|r| Ok(r.into_body().read_to_vec()?)).is_ok()) {
                 handed += 1;
             }

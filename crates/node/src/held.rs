@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shoal_blobs::StoreError;
 use shoal_dag::{Digest, DigestKind, Hash, InputRef, RunRecord};
+use shoal_node::human::percent_encode;
 
 use crate::cli::EXIT_JOB_FAILED;
 use crate::run::RunEvent;
@@ -121,13 +122,13 @@ impl Held {
     /// Uploads the file at `path` as a blob.
     fn put_file(&self, path: &Path) -> Result<Digest> {
         let (file, len) = open_regular(path)?;
-        self.upload(&format!("/v1/local/blobs?name={}", urlencode(&path.display().to_string())), file.take(len))
+        self.upload(&format!("/v1/local/blobs?name={}", percent_encode(&path.display().to_string())), file.take(len))
     }
 
     /// Uploads the directory at `dir` as a tree, as a tar made here.
     fn put_tree(&self, dir: &Path) -> Result<Digest> {
         check_tree(dir)?;
-        let name = urlencode(&dir.display().to_string());
+        let name = percent_encode(&dir.display().to_string());
         self.upload(&format!("/v1/local/trees?name={name}"), TarStream::of_dir(dir))
     }
 
@@ -145,7 +146,7 @@ impl Held {
 
     /// A run record by job id (its latest run) or hash, as `run::find_record` finds it.
     pub fn record(&self, what: &str) -> Result<RunRecord> {
-        self.get_json(&format!("/v1/local/records/{}", urlencode(what)))
+        self.get_json(&format!("/v1/local/records/{}", percent_encode(what)))
     }
 
     /// The bytes of a blob that must be stored (`shoal log`).
@@ -208,9 +209,9 @@ impl Held {
 
     /// `shoal image import PATH` (an OCI layout directory, sent as an OCI archive, or an archive).
     pub fn image_import(&self, path: &Path, tag: Option<&str>) -> Result<Hash> {
-        let mut query = format!("?name={}", urlencode(&path.display().to_string()));
+        let mut query = format!("?name={}", percent_encode(&path.display().to_string()));
         if let Some(tag) = tag {
-            query.push_str(&format!("&tag={}", urlencode(tag)));
+            query.push_str(&format!("&tag={}", percent_encode(tag)));
         }
         let route = format!("/v1/local/images/import{query}");
         let meta = std::fs::metadata(path).map_err(|source| shoal_blobs::ImageError::Io {
@@ -362,17 +363,6 @@ fn image_id(reply: &Value) -> Result<Hash> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("the node's reply names no image: {reply}"))
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' | b':' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Opens a file to upload as the store opens one to store: regular files only (a FIFO or a

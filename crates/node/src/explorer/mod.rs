@@ -53,6 +53,7 @@ use shoal_node::explorer::request::{
     Gate, INPUT_FILE_BYTES_MAX, INPUT_FILES_MAX, REQUEST_BYTES_MAX, REQUEST_HEADER_SLACK_BYTES, Received,
     STDIN_BYTES_MAX, receive,
 };
+use shoal_node::human::percent_encode;
 
 pub(crate) use explore::{ExploreArgs, explore, running_node};
 pub use public::PublicOptions;
@@ -613,19 +614,6 @@ async fn file_view(s: &Shared, name: &str, d: &Digest) -> Result<FileView, ApiEr
         media_type,
         text,
     })
-}
-
-/// Percent-encodes everything but unreserved URL characters.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[derive(Deserialize)]
