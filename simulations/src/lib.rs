@@ -1,5 +1,5 @@
 //! A deterministic discrete-event simulator around the real sans-IO node core
-//! (`shoal_node::mesh::core::NodeCore` and its ledger): thousands of cores under a virtual clock,
+//! (`shoal_mesh::core::NodeCore` and its ledger): thousands of cores under a virtual clock,
 //! talking through a seeded message layer. Same seed, same run, event for event.
 //!
 //! # Layout
@@ -30,10 +30,10 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use shoal_dag::{Arch, Dag, Hash};
-use shoal_node::mesh::capabilities::{Capabilities, SPEED_REFERENCE, mismatches};
-use shoal_node::mesh::core::{Action, CoreConfig, Finished, NodeCore, PeerTable};
-use shoal_node::mesh::ledger::{Body, JobState, NodeId, VerifiedFact};
-use shoal_node::mesh::wire;
+use shoal_mesh::capabilities::{Capabilities, SPEED_REFERENCE, mismatches};
+use shoal_mesh::core::{Action, CoreConfig, Finished, NodeCore, PeerTable};
+use shoal_mesh::ledger::{Body, JobState, NodeId, VerifiedFact};
+use shoal_mesh::wire;
 
 pub use workload::{SimDag, WorkDist, Workload};
 

@@ -21,8 +21,8 @@ use shoal_blobs::image::{Image, ImageConfig};
 use shoal_blobs::tree::{Entry, EntryKind, Tree};
 use shoal_dag::{Digest, DigestKind, Exit, Hash, Machine, Requirements, ResolvedJob, RunRecord, Timing};
 use shoal_fuzz_entry::MULTIPART_BOUNDARY;
-use shoal_node::mesh::ledger::{Body, Fact, Hlc};
-use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
+use shoal_mesh::ledger::{Body, Fact, Hlc};
+use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 
 const REGISTRY_SEPARATOR: &[u8] = b"\n--next--\n";
 

@@ -22,10 +22,10 @@ use ed25519_dalek::SigningKey;
 use shoal_blobs::image::fuzz as image;
 use shoal_blobs::tree::{EntryKind, Tree};
 use shoal_dag::{Hash, ResolvedJob, RunRecord, SignedRecord, canonical_cbor, parse_dag};
+use shoal_mesh::ledger::{Fact, Ledger};
+use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp};
 use shoal_node::explorer::catalogue::{Catalogue, input_name};
 use shoal_node::explorer::request::{INPUT_FILES_MAX, Open, receive};
-use shoal_node::mesh::ledger::{Fact, Ledger};
-use shoal_node::mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp};
 
 /// An entry point: takes any bytes, panics only when an invariant breaks.
 pub type Entry = fn(&[u8]);

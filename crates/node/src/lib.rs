@@ -1,7 +1,7 @@
-//! The parts of shoal-node other crates reuse: the mesh's sans-IO core, which `shoal node` and
-//! `simulations/` drive alike (DESIGN section 3: no second implementation), and the explorer's
-//! parsers of outside bytes (its catalogue and its run requests), which the binary's explorer
-//! and the fuzz targets (`crates/fuzz-entry`) call alike.
+//! The parts of shoal-node other crates reuse: the mesh's libp2p transport (the protocol it
+//! carries is the sans-IO crate `shoal-mesh`, which `shoal node` and `simulations/` drive
+//! alike), and the explorer's parsers of outside bytes (its catalogue and its run requests),
+//! which the binary's explorer and the fuzz targets (`crates/fuzz-entry`) call alike.
 
 pub mod api_error;
 pub mod human;

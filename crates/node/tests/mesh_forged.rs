@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use shoal_dag::Hash;
-use shoal_node::mesh::ledger::{Body, Fact, Hlc};
+use shoal_mesh::ledger::{Body, Fact, Hlc};
+use shoal_mesh::wire::{self, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, Topic, parse_psk};
-use shoal_node::mesh::wire::{self, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 
 const WAIT: Duration = Duration::from_secs(20);
 

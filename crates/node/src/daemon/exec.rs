@@ -7,11 +7,11 @@ use anyhow::{Context, Result, anyhow};
 use shoal_blobs::Store;
 use shoal_blobs::net::BlobNode;
 use shoal_dag::{Digest, DigestKind, Hash, ImageRef, InputRef, RunRecord};
-use shoal_node::mesh::ledger::NodeId;
+use shoal_mesh::ledger::NodeId;
 
 use super::Shared;
 use crate::run::{self, Ctx, Status};
-use shoal_node::mesh::core::Finished;
+use shoal_mesh::core::Finished;
 
 /// How long a node waits before it asks every provider once more for an upstream output none
 /// delivered, before it reports the output lost (its job then runs again), in ms.

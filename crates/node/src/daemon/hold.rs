@@ -23,9 +23,9 @@ use anyhow::{Result, anyhow};
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use shoal_dag::{Dag, Hash, ImageRef, InputRef};
-use shoal_node::mesh::ledger::NodeId;
+use shoal_mesh::ledger::NodeId;
+use shoal_mesh::wire::{self, HoldState, SyncReq, SyncResp};
 use shoal_node::mesh::net::{SyncRequest, SyncResponse};
-use shoal_node::mesh::wire::{self, HoldState, SyncReq, SyncResp};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -137,20 +137,7 @@ impl Node {
     /// Connected peers, ranked for `dag` by rendezvous hash (every submitter of one DAG asks the
     /// same peers first).
     fn hold_candidates(&self, dag: Hash) -> Vec<NodeId> {
-        let mut ranked: Vec<(blake3::Hash, NodeId)> = self
-            .connected
-            .iter()
-            .filter_map(node_of_peer)
-            .map(|n| {
-                let mut h = blake3::Hasher::new();
-                h.update(b"shoal hold");
-                h.update(&dag.0);
-                h.update(&n);
-                (h.finalize(), n)
-            })
-            .collect();
-        ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        ranked.into_iter().map(|(_, n)| n).collect()
+        shoal_mesh::replicas::dag_holders(dag, self.connected.iter().filter_map(node_of_peer))
     }
 
     pub(super) async fn start_submit(

@@ -1,7 +1,14 @@
-//! `shoal node`: one peer of a mesh. It drives the sans-IO [`NodeCore`] from one `tokio::select!`
-//! loop that owns it, around the libp2p swarm (facts and announcements by gossipsub, anti-entropy
-//! by request-response), the iroh endpoint serving this store's blobs, the job executor, and the
-//! HTTP API, which talks to the loop only through [`Cmd`]s.
+//! `shoal node`: one peer of a mesh. It drives the sans-IO machines of `shoal-mesh` (the
+//! scheduler [`NodeCore`], anti-entropy [`Sync`], heartbeats and the failure detector
+//! [`Liveness`], the choice of replica holders [`Replicas`], the lost-output policy) from one
+//! `tokio::select!` loop that owns them: it only moves bytes and time in and out of them, around
+//! the libp2p swarm (facts and announcements by gossipsub, anti-entropy by request-response), the
+//! iroh endpoint serving this store's blobs, the job executor, and the HTTP API, which talks to
+//! the loop only through [`Cmd`]s.
+//!
+//! Two clocks: the scheduler core gets Unix ms (its hybrid logical clock and leases are shared
+//! with other nodes); sync and liveness get ms since this node started (a monotonic clock, so a
+//! change of the wall clock never makes every peer look dead).
 //!
 //! # Layout
 //! - this file: options, start-up (identity, mesh key, ledger reloaded from sled) and the loop.
@@ -33,11 +40,16 @@ use serde::Serialize;
 use shoal_blobs::Store;
 use shoal_blobs::net::{BlobNode, BlobPeer};
 use shoal_dag::{Dag, Hash};
-use shoal_node::mesh::capabilities::Capabilities;
-use shoal_node::mesh::core::{Action, Finished, NodeCore};
-use shoal_node::mesh::ledger::{Body, Fact, JobState, NodeId};
+use shoal_mesh::Settings;
+use shoal_mesh::capabilities::Capabilities;
+use shoal_mesh::core::{Action, Finished, NodeCore};
+use shoal_mesh::ledger::{Body, Fact, JobState, NodeId};
+use shoal_mesh::liveness::{Heartbeat, Liveness};
+use shoal_mesh::lost::{self, Unfetchable, Verdict};
+use shoal_mesh::replicas::{Copy, Replicas};
+use shoal_mesh::sync::{Inbound, Sync};
+use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
-use shoal_node::mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -45,17 +57,8 @@ use tracing::{debug, info, warn};
 use crate::identity;
 use crate::run::{BackendChoice, RunOptions, RunSource, Runner};
 
-/// How often a node announces itself, in ms.
-const ANNOUNCE_MS: u64 = 10_000;
-/// How soon after a new connection a node announces itself, in ms (gossipsub needs a moment to
-/// exchange subscriptions first).
-const ANNOUNCE_AFTER_CONNECT_MS: u64 = 300;
-/// A peer not heard from for this long is taken as gone (ranks, replicas, providers), in ms.
-const PEER_TTL_MS: u64 = 3 * ANNOUNCE_MS + 1_000;
 /// Peers a node dials directly when it hears of them (beyond these it relies on gossip relaying).
 const DIRECT_PEERS_MAX: usize = 32;
-/// How often a node compares its ledger with one peer's, in ms.
-const ANTI_ENTROPY_MS: u64 = 5_000;
 /// Commands from the API waiting for the loop.
 const COMMANDS_QUEUED_MAX: usize = 256;
 /// Events kept for slow SSE subscribers before they miss some.
@@ -389,7 +392,9 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         microvm: opts.run.backend == BackendChoice::Microvm,
         speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
     };
-    let mut core = NodeCore::new(key.clone(), caps);
+    // The protocol's settings are today's defaults; only the number of replicas is an option.
+    let settings = Settings { replicas: opts.replicas, ..Settings::default() };
+    let mut core = NodeCore::with_config(key.clone(), caps, settings.core);
     let started = Instant::now();
     let mut reloaded = 0usize;
     for (id, bytes) in store.facts()? {
@@ -450,6 +455,9 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         "node started in {} ms", started.elapsed().as_millis());
     let mut node = Node {
         core,
+        sync: Sync::new(&settings),
+        liveness: Liveness::new(&settings),
+        replicas: Replicas::new(node_id, &settings),
         net,
         shared,
         opts,
@@ -462,15 +470,10 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         dag_fetches: BTreeMap::new(),
         fetched: mpsc::channel(64),
         ctxs: BTreeMap::new(),
-        sync_turn: 0,
         to_persist: Vec::new(),
         inline_dags: Vec::new(),
-        to_replicate: Vec::new(),
-        announce_soon: false,
         started,
         hostname: crate::machine::describe("", "").hostname,
-        announces: 0,
-        caps_soon: 0,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
         hold: hold::Holding::default(),
     };
@@ -481,16 +484,22 @@ struct PeerInfo {
     announce: Announce,
     /// Its capabilities, from the last announcement that carried them.
     caps: Option<Capabilities>,
-    seen: Instant,
 }
 
 struct Node {
     core: NodeCore,
+    /// Anti-entropy with the connected peers (monotonic ms, see the module doc).
+    sync: Sync,
+    /// Heartbeats and which peers are alive (monotonic ms); `peers` holds what they announced.
+    liveness: Liveness,
+    /// Which runs' outputs this node keeps copies of.
+    replicas: Replicas,
     net: Net,
     shared: Arc<Shared>,
     opts: NodeOptions,
     http_addr: SocketAddr,
-    /// Nodes heard from by announcement, this one excluded.
+    /// What the nodes heard from by announcement (and not forgotten by `liveness`) said, this
+    /// one excluded.
     peers: BTreeMap<NodeId, PeerInfo>,
     connected: BTreeSet<PeerId>,
     listen_addrs: Vec<Multiaddr>,
@@ -505,22 +514,13 @@ struct Node {
     /// with their last job: a node that kept every DAG's grew without end; preparing again
     /// costs microseconds (the key, machine facts, cores and work directories are the runner's).
     ctxs: BTreeMap<Hash, Arc<crate::run::Ctx>>,
-    /// Which connected peer anti-entropy asks next.
-    sync_turn: usize,
     /// Facts received or made since the last persist.
     to_persist: Vec<Fact>,
     /// DAG contents that came inline with gossip, to store and hand to the core.
     inline_dags: Vec<DagText>,
-    /// Run records finished elsewhere (record, runner), to consider keeping a copy of.
-    to_replicate: Vec<(Hash, NodeId)>,
     started: Instant,
     /// This machine's name, for announcements (read once).
     hostname: String,
-    /// Announcements sent so far, and how many of the next ones carry capabilities whatever.
-    announces: u64,
-    caps_soon: u32,
-    /// Announce shortly (a peer just connected).
-    announce_soon: bool,
     /// Bounds the copies being made at once.
     replications: Arc<tokio::sync::Semaphore>,
     /// Submits waiting for other nodes to hold their DAG's blobs, and the blobs this node
@@ -536,9 +536,12 @@ impl Node {
         }
     }
 
+    /// Milliseconds since this node started: the clock of sync and liveness.
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     async fn run(&mut self, mut cmds: mpsc::Receiver<Cmd>) -> Result<()> {
-        let mut announce = tokio::time::interval(Duration::from_millis(ANNOUNCE_MS));
-        let mut sync = tokio::time::interval(Duration::from_millis(ANTI_ENTROPY_MS));
         let mut holds = tokio::time::interval(Duration::from_millis(hold::HOLD_TICK_MS));
         holds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -547,6 +550,12 @@ impl Node {
         loop {
             let now = now_unix_ms();
             let wake = self.core.poll_timeout(now).map(|t| t.saturating_sub(now)).unwrap_or(60_000).min(60_000);
+            let mono = self.mono_ms();
+            let mesh_wake = [self.sync.poll_timeout(), self.liveness.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(60_000, |t| t.saturating_sub(mono).min(60_000));
             tokio::select! {
                 ev = self.net.next_event() => self.on_net(ev),
                 Some(cmd) = cmds.recv() => self.on_cmd(cmd).await,
@@ -579,8 +588,11 @@ impl Node {
                     }
                 },
                 _ = tokio::time::sleep(Duration::from_millis(wake)) => self.core.handle_tick(now_unix_ms()),
-                _ = announce.tick() => self.announce(),
-                _ = sync.tick() => self.anti_entropy(),
+                _ = tokio::time::sleep(Duration::from_millis(mesh_wake)) => {
+                    let mono = self.mono_ms();
+                    self.liveness.handle_tick(mono);
+                    self.sync.handle_tick(mono, self.core.ledger());
+                }
                 _ = holds.tick(), if self.hold.active() => self.hold_tick().await,
                 Some((dag, state)) = self.hold.updates.1.recv() => self.on_hold_update(dag, state),
                 _ = tokio::signal::ctrl_c() => break,
@@ -591,9 +603,6 @@ impl Node {
             if std::mem::take(&mut self.hold.dirty) {
                 self.drive_submits().await;
             }
-            if std::mem::take(&mut self.announce_soon) {
-                announce.reset_after(Duration::from_millis(ANNOUNCE_AFTER_CONNECT_MS));
-            }
         }
         info!("node stopping");
         let _ = std::fs::remove_file(self.shared.store.home().join("node.json"));
@@ -601,7 +610,8 @@ impl Node {
         Ok(())
     }
 
-    /// After every event: persist and gossip new facts, start and stop jobs, fetch DAGs.
+    /// After every event: persist and gossip new facts, start and stop jobs, fetch DAGs, and
+    /// carry out what sync, liveness and replicas decided.
     async fn after_step(&mut self) {
         let mut own = Vec::new();
         while let Some(fact) = self.core.poll_fact() {
@@ -651,7 +661,7 @@ impl Node {
                 Err(e) => warn!(dag = %d.hash, "a DAG sent inline does not parse: {e}"),
             }
         }
-        self.replicate();
+        self.drive_mesh();
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Start { claim, dag, job } => self.start_job(claim, dag, job),
@@ -682,47 +692,48 @@ impl Node {
         }
     }
 
-    /// Keeps a copy of the outputs of runs finished elsewhere when this node is among the
-    /// `replicas - 1` nodes that rank first for the record (rendezvous hashing over the live
-    /// nodes, the runner excluded): every node computes the same holders without talking.
-    fn replicate(&mut self) {
-        let wanted = self.opts.replicas.saturating_sub(1);
-        if wanted == 0 {
-            self.to_replicate.clear();
-            return;
+    /// Sends what the mesh machines decided: heartbeats, anti-entropy requests, copies of other
+    /// nodes' outputs to keep; tells the core about forgotten peers.
+    fn drive_mesh(&mut self) {
+        let mono = self.mono_ms();
+        while let Some(beat) = self.liveness.poll_heartbeat(mono) {
+            self.announce(beat);
         }
-        let me = self.core.id();
-        let live: Vec<NodeId> = self.live_peers().into_iter().chain([me]).collect();
-        for (record, runner) in std::mem::take(&mut self.to_replicate) {
-            if runner == me {
-                continue;
-            }
-            let mut ranked: Vec<(blake3::Hash, NodeId)> = live
-                .iter()
-                .filter(|n| **n != runner)
-                .map(|n| {
-                    let mut h = blake3::Hasher::new();
-                    h.update(&record.0);
-                    h.update(n);
-                    (h.finalize(), *n)
-                })
-                .collect();
-            ranked.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            if !ranked.iter().take(wanted).any(|(_, n)| *n == me) {
-                continue;
-            }
-            let shared = self.shared.clone();
-            let providers: Vec<NodeId> =
-                std::iter::once(runner).chain(live.iter().copied().filter(|n| *n != runner && *n != me)).collect();
-            let permits = self.replications.clone();
-            tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire().await else { return };
-                match exec::replicate(&shared, record, &providers).await {
-                    Ok(bytes) => debug!(%record, bytes, "kept a copy of a run's outputs"),
-                    Err(e) => warn!(%record, "cannot keep a copy of a run's outputs: {e:#}"),
-                }
-            });
+        let mut forgot = false;
+        while let Some(node) = self.liveness.poll_forgotten() {
+            // Forget peers long gone, so ranks and providers stay among the living.
+            self.peers.remove(&node);
+            forgot = true;
         }
+        if forgot {
+            let live = self.live_peers();
+            self.core.handle_peers(now_unix_ms(), live);
+        }
+        while let Some((node, req)) = self.sync.poll_request() {
+            let Some(peer) = peer_id_of_node(&node) else { continue };
+            match &req {
+                SyncReq::Get { ids } => debug!(%peer, n = ids.len(), "anti-entropy: fetching facts we lack"),
+                SyncReq::Put { facts } => debug!(%peer, n = facts.len(), "anti-entropy: pushing facts the peer lacks"),
+                _ => {}
+            }
+            self.net.request(&peer, SyncRequest(wire::encode(&req)));
+        }
+        while let Some(copy) = self.replicas.poll_copy() {
+            self.replicate(copy);
+        }
+    }
+
+    /// Keeps a copy of the outputs of a run finished elsewhere (see [`Replicas`]).
+    fn replicate(&mut self, Copy { record, providers }: Copy) {
+        let shared = self.shared.clone();
+        let permits = self.replications.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire().await else { return };
+            match exec::replicate(&shared, record, &providers).await {
+                Ok(bytes) => debug!(%record, bytes, "kept a copy of a run's outputs"),
+                Err(e) => warn!(%record, "cannot keep a copy of a run's outputs: {e:#}"),
+            }
+        });
     }
 
     fn note_event(&self, fact: &Fact) {
@@ -778,10 +789,7 @@ impl Node {
 
     /// Live peers' node ids, freshest first.
     fn live_peers(&self) -> Vec<NodeId> {
-        let mut live: Vec<(&NodeId, &PeerInfo)> =
-            self.peers.iter().filter(|(_, p)| p.seen.elapsed() < Duration::from_millis(PEER_TTL_MS)).collect();
-        live.sort_by_key(|(_, p)| std::cmp::Reverse(p.seen));
-        live.into_iter().map(|(n, _)| *n).collect()
+        self.liveness.live(self.mono_ms())
     }
 
     fn start_job(&mut self, claim: Hash, dag_hash: Hash, job: String) {
@@ -852,15 +860,15 @@ impl Node {
                 // this node's blobs.
                 if let Some(node) = node_of_peer(&peer) {
                     self.shared.blobs.admit(&node);
+                    self.sync.handle_connected(self.mono_ms(), node);
                 }
-                // A new connection (a newcomer, or a peer back from a restart) learns our
-                // addresses from our next announcement: make it soon, once subscriptions are
-                // exchanged, rather than at the next regular tick.
-                self.announce_soon = true;
-                self.caps_soon = 2;
+                self.liveness.handle_connected(self.mono_ms());
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
+                if let Some(node) = node_of_peer(&peer) {
+                    self.sync.handle_disconnected(self.mono_ms(), node);
+                }
             }
             NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
                 Ok(batch) if batch.v == WIRE_VERSION => {
@@ -893,11 +901,12 @@ impl Node {
                             }
                         }
                     }
-                    let new = !self.peers.contains_key(&a.node);
                     let node = a.node;
+                    // A new peer also gets a heartbeat of ours at once (`drive_mesh`).
+                    let new = self.liveness.handle_heard(self.mono_ms(), node);
                     let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
                     let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
-                    self.peers.insert(a.node, PeerInfo { announce: a, caps, seen: Instant::now() });
+                    self.peers.insert(a.node, PeerInfo { announce: a, caps });
                     if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
                         let caps: Vec<(NodeId, Capabilities)> =
                             self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
@@ -906,8 +915,6 @@ impl Node {
                     if new {
                         let live = self.live_peers();
                         self.core.handle_peers(now, live);
-                        // Tell the newcomer about us at once rather than at the next tick.
-                        self.announce();
                     }
                 }
                 Ok(_) => {}
@@ -917,7 +924,13 @@ impl Node {
                 let resp = match wire::decode::<SyncReq>(&request.0) {
                     // Answered once held, or with its progress a moment later.
                     Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
-                    Ok(req) => self.answer_sync(now, &peer, req),
+                    Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
+                        Inbound::Answer(resp) => resp,
+                        Inbound::Store(facts) => {
+                            let (added, refused) = self.take_facts(now, facts, &peer);
+                            SyncResp::Stored { added, refused }
+                        }
+                    },
                     Err(e) => SyncResp::Refused { reason: e.to_string() },
                 };
                 self.net.respond(channel, SyncResponse(wire::encode(&resp)));
@@ -950,7 +963,8 @@ impl Node {
                 Ok(()) => {
                     added += 1;
                     if let Body::Done { record, .. } = &fact.body {
-                        self.to_replicate.push((*record, fact.author));
+                        let live = self.live_peers();
+                        self.replicas.handle_done(self.mono_ms(), *record, fact.author, &live);
                     }
                     self.to_persist.push(fact);
                 }
@@ -963,82 +977,28 @@ impl Node {
         (added, refused)
     }
 
-    fn answer_sync(&mut self, now: u64, peer: &PeerId, req: SyncReq) -> SyncResp {
-        let ledger = self.core.ledger();
-        match req {
-            SyncReq::Digest { digest, .. } => {
-                if digest == ledger.digest() {
-                    SyncResp::Same
-                } else {
-                    SyncResp::Ids { ids: ledger.ids().into_iter().take(wire::IDS_PER_MESSAGE_MAX).collect() }
-                }
-            }
-            SyncReq::Get { ids } => SyncResp::Facts {
-                facts: ids.iter().take(wire::FACTS_PER_MESSAGE_MAX).filter_map(|id| ledger.get(id).cloned()).collect(),
-            },
-            SyncReq::Put { facts } => {
-                let facts = facts.into_iter().take(wire::FACTS_PER_MESSAGE_MAX).collect();
-                let (added, refused) = self.take_facts(now, facts, peer);
-                SyncResp::Stored { added, refused }
-            }
-            SyncReq::Hold { dag } => SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") },
-        }
-    }
-
     fn on_sync_response(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) {
         let resp = match wire::decode::<SyncResp>(bytes) {
             Ok(r) => r,
             Err(e) => return warn!(%peer, "{e}"),
         };
-        match resp {
-            SyncResp::Ids { ids } => {
-                let theirs: BTreeSet<Hash> = ids.into_iter().collect();
-                let mine = self.core.ledger().ids();
-                let want: Vec<Hash> = theirs.difference(&mine).take(wire::FACTS_PER_MESSAGE_MAX).copied().collect();
-                if !want.is_empty() {
-                    debug!(%peer, n = want.len(), "anti-entropy: fetching facts we lack");
-                    self.net.request(peer, SyncRequest(wire::encode(&SyncReq::Get { ids: want })));
-                }
-                let give: Vec<Fact> =
-                    self.core.ledger().missing_from(&theirs).take(wire::FACTS_PER_MESSAGE_MAX).cloned().collect();
-                if !give.is_empty() {
-                    debug!(%peer, n = give.len(), "anti-entropy: pushing facts the peer lacks");
-                    self.net.request(peer, SyncRequest(wire::encode(&SyncReq::Put { facts: give })));
-                }
-            }
-            SyncResp::Facts { facts } => {
-                self.take_facts(now, facts, peer);
-            }
-            SyncResp::Refused { reason } => warn!(%peer, "the peer refused our sync request: {reason}"),
-            SyncResp::Same | SyncResp::Stored { .. } | SyncResp::Holding { .. } => {}
+        if let SyncResp::Refused { reason } = &resp {
+            warn!(%peer, "the peer refused our sync request: {reason}");
+        }
+        let Some(node) = node_of_peer(peer) else { return };
+        let facts = self.sync.handle_response(self.mono_ms(), self.core.ledger(), node, resp);
+        if !facts.is_empty() {
+            self.take_facts(now, facts, peer);
         }
     }
 
-    fn anti_entropy(&mut self) {
-        let peers: Vec<PeerId> = self.connected.iter().copied().collect();
-        if peers.is_empty() {
-            return;
-        }
-        self.sync_turn = (self.sync_turn + 1) % peers.len();
-        let ledger = self.core.ledger();
-        let req = SyncReq::Digest { digest: ledger.digest(), count: ledger.len() as u64 };
-        self.net.request(&peers[self.sync_turn], SyncRequest(wire::encode(&req)));
-        // Forget peers long gone, so ranks and providers stay among the living.
-        let before = self.peers.len();
-        self.peers.retain(|_, p| p.seen.elapsed() < Duration::from_millis(PEER_TTL_MS * 4));
-        if self.peers.len() != before {
-            let live = self.live_peers();
-            self.core.handle_peers(now_unix_ms(), live);
-        }
-    }
-
-    fn announce(&mut self) {
+    fn announce(&mut self, beat: Heartbeat) {
         let ledger = self.core.ledger();
         let a = Announce {
             v: WIRE_VERSION,
             node: self.core.id(),
             hostname: self.hostname.clone(),
-            caps: (self.announces % wire::CAPS_EVERY == 0 || self.caps_soon > 0).then(|| self.core.caps().clone()),
+            caps: beat.with_caps.then(|| self.core.caps().clone()),
             blob_addrs: self.shared.blobs.me().addrs,
             listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
             http: Some(format!("http://{}", self.http_addr)),
@@ -1048,8 +1008,6 @@ impl Node {
             ledger_digest: ledger.digest(),
             sent_unix_ms: now_unix_ms(),
         };
-        self.announces += 1;
-        self.caps_soon = self.caps_soon.saturating_sub(1);
         if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
             debug!("announce: {e}");
         }
@@ -1130,10 +1088,10 @@ impl Node {
                 let _ = reply.send(());
             }
             Cmd::Lost { dag, job, record, runner, reply } => {
-                let runner_alive = runner.is_some_and(|r| r == self.core.id() || self.live_peers().contains(&r));
-                let current = matches!(self.core.ledger().job_state(&dag, &job, now),
-                    Some(JobState::Done { record: r, .. }) if r == record);
-                let report = current && !runner_alive && !self.live_peers().is_empty();
+                let lost = Unfetchable { dag, job, record, runner };
+                let report =
+                    lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &lost) == Verdict::Report;
+                let Unfetchable { dag, job, record, .. } = lost;
                 if report {
                     warn!(%dag, job, %record, "no live peer holds a job's outputs: reporting them lost");
                     self.core.report_lost(now, dag, job, record);
@@ -1152,7 +1110,7 @@ impl Node {
     /// Every DAG's jobs, or one DAG's with every run of each job (which costs a pass over the facts).
     fn status_view(&self, now: u64, only: Option<Hash>) -> StatusView {
         let ledger = self.core.ledger();
-        let dag_states: BTreeMap<Hash, shoal_node::mesh::ledger::DagState> = match only {
+        let dag_states: BTreeMap<Hash, shoal_mesh::ledger::DagState> = match only {
             Some(d) => ledger.dag_state(&d, now).map(|s| (d, s)).into_iter().collect(),
             None => ledger.state(now).dags,
         };
@@ -1200,7 +1158,7 @@ impl Node {
                 };
                 let reason = if state == "open" {
                     dag.and_then(|d| d.jobs.iter().find(|j| j.id == id))
-                        .and_then(|j| shoal_node::mesh::capabilities::unschedulable(&j.requirements, &mesh))
+                        .and_then(|j| shoal_mesh::capabilities::unschedulable(&j.requirements, &mesh))
                 } else {
                     None
                 };
@@ -1243,7 +1201,7 @@ impl Node {
                 running: p.announce.running,
                 free_cores: p.announce.free_cores,
                 facts: p.announce.facts,
-                last_seen_ms_ago: p.seen.elapsed().as_millis() as u64,
+                last_seen_ms_ago: self.liveness.last_heard(id).map_or(0, |t| self.mono_ms().saturating_sub(t)),
             }
         });
         std::iter::once(me).chain(others).collect()

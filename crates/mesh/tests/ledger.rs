@@ -6,7 +6,7 @@
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use shoal_dag::Hash;
-use shoal_node::mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, Touched};
+use shoal_mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, Touched};
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n.max(1); 32])
@@ -92,7 +92,7 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
                 ),
                 (7, Some((claim, owner))) => ((owner + 1) % 4, Body::Fail { claim, reason: "not mine".into() }),
                 // A fact about a claim nobody holds.
-                (6 | 7 | 8, _) => (node, Body::Renew { claim: Hash::of(&[pick as u8]), lease_until_ms: t + 90 }),
+                (6..=8, _) => (node, Body::Renew { claim: Hash::of(&[pick as u8]), lease_until_ms: t + 90 }),
                 _ => (node, Body::Cancel { dag: dag() }),
             };
             let fact = Fact::sign(&key(signer + 2), hlc, body);

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use ed25519_dalek::SigningKey;
 use shoal_dag::{Dag, Hash};
 
-use super::capabilities::{Capabilities, mismatches};
-use super::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId, Touched, VerifiedFact};
+use crate::capabilities::{Capabilities, mismatches};
+use crate::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId, Touched, VerifiedFact};
 
 /// How long a claim holds without a renewal, in ms.
 pub const LEASE_MS: u64 = 10_000;
@@ -120,7 +120,7 @@ impl PeerTable {
 }
 
 fn ln_speed(speed: u32) -> f64 {
-    (f64::from(speed.max(1)) / f64::from(super::capabilities::SPEED_REFERENCE)).ln()
+    (f64::from(speed.max(1)) / f64::from(crate::capabilities::SPEED_REFERENCE)).ln()
 }
 
 /// What the node should do.
@@ -446,8 +446,8 @@ impl NodeCore {
                 self.emit(now_ms, Body::Done { claim, record, bytes });
             }
             Finished::Failed(mut reason) => {
-                if reason.len() > super::ledger::REASON_BYTES_MAX {
-                    let mut end = super::ledger::REASON_BYTES_MAX;
+                if reason.len() > crate::ledger::REASON_BYTES_MAX {
+                    let mut end = crate::ledger::REASON_BYTES_MAX;
                     while !reason.is_char_boundary(end) {
                         end -= 1;
                     }
@@ -705,7 +705,7 @@ mod tests {
             gpus: vec![],
             labels: BTreeMap::new(),
             microvm: true,
-            speed: crate::mesh::capabilities::SPEED_REFERENCE,
+            speed: crate::capabilities::SPEED_REFERENCE,
         }
     }
 

@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 use shoal_dag::{Hash, canonical_cbor};
 
-use super::capabilities::Capabilities;
-use super::ledger::{Fact, NodeId};
+use crate::capabilities::Capabilities;
+use crate::ledger::{Fact, NodeId};
 
 /// Version of these messages; a node ignores messages of another version.
 pub const WIRE_VERSION: u32 = 1;
@@ -31,9 +31,6 @@ pub const IDS_PER_MESSAGE_MAX: usize = 1_000_000;
 
 /// Largest DAG file sent inline with its `Submit` fact, in bytes; larger ones are fetched by hash.
 pub const DAG_INLINE_BYTES_MAX: usize = 256 * 1024;
-
-/// One announcement in this many carries the full capabilities.
-pub const CAPS_EVERY: u64 = 6;
 
 /// A gossip message on the facts topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +56,7 @@ pub struct Announce {
     pub v: u32,
     pub node: NodeId,
     pub hostname: String,
-    /// Its capabilities, in every [`CAPS_EVERY`]th announcement and the first ones after a new
+    /// Its capabilities, in every [`CAPS_EVERY`](crate::settings::CAPS_EVERY)th announcement and the first ones after a new
     /// connection (they rarely change, and the CPU flags alone are ~1 KB); `None` in between.
     pub caps: Option<Capabilities>,
     /// Where its iroh endpoint listens (its id is `node`: one key serves both).
@@ -151,7 +148,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::ledger::{Body, Hlc};
+    use crate::ledger::{Body, Hlc};
     use ed25519_dalek::SigningKey;
 
     #[test]

@@ -1,0 +1,68 @@
+//! Every setting of the protocol in one place, with `shoal node`'s values as `Default`: the
+//! simulator runs with these unless told otherwise, so a simulated figure describes the node.
+
+use crate::core::CoreConfig;
+use crate::topics::TopicMode;
+
+/// How often a node announces itself (its heartbeat), in ms.
+pub const HEARTBEAT_MS: u64 = 10_000;
+/// How soon after a new connection a node announces itself, in ms (gossipsub needs a moment to
+/// exchange subscriptions first).
+pub const HEARTBEAT_AFTER_CONNECT_MS: u64 = 300;
+/// One announcement in this many carries the full capabilities.
+pub const CAPS_EVERY: u64 = 6;
+/// Announcements after a new connection that carry the capabilities whatever (a newcomer needs
+/// them to rank jobs; one may be lost while subscriptions settle).
+pub const CAPS_AFTER_CONNECT: u32 = 2;
+/// A peer not heard from for this long is taken as gone (ranks, replicas, providers), in ms:
+/// three heartbeats missed, and a second for the one on its way.
+pub const LIVENESS_TIMEOUT_MS: u64 = 3 * HEARTBEAT_MS + 1_000;
+/// A peer not heard from for this long is forgotten altogether (`shoal peers` stops listing
+/// it), in ms.
+pub const FORGET_AFTER_MS: u64 = 4 * LIVENESS_TIMEOUT_MS;
+/// How often a node compares its ledger with one peer's (anti-entropy), in ms.
+pub const SYNC_PERIOD_MS: u64 = 5_000;
+/// Nodes that keep a copy of each output, the runner included (`shoal node --replicas`).
+pub const REPLICAS: usize = 2;
+
+/// The protocol's settings. `Default` is what `shoal node` runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// The scheduler's: lease, claim stagger, locality threshold, speed exponent.
+    pub core: CoreConfig,
+    /// See [`HEARTBEAT_MS`].
+    pub heartbeat_ms: u64,
+    /// See [`HEARTBEAT_AFTER_CONNECT_MS`].
+    pub heartbeat_after_connect_ms: u64,
+    /// See [`CAPS_EVERY`].
+    pub caps_every: u64,
+    /// See [`CAPS_AFTER_CONNECT`].
+    pub caps_after_connect: u32,
+    /// See [`LIVENESS_TIMEOUT_MS`].
+    pub liveness_timeout_ms: u64,
+    /// See [`FORGET_AFTER_MS`].
+    pub forget_after_ms: u64,
+    /// See [`SYNC_PERIOD_MS`].
+    pub sync_period_ms: u64,
+    /// See [`REPLICAS`].
+    pub replicas: usize,
+    /// Which topics carry a DAG's facts and who subscribes to them.
+    pub topics: TopicMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            core: CoreConfig::default(),
+            heartbeat_ms: HEARTBEAT_MS,
+            heartbeat_after_connect_ms: HEARTBEAT_AFTER_CONNECT_MS,
+            caps_every: CAPS_EVERY,
+            caps_after_connect: CAPS_AFTER_CONNECT,
+            liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
+            forget_after_ms: FORGET_AFTER_MS,
+            sync_period_ms: SYNC_PERIOD_MS,
+            replicas: REPLICAS,
+            topics: TopicMode::One,
+        }
+    }
+}
