@@ -1,5 +1,6 @@
-//! A deterministic discrete-event simulator around the real sans-IO node core
-//! (`shoal_mesh::core::NodeCore` and its ledger): thousands of cores under a virtual clock,
+//! A deterministic discrete-event simulator around the real sans-IO machines of `shoal-mesh` (the
+//! scheduler `NodeCore` and its ledger, anti-entropy `Sync`, the replica and topic choices, with
+//! `shoal node`'s `Settings` unless told otherwise): thousands of nodes under a virtual clock,
 //! talking through a seeded message layer. Same seed, same run, event for event.
 //!
 //! # Layout
@@ -9,13 +10,14 @@
 //!   churn (crash and restart from their persisted facts, leave, join). Facts travel by
 //!   gossip over a mesh of degree ~[`Config::mesh_degree`] per topic (gossipsub-like: a node
 //!   relays a fact it has not seen to its mesh peers, except those it came from, in batches),
-//!   repaired by anti-entropy (digest exchange with one mesh peer now and then, then the ids and
-//!   the missing facts, as `mesh::wire` does). Messages have a latency distribution, loss, an
-//!   uplink bandwidth, and partitions; every byte is counted from real CBOR sizes.
-//!   Topics: with [`Config::group_nodes`] = 0 one topic carries every fact to every node (the
-//!   design as `shoal node` has it); otherwise each DAG has its own topic, subscribed by the
-//!   `group_nodes` nodes that rank highest for its hash (rendezvous) among those that fit, and
-//!   only they hold its facts and run its jobs.
+//!   repaired by anti-entropy. With one topic (`TopicMode::One`, as `shoal node` has it) each
+//!   node runs the real `shoal_mesh::sync::Sync` with its mesh peers as its connections, its
+//!   requests and answers carried as messages; with a topic per DAG (`TopicMode::PerDag`, the
+//!   federation design, which the node does not have yet) a per-topic digest exchange is modelled
+//!   here. Messages have a latency distribution, loss, an uplink bandwidth, and partitions; every
+//!   byte is counted from real CBOR sizes. A DAG topic is subscribed by the group that
+//!   `shoal_mesh::topics::group_for` picks, and only they hold its facts and run its jobs.
+//!   Outputs are kept by their runner and the holders `shoal_mesh::replicas` picks.
 //! - [`output`]: the table, CSV and SVG plots of a run.
 //!
 //! Invariants are checked as the run goes (see [`Sim::check_node`] and [`Sim::sample`]) and at
@@ -30,10 +32,14 @@ use std::sync::Arc;
 
 use ed25519_dalek::SigningKey;
 use shoal_dag::{Arch, Dag, Hash};
-use shoal_mesh::capabilities::{Capabilities, SPEED_REFERENCE, mismatches};
-use shoal_mesh::core::{Action, CoreConfig, Finished, NodeCore, PeerTable};
-use shoal_mesh::ledger::{Body, JobState, NodeId, VerifiedFact};
-use shoal_mesh::wire;
+use shoal_mesh::Settings;
+use shoal_mesh::capabilities::{Capabilities, SPEED_REFERENCE};
+use shoal_mesh::core::{Action, Finished, NodeCore, PeerTable};
+use shoal_mesh::ledger::{Body, Fact, JobState, NodeId, VerifiedFact};
+use shoal_mesh::replicas::output_holders;
+use shoal_mesh::sync::{Inbound, Sync};
+use shoal_mesh::topics::{self, TopicMode};
+use shoal_mesh::wire::{self, SyncReq, SyncResp};
 
 pub use workload::{SimDag, WorkDist, Workload};
 
@@ -136,21 +142,13 @@ pub struct Config {
     /// Single crashes: (node, at_ms); the node stays down.
     pub crashes: Vec<(usize, u64)>,
     pub partition: Option<Partition>,
-    /// Nodes per DAG topic; 0: every node holds every DAG (one topic for all).
-    pub group_nodes: usize,
-    /// How strongly DAG topics prefer fast nodes: a node's rendezvous weight for a topic is
-    /// speed^this (0: blind). Lower than the core's placement exponent, or the fastest nodes
-    /// join nearly every topic and carry its gossip.
-    pub topic_speed_exponent: f64,
+    /// The protocol's settings (lease, stagger, sync period, liveness timeout, replicas,
+    /// topics): `shoal node`'s by default, [`Config::tune`] for the tuned ones.
+    pub settings: Settings,
     /// Mesh peers per node per topic.
     pub mesh_degree: usize,
     /// How long a node batches facts before relaying them, ms.
     pub flush_ms: u64,
-    /// Each node starts one anti-entropy exchange this often, ms.
-    pub anti_entropy_ms: u64,
-    /// How long until the mesh notices a node is gone (the failure detector), ms.
-    pub detect_ms: u64,
-    pub core: CoreConfig,
     /// Fraction of runs that fail (and are retried, up to `max_attempts`).
     pub job_failure: f64,
     pub max_attempts: u32,
@@ -181,13 +179,9 @@ impl Config {
             churn_per_hour: 0.0,
             crashes: vec![],
             partition: None,
-            group_nodes: 0,
-            topic_speed_exponent: 4.0,
+            settings: Settings::default(),
             mesh_degree: 6,
             flush_ms: 20,
-            anti_entropy_ms: 30_000,
-            detect_ms: 15_000,
-            core: CoreConfig::default(),
             job_failure: 0.0,
             max_attempts: 3,
             sample_ms: 60_000,
@@ -208,12 +202,6 @@ impl Config {
             c.loss = 0.01;
             c.uplink_bps = 10_000_000;
             c.sample_ms = 300_000;
-            // Leases of minutes: renewals are most of the gossip (see docs/SIMULATIONS.md).
-            c.core.lease_ms = 600_000;
-            // Above the p99 of gossip propagation over a few hops, or the next-ranked node claims
-            // before it hears the first one's claim (200 ms gave 32% concurrent duplicates here).
-            c.core.claim_stagger_ms = 1_000;
-            c.group_nodes = if c.nodes > 500 { 32 } else { 0 };
         };
         match name {
             "basic" => {}
@@ -235,6 +223,27 @@ impl Config {
         }
         Ok(c)
     }
+
+    /// The settings docs/SIMULATIONS.md found better than `shoal node`'s defaults for big meshes
+    /// and long jobs (switching the node to them is the federation issue's).
+    pub fn tune(&mut self) {
+        let s = &mut self.settings;
+        // Leases of minutes: renewals are most of the gossip (see docs/SIMULATIONS.md).
+        s.core.lease_ms = 600_000;
+        // Above the p99 of gossip propagation over a few hops, or the next-ranked node claims
+        // before it hears the first one's claim (200 ms gave 32% concurrent duplicates).
+        s.core.claim_stagger_ms = 1_000;
+        s.topics =
+            if self.nodes > 500 { TopicMode::PerDag { group_nodes: 32, speed_exponent: 4.0 } } else { TopicMode::One };
+    }
+
+    /// Nodes per DAG topic; 0 with one topic for all.
+    pub fn group_nodes(&self) -> usize {
+        match self.settings.topics {
+            TopicMode::One => 0,
+            TopicMode::PerDag { group_nodes, .. } => group_nodes,
+        }
+    }
 }
 
 /// Per-message framing beyond the CBOR of the facts: gossipsub's protobuf envelope, yamux and
@@ -251,8 +260,6 @@ const CONVERGE_CHECK_MS: u64 = 1_000;
 const CONVERGE_LIMIT_MS: u64 = 3 * 3_600_000;
 /// Mean time a crashed node stays down before it restarts, ms.
 const DOWNTIME_MEAN_MS: f64 = 10.0 * 60_000.0;
-/// Nodes fitting each rarer requirement of a DAG (a GPU, aarch64) its topic takes in at least.
-const FIT_PER_KIND_MIN: usize = 8;
 /// DAG topics whose views are compared at each sample (the check costs O(jobs) per topic).
 const VIEW_CHECKS_PER_SAMPLE: usize = 8;
 
@@ -267,6 +274,18 @@ enum Ev {
     Flush {
         node: u32,
         epoch: u32,
+    },
+    /// An anti-entropy request (one topic: the real `Sync`).
+    SyncRequest {
+        to: u32,
+        from: u32,
+        req: SyncReq,
+    },
+    /// Its answer.
+    SyncResponse {
+        to: u32,
+        from: u32,
+        resp: SyncResp,
     },
     Tick {
         node: u32,
@@ -347,6 +366,8 @@ struct Node {
     /// Work per ms of run time: a job of work w takes w / speed.
     speed: f64,
     core: Option<NodeCore>,
+    /// Anti-entropy with its mesh peers, when there is one topic (rebuilt at a restart).
+    sync: Option<Sync>,
     status: Status,
     /// Bumped at each crash: events meant for an earlier life are dropped.
     epoch: u32,
@@ -383,10 +404,13 @@ struct Topic {
 }
 
 /// What the simulator knows of one fact (HashMap: looked up, never iterated).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct FactMeta {
     /// Its CBOR size (`mesh::wire::encode`).
     bytes: u32,
+    /// The fact, verified once when it was made: facts that anti-entropy carries as plain
+    /// `Fact`s are handed to cores as this, as a node verifies each fact once.
+    fact: VerifiedFact,
 }
 
 /// The truth about one job, as no node sees it.
@@ -512,6 +536,8 @@ pub struct Sim {
     /// Every node's capabilities as gossip would announce them (speed included), one table
     /// shared by all cores.
     peer_table: Arc<PeerTable>,
+    /// Node index by id (anti-entropy names peers by id).
+    index_of: HashMap<NodeId, u32>,
 }
 
 fn node_key(i: usize) -> SigningKey {
@@ -520,14 +546,28 @@ fn node_key(i: usize) -> SigningKey {
     SigningKey::from_bytes(&seed)
 }
 
-/// Rendezvous score of a node for a DAG: the highest `group_nodes` subscribe to its topic.
-fn affinity(dag: &Hash, node: &NodeId) -> u64 {
-    let mut h = [0u8; 8];
-    for (i, b) in h.iter_mut().enumerate() {
-        *b = dag.0[i] ^ node[i];
+/// Bytes of an anti-entropy request on the wire: facts at their CBOR size, ids at
+/// [`ID_BYTES`], framing included.
+fn request_bytes(req: &SyncReq, meta: &HashMap<Hash, FactMeta>) -> u64 {
+    match req {
+        SyncReq::Digest { .. } => DIGEST_BYTES,
+        SyncReq::Get { ids } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
+        SyncReq::Put { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
+        SyncReq::Hold { .. } => DIGEST_BYTES,
     }
-    let x = u64::from_le_bytes(h).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    x ^ (x >> 29)
+}
+
+/// Bytes of an anti-entropy answer on the wire (see [`request_bytes`]).
+fn response_bytes(resp: &SyncResp, meta: &HashMap<Hash, FactMeta>) -> u64 {
+    match resp {
+        SyncResp::Ids { ids } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
+        SyncResp::Facts { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
+        _ => DIGEST_BYTES,
+    }
+}
+
+fn facts_bytes(facts: &[Fact], meta: &HashMap<Hash, FactMeta>) -> u64 {
+    facts.iter().map(|f| meta.get(&f.id()).map_or_else(|| wire::encode(f).len() as u64, |m| u64::from(m.bytes))).sum()
 }
 
 impl Sim {
@@ -556,6 +596,7 @@ impl Sim {
             processed: 0,
             violations: BTreeSet::new(),
             peer_table: Arc::default(),
+            index_of: HashMap::new(),
             cfg,
         };
         sim.report.jobs = sim.dags.iter().map(|d| d.work_ms.len()).sum();
@@ -564,7 +605,7 @@ impl Sim {
             sim.add_node(i);
         }
         sim.share_peer_table();
-        if sim.cfg.group_nodes == 0 {
+        if sim.cfg.group_nodes() == 0 {
             sim.topics.push(Topic { members: vec![], mesh: BTreeMap::new(), facts: vec![], dags: vec![] });
             for n in 0..sim.nodes.len() as u32 {
                 sim.subscribe(n, 0);
@@ -579,7 +620,7 @@ impl Sim {
             sim.push(at, Ev::Submit { dag: d as u32 });
         }
         for n in 0..sim.nodes.len() as u32 {
-            let at = sim.rng.range(0, sim.cfg.anti_entropy_ms);
+            let at = sim.rng.range(0, sim.cfg.settings.sync_period_ms);
             sim.push(at, Ev::AntiEntropy { node: n, epoch: 0 });
         }
         for &(node, at) in &sim.cfg.crashes.clone() {
@@ -656,13 +697,15 @@ impl Sim {
             (caps, 1.0)
         };
         let side = self.rng.unit() < self.cfg.partition.map_or(0.0, |p| p.fraction);
-        let core = NodeCore::with_config(key.clone(), caps.clone(), self.cfg.core);
+        let core = NodeCore::with_config(key.clone(), caps.clone(), self.cfg.settings.core);
+        self.index_of.insert(id, self.nodes.len() as u32);
         self.nodes.push(Node {
             key,
             id,
             caps,
             speed,
             core: Some(core),
+            sync: (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings)),
             status: Status::Up,
             epoch: 0,
             tick_at: u64::MAX,
@@ -718,6 +761,7 @@ impl Sim {
         let kind = match &ev {
             Ev::Deliver { .. } => "deliver",
             Ev::Flush { .. } => "flush",
+            Ev::SyncRequest { .. } | Ev::SyncResponse { .. } => "anti-entropy",
             Ev::Tick { .. } => "tick",
             Ev::Finished { .. } => "finished",
             Ev::AntiEntropy { .. } => "anti-entropy",
@@ -761,11 +805,17 @@ impl Sim {
             }
             Ev::AntiEntropy { node, epoch } => {
                 if self.nodes[node as usize].epoch == epoch && self.up(node) {
-                    self.anti_entropy(node, None);
-                    let next = self.now + self.cfg.anti_entropy_ms;
+                    let next = if self.nodes[node as usize].sync.is_some() {
+                        self.sync_tick(node)
+                    } else {
+                        self.anti_entropy(node, None);
+                        self.now + self.cfg.settings.sync_period_ms
+                    };
                     self.push(next, Ev::AntiEntropy { node, epoch });
                 }
             }
+            Ev::SyncRequest { to, from, req } => self.on_sync_request(to, from, req),
+            Ev::SyncResponse { to, from, resp } => self.on_sync_response(to, from, resp),
             Ev::Submit { dag } => self.submit(dag),
             Ev::Churn => {
                 self.churn();
@@ -803,7 +853,7 @@ impl Sim {
         }
         let submitter = up[self.rng.range(0, up.len() as u64 - 1) as usize];
         let hash = self.dags[d as usize].hash;
-        let topic = if self.cfg.group_nodes == 0 {
+        let topic = if self.cfg.group_nodes() == 0 {
             0
         } else {
             let t = self.topics.len() as u32;
@@ -829,7 +879,7 @@ impl Sim {
                 self.give_dag(m, d);
             }
         }
-        if self.cfg.group_nodes > 0 {
+        if self.cfg.group_nodes() > 0 {
             self.tell_topic_peers(topic);
         }
         let now = self.now;
@@ -839,47 +889,15 @@ impl Sim {
         self.drain(submitter);
     }
 
-    /// The nodes that subscribe to a DAG's topic: the `group_nodes` up nodes that rank highest for
-    /// the DAG's hash among those fitting its most common requirement, topped up with the highest
-    /// ranking of those fitting each rarer requirement (a GPU, aarch64) until
-    /// [`FIT_PER_KIND_MIN`] of them are in.
+    /// The nodes that subscribe to a DAG's topic, among the up ones (`topics::group_for`).
     fn group_for(&self, d: u32, up: &[u32]) -> BTreeSet<u32> {
         let sd = &self.dags[d as usize];
-        let mut kinds: Vec<(&shoal_dag::Requirements, usize)> = Vec::new();
-        for j in &sd.dag.jobs {
-            match kinds.iter_mut().find(|(r, _)| *r == &j.requirements) {
-                Some(k) => k.1 += 1,
-                None => kinds.push((&j.requirements, 1)),
-            }
-        }
-        kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
-        let mut out = BTreeSet::new();
-        for (i, (req, _)) in kinds.into_iter().enumerate() {
-            let fits = |n: u32| mismatches(req, &self.nodes[n as usize].caps).is_empty();
-            let want = if i == 0 { self.cfg.group_nodes } else { FIT_PER_KIND_MIN.min(self.cfg.group_nodes) };
-            let have = out.iter().filter(|&&n| fits(n)).count();
-            if have >= want {
-                continue;
-            }
-            // Weighted rendezvous, as the core ranks jobs: a node's weight is its speed to
-            // `topic_speed_exponent`, so faster nodes serve more DAGs (smallest score first).
-            let k = self.cfg.topic_speed_exponent;
-            let mut fit: Vec<(f64, u32)> = up
-                .iter()
-                .filter(|&&n| !out.contains(&n) && fits(n))
-                .map(|&n| {
-                    let node = &self.nodes[n as usize];
-                    let u = ((affinity(&sd.hash, &node.id) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                    ((-u.ln()).ln() - k * node.speed.ln(), n)
-                })
-                .collect();
-            let g = (want - have).min(fit.len());
-            if g > 0 {
-                fit.select_nth_unstable_by(g - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            }
-            out.extend(fit[..g].iter().map(|(_, n)| *n));
-        }
-        out
+        let candidates: Vec<(NodeId, &Capabilities)> =
+            up.iter().map(|&n| (self.nodes[n as usize].id, &self.nodes[n as usize].caps)).collect();
+        topics::group_for(self.cfg.settings.topics, &sd.hash, &sd.dag, &candidates)
+            .iter()
+            .map(|id| self.index_of[id])
+            .collect()
     }
 
     /// A node receives a DAG file it will schedule (fetched by hash from a member).
@@ -938,8 +956,11 @@ impl Sim {
         for &p in &peers {
             t.mesh.entry(p).or_default().push(n);
         }
-        t.mesh.insert(n, peers);
+        t.mesh.insert(n, peers.clone());
         t.members.push(n);
+        for p in peers {
+            self.link(n, p, true);
+        }
         let node = &mut self.nodes[n as usize];
         node.topics.insert(topic);
         node.digest.entry(topic).or_insert(([0; 32], 0));
@@ -951,7 +972,10 @@ impl Sim {
         let t = &mut self.topics[topic as usize];
         t.members.retain(|&m| m != n);
         let peers = t.mesh.remove(&n).unwrap_or_default();
+        let mut links = Vec::new();
         for p in peers {
+            links.push((n, p, false));
+            let t = &mut self.topics[topic as usize];
             let Some(pm) = t.mesh.get_mut(&p) else { continue };
             pm.retain(|&x| x != n);
             // gossipsub's D_low: below it a node grafts new mesh peers.
@@ -962,12 +986,118 @@ impl Sim {
                     if q != p && !pm.contains(&q) {
                         pm.push(q);
                         t.mesh.entry(q).or_default().push(p);
+                        links.push((p, q, true));
                         break;
                     }
                 }
             }
         }
+        for (a, b, up) in links {
+            self.link(a, b, up);
+        }
         self.nodes[n as usize].topics.remove(&topic);
+    }
+
+    /// A mesh link between `a` and `b` came up (or went down): with one topic it is the
+    /// connection each side's `Sync` takes turns over.
+    fn link(&mut self, a: u32, b: u32, up: bool) {
+        let now = self.now;
+        for (x, y) in [(a, b), (b, a)] {
+            let peer = self.nodes[y as usize].id;
+            if let Some(sync) = self.nodes[x as usize].sync.as_mut() {
+                if up {
+                    sync.handle_connected(now, peer);
+                } else {
+                    sync.handle_disconnected(now, peer);
+                }
+            }
+        }
+    }
+
+    /// Node `n`'s `Sync` starts an exchange when one is due; returns when it is next due.
+    fn sync_tick(&mut self, n: u32) -> u64 {
+        let now = self.now;
+        let node = &mut self.nodes[n as usize];
+        let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else {
+            return now + self.cfg.settings.sync_period_ms;
+        };
+        sync.handle_tick(now, core.ledger());
+        let next = sync.poll_timeout().unwrap_or(now + self.cfg.settings.sync_period_ms);
+        self.send_sync_requests(n);
+        next.max(now + 1)
+    }
+
+    /// Sends what node `n`'s `Sync` wants to send.
+    fn send_sync_requests(&mut self, n: u32) {
+        while let Some((peer, req)) = self.nodes[n as usize].sync.as_mut().and_then(Sync::poll_request) {
+            let to = self.index_of[&peer];
+            let bytes = request_bytes(&req, &self.meta);
+            let at = self.transmit(n, bytes);
+            if !self.reachable(n, to) || (self.cfg.loss > 0.0 && self.rng.unit() < self.cfg.loss) {
+                continue;
+            }
+            self.nodes[to as usize].bytes_in += bytes;
+            self.push(at, Ev::SyncRequest { to, from: n, req });
+        }
+    }
+
+    /// A peer's anti-entropy request reaches node `to`: its `Sync` answers, facts pushed to it
+    /// are stored (not relayed: the node does not gossip what sync brought).
+    fn on_sync_request(&mut self, to: u32, from: u32, req: SyncReq) {
+        if !self.up(to) {
+            return;
+        }
+        let now = self.now;
+        let node = &mut self.nodes[to as usize];
+        let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else { return };
+        let resp = match sync.handle_request(now, core.ledger(), req) {
+            Inbound::Answer(resp) => resp,
+            Inbound::Store(facts) => {
+                let added = self.store_synced(to, facts);
+                SyncResp::Stored { added, refused: 0 }
+            }
+        };
+        let bytes = response_bytes(&resp, &self.meta);
+        let at = self.transmit(to, bytes);
+        if !self.reachable(to, from) || (self.cfg.loss > 0.0 && self.rng.unit() < self.cfg.loss) {
+            return;
+        }
+        self.nodes[from as usize].bytes_in += bytes;
+        self.push(at, Ev::SyncResponse { to: from, from: to, resp });
+    }
+
+    /// An answer reaches node `to`: facts it carries are stored, and the `Get`/`Put` its `Sync`
+    /// decides on are sent.
+    fn on_sync_response(&mut self, to: u32, from: u32, resp: SyncResp) {
+        if !self.up(to) {
+            return;
+        }
+        let now = self.now;
+        let peer = self.nodes[from as usize].id;
+        let node = &mut self.nodes[to as usize];
+        let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else { return };
+        let facts = sync.handle_response(now, core.ledger(), peer, resp);
+        self.store_synced(to, facts);
+        self.send_sync_requests(to);
+    }
+
+    /// Hands facts anti-entropy brought to node `n`'s core; returns how many were new.
+    fn store_synced(&mut self, n: u32, facts: Vec<Fact>) -> u64 {
+        if facts.is_empty() {
+            return 0;
+        }
+        let now = self.now;
+        let mut added = 0;
+        for f in facts {
+            let Some(vf) = self.meta.get(&f.id()).map(|m| m.fact.clone()) else { continue };
+            let id = vf.id();
+            if self.nodes[n as usize].core.as_mut().expect("up").handle_verified_fact(now, vf) {
+                added += 1;
+                self.hold(n, 0, id);
+            }
+        }
+        self.drain(n);
+        added
     }
 
     /// Everything a node's core wants done after an input: facts to publish, runs to start or
@@ -1059,7 +1189,7 @@ impl Sim {
             self.job_done(d, j, n);
         }
         let bytes = wire::encode(f.fact()).len() as u32;
-        self.meta.insert(id, FactMeta { bytes });
+        self.meta.insert(id, FactMeta { bytes, fact: f.clone() });
         self.topics[topic as usize].facts.push(id);
         self.hold(n, topic, id);
         self.queue_relay(n, topic, f, None);
@@ -1084,14 +1214,20 @@ impl Sim {
         }
         t.done_at = Some(self.now);
         t.holders.push(n);
-        // Outputs are replicated to a second node of the topic (k = 2).
+        // Outputs are copied to the holders `shoal_mesh::replicas` picks among the topic's up
+        // members, as every node of it decides alone.
         let topic = self.topic_of_dag[d as usize];
-        let members = &self.topics[topic as usize].members;
-        let r = members[self.rng.range(0, members.len() as u64 - 1) as usize];
+        let record = Hash::of(format!("{}/{}", self.dags[d as usize].hash, j).as_bytes());
+        let live: Vec<NodeId> = self.topics[topic as usize]
+            .members
+            .iter()
+            .filter(|&&m| self.up(m))
+            .map(|&m| self.nodes[m as usize].id)
+            .collect();
+        let runner = self.nodes[n as usize].id;
+        let copies = output_holders(record, runner, &live, self.cfg.settings.replicas.saturating_sub(1));
         let t = &mut self.truth[d as usize][j as usize];
-        if r != n {
-            t.holders.push(r);
-        }
+        t.holders.extend(copies.iter().map(|id| self.index_of[id]));
         self.left[d as usize] -= 1;
         // Dependants whose inputs are now all done are ready.
         let now = self.now;
@@ -1198,8 +1334,10 @@ impl Sim {
         self.drain(to);
     }
 
-    /// One anti-entropy exchange of node `n` with a mesh peer on one of its topics: digests; if
-    /// they differ, the peer's ids, then what each lacks, both ways (as `mesh::wire` does).
+    /// With a topic per DAG, one anti-entropy exchange of node `n` with a mesh peer on one of its
+    /// topics, modelled here: per-topic digests; if they differ, the peer's ids, then what each
+    /// lacks, both ways. `shoal_mesh::sync::Sync` exchanges whole-ledger digests, which is what one
+    /// topic needs; a per-topic sync machine comes with per-DAG topics in the node.
     fn anti_entropy(&mut self, n: u32, only: Option<(u32, u32)>) {
         let (topic, peer) = match only {
             Some(tp) => tp,
@@ -1290,9 +1428,15 @@ impl Sim {
                 self.report.joins += 1;
                 let n = i as u32;
                 let epoch = 0;
-                let at = self.now + self.rng.range(0, self.cfg.anti_entropy_ms);
+                // A node's `Sync` starts an exchange as soon as it runs; the modelled one
+                // within a period.
+                let at = if self.cfg.group_nodes() == 0 {
+                    self.now
+                } else {
+                    self.now + self.rng.range(0, self.cfg.settings.sync_period_ms)
+                };
                 self.push(at, Ev::AntiEntropy { node: n, epoch });
-                if self.cfg.group_nodes == 0 {
+                if self.cfg.group_nodes() == 0 {
                     self.join_global(n);
                 }
             }
@@ -1323,9 +1467,6 @@ impl Sim {
                 self.give_dag(n, d);
             }
         }
-        if let Some(&peer) = self.topics[0].mesh.get(&n).and_then(|m| m.first()) {
-            self.anti_entropy(n, Some((0, peer)));
-        }
     }
 
     fn crash(&mut self, n: u32, permanent: bool) {
@@ -1355,7 +1496,8 @@ impl Sim {
             let back = self.rng.exp(DOWNTIME_MEAN_MS) as u64;
             self.push(now + back.max(1), Ev::Restart { node: n });
         }
-        self.push(now + self.cfg.detect_ms, Ev::Detect { node: n, epoch });
+        // Noticed once its peers have not heard it for the liveness timeout.
+        self.push(now + self.cfg.settings.liveness_timeout_ms, Ev::Detect { node: n, epoch });
     }
 
     /// The failure detector noticed a node is gone: its topics drop it, and a DAG topic left with
@@ -1364,7 +1506,7 @@ impl Sim {
         let topics: Vec<u32> = self.nodes[n as usize].topics.iter().copied().collect();
         for t in topics {
             self.unsubscribe(n, t);
-            if self.cfg.group_nodes == 0 {
+            if self.cfg.group_nodes() == 0 {
                 continue;
             }
             let live_dags: Vec<u32> =
@@ -1373,14 +1515,14 @@ impl Sim {
                 continue;
             }
             let up_members = self.topics[t as usize].members.iter().filter(|&&m| self.up(m)).count();
-            if up_members < self.cfg.group_nodes {
+            if up_members < self.cfg.group_nodes() {
                 let d = live_dags[0];
-                let up: Vec<u32> = (0..self.nodes.len() as u32)
+                let up: Vec<NodeId> = (0..self.nodes.len() as u32)
                     .filter(|&m| self.up(m) && !self.topics[t as usize].members.contains(&m))
+                    .map(|m| self.nodes[m as usize].id)
                     .collect();
                 let hash = self.dags[d as usize].hash;
-                let best = up.iter().copied().max_by_key(|&m| affinity(&hash, &self.nodes[m as usize].id));
-                if let Some(m) = best {
+                if let Some(m) = topics::replacement(&hash, up).map(|id| self.index_of[&id]) {
                     self.subscribe(m, t);
                     for d in live_dags {
                         self.give_dag(m, d);
@@ -1392,7 +1534,7 @@ impl Sim {
             }
             self.tell_topic_peers(t);
         }
-        if self.cfg.group_nodes == 0 {
+        if self.cfg.group_nodes() == 0 {
             let ids: Vec<NodeId> =
                 (0..self.nodes.len() as u32).filter(|&m| self.up(m)).map(|m| self.nodes[m as usize].id).collect();
             let now = self.now;
@@ -1412,12 +1554,13 @@ impl Sim {
         }
         let now = self.now;
         let node = &mut self.nodes[n as usize];
-        let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.core);
+        let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.settings.core);
         core.handle_peer_table(now, self.peer_table.clone());
         for f in std::mem::take(&mut node.persisted) {
             core.handle_verified_fact(now, f);
         }
         node.core = Some(core);
+        node.sync = (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings));
         node.status = Status::Up;
         node.tick_at = u64::MAX;
         let epoch = node.epoch;
@@ -1427,9 +1570,10 @@ impl Sim {
         }
         // What the core made while reloading (claims, as `shoal node` would make them) is
         // published by the drain below.
-        let at = now + self.rng.range(0, self.cfg.anti_entropy_ms);
+        let at =
+            if self.cfg.group_nodes() == 0 { now } else { now + self.rng.range(0, self.cfg.settings.sync_period_ms) };
         self.push(at, Ev::AntiEntropy { node: n, epoch });
-        if self.cfg.group_nodes == 0 {
+        if self.cfg.group_nodes() == 0 {
             let was = self.nodes[n as usize].topics.contains(&0);
             if was {
                 self.unsubscribe(n, 0);

@@ -1,15 +1,21 @@
 //! `cargo run -p shoal-simulations --release -- --nodes 10000 --jobs 100000 --seed 1 --scenario churn`:
-//! one deterministic run of the real node core; prints a table row and writes CSV and SVG plots
+//! one deterministic run of the mesh protocol, with `shoal node`'s settings unless `--tuned` or a
+//! flag says otherwise; prints a table row and writes CSV and SVG plots
 //! into `--out`. `--sweep N` runs seeds `seed..seed+N` and names every seed that broke an invariant.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use shoal_mesh::topics::TopicMode;
 use shoal_simulations::{Config, output, run};
 
+/// How strongly DAG topics prefer fast nodes when `--group-nodes` asks for them and nothing else
+/// says (see `TopicMode::PerDag`).
+const TOPIC_SPEED_EXPONENT: f64 = 4.0;
+
 #[derive(Parser)]
-#[command(about = "Deterministic simulation of shoal's scheduler core")]
+#[command(about = "Deterministic simulation of shoal's mesh protocol (the shoal-mesh machines)")]
 struct Args {
     #[arg(long, default_value_t = 200)]
     nodes: usize,
@@ -48,6 +54,16 @@ struct Args {
     /// Anti-entropy period per node, ms.
     #[arg(long)]
     anti_entropy_ms: Option<u64>,
+    /// How long a node is not heard from before the mesh takes it as gone, ms.
+    #[arg(long)]
+    liveness_timeout_ms: Option<u64>,
+    /// Nodes that keep a copy of each output, the runner included.
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Start from the tuned settings (docs/SIMULATIONS.md) instead of `shoal node`'s defaults;
+    /// the flags above still apply on top.
+    #[arg(long)]
+    tuned: bool,
     /// Churn per hour, as a fraction of the nodes.
     #[arg(long)]
     churn: Option<f64>,
@@ -70,26 +86,43 @@ struct Args {
 
 fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     let mut c = Config::scenario(&a.scenario, a.nodes, a.jobs, seed).map_err(anyhow::Error::msg)?;
-    if let Some(g) = a.group_nodes {
-        c.group_nodes = g;
+    if a.tuned {
+        c.tune();
+    }
+    let topic_speed_exponent = match c.settings.topics {
+        TopicMode::PerDag { speed_exponent, .. } => speed_exponent,
+        TopicMode::One => TOPIC_SPEED_EXPONENT,
+    };
+    let topic_speed_exponent = a.topic_speed_exponent.unwrap_or(topic_speed_exponent);
+    match a.group_nodes {
+        Some(0) => c.settings.topics = TopicMode::One,
+        Some(g) => c.settings.topics = TopicMode::PerDag { group_nodes: g, speed_exponent: topic_speed_exponent },
+        None => {
+            if let TopicMode::PerDag { group_nodes, .. } = c.settings.topics {
+                c.settings.topics = TopicMode::PerDag { group_nodes, speed_exponent: topic_speed_exponent };
+            }
+        }
     }
     if let Some(d) = a.mesh_degree {
         c.mesh_degree = d;
     }
     if let Some(l) = a.lease_ms {
-        c.core.lease_ms = l;
+        c.settings.core.lease_ms = l;
     }
     if let Some(k) = a.speed_exponent {
-        c.core.speed_exponent = k;
-    }
-    if let Some(x) = a.topic_speed_exponent {
-        c.topic_speed_exponent = x;
+        c.settings.core.speed_exponent = k;
     }
     if let Some(x) = a.stagger_ms {
-        c.core.claim_stagger_ms = x;
+        c.settings.core.claim_stagger_ms = x;
     }
     if let Some(x) = a.anti_entropy_ms {
-        c.anti_entropy_ms = x;
+        c.settings.sync_period_ms = x;
+    }
+    if let Some(x) = a.liveness_timeout_ms {
+        c.settings.liveness_timeout_ms = x;
+    }
+    if let Some(x) = a.replicas {
+        c.settings.replicas = x;
     }
     if let Some(x) = a.churn {
         c.churn_per_hour = x;

@@ -2,15 +2,17 @@
 //! the end (see `shoal_simulations::Sim`): a failure names its seed, and
 //! `SHOAL_SIM_SEED=N cargo run -p shoal-simulations --release -- --scenario ... ` replays it.
 
+use shoal_mesh::topics::TopicMode;
 use shoal_simulations::{Config, Latency, Partition, Report, WorkDist, run};
 
 /// The overnight scenario shrunk to run in seconds in a debug build: 200 heterogeneous nodes,
-/// jobs of about a minute, leases of a minute.
+/// jobs of about a minute, the tuned settings with leases of a minute.
 fn small(scenario: &str, seed: u64) -> Config {
     let mut c = Config::scenario(scenario, 200, 200, seed).expect("a known scenario");
+    c.tune();
     c.work = WorkDist { median_ms: 60_000, sigma: 0.5, max_ms: 300_000 };
     c.submit_window_ms = 5 * 60_000;
-    c.core.lease_ms = 60_000;
+    c.settings.core.lease_ms = 60_000;
     c.sample_ms = 60_000;
     c
 }
@@ -56,7 +58,7 @@ fn a_partition_heals_and_every_ledger_converges() {
 #[test]
 fn dag_topics_of_a_few_nodes_each_finish_under_churn_and_loss() {
     let mut c = small("churn", 3);
-    c.group_nodes = 24;
+    c.settings.topics = TopicMode::PerDag { group_nodes: 24, speed_exponent: 4.0 };
     c.churn_per_hour = 0.3;
     c.loss = 0.05;
     c.latency = Latency::LogNormal { median_ms: 40, sigma: 0.8, max_ms: 3_000 };
