@@ -230,6 +230,9 @@ pub enum Touched {
 pub struct Ledger {
     facts: BTreeMap<Hash, Arc<Fact>>,
     view: View,
+    /// [`Ledger::digest`] once computed, until the next new fact: anti-entropy asks for it at
+    /// every exchange, and hashing every id each time was most of a busy simulation's time.
+    digest: std::sync::OnceLock<Hash>,
 }
 
 impl PartialEq for Ledger {
@@ -508,6 +511,7 @@ impl Ledger {
             return Touched::Duplicate;
         }
         self.facts.insert(id, fact.fact.clone());
+        self.digest.take();
         self.view.apply(&self.facts, id, &fact.fact)
     }
 
@@ -551,11 +555,13 @@ impl Ledger {
 
     /// One hash of the whole set: equal digests, equal ledgers.
     pub fn digest(&self) -> Hash {
-        let mut h = blake3::Hasher::new();
-        for id in self.facts.keys() {
-            h.update(&id.0);
-        }
-        Hash(*h.finalize().as_bytes())
+        *self.digest.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            for id in self.facts.keys() {
+                h.update(&id.0);
+            }
+            Hash(*h.finalize().as_bytes())
+        })
     }
 
     /// Whether some submit names `dag`.
