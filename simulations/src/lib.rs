@@ -41,7 +41,7 @@ use shoal_mesh::sync::{Inbound, Sync};
 use shoal_mesh::topics::{self, TopicMode};
 use shoal_mesh::wire::{self, SyncReq, SyncResp};
 
-pub use workload::{SimDag, WorkDist, Workload};
+pub use workload::{SimDag, WorkDist, Workload, given};
 
 /// xorshift64*: the simulator's only randomness, from its seed.
 pub struct Rng(u64);
@@ -158,6 +158,18 @@ pub struct Config {
     pub limit_ms: u64,
     /// Print a line per sample to stderr (long runs).
     pub progress: bool,
+    /// Run this one DAG instead of the workload (see [`workload::given`]); the report then
+    /// carries each job's history.
+    pub given: Option<GivenDag>,
+}
+
+/// A DAG to run as it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GivenDag {
+    /// Its JSON text: jobs named `j0`, `j1`, … in file order, each reading only earlier ones.
+    pub text: String,
+    /// Every job's work, ms at speed 1.0.
+    pub work_ms: u64,
 }
 
 impl Config {
@@ -187,6 +199,7 @@ impl Config {
             sample_ms: 60_000,
             limit_ms: 7 * 86_400_000,
             progress: false,
+            given: None,
         }
     }
 
@@ -488,6 +501,9 @@ pub struct Report {
     pub samples: Vec<SampleRow>,
     /// Events handled, by kind.
     pub events_by_kind: BTreeMap<&'static str, u64>,
+    /// With a [`Config::given`] DAG: each job's facts' kinds in clock order, from the ledger of
+    /// the first node up at the end (`Ledger::history`, as `/v1/dags/{dag}/facts` shows it).
+    pub histories: BTreeMap<String, Vec<&'static str>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -573,7 +589,10 @@ fn facts_bytes(facts: &[Fact], meta: &HashMap<Hash, FactMeta>) -> u64 {
 impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
-        let dags = workload::generate(cfg.workload, cfg.jobs, &cfg.work, cfg.submit_window_ms, &mut rng);
+        let dags = match &cfg.given {
+            Some(g) => vec![workload::given(&g.text, g.work_ms).expect("the given DAG is valid")],
+            None => workload::generate(cfg.workload, cfg.jobs, &cfg.work, cfg.submit_window_ms, &mut rng),
+        };
         let mut sim = Sim {
             truth: dags.iter().map(|d| vec![JobTruth::default(); d.work_ms.len()]).collect(),
             left: dags.iter().map(|d| d.work_ms.len()).collect(),
@@ -1816,6 +1835,16 @@ impl Sim {
         r.events = self.processed;
         r.facts_made = self.meta.len() as u64;
         r.facts_held = self.nodes.iter().filter_map(|n| n.core.as_ref()).map(|n| n.ledger().len() as u64).sum();
+        if self.cfg.given.is_some()
+            && let Some(core) = self.nodes.iter().find_map(|n| n.core.as_ref())
+        {
+            r.histories = core
+                .ledger()
+                .history(&self.dags[0].hash)
+                .into_iter()
+                .map(|(job, facts)| (job, facts.iter().map(|f| f.body.kind()).collect()))
+                .collect();
+        }
         // Every submitted DAG ended in every up member's view, once the mesh healed.
         for (d, sd) in self.dags.iter().enumerate() {
             let t = self.topic_of_dag[d];

@@ -122,6 +122,31 @@ fn build(
     SimDag { hash: Hash::of(text.as_bytes()), dag: Arc::new(dag), text_bytes: text.len(), work_ms, deps, submit_at_ms }
 }
 
+/// A DAG given as its text, each job taking `work_ms` at speed 1.0, submitted at once: a
+/// scenario to run both here and on real nodes. Its jobs must be named `j0`, `j1`, … in file
+/// order and read only jobs before them (the simulator names jobs by index).
+pub fn given(text: &str, work_ms: u64) -> Result<SimDag, String> {
+    let dag = parse_dag("given.json", text).map_err(|d| d.to_string())?;
+    for (i, j) in dag.jobs.iter().enumerate() {
+        if j.id != format!("j{i}") {
+            return Err(format!("job {i} is `{}`: name the jobs j0, j1, … in file order", j.id));
+        }
+    }
+    let deps: Vec<Vec<u32>> =
+        dag.all_dependencies().into_iter().map(|ds| ds.into_iter().map(|d| d as u32).collect()).collect();
+    if let Some(i) = (0..deps.len()).find(|&i| deps[i].iter().any(|&d| d as usize >= i)) {
+        return Err(format!("job j{i} reads a job after it: order the jobs so each reads only earlier ones"));
+    }
+    Ok(SimDag {
+        hash: Hash::of(text.as_bytes()),
+        text_bytes: text.len(),
+        work_ms: vec![work_ms; dag.jobs.len()],
+        dag: Arc::new(dag),
+        deps,
+        submit_at_ms: 0,
+    })
+}
+
 /// Longest chain in the mixed workload, in jobs.
 const CHAIN_JOBS_MAX: usize = 20;
 /// Most map-reduce stages in one pipeline of the mixed workload.

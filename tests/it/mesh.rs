@@ -804,3 +804,54 @@ fn a_node_restarted_on_another_blob_port_fetches_from_peers_that_knew_it() {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 }
+
+/// A diamond of four jobs, named as the simulator names jobs (`j0`, `j1`, … in file order).
+const DIAMOND: &str = r#"{"version": 1, "jobs": [
+  {"id": "j0", "image": "busybox:latest", "command": ["sh", "-c", "echo seed"], "outputs": {"o": "stdout"}},
+  {"id": "j1", "image": "busybox:latest", "command": ["sh", "-c", "cat /input/i; echo left"],
+   "inputs": {"i": "jobs:j0/o"}, "outputs": {"o": "stdout"}},
+  {"id": "j2", "image": "busybox:latest", "command": ["sh", "-c", "cat /input/i; echo right"],
+   "inputs": {"i": "jobs:j0/o"}, "outputs": {"o": "stdout"}},
+  {"id": "j3", "image": "busybox:latest", "command": ["sh", "-c", "cat /input/a /input/b"],
+   "inputs": {"a": "jobs:j1/o", "b": "jobs:j2/o"}, "outputs": {"o": "stdout"}}]}"#;
+
+/// The simulator drives the protocol `shoal node` runs (issue 17): one scenario, three nodes and
+/// a small DAG, run by the simulator and by real nodes on loopback, records the same facts for
+/// every job (`/v1/dags/{dag}/facts` and the simulator's `Ledger::history`).
+#[test]
+fn the_simulator_and_three_real_nodes_record_the_same_facts_per_job() {
+    use shoal_simulations::{Config, GivenDag, run};
+
+    let mut cfg = Config::basic(3, 4, 1);
+    cfg.given = Some(GivenDag { text: DIAMOND.to_string(), work_ms: 300 });
+    let simulated = run(&cfg);
+    assert!(simulated.violations.is_empty(), "{:#?}", simulated.violations);
+    let simulated: BTreeMap<String, Vec<String>> = simulated
+        .histories
+        .into_iter()
+        .map(|(job, kinds)| (job, kinds.into_iter().map(str::to_string).collect()))
+        .collect();
+
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let others: Vec<MeshNode> = (0..2).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], &[])).collect();
+    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
+    wait_for_mesh(&all);
+    let dag = submit(&n0, &n0.home.write("diamond.json", DIAMOND));
+    wait_dag(&n0, &dag, Duration::from_secs(60), "all 4 jobs done", |v| all_in(v, "done"));
+    let facts = n0.get_json(&format!("/v1/dags/{dag}/facts"));
+    let real: BTreeMap<String, Vec<String>> = facts["jobs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(job, fs)| {
+            (job.clone(), fs.as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect())
+        })
+        .collect();
+
+    let claim_done = vec!["claim".to_string(), "done".to_string()];
+    assert_eq!(simulated.len(), 4, "every job has a history: {simulated:?}");
+    assert!(simulated.values().all(|k| *k == claim_done), "a quiet mesh claims each job once: {simulated:?}");
+    assert_eq!(real, simulated, "the real nodes' facts per job ({facts:#}) against the simulator's");
+}

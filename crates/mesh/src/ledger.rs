@@ -108,6 +108,22 @@ pub enum Body {
     },
 }
 
+impl Body {
+    /// Its kind, as the API and the simulator name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Submit { .. } => "submit",
+            Body::Claim { .. } => "claim",
+            Body::Renew { .. } => "renew",
+            Body::Done { .. } => "done",
+            Body::Fail { .. } => "fail",
+            Body::Cancel { .. } => "cancel",
+            Body::Lost { .. } => "lost",
+            Body::Release { .. } => "release",
+        }
+    }
+}
+
 /// A signed fact. Its id is the BLAKE3 of a domain prefix and the canonical CBOR of
 /// (author, hlc, body); the signature is over the same bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,6 +578,35 @@ impl Ledger {
             }
             Hash(*h.finalize().as_bytes())
         })
+    }
+
+    /// Every fact about each job of `dag` (claims and lost reports, and the renewals, results and
+    /// releases of its claims), in (HLC, author) order: a job's history as the facts tell it.
+    /// Reads every fact (the API's detail view and tests, not the scheduler's path).
+    pub fn history(&self, dag: &Hash) -> BTreeMap<String, Vec<&Fact>> {
+        let mut out: BTreeMap<String, Vec<&Fact>> = BTreeMap::new();
+        let job_of = |f: &Fact| -> Option<String> {
+            match &f.body {
+                Body::Claim { dag: d, job, .. } | Body::Lost { dag: d, job, .. } if d == dag => Some(job.clone()),
+                Body::Renew { claim, .. }
+                | Body::Done { claim, .. }
+                | Body::Fail { claim, .. }
+                | Body::Release { claim } => match &self.facts.get(claim)?.body {
+                    Body::Claim { dag: d, job, .. } if d == dag => Some(job.clone()),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        for f in self.facts.values() {
+            if let Some(job) = job_of(f) {
+                out.entry(job).or_default().push(f);
+            }
+        }
+        for facts in out.values_mut() {
+            facts.sort_by_key(|f| (f.hlc, f.author));
+        }
+        out
     }
 
     /// Whether some submit names `dag`.

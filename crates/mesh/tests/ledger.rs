@@ -374,3 +374,32 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     assert!(matches!(l.job_state(&dag(), "a", 9), Some(JobState::Done { record, .. }) if record == r2));
     assert_eq!(l.state(9), l.fold(9));
 }
+
+#[test]
+fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
+    let hlc = |t| Hlc { wall_ms: t, counter: 0 };
+    let submit = Fact::sign(
+        &key(1),
+        hlc(1),
+        Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 },
+    );
+    let claim_a = Fact::sign(&key(2), hlc(2), Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 });
+    let renew = Fact::sign(&key(2), hlc(3), Body::Renew { claim: claim_a.id(), lease_until_ms: 200 });
+    let fail = Fact::sign(&key(2), hlc(4), Body::Fail { claim: claim_a.id(), reason: "x".into() });
+    let claim_b = Fact::sign(&key(3), hlc(5), Body::Claim { dag: dag(), job: "b".into(), lease_until_ms: 100 });
+    let claim_a2 = Fact::sign(&key(3), hlc(6), Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 });
+    let done = Fact::sign(&key(3), hlc(7), Body::Done { claim: claim_a2.id(), record: Hash::of(b"r"), bytes: 1 });
+    let other_dag =
+        Fact::sign(&key(3), hlc(8), Body::Claim { dag: Hash::of(b"other"), job: "a".into(), lease_until_ms: 1 });
+    let mut l = Ledger::new();
+    // Results before their claims: the history does not depend on arrival.
+    for f in [done, fail, renew, claim_b, other_dag, claim_a2, claim_a, submit] {
+        l.insert(f).unwrap();
+    }
+    let kinds: Vec<(String, Vec<&str>)> =
+        l.history(&dag()).into_iter().map(|(j, fs)| (j, fs.iter().map(|f| f.body.kind()).collect())).collect();
+    assert_eq!(
+        kinds,
+        vec![("a".to_string(), vec!["claim", "renew", "fail", "claim", "done"]), ("b".to_string(), vec!["claim"])]
+    );
+}

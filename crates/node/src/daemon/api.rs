@@ -42,6 +42,7 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/dags", post(submit).get(list_dags).layer(DefaultBodyLimit::max(dag_bytes_max)))
         .route("/v1/dags/{dag}", get(dag_status))
+        .route("/v1/dags/{dag}/facts", get(dag_facts))
         .route("/v1/dags/{dag}/cancel", post(cancel))
         .route("/v1/dags/{dag}/jobs/{job}/outputs/{output}", get(job_output))
         .route("/v1/records/{record}", get(record))
@@ -169,6 +170,16 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
         }
     }
     Ok(axum::Json(json!({"node": status.node, "dag": hash, "known": view.known, "jobs": view.jobs})).into_response())
+}
+
+/// Every fact about each job of a DAG, in clock order: what the ledger says happened to it
+/// (the simulator's runs are compared with real nodes' by it).
+async fn dag_facts(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
+    let hash = parse_hash(&dag)?;
+    let jobs = ask(&s, |reply| Cmd::Facts { dag: hash, reply })
+        .await?
+        .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
+    Ok(axum::Json(json!({"node": hex::encode(s.node), "dag": hash, "jobs": jobs})).into_response())
 }
 
 async fn cancel(State(s): State<Shr>, Path(dag): Path<String>, _body: axum::body::Bytes) -> Result<Response, ApiError> {

@@ -564,6 +564,7 @@ mod tests {
         check(Method::POST, "/v1/explorer/runs", Access::Explorer(Scope::Submit));
         check(Method::GET, "/v1/dags", Access::Needs(Scope::Read));
         check(Method::GET, "/v1/events", Access::Needs(Scope::Read));
+        check(Method::GET, "/v1/dags/abc/facts", Access::Needs(Scope::Read));
         check(Method::POST, "/v1/dags", Access::Needs(Scope::Submit));
         check(Method::POST, "/v1/blobs", Access::Needs(Scope::Submit));
         check(Method::POST, "/v1/dags/abc/cancel", Access::Needs(Scope::Submit));

@@ -147,6 +147,11 @@ pub(crate) enum Cmd {
         dag: Hash,
         reply: oneshot::Sender<bool>,
     },
+    /// Every fact about each job of one DAG, in clock order; None if the ledger has no such DAG.
+    Facts {
+        dag: Hash,
+        reply: oneshot::Sender<Option<BTreeMap<String, Vec<FactView>>>>,
+    },
     Peers {
         reply: oneshot::Sender<Vec<PeerView>>,
     },
@@ -216,6 +221,18 @@ pub(crate) struct JobView {
     /// Why no node of the mesh can run it, when none can.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// One fact about a job, as `/v1/dags/{dag}/facts` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct FactView {
+    /// claim, renew, done, fail, lost or release.
+    pub kind: &'static str,
+    /// Its author.
+    pub node: String,
+    /// Its hybrid logical clock: its author's wall clock (Unix ms) and a counter.
+    pub at_unix_ms: u64,
+    pub counter: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -1049,6 +1066,23 @@ impl Node {
             }
             Cmd::Peers { reply } => {
                 let _ = reply.send(self.peer_views());
+            }
+            Cmd::Facts { dag, reply } => {
+                let ledger = self.core.ledger();
+                let view = ledger.has_dag(&dag).then(|| {
+                    let fact = |f: &&Fact| FactView {
+                        kind: f.body.kind(),
+                        node: hex::encode(f.author),
+                        at_unix_ms: f.hlc.wall_ms,
+                        counter: f.hlc.counter,
+                    };
+                    ledger
+                        .history(&dag)
+                        .into_iter()
+                        .map(|(job, facts)| (job, facts.iter().map(fact).collect()))
+                        .collect()
+                });
+                let _ = reply.send(view);
             }
             Cmd::Metrics { reply } => {
                 let (bytes_in, bytes_out) = self.net.traffic();
