@@ -1,5 +1,5 @@
-//! Fixed-seed scenarios of the real node core, the invariants asserted after every step and at
-//! the end (see `shoal_simulations::Sim`): a failure names its seed, and
+//! Fixed-seed scenarios of the mesh protocol (the shoal-mesh machines), the invariants asserted
+//! after every step and at the end (see `shoal_simulations::Sim`): a failure names its seed, and
 //! `SHOAL_SIM_SEED=N cargo run -p shoal-simulations --release -- --scenario ... ` replays it.
 
 use shoal_mesh::topics::TopicMode;

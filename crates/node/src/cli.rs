@@ -259,8 +259,19 @@ struct NodeArgs {
     speed: Option<u32>,
     /// Nodes that keep a copy of each output, the runner included. A submitted DAG's images and
     /// inputs are held by replicas - 1 other nodes (at least one) before the submit is acknowledged.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = shoal_mesh::settings::REPLICAS)]
     replicas: usize,
+    /// How long a claim on a job holds without a renewal, in ms (renewed at half). A setting of
+    /// the mesh protocol: give every node of a mesh the same.
+    #[arg(long, default_value_t = shoal_mesh::core::LEASE_MS,
+        value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
+    lease_ms: u64,
+    /// How long a node waits, per place it ranks behind another for a job, before claiming it,
+    /// in ms. Above the time a claim takes to reach every node, or two nodes start the job (one
+    /// is stopped). A setting of the mesh protocol: give every node of a mesh the same.
+    #[arg(long, default_value_t = shoal_mesh::core::CLAIM_STAGGER_MS,
+        value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    claim_stagger_ms: u64,
     /// How long a submit may wait for other nodes to hold the DAG's images and inputs, in
     /// seconds; past it the submit is refused (the DAG would die with this node).
     #[arg(long, default_value_t = crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
@@ -877,7 +888,15 @@ fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOpti
         },
         labels,
         speed: args.speed,
-        replicas: args.replicas,
+        settings: shoal_mesh::Settings {
+            replicas: args.replicas,
+            core: shoal_mesh::core::CoreConfig {
+                lease_ms: args.lease_ms,
+                claim_stagger_ms: args.claim_stagger_ms,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         submit_replication_timeout_s: args.submit_replication_timeout_s,
         ready_file: args.ready_file,
         test_partitions: args.test_partitions,
@@ -1050,7 +1069,7 @@ async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<Ex
         run: opts,
         labels: Default::default(),
         speed: None,
-        replicas: 2,
+        settings: shoal_mesh::Settings::default(),
         submit_replication_timeout_s: crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
         ready_file: Some(ready.clone()),
         test_partitions: false,

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use shoal_dag::{DigestKind, Hash};
+use shoal_mesh::lost::Unfetchable;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
@@ -248,8 +249,8 @@ async fn job_output(
     let lost = |e: anyhow::Error| {
         let (s, job) = (s.clone(), job.clone());
         async move {
-            let Ok(reported) = ask(&s, |reply| Cmd::Lost { dag: hash, job: job.clone(), record, runner, reply }).await
-            else {
+            let output = Unfetchable { dag: hash, job: job.clone(), record, runner };
+            let Ok(reported) = ask(&s, |reply| Cmd::Lost { output, reply }).await else {
                 return internal(format!("{e:#}"));
             };
             if reported {

@@ -166,7 +166,7 @@ impl Node {
                 max_attempts,
                 replies: vec![reply],
                 holders: Vec::new(),
-                wanted: self.opts.replicas.max(2) - 1,
+                wanted: self.opts.settings.replicas.max(2) - 1,
                 candidates,
                 asking: BTreeMap::new(),
                 failures: BTreeMap::new(),

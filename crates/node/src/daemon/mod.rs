@@ -89,10 +89,11 @@ pub struct NodeOptions {
     pub labels: BTreeMap<String, String>,
     /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
     pub speed: Option<u32>,
-    /// Nodes that keep a copy of every output (the runner included). A submitted DAG's blobs
-    /// (its images and inputs) are held by `replicas - 1` other nodes, at least one, before the
-    /// submit is acknowledged.
-    pub replicas: usize,
+    /// The mesh protocol's settings: `--replicas` (nodes that keep a copy of every output, the
+    /// runner included; a submitted DAG's images and inputs are held by `replicas - 1` other
+    /// nodes, at least one, before the submit is acknowledged), `--lease-ms`,
+    /// `--claim-stagger-ms`; the rest as `Settings::default()`.
+    pub settings: Settings,
     /// How long a submit may wait for other nodes to hold the DAG's blobs, in seconds.
     pub submit_replication_timeout_s: u64,
     /// Where to write a JSON line with this node's addresses once it is ready (for scripts).
@@ -170,14 +171,11 @@ pub(crate) enum Cmd {
         first: Option<NodeId>,
         reply: oneshot::Sender<Vec<NodeId>>,
     },
-    /// The outputs of `record` (job `job`'s completion, run by `runner`) could be fetched from no
-    /// live peer: reported lost, so the job runs again, unless its runner is alive (then the
-    /// failure is taken as passing). Answers whether it was reported.
+    /// A completion's outputs could be fetched from no live peer: reported lost, so the job runs
+    /// again, when `shoal_mesh::lost::judge` says so (not if its runner is alive: then the failure
+    /// is taken as passing). Answers whether it was reported.
     Lost {
-        dag: Hash,
-        job: String,
-        record: Hash,
-        runner: Option<NodeId>,
+        output: Unfetchable,
         reply: oneshot::Sender<bool>,
     },
 }
@@ -409,8 +407,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         microvm: opts.run.backend == BackendChoice::Microvm,
         speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
     };
-    // The protocol's settings are today's defaults; only the number of replicas is an option.
-    let settings = Settings { replicas: opts.replicas, ..Settings::default() };
+    let settings = opts.settings.clone();
     let mut core = NodeCore::with_config(key.clone(), caps, settings.core);
     let started = Instant::now();
     let mut reloaded = 0usize;
@@ -1121,12 +1118,11 @@ impl Node {
                 }
                 let _ = reply.send(());
             }
-            Cmd::Lost { dag, job, record, runner, reply } => {
-                let lost = Unfetchable { dag, job, record, runner };
-                let report =
-                    lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &lost) == Verdict::Report;
-                let Unfetchable { dag, job, record, .. } = lost;
+            Cmd::Lost { output, reply } => {
+                let verdict = lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &output);
+                let report = verdict == Verdict::Report;
                 if report {
+                    let Unfetchable { dag, job, record, .. } = output;
                     warn!(%dag, job, %record, "no live peer holds a job's outputs: reporting them lost");
                     self.core.report_lost(now, dag, job, record);
                     self.after_step().await;
