@@ -1,0 +1,49 @@
+//! The commands that talk to a node over its HTTP API: submit, status, watch, cancel, peers.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::{Command, EXIT_JOB_FAILED, NodeArg};
+
+pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
+    use crate::client::{self, Client};
+    let connect = |arg: NodeArg| -> Result<Client> {
+        let token = crate::tokens::client_secret(arg.token_file.as_deref())?;
+        Ok(Client::new(client::node_url(arg.url, home)?, token))
+    };
+    match command {
+        Command::Submit { dag, node, wait, max_attempts, json } => {
+            let ok = client::submit(&connect(node)?, &dag, max_attempts, wait, json)?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+        }
+        Command::Status { dag, node, json } => {
+            let c = connect(node)?;
+            let v = match &dag {
+                Some(d) => c.get_json(&format!("/v1/dags/{d}"))?,
+                None => c.get_json("/v1/dags")?,
+            };
+            if json || dag.is_none() {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                client::print_status(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { dag, node, json } => {
+            client::watch(&connect(node)?, dag.as_deref(), json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { dag, node } => {
+            let v = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), "application/json", b"")?;
+            println!("{v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Peers { node, json } => {
+            client::peers(&connect(node)?, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => unreachable!("only client commands come here"),
+    }
+}

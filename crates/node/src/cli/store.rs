@@ -1,0 +1,259 @@
+//! The commands on a store's contents: get, log, show, blob, image and gc, run on the store
+//! itself or through the node that holds it (with the same output).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use shoal_blobs::Store;
+use shoal_dag::Hash;
+
+use super::{BlobCommand, Command, ImageCommand};
+use crate::output;
+use crate::run;
+
+pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
+    match command {
+        Command::Run(_)
+        | Command::Node(_)
+        | Command::Mesh(_)
+        | Command::Token(_)
+        | Command::Submit { .. }
+        | Command::Status { .. }
+        | Command::Watch { .. }
+        | Command::Cancel { .. }
+        | Command::Peers { .. }
+        | Command::Explore(_)
+        | Command::Doctor { .. } => unreachable!("handled by dispatch"),
+        Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
+        Command::Log { job } => {
+            let record = run::find_record(store, &job).await?;
+            let stdout = read_blob(store, record.stdout.hash).await?;
+            let stderr = read_blob(store, record.stderr.hash).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(&stdout)?;
+            std::io::stderr().write_all(&stderr)?;
+            Ok(())
+        }
+        Command::Show { what } => {
+            let record = run::find_record(store, &what).await?;
+            println!("{}", serde_json::to_string_pretty(&record)?);
+            Ok(())
+        }
+        Command::Blob(cmd) => blob_command(store, cmd).await,
+        Command::Image(cmd) => image_command(store, cmd).await,
+        Command::Gc { json } => print_gc(&store.gc().await?, json),
+    }
+}
+
+/// The commands of `dispatch_store_command`, through the node that holds the store: the same
+/// output.
+pub(super) fn held_command(held: &crate::held::Held, command: Command) -> Result<()> {
+    use std::io::Write;
+    match command {
+        Command::Get { job, output, out, .. } => {
+            let record = held.record(&job)?;
+            held.write_digest(&output_digest(&record, &job, &output)?, out.as_deref())
+        }
+        Command::Log { job } => {
+            let record = held.record(&job)?;
+            let stdout = held.read_blob(record.stdout.hash)?;
+            let stderr = held.read_blob(record.stderr.hash)?;
+            std::io::stdout().write_all(&stdout)?;
+            std::io::stderr().write_all(&stderr)?;
+            Ok(())
+        }
+        Command::Show { what } => {
+            println!("{}", serde_json::to_string_pretty(&held.record(&what)?)?);
+            Ok(())
+        }
+        Command::Blob(BlobCommand::Put { path, json }) => print_digest(&held.blob_put(&path)?, json),
+        Command::Blob(BlobCommand::Get { hash, out }) => {
+            let digest = held.digest_of_stored(parse_blob_hash(&hash)?)?;
+            held.write_digest(&digest, out.as_deref())
+        }
+        Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
+        Command::Image(ImageCommand::Import { path, tag, json }) => {
+            print_image_id(held.image_import(&path, tag.as_deref())?, json)
+        }
+        Command::Image(ImageCommand::Pull { reference, tag, insecure, json }) => {
+            print_image_id(held.image_pull(&reference, tag.as_deref(), insecure)?, json)
+        }
+        Command::Image(ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json }) => {
+            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
+            print_image_id(held.image_import(&layout, Some(&tag))?, json)
+        }
+        Command::Image(ImageCommand::Ls { json }) => print_images(&held.images()?, json),
+        Command::Gc { json } => print_gc(&held.gc()?, json),
+        _ => unreachable!("handled by dispatch"),
+    }
+}
+
+fn print_gc(r: &shoal_blobs::GcReport, json: bool) -> Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
+                "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
+                "rootfs_bytes_freed": r.rootfs_bytes_freed,
+                "corrupt_removed": r.corrupt_removed})
+        );
+    } else {
+        println!(
+            "kept {} blobs; removed {} blobs ({}) and {} materialized root filesystems ({})",
+            r.blobs_kept,
+            r.blobs_removed,
+            output::bytes(r.bytes_freed),
+            r.rootfs_removed,
+            output::bytes(r.rootfs_bytes_freed)
+        );
+        if r.corrupt_removed > 0 {
+            println!("removed {} blobs found corrupted on disk", r.corrupt_removed);
+        }
+    }
+    Ok(())
+}
+
+async fn read_blob(store: &Store, hash: Hash) -> Result<bytes::Bytes> {
+    store
+        .get_bytes(hash)
+        .await?
+        .with_context(|| format!("blob {hash} is not in this store; it may have been collected by `shoal gc`"))
+}
+
+async fn get_output(store: &Store, job: &str, output: &str, out: Option<&Path>) -> Result<()> {
+    let record = run::find_record(store, job).await?;
+    write_digest(store, &output_digest(&record, job, output)?, out).await
+}
+
+/// The digest of a job's output `output` in its run record (`stdout` and `stderr` too).
+fn output_digest(record: &shoal_dag::RunRecord, job: &str, output: &str) -> Result<shoal_dag::Digest> {
+    Ok(match output {
+        "stdout" if !record.outputs.contains_key("stdout") => record.stdout.clone(),
+        "stderr" if !record.outputs.contains_key("stderr") => record.stderr.clone(),
+        _ => record.outputs.get(output).cloned().with_context(|| {
+            let names: Vec<&str> = record.outputs.keys().map(String::as_str).collect();
+            format!("job `{job}` has no output `{output}`; its outputs are: {}", names.join(", "))
+        })?,
+    })
+}
+
+async fn write_digest(store: &Store, digest: &shoal_dag::Digest, out: Option<&Path>) -> Result<()> {
+    match (digest.kind, out) {
+        (shoal_dag::DigestKind::File, Some(path)) => store.export(digest.hash, path).await?,
+        (shoal_dag::DigestKind::File, None) => {
+            use std::io::Write;
+            std::io::stdout().write_all(&read_blob(store, digest.hash).await?)?;
+        }
+        (shoal_dag::DigestKind::Tree, Some(path)) => store.materialize(digest.hash, path).await?,
+        (shoal_dag::DigestKind::Tree, None) => {
+            bail!("{} is a directory tree; give a new directory to write it to with `-o DIR`", digest.hash)
+        }
+    }
+    Ok(())
+}
+
+async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
+    match cmd {
+        BlobCommand::Put { path, json } => {
+            let meta = std::fs::symlink_metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let digest = if meta.is_dir() {
+                store.put_tree_from_dir(&path).await?
+            } else {
+                let (hash, size) = store.put_file(&path).await?;
+                shoal_dag::Digest { hash, kind: shoal_dag::DigestKind::File, size }
+            };
+            print_digest(&digest, json)
+        }
+        BlobCommand::Get { hash, out } => {
+            let digest = crate::run::digest_of_stored(store, parse_blob_hash(&hash)?).await?;
+            write_digest(store, &digest, out.as_deref()).await
+        }
+        BlobCommand::Ls { json } => print_blob_list(&store.list().await?, json),
+    }
+}
+
+fn parse_blob_hash(hash: &str) -> Result<Hash> {
+    hash.parse().map_err(|e| anyhow::anyhow!("`{hash}` is not a blob hash ({e}); hashes look like blake3:<64 hex>"))
+}
+
+fn print_digest(digest: &shoal_dag::Digest, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(digest)?);
+    } else {
+        println!("{}", digest.hash);
+    }
+    Ok(())
+}
+
+fn print_blob_list(list: &[(Hash, u64)], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = list.iter().map(|(h, s)| serde_json::json!({"hash": h.to_string(), "size": s})).collect();
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for (hash, size) in list {
+            println!("{hash}  {}", output::bytes(*size));
+        }
+    }
+    Ok(())
+}
+
+async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
+    let (id, json) = match cmd {
+        ImageCommand::Import { path, tag, json } => (store.import_image_path(&path, tag.as_deref()).await?, json),
+        ImageCommand::Pull { reference, tag, insecure, json } => {
+            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure, ..Default::default() };
+            let id = store.pull(&reference, opts).await?;
+            if let Some(tag) = tag {
+                store.tag_image(&tag, id)?;
+            }
+            (id, json)
+        }
+        ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json } => {
+            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
+            (store.import_oci_layout(&layout, Some(&tag)).await?, json)
+        }
+        ImageCommand::Ls { json } => return print_images(&store.images()?, json),
+    };
+    print_image_id(id, json)
+}
+
+/// The one-layer OCI layout `shoal image build` imports (made here, with or without a store).
+fn build_layout(
+    rootfs: &Path,
+    tag: &str,
+    env: Vec<String>,
+    cmd: Vec<String>,
+    workdir: Option<String>,
+    layout: &Path,
+) -> Result<()> {
+    let config = shoal_blobs::image::ImageConfig {
+        env,
+        entrypoint: vec![],
+        cmd,
+        workdir,
+        user: None,
+        arch: crate::machine::oci_arch().to_string(),
+    };
+    shoal_blobs::image::build_oci_layout_from_dir(rootfs, &config, layout, tag)
+        .with_context(|| format!("building an OCI layout from {}", rootfs.display()))
+}
+
+fn print_images(images: &[shoal_blobs::image::ImageEntry], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(images)?);
+    } else {
+        output::print_images(images);
+    }
+    Ok(())
+}
+
+fn print_image_id(id: Hash, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::json!({"image": id.to_string()}));
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `shoal run DAG`: the runner, and how a DAG's jobs go through it.
+//!
+//! A process has one [`Runner`]: the store, the signing key, the machine's facts, the backends
+//! (and their warm microVMs), ONE budget of cores and of jobs in flight, and the pool of job
+//! work directories. Every run of the process goes through it — `shoal run`'s DAG, a node's mesh
+//! jobs, its explorer runs and its local runs — so together they never take more than the
+//! process's `--cores`. A run is a [`Ctx`] made by [`Runner::prepare`]: the DAG and what is its
+//! own (where its `file:` inputs come from, who follows it, its image resolutions, whether it may
+//! use the cache, its progress bars), dropped when the run ends.
+//!
+//! Every job becomes a task as soon as its dependencies are done. The task resolves the job's
+//! references to hashes, computes the action key and answers from the action cache when it can;
+//! otherwise it waits for cores (the runner's), runs the job through the backend, stores
+//! outputs, and writes a signed run record. A failed job marks its dependants skipped.
+//!
+//! The code is split by concern: this file holds what a run is asked and reports (its options,
+//! the per-job reports and how they print) and the walk of a DAG's jobs; `runner.rs` the
+//! [`Runner`] and a run's [`Ctx`] (budgets, backends, work directories); `job.rs` one job from
+//! its references to its run record.
+
+mod job;
+mod runner;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use shoal_blobs::{Durability, Store};
+use shoal_dag::{Dag, Digest, Exit, Hash, RunRecord};
+use tokio::task::JoinSet;
+use tracing::{Instrument, info_span};
+
+use crate::cli::{EXIT_ERROR, EXIT_JOB_FAILED};
+use crate::output;
+pub use job::digest_of_stored;
+use job::job_task;
+use runner::JOBS_IN_FLIGHT_PER_CORE;
+pub use runner::SANDBOX_SUBCOMMAND;
+pub(crate) use runner::{Ctx, Runner};
+
+/// Job tasks alive at once per job allowed in flight: the rest look up the action cache and
+/// resolve references while those run, so a cached job never waits behind a running one.
+const JOB_TASKS_PER_IN_FLIGHT: usize = 4;
+/// Job tasks alive at once, at least (a machine of few cores still overlaps many cache lookups).
+const JOB_TASKS_MIN: usize = 64;
+
+/// Which backend a run uses for jobs that do not choose (`isolation` unset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// A microVM per job (the default). Jobs marked `isolation: namespace` use the namespace sandbox.
+    Microvm,
+    /// The namespace sandbox for every job; a job that requires `isolation: vm` fails with the reason.
+    Namespace,
+}
+
+/// How a process's [`Runner`] is built ([`Runner::new`]: `backend`, `cores`, `warm_vms`) and how
+/// one run goes ([`Runner::prepare`]: every field but `warm_vms`).
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The backend of jobs that do not choose: the runner's default, or this run's.
+    pub backend: BackendChoice,
+    pub json: bool,
+    pub use_cache: bool,
+    /// The runner's core budget (None: this machine's cores); for a run, at most this many of
+    /// the runner's cores (None or more: all of them).
+    pub cores: Option<u32>,
+    /// MicroVMs kept booted per kind of job; read once, when the runner is built (the warm pool
+    /// is the runner's).
+    pub warm_vms: usize,
+    /// How durable each job's run record is when the job is reported done: `Soon` for a
+    /// local run (it flushes at its end), `Now` where other nodes are told of the record.
+    pub records: Durability,
+    /// Largest DAG file read, bytes.
+    pub dag_bytes_max: usize,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Done,
+    Failed,
+    Skipped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Done => "done",
+            Status::Failed => "FAILED",
+            Status::Skipped => "skipped",
+        })
+    }
+}
+
+/// What `shoal run` reports per job (the table row, or one element of `--json`). A run keeps one
+/// per job until it ends, so it is kept small: outputs in a sorted vector (a `BTreeMap` of one
+/// entry allocates a node of eleven, 800 bytes here), the microVM timeline boxed.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub status: Status,
+    pub cached: bool,
+    pub wall_ms: Option<u64>,
+    /// By output name, sorted; serialized as a map.
+    #[serde(serialize_with = "outputs_as_map")]
+    pub outputs: Vec<(String, Digest)>,
+    pub record: Option<Hash>,
+    pub action_key: Option<Hash>,
+    pub exit: Option<Exit>,
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_tail: Option<String>,
+    /// For a job run in a microVM: ms from QEMU's start to kernel entry (an upper bound),
+    /// guest-init, job start and end, reply written, QEMU's exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_timeline: Option<Box<shoal_vm::microvm::BootTimeline>>,
+}
+
+fn outputs_as_map<S: serde::Serializer>(outputs: &[(String, Digest)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(outputs.iter().map(|(k, v)| (k, v)))
+}
+
+impl JobReport {
+    pub(super) fn new(job: &str, status: Status) -> Self {
+        JobReport {
+            job: job.to_string(),
+            status,
+            cached: false,
+            wall_ms: None,
+            outputs: Vec::new(),
+            record: None,
+            action_key: None,
+            exit: None,
+            error: None,
+            stderr_tail: None,
+            vm_timeline: None,
+        }
+    }
+}
+
+/// A step of a run, for a client that draws its progress (`shoal run` through a node).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// The run resolved its DAG: this many jobs.
+    Jobs { count: usize },
+    /// A job the cache did not answer started running.
+    Started { job: String },
+    /// A job ended (done, failed or skipped).
+    Finished { job: String, ok: bool },
+}
+
+/// Where a run's `file:` inputs come from and who follows it, beyond what [`RunOptions`] says.
+#[derive(Default)]
+pub struct RunSource {
+    /// `file:` contents sent by a client, by path as written in the DAG (or why the client could
+    /// not read one: the job fails with that); `None`: read them from the DAG file's directory.
+    pub files: Option<BTreeMap<String, Result<Digest, String>>>,
+    pub events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+}
+
+/// What `shoal run` prints once its jobs have ended: stdout (the table or the JSON), stderr (each
+/// failure), and whether every job is done.
+pub struct Rendered {
+    pub stdout: String,
+    pub stderr: String,
+    pub ok: bool,
+}
+
+/// The output of `shoal run` for these reports, the same wherever the run happened.
+pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
+    use std::fmt::Write;
+    let ok = reports.iter().all(|r| r.status == Status::Done);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    if json {
+        writeln!(stdout, "{}", json_text(ok, reports)?)?;
+    } else {
+        writeln!(stdout, "{}", output::summary(reports))?;
+        for r in reports.iter().filter(|r| r.status == Status::Failed) {
+            writeln!(stderr, "\njob `{}` failed: {}", r.job, r.error.as_deref().unwrap_or("see its stderr"))?;
+            if let Some(tail) = r.stderr_tail.as_deref().filter(|t| !t.is_empty()) {
+                writeln!(stderr, "--- last lines of its stderr (all of it: `shoal log {}`) ---\n{tail}", r.job)?;
+            }
+        }
+    }
+    Ok(Rendered { stdout, stderr, ok })
+}
+
+/// The bytes of a DAG file, refused past `max_bytes` before they are read (a 200 MB DAG took
+/// 1.5 GB to parse).
+pub fn read_dag_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read the DAG file {}", path.display()))?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        bail!("the DAG file {} is not a regular file", path.display());
+    }
+    let too_big = |len: u64| {
+        anyhow!(
+            "the DAG file {} is {len} bytes; a DAG file is at most {max_bytes} bytes (`--dag-size-max`): split it, or \
+             put large data in inputs (`file:`, `blake3:`) instead of the DAG",
+            path.display()
+        )
+    };
+    if meta.len() > max_bytes as u64 {
+        return Err(too_big(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_bytes {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
+    let bytes = read_dag_file(path, opts.dag_bytes_max)?;
+    let dag = match shoal_dag::parse_dag_bytes(&path.display().to_string(), &bytes) {
+        Ok(dag) => dag,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    drop(bytes);
+    let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let runner = Runner::new(store, opts)?;
+    let reports = run_dag(&runner, dag, dag_dir, opts, RunSource::default()).await?;
+    let out = render(&reports, opts.json)?;
+    print!("{}", out.stdout);
+    eprint!("{}", out.stderr);
+    Ok(if out.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+}
+
+/// `{"jobs": [...], "ok": ...}`, pretty, each object's keys sorted (as a `serde_json::Value`
+/// prints them), written report by report: a `Value` of the whole run took 2 KB per job at the
+/// end of a big one.
+fn json_text(ok: bool, reports: &[JobReport]) -> Result<String> {
+    use serde::ser::{Error as _, SerializeSeq};
+    struct Sorted<'a>(&'a [JobReport]);
+    impl Serialize for Sorted<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for r in self.0 {
+                seq.serialize_element(&serde_json::to_value(r).map_err(S::Error::custom)?)?;
+            }
+            seq.end()
+        }
+    }
+    #[derive(Serialize)]
+    struct Run<'a> {
+        jobs: Sorted<'a>,
+        ok: bool,
+    }
+    let mut out = Vec::new();
+    serde_json::to_writer_pretty(&mut out, &Run { jobs: Sorted(reports), ok })?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// Runs the job at `idx` of the prepared DAG, given the outputs of the jobs it depends on.
+pub(crate) async fn run_one(ctx: &Ctx, idx: usize, upstream: &BTreeMap<String, BTreeMap<String, Digest>>) -> JobReport {
+    job_task(ctx, idx, upstream, &BTreeSet::new()).await
+}
+
+/// [`run_one`], where an action-cache hit naming one of `stale` records is a miss: the mesh
+/// reported those records' outputs lost, and answering with one again would never count (a node
+/// claimed, "finished" from its cache and claimed again, 10 times a second, for good).
+pub(crate) async fn run_one_fresh(
+    ctx: &Ctx,
+    idx: usize,
+    upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
+    stale: &BTreeSet<Hash>,
+) -> JobReport {
+    job_task(ctx, idx, upstream, stale).await
+}
+
+/// Runs every job of `dag` on `runner`, returning one report per job in file order; `source`
+/// gives the `file:` contents a client sent and a listener for its progress, if any.
+pub(crate) async fn run_dag(
+    runner: &Arc<Runner>,
+    dag: Dag,
+    dag_dir: PathBuf,
+    opts: &RunOptions,
+    source: RunSource,
+) -> Result<Vec<JobReport>> {
+    let n = dag.jobs.len();
+    let ctx = runner.prepare(dag, dag_dir, opts, source);
+    ctx.tell(RunEvent::Jobs { count: n });
+    let overall = ctx.progress.add(ProgressBar::new(n as u64));
+    overall.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}")
+            .expect("static template"),
+    );
+    overall.enable_steady_tick(Duration::from_millis(120));
+
+    let deps = ctx.dag.all_dependencies();
+    let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependants[d].push(i);
+        }
+    }
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut reports: Vec<Option<JobReport>> = vec![None; n];
+    let mut tasks: JoinSet<(usize, JobReport)> = JoinSet::new();
+    // Jobs whose dependencies are done, in the order they became ready, waiting for a task. A
+    // task lives from its job's cache lookup to its end, so tasks are started only while fewer
+    // than `tasks_max` are alive: spawning every ready job at once kept a task (4.5 KB in a debug
+    // build) per job of a wide DAG until its turn came.
+    let mut ready: VecDeque<usize> = ctx.dag.topo_order().into_iter().filter(|&i| waiting[i] == 0).collect();
+    let tasks_max = (ctx.cores_total() as usize * JOBS_IN_FLIGHT_PER_CORE * JOB_TASKS_PER_IN_FLIGHT).max(JOB_TASKS_MIN);
+    let spawn = |tasks: &mut JoinSet<(usize, JobReport)>, idx: usize, reports: &[Option<JobReport>]| {
+        let upstream: BTreeMap<String, BTreeMap<String, Digest>> = deps[idx]
+            .iter()
+            .filter_map(|&d| reports[d].as_ref().map(|r| (r.job.clone(), r.outputs.iter().cloned().collect())))
+            .collect();
+        let ctx = ctx.clone();
+        let span = info_span!("job", id = %ctx.dag.jobs[idx].id);
+        tasks.spawn(
+            async move {
+                let report = job_task(&ctx, idx, &upstream, &BTreeSet::new()).await;
+                (idx, report)
+            }
+            .instrument(span),
+        );
+    };
+    loop {
+        while tasks.len() < tasks_max
+            && let Some(idx) = ready.pop_front()
+        {
+            spawn(&mut tasks, idx, &reports);
+        }
+        let Some(joined) = tasks.join_next().await else { break };
+        let (idx, report) = joined.context("a job task panicked")?;
+        overall.inc(1);
+        let ok = report.status == Status::Done;
+        ctx.tell(RunEvent::Finished { job: report.job.clone(), ok });
+        if !ok {
+            overall.set_message(format!("({} failed)", report.job));
+        }
+        reports[idx] = Some(report);
+        if ok {
+            for &d in &dependants[idx] {
+                waiting[d] -= 1;
+                if waiting[d] == 0 && reports[d].is_none() {
+                    ready.push_back(d);
+                }
+            }
+        } else {
+            skip_dependants(&ctx.dag, idx, &dependants, &mut reports, &overall, ctx.events.as_ref());
+        }
+    }
+    overall.finish_and_clear();
+    Ok(reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.unwrap_or_else(|| JobReport::new(&ctx.dag.jobs[i].id, Status::Skipped)))
+        .collect())
+}
+
+/// Marks everything downstream of the failed job `idx` as skipped, naming the cause.
+fn skip_dependants(
+    dag: &Dag,
+    idx: usize,
+    dependants: &[Vec<usize>],
+    reports: &mut [Option<JobReport>],
+    overall: &ProgressBar,
+    events: Option<&tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+) {
+    let mut stack = dependants[idx].clone();
+    while let Some(d) = stack.pop() {
+        if reports[d].is_some() {
+            continue;
+        }
+        let mut report = JobReport::new(&dag.jobs[d].id, Status::Skipped);
+        report.error = Some(format!("not run: it depends on `{}`, which failed", dag.jobs[idx].id));
+        reports[d] = Some(report);
+        overall.inc(1);
+        if let Some(events) = events {
+            let _ = events.send(RunEvent::Finished { job: dag.jobs[d].id.clone(), ok: false });
+        }
+        stack.extend(dependants[d].iter().copied());
+    }
+}
+
+/// Finds a run record by its hash or by job id (the job's latest run), verified.
+pub async fn find_record(store: &Store, what: &str) -> Result<RunRecord> {
+    let hash = match what.parse::<Hash>() {
+        Ok(hash) => hash,
+        Err(_) => store.latest_record_for_job(what)?.ok_or_else(|| {
+            anyhow!("no run of a job `{what}` is recorded here; run a DAG with `shoal run DAG.json` first")
+        })?,
+    };
+    let signed = store.get_record(hash).await?.ok_or_else(|| anyhow!("run record {hash} is not in this store"))?;
+    signed.verify().with_context(|| format!("run record {hash} does not verify"))
+}
