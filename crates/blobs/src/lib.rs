@@ -242,6 +242,14 @@ impl Store {
         &self.inner.blobs
     }
 
+    /// The directory for temporary files next to the store (`home/tmp`, on its file system, so
+    /// what is written there is stored by a rename): made again if it went, emptied at each open.
+    pub fn tmp_root(&self) -> Result<PathBuf, StoreError> {
+        let dir = self.home().join("tmp");
+        std::fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
+        Ok(dir)
+    }
+
     /// A fresh, empty temporary directory under `home/tmp` (removed at the next open if left).
     pub(crate) fn temp_dir(&self, what: &str) -> Result<PathBuf, StoreError> {
         use std::sync::atomic::{AtomicU64, Ordering};

@@ -4,6 +4,7 @@
 //! which the binary's explorer and the fuzz targets (`crates/fuzz-entry`) call alike.
 
 pub mod api_error;
+pub mod clock;
 pub mod human;
 pub mod mesh;
 

@@ -12,6 +12,15 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
+/// This machine's architecture as a DAG's `arch` requirement names it.
+pub fn dag_arch() -> shoal_dag::Arch {
+    match std::env::consts::ARCH {
+        "aarch64" => shoal_dag::Arch::Aarch64,
+        "riscv64" => shoal_dag::Arch::Riscv64,
+        _ => shoal_dag::Arch::X86_64,
+    }
+}
+
 /// Reads the facts that go into every run record; done once per `shoal run`.
 pub fn describe(node_id: &str, backend: &str) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use shoal_node::clock::now_unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -82,10 +84,6 @@ impl StoredToken {
 struct TokenFile {
     version: u32,
     tokens: Vec<StoredToken>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub fn tokens_path(home: &Path) -> PathBuf {

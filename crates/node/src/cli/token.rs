@@ -49,7 +49,7 @@ pub(super) fn token_command(home: &Path, cmd: TokenCommand) -> Result<()> {
                 let mut table = comfy_table::Table::new();
                 table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
                 table.set_header(["name", "scope", "created", "expires", "last used"]);
-                let now = tokens::now_unix_ms();
+                let now = shoal_node::clock::now_unix_ms();
                 for t in &list {
                     let expires = match t.expires_unix_ms {
                         Some(e) if e <= now => format!("{} (expired)", output::unix_ms_utc(e)),

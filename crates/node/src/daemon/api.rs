@@ -299,8 +299,10 @@ async fn job_output(
                 .into_response())
         }
         DigestKind::Tree => {
-            let tmp =
-                tempfile::Builder::new().prefix("out-").tempdir_in(s.store.home().join("tmp")).map_err(internal)?;
+            let tmp = tempfile::Builder::new()
+                .prefix("out-")
+                .tempdir_in(s.store.tmp_root().map_err(internal)?)
+                .map_err(internal)?;
             let mut dir = tmp.path().join("tree");
             if let Err(shoal_blobs::StoreError::Corrupt { hash, .. }) =
                 s.store.materialize_read_only(digest.hash, &dir).await
@@ -390,7 +392,10 @@ async fn upload(State(s): State<Shr>, headers: axum::http::HeaderMap, body: Body
         )
     };
     let no_room = |e: shoal_blobs::StoreError| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
-    let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(s.store.home().join("tmp")).map_err(internal)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("upload-")
+        .tempfile_in(s.store.tmp_root().map_err(internal)?)
+        .map_err(internal)?;
     // The size announced is checked before a byte is written; a body without one, every
     // `UPLOAD_ROOM_CHECK_BYTES` as it comes.
     let announced =

@@ -424,7 +424,7 @@ pub(crate) async fn check(State(g): State<Arc<Guard>>, mut req: Request, next: N
                             "the Authorization header is not `Bearer TOKEN`: {HOW_TO_GET_A_TOKEN}"
                         ));
                     };
-                    let (name, scope) = match tc.check(secret, tokens::now_unix_ms()) {
+                    let (name, scope) = match tc.check(secret, shoal_node::clock::now_unix_ms()) {
                         Ok(found) => found,
                         Err(Refused::Unknown) => {
                             return invalid(

@@ -71,7 +71,7 @@ pub(crate) fn router() -> Router<Shr> {
 /// `bytes_max` or when the file system would keep less than [`UPLOAD_FREE_BYTES_MIN`] free. The
 /// file is removed when the returned value is dropped.
 async fn receive(store: &Store, body: Body, bytes_max: u64) -> Result<tempfile::NamedTempFile, ApiError> {
-    let tmp_dir = store.home().join("tmp");
+    let tmp_dir = store.tmp_root().map_err(unprocessable)?;
     let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&tmp_dir).map_err(unprocessable)?;
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(unprocessable)?);
     let mut stream = body.into_data_stream();
@@ -217,8 +217,10 @@ async fn get_blob(State(s): State<Shr>, Path(hash): Path<String>) -> Result<Resp
     if !s.store.has(hash).await.map_err(unprocessable)? {
         return Err(not_found(format!("blob {hash} is not in this store")));
     }
-    let tmp =
-        tempfile::Builder::new().prefix("download-").tempdir_in(s.store.home().join("tmp")).map_err(unprocessable)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("download-")
+        .tempdir_in(s.store.tmp_root().map_err(unprocessable)?)
+        .map_err(unprocessable)?;
     let (kind, file) = if s.store.is_tree(hash) {
         let dir = tmp.path().join("tree");
         s.store.materialize_read_only(hash, &dir).await.map_err(unprocessable)?;

@@ -32,7 +32,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+pub(crate) use shoal_node::clock::now_unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
@@ -269,14 +271,6 @@ pub(crate) struct Event {
     pub at_unix_ms: u64,
 }
 
-fn host_arch() -> shoal_dag::Arch {
-    match std::env::consts::ARCH {
-        "aarch64" => shoal_dag::Arch::Aarch64,
-        "riscv64" => shoal_dag::Arch::Riscv64,
-        _ => shoal_dag::Arch::X86_64,
-    }
-}
-
 /// CPU this process has used: (user, system) ms.
 fn cpu_ms() -> (u64, u64) {
     // SAFETY: getrusage fills the zeroed struct we own and cannot fail for RUSAGE_SELF.
@@ -287,10 +281,6 @@ fn cpu_ms() -> (u64, u64) {
     };
     let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
     (ms(ru.ru_utime), ms(ru.ru_stime))
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The libp2p peer id of a node id (both are the node's ed25519 public key).
@@ -398,7 +388,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     let runner = Runner::new(&store, &opts.run)?;
     let machine = runner.machine();
     let caps = Capabilities {
-        arch: host_arch(),
+        arch: crate::machine::dag_arch(),
         cores: runner.cores_total(),
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),

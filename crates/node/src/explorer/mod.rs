@@ -253,7 +253,10 @@ async fn run_request(
         Some(Caller::Anonymous { client }) => Some(*client),
         _ => None,
     };
-    let tmp = tempfile::Builder::new().prefix("explore-").tempdir_in(tmp_root(&s)?).map_err(internal)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("explore-")
+        .tempdir_in(s.store.tmp_root().map_err(internal)?)
+        .map_err(internal)?;
     let mut gate = Public { quota: anonymous.map(|c| (&ex.limits, c)), home: s.store.home(), admitted: None };
     let received = receive(&s.store, &loaded.catalogue, multipart, tmp.path(), &mut gate).await?;
     drop(tmp);
@@ -300,16 +303,10 @@ impl Gate for Public<'_> {
 
     fn charge(&mut self, bytes: u64) -> Result<(), ApiError> {
         if let Some((limits, client)) = self.quota {
-            limits.charge_upload(client, bytes, crate::tokens::now_unix_ms() / 1000).map_err(limited)?;
+            limits.charge_upload(client, bytes, shoal_node::clock::now_unix_ms() / 1000).map_err(limited)?;
         }
         Ok(())
     }
-}
-
-fn tmp_root(s: &Shared) -> Result<PathBuf, ApiError> {
-    let dir = s.store.home().join("tmp");
-    std::fs::create_dir_all(&dir).map_err(internal)?;
-    Ok(dir)
 }
 
 /// The one-job DAG of a request.
@@ -375,7 +372,7 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ap
 /// grows), so its permalink keeps working at least that long. A failure is logged: the run
 /// stands, it is only not promised to last.
 async fn keep(s: &Shared, limits: &Limits, record: Hash) {
-    let until = crate::tokens::now_unix_ms().saturating_add(u64::from(limits.opts.keep_days) * 86_400_000);
+    let until = shoal_node::clock::now_unix_ms().saturating_add(u64::from(limits.opts.keep_days) * 86_400_000);
     let pin_all = async {
         let signed = s.store.get_record(record).await?.ok_or_else(|| anyhow::anyhow!("the record is not stored"))?;
         let rec = signed.verify().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -659,7 +656,10 @@ async fn file(
     let body = if size <= SERVE_FROM_MEMORY_BYTES_MAX {
         Body::from(s.store.need_bytes(hash).await.map_err(internal)?)
     } else {
-        let tmp = tempfile::Builder::new().prefix("serve-").tempfile_in(tmp_root(&s)?).map_err(internal)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("serve-")
+            .tempfile_in(s.store.tmp_root().map_err(internal)?)
+            .map_err(internal)?;
         s.store.export(hash, tmp.path()).await.map_err(internal)?;
         let file = tokio::fs::File::open(tmp.path()).await.map_err(internal)?;
         Body::from_stream(file_stream(file, tmp))

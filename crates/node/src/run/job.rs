@@ -2,9 +2,11 @@
 //! its inputs written out, its run on the backend, its outputs stored and its signed run record.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use shoal_node::clock::now_unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
@@ -41,10 +43,6 @@ pub(super) async fn job_task(
             report
         }
     }
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 async fn run_job(
@@ -132,7 +130,7 @@ async fn resolve_image(
     match image {
         ImageRef::Job { job, output } => {
             let digest = upstream_output(upstream, job, output)?;
-            let tmp = tempfile::Builder::new().prefix("image-").tempdir_in(tmp_root(ctx)?)?;
+            let tmp = tempfile::Builder::new().prefix("image-").tempdir_in(ctx.runner.store.tmp_root()?)?;
             let path = tmp.path().join("image");
             match digest.kind {
                 DigestKind::File => ctx.runner.store.export(digest.hash, &path).await?,
@@ -215,12 +213,6 @@ pub async fn digest_of_stored(store: &Store, hash: Hash) -> Result<Digest> {
     Ok(Digest { hash, kind, size })
 }
 
-fn tmp_root(ctx: &Ctx) -> Result<PathBuf> {
-    let dir = ctx.runner.store.home().join("tmp");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
 /// Runs a job that the cache did not answer, and records what happened.
 async fn execute(
     ctx: &Ctx,
@@ -230,7 +222,7 @@ async fn execute(
     action_key: Hash,
     queued_unix_ms: u64,
 ) -> Result<JobReport> {
-    let work = ctx.runner.work_dirs.take(&tmp_root(ctx)?)?;
+    let work = ctx.runner.work_dirs.take(&ctx.runner.store.tmp_root()?)?;
     let rootfs = ctx.runner.store.rootfs(image.rootfs).await.context("materializing the image's root filesystem")?;
     let input_dir = work.path().join("inputs");
     if !resolved.inputs.is_empty() {
