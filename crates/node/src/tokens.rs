@@ -8,7 +8,6 @@
 //! never write the same file. Writers take `tokens.lock` (flock) and replace the file by rename.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -130,23 +129,6 @@ pub fn load_used(home: &Path) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` through a temporary file (mode 0600) and a rename.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
-}
-
 /// Writes the node's last-used times (merged over what is there).
 pub fn save_used(home: &Path, used: &BTreeMap<String, u64>) -> Result<()> {
     let mut all = load_used(home);
@@ -154,7 +136,7 @@ pub fn save_used(home: &Path, used: &BTreeMap<String, u64>) -> Result<()> {
         let e = all.entry(name.clone()).or_default();
         *e = (*e).max(*at);
     }
-    write_private(&home.join(TOKENS_USED_FILE), serde_json::to_string_pretty(&all)?.as_bytes())
+    crate::identity::write_private(&home.join(TOKENS_USED_FILE), serde_json::to_string_pretty(&all)?.as_bytes())
 }
 
 /// Holds `tokens.lock` while a read-modify-write of the list runs.
@@ -185,7 +167,7 @@ impl ListLock {
 
 fn save(home: &Path, tokens: Vec<StoredToken>, _lock: &ListLock) -> Result<()> {
     let file = TokenFile { version: 1, tokens };
-    write_private(&tokens_path(home), serde_json::to_string_pretty(&file)?.as_bytes())
+    crate::identity::write_private(&tokens_path(home), serde_json::to_string_pretty(&file)?.as_bytes())
 }
 
 /// Letters, digits, `.`, `_`, `-`; 1 to [`NAME_CHARS_MAX`].

@@ -314,16 +314,9 @@ pub fn read_mesh_key(path: &std::path::Path) -> Result<[u8; 32]> {
 
 /// Writes a fresh mesh key (32 random bytes in libp2p's key file format), mode 0600, atomically.
 pub fn write_mesh_key(path: &std::path::Path) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(shoal_node::mesh::net::format_psk(&key).as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::identity::write_private(path, shoal_node::mesh::net::format_psk(&key).as_bytes())
 }
 
 /// Everything the loop's helpers share with the API.
