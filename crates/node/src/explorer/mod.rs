@@ -45,7 +45,6 @@ use tokio::sync::Semaphore;
 use self::public::{Limited, Limits};
 use crate::daemon::auth::{Caller, ClientKey};
 use crate::daemon::{Cmd, Shared};
-use crate::output::bytes as human_bytes;
 use crate::run;
 use shoal_node::api_error::{ApiError, bad, internal, parse_hash};
 use shoal_node::explorer::catalogue::{self, Catalogue, Entry};
@@ -496,7 +495,7 @@ async fn run_view_of(s: &Shared, hash: Hash) -> Result<RunView, ApiError> {
         None => None,
     };
     let ok = rec.exit.success();
-    let message = (!ok).then(|| describe_exit(&rec.exit, &rec.requirements));
+    let message = (!ok).then(|| run::describe_exit(&rec.exit, run::LimitsOf::Image(&rec.requirements)));
     let hex = hash.to_hex();
     Ok(RunView {
         record: hash,
@@ -549,25 +548,6 @@ async fn fetch_from_mesh(s: &Shared, hash: Hash) -> Result<shoal_dag::SignedReco
         }
     }
     Ok(signed)
-}
-
-/// Failure in words, naming the limit that was hit.
-fn describe_exit(exit: &Exit, req: &Requirements) -> String {
-    match exit {
-        Exit::Code(0) => "finished".into(),
-        Exit::Code(code) => format!("exited with code {code}"),
-        Exit::Signal(sig) => format!("killed by signal {sig}"),
-        Exit::Timeout => {
-            format!("timed out: still running after {}, this image's limit", crate::output::millis(req.timeout_ms))
-        }
-        Exit::Oom => {
-            format!("out of memory: it needed more than {}, this image's limit", human_bytes(req.memory_bytes))
-        }
-        Exit::OutputTooLarge { output, limit_bytes } => {
-            format!("wrote too much: `{output}` went past {}, this image's output limit", human_bytes(*limit_bytes))
-        }
-        Exit::Error(msg) => format!("the run failed: {msg}"),
-    }
 }
 
 /// The media type of a file by its name: images, a few documents, else by content.

@@ -365,24 +365,45 @@ async fn execute(
     report.record = Some(record_hash);
     report.action_key = Some(action_key);
     if !success {
-        report.error = Some(describe_exit(&exit));
+        report.error = Some(describe_exit(&exit, LimitsOf::Dag));
         report.stderr_tail = Some(output::tail(&outcome.stderr.tail(STDERR_TAIL_BYTES_MAX), STDERR_TAIL_LINES));
     }
     report.exit = Some(exit);
     Ok(report)
 }
 
-fn describe_exit(exit: &Exit) -> String {
-    match exit {
-        Exit::Code(code) => format!("exited with code {code}"),
-        Exit::Signal(sig) => format!("killed by signal {sig}"),
-        Exit::Timeout => "ran past its timeout and was killed; raise `requirements.timeout`".into(),
-        Exit::Oom => "ran out of memory and was killed; raise `requirements.memory`".into(),
-        Exit::OutputTooLarge { output, limit_bytes } => format!(
+/// Whose limits a job ran under, for what the description of its end tells to do.
+pub(crate) enum LimitsOf<'a> {
+    /// The DAG's own `requirements`: the fix is to raise them.
+    Dag,
+    /// An explorer catalogue image's, which its user cannot change: they are named.
+    Image(&'a shoal_dag::Requirements),
+}
+
+/// How a job ended, in words, with what to do about it.
+pub(crate) fn describe_exit(exit: &Exit, limits: LimitsOf<'_>) -> String {
+    use LimitsOf::{Dag, Image};
+    match (exit, limits) {
+        (Exit::Code(0), Image(_)) => "finished".into(),
+        (Exit::Code(code), _) => format!("exited with code {code}"),
+        (Exit::Signal(sig), _) => format!("killed by signal {sig}"),
+        (Exit::Timeout, Dag) => "ran past its timeout and was killed; raise `requirements.timeout`".into(),
+        (Exit::Timeout, Image(r)) => {
+            format!("timed out: still running after {}, this image's limit", output::millis(r.timeout_ms))
+        }
+        (Exit::Oom, Dag) => "ran out of memory and was killed; raise `requirements.memory`".into(),
+        (Exit::Oom, Image(r)) => {
+            format!("out of memory: it needed more than {}, this image's limit", output::bytes(r.memory_bytes))
+        }
+        (Exit::OutputTooLarge { output, limit_bytes }, Dag) => format!(
             "output `{output}` exceeded its limit of {}; raise `requirements.output_size` or write less",
             output::bytes(*limit_bytes)
         ),
-        Exit::Error(msg) => msg.clone(),
+        (Exit::OutputTooLarge { output, limit_bytes }, Image(_)) => {
+            format!("wrote too much: `{output}` went past {}, this image's output limit", output::bytes(*limit_bytes))
+        }
+        (Exit::Error(msg), Dag) => msg.clone(),
+        (Exit::Error(msg), Image(_)) => format!("the run failed: {msg}"),
     }
 }
 

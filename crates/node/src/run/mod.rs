@@ -39,6 +39,7 @@ use crate::cli::{EXIT_ERROR, EXIT_JOB_FAILED};
 use crate::output;
 pub use job::digest_of_stored;
 use job::job_task;
+pub(crate) use job::{LimitsOf, describe_exit};
 use runner::JOBS_IN_FLIGHT_PER_CORE;
 pub use runner::SANDBOX_SUBCOMMAND;
 pub(crate) use runner::{Ctx, Runner};
