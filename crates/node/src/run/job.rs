@@ -472,3 +472,22 @@ fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
     };
     Ok((uid, gid))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_end_is_told_with_what_its_reader_can_do() {
+        let req = shoal_dag::Requirements { timeout_ms: 2_000, memory_bytes: 32 << 20, ..Default::default() };
+        let image = || LimitsOf::Image(&req);
+        // A DAG's author is told which requirement to raise; an explorer user, the image's limit.
+        assert!(describe_exit(&Exit::Timeout, LimitsOf::Dag).contains("raise `requirements.timeout`"));
+        assert_eq!(describe_exit(&Exit::Timeout, image()), "timed out: still running after 2.00 s, this image's limit");
+        assert!(describe_exit(&Exit::Oom, LimitsOf::Dag).contains("raise `requirements.memory`"));
+        assert!(describe_exit(&Exit::Oom, image()).contains("more than 32.0 MiB"));
+        assert_eq!(describe_exit(&Exit::Code(0), image()), "finished");
+        assert_eq!(describe_exit(&Exit::Code(3), LimitsOf::Dag), "exited with code 3");
+        assert_eq!(describe_exit(&Exit::Error("no room".into()), LimitsOf::Dag), "no room");
+    }
+}
