@@ -79,6 +79,22 @@ struct JobPins {
     stdin: Option<String>,
 }
 
+/// One job's references in its JSON object replaced by their pins.
+fn apply(jv: &mut Value, pins: &JobPins) -> Result<()> {
+    let obj = jv.as_object_mut().ok_or_else(|| anyhow!("job `{}` is not an object", pins.id))?;
+    if let Some(id) = &pins.image {
+        let key = if obj.contains_key("image") { "image" } else { "container" };
+        obj.insert(key.into(), Value::String(id.to_string()));
+    }
+    for (input, h) in &pins.inputs {
+        obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone().into()));
+    }
+    if let Some(h) = &pins.stdin {
+        obj.insert("stdin".into(), h.clone().into());
+    }
+    Ok(())
+}
+
 /// `text` (a DAG that parsed, so `{"jobs": [...], "version": 1}` in some order) with each job's
 /// references rewritten by `pins`, pretty-printed as `serde_json::to_string_pretty` prints a
 /// `Value` of it (keys sorted) plus a newline; the DAG's hash is the hash of these bytes. The jobs
@@ -140,21 +156,6 @@ fn rewrite(text: &str, pins: &[JobPins]) -> Result<String> {
         }
     }
 
-    fn apply(jv: &mut Value, pins: &JobPins) -> Result<()> {
-        let obj = jv.as_object_mut().ok_or_else(|| anyhow!("job `{}` is not an object", pins.id))?;
-        if let Some(id) = &pins.image {
-            let key = if obj.contains_key("image") { "image" } else { "container" };
-            obj.insert(key.into(), Value::String(id.to_string()));
-        }
-        for (input, h) in &pins.inputs {
-            obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone().into()));
-        }
-        if let Some(h) = &pins.stdin {
-            obj.insert("stdin".into(), h.clone().into());
-        }
-        Ok(())
-    }
-
     let mut de = serde_json::Deserializer::from_str(text);
     let out = (&mut de).deserialize_map(Top(pins))?;
     de.end()?;
@@ -183,22 +184,12 @@ fn pinned_input(store: &Store, job: &str, input: &str, r: &InputRef) -> Result<O
 mod tests {
     use super::*;
 
-    /// The rewrite as it was: a `Value` of the whole DAG, changed and printed.
+    /// The rewrite as it was: a `Value` of the whole DAG, each job changed, printed.
     fn whole(text: &str, pins: &[JobPins]) -> String {
         let mut value: Value = serde_json::from_str(text).unwrap();
         let jobs = value.get_mut("jobs").and_then(Value::as_array_mut).unwrap();
         for (pins, jv) in pins.iter().zip(jobs.iter_mut()) {
-            let obj = jv.as_object_mut().unwrap();
-            if let Some(id) = &pins.image {
-                let key = if obj.contains_key("image") { "image" } else { "container" };
-                obj.insert(key.into(), Value::String(id.to_string()));
-            }
-            for (input, h) in &pins.inputs {
-                obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone().into()));
-            }
-            if let Some(h) = &pins.stdin {
-                obj.insert("stdin".into(), h.clone().into());
-            }
+            apply(jv, pins).unwrap();
         }
         serde_json::to_string_pretty(&value).unwrap() + "\n"
     }
