@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
-use shoal_node::human::percent_encode;
 
 /// Longest answer read from a node that is not an output, in bytes.
 const REPLY_BYTES_MAX: u64 = 64 << 20;

@@ -16,14 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use shoal_blobs::StoreError;
 use shoal_dag::{Digest, DigestKind, Hash, InputRef, RunRecord};
-use shoal_node::human::percent_encode;
 
-use crate::cli::EXIT_JOB_FAILED;
+use crate::EXIT_JOB_FAILED;
 use crate::run::RunEvent;
 
 /// Chunks of a tar stream in flight between the thread writing it and the upload.
@@ -263,7 +263,7 @@ impl Held {
             Ok(dag) => dag,
             Err(diagnostics) => {
                 eprintln!("{diagnostics}");
-                return Ok(ExitCode::from(crate::cli::EXIT_ERROR));
+                return Ok(ExitCode::from(crate::EXIT_ERROR));
             }
         };
         let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");

@@ -1,15 +1,40 @@
-//! The parts of shoal-node other crates reuse: the mesh's libp2p transport (the protocol it
-//! carries is the sans-IO crate `shoal-mesh`, which `shoal node` and `simulations/` drive
-//! alike), and the explorer's parsers of outside bytes (its catalogue and its run requests),
-//! which the binary's explorer and the fuzz targets (`crates/fuzz-entry`) call alike.
+//! The `shoal` program as a library: everything but the command line, which is `main.rs` and
+//! `cli/` in the binary. Its callers are that binary, the tests and the fuzz targets
+//! (`crates/fuzz-entry`), which only print its errors, so it reports them with `anyhow` like an
+//! application; the crates under it (`shoal-dag`, `shoal-blobs`, `shoal-vm`, `shoal-mesh`) have
+//! typed errors.
+//!
+//! # Layout
+//! - `run`: the runner (one per process: key, machine facts, one core budget, backends) and
+//!   `shoal run DAG`, the embedded single-node pipeline (resolve, cache lookup, execute, record).
+//! - `daemon`: `shoal node`, a mesh peer: the loop around the sans-IO core (`shoal-mesh`), its
+//!   HTTP API, the executor.
+//! - `mesh`: the libp2p transport the daemon moves the protocol's bytes over.
+//! - `explorer`: the Program Explorer, a web page on every node that runs catalogue images on
+//!   your files.
+//! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`,
+//!   `get --node`).
+//! - `held`: the CLI on the home of a running node: its commands go through that node.
+//! - `machine`: facts about this host for run records; `identity`: the node's ed25519 key, which
+//!   signs run records; `tokens`: API tokens, kept hashed in `$SHOAL_HOME/tokens.json`.
+//! - `output`, `human`: tables, stderr tails and other human output; `api_error`: the API's
+//!   error bodies; `clock`: wall-clock milliseconds.
 
 pub mod api_error;
+pub mod client;
 pub mod clock;
+pub mod daemon;
+pub mod explorer;
+pub mod held;
 pub mod human;
+pub mod identity;
+pub mod machine;
 pub mod mesh;
+pub mod output;
+pub mod run;
+pub mod tokens;
 
-/// The Program Explorer's parsers; its routes and run pipeline are in the binary.
-pub mod explorer {
-    pub mod catalogue;
-    pub mod request;
-}
+/// Exit code when the command worked but a job it ran failed.
+pub const EXIT_JOB_FAILED: u8 = 1;
+/// Exit code for bad input or an error of the machinery; the message says which.
+pub const EXIT_ERROR: u8 = 2;

@@ -4,7 +4,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::run::JobReport;
 
-pub use shoal_node::human::bytes;
+pub use crate::human::bytes;
 
 pub fn millis(ms: u64) -> String {
     if ms < 1000 { format!("{ms} ms") } else { format!("{:.2} s", ms as f64 / 1000.0) }

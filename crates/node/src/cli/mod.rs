@@ -18,16 +18,13 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shoal_blobs::{Durability, Store};
 
-use crate::run::{self, BackendChoice, RunOptions};
 use node::{mesh_init, node_options, run_in_mesh};
 use remote::client_command;
+use shoal_node::run::{self, BackendChoice, RunOptions};
 use store::{dispatch_store_command, held_command};
 use token::token_command;
 
-/// Exit code when the command worked but a job it ran failed.
-pub const EXIT_JOB_FAILED: u8 = 1;
-/// Exit code for bad input or an error of the machinery; the message says which.
-pub const EXIT_ERROR: u8 = 2;
+pub use shoal_node::{EXIT_ERROR, EXIT_JOB_FAILED};
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Run DAGs of container jobs, isolated, content-addressed and cached")]
@@ -68,7 +65,7 @@ enum Command {
         token_file: Option<PathBuf>,
     },
     /// Run a mesh node: gossip, claim and run jobs, serve blobs and the HTTP API, until stopped.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Mesh administration.
     #[command(subcommand)]
     Mesh(MeshCommand),
@@ -141,7 +138,7 @@ enum Command {
     },
     /// Open the Program Explorer (a web page that runs catalogue images on your files) of the node
     /// running with this store, starting one when none runs.
-    Explore(crate::explorer::ExploreArgs),
+    Explore(shoal_node::explorer::ExploreArgs),
     /// Check what this machine can do and say how to fix what it cannot.
     Doctor {
         #[arg(long)]
@@ -211,7 +208,7 @@ enum TokenCommand {
         /// read: status, records, blobs, events; submit: read and submit, upload, cancel, explorer
         /// runs; admin: everything.
         #[arg(long, value_enum)]
-        scope: crate::tokens::Scope,
+        scope: shoal_node::tokens::Scope,
         /// How long it is valid: 30d, 12h, 90m, 2w (default: until revoked).
         #[arg(long)]
         expires: Option<String>,
@@ -286,7 +283,7 @@ struct NodeArgs {
     claim_stagger_ms: u64,
     /// How long a submit may wait for other nodes to hold the DAG's images and inputs, in
     /// seconds; past it the submit is refused (the DAG would die with this node).
-    #[arg(long, default_value_t = crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
+    #[arg(long, default_value_t = shoal_node::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
         value_parser = clap::value_parser!(u64).range(1..=86_400))]
     submit_replication_timeout_s: u64,
     /// Also write this node's addresses as JSON to this file once it listens.
@@ -310,12 +307,12 @@ struct NodeArgs {
     /// HTTP connections served at once; past it a new connection is answered 503 (`Retry-After:
     /// 1`) and closed. Lowered when the open-files limit (raised to its hard limit at start) is
     /// too small for it.
-    #[arg(long, default_value_t = crate::daemon::serve::CONNECTIONS_MAX_DEFAULT as u64,
+    #[arg(long, default_value_t = shoal_node::daemon::serve::CONNECTIONS_MAX_DEFAULT as u64,
         value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     http_connections_max: u64,
     /// How long an HTTP connection may take to send a request's headers, or stay idle between
     /// requests, before it is closed, in ms.
-    #[arg(long, default_value_t = crate::daemon::serve::HEADER_TIMEOUT_MS_DEFAULT,
+    #[arg(long, default_value_t = shoal_node::daemon::serve::HEADER_TIMEOUT_MS_DEFAULT,
         value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     http_header_timeout_ms: u64,
     /// Anyone may use the Program Explorer (the page and runs of catalogue entries, never with a
@@ -477,9 +474,9 @@ async fn open_store(home: &Option<PathBuf>) -> Result<Store> {
 }
 
 /// The node holding the store at `home`, if one runs (asked off the async threads).
-async fn held_by_node(home: &Path) -> Result<Option<crate::held::Held>> {
+async fn held_by_node(home: &Path) -> Result<Option<shoal_node::held::Held>> {
     let home = home.to_path_buf();
-    Ok(tokio::task::spawn_blocking(move || crate::held::Held::find(&home)).await?)
+    Ok(tokio::task::spawn_blocking(move || shoal_node::held::Held::find(&home)).await?)
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -500,7 +497,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                         "that node is a node of its mesh already (`shoal submit DAG --wait` runs a DAG there)",
                     ));
                 }
-                let opts = crate::held::HeldRun {
+                let opts = shoal_node::held::HeldRun {
                     backend: match args.backend {
                         BackendArg::Namespace => "namespace",
                         BackendArg::Microvm => "microvm",
@@ -539,8 +536,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 return Err(held.refuse(&home, "one node per home"));
             }
             let store = open_store(&cli.home).await?;
-            let opts = node_options(&store, args)?;
-            crate::daemon::run_node(store, opts).await.map(|()| ExitCode::SUCCESS)
+            let opts = node_options(&store, *args)?;
+            shoal_node::daemon::run_node(store, opts).await.map(|()| ExitCode::SUCCESS)
         }
         Command::Mesh(MeshCommand::Init { out, force }) => {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
@@ -549,10 +546,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { job, output, out, node: Some(url), dag, token_file } => {
-            let token = crate::tokens::client_secret(token_file.as_deref())?;
-            let client = crate::client::Client::new(url.trim_end_matches('/').to_string(), token);
+            let token = shoal_node::tokens::client_secret(token_file.as_deref())?;
+            let client = shoal_node::client::Client::new(url.trim_end_matches('/').to_string(), token);
             tokio::task::spawn_blocking(move || {
-                crate::client::get_output(&client, dag.as_deref(), &job, &output, out.as_ref())
+                shoal_node::client::get_output(&client, dag.as_deref(), &job, &output, out.as_ref())
             })
             .await??;
             Ok(ExitCode::SUCCESS)
@@ -564,7 +561,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Explore(args) => {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
-            tokio::task::spawn_blocking(move || crate::explorer::explore(&home, args)).await?
+            tokio::task::spawn_blocking(move || shoal_node::explorer::explore(&home, args)).await?
         }
         Command::Submit { .. }
         | Command::Status { .. }
@@ -575,7 +572,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             tokio::task::spawn_blocking(move || client_command(&home, cli.command)).await?
         }
         // It reads no store: it works beside a node as well.
-        Command::Doctor { json } => crate::machine::doctor(&home, json).map(|()| ExitCode::SUCCESS),
+        Command::Doctor { json } => shoal_node::machine::doctor(&home, json).map(|()| ExitCode::SUCCESS),
         command => {
             if let Some(held) = held_by_node(&home).await? {
                 tokio::task::spawn_blocking(move || held_command(&held, command)).await??;

@@ -1,4 +1,4 @@
-//! `shoal node` (its flags into [`crate::daemon::NodeOptions`]), `shoal mesh init`, and
+//! `shoal node` (its flags into [`shoal_node::daemon::NodeOptions`]), `shoal mesh init`, and
 //! `shoal run --join` (this process a node of the mesh for the length of one run).
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use shoal_blobs::{Durability, Store};
 
 use super::{BackendArg, EXIT_JOB_FAILED, NodeArgs, RunArgs};
-use crate::run::{BackendChoice, RunOptions};
+use shoal_node::run::{BackendChoice, RunOptions};
 
 fn backend_choice(arg: BackendArg) -> BackendChoice {
     match arg {
@@ -17,7 +17,7 @@ fn backend_choice(arg: BackendArg) -> BackendChoice {
     }
 }
 
-pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemon::NodeOptions> {
+pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::daemon::NodeOptions> {
     let addr = |what: &str, text: &str| -> Result<libp2p::Multiaddr> {
         text.parse().with_context(|| format!("{what} `{text}` is not a multiaddr; write e.g. /ip4/127.0.0.1/tcp/7171"))
     };
@@ -44,7 +44,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemo
     let http_hosts = args
         .http_hosts
         .iter()
-        .map(|h| crate::daemon::auth::Hosts::parse_name(h).map_err(anyhow::Error::msg))
+        .map(|h| shoal_node::daemon::auth::Hosts::parse_name(h).map_err(anyhow::Error::msg))
         .collect::<Result<Vec<_>>>()?;
     let upload_bytes_per_day = shoal_dag::parse_size(&args.explorer_upload_per_day).map_err(|e| {
         anyhow::anyhow!("--explorer-upload-per-day `{}`: {e} (write e.g. 256MiB)", args.explorer_upload_per_day)
@@ -54,7 +54,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemo
     };
     let upload_bytes_max = size("upload-size-max", &args.upload_size_max)?;
     let dag_bytes_max = usize::try_from(size("dag-size-max", &args.dag_size_max)?)?;
-    Ok(crate::daemon::NodeOptions {
+    Ok(shoal_node::daemon::NodeOptions {
         listen,
         join,
         http: args.http,
@@ -89,11 +89,11 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<crate::daemo
         shutdown: None,
         http_hosts,
         http_auth: args.http_auth,
-        http_limits: crate::daemon::serve::HttpLimits {
+        http_limits: shoal_node::daemon::serve::HttpLimits {
             connections_max: usize::try_from(args.http_connections_max).unwrap_or(usize::MAX),
             header_timeout_ms: args.http_header_timeout_ms,
         },
-        explorer: crate::explorer::PublicOptions {
+        explorer: shoal_node::explorer::PublicOptions {
             enabled: args.explorer_public,
             runs_per_minute: args.explorer_runs_per_minute,
             runs_queued_max: args.explorer_runs_queued_max as usize,
@@ -116,7 +116,7 @@ pub(super) fn mesh_init(path: &Path, force: bool) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    crate::daemon::write_mesh_key(path)?;
+    shoal_node::daemon::write_mesh_key(path)?;
     println!("{}", path.display());
     eprintln!("wrote a new mesh key; copy it to every node (`shoal node --mesh-key PATH`)");
     Ok(())
@@ -135,7 +135,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         .map(|a| a.parse().with_context(|| format!("--join `{a}` is not a multiaddr (/ip4/HOST/tcp/PORT/p2p/ID)")))
         .collect::<Result<Vec<libp2p::Multiaddr>>>()?;
     let shutdown = std::sync::Arc::new(tokio::sync::Notify::new());
-    let node_opts = crate::daemon::NodeOptions {
+    let node_opts = shoal_node::daemon::NodeOptions {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("static multiaddr")],
         join,
         http: "127.0.0.1:0".parse().expect("static address"),
@@ -148,19 +148,19 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         labels: Default::default(),
         speed: None,
         settings: shoal_mesh::Settings::default(),
-        submit_replication_timeout_s: crate::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
+        submit_replication_timeout_s: shoal_node::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
         ready_file: Some(ready.clone()),
         test_partitions: false,
         shutdown: Some(shutdown.clone()),
         http_hosts: Vec::new(),
         http_auth: false,
-        upload_bytes_max: crate::daemon::UPLOAD_BYTES_MAX_DEFAULT,
-        dag_bytes_max: crate::daemon::DAG_BYTES_MAX_DEFAULT,
+        upload_bytes_max: shoal_node::daemon::UPLOAD_BYTES_MAX_DEFAULT,
+        dag_bytes_max: shoal_node::daemon::DAG_BYTES_MAX_DEFAULT,
         http_limits: Default::default(),
-        explorer: crate::explorer::PublicOptions::default(),
-        local_upload_bytes_max: crate::daemon::LOCAL_UPLOAD_BYTES_MAX_DEFAULT,
+        explorer: shoal_node::explorer::PublicOptions::default(),
+        local_upload_bytes_max: shoal_node::daemon::LOCAL_UPLOAD_BYTES_MAX_DEFAULT,
     };
-    let node = tokio::spawn(crate::daemon::run_node(store, node_opts));
+    let node = tokio::spawn(shoal_node::daemon::run_node(store, node_opts));
     let start = std::time::Instant::now();
     let http = loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
@@ -185,9 +185,9 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
     let (dag, json) = (args.dag.clone(), args.json);
     let ok = tokio::task::spawn_blocking(move || -> Result<bool> {
         // The embedded node's API is on loopback without tokens; the token (if any) is for peers.
-        let client = crate::client::Client::new(http, crate::tokens::client_secret(None)?);
-        let (ok, hash) = crate::client::submit_and_wait(&client, &dag, None, json)?;
-        match crate::client::hand_off(&client, &hash) {
+        let client = shoal_node::client::Client::new(http, shoal_node::tokens::client_secret(None)?);
+        let (ok, hash) = shoal_node::client::submit_and_wait(&client, &dag, None, json)?;
+        match shoal_node::client::hand_off(&client, &hash) {
             Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),
             Err(e) => tracing::warn!("could not hand this node's outputs to a peer before leaving: {e:#}"),
         }

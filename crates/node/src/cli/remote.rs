@@ -8,9 +8,9 @@ use anyhow::Result;
 use super::{Command, EXIT_JOB_FAILED, NodeArg};
 
 pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> {
-    use crate::client::{self, Client};
+    use shoal_node::client::{self, Client};
     let connect = |arg: NodeArg| -> Result<Client> {
-        let token = crate::tokens::client_secret(arg.token_file.as_deref())?;
+        let token = shoal_node::tokens::client_secret(arg.token_file.as_deref())?;
         Ok(Client::new(client::node_url(arg.url, home)?, token))
     };
     match command {

@@ -8,8 +8,8 @@ use shoal_blobs::Store;
 use shoal_dag::Hash;
 
 use super::{BlobCommand, Command, ImageCommand};
-use crate::output;
-use crate::run;
+use shoal_node::output;
+use shoal_node::run;
 
 pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> Result<()> {
     match command {
@@ -47,7 +47,7 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
 
 /// The commands of `dispatch_store_command`, through the node that holds the store: the same
 /// output.
-pub(super) fn held_command(held: &crate::held::Held, command: Command) -> Result<()> {
+pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> Result<()> {
     use std::io::Write;
     match command {
         Command::Get { job, output, out, .. } => {
@@ -79,7 +79,7 @@ pub(super) fn held_command(held: &crate::held::Held, command: Command) -> Result
             print_image_id(held.image_pull(&reference, tag.as_deref(), insecure)?, json)
         }
         Command::Image(ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json }) => {
-            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            let (layout, _tmp) = shoal_node::held::layout_dir(oci_out)?;
             build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
             print_image_id(held.image_import(&layout, Some(&tag))?, json)
         }
@@ -166,7 +166,7 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
             print_digest(&digest, json)
         }
         BlobCommand::Get { hash, out } => {
-            let digest = crate::run::digest_of_stored(store, parse_blob_hash(&hash)?).await?;
+            let digest = shoal_node::run::digest_of_stored(store, parse_blob_hash(&hash)?).await?;
             write_digest(store, &digest, out.as_deref()).await
         }
         BlobCommand::Ls { json } => print_blob_list(&store.list().await?, json),
@@ -202,7 +202,7 @@ async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
     let (id, json) = match cmd {
         ImageCommand::Import { path, tag, json } => (store.import_image_path(&path, tag.as_deref()).await?, json),
         ImageCommand::Pull { reference, tag, insecure, json } => {
-            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure, ..Default::default() };
+            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure };
             let id = store.pull(&reference, opts).await?;
             if let Some(tag) = tag {
                 store.tag_image(&tag, id)?;
@@ -210,7 +210,7 @@ async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
             (id, json)
         }
         ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json } => {
-            let (layout, _tmp) = crate::held::layout_dir(oci_out)?;
+            let (layout, _tmp) = shoal_node::held::layout_dir(oci_out)?;
             build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
             (store.import_oci_layout(&layout, Some(&tag)).await?, json)
         }
@@ -234,7 +234,7 @@ fn build_layout(
         cmd,
         workdir,
         user: None,
-        arch: crate::machine::oci_arch().to_string(),
+        arch: shoal_node::machine::oci_arch().to_string(),
     };
     shoal_blobs::image::build_oci_layout_from_dir(rootfs, &config, layout, tag)
         .with_context(|| format!("building an OCI layout from {}", rootfs.display()))

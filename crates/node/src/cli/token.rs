@@ -5,12 +5,12 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::TokenCommand;
-use crate::output;
+use shoal_node::output;
 
 /// `shoal token create | ls | revoke`: the token list in the home (no store is opened, so this
 /// works while the node runs; it re-reads the list at its next request).
 pub(super) fn token_command(home: &Path, cmd: TokenCommand) -> Result<()> {
-    use crate::tokens;
+    use shoal_node::tokens;
     let when = |ms: Option<u64>| ms.map(output::unix_ms_utc).unwrap_or_else(|| "-".into());
     match cmd {
         TokenCommand::Create { name, scope, expires, json } => {

@@ -21,7 +21,7 @@ use shoal_mesh::lost::Unfetchable;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use shoal_node::api_error::{ApiError, bad, internal, not_found, parse_hash};
+use crate::api_error::{ApiError, bad, internal, not_found, parse_hash};
 
 use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
 

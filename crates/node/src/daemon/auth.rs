@@ -115,7 +115,7 @@ fn body_types(path: &str) -> &'static [&'static str] {
 
 /// The names this node answers to.
 #[derive(Clone, Debug)]
-pub(crate) struct Hosts {
+pub struct Hosts {
     /// The address the API is bound to (its port the real one, not 0).
     pub bound: SocketAddr,
     /// `--http-host` names, lower-case, each with the one port it may come with (any when None).
@@ -424,7 +424,7 @@ pub(crate) async fn check(State(g): State<Arc<Guard>>, mut req: Request, next: N
                             "the Authorization header is not `Bearer TOKEN`: {HOW_TO_GET_A_TOKEN}"
                         ));
                     };
-                    let (name, scope) = match tc.check(secret, shoal_node::clock::now_unix_ms()) {
+                    let (name, scope) = match tc.check(secret, crate::clock::now_unix_ms()) {
                         Ok(found) => found,
                         Err(Refused::Unknown) => {
                             return invalid(

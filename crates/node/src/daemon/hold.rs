@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::mesh::net::{SyncRequest, SyncResponse};
 use anyhow::{Result, anyhow};
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
 use shoal_dag::{Dag, Hash, ImageRef, InputRef};
 use shoal_mesh::ledger::NodeId;
 use shoal_mesh::wire::{self, HoldState, SyncReq, SyncResp};
-use shoal_node::mesh::net::{SyncRequest, SyncResponse};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 

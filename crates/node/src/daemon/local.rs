@@ -29,7 +29,7 @@ use shoal_dag::{Digest, DigestKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use shoal_node::api_error::{ApiError, bad, not_found, parse_hash, unprocessable};
+use crate::api_error::{ApiError, bad, not_found, parse_hash, unprocessable};
 
 use super::{Cmd, Shared};
 use crate::run::{self, BackendChoice, RunEvent, RunOptions, RunSource};
@@ -176,7 +176,7 @@ struct PullBody {
 
 /// `shoal image pull`: this node pulls from the registry.
 async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullBody>) -> Result<Response, ApiError> {
-    let opts = shoal_blobs::image::PullOptions { insecure_http: b.insecure, ..Default::default() };
+    let opts = shoal_blobs::image::PullOptions { insecure_http: b.insecure };
     let id = s.store.pull(&b.reference, opts).await.map_err(unprocessable)?;
     if let Some(tag) = &b.tag {
         s.store.tag_image(tag, id).map_err(unprocessable)?;

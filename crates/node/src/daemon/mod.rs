@@ -21,7 +21,7 @@
 //! - `local`: the routes a CLI uses on the home this node holds (`shoal run`, `get`, `image`...).
 
 mod api;
-pub(crate) mod auth;
+pub mod auth;
 mod exec;
 mod hold;
 mod local;
@@ -34,8 +34,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) use shoal_node::clock::now_unix_ms;
+pub(crate) use crate::clock::now_unix_ms;
 
+use crate::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
 use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
@@ -51,7 +52,6 @@ use shoal_mesh::lost::{self, Unfetchable, Verdict};
 use shoal_mesh::replicas::{Copy, Replicas};
 use shoal_mesh::sync::{Inbound, Sync};
 use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
-use shoal_node::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -65,6 +65,9 @@ const DIRECT_PEERS_MAX: usize = 32;
 const COMMANDS_QUEUED_MAX: usize = 256;
 /// Events kept for slow SSE subscribers before they miss some.
 const EVENTS_QUEUED_MAX: usize = 4096;
+/// A DAG's content as its fetch ended: the DAG, or why it could not be had.
+type FetchedDag = (Hash, Result<Dag, String>);
+
 /// How long a DAG whose content could not be fetched waits before the next try, in ms.
 const DAG_FETCH_RETRY_MS: u64 = 1_000;
 /// Copies of other nodes' outputs being fetched at once.
@@ -309,14 +312,14 @@ pub fn read_mesh_key(path: &std::path::Path) -> Result<[u8; 32]> {
             path.display()
         )
     })?;
-    shoal_node::mesh::net::parse_psk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    crate::mesh::net::parse_psk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// Writes a fresh mesh key (32 random bytes in libp2p's key file format), mode 0600, atomically.
 pub fn write_mesh_key(path: &std::path::Path) -> Result<()> {
     let mut key = [0u8; 32];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    crate::identity::write_private(path, shoal_node::mesh::net::format_psk(&key).as_bytes())
+    crate::identity::write_private(path, crate::mesh::net::format_psk(&key).as_bytes())
 }
 
 /// Everything the loop's helpers share with the API.
@@ -506,7 +509,8 @@ struct Node {
     running: BTreeMap<Hash, (Hash, AbortHandle)>,
     /// DAG contents being fetched (or waiting to retry): hash -> when the next try may start.
     dag_fetches: BTreeMap<Hash, Option<Instant>>,
-    fetched: (mpsc::Sender<(Hash, Result<Dag, String>)>, mpsc::Receiver<(Hash, Result<Dag, String>)>),
+    /// DAG contents as their fetches end, by DAG hash.
+    fetched: (mpsc::Sender<FetchedDag>, mpsc::Receiver<FetchedDag>),
     /// The runs (per-DAG contexts on the runner) of the DAGs with a job running here, dropped
     /// with their last job: a node that kept every DAG's grew without end; preparing again
     /// costs microseconds (the key, machine facts, cores and work directories are the runner's).

@@ -16,7 +16,7 @@ const HEALTH_TIMEOUT_MS: u64 = 2_000;
 const LOG_TAIL_LINES: usize = 30;
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct ExploreArgs {
+pub struct ExploreArgs {
     /// HTTP address for the node started when none runs with this store (taken: any free port).
     #[arg(long, default_value = "127.0.0.1:7170")]
     http: SocketAddr,
@@ -28,7 +28,7 @@ pub(crate) struct ExploreArgs {
     no_open: bool,
 }
 
-pub(crate) fn explore(home: &Path, args: ExploreArgs) -> Result<ExitCode> {
+pub fn explore(home: &Path, args: ExploreArgs) -> Result<ExitCode> {
     let url = match running_node(home) {
         Some(url) => url,
         None => start_node(home, &args)?,
@@ -42,7 +42,7 @@ pub(crate) fn explore(home: &Path, args: ExploreArgs) -> Result<ExitCode> {
 
 /// The URL of the node whose `node.json` is in `home`, if it answers as the node that file names
 /// (a stale file of a killed node may name a port another node has taken since).
-pub(crate) fn running_node(home: &Path) -> Option<String> {
+pub fn running_node(home: &Path) -> Option<String> {
     let text = std::fs::read_to_string(home.join("node.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let (url, node) = (v["http"].as_str()?, v["node"].as_str()?);

@@ -14,15 +14,17 @@
 //!
 //! # Layout
 //! - this file: the routes and the run pipeline.
-//! - `catalogue` (in the library, `shoal_node::explorer`): the TOML catalogue, option checking
+//! - `catalogue`: the TOML catalogue, option checking
 //!   and argv rendering.
-//! - `request` (in the library too, so the fuzz targets reach it): reading the multipart body
+//! - `request` (public, so the fuzz targets reach it): reading the multipart body
 //!   into the store; this file's [`Gate`] adds a public explorer's limits.
 //! - `explore`: `shoal explore` (finds or starts a local node, prints and opens the URL).
 //! - `page/`: the page, plain HTML, CSS and JS embedded in the binary (no build step).
 
+pub mod catalogue;
 mod explore;
 pub(crate) mod public;
+pub mod request;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -43,18 +45,18 @@ use shoal_dag::{Dag, Digest, DigestKind, Exit, Hash, ImageRef, InputRef, Job, Ou
 use tokio::sync::Semaphore;
 
 use self::public::{Limited, Limits};
+use crate::api_error::{ApiError, bad, internal, parse_hash};
 use crate::daemon::auth::{Caller, ClientKey};
 use crate::daemon::{Cmd, Shared};
+use crate::human::percent_encode;
 use crate::run;
-use shoal_node::api_error::{ApiError, bad, internal, parse_hash};
-use shoal_node::explorer::catalogue::{self, Catalogue, Entry};
-use shoal_node::explorer::request::{
+use catalogue::{Catalogue, Entry};
+use request::{
     Gate, INPUT_FILE_BYTES_MAX, INPUT_FILES_MAX, REQUEST_BYTES_MAX, REQUEST_HEADER_SLACK_BYTES, Received,
     STDIN_BYTES_MAX, receive,
 };
-use shoal_node::human::percent_encode;
 
-pub(crate) use explore::{ExploreArgs, explore, running_node};
+pub use explore::{ExploreArgs, explore, running_node};
 pub use public::PublicOptions;
 
 /// Stdout, stderr, inputs and text outputs up to this size come inline in a run view, in bytes.
@@ -302,7 +304,7 @@ impl Gate for Public<'_> {
 
     fn charge(&mut self, bytes: u64) -> Result<(), ApiError> {
         if let Some((limits, client)) = self.quota {
-            limits.charge_upload(client, bytes, shoal_node::clock::now_unix_ms() / 1000).map_err(limited)?;
+            limits.charge_upload(client, bytes, crate::clock::now_unix_ms() / 1000).map_err(limited)?;
         }
         Ok(())
     }
@@ -371,7 +373,7 @@ async fn execute(s: &Shr, ex: &Explorer, r: Received) -> Result<(Hash, bool), Ap
 /// grows), so its permalink keeps working at least that long. A failure is logged: the run
 /// stands, it is only not promised to last.
 async fn keep(s: &Shared, limits: &Limits, record: Hash) {
-    let until = shoal_node::clock::now_unix_ms().saturating_add(u64::from(limits.opts.keep_days) * 86_400_000);
+    let until = crate::clock::now_unix_ms().saturating_add(u64::from(limits.opts.keep_days) * 86_400_000);
     let pin_all = async {
         let signed = s.store.get_record(record).await?.ok_or_else(|| anyhow::anyhow!("the record is not stored"))?;
         let rec = signed.verify().map_err(|e| anyhow::anyhow!("{e}"))?;

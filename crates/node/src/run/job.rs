@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_node::clock::now_unix_ms;
+use crate::clock::now_unix_ms;
 
 use anyhow::{Context, Result, anyhow, bail};
 use indicatif::ProgressBar;
@@ -66,13 +66,13 @@ async fn run_job(
     let action_key = resolved.action_key();
     tracing::debug!(%action_key, "resolved");
 
-    if ctx.use_cache {
-        if let Some(report) = cached_report(ctx, job, &action_key).await? {
-            if report.record.is_some_and(|r| stale.contains(&r)) {
-                tracing::info!(%action_key, "the cached record's outputs were reported lost: running the job again");
-            } else {
-                return Ok(report);
-            }
+    if ctx.use_cache
+        && let Some(report) = cached_report(ctx, job, &action_key).await?
+    {
+        if report.record.is_some_and(|r| stale.contains(&r)) {
+            tracing::info!(%action_key, "the cached record's outputs were reported lost: running the job again");
+        } else {
+            return Ok(report);
         }
     }
     if job.requirements.cores > ctx.cores_total() {

@@ -35,8 +35,8 @@ use shoal_dag::{Dag, Digest, Exit, Hash, RunRecord};
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span};
 
-use crate::cli::{EXIT_ERROR, EXIT_JOB_FAILED};
 use crate::output;
+use crate::{EXIT_ERROR, EXIT_JOB_FAILED};
 pub use job::digest_of_stored;
 use job::job_task;
 pub(crate) use job::{LimitsOf, describe_exit};

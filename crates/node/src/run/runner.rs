@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 use super::{BackendChoice, RunEvent, RunOptions, RunSource};
 use crate::{identity, machine};
 
+/// An image reference resolved once per run, by whichever job asks first.
+type ImageOnce = tokio::sync::OnceCell<(Hash, Arc<Image>)>;
+
 /// `shoal __sandbox`: the hidden subcommand the namespace backend runs as its helper process.
 pub const SANDBOX_SUBCOMMAND: &str = "__sandbox";
 /// Jobs in flight per core (preparing inputs, running, storing outputs); only the running ones
@@ -40,7 +43,7 @@ pub(crate) struct Ctx {
     pub(super) progress: MultiProgress,
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
-    pub(super) images: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<(Hash, Arc<Image>)>>>>,
+    pub(super) images: std::sync::Mutex<BTreeMap<String, Arc<ImageOnce>>>,
     /// The contents of the DAG's `file:` inputs by path as written, when a client sent them with
     /// the DAG (a node running a client's DAG never opens a path of the client's machine).
     pub(super) files: Option<BTreeMap<String, Result<Digest, String>>>,
@@ -495,7 +498,7 @@ mod tests {
         std::fs::write(path.join("outputs/out"), "x").unwrap();
         std::fs::write(path.join("stdin"), "x").unwrap();
         drop(work);
-        assert_eq!(pool.free(), [path.clone()]);
+        assert_eq!(pool.free(), std::slice::from_ref(&path));
         let again = pool.take(&tmp).unwrap();
         assert_eq!(again.path(), path, "reused");
         let left: Vec<_> = std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -503,7 +506,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(path.join("outputs")).unwrap().count(), 0);
         drop(again);
         drop(a);
-        assert_eq!(pool.free(), [path.clone()], "kept while a run lives");
+        assert_eq!(pool.free(), std::slice::from_ref(&path), "kept while a run lives");
         drop(b);
         assert_eq!(runner.runs_live(), 0);
         assert!(pool.free().is_empty());
