@@ -18,6 +18,7 @@ mod cbor;
 mod diagnostic;
 mod hash;
 mod json;
+pub mod pin;
 mod record;
 mod sorted_map;
 mod spec;

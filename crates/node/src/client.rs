@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
+use shoal_dag::InputRef;
+use shoal_dag::pin::JobPins;
 
 /// Longest answer read from a node that is not an output, in bytes.
 const REPLY_BYTES_MAX: u64 = 64 << 20;
@@ -141,14 +143,14 @@ fn submit_inner(
     // Parse here first: located errors from the file as the user wrote it.
     let dag = shoal_dag::parse_dag_bytes(&path.display().to_string(), &bytes).map_err(|d| anyhow!("{d}"))?;
     let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");
-    let mut value: Value = serde_json::from_str(&text)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    for (job, jv) in dag.jobs.iter().zip(value["jobs"].as_array_mut().into_iter().flatten()) {
-        let mut refs: Vec<(Option<String>, &shoal_dag::InputRef)> =
-            job.inputs.iter().map(|(n, r)| (Some(n.clone()), r)).collect();
+    let mut pins = Vec::with_capacity(dag.jobs.len());
+    for job in &dag.jobs {
+        let mut pin = JobPins { id: job.id.clone(), image: None, inputs: Vec::new(), stdin: None };
+        let mut refs: Vec<(Option<&String>, &InputRef)> = job.inputs.iter().map(|(n, r)| (Some(n), r)).collect();
         refs.extend(job.stdin.iter().map(|r| (None, r)));
         for (name, r) in refs {
-            let shoal_dag::InputRef::File(p) = r else { continue };
+            let InputRef::File(p) = r else { continue };
             let file = dir.join(p);
             if file.is_dir() {
                 bail!(
@@ -163,21 +165,20 @@ fn submit_inner(
             let reply = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
             let hash = reply["hash"].as_str().ok_or_else(|| anyhow!("the node's upload reply names no hash"))?;
             match name {
-                Some(n) => jv["inputs"][n] = Value::String(hash.to_string()),
-                None => jv["stdin"] = Value::String(hash.to_string()),
+                Some(n) => pin.inputs.push((n.clone(), hash.to_string())),
+                None => pin.stdin = Some(hash.to_string()),
             }
         }
+        pins.push(pin);
     }
+    // The node pins the rest (tags, `sha256:`) with the same rewrite and hashes its text.
+    let text = shoal_dag::pin::rewrite(&text, &pins)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dag.json".into());
     let mut query = format!("?name={}", percent_encode(&name));
     if let Some(n) = max_attempts {
         query.push_str(&format!("&max_attempts={n}"));
     }
-    let reply = client.post(
-        &format!("/v1/dags{query}"),
-        "application/json",
-        serde_json::to_string_pretty(&value)?.as_bytes(),
-    )?;
+    let reply = client.post(&format!("/v1/dags{query}"), "application/json", text.as_bytes())?;
     let hash = reply["dag"].as_str().ok_or_else(|| anyhow!("the node's reply names no DAG"))?.to_string();
     if reply["depends_on_this_node"] == true {
         eprintln!(
