@@ -2,6 +2,7 @@
 //! Each test gets its own `SHOAL_HOME`. The binary is the one `cargo build --workspace` made.
 
 mod api_security;
+mod architecture;
 mod cli;
 mod explorer;
 mod hardening;
