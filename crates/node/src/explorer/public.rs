@@ -2,6 +2,17 @@
 //! letting them exhaust the node: per-client rate limits (a token bucket per address), a bounded
 //! number of anonymous runs in progress, a per-client daily upload quota, and a disk high-water
 //! mark. Token holders are not counted here; the retention of runs (pins) is for everyone.
+//!
+//! Anonymous callers see explorer runs' records and the files they show (a pin with an end marks
+//! them), nothing else, and may run catalogue entries, never one with `network = true`. A refused
+//! form costs nothing; then the disk high-water mark (`statvfs` of the store, 507), the bound on
+//! anonymous runs in progress and the client's token bucket (an IPv4 address or an IPv6 /64; at
+//! most 65,536 tracked, full buckets dropped first) answer 429 with `Retry-After`, and uploads
+//! count against the client's daily quota as they stream. A token bucket in a few lines was
+//! preferred to `governor`, whose keyed limiters bring dashmap and a clock abstraction for one map.
+//! Known limits: behind a reverse proxy every client is the proxy (`X-Forwarded-For` is not
+//! trusted); anyone may fetch a blob by its hash through `/v1/explorer/files/` (a 256-bit
+//! capability, learnt from explorer run views).
 
 use std::collections::BTreeMap;
 use std::path::Path;
