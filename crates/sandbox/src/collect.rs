@@ -150,17 +150,29 @@ fn spec_kind(spec: &OutputSpec) -> Option<Kind> {
     }
 }
 
+/// Where output `name`'s `path` is inside `root`, with its metadata; `None`, with a problem
+/// naming it, when the job did not create it.
+fn planned_path(
+    root: &Path,
+    name: &str,
+    path: &str,
+    report: &mut CollectReport,
+) -> Result<Option<(PathBuf, fs::Metadata)>, CollectError> {
+    let Some(real) = resolve_in_root(root, path)? else {
+        report.problems.insert(name.into(), format!("output `{name}`: {path} was not created"));
+        return Ok(None);
+    };
+    let meta = fs::symlink_metadata(&real).map_err(io_err(&real))?;
+    Ok(Some((real, meta)))
+}
+
 fn plan_file(
     root: &Path,
     name: &str,
     path: &str,
     report: &mut CollectReport,
 ) -> Result<Option<Vec<Item>>, CollectError> {
-    let Some(real) = resolve_in_root(root, path)? else {
-        report.problems.insert(name.into(), format!("output `{name}`: {path} was not created"));
-        return Ok(None);
-    };
-    let meta = fs::symlink_metadata(&real).map_err(io_err(&real))?;
+    let Some((real, meta)) = planned_path(root, name, path, report)? else { return Ok(None) };
     if !meta.is_file() {
         report.problems.insert(name.into(), format!("output `{name}`: {path} is not a regular file"));
         return Ok(None);
@@ -179,11 +191,8 @@ fn plan_dir(
     path: &str,
     report: &mut CollectReport,
 ) -> Result<Option<Vec<Item>>, CollectError> {
-    let Some(real) = resolve_in_root(root, path)? else {
-        report.problems.insert(name.into(), format!("output `{name}`: {path} was not created"));
-        return Ok(None);
-    };
-    if !fs::symlink_metadata(&real).map_err(io_err(&real))?.is_dir() {
+    let Some((real, meta)) = planned_path(root, name, path, report)? else { return Ok(None) };
+    if !meta.is_dir() {
         report.problems.insert(name.into(), format!("output `{name}`: {path} is not a directory"));
         return Ok(None);
     }
