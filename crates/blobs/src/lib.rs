@@ -23,6 +23,8 @@
 //! recorded in the `trees` index when stored, so `gc` can follow it; nothing outside `gc` deletes
 //! a blob.
 
+#![forbid(unsafe_code)]
+
 mod compat;
 mod error;
 mod facts;

@@ -14,6 +14,8 @@
 //!
 //! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
 
+#![forbid(unsafe_code)]
+
 mod cbor;
 mod diagnostic;
 mod hash;

@@ -21,6 +21,8 @@
 //! - [`topics`]: which gossip topic carries a DAG's facts, and which nodes subscribe to it.
 //! - [`settings`]: every setting of the protocol, with `shoal node`'s values as `Default`.
 
+#![forbid(unsafe_code)]
+
 pub mod capabilities;
 pub mod core;
 pub mod ledger;

@@ -498,7 +498,7 @@ fn unpack_new_dir(reader: &mut impl Read, dest: &Path) -> Result<()> {
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(false);
     // SAFETY: geteuid has no preconditions and cannot fail.
-    archive.set_preserve_ownerships(unsafe { libc::geteuid() } == 0);
+    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
     if let Err(e) = archive.unpack(dest) {
         let _ = shoal_blobs::remove_tree_forcefully(dest);
         return Err(anyhow!("unpacking into {}: {e}", dest.display()));

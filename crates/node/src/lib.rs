@@ -20,6 +20,8 @@
 //! - `output`, `human`: tables, stderr tails and other human output; `api_error`: the API's
 //!   error bodies; `clock`: wall-clock milliseconds.
 
+#![forbid(unsafe_code)]
+
 pub mod api_error;
 pub mod client;
 pub mod clock;

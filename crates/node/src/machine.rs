@@ -53,14 +53,9 @@ pub fn describe(node_id: &str, backend: &str) -> Machine {
 
 /// (hostname, kernel release) from uname(2).
 fn nix_uname() -> (String, String) {
-    // SAFETY: uname writes into the zeroed struct we own; the strings it fills are NUL-terminated.
-    unsafe {
-        let mut uts: libc::utsname = std::mem::zeroed();
-        if libc::uname(&mut uts) != 0 {
-            return (String::new(), String::new());
-        }
-        let s = |p: &[libc::c_char]| std::ffi::CStr::from_ptr(p.as_ptr()).to_string_lossy().into_owned();
-        (s(&uts.nodename), s(&uts.release))
+    match nix::sys::utsname::uname() {
+        Ok(uts) => (uts.nodename().to_string_lossy().into_owned(), uts.release().to_string_lossy().into_owned()),
+        Err(_) => (String::new(), String::new()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `shoal` binary: the command line (`cli`: the clap command tree and dispatch) over the
 //! `shoal_node` library, which holds everything else (see its `lib.rs`).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;

@@ -156,11 +156,8 @@ impl ListLock {
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns; no memory is passed.
-        let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {}", path.display()));
-        }
+        // flock(2), released when the file closes.
+        f.lock().with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(ListLock { _file: f })
     }
 }

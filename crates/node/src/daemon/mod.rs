@@ -276,14 +276,12 @@ pub(crate) struct Event {
 
 /// CPU this process has used: (user, system) ms.
 fn cpu_ms() -> (u64, u64) {
-    // SAFETY: getrusage fills the zeroed struct we own and cannot fail for RUSAGE_SELF.
-    let ru = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru
-    };
-    let ms = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    (ms(ru.ru_utime), ms(ru.ru_stime))
+    use nix::sys::resource::{UsageWho, getrusage};
+    use nix::sys::time::TimeValLike;
+    // RUSAGE_SELF cannot fail; zeros if it somehow did.
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|ru| (ru.user_time().num_milliseconds() as u64, ru.system_time().num_milliseconds() as u64))
+        .unwrap_or_default()
 }
 
 /// The libp2p peer id of a node id (both are the node's ed25519 public key).

@@ -189,21 +189,12 @@ impl Limits {
 
 /// Free space of the file system holding `path`, in percent of its size, and its free bytes.
 pub(crate) fn free_percent(path: &Path) -> Option<(f64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct we own; `c` is a valid NUL-terminated path.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return None;
-        }
-        st
-    };
-    if st.f_blocks == 0 {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    if st.blocks() == 0 {
         return None;
     }
-    let free = st.f_bavail as f64 * 100.0 / st.f_blocks as f64;
-    Some((free, st.f_bavail as u64 * st.f_frsize as u64))
+    let free = st.blocks_available() as f64 * 100.0 / st.blocks() as f64;
+    Some((free, st.blocks_available() as u64 * st.fragment_size() as u64))
 }
 
 #[cfg(test)]
