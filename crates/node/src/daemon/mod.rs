@@ -11,8 +11,13 @@
 //! change of the wall clock never makes every peer look dead).
 //!
 //! # Layout
-//! - this file: options, start-up (identity, mesh key, ledger reloaded from sled) and the loop.
-//! - `api`: the HTTP API (axum) and the commands it sends the loop.
+//! - this file: options, start-up (identity, mesh key, ledger reloaded from sled), the loop, and
+//!   what it does after every event (persist and gossip facts, start and stop jobs, fetch DAGs).
+//! - `cmd`: the commands the API sends the loop ([`Cmd`]) and how the loop answers them.
+//! - `peers`: the loop's side of the mesh: connections, gossip, anti-entropy, announcements.
+//! - `views`: what the loop shows of its state (DAGs and jobs, peers, facts, events, metrics).
+//! - `keys`: the mesh key file.
+//! - `api`: the HTTP API (axum), which asks the loop by [`Cmd`]s.
 //! - `auth`: who may use it: Host and Origin, body types, bearer tokens and their scopes.
 //! - `exec`: runs one claimed job: fetches its DAG's upstream records, inputs and image from
 //!   peers, then runs it as `shoal run` does.
@@ -22,11 +27,15 @@
 
 mod api;
 pub mod auth;
+mod cmd;
 mod exec;
 mod hold;
+mod keys;
 mod local;
+mod peers;
 pub mod pin;
 pub mod serve;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -36,23 +45,21 @@ use std::time::{Duration, Instant};
 
 pub(crate) use crate::clock::now_unix_ms;
 
-use crate::mesh::net::{Net, NetConfig, NetEvent, SyncRequest, SyncResponse, Topic};
+use crate::mesh::net::{Net, NetConfig, SyncRequest, Topic};
 use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
-use serde::Serialize;
 use shoal_blobs::Store;
-use shoal_blobs::net::{BlobNode, BlobPeer};
+use shoal_blobs::net::BlobNode;
 use shoal_dag::{Dag, Hash};
 use shoal_mesh::Settings;
 use shoal_mesh::capabilities::Capabilities;
 use shoal_mesh::core::{Action, Finished, NodeCore};
 use shoal_mesh::ledger::{Body, Fact, JobState, NodeId};
-use shoal_mesh::liveness::{Heartbeat, Liveness};
-use shoal_mesh::lost::{self, Unfetchable, Verdict};
+use shoal_mesh::liveness::Liveness;
 use shoal_mesh::replicas::{Copy, Replicas};
-use shoal_mesh::sync::{Inbound, Sync};
-use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use shoal_mesh::sync::Sync;
+use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, WIRE_VERSION};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
@@ -133,192 +140,10 @@ pub const DAG_BYTES_MAX_DEFAULT: usize = 16 << 20;
 
 pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 
-/// What the API asks of the loop; each is answered on its `reply` channel.
-pub(crate) enum Cmd {
-    /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
-    /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
-    /// why the blobs could not be copied (then nothing was submitted).
-    Submit {
-        hash: Hash,
-        dag: Dag,
-        max_attempts: u32,
-        reply: oneshot::Sender<Result<SubmitAck, String>>,
-    },
-    /// The ledger's view: of one DAG (with every run of each job), or of all.
-    Status {
-        dag: Option<Hash>,
-        reply: oneshot::Sender<StatusView>,
-    },
-    Cancel {
-        dag: Hash,
-        reply: oneshot::Sender<bool>,
-    },
-    /// Every fact about each job of one DAG, in clock order; None if the ledger has no such DAG.
-    Facts {
-        dag: Hash,
-        reply: oneshot::Sender<Option<BTreeMap<String, Vec<FactView>>>>,
-    },
-    Peers {
-        reply: oneshot::Sender<Vec<PeerView>>,
-    },
-    /// Counters for `/v1/metrics`.
-    Metrics {
-        reply: oneshot::Sender<serde_json::Value>,
-    },
-    /// Test-only (`--test-partitions`): refuse (or accept again) these peers at the swarm.
-    Block {
-        peers: Vec<PeerId>,
-        block: bool,
-        reply: oneshot::Sender<()>,
-    },
-    /// Who may hold the blobs of a run record: its runner first, then every live peer.
-    Providers {
-        first: Option<NodeId>,
-        reply: oneshot::Sender<Vec<NodeId>>,
-    },
-    /// A completion's outputs could be fetched from no live peer: reported lost, so the job runs
-    /// again, when `shoal_mesh::lost::judge` says so (not if its runner is alive: then the failure
-    /// is taken as passing). Answers whether it was reported.
-    Lost {
-        output: Unfetchable,
-        reply: oneshot::Sender<bool>,
-    },
-}
-
-/// An acknowledged submit.
-#[derive(Clone, Debug)]
-pub(crate) struct SubmitAck {
-    /// The other nodes that hold every blob the DAG needs; empty when no other node was
-    /// connected (the DAG then depends on this node until a peer has fetched them).
-    pub holders: Vec<NodeId>,
-}
-
-/// The ledger's view as the API shows it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct StatusView {
-    pub node: String,
-    pub dags: BTreeMap<String, DagView>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct DagView {
-    pub jobs: BTreeMap<String, JobView>,
-    /// Whether this node has the DAG's content (it fetches it by hash).
-    pub known: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct JobView {
-    /// open, claimed, done, failed, cancelled, or unschedulable.
-    pub state: &'static str,
-    pub node: Option<String>,
-    pub record: Option<Hash>,
-    pub failures: Vec<String>,
-    /// Every run record reported done for the job, when more than one run finished (a race or
-    /// a partition): equal outputs are one result, unequal ones a non-deterministic job.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub runs: Vec<DoneRun>,
-    /// Set by the API once it compared the runs' outputs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nondeterministic: Option<bool>,
-    /// Why no node of the mesh can run it, when none can.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// One fact about a job, as `/v1/dags/{dag}/facts` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct FactView {
-    /// claim, renew, done, fail, lost or release.
-    pub kind: &'static str,
-    /// Its author.
-    pub node: String,
-    /// Its hybrid logical clock: its author's wall clock (Unix ms) and a counter.
-    pub at_unix_ms: u64,
-    pub counter: u32,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct DoneRun {
-    pub node: String,
-    pub record: Hash,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct PeerView {
-    pub node: String,
-    pub peer_id: String,
-    pub hostname: String,
-    pub me: bool,
-    pub connected: bool,
-    /// None until an announcement with capabilities arrived.
-    pub caps: Option<Capabilities>,
-    pub http: Option<String>,
-    pub running: u32,
-    pub free_cores: u32,
-    pub facts: u64,
-    pub last_seen_ms_ago: u64,
-}
-
-/// A change the ledger saw, for `shoal watch` (SSE).
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Event {
-    pub kind: &'static str,
-    pub dag: Hash,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    pub node: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// When the fact was made, by its author's clock (its HLC's wall time, Unix ms).
-    pub at_unix_ms: u64,
-}
-
-/// CPU this process has used: (user, system) ms.
-fn cpu_ms() -> (u64, u64) {
-    use nix::sys::resource::{UsageWho, getrusage};
-    use nix::sys::time::TimeValLike;
-    // RUSAGE_SELF cannot fail; zeros if it somehow did.
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map(|ru| (ru.user_time().num_milliseconds() as u64, ru.system_time().num_milliseconds() as u64))
-        .unwrap_or_default()
-}
-
-/// The libp2p peer id of a node id (both are the node's ed25519 public key).
-pub(crate) fn peer_id_of_node(node: &NodeId) -> Option<PeerId> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(node).ok()?;
-    Some(libp2p::identity::PublicKey::from(key).to_peer_id())
-}
-
-/// The node id of a libp2p peer id, when it names an ed25519 key (an identity multihash of the
-/// key's protobuf encoding, as every shoal node's does).
-pub(crate) fn node_of_peer(peer: &PeerId) -> Option<NodeId> {
-    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
-    if mh.code() != 0 {
-        return None;
-    }
-    let key = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
-    Some(key.try_into_ed25519().ok()?.to_bytes())
-}
-
-/// The mesh key: 32 bytes in libp2p's pre-shared key file format.
-pub fn read_mesh_key(path: &std::path::Path) -> Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "no mesh key at {}: create one with `shoal mesh init` and copy it to every node of the mesh \
-             (or pass --mesh-key PATH)",
-            path.display()
-        )
-    })?;
-    crate::mesh::net::parse_psk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-/// Writes a fresh mesh key (32 random bytes in libp2p's key file format), mode 0600, atomically.
-pub fn write_mesh_key(path: &std::path::Path) -> Result<()> {
-    let mut key = [0u8; 32];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-    crate::identity::write_private(path, crate::mesh::net::format_psk(&key).as_bytes())
-}
+pub(crate) use crate::mesh::keys::{node_of_peer, peer_id_of_node};
+pub(crate) use cmd::{Cmd, SubmitAck};
+pub use keys::{read_mesh_key, write_mesh_key};
+pub(crate) use views::Event;
 
 /// Everything the loop's helpers share with the API.
 pub(crate) struct Shared {
@@ -735,57 +560,6 @@ impl Node {
         });
     }
 
-    fn note_event(&self, fact: &Fact) {
-        let node = hex::encode(fact.author);
-        let at = fact.hlc.wall_ms;
-        let claim_job = |claim: &Hash| match self.core.ledger().get(claim).map(|f| &f.body) {
-            Some(Body::Claim { dag, job, .. }) => Some((*dag, job.clone())),
-            _ => None,
-        };
-        let event = match &fact.body {
-            Body::Submit { dag, jobs, .. } => Event {
-                kind: "submitted",
-                dag: *dag,
-                job: None,
-                node,
-                detail: Some(format!("{} jobs", jobs.len())),
-                at_unix_ms: at,
-            },
-            Body::Claim { dag, job, .. } => {
-                Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None, at_unix_ms: at }
-            }
-            Body::Done { claim, record, .. } => match claim_job(claim) {
-                Some((dag, job)) => {
-                    Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()), at_unix_ms: at }
-                }
-                None => return,
-            },
-            Body::Fail { claim, reason } => match claim_job(claim) {
-                Some((dag, job)) => {
-                    Event { kind: "failed", dag, job: Some(job), node, detail: Some(reason.clone()), at_unix_ms: at }
-                }
-                None => return,
-            },
-            Body::Cancel { dag } => {
-                Event { kind: "cancelled", dag: *dag, job: None, node, detail: None, at_unix_ms: at }
-            }
-            Body::Lost { dag, job, record } => Event {
-                kind: "lost",
-                dag: *dag,
-                job: Some(job.clone()),
-                node,
-                detail: Some(format!("no node holds the outputs of {record}: the job runs again")),
-                at_unix_ms: at,
-            },
-            Body::Release { claim } => match claim_job(claim) {
-                Some((dag, job)) => Event { kind: "released", dag, job: Some(job), node, detail: None, at_unix_ms: at },
-                None => return,
-            },
-            Body::Renew { .. } => return,
-        };
-        let _ = self.shared.events.send(event);
-    }
-
     /// Live peers' node ids, freshest first.
     fn live_peers(&self) -> Vec<NodeId> {
         self.liveness.live(self.mono_ms())
@@ -844,382 +618,6 @@ impl Node {
             (claim, result)
         });
         self.running.insert(claim, (dag_hash, handle));
-    }
-
-    fn on_net(&mut self, ev: NetEvent) {
-        let now = now_unix_ms();
-        match ev {
-            NetEvent::Listening(addr) => {
-                self.listen_addrs.push(addr);
-                self.write_ready_file();
-            }
-            NetEvent::Connected(peer) => {
-                self.connected.insert(peer);
-                // It passed pnet (the mesh key) and noise (its id): a member, so it may fetch
-                // this node's blobs.
-                if let Some(node) = node_of_peer(&peer) {
-                    self.shared.blobs.admit(&node);
-                    self.sync.handle_connected(self.mono_ms(), node);
-                }
-                self.liveness.handle_connected(self.mono_ms());
-            }
-            NetEvent::Disconnected(peer) => {
-                self.connected.remove(&peer);
-                if let Some(node) = node_of_peer(&peer) {
-                    self.sync.handle_disconnected(self.mono_ms(), node);
-                }
-            }
-            NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
-                Ok(batch) if batch.v == WIRE_VERSION => {
-                    self.take_facts(now, batch.facts, &from);
-                    self.inline_dags.extend(batch.dags);
-                }
-                Ok(_) => debug!(%from, "a fact batch of another wire version; ignored"),
-                Err(e) => warn!(%from, "{e}"),
-            },
-            NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
-                Ok(a) if a.v == WIRE_VERSION => {
-                    if peer_id_of_node(&a.node) != Some(from) {
-                        warn!(%from, "an announcement for another node's id; ignored");
-                        return;
-                    }
-                    self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
-                    // Signed by its author and carried only over connections that passed pnet: the
-                    // author is a member (this reaches peers we have no direct connection to),
-                    // unless `--allow` leaves it out of this node's mesh.
-                    if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
-                        self.shared.blobs.admit(&a.node);
-                    }
-                    // Gossip reached us through others: connect directly, so the mesh stays
-                    // whole when the node everyone joined through leaves.
-                    if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
-                        for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
-                            let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
-                            if let Err(e) = self.net.dial(addr) {
-                                debug!(%from, "cannot dial an announced address: {e}");
-                            }
-                        }
-                    }
-                    let node = a.node;
-                    // A new peer also gets a heartbeat of ours at once (`drive_mesh`).
-                    let new = self.liveness.handle_heard(self.mono_ms(), node);
-                    let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
-                    let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
-                    self.peers.insert(a.node, PeerInfo { announce: a, caps });
-                    if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
-                        let caps: Vec<(NodeId, Capabilities)> =
-                            self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
-                        self.core.handle_peer_caps(now, caps);
-                    }
-                    if new {
-                        let live = self.live_peers();
-                        self.core.handle_peers(now, live);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => warn!(%from, "{e}"),
-            },
-            NetEvent::Request { peer, request, channel } => {
-                let resp = match wire::decode::<SyncReq>(&request.0) {
-                    // Answered once held, or with its progress a moment later.
-                    Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
-                    Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
-                        Inbound::Answer(resp) => resp,
-                        Inbound::Store(facts) => {
-                            let (added, refused) = self.take_facts(now, facts, &peer);
-                            SyncResp::Stored { added, refused }
-                        }
-                    },
-                    Err(e) => SyncResp::Refused { reason: e.to_string() },
-                };
-                self.net.respond(channel, SyncResponse(wire::encode(&resp)));
-            }
-            NetEvent::Response { peer, id, response } => {
-                if let Some((dag, node)) = self.hold.requests.remove(&id) {
-                    self.on_hold_response(dag, node, &response.0);
-                } else {
-                    self.on_sync_response(now, &peer, &response.0);
-                }
-            }
-            NetEvent::RequestFailed { peer, id, error } => {
-                if let Some((dag, node)) = self.hold.requests.remove(&id) {
-                    self.hold_failed(dag, node, format!("the request failed: {error}"));
-                } else {
-                    debug!(%peer, "sync request failed: {error}");
-                }
-            }
-        }
-    }
-
-    fn take_facts(&mut self, now: u64, facts: Vec<Fact>, from: &PeerId) -> (u64, u64) {
-        let (mut added, mut refused) = (0, 0);
-        for fact in facts {
-            let id = fact.id();
-            if self.core.ledger().get(&id).is_some() {
-                continue;
-            }
-            match self.core.handle_fact(now, fact.clone()) {
-                Ok(()) => {
-                    added += 1;
-                    if let Body::Done { record, .. } = &fact.body {
-                        let live = self.live_peers();
-                        self.replicas.handle_done(self.mono_ms(), *record, fact.author, &live);
-                    }
-                    self.to_persist.push(fact);
-                }
-                Err(e) => {
-                    refused += 1;
-                    warn!(%from, "refused a fact: {e}");
-                }
-            }
-        }
-        (added, refused)
-    }
-
-    fn on_sync_response(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) {
-        let resp = match wire::decode::<SyncResp>(bytes) {
-            Ok(r) => r,
-            Err(e) => return warn!(%peer, "{e}"),
-        };
-        if let SyncResp::Refused { reason } = &resp {
-            warn!(%peer, "the peer refused our sync request: {reason}");
-        }
-        let Some(node) = node_of_peer(peer) else { return };
-        let facts = self.sync.handle_response(self.mono_ms(), self.core.ledger(), node, resp);
-        if !facts.is_empty() {
-            self.take_facts(now, facts, peer);
-        }
-    }
-
-    fn announce(&mut self, beat: Heartbeat) {
-        let ledger = self.core.ledger();
-        let a = Announce {
-            v: WIRE_VERSION,
-            node: self.core.id(),
-            hostname: self.hostname.clone(),
-            caps: beat.with_caps.then(|| self.core.caps().clone()),
-            blob_addrs: self.shared.blobs.me().addrs,
-            listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
-            http: Some(format!("http://{}", self.http_addr)),
-            running: self.core.running_count() as u32,
-            free_cores: self.core.free_cores(),
-            facts: ledger.len() as u64,
-            ledger_digest: ledger.digest(),
-            sent_unix_ms: now_unix_ms(),
-        };
-        if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
-            debug!("announce: {e}");
-        }
-    }
-
-    /// Writes where this node listens to `$SHOAL_HOME/node.json` (so local commands find it) and
-    /// to `--ready-file`.
-    fn write_ready_file(&self) {
-        let ready = serde_json::json!({
-            "node": hex::encode(self.core.id()),
-            "peer_id": self.net.peer_id().to_string(),
-            "listen": self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.net.peer_id())).collect::<Vec<_>>(),
-            "http": format!("http://{}", self.http_addr),
-            "blobs": self.shared.blobs.me().addrs,
-        });
-        let home_file = self.shared.store.home().join("node.json");
-        for path in std::iter::once(&home_file).chain(self.opts.ready_file.as_ref()) {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, format!("{ready}\n")).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
-                warn!("cannot write {}", path.display());
-            }
-        }
-    }
-
-    async fn on_cmd(&mut self, cmd: Cmd) {
-        let now = now_unix_ms();
-        match cmd {
-            Cmd::Submit { hash, dag, max_attempts, reply } => self.start_submit(hash, dag, max_attempts, reply).await,
-            Cmd::Status { dag, reply } => {
-                let _ = reply.send(self.status_view(now, dag));
-            }
-            Cmd::Cancel { dag, reply } => {
-                let known = self.core.ledger().has_dag(&dag);
-                if known {
-                    self.core.cancel(now, dag);
-                    self.after_step().await;
-                }
-                let _ = reply.send(known);
-            }
-            Cmd::Peers { reply } => {
-                let _ = reply.send(self.peer_views());
-            }
-            Cmd::Facts { dag, reply } => {
-                let ledger = self.core.ledger();
-                let view = ledger.has_dag(&dag).then(|| {
-                    let fact = |f: &&Fact| FactView {
-                        kind: f.body.kind(),
-                        node: hex::encode(f.author),
-                        at_unix_ms: f.hlc.wall_ms,
-                        counter: f.hlc.counter,
-                    };
-                    ledger
-                        .history(&dag)
-                        .into_iter()
-                        .map(|(job, facts)| (job, facts.iter().map(fact).collect()))
-                        .collect()
-                });
-                let _ = reply.send(view);
-            }
-            Cmd::Metrics { reply } => {
-                let (bytes_in, bytes_out) = self.net.traffic();
-                let (user_ms, sys_ms) = cpu_ms();
-                let _ = reply.send(serde_json::json!({
-                    "node": hex::encode(self.core.id()),
-                    "uptime_ms": self.started.elapsed().as_millis() as u64,
-                    "cpu_user_ms": user_ms,
-                    "cpu_sys_ms": sys_ms,
-                    "libp2p_bytes_in": bytes_in,
-                    "libp2p_bytes_out": bytes_out,
-                    "facts": self.core.ledger().len(),
-                    // Equal on two nodes exactly when they hold the same facts (the soak compares them).
-                    "ledger_digest": self.core.ledger().digest().to_string(),
-                    "peers_live": self.live_peers().len(),
-                    "connected": self.connected.len(),
-                    "running": self.core.running_count(),
-                    // DAGs whose run (context on the runner) this node keeps: those with a job running here.
-                    "prepared_dags": self.ctxs.len(),
-                    // Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
-                    "runs_live": self.shared.runner.runs_live(),
-                }));
-            }
-            Cmd::Block { peers, block, reply } => {
-                for p in peers {
-                    if block {
-                        self.net.block(p);
-                    } else {
-                        self.net.unblock(p);
-                    }
-                }
-                if !block {
-                    for a in self.opts.join.clone() {
-                        let _ = self.net.dial(a);
-                    }
-                }
-                let _ = reply.send(());
-            }
-            Cmd::Lost { output, reply } => {
-                let verdict = lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &output);
-                let report = verdict == Verdict::Report;
-                if report {
-                    let Unfetchable { dag, job, record, .. } = output;
-                    warn!(%dag, job, %record, "no live peer holds a job's outputs: reporting them lost");
-                    self.core.report_lost(now, dag, job, record);
-                    self.after_step().await;
-                }
-                let _ = reply.send(report);
-            }
-            Cmd::Providers { first, reply } => {
-                let mut list: Vec<NodeId> = first.into_iter().collect();
-                list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));
-                let _ = reply.send(list);
-            }
-        }
-    }
-
-    /// Every DAG's jobs, or one DAG's with every run of each job (which costs a pass over the facts).
-    fn status_view(&self, now: u64, only: Option<Hash>) -> StatusView {
-        let ledger = self.core.ledger();
-        let dag_states: BTreeMap<Hash, shoal_mesh::ledger::DagState> = match only {
-            Some(d) => ledger.dag_state(&d, now).map(|s| (d, s)).into_iter().collect(),
-            None => ledger.state(now).dags,
-        };
-        let mesh: Vec<(String, Capabilities)> =
-            std::iter::once((hex::encode(self.core.id()), self.core.caps().clone()))
-                .chain(
-                    self.live_peers()
-                        .iter()
-                        .filter_map(|n| self.peers.get(n).and_then(|p| Some((hex::encode(n), p.caps.clone()?)))),
-                )
-                .collect();
-        // Every Done of every job of the one DAG asked for (the fold keeps only the winner).
-        let none = BTreeSet::new();
-        let mut done_runs: BTreeMap<(Hash, String), Vec<DoneRun>> = BTreeMap::new();
-        let mut lost: BTreeSet<Hash> = BTreeSet::new();
-        for f in ledger.missing_from(&none).filter(|_| only.is_some()) {
-            if let Body::Lost { dag, record, .. } = &f.body
-                && Some(*dag) == only
-            {
-                lost.insert(*record);
-            }
-            if let Body::Done { claim, record, .. } = &f.body
-                && let Some(c) = ledger.get(claim)
-                && c.author == f.author
-                && let Body::Claim { dag, job, .. } = &c.body
-                && Some(*dag) == only
-            {
-                let runs = done_runs.entry((*dag, job.clone())).or_default();
-                if !runs.iter().any(|r| r.record == *record) {
-                    runs.push(DoneRun { node: hex::encode(f.author), record: *record });
-                }
-            }
-        }
-        let mut dags = BTreeMap::new();
-        for (hash, ds) in dag_states {
-            let dag = self.core.dag(&hash);
-            let mut jobs = BTreeMap::new();
-            for (id, js) in ds.jobs {
-                let (state, node, record, failures) = match js {
-                    JobState::Open { failures } => ("open", None, None, failures),
-                    JobState::Claimed { node, failures, .. } => ("claimed", Some(hex::encode(node)), None, failures),
-                    JobState::Done { node, record, .. } => ("done", Some(hex::encode(node)), Some(record), vec![]),
-                    JobState::Failed { failures } => ("failed", None, None, failures),
-                    JobState::Cancelled => ("cancelled", None, None, vec![]),
-                };
-                let reason = if state == "open" {
-                    dag.and_then(|d| d.jobs.iter().find(|j| j.id == id))
-                        .and_then(|j| shoal_mesh::capabilities::unschedulable(&j.requirements, &mesh))
-                } else {
-                    None
-                };
-                let state = if reason.is_some() { "unschedulable" } else { state };
-                let mut runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
-                runs.retain(|r| !lost.contains(&r.record));
-                let runs = if runs.len() > 1 { runs } else { Vec::new() };
-                jobs.insert(id, JobView { state, node, record, failures, runs, nondeterministic: None, reason });
-            }
-            dags.insert(hash.to_string(), DagView { jobs, known: dag.is_some() });
-        }
-        StatusView { node: hex::encode(self.core.id()), dags }
-    }
-
-    fn peer_views(&self) -> Vec<PeerView> {
-        let ledger = self.core.ledger();
-        let me = PeerView {
-            node: hex::encode(self.core.id()),
-            peer_id: self.net.peer_id().to_string(),
-            hostname: self.hostname.clone(),
-            me: true,
-            connected: true,
-            caps: Some(self.core.caps().clone()),
-            http: Some(format!("http://{}", self.http_addr)),
-            running: self.core.running_count() as u32,
-            free_cores: self.core.free_cores(),
-            facts: ledger.len() as u64,
-            last_seen_ms_ago: 0,
-        };
-        let others = self.peers.iter().map(|(id, p)| {
-            let peer_id = peer_id_of_node(id);
-            PeerView {
-                node: hex::encode(id),
-                peer_id: peer_id.map(|p| p.to_string()).unwrap_or_default(),
-                hostname: p.announce.hostname.clone(),
-                me: false,
-                connected: peer_id.is_some_and(|p| self.connected.contains(&p)),
-                caps: p.caps.clone(),
-                http: p.announce.http.clone(),
-                running: p.announce.running,
-                free_cores: p.announce.free_cores,
-                facts: p.announce.facts,
-                last_seen_ms_ago: self.liveness.last_heard(id).map_or(0, |t| self.mono_ms().saturating_sub(t)),
-            }
-        });
-        std::iter::once(me).chain(others).collect()
     }
 }
 

@@ -2,6 +2,15 @@
 //! replicas) is the sans-IO crate `shoal-mesh`; this is the libp2p layer that carries it.
 //!
 //! - [`net`]: the libp2p swarm (TCP + pnet + noise + yamux; gossipsub, identify, ping, Kademlia,
-//!   sync request-response, block and allow lists, opt-in mDNS) that carries facts between nodes.
+//!   sync request-response, block and allow lists, opt-in mDNS) that carries facts between nodes:
+//!   the swarm, its events, the relay listeners and the limits.
+//! - `behaviour`: the swarm's behaviours, one per concern, and how each is configured.
+//! - `codec`: the anti-entropy request and response, opaque bytes as one CBOR byte string each.
+//! - [`keys`]: a node secret's libp2p identity, the mesh key's file format, node ids as peer ids.
+//! - `traffic`: byte counters under pnet, for `/v1/metrics`.
 
+mod behaviour;
+mod codec;
+pub mod keys;
 pub mod net;
+mod traffic;

@@ -47,9 +47,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -58,17 +57,20 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{ConnectionDenied, ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{ConnectionDenied, ConnectionId, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub,
-    identify, identity, kad, mdns, noise, ping, relay, tcp, yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub, identify, kad,
+    mdns, noise, relay, tcp, yamux,
 };
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
+
+use super::behaviour::{Behaviour, BehaviourEvent};
+pub use super::codec::{SyncRequest, SyncResponse};
+use super::keys::keypair_of;
+pub use super::keys::{format_psk, parse_psk, peer_id_of};
+use super::traffic::{Counted, Traffic};
 
 /// Largest gossip RPC frame, in bytes (payload plus gossipsub's envelope and signature). Facts
 /// and capabilities are small; a larger fact belongs in a blob, named by its hash.
@@ -108,15 +110,15 @@ pub const RELAY_CIRCUITS_MAX: usize = 256;
 pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 32;
 /// Circuits one peer may open in a burst, then one per [`RELAY_CIRCUIT_REFILL_S`] (per peer, not
 /// per IP: many mesh nodes may sit behind one NAT).
-const RELAY_CIRCUIT_BURST: u32 = 64;
-const RELAY_CIRCUIT_REFILL_S: u64 = 10;
+pub(super) const RELAY_CIRCUIT_BURST: u32 = 64;
+pub(super) const RELAY_CIRCUIT_REFILL_S: u64 = 10;
 
 /// Gossipsub mesh degree: small meshes (2-4 nodes) must work, so the lower bound is low; larger
 /// meshes keep about `GOSSIP_MESH_N` peers per topic.
-const GOSSIP_MESH_N: usize = 4;
-const GOSSIP_MESH_N_LOW: usize = 2;
-const GOSSIP_MESH_N_HIGH: usize = 8;
-const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
+pub(super) const GOSSIP_MESH_N: usize = 4;
+pub(super) const GOSSIP_MESH_N_LOW: usize = 2;
+pub(super) const GOSSIP_MESH_N_HIGH: usize = 8;
+pub(super) const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
 
 /// The request-response protocol of anti-entropy.
 pub const SYNC_PROTOCOL: &str = "/shoal/sync/1";
@@ -145,7 +147,7 @@ impl Topic {
         }
     }
 
-    fn ident(self) -> gossipsub::IdentTopic {
+    pub(super) fn ident(self) -> gossipsub::IdentTopic {
         gossipsub::IdentTopic::new(self.name())
     }
 
@@ -157,60 +159,6 @@ impl Topic {
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-/// An anti-entropy request: opaque CBOR the caller encodes (on the wire as one CBOR byte string).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncRequest(pub Vec<u8>);
-
-/// An anti-entropy response: opaque CBOR the caller encodes (on the wire as one CBOR byte string).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncResponse(pub Vec<u8>);
-
-// By hand rather than derived: serde serializes a `Vec<u8>` as an array of integers, which would
-// nearly double the bytes on the wire; a byte string is one header and the bytes.
-macro_rules! bytes_newtype_serde {
-    ($t:ident) => {
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0)
-            }
-        }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_byte_buf(BytesVisitor).map($t)
-            }
-        }
-    };
-}
-bytes_newtype_serde!(SyncRequest);
-bytes_newtype_serde!(SyncResponse);
-
-struct BytesVisitor;
-
-impl<'de> Visitor<'de> for BytesVisitor {
-    type Value = Vec<u8>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a byte string")
-    }
-
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-        Ok(v.to_vec())
-    }
-
-    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-        Ok(v)
-    }
-
-    // Accepted too, so a peer that encodes the bytes as an array still interoperates.
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
-        while let Some(b) = seq.next_element::<u8>()? {
-            v.push(b);
-        }
-        Ok(v)
     }
 }
 
@@ -283,27 +231,6 @@ pub enum NetError {
     Publish { topic: Topic, reason: String },
 }
 
-/// The swarm's behaviours. Each field's events arrive as a variant of the generated
-/// `BehaviourEvent`.
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    /// Deny list first: a blocked peer is refused before any other behaviour sees it.
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
-    gossipsub: gossipsub::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
-    sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
-    mdns: Toggle<mdns::tokio::Behaviour>,
-    /// Reservations on relays and circuits through them (the other half of the relay transport).
-    relay_client: relay::client::Behaviour,
-    /// Serving as a relay ([`NetConfig::relay_server`]).
-    relay: Toggle<relay::Behaviour>,
-    dcutr: dcutr::Behaviour,
-    autonat: autonat::Behaviour,
-}
-
 /// One node's libp2p swarm. Create it inside a tokio runtime; drive it with
 /// [`Net::next_event`].
 pub struct Net {
@@ -330,46 +257,6 @@ struct RelayedListen {
     listener: Option<ListenerId>,
     /// Attempts that failed in a row (only the second is a warning).
     failures: u32,
-}
-
-/// The libp2p identity of a node secret. Copies it: libp2p zeroes the buffer it is given.
-fn keypair_of(secret: &[u8; 32]) -> Result<identity::Keypair, NetError> {
-    let mut bytes = *secret;
-    identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| NetError::Identity(e.to_string()))
-}
-
-/// The peer id a node secret gives.
-pub fn peer_id_of(secret: &[u8; 32]) -> PeerId {
-    // Every 32-byte string is an ed25519 secret key: this cannot fail.
-    keypair_of(secret).expect("32 bytes are an ed25519 secret key").public().to_peer_id()
-}
-
-const PSK_HEADER: &str = "/key/swarm/psk/1.0.0/";
-const PSK_ENCODING: &str = "/base16/";
-
-/// Reads a mesh key in libp2p's key file format (`/key/swarm/psk/1.0.0/`, `/base16/`, 64 hex
-/// digits), as go-libp2p's and rust-libp2p's private networks write it. Surrounding whitespace and
-/// CRLF line ends are accepted.
-pub fn parse_psk(text: &str) -> Result<[u8; 32], NetError> {
-    let mut lines = text.trim().lines().map(str::trim);
-    let (header, encoding, key) = match (lines.next(), lines.next(), lines.next(), lines.next()) {
-        (Some(h), Some(e), Some(k), None) => (h, e, k),
-        _ => return Err(NetError::Psk("it does not have exactly three lines".into())),
-    };
-    if header != PSK_HEADER {
-        return Err(NetError::Psk(format!("the first line is {header:?}")));
-    }
-    if encoding != PSK_ENCODING {
-        return Err(NetError::Psk(format!("the encoding line is {encoding:?} (only base16 is read)")));
-    }
-    let bytes = hex::decode(key).map_err(|e| NetError::Psk(format!("the key line is not hex ({e})")))?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| NetError::Psk(format!("the key is {} bytes, not 32", bytes.len())))
-}
-
-/// Writes a mesh key in libp2p's key file format (what [`parse_psk`] reads).
-pub fn format_psk(key: &[u8; 32]) -> String {
-    PreSharedKey::new(*key).to_key_file()
 }
 
 impl Net {
@@ -834,166 +721,5 @@ fn denial(cause: &ConnectionDenied) -> String {
         n.to_string()
     } else {
         cause.to_string()
-    }
-}
-
-impl Behaviour {
-    fn new(
-        key: &identity::Keypair,
-        allow: Option<BTreeSet<PeerId>>,
-        mdns_on: bool,
-        relay_client: relay::client::Behaviour,
-        relay_server: bool,
-    ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-        let peer_id = key.public().to_peer_id();
-
-        let gossip_config = gossipsub::ConfigBuilder::default()
-            .heartbeat_interval(Duration::from_millis(GOSSIP_HEARTBEAT_MS))
-            .heartbeat_initial_delay(Duration::from_millis(GOSSIP_HEARTBEAT_INITIAL_MS))
-            .max_transmit_size(GOSSIP_BYTES_MAX)
-            .mesh_n(GOSSIP_MESH_N)
-            .mesh_n_low(GOSSIP_MESH_N_LOW)
-            .mesh_n_high(GOSSIP_MESH_N_HIGH)
-            .mesh_outbound_min(GOSSIP_MESH_OUTBOUND_MIN)
-            .gossip_lazy(GOSSIP_MESH_N)
-            // Our own messages reach every subscribed peer at once, not only the mesh: in a
-            // small mesh that is the fastest delivery, and facts are small.
-            .flood_publish(true)
-            .validation_mode(gossipsub::ValidationMode::Strict)
-            .build()?;
-        let mut gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-        for topic in Topic::ALL {
-            gossipsub.subscribe(&topic.ident())?;
-        }
-
-        let identify = identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
-        );
-
-        let mut kad = kad::Behaviour::with_config(
-            peer_id,
-            kad::store::MemoryStore::new(peer_id),
-            kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
-        );
-        // Server mode from the start: AutoNAT confirms only global addresses, and only after its
-        // boot delay, so on a LAN or loopback a client-mode node would answer no DHT query.
-        kad.set_mode(Some(kad::Mode::Server));
-
-        let codec = request_response::cbor::codec::Codec::<SyncRequest, SyncResponse>::default()
-            .set_request_size_maximum(SYNC_REQUEST_BYTES_MAX)
-            .set_response_size_maximum(SYNC_RESPONSE_BYTES_MAX);
-        let sync = request_response::Behaviour::with_codec(
-            codec,
-            [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(Duration::from_secs(SYNC_TIMEOUT_S)),
-        );
-
-        let allowed = allow.map(|peers| {
-            let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
-            for peer in peers {
-                list.allow_peer(peer);
-            }
-            list
-        });
-
-        let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
-
-        let relay = relay_server.then(|| {
-            let burst = NonZeroU32::new(RELAY_CIRCUIT_BURST).expect("a positive constant");
-            relay::Behaviour::new(
-                peer_id,
-                relay::Config {
-                    max_circuits: RELAY_CIRCUITS_MAX,
-                    max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX,
-                    max_circuit_duration: Duration::from_secs(RELAY_CIRCUIT_S),
-                    // 0 is no limit (libp2p's default, 128 KiB, is for public relays of strangers).
-                    max_circuit_bytes: 0,
-                    circuit_src_rate_limiters: Vec::new(),
-                    ..relay::Config::default()
-                }
-                .circuit_src_per_peer(burst, Duration::from_secs(RELAY_CIRCUIT_REFILL_S)),
-            )
-        });
-
-        // Probes go to connected peers only (no fixed servers), and only to peers seen at a global
-        // IP; a probe asks the peer to dial back our own observed IP.
-        let autonat = autonat::Behaviour::new(
-            peer_id,
-            autonat::Config { use_connected: true, only_global_ips: true, ..autonat::Config::default() },
-        );
-
-        Ok(Behaviour {
-            blocked: allow_block_list::Behaviour::default(),
-            allowed: Toggle::from(allowed),
-            gossipsub,
-            identify,
-            ping: ping::Behaviour::new(ping::Config::new()),
-            kad,
-            sync,
-            mdns: Toggle::from(mdns),
-            relay_client,
-            relay: Toggle::from(relay),
-            dcutr: dcutr::Behaviour::new(peer_id),
-            autonat,
-        })
-    }
-}
-
-/// Byte counters of all connections together.
-#[derive(Default)]
-struct Traffic {
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-}
-
-/// A stream that counts what it reads and writes into [`Traffic`].
-struct Counted<S> {
-    inner: S,
-    traffic: Arc<Traffic>,
-}
-
-impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Counted<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut [u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            this.traffic.bytes_in.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            this.traffic.bytes_out.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_close(cx)
     }
 }

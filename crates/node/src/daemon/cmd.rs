@@ -1,0 +1,166 @@
+//! The commands the API sends the loop, and how the loop answers each.
+
+use std::collections::BTreeMap;
+
+use libp2p::PeerId;
+use shoal_dag::{Dag, Hash};
+use shoal_mesh::ledger::{Fact, NodeId};
+use shoal_mesh::lost::{self, Unfetchable, Verdict};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::views::{FactView, PeerView, StatusView, cpu_ms};
+use super::{Node, now_unix_ms};
+
+/// What the API asks of the loop; each is answered on its `reply` channel.
+pub(crate) enum Cmd {
+    /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
+    /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
+    /// why the blobs could not be copied (then nothing was submitted).
+    Submit {
+        hash: Hash,
+        dag: Dag,
+        max_attempts: u32,
+        reply: oneshot::Sender<Result<SubmitAck, String>>,
+    },
+    /// The ledger's view: of one DAG (with every run of each job), or of all.
+    Status {
+        dag: Option<Hash>,
+        reply: oneshot::Sender<StatusView>,
+    },
+    Cancel {
+        dag: Hash,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Every fact about each job of one DAG, in clock order; None if the ledger has no such DAG.
+    Facts {
+        dag: Hash,
+        reply: oneshot::Sender<Option<BTreeMap<String, Vec<FactView>>>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerView>>,
+    },
+    /// Counters for `/v1/metrics`.
+    Metrics {
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    /// Test-only (`--test-partitions`): refuse (or accept again) these peers at the swarm.
+    Block {
+        peers: Vec<PeerId>,
+        block: bool,
+        reply: oneshot::Sender<()>,
+    },
+    /// Who may hold the blobs of a run record: its runner first, then every live peer.
+    Providers {
+        first: Option<NodeId>,
+        reply: oneshot::Sender<Vec<NodeId>>,
+    },
+    /// A completion's outputs could be fetched from no live peer: reported lost, so the job runs
+    /// again, when `shoal_mesh::lost::judge` says so (not if its runner is alive: then the failure
+    /// is taken as passing). Answers whether it was reported.
+    Lost {
+        output: Unfetchable,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+/// An acknowledged submit.
+#[derive(Clone, Debug)]
+pub(crate) struct SubmitAck {
+    /// The other nodes that hold every blob the DAG needs; empty when no other node was
+    /// connected (the DAG then depends on this node until a peer has fetched them).
+    pub holders: Vec<NodeId>,
+}
+
+impl Node {
+    pub(super) async fn on_cmd(&mut self, cmd: Cmd) {
+        let now = now_unix_ms();
+        match cmd {
+            Cmd::Submit { hash, dag, max_attempts, reply } => self.start_submit(hash, dag, max_attempts, reply).await,
+            Cmd::Status { dag, reply } => {
+                let _ = reply.send(self.status_view(now, dag));
+            }
+            Cmd::Cancel { dag, reply } => {
+                let known = self.core.ledger().has_dag(&dag);
+                if known {
+                    self.core.cancel(now, dag);
+                    self.after_step().await;
+                }
+                let _ = reply.send(known);
+            }
+            Cmd::Peers { reply } => {
+                let _ = reply.send(self.peer_views());
+            }
+            Cmd::Facts { dag, reply } => {
+                let ledger = self.core.ledger();
+                let view = ledger.has_dag(&dag).then(|| {
+                    let fact = |f: &&Fact| FactView {
+                        kind: f.body.kind(),
+                        node: hex::encode(f.author),
+                        at_unix_ms: f.hlc.wall_ms,
+                        counter: f.hlc.counter,
+                    };
+                    ledger
+                        .history(&dag)
+                        .into_iter()
+                        .map(|(job, facts)| (job, facts.iter().map(fact).collect()))
+                        .collect()
+                });
+                let _ = reply.send(view);
+            }
+            Cmd::Metrics { reply } => {
+                let (bytes_in, bytes_out) = self.net.traffic();
+                let (user_ms, sys_ms) = cpu_ms();
+                let _ = reply.send(serde_json::json!({
+                    "node": hex::encode(self.core.id()),
+                    "uptime_ms": self.started.elapsed().as_millis() as u64,
+                    "cpu_user_ms": user_ms,
+                    "cpu_sys_ms": sys_ms,
+                    "libp2p_bytes_in": bytes_in,
+                    "libp2p_bytes_out": bytes_out,
+                    "facts": self.core.ledger().len(),
+                    // Equal on two nodes exactly when they hold the same facts (the soak compares them).
+                    "ledger_digest": self.core.ledger().digest().to_string(),
+                    "peers_live": self.live_peers().len(),
+                    "connected": self.connected.len(),
+                    "running": self.core.running_count(),
+                    // DAGs whose run (context on the runner) this node keeps: those with a job running here.
+                    "prepared_dags": self.ctxs.len(),
+                    // Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
+                    "runs_live": self.shared.runner.runs_live(),
+                }));
+            }
+            Cmd::Block { peers, block, reply } => {
+                for p in peers {
+                    if block {
+                        self.net.block(p);
+                    } else {
+                        self.net.unblock(p);
+                    }
+                }
+                if !block {
+                    for a in self.opts.join.clone() {
+                        let _ = self.net.dial(a);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Cmd::Lost { output, reply } => {
+                let verdict = lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &output);
+                let report = verdict == Verdict::Report;
+                if report {
+                    let Unfetchable { dag, job, record, .. } = output;
+                    warn!(%dag, job, %record, "no live peer holds a job's outputs: reporting them lost");
+                    self.core.report_lost(now, dag, job, record);
+                    self.after_step().await;
+                }
+                let _ = reply.send(report);
+            }
+            Cmd::Providers { first, reply } => {
+                let mut list: Vec<NodeId> = first.into_iter().collect();
+                list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));
+                let _ = reply.send(list);
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The loop's side of the mesh: connections, gossip (facts and announcements), anti-entropy
+//! requests and answers, this node's own announcement and its ready file.
+
+use libp2p::{Multiaddr, PeerId};
+use shoal_blobs::net::BlobPeer;
+use shoal_mesh::capabilities::Capabilities;
+use shoal_mesh::ledger::{Body, Fact, NodeId};
+use shoal_mesh::liveness::Heartbeat;
+use shoal_mesh::sync::Inbound;
+use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
+use tracing::{debug, warn};
+
+use crate::mesh::net::{NetEvent, SyncResponse, Topic};
+
+use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
+
+impl Node {
+    pub(super) fn on_net(&mut self, ev: NetEvent) {
+        let now = now_unix_ms();
+        match ev {
+            NetEvent::Listening(addr) => {
+                self.listen_addrs.push(addr);
+                self.write_ready_file();
+            }
+            NetEvent::Connected(peer) => {
+                self.connected.insert(peer);
+                // It passed pnet (the mesh key) and noise (its id): a member, so it may fetch
+                // this node's blobs.
+                if let Some(node) = node_of_peer(&peer) {
+                    self.shared.blobs.admit(&node);
+                    self.sync.handle_connected(self.mono_ms(), node);
+                }
+                self.liveness.handle_connected(self.mono_ms());
+            }
+            NetEvent::Disconnected(peer) => {
+                self.connected.remove(&peer);
+                if let Some(node) = node_of_peer(&peer) {
+                    self.sync.handle_disconnected(self.mono_ms(), node);
+                }
+            }
+            NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
+                Ok(batch) if batch.v == WIRE_VERSION => {
+                    self.take_facts(now, batch.facts, &from);
+                    self.inline_dags.extend(batch.dags);
+                }
+                Ok(_) => debug!(%from, "a fact batch of another wire version; ignored"),
+                Err(e) => warn!(%from, "{e}"),
+            },
+            NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
+                Ok(a) if a.v == WIRE_VERSION => {
+                    if peer_id_of_node(&a.node) != Some(from) {
+                        warn!(%from, "an announcement for another node's id; ignored");
+                        return;
+                    }
+                    self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+                    // Signed by its author and carried only over connections that passed pnet: the
+                    // author is a member (this reaches peers we have no direct connection to),
+                    // unless `--allow` leaves it out of this node's mesh.
+                    if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
+                        self.shared.blobs.admit(&a.node);
+                    }
+                    // Gossip reached us through others: connect directly, so the mesh stays
+                    // whole when the node everyone joined through leaves.
+                    if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
+                        for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
+                            let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
+                            if let Err(e) = self.net.dial(addr) {
+                                debug!(%from, "cannot dial an announced address: {e}");
+                            }
+                        }
+                    }
+                    let node = a.node;
+                    // A new peer also gets a heartbeat of ours at once (`drive_mesh`).
+                    let new = self.liveness.handle_heard(self.mono_ms(), node);
+                    let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
+                    let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
+                    self.peers.insert(a.node, PeerInfo { announce: a, caps });
+                    if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
+                        let caps: Vec<(NodeId, Capabilities)> =
+                            self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
+                        self.core.handle_peer_caps(now, caps);
+                    }
+                    if new {
+                        let live = self.live_peers();
+                        self.core.handle_peers(now, live);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(%from, "{e}"),
+            },
+            NetEvent::Request { peer, request, channel } => {
+                let resp = match wire::decode::<SyncReq>(&request.0) {
+                    // Answered once held, or with its progress a moment later.
+                    Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
+                    Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
+                        Inbound::Answer(resp) => resp,
+                        Inbound::Store(facts) => {
+                            let (added, refused) = self.take_facts(now, facts, &peer);
+                            SyncResp::Stored { added, refused }
+                        }
+                    },
+                    Err(e) => SyncResp::Refused { reason: e.to_string() },
+                };
+                self.net.respond(channel, SyncResponse(wire::encode(&resp)));
+            }
+            NetEvent::Response { peer, id, response } => {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
+                    self.on_hold_response(dag, node, &response.0);
+                } else {
+                    self.on_sync_response(now, &peer, &response.0);
+                }
+            }
+            NetEvent::RequestFailed { peer, id, error } => {
+                if let Some((dag, node)) = self.hold.requests.remove(&id) {
+                    self.hold_failed(dag, node, format!("the request failed: {error}"));
+                } else {
+                    debug!(%peer, "sync request failed: {error}");
+                }
+            }
+        }
+    }
+
+    pub(super) fn take_facts(&mut self, now: u64, facts: Vec<Fact>, from: &PeerId) -> (u64, u64) {
+        let (mut added, mut refused) = (0, 0);
+        for fact in facts {
+            let id = fact.id();
+            if self.core.ledger().get(&id).is_some() {
+                continue;
+            }
+            match self.core.handle_fact(now, fact.clone()) {
+                Ok(()) => {
+                    added += 1;
+                    if let Body::Done { record, .. } = &fact.body {
+                        let live = self.live_peers();
+                        self.replicas.handle_done(self.mono_ms(), *record, fact.author, &live);
+                    }
+                    self.to_persist.push(fact);
+                }
+                Err(e) => {
+                    refused += 1;
+                    warn!(%from, "refused a fact: {e}");
+                }
+            }
+        }
+        (added, refused)
+    }
+
+    fn on_sync_response(&mut self, now: u64, peer: &PeerId, bytes: &[u8]) {
+        let resp = match wire::decode::<SyncResp>(bytes) {
+            Ok(r) => r,
+            Err(e) => return warn!(%peer, "{e}"),
+        };
+        if let SyncResp::Refused { reason } = &resp {
+            warn!(%peer, "the peer refused our sync request: {reason}");
+        }
+        let Some(node) = node_of_peer(peer) else { return };
+        let facts = self.sync.handle_response(self.mono_ms(), self.core.ledger(), node, resp);
+        if !facts.is_empty() {
+            self.take_facts(now, facts, peer);
+        }
+    }
+
+    pub(super) fn announce(&mut self, beat: Heartbeat) {
+        let ledger = self.core.ledger();
+        let a = Announce {
+            v: WIRE_VERSION,
+            node: self.core.id(),
+            hostname: self.hostname.clone(),
+            caps: beat.with_caps.then(|| self.core.caps().clone()),
+            blob_addrs: self.shared.blobs.me().addrs,
+            listen: self.listen_addrs.iter().map(ToString::to_string).collect(),
+            http: Some(format!("http://{}", self.http_addr)),
+            running: self.core.running_count() as u32,
+            free_cores: self.core.free_cores(),
+            facts: ledger.len() as u64,
+            ledger_digest: ledger.digest(),
+            sent_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
+            debug!("announce: {e}");
+        }
+    }
+
+    /// Writes where this node listens to `$SHOAL_HOME/node.json` (so local commands find it) and
+    /// to `--ready-file`.
+    pub(super) fn write_ready_file(&self) {
+        let ready = serde_json::json!({
+            "node": hex::encode(self.core.id()),
+            "peer_id": self.net.peer_id().to_string(),
+            "listen": self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.net.peer_id())).collect::<Vec<_>>(),
+            "http": format!("http://{}", self.http_addr),
+            "blobs": self.shared.blobs.me().addrs,
+        });
+        let home_file = self.shared.store.home().join("node.json");
+        for path in std::iter::once(&home_file).chain(self.opts.ready_file.as_ref()) {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, format!("{ready}\n")).and_then(|()| std::fs::rename(&tmp, path)).is_err() {
+                warn!("cannot write {}", path.display());
+            }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The swarm's behaviours, one per concern, combined with `#[derive(NetworkBehaviour)]`, and
+//! how each is configured (the limits are [`super::net`]'s constants).
+
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    PeerId, StreamProtocol, allow_block_list, autonat, dcutr, gossipsub, identify, identity, kad, mdns, ping, relay,
+};
+
+use super::codec::{SyncRequest, SyncResponse};
+use super::net::{
+    GOSSIP_BYTES_MAX, GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH,
+    GOSSIP_MESH_N_LOW, GOSSIP_MESH_OUTBOUND_MIN, IDENTIFY_PROTOCOL, KAD_PROTOCOL, RELAY_CIRCUIT_BURST,
+    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_PROTOCOL,
+    SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
+};
+
+/// The swarm's behaviours. Each field's events arrive as a variant of the generated
+/// `BehaviourEvent`.
+#[derive(NetworkBehaviour)]
+pub(super) struct Behaviour {
+    /// Deny list first: a blocked peer is refused before any other behaviour sees it.
+    pub(super) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(super) allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    pub(super) gossipsub: gossipsub::Behaviour,
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+    pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(super) sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+    pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Reservations on relays and circuits through them (the other half of the relay transport).
+    pub(super) relay_client: relay::client::Behaviour,
+    /// Serving as a relay ([`NetConfig::relay_server`]).
+    pub(super) relay: Toggle<relay::Behaviour>,
+    pub(super) dcutr: dcutr::Behaviour,
+    pub(super) autonat: autonat::Behaviour,
+}
+
+impl Behaviour {
+    pub(super) fn new(
+        key: &identity::Keypair,
+        allow: Option<BTreeSet<PeerId>>,
+        mdns_on: bool,
+        relay_client: relay::client::Behaviour,
+        relay_server: bool,
+    ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+        let peer_id = key.public().to_peer_id();
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(GOSSIP_HEARTBEAT_MS))
+            .heartbeat_initial_delay(Duration::from_millis(GOSSIP_HEARTBEAT_INITIAL_MS))
+            .max_transmit_size(GOSSIP_BYTES_MAX)
+            .mesh_n(GOSSIP_MESH_N)
+            .mesh_n_low(GOSSIP_MESH_N_LOW)
+            .mesh_n_high(GOSSIP_MESH_N_HIGH)
+            .mesh_outbound_min(GOSSIP_MESH_OUTBOUND_MIN)
+            .gossip_lazy(GOSSIP_MESH_N)
+            // Our own messages reach every subscribed peer at once, not only the mesh: in a
+            // small mesh that is the fastest delivery, and facts are small.
+            .flood_publish(true)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .build()?;
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+        for topic in Topic::ALL {
+            gossipsub.subscribe(&topic.ident())?;
+        }
+
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
+        );
+
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+        );
+        // Server mode from the start: AutoNAT confirms only global addresses, and only after its
+        // boot delay, so on a LAN or loopback a client-mode node would answer no DHT query.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        let codec = request_response::cbor::codec::Codec::<SyncRequest, SyncResponse>::default()
+            .set_request_size_maximum(SYNC_REQUEST_BYTES_MAX)
+            .set_response_size_maximum(SYNC_RESPONSE_BYTES_MAX);
+        let sync = request_response::Behaviour::with_codec(
+            codec,
+            [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(Duration::from_secs(SYNC_TIMEOUT_S)),
+        );
+
+        let allowed = allow.map(|peers| {
+            let mut list = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+            for peer in peers {
+                list.allow_peer(peer);
+            }
+            list
+        });
+
+        let mdns = if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
+
+        let relay = relay_server.then(|| {
+            let burst = NonZeroU32::new(RELAY_CIRCUIT_BURST).expect("a positive constant");
+            relay::Behaviour::new(
+                peer_id,
+                relay::Config {
+                    max_circuits: RELAY_CIRCUITS_MAX,
+                    max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX,
+                    max_circuit_duration: Duration::from_secs(RELAY_CIRCUIT_S),
+                    // 0 is no limit (libp2p's default, 128 KiB, is for public relays of strangers).
+                    max_circuit_bytes: 0,
+                    circuit_src_rate_limiters: Vec::new(),
+                    ..relay::Config::default()
+                }
+                .circuit_src_per_peer(burst, Duration::from_secs(RELAY_CIRCUIT_REFILL_S)),
+            )
+        });
+
+        // Probes go to connected peers only (no fixed servers), and only to peers seen at a global
+        // IP; a probe asks the peer to dial back our own observed IP.
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config { use_connected: true, only_global_ips: true, ..autonat::Config::default() },
+        );
+
+        Ok(Behaviour {
+            blocked: allow_block_list::Behaviour::default(),
+            allowed: Toggle::from(allowed),
+            gossipsub,
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            sync,
+            mdns: Toggle::from(mdns),
+            relay_client,
+            relay: Toggle::from(relay),
+            dcutr: dcutr::Behaviour::new(peer_id),
+            autonat,
+        })
+    }
+}
