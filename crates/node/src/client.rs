@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 
 use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shoal_dag::InputRef;
 use shoal_dag::pin::JobPins;
+
+use crate::api::{DagList, DagStatus, Event, Health, JobStatus, NodeFile, Peers, StoredBlob, Submitted};
 
 /// Longest answer read from a node that is not an output, in bytes.
 const REPLY_BYTES_MAX: u64 = 64 << 20;
@@ -31,11 +34,10 @@ pub fn node_url(given: Option<String>, home: &Path) -> Result<String> {
             home.display()
         )
     })?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    v.get("http")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("{} names no http address", path.display()))
+    let file: NodeFile = serde_json::from_str(&text).with_context(|| {
+        format!("reading {}: not a running node's file; is another program writing it?", path.display())
+    })?;
+    Ok(file.http)
 }
 
 pub struct Client {
@@ -91,7 +93,8 @@ impl Client {
         anyhow!("cannot reach the node at {}: {e}; is `shoal node` running there?", self.base)
     }
 
-    pub fn get_json(&self, path: &str) -> Result<Value> {
+    /// GETs `path` and reads its JSON answer as `T` (one of `crate::api`'s bodies, or a `Value`).
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let resp = self.get_req(&url).call().map_err(|e| self.unreachable(e))?;
         let mut resp = self.check(&url, resp)?;
@@ -100,7 +103,7 @@ impl Client {
 
     /// POSTs `body` of `content_type` (the node refuses bodies of other types than a route's, and
     /// untyped ones: see `daemon::auth`); an empty body goes untyped.
-    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Result<Value> {
+    pub fn post<T: DeserializeOwned>(&self, path: &str, content_type: &str, body: &[u8]) -> Result<T> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.post(&url);
         if !body.is_empty() {
@@ -162,11 +165,10 @@ fn submit_inner(
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
-            let reply = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
-            let hash = reply["hash"].as_str().ok_or_else(|| anyhow!("the node's upload reply names no hash"))?;
+            let reply: StoredBlob = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
             match name {
-                Some(n) => pin.inputs.push((n.clone(), hash.to_string())),
-                None => pin.stdin = Some(hash.to_string()),
+                Some(n) => pin.inputs.push((n.clone(), reply.hash.to_string())),
+                None => pin.stdin = Some(reply.hash.to_string()),
             }
         }
         pins.push(pin);
@@ -178,9 +180,9 @@ fn submit_inner(
     if let Some(n) = max_attempts {
         query.push_str(&format!("&max_attempts={n}"));
     }
-    let reply = client.post(&format!("/v1/dags{query}"), "application/json", text.as_bytes())?;
-    let hash = reply["dag"].as_str().ok_or_else(|| anyhow!("the node's reply names no DAG"))?.to_string();
-    if reply["depends_on_this_node"] == true {
+    let reply: Submitted = client.post(&format!("/v1/dags{query}"), "application/json", text.as_bytes())?;
+    let hash = reply.dag.to_string();
+    if reply.depends_on_this_node {
         eprintln!(
             "warning: no other node of the mesh holds this DAG's images and inputs yet (none was connected): \
              if the node at {} leaves before a peer has fetched them, the DAG cannot finish",
@@ -189,7 +191,8 @@ fn submit_inner(
     }
     if !wait {
         if json {
-            println!("{reply}");
+            // As a `Value`: its keys sorted, as the node sent them.
+            println!("{}", serde_json::to_value(&reply)?);
         } else {
             println!("{hash}");
         }
@@ -200,8 +203,6 @@ fn submit_inner(
     }
     Ok((wait_for(client, &hash, json)?, hash))
 }
-
-const TERMINAL: [&str; 4] = ["done", "failed", "cancelled", "unschedulable"];
 
 /// Polls until every job is terminal, with a progress bar; prints the table (or JSON).
 pub fn wait_for(client: &Client, dag: &str, json: bool) -> Result<bool> {
@@ -215,25 +216,21 @@ pub fn wait_for(client: &Client, dag: &str, json: bool) -> Result<bool> {
     );
     let start = Instant::now();
     let status = loop {
-        let status = client.get_json(&format!("/v1/dags/{dag}"))?;
-        let jobs = status["jobs"].as_object().cloned().unwrap_or_default();
-        let ended = jobs.values().filter(|j| TERMINAL.contains(&j["state"].as_str().unwrap_or(""))).count();
-        let running = jobs.values().filter(|j| j["state"] == "claimed").count();
-        bar.set_length(jobs.len() as u64);
+        let status: DagStatus = client.get_json(&format!("/v1/dags/{dag}"))?;
+        let (ended, running) = progress(&status);
+        let jobs = status.jobs.len();
+        bar.set_length(jobs as u64);
         bar.set_position(ended as u64);
         bar.set_message(format!("({running} running)"));
-        if !jobs.is_empty() && ended == jobs.len() {
+        if jobs > 0 && ended == jobs {
             break status;
         }
         std::thread::sleep(Duration::from_millis(WAIT_POLL_MS));
     };
     bar.finish_and_clear();
-    let ok = status["jobs"].as_object().is_some_and(|j| j.values().all(|j| j["state"] == "done"));
+    let ok = status.jobs.values().all(|j| j.state == JobStatus::Done);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "dag": dag, "jobs": status["jobs"]}))?
-        );
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": ok, "dag": dag, "jobs": status.jobs}))?);
     } else {
         print_status(&status);
         eprintln!("{} in {:.1} s", if ok { "done" } else { "ended with failures" }, start.elapsed().as_secs_f64());
@@ -241,35 +238,38 @@ pub fn wait_for(client: &Client, dag: &str, json: bool) -> Result<bool> {
     Ok(ok)
 }
 
+/// How many of a DAG's jobs have ended, and how many run now.
+fn progress(status: &DagStatus) -> (usize, usize) {
+    let ended = status.jobs.values().filter(|j| j.state.is_terminal()).count();
+    let running = status.jobs.values().filter(|j| j.state == JobStatus::Claimed).count();
+    (ended, running)
+}
+
 /// The table of a DAG's jobs: state, the node that ran or runs it, its record, why it failed.
-pub fn print_status(status: &Value) {
+pub fn print_status(status: &DagStatus) {
+    println!("{}", status_table(status));
+}
+
+fn status_table(status: &DagStatus) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(["job", "state", "node", "record", "note"]);
-    for (id, j) in status["jobs"].as_object().into_iter().flatten() {
-        let short = |v: &Value, n: usize| {
-            v.as_str().map(|s| s.trim_start_matches("blake3:").chars().take(n).collect::<String>())
-        };
-        let note = j["reason"]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| {
-                j["failures"]
-                    .as_array()
-                    .and_then(|f| f.last())
-                    .and_then(Value::as_str)
-                    .map(|s| s.lines().next().unwrap_or("").to_string())
-            })
+    let short = |s: &str, n: usize| s.trim_start_matches("blake3:").chars().take(n).collect::<String>();
+    for (id, j) in &status.jobs {
+        let note = j
+            .reason
+            .clone()
+            .or_else(|| j.failures.last().map(|s| s.lines().next().unwrap_or("").to_string()))
             .unwrap_or_default();
         table.add_row([
             id.clone(),
-            j["state"].as_str().unwrap_or("").to_string(),
-            short(&j["node"], 12).unwrap_or_default(),
-            short(&j["record"], 12).unwrap_or_default(),
+            j.state.to_string(),
+            j.node.as_deref().map(|n| short(n, 12)).unwrap_or_default(),
+            j.record.map(|r| short(&r.to_string(), 12)).unwrap_or_default(),
             note,
         ]);
     }
-    println!("{table}");
+    table
 }
 
 /// `shoal watch`: every ledger event of the DAG (all DAGs when none given) as it happens.
@@ -280,62 +280,80 @@ pub fn watch(client: &Client, dag: Option<&str>, json: bool) -> Result<()> {
     for line in reader.lines() {
         let line = line.context("the node closed the event stream")?;
         let Some(data) = line.strip_prefix("data:") else { continue };
-        let Ok(ev) = serde_json::from_str::<Value>(data.trim()) else { continue };
-        if want.as_deref().is_some_and(|w| ev["dag"].as_str() != Some(w)) {
+        // Not every line is an event: a `lagged` notice, or an event of a newer node.
+        let Ok(ev) = serde_json::from_str::<Event>(data.trim()) else { continue };
+        if want.as_deref().is_some_and(|w| ev.dag.to_string() != w) {
             continue;
         }
         if json {
-            println!("{ev}");
+            // As a `Value`: its keys sorted, as this command always printed them.
+            println!("{}", serde_json::to_value(&ev)?);
         } else {
-            let node: String = ev["node"].as_str().unwrap_or("").chars().take(12).collect();
-            println!(
-                "{:<10} {:<20} on {node}  {}",
-                ev["kind"].as_str().unwrap_or(""),
-                ev["job"].as_str().unwrap_or("-"),
-                ev["detail"].as_str().unwrap_or("").lines().next().unwrap_or("")
-            );
+            println!("{}", event_line(&ev));
         }
         std::io::stdout().flush()?;
     }
     Ok(())
 }
 
+/// An event as `shoal watch` prints it.
+fn event_line(ev: &Event) -> String {
+    let node: String = ev.node.chars().take(12).collect();
+    format!(
+        "{:<10} {:<20} on {node}  {}",
+        ev.kind.as_str(),
+        ev.job.as_deref().unwrap_or("-"),
+        ev.detail.as_deref().unwrap_or("").lines().next().unwrap_or("")
+    )
+}
+
 /// `shoal peers`.
 pub fn peers(client: &Client, json: bool) -> Result<()> {
-    let v = client.get_json("/v1/peers")?;
+    let v: Peers = client.get_json("/v1/peers")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v["peers"])?);
+        // As `Value`s: their keys sorted, as this command always printed them.
+        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&v.peers)?)?);
         return Ok(());
     }
+    println!("{}", peers_table(&v));
+    Ok(())
+}
+
+fn peers_table(v: &Peers) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table
         .set_header(["node", "host", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "http"]);
-    for p in v["peers"].as_array().into_iter().flatten() {
-        let node: String = p["node"].as_str().unwrap_or("").chars().take(12).collect();
-        let seen = if p["me"] == true {
+    for p in &v.peers {
+        let node: String = p.node.chars().take(12).collect();
+        let seen = if p.me {
             "(this node)".to_string()
-        } else if p["connected"] == true {
-            format!("{} ms ago", p["last_seen_ms_ago"])
+        } else if p.connected {
+            format!("{} ms ago", p.last_seen_ms_ago)
         } else {
-            format!("{} ms ago, disconnected", p["last_seen_ms_ago"])
+            format!("{} ms ago, disconnected", p.last_seen_ms_ago)
         };
+        let caps = p.caps.as_ref();
+        // What `caps` lacks (no announcement with them yet) shows as JSON's null, as it did.
+        let or_null = |s: Option<String>| s.unwrap_or_else(|| "null".into());
         table.add_row([
             node,
-            p["hostname"].as_str().unwrap_or("").to_string(),
-            p["caps"]["arch"].as_str().unwrap_or("").to_string(),
-            p["caps"]["cores"].to_string(),
-            p["free_cores"].to_string(),
-            p["running"].to_string(),
-            crate::output::bytes(p["caps"]["memory_bytes"].as_u64().unwrap_or(0)),
-            p["caps"]["microvm"].to_string(),
-            p["facts"].to_string(),
+            p.hostname.clone(),
+            caps.map(|c| {
+                serde_json::to_value(c.arch).ok().and_then(|a| a.as_str().map(str::to_string)).unwrap_or_default()
+            })
+            .unwrap_or_default(),
+            or_null(caps.map(|c| c.cores.to_string())),
+            p.free_cores.to_string(),
+            p.running.to_string(),
+            crate::output::bytes(caps.map_or(0, |c| c.memory_bytes)),
+            or_null(caps.map(|c| c.microvm.to_string())),
+            p.facts.to_string(),
             seen,
-            p["http"].as_str().unwrap_or("").to_string(),
+            p.http.clone().unwrap_or_default(),
         ]);
     }
-    println!("{table}");
-    Ok(())
+    table
 }
 
 /// `shoal get JOB OUTPUT --node URL [--dag HASH]`: the output from whichever peer holds it.
@@ -344,13 +362,12 @@ pub fn get_output(client: &Client, dag: Option<&str>, job: &str, output: &str, o
         Some(d) => d.to_string(),
         None => {
             // The one DAG in the ledger that has this job done.
-            let list = client.get_json("/v1/dags")?;
+            let list: DagList = client.get_json("/v1/dags")?;
             let mut found = Vec::new();
-            for d in list["dags"].as_array().into_iter().flatten() {
-                let h = d["dag"].as_str().unwrap_or("").to_string();
-                let s = client.get_json(&format!("/v1/dags/{h}"))?;
-                if s["jobs"][job]["state"] == "done" {
-                    found.push(h);
+            for d in list.dags {
+                let s: DagStatus = client.get_json(&format!("/v1/dags/{}", d.dag))?;
+                if s.jobs.get(job).is_some_and(|j| j.state == JobStatus::Done) {
+                    found.push(d.dag.to_string());
                 }
             }
             match found.len() {
@@ -392,27 +409,26 @@ pub fn get_output(client: &Client, dag: Option<&str>, job: &str, output: &str, o
 /// another node (through that node's API), so the results outlive it even if replication has not
 /// caught up. Returns how many outputs were handed off; a peer whose API is out of reach is skipped.
 pub fn hand_off(local: &Client, dag: &str) -> Result<usize> {
-    let me = local.get_json("/v1/health")?["node"].as_str().unwrap_or("").to_string();
-    let peers = local.get_json("/v1/peers")?;
-    let others: Vec<Client> = peers["peers"]
-        .as_array()
+    let me = local.get_json::<Health>("/v1/health")?.node;
+    let peers: Peers = local.get_json("/v1/peers")?;
+    let others: Vec<Client> = peers
+        .peers
         .into_iter()
-        .flatten()
-        .filter(|p| p["me"] != true && p["connected"] == true)
-        .filter_map(|p| p["http"].as_str().map(|h| Client::new(h.to_string(), local.token())))
+        .filter(|p| !p.me && p.connected)
+        .filter_map(|p| p.http.map(|h| Client::new(h, local.token())))
         .collect();
     if others.is_empty() {
         return Ok(0);
     }
-    let status = local.get_json(&format!("/v1/dags/{dag}"))?;
+    let status: DagStatus = local.get_json(&format!("/v1/dags/{dag}"))?;
     let mut handed = 0;
-    for (job, j) in status["jobs"].as_object().into_iter().flatten() {
-        if j["node"].as_str() != Some(me.as_str()) || j["state"] != "done" {
+    for (job, j) in &status.jobs {
+        if j.node.as_deref() != Some(me.as_str()) || j.state != JobStatus::Done {
             continue;
         }
-        let Some(record) = j["record"].as_str() else { continue };
-        let rec = local.get_json(&format!("/v1/records/{record}"))?;
-        let mut names: Vec<String> = rec["outputs"].as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect();
+        let Some(record) = j.record else { continue };
+        let rec: shoal_dag::RunRecord = local.get_json(&format!("/v1/records/{record}"))?;
+        let mut names: Vec<String> = rec.outputs.into_keys().collect();
         names.extend(["stdout".to_string(), "stderr".to_string()]);
         names.dedup();
         for name in names {

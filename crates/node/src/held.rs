@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::api::{Collected, Done, FileInput, PullRequest, RunEnd, RunRequest, StoredBlob, StoredImage};
 use shoal_blobs::StoreError;
 use shoal_dag::{Digest, DigestKind, Hash, InputRef, RunRecord};
 
@@ -105,7 +108,7 @@ impl Held {
         Ok(self.get(path)?.with_config().limit(REPLY_BYTES_MAX).read_json()?)
     }
 
-    fn post_json<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
+    fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
         let sent = self.post_request(path, "application/json").send(serde_json::to_vec(body)?);
         Ok(self.reply(path, sent)?.with_config().limit(REPLY_BYTES_MAX).read_json()?)
     }
@@ -113,7 +116,7 @@ impl Held {
     /// Streams `body` to `path` (bytes: a file, or a tar this process writes).
     fn upload<T: DeserializeOwned>(&self, path: &str, body: impl Read) -> Result<T> {
         // A node that refuses us says why here, not by cutting the upload.
-        let _: Value = self.post_json("/v1/local/ready", &json!({}))?;
+        let _: Done = self.post_json("/v1/local/ready", &serde_json::Map::new())?;
         let mut body = body;
         let sent = self.post_request(path, "application/octet-stream").send(ureq::SendBody::from_reader(&mut body));
         Ok(self.reply(path, sent)?.with_config().limit(REPLY_BYTES_MAX).read_json()?)
@@ -198,13 +201,8 @@ impl Held {
 
     /// `shoal blob ls`.
     pub fn blob_ls(&self) -> Result<Vec<(Hash, u64)>> {
-        let rows: Vec<Value> = self.get_json("/v1/local/blobs")?;
-        rows.iter()
-            .map(|r| {
-                let hash = r["hash"].as_str().unwrap_or("").parse().map_err(|e: String| anyhow!(e))?;
-                Ok((hash, r["size"].as_u64().unwrap_or(0)))
-            })
-            .collect()
+        let rows: Vec<StoredBlob> = self.get_json("/v1/local/blobs")?;
+        Ok(rows.into_iter().map(|r| (r.hash, r.size)).collect())
     }
 
     /// `shoal image import PATH` (an OCI layout directory, sent as an OCI archive, or an archive).
@@ -219,20 +217,20 @@ impl Held {
             path: path.to_owned(),
             source,
         })?;
-        let reply: Value = if meta.is_dir() {
+        let reply: StoredImage = if meta.is_dir() {
             self.upload(&route, TarStream::of_dir(path))?
         } else {
             let (file, len) = open_regular(path)?;
             self.upload(&route, file.take(len))?
         };
-        image_id(&reply)
+        Ok(reply.image)
     }
 
     /// `shoal image pull`.
     pub fn image_pull(&self, reference: &str, tag: Option<&str>, insecure: bool) -> Result<Hash> {
-        let reply: Value = self
-            .post_json("/v1/local/images/pull", &json!({"reference": reference, "tag": tag, "insecure": insecure}))?;
-        image_id(&reply)
+        let request = PullRequest { insecure, reference: reference.to_string(), tag: tag.map(str::to_string) };
+        let reply: StoredImage = self.post_json("/v1/local/images/pull", &request)?;
+        Ok(reply.image)
     }
 
     /// `shoal image ls`.
@@ -242,16 +240,8 @@ impl Held {
 
     /// `shoal gc`, by the node (refused while jobs run there).
     pub fn gc(&self) -> Result<shoal_blobs::GcReport> {
-        let v: Value = self.post_json("/v1/local/gc", &json!({}))?;
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
-        Ok(shoal_blobs::GcReport {
-            blobs_kept: n("blobs_kept"),
-            blobs_removed: n("blobs_removed"),
-            bytes_freed: n("bytes_freed"),
-            rootfs_removed: n("rootfs_removed"),
-            rootfs_bytes_freed: n("rootfs_bytes_freed"),
-            corrupt_removed: n("corrupt_removed"),
-        })
+        let collected: Collected = self.post_json("/v1/local/gc", &serde_json::Map::new())?;
+        Ok(collected.into())
     }
 
     /// `shoal run DAG`, run by the node as a local run of its store: the DAG's `file:` inputs are
@@ -268,7 +258,7 @@ impl Held {
         };
         let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");
         let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let mut files: BTreeMap<String, Value> = BTreeMap::new();
+        let mut files: BTreeMap<String, FileInput> = BTreeMap::new();
         for job in &dag.jobs {
             for input in job.inputs.values().chain(job.stdin.iter()) {
                 let InputRef::File(p) = input else { continue };
@@ -278,8 +268,16 @@ impl Held {
                 files.insert(p.clone(), self.send_input(&dag_dir.join(p))?);
             }
         }
-        let request = json!({"name": name, "dag": text, "files": files, "backend": opts.backend,
-            "json": opts.json, "no_cache": opts.no_cache, "cores": opts.cores, "warm_vms": opts.warm_vms});
+        let request = RunRequest {
+            backend: opts.backend.to_string(),
+            cores: opts.cores,
+            dag: text,
+            files,
+            json: opts.json,
+            name,
+            no_cache: opts.no_cache,
+            warm_vms: opts.warm_vms,
+        };
         let route = "/v1/local/runs";
         let sent = self.post_request(route, "application/json").send(serde_json::to_vec(&request)?);
         let body = self.reply(route, sent)?;
@@ -288,20 +286,20 @@ impl Held {
         for line in std::io::BufRead::lines(lines) {
             let line = line.with_context(|| format!("the node at {} stopped answering during the run", self.url))?;
             let v: Value = serde_json::from_str(&line).with_context(|| format!("the node sent `{line}`"))?;
-            match v["event"].as_str() {
-                Some("end") => {
+            match serde_json::from_value::<RunEnd>(v.clone()) {
+                Ok(RunEnd::End { ok, stderr, stdout, .. }) => {
                     progress.finish();
-                    print!("{}", v["stdout"].as_str().unwrap_or(""));
-                    eprint!("{}", v["stderr"].as_str().unwrap_or(""));
+                    print!("{stdout}");
+                    eprint!("{stderr}");
                     std::io::stdout().flush()?;
-                    let ok = v["ok"] == true;
                     return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) });
                 }
-                Some("error") => {
+                Ok(RunEnd::Error { error, .. }) => {
                     progress.finish();
-                    bail!("{}", v["error"].as_str().unwrap_or("the run failed"));
+                    bail!("{error}");
                 }
-                _ => {
+                // One of the run's steps (or a kind this client does not draw).
+                Err(_) => {
                     if let Ok(ev) = serde_json::from_value::<RunEvent>(v) {
                         progress.on(ev);
                     }
@@ -313,17 +311,21 @@ impl Held {
 
     /// Uploads one `file:` input: its digest, or why it could not be read (the job fails with
     /// that, as in a run that reads the file itself).
-    fn send_input(&self, path: &Path) -> Result<Value> {
+    fn send_input(&self, path: &Path) -> Result<FileInput> {
         let sent = match std::fs::metadata(path) {
-            Err(e) => return Ok(json!({"error": format!("cannot read the input file {}: {e}", path.display())})),
+            Err(e) => {
+                return Ok(FileInput::Unreadable {
+                    error: format!("cannot read the input file {}: {e}", path.display()),
+                });
+            }
             Ok(meta) if meta.is_dir() => self.put_tree(path),
             Ok(_) => self.put_file(path),
         };
         match sent {
-            Ok(digest) => Ok(serde_json::to_value(digest)?),
+            Ok(digest) => Ok(FileInput::Sent(digest)),
             // Unreachable node: the run cannot happen at all.
             Err(e) if e.downcast_ref::<NodeSaid>().is_none() && e.downcast_ref::<StoreError>().is_none() => Err(e),
-            Err(e) => Ok(json!({"error": format!("{e:#}")})),
+            Err(e) => Ok(FileInput::Unreadable { error: format!("{e:#}") }),
         }
     }
 }
@@ -356,13 +358,6 @@ impl std::error::Error for NodeSaid {}
 fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.into();
     move |source| StoreError::Io { what, path, source }
-}
-
-fn image_id(reply: &Value) -> Result<Hash> {
-    reply["image"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("the node's reply names no image: {reply}"))
 }
 
 /// Opens a file to upload as the store opens one to store: regular files only (a FIFO or a

@@ -22,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod api_error;
 pub mod client;
 pub mod clock;

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use shoal_node::api::{Cancelled, DagList, DagStatus};
 
 use super::{Command, EXIT_JOB_FAILED, NodeArg};
 
@@ -20,14 +21,20 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
         }
         Command::Status { dag, node, json } => {
             let c = connect(node)?;
-            let v = match &dag {
-                Some(d) => c.get_json(&format!("/v1/dags/{d}"))?,
-                None => c.get_json("/v1/dags")?,
-            };
-            if json || dag.is_none() {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                client::print_status(&v);
+            // JSON goes out as a `Value`: its keys sorted, as this command always printed them.
+            match &dag {
+                Some(d) => {
+                    let status: DagStatus = c.get_json(&format!("/v1/dags/{d}"))?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&status)?)?);
+                    } else {
+                        client::print_status(&status);
+                    }
+                }
+                None => {
+                    let list: DagList = c.get_json("/v1/dags")?;
+                    println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&list)?)?);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -36,8 +43,8 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { dag, node } => {
-            let v = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), "application/json", b"")?;
-            println!("{v}");
+            let v: Cancelled = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), "application/json", b"")?;
+            println!("{}", serde_json::to_value(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Peers { node, json } => {

@@ -2,7 +2,6 @@
 //! [`Cmd`] for the loop, or reads the store; nothing here touches the core directly. The routes
 //! are described in `openapi.json` (served at `/v1/openapi.json`).
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -15,12 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 use shoal_dag::{DigestKind, Hash};
 use shoal_mesh::lost::Unfetchable;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
+use crate::api::{BlockRequest, Cancelled, DagFacts, DagList, DagStatus, Done, Health, Peers, StoredBlob, Submitted};
 use crate::api_error::{ApiError, bad, internal, not_found, parse_hash};
 
 use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
@@ -93,7 +92,7 @@ async fn ask<T>(shared: &Shared, make: impl FnOnce(oneshot::Sender<T>) -> Cmd) -
 }
 
 async fn health(State(s): State<Shr>) -> impl IntoResponse {
-    axum::Json(json!({"ok": true, "node": hex::encode(s.node)}))
+    axum::Json(Health { node: hex::encode(s.node), ok: true })
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -121,28 +120,14 @@ async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String
         .await?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     let holders: Vec<String> = ack.holders.iter().map(hex::encode).collect();
-    let depends = holders.is_empty();
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(json!({"dag": hash, "jobs": jobs, "holders": holders, "depends_on_this_node": depends})),
-    )
-        .into_response())
+    let depends_on_this_node = holders.is_empty();
+    Ok((StatusCode::CREATED, axum::Json(Submitted { dag: hash, depends_on_this_node, holders, jobs })).into_response())
 }
 
 async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
     let status = ask(&s, |reply| Cmd::Status { dag: None, reply }).await?;
-    let list: Vec<_> = status
-        .dags
-        .iter()
-        .map(|(hash, d)| {
-            let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-            for j in d.jobs.values() {
-                *counts.entry(j.state).or_default() += 1;
-            }
-            json!({"dag": hash, "jobs": d.jobs.len(), "states": counts})
-        })
-        .collect();
-    Ok(axum::Json(json!({"node": status.node, "dags": list})).into_response())
+    let dags = status.dags.iter().map(|(hash, d)| d.summary(*hash)).collect();
+    Ok(axum::Json(DagList { dags, node: status.node }).into_response())
 }
 
 async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
@@ -150,7 +135,7 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
     let mut status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
     let mut view = status
         .dags
-        .remove(&hash.to_string())
+        .remove(&hash)
         .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
     // A job finished more than once: compare what the runs produced.
     for jv in view.jobs.values_mut().filter(|j| j.runs.len() > 1) {
@@ -170,7 +155,7 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
             jv.nondeterministic = Some(outputs.len() > 1);
         }
     }
-    Ok(axum::Json(json!({"node": status.node, "dag": hash, "known": view.known, "jobs": view.jobs})).into_response())
+    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node: status.node }).into_response())
 }
 
 /// Every fact about each job of a DAG, in clock order: what the ledger says happened to it
@@ -180,13 +165,13 @@ async fn dag_facts(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Resp
     let jobs = ask(&s, |reply| Cmd::Facts { dag: hash, reply })
         .await?
         .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
-    Ok(axum::Json(json!({"node": hex::encode(s.node), "dag": hash, "jobs": jobs})).into_response())
+    Ok(axum::Json(DagFacts { dag: hash, jobs, node: hex::encode(s.node) }).into_response())
 }
 
 async fn cancel(State(s): State<Shr>, Path(dag): Path<String>, _body: axum::body::Bytes) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
     if ask(&s, |reply| Cmd::Cancel { dag: hash, reply }).await? {
-        Ok(axum::Json(json!({"dag": hash, "cancelled": true})).into_response())
+        Ok(axum::Json(Cancelled { cancelled: true, dag: hash }).into_response())
     } else {
         Err(not_found(format!("this node's ledger has no DAG {hash}")))
     }
@@ -196,26 +181,20 @@ async fn metrics(State(s): State<Shr>) -> Result<Response, ApiError> {
     Ok(axum::Json(ask(&s, |reply| Cmd::Metrics { reply }).await?).into_response())
 }
 
-#[derive(Deserialize)]
-struct BlockBody {
-    peers: Vec<String>,
-    block: bool,
-}
-
 /// Test-only: refuse (or accept again) the given peers at the swarm, to make partitions.
-async fn test_block(State(s): State<Shr>, axum::Json(b): axum::Json<BlockBody>) -> Result<Response, ApiError> {
+async fn test_block(State(s): State<Shr>, axum::Json(b): axum::Json<BlockRequest>) -> Result<Response, ApiError> {
     let peers = b
         .peers
         .iter()
         .map(|p| p.parse().map_err(|_| bad(format!("`{p}` is not a peer id"))))
         .collect::<Result<Vec<libp2p::PeerId>, _>>()?;
     ask(&s, |reply| Cmd::Block { peers, block: b.block, reply }).await?;
-    Ok(axum::Json(json!({"ok": true})).into_response())
+    Ok(axum::Json(Done { ok: true }).into_response())
 }
 
 async fn peers(State(s): State<Shr>) -> Result<Response, ApiError> {
     let peers = ask(&s, |reply| Cmd::Peers { reply }).await?;
-    Ok(axum::Json(json!({"peers": peers})).into_response())
+    Ok(axum::Json(Peers { peers }).into_response())
 }
 
 /// A run record (JSON), fetched from the peers that may hold it when this node lacks it.
@@ -236,7 +215,7 @@ async fn job_output(
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
     let status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
-    let view = status.dags.get(&hash.to_string()).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
+    let view = status.dags.get(&hash).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
     let jv = view.jobs.get(&job).ok_or_else(|| not_found(format!("DAG {hash} has no job `{job}`")))?;
     let record = jv.record.ok_or_else(|| {
         ApiError::new(
@@ -425,7 +404,7 @@ async fn upload(State(s): State<Shr>, headers: axum::http::HeaderMap, body: Body
     drop(file);
     let (hash, size) = s.store.put_file(tmp.path()).await.map_err(internal)?;
     s.store.flush().await.map_err(internal)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"hash": hash, "size": size}))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(StoredBlob { hash, size })).into_response())
 }
 
 /// Ledger changes as server-sent events (`shoal watch`).
@@ -433,7 +412,7 @@ async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<
     let rx = s.events.subscribe();
     let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|item| async move {
         match item {
-            Ok(ev) => Some(Ok(SseEvent::default().event(ev.kind).json_data(&ev).unwrap_or_default())),
+            Ok(ev) => Some(Ok(SseEvent::default().event(ev.kind.as_str()).json_data(&ev).unwrap_or_default())),
             Err(_) => Some(Ok(SseEvent::default().event("lagged").data("some events were missed"))),
         }
     });

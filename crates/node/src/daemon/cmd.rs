@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use libp2p::PeerId;
 use shoal_dag::{Dag, Hash};
-use shoal_mesh::ledger::{Fact, NodeId};
+use shoal_mesh::ledger::NodeId;
 use shoal_mesh::lost::{self, Unfetchable, Verdict};
 use tokio::sync::oneshot;
 use tracing::warn;
 
-use super::views::{FactView, PeerView, StatusView, cpu_ms};
+use super::views::StatusView;
 use super::{Node, now_unix_ms};
+use crate::api::{FactView, Metrics, PeerView};
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
@@ -42,7 +43,7 @@ pub(crate) enum Cmd {
     },
     /// Counters for `/v1/metrics`.
     Metrics {
-        reply: oneshot::Sender<serde_json::Value>,
+        reply: oneshot::Sender<Metrics>,
     },
     /// Test-only (`--test-partitions`): refuse (or accept again) these peers at the swarm.
     Block {
@@ -92,43 +93,10 @@ impl Node {
                 let _ = reply.send(self.peer_views());
             }
             Cmd::Facts { dag, reply } => {
-                let ledger = self.core.ledger();
-                let view = ledger.has_dag(&dag).then(|| {
-                    let fact = |f: &&Fact| FactView {
-                        kind: f.body.kind(),
-                        node: hex::encode(f.author),
-                        at_unix_ms: f.hlc.wall_ms,
-                        counter: f.hlc.counter,
-                    };
-                    ledger
-                        .history(&dag)
-                        .into_iter()
-                        .map(|(job, facts)| (job, facts.iter().map(fact).collect()))
-                        .collect()
-                });
-                let _ = reply.send(view);
+                let _ = reply.send(self.facts_view(&dag));
             }
             Cmd::Metrics { reply } => {
-                let (bytes_in, bytes_out) = self.net.traffic();
-                let (user_ms, sys_ms) = cpu_ms();
-                let _ = reply.send(serde_json::json!({
-                    "node": hex::encode(self.core.id()),
-                    "uptime_ms": self.started.elapsed().as_millis() as u64,
-                    "cpu_user_ms": user_ms,
-                    "cpu_sys_ms": sys_ms,
-                    "libp2p_bytes_in": bytes_in,
-                    "libp2p_bytes_out": bytes_out,
-                    "facts": self.core.ledger().len(),
-                    // Equal on two nodes exactly when they hold the same facts (the soak compares them).
-                    "ledger_digest": self.core.ledger().digest().to_string(),
-                    "peers_live": self.live_peers().len(),
-                    "connected": self.connected.len(),
-                    "running": self.core.running_count(),
-                    // DAGs whose run (context on the runner) this node keeps: those with a job running here.
-                    "prepared_dags": self.ctxs.len(),
-                    // Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
-                    "runs_live": self.shared.runner.runs_live(),
-                }));
+                let _ = reply.send(self.metrics());
             }
             Cmd::Block { peers, block, reply } => {
                 for p in peers {

@@ -23,12 +23,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
-use serde_json::json;
 use shoal_blobs::{Durability, Store};
 use shoal_dag::{Digest, DigestKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::api::{Collected, Done, FileInput, PullRequest, RunEnd, RunRequest, StoredBlob, StoredImage};
 use crate::api_error::{ApiError, bad, not_found, parse_hash, unprocessable};
 
 use super::{Cmd, Shared};
@@ -163,26 +163,18 @@ async fn import_image(State(s): State<Shr>, Query(q): Query<ImportQuery>, body: 
         .await
         .map_err(|e| unprocessable(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
     s.store.flush().await.map_err(unprocessable)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"image": id.to_string()}))).into_response())
-}
-
-#[derive(Deserialize)]
-struct PullBody {
-    reference: String,
-    tag: Option<String>,
-    #[serde(default)]
-    insecure: bool,
+    Ok((StatusCode::CREATED, axum::Json(StoredImage { image: id })).into_response())
 }
 
 /// `shoal image pull`: this node pulls from the registry.
-async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullBody>) -> Result<Response, ApiError> {
+async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullRequest>) -> Result<Response, ApiError> {
     let opts = shoal_blobs::image::PullOptions { insecure_http: b.insecure };
     let id = s.store.pull(&b.reference, opts).await.map_err(unprocessable)?;
     if let Some(tag) = &b.tag {
         s.store.tag_image(tag, id).map_err(unprocessable)?;
     }
     s.store.flush().await.map_err(unprocessable)?;
-    Ok((StatusCode::CREATED, axum::Json(json!({"image": id.to_string()}))).into_response())
+    Ok((StatusCode::CREATED, axum::Json(StoredImage { image: id })).into_response())
 }
 
 /// `shoal image ls`.
@@ -193,7 +185,7 @@ async fn images(State(s): State<Shr>) -> Result<Response, ApiError> {
 /// `shoal blob ls`.
 async fn list_blobs(State(s): State<Shr>) -> Result<Response, ApiError> {
     let list = s.store.list().await.map_err(unprocessable)?;
-    let rows: Vec<_> = list.iter().map(|(h, size)| json!({"hash": h.to_string(), "size": size})).collect();
+    let rows: Vec<StoredBlob> = list.into_iter().map(|(hash, size)| StoredBlob { hash, size }).collect();
     Ok(axum::Json(rows).into_response())
 }
 
@@ -277,7 +269,7 @@ fn file_body(file: std::fs::File) -> Body {
 /// Reads its (empty) body: hyper closes a keep-alive connection whose request body is unread when
 /// the reply goes out, and the client's next request on it (the upload) would find it closed.
 async fn ready(_body: axum::body::Bytes) -> Response {
-    axum::Json(json!({"ok": true})).into_response()
+    axum::Json(Done { ok: true }).into_response()
 }
 
 /// `shoal gc`, refused while jobs run here: it removes what nothing references yet, such as a
@@ -286,7 +278,7 @@ async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, 
     let (tx, rx) = oneshot::channel();
     s.cmds.send(Cmd::Metrics { reply: tx }).await.map_err(|_| unprocessable("the node is stopping"))?;
     let metrics = rx.await.map_err(|_| unprocessable("the node is stopping"))?;
-    let mesh_jobs = metrics["running"].as_u64().unwrap_or(0);
+    let mesh_jobs = metrics.running;
     let local_runs = LOCAL_RUNS.load(Ordering::SeqCst);
     if mesh_jobs > 0 || local_runs > 0 {
         return Err(ApiError::new(
@@ -298,42 +290,7 @@ async fn gc(State(s): State<Shr>, _body: axum::body::Bytes) -> Result<Response, 
         ));
     }
     let r = s.store.gc().await.map_err(unprocessable)?;
-    Ok(axum::Json(json!({"blobs_kept": r.blobs_kept, "blobs_removed": r.blobs_removed,
-        "bytes_freed": r.bytes_freed, "rootfs_removed": r.rootfs_removed,
-        "rootfs_bytes_freed": r.rootfs_bytes_freed, "corrupt_removed": r.corrupt_removed}))
-    .into_response())
-}
-
-/// A `shoal run` sent to this node.
-#[derive(Deserialize)]
-struct RunRequest {
-    /// The DAG file's name as the client shows it (error locations).
-    name: String,
-    /// The DAG file's text.
-    dag: String,
-    /// Each `file:` input by path as written in the DAG: its uploaded digest, or why the client
-    /// could not read it (the job that needs it fails with that, as it would have locally).
-    #[serde(default)]
-    files: BTreeMap<String, FileInput>,
-    /// `microvm` or `namespace`.
-    backend: String,
-    /// Print the results as JSON (the client's `--json`).
-    #[serde(default)]
-    json: bool,
-    #[serde(default)]
-    no_cache: bool,
-    /// At most this many of the node's cores for this run (the node's `--cores` bounds every
-    /// run it makes together).
-    cores: Option<u32>,
-    /// Checked, but the node's warm pool (`shoal node --warm-vms`) is the one its runs use.
-    warm_vms: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FileInput {
-    Sent(Digest),
-    Unreadable { error: String },
+    Ok(axum::Json(Collected::from(r)).into_response())
 }
 
 /// Stops the run when the client goes away (its response is dropped): jobs not started never
@@ -428,8 +385,8 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
             run::render(&reports, json_out)
         });
         let _ = tx.send(match end {
-            Ok(out) => json!({"event": "end", "ok": out.ok, "stdout": out.stdout, "stderr": out.stderr}),
-            Err(e) => json!({"event": "error", "error": format!("{e:#}")}),
+            Ok(out) => serde_json::to_value(RunEnd::end(out.ok, out.stdout, out.stderr)).unwrap_or_default(),
+            Err(e) => serde_json::to_value(RunEnd::error(format!("{e:#}"))).unwrap_or_default(),
         });
     });
     let guard = RunGuard(task.abort_handle());

@@ -143,14 +143,13 @@ pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 pub(crate) use crate::mesh::keys::{node_of_peer, peer_id_of_node};
 pub(crate) use cmd::{Cmd, SubmitAck};
 pub use keys::{read_mesh_key, write_mesh_key};
-pub(crate) use views::Event;
 
 /// Everything the loop's helpers share with the API.
 pub(crate) struct Shared {
     pub store: Store,
     pub blobs: Arc<BlobNode>,
     pub cmds: mpsc::Sender<Cmd>,
-    pub events: broadcast::Sender<Event>,
+    pub events: broadcast::Sender<crate::api::Event>,
     pub node: NodeId,
     /// Trees and images fetched complete (see `exec::fetch_digest`).
     pub complete: exec::Complete,

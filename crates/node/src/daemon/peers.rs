@@ -10,6 +10,7 @@ use shoal_mesh::sync::Inbound;
 use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
 use tracing::{debug, warn};
 
+use crate::api::NodeFile;
 use crate::mesh::net::{NetEvent, SyncResponse, Topic};
 
 use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
@@ -184,13 +185,14 @@ impl Node {
     /// Writes where this node listens to `$SHOAL_HOME/node.json` (so local commands find it) and
     /// to `--ready-file`.
     pub(super) fn write_ready_file(&self) {
-        let ready = serde_json::json!({
-            "node": hex::encode(self.core.id()),
-            "peer_id": self.net.peer_id().to_string(),
-            "listen": self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.net.peer_id())).collect::<Vec<_>>(),
-            "http": format!("http://{}", self.http_addr),
-            "blobs": self.shared.blobs.me().addrs,
-        });
+        let ready = NodeFile {
+            blobs: self.shared.blobs.me().addrs,
+            http: format!("http://{}", self.http_addr),
+            listen: self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.net.peer_id())).collect(),
+            node: hex::encode(self.core.id()),
+            peer_id: self.net.peer_id().to_string(),
+        };
+        let ready = serde_json::to_string(&ready).expect("a NodeFile serializes");
         let home_file = self.shared.store.home().join("node.json");
         for path in std::iter::once(&home_file).chain(self.opts.ready_file.as_ref()) {
             let tmp = path.with_extension("tmp");

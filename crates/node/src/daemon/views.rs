@@ -3,96 +3,110 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
 use shoal_dag::Hash;
 use shoal_mesh::capabilities::Capabilities;
 use shoal_mesh::ledger::{Body, Fact, JobState};
 
 use super::{Node, peer_id_of_node};
+use crate::api::{DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, PeerView};
 
-/// The ledger's view as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+/// The ledger's view, from which the API builds its answers (`api::DagList`, `api::DagStatus`).
+#[derive(Clone, Debug)]
 pub(crate) struct StatusView {
     pub node: String,
-    pub dags: BTreeMap<String, DagView>,
+    pub dags: BTreeMap<Hash, DagView>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub(crate) struct DagView {
     pub jobs: BTreeMap<String, JobView>,
     /// Whether this node has the DAG's content (it fetches it by hash).
     pub known: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct JobView {
-    /// open, claimed, done, failed, cancelled, or unschedulable.
-    pub state: &'static str,
-    pub node: Option<String>,
-    pub record: Option<Hash>,
-    pub failures: Vec<String>,
-    /// Every run record reported done for the job, when more than one run finished (a race or
-    /// a partition): equal outputs are one result, unequal ones a non-deterministic job.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub runs: Vec<DoneRun>,
-    /// Set by the API once it compared the runs' outputs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub nondeterministic: Option<bool>,
-    /// Why no node of the mesh can run it, when none can.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+impl DagView {
+    /// The DAG as `GET /v1/dags` lists it: how many of its jobs are in each state.
+    pub(crate) fn summary(&self, dag: Hash) -> DagSummary {
+        let mut states = BTreeMap::new();
+        for j in self.jobs.values() {
+            *states.entry(j.state).or_default() += 1;
+        }
+        DagSummary { dag, jobs: self.jobs.len(), states }
+    }
 }
 
-/// One fact about a job, as `/v1/dags/{dag}/facts` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct FactView {
-    /// claim, renew, done, fail, lost or release.
-    pub kind: &'static str,
-    /// Its author.
-    pub node: String,
-    /// Its hybrid logical clock: its author's wall clock (Unix ms) and a counter.
-    pub at_unix_ms: u64,
-    pub counter: u32,
+/// A job as the API shows it, from its state in the ledger: `unschedulable` when it is open and
+/// `reason` says why no node of the mesh can run it.
+fn job_view(state: JobState, reason: Option<String>, runs: Vec<DoneRun>) -> JobView {
+    let (state, node, record, failures) = match state {
+        JobState::Open { failures } => (JobStatus::Open, None, None, failures),
+        JobState::Claimed { node, failures, .. } => (JobStatus::Claimed, Some(hex::encode(node)), None, failures),
+        JobState::Done { node, record, .. } => (JobStatus::Done, Some(hex::encode(node)), Some(record), vec![]),
+        JobState::Failed { failures } => (JobStatus::Failed, None, None, failures),
+        JobState::Cancelled => (JobStatus::Cancelled, None, None, vec![]),
+    };
+    let reason = reason.filter(|_| state == JobStatus::Open);
+    let state = if reason.is_some() { JobStatus::Unschedulable } else { state };
+    JobView { state, node, record, failures, runs, nondeterministic: None, reason }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct DoneRun {
-    pub node: String,
-    pub record: Hash,
+/// A fact as `/v1/dags/{dag}/facts` shows it.
+pub(super) fn fact_view(f: &Fact) -> FactView {
+    FactView {
+        kind: f.body.kind().to_string(),
+        node: hex::encode(f.author),
+        at_unix_ms: f.hlc.wall_ms,
+        counter: f.hlc.counter,
+    }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct PeerView {
-    pub node: String,
-    pub peer_id: String,
-    pub hostname: String,
-    pub me: bool,
-    pub connected: bool,
-    /// None until an announcement with capabilities arrived.
-    pub caps: Option<Capabilities>,
-    pub http: Option<String>,
-    pub running: u32,
-    pub free_cores: u32,
-    pub facts: u64,
-    pub last_seen_ms_ago: u64,
-}
-
-/// A change the ledger saw, for `shoal watch` (SSE).
-#[derive(Clone, Debug, Serialize)]
-pub(crate) struct Event {
-    pub kind: &'static str,
-    pub dag: Hash,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub job: Option<String>,
-    pub node: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// When the fact was made, by its author's clock (its HLC's wall time, Unix ms).
-    pub at_unix_ms: u64,
+/// The event `shoal watch` shows for a fact, if any: a renewal is none, and neither is a fact
+/// about a claim `claim_job` (the claim's DAG and job) does not know.
+fn event_of(fact: &Fact, claim_job: impl Fn(&Hash) -> Option<(Hash, String)>) -> Option<Event> {
+    let node = hex::encode(fact.author);
+    let at = fact.hlc.wall_ms;
+    let event = match &fact.body {
+        Body::Submit { dag, jobs, .. } => Event {
+            kind: EventKind::Submitted,
+            dag: *dag,
+            job: None,
+            node,
+            detail: Some(format!("{} jobs", jobs.len())),
+            at_unix_ms: at,
+        },
+        Body::Claim { dag, job, .. } => {
+            Event { kind: EventKind::Claimed, dag: *dag, job: Some(job.clone()), node, detail: None, at_unix_ms: at }
+        }
+        Body::Done { claim, record, .. } => {
+            let (dag, job) = claim_job(claim)?;
+            Event { kind: EventKind::Done, dag, job: Some(job), node, detail: Some(record.to_string()), at_unix_ms: at }
+        }
+        Body::Fail { claim, reason } => {
+            let (dag, job) = claim_job(claim)?;
+            Event { kind: EventKind::Failed, dag, job: Some(job), node, detail: Some(reason.clone()), at_unix_ms: at }
+        }
+        Body::Cancel { dag } => {
+            Event { kind: EventKind::Cancelled, dag: *dag, job: None, node, detail: None, at_unix_ms: at }
+        }
+        Body::Lost { dag, job, record } => Event {
+            kind: EventKind::Lost,
+            dag: *dag,
+            job: Some(job.clone()),
+            node,
+            detail: Some(format!("no node holds the outputs of {record}: the job runs again")),
+            at_unix_ms: at,
+        },
+        Body::Release { claim } => {
+            let (dag, job) = claim_job(claim)?;
+            Event { kind: EventKind::Released, dag, job: Some(job), node, detail: None, at_unix_ms: at }
+        }
+        Body::Renew { .. } => return None,
+    };
+    Some(event)
 }
 
 /// CPU this process has used: (user, system) ms.
-pub(super) fn cpu_ms() -> (u64, u64) {
+fn cpu_ms() -> (u64, u64) {
     use nix::sys::resource::{UsageWho, getrusage};
     use nix::sys::time::TimeValLike;
     // RUSAGE_SELF cannot fail; zeros if it somehow did.
@@ -103,54 +117,13 @@ pub(super) fn cpu_ms() -> (u64, u64) {
 
 impl Node {
     pub(super) fn note_event(&self, fact: &Fact) {
-        let node = hex::encode(fact.author);
-        let at = fact.hlc.wall_ms;
         let claim_job = |claim: &Hash| match self.core.ledger().get(claim).map(|f| &f.body) {
             Some(Body::Claim { dag, job, .. }) => Some((*dag, job.clone())),
             _ => None,
         };
-        let event = match &fact.body {
-            Body::Submit { dag, jobs, .. } => Event {
-                kind: "submitted",
-                dag: *dag,
-                job: None,
-                node,
-                detail: Some(format!("{} jobs", jobs.len())),
-                at_unix_ms: at,
-            },
-            Body::Claim { dag, job, .. } => {
-                Event { kind: "claimed", dag: *dag, job: Some(job.clone()), node, detail: None, at_unix_ms: at }
-            }
-            Body::Done { claim, record, .. } => match claim_job(claim) {
-                Some((dag, job)) => {
-                    Event { kind: "done", dag, job: Some(job), node, detail: Some(record.to_string()), at_unix_ms: at }
-                }
-                None => return,
-            },
-            Body::Fail { claim, reason } => match claim_job(claim) {
-                Some((dag, job)) => {
-                    Event { kind: "failed", dag, job: Some(job), node, detail: Some(reason.clone()), at_unix_ms: at }
-                }
-                None => return,
-            },
-            Body::Cancel { dag } => {
-                Event { kind: "cancelled", dag: *dag, job: None, node, detail: None, at_unix_ms: at }
-            }
-            Body::Lost { dag, job, record } => Event {
-                kind: "lost",
-                dag: *dag,
-                job: Some(job.clone()),
-                node,
-                detail: Some(format!("no node holds the outputs of {record}: the job runs again")),
-                at_unix_ms: at,
-            },
-            Body::Release { claim } => match claim_job(claim) {
-                Some((dag, job)) => Event { kind: "released", dag, job: Some(job), node, detail: None, at_unix_ms: at },
-                None => return,
-            },
-            Body::Renew { .. } => return,
-        };
-        let _ = self.shared.events.send(event);
+        if let Some(event) = event_of(fact, claim_job) {
+            let _ = self.shared.events.send(event);
+        }
     }
 
     /// Every DAG's jobs, or one DAG's with every run of each job (which costs a pass over the facts).
@@ -195,28 +168,50 @@ impl Node {
             let dag = self.core.dag(&hash);
             let mut jobs = BTreeMap::new();
             for (id, js) in ds.jobs {
-                let (state, node, record, failures) = match js {
-                    JobState::Open { failures } => ("open", None, None, failures),
-                    JobState::Claimed { node, failures, .. } => ("claimed", Some(hex::encode(node)), None, failures),
-                    JobState::Done { node, record, .. } => ("done", Some(hex::encode(node)), Some(record), vec![]),
-                    JobState::Failed { failures } => ("failed", None, None, failures),
-                    JobState::Cancelled => ("cancelled", None, None, vec![]),
-                };
-                let reason = if state == "open" {
-                    dag.and_then(|d| d.jobs.iter().find(|j| j.id == id))
-                        .and_then(|j| shoal_mesh::capabilities::unschedulable(&j.requirements, &mesh))
-                } else {
-                    None
-                };
-                let state = if reason.is_some() { "unschedulable" } else { state };
+                let reason = matches!(js, JobState::Open { .. })
+                    .then(|| dag.and_then(|d| d.jobs.iter().find(|j| j.id == id)))
+                    .flatten()
+                    .and_then(|j| shoal_mesh::capabilities::unschedulable(&j.requirements, &mesh));
                 let mut runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
                 runs.retain(|r| !lost.contains(&r.record));
                 let runs = if runs.len() > 1 { runs } else { Vec::new() };
-                jobs.insert(id, JobView { state, node, record, failures, runs, nondeterministic: None, reason });
+                jobs.insert(id, job_view(js, reason, runs));
             }
-            dags.insert(hash.to_string(), DagView { jobs, known: dag.is_some() });
+            dags.insert(hash, DagView { jobs, known: dag.is_some() });
         }
         StatusView { node: hex::encode(self.core.id()), dags }
+    }
+
+    /// Every fact about each job of `dag`, in clock order; None if the ledger has no such DAG.
+    pub(super) fn facts_view(&self, dag: &Hash) -> Option<BTreeMap<String, Vec<FactView>>> {
+        let ledger = self.core.ledger();
+        ledger.has_dag(dag).then(|| {
+            ledger
+                .history(dag)
+                .into_iter()
+                .map(|(job, facts)| (job, facts.into_iter().map(fact_view).collect()))
+                .collect()
+        })
+    }
+
+    pub(super) fn metrics(&self) -> Metrics {
+        let (libp2p_bytes_in, libp2p_bytes_out) = self.net.traffic();
+        let (cpu_user_ms, cpu_sys_ms) = cpu_ms();
+        Metrics {
+            connected: self.connected.len(),
+            cpu_sys_ms,
+            cpu_user_ms,
+            facts: self.core.ledger().len(),
+            ledger_digest: self.core.ledger().digest().to_string(),
+            libp2p_bytes_in,
+            libp2p_bytes_out,
+            node: hex::encode(self.core.id()),
+            peers_live: self.live_peers().len(),
+            prepared_dags: self.ctxs.len(),
+            running: self.core.running_count(),
+            runs_live: self.shared.runner.runs_live(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
     }
 
     pub(super) fn peer_views(&self) -> Vec<PeerView> {

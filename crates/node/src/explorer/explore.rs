@@ -44,9 +44,8 @@ pub fn explore(home: &Path, args: ExploreArgs) -> Result<ExitCode> {
 /// (a stale file of a killed node may name a port another node has taken since).
 pub fn running_node(home: &Path) -> Option<String> {
     let text = std::fs::read_to_string(home.join("node.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let (url, node) = (v["http"].as_str()?, v["node"].as_str()?);
-    (healthy(url).as_deref() == Some(node)).then(|| url.trim_end_matches('/').to_string())
+    let file: crate::api::NodeFile = serde_json::from_str(&text).ok()?;
+    (healthy(&file.http).as_deref() == Some(file.node.as_str())).then(|| file.http.trim_end_matches('/').to_string())
 }
 
 /// The node id a node's `/v1/health` answers with, if it answers.
@@ -60,8 +59,8 @@ fn healthy(url: &str) -> Option<String> {
     if !resp.status().is_success() {
         return None;
     }
-    let v: serde_json::Value = resp.body_mut().with_config().limit(1 << 16).read_json().ok()?;
-    v["node"].as_str().map(str::to_string)
+    let health: crate::api::Health = resp.body_mut().with_config().limit(1 << 16).read_json().ok()?;
+    Some(health.node)
 }
 
 fn start_node(home: &Path, args: &ExploreArgs) -> Result<String> {
