@@ -440,3 +440,232 @@ pub fn hand_off(local: &Client, dag: &str) -> Result<usize> {
     }
     Ok(handed)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::Json;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use shoal_dag::Hash;
+
+    use super::*;
+    use crate::api::{DagSummary, EventKind, JobView};
+    use crate::api_error::{ApiError, not_found};
+
+    /// Serves `router` with the daemon's own HTTP server on a loopback port, from a runtime of its
+    /// own (the client is blocking); it stops when the test process ends.
+    fn serve(router: axum::Router) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                crate::daemon::serve::serve(listener, router, Default::default()).await;
+            });
+        });
+        format!("http://{addr}")
+    }
+
+    fn job(state: JobStatus, node: Option<&str>, record: Option<Hash>) -> JobView {
+        JobView {
+            state,
+            node: node.map(str::to_string),
+            record,
+            failures: vec![],
+            runs: vec![],
+            nondeterministic: None,
+            reason: None,
+        }
+    }
+
+    fn status(dag: Hash, jobs: Vec<(&str, JobView)>) -> DagStatus {
+        DagStatus {
+            dag,
+            jobs: jobs.into_iter().map(|(id, j)| (id.to_string(), j)).collect(),
+            known: true,
+            node: "ab".into(),
+        }
+    }
+
+    #[test]
+    fn the_node_is_the_one_given_or_the_one_holding_the_home() {
+        let home = tempfile::tempdir().unwrap();
+        assert_eq!(node_url(Some("http://n:7170/".into()), home.path()).unwrap(), "http://n:7170");
+        let err = node_url(None, home.path()).unwrap_err().to_string();
+        assert!(err.contains("start one with `shoal node`, or pass --node URL"), "{err}");
+        // An empty `--node` (an unset variable in a script) is no node given.
+        assert!(node_url(Some(String::new()), home.path()).is_err());
+        let file = crate::api::NodeFile {
+            blobs: vec![],
+            http: "http://127.0.0.1:7171".into(),
+            listen: vec![],
+            node: "ab".into(),
+            peer_id: "12D3".into(),
+        };
+        std::fs::write(home.path().join("node.json"), serde_json::to_string(&file).unwrap()).unwrap();
+        assert_eq!(node_url(None, home.path()).unwrap(), "http://127.0.0.1:7171");
+        std::fs::write(home.path().join("node.json"), "{\"http\": 3}").unwrap();
+        let err = format!("{:#}", node_url(None, home.path()).unwrap_err());
+        assert!(err.contains("node.json"), "{err}");
+    }
+
+    #[test]
+    fn an_error_answer_is_shown_with_its_status_and_what_to_do() {
+        let url = serve(
+            axum::Router::new()
+                .route("/v1/dags", get(|| async { Err::<Json<DagList>, _>(not_found("no DAG here; submit one")) }))
+                .route(
+                    "/v1/peers",
+                    get(|| async {
+                        Err::<Json<Peers>, _>(ApiError::new(StatusCode::UNAUTHORIZED, "a token is needed"))
+                    }),
+                )
+                .route("/v1/health", get(|| async { "not json" })),
+        );
+        let anonymous = Client::new(url.clone(), None);
+        let err = anonymous.get_json::<DagList>("/v1/dags").unwrap_err().to_string();
+        assert_eq!(err, format!("{url}/v1/dags: HTTP 404 Not Found: no DAG here; submit one"));
+        let err = anonymous.get_json::<Peers>("/v1/peers").unwrap_err().to_string();
+        assert!(err.contains("HTTP 401") && err.contains("a token is needed") && err.contains("SHOAL_TOKEN"), "{err}");
+        // With a token the node refused, the hint to give one would mislead.
+        let err = Client::new(url.clone(), Some("s3cret".into())).get_json::<Peers>("/v1/peers").unwrap_err();
+        assert!(!err.to_string().contains("SHOAL_TOKEN"), "{err}");
+        // An answer that is not the route's body is an error, not a default.
+        assert!(anonymous.get_json::<Health>("/v1/health").is_err());
+    }
+
+    #[test]
+    fn a_node_that_does_not_answer_is_named() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let client = Client::new(format!("http://127.0.0.1:{port}"), None);
+        let err = client.get_json::<Health>("/v1/health").unwrap_err().to_string();
+        assert!(err.contains(&format!("cannot reach the node at http://127.0.0.1:{port}")), "{err}");
+        assert!(err.contains("is `shoal node` running there?"), "{err}");
+    }
+
+    #[test]
+    fn the_token_goes_as_a_bearer() {
+        let url = serve(axum::Router::new().route(
+            "/v1/health",
+            get(|headers: HeaderMap| async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("none").to_string();
+                Json(Health { node: auth, ok: true })
+            }),
+        ));
+        let said = |token: Option<&str>| {
+            Client::new(url.clone(), token.map(str::to_string)).get_json::<Health>("/v1/health").unwrap().node
+        };
+        assert_eq!(said(Some("s3cret")), "Bearer s3cret");
+        assert_eq!(said(None), "none");
+    }
+
+    #[test]
+    fn waiting_ends_when_every_job_has_ended_and_succeeds_only_if_all_are_done() {
+        let (ok_dag, failed_dag) = (Hash::of(b"ok"), Hash::of(b"failed"));
+        let done = status(ok_dag, vec![("a", job(JobStatus::Done, Some("ab"), Some(Hash::of(b"r"))))]);
+        let failed = status(
+            failed_dag,
+            vec![
+                ("a", job(JobStatus::Done, Some("ab"), Some(Hash::of(b"r")))),
+                ("b", job(JobStatus::Unschedulable, None, None)),
+            ],
+        );
+        let url = serve(axum::Router::new().route(
+            "/v1/dags/{dag}",
+            get(move |axum::extract::Path(dag): axum::extract::Path<String>| {
+                let answer = if dag == ok_dag.to_string() { done.clone() } else { failed.clone() };
+                async move { Json(answer) }
+            }),
+        ));
+        let client = Client::new(url, None);
+        assert!(wait_for(&client, &ok_dag.to_string(), true).unwrap());
+        assert!(!wait_for(&client, &failed_dag.to_string(), true).unwrap());
+    }
+
+    #[test]
+    fn get_finds_the_one_dag_with_the_job_done_and_writes_its_output() {
+        let (a, b, c) = (Hash::of(b"a"), Hash::of(b"b"), Hash::of(b"c"));
+        let record = Some(Hash::of(b"r"));
+        let statuses = BTreeMap::from([
+            (a.to_string(), status(a, vec![("build", job(JobStatus::Claimed, Some("ab"), None))])),
+            (b.to_string(), status(b, vec![("build", job(JobStatus::Done, Some("ab"), record))])),
+            (c.to_string(), status(c, vec![("test", job(JobStatus::Done, Some("ab"), record))])),
+        ]);
+        let list = DagList {
+            dags: [a, b, c].into_iter().map(|dag| DagSummary { dag, jobs: 1, states: BTreeMap::new() }).collect(),
+            node: "ab".into(),
+        };
+        let url = serve(
+            axum::Router::new()
+                .route("/v1/dags", get(move || async move { Json(list) }))
+                .route(
+                    "/v1/dags/{dag}",
+                    get(move |axum::extract::Path(dag): axum::extract::Path<String>| {
+                        let s = statuses.get(&dag).cloned();
+                        async move { s.map(Json).ok_or_else(|| not_found("no such DAG")) }
+                    }),
+                )
+                .route(
+                    "/v1/dags/{dag}/jobs/{job}/outputs/{output}",
+                    get(|axum::extract::Path((dag, job, output)): axum::extract::Path<(String, String, String)>| async move {
+                        format!("{dag} {job} {output}")
+                    }),
+                ),
+        );
+        let client = Client::new(url, None);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        get_output(&client, None, "build", "bin", Some(&out)).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("{b} build bin"));
+        // Named, a DAG is not searched for.
+        get_output(&client, Some(&a.to_string()), "build", "bin", Some(&out)).unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), format!("{a} build bin"));
+        let err = get_output(&client, None, "lint", "x", Some(&out)).unwrap_err().to_string();
+        assert!(err.contains("no DAG in the mesh's ledger has a job `lint` done"), "{err}");
+    }
+
+    #[test]
+    fn the_status_table_shows_why_a_job_did_not_run() {
+        let record = Hash::of(b"r");
+        let mut failed = job(JobStatus::Failed, None, None);
+        failed.failures = vec!["first".into(), "exit 1\nmore".into()];
+        let mut stuck = job(JobStatus::Unschedulable, None, None);
+        stuck.reason = Some("no node has a GPU".into());
+        stuck.failures = vec!["earlier".into()];
+        let s = status(
+            Hash::of(b"d"),
+            vec![("a", job(JobStatus::Done, Some("0123456789abcdef"), Some(record))), ("b", failed), ("c", stuck)],
+        );
+        let text = status_table(&s).to_string();
+        let row = |id: &str| text.lines().find(|l| l.contains(&format!(" {id} "))).unwrap().to_string();
+        let hex = record.to_string().trim_start_matches("blake3:").chars().take(12).collect::<String>();
+        assert!(row("a").contains("done") && row("a").contains("0123456789ab ") && row("a").contains(&hex));
+        // The last failure's first line.
+        assert!(row("b").contains("failed") && row("b").contains("exit 1") && !text.contains("more"));
+        // The reason before the failures.
+        assert!(row("c").contains("unschedulable") && row("c").contains("no node has a GPU"));
+        assert!(!text.contains("earlier"));
+        assert_eq!(progress(&s), (3, 0));
+        let running = status(Hash::of(b"d"), vec![("a", job(JobStatus::Claimed, None, None))]);
+        assert_eq!(progress(&running), (0, 1));
+    }
+
+    #[test]
+    fn an_event_is_one_line() {
+        let ev = Event {
+            kind: EventKind::Failed,
+            dag: Hash::of(b"d"),
+            job: Some("build".into()),
+            node: "0123456789abcdef".into(),
+            detail: Some("exit 1\nstderr...".into()),
+            at_unix_ms: 0,
+        };
+        assert_eq!(event_line(&ev), "failed     build                on 0123456789ab  exit 1");
+        let ev = Event { kind: EventKind::Cancelled, job: None, detail: None, ..ev };
+        assert_eq!(event_line(&ev), "cancelled  -                    on 0123456789ab  ");
+    }
+}

@@ -12,6 +12,8 @@
 //! - `mesh`: the libp2p transport the daemon moves the protocol's bytes over.
 //! - `explorer`: the Program Explorer, a web page on every node that runs catalogue images on
 //!   your files.
+//! - `api`: the HTTP API's request and answer bodies, built by the daemon, read by `client` and
+//!   `held`.
 //! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`,
 //!   `get --node`).
 //! - `held`: the CLI on the home of a running node: its commands go through that node.

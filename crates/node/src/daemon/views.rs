@@ -248,3 +248,127 @@ impl Node {
         std::iter::once(me).chain(others).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use shoal_mesh::ledger::Hlc;
+
+    use super::*;
+
+    const KEY: [u8; 32] = [3; 32];
+
+    fn fact(body: Body) -> Fact {
+        Fact::sign(&SigningKey::from_bytes(&KEY), Hlc { wall_ms: 1_000, counter: 4 }, body)
+    }
+
+    fn author() -> String {
+        hex::encode(SigningKey::from_bytes(&KEY).verifying_key().to_bytes())
+    }
+
+    fn hash(n: u8) -> Hash {
+        Hash::of(&[n])
+    }
+
+    #[test]
+    fn each_ledger_state_shows_as_its_api_state() {
+        let node = [7u8; 32];
+        let record = hash(1);
+        let cases = [
+            (JobState::Open { failures: vec!["oom".into()] }, JobStatus::Open, None, None, 1),
+            (
+                JobState::Claimed { claim: hash(2), node, lease_until_ms: 5, failures: vec![] },
+                JobStatus::Claimed,
+                Some(hex::encode(node)),
+                None,
+                0,
+            ),
+            (
+                JobState::Done { claim: hash(2), node, record, bytes: 9 },
+                JobStatus::Done,
+                Some(hex::encode(node)),
+                Some(record),
+                0,
+            ),
+            (JobState::Failed { failures: vec!["a".into(), "b".into()] }, JobStatus::Failed, None, None, 2),
+            (JobState::Cancelled, JobStatus::Cancelled, None, None, 0),
+        ];
+        for (ledger, state, on, rec, failures) in cases {
+            let v = job_view(ledger, None, vec![]);
+            assert_eq!((v.state, v.node, v.record, v.failures.len()), (state, on, rec, failures));
+            assert_eq!((v.reason, v.nondeterministic), (None, None));
+        }
+    }
+
+    #[test]
+    fn an_open_job_no_node_can_run_is_unschedulable_and_says_why() {
+        let v = job_view(JobState::Open { failures: vec![] }, Some("no node has a GPU".into()), vec![]);
+        assert_eq!(v.state, JobStatus::Unschedulable);
+        assert_eq!(v.reason.as_deref(), Some("no node has a GPU"));
+        // Only an open job: one that runs or ran is shown as it is.
+        let running = JobState::Claimed { claim: hash(2), node: [7; 32], lease_until_ms: 5, failures: vec![] };
+        let v = job_view(running, Some("no node has a GPU".into()), vec![]);
+        assert_eq!((v.state, v.reason), (JobStatus::Claimed, None));
+    }
+
+    #[test]
+    fn a_summary_counts_jobs_per_state() {
+        let view = |state| job_view(state, None, vec![]);
+        let dag = DagView {
+            jobs: BTreeMap::from([
+                ("a".into(), view(JobState::Open { failures: vec![] })),
+                ("b".into(), view(JobState::Cancelled)),
+                ("c".into(), view(JobState::Open { failures: vec![] })),
+            ]),
+            known: true,
+        };
+        let s = dag.summary(hash(9));
+        assert_eq!((s.dag, s.jobs), (hash(9), 3));
+        assert_eq!(s.states, BTreeMap::from([(JobStatus::Cancelled, 1), (JobStatus::Open, 2)]));
+    }
+
+    #[test]
+    fn facts_show_their_kind_author_and_clock() {
+        let f = fact(Body::Claim { dag: hash(1), job: "a".into(), lease_until_ms: 9 });
+        let v = fact_view(&f);
+        assert_eq!((v.kind.as_str(), v.node, v.at_unix_ms, v.counter), ("claim", author(), 1_000, 4));
+    }
+
+    #[test]
+    fn events_name_the_job_of_the_claim_a_fact_is_about() {
+        let (dag, claim, record) = (hash(1), hash(2), hash(3));
+        let known = |c: &Hash| (*c == claim).then(|| (dag, "build".to_string()));
+        let check = |body: Body, kind: EventKind, job: Option<&str>, detail: Option<&str>| {
+            let ev = event_of(&fact(body), known).expect("an event");
+            assert_eq!((ev.kind, ev.dag, ev.job.as_deref(), ev.detail.as_deref()), (kind, dag, job, detail));
+            assert_eq!((ev.node, ev.at_unix_ms), (author(), 1_000));
+        };
+        check(
+            Body::Submit { dag, jobs: vec!["build".into(), "test".into()], max_attempts: 3 },
+            EventKind::Submitted,
+            None,
+            Some("2 jobs"),
+        );
+        check(Body::Claim { dag, job: "build".into(), lease_until_ms: 5 }, EventKind::Claimed, Some("build"), None);
+        let done = record.to_string();
+        check(Body::Done { claim, record, bytes: 1 }, EventKind::Done, Some("build"), Some(&done));
+        check(Body::Fail { claim, reason: "exit 1".into() }, EventKind::Failed, Some("build"), Some("exit 1"));
+        check(Body::Cancel { dag }, EventKind::Cancelled, None, None);
+        let lost = format!("no node holds the outputs of {record}: the job runs again");
+        check(Body::Lost { dag, job: "build".into(), record }, EventKind::Lost, Some("build"), Some(&lost));
+        check(Body::Release { claim }, EventKind::Released, Some("build"), None);
+    }
+
+    #[test]
+    fn renewals_and_facts_about_unknown_claims_are_no_events() {
+        let known = |_: &Hash| None;
+        assert_eq!(event_of(&fact(Body::Renew { claim: hash(2), lease_until_ms: 5 }), known), None);
+        for body in [
+            Body::Done { claim: hash(2), record: hash(3), bytes: 0 },
+            Body::Fail { claim: hash(2), reason: "x".into() },
+            Body::Release { claim: hash(2) },
+        ] {
+            assert_eq!(event_of(&fact(body), known), None);
+        }
+    }
+}
