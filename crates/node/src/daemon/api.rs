@@ -418,3 +418,229 @@ async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{broadcast, mpsc};
+
+    use super::*;
+    use crate::api::{JobStatus, Metrics, PeerView};
+    use crate::client::Client;
+    use crate::daemon::views::{DagView, StatusView};
+
+    /// The daemon's router, served by its own HTTP server on a loopback port, over a real store
+    /// and runner; the test plays the loop: each [`Cmd`] a handler sends arrives on `cmds`.
+    struct Api {
+        _home: tempfile::TempDir,
+        url: String,
+        node: String,
+        shared: Shr,
+        cmds: mpsc::Receiver<Cmd>,
+    }
+
+    async fn api() -> Api {
+        let home = tempfile::tempdir().unwrap();
+        let store = shoal_blobs::Store::open(&home.path().join("home")).await.unwrap();
+        let key = crate::identity::load_or_create(store.home()).unwrap();
+        let blobs = Arc::new(store.serve_blobs(key.to_bytes(), "127.0.0.1:0".parse().unwrap()).await.unwrap());
+        let run = crate::run::RunOptions {
+            backend: crate::run::BackendChoice::Namespace,
+            json: true,
+            use_cache: true,
+            cores: Some(1),
+            warm_vms: 0,
+            records: shoal_blobs::Durability::Now,
+            dag_bytes_max: super::super::DAG_BYTES_MAX_DEFAULT,
+        };
+        let runner = crate::run::Runner::new(&store, &run).unwrap();
+        let (tx, cmds) = mpsc::channel(8);
+        let node = key.verifying_key().to_bytes();
+        let shared = Arc::new(Shared {
+            store,
+            blobs,
+            cmds: tx,
+            events: broadcast::channel(8).0,
+            node,
+            complete: exec::Complete::default(),
+            runner,
+            run,
+            explorer: Default::default(),
+            upload_bytes_max: 1 << 20,
+            dag_bytes_max: super::super::DAG_BYTES_MAX_DEFAULT,
+            local_upload_bytes_max: 1 << 20,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bound = listener.local_addr().unwrap();
+        let guard =
+            Arc::new(auth::Guard { hosts: auth::Hosts { bound, names: vec![] }, tokens: None, explorer_public: false });
+        tokio::spawn(super::super::serve::serve(listener, router(shared.clone(), false, guard), Default::default()));
+        Api { _home: home, url: format!("http://{bound}"), node: hex::encode(node), shared, cmds }
+    }
+
+    /// Runs `ask` with a client of `api` (a blocking one, off the runtime).
+    fn ask_with<T: Send + 'static>(
+        api: &Api,
+        ask: impl FnOnce(Client) -> anyhow::Result<T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<anyhow::Result<T>> {
+        let client = Client::new(api.url.clone(), None);
+        tokio::task::spawn_blocking(move || ask(client))
+    }
+
+    fn job_view(state: JobStatus) -> crate::api::JobView {
+        crate::api::JobView {
+            state,
+            node: None,
+            record: None,
+            failures: vec![],
+            runs: vec![],
+            nondeterministic: None,
+            reason: None,
+        }
+    }
+
+    fn view(node: &str, dags: Vec<(Hash, Vec<JobStatus>)>) -> StatusView {
+        let dags = dags
+            .into_iter()
+            .map(|(hash, states)| {
+                let jobs = states.into_iter().enumerate().map(|(i, s)| (format!("j{i}"), job_view(s))).collect();
+                (hash, DagView { jobs, known: true })
+            })
+            .collect();
+        StatusView { node: node.to_string(), dags }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_names_the_node() {
+        let api = api().await;
+        let health = ask_with(&api, |c| c.get_json::<Health>("/v1/health")).await.unwrap().unwrap();
+        assert_eq!(health, Health { node: api.node.clone(), ok: true });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_dags_list_counts_each_dags_jobs_per_state() {
+        let mut api = api().await;
+        let (a, b) = (Hash::of(b"a"), Hash::of(b"b"));
+        let asked = ask_with(&api, |c| c.get_json::<DagList>("/v1/dags"));
+        let Some(Cmd::Status { dag: None, reply }) = api.cmds.recv().await else { panic!("not a status of all DAGs") };
+        use JobStatus::*;
+        reply.send(view(&api.node, vec![(a, vec![Done, Done, Open]), (b, vec![Unschedulable])])).unwrap();
+        let list = asked.await.unwrap().unwrap();
+        assert_eq!(list.node, api.node);
+        let counts: Vec<(Hash, usize, Vec<(JobStatus, usize)>)> =
+            list.dags.into_iter().map(|d| (d.dag, d.jobs, d.states.into_iter().collect())).collect();
+        // In the order of the DAGs' hashes.
+        let mut want = vec![(a, 3, vec![(Done, 2), (Open, 1)]), (b, 1, vec![(Unschedulable, 1)])];
+        want.sort_by_key(|w| w.0);
+        assert_eq!(counts, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dags_status_is_the_loops_view_of_it_and_a_dag_it_lacks_is_not_found() {
+        let mut api = api().await;
+        let dag = Hash::of(b"d");
+        let path = format!("/v1/dags/{dag}");
+        let asked = ask_with(&api, move |c| c.get_json::<DagStatus>(&path));
+        let Some(Cmd::Status { dag: Some(d), reply }) = api.cmds.recv().await else { panic!("not a status") };
+        assert_eq!(d, dag);
+        reply.send(view(&api.node, vec![(dag, vec![JobStatus::Claimed])])).unwrap();
+        let status = asked.await.unwrap().unwrap();
+        assert_eq!((status.dag, status.known, status.node), (dag, true, api.node.clone()));
+        assert_eq!(status.jobs["j0"].state, JobStatus::Claimed);
+
+        let path = format!("/v1/dags/{dag}");
+        let asked = ask_with(&api, move |c| c.get_json::<DagStatus>(&path));
+        let Some(Cmd::Status { reply, .. }) = api.cmds.recv().await else { panic!("not a status") };
+        reply.send(view(&api.node, vec![])).unwrap();
+        let err = asked.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("HTTP 404") && err.contains(&format!("this node's ledger has no DAG {dag}")), "{err}");
+
+        let asked = ask_with(&api, |c| c.get_json::<DagStatus>("/v1/dags/not-a-hash"));
+        let err = asked.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("HTTP 400"), "{err}");
+        assert!(api.cmds.try_recv().is_err(), "a malformed hash reached the loop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancel_answers_whether_the_ledger_had_the_dag() {
+        let mut api = api().await;
+        let dag = Hash::of(b"d");
+        for known in [true, false] {
+            let path = format!("/v1/dags/{dag}/cancel");
+            let asked = ask_with(&api, move |c| c.post::<Cancelled>(&path, "application/json", b""));
+            let Some(Cmd::Cancel { dag: d, reply }) = api.cmds.recv().await else { panic!("not a cancel") };
+            assert_eq!(d, dag);
+            reply.send(known).unwrap();
+            match asked.await.unwrap() {
+                Ok(c) => assert!(known && c == Cancelled { cancelled: true, dag }),
+                Err(e) => assert!(!known && e.to_string().contains("HTTP 404"), "{e}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_with_attempts_out_of_range_is_refused_before_the_loop_hears_of_it() {
+        let mut api = api().await;
+        for n in [0, MAX_ATTEMPTS_MAX + 1] {
+            let path = format!("/v1/dags?max_attempts={n}");
+            let asked = ask_with(&api, move |c| c.post::<Submitted>(&path, "application/json", b"{}"));
+            let err = asked.await.unwrap().unwrap_err().to_string();
+            assert!(err.contains("HTTP 400") && err.contains("max_attempts is 1 to 100"), "{err}");
+        }
+        assert!(api.cmds.try_recv().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_is_stored_under_its_hash() {
+        let api = api().await;
+        let bytes = b"hello, mesh".to_vec();
+        let sent = bytes.clone();
+        let stored = ask_with(&api, move |c| c.post::<StoredBlob>("/v1/blobs", "application/octet-stream", &sent))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, StoredBlob { hash: Hash::of(&bytes), size: bytes.len() as u64 });
+        assert_eq!(api.shared.store.need_bytes(stored.hash).await.unwrap().as_ref(), bytes.as_slice());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peers_and_metrics_are_the_loops_answers() {
+        let mut api = api().await;
+        let me = PeerView {
+            node: api.node.clone(),
+            peer_id: "12D3".into(),
+            hostname: "h".into(),
+            me: true,
+            connected: true,
+            caps: None,
+            http: Some(api.url.clone()),
+            running: 0,
+            free_cores: 1,
+            facts: 3,
+            last_seen_ms_ago: 0,
+        };
+        let asked = ask_with(&api, |c| c.get_json::<Peers>("/v1/peers"));
+        let Some(Cmd::Peers { reply }) = api.cmds.recv().await else { panic!("not peers") };
+        reply.send(vec![me.clone()]).unwrap();
+        assert_eq!(asked.await.unwrap().unwrap(), Peers { peers: vec![me] });
+
+        let metrics = Metrics {
+            connected: 1,
+            cpu_sys_ms: 2,
+            cpu_user_ms: 3,
+            facts: 4,
+            ledger_digest: "d".into(),
+            libp2p_bytes_in: 5,
+            libp2p_bytes_out: 6,
+            node: api.node.clone(),
+            peers_live: 7,
+            prepared_dags: 8,
+            running: 9,
+            runs_live: 10,
+            uptime_ms: 11,
+        };
+        let asked = ask_with(&api, |c| c.get_json::<Metrics>("/v1/metrics"));
+        let Some(Cmd::Metrics { reply }) = api.cmds.recv().await else { panic!("not metrics") };
+        reply.send(metrics.clone()).unwrap();
+        assert_eq!(asked.await.unwrap().unwrap(), metrics);
+    }
+}
