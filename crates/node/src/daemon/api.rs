@@ -526,8 +526,7 @@ mod tests {
         reply.send(view(&api.node, vec![(a, vec![Done, Done, Open]), (b, vec![Unschedulable])])).unwrap();
         let list = asked.await.unwrap().unwrap();
         assert_eq!(list.node, api.node);
-        let counts: Vec<(Hash, usize, Vec<(JobStatus, usize)>)> =
-            list.dags.into_iter().map(|d| (d.dag, d.jobs, d.states.into_iter().collect())).collect();
+        let counts: Vec<_> = list.dags.into_iter().map(|d| (d.dag, d.jobs, d.states.into_iter().collect())).collect();
         // In the order of the DAGs' hashes.
         let mut want = vec![(a, 3, vec![(Done, 2), (Open, 1)]), (b, 1, vec![(Unschedulable, 1)])];
         want.sort_by_key(|w| w.0);
