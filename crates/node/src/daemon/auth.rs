@@ -22,7 +22,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::tokens::{self, Scope, StoredToken};
 
@@ -311,8 +310,9 @@ impl TokenCheck {
     }
 }
 
+/// The API's one error body (`api_error`), before any handler.
 fn refuse(status: StatusCode, msg: String) -> Response {
-    (status, axum::Json(json!({"error": msg}))).into_response()
+    crate::api_error::ApiError::new(status, msg).into_response()
 }
 
 fn challenge(status: StatusCode, www: String, msg: String) -> Response {
