@@ -421,70 +421,10 @@ async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::{broadcast, mpsc};
-
     use super::*;
     use crate::api::{JobStatus, Metrics, PeerView};
-    use crate::client::Client;
+    use crate::daemon::testing::{api, ask_with};
     use crate::daemon::views::{DagView, StatusView};
-
-    /// The daemon's router, served by its own HTTP server on a loopback port, over a real store
-    /// and runner; the test plays the loop: each [`Cmd`] a handler sends arrives on `cmds`.
-    struct Api {
-        _home: tempfile::TempDir,
-        url: String,
-        node: String,
-        shared: Shr,
-        cmds: mpsc::Receiver<Cmd>,
-    }
-
-    async fn api() -> Api {
-        let home = tempfile::tempdir().unwrap();
-        let store = shoal_blobs::Store::open(&home.path().join("home")).await.unwrap();
-        let key = crate::identity::load_or_create(store.home()).unwrap();
-        let blobs = Arc::new(store.serve_blobs(key.to_bytes(), "127.0.0.1:0".parse().unwrap()).await.unwrap());
-        let run = crate::run::RunOptions {
-            backend: crate::run::BackendChoice::Namespace,
-            json: true,
-            use_cache: true,
-            cores: Some(1),
-            warm_vms: 0,
-            records: shoal_blobs::Durability::Now,
-            dag_bytes_max: super::super::DAG_BYTES_MAX_DEFAULT,
-        };
-        let runner = crate::run::Runner::new(&store, &run).unwrap();
-        let (tx, cmds) = mpsc::channel(8);
-        let node = key.verifying_key().to_bytes();
-        let shared = Arc::new(Shared {
-            store,
-            blobs,
-            cmds: tx,
-            events: broadcast::channel(8).0,
-            node,
-            complete: exec::Complete::default(),
-            runner,
-            run,
-            explorer: Default::default(),
-            upload_bytes_max: 1 << 20,
-            dag_bytes_max: super::super::DAG_BYTES_MAX_DEFAULT,
-            local_upload_bytes_max: 1 << 20,
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let bound = listener.local_addr().unwrap();
-        let guard =
-            Arc::new(auth::Guard { hosts: auth::Hosts { bound, names: vec![] }, tokens: None, explorer_public: false });
-        tokio::spawn(super::super::serve::serve(listener, router(shared.clone(), false, guard), Default::default()));
-        Api { _home: home, url: format!("http://{bound}"), node: hex::encode(node), shared, cmds }
-    }
-
-    /// Runs `ask` with a client of `api` (a blocking one, off the runtime).
-    fn ask_with<T: Send + 'static>(
-        api: &Api,
-        ask: impl FnOnce(Client) -> anyhow::Result<T> + Send + 'static,
-    ) -> tokio::task::JoinHandle<anyhow::Result<T>> {
-        let client = Client::new(api.url.clone(), None);
-        tokio::task::spawn_blocking(move || ask(client))
-    }
 
     fn job_view(state: JobStatus) -> crate::api::JobView {
         crate::api::JobView {

@@ -396,3 +396,88 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_dag::Hash;
+
+    use super::*;
+    use crate::api::Metrics;
+    use crate::daemon::testing::{api, ask_with};
+
+    fn metrics(running: usize) -> Metrics {
+        Metrics {
+            connected: 0,
+            cpu_sys_ms: 0,
+            cpu_user_ms: 0,
+            facts: 0,
+            ledger_digest: String::new(),
+            libp2p_bytes_in: 0,
+            libp2p_bytes_out: 0,
+            node: String::new(),
+            peers_live: 0,
+            prepared_dags: 0,
+            running,
+            runs_live: 0,
+            uptime_ms: 0,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_file_is_listed_with_its_size() {
+        let api = api().await;
+        let ready = ask_with(&api, |c| c.post::<Done>("/v1/local/ready", "application/json", b"{}")).await.unwrap();
+        assert_eq!(ready.unwrap(), Done { ok: true });
+        let sent =
+            ask_with(&api, |c| c.post::<Digest>("/v1/local/blobs?name=a.txt", "application/octet-stream", b"abc"))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(sent, Digest { hash: Hash::of(b"abc"), kind: DigestKind::File, size: 3 });
+        let list = ask_with(&api, |c| c.get_json::<Vec<StoredBlob>>("/v1/local/blobs")).await.unwrap().unwrap();
+        assert!(list.contains(&StoredBlob { hash: Hash::of(b"abc"), size: 3 }), "{list:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gc_waits_for_the_mesh_jobs_running_here() {
+        let mut api = api().await;
+        let asked = ask_with(&api, |c| c.post::<Collected>("/v1/local/gc", "application/json", b"{}"));
+        let Some(Cmd::Metrics { reply }) = api.cmds.recv().await else { panic!("not metrics") };
+        reply.send(metrics(2)).unwrap();
+        let err = asked.await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("HTTP 409") && err.contains("running 2 mesh jobs and 0 local runs"), "{err}");
+
+        let asked = ask_with(&api, |c| c.post::<Collected>("/v1/local/gc", "application/json", b"{}"));
+        let Some(Cmd::Metrics { reply }) = api.cmds.recv().await else { panic!("not metrics") };
+        reply.send(metrics(0)).unwrap();
+        let collected = asked.await.unwrap().unwrap();
+        assert_eq!(collected.blobs_removed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_is_refused_before_it_starts_when_its_request_is_wrong() {
+        let api = api().await;
+        let dag = r#"{"version": 1, "jobs": [{"id": "a", "image": "alpine:3", "command": ["true"], "inputs": {"x": "file:x.txt"}}]}"#;
+        let request = |backend: &str, files: BTreeMap<String, FileInput>| RunRequest {
+            backend: backend.into(),
+            cores: None,
+            dag: dag.into(),
+            files,
+            json: true,
+            name: "d.json".into(),
+            no_cache: false,
+            warm_vms: 0,
+        };
+        let refused = |req: RunRequest| {
+            let body = serde_json::to_vec(&req).unwrap();
+            ask_with(&api, move |c| c.post::<serde_json::Value>("/v1/local/runs", "application/json", &body))
+        };
+        let err = refused(request("qemu", BTreeMap::new())).await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("HTTP 400") && err.contains("backend `qemu`: write microvm or namespace"), "{err}");
+        // A `file:` input the client says it sent, which this store does not hold.
+        let missing = Digest { hash: Hash::of(b"never sent"), kind: DigestKind::File, size: 10 };
+        let files = BTreeMap::from([("x.txt".to_string(), FileInput::Sent(missing))]);
+        let err = refused(request("namespace", files)).await.unwrap().unwrap_err().to_string();
+        assert!(err.contains("HTTP 400") && err.contains("`file:x.txt`") && err.contains("upload it first"), "{err}");
+    }
+}

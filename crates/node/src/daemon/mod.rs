@@ -35,6 +35,8 @@ mod local;
 mod peers;
 pub mod pin;
 pub mod serve;
+#[cfg(test)]
+mod testing;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
