@@ -16,6 +16,21 @@ use serde::{Deserialize, Serialize};
 use shoal_dag::{Digest, Hash};
 use shoal_mesh::capabilities::Capabilities;
 
+pub use crate::explorer::catalogue::Problem;
+
+/// Every error answer (`api_error::ApiError`), with its status code: what went wrong and what to
+/// do, as the command would have printed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// One per option of a request that is wrong (the explorer's forms).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+    /// When to ask again, in seconds (with a 429, as `Retry-After` says too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_s: Option<u64>,
+}
+
 /// `GET /v1/health`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -441,6 +456,19 @@ mod tests {
     fn check<T: Serialize + DeserializeOwned + PartialEq + fmt::Debug>(value: T, json: &str) {
         assert_eq!(serde_json::to_string(&value).unwrap(), json);
         assert_eq!(serde_json::from_str::<T>(json).unwrap(), value);
+    }
+
+    #[test]
+    fn errors() {
+        check(ErrorBody { error: "no".into(), problems: vec![], retry_after_s: None }, r#"{"error":"no"}"#);
+        check(
+            ErrorBody {
+                error: "bad options".into(),
+                problems: vec![Problem { message: "too long".into(), option: "define".into() }],
+                retry_after_s: Some(3),
+            },
+            r#"{"error":"bad options","problems":[{"message":"too long","option":"define"}],"retry_after_s":3}"#,
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use shoal_dag::Hash;
 
+use crate::api::ErrorBody;
 use crate::explorer::catalogue::Problem;
 
 /// An error answer: what went wrong and what to do, as the command would have printed it.
@@ -29,13 +29,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message});
-        if !self.problems.is_empty() {
-            body["problems"] = json!(self.problems);
-        }
-        if let Some(s) = self.retry_after_s {
-            body["retry_after_s"] = json!(s);
-        }
+        let body = ErrorBody { error: self.message, problems: self.problems, retry_after_s: self.retry_after_s };
         let mut r = (self.status, Json(body)).into_response();
         if let Some(s) = self.retry_after_s {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));

@@ -8,11 +8,10 @@ use std::time::{Duration, Instant};
 use crate::human::percent_encode;
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use shoal_dag::InputRef;
 use shoal_dag::pin::JobPins;
 
-use crate::api::{DagList, DagStatus, Event, Health, JobStatus, NodeFile, Peers, StoredBlob, Submitted};
+use crate::api::{DagList, DagStatus, ErrorBody, Event, Health, JobStatus, NodeFile, Peers, StoredBlob, Submitted};
 
 /// Longest answer read from a node that is not an output, in bytes.
 const REPLY_BYTES_MAX: u64 = 64 << 20;
@@ -74,10 +73,7 @@ impl Client {
             return Ok(resp);
         }
         let body = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or(body);
+        let msg = serde_json::from_str::<ErrorBody>(&body).map(|b| b.error).unwrap_or(body);
         if resp.status() == 401 && self.authorization.is_none() {
             bail!("{url}: HTTP 401: {msg}\n(this node needs a token: set SHOAL_TOKEN or pass --token-file PATH)")
         }

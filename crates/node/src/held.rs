@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::{Collected, Done, FileInput, PullRequest, RunEnd, RunRequest, StoredBlob, StoredImage};
+use crate::api::{Collected, Done, ErrorBody, FileInput, PullRequest, RunEnd, RunRequest, StoredBlob, StoredImage};
 use shoal_blobs::StoreError;
 use shoal_dag::{Digest, DigestKind, Hash, InputRef, RunRecord};
 
@@ -77,10 +77,9 @@ impl Held {
             return Ok(resp.into_body());
         }
         let body = resp.body_mut().with_config().limit(1 << 20).read_to_string().unwrap_or_default();
-        let msg = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| format!("HTTP {} from {}{path}: {body}", resp.status(), self.url));
+        let msg = serde_json::from_str::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| format!("HTTP {} from {}{path}: {body}", resp.status(), self.url));
         Err(NodeSaid(resp.status().as_u16(), msg).into())
     }
 

@@ -150,12 +150,13 @@ pub struct Choice {
     pub label: String,
 }
 
-/// One thing wrong with a request's options.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One thing wrong with a request's options; part of the API's error body (`api::ErrorBody`),
+/// its fields in the order of their names as that body has always had them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    pub message: String,
     /// The option's name (empty for the request as a whole).
     pub option: String,
-    pub message: String,
 }
 
 /// A job's argv and environment, rendered from a template and options.
