@@ -423,7 +423,7 @@ async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<
 mod tests {
     use super::*;
     use crate::api::{JobStatus, Metrics, PeerView};
-    use crate::daemon::testing::{api, ask_with};
+    use crate::daemon::testing::{api, ask_with, metrics};
     use crate::daemon::views::{DagView, StatusView};
 
     fn job_view(state: JobStatus) -> crate::api::JobView {
@@ -562,21 +562,7 @@ mod tests {
         reply.send(vec![me.clone()]).unwrap();
         assert_eq!(asked.await.unwrap().unwrap(), Peers { peers: vec![me] });
 
-        let metrics = Metrics {
-            connected: 1,
-            cpu_sys_ms: 2,
-            cpu_user_ms: 3,
-            facts: 4,
-            ledger_digest: "d".into(),
-            libp2p_bytes_in: 5,
-            libp2p_bytes_out: 6,
-            node: api.node.clone(),
-            peers_live: 7,
-            prepared_dags: 8,
-            running: 9,
-            runs_live: 10,
-            uptime_ms: 11,
-        };
+        let metrics = Metrics { node: api.node.clone(), ..metrics(9) };
         let asked = ask_with(&api, |c| c.get_json::<Metrics>("/v1/metrics"));
         let Some(Cmd::Metrics { reply }) = api.cmds.recv().await else { panic!("not metrics") };
         reply.send(metrics.clone()).unwrap();

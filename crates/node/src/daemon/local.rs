@@ -402,26 +402,7 @@ mod tests {
     use shoal_dag::Hash;
 
     use super::*;
-    use crate::api::Metrics;
-    use crate::daemon::testing::{api, ask_with};
-
-    fn metrics(running: usize) -> Metrics {
-        Metrics {
-            connected: 0,
-            cpu_sys_ms: 0,
-            cpu_user_ms: 0,
-            facts: 0,
-            ledger_digest: String::new(),
-            libp2p_bytes_in: 0,
-            libp2p_bytes_out: 0,
-            node: String::new(),
-            peers_live: 0,
-            prepared_dags: 0,
-            running,
-            runs_live: 0,
-            uptime_ms: 0,
-        }
-    }
+    use crate::daemon::testing::{api, ask_with, metrics};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stored_file_is_listed_with_its_size() {

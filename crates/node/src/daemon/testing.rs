@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Cmd, Shared, auth, exec};
+use crate::api::Metrics;
 use crate::client::Client;
 
 type Shr = Arc<Shared>;
@@ -66,4 +67,23 @@ pub(crate) fn ask_with<T: Send + 'static>(
 ) -> tokio::task::JoinHandle<anyhow::Result<T>> {
     let client = Client::new(api.url.clone(), None);
     tokio::task::spawn_blocking(move || ask(client))
+}
+
+/// The loop's counters with `running` mesh jobs, the others told apart by their values.
+pub(crate) fn metrics(running: usize) -> Metrics {
+    Metrics {
+        connected: 1,
+        cpu_sys_ms: 2,
+        cpu_user_ms: 3,
+        facts: 4,
+        ledger_digest: "d".into(),
+        libp2p_bytes_in: 5,
+        libp2p_bytes_out: 6,
+        node: "ab".into(),
+        peers_live: 7,
+        prepared_dags: 8,
+        running,
+        runs_live: 10,
+        uptime_ms: 11,
+    }
 }
