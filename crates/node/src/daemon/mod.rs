@@ -24,6 +24,8 @@
 //! - `pin`: turns a submitted DAG into one whose every reference is a hash.
 //! - `hold`: before a submit is acknowledged, other nodes hold the blobs the DAG needs.
 //! - `local`: the routes a CLI uses on the home this node holds (`shoal run`, `get`, `image`...).
+//! - `serve`: the API's accept loop (connection cap, header timeout).
+//! - `testing` (tests only): the router and server with the test in the loop's place.
 
 mod api;
 pub mod auth;
