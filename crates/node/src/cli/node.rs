@@ -164,10 +164,9 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
     let start = std::time::Instant::now();
     let http = loop {
         if let Ok(text) = std::fs::read_to_string(&ready)
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && let Some(h) = v["http"].as_str()
+            && let Ok(file) = serde_json::from_str::<shoal_node::api::NodeFile>(&text)
         {
-            break h.to_string();
+            break file.http;
         }
         if node.is_finished() {
             return match node.await? {
