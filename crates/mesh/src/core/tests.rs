@@ -1,0 +1,319 @@
+//! The scheduler core's unit tests: a few cores gossiping by hand, no network.
+
+use super::*;
+use shoal_dag::{Arch, parse_dag};
+
+fn caps(cores: u32) -> Capabilities {
+    Capabilities {
+        arch: Arch::X86_64,
+        cores,
+        memory_bytes: 8 << 30,
+        cpu_flags: BTreeSet::new(),
+        gpus: vec![],
+        labels: BTreeMap::new(),
+        microvm: true,
+        speed: crate::capabilities::SPEED_REFERENCE,
+    }
+}
+
+fn chain() -> (Hash, Dag) {
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "a", "image": "b:1", "command": ["x"], "outputs": {"o": "stdout"}},
+      {"id": "b", "image": "b:1", "command": ["x"], "stdin": "jobs:a/o"}]}"#;
+    (Hash::of(text.as_bytes()), parse_dag("d.json", text).unwrap())
+}
+
+/// Delivers every pending fact of each node to every other node.
+fn gossip(nodes: &mut [NodeCore], now: u64) {
+    loop {
+        let mut moved = false;
+        for i in 0..nodes.len() {
+            while let Some(f) = nodes[i].poll_fact() {
+                moved = true;
+                for (j, n) in nodes.iter_mut().enumerate() {
+                    if j != i {
+                        n.handle_fact(now, f.clone()).unwrap();
+                    }
+                }
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+}
+
+fn starts(n: &mut NodeCore) -> Vec<Action> {
+    std::iter::from_fn(|| n.poll_action()).collect()
+}
+
+/// The jobs a node is left running after these actions: started and not stopped.
+fn net_running(actions: &[Action]) -> Vec<String> {
+    let stopped: BTreeSet<Hash> =
+        actions.iter().filter_map(|a| if let Action::Stop { claim } = a { Some(*claim) } else { None }).collect();
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Start { claim, job, .. } if !stopped.contains(claim) => Some(job.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_submitted_chain_runs_in_order_on_the_node_that_claims_first() {
+    let (h, dag) = chain();
+    let mut nodes = vec![
+        NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1)),
+        NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1)),
+    ];
+    nodes[0].submit(0, h, dag.clone(), 2);
+    let a0 = starts(&mut nodes[0]);
+    assert!(matches!(&a0[..], [Action::Start { job, .. }] if job == "a"), "{a0:?}");
+    gossip(&mut nodes, 1);
+    assert_eq!(nodes[1].wanted_dags(1), vec![h]);
+    nodes[1].handle_dag(1, h, dag);
+    assert!(starts(&mut nodes[1]).is_empty(), "a is claimed and b waits for a");
+    let Action::Start { claim, .. } = a0[0].clone() else { unreachable!() };
+    nodes[0].handle_job_finished(5, claim, Finished::Done { record: Hash::of(b"record a"), bytes: 3 });
+    gossip(&mut nodes, 6);
+    // Both may claim b the moment a is done (each claims before it hears the other); the smaller
+    // claim wins and the other run is stopped: one node is left running b.
+    let (b0, b1) = (net_running(&starts(&mut nodes[0])), net_running(&starts(&mut nodes[1])));
+    let mut all = [b0, b1].concat();
+    all.sort();
+    assert_eq!(all, vec!["b".to_string()]);
+    assert_eq!(nodes[0].ledger().state(7), nodes[1].ledger().state(7));
+}
+
+#[test]
+fn a_dead_claimants_job_is_taken_over_when_its_lease_ends() {
+    let (h, dag) = chain();
+    let mut a = NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1));
+    let mut b = NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1));
+    a.submit(0, h, dag.clone(), 3);
+    assert_eq!(starts(&mut a).len(), 1);
+    b.handle_dag(0, h, dag);
+    while let Some(f) = a.poll_fact() {
+        b.handle_fact(1, f).unwrap();
+    }
+    assert!(net_running(&starts(&mut b)).is_empty(), "a's claim holds the job");
+    // a dies: no renewals. b wakes at each lease end (a's, then its own losing claim's, which
+    // still counts until it lapses) and takes the job within a few ms of a's lease.
+    let mut now = 1;
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        now = b.poll_timeout(now).unwrap();
+        b.handle_tick(now);
+        started = net_running(&starts(&mut b));
+        if !started.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(started, vec!["a".to_string()]);
+    assert!(now <= LEASE_MS + 2, "taken over at {now} ms, lease {LEASE_MS} ms");
+}
+
+#[test]
+fn a_job_only_one_node_can_run_is_claimed_at_once_once_peers_capabilities_are_known() {
+    // Many peers that lack the label the job needs: without their capabilities the one node
+    // that has it waits behind those that rank first; with them it claims at once.
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "only-b", "image": "b:1", "command": ["x"], "requirements": {"labels": {"name": "b"}}}]}"#;
+    let h = Hash::of(text.as_bytes());
+    let dag = parse_dag("d.json", text).unwrap();
+    let others: Vec<NodeId> = (10..30u8).map(|i| SigningKey::from_bytes(&[i; 32]).verifying_key().to_bytes()).collect();
+    let mut b_caps = caps(1);
+    b_caps.labels.insert("name".into(), "b".into());
+    let start_at = |with_caps: bool| {
+        let mut b = NodeCore::new(SigningKey::from_bytes(&[2; 32]), b_caps.clone());
+        b.handle_peers(0, others.clone());
+        if with_caps {
+            b.handle_peer_caps(0, others.iter().map(|n| (*n, caps(1))));
+        }
+        b.submit(0, h, dag.clone(), 1);
+        let mut now = 0;
+        loop {
+            if starts(&mut b).iter().any(|a| matches!(a, Action::Start { .. })) {
+                return now;
+            }
+            now = b.poll_timeout(now).expect("a wake-up while the job waits");
+            b.handle_tick(now);
+        }
+    };
+    let without = start_at(false);
+    assert!(without > 0, "20 peers rank before b for some of them, so b waited: {without} ms");
+    assert_eq!(start_at(true), 0, "no capable peer ranks before b");
+}
+
+#[test]
+fn racing_claims_leave_one_runner() {
+    let (h, dag) = chain();
+    let mut nodes = vec![
+        NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1)),
+        NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1)),
+    ];
+    // Both know the DAG before either sees the other's claim (a partition, a race).
+    let submit = {
+        nodes[0].submit(0, h, dag.clone(), 2);
+        nodes[0].poll_fact().unwrap()
+    };
+    nodes[1].handle_dag(0, h, dag);
+    nodes[1].handle_fact(0, submit).unwrap();
+    let s0 = starts(&mut nodes[0]);
+    let s1 = starts(&mut nodes[1]);
+    assert_eq!((s0.len(), s1.len()), (1, 1), "both claimed a");
+    gossip(&mut nodes, 1);
+    let stops: usize =
+        nodes.iter_mut().map(|n| starts(n).iter().filter(|a| matches!(a, Action::Stop { .. })).count()).sum();
+    assert_eq!(stops, 1, "exactly one of the two runs is stopped");
+    assert_eq!(nodes[0].ledger().state(2), nodes[1].ledger().state(2));
+}
+
+#[test]
+fn leases_are_renewed_while_running_and_capacity_is_respected() {
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "x", "image": "b:1", "command": ["x"], "requirements": {"cores": 2}},
+      {"id": "y", "image": "b:1", "command": ["x"], "requirements": {"cores": 2}},
+      {"id": "big", "image": "b:1", "command": ["x"], "requirements": {"cores": 8}}]}"#;
+    let h = Hash::of(text.as_bytes());
+    let mut n = NodeCore::new(SigningKey::from_bytes(&[3; 32]), caps(2));
+    n.submit(0, h, parse_dag("d.json", text).unwrap(), 1);
+    let s = starts(&mut n);
+    assert_eq!(s.len(), 1, "2 cores hold one 2-core job; the 8-core job never fits: {s:?}");
+    let renew_at = n.poll_timeout(0).unwrap();
+    assert_eq!(renew_at, LEASE_MS / 2);
+    n.handle_tick(renew_at);
+    let facts: Vec<Fact> = std::iter::from_fn(|| n.poll_fact()).collect();
+    assert!(facts.iter().any(|f| matches!(f.body, Body::Renew { .. })), "{facts:?}");
+    assert!(matches!(
+        n.ledger().state(LEASE_MS + 1).dags[&h].jobs.values().find(|j| matches!(j, JobState::Claimed { .. })),
+        Some(JobState::Claimed { lease_until_ms, .. }) if *lease_until_ms == renew_at + LEASE_MS
+    ));
+}
+
+fn id_of(seed: u8) -> NodeId {
+    SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes()
+}
+
+#[test]
+fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_attempt() {
+    let (h, dag) = chain();
+    let mut nodes = vec![
+        NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1)),
+        NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1)),
+    ];
+    nodes[0].submit(0, h, dag.clone(), 1);
+    nodes[1].handle_dag(0, h, dag);
+    let Some(Action::Start { claim, .. }) = starts(&mut nodes[0]).pop() else { panic!("a starts") };
+    gossip(&mut nodes, 1);
+    let lost_record = Hash::of(b"record a");
+    nodes[0].handle_job_finished(2, claim, Finished::Done { record: lost_record, bytes: 10 });
+    gossip(&mut nodes, 3);
+    // Whoever runs b finds a's outputs gone.
+    let (runner, b_claim) = (0..2)
+        .find_map(|i| {
+            let acts = starts(&mut nodes[i]);
+            net_running(&acts).contains(&"b".to_string()).then(|| {
+                let claim = acts.iter().rev().find_map(|a| match a {
+                    Action::Start { claim, job, .. } if job == "b" => Some(*claim),
+                    _ => None,
+                });
+                (i, claim.unwrap())
+            })
+        })
+        .expect("someone runs b");
+    gossip(&mut nodes, 4);
+    nodes[runner].handle_job_finished(5, b_claim, Finished::Lost { job: "a".into(), record: lost_record });
+    gossip(&mut nodes, 6);
+    let state = nodes[0].ledger().state(6);
+    assert_eq!(state, nodes[1].ledger().state(6));
+    let jobs = &state.dags[&h].jobs;
+    assert!(matches!(&jobs["a"], JobState::Claimed { .. } | JobState::Open { .. }), "a runs again: {:?}", jobs["a"]);
+    assert_eq!(jobs["b"], JobState::Open { failures: vec![] }, "b waits for a, no attempt spent");
+    // a is claimed again, and once done with a new record, b runs.
+    let again: Vec<(usize, Hash)> = (0..2)
+        .flat_map(|i| {
+            starts(&mut nodes[i])
+                .into_iter()
+                .filter_map(move |a| match a {
+                    Action::Start { claim, job, .. } if job == "a" => Some((i, claim)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!again.is_empty(), "a is claimed again");
+    let (i, c) = again[0];
+    nodes[i].handle_job_finished(7, c, Finished::Done { record: Hash::of(b"record a, again"), bytes: 10 });
+    gossip(&mut nodes, 8);
+    let running_b: Vec<String> = (0..2).flat_map(|i| net_running(&starts(&mut nodes[i]))).collect();
+    assert!(running_b.contains(&"b".to_string()), "b runs once a is done again: {running_b:?}");
+}
+
+/// A DAG of `n` independent one-core jobs.
+fn flat(n: usize) -> (Hash, Dag) {
+    let jobs: Vec<String> = (0..n).map(|i| format!(r#"{{"id": "j{i}", "image": "b:1", "command": ["x"]}}"#)).collect();
+    let text = format!(r#"{{"version": 1, "jobs": [{}]}}"#, jobs.join(","));
+    (Hash::of(text.as_bytes()), parse_dag("d.json", &text).unwrap())
+}
+
+#[test]
+fn faster_peers_rank_first_for_most_jobs() {
+    let (h, dag) = flat(200);
+    let peers: Vec<NodeId> = (10..20).map(id_of).collect();
+    // A node 1.5 x as fast as its 10 peers, and one as fast as them, each ranking itself.
+    let first_for = |speed: u32| {
+        let mut n = NodeCore::new(SigningKey::from_bytes(&[4; 32]), Capabilities { speed, ..caps(1000) });
+        n.handle_peers(0, peers.clone());
+        n.handle_peer_caps(0, peers.iter().map(|p| (*p, caps(4))));
+        n.submit(0, h, dag.clone(), 1);
+        (0..200).filter(|&i| n.rank_for(&h, i, 0) == 0).count()
+    };
+    let (fast, equal) = (first_for(1500), first_for(1000));
+    assert!(fast > 180, "weight 1.5^16 = 657 against 10 x 1: first for {fast}/200");
+    assert!((5..45).contains(&equal), "one of 11 equals: first for about 18 of 200, got {equal}");
+    // A peer that could not run the jobs does not count.
+    let mut lone = NodeCore::new(SigningKey::from_bytes(&[4; 32]), caps(1000));
+    lone.handle_peers(0, peers.clone());
+    lone.handle_peer_caps(0, peers.iter().map(|p| (*p, Capabilities { speed: 9000, ..caps(0) })));
+    lone.submit(0, h, dag.clone(), 1);
+    assert!((0..200).all(|i| lone.rank_for(&h, i, 0) == 0));
+}
+
+#[test]
+fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "a", "image": "b:1", "command": ["x"], "outputs": {"o": "stdout"}},
+      {"id": "b", "image": "b:1", "command": ["x"], "stdin": "jobs:a/o"}]}"#;
+    let h = Hash::of(text.as_bytes());
+    let dag = parse_dag("d.json", text).unwrap();
+    let holder = SigningKey::from_bytes(&[10; 32]);
+    let fast = id_of(11);
+    for (bytes, want) in [(64u64 << 20, 0), (4 << 10, 1)] {
+        // This node made a's outputs; a 4x faster peer is free.
+        let mut me = NodeCore::new(holder.clone(), caps(2));
+        me.handle_peers(0, [fast]);
+        me.handle_peer_caps(0, [(fast, Capabilities { speed: 4000, ..caps(2) })]);
+        let submit = Fact::sign(
+            &holder,
+            Hlc::default(),
+            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+        );
+        let claim = Fact::sign(
+            &holder,
+            Hlc { wall_ms: 0, counter: 1 },
+            Body::Claim { dag: h, job: "a".into(), lease_until_ms: 10_000 },
+        );
+        let done = Fact::sign(
+            &holder,
+            Hlc { wall_ms: 1, counter: 0 },
+            Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes },
+        );
+        me.handle_dag(0, h, dag.clone());
+        for f in [submit, claim, done] {
+            me.handle_fact(1, f).unwrap();
+        }
+        assert_eq!(me.rank_for(&h, 1, 2), want, "b's input is {bytes} bytes, held here");
+    }
+}

@@ -1,0 +1,186 @@
+//! What a run simulates: the mesh's size, workload, network, churn and partitions, and the
+//! protocol's settings (`shoal node`'s unless tuned), with the named scenarios `--scenario` picks.
+
+use shoal_mesh::Settings;
+use shoal_mesh::topics::TopicMode;
+
+use crate::Rng;
+use crate::workload::{WorkDist, Workload};
+
+/// One-way message latency.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Latency {
+    Uniform {
+        lo_ms: u64,
+        hi_ms: u64,
+    },
+    /// Log-normal around a median (a long tail, as across the internet), capped.
+    LogNormal {
+        median_ms: u64,
+        sigma: f64,
+        max_ms: u64,
+    },
+}
+
+impl Latency {
+    pub(crate) fn sample(&self, rng: &mut Rng) -> u64 {
+        match *self {
+            Latency::Uniform { lo_ms, hi_ms } => rng.range(lo_ms, hi_ms),
+            Latency::LogNormal { median_ms, sigma, max_ms } => {
+                ((median_ms as f64 * (sigma * rng.normal()).exp()) as u64).clamp(1, max_ms)
+            }
+        }
+    }
+}
+
+/// A partition: from `at_ms` for `for_ms`, `fraction` of the nodes (chosen by the seed) are cut off
+/// from the rest.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Partition {
+    pub at_ms: u64,
+    pub for_ms: u64,
+    pub fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub nodes: usize,
+    pub jobs: usize,
+    pub seed: u64,
+    pub workload: Workload,
+    pub work: WorkDist,
+    /// The mixed workload's DAGs are submitted over this long.
+    pub submit_window_ms: u64,
+    /// Nodes of several kinds (cores, speed, memory, GPU, arch); else all alike.
+    pub heterogeneous: bool,
+    /// Heterogeneous nodes' speeds are uniform in 1 ± this.
+    pub speed_spread: f64,
+    /// Cores of every node when not heterogeneous.
+    pub cores_per_node: u32,
+    pub latency: Latency,
+    /// Probability that one message is lost.
+    pub loss: f64,
+    /// Uplink of every node, bits per second.
+    pub uplink_bps: u64,
+    /// Node churn per hour, as a fraction of the nodes: crashes (back after a while, from their
+    /// persisted facts), leaves and joins.
+    pub churn_per_hour: f64,
+    /// Single crashes: (node, at_ms); the node stays down.
+    pub crashes: Vec<(usize, u64)>,
+    pub partition: Option<Partition>,
+    /// The protocol's settings (lease, stagger, sync period, liveness timeout, replicas,
+    /// topics): `shoal node`'s by default, [`Config::tune`] for the tuned ones.
+    pub settings: Settings,
+    /// Mesh peers per node per topic.
+    pub mesh_degree: usize,
+    /// How long a node batches facts before relaying them, ms.
+    pub flush_ms: u64,
+    /// Fraction of runs that fail (and are retried, up to `max_attempts`).
+    pub job_failure: f64,
+    pub max_attempts: u32,
+    /// Metrics are sampled this often, ms of simulated time.
+    pub sample_ms: u64,
+    /// Stop after this much simulated time.
+    pub limit_ms: u64,
+    /// Print a line per sample to stderr (long runs).
+    pub progress: bool,
+    /// Run this one DAG instead of the workload (see [`workload::given`]); the report then
+    /// carries each job's history.
+    pub given: Option<GivenDag>,
+}
+
+/// A DAG to run as it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GivenDag {
+    /// Its JSON text: jobs named `j0`, `j1`, … in file order, each reading only earlier ones.
+    pub text: String,
+    /// Every job's work, ms at speed 1.0.
+    pub work_ms: u64,
+}
+
+impl Config {
+    /// A small, homogeneous, reliable run of one layered DAG.
+    pub fn basic(nodes: usize, jobs: usize, seed: u64) -> Config {
+        Config {
+            nodes,
+            jobs,
+            seed,
+            workload: Workload::Layered,
+            work: WorkDist { median_ms: 20_000, sigma: 0.6, max_ms: 120_000 },
+            submit_window_ms: 0,
+            heterogeneous: false,
+            speed_spread: 0.5,
+            cores_per_node: 2,
+            latency: Latency::Uniform { lo_ms: 1, hi_ms: 20 },
+            loss: 0.0,
+            uplink_bps: 100_000_000,
+            churn_per_hour: 0.0,
+            crashes: vec![],
+            partition: None,
+            settings: Settings::default(),
+            mesh_degree: 6,
+            flush_ms: 20,
+            job_failure: 0.0,
+            max_attempts: 3,
+            sample_ms: 60_000,
+            limit_ms: 7 * 86_400_000,
+            progress: false,
+            given: None,
+        }
+    }
+
+    /// A named scenario (what `--scenario` picks).
+    pub fn scenario(name: &str, nodes: usize, jobs: usize, seed: u64) -> Result<Config, String> {
+        let mut c = Config::basic(nodes, jobs, seed);
+        let overnight = |c: &mut Config| {
+            c.workload = Workload::Mixed;
+            c.heterogeneous = true;
+            c.work = WorkDist { median_ms: 5 * 60_000, sigma: 0.7, max_ms: 3_600_000 };
+            c.submit_window_ms = 3_600_000;
+            c.latency = Latency::LogNormal { median_ms: 30, sigma: 0.6, max_ms: 2_000 };
+            c.loss = 0.01;
+            c.uplink_bps = 10_000_000;
+            c.sample_ms = 300_000;
+        };
+        match name {
+            "basic" => {}
+            "layered" | "fanout" | "chains" | "mixed" => c.workload = name.parse()?,
+            "overnight" => overnight(&mut c),
+            "churn" => {
+                overnight(&mut c);
+                c.churn_per_hour = 0.01;
+            }
+            "partition" => {
+                overnight(&mut c);
+                c.partition = Some(Partition { at_ms: 20 * 60_000, for_ms: 20 * 60_000, fraction: 0.3 });
+            }
+            _ => {
+                return Err(format!(
+                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn or partition"
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The settings docs/SIMULATIONS.md found better than `shoal node`'s defaults for big meshes
+    /// and long jobs (switching the node to them is the federation issue's).
+    pub fn tune(&mut self) {
+        let s = &mut self.settings;
+        // Leases of minutes: renewals are most of the gossip (see docs/SIMULATIONS.md).
+        s.core.lease_ms = 600_000;
+        // Above the p99 of gossip propagation over a few hops, or the next-ranked node claims
+        // before it hears the first one's claim (200 ms gave 32% concurrent duplicates).
+        s.core.claim_stagger_ms = 1_000;
+        s.topics =
+            if self.nodes > 500 { TopicMode::PerDag { group_nodes: 32, speed_exponent: 4.0 } } else { TopicMode::One };
+    }
+
+    /// Nodes per DAG topic; 0 with one topic for all.
+    pub fn group_nodes(&self) -> usize {
+        match self.settings.topics {
+            TopicMode::One => 0,
+            TopicMode::PerDag { group_nodes, .. } => group_nodes,
+        }
+    }
+}
