@@ -24,6 +24,10 @@ pub const FORGET_AFTER_MS: u64 = 4 * LIVENESS_TIMEOUT_MS;
 pub const SYNC_PERIOD_MS: u64 = 5_000;
 /// Nodes that keep a copy of each output, the runner included (`shoal node --replicas`).
 pub const REPLICAS: usize = 2;
+/// How long a node waits before it asks every provider once more for an upstream output none
+/// delivered, before it reports the output lost (its job then runs again), in ms: a holder that
+/// was restarting or busy gets a second chance, so a passing failure does not cost a rerun.
+pub const LOST_RECHECK_MS: u64 = 2_000;
 
 /// The protocol's settings. `Default` is what `shoal node` runs with.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +50,8 @@ pub struct Settings {
     pub sync_period_ms: u64,
     /// See [`REPLICAS`].
     pub replicas: usize,
+    /// See [`LOST_RECHECK_MS`].
+    pub lost_recheck_ms: u64,
     /// Which topics carry a DAG's facts and who subscribes to them.
     pub topics: TopicMode,
 }
@@ -62,6 +68,7 @@ impl Default for Settings {
             forget_after_ms: FORGET_AFTER_MS,
             sync_period_ms: SYNC_PERIOD_MS,
             replicas: REPLICAS,
+            lost_recheck_ms: LOST_RECHECK_MS,
             topics: TopicMode::One,
         }
     }

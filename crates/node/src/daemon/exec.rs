@@ -13,9 +13,8 @@ use super::Shared;
 use crate::run::{self, Ctx, Status};
 use shoal_mesh::core::Finished;
 
-/// How long a node waits before it asks every provider once more for an upstream output none
-/// delivered, before it reports the output lost (its job then runs again), in ms.
-const LOST_RECHECK_MS: u64 = 2_000;
+/// See `shoal_mesh::settings::LOST_RECHECK_MS` (the simulator models the same wait).
+const LOST_RECHECK_MS: u64 = shoal_mesh::settings::LOST_RECHECK_MS;
 
 /// Why a claimed job did not get to run.
 enum NotRun {
