@@ -172,6 +172,16 @@ fn main() -> anyhow::Result<()> {
                 r.facts_held,
                 r.converge_at_end_ms.map_or("-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
             );
+            eprintln!(
+                "heartbeats {}, peers forgotten {} (silent {:.1} to {:.1} s); output copies {} ({} found no provider); outputs reported lost {}",
+                r.heartbeats,
+                r.forgotten,
+                r.forgotten_silent_ms.min as f64 / 1000.0,
+                r.forgotten_silent_ms.max as f64 / 1000.0,
+                r.copies,
+                r.copies_failed,
+                r.lost_reported,
+            );
             eprintln!("events by kind: {:?}", r.events_by_kind);
         }
         for v in &r.violations {

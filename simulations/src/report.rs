@@ -55,6 +55,17 @@ pub struct Report {
     pub leaves: u64,
     /// Done jobs whose every holder left (recomputable from their lineage).
     pub outputs_lost: usize,
+    /// Heartbeats sent (each received by every node that hears its sender).
+    pub heartbeats: u64,
+    /// Peers forgotten by a node's own `Liveness`, and how long each had been silent then (since
+    /// the last heartbeat it sent), ms.
+    pub forgotten: u64,
+    pub forgotten_silent_ms: Percentiles,
+    /// Copies of outputs a node's `Replicas` asked for that it made, and that found no provider.
+    pub copies: u64,
+    pub copies_failed: u64,
+    /// Outputs reported lost (`lost::judge` said `Report` after the recheck): their jobs ran again.
+    pub lost_reported: u64,
     /// Facts held, summed over nodes, at the end (memory).
     pub facts_held: u64,
     /// Distinct facts made in the run.
@@ -70,6 +81,7 @@ pub struct Report {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Percentiles {
+    pub min: u64,
     pub mean: f64,
     pub p50: u64,
     pub p99: u64,
@@ -83,6 +95,12 @@ impl Percentiles {
         }
         v.sort_unstable();
         let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
-        Percentiles { mean: v.iter().sum::<u64>() as f64 / v.len() as f64, p50: at(0.5), p99: at(0.99), max: at(1.0) }
+        Percentiles {
+            min: v[0],
+            mean: v.iter().sum::<u64>() as f64 / v.len() as f64,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
     }
 }

@@ -83,3 +83,36 @@ fn the_dag_completes_when_any_of_a_few_nodes_dies_mid_run() {
     }
     assert!(retried > 0, "no node held a run when it died: the test proves nothing");
 }
+
+#[test]
+fn a_node_that_stops_sending_heartbeats_is_forgotten_by_every_peers_own_liveness() {
+    // Node 3 leaves 10 s in; the other seven hear no heartbeat of it from then on, and each one's
+    // own `Liveness` forgets it `forget_after_ms` after the last heartbeat it heard.
+    let mut c = Config::basic(8, 200, 5);
+    c.crashes = vec![(3, 10_000)];
+    let r = run(&c);
+    assert_ok(&r);
+    assert!(r.makespan_ms > 10_000 + c.settings.forget_after_ms, "the run outlasts the forgetting: {r:?}");
+    assert_eq!(r.forgotten, 7, "every peer forgot the silent node, and nobody else: {r:?}");
+    let silent = r.forgotten_silent_ms;
+    // Heard a message's latency (1 to 20 ms here) after it was sent.
+    assert!(silent.min >= c.settings.forget_after_ms, "{silent:?}");
+    assert!(silent.max <= c.settings.forget_after_ms + 20, "{silent:?}");
+    assert!(r.heartbeats > 0 && r.gossip_bytes_per_node_s > 0.0, "heartbeats are messages: {r:?}");
+}
+
+#[test]
+fn outputs_lost_with_their_only_holder_are_reported_by_lost_judge_and_run_again() {
+    // One replica (the runner's own), a layered DAG (a job reads jobs of the layer before, so an
+    // output waits for its readers' other inputs), and five nodes leaving for good in turn: a
+    // node that left with an output a later job reads makes that job's node recheck, then report
+    // it lost once `lost::judge` says so (its runner silent for the liveness timeout), and the
+    // upstream job runs again; the DAG still ends.
+    let mut c = Config::basic(12, 80, 2);
+    c.settings.replicas = 1;
+    c.crashes = (1..=5).map(|i| (i * 2, 15_000 * i as u64)).collect();
+    let r = run(&c);
+    assert_ok(&r);
+    assert!(r.lost_reported > 0, "no output was lost: the test proves nothing: {r:?}");
+    assert!(r.extra_starts >= r.lost_reported, "each lost output ran again: {r:?}");
+}

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 
 use shoal_dag::Hash;
-use shoal_mesh::ledger::{Fact, VerifiedFact};
+use shoal_mesh::ledger::{Body, Fact, VerifiedFact};
 use shoal_mesh::sync::{Inbound, Sync};
 use shoal_mesh::wire::{SyncReq, SyncResp};
 
 use super::net::{DIGEST_BYTES, ID_BYTES, MESSAGE_OVERHEAD_BYTES, request_bytes, response_bytes};
-use super::{Ev, FactMeta, Sim};
+use super::{Ev, FactMeta, Sim, Status};
 
 impl Sim {
     /// A mesh link between `a` and `b` came up (or went down): with one topic it is the
@@ -19,6 +19,12 @@ impl Sim {
         let now = self.now;
         for (x, y) in [(a, b), (b, a)] {
             let peer = self.nodes[y as usize].id;
+            if up && self.nodes[x as usize].status == Status::Up {
+                // A new connection: the daemon's `Liveness` announces itself soon after.
+                self.nodes[x as usize].liveness.handle_connected(now);
+                let at = self.nodes[x as usize].liveness.poll_timeout().unwrap_or(now);
+                self.schedule_liveness(x, at);
+            }
             if let Some(sync) = self.nodes[x as usize].sync.as_mut() {
                 if up {
                     sync.handle_connected(now, peer);
@@ -106,9 +112,18 @@ impl Sim {
         for f in facts {
             let Some(vf) = self.meta.get(&f.id()).map(|m| m.fact.clone()) else { continue };
             let id = vf.id();
+            let done = match &vf.fact().body {
+                Body::Done { record, .. } if vf.fact().author != self.nodes[n as usize].id => {
+                    Some((*record, vf.fact().author))
+                }
+                _ => None,
+            };
             if self.nodes[n as usize].core.as_mut().expect("up").handle_verified_fact(now, vf) {
                 added += 1;
                 self.hold(n, 0, id);
+                if let Some((record, runner)) = done {
+                    self.keep_copies(n, record, runner);
+                }
             }
         }
         self.drain(n);

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use shoal_dag::{Dag, Hash};
 use shoal_mesh::core::NodeCore;
 use shoal_mesh::ledger::NodeId;
+use shoal_mesh::liveness::Liveness;
+use shoal_mesh::replicas::Replicas;
 use shoal_mesh::sync::Sync;
 use shoal_mesh::topics;
 
@@ -42,6 +44,7 @@ impl Sim {
                 if self.cfg.group_nodes() == 0 {
                     self.join_global(n);
                 }
+                self.schedule_liveness(n, self.now);
             }
             r => {
                 if up.len() > 1 {
@@ -52,18 +55,10 @@ impl Sim {
         }
     }
 
-    /// A new or restarted node on the one topic: it learns the peers and every live DAG.
+    /// A new or restarted node on the one topic: it connects to its mesh peers (and learns the
+    /// others from their heartbeats) and gets every live DAG.
     pub(super) fn join_global(&mut self, n: u32) {
         self.subscribe(n, 0);
-        let ids: Vec<NodeId> =
-            (0..self.nodes.len() as u32).filter(|&m| self.up(m)).map(|m| self.nodes[m as usize].id).collect();
-        let now = self.now;
-        for m in 0..self.nodes.len() as u32 {
-            if self.up(m) {
-                self.nodes[m as usize].core.as_mut().expect("up").handle_peers(now, ids.iter().copied());
-                self.drain(m);
-            }
-        }
         for d in self.topics[0].dags.clone() {
             if self.left[d as usize] > 0 && !self.nodes[n as usize].persisted_dags.contains(&self.dags[d as usize].hash)
             {
@@ -85,6 +80,8 @@ impl Sim {
         node.pending.clear();
         node.flush_scheduled = false;
         node.tick_at = u64::MAX;
+        node.liveness_at = u64::MAX;
+        node.liveness_gen += 1;
         let lost: Vec<(Hash, (u32, u32, u64))> = std::mem::take(&mut node.running).into_iter().collect();
         let epoch = node.epoch;
         for (claim, (d, j, started)) in lost {
@@ -99,12 +96,14 @@ impl Sim {
             let back = self.rng.exp(DOWNTIME_MEAN_MS) as u64;
             self.push(now + back.max(1), Ev::Restart { node: n });
         }
-        // Noticed once its peers have not heard it for the liveness timeout.
+        // Its connections are noticed gone after the liveness timeout (each peer's `Liveness`
+        // notices the silence on its own, from the heartbeats it no longer hears).
         self.push(now + self.cfg.settings.liveness_timeout_ms, Ev::Detect { node: n, epoch });
     }
 
-    /// The failure detector noticed a node is gone: its topics drop it, and a DAG topic left with
-    /// fewer than `group_nodes` members takes the next node in rendezvous order.
+    /// The gossip mesh noticed a node's connections gone: its topics drop it, and a DAG topic left
+    /// with fewer than `group_nodes` members takes the next node in rendezvous order. (Each core
+    /// stops ranking it when its own `Liveness` forgets it.)
     pub(super) fn forget(&mut self, n: u32) {
         let topics: Vec<u32> = self.nodes[n as usize].topics.iter().copied().collect();
         for t in topics {
@@ -137,17 +136,6 @@ impl Sim {
             }
             self.tell_topic_peers(t);
         }
-        if self.cfg.group_nodes() == 0 {
-            let ids: Vec<NodeId> =
-                (0..self.nodes.len() as u32).filter(|&m| self.up(m)).map(|m| self.nodes[m as usize].id).collect();
-            let now = self.now;
-            for m in 0..self.nodes.len() as u32 {
-                if self.up(m) {
-                    self.nodes[m as usize].core.as_mut().expect("up").handle_peers(now, ids.iter().copied());
-                    self.drain(m);
-                }
-            }
-        }
     }
 
     /// A crashed node comes back with what it persisted: its ledger's facts and DAG files.
@@ -164,6 +152,9 @@ impl Sim {
         }
         node.core = Some(core);
         node.sync = (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings));
+        // A new process: it has heard nobody yet.
+        node.liveness = Liveness::new(&self.cfg.settings);
+        node.replicas = Replicas::new(node.id, &self.cfg.settings);
         node.status = Status::Up;
         node.tick_at = u64::MAX;
         let epoch = node.epoch;
@@ -201,5 +192,6 @@ impl Sim {
             }
         }
         self.drain(n);
+        self.schedule_liveness(n, now);
     }
 }

@@ -123,6 +123,11 @@ impl Sim {
             let new = self.nodes[to as usize].core.as_mut().expect("up").handle_verified_fact(now, f.clone());
             if new {
                 self.hold(to, topic, id);
+                if let Body::Done { record, .. } = &f.fact().body
+                    && f.fact().author != self.nodes[to as usize].id
+                {
+                    self.keep_copies(to, *record, f.fact().author);
+                }
                 if let Body::Done { claim, .. } = &f.fact().body
                     && let Some((d, j)) = self.claim_job(claim, to)
                     && self.truth[d as usize][j as usize].holders.is_empty()

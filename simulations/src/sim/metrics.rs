@@ -150,6 +150,8 @@ impl Sim {
         r.gossip_bytes_per_node_s = per_node.iter().sum::<f64>() / per_node.len().max(1) as f64;
         r.gossip_bytes_per_node_s_max = per_node.iter().copied().fold(0.0, f64::max);
         r.events = self.processed;
+        r.forgotten = self.forgotten_silent_ms.len() as u64;
+        r.forgotten_silent_ms = Percentiles::of(std::mem::take(&mut self.forgotten_silent_ms));
         r.facts_made = self.meta.len() as u64;
         r.facts_held = self.nodes.iter().filter_map(|n| n.core.as_ref()).map(|n| n.ledger().len() as u64).sum();
         if self.cfg.given.is_some()
@@ -197,7 +199,7 @@ impl Sim {
                 if tr.done_at.is_none() {
                     continue;
                 }
-                if tr.holders.iter().all(|&h| self.nodes[h as usize].status == Status::Gone) {
+                if tr.holders.iter().all(|&(_, h)| self.nodes[h as usize].status == Status::Gone) {
                     r.outputs_lost += 1;
                     if !dag_held {
                         self.violations.insert(format!("DAG {d} job {j}: outputs lost and its DAG with them"));

@@ -5,7 +5,11 @@
 //! - [`gossip`]: topic meshes and fact gossip (gossipsub-like relaying in batches).
 //! - [`anti_entropy`]: the node's `Sync` over mesh links (one topic), and the modelled per-topic
 //!   exchange (a topic per DAG).
-//! - [`churn`]: crashes, restarts, leaves and joins, and the failure detector's verdicts.
+//! - [`liveness`]: each node's own `Liveness`, fed by the heartbeats it receives.
+//! - [`outputs`]: copies of outputs (each node's `Replicas`), and inputs nobody can serve (the
+//!   daemon's recheck, then `lost::judge`).
+//! - [`churn`]: crashes, restarts, leaves and joins, and the dropped connections the gossip mesh
+//!   notices.
 //! - [`invariants`]: what is checked after every step, and convergence.
 //! - [`metrics`]: samples over time and the final report.
 
@@ -13,8 +17,10 @@ mod anti_entropy;
 mod churn;
 mod gossip;
 mod invariants;
+mod liveness;
 mod metrics;
 mod net;
+mod outputs;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -25,7 +31,8 @@ use shoal_dag::{Arch, Hash};
 use shoal_mesh::capabilities::{Capabilities, SPEED_REFERENCE};
 use shoal_mesh::core::{Action, Finished, NodeCore, PeerTable};
 use shoal_mesh::ledger::{Body, NodeId, VerifiedFact};
-use shoal_mesh::replicas::output_holders;
+use shoal_mesh::liveness::Liveness;
+use shoal_mesh::replicas::Replicas;
 use shoal_mesh::sync::Sync;
 use shoal_mesh::topics;
 use shoal_mesh::wire::{self, SyncReq, SyncResp};
@@ -84,9 +91,26 @@ enum Ev {
     Restart {
         node: u32,
     },
+    /// The gossip mesh noticed a node's connections gone (its topics drop it).
     Detect {
         node: u32,
         epoch: u32,
+    },
+    /// A heartbeat of `from` reaches `to` (gossiped on the mesh-wide announcement topic).
+    Heartbeat {
+        from: u32,
+        to: Vec<u32>,
+    },
+    /// Node `node`'s `Liveness` is due (a heartbeat to send, a peer to forget).
+    Liveness {
+        node: u32,
+        generation: u32,
+    },
+    /// Node `node` asks the holders of its claim's inputs once more (the daemon's recheck).
+    Recheck {
+        node: u32,
+        epoch: u32,
+        claim: Hash,
     },
     PartitionStart,
     PartitionEnd,
@@ -140,6 +164,15 @@ struct Node {
     core: Option<NodeCore>,
     /// Anti-entropy with its mesh peers, when there is one topic (rebuilt at a restart).
     sync: Option<Sync>,
+    /// Heartbeats and which peers are alive, from what this node heard (rebuilt at a restart).
+    liveness: Liveness,
+    /// Which outputs of other nodes' runs it keeps a copy of (rebuilt at a restart).
+    replicas: Replicas,
+    /// When its `Liveness` event is queued for, and that event's generation.
+    liveness_at: u64,
+    liveness_gen: u32,
+    /// When it last sent a heartbeat.
+    last_beat_at: u64,
     status: Status,
     /// Bumped at each crash: events meant for an earlier life are dropped.
     epoch: u32,
@@ -196,7 +229,8 @@ struct JobTruth {
     concurrent: u32,
     /// Runs of it now: (node, claim).
     live: Vec<(u32, Hash)>,
-    holders: Vec<u32>,
+    /// Nodes that hold the outputs of a completion: (its run record, the node).
+    holders: Vec<(Hash, u32)>,
 }
 
 pub struct Sim {
@@ -228,6 +262,10 @@ pub struct Sim {
     peer_table: Arc<PeerTable>,
     /// Node index by id (anti-entropy names peers by id).
     index_of: HashMap<NodeId, u32>,
+    /// How long each peer a node forgot had been silent, ms.
+    forgotten_silent_ms: Vec<u64>,
+    /// (DAG, job) by run record.
+    job_of_record: HashMap<Hash, (u32, u32)>,
 }
 
 fn node_key(i: usize) -> SigningKey {
@@ -266,6 +304,8 @@ impl Sim {
             violations: BTreeSet::new(),
             peer_table: Arc::default(),
             index_of: HashMap::new(),
+            job_of_record: HashMap::new(),
+            forgotten_silent_ms: Vec::new(),
             cfg,
         };
         sim.report.jobs = sim.dags.iter().map(|d| d.work_ms.len()).sum();
@@ -280,8 +320,12 @@ impl Sim {
                 sim.subscribe(n, 0);
             }
             let ids: Vec<NodeId> = sim.nodes.iter().map(|n| n.id).collect();
+            // A warm start: the mesh has been up a while, so every node has heard every other.
             for n in &mut sim.nodes {
                 n.core.as_mut().expect("up").handle_peers(0, ids.iter().copied());
+                for id in ids.iter().filter(|id| **id != n.id) {
+                    n.liveness.handle_heard(0, *id);
+                }
             }
         }
         for d in 0..sim.dags.len() {
@@ -291,6 +335,11 @@ impl Sim {
         for n in 0..sim.nodes.len() as u32 {
             let at = sim.rng.range(0, sim.cfg.settings.sync_period_ms);
             sim.push(at, Ev::AntiEntropy { node: n, epoch: 0 });
+        }
+        for n in 0..sim.nodes.len() as u32 {
+            // Heartbeats in phase with when each node started, not all at once.
+            let at = sim.rng.range(0, sim.cfg.settings.heartbeat_ms);
+            sim.schedule_liveness(n, at);
         }
         for &(node, at) in &sim.cfg.crashes.clone() {
             sim.push(at, Ev::Crash { node: node as u32, permanent: true });
@@ -370,6 +419,11 @@ impl Sim {
             speed,
             core: Some(core),
             sync: (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings)),
+            liveness: Liveness::new(&self.cfg.settings),
+            replicas: Replicas::new(id, &self.cfg.settings),
+            liveness_at: u64::MAX,
+            liveness_gen: 0,
+            last_beat_at: 0,
             status: Status::Up,
             epoch: 0,
             tick_at: u64::MAX,
@@ -427,7 +481,8 @@ impl Sim {
             Ev::Flush { .. } => "flush",
             Ev::SyncRequest { .. } | Ev::SyncResponse { .. } => "anti-entropy",
             Ev::Tick { .. } => "tick",
-            Ev::Finished { .. } => "finished",
+            Ev::Finished { .. } | Ev::Recheck { .. } => "finished",
+            Ev::Heartbeat { .. } | Ev::Liveness { .. } => "liveness",
             Ev::AntiEntropy { .. } => "anti-entropy",
             _ => "other",
         };
@@ -457,8 +512,11 @@ impl Sim {
                     self.truth[dag as usize][job as usize].live.retain(|(_, c)| *c != claim);
                     let result = if ok {
                         // Content-addressed: every successful run of a job has the same record.
-                        let d = &self.dags[dag as usize];
-                        Finished::Done { record: Hash::of(format!("{}/{}", d.hash, job).as_bytes()), bytes: 0 }
+                        // A run record is signed and carries its run's times: each run's differs
+                        // (a record reported lost never counts again, so a rerun must not reuse it).
+                        let record = Hash::of(format!("{}/{job}/{claim}", self.dags[dag as usize].hash).as_bytes());
+                        self.job_of_record.insert(record, (dag, job));
+                        Finished::Done { record, bytes: 0 }
                     } else {
                         Finished::Failed("simulated failure".to_string())
                     };
@@ -488,6 +546,20 @@ impl Sim {
             }
             Ev::Crash { node, permanent } => self.crash(node, permanent),
             Ev::Restart { node } => self.restart(node),
+            Ev::Heartbeat { from, to } => self.on_heartbeat(from, &to),
+            Ev::Liveness { node, generation } => {
+                let n = &mut self.nodes[node as usize];
+                if n.liveness_gen == generation && n.status == Status::Up {
+                    n.liveness_at = u64::MAX;
+                    n.liveness.handle_tick(self.now);
+                    self.drive_liveness(node);
+                }
+            }
+            Ev::Recheck { node, epoch, claim } => {
+                if self.nodes[node as usize].epoch == epoch && self.up(node) {
+                    self.recheck(node, claim);
+                }
+            }
             Ev::Detect { node, epoch } => {
                 if self.nodes[node as usize].epoch == epoch && !self.up(node) {
                     self.forget(node);
@@ -632,9 +704,6 @@ impl Sim {
     fn start(&mut self, n: u32, claim: Hash, dag: Hash, job: &str) {
         let d = self.dag_of[&dag];
         let j: u32 = job[1..].parse().expect("simulated job ids are j<index>");
-        let node = &self.nodes[n as usize];
-        let run_ms = ((self.dags[d as usize].work_ms[j as usize] as f64 / node.speed) as u64).max(1);
-        let epoch = node.epoch;
         let t = &mut self.truth[d as usize][j as usize];
         t.starts += 1;
         if t.live.iter().any(|(m, _)| *m != n) {
@@ -644,6 +713,20 @@ impl Sim {
         t.live.push((n, claim));
         self.report.starts += 1;
         self.nodes[n as usize].running.insert(claim, (d, j, self.now));
+        if self.unfetchable_input(n, d, j).is_some() {
+            // The daemon asks every provider once more after a while (`Settings::lost_recheck_ms`).
+            let epoch = self.nodes[n as usize].epoch;
+            self.push(self.now + self.cfg.settings.lost_recheck_ms, Ev::Recheck { node: n, epoch, claim });
+        } else {
+            self.run_job(n, claim, d, j);
+        }
+    }
+
+    /// Node `n` has its claim's inputs: the run takes the job's work at the node's speed.
+    fn run_job(&mut self, n: u32, claim: Hash, d: u32, j: u32) {
+        let node = &self.nodes[n as usize];
+        let run_ms = ((self.dags[d as usize].work_ms[j as usize] as f64 / node.speed) as u64).max(1);
+        let epoch = node.epoch;
         let ok = self.cfg.job_failure == 0.0 || self.rng.unit() >= self.cfg.job_failure;
         self.push(self.now + run_ms, Ev::Finished { node: n, epoch, claim, ok });
     }
@@ -663,10 +746,10 @@ impl Sim {
         if matches!(f.fact().body, Body::Claim { .. }) {
             self.claim_topic.insert(id, topic);
         }
-        if let Body::Done { claim, .. } = &f.fact().body
+        if let Body::Done { claim, record, .. } = &f.fact().body
             && let Some((d, j)) = self.claim_job(claim, n)
         {
-            self.job_done(d, j, n);
+            self.job_done(d, j, n, *record);
         }
         let bytes = wire::encode(f.fact()).len() as u32;
         self.meta.insert(id, FactMeta { bytes, fact: f.clone() });
@@ -684,30 +767,18 @@ impl Sim {
         }
     }
 
-    fn job_done(&mut self, d: u32, j: u32, n: u32) {
+    fn job_done(&mut self, d: u32, j: u32, n: u32, record: Hash) {
         let t = &mut self.truth[d as usize][j as usize];
         if t.done_at.is_some() {
-            if !t.holders.contains(&n) {
-                t.holders.push(n);
+            if !t.holders.contains(&(record, n)) {
+                t.holders.push((record, n));
             }
             return;
         }
         t.done_at = Some(self.now);
-        t.holders.push(n);
-        // Outputs are copied to the holders `shoal_mesh::replicas` picks among the topic's up
-        // members, as every node of it decides alone.
-        let topic = self.topic_of_dag[d as usize];
-        let record = Hash::of(format!("{}/{}", self.dags[d as usize].hash, j).as_bytes());
-        let live: Vec<NodeId> = self.topics[topic as usize]
-            .members
-            .iter()
-            .filter(|&&m| self.up(m))
-            .map(|&m| self.nodes[m as usize].id)
-            .collect();
-        let runner = self.nodes[n as usize].id;
-        let copies = output_holders(record, runner, &live, self.cfg.settings.replicas.saturating_sub(1));
-        let t = &mut self.truth[d as usize][j as usize];
-        t.holders.extend(copies.iter().map(|id| self.index_of[id]));
+        // The runner holds the outputs; the nodes whose `Replicas` pick them copy them as the
+        // Done reaches them (`outputs::keep_copies`).
+        t.holders.push((record, n));
         self.left[d as usize] -= 1;
         // Dependants whose inputs are now all done are ready.
         let now = self.now;

@@ -1,0 +1,133 @@
+//! Each node's own failure detector, `shoal_mesh::liveness::Liveness`, driven as the daemon drives
+//! it: a heartbeat (the daemon's `Announce`, its CBOR size counted) goes out whenever
+//! `poll_heartbeat` gives one, reaches the other nodes through the gossip mesh, and each receiver's
+//! `handle_heard` notes it; a new peer gets the core's peer set updated and a heartbeat at once, a
+//! forgotten one (silent for `forget_after_ms`) the same update. What counts as alive for replica
+//! copies and lost outputs is each node's `live()`.
+//!
+//! With one topic a heartbeat reaches every node, as on the daemon's announcement topic. With a
+//! topic per DAG (the federation design, which the node does not have yet) it reaches the members
+//! of the sender's topics only: at 10,000 nodes a heartbeat to every node every 10 s is 10 million
+//! receipts a second and every node's table of every other, which the simulator cannot carry.
+//! Heartbeats are not lost (gossipsub delivers one over several mesh paths).
+
+use std::collections::BTreeSet;
+
+use shoal_dag::Hash;
+use shoal_mesh::liveness::Heartbeat;
+use shoal_mesh::wire::{self, Announce, WIRE_VERSION};
+
+use super::net::MESSAGE_OVERHEAD_BYTES;
+use super::{Ev, Sim};
+
+impl Sim {
+    /// Queues node `n`'s `Liveness` event for `at`, unless one is queued earlier.
+    pub(super) fn schedule_liveness(&mut self, n: u32, at: u64) {
+        let node = &mut self.nodes[n as usize];
+        if at < node.liveness_at {
+            node.liveness_at = at;
+            node.liveness_gen += 1;
+            let generation = node.liveness_gen;
+            self.push(at, Ev::Liveness { node: n, generation });
+        }
+    }
+
+    /// What node `n`'s `Liveness` decided: heartbeats to send, peers forgotten (the core then
+    /// ranks among the live ones); then its next event.
+    pub(super) fn drive_liveness(&mut self, n: u32) {
+        let now = self.now;
+        while let Some(beat) = self.nodes[n as usize].liveness.poll_heartbeat(now) {
+            self.heartbeat(n, beat);
+        }
+        let mut forgot = false;
+        while let Some(peer) = self.nodes[n as usize].liveness.poll_forgotten() {
+            forgot = true;
+            let silent = now.saturating_sub(self.nodes[self.index_of[&peer] as usize].last_beat_at);
+            self.forgotten_silent_ms.push(silent);
+        }
+        if forgot {
+            self.tell_core_live_peers(n);
+        }
+        if let Some(at) = self.nodes[n as usize].liveness.poll_timeout() {
+            self.schedule_liveness(n, at.max(now + 1));
+        }
+    }
+
+    /// The core of node `n` ranks jobs among the peers its `Liveness` calls alive (as the daemon
+    /// tells it when a peer is new or forgotten).
+    fn tell_core_live_peers(&mut self, n: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[n as usize];
+        let live = node.liveness.live(now);
+        node.core.as_mut().expect("up").handle_peers(now, live);
+        self.drain(n);
+    }
+
+    /// Node `n` announces itself: one message on its uplink, received by every node that hears it.
+    fn heartbeat(&mut self, n: u32, beat: Heartbeat) {
+        let bytes = self.announce_bytes(n, beat) + MESSAGE_OVERHEAD_BYTES;
+        self.report.heartbeats += 1;
+        self.nodes[n as usize].last_beat_at = self.now;
+        let at = self.transmit(n, bytes);
+        let to: Vec<u32> = if self.cfg.group_nodes() == 0 {
+            (0..self.nodes.len() as u32).filter(|&m| m != n && self.reachable(n, m)).collect()
+        } else {
+            let members: BTreeSet<u32> = self.nodes[n as usize]
+                .topics
+                .iter()
+                .flat_map(|&t| self.topics[t as usize].members.iter().copied())
+                .filter(|&m| m != n)
+                .collect();
+            members.into_iter().filter(|&m| self.reachable(n, m)).collect()
+        };
+        for &m in &to {
+            self.nodes[m as usize].bytes_in += bytes;
+        }
+        if !to.is_empty() {
+            self.push(at, Ev::Heartbeat { from: n, to });
+        }
+    }
+
+    /// The daemon's announcement of node `n`, in bytes of CBOR: its addresses as a node on a LAN
+    /// has them, its capabilities when the heartbeat carries them.
+    fn announce_bytes(&self, n: u32, beat: Heartbeat) -> u64 {
+        let node = &self.nodes[n as usize];
+        let core = node.core.as_ref().expect("up");
+        let a = Announce {
+            v: WIRE_VERSION,
+            node: node.id,
+            hostname: format!("sim-node-{n:05}"),
+            caps: beat.with_caps.then(|| node.caps.clone()),
+            blob_addrs: vec![
+                "10.1.2.3:41234".parse().expect("an address"),
+                "[fd00::1:2:3]:41234".parse().expect("an address"),
+            ],
+            listen: vec!["/ip4/10.1.2.3/tcp/4001".into(), "/ip4/10.1.2.3/udp/4001/quic-v1".into()],
+            http: Some("http://10.1.2.3:8700".into()),
+            running: core.running_count() as u32,
+            free_cores: core.free_cores(),
+            facts: core.ledger().len() as u64,
+            // The digest's size, not its value: hashing every id at every heartbeat would cost
+            // the simulator more than the rest of the step.
+            ledger_digest: Hash::of(b""),
+            sent_unix_ms: self.now,
+        };
+        wire::encode(&a).len() as u64
+    }
+
+    /// A heartbeat of `from` reaches the nodes `to`.
+    pub(super) fn on_heartbeat(&mut self, from: u32, to: &[u32]) {
+        let now = self.now;
+        let id = self.nodes[from as usize].id;
+        for &m in to {
+            if !self.up(m) {
+                continue;
+            }
+            if self.nodes[m as usize].liveness.handle_heard(now, id) {
+                // A new peer: the core ranks with it, and it gets a heartbeat of ours at once.
+                self.tell_core_live_peers(m);
+                self.drive_liveness(m);
+            }
+        }
+    }
+}
