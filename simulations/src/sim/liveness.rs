@@ -7,7 +7,7 @@
 //!
 //! With one topic a heartbeat reaches every node, as on the daemon's announcement topic. With a
 //! topic per DAG (the federation design, which the node does not have yet) it reaches the members
-//! of the sender's topics only: at 10,000 nodes a heartbeat to every node every 10 s is 10 million
+//! of the sender's topics whose DAGs still run: at 10,000 nodes a heartbeat to every node every 10 s is 10 million
 //! receipts a second and every node's table of every other, which the simulator cannot carry.
 //! Heartbeats are not lost (gossipsub delivers one over several mesh paths).
 
@@ -75,7 +75,9 @@ impl Sim {
             let members: BTreeSet<u32> = self.nodes[n as usize]
                 .topics
                 .iter()
-                .flat_map(|&t| self.topics[t as usize].members.iter().copied())
+                .map(|&t| &self.topics[t as usize])
+                .filter(|t| t.dags.iter().any(|&d| self.left[d as usize] > 0))
+                .flat_map(|t| t.members.iter().copied())
                 .filter(|&m| m != n)
                 .collect();
             members.into_iter().filter(|&m| self.reachable(n, m)).collect()
