@@ -9,7 +9,7 @@
 //!
 //! Inputs: a node that starts a claimed job first fetches its dependencies' outputs from their
 //! runner and its live peers. If none serves one, it asks again after `Settings::lost_recheck_ms`
-//! (the daemon's `LOST_RECHECK_MS`); if still none does, `shoal_mesh::lost::judge` decides with the
+//! (the daemon's wait); if still none does, `shoal_mesh::lost::judge` decides with the
 //! node's ledger and live peers: `Report` (or `NotCurrent`, when the ledger counts another
 //! completion) gives the claim up with `Finished::Lost`, so the dependency runs again; while the
 //! runner is still live, or the node hears nobody, it keeps asking every `lost_recheck_ms`.

@@ -63,6 +63,13 @@ pub(crate) enum Cmd {
         output: Unfetchable,
         reply: oneshot::Sender<bool>,
     },
+    /// What `shoal_mesh::lost::judge` says of an input a claimed job could not fetch; the job's
+    /// run gives its claim up (and the core reports the output lost) on `Report` or `NotCurrent`,
+    /// and asks again later otherwise.
+    JudgeLost {
+        output: Unfetchable,
+        reply: oneshot::Sender<Verdict>,
+    },
 }
 
 /// An acknowledged submit.
@@ -112,6 +119,9 @@ impl Node {
                     }
                 }
                 let _ = reply.send(());
+            }
+            Cmd::JudgeLost { output, reply } => {
+                let _ = reply.send(lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &output));
             }
             Cmd::Lost { output, reply } => {
                 let verdict = lost::judge(self.core.ledger(), now, self.core.id(), &self.live_peers(), &output);

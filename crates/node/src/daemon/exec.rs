@@ -10,11 +10,10 @@ use shoal_dag::{Digest, DigestKind, Hash, ImageRef, InputRef, RunRecord};
 use shoal_mesh::ledger::NodeId;
 
 use super::Shared;
+use super::cmd::Cmd;
 use crate::run::{self, Ctx, Status};
 use shoal_mesh::core::Finished;
-
-/// See `shoal_mesh::settings::LOST_RECHECK_MS` (the simulator models the same wait).
-const LOST_RECHECK_MS: u64 = shoal_mesh::settings::LOST_RECHECK_MS;
+use shoal_mesh::lost::{Unfetchable, Verdict};
 
 /// Why a claimed job did not get to run.
 enum NotRun {
@@ -38,12 +37,13 @@ impl From<anyhow::Error> for NotRun {
 pub(crate) async fn run_claimed(
     shared: &Shared,
     ctx: &Ctx,
+    dag: Hash,
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
     stale: &std::collections::BTreeSet<Hash>,
 ) -> Finished {
-    match run_claimed_inner(shared, ctx, idx, upstream, peers, stale).await {
+    match run_claimed_inner(shared, ctx, dag, idx, upstream, peers, stale).await {
         Ok(report) if report.status == Status::Done => match report.record {
             Some(record) => Finished::Done { record, bytes: report.outputs.iter().map(|(_, d)| d.size).sum() },
             None => Finished::Failed("no run record".into()),
@@ -63,23 +63,58 @@ pub(crate) async fn run_claimed(
     }
 }
 
-/// Runs `fetch` of something made by upstream job `job` (completion `record`); if every
-/// provider fails, asks once more after [`LOST_RECHECK_MS`], then reports it lost.
-async fn from_upstream<T, Fut: std::future::Future<Output = Result<T>>>(
+/// Runs `fetch` of something made by upstream job `job` (completion `record`). While every
+/// provider fails it asks again every `recheck_ms`, and after each failed retry `judge` (the
+/// loop's `shoal_mesh::lost::judge`, as the simulator's nodes ask it) says whether the output
+/// is lost: `Report`, or `NotCurrent` (the ledger counts another completion, or none), gives
+/// the claim up; while the runner is live (it holds the outputs) or this node hears nobody (it
+/// is more likely cut off), the job keeps waiting, its claim renewed as for a running job.
+async fn from_upstream<T, Fut, J>(
     job: &str,
     record: Hash,
+    recheck_ms: u64,
     fetch: impl Fn() -> Fut,
-) -> Result<T, NotRun> {
+    judge: impl Fn() -> J,
+) -> Result<T, NotRun>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+    J: std::future::Future<Output = Verdict>,
+{
     if let Ok(v) = fetch().await {
         return Ok(v);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(LOST_RECHECK_MS)).await;
-    fetch().await.map_err(|why| NotRun::Lost { job: job.to_string(), record, why })
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(recheck_ms)).await;
+        let why = match fetch().await {
+            Ok(v) => return Ok(v),
+            Err(why) => why,
+        };
+        match judge().await {
+            Verdict::Report | Verdict::NotCurrent => {
+                return Err(NotRun::Lost { job: job.to_string(), record, why });
+            }
+            verdict @ (Verdict::RunnerAlive | Verdict::Alone) => {
+                tracing::info!(upstream = job, %record, ?verdict, "an input is not served yet: asking again: {why:#}");
+            }
+        }
+    }
+}
+
+/// What the loop's `lost::judge` says of completion `record` of `job` (made by `runner`) of
+/// `dag`; a stopping node's answer is `Alone` (keep waiting: the job is being stopped anyway).
+async fn judge_lost(shared: &Shared, dag: Hash, job: &str, record: Hash, runner: NodeId) -> Verdict {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let output = Unfetchable { dag, job: job.to_string(), record, runner: Some(runner) };
+    if shared.cmds.send(Cmd::JudgeLost { output, reply: tx }).await.is_err() {
+        return Verdict::Alone;
+    }
+    rx.await.unwrap_or(Verdict::Alone)
 }
 
 async fn run_claimed_inner(
     shared: &Shared,
     ctx: &Ctx,
+    dag: Hash,
     idx: usize,
     upstream: &[(String, Hash, NodeId)],
     peers: &[NodeId],
@@ -90,22 +125,25 @@ async fn run_claimed_inner(
     let mut records: BTreeMap<&str, Hash> = BTreeMap::new();
     for (dep, record, holder) in upstream {
         let providers = providers(*holder, peers);
-        let rec = from_upstream(dep, *record, || async {
+        let fetch = || async {
             fetch_record(&shared.store, &shared.blobs, *record, &providers)
                 .await
                 .with_context(|| format!("fetching the run record of `{dep}`"))
-        })
-        .await?;
+        };
+        let judge = || judge_lost(shared, dag, dep, *record, *holder);
+        let rec = from_upstream(dep, *record, shared.lost_recheck_ms, fetch, judge).await?;
         outputs.insert(dep.clone(), rec.outputs);
         records.insert(dep, *record);
     }
     let upstream_output = |j: &str, output: &str, providers: &[NodeId]| {
-        let record = records.get(j).copied();
+        let made = upstream.iter().find(|(dep, ..)| dep == j).map(|(_, record, runner)| (*record, *runner));
         let (outputs, j, output) = (&outputs, j.to_string(), output.to_string());
         let providers = providers.to_vec();
         async move {
-            let record = record.ok_or_else(|| anyhow!("`{j}` is not among the job's dependencies"))?;
-            from_upstream(&j, record, || fetch_upstream(shared, outputs, &j, &output, &providers)).await
+            let (record, runner) = made.ok_or_else(|| anyhow!("`{j}` is not among the job's dependencies"))?;
+            let fetch = || fetch_upstream(shared, outputs, &j, &output, &providers);
+            let judge = || judge_lost(shared, dag, &j, record, runner);
+            from_upstream(&j, record, shared.lost_recheck_ms, fetch, judge).await
         }
     };
     let providers_all: Vec<NodeId> = {
@@ -250,4 +288,70 @@ pub(crate) async fn replicate(shared: &Shared, record: Hash, providers: &[NodeId
         total += d.size;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
+    use super::*;
+
+    /// A provider that fails its first `fails` fetches, then serves 7.
+    fn provider(calls: &AtomicU32, fails: u32) -> impl Fn() -> std::future::Ready<Result<u32>> + '_ {
+        move || {
+            let n = calls.fetch_add(1, SeqCst);
+            std::future::ready(if n < fails { Err(anyhow!("no provider served it")) } else { Ok(7) })
+        }
+    }
+
+    /// `verdicts` in turn, the last one for good.
+    fn judge<'a>(judged: &'a AtomicU32, verdicts: &'a [Verdict]) -> impl Fn() -> std::future::Ready<Verdict> + 'a {
+        move || {
+            let n = judged.fetch_add(1, SeqCst) as usize;
+            std::future::ready(verdicts[n.min(verdicts.len() - 1)])
+        }
+    }
+
+    #[tokio::test]
+    async fn an_input_whose_runner_is_live_is_waited_for_not_reported_lost() {
+        let (calls, judged) = (AtomicU32::new(0), AtomicU32::new(0));
+        let got = from_upstream(
+            "a",
+            Hash::of(b"r"),
+            1,
+            provider(&calls, 3),
+            judge(&judged, &[Verdict::RunnerAlive, Verdict::Alone]),
+        )
+        .await;
+        assert!(matches!(got, Ok(7)), "served once its runner came back");
+        assert_eq!(calls.load(SeqCst), 4, "the first fetch and three rechecks");
+        assert_eq!(judged.load(SeqCst), 2, "judged after each failed recheck");
+    }
+
+    #[tokio::test]
+    async fn an_input_judged_lost_or_superseded_gives_the_claim_up() {
+        for end in [Verdict::Report, Verdict::NotCurrent] {
+            let (calls, judged) = (AtomicU32::new(0), AtomicU32::new(0));
+            let got = from_upstream(
+                "a",
+                Hash::of(b"r"),
+                1,
+                provider(&calls, u32::MAX),
+                judge(&judged, &[Verdict::Alone, end]),
+            )
+            .await;
+            let Err(NotRun::Lost { job, record, why }) = got else { panic!("{end:?}: not given up as lost") };
+            assert_eq!((job.as_str(), record), ("a", Hash::of(b"r")));
+            assert!(format!("{why:#}").contains("no provider"), "{why:#}");
+            assert_eq!(judged.load(SeqCst), 2, "{end:?}: waited while alone, gave up when judged");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_input_served_at_once_is_never_judged() {
+        let (calls, judged) = (AtomicU32::new(0), AtomicU32::new(0));
+        let got = from_upstream("a", Hash::of(b"r"), 1, provider(&calls, 0), judge(&judged, &[Verdict::Report])).await;
+        assert!(matches!(got, Ok(7)));
+        assert_eq!(judged.load(SeqCst), 0);
+    }
 }

@@ -169,6 +169,9 @@ pub(crate) struct Shared {
     pub dag_bytes_max: usize,
     /// See [`NodeOptions::local_upload_bytes_max`].
     pub local_upload_bytes_max: u64,
+    /// `Settings::lost_recheck_ms`: how long a claimed job waits before it asks again for an
+    /// input nobody served.
+    pub lost_recheck_ms: u64,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -250,6 +253,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         upload_bytes_max: opts.upload_bytes_max,
         dag_bytes_max: opts.dag_bytes_max,
         local_upload_bytes_max: opts.local_upload_bytes_max,
+        lost_recheck_ms: opts.settings.lost_recheck_ms,
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await
@@ -617,7 +621,7 @@ impl Node {
         let peers = self.live_peers();
         let stale = self.core.ledger().lost_records(&dag_hash, &job);
         let handle = self.jobs.spawn(async move {
-            let result = exec::run_claimed(&shared, &ctx, idx, &upstream, &peers, &stale).await;
+            let result = exec::run_claimed(&shared, &ctx, dag_hash, idx, &upstream, &peers, &stale).await;
             (claim, result)
         });
         self.running.insert(claim, (dag_hash, handle));

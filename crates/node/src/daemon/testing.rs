@@ -51,6 +51,7 @@ pub(crate) async fn api() -> Api {
         upload_bytes_max: 1 << 20,
         dag_bytes_max: super::DAG_BYTES_MAX_DEFAULT,
         local_upload_bytes_max: 1 << 20,
+        lost_recheck_ms: shoal_mesh::Settings::default().lost_recheck_ms,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = listener.local_addr().unwrap();
