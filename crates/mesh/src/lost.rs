@@ -48,6 +48,16 @@ pub fn judge(ledger: &Ledger, now_ms: u64, me: NodeId, live: &[NodeId], u: &Unfe
     }
 }
 
+/// Whether a claimed job whose input could not be fetched, asked again after
+/// `Settings::lost_recheck_ms`, gives its claim up (`Finished::Lost`: the output is reported lost
+/// and its job runs again) on `verdict`. A reader needs the bytes now, so it gives up even while
+/// the runner counts as live (a live runner whose copy is corrupted or collected serves nothing);
+/// only a node that hears nobody waits and asks again, being more likely cut off than the output
+/// lost. The daemon's job path and the simulator's nodes both decide with this.
+pub fn reader_gives_up(verdict: Verdict) -> bool {
+    verdict != Verdict::Alone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

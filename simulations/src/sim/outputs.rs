@@ -92,7 +92,7 @@ impl Sim {
         let core = node.core.as_ref().expect("up");
         let verdict = lost::judge(core.ledger(), now, node.id, &node.liveness.live(now), &u);
         match verdict {
-            Verdict::Report | Verdict::NotCurrent => {
+            _ if lost::reader_gives_up(verdict) => {
                 if verdict == Verdict::Report {
                     self.report.lost_reported += 1;
                 }
@@ -102,7 +102,7 @@ impl Sim {
                 self.nodes[n as usize].core.as_mut().expect("up").handle_job_finished(now, claim, lost);
                 self.drain(n);
             }
-            Verdict::RunnerAlive | Verdict::Alone => {
+            _ => {
                 let epoch = self.nodes[n as usize].epoch;
                 self.push(now + self.cfg.settings.lost_recheck_ms, Ev::Recheck { node: n, epoch, claim });
             }

@@ -13,7 +13,7 @@ use super::Shared;
 use super::cmd::Cmd;
 use crate::run::{self, Ctx, Status};
 use shoal_mesh::core::Finished;
-use shoal_mesh::lost::{Unfetchable, Verdict};
+use shoal_mesh::lost::{self, Unfetchable, Verdict};
 
 /// Why a claimed job did not get to run.
 enum NotRun {
@@ -65,10 +65,9 @@ pub(crate) async fn run_claimed(
 
 /// Runs `fetch` of something made by upstream job `job` (completion `record`). While every
 /// provider fails it asks again every `recheck_ms`, and after each failed retry `judge` (the
-/// loop's `shoal_mesh::lost::judge`, as the simulator's nodes ask it) says whether the output
-/// is lost: `Report`, or `NotCurrent` (the ledger counts another completion, or none), gives
-/// the claim up; while the runner is live (it holds the outputs) or this node hears nobody (it
-/// is more likely cut off), the job keeps waiting, its claim renewed as for a running job.
+/// loop's `shoal_mesh::lost::judge`) decides with `lost::reader_gives_up`, as the simulator's
+/// nodes do: the claim is given up (the output reported lost, its job run again) unless this
+/// node hears nobody, when the job waits, its claim renewed as for a running job.
 async fn from_upstream<T, Fut, J>(
     job: &str,
     record: Hash,
@@ -89,14 +88,11 @@ where
             Ok(v) => return Ok(v),
             Err(why) => why,
         };
-        match judge().await {
-            Verdict::Report | Verdict::NotCurrent => {
-                return Err(NotRun::Lost { job: job.to_string(), record, why });
-            }
-            verdict @ (Verdict::RunnerAlive | Verdict::Alone) => {
-                tracing::info!(upstream = job, %record, ?verdict, "an input is not served yet: asking again: {why:#}");
-            }
+        let verdict = judge().await;
+        if lost::reader_gives_up(verdict) {
+            return Err(NotRun::Lost { job: job.to_string(), record, why });
         }
+        tracing::info!(upstream = job, %record, ?verdict, "an input is not served and no peer is heard: asking again: {why:#}");
     }
 }
 
@@ -313,24 +309,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_input_whose_runner_is_live_is_waited_for_not_reported_lost() {
+    async fn a_node_that_hears_nobody_waits_for_an_input_rather_than_reporting_it_lost() {
         let (calls, judged) = (AtomicU32::new(0), AtomicU32::new(0));
-        let got = from_upstream(
-            "a",
-            Hash::of(b"r"),
-            1,
-            provider(&calls, 3),
-            judge(&judged, &[Verdict::RunnerAlive, Verdict::Alone]),
-        )
-        .await;
-        assert!(matches!(got, Ok(7)), "served once its runner came back");
+        let got = from_upstream("a", Hash::of(b"r"), 1, provider(&calls, 3), judge(&judged, &[Verdict::Alone])).await;
+        assert!(matches!(got, Ok(7)), "served once the node was back in touch");
         assert_eq!(calls.load(SeqCst), 4, "the first fetch and three rechecks");
         assert_eq!(judged.load(SeqCst), 2, "judged after each failed recheck");
     }
 
     #[tokio::test]
     async fn an_input_judged_lost_or_superseded_gives_the_claim_up() {
-        for end in [Verdict::Report, Verdict::NotCurrent] {
+        // RunnerAlive too: a live runner whose only copy is corrupted serves nothing
+        // (hardening::a_job_whose_record_was_reported_lost_is_run_again_not_answered_from_the_cache).
+        for end in [Verdict::Report, Verdict::NotCurrent, Verdict::RunnerAlive] {
             let (calls, judged) = (AtomicU32::new(0), AtomicU32::new(0));
             let got = from_upstream(
                 "a",
