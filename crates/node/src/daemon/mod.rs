@@ -38,7 +38,7 @@ mod peers;
 pub mod pin;
 pub mod serve;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
