@@ -169,8 +169,13 @@ fn submit_inner(
         }
         pins.push(pin);
     }
-    // The node pins the rest (tags, `sha256:`) with the same rewrite and hashes its text.
-    let text = shoal_dag::pin::rewrite(&text, &pins)?;
+    // The node pins the rest (tags, `sha256:`) with the same rewrite and hashes its text, so a
+    // DAG without `file:` inputs goes as written.
+    let text = if pins.iter().any(|p| !p.inputs.is_empty() || p.stdin.is_some()) {
+        shoal_dag::pin::rewrite(&text, &pins)?
+    } else {
+        text
+    };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dag.json".into());
     let mut query = format!("?name={}", percent_encode(&name));
     if let Some(n) = max_attempts {

@@ -118,7 +118,6 @@ async fn run_claimed_inner(
 ) -> Result<run::JobReport, NotRun> {
     let job = &ctx.dag().jobs[idx];
     let mut outputs: BTreeMap<String, BTreeMap<String, Digest>> = BTreeMap::new();
-    let mut records: BTreeMap<&str, Hash> = BTreeMap::new();
     for (dep, record, holder) in upstream {
         let providers = providers(*holder, peers);
         let fetch = || async {
@@ -129,7 +128,6 @@ async fn run_claimed_inner(
         let judge = || judge_lost(shared, dag, dep, *record, *holder);
         let rec = from_upstream(dep, *record, shared.lost_recheck_ms, fetch, judge).await?;
         outputs.insert(dep.clone(), rec.outputs);
-        records.insert(dep, *record);
     }
     let upstream_output = |j: &str, output: &str, providers: &[NodeId]| {
         let made = upstream.iter().find(|(dep, ..)| dep == j).map(|(_, record, runner)| (*record, *runner));
