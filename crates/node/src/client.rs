@@ -159,6 +159,18 @@ fn submit_inner(
                     p
                 );
             }
+            // A FIFO or a device would be read until it ends, which /dev/zero never does.
+            let meta =
+                std::fs::metadata(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
+            if !meta.is_file() {
+                bail!(
+                    "job `{}`: `file:{}` is not a regular file ({}); `shoal submit` uploads regular files only: \
+                     copy what it holds into a file and name that",
+                    job.id,
+                    p,
+                    file.display()
+                );
+            }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
             let reply: StoredBlob = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
@@ -490,6 +502,28 @@ mod tests {
             known: true,
             node: "ab".into(),
         }
+    }
+
+    #[test]
+    fn a_file_input_that_is_no_regular_file_is_refused_before_anything_is_sent() {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = asked.clone();
+        let url = serve(axum::Router::new().fallback(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { StatusCode::NOT_FOUND }
+        }));
+        let dir = tempfile::tempdir().unwrap();
+        let dag = dir.path().join("dag.json");
+        for special in ["/dev/zero", "/dev/null"] {
+            let text = format!(
+                r#"{{"version": 1, "jobs": [{{"id": "a", "image": "busybox:latest", "command": ["cat"],
+                    "stdin": "file:{special}", "outputs": {{"o": "stdout"}}}}]}}"#
+            );
+            std::fs::write(&dag, text).unwrap();
+            let err = format!("{:#}", submit(&Client::new(url.clone(), None), &dag, None, false, true).unwrap_err());
+            assert!(err.contains(&format!("`file:{special}` is not a regular file")), "{err}");
+        }
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the node");
     }
 
     #[test]
