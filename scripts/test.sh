@@ -17,3 +17,8 @@ if pgrep -a -f 'qemu-system-x86_64 .*shoal-(req|reply|rootfs)' >&2; then
   echo "test: QEMU processes outlived the tests (listed above)" >&2
   exit 1
 fi
+# Nor may a network lab (tests/it/netlab.rs): its namespace holds the bridge and the taps.
+if ip netns list 2>/dev/null | grep -E '^shoal-lab-' >&2; then
+  echo "test: network namespaces outlived the tests (listed above)" >&2
+  exit 1
+fi

@@ -35,11 +35,16 @@ pub fn mesh_key(dir: &Path) -> PathBuf {
 
 impl MeshNode {
     pub fn start(home: Home, key: &Path, join: &[&str], extra: &[&str]) -> MeshNode {
+        MeshNode::start_at(home, key, join, ("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0"), extra)
+    }
+
+    /// A node whose libp2p and blob endpoints listen at `(multiaddr, socket address)`.
+    pub fn start_at(home: Home, key: &Path, join: &[&str], at: (&str, &str), extra: &[&str]) -> MeshNode {
         let ready = home.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let log = home.path().join("node.log");
         let mut cmd = Command::new(shoal_bin());
-        cmd.args(["node", "--listen", "/ip4/127.0.0.1/tcp/0", "--blobs", "127.0.0.1:0"])
+        cmd.args(["node", "--listen", at.0, "--blobs", at.1])
             // On loopback unless the test gives its own address.
             .args(if extra.contains(&"--http") { &[][..] } else { &["--http", "127.0.0.1:0"][..] })
             .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])

@@ -1,0 +1,309 @@
+//! The live image (live-image/): the stick and the cloud image booted for real in QEMU under
+//! TCG, on a bridge of the test's own network lab (netlab.rs) beside a `shoal node` of the
+//! test's, which hands the live node a job and fetches its output. The image is the one
+//! `live-image/build.sh` wrote (scripts/test.sh builds it); without it, or without QEMU, OVMF or
+//! a lab, these tests skip, unless `SHOAL_REQUIRE_VM=1` (CI) makes that a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::mesh::{MeshNode, mesh_key, wait_dag};
+use crate::netlab::{BRIDGE_IP, Lab, lab_or_skip, mbr_partitions};
+use crate::support::*;
+
+/// Longest from power-on to the live node heard by the test's node, under TCG. A boot here takes
+/// well under a minute; CI machines vary.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(240);
+/// Longest for a line to reach the serial console once its cause is set up.
+const SERIAL_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn require(what: &str) -> bool {
+    if std::env::var("SHOAL_REQUIRE_VM").as_deref() == Ok("1") {
+        panic!("SHOAL_REQUIRE_VM=1 and {what}");
+    }
+    eprintln!("skipped: {what}");
+    false
+}
+
+/// The built image, or why the test cannot run.
+fn built(name: &str) -> Option<PathBuf> {
+    let path = repo_root().join("target/live").join(name);
+    if path.is_file() {
+        return Some(path);
+    }
+    require(&format!("{} is missing: run live-image/build.sh", path.display()));
+    None
+}
+
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+pub struct LiveVm {
+    child: Child,
+    pub serial: PathBuf,
+}
+
+pub struct Boot<'a> {
+    pub firmware: Firmware,
+    /// (image, as a USB stick rather than a virtio disk, format).
+    pub disk: (&'a Path, bool, &'a str),
+    pub extra_disks: Vec<PathBuf>,
+    /// A tap on the lab's bridge, or none: a machine without a network.
+    pub tap: Option<String>,
+    /// `-rtc base=`: the machine's clock at power-on.
+    pub rtc_base: Option<String>,
+    pub name: &'a str,
+}
+
+impl LiveVm {
+    pub fn boot(lab: &Lab, b: Boot<'_>) -> LiveVm {
+        let serial = lab.path(&format!("{}.serial", b.name));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
+            .args(["-serial", &format!("file:{}", serial.display())]);
+        if let Firmware::Uefi = b.firmware {
+            let vars = lab.path(&format!("{}.vars.fd", b.name));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("OVMF_VARS.fd (ovmf)");
+            cmd.args(["-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd"])
+                .args(["-drive", &format!("if=pflash,format=raw,file={}", vars.display())]);
+        }
+        let (image, usb, format) = b.disk;
+        cmd.args(["-drive", &format!("if=none,id=boot,format={format},file={}", image.display())]);
+        if usb {
+            cmd.args(["-device", "qemu-xhci", "-device", "usb-storage,drive=boot,removable=on"]);
+        } else {
+            cmd.args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+        }
+        if !b.extra_disks.is_empty() {
+            cmd.args(["-device", "ahci,id=ahci"]);
+        }
+        for (i, d) in b.extra_disks.iter().enumerate() {
+            cmd.args(["-drive", &format!("if=none,id=extra{i},format=raw,file={}", d.display())])
+                .args(["-device", &format!("ide-hd,drive=extra{i},bus=ahci.{i}")]);
+        }
+        match &b.tap {
+            // e1000: a real PC's NIC, which Debian's cloud kernel lacks and the stick's has.
+            Some(tap) => cmd
+                .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
+                .args(["-device", "e1000,netdev=n0"]),
+            None => cmd.args(["-nic", "none"]),
+        };
+        if let Some(base) = &b.rtc_base {
+            cmd.args(["-rtc", &format!("base={base},clock=vm")]);
+        }
+        let log = std::fs::File::create(lab.path(&format!("{}.qemu.log", b.name))).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("qemu-system-x86_64 (run scripts/setup.sh)");
+        LiveVm { child, serial }
+    }
+
+    pub fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the serial console shows `needle`; returns the console's text.
+    pub fn wait_serial(&mut self, needle: &str, within: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.serial();
+            if text.contains(needle) {
+                return text;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("QEMU exited ({status}) before the console showed {needle:?}:\n{}", tail(&text));
+            }
+            assert!(start.elapsed() < within, "the console did not show {needle:?} in {within:?}:\n{}", tail(&text));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn power_off(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LiveVm {
+    fn drop(&mut self) {
+        self.power_off();
+        if std::thread::panicking() {
+            eprintln!("--- serial console of {} ---\n{}", self.serial.display(), tail(&self.serial()));
+        }
+    }
+}
+
+/// The last 12,000 characters: enough for the status screen and the lines before it.
+fn tail(text: &str) -> &str {
+    let cut = text.len().saturating_sub(12_000);
+    let cut = (cut..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+    &text[cut..]
+}
+
+/// A FAT file system labelled `label` holding `files`, made the way a person's computer would
+/// (mkfs.vfat + mcopy: this host cannot mount vfat).
+fn fat_image(path: &Path, label: &str, kib: u64, files: &[(&str, &[u8])]) {
+    let _ = std::fs::remove_file(path);
+    let out = Command::new("mkfs.vfat")
+        .args(["-C", "-n", label, path.to_str().unwrap(), &kib.to_string()])
+        .output()
+        .expect("mkfs.vfat (dosfstools)");
+    assert_success(&out, "mkfs.vfat");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        let f = dir.path().join(name);
+        std::fs::write(&f, bytes).unwrap();
+        let out = Command::new("mcopy")
+            .args(["-i", path.to_str().unwrap(), f.to_str().unwrap(), &format!("::{name}")])
+            .output()
+            .expect("mcopy (mtools)");
+        assert_success(&out, "mcopy");
+    }
+}
+
+/// A copy of the stick whose `SHOAL` partition is a fresh one holding `files`.
+fn stick_with(lab: &Lab, image: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let stick = lab.path(&format!("{name}.img"));
+    std::fs::copy(image, &stick).unwrap();
+    let (_, offset, len) = *mbr_partitions(&stick)
+        .iter()
+        .find(|p| p.0 == 0x0c)
+        .unwrap_or_else(|| panic!("{} has no FAT (0x0c) partition: {:?}", image.display(), mbr_partitions(image)));
+    let part = lab.path(&format!("{name}.shoal.vfat"));
+    fat_image(&part, "SHOAL", len / 1024, files);
+    let bytes = std::fs::read(&part).unwrap();
+    assert_eq!(bytes.len() as u64, len);
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(&stick).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&bytes).unwrap();
+    stick
+}
+
+/// Reads a file back from the stick's `SHOAL` partition (what a person sees on another computer).
+fn read_from_stick(stick: &Path, name: &str) -> Option<Vec<u8>> {
+    let (_, offset, _) = *mbr_partitions(stick).iter().find(|p| p.0 == 0x0c)?;
+    let out = Command::new("mtype").args(["-i", &format!("{}@@{offset}", stick.display()), &format!("::{name}")]).output().ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+/// A blank disk the live system must leave alone.
+fn blank_disk(lab: &Lab, name: &str) -> PathBuf {
+    let p = lab.path(name);
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(64 << 20).unwrap();
+    p
+}
+
+fn assert_untouched(disk: &Path) {
+    let bytes = std::fs::read(disk).unwrap();
+    assert!(bytes.iter().all(|&b| b == 0), "{} was written by the live system", disk.display());
+}
+
+/// The test's own node, on the lab's bridge; it holds busybox:latest for the jobs.
+fn lab_node(home: Home, key: &Path) -> MeshNode {
+    MeshNode::start_at(home, key, &[], (&format!("/ip4/{BRIDGE_IP}/tcp/0"), &format!("{BRIDGE_IP}:0")), &[])
+}
+
+fn mesh_key_hex(key: &Path) -> String {
+    let bytes = std::fs::read(key).unwrap();
+    match std::str::from_utf8(&bytes) {
+        Ok(text) if text.trim().len() == 64 => text.trim().to_string(),
+        _ => hex::encode(bytes),
+    }
+}
+
+/// shoal.toml for a live node joining `node`, labelled `room = "<room>"`.
+fn config(node: &MeshNode, key_hex: &str, room: &str) -> String {
+    format!(
+        "# written by the test\nmesh_key = \"{key_hex}\"\njoin = [\"{}\"]\n\n[labels]\nroom = \"{room}\"\n",
+        node.listen
+    )
+}
+
+/// Waits until `node` hears a peer besides itself; returns that peer's `/v1/peers` entry.
+fn wait_live_peer(node: &MeshNode, vm: &mut LiveVm, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = node.get_json("/v1/peers");
+        if let Some(p) = v["peers"].as_array().unwrap().iter().find(|p| p["me"] != true) {
+            return p.clone();
+        }
+        if start.elapsed() > within {
+            panic!("the live node did not join in {within:?}; its console:\n{}", tail(&vm.serial()));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Submits a one-job DAG that only a node labelled `room` may run; waits for it; returns
+/// (dag, the node that ran it, the output as the test's node serves it).
+fn run_job_on(node: &MeshNode, room: &str, within: Duration) -> (String, String, String) {
+    let dag = node.home.write(
+        &format!("{room}.json"),
+        &serde_json::json!({"version": 1, "jobs": [{
+            "id": "hello", "image": "busybox:latest",
+            "command": ["sh", "-c", "echo hello from $(uname -m) in $(hostname -s 2>/dev/null || echo a sandbox); seq 1 1000 | tail -1"],
+            "outputs": {"out": "stdout"},
+            "requirements": {"labels": {"room": room}}}]})
+        .to_string(),
+    );
+    let out = node.cli(&["submit", dag.to_str().unwrap()]);
+    assert_success(&out, "shoal submit");
+    let id = stdout(&out).trim().to_string();
+    let view = wait_dag(node, &id, within, "the live node ran the job", |v| v["jobs"]["hello"]["state"] == "done");
+    let ran_on = view["jobs"]["hello"]["node"].as_str().unwrap().to_string();
+    let (status, body) = node.get(&format!("/v1/dags/{id}/jobs/hello/outputs/out"));
+    assert_eq!(status, 200, "the output, fetched by the test's node");
+    (id, ran_on, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk() {
+    let Some(image) = built("shoal-live.img") else { return };
+    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = lab_node(home, &key);
+    let toml = config(&node, &mesh_key_hex(&key), "bios");
+    let stick = stick_with(&lab, &image, "bios", &[("shoal.toml", toml.as_bytes())]);
+    let blank = blank_disk(&lab, "blank.img");
+
+    let mut vm = LiveVm::boot(
+        &lab,
+        Boot {
+            firmware: Firmware::Bios,
+            disk: (&stick, true, "raw"),
+            extra_disks: vec![blank.clone()],
+            tap: Some(tap),
+            rtc_base: None,
+            name: "bios",
+        },
+    );
+    let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
+    let live_id = peer["node"].as_str().unwrap().to_string();
+    assert_eq!(peer["caps"]["labels"]["room"], "bios", "its labels come from shoal.toml: {peer}");
+    assert_eq!(peer["caps"]["microvm"], true, "it can run microVM jobs: {peer}");
+
+    let (_, ran_on, out) = run_job_on(&node, "bios", Duration::from_secs(600));
+    assert_eq!(ran_on, live_id, "the job ran on the live node");
+    assert!(out.starts_with("hello from x86_64") && out.ends_with("1000\n"), "{out}");
+
+    // The person in the room (and this test) read the status on the console.
+    let console = vm.wait_serial(&live_id[..12], SERIAL_TIMEOUT);
+    assert!(console.contains("== shoal =="), "the status screen on the serial console:\n{}", tail(&console));
+    vm.power_off();
+    assert_untouched(&blank);
+    // The node's key was kept on the stick's SHOAL partition, where the next boot finds it.
+    assert!(read_from_stick(&stick, "node.key").is_some(), "node.key on the SHOAL partition");
+}
