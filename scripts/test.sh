@@ -13,7 +13,7 @@ else
 fi
 echo "test: tests took $(( $(date +%s) - t1 )) s" >&2
 # Nothing the tests started may outlive them: a QEMU left running is a failure.
-if pgrep -a -f 'qemu-system-x86_64 .*shoal-(req|reply|rootfs)' >&2; then
+if pgrep -a -f 'qemu-system-x86_64 .*shoal-(req|reply|rootfs|lab-)' >&2; then
   echo "test: QEMU processes outlived the tests (listed above)" >&2
   exit 1
 fi

@@ -53,8 +53,8 @@ pub struct Boot<'a> {
     /// (image, as a USB stick rather than a virtio disk, format).
     pub disk: (&'a Path, bool, &'a str),
     pub extra_disks: Vec<PathBuf>,
-    /// A tap on the lab's bridge, or none: a machine without a network.
-    pub tap: Option<String>,
+    /// A tap on the lab's bridge and the NIC model on it, or none: a machine without a network.
+    pub nic: Option<(String, &'a str)>,
     /// `-rtc base=`: the machine's clock at power-on.
     pub rtc_base: Option<String>,
     pub name: &'a str,
@@ -86,11 +86,10 @@ impl LiveVm {
             cmd.args(["-drive", &format!("if=none,id=extra{i},format=raw,file={}", d.display())])
                 .args(["-device", &format!("ide-hd,drive=extra{i},bus=ahci.{i}")]);
         }
-        match &b.tap {
-            // e1000: a real PC's NIC, which Debian's cloud kernel lacks and the stick's has.
-            Some(tap) => cmd
+        match &b.nic {
+            Some((tap, model)) => cmd
                 .args(["-netdev", &format!("tap,id=n0,ifname={tap},script=no,downscript=no")])
-                .args(["-device", "e1000,netdev=n0"]),
+                .args(["-device", &format!("{model},netdev=n0")]),
             None => cmd.args(["-nic", "none"]),
         };
         if let Some(base) = &b.rtc_base {
@@ -285,7 +284,8 @@ fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk()
             firmware: Firmware::Bios,
             disk: (&stick, true, "raw"),
             extra_disks: vec![blank.clone()],
-            tap: Some(tap),
+            // e1000: a real PC's NIC, which Debian's cloud kernel lacks and the stick's has.
+            nic: Some((tap, "e1000")),
             rtc_base: None,
             name: "bios",
         },
@@ -306,4 +306,153 @@ fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk()
     assert_untouched(&blank);
     // The node's key was kept on the stick's SHOAL partition, where the next boot finds it.
     assert!(read_from_stick(&stick, "node.key").is_some(), "node.key on the SHOAL partition");
+}
+
+/// The date a year before now, as `-rtc base=` takes it: a PC whose CMOS battery died.
+fn a_year_ago() -> String {
+    let out = Command::new("date").args(["-u", "-d", "1 year ago", "+%Y-%m-%dT%H:%M:%S"]).output().unwrap();
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_peer_id_across_a_reboot() {
+    let Some(image) = built("shoal-live.img") else { return };
+    if !Path::new("/usr/share/OVMF/OVMF_CODE.fd").is_file() && !require("OVMF is missing: run scripts/setup.sh") {
+        return;
+    }
+    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = lab_node(home, &key);
+    let toml = config(&node, &mesh_key_hex(&key), "uefi");
+    let stick = stick_with(&lab, &image, "uefi", &[("shoal.toml", toml.as_bytes())]);
+    let boot = |name| Boot {
+        firmware: Firmware::Uefi,
+        disk: (&stick, true, "raw"),
+        extra_disks: vec![],
+        nic: Some((tap.clone(), "e1000")),
+        // No NTP server is reachable from the lab: the node must take the mesh's time.
+        rtc_base: Some(a_year_ago()),
+        name,
+    };
+
+    let mut vm = LiveVm::boot(&lab, boot("uefi"));
+    let live_id = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT)["node"].as_str().unwrap().to_string();
+    let (dag, ran_on, out) = run_job_on(&node, "uefi", Duration::from_secs(600));
+    assert_eq!(ran_on, live_id, "the job ran on the live node");
+    assert!(out.ends_with("1000\n"), "{out}");
+    let facts = node.get_json(&format!("/v1/dags/{dag}/facts"));
+    let kinds: Vec<&str> =
+        facts["jobs"]["hello"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "claim").count(), 1, "a clock a year off costs no second claim: {facts:#}");
+    vm.power_off();
+
+    // The same stick boots again: the same peer id, read from its SHOAL partition.
+    let mut vm = LiveVm::boot(&lab, boot("uefi-again"));
+    vm.wait_serial(&live_id[..12], JOIN_TIMEOUT);
+    let start = Instant::now();
+    while !node.live_peers().contains(&live_id) || start.elapsed() < Duration::from_secs(1) {
+        assert!(start.elapsed() < JOIN_TIMEOUT, "the rebooted node did not join again as {live_id}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn the_cloud_image_takes_its_config_from_a_nocloud_seed_and_joins() {
+    let Some(image) = built("shoal-cloud.qcow2") else { return };
+    let Some(mut lab) = lab_or_skip("booting the cloud image") else { return };
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = lab_node(home, &key);
+    // A cloud's disk: a copy-on-write overlay of the image, as a cloud makes from an imported one.
+    let disk = lab.path("cloud.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", image.to_str().unwrap(), disk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_success(&out, "qemu-img create");
+    // The NoCloud seed a cloud (or `cloud-localds`) attaches: a volume labelled cidata.
+    let seed_dir = lab.path("seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    std::fs::write(seed_dir.join("user-data"), config(&node, &mesh_key_hex(&key), "cloud")).unwrap();
+    std::fs::write(seed_dir.join("meta-data"), "instance-id: shoal-test-1\nlocal-hostname: worker-1\n").unwrap();
+    let seed = lab.path("seed.iso");
+    let out = Command::new("xorriso")
+        .args(["-as", "mkisofs", "-quiet", "-o", seed.to_str().unwrap(), "-V", "cidata", "-J", "-r"])
+        .arg(&seed_dir)
+        .output()
+        .expect("xorriso");
+    assert_success(&out, "xorriso -as mkisofs");
+
+    let mut vm = LiveVm::boot(
+        &lab,
+        Boot {
+            firmware: Firmware::Bios,
+            disk: (&disk, false, "qcow2"),
+            extra_disks: vec![seed],
+            nic: Some((tap, "virtio-net-pci")),
+            rtc_base: None,
+            name: "cloud",
+        },
+    );
+    let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
+    assert_eq!(peer["caps"]["labels"]["room"], "cloud", "its labels come from the user data: {peer}");
+    let live_id = peer["node"].as_str().unwrap().to_string();
+    let (_, ran_on, _) = run_job_on(&node, "cloud", Duration::from_secs(600));
+    assert_eq!(ran_on, live_id);
+}
+
+#[test]
+fn a_bad_configuration_is_one_line_on_the_console_the_node_keeps_retrying_and_no_other_disk_is_touched() {
+    let Some(image) = built("shoal-live.img") else { return };
+    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
+    let blank = blank_disk(&lab, "blank.img");
+
+    // An unreadable shoal.toml on a machine without a network.
+    let broken = "mesh_key = \"00\"\njoin = [\"/ip4/10.77.0.1/tcp/7171\"\nlabels = 3\n";
+    let stick = stick_with(&lab, &image, "broken", &[("shoal.toml", broken.as_bytes())]);
+    let mut vm = LiveVm::boot(
+        &lab,
+        Boot {
+            firmware: Firmware::Bios,
+            disk: (&stick, true, "raw"),
+            extra_disks: vec![blank.clone()],
+            nic: None,
+            rtc_base: None,
+            name: "broken",
+        },
+    );
+    let console = vm.wait_serial("shoal.toml:3:", SERIAL_TIMEOUT);
+    assert!(console.contains("no network"), "the screen says there is no network:\n{}", tail(&console));
+    vm.power_off();
+    assert_untouched(&blank);
+
+    // A well-formed mesh key that is not the mesh's: the node keeps trying, and says why.
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = lab_node(home, &key);
+    let wrong = "11".repeat(32);
+    let stick = stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x").as_bytes())]);
+    let mut vm = LiveVm::boot(
+        &lab,
+        Boot {
+            firmware: Firmware::Bios,
+            disk: (&stick, true, "raw"),
+            extra_disks: vec![blank.clone()],
+            nic: Some((tap, "e1000")),
+            rtc_base: None,
+            name: "wrongkey",
+        },
+    );
+    let console = vm.wait_serial("mesh key", SERIAL_TIMEOUT);
+    assert_eq!(node.live_peers().len(), 1, "a node with another mesh key is not in the mesh");
+    vm.power_off();
+    assert_untouched(&blank);
+    let _ = console;
 }

@@ -108,11 +108,6 @@ impl Lab {
         self.children.push(child);
     }
 
-    /// A process the lab owns: killed when the lab is dropped.
-    pub fn own(&mut self, child: Child) {
-        self.children.push(child);
-    }
-
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
