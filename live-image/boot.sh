@@ -65,9 +65,16 @@ fi
 
 if [ "$timeline" = 1 ]; then
   start=$EPOCHREALTIME
-  qemu-system-x86_64 "${args[@]}" </dev/null 2>&1 | while IFS= read -r line; do
-    awk -v a="$start" -v b="$EPOCHREALTIME" -v l="${line%$'\r'}" 'BEGIN { printf "%7.2f %s\n", b - a, l }'
-  done
+  stamp() {
+    while IFS= read -r line; do
+      awk -v a="$start" -v b="$EPOCHREALTIME" -v l="${line%$'\r'}" 'BEGIN { printf "%7.2f %s\n", b - a, l }'
+    done
+  }
+  qemu-system-x86_64 "${args[@]}" </dev/null > >(stamp) 2>&1 &
+  qemu=$!
+  # QEMU goes with this script (a timeout(1) around it, Ctrl-C).
+  trap 'kill "$qemu" 2>/dev/null' EXIT INT TERM
+  wait "$qemu"
 else
   exec qemu-system-x86_64 "${args[@]}"
 fi
