@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Boots a live image in QEMU with its serial console on this terminal (quit: Ctrl-A X).
 #
-#   live-image/boot.sh [--uefi] [--usb] [--debug] [--kvm] [--keep] [--timeline] [IMAGE]
+#   live-image/boot.sh [--uefi] [--usb | --virtio] [--debug] [--kvm] [--keep] [--timeline] [IMAGE]
 #
 #   IMAGE       default target/live/shoal-live.img (a .qcow2 works too)
 #   --uefi      OVMF firmware instead of SeaBIOS
 #   --usb       the image as a USB stick (qemu-xhci + usb-storage) instead of an IDE disk
+#   --virtio    the image as a virtio-blk disk, as a cloud VM has it
 #   --debug     skips GRUB: boots the image's kernel and initramfs directly with shoal.debug=1
 #               (root shells on tty2 and the serial console, QEMU's version and free memory logged)
 #   --kvm       KVM instead of TCG (the default: on these build machines /dev/kvm exists but fails)
@@ -16,16 +17,17 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 IMG=$REPO/target/live/shoal-live.img
-uefi=0 usb=0 debug=0 kvm=0 keep=0 timeline=0
+uefi=0 usb=0 virtio=0 debug=0 kvm=0 keep=0 timeline=0
 while [ $# -gt 0 ]; do
   case "$1" in
   --uefi) uefi=1 ;;
   --usb) usb=1 ;;
+  --virtio) virtio=1 ;;
   --debug) debug=1 ;;
   --kvm) kvm=1 ;;
   --keep) keep=1 ;;
   --timeline) timeline=1 ;;
-  -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   -*) echo "boot.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   *) IMG=$1 ;;
   esac
@@ -46,6 +48,8 @@ fi
 [ "$uefi" = 1 ] && args+=(-bios /usr/share/ovmf/OVMF.fd)
 if [ "$usb" = 1 ]; then
   args+=(-drive "if=none,id=stick,format=$fmt,file=$IMG" -device qemu-xhci -device usb-storage,drive=stick)
+elif [ "$virtio" = 1 ]; then
+  args+=(-drive "if=virtio,format=$fmt,file=$IMG")
 else
   args+=(-drive "format=$fmt,file=$IMG")
 fi
