@@ -15,9 +15,19 @@ cd "$(dirname "$0")/.."
 #   qemu-system-x86 (from bookworm-backports, below)   the microVM monitor; qboot comes in qemu-system-data
 #   debootstrap      the Program Explorer's images (gcc, python3, graphviz), built on a Debian minbase
 #   chromium, chromium-driver   the explorer's browser tests (headless, driven by playwright-core from npm)
+# and for live-image/build.sh (the live image, issue 18):
+#   grub-pc-bin      GRUB's BIOS modules, for grub-mkrescue's hybrid image
+#   grub-efi-amd64-bin   GRUB's UEFI modules, the image's EFI boot partition
+#   xorriso          writes the ISO 9660 filesystem and the appended SHOAL partition (grub-mkrescue runs it)
+#   mtools           writes files into FAT images without mounting them (mcopy; grub-mkrescue's EFI image too)
+#   dosfstools       mkfs.vfat, the SHOAL configuration partition
+#   ovmf             UEFI firmware for QEMU, to boot the image the way a UEFI PC does
+#   kmod, binutils   depmod and modprobe for the module trees; strip and readelf for the binaries
+#   qemu-utils (from bookworm-backports, below)   qemu-img, the cloud image's qcow2
 PACKAGES=(busybox-static docker-registry skopeo iproute2 make util-linux python3-venv
-  linux-image-cloud-amd64 squashfs-tools erofs-utils cpio debootstrap chromium chromium-driver)
-BACKPORTS=(qemu-system-x86 qemu-system-data)
+  linux-image-cloud-amd64 squashfs-tools erofs-utils cpio debootstrap chromium chromium-driver
+  grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools ovmf kmod binutils)
+BACKPORTS=(qemu-system-x86 qemu-system-data qemu-utils)
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
