@@ -1,0 +1,5 @@
+//! `shoal live`: the live system (a USB stick or cloud image booting a PC into a mesh node).
+//!
+//! # Layout
+//! - `config`: `shoal.toml` (the default text, its parse, kernel command-line overrides).
+pub mod config;
