@@ -2,4 +2,6 @@
 //!
 //! # Layout
 //! - `config`: `shoal.toml` (the default text, its parse, kernel command-line overrides).
+//! - `disks`: block devices and their labels (FAT, ext, ISO 9660 superblocks read here).
 pub mod config;
+pub mod disks;
