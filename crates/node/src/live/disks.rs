@@ -200,6 +200,129 @@ pub fn find(devices: &[BlockDevice], role: Role) -> Option<&BlockDevice> {
     devices.iter().find(|d| d.label.as_ref().and_then(Label::role) == Some(role))
 }
 
+/// Where the store partition starts, in bytes: 1 MiB, as every partitioning tool aligns it.
+pub const STORE_PARTITION_OFFSET_BYTES: u64 = 1 << 20;
+/// Smallest disk `prepare-disk` accepts, in bytes: a store smaller than this fills with one image.
+pub const STORE_DISK_BYTES_MIN: u64 = 64 << 20;
+/// Bytes zeroed at each end of a disk before it is partitioned: the MBR and a GPT with its
+/// partition entries at the start, the backup GPT at the end (so no tool finds the old table).
+const WIPE_BYTES: u64 = 1 << 20;
+
+/// What `shoal live prepare-disk` asks before writing.
+pub struct PrepareDisk<'a> {
+    /// The live system's root (`/`; a test directory in tests): its `sys/`, `dev/`, `proc/`.
+    pub root: &'a Path,
+    /// The whole disk (or an image file) to make a store of.
+    pub device: &'a Path,
+    /// Write over a partition table or file system found on it.
+    pub wipe: bool,
+}
+
+/// Makes `device` one ext4 partition labelled [`STORE_LABEL`] (an MBR written here, the file
+/// system by e2fsprogs' `mke2fs` at the partition's offset, so the kernel need not have re-read
+/// the table first). Refuses a partition, a mounted disk, the disk the live system booted from
+/// (the one holding the [`CONFIG_LABEL`] partition), and, without `wipe`, a disk with anything on
+/// it. `confirm` is asked last, with the device's description, and must say yes.
+pub fn prepare_store_disk(req: &PrepareDisk<'_>, confirm: impl FnOnce(&str) -> bool) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    use std::io::Write;
+
+    let device = req.device;
+    let shown = device.display();
+    let name = device.file_name().and_then(|n| n.to_str()).context("give a device such as /dev/sdb")?;
+    let devices = scan(req.root);
+    if let Some(d) = devices.iter().find(|d| d.name == name)
+        && d.disk != d.name
+    {
+        bail!(
+            "{shown} is a partition of {}; give the whole disk (/dev/{}): it becomes one store partition",
+            d.disk,
+            d.disk
+        );
+    }
+    if let Some(config) = find(&devices, Role::Config)
+        && config.disk == name
+    {
+        bail!("{shown} is the disk this live system booted from (it holds the SHOAL partition); give another disk");
+    }
+    let mounts = std::fs::read_to_string(req.root.join("proc/mounts")).unwrap_or_default();
+    if let Some(line) = mounts.lines().find(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|src| src.strip_prefix("/dev/"))
+            .is_some_and(|src| src == name || devices.iter().any(|d| d.name == src && d.disk == name))
+    }) {
+        bail!("{shown} is in use (mounted: `{line}`); unmount it first");
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .with_context(|| format!("cannot open {shown} for writing"))?;
+    let size_bytes = file.seek(SeekFrom::End(0))?;
+    if size_bytes < STORE_DISK_BYTES_MIN {
+        bail!("{shown} is {size_bytes} bytes; a store needs at least {} MiB", STORE_DISK_BYTES_MIN >> 20);
+    }
+    let found = signature(&mut file)?;
+    if let Some(what) = &found
+        && !req.wipe
+    {
+        bail!("{shown} holds {what}; pass --wipe to erase it (everything on {shown} is lost)");
+    }
+    let description = format!(
+        "{shown} ({} MiB{}): everything on it will be erased",
+        size_bytes >> 20,
+        found.map(|w| format!(", holding {w}")).unwrap_or_default()
+    );
+    if !confirm(&description) {
+        bail!("not confirmed; {shown} is untouched");
+    }
+
+    let zeros = vec![0u8; WIPE_BYTES as usize];
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&zeros)?;
+    file.seek(SeekFrom::Start(size_bytes - WIPE_BYTES))?;
+    file.write_all(&zeros)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(&mbr(size_bytes, rand::random()))?;
+    file.sync_all()?;
+    drop(file);
+
+    let fs_kib = (size_bytes - STORE_PARTITION_OFFSET_BYTES) / 1024;
+    let out = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", STORE_LABEL])
+        .arg("-E")
+        .arg(format!("offset={STORE_PARTITION_OFFSET_BYTES}"))
+        .arg(device)
+        .arg(format!("{fs_kib}k"))
+        .output()
+        .context("cannot run mke2fs (e2fsprogs); the live image must carry it")?;
+    if !out.status.success() {
+        bail!("mke2fs on {shown} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    tracing::info!("prepare-disk: {shown} is one ext4 partition labelled {STORE_LABEL} ({} MiB)", fs_kib >> 10);
+    Ok(())
+}
+
+/// An MBR with one Linux partition from [`STORE_PARTITION_OFFSET_BYTES`] to the end of a disk of
+/// `size_bytes` (512-byte sectors; capped at the 2 TiB an MBR can address).
+fn mbr(size_bytes: u64, disk_id: u32) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    m[440..444].copy_from_slice(&disk_id.to_le_bytes());
+    let start = STORE_PARTITION_OFFSET_BYTES / 512;
+    let sectors = u32::try_from(size_bytes / 512 - start).unwrap_or(u32::MAX);
+    let e = &mut m[446..462];
+    // Not bootable; CHS fields set to "past 1024 cylinders", as tools do for LBA-only entries.
+    e[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[4] = 0x83;
+    e[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    e[8..12].copy_from_slice(&u32::try_from(start).expect("1 MiB in sectors").to_le_bytes());
+    e[12..16].copy_from_slice(&sectors.to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xaa;
+    m
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +449,100 @@ mod tests {
         let config = find(&devices, Role::Config).unwrap();
         assert_eq!((config.name.as_str(), config.disk.as_str(), config.size_bytes), ("sdb1", "sdb", 1024 * 512));
         assert_eq!(find(&devices, Role::Store), None);
+    }
+
+    #[test]
+    fn prepare_disk_refuses_a_used_disk_without_wipe_and_makes_a_store() {
+        let root = tempfile::tempdir().unwrap();
+        let disk = root.path().join("disk.img");
+        std::fs::File::create(&disk).unwrap().set_len(STORE_DISK_BYTES_MIN).unwrap();
+        let req = |wipe| PrepareDisk { root: root.path(), device: &disk, wipe };
+        // A blank disk: asked, and refused when not confirmed, untouched.
+        let mut asked = String::new();
+        let e = prepare_store_disk(&req(false), |d| {
+            asked = d.to_string();
+            false
+        })
+        .unwrap_err();
+        assert!(asked.ends_with("(64 MiB): everything on it will be erased"), "{asked}");
+        assert!(e.to_string().starts_with("not confirmed;"), "{e}");
+        assert_eq!(signature(&mut File::open(&disk).unwrap()).unwrap(), None);
+        // Confirmed: one partition at 1 MiB holding ext4 labelled SHOAL-STORE.
+        if std::process::Command::new("mke2fs").arg("-V").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "mke2fs (e2fsprogs) is needed");
+            eprintln!("skipped: mke2fs is missing");
+            return;
+        }
+        prepare_store_disk(&req(false), |_| true).unwrap();
+        let bytes = std::fs::read(&disk).unwrap();
+        assert_eq!(bytes[446 + 4], 0x83);
+        assert_eq!(bytes[446 + 8..446 + 12], 2048u32.to_le_bytes());
+        let part = &bytes[STORE_PARTITION_OFFSET_BYTES as usize..];
+        let label = read_label(&mut std::io::Cursor::new(part)).unwrap().unwrap();
+        assert_eq!(label.role(), Some(Role::Store), "{label:?}");
+        // Now it has a partition table: refused without --wipe, accepted with it.
+        let e = prepare_store_disk(&req(false), |_| panic!("asked before refusing")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} holds an MBR (a DOS partition table or a boot sector); pass --wipe to erase it (everything on {} is lost)",
+                disk.display(),
+                disk.display()
+            )
+        );
+        let mut asked = String::new();
+        prepare_store_disk(&req(true), |d| {
+            asked = d.to_string();
+            true
+        })
+        .unwrap();
+        assert!(asked.contains("holding an MBR"), "{asked}");
+    }
+
+    #[test]
+    fn prepare_disk_refuses_the_boot_disk_a_partition_and_a_mounted_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let class = root.path().join("sys/class/block");
+        let sdb = root.path().join("sys/devices/pci0/block/sdb");
+        std::fs::create_dir_all(sdb.join("sdb3")).unwrap();
+        std::fs::create_dir_all(&class).unwrap();
+        std::fs::create_dir_all(root.path().join("dev")).unwrap();
+        std::fs::create_dir_all(root.path().join("proc")).unwrap();
+        std::fs::write(sdb.join("size"), "131072\n").unwrap();
+        std::fs::write(sdb.join("sdb3/size"), "8192\n").unwrap();
+        std::fs::write(sdb.join("sdb3/partition"), "3\n").unwrap();
+        std::os::unix::fs::symlink(&sdb, class.join("sdb")).unwrap();
+        std::os::unix::fs::symlink(sdb.join("sdb3"), class.join("sdb3")).unwrap();
+        std::fs::File::create(root.path().join("dev/sdb")).unwrap().set_len(64 << 20).unwrap();
+        let part = root.path().join("dev/sdb3");
+        if !tool(&["mkfs.vfat", "-C", "-n", "SHOAL", part.to_str().unwrap(), "4096"]) {
+            return;
+        }
+        let never = |_: &str| -> bool { panic!("asked before refusing") };
+        let try_prepare = |dev: &Path, wipe| {
+            prepare_store_disk(&PrepareDisk { root: root.path(), device: dev, wipe }, never).unwrap_err().to_string()
+        };
+        let sdb_dev = root.path().join("dev/sdb");
+        assert!(
+            try_prepare(&sdb_dev, true).ends_with(
+                "is the disk this live system booted from (it holds the SHOAL partition); give another disk"
+            )
+        );
+        assert!(
+            try_prepare(&part, true)
+                .ends_with("is a partition of sdb; give the whole disk (/dev/sdb): it becomes one store partition")
+        );
+        // Another disk, one of whose partitions is mounted.
+        let sdc = root.path().join("sys/devices/pci0/block/sdc");
+        std::fs::create_dir_all(sdc.join("sdc1")).unwrap();
+        std::fs::write(sdc.join("size"), "131072\n").unwrap();
+        std::fs::write(sdc.join("sdc1/size"), "8192\n").unwrap();
+        std::fs::write(sdc.join("sdc1/partition"), "1\n").unwrap();
+        std::os::unix::fs::symlink(&sdc, class.join("sdc")).unwrap();
+        std::os::unix::fs::symlink(sdc.join("sdc1"), class.join("sdc1")).unwrap();
+        std::fs::File::create(root.path().join("dev/sdc")).unwrap().set_len(64 << 20).unwrap();
+        std::fs::write(root.path().join("proc/mounts"), "/dev/sdc1 /mnt ext4 rw 0 0\n").unwrap();
+        let e = try_prepare(&root.path().join("dev/sdc"), true);
+        assert!(e.ends_with("is in use (mounted: `/dev/sdc1 /mnt ext4 rw 0 0`); unmount it first"), "{e}");
     }
 }
