@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `config`: `shoal.toml` (the default text, its parse, kernel command-line overrides).
+//! - `clock`: SNTP at boot (one exchange per server, by hand over UDP) and the clock set from it.
 //! - `disks`: block devices and their labels (FAT, ext, ISO 9660 superblocks read here).
+pub mod clock;
 pub mod config;
 pub mod disks;
