@@ -132,13 +132,9 @@ pub fn render(s: &Status) -> String {
         row(if i == 0 { "network" } else { "" }, format!("{iface} {}{more}", addrs.join(" ")));
     }
     row("memory", format!("{} free of {}", gib(s.mem_available_bytes), gib(s.mem_total_bytes)));
-    let usage = || {
-        if s.store_size_bytes == 0 {
-            String::new()
-        } else {
-            let pct = s.store_used_bytes.saturating_mul(100) / s.store_size_bytes;
-            format!(", {} of {} used ({pct}%)", gib(s.store_used_bytes), gib(s.store_size_bytes))
-        }
+    let usage = || match s.store_used_bytes.saturating_mul(100).checked_div(s.store_size_bytes) {
+        None => String::new(),
+        Some(pct) => format!(", {} of {} used ({pct}%)", gib(s.store_used_bytes), gib(s.store_size_bytes)),
     };
     row(
         "store",
