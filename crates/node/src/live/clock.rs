@@ -28,7 +28,7 @@ pub enum SntpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{server}: no address (is DNS set up? try an IP address in `ntp`)")]
+    #[error("{server}: no address in time (is DNS reachable? an IP address in `ntp` needs none)")]
     NoAddress { server: String },
     #[error("the answer is {0} bytes, not at least 48")]
     Short(usize),
@@ -109,11 +109,17 @@ fn now_unix_ms() -> i64 {
 pub fn query(server: &str, timeout: Duration) -> Result<Sample, SntpError> {
     let io = |source| SntpError::Io { server: server.to_string(), source };
     let with_port = if server.contains(':') { server.to_string() } else { format!("{server}:{NTP_PORT}") };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(io)?
-        .next()
-        .ok_or_else(|| SntpError::NoAddress { server: server.to_string() })?;
+    // The resolver has its own timeouts and retries (30 s and more with an unreachable DNS
+    // server): it runs aside, and is waited for no longer than the exchange itself.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(with_port.to_socket_addrs().map(|mut a| a.next()));
+    });
+    let addr = match rx.recv_timeout(timeout) {
+        Ok(Ok(Some(addr))) => addr,
+        Ok(Err(e)) => return Err(io(e)),
+        Ok(Ok(None)) | Err(_) => return Err(SntpError::NoAddress { server: server.to_string() }),
+    };
     let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let socket = UdpSocket::bind(bind).map_err(io)?;
     socket.connect(addr).map_err(io)?;
@@ -134,14 +140,16 @@ pub enum ClockState {
     NoServer,
 }
 
-/// Asks each server in turn (at most [`SNTP_TIMEOUT_S`] each) and steps the clock by the first
-/// answer's offset. Logs one line per server that failed and one for the outcome.
-pub fn sync(servers: &[String]) -> ClockState {
+/// Asks each server in turn (at most [`SNTP_TIMEOUT_S`] each) and, with `set`, steps the clock by
+/// the first answer's offset (without it, only measures: `shoal live run --root` in a test must
+/// not move the host's clock). Logs one line per server that failed.
+pub fn sync(servers: &[String], set: bool) -> ClockState {
     for server in servers {
         match query(server, Duration::from_secs(SNTP_TIMEOUT_S)) {
             Ok(sample) => {
                 let offset_ms = if sample.offset_ms.abs() < STEP_MS_MIN { 0 } else { sample.offset_ms };
-                if offset_ms != 0
+                if set
+                    && offset_ms != 0
                     && let Err(e) = step(offset_ms)
                 {
                     tracing::warn!("clock: {server} says the clock is {offset_ms} ms off, but setting it failed: {e}");

@@ -48,6 +48,8 @@ pub enum ConfigSource {
         device: String,
     },
     Metadata,
+    /// Only `shoal.*=` words of the kernel command line (netboot).
+    CommandLine,
 }
 
 /// The node process as the supervisor sees it.
@@ -88,6 +90,8 @@ pub struct Status {
     pub store_size_bytes: u64,
     pub accel: Accel,
     pub config: ConfigSource,
+    /// `shoal.*=` words of the kernel command line applied over it.
+    pub config_overrides: usize,
     /// `clock: ...` text, None until the clock was set or given up on.
     pub clock: Option<String>,
     /// What stops the node from working, with the fix: bad configuration, no network.
@@ -121,7 +125,7 @@ pub fn render(s: &Status) -> String {
     let count = |n: Option<usize>| n.map_or("-".to_string(), |n| n.to_string());
     row("jobs", format!("{} running here, {} done in the mesh", count(s.jobs_running), count(s.jobs_done)));
     if s.addresses.is_empty() {
-        row("network", "no address yet (DHCP on every wired interface)".into());
+        row("network", "no network: no address yet; check the cable (DHCP on each port)".into());
     }
     for (i, (iface, addrs)) in s.addresses.iter().take(INTERFACES_SHOWN_MAX).enumerate() {
         let more = if i + 1 == INTERFACES_SHOWN_MAX && s.addresses.len() > INTERFACES_SHOWN_MAX {
@@ -160,6 +164,10 @@ pub fn render(s: &Status) -> String {
             ConfigSource::Partition { device } => format!("shoal.toml on the SHOAL partition ({device})"),
             ConfigSource::Cidata { device } => format!("cloud-init user-data on cidata ({device})"),
             ConfigSource::Metadata => "cloud metadata user-data (169.254.169.254)".to_string(),
+            ConfigSource::CommandLine => "the kernel command line only".to_string(),
+        } + &match (s.config_overrides, &s.config) {
+            (0, _) | (_, ConfigSource::CommandLine) => String::new(),
+            (n, _) => format!(" + {n} from the kernel command line"),
         },
     );
     row("clock", s.clock.clone().unwrap_or_else(|| "not set yet".into()));
@@ -238,6 +246,7 @@ mod tests {
             store_size_bytes: 800 << 20,
             accel: Accel::Tcg,
             config: ConfigSource::Partition { device: "sdb3".into() },
+            config_overrides: 0,
             clock: Some("set from pool.ntp.org".into()),
             problem: None,
             last_error: None,
@@ -291,7 +300,10 @@ mod tests {
         s.addresses.clear();
         s.problem = Some("shoal.toml:3:12: the mesh key is 3 characters, not 64; ...".into());
         let page = render(&s);
-        assert!(page.contains(" network   no address yet (DHCP on every wired interface)\n"), "{page}");
+        assert!(
+            page.contains(" network   no network: no address yet; check the cable (DHCP on each port)\n"),
+            "{page}"
+        );
         assert!(page.contains(" problem   shoal.toml:3:12: the mesh key is 3 characters"), "{page}");
     }
 
