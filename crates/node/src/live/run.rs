@@ -536,14 +536,17 @@ impl Supervisor {
         log(format_args!("node: starting `shoal {}`", args.join(" ")));
         *self.node_error.lock().expect("node error lock") = None;
         self.status.last_error = None;
-        let mut child = Command::new(&self.opts.shoal)
-            .args(&args)
-            .env("SHOAL_HOME", &self.paths.store_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", self.opts.shoal.display()))?;
+        let mut child = NodeChild(
+            Command::new(&self.opts.shoal)
+                .args(&args)
+                .env("SHOAL_HOME", &self.paths.store_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", self.opts.shoal.display()))?,
+        );
+        let child = &mut child.0;
         for out in [
             child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
             child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
@@ -583,7 +586,7 @@ impl Supervisor {
                 match self.load_config() {
                     Ok(new) if new != *l => {
                         log("config: changed; restarting the node with it");
-                        stop(&mut child);
+                        stop(child);
                         return Ok(NodeEnd::ConfigChanged(Box::new(new)));
                     }
                     Ok(_) => self.status.problem = None,
@@ -614,9 +617,22 @@ impl Supervisor {
     }
 }
 
+/// The node process, stopped when this supervisor leaves `run_node` by an error or a panic: a
+/// node left behind would hold the store, and the next supervisor's node could not start.
+struct NodeChild(Child);
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            stop(&mut self.0);
+        }
+    }
+}
+
 /// Stops the node (SIGTERM, then SIGKILL after 10 s) and reaps it.
 fn stop(child: &mut Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let Ok(pid) = i32::try_from(child.id()) else { return };
+    let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
@@ -655,7 +671,22 @@ pub fn error_of_log_line(line: &str) -> Option<String> {
     }
     let rest: Vec<&str> = words.collect();
     // The target (`shoal_node::mesh::net:`) and spans (`node{id=..}:`) end in a colon.
-    let skip = rest.iter().take_while(|w| w.ends_with(':') && (w.contains("::") || w.contains('{'))).count();
+    // A crate root target (`libp2p_swarm:`) has no `::`; a module name has an underscore.
+    let is_target = |w: &&&str| {
+        let name = w.trim_end_matches(':');
+        w.ends_with(':')
+            && (w.contains("::")
+                || w.contains('{')
+                || (name.contains('_')
+                    && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')))
+    };
+    let skip = rest.iter().take_while(is_target).count();
+    // Warnings of the libraries under the node (libp2p's "no known peers" at every start) are
+    // its own business; the node's own warnings and every error are the person's.
+    let target = rest[..skip].iter().rev().find(|w| !w.contains('{'));
+    if level == "WARN" && target.is_some_and(|t| !t.starts_with("shoal")) {
+        return None;
+    }
     let mut message = format!("{level} {}", rest[skip..].join(" "));
     if message.len() > LAST_ERROR_BYTES_MAX {
         let cut = (0..=LAST_ERROR_BYTES_MAX).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
@@ -748,6 +779,11 @@ mod tests {
             Some("ERROR the store is full"),
         );
         check("ERROR plain", Some("ERROR plain"));
+        check(
+            "2026-12-06T17:08:37.627638Z  WARN libp2p_kad::behaviour: Failed to trigger bootstrap: No known peers.",
+            None,
+        );
+        check("2026-12-06T17:08:37Z ERROR libp2p_swarm: listener failed", Some("ERROR listener failed"));
         check("2026-12-06T10:00:00Z  INFO shoal_node: listening", None);
         check("error: cannot start", None);
         check("", None);

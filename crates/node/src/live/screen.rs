@@ -167,7 +167,7 @@ pub fn render(s: &Status) -> String {
             ConfigSource::CommandLine => "the kernel command line only".to_string(),
         } + &match (s.config_overrides, &s.config) {
             (0, _) | (_, ConfigSource::CommandLine) => String::new(),
-            (n, _) => format!(" + {n} from the kernel command line"),
+            (n, _) => format!(" + {n} shoal.* boot option{}", if n == 1 { "" } else { "s" }),
         },
     );
     row("clock", s.clock.clone().unwrap_or_else(|| "not set yet".into()));
