@@ -33,6 +33,7 @@ pub mod explorer;
 pub mod held;
 pub mod human;
 pub mod identity;
+pub mod live;
 pub mod machine;
 pub mod mesh;
 pub mod output;

@@ -3,9 +3,11 @@
 //!
 //! This file holds the clap types and the dispatch; the commands' work is in the sub-modules by
 //! family: `store.rs` (get, log, show, blob, image, gc: on the store, or through the node holding
-//! it), `node.rs` (`shoal node`, `mesh init`, `run --join`), `token.rs`, and `remote.rs` (submit,
+//! it), `node.rs` (`shoal node`, `mesh init`, `run --join`), `live.rs` (`shoal live`: the live
+//! system's supervisor, its default config, prepare-disk), `token.rs`, and `remote.rs` (submit,
 //! status, watch, cancel, peers: a node's HTTP API).
 
+mod live;
 mod node;
 mod remote;
 mod store;
@@ -139,6 +141,9 @@ enum Command {
     /// Open the Program Explorer (a web page that runs catalogue images on your files) of the node
     /// running with this store, starting one when none runs.
     Explore(shoal_node::explorer::ExploreArgs),
+    /// The live system (a USB stick or cloud image that boots a computer into a mesh node).
+    #[command(subcommand)]
+    Live(LiveCommand),
     /// Check what this machine can do and say how to fix what it cannot.
     Doctor {
         #[arg(long)]
@@ -259,6 +264,10 @@ struct NodeArgs {
     cores: Option<u32>,
     #[arg(long, default_value_t = 1, value_parser = warm_vms_in_range)]
     warm_vms: usize,
+    /// Memory offered to the mesh, e.g. 2GiB (default: all of this machine's; more than it has
+    /// offers all of it). Jobs asking for more are placed elsewhere.
+    #[arg(long)]
+    memory: Option<String>,
     /// A label jobs can require, KEY=VALUE (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
@@ -358,6 +367,42 @@ enum MeshCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum LiveCommand {
+    /// Print the default shoal.toml (every line explained): the live image's SHOAL partition
+    /// carries it.
+    DefaultConfig,
+    /// Check a shoal.toml (as `live run` reads it) and print what it sets.
+    CheckConfig { path: PathBuf },
+    /// The live system's supervisor (busybox init respawns it): mounts the SHOAL partition and
+    /// the store, sets the clock, runs `shoal node` with shoal.toml's settings and restarts it,
+    /// and shows the status on tty1 and the serial console.
+    Run {
+        /// The root every path is under (/proc/cmdline, /sys, /dev, /run/shoal, /var/lib/shoal):
+        /// a test directory instead of the live system's. Nothing is mounted unless it is `/`.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// The node's HTTP API (loopback: the status page reads it).
+        #[arg(long, default_value = shoal_node::live::run::HTTP_DEFAULT)]
+        http: std::net::SocketAddr,
+        /// EC2-style instance metadata, asked for user data when there is no cidata volume.
+        #[arg(long, default_value = shoal_node::live::cloud::METADATA_URL, hide = true)]
+        metadata_url: String,
+    },
+    /// Make DEVICE (a whole disk) this computer's store: one ext4 partition labelled
+    /// SHOAL-STORE, used by the live system from its next boot. Erases the disk.
+    PrepareDisk {
+        /// The whole disk, e.g. /dev/sda (`ls /sys/class/block` lists them).
+        device: PathBuf,
+        /// Erase a disk that has a partition table or a file system (everything on it is lost).
+        #[arg(long)]
+        wipe: bool,
+        /// Do not ask to type the device's name first.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 enum BackendArg {
     /// A fresh QEMU microVM per job (KVM where the host has it, TCG otherwise).
@@ -439,7 +484,8 @@ enum ImageCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `shoal live run` logs each step of the boot on the console.
+    init_tracing(if matches!(cli.command, Command::Live(LiveCommand::Run { .. })) { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -456,9 +502,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -571,6 +617,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
             tokio::task::spawn_blocking(move || client_command(&home, cli.command)).await?
         }
+        Command::Live(cmd) => tokio::task::spawn_blocking(move || live::live_command(cmd)).await?,
         // It reads no store: it works beside a node as well.
         Command::Doctor { json } => shoal_node::machine::doctor(&home, json).map(|()| ExitCode::SUCCESS),
         command => {

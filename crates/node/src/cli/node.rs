@@ -74,6 +74,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
         },
         labels,
         speed: args.speed,
+        memory_bytes: args.memory.as_deref().map(|m| size("memory", m)).transpose()?,
         settings: shoal_mesh::Settings {
             replicas: args.replicas,
             core: shoal_mesh::core::CoreConfig {
@@ -147,6 +148,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         run: opts,
         labels: Default::default(),
         speed: None,
+        memory_bytes: None,
         settings: shoal_mesh::Settings::default(),
         submit_replication_timeout_s: shoal_node::daemon::SUBMIT_REPLICATION_TIMEOUT_S_DEFAULT,
         ready_file: Some(ready.clone()),

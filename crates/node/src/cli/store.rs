@@ -23,6 +23,7 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
         | Command::Cancel { .. }
         | Command::Peers { .. }
         | Command::Explore(_)
+        | Command::Live(_)
         | Command::Doctor { .. } => unreachable!("handled by dispatch"),
         Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
         Command::Log { job } => {

@@ -105,6 +105,9 @@ pub struct NodeOptions {
     pub labels: BTreeMap<String, String>,
     /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
     pub speed: Option<u32>,
+    /// Memory offered to the mesh, in bytes (`--memory`); None (or more than the machine has)
+    /// offers all of it.
+    pub memory_bytes: Option<u64>,
     /// The mesh protocol's settings: `--replicas` (nodes that keep a copy of every output, the
     /// runner included; a submitted DAG's images and inputs are held by `replicas - 1` other
     /// nodes, at least one, before the submit is acknowledged), `--lease-ms`,
@@ -215,7 +218,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     let caps = Capabilities {
         arch: crate::machine::dag_arch(),
         cores: runner.cores_total(),
-        memory_bytes: machine.memory_bytes,
+        memory_bytes: opts.memory_bytes.map_or(machine.memory_bytes, |m| m.min(machine.memory_bytes)),
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
         gpus: Vec::new(),
         labels: opts.labels.clone(),
