@@ -75,7 +75,7 @@ impl LiveVm {
         let (image, usb, format) = b.disk;
         cmd.args(["-drive", &format!("if=none,id=boot,format={format},file={}", image.display())]);
         if usb {
-            cmd.args(["-device", "qemu-xhci", "-device", "usb-storage,drive=boot,removable=on"]);
+            cmd.args(["-device", "qemu-xhci", "-device", "usb-storage,drive=boot,removable=on,bootindex=0"]);
         } else {
             cmd.args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
         }
@@ -212,12 +212,12 @@ fn lab_node(home: Home, key: &Path) -> MeshNode {
     MeshNode::start_at(home, key, &[], (&format!("/ip4/{BRIDGE_IP}/tcp/0"), &format!("{BRIDGE_IP}:0")), &[])
 }
 
+/// The key's 64 hex digits: the last line of the file `shoal mesh init` wrote.
 fn mesh_key_hex(key: &Path) -> String {
-    let bytes = std::fs::read(key).unwrap();
-    match std::str::from_utf8(&bytes) {
-        Ok(text) if text.trim().len() == 64 => text.trim().to_string(),
-        _ => hex::encode(bytes),
-    }
+    let text = std::fs::read_to_string(key).unwrap();
+    let hex = text.lines().last().unwrap().trim().to_string();
+    assert_eq!(hex.len(), 64, "{}: {text}", key.display());
+    hex
 }
 
 /// shoal.toml for a live node joining `node`, labelled `room = "<room>"`.
