@@ -64,7 +64,8 @@ impl LiveVm {
     pub fn boot(lab: &Lab, b: Boot<'_>) -> LiveVm {
         let serial = lab.path(&format!("{}.serial", b.name));
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-M", "pc", "-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
+        // An old PC without VT-x/AMD-V (QEMU's default CPU would offer an emulated AMD-V).
+        cmd.args(["-M", "pc", "-accel", "tcg", "-cpu", "max,-svm,-vmx", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
             .args(["-serial", &format!("file:{}", serial.display())]);
         if let Firmware::Uefi = b.firmware {
             let vars = lab.path(&format!("{}.vars.fd", b.name));

@@ -55,6 +55,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 impl Lab {
     pub fn new() -> Result<Lab, String> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
+        remove_orphans();
         let name = format!("{NETNS_PREFIX}{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
         let home_ns = File::open("/proc/thread-self/ns/net").map_err(|e| format!("/proc/thread-self/ns/net: {e}"))?;
         ip(&["netns", "add", &name])?;
@@ -121,6 +122,18 @@ impl Drop for Lab {
         }
         let _ = setns(&self.home_ns, CloneFlags::CLONE_NEWNET);
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Deletes the labs of test processes that are gone (killed by a timeout: no Drop ran).
+fn remove_orphans() {
+    let Ok(dir) = std::fs::read_dir("/var/run/netns") else { return };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|r| r.split('-').next()) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
     }
 }
 

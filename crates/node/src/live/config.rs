@@ -310,12 +310,17 @@ pub struct OverrideError {
     pub message: String,
 }
 
-/// The `shoal.KEY=VALUE` words of a kernel command line, in order.
+/// `shoal.KEY=` words the image's own boot scripts read (live-image/initramfs-init and
+/// rc.sysinit), not shoal.toml settings.
+pub const CMDLINE_BOOT_KEYS: [&str; 3] = ["debug", "boot_wait_s", "overlay_mib"];
+
+/// The `shoal.KEY=VALUE` words of a kernel command line that override shoal.toml, in order.
 pub fn cmdline_overrides(cmdline: &str) -> Vec<(String, String)> {
     cmdline
         .split_ascii_whitespace()
         .filter_map(|w| w.strip_prefix(CMDLINE_PREFIX))
         .filter_map(|w| w.split_once('='))
+        .filter(|(k, _)| !CMDLINE_BOOT_KEYS.contains(k))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
@@ -581,7 +586,7 @@ mod tests {
     fn the_kernel_command_line_overrides_the_file() {
         let line = format!(
             "BOOT_IMAGE=/live/vmlinuz console=ttyS0,115200 shoal.join=/ip4/10.0.0.5/tcp/7171,/ip4/10.0.0.6/tcp/7171 \
-             shoal.mesh_key={KEY} shoal.labels=room=b12,row=3 shoal.store=ram quiet"
+             shoal.mesh_key={KEY} shoal.labels=room=b12,row=3 shoal.debug=1 shoal.store=ram quiet"
         );
         let overrides = cmdline_overrides(&line);
         assert_eq!(overrides.len(), 4);
