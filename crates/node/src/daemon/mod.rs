@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use crate::clock::now_unix_ms;
 
-use crate::mesh::net::{Net, NetConfig, SyncRequest, Topic};
+use crate::mesh::net::{Net, NetConfig, Refusal, SyncRequest, Topic};
 use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
 use shoal_blobs::Store;
@@ -57,12 +57,13 @@ use shoal_blobs::net::BlobNode;
 use shoal_dag::{Dag, Hash};
 use shoal_mesh::Settings;
 use shoal_mesh::capabilities::Capabilities;
+use shoal_mesh::clock::MeshClock;
 use shoal_mesh::core::{Action, Finished, NodeCore};
 use shoal_mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_mesh::liveness::Liveness;
 use shoal_mesh::replicas::{Copy, Replicas};
 use shoal_mesh::sync::Sync;
-use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, WIRE_VERSION};
+use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -137,6 +138,14 @@ pub struct NodeOptions {
     /// The largest upload a CLI using this node's home may send (a file, a directory or an image
     /// archive), in bytes.
     pub local_upload_bytes_max: u64,
+    /// Take the mesh's time when this machine's clock is wrong (`--clock-from-mesh`, which the
+    /// live image passes when NTP failed): now is the local clock plus the median offset of the
+    /// peers' announced clocks, and the node claims no job before it has heard one.
+    pub clock_from_mesh: bool,
+    /// Tests: the protocol version this node claims to speak (`--test-protocol-version`).
+    pub protocol: u32,
+    /// Tests: how far this machine's clock reads off the system's, in ms (`--test-clock-offset-ms`).
+    pub test_clock_offset_ms: i64,
 }
 
 /// `--upload-size-max` unless told otherwise, bytes.
@@ -198,6 +207,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
             Err(e) => bail!("the HTTP API would listen on {} and its token list cannot be read: {e}", opts.http),
         }
     }
+    crate::clock::set_test_offset_ms(opts.test_clock_offset_ms);
     let key = identity::load_or_create(store.home())?;
     let node_id: NodeId = key.verifying_key().to_bytes();
     let psk = read_mesh_key(&opts.mesh_key)?;
@@ -209,6 +219,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         allow: opts.allow.clone(),
         mdns: opts.mdns,
         relay_server: opts.relay_server,
+        protocol: opts.protocol,
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
@@ -227,6 +238,11 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     };
     let settings = opts.settings.clone();
     let mut core = NodeCore::with_config(key.clone(), caps, settings.core);
+    if opts.clock_from_mesh {
+        // Until a peer's time is heard this node's clock is one it knows may be wrong.
+        core.set_claiming(now_unix_ms(), false);
+        info!("clock: taking the mesh's time (--clock-from-mesh); no job is claimed before a peer's time is heard");
+    }
     let started = Instant::now();
     let mut reloaded = 0usize;
     for (id, bytes) in store.facts()? {
@@ -309,6 +325,10 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         hostname: crate::machine::describe("", "").hostname,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
         hold: hold::Holding::default(),
+        refused: BTreeMap::new(),
+        mesh_clock: MeshClock::new(),
+        clock_warned: false,
+        ahead_logged: BTreeSet::new(),
     };
     node.run(cmd_rx).await
 }
@@ -360,6 +380,14 @@ struct Node {
     /// Submits waiting for other nodes to hold their DAG's blobs, and the blobs this node
     /// holds for other submitters.
     hold: hold::Holding,
+    /// Peers refused for their protocol, and when (Unix ms), for `shoal peers`.
+    refused: BTreeMap<PeerId, (Refusal, u64)>,
+    /// The peers' clocks as their announcements tell them.
+    mesh_clock: MeshClock,
+    /// Whether this node said that the mesh's clock disagrees with its own (once).
+    clock_warned: bool,
+    /// Authors whose facts were refused for a clock far ahead, each named once in the log.
+    ahead_logged: BTreeSet<NodeId>,
 }
 
 impl Node {
@@ -463,7 +491,7 @@ impl Node {
                         dags.push(DagText { hash: *dag, text });
                     }
                 }
-                let batch = FactBatch { v: WIRE_VERSION, facts: chunk.to_vec(), dags };
+                let batch = FactBatch { v: self.opts.protocol, facts: chunk.to_vec(), dags };
                 if let Err(e) = self.net.publish(Topic::Facts, wire::encode(&batch)) {
                     debug!("gossip: {e} (anti-entropy will carry it)");
                 }
@@ -537,6 +565,7 @@ impl Node {
         while let Some(node) = self.liveness.poll_forgotten() {
             // Forget peers long gone, so ranks and providers stay among the living.
             self.peers.remove(&node);
+            self.mesh_clock.forget(&node);
             forgot = true;
         }
         if forgot {
