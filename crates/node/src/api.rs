@@ -623,6 +623,7 @@ mod tests {
             gpus: vec![],
             labels: BTreeMap::new(),
             microvm: true,
+            vm_accel: None,
             speed: 1000,
         };
         let caps_json = serde_json::to_string(&caps).unwrap();

@@ -367,7 +367,11 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
             p.free_cores.to_string(),
             p.running.to_string(),
             crate::output::bytes(caps.map_or(0, |c| c.memory_bytes)),
-            or_null(caps.map(|c| c.microvm.to_string())),
+            // Where it runs microVMs, how: kvm or tcg (true from a node that does not say).
+            or_null(caps.map(|c| match (c.microvm, c.vm_accel) {
+                (true, Some(a)) => a.as_str().to_string(),
+                (m, _) => m.to_string(),
+            })),
             p.facts.to_string(),
             seen,
             p.http.clone().unwrap_or_default(),

@@ -12,6 +12,7 @@ fn caps(cores: u32) -> Capabilities {
         gpus: vec![],
         labels: BTreeMap::new(),
         microvm: true,
+        vm_accel: None,
         speed: crate::capabilities::SPEED_REFERENCE,
     }
 }
@@ -414,4 +415,43 @@ fn a_node_not_claiming_queues_jobs_and_claims_when_it_may() {
     assert_eq!(me.candidate_count(), 1);
     me.set_claiming(10, true);
     assert!(matches!(starts(&mut me)[..], [Action::Start { ref job, .. }] if job == "a"));
+}
+
+/// An `isolation: vm` job goes to a KVM node before a TCG node of like speed, and a TCG node
+/// still takes it after its place's stagger: preferred, not unschedulable. Other jobs ignore the
+/// accelerator.
+#[test]
+fn vm_jobs_prefer_kvm_nodes_and_stay_schedulable_on_tcg() {
+    use crate::capabilities::VmAccel;
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "vm", "image": "b:1", "command": ["x"], "requirements": {"isolation": "vm"}},
+      {"id": "plain", "image": "b:1", "command": ["x"]}]}"#;
+    let h = Hash::of(text.as_bytes());
+    let dag = parse_dag("d.json", text).unwrap();
+    let with = |accel| Capabilities { vm_accel: Some(accel), ..caps(1) };
+    // Many points, so the hash alone would put the TCG node first about half the time.
+    let (mut first_vm, mut first_plain) = (0, 0);
+    for i in 0..40u8 {
+        let me_key = SigningKey::from_bytes(&[100 + i; 32]);
+        let kvm = id_of(200u8.wrapping_add(i));
+        // No cores of its own: it ranks, and claims nothing.
+        let mut me = NodeCore::new(me_key, Capabilities { vm_accel: Some(VmAccel::Tcg), ..caps(0) });
+        me.handle_peers(0, [kvm]);
+        me.handle_peer_caps(0, [(kvm, with(VmAccel::Kvm))]);
+        me.submit(0, h, dag.clone(), 1);
+        first_vm += u32::from(me.rank_for(&h, 0, 0) == 0);
+        first_plain += u32::from(me.rank_for(&h, 1, 0) == 0);
+    }
+    assert_eq!(first_vm, 0, "the TCG node never ranks first for a vm job");
+    assert!(first_plain > 5, "for other jobs it does, by hash: {first_plain} of 40");
+    // Alone with its TCG, or with the KVM node busy, it still claims the vm job.
+    let two_cores = Capabilities { vm_accel: Some(VmAccel::Tcg), ..caps(2) };
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[99; 32]), two_cores);
+    me.handle_peers(0, [id_of(98)]);
+    me.handle_peer_caps(0, [(id_of(98), with(VmAccel::Kvm))]);
+    me.submit(0, h, dag, 1);
+    let later = 10 * CLAIM_STAGGER_MS;
+    me.handle_tick(later);
+    let started = starts(&mut me);
+    assert!(started.iter().any(|a| matches!(a, Action::Start { job, .. } if job == "vm")), "{started:?}");
 }

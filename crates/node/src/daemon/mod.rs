@@ -234,6 +234,14 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         gpus: Vec::new(),
         labels: opts.labels.clone(),
         microvm: opts.run.backend == BackendChoice::Microvm,
+        vm_accel: (opts.run.backend == BackendChoice::Microvm).then(|| {
+            let (accel, why) = shoal_vm::microvm::Accel::without_probe();
+            info!(accel = accel.as_str(), "microVMs under {}: {why}", accel.as_str());
+            match accel {
+                shoal_vm::microvm::Accel::Kvm => shoal_mesh::capabilities::VmAccel::Kvm,
+                shoal_vm::microvm::Accel::Tcg => shoal_mesh::capabilities::VmAccel::Tcg,
+            }
+        }),
         speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
     };
     let settings = opts.settings.clone();
