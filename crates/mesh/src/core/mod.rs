@@ -360,13 +360,17 @@ impl NodeCore {
         Ok(())
     }
 
-    /// A fact already checked by this process (read back from its own store, or shared by a
-    /// simulator that checked it once for all its nodes). Returns whether it was new; a fact
+    /// A fact already checked by this process (shared by a simulator that checked it once for all
+    /// its nodes). Returns whether it was new; a fact
     /// whose clock reads too far ahead ([`NodeCore::admissible`]) is not taken, and is not new.
     pub fn handle_verified_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
-        if self.admissible(now_ms, fact.fact()).is_err() {
-            return false;
-        }
+        self.admissible(now_ms, fact.fact()).is_ok() && self.restore_fact(now_ms, fact)
+    }
+
+    /// A fact this node admitted before, read back from its own store at start: not judged by the
+    /// clock again (a node restarted with its clock still wrong, before `--clock-from-mesh` took
+    /// the mesh's time, must not drop what it held). Returns whether it was new.
+    pub fn restore_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
         let hlc = fact.fact().hlc;
         let touched = self.ledger.insert_verified(fact);
         if touched == Touched::Duplicate {

@@ -455,3 +455,19 @@ fn vm_jobs_prefer_kvm_nodes_and_stay_schedulable_on_tcg() {
     let started = starts(&mut me);
     assert!(started.iter().any(|a| matches!(a, Action::Start { job, .. } if job == "vm")), "{started:?}");
 }
+
+/// A node restarted with its clock a year behind keeps what its own store held.
+#[test]
+fn stored_facts_are_restored_whatever_the_clock() {
+    let (h, _) = chain();
+    let author = SigningKey::from_bytes(&[30; 32]);
+    let submit = Fact::sign(
+        &author,
+        Hlc { wall_ms: YEAR_MS, counter: 0 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+    );
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[31; 32]), caps(0));
+    assert!(me.handle_fact(0, submit.clone()).is_err(), "from a peer: refused");
+    assert!(me.restore_fact(0, submit.clone().verified().unwrap()), "from its own store: restored");
+    assert!(!me.restore_fact(0, submit.verified().unwrap()), "once");
+}

@@ -7,8 +7,10 @@
 //! the loop only through [`Cmd`]s.
 //!
 //! Two clocks: the scheduler core gets Unix ms (its hybrid logical clock and leases are shared
-//! with other nodes); sync and liveness get ms since this node started (a monotonic clock, so a
-//! change of the wall clock never makes every peer look dead).
+//! with other nodes), from [`crate::clock`]: the system's, or with `--clock-from-mesh` the local
+//! clock plus the median offset of the peers' announced clocks ([`MeshClock`]), and then no claim
+//! before a peer's time is heard; sync and liveness get ms since this node started (a monotonic
+//! clock, so a change of the wall clock never makes every peer look dead).
 //!
 //! # Layout
 //! - this file: options, start-up (identity, mesh key, ledger reloaded from sled), the loop, and
@@ -255,11 +257,13 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     let mut reloaded = 0usize;
     for (id, bytes) in store.facts()? {
         match wire::decode::<Fact>(&bytes) {
-            Ok(fact) if fact.id() == id => {
-                if core.handle_fact(now_unix_ms(), fact).is_ok() {
+            Ok(fact) if fact.id() == id => match fact.verified() {
+                Ok(fact) => {
+                    core.restore_fact(now_unix_ms(), fact);
                     reloaded += 1;
                 }
-            }
+                Err(e) => warn!(%id, "a stored fact does not verify ({e}); ignored"),
+            },
             _ => warn!(%id, "a stored fact does not decode or match its id; ignored"),
         }
     }

@@ -120,8 +120,12 @@ pub(super) const GOSSIP_MESH_N_LOW: usize = 2;
 pub(super) const GOSSIP_MESH_N_HIGH: usize = 8;
 pub(super) const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
 
-/// The request-response protocol of anti-entropy.
-pub const SYNC_PROTOCOL: &str = "/shoal/sync/1";
+/// The request-response protocol of anti-entropy: `/shoal/sync/<protocol version>`, so nodes
+/// of different protocols cannot exchange facts even in the moment between connecting and
+/// identify's refusal (`/shoal/sync/1` for protocol 1, as before the version was in the name).
+pub fn sync_protocol(protocol: u32) -> String {
+    format!("/shoal/sync/{protocol}")
+}
 /// Our own Kademlia protocol, so a shoal DHT never merges with another one.
 pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
 /// How long a peer refused for speaking another protocol stays refused (neither dialed nor
