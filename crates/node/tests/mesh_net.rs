@@ -65,6 +65,7 @@ fn config(n: u8, psk: [u8; 32], join: &[&Node]) -> NetConfig {
         allow: None,
         mdns: false,
         relay_server: false,
+        protocol: shoal_mesh::wire::PROTOCOL_VERSION,
     }
 }
 
