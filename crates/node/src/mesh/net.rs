@@ -45,7 +45,7 @@
 //!   peer's own observed IP.
 //! - No QUIC, as above: every hop has pnet under it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -132,6 +132,11 @@ pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
 /// accepted), in seconds: long enough not to redial it in a loop, short enough to take it back
 /// soon after its stick was rewritten.
 pub const REFUSED_RETRY_S: u64 = 600;
+/// How long a peer refused for its protocol stays connected before it is cut off, in ms: long
+/// enough for our identify to reach it, so that a node of this build at the other end refuses us
+/// too and says why, rather than seeing a connection close for no reason. Nothing crosses
+/// meanwhile (the sync protocol's name differs, gossip of another version is dropped).
+const REFUSAL_GRACE_MS: u64 = 1_000;
 /// Refused peers remembered (each logged once); past it the oldest is forgotten.
 const REFUSED_PEERS_MAX: usize = 1024;
 
@@ -215,8 +220,8 @@ pub enum NetEvent {
     Response { peer: PeerId, id: OutboundRequestId, response: SyncResponse },
     /// Our request `id` got no answer (dial failure, timeout, closed connection, too large).
     RequestFailed { peer: PeerId, id: OutboundRequestId, error: String },
-    /// A peer speaks another protocol: it was disconnected and is refused for
-    /// [`REFUSED_RETRY_S`] (a [`NetEvent::Disconnected`] follows).
+    /// A peer speaks another protocol: it is cut off a moment later ([`NetEvent::Disconnected`]
+    /// follows) and refused for [`REFUSED_RETRY_S`].
     Refused(Refusal),
 }
 
@@ -280,6 +285,8 @@ pub struct Net {
     refused: HashMap<PeerId, (tokio::time::Instant, Vec<Multiaddr>)>,
     /// Peers whose refusal was logged (once per peer, not per connection).
     refusal_logged: HashSet<PeerId>,
+    /// Refused peers to cut off once [`REFUSAL_GRACE_MS`] has passed, in order.
+    cut_off: VecDeque<(tokio::time::Instant, PeerId)>,
 }
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
@@ -358,6 +365,7 @@ impl Net {
             protocol: cfg.protocol,
             refused: HashMap::new(),
             refusal_logged: HashSet::new(),
+            cut_off: VecDeque::new(),
         };
         for addr in cfg.listen {
             if is_circuit(&addr) {
@@ -481,8 +489,18 @@ impl Net {
     /// future loses no event (the swarm keeps what it has not handed out).
     pub async fn next_event(&mut self) -> NetEvent {
         loop {
+            let cut_off_at = self.cut_off.front().map(|(at, _)| *at);
             let event = tokio::select! {
                 event = self.swarm.select_next_some() => event,
+                _ = tokio::time::sleep_until(cut_off_at.unwrap_or_else(tokio::time::Instant::now)), if cut_off_at.is_some() => {
+                    if let Some((_, peer)) = self.cut_off.pop_front()
+                        && self.refused.contains_key(&peer)
+                    {
+                        // Closes its connections, and refuses new ones both ways until forgiven.
+                        self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    }
+                    continue;
+                }
                 _ = self.rejoin.tick() => {
                     self.forgive_refused();
                     self.rejoin_if_alone();
@@ -529,7 +547,8 @@ impl Net {
     }
 
     /// Judges a peer's protocol as identify tells it: another one is refused (disconnected, not
-    /// dialed nor accepted for [`REFUSED_RETRY_S`]), with one line at ERROR level per peer.
+    /// dialed nor accepted for [`REFUSED_RETRY_S`], cut off after [`REFUSAL_GRACE_MS`]), with one
+    /// line at ERROR level per peer.
     fn judge_protocol(&mut self, peer: PeerId, info: &identify::Info) -> Option<NetEvent> {
         let error = shoal_mesh::wire::check_protocol(self.protocol, &info.protocol_version).err()?;
         let addrs = self.connection_addrs(&peer);
@@ -547,10 +566,10 @@ impl Net {
         } else {
             debug!(%peer, %addr, "refused again: {}", refusal.error);
         }
-        let until = tokio::time::Instant::now() + Duration::from_secs(REFUSED_RETRY_S);
-        self.refused.insert(peer, (until, addrs));
-        // Closes its connections, and refuses new ones both ways until forgiven.
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        let now = tokio::time::Instant::now();
+        if self.refused.insert(peer, (now + Duration::from_secs(REFUSED_RETRY_S), addrs)).is_none() {
+            self.cut_off.push_back((now + Duration::from_millis(REFUSAL_GRACE_MS), peer));
+        }
         Some(NetEvent::Refused(refusal))
     }
 
