@@ -178,7 +178,9 @@ fn a_node_a_year_behind_without_the_flag_is_told_and_its_claims_hold_no_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = behind.log();
-    let named = log.lines().filter(|l| l.contains("ERROR") && l.contains(&format!("facts of node {}", honest.node)));
+    let named = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(&format!("facts of node {} read 365 d ahead", honest.node)));
     assert_eq!(named.count(), 1, "{log}");
     let warned =
         log.lines().filter(|l| l.contains("ERROR") && l.contains("this node's clock is 365 d behind the mesh"));
@@ -207,4 +209,53 @@ fn a_node_a_year_behind_without_the_flag_is_told_and_its_claims_hold_no_job() {
         let at = c["at_unix_ms"].as_i64().unwrap();
         assert!(now_ms - at > YEAR_MS - 86_400_000, "the behind node's claim is stamped last year: {f:#}");
     }
+}
+
+/// A node whose clock reads a year ahead, among two honest ones (so the median tells who is
+/// wrong): the honest nodes refuse every fact it makes and name it once in their logs, so its
+/// claims hold nothing and its HLC drags nobody along; a job submitted to an honest node runs
+/// among the honest ones; a DAG submitted to the node ahead runs there alone, never admitted by
+/// the others.
+#[test]
+fn a_node_a_year_ahead_has_its_facts_refused_and_the_mesh_runs_without_it() {
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let h1 = MeshNode::start(home, &key, &[], &[]);
+    let h2 = MeshNode::start(Home::empty(), &key, &[&h1.listen], &[]);
+    let offset = YEAR_MS.to_string();
+    let ahead = MeshNode::start(Home::with_busybox(), &key, &[&h1.listen], &["--test-clock-offset-ms", &offset]);
+    wait_for_mesh(&[&h1, &h2, &ahead]);
+    let dag = submit(
+        &h1,
+        r#"{"version": 1, "jobs": [{"id": "a", "image": "busybox:latest", "command": ["echo", "a"],
+            "outputs": {"o": "stdout"}}]}"#,
+    );
+    wait_dag(&h1, &dag, WAIT, "the DAG done among the honest nodes", done);
+    let f = facts(&h1, &dag);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for x in f["a"].as_array().unwrap() {
+        assert_ne!(x["node"], ahead.node.as_str(), "no fact of the node ahead is admitted: {f:#}");
+        assert!(x["at_unix_ms"].as_i64().unwrap() < now_ms + 60_000, "no HLC dragged ahead: {f:#}");
+    }
+
+    let mine = submit(
+        &ahead,
+        r#"{"version": 1, "jobs": [{"id": "b", "image": "busybox:latest", "command": ["echo", "b"],
+            "outputs": {"o": "stdout"}}]}"#,
+    );
+    wait_dag(&ahead, &mine, WAIT, "the node ahead runs its own DAG", done);
+    assert_eq!(h1.get(&format!("/v1/dags/{mine}")).0, 404, "its submit is not admitted");
+
+    let line = format!("peer {}'s clock is 365 d ahead of ours", ahead.node);
+    for node in [&h1, &h2] {
+        let start = Instant::now();
+        while !node.log().contains(&line) {
+            assert!(start.elapsed() < WAIT, "no line naming the node ahead: {}", node.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let log = h1.log();
+    assert_eq!(log.lines().filter(|l| l.contains("ERROR") && l.contains(&line)).count(), 1, "{log}");
+    assert!(!log.contains("this node's clock is"), "the median of two peers clears this node: {log}");
+    assert!(ahead.log().contains("this node's clock is 365 d ahead of the mesh"), "{}", ahead.log());
 }

@@ -67,16 +67,20 @@ impl MeshClock {
         self.offsets.len()
     }
 
-    /// The peers' clocks minus this node's local clock, in ms: the median over the peers heard
-    /// (the lower of the two middle ones for an even count: an average of two would put the
-    /// mesh's clock halfway between an honest peer and a liar). None before any peer is heard.
+    /// The peers' clocks minus this node's local clock, in ms: the median over the peers heard.
+    /// For an even count, the one of the two middle offsets nearer this node's clock: an average
+    /// would put the mesh's clock halfway between an honest peer and a liar, and this node's own
+    /// clock is the best third opinion there is (two honest peers and one liar a year behind give
+    /// [-1 y, 0]: 0). None before any peer is heard.
     pub fn median_offset_ms(&self) -> Option<i64> {
         let mut all: Vec<i64> = self.offsets.values().copied().collect();
-        if all.is_empty() {
-            return None;
+        all.sort_unstable();
+        let n = all.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(all[n / 2]),
+            _ => Some(*[all[n / 2 - 1], all[n / 2]].iter().min_by_key(|o| (o.unsigned_abs(), **o)).expect("two")),
         }
-        let mid = (all.len() - 1) / 2;
-        Some(*all.select_nth_unstable(mid).1)
     }
 
     /// What to do now: a node following the mesh (`from_mesh`) whose offset in use is
@@ -137,7 +141,9 @@ mod tests {
         assert_eq!(c.median_offset_ms(), Some(60));
         c.forget(&node(3));
         assert_eq!(c.heard(), 2);
-        assert_eq!(c.median_offset_ms(), Some(40), "two: the lower middle one, not an average with the liar");
+        assert_eq!(c.median_offset_ms(), Some(40), "two: the one nearer this clock, not an average with the liar");
+        c.handle_announce(node(2), NOW - YEAR_MS, NOW);
+        assert_eq!(c.median_offset_ms(), Some(40), "a liar behind is not taken either");
     }
 
     #[test]

@@ -159,6 +159,8 @@ impl Node {
                 }
                 Err(LedgerError::Ahead { ahead_ms, .. }) => {
                     refused += 1;
+                    let ahead = describe_offset(i64::try_from(ahead_ms).unwrap_or(i64::MAX));
+                    let ahead = ahead.trim_start_matches('+');
                     // Named once per author, not per fact: anti-entropy offers them again and again.
                     let told = self.ahead_logged.len() >= AHEAD_LOGGED_MAX || !self.ahead_logged.insert(fact.author);
                     let behind = self
@@ -166,11 +168,11 @@ impl Node {
                         .median_offset_ms()
                         .is_some_and(|o| o.unsigned_abs() > self.core.config().clock_skew_max_ms);
                     if told {
-                        debug!(%from, "refused a fact from a clock {} ahead", describe_offset(ahead_ms as i64));
+                        debug!(%from, "refused a fact from a clock {} ahead", ahead);
                     } else if behind && !self.opts.clock_from_mesh {
-                        error!(author = %hex::encode(fact.author), "facts of node {} read {} ahead of this node's clock, as does the mesh's median: this node's clock is behind; its facts are refused until this clock is right (NTP, or run with --clock-from-mesh)", hex::encode(fact.author), describe_offset(ahead_ms as i64));
+                        error!(author = %hex::encode(fact.author), "facts of node {} read {} ahead of this node's clock, as does the mesh's median: this node's clock is behind; its facts are refused until this clock is right (NTP, or run with --clock-from-mesh)", hex::encode(fact.author), ahead);
                     } else {
-                        error!(author = %hex::encode(fact.author), "peer {}'s clock is {} ahead of ours: its facts are refused until its clock is right (NTP, or --clock-from-mesh)", hex::encode(fact.author), describe_offset(ahead_ms as i64));
+                        error!(author = %hex::encode(fact.author), "peer {}'s clock is {} ahead of ours: its facts are refused until its clock is right (NTP, or --clock-from-mesh)", hex::encode(fact.author), ahead);
                     }
                 }
                 Err(e) => {
