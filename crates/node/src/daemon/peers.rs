@@ -163,10 +163,9 @@ impl Node {
                     let ahead = ahead.trim_start_matches('+');
                     // Named once per author, not per fact: anti-entropy offers them again and again.
                     let told = self.ahead_logged.len() >= AHEAD_LOGGED_MAX || !self.ahead_logged.insert(fact.author);
-                    let behind = self
-                        .mesh_clock
-                        .median_offset_ms()
-                        .is_some_and(|o| o.unsigned_abs() > self.core.config().clock_skew_max_ms);
+                    // The mesh's median as far ahead as this fact: this node's clock is the wrong one.
+                    let skew_max_ms = i64::try_from(self.core.config().clock_skew_max_ms).unwrap_or(i64::MAX);
+                    let behind = self.mesh_clock.median_offset_ms().is_some_and(|o| o > skew_max_ms);
                     if told {
                         debug!(%from, "refused a fact from a clock {} ahead", ahead);
                     } else if behind && !self.opts.clock_from_mesh {
@@ -216,7 +215,7 @@ impl Node {
             }
             ClockStep::Warn(offset) => {
                 if !std::mem::replace(&mut self.clock_warned, true) {
-                    let (how, d) = if offset > 0 { ("behind", offset) } else { ("ahead of", -offset) };
+                    let (how, d) = if offset > 0 { ("behind", offset) } else { ("ahead of", offset.saturating_neg()) };
                     error!(
                         offset_ms = offset,
                         peers,

@@ -137,7 +137,8 @@ pub const REFUSED_RETRY_S: u64 = 600;
 /// too and says why, rather than seeing a connection close for no reason. Nothing crosses
 /// meanwhile (the sync protocol's name differs, gossip of another version is dropped).
 const REFUSAL_GRACE_MS: u64 = 1_000;
-/// Refused peers remembered (each logged once); past it the oldest is forgotten.
+/// Refused peers remembered and kept off (each logged once); past it the oldest refusal ends
+/// early.
 const REFUSED_PEERS_MAX: usize = 1024;
 
 /// A gossip topic of the mesh.
@@ -567,6 +568,14 @@ impl Net {
             debug!(%peer, %addr, "refused again: {}", refusal.error);
         }
         let now = tokio::time::Instant::now();
+        if self.refused.len() >= REFUSED_PEERS_MAX
+            && !self.refused.contains_key(&peer)
+            && let Some(first) = self.refused.iter().min_by_key(|(_, (until, _))| *until).map(|(p, _)| *p)
+        {
+            // The refusal nearest its end ends now: the list stays bounded whoever connects.
+            self.refused.remove(&first);
+            self.swarm.behaviour_mut().blocked.unblock_peer(first);
+        }
         if self.refused.insert(peer, (now + Duration::from_secs(REFUSED_RETRY_S), addrs)).is_none() {
             self.cut_off.push_back((now + Duration::from_millis(REFUSAL_GRACE_MS), peer));
         }
