@@ -191,7 +191,10 @@ fn stick_with(lab: &Lab, image: &Path, name: &str, files: &[(&str, &[u8])]) -> P
 /// Reads a file back from the stick's `SHOAL` partition (what a person sees on another computer).
 fn read_from_stick(stick: &Path, name: &str) -> Option<Vec<u8>> {
     let (_, offset, _) = *mbr_partitions(stick).iter().find(|p| p.0 == 0x0c)?;
-    let out = Command::new("mtype").args(["-i", &format!("{}@@{offset}", stick.display()), &format!("::{name}")]).output().ok()?;
+    let out = Command::new("mtype")
+        .args(["-i", &format!("{}@@{offset}", stick.display()), &format!("::{name}")])
+        .output()
+        .ok()?;
     out.status.success().then_some(out.stdout)
 }
 
@@ -347,7 +350,11 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_pe
     let facts = node.get_json(&format!("/v1/dags/{dag}/facts"));
     let kinds: Vec<&str> =
         facts["jobs"]["hello"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "claim").count(), 1, "a clock a year off costs no second claim: {facts:#}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "claim").count(),
+        1,
+        "a clock a year off costs no second claim: {facts:#}"
+    );
     vm.power_off();
 
     // The same stick boots again: the same peer id, read from its SHOAL partition.

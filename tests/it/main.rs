@@ -11,6 +11,7 @@ mod live;
 mod load;
 mod memory;
 mod mesh;
+mod mesh_clocks;
 mod microvm;
 mod netlab;
 mod runner;

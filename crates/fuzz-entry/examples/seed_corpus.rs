@@ -71,6 +71,7 @@ fn main() {
     let announce = Announce {
         v: WIRE_VERSION,
         node: key.verifying_key().to_bytes(),
+        version: "0.1.0".into(),
         hostname: "n1".into(),
         caps: None,
         blob_addrs: vec!["127.0.0.1:7172".parse().unwrap()],

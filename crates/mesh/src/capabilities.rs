@@ -19,11 +19,39 @@ pub struct Capabilities {
     pub labels: BTreeMap<String, String>,
     /// Whether the node can run microVMs (QEMU, guest kernel and guest-init present).
     pub microvm: bool,
+    /// How it runs them, where it can: KVM, or TCG (QEMU emulating the CPU, on PCs without
+    /// VT-x/AMD-V). `isolation: vm` jobs prefer KVM nodes ([`TCG_VM_SPEED_PER_MILLE`]); None from a
+    /// node that does not say (older than the field) or cannot run microVMs.
+    #[serde(default)]
+    pub vm_accel: Option<VmAccel>,
     /// How fast one core of it runs, per mille of a reference core ([`SPEED_REFERENCE`]): the
     /// scheduler puts a job on the fastest free node that fits. Measured at start.
     #[serde(default = "speed_reference")]
     pub speed: u32,
 }
+
+/// How a node runs microVMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmAccel {
+    Kvm,
+    Tcg,
+}
+
+impl VmAccel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmAccel::Kvm => "kvm",
+            VmAccel::Tcg => "tcg",
+        }
+    }
+}
+
+/// What a node running microVMs under TCG counts for in placing an `isolation: vm` job, per mille
+/// of its announced speed: QEMU's TCG translates every guest instruction, so a job in a microVM
+/// runs several times slower than under KVM. It ranks such a node behind KVM nodes of like speed
+/// without making it unschedulable: when the KVM nodes are busy it claims after their stagger.
+pub const TCG_VM_SPEED_PER_MILLE: u32 = 100;
 
 /// The speed of the reference core, and of a node that did not say.
 pub const SPEED_REFERENCE: u32 = 1000;
@@ -135,6 +163,7 @@ mod tests {
             gpus: vec![],
             labels: [("pool".to_string(), "night".to_string())].into(),
             microvm: true,
+            vm_accel: Some(VmAccel::Kvm),
             speed: SPEED_REFERENCE,
         }
     }
@@ -177,5 +206,19 @@ mod tests {
         let h100 = Requirements { gpu: Some(Gpu { count: 1, model: Some("H100".into()) }), ..Requirements::default() };
         assert!(unschedulable(&h100, &[("g".to_string(), gpu_node)]).unwrap().contains("model H100"));
         assert!(unschedulable(&Requirements::default(), &[]).is_some());
+    }
+
+    /// A node older than `vm_accel` announces none: its capabilities still parse.
+    #[test]
+    fn capabilities_without_an_accelerator_still_parse() {
+        let mut v: ciborium::Value = ciborium::Value::serialized(&node()).unwrap();
+        if let ciborium::Value::Map(fields) = &mut v {
+            fields.retain(|(k, _)| k.as_text() != Some("vm_accel"));
+        }
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&v, &mut bytes).unwrap();
+        let old: Capabilities = shoal_dag::from_cbor(&bytes).unwrap();
+        assert_eq!(old, Capabilities { vm_accel: None, ..node() });
+        assert_eq!(shoal_dag::from_cbor::<Capabilities>(&shoal_dag::canonical_cbor(&node())).unwrap(), node());
     }
 }

@@ -47,8 +47,15 @@ impl Hlc {
         }
     }
 
-    /// The next reading after receiving `remote` at `now_ms`: after both.
-    pub fn observe(self, remote: Hlc, now_ms: u64) -> Hlc {
+    /// The next reading after receiving `remote` at `now_ms`: after both, except that a remote
+    /// wall clock is believed at most `skew_max_ms` ahead of `now_ms`
+    /// ([`CLOCK_SKEW_MAX_MS`](crate::settings::CLOCK_SKEW_MAX_MS)). Without the bound one node whose
+    /// clock reads a year ahead would drag every HLC of the mesh a year ahead, and every fact made
+    /// after it would sort after any fact an honest clock makes for that year. (Nodes refuse facts
+    /// ahead by more than the bound, so the clamp only guards callers that do not.)
+    pub fn observe(self, remote: Hlc, now_ms: u64, skew_max_ms: u64) -> Hlc {
+        let believed = now_ms.saturating_add(skew_max_ms);
+        let remote = if remote.wall_ms > believed { Hlc { wall_ms: believed, counter: 0 } } else { remote };
         let wall = now_ms.max(self.wall_ms).max(remote.wall_ms);
         let counter = match (wall == self.wall_ms, wall == remote.wall_ms) {
             (true, true) => self.counter.max(remote.counter) + 1,
@@ -157,6 +164,14 @@ pub enum LedgerError {
     BadSignature,
     #[error("the fact is malformed: {0}")]
     Malformed(String),
+    /// Not a bad fact but a bad clock (its author's, or this node's): see
+    /// [`CLOCK_SKEW_MAX_MS`](crate::settings::CLOCK_SKEW_MAX_MS).
+    #[error(
+        "the fact's clock reads {ahead_ms} ms ahead of this node's, more than the {skew_max_ms} ms a remote clock \
+         is believed: refused until this node's clock reaches it (one of the two clocks is wrong: NTP, or \
+         `shoal node --clock-from-mesh`)"
+    )]
+    Ahead { ahead_ms: u64, skew_max_ms: u64 },
 }
 
 impl Fact {
@@ -242,13 +257,21 @@ pub enum Touched {
 }
 
 /// The facts a node holds, and the fold kept up to date as they arrive.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Ledger {
     facts: BTreeMap<Hash, Arc<Fact>>,
     view: View,
+    /// How long past its fact's HLC a lease is believed, in ms (see [`Ledger::with_lease_ms`]).
+    lease_ms: u64,
     /// [`Ledger::digest`] once computed, until the next new fact: anti-entropy asks for it at
     /// every exchange, and hashing every id each time was most of a busy simulation's time.
     digest: std::sync::OnceLock<Hash>,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger::with_lease_ms(crate::core::LEASE_MS)
+    }
 }
 
 impl PartialEq for Ledger {
@@ -373,7 +396,7 @@ struct FoldClaim<'a> {
 
 impl View {
     /// Folds one new fact in; says which job states may have changed.
-    fn apply(&mut self, facts: &BTreeMap<Hash, Arc<Fact>>, id: Hash, fact: &Fact) -> Touched {
+    fn apply(&mut self, facts: &BTreeMap<Hash, Arc<Fact>>, id: Hash, fact: &Fact, lease_ms: u64) -> Touched {
         match &fact.body {
             Body::Submit { dag, jobs, max_attempts } => {
                 let key = (fact.hlc, fact.author, id);
@@ -406,14 +429,14 @@ impl View {
                     job: job.clone(),
                     author: fact.author,
                     hlc: fact.hlc,
-                    lease_until_ms: *lease_until_ms,
+                    lease_until_ms: believed_lease(fact, *lease_until_ms, lease_ms),
                     dones: Vec::new(),
                     failed: None,
                     released: false,
                 };
                 for later in self.orphans.remove(&id).unwrap_or_default() {
                     if let Some(f) = facts.get(&later) {
-                        Self::amend(&mut claim, f);
+                        Self::amend(&mut claim, f, lease_ms);
                     }
                 }
                 let ix = self.jobs.entry(*dag).or_default().entry(job.clone()).or_default();
@@ -432,7 +455,7 @@ impl View {
                     self.orphans.entry(*claim).or_default().push(id);
                     return Touched::Nothing;
                 };
-                if !Self::amend(c, fact) {
+                if !Self::amend(c, fact, lease_ms) {
                     return Touched::Nothing;
                 }
                 let (dag, job, key) = (c.dag, c.job.clone(), (c.hlc, c.author, *claim));
@@ -454,12 +477,14 @@ impl View {
     }
 
     /// Applies a renewal, completion, failure or release to its claim if its author made the claim.
-    fn amend(c: &mut ClaimIx, fact: &Fact) -> bool {
+    fn amend(c: &mut ClaimIx, fact: &Fact, lease_ms: u64) -> bool {
         if fact.author != c.author {
             return false;
         }
         match &fact.body {
-            Body::Renew { lease_until_ms, .. } => c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms),
+            Body::Renew { lease_until_ms, .. } => {
+                c.lease_until_ms = c.lease_until_ms.max(believed_lease(fact, *lease_until_ms, lease_ms))
+            }
             Body::Done { record, bytes, .. } => c.dones.push(((fact.hlc, fact.author, *record), *bytes)),
             Body::Fail { reason, .. } => {
                 if c.failed.as_ref().is_none_or(|f| reason < f) {
@@ -502,8 +527,24 @@ impl View {
 }
 
 impl Ledger {
+    /// An empty ledger believing leases for [`LEASE_MS`](crate::core::LEASE_MS) past their fact.
     pub fn new() -> Ledger {
         Ledger::default()
+    }
+
+    /// An empty ledger that believes a claim's or renewal's `lease_until_ms` at most `lease_ms`
+    /// past that fact's HLC. A claimant's own leases end `lease_ms` after its clock, which its HLC
+    /// is never behind, so the bound never shortens an honest lease; it stops a node whose clock
+    /// reads a year ahead (or a forger) from holding a job by a lease that ends next year. Nodes
+    /// of one mesh must use one `lease_ms` (as their renewals already assume): the fold depends on
+    /// it.
+    pub fn with_lease_ms(lease_ms: u64) -> Ledger {
+        Ledger { facts: BTreeMap::new(), view: View::default(), lease_ms, digest: std::sync::OnceLock::new() }
+    }
+
+    /// How long past its fact's HLC a lease is believed, in ms.
+    pub fn lease_ms(&self) -> u64 {
+        self.lease_ms
     }
 
     pub fn len(&self) -> usize {
@@ -528,7 +569,7 @@ impl Ledger {
         }
         self.facts.insert(id, fact.fact.clone());
         self.digest.take();
-        self.view.apply(&self.facts, id, &fact.fact)
+        self.view.apply(&self.facts, id, &fact.fact, self.lease_ms)
     }
 
     /// Union with `other` (whose facts are checked again: it may come from anywhere). Returns how
@@ -679,7 +720,7 @@ impl Ledger {
                     claims.entry((*dag, job.as_str())).or_default().push(FoldClaim {
                         id: *id,
                         fact,
-                        lease_until_ms: *lease_until_ms,
+                        lease_until_ms: believed_lease(fact, *lease_until_ms, self.lease_ms),
                         dones: Vec::new(),
                         failed: None,
                         released: false,
@@ -695,7 +736,8 @@ impl Ledger {
         for fact in self.facts.values().map(|f| &**f) {
             let (claim, apply): (&Hash, &dyn Fn(&mut FoldClaim<'_>)) = match &fact.body {
                 Body::Renew { claim, lease_until_ms } => {
-                    (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(*lease_until_ms))
+                    let until = believed_lease(fact, *lease_until_ms, self.lease_ms);
+                    (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(until))
                 }
                 Body::Done { claim, record, bytes } => {
                     (claim, &move |c: &mut FoldClaim<'_>| c.dones.push(((fact.hlc, fact.author, *record), *bytes)))
@@ -754,6 +796,12 @@ impl Ledger {
         }
         state
     }
+}
+
+/// The end of a claim's or renewal's lease as the fold believes it: what the fact says, but no
+/// more than `lease_ms` past the fact's own HLC (see [`Ledger::with_lease_ms`]).
+fn believed_lease(fact: &Fact, lease_until_ms: u64, lease_ms: u64) -> u64 {
+    lease_until_ms.min(fact.hlc.wall_ms.saturating_add(lease_ms))
 }
 
 /// A signature as a CBOR byte string (not an array of 64 integers).

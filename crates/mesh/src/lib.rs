@@ -19,11 +19,14 @@
 //!   blobs (rendezvous hashing, so every node computes the same holders without talking).
 //! - [`lost`]: when an output nobody could serve is reported lost, so its job runs again.
 //! - [`topics`]: which gossip topic carries a DAG's facts, and which nodes subscribe to it.
+//! - [`clock`]: the mesh's time from peers' announcements (the median offset), for nodes whose
+//!   own clock is wrong.
 //! - [`settings`]: every setting of the protocol, with `shoal node`'s values as `Default`.
 
 #![forbid(unsafe_code)]
 
 pub mod capabilities;
+pub mod clock;
 pub mod core;
 pub mod ledger;
 pub mod liveness;

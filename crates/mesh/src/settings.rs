@@ -29,6 +29,14 @@ pub const REPLICAS: usize = 2;
 /// was restarting or busy gets a second chance, so a passing failure does not cost a rerun.
 pub const LOST_RECHECK_MS: u64 = 2_000;
 
+/// How far ahead of a receiver's clock a remote time is believed, in ms: a fact whose HLC reads
+/// more than this ahead is refused (anti-entropy offers it again, so it is admitted once the
+/// receiver's clock reaches it), [`Hlc::observe`](crate::ledger::Hlc::observe) never moves further
+/// ahead of local time, and a node whose peers' median clock is further off than this says so
+/// (`shoal node --clock-from-mesh` then takes the mesh's time). A minute: NTP keeps honest clocks
+/// within milliseconds, a PC with a dead CMOS battery is months or years off.
+pub const CLOCK_SKEW_MAX_MS: u64 = 60_000;
+
 /// The protocol's settings. `Default` is what `shoal node` runs with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {

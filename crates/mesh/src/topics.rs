@@ -104,6 +104,7 @@ mod tests {
             gpus: if gpu { vec!["g".into()] } else { vec![] },
             labels: Default::default(),
             microvm: true,
+            vm_accel: None,
             speed,
         }
     }

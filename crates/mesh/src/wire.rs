@@ -22,8 +22,16 @@ use shoal_dag::{Hash, canonical_cbor};
 use crate::capabilities::Capabilities;
 use crate::ledger::{Fact, NodeId};
 
-/// Version of these messages; a node ignores messages of another version.
-pub const WIRE_VERSION: u32 = 1;
+/// The protocol this build speaks: these messages, the ledger's facts and how they fold. Nodes of
+/// different protocols refuse each other at connection time (libp2p identify carries it as
+/// [`protocol_name`]); their messages carry it as `v` and a message of another one is dropped
+/// (defence in depth: gossip relayed by a third node arrives without a connection to judge).
+/// Raised with any change an older node would misread; new fields with serde defaults are not one.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of these messages: the protocol's.
+pub const WIRE_VERSION: u32 = PROTOCOL_VERSION;
+/// How identify names a shoal protocol: `/shoal/<version>`.
+const PROTOCOL_PREFIX: &str = "/shoal/";
 /// Most facts in one gossip message or one `Get`/`Put`/`Facts`.
 pub const FACTS_PER_MESSAGE_MAX: usize = 1024;
 /// Most fact ids in one `Ids` answer (32 bytes each: 32 MiB at most, the response size limit).
@@ -55,6 +63,9 @@ pub struct DagText {
 pub struct Announce {
     pub v: u32,
     pub node: NodeId,
+    /// Its shoal release (`CARGO_PKG_VERSION`); empty from a node older than the field.
+    #[serde(default)]
+    pub version: String,
     pub hostname: String,
     /// Its capabilities, in every [`CAPS_EVERY`](crate::settings::CAPS_EVERY)th announcement and the first ones after a new
     /// connection (they rarely change, and the CPU flags alone are ~1 KB); `None` in between.
@@ -132,6 +143,37 @@ pub enum HoldState {
     Failed { reason: String },
 }
 
+/// The identify protocol string of a protocol version (`/shoal/1`).
+pub fn protocol_name(version: u32) -> String {
+    format!("{PROTOCOL_PREFIX}{version}")
+}
+
+/// A peer whose protocol this node does not speak.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this node speaks protocol {ours}, the peer speaks {}: the two cannot share a ledger; write the newer \
+     image to the older stick (or update the older node's shoal) so both run one protocol",
+    match theirs { Some(v) => format!("protocol {v}"), None => format!("{said:?}, no shoal protocol") }
+)]
+pub struct Incompatible {
+    pub ours: u32,
+    /// Its protocol version, if what it said names one.
+    pub theirs: Option<u32>,
+    /// What it said (identify's protocol version string).
+    pub said: String,
+}
+
+/// Whether a peer that says it speaks `said` (identify's protocol version) can be a peer of a
+/// node speaking protocol `ours`: only the same protocol can (a fold that differs would split
+/// the mesh's view of every job without anyone noticing); returns its version.
+pub fn check_protocol(ours: u32, said: &str) -> Result<u32, Incompatible> {
+    let theirs = said.strip_prefix(PROTOCOL_PREFIX).and_then(|v| v.parse::<u32>().ok());
+    match theirs {
+        Some(v) if v == ours => Ok(v),
+        _ => Err(Incompatible { ours, theirs, said: said.to_string() }),
+    }
+}
+
 /// Why a message could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("a malformed mesh message: {0}")]
@@ -150,6 +192,54 @@ mod tests {
     use super::*;
     use crate::ledger::{Body, Hlc};
     use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn only_the_same_protocol_is_compatible() {
+        assert_eq!(protocol_name(PROTOCOL_VERSION), format!("/shoal/{PROTOCOL_VERSION}"));
+        assert_eq!(check_protocol(1, "/shoal/1"), Ok(1));
+        for (said, theirs) in [("/shoal/0", Some(0)), ("/shoal/2", Some(2)), ("/ipfs/0.1.0", None), ("/shoal/", None)] {
+            let e = check_protocol(1, said).unwrap_err();
+            assert_eq!((e.ours, e.theirs, e.said.as_str()), (1, theirs, said));
+            let text = e.to_string();
+            assert!(text.contains("this node speaks protocol 1") && text.contains("write the newer image"), "{text}");
+        }
+        assert!(check_protocol(1, "/shoal/0").unwrap_err().to_string().contains("the peer speaks protocol 0"));
+    }
+
+    #[test]
+    fn an_announcement_without_a_version_still_decodes() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            v: u32,
+            node: NodeId,
+            hostname: &'a str,
+            caps: Option<Capabilities>,
+            blob_addrs: Vec<SocketAddr>,
+            listen: Vec<String>,
+            http: Option<String>,
+            running: u32,
+            free_cores: u32,
+            facts: u64,
+            ledger_digest: Hash,
+            sent_unix_ms: u64,
+        }
+        let old = Old {
+            v: 1,
+            node: [3; 32],
+            hostname: "pc",
+            caps: None,
+            blob_addrs: vec![],
+            listen: vec![],
+            http: None,
+            running: 0,
+            free_cores: 2,
+            facts: 0,
+            ledger_digest: Hash::of(b""),
+            sent_unix_ms: 5,
+        };
+        let a: Announce = decode(&encode(&old)).unwrap();
+        assert_eq!((a.version.as_str(), a.sent_unix_ms), ("", 5));
+    }
 
     #[test]
     fn messages_round_trip_and_garbage_is_an_error() {

@@ -313,8 +313,8 @@ fn hybrid_logical_clocks_move_forward() {
     assert_eq!(a.tick(50), Hlc { wall_ms: 100, counter: 4 }, "a clock behind does not move it back");
     assert_eq!(a.tick(200), Hlc { wall_ms: 200, counter: 0 });
     let remote = Hlc { wall_ms: 300, counter: 7 };
-    assert_eq!(a.observe(remote, 150), Hlc { wall_ms: 300, counter: 8 });
-    assert!(a.observe(remote, 150) > remote && a.observe(remote, 150) > a);
+    assert_eq!(a.observe(remote, 150, 1_000), Hlc { wall_ms: 300, counter: 8 });
+    assert!(a.observe(remote, 150, 1_000) > remote && a.observe(remote, 150, 1_000) > a);
 }
 
 #[test]

@@ -189,10 +189,48 @@ pub struct Cancelled {
     pub dag: Hash,
 }
 
-/// `GET /v1/peers`: this node first, then every node it heard from.
+/// `GET /v1/peers`: this node first, then every node it heard from; the peers refused for their
+/// protocol; what this node's clock is taken from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peers {
     pub peers: Vec<PeerView>,
+    /// Peers disconnected for speaking another protocol, newest refusals kept.
+    #[serde(default)]
+    pub refused: Vec<RefusedPeer>,
+    #[serde(default)]
+    pub clock: ClockView,
+}
+
+/// A peer refused for its protocol (`shoal node` logs it once at ERROR level).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedPeer {
+    pub peer_id: String,
+    /// Where its connection went.
+    pub addr: Option<String>,
+    /// Its release as it says it (`shoal/0.1.0`).
+    pub agent: String,
+    /// Its protocol version, if it names one.
+    pub protocol: Option<u32>,
+    /// Why, and what to do.
+    pub reason: String,
+    pub refused_ms_ago: u64,
+}
+
+/// This node's clock: its own, or the mesh's (`--clock-from-mesh`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockView {
+    /// It takes the mesh's time (`--clock-from-mesh`).
+    pub from_mesh: bool,
+    /// The offset it adds to its local clock, in ms (0 unless it took the mesh's).
+    pub offset_ms: i64,
+    /// The median of its peers' clocks minus its local clock, in ms; None before any is heard.
+    pub mesh_offset_ms: Option<i64>,
+    /// Peers whose clocks are counted.
+    pub peers_timed: usize,
+    /// Whether it claims jobs (not before a peer's time is heard, with `from_mesh`).
+    pub claiming: bool,
+    /// The same for people: "own clock", "taking the mesh's time, offset -365 d", ...
+    pub summary: String,
 }
 
 /// One node of [`Peers`].
@@ -204,6 +242,9 @@ pub struct PeerView {
     /// This is the node answering.
     pub me: bool,
     pub connected: bool,
+    /// Its shoal release, as it announced it (empty from a node older than the field).
+    #[serde(default)]
+    pub version: String,
     /// None until an announcement with capabilities arrived.
     pub caps: Option<Capabilities>,
     /// Its API's URL, as it announced it.
@@ -582,6 +623,7 @@ mod tests {
             gpus: vec![],
             labels: BTreeMap::new(),
             microvm: true,
+            vm_accel: None,
             speed: 1000,
         };
         let caps_json = serde_json::to_string(&caps).unwrap();
@@ -591,6 +633,7 @@ mod tests {
             hostname: "h".into(),
             me: true,
             connected: true,
+            version: "0.1.0".into(),
             caps: Some(caps),
             http: Some("http://127.0.0.1:7170".into()),
             running: 1,
@@ -599,15 +642,36 @@ mod tests {
             last_seen_ms_ago: 0,
         };
         let other = PeerView { me: false, connected: false, caps: None, http: None, ..me.clone() };
+        let refused = RefusedPeer {
+            peer_id: "12D3old".into(),
+            addr: Some("/ip4/127.0.0.1/tcp/4001".into()),
+            agent: "shoal/0.0.9".into(),
+            protocol: Some(0),
+            reason: "this node speaks protocol 1".into(),
+            refused_ms_ago: 5,
+        };
+        let clock = ClockView {
+            from_mesh: true,
+            offset_ms: -7,
+            mesh_offset_ms: Some(-7),
+            peers_timed: 1,
+            claiming: true,
+            summary: "s".into(),
+        };
         check(
-            Peers { peers: vec![me, other] },
+            Peers { peers: vec![me, other], refused: vec![refused], clock },
             &format!(
                 concat!(
                     r#"{{"peers":[{{"node":"ab","peer_id":"12D3","hostname":"h","me":true,"connected":true,"#,
+                    r#""version":"0.1.0","#,
                     r#""caps":{caps},"http":"http://127.0.0.1:7170","running":1,"free_cores":3,"facts":9,"#,
                     r#""last_seen_ms_ago":0}},{{"node":"ab","peer_id":"12D3","hostname":"h","me":false,"#,
-                    r#""connected":false,"caps":null,"http":null,"running":1,"free_cores":3,"facts":9,"#,
-                    r#""last_seen_ms_ago":0}}]}}"#
+                    r#""connected":false,"version":"0.1.0","caps":null,"http":null,"running":1,"free_cores":3,"facts":9,"#,
+                    r#""last_seen_ms_ago":0}}],"#,
+                    r#""refused":[{{"peer_id":"12D3old","addr":"/ip4/127.0.0.1/tcp/4001","agent":"shoal/0.0.9","#,
+                    r#""protocol":0,"reason":"this node speaks protocol 1","refused_ms_ago":5}}],"#,
+                    r#""clock":{{"from_mesh":true,"offset_ms":-7,"mesh_offset_ms":-7,"peers_timed":1,"#,
+                    r#""claiming":true,"summary":"s"}}}}"#
                 ),
                 caps = caps_json
             ),

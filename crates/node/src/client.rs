@@ -325,18 +325,24 @@ pub fn peers(client: &Client, json: bool) -> Result<()> {
     let v: Peers = client.get_json("/v1/peers")?;
     if json {
         // As `Value`s: their keys sorted, as this command always printed them.
-        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&v.peers)?)?);
+        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&v)?)?);
         return Ok(());
     }
     println!("{}", peers_table(&v));
+    println!("clock: {}", v.clock.summary);
+    for r in &v.refused {
+        let addr = r.addr.as_deref().unwrap_or("an unknown address");
+        println!("refused: {} at {addr} ({}), {} s ago: {}", r.peer_id, r.agent, r.refused_ms_ago / 1000, r.reason);
+    }
     Ok(())
 }
 
 fn peers_table(v: &Peers) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table
-        .set_header(["node", "host", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "http"]);
+    table.set_header([
+        "node", "host", "version", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "http",
+    ]);
     for p in &v.peers {
         let node: String = p.node.chars().take(12).collect();
         let seen = if p.me {
@@ -352,6 +358,7 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
         table.add_row([
             node,
             p.hostname.clone(),
+            p.version.clone(),
             caps.map(|c| {
                 serde_json::to_value(c.arch).ok().and_then(|a| a.as_str().map(str::to_string)).unwrap_or_default()
             })
@@ -360,7 +367,11 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
             p.free_cores.to_string(),
             p.running.to_string(),
             crate::output::bytes(caps.map_or(0, |c| c.memory_bytes)),
-            or_null(caps.map(|c| c.microvm.to_string())),
+            // Where it runs microVMs, how: kvm or tcg (true from a node that does not say).
+            or_null(caps.map(|c| match (c.microvm, c.vm_accel) {
+                (true, Some(a)) => a.as_str().to_string(),
+                (m, _) => m.to_string(),
+            })),
             p.facts.to_string(),
             seen,
             p.http.clone().unwrap_or_default(),

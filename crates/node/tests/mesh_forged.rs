@@ -69,6 +69,7 @@ async fn forged_and_altered_facts_are_refused_by_a_running_node() {
         allow: None,
         mdns: false,
         relay_server: false,
+        protocol: shoal_mesh::wire::PROTOCOL_VERSION,
     })
     .unwrap();
     tokio::time::timeout(WAIT, async {

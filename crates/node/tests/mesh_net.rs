@@ -65,6 +65,7 @@ fn config(n: u8, psk: [u8; 32], join: &[&Node]) -> NetConfig {
         allow: None,
         mdns: false,
         relay_server: false,
+        protocol: shoal_mesh::wire::PROTOCOL_VERSION,
     }
 }
 
@@ -589,4 +590,38 @@ fn psk_file_round_trip() {
         assert!(msg.contains(says), "{bad:?}: {msg}");
         assert!(msg.contains("shoal mesh init"), "the message says where a key comes from: {msg}");
     }
+}
+
+/// A node speaking another protocol (identify's `/shoal/<version>`) is refused by both ends at
+/// connection time: each reports a `Refused` naming the other's protocol and release, the
+/// connection closes, and the node that joined does not dial again (its join address waits out
+/// the refusal) nor can the other reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_another_protocol_is_refused_by_both_ends() {
+    let ours = shoal_mesh::wire::PROTOCOL_VERSION;
+    let mut new = Node::start(config(81, PSK, &[])).await;
+    let mut old = Node::start(NetConfig { protocol: ours - 1, ..config(82, PSK, &[&new]) }).await;
+    let refused = |e: &mut Option<NetEvent>| match e.take() {
+        Some(NetEvent::Refused(r)) => Some(r),
+        other => {
+            *e = other;
+            None
+        }
+    };
+    let r = new.wait_for(WAIT, refused).await.expect("the new node refuses the old one");
+    assert_eq!((r.peer, r.error.ours, r.error.theirs), (old.id, ours, Some(ours - 1)));
+    assert!(r.agent.starts_with("shoal/"), "{}", r.agent);
+    assert!(r.addr.is_some());
+    let r = old.wait_for(WAIT, refused).await.expect("the old node refuses the new one");
+    assert_eq!((r.peer, r.error.ours, r.error.theirs), (new.id, ours - 1, Some(ours)));
+    assert!(new.disconnected_from(old.id, WAIT).await, "the connection closes");
+    // Past the rejoin period (10 s) the old node, alone, would redial its join address: it does
+    // not, and the new node cannot dial it either.
+    new.forget();
+    let target = old.p2p_addr();
+    let _ = new.call(move |net| net.dial(target)).await;
+    let again = new.wait_for(Duration::from_secs(12), |e| {
+        matches!(e, Some(NetEvent::Connected(_) | NetEvent::Refused(_))).then_some(())
+    });
+    assert!(again.await.is_none(), "no new connection while refused");
 }

@@ -98,6 +98,8 @@ impl Sim {
         let a = Announce {
             v: WIRE_VERSION,
             node: node.id,
+            // The node's, sized as the node's release string.
+            version: "0.1.0".into(),
             hostname: format!("sim-node-{n:05}"),
             caps: beat.with_caps.then(|| node.caps.clone()),
             blob_addrs: vec![

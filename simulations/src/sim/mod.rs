@@ -391,6 +391,8 @@ impl Sim {
                 gpus,
                 labels: BTreeMap::new(),
                 microvm: true,
+                // The simulator runs no microVMs: no accelerator to rank by.
+                vm_accel: None,
                 speed: SPEED_REFERENCE,
             };
             let speed = 1.0 - self.cfg.speed_spread + 2.0 * self.cfg.speed_spread * self.rng.unit();
@@ -405,6 +407,7 @@ impl Sim {
                 gpus: vec![],
                 labels: BTreeMap::new(),
                 microvm: true,
+                vm_accel: None,
                 speed: SPEED_REFERENCE,
             };
             (caps, 1.0)

@@ -71,6 +71,8 @@ pub struct CoreConfig {
     pub locality_bytes_min: u64,
     /// See [`SPEED_EXPONENT`]; 0 ranks by hash alone.
     pub speed_exponent: u32,
+    /// See [`CLOCK_SKEW_MAX_MS`](crate::settings::CLOCK_SKEW_MAX_MS).
+    pub clock_skew_max_ms: u64,
 }
 
 impl Default for CoreConfig {
@@ -80,6 +82,7 @@ impl Default for CoreConfig {
             claim_stagger_ms: CLAIM_STAGGER_MS,
             locality_bytes_min: LOCALITY_BYTES_MIN,
             speed_exponent: SPEED_EXPONENT,
+            clock_skew_max_ms: crate::settings::CLOCK_SKEW_MAX_MS,
         }
     }
 }
@@ -177,6 +180,8 @@ pub struct NodeCore {
     peer_caps: Arc<PeerTable>,
     /// ln(this node's speed).
     ln_speed: f64,
+    /// Whether it claims jobs (see [`NodeCore::set_claiming`]).
+    claiming: bool,
 }
 
 impl NodeCore {
@@ -196,7 +201,7 @@ impl NodeCore {
             caps,
             cfg,
             hlc: Hlc::default(),
-            ledger: Ledger::new(),
+            ledger: Ledger::with_lease_ms(cfg.lease_ms),
             dags: BTreeMap::new(),
             sched: BTreeMap::new(),
             running: BTreeMap::new(),
@@ -210,7 +215,20 @@ impl NodeCore {
             out_facts: VecDeque::new(),
             out_actions: VecDeque::new(),
             peer_caps: Arc::default(),
+            claiming: true,
         }
+    }
+
+    /// Whether this node claims jobs; on by default. A node that does not yet know what time it
+    /// is (`shoal node --clock-from-mesh` before it heard a peer's) keeps folding facts and
+    /// ranking, but claims nothing: its claims would carry leases by a clock it knows to be wrong.
+    pub fn set_claiming(&mut self, now_ms: u64, on: bool) {
+        self.claiming = on;
+        self.settle(now_ms);
+    }
+
+    pub fn claiming(&self) -> bool {
+        self.claiming
     }
 
     pub fn id(&self) -> NodeId {
@@ -320,21 +338,45 @@ impl NodeCore {
         self.settle(now_ms);
     }
 
-    /// A fact from a peer. A refused fact changes nothing.
+    /// A fact from a peer. A refused fact changes nothing: one that does not verify, and one whose
+    /// HLC reads more than `clock_skew_max_ms` ahead of `now_ms` ([`LedgerError::Ahead`]).
     pub fn handle_fact(&mut self, now_ms: u64, fact: Fact) -> Result<(), LedgerError> {
+        self.admissible(now_ms, &fact)?;
         self.handle_verified_fact(now_ms, fact.verified()?);
         Ok(())
     }
 
-    /// A fact already checked by this process (read back from its own store, or shared by a
-    /// simulator that checked it once for all its nodes). Returns whether it was new.
+    /// Whether a fact's clock is believable at `now_ms`: its HLC at most `clock_skew_max_ms` ahead.
+    /// Refused rather than held back: holding would cost memory a wrong clock decides (a node a
+    /// year ahead makes a year of facts), while anti-entropy offers a refused fact again every
+    /// round, so it is admitted once this node's clock reaches it. Until then this node's ledger
+    /// lacks it, as a node's ledger lacks a fact still travelling: the fold of the facts held is
+    /// the same function on every node.
+    pub fn admissible(&self, now_ms: u64, fact: &Fact) -> Result<(), LedgerError> {
+        let ahead_ms = fact.hlc.wall_ms.saturating_sub(now_ms);
+        if ahead_ms > self.cfg.clock_skew_max_ms {
+            return Err(LedgerError::Ahead { ahead_ms, skew_max_ms: self.cfg.clock_skew_max_ms });
+        }
+        Ok(())
+    }
+
+    /// A fact already checked by this process (shared by a simulator that checked it once for all
+    /// its nodes). Returns whether it was new; a fact
+    /// whose clock reads too far ahead ([`NodeCore::admissible`]) is not taken, and is not new.
     pub fn handle_verified_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
+        self.admissible(now_ms, fact.fact()).is_ok() && self.restore_fact(now_ms, fact)
+    }
+
+    /// A fact this node admitted before, read back from its own store at start: not judged by the
+    /// clock again (a node restarted with its clock still wrong, before `--clock-from-mesh` took
+    /// the mesh's time, must not drop what it held). Returns whether it was new.
+    pub fn restore_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
         let hlc = fact.fact().hlc;
         let touched = self.ledger.insert_verified(fact);
         if touched == Touched::Duplicate {
             return false;
         }
-        self.hlc = self.hlc.observe(hlc, now_ms);
+        self.hlc = self.hlc.observe(hlc, now_ms, self.cfg.clock_skew_max_ms);
         self.touch(now_ms, touched);
         self.settle(now_ms);
         true
@@ -398,8 +440,13 @@ impl NodeCore {
         let renewals = self.running.values().map(|r| r.lease_until_ms.saturating_sub(half)).min();
         let expiry = self.leases.first().map(|(t, ..)| *t);
         let free = self.free_cores();
-        let claimable =
-            self.queues.range(..=free).filter_map(|(_, q)| q.first().map(|(t, ..)| *t)).filter(|t| *t > now_ms).min();
+        let claimable = self
+            .queues
+            .range(..=free)
+            .filter(|_| self.claiming)
+            .filter_map(|(_, q)| q.first().map(|(t, ..)| *t))
+            .filter(|t| *t > now_ms)
+            .min();
         [renewals, expiry, claimable].into_iter().flatten().min().map(|t| t.max(now_ms))
     }
 
@@ -570,7 +617,7 @@ impl NodeCore {
             self.lease_of.remove(&(dag, idx));
             self.evaluate(now_ms, dag, idx);
         }
-        loop {
+        while self.claiming {
             let free = self.free_cores();
             let next =
                 self.queues.range(..=free).filter_map(|(_, q)| q.first().copied()).filter(|(t, ..)| *t <= now_ms).min();

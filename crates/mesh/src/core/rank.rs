@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use shoal_dag::Hash;
 
 use super::NodeCore;
-use crate::capabilities::{Capabilities, mismatches};
+use crate::capabilities::{Capabilities, TCG_VM_SPEED_PER_MILLE, VmAccel, mismatches};
 use crate::ledger::{JobState, NodeId};
 
 /// Peers' announced capabilities, shared between cores (a simulator hands one table to all its
@@ -42,6 +42,16 @@ impl PeerTable {
 
 pub(super) fn ln_speed(speed: u32) -> f64 {
     (f64::from(speed.max(1)) / f64::from(crate::capabilities::SPEED_REFERENCE)).ln()
+}
+
+/// What a node's ln(speed) counts for in placing a job: less for an `isolation: vm` job on a node
+/// that runs microVMs under TCG ([`TCG_VM_SPEED_PER_MILLE`]).
+fn ln_speed_for(ln_speed: f64, vm_job: bool, caps: &Capabilities) -> f64 {
+    if vm_job && caps.vm_accel == Some(VmAccel::Tcg) {
+        ln_speed + (f64::from(TCG_VM_SPEED_PER_MILLE) / 1000.0).ln()
+    } else {
+        ln_speed
+    }
 }
 
 /// A 64-bit mixer (splitmix64's finaliser): rendezvous scores from a job's point and a node's key
@@ -97,13 +107,14 @@ impl NodeCore {
             let u = ((mix(point ^ p) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             (-u.ln()).ln() - k * ln_speed
         };
-        let mine = (local(self.me), weighted(self.me, self.ln_speed));
+        let vm_job = req.isolation == Some(shoal_dag::Isolation::Vm);
+        let mine = (local(self.me), weighted(self.me, ln_speed_for(self.ln_speed, vm_job, &self.caps)));
         let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
         let mut rank = 0;
         for &p in peers.iter().filter(|&&p| p != self.me) {
             let ln_speed = match self.peer_caps.peers.get(&p) {
                 Some((c, _)) if !mismatches(req, c).is_empty() => continue,
-                Some((_, ln)) => *ln,
+                Some((c, ln)) => ln_speed_for(*ln, vm_job, c),
                 None => 0.0,
             };
             let theirs = local(p);

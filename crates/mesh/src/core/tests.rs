@@ -12,6 +12,7 @@ fn caps(cores: u32) -> Capabilities {
         gpus: vec![],
         labels: BTreeMap::new(),
         microvm: true,
+        vm_accel: None,
         speed: crate::capabilities::SPEED_REFERENCE,
     }
 }
@@ -316,4 +317,157 @@ fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
         }
         assert_eq!(me.rank_for(&h, 1, 2), want, "b's input is {bytes} bytes, held here");
     }
+}
+
+const YEAR_MS: u64 = 365 * 86_400_000;
+const SKEW: u64 = crate::settings::CLOCK_SKEW_MAX_MS;
+
+/// A node whose clock reads a year ahead: its facts are refused by an honest node until the honest
+/// clock reaches them, and it cannot drag the honest node's HLC along.
+#[test]
+fn facts_from_a_clock_far_ahead_are_refused_and_do_not_move_the_hlc() {
+    let (h, dag) = chain();
+    let now = 1_000_000;
+    let liar = SigningKey::from_bytes(&[20; 32]);
+    let mut honest = NodeCore::new(SigningKey::from_bytes(&[21; 32]), caps(0));
+    let ahead = |wall_ms, body| Fact::sign(&liar, Hlc { wall_ms, counter: 0 }, body);
+    let submit = |wall_ms| ahead(wall_ms, Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 });
+    let err = honest.handle_fact(now, submit(now + YEAR_MS)).unwrap_err();
+    assert_eq!(err, LedgerError::Ahead { ahead_ms: YEAR_MS, skew_max_ms: SKEW });
+    assert!(!honest.handle_verified_fact(now, submit(now + YEAR_MS).verified().unwrap()));
+    assert!(honest.ledger().is_empty(), "a refused fact is not held");
+    // At the bound it is believed, and the HLC follows it that far and no further.
+    honest.handle_fact(now, submit(now + SKEW)).unwrap();
+    honest.handle_dag(now, h, dag);
+    honest.cancel(now, h);
+    let own = std::iter::from_fn(|| honest.poll_fact()).last().unwrap();
+    assert_eq!(own.hlc.wall_ms, now + SKEW, "the cancel sorts after the submit it saw");
+    // The same year-ahead fact later, once this node's clock has reached it: admitted.
+    honest.handle_fact(now + YEAR_MS, submit(now + YEAR_MS)).unwrap();
+    assert_eq!(honest.ledger().len(), 3);
+}
+
+#[test]
+fn observe_never_moves_more_than_the_bound_ahead_of_local_time() {
+    let now = 5_000;
+    let far = Hlc { wall_ms: now + YEAR_MS, counter: 9 };
+    let next = Hlc { wall_ms: now, counter: 0 }.observe(far, now, SKEW);
+    assert_eq!(next, Hlc { wall_ms: now + SKEW, counter: 1 });
+    // Within the bound a remote reading is taken whole (the usual HLC rule).
+    let near = Hlc { wall_ms: now + 10, counter: 4 };
+    assert_eq!(Hlc::default().observe(near, now, SKEW), Hlc { wall_ms: now + 10, counter: 5 });
+}
+
+/// A lease that says it ends next year holds its job for `lease_ms` past its fact's HLC only,
+/// in the incremental view and the reference fold alike.
+#[test]
+fn a_lease_is_believed_for_lease_ms_past_its_fact_at_most() {
+    let (h, dag) = chain();
+    let lease_ms = CoreConfig::default().lease_ms;
+    let grabber = SigningKey::from_bytes(&[22; 32]);
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[23; 32]), caps(1));
+    me.handle_dag(0, h, dag);
+    let submit = Fact::sign(
+        &grabber,
+        Hlc::default(),
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+    );
+    let claim = Fact::sign(
+        &grabber,
+        Hlc { wall_ms: 100, counter: 0 },
+        Body::Claim { dag: h, job: "a".into(), lease_until_ms: 100 + YEAR_MS },
+    );
+    let renew = Fact::sign(
+        &grabber,
+        Hlc { wall_ms: 200, counter: 0 },
+        Body::Renew { claim: claim.id(), lease_until_ms: 200 + YEAR_MS },
+    );
+    // The claim first: a submit alone would have this node claim the open job at once.
+    for f in [claim.clone(), renew, submit] {
+        me.handle_fact(100, f).unwrap();
+    }
+    let claimed = JobState::Claimed {
+        claim: claim.id(),
+        node: grabber.verifying_key().to_bytes(),
+        lease_until_ms: 200 + lease_ms,
+        failures: vec![],
+    };
+    assert_eq!(me.ledger().job_state(&h, "a", 150), Some(claimed.clone()));
+    assert_eq!(me.ledger().fold(150).dags[&h].jobs["a"], claimed);
+    assert!(starts(&mut me).is_empty(), "held by the grabber's lease");
+    // Once the believed lease ends, the job is open and this node takes it.
+    let after = 200 + lease_ms;
+    assert!(matches!(me.ledger().fold(after).dags[&h].jobs["a"], JobState::Open { .. }));
+    assert_eq!(me.ledger().state(after), me.ledger().fold(after));
+    me.handle_tick(after);
+    assert!(matches!(starts(&mut me)[..], [Action::Start { ref job, .. }] if job == "a"));
+}
+
+/// A node that does not know what time it is claims nothing until told it may.
+#[test]
+fn a_node_not_claiming_queues_jobs_and_claims_when_it_may() {
+    let (h, dag) = chain();
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[24; 32]), caps(1));
+    me.set_claiming(0, false);
+    me.submit(0, h, dag, 1);
+    assert!(starts(&mut me).is_empty());
+    assert_eq!(me.poll_timeout(0), None, "no wake-up for a claim it may not make");
+    assert_eq!(me.candidate_count(), 1);
+    me.set_claiming(10, true);
+    assert!(matches!(starts(&mut me)[..], [Action::Start { ref job, .. }] if job == "a"));
+}
+
+/// An `isolation: vm` job goes to a KVM node before a TCG node of like speed, and a TCG node
+/// still takes it after its place's stagger: preferred, not unschedulable. Other jobs ignore the
+/// accelerator.
+#[test]
+fn vm_jobs_prefer_kvm_nodes_and_stay_schedulable_on_tcg() {
+    use crate::capabilities::VmAccel;
+    let text = r#"{"version": 1, "jobs": [
+      {"id": "vm", "image": "b:1", "command": ["x"], "requirements": {"isolation": "vm"}},
+      {"id": "plain", "image": "b:1", "command": ["x"]}]}"#;
+    let h = Hash::of(text.as_bytes());
+    let dag = parse_dag("d.json", text).unwrap();
+    let with = |accel| Capabilities { vm_accel: Some(accel), ..caps(1) };
+    // Many points, so the hash alone would put the TCG node first about half the time.
+    let (mut first_vm, mut first_plain) = (0, 0);
+    for i in 0..40u8 {
+        let me_key = SigningKey::from_bytes(&[100 + i; 32]);
+        let kvm = id_of(200u8.wrapping_add(i));
+        // No cores of its own: it ranks, and claims nothing.
+        let mut me = NodeCore::new(me_key, Capabilities { vm_accel: Some(VmAccel::Tcg), ..caps(0) });
+        me.handle_peers(0, [kvm]);
+        me.handle_peer_caps(0, [(kvm, with(VmAccel::Kvm))]);
+        me.submit(0, h, dag.clone(), 1);
+        first_vm += u32::from(me.rank_for(&h, 0, 0) == 0);
+        first_plain += u32::from(me.rank_for(&h, 1, 0) == 0);
+    }
+    assert_eq!(first_vm, 0, "the TCG node never ranks first for a vm job");
+    assert!(first_plain > 5, "for other jobs it does, by hash: {first_plain} of 40");
+    // Alone with its TCG, or with the KVM node busy, it still claims the vm job.
+    let two_cores = Capabilities { vm_accel: Some(VmAccel::Tcg), ..caps(2) };
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[99; 32]), two_cores);
+    me.handle_peers(0, [id_of(98)]);
+    me.handle_peer_caps(0, [(id_of(98), with(VmAccel::Kvm))]);
+    me.submit(0, h, dag, 1);
+    let later = 10 * CLAIM_STAGGER_MS;
+    me.handle_tick(later);
+    let started = starts(&mut me);
+    assert!(started.iter().any(|a| matches!(a, Action::Start { job, .. } if job == "vm")), "{started:?}");
+}
+
+/// A node restarted with its clock a year behind keeps what its own store held.
+#[test]
+fn stored_facts_are_restored_whatever_the_clock() {
+    let (h, _) = chain();
+    let author = SigningKey::from_bytes(&[30; 32]);
+    let submit = Fact::sign(
+        &author,
+        Hlc { wall_ms: YEAR_MS, counter: 0 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+    );
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[31; 32]), caps(0));
+    assert!(me.handle_fact(0, submit.clone()).is_err(), "from a peer: refused");
+    assert!(me.restore_fact(0, submit.clone().verified().unwrap()), "from its own store: restored");
+    assert!(!me.restore_fact(0, submit.verified().unwrap()), "once");
 }

@@ -305,6 +305,19 @@ struct NodeArgs {
     /// Serve POST /v1/test/block, which cuts this node off from given peers (for partition tests).
     #[arg(long, hide = true)]
     test_partitions: bool,
+    /// Take the mesh's time when this machine's clock is wrong (no NTP, a dead CMOS battery): now
+    /// is the local clock plus the median offset of the peers' announced clocks, and the node
+    /// claims no job before it has heard one peer's time. Without it a node trusts its own clock
+    /// and says once when the mesh's is more than a minute away.
+    #[arg(long)]
+    clock_from_mesh: bool,
+    /// Claim to speak this mesh protocol version (tests of a node from an older image).
+    #[arg(long, hide = true, default_value_t = shoal_mesh::wire::PROTOCOL_VERSION)]
+    test_protocol_version: u32,
+    /// Make this machine's clock read this many ms off (negative: behind), for tests of a PC
+    /// whose clock is wrong.
+    #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+    test_clock_offset_ms: i64,
     /// A name the HTTP API answers to besides its address and `localhost`, as NAME or NAME:PORT
     /// (repeatable): the name clients or a reverse proxy use. Requests naming any other host are
     /// refused (DNS rebinding).

@@ -19,7 +19,7 @@ use shoal_mesh::lost::Unfetchable;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
-use crate::api::{BlockRequest, Cancelled, DagFacts, DagList, DagStatus, Done, Health, Peers, StoredBlob, Submitted};
+use crate::api::{BlockRequest, Cancelled, DagFacts, DagList, DagStatus, Done, Health, StoredBlob, Submitted};
 use crate::api_error::{ApiError, bad, internal, not_found, parse_hash};
 
 use super::{Cmd, MAX_ATTEMPTS_DEFAULT, Shared, auth, exec, pin};
@@ -194,7 +194,7 @@ async fn test_block(State(s): State<Shr>, axum::Json(b): axum::Json<BlockRequest
 
 async fn peers(State(s): State<Shr>) -> Result<Response, ApiError> {
     let peers = ask(&s, |reply| Cmd::Peers { reply }).await?;
-    Ok(axum::Json(Peers { peers }).into_response())
+    Ok(axum::Json(peers).into_response())
 }
 
 /// A run record (JSON), fetched from the peers that may hold it when this node lacks it.
@@ -422,7 +422,7 @@ async fn events(State(s): State<Shr>) -> Sse<impl futures::Stream<Item = Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{JobStatus, Metrics, PeerView};
+    use crate::api::{JobStatus, Metrics, PeerView, Peers};
     use crate::daemon::testing::{api, ask_with, metrics};
     use crate::daemon::views::{DagView, StatusView};
 
@@ -550,6 +550,7 @@ mod tests {
             hostname: "h".into(),
             me: true,
             connected: true,
+            version: "0.1.0".into(),
             caps: None,
             http: Some(api.url.clone()),
             running: 0,
@@ -559,8 +560,9 @@ mod tests {
         };
         let asked = ask_with(&api, |c| c.get_json::<Peers>("/v1/peers"));
         let Some(Cmd::Peers { reply }) = api.cmds.recv().await else { panic!("not peers") };
-        reply.send(vec![me.clone()]).unwrap();
-        assert_eq!(asked.await.unwrap().unwrap(), Peers { peers: vec![me] });
+        let body = Peers { peers: vec![me], refused: vec![], clock: Default::default() };
+        reply.send(body.clone()).unwrap();
+        assert_eq!(asked.await.unwrap().unwrap(), body);
 
         let metrics = Metrics { node: api.node.clone(), ..metrics(9) };
         let asked = ask_with(&api, |c| c.get_json::<Metrics>("/v1/metrics"));

@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::views::StatusView;
 use super::{Node, now_unix_ms};
-use crate::api::{FactView, Metrics, PeerView};
+use crate::api::{FactView, Metrics, Peers};
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
@@ -39,7 +39,7 @@ pub(crate) enum Cmd {
         reply: oneshot::Sender<Option<BTreeMap<String, Vec<FactView>>>>,
     },
     Peers {
-        reply: oneshot::Sender<Vec<PeerView>>,
+        reply: oneshot::Sender<Peers>,
     },
     /// Counters for `/v1/metrics`.
     Metrics {
@@ -97,7 +97,7 @@ impl Node {
                 let _ = reply.send(known);
             }
             Cmd::Peers { reply } => {
-                let _ = reply.send(self.peer_views());
+                let _ = reply.send(self.peers_view());
             }
             Cmd::Facts { dag, reply } => {
                 let _ = reply.send(self.facts_view(&dag));

@@ -7,8 +7,10 @@
 //! the loop only through [`Cmd`]s.
 //!
 //! Two clocks: the scheduler core gets Unix ms (its hybrid logical clock and leases are shared
-//! with other nodes); sync and liveness get ms since this node started (a monotonic clock, so a
-//! change of the wall clock never makes every peer look dead).
+//! with other nodes), from [`crate::clock`]: the system's, or with `--clock-from-mesh` the local
+//! clock plus the median offset of the peers' announced clocks ([`MeshClock`]), and then no claim
+//! before a peer's time is heard; sync and liveness get ms since this node started (a monotonic
+//! clock, so a change of the wall clock never makes every peer look dead).
 //!
 //! # Layout
 //! - this file: options, start-up (identity, mesh key, ledger reloaded from sled), the loop, and
@@ -49,7 +51,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use crate::clock::now_unix_ms;
 
-use crate::mesh::net::{Net, NetConfig, SyncRequest, Topic};
+use crate::mesh::net::{Net, NetConfig, Refusal, SyncRequest, Topic};
 use anyhow::{Context, Result, anyhow, bail};
 use libp2p::{Multiaddr, PeerId};
 use shoal_blobs::Store;
@@ -57,12 +59,13 @@ use shoal_blobs::net::BlobNode;
 use shoal_dag::{Dag, Hash};
 use shoal_mesh::Settings;
 use shoal_mesh::capabilities::Capabilities;
+use shoal_mesh::clock::MeshClock;
 use shoal_mesh::core::{Action, Finished, NodeCore};
 use shoal_mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_mesh::liveness::Liveness;
 use shoal_mesh::replicas::{Copy, Replicas};
 use shoal_mesh::sync::Sync;
-use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq, WIRE_VERSION};
+use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -137,6 +140,14 @@ pub struct NodeOptions {
     /// The largest upload a CLI using this node's home may send (a file, a directory or an image
     /// archive), in bytes.
     pub local_upload_bytes_max: u64,
+    /// Take the mesh's time when this machine's clock is wrong (`--clock-from-mesh`, which the
+    /// live image passes when NTP failed): now is the local clock plus the median offset of the
+    /// peers' announced clocks, and the node claims no job before it has heard one.
+    pub clock_from_mesh: bool,
+    /// Tests: the protocol version this node claims to speak (`--test-protocol-version`).
+    pub protocol: u32,
+    /// Tests: how far this machine's clock reads off the system's, in ms (`--test-clock-offset-ms`).
+    pub test_clock_offset_ms: i64,
 }
 
 /// `--upload-size-max` unless told otherwise, bytes.
@@ -198,6 +209,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
             Err(e) => bail!("the HTTP API would listen on {} and its token list cannot be read: {e}", opts.http),
         }
     }
+    crate::clock::set_test_offset_ms(opts.test_clock_offset_ms);
     let key = identity::load_or_create(store.home())?;
     let node_id: NodeId = key.verifying_key().to_bytes();
     let psk = read_mesh_key(&opts.mesh_key)?;
@@ -209,6 +221,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         allow: opts.allow.clone(),
         mdns: opts.mdns,
         relay_server: opts.relay_server,
+        protocol: opts.protocol,
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
@@ -223,19 +236,34 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         gpus: Vec::new(),
         labels: opts.labels.clone(),
         microvm: opts.run.backend == BackendChoice::Microvm,
+        vm_accel: (opts.run.backend == BackendChoice::Microvm).then(|| {
+            let (accel, why) = shoal_vm::microvm::Accel::without_probe();
+            info!(accel = accel.as_str(), "microVMs under {}: {why}", accel.as_str());
+            match accel {
+                shoal_vm::microvm::Accel::Kvm => shoal_mesh::capabilities::VmAccel::Kvm,
+                shoal_vm::microvm::Accel::Tcg => shoal_mesh::capabilities::VmAccel::Tcg,
+            }
+        }),
         speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
     };
     let settings = opts.settings.clone();
     let mut core = NodeCore::with_config(key.clone(), caps, settings.core);
+    if opts.clock_from_mesh {
+        // Until a peer's time is heard this node's clock is one it knows may be wrong.
+        core.set_claiming(now_unix_ms(), false);
+        info!("clock: taking the mesh's time (--clock-from-mesh); no job is claimed before a peer's time is heard");
+    }
     let started = Instant::now();
     let mut reloaded = 0usize;
     for (id, bytes) in store.facts()? {
         match wire::decode::<Fact>(&bytes) {
-            Ok(fact) if fact.id() == id => {
-                if core.handle_fact(now_unix_ms(), fact).is_ok() {
+            Ok(fact) if fact.id() == id => match fact.verified() {
+                Ok(fact) => {
+                    core.restore_fact(now_unix_ms(), fact);
                     reloaded += 1;
                 }
-            }
+                Err(e) => warn!(%id, "a stored fact does not verify ({e}); ignored"),
+            },
             _ => warn!(%id, "a stored fact does not decode or match its id; ignored"),
         }
     }
@@ -309,6 +337,10 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         hostname: crate::machine::describe("", "").hostname,
         replications: Arc::new(tokio::sync::Semaphore::new(REPLICATIONS_IN_FLIGHT_MAX)),
         hold: hold::Holding::default(),
+        refused: BTreeMap::new(),
+        mesh_clock: MeshClock::new(),
+        clock_warned: false,
+        ahead_logged: BTreeSet::new(),
     };
     node.run(cmd_rx).await
 }
@@ -360,6 +392,14 @@ struct Node {
     /// Submits waiting for other nodes to hold their DAG's blobs, and the blobs this node
     /// holds for other submitters.
     hold: hold::Holding,
+    /// Peers refused for their protocol, and when (Unix ms), for `shoal peers`.
+    refused: BTreeMap<PeerId, (Refusal, u64)>,
+    /// The peers' clocks as their announcements tell them.
+    mesh_clock: MeshClock,
+    /// Whether this node said that the mesh's clock disagrees with its own (once).
+    clock_warned: bool,
+    /// Authors whose facts were refused for a clock far ahead, each named once in the log.
+    ahead_logged: BTreeSet<NodeId>,
 }
 
 impl Node {
@@ -463,7 +503,7 @@ impl Node {
                         dags.push(DagText { hash: *dag, text });
                     }
                 }
-                let batch = FactBatch { v: WIRE_VERSION, facts: chunk.to_vec(), dags };
+                let batch = FactBatch { v: self.opts.protocol, facts: chunk.to_vec(), dags };
                 if let Err(e) = self.net.publish(Topic::Facts, wire::encode(&batch)) {
                     debug!("gossip: {e} (anti-entropy will carry it)");
                 }
@@ -537,6 +577,7 @@ impl Node {
         while let Some(node) = self.liveness.poll_forgotten() {
             // Forget peers long gone, so ranks and providers stay among the living.
             self.peers.remove(&node);
+            self.mesh_clock.forget(&node);
             forgot = true;
         }
         if forgot {

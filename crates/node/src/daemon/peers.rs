@@ -4,16 +4,24 @@
 use libp2p::{Multiaddr, PeerId};
 use shoal_blobs::net::BlobPeer;
 use shoal_mesh::capabilities::Capabilities;
+use shoal_mesh::clock::{ClockStep, describe_offset};
+use shoal_mesh::ledger::LedgerError;
 use shoal_mesh::ledger::{Body, Fact, NodeId};
 use shoal_mesh::liveness::Heartbeat;
 use shoal_mesh::sync::Inbound;
-use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp, WIRE_VERSION};
-use tracing::{debug, warn};
+use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp};
+use tracing::{debug, error, info, warn};
 
 use crate::api::NodeFile;
 use crate::mesh::net::{NetEvent, SyncResponse, Topic};
 
 use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
+use crate::clock;
+
+/// Refused peers `shoal peers` lists; past it the oldest is dropped.
+const REFUSED_LISTED_MAX: usize = 256;
+/// Authors named in the log for a clock far ahead; past it further ones are named at debug level.
+const AHEAD_LOGGED_MAX: usize = 1024;
 
 impl Node {
     pub(super) fn on_net(&mut self, ev: NetEvent) {
@@ -39,8 +47,17 @@ impl Node {
                     self.sync.handle_disconnected(self.mono_ms(), node);
                 }
             }
+            NetEvent::Refused(refusal) => {
+                if let Some(node) = node_of_peer(&refusal.peer) {
+                    self.sync.handle_disconnected(self.mono_ms(), node);
+                }
+                if self.refused.len() >= REFUSED_LISTED_MAX {
+                    self.refused.pop_first();
+                }
+                self.refused.insert(refusal.peer, (refusal, now));
+            }
             NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
-                Ok(batch) if batch.v == WIRE_VERSION => {
+                Ok(batch) if batch.v == self.opts.protocol => {
                     self.take_facts(now, batch.facts, &from);
                     self.inline_dags.extend(batch.dags);
                 }
@@ -48,7 +65,7 @@ impl Node {
                 Err(e) => warn!(%from, "{e}"),
             },
             NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
-                Ok(a) if a.v == WIRE_VERSION => {
+                Ok(a) if a.v == self.opts.protocol => {
                     if peer_id_of_node(&a.node) != Some(from) {
                         warn!(%from, "an announcement for another node's id; ignored");
                         return;
@@ -71,6 +88,9 @@ impl Node {
                         }
                     }
                     let node = a.node;
+                    self.refused.remove(&from);
+                    self.mesh_clock.handle_announce(node, a.sent_unix_ms, clock::local_unix_ms());
+                    self.follow_mesh_clock();
                     // A new peer also gets a heartbeat of ours at once (`drive_mesh`).
                     let new = self.liveness.handle_heard(self.mono_ms(), node);
                     let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
@@ -137,6 +157,23 @@ impl Node {
                     }
                     self.to_persist.push(fact);
                 }
+                Err(LedgerError::Ahead { ahead_ms, .. }) => {
+                    refused += 1;
+                    let ahead = describe_offset(i64::try_from(ahead_ms).unwrap_or(i64::MAX));
+                    let ahead = ahead.trim_start_matches('+');
+                    // Named once per author, not per fact: anti-entropy offers them again and again.
+                    let told = self.ahead_logged.len() >= AHEAD_LOGGED_MAX || !self.ahead_logged.insert(fact.author);
+                    // The mesh's median as far ahead as this fact: this node's clock is the wrong one.
+                    let skew_max_ms = i64::try_from(self.core.config().clock_skew_max_ms).unwrap_or(i64::MAX);
+                    let behind = self.mesh_clock.median_offset_ms().is_some_and(|o| o > skew_max_ms);
+                    if told {
+                        debug!(%from, "refused a fact from a clock {} ahead", ahead);
+                    } else if behind && !self.opts.clock_from_mesh {
+                        error!(author = %hex::encode(fact.author), "facts of node {} read {} ahead of this node's clock, as does the mesh's median: this node's clock is behind; its facts are refused until this clock is right (NTP, or run with --clock-from-mesh)", hex::encode(fact.author), ahead);
+                    } else {
+                        error!(author = %hex::encode(fact.author), "peer {}'s clock is {} ahead of ours: its facts are refused until its clock is right (NTP, or --clock-from-mesh)", hex::encode(fact.author), ahead);
+                    }
+                }
                 Err(e) => {
                     refused += 1;
                     warn!(%from, "refused a fact: {e}");
@@ -161,11 +198,44 @@ impl Node {
         }
     }
 
+    /// After a peer's time was heard: take the mesh's time (`--clock-from-mesh`), or say once
+    /// that it disagrees with this node's clock.
+    fn follow_mesh_clock(&mut self) {
+        let peers = self.mesh_clock.heard();
+        match self.mesh_clock.step(self.opts.clock_from_mesh, clock::mesh_offset_ms()) {
+            ClockStep::Keep => {}
+            ClockStep::Take(offset) => {
+                clock::set_mesh_offset_ms(offset);
+                info!(
+                    offset_ms = offset,
+                    peers,
+                    "clock: taking the mesh's time, offset {} (the median of {peers} peer(s))",
+                    describe_offset(offset)
+                );
+            }
+            ClockStep::Warn(offset) => {
+                if !std::mem::replace(&mut self.clock_warned, true) {
+                    let (how, d) = if offset > 0 { ("behind", offset) } else { ("ahead of", offset.saturating_neg()) };
+                    error!(
+                        offset_ms = offset,
+                        peers,
+                        "this node's clock is {} {how} the mesh (the median of {peers} peer(s)): fix it (NTP) or run with --clock-from-mesh; if this clock is right, the peers' are wrong",
+                        describe_offset(d).trim_start_matches('+')
+                    );
+                }
+            }
+        }
+        if self.opts.clock_from_mesh && !self.core.claiming() {
+            self.core.set_claiming(now_unix_ms(), true);
+        }
+    }
+
     pub(super) fn announce(&mut self, beat: Heartbeat) {
         let ledger = self.core.ledger();
         let a = Announce {
-            v: WIRE_VERSION,
+            v: self.opts.protocol,
             node: self.core.id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             hostname: self.hostname.clone(),
             caps: beat.with_caps.then(|| self.core.caps().clone()),
             blob_addrs: self.shared.blobs.me().addrs,

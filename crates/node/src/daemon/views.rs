@@ -8,7 +8,10 @@ use shoal_mesh::capabilities::Capabilities;
 use shoal_mesh::ledger::{Body, Fact, JobState};
 
 use super::{Node, peer_id_of_node};
-use crate::api::{DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, PeerView};
+use crate::api::{
+    ClockView, DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, PeerView, Peers,
+    RefusedPeer,
+};
 
 /// The ledger's view, from which the API builds its answers (`api::DagList`, `api::DagStatus`).
 #[derive(Clone, Debug)]
@@ -214,6 +217,42 @@ impl Node {
         }
     }
 
+    /// `GET /v1/peers`: the peers, the refused ones, the clock.
+    pub(super) fn peers_view(&self) -> Peers {
+        let now = super::now_unix_ms();
+        let refused = self
+            .refused
+            .values()
+            .rev()
+            .map(|(r, at)| RefusedPeer {
+                peer_id: r.peer.to_string(),
+                addr: r.addr.as_ref().map(ToString::to_string),
+                agent: r.agent.clone(),
+                protocol: r.error.theirs,
+                reason: r.error.to_string(),
+                refused_ms_ago: now.saturating_sub(*at),
+            })
+            .collect();
+        let offset_ms = crate::clock::mesh_offset_ms();
+        let claiming = self.core.claiming();
+        let summary = match (self.opts.clock_from_mesh, claiming) {
+            (false, _) => "own clock".to_string(),
+            (true, false) => "taking the mesh's time: waiting to hear a peer's; no job is claimed until then".into(),
+            (true, true) => {
+                format!("taking the mesh's time, offset {}", shoal_mesh::clock::describe_offset(offset_ms))
+            }
+        };
+        let clock = ClockView {
+            from_mesh: self.opts.clock_from_mesh,
+            offset_ms,
+            mesh_offset_ms: self.mesh_clock.median_offset_ms(),
+            peers_timed: self.mesh_clock.heard(),
+            claiming,
+            summary,
+        };
+        Peers { peers: self.peer_views(), refused, clock }
+    }
+
     pub(super) fn peer_views(&self) -> Vec<PeerView> {
         let ledger = self.core.ledger();
         let me = PeerView {
@@ -222,6 +261,7 @@ impl Node {
             hostname: self.hostname.clone(),
             me: true,
             connected: true,
+            version: env!("CARGO_PKG_VERSION").to_string(),
             caps: Some(self.core.caps().clone()),
             http: Some(format!("http://{}", self.http_addr)),
             running: self.core.running_count() as u32,
@@ -237,6 +277,7 @@ impl Node {
                 hostname: p.announce.hostname.clone(),
                 me: false,
                 connected: peer_id.is_some_and(|p| self.connected.contains(&p)),
+                version: p.announce.version.clone(),
                 caps: p.caps.clone(),
                 http: p.announce.http.clone(),
                 running: p.announce.running,

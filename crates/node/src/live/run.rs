@@ -44,10 +44,9 @@ pub const HTTP_DEFAULT: &str = "127.0.0.1:7170";
 /// Longest line of the node's output kept as "last error", in bytes.
 const LAST_ERROR_BYTES_MAX: usize = 512;
 
-/// The flag that makes `shoal node` take the mesh's time when its own is not known (part C of
-/// issue 18 adds it to `shoal node`). None while that flag does not exist: passing an unknown
-/// flag would stop the node from starting at all.
-pub const CLOCK_FROM_MESH_FLAG: Option<&str> = None;
+/// The flag that makes `shoal node` take the mesh's time when its own is not known: the median of
+/// its peers' clocks, and no job claimed before it has heard one.
+pub const CLOCK_FROM_MESH_FLAG: Option<&str> = Some("--clock-from-mesh");
 
 /// What `shoal live run` is given.
 #[derive(Clone, Debug)]
@@ -606,6 +605,10 @@ impl Supervisor {
         self.status.node_id = Some(health.node);
         if let Ok(peers) = client.get_json::<crate::api::Peers>("/v1/peers") {
             self.status.peers = peers.peers.into_iter().filter(|p| !p.me && p.connected).map(|p| p.hostname).collect();
+            // Following the mesh's clock, the node knows better than the boot's SNTP line.
+            if peers.clock.from_mesh {
+                self.status.clock = Some(peers.clock.summary);
+            }
         }
         if let Ok(m) = client.get_json::<crate::api::Metrics>("/v1/metrics") {
             self.status.jobs_running = Some(m.running);

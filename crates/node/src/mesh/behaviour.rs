@@ -15,9 +15,9 @@ use libp2p::{
 use super::codec::{SyncRequest, SyncResponse};
 use super::net::{
     GOSSIP_BYTES_MAX, GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH,
-    GOSSIP_MESH_N_LOW, GOSSIP_MESH_OUTBOUND_MIN, IDENTIFY_PROTOCOL, KAD_PROTOCOL, RELAY_CIRCUIT_BURST,
-    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_PROTOCOL,
-    SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
+    GOSSIP_MESH_N_LOW, GOSSIP_MESH_OUTBOUND_MIN, KAD_PROTOCOL, RELAY_CIRCUIT_BURST, RELAY_CIRCUIT_REFILL_S,
+    RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
+    SYNC_TIMEOUT_S, Topic,
 };
 
 /// The swarm's behaviours. Each field's events arrive as a variant of the generated
@@ -48,6 +48,7 @@ impl Behaviour {
         mdns_on: bool,
         relay_client: relay::client::Behaviour,
         relay_server: bool,
+        protocol: u32,
     ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
 
@@ -72,7 +73,8 @@ impl Behaviour {
         }
 
         let identify = identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+            // The mesh protocol version: a peer of another one is refused (`Net::judge_protocol`).
+            identify::Config::new(shoal_mesh::wire::protocol_name(protocol), key.public())
                 .with_agent_version(format!("shoal/{}", env!("CARGO_PKG_VERSION"))),
         );
 
@@ -90,7 +92,7 @@ impl Behaviour {
             .set_response_size_maximum(SYNC_RESPONSE_BYTES_MAX);
         let sync = request_response::Behaviour::with_codec(
             codec,
-            [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+            [(StreamProtocol::try_from_owned(super::net::sync_protocol(protocol))?, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(Duration::from_secs(SYNC_TIMEOUT_S)),
         );
 

@@ -45,7 +45,7 @@
 //!   peer's own observed IP.
 //! - No QUIC, as above: every hop has pnet under it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -120,12 +120,26 @@ pub(super) const GOSSIP_MESH_N_LOW: usize = 2;
 pub(super) const GOSSIP_MESH_N_HIGH: usize = 8;
 pub(super) const GOSSIP_MESH_OUTBOUND_MIN: usize = 1;
 
-/// The request-response protocol of anti-entropy.
-pub const SYNC_PROTOCOL: &str = "/shoal/sync/1";
+/// The request-response protocol of anti-entropy: `/shoal/sync/<protocol version>`, so nodes
+/// of different protocols cannot exchange facts even in the moment between connecting and
+/// identify's refusal (`/shoal/sync/1` for protocol 1, as before the version was in the name).
+pub fn sync_protocol(protocol: u32) -> String {
+    format!("/shoal/sync/{protocol}")
+}
 /// Our own Kademlia protocol, so a shoal DHT never merges with another one.
 pub const KAD_PROTOCOL: &str = "/shoal/kad/1";
-/// What identify announces as protocol version.
-pub const IDENTIFY_PROTOCOL: &str = "/shoal/1";
+/// How long a peer refused for speaking another protocol stays refused (neither dialed nor
+/// accepted), in seconds: long enough not to redial it in a loop, short enough to take it back
+/// soon after its stick was rewritten.
+pub const REFUSED_RETRY_S: u64 = 600;
+/// How long a peer refused for its protocol stays connected before it is cut off, in ms: long
+/// enough for our identify to reach it, so that a node of this build at the other end refuses us
+/// too and says why, rather than seeing a connection close for no reason. Nothing crosses
+/// meanwhile (the sync protocol's name differs, gossip of another version is dropped).
+const REFUSAL_GRACE_MS: u64 = 1_000;
+/// Refused peers remembered and kept off (each logged once); past it the oldest refusal ends
+/// early.
+const REFUSED_PEERS_MAX: usize = 1024;
 
 /// A gossip topic of the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -183,6 +197,9 @@ pub struct NetConfig {
     /// Serve as a relay for mesh peers behind NAT: they reserve a slot here and are reached through
     /// it (`/p2p-circuit`). Only peers holding the mesh key can reach it (see the module doc).
     pub relay_server: bool,
+    /// The mesh protocol version this node speaks (identify announces it as `/shoal/<version>`;
+    /// a peer announcing another is refused): [`shoal_mesh::wire::PROTOCOL_VERSION`] but in tests.
+    pub protocol: u32,
 }
 
 /// What the network tells the node.
@@ -204,6 +221,20 @@ pub enum NetEvent {
     Response { peer: PeerId, id: OutboundRequestId, response: SyncResponse },
     /// Our request `id` got no answer (dial failure, timeout, closed connection, too large).
     RequestFailed { peer: PeerId, id: OutboundRequestId, error: String },
+    /// A peer speaks another protocol: it is cut off a moment later ([`NetEvent::Disconnected`]
+    /// follows) and refused for [`REFUSED_RETRY_S`].
+    Refused(Refusal),
+}
+
+/// A peer refused for its protocol, as `shoal peers` lists it.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub peer: PeerId,
+    /// Where its connection went.
+    pub addr: Option<Multiaddr>,
+    /// Its release, as identify's agent version says it (`shoal/0.1.0`).
+    pub agent: String,
+    pub error: shoal_mesh::wire::Incompatible,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +279,15 @@ pub struct Net {
     reported: HashSet<Multiaddr>,
     /// Each open connection: its peer and where it goes ([`Net::connection_addrs`]).
     connections: HashMap<ConnectionId, (PeerId, Multiaddr)>,
+    /// The protocol version this node speaks.
+    protocol: u32,
+    /// Peers refused for their protocol: until when, and the addresses they were reached at
+    /// (join addresses leading there are not redialed meanwhile).
+    refused: HashMap<PeerId, (tokio::time::Instant, Vec<Multiaddr>)>,
+    /// Peers whose refusal was logged (once per peer, not per connection).
+    refusal_logged: HashSet<PeerId>,
+    /// Refused peers to cut off once [`REFUSAL_GRACE_MS`] has passed, in order.
+    cut_off: VecDeque<(tokio::time::Instant, PeerId)>,
 }
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
@@ -304,7 +344,7 @@ impl Net {
                     .map(|either, _| either.into_inner()))
             })
             .map_err(|e| NetError::Setup { what: "transport", reason: e.to_string() })?
-            .with_behaviour(|key| Behaviour::new(key, allow, mdns, relay_client, relay_server))
+            .with_behaviour(|key| Behaviour::new(key, allow, mdns, relay_client, relay_server, cfg.protocol))
             .map_err(|e| NetError::Setup { what: "behaviours", reason: e.to_string() })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(IDLE_CONNECTION_TIMEOUT_S)))
             .build();
@@ -323,6 +363,10 @@ impl Net {
             wildcard: HashSet::new(),
             reported: HashSet::new(),
             connections: HashMap::new(),
+            protocol: cfg.protocol,
+            refused: HashMap::new(),
+            refusal_logged: HashSet::new(),
+            cut_off: VecDeque::new(),
         };
         for addr in cfg.listen {
             if is_circuit(&addr) {
@@ -446,9 +490,20 @@ impl Net {
     /// future loses no event (the swarm keeps what it has not handed out).
     pub async fn next_event(&mut self) -> NetEvent {
         loop {
+            let cut_off_at = self.cut_off.front().map(|(at, _)| *at);
             let event = tokio::select! {
                 event = self.swarm.select_next_some() => event,
+                _ = tokio::time::sleep_until(cut_off_at.unwrap_or_else(tokio::time::Instant::now)), if cut_off_at.is_some() => {
+                    if let Some((_, peer)) = self.cut_off.pop_front()
+                        && self.refused.contains_key(&peer)
+                    {
+                        // Closes its connections, and refuses new ones both ways until forgiven.
+                        self.swarm.behaviour_mut().blocked.block_peer(peer);
+                    }
+                    continue;
+                }
                 _ = self.rejoin.tick() => {
+                    self.forgive_refused();
                     self.rejoin_if_alone();
                     self.relisten(None);
                     continue;
@@ -465,10 +520,66 @@ impl Net {
             return;
         }
         for addr in self.join.clone() {
+            // A join address that led to a peer refused for its protocol waits out the refusal.
+            let joined = addr.to_string();
+            let refused = self.refused.values().flat_map(|(_, addrs)| addrs).any(|a| {
+                let a = a.to_string();
+                a.starts_with(&joined) || joined.starts_with(&a)
+            });
+            if refused {
+                continue;
+            }
             if let Err(e) = self.dial(addr) {
                 debug!("rejoin: {e}");
             }
         }
+    }
+
+    /// Takes back the peers refused for their protocol longer than [`REFUSED_RETRY_S`] ago (their
+    /// node may have been updated); each is judged again when it connects.
+    fn forgive_refused(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<PeerId> = self.refused.iter().filter(|(_, (until, _))| *until <= now).map(|(p, _)| *p).collect();
+        for peer in due {
+            self.refused.remove(&peer);
+            debug!(%peer, "refused for its protocol {REFUSED_RETRY_S} s ago: accepted and dialed again");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+    }
+
+    /// Judges a peer's protocol as identify tells it: another one is refused (disconnected, not
+    /// dialed nor accepted for [`REFUSED_RETRY_S`], cut off after [`REFUSAL_GRACE_MS`]), with one
+    /// line at ERROR level per peer.
+    fn judge_protocol(&mut self, peer: PeerId, info: &identify::Info) -> Option<NetEvent> {
+        let error = shoal_mesh::wire::check_protocol(self.protocol, &info.protocol_version).err()?;
+        let addrs = self.connection_addrs(&peer);
+        let refusal = Refusal { peer, addr: addrs.first().cloned(), agent: info.agent_version.clone(), error };
+        if self.refusal_logged.len() >= REFUSED_PEERS_MAX {
+            self.refusal_logged.clear();
+        }
+        let addr = refusal.addr.as_ref().map_or_else(|| "an unknown address".to_string(), ToString::to_string);
+        if self.refusal_logged.insert(peer) {
+            tracing::error!(
+                %peer, %addr, agent = %refusal.agent,
+                "refused peer {peer} at {addr} ({}): {}; it is refused for {REFUSED_RETRY_S} s, then tried again",
+                refusal.agent, refusal.error
+            );
+        } else {
+            debug!(%peer, %addr, "refused again: {}", refusal.error);
+        }
+        let now = tokio::time::Instant::now();
+        if self.refused.len() >= REFUSED_PEERS_MAX
+            && !self.refused.contains_key(&peer)
+            && let Some(first) = self.refused.iter().min_by_key(|(_, (until, _))| *until).map(|(p, _)| *p)
+        {
+            // The refusal nearest its end ends now: the list stays bounded whoever connects.
+            self.refused.remove(&first);
+            self.swarm.behaviour_mut().blocked.unblock_peer(first);
+        }
+        if self.refused.insert(peer, (now + Duration::from_secs(REFUSED_RETRY_S), addrs)).is_none() {
+            self.cut_off.push_back((now + Duration::from_millis(REFUSAL_GRACE_MS), peer));
+        }
+        Some(NetEvent::Refused(refusal))
     }
 
     /// Listens again through the relays whose reservation was lost (`only`: through that relay).
@@ -568,7 +679,11 @@ impl Net {
             SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
                 match &error {
                     libp2p::swarm::ListenError::Denied { cause } => {
-                        warn!(addr = %send_back_addr, "refused a connection: {}", denial(cause));
+                        if peer_id.is_some_and(|p| self.refused.contains_key(&p)) {
+                            debug!(addr = %send_back_addr, "refused a connection: {}", denial(cause));
+                        } else {
+                            warn!(addr = %send_back_addr, "refused a connection: {}", denial(cause));
+                        }
                     }
                     // A wrong mesh key shows here, as a failed or timed-out handshake.
                     _ => debug!(peer = ?peer_id, addr = %send_back_addr, "incoming connection failed: {error}"),
@@ -578,7 +693,11 @@ impl Net {
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 match &error {
                     libp2p::swarm::DialError::Denied { cause } => {
-                        warn!("refused to connect: {}", denial(cause));
+                        if peer_id.is_some_and(|p| self.refused.contains_key(&p)) {
+                            debug!("refused to connect: {}", denial(cause));
+                        } else {
+                            warn!("refused to connect: {}", denial(cause));
+                        }
                     }
                     _ => debug!(peer = ?peer_id, "dial failed: {error}"),
                 }
@@ -602,6 +721,9 @@ impl Net {
             }
             BehaviourEvent::Gossipsub(_) => None,
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if let Some(refused) = self.judge_protocol(peer_id, &info) {
+                    return Some(refused);
+                }
                 // Only peers that speak our DHT go into its routing table.
                 if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
                     let kad = &mut self.swarm.behaviour_mut().kad;

@@ -64,6 +64,14 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+
+    /// The accelerator as far as it is known without starting QEMU (a node announces it at start,
+    /// before its first microVM): `SHOAL_ACCEL`, else TCG where `/dev/kvm` does not open or is PVM,
+    /// else KVM, which the backend's probe boot confirms at its first use (it falls back to TCG if
+    /// that boot does not finish). With why.
+    pub fn without_probe() -> (Accel, String) {
+        accel_from_env().or_else(kvm_ruled_out).unwrap_or((Accel::Kvm, "/dev/kvm opens".into()))
+    }
 }
 
 /// How to set up the backend. [`MicrovmConfig::new`] finds everything on the host.
