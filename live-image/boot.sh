@@ -42,7 +42,9 @@ args=(-M pc -m 2048 -smp 2 -nographic -no-reboot
 if [ "$kvm" = 1 ]; then
   args+=(-accel kvm -cpu host)
 else
-  args+=(-accel tcg -cpu max)
+  # Without AMD-V/VT-x, as on an old PC: TCG would otherwise offer an emulated AMD-V, and the
+  # node would run its jobs under KVM nested in TCG (slow, and not what such a PC does).
+  args+=(-accel tcg -cpu max,-svm,-vmx)
 fi
 [ "$keep" = 1 ] || args+=(-snapshot)
 [ "$uefi" = 1 ] && args+=(-bios /usr/share/ovmf/OVMF.fd)
