@@ -188,7 +188,7 @@ fn live_run_joins_the_mesh_with_the_partitions_config_and_the_command_lines_labe
 }
 
 #[test]
-fn live_run_shows_a_bad_config_in_one_line_and_starts_the_node_once_it_is_fixed() {
+fn live_run_shows_a_bad_config_and_a_wrong_mesh_key_on_the_screen_and_takes_the_fixed_file() {
     let home = Home::empty();
     let key = mesh_key(home.path());
     let node = MeshNode::start(Home::empty(), &key, &[], &[]);
@@ -206,7 +206,19 @@ fn live_run_shows_a_bad_config_in_one_line_and_starts_the_node_once_it_is_fixed(
     );
     assert!(!live.log().contains("node: starting"), "no node with a bad configuration:\n{}", live.log());
 
-    // Fixed on the partition: read again within 10 s, the node starts and joins.
-    std::fs::write(root.path("run/shoal/config/shoal.toml"), notepad_toml(&key_hex(&key), &node.listen, port)).unwrap();
+    // A well-formed key that is not the mesh's: the node starts, reaches nobody, and the page says
+    // what to check (the node itself logs failed dials only at debug level).
+    let config = root.path("run/shoal/config/shoal.toml");
+    std::fs::write(&config, notepad_toml(&"11".repeat(32), &node.listen, port)).unwrap();
+    live.wait_serial(
+        &root,
+        &[" problem   no peer reached in 30 s: is the mesh key the mesh's", "(running)"],
+        SERIAL_TIMEOUT + Duration::from_secs(30),
+    );
+    assert_eq!(node.live_peers().len(), 1, "a node with another mesh key is not in the mesh");
+
+    // Fixed on the partition: read again within 10 s, the node restarts with it and joins.
+    std::fs::write(&config, notepad_toml(&key_hex(&key), &node.listen, port)).unwrap();
     live.wait_serial(&root, &[" problem   none", "1 peer: "], SERIAL_TIMEOUT);
+    assert!(live.log().contains("live: config: changed; restarting the node with it"), "{}", live.log());
 }
