@@ -295,7 +295,10 @@ impl Supervisor {
         if let Some(dev) = &config_dev
             && self.config_device.is_none()
         {
-            self.mount(dev, &self.paths.config_dir, "vfat", "rw,noatime,flush")
+            // `quiet`: FAT cannot hold a file's mode, and without it the kernel refuses the
+            // chmod to 0600 that writing node.key does; the masks show its files as private.
+            // `flush`: written data goes to the stick at once (sticks get pulled).
+            self.mount(dev, &self.paths.config_dir, "vfat", "rw,noatime,flush,quiet,fmask=0177,dmask=0077")
                 .map_err(|e| format!("{e}; is the stick's SHOAL partition damaged? write the stick again"))?;
             self.config_device = Some(dev.name.clone());
         }
