@@ -180,6 +180,7 @@ pub fn run(opts: LiveOptions) -> Result<()> {
     s.write_mesh_key(&loaded.mesh_key)?;
     s.wait_for_address();
     let clock_state = s.sync_clock(&loaded.config);
+    stop_stale_nodes(&s.paths.mesh_key);
     let mut backoff_s = RESTART_BACKOFF_S_MIN;
     loop {
         let started = Instant::now();
@@ -656,13 +657,45 @@ impl Drop for NodeChild {
     }
 }
 
+/// Stops a node an earlier `shoal live run` left running (it was killed, or aborted): one holds
+/// the store, and the new node could not start. It is found by its `--mesh-key` argument, which
+/// names this live system's own file.
+fn stop_stale_nodes(mesh_key: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let key = mesh_key.as_os_str().as_encoded_bytes();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_ours =
+            args.get(1) == Some(&&b"node"[..]) && args.windows(2).any(|w| w[0] == b"--mesh-key" && w[1] == key);
+        if !is_ours {
+            continue;
+        }
+        log(format_args!("node: stopping process {pid}, a node an earlier `shoal live run` left running"));
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            if start.elapsed() >= Duration::from_secs(STOP_GRACE_S) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// How long a node may take to stop after SIGTERM before it is killed, in seconds.
+const STOP_GRACE_S: u64 = 10;
+
 /// Stops the node (SIGTERM, then SIGKILL after 10 s) and reaps it.
 fn stop(child: &mut Child) {
     let Ok(pid) = i32::try_from(child.id()) else { return };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < Duration::from_secs(STOP_GRACE_S) {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
