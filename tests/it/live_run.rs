@@ -3,6 +3,7 @@
 //! mounted directory holding `shoal.toml` (nothing is mounted without root `/`), a kernel
 //! command line, and files standing for tty1 and the serial console. The supervisor starts a
 //! real `shoal node` that joins the test's node. The boot tests (live.rs) run the same in a VM.
+//! And `shoal live prepare-disk` on an image file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -221,4 +222,33 @@ fn live_run_shows_a_bad_config_and_a_wrong_mesh_key_on_the_screen_and_takes_the_
     std::fs::write(&config, notepad_toml(&key_hex(&key), &node.listen, port)).unwrap();
     live.wait_serial(&root, &[" problem   none", "1 peer: "], SERIAL_TIMEOUT);
     assert!(live.log().contains("live: config: changed; restarting the node with it"), "{}", live.log());
+}
+
+#[test]
+fn prepare_disk_asks_refuses_a_used_disk_without_wipe_and_makes_a_store() {
+    let home = Home::empty();
+    let disk = home.path().join("disk.img");
+    std::fs::File::create(&disk).unwrap().set_len(96 << 20).unwrap();
+    let d = disk.to_str().unwrap();
+    // No terminal to type the name on: refused, untouched.
+    let out = home.shoal(&["live", "prepare-disk", d]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("stdin is not a terminal, so nobody can confirm: pass --yes"), "{}", stderr(&out));
+    assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0), "written without a confirmation");
+    let out = home.shoal(&["live", "prepare-disk", d, "--yes"]);
+    assert_success(&out, "prepare-disk on a blank disk");
+    // It now has a partition table: refused without --wipe, accepted with it.
+    let out = home.shoal(&["live", "prepare-disk", d, "--yes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("holds an MBR (a DOS partition table or a boot sector); pass --wipe"),
+        "{}",
+        stderr(&out)
+    );
+    assert_success(&home.shoal(&["live", "prepare-disk", d, "--yes", "--wipe"]), "prepare-disk --wipe");
+    // The file system checks clean and carries the store's label.
+    let out =
+        Command::new("e2fsck").args(["-fn", &format!("{d}?offset=1048576")]).output().expect("e2fsck (e2fsprogs)");
+    assert_success(&out, "e2fsck");
+    assert!(stdout(&out).contains("SHOAL-STORE:"), "{}", stdout(&out));
 }
