@@ -202,6 +202,7 @@ fn live_run_shows_a_bad_config_and_a_wrong_mesh_key_on_the_screen_and_takes_the_
             " problem   shoal.toml:1:12: the mesh key is 3 characters, not 64;",
             "(`shoal mesh init` wrote it)",
             "(waiting)",
+            " config    shoal.toml on the SHOAL partition (sdz1)\n",
         ],
         SERIAL_TIMEOUT,
     );

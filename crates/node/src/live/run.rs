@@ -333,6 +333,10 @@ impl Supervisor {
         } else {
             ("", String::new(), ConfigSource::None)
         };
+        // Shown while the file is wrong too: the person sees which file to fix.
+        if source != ConfigSource::None {
+            self.status.config = source.clone();
+        }
         let overrides = config::cmdline_overrides(&std::fs::read_to_string(&self.paths.cmdline).unwrap_or_default());
         if source == ConfigSource::None && overrides.is_empty() {
             return Err("no configuration: no SHOAL partition, no cidata volume, no cloud user-data and no shoal.* \
