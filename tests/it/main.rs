@@ -8,6 +8,7 @@ mod explorer;
 mod hardening;
 mod held_home;
 mod live;
+mod live_run;
 mod load;
 mod memory;
 mod mesh;

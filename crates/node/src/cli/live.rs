@@ -18,7 +18,25 @@ pub(super) fn live_command(cmd: LiveCommand) -> Result<ExitCode> {
                 std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
             let c = config::parse(&text)
                 .map_err(|e| anyhow::anyhow!("{}:{}:{}: {}", path.display(), e.line, e.col, e.message))?;
-            println!("{c:#?}");
+            let key = match &c.mesh_key {
+                config::MeshKey::Missing => "missing (the node will not start without one)".to_string(),
+                config::MeshKey::Inline(_) => "set".to_string(),
+                config::MeshKey::File(f) => format!("from the file {f} on the SHOAL partition"),
+            };
+            println!("{}: ok", path.display());
+            println!("mesh key: {key}");
+            if c.join.is_empty() {
+                println!("join: none (peers found on the local network by mDNS)");
+            }
+            for j in &c.join {
+                println!("join: {j}");
+            }
+            for (k, v) in &c.labels {
+                println!("label: {k}={v}");
+            }
+            println!("backend: {}, cores: {}, memory: {:?}", c.backend.as_str(), c.cores, c.memory);
+            println!("store: {:?}, ram_store_max: {:?}, ntp: {}", c.store, c.ram_store_max, c.ntp.join(" "));
+            println!("ports: {} (TCP, mesh), {} (UDP, blobs)", c.listen_port, c.blobs_port);
         }
         LiveCommand::Run { root, http, metadata_url } => {
             let mount = root == std::path::Path::new("/");

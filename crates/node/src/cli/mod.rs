@@ -385,7 +385,7 @@ enum LiveCommand {
     /// Print the default shoal.toml (every line explained): the live image's SHOAL partition
     /// carries it.
     DefaultConfig,
-    /// Check a shoal.toml (as `live run` reads it) and print what it sets.
+    /// Check a shoal.toml (as `live run` reads it) and print what it sets (never the key itself).
     CheckConfig { path: PathBuf },
     /// The live system's supervisor (busybox init respawns it): mounts the SHOAL partition and
     /// the store, sets the clock, runs `shoal node` with shoal.toml's settings and restarts it,

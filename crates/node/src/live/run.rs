@@ -180,6 +180,7 @@ pub fn run(opts: LiveOptions) -> Result<()> {
     s.write_mesh_key(&loaded.mesh_key)?;
     s.wait_for_address();
     let clock_state = s.sync_clock(&loaded.config);
+    stop_stale_nodes(&s.paths.mesh_key);
     let mut backoff_s = RESTART_BACKOFF_S_MIN;
     loop {
         let started = Instant::now();
@@ -295,10 +296,26 @@ impl Supervisor {
         if let Some(dev) = &config_dev
             && self.config_device.is_none()
         {
-            self.mount(dev, &self.paths.config_dir, "vfat", "rw,noatime,flush")
+            // `quiet`: FAT cannot hold a file's mode, and without it the kernel refuses the
+            // chmod to 0600 that writing node.key does; the masks show its files as private.
+            // `flush`: written data goes to the stick at once (sticks get pulled).
+            self.mount(dev, &self.paths.config_dir, "vfat", "rw,noatime,flush,quiet,fmask=0177,dmask=0077")
                 .map_err(|e| format!("{e}; is the stick's SHOAL partition damaged? write the stick again"))?;
             self.config_device = Some(dev.name.clone());
         }
+        let partition = config_dev.as_ref().map(|dev| match std::fs::read(self.paths.config_dir.join("shoal.toml")) {
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| "shoal.toml is not UTF-8 text; save it as UTF-8 (Notepad: Save as, Encoding UTF-8)".to_string()),
+            Err(e) => Err(format!(
+                "no readable shoal.toml on the SHOAL partition ({}): {e}; copy one there (`shoal live default-config` prints one)",
+                dev.name
+            )),
+        });
+        // The metadata service is asked only when the partition's file sets no mesh key (the cloud
+        // image ships it so): a stick its owner configured never takes its settings from whoever
+        // answers at 169.254.169.254 on a LAN.
+        let partition_has_key =
+            matches!(&partition, Some(Ok(t)) if config::parse(t).is_ok_and(|c| c.mesh_key != MeshKey::Missing));
         let (name, text, source) = if let Some(dev) = disks::find(&devices, Role::Cidata) {
             let fs = dev.label.as_ref().map_or("iso9660", |l| l.fs.mount_type());
             self.mount(dev, &self.paths.cidata_dir, fs, "ro")?;
@@ -308,26 +325,18 @@ impl Supervisor {
             })?;
             let toml = cloud::shoal_toml_of_user_data(&data)?.to_string();
             ("user-data", toml, ConfigSource::Cidata { device: dev.name.clone() })
-        } else if let Some(Some(data)) = self.metadata_user_data() {
+        } else if let Some(data) = if partition_has_key { None } else { self.metadata_user_data().flatten() } {
             let toml = cloud::shoal_toml_of_user_data(&data)?.to_string();
             ("user-data", toml, ConfigSource::Metadata)
-        } else if let Some(dev) = &config_dev {
-            let path = self.paths.config_dir.join("shoal.toml");
-            let text = match std::fs::read(&path) {
-                Ok(bytes) => String::from_utf8(bytes).map_err(|_| {
-                    "shoal.toml is not UTF-8 text; save it as UTF-8 (Notepad: Save as, Encoding UTF-8)".to_string()
-                })?,
-                Err(e) => {
-                    return Err(format!(
-                        "no readable shoal.toml on the SHOAL partition ({}): {e}; copy one there (`shoal live default-config` prints one)",
-                        dev.name
-                    ));
-                }
-            };
-            ("shoal.toml", text, ConfigSource::Partition { device: dev.name.clone() })
+        } else if let (Some(dev), Some(text)) = (&config_dev, partition) {
+            ("shoal.toml", text?, ConfigSource::Partition { device: dev.name.clone() })
         } else {
             ("", String::new(), ConfigSource::None)
         };
+        // Shown while the file is wrong too: the person sees which file to fix.
+        if source != ConfigSource::None {
+            self.status.config = source.clone();
+        }
         let overrides = config::cmdline_overrides(&std::fs::read_to_string(&self.paths.cmdline).unwrap_or_default());
         if source == ConfigSource::None && overrides.is_empty() {
             return Err("no configuration: no SHOAL partition, no cidata volume, no cloud user-data and no shoal.* \
@@ -379,6 +388,9 @@ impl Supervisor {
     }
 
     fn use_config(&mut self, l: &Loaded) {
+        if let Some(wifi) = &l.config.wifi {
+            log(format_args!("wifi: `{}` is set, but this image has no Wi-Fi support yet; use a cable", wifi.ssid));
+        }
         self.status.config = l.source.clone();
         self.status.config_overrides = l.overrides;
         self.status.join_count = l.config.join.len();
@@ -566,19 +578,27 @@ impl Supervisor {
                 return Ok(NodeEnd::Exited(exit.to_string()));
             }
             self.poll_node(&client);
-            if started.elapsed() >= Duration::from_secs(NO_PEER_HINT_S)
-                && self.status.peers.is_empty()
-                && self.node_error.lock().expect("node error lock").is_none()
-            {
-                self.status.last_error = Some(if l.config.join.is_empty() {
-                    format!(
-                        "no peer found by mDNS in {NO_PEER_HINT_S} s: is another node on this network, with the same mesh key?"
-                    )
-                } else {
-                    format!(
-                        "no peer reached in {NO_PEER_HINT_S} s: is the mesh key the mesh's, and is the join address right?"
-                    )
-                });
+            // A wrong mesh key shows on the node's side only as failed dials (debug level): the
+            // page says what to check, as the problem and, when the node said nothing, the last
+            // error.
+            let hint = if l.config.join.is_empty() {
+                format!(
+                    "no peer found by mDNS in {NO_PEER_HINT_S} s: is another node on this network, with the same mesh key?"
+                )
+            } else {
+                format!(
+                    "no peer reached in {NO_PEER_HINT_S} s: is the mesh key the mesh's, and is the join address right?"
+                )
+            };
+            if self.status.peers.is_empty() && started.elapsed() >= Duration::from_secs(NO_PEER_HINT_S) {
+                if self.status.problem.is_none() {
+                    self.status.problem = Some(hint.clone());
+                }
+                if self.node_error.lock().expect("node error lock").is_none() {
+                    self.status.last_error = Some(hint);
+                }
+            } else if !self.status.peers.is_empty() && self.status.problem.as_ref() == Some(&hint) {
+                self.status.problem = None;
             }
             if config_read.elapsed() >= Duration::from_secs(CONFIG_RETRY_S) {
                 config_read = Instant::now();
@@ -588,7 +608,16 @@ impl Supervisor {
                         stop(child);
                         return Ok(NodeEnd::ConfigChanged(Box::new(new)));
                     }
-                    Ok(_) => self.status.problem = None,
+                    Ok(_) => {
+                        if self
+                            .status
+                            .problem
+                            .as_ref()
+                            .is_some_and(|p| p.ends_with("(running with the last good configuration)"))
+                        {
+                            self.status.problem = None;
+                        }
+                    }
                     Err(problem) => {
                         self.status.problem = Some(format!("{problem} (running with the last good configuration)"));
                     }
@@ -632,13 +661,45 @@ impl Drop for NodeChild {
     }
 }
 
+/// Stops a node an earlier `shoal live run` left running (it was killed, or aborted): one holds
+/// the store, and the new node could not start. It is found by its `--mesh-key` argument, which
+/// names this live system's own file.
+fn stop_stale_nodes(mesh_key: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let key = mesh_key.as_os_str().as_encoded_bytes();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_ours =
+            args.get(1) == Some(&&b"node"[..]) && args.windows(2).any(|w| w[0] == b"--mesh-key" && w[1] == key);
+        if !is_ours {
+            continue;
+        }
+        log(format_args!("node: stopping process {pid}, a node an earlier `shoal live run` left running"));
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while nix::sys::signal::kill(pid, None).is_ok() {
+            if start.elapsed() >= Duration::from_secs(STOP_GRACE_S) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// How long a node may take to stop after SIGTERM before it is killed, in seconds.
+const STOP_GRACE_S: u64 = 10;
+
 /// Stops the node (SIGTERM, then SIGKILL after 10 s) and reaps it.
 fn stop(child: &mut Child) {
     let Ok(pid) = i32::try_from(child.id()) else { return };
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(10) {
+    while start.elapsed() < Duration::from_secs(STOP_GRACE_S) {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }

@@ -11,6 +11,8 @@ pub const SERIAL_FRAME: &str = "== shoal ==";
 pub const COLUMNS: usize = 80;
 /// Characters a row's value has: the width less the margin, the name column and the last column.
 const VALUE_COLUMNS: usize = COLUMNS - 12;
+/// Rows a problem or the last error may take: the fix is at the end of the line.
+const WRAPPED_LINES_MAX: usize = 3;
 /// Interfaces listed, one per row, before "+N more interfaces".
 const INTERFACES_SHOWN_MAX: usize = 3;
 
@@ -113,6 +115,7 @@ pub fn render(s: &Status) -> String {
     let id = s.node_id.as_deref().map(|id| id.chars().take(16).collect::<String>());
     row("node", format!("{} ({state})", id.as_deref().unwrap_or("-")));
     let mesh = match (s.peers.len(), s.join_count) {
+        (0, _) if s.node_state == NodeState::Waiting => "- (no node yet)".to_string(),
         (0, 0) => "no peer yet; looking on this network by mDNS (no join address set)".to_string(),
         (0, n) => format!("no peer yet; joining through {n} address{}", if n == 1 { "" } else { "es" }),
         (n, _) => {
@@ -171,8 +174,12 @@ pub fn render(s: &Status) -> String {
         },
     );
     row("clock", s.clock.clone().unwrap_or_else(|| "not set yet".into()));
-    row("problem", s.problem.clone().unwrap_or_else(|| "none".into()));
-    row("last err", s.last_error.clone().unwrap_or_else(|| "none".into()));
+    for (name, text) in [("problem", &s.problem), ("last err", &s.last_error)] {
+        let text = text.as_deref().unwrap_or("none");
+        for (i, line) in wrap(text, VALUE_COLUMNS, WRAPPED_LINES_MAX).into_iter().enumerate() {
+            row(if i == 0 { name } else { "" }, line);
+        }
+    }
     let title = format!(" shoal {} - mesh node {}", s.version, s.hostname);
     let mut out = String::new();
     for line in std::iter::once(title).chain(std::iter::once(String::new())).chain(lines).take(25) {
@@ -196,6 +203,26 @@ pub fn serial_block(page: &str) -> String {
 /// What tty1 gets: home, clear, the page.
 pub fn tty_frame(page: &str) -> String {
     format!("\x1b[H\x1b[2J{page}")
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word is cut), at
+/// most `lines_max` of them.
+fn wrap(text: &str, width: usize, lines_max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let word: String = word.chars().take(width).collect();
+        if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(&word);
+    }
+    lines.push(line);
+    lines.truncate(lines_max);
+    lines
 }
 
 /// As many `names` as fit in `width` characters, then "+N more" for the rest.
@@ -305,6 +332,12 @@ mod tests {
             "{page}"
         );
         assert!(page.contains(" problem   shoal.toml:3:12: the mesh key is 3 characters"), "{page}");
+        // A long problem wraps, so that its fix at the end is seen.
+        s.problem = Some(format!("shoal.toml:1:12: {}", "word ".repeat(40)));
+        let page = render(&s);
+        let rows: Vec<&str> = page.lines().skip_while(|l| !l.starts_with(" problem")).take(4).collect();
+        assert!(rows[1].starts_with("           word word") && rows[2].starts_with("           word"), "{page}");
+        assert!(rows[3].starts_with(" last err"), "three rows at most: {page}");
     }
 
     #[test]
