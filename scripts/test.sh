@@ -4,8 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 scripts/setup.sh
+# The live image the boot tests start (tests/it/live.rs), with this build's shoal: the image's
+# own build would add a release build of the workspace (about 10 minutes on two cores) to
+# test code that is the same. Its slow steps are cached between runs (live-image/README.md).
+live-image/build.sh --shoal target/debug/shoal
 t1=$(date +%s)
-echo "test: setup took $(( t1 - t0 )) s" >&2
+echo "test: setup and the live image took $(( t1 - t0 )) s" >&2
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else

@@ -224,13 +224,13 @@ fn mesh_key_hex(key: &Path) -> String {
     hex
 }
 
-/// shoal.toml for a live node joining `node`, labelled `room = "<room>"`. Its jobs run in the
-/// namespace sandbox, which the owner allows here: the live machine is itself emulated (TCG),
-/// and a microVM inside it would be TCG inside TCG, minutes a job. That the image can run
-/// microVM jobs is checked by what the node announces (`microvm`, `vm_accel`).
-fn config(node: &MeshNode, key_hex: &str, room: &str) -> String {
+/// shoal.toml for a live node joining `node`, labelled `room = "<room>"`, running its jobs on
+/// `backend`. Tests that run a job give "namespace" (the owner allows it here): the live machine
+/// is itself emulated (TCG), and a microVM inside it is TCG inside TCG, minutes a job
+/// (docs/BENCHMARKS.md). The default backend's test checks what the node announces instead.
+fn config(node: &MeshNode, key_hex: &str, room: &str, backend: &str) -> String {
     format!(
-        "# written by the test\nmesh_key = \"{key_hex}\"\njoin = [\"{}\"]\nbackend = \"namespace\"\n\n\
+        "# written by the test\nmesh_key = \"{key_hex}\"\njoin = [\"{}\"]\nbackend = \"{backend}\"\n\n\
          [labels]\nroom = \"{room}\"\n",
         node.listen
     )
@@ -282,7 +282,7 @@ fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk()
     let home = Home::with_busybox();
     let key = mesh_key(home.path());
     let node = lab_node(home, &key);
-    let toml = config(&node, &mesh_key_hex(&key), "bios");
+    let toml = config(&node, &mesh_key_hex(&key), "bios", "namespace");
     let stick = stick_with(&lab, &image, "bios", &[("shoal.toml", toml.as_bytes())]);
     let blank = blank_disk(&lab, "blank.img");
 
@@ -301,8 +301,6 @@ fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk()
     let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
     let live_id = peer["node"].as_str().unwrap().to_string();
     assert_eq!(peer["caps"]["labels"]["room"], "bios", "its labels come from shoal.toml: {peer}");
-    assert_eq!(peer["caps"]["microvm"], true, "it can run microVM jobs: {peer}");
-    assert_eq!(peer["caps"]["vm_accel"], "tcg", "without VT-x/AMD-V, under TCG: {peer}");
 
     let (_, ran_on, out) = run_job_on(&node, "bios", Duration::from_secs(600));
     assert_eq!(ran_on, live_id, "the job ran on the live node");
@@ -324,7 +322,7 @@ fn a_year_ago() -> String {
 }
 
 #[test]
-fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_peer_id_across_a_reboot() {
+fn the_stick_boots_by_uefi_with_its_clock_a_year_off_offers_tcg_microvms_and_keeps_its_peer_id_across_a_reboot() {
     let Some(image) = built("shoal-live.img") else { return };
     if !Path::new("/usr/share/OVMF/OVMF_CODE.fd").is_file() && !require("OVMF is missing: run scripts/setup.sh") {
         return;
@@ -335,7 +333,7 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_pe
     let home = Home::with_busybox();
     let key = mesh_key(home.path());
     let node = lab_node(home, &key);
-    let toml = config(&node, &mesh_key_hex(&key), "uefi");
+    let toml = config(&node, &mesh_key_hex(&key), "uefi", "microvm");
     let stick = stick_with(&lab, &image, "uefi", &[("shoal.toml", toml.as_bytes())]);
     let boot = |name| Boot {
         firmware: Firmware::Uefi,
@@ -348,17 +346,19 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_pe
     };
 
     let mut vm = LiveVm::boot(&lab, boot("uefi"));
-    let live_id = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT)["node"].as_str().unwrap().to_string();
-    let (dag, ran_on, out) = run_job_on(&node, "uefi", Duration::from_secs(600));
-    assert_eq!(ran_on, live_id, "the job ran on the live node");
-    assert!(out.ends_with("1000\n"), "{out}");
-    let facts = node.get_json(&format!("/v1/dags/{dag}/facts"));
-    let kinds: Vec<&str> =
-        facts["jobs"]["hello"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds.iter().filter(|k| **k == "claim").count(),
-        1,
-        "a clock a year off costs no second claim: {facts:#}"
+    let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
+    let live_id = peer["node"].as_str().unwrap().to_string();
+    // A PC without VT-x/AMD-V still offers microVMs, under TCG, and says so.
+    assert_eq!(peer["caps"]["microvm"], true, "it can run microVM jobs: {peer}");
+    assert_eq!(peer["caps"]["vm_accel"], "tcg", "without VT-x/AMD-V, under TCG: {peer}");
+    // Its clock read a year ago; it took the mesh's, and its facts are not refused as from the past
+    // or the future: the test's node holds no refusal of it.
+    let console = vm.wait_serial("taking the mesh's time", SERIAL_TIMEOUT);
+    let peers = node.get_json("/v1/peers");
+    assert!(
+        peers["refused"].as_array().is_none_or(|r| r.is_empty()),
+        "the live node was refused: {peers:#}\n{}",
+        tail(&console)
     );
     vm.power_off();
 
@@ -366,7 +366,13 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_runs_a_job_and_keeps_its_pe
     let mut vm = LiveVm::boot(&lab, boot("uefi-again"));
     vm.wait_serial(&live_id[..12], JOIN_TIMEOUT);
     let start = Instant::now();
-    while !node.live_peers().contains(&live_id) || start.elapsed() < Duration::from_secs(1) {
+    loop {
+        let seen = node.get_json("/v1/peers")["peers"].as_array().unwrap().iter().any(|p| {
+            p["node"] == live_id.as_str() && p["last_seen_ms_ago"].as_u64().is_some_and(|ms| ms < 5_000)
+        });
+        if seen && start.elapsed() > Duration::from_secs(1) {
+            break;
+        }
         assert!(start.elapsed() < JOIN_TIMEOUT, "the rebooted node did not join again as {live_id}");
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -391,7 +397,7 @@ fn the_cloud_image_takes_its_config_from_a_nocloud_seed_and_joins() {
     // The NoCloud seed a cloud (or `cloud-localds`) attaches: a volume labelled cidata.
     let seed_dir = lab.path("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
-    std::fs::write(seed_dir.join("user-data"), config(&node, &mesh_key_hex(&key), "cloud")).unwrap();
+    std::fs::write(seed_dir.join("user-data"), config(&node, &mesh_key_hex(&key), "cloud", "namespace")).unwrap();
     std::fs::write(seed_dir.join("meta-data"), "instance-id: shoal-test-1\nlocal-hostname: worker-1\n").unwrap();
     let seed = lab.path("seed.iso");
     let out = Command::new("xorriso")
@@ -451,7 +457,7 @@ fn a_bad_configuration_is_one_line_on_the_console_the_node_keeps_retrying_and_no
     let key = mesh_key(home.path());
     let node = lab_node(home, &key);
     let wrong = "11".repeat(32);
-    let stick = stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x").as_bytes())]);
+    let stick = stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x", "namespace").as_bytes())]);
     let mut vm = LiveVm::boot(
         &lab,
         Boot {
