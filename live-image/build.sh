@@ -93,8 +93,13 @@ is_static() { ! readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
 BUSYBOX=/bin/busybox
 { [ -x "$BUSYBOX" ] && is_static "$BUSYBOX"; } || die "$BUSYBOX is not a static busybox: apt-get install busybox-static"
 QEMU=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 is missing: scripts/setup.sh installs it from bookworm-backports"
-QBOOT=/usr/share/qemu/qboot.rom
-[ -f "$QBOOT" ] || die "$QBOOT is missing: apt-get install -t bookworm-backports qemu-system-data"
+# The ROMs QEMU loads for shoal's `-M microvm -bios qboot.rom -kernel vmlinux`: the firmware,
+# and the option ROMs that load the kernel (pvh.bin for an ELF vmlinux, which crates/vm passes;
+# linuxboot_dma.bin for a bzImage). Without them QEMU exits at start, naming the file.
+QEMU_ROMS=(qboot.rom pvh.bin linuxboot_dma.bin)
+for rom in "${QEMU_ROMS[@]}"; do
+  [ -f "/usr/share/qemu/$rom" ] || die "/usr/share/qemu/$rom is missing: apt-get install -t bookworm-backports qemu-system-data"
+done
 [ "$(id -u)" -eq 0 ] || die "run as root: the root filesystem's files must be owned by root and /dev nodes made"
 
 pkg_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo none; }
@@ -207,7 +212,7 @@ SHOAL_LIBS=$(libraries_of "$SHOAL" | sort | tr '\n' ' ')
 step "root filesystem without shoal"
 bkey=$( {
   echo "$kkey $CREL $(sha256sum "$CLOUD_VMLINUZ" | cut -c1-16) $guest_modules"
-  echo "qemu $(pkg_version qemu-system-x86) $(sha256sum "$QEMU" | cut -c1-16)"
+  echo "qemu $(pkg_version qemu-system-x86) $(sha256sum "$QEMU" | cut -c1-16) ${QEMU_ROMS[*]}"
   echo "shoal's libraries: $SHOAL_LIBS"
   echo "busybox $(sha256sum "$BUSYBOX" | cut -c1-16) squashfs-tools $(pkg_version squashfs-tools) $SQUASHFS_ZSTD_LEVEL"
   section "the root filesystem"
@@ -248,7 +253,7 @@ else
   # QEMU for microVM jobs (-M microvm -bios qboot.rom) and mksquashfs for their request disks.
   with_libraries "$QEMU"
   with_libraries "$(command -v mksquashfs)"
-  cp "$QBOOT" "$R/usr/share/qemu/"
+  for rom in "${QEMU_ROMS[@]}"; do cp "/usr/share/qemu/$rom" "$R/usr/share/qemu/"; done
   # The guest kernel and the closure of the modules shoal loads into guests.
   cp "$CLOUD_VMLINUZ" "$R/boot/"
   for line in $(modprobe -S "$CREL" --show-depends -a $guest_modules | awk '$1 == "insmod" {print $2}'); do
@@ -259,6 +264,14 @@ else
   cp -a "$KDIR/root/lib/modules/$KREL" "$R/lib/modules/"
   chroot "$R" /usr/bin/qemu-system-x86_64 --version >/dev/null ||
     die "qemu-system-x86_64 does not run in the image root: a library is missing (see ldd $QEMU)"
+  # A microVM as shoal starts one, stopped before its first instruction (-S): QEMU has loaded its
+  # firmware and the kernel's option ROM by then. A missing ROM is only a line on stderr (QEMU
+  # carries on, and the guest never boots), so any line but timeout's is a failure.
+  timeout 5 chroot "$R" /usr/bin/qemu-system-x86_64 -M microvm -bios /usr/share/qemu/qboot.rom -nodefaults \
+    -no-user-config -display none -accel tcg -m 64 -kernel "/boot/vmlinuz-$CREL" -S 2>"$WORK/qemu-probe.err" || true
+  if grep -v 'terminating on signal 15' "$WORK/qemu-probe.err" >"$WORK/qemu-probe.bad"; then
+    die "QEMU cannot start a microVM in the image root: $(head -n 3 "$WORK/qemu-probe.bad")"
+  fi
   chroot "$R" /usr/bin/mksquashfs -version >/dev/null ||
     die "mksquashfs does not run in the image root: a library is missing"
   rm -f "$CACHE"/base-*.sqfs.tmp
