@@ -334,6 +334,7 @@ done_step "shoal.toml from $toml_from"
 # --- the images ------------------------------------------------------------------------------------
 step "shoal-live.img (grub-mkrescue)"
 IMG=$OUT/shoal-live.img
+# The volume id is what the initramfs looks for (initramfs-init) before it mounts a disk.
 grub-mkrescue -o "$IMG.tmp" "$ISO" -- -volid SHOAL_LIVE -append_partition 3 0x0c "$CFG" >"$WORK/mkrescue.log" 2>&1 ||
   die "grub-mkrescue failed: $(tail -n 5 "$WORK/mkrescue.log")"
 mv "$IMG.tmp" "$IMG"
