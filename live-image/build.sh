@@ -95,7 +95,8 @@ BUSYBOX=/bin/busybox
 QEMU=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 is missing: scripts/setup.sh installs it from bookworm-backports"
 # The ROMs QEMU loads for shoal's `-M microvm -bios qboot.rom -kernel vmlinux`: the firmware,
 # and the option ROMs that load the kernel (pvh.bin for an ELF vmlinux, which crates/vm passes;
-# linuxboot_dma.bin for a bzImage). Without them QEMU exits at start, naming the file.
+# linuxboot_dma.bin for a bzImage). Without one, QEMU prints `rom: file ...: error` and the
+# guest never runs (found by booting the image: the host's QEMU finds them in /usr/share/qemu).
 QEMU_ROMS=(qboot.rom pvh.bin linuxboot_dma.bin)
 for rom in "${QEMU_ROMS[@]}"; do
   [ -f "/usr/share/qemu/$rom" ] || die "/usr/share/qemu/$rom is missing: apt-get install -t bookworm-backports qemu-system-data"
