@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Boots a live image in QEMU with its serial console on this terminal (quit: Ctrl-A X).
 #
-#   live-image/boot.sh [--uefi] [--usb | --virtio] [--debug] [--kvm] [--keep] [--timeline] [IMAGE]
+#   live-image/boot.sh [--uefi] [--usb | --virtio] [--debug [--append ARGS]] [--kvm] [--keep] [--timeline] [IMAGE]
 #
 #   IMAGE       default target/live/shoal-live.img (a .qcow2 works too)
 #   --uefi      OVMF firmware instead of SeaBIOS
 #   --usb       the image as a USB stick (qemu-xhci + usb-storage) instead of an IDE disk
 #   --virtio    the image as a virtio-blk disk, as a cloud VM has it
-#   --debug     skips GRUB: boots the image's kernel and initramfs directly with shoal.debug=1
+#   --debug     skips GRUB: boots the image's kernel and initramfs directly with shoal.debug
 #               (root shells on tty2 and the serial console, QEMU's version and free memory logged)
+#   --append    with --debug: more kernel command line, e.g. shoal.mesh_key=... (shoal.toml overrides)
 #   --kvm       KVM instead of TCG (the default: on these build machines /dev/kvm exists but fails)
 #   --keep      writes to the image (by default QEMU's -snapshot drops what the guest writes)
 #   --timeline  prefixes each console line with the seconds since QEMU started
@@ -17,13 +18,14 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 IMG=$REPO/target/live/shoal-live.img
-uefi=0 usb=0 virtio=0 debug=0 kvm=0 keep=0 timeline=0
+append="" uefi=0 usb=0 virtio=0 debug=0 kvm=0 keep=0 timeline=0
 while [ $# -gt 0 ]; do
   case "$1" in
   --uefi) uefi=1 ;;
   --usb) usb=1 ;;
   --virtio) virtio=1 ;;
   --debug) debug=1 ;;
+  --append) append=${2:?--append needs kernel command-line arguments}; shift ;;
   --kvm) kvm=1 ;;
   --keep) keep=1 ;;
   --timeline) timeline=1 ;;
@@ -66,7 +68,7 @@ if [ "$debug" = 1 ]; then
   fi
   xorriso -osirrox on -indev "$raw" -extract /boot/vmlinuz "$dir/vmlinuz" \
     -extract /boot/initrd.img "$dir/initrd.img" >/dev/null 2>&1
-  args+=(-kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" -append "console=tty1 console=ttyS0,115200 shoal.debug=1")
+  args+=(-kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" -append "console=tty1 console=ttyS0,115200 shoal.debug $append")
 fi
 
 if [ "$timeline" = 1 ]; then
