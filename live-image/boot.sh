@@ -78,7 +78,9 @@ if [ "$timeline" = 1 ]; then
       awk -v a="$start" -v b="$EPOCHREALTIME" -v l="${line%$'\r'}" 'BEGIN { printf "%7.2f %s\n", b - a, l }'
     done
   }
-  qemu-system-x86_64 "${args[@]}" </dev/null > >(stamp) 2>&1 &
+  # This script's stdin goes on to the serial port (a background job would get /dev/null).
+  exec 3<&0
+  qemu-system-x86_64 "${args[@]}" <&3 > >(stamp) 2>&1 &
   qemu=$!
   # QEMU goes with this script (a timeout(1) around it, Ctrl-C).
   trap 'kill "$qemu" 2>/dev/null' EXIT INT TERM
