@@ -7,7 +7,7 @@
 #   --uefi      OVMF firmware instead of SeaBIOS
 #   --usb       the image as a USB stick (qemu-xhci + usb-storage) instead of an IDE disk
 #   --virtio    the image as a virtio-blk disk, as a cloud VM has it
-#   --debug     skips GRUB: boots the image's kernel and initramfs directly with shoal.debug
+#   --debug     skips GRUB: boots the image's kernel and initramfs directly with shoal.debug=1
 #               (root shells on tty2 and the serial console, QEMU's version and free memory logged)
 #   --append    with --debug: more kernel command line, e.g. shoal.mesh_key=... (shoal.toml overrides)
 #   --kvm       KVM instead of TCG (the default: on these build machines /dev/kvm exists but fails)
@@ -68,7 +68,7 @@ if [ "$debug" = 1 ]; then
   fi
   xorriso -osirrox on -indev "$raw" -extract /boot/vmlinuz "$dir/vmlinuz" \
     -extract /boot/initrd.img "$dir/initrd.img" >/dev/null 2>&1
-  args+=(-kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" -append "console=tty1 console=ttyS0,115200 shoal.debug $append")
+  args+=(-kernel "$dir/vmlinuz" -initrd "$dir/initrd.img" -append "console=tty1 console=ttyS0,115200 shoal.debug=1 $append")
 fi
 
 if [ "$timeline" = 1 ]; then
