@@ -138,7 +138,16 @@ pub fn render(s: &Status) -> String {
         };
         row(if i == 0 { "network" } else { "" }, format!("{iface} {}{more}", addrs.join(" ")));
     }
-    row("memory", format!("{} free of {}", gib(s.mem_available_bytes), gib(s.mem_total_bytes)));
+    // In MiB: on a 2 GiB PC the 100 MiB steps of "1.7 GiB" hide what the node itself uses.
+    row(
+        "memory",
+        format!(
+            "{} MiB free of {} MiB ({} MiB in use)",
+            s.mem_available_bytes >> 20,
+            s.mem_total_bytes >> 20,
+            s.mem_total_bytes.saturating_sub(s.mem_available_bytes) >> 20
+        ),
+    );
     let usage = || match s.store_used_bytes.saturating_mul(100).checked_div(s.store_size_bytes) {
         None => String::new(),
         Some(pct) => format!(", {} of {} used ({pct}%)", gib(s.store_used_bytes), gib(s.store_size_bytes)),
@@ -291,7 +300,7 @@ mod tests {
  mesh      2 peers: lab-01, lab-02
  jobs      1 running here, 17 done in the mesh
  network   eth0 192.168.1.23/24 fe80::1/64
- memory    1.5 GiB free of 2.0 GiB
+ memory    1536 MiB free of 2048 MiB (512 MiB in use)
  store     RAM, 12 MiB of 800 MiB used (1%); lost at power-off
  VM jobs   TCG (no VT-x/AMD-V here: VMs run emulated, slower)
  config    shoal.toml on the SHOAL partition (sdb3)
