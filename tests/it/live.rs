@@ -475,3 +475,85 @@ fn a_bad_configuration_is_one_line_on_the_console_the_node_keeps_retrying_and_no
     assert_untouched(&blank);
     let _ = console;
 }
+
+/// Seconds since `t`, to one decimal.
+fn secs(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 10.0).round() / 10.0
+}
+
+/// The benchmark behind docs/BENCHMARKS.md's live-image figures (bench/live.sh runs it): the
+/// stick booted by SeaBIOS as a USB stick, power-on to joined, the memory the whole machine uses
+/// once the node runs, and one small job's submit-to-done time on the live node against the same
+/// job on a host node (both in the namespace sandbox), medians of 5.
+#[test]
+#[ignore = "a benchmark: bench/live.sh"]
+fn bench_live_stick_figures() {
+    let Some(image) = built("shoal-live.img") else { return };
+    let Some(mut lab) = lab_or_skip("the live-image benchmark") else { return };
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let node = MeshNode::start_at(
+        home,
+        &key,
+        &[],
+        (&format!("/ip4/{BRIDGE_IP}/tcp/0"), &format!("{BRIDGE_IP}:0")),
+        &["--label", "room=host"],
+    );
+    let toml = config(&node, &mesh_key_hex(&key), "live", "namespace");
+    let stick = stick_with(&lab, &image, "bench", &[("shoal.toml", toml.as_bytes())]);
+    let power_on = Instant::now();
+    let mut vm = LiveVm::boot(
+        &lab,
+        Boot {
+            firmware: Firmware::Bios,
+            disk: (&stick, true, "raw"),
+            extra_disks: vec![],
+            nic: Some((tap, "e1000")),
+            rtc_base: None,
+            name: "bench",
+        },
+    );
+    wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
+    let joined_s = secs(power_on);
+    let console = vm.wait_serial("1 peer", SERIAL_TIMEOUT);
+    let rc_done = console.lines().find_map(|l| l.split("rc.sysinit done at ").nth(1)).unwrap_or("?").to_string();
+    let block = console.rsplit("== shoal ==").find(|b| b.contains("1 peer")).unwrap_or_default();
+    let memory = block.lines().find(|l| l.trim_start().starts_with("memory")).unwrap_or("?").trim().to_string();
+
+    let host_ms = median_job_ms(&node, "host");
+    let live_ms = median_job_ms(&node, "live");
+    let size_mb = std::fs::metadata(&image).unwrap().len() as f64 / 1e6;
+    println!("live-image figures:");
+    println!("  image                      {size_mb:.0} MB ({})", image.display());
+    println!("  power-on -> joined (TCG)   {joined_s} s");
+    println!("  rc.sysinit done at         {rc_done}");
+    println!("  at join                    {memory}");
+    println!("  one job, submit -> done    live {live_ms} ms, host {host_ms} ms: {:.1} x", live_ms as f64 / host_ms as f64);
+}
+
+/// Median of 5 submit-to-done times of a one-job DAG pinned to the node labelled `room`.
+fn median_job_ms(node: &MeshNode, room: &str) -> u128 {
+    let mut ms: Vec<u128> = (0..5)
+        .map(|i| {
+            let dag = node.home.write(
+                &format!("bench-{room}-{i}.json"),
+                &serde_json::json!({"version": 1, "jobs": [{
+                    "id": "hello", "image": "busybox:latest",
+                    "command": ["sh", "-c", format!("echo run {i}; seq 1 1000 | tail -1")],
+                    "outputs": {"out": "stdout"},
+                    "requirements": {"labels": {"room": room}}}]})
+                .to_string(),
+            );
+            let t = Instant::now();
+            let out = node.cli(&["submit", dag.to_str().unwrap()]);
+            assert_success(&out, "shoal submit");
+            let id = stdout(&out).trim().to_string();
+            wait_dag(node, &id, Duration::from_secs(120), "the job done", |v| v["jobs"]["hello"]["state"] == "done");
+            t.elapsed().as_millis()
+        })
+        .collect();
+    ms.sort();
+    ms[2]
+}

@@ -674,6 +674,17 @@ impl Net {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.connections.remove(&connection_id);
+                // gossipsub tells a peer what we subscribe to over its first connection only. A
+                // peer that restarted while its old connection lingered (a PC powered off, a
+                // cable pulled) comes back on a second connection and never learns it: it would
+                // send us none of its gossip for as long as that connection lives. So when a
+                // peer's oldest connection closes and newer ones remain, close those too: the
+                // next connection (its rejoin, or our dial) starts gossipsub afresh.
+                let oldest = self.connections.iter().filter(|(_, (p, _))| *p == peer_id).all(|(c, _)| *c > connection_id);
+                if num_established > 0 && oldest {
+                    debug!(peer = %peer_id, "its first connection closed: reconnecting afresh");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
                 (num_established == 0).then_some(NetEvent::Disconnected(peer_id))
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
