@@ -211,9 +211,39 @@ fn assert_untouched(disk: &Path) {
     assert!(bytes.iter().all(|&b| b == 0), "{} was written by the live system", disk.display());
 }
 
-/// The test's own node, on the lab's bridge; it holds busybox:latest for the jobs.
-fn lab_node(home: Home, key: &Path) -> MeshNode {
-    MeshNode::start_at(home, key, &[], (&format!("/ip4/{BRIDGE_IP}/tcp/0"), &format!("{BRIDGE_IP}:0")), &[])
+/// What a boot test stands on: the lab serving DHCP, a tap for the live machine, and the test's
+/// own node on the bridge (holding busybox:latest for the jobs) with the mesh key's hex.
+struct Site {
+    lab: Lab,
+    tap: String,
+    node: MeshNode,
+    key_hex: String,
+}
+
+fn site(what: &str, node_args: &[&str]) -> Option<Site> {
+    let mut lab = lab_or_skip(what)?;
+    lab.dhcp();
+    let tap = lab.tap();
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let at = (format!("/ip4/{BRIDGE_IP}/tcp/0"), format!("{BRIDGE_IP}:0"));
+    let node = MeshNode::start_at(home, &key, &[], (&at.0, &at.1), node_args);
+    Some(Site { lab, tap, node, key_hex: mesh_key_hex(&key) })
+}
+
+impl<'a> Boot<'a> {
+    /// `image` as a USB stick of a PC on `tap` with an e1000 (a real PC's NIC, which Debian's cloud
+    /// kernel lacks and the stick's has), or with no network.
+    fn stick(name: &'a str, firmware: Firmware, image: &'a Path, tap: Option<&str>) -> Boot<'a> {
+        Boot {
+            firmware,
+            disk: (image, true, "raw"),
+            extra_disks: vec![],
+            nic: tap.map(|t| (t.to_string(), "e1000")),
+            rtc_base: None,
+            name,
+        }
+    }
 }
 
 /// The key's 64 hex digits: the last line of the file `shoal mesh init` wrote.
@@ -251,14 +281,14 @@ fn wait_live_peer(node: &MeshNode, vm: &mut LiveVm, within: Duration) -> Value {
     }
 }
 
-/// Submits a one-job DAG that only a node labelled `room` may run; waits for it; returns
-/// (dag, the node that ran it, the output as the test's node serves it).
-fn run_job_on(node: &MeshNode, room: &str, within: Duration) -> (String, String, String) {
+/// Submits a one-job DAG that only a node labelled `room` may run (`tag` makes its action new);
+/// waits for it; returns (dag, the node that ran it, the output as the test's node serves it).
+fn run_job_on(node: &MeshNode, room: &str, tag: &str, within: Duration) -> (String, String, String) {
     let dag = node.home.write(
-        &format!("{room}.json"),
+        &format!("{room}-{tag}.json"),
         &serde_json::json!({"version": 1, "jobs": [{
             "id": "hello", "image": "busybox:latest",
-            "command": ["sh", "-c", "echo hello from $(uname -m) in $(hostname -s 2>/dev/null || echo a sandbox); seq 1 1000 | tail -1"],
+            "command": ["sh", "-c", format!("echo hello {tag} from $(uname -m); seq 1 1000 | tail -1")],
             "outputs": {"out": "stdout"},
             "requirements": {"labels": {"room": room}}}]})
         .to_string(),
@@ -276,35 +306,20 @@ fn run_job_on(node: &MeshNode, room: &str, within: Duration) -> (String, String,
 #[test]
 fn the_stick_boots_by_bios_joins_the_mesh_runs_a_job_and_touches_no_other_disk() {
     let Some(image) = built("shoal-live.img") else { return };
-    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
-    lab.dhcp();
-    let tap = lab.tap();
-    let home = Home::with_busybox();
-    let key = mesh_key(home.path());
-    let node = lab_node(home, &key);
-    let toml = config(&node, &mesh_key_hex(&key), "bios", "namespace");
+    let Some(Site { lab, tap, node, key_hex }) = site("booting the live stick", &[]) else { return };
+    let toml = config(&node, &key_hex, "bios", "namespace");
     let stick = stick_with(&lab, &image, "bios", &[("shoal.toml", toml.as_bytes())]);
     let blank = blank_disk(&lab, "blank.img");
 
-    let mut vm = LiveVm::boot(
-        &lab,
-        Boot {
-            firmware: Firmware::Bios,
-            disk: (&stick, true, "raw"),
-            extra_disks: vec![blank.clone()],
-            // e1000: a real PC's NIC, which Debian's cloud kernel lacks and the stick's has.
-            nic: Some((tap, "e1000")),
-            rtc_base: None,
-            name: "bios",
-        },
-    );
+    let boot = Boot { extra_disks: vec![blank.clone()], ..Boot::stick("bios", Firmware::Bios, &stick, Some(&tap)) };
+    let mut vm = LiveVm::boot(&lab, boot);
     let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
     let live_id = peer["node"].as_str().unwrap().to_string();
     assert_eq!(peer["caps"]["labels"]["room"], "bios", "its labels come from shoal.toml: {peer}");
 
-    let (_, ran_on, out) = run_job_on(&node, "bios", Duration::from_secs(600));
+    let (_, ran_on, out) = run_job_on(&node, "bios", "1", Duration::from_secs(600));
     assert_eq!(ran_on, live_id, "the job ran on the live node");
-    assert!(out.starts_with("hello from x86_64") && out.ends_with("1000\n"), "{out}");
+    assert!(out.starts_with("hello 1 from x86_64") && out.ends_with("1000\n"), "{out}");
 
     // The person in the room (and this test) read the status on the console.
     let console = vm.wait_serial(&live_id[..12], SERIAL_TIMEOUT);
@@ -327,23 +342,11 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_offers_tcg_microvms_and_kee
     if !Path::new("/usr/share/OVMF/OVMF_CODE.fd").is_file() && !require("OVMF is missing: run scripts/setup.sh") {
         return;
     }
-    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
-    lab.dhcp();
-    let tap = lab.tap();
-    let home = Home::with_busybox();
-    let key = mesh_key(home.path());
-    let node = lab_node(home, &key);
-    let toml = config(&node, &mesh_key_hex(&key), "uefi", "microvm");
+    let Some(Site { lab, tap, node, key_hex }) = site("booting the live stick", &[]) else { return };
+    let toml = config(&node, &key_hex, "uefi", "microvm");
     let stick = stick_with(&lab, &image, "uefi", &[("shoal.toml", toml.as_bytes())]);
-    let boot = |name| Boot {
-        firmware: Firmware::Uefi,
-        disk: (&stick, true, "raw"),
-        extra_disks: vec![],
-        nic: Some((tap.clone(), "e1000")),
-        // No NTP server is reachable from the lab: the node must take the mesh's time.
-        rtc_base: Some(a_year_ago()),
-        name,
-    };
+    // No NTP server is reachable from the lab: the node must take the mesh's time.
+    let boot = |name| Boot { rtc_base: Some(a_year_ago()), ..Boot::stick(name, Firmware::Uefi, &stick, Some(&tap)) };
 
     let mut vm = LiveVm::boot(&lab, boot("uefi"));
     let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
@@ -381,12 +384,7 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_offers_tcg_microvms_and_kee
 #[test]
 fn the_cloud_image_takes_its_config_from_a_nocloud_seed_and_joins() {
     let Some(image) = built("shoal-cloud.qcow2") else { return };
-    let Some(mut lab) = lab_or_skip("booting the cloud image") else { return };
-    lab.dhcp();
-    let tap = lab.tap();
-    let home = Home::with_busybox();
-    let key = mesh_key(home.path());
-    let node = lab_node(home, &key);
+    let Some(Site { lab, tap, node, key_hex }) = site("booting the cloud image", &[]) else { return };
     // A cloud's disk: a copy-on-write overlay of the image, as a cloud makes from an imported one.
     let disk = lab.path("cloud.qcow2");
     let out = Command::new("qemu-img")
@@ -397,7 +395,7 @@ fn the_cloud_image_takes_its_config_from_a_nocloud_seed_and_joins() {
     // The NoCloud seed a cloud (or `cloud-localds`) attaches: a volume labelled cidata.
     let seed_dir = lab.path("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
-    std::fs::write(seed_dir.join("user-data"), config(&node, &mesh_key_hex(&key), "cloud", "namespace")).unwrap();
+    std::fs::write(seed_dir.join("user-data"), config(&node, &key_hex, "cloud", "namespace")).unwrap();
     std::fs::write(seed_dir.join("meta-data"), "instance-id: shoal-test-1\nlocal-hostname: worker-1\n").unwrap();
     let seed = lab.path("seed.iso");
     let out = Command::new("xorriso")
@@ -421,54 +419,31 @@ fn the_cloud_image_takes_its_config_from_a_nocloud_seed_and_joins() {
     let peer = wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
     assert_eq!(peer["caps"]["labels"]["room"], "cloud", "its labels come from the user data: {peer}");
     let live_id = peer["node"].as_str().unwrap().to_string();
-    let (_, ran_on, _) = run_job_on(&node, "cloud", Duration::from_secs(600));
+    let (_, ran_on, _) = run_job_on(&node, "cloud", "1", Duration::from_secs(600));
     assert_eq!(ran_on, live_id);
 }
 
 #[test]
 fn a_bad_configuration_is_one_line_on_the_console_the_node_keeps_retrying_and_no_other_disk_is_touched() {
     let Some(image) = built("shoal-live.img") else { return };
-    let Some(mut lab) = lab_or_skip("booting the live stick") else { return };
+    let Some(Site { lab, tap, node, key_hex: _ }) = site("booting the live stick", &[]) else { return };
     let blank = blank_disk(&lab, "blank.img");
 
     // An unreadable shoal.toml on a machine without a network.
     let broken = "mesh_key = \"00\"\njoin = [\"/ip4/10.77.0.1/tcp/7171\"\nlabels = 3\n";
     let stick = stick_with(&lab, &image, "broken", &[("shoal.toml", broken.as_bytes())]);
-    let mut vm = LiveVm::boot(
-        &lab,
-        Boot {
-            firmware: Firmware::Bios,
-            disk: (&stick, true, "raw"),
-            extra_disks: vec![blank.clone()],
-            nic: None,
-            rtc_base: None,
-            name: "broken",
-        },
-    );
+    let boot = Boot { extra_disks: vec![blank.clone()], ..Boot::stick("broken", Firmware::Bios, &stick, None) };
+    let mut vm = LiveVm::boot(&lab, boot);
     let console = vm.wait_serial("shoal.toml:3:", SERIAL_TIMEOUT);
     assert!(console.contains("no network"), "the screen says there is no network:\n{}", tail(&console));
     vm.power_off();
     assert_untouched(&blank);
 
     // A well-formed mesh key that is not the mesh's: the node keeps trying, and says why.
-    lab.dhcp();
-    let tap = lab.tap();
-    let home = Home::with_busybox();
-    let key = mesh_key(home.path());
-    let node = lab_node(home, &key);
     let wrong = "11".repeat(32);
     let stick = stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x", "namespace").as_bytes())]);
-    let mut vm = LiveVm::boot(
-        &lab,
-        Boot {
-            firmware: Firmware::Bios,
-            disk: (&stick, true, "raw"),
-            extra_disks: vec![blank.clone()],
-            nic: Some((tap, "e1000")),
-            rtc_base: None,
-            name: "wrongkey",
-        },
-    );
+    let boot = Boot { extra_disks: vec![blank.clone()], ..Boot::stick("wrongkey", Firmware::Bios, &stick, Some(&tap)) };
+    let mut vm = LiveVm::boot(&lab, boot);
     let console = vm.wait_serial("mesh key", SERIAL_TIMEOUT);
     assert_eq!(node.live_peers().len(), 1, "a node with another mesh key is not in the mesh");
     vm.power_off();
@@ -489,32 +464,13 @@ fn secs(t: Instant) -> f64 {
 #[ignore = "a benchmark: bench/live.sh"]
 fn bench_live_stick_figures() {
     let Some(image) = built("shoal-live.img") else { return };
-    let Some(mut lab) = lab_or_skip("the live-image benchmark") else { return };
-    lab.dhcp();
-    let tap = lab.tap();
-    let home = Home::with_busybox();
-    let key = mesh_key(home.path());
-    let node = MeshNode::start_at(
-        home,
-        &key,
-        &[],
-        (&format!("/ip4/{BRIDGE_IP}/tcp/0"), &format!("{BRIDGE_IP}:0")),
-        &["--label", "room=host"],
-    );
-    let toml = config(&node, &mesh_key_hex(&key), "live", "namespace");
+    let Some(Site { lab, tap, node, key_hex }) = site("the live-image benchmark", &["--label", "room=host"]) else {
+        return;
+    };
+    let toml = config(&node, &key_hex, "live", "namespace");
     let stick = stick_with(&lab, &image, "bench", &[("shoal.toml", toml.as_bytes())]);
     let power_on = Instant::now();
-    let mut vm = LiveVm::boot(
-        &lab,
-        Boot {
-            firmware: Firmware::Bios,
-            disk: (&stick, true, "raw"),
-            extra_disks: vec![],
-            nic: Some((tap, "e1000")),
-            rtc_base: None,
-            name: "bench",
-        },
-    );
+    let mut vm = LiveVm::boot(&lab, Boot::stick("bench", Firmware::Bios, &stick, Some(&tap)));
     wait_live_peer(&node, &mut vm, JOIN_TIMEOUT);
     let joined_s = secs(power_on);
     let console = vm.wait_serial("1 peer", SERIAL_TIMEOUT);
@@ -537,20 +493,9 @@ fn bench_live_stick_figures() {
 fn median_job_ms(node: &MeshNode, room: &str) -> u128 {
     let mut ms: Vec<u128> = (0..5)
         .map(|i| {
-            let dag = node.home.write(
-                &format!("bench-{room}-{i}.json"),
-                &serde_json::json!({"version": 1, "jobs": [{
-                    "id": "hello", "image": "busybox:latest",
-                    "command": ["sh", "-c", format!("echo run {i}; seq 1 1000 | tail -1")],
-                    "outputs": {"out": "stdout"},
-                    "requirements": {"labels": {"room": room}}}]})
-                .to_string(),
-            );
             let t = Instant::now();
-            let out = node.cli(&["submit", dag.to_str().unwrap()]);
-            assert_success(&out, "shoal submit");
-            let id = stdout(&out).trim().to_string();
-            wait_dag(node, &id, Duration::from_secs(120), "the job done", |v| v["jobs"]["hello"]["state"] == "done");
+            let (_, _, out) = run_job_on(node, room, &format!("bench{i}"), Duration::from_secs(120));
+            assert!(out.ends_with("1000\n"), "{out}");
             t.elapsed().as_millis()
         })
         .collect();
