@@ -65,7 +65,8 @@ impl LiveVm {
         let serial = lab.path(&format!("{}.serial", b.name));
         let mut cmd = Command::new("qemu-system-x86_64");
         // An old PC without VT-x/AMD-V (QEMU's default CPU would offer an emulated AMD-V).
-        cmd.args(["-M", "pc", "-accel", "tcg", "-cpu", "max,-svm,-vmx", "-m", "2048", "-smp", "2", "-display", "none", "-monitor", "none"])
+        cmd.args(["-M", "pc", "-accel", "tcg", "-cpu", "max,-svm,-vmx", "-m", "2048", "-smp", "2"])
+            .args(["-display", "none", "-monitor", "none"])
             .args(["-serial", &format!("file:{}", serial.display())]);
         if let Firmware::Uefi = b.firmware {
             let vars = lab.path(&format!("{}.vars.fd", b.name));
@@ -370,9 +371,11 @@ fn the_stick_boots_by_uefi_with_its_clock_a_year_off_offers_tcg_microvms_and_kee
     vm.wait_serial(&live_id[..12], JOIN_TIMEOUT);
     let start = Instant::now();
     loop {
-        let seen = node.get_json("/v1/peers")["peers"].as_array().unwrap().iter().any(|p| {
-            p["node"] == live_id.as_str() && p["last_seen_ms_ago"].as_u64().is_some_and(|ms| ms < 5_000)
-        });
+        let seen = node.get_json("/v1/peers")["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["node"] == live_id.as_str() && p["last_seen_ms_ago"].as_u64().is_some_and(|ms| ms < 5_000));
         if seen && start.elapsed() > Duration::from_secs(1) {
             break;
         }
@@ -441,7 +444,8 @@ fn a_bad_configuration_is_one_line_on_the_console_the_node_keeps_retrying_and_no
 
     // A well-formed mesh key that is not the mesh's: the node keeps trying, and says why.
     let wrong = "11".repeat(32);
-    let stick = stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x", "namespace").as_bytes())]);
+    let stick =
+        stick_with(&lab, &image, "wrongkey", &[("shoal.toml", config(&node, &wrong, "x", "namespace").as_bytes())]);
     let boot = Boot { extra_disks: vec![blank.clone()], ..Boot::stick("wrongkey", Firmware::Bios, &stick, Some(&tap)) };
     let mut vm = LiveVm::boot(&lab, boot);
     let console = vm.wait_serial("mesh key", SERIAL_TIMEOUT);
@@ -486,7 +490,10 @@ fn bench_live_stick_figures() {
     println!("  power-on -> joined (TCG)   {joined_s} s");
     println!("  rc.sysinit done at         {rc_done}");
     println!("  at join                    {memory}");
-    println!("  one job, submit -> done    live {live_ms} ms, host {host_ms} ms: {:.1} x", live_ms as f64 / host_ms as f64);
+    println!(
+        "  one job, submit -> done    live {live_ms} ms, host {host_ms} ms: {:.1} x",
+        live_ms as f64 / host_ms as f64
+    );
 }
 
 /// Median of 5 submit-to-done times of a one-job DAG pinned to the node labelled `room`.

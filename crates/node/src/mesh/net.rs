@@ -680,7 +680,8 @@ impl Net {
                 // send us none of its gossip for as long as that connection lives. So when a
                 // peer's oldest connection closes and newer ones remain, close those too: the
                 // next connection (its rejoin, or our dial) starts gossipsub afresh.
-                let oldest = self.connections.iter().filter(|(_, (p, _))| *p == peer_id).all(|(c, _)| *c > connection_id);
+                let oldest =
+                    self.connections.iter().filter(|(_, (p, _))| *p == peer_id).all(|(c, _)| *c > connection_id);
                 if num_established > 0 && oldest {
                     debug!(peer = %peer_id, "its first connection closed: reconnecting afresh");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
