@@ -124,6 +124,8 @@ struct Supervisor {
     metadata: Option<Option<String>>,
     /// The node's last ERROR or WARN line, written by the threads reading its output.
     node_error: Arc<Mutex<Option<String>>>,
+    /// The node's process id while it runs, for its memory on the page.
+    node_pid: Option<u32>,
 }
 
 /// `shoal live run`: never returns while things work; an `Err` is a fault of the live system
@@ -143,6 +145,7 @@ pub fn run(opts: LiveOptions) -> Result<()> {
         addresses: addresses(),
         mem_available_bytes: 0,
         mem_total_bytes: mem_total,
+        shoal_rss_bytes: 0,
         store: StoreAt::Nowhere,
         store_used_bytes: 0,
         store_size_bytes: 0,
@@ -161,6 +164,7 @@ pub fn run(opts: LiveOptions) -> Result<()> {
         config_device: None,
         metadata: None,
         node_error: Arc::new(Mutex::new(None)),
+        node_pid: None,
     };
     log(format_args!("shoal {} starting (root {})", s.status.version, s.opts.root.display()));
     let mut loaded = loop {
@@ -231,6 +235,9 @@ impl Supervisor {
         let (total, available) = meminfo(&self.paths.meminfo);
         self.status.mem_total_bytes = total;
         self.status.mem_available_bytes = available;
+        // The real /proc even under --root: these are this machine's processes.
+        let node = self.node_pid.map(|pid| Path::new("/proc").join(pid.to_string()).join("status"));
+        self.status.shoal_rss_bytes = rss(Path::new("/proc/self/status")) + node.map_or(0, |p| rss(&p));
         if !matches!(self.status.store, StoreAt::Nowhere)
             && let Ok(st) = nix::sys::statvfs::statvfs(&self.paths.store_dir)
         {
@@ -558,6 +565,7 @@ impl Supervisor {
                 .with_context(|| format!("starting {}", self.opts.shoal.display()))?,
         );
         let child = &mut child.0;
+        self.node_pid = Some(child.id());
         for out in [
             child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>),
             child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>),
@@ -574,6 +582,7 @@ impl Supervisor {
         let mut config_read = Instant::now();
         loop {
             if let Some(exit) = child.try_wait()? {
+                self.node_pid = None;
                 self.status.node_state = NodeState::Waiting;
                 return Ok(NodeEnd::Exited(exit.to_string()));
             }
@@ -791,6 +800,15 @@ fn meminfo(path: &Path) -> (u64, u64) {
     (field("MemTotal"), field("MemAvailable"))
 }
 
+/// A process's resident memory (`VmRSS` of /proc/PID/status), in bytes; 0 when unreadable.
+fn rss(status: &Path) -> u64 {
+    let text = std::fs::read_to_string(status).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
 /// Each interface's addresses, loopback and IPv6 link-local left out (no use to a peer), in
 /// interface order.
 fn addresses() -> Vec<(String, Vec<String>)> {
@@ -861,5 +879,8 @@ mod tests {
         std::fs::write(&p, "MemTotal:        2048000 kB\nMemFree:  1 kB\nMemAvailable:    1024000 kB\n").unwrap();
         assert_eq!(meminfo(&p), (2048000 * 1024, 1024000 * 1024));
         assert_eq!(meminfo(&dir.path().join("absent")), (0, 0));
+        std::fs::write(dir.path().join("status"), "Name:\tshoal\nVmPeak:\t  900 kB\nVmRSS:\t   56320 kB\n").unwrap();
+        assert_eq!(rss(&dir.path().join("status")), 56320 * 1024);
+        assert!(rss(Path::new("/proc/self/status")) > 0, "this test's own resident memory");
     }
 }

@@ -87,6 +87,8 @@ pub struct Status {
     pub addresses: Vec<(String, Vec<String>)>,
     pub mem_available_bytes: u64,
     pub mem_total_bytes: u64,
+    /// Resident memory of shoal itself: this supervisor and its node.
+    pub shoal_rss_bytes: u64,
     pub store: StoreAt,
     pub store_used_bytes: u64,
     pub store_size_bytes: u64,
@@ -142,10 +144,11 @@ pub fn render(s: &Status) -> String {
     row(
         "memory",
         format!(
-            "{} MiB free of {} MiB ({} MiB in use)",
+            "{} MiB free of {} MiB ({} MiB in use, shoal {} MiB)",
             s.mem_available_bytes >> 20,
             s.mem_total_bytes >> 20,
-            s.mem_total_bytes.saturating_sub(s.mem_available_bytes) >> 20
+            s.mem_total_bytes.saturating_sub(s.mem_available_bytes) >> 20,
+            s.shoal_rss_bytes >> 20
         ),
     );
     let usage = || match s.store_used_bytes.saturating_mul(100).checked_div(s.store_size_bytes) {
@@ -201,7 +204,7 @@ pub fn render(s: &Status) -> String {
 /// The page without its live figures (free memory, store use): the serial console gets a block
 /// only when this changes, so its log is a record of events rather than a clock.
 pub fn render_stable(s: &Status) -> String {
-    render(&Status { mem_available_bytes: 0, store_used_bytes: 0, ..s.clone() })
+    render(&Status { mem_available_bytes: 0, shoal_rss_bytes: 0, store_used_bytes: 0, ..s.clone() })
 }
 
 /// A serial console block: the page framed by [`SERIAL_FRAME`] lines.
@@ -277,6 +280,7 @@ mod tests {
             addresses: vec![("eth0".into(), vec!["192.168.1.23/24".into(), "fe80::1/64".into()])],
             mem_available_bytes: 1536 << 20,
             mem_total_bytes: 2 << 30,
+            shoal_rss_bytes: 70 << 20,
             store: StoreAt::Ram { cap_bytes: 800 << 20 },
             store_used_bytes: 12 << 20,
             store_size_bytes: 800 << 20,
@@ -300,7 +304,7 @@ mod tests {
  mesh      2 peers: lab-01, lab-02
  jobs      1 running here, 17 done in the mesh
  network   eth0 192.168.1.23/24 fe80::1/64
- memory    1536 MiB free of 2048 MiB (512 MiB in use)
+ memory    1536 MiB free of 2048 MiB (512 MiB in use, shoal 70 MiB)
  store     RAM, 12 MiB of 800 MiB used (1%); lost at power-off
  VM jobs   TCG (no VT-x/AMD-V here: VMs run emulated, slower)
  config    shoal.toml on the SHOAL partition (sdb3)
