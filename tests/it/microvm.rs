@@ -105,6 +105,28 @@ fn a_job_that_accepts_namespaces_uses_them_under_the_default_backend() {
     assert_eq!(record["machine"]["accelerator"], serde_json::Value::Null);
 }
 
+/// `--backend microvm-only` (a live stick whose owner did not allow namespaces): the same job runs
+/// in a microVM, its record says so.
+#[test]
+fn under_microvm_only_a_job_that_accepts_namespaces_still_runs_in_a_microvm() {
+    let home = Home::with_busybox();
+    if !vm_ready(&home) {
+        return;
+    }
+    let dag = home.write(
+        "dag.json",
+        r#"{"version": 1, "jobs": [
+  {"id": "light", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
+   "requirements": {"isolation": "namespace"}}
+]}"#,
+    );
+    assert_success(&home.shoal(&["run", dag.to_str().unwrap(), "--backend", "microvm-only"]), "shoal run");
+    let record = json(&home.shoal(&["show", "light"]));
+    assert_eq!(record["machine"]["backend"], "microvm", "{record:#}");
+    assert!(record["machine"]["accelerator"].is_string(), "{record:#}");
+    assert_eq!(stdout(&home.shoal(&["get", "light", "o"])), "hi\n");
+}
+
 #[test]
 fn doctor_reports_the_accelerator_and_how_to_fix_what_is_missing() {
     let home = Home::empty();

@@ -422,6 +422,19 @@ enum BackendArg {
     Microvm,
     /// Linux namespaces + overlayfs + cgroups: fast, a kernel shared with the host.
     Namespace,
+    /// A microVM for every job, also those that ask for `isolation: namespace` (no job runs on
+    /// this machine's kernel).
+    MicrovmOnly,
+}
+
+impl BackendArg {
+    pub(crate) fn choice(self) -> BackendChoice {
+        match self {
+            BackendArg::Microvm => BackendChoice::Microvm,
+            BackendArg::Namespace => BackendChoice::Namespace,
+            BackendArg::MicrovmOnly => BackendChoice::MicrovmOnly,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -557,10 +570,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     ));
                 }
                 let opts = shoal_node::held::HeldRun {
-                    backend: match args.backend {
-                        BackendArg::Namespace => "namespace",
-                        BackendArg::Microvm => "microvm",
-                    },
+                    backend: args.backend.choice().as_str(),
                     json: args.json,
                     no_cache: args.no_cache,
                     cores: args.cores,
@@ -571,10 +581,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             let store = open_store(&cli.home).await?;
             let opts = RunOptions {
-                backend: match args.backend {
-                    BackendArg::Namespace => BackendChoice::Namespace,
-                    BackendArg::Microvm => BackendChoice::Microvm,
-                },
+                backend: args.backend.choice(),
                 json: args.json,
                 use_cache: !args.no_cache,
                 cores: args.cores,

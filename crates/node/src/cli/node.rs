@@ -11,10 +11,7 @@ use super::{BackendArg, EXIT_JOB_FAILED, NodeArgs, RunArgs};
 use shoal_node::run::{BackendChoice, RunOptions};
 
 fn backend_choice(arg: BackendArg) -> BackendChoice {
-    match arg {
-        BackendArg::Namespace => BackendChoice::Namespace,
-        BackendArg::Microvm => BackendChoice::Microvm,
-    }
+    arg.choice()
 }
 
 pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::daemon::NodeOptions> {

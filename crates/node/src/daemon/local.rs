@@ -328,7 +328,8 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
     let backend = match req.backend.as_str() {
         "microvm" => BackendChoice::Microvm,
         "namespace" => BackendChoice::Namespace,
-        other => return Err(bad(format!("backend `{other}`: write microvm or namespace"))),
+        "microvm-only" => BackendChoice::MicrovmOnly,
+        other => return Err(bad(format!("backend `{other}`: write microvm, namespace or microvm-only"))),
     };
     if req.warm_vms > shoal_vm::microvm::WARM_PER_KIND_MAX {
         return Err(bad(format!("warm_vms is 0 to {}", shoal_vm::microvm::WARM_PER_KIND_MAX)));

@@ -71,7 +71,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use crate::identity;
-use crate::run::{BackendChoice, RunOptions, RunSource, Runner};
+use crate::run::{RunOptions, RunSource, Runner};
 
 /// Peers a node dials directly when it hears of them (beyond these it relies on gossip relaying).
 const DIRECT_PEERS_MAX: usize = 32;
@@ -235,8 +235,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
         gpus: Vec::new(),
         labels: opts.labels.clone(),
-        microvm: opts.run.backend == BackendChoice::Microvm,
-        vm_accel: (opts.run.backend == BackendChoice::Microvm).then(|| {
+        microvm: opts.run.backend.has_microvm(),
+        vm_accel: opts.run.backend.has_microvm().then(|| {
             let (accel, why) = shoal_vm::microvm::Accel::without_probe();
             info!(accel = accel.as_str(), "microVMs under {}: {why}", accel.as_str());
             match accel {

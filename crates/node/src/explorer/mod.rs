@@ -203,10 +203,7 @@ async fn catalogue_json(State(s): State<Shr>, Extension(ex): Extension<Arc<Explo
             v
         })
         .collect();
-    let backend = match s.run.backend {
-        run::BackendChoice::Microvm => "microvm",
-        run::BackendChoice::Namespace => "namespace",
-    };
+    let backend = s.run.backend.as_str();
     Ok(Json(json!({
         "source": loaded.source,
         "types": loaded.catalogue.types,

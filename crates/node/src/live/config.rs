@@ -33,8 +33,9 @@ cores = 0
 # Memory to offer to the mesh: "all", or an amount such as "2GiB".
 memory = "all"
 
-# Where jobs run: "microvm" (each job in its own small virtual machine; the default) or
-# "namespace" (Linux namespaces: faster, but jobs share this computer's kernel).
+# Where jobs run: "microvm" (each job in its own small virtual machine, also a job that asks for
+# namespaces; the default) or "namespace" (Linux namespaces: faster, but jobs share this
+# computer's kernel; jobs that require a virtual machine still get one).
 backend = "microvm"
 
 # Where the node keeps its files: "disk" = on a drive partition labelled SHOAL-STORE when this

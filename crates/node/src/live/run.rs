@@ -521,7 +521,13 @@ impl Supervisor {
             "--mesh-key".into(),
             self.paths.mesh_key.display().to_string(),
             "--backend".into(),
-            config.backend.as_str().into(),
+            // The owner's "microvm" keeps every job off this PC's kernel, also those that ask for
+            // the namespace sandbox; "namespace" is the owner allowing it.
+            match config.backend {
+                Backend::Microvm => "microvm-only",
+                Backend::Namespace => "namespace",
+            }
+            .into(),
             "--warm-vms".into(),
             config.warm_vms_for(self.status.mem_total_bytes).to_string(),
         ];

@@ -57,6 +57,26 @@ pub enum BackendChoice {
     Microvm,
     /// The namespace sandbox for every job; a job that requires `isolation: vm` fails with the reason.
     Namespace,
+    /// A microVM for every job, `isolation: namespace` ones too: the machine's owner has not let
+    /// jobs run on its kernel (a live stick's `backend = "microvm"`). The stronger sandbox meets
+    /// the weaker requirement.
+    MicrovmOnly,
+}
+
+impl BackendChoice {
+    /// The name `--backend` takes, and run records and the explorer show.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendChoice::Microvm => "microvm",
+            BackendChoice::Namespace => "namespace",
+            BackendChoice::MicrovmOnly => "microvm-only",
+        }
+    }
+
+    /// Whether jobs can run in microVMs here.
+    pub fn has_microvm(self) -> bool {
+        self != BackendChoice::Namespace
+    }
 }
 
 /// How a process's [`Runner`] is built ([`Runner::new`]: `backend`, `cores`, `warm_vms`) and how

@@ -166,10 +166,7 @@ impl Runner {
     /// and sizes the budget to `opts.cores` (this machine's cores by default).
     pub(crate) fn new(store: &Store, opts: &RunOptions) -> Result<Arc<Runner>> {
         let key = identity::load_or_create(store.home())?;
-        let default_backend = match opts.backend {
-            BackendChoice::Microvm => "microvm",
-            BackendChoice::Namespace => "namespace",
-        };
+        let default_backend = opts.backend.as_str();
         let machine = machine::describe(&identity::node_id(&key), default_backend);
         let cores_total = opts.cores.unwrap_or_else(machine::cores).max(1);
         Ok(Arc::new(Runner {
@@ -377,8 +374,11 @@ pub(super) async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>
             "it requires `isolation: vm` and this run uses --backend namespace; run with --backend microvm \
              (the default), or change the job's isolation to `namespace` if the lighter sandbox is acceptable"
         ),
-        (Some(Isolation::Namespace), _) | (None, BackendChoice::Namespace) => false,
-        (Some(Isolation::Vm), BackendChoice::Microvm) | (None, BackendChoice::Microvm) => true,
+        (Some(Isolation::Namespace), BackendChoice::Microvm | BackendChoice::Namespace)
+        | (None, BackendChoice::Namespace) => false,
+        (_, BackendChoice::MicrovmOnly)
+        | (Some(Isolation::Vm), BackendChoice::Microvm)
+        | (None, BackendChoice::Microvm) => true,
     };
     if !vm {
         return Ok(backends.namespace.clone());
