@@ -455,7 +455,10 @@ mod tests {
             ask_with(&api, move |c| c.post::<serde_json::Value>("/v1/local/runs", "application/json", &body))
         };
         let err = refused(request("qemu", BTreeMap::new())).await.unwrap().unwrap_err().to_string();
-        assert!(err.contains("HTTP 400") && err.contains("backend `qemu`: write microvm or namespace"), "{err}");
+        assert!(
+            err.contains("HTTP 400") && err.contains("backend `qemu`: write microvm, namespace or microvm-only"),
+            "{err}"
+        );
         // A `file:` input the client says it sent, which this store does not hold.
         let missing = Digest { hash: Hash::of(b"never sent"), kind: DigestKind::File, size: 10 };
         let files = BTreeMap::from([("x.txt".to_string(), FileInput::Sent(missing))]);
