@@ -89,16 +89,16 @@ fn too_many_warm_vms_is_refused_with_the_range() {
     assert!(stderr(&out).contains("from 0 to 16"), "{}", stderr(&out));
 }
 
+/// One job that accepts the namespace sandbox.
+const LIGHT_DAG: &str = r#"{"version": 1, "jobs": [
+  {"id": "light", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
+   "requirements": {"isolation": "namespace"}}
+]}"#;
+
 #[test]
 fn a_job_that_accepts_namespaces_uses_them_under_the_default_backend() {
     let home = Home::with_busybox();
-    let dag = home.write(
-        "dag.json",
-        r#"{"version": 1, "jobs": [
-  {"id": "light", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
-   "requirements": {"isolation": "namespace"}}
-]}"#,
-    );
+    let dag = home.write("dag.json", LIGHT_DAG);
     assert_success(&home.shoal(&["run", dag.to_str().unwrap()]), "shoal run");
     let record = json(&home.shoal(&["show", "light"]));
     assert_eq!(record["machine"]["backend"], "namespace");
@@ -113,13 +113,7 @@ fn under_microvm_only_a_job_that_accepts_namespaces_still_runs_in_a_microvm() {
     if !vm_ready(&home) {
         return;
     }
-    let dag = home.write(
-        "dag.json",
-        r#"{"version": 1, "jobs": [
-  {"id": "light", "image": "busybox:latest", "command": ["echo", "hi"], "outputs": {"o": "stdout"},
-   "requirements": {"isolation": "namespace"}}
-]}"#,
-    );
+    let dag = home.write("dag.json", LIGHT_DAG);
     assert_success(&home.shoal(&["run", dag.to_str().unwrap(), "--backend", "microvm-only"]), "shoal run");
     let record = json(&home.shoal(&["show", "light"]));
     assert_eq!(record["machine"]["backend"], "microvm", "{record:#}");

@@ -77,7 +77,6 @@ struct Paths {
     dhcp_ntp_dir: PathBuf,
     tty: PathBuf,
     serial: PathBuf,
-    kvm: PathBuf,
 }
 
 impl Paths {
@@ -93,7 +92,6 @@ impl Paths {
             dhcp_ntp_dir: root.join("run/udhcpc"),
             tty: root.join("dev/tty1"),
             serial: root.join("dev/ttyS0"),
-            kvm: root.join("dev/kvm"),
         }
     }
 }
@@ -403,8 +401,12 @@ impl Supervisor {
         self.status.join_count = l.config.join.len();
         self.status.accel = match l.config.backend {
             Backend::Namespace => Accel::Namespace,
-            Backend::Microvm if self.paths.kvm.exists() => Accel::Kvm,
-            Backend::Microvm => Accel::Tcg,
+            // The decision the node announces (`vm_accel`): a /dev/kvm that exists but cannot run
+            // a stock kernel (PVM) is TCG, not KVM.
+            Backend::Microvm => match shoal_vm::microvm::Accel::without_probe().0 {
+                shoal_vm::microvm::Accel::Kvm => Accel::Kvm,
+                shoal_vm::microvm::Accel::Tcg => Accel::Tcg,
+            },
         };
         log(format_args!(
             "config: from {:?} with {} kernel command-line override(s); {} join address(es){}, backend {}",
