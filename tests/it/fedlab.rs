@@ -33,6 +33,9 @@
 //! also when the test panics; a lab whose test process died without dropping it is removed by the
 //! next [`Fed::new`].
 
+// An API for the federation tests and benches: not every test uses all of it.
+#![allow(dead_code)]
+
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
