@@ -1066,6 +1066,76 @@ mod tests {
         assert!(e.contains("lowercase letters"), "{e}");
     }
 
+    /// TCP throughput from `from` to `to` by iperf3 (`seconds` long; `reverse`: `to` sends), in Mbit/s.
+    fn iperf3_mbit(fed: &Fed, from: &Host, to: &Host, seconds: u32, reverse: bool) -> f64 {
+        let _server = fed
+            .spawn(to.command("iperf3").args(["-s", "-1", "-B", &to.ip().to_string()]).stdout(Stdio::null()))
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            let mut cmd = from.command("iperf3");
+            cmd.args(["-c", &to.ip().to_string(), "-t", &seconds.to_string(), "-J"]);
+            if reverse {
+                cmd.arg("-R");
+            }
+            let out = cmd.stdin(Stdio::null()).output().expect("iperf3 (scripts/setup.sh installs it)");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                return bps / 1e6;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "iperf3 {} -> {}: {}", from.name, to.name, v["error"]);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// bench/netlab.sh: what the lab itself does, for docs/BENCHMARKS.md.
+    #[test]
+    #[ignore = "benchmark: bench/netlab.sh"]
+    fn bench_netlab_figures() {
+        let Some(fed) = fed_or_skip("the lab benchmark") else { return };
+        let wan =
+            fed.site("wan", Nat::Eim, Link { delay_ms: 50, jitter_ms: 0, loss_pct: 0.0, rate_mbit: 100 }).unwrap();
+        let lossy = fed.site("lossy", Nat::Eim, Link { loss_pct: 1.0, ..Link::CLEAN }).unwrap();
+        let clean = fed.site("clean", Nat::Eim, Link::CLEAN).unwrap();
+        let (hw, hl, hc) = (wan.host("hw").unwrap(), lossy.host("hl").unwrap(), clean.host("hc").unwrap());
+        let p = fed.public_host("p").unwrap();
+        let hp2 = fed.public_host("p2").unwrap();
+
+        let rtt = fed.ping(&hw, &p, 20, 100).unwrap();
+        let clean_rtt = fed.ping(&hc, &p, 20, 100).unwrap();
+        let lan = fed.ping(&p, &hp2, 20, 100).unwrap();
+        let loss = fed.ping(&hl, &p, 2000, 2).unwrap();
+        let loss_pct = 100.0 * f64::from(loss.sent - loss.received) / f64::from(loss.sent);
+        let ls = fed.link_stats()[1];
+        let frame_loss = |d: DirStats| 100.0 * d.lost as f64 / (d.lost + d.frames) as f64;
+        let up = iperf3_mbit(&fed, &hw, &p, 10, false);
+        let down = iperf3_mbit(&fed, &hw, &p, 10, true);
+        let clean_up = iperf3_mbit(&fed, &hc, &p, 5, false);
+        let bridge = iperf3_mbit(&fed, &hp2, &p, 5, false);
+        println!("netlab figures");
+        println!(
+            "round trip, site -> public over 50 ms one way (100 ms configured): min {:.1} ms, mean {:.1} ms (20 pings)",
+            rtt.rtt_min_ms, rtt.rtt_avg_ms
+        );
+        println!(
+            "round trip, site -> public over a clean link (the userspace link's own cost): min {:.2} ms, mean {:.2} ms",
+            clean_rtt.rtt_min_ms, clean_rtt.rtt_avg_ms
+        );
+        println!("round trip, public host -> public host (one bridge, no link): mean {:.3} ms", lan.rtt_avg_ms);
+        println!(
+            "loss, 1 % each way (1.99 % a round trip expected): {loss_pct:.2} % of {} pings; frames dropped up {:.2} %, down {:.2} %",
+            loss.sent,
+            frame_loss(ls.up),
+            frame_loss(ls.down)
+        );
+        println!(
+            "TCP (iperf3, 10 s) over 100 Mbit/s and 50 ms one way: site -> public {up:.1} Mbit/s, public -> site {down:.1} Mbit/s"
+        );
+        println!(
+            "TCP (iperf3, 5 s) over a clean link (the lab's ceiling): {clean_up:.0} Mbit/s; bridge only: {bridge:.0} Mbit/s"
+        );
+    }
+
     #[test]
     fn a_lab_is_gone_with_every_process_in_it_when_its_test_panics() {
         let Some(probe) = fed_or_skip("the lab's cleanup test") else { return };
