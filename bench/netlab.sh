@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 export CARGO_INCREMENTAL=0
 cargo build -p shoal-tests --tests ${CARGO_QUIET:+--quiet}
 cargo nextest run -p shoal-tests --run-ignored only -E 'test(bench_netlab_figures)' --no-capture 2>&1 \
-  | grep -A6 '^netlab figures'
+  | grep -A7 '^netlab figures'

@@ -27,11 +27,25 @@ pub struct FedNode {
     pub host: Host,
     pub home: Home,
     proc: Option<Proc>,
-    /// The node id (hex) and its libp2p address (`/ip4/.../tcp/.../p2p/<peer id>`).
+    /// The node id (hex) and its libp2p address on its host (`/ip4/.../tcp/7171/p2p/<peer id>`).
     pub node: String,
     pub listen: String,
     http: String,
     log: PathBuf,
+    /// What it was started with, for [`FedNode::restart`].
+    args: NodeArgs,
+}
+
+/// The arguments of a [`FedNode`] beyond its host and home.
+#[derive(Clone)]
+pub struct NodeArgs {
+    pub key: PathBuf,
+    /// `--join` addresses.
+    pub join: Vec<String>,
+    /// `--listen` addresses besides the host's own (a relay's `/p2p-circuit`).
+    pub listen: Vec<String>,
+    /// Any other flags.
+    pub extra: Vec<String>,
 }
 
 impl FedNode {
@@ -46,6 +60,13 @@ impl FedNode {
         listen: &[&str],
         extra: &[&str],
     ) -> FedNode {
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+        let args =
+            NodeArgs { key: key.to_path_buf(), join: strings(join), listen: strings(listen), extra: strings(extra) };
+        FedNode::start_with(fed, host, home, args)
+    }
+
+    pub fn start_with(fed: &Fed, host: &Host, home: Home, args: NodeArgs) -> FedNode {
         let ready = home.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let log = home.path().join("node.log");
@@ -53,13 +74,13 @@ impl FedNode {
         let mut cmd = host.command(shoal_bin());
         cmd.args(["node", "--listen", &format!("/ip4/{}/tcp/{RELAY_PORT}", host.ip())])
             .args(["--blobs", &format!("{}:7172", host.ip()), "--http", "127.0.0.1:7170"])
-            .args(["--mesh-key", key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
+            .args(["--mesh-key", args.key.to_str().unwrap(), "--ready-file", ready.to_str().unwrap()])
             .args(["--backend", "namespace", "--speed", "1000"])
-            .args(extra);
-        for l in listen {
+            .args(&args.extra);
+        for l in &args.listen {
             cmd.args(["--listen", l]);
         }
-        for j in join {
+        for j in &args.join {
             cmd.args(["--join", j]);
         }
         cmd.env("SHOAL_HOME", home.store())
@@ -100,7 +121,15 @@ impl FedNode {
             listen,
             http: v["http"].as_str().unwrap().to_string(),
             log,
+            args,
         }
+    }
+
+    /// kill -9, then the same node again (same host, store and so identity, same arguments).
+    pub fn restart(mut self, fed: &Fed) -> FedNode {
+        self.kill();
+        let home = std::mem::replace(&mut self.home, Home::empty());
+        FedNode::start_with(fed, &self.host, home, self.args.clone())
     }
 
     pub fn log(&self) -> String {
@@ -306,6 +335,17 @@ fn nodes_at_three_nated_sites_form_one_mesh_through_a_relay_and_run_a_dag() {
     assert!(runners.keys().all(|r| f.all().iter().any(|n| &n.node == r)), "only mesh nodes ran jobs: {runners:?}");
     // Every node sees the same outcome: one winner per job, whichever site it is at.
     converged(&f.all(), &dag, Duration::from_secs(60));
+
+    // The node behind the symmetric NAT, killed -9 and restarted, is back in the mesh through
+    // the relay under its own identity, and has the DAG's outcome.
+    let mut f = f;
+    let far = f.nodes[2].pop().unwrap();
+    let id = far.node.clone();
+    let far = far.restart(&f.fed);
+    assert_eq!(far.node, id, "same store, same identity");
+    f.nodes[2].push(far);
+    wait_for_mesh(&f.all(), MESH_TIMEOUT);
+    wait_dag(&f.nodes[2][0], &dag, Duration::from_secs(30), "the restarted node has the outcome", all_done);
 }
 
 /// Waits until every node holds the same ledger (equal digests) and names the same winner for

@@ -1112,7 +1112,23 @@ mod tests {
         let down = iperf3_mbit(&fed, &hw, &p, 10, true);
         let clean_up = iperf3_mbit(&fed, &hc, &p, 5, false);
         let bridge = iperf3_mbit(&fed, &hp2, &p, 5, false);
+        // A lab the size of the 32-node tests: three sites, 40 hosts in all.
+        let built = Instant::now();
+        let big = Fed::new().unwrap();
+        let sites: Vec<Site> = (0..3).map(|i| big.site(&format!("s{i}"), Nat::Eim, Link::CLEAN).unwrap()).collect();
+        for i in 0..40 {
+            sites[i % 3].host(&format!("h{i}")).unwrap();
+        }
+        let built = built.elapsed();
+        let removed = Instant::now();
+        drop(big);
+        let removed = removed.elapsed();
         println!("netlab figures");
+        println!(
+            "a lab of 3 sites and 40 hosts: built in {:.2} s, removed in {:.2} s",
+            built.as_secs_f64(),
+            removed.as_secs_f64()
+        );
         println!(
             "round trip, site -> public over 50 ms one way (100 ms configured): min {:.1} ms, mean {:.1} ms (20 pings)",
             rtt.rtt_min_ms, rtt.rtt_avg_ms
@@ -1134,6 +1150,32 @@ mod tests {
         println!(
             "TCP (iperf3, 5 s) over a clean link (the lab's ceiling): {clean_up:.0} Mbit/s; bridge only: {bridge:.0} Mbit/s"
         );
+    }
+
+    #[test]
+    fn a_new_lab_removes_the_labs_of_dead_test_processes_and_what_runs_in_them() {
+        let Some(probe) = fed_or_skip("the lab's orphan test") else { return };
+        drop(probe);
+        // A pid that was and is no more: the test process a timeout killed.
+        let mut gone = Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let orphan = format!("{NETNS_PREFIX}{dead}-0-relay");
+        run(Command::new("ip").args(["netns", "add", &orphan])).unwrap();
+        let mut inside = Command::new("ip").args(["netns", "exec", &orphan, "sleep", "600"]).spawn().unwrap();
+        let start = Instant::now();
+        // `ip netns exec` has entered the namespace once its child's ns differs from ours.
+        while std::fs::read_link(format!("/proc/{}/ns/net", inside.id())).ok()
+            == std::fs::read_link("/proc/self/ns/net").ok()
+        {
+            assert!(start.elapsed() < Duration::from_secs(5), "sleep entered {orphan}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let fed = Fed::new().unwrap();
+        assert!(!Path::new("/run/netns").join(&orphan).exists(), "{orphan} was removed by a new lab");
+        let status = inside.try_wait().unwrap();
+        assert!(status.is_some(), "the process left in {orphan} was killed");
+        drop(fed);
     }
 
     #[test]
