@@ -303,6 +303,9 @@ impl Federation {
     }
 }
 
+/// One mesh across three NATs through a relay: a DAG submitted at one site completes and every
+/// node sees one outcome; the symmetric site's node, killed -9 and restarted, comes back through
+/// the relay; a node with another mesh key gets nothing from the relay.
 #[test]
 fn nodes_at_three_nated_sites_form_one_mesh_through_a_relay_and_run_a_dag() {
     let Some(fed) = fed_or_skip("the federation test") else { return };
@@ -346,6 +349,21 @@ fn nodes_at_three_nated_sites_form_one_mesh_through_a_relay_and_run_a_dag() {
     f.nodes[2].push(far);
     wait_for_mesh(&f.all(), MESH_TIMEOUT);
     wait_dag(&f.nodes[2][0], &dag, Duration::from_secs(30), "the restarted node has the outcome", all_done);
+
+    // A node holding another mesh key, at an endpoint-independent site, listening through the
+    // same relay: it reaches no one, and no one hears of it.
+    let stranger_home = Home::with_busybox();
+    let other_key = mesh_key(stranger_home.path());
+    let host = f.sites[1].host("stranger").unwrap();
+    let circuit = format!("{}/p2p-circuit", f.relay.listen);
+    let stranger = FedNode::start(&f.fed, &host, stranger_home, &other_key, &[&f.relay.listen], &[&circuit], &[]);
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(stranger.live_peers(), BTreeSet::from([stranger.node.clone()]), "the stranger hears no one");
+    for n in f.all() {
+        assert!(!n.live_peers().contains(&stranger.node), "{} does not hear the stranger", n.host.name);
+    }
+    assert_eq!(stranger.get(&format!("/v1/dags/{dag}")).0, 404, "no ledger crossed");
+    assert!(!stranger.log().contains("reachable through a relay"), "the relay took no reservation from it");
 }
 
 /// Waits until every node holds the same ledger (equal digests) and names the same winner for
