@@ -36,7 +36,7 @@
 // An API for the federation tests and benches: not every test uses all of it.
 #![allow(dead_code)]
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
@@ -143,7 +143,8 @@ struct State {
     namespaces: Vec<Arc<Ns>>,
     public_hosts: u8,
     sites: u8,
-    links: Vec<WanLink>,
+    /// Each site's WAN link, by site index.
+    links: BTreeMap<u8, WanLink>,
 }
 
 /// A named network namespace and a descriptor of it (for `setns`).
@@ -403,7 +404,7 @@ impl Fed {
                 .with_context(ctx)?;
         }
         let wan_link = WanLink::start(&format!("{}:{name}", self.inner.id), wan, public_end, link)?;
-        self.inner.state.lock().unwrap().links.push(wan_link);
+        self.inner.state.lock().unwrap().links.insert(index, wan_link);
         Ok(Site {
             inner: self.inner.clone(),
             name: name.to_string(),
@@ -460,22 +461,22 @@ impl Fed {
         Ok(stats.rtt_avg_ms)
     }
 
-    /// Frames each site's link carried and dropped, `(site index, stats)`.
-    pub fn link_stats(&self) -> Vec<LinkStats> {
-        self.inner.state.lock().unwrap().links.iter().map(|l| l.stats()).collect()
+    /// The frames the site's WAN link carried and dropped so far, each way.
+    pub fn link_stats(&self, site: &Site) -> LinkStats {
+        self.inner.state.lock().unwrap().links.get(&site.index).map(WanLink::stats).unwrap_or_default()
     }
 }
 
 impl Site {
     /// A host on this site's LAN: 10.s.0.10, .11, ..., its default route via the router.
     pub fn host(&self, name: &str) -> Result<Host> {
+        claim_name(&mut self.inner.state.lock().unwrap(), name)?;
         let n = self.hosts.fetch_add(1, Ordering::Relaxed);
         ensure!(
             n < u32::from(SITE_HOSTS_MAX),
             "host {name}: site {} has {SITE_HOSTS_MAX} hosts already, the most its /24 holds",
             self.name
         );
-        claim_name(&mut self.inner.state.lock().unwrap(), name)?;
         let ip = Ipv4Addr::new(10, self.index, 0, 10 + n as u8);
         let gateway = Ipv4Addr::new(10, self.index, 0, 1);
         self.inner.add_host(name, Some(&self.name), ip, &self.router, &format!("h{n}"), "lan0", Some(gateway))
@@ -959,10 +960,10 @@ mod tests {
         // 400 pings: each crosses the link twice, so 1 - 0.9^2 = 19 % are lost (sd 2 %).
         let stats = fed.ping(&h, &p, 400, 5).unwrap();
         let lost_pct = 100.0 * f64::from(stats.sent - stats.received) / f64::from(stats.sent);
-        let links = fed.link_stats();
-        eprintln!("10 % per direction: ping lost {lost_pct:.1} % of {}; link {:?}", stats.sent, links[0]);
+        let link = fed.link_stats(&site);
+        eprintln!("10 % per direction: ping lost {lost_pct:.1} % of {}; link {link:?}", stats.sent);
         assert!((10.0..=28.0).contains(&lost_pct), "expected 19 % ± 4 sd of round trips lost, saw {lost_pct:.1} %");
-        let LinkStats { up, down } = links[0];
+        let LinkStats { up, down } = link;
         for (dir, d) in [("up", up), ("down", down)] {
             let pct = 100.0 * d.lost as f64 / (d.lost + d.frames) as f64;
             assert!((4.0..=17.0).contains(&pct), "{dir}: {pct:.1} % of frames lost, expected 10 %: {d:?}");
@@ -1106,7 +1107,7 @@ mod tests {
         let lan = fed.ping(&p, &hp2, 20, 100).unwrap();
         let loss = fed.ping(&hl, &p, 2000, 2).unwrap();
         let loss_pct = 100.0 * f64::from(loss.sent - loss.received) / f64::from(loss.sent);
-        let ls = fed.link_stats()[1];
+        let ls = fed.link_stats(&lossy);
         let frame_loss = |d: DirStats| 100.0 * d.lost as f64 / (d.lost + d.frames) as f64;
         let up = iperf3_mbit(&fed, &hw, &p, 10, false);
         let down = iperf3_mbit(&fed, &hw, &p, 10, true);
