@@ -972,6 +972,53 @@ mod tests {
     }
 
     #[test]
+    fn a_link_keeps_frames_in_order_under_jitter_and_no_faster_than_its_rate() {
+        let Some(fed) = fed_or_skip("the lab's link test") else { return };
+        // Jitter as large as the delay: without the in-order rule, datagrams 1 ms apart would
+        // overtake each other most of the time.
+        let site =
+            fed.site("jittery", Nat::Eim, Link { delay_ms: 20, jitter_ms: 20, loss_pct: 0.0, rate_mbit: 20 }).unwrap();
+        let h = site.host("h").unwrap();
+        let p = fed.public_host("p").unwrap();
+        let rx = p.run(|| UdpSocket::bind((p.ip(), 7100))).unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let tx = h.run(|| UdpSocket::bind((h.ip(), 0))).unwrap();
+        for i in 0u32..200 {
+            tx.send_to(&i.to_be_bytes(), rx.local_addr().unwrap()).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4];
+        while let Ok((4, _)) = rx.recv_from(&mut buf) {
+            got.push(u32::from_be_bytes(buf));
+        }
+        assert_eq!(got, (0..200).collect::<Vec<_>>(), "every datagram, in the order sent");
+
+        // 5 MB through 20 Mbit/s takes at least 2 s, however fast the lab.
+        const BYTES: usize = 5_000_000;
+        let listener = p.run(|| TcpListener::bind((p.ip(), 7101))).unwrap();
+        let to = listener.local_addr().unwrap();
+        let (took, received) = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut sink = Vec::new();
+                conn.read_to_end(&mut sink).unwrap();
+                sink.len()
+            });
+            let mut conn = h.run(|| TcpStream::connect(to)).unwrap();
+            let start = Instant::now();
+            conn.write_all(&vec![7u8; BYTES]).unwrap();
+            drop(conn);
+            let received = reader.join().unwrap();
+            (start.elapsed(), received)
+        });
+        assert_eq!(received, BYTES);
+        let mbit = BYTES as f64 * 8.0 / took.as_secs_f64() / 1e6;
+        eprintln!("{BYTES} bytes through a 20 Mbit/s link in {took:?}: {mbit:.1} Mbit/s");
+        assert!(mbit <= 20.0 * 1.05, "the link's rate holds: {mbit:.1} Mbit/s through 20 Mbit/s");
+    }
+
+    #[test]
     fn eim_keeps_a_lan_port_for_every_destination_and_symmetric_does_not() {
         let Some(fed) = fed_or_skip("the lab's NAT test") else { return };
         let eim = fed.site("eim", Nat::Eim, Link::CLEAN).unwrap();
