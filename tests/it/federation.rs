@@ -232,18 +232,18 @@ pub fn wait_dag(node: &FedNode, dag: &str, within: Duration, what: &str, pred: i
     }
 }
 
-fn all_done(v: &Value) -> bool {
+pub fn all_done(v: &Value) -> bool {
     v["jobs"].as_object().is_some_and(|j| !j.is_empty() && j.values().all(|j| j["state"] == "done"))
 }
 
-fn submit(node: &FedNode, dag: &Path) -> String {
+pub fn submit(node: &FedNode, dag: &Path) -> String {
     let out = node.cli(&["submit", dag.to_str().unwrap()]);
     assert_success(&out, &format!("shoal submit on {}", node.host.name));
     stdout(&out).trim().to_string()
 }
 
 /// `n` independent jobs (no inputs: nothing crosses the NATs but facts).
-fn independent_jobs(n: usize, tag: &str) -> String {
+pub fn independent_jobs(n: usize, tag: &str) -> String {
     let jobs: Vec<Value> = (0..n)
         .map(|i| {
             serde_json::json!({"id": format!("j{i}"), "image": "busybox:latest",
@@ -258,20 +258,20 @@ fn independent_jobs(n: usize, tag: &str) -> String {
 /// (25 ms, the same jitter and loss): 40-110 ms round trips between sites. Each with
 /// `per_site[i]` nodes at site i that listen through the relay and join it.
 /// Fields drop in order: the nodes (their logs shown if the test failed) before the lab.
-struct Federation {
-    relay: FedNode,
+pub struct Federation {
+    pub relay: FedNode,
     /// Per site, in `sites` order.
-    nodes: Vec<Vec<FedNode>>,
-    sites: Vec<Site>,
-    fed: Fed,
+    pub nodes: Vec<Vec<FedNode>>,
+    pub sites: Vec<Site>,
+    pub fed: Fed,
     /// The mesh key, for nodes a test starts later.
     #[allow(dead_code)]
-    key: PathBuf,
+    pub key: PathBuf,
     _key_dir: tempfile::TempDir,
 }
 
 impl Federation {
-    fn start(fed: Fed, per_site: [usize; 3]) -> Federation {
+    pub fn start(fed: Fed, per_site: [usize; 3]) -> Federation {
         let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
         let key = mesh_key(key_dir.path());
         let relay_host = fed.public_host("relay").unwrap();
@@ -298,7 +298,8 @@ impl Federation {
         Federation { fed, sites, relay, nodes, key, _key_dir: key_dir }
     }
 
-    fn all(&self) -> Vec<&FedNode> {
+    /// The relay, then every site's nodes.
+    pub fn all(&self) -> Vec<&FedNode> {
         std::iter::once(&self.relay).chain(self.nodes.iter().flatten()).collect()
     }
 }
@@ -368,7 +369,7 @@ fn nodes_at_three_nated_sites_form_one_mesh_through_a_relay_and_run_a_dag() {
 
 /// Waits until every node holds the same ledger (equal digests) and names the same winner for
 /// every job of `dag`; returns that one view of the jobs.
-fn converged(nodes: &[&FedNode], dag: &str, within: Duration) -> Value {
+pub fn converged(nodes: &[&FedNode], dag: &str, within: Duration) -> Value {
     let start = Instant::now();
     loop {
         let digests: BTreeMap<String, Vec<&str>> = nodes.iter().fold(BTreeMap::new(), |mut m, n| {
@@ -467,7 +468,7 @@ fn cut_mid_dag(f: &Federation) -> CutRun {
 
 /// Waits until every node holds the same ledger (equal digests) and the same facts of `dag`;
 /// returns those facts, per job.
-fn facts_converged(nodes: &[&FedNode], dag: &str, within: Duration) -> BTreeMap<String, Vec<Value>> {
+pub fn facts_converged(nodes: &[&FedNode], dag: &str, within: Duration) -> BTreeMap<String, Vec<Value>> {
     let start = Instant::now();
     loop {
         let mut digests: BTreeMap<String, Vec<&str>> = BTreeMap::new();
