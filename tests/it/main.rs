@@ -5,6 +5,8 @@ mod api_security;
 mod architecture;
 mod cli;
 mod explorer;
+mod federation;
+mod fedlab;
 mod hardening;
 mod held_home;
 mod live;
