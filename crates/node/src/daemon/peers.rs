@@ -31,6 +31,11 @@ impl Node {
                 self.listen_addrs.push(addr);
                 self.write_ready_file();
             }
+            // A relay's reservation lost or given up: no longer announced, so peers stop dialing it.
+            NetEvent::NotListening(addr) => {
+                self.listen_addrs.retain(|a| *a != addr);
+                self.write_ready_file();
+            }
             NetEvent::Connected(peer) => {
                 self.connected.insert(peer);
                 // It passed pnet (the mesh key) and noise (its id): a member, so it may fetch
