@@ -6,17 +6,22 @@ use crate::topics::TopicMode;
 
 /// How often a node announces itself (its heartbeat), in ms.
 pub const HEARTBEAT_MS: u64 = 10_000;
-/// How soon after a new connection a node announces itself, in ms (gossipsub needs a moment to
-/// exchange subscriptions first).
+/// How soon after its first connection a node announces itself to the whole mesh, in ms
+/// (gossipsub needs a moment to exchange subscriptions first).
 pub const HEARTBEAT_AFTER_CONNECT_MS: u64 = 300;
-/// One announcement in this many carries the full capabilities.
-pub const CAPS_EVERY: u64 = 6;
-/// Announcements after a new connection that carry the capabilities whatever (a newcomer needs
-/// them to rank jobs; one may be lost while subscriptions settle).
-pub const CAPS_AFTER_CONNECT: u32 = 2;
-/// A peer not heard from for this long is taken as gone (ranks, replicas, providers), in ms:
-/// three heartbeats missed, and a second for the one on its way.
+/// How often a node announces itself to the whole mesh by gossip, in ms: for the nodes it has no
+/// connection with (past `shoal node`'s direct-peer limit), which learn its addresses from it.
+/// Heartbeats go to connected peers only; gossiped, each would cost every node the gossip degree
+/// in copies (32 idle nodes sent 16 KB/s each with a gossiped 10-s heartbeat, 1 with direct ones).
+pub const ANNOUNCE_MESH_MS: u64 = 300_000;
+/// One regular heartbeat in this many carries the full capabilities (greetings and mesh
+/// announcements always do; these are for capabilities that changed).
+pub const CAPS_EVERY: u64 = 30;
+/// A peer heard from directly and then not for this long is taken as gone (ranks, replicas,
+/// providers), in ms: three heartbeats missed, and a second for the one on its way.
 pub const LIVENESS_TIMEOUT_MS: u64 = 3 * HEARTBEAT_MS + 1_000;
+/// The same for a peer only ever heard through mesh announcements (no connection with it), in ms.
+pub const MESH_LIVENESS_TIMEOUT_MS: u64 = 3 * ANNOUNCE_MESH_MS + 1_000;
 /// A peer not heard from for this long is forgotten altogether (`shoal peers` stops listing
 /// it), in ms.
 pub const FORGET_AFTER_MS: u64 = 4 * LIVENESS_TIMEOUT_MS;
@@ -46,12 +51,14 @@ pub struct Settings {
     pub heartbeat_ms: u64,
     /// See [`HEARTBEAT_AFTER_CONNECT_MS`].
     pub heartbeat_after_connect_ms: u64,
+    /// See [`ANNOUNCE_MESH_MS`].
+    pub announce_mesh_ms: u64,
     /// See [`CAPS_EVERY`].
     pub caps_every: u64,
-    /// See [`CAPS_AFTER_CONNECT`].
-    pub caps_after_connect: u32,
     /// See [`LIVENESS_TIMEOUT_MS`].
     pub liveness_timeout_ms: u64,
+    /// See [`MESH_LIVENESS_TIMEOUT_MS`].
+    pub mesh_liveness_timeout_ms: u64,
     /// See [`FORGET_AFTER_MS`].
     pub forget_after_ms: u64,
     /// See [`SYNC_PERIOD_MS`].
@@ -70,9 +77,10 @@ impl Default for Settings {
             core: CoreConfig::default(),
             heartbeat_ms: HEARTBEAT_MS,
             heartbeat_after_connect_ms: HEARTBEAT_AFTER_CONNECT_MS,
+            announce_mesh_ms: ANNOUNCE_MESH_MS,
             caps_every: CAPS_EVERY,
-            caps_after_connect: CAPS_AFTER_CONNECT,
             liveness_timeout_ms: LIVENESS_TIMEOUT_MS,
+            mesh_liveness_timeout_ms: MESH_LIVENESS_TIMEOUT_MS,
             forget_after_ms: FORGET_AFTER_MS,
             sync_period_ms: SYNC_PERIOD_MS,
             replicas: REPLICAS,

@@ -103,6 +103,9 @@ impl Sync {
             SyncReq::Hold { dag } => {
                 Inbound::Answer(SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") })
             }
+            SyncReq::Announce { .. } => {
+                Inbound::Answer(SyncResp::Refused { reason: "an announcement is answered apart".into() })
+            }
         }
     }
 
@@ -124,7 +127,11 @@ impl Sync {
                 Vec::new()
             }
             SyncResp::Facts { facts } => facts,
-            SyncResp::Same | SyncResp::Stored { .. } | SyncResp::Holding { .. } | SyncResp::Refused { .. } => {
+            SyncResp::Same
+            | SyncResp::Stored { .. }
+            | SyncResp::Holding { .. }
+            | SyncResp::Refused { .. }
+            | SyncResp::Heard => {
                 Vec::new()
             }
         }

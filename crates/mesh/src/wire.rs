@@ -105,6 +105,11 @@ pub enum SyncReq {
     Hold {
         dag: Hash,
     },
+    /// A heartbeat or greeting straight to one peer (`liveness::Audience::Peer`/`Connected`);
+    /// answered `Heard`.
+    Announce {
+        announce: Announce,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,8 @@ pub enum SyncResp {
         dag: Hash,
         state: HoldState,
     },
+    /// An `Announce` arrived.
+    Heard,
 }
 
 /// A peer's progress in holding a DAG's blobs.

@@ -20,8 +20,8 @@ impl Sim {
         for (x, y) in [(a, b), (b, a)] {
             let peer = self.nodes[y as usize].id;
             if up && self.nodes[x as usize].status == Status::Up {
-                // A new connection: the daemon's `Liveness` announces itself soon after.
-                self.nodes[x as usize].liveness.handle_connected(now);
+                // A new connection: the daemon's `Liveness` greets the peer.
+                self.nodes[x as usize].liveness.handle_connected(now, peer);
                 let at = self.nodes[x as usize].liveness.poll_timeout().unwrap_or(now);
                 self.schedule_liveness(x, at);
             }

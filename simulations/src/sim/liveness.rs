@@ -1,7 +1,8 @@
 //! Each node's own failure detector, `shoal_mesh::liveness::Liveness`, driven as the daemon drives
 //! it: a heartbeat (the daemon's `Announce`, its CBOR size counted) goes out whenever
-//! `poll_heartbeat` gives one, reaches the other nodes through the gossip mesh, and each receiver's
-//! `handle_heard` notes it; a new peer gets the core's peer set updated and a heartbeat at once, a
+//! `poll_heartbeat` gives one, to the audience it names (one peer, every connected peer — with one
+//! topic every node, as in a mesh within `shoal node`'s direct-peer limit, each copy counted on
+//! the sender's uplink — or the whole mesh by gossip), and each receiver's `handle_heard` notes it; a new peer gets the core's peer set updated and a heartbeat at once, a
 //! forgotten one (silent for `forget_after_ms`) the same update. What counts as alive for replica
 //! copies and lost outputs is each node's `live()`.
 //!
@@ -14,7 +15,7 @@
 use std::collections::BTreeSet;
 
 use shoal_dag::Hash;
-use shoal_mesh::liveness::Heartbeat;
+use shoal_mesh::liveness::{Audience, Heartbeat};
 use shoal_mesh::wire::{self, Announce, WIRE_VERSION};
 
 use super::net::MESSAGE_OVERHEAD_BYTES;
@@ -67,9 +68,13 @@ impl Sim {
     fn heartbeat(&mut self, n: u32, beat: Heartbeat) {
         let bytes = self.announce_bytes(n, beat) + MESSAGE_OVERHEAD_BYTES;
         self.report.heartbeats += 1;
-        self.nodes[n as usize].last_beat_at = self.now;
-        let at = self.transmit(n, bytes);
-        let to: Vec<u32> = if self.cfg.group_nodes() == 0 {
+        if beat.to == Audience::Connected {
+            // The beat every peer hears (what `forgotten_silent_ms` counts silence from).
+            self.nodes[n as usize].last_beat_at = self.now;
+        }
+        let to: Vec<u32> = if let Audience::Peer(id) = beat.to {
+            self.index_of.get(&id).copied().filter(|&m| self.reachable(n, m)).into_iter().collect()
+        } else if self.cfg.group_nodes() == 0 {
             (0..self.nodes.len() as u32).filter(|&m| m != n && self.reachable(n, m)).collect()
         } else {
             let members: BTreeSet<u32> = self.nodes[n as usize]
@@ -85,8 +90,12 @@ impl Sim {
         for &m in &to {
             self.nodes[m as usize].bytes_in += bytes;
         }
+        // Gossip leaves the sender once (the mesh carries it on); one-hop heartbeats once per peer.
+        let copies = if beat.to == Audience::Mesh { 1 } else { to.len().max(1) as u64 };
+        let at = self.transmit(n, bytes * copies);
         if !to.is_empty() {
-            self.push(at, Ev::Heartbeat { from: n, to });
+            let direct = beat.to != Audience::Mesh;
+            self.push(at, Ev::Heartbeat { from: n, to, direct });
         }
     }
 
@@ -120,14 +129,14 @@ impl Sim {
     }
 
     /// A heartbeat of `from` reaches the nodes `to`.
-    pub(super) fn on_heartbeat(&mut self, from: u32, to: &[u32]) {
+    pub(super) fn on_heartbeat(&mut self, from: u32, to: &[u32], direct: bool) {
         let now = self.now;
         let id = self.nodes[from as usize].id;
         for &m in to {
             if !self.up(m) {
                 continue;
             }
-            if self.nodes[m as usize].liveness.handle_heard(now, id) {
+            if self.nodes[m as usize].liveness.handle_heard(now, id, direct) {
                 // A new peer: the core ranks with it, and it gets a heartbeat of ours at once.
                 self.tell_core_live_peers(m);
                 self.drive_liveness(m);

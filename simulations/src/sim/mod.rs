@@ -96,10 +96,12 @@ enum Ev {
         node: u32,
         epoch: u32,
     },
-    /// A heartbeat of `from` reaches `to` (gossiped on the mesh-wide announcement topic).
+    /// A heartbeat of `from` reaches `to`.
     Heartbeat {
         from: u32,
         to: Vec<u32>,
+        /// One hop (a greeting or heartbeat), not a gossiped mesh announcement.
+        direct: bool,
     },
     /// Node `node`'s `Liveness` is due (a heartbeat to send, a peer to forget).
     Liveness {
@@ -324,7 +326,7 @@ impl Sim {
             for n in &mut sim.nodes {
                 n.core.as_mut().expect("up").handle_peers(0, ids.iter().copied());
                 for id in ids.iter().filter(|id| **id != n.id) {
-                    n.liveness.handle_heard(0, *id);
+                    n.liveness.handle_heard(0, *id, true);
                 }
             }
         }
@@ -549,7 +551,7 @@ impl Sim {
             }
             Ev::Crash { node, permanent } => self.crash(node, permanent),
             Ev::Restart { node } => self.restart(node),
-            Ev::Heartbeat { from, to } => self.on_heartbeat(from, &to),
+            Ev::Heartbeat { from, to, direct } => self.on_heartbeat(from, &to, direct),
             Ev::Liveness { node, generation } => {
                 let n = &mut self.nodes[node as usize];
                 if n.liveness_gen == generation && n.status == Status::Up {

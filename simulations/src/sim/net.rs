@@ -25,6 +25,7 @@ pub(super) fn request_bytes(req: &SyncReq, meta: &HashMap<Hash, FactMeta>) -> u6
         SyncReq::Get { ids } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
         SyncReq::Put { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
         SyncReq::Hold { .. } => DIGEST_BYTES,
+        SyncReq::Announce { announce } => MESSAGE_OVERHEAD_BYTES + wire::encode(announce).len() as u64,
     }
 }
 

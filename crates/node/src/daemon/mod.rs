@@ -73,8 +73,10 @@ use tracing::{debug, info, warn};
 use crate::identity;
 use crate::run::{RunOptions, RunSource, Runner};
 
-/// Peers a node dials directly when it hears of them (beyond these it relies on gossip relaying).
-const DIRECT_PEERS_MAX: usize = 32;
+/// Peers a node dials directly when it hears of them: a mesh up to this size is fully connected,
+/// so every heartbeat is one hop (`shoal_mesh::liveness`); beyond it a node hears the others by
+/// gossip (their mesh announcements, facts).
+const DIRECT_PEERS_MAX: usize = 64;
 /// Commands from the API waiting for the loop.
 const COMMANDS_QUEUED_MAX: usize = 256;
 /// Events kept for slow SSE subscribers before they miss some.

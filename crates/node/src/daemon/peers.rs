@@ -7,13 +7,13 @@ use shoal_mesh::capabilities::Capabilities;
 use shoal_mesh::clock::{ClockStep, describe_offset};
 use shoal_mesh::ledger::LedgerError;
 use shoal_mesh::ledger::{Body, Fact, NodeId};
-use shoal_mesh::liveness::Heartbeat;
+use shoal_mesh::liveness::{Audience, Heartbeat};
 use shoal_mesh::sync::Inbound;
 use shoal_mesh::wire::{self, Announce, FactBatch, SyncReq, SyncResp};
 use tracing::{debug, error, info, warn};
 
 use crate::api::NodeFile;
-use crate::mesh::net::{NetEvent, SyncResponse, Topic};
+use crate::mesh::net::{NetEvent, SyncRequest, SyncResponse, Topic};
 
 use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
 use crate::clock;
@@ -43,8 +43,8 @@ impl Node {
                 if let Some(node) = node_of_peer(&peer) {
                     self.shared.blobs.admit(&node);
                     self.sync.handle_connected(self.mono_ms(), node);
+                    self.liveness.handle_connected(self.mono_ms(), node);
                 }
-                self.liveness.handle_connected(self.mono_ms());
             }
             NetEvent::Disconnected(peer) => {
                 self.connected.remove(&peer);
@@ -70,54 +70,17 @@ impl Node {
                 Err(e) => warn!(%from, "{e}"),
             },
             NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
-                Ok(a) if a.v == self.opts.protocol => {
-                    if peer_id_of_node(&a.node) != Some(from) {
-                        warn!(%from, "an announcement for another node's id; ignored");
-                        return;
-                    }
-                    self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
-                    // Signed by its author and carried only over connections that passed pnet: the
-                    // author is a member (this reaches peers we have no direct connection to),
-                    // unless `--allow` leaves it out of this node's mesh.
-                    if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
-                        self.shared.blobs.admit(&a.node);
-                    }
-                    // Gossip reached us through others: connect directly, so the mesh stays
-                    // whole when the node everyone joined through leaves.
-                    if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
-                        for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
-                            let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
-                            if let Err(e) = self.net.dial(addr) {
-                                debug!(%from, "cannot dial an announced address: {e}");
-                            }
-                        }
-                    }
-                    let node = a.node;
-                    self.refused.remove(&from);
-                    self.mesh_clock.handle_announce(node, a.sent_unix_ms, clock::local_unix_ms());
-                    self.follow_mesh_clock();
-                    // A new peer also gets a heartbeat of ours at once (`drive_mesh`).
-                    let new = self.liveness.handle_heard(self.mono_ms(), node);
-                    let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
-                    let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
-                    self.peers.insert(a.node, PeerInfo { announce: a, caps });
-                    if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
-                        let caps: Vec<(NodeId, Capabilities)> =
-                            self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
-                        self.core.handle_peer_caps(now, caps);
-                    }
-                    if new {
-                        let live = self.live_peers();
-                        self.core.handle_peers(now, live);
-                    }
-                }
-                Ok(_) => {}
+                Ok(a) => self.on_announce(now, from, a, false),
                 Err(e) => warn!(%from, "{e}"),
             },
             NetEvent::Request { peer, request, channel } => {
                 let resp = match wire::decode::<SyncReq>(&request.0) {
                     // Answered once held, or with its progress a moment later.
                     Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
+                    Ok(SyncReq::Announce { announce }) => {
+                        self.on_announce(now, peer, announce, true);
+                        SyncResp::Heard
+                    }
                     Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
                         Inbound::Answer(resp) => resp,
                         Inbound::Store(facts) => {
@@ -143,6 +106,53 @@ impl Node {
                     debug!(%peer, "sync request failed: {error}");
                 }
             }
+        }
+    }
+
+    /// An announcement of the peer `from`, straight from it (`direct`: a greeting or heartbeat)
+    /// or by gossip.
+    fn on_announce(&mut self, now: u64, from: PeerId, a: Announce, direct: bool) {
+        if a.v != self.opts.protocol {
+            return;
+        }
+        if peer_id_of_node(&a.node) != Some(from) {
+            warn!(%from, "an announcement for another node's id; ignored");
+            return;
+        }
+        self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
+        // Signed by its author and carried only over connections that passed pnet: the
+        // author is a member (this reaches peers we have no direct connection to),
+        // unless `--allow` leaves it out of this node's mesh.
+        if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
+            self.shared.blobs.admit(&a.node);
+        }
+        // Gossip reached us through others: connect directly, so the mesh stays
+        // whole when the node everyone joined through leaves, and heartbeats go one hop.
+        if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
+            for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
+                let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
+                if let Err(e) = self.net.dial(addr) {
+                    debug!(%from, "cannot dial an announced address: {e}");
+                }
+            }
+        }
+        let node = a.node;
+        self.refused.remove(&from);
+        self.mesh_clock.handle_announce(node, a.sent_unix_ms, clock::local_unix_ms());
+        self.follow_mesh_clock();
+        // A new peer also gets a greeting of ours at once (`drive_mesh`).
+        let new = self.liveness.handle_heard(self.mono_ms(), node, direct);
+        let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
+        let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
+        self.peers.insert(a.node, PeerInfo { announce: a, caps });
+        if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
+            let caps: Vec<(NodeId, Capabilities)> =
+                self.peers.iter().filter_map(|(n, p)| Some((*n, p.caps.clone()?))).collect();
+            self.core.handle_peer_caps(now, caps);
+        }
+        if new {
+            let live = self.live_peers();
+            self.core.handle_peers(now, live);
         }
     }
 
@@ -252,8 +262,25 @@ impl Node {
             ledger_digest: ledger.digest(),
             sent_unix_ms: now_unix_ms(),
         };
-        if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
-            debug!("announce: {e}");
+        match beat.to {
+            Audience::Mesh => {
+                if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {
+                    debug!("announce: {e}");
+                }
+            }
+            Audience::Connected => {
+                let req = SyncRequest(wire::encode(&SyncReq::Announce { announce: a }));
+                let peers: Vec<PeerId> = self.connected.iter().copied().collect();
+                for peer in peers {
+                    self.net.request(&peer, req.clone());
+                }
+            }
+            Audience::Peer(node) => {
+                // Only over a connection we have: a greeting is no reason to dial.
+                if let Some(peer) = peer_id_of_node(&node).filter(|p| self.connected.contains(p)) {
+                    self.net.request(&peer, SyncRequest(wire::encode(&SyncReq::Announce { announce: a })));
+                }
+            }
         }
     }
 
