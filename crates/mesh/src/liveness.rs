@@ -233,7 +233,13 @@ mod tests {
         let c = Audience::Connected;
         assert_eq!(
             got,
-            vec![(0, beat(true, c)), (100, beat(false, c)), (200, beat(false, c)), (300, beat(true, c)), (400, beat(false, c))]
+            vec![
+                (0, beat(true, c)),
+                (100, beat(false, c)),
+                (200, beat(false, c)),
+                (300, beat(true, c)),
+                (400, beat(false, c))
+            ]
         );
     }
 
@@ -249,12 +255,18 @@ mod tests {
         let mut l = Liveness::new(&s);
         assert_eq!(beats(&mut l, 0, 10, 10), vec![(0, beat(true, Audience::Connected))]);
         l.handle_connected(500, [1; 32]);
-        assert_eq!(beats(&mut l, 500, 600, 10), vec![(500, beat(true, Audience::Peer([1; 32]))), (530, beat(true, Audience::Mesh))]);
+        assert_eq!(
+            beats(&mut l, 500, 600, 10),
+            vec![(500, beat(true, Audience::Peer([1; 32]))), (530, beat(true, Audience::Mesh))]
+        );
         // A second connection: a greeting, no mesh announcement before its period.
         l.handle_connected(700, [2; 32]);
         let got = beats(&mut l, 700, 5_600, 10);
         assert_eq!(got[0], (700, beat(true, Audience::Peer([2; 32]))));
-        assert_eq!(got.iter().filter(|(_, b)| b.to == Audience::Mesh).map(|(t, _)| *t).collect::<Vec<_>>(), vec![5_530]);
+        assert_eq!(
+            got.iter().filter(|(_, b)| b.to == Audience::Mesh).map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![5_530]
+        );
         assert_eq!(got.iter().filter(|(_, b)| b.to == Audience::Connected).count(), 5, "1,000 .. 5,000");
     }
 

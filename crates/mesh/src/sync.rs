@@ -131,9 +131,7 @@ impl Sync {
             | SyncResp::Stored { .. }
             | SyncResp::Holding { .. }
             | SyncResp::Refused { .. }
-            | SyncResp::Heard => {
-                Vec::new()
-            }
+            | SyncResp::Heard => Vec::new(),
         }
     }
 }

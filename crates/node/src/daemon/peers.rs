@@ -18,6 +18,11 @@ use crate::mesh::net::{NetEvent, SyncRequest, SyncResponse, Topic};
 use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
 use crate::clock;
 
+/// Whether an address goes through a relay.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+}
+
 /// Refused peers `shoal peers` lists; past it the oldest is dropped.
 const REFUSED_LISTED_MAX: usize = 256;
 /// Authors named in the log for a clock far ahead; past it further ones are named at debug level.
@@ -28,8 +33,15 @@ impl Node {
         let now = now_unix_ms();
         match ev {
             NetEvent::Listening(addr) => {
+                let relayed = is_relayed(&addr);
                 self.listen_addrs.push(addr);
                 self.write_ready_file();
+                // Behind NAT this is the address the mesh reaches us at, and it comes after the
+                // first announcement (AutoNAT and the reservation take seconds): tell it now rather
+                // than at the next mesh announcement, minutes away.
+                if relayed {
+                    self.announce(Heartbeat { with_caps: true, to: Audience::Mesh });
+                }
             }
             // A relay's reservation lost or given up: no longer announced, so peers stop dialing it.
             NetEvent::NotListening(addr) => {

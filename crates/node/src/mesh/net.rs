@@ -13,16 +13,35 @@
 //!
 //! # Nodes behind NAT: relay, DCUtR, AutoNAT
 //!
-//! A node that no peer can dial (behind NAT, in another cloud) reserves a slot on a *relay*, a mesh
-//! node started with [`NetConfig::relay_server`] (`shoal node --relay-server`), and listens through
-//! it on `<relay>/p2p-circuit` ([`Net::listen_via_relay`], or such an address in
-//! [`NetConfig::listen`]; the reservation is renewed by itself and made again when lost). Peers reach
-//! it at `<relay>/p2p-circuit/p2p/<its id>`, the address it announces. Once a relayed connection
-//! stands, DCUtR tries to replace it with a direct one (a hole punch); AutoNAT tells a node whether
-//! its own addresses are reachable from outside, and a confirmed one becomes an external address,
-//! which identify announces and a relay names in its reservations. A relay names the addresses it is
-//! reachable at: those AutoNAT confirmed and its listen addresses (of a listener on an unspecified
-//! IP, all but the loopback ones).
+//! A node that no peer can dial (behind NAT, in another cloud) is reached through a *relay*, a mesh
+//! node started with [`NetConfig::relay_server`] (`shoal node --relay-server`) on a public address.
+//! AutoNAT tells a node whether its addresses can be dialed from outside: it asks a peer to dial
+//! it back (relays, and with only global IPs any connected peer at one), first
+//! [`AUTONAT_BOOT_DELAY_S`] after start, then every [`AUTONAT_RETRY_S`] until sure, every
+//! [`AUTONAT_REFRESH_S`] after. A confirmed address becomes an external address, which identify
+//! announces. A node found *private* reserves a slot on up to [`RELAYS_WANTED`] relays by itself
+//! (`relays.rs`): peers whose identify lists the relay hop protocol, joined or met through the mesh,
+//! dialed at an address others can dial (or the one it is connected to them at). It listens on
+//! `<relay>/p2p/<relay id>/p2p-circuit` through each, reported as [`NetEvent::Listening`] (the daemon
+//! announces it at once), and peers reach it at `<that>/p2p/<its id>`. A reservation refused or lost
+//! (the relay died) is replaced by one on another relay at once, and that relay is tried again
+//! [`RELAY_RETRY_S`] later or as soon as a connection to it comes up; the lost address is reported
+//! as [`NetEvent::NotListening`]. Found public again, the node gives its reservations up. A relay
+//! named with [`Net::listen_via_relay`] (or such an address in [`NetConfig::listen`]) is kept
+//! whatever AutoNAT says, renewed by itself and made again when lost, and counts towards
+//! [`RELAYS_WANTED`].
+//!
+//! Once a relayed connection stands, DCUtR tries to replace it with a direct one (a TCP hole punch:
+//! both ends dial each other's observed addresses at once, which works through NATs that keep a
+//! source port whatever the destination, not through symmetric ones). Where it works the relayed
+//! connection is closed, so the traffic leaves the relay; where it fails the relayed one stays.
+//! [`Net::path`] says which a peer's connection is; [`Net::hole_punches`] counts both outcomes.
+//! A relay names the addresses it is reachable at: those AutoNAT confirmed and its listen addresses
+//! (of a listener on an unspecified IP, all but the loopback ones).
+//!
+//! On a lab or a private WAN between sites every address is non-global, which AutoNAT ignores by
+//! default: [`NetConfig::autonat_private_ips`] (`--autonat-private-ips`) makes it probe those too,
+//! asking relays only (a peer on our own LAN would confirm a LAN address nobody beyond it can dial).
 //!
 //! How the mesh stays closed with relays in it:
 //! - The hop to a relay is an ordinary connection of this transport, TCP + pnet + noise + yamux.
@@ -40,9 +59,9 @@
 //!   reserve or open anything.
 //! - DCUtR's direct connection is a dial of this same TCP transport: pnet again. It, AutoNAT and the
 //!   relay dial only addresses given in the configuration or told by peers (their listen and observed
-//!   addresses). AutoNAT asks only connected peers (no fixed servers), and only peers seen at global
-//!   IPs (`only_global_ips`, so never on loopback or a LAN); its dial-back goes only to the asking
-//!   peer's own observed IP.
+//!   addresses). AutoNAT asks only connected peers (no fixed servers): relays, and peers seen at
+//!   global IPs unless `autonat_private_ips`; its dial-back goes only to the asking peer's own
+//!   observed IP.
 //! - No QUIC, as above: every hop has pnet under it.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
