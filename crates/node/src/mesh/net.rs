@@ -136,16 +136,16 @@ pub(super) const RELAY_CIRCUIT_REFILL_S: u64 = 10;
 /// AutoNAT's first probe, in seconds after start: long enough for the join connections and
 /// identify (which tells our observed address and which peers are relays), short so that a node
 /// behind NAT reserves on a relay within seconds.
-pub(super) const AUTONAT_BOOT_DELAY_S: u64 = 2;
+pub const AUTONAT_BOOT_DELAY_S: u64 = 2;
 /// Between probes while the verdict is unknown or not yet confirmed by
 /// [`AUTONAT_CONFIDENCE_MAX`] in a row, in seconds. A probe is one dial-back to one peer.
-pub(super) const AUTONAT_RETRY_S: u64 = 5;
+pub const AUTONAT_RETRY_S: u64 = 5;
 /// Between probes once confirmed, in seconds: how long a node that became reachable (or stopped
 /// being) may take to notice.
-pub(super) const AUTONAT_REFRESH_S: u64 = 60;
+pub const AUTONAT_REFRESH_S: u64 = 60;
 /// How long one peer is not asked again, in seconds: a mesh may know a single relay, which must be
 /// asked at every retry.
-pub(super) const AUTONAT_THROTTLE_SERVER_S: u64 = AUTONAT_RETRY_S;
+pub const AUTONAT_THROTTLE_SERVER_S: u64 = AUTONAT_RETRY_S;
 /// Probes that must agree before a verdict counts as confirmed (libp2p's value; the first
 /// answer already flips an unknown verdict).
 pub const AUTONAT_CONFIDENCE_MAX: usize = 3;
