@@ -62,6 +62,7 @@ impl Node {
                 self.connected.remove(&peer);
                 if let Some(node) = node_of_peer(&peer) {
                     self.sync.handle_disconnected(self.mono_ms(), node);
+                    self.redial(peer, node);
                 }
             }
             NetEvent::Refused(refusal) => {
@@ -254,6 +255,24 @@ impl Node {
         }
         if self.opts.clock_from_mesh && !self.core.claiming() {
             self.core.set_claiming(now_unix_ms(), true);
+        }
+    }
+
+    /// Dials a peer we lost at the addresses it announced, once: a node behind NAT whose relay
+    /// died is still reachable through its other relay, and nothing else would reconnect us
+    /// before its next mesh announcement, minutes away. A peer that left fails these dials and
+    /// is not tried again.
+    fn redial(&mut self, peer: PeerId, node: NodeId) {
+        if self.connected.len() >= DIRECT_PEERS_MAX || self.net.is_blocked(&peer) {
+            return;
+        }
+        let Some(p) = self.peers.get(&node) else { return };
+        let addrs: Vec<Multiaddr> = p.announce.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()).collect();
+        for addr in addrs {
+            let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+            if let Err(e) = self.net.dial(addr) {
+                debug!(%peer, "cannot dial a lost peer again: {e}");
+            }
         }
     }
 

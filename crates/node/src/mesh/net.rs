@@ -579,6 +579,11 @@ impl Net {
         self.swarm.behaviour_mut().blocked.block_peer(peer);
     }
 
+    /// Whether `peer` is blocked ([`Net::block`], or refused for its protocol).
+    pub fn is_blocked(&self, peer: &PeerId) -> bool {
+        self.swarm.behaviour().blocked.blocked_peers().contains(peer)
+    }
+
     /// Accepts `peer` again; it does not reconnect by itself (dial it).
     pub fn unblock(&mut self, peer: PeerId) {
         debug!(%peer, "unblocking");
