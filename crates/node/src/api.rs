@@ -199,6 +199,19 @@ pub struct Peers {
     pub refused: Vec<RefusedPeer>,
     #[serde(default)]
     pub clock: ClockView,
+    /// Whether this node is reachable from outside, and the relays it reserved on (absent from
+    /// a node older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatView>,
+}
+
+/// This node behind NAT or not: what AutoNAT found and the relays it reserved a slot on by itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatView {
+    /// "public", "private" or "unknown" (no probe answered yet).
+    pub reachability: String,
+    /// Peer ids of the relays holding a reservation for it (not those of `--listen …/p2p-circuit`).
+    pub relays: Vec<String>,
 }
 
 /// A peer refused for its protocol (`shoal node` logs it once at ERROR level).
@@ -254,6 +267,15 @@ pub struct PeerView {
     /// Facts in its ledger.
     pub facts: u64,
     pub last_seen_ms_ago: u64,
+    /// How this node reaches it now: "direct" or "relay" (absent when not connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The relay's peer id, with `via: "relay"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// The direct connection is a hole punch (DCUtR) that replaced a relayed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hole_punched: bool,
 }
 
 /// `POST /v1/blobs` (201), and each row of `GET /v1/local/blobs`: a stored blob.
@@ -272,6 +294,12 @@ pub struct Metrics {
     pub cpu_user_ms: u64,
     /// Facts in the ledger.
     pub facts: usize,
+    /// Relayed connections DCUtR replaced by a direct one, and attempts that failed (the
+    /// connection stayed relayed), since start.
+    #[serde(default)]
+    pub hole_punches: u64,
+    #[serde(default)]
+    pub hole_punches_failed: u64,
     /// Equal on two nodes exactly when they hold the same facts (the soak compares them).
     pub ledger_digest: String,
     pub libp2p_bytes_in: u64,
@@ -281,6 +309,9 @@ pub struct Metrics {
     pub peers_live: usize,
     /// DAGs whose run (context on the runner) this node keeps: those with a job running here.
     pub prepared_dags: usize,
+    /// Relays this node holds a reservation on by itself (behind NAT).
+    #[serde(default)]
+    pub relays_reserved: usize,
     /// Mesh jobs running here.
     pub running: usize,
     /// Runs alive on this node's runner, of every kind: mesh DAGs, explorer and local runs.
@@ -640,6 +671,9 @@ mod tests {
             free_cores: 3,
             facts: 9,
             last_seen_ms_ago: 0,
+            via: None,
+            relay: None,
+            hole_punched: false,
         };
         let other = PeerView { me: false, connected: false, caps: None, http: None, ..me.clone() };
         let refused = RefusedPeer {
@@ -659,7 +693,7 @@ mod tests {
             summary: "s".into(),
         };
         check(
-            Peers { peers: vec![me, other], refused: vec![refused], clock },
+            Peers { peers: vec![me, other], refused: vec![refused], clock, nat: None },
             &format!(
                 concat!(
                     r#"{{"peers":[{{"node":"ab","peer_id":"12D3","hostname":"h","me":true,"connected":true,"#,
@@ -685,9 +719,10 @@ mod tests {
             // The fixture the handlers' tests serve: each counter told apart by its value.
             crate::daemon::testing::metrics(9),
             concat!(
-                r#"{"connected":1,"cpu_sys_ms":2,"cpu_user_ms":3,"facts":4,"ledger_digest":"d","#,
+                r#"{"connected":1,"cpu_sys_ms":2,"cpu_user_ms":3,"facts":4,"hole_punches":12,"#,
+                r#""hole_punches_failed":13,"ledger_digest":"d","#,
                 r#""libp2p_bytes_in":5,"libp2p_bytes_out":6,"node":"ab","peers_live":7,"prepared_dags":8,"#,
-                r#""running":9,"runs_live":10,"uptime_ms":11}"#
+                r#""relays_reserved":14,"running":9,"runs_live":10,"uptime_ms":11}"#
             ),
         );
     }

@@ -330,6 +330,12 @@ pub fn peers(client: &Client, json: bool) -> Result<()> {
     }
     println!("{}", peers_table(&v));
     println!("clock: {}", v.clock.summary);
+    if let Some(nat) = &v.nat {
+        match nat.relays.as_slice() {
+            [] => println!("reachability: {}", nat.reachability),
+            relays => println!("reachability: {}, through relays {}", nat.reachability, relays.join(", ")),
+        }
+    }
     for r in &v.refused {
         let addr = r.addr.as_deref().unwrap_or("an unknown address");
         println!("refused: {} at {addr} ({}), {} s ago: {}", r.peer_id, r.agent, r.refused_ms_ago / 1000, r.reason);
@@ -341,7 +347,8 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header([
-        "node", "host", "version", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "http",
+        "node", "host", "version", "arch", "cores", "free", "running", "memory", "microvm", "facts", "seen", "via",
+        "http",
     ]);
     for p in &v.peers {
         let node: String = p.node.chars().take(12).collect();
@@ -374,6 +381,12 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
             })),
             p.facts.to_string(),
             seen,
+            // The relay by the end of its peer id, which is where peer ids differ.
+            match (p.via.as_deref(), &p.relay) {
+                (Some("relay"), Some(relay)) => format!("relay …{}", &relay[relay.len().saturating_sub(8)..]),
+                (Some(via), _) if p.hole_punched => format!("{via} (hole punched)"),
+                (via, _) => via.unwrap_or_default().to_string(),
+            },
             p.http.clone().unwrap_or_default(),
         ]);
     }

@@ -70,6 +70,8 @@ async fn forged_and_altered_facts_are_refused_by_a_running_node() {
         mdns: false,
         relay_server: false,
         protocol: shoal_mesh::wire::PROTOCOL_VERSION,
+        autonat_private_ips: false,
+        force_private: false,
     })
     .unwrap();
     tokio::time::timeout(WAIT, async {

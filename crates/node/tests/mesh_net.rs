@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use shoal_node::mesh::net::{
-    Net, NetConfig, NetError, NetEvent, SyncRequest, SyncResponse, Topic, format_psk, parse_psk, peer_id_of,
+    HolePunches, Net, NetConfig, NetError, NetEvent, Path, RELAYS_WANTED, Reachability, SyncRequest, SyncResponse,
+    Topic, format_psk, parse_psk, peer_id_of,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::timeout;
@@ -66,6 +67,8 @@ fn config(n: u8, psk: [u8; 32], join: &[&Node]) -> NetConfig {
         mdns: false,
         relay_server: false,
         protocol: shoal_mesh::wire::PROTOCOL_VERSION,
+        autonat_private_ips: false,
+        force_private: false,
     }
 }
 
@@ -624,4 +627,143 @@ async fn a_node_of_another_protocol_is_refused_by_both_ends() {
         matches!(e, Some(NetEvent::Connected(_) | NetEvent::Refused(_))).then_some(())
     });
     assert!(again.await.is_none(), "no new connection while refused");
+}
+
+/// The next relayed address `node` listens on (its reservation accepted), or None within `within`.
+async fn next_circuit(node: &mut Node, within: Duration) -> Option<Multiaddr> {
+    node.wait_for(within, |e| match e {
+        Some(NetEvent::Listening(addr)) if is_relayed(addr) => Some(addr.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// The relay a circuit address goes through.
+fn relay_in(circuit: &Multiaddr) -> PeerId {
+    circuit
+        .iter()
+        .find_map(|p| match p {
+            Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .expect("a circuit address names its relay")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_node_reserves_on_relays_by_itself_and_replaces_a_dead_one() {
+    let started = Instant::now();
+    let mut relays = Vec::new();
+    for n in 91..94 {
+        relays.push(Some(Node::start(NetConfig { relay_server: true, ..config(n, PSK, &[]) }).await));
+    }
+    let plain = Node::start(config(94, PSK, &[])).await;
+    // B is private (forced: on loopback every address answers) and only joins: no circuit named.
+    // The plain node speaks no hop protocol and is never picked.
+    let joined: Vec<&Node> = relays.iter().flatten().chain([&plain]).collect();
+    let mut b = Node::spawn(NetConfig { listen: vec![], force_private: true, ..config(95, PSK, &joined) });
+    let mut held = Vec::new();
+    for _ in 0..RELAYS_WANTED {
+        let circuit = next_circuit(&mut b, WAIT).await.expect("B reserves on a relay it joined");
+        held.push(relay_in(&circuit));
+    }
+    let reserved = started.elapsed();
+    assert!(next_circuit(&mut b, QUIET).await.is_none(), "no more than {RELAYS_WANTED} relays");
+    let (reach, reported) = b.call(|net| net.reachability()).await;
+    assert_eq!(reach, Reachability::Private);
+    held.sort();
+    assert_eq!(reported, held);
+    assert!(!held.contains(&plain.id));
+
+    // C reaches B through one of them, knowing only B's relayed address.
+    let first = relays.iter().flatten().find(|r| r.id == held[0]).unwrap();
+    let mut c = Node::spawn(NetConfig { listen: vec![], ..config(96, PSK, &[first]) });
+    let to_b = first.p2p_addr().with(Protocol::P2pCircuit).with(Protocol::P2p(b.id));
+    assert!(c.connected_to(first.id, WAIT).await);
+    c.call(move |net| net.dial(to_b)).await.expect("dial starts");
+    assert!(c.connected_to(b.id, WAIT).await, "C reaches B through its relay");
+    let b_id = b.id;
+    assert_eq!(c.call(move |net| net.path(&b_id)).await, Some(Path::Relayed { relay: held[0] }));
+    drop(c);
+
+    // The first relay dies: B stops announcing it and reserves on the third, without restarting.
+    let dead = held[0];
+    let i = relays.iter().position(|r| r.as_ref().is_some_and(|r| r.id == dead)).unwrap();
+    let killed = Instant::now();
+    relays[i] = None;
+    let gone = b
+        .wait_for(WAIT, |e| match e {
+            Some(NetEvent::NotListening(addr)) => Some(addr.clone()),
+            _ => None,
+        })
+        .await
+        .expect("B stops listening through the dead relay");
+    assert_eq!(relay_in(&gone), dead);
+    let circuit = next_circuit(&mut b, WAIT).await.expect("B reserves on another relay");
+    let replaced = killed.elapsed();
+    let third = relay_in(&circuit);
+    assert!(third != dead && !held.contains(&third), "a relay it did not hold: {third}");
+    let (_, now_held) = b.call(|net| net.reachability()).await;
+    assert_eq!(now_held.len(), RELAYS_WANTED);
+    assert!(!now_held.contains(&dead));
+    eprintln!("auto relays: {RELAYS_WANTED} reserved in {reserved:?}, a dead one replaced in {replaced:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_autonat_finds_public_reserves_on_no_relay() {
+    let started = Instant::now();
+    // With private IPs allowed, the relay (an AutoNAT server because it is a relay) dials B back on
+    // loopback: B is public and never reserves.
+    let r = Node::start(NetConfig { relay_server: true, autonat_private_ips: true, ..config(101, PSK, &[]) }).await;
+    let b = Node::start(NetConfig { autonat_private_ips: true, ..config(102, PSK, &[&r]) }).await;
+    let public =
+        eventually(WAIT + WAIT, || async { b.call(|net| net.reachability()).await.0 == Reachability::Public }).await;
+    assert!(public, "AutoNAT finds B reachable");
+    let found = started.elapsed();
+    let mut b = b;
+    assert!(next_circuit(&mut b, QUIET).await.is_none(), "a public node reserves on no relay");
+    assert!(b.call(|net| net.reachability()).await.1.is_empty());
+    // Without private IPs (at both ends), no loopback address is confirmed: C never learns.
+    let r2 = Node::start(NetConfig { relay_server: true, ..config(104, PSK, &[]) }).await;
+    let c = Node::start(config(103, PSK, &[&r2])).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(c.call(|net| net.reachability()).await.0, Reachability::Unknown);
+    eprintln!("autonat: public in {found:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_connection_is_upgraded_by_a_hole_punch_where_the_network_allows() {
+    // On loopback nothing stands in the way of a direct connection: DCUtR must replace the
+    // relayed one, and the relayed one is closed.
+    let r = Node::start(NetConfig { relay_server: true, ..config(111, PSK, &[]) }).await;
+    let mut b = Node::start(NetConfig { force_private: true, ..config(112, PSK, &[&r]) }).await;
+    let circuit = next_circuit(&mut b, WAIT).await.expect("B reserves on R");
+    let mut c = Node::start(config(113, PSK, &[&r])).await;
+    let to_b = circuit.with(Protocol::P2p(b.id));
+    let dialed = Instant::now();
+    c.call(move |net| net.dial(to_b)).await.expect("dial starts");
+    assert!(c.connected_to(b.id, WAIT).await, "C reaches B");
+    let b_id = b.id;
+    let upgraded = eventually(WAIT, || async {
+        c.call(move |net| net.path(&b_id)).await == Some(Path::Direct { hole_punched: true })
+    })
+    .await;
+    let punched = dialed.elapsed();
+    let (b_path, b_punches) = {
+        let c_id = c.id;
+        b.call(move |net| (net.path(&c_id), net.hole_punches())).await
+    };
+    let c_punches = c.call(|net| net.hole_punches()).await;
+    assert!(upgraded, "C's connection to B is a hole punch: B sees {b_path:?}, punches {b_punches:?} {c_punches:?}");
+    // DCUtR reports to the side that dialed the relayed connection.
+    assert_eq!(c_punches, HolePunches { upgraded: 1, failed: 0 });
+    assert_eq!(b_path, Some(Path::Direct { hole_punched: false }), "B sees a direct connection");
+    let relayed_left = eventually(WAIT, || async {
+        c.call(move |net| net.connection_addrs(&b_id)).await.iter().all(|a| !is_relayed(a))
+    })
+    .await;
+    assert!(relayed_left, "the relayed connection is closed");
+    // And it still carries the mesh's requests.
+    let response = sync_round_trip(&mut c, &mut b, b"digest", b"facts".to_vec()).await;
+    assert_eq!(response.0, b"facts");
+    eprintln!("hole punch: direct {punched:?} after the relayed dial");
 }

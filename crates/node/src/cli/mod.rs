@@ -256,6 +256,11 @@ struct NodeArgs {
     /// Serve as a relay for mesh peers behind NAT (only peers holding the mesh key can use it).
     #[arg(long)]
     relay_server: bool,
+    /// Let AutoNAT test and confirm non-global addresses too (10/8, 192.168/16, 198.18/15...),
+    /// asking only relays: for a lab or a private WAN between sites. Without it a node behind NAT
+    /// on such a network never learns it is private, and reserves on no relay.
+    #[arg(long)]
+    autonat_private_ips: bool,
     /// Where jobs run.
     #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
     backend: BackendArg,

@@ -60,6 +60,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
         allow,
         mdns: args.mdns,
         relay_server: args.relay_server,
+        autonat_private_ips: args.autonat_private_ips,
         run: RunOptions {
             backend: backend_choice(args.backend),
             json: true,
@@ -145,6 +146,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         allow: None,
         mdns: false,
         relay_server: false,
+        autonat_private_ips: false,
         run: opts,
         labels: Default::default(),
         speed: None,

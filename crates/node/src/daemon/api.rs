@@ -557,10 +557,13 @@ mod tests {
             free_cores: 1,
             facts: 3,
             last_seen_ms_ago: 0,
+            via: None,
+            relay: None,
+            hole_punched: false,
         };
         let asked = ask_with(&api, |c| c.get_json::<Peers>("/v1/peers"));
         let Some(Cmd::Peers { reply }) = api.cmds.recv().await else { panic!("not peers") };
-        let body = Peers { peers: vec![me], refused: vec![], clock: Default::default() };
+        let body = Peers { peers: vec![me], refused: vec![], clock: Default::default(), nat: None };
         reply.send(body.clone()).unwrap();
         assert_eq!(asked.await.unwrap().unwrap(), body);
 

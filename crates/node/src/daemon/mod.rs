@@ -106,6 +106,8 @@ pub struct NodeOptions {
     pub mdns: bool,
     /// Serve as a relay for mesh peers behind NAT (`--relay-server`).
     pub relay_server: bool,
+    /// AutoNAT confirms non-global addresses too, asking relays only (`--autonat-private-ips`).
+    pub autonat_private_ips: bool,
     pub run: RunOptions,
     pub labels: BTreeMap<String, String>,
     /// Speed per core announced to the mesh (see `Capabilities::speed`); None measures it.
@@ -224,6 +226,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         mdns: opts.mdns,
         relay_server: opts.relay_server,
         protocol: opts.protocol,
+        autonat_private_ips: opts.autonat_private_ips,
+        force_private: false,
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);

@@ -18,6 +18,11 @@ use crate::mesh::net::{NetEvent, SyncRequest, SyncResponse, Topic};
 use super::{DIRECT_PEERS_MAX, Node, PeerInfo, node_of_peer, now_unix_ms, peer_id_of_node};
 use crate::clock;
 
+/// Whether an address goes through a relay.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == libp2p::multiaddr::Protocol::P2pCircuit)
+}
+
 /// Refused peers `shoal peers` lists; past it the oldest is dropped.
 const REFUSED_LISTED_MAX: usize = 256;
 /// Authors named in the log for a clock far ahead; past it further ones are named at debug level.
@@ -28,7 +33,19 @@ impl Node {
         let now = now_unix_ms();
         match ev {
             NetEvent::Listening(addr) => {
+                let relayed = is_relayed(&addr);
                 self.listen_addrs.push(addr);
+                self.write_ready_file();
+                // Behind NAT this is the address the mesh reaches us at, and it comes after the
+                // first announcement (AutoNAT and the reservation take seconds): tell it now rather
+                // than at the next mesh announcement, minutes away.
+                if relayed {
+                    self.announce(Heartbeat { with_caps: true, to: Audience::Mesh });
+                }
+            }
+            // A relay's reservation lost or given up: no longer announced, so peers stop dialing it.
+            NetEvent::NotListening(addr) => {
+                self.listen_addrs.retain(|a| *a != addr);
                 self.write_ready_file();
             }
             NetEvent::Connected(peer) => {
@@ -45,6 +62,7 @@ impl Node {
                 self.connected.remove(&peer);
                 if let Some(node) = node_of_peer(&peer) {
                     self.sync.handle_disconnected(self.mono_ms(), node);
+                    self.redial(peer, node);
                 }
             }
             NetEvent::Refused(refusal) => {
@@ -242,6 +260,24 @@ impl Node {
         }
         if self.opts.clock_from_mesh && !self.core.claiming() {
             self.core.set_claiming(now_unix_ms(), true);
+        }
+    }
+
+    /// Dials a peer we lost at the addresses it announced, once: a node behind NAT whose relay
+    /// died is still reachable through its other relay, and nothing else would reconnect us
+    /// before its next mesh announcement, minutes away. A peer that left fails these dials and
+    /// is not tried again.
+    fn redial(&mut self, peer: PeerId, node: NodeId) {
+        if self.connected.len() >= DIRECT_PEERS_MAX || self.net.is_blocked(&peer) {
+            return;
+        }
+        let Some(p) = self.peers.get(&node) else { return };
+        let addrs: Vec<Multiaddr> = p.announce.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()).collect();
+        for addr in addrs {
+            let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
+            if let Err(e) = self.net.dial(addr) {
+                debug!(%peer, "cannot dial a lost peer again: {e}");
+            }
         }
     }
 

@@ -86,5 +86,8 @@ pub(crate) fn metrics(running: usize) -> Metrics {
         running,
         runs_live: 10,
         uptime_ms: 11,
+        hole_punches: 12,
+        hole_punches_failed: 13,
+        relays_reserved: 14,
     }
 }

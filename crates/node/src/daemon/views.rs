@@ -9,9 +9,10 @@ use shoal_mesh::ledger::{Body, Fact, JobState};
 
 use super::{Node, peer_id_of_node};
 use crate::api::{
-    ClockView, DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, PeerView, Peers,
+    ClockView, DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, NatView, PeerView, Peers,
     RefusedPeer,
 };
+use crate::mesh::net::Path;
 
 /// The ledger's view, from which the API builds its answers (`api::DagList`, `api::DagStatus`).
 #[derive(Clone, Debug)]
@@ -213,6 +214,9 @@ impl Node {
             prepared_dags: self.ctxs.len(),
             running: self.core.running_count(),
             runs_live: self.shared.runner.runs_live(),
+            hole_punches: self.net.hole_punches().upgraded,
+            hole_punches_failed: self.net.hole_punches().failed,
+            relays_reserved: self.net.reachability().1.len(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }
     }
@@ -250,7 +254,12 @@ impl Node {
             claiming,
             summary,
         };
-        Peers { peers: self.peer_views(), refused, clock }
+        let (reachability, relays) = self.net.reachability();
+        let nat = NatView {
+            reachability: reachability.as_str().to_string(),
+            relays: relays.iter().map(ToString::to_string).collect(),
+        };
+        Peers { peers: self.peer_views(), refused, clock, nat: Some(nat) }
     }
 
     pub(super) fn peer_views(&self) -> Vec<PeerView> {
@@ -268,10 +277,22 @@ impl Node {
             free_cores: self.core.free_cores(),
             facts: ledger.len() as u64,
             last_seen_ms_ago: 0,
+            via: None,
+            relay: None,
+            hole_punched: false,
         };
         let others = self.peers.iter().map(|(id, p)| {
             let peer_id = peer_id_of_node(id);
+            let path = peer_id.and_then(|p| self.net.path(&p));
+            let (via, relay, hole_punched) = match path {
+                Some(Path::Direct { hole_punched }) => (Some("direct".to_string()), None, hole_punched),
+                Some(Path::Relayed { relay }) => (Some("relay".to_string()), Some(relay.to_string()), false),
+                None => (None, None, false),
+            };
             PeerView {
+                via,
+                relay,
+                hole_punched,
                 node: hex::encode(id),
                 peer_id: peer_id.map(|p| p.to_string()).unwrap_or_default(),
                 hostname: p.announce.hostname.clone(),

@@ -14,10 +14,11 @@ use libp2p::{
 
 use super::codec::{SyncRequest, SyncResponse};
 use super::net::{
-    GOSSIP_BYTES_MAX, GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH,
-    GOSSIP_MESH_N_LOW, GOSSIP_MESH_OUTBOUND_MIN, GOSSIP_MESSAGE_ID_BYTES, KAD_PROTOCOL, PING_INTERVAL_S,
-    RELAY_CIRCUIT_BURST, RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX,
-    SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
+    AUTONAT_BOOT_DELAY_S, AUTONAT_REFRESH_S, AUTONAT_RETRY_S, AUTONAT_THROTTLE_SERVER_S, GOSSIP_BYTES_MAX,
+    GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH, GOSSIP_MESH_N_LOW,
+    GOSSIP_MESH_OUTBOUND_MIN, GOSSIP_MESSAGE_ID_BYTES, KAD_PROTOCOL, PING_INTERVAL_S, RELAY_CIRCUIT_BURST,
+    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_REQUEST_BYTES_MAX,
+    SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
 };
 
 /// The swarm's behaviours. Each field's events arrive as a variant of the generated
@@ -48,6 +49,7 @@ impl Behaviour {
         mdns_on: bool,
         relay_client: relay::client::Behaviour,
         relay_server: bool,
+        autonat_private_ips: bool,
         protocol: u32,
     ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
@@ -130,12 +132,7 @@ impl Behaviour {
             )
         });
 
-        // Probes go to connected peers only (no fixed servers), and only to peers seen at a global
-        // IP; a probe asks the peer to dial back our own observed IP.
-        let autonat = autonat::Behaviour::new(
-            peer_id,
-            autonat::Config { use_connected: true, only_global_ips: true, ..autonat::Config::default() },
-        );
+        let autonat = autonat::Behaviour::new(peer_id, autonat_config(autonat_private_ips));
 
         Ok(Behaviour {
             blocked: allow_block_list::Behaviour::default(),
@@ -151,5 +148,25 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat,
         })
+    }
+}
+
+/// AutoNAT's settings. A probe asks a peer to dial back our observed IP at our listen and observed
+/// ports; no fixed servers. The timings let a node learn it is private within seconds of meeting a
+/// relay (libp2p's defaults wait 15 s, then 90 s between probes) and see a change within a minute.
+///
+/// Servers: with only global IPs (the default), any connected peer seen at a global IP. With
+/// `private_ips` (a lab, a private WAN), a peer on our own LAN would confirm a LAN address nobody
+/// beyond it can dial, so probes go only to the relays [`super::net::Net`] adds as servers: a
+/// node runs `--relay-server` because it is reachable.
+fn autonat_config(private_ips: bool) -> autonat::Config {
+    autonat::Config {
+        boot_delay: Duration::from_secs(AUTONAT_BOOT_DELAY_S),
+        retry_interval: Duration::from_secs(AUTONAT_RETRY_S),
+        refresh_interval: Duration::from_secs(AUTONAT_REFRESH_S),
+        throttle_server_period: Duration::from_secs(AUTONAT_THROTTLE_SERVER_S),
+        use_connected: !private_ips,
+        only_global_ips: !private_ips,
+        ..autonat::Config::default()
     }
 }

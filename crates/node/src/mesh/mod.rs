@@ -7,10 +7,12 @@
 //! - `behaviour`: the swarm's behaviours, one per concern, and how each is configured.
 //! - `codec`: the anti-entropy request and response, opaque bytes as one CBOR byte string each.
 //! - [`keys`]: a node secret's libp2p identity, the mesh key's file format, node ids as peer ids.
+//! - `relays`: which relays a node behind NAT reserves on, and when it gives them up.
 //! - `traffic`: byte counters under pnet, for `/v1/metrics`.
 
 mod behaviour;
 mod codec;
 pub mod keys;
 pub mod net;
+mod relays;
 mod traffic;

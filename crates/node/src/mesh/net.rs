@@ -13,16 +13,35 @@
 //!
 //! # Nodes behind NAT: relay, DCUtR, AutoNAT
 //!
-//! A node that no peer can dial (behind NAT, in another cloud) reserves a slot on a *relay*, a mesh
-//! node started with [`NetConfig::relay_server`] (`shoal node --relay-server`), and listens through
-//! it on `<relay>/p2p-circuit` ([`Net::listen_via_relay`], or such an address in
-//! [`NetConfig::listen`]; the reservation is renewed by itself and made again when lost). Peers reach
-//! it at `<relay>/p2p-circuit/p2p/<its id>`, the address it announces. Once a relayed connection
-//! stands, DCUtR tries to replace it with a direct one (a hole punch); AutoNAT tells a node whether
-//! its own addresses are reachable from outside, and a confirmed one becomes an external address,
-//! which identify announces and a relay names in its reservations. A relay names the addresses it is
-//! reachable at: those AutoNAT confirmed and its listen addresses (of a listener on an unspecified
-//! IP, all but the loopback ones).
+//! A node that no peer can dial (behind NAT, in another cloud) is reached through a *relay*, a mesh
+//! node started with [`NetConfig::relay_server`] (`shoal node --relay-server`) on a public address.
+//! AutoNAT tells a node whether its addresses can be dialed from outside: it asks a peer to dial
+//! it back (relays, and with only global IPs any connected peer at one), first
+//! [`AUTONAT_BOOT_DELAY_S`] after start, then every [`AUTONAT_RETRY_S`] until sure, every
+//! [`AUTONAT_REFRESH_S`] after. A confirmed address becomes an external address, which identify
+//! announces. A node found *private* reserves a slot on up to [`RELAYS_WANTED`] relays by itself
+//! (`relays.rs`): peers whose identify lists the relay hop protocol, joined or met through the mesh,
+//! dialed at an address others can dial (or the one it is connected to them at). It listens on
+//! `<relay>/p2p/<relay id>/p2p-circuit` through each, reported as [`NetEvent::Listening`] (the daemon
+//! announces it at once), and peers reach it at `<that>/p2p/<its id>`. A reservation refused or lost
+//! (the relay died) is replaced by one on another relay at once, and that relay is tried again
+//! [`RELAY_RETRY_S`] later or as soon as a connection to it comes up; the lost address is reported
+//! as [`NetEvent::NotListening`]. Found public again, the node gives its reservations up. A relay
+//! named with [`Net::listen_via_relay`] (or such an address in [`NetConfig::listen`]) is kept
+//! whatever AutoNAT says, renewed by itself and made again when lost, and counts towards
+//! [`RELAYS_WANTED`].
+//!
+//! Once a relayed connection stands, DCUtR tries to replace it with a direct one (a TCP hole punch:
+//! both ends dial each other's observed addresses at once, which works through NATs that keep a
+//! source port whatever the destination, not through symmetric ones). Where it works the relayed
+//! connection is closed, so the traffic leaves the relay; where it fails the relayed one stays.
+//! [`Net::path`] says which a peer's connection is; [`Net::hole_punches`] counts both outcomes.
+//! A relay names the addresses it is reachable at: those AutoNAT confirmed and its listen addresses
+//! (of a listener on an unspecified IP, all but the loopback ones).
+//!
+//! On a lab or a private WAN between sites every address is non-global, which AutoNAT ignores by
+//! default: [`NetConfig::autonat_private_ips`] (`--autonat-private-ips`) makes it probe those too,
+//! asking relays only (a peer on our own LAN would confirm a LAN address nobody beyond it can dial).
 //!
 //! How the mesh stays closed with relays in it:
 //! - The hop to a relay is an ordinary connection of this transport, TCP + pnet + noise + yamux.
@@ -40,9 +59,9 @@
 //!   reserve or open anything.
 //! - DCUtR's direct connection is a dial of this same TCP transport: pnet again. It, AutoNAT and the
 //!   relay dial only addresses given in the configuration or told by peers (their listen and observed
-//!   addresses). AutoNAT asks only connected peers (no fixed servers), and only peers seen at global
-//!   IPs (`only_global_ips`, so never on loopback or a LAN); its dial-back goes only to the asking
-//!   peer's own observed IP.
+//!   addresses). AutoNAT asks only connected peers (no fixed servers): relays, and peers seen at
+//!   global IPs unless `autonat_private_ips`; its dial-back goes only to the asking peer's own
+//!   observed IP.
 //! - No QUIC, as above: every hop has pnet under it.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -70,6 +89,8 @@ use super::behaviour::{Behaviour, BehaviourEvent};
 pub use super::codec::{SyncRequest, SyncResponse};
 use super::keys::keypair_of;
 pub use super::keys::{format_psk, parse_psk, peer_id_of};
+use super::relays::{AutoRelays, relay_dialable};
+pub use super::relays::{RELAY_RETRY_S, RELAYS_WANTED, Reachability};
 use super::traffic::{Counted, Traffic};
 
 /// Largest gossip RPC frame, in bytes (payload plus gossipsub's envelope and signature). Facts
@@ -118,6 +139,22 @@ pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 32;
 /// per IP: many mesh nodes may sit behind one NAT).
 pub(super) const RELAY_CIRCUIT_BURST: u32 = 64;
 pub(super) const RELAY_CIRCUIT_REFILL_S: u64 = 10;
+/// AutoNAT's first probe, in seconds after start: long enough for the join connections and
+/// identify (which tells our observed address and which peers are relays), short so that a node
+/// behind NAT reserves on a relay within seconds.
+pub const AUTONAT_BOOT_DELAY_S: u64 = 2;
+/// Between probes while the verdict is unknown or not yet confirmed by
+/// [`AUTONAT_CONFIDENCE_MAX`] in a row, in seconds. A probe is one dial-back to one peer.
+pub const AUTONAT_RETRY_S: u64 = 5;
+/// Between probes once confirmed, in seconds: how long a node that became reachable (or stopped
+/// being) may take to notice.
+pub const AUTONAT_REFRESH_S: u64 = 60;
+/// How long one peer is not asked again, in seconds: a mesh may know a single relay, which must be
+/// asked at every retry.
+pub const AUTONAT_THROTTLE_SERVER_S: u64 = AUTONAT_RETRY_S;
+/// Probes that must agree before a verdict counts as confirmed (libp2p's value; the first
+/// answer already flips an unknown verdict).
+pub const AUTONAT_CONFIDENCE_MAX: usize = 3;
 
 /// Gossipsub mesh degree: small meshes (2-4 nodes) must work, so the lower bound is low; larger
 /// meshes keep about `GOSSIP_MESH_N` peers per topic.
@@ -206,6 +243,13 @@ pub struct NetConfig {
     /// The mesh protocol version this node speaks (identify announces it as `/shoal/<version>`;
     /// a peer announcing another is refused): [`shoal_mesh::wire::PROTOCOL_VERSION`] but in tests.
     pub protocol: u32,
+    /// AutoNAT probes and confirms non-global addresses too (10/8, 198.18/15, ...), and asks only
+    /// relays (`--autonat-private-ips`): for a lab or a private WAN. Off, only global IPs count and
+    /// a node behind NAT on such a network never learns it is private.
+    pub autonat_private_ips: bool,
+    /// Behave as if AutoNAT had found this node private, without waiting for it: reserve on relays
+    /// at once and never give them up (for tests on loopback, where every address is reachable).
+    pub force_private: bool,
 }
 
 /// What the network tells the node.
@@ -230,6 +274,26 @@ pub enum NetEvent {
     /// A peer speaks another protocol: it is cut off a moment later ([`NetEvent::Disconnected`]
     /// follows) and refused for [`REFUSED_RETRY_S`].
     Refused(Refusal),
+    /// The node no longer listens on this relayed address (the reservation was lost or given up);
+    /// as in [`NetEvent::Listening`], without our own id.
+    NotListening(Multiaddr),
+}
+
+/// How this node is connected to a peer now, as `shoal peers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// At least one direct connection; `hole_punched` if DCUtR made it out of a relayed one.
+    Direct { hole_punched: bool },
+    /// Only through a relay.
+    Relayed { relay: PeerId },
+}
+
+/// Hole punches (DCUtR) so far: relayed connections replaced by direct ones, and attempts that
+/// failed (the relayed connection stayed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HolePunches {
+    pub upgraded: u64,
+    pub failed: u64,
 }
 
 /// A peer refused for its protocol, as `shoal peers` lists it.
@@ -294,6 +358,13 @@ pub struct Net {
     refusal_logged: HashSet<PeerId>,
     /// Refused peers to cut off once [`REFUSAL_GRACE_MS`] has passed, in order.
     cut_off: VecDeque<(tokio::time::Instant, PeerId)>,
+    /// Relays reserved on by themselves while this node is private.
+    relays: AutoRelays,
+    /// Non-global addresses count for AutoNAT and relay candidates ([`NetConfig::autonat_private_ips`]).
+    private_ips: bool,
+    /// The direct connection DCUtR made to each peer it upgraded.
+    hole_punched: HashMap<PeerId, ConnectionId>,
+    hole_punches: HolePunches,
 }
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
@@ -350,7 +421,9 @@ impl Net {
                     .map(|either, _| either.into_inner()))
             })
             .map_err(|e| NetError::Setup { what: "transport", reason: e.to_string() })?
-            .with_behaviour(|key| Behaviour::new(key, allow, mdns, relay_client, relay_server, cfg.protocol))
+            .with_behaviour(|key| {
+                Behaviour::new(key, allow, mdns, relay_client, relay_server, cfg.autonat_private_ips, cfg.protocol)
+            })
             .map_err(|e| NetError::Setup { what: "behaviours", reason: e.to_string() })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(IDLE_CONNECTION_TIMEOUT_S)))
             .build();
@@ -373,6 +446,10 @@ impl Net {
             refused: HashMap::new(),
             refusal_logged: HashSet::new(),
             cut_off: VecDeque::new(),
+            relays: AutoRelays::new(cfg.force_private),
+            private_ips: cfg.autonat_private_ips,
+            hole_punched: HashMap::new(),
+            hole_punches: HolePunches::default(),
         };
         for addr in cfg.listen {
             if is_circuit(&addr) {
@@ -422,6 +499,28 @@ impl Net {
 
     pub fn peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+
+    /// How this node is connected to `peer` now (None: not connected): direct if any connection
+    /// is (a hole punch if DCUtR made one of them: DCUtR tells the side that dialed the relayed
+    /// connection), else through the relay of a relayed one.
+    pub fn path(&self, peer: &PeerId) -> Option<Path> {
+        let mine = || self.connections.iter().filter(move |(_, (p, _))| p == peer);
+        if mine().any(|(_, (_, addr))| !is_circuit(addr)) {
+            let hole_punched = self.hole_punched.get(peer).is_some_and(|c| self.connections.contains_key(c));
+            return Some(Path::Direct { hole_punched });
+        }
+        mine().find_map(|(_, (_, addr))| relay_of(addr)).map(|relay| Path::Relayed { relay })
+    }
+
+    /// What AutoNAT found (or the configuration forced), and the relays this node holds a
+    /// reservation on by itself (those of `--listen …/p2p-circuit` are not among them).
+    pub fn reachability(&self) -> (Reachability, Vec<PeerId>) {
+        (self.relays.reachability(), self.relays.held())
+    }
+
+    pub fn hole_punches(&self) -> HolePunches {
+        self.hole_punches
     }
 
     /// Bytes received and sent over every libp2p connection so far (TCP payload, below pnet).
@@ -486,6 +585,11 @@ impl Net {
         self.swarm.behaviour_mut().blocked.block_peer(peer);
     }
 
+    /// Whether `peer` is blocked ([`Net::block`], or refused for its protocol).
+    pub fn is_blocked(&self, peer: &PeerId) -> bool {
+        self.swarm.behaviour().blocked.blocked_peers().contains(peer)
+    }
+
     /// Accepts `peer` again; it does not reconnect by itself (dial it).
     pub fn unblock(&mut self, peer: PeerId) {
         debug!(%peer, "unblocking");
@@ -512,6 +616,7 @@ impl Net {
                     self.forgive_refused();
                     self.rejoin_if_alone();
                     self.relisten(None);
+                    self.reserve_relays();
                     continue;
                 }
             };
@@ -610,6 +715,9 @@ impl Net {
                 if let Some(r) = self.relayed.iter_mut().find(|r| r.listener == Some(listener_id)) {
                     r.failures = 0;
                 }
+                if let Some(relay) = self.relays.accepted(listener_id) {
+                    info!(%relay, %address, "private: reachable through this relay");
+                }
                 // A relay names its external addresses in reservations: offer where it listens.
                 let loopback = address.iter().any(|p| {
                     matches!(p, Protocol::Ip4(ip) if ip.is_loopback())
@@ -631,7 +739,12 @@ impl Net {
                 }
                 None
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, reason, addresses } => {
+                let gone = self.not_listening(&addresses);
+                if let Some(relay) = self.relays.closed(listener_id, tokio::time::Instant::now()) {
+                    self.on_relay_lost(relay, &reason);
+                    return gone;
+                }
                 if let Some(r) = self.relayed.iter_mut().find(|r| r.listener == Some(listener_id)) {
                     r.listener = None;
                     r.failures += 1;
@@ -658,7 +771,7 @@ impl Net {
                         self.relisten(Some(relay));
                     }
                 }
-                None
+                gone
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                 // For a relayed inbound connection, the remote address is only `/p2p/<peer>`: keep
@@ -674,21 +787,33 @@ impl Net {
                 // A relay we lost (or never got) a reservation on is back: reserve now.
                 if !endpoint.is_relayed() {
                     self.relisten(Some(peer_id));
+                    if self.relays.is_relay(&peer_id) {
+                        self.relays.reachable_again(&peer_id);
+                        self.reserve_relays();
+                    }
                 }
                 (num_established.get() == 1).then_some(NetEvent::Connected(peer_id))
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
-                self.connections.remove(&connection_id);
+                let closed = self.connections.remove(&connection_id);
                 // gossipsub tells a peer what we subscribe to over its first connection only. A
                 // peer that restarted while its old connection lingered (a PC powered off, a
                 // cable pulled) comes back on a second connection and never learns it: it would
                 // send us none of its gossip for as long as that connection lives. So when a
                 // peer's oldest connection closes and newer ones remain, close those too: the
                 // next connection (its rejoin, or our dial) starts gossipsub afresh.
+                // Not when a relayed one closes while a direct one remains: that is a hole punch
+                // replacing the circuit (`on_hole_punch` closes it at the end that dialed it; the
+                // other end learns only this way), not a restart.
                 let oldest =
                     self.connections.iter().filter(|(_, (p, _))| *p == peer_id).all(|(c, _)| *c > connection_id);
-                if num_established > 0 && oldest {
+                let replaced = closed.is_some_and(|(_, addr)| is_circuit(&addr))
+                    && self.connections.values().any(|(p, addr)| *p == peer_id && !is_circuit(addr));
+                if self.hole_punched.get(&peer_id) == Some(&connection_id) {
+                    self.hole_punched.remove(&peer_id);
+                }
+                if num_established > 0 && oldest && !replaced {
                     debug!(peer = %peer_id, "its first connection closed: reconnecting afresh");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 }
@@ -742,6 +867,7 @@ impl Net {
                 if let Some(refused) = self.judge_protocol(peer_id, &info) {
                     return Some(refused);
                 }
+                self.note_relay(peer_id, &info);
                 // Only peers that speak our DHT go into its routing table.
                 if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
                     let kad = &mut self.swarm.behaviour_mut().kad;
@@ -809,16 +935,11 @@ impl Net {
                 None
             }
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => {
-                match result {
-                    Ok(_) => {
-                        info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one")
-                    }
-                    Err(e) => debug!(peer = %remote_peer_id, "no direct connection, staying relayed: {e}"),
-                }
+                self.on_hole_punch(remote_peer_id, result);
                 None
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
-                info!(?old, ?new, "reachability from outside (AutoNAT)");
+                self.on_reachability(old, new);
                 None
             }
             BehaviourEvent::Autonat(event) => {
@@ -828,6 +949,154 @@ impl Net {
             BehaviourEvent::Blocked(never) | BehaviourEvent::Allowed(never) => match never {},
         }
     }
+}
+
+/// Nodes behind NAT: AutoNAT's verdict, relays reserved on by themselves, hole punches.
+impl Net {
+    /// Reserves on relays while private, until [`RELAYS_WANTED`] are held or asked for (counting
+    /// those named in the configuration). The address arrives as [`NetEvent::Listening`] once the
+    /// relay accepts.
+    fn reserve_relays(&mut self) {
+        let explicit: HashSet<PeerId> = self.relayed.iter().map(|r| r.relay).collect();
+        let swarm = &self.swarm;
+        let wanted = self.relays.wanted(tokio::time::Instant::now(), &explicit, |p| swarm.is_connected(p));
+        for (relay, addr) in wanted {
+            match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    debug!(%relay, %addr, "private: reserving a slot on a relay");
+                    self.relays.reserving(relay, id);
+                }
+                Err(e) => debug!(%relay, %addr, "cannot listen through this relay: {e}"),
+            }
+        }
+    }
+
+    /// A reservation of ours ended (refused, the relay unreachable or gone): another relay takes
+    /// its place now; this one is tried again after [`RELAY_RETRY_S`].
+    fn on_relay_lost(&mut self, relay: PeerId, reason: &Result<(), std::io::Error>) {
+        let why = match reason {
+            Ok(()) => "the relay could not be reached, or the connection to it closed".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if self.relays.reachability() == Reachability::Private {
+            info!(%relay, "not reachable through this relay any more ({why}); reserving on another, this one again in {RELAY_RETRY_S} s");
+        }
+        self.reserve_relays();
+    }
+
+    /// Identify says what a peer speaks: one that serves as a relay becomes a candidate, at its
+    /// addresses that others can dial (or the one we are connected to it at), and an AutoNAT
+    /// server (a node runs `--relay-server` because it is reachable).
+    fn note_relay(&mut self, peer: PeerId, info: &identify::Info) {
+        if !info.protocols.contains(&relay::HOP_PROTOCOL_NAME) || self.relays.is_relay(&peer) {
+            return;
+        }
+        let connected_at: Vec<Multiaddr> = self
+            .connection_addrs(&peer)
+            .into_iter()
+            .filter(|a| !is_circuit(a))
+            .map(|mut a| {
+                if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                    a.pop();
+                }
+                a
+            })
+            .collect();
+        let mut addrs: Vec<Multiaddr> =
+            info.listen_addrs.iter().filter(|a| connected_at.contains(a)).cloned().collect();
+        addrs.extend(
+            info.listen_addrs
+                .iter()
+                .filter(|a| !connected_at.contains(a) && relay_dialable(a, self.private_ips))
+                .cloned(),
+        );
+        if addrs.is_empty() {
+            debug!(%peer, addrs = ?info.listen_addrs, "a relay with no address others can dial: not used");
+            return;
+        }
+        if self.relays.learn(peer, addrs.clone()) {
+            debug!(%peer, ?addrs, "a relay of the mesh");
+            self.swarm.behaviour_mut().autonat.add_server(peer, None);
+            self.reserve_relays();
+        }
+    }
+
+    /// AutoNAT's verdict changed: private, reserve on relays; public, give them up.
+    fn on_reachability(&mut self, old: autonat::NatStatus, new: autonat::NatStatus) {
+        let now = match &new {
+            autonat::NatStatus::Public(addr) => {
+                info!(%addr, "reachable from outside (AutoNAT): public, no relay needed");
+                Reachability::Public
+            }
+            autonat::NatStatus::Private => {
+                info!("not reachable from outside (AutoNAT): private, reached through up to {RELAYS_WANTED} relays");
+                Reachability::Private
+            }
+            autonat::NatStatus::Unknown => {
+                debug!(?old, "reachability from outside unknown again (AutoNAT)");
+                Reachability::Unknown
+            }
+        };
+        for listener in self.relays.set_reachability(now) {
+            self.swarm.remove_listener(listener);
+        }
+        self.reserve_relays();
+    }
+
+    /// DCUtR's attempt on a relayed connection ended. A direct connection replaces the relayed one
+    /// (closed, so traffic leaves the relay); a failed one leaves it as it is.
+    fn on_hole_punch(&mut self, peer: PeerId, result: Result<ConnectionId, dcutr::Error>) {
+        match result {
+            Ok(direct) => {
+                self.hole_punches.upgraded += 1;
+                self.hole_punched.insert(peer, direct);
+                let relayed: Vec<ConnectionId> = self
+                    .connections
+                    .iter()
+                    .filter(|(_, (p, addr))| *p == peer && is_circuit(addr))
+                    .map(|(id, _)| *id)
+                    .collect();
+                info!(%peer, "hole punched: a direct connection replaces the relayed one");
+                for id in relayed {
+                    self.swarm.close_connection(id);
+                }
+            }
+            Err(e) => {
+                self.hole_punches.failed += 1;
+                info!(%peer, "no direct connection (the NATs between us allow no hole punch), staying relayed: {e}");
+            }
+        }
+    }
+
+    /// The relayed addresses of a listener that closed, reported so the node stops announcing
+    /// them (one at most per listener).
+    fn not_listening(&mut self, addresses: &[Multiaddr]) -> Option<NetEvent> {
+        let me = *self.swarm.local_peer_id();
+        let mut gone = None;
+        for addr in addresses.iter().filter(|a| is_circuit(a)) {
+            let mut addr = addr.clone();
+            if addr.iter().last() == Some(Protocol::P2p(me)) {
+                addr.pop();
+            }
+            if self.reported.remove(&addr) {
+                gone = Some(NetEvent::NotListening(addr));
+            }
+        }
+        gone
+    }
+}
+
+/// The relay a circuit address goes through: the peer id just before `/p2p-circuit`.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(id) => last = Some(id),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether an address goes through a relay.
