@@ -348,8 +348,8 @@ enum Failure {
     Get(GetError),
     Stalled,
     Ended,
-    /// No stream to the peer could be opened by the node's transport.
-    StreamOpen(String),
+    /// No stream to the peer got as far as the request.
+    StreamOpen(stream::OpenFailure),
     /// The stream path failed (iroh was found unreachable earlier).
     OverMesh(Box<Failure>),
     /// Neither path delivered: why over iroh, and why over the stream.
@@ -393,7 +393,7 @@ impl std::fmt::Display for Failure {
             Failure::Get(e) => write!(f, "{}", error_chain(e)),
             Failure::Stalled => write!(f, "sent nothing for {FETCH_STALL_TIMEOUT_S} s"),
             Failure::Ended => write!(f, "the transfer ended without a result"),
-            Failure::StreamOpen(e) => write!(f, "no stream through the mesh: {e}"),
+            Failure::StreamOpen(e) => write!(f, "{e}"),
             Failure::OverMesh(stream) => {
                 write!(
                     f,
@@ -676,13 +676,10 @@ impl BlobNode {
         received: &AtomicU64,
         progress: &(impl Fn(u64) + Send + Sync),
     ) -> Result<(), Failure> {
-        let dialer = self.inner.dialer.get().ok_or_else(|| Failure::StreamOpen("this node has none".into()))?;
-        let open = dialer.open(*id.as_bytes());
-        let stream = match tokio::time::timeout(Duration::from_millis(stream::STREAM_OPEN_TIMEOUT_MS), open).await {
-            Err(_) => return Err(Failure::StreamOpen(format!("none within {} ms", stream::STREAM_OPEN_TIMEOUT_MS))),
-            Ok(Err(e)) => return Err(Failure::StreamOpen(e.to_string())),
-            Ok(Ok(stream)) => stream,
+        let Some(dialer) = self.inner.dialer.get() else {
+            return Err(Failure::StreamOpen(stream::OpenFailure::Open("this node has no stream transport".into())));
         };
+        let stream = stream::open_serving(&**dialer, *id.as_bytes()).await.map_err(Failure::StreamOpen)?;
         let remote = self.store().iroh().remote();
         let transfer = remote.fetch(stream::requester_pair(stream), to_iroh(hash)).stream();
         drive(transfer, received, progress).await

@@ -14,8 +14,11 @@
 //! What a byte stream lacks next to a QUIC stream, and what stands in for it:
 //! - *Finishing the request*: iroh-blobs drops its request writer after one `sync`; a QUIC stream
 //!   finishes on drop, a byte stream does not, so the requester's writer half-closes on `sync`.
-//! - *Error codes*: a QUIC reset carries a code (iroh-blobs' "not found", "permission"); here a
-//!   refusal or a missing blob is the stream ending early, read as "ended before the blob".
+//! - *Error codes*: a QUIC reset carries a code (iroh-blobs' "not found", "permission"). Here the
+//!   serving side first writes one status byte ([`Status`]): serving, refused (not a member), or
+//!   busy; a stream that ends before it was dropped unread (a transport may drop an inbound
+//!   stream it has no room for) and is opened again, up to [`STREAM_OPEN_ATTEMPTS`] times. A
+//!   missing blob is then the stream ending before the blob's header, read as "does not have it".
 //! - *Who is asking*: the caller names the peer the stream comes from (the transport proved it);
 //!   it is served only if admitted ([`BlobNode::admit`]), as on iroh.
 
@@ -23,6 +26,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use iroh::endpoint::VarInt;
@@ -56,8 +60,25 @@ pub trait StreamDialer: Send + Sync + 'static {
 
 /// How long opening a stream (dialing through a relay included) may take, in milliseconds.
 pub const STREAM_OPEN_TIMEOUT_MS: u64 = 10_000;
-/// Streams served at once; one more is closed unread (its requester tries its next provider).
+/// Streams served at once; one more is answered [`Status::Busy`] (its requester tries again).
 pub const STREAMS_SERVED_MAX: usize = 64;
+/// Times a requester opens a stream to one provider while the stream ends before its status
+/// byte or says busy, the waits between them doubling from [`STREAM_RETRY_FIRST_MS`].
+pub const STREAM_OPEN_ATTEMPTS: u32 = 6;
+/// The first wait before a stream is opened again, in milliseconds.
+pub const STREAM_RETRY_FIRST_MS: u64 = 20;
+
+/// The first byte the serving side writes on a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    /// The request is read and answered next, with iroh-blobs' protocol.
+    Serving = 1,
+    /// The requester is not a member of the mesh (not admitted): nothing is served.
+    Refused = 2,
+    /// [`STREAMS_SERVED_MAX`] streams are being served: ask again.
+    Busy = 3,
+}
 
 /// Stream ids for iroh-blobs' logs and statistics: unique within the process.
 static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -167,6 +188,73 @@ impl<W: AsyncWrite + Send + Unpin> SendStream for Sender<W> {
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
+/// Why a stream to a provider did not get to the request.
+#[derive(Debug)]
+pub(super) enum OpenFailure {
+    /// The transport could not open one, or not in time.
+    Open(String),
+    /// The provider refused us (not a member).
+    Refused,
+    /// Every attempt ended unread or busy.
+    Dropped { attempts: u32 },
+    /// The status byte was not one of [`Status`].
+    Garbled(u8),
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::Open(e) => write!(f, "no stream through the mesh: {e}"),
+            OpenFailure::Refused => write!(
+                f,
+                "refused us: it serves blobs only to members of its mesh, the peers it has met over the mesh's \
+                 libp2p connections (which need the mesh key); join its mesh first"
+            ),
+            OpenFailure::Dropped { attempts } => {
+                write!(
+                    f,
+                    "dropped or was busy with {attempts} streams in a row (it serves {STREAMS_SERVED_MAX} at once)"
+                )
+            }
+            OpenFailure::Garbled(b) => {
+                write!(f, "began its answer with {b:#04x}, not a status byte (not a shoal node?)")
+            }
+        }
+    }
+}
+
+/// A stream to `peer` on which the provider said it serves, opened again while it is dropped
+/// unread or busy ([`STREAM_OPEN_ATTEMPTS`]).
+pub(super) async fn open_serving(dialer: &dyn StreamDialer, peer: [u8; 32]) -> Result<PeerStream, OpenFailure> {
+    let mut wait_ms = STREAM_RETRY_FIRST_MS;
+    for attempt in 1..=STREAM_OPEN_ATTEMPTS {
+        let open = dialer.open(peer);
+        let mut stream = match tokio::time::timeout(Duration::from_millis(STREAM_OPEN_TIMEOUT_MS), open).await {
+            Err(_) => return Err(OpenFailure::Open(format!("none within {STREAM_OPEN_TIMEOUT_MS} ms"))),
+            Ok(Err(e)) => return Err(OpenFailure::Open(e.to_string())),
+            Ok(Ok(stream)) => stream,
+        };
+        let mut status = [0u8];
+        let read =
+            tokio::time::timeout(Duration::from_millis(STREAM_OPEN_TIMEOUT_MS), stream.reader.read_exact(&mut status))
+                .await;
+        match read {
+            Err(_) => return Err(OpenFailure::Open(format!("no answer within {STREAM_OPEN_TIMEOUT_MS} ms"))),
+            Ok(Ok(_)) if status[0] == Status::Serving as u8 => return Ok(stream),
+            Ok(Ok(_)) if status[0] == Status::Refused as u8 => return Err(OpenFailure::Refused),
+            Ok(Ok(_)) if status[0] != Status::Busy as u8 => return Err(OpenFailure::Garbled(status[0])),
+            // Busy, or ended unread.
+            Ok(_) => {}
+        }
+        if attempt < STREAM_OPEN_ATTEMPTS {
+            debug!(peer = %hex::encode(&peer[..5]), attempt, "a blob stream was dropped or busy: opening another");
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            wait_ms *= 2;
+        }
+    }
+    Err(OpenFailure::Dropped { attempts: STREAM_OPEN_ATTEMPTS })
+}
+
 /// The requester's halves of `stream`, for [`iroh_blobs::api::remote::Remote::fetch`].
 pub(super) fn requester_pair(stream: PeerStream) -> iroh_blobs::get::StreamPair<Recv<BoxRead>, Sender<BoxWrite>> {
     let id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
@@ -181,16 +269,21 @@ impl BlobNode {
     pub async fn serve_stream(&self, peer: [u8; 32], stream: PeerStream) {
         let PeerStream { reader, mut writer } = stream;
         let short = hex::encode(&peer[..5]);
+        let end = |mut writer: BoxWrite, status: Status| async move {
+            let _ = writer.write_all(&[status as u8]).await;
+            let _ = writer.shutdown().await;
+        };
         if !self.is_admitted(&peer) {
             info!(peer = %short, "refused a blob stream from a peer that is not a member of the mesh");
-            let _ = writer.shutdown().await;
-            return;
+            return end(writer, Status::Refused).await;
         }
         let Ok(_permit) = self.inner.streams_served.clone().try_acquire_owned() else {
-            debug!(peer = %short, max = STREAMS_SERVED_MAX, "too many blob streams served at once: closing one");
-            let _ = writer.shutdown().await;
-            return;
+            debug!(peer = %short, max = STREAMS_SERVED_MAX, "too many blob streams served at once: one is told busy");
+            return end(writer, Status::Busy).await;
         };
+        if writer.write_all(&[Status::Serving as u8]).await.is_err() {
+            return;
+        }
         let id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
         let mut recv = Recv::new(reader, id);
         let mut send = Sender::new(writer, id, false);

@@ -27,6 +27,8 @@ struct Pipes {
     me: [u8; 32],
     providers: HashMap<[u8; 32], (BlobNode, Option<u64>)>,
     opened: AtomicU64,
+    /// Streams still to be dropped unread by the far end, as a transport with no room does.
+    drop_next: AtomicU64,
 }
 
 impl StreamDialer for Pipes {
@@ -36,8 +38,14 @@ impl StreamDialer for Pipes {
             return Box::pin(async { Err(io::Error::new(io::ErrorKind::NotConnected, "no pipe to that peer")) });
         };
         let me = self.me;
+        let dropped = self.drop_next.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok();
         Box::pin(async move {
             let (near, far) = tokio::io::duplex(PIPE_BYTES);
+            if dropped {
+                drop(far);
+                let (r, w) = tokio::io::split(near);
+                return Ok(PeerStream { reader: Box::new(r), writer: Box::new(w) });
+            }
             let (far_r, far_w) = tokio::io::split(far);
             let writer: Box<dyn AsyncWrite + Send + Unpin> = match flip_at {
                 Some(at) => Box::new(Flip { inner: far_w, at, written: 0 }),
@@ -95,7 +103,7 @@ async fn over_pipes(requester: &Store, seed: u8, providers: &[(&BlobNode, Option
         node.admit(&p.me().id);
         map.insert(p.me().id, ((*p).clone(), *flip));
     }
-    let pipes = Arc::new(Pipes { me, providers: map, opened: AtomicU64::new(0) });
+    let pipes = Arc::new(Pipes { me, providers: map, opened: AtomicU64::new(0), drop_next: AtomicU64::new(0) });
     assert!(node.set_stream_dialer(pipes.clone()));
     (node, pipes)
 }
@@ -116,6 +124,17 @@ async fn a_blob_and_a_tree_arrive_over_the_stream_when_iroh_has_no_path() {
     assert_eq!(seen.load(Ordering::Relaxed), data.len() as u64, "progress reaches the size");
     assert_eq!(b.get_bytes(hash).await.unwrap().unwrap(), data);
     assert_eq!(pipes.opened.load(Ordering::Relaxed), 1);
+
+    // Streams the far end drops unread are opened again.
+    let again = a.put_bytes(random_bytes("dropped twice", 70_000)).await.unwrap();
+    pipes.drop_next.store(2, Ordering::Relaxed);
+    nb.fetch(again, &[na.me().id]).await.unwrap();
+    assert_eq!(pipes.opened.load(Ordering::Relaxed), 4, "two dropped, the third served");
+    // ... but not forever.
+    pipes.drop_next.store(u64::from(shoal_blobs::net::stream::STREAM_OPEN_ATTEMPTS), Ordering::Relaxed);
+    let never = a.put_bytes(random_bytes("dropped always", 1_000)).await.unwrap();
+    let err = nb.fetch(never, &[na.me().id]).await.unwrap_err();
+    assert!(err.to_string().contains("dropped or was busy"), "{err}");
 
     // A tree, its blobs fetched at once over as many streams (iroh is not tried again for this
     // peer: it was found unreachable).
@@ -178,11 +197,16 @@ async fn a_peer_not_admitted_is_not_served_over_the_stream() {
         me: nb.me().id,
         providers: HashMap::from([(na.me().id, (na.clone(), None))]),
         opened: AtomicU64::new(0),
+        drop_next: AtomicU64::new(0),
     });
     nb.set_stream_dialer(pipes.clone());
     let err = nb.fetch(hash, &[na.me().id]).await.unwrap_err();
     eprintln!("{err}");
     assert_eq!(pipes.opened.load(Ordering::Relaxed), 1, "the stream was opened, and refused");
+    assert!(
+        err.to_string().contains("refused us") && err.to_string().contains(&hex::encode(&na.me().id[..5])),
+        "{err}"
+    );
     assert!(!b.has(hash).await.unwrap());
     na.shutdown().await;
     nb.shutdown().await;
