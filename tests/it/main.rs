@@ -5,6 +5,7 @@ mod api_security;
 mod architecture;
 mod cli;
 mod explorer;
+mod federation_blobs;
 mod hardening;
 mod held_home;
 mod live;
