@@ -13,7 +13,8 @@ The link is bench/netlink_hub.py (userspace: this kernel has no sch_netem): thre
 (A 10.99.0.1, B 10.99.0.2, R 10.99.0.3), each frame delayed 50 ms and paced at 100 Mbit/s onto its
 destination's port, 1.25 MB of queue (one bandwidth-delay product). A blob's time is the fetch
 on B (`GET /v1/blobs/<hash>`, which fetches it from A first) minus the same GET once the blob is
-there. Usage, as root: python3 bench/blobs_nat.py [MIB] (default 64)."""
+there. Usage, as root: python3 bench/blobs_nat.py [MIB] (default 64); the binary is
+target/release/shoal (`cargo build --release -p shoal-node`) unless SHOAL_BIN names another."""
 import atexit, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ RATE_MBIT, DELAY_MS, QUEUE_BYTES = 100, 50, 1_250_000
 PID = os.getpid()
 NS = {k: f"shoal-fed-{PID}-0-blob{k}" for k in "abr"}
 IP = {"a": "10.99.0.1", "b": "10.99.0.2", "r": "10.99.0.3"}
-SHOAL = str(ROOT / "target" / "debug" / "shoal")
+SHOAL = os.environ.get("SHOAL_BIN", str(ROOT / "target" / "release" / "shoal"))
 procs, work = [], Path(tempfile.mkdtemp(prefix="shoal-blobs-nat-"))
 
 
@@ -60,9 +61,10 @@ def lab():
         tap = "sfb%d%s" % (PID % 100000, k)
         run("ip", "addr", "add", f"{IP[k]}/24", "dev", tap, ns=k)
         run("ip", "link", "set", tap, "up", ns=k)
+    run("ping", "-c", "1", IP["b"], ns="a")  # ARP first: two more trips through the link
     out = run("ping", "-c", "4", "-i", "0.3", IP["b"], ns="a")
-    rtt = float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
-    print(f"link: {RATE_MBIT} Mbit/s, {DELAY_MS} ms one way each hop; ping A->B {rtt:.1f} ms")
+    rtt = [float(x) for x in re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/", out).groups()]
+    print(f"link: {RATE_MBIT} Mbit/s, {DELAY_MS} ms one way each hop; ping A->B min/avg/max {rtt[0]:.1f}/{rtt[1]:.1f}/{rtt[2]:.1f} ms")
 
 
 def nft(k, rules):
@@ -170,7 +172,7 @@ def scenario(name, key, a_extra=(), b_extra=(), relay=False, warm=False):
 
 def main():
     if os.geteuid() != 0 or not shutil.which("iperf3") or not Path(SHOAL).exists():
-        raise SystemExit("run as root, with iperf3 installed and `cargo build -p shoal-node` done")
+        raise SystemExit(f"run as root, with iperf3 installed and {SHOAL} built (cargo build --release -p shoal-node)")
     lab()
     key = work / "mesh.key"
     run(SHOAL, "mesh", "init", "--out", key)
