@@ -7,6 +7,7 @@ mod cli;
 mod explorer;
 mod federation;
 mod fedlab;
+mod federation_blobs;
 mod hardening;
 mod held_home;
 mod live;

@@ -40,6 +40,8 @@ pub(super) struct Behaviour {
     pub(super) relay: Toggle<relay::Behaviour>,
     pub(super) dcutr: dcutr::Behaviour,
     pub(super) autonat: autonat::Behaviour,
+    /// Blob streams (`/shoal/blobs/1`, [`super::blobs`]).
+    pub(super) blobs: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -147,6 +149,7 @@ impl Behaviour {
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat,
+            blobs: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -497,6 +497,11 @@ impl Net {
         self.connections.values().filter(|(p, _)| p == peer).map(|(_, addr)| addr.clone()).collect()
     }
 
+    /// Opens and accepts the swarm's blob streams ([`super::blobs`]).
+    pub fn blob_streams(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().blobs.new_control()
+    }
+
     pub fn peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
     }
@@ -947,6 +952,7 @@ impl Net {
                 None
             }
             BehaviourEvent::Blocked(never) | BehaviourEvent::Allowed(never) => match never {},
+            BehaviourEvent::Blobs(()) => None,
         }
     }
 }
