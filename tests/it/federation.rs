@@ -522,7 +522,6 @@ fn a_site_cut_off_for_60_s_mid_dag_heals_into_one_ledger() {
 /// The same cut, then what needs a run's record from the other side of a NAT: the DAG view's
 /// winner among two runs (it compares their outputs) and outputs fetched across sites.
 #[test]
-#[ignore = "needs part B: blobs between NATed sites (a view of two runs fetches both records)"]
 fn after_a_60_s_cut_every_node_names_one_winner_per_job_and_serves_its_output() {
     let Some(fed) = fed_or_skip("the federation cut test") else { return };
     let f = Federation::start(fed, [2, 2, 1]);
