@@ -160,3 +160,48 @@ fn a_dag_moves_its_image_inputs_and_outputs_between_nodes_whose_iroh_has_no_path
     assert!(logs.contains("fetching over the mesh"), "no fetch took the mesh path");
     assert!(!logs.contains("do not match the hash"), "a stream's bytes were refused");
 }
+
+/// In the federation lab: a node behind an endpoint-independent NAT and one behind a symmetric
+/// NAT (between which no hole can be punched), and the relay. Neither site's iroh endpoint is
+/// reachable from the other (private addresses behind NAT), so what one site's node made reaches
+/// the other over `/shoal/blobs/1` through the relay's circuit. Every output is read, with the
+/// right bytes, from every node.
+#[test]
+fn outputs_move_between_nodes_behind_nats_that_cannot_be_punched() {
+    use crate::federation::{Federation, all_done, submit, wait_dag, wait_for_mesh};
+    let Some(fed) = crate::fedlab::fed_or_skip("blobs between NATed sites") else { return };
+    let f = Federation::start(fed, [1, 0, 1]);
+    wait_for_mesh(&f.all(), Duration::from_secs(90));
+    let (east, far) = (&f.nodes[0][0], &f.nodes[2][0]);
+
+    // 3 generators of 200 KiB each and 6 readers of them.
+    let mut jobs = Vec::new();
+    for i in 0..3 {
+        jobs.push(serde_json::json!({"id": format!("gen{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", format!("head -c 204800 /dev/zero | tr '\\0' '{i}'")],
+            "outputs": {"out": "stdout"}}));
+    }
+    for k in 0..6 {
+        jobs.push(serde_json::json!({"id": format!("use{k}"), "image": "busybox:latest",
+            "command": ["sh", "-c", "wc -c < /input/d"], "inputs": {"d": format!("jobs:gen{}/out", k % 3)},
+            "outputs": {"out": "stdout"}}));
+    }
+    let text = serde_json::to_string(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap();
+    let dag = submit(east, &east.home.write("dag.json", &text));
+    wait_dag(far, &dag, Duration::from_secs(180), "all 9 jobs done, seen from the symmetric site", all_done);
+
+    for n in [east, far, &f.relay] {
+        for i in 0..3 {
+            let (status, body) = n.get(&format!("/v1/dags/{dag}/jobs/gen{i}/outputs/out"));
+            assert_eq!(status, 200, "gen{i} from {}: {}", n.host.name, String::from_utf8_lossy(&body));
+            assert_eq!(body.len(), 204_800, "gen{i} from {}", n.host.name);
+            assert!(body.iter().all(|&b| b == b'0' + i as u8), "gen{i}'s bytes from {}", n.host.name);
+        }
+        for k in 0..6 {
+            let (status, body) = n.get(&format!("/v1/dags/{dag}/jobs/use{k}/outputs/out"));
+            assert_eq!((status, String::from_utf8_lossy(&body).trim()), (200, "204800"), "use{k} from {}", n.host.name);
+        }
+    }
+    let logs = format!("{}{}", east.log(), far.log());
+    assert!(logs.contains("fetching over the mesh"), "no fetch between the sites took the mesh path");
+}

@@ -13,7 +13,9 @@
 //! - [`image`]: OCI image layouts, `docker save` and OCI archives, registry pulls, layer expansion
 //!   and merging with whiteouts (Buildbarn ADR 8), and writing an OCI layout from a directory.
 //! - [`net`]: an iroh endpoint serving the store's blobs to peers (iroh-blobs), and fetching
-//!   blobs, trees and images from peers, verified while they stream.
+//!   blobs, trees and images from peers, verified while they stream; [`net::stream`], the same
+//!   protocol over a byte stream the node opens (its libp2p mesh) where a peer's iroh endpoint
+//!   cannot be reached.
 //! - `error`: [`OpenError`], [`StoreError`], [`ImageError`].
 //! - `open`: why a store did not open (lock holder, damaged database, permissions), as an
 //!   [`OpenError`] naming the file and the fix.

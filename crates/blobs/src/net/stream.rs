@@ -67,6 +67,21 @@ pub const STREAMS_SERVED_MAX: usize = 64;
 pub const STREAM_OPEN_ATTEMPTS: u32 = 6;
 /// The first wait before a stream is opened again, in milliseconds.
 pub const STREAM_RETRY_FIRST_MS: u64 = 20;
+/// How long the serving side waits for one read or write of a stream before it gives the stream
+/// up, in seconds: a requester that stops reading (or never sends its request) would otherwise
+/// hold one of the [`STREAMS_SERVED_MAX`] for good. (The requester's side has the fetch's own
+/// stall timeout, `FETCH_STALL_TIMEOUT_S`.)
+pub const SERVE_STALL_TIMEOUT_S: u64 = 20;
+
+/// `io` unless it takes longer than `stall` (no limit when `None`).
+async fn within<T>(stall: Option<Duration>, io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match stall {
+        None => io.await,
+        Some(limit) => tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("no progress for {} s", limit.as_secs())))
+        }),
+    }
+}
 
 /// The first byte the serving side writes on a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,11 +104,13 @@ static NEXT_STREAM_ID: AtomicU64 = AtomicU64::new(1);
 pub(super) struct Recv<R> {
     inner: std::sync::Mutex<R>,
     id: u64,
+    /// The longest one read may take (the serving side's [`SERVE_STALL_TIMEOUT_S`]).
+    stall: Option<Duration>,
 }
 
 impl<R> Recv<R> {
-    fn new(inner: R, id: u64) -> Self {
-        Recv { inner: std::sync::Mutex::new(inner), id }
+    fn new(inner: R, id: u64, stall: Option<Duration>) -> Self {
+        Recv { inner: std::sync::Mutex::new(inner), id, stall }
     }
 
     fn get(&mut self) -> &mut R {
@@ -106,7 +123,8 @@ impl<R: AsyncRead + Send + Unpin> RecvStream for Recv<R> {
         let mut buf = vec![0; len];
         let mut n = 0;
         while n < len {
-            let read = self.get().read(&mut buf[n..]).await?;
+            let stall = self.stall;
+            let read = within(stall, self.get().read(&mut buf[n..])).await?;
             if read == 0 {
                 break;
             }
@@ -118,12 +136,14 @@ impl<R: AsyncRead + Send + Unpin> RecvStream for Recv<R> {
 
     async fn recv_bytes_exact(&mut self, len: usize) -> io::Result<Bytes> {
         let mut buf = vec![0; len];
-        self.get().read_exact(&mut buf).await?;
+        let stall = self.stall;
+        within(stall, self.get().read_exact(&mut buf)).await?;
         Ok(buf.into())
     }
 
     async fn recv_exact(&mut self, target: &mut [u8]) -> io::Result<()> {
-        self.get().read_exact(target).await.map(|_| ())
+        let stall = self.stall;
+        within(stall, self.get().read_exact(target)).await.map(|_| ())
     }
 
     fn stop(&mut self, _code: VarInt) -> io::Result<()> {
@@ -143,11 +163,13 @@ pub(super) struct Sender<W> {
     /// Half-close at `sync`: the requester's side, whose one write is the request (see the
     /// module doc).
     close_on_sync: bool,
+    /// The longest one write may take (the serving side's [`SERVE_STALL_TIMEOUT_S`]).
+    stall: Option<Duration>,
 }
 
 impl<W> Sender<W> {
-    fn new(inner: W, id: u64, close_on_sync: bool) -> Self {
-        Sender { inner: std::sync::Mutex::new(inner), id, close_on_sync }
+    fn new(inner: W, id: u64, close_on_sync: bool, stall: Option<Duration>) -> Self {
+        Sender { inner: std::sync::Mutex::new(inner), id, close_on_sync, stall }
     }
 
     fn get(&mut self) -> &mut W {
@@ -157,15 +179,18 @@ impl<W> Sender<W> {
 
 impl<W: AsyncWrite + Send + Unpin> SendStream for Sender<W> {
     async fn send_bytes(&mut self, bytes: Bytes) -> io::Result<()> {
-        self.get().write_all(&bytes).await
+        let stall = self.stall;
+        within(stall, self.get().write_all(&bytes)).await
     }
 
     async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.get().write_all(buf).await
+        let stall = self.stall;
+        within(stall, self.get().write_all(buf)).await
     }
 
     async fn sync(&mut self) -> io::Result<()> {
-        self.get().flush().await?;
+        let stall = self.stall;
+        within(stall, self.get().flush()).await?;
         if self.close_on_sync { self.get().shutdown().await } else { Ok(()) }
     }
 
@@ -258,7 +283,7 @@ pub(super) async fn open_serving(dialer: &dyn StreamDialer, peer: [u8; 32]) -> R
 /// The requester's halves of `stream`, for [`iroh_blobs::api::remote::Remote::fetch`].
 pub(super) fn requester_pair(stream: PeerStream) -> iroh_blobs::get::StreamPair<Recv<BoxRead>, Sender<BoxWrite>> {
     let id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-    iroh_blobs::get::StreamPair::new(id, Recv::new(stream.reader, id), Sender::new(stream.writer, id, true))
+    iroh_blobs::get::StreamPair::new(id, Recv::new(stream.reader, id, None), Sender::new(stream.writer, id, true, None))
 }
 
 impl BlobNode {
@@ -285,8 +310,9 @@ impl BlobNode {
             return;
         }
         let id = NEXT_STREAM_ID.fetch_add(1, Ordering::Relaxed);
-        let mut recv = Recv::new(reader, id);
-        let mut send = Sender::new(writer, id, false);
+        let stall = Some(Duration::from_secs(SERVE_STALL_TIMEOUT_S));
+        let mut recv = Recv::new(reader, id, stall);
+        let mut send = Sender::new(writer, id, false, stall);
         let pair = iroh_blobs::provider::StreamPair::new(
             id,
             &mut recv,
@@ -297,6 +323,6 @@ impl BlobNode {
             debug!(peer = %short, "blob stream ended: {e:#}");
         }
         // The requester reads to the end of the stream: end it, whatever happened.
-        let _ = send.get().shutdown().await;
+        let _ = within(stall, send.get().shutdown()).await;
     }
 }
