@@ -8,7 +8,9 @@ cd "$(dirname "$0")/.."
 #   busybox-static   the busybox:latest image (built by our code from this package)
 #   docker-registry  a local OCI registry for `shoal image pull` tests
 #   skopeo           pushes test images into that registry, converts layouts to docker-save archives
-#   iproute2, make   the benchmark's sandbox peer and network checks
+#   iproute2, make   the benchmark's sandbox peer and network checks; ip netns and tc tbf for the labs
+#   nftables, iputils-ping   the federation lab's NAT routers (tests/it/fedlab.rs) and its ping
+#   iperf3           bench/netlab.sh's TCP stream through a lab link
 #   util-linux       unshare(1), for the benchmark peer
 #   linux-image-cloud-amd64   the guest kernel of the microVM backend (its bzImage and modules)
 #   squashfs-tools, erofs-utils   mksquashfs / mkfs.erofs, for the benchmark's peers and `shoal doctor`
@@ -24,7 +26,7 @@ cd "$(dirname "$0")/.."
 #   ovmf             UEFI firmware for QEMU, to boot the image the way a UEFI PC does
 #   kmod, binutils   depmod and modprobe for the module trees; strip and readelf for the binaries
 #   qemu-utils (from bookworm-backports, below)   qemu-img, the cloud image's qcow2
-PACKAGES=(busybox-static docker-registry skopeo iproute2 make util-linux python3-venv
+PACKAGES=(busybox-static docker-registry skopeo iproute2 nftables iputils-ping iperf3 make util-linux python3-venv
   linux-image-cloud-amd64 squashfs-tools erofs-utils cpio debootstrap chromium chromium-driver
   grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools ovmf kmod binutils)
 BACKPORTS=(qemu-system-x86 qemu-system-data qemu-utils)

@@ -21,8 +21,20 @@ if pgrep -a -f 'qemu-system-x86_64 .*shoal-(req|reply|rootfs|lab-)' >&2; then
   echo "test: QEMU processes outlived the tests (listed above)" >&2
   exit 1
 fi
-# Nor may a network lab (tests/it/netlab.rs): its namespace holds the bridge and the taps.
-if ip netns list 2>/dev/null | grep -E '^shoal-lab-' >&2; then
+# Nor may a network lab (tests/it/netlab.rs, tests/it/fedlab.rs): its namespaces hold the
+# bridges, veths and taps.
+if ip netns list 2>/dev/null | grep -E '^shoal-(lab|fed)-' >&2; then
   echo "test: network namespaces outlived the tests (listed above)" >&2
+  exit 1
+fi
+# Nor a process started in the federation lab (each carries SHOAL_FEDLAB=<namespace>; a lab's
+# namespace can be gone while a process still holds it).
+left=$(grep -l -s -z '^SHOAL_FEDLAB=' /proc/[0-9]*/environ 2>/dev/null || true)
+for f in $left; do
+  pid=${f#/proc/}; pid=${pid%/environ}
+  ps -o pid=,args= -p "$pid" >&2 || true
+done
+if [ -n "$left" ]; then
+  echo "test: processes started in the federation lab outlived the tests (listed above)" >&2
   exit 1
 fi

@@ -17,6 +17,13 @@
 //! QUIC handshake (it proves the endpoint id) and then the connection closed with iroh-blobs'
 //! permission error, before a single request is read: knowing a hash is not enough to fetch it.
 //!
+//! Two paths to a peer: its iroh endpoint first, and when that cannot be reached (no address
+//! works within [`CONNECT_TIMEOUT_MS`], or a transfer stalls) a byte stream the node's transport
+//! opens ([`BlobNode::set_stream_dialer`]; the node's is a libp2p stream through the mesh, which
+//! crosses NATs by its relays and DCUtR), carrying the same iroh-blobs protocol, verified the same
+//! way ([`stream`]). A peer found unreachable over iroh is asked over the stream for the next
+//! [`IROH_UNREACHABLE_RETRY_S`] without waiting on iroh first.
+//!
 //! A fetched blob is not a root for `gc`, like a blob just stored: the caller records what uses
 //! it (a run record, a tag, a pin) before the next `gc`.
 
@@ -46,6 +53,9 @@ use crate::meta::Meta;
 use crate::tree::{EntryKind, Tree};
 use crate::{Digest, DigestKind, Hash, Store, StoreError, retry_busy, to_iroh};
 
+pub mod stream;
+pub use stream::{PeerStream, StreamDialer};
+
 /// How long connecting to a peer (QUIC handshake included) may take before it counts as failed
 /// and the next provider is tried.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -61,6 +71,10 @@ pub const CONNECTION_IDLE_TIMEOUT_S: u64 = 30;
 pub const CONNECTIONS_MAX: usize = 256;
 /// Connection attempts running at once.
 pub const CONNECTS_PENDING_MAX: usize = 32;
+/// How long a peer whose iroh endpoint could not be reached is fetched from over the stream
+/// path alone (when there is one) before iroh is tried again, in seconds: a tree of many blobs
+/// would otherwise wait [`CONNECT_TIMEOUT_MS`] on iroh for each.
+pub const IROH_UNREACHABLE_RETRY_S: u64 = 60;
 
 /// How to reach a peer's blob endpoint (gossiped inside CBOR): its endpoint id (the ed25519
 /// public key of the node's secret) and the socket addresses it listens on.
@@ -144,6 +158,12 @@ struct NodeInner {
     moved: std::sync::Mutex<HashSet<PublicKey>>,
     /// The connections peers opened to this node.
     incoming: Incoming,
+    /// The second path to peers ([`BlobNode::set_stream_dialer`]), when the node has one.
+    dialer: std::sync::OnceLock<Arc<dyn StreamDialer>>,
+    /// Peers whose iroh endpoint could not be reached, and when that was found.
+    iroh_unreachable: std::sync::Mutex<HashMap<PublicKey, tokio::time::Instant>>,
+    /// Permits for streams served at once ([`stream::STREAMS_SERVED_MAX`]).
+    streams_served: Arc<tokio::sync::Semaphore>,
 }
 
 /// Endpoint ids allowed to fetch from this node. Shared between the [`BlobNode`] (which adds to
@@ -313,6 +333,9 @@ impl Store {
                 members,
                 moved,
                 incoming,
+                dialer: std::sync::OnceLock::new(),
+                iroh_unreachable: Default::default(),
+                streams_served: Arc::new(tokio::sync::Semaphore::new(stream::STREAMS_SERVED_MAX)),
             }),
         })
     }
@@ -325,6 +348,12 @@ enum Failure {
     Get(GetError),
     Stalled,
     Ended,
+    /// No stream to the peer got as far as the request.
+    StreamOpen(stream::OpenFailure),
+    /// The stream path failed (iroh was found unreachable earlier).
+    OverMesh(Box<Failure>),
+    /// Neither path delivered: why over iroh, and why over the stream.
+    Both(Box<Failure>, Box<Failure>),
 }
 
 impl std::fmt::Display for Failure {
@@ -364,6 +393,14 @@ impl std::fmt::Display for Failure {
             Failure::Get(e) => write!(f, "{}", error_chain(e)),
             Failure::Stalled => write!(f, "sent nothing for {FETCH_STALL_TIMEOUT_S} s"),
             Failure::Ended => write!(f, "the transfer ended without a result"),
+            Failure::StreamOpen(e) => write!(f, "{e}"),
+            Failure::OverMesh(stream) => {
+                write!(
+                    f,
+                    "over the mesh (its blob endpoint was unreachable within {IROH_UNREACHABLE_RETRY_S} s): {stream}"
+                )
+            }
+            Failure::Both(iroh, stream) => write!(f, "over iroh: {iroh}; over the mesh: {stream}"),
         }
     }
 }
@@ -384,6 +421,29 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Runs one transfer to its end, reporting progress, with no more than
+/// [`FETCH_STALL_TIMEOUT_S`] between two steps.
+async fn drive(
+    transfer: impl futures_lite::Stream<Item = GetProgressItem>,
+    received: &AtomicU64,
+    progress: &(impl Fn(u64) + Send + Sync),
+) -> Result<(), Failure> {
+    let mut transfer = std::pin::pin!(transfer);
+    let base = received.load(Ordering::Relaxed);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(FETCH_STALL_TIMEOUT_S), transfer.next()).await {
+            Err(_) => return Err(Failure::Stalled),
+            Ok(None) => return Err(Failure::Ended),
+            Ok(Some(GetProgressItem::Progress(n))) => {
+                received.store(base + n, Ordering::Relaxed);
+                progress(base + n);
+            }
+            Ok(Some(GetProgressItem::Done(_))) => return Ok(()),
+            Ok(Some(GetProgressItem::Error(e))) => return Err(Failure::Get(e)),
+        }
+    }
+}
 
 impl BlobNode {
     fn store(&self) -> &Store {
@@ -506,7 +566,7 @@ impl BlobNode {
             if id == me {
                 continue;
             }
-            let outcome = retry_busy(|| self.fetch_from(hash, id, &received, &progress)).await;
+            let outcome = self.fetch_from_peer(hash, id, &received, &progress).await;
             let reason = match outcome {
                 Ok(()) if store.has(hash).await? => {
                     let after = store.size(hash).await?.unwrap_or(0);
@@ -514,13 +574,7 @@ impl BlobNode {
                     return Ok(after.saturating_sub(before));
                 }
                 Ok(()) => "answered, but the blob is still incomplete here".to_owned(),
-                Err(f) => {
-                    if matches!(f, Failure::Stalled | Failure::Connect(_)) {
-                        // A dead connection or a stale address: the next fetch from it dials anew.
-                        self.forget_connection(id);
-                    }
-                    f.to_string()
-                }
+                Err(f) => f.to_string(),
             };
             debug!(%hash, peer = %id.fmt_short(), %reason, "provider failed");
             tried.push(ProviderFailure { peer: *peer, reason });
@@ -563,7 +617,75 @@ impl BlobNode {
         if tried.is_empty() { Err(NetError::NoProviders { hash }) } else { Err(NetError::Unavailable { hash, tried }) }
     }
 
-    /// One transfer from one provider: whatever of the blob is missing here.
+    /// Sets the second path to peers, tried when a peer's iroh endpoint cannot be reached. Set
+    /// once; a later call is ignored (returns false).
+    pub fn set_stream_dialer(&self, dialer: Arc<dyn StreamDialer>) -> bool {
+        self.inner.dialer.set(dialer).is_ok()
+    }
+
+    /// Whether `id`'s iroh endpoint was found unreachable in the last [`IROH_UNREACHABLE_RETRY_S`].
+    fn iroh_unreachable(&self, id: &PublicKey) -> bool {
+        let mut map = self.inner.iroh_unreachable.lock().expect("unreachable peers");
+        match map.get(id) {
+            Some(at) if at.elapsed() < Duration::from_secs(IROH_UNREACHABLE_RETRY_S) => true,
+            Some(_) => {
+                map.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// One provider, by iroh and then by the stream path: whatever of the blob is missing here.
+    async fn fetch_from_peer(
+        &self,
+        hash: Hash,
+        id: PublicKey,
+        received: &AtomicU64,
+        progress: &(impl Fn(u64) + Send + Sync),
+    ) -> Result<(), Failure> {
+        let dialer = self.inner.dialer.get();
+        if dialer.is_some() && self.iroh_unreachable(&id) {
+            return retry_busy(|| self.fetch_over_stream(hash, id, received, progress))
+                .await
+                .map_err(|f| Failure::OverMesh(Box::new(f)));
+        }
+        let over_iroh = match retry_busy(|| self.fetch_from(hash, id, received, progress)).await {
+            Err(f @ (Failure::Stalled | Failure::Connect(_))) => {
+                // A dead connection or a stale address: the next fetch from it dials anew.
+                self.forget_connection(id);
+                f
+            }
+            other => return other,
+        };
+        if dialer.is_none() {
+            return Err(over_iroh);
+        }
+        debug!(%hash, peer = %id.fmt_short(), reason = %over_iroh, "iroh cannot reach the peer: fetching over the mesh");
+        self.inner.iroh_unreachable.lock().expect("unreachable peers").insert(id, tokio::time::Instant::now());
+        retry_busy(|| self.fetch_over_stream(hash, id, received, progress))
+            .await
+            .map_err(|over_stream| Failure::Both(Box::new(over_iroh), Box::new(over_stream)))
+    }
+
+    /// One transfer from one provider over the stream path.
+    async fn fetch_over_stream(
+        &self,
+        hash: Hash,
+        id: PublicKey,
+        received: &AtomicU64,
+        progress: &(impl Fn(u64) + Send + Sync),
+    ) -> Result<(), Failure> {
+        let Some(dialer) = self.inner.dialer.get() else {
+            return Err(Failure::StreamOpen(stream::OpenFailure::Open("this node has no stream transport".into())));
+        };
+        let stream = stream::open_serving(&**dialer, *id.as_bytes()).await.map_err(Failure::StreamOpen)?;
+        let remote = self.store().iroh().remote();
+        let transfer = remote.fetch(stream::requester_pair(stream), to_iroh(hash)).stream();
+        drive(transfer, received, progress).await
+    }
+
+    /// One transfer from one provider over iroh: whatever of the blob is missing here.
     async fn fetch_from(
         &self,
         hash: Hash,
@@ -573,20 +695,7 @@ impl BlobNode {
     ) -> Result<(), Failure> {
         let conn = self.connection(id).await.map_err(Failure::Connect)?;
         let remote = self.store().iroh().remote();
-        let mut stream = std::pin::pin!(remote.fetch((*conn).clone(), to_iroh(hash)).stream());
-        let base = received.load(Ordering::Relaxed);
-        loop {
-            match tokio::time::timeout(Duration::from_secs(FETCH_STALL_TIMEOUT_S), stream.next()).await {
-                Err(_) => return Err(Failure::Stalled),
-                Ok(None) => return Err(Failure::Ended),
-                Ok(Some(GetProgressItem::Progress(n))) => {
-                    received.store(base + n, Ordering::Relaxed);
-                    progress(base + n);
-                }
-                Ok(Some(GetProgressItem::Done(_))) => return Ok(()),
-                Ok(Some(GetProgressItem::Error(e))) => return Err(Failure::Get(e)),
-            }
-        }
+        drive(remote.fetch((*conn).clone(), to_iroh(hash)).stream(), received, progress).await
     }
 
     /// Fetches a tree blob and, recursively, every file and subtree it names, at most

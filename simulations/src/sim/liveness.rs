@@ -125,6 +125,7 @@ impl Sim {
             ledger_digest: Hash::of(b""),
             sent_unix_ms: self.now,
         };
+        let a = if beat.with_caps { a } else { a.lite() };
         wire::encode(&a).len() as u64
     }
 

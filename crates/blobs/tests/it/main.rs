@@ -4,6 +4,7 @@ mod images;
 mod net;
 mod registry;
 mod store;
+mod stream;
 mod trees;
 
 use std::os::unix::fs::PermissionsExt;

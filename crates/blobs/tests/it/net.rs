@@ -19,11 +19,11 @@ use shoal_blobs::{Hash, Store};
 
 use crate::{mode, store, write};
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-async fn node(store: &Store, seed: u8) -> BlobNode {
+pub(crate) async fn node(store: &Store, seed: u8) -> BlobNode {
     store.serve_blobs([seed; 32], loopback()).await.unwrap()
 }
 
@@ -38,7 +38,7 @@ fn introduce(nodes: &[&BlobNode]) {
 }
 
 /// Deterministic incompressible bytes.
-fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
+pub(crate) fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
     out
@@ -75,7 +75,7 @@ async fn fetch_a_5_mib_blob() {
 }
 
 /// What a directory holds: relative path -> (kind, mode, content or link target).
-fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
+pub(crate) fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by_file_name() {
         let e = e.unwrap();
@@ -93,7 +93,7 @@ fn snapshot(root: &Path) -> BTreeMap<String, (char, u32, Vec<u8>)> {
     out
 }
 
-fn sample_dir(src: &Path) {
+pub(crate) fn sample_dir(src: &Path) {
     write(&src.join("bin/run"), b"#!/bin/sh\necho hi\n", 0o755);
     write(&src.join("a/b/c/deep.txt"), b"deep", 0o644);
     write(&src.join("a/b/same.txt"), b"deep", 0o600);

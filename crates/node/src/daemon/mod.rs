@@ -231,6 +231,9 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     })
     .context("starting the mesh network")?;
     let blobs = Arc::new(store.serve_blobs(key.to_bytes(), opts.blobs).await.context("starting the blob endpoint")?);
+    // The second path to peers' blobs, through the mesh, where their iroh endpoint is out of reach.
+    blobs.set_stream_dialer(Arc::new(crate::mesh::blobs::MeshDialer::new(net.blob_streams())));
+    tokio::spawn(crate::mesh::blobs::serve(net.blob_streams(), blobs.clone()));
     // The cores announced to the mesh are the runner's budget, which explorer and local runs share.
     let runner = Runner::new(&store, &opts.run)?;
     let machine = runner.machine();

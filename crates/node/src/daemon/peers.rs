@@ -132,6 +132,10 @@ impl Node {
             warn!(%from, "an announcement for another node's id; ignored");
             return;
         }
+        let a = match self.peers.get(&a.node) {
+            Some(prev) => a.filled_from(&prev.announce),
+            None => a,
+        };
         self.shared.blobs.add_peer(&BlobPeer { id: a.node, addrs: a.blob_addrs.clone() });
         // Signed by its author and carried only over connections that passed pnet: the
         // author is a member (this reaches peers we have no direct connection to),
@@ -157,6 +161,7 @@ impl Node {
         let new = self.liveness.handle_heard(self.mono_ms(), node, direct);
         let had_caps = self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some();
         let caps = a.caps.clone().or_else(|| self.peers.get(&a.node).and_then(|p| p.caps.clone()));
+        let a = Announce { caps: None, ..a };
         self.peers.insert(a.node, PeerInfo { announce: a, caps });
         if had_caps != self.peers.get(&node).and_then(|p| p.caps.as_ref()).is_some() || new {
             let caps: Vec<(NodeId, Capabilities)> =
@@ -293,6 +298,7 @@ impl Node {
             ledger_digest: ledger.digest(),
             sent_unix_ms: now_unix_ms(),
         };
+        let a = if beat.with_caps { a } else { a.lite() };
         match beat.to {
             Audience::Mesh => {
                 if let Err(e) = self.net.publish(Topic::Caps, wire::encode(&a)) {

@@ -16,9 +16,9 @@ use super::codec::{SyncRequest, SyncResponse};
 use super::net::{
     AUTONAT_BOOT_DELAY_S, AUTONAT_REFRESH_S, AUTONAT_RETRY_S, AUTONAT_THROTTLE_SERVER_S, GOSSIP_BYTES_MAX,
     GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH, GOSSIP_MESH_N_LOW,
-    GOSSIP_MESH_OUTBOUND_MIN, KAD_PROTOCOL, RELAY_CIRCUIT_BURST, RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S,
-    RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S,
-    Topic,
+    GOSSIP_MESH_OUTBOUND_MIN, GOSSIP_MESSAGE_ID_BYTES, KAD_PROTOCOL, PING_INTERVAL_S, RELAY_CIRCUIT_BURST,
+    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_REQUEST_BYTES_MAX,
+    SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
 };
 
 /// The swarm's behaviours. Each field's events arrive as a variant of the generated
@@ -40,6 +40,8 @@ pub(super) struct Behaviour {
     pub(super) relay: Toggle<relay::Behaviour>,
     pub(super) dcutr: dcutr::Behaviour,
     pub(super) autonat: autonat::Behaviour,
+    /// Blob streams (`/shoal/blobs/1`, [`super::blobs`]).
+    pub(super) blobs: libp2p_stream::Behaviour,
 }
 
 impl Behaviour {
@@ -67,6 +69,13 @@ impl Behaviour {
             // small mesh that is the fastest delivery, and facts are small.
             .flood_publish(true)
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // A message's id is 16 bytes of BLAKE3 of its data, not libp2p's default (the source's
+            // base58 id and its sequence number as text, ~70 bytes): every IHAVE names each
+            // recent message by id, so the id's size is much of gossip's idle cost. Identical
+            // data from two sources is one message, which facts (idempotent) allow.
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(&blake3::hash(&m.data).as_bytes()[..GOSSIP_MESSAGE_ID_BYTES])
+            })
             .build()?;
         let mut gossipsub =
             gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
@@ -132,7 +141,7 @@ impl Behaviour {
             allowed: Toggle::from(allowed),
             gossipsub,
             identify,
-            ping: ping::Behaviour::new(ping::Config::new()),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(PING_INTERVAL_S))),
             kad,
             sync,
             mdns: Toggle::from(mdns),
@@ -140,6 +149,7 @@ impl Behaviour {
             relay: Toggle::from(relay),
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat,
+            blobs: libp2p_stream::Behaviour::new(),
         })
     }
 }

@@ -113,6 +113,12 @@ pub const SYNC_TIMEOUT_S: u64 = 30;
 /// Gossipsub heartbeat, in milliseconds: mesh maintenance and IHAVE gossip. A heartbeat with
 /// nothing to say sends nothing, so a short one costs no idle traffic.
 pub const GOSSIP_HEARTBEAT_MS: u64 = 1000;
+/// How often libp2p's ping measures a connection's round trip, in seconds (its default is 15 s;
+/// liveness has its own heartbeats every 10 s, which also keep connections from idling out).
+pub const PING_INTERVAL_S: u64 = 60;
+/// Bytes of BLAKE3 a gossip message's id keeps (128 bits: no collision among the messages a
+/// node remembers).
+pub const GOSSIP_MESSAGE_ID_BYTES: usize = 16;
 /// Delay before the first heartbeat, in milliseconds (libp2p's default is 5 s, which would leave
 /// a freshly started node without a mesh for that long).
 pub const GOSSIP_HEARTBEAT_INITIAL_MS: u64 = 100;
@@ -501,6 +507,11 @@ impl Net {
     /// one, the circuit for a relayed one (it contains `/p2p-circuit`).
     pub fn connection_addrs(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.connections.values().filter(|(p, _)| p == peer).map(|(_, addr)| addr.clone()).collect()
+    }
+
+    /// Opens and accepts the swarm's blob streams ([`super::blobs`]).
+    pub fn blob_streams(&self) -> libp2p_stream::Control {
+        self.swarm.behaviour().blobs.new_control()
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -962,6 +973,7 @@ impl Net {
                 None
             }
             BehaviourEvent::Blocked(never) | BehaviourEvent::Allowed(never) => match never {},
+            BehaviourEvent::Blobs(()) => None,
         }
     }
 }
