@@ -19,7 +19,10 @@
 //! it back (relays, and with only global IPs any connected peer at one), first
 //! [`AUTONAT_BOOT_DELAY_S`] after start, then every [`AUTONAT_RETRY_S`] until sure, every
 //! [`AUTONAT_REFRESH_S`] after. A confirmed address becomes an external address, which identify
-//! announces. A node found *private* reserves a slot on up to [`RELAYS_WANTED`] relays by itself
+//! announces. A dial-back to a node behind NAT is dropped and fails only at the prober's dial
+//! timeout, so a node whose verdict is unknown and whose dial-back has not come within
+//! [`AUTONAT_DIAL_BACK_PATIENCE_S`] presumes it is private until a verdict. A node found (or
+//! presumed) *private* reserves a slot on up to [`RELAYS_WANTED`] relays by itself
 //! (`relays.rs`): peers whose identify lists the relay hop protocol, joined or met through the mesh,
 //! dialed at an address others can dial (or the one it is connected to them at). It listens on
 //! `<relay>/p2p/<relay id>/p2p-circuit` through each, reported as [`NetEvent::Listening`] (the daemon
@@ -152,6 +155,12 @@ pub const AUTONAT_REFRESH_S: u64 = 60;
 /// How long one peer is not asked again, in seconds: a mesh may know a single relay, which must be
 /// asked at every retry.
 pub const AUTONAT_THROTTLE_SERVER_S: u64 = AUTONAT_RETRY_S;
+/// How long a probe's dial-back may take before a node whose reachability is unknown presumes it
+/// is private and reserves on relays, in seconds. A dial-back to a node behind NAT is dropped, so
+/// the probe fails only when the prober's dial times out ([`UPGRADE_TIMEOUT_S`]); one to a
+/// reachable node takes a few round trips. Found public later, the node gives the relays up.
+pub const AUTONAT_DIAL_BACK_PATIENCE_S: u64 = 3;
+const _: () = assert!(AUTONAT_DIAL_BACK_PATIENCE_S < UPGRADE_TIMEOUT_S);
 /// Probes that must agree before a verdict counts as confirmed (libp2p's value; the first
 /// answer already flips an unknown verdict).
 pub const AUTONAT_CONFIDENCE_MAX: usize = 3;
@@ -365,6 +374,8 @@ pub struct Net {
     /// The direct connection DCUtR made to each peer it upgraded.
     hole_punched: HashMap<PeerId, ConnectionId>,
     hole_punches: HolePunches,
+    /// When this node presumes it is private if the probe under way has not answered.
+    presume_private_at: Option<tokio::time::Instant>,
 }
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
@@ -450,6 +461,7 @@ impl Net {
             private_ips: cfg.autonat_private_ips,
             hole_punched: HashMap::new(),
             hole_punches: HolePunches::default(),
+            presume_private_at: None,
         };
         for addr in cfg.listen {
             if is_circuit(&addr) {
@@ -606,8 +618,13 @@ impl Net {
     pub async fn next_event(&mut self) -> NetEvent {
         loop {
             let cut_off_at = self.cut_off.front().map(|(at, _)| *at);
+            let presume_at = self.presume_private_at;
             let event = tokio::select! {
                 event = self.swarm.select_next_some() => event,
+                _ = tokio::time::sleep_until(presume_at.unwrap_or_else(tokio::time::Instant::now)), if presume_at.is_some() => {
+                    self.presume_private();
+                    continue;
+                }
                 _ = tokio::time::sleep_until(cut_off_at.unwrap_or_else(tokio::time::Instant::now)), if cut_off_at.is_some() => {
                     if let Some((_, peer)) = self.cut_off.pop_front()
                         && self.refused.contains_key(&peer)
@@ -947,6 +964,10 @@ impl Net {
                 self.on_reachability(old, new);
                 None
             }
+            BehaviourEvent::Autonat(autonat::Event::OutboundProbe(probe)) => {
+                self.on_probe(probe);
+                None
+            }
             BehaviourEvent::Autonat(event) => {
                 debug!("autonat: {event:?}");
                 None
@@ -1023,6 +1044,33 @@ impl Net {
         if self.relays.learn(peer, addrs.clone()) {
             debug!(%peer, ?addrs, "a relay of the mesh");
             self.swarm.behaviour_mut().autonat.add_server(peer, None);
+            self.reserve_relays();
+        }
+    }
+
+    /// A probe of ours was sent or answered: while the verdict is unknown, a dial-back that has not
+    /// come within [`AUTONAT_DIAL_BACK_PATIENCE_S`] makes the node presume it is private.
+    fn on_probe(&mut self, probe: autonat::OutboundProbeEvent) {
+        debug!("autonat: {probe:?}");
+        match probe {
+            autonat::OutboundProbeEvent::Request { .. } if self.relays.reachability() == Reachability::Unknown => {
+                self.presume_private_at
+                    .get_or_insert(tokio::time::Instant::now() + Duration::from_secs(AUTONAT_DIAL_BACK_PATIENCE_S));
+            }
+            autonat::OutboundProbeEvent::Request { .. } => {}
+            autonat::OutboundProbeEvent::Response { .. } | autonat::OutboundProbeEvent::Error { .. } => {
+                self.presume_private_at = None;
+            }
+        }
+    }
+
+    fn presume_private(&mut self) {
+        self.presume_private_at = None;
+        if self.relays.presume_private() {
+            info!(
+                "no dial-back within {AUTONAT_DIAL_BACK_PATIENCE_S} s (AutoNAT): presumed private, reserving on up to \
+                 {RELAYS_WANTED} relays until a probe says otherwise"
+            );
             self.reserve_relays();
         }
     }

@@ -98,6 +98,16 @@ impl AutoRelays {
         if r == Reachability::Public { self.reservations.drain().map(|(id, _)| id).collect() } else { Vec::new() }
     }
 
+    /// No verdict yet, but a probe's dial-back is slow to come: take it as private for now (a
+    /// verdict replaces it). Whether that changed anything.
+    pub(super) fn presume_private(&mut self) -> bool {
+        let unknown = self.reachability == Reachability::Unknown;
+        if unknown {
+            self.reachability = Reachability::Private;
+        }
+        unknown
+    }
+
     /// A peer that serves as a relay, at these addresses (already judged dialable). Whether it is
     /// new.
     pub(super) fn learn(&mut self, relay: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) -> bool {
@@ -263,6 +273,12 @@ mod tests {
             r.learn(peer(n), [addr(&format!("/ip4/198.18.0.{}/tcp/7000", 9 + n))]);
         }
         assert!(r.wanted(now, &HashSet::new(), |_| true).is_empty(), "unknown: no reservation");
+        // A slow dial-back: presumed private until a verdict; a verdict is not overridden.
+        assert!(r.presume_private());
+        assert_eq!(r.wanted(now, &HashSet::new(), |_| true).len(), RELAYS_WANTED);
+        r.set_reachability(Reachability::Public);
+        assert!(!r.presume_private(), "a verdict stands");
+        assert_eq!(r.reachability(), Reachability::Public);
         r.set_reachability(Reachability::Private);
         let want = r.wanted(now, &HashSet::new(), |p| *p == peer(3));
         assert_eq!(want.len(), RELAYS_WANTED);
