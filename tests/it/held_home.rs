@@ -214,7 +214,7 @@ fn an_upload_past_the_nodes_limit_is_refused_and_leaves_nothing() {
 }
 
 /// The shell block after `marker` in README.md.
-fn readme_block(marker: &str) -> String {
+pub fn readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let after = &readme[readme.find(marker).unwrap_or_else(|| panic!("README.md has no `{marker}`"))..];
     let start = after.find("```sh\n").expect("a sh block after the marker") + "```sh\n".len();
@@ -231,7 +231,7 @@ fn free_port(udp: bool) -> u16 {
 }
 
 /// `text` with `from` replaced by `to`, which must occur.
-fn replace(text: &str, from: &str, to: &str) -> String {
+pub fn replace(text: &str, from: &str, to: &str) -> String {
     assert!(text.contains(from), "the README's example no longer holds `{from}`:\n{text}");
     text.replace(from, to)
 }
