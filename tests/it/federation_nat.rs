@@ -26,8 +26,13 @@ const LIVE_WINDOW: Duration = Duration::from_secs(16);
 /// Relays a private node holds (`RELAYS_WANTED` in crates/node/src/mesh/relays.rs).
 const RELAYS_WANTED: usize = 2;
 
-/// `/v1/peers` of `node`: its reachability, its relays, and per peer id `(via, relay, hole_punched)`.
-fn paths(node: &FedNode) -> (String, Vec<String>, BTreeMap<String, (String, String, bool)>) {
+/// A peer's path as `/v1/peers` gives it: `(via, relay, hole_punched)`.
+type PeerPath = (String, String, bool);
+/// A node's reachability, its relays, and each peer's path by peer id.
+type Paths = (String, Vec<String>, BTreeMap<String, PeerPath>);
+
+/// `/v1/peers` of `node`.
+fn paths(node: &FedNode) -> Paths {
     let v = node.get_json("/v1/peers");
     let nat = &v["nat"];
     let relays = nat["relays"]
@@ -51,12 +56,7 @@ fn peer_id(node: &FedNode) -> String {
 }
 
 /// Waits until `pred` holds of `node`'s paths, returning them.
-fn wait_paths(
-    node: &FedNode,
-    within: Duration,
-    what: &str,
-    pred: impl Fn(&(String, Vec<String>, BTreeMap<String, (String, String, bool)>)) -> bool,
-) -> (String, Vec<String>, BTreeMap<String, (String, String, bool)>) {
+fn wait_paths(node: &FedNode, within: Duration, what: &str, pred: impl Fn(&Paths) -> bool) -> Paths {
     let start = Instant::now();
     loop {
         let p = paths(node);
@@ -121,8 +121,8 @@ fn nodes_behind_nat_reserve_on_relays_by_themselves_punch_holes_where_they_can_a
 
     // East and west: a hole punch made their connection direct. Far (symmetric): relayed.
     let (e, w, f) = (peer_id(east), peer_id(west), peer_id(far));
-    let direct = |v: &(String, String, bool)| v.0 == "direct";
-    let relayed = |v: &(String, String, bool)| v.0 == "relay" && relay_ids.contains(&v.1);
+    let direct = |v: &PeerPath| v.0 == "direct";
+    let relayed = |v: &PeerPath| v.0 == "relay" && relay_ids.contains(&v.1);
     wait_paths(east, MESH_TIMEOUT, "west direct, far relayed", |(_, _, p)| {
         p.get(&w).is_some_and(direct) && p.get(&f).is_some_and(relayed)
     });
