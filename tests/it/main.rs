@@ -7,6 +7,7 @@ mod cli;
 mod explorer;
 mod federation;
 mod federation_blobs;
+mod federation_nat;
 mod federation_readme;
 mod fedlab;
 mod hardening;

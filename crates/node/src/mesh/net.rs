@@ -839,6 +839,11 @@ impl Net {
                     debug!(peer = %peer_id, "its first connection closed: reconnecting afresh");
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                 }
+                // A peer refused for its protocol whose end cut the connection first: refused from
+                // now on, not only once our grace is over (a dial meanwhile would connect again).
+                if num_established == 0 && self.refused.contains_key(&peer_id) {
+                    self.swarm.behaviour_mut().blocked.block_peer(peer_id);
+                }
                 (num_established == 0).then_some(NetEvent::Disconnected(peer_id))
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, peer_id, .. } => {
