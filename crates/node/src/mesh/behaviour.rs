@@ -17,8 +17,9 @@ use super::net::{
     AUTONAT_BOOT_DELAY_S, AUTONAT_REFRESH_S, AUTONAT_RETRY_S, AUTONAT_THROTTLE_SERVER_S, GOSSIP_BYTES_MAX,
     GOSSIP_HEARTBEAT_INITIAL_MS, GOSSIP_HEARTBEAT_MS, GOSSIP_MESH_N, GOSSIP_MESH_N_HIGH, GOSSIP_MESH_N_LOW,
     GOSSIP_MESH_OUTBOUND_MIN, GOSSIP_MESSAGE_ID_BYTES, KAD_PROTOCOL, PING_INTERVAL_S, RELAY_CIRCUIT_BURST,
-    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, SYNC_REQUEST_BYTES_MAX,
-    SYNC_RESPONSE_BYTES_MAX, SYNC_TIMEOUT_S, Topic,
+    RELAY_CIRCUIT_REFILL_S, RELAY_CIRCUIT_S, RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, RELAY_RESERVATION_BURST,
+    RELAY_RESERVATION_REFILL_S, RELAY_RESERVATIONS_MAX, SYNC_REQUEST_BYTES_MAX, SYNC_RESPONSE_BYTES_MAX,
+    SYNC_TIMEOUT_S, Topic,
 };
 
 /// The swarm's behaviours. Each field's events arrive as a variant of the generated
@@ -119,6 +120,7 @@ impl Behaviour {
 
         let relay = relay_server.then(|| {
             let burst = NonZeroU32::new(RELAY_CIRCUIT_BURST).expect("a positive constant");
+            let reservations = NonZeroU32::new(RELAY_RESERVATION_BURST).expect("a positive constant");
             relay::Behaviour::new(
                 peer_id,
                 relay::Config {
@@ -128,9 +130,12 @@ impl Behaviour {
                     // 0 is no limit (libp2p's default, 128 KiB, is for public relays of strangers).
                     max_circuit_bytes: 0,
                     circuit_src_rate_limiters: Vec::new(),
+                    max_reservations: RELAY_RESERVATIONS_MAX,
+                    reservation_rate_limiters: Vec::new(),
                     ..relay::Config::default()
                 }
-                .circuit_src_per_peer(burst, Duration::from_secs(RELAY_CIRCUIT_REFILL_S)),
+                .circuit_src_per_peer(burst, Duration::from_secs(RELAY_CIRCUIT_REFILL_S))
+                .reservation_rate_per_peer(reservations, Duration::from_secs(RELAY_RESERVATION_REFILL_S)),
             )
         });
 

@@ -134,10 +134,18 @@ const _: () = assert!(REJOIN_INTERVAL_S >= UPGRADE_TIMEOUT_S);
 /// has no byte limit (a sync response is up to 32 MiB); the time limit recycles circuits whose ends
 /// are long gone, and when one ends the peers dial again (and DCUtR gets another chance).
 pub const RELAY_CIRCUIT_S: u64 = 3600;
-/// Circuits a relay keeps open at once, in all and per peer (a peer behind NAT may talk to many
-/// through one relay).
-pub const RELAY_CIRCUITS_MAX: usize = 256;
-pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 32;
+/// Circuits a relay keeps open at once, in all and per peer (as either end: a node at a site
+/// behind a symmetric NAT talks to every other such node through its relay, so a site of N
+/// nodes needs N - 1 per peer; 32 stopped a 32-node lab).
+pub const RELAY_CIRCUITS_MAX: usize = 4096;
+pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 256;
+/// Reservations a relay holds at once (libp2p's default, 128, would turn away the 129th node
+/// behind NAT), and how many one peer may make in a burst, then one per
+/// [`RELAY_RESERVATION_REFILL_S`]. Per peer only, not per IP (libp2p's default also allows one
+/// per IP a minute): a whole site shares one IP, and every reserver holds the mesh key.
+pub const RELAY_RESERVATIONS_MAX: usize = 1024;
+pub(super) const RELAY_RESERVATION_BURST: u32 = 30;
+pub(super) const RELAY_RESERVATION_REFILL_S: u64 = 60;
 /// Circuits one peer may open in a burst, then one per [`RELAY_CIRCUIT_REFILL_S`] (per peer, not
 /// per IP: many mesh nodes may sit behind one NAT).
 pub(super) const RELAY_CIRCUIT_BURST: u32 = 64;
