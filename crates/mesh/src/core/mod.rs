@@ -46,8 +46,19 @@ pub const LEASE_MS: u64 = 10_000;
 /// How long a node waits, per place it ranks behind for a job, before claiming it: the node that
 /// ranks first for a job (rendezvous hashing over the known peers) claims at once, the second
 /// after this long if the job is still open, and so on. Without it every node claims every job
-/// that opens and all but one of those runs are stopped.
+/// that opens and all but one of those runs are stopped. The least the core uses: it waits
+/// longer when facts take longer to arrive (see [`STAGGER_PER_PROPAGATION_P99`]).
 pub const CLAIM_STAGGER_MS: u64 = 200;
+/// The stagger per rank place is at least this many times the p99 of how long peers' claims took
+/// to reach this node, so the next-ranked node hears the first one's claim before its own turn
+/// (simulated at 200 nodes: a stagger below propagation made a third of the claims race).
+pub const STAGGER_PER_PROPAGATION_P99: u64 = 3;
+/// Claims whose propagation delay the core keeps, the latest ones: the p99 is over these.
+pub const PROPAGATION_WINDOW_CLAIMS: usize = 256;
+/// A claim that took longer than this to arrive, in ms, is not a gossip delay but anti-entropy
+/// repairing a loss, a healed partition, or a clock that is off: it is not counted. This bounds the
+/// adaptive stagger at [`STAGGER_PER_PROPAGATION_P99`] × this.
+pub const PROPAGATION_SAMPLE_MAX_MS: u64 = 2_000;
 
 /// Inputs a node must hold of a job, in bytes, before it ranks ahead of faster free peers for it:
 /// below this, moving the inputs costs less than a slower node's time.
@@ -65,7 +76,8 @@ pub const SPEED_EXPONENT: u32 = 16;
 pub struct CoreConfig {
     /// How long a claim holds without a renewal; renewed at half of it.
     pub lease_ms: u64,
-    /// Wait per rank place before claiming (see [`CLAIM_STAGGER_MS`]).
+    /// The least wait per rank place before claiming (see [`CLAIM_STAGGER_MS`] and
+    /// [`NodeCore::claim_stagger_ms`]).
     pub claim_stagger_ms: u64,
     /// See [`LOCALITY_BYTES_MIN`].
     pub locality_bytes_min: u64,
@@ -182,6 +194,35 @@ pub struct NodeCore {
     ln_speed: f64,
     /// Whether it claims jobs (see [`NodeCore::set_claiming`]).
     claiming: bool,
+    /// How long peers' claims took to arrive, and the stagger that follows from it.
+    propagation: Propagation,
+}
+
+/// How long peers' claims take to reach this node: now minus the claim's HLC when it arrives,
+/// over the latest [`PROPAGATION_WINDOW_CLAIMS`] claims. The HLC is never behind its author's
+/// clock, so with clocks in step this is the gossip delay; a clock that is off shifts it, and
+/// [`PROPAGATION_SAMPLE_MAX_MS`] bounds what that can do to the stagger.
+#[derive(Debug, Default)]
+struct Propagation {
+    /// Delays in ms, oldest first.
+    window: VecDeque<u64>,
+    /// Their p99, kept up to date.
+    p99_ms: u64,
+}
+
+impl Propagation {
+    fn record(&mut self, delay_ms: u64) {
+        if delay_ms > PROPAGATION_SAMPLE_MAX_MS {
+            return;
+        }
+        if self.window.len() == PROPAGATION_WINDOW_CLAIMS {
+            self.window.pop_front();
+        }
+        self.window.push_back(delay_ms);
+        let mut sorted: Vec<u64> = self.window.iter().copied().collect();
+        let at = (sorted.len() * 99).div_ceil(100).saturating_sub(1);
+        self.p99_ms = *sorted.select_nth_unstable(at).1;
+    }
 }
 
 impl NodeCore {
@@ -216,6 +257,7 @@ impl NodeCore {
             out_actions: VecDeque::new(),
             peer_caps: Arc::default(),
             claiming: true,
+            propagation: Propagation::default(),
         }
     }
 
@@ -245,6 +287,18 @@ impl NodeCore {
 
     pub fn config(&self) -> CoreConfig {
         self.cfg
+    }
+
+    /// The p99 of how long peers' claims took to reach this node, in ms, over the latest
+    /// [`PROPAGATION_WINDOW_CLAIMS`] (0 before any arrived).
+    pub fn propagation_p99_ms(&self) -> u64 {
+        self.propagation.p99_ms
+    }
+
+    /// The wait per rank place before claiming now, in ms: the configured stagger, or
+    /// [`STAGGER_PER_PROPAGATION_P99`] × [`NodeCore::propagation_p99_ms`] if that is longer.
+    pub fn claim_stagger_ms(&self) -> u64 {
+        self.cfg.claim_stagger_ms.max(STAGGER_PER_PROPAGATION_P99 * self.propagation.p99_ms)
     }
 
     /// The content of a DAG, if this node has it.
@@ -364,7 +418,16 @@ impl NodeCore {
     /// its nodes). Returns whether it was new; a fact
     /// whose clock reads too far ahead ([`NodeCore::admissible`]) is not taken, and is not new.
     pub fn handle_verified_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
-        self.admissible(now_ms, fact.fact()).is_ok() && self.restore_fact(now_ms, fact)
+        if self.admissible(now_ms, fact.fact()).is_err() {
+            return false;
+        }
+        let f = fact.fact();
+        let claim_at = (matches!(f.body, Body::Claim { .. }) && f.author != self.id).then_some(f.hlc.wall_ms);
+        let new = self.restore_fact(now_ms, fact);
+        if let Some(at) = claim_at.filter(|_| new) {
+            self.propagation.record(now_ms.saturating_sub(at));
+        }
+        new
     }
 
     /// A fact this node admitted before, read back from its own store at start: not judged by the
@@ -589,7 +652,7 @@ impl NodeCore {
             }
             match (claimable, self.candidates.get(&key).copied()) {
                 (true, None) => {
-                    let eligible_ms = now_ms + self.rank_for(&dag, idx, now_ms) * self.cfg.claim_stagger_ms;
+                    let eligible_ms = now_ms + self.rank_for(&dag, idx, now_ms) * self.claim_stagger_ms();
                     self.candidates.insert(key, Candidate { eligible_ms, cores });
                     self.queues.entry(cores).or_default().insert((eligible_ms, dag, idx));
                 }

@@ -471,3 +471,57 @@ fn stored_facts_are_restored_whatever_the_clock() {
     assert!(me.restore_fact(0, submit.clone().verified().unwrap()), "from its own store: restored");
     assert!(!me.restore_fact(0, submit.verified().unwrap()), "once");
 }
+
+#[test]
+fn the_stagger_follows_how_long_claims_take_to_arrive() {
+    let mut me = NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1));
+    assert_eq!((me.propagation_p99_ms(), me.claim_stagger_ms()), (0, CLAIM_STAGGER_MS));
+    let peer = SigningKey::from_bytes(&[2; 32]);
+    let claim_made_at = |i: u64, at: u64| {
+        Fact::sign(
+            &peer,
+            Hlc { wall_ms: at, counter: 0 },
+            Body::Claim { dag: Hash::of(b"d"), job: format!("j{i}"), lease_until_ms: at + 10_000 },
+        )
+    };
+    // Fast gossip: 20 ms. The configured stagger is the larger.
+    for i in 0..100 {
+        me.handle_fact(1_000 + i, claim_made_at(i, 980 + i)).unwrap();
+    }
+    assert_eq!((me.propagation_p99_ms(), me.claim_stagger_ms()), (20, CLAIM_STAGGER_MS));
+    // Slow gossip, 150 to 400 ms: the stagger is three times the p99.
+    for i in 100..100 + PROPAGATION_WINDOW_CLAIMS as u64 {
+        let delay = 150 + (i % 251);
+        me.handle_fact(10_000 + i, claim_made_at(i, 10_000 + i - delay)).unwrap();
+    }
+    let p99 = me.propagation_p99_ms();
+    assert!((390..=400).contains(&p99), "{p99}");
+    assert_eq!(me.claim_stagger_ms(), STAGGER_PER_PROPAGATION_P99 * p99);
+    // A claim repaired by anti-entropy a minute late, and a duplicate, measure nothing.
+    me.handle_fact(100_000, claim_made_at(9_999, 40_000)).unwrap();
+    me.handle_fact(100_000, claim_made_at(100, 10_000 + 100 - 250)).unwrap();
+    assert_eq!(me.propagation_p99_ms(), p99);
+    // A job that opens now waits the adapted stagger per place: a node ranking second claims
+    // 3 × p99 after it saw the job open, not 200 ms.
+    let (h, dag) = flat(40);
+    let mut n = NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(64));
+    n.handle_peers(0, [id_of(1)]);
+    let other = SigningKey::from_bytes(&[3; 32]);
+    for i in 0..PROPAGATION_WINDOW_CLAIMS as u32 {
+        let f = Fact::sign(
+            &other,
+            Hlc { wall_ms: 0, counter: i },
+            Body::Claim { dag: Hash::of(b"x"), job: format!("x{i}"), lease_until_ms: 1 },
+        );
+        n.handle_fact(1_000, f).unwrap();
+    }
+    assert_eq!(n.claim_stagger_ms(), 3_000);
+    n.submit(1_000, h, dag, 1);
+    let first = net_running(&starts(&mut n)).len();
+    assert!(first > 0 && first < 40, "node 2 ranks first for some jobs only: {first}");
+    assert_eq!(n.poll_timeout(1_000), Some(4_000), "the others after 3 s");
+    n.handle_tick(3_999);
+    assert!(starts(&mut n).is_empty());
+    n.handle_tick(4_000);
+    assert_eq!(net_running(&starts(&mut n)).len(), 40 - first);
+}
