@@ -21,6 +21,21 @@ impl Store {
         m.flush_async().await
     }
 
+    /// Deletes facts the ledger no longer holds (a node's `Alive` for a DAG that a later one
+    /// replaced), in one batch.
+    pub async fn forget_facts(&self, ids: &[Hash]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.0);
+        }
+        let m = self.meta();
+        m.facts.apply_batch(batch).map_err(StoreError::meta("write"))?;
+        m.flush_async().await
+    }
+
     /// Every stored fact, in id order.
     pub fn facts(&self) -> Result<Vec<(Hash, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();

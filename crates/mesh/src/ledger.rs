@@ -3,14 +3,21 @@
 //! arrived in; merging is set union, so it is commutative, associative and idempotent.
 //!
 //! Facts: `Submit` (a DAG and its jobs), `Claim` (a node takes a job until its lease ends),
-//! `Renew` (the claimant extends the lease), `Done` (the claim produced a run record), `Fail` (the
+//! `Alive` (the node is alive and extends the leases of all its claims in one DAG: one fact per
+//! node and DAG every half-lease, not one per claim), `Renew` (the claimant extends one claim's
+//! lease; what nodes of protocol 1 sent, still folded so their stored ledgers read), `Done` (the claim produced a run record), `Fail` (the
 //! attempt failed, with why), `Cancel` (the DAG is abandoned), `Lost` (no node holds the outputs
 //! of a completion any more: it no longer counts, and the job is open to be run again), `Release`
 //! (the claimant gives its claim up without it counting as a failed attempt). Among the live
-//! claims of a job, the one with the smallest (hybrid logical clock, node id) wins; a lease not
-//! renewed in time expires and the job is open again; a job whose attempts failed `max_attempts`
+//! claims of a job, the one with the smallest (hybrid logical clock, node id) wins; a claim's lease
+//! ends at the later of its own and its author's latest `Alive` for the DAG, and when it ends
+//! the job is open again (so the claims of a node that stopped, or is cut off, expire); a job whose attempts failed `max_attempts`
 //! times has failed for good, every attempt's reason kept. Only a claim's author may renew,
 //! finish, fail or release it; any node may report a completion's outputs lost.
+//!
+//! The set grows, except that a node's `Alive` for a DAG replaces its earlier ones (the latest by
+//! (HLC, id) wins, and the ledger keeps only it): a deterministic function of the facts seen, so
+//! two ledgers that saw the same facts, in any order, hold the same set.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -82,9 +89,20 @@ pub enum Body {
         job: String,
         lease_until_ms: u64,
     },
+    /// Protocol 1's renewal of one claim; nodes now send [`Body::Alive`].
     Renew {
         claim: Hash,
         lease_until_ms: u64,
+    },
+    /// Its author is alive: each of its claims on `dag`'s jobs made at `since` or later holds
+    /// until `lease_until_ms` at least. `since` is when the author's process started claiming
+    /// (its first claim's HLC), so claims of an earlier run of the node, which nothing runs any
+    /// more, are not kept alive. The latest (by HLC, then id) of an author for a DAG replaces the
+    /// others.
+    Alive {
+        dag: Hash,
+        lease_until_ms: u64,
+        since: Hlc,
     },
     /// The claim's run succeeded with this run record, whose outputs weigh `bytes` in all
     /// (placement prefers the nodes that hold a job's inputs).
@@ -122,6 +140,7 @@ impl Body {
             Body::Submit { .. } => "submit",
             Body::Claim { .. } => "claim",
             Body::Renew { .. } => "renew",
+            Body::Alive { .. } => "alive",
             Body::Done { .. } => "done",
             Body::Fail { .. } => "fail",
             Body::Cancel { .. } => "cancel",
@@ -245,13 +264,16 @@ impl Fact {
 /// What a newly inserted fact may have changed in the fold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Touched {
-    /// The fact was already here.
+    /// The fact was already here, or is an `Alive` older than the one held (it is not kept).
     Duplicate,
     /// New, but no job's state depends on it yet (a renewal whose claim has not arrived, a fact
     /// about a claim by someone else than its author).
     Nothing,
     /// The state of this one job.
     Job { dag: Hash, job: String },
+    /// The state of these jobs of one DAG (an `Alive`: the jobs its author holds unfinished
+    /// claims on).
+    Jobs { dag: Hash, jobs: Vec<String> },
     /// Any job of this DAG (a submit or a cancel).
     Dag(Hash),
 }
@@ -266,6 +288,9 @@ pub struct Ledger {
     /// [`Ledger::digest`] once computed, until the next new fact: anti-entropy asks for it at
     /// every exchange, and hashing every id each time was most of a busy simulation's time.
     digest: std::sync::OnceLock<Hash>,
+    /// Ids of `Alive` facts replaced by a later one since [`Ledger::take_replaced`] last ran: a
+    /// driver that stores facts deletes them.
+    replaced: Vec<Hash>,
 }
 
 impl Default for Ledger {
@@ -336,6 +361,10 @@ struct View {
     orphans: BTreeMap<Hash, Vec<Hash>>,
     /// Per DAG and job: its claims, whether or not the DAG's submit has arrived.
     jobs: BTreeMap<Hash, BTreeMap<String, JobIx>>,
+    /// Per (author, DAG): its latest `Alive`, as (hlc, id), the lease end believed and `since`.
+    alive: BTreeMap<(NodeId, Hash), AliveIx>,
+    /// Per (author, DAG): its claims not finished, failed or released, which its `Alive` keeps.
+    unfinished: BTreeMap<(NodeId, Hash), BTreeSet<Hash>>,
 }
 
 #[derive(Clone, Debug)]
@@ -363,13 +392,22 @@ struct ClaimIx {
 impl ClaimIx {
     /// Holds its job: not finished (a completion whose outputs were lost still ends it), not
     /// failed, not released, lease running.
-    fn live(&self, now_ms: u64) -> bool {
-        self.dones.is_empty() && self.failed.is_none() && !self.released && self.lease_until_ms > now_ms
+    fn live(&self, lease_until_ms: u64, now_ms: u64) -> bool {
+        !self.finished_or_given_up() && lease_until_ms > now_ms
+    }
+
+    /// Done, failed or released: nothing keeps it any more.
+    fn finished_or_given_up(&self) -> bool {
+        !self.dones.is_empty() || self.failed.is_some() || self.released
     }
 }
 
 /// (hlc, author, id or record): the order facts compete in.
 type OrderKey = (Hlc, NodeId, Hash);
+
+/// A node's latest `Alive` for a DAG: its (hlc, id), which a later one must exceed, the lease end
+/// believed, and `since`.
+type AliveIx = ((Hlc, Hash), u64, Hlc);
 
 #[derive(Clone, Debug, Default)]
 struct JobIx {
@@ -444,6 +482,9 @@ impl View {
                 let at = ix.claims.partition_point(|c| *c < key);
                 ix.claims.insert(at, key);
                 ix.dones.extend(claim.dones.iter().map(|(d, bytes)| ((*d, key), *bytes)));
+                if !claim.finished_or_given_up() {
+                    self.unfinished.entry((fact.author, *dag)).or_default().insert(id);
+                }
                 self.claims.insert(id, claim);
                 Touched::Job { dag: *dag, job: job.clone() }
             }
@@ -459,6 +500,14 @@ impl View {
                     return Touched::Nothing;
                 }
                 let (dag, job, key) = (c.dag, c.job.clone(), (c.hlc, c.author, *claim));
+                if c.finished_or_given_up()
+                    && let Some(set) = self.unfinished.get_mut(&(c.author, dag))
+                {
+                    set.remove(claim);
+                    if set.is_empty() {
+                        self.unfinished.remove(&(c.author, dag));
+                    }
+                }
                 if let Body::Done { record, bytes, .. } = &fact.body
                     && let Some(ix) = self.jobs.get_mut(&dag).and_then(|j| j.get_mut(&job))
                 {
@@ -473,7 +522,24 @@ impl View {
                     Touched::Nothing
                 }
             }
+            Body::Alive { dag, lease_until_ms, since } => {
+                // The ledger let it in only if it is the author's latest for the DAG.
+                let until = believed_lease(fact, *lease_until_ms, lease_ms);
+                self.alive.insert((fact.author, *dag), ((fact.hlc, id), until, *since));
+                let Some(claims) = self.unfinished.get(&(fact.author, *dag)) else { return Touched::Nothing };
+                let mut jobs: Vec<String> = claims.iter().map(|c| self.claims[c].job.clone()).collect();
+                jobs.sort_unstable();
+                jobs.dedup();
+                Touched::Jobs { dag: *dag, jobs }
+            }
         }
+    }
+
+    /// When a claim's lease ends: its own, or its author's latest `Alive` for the DAG if later
+    /// and the claim is of the run of the node that `Alive` speaks for.
+    fn lease_of(&self, c: &ClaimIx) -> u64 {
+        let alive = self.alive.get(&(c.author, c.dag)).filter(|a| c.hlc >= a.2).map_or(0, |a| a.1);
+        c.lease_until_ms.max(alive)
     }
 
     /// Applies a renewal, completion, failure or release to its claim if its author made the claim.
@@ -517,9 +583,9 @@ impl View {
         if failures.len() >= d.max_attempts as usize {
             return JobState::Failed { failures };
         }
-        match claims.clone().find(|(_, c)| c.live(now_ms)) {
+        match claims.clone().find(|(_, c)| c.live(self.lease_of(c), now_ms)) {
             Some((id, c)) => {
-                JobState::Claimed { claim: *id, node: c.author, lease_until_ms: c.lease_until_ms, failures }
+                JobState::Claimed { claim: *id, node: c.author, lease_until_ms: self.lease_of(c), failures }
             }
             None => JobState::Open { failures },
         }
@@ -539,7 +605,13 @@ impl Ledger {
     /// of one mesh must use one `lease_ms` (as their renewals already assume): the fold depends on
     /// it.
     pub fn with_lease_ms(lease_ms: u64) -> Ledger {
-        Ledger { facts: BTreeMap::new(), view: View::default(), lease_ms, digest: std::sync::OnceLock::new() }
+        Ledger {
+            facts: BTreeMap::new(),
+            view: View::default(),
+            lease_ms,
+            digest: std::sync::OnceLock::new(),
+            replaced: Vec::new(),
+        }
     }
 
     /// How long past its fact's HLC a lease is believed, in ms.
@@ -567,6 +639,17 @@ impl Ledger {
         if self.facts.contains_key(&id) {
             return Touched::Duplicate;
         }
+        if let Body::Alive { dag, .. } = &fact.fact.body {
+            let held = self.view.alive.get(&(fact.fact.author, *dag)).map(|a| a.0);
+            match held {
+                Some(key) if key >= (fact.fact.hlc, id) => return Touched::Duplicate,
+                Some((_, old)) => {
+                    self.facts.remove(&old);
+                    self.replaced.push(old);
+                }
+                None => {}
+            }
+        }
         self.facts.insert(id, fact.fact.clone());
         self.digest.take();
         self.view.apply(&self.facts, id, &fact.fact, self.lease_ms)
@@ -585,6 +668,12 @@ impl Ledger {
             }
         }
         (added, refused)
+    }
+
+    /// Ids of the `Alive` facts a later one replaced since the last call (see the module's
+    /// documentation): a driver that stores facts deletes these.
+    pub fn take_replaced(&mut self) -> Vec<Hash> {
+        std::mem::take(&mut self.replaced)
     }
 
     pub fn ids(&self) -> BTreeSet<Hash> {
@@ -700,6 +789,8 @@ impl Ledger {
         let mut claims: BTreeMap<(Hash, &str), Vec<FoldClaim<'_>>> = BTreeMap::new();
         let mut claim_of: BTreeMap<Hash, (Hash, &str)> = BTreeMap::new();
         let mut lost: BTreeSet<(Hash, &str, Hash)> = BTreeSet::new();
+        // Per (author, DAG), its latest Alive by (hlc, id), the lease it holds and since when.
+        let mut alive: BTreeMap<(NodeId, Hash), AliveIx> = BTreeMap::new();
         for (id, fact) in self.facts.iter().map(|(id, f)| (id, &**f)) {
             match &fact.body {
                 Body::Submit { dag, jobs, max_attempts } => {
@@ -728,6 +819,13 @@ impl Ledger {
                 }
                 Body::Lost { dag, job, record } => {
                     lost.insert((*dag, job.as_str(), *record));
+                }
+                Body::Alive { dag, lease_until_ms, since } => {
+                    let entry = ((fact.hlc, *id), believed_lease(fact, *lease_until_ms, self.lease_ms), *since);
+                    let e = alive.entry((fact.author, *dag)).or_insert(entry);
+                    if entry.0 > e.0 {
+                        *e = entry;
+                    }
                 }
                 _ => {}
             }
@@ -776,16 +874,15 @@ impl Ledger {
                     let failures: Vec<String> = list.iter().filter_map(|c| c.failed.clone()).collect();
                     if failures.len() >= max_attempts as usize {
                         JobState::Failed { failures }
-                    } else if let Some(w) = list
+                    } else if let Some((w, until)) = list
                         .iter()
-                        .find(|c| c.dones.is_empty() && c.failed.is_none() && !c.released && c.lease_until_ms > now_ms)
+                        .map(|c| {
+                            let alive = alive.get(&(c.fact.author, dag)).filter(|a| c.fact.hlc >= a.2);
+                            (c, c.lease_until_ms.max(alive.map_or(0, |a| a.1)))
+                        })
+                        .find(|(c, until)| c.dones.is_empty() && c.failed.is_none() && !c.released && *until > now_ms)
                     {
-                        JobState::Claimed {
-                            claim: w.id,
-                            node: w.fact.author,
-                            lease_until_ms: w.lease_until_ms,
-                            failures,
-                        }
+                        JobState::Claimed { claim: w.id, node: w.fact.author, lease_until_ms: until, failures }
                     } else {
                         JobState::Open { failures }
                     }

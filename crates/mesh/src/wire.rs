@@ -27,7 +27,7 @@ use crate::ledger::{Fact, NodeId};
 /// [`protocol_name`]); their messages carry it as `v` and a message of another one is dropped
 /// (defence in depth: gossip relayed by a third node arrives without a connection to judge).
 /// Raised with any change an older node would misread; new fields with serde defaults are not one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Version of these messages: the protocol's.
 pub const WIRE_VERSION: u32 = PROTOCOL_VERSION;
 /// How identify names a shoal protocol: `/shoal/<version>`.

@@ -1,7 +1,8 @@
 //! Properties of the ledger's sans-IO core: merging is set union (commutative, associative,
 //! idempotent), any delivery order gives the same state, the incremental view equals the full
 //! fold after every fact of any delivery order, no view has two live winners for a job, forged
-//! or unsigned facts are refused, leases expire, attempts are counted.
+//! or unsigned facts are refused, leases expire (an `Alive` of the claimant extends them, the latest
+//! of each author and DAG alone is kept), attempts are counted.
 
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
@@ -18,10 +19,11 @@ fn dag() -> Hash {
 
 const JOBS: [&str; 3] = ["a", "b", "c"];
 
-/// A random history over one DAG of three jobs and four nodes: claims, renewals, completions,
-/// failures and a possible cancel, each referring to earlier claims, signed by their claimant.
+/// A random history over one DAG of three jobs and four nodes: claims, renewals, `Alive`s,
+/// completions, failures and a possible cancel, each referring to earlier claims, signed by their
+/// claimant.
 fn history() -> impl Strategy<Value = Vec<Fact>> {
-    prop::collection::vec((0u8..8, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
+    prop::collection::vec((0u8..10, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
         let submit = Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 };
         let mut facts = vec![Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)];
         let mut claims: Vec<(Hash, u8)> = Vec::new();
@@ -43,6 +45,8 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
                     Body::Lost { dag: dag(), job: JOBS[job].into(), record: Hash::of(&[pick as u8 % 4, job as u8]) },
                 ),
                 (7, Some((claim, owner))) => (owner, Body::Release { claim }),
+                // The node is alive: its claims on the DAG hold 50 ms past its clock.
+                (8 | 9, _) => (node, Body::Alive { dag: dag(), lease_until_ms: t + 50, since: Hlc::default() }),
                 _ => (node, Body::Cancel { dag: dag() }),
             };
             let fact = Fact::sign(&key(signer + 2), hlc, body);
@@ -59,7 +63,7 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
 /// hash (other job lists, other attempt budgets), renewals, completions and failures signed by
 /// someone other than the claimant, and facts about claims that never arrive.
 fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
-    prop::collection::vec((0u8..13, 0u8..4, 0usize..4, 0u64..100, 0usize..64), 1..60).prop_map(|steps| {
+    prop::collection::vec((0u8..15, 0u8..4, 0usize..4, 0u64..100, 0usize..64), 1..60).prop_map(|steps| {
         let jobs_of = |mask: usize| -> Vec<String> {
             let list: Vec<String> =
                 JOBS.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, j)| j.to_string()).collect();
@@ -93,6 +97,13 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
                 (7, Some((claim, owner))) => ((owner + 1) % 4, Body::Fail { claim, reason: "not mine".into() }),
                 // A fact about a claim nobody holds.
                 (6..=8, _) => (node, Body::Renew { claim: Hash::of(&[pick as u8]), lease_until_ms: t + 90 }),
+                // Alive for this DAG (some reading a lease past what is believed), or another one.
+                // Some from a later run of the node than some of its claims (`since`).
+                (9 | 13, _) => {
+                    let since = Hlc { wall_ms: (pick as u64 * 7) % 100, counter: 0 };
+                    (node, Body::Alive { dag: dag(), lease_until_ms: t + 20 * (pick as u64 % 8), since })
+                }
+                (14, _) => (node, Body::Alive { dag: Hash::of(b"another"), lease_until_ms: t + 90, since: hlc }),
                 _ => (node, Body::Cancel { dag: dag() }),
             };
             let fact = Fact::sign(&key(signer + 2), hlc, body);
@@ -123,21 +134,32 @@ fn ledger_of(facts: &[Fact]) -> Ledger {
     l
 }
 
-/// The lease of a claim as the facts say: its own, extended by its author's renewals.
+/// The lease of a claim as the facts say: its own, extended by its author's renewals and by
+/// its author's latest `Alive` for the DAG (by clock, then id).
 fn lease_of(facts: &[Fact], claim: &Fact) -> u64 {
     let id = claim.id();
-    let own = match &claim.body {
-        Body::Claim { lease_until_ms, .. } => *lease_until_ms,
+    let (own, claim_dag) = match &claim.body {
+        Body::Claim { lease_until_ms, dag, .. } => (*lease_until_ms, *dag),
         _ => unreachable!(),
     };
-    facts
-        .iter()
-        .filter(|g| g.author == claim.author)
+    let by_author = facts.iter().filter(|g| g.author == claim.author);
+    let alive = by_author
+        .clone()
+        .filter_map(|g| match &g.body {
+            Body::Alive { dag, lease_until_ms, since } if *dag == claim_dag => {
+                Some(((g.hlc, g.id()), *lease_until_ms, *since))
+            }
+            _ => None,
+        })
+        .max()
+        .filter(|(_, _, since)| claim.hlc >= *since)
+        .map_or(0, |(_, lease, _)| lease);
+    by_author
         .filter_map(|g| match &g.body {
             Body::Renew { claim, lease_until_ms } if *claim == id => Some(*lease_until_ms),
             _ => None,
         })
-        .fold(own, u64::max)
+        .fold(own.max(alive), u64::max)
 }
 
 proptest! {
@@ -190,10 +212,14 @@ proptest! {
             shuffle(&mut shuffled, seed);
             let mut l = Ledger::new();
             for (i, f) in shuffled.iter().enumerate() {
-                // A history may hold the same fact twice (same author, clock and body).
-                let fresh = l.get(&f.id()).is_none();
+                // A history may hold the same fact twice (same author, clock and body), and an
+                // `Alive` older than the one held is not kept.
+                let held_before = l.get(&f.id()).is_some();
                 let touched = l.insert_verified(f.clone().verified().unwrap());
-                prop_assert_eq!(touched == Touched::Duplicate, !fresh);
+                let held = l.get(&f.id()).is_some();
+                prop_assert_eq!(touched == Touched::Duplicate, held_before || !held);
+                let alive = matches!(f.body, Body::Alive { .. });
+                prop_assert!(held || alive, "only an older Alive is not kept");
                 prop_assert_eq!(l.insert_verified(f.clone().verified().unwrap()), Touched::Duplicate);
                 let now = nows[i % nows.len()];
                 let full = l.fold(now);
@@ -212,6 +238,34 @@ proptest! {
                 prop_assert_eq!(l.state(*now), ledger_of(&facts).fold(*now));
             }
         }
+    }
+
+    #[test]
+    fn a_ledger_keeps_one_alive_per_author_and_dag_whatever_the_order(facts in rich_history(), seed in any::<u64>()) {
+        let mut shuffled = facts.clone();
+        shuffle(&mut shuffled, seed);
+        let (mut a, mut b) = (ledger_of(&facts), ledger_of(&shuffled));
+        prop_assert_eq!(&a, &b);
+        let mut keys: Vec<(Hash, [u8; 32])> = a
+            .verified_facts()
+            .filter_map(|f| match &f.fact().body {
+                Body::Alive { dag, .. } => Some((*dag, f.fact().author)),
+                _ => None,
+            })
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        prop_assert_eq!(keys.len(), n, "one Alive per author and DAG");
+        // What was replaced is reported once, and is not held.
+        let replaced: Vec<Hash> = a.take_replaced();
+        prop_assert!(replaced.iter().all(|id| a.get(id).is_none()));
+        prop_assert!(a.take_replaced().is_empty());
+        // Anti-entropy between the two leaves them equal (an older Alive pushed back is refused).
+        let (added, refused) = a.merge(&b);
+        prop_assert_eq!((added, refused.len()), (0, 0));
+        b.merge(&a);
+        prop_assert_eq!(a.digest(), b.digest());
     }
 
     #[test]

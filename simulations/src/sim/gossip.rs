@@ -76,11 +76,19 @@ impl Sim {
     /// Node `n` now holds fact `id` of `topic`.
     pub(super) fn hold(&mut self, n: u32, topic: u32, id: Hash) {
         let node = &mut self.nodes[n as usize];
+        // An `Alive` this fact replaced is no longer held (it was on the same DAG's topic).
+        let replaced = node.core.as_mut().map(|c| c.take_replaced_facts()).unwrap_or_default();
         let e = node.digest.entry(topic).or_insert(([0; 32], 0));
         for (a, b) in e.0.iter_mut().zip(id.0) {
             *a ^= b;
         }
         e.1 += 1;
+        for old in replaced {
+            for (a, b) in e.0.iter_mut().zip(old.0) {
+                *a ^= b;
+            }
+            e.1 -= 1;
+        }
     }
 
     pub(super) fn queue_relay(&mut self, n: u32, topic: u32, f: VerifiedFact, from: Option<u32>) {

@@ -743,6 +743,7 @@ impl Sim {
             Body::Submit { dag, .. } | Body::Cancel { dag } | Body::Claim { dag, .. } | Body::Lost { dag, .. } => {
                 self.topic_of_dag[self.dag_of[dag] as usize]
             }
+            Body::Alive { dag, .. } => self.topic_of_dag[self.dag_of[dag] as usize],
             Body::Renew { claim, .. }
             | Body::Done { claim, .. }
             | Body::Fail { claim, .. }

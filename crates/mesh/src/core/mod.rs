@@ -4,7 +4,9 @@
 //! randomness: `shoal node` drives it with real time and libp2p, `simulations/` with a virtual clock.
 //!
 //! Policy: a node claims a job when the job is open, its dependencies are done, it fits this node
-//! and this node has the cores free; it renews its claims at half their lease; when a smaller claim
+//! and this node has the cores free; at half its claims' lease it says it is alive, one `Alive`
+//! per DAG it runs jobs of (not a renewal per claim), and gives up a claim of its own it does not
+//! run (one made before a restart); when a smaller claim
 //! wins a job it is running, it stops it (the race costs one attempt, results are content-addressed).
 //!
 //! Placement: every node ranks the peers that could run a job the same way and waits its place's
@@ -196,6 +198,9 @@ pub struct NodeCore {
     claiming: bool,
     /// How long peers' claims took to arrive, and the stagger that follows from it.
     propagation: Propagation,
+    /// The HLC of this core's first claim: its `Alive`s keep its claims from then on, not those
+    /// of an earlier run of the node (`Body::Alive::since`).
+    since: Option<Hlc>,
 }
 
 /// How long peers' claims take to reach this node: now minus the claim's HLC when it arrives,
@@ -258,6 +263,7 @@ impl NodeCore {
             peer_caps: Arc::default(),
             claiming: true,
             propagation: Propagation::default(),
+            since: None,
         }
     }
 
@@ -279,6 +285,13 @@ impl NodeCore {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// Ids of the facts the ledger no longer holds since the last call: `Alive`s a later one of
+    /// the same node and DAG replaced ([`Ledger::take_replaced`]). A driver that stores facts
+    /// deletes them.
+    pub fn take_replaced_facts(&mut self) -> Vec<Hash> {
+        self.ledger.take_replaced()
     }
 
     pub fn caps(&self) -> &Capabilities {
@@ -447,8 +460,16 @@ impl NodeCore {
 
     /// A run this node started has ended.
     pub fn handle_job_finished(&mut self, now_ms: u64, claim: Hash, result: Finished) {
-        let Some(r) = self.running.remove(&claim) else { return };
-        self.running_by_job.remove(&(r.dag, r.job));
+        let Some((dag, job)) = self.running.get(&claim).map(|r| (r.dag, r.job)) else { return };
+        if let Finished::Lost { job, record } = &result {
+            // Said while the claim still counts as running here: the Lost reopens the upstream
+            // job, which makes this one wait again, and a claim of this node's it does not run
+            // would be released (and then released a second time below). Released after the
+            // Lost, so no peer sees this job open while its input still reads done.
+            self.emit(now_ms, Body::Lost { dag, job: job.clone(), record: *record });
+        }
+        self.running.remove(&claim);
+        self.running_by_job.remove(&(dag, job));
         match result {
             Finished::Done { record, bytes } => {
                 self.emit(now_ms, Body::Done { claim, record, bytes });
@@ -463,8 +484,7 @@ impl NodeCore {
                 }
                 self.emit(now_ms, Body::Fail { claim, reason });
             }
-            Finished::Lost { job, record } => {
-                self.emit(now_ms, Body::Lost { dag: r.dag, job, record });
+            Finished::Lost { .. } => {
                 self.emit(now_ms, Body::Release { claim });
             }
         }
@@ -478,25 +498,24 @@ impl NodeCore {
         self.settle(now_ms);
     }
 
-    /// Time passed: renew leases, claim what became claimable.
+    /// Time passed: say this node is alive in each DAG whose claims' leases are half gone (one
+    /// `Alive` per DAG, whatever the number of its claims), claim what became claimable.
     pub fn handle_tick(&mut self, now_ms: u64) {
         let half = self.cfg.lease_ms / 2;
-        let due: Vec<(Hash, u64)> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.lease_until_ms.saturating_sub(now_ms) <= half)
-            .map(|(c, _)| (*c, now_ms + self.cfg.lease_ms))
-            .collect();
-        for (claim, lease) in due {
-            if let Some(r) = self.running.get_mut(&claim) {
+        let due: BTreeSet<Hash> =
+            self.running.values().filter(|r| r.lease_until_ms.saturating_sub(now_ms) <= half).map(|r| r.dag).collect();
+        let lease = now_ms + self.cfg.lease_ms;
+        let since = self.since.unwrap_or_default();
+        for dag in due {
+            for r in self.running.values_mut().filter(|r| r.dag == dag) {
                 r.lease_until_ms = lease;
             }
-            self.emit(now_ms, Body::Renew { claim, lease_until_ms: lease });
+            self.emit(now_ms, Body::Alive { dag, lease_until_ms: lease, since });
         }
         self.settle(now_ms);
     }
 
-    /// When `handle_tick` is next needed: the earliest renewal, a lease expiring, or a waiting job
+    /// When `handle_tick` is next needed: the earliest `Alive` due, a lease expiring, or a waiting job
     /// this node may claim with the cores it has free.
     pub fn poll_timeout(&self, now_ms: u64) -> Option<u64> {
         let half = self.cfg.lease_ms / 2;
@@ -537,6 +556,13 @@ impl NodeCore {
             Touched::Job { dag, job } => {
                 if let Some(idx) = self.sched.get(&dag).and_then(|s| s.index.get(&job)).copied() {
                     self.evaluate(now_ms, dag, idx);
+                }
+            }
+            Touched::Jobs { dag, jobs } => {
+                for job in jobs {
+                    if let Some(idx) = self.sched.get(&dag).and_then(|s| s.index.get(&job)).copied() {
+                        self.evaluate(now_ms, dag, idx);
+                    }
                 }
             }
             Touched::Dag(dag) => {
@@ -621,6 +647,14 @@ impl NodeCore {
             let key = (dag, idx);
             let claimable =
                 matches!(state, Some(JobState::Open { .. })) && s.waiting[idx as usize] == 0 && s.fits[idx as usize];
+            // A claim of this node's that it does not run (made before it restarted): its
+            // `Alive` for the DAG would hold the job for ever, so it is given up.
+            if let Some(JobState::Claimed { claim, node, .. }) = &state
+                && *node == self.id
+                && !self.running.contains_key(claim)
+            {
+                beaten.push(*claim);
+            }
             if let Some(claim) = self.running_by_job.get(&(dag, idx)).copied()
                 && !matches!(&state, Some(JobState::Claimed { claim: c, .. }) if *c == claim)
             {
@@ -665,6 +699,7 @@ impl NodeCore {
                 _ => {}
             }
         }
+        beaten.dedup();
         for claim in beaten {
             self.emit(now_ms, Body::Release { claim });
         }
@@ -691,6 +726,7 @@ impl NodeCore {
             let lease_until_ms = now_ms + self.cfg.lease_ms;
             // Recorded as running before the claim is folded in, so the fold sees it as ours.
             self.hlc = self.hlc.tick(now_ms);
+            self.since.get_or_insert(self.hlc);
             let fact = Fact::sign(&self.key, self.hlc, Body::Claim { dag, job: id.clone(), lease_until_ms });
             let verified = VerifiedFact::own(fact);
             let claim = verified.id();

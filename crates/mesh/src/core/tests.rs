@@ -172,25 +172,97 @@ fn racing_claims_leave_one_runner() {
 }
 
 #[test]
-fn leases_are_renewed_while_running_and_capacity_is_respected() {
+fn one_alive_per_dag_keeps_every_claim_and_capacity_is_respected() {
     let text = r#"{"version": 1, "jobs": [
       {"id": "x", "image": "b:1", "command": ["x"], "requirements": {"cores": 2}},
       {"id": "y", "image": "b:1", "command": ["x"], "requirements": {"cores": 2}},
+      {"id": "z", "image": "b:1", "command": ["x"], "requirements": {"cores": 2}},
       {"id": "big", "image": "b:1", "command": ["x"], "requirements": {"cores": 8}}]}"#;
     let h = Hash::of(text.as_bytes());
-    let mut n = NodeCore::new(SigningKey::from_bytes(&[3; 32]), caps(2));
+    let mut n = NodeCore::new(SigningKey::from_bytes(&[3; 32]), caps(4));
     n.submit(0, h, parse_dag("d.json", text).unwrap(), 1);
     let s = starts(&mut n);
-    assert_eq!(s.len(), 1, "2 cores hold one 2-core job; the 8-core job never fits: {s:?}");
-    let renew_at = n.poll_timeout(0).unwrap();
-    assert_eq!(renew_at, LEASE_MS / 2);
-    n.handle_tick(renew_at);
+    assert_eq!(s.len(), 2, "4 cores hold two 2-core jobs; the 8-core job never fits: {s:?}");
+    std::iter::from_fn(|| n.poll_fact()).for_each(drop);
+    let alive_at = n.poll_timeout(0).unwrap();
+    assert_eq!(alive_at, LEASE_MS / 2);
+    n.handle_tick(alive_at);
     let facts: Vec<Fact> = std::iter::from_fn(|| n.poll_fact()).collect();
-    assert!(facts.iter().any(|f| matches!(f.body, Body::Renew { .. })), "{facts:?}");
-    assert!(matches!(
-        n.ledger().state(LEASE_MS + 1).dags[&h].jobs.values().find(|j| matches!(j, JobState::Claimed { .. })),
-        Some(JobState::Claimed { lease_until_ms, .. }) if *lease_until_ms == renew_at + LEASE_MS
-    ));
+    assert!(
+        matches!(&facts[..], [Fact { body: Body::Alive { dag, lease_until_ms, .. }, .. }] if *dag == h && *lease_until_ms == alive_at + LEASE_MS),
+        "one Alive for the two claims, no renewal: {facts:?}"
+    );
+    let claimed: Vec<u64> = n.ledger().state(LEASE_MS + 1).dags[&h]
+        .jobs
+        .values()
+        .filter_map(|j| if let JobState::Claimed { lease_until_ms, .. } = j { Some(*lease_until_ms) } else { None })
+        .collect();
+    assert_eq!(claimed, vec![alive_at + LEASE_MS; 2], "both claims live past their own lease");
+    // The next Alive replaces this one in the ledger.
+    n.handle_tick(alive_at + LEASE_MS / 2);
+    let alives = n.ledger().verified_facts().filter(|f| matches!(f.fact().body, Body::Alive { .. })).count();
+    assert_eq!(alives, 1);
+}
+
+#[test]
+fn a_silent_or_cut_off_node_s_claims_expire_and_are_taken_over() {
+    let (h, dag) = chain();
+    let mut nodes = vec![
+        NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1)),
+        NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(1)),
+    ];
+    for n in nodes.iter_mut() {
+        n.handle_peers(0, [id_of(1), id_of(2)]);
+    }
+    nodes[0].submit(0, h, dag.clone(), 2);
+    nodes[1].handle_dag(0, h, dag);
+    gossip(&mut nodes, 0);
+    let runner = (0..2).find(|&i| !net_running(&starts(&mut nodes[i])).is_empty()).expect("one runs a");
+    let other = 1 - runner;
+    // The runner's Alives reach the other node for a while: a stays claimed past the claim's lease.
+    for t in [LEASE_MS / 2, LEASE_MS] {
+        nodes[runner].handle_tick(t);
+        nodes[other].handle_tick(t);
+        gossip(&mut nodes, t);
+    }
+    let at = LEASE_MS + LEASE_MS / 4;
+    nodes[other].handle_tick(at);
+    assert!(starts(&mut nodes[other]).is_empty(), "a is held by the runner's Alive");
+    assert!(matches!(nodes[other].ledger().job_state(&h, "a", at), Some(JobState::Claimed { .. })));
+    // Then the runner is cut off: it goes on saying it is alive, but nothing reaches the other
+    // node, whose view lets the claim expire when the last Alive it heard ends.
+    nodes[runner].handle_tick(LEASE_MS * 3 / 2);
+    std::iter::from_fn(|| nodes[runner].poll_fact()).for_each(drop);
+    let expiry = nodes[other].poll_timeout(at).unwrap();
+    assert_eq!(expiry, LEASE_MS * 2, "woken when the last Alive's lease ends");
+    nodes[other].handle_tick(expiry);
+    // It claims at once or, ranking second, one stagger later.
+    let mut started = starts(&mut nodes[other]);
+    nodes[other].handle_tick(expiry + CLAIM_STAGGER_MS);
+    started.extend(starts(&mut nodes[other]));
+    assert!(matches!(&started[..], [Action::Start { job, .. }] if job == "a"), "{started:?}");
+}
+
+#[test]
+fn a_restarted_node_gives_up_the_claims_it_no_longer_runs() {
+    let (h, dag) = chain();
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let mut before = NodeCore::new(key.clone(), caps(1));
+    before.submit(0, h, dag.clone(), 2);
+    assert_eq!(net_running(&starts(&mut before)), vec!["a".to_string()]);
+    before.handle_tick(LEASE_MS / 2);
+    // Killed; restarted with the facts it had stored and the DAG.
+    let stored: Vec<VerifiedFact> = before.ledger().verified_facts().collect();
+    let mut after = NodeCore::new(key, caps(1));
+    after.handle_dag(1_000, h, dag);
+    for f in stored {
+        after.restore_fact(1_000, f);
+    }
+    let facts: Vec<Fact> = std::iter::from_fn(|| after.poll_fact()).collect();
+    assert!(facts.iter().any(|f| matches!(f.body, Body::Release { .. })), "{facts:?}");
+    // The job is open again, and this node (the only one) claims it anew.
+    assert!(matches!(&starts(&mut after)[..], [Action::Start { job, .. }] if job == "a"));
+    assert!(facts.iter().any(|f| matches!(f.body, Body::Claim { .. })), "{facts:?}");
 }
 
 fn id_of(seed: u8) -> NodeId {

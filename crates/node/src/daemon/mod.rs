@@ -528,6 +528,12 @@ impl Node {
             if let Err(e) = self.shared.store.put_facts(&rows).await {
                 warn!("cannot persist {} facts: {e:#}", rows.len());
             }
+            // Stored after the facts that replaced them, so a kill between the two leaves both
+            // (the ledger keeps the later one when it reloads them), never neither.
+            let replaced = self.core.take_replaced_facts();
+            if let Err(e) = self.shared.store.forget_facts(&replaced).await {
+                warn!("cannot delete {} replaced facts: {e:#}", replaced.len());
+            }
         }
         for d in std::mem::take(&mut self.inline_dags) {
             if self.core.dag(&d.hash).is_some() || Hash::of(d.text.as_bytes()) != d.hash {

@@ -182,6 +182,8 @@ impl Node {
                 continue;
             }
             match self.core.handle_fact(now, fact.clone()) {
+                // An `Alive` older than the one held: not kept, nothing to store.
+                Ok(()) if self.core.ledger().get(&id).is_none() => {}
                 Ok(()) => {
                     added += 1;
                     if let Body::Done { record, .. } = &fact.body {

@@ -104,7 +104,7 @@ fn event_of(fact: &Fact, claim_job: impl Fn(&Hash) -> Option<(Hash, String)>) ->
             let (dag, job) = claim_job(claim)?;
             Event { kind: EventKind::Released, dag, job: Some(job), node, detail: None, at_unix_ms: at }
         }
-        Body::Renew { .. } => return None,
+        Body::Renew { .. } | Body::Alive { .. } => return None,
     };
     Some(event)
 }
