@@ -59,6 +59,9 @@ fn of_kind<'a>(facts: &'a Value, job: &str, kind: &str) -> Vec<&'a Value> {
 /// the other at connection time with one ERROR line naming it, and `shoal peers` says why.
 #[test]
 fn a_node_of_the_previous_protocol_is_refused_once_and_shown_in_peers() {
+    // This build's `shoal_mesh::wire::PROTOCOL_VERSION` (2 since one `Alive` per node and DAG
+    // replaced renewals per claim).
+    const PROTOCOL: u32 = 2;
     let home = Home::empty();
     let key = mesh_key(home.path());
     let new = MeshNode::start(home, &key, &[], &[]);
@@ -70,10 +73,10 @@ fn a_node_of_the_previous_protocol_is_refused_once_and_shown_in_peers() {
     assert_eq!(r["protocol"], 0, "{r}");
     assert!(r["agent"].as_str().unwrap().starts_with("shoal/"), "{r}");
     let reason = r["reason"].as_str().unwrap();
-    assert!(reason.contains("this node speaks protocol 1, the peer speaks protocol 0"), "{reason}");
+    assert!(reason.contains(&format!("this node speaks protocol {PROTOCOL}, the peer speaks protocol 0")), "{reason}");
     assert!(reason.contains("write the newer image to the older stick"), "{reason}");
     let seen = wait_peers(&old, "the new node refused by the old", |v| refused(v, &new_id).is_some());
-    assert_eq!(refused(&seen, &new_id).unwrap()["protocol"], 1);
+    assert_eq!(refused(&seen, &new_id).unwrap()["protocol"], PROTOCOL);
 
     // No mesh: neither lists the other as a peer.
     for (node, other) in [(&new, &old), (&old, &new)] {

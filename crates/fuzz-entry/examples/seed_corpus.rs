@@ -85,7 +85,8 @@ fn main() {
     };
     w.put("wire", &[&[1u8][..], &wire::encode(&announce)].concat());
     for req in [
-        SyncReq::Digest { digest: Hash::of(b"d"), count: 3 },
+        SyncReq::Digest { digest: Hash::of(b"d"), count: 3, dag: None },
+        SyncReq::Digest { digest: Hash::of(b"d"), count: 3, dag: Some(Hash::of(b"a dag")) },
         SyncReq::Get { ids: vec![facts[0].id(), facts[1].id()] },
         SyncReq::Put { facts: facts[..2].to_vec() },
     ] {
@@ -93,7 +94,7 @@ fn main() {
     }
     for resp in [
         SyncResp::Same,
-        SyncResp::Ids { ids: vec![facts[0].id()] },
+        SyncResp::Ids { ids: vec![facts[0].id()], dag: None },
         SyncResp::Facts { facts: facts[2..4].to_vec() },
         SyncResp::Stored { added: 2, refused: 1 },
         SyncResp::Refused { reason: "another wire version".into() },

@@ -365,6 +365,9 @@ struct View {
     alive: BTreeMap<(NodeId, Hash), AliveIx>,
     /// Per (author, DAG): its claims not finished, failed or released, which its `Alive` keeps.
     unfinished: BTreeMap<(NodeId, Hash), BTreeSet<Hash>>,
+    /// Per DAG, the ids of its facts: those naming it, and those about its claims once the
+    /// claim is here (anti-entropy of one DAG's topic compares these).
+    by_dag: BTreeMap<Hash, BTreeSet<Hash>>,
 }
 
 #[derive(Clone, Debug)]
@@ -435,6 +438,29 @@ struct FoldClaim<'a> {
 impl View {
     /// Folds one new fact in; says which job states may have changed.
     fn apply(&mut self, facts: &BTreeMap<Hash, Arc<Fact>>, id: Hash, fact: &Fact, lease_ms: u64) -> Touched {
+        match &fact.body {
+            Body::Submit { dag, .. }
+            | Body::Cancel { dag }
+            | Body::Claim { dag, .. }
+            | Body::Lost { dag, .. }
+            | Body::Alive { dag, .. } => {
+                let ids = self.by_dag.entry(*dag).or_default();
+                ids.insert(id);
+                if matches!(fact.body, Body::Claim { .. })
+                    && let Some(later) = self.orphans.get(&id)
+                {
+                    ids.extend(later.iter().copied());
+                }
+            }
+            Body::Renew { claim, .. }
+            | Body::Done { claim, .. }
+            | Body::Fail { claim, .. }
+            | Body::Release { claim } => {
+                if let Some(c) = self.claims.get(claim) {
+                    self.by_dag.entry(c.dag).or_default().insert(id);
+                }
+            }
+        }
         match &fact.body {
             Body::Submit { dag, jobs, max_attempts } => {
                 let key = (fact.hlc, fact.author, id);
@@ -645,6 +671,9 @@ impl Ledger {
                 Some(key) if key >= (fact.fact.hlc, id) => return Touched::Duplicate,
                 Some((_, old)) => {
                     self.facts.remove(&old);
+                    if let Some(ids) = self.view.by_dag.get_mut(dag) {
+                        ids.remove(&old);
+                    }
                     self.replaced.push(old);
                 }
                 None => {}
@@ -697,6 +726,28 @@ impl Ledger {
     /// The facts this ledger has that a peer holding `theirs` lacks (anti-entropy).
     pub fn missing_from<'a>(&'a self, theirs: &'a BTreeSet<Hash>) -> impl Iterator<Item = &'a Fact> + 'a {
         self.facts.iter().filter(move |(id, _)| !theirs.contains(id)).map(|(_, f)| &**f)
+    }
+
+    /// The ids of one DAG's facts: those naming it (submit, claims, cancel, lost, alive) and
+    /// those about its claims (renewals, results, releases) once the claim is here.
+    pub fn dag_ids(&self, dag: &Hash) -> impl Iterator<Item = &Hash> + '_ {
+        self.view.by_dag.get(dag).into_iter().flatten()
+    }
+
+    /// How many facts [`Ledger::dag_ids`] lists.
+    pub fn dag_len(&self, dag: &Hash) -> usize {
+        self.view.by_dag.get(dag).map_or(0, BTreeSet::len)
+    }
+
+    /// One hash of one DAG's facts ([`Ledger::dag_ids`]): equal digests, equal facts of the DAG.
+    /// Computed at each call (32 bytes hashed per fact of the DAG).
+    pub fn dag_digest(&self, dag: &Hash) -> Hash {
+        let mut h = blake3::Hasher::new();
+        h.update(&dag.0);
+        for id in self.dag_ids(dag) {
+            h.update(&id.0);
+        }
+        Hash(*h.finalize().as_bytes())
     }
 
     /// One hash of the whole set: equal digests, equal ledgers.

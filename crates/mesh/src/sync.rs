@@ -1,15 +1,20 @@
 //! Anti-entropy: the exchange that repairs what gossip lost. Every [`Settings::sync_period_ms`]
-//! a node sends one connected peer, in turn, its ledger's digest (`SyncReq::Digest`); a peer whose
-//! digest differs answers with every fact id it holds (`SyncResp::Ids`); the asker then fetches
-//! what it lacks (`SyncReq::Get`) and pushes what the peer lacks (`SyncReq::Put`). Equal digests
-//! cost one round trip of ~100 bytes, which is all an idle mesh sends.
+//! a node sends one peer, in turn, a digest (`SyncReq::Digest`) of one scope: the whole ledger
+//! with the peers it is connected to (one topic for every fact), or one DAG's facts
+//! ([`Ledger::dag_ids`]) with the peers of that DAG's topic (a topic per DAG), scopes taking turns
+//! too. A peer whose digest of the scope differs answers with every fact id it holds in it
+//! (`SyncResp::Ids`); the asker then fetches what it lacks (`SyncReq::Get`) and pushes what the
+//! peer lacks (`SyncReq::Put`). Equal digests cost one round trip of ~100 bytes, which is all an
+//! idle mesh sends, and with a topic per DAG what an exchange carries grows with the DAG, not the
+//! mesh.
 //!
-//! Sans-IO: the driver says which peers are connected, hands in the requests and responses that
-//! arrive (with the ledger, which the scheduler core owns), sends what [`Sync::poll_request`]
-//! gives, and stores the facts [`Sync::handle_request`] and [`Sync::handle_response`] return
-//! through the core. A `Hold` is not anti-entropy: the driver answers it elsewhere.
+//! Sans-IO: the driver says which peers are connected and which peers share each DAG topic, hands
+//! in the requests and responses that arrive (with the ledger, which the scheduler core owns),
+//! sends what [`Sync::poll_request`] gives, and stores the facts [`Sync::handle_request`] and
+//! [`Sync::handle_response`] return through the core. `shoal node` and the simulator drive this
+//! same machine. A `Hold` is not anti-entropy: the driver answers it elsewhere.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use shoal_dag::Hash;
 
@@ -26,16 +31,22 @@ pub enum Inbound {
     Store(Vec<Fact>),
 }
 
+/// What one exchange compares: the whole ledger (`None`) or one DAG's facts.
+pub type Scope = Option<Hash>;
+
 /// One node's side of anti-entropy.
 #[derive(Debug)]
 pub struct Sync {
     period_ms: u64,
     /// When the next exchange starts; 0 at first, so a node starts one as soon as it runs.
     next_ms: u64,
-    /// Connected peers, in the order turns go round.
-    peers: BTreeSet<NodeId>,
-    /// The peer asked last, as an index into `peers`.
-    turn: usize,
+    /// Per scope, the peers to compare it with, in the order turns go round: the connected
+    /// peers for the whole ledger, a topic's peers for a DAG.
+    scopes: BTreeMap<Scope, BTreeSet<NodeId>>,
+    /// Per scope, the peer asked last, as an index into its peers.
+    turn: BTreeMap<Scope, usize>,
+    /// The scope compared last, so scopes take turns.
+    last_scope: Scope,
     out: VecDeque<(NodeId, SyncReq)>,
 }
 
@@ -44,34 +55,63 @@ impl Sync {
         Sync {
             period_ms: settings.sync_period_ms.max(1),
             next_ms: 0,
-            peers: BTreeSet::new(),
-            turn: 0,
+            scopes: BTreeMap::new(),
+            turn: BTreeMap::new(),
+            last_scope: None,
             out: VecDeque::new(),
         }
     }
 
-    /// A connection to `peer` opened.
+    /// A connection to `peer` opened: the whole ledger is compared with it in turn.
     pub fn handle_connected(&mut self, _now_ms: u64, peer: NodeId) {
-        self.peers.insert(peer);
+        self.scopes.entry(None).or_default().insert(peer);
     }
 
     /// The connection to `peer` closed.
     pub fn handle_disconnected(&mut self, _now_ms: u64, peer: NodeId) {
-        self.peers.remove(&peer);
+        for peers in self.scopes.values_mut() {
+            peers.remove(&peer);
+        }
+        self.scopes.retain(|_, p| !p.is_empty());
     }
 
-    /// Starts an exchange with the next connected peer when one is due.
+    /// The peers `dag`'s facts are compared with (its topic's peers, this node not among them);
+    /// none stops comparing them (the node left the topic).
+    pub fn handle_dag_peers(&mut self, _now_ms: u64, dag: Hash, peers: impl IntoIterator<Item = NodeId>) {
+        let peers: BTreeSet<NodeId> = peers.into_iter().collect();
+        if peers.is_empty() {
+            self.scopes.remove(&Some(dag));
+            self.turn.remove(&Some(dag));
+        } else {
+            self.scopes.insert(Some(dag), peers);
+        }
+    }
+
+    /// Starts an exchange with the next peer of the next scope when one is due.
     pub fn handle_tick(&mut self, now_ms: u64, ledger: &Ledger) {
         if now_ms < self.next_ms {
             return;
         }
         self.next_ms = now_ms + self.period_ms;
-        if self.peers.is_empty() {
-            return;
-        }
-        self.turn = (self.turn + 1) % self.peers.len();
-        let peer = *self.peers.iter().nth(self.turn).expect("turn < peers");
-        self.out.push_back((peer, SyncReq::Digest { digest: ledger.digest(), count: ledger.len() as u64 }));
+        // The first scope after the last one compared, wrapping round.
+        let next = self
+            .scopes
+            .range((std::ops::Bound::Excluded(self.last_scope), std::ops::Bound::Unbounded))
+            .next()
+            .or_else(|| self.scopes.iter().next());
+        let Some((scope, peers)) = next else { return };
+        let scope = *scope;
+        let turn = self.turn.entry(scope).or_insert(0);
+        *turn = (*turn + 1) % peers.len();
+        let peer = *peers.iter().nth(*turn).expect("turn < peers");
+        self.last_scope = scope;
+        let req = match scope {
+            None => SyncReq::Digest { digest: ledger.digest(), count: ledger.len() as u64, dag: None },
+            Some(dag) => {
+                SyncReq::Digest { digest: ledger.dag_digest(&dag), count: ledger.dag_len(&dag) as u64, dag: Some(dag) }
+            }
+        };
+        self.out.push_back((peer, req));
     }
 
     /// When [`Sync::handle_tick`] has something to do next.
@@ -87,13 +127,20 @@ impl Sync {
     /// A peer's request, answered from `ledger`.
     pub fn handle_request(&mut self, _now_ms: u64, ledger: &Ledger, req: SyncReq) -> Inbound {
         match req {
-            SyncReq::Digest { digest, .. } => {
+            SyncReq::Digest { digest, dag: None, .. } => {
                 if digest == ledger.digest() {
                     Inbound::Answer(SyncResp::Same)
                 } else {
-                    Inbound::Answer(SyncResp::Ids {
-                        ids: ledger.ids().into_iter().take(wire::IDS_PER_MESSAGE_MAX).collect(),
-                    })
+                    let ids = ledger.ids().into_iter().take(wire::IDS_PER_MESSAGE_MAX).collect();
+                    Inbound::Answer(SyncResp::Ids { ids, dag: None })
+                }
+            }
+            SyncReq::Digest { digest, dag: Some(dag), .. } => {
+                if digest == ledger.dag_digest(&dag) {
+                    Inbound::Answer(SyncResp::Same)
+                } else {
+                    let ids = ledger.dag_ids(&dag).take(wire::IDS_PER_MESSAGE_MAX).copied().collect();
+                    Inbound::Answer(SyncResp::Ids { ids, dag: Some(dag) })
                 }
             }
             SyncReq::Get { ids } => Inbound::Answer(SyncResp::Facts {
@@ -110,17 +157,25 @@ impl Sync {
     }
 
     /// A peer's answer to one of our requests: queues the `Get` of what we lack and the `Put` of
-    /// what it lacks after its ids; returns the facts it sent, to store (through the core).
+    /// what it lacks (in the answer's scope) after its ids; returns the facts it sent, to store
+    /// (through the core).
     pub fn handle_response(&mut self, _now_ms: u64, ledger: &Ledger, from: NodeId, resp: SyncResp) -> Vec<Fact> {
         match resp {
-            SyncResp::Ids { ids } => {
+            SyncResp::Ids { ids, dag } => {
                 let theirs: BTreeSet<Hash> = ids.into_iter().collect();
-                let mine = ledger.ids();
+                let mine: BTreeSet<Hash> = match dag {
+                    None => ledger.ids(),
+                    Some(dag) => ledger.dag_ids(&dag).copied().collect(),
+                };
                 let want: Vec<Hash> = theirs.difference(&mine).take(wire::FACTS_PER_MESSAGE_MAX).copied().collect();
                 if !want.is_empty() {
                     self.out.push_back((from, SyncReq::Get { ids: want }));
                 }
-                let give: Vec<Fact> = ledger.missing_from(&theirs).take(wire::FACTS_PER_MESSAGE_MAX).cloned().collect();
+                let give: Vec<Fact> = mine
+                    .difference(&theirs)
+                    .take(wire::FACTS_PER_MESSAGE_MAX)
+                    .filter_map(|id| ledger.get(id).cloned())
+                    .collect();
                 if !give.is_empty() {
                     self.out.push_back((from, SyncReq::Put { facts: give }));
                 }
@@ -250,5 +305,84 @@ mod tests {
         s.handle_disconnected(0, [4; 32]);
         s.handle_tick(10_000, &ledger_with(1));
         assert!(s.poll_request().is_none());
+    }
+
+    /// Facts of two DAGs (a submit and a claim each, and a completion of the claim of `b`) by
+    /// node `key`, from the HLC `at` on.
+    fn two_dags(key: u8, at: u64) -> (Hash, Hash, Vec<Fact>) {
+        let k = SigningKey::from_bytes(&[key; 32]);
+        let (a, b) = (Hash::of(b"dag a"), Hash::of(b"dag b"));
+        let hlc = |i: u64| Hlc { wall_ms: at + i, counter: 0 };
+        let mut facts = Vec::new();
+        for (i, dag) in [a, b].into_iter().enumerate() {
+            let i = i as u64 * 10;
+            facts.push(Fact::sign(&k, hlc(i), Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1 }));
+            let claim = Fact::sign(&k, hlc(i + 1), Body::Claim { dag, job: "j".into(), lease_until_ms: at + 99 });
+            facts.push(claim.clone());
+            if dag == b {
+                let done = Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1 };
+                facts.push(Fact::sign(&k, hlc(i + 2), done));
+            }
+        }
+        (a, b, facts)
+    }
+
+    #[test]
+    fn a_dag_scope_exchange_carries_that_dags_facts_only() {
+        let settings = Settings::default();
+        let (ida, idb) = ([1; 32], [2; 32]);
+        let (dag_a, dag_b, facts) = two_dags(5, 100);
+        let mut a = (Sync::new(&settings), Ledger::new());
+        let mut b = (Sync::new(&settings), Ledger::new());
+        for f in &facts {
+            a.1.insert(f.clone()).expect("valid");
+        }
+        // b holds dag b's completion only: arriving before its claim, it is in no DAG yet.
+        b.1.insert(facts[4].clone()).expect("valid");
+        assert_eq!(b.1.dag_len(&dag_b), 0);
+        a.0.handle_dag_peers(0, dag_b, [idb]);
+        b.0.handle_dag_peers(0, dag_b, [ida]);
+        a.0.handle_tick(0, &a.1);
+        exchange(&mut a, &mut b, (idb, ida));
+        assert_eq!(a.1.dag_digest(&dag_b), b.1.dag_digest(&dag_b));
+        assert_eq!(b.1.dag_len(&dag_b), 3, "the submit, the claim, and the completion filed under it");
+        assert_eq!(b.1.dag_len(&dag_a), 0, "nothing of dag a");
+        assert_eq!(b.1.len(), 3);
+        assert_ne!(a.1.digest(), b.1.digest());
+    }
+
+    #[test]
+    fn scopes_take_turns_and_a_scope_left_is_not_compared() {
+        let settings = Settings { sync_period_ms: 1_000, ..Settings::default() };
+        let (dag_a, dag_b, facts) = two_dags(5, 100);
+        let mut l = Ledger::new();
+        for f in facts {
+            l.insert(f).expect("valid");
+        }
+        let mut s = Sync::new(&settings);
+        s.handle_connected(0, [1; 32]);
+        s.handle_dag_peers(0, dag_a, [[2; 32]]);
+        s.handle_dag_peers(0, dag_b, [[3; 32], [4; 32]]);
+        let mut asked = Vec::new();
+        for now in (0..7_000).step_by(1_000) {
+            if now == 4_000 {
+                s.handle_dag_peers(now, dag_a, []);
+            }
+            s.handle_tick(now, &l);
+            while let Some((p, req)) = s.poll_request() {
+                let SyncReq::Digest { dag, count, .. } = req else { panic!("{req:?}") };
+                let which = [None, Some(dag_a), Some(dag_b)].iter().position(|d| *d == dag).unwrap();
+                asked.push((p[0], which, count));
+            }
+        }
+        // The DAG scopes in order (by hash) and the whole ledger after them; at 4 s a is left.
+        let (first, second) = if dag_a < dag_b { ((2, 1, 2), (4, 2, 3)) } else { ((4, 2, 3), (2, 1, 2)) };
+        let other_b = (3, 2, 3);
+        let want = if dag_a < dag_b {
+            vec![first, second, (1, 0, 5), first, other_b, (1, 0, 5), (4, 2, 3)]
+        } else {
+            vec![first, second, (1, 0, 5), other_b, (1, 0, 5), (4, 2, 3), (1, 0, 5)]
+        };
+        assert_eq!(asked, want);
     }
 }

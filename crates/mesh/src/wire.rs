@@ -2,8 +2,9 @@
 //! `shoal/facts/1`, announcements on `shoal/caps/1`) and the anti-entropy exchange over
 //! request-response (`/shoal/sync/1`). Pure types and codecs: no I/O.
 //!
-//! Anti-entropy: a node sends one peer its ledger digest (`SyncReq::Digest`) now and then; a peer
-//! whose digest differs answers with every fact id it holds (`SyncResp::Ids`); the asker then
+//! Anti-entropy: a node sends one peer its ledger digest (`SyncReq::Digest`) now and then, of the
+//! whole ledger or of one DAG's facts (a DAG with a topic of its own); a peer whose digest differs
+//! answers with every fact id it holds in that scope (`SyncResp::Ids`); the asker then
 //! fetches what it lacks (`SyncReq::Get`) and pushes what the peer lacks (`SyncReq::Put`). Equal
 //! digests cost one round trip of ~100 bytes, which is all an idle mesh sends.
 //!
@@ -124,6 +125,10 @@ pub enum SyncReq {
     Digest {
         digest: Hash,
         count: u64,
+        /// The scope: this DAG's facts ([`Ledger::dag_ids`](crate::ledger::Ledger::dag_ids)); the
+        /// whole ledger if none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dag: Option<Hash>,
     },
     Get {
         ids: Vec<Hash>,
@@ -149,6 +154,9 @@ pub enum SyncResp {
     Same,
     Ids {
         ids: Vec<Hash>,
+        /// The scope of the `Digest` this answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dag: Option<Hash>,
     },
     Facts {
         facts: Vec<Fact>,
@@ -364,7 +372,8 @@ mod tests {
                 .collect();
             let put = SyncReq::Put { facts };
             assert_eq!(decode::<SyncReq>(&encode(&put)).unwrap(), put);
-            let ids = SyncResp::Ids { ids: (0..size as u64 / 32).map(|i| Hash::of(&i.to_le_bytes())).collect() };
+            let ids =
+                SyncResp::Ids { ids: (0..size as u64 / 32).map(|i| Hash::of(&i.to_le_bytes())).collect(), dag: None };
             assert_eq!(decode::<SyncResp>(&encode(&ids)).unwrap(), ids);
         }
     }

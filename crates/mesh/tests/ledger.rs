@@ -237,6 +237,21 @@ proptest! {
             for now in &nows {
                 prop_assert_eq!(l.state(*now), ledger_of(&facts).fold(*now));
             }
+            // A DAG's facts, as anti-entropy of its topic compares them: those naming it, and
+            // those about a claim of it that is held.
+            for d in [dag(), Hash::of(b"another")] {
+                let names = |f: &Fact| match &f.body {
+                    Body::Submit { dag, .. } | Body::Cancel { dag } | Body::Claim { dag, .. } | Body::Lost { dag, .. } | Body::Alive { dag, .. } => *dag == d,
+                    Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } | Body::Release { claim } => {
+                        l.get(claim).is_some_and(|c| matches!(&c.body, Body::Claim { dag, .. } if *dag == d))
+                    }
+                };
+                let want: std::collections::BTreeSet<Hash> =
+                    l.verified_facts().filter(|f| names(f.fact())).map(|f| f.id()).collect();
+                let got: std::collections::BTreeSet<Hash> = l.dag_ids(&d).copied().collect();
+                prop_assert_eq!(&got, &want);
+                prop_assert_eq!(l.dag_digest(&d), ledger_of(&facts).dag_digest(&d));
+            }
         }
     }
 

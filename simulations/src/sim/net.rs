@@ -32,7 +32,7 @@ pub(super) fn request_bytes(req: &SyncReq, meta: &HashMap<Hash, FactMeta>) -> u6
 /// Bytes of an anti-entropy answer on the wire (see [`request_bytes`]).
 pub(super) fn response_bytes(resp: &SyncResp, meta: &HashMap<Hash, FactMeta>) -> u64 {
     match resp {
-        SyncResp::Ids { ids } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
+        SyncResp::Ids { ids, .. } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
         SyncResp::Facts { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
         _ => DIGEST_BYTES,
     }
