@@ -47,6 +47,10 @@ pub struct Sync {
     turn: BTreeMap<Scope, usize>,
     /// The scope compared last, so scopes take turns.
     last_scope: Scope,
+    /// DAG scopes new to this node (it just joined the DAG's topic): compared at the next tick,
+    /// out of turn, so a new member holds the DAG's facts within a round trip, not a round of
+    /// every scope.
+    new_scopes: VecDeque<Hash>,
     out: VecDeque<(NodeId, SyncReq)>,
 }
 
@@ -58,6 +62,7 @@ impl Sync {
             scopes: BTreeMap::new(),
             turn: BTreeMap::new(),
             last_scope: None,
+            new_scopes: VecDeque::new(),
             out: VecDeque::new(),
         }
     }
@@ -76,19 +81,32 @@ impl Sync {
     }
 
     /// The peers `dag`'s facts are compared with (its topic's peers, this node not among them);
-    /// none stops comparing them (the node left the topic).
+    /// none stops comparing them (the node left the topic). A DAG new to this machine is
+    /// compared at the next tick, out of turn.
     pub fn handle_dag_peers(&mut self, _now_ms: u64, dag: Hash, peers: impl IntoIterator<Item = NodeId>) {
         let peers: BTreeSet<NodeId> = peers.into_iter().collect();
         if peers.is_empty() {
             self.scopes.remove(&Some(dag));
             self.turn.remove(&Some(dag));
-        } else {
-            self.scopes.insert(Some(dag), peers);
+            self.new_scopes.retain(|d| *d != dag);
+        } else if self.scopes.insert(Some(dag), peers).is_none() {
+            self.new_scopes.push_back(dag);
         }
+    }
+
+    /// The DAGs whose facts this node compares (see [`Sync::handle_dag_peers`]).
+    pub fn dags(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.scopes.keys().filter_map(|s| *s)
     }
 
     /// Starts an exchange with the next peer of the next scope when one is due.
     pub fn handle_tick(&mut self, now_ms: u64, ledger: &Ledger) {
+        while let Some(dag) = self.new_scopes.pop_front() {
+            let Some(peer) = self.scopes.get(&Some(dag)).and_then(|p| p.first()) else { continue };
+            let req =
+                SyncReq::Digest { digest: ledger.dag_digest(&dag), count: ledger.dag_len(&dag) as u64, dag: Some(dag) };
+            self.out.push_back((*peer, req));
+        }
         if now_ms < self.next_ms {
             return;
         }
@@ -114,9 +132,9 @@ impl Sync {
         self.out.push_back((peer, req));
     }
 
-    /// When [`Sync::handle_tick`] has something to do next.
+    /// When [`Sync::handle_tick`] has something to do next (0: at once, a new DAG scope).
     pub fn poll_timeout(&self) -> Option<u64> {
-        Some(self.next_ms)
+        Some(if self.new_scopes.is_empty() { self.next_ms } else { 0 })
     }
 
     /// A request to send.
@@ -363,26 +381,42 @@ mod tests {
         s.handle_connected(0, [1; 32]);
         s.handle_dag_peers(0, dag_a, [[2; 32]]);
         s.handle_dag_peers(0, dag_b, [[3; 32], [4; 32]]);
-        let mut asked = Vec::new();
-        for now in (0..7_000).step_by(1_000) {
+        // Each DAG scope is compared at once when it appears, out of turn, then the tick's own.
+        assert_eq!(s.poll_timeout(), Some(0));
+        s.handle_tick(0, &l);
+        let digests = |s: &mut Sync| -> Vec<(u8, usize, u64)> {
+            std::iter::from_fn(|| s.poll_request())
+                .map(|(p, r)| match r {
+                    SyncReq::Digest { dag, count, .. } => {
+                        (p[0], [None, Some(dag_a), Some(dag_b)].iter().position(|d| *d == dag).unwrap(), count)
+                    }
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let first = digests(&mut s);
+        assert_eq!(first[..2], [(2, 1, 2), (3, 2, 3)], "{first:?}");
+        assert_eq!(first.len(), 3);
+        assert_eq!(s.poll_timeout(), Some(1_000));
+        // Then one exchange a period, the scopes in turn (each of the three in any three ticks,
+        // b's two peers alternating); a is left at 4 s and not compared after.
+        let mut asked = vec![first[2]];
+        for now in (1_000..8_000).step_by(1_000) {
             if now == 4_000 {
                 s.handle_dag_peers(now, dag_a, []);
             }
             s.handle_tick(now, &l);
-            while let Some((p, req)) = s.poll_request() {
-                let SyncReq::Digest { dag, count, .. } = req else { panic!("{req:?}") };
-                let which = [None, Some(dag_a), Some(dag_b)].iter().position(|d| *d == dag).unwrap();
-                asked.push((p[0], which, count));
-            }
+            asked.extend(digests(&mut s));
         }
-        // The DAG scopes in order (by hash) and the whole ledger after them; at 4 s a is left.
-        let (first, second) = if dag_a < dag_b { ((2, 1, 2), (4, 2, 3)) } else { ((4, 2, 3), (2, 1, 2)) };
-        let other_b = (3, 2, 3);
-        let want = if dag_a < dag_b {
-            vec![first, second, (1, 0, 5), first, other_b, (1, 0, 5), (4, 2, 3)]
-        } else {
-            vec![first, second, (1, 0, 5), other_b, (1, 0, 5), (4, 2, 3), (1, 0, 5)]
-        };
-        assert_eq!(asked, want);
+        assert_eq!(asked.len(), 8);
+        let scopes: Vec<usize> = asked.iter().map(|a| a.1).collect();
+        for w in scopes[..4].windows(3) {
+            assert_eq!(w.iter().copied().collect::<BTreeSet<_>>().len(), 3, "{asked:?}");
+        }
+        assert!(!scopes[4..].contains(&1), "{asked:?}");
+        assert_eq!(scopes[4..].iter().filter(|s| **s == 2).count(), 2, "{asked:?}");
+        let b_peers: Vec<u8> = asked.iter().filter(|a| a.1 == 2).map(|a| a.0).collect();
+        assert!(b_peers.windows(2).all(|w| w[0] != w[1]), "{asked:?}");
+        assert!(asked.iter().all(|a| a.2 == [5, 2, 3][a.1]));
     }
 }

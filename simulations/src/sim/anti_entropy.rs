@@ -1,16 +1,16 @@
-//! Anti-entropy. With one topic, each node's own `shoal_mesh::sync::Sync` over its mesh links,
-//! requests and answers carried as messages; with a topic per DAG, a per-topic digest exchange
-//! modelled here (the node has no per-DAG topics yet).
+//! Anti-entropy: each node's own `shoal_mesh::sync::Sync`, requests and answers carried as
+//! messages. With one topic it compares the whole ledger with its mesh links; with a topic per
+//! DAG, each DAG's facts with its mesh peers in that DAG's topic (the `Sync` scopes the node uses).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use shoal_dag::Hash;
-use shoal_mesh::ledger::{Body, Fact, VerifiedFact};
+use shoal_mesh::ledger::{Body, Fact, NodeId};
 use shoal_mesh::sync::{Inbound, Sync};
 use shoal_mesh::wire::{SyncReq, SyncResp};
 
-use super::net::{DIGEST_BYTES, ID_BYTES, MESSAGE_OVERHEAD_BYTES, request_bytes, response_bytes};
-use super::{Ev, FactMeta, Sim, Status};
+use super::net::{request_bytes, response_bytes};
+use super::{Ev, Sim, Status};
 
 impl Sim {
     /// A mesh link between `a` and `b` came up (or went down): with one topic it is the
@@ -110,7 +110,7 @@ impl Sim {
         let now = self.now;
         let mut added = 0;
         for f in facts {
-            let Some(vf) = self.meta.get(&f.id()).map(|m| m.fact.clone()) else { continue };
+            let Some((vf, topic)) = self.meta.get(&f.id()).map(|m| (m.fact.clone(), m.topic)) else { continue };
             let id = vf.id();
             let done = match &vf.fact().body {
                 Body::Done { record, .. } if vf.fact().author != self.nodes[n as usize].id => {
@@ -120,7 +120,7 @@ impl Sim {
             };
             if self.nodes[n as usize].core.as_mut().expect("up").handle_verified_fact(now, vf) {
                 added += 1;
-                self.hold(n, 0, id);
+                self.hold(n, topic, id);
                 if let Some((record, runner)) = done {
                     self.keep_copies(n, record, runner);
                 }
@@ -130,76 +130,33 @@ impl Sim {
         added
     }
 
-    /// With a topic per DAG, one anti-entropy exchange of node `n` with a mesh peer on one of its
-    /// topics, modelled here: per-topic digests; if they differ, the peer's ids, then what each
-    /// lacks, both ways. `shoal_mesh::sync::Sync` exchanges whole-ledger digests, which is what one
-    /// topic needs; a per-topic sync machine comes with per-DAG topics in the node.
-    pub(super) fn anti_entropy(&mut self, n: u32, only: Option<(u32, u32)>) {
-        let (topic, peer) = match only {
-            Some(tp) => tp,
-            None => {
-                let topics: Vec<u32> = self.nodes[n as usize].topics.iter().copied().collect();
-                if topics.is_empty() {
-                    return;
-                }
-                let node = &mut self.nodes[n as usize];
-                node.ae_turn = node.ae_turn.wrapping_add(1);
-                let topic = topics[node.ae_turn % topics.len()];
-                let Some(mesh) = self.topics[topic as usize].mesh.get(&n).filter(|m| !m.is_empty()) else { return };
-                let peer = mesh[self.rng.range(0, mesh.len() as u64 - 1) as usize];
-                (topic, peer)
-            }
-        };
-        let arrive = self.transmit(n, DIGEST_BYTES);
-        if !self.reachable(n, peer) {
+    /// With a topic per DAG: tells node `n`'s `Sync` the peers of each DAG topic it is in (its
+    /// mesh peers there, as gossipsub's mesh gives the daemon), and to stop comparing the DAGs
+    /// whose topics it left. A DAG new to it is compared at its next tick.
+    pub(super) fn sync_dag_peers(&mut self, n: u32) {
+        if self.cfg.group_nodes() == 0 {
             return;
         }
-        self.nodes[peer as usize].bytes_in += DIGEST_BYTES;
-        let mine = self.nodes[n as usize].digest.get(&topic).copied();
-        let theirs = self.nodes[peer as usize].digest.get(&topic).copied();
-        if mine == theirs {
-            // `Same`: one small answer.
-            self.transmit(peer, DIGEST_BYTES);
-            self.nodes[n as usize].bytes_in += DIGEST_BYTES;
-            return;
+        let now = self.now;
+        let node = &self.nodes[n as usize];
+        let want: BTreeMap<Hash, Vec<NodeId>> = node
+            .topics
+            .iter()
+            .filter_map(|&t| {
+                let topic = &self.topics[t as usize];
+                let d = *topic.dags.first()?;
+                let peers = topic.mesh.get(&n)?.iter().map(|&p| self.nodes[p as usize].id).collect();
+                Some((self.dags[d as usize].hash, peers))
+            })
+            .collect();
+        let Some(sync) = self.nodes[n as usize].sync.as_mut() else { return };
+        let left: Vec<Hash> = sync.dags().filter(|d| !want.contains_key(d)).collect();
+        for dag in left {
+            sync.handle_dag_peers(now, dag, []);
         }
-        let list = &self.topics[topic as usize].facts;
-        let from = self.nodes[n as usize].synced[&topic]
-            .min(self.nodes[peer as usize].synced.get(&topic).copied().unwrap_or(0));
-        let (mut i_lack, mut they_lack) = (Vec::new(), Vec::new());
-        let (a, b) =
-            (self.nodes[n as usize].core.as_ref().expect("up"), self.nodes[peer as usize].core.as_ref().expect("up"));
-        for id in &list[from..] {
-            match (a.ledger().get(id).is_some(), b.ledger().get(id).is_some()) {
-                (false, true) => i_lack.push(b.ledger().verified(id).expect("held")),
-                (true, false) => they_lack.push(a.ledger().verified(id).expect("held")),
-                _ => {}
-            }
+        for (dag, peers) in want {
+            sync.handle_dag_peers(now, dag, peers);
         }
-        let peer_count = u64::from(theirs.map_or(0, |t| t.1));
-        let size = |v: &[VerifiedFact], meta: &HashMap<Hash, FactMeta>| {
-            v.iter().map(|f| u64::from(meta[&f.id()].bytes)).sum::<u64>()
-        };
-        // The peer answers with its ids; we ask for what we lack and push what it lacks.
-        let ids_bytes = MESSAGE_OVERHEAD_BYTES + ID_BYTES * peer_count;
-        let get_bytes = MESSAGE_OVERHEAD_BYTES + ID_BYTES * i_lack.len() as u64;
-        let put_bytes = MESSAGE_OVERHEAD_BYTES + size(&they_lack, &self.meta);
-        let facts_bytes = MESSAGE_OVERHEAD_BYTES + size(&i_lack, &self.meta);
-        let t1 = self.transmit(peer, ids_bytes);
-        self.nodes[n as usize].bytes_in += ids_bytes;
-        let _ = self.transmit(n, get_bytes + put_bytes);
-        self.nodes[peer as usize].bytes_in += get_bytes + put_bytes;
-        let t2 = self.transmit(peer, facts_bytes);
-        self.nodes[n as usize].bytes_in += facts_bytes;
-        let rtt = t1.max(arrive) + (t2 - self.now);
-        if !i_lack.is_empty() {
-            self.push(rtt, Ev::Deliver { to: n, from: peer, topic, facts: i_lack });
-        }
-        if !they_lack.is_empty() {
-            self.push(rtt, Ev::Deliver { to: peer, from: n, topic, facts: they_lack });
-        }
-        self.advance_synced(n, topic);
-        self.advance_synced(peer, topic);
     }
 
     pub(super) fn advance_synced(&mut self, n: u32, topic: u32) -> usize {

@@ -33,14 +33,8 @@ impl Sim {
                 self.report.joins += 1;
                 let n = i as u32;
                 let epoch = 0;
-                // A node's `Sync` starts an exchange as soon as it runs; the modelled one
-                // within a period.
-                let at = if self.cfg.group_nodes() == 0 {
-                    self.now
-                } else {
-                    self.now + self.rng.range(0, self.cfg.settings.sync_period_ms)
-                };
-                self.push(at, Ev::AntiEntropy { node: n, epoch });
+                // A node's `Sync` starts an exchange as soon as it runs.
+                self.push(self.now, Ev::AntiEntropy { node: n, epoch });
                 if self.cfg.group_nodes() == 0 {
                     self.join_global(n);
                 }
@@ -129,9 +123,9 @@ impl Sim {
                     for d in live_dags {
                         self.give_dag(m, d);
                     }
-                    if let Some(&peer) = self.topics[t as usize].mesh.get(&m).and_then(|x| x.first()) {
-                        self.anti_entropy(m, Some((t, peer)));
-                    }
+                    // Its `Sync` compares the DAG's facts with a topic peer at once.
+                    self.sync_dag_peers(m);
+                    self.sync_tick(m);
                 }
             }
             self.tell_topic_peers(t);
@@ -151,7 +145,7 @@ impl Sim {
             core.handle_verified_fact(now, f);
         }
         node.core = Some(core);
-        node.sync = (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings));
+        node.sync = Some(Sync::new(&self.cfg.settings));
         // A new process: it has heard nobody yet.
         node.liveness = Liveness::new(&self.cfg.settings);
         node.replicas = Replicas::new(node.id, &self.cfg.settings);
@@ -164,9 +158,8 @@ impl Sim {
         }
         // What the core made while reloading (claims, as `shoal node` would make them) is
         // published by the drain below.
-        let at =
-            if self.cfg.group_nodes() == 0 { now } else { now + self.rng.range(0, self.cfg.settings.sync_period_ms) };
-        self.push(at, Ev::AntiEntropy { node: n, epoch });
+        // A node's `Sync` starts an exchange as soon as it runs (after its topics below).
+        self.push(now, Ev::AntiEntropy { node: n, epoch });
         if self.cfg.group_nodes() == 0 {
             let was = self.nodes[n as usize].topics.contains(&0);
             if was {
@@ -186,9 +179,6 @@ impl Sim {
                 }
                 self.subscribe(n, t);
                 self.tell_topic_peers(t);
-                if let Some(&peer) = self.topics[t as usize].mesh.get(&n).and_then(|x| x.first()) {
-                    self.anti_entropy(n, Some((t, peer)));
-                }
             }
         }
         self.drain(n);

@@ -3,8 +3,8 @@
 //! for (submits, DAG files, runs, facts to publish); the rest is by concern:
 //! - [`net`]: the message layer (uplink, latency, loss, partitions) and what messages weigh.
 //! - [`gossip`]: topic meshes and fact gossip (gossipsub-like relaying in batches).
-//! - [`anti_entropy`]: the node's `Sync` over mesh links (one topic), and the modelled per-topic
-//!   exchange (a topic per DAG).
+//! - [`anti_entropy`]: the node's `Sync` over mesh links (one topic), or over each DAG topic's
+//!   mesh peers (a topic per DAG, one scope per DAG).
 //! - [`liveness`]: each node's own `Liveness`, fed by the heartbeats it receives.
 //! - [`outputs`]: copies of outputs (each node's `Replicas`), and inputs nobody can serve (the
 //!   daemon's recheck, then `lost::judge`).
@@ -194,7 +194,6 @@ struct Node {
     /// What survives a crash: the ledger's facts and the DAG files (sled and the blob store).
     persisted: Vec<VerifiedFact>,
     persisted_dags: Vec<Hash>,
-    ae_turn: usize,
     /// Partition side.
     side: bool,
     bytes_in: u64,
@@ -218,6 +217,8 @@ struct FactMeta {
     /// The fact, verified once when it was made: facts that anti-entropy carries as plain
     /// `Fact`s are handed to cores as this, as a node verifies each fact once.
     fact: VerifiedFact,
+    /// The topic it travels on (its DAG's).
+    topic: u32,
 }
 
 /// The truth about one job, as no node sees it.
@@ -423,7 +424,7 @@ impl Sim {
             caps,
             speed,
             core: Some(core),
-            sync: (self.cfg.group_nodes() == 0).then(|| Sync::new(&self.cfg.settings)),
+            sync: Some(Sync::new(&self.cfg.settings)),
             liveness: Liveness::new(&self.cfg.settings),
             replicas: Replicas::new(id, &self.cfg.settings),
             liveness_at: u64::MAX,
@@ -442,7 +443,6 @@ impl Sim {
             synced: BTreeMap::new(),
             persisted: vec![],
             persisted_dags: vec![],
-            ae_turn: 0,
             side,
             bytes_in: 0,
             bytes_out: 0,
@@ -532,12 +532,8 @@ impl Sim {
             }
             Ev::AntiEntropy { node, epoch } => {
                 if self.nodes[node as usize].epoch == epoch && self.up(node) {
-                    let next = if self.nodes[node as usize].sync.is_some() {
-                        self.sync_tick(node)
-                    } else {
-                        self.anti_entropy(node, None);
-                        self.now + self.cfg.settings.sync_period_ms
-                    };
+                    self.sync_dag_peers(node);
+                    let next = self.sync_tick(node);
                     self.push(next, Ev::AntiEntropy { node, epoch });
                 }
             }
@@ -758,7 +754,7 @@ impl Sim {
             self.job_done(d, j, n, *record);
         }
         let bytes = wire::encode(f.fact()).len() as u32;
-        self.meta.insert(id, FactMeta { bytes, fact: f.clone() });
+        self.meta.insert(id, FactMeta { bytes, fact: f.clone(), topic });
         self.topics[topic as usize].facts.push(id);
         self.hold(n, topic, id);
         self.queue_relay(n, topic, f, None);
