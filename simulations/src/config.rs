@@ -172,8 +172,7 @@ impl Config {
         // Above the p99 of gossip propagation over a few hops, or the next-ranked node claims
         // before it hears the first one's claim (200 ms gave 32% concurrent duplicates).
         s.core.claim_stagger_ms = 1_000;
-        s.topics =
-            if self.nodes > 500 { TopicMode::PerDag { group_nodes: 32, speed_exponent: 4.0 } } else { TopicMode::One };
+        s.topics = shoal_mesh::settings::topic_mode(shoal_mesh::settings::DAG_TOPIC_NODES, self.nodes);
     }
 
     /// Nodes per DAG topic; 0 with one topic for all.

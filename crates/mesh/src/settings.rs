@@ -42,6 +42,18 @@ pub const LOST_RECHECK_MS: u64 = 2_000;
 /// within milliseconds, a PC with a dead CMOS battery is months or years off.
 pub const CLOCK_SKEW_MAX_MS: u64 = 60_000;
 
+/// Nodes subscribed to a DAG's own gossip topic (*G*): the simulator's 1,000- and 10,000-node
+/// rows ran with 32 (docs/SIMULATIONS.md).
+pub const DAG_TOPIC_NODES: usize = 32;
+/// Meshes of more nodes than this give each DAG a topic of its own; up to it one topic carries
+/// every fact (what the simulator validated: one topic up to 200 nodes, a topic per DAG at 1,000
+/// and 10,000; below a few hundred nodes a DAG's topic would hold most of the mesh anyway).
+pub const DAG_TOPICS_ABOVE_NODES: usize = 500;
+/// A node's rendezvous weight for a DAG's topic is its speed to this power: milder than the
+/// core's placement exponent, or the fastest nodes join nearly every topic and carry its gossip
+/// (docs/SIMULATIONS.md: 16 made the busiest node receive 36.9 kbit/s, 4 keeps it at 13.8).
+pub const TOPIC_SPEED_EXPONENT: f64 = 4.0;
+
 /// The protocol's settings. `Default` is what `shoal node` runs with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -67,8 +79,20 @@ pub struct Settings {
     pub replicas: usize,
     /// See [`LOST_RECHECK_MS`].
     pub lost_recheck_ms: u64,
-    /// Which topics carry a DAG's facts and who subscribes to them.
+    /// Which topics carry a DAG's facts and who subscribes to them ([`topic_mode`] gives the
+    /// validated one for a mesh's size; `shoal node` has one topic until its daemon subscribes
+    /// to DAG topics).
     pub topics: TopicMode,
+}
+
+/// The topic mode validated for a mesh of `mesh_nodes` with DAG topics of `dag_topic_nodes`
+/// (0: one topic whatever the size): a topic per DAG above [`DAG_TOPICS_ABOVE_NODES`].
+pub fn topic_mode(dag_topic_nodes: usize, mesh_nodes: usize) -> TopicMode {
+    if dag_topic_nodes == 0 || mesh_nodes <= DAG_TOPICS_ABOVE_NODES.max(dag_topic_nodes) {
+        TopicMode::One
+    } else {
+        TopicMode::PerDag { group_nodes: dag_topic_nodes, speed_exponent: TOPIC_SPEED_EXPONENT }
+    }
 }
 
 impl Default for Settings {

@@ -69,11 +69,7 @@ pub fn group_for(mode: TopicMode, hash: &Hash, dag: &Dag, candidates: &[(NodeId,
         let mut fit: Vec<(f64, NodeId)> = candidates
             .iter()
             .filter(|(n, c)| !out.contains(n) && fits(c))
-            .map(|(n, c)| {
-                let u = ((affinity(hash, n) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                let speed = f64::from(c.speed.max(1)) / f64::from(SPEED_REFERENCE);
-                ((-u.ln()).ln() - speed_exponent * speed.ln(), *n)
-            })
+            .map(|(n, c)| (score(hash, n, c, speed_exponent), *n))
             .collect();
         let g = (want - have).min(fit.len());
         if g > 0 {
@@ -84,10 +80,41 @@ pub fn group_for(mode: TopicMode, hash: &Hash, dag: &Dag, candidates: &[(NodeId,
     out
 }
 
-/// The node that takes the place of a member gone from `dag`'s topic: the one of `candidates`
-/// (up, not members) with the highest affinity for the DAG.
-pub fn replacement(hash: &Hash, candidates: impl IntoIterator<Item = NodeId>) -> Option<NodeId> {
-    candidates.into_iter().max_by_key(|n| affinity(hash, n))
+/// A node's rendezvous score for a DAG's topic, smallest first: ln(−ln u) − k·ln(speed), u
+/// uniform from [`affinity`] (weighted rendezvous, as the core ranks jobs).
+fn score(hash: &Hash, node: &NodeId, caps: &Capabilities, speed_exponent: f64) -> f64 {
+    let u = ((affinity(hash, node) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let speed = f64::from(caps.speed.max(1)) / f64::from(SPEED_REFERENCE);
+    (-u.ln()).ln() - speed_exponent * speed.ln()
+}
+
+/// The node that takes the place of a member gone from `dag`'s topic: of `candidates` (up, not
+/// members) fitting the DAG's most common requirement, the next in [`group_for`]'s rank, so
+/// every node that knows the same candidates names the same one. None under
+/// [`TopicMode::One`] (every node is a member) or if none fits.
+pub fn replacement(mode: TopicMode, hash: &Hash, dag: &Dag, candidates: &[(NodeId, &Capabilities)]) -> Option<NodeId> {
+    let TopicMode::PerDag { speed_exponent, .. } = mode else { return None };
+    let common = most_common_requirements(dag)?;
+    candidates
+        .iter()
+        .filter(|(_, c)| mismatches(common, c).is_empty())
+        .map(|(n, c)| (score(hash, n, c, speed_exponent), *n))
+        .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+        .map(|(_, n)| n)
+}
+
+/// The requirements most of a DAG's jobs share.
+fn most_common_requirements(dag: &Dag) -> Option<&Requirements> {
+    let mut kinds: Vec<(&Requirements, usize)> = Vec::new();
+    for j in &dag.jobs {
+        match kinds.iter_mut().find(|(r, _)| *r == &j.requirements) {
+            Some(k) => k.1 += 1,
+            None => kinds.push((&j.requirements, 1)),
+        }
+    }
+    // The first of the most common, as `group_for` orders them (a stable sort).
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    kinds.first().map(|k| k.0)
 }
 
 #[cfg(test)]
@@ -136,5 +163,33 @@ mod tests {
         assert!(gpus >= FIT_PER_KIND_MIN, "{gpus} GPU nodes in {g:?}");
         assert!(g.len() >= 12 && g.len() <= 12 + FIT_PER_KIND_MIN);
         assert_eq!(g, group_for(mode, &Hash::of(b"d"), &d, &nodes), "deterministic");
+    }
+
+    #[test]
+    fn a_member_gone_is_replaced_by_the_next_in_rank_and_everyone_names_the_same() {
+        let speeds: Vec<Capabilities> = (0..30u32).map(|i| caps(SPEED_REFERENCE / 2 + i * 40, false)).collect();
+        let nodes: Vec<(NodeId, &Capabilities)> = (0..30u8).map(|i| ([i + 1; 32], &speeds[i as usize])).collect();
+        let d = dag(r#"{"version": 1, "jobs": [{"id": "a", "image": "b:1", "command": ["x"]}]}"#);
+        let (h, mode) = (Hash::of(b"d"), TopicMode::PerDag { group_nodes: 8, speed_exponent: 4.0 });
+        let group = group_for(mode, &h, &d, &nodes);
+        assert_eq!(group.len(), 8);
+        for gone in &group {
+            // The nodes still up that are not members: the replacement is the one node the
+            // group of the survivors takes in.
+            let up: Vec<(NodeId, &Capabilities)> = nodes.iter().filter(|(n, _)| n != gone).copied().collect();
+            let outside: Vec<(NodeId, &Capabilities)> =
+                up.iter().filter(|(n, _)| !group.contains(n)).copied().collect();
+            let next = replacement(mode, &h, &d, &outside).expect("a node is left");
+            let regroup = group_for(mode, &h, &d, &up);
+            let mut want = group.clone();
+            want.remove(gone);
+            want.insert(next);
+            assert_eq!(regroup, want, "replacing {gone:?}");
+            // Another node knowing the candidates in another order names the same one.
+            let mut shuffled = outside.clone();
+            shuffled.reverse();
+            assert_eq!(replacement(mode, &h, &d, &shuffled), Some(next));
+        }
+        assert_eq!(replacement(TopicMode::One, &h, &d, &nodes), None);
     }
 }

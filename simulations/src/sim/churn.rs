@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use shoal_dag::{Dag, Hash};
+use shoal_mesh::capabilities::Capabilities;
 use shoal_mesh::core::NodeCore;
 use shoal_mesh::ledger::NodeId;
 use shoal_mesh::liveness::Liveness;
@@ -113,12 +114,13 @@ impl Sim {
             let up_members = self.topics[t as usize].members.iter().filter(|&&m| self.up(m)).count();
             if up_members < self.cfg.group_nodes() {
                 let d = live_dags[0];
-                let up: Vec<NodeId> = (0..self.nodes.len() as u32)
+                let up: Vec<(NodeId, &Capabilities)> = (0..self.nodes.len() as u32)
                     .filter(|&m| self.up(m) && !self.topics[t as usize].members.contains(&m))
-                    .map(|m| self.nodes[m as usize].id)
+                    .map(|m| (self.nodes[m as usize].id, &self.nodes[m as usize].caps))
                     .collect();
-                let hash = self.dags[d as usize].hash;
-                if let Some(m) = topics::replacement(&hash, up).map(|id| self.index_of[&id]) {
+                let sd = &self.dags[d as usize];
+                let next = topics::replacement(self.cfg.settings.topics, &sd.hash, &sd.dag, &up);
+                if let Some(m) = next.map(|id| self.index_of[&id]) {
                     self.subscribe(m, t);
                     for d in live_dags {
                         self.give_dag(m, d);

@@ -180,6 +180,8 @@ pub struct NodeCore {
     /// Per DAG, the peers that schedule it, when a DAG is scheduled by a group of the mesh rather
     /// than by everyone (its gossip topic's subscribers).
     dag_peers: BTreeMap<Hash, Vec<u64>>,
+    /// DAGs scheduled by a group this node is not in: it claims none of their jobs.
+    outside: BTreeSet<Hash>,
     candidates: BTreeMap<(Hash, u32), Candidate>,
     /// The candidates by core count, each in the order this node may claim them.
     queues: BTreeMap<u32, BTreeSet<(u64, Hash, u32)>>,
@@ -254,6 +256,7 @@ impl NodeCore {
             running_by_job: BTreeMap::new(),
             peers: vec![key64(&id)],
             dag_peers: BTreeMap::new(),
+            outside: BTreeSet::new(),
             candidates: BTreeMap::new(),
             queues: BTreeMap::new(),
             leases: BTreeSet::new(),
@@ -380,15 +383,34 @@ impl NodeCore {
         self.settle(now_ms);
     }
 
-    /// The peers that schedule one DAG (its topic's subscribers), when not all of the mesh does:
-    /// its jobs are ranked among them only. Same rule as [`NodeCore::handle_peers`] for jobs
-    /// already waiting.
+    /// The nodes that schedule one DAG (its topic's members, as `topics::group_for` names them),
+    /// when not all of the mesh does: its jobs are ranked among them only, and a node not among
+    /// them claims none of its jobs (it may still hold the DAG's submit and facts, to answer
+    /// `shoal status`). Same rule as [`NodeCore::handle_peers`] for jobs already waiting; a node
+    /// that joins or leaves the group looks at every job of the DAG again.
     pub fn handle_dag_peers(&mut self, now_ms: u64, dag: Hash, peers: impl IntoIterator<Item = NodeId>) {
-        let mut keys: Vec<u64> = peers.into_iter().map(|p| key64(&p)).chain([self.me]).collect();
+        let mut keys: Vec<u64> = peers.into_iter().map(|p| key64(&p)).collect();
+        let member = keys.contains(&self.me);
+        keys.push(self.me);
         keys.sort_unstable();
         keys.dedup();
         self.dag_peers.insert(dag, keys);
+        let was_member = !self.outside.contains(&dag);
+        if member {
+            self.outside.remove(&dag);
+        } else {
+            self.outside.insert(dag);
+        }
+        if member != was_member {
+            self.touch(now_ms, Touched::Dag(dag));
+        }
         self.settle(now_ms);
+    }
+
+    /// Whether this node schedules `dag`'s jobs: yes unless [`NodeCore::handle_dag_peers`] named a
+    /// group without it.
+    pub fn schedules(&self, dag: &Hash) -> bool {
+        !self.outside.contains(dag)
     }
 
     /// The capabilities peers announced (a driver with them calls this; without it every known
@@ -645,8 +667,10 @@ impl NodeCore {
                 }
             }
             let key = (dag, idx);
-            let claimable =
-                matches!(state, Some(JobState::Open { .. })) && s.waiting[idx as usize] == 0 && s.fits[idx as usize];
+            let claimable = matches!(state, Some(JobState::Open { .. }))
+                && s.waiting[idx as usize] == 0
+                && s.fits[idx as usize]
+                && !self.outside.contains(&dag);
             // A claim of this node's that it does not run (made before it restarted): its
             // `Alive` for the DAG would hold the job for ever, so it is given up.
             if let Some(JobState::Claimed { claim, node, .. }) = &state
@@ -665,7 +689,7 @@ impl NodeCore {
                     beaten.push(claim);
                 }
             }
-            let could_take = s.waiting[idx as usize] == 0 && s.fits[idx as usize];
+            let could_take = s.waiting[idx as usize] == 0 && s.fits[idx as usize] && !self.outside.contains(&dag);
             let cores = job.requirements.cores;
             let timer = match &state {
                 Some(JobState::Claimed { lease_until_ms, .. })

@@ -597,3 +597,59 @@ fn the_stagger_follows_how_long_claims_take_to_arrive() {
     n.handle_tick(4_000);
     assert_eq!(net_running(&starts(&mut n)).len(), 40 - first);
 }
+
+#[test]
+fn two_cores_with_the_same_peers_agree_on_a_dags_group_and_only_its_members_claim() {
+    use crate::topics::{TopicMode, group_for, replacement};
+    let (h, dag) = flat(24);
+    let ids: Vec<NodeId> = (1..=6).map(id_of).collect();
+    let c = caps(4);
+    let known: Vec<(NodeId, &Capabilities)> = ids.iter().map(|n| (*n, &c)).collect();
+    let mode = TopicMode::PerDag { group_nodes: 3, speed_exponent: 4.0 };
+    // Each node computes the group from the peers it knows: the same peers, the same group.
+    let mut shuffled = known.clone();
+    shuffled.rotate_left(2);
+    let group = group_for(mode, &h, &dag, &known);
+    assert_eq!(group, group_for(mode, &h, &dag, &shuffled));
+    assert_eq!(group.len(), 3);
+    let mut nodes: Vec<NodeCore> = (1..=6).map(|i| NodeCore::new(SigningKey::from_bytes(&[i; 32]), caps(4))).collect();
+    let submitter = nodes.iter().position(|n| !group.contains(&n.id())).expect("a non-member submits");
+    for n in nodes.iter_mut() {
+        n.handle_peers(0, ids.iter().copied());
+        n.handle_dag_peers(0, h, group.iter().copied());
+        n.handle_dag(0, h, dag.clone());
+    }
+    nodes[submitter].submit(0, h, dag.clone(), 1);
+    gossip(&mut nodes, 0);
+    let mut ran: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for t in (0..=10 * CLAIM_STAGGER_MS).step_by(CLAIM_STAGGER_MS as usize) {
+        for n in nodes.iter_mut() {
+            n.handle_tick(t);
+            let count = net_running(&starts(n)).len();
+            *ran.entry(n.id()).or_default() += count;
+        }
+        gossip(&mut nodes, t);
+    }
+    assert_eq!(ran.values().sum::<usize>(), 12, "the three members' 4 cores each: {ran:?}");
+    assert!(ran.iter().all(|(n, k)| group.contains(n) || *k == 0), "non-members claim nothing: {ran:?}");
+    assert!(!nodes[submitter].schedules(&h) && nodes[submitter].ledger().has_dag(&h));
+    // A member dies: every node names the same replacement, which then claims.
+    let gone = *group.iter().next().unwrap();
+    let outside: Vec<(NodeId, &Capabilities)> = known.iter().filter(|(n, _)| !group.contains(n)).copied().collect();
+    let next = replacement(mode, &h, &dag, &outside).expect("three are left outside");
+    let mut regroup = group.clone();
+    regroup.remove(&gone);
+    regroup.insert(next);
+    let alive: Vec<NodeId> = ids.iter().filter(|n| **n != gone).copied().collect();
+    assert_eq!(
+        regroup,
+        group_for(mode, &h, &dag, &known.iter().filter(|(n, _)| *n != gone).copied().collect::<Vec<_>>())
+    );
+    let newcomer = nodes.iter().position(|n| n.id() == next).unwrap();
+    nodes[newcomer].handle_peers(100_000, alive.iter().copied());
+    nodes[newcomer].handle_dag_peers(100_000, h, regroup.iter().copied());
+    assert!(nodes[newcomer].schedules(&h));
+    // The dead member's claims expire at the end of their lease; the newcomer takes jobs then.
+    nodes[newcomer].handle_tick(100_000);
+    assert!(!net_running(&starts(&mut nodes[newcomer])).is_empty(), "the replacement claims");
+}
