@@ -67,6 +67,10 @@ pub struct Config {
     pub churn_per_hour: f64,
     /// Single crashes: (node, at_ms); the node stays down.
     pub crashes: Vec<(usize, u64)>,
+    /// Nodes whose wall clock is off: (node, offset ms, positive ahead). Their cores read the
+    /// virtual time plus the offset (what `shoal node` reads from a wrong clock without
+    /// `--clock-from-mesh`); liveness and anti-entropy run on monotonic time, as in the node.
+    pub clock_offsets_ms: Vec<(usize, i64)>,
     pub partition: Option<Partition>,
     /// The protocol's settings (lease, stagger, sync period, liveness timeout, replicas,
     /// topics): `shoal node`'s by default, [`Config::tune`] for the tuned ones.
@@ -116,6 +120,7 @@ impl Config {
             uplink_bps: 100_000_000,
             churn_per_hour: 0.0,
             crashes: vec![],
+            clock_offsets_ms: vec![],
             partition: None,
             settings: Settings::default(),
             mesh_degree: 6,
@@ -154,9 +159,18 @@ impl Config {
                 overnight(&mut c);
                 c.partition = Some(Partition { at_ms: 20 * 60_000, for_ms: 20 * 60_000, fraction: 0.3 });
             }
+            "skew" => {
+                // A PC whose clock reads a year ahead, one ten minutes behind, one 30 s ahead
+                // (within the mesh's bound): the first two have their facts refused (the
+                // year-ahead one's by everyone, the one behind refuses everyone's); the third
+                // takes part as any other.
+                overnight(&mut c);
+                const YEAR_MS: i64 = 365 * 24 * 3_600_000;
+                c.clock_offsets_ms = vec![(0, YEAR_MS), (1, -10 * 60_000), (2, 30_000)];
+            }
             _ => {
                 return Err(format!(
-                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn or partition"
+                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn, partition or skew"
                 ));
             }
         }

@@ -24,7 +24,7 @@ struct Args {
     /// The first seed; `SHOAL_SIM_SEED=N` replays a failed run.
     #[arg(long, env = "SHOAL_SIM_SEED", default_value_t = 1)]
     seed: u64,
-    /// basic, layered, fanout, chains, mixed, overnight, churn or partition.
+    /// basic, layered, fanout, chains, mixed, overnight, churn, partition or skew (a node a year ahead, one ten minutes behind, one 30 s ahead).
     #[arg(long, default_value = "churn")]
     scenario: String,
     /// Runs this many seeds from `--seed` on; prints one row each, writes no plots.
@@ -172,6 +172,9 @@ fn main() -> anyhow::Result<()> {
                 r.facts_held,
                 r.converge_at_end_ms.map_or("-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
             );
+            if r.refused_ahead > 0 {
+                eprintln!("facts refused as ahead of the receiver's clock by more than the bound: {}", r.refused_ahead);
+            }
             eprintln!(
                 "heartbeats {}, peers forgotten {} (silent {:.1} to {:.1} s); output copies {} ({} found no provider); outputs reported lost {}",
                 r.heartbeats,

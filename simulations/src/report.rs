@@ -55,6 +55,9 @@ pub struct Report {
     pub leaves: u64,
     /// Done jobs whose every holder left (recomputable from their lineage).
     pub outputs_lost: usize,
+    /// Facts a core refused because their clock read more than `clock_skew_max_ms` ahead of its
+    /// own (from or to a node with a skewed clock, `Config::clock_offsets_ms`).
+    pub refused_ahead: u64,
     /// Heartbeats sent (each received by every node that hears its sender).
     pub heartbeats: u64,
     /// Peers forgotten by a node's own `Liveness`, and how long each had been silent then (since

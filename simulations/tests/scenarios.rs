@@ -119,3 +119,15 @@ fn outputs_lost_with_their_only_holder_are_reported_by_lost_judge_and_run_again(
     assert!(r.lost_reported > 0, "no output was lost: the test proves nothing: {r:?}");
     assert!(r.extra_starts >= r.lost_reported, "each lost output ran again: {r:?}");
 }
+
+/// A node whose clock reads a year ahead, one ten minutes behind and one 30 s ahead: the mesh's
+/// bound (`clock_skew_max_ms`, a minute) refuses the first one's facts everywhere and the second
+/// refuses everyone's, every DAG still completes, and the nodes within the bound converge.
+#[test]
+fn nodes_with_clocks_a_year_ahead_and_minutes_behind_do_not_stop_the_mesh() {
+    let c = small("skew", 4);
+    assert_eq!(c.clock_offsets_ms.len(), 3);
+    let r = run(&c);
+    assert_ok(&r);
+    assert!(r.refused_ahead > 0, "facts from beyond the bound were refused: {r:?}");
+}

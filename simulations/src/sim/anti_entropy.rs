@@ -107,7 +107,7 @@ impl Sim {
         if facts.is_empty() {
             return 0;
         }
-        let now = self.now;
+        let now = self.clock(n);
         let mut added = 0;
         for f in facts {
             let Some((vf, topic)) = self.meta.get(&f.id()).map(|m| (m.fact.clone(), m.topic)) else { continue };
@@ -118,7 +118,12 @@ impl Sim {
                 }
                 _ => None,
             };
-            if self.nodes[n as usize].core.as_mut().expect("up").handle_verified_fact(now, vf) {
+            let core = self.nodes[n as usize].core.as_mut().expect("up");
+            if core.admissible(now, vf.fact()).is_err() {
+                self.report.refused_ahead += 1;
+                continue;
+            }
+            if core.handle_verified_fact(now, vf) {
                 added += 1;
                 self.hold(n, topic, id);
                 if let Some((record, runner)) = done {

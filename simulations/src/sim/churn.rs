@@ -139,12 +139,14 @@ impl Sim {
         if self.nodes[n as usize].status != Status::Down {
             return;
         }
-        let now = self.now;
+        // The core reads the node's own clock; the rest of the restart is on virtual time.
+        let (now, clock) = (self.now, self.clock(n));
         let node = &mut self.nodes[n as usize];
         let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.settings.core);
-        core.handle_peer_table(now, self.peer_table.clone());
+        core.handle_peer_table(clock, self.peer_table.clone());
         for f in std::mem::take(&mut node.persisted) {
-            core.handle_verified_fact(now, f);
+            // What it stored, it admitted before: not judged by the clock again, as the daemon.
+            core.restore_fact(clock, f);
         }
         node.core = Some(core);
         node.sync = Some(Sync::new(&self.cfg.settings));
@@ -156,7 +158,7 @@ impl Sim {
         let epoch = node.epoch;
         for h in node.persisted_dags.clone() {
             let dag: Arc<Dag> = self.dags[self.dag_of[&h] as usize].dag.clone();
-            self.nodes[n as usize].core.as_mut().expect("up").handle_dag(now, h, dag);
+            self.nodes[n as usize].core.as_mut().expect("up").handle_dag(clock, h, dag);
         }
         // What the core made while reloading (claims, as `shoal node` would make them) is
         // published by the drain below.

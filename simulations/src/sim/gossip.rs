@@ -125,10 +125,15 @@ impl Sim {
         if !self.up(to) {
             return;
         }
-        let now = self.now;
+        let now = self.clock(to);
         for f in facts {
             let id = f.id();
-            let new = self.nodes[to as usize].core.as_mut().expect("up").handle_verified_fact(now, f.clone());
+            let core = self.nodes[to as usize].core.as_mut().expect("up");
+            if core.admissible(now, f.fact()).is_err() {
+                self.report.refused_ahead += 1;
+                continue;
+            }
+            let new = core.handle_verified_fact(now, f.clone());
             if new {
                 self.hold(to, topic, id);
                 if let Body::Done { record, .. } = &f.fact().body

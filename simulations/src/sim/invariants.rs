@@ -20,7 +20,7 @@ impl Sim {
         let mut bad = Vec::new();
         for (claim, &(d, j, _)) in &node.running {
             let sd = &self.dags[d as usize];
-            let state = core.ledger().job_state(&sd.hash, &sd.dag.jobs[j as usize].id, self.now);
+            let state = core.ledger().job_state(&sd.hash, &sd.dag.jobs[j as usize].id, self.clock(n));
             if !matches!(state, Some(JobState::Claimed { claim: c, node: w, .. }) if c == *claim && w == node.id) {
                 bad.push(format!("node {n} runs {}/j{j} but its view says {state:?}", sd.hash.short()));
             }
@@ -30,11 +30,21 @@ impl Sim {
         }
     }
 
+    /// Whether node `n`'s clock is within the bound the mesh believes (`clock_skew_max_ms`): one
+    /// further off refuses its peers' facts or has its own refused, so it holds other facts than
+    /// they do, by design, and is left out of the convergence checks (the run counts what was
+    /// refused in `refused_ahead`).
+    pub(super) fn clock_in_bound(&self, n: u32) -> bool {
+        self.nodes[n as usize].clock_offset_ms.unsigned_abs() <= self.cfg.settings.core.clock_skew_max_ms
+    }
+
     /// With `marks`: every fact made before the mark that some up member of its topic holds, every
     /// up member holds. Without: the up members of every topic hold the same facts (equal digests).
+    /// Members whose clock is off beyond the bound are not counted.
     pub(super) fn converged(&mut self, marks: Option<&[usize]>) -> bool {
         for t in 0..self.topics.len() {
-            let up: Vec<u32> = self.topics[t].members.iter().copied().filter(|&m| self.up(m)).collect();
+            let up: Vec<u32> =
+                self.topics[t].members.iter().copied().filter(|&m| self.up(m) && self.clock_in_bound(m)).collect();
             if up.len() < 2 {
                 continue;
             }
@@ -63,20 +73,20 @@ impl Sim {
         true
     }
 
-    /// Every DAG ended in the view of every up member of its topic.
+    /// Every DAG ended in the view of every up member of its topic (whose clock is in bound).
     pub(super) fn views_ended(&self) -> bool {
         self.dags.iter().enumerate().all(|(d, sd)| {
             let t = self.topic_of_dag[d];
             t != u32::MAX
-                && self.topics[t as usize].members.iter().filter_map(|&m| self.nodes[m as usize].core.as_ref()).all(
-                    |core| {
-                        core.ledger().dag_state(&sd.hash, self.now).is_some_and(|s| {
+                && self.topics[t as usize].members.iter().filter(|&&m| self.clock_in_bound(m)).all(|&m| {
+                    self.nodes[m as usize].core.as_ref().is_none_or(|core| {
+                        core.ledger().dag_state(&sd.hash, self.clock(m)).is_some_and(|s| {
                             s.jobs.values().all(|j| {
                                 matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled)
                             })
                         })
-                    },
-                )
+                    })
+                })
         })
     }
 

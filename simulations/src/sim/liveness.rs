@@ -57,10 +57,10 @@ impl Sim {
     /// The core of node `n` ranks jobs among the peers its `Liveness` calls alive (as the daemon
     /// tells it when a peer is new or forgotten).
     fn tell_core_live_peers(&mut self, n: u32) {
-        let now = self.now;
+        let (now, clock) = (self.now, self.clock(n));
         let node = &mut self.nodes[n as usize];
         let live = node.liveness.live(now);
-        node.core.as_mut().expect("up").handle_peers(now, live);
+        node.core.as_mut().expect("up").handle_peers(clock, live);
         self.drain(n);
     }
 

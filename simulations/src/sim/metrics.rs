@@ -171,9 +171,13 @@ impl Sim {
                 self.violations.insert(format!("DAG {d} was never submitted"));
                 continue;
             }
-            for &m in &self.topics[t as usize].members {
+            // A node whose clock is off beyond the bound refuses facts or has its own refused: its
+            // view may lag for as long as its clock is wrong.
+            let members: Vec<u32> =
+                self.topics[t as usize].members.iter().copied().filter(|&m| self.clock_in_bound(m)).collect();
+            for m in members {
                 let Some(core) = self.nodes[m as usize].core.as_ref() else { continue };
-                let ended = core.ledger().dag_state(&sd.hash, now).is_some_and(|s| {
+                let ended = core.ledger().dag_state(&sd.hash, self.clock(m)).is_some_and(|s| {
                     s.jobs
                         .values()
                         .all(|j| matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled))

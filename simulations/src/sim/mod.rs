@@ -163,6 +163,9 @@ struct Node {
     caps: Capabilities,
     /// Work per ms of run time: a job of work w takes w / speed.
     speed: f64,
+    /// How far its wall clock is off, ms (positive ahead): its core reads the virtual time plus
+    /// this (see `Config::clock_offsets_ms`).
+    clock_offset_ms: i64,
     core: Option<NodeCore>,
     /// Anti-entropy with its mesh peers, when there is one topic (rebuilt at a restart).
     sync: Option<Sync>,
@@ -325,7 +328,8 @@ impl Sim {
             let ids: Vec<NodeId> = sim.nodes.iter().map(|n| n.id).collect();
             // A warm start: the mesh has been up a while, so every node has heard every other.
             for n in &mut sim.nodes {
-                n.core.as_mut().expect("up").handle_peers(0, ids.iter().copied());
+                let clock = virtual_ms(0, -n.clock_offset_ms);
+                n.core.as_mut().expect("up").handle_peers(clock, ids.iter().copied());
                 for id in ids.iter().filter(|id| **id != n.id) {
                     n.liveness.handle_heard(0, *id, true);
                 }
@@ -364,10 +368,9 @@ impl Sim {
     /// when a node joins: announcements carry capabilities).
     fn share_peer_table(&mut self) {
         self.peer_table = Arc::new(PeerTable::new(self.nodes.iter().map(|n| (n.id, n.caps.clone()))));
-        let now = self.now;
         for m in 0..self.nodes.len() as u32 {
             if self.up(m) {
-                let table = self.peer_table.clone();
+                let (table, now) = (self.peer_table.clone(), self.clock(m));
                 self.nodes[m as usize].core.as_mut().expect("up").handle_peer_table(now, table);
             }
         }
@@ -444,6 +447,7 @@ impl Sim {
             persisted: vec![],
             persisted_dags: vec![],
             side,
+            clock_offset_ms: self.cfg.clock_offsets_ms.iter().find(|(k, _)| *k == i).map_or(0, |(_, o)| *o),
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -465,6 +469,12 @@ impl Sim {
     }
 
     /// Runs to the end: every DAG ended and the mesh converged, or the time limit.
+    /// What node `n`'s wall clock reads now (the virtual time plus its offset), as its core is
+    /// told.
+    pub(super) fn clock(&self, n: u32) -> u64 {
+        virtual_ms(self.now, -self.nodes[n as usize].clock_offset_ms)
+    }
+
     pub fn run(mut self) -> Report {
         while let Some(q) = self.queue.pop() {
             if q.at > self.cfg.limit_ms {
@@ -503,8 +513,8 @@ impl Sim {
                 let n = &mut self.nodes[node as usize];
                 if n.tick_gen == generation && n.status == Status::Up {
                     n.tick_at = u64::MAX;
-                    let now = self.now;
-                    n.core.as_mut().expect("up").handle_tick(now);
+                    let now = self.clock(node);
+                    self.nodes[node as usize].core.as_mut().expect("up").handle_tick(now);
                     self.drain(node);
                 }
             }
@@ -525,7 +535,7 @@ impl Sim {
                     } else {
                         Finished::Failed("simulated failure".to_string())
                     };
-                    let now = self.now;
+                    let now = self.clock(node);
                     self.nodes[node as usize].core.as_mut().expect("up").handle_job_finished(now, claim, result);
                     self.drain(node);
                 }
@@ -619,7 +629,7 @@ impl Sim {
         if self.cfg.group_nodes() > 0 {
             self.tell_topic_peers(topic);
         }
-        let now = self.now;
+        let now = self.clock(submitter);
         let attempts = self.cfg.max_attempts;
         self.nodes[submitter as usize].core.as_mut().expect("up").submit(now, hash, dag, attempts);
         self.nodes[submitter as usize].persisted_dags.push(hash);
@@ -643,7 +653,7 @@ impl Sim {
             let sd = &self.dags[d as usize];
             (sd.hash, sd.dag.clone(), sd.text_bytes as u64 + MESSAGE_OVERHEAD_BYTES)
         };
-        let now = self.now;
+        let now = self.clock(m);
         let n = &mut self.nodes[m as usize];
         n.bytes_in += bytes;
         if !n.persisted_dags.contains(&hash) {
@@ -659,11 +669,11 @@ impl Sim {
         let ids: Vec<NodeId> = t.members.iter().map(|&m| self.nodes[m as usize].id).collect();
         let members = t.members.clone();
         let dags: Vec<Hash> = t.dags.iter().map(|&d| self.dags[d as usize].hash).collect();
-        let now = self.now;
         for m in members {
             if !self.up(m) {
                 continue;
             }
+            let now = self.clock(m);
             for h in &dags {
                 self.nodes[m as usize].core.as_mut().expect("up").handle_dag_peers(now, *h, ids.iter().copied());
             }
@@ -690,8 +700,10 @@ impl Sim {
                 }
             }
         }
+        let (clock, offset) = (self.clock(n), self.nodes[n as usize].clock_offset_ms);
         let node = &mut self.nodes[n as usize];
-        if let Some(t) = node.core.as_ref().expect("up").poll_timeout(now)
+        // The core's deadline is by its own clock; the event queue's by the virtual one.
+        if let Some(t) = node.core.as_ref().expect("up").poll_timeout(clock).map(|t| virtual_ms(t, offset))
             && t < node.tick_at
         {
             node.tick_at = t;
@@ -797,4 +809,9 @@ impl Sim {
             self.push(now + CONVERGE_CHECK_MS, Ev::Converge);
         }
     }
+}
+
+/// `t` moved back by `offset` ms (a node's clock reading to virtual time), floored at 0.
+fn virtual_ms(t: u64, offset: i64) -> u64 {
+    u64::try_from(i128::from(t) - i128::from(offset)).unwrap_or(0)
 }

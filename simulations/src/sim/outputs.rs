@@ -58,7 +58,7 @@ impl Sim {
         let sd = &self.dags[d as usize];
         for &k in &sd.deps[j as usize] {
             let job = &sd.dag.jobs[k as usize].id;
-            let (record, runner) = match core.ledger().job_state(&sd.hash, job, self.now) {
+            let (record, runner) = match core.ledger().job_state(&sd.hash, job, self.clock(n)) {
                 Some(JobState::Done { record, node, .. }) => (record, Some(node)),
                 // Another completion of it counts now, or none: the record the run started with
                 // is gone from this view (`lost::judge` says `NotCurrent`).
@@ -90,7 +90,7 @@ impl Sim {
         let now = self.now;
         let node = &self.nodes[n as usize];
         let core = node.core.as_ref().expect("up");
-        let verdict = lost::judge(core.ledger(), now, node.id, &node.liveness.live(now), &u);
+        let verdict = lost::judge(core.ledger(), self.clock(n), node.id, &node.liveness.live(now), &u);
         match verdict {
             _ if lost::reader_gives_up(verdict) => {
                 if verdict == Verdict::Report {
@@ -99,7 +99,8 @@ impl Sim {
                 self.nodes[n as usize].running.remove(&claim);
                 self.truth[d as usize][j as usize].live.retain(|(_, c)| *c != claim);
                 let lost = Finished::Lost { job: u.job, record: u.record };
-                self.nodes[n as usize].core.as_mut().expect("up").handle_job_finished(now, claim, lost);
+                let clock = self.clock(n);
+                self.nodes[n as usize].core.as_mut().expect("up").handle_job_finished(clock, claim, lost);
                 self.drain(n);
             }
             _ => {
