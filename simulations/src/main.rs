@@ -24,7 +24,8 @@ struct Args {
     /// The first seed; `SHOAL_SIM_SEED=N` replays a failed run.
     #[arg(long, env = "SHOAL_SIM_SEED", default_value_t = 1)]
     seed: u64,
-    /// basic, layered, fanout, chains, mixed, overnight, churn, partition or skew (a node a year ahead, one ten minutes behind, one 30 s ahead).
+    /// basic, layered, fanout, chains, mixed, overnight, churn, partition or skew (a node a year
+    /// ahead, one ten minutes behind, one 30 s ahead).
     #[arg(long, default_value = "churn")]
     scenario: String,
     /// Runs this many seeds from `--seed` on; prints one row each, writes no plots.

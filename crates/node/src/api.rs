@@ -173,7 +173,7 @@ pub struct DagFacts {
 /// One fact about a job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FactView {
-    /// claim, renew, done, fail, lost or release (the ledger's `Body::kind`).
+    /// claim, renew (protocol 1), done, fail, lost or release (the ledger's `Body::kind`).
     pub kind: String,
     /// Its author.
     pub node: String,

@@ -284,8 +284,9 @@ struct NodeArgs {
     /// inputs are held by replicas - 1 other nodes (at least one) before the submit is acknowledged.
     #[arg(long, default_value_t = shoal_mesh::settings::REPLICAS)]
     replicas: usize,
-    /// How long a claim on a job holds without a renewal, in ms (renewed at half). A setting of
-    /// the mesh protocol: give every node of a mesh the same.
+    /// How long a claim on a job holds unless its node says it is alive, in ms (one `Alive` per DAG
+    /// it runs jobs of, at half of it). A setting of the mesh protocol: give every node of a mesh
+    /// the same.
     #[arg(long, default_value_t = shoal_mesh::core::LEASE_MS,
         value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     lease_ms: u64,

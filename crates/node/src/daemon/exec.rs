@@ -67,7 +67,8 @@ pub(crate) async fn run_claimed(
 /// provider fails it asks again every `recheck_ms`, and after each failed retry `judge` (the
 /// loop's `shoal_mesh::lost::judge`) decides with `lost::reader_gives_up`, as the simulator's
 /// nodes do: the claim is given up (the output reported lost, its job run again) unless this
-/// node hears nobody, when the job waits, its claim renewed as for a running job.
+/// node hears nobody, when the job waits, its claim kept by the node's `Alive` as for a running
+/// job.
 async fn from_upstream<T, Fut, J>(
     job: &str,
     record: Hash,

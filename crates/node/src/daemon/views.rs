@@ -64,7 +64,7 @@ pub(super) fn fact_view(f: &Fact) -> FactView {
     }
 }
 
-/// The event `shoal watch` shows for a fact, if any: a renewal is none, and neither is a fact
+/// The event `shoal watch` shows for a fact, if any: a renewal or an `Alive` is none, nor is a fact
 /// about a claim `claim_job` (the claim's DAG and job) does not know.
 fn event_of(fact: &Fact, claim_job: impl Fn(&Hash) -> Option<(Hash, String)>) -> Option<Event> {
     let node = hex::encode(fact.author);

@@ -204,7 +204,7 @@ const REFUSED_PEERS_MAX: usize = 1024;
 /// A gossip topic of the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
-    /// Ledger facts (Submit, Claim, Renew, Done, Fail, Cancel), as signed CBOR.
+    /// Ledger facts (Submit, Claim, Alive, Done, Fail, Cancel, Lost, Release), as signed CBOR.
     Facts,
     /// Node capabilities, re-gossiped with a TTL.
     Caps,
