@@ -43,7 +43,7 @@ mod rank;
 pub use rank::PeerTable;
 use rank::{key64, ln_speed, point};
 
-/// How long a claim holds without a renewal, in ms.
+/// How long a claim holds unless its node says it is alive (`Body::Alive`), in ms.
 pub const LEASE_MS: u64 = 10_000;
 /// How long a node waits, per place it ranks behind for a job, before claiming it: the node that
 /// ranks first for a job (rendezvous hashing over the known peers) claims at once, the second
@@ -76,7 +76,7 @@ pub const SPEED_EXPONENT: u32 = 16;
 /// The timing a core runs with; `Default` is what `shoal node` uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CoreConfig {
-    /// How long a claim holds without a renewal; renewed at half of it.
+    /// How long a claim holds unless its node says it is alive; an `Alive` goes out at half of it.
     pub lease_ms: u64,
     /// The least wait per rank place before claiming (see [`CLAIM_STAGGER_MS`] and
     /// [`NodeCore::claim_stagger_ms`]).
