@@ -27,7 +27,7 @@
 //! per event was the whole budget).
 //!
 //! Layout: this file holds the core's inputs and outputs and the claim and lease logic (`evaluate`,
-//! `settle`); [`rank`] the placement order and the peers' capabilities it reads ([`PeerTable`]).
+//! `settle`); `rank` the placement order and the peers' capabilities it reads ([`PeerTable`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
