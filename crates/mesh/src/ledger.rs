@@ -709,6 +709,11 @@ impl Ledger {
         self.facts.keys().copied().collect()
     }
 
+    /// Every fact id, in ascending order, without collecting them.
+    pub fn ids_sorted(&self) -> impl Iterator<Item = &Hash> + '_ {
+        self.facts.keys()
+    }
+
     pub fn get(&self, id: &Hash) -> Option<&Fact> {
         self.facts.get(id).map(|f| &**f)
     }
@@ -728,8 +733,9 @@ impl Ledger {
         self.facts.iter().filter(move |(id, _)| !theirs.contains(id)).map(|(_, f)| &**f)
     }
 
-    /// The ids of one DAG's facts: those naming it (submit, claims, cancel, lost, alive) and
-    /// those about its claims (renewals, results, releases) once the claim is here.
+    /// The ids of one DAG's facts, in ascending order: those naming it (submit, claims, cancel,
+    /// lost, alive) and those about its claims (renewals, results, releases) once the claim is
+    /// here.
     pub fn dag_ids(&self, dag: &Hash) -> impl Iterator<Item = &Hash> + '_ {
         self.view.by_dag.get(dag).into_iter().flatten()
     }

@@ -179,21 +179,19 @@ impl Sync {
     /// (through the core).
     pub fn handle_response(&mut self, _now_ms: u64, ledger: &Ledger, from: NodeId, resp: SyncResp) -> Vec<Fact> {
         match resp {
-            SyncResp::Ids { ids, dag } => {
-                let theirs: BTreeSet<Hash> = ids.into_iter().collect();
-                let mine: BTreeSet<Hash> = match dag {
-                    None => ledger.ids(),
-                    Some(dag) => ledger.dag_ids(&dag).copied().collect(),
+            SyncResp::Ids { mut ids, dag } => {
+                // Both sides in ascending order, compared in one walk: no set of either is built
+                // (an exchange of a busy DAG or ledger lists thousands of ids, every period).
+                ids.sort_unstable();
+                ids.dedup();
+                let (want, give) = match dag {
+                    None => diff_sorted(&ids, ledger.ids_sorted()),
+                    Some(dag) => diff_sorted(&ids, ledger.dag_ids(&dag)),
                 };
-                let want: Vec<Hash> = theirs.difference(&mine).take(wire::FACTS_PER_MESSAGE_MAX).copied().collect();
                 if !want.is_empty() {
                     self.out.push_back((from, SyncReq::Get { ids: want }));
                 }
-                let give: Vec<Fact> = mine
-                    .difference(&theirs)
-                    .take(wire::FACTS_PER_MESSAGE_MAX)
-                    .filter_map(|id| ledger.get(id).cloned())
-                    .collect();
+                let give: Vec<Fact> = give.iter().filter_map(|id| ledger.get(id).cloned()).collect();
                 if !give.is_empty() {
                     self.out.push_back((from, SyncReq::Put { facts: give }));
                 }
@@ -207,6 +205,41 @@ impl Sync {
             | SyncResp::Heard => Vec::new(),
         }
     }
+}
+
+/// What `theirs` has that `mine` lacks, and what `mine` has that `theirs` lacks, at most
+/// [`wire::FACTS_PER_MESSAGE_MAX`] of each; both ascending.
+fn diff_sorted<'a>(theirs: &[Hash], mine: impl Iterator<Item = &'a Hash>) -> (Vec<Hash>, Vec<Hash>) {
+    let (mut want, mut give) = (Vec::new(), Vec::new());
+    let mut theirs = theirs.iter().peekable();
+    let mut mine = mine.peekable();
+    while want.len() < wire::FACTS_PER_MESSAGE_MAX || give.len() < wire::FACTS_PER_MESSAGE_MAX {
+        let order = match (theirs.peek(), mine.peek()) {
+            (None, None) => break,
+            (Some(t), Some(m)) => t.cmp(m),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        match order {
+            std::cmp::Ordering::Equal => {
+                theirs.next();
+                mine.next();
+            }
+            std::cmp::Ordering::Less => {
+                let t = theirs.next().expect("peeked");
+                if want.len() < wire::FACTS_PER_MESSAGE_MAX {
+                    want.push(*t);
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                let m = mine.next().expect("peeked");
+                if give.len() < wire::FACTS_PER_MESSAGE_MAX {
+                    give.push(*m);
+                }
+            }
+        }
+    }
+    (want, give)
 }
 
 #[cfg(test)]
@@ -418,5 +451,22 @@ mod tests {
         let b_peers: Vec<u8> = asked.iter().filter(|a| a.1 == 2).map(|a| a.0).collect();
         assert!(b_peers.windows(2).all(|w| w[0] != w[1]), "{asked:?}");
         assert!(asked.iter().all(|a| a.2 == [5, 2, 3][a.1]));
+    }
+
+    #[test]
+    fn the_sorted_walk_finds_what_each_side_lacks() {
+        let h = |i: u8| Hash([i; 32]);
+        let theirs = [h(1), h(3), h(4), h(9)];
+        let mine = [h(2), h(3), h(5), h(9), h(10)];
+        assert_eq!(diff_sorted(&theirs, mine.iter()), (vec![h(1), h(4)], vec![h(2), h(5), h(10)]));
+        assert_eq!(diff_sorted(&[], mine.iter()).1.len(), 5);
+        assert_eq!(diff_sorted(&theirs, [].iter()).0.len(), 4);
+        // At most a message's worth of each.
+        let many: Vec<Hash> = (0..3_000u32).map(|i| Hash::of(&i.to_le_bytes())).collect();
+        let mut sorted = many.clone();
+        sorted.sort_unstable();
+        let (want, give) = diff_sorted(&sorted, [].iter());
+        assert_eq!((want.len(), give.len()), (wire::FACTS_PER_MESSAGE_MAX, 0));
+        assert_eq!(want[..], sorted[..wire::FACTS_PER_MESSAGE_MAX]);
     }
 }
