@@ -367,7 +367,7 @@ struct View {
     unfinished: BTreeMap<(NodeId, Hash), BTreeSet<Hash>>,
     /// Per DAG, the ids of its facts: those naming it, and those about its claims once the
     /// claim is here (anti-entropy of one DAG's topic compares these).
-    by_dag: BTreeMap<Hash, BTreeSet<Hash>>,
+    by_dag: BTreeMap<Hash, DagIds>,
 }
 
 #[derive(Clone, Debug)]
@@ -402,6 +402,28 @@ impl ClaimIx {
     /// Done, failed or released: nothing keeps it any more.
     fn finished_or_given_up(&self) -> bool {
         !self.dones.is_empty() || self.failed.is_some() || self.released
+    }
+}
+
+/// One DAG's fact ids, and their digest once asked for (anti-entropy asks every period; a change
+/// clears it).
+#[derive(Clone, Debug, Default)]
+struct DagIds {
+    ids: BTreeSet<Hash>,
+    digest: std::sync::OnceLock<Hash>,
+}
+
+impl DagIds {
+    fn insert(&mut self, id: Hash) {
+        if self.ids.insert(id) {
+            self.digest.take();
+        }
+    }
+
+    fn remove(&mut self, id: &Hash) {
+        if self.ids.remove(id) {
+            self.digest.take();
+        }
     }
 }
 
@@ -449,7 +471,7 @@ impl View {
                 if matches!(fact.body, Body::Claim { .. })
                     && let Some(later) = self.orphans.get(&id)
                 {
-                    ids.extend(later.iter().copied());
+                    later.iter().for_each(|l| ids.insert(*l));
                 }
             }
             Body::Renew { claim, .. }
@@ -737,23 +759,29 @@ impl Ledger {
     /// lost, alive) and those about its claims (renewals, results, releases) once the claim is
     /// here.
     pub fn dag_ids(&self, dag: &Hash) -> impl Iterator<Item = &Hash> + '_ {
-        self.view.by_dag.get(dag).into_iter().flatten()
+        self.view.by_dag.get(dag).into_iter().flat_map(|d| &d.ids)
     }
 
     /// How many facts [`Ledger::dag_ids`] lists.
     pub fn dag_len(&self, dag: &Hash) -> usize {
-        self.view.by_dag.get(dag).map_or(0, BTreeSet::len)
+        self.view.by_dag.get(dag).map_or(0, |d| d.ids.len())
     }
 
     /// One hash of one DAG's facts ([`Ledger::dag_ids`]): equal digests, equal facts of the DAG.
-    /// Computed at each call (32 bytes hashed per fact of the DAG).
+    /// Kept until the DAG's next fact.
     pub fn dag_digest(&self, dag: &Hash) -> Hash {
-        let mut h = blake3::Hasher::new();
-        h.update(&dag.0);
-        for id in self.dag_ids(dag) {
-            h.update(&id.0);
+        let digest = |ids: &BTreeSet<Hash>| {
+            let mut h = blake3::Hasher::new();
+            h.update(&dag.0);
+            for id in ids {
+                h.update(&id.0);
+            }
+            Hash(*h.finalize().as_bytes())
+        };
+        match self.view.by_dag.get(dag) {
+            Some(d) => *d.digest.get_or_init(|| digest(&d.ids)),
+            None => digest(&BTreeSet::new()),
         }
-        Hash(*h.finalize().as_bytes())
     }
 
     /// One hash of the whole set: equal digests, equal ledgers.

@@ -14,7 +14,7 @@ use super::{Ev, Sim, Status};
 
 impl Sim {
     /// A mesh link between `a` and `b` came up (or went down): with one topic it is the
-    /// connection each side's `Sync` takes turns over.
+    /// connection each side's `Sync` compares the whole ledger over.
     pub(super) fn link(&mut self, a: u32, b: u32, up: bool) {
         let now = self.now;
         for (x, y) in [(a, b), (b, a)] {
@@ -25,7 +25,10 @@ impl Sim {
                 let at = self.nodes[x as usize].liveness.poll_timeout().unwrap_or(now);
                 self.schedule_liveness(x, at);
             }
-            if let Some(sync) = self.nodes[x as usize].sync.as_mut() {
+            // With a topic per DAG the links are a DAG topic's, which `sync_dag_peers` hands to
+            // that DAG's scope; the whole ledger is compared only with one topic for all.
+            let one_topic = self.cfg.group_nodes() == 0;
+            if let Some(sync) = self.nodes[x as usize].sync.as_mut().filter(|_| one_topic) {
                 if up {
                     sync.handle_connected(now, peer);
                 } else {
