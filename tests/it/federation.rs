@@ -289,7 +289,8 @@ impl Federation {
                 (0..n)
                     .map(|i| {
                         let host = site.host(&format!("{}{i}", site.name)).unwrap();
-                        // Each node has the image: blobs between NATed sites are part B's.
+                        // Each node has the image, so a test's jobs start without an image fetch through the relay
+                        // (blobs cross NATs over /shoal/blobs/1: federation_blobs.rs tests that).
                         FedNode::start(&fed, &host, Home::with_busybox(), &key, &[&relay.listen], &[&circuit], &[])
                     })
                     .collect()
@@ -310,8 +311,8 @@ impl Federation {
 #[test]
 fn nodes_at_three_nated_sites_form_one_mesh_through_a_relay_and_run_a_dag() {
     let Some(fed) = fed_or_skip("the federation test") else { return };
-    // Two nodes at east: a submit waits until another node holds the DAG's blobs, and until
-    // blobs cross NATs (part B) only a node of the same LAN can fetch them.
+    // Two nodes at east: a submit waits until another node holds the DAG's blobs, and one on
+    // the same LAN fetches them without going through the relay.
     let f = Federation::start(fed, [2, 1, 1]);
     let start = Instant::now();
     wait_for_mesh(&f.all(), MESH_TIMEOUT);

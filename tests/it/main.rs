@@ -9,6 +9,7 @@ mod federation;
 mod federation_blobs;
 mod federation_nat;
 mod federation_readme;
+mod federation_scale;
 mod fedlab;
 mod hardening;
 mod held_home;

@@ -1,0 +1,427 @@
+//! The federation at scale (issue 19): real `shoal node` processes on the lab's hosts
+//! (`fedlab.rs`, `federation.rs`), many jobs, many nodes, nodes killed -9 and restarted while a
+//! DAG runs; and `bench_federation_figures`, the issue's figures for bench/federation.py
+//! (measured and printed as JSON lines, never asserted).
+//!
+//! The sites are [`Federation::start`]'s: `east` and `west` behind endpoint-independent NATs,
+//! `far` behind a symmetric one, 20, 30 and 25 ms one way to the public bridge with 2 ms jitter
+//! and 1 % loss each way (90-110 ms round trips between sites), and the relay on the public
+//! bridge. Needs root with `ip` and `nft`; skips without, unless `SHOAL_REQUIRE_NETLAB=1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use crate::federation::{FedNode, Federation, all_done, converged, submit, wait_dag, wait_for_mesh};
+use crate::fedlab::*;
+use crate::mesh::mesh_key;
+use crate::support::*;
+
+/// Longest the nodes may take to all hear of each other through the relay, 32 of them included.
+const MESH_TIMEOUT: Duration = Duration::from_secs(180);
+/// The churn test's size unless `SHOAL_FED_SCALE_NODES` / `SHOAL_FED_SCALE_JOBS` say otherwise.
+const SCALE_NODES: usize = 32;
+const SCALE_JOBS: usize = 500;
+
+/// A DAG of `jobs` cheap jobs: the first fifth echo a line (`gen<i>`), the others (`use<k>`) cat
+/// two of those outputs, so outputs cross sites as inputs. Returns the DAG and, per job, the
+/// output it must have.
+fn fan_dag(jobs: usize, tag: &str) -> (String, BTreeMap<String, String>) {
+    let gens = (jobs / 5).max(2);
+    let mut specs = Vec::new();
+    let mut want = BTreeMap::new();
+    for i in 0..gens {
+        specs.push(json!({"id": format!("gen{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", format!("echo {tag} gen {i}")], "outputs": {"out": "stdout"}}));
+        want.insert(format!("gen{i}"), format!("{tag} gen {i}\n"));
+    }
+    for k in 0..jobs.saturating_sub(gens) {
+        let (a, b) = (k % gens, (k * 7 + 1) % gens);
+        specs.push(json!({"id": format!("use{k}"), "image": "busybox:latest",
+            "command": ["sh", "-c", "cat /input/a /input/b"],
+            "inputs": {"a": format!("jobs:gen{a}/out"), "b": format!("jobs:gen{b}/out")},
+            "outputs": {"out": "stdout"}}));
+        want.insert(format!("use{k}"), format!("{tag} gen {a}\n{tag} gen {b}\n"));
+    }
+    (serde_json::to_string(&json!({"version": 1, "jobs": specs})).unwrap(), want)
+}
+
+/// Reads every output of `dag` from `node` and checks its bytes.
+fn fetch_every_output(node: &FedNode, dag: &str, want: &BTreeMap<String, String>) {
+    for (id, text) in want {
+        let (status, body) = node.get(&format!("/v1/dags/{dag}/jobs/{id}/outputs/out"));
+        assert_eq!(
+            (status, String::from_utf8_lossy(&body).into_owned()),
+            (200, text.clone()),
+            "{id}'s output from {}",
+            node.host.name
+        );
+    }
+}
+
+/// A number from an environment variable, or `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?}: expected a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// splitmix64: the churn's choices, replayable from its seed without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// `n` nodes spread over the three sites, the first site getting the remainder.
+fn per_site(n: usize) -> [usize; 3] {
+    [n - 2 * (n / 3), n / 3, n / 3]
+}
+
+/// Four sites (two endpoint-independent NATs, a symmetric one, the public bridge with the relay),
+/// 90-110 ms round trips between the private sites, 1 % loss each way: a 200-job DAG submitted at
+/// east completes, and every output is read from a node at west, with the right bytes.
+#[test]
+fn a_200_job_dag_submitted_at_one_nated_site_completes_and_every_output_is_read_at_another() {
+    let Some(fed) = fed_or_skip("the 200-job federation test") else { return };
+    let f = Federation::start(fed, [2, 1, 1]);
+    let start = Instant::now();
+    wait_for_mesh(&f.all(), MESH_TIMEOUT);
+    eprintln!("4 nodes at 3 NATed sites and the relay formed one mesh in {:?}", start.elapsed());
+
+    let (east, west) = (&f.nodes[0][0], &f.nodes[1][0]);
+    let (text, want) = fan_dag(200, "four");
+    let submitted = Instant::now();
+    let dag = submit(east, &east.home.write("two-hundred.json", &text));
+    let view = wait_dag(west, &dag, Duration::from_secs(240), "200 jobs done, seen from west", all_done);
+    eprintln!("200 jobs done in {:?}", submitted.elapsed());
+    let runners: BTreeMap<&str, usize> =
+        view["jobs"].as_object().unwrap().values().fold(BTreeMap::new(), |mut m, j| {
+            let node = j["node"].as_str().unwrap();
+            let name = f.all().into_iter().find(|n| n.node == node).map_or("a stranger", |n| n.host.name.as_str());
+            *m.entry(name).or_default() += 1;
+            m
+        });
+    eprintln!("jobs per host: {runners:?}");
+    assert!(!runners.contains_key("a stranger"), "only mesh nodes ran jobs: {runners:?}");
+    fetch_every_output(west, &dag, &want);
+    // The symmetric site's node, which no hole reaches, reads them too (through the relay).
+    let far = &f.nodes[2][0];
+    for id in ["gen0", "use0", "use159"] {
+        let (status, body) = far.get(&format!("/v1/dags/{dag}/jobs/{id}/outputs/out"));
+        assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, want[id].clone()), "{id} from far");
+    }
+}
+
+/// `SHOAL_FED_SCALE_NODES` (default 32) nodes, each its own host, over the three NATed sites and
+/// the relay: a `SHOAL_FED_SCALE_JOBS`-job (default 500) DAG runs while a quarter of the nodes,
+/// chosen by a seeded generator (`SHOAL_FED_SCALE_SEED`, default 19), are killed -9 and restarted
+/// one after another at random moments. At the end the DAG is done (no job lost), every output
+/// is read from a node that was never killed, and every node holds the same ledger.
+#[test]
+fn a_500_job_dag_on_32_nodes_survives_a_quarter_of_them_killed_and_restarted() {
+    let Some(fed) = fed_or_skip("the federation churn test") else { return };
+    let nodes = env_usize("SHOAL_FED_SCALE_NODES", SCALE_NODES).max(4);
+    let jobs = env_usize("SHOAL_FED_SCALE_JOBS", SCALE_JOBS).max(10);
+    let seed = env_usize("SHOAL_FED_SCALE_SEED", 19) as u64;
+    let started = Instant::now();
+    let mut f = Federation::start(fed, per_site(nodes));
+    wait_for_mesh(&f.all(), MESH_TIMEOUT);
+    eprintln!("{nodes} nodes and the relay formed one mesh in {:?}", started.elapsed());
+
+    // The submitter (east's first) and the reader (west's first) are never killed.
+    let mut rng = Rng(seed);
+    let mut candidates: Vec<(usize, usize)> =
+        (0..3).flat_map(|s| (0..f.nodes[s].len()).map(move |i| (s, i))).filter(|&(s, i)| i > 0 || s == 2).collect();
+    let mut victims = Vec::new();
+    while victims.len() < nodes / 4 && !candidates.is_empty() {
+        victims.push(candidates.swap_remove(rng.below(candidates.len())));
+    }
+    eprintln!("seed {seed}: nodes to kill -9 and restart (site, index): {victims:?}");
+
+    let (text, want) = fan_dag(jobs, "churn");
+    let east = &f.nodes[0][0];
+    let dag = submit(east, &east.home.write("churn.json", &text));
+    let submitted = Instant::now();
+    let mut restarted = 0;
+    let mut done_at_last_kill = 0;
+    for (n, &(s, i)) in victims.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(500 + rng.below(4_000) as u64));
+        if n + 1 == victims.len() {
+            let v = f.nodes[0][0].get_json(&format!("/v1/dags/{dag}"));
+            done_at_last_kill = v["jobs"].as_object().unwrap().values().filter(|j| j["state"] == "done").count();
+        }
+        let node = f.nodes[s].remove(i);
+        eprintln!("{:>6.1} s: kill -9 {} and restart it", submitted.elapsed().as_secs_f64(), node.host.name);
+        let node = node.restart(&f.fed);
+        f.nodes[s].insert(i, node);
+        restarted += 1;
+    }
+    eprintln!("{restarted} nodes restarted, {:?} after the submit", submitted.elapsed());
+    assert!(
+        done_at_last_kill < jobs,
+        "the last kill came while the DAG ran ({done_at_last_kill} of {jobs} jobs done then): make the DAG longer"
+    );
+
+    let west = &f.nodes[1][0];
+    wait_dag(west, &dag, Duration::from_secs(600), "the DAG done after the churn", all_done);
+    eprintln!("{jobs} jobs done {:?} after the submit", submitted.elapsed());
+    wait_for_mesh(&f.all(), MESH_TIMEOUT);
+    let view = converged(&f.all(), &dag, Duration::from_secs(180));
+    assert_eq!(view["jobs"].as_object().unwrap().len(), jobs, "every job in the one ledger");
+    fetch_every_output(west, &dag, &want);
+}
+
+/// Sends `file` to the node's blob store (`POST /v1/blobs`, from inside its host); its hash.
+fn put_blob(node: &FedNode, file: &std::path::Path) -> String {
+    let out = node
+        .host
+        .command("curl")
+        .args(["-sSf", "-H", "Content-Type: application/octet-stream", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg("http://127.0.0.1:7170/v1/blobs")
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "POST /v1/blobs on {}: {}", node.host.name, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["hash"].as_str().unwrap().to_string()
+}
+
+/// Seconds `GET /v1/blobs/<hash>` takes on `node` (fetching it first if it is elsewhere).
+fn get_blob_s(node: &FedNode, hash: &str) -> f64 {
+    let out = node
+        .host
+        .command("curl")
+        .args(["-sSf", "-o", "/dev/null", "-w", "%{time_total}", "--max-time", "300"])
+        .arg(format!("http://127.0.0.1:7170/v1/blobs/{hash}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "GET /v1/blobs on {}: {}", node.host.name, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// iperf3 from `from` to `to` (a server on `to`), `bytes` bytes; Mbit/s received.
+fn iperf3_mbit(fed: &Fed, from: &Host, to: &Host, bytes: u64) -> f64 {
+    let _server =
+        fed.spawn(to.command("iperf3").args(["-s", "-1", "-B", &to.ip().to_string()]).stdout(Stdio::null())).unwrap();
+    let start = Instant::now();
+    loop {
+        let out = from
+            .command("iperf3")
+            .args(["-c", &to.ip().to_string(), "-n", &bytes.to_string(), "-J"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("iperf3 (scripts/setup.sh installs it)");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return bps / 1e6;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "iperf3 {} -> {}: {}", from.name, to.name, v["error"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn bytes_out(nodes: &[&FedNode]) -> u64 {
+    nodes.iter().map(|n| n.get_json("/v1/metrics")["libp2p_bytes_out"].as_u64().unwrap()).sum()
+}
+
+fn figure(v: Value) {
+    println!("{v}");
+}
+
+/// Claim latency across sites: a one-job DAG submitted at `from` whose job only `to`'s label
+/// allows; from the submit's start and from its acknowledgement to the claim fact's time (its
+/// author's wall clock: every node of the lab reads the same clock).
+fn claim_latency(from: &FedNode, to: &FedNode, label: &str, i: usize) -> (f64, f64) {
+    let text = serde_json::to_string(&json!({"version": 1, "jobs": [{"id": "j", "image": "busybox:latest",
+        "command": ["sh", "-c", format!("echo claim {i}")], "outputs": {"out": "stdout"},
+        "requirements": {"labels": {"site": label}}}]}))
+    .unwrap();
+    let file = from.home.write(&format!("claim{i}.json"), &text);
+    let t0 = unix_ms();
+    let dag = submit(from, &file);
+    let acked = unix_ms();
+    wait_dag(to, &dag, Duration::from_secs(60), "the labelled job done", all_done);
+    let facts = to.get_json(&format!("/v1/dags/{dag}/facts"));
+    let claim = facts["jobs"]["j"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "claim")
+        .unwrap_or_else(|| panic!("a claim among {facts}"));
+    assert_eq!(claim["node"], to.node.as_str(), "the labelled node claimed");
+    let at = claim["at_unix_ms"].as_u64().unwrap();
+    (at as f64 - t0 as f64, at as f64 - acked as f64)
+}
+
+/// bench/federation.py: the issue's figures, one JSON line each (`{"figure": ...}`).
+#[test]
+#[ignore = "benchmark: bench/federation.py"]
+fn bench_federation_figures() {
+    let nodes = env_usize("SHOAL_FED_SCALE_NODES", SCALE_NODES);
+    let jobs = env_usize("SHOAL_FED_SCALE_JOBS", SCALE_JOBS);
+    let blob_mib = env_usize("SHOAL_FED_BLOB_MIB", 32) as u64;
+
+    // 1. Claim latency between sites: a node per site, labelled with its site.
+    {
+        let Some(fed) = fed_or_skip("the federation benchmark") else { return };
+        let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
+        let key = mesh_key(key_dir.path());
+        let relay_host = fed.public_host("relay").unwrap();
+        let relay = FedNode::start(&fed, &relay_host, Home::with_busybox(), &key, &[], &[], &["--relay-server"]);
+        let circuit = format!("{}/p2p-circuit", relay.listen);
+        let link = |d| Link { delay_ms: d, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 };
+        let sites = [
+            fed.site("east", Nat::Eim, link(20)).unwrap(),
+            fed.site("west", Nat::Eim, link(30)).unwrap(),
+            fed.site("far", Nat::Symmetric, link(25)).unwrap(),
+        ];
+        let ns: Vec<FedNode> = sites
+            .iter()
+            .map(|s| {
+                let host = s.host(&format!("{}0", s.name)).unwrap();
+                let label = format!("site={}", s.name);
+                FedNode::start(
+                    &fed,
+                    &host,
+                    Home::with_busybox(),
+                    &key,
+                    &[&relay.listen],
+                    &[&circuit],
+                    &["--label", &label],
+                )
+            })
+            .collect();
+        let mut all: Vec<&FedNode> = ns.iter().collect();
+        all.push(&relay);
+        wait_for_mesh(&all, MESH_TIMEOUT);
+        for (a, b) in [(0, 1), (0, 2), (1, 2)] {
+            let rtt = fed.ping_rtt_ms(&ns[a].host, &ns[b].host).unwrap_or(f64::NAN);
+            let (mut from_start, mut from_ack) = (Vec::new(), Vec::new());
+            for i in 0..7 {
+                let (s, k) = claim_latency(&ns[a], &ns[b], &sites[b].name, a * 100 + b * 10 + i);
+                from_start.push(s);
+                from_ack.push(k);
+            }
+            figure(json!({"figure": "claim_latency", "from": sites[a].name, "to": sites[b].name,
+                "rtt_ms": rtt, "trials": from_start.len(),
+                "median_from_submit_ms": median(from_start.clone()), "median_from_ack_ms": median(from_ack.clone()),
+                "from_submit_ms": from_start, "from_ack_ms": from_ack}));
+        }
+    }
+
+    // 2. A blob between sites over 100 Mbit/s and 50 ms one way, against iperf3 on the same link.
+    {
+        let Some(fed) = fed_or_skip("the federation benchmark") else { return };
+        let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
+        let key = mesh_key(key_dir.path());
+        let wan = Link { delay_ms: 50, jitter_ms: 0, loss_pct: 0.0, rate_mbit: 100 };
+        let public = fed.public_host("pub").unwrap();
+        let site_a = fed.site("a", Nat::Eim, wan).unwrap();
+        let site_b = fed.site("b", Nat::Symmetric, wan).unwrap();
+        let (ha, hb) = (site_a.host("a0").unwrap(), site_b.host("b0").unwrap());
+        let p = FedNode::start(&fed, &public, Home::with_busybox(), &key, &[], &[], &["--relay-server"]);
+        let circuit = format!("{}/p2p-circuit", p.listen);
+        let a = FedNode::start(&fed, &ha, Home::with_busybox(), &key, &[&p.listen], &[&circuit], &[]);
+        let b = FedNode::start(&fed, &hb, Home::with_busybox(), &key, &[&p.listen], &[&circuit], &[]);
+        wait_for_mesh(&[&p, &a, &b], MESH_TIMEOUT);
+        let bytes = blob_mib << 20;
+        let tcp = iperf3_mbit(&fed, &public, &ha, bytes);
+        let mbit = |from: &FedNode, to: &FedNode, i: u64| {
+            let file = from.home.path().join(format!("blob{i}"));
+            let mut data = vec![0u8; bytes as usize];
+            let mut rng = Rng(i);
+            for c in data.chunks_mut(8) {
+                let r = rng.next().to_le_bytes();
+                c.copy_from_slice(&r[..c.len()]);
+            }
+            std::fs::write(&file, &data).unwrap();
+            let hash = put_blob(from, &file);
+            let cold = get_blob_s(to, &hash);
+            let warm = get_blob_s(to, &hash);
+            (bytes as f64 * 8.0 / 1e6) / (cold - warm)
+        };
+        // The public node to a site's node: one link, a direct path.
+        let direct: Vec<f64> = (0..3).map(|i| mbit(&p, &a, i)).collect();
+        // Site a to site b (symmetric NAT): through the relay, a link each side of it.
+        let relayed: Vec<f64> = (0..3).map(|i| mbit(&a, &b, 10 + i)).collect();
+        let logs = format!("{}{}", a.log(), b.log());
+        figure(json!({"figure": "blob_transfer", "mib": blob_mib, "link_mbit": 100, "one_way_ms": 50,
+            "tcp_mbit": tcp, "direct_mbit": median(direct.clone()), "relayed_mbit": median(relayed.clone()),
+            "direct_trials": direct, "relayed_trials": relayed,
+            "mesh_path_used": logs.contains("fetching over the mesh")}));
+    }
+
+    // 3. Gossip with `nodes` idle nodes, then with the `jobs`-job DAG running; its makespan.
+    {
+        let Some(fed) = fed_or_skip("the federation benchmark") else { return };
+        let started = Instant::now();
+        let f = Federation::start(fed, per_site(nodes));
+        let all = f.all();
+        wait_for_mesh(&all, MESH_TIMEOUT);
+        let formed_s = started.elapsed().as_secs_f64();
+        // Past the first announcements and reservations.
+        std::thread::sleep(Duration::from_secs(10));
+        let idle_s = 30.0;
+        let before = bytes_out(&all);
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(idle_s));
+        let idle = (bytes_out(&all) - before) as f64 / t.elapsed().as_secs_f64() / all.len() as f64;
+
+        let (text, _) = fan_dag(jobs, "bench");
+        let east = &f.nodes[0][0];
+        let file = east.home.write("bench.json", &text);
+        let before = bytes_out(&all);
+        let t0 = unix_ms();
+        let t = Instant::now();
+        let dag = submit(east, &file);
+        wait_dag(&f.nodes[1][0], &dag, Duration::from_secs(1800), "the bench DAG done", all_done);
+        let running_s = t.elapsed().as_secs_f64();
+        let running = (bytes_out(&all) - before) as f64 / running_s / all.len() as f64;
+        let facts = f.nodes[1][0].get_json(&format!("/v1/dags/{dag}/facts"));
+        let (mut last_done, mut run_ms) = (0u64, Vec::new());
+        let mut claims = 0usize;
+        let mut runners = BTreeSet::new();
+        for fs in facts["jobs"].as_object().unwrap().values() {
+            let fs = fs.as_array().unwrap();
+            claims += fs.iter().filter(|f| f["kind"] == "claim").count();
+            if let Some(d) = fs.iter().find(|f| f["kind"] == "done") {
+                let at = d["at_unix_ms"].as_u64().unwrap();
+                last_done = last_done.max(at);
+                runners.insert(d["node"].as_str().unwrap().to_string());
+                if let Some(c) = fs.iter().rev().find(|f| f["kind"] == "claim" && f["node"] == d["node"]) {
+                    run_ms.push(at.saturating_sub(c["at_unix_ms"].as_u64().unwrap()) as f64);
+                }
+            }
+        }
+        figure(json!({"figure": "gossip", "nodes": all.len(), "formed_s": formed_s,
+            "idle_bytes_out_per_node_s": idle, "dag_bytes_out_per_node_s": running, "dag_jobs": jobs}));
+        figure(json!({"figure": "makespan", "nodes": all.len(), "jobs": jobs,
+            "makespan_s": (last_done.saturating_sub(t0)) as f64 / 1e3, "runners": runners.len(),
+            "claims": claims, "median_job_ms": median(run_ms), "cores_per_node": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "rtt_ms_between_sites": [90, 100, 110], "loss_pct_each_way": 1.0}));
+    }
+}
