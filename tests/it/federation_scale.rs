@@ -244,15 +244,17 @@ fn get_blob_s(node: &FedNode, hash: &str) -> f64 {
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
-/// iperf3 from `from` to `to` (a server on `to`), `bytes` bytes; Mbit/s received.
-fn iperf3_mbit(fed: &Fed, from: &Host, to: &Host, bytes: u64) -> f64 {
+/// iperf3, `bytes` bytes from a server on `server` to a client on `client` (`-R`: the client may
+/// be behind NAT, where the server cannot dial it); Mbit/s received.
+fn iperf3_mbit(fed: &Fed, server: &Host, client: &Host, bytes: u64) -> f64 {
+    let (from, to) = (client, server);
     let _server =
         fed.spawn(to.command("iperf3").args(["-s", "-1", "-B", &to.ip().to_string()]).stdout(Stdio::null())).unwrap();
     let start = Instant::now();
     loop {
         let out = from
             .command("iperf3")
-            .args(["-c", &to.ip().to_string(), "-n", &bytes.to_string(), "-J"])
+            .args(["-c", &to.ip().to_string(), "-n", &bytes.to_string(), "-R", "-J"])
             .stdin(Stdio::null())
             .output()
             .expect("iperf3 (scripts/setup.sh installs it)");
@@ -345,7 +347,10 @@ fn bench_federation_figures() {
         all.push(&relay);
         wait_for_mesh(&all, MESH_TIMEOUT);
         for (a, b) in [(0, 1), (0, 2), (1, 2)] {
-            let rtt = fed.ping_rtt_ms(&ns[a].host, &ns[b].host).unwrap_or(f64::NAN);
+            // The NATs answer no ping from the other site: its round trip is both sites' to the
+            // public bridge (the relay's), the path a hole-punched or relayed connection takes.
+            let rtt =
+                fed.ping_rtt_ms(&ns[a].host, &relay.host).unwrap() + fed.ping_rtt_ms(&ns[b].host, &relay.host).unwrap();
             let (mut from_start, mut from_ack) = (Vec::new(), Vec::new());
             for i in 0..7 {
                 let (s, k) = claim_latency(&ns[a], &ns[b], &sites[b].name, a * 100 + b * 10 + i);
@@ -365,7 +370,7 @@ fn bench_federation_figures() {
         let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
         let key = mesh_key(key_dir.path());
         let wan = Link { delay_ms: 50, jitter_ms: 0, loss_pct: 0.0, rate_mbit: 100 };
-        let public = fed.public_host("pub").unwrap();
+        let public = fed.public_host("origin").unwrap();
         let site_a = fed.site("a", Nat::Eim, wan).unwrap();
         let site_b = fed.site("b", Nat::Symmetric, wan).unwrap();
         let (ha, hb) = (site_a.host("a0").unwrap(), site_b.host("b0").unwrap());
