@@ -34,7 +34,9 @@ def lab_figures():
     out = subprocess.run(
         ["cargo", "nextest", "run", "-p", "shoal-tests", "--run-ignored", "only", "-E", "test(bench_federation_figures)",
          "--no-capture"], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    figures = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"figure"')]
+    # A figure's line may follow log text that had no newline yet: take it from where it starts.
+    figures = [json.loads(line[line.index('{"figure"'):]) for line in (out.stdout + out.stderr).splitlines()
+               if '{"figure"' in line]
     if out.returncode != 0 or not figures:
         sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
         sys.exit(f"bench_federation_figures failed (exit {out.returncode})")
@@ -62,6 +64,9 @@ def main():
         if c["figure"] == "claim_latency":
             print(f"{c['from'] + '->' + c['to']:<12} {c['rtt_ms']:>11.1f} {c['rtt_ms'] + 30:>10.1f} "
                   f"{c['median_from_submit_ms']:>15.0f} {c['median_from_ack_ms']:>12.0f}")
+    missing = [k for k in ("blob_transfer", "gossip", "makespan") if k not in f]
+    if missing:
+        sys.exit(f"bench_federation_figures printed no {', '.join(missing)}: run it alone to see why")
     b = f["blob_transfer"]
     print(f"\nblob of {b['mib']} MiB over {b['link_mbit']} Mbit/s, {b['one_way_ms']} ms one way (median of 3)")
     print(f"  iperf3 (TCP) public -> site : {b['tcp_mbit']:6.1f} Mbit/s")
