@@ -48,14 +48,7 @@ pub fn group_for(mode: TopicMode, hash: &Hash, dag: &Dag, candidates: &[(NodeId,
     let TopicMode::PerDag { group_nodes, speed_exponent } = mode else {
         return candidates.iter().map(|(n, _)| *n).collect();
     };
-    let mut kinds: Vec<(&Requirements, usize)> = Vec::new();
-    for j in &dag.jobs {
-        match kinds.iter_mut().find(|(r, _)| *r == &j.requirements) {
-            Some(k) => k.1 += 1,
-            None => kinds.push((&j.requirements, 1)),
-        }
-    }
-    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
+    let kinds = requirement_kinds(dag);
     let mut out: BTreeSet<NodeId> = BTreeSet::new();
     for (i, (req, _)) in kinds.into_iter().enumerate() {
         let fits = |caps: &Capabilities| mismatches(req, caps).is_empty();
@@ -103,8 +96,15 @@ pub fn replacement(mode: TopicMode, hash: &Hash, dag: &Dag, candidates: &[(NodeI
         .map(|(_, n)| n)
 }
 
-/// The requirements most of a DAG's jobs share.
+/// The requirements most of a DAG's jobs share (the first of the most common, as `group_for`
+/// orders them).
 fn most_common_requirements(dag: &Dag) -> Option<&Requirements> {
+    requirement_kinds(dag).first().map(|k| k.0)
+}
+
+/// Each distinct set of requirements of a DAG's jobs with how many jobs ask for it, the most
+/// common first (a stable sort: ties in the order the jobs name them).
+fn requirement_kinds(dag: &Dag) -> Vec<(&Requirements, usize)> {
     let mut kinds: Vec<(&Requirements, usize)> = Vec::new();
     for j in &dag.jobs {
         match kinds.iter_mut().find(|(r, _)| *r == &j.requirements) {
@@ -112,9 +112,8 @@ fn most_common_requirements(dag: &Dag) -> Option<&Requirements> {
             None => kinds.push((&j.requirements, 1)),
         }
     }
-    // The first of the most common, as `group_for` orders them (a stable sort).
     kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
-    kinds.first().map(|k| k.0)
+    kinds
 }
 
 #[cfg(test)]
