@@ -172,20 +172,7 @@ pub fn wait_for_mesh(nodes: &[&MeshNode]) {
 
 /// Waits until `pred` holds for the DAG's view on `node`, returning that view.
 pub fn wait_dag(node: &MeshNode, dag: &str, within: Duration, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let (status, body) = node.get(&format!("/v1/dags/{dag}"));
-        if status == 200 {
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            if pred(&v) {
-                return v;
-            }
-            assert!(start.elapsed() < within, "{what}: not reached in {within:?}; last view: {v:#}");
-        } else {
-            assert!(start.elapsed() < within, "{what}: DAG unknown after {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::support::wait_dag_view(|path| node.get(path), dag, within, Duration::from_millis(100), what, pred)
 }
 
 fn all_in(v: &Value, state: &str) -> bool {

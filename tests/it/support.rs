@@ -139,3 +139,29 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", stdout(out), stderr(out)))
 }
+
+/// Waits until `pred` holds for the DAG's view (`GET /v1/dags/{dag}` through `get`, which answers
+/// status and body), looking every `poll`; returns that view. Fails naming `what` and the last view.
+pub fn wait_dag_view(
+    get: impl Fn(&str) -> (u16, Vec<u8>),
+    dag: &str,
+    within: Duration,
+    poll: Duration,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let (status, body) = get(&format!("/v1/dags/{dag}"));
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if pred(&v) {
+                return v;
+            }
+            assert!(start.elapsed() < within, "{what}: not reached in {within:?}; last view: {v:#}");
+        } else {
+            assert!(start.elapsed() < within, "{what}: DAG unknown after {within:?}");
+        }
+        std::thread::sleep(poll);
+    }
+}
