@@ -144,7 +144,8 @@ pub enum SyncReq {
     /// A heartbeat or greeting straight to one peer (`liveness::Audience::Peer`/`Connected`);
     /// answered `Heard`.
     Announce {
-        announce: Announce,
+        /// Boxed: an announcement with capabilities is far larger than the other requests.
+        announce: Box<Announce>,
     },
 }
 

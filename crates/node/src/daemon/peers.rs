@@ -91,7 +91,7 @@ impl Node {
                     // Answered once held, or with its progress a moment later.
                     Ok(SyncReq::Hold { dag }) => return self.hold(dag, &peer, channel),
                     Ok(SyncReq::Announce { announce }) => {
-                        self.on_announce(now, peer, announce, true);
+                        self.on_announce(now, peer, *announce, true);
                         SyncResp::Heard
                     }
                     Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
@@ -308,7 +308,7 @@ impl Node {
                 }
             }
             Audience::Connected => {
-                let req = SyncRequest(wire::encode(&SyncReq::Announce { announce: a }));
+                let req = SyncRequest(wire::encode(&SyncReq::Announce { announce: Box::new(a) }));
                 let peers: Vec<PeerId> = self.connected.iter().copied().collect();
                 for peer in peers {
                     self.net.request(&peer, req.clone());
@@ -317,7 +317,7 @@ impl Node {
             Audience::Peer(node) => {
                 // Only over a connection we have: a greeting is no reason to dial.
                 if let Some(peer) = peer_id_of_node(&node).filter(|p| self.connected.contains(p)) {
-                    self.net.request(&peer, SyncRequest(wire::encode(&SyncReq::Announce { announce: a })));
+                    self.net.request(&peer, SyncRequest(wire::encode(&SyncReq::Announce { announce: Box::new(a) })));
                 }
             }
         }
