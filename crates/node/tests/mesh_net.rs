@@ -754,9 +754,11 @@ async fn a_relayed_connection_is_upgraded_by_a_hole_punch_where_the_network_allo
     };
     let c_punches = c.call(|net| net.hole_punches()).await;
     assert!(upgraded, "C's connection to B is a hole punch: B sees {b_path:?}, punches {b_punches:?} {c_punches:?}");
-    // DCUtR reports to the side that dialed the relayed connection.
+    // DCUtR always reports to the side that dialed the relayed connection; whether the other end
+    // hears of it too depends on which direct connection wins the race (both ways were seen).
     assert_eq!(c_punches, HolePunches { upgraded: 1, failed: 0 });
-    assert_eq!(b_path, Some(Path::Direct { hole_punched: false }), "B sees a direct connection");
+    assert!(matches!(b_path, Some(Path::Direct { .. })), "B sees a direct connection: {b_path:?}");
+    assert_eq!(b_punches.failed, 0, "B saw no failed punch: {b_punches:?}");
     let relayed_left = eventually(WAIT, || async {
         c.call(move |net| net.connection_addrs(&b_id)).await.iter().all(|a| !is_relayed(a))
     })
