@@ -280,7 +280,11 @@ fn record(exit: Exit) -> RunRecord {
 
 fn facts(key: &SigningKey, dag: Hash) -> Vec<Fact> {
     let hlc = |ms| Hlc { wall_ms: ms, counter: 0 };
-    let submit = Fact::sign(key, hlc(1), Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 2 });
+    let submit = Fact::sign(
+        key,
+        hlc(1),
+        Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 2, topic_nodes: 0 },
+    );
     let claim = Fact::sign(key, hlc(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_002 });
     let c = claim.id();
     let other = SigningKey::from_bytes(&[9; 32]);

@@ -74,6 +74,10 @@ impl Hlc {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// What a fact says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,6 +87,13 @@ pub enum Body {
         dag: Hash,
         jobs: Vec<String>,
         max_attempts: u32,
+        /// 0: the DAG's facts travel on the mesh's one topic. Otherwise the size of the group
+        /// of nodes that subscribe to a topic of the DAG's own and schedule it
+        /// (`topics::group_for`); its other facts then travel there only, and the mesh's
+        /// anti-entropy leaves them to the DAG's scope (see [`Ledger::mesh_digest`]). Chosen by
+        /// the submitter, so every node agrees on it whatever it knows of the mesh's size.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        topic_nodes: u32,
     },
     Claim {
         dag: Hash,
@@ -288,6 +299,8 @@ pub struct Ledger {
     /// [`Ledger::digest`] once computed, until the next new fact: anti-entropy asks for it at
     /// every exchange, and hashing every id each time was most of a busy simulation's time.
     digest: std::sync::OnceLock<Hash>,
+    /// [`Ledger::mesh_digest`] and its count once computed, until the next new fact.
+    mesh_digest: std::sync::OnceLock<(Hash, usize)>,
     /// Ids of `Alive` facts replaced by a later one since [`Ledger::take_replaced`] last ran: a
     /// driver that stores facts deletes them.
     replaced: Vec<Hash>,
@@ -375,6 +388,8 @@ struct DagView {
     /// The winning submit: the earliest by (hlc, author), and its id.
     key: (Hlc, NodeId, Hash),
     max_attempts: u32,
+    /// The winning submit's `topic_nodes`.
+    topic_nodes: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -484,7 +499,7 @@ impl View {
             }
         }
         match &fact.body {
-            Body::Submit { dag, jobs, max_attempts } => {
+            Body::Submit { dag, jobs, max_attempts, topic_nodes } => {
                 let key = (fact.hlc, fact.author, id);
                 // Ties on (hlc, author) go to the smaller id, as in the fold (which meets ids in order).
                 if self.dags.get(dag).is_some_and(|d| d.key <= key) {
@@ -499,7 +514,7 @@ impl View {
                 for job in jobs {
                     listing.entry(job.clone()).or_default().listed = true;
                 }
-                self.dags.insert(*dag, DagView { key, max_attempts: *max_attempts });
+                self.dags.insert(*dag, DagView { key, max_attempts: *max_attempts, topic_nodes: *topic_nodes });
                 Touched::Dag(*dag)
             }
             Body::Cancel { dag } => {
@@ -658,6 +673,7 @@ impl Ledger {
             view: View::default(),
             lease_ms,
             digest: std::sync::OnceLock::new(),
+            mesh_digest: std::sync::OnceLock::new(),
             replaced: Vec::new(),
         }
     }
@@ -703,6 +719,7 @@ impl Ledger {
         }
         self.facts.insert(id, fact.fact.clone());
         self.digest.take();
+        self.mesh_digest.take();
         self.view.apply(&self.facts, id, &fact.fact, self.lease_ms)
     }
 
@@ -734,6 +751,63 @@ impl Ledger {
     /// Every fact id, in ascending order, without collecting them.
     pub fn ids_sorted(&self) -> impl Iterator<Item = &Hash> + '_ {
         self.facts.keys()
+    }
+
+    /// The size of the group that schedules `dag` on a topic of its own (its winning submit's
+    /// `topic_nodes`); 0 when it travels on the mesh's one topic or its submit is not here.
+    pub fn topic_nodes(&self, dag: &Hash) -> u32 {
+        self.view.dags.get(dag).map_or(0, |d| d.topic_nodes)
+    }
+
+    /// The DAGs with a topic of their own (see [`Ledger::topic_nodes`]).
+    pub fn topic_dags(&self) -> impl Iterator<Item = (&Hash, u32)> + '_ {
+        self.view.dags.iter().filter(|(_, d)| d.topic_nodes > 0).map(|(h, d)| (h, d.topic_nodes))
+    }
+
+    /// The DAG a fact is about: named by it, or by the claim it is about once that is here.
+    pub fn dag_of(&self, fact: &Fact) -> Option<Hash> {
+        match &fact.body {
+            Body::Submit { dag, .. }
+            | Body::Cancel { dag }
+            | Body::Claim { dag, .. }
+            | Body::Lost { dag, .. }
+            | Body::Alive { dag, .. } => Some(*dag),
+            Body::Renew { claim, .. }
+            | Body::Done { claim, .. }
+            | Body::Fail { claim, .. }
+            | Body::Release { claim } => self.view.claims.get(claim).map(|c| c.dag),
+        }
+    }
+
+    /// Whether a fact travels on its DAG's own topic only: it is about a DAG with one (see
+    /// [`Ledger::topic_nodes`]) and is not the DAG's submit or cancel, which every node holds
+    /// (a node outside the group still learns the DAG exists and what became of it).
+    pub fn in_dag_topic(&self, fact: &Fact) -> bool {
+        if matches!(fact.body, Body::Submit { .. } | Body::Cancel { .. }) {
+            return false;
+        }
+        self.dag_of(fact).is_some_and(|d| self.topic_nodes(&d) > 0)
+    }
+
+    /// The ids every node holds, ascending: all but those [`Ledger::in_dag_topic`] leaves to a
+    /// DAG's group. The mesh's anti-entropy compares these.
+    pub fn mesh_ids_sorted(&self) -> impl Iterator<Item = &Hash> + '_ {
+        let grouped = self.view.dags.values().any(|d| d.topic_nodes > 0);
+        self.facts.iter().filter(move |(_, f)| !grouped || !self.in_dag_topic(f)).map(|(id, _)| id)
+    }
+
+    /// One hash of [`Ledger::mesh_ids_sorted`] and their count: equal digests, equal facts
+    /// outside DAG topics. The whole ledger's [`Ledger::digest`] when no DAG has a topic.
+    pub fn mesh_digest(&self) -> (Hash, usize) {
+        *self.mesh_digest.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            let mut n = 0;
+            for id in self.mesh_ids_sorted() {
+                h.update(&id.0);
+                n += 1;
+            }
+            (Hash(*h.finalize().as_bytes()), n)
+        })
     }
 
     pub fn get(&self, id: &Hash) -> Option<&Fact> {
@@ -878,7 +952,7 @@ impl Ledger {
         let mut alive: BTreeMap<(NodeId, Hash), AliveIx> = BTreeMap::new();
         for (id, fact) in self.facts.iter().map(|(id, f)| (id, &**f)) {
             match &fact.body {
-                Body::Submit { dag, jobs, max_attempts } => {
+                Body::Submit { dag, jobs, max_attempts, .. } => {
                     // One DAG hash is one DAG; the earliest submission sets its attempt budget.
                     let key = (fact.hlc, fact.author);
                     match submits.get(dag) {

@@ -1,8 +1,8 @@
 //! Anti-entropy: the exchange that repairs what gossip lost. Every [`Settings::sync_period_ms`]
-//! a node sends one peer, in turn, a digest (`SyncReq::Digest`) of one scope: the whole ledger
-//! with the peers it is connected to (one topic for every fact), or one DAG's facts
-//! ([`Ledger::dag_ids`]) with the peers of that DAG's topic (a topic per DAG), scopes taking turns
-//! too. A peer whose digest of the scope differs answers with every fact id it holds in it
+//! a node sends one peer, in turn, a digest (`SyncReq::Digest`) of one scope: the mesh's facts
+//! ([`Ledger::mesh_digest`]: the whole ledger but the facts DAGs with a topic of their own keep
+//! there) with the peers it is connected to, or one DAG's facts ([`Ledger::dag_ids`]) with the
+//! peers of that DAG's topic, scopes taking turns too. A peer whose digest of the scope differs answers with every fact id it holds in it
 //! (`SyncResp::Ids`); the asker then fetches what it lacks (`SyncReq::Get`) and pushes what the
 //! peer lacks (`SyncReq::Put`). Equal digests cost one round trip of ~100 bytes, which is all an
 //! idle mesh sends, and with a topic per DAG what an exchange carries grows with the DAG, not the
@@ -124,7 +124,10 @@ impl Sync {
         let peer = *peers.iter().nth(*turn).expect("turn < peers");
         self.last_scope = scope;
         let req = match scope {
-            None => SyncReq::Digest { digest: ledger.digest(), count: ledger.len() as u64, dag: None },
+            None => {
+                let (digest, count) = ledger.mesh_digest();
+                SyncReq::Digest { digest, count: count as u64, dag: None }
+            }
             Some(dag) => {
                 SyncReq::Digest { digest: ledger.dag_digest(&dag), count: ledger.dag_len(&dag) as u64, dag: Some(dag) }
             }
@@ -146,10 +149,10 @@ impl Sync {
     pub fn handle_request(&mut self, _now_ms: u64, ledger: &Ledger, req: SyncReq) -> Inbound {
         match req {
             SyncReq::Digest { digest, dag: None, .. } => {
-                if digest == ledger.digest() {
+                if digest == ledger.mesh_digest().0 {
                     Inbound::Answer(SyncResp::Same)
                 } else {
-                    let ids = ledger.ids().into_iter().take(wire::IDS_PER_MESSAGE_MAX).collect();
+                    let ids = ledger.mesh_ids_sorted().take(wire::IDS_PER_MESSAGE_MAX).copied().collect();
                     Inbound::Answer(SyncResp::Ids { ids, dag: None })
                 }
             }
@@ -185,7 +188,7 @@ impl Sync {
                 ids.sort_unstable();
                 ids.dedup();
                 let (want, give) = match dag {
-                    None => diff_sorted(&ids, ledger.ids_sorted()),
+                    None => diff_sorted(&ids, ledger.mesh_ids_sorted()),
                     Some(dag) => diff_sorted(&ids, ledger.dag_ids(&dag)),
                 };
                 if !want.is_empty() {
@@ -252,7 +255,12 @@ mod tests {
         let key = SigningKey::from_bytes(&[7; 32]);
         let mut l = Ledger::new();
         for i in 0..n {
-            let body = Body::Submit { dag: Hash::of(&i.to_le_bytes()), jobs: vec!["a".into()], max_attempts: 1 };
+            let body = Body::Submit {
+                dag: Hash::of(&i.to_le_bytes()),
+                jobs: vec!["a".into()],
+                max_attempts: 1,
+                topic_nodes: 0,
+            };
             l.insert(Fact::sign(&key, Hlc { wall_ms: i, counter: 0 }, body)).expect("valid");
         }
         l
@@ -367,7 +375,11 @@ mod tests {
         let mut facts = Vec::new();
         for (i, dag) in [a, b].into_iter().enumerate() {
             let i = i as u64 * 10;
-            facts.push(Fact::sign(&k, hlc(i), Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1 }));
+            facts.push(Fact::sign(
+                &k,
+                hlc(i),
+                Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes: 0 },
+            ));
             let claim = Fact::sign(&k, hlc(i + 1), Body::Claim { dag, job: "j".into(), lease_until_ms: at + 99 });
             facts.push(claim.clone());
             if dag == b {
@@ -400,6 +412,42 @@ mod tests {
         assert_eq!(b.1.dag_len(&dag_a), 0, "nothing of dag a");
         assert_eq!(b.1.len(), 3);
         assert_ne!(a.1.digest(), b.1.digest());
+    }
+
+    #[test]
+    fn the_mesh_scope_leaves_a_grouped_dags_facts_to_its_group() {
+        let settings = Settings::default();
+        let (ida, idb) = ([1; 32], [2; 32]);
+        let k = SigningKey::from_bytes(&[5; 32]);
+        let hlc = |wall_ms| Hlc { wall_ms, counter: 0 };
+        let (grouped, plain) = (Hash::of(b"grouped"), Hash::of(b"plain"));
+        let submit = |dag, topic_nodes, at| {
+            Fact::sign(&k, hlc(at), Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes })
+        };
+        let claim = |dag, at| Fact::sign(&k, hlc(at), Body::Claim { dag, job: "j".into(), lease_until_ms: 999 });
+        let (g_claim, p_claim) = (claim(grouped, 2), claim(plain, 4));
+        let g_done = Fact::sign(&k, hlc(5), Body::Done { claim: g_claim.id(), record: Hash::of(b"r"), bytes: 1 });
+        // a is in the group: it holds everything. b is not: it has the grouped DAG's submit only.
+        let mut a = (Sync::new(&settings), Ledger::new());
+        let mut b = (Sync::new(&settings), Ledger::new());
+        for f in [submit(grouped, 3, 1), g_claim.clone(), submit(plain, 0, 3), p_claim.clone(), g_done] {
+            a.1.insert(f).expect("valid");
+        }
+        b.1.insert(submit(grouped, 3, 1)).expect("valid");
+        assert_eq!(a.1.topic_nodes(&grouped), 3);
+        assert!(a.1.in_dag_topic(&g_claim) && !a.1.in_dag_topic(&p_claim));
+        assert_eq!(a.1.mesh_digest().1, 3, "both submits and the plain DAG's claim");
+        a.0.handle_connected(0, idb);
+        b.0.handle_connected(0, ida);
+        a.0.handle_tick(0, &a.1);
+        exchange(&mut a, &mut b, (idb, ida));
+        assert_eq!(a.1.mesh_digest(), b.1.mesh_digest());
+        assert_eq!(b.1.len(), 3, "the grouped DAG's claim and completion stayed with its group");
+        assert!(b.1.get(&p_claim.id()).is_some() && b.1.get(&g_claim.id()).is_none());
+        // Equal mesh scopes cost a digest and a `Same`.
+        b.0.handle_tick(0, &b.1);
+        let (_, req) = b.0.poll_request().expect("b's turn");
+        assert_eq!(a.0.handle_request(0, &a.1, req), Inbound::Answer(SyncResp::Same));
     }
 
     #[test]

@@ -24,7 +24,12 @@ const JOBS: [&str; 3] = ["a", "b", "c"];
 /// claimant.
 fn history() -> impl Strategy<Value = Vec<Fact>> {
     prop::collection::vec((0u8..10, 0u8..4, 0usize..3, 0u64..100, 0usize..64), 1..40).prop_map(|steps| {
-        let submit = Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 };
+        let submit = Body::Submit {
+            dag: dag(),
+            jobs: JOBS.iter().map(|j| j.to_string()).collect(),
+            max_attempts: 2,
+            topic_nodes: 0,
+        };
         let mut facts = vec![Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)];
         let mut claims: Vec<(Hash, u8)> = Vec::new();
         for (i, (kind, node, job, t, pick)) in steps.into_iter().enumerate() {
@@ -76,7 +81,15 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
             let earlier = claims.get(pick % claims.len().max(1)).copied();
             let job_name = ["a", "b", "c", "z"][job].to_string();
             let (signer, body) = match (kind, earlier) {
-                (0, _) => (node, Body::Submit { dag: dag(), jobs: jobs_of(pick), max_attempts: 1 + (pick % 3) as u32 }),
+                (0, _) => (
+                    node,
+                    Body::Submit {
+                        dag: dag(),
+                        jobs: jobs_of(pick),
+                        max_attempts: 1 + (pick % 3) as u32,
+                        topic_nodes: 0,
+                    },
+                ),
                 (1 | 2, _) | (3..=5, None) => (node, Body::Claim { dag: dag(), job: job_name, lease_until_ms: t + 30 }),
                 (3, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
                 (4, Some((claim, owner))) => {
@@ -326,7 +339,8 @@ fn forged_altered_and_unsigned_facts_are_refused() {
     unsigned.signature = [0; 64];
     assert_eq!(ledger.insert(unsigned), Err(LedgerError::BadSignature));
 
-    let empty = Fact::sign(&key(1), Hlc::default(), Body::Submit { dag: dag(), jobs: vec![], max_attempts: 1 });
+    let empty =
+        Fact::sign(&key(1), Hlc::default(), Body::Submit { dag: dag(), jobs: vec![], max_attempts: 1, topic_nodes: 0 });
     assert!(matches!(ledger.insert(empty), Err(LedgerError::Malformed(_))));
     assert_eq!(ledger.len(), 1, "refused facts leave the ledger as it was");
 }
@@ -334,7 +348,7 @@ fn forged_altered_and_unsigned_facts_are_refused() {
 #[test]
 fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
     let mut l = Ledger::new();
-    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 3 };
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 3, topic_nodes: 0 };
     l.insert(Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)).unwrap();
     let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 };
     let claim = Fact::sign(&key(2), Hlc { wall_ms: 10, counter: 0 }, claim);
@@ -358,7 +372,7 @@ fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
 #[test]
 fn a_job_failed_max_attempts_times_has_failed_with_every_reason() {
     let mut l = Ledger::new();
-    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 2 };
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 2, topic_nodes: 0 };
     l.insert(Fact::sign(&key(1), Hlc::default(), submit)).unwrap();
     for (i, node) in [2u8, 3].into_iter().enumerate() {
         let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 };
@@ -400,7 +414,11 @@ fn a_fact_round_trips_through_cbor_with_its_id_and_signature() {
 #[test]
 fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     let (k1, k2) = (key(1), key(2));
-    let submit = Fact::sign(&k1, Hlc::default(), Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 1 });
+    let submit = Fact::sign(
+        &k1,
+        Hlc::default(),
+        Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 },
+    );
     let claim = Fact::sign(
         &k1,
         Hlc { wall_ms: 1, counter: 0 },
@@ -450,7 +468,12 @@ fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
     let submit = Fact::sign(
         &key(1),
         hlc(1),
-        Body::Submit { dag: dag(), jobs: JOBS.iter().map(|j| j.to_string()).collect(), max_attempts: 2 },
+        Body::Submit {
+            dag: dag(),
+            jobs: JOBS.iter().map(|j| j.to_string()).collect(),
+            max_attempts: 2,
+            topic_nodes: 0,
+        },
     );
     let claim_a = Fact::sign(&key(2), hlc(2), Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 });
     let renew = Fact::sign(&key(2), hlc(3), Body::Renew { claim: claim_a.id(), lease_until_ms: 200 });

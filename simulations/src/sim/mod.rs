@@ -631,7 +631,14 @@ impl Sim {
         }
         let now = self.clock(submitter);
         let attempts = self.cfg.max_attempts;
-        self.nodes[submitter as usize].core.as_mut().expect("up").submit(now, hash, dag, attempts);
+        let topic_nodes = self.cfg.group_nodes() as u32;
+        self.nodes[submitter as usize].core.as_mut().expect("up").submit_to_group(
+            now,
+            hash,
+            dag,
+            attempts,
+            topic_nodes,
+        );
         self.nodes[submitter as usize].persisted_dags.push(hash);
         self.drain(submitter);
     }

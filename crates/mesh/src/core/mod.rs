@@ -349,12 +349,26 @@ impl NodeCore {
         id
     }
 
-    /// Submits a DAG from here; its content is known at once.
+    /// Submits a DAG from here, on the mesh's one topic; its content is known at once.
     pub fn submit(&mut self, now_ms: u64, dag_hash: Hash, dag: impl Into<Arc<Dag>>, max_attempts: u32) {
+        self.submit_to_group(now_ms, dag_hash, dag, max_attempts, 0);
+    }
+
+    /// Submits a DAG from here, scheduled by a group of `topic_nodes` nodes on a topic of its
+    /// own (0: the mesh's one topic; see `Body::Submit`). The driver names the group
+    /// ([`NodeCore::handle_dag_peers`]).
+    pub fn submit_to_group(
+        &mut self,
+        now_ms: u64,
+        dag_hash: Hash,
+        dag: impl Into<Arc<Dag>>,
+        max_attempts: u32,
+        topic_nodes: u32,
+    ) {
         let dag = dag.into();
         let jobs = dag.jobs.iter().map(|j| j.id.clone()).collect();
         self.dags.insert(dag_hash, dag);
-        self.emit(now_ms, Body::Submit { dag: dag_hash, jobs, max_attempts });
+        self.emit(now_ms, Body::Submit { dag: dag_hash, jobs, max_attempts, topic_nodes });
         self.settle(now_ms);
     }
 

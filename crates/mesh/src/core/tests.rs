@@ -371,7 +371,7 @@ fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
         let submit = Fact::sign(
             &holder,
             Hlc::default(),
-            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
         );
         let claim = Fact::sign(
             &holder,
@@ -403,7 +403,9 @@ fn facts_from_a_clock_far_ahead_are_refused_and_do_not_move_the_hlc() {
     let liar = SigningKey::from_bytes(&[20; 32]);
     let mut honest = NodeCore::new(SigningKey::from_bytes(&[21; 32]), caps(0));
     let ahead = |wall_ms, body| Fact::sign(&liar, Hlc { wall_ms, counter: 0 }, body);
-    let submit = |wall_ms| ahead(wall_ms, Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 });
+    let submit = |wall_ms| {
+        ahead(wall_ms, Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 })
+    };
     let err = honest.handle_fact(now, submit(now + YEAR_MS)).unwrap_err();
     assert_eq!(err, LedgerError::Ahead { ahead_ms: YEAR_MS, skew_max_ms: SKEW });
     assert!(!honest.handle_verified_fact(now, submit(now + YEAR_MS).verified().unwrap()));
@@ -442,7 +444,7 @@ fn a_lease_is_believed_for_lease_ms_past_its_fact_at_most() {
     let submit = Fact::sign(
         &grabber,
         Hlc::default(),
-        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
     );
     let claim = Fact::sign(
         &grabber,
@@ -536,7 +538,7 @@ fn stored_facts_are_restored_whatever_the_clock() {
     let submit = Fact::sign(
         &author,
         Hlc { wall_ms: YEAR_MS, counter: 0 },
-        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
     );
     let mut me = NodeCore::new(SigningKey::from_bytes(&[31; 32]), caps(0));
     assert!(me.handle_fact(0, submit.clone()).is_err(), "from a peer: refused");

@@ -406,7 +406,7 @@ mod tests {
             assert_eq!((ev.node, ev.at_unix_ms), (author(), 1_000));
         };
         check(
-            Body::Submit { dag, jobs: vec!["build".into(), "test".into()], max_attempts: 3 },
+            Body::Submit { dag, jobs: vec!["build".into(), "test".into()], max_attempts: 3, topic_nodes: 0 },
             EventKind::Submitted,
             None,
             Some("2 jobs"),
