@@ -83,12 +83,33 @@ pub struct Settings {
     /// validated one for a mesh's size; `shoal node` has one topic until its daemon subscribes
     /// to DAG topics).
     pub topics: TopicMode,
+    /// See [`DAG_TOPIC_NODES`] (`shoal node --dag-topic-nodes`; 0: one topic whatever the size).
+    pub dag_topic_nodes: usize,
+    /// See [`DAG_TOPICS_ABOVE_NODES`] (`shoal node --dag-topics-above-nodes`).
+    pub dag_topics_above_nodes: usize,
+}
+
+impl Settings {
+    /// The `topic_nodes` a node that sees `mesh_nodes` nodes (itself included) writes into the
+    /// submit of a DAG: [`Settings::dag_topic_nodes`] when the mesh is larger than
+    /// [`Settings::dag_topics_above_nodes`] and the group, else 0 (the mesh's one topic).
+    pub fn submit_topic_nodes(&self, mesh_nodes: usize) -> u32 {
+        match topic_mode_above(self.dag_topic_nodes, self.dag_topics_above_nodes, mesh_nodes) {
+            TopicMode::PerDag { group_nodes, .. } => u32::try_from(group_nodes).unwrap_or(u32::MAX),
+            TopicMode::One => 0,
+        }
+    }
 }
 
 /// The topic mode validated for a mesh of `mesh_nodes` with DAG topics of `dag_topic_nodes`
 /// (0: one topic whatever the size): a topic per DAG above [`DAG_TOPICS_ABOVE_NODES`].
 pub fn topic_mode(dag_topic_nodes: usize, mesh_nodes: usize) -> TopicMode {
-    if dag_topic_nodes == 0 || mesh_nodes <= DAG_TOPICS_ABOVE_NODES.max(dag_topic_nodes) {
+    topic_mode_above(dag_topic_nodes, DAG_TOPICS_ABOVE_NODES, mesh_nodes)
+}
+
+/// [`topic_mode`] with another size above which DAGs get topics of their own.
+pub fn topic_mode_above(dag_topic_nodes: usize, above_nodes: usize, mesh_nodes: usize) -> TopicMode {
+    if dag_topic_nodes == 0 || mesh_nodes <= above_nodes.max(dag_topic_nodes) {
         TopicMode::One
     } else {
         TopicMode::PerDag { group_nodes: dag_topic_nodes, speed_exponent: TOPIC_SPEED_EXPONENT }
@@ -110,6 +131,8 @@ impl Default for Settings {
             replicas: REPLICAS,
             lost_recheck_ms: LOST_RECHECK_MS,
             topics: TopicMode::One,
+            dag_topic_nodes: DAG_TOPIC_NODES,
+            dag_topics_above_nodes: DAG_TOPICS_ABOVE_NODES,
         }
     }
 }

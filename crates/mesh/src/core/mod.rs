@@ -408,23 +408,25 @@ impl NodeCore {
         keys.push(self.me);
         keys.sort_unstable();
         keys.dedup();
-        self.dag_peers.insert(dag, keys);
+        // A group named for the first time lets a member schedule a DAG whose submit names one.
+        let first = self.dag_peers.insert(dag, keys).is_none();
         let was_member = !self.outside.contains(&dag);
         if member {
             self.outside.remove(&dag);
         } else {
             self.outside.insert(dag);
         }
-        if member != was_member {
+        if member != was_member || first {
             self.touch(now_ms, Touched::Dag(dag));
         }
         self.settle(now_ms);
     }
 
     /// Whether this node schedules `dag`'s jobs: yes unless [`NodeCore::handle_dag_peers`] named a
-    /// group without it.
+    /// group without it, or the DAG's submit names a group (`Body::Submit::topic_nodes`) and the
+    /// driver has not named it yet (until then this node cannot know it is in it).
     pub fn schedules(&self, dag: &Hash) -> bool {
-        !self.outside.contains(dag)
+        schedules(&self.ledger, &self.dag_peers, &self.outside, dag)
     }
 
     /// The capabilities peers announced (a driver with them calls this; without it every known
@@ -684,7 +686,7 @@ impl NodeCore {
             let claimable = matches!(state, Some(JobState::Open { .. }))
                 && s.waiting[idx as usize] == 0
                 && s.fits[idx as usize]
-                && !self.outside.contains(&dag);
+                && schedules(&self.ledger, &self.dag_peers, &self.outside, &dag);
             // A claim of this node's that it does not run (made before it restarted): its
             // `Alive` for the DAG would hold the job for ever, so it is given up.
             if let Some(JobState::Claimed { claim, node, .. }) = &state
@@ -703,7 +705,9 @@ impl NodeCore {
                     beaten.push(claim);
                 }
             }
-            let could_take = s.waiting[idx as usize] == 0 && s.fits[idx as usize] && !self.outside.contains(&dag);
+            let could_take = s.waiting[idx as usize] == 0
+                && s.fits[idx as usize]
+                && schedules(&self.ledger, &self.dag_peers, &self.outside, &dag);
             let cores = job.requirements.cores;
             let timer = match &state {
                 Some(JobState::Claimed { lease_until_ms, .. })
@@ -780,3 +784,8 @@ impl NodeCore {
 
 #[cfg(test)]
 mod tests;
+
+/// [`NodeCore::schedules`], on the fields it reads (callers hold other fields mutably).
+fn schedules(ledger: &Ledger, dag_peers: &BTreeMap<Hash, Vec<u64>>, outside: &BTreeSet<Hash>, dag: &Hash) -> bool {
+    !outside.contains(dag) && (ledger.topic_nodes(dag) == 0 || dag_peers.contains_key(dag))
+}

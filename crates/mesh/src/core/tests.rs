@@ -655,3 +655,34 @@ fn two_cores_with_the_same_peers_agree_on_a_dags_group_and_only_its_members_clai
     nodes[newcomer].handle_tick(100_000);
     assert!(!net_running(&starts(&mut nodes[newcomer])).is_empty(), "the replacement claims");
 }
+
+#[test]
+fn a_dag_whose_submit_names_a_group_waits_for_the_group_before_any_claim() {
+    let (h, dag) = flat(8);
+    let me = NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(4));
+    let peer = NodeCore::new(SigningKey::from_bytes(&[2; 32]), caps(4));
+    let mut nodes = vec![me, peer];
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
+    for n in nodes.iter_mut() {
+        n.handle_peers(0, ids.iter().copied());
+    }
+    nodes[1].submit_to_group(0, h, dag.clone(), 1, 1);
+    nodes[0].handle_dag(0, h, dag.clone());
+    gossip(&mut nodes, 0);
+    assert_eq!(nodes[0].ledger().topic_nodes(&h), 1);
+    // Without its group named, neither node claims, whatever the time: it may not be in it.
+    for t in [0, 10 * CLAIM_STAGGER_MS] {
+        for n in nodes.iter_mut() {
+            n.handle_tick(t);
+            assert!(net_running(&starts(n)).is_empty(), "no claim before the group is known");
+        }
+    }
+    // Named: the member claims at once, the other never.
+    let t = 10 * CLAIM_STAGGER_MS;
+    for n in nodes.iter_mut() {
+        n.handle_dag_peers(t, h, [ids[0]]);
+    }
+    assert_eq!(net_running(&starts(&mut nodes[0])).len(), 4, "the member fills its 4 cores");
+    nodes[1].handle_tick(t + 10 * CLAIM_STAGGER_MS);
+    assert!(net_running(&starts(&mut nodes[1])).is_empty());
+}

@@ -75,6 +75,8 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
         memory_bytes: args.memory.as_deref().map(|m| size("memory", m)).transpose()?,
         settings: shoal_mesh::Settings {
             replicas: args.replicas,
+            dag_topic_nodes: args.dag_topic_nodes,
+            dag_topics_above_nodes: args.dag_topics_above_nodes,
             core: shoal_mesh::core::CoreConfig {
                 lease_ms: args.lease_ms,
                 claim_stagger_ms: args.claim_stagger_ms,

@@ -86,6 +86,9 @@ impl Node {
         match cmd {
             Cmd::Submit { hash, dag, max_attempts, reply } => self.start_submit(hash, dag, max_attempts, reply).await,
             Cmd::Status { dag, reply } => {
+                if let Some(d) = dag {
+                    self.watch_if_outside(d);
+                }
                 let _ = reply.send(self.status_view(now, dag));
             }
             Cmd::Cancel { dag, reply } => {
@@ -100,6 +103,7 @@ impl Node {
                 let _ = reply.send(self.peers_view());
             }
             Cmd::Facts { dag, reply } => {
+                self.watch_if_outside(dag);
                 let _ = reply.send(self.facts_view(&dag));
             }
             Cmd::Metrics { reply } => {

@@ -191,7 +191,13 @@ impl Node {
     ) {
         let now = now_unix_ms();
         if !self.core.ledger().has_dag(&hash) {
-            self.core.submit(now, hash, dag, max_attempts);
+            // A mesh above `--dag-topics-above-nodes` gives the DAG a group and a topic of its
+            // own; this node follows it while its submitter may be asking how it goes.
+            let topic_nodes = self.opts.settings.submit_topic_nodes(self.live_peers().len() + 1);
+            self.core.submit_to_group(now, hash, dag, max_attempts, topic_nodes);
+            if topic_nodes > 0 {
+                self.dag_topics.watch(hash);
+            }
         } else if self.core.dag(&hash).is_none() {
             self.core.handle_dag(now, hash, dag);
         }

@@ -41,6 +41,7 @@ pub mod pin;
 pub mod serve;
 #[cfg(test)]
 pub(crate) mod testing;
+mod topics;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -350,6 +351,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         mesh_clock: MeshClock::new(),
         clock_warned: false,
         ahead_logged: BTreeSet::new(),
+        dag_topics: topics::DagTopics::default(),
     };
     node.run(cmd_rx).await
 }
@@ -409,6 +411,8 @@ struct Node {
     clock_warned: bool,
     /// Authors whose facts were refused for a clock far ahead, each named once in the log.
     ahead_logged: BTreeSet<NodeId>,
+    /// The groups of DAGs with topics of their own, and the DAGs this node watches.
+    dag_topics: topics::DagTopics,
 }
 
 impl Node {
@@ -464,6 +468,7 @@ impl Node {
                     Ok(dag) => {
                         self.dag_fetches.remove(&hash);
                         self.core.handle_dag(now_unix_ms(), hash, dag);
+                        self.dag_topics.dirty();
                     }
                     Err(why) => {
                         debug!(%hash, "DAG fetch failed: {why}");
@@ -501,21 +506,15 @@ impl Node {
             own.push(fact);
         }
         if !own.is_empty() {
-            for chunk in own.chunks(wire::FACTS_PER_MESSAGE_MAX) {
-                let mut dags = Vec::new();
-                for f in chunk {
-                    if let Body::Submit { dag, .. } = &f.body
-                        && let Ok(Some(bytes)) = self.shared.store.get_bytes(*dag).await
-                        && bytes.len() <= wire::DAG_INLINE_BYTES_MAX
-                        && let Ok(text) = String::from_utf8(bytes.to_vec())
-                    {
-                        dags.push(DagText { hash: *dag, text });
-                    }
-                }
-                let batch = FactBatch { v: self.opts.protocol, facts: chunk.to_vec(), dags };
-                if let Err(e) = self.net.publish(Topic::Facts, wire::encode(&batch)) {
-                    debug!("gossip: {e} (anti-entropy will carry it)");
-                }
+            // Each on its topic: a DAG's own, or the mesh's (which every node follows, and which
+            // carries every submit and cancel; see `topics`).
+            let mut by_topic: BTreeMap<String, (Topic, Vec<Fact>)> = BTreeMap::new();
+            for f in &own {
+                let topic = self.topic_of(f);
+                by_topic.entry(topic.name()).or_insert((topic, Vec::new())).1.push(f.clone());
+            }
+            for (topic, facts) in by_topic.into_values() {
+                self.gossip_facts(topic, &facts).await;
             }
             self.to_persist.extend(own);
         }
@@ -545,11 +544,13 @@ impl Node {
                     if stored.is_ok() && self.shared.store.pin(d.hash).is_ok() {
                         self.dag_fetches.remove(&d.hash);
                         self.core.handle_dag(now_unix_ms(), d.hash, dag);
+                        self.dag_topics.dirty();
                     }
                 }
                 Err(e) => warn!(dag = %d.hash, "a DAG sent inline does not parse: {e}"),
             }
         }
+        self.drive_topics();
         self.drive_mesh();
         while let Some(action) = self.core.poll_action() {
             match action {
@@ -578,6 +579,27 @@ impl Node {
                 let result = fetch_dag(&shared, hash, &providers).await.map_err(|e| format!("{e:#}"));
                 let _ = tx.send((hash, result)).await;
             });
+        }
+    }
+
+    /// Gossips facts on `topic`, a message per [`wire::FACTS_PER_MESSAGE_MAX`], a submit with its
+    /// DAG's text when that is small (so peers need not fetch it).
+    async fn gossip_facts(&mut self, topic: Topic, facts: &[Fact]) {
+        for chunk in facts.chunks(wire::FACTS_PER_MESSAGE_MAX) {
+            let mut dags = Vec::new();
+            for f in chunk {
+                if let Body::Submit { dag, .. } = &f.body
+                    && let Ok(Some(bytes)) = self.shared.store.get_bytes(*dag).await
+                    && bytes.len() <= wire::DAG_INLINE_BYTES_MAX
+                    && let Ok(text) = String::from_utf8(bytes.to_vec())
+                {
+                    dags.push(DagText { hash: *dag, text });
+                }
+            }
+            let batch = FactBatch { v: self.opts.protocol, facts: chunk.to_vec(), dags };
+            if let Err(e) = self.net.publish(topic, wire::encode(&batch)) {
+                debug!("gossip: {e} (anti-entropy will carry it)");
+            }
         }
     }
 

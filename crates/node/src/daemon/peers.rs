@@ -74,14 +74,16 @@ impl Node {
                 }
                 self.refused.insert(refusal.peer, (refusal, now));
             }
-            NetEvent::Gossip { topic: Topic::Facts, from, data } => match wire::decode::<FactBatch>(&data) {
-                Ok(batch) if batch.v == self.opts.protocol => {
-                    self.take_facts(now, batch.facts, &from);
-                    self.inline_dags.extend(batch.dags);
+            NetEvent::Gossip { topic: Topic::Facts | Topic::Dag(_), from, data } => {
+                match wire::decode::<FactBatch>(&data) {
+                    Ok(batch) if batch.v == self.opts.protocol => {
+                        self.take_facts(now, batch.facts, &from);
+                        self.inline_dags.extend(batch.dags);
+                    }
+                    Ok(_) => debug!(%from, "a fact batch of another wire version; ignored"),
+                    Err(e) => warn!(%from, "{e}"),
                 }
-                Ok(_) => debug!(%from, "a fact batch of another wire version; ignored"),
-                Err(e) => warn!(%from, "{e}"),
-            },
+            }
             NetEvent::Gossip { topic: Topic::Caps, from, data } => match wire::decode::<Announce>(&data) {
                 Ok(a) => self.on_announce(now, from, a, false),
                 Err(e) => warn!(%from, "{e}"),
@@ -187,7 +189,7 @@ impl Node {
                 Ok(()) => {
                     added += 1;
                     if let Body::Done { record, .. } = &fact.body {
-                        let live = self.live_peers();
+                        let live = self.replica_candidates(self.core.ledger().dag_of(&fact));
                         self.replicas.handle_done(self.mono_ms(), *record, fact.author, &live);
                     }
                     self.to_persist.push(fact);

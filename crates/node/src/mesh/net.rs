@@ -85,6 +85,7 @@ use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub, identify, kad,
     mdns, noise, relay, tcp, yamux,
 };
+use shoal_dag::Hash;
 use tokio::time::{Interval, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
@@ -204,35 +205,37 @@ const REFUSED_PEERS_MAX: usize = 1024;
 /// A gossip topic of the mesh.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Topic {
-    /// Ledger facts (Submit, Claim, Alive, Done, Fail, Cancel, Lost, Release), as signed CBOR.
+    /// Ledger facts (Submit, Claim, Alive, Done, Fail, Cancel, Lost, Release), as signed CBOR:
+    /// all of them for DAGs on the mesh's one topic, and the Submit and Cancel of the others.
     Facts,
     /// Node capabilities, re-gossiped with a TTL.
     Caps,
+    /// The facts of one DAG that has a topic of its own (`Body::Submit::topic_nodes`),
+    /// subscribed by the group that schedules it and by nodes watching it.
+    Dag(Hash),
 }
 
 impl Topic {
+    /// The topics every node subscribes to.
     pub const ALL: [Topic; 2] = [Topic::Facts, Topic::Caps];
 
     /// The gossipsub topic name.
-    pub fn name(self) -> &'static str {
+    pub fn name(self) -> String {
         match self {
-            Topic::Facts => "shoal/facts/1",
-            Topic::Caps => "shoal/caps/1",
+            Topic::Facts => "shoal/facts/1".into(),
+            Topic::Caps => "shoal/caps/1".into(),
+            Topic::Dag(dag) => format!("shoal/dag/{dag}/1"),
         }
     }
 
     pub(super) fn ident(self) -> gossipsub::IdentTopic {
         gossipsub::IdentTopic::new(self.name())
     }
-
-    fn from_hash(hash: &gossipsub::TopicHash) -> Option<Topic> {
-        Topic::ALL.into_iter().find(|t| t.ident().hash() == *hash)
-    }
 }
 
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name())
     }
 }
 
@@ -384,6 +387,8 @@ pub struct Net {
     hole_punches: HolePunches,
     /// When this node presumes it is private if the probe under way has not answered.
     presume_private_at: Option<tokio::time::Instant>,
+    /// The topics subscribed to, by gossipsub's hash of their name.
+    topics: HashMap<gossipsub::TopicHash, Topic>,
 }
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
@@ -469,6 +474,7 @@ impl Net {
             private_ips: cfg.autonat_private_ips,
             hole_punched: HashMap::new(),
             hole_punches: HolePunches::default(),
+            topics: Topic::ALL.into_iter().map(|t| (t.ident().hash(), t)).collect(),
             presume_private_at: None,
         };
         for addr in cfg.listen {
@@ -556,6 +562,42 @@ impl Net {
     /// The addresses listened on so far (port 0 resolved once [`NetEvent::Listening`] came).
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         self.swarm.listeners().cloned().collect()
+    }
+
+    /// Subscribes to `topic` (a DAG's), so its gossip arrives as [`NetEvent::Gossip`]. Idempotent.
+    pub fn subscribe(&mut self, topic: Topic) {
+        let ident = topic.ident();
+        if self.topics.insert(ident.hash(), topic).is_none()
+            && let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&ident)
+        {
+            warn!(%topic, "cannot subscribe: {e}");
+            self.topics.remove(&ident.hash());
+        }
+    }
+
+    /// Leaves a topic [`Net::subscribe`] joined (never one of [`Topic::ALL`]).
+    pub fn unsubscribe(&mut self, topic: Topic) {
+        if Topic::ALL.contains(&topic) {
+            return;
+        }
+        let ident = topic.ident();
+        if self.topics.remove(&ident.hash()).is_some() {
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&ident);
+        }
+    }
+
+    /// The DAG topics subscribed to.
+    pub fn dag_topics(&self) -> impl Iterator<Item = Hash> + '_ {
+        self.topics.values().filter_map(|t| match t {
+            Topic::Dag(d) => Some(*d),
+            _ => None,
+        })
+    }
+
+    /// The connected peers that subscribe to `topic`, as gossipsub learnt it from them.
+    pub fn topic_peers(&self, topic: Topic) -> Vec<PeerId> {
+        let hash = topic.ident().hash();
+        self.swarm.behaviour().gossipsub.all_peers().filter(|(_, t)| t.contains(&&hash)).map(|(p, _)| *p).collect()
     }
 
     /// Gossips `data` on `topic`. No subscribed peer yet is not an error (the ledger's
@@ -889,7 +931,7 @@ impl Net {
     fn handle_behaviour(&mut self, event: BehaviourEvent) -> Option<NetEvent> {
         match event {
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { propagation_source, message, .. }) => {
-                let Some(topic) = Topic::from_hash(&message.topic) else {
+                let Some(&topic) = self.topics.get(&message.topic) else {
                     debug!(topic = %message.topic, "gossip on a topic we do not know");
                     return None;
                 };
