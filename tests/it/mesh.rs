@@ -271,6 +271,49 @@ fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
 }
 
 #[test]
+fn a_dag_with_a_topic_of_its_own_runs_in_its_group_of_3_and_its_facts_stay_there() {
+    // Five nodes told that a mesh above 2 nodes gives each DAG a group of 3 on its own topic.
+    let topics: &[&str] = &["--dag-topic-nodes", "3", "--dag-topics-above-nodes", "2"];
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], topics);
+    let others: Vec<MeshNode> = (0..4).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], topics)).collect();
+    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
+    wait_for_mesh(&all);
+
+    let dag = submit(&n0, &n0.home.write("fan.json", &fan_out_dag()));
+    // The submitter follows its DAG whether or not it is in the group.
+    let view = wait_dag(&n0, &dag, Duration::from_secs(120), "all 50 jobs done", |v| all_in(v, "done"));
+    let group: BTreeSet<String> =
+        view["group"]["nodes"].as_array().expect("a group").iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    assert_eq!((view["group"]["size"].as_u64(), group.len()), (Some(3), 3), "{:#}", view["group"]);
+    let runners: BTreeSet<String> =
+        view["jobs"].as_object().unwrap().values().map(|j| j["node"].as_str().unwrap().to_string()).collect();
+    assert!(runners.is_subset(&group), "only the group ran jobs: runners {runners:?}, group {group:?}");
+
+    // A node outside the group that nobody asked about the DAG holds its submit and nothing
+    // else: no claim, completion or heartbeat of it reached it, by gossip or anti-entropy (which
+    // ran every 5 s all along). A member holds them all.
+    let facts = |n: &MeshNode| n.get_json("/v1/metrics")["facts"].as_u64().unwrap();
+    let quiet = others.iter().find(|n| !group.contains(&n.node)).expect("5 nodes, a group of 3: 2 outside");
+    let member = all.iter().find(|n| group.contains(&n.node)).unwrap();
+    assert_eq!(facts(quiet), 1, "outside the group: the submit only");
+    assert!(facts(member) >= 100, "a member: the claims and completions of 50 jobs ({})", facts(member));
+
+    // Asked, it follows the DAG's topic and answers as a member would, outputs included.
+    let seen = wait_dag(quiet, &dag, Duration::from_secs(30), "the DAG as the group sees it", |v| all_in(v, "done"));
+    assert_eq!(seen["group"]["member"], false);
+    let (status, body) = quiet.get(&format!("/v1/dags/{dag}/jobs/use3/outputs/out"));
+    assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "use3: 400\n".to_string()));
+    // Every node works out the same group.
+    for n in &all {
+        let g = n.get_json(&format!("/v1/dags/{dag}"))["group"]["nodes"].clone();
+        let g: BTreeSet<String> = g.as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+        assert_eq!(g, group, "{} agrees on the group", &n.node[..12]);
+    }
+}
+
+#[test]
 fn kill_9_of_the_node_running_a_long_job_costs_one_attempt_not_the_dag() {
     let homes: Vec<Home> = (0..3).map(|_| Home::with_busybox()).collect();
     let key = mesh_key(homes[0].path());

@@ -131,6 +131,23 @@ pub struct DagStatus {
     /// Whether this node has the DAG's content (it fetches it by hash).
     pub known: bool,
     pub node: String,
+    /// The group that schedules it, when it has a topic of its own (a mesh larger than
+    /// `--dag-topics-above-nodes` when it was submitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<DagGroup>,
+}
+
+/// The nodes that schedule a DAG with a topic of its own, as this node works them out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DagGroup {
+    /// The size its submit asked for.
+    pub size: u32,
+    /// The nodes in it (hex ids); fewer than `size` when fewer fit it, empty until this node
+    /// has the DAG's content.
+    pub nodes: Vec<String>,
+    /// Whether this node is one of them (if not, it follows the DAG's topic for a while
+    /// because it was asked about it).
+    pub member: bool,
 }
 
 /// One job of a DAG.
@@ -618,6 +635,7 @@ mod tests {
                 jobs: BTreeMap::from([("a".into(), open), ("b".into(), done)]),
                 known: true,
                 node: "ab".into(),
+                group: None,
             },
             &format!(
                 concat!(

@@ -155,7 +155,8 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
             jv.nondeterministic = Some(outputs.len() > 1);
         }
     }
-    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node: status.node }).into_response())
+    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node: status.node, group: view.group })
+        .into_response())
 }
 
 /// Every fact about each job of a DAG, in clock order: what the ledger says happened to it
@@ -443,7 +444,7 @@ mod tests {
             .into_iter()
             .map(|(hash, states)| {
                 let jobs = states.into_iter().enumerate().map(|(i, s)| (format!("j{i}"), job_view(s))).collect();
-                (hash, DagView { jobs, known: true })
+                (hash, DagView { jobs, known: true, group: None })
             })
             .collect();
         StatusView { node: node.to_string(), dags }

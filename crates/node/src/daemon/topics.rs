@@ -82,6 +82,20 @@ impl Node {
         }
     }
 
+    /// The group of `dag` for the API, if its submit names one.
+    pub(super) fn group_view(&self, dag: &Hash) -> Option<crate::api::DagGroup> {
+        let size = self.core.ledger().topic_nodes(dag);
+        (size > 0).then(|| {
+            let me = self.core.id();
+            let group = self.dag_topics.group(dag);
+            crate::api::DagGroup {
+                size,
+                nodes: group.into_iter().flatten().map(hex::encode).collect(),
+                member: group.is_some_and(|g| g.contains(&me)),
+            }
+        })
+    }
+
     /// Asked about `dag`: when it has a topic of its own and this node is not in its group,
     /// follow the topic for [`WATCH_MS`] so the answers that follow show its progress (the
     /// first shows what this node held, its submit at least).

@@ -26,6 +26,8 @@ pub(crate) struct DagView {
     pub jobs: BTreeMap<String, JobView>,
     /// Whether this node has the DAG's content (it fetches it by hash).
     pub known: bool,
+    /// See `api::DagStatus::group`.
+    pub group: Option<crate::api::DagGroup>,
 }
 
 impl DagView {
@@ -181,7 +183,7 @@ impl Node {
                 let runs = if runs.len() > 1 { runs } else { Vec::new() };
                 jobs.insert(id, job_view(js, reason, runs));
             }
-            dags.insert(hash, DagView { jobs, known: dag.is_some() });
+            dags.insert(hash, DagView { jobs, known: dag.is_some(), group: self.group_view(&hash) });
         }
         StatusView { node: hex::encode(self.core.id()), dags }
     }
@@ -383,6 +385,7 @@ mod tests {
                 ("c".into(), view(JobState::Open { failures: vec![] })),
             ]),
             known: true,
+            group: None,
         };
         let s = dag.summary(hash(9));
         assert_eq!((s.dag, s.jobs), (hash(9), 3));
