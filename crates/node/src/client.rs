@@ -525,6 +525,7 @@ mod tests {
             jobs: jobs.into_iter().map(|(id, j)| (id.to_string(), j)).collect(),
             known: true,
             node: "ab".into(),
+            group: None,
         }
     }
 

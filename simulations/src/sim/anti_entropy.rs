@@ -130,7 +130,7 @@ impl Sim {
                 added += 1;
                 self.hold(n, topic, id);
                 if let Some((record, runner)) = done {
-                    self.keep_copies(n, record, runner);
+                    self.keep_copies(n, topic, record, runner);
                 }
             }
         }

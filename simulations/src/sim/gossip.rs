@@ -139,7 +139,7 @@ impl Sim {
                 if let Body::Done { record, .. } = &f.fact().body
                     && f.fact().author != self.nodes[to as usize].id
                 {
-                    self.keep_copies(to, *record, f.fact().author);
+                    self.keep_copies(to, topic, *record, f.fact().author);
                 }
                 if let Body::Done { claim, .. } = &f.fact().body
                     && let Some((d, j)) = self.claim_job(claim, to)

@@ -23,11 +23,18 @@ use shoal_mesh::replicas::Copy;
 use super::{Ev, Sim};
 
 impl Sim {
-    /// A Done of `runner`'s, new to node `n`: its `Replicas` decides whether `n` keeps a copy.
-    pub(super) fn keep_copies(&mut self, n: u32, record: Hash, runner: NodeId) {
+    /// A Done of `runner`'s on `topic`, new to node `n`: its `Replicas` decides whether `n`
+    /// keeps a copy, among the live nodes that hear of it (with a topic per DAG, its topic's
+    /// members, as `shoal node` ranks a DAG's group).
+    pub(super) fn keep_copies(&mut self, n: u32, topic: u32, record: Hash, runner: NodeId) {
         let now = self.now;
+        let members: Option<std::collections::BTreeSet<NodeId>> = (self.cfg.group_nodes() > 0)
+            .then(|| self.topics[topic as usize].members.iter().map(|&m| self.nodes[m as usize].id).collect());
         let node = &mut self.nodes[n as usize];
-        let live = node.liveness.live(now);
+        let mut live = node.liveness.live(now);
+        if let Some(members) = members {
+            live.retain(|p| members.contains(p));
+        }
         node.replicas.handle_done(now, record, runner, &live);
         while let Some(copy) = self.nodes[n as usize].replicas.poll_copy() {
             self.copy(n, copy);
