@@ -272,7 +272,15 @@ impl Node {
     /// before its next mesh announcement, minutes away. A peer that left fails these dials and
     /// is not tried again.
     fn redial(&mut self, peer: PeerId, node: NodeId) {
-        if self.connected.len() >= DIRECT_PEERS_MAX || self.net.is_blocked(&peer) {
+        if self.connected.len() >= DIRECT_PEERS_MAX {
+            return;
+        }
+        self.dial_announced(peer, node);
+    }
+
+    /// Dials a peer at the addresses it announced (none known: nothing happens).
+    pub(super) fn dial_announced(&mut self, peer: PeerId, node: NodeId) {
+        if self.net.is_blocked(&peer) {
             return;
         }
         let Some(p) = self.peers.get(&node) else { return };

@@ -29,6 +29,10 @@ pub const WATCH_MS: u64 = 10 * 60 * 1000;
 /// How often the groups are worked out again while nothing new asks for it (peers come and go,
 /// gossipsub learns who subscribes), in ms.
 const REGROUP_MS: u64 = 2_000;
+/// How long a node waits before it dials again a member of a group it follows that it has no
+/// connection with, in ms. Members connect to each other past `DIRECT_PEERS_MAX` (a DAG's gossip
+/// and anti-entropy run over connections), groups being small.
+const GROUP_REDIAL_MS: u64 = 30_000;
 /// DAG topics a node follows at once, group member or watcher; past it the DAGs it was asked
 /// about least recently are left (a node still schedules those it is a member of).
 pub const DAG_TOPICS_MAX: usize = 1024;
@@ -42,6 +46,8 @@ pub(super) struct DagTopics {
     watching: BTreeMap<Hash, Instant>,
     /// When the groups were last worked out; None: at the next step.
     last: Option<Instant>,
+    /// Members of followed groups dialed for lack of a connection, and when.
+    dialed: BTreeMap<NodeId, Instant>,
 }
 
 impl DagTopics {
@@ -182,6 +188,24 @@ impl Node {
                     .filter(|n| **n != me && peer_id_of_node(n).is_some_and(|p| self.connected.contains(&p))),
             );
             self.sync.handle_dag_peers(mono, *dag, peers);
+        }
+        // Connect to the members of the groups followed, which a large mesh may not have made.
+        let redial = Duration::from_millis(GROUP_REDIAL_MS);
+        self.dag_topics.dialed.retain(|_, at| now < *at + redial);
+        let unconnected: BTreeSet<NodeId> = follow
+            .iter()
+            .filter_map(|d| groups.get(d))
+            .flatten()
+            .filter(|n| **n != me && !self.dag_topics.dialed.contains_key(*n))
+            .filter(|n| peer_id_of_node(n).is_some_and(|p| !self.connected.contains(&p)))
+            .copied()
+            .collect();
+        for node in unconnected {
+            if let Some(peer) = peer_id_of_node(&node) {
+                debug!(%peer, "dialing a member of a DAG's group");
+                self.dag_topics.dialed.insert(node, now);
+                self.dial_announced(peer, node);
+            }
         }
         self.dag_topics.groups = groups;
     }
