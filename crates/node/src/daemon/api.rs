@@ -2,6 +2,7 @@
 //! [`Cmd`] for the loop, or reads the store; nothing here touches the core directly. The routes
 //! are described in `openapi.json` (served at `/v1/openapi.json`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -59,6 +60,11 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
 
 /// How long a fetch for the API keeps retrying while peers' addresses are still arriving (a node
 /// just started or rejoined hears the ledger before every announcement), in ms.
+/// How long `GET /v1/dags/{dag}` spends fetching the run records of jobs that ran more than
+/// once, to say whether their runs agree (`nondeterministic`), in ms.
+const RUNS_COMPARE_MS: u64 = 2_000;
+/// Those records fetched at once.
+const RUNS_COMPARE_IN_FLIGHT_MAX: usize = 16;
 const FETCH_RETRY_WINDOW_MS: u64 = 6_000;
 /// Pause between those tries, in ms.
 const FETCH_RETRY_PAUSE_MS: u64 = 250;
@@ -137,20 +143,39 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
         .dags
         .remove(&hash)
         .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
-    // A job finished more than once: compare what the runs produced.
-    for jv in view.jobs.values_mut().filter(|j| j.runs.len() > 1) {
-        let mut outputs = std::collections::BTreeSet::new();
-        let mut all_known = true;
-        for run in &jv.runs {
-            let runner = hex::decode(&run.node).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-            let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await?;
-            match exec::fetch_record(&s.store, &s.blobs, run.record, &providers).await {
-                Ok(rec) => {
-                    outputs.insert(rec.outputs.iter().map(|(k, d)| (k.clone(), d.hash)).collect::<Vec<_>>());
-                }
-                Err(_) => all_known = false,
+    // A job finished more than once: compare what the runs produced. Their records are fetched
+    // at once, for at most RUNS_COMPARE_MS (one at a time, a DAG with many reruns after a
+    // partition took a minute: each record of a runner gone waited for every provider); a job
+    // whose runs' records did not all come in time is left unjudged.
+    let runs: Vec<Hash> =
+        view.jobs.values().filter(|j| j.runs.len() > 1).flat_map(|j| j.runs.iter()).map(|r| r.record).collect();
+    let mut records = BTreeMap::new();
+    if !runs.is_empty() {
+        let runners: BTreeMap<Hash, Option<[u8; 32]>> = view
+            .jobs
+            .values()
+            .flat_map(|j| j.runs.iter())
+            .map(|r| (r.record, hex::decode(&r.node).ok().and_then(|b| <[u8; 32]>::try_from(b).ok())))
+            .collect();
+        let fetches = futures::stream::iter(runs.into_iter().map(|record| {
+            let (s, runner) = (s.clone(), runners.get(&record).copied().flatten());
+            async move {
+                let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await.ok()?;
+                let rec = exec::fetch_record(&s.store, &s.blobs, record, &providers).await.ok()?;
+                Some((record, rec.outputs.iter().map(|(k, d)| (k.clone(), d.hash)).collect::<Vec<_>>()))
             }
+        }))
+        .buffer_unordered(RUNS_COMPARE_IN_FLIGHT_MAX)
+        .filter_map(std::future::ready);
+        let deadline = tokio::time::sleep(std::time::Duration::from_millis(RUNS_COMPARE_MS));
+        let mut fetches = std::pin::pin!(fetches.take_until(deadline));
+        while let Some((record, outputs)) = fetches.next().await {
+            records.insert(record, outputs);
         }
+    }
+    for jv in view.jobs.values_mut().filter(|j| j.runs.len() > 1) {
+        let outputs: BTreeSet<&Vec<(String, Hash)>> = jv.runs.iter().filter_map(|r| records.get(&r.record)).collect();
+        let all_known = jv.runs.iter().all(|r| records.contains_key(&r.record));
         if all_known || outputs.len() > 1 {
             jv.nondeterministic = Some(outputs.len() > 1);
         }
