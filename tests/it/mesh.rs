@@ -51,7 +51,7 @@ impl MeshNode {
             .args(["--backend", "namespace"])
             // Nodes on one machine are equally fast: a speed measured while the others start
             // would skew placement by noise.
-            .args(["--speed", "1000"])
+            .args(if extra.contains(&"--speed") { &[][..] } else { &["--speed", "1000"][..] })
             .args(extra);
         for j in join {
             cmd.args(["--join", j]);
@@ -94,10 +94,15 @@ impl MeshNode {
     }
 
     /// Restarts a node with the same store (and so the same identity).
-    pub fn restart(mut self, key: &Path, join: &[&str]) -> MeshNode {
+    pub fn restart(self, key: &Path, join: &[&str]) -> MeshNode {
+        self.restart_with(key, join, &[])
+    }
+
+    /// [`MeshNode::restart`] with these flags.
+    pub fn restart_with(mut self, key: &Path, join: &[&str], extra: &[&str]) -> MeshNode {
         self.kill();
         let home = std::mem::replace(&mut self.home, Home::empty());
-        MeshNode::start(home, key, join, &[])
+        MeshNode::start(home, key, join, extra)
     }
 
     /// The node's process id, while it runs.
@@ -348,6 +353,47 @@ fn kill_9_of_the_node_running_a_long_job_costs_one_attempt_not_the_dag() {
     assert!(recovery < Duration::from_secs(25), "finished {recovery:?} after the kill");
     let (status, body) = witness.get(&format!("/v1/dags/{dag}/jobs/long/outputs/out"));
     assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "survived\n".to_string()));
+}
+
+#[test]
+fn a_node_restarted_with_a_stale_view_claims_no_job_its_peer_still_runs() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let a = MeshNode::start(first, &key, &[], &[]);
+    let dag_file = a.home.write(
+        "long.json",
+        r#"{"version": 1, "jobs": [{"id": "long", "image": "busybox:latest",
+            "command": ["sh", "-c", "sleep 45; echo once"], "outputs": {"out": "stdout"}}]}"#,
+    );
+    let dag = submit(&a, &dag_file);
+    wait_dag(&a, &dag, Duration::from_secs(20), "A runs long", |v| v["jobs"]["long"]["state"] == "claimed");
+    // B is far faster than A: whenever it sees `long` open, it ranks first and claims at once.
+    let fast: &[&str] = &["--speed", "100000"];
+    let b = MeshNode::start(Home::empty(), &key, &[&a.listen], fast);
+    wait_dag(&b, &dag, Duration::from_secs(20), "B sees A's claim", |v| v["jobs"]["long"]["node"] == a.node.as_str());
+    // B is down for longer than a lease: in its stored view A's claim has run out.
+    let mut b = b;
+    b.kill();
+    std::thread::sleep(Duration::from_secs(10 + 3)); // the lease, 10 s, and slack
+    let b = b.restart_with(&key, &[&a.listen], fast);
+    // Restarted, it first hears from A (anti-entropy: A's later heartbeats for the DAG) and
+    // claims nothing, where it used to claim from its stored view and start the job a second time.
+    let claims = |n: &MeshNode| -> Vec<String> {
+        let v = n.get_json(&format!("/v1/dags/{dag}/facts"));
+        v["jobs"]["long"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "claim")
+            .map(|f| f["node"].to_string())
+            .collect()
+    };
+    wait_dag(&b, &dag, Duration::from_secs(20), "B back", |v| v["jobs"]["long"]["state"] == "claimed");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(claims(&a).len(), 1, "A's claim only, on A: {:?}", claims(&a));
+    assert_eq!(claims(&b).len(), 1, "A's claim only, on B: {:?}", claims(&b));
+    assert_eq!(b.get_json("/v1/metrics")["running"], 0, "B runs nothing");
+    assert!(b.log().contains("caught up with the mesh, claiming jobs again"), "{}", b.log());
 }
 
 #[test]

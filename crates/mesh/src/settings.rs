@@ -34,6 +34,11 @@ pub const REPLICAS: usize = 2;
 /// was restarting or busy gets a second chance, so a passing failure does not cost a rerun.
 pub const LOST_RECHECK_MS: u64 = 2_000;
 
+/// How long a node restarted from stored facts waits at most for its first anti-entropy
+/// exchange before it claims jobs (`Sync::caught_up`), in ms: three exchanges' time, for a node
+/// whose peers are slow to answer or gone (alone, it claims after this).
+pub const CATCH_UP_MAX_MS: u64 = 3 * SYNC_PERIOD_MS;
+
 /// How far ahead of a receiver's clock a remote time is believed, in ms: a fact whose HLC reads
 /// more than this ahead is refused (anti-entropy offers it again, so it is admitted once the
 /// receiver's clock reaches it), [`Hlc::observe`](crate::ledger::Hlc::observe) never moves further
@@ -79,6 +84,8 @@ pub struct Settings {
     pub replicas: usize,
     /// See [`LOST_RECHECK_MS`].
     pub lost_recheck_ms: u64,
+    /// See [`CATCH_UP_MAX_MS`].
+    pub catch_up_max_ms: u64,
     /// Which topics carry a DAG's facts and who subscribes to them ([`topic_mode`] gives the
     /// validated one for a mesh's size; `shoal node` has one topic until its daemon subscribes
     /// to DAG topics).
@@ -130,6 +137,7 @@ impl Default for Settings {
             sync_period_ms: SYNC_PERIOD_MS,
             replicas: REPLICAS,
             lost_recheck_ms: LOST_RECHECK_MS,
+            catch_up_max_ms: CATCH_UP_MAX_MS,
             topics: TopicMode::One,
             dag_topic_nodes: DAG_TOPIC_NODES,
             dag_topics_above_nodes: DAG_TOPICS_ABOVE_NODES,

@@ -52,6 +52,8 @@ pub struct Sync {
     /// every scope.
     new_scopes: VecDeque<Hash>,
     out: VecDeque<(NodeId, SyncReq)>,
+    /// An exchange with a peer has ended since this machine started (see [`Sync::caught_up`]).
+    caught_up: bool,
 }
 
 impl Sync {
@@ -64,7 +66,17 @@ impl Sync {
             last_scope: None,
             new_scopes: VecDeque::new(),
             out: VecDeque::new(),
+            caught_up: false,
         }
+    }
+
+    /// Whether an exchange with a peer has ended since this machine started: a digest answered
+    /// `Same`, the ids of a scope showed nothing missing here, or facts asked for arrived. A node
+    /// restarted from its stored facts claims nothing until then (or until
+    /// [`Settings::catch_up_max_ms`] passed): its stored view has every other node's lease
+    /// expired, and it would claim jobs their runners still hold.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
     }
 
     /// A connection to `peer` opened: the whole ledger is compared with it in turn.
@@ -191,6 +203,7 @@ impl Sync {
                     None => diff_sorted(&ids, ledger.mesh_ids_sorted()),
                     Some(dag) => diff_sorted(&ids, ledger.dag_ids(&dag)),
                 };
+                self.caught_up |= want.is_empty();
                 if !want.is_empty() {
                     self.out.push_back((from, SyncReq::Get { ids: want }));
                 }
@@ -200,12 +213,17 @@ impl Sync {
                 }
                 Vec::new()
             }
-            SyncResp::Facts { facts } => facts,
-            SyncResp::Same
-            | SyncResp::Stored { .. }
-            | SyncResp::Holding { .. }
-            | SyncResp::Refused { .. }
-            | SyncResp::Heard => Vec::new(),
+            SyncResp::Facts { facts } => {
+                self.caught_up = true;
+                facts
+            }
+            SyncResp::Same => {
+                self.caught_up = true;
+                Vec::new()
+            }
+            SyncResp::Stored { .. } | SyncResp::Holding { .. } | SyncResp::Refused { .. } | SyncResp::Heard => {
+                Vec::new()
+            }
         }
     }
 }

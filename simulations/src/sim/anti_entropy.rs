@@ -47,6 +47,7 @@ impl Sim {
         };
         sync.handle_tick(now, core.ledger());
         let next = sync.poll_timeout().unwrap_or(now + self.cfg.settings.sync_period_ms);
+        self.end_catch_up(n);
         self.send_sync_requests(n);
         next.max(now + 1)
     }
@@ -102,7 +103,27 @@ impl Sim {
         let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else { return };
         let facts = sync.handle_response(now, core.ledger(), peer, resp);
         self.store_synced(to, facts);
+        self.end_catch_up(to);
         self.send_sync_requests(to);
+    }
+
+    /// A node restarted from its facts claims again once its `Sync` caught up with a peer, or
+    /// `catch_up_max_ms` after it came back (the daemon's `update_claiming`).
+    fn end_catch_up(&mut self, n: u32) {
+        let now = self.now;
+        let max = self.cfg.settings.catch_up_max_ms;
+        let node = &mut self.nodes[n as usize];
+        let Some(since) = node.catch_up_since else { return };
+        let caught_up = node.sync.as_ref().is_some_and(|s| s.caught_up());
+        if !caught_up && now < since + max {
+            return;
+        }
+        node.catch_up_since = None;
+        let clock = self.clock(n);
+        if let Some(core) = self.nodes[n as usize].core.as_mut() {
+            core.set_claiming(clock, true);
+        }
+        self.drain(n);
     }
 
     /// Hands facts anti-entropy brought to node `n`'s core; returns how many were new.

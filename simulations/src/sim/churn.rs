@@ -144,6 +144,11 @@ impl Sim {
         let node = &mut self.nodes[n as usize];
         let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.settings.core);
         core.handle_peer_table(clock, self.peer_table.clone());
+        // Its stored view has every other node's lease run out: no claim before it caught up.
+        node.catch_up_since = (!node.persisted.is_empty()).then_some(now);
+        if node.catch_up_since.is_some() {
+            core.set_claiming(clock, false);
+        }
         for f in std::mem::take(&mut node.persisted) {
             // What it stored, it admitted before: not judged by the clock again, as the daemon.
             core.restore_fact(clock, f);

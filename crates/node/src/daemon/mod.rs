@@ -265,7 +265,14 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     }
     let started = Instant::now();
     let mut reloaded = 0usize;
-    for (id, bytes) in store.facts()? {
+    let stored = store.facts()?;
+    // A restart: the stored view has every other node's lease run out, so no claim before the
+    // first anti-entropy exchange says what the mesh did meanwhile (`Sync::caught_up`).
+    let claim_waits = ClaimWaits { clock: opts.clock_from_mesh, catch_up: (!stored.is_empty()).then(Instant::now) };
+    if claim_waits.catch_up.is_some() {
+        core.set_claiming(now_unix_ms(), false);
+    }
+    for (id, bytes) in stored {
         match wire::decode::<Fact>(&bytes) {
             Ok(fact) if fact.id() == id => match fact.verified() {
                 Ok(fact) => {
@@ -352,6 +359,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         clock_warned: false,
         ahead_logged: BTreeSet::new(),
         dag_topics: topics::DagTopics::default(),
+        claim_waits,
     };
     node.run(cmd_rx).await
 }
@@ -413,9 +421,38 @@ struct Node {
     ahead_logged: BTreeSet<NodeId>,
     /// The groups of DAGs with topics of their own, and the DAGs this node watches.
     dag_topics: topics::DagTopics,
+    /// What keeps this node from claiming jobs for now.
+    claim_waits: ClaimWaits,
+}
+
+/// Why a node claims no job yet; it claims when neither holds.
+struct ClaimWaits {
+    /// `--clock-from-mesh` and no peer's time heard yet.
+    clock: bool,
+    /// Restarted from stored facts (since then) and no anti-entropy exchange ended yet, nor
+    /// `Settings::catch_up_max_ms` passed.
+    catch_up: Option<Instant>,
 }
 
 impl Node {
+    /// Claims jobs once nothing in [`ClaimWaits`] holds any more.
+    fn update_claiming(&mut self) {
+        if let Some(since) = self.claim_waits.catch_up {
+            let waited = since.elapsed();
+            if self.sync.caught_up() {
+                info!(?waited, "restarted: caught up with the mesh, claiming jobs again");
+                self.claim_waits.catch_up = None;
+            } else if waited >= Duration::from_millis(self.opts.settings.catch_up_max_ms) {
+                info!(?waited, "restarted: no peer answered anti-entropy; claiming jobs from the stored view");
+                self.claim_waits.catch_up = None;
+            }
+        }
+        let on = !self.claim_waits.clock && self.claim_waits.catch_up.is_none();
+        if on != self.core.claiming() {
+            self.core.set_claiming(now_unix_ms(), on);
+        }
+    }
+
     /// Drops the prepared runner of `dag` once none of its jobs runs here.
     fn drop_ctx_unless_running(&mut self, dag: &Hash) {
         if !self.running.values().any(|(d, _)| d == dag) {
@@ -552,6 +589,9 @@ impl Node {
         }
         self.drive_topics();
         self.drive_mesh();
+        if self.claim_waits.catch_up.is_some() {
+            self.update_claiming();
+        }
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Start { claim, dag, job } => self.start_job(claim, dag, job),

@@ -262,8 +262,9 @@ impl Node {
                 }
             }
         }
-        if self.opts.clock_from_mesh && !self.core.claiming() {
-            self.core.set_claiming(now_unix_ms(), true);
+        if self.claim_waits.clock {
+            self.claim_waits.clock = false;
+            self.update_claiming();
         }
     }
 
