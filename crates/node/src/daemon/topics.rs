@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use shoal_dag::Hash;
 use shoal_mesh::capabilities::Capabilities;
-use shoal_mesh::ledger::{Fact, NodeId};
+use shoal_mesh::ledger::{Fact, JobState, NodeId};
 use shoal_mesh::settings::TOPIC_SPEED_EXPONENT;
 use shoal_mesh::topics::{self, TopicMode};
 use tracing::{debug, info};
@@ -33,6 +33,9 @@ const REGROUP_MS: u64 = 2_000;
 /// connection with, in ms. Members connect to each other past `DIRECT_PEERS_MAX` (a DAG's gossip
 /// and anti-entropy run over connections), groups being small.
 const GROUP_REDIAL_MS: u64 = 30_000;
+/// How long a group member keeps following a DAG's topic after every job of it ended (done,
+/// failed or cancelled), in ms: a late report of a lost output still reaches the group.
+pub const FOLLOW_AFTER_END_MS: u64 = 10 * 60 * 1000;
 /// DAG topics a node follows at once, group member or watcher; past it the DAGs it was asked
 /// about least recently are left (a node still schedules those it is a member of).
 pub const DAG_TOPICS_MAX: usize = 1024;
@@ -48,6 +51,8 @@ pub(super) struct DagTopics {
     last: Option<Instant>,
     /// Members of followed groups dialed for lack of a connection, and when.
     dialed: BTreeMap<NodeId, Instant>,
+    /// DAGs seen with every job ended, and since when.
+    ended: BTreeMap<Hash, Instant>,
 }
 
 impl DagTopics {
@@ -151,15 +156,30 @@ impl Node {
             }
         }
         self.dag_topics.watching.retain(|_, until| *until > now);
-        // Follow the DAGs this node is in the group of, and those it watches (most recently
-        // asked first) up to the limit.
+        // Follow the DAGs this node is in the group of, until a while after they ended, and
+        // those it watches (most recently asked first), up to the limit.
+        let ledger = self.core.ledger();
+        for dag in groups.keys() {
+            let ended = ledger.dag_state(dag, unix).is_some_and(|s| {
+                s.jobs
+                    .values()
+                    .all(|j| matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled))
+            });
+            if !ended {
+                self.dag_topics.ended.remove(dag);
+            } else if !self.dag_topics.ended.contains_key(dag) {
+                self.dag_topics.ended.insert(*dag, now);
+            }
+        }
+        self.dag_topics.ended.retain(|d, _| groups.contains_key(d));
+        let after_end = Duration::from_millis(FOLLOW_AFTER_END_MS);
+        let running = |d: &Hash| self.dag_topics.ended.get(d).is_none_or(|at| now < *at + after_end);
         let mut watched: Vec<(&Hash, &Instant)> = self.dag_topics.watching.iter().collect();
         watched.sort_by(|a, b| b.1.cmp(a.1));
-        let ledger = self.core.ledger();
         let mut follow: BTreeSet<Hash> = BTreeSet::new();
         let candidates = groups
             .iter()
-            .filter(|(_, g)| g.contains(&me))
+            .filter(|(d, g)| g.contains(&me) && running(d))
             .map(|(d, _)| *d)
             .chain(watched.into_iter().map(|(d, _)| *d).filter(|d| ledger.topic_nodes(d) > 0));
         for dag in candidates {
