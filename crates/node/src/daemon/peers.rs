@@ -145,6 +145,11 @@ impl Node {
         if self.opts.allow.as_ref().is_none_or(|allow| allow.contains(&from)) {
             self.shared.blobs.admit(&a.node);
         }
+        // Where to dial it when something needs a connection (a blob stream), connected or not.
+        let announced: Vec<Multiaddr> = a.listen.iter().filter_map(|t| t.parse().ok()).collect();
+        if !direct || a.caps.is_some() {
+            self.net.add_peer_addresses(from, announced);
+        }
         // Gossip reached us through others: connect directly, so the mesh stays
         // whole when the node everyone joined through leaves, and heartbeats go one hop.
         if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {

@@ -645,6 +645,16 @@ impl Net {
         self.swarm.dial(addr.clone()).map_err(|e| NetError::Dial { addr, reason: e.to_string() })
     }
 
+    /// Addresses a peer announced (relayed ones included): the swarm dials it there when it
+    /// needs a connection it lacks (a blob stream to a runner this node never connected to; the
+    /// DHT's table keeps them).
+    pub fn add_peer_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for addr in addrs {
+            kad.add_address(&peer, addr);
+        }
+    }
+
     /// Closes every connection to `peer` and refuses new ones (both directions) until
     /// [`Net::unblock`].
     pub fn block(&mut self, peer: PeerId) {
