@@ -769,3 +769,19 @@ async fn a_relayed_connection_is_upgraded_by_a_hole_punch_where_the_network_allo
     assert_eq!(response.0, b"facts");
     eprintln!("hole punch: direct {punched:?} after the relayed dial");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_stream_reaches_a_peer_known_only_by_its_announced_addresses() {
+    // A and B joined nobody; A knows B's address only as B's announcement would give it.
+    let a = Node::start(config(121, PSK, &[])).await;
+    let mut b = Node::start(config(122, PSK, &[])).await;
+    let (b_id, b_addr) = (b.id, b.addr.clone());
+    let mut control = a.call(|net| net.blob_streams()).await;
+    let no_address = control.open_stream(b_id, shoal_node::mesh::blobs::BLOB_PROTOCOL).await;
+    assert!(no_address.is_err(), "nothing says where B is yet");
+    a.call(move |net| net.add_peer_addresses(b_id, [b_addr])).await;
+    // The stream dials B: whether B serves the protocol or not, the connection is made.
+    let _ = timeout(WAIT, control.open_stream(b_id, shoal_node::mesh::blobs::BLOB_PROTOCOL)).await;
+    let a_id = a.id;
+    assert!(b.connected_to(a_id, WAIT).await, "A dialed B at the address it announced");
+}
