@@ -86,9 +86,9 @@ pub struct Settings {
     pub lost_recheck_ms: u64,
     /// See [`CATCH_UP_MAX_MS`].
     pub catch_up_max_ms: u64,
-    /// Which topics carry a DAG's facts and who subscribes to them ([`topic_mode`] gives the
-    /// validated one for a mesh's size; `shoal node` has one topic until its daemon subscribes
-    /// to DAG topics).
+    /// Which topics carry a DAG's facts and who subscribes to them, as the simulator runs a
+    /// whole mesh ([`topic_mode`] gives the validated one for a mesh's size); `shoal node`
+    /// decides per DAG at its submit ([`Settings::submit_topic_nodes`]).
     pub topics: TopicMode,
     /// See [`DAG_TOPIC_NODES`] (`shoal node --dag-topic-nodes`; 0: one topic whatever the size).
     pub dag_topic_nodes: usize,

@@ -1,7 +1,8 @@
 //! Topic membership: which gossip topic carries a DAG's facts, and which nodes subscribe to it.
-//! `shoal node` has one topic that every node subscribes to ([`TopicMode::One`]); the simulator
-//! can also give each DAG a topic of its own, subscribed by a group of the nodes that fit it
-//! ([`TopicMode::PerDag`]), the federation issue's design, measured before the node adopts it.
+//! One topic that every node subscribes to ([`TopicMode::One`]), or for each DAG a topic of its
+//! own, subscribed by a group of the nodes that fit it ([`TopicMode::PerDag`]): `shoal node` gives
+//! a DAG one when its submitter saw a mesh above `Settings::dag_topics_above_nodes` (the size goes
+//! into the DAG's submit), and works the group out with [`group_for`], as the simulator does.
 
 use std::collections::BTreeSet;
 
@@ -16,7 +17,7 @@ pub const FIT_PER_KIND_MIN: usize = 8;
 /// How DAGs map to topics.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum TopicMode {
-    /// One topic carries every fact to every node (`shoal node` today).
+    /// One topic carries every fact to every node (`shoal node` up to 500 nodes).
     One,
     /// Each DAG has its own topic, subscribed by `group_nodes` nodes chosen by weighted
     /// rendezvous on the DAG's hash among those that fit it.
