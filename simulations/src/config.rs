@@ -33,6 +33,92 @@ impl Latency {
     }
 }
 
+/// How a site's hosts reach the public bridge, as the network lab (tests/it/fedlab.rs) builds
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteNat {
+    /// On the public bridge itself: no NAT. The first node of the first such site is the relay.
+    Public,
+    /// Endpoint-independent NAT: hole punching works, so its nodes reach others directly.
+    Eim,
+    /// Symmetric NAT: no hole punch works, so every connection to or from its nodes goes
+    /// through the relay, which carries (receives and sends) each of their messages once more.
+    Symmetric,
+}
+
+/// A site of the lab's shape: `nodes` hosts on one LAN (a bridge: under a millisecond, so no
+/// delay at the simulator's resolution) behind a router whose WAN link to the public bridge
+/// delays each frame `one_way_ms` ± `jitter_ms` (uniform) and drops `loss_pct` % of them, each
+/// way. Two nodes of different sites are the two sites' one-way delays apart. Messages travel
+/// over TCP there: a dropped frame is sent again after Linux's retransmission timeout (the
+/// round trip plus [`TCP_RTO_MIN_MS`], doubling while it is lost again), so loss delays a
+/// message, never loses it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    pub name: String,
+    pub nodes: usize,
+    pub one_way_ms: u64,
+    pub jitter_ms: u64,
+    pub loss_pct: f64,
+    pub nat: SiteNat,
+}
+
+/// Linux's least TCP retransmission timeout (`TCP_RTO_MIN`), ms.
+pub const TCP_RTO_MIN_MS: u64 = 200;
+
+impl Site {
+    /// Parses `name=east,nodes=5,one_way_ms=20,jitter_ms=2,loss_pct=1,nat=eim` (`jitter_ms`,
+    /// `loss_pct` default to 0, `nat` to `public`).
+    pub fn parse(text: &str) -> Result<Site, String> {
+        let mut site =
+            Site { name: String::new(), nodes: 0, one_way_ms: 0, jitter_ms: 0, loss_pct: 0.0, nat: SiteNat::Public };
+        for part in text.split(',') {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("site `{text}`: `{part}` is not key=value (e.g. name=east,nodes=5,one_way_ms=20)"));
+            };
+            let number = |what: &str| -> Result<u64, String> {
+                value.parse().map_err(|_| format!("site `{text}`: {what}={value} is not a whole number"))
+            };
+            match key {
+                "name" => site.name = value.to_string(),
+                "nodes" => site.nodes = number("nodes")? as usize,
+                "one_way_ms" => site.one_way_ms = number("one_way_ms")?,
+                "jitter_ms" => site.jitter_ms = number("jitter_ms")?,
+                "loss_pct" => {
+                    site.loss_pct = value
+                        .parse()
+                        .ok()
+                        .filter(|l| (0.0..100.0).contains(l))
+                        .ok_or_else(|| format!("site `{text}`: loss_pct={value}: give a percentage in [0, 100)"))?
+                }
+                "nat" => {
+                    site.nat = match value {
+                        "public" => SiteNat::Public,
+                        "eim" => SiteNat::Eim,
+                        "symmetric" => SiteNat::Symmetric,
+                        _ => return Err(format!("site `{text}`: nat={value}: give public, eim or symmetric")),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "site `{text}`: unknown key `{key}`: name, nodes, one_way_ms, jitter_ms, loss_pct or nat"
+                    ));
+                }
+            }
+        }
+        if site.name.is_empty() || site.nodes == 0 {
+            return Err(format!("site `{text}`: give it a name and at least one node (name=east,nodes=5)"));
+        }
+        if site.jitter_ms > site.one_way_ms {
+            return Err(format!(
+                "site `{}`: jitter_ms {} exceeds one_way_ms {}: give jitter_ms <= one_way_ms",
+                site.name, site.jitter_ms, site.one_way_ms
+            ));
+        }
+        Ok(site)
+    }
+}
+
 /// A partition: from `at_ms` for `for_ms`, `fraction` of the nodes (chosen by the seed) are cut off
 /// from the rest.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,7 +143,14 @@ pub struct Config {
     pub speed_spread: f64,
     /// Cores of every node when not heterogeneous.
     pub cores_per_node: u32,
+    /// One-way latency between two nodes when [`Config::sites`] is empty (or for nodes beyond
+    /// the sites', those that join later).
     pub latency: Latency,
+    /// The lab's topology: nodes `0..sites[0].nodes` are at the first site, the next ones at the
+    /// second, and so on; their sum is `nodes`. Empty: every pair is [`Config::latency`] apart.
+    pub sites: Vec<Site>,
+    /// The node that submits the DAGs; else a random up one each time.
+    pub submitter: Option<usize>,
     /// Probability that one message is lost.
     pub loss: f64,
     /// Uplink of every node, bits per second.
@@ -116,6 +209,8 @@ impl Config {
             speed_spread: 0.5,
             cores_per_node: 2,
             latency: Latency::Uniform { lo_ms: 1, hi_ms: 20 },
+            sites: vec![],
+            submitter: None,
             loss: 0.0,
             uplink_bps: 100_000_000,
             churn_per_hour: 0.0,
@@ -187,6 +282,45 @@ impl Config {
         // before it hears the first one's claim (200 ms gave 32% concurrent duplicates).
         s.core.claim_stagger_ms = 1_000;
         s.topics = shoal_mesh::settings::topic_mode(shoal_mesh::settings::DAG_TOPIC_NODES, self.nodes);
+    }
+
+    /// The site of node `n`, if it is one of the sites' nodes.
+    pub fn site_of(&self, n: usize) -> Option<&Site> {
+        let mut first = 0;
+        self.sites.iter().find(|s| {
+            first += s.nodes;
+            n < first
+        })
+    }
+
+    /// The relay: the first node of the first public site, if a site is public.
+    pub fn relay(&self) -> Option<usize> {
+        let mut first = 0;
+        for s in &self.sites {
+            if s.nat == SiteNat::Public {
+                return Some(first);
+            }
+            first += s.nodes;
+        }
+        None
+    }
+
+    /// Checks that the sites hold exactly the run's nodes and that a symmetric site has a relay.
+    pub fn check_sites(&self) -> Result<(), String> {
+        if self.sites.is_empty() {
+            return Ok(());
+        }
+        let sum: usize = self.sites.iter().map(|s| s.nodes).sum();
+        if sum != self.nodes {
+            return Err(format!("the sites hold {sum} nodes but the run has {}: make --nodes their sum", self.nodes));
+        }
+        if self.sites.iter().any(|s| s.nat == SiteNat::Symmetric) && self.relay().is_none() {
+            return Err("a site behind a symmetric NAT needs a relay: add a site with nat=public".into());
+        }
+        if let Some(n) = self.submitter.filter(|&n| n >= self.nodes) {
+            return Err(format!("the submitter is node {n} but the run has {} nodes", self.nodes));
+        }
+        Ok(())
     }
 
     /// Nodes per DAG topic; 0 with one topic for all.

@@ -16,8 +16,10 @@
 //!   node runs the real `shoal_mesh::sync::Sync` with its mesh peers as its connections, its
 //!   requests and answers carried as messages; with a topic per DAG (`TopicMode::PerDag`, the
 //!   federation design, which the node does not have yet) a per-topic digest exchange is modelled
-//!   there. Messages have a latency distribution, loss, an uplink bandwidth, and partitions; every
-//!   byte is counted from real CBOR sizes. A DAG topic is subscribed by the group that
+//!   there. Messages have a latency distribution, loss, an uplink bandwidth, and partitions; or,
+//!   with [`Config::sites`], the network lab's topology (sites behind NATs with a WAN delay,
+//!   jitter and TCP-retransmitted loss each, a relay carrying a symmetric-NAT site's messages),
+//!   so a lab run can be simulated as it was set up; every byte is counted from real CBOR sizes. A DAG topic is subscribed by the group that
 //!   `shoal_mesh::topics::group_for` picks, and only they hold its facts and run its jobs.
 //!   Outputs are kept by their runner and the holders `shoal_mesh::replicas` picks.
 //! - [`report`]: what a run measured; [`output`]: its table, CSV and SVG plots.
@@ -33,7 +35,7 @@ pub mod rng;
 pub mod sim;
 pub mod workload;
 
-pub use config::{Config, GivenDag, Latency, Partition};
+pub use config::{Config, GivenDag, Latency, Partition, Site, SiteNat};
 pub use report::{Percentiles, Report, SampleRow};
 pub use rng::Rng;
 pub use sim::Sim;

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Parser;
 use shoal_mesh::topics::TopicMode;
-use shoal_simulations::{Config, output, run};
+use shoal_simulations::{Config, GivenDag, Site, output, run};
 
 /// How strongly DAG topics prefer fast nodes when `--group-nodes` asks for them and nothing else
 /// says (see `TopicMode::PerDag`).
@@ -83,6 +84,20 @@ struct Args {
     /// Cores per node (homogeneous scenarios).
     #[arg(long)]
     cores: Option<u32>,
+    /// A site of the network lab's shape, once per site, in node order:
+    /// `name=east,nodes=5,one_way_ms=20,jitter_ms=2,loss_pct=1,nat=eim` (nat: public, eim or
+    /// symmetric; the first public site's first node is the relay). Their nodes sum to
+    /// `--nodes`; between sites a message takes both sites' WAN delays, and a lost frame costs a
+    /// TCP retransmission instead of the message (see `Site`).
+    #[arg(long = "site")]
+    sites: Vec<String>,
+    /// The node (index, from 0 in `--site` order) that submits the DAGs.
+    #[arg(long)]
+    submitter: Option<usize>,
+    /// Runs this DAG file instead of the scenario's workload, each job taking `--job-ms` (its
+    /// jobs named j0, j1, … in file order, each reading only earlier ones).
+    #[arg(long)]
+    dag: Option<PathBuf>,
 }
 
 fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
@@ -141,6 +156,17 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     if let Some(x) = a.cores {
         c.cores_per_node = x;
     }
+    c.sites = a.sites.iter().map(|s| Site::parse(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
+    c.submitter = a.submitter;
+    c.check_sites().map_err(anyhow::Error::msg)?;
+    if let Some(path) = &a.dag {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading --dag {}", path.display()))?;
+        // Checked here, where a bad file is named, not in the run.
+        let dag = shoal_simulations::given(&text, c.work.median_ms)
+            .map_err(|e| anyhow::anyhow!("--dag {}: {e}", path.display()))?;
+        c.jobs = dag.work_ms.len();
+        c.given = Some(GivenDag { text, work_ms: c.work.median_ms });
+    }
     Ok(c)
 }
 
@@ -156,7 +182,7 @@ fn main() -> anyhow::Result<()> {
         let wall_s = started.elapsed().as_secs_f64();
         println!("{}", output::table_row(&a.scenario, &r, wall_s));
         if a.sweep.is_none() {
-            let name = format!("{}-{}n-{}j-s{}", a.scenario, a.nodes, a.jobs, seed);
+            let name = format!("{}-{}n-{}j-s{}", a.scenario, cfg.nodes, cfg.jobs, seed);
             for p in output::write(&a.out, &name, &r, wall_s)? {
                 eprintln!("wrote {}", p.display());
             }

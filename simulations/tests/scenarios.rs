@@ -3,7 +3,7 @@
 //! `SHOAL_SIM_SEED=N cargo run -p shoal-simulations --release -- --scenario ... ` replays it.
 
 use shoal_mesh::topics::TopicMode;
-use shoal_simulations::{Config, Latency, Partition, Report, WorkDist, run};
+use shoal_simulations::{Config, GivenDag, Latency, Partition, Report, Site, SiteNat, WorkDist, run};
 
 /// The overnight scenario shrunk to run in seconds in a debug build: 200 heterogeneous nodes,
 /// jobs of about a minute, the tuned settings with leases of a minute.
@@ -130,4 +130,70 @@ fn nodes_with_clocks_a_year_ahead_and_minutes_behind_do_not_stop_the_mesh() {
     let r = run(&c);
     assert_ok(&r);
     assert!(r.refused_ahead > 0, "facts from beyond the bound were refused: {r:?}");
+}
+
+/// Independent jobs submitted by the relay (node 0, public) while three of four nodes sit at a
+/// site 250 ms away: a job ranked first at that site starts no sooner than the submit reaches it.
+/// Behind a symmetric NAT, that site's messages also pass through the relay, which carries more
+/// bytes than in the same run behind an endpoint-independent NAT.
+#[test]
+fn a_site_250_ms_away_starts_its_jobs_a_wan_delay_late_and_a_symmetric_one_loads_the_relay() {
+    // Fewer jobs than any node has cores: none waits for a free core.
+    let jobs: Vec<String> = (0..12)
+        .map(|i| format!(r#"{{"id": "j{i}", "image": "x", "command": ["x"], "outputs": {{"o": "stdout"}}}}"#))
+        .collect();
+    let text = format!(r#"{{"version": 1, "jobs": [{}]}}"#, jobs.join(", "));
+    let at = |one_way_ms: u64, nat: SiteNat| {
+        let mut c = Config::basic(4, 12, 5);
+        c.cores_per_node = 16;
+        // Longer than the way there and back: the relay lets the far site's first-ranked node
+        // claim instead of running the job itself.
+        c.settings.core.claim_stagger_ms = 1_000;
+        c.given = Some(GivenDag { text: text.clone(), work_ms: 2_000 });
+        c.submitter = Some(0);
+        c.sites = vec![
+            Site { name: "public".into(), nodes: 1, one_way_ms: 0, jitter_ms: 0, loss_pct: 0.0, nat: SiteNat::Public },
+            Site { name: "away".into(), nodes: 3, one_way_ms, jitter_ms: 0, loss_pct: 0.0, nat },
+        ];
+        c.check_sites().unwrap();
+        let r = run(&c);
+        assert_ok(&r);
+        r
+    };
+    let near = at(0, SiteNat::Eim);
+    let far = at(250, SiteNat::Eim);
+    assert!(near.claim_latency_ms.p50 < 250, "on one LAN: {near:?}");
+    assert!(far.claim_latency_ms.p50 >= 250, "most jobs start at the far site: {far:?}");
+    let relayed = at(250, SiteNat::Symmetric);
+    assert!(
+        relayed.gossip_bytes_per_node_s_max > far.gossip_bytes_per_node_s_max,
+        "the relay carries the symmetric site's messages: {} vs {} bytes/s at the busiest node",
+        relayed.gossip_bytes_per_node_s_max,
+        far.gossip_bytes_per_node_s_max
+    );
+}
+
+#[test]
+fn a_site_is_parsed_from_its_flag_and_bad_values_are_named() {
+    let s = Site::parse("name=east,nodes=5,one_way_ms=20,jitter_ms=2,loss_pct=1,nat=eim").unwrap();
+    assert_eq!(
+        s,
+        Site { name: "east".into(), nodes: 5, one_way_ms: 20, jitter_ms: 2, loss_pct: 1.0, nat: SiteNat::Eim }
+    );
+    for (bad, says) in [
+        ("name=x,nodes=1,one_way_ms=2,jitter_ms=3", "jitter_ms 3 exceeds one_way_ms 2"),
+        ("name=x,nodes=1,loss_pct=100", "loss_pct=100"),
+        ("name=x,nodes=1,nat=cone", "nat=cone: give public, eim or symmetric"),
+        ("name=x,nodes=two", "nodes=two is not a whole number"),
+        ("name=x,nodes=1,delay=3", "unknown key `delay`"),
+        ("nodes=1", "give it a name"),
+    ] {
+        let e = Site::parse(bad).unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let mut c = Config::basic(4, 10, 1);
+    c.sites = vec![Site::parse("name=far,nodes=4,nat=symmetric").unwrap()];
+    assert!(c.check_sites().unwrap_err().contains("needs a relay"), "a symmetric site without a relay");
+    c.sites = vec![Site::parse("name=a,nodes=3").unwrap()];
+    assert!(c.check_sites().unwrap_err().contains("hold 3 nodes but the run has 4"));
 }

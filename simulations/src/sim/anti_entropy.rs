@@ -57,7 +57,7 @@ impl Sim {
         while let Some((peer, req)) = self.nodes[n as usize].sync.as_mut().and_then(Sync::poll_request) {
             let to = self.index_of[&peer];
             let bytes = request_bytes(&req, &self.meta);
-            let at = self.transmit(n, bytes);
+            let at = self.transmit(n, Some(to), bytes);
             if !self.reachable(n, to) || (self.cfg.loss > 0.0 && self.rng.unit() < self.cfg.loss) {
                 continue;
             }
@@ -83,7 +83,7 @@ impl Sim {
             }
         };
         let bytes = response_bytes(&resp, &self.meta);
-        let at = self.transmit(to, bytes);
+        let at = self.transmit(to, Some(from), bytes);
         if !self.reachable(to, from) || (self.cfg.loss > 0.0 && self.rng.unit() < self.cfg.loss) {
             return;
         }

@@ -92,7 +92,7 @@ impl Sim {
         }
         // Gossip leaves the sender once (the mesh carries it on); one-hop heartbeats once per peer.
         let copies = if beat.to == Audience::Mesh { 1 } else { to.len().max(1) as u64 };
-        let at = self.transmit(n, bytes * copies);
+        let at = self.transmit(n, None, bytes * copies);
         if !to.is_empty() {
             let direct = beat.to != Audience::Mesh;
             self.push(at, Ev::Heartbeat { from: n, to, direct });

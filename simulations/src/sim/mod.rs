@@ -596,13 +596,17 @@ impl Sim {
         false
     }
 
-    /// The DAG is submitted by a random node; its topic's members get its file.
+    /// The DAG is submitted by `Config::submitter` if it is up, else by a random node; its
+    /// topic's members get its file.
     fn submit(&mut self, d: u32) {
         let up: Vec<u32> = (0..self.nodes.len() as u32).filter(|&n| self.up(n)).collect();
         if up.is_empty() {
             return self.violation("no node is up to submit a DAG".into());
         }
-        let submitter = up[self.rng.range(0, up.len() as u64 - 1) as usize];
+        let submitter = match self.cfg.submitter.map(|n| n as u32).filter(|n| up.contains(n)) {
+            Some(n) => n,
+            None => up[self.rng.range(0, up.len() as u64 - 1) as usize],
+        };
         let hash = self.dags[d as usize].hash;
         let topic = if self.cfg.group_nodes() == 0 {
             0
