@@ -1,92 +1,159 @@
 #!/usr/bin/env python3
 """Issue 19's figures (docs/BENCHMARKS.md), measured in the federation lab with real `shoal node`
 processes and printed, never asserted. The lab runs are tests/it/federation_scale.rs
-`bench_federation_figures` (ignored by default), which prints one JSON line per figure:
+`bench_federation_figures` (ignored by default), which prints one line per figure, `shoal-figure`
+and its JSON:
 
   claim_latency  a one-job DAG submitted at one NATed site whose job only another site's node may
-                 run (a label); its claim fact's time minus the submit's start and minus its
-                 acknowledgement, median of 7 per pair of sites, beside the ping round trip
+                 run (a label); median of 7 per pair of sites, beside the ping round trip (both
+                 sites' to the relay: no ping crosses the NATs). Two spans: from the Submit fact to
+                 the claim fact (their authors' times, read from the submitting node's event
+                 stream; one clock for the whole lab), and from `shoal submit`'s start (the CLI's
+                 own start, the upload, and the wait until another node holds the DAG's blobs,
+                 after which the node makes the Submit fact and acknowledges)
+  dcutr          SHOAL_FED_DCUTR_TRIALS (default 10) trials, each with fresh nodes at both
+                 endpoint-independent NATs and the symmetric one, listening through the relay, one
+                 dialing the others through it: upgraded to a direct connection by a hole punch
+                 within 30 s, and stayed relayed for 10 s towards the symmetric NAT
   blob_transfer  a blob (SHOAL_FED_BLOB_MIB, default 32 MiB) over 100 Mbit/s and 50 ms one way:
                  public node -> a node behind an endpoint-independent NAT (one link, direct), and
                  that node -> a node behind a symmetric NAT (through the relay, a link each side),
                  against iperf3 public -> the first site over the same link; median of 3
   gossip         libp2p bytes out per node per second, N idle nodes over 30 s, then while the DAG
-                 runs (SHOAL_FED_SCALE_NODES, default 16; SHOAL_FED_SCALE_JOBS, default 300: 32
-                 NATed nodes do not form one mesh through one relay yet, see federation_scale.rs)
-  makespan       that DAG from the submit to its last done fact
+                 runs (SHOAL_FED_SCALE_NODES, default 16, + the relay; SHOAL_FED_SCALE_JOBS,
+                 default 300: 32 NATed nodes do not form one mesh through one relay yet, see
+                 federation_scale.rs)
+  makespan       that DAG from the submit to its last done fact, with the sites it ran on
 
-then runs the simulator (simulations/, `shoal-simulations`) on the closest configuration it has
-(scenario `basic`: a layered DAG; N nodes + the relay, the lab's job time, 1 % loss, cores per node
-as the lab offers them) and prints both side by side. The test binary runs target/debug/shoal (the
-test harness takes the binary of its own profile). Usage, as root: python3 bench/federation.py
+then runs the simulator (simulations/, `shoal-simulations`) on the same run: the same DAG (the
+lab's `fan_dag`, its jobs renamed j0, j1, ...), the same nodes per site with the lab's one-way
+delays, jitter, loss (as TCP retransmissions) and NATs (`--site`), the relay, the same submitter,
+every job taking the lab's median claim-to-done time, the cores each lab node advertises; five
+seeds. It prints both makespans and gossip rates side by side, and what the two do not share.
+
+The test binary runs target/debug/shoal (the test harness takes the binary of its own profile).
+Usage, as root: python3 bench/federation.py [--log FILE]   (--log: read the figures of an earlier
+run's output, `cargo nextest run ... --no-capture > FILE 2>&1`, instead of running the lab)
 """
-import json, os, subprocess, sys, tempfile
+import argparse, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, print  # noqa: E402
 
 ENV = dict(os.environ, CARGO_INCREMENTAL="0")
+MARKER = "shoal-figure "
+SIM_SEEDS = 5
 
 
-def lab_figures():
+def lab_output():
     subprocess.run(["cargo", "build", "-q", "-p", "shoal-node", "-p", "shoal-tests", "--tests"], cwd=ROOT, env=ENV, check=True)
     out = subprocess.run(
         ["cargo", "nextest", "run", "-p", "shoal-tests", "--run-ignored", "only", "-E", "test(bench_federation_figures)",
          "--no-capture"], cwd=ROOT, env=ENV, capture_output=True, text=True)
-    # A figure's line may follow log text that had no newline yet: take it from where it starts.
-    figures = [json.loads(line[line.index('{"figure"'):]) for line in (out.stdout + out.stderr).splitlines()
-               if '{"figure"' in line]
-    if out.returncode != 0 or not figures:
-        sys.stderr.write(out.stdout[-4000:] + out.stderr[-4000:])
+    text = out.stdout + out.stderr
+    if out.returncode != 0:
+        sys.stderr.write(text[-8000:])
         sys.exit(f"bench_federation_figures failed (exit {out.returncode})")
-    return {f["figure"] + (f"{f['from']}->{f['to']}" if f["figure"] == "claim_latency" else ""): f for f in figures}
+    return text
 
 
-def simulator(nodes, jobs, job_ms, cores):
+def figures(text):
+    # A figure's line may follow log text that had no newline yet: take it from its marker.
+    fs = [json.loads(line[line.index(MARKER) + len(MARKER):]) for line in text.splitlines() if MARKER in line]
+    if not fs:
+        sys.exit("bench_federation_figures printed no figure")
+    return {f["figure"] + (f"{f['from']}->{f['to']}" if f["figure"] == "claim_latency" else ""): f for f in fs}
+
+
+def fan_dag(jobs):
+    """federation_scale.rs's `fan_dag`, its jobs named j0, j1, ... as the simulator wants them."""
+    gens = max(jobs // 5, 2)
+    specs = [{"id": f"j{i}", "image": "busybox:latest", "command": ["sh", "-c", f"echo gen {i}"],
+              "outputs": {"out": "stdout"}} for i in range(gens)]
+    for k in range(jobs - gens):
+        a, b = k % gens, (k * 7 + 1) % gens
+        specs.append({"id": f"j{gens + k}", "image": "busybox:latest", "command": ["sh", "-c", "cat /input/a /input/b"],
+                      "inputs": {"a": f"jobs:j{a}/out", "b": f"jobs:j{b}/out"}, "outputs": {"out": "stdout"}})
+    return json.dumps({"version": 1, "jobs": specs})
+
+
+def simulator(m):
     sim = ROOT / "target" / "release" / "shoal-simulations"
-    cmd = [str(sim)] if sim.exists() else ["cargo", "run", "-q", "--release", "-p", "shoal-simulations", "--"]
-    out_dir = tempfile.mkdtemp(prefix="shoal-fed-sim-")
-    args = ["--scenario", "basic", "--nodes", str(nodes), "--jobs", str(jobs), "--loss", "0.01",
-            "--job-ms", str(max(1, round(job_ms))), "--cores", str(cores), "--out", out_dir]
-    subprocess.run(cmd + args, cwd=ROOT, env=ENV, check=True, capture_output=True)
-    summary = next(Path(out_dir).glob("*-summary.csv")).read_text().splitlines()
-    row = dict(zip(summary[0].split(","), summary[1].split(",")))
-    return row, " ".join(["shoal-simulations"] + args[:-2])
+    subprocess.run(["cargo", "build", "-q", "--release", "-p", "shoal-simulations"], cwd=ROOT, env=ENV, check=True)
+    work = Path(tempfile.mkdtemp(prefix="shoal-fed-sim-"))
+    (work / "fan.json").write_text(fan_dag(m["jobs"]))
+    sites = [f"name={s['name']},nodes={s['nodes']},one_way_ms={s['one_way_ms']},jitter_ms={s['jitter_ms']},"
+             f"loss_pct={s['loss_pct']:g},nat={s['nat']}" for s in m["sites"]]
+    args = ["--scenario", "basic", "--nodes", str(m["nodes"]), "--dag", str(work / "fan.json"),
+            "--job-ms", str(max(1, round(m["median_job_ms"]))), "--cores", str(m["cores_per_node"]),
+            "--submitter", str(m["submitter"])] + [a for s in sites for a in ("--site", s)]
+    rows = []
+    for seed in range(1, SIM_SEEDS + 1):
+        out = work / f"s{seed}"
+        subprocess.run([str(sim)] + args + ["--seed", str(seed), "--out", str(out)], cwd=ROOT, env=ENV, check=True,
+                       capture_output=True)
+        summary = next(out.glob("*-summary.csv")).read_text().splitlines()
+        rows.append(dict(zip(summary[0].split(","), summary[1].split(","))))
+    return rows, "shoal-simulations " + " ".join(a if not a.startswith("name=") else f"'{a}'" for a in args)
 
 
 def main():
-    f = lab_figures()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--log", type=Path, help="the output of an earlier run of bench_federation_figures")
+    a = p.parse_args()
+    f = figures(a.log.read_text() if a.log else lab_output())
     print("federation figures (lab: real shoal nodes, target/debug/shoal, namespace backend)")
-    print("\nclaim latency, submit at one site -> claim at another (median of the trials)")
-    print(f"{'sites':<12} {'ping RTT ms':>11} {'RTT+30 ms':>10} {'from submit ms':>15} {'from ack ms':>12}")
-    for k, c in f.items():
-        if c["figure"] == "claim_latency":
-            print(f"{c['from'] + '->' + c['to']:<12} {c['rtt_ms']:>11.1f} {c['rtt_ms'] + 30:>10.1f} "
-                  f"{c['median_from_submit_ms']:>15.0f} {c['median_from_ack_ms']:>12.0f}")
-    missing = [k for k in ("blob_transfer", "gossip", "makespan") if k not in f]
+    print("\nclaim latency, submit at one site -> claim at another (median of the trials; goal <= RTT + 30 ms)")
+    print(f"{'sites':<10} {'ping RTT':>8} {'Submit->claim':>13} {'minus RTT':>9} {'submit start->claim':>19} "
+          f"{'submit acked after':>18}  (ms)")
+    for c in (c for c in f.values() if c["figure"] == "claim_latency"):
+        acked = statistics.median(s - k for s, k in zip(c["from_submit_ms"], c["from_ack_ms"]))
+        print(f"{c['from'] + '->' + c['to']:<10} {c['rtt_ms']:>8.1f} {c['median_from_fact_ms']:>13.0f} "
+              f"{c['median_from_fact_ms'] - c['rtt_ms']:>+9.0f} {c['median_from_submit_ms']:>19.0f} {acked:>18.0f}")
+    missing = [k for k in ("dcutr", "blob_transfer", "gossip", "makespan") if k not in f]
     if missing:
         sys.exit(f"bench_federation_figures printed no {', '.join(missing)}: run it alone to see why")
+    d = f["dcutr"]
+    print(f"\nDCUtR, {d['trials']} trials, fresh nodes each")
+    print(f"  endpoint-independent <-> endpoint-independent: upgraded to direct {d['eim_upgraded']}/{d['trials']} "
+          f"(median {d['median_upgrade_ms']:.0f} ms from the dialer's start)")
+    print(f"  endpoint-independent <-> symmetric           : stayed relayed {d['symmetric_stayed_relayed']}/{d['trials']} "
+          f"({d['symmetric_failed_punches']} failed hole punches counted)")
     b = f["blob_transfer"]
     print(f"\nblob of {b['mib']} MiB over {b['link_mbit']} Mbit/s, {b['one_way_ms']} ms one way (median of 3)")
     print(f"  iperf3 (TCP) public -> site : {b['tcp_mbit']:6.1f} Mbit/s")
     print(f"  shoal direct public -> site : {b['direct_mbit']:6.1f} Mbit/s  {b['direct_mbit'] / b['tcp_mbit']:.2f}x TCP (goal >= 0.8)")
     print(f"  shoal relayed site -> site  : {b['relayed_mbit']:6.1f} Mbit/s  {b['relayed_mbit'] / b['tcp_mbit']:.2f}x TCP (goal >= 0.5; two links)")
     g, m = f["gossip"], f["makespan"]
-    row, sim_cmd = simulator(m["nodes"], m["jobs"], m["median_job_ms"], m["cores_per_node"])
-    print(f"\ngossip, libp2p bytes out per node ({g['nodes']} nodes, the relay included; mesh formed in {g['formed_s']:.0f} s)")
-    print(f"  idle, 30 s          : {g['idle_bytes_out_per_node_s'] / 1e3:7.2f} KB/s (goal <= 2)")
-    print(f"  {g['dag_jobs']}-job DAG running : {g['dag_bytes_out_per_node_s'] / 1e3:7.2f} KB/s; "
-          f"simulator {float(row['gossip_bytes_per_node_s']) / 1e3:.2f} KB/s")
-    sim_s = float(row["makespan_ms"]) / 1e3
-    print(f"\nmakespan, {m['jobs']} jobs on {m['nodes']} nodes: lab {m['makespan_s']:.1f} s "
-          f"(median job {m['median_job_ms']:.0f} ms, {m['runners']} runners, {m['claims']} claims); "
-          f"simulator {sim_s:.1f} s, lab/sim {m['makespan_s'] / sim_s:.2f}")
-    print(f"  simulator: {sim_cmd}")
-    print("  differs: the simulator's basic DAG is layered (about sqrt(n) layers) where the lab's has two "
-          "(a fifth generators, the rest reading two of them); its links are 1-20 ms without NAT or relay "
-          f"where the lab's are 90-110 ms round trips; it gives every node {m['cores_per_node']} cores of its own "
-          f"where the lab's {m['nodes']} nodes share this machine's")
+    rows, sim_cmd = simulator(m)
+    sim_s = [float(r["makespan_ms"]) / 1e3 for r in rows]
+    sim_gossip = [float(r["gossip_bytes_per_node_s"]) for r in rows]
+    sim_dups = [int(r["extra_starts"]) for r in rows]
+    sites = ", ".join(f"{s['name']} {s['nodes']} ({s['nat']}, {s['one_way_ms']}±{s['jitter_ms']} ms, {s['loss_pct']:g} %)"
+                      for s in m["sites"])
+    print(f"\nlab vs simulator: {m['jobs']}-job DAG on {m['nodes']} nodes: {sites}; "
+          f"simulator: {SIM_SEEDS} seeds, median [min-max]")
+    print(f"  {'':<34} {'lab':>9} {'simulator':>22} {'lab/sim':>8}")
+    sm = statistics.median(sim_s)
+    print(f"  {'makespan, s':<34} {m['makespan_s']:>9.1f} {sm:>9.1f} [{min(sim_s):.1f}-{max(sim_s):.1f}]{'':>4} "
+          f"{m['makespan_s'] / sm:>8.2f}  (goal: within 15 %)")
+    gm = statistics.median(sim_gossip)
+    idle, running = g["idle_bytes_out_per_node_s"], g["dag_bytes_out_per_node_s"]
+    print(f"  {'gossip while it runs, KB/s/node':<34} {running / 1e3:>9.2f} {gm / 1e3:>9.2f} "
+          f"[{min(sim_gossip) / 1e3:.2f}-{max(sim_gossip) / 1e3:.2f}]{'':>1} {running / gm:>8.2f}")
+    print(f"  {'  less the idle rate':<34} {(running - idle) / 1e3:>9.2f} {'':>22} {(running - idle) / gm:>8.2f}")
+    print(f"  {'runs beyond one per job':<34} {m['claims'] - m['jobs']:>9} {statistics.median(sim_dups):>9.0f} "
+          f"[{min(sim_dups)}-{max(sim_dups)}]")
+    print(f"  lab: median job {m['median_job_ms']:.0f} ms claim to done (mean {m['mean_job_ms']:.0f}), "
+          f"{m['runners']} nodes ran jobs; mesh formed in {g['formed_s']:.0f} s; idle {idle / 1e3:.2f} KB/s/node "
+          f"(goal <= 2, 30 s)")
+    print(f"  simulator: {sim_cmd} --seed 1..{SIM_SEEDS}")
+    print("  not shared: the simulator runs every job in the lab's median claim-to-done time on "
+          f"{m['cores_per_node']} cores of each node's own, where the lab's {m['nodes']} nodes share this machine's "
+          f"{m['cores_per_node']} cores; its gossip counts shoal's messages (facts at their CBOR size, "
+          "anti-entropy, heartbeats) where the lab counts every libp2p byte (Kademlia, identify, ping, "
+          "AutoNAT, relay reservations, gossipsub control, noise and yamux framing)")
     print("\nraw: " + json.dumps(f))
 
 

@@ -240,6 +240,13 @@ pub fn independent_jobs(n: usize, tag: &str) -> String {
     serde_json::to_string_pretty(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap()
 }
 
+/// [`Federation::start`]'s sites: name, NAT and WAN link (each way), in order.
+pub const SITES: [(&str, Nat, Link); 3] = [
+    ("east", Nat::Eim, Link { delay_ms: 20, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }),
+    ("west", Nat::Eim, Link { delay_ms: 30, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }),
+    ("far", Nat::Symmetric, Link { delay_ms: 25, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }),
+];
+
 /// A federation: a relay on the public bridge; sites `east` and `west` behind endpoint-independent
 /// NATs (20 and 30 ms one way, 2 ms jitter, 1 % loss each way) and `far` behind a symmetric one
 /// (25 ms, the same jitter and loss): 40-110 ms round trips between sites. Each with
@@ -259,16 +266,18 @@ pub struct Federation {
 
 impl Federation {
     pub fn start(fed: Fed, per_site: [usize; 3]) -> Federation {
+        Federation::start_with(fed, per_site, &[])
+    }
+
+    /// [`Federation::start`], every node (the relay too) given `flags` as well.
+    pub fn start_with(fed: Fed, per_site: [usize; 3], flags: &[&str]) -> Federation {
         let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
         let key = mesh_key(key_dir.path());
         let relay_host = fed.public_host("relay").unwrap();
-        let relay = FedNode::start(&fed, &relay_host, Home::with_busybox(), &key, &[], &[], &["--relay-server"]);
+        let relay_flags: Vec<&str> = ["--relay-server"].iter().chain(flags).copied().collect();
+        let relay = FedNode::start(&fed, &relay_host, Home::with_busybox(), &key, &[], &[], &relay_flags);
         let circuit = format!("{}/p2p-circuit", relay.listen);
-        let sites = vec![
-            fed.site("east", Nat::Eim, Link { delay_ms: 20, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }).unwrap(),
-            fed.site("west", Nat::Eim, Link { delay_ms: 30, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }).unwrap(),
-            fed.site("far", Nat::Symmetric, Link { delay_ms: 25, jitter_ms: 2, loss_pct: 1.0, rate_mbit: 0 }).unwrap(),
-        ];
+        let sites: Vec<Site> = SITES.iter().map(|&(name, nat, link)| fed.site(name, nat, link).unwrap()).collect();
         let nodes = sites
             .iter()
             .zip(per_site)
@@ -278,7 +287,7 @@ impl Federation {
                         let host = site.host(&format!("{}{i}", site.name)).unwrap();
                         // Each node has the image, so a test's jobs start without an image fetch through the relay
                         // (blobs cross NATs over /shoal/blobs/1: federation_blobs.rs tests that).
-                        FedNode::start(&fed, &host, Home::with_busybox(), &key, &[&relay.listen], &[&circuit], &[])
+                        FedNode::start(&fed, &host, Home::with_busybox(), &key, &[&relay.listen], &[&circuit], flags)
                     })
                     .collect()
             })

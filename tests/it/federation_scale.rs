@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::federation::{FedNode, Federation, all_done, facts_converged, submit, wait_dag, wait_for_mesh};
+use crate::federation::{FedNode, Federation, SITES, all_done, facts_converged, submit, wait_dag, wait_for_mesh};
 use crate::fedlab::*;
 use crate::mesh::mesh_key;
 use crate::support::*;
@@ -276,19 +276,46 @@ fn bytes_out(nodes: &[&FedNode]) -> u64 {
     nodes.iter().map(|n| n.get_json("/v1/metrics")["libp2p_bytes_out"].as_u64().unwrap()).sum()
 }
 
+/// Prints a figure for bench/federation.py, after a marker it finds even behind log text that had
+/// no newline yet (serde_json orders keys, so `figure` is not always first).
 fn figure(v: Value) {
-    println!("{v}");
+    println!("{FIGURE_MARKER}{v}");
 }
 
+/// What starts a figure's line (bench/federation.py looks for it).
+const FIGURE_MARKER: &str = "shoal-figure ";
+
+/// How long the event stream a claim-latency trial reads stays open at most: it is closed
+/// when the trial ends, this only bounds a stream a failed trial left behind.
+const EVENTS_OPEN_MAX: Duration = Duration::from_secs(90);
+
 /// Claim latency across sites: a one-job DAG submitted at `from` whose job only `to`'s label
-/// allows; from the submit's start and from its acknowledgement to the claim fact's time (its
-/// author's wall clock: every node of the lab reads the same clock).
-fn claim_latency(from: &FedNode, to: &FedNode, label: &str, i: usize) -> (f64, f64) {
+/// allows. Returns, in ms, from the Submit fact to the claim fact (both times as their authors
+/// stamped them, read from `from`'s event stream: every node of the lab reads the same clock),
+/// from `shoal submit`'s start to the claim, and from its acknowledgement to the claim.
+fn claim_latency(from: &FedNode, to: &FedNode, label: &str, i: usize) -> (f64, f64, f64) {
     let text = serde_json::to_string(&json!({"version": 1, "jobs": [{"id": "j", "image": "busybox:latest",
         "command": ["sh", "-c", format!("echo claim {i}")], "outputs": {"out": "stdout"},
         "requirements": {"labels": {"site": label}}}]}))
     .unwrap();
     let file = from.home.write(&format!("claim{i}.json"), &text);
+    let mut events = from
+        .host
+        .command("curl")
+        .args(["-sSvN", "--max-time", &EVENTS_OPEN_MAX.as_secs().to_string(), "http://127.0.0.1:7170/v1/events"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    // Subscribed once the answer's head came (curl -v shows it): no event of the submit is missed.
+    let mut head = std::io::BufReader::new(events.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("< HTTP/1.1 200") {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut head, &mut line).unwrap();
+        assert!(n > 0, "GET /v1/events on {}: no answer", from.host.name);
+    }
     let t0 = unix_ms();
     let dag = submit(from, &file);
     let acked = unix_ms();
@@ -301,11 +328,122 @@ fn claim_latency(from: &FedNode, to: &FedNode, label: &str, i: usize) -> (f64, f
         .find(|f| f["kind"] == "claim")
         .unwrap_or_else(|| panic!("a claim among {facts}"));
     assert_eq!(claim["node"], to.node.as_str(), "the labelled node claimed");
-    let at = claim["at_unix_ms"].as_u64().unwrap();
-    (at as f64 - t0 as f64, at as f64 - acked as f64)
+    let at = claim["at_unix_ms"].as_u64().unwrap() as f64;
+    let _ = events.kill();
+    let mut stream = String::new();
+    std::io::Read::read_to_string(events.stdout.as_mut().unwrap(), &mut stream).unwrap();
+    let _ = events.wait();
+    let submitted = stream
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l.strip_prefix("data:")?.trim()).ok())
+        .find(|e| e["kind"] == "submitted" && e["dag"] == dag.as_str())
+        .unwrap_or_else(|| panic!("a submitted event of {dag} in {}'s events: {stream}", from.host.name));
+    let submitted = submitted["at_unix_ms"].as_u64().unwrap() as f64;
+    (at - submitted, at - t0 as f64, at - acked as f64)
 }
 
-/// bench/federation.py: the figures, one JSON line each (`{"figure": ...}`).
+/// Lets AutoNAT and DCUtR use the lab's non-global addresses, as they use global ones on the
+/// internet.
+const PRIVATE_IPS: &str = "--autonat-private-ips";
+
+/// Hole-punch trials per kind of NAT pair unless `SHOAL_FED_DCUTR_TRIALS` says otherwise.
+const DCUTR_TRIALS: usize = 10;
+/// Longest a trial waits for the hole punch between the two endpoint-independent NATs (DCUtR
+/// retries three times): past it the trial counts as not upgraded.
+const DCUTR_WAIT: Duration = Duration::from_secs(30);
+/// How long a connection through the symmetric NAT is watched for a hole punch that must not come.
+const DCUTR_QUIET: Duration = Duration::from_secs(10);
+
+/// `node`'s path to `peer` by `/v1/peers`: (via, hole punched).
+fn path_to(node: &FedNode, peer: &str) -> Option<(String, bool)> {
+    let v = node.get_json("/v1/peers");
+    v["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["peer_id"] == peer)
+        .map(|p| (p["via"].as_str().unwrap_or("").to_string(), p["hole_punched"] == true))
+}
+
+/// DCUtR in repeated trials: each trial starts fresh nodes at east and west (endpoint-independent
+/// NATs) and far (symmetric), each given only `--join <relay>` and [`PRIVATE_IPS`] (as
+/// federation_nat.rs starts them: AutoNAT finds them private, they reserve on the relay, meet
+/// through the mesh and DCUtR upgrades what it can). Counts the trials where east's connection
+/// to west became direct by a hole punch within [`DCUTR_WAIT`] of east's start, and those where
+/// east's to far stayed relayed for [`DCUTR_QUIET`] more.
+fn dcutr_trials(fed: &Fed, key: &std::path::Path, sites: &[Site], trials: usize) {
+    // A relay of the trials' own, so they form a mesh apart from the lab's other nodes.
+    // `--autonat-private-ips`: the lab's addresses are not global, and without it AutoNAT and
+    // DCUtR ignore them.
+    let relay_host = fed.public_host("relay-dcutr").unwrap();
+    let relay = FedNode::start(fed, &relay_host, Home::empty(), key, &[], &[], &["--relay-server", PRIVATE_IPS]);
+    let peer_of = |n: &FedNode| n.listen.rsplit("/p2p/").next().unwrap().to_string();
+    let (mut upgraded, mut stayed_relayed, mut upgrade_ms) = (0, 0, Vec::new());
+    let mut failed_punches = 0;
+    for t in 0..trials {
+        let start = |s: &Site| {
+            let host = s.host(&format!("{}p{t}", s.name)).unwrap();
+            FedNode::start(fed, &host, Home::empty(), key, &[&relay.listen], &[], &[PRIVATE_IPS])
+        };
+        let west = start(&sites[1]);
+        let far = start(&sites[2]);
+        let (w, f) = (peer_of(&west), peer_of(&far));
+        let started = Instant::now();
+        let east = start(&sites[0]);
+        let punched = loop {
+            if path_to(&east, &w).is_some_and(|(via, punched)| via == "direct" && punched) {
+                break Some(started.elapsed());
+            }
+            if started.elapsed() > DCUTR_WAIT {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if let Some(d) = punched {
+            upgraded += 1;
+            upgrade_ms.push(d.as_secs_f64() * 1e3);
+        }
+        // Far: relayed from the first moment it is seen to the end of the watch.
+        let seen = Instant::now();
+        let relayed = loop {
+            match path_to(&east, &f) {
+                Some((via, _)) if via == "relay" => break true,
+                Some((via, _)) if !via.is_empty() => break false,
+                _ if seen.elapsed() > DCUTR_WAIT => break false,
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        std::thread::sleep(DCUTR_QUIET);
+        if relayed && path_to(&east, &f).is_some_and(|(via, punched)| via == "relay" && !punched) {
+            stayed_relayed += 1;
+        }
+        failed_punches += [&east, &far]
+            .iter()
+            .map(|n| n.get_json("/v1/metrics")["hole_punches_failed"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+    }
+    figure(json!({"figure": "dcutr", "trials": trials, "eim_upgraded": upgraded,
+        "median_upgrade_ms": median(upgrade_ms.clone()), "upgrade_ms": upgrade_ms,
+        "symmetric_stayed_relayed": stayed_relayed, "symmetric_failed_punches": failed_punches,
+        "wait_s": DCUTR_WAIT.as_secs(), "quiet_s": DCUTR_QUIET.as_secs()}));
+}
+
+/// The sites of a [`Federation`] as the simulator's `--site` takes them (the relay's public site
+/// first), with the nodes each holds.
+fn lab_sites(f: &Federation) -> Vec<Value> {
+    let mut sites =
+        vec![json!({"name": "public", "nodes": 1, "one_way_ms": 0, "jitter_ms": 0, "loss_pct": 0.0, "nat": "public"})];
+    for ((name, nat, link), nodes) in SITES.iter().zip(&f.nodes) {
+        let nat = match nat {
+            Nat::Eim => "eim",
+            Nat::Symmetric => "symmetric",
+        };
+        sites.push(json!({"name": name, "nodes": nodes.len(), "one_way_ms": link.delay_ms,
+            "jitter_ms": link.jitter_ms, "loss_pct": link.loss_pct, "nat": nat}));
+    }
+    sites
+}
+
+/// bench/federation.py: the figures, one JSON line each (`shoal-figure {"figure": ...}`).
 #[test]
 #[ignore = "benchmark: bench/federation.py"]
 fn bench_federation_figures() {
@@ -351,17 +489,19 @@ fn bench_federation_figures() {
             // public bridge (the relay's), the path a hole-punched or relayed connection takes.
             let rtt =
                 fed.ping_rtt_ms(&ns[a].host, &relay.host).unwrap() + fed.ping_rtt_ms(&ns[b].host, &relay.host).unwrap();
-            let (mut from_start, mut from_ack) = (Vec::new(), Vec::new());
+            let (mut from_fact, mut from_start, mut from_ack) = (Vec::new(), Vec::new(), Vec::new());
             for i in 0..7 {
-                let (s, k) = claim_latency(&ns[a], &ns[b], &sites[b].name, a * 100 + b * 10 + i);
+                let (f, s, k) = claim_latency(&ns[a], &ns[b], &sites[b].name, a * 100 + b * 10 + i);
+                from_fact.push(f);
                 from_start.push(s);
                 from_ack.push(k);
             }
             figure(json!({"figure": "claim_latency", "from": sites[a].name, "to": sites[b].name,
-                "rtt_ms": rtt, "trials": from_start.len(),
+                "rtt_ms": rtt, "trials": from_start.len(), "median_from_fact_ms": median(from_fact.clone()),
                 "median_from_submit_ms": median(from_start.clone()), "median_from_ack_ms": median(from_ack.clone()),
-                "from_submit_ms": from_start, "from_ack_ms": from_ack}));
+                "from_fact_ms": from_fact, "from_submit_ms": from_start, "from_ack_ms": from_ack}));
         }
+        dcutr_trials(&fed, &key, &sites, env_usize("SHOAL_FED_DCUTR_TRIALS", DCUTR_TRIALS));
     }
 
     // 2. A blob between sites over 100 Mbit/s and 50 ms one way, against iperf3 on the same link.
@@ -412,7 +552,8 @@ fn bench_federation_figures() {
         // The first lab ran: a second that cannot be made is a failure, named.
         let fed = Fed::new().expect("another federation lab");
         let started = Instant::now();
-        let f = Federation::start(fed, per_site(nodes));
+        // As on the internet: DCUtR punches holes between the endpoint-independent NATs.
+        let f = Federation::start_with(fed, per_site(nodes), &[PRIVATE_IPS]);
         let all = f.all();
         wait_for_mesh(&all, MESH_TIMEOUT);
         let formed_s = started.elapsed().as_secs_f64();
@@ -438,7 +579,7 @@ fn bench_federation_figures() {
         let running_s = t.elapsed().as_secs_f64();
         let running = (bytes_out(&all) - before) as f64 / running_s / all.len() as f64;
         let facts = f.nodes[1][0].get_json(&format!("/v1/dags/{dag}/facts"));
-        let (mut last_done, mut run_ms) = (0u64, Vec::new());
+        let (mut last_done, mut run_ms) = (0u64, Vec::<f64>::new());
         let mut claims = 0usize;
         let mut runners = BTreeSet::new();
         for fs in facts["jobs"].as_object().unwrap().values() {
@@ -453,11 +594,26 @@ fn bench_federation_figures() {
                 }
             }
         }
-        figure(json!({"figure": "gossip", "nodes": all.len(), "formed_s": formed_s,
+        // Each node's path to each peer at the end: (same site or the relay's) direct, hole punched, relayed.
+        let mut paths: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &all {
+            let v = n.get_json("/v1/peers");
+            for p in v["peers"].as_array().unwrap().iter().filter(|p| p["me"] == false) {
+                let kind = match (p["via"].as_str(), p["hole_punched"] == true) {
+                    (Some("direct"), true) => "hole_punched",
+                    (Some("direct"), false) => "direct",
+                    (Some("relay"), _) => "relayed",
+                    _ => "not_connected",
+                };
+                *paths.entry(kind.to_string()).or_default() += 1;
+            }
+        }
+        figure(json!({"figure": "gossip", "nodes": all.len(), "formed_s": formed_s, "paths_at_end": paths,
             "idle_bytes_out_per_node_s": idle, "dag_bytes_out_per_node_s": running, "dag_jobs": jobs}));
         figure(json!({"figure": "makespan", "nodes": all.len(), "jobs": jobs,
             "makespan_s": (last_done.saturating_sub(t0)) as f64 / 1e3, "runners": runners.len(),
-            "claims": claims, "median_job_ms": median(run_ms), "cores_per_node": std::thread::available_parallelism().map_or(1, |n| n.get()),
-            "rtt_ms_between_sites": [90, 100, 110], "loss_pct_each_way": 1.0}));
+            "claims": claims, "median_job_ms": median(run_ms.clone()), "mean_job_ms": run_ms.iter().sum::<f64>() / run_ms.len().max(1) as f64,
+            "cores_per_node": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "submitter": 1, "sites": lab_sites(&f)}));
     }
 }
