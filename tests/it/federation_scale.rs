@@ -1,7 +1,8 @@
 //! The federation at scale (issue 19): real `shoal node` processes on the lab's hosts
 //! (`fedlab.rs`, `federation.rs`), many jobs, many nodes, nodes killed -9 and restarted while a
 //! DAG runs; and `bench_federation_figures`, the issue's figures for bench/federation.py
-//! (measured and printed as JSON lines, never asserted).
+//! (measured and printed as JSON lines marked `shoal-figure`, never asserted): claim latency
+//! between sites, DCUtR trials, a blob between sites, gossip and the makespan of a DAG.
 //!
 //! The sites are [`Federation::start`]'s: `east` and `west` behind endpoint-independent NATs,
 //! `far` behind a symmetric one, 20, 30 and 25 ms one way to the public bridge with 2 ms jitter
@@ -364,13 +365,16 @@ fn path_to(node: &FedNode, peer: &str) -> Option<(String, bool)> {
         .map(|p| (p["via"].as_str().unwrap_or("").to_string(), p["hole_punched"] == true))
 }
 
-/// DCUtR in repeated trials: each trial starts fresh nodes at east and west (endpoint-independent
-/// NATs) and far (symmetric), each given only `--join <relay>` and [`PRIVATE_IPS`] (as
-/// federation_nat.rs starts them: AutoNAT finds them private, they reserve on the relay, meet
-/// through the mesh and DCUtR upgrades what it can). Counts the trials where east's connection
-/// to west became direct by a hole punch within [`DCUTR_WAIT`] of east's start, and those where
-/// east's to far stayed relayed for [`DCUTR_QUIET`] more.
-fn dcutr_trials(fed: &Fed, key: &std::path::Path, sites: &[Site], trials: usize) {
+/// DCUtR in repeated trials: each trial makes three sites of its own with the links of
+/// [`SITES`] (two endpoint-independent NATs, a symmetric one), one fresh node each, given only
+/// `--join <relay>` and [`PRIVATE_IPS`] (as federation_nat.rs starts them: AutoNAT finds them
+/// private, they reserve on the relay, meet through the mesh and DCUtR upgrades what it can).
+/// One node per site: a NAT keeps the source port of one host only, and DCUtR dials the port a
+/// node listens on (see the gossip figure's paths for several nodes behind one NAT). Counts the
+/// trials where the first node's connection to the second became direct by a hole punch within
+/// [`DCUTR_WAIT`] of its start, and those where its connection to the third stayed relayed for
+/// [`DCUTR_QUIET`] more.
+fn dcutr_trials(fed: &Fed, key: &std::path::Path, trials: usize) {
     // A relay of the trials' own, so they form a mesh apart from the lab's other nodes.
     // `--autonat-private-ips`: the lab's addresses are not global, and without it AutoNAT and
     // DCUtR ignore them.
@@ -380,8 +384,10 @@ fn dcutr_trials(fed: &Fed, key: &std::path::Path, sites: &[Site], trials: usize)
     let (mut upgraded, mut stayed_relayed, mut upgrade_ms) = (0, 0, Vec::new());
     let mut failed_punches = 0;
     for t in 0..trials {
+        let sites: Vec<Site> =
+            SITES.iter().map(|&(name, nat, link)| fed.site(&format!("d{name}{t}"), nat, link).unwrap()).collect();
         let start = |s: &Site| {
-            let host = s.host(&format!("{}p{t}", s.name)).unwrap();
+            let host = s.host(&format!("{}h", s.name)).unwrap();
             FedNode::start(fed, &host, Home::empty(), key, &[&relay.listen], &[], &[PRIVATE_IPS])
         };
         let west = start(&sites[1]);
@@ -501,7 +507,7 @@ fn bench_federation_figures() {
                 "median_from_submit_ms": median(from_start.clone()), "median_from_ack_ms": median(from_ack.clone()),
                 "from_fact_ms": from_fact, "from_submit_ms": from_start, "from_ack_ms": from_ack}));
         }
-        dcutr_trials(&fed, &key, &sites, env_usize("SHOAL_FED_DCUTR_TRIALS", DCUTR_TRIALS));
+        dcutr_trials(&fed, &key, env_usize("SHOAL_FED_DCUTR_TRIALS", DCUTR_TRIALS));
     }
 
     // 2. A blob between sites over 100 Mbit/s and 50 ms one way, against iperf3 on the same link.
@@ -580,11 +586,13 @@ fn bench_federation_figures() {
         let running = (bytes_out(&all) - before) as f64 / running_s / all.len() as f64;
         let facts = f.nodes[1][0].get_json(&format!("/v1/dags/{dag}/facts"));
         let (mut last_done, mut run_ms) = (0u64, Vec::<f64>::new());
-        let mut claims = 0usize;
+        let (mut claims, mut dones) = (0usize, 0usize);
         let mut runners = BTreeSet::new();
         for fs in facts["jobs"].as_object().unwrap().values() {
             let fs = fs.as_array().unwrap();
             claims += fs.iter().filter(|f| f["kind"] == "claim").count();
+            // A run that lost a race and still finished reports done too: it held a core throughout.
+            dones += fs.iter().filter(|f| f["kind"] == "done").count();
             if let Some(d) = fs.iter().find(|f| f["kind"] == "done") {
                 let at = d["at_unix_ms"].as_u64().unwrap();
                 last_done = last_done.max(at);
@@ -612,7 +620,7 @@ fn bench_federation_figures() {
             "idle_bytes_out_per_node_s": idle, "dag_bytes_out_per_node_s": running, "dag_jobs": jobs}));
         figure(json!({"figure": "makespan", "nodes": all.len(), "jobs": jobs,
             "makespan_s": (last_done.saturating_sub(t0)) as f64 / 1e3, "runners": runners.len(),
-            "claims": claims, "median_job_ms": median(run_ms.clone()), "mean_job_ms": run_ms.iter().sum::<f64>() / run_ms.len().max(1) as f64,
+            "claims": claims, "done_facts": dones, "median_job_ms": median(run_ms.clone()), "mean_job_ms": run_ms.iter().sum::<f64>() / run_ms.len().max(1) as f64,
             "cores_per_node": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "submitter": 1, "sites": lab_sites(&f)}));
     }
