@@ -28,8 +28,8 @@ and its JSON:
 then runs the simulator (simulations/, `shoal-simulations`) on the same run: the same DAG (the
 lab's `fan_dag`, its jobs renamed j0, j1, ...), the same nodes per site with the lab's one-way
 delays, jitter, loss (as TCP retransmissions) and NATs (`--site`), the relay, the same submitter,
-every job taking the lab's mean claim-to-done time (the lab's total work), the cores each lab node
-advertises; five seeds. An endpoint-independent site where the lab punched no hole is simulated
+each job taking its own claim-to-done time in the lab (`--job-work`: the lab's total work and longest
+jobs), the cores each lab node advertises; five seeds. An endpoint-independent site where the lab punched no hole is simulated
 as relayed, as its traffic went. It prints both makespans and gossip rates side by side, and what the two do not share.
 
 The test binary runs target/debug/shoal (the test harness takes the binary of its own profile).
@@ -82,19 +82,25 @@ def fan_dag(jobs):
 def simulator(m, g):
     """The simulator on the lab's run `m` (makespan figure) with its gossip figure `g`: the sites as
     the lab made them, except that an endpoint-independent site whose nodes punched no hole is
-    simulated as relayed (`nat=symmetric`), as its traffic went. Every job takes the lab's mean
-    claim-to-done time, so the total work is the lab's."""
+    simulated as relayed (`nat=symmetric`), as its traffic went. Each job takes its own
+    claim-to-done time in the lab (`--job-work`; older runs without them: every job the lab's mean),
+    so the total work and the longest jobs are the lab's."""
     sim = ROOT / "target" / "release" / "shoal-simulations"
     punched = g.get("paths_at_end", {}).get("hole_punched", 0)
     sites = [dict(s, nat="symmetric" if s["nat"] == "eim" and punched == 0 else s["nat"]) for s in m["sites"]]
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "shoal-simulations"], cwd=ROOT, env=ENV, check=True)
     work = Path(tempfile.mkdtemp(prefix="shoal-fed-sim-"))
     (work / "fan.json").write_text(fan_dag(m["jobs"]))
+    replay = []
+    if "job_ms" in m:
+        # A job with no time measured (its done's author had no claim in that node's view) takes the mean.
+        (work / "work.txt").write_text(",".join(str(ms or round(m["mean_job_ms"])) for ms in m["job_ms"]))
+        replay = ["--job-work", str(work / "work.txt")]
     flags = [f"name={s['name']},nodes={s['nodes']},one_way_ms={s['one_way_ms']},jitter_ms={s['jitter_ms']},"
              f"loss_pct={s['loss_pct']:g},nat={s['nat']}" for s in sites]
     args = ["--scenario", "basic", "--nodes", str(m["nodes"]), "--dag", str(work / "fan.json"),
             "--job-ms", str(max(1, round(m["mean_job_ms"]))), "--cores", str(m["cores_per_node"]),
-            "--submitter", str(m["submitter"])] + [a for f in flags for a in ("--site", f)]
+            "--submitter", str(m["submitter"])] + replay + [a for f in flags for a in ("--site", f)]
     rows = []
     for seed in range(1, SIM_SEEDS + 1):
         out = work / f"s{seed}"
@@ -168,7 +174,8 @@ def main():
           f"{m['runners']} nodes ran jobs; mesh formed in {g['formed_s']:.0f} s; idle {idle / 1e3:.2f} KB/s/node "
           f"(goal <= 2, 30 s)")
     print(f"  simulator: {sim_cmd} --seed 1..{SIM_SEEDS}")
-    print("  not shared: the simulator runs every job in the lab's mean claim-to-done time on "
+    each = "replays each job's claim-to-done time of the lab" if "job_ms" in m else "runs every job in the lab's mean claim-to-done time"
+    print(f"  not shared: the simulator {each} on "
           f"{m['cores_per_node']} cores of each node's own, where the lab's {m['nodes']} nodes share this machine's "
           f"{m['cores_per_node']} cores; its gossip counts shoal's messages (facts at their CBOR size, "
           "anti-entropy, heartbeats) where the lab counts every libp2p byte (Kademlia, identify, ping, "

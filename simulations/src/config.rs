@@ -191,8 +191,11 @@ pub struct Config {
 pub struct GivenDag {
     /// Its JSON text: jobs named `j0`, `j1`, … in file order, each reading only earlier ones.
     pub text: String,
-    /// Every job's work, ms at speed 1.0.
+    /// Every job's work, ms at speed 1.0, unless `job_work_ms` names each one's.
     pub work_ms: u64,
+    /// Each job's own work in file order, ms at speed 1.0 (a lab run's measured times, to replay
+    /// them); empty: every job takes `work_ms`.
+    pub job_work_ms: Vec<u64>,
 }
 
 impl Config {

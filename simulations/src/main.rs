@@ -98,6 +98,11 @@ struct Args {
     /// jobs named j0, j1, … in file order, each reading only earlier ones).
     #[arg(long)]
     dag: Option<PathBuf>,
+    /// With `--dag`: a file of each job's work, whole ms in the DAG file's order, separated by
+    /// commas or white space (a JSON array; a lab run's measured times), instead of `--job-ms`
+    /// for all.
+    #[arg(long)]
+    job_work: Option<PathBuf>,
 }
 
 fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
@@ -159,13 +164,38 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     c.sites = a.sites.iter().map(|s| Site::parse(s)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
     c.submitter = a.submitter;
     c.check_sites().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(a.job_work.is_none() || a.dag.is_some(), "--job-work gives the works of --dag's jobs: give --dag");
     if let Some(path) = &a.dag {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading --dag {}", path.display()))?;
         // Checked here, where a bad file is named, not in the run.
         let dag = shoal_simulations::given(&text, c.work.median_ms)
             .map_err(|e| anyhow::anyhow!("--dag {}: {e}", path.display()))?;
         c.jobs = dag.work_ms.len();
-        c.given = Some(GivenDag { text, work_ms: c.work.median_ms });
+        let job_work_ms = match &a.job_work {
+            None => vec![],
+            Some(w) => {
+                let text = std::fs::read_to_string(w).with_context(|| format!("reading --job-work {}", w.display()))?;
+                // Whole ms separated by commas or white space: a JSON array of them reads too.
+                let ms: Vec<u64> = text
+                    .split(|c: char| c == ',' || c == '[' || c == ']' || c.is_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(|t| {
+                        t.parse::<u64>()
+                            .map_err(|_| anyhow::anyhow!("--job-work {}: `{t}` is not whole ms", w.display()))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                anyhow::ensure!(
+                    ms.len() == c.jobs,
+                    "--job-work {}: {} works for the {} jobs of --dag {}: give one per job, in file order",
+                    w.display(),
+                    ms.len(),
+                    c.jobs,
+                    path.display()
+                );
+                ms
+            }
+        };
+        c.given = Some(GivenDag { text, work_ms: c.work.median_ms, job_work_ms });
     }
     Ok(c)
 }

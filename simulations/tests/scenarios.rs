@@ -149,7 +149,7 @@ fn a_site_250_ms_away_starts_its_jobs_a_wan_delay_late_and_a_symmetric_one_loads
         // Longer than the way there and back: the relay lets the far site's first-ranked node
         // claim instead of running the job itself.
         c.settings.core.claim_stagger_ms = 1_000;
-        c.given = Some(GivenDag { text: text.clone(), work_ms: 2_000 });
+        c.given = Some(GivenDag { text: text.clone(), work_ms: 2_000, job_work_ms: vec![] });
         c.submitter = Some(0);
         c.sites = vec![
             Site { name: "public".into(), nodes: 1, one_way_ms: 0, jitter_ms: 0, loss_pct: 0.0, nat: SiteNat::Public },
@@ -196,4 +196,20 @@ fn a_site_is_parsed_from_its_flag_and_bad_values_are_named() {
     assert!(c.check_sites().unwrap_err().contains("needs a relay"), "a symmetric site without a relay");
     c.sites = vec![Site::parse("name=a,nodes=3").unwrap()];
     assert!(c.check_sites().unwrap_err().contains("hold 3 nodes but the run has 4"));
+}
+
+/// A given DAG's jobs each take their own work when it is given (a lab run replayed): a chain of
+/// three on one node ends at their sum, and the lower bound is that sum.
+#[test]
+fn a_given_dag_replays_each_jobs_own_work() {
+    let text = r#"{"version": 1, "jobs": [
+        {"id": "j0", "image": "x", "command": ["x"], "outputs": {"o": "stdout"}},
+        {"id": "j1", "image": "x", "command": ["x"], "inputs": {"i": "jobs:j0/o"}, "outputs": {"o": "stdout"}},
+        {"id": "j2", "image": "x", "command": ["x"], "inputs": {"i": "jobs:j1/o"}, "outputs": {"o": "stdout"}}]}"#;
+    let mut c = Config::basic(1, 3, 1);
+    c.given = Some(GivenDag { text: text.into(), work_ms: 1, job_work_ms: vec![1_000, 5_000, 2_000] });
+    let r = run(&c);
+    assert_ok(&r);
+    assert_eq!(r.lower_bound_ms, 8_000, "the critical path is the three works: {r:?}");
+    assert!(r.makespan_ms >= 8_000 && r.makespan_ms < 8_100, "one node runs them one after another: {r:?}");
 }

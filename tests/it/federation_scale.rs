@@ -53,6 +53,13 @@ fn fan_dag(jobs: usize, tag: &str) -> (String, BTreeMap<String, String>) {
     (serde_json::to_string(&json!({"version": 1, "jobs": specs})).unwrap(), want)
 }
 
+/// Each job's value in [`fan_dag`]'s file order (0 where there is none).
+fn fan_order(jobs: usize, by_id: &BTreeMap<&str, u64>) -> Vec<u64> {
+    let gens = (jobs / 5).max(2);
+    let ids = (0..gens).map(|i| format!("gen{i}")).chain((0..jobs.saturating_sub(gens)).map(|k| format!("use{k}")));
+    ids.map(|id| by_id.get(id.as_str()).copied().unwrap_or(0)).collect()
+}
+
 /// How many jobs of `dag` are done on `node`, from `GET /v1/dags` (its states' counts: the DAG's
 /// own view compares the outputs of jobs that ran twice, which is slow while their nodes restart).
 fn done_count(node: &FedNode, dag: &str) -> usize {
@@ -588,7 +595,8 @@ fn bench_federation_figures() {
         let (mut last_done, mut run_ms) = (0u64, Vec::<f64>::new());
         let (mut claims, mut dones) = (0usize, 0usize);
         let mut runners = BTreeSet::new();
-        for fs in facts["jobs"].as_object().unwrap().values() {
+        let mut job_ms: BTreeMap<&str, u64> = BTreeMap::new();
+        for (id, fs) in facts["jobs"].as_object().unwrap() {
             let fs = fs.as_array().unwrap();
             claims += fs.iter().filter(|f| f["kind"] == "claim").count();
             // A run that lost a race and still finished reports done too: it held a core throughout.
@@ -598,7 +606,9 @@ fn bench_federation_figures() {
                 last_done = last_done.max(at);
                 runners.insert(d["node"].as_str().unwrap().to_string());
                 if let Some(c) = fs.iter().rev().find(|f| f["kind"] == "claim" && f["node"] == d["node"]) {
-                    run_ms.push(at.saturating_sub(c["at_unix_ms"].as_u64().unwrap()) as f64);
+                    let ms = at.saturating_sub(c["at_unix_ms"].as_u64().unwrap());
+                    run_ms.push(ms as f64);
+                    job_ms.insert(id, ms);
                 }
             }
         }
@@ -620,7 +630,7 @@ fn bench_federation_figures() {
             "idle_bytes_out_per_node_s": idle, "dag_bytes_out_per_node_s": running, "dag_jobs": jobs}));
         figure(json!({"figure": "makespan", "nodes": all.len(), "jobs": jobs,
             "makespan_s": (last_done.saturating_sub(t0)) as f64 / 1e3, "runners": runners.len(),
-            "claims": claims, "done_facts": dones, "median_job_ms": median(run_ms.clone()), "mean_job_ms": run_ms.iter().sum::<f64>() / run_ms.len().max(1) as f64,
+            "claims": claims, "done_facts": dones, "job_ms": fan_order(jobs, &job_ms), "median_job_ms": median(run_ms.clone()), "mean_job_ms": run_ms.iter().sum::<f64>() / run_ms.len().max(1) as f64,
             "cores_per_node": std::thread::available_parallelism().map_or(1, |n| n.get()),
             "submitter": 1, "sites": lab_sites(&f)}));
     }

@@ -909,7 +909,7 @@ fn the_simulator_and_three_real_nodes_record_the_same_facts_per_job() {
     const STAGGER_MS: u64 = 2_000;
 
     let mut cfg = Config::basic(3, 4, 1);
-    cfg.given = Some(GivenDag { text: DIAMOND.to_string(), work_ms: 300 });
+    cfg.given = Some(GivenDag { text: DIAMOND.to_string(), work_ms: 300, job_work_ms: vec![] });
     cfg.settings.core.claim_stagger_ms = STAGGER_MS;
     let simulated = run(&cfg);
     assert!(simulated.violations.is_empty(), "{:#?}", simulated.violations);

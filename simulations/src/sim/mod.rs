@@ -287,7 +287,14 @@ impl Sim {
     pub fn new(cfg: Config) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let dags = match &cfg.given {
-            Some(g) => vec![workload::given(&g.text, g.work_ms).expect("the given DAG is valid")],
+            Some(g) => {
+                let mut dag = workload::given(&g.text, g.work_ms).expect("the given DAG is valid");
+                if !g.job_work_ms.is_empty() {
+                    assert_eq!(g.job_work_ms.len(), dag.work_ms.len(), "one work per job of the given DAG");
+                    dag.work_ms.clone_from(&g.job_work_ms);
+                }
+                vec![dag]
+            }
             None => workload::generate(cfg.workload, cfg.jobs, &cfg.work, cfg.submit_window_ms, &mut rng),
         };
         let mut sim = Sim {
