@@ -162,12 +162,12 @@ def main():
     slots = m["nodes"] * m["cores_per_node"]
     if "done_facts" in m:
         lab_wasted = (m["done_facts"] - m["jobs"]) * m["mean_job_ms"] / 1e3
-        print(f"  {'  of them run to the end':<34} {m['done_facts'] - m['jobs']:>9} {'(stopped early)':>22}")
-        print(f"  {'core-s spent on lost races':<34} {lab_wasted:>9.0f} {statistics.median(sim_wasted):>9.0f} "
+        print(f"  {'  of them finished':<34} {m['done_facts'] - m['jobs']:>9} {'(stopped early)':>22}")
+        print(f"  {'core-s spent on extra runs':<34} {lab_wasted:>9.0f} {statistics.median(sim_wasted):>9.0f} "
               f"[{min(sim_wasted):.0f}-{max(sim_wasted):.0f}]")
-        print(f"  {'simulator + the lab race cost':<34} {'':>9} {sm + (lab_wasted - statistics.median(sim_wasted)) / slots:>9.1f}"
+        print(f"  {'simulator + the lab extra runs':<34} {'':>9} {sm + (lab_wasted - statistics.median(sim_wasted)) / slots:>9.1f}"
               f"{'':>13} {m['makespan_s'] / (sm + (lab_wasted - statistics.median(sim_wasted)) / slots):>8.2f}"
-              f"  (an estimate: the lab's lost races' core time spread over its {slots} cores)")
+              f"  (an estimate: the lab's finished extra runs' core time spread over its {slots} cores)")
     print(f"  lab connections at the end (node -> peer): {g.get('paths_at_end')}; simulated sites: "
           + ", ".join(f"{s['name']} {s['nat']}" for s in sim_sites))
     print(f"  lab: mean job {m['mean_job_ms']:.0f} ms claim to done (median {m['median_job_ms']:.0f}), "

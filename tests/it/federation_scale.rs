@@ -599,7 +599,8 @@ fn bench_federation_figures() {
         for (id, fs) in facts["jobs"].as_object().unwrap() {
             let fs = fs.as_array().unwrap();
             claims += fs.iter().filter(|f| f["kind"] == "claim").count();
-            // A run that lost a race and still finished reports done too: it held a core throughout.
+            // An extra run that finished (a race not stopped, a lease that lapsed) reports done too:
+            // it held a core throughout.
             dones += fs.iter().filter(|f| f["kind"] == "done").count();
             if let Some(d) = fs.iter().find(|f| f["kind"] == "done") {
                 let at = d["at_unix_ms"].as_u64().unwrap();
