@@ -89,7 +89,11 @@ def simulator(m, g):
     punched = g.get("paths_at_end", {}).get("hole_punched", 0)
     sites = [dict(s, nat="symmetric" if s["nat"] == "eim" and punched == 0 else s["nat"]) for s in m["sites"]]
     subprocess.run(["cargo", "build", "-q", "--release", "-p", "shoal-simulations"], cwd=ROOT, env=ENV, check=True)
-    work = Path(tempfile.mkdtemp(prefix="shoal-fed-sim-"))
+    with tempfile.TemporaryDirectory(prefix="shoal-fed-sim-") as tmp:
+        return run_simulator(sim, m, sites, Path(tmp))
+
+
+def run_simulator(sim, m, sites, work):
     (work / "fan.json").write_text(fan_dag(m["jobs"]))
     replay = []
     if "job_ms" in m:
@@ -108,7 +112,8 @@ def simulator(m, g):
                        capture_output=True)
         summary = next(out.glob("*-summary.csv")).read_text().splitlines()
         rows.append(dict(zip(summary[0].split(","), summary[1].split(","))))
-    return rows, "shoal-simulations " + " ".join(a if not a.startswith("name=") else f"'{a}'" for a in args), sites
+    cmd = " ".join(a if not a.startswith("name=") else f"'{a}'" for a in args).replace(f"{work}/", "")
+    return rows, f"shoal-simulations {cmd}", sites
 
 
 def main():
@@ -173,7 +178,7 @@ def main():
     print(f"  lab: mean job {m['mean_job_ms']:.0f} ms claim to done (median {m['median_job_ms']:.0f}), "
           f"{m['runners']} nodes ran jobs; mesh formed in {g['formed_s']:.0f} s; idle {idle / 1e3:.2f} KB/s/node "
           f"(goal <= 2, 30 s)")
-    print(f"  simulator: {sim_cmd} --seed 1..{SIM_SEEDS}")
+    print(f"  simulator: {sim_cmd} --seed 1..{SIM_SEEDS}  (fan.json: fan_dag here; work.txt: the lab's job_ms)")
     each = "replays each job's claim-to-done time of the lab" if "job_ms" in m else "runs every job in the lab's mean claim-to-done time"
     print(f"  not shared: the simulator {each} on "
           f"{m['cores_per_node']} cores of each node's own, where the lab's {m['nodes']} nodes share this machine's "
