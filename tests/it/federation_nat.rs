@@ -213,3 +213,36 @@ fn nodes_behind_nat_reserve_on_relays_by_themselves_punch_holes_where_they_can_a
     drop(survivor);
     drop(sites);
 }
+
+#[test]
+fn two_machines_behind_one_nat_on_the_same_port_both_get_a_hole_punched() {
+    let Some(fed) = fed_or_skip("the shared-NAT hole punch test") else { return };
+    let key_dir = tempfile::Builder::new().prefix("shoal-fed-key-").tempdir().unwrap();
+    let key = mesh_key(key_dir.path());
+    let private = ["--autonat-private-ips"];
+    let relay = FedNode::start(
+        &fed,
+        &fed.public_host("relay1").unwrap(),
+        Home::empty(),
+        &key,
+        &[],
+        &[],
+        &["--relay-server", "--autonat-private-ips"],
+    );
+    let link = |delay_ms| Link { delay_ms, jitter_ms: 0, loss_pct: 0.0, rate_mbit: 0 };
+    let east = fed.site("east", Nat::Eim, link(10)).unwrap();
+    let west = fed.site("west", Nat::Eim, link(10)).unwrap();
+    // Both east machines listen on the same port (FedNode's 7171): the NAT can keep it for one.
+    let start = |site: &Site, name: &str| {
+        FedNode::start(&fed, &site.host(name).unwrap(), Home::empty(), &key, &[&relay.listen], &[], &private)
+    };
+    let (e0, e1, w0) = (start(&east, "east0"), start(&east, "east1"), start(&west, "west0"));
+    wait_for_mesh(&[&relay, &e0, &e1, &w0], MESH_TIMEOUT);
+    let (id0, id1) = (peer_id(&e0), peer_id(&e1));
+    let direct = |v: &PeerPath| v.0 == "direct";
+    // West reaches each east machine directly: the second one too, whose NAT mapping is not its
+    // listen port (libp2p's translation used to send every punch to the first one's).
+    wait_paths(&w0, MESH_TIMEOUT, "both east machines direct", |(_, _, p)| {
+        p.get(&id0).is_some_and(direct) && p.get(&id1).is_some_and(direct)
+    });
+}

@@ -39,6 +39,8 @@ pub(super) struct Behaviour {
     pub(super) relay_client: relay::client::Behaviour,
     /// Serving as a relay ([`NetConfig::relay_server`]).
     pub(super) relay: Toggle<relay::Behaviour>,
+    /// Observed addresses as they were observed, for DCUtR ([`super::observed`]).
+    pub(super) observed: super::observed::Observed,
     pub(super) dcutr: dcutr::Behaviour,
     pub(super) autonat: autonat::Behaviour,
     /// Blob streams (`/shoal/blobs/1`, [`super::blobs`]).
@@ -152,6 +154,7 @@ impl Behaviour {
             mdns: Toggle::from(mdns),
             relay_client,
             relay: Toggle::from(relay),
+            observed: super::observed::Observed::default(),
             dcutr: dcutr::Behaviour::new(peer_id),
             autonat,
             blobs: libp2p_stream::Behaviour::new(),

@@ -17,5 +17,6 @@ pub mod blobs;
 mod codec;
 pub mod keys;
 pub mod net;
+mod observed;
 mod relays;
 mod traffic;

@@ -955,6 +955,11 @@ impl Net {
                     return Some(refused);
                 }
                 self.note_relay(peer_id, &info);
+                // identify hands DCUtR this address with our listen port in place of a port that
+                // differs; the NAT may have had to give our listen port another one.
+                if !is_circuit(&info.observed_addr) {
+                    self.swarm.behaviour_mut().observed.report(info.observed_addr.clone());
+                }
                 // Only peers that speak our DHT go into its routing table.
                 if info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL) {
                     let kad = &mut self.swarm.behaviour_mut().kad;
