@@ -147,18 +147,17 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
     // at once, for at most RUNS_COMPARE_MS (one at a time, a DAG with many reruns after a
     // partition took a minute: each record of a runner gone waited for every provider); a job
     // whose runs' records did not all come in time is left unjudged.
-    let runs: Vec<Hash> =
-        view.jobs.values().filter(|j| j.runs.len() > 1).flat_map(|j| j.runs.iter()).map(|r| r.record).collect();
+    let runs: Vec<(Hash, Option<[u8; 32]>)> = view
+        .jobs
+        .values()
+        .filter(|j| j.runs.len() > 1)
+        .flat_map(|j| j.runs.iter())
+        .map(|r| (r.record, hex::decode(&r.node).ok().and_then(|b| <[u8; 32]>::try_from(b).ok())))
+        .collect();
     let mut records = BTreeMap::new();
     if !runs.is_empty() {
-        let runners: BTreeMap<Hash, Option<[u8; 32]>> = view
-            .jobs
-            .values()
-            .flat_map(|j| j.runs.iter())
-            .map(|r| (r.record, hex::decode(&r.node).ok().and_then(|b| <[u8; 32]>::try_from(b).ok())))
-            .collect();
-        let fetches = futures::stream::iter(runs.into_iter().map(|record| {
-            let (s, runner) = (s.clone(), runners.get(&record).copied().flatten());
+        let fetches = futures::stream::iter(runs.into_iter().map(|(record, runner)| {
+            let s = s.clone();
             async move {
                 let providers = ask(&s, |reply| Cmd::Providers { first: runner, reply }).await.ok()?;
                 let rec = exec::fetch_record(&s.store, &s.blobs, record, &providers).await.ok()?;

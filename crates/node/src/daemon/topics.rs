@@ -34,7 +34,8 @@ const REGROUP_MS: u64 = 2_000;
 /// and anti-entropy run over connections), groups being small.
 const GROUP_REDIAL_MS: u64 = 30_000;
 /// How long a group member keeps following a DAG's topic after every job of it ended (done,
-/// failed or cancelled), in ms: a late report of a lost output still reaches the group.
+/// failed or cancelled), in ms: a late report of a lost output still reaches the group. Past it
+/// the DAG's group is no longer worked out (it keeps the last one).
 pub const FOLLOW_AFTER_END_MS: u64 = 10 * 60 * 1000;
 /// DAG topics a node follows at once, group member or watcher; past it the DAGs it was asked
 /// about least recently are left (a node still schedules those it is a member of).
@@ -138,7 +139,16 @@ impl Node {
             .collect();
         caps.push((me, self.core.caps()));
         let mut groups = BTreeMap::new();
+        let after_end = Duration::from_millis(FOLLOW_AFTER_END_MS);
         for (dag, topic_nodes) in self.core.ledger().topic_dags() {
+            // A DAG that ended long ago keeps the group it had: nothing of it is followed any
+            // more, and working out every old DAG's group every round would grow with the ledger.
+            if let (Some(at), Some(group)) = (self.dag_topics.ended.get(dag), self.dag_topics.groups.get(dag))
+                && now >= *at + after_end
+            {
+                groups.insert(*dag, group.clone());
+                continue;
+            }
             let Some(content) = self.core.dag(dag) else { continue };
             let mode = TopicMode::PerDag { group_nodes: topic_nodes as usize, speed_exponent: TOPIC_SPEED_EXPONENT };
             groups.insert(*dag, topics::group_for(mode, dag, content, &caps));
@@ -160,6 +170,9 @@ impl Node {
         // those it watches (most recently asked first), up to the limit.
         let ledger = self.core.ledger();
         for dag in groups.keys() {
+            if self.dag_topics.ended.get(dag).is_some_and(|at| now >= *at + after_end) {
+                continue;
+            }
             let ended = ledger.dag_state(dag, unix).is_some_and(|s| {
                 s.jobs
                     .values()
@@ -172,7 +185,6 @@ impl Node {
             }
         }
         self.dag_topics.ended.retain(|d, _| groups.contains_key(d));
-        let after_end = Duration::from_millis(FOLLOW_AFTER_END_MS);
         let running = |d: &Hash| self.dag_topics.ended.get(d).is_none_or(|at| now < *at + after_end);
         let mut watched: Vec<(&Hash, &Instant)> = self.dag_topics.watching.iter().collect();
         watched.sort_by(|a, b| b.1.cmp(a.1));
