@@ -177,7 +177,9 @@ def main():
           + ", ".join(f"{s['name']} {s['nat']}" for s in sim_sites))
     print(f"  lab: mean job {m['mean_job_ms']:.0f} ms claim to done (median {m['median_job_ms']:.0f}), "
           f"{m['runners']} nodes ran jobs; mesh formed in {g['formed_s']:.0f} s; idle {idle / 1e3:.2f} KB/s/node "
-          f"(goal <= 2, 30 s)")
+          f"(goal <= 2, 30 s)"
+          + (f"; without the relay's forwarding: {g['idle_member_bytes_out_per_node_s'] / 1e3:.2f} KB/s per member, "
+             f"the relay {g['idle_relay_bytes_out_s'] / 1e3:.2f} KB/s" if "idle_relay_bytes_out_s" in g else ""))
     print(f"  simulator: {sim_cmd} --seed 1..{SIM_SEEDS}  (fan.json: fan_dag here; work.txt: the lab's job_ms)")
     each = "replays each job's claim-to-done time of the lab" if "job_ms" in m else "runs every job in the lab's mean claim-to-done time"
     print(f"  not shared: the simulator {each} on "

@@ -396,6 +396,37 @@ fn a_node_restarted_with_a_stale_view_claims_no_job_its_peer_still_runs() {
     assert!(b.log().contains("caught up with the mesh, claiming jobs again"), "{}", b.log());
 }
 
+/// A node restarted where it reaches no peer (its network down, its relay gone) waits to hear
+/// one before it claims from its stored view: it used to claim after 15 s without an answer and
+/// run jobs its peers still ran (a node behind NAT that reached its relay 42 s after a restart
+/// ran 50 jobs done long before, in the federation lab).
+#[test]
+fn a_node_restarted_out_of_reach_of_its_peers_claims_nothing_from_its_stale_view() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let a = MeshNode::start(first, &key, &[], &[]);
+    let dag_file = a.home.write(
+        "long.json",
+        r#"{"version": 1, "jobs": [{"id": "long", "image": "busybox:latest",
+            "command": ["sh", "-c", "sleep 90; echo once"], "outputs": {"out": "stdout"}}]}"#,
+    );
+    let dag = submit(&a, &dag_file);
+    wait_dag(&a, &dag, Duration::from_secs(20), "A runs long", |v| v["jobs"]["long"]["state"] == "claimed");
+    let fast: &[&str] = &["--speed", "100000"];
+    let b = MeshNode::start(Home::empty(), &key, &[&a.listen], fast);
+    wait_dag(&b, &dag, Duration::from_secs(20), "B sees A's claim", |v| v["jobs"]["long"]["node"] == a.node.as_str());
+    let mut b = b;
+    b.kill();
+    std::thread::sleep(Duration::from_secs(10 + 3)); // the lease, 10 s, and slack
+    // Back without `--join`, on a new port: it hears nobody, and nobody reaches it.
+    let b = b.restart_with(&key, &[], fast);
+    std::thread::sleep(Duration::from_secs(15 + 5)); // `CATCH_UP_MAX_MS`, when it claimed before, and slack
+    let v = b.get_json(&format!("/v1/dags/{dag}/facts"));
+    let claims: Vec<&Value> = v["jobs"]["long"].as_array().unwrap().iter().filter(|f| f["kind"] == "claim").collect();
+    assert_eq!(claims.len(), 1, "A's claim only: {claims:?}");
+    assert_eq!(b.get_json("/v1/metrics")["running"], 0, "B runs nothing");
+}
+
 #[test]
 fn the_dag_completes_after_its_submitter_leaves_and_a_restarted_node_resumes() {
     let homes: Vec<Home> = (0..3).map(|_| Home::with_busybox()).collect();

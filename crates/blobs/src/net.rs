@@ -22,7 +22,8 @@
 //! opens ([`BlobNode::set_stream_dialer`]; the node's is a libp2p stream through the mesh, which
 //! crosses NATs by its relays and DCUtR), carrying the same iroh-blobs protocol, verified the same
 //! way ([`stream`]). A peer found unreachable over iroh is asked over the stream for the next
-//! [`IROH_UNREACHABLE_RETRY_S`] without waiting on iroh first.
+//! [`IROH_UNREACHABLE_RETRY_S`] without waiting on iroh first (doubling while iroh keeps failing,
+//! up to [`IROH_UNREACHABLE_RETRY_MAX_S`]).
 //!
 //! A fetched blob is not a root for `gc`, like a blob just stored: the caller records what uses
 //! it (a run record, a tag, a pin) before the next `gc`.
@@ -75,6 +76,41 @@ pub const CONNECTS_PENDING_MAX: usize = 32;
 /// path alone (when there is one) before iroh is tried again, in seconds: a tree of many blobs
 /// would otherwise wait [`CONNECT_TIMEOUT_MS`] on iroh for each.
 pub const IROH_UNREACHABLE_RETRY_S: u64 = 60;
+/// The longest such wait, in seconds: each failed retry doubles it up to this (a peer behind
+/// another NAT is never reachable over iroh, and each retry costs a fetch [`CONNECT_TIMEOUT_MS`];
+/// 500 outputs read from 32 such peers waited 3 s once a minute for each peer).
+pub const IROH_UNREACHABLE_RETRY_MAX_S: u64 = 1_800;
+
+/// Peers whose iroh endpoint could not be reached: since when the stream path alone serves
+/// them, and for how long ([`IROH_UNREACHABLE_RETRY_S`] after a first failure, twice the last
+/// wait after each failed retry, up to [`IROH_UNREACHABLE_RETRY_MAX_S`]); at most
+/// [`CONNECTIONS_MAX`] peers, those whose wait ended dropped first.
+#[derive(Debug, Default)]
+struct Unreachable(HashMap<PublicKey, (tokio::time::Instant, Duration)>);
+
+impl Unreachable {
+    fn holds(&self, id: &PublicKey, now: tokio::time::Instant) -> bool {
+        self.0.get(id).is_some_and(|(at, wait)| now < *at + *wait)
+    }
+
+    fn note(&mut self, id: PublicKey, now: tokio::time::Instant) {
+        let wait = match self.0.get(&id) {
+            Some((_, wait)) => (*wait * 2).min(Duration::from_secs(IROH_UNREACHABLE_RETRY_MAX_S)),
+            None => Duration::from_secs(IROH_UNREACHABLE_RETRY_S),
+        };
+        if self.0.len() >= CONNECTIONS_MAX && !self.0.contains_key(&id) {
+            self.0.retain(|_, (at, wait)| now < *at + *wait);
+            if self.0.len() >= CONNECTIONS_MAX {
+                return;
+            }
+        }
+        self.0.insert(id, (now, wait));
+    }
+
+    fn reached(&mut self, id: &PublicKey) {
+        self.0.remove(id);
+    }
+}
 
 /// How to reach a peer's blob endpoint (gossiped inside CBOR): its endpoint id (the ed25519
 /// public key of the node's secret) and the socket addresses it listens on.
@@ -161,7 +197,7 @@ struct NodeInner {
     /// The second path to peers ([`BlobNode::set_stream_dialer`]), when the node has one.
     dialer: std::sync::OnceLock<Arc<dyn StreamDialer>>,
     /// Peers whose iroh endpoint could not be reached, and when that was found.
-    iroh_unreachable: std::sync::Mutex<HashMap<PublicKey, tokio::time::Instant>>,
+    iroh_unreachable: std::sync::Mutex<Unreachable>,
     /// Permits for streams served at once ([`stream::STREAMS_SERVED_MAX`]).
     streams_served: Arc<tokio::sync::Semaphore>,
 }
@@ -395,10 +431,7 @@ impl std::fmt::Display for Failure {
             Failure::Ended => write!(f, "the transfer ended without a result"),
             Failure::StreamOpen(e) => write!(f, "{e}"),
             Failure::OverMesh(stream) => {
-                write!(
-                    f,
-                    "over the mesh (its blob endpoint was unreachable within {IROH_UNREACHABLE_RETRY_S} s): {stream}"
-                )
+                write!(f, "over the mesh (its blob endpoint was unreachable when last tried): {stream}")
             }
             Failure::Both(iroh, stream) => write!(f, "over iroh: {iroh}; over the mesh: {stream}"),
         }
@@ -623,17 +656,13 @@ impl BlobNode {
         self.inner.dialer.set(dialer).is_ok()
     }
 
-    /// Whether `id`'s iroh endpoint was found unreachable in the last [`IROH_UNREACHABLE_RETRY_S`].
+    /// Whether `id`'s iroh endpoint was found unreachable recently enough not to try it again.
     fn iroh_unreachable(&self, id: &PublicKey) -> bool {
-        let mut map = self.inner.iroh_unreachable.lock().expect("unreachable peers");
-        match map.get(id) {
-            Some(at) if at.elapsed() < Duration::from_secs(IROH_UNREACHABLE_RETRY_S) => true,
-            Some(_) => {
-                map.remove(id);
-                false
-            }
-            None => false,
-        }
+        self.inner.iroh_unreachable.lock().expect("unreachable peers").holds(id, tokio::time::Instant::now())
+    }
+
+    fn note_iroh_unreachable(&self, id: PublicKey) {
+        self.inner.iroh_unreachable.lock().expect("unreachable peers").note(id, tokio::time::Instant::now());
     }
 
     /// One provider, by iroh and then by the stream path: whatever of the blob is missing here.
@@ -656,13 +685,17 @@ impl BlobNode {
                 self.forget_connection(id);
                 f
             }
-            other => return other,
+            other => {
+                // Reached over iroh (served or not): no longer unreachable.
+                self.inner.iroh_unreachable.lock().expect("unreachable peers").reached(&id);
+                return other;
+            }
         };
         if dialer.is_none() {
             return Err(over_iroh);
         }
         debug!(%hash, peer = %id.fmt_short(), reason = %over_iroh, "iroh cannot reach the peer: fetching over the mesh");
-        self.inner.iroh_unreachable.lock().expect("unreachable peers").insert(id, tokio::time::Instant::now());
+        self.note_iroh_unreachable(id);
         retry_busy(|| self.fetch_over_stream(hash, id, received, progress))
             .await
             .map_err(|over_stream| Failure::Both(Box::new(over_iroh), Box::new(over_stream)))
@@ -815,5 +848,49 @@ impl BlobNode {
             warn!("blob endpoint shutdown: {e}");
         }
         self.inner.endpoint.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_iroh_keeps_failing_to_reach_is_tried_less_and_less_often() {
+        let id = SecretKey::from_bytes(&[7; 32]).public();
+        let t0 = tokio::time::Instant::now();
+        let s = |n: u64| Duration::from_secs(n);
+        let mut u = Unreachable::default();
+        assert!(!u.holds(&id, t0));
+        u.note(id, t0);
+        assert!(u.holds(&id, t0 + s(IROH_UNREACHABLE_RETRY_S - 1)));
+        assert!(!u.holds(&id, t0 + s(IROH_UNREACHABLE_RETRY_S)), "tried again after the first wait");
+        // The retry failed too: twice the wait, and so on up to the longest.
+        let t1 = t0 + s(IROH_UNREACHABLE_RETRY_S);
+        u.note(id, t1);
+        assert!(u.holds(&id, t1 + s(2 * IROH_UNREACHABLE_RETRY_S - 1)));
+        assert!(!u.holds(&id, t1 + s(2 * IROH_UNREACHABLE_RETRY_S)));
+        for _ in 0..20 {
+            u.note(id, t1);
+        }
+        assert!(u.holds(&id, t1 + s(IROH_UNREACHABLE_RETRY_MAX_S - 1)));
+        assert!(!u.holds(&id, t1 + s(IROH_UNREACHABLE_RETRY_MAX_S)));
+        // Reached over iroh: the next failure starts from the first wait again.
+        u.reached(&id);
+        assert!(!u.holds(&id, t1));
+        u.note(id, t1);
+        assert!(!u.holds(&id, t1 + s(IROH_UNREACHABLE_RETRY_S)));
+    }
+
+    #[test]
+    fn the_unreachable_peers_are_bounded() {
+        let t0 = tokio::time::Instant::now();
+        let mut u = Unreachable::default();
+        for i in 0..(CONNECTIONS_MAX + 10) {
+            let mut b = [0u8; 32];
+            b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            u.note(SecretKey::from_bytes(&b).public(), t0);
+        }
+        assert_eq!(u.0.len(), CONNECTIONS_MAX);
     }
 }

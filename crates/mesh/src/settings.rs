@@ -39,6 +39,14 @@ pub const LOST_RECHECK_MS: u64 = 2_000;
 /// whose peers are slow to answer or gone (alone, it claims after this).
 pub const CATCH_UP_MAX_MS: u64 = 3 * SYNC_PERIOD_MS;
 
+/// How long a node restarted from stored facts that name other nodes waits to hear any peer
+/// before it claims jobs from its stored view alone, in ms. A node that reaches nobody after a
+/// restart is more likely the one cut off (its network, its relay) than the last one standing:
+/// in the federation lab a restarted node behind NAT reached its relay only after 42 s and,
+/// claiming from its stale view at 15 s, ran 50 jobs done long before (issue 19). The
+/// [`CATCH_UP_MAX_MS`] wait starts when the first peer is heard.
+pub const CATCH_UP_ALONE_MAX_MS: u64 = 300_000;
+
 /// How far ahead of a receiver's clock a remote time is believed, in ms: a fact whose HLC reads
 /// more than this ahead is refused (anti-entropy offers it again, so it is admitted once the
 /// receiver's clock reaches it), [`Hlc::observe`](crate::ledger::Hlc::observe) never moves further
@@ -86,6 +94,8 @@ pub struct Settings {
     pub lost_recheck_ms: u64,
     /// See [`CATCH_UP_MAX_MS`].
     pub catch_up_max_ms: u64,
+    /// See [`CATCH_UP_ALONE_MAX_MS`].
+    pub catch_up_alone_max_ms: u64,
     /// Which topics carry a DAG's facts and who subscribes to them, as the simulator runs a
     /// whole mesh ([`topic_mode`] gives the validated one for a mesh's size); `shoal node`
     /// decides per DAG at its submit ([`Settings::submit_topic_nodes`]).
@@ -138,6 +148,7 @@ impl Default for Settings {
             replicas: REPLICAS,
             lost_recheck_ms: LOST_RECHECK_MS,
             catch_up_max_ms: CATCH_UP_MAX_MS,
+            catch_up_alone_max_ms: CATCH_UP_ALONE_MAX_MS,
             topics: TopicMode::One,
             dag_topic_nodes: DAG_TOPIC_NODES,
             dag_topics_above_nodes: DAG_TOPICS_ABOVE_NODES,

@@ -22,6 +22,65 @@ use crate::Settings;
 use crate::ledger::{Fact, Ledger, NodeId};
 use crate::wire::{self, SyncReq, SyncResp};
 
+/// A restarted node's wait before it claims jobs: its stored view has every other node's lease
+/// run out, so it would claim jobs their runners still hold. It claims once an anti-entropy
+/// exchange ended ([`Sync::caught_up`]), or [`Settings::catch_up_max_ms`] after it first heard a
+/// peer (peers that answer nothing), or [`Settings::catch_up_alone_max_ms`] after its start
+/// without hearing any (alone). A node whose stored facts are all its own has nobody to catch
+/// up with and does not wait. `shoal node` and the simulator both decide with this.
+#[derive(Clone, Copy, Debug)]
+pub struct CatchUp {
+    since_ms: u64,
+    first_peer_ms: Option<u64>,
+    max_ms: u64,
+    alone_max_ms: u64,
+}
+
+/// Why a [`CatchUp`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpEnd {
+    /// An exchange with a peer ended: the view is the mesh's.
+    CaughtUp,
+    /// Peers were heard, none answered within [`Settings::catch_up_max_ms`].
+    PeersSilent,
+    /// No peer heard within [`Settings::catch_up_alone_max_ms`] of the start.
+    Alone,
+}
+
+impl CatchUp {
+    /// A node started at `now_ms` from stored facts, `others` whether any is another node's:
+    /// the wait, or `None` when there is none.
+    pub fn after_restart(now_ms: u64, others: bool, settings: &Settings) -> Option<CatchUp> {
+        others.then_some(CatchUp {
+            since_ms: now_ms,
+            first_peer_ms: None,
+            max_ms: settings.catch_up_max_ms,
+            alone_max_ms: settings.catch_up_alone_max_ms,
+        })
+    }
+
+    /// A peer was heard (a connection, a heartbeat).
+    pub fn handle_peer(&mut self, now_ms: u64) {
+        self.first_peer_ms.get_or_insert(now_ms);
+    }
+
+    /// Whether a peer was heard since the start.
+    pub fn heard_peer(&self) -> bool {
+        self.first_peer_ms.is_some()
+    }
+
+    /// Whether the wait is over at `now_ms`, and why.
+    pub fn poll(&self, now_ms: u64, caught_up: bool) -> Option<CatchUpEnd> {
+        if caught_up {
+            Some(CatchUpEnd::CaughtUp)
+        } else if let Some(first) = self.first_peer_ms {
+            (now_ms >= first.saturating_add(self.max_ms)).then_some(CatchUpEnd::PeersSilent)
+        } else {
+            (now_ms >= self.since_ms.saturating_add(self.alone_max_ms)).then_some(CatchUpEnd::Alone)
+        }
+    }
+}
+
 /// What to do with a peer's request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -268,6 +327,22 @@ mod tests {
     use super::*;
     use crate::ledger::{Body, Hlc};
     use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn a_restarted_node_waits_for_a_peer_then_for_its_answer() {
+        let s = Settings::default();
+        assert!(CatchUp::after_restart(0, false, &s).is_none(), "only its own facts: nothing to wait for");
+        let mut c = CatchUp::after_restart(1_000, true, &s).unwrap();
+        // Alone: past the wait for a silent peer, it still waits for one to be heard.
+        assert_eq!(c.poll(1_000 + s.catch_up_max_ms + 1, false), None);
+        assert_eq!(c.poll(1_000 + s.catch_up_alone_max_ms, false), Some(CatchUpEnd::Alone));
+        // A peer heard at 60 s: the wait for its answer counts from then.
+        c.handle_peer(60_000);
+        c.handle_peer(70_000);
+        assert_eq!(c.poll(60_000 + s.catch_up_max_ms - 1, false), None);
+        assert_eq!(c.poll(60_000 + s.catch_up_max_ms, false), Some(CatchUpEnd::PeersSilent));
+        assert_eq!(c.poll(60_001, true), Some(CatchUpEnd::CaughtUp));
+    }
 
     fn ledger_with(n: u64) -> Ledger {
         let key = SigningKey::from_bytes(&[7; 32]);

@@ -107,18 +107,17 @@ impl Sim {
         self.send_sync_requests(to);
     }
 
-    /// A node restarted from its facts claims again once its `Sync` caught up with a peer, or
-    /// `catch_up_max_ms` after it came back (the daemon's `update_claiming`).
-    fn end_catch_up(&mut self, n: u32) {
+    /// A node restarted from its facts claims again when its [`shoal_mesh::sync::CatchUp`] says
+    /// (the daemon's `update_claiming`).
+    pub(super) fn end_catch_up(&mut self, n: u32) {
         let now = self.now;
-        let max = self.cfg.settings.catch_up_max_ms;
         let node = &mut self.nodes[n as usize];
-        let Some(since) = node.catch_up_since else { return };
+        let Some(wait) = node.catch_up else { return };
         let caught_up = node.sync.as_ref().is_some_and(|s| s.caught_up());
-        if !caught_up && now < since + max {
+        if wait.poll(now, caught_up).is_none() {
             return;
         }
-        node.catch_up_since = None;
+        node.catch_up = None;
         let clock = self.clock(n);
         if let Some(core) = self.nodes[n as usize].core.as_mut() {
             core.set_claiming(clock, true);

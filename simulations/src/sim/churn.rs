@@ -9,7 +9,7 @@ use shoal_mesh::core::NodeCore;
 use shoal_mesh::ledger::NodeId;
 use shoal_mesh::liveness::Liveness;
 use shoal_mesh::replicas::Replicas;
-use shoal_mesh::sync::Sync;
+use shoal_mesh::sync::{CatchUp, Sync};
 use shoal_mesh::topics;
 
 use super::{Ev, Sim, Status};
@@ -145,8 +145,9 @@ impl Sim {
         let mut core = NodeCore::with_config(node.key.clone(), node.caps.clone(), self.cfg.settings.core);
         core.handle_peer_table(clock, self.peer_table.clone());
         // Its stored view has every other node's lease run out: no claim before it caught up.
-        node.catch_up_since = (!node.persisted.is_empty()).then_some(now);
-        if node.catch_up_since.is_some() {
+        let others = node.persisted.iter().any(|f| f.fact().author != node.id);
+        node.catch_up = CatchUp::after_restart(now, others, &self.cfg.settings);
+        if node.catch_up.is_some() {
             core.set_claiming(clock, false);
         }
         for f in std::mem::take(&mut node.persisted) {

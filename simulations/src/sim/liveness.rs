@@ -137,6 +137,9 @@ impl Sim {
             if !self.up(m) {
                 continue;
             }
+            if let Some(wait) = self.nodes[m as usize].catch_up.as_mut() {
+                wait.handle_peer(now);
+            }
             if self.nodes[m as usize].liveness.handle_heard(now, id, direct) {
                 // A new peer: the core ranks with it, and it gets a heartbeat of ours at once.
                 self.tell_core_live_peers(m);

@@ -197,9 +197,9 @@ struct Node {
     /// What survives a crash: the ledger's facts and the DAG files (sled and the blob store).
     persisted: Vec<VerifiedFact>,
     persisted_dags: Vec<Hash>,
-    /// Restarted from persisted facts at this time and not caught up with the mesh yet: it
-    /// claims nothing until its `Sync` is (or `catch_up_max_ms` passed), as `shoal node`.
-    catch_up_since: Option<u64>,
+    /// Restarted from persisted facts and not caught up with the mesh yet: it claims nothing
+    /// until this says, as `shoal node`.
+    catch_up: Option<shoal_mesh::sync::CatchUp>,
     /// Partition side.
     side: bool,
     bytes_in: u64,
@@ -456,7 +456,7 @@ impl Sim {
             synced: BTreeMap::new(),
             persisted: vec![],
             persisted_dags: vec![],
-            catch_up_since: None,
+            catch_up: None,
             side,
             clock_offset_ms: self.cfg.clock_offsets_ms.iter().find(|(k, _)| *k == i).map_or(0, |(_, o)| *o),
             bytes_in: 0,

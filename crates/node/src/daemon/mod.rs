@@ -65,7 +65,7 @@ use shoal_mesh::core::{Action, Finished, NodeCore};
 use shoal_mesh::ledger::{Body, Fact, JobState, NodeId};
 use shoal_mesh::liveness::Liveness;
 use shoal_mesh::replicas::{Copy, Replicas};
-use shoal_mesh::sync::Sync;
+use shoal_mesh::sync::{CatchUp, CatchUpEnd, Sync};
 use shoal_mesh::wire::{self, Announce, DagText, FactBatch, SyncReq};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
@@ -267,15 +267,17 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     let mut reloaded = 0usize;
     let stored = store.facts()?;
     // A restart: the stored view has every other node's lease run out, so no claim before the
-    // first anti-entropy exchange says what the mesh did meanwhile (`Sync::caught_up`).
-    let claim_waits = ClaimWaits { clock: opts.clock_from_mesh, catch_up: (!stored.is_empty()).then(Instant::now) };
-    if claim_waits.catch_up.is_some() {
+    // mesh said what it did meanwhile (`CatchUp`); no claim while the facts are folded in either.
+    let restarted = !stored.is_empty();
+    if restarted {
         core.set_claiming(now_unix_ms(), false);
     }
+    let mut others = false;
     for (id, bytes) in stored {
         match wire::decode::<Fact>(&bytes) {
             Ok(fact) if fact.id() == id => match fact.verified() {
                 Ok(fact) => {
+                    others |= fact.fact().author != node_id;
                     core.restore_fact(now_unix_ms(), fact);
                     reloaded += 1;
                 }
@@ -283,6 +285,14 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
             },
             _ => warn!(%id, "a stored fact does not decode or match its id; ignored"),
         }
+    }
+    let claim_waits = ClaimWaits {
+        clock: opts.clock_from_mesh,
+        catch_up: CatchUp::after_restart(started.elapsed().as_millis() as u64, others, &settings),
+    };
+    if restarted && claim_waits.catch_up.is_none() && !claim_waits.clock {
+        // Only its own facts: nobody to catch up with.
+        core.set_claiming(now_unix_ms(), true);
     }
     // Facts we reload were persisted before: the core re-emits none of them, but drain what it
     // decided while folding them (claims of jobs found open).
@@ -429,21 +439,30 @@ struct Node {
 struct ClaimWaits {
     /// `--clock-from-mesh` and no peer's time heard yet.
     clock: bool,
-    /// Restarted from stored facts (since then) and no anti-entropy exchange ended yet, nor
-    /// `Settings::catch_up_max_ms` passed.
-    catch_up: Option<Instant>,
+    /// Restarted from stored facts naming other nodes, and not caught up with the mesh yet.
+    catch_up: Option<CatchUp>,
 }
 
 impl Node {
     /// Claims jobs once nothing in [`ClaimWaits`] holds any more.
     fn update_claiming(&mut self) {
-        if let Some(since) = self.claim_waits.catch_up {
-            let waited = since.elapsed();
-            if self.sync.caught_up() {
-                info!(?waited, "restarted: caught up with the mesh, claiming jobs again");
-                self.claim_waits.catch_up = None;
-            } else if waited >= Duration::from_millis(self.opts.settings.catch_up_max_ms) {
-                info!(?waited, "restarted: no peer answered anti-entropy; claiming jobs from the stored view");
+        if let Some(wait) = self.claim_waits.catch_up {
+            let now = self.mono_ms();
+            let waited = Duration::from_millis(now);
+            let end = wait.poll(now, self.sync.caught_up());
+            match end {
+                Some(CatchUpEnd::CaughtUp) => info!(?waited, "restarted: caught up with the mesh, claiming jobs again"),
+                Some(CatchUpEnd::PeersSilent) => {
+                    info!(?waited, "restarted: no peer answered anti-entropy; claiming jobs from the stored view")
+                }
+                Some(CatchUpEnd::Alone) => warn!(
+                    ?waited,
+                    "restarted: no peer heard since the start; claiming jobs from the stored view alone \
+                     (check this node's network and its --join addresses)"
+                ),
+                None => {}
+            }
+            if end.is_some() {
                 self.claim_waits.catch_up = None;
             }
         }

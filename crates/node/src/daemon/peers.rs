@@ -54,6 +54,10 @@ impl Node {
                 // this node's blobs.
                 if let Some(node) = node_of_peer(&peer) {
                     self.shared.blobs.admit(&node);
+                    let now = self.mono_ms();
+                    if let Some(wait) = self.claim_waits.catch_up.as_mut() {
+                        wait.handle_peer(now);
+                    }
                     self.sync.handle_connected(self.mono_ms(), node);
                     self.liveness.handle_connected(self.mono_ms(), node);
                 }
@@ -153,11 +157,9 @@ impl Node {
         // Gossip reached us through others: connect directly, so the mesh stays
         // whole when the node everyone joined through leaves, and heartbeats go one hop.
         if !self.connected.contains(&from) && self.connected.len() < DIRECT_PEERS_MAX {
-            for addr in a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()) {
-                let addr = addr.with_p2p(from).unwrap_or_else(|a| a);
-                if let Err(e) = self.net.dial(addr) {
-                    debug!(%from, "cannot dial an announced address: {e}");
-                }
+            let addrs = a.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()).collect();
+            if let Err(e) = self.net.dial_peer(from, addrs) {
+                debug!(%from, "cannot dial an announced address: {e}");
             }
         }
         let node = a.node;
@@ -290,12 +292,9 @@ impl Node {
             return;
         }
         let Some(p) = self.peers.get(&node) else { return };
-        let addrs: Vec<Multiaddr> = p.announce.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()).collect();
-        for addr in addrs {
-            let addr = addr.with_p2p(peer).unwrap_or_else(|a| a);
-            if let Err(e) = self.net.dial(addr) {
-                debug!(%peer, "cannot dial a lost peer again: {e}");
-            }
+        let addrs = p.announce.listen.iter().filter_map(|t| t.parse::<Multiaddr>().ok()).collect();
+        if let Err(e) = self.net.dial_peer(peer, addrs) {
+            debug!(%peer, "cannot dial a lost peer again: {e}");
         }
     }
 

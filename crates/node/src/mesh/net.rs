@@ -80,7 +80,8 @@ use libp2p::core::transport::ListenerId;
 use libp2p::core::upgrade::Version;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::{ConnectionDenied, ConnectionId, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionDenied, ConnectionId, DialError, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, Swarm, SwarmBuilder, Transport, allow_block_list, autonat, dcutr, gossipsub, identify, kad,
     mdns, noise, relay, tcp, yamux,
@@ -156,8 +157,11 @@ pub(super) const RELAY_CIRCUIT_REFILL_S: u64 = 10;
 /// behind NAT reserves on a relay within seconds.
 pub const AUTONAT_BOOT_DELAY_S: u64 = 2;
 /// Between probes while the verdict is unknown or not yet confirmed by
-/// [`AUTONAT_CONFIDENCE_MAX`] in a row, in seconds. A probe is one dial-back to one peer.
-pub const AUTONAT_RETRY_S: u64 = 5;
+/// [`AUTONAT_CONFIDENCE_MAX`] in a row, in seconds. A probe is one dial-back to one peer. Longer
+/// than a dial-back to a node behind NAT takes to fail ([`UPGRADE_TIMEOUT_S`]): a server still
+/// dialing refuses the next probe ("dial-back already ongoing", an unknown verdict), and with a
+/// 5-s period every other probe of such a node was refused and it never settled.
+pub const AUTONAT_RETRY_S: u64 = UPGRADE_TIMEOUT_S + 2;
 /// Between probes once confirmed, in seconds: how long a node that became reachable (or stopped
 /// being) may take to notice.
 pub const AUTONAT_REFRESH_S: u64 = 60;
@@ -643,6 +647,20 @@ impl Net {
     pub fn dial(&mut self, addr: Multiaddr) -> Result<(), NetError> {
         debug!(%addr, "dialing");
         self.swarm.dial(addr.clone()).map_err(|e| NetError::Dial { addr, reason: e.to_string() })
+    }
+
+    /// Dials `peer` at `addrs` (several at once, the first connection wins) unless it is connected
+    /// or being dialed already: announcements and heartbeats from a peer come every few seconds,
+    /// and a dial per announced address each time would open a relay circuit per address per
+    /// announcement (libp2p-relay refuses more than 10 at once on one connection to a relay).
+    pub fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        debug!(%peer, ?addrs, "dialing a peer");
+        let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::NoAddresses) => Ok(()),
+            Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(e) => Err(NetError::Dial { addr: Multiaddr::empty().with(Protocol::P2p(peer)), reason: e.to_string() }),
+        }
     }
 
     /// Addresses a peer announced (relayed ones included): the swarm dials it there when it
