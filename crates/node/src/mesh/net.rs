@@ -393,7 +393,26 @@ pub struct Net {
     presume_private_at: Option<tokio::time::Instant>,
     /// The topics subscribed to, by gossipsub's hash of their name.
     topics: HashMap<gossipsub::TopicHash, Topic>,
+    /// Each peer's last [`Net::dial_peer`] until a connection: made again when it did not get
+    /// its chance (see [`PeerDial`]).
+    dials: HashMap<PeerId, PeerDial>,
 }
+
+/// A dial of [`Net::dial_peer`] that may have to be made again: when the swarm aborted it (a
+/// `disconnect_peer_id` of ours, "reconnecting afresh", aborts the dials to the peer under way),
+/// or when it was not made because another dial to the peer was under way (DCUtR's, to an
+/// address that may never answer) and that one failed. At most [`DIAL_RETRIES`] times in a row.
+struct PeerDial {
+    addrs: Vec<Multiaddr>,
+    retries: u32,
+    /// Not made: another dial to the peer was under way.
+    deferred: bool,
+}
+
+/// How many times in a row a peer's dial is made again (see [`PeerDial`]).
+const DIAL_RETRIES: u32 = 3;
+/// Peers whose last dial is remembered, at most.
+const DIALS_REMEMBERED_MAX: usize = 1024;
 
 /// One `<relay>/p2p-circuit` listen address and its listener while it has one.
 struct RelayedListen {
@@ -477,6 +496,7 @@ impl Net {
             relays: AutoRelays::new(cfg.force_private),
             private_ips: cfg.autonat_private_ips,
             hole_punched: HashMap::new(),
+            dials: HashMap::new(),
             hole_punches: HolePunches::default(),
             topics: Topic::ALL.into_iter().map(|t| (t.ident().hash(), t)).collect(),
             presume_private_at: None,
@@ -655,10 +675,22 @@ impl Net {
     /// announcement (libp2p-relay refuses more than 10 at once on one connection to a relay).
     pub fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
         debug!(%peer, ?addrs, "dialing a peer");
+        if self.dials.len() >= DIALS_REMEMBERED_MAX && !self.dials.contains_key(&peer) {
+            self.dials.clear();
+        }
+        let retries = self.dials.get(&peer).filter(|d| d.addrs == addrs).map_or(0, |d| d.retries);
+        self.dials.insert(peer, PeerDial { addrs: addrs.clone(), retries, deferred: false });
         let opts = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::DisconnectedAndNotDialing).build();
         match self.swarm.dial(opts) {
             Ok(()) | Err(DialError::NoAddresses) => Ok(()),
-            Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(DialError::DialPeerConditionFalse(_)) => {
+                if !self.swarm.is_connected(&peer)
+                    && let Some(d) = self.dials.get_mut(&peer)
+                {
+                    d.deferred = true;
+                }
+                Ok(())
+            }
             Err(e) => Err(NetError::Dial { addr: Multiaddr::empty().with(Protocol::P2p(peer)), reason: e.to_string() }),
         }
     }
@@ -892,6 +924,7 @@ impl Net {
                         self.reserve_relays();
                     }
                 }
+                self.dials.remove(&peer_id);
                 (num_established.get() == 1).then_some(NetEvent::Connected(peer_id))
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, cause, .. } => {
@@ -948,6 +981,18 @@ impl Net {
                         }
                     }
                     _ => debug!(peer = ?peer_id, "dial failed: {error}"),
+                }
+                let aborted = matches!(error, libp2p::swarm::DialError::Aborted);
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                    && let Some(d) = self.dials.get_mut(&peer)
+                    && (aborted || d.deferred)
+                    && d.retries < DIAL_RETRIES
+                {
+                    d.retries += 1;
+                    let addrs = d.addrs.clone();
+                    debug!(%peer, aborted, "our dial did not get its chance: dialing again");
+                    let _ = self.dial_peer(peer, addrs);
                 }
                 None
             }
