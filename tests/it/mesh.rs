@@ -413,14 +413,23 @@ fn a_node_restarted_out_of_reach_of_its_peers_claims_nothing_from_its_stale_view
     let dag = submit(&a, &dag_file);
     wait_dag(&a, &dag, Duration::from_secs(20), "A runs long", |v| v["jobs"]["long"]["state"] == "claimed");
     let fast: &[&str] = &["--speed", "100000"];
-    let b = MeshNode::start(Home::empty(), &key, &[&a.listen], fast);
+    let b = MeshNode::start(Home::with_busybox(), &key, &[&a.listen], fast);
     wait_dag(&b, &dag, Duration::from_secs(20), "B sees A's claim", |v| v["jobs"]["long"]["node"] == a.node.as_str());
+    // B holds the DAG itself (a user submitted the same file there too), so it can run it alone.
+    let again = submit(&b, &b.home.write("long.json", &std::fs::read_to_string(&dag_file).unwrap()));
+    assert_eq!(again, dag, "the same DAG");
     let mut b = b;
     b.kill();
     std::thread::sleep(Duration::from_secs(10 + 3)); // the lease, 10 s, and slack
     // Back without `--join`, on a new port: it hears nobody, and nobody reaches it.
     let b = b.restart_with(&key, &[], fast);
-    std::thread::sleep(Duration::from_secs(15 + 5)); // `CATCH_UP_MAX_MS`, when it claimed before, and slack
+    // Watched as a user would (each question also wakes its loop), past `CATCH_UP_MAX_MS` (15 s),
+    // when it claimed before.
+    let until = Instant::now() + Duration::from_secs(15 + 5);
+    while Instant::now() < until {
+        b.get_json(&format!("/v1/dags/{dag}"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let v = b.get_json(&format!("/v1/dags/{dag}/facts"));
     let claims: Vec<&Value> = v["jobs"]["long"].as_array().unwrap().iter().filter(|f| f["kind"] == "claim").collect();
     assert_eq!(claims.len(), 1, "A's claim only: {claims:?}");

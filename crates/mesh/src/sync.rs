@@ -69,6 +69,14 @@ impl CatchUp {
         self.first_peer_ms.is_some()
     }
 
+    /// When the wait ends at the latest unless a peer is heard first (the driver wakes then).
+    pub fn poll_timeout(&self) -> u64 {
+        match self.first_peer_ms {
+            Some(first) => first.saturating_add(self.max_ms),
+            None => self.since_ms.saturating_add(self.alone_max_ms),
+        }
+    }
+
     /// Whether the wait is over at `now_ms`, and why.
     pub fn poll(&self, now_ms: u64, caught_up: bool) -> Option<CatchUpEnd> {
         if caught_up {
@@ -336,11 +344,13 @@ mod tests {
         // Alone: past the wait for a silent peer, it still waits for one to be heard.
         assert_eq!(c.poll(1_000 + s.catch_up_max_ms + 1, false), None);
         assert_eq!(c.poll(1_000 + s.catch_up_alone_max_ms, false), Some(CatchUpEnd::Alone));
+        assert_eq!(c.poll_timeout(), 1_000 + s.catch_up_alone_max_ms);
         // A peer heard at 60 s: the wait for its answer counts from then.
         c.handle_peer(60_000);
         c.handle_peer(70_000);
         assert_eq!(c.poll(60_000 + s.catch_up_max_ms - 1, false), None);
         assert_eq!(c.poll(60_000 + s.catch_up_max_ms, false), Some(CatchUpEnd::PeersSilent));
+        assert_eq!(c.poll_timeout(), 60_000 + s.catch_up_max_ms);
         assert_eq!(c.poll(60_001, true), Some(CatchUpEnd::CaughtUp));
     }
 

@@ -494,7 +494,8 @@ impl Node {
             let now = now_unix_ms();
             let wake = self.core.poll_timeout(now).map(|t| t.saturating_sub(now)).unwrap_or(60_000).min(60_000);
             let mono = self.mono_ms();
-            let mesh_wake = [self.sync.poll_timeout(), self.liveness.poll_timeout()]
+            let catch_up = self.claim_waits.catch_up.map(|c| c.poll_timeout());
+            let mesh_wake = [self.sync.poll_timeout(), self.liveness.poll_timeout(), catch_up]
                 .into_iter()
                 .flatten()
                 .min()
