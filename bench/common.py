@@ -76,30 +76,20 @@ def start_node(shoal, key, ready, home, log, join=(), extra=(), rust_log="warn",
     """Starts `shoal node` on loopback (every port 0, namespace backend) with its store at `home`,
     logging to the open file `log`; waits for its ready file. Returns (process, the ready file's JSON:
     node, http, listen)."""
-    proc = spawn_node(shoal, key, ready, home, log, join, extra, rust_log)
-    return proc, wait_ready(proc, ready, home, log, start_timeout_s)
-
-
-def spawn_node(shoal, key, ready, home, log, join=(), extra=(), rust_log="warn"):
-    """Starts `shoal node` as `start_node` does, without waiting for it (see `wait_ready`)."""
+    import json
     ready.unlink(missing_ok=True)
     cmd = [shoal, "node", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--blobs", "127.0.0.1:0",
            "--mesh-key", str(key), "--ready-file", str(ready), "--backend", "namespace", *extra]
     for j in join:
         cmd += ["--join", j]
     env = dict(os.environ, SHOAL_HOME=str(home), RUST_LOG=rust_log)
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-
-
-def wait_ready(proc, ready, home, log, start_timeout_s=60):
-    """The ready file's JSON of a node `spawn_node` started, once it lists an address."""
-    import json
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
     deadline = time.time() + start_timeout_s
     while True:
         try:
             v = json.loads(ready.read_text())
             if v["listen"]:
-                return v
+                return proc, v
         except (OSError, ValueError, KeyError):
             pass
         if proc.poll() is not None or time.time() > deadline:

@@ -19,10 +19,10 @@ and its JSON:
                  public node -> a node behind an endpoint-independent NAT (one link, direct), and
                  that node -> a node behind a symmetric NAT (through the relay, a link each side),
                  against iperf3 public -> the first site over the same link; median of 3
-  gossip         libp2p bytes out per node per second, N idle nodes over 30 s, then while the DAG
-                 runs (SHOAL_FED_SCALE_NODES, default 16, + the relay; SHOAL_FED_SCALE_JOBS,
-                 default 300: 32 NATed nodes do not form one mesh through one relay yet, see
-                 federation_scale.rs)
+  gossip         libp2p bytes out per node per second, N idle nodes over 30 s (60 s after the
+                 mesh formed; the members apart from the relay, which forwards the relayed ones'
+                 bytes), then while the DAG runs (SHOAL_FED_SCALE_NODES, default 16, + the relay;
+                 SHOAL_FED_SCALE_JOBS, default 300)
   makespan       that DAG from the submit to its last done fact, with the sites it ran on
 
 then runs the simulator (simulations/, `shoal-simulations`) on the same run: the same DAG (the
@@ -34,7 +34,9 @@ as relayed, as its traffic went. It prints both makespans and gossip rates side 
 
 The test binary runs target/debug/shoal (the test harness takes the binary of its own profile).
 Usage, as root: python3 bench/federation.py [--log FILE]   (--log: read the figures of an earlier
-run's output, `cargo nextest run ... --no-capture > FILE 2>&1`, instead of running the lab)
+run's output, `cargo nextest run ... --no-capture > FILE 2>&1`, instead of running the lab).
+SHOAL_FED_BENCH_PARTS=latency,blob,gossip (all three by default) runs only some of the test's parts;
+this script wants all three.
 """
 import argparse, json, os, statistics, subprocess, sys, tempfile
 from pathlib import Path

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Issue 19 figures: what an idle mesh costs as it grows, with real `shoal node` processes on 127.0.0.1.
 
-For each size N: the first node, then the N-1 others started at once, every one joining the first (the way a user points
+For each size N: N nodes started one after another, every one joining the first (the way a user points
 new machines at one seed); then
 - formed: seconds from the first node's start until every node lists all N nodes with their
   capabilities in `/v1/peers` (what the scheduler needs to rank a peer);
@@ -15,7 +15,7 @@ import argparse, json, os, statistics, subprocess, sys, time, urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, print, sh, spawn_node, wait_ready, work_dir  # noqa: E402
+from common import ROOT, print, sh, start_node, work_dir  # noqa: E402
 
 FORM_TIMEOUT_S = 300
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -54,20 +54,13 @@ def run_size(shoal, size, idle_s, key, work):
     nodes, procs = [], []
     start = time.time()
     try:
-        # The first node, then every other at once, joining it (as machines booted together would).
-        homes = []
         for i in range(size):
             home = work / f"n{size}-{i}"
             home.mkdir(parents=True)
             log = open(home / "node.log", "ab")
-            join = [first] if i else []
-            procs.append(spawn_node(shoal, key, home / "ready.json", home / "home", log, join=join))
-            homes.append((home, log))
-            if i == 0:
-                v = wait_ready(procs[0], home / "ready.json", home / "home", log)
-                first = v["listen"][0]
-        for proc, (home, log) in zip(procs, homes):
-            v = wait_ready(proc, home / "ready.json", home / "home", log)
+            join = [nodes[0]["listen"]] if nodes else []
+            proc, v = start_node(shoal, key, home / "ready.json", home / "home", log, join=join)
+            procs.append(proc)
             nodes.append({"http": v["http"], "listen": v["listen"][0], "pid": proc.pid})
         started = time.time() - start
         while not formed(nodes):
