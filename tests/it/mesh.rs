@@ -355,43 +355,51 @@ fn kill_9_of_the_node_running_a_long_job_costs_one_attempt_not_the_dag() {
     assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "survived\n".to_string()));
 }
 
-#[test]
-fn a_node_restarted_with_a_stale_view_claims_no_job_its_peer_still_runs() {
+/// A runs `long` (`sleep_s` seconds). B, far faster (whenever it sees `long` open it ranks first
+/// and claims at once), joins, sees A's claim, holds the DAG too (the same file submitted there),
+/// and is killed for longer than a lease, so that in its stored view A's claim has run out.
+/// Returns A, the killed B, B's `--speed` flags, the mesh key and the DAG.
+fn b_down_past_as_lease(sleep_s: u32) -> (MeshNode, MeshNode, &'static [&'static str], PathBuf, String) {
     let first = Home::with_busybox();
     let key = mesh_key(first.path());
     let a = MeshNode::start(first, &key, &[], &[]);
-    let dag_file = a.home.write(
-        "long.json",
-        r#"{"version": 1, "jobs": [{"id": "long", "image": "busybox:latest",
-            "command": ["sh", "-c", "sleep 45; echo once"], "outputs": {"out": "stdout"}}]}"#,
+    let text = format!(
+        r#"{{"version": 1, "jobs": [{{"id": "long", "image": "busybox:latest",
+            "command": ["sh", "-c", "sleep {sleep_s}; echo once"], "outputs": {{"out": "stdout"}}}}]}}"#
     );
-    let dag = submit(&a, &dag_file);
+    let dag = submit(&a, &a.home.write("long.json", &text));
     wait_dag(&a, &dag, Duration::from_secs(20), "A runs long", |v| v["jobs"]["long"]["state"] == "claimed");
-    // B is far faster than A: whenever it sees `long` open, it ranks first and claims at once.
-    let fast: &[&str] = &["--speed", "100000"];
-    let b = MeshNode::start(Home::empty(), &key, &[&a.listen], fast);
+    let fast: &'static [&'static str] = &["--speed", "100000"];
+    let mut b = MeshNode::start(Home::with_busybox(), &key, &[&a.listen], fast);
     wait_dag(&b, &dag, Duration::from_secs(20), "B sees A's claim", |v| v["jobs"]["long"]["node"] == a.node.as_str());
-    // B is down for longer than a lease: in its stored view A's claim has run out.
-    let mut b = b;
+    assert_eq!(submit(&b, &b.home.write("long.json", &text)), dag, "the same DAG on B");
     b.kill();
     std::thread::sleep(Duration::from_secs(10 + 3)); // the lease, 10 s, and slack
+    (a, b, fast, key, dag)
+}
+
+/// The claims of `long` in `n`'s ledger.
+fn long_claims(n: &MeshNode, dag: &str) -> Vec<String> {
+    let v = n.get_json(&format!("/v1/dags/{dag}/facts"));
+    v["jobs"]["long"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "claim")
+        .map(|f| f["node"].to_string())
+        .collect()
+}
+
+#[test]
+fn a_node_restarted_with_a_stale_view_claims_no_job_its_peer_still_runs() {
+    let (a, b, fast, key, dag) = b_down_past_as_lease(45);
     let b = b.restart_with(&key, &[&a.listen], fast);
     // Restarted, it first hears from A (anti-entropy: A's later heartbeats for the DAG) and
     // claims nothing, where it used to claim from its stored view and start the job a second time.
-    let claims = |n: &MeshNode| -> Vec<String> {
-        let v = n.get_json(&format!("/v1/dags/{dag}/facts"));
-        v["jobs"]["long"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["kind"] == "claim")
-            .map(|f| f["node"].to_string())
-            .collect()
-    };
     wait_dag(&b, &dag, Duration::from_secs(20), "B back", |v| v["jobs"]["long"]["state"] == "claimed");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(claims(&a).len(), 1, "A's claim only, on A: {:?}", claims(&a));
-    assert_eq!(claims(&b).len(), 1, "A's claim only, on B: {:?}", claims(&b));
+    assert_eq!(long_claims(&a, &dag).len(), 1, "A's claim only, on A: {:?}", long_claims(&a, &dag));
+    assert_eq!(long_claims(&b, &dag).len(), 1, "A's claim only, on B: {:?}", long_claims(&b, &dag));
     assert_eq!(b.get_json("/v1/metrics")["running"], 0, "B runs nothing");
     assert!(b.log().contains("caught up with the mesh, claiming jobs again"), "{}", b.log());
 }
@@ -402,25 +410,7 @@ fn a_node_restarted_with_a_stale_view_claims_no_job_its_peer_still_runs() {
 /// ran 50 jobs done long before, in the federation lab).
 #[test]
 fn a_node_restarted_out_of_reach_of_its_peers_claims_nothing_from_its_stale_view() {
-    let first = Home::with_busybox();
-    let key = mesh_key(first.path());
-    let a = MeshNode::start(first, &key, &[], &[]);
-    let dag_file = a.home.write(
-        "long.json",
-        r#"{"version": 1, "jobs": [{"id": "long", "image": "busybox:latest",
-            "command": ["sh", "-c", "sleep 90; echo once"], "outputs": {"out": "stdout"}}]}"#,
-    );
-    let dag = submit(&a, &dag_file);
-    wait_dag(&a, &dag, Duration::from_secs(20), "A runs long", |v| v["jobs"]["long"]["state"] == "claimed");
-    let fast: &[&str] = &["--speed", "100000"];
-    let b = MeshNode::start(Home::with_busybox(), &key, &[&a.listen], fast);
-    wait_dag(&b, &dag, Duration::from_secs(20), "B sees A's claim", |v| v["jobs"]["long"]["node"] == a.node.as_str());
-    // B holds the DAG itself (a user submitted the same file there too), so it can run it alone.
-    let again = submit(&b, &b.home.write("long.json", &std::fs::read_to_string(&dag_file).unwrap()));
-    assert_eq!(again, dag, "the same DAG");
-    let mut b = b;
-    b.kill();
-    std::thread::sleep(Duration::from_secs(10 + 3)); // the lease, 10 s, and slack
+    let (_a, b, fast, key, dag) = b_down_past_as_lease(90);
     // Back without `--join`, on a new port: it hears nobody, and nobody reaches it.
     let b = b.restart_with(&key, &[], fast);
     // Watched as a user would (each question also wakes its loop), past `CATCH_UP_MAX_MS` (15 s),
@@ -430,9 +420,7 @@ fn a_node_restarted_out_of_reach_of_its_peers_claims_nothing_from_its_stale_view
         b.get_json(&format!("/v1/dags/{dag}"));
         std::thread::sleep(Duration::from_millis(500));
     }
-    let v = b.get_json(&format!("/v1/dags/{dag}/facts"));
-    let claims: Vec<&Value> = v["jobs"]["long"].as_array().unwrap().iter().filter(|f| f["kind"] == "claim").collect();
-    assert_eq!(claims.len(), 1, "A's claim only: {claims:?}");
+    assert_eq!(long_claims(&b, &dag).len(), 1, "A's claim only: {:?}", long_claims(&b, &dag));
     assert_eq!(b.get_json("/v1/metrics")["running"], 0, "B runs nothing");
 }
 
