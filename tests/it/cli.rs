@@ -129,6 +129,32 @@ fn failed_job_reports_stderr_and_skips_dependants() {
     assert!(stderr(&log).contains("step one\nit broke"), "{}", stderr(&log));
 }
 
+/// `shoal run` checks what the mesh checks of a node: a job needing a CPU flag, memory or a GPU
+/// this machine lacks is refused with what it lacks, and runs nowhere (it used to run, and a
+/// result keyed for that CPU flag could be cached from a machine without it).
+#[test]
+fn a_job_this_machine_cannot_run_is_refused_and_says_what_it_lacks() {
+    let home = Home::with_busybox();
+    let dag = home.write(
+        "needs.json",
+        r#"{"version": 1, "jobs": [
+          {"id": "flag", "image": "busybox:latest", "command": ["echo", "ran"], "outputs": {"o": "stdout"},
+           "requirements": {"cpu_flags": ["no_such_cpu_flag"]}},
+          {"id": "gpu", "image": "busybox:latest", "command": ["echo", "ran"], "outputs": {"o": "stdout"},
+           "requirements": {"gpu": 1}},
+          {"id": "fine", "image": "busybox:latest", "command": ["echo", "ran"], "outputs": {"o": "stdout"}}
+        ]}"#,
+    );
+    let (out, report) = run_json(&home, &dag);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(job(&report, "fine")["status"], "done");
+    for (id, lacks) in [("flag", "lacks CPU flags no_such_cpu_flag"), ("gpu", "needs 1 GPU(s), has 0")] {
+        assert_eq!(job(&report, id)["status"], "failed", "{report:#}");
+        let why = job(&report, id)["error"].as_str().unwrap_or_default().to_string();
+        assert!(why.contains("this machine cannot run it") && why.contains(lacks), "{id}: {why}");
+    }
+}
+
 #[test]
 fn bad_dag_reports_every_problem_with_its_location() {
     let home = Home::with_busybox();

@@ -83,6 +83,9 @@ async fn run_job(
             ctx.cores_total()
         );
     }
+    if let Some(why) = unmet_here(&job.requirements, &ctx.runner.machine) {
+        bail!("{why}");
+    }
     let _in_flight = ctx.enter().await?;
     ctx.tell(RunEvent::Started { job: job.id.clone() });
     // A spinner per running job, where someone sees it: each one ticks on a thread of its own.
@@ -473,6 +476,43 @@ fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// Why this machine cannot run a job with `req`, checked as the mesh checks a node
+/// (`shoal_mesh::capabilities::mismatches`): its architecture, memory, CPU flags and GPUs. Cores
+/// are checked against the run's budget, isolation by the backend, and labels only place jobs on
+/// a mesh's nodes. A job run anyway would fail in ways that name nothing, or, worse, succeed and
+/// cache a result keyed for a CPU it did not run on.
+fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Option<String> {
+    use shoal_mesh::capabilities::{Capabilities, Mismatch, SPEED_REFERENCE, mismatches};
+    let here = Capabilities {
+        arch: crate::machine::dag_arch(),
+        cores: u32::MAX,
+        memory_bytes: machine.memory_bytes,
+        cpu_flags: machine.cpu_flags.iter().cloned().collect(),
+        gpus: Vec::new(),
+        labels: req.labels.clone(),
+        microvm: true,
+        vm_accel: None,
+        speed: SPEED_REFERENCE,
+    };
+    let unmet: Vec<String> = mismatches(req, &here)
+        .into_iter()
+        .filter(|m| {
+            matches!(
+                m,
+                Mismatch::Arch { .. } | Mismatch::Memory { .. } | Mismatch::CpuFlags { .. } | Mismatch::Gpu { .. }
+            )
+        })
+        .map(|m| m.to_string())
+        .collect();
+    (!unmet.is_empty()).then(|| {
+        format!(
+            "this machine cannot run it: it {}; change the job's `requirements`, or run it on a mesh \
+             that has such a node (`shoal submit`)",
+            unmet.join("; it ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +529,44 @@ mod tests {
         assert_eq!(describe_exit(&Exit::Code(0), image()), "finished");
         assert_eq!(describe_exit(&Exit::Code(3), LimitsOf::Dag), "exited with code 3");
         assert_eq!(describe_exit(&Exit::Error("no room".into()), LimitsOf::Dag), "no room");
+    }
+}
+
+#[cfg(test)]
+mod unmet_tests {
+    use super::*;
+
+    fn machine() -> shoal_dag::Machine {
+        shoal_dag::Machine {
+            node_id: "n".into(),
+            hostname: "h".into(),
+            kernel: "k".into(),
+            cpu_model: "c".into(),
+            cpu_flags: vec!["avx2".into(), "sse4_2".into()],
+            arch: "x86_64".into(),
+            cores: 2,
+            memory_bytes: 8 << 30,
+            backend: "namespace".into(),
+            accelerator: None,
+            qemu: None,
+            guest_kernel: None,
+        }
+    }
+
+    #[test]
+    fn a_job_this_machine_cannot_run_is_refused_with_what_it_lacks() {
+        use shoal_dag::{Gpu, Requirements};
+        let fits = Requirements { cpu_flags: vec!["avx2".into()], memory_bytes: 1 << 30, ..Requirements::default() };
+        assert_eq!(unmet_here(&fits, &machine()), None);
+        let labelled = Requirements { labels: [("pool".into(), "night".into())].into(), ..Requirements::default() };
+        assert_eq!(unmet_here(&labelled, &machine()), None, "labels place jobs on a mesh only");
+        let not = Requirements {
+            cpu_flags: vec!["avx512f".into()],
+            memory_bytes: 64 << 30,
+            gpu: Some(Gpu { count: 1, model: None }),
+            ..Requirements::default()
+        };
+        let why = unmet_here(&not, &machine()).expect("refused");
+        assert!(why.contains("avx512f") && why.contains("65536 MiB") && why.contains("GPU"), "{why}");
     }
 }
