@@ -64,11 +64,6 @@ impl CatchUp {
         self.first_peer_ms.get_or_insert(now_ms);
     }
 
-    /// Whether a peer was heard since the start.
-    pub fn heard_peer(&self) -> bool {
-        self.first_peer_ms.is_some()
-    }
-
     /// When the wait ends at the latest unless a peer is heard first (the driver wakes then).
     pub fn poll_timeout(&self) -> u64 {
         match self.first_peer_ms {
@@ -81,10 +76,12 @@ impl CatchUp {
     pub fn poll(&self, now_ms: u64, caught_up: bool) -> Option<CatchUpEnd> {
         if caught_up {
             Some(CatchUpEnd::CaughtUp)
-        } else if let Some(first) = self.first_peer_ms {
-            (now_ms >= first.saturating_add(self.max_ms)).then_some(CatchUpEnd::PeersSilent)
+        } else if now_ms < self.poll_timeout() {
+            None
+        } else if self.first_peer_ms.is_some() {
+            Some(CatchUpEnd::PeersSilent)
         } else {
-            (now_ms >= self.since_ms.saturating_add(self.alone_max_ms)).then_some(CatchUpEnd::Alone)
+            Some(CatchUpEnd::Alone)
         }
     }
 }

@@ -58,8 +58,8 @@ impl Node {
                     if let Some(wait) = self.claim_waits.catch_up.as_mut() {
                         wait.handle_peer(now);
                     }
-                    self.sync.handle_connected(self.mono_ms(), node);
-                    self.liveness.handle_connected(self.mono_ms(), node);
+                    self.sync.handle_connected(now, node);
+                    self.liveness.handle_connected(now, node);
                 }
             }
             NetEvent::Disconnected(peer) => {

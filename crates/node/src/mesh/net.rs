@@ -982,7 +982,7 @@ impl Net {
                     }
                     _ => debug!(peer = ?peer_id, "dial failed: {error}"),
                 }
-                let aborted = matches!(error, libp2p::swarm::DialError::Aborted);
+                let aborted = matches!(error, DialError::Aborted);
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
                     && let Some(d) = self.dials.get_mut(&peer)

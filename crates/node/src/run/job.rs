@@ -489,7 +489,7 @@ fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Op
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
         gpus: Vec::new(),
-        labels: req.labels.clone(),
+        labels: Default::default(),
         microvm: true,
         vm_accel: None,
         speed: SPEED_REFERENCE,
