@@ -468,26 +468,36 @@ fn cut_mid_dag(f: &Federation) -> CutRun {
 pub fn facts_converged(nodes: &[&FedNode], dag: &str, within: Duration) -> BTreeMap<String, Vec<Value>> {
     let start = Instant::now();
     loop {
+        // The digests first (one small answer a node): the DAG's facts, hundreds of kB of JSON
+        // at 500 jobs, are read only once they agree, so one round is a snapshot of the mesh,
+        // not minutes of reading while facts still arrive.
         let mut digests: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-        let mut facts: BTreeMap<String, Vec<&str>> = BTreeMap::new();
         for n in nodes {
-            let d = n.get_json("/v1/metrics")["ledger_digest"].as_str().unwrap().to_string();
+            let m = n.get_json("/v1/metrics");
+            let d = format!("{} ({} facts)", m["ledger_digest"].as_str().unwrap(), m["facts"]);
             digests.entry(d).or_default().push(n.host.name.as_str());
-            let (status, body) = n.get(&format!("/v1/dags/{dag}/facts"));
-            let jobs = if status == 200 {
-                serde_json::from_slice::<Value>(&body).unwrap()["jobs"].to_string()
-            } else {
-                format!("HTTP {status}")
-            };
-            facts.entry(jobs).or_default().push(n.host.name.as_str());
         }
-        if digests.len() == 1 && facts.len() == 1 {
-            let jobs: Value = serde_json::from_str(facts.keys().next().unwrap()).unwrap();
-            return serde_json::from_value(jobs).unwrap();
+        let mut facts: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        if digests.len() == 1 {
+            for n in nodes {
+                let (status, body) = n.get(&format!("/v1/dags/{dag}/facts"));
+                let jobs = if status == 200 {
+                    serde_json::from_slice::<Value>(&body).unwrap()["jobs"].to_string()
+                } else {
+                    format!("HTTP {status}")
+                };
+                facts.entry(jobs).or_default().push(n.host.name.as_str());
+            }
+            if facts.len() == 1 {
+                let jobs: Value = serde_json::from_str(facts.keys().next().unwrap()).unwrap();
+                return serde_json::from_value(jobs).unwrap();
+            }
         }
         assert!(
             start.elapsed() < within,
-            "the ledgers did not converge in {within:?}: digests {digests:#?}\nfacts of {dag}: {facts:#?}"
+            "the ledgers did not converge in {within:?}: digests {digests:#?}\nnodes by their facts of {dag} \
+             (when the digests agree): {:#?}",
+            facts.values().collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -219,8 +219,10 @@ fn a_dag_on_many_nated_nodes_survives_a_quarter_of_them_killed_and_restarted() {
     }
     eprintln!("{jobs} jobs done {:?} after the submit", submitted.elapsed());
     wait_for_mesh(&f.all(), MESH_TIMEOUT);
+    eprintln!("one mesh again {:?} after the submit", submitted.elapsed());
     // The one ledger: equal digests and equal facts of the DAG on every node (restarted ones too).
     let facts = facts_converged(&f.all(), &dag, Duration::from_secs(180));
+    eprintln!("the ledgers converged {:?} after the submit", submitted.elapsed());
     assert_eq!(facts.len(), jobs, "every job in the one ledger");
     let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
     for f in facts.values().flatten() {
@@ -231,6 +233,7 @@ fn a_dag_on_many_nated_nodes_survives_a_quarter_of_them_killed_and_restarted() {
         assert!(fs.iter().any(|f| f["kind"] == "done"), "{id} is done in the one ledger: {fs:?}");
     }
     fetch_every_output(west, &dag, &want);
+    eprintln!("every output read at west {:?} after the submit", submitted.elapsed());
 }
 
 /// Sends `file` to the node's blob store (`POST /v1/blobs`, from inside its host); its hash.

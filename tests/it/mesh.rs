@@ -275,6 +275,64 @@ fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
     }
 }
 
+/// The mesh-wide action cache (issue 20): a finished 50-job DAG, one generator's command edited,
+/// resubmitted at another node. Only that job and its 4 consumers run again; every other job is
+/// answered with the record of its first run, wherever that ran, and its outputs are the same.
+#[test]
+fn an_edited_dag_resubmitted_elsewhere_runs_only_the_edited_job_and_its_dependants() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let n0 = MeshNode::start(first, &key, &[], &[]);
+    let others: Vec<MeshNode> = (0..3).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], &[])).collect();
+    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
+    wait_for_mesh(&all);
+    let text = fan_out_dag();
+    let dag = submit(&n0, &n0.home.write("fan.json", &text));
+    let before = wait_dag(&n0, &dag, Duration::from_secs(120), "all 50 jobs done", |v| all_in(v, "done"));
+
+    // The node it goes to has no tag `busybox:latest`: the edited DAG names the image by hash.
+    let images = n0.home.shoal(&["image", "ls", "--json"]);
+    assert_success(&images, "shoal image ls");
+    let images: Value = serde_json::from_str(&stdout(&images)).unwrap();
+    let busybox = images.as_array().unwrap().iter().find(|i| i["tag"] == "busybox:latest").unwrap()["id"].clone();
+    let edited_text = text.replace("seq 1 400", "seq 1 401").replace("busybox:latest", busybox.as_str().unwrap());
+    assert_ne!(edited_text, text);
+    let edited = submit(&others[1], &others[1].home.write("fan.json", &edited_text));
+    let after = wait_dag(&others[2], &edited, Duration::from_secs(120), "all 50 jobs done", |v| all_in(v, "done"));
+    let rerun: BTreeSet<&str> = ["gen3", "use3", "use13", "use23", "use33"].into();
+    let mut from_elsewhere = 0;
+    for (id, j) in after["jobs"].as_object().unwrap() {
+        let first_run = &before["jobs"][id];
+        if rerun.contains(id.as_str()) {
+            assert_ne!(j["record"], first_run["record"], "{id} changed, so it ran again: {j}");
+            assert!(j.get("cached_from").is_none(), "{id} ran here: {j}");
+        } else {
+            assert_eq!(j["record"], first_run["record"], "{id} is a hit of the first run's record: {j}");
+            if j["node"] != first_run["node"] {
+                assert_eq!(j["cached_from"], first_run["node"], "{id}: the node that made it is named: {j}");
+                from_elsewhere += 1;
+            }
+        }
+    }
+    assert!(from_elsewhere > 0, "some hits came from another node's run: {after:#}");
+    for (id, want) in [("use3", "use3: 401\n"), ("use4", "use4: 500\n"), ("gen0", "")] {
+        let (status, body) = n0.get(&format!("/v1/dags/{edited}/jobs/{id}/outputs/out"));
+        assert_eq!(status, 200, "{id}");
+        let (_, first_body) = n0.get(&format!("/v1/dags/{dag}/jobs/{id}/outputs/out"));
+        if want.is_empty() {
+            assert_eq!(body, first_body, "{id}: the same output");
+        } else {
+            assert_eq!(String::from_utf8_lossy(&body), want, "{id}");
+        }
+    }
+    // `shoal status` names where a hit came from.
+    let hit = after["jobs"].as_object().unwrap().values().find(|j| j.get("cached_from").is_some()).unwrap();
+    let out = others[1].cli(&["status", &edited]);
+    assert_success(&out, "shoal status");
+    let maker: String = hit["cached_from"].as_str().unwrap().chars().take(12).collect();
+    assert!(stdout(&out).contains(&format!("cached: made by {maker}")), "{}", stdout(&out));
+}
+
 #[test]
 fn a_dag_with_a_topic_of_its_own_runs_in_its_group_of_3_and_its_facts_stay_there() {
     // Five nodes told that a mesh above 2 nodes gives each DAG a group of 3 on its own topic.

@@ -122,6 +122,11 @@ pub enum Body {
         record: Hash,
         #[serde(default)]
         bytes: u64,
+        /// The job's action key (the record names it too): any node about to run the same
+        /// action, in any DAG, finds this completion by it (the mesh-wide action cache). Absent
+        /// in the facts of nodes that did not say it, which answer no lookup.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<Hash>,
     },
     Fail {
         claim: Hash,
@@ -381,6 +386,14 @@ struct View {
     /// Per DAG, the ids of its facts: those naming it, and those about its claims once the
     /// claim is here (anti-entropy of one DAG's topic compares these).
     by_dag: BTreeMap<Hash, DagIds>,
+    /// The mesh-wide action cache: per action key, every completion that names it, as (hlc,
+    /// author, record), in any DAG.
+    actions: BTreeMap<Hash, BTreeSet<(Hlc, NodeId, Hash)>>,
+    /// Per record, its earliest completion's (hlc, author): who made it (a later completion
+    /// naming it took it from a cache).
+    made: BTreeMap<Hash, (Hlc, NodeId)>,
+    /// Records some node reported lost, in any DAG: they answer no lookup.
+    lost: BTreeSet<Hash>,
 }
 
 #[derive(Clone, Debug)]
@@ -475,6 +488,23 @@ struct FoldClaim<'a> {
 impl View {
     /// Folds one new fact in; says which job states may have changed.
     fn apply(&mut self, facts: &BTreeMap<Hash, Arc<Fact>>, id: Hash, fact: &Fact, lease_ms: u64) -> Touched {
+        match &fact.body {
+            Body::Done { record, action, .. } => {
+                // Indexed whether or not its claim is here yet: a lookup checks the record itself
+                // (its signature and its action key) before it uses it.
+                if let Some(action) = action {
+                    self.actions.entry(*action).or_default().insert((fact.hlc, fact.author, *record));
+                }
+                let made = self.made.entry(*record).or_insert((fact.hlc, fact.author));
+                if (fact.hlc, fact.author) < *made {
+                    *made = (fact.hlc, fact.author);
+                }
+            }
+            Body::Lost { record, .. } => {
+                self.lost.insert(*record);
+            }
+            _ => {}
+        }
         match &fact.body {
             Body::Submit { dag, .. }
             | Body::Cancel { dag }
@@ -915,6 +945,26 @@ impl Ledger {
         self.view.jobs.get(dag).and_then(|jobs| jobs.get(job)).map(|ix| ix.lost.clone()).unwrap_or_default()
     }
 
+    /// The mesh-wide action cache: the completions of `action` in any DAG whose records no node
+    /// reported lost, as (record, author), earliest first; each record once.
+    pub fn cached(&self, action: &Hash) -> Vec<(Hash, NodeId)> {
+        let mut seen = BTreeSet::new();
+        self.view
+            .actions
+            .get(action)
+            .into_iter()
+            .flatten()
+            .filter(|(_, _, record)| !self.view.lost.contains(record) && seen.insert(*record))
+            .map(|(_, author, record)| (*record, *author))
+            .collect()
+    }
+
+    /// Who made `record`: the author of its earliest completion (a later one by another node
+    /// took it from a cache), if any completion names it.
+    pub fn made_by(&self, record: &Hash) -> Option<NodeId> {
+        self.view.made.get(record).map(|(_, author)| *author)
+    }
+
     /// One job as the facts say at `now_ms`, from the incremental view (O(its claims)); None if
     /// no submit of `dag` names it.
     pub fn job_state(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<JobState> {
@@ -996,7 +1046,7 @@ impl Ledger {
                     let until = believed_lease(fact, *lease_until_ms, self.lease_ms);
                     (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(until))
                 }
-                Body::Done { claim, record, bytes } => {
+                Body::Done { claim, record, bytes, .. } => {
                     (claim, &move |c: &mut FoldClaim<'_>| c.dones.push(((fact.hlc, fact.author, *record), *bytes)))
                 }
                 Body::Release { claim } => (claim, &|c: &mut FoldClaim<'_>| c.released = true),

@@ -72,7 +72,7 @@ mod tests {
         let submit =
             Fact::sign(runner, hlc(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
         let claim = Fact::sign(runner, hlc(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 1_000_000 });
-        let done = Fact::sign(runner, hlc(3), Body::Done { claim: claim.id(), record, bytes: 0 });
+        let done = Fact::sign(runner, hlc(3), Body::Done { claim: claim.id(), record, bytes: 0, action: None });
         for f in [submit, claim, done] {
             l.insert(f).expect("valid");
         }

@@ -483,7 +483,7 @@ mod tests {
             let claim = Fact::sign(&k, hlc(i + 1), Body::Claim { dag, job: "j".into(), lease_until_ms: at + 99 });
             facts.push(claim.clone());
             if dag == b {
-                let done = Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1 };
+                let done = Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1, action: None };
                 facts.push(Fact::sign(&k, hlc(i + 2), done));
             }
         }
@@ -526,7 +526,8 @@ mod tests {
         };
         let claim = |dag, at| Fact::sign(&k, hlc(at), Body::Claim { dag, job: "j".into(), lease_until_ms: 999 });
         let (g_claim, p_claim) = (claim(grouped, 2), claim(plain, 4));
-        let g_done = Fact::sign(&k, hlc(5), Body::Done { claim: g_claim.id(), record: Hash::of(b"r"), bytes: 1 });
+        let g_done =
+            Fact::sign(&k, hlc(5), Body::Done { claim: g_claim.id(), record: Hash::of(b"r"), bytes: 1, action: None });
         // a is in the group: it holds everything. b is not: it has the grouped DAG's submit only.
         let mut a = (Sync::new(&settings), Ledger::new());
         let mut b = (Sync::new(&settings), Ledger::new());

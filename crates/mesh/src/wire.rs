@@ -27,8 +27,10 @@ use crate::ledger::{Fact, NodeId};
 /// different protocols refuse each other at connection time (libp2p identify carries it as
 /// [`protocol_name`]); their messages carry it as `v` and a message of another one is dropped
 /// (defence in depth: gossip relayed by a third node arrives without a connection to judge).
-/// Raised with any change an older node would misread; new fields with serde defaults are not one.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Raised with any change an older node would misread. A new field of a message with a serde
+/// default is not one; a new field of a fact is (an older node decodes the fact without it, and
+/// the signature no longer checks). 3: `Done` names its action key (the mesh-wide cache).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Version of these messages: the protocol's.
 pub const WIRE_VERSION: u32 = PROTOCOL_VERSION;
 /// How identify names a shoal protocol: `/shoal/<version>`.

@@ -41,7 +41,7 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
                 }
                 (2, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
                 (3, Some((claim, owner))) => {
-                    (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]), bytes: t })
+                    (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]), bytes: t, action: None })
                 }
                 (4, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {i}") }),
                 // Any node may report a completion's outputs lost; only the claimant releases.
@@ -93,12 +93,12 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
                 (1 | 2, _) | (3..=5, None) => (node, Body::Claim { dag: dag(), job: job_name, lease_until_ms: t + 30 }),
                 (3, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
                 (4, Some((claim, owner))) => {
-                    (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8 % 3]), bytes: t })
+                    (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8 % 3]), bytes: t, action: None })
                 }
                 (5, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {}", pick % 5) }),
                 // Someone else than the claimant renews, finishes or fails it: ignored by the fold.
                 (6, Some((claim, owner))) => {
-                    ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged"), bytes: 1 })
+                    ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged"), bytes: 1, action: None })
                 }
                 (10, Some((claim, owner))) => (owner, Body::Release { claim }),
                 // A release by someone else than the claimant: ignored.
@@ -362,7 +362,7 @@ fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
     assert!(matches!(job(&l, 150), JobState::Open { .. }), "a renewal by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 90, counter: 1 }, renew(200))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { lease_until_ms: 200, .. }));
-    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r), bytes: 0 };
+    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r), bytes: 0, action: None };
     l.insert(Fact::sign(&key(3), Hlc { wall_ms: 95, counter: 0 }, done(b"x"))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { .. }), "a Done by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 95, counter: 1 }, done(b"r"))).unwrap();
@@ -425,7 +425,11 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
         Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 },
     );
     let record = Hash::of(b"r1");
-    let done = Fact::sign(&k1, Hlc { wall_ms: 2, counter: 0 }, Body::Done { claim: claim.id(), record, bytes: 7 });
+    let done = Fact::sign(
+        &k1,
+        Hlc { wall_ms: 2, counter: 0 },
+        Body::Done { claim: claim.id(), record, bytes: 7, action: None },
+    );
     let mut l = Ledger::new();
     for f in [submit, claim.clone(), done] {
         l.insert(f).unwrap();
@@ -456,8 +460,12 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     );
     let r2 = Hash::of(b"r2");
     l.insert(third.clone()).unwrap();
-    l.insert(Fact::sign(&k2, Hlc { wall_ms: 8, counter: 0 }, Body::Done { claim: third.id(), record: r2, bytes: 7 }))
-        .unwrap();
+    l.insert(Fact::sign(
+        &k2,
+        Hlc { wall_ms: 8, counter: 0 },
+        Body::Done { claim: third.id(), record: r2, bytes: 7, action: None },
+    ))
+    .unwrap();
     assert!(matches!(l.job_state(&dag(), "a", 9), Some(JobState::Done { record, .. }) if record == r2));
     assert_eq!(l.state(9), l.fold(9));
 }
@@ -480,7 +488,11 @@ fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
     let fail = Fact::sign(&key(2), hlc(4), Body::Fail { claim: claim_a.id(), reason: "x".into() });
     let claim_b = Fact::sign(&key(3), hlc(5), Body::Claim { dag: dag(), job: "b".into(), lease_until_ms: 100 });
     let claim_a2 = Fact::sign(&key(3), hlc(6), Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 });
-    let done = Fact::sign(&key(3), hlc(7), Body::Done { claim: claim_a2.id(), record: Hash::of(b"r"), bytes: 1 });
+    let done = Fact::sign(
+        &key(3),
+        hlc(7),
+        Body::Done { claim: claim_a2.id(), record: Hash::of(b"r"), bytes: 1, action: None },
+    );
     let other_dag =
         Fact::sign(&key(3), hlc(8), Body::Claim { dag: Hash::of(b"other"), job: "a".into(), lease_until_ms: 1 });
     let mut l = Ledger::new();
@@ -494,4 +506,36 @@ fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
         kinds,
         vec![("a".to_string(), vec!["claim", "renew", "fail", "claim", "done"]), ("b".to_string(), vec!["claim"])]
     );
+}
+
+/// The mesh-wide action cache's index: completions of an action in any DAG, by their records;
+/// the maker of a record is its earliest completion's author; a record reported lost answers no
+/// lookup; a completion that names no action is in no index.
+#[test]
+fn completions_are_found_by_action_key_across_dags_until_lost() {
+    let (k1, k2) = (key(1), key(2));
+    let action = Hash::of(b"action");
+    let at = |ms| Hlc { wall_ms: ms, counter: 0 };
+    let mut l = Ledger::new();
+    let mut done_in = |dag: Hash, k: &SigningKey, ms: u64, record: Hash, action: Option<Hash>| {
+        let submit =
+            Fact::sign(k, at(ms), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let claim = Fact::sign(k, at(ms + 1), Body::Claim { dag, job: "a".into(), lease_until_ms: 1000 });
+        let done = Fact::sign(k, at(ms + 2), Body::Done { claim: claim.id(), record, bytes: 1, action });
+        for f in [submit, claim, done] {
+            l.insert(f).unwrap();
+        }
+    };
+    let (r1, r2) = (Hash::of(b"r1"), Hash::of(b"r2"));
+    let (d1, d2, d3) = (Hash::of(b"d1"), Hash::of(b"d2"), Hash::of(b"d3"));
+    done_in(d1, &k1, 10, r1, Some(action));
+    // k2 took r1 from the cache in another DAG: still made by k1.
+    done_in(d2, &k2, 20, r1, Some(action));
+    done_in(d3, &k2, 30, r2, None);
+    let (n1, n2) = (k1.verifying_key().to_bytes(), k2.verifying_key().to_bytes());
+    assert_eq!(l.cached(&action), vec![(r1, n1)]);
+    assert_eq!((l.made_by(&r1), l.made_by(&r2)), (Some(n1), Some(n2)));
+    assert!(l.cached(&Hash::of(b"another action")).is_empty());
+    l.insert(Fact::sign(&k2, at(40), Body::Lost { dag: d1, job: "a".into(), record: r1 })).unwrap();
+    assert!(l.cached(&action).is_empty(), "a lost record answers no lookup");
 }

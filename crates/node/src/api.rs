@@ -170,6 +170,10 @@ pub struct JobView {
     /// Why no node of the mesh can run it, when none can.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Done with a result of the mesh-wide action cache: the node that made it (hex), which is
+    /// not `node` (the one that took it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
 }
 
 /// A run of a job reported done.
@@ -618,6 +622,7 @@ mod tests {
             failures: vec!["oom".into()],
             runs: vec![],
             nondeterministic: None,
+            cached_from: None,
             reason: Some("no node has 64 cores".into()),
         };
         let done = JobView {
@@ -628,6 +633,7 @@ mod tests {
             runs: vec![DoneRun { node: "cd".into(), record: h(H2) }, DoneRun { node: "ef".into(), record: h(H1) }],
             nondeterministic: Some(true),
             reason: None,
+            cached_from: Some("ab".into()),
         };
         check(
             DagStatus {
@@ -642,7 +648,8 @@ mod tests {
                     r#"{{"dag":"{H1}","jobs":{{"a":{{"state":"unschedulable","node":null,"record":null,"#,
                     r#""failures":["oom"],"reason":"no node has 64 cores"}},"b":{{"state":"done","node":"cd","#,
                     r#""record":"{H2}","failures":[],"runs":[{{"node":"cd","record":"{H2}"}},"#,
-                    r#"{{"node":"ef","record":"{H1}"}}],"nondeterministic":true}}}},"known":true,"node":"ab"}}"#
+                    r#"{{"node":"ef","record":"{H1}"}}],"nondeterministic":true,"cached_from":"ab"}}}},"known":true,"#,
+                    r#""node":"ab"}}"#
                 ),
                 H1 = H1,
                 H2 = H2

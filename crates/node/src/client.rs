@@ -273,6 +273,7 @@ fn status_table(status: &DagStatus) -> comfy_table::Table {
             .reason
             .clone()
             .or_else(|| j.failures.last().map(|s| s.lines().next().unwrap_or("").to_string()))
+            .or_else(|| j.cached_from.as_deref().map(|m| format!("cached: made by {}", short(m, 12))))
             .unwrap_or_default();
         table.add_row([
             id.clone(),
@@ -515,6 +516,7 @@ mod tests {
             failures: vec![],
             runs: vec![],
             nondeterministic: None,
+            cached_from: None,
             reason: None,
         }
     }

@@ -104,8 +104,9 @@ impl Default for CoreConfig {
 /// How a run this node started ended (see [`NodeCore::handle_job_finished`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Finished {
-    /// It succeeded with this run record, whose outputs weigh `bytes`.
-    Done { record: Hash, bytes: u64 },
+    /// It succeeded with this run record, whose outputs weigh `bytes`; `action` is the job's
+    /// action key (the mesh-wide cache's index), where the runner knows it.
+    Done { record: Hash, bytes: u64, action: Option<Hash> },
     /// It failed: the attempt counts.
     Failed(String),
     /// It could not start: the outputs of `record`, the completion of its dependency `job`, could
@@ -509,8 +510,8 @@ impl NodeCore {
         self.running.remove(&claim);
         self.running_by_job.remove(&(dag, job));
         match result {
-            Finished::Done { record, bytes } => {
-                self.emit(now_ms, Body::Done { claim, record, bytes });
+            Finished::Done { record, bytes, action } => {
+                self.emit(now_ms, Body::Done { claim, record, bytes, action });
             }
             Finished::Failed(mut reason) => {
                 if reason.len() > crate::ledger::REASON_BYTES_MAX {

@@ -76,7 +76,7 @@ fn a_submitted_chain_runs_in_order_on_the_node_that_claims_first() {
     nodes[1].handle_dag(1, h, dag);
     assert!(starts(&mut nodes[1]).is_empty(), "a is claimed and b waits for a");
     let Action::Start { claim, .. } = a0[0].clone() else { unreachable!() };
-    nodes[0].handle_job_finished(5, claim, Finished::Done { record: Hash::of(b"record a"), bytes: 3 });
+    nodes[0].handle_job_finished(5, claim, Finished::Done { record: Hash::of(b"record a"), bytes: 3, action: None });
     gossip(&mut nodes, 6);
     // Both may claim b the moment a is done (each claims before it hears the other); the smaller
     // claim wins and the other run is stopped: one node is left running b.
@@ -281,7 +281,7 @@ fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_at
     let Some(Action::Start { claim, .. }) = starts(&mut nodes[0]).pop() else { panic!("a starts") };
     gossip(&mut nodes, 1);
     let lost_record = Hash::of(b"record a");
-    nodes[0].handle_job_finished(2, claim, Finished::Done { record: lost_record, bytes: 10 });
+    nodes[0].handle_job_finished(2, claim, Finished::Done { record: lost_record, bytes: 10, action: None });
     gossip(&mut nodes, 3);
     // Whoever runs b finds a's outputs gone.
     let (runner, b_claim) = (0..2)
@@ -318,7 +318,11 @@ fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_at
         .collect();
     assert!(!again.is_empty(), "a is claimed again");
     let (i, c) = again[0];
-    nodes[i].handle_job_finished(7, c, Finished::Done { record: Hash::of(b"record a, again"), bytes: 10 });
+    nodes[i].handle_job_finished(
+        7,
+        c,
+        Finished::Done { record: Hash::of(b"record a, again"), bytes: 10, action: None },
+    );
     gossip(&mut nodes, 8);
     let running_b: Vec<String> = (0..2).flat_map(|i| net_running(&starts(&mut nodes[i]))).collect();
     assert!(running_b.contains(&"b".to_string()), "b runs once a is done again: {running_b:?}");
@@ -381,7 +385,7 @@ fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
         let done = Fact::sign(
             &holder,
             Hlc { wall_ms: 1, counter: 0 },
-            Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes },
+            Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes, action: None },
         );
         me.handle_dag(0, h, dag.clone());
         for f in [submit, claim, done] {

@@ -459,6 +459,7 @@ mod tests {
             failures: vec![],
             runs: vec![],
             nondeterministic: None,
+            cached_from: None,
             reason: None,
         }
     }

@@ -70,6 +70,12 @@ pub(crate) enum Cmd {
         output: Unfetchable,
         reply: oneshot::Sender<Verdict>,
     },
+    /// The mesh-wide action cache: completions of `action` in any DAG of the ledger, as (record,
+    /// its maker), earliest first, and the live peers (who else may hold their blobs).
+    Cached {
+        action: Hash,
+        reply: oneshot::Sender<(Vec<(Hash, NodeId)>, Vec<NodeId>)>,
+    },
 }
 
 /// An acknowledged submit.
@@ -137,6 +143,9 @@ impl Node {
                     self.after_step().await;
                 }
                 let _ = reply.send(report);
+            }
+            Cmd::Cached { action, reply } => {
+                let _ = reply.send((self.core.ledger().cached(&action), self.live_peers()));
             }
             Cmd::Providers { first, reply } => {
                 let mut list: Vec<NodeId> = first.into_iter().collect();

@@ -45,7 +45,11 @@ pub(crate) async fn run_claimed(
 ) -> Finished {
     match run_claimed_inner(shared, ctx, dag, idx, upstream, peers, stale).await {
         Ok(report) if report.status == Status::Done => match report.record {
-            Some(record) => Finished::Done { record, bytes: report.outputs.iter().map(|(_, d)| d.size).sum() },
+            Some(record) => Finished::Done {
+                record,
+                bytes: report.outputs.iter().map(|(_, d)| d.size).sum(),
+                action: report.action_key,
+            },
             None => Finished::Failed("no run record".into()),
         },
         Ok(report) => {
@@ -254,6 +258,49 @@ pub(crate) async fn fetch_bare(shared: &Shared, hash: Hash, providers: &[NodeId]
         arrived += tree_bytes.load(std::sync::atomic::Ordering::Relaxed);
     }
     Ok(arrived)
+}
+
+/// Candidates of the mesh-wide action cache tried for one job before it runs (each a record
+/// fetch, and its outputs' when it checks out).
+const CACHE_CANDIDATES_MAX: usize = 3;
+
+/// The mesh-wide action cache, as a node's runs ask it: the completions of an action in any DAG
+/// its ledger holds, made by any node.
+pub(crate) struct MeshCache(pub(crate) std::sync::Arc<Shared>);
+
+impl run::RemoteCache for MeshCache {
+    fn fetch<'a>(
+        &'a self,
+        action: Hash,
+        stale: &'a std::collections::BTreeSet<Hash>,
+    ) -> futures::future::BoxFuture<'a, Option<String>> {
+        Box::pin(async move {
+            let shared = &*self.0;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            shared.cmds.send(Cmd::Cached { action, reply: tx }).await.ok()?;
+            let (candidates, peers) = rx.await.ok()?;
+            for (record, maker) in candidates.into_iter().filter(|(r, _)| !stale.contains(r)).take(CACHE_CANDIDATES_MAX)
+            {
+                match take_cached(shared, action, record, &providers(maker, &peers)).await {
+                    Ok(()) => return Some(hex::encode(maker)),
+                    Err(e) => tracing::info!(%action, %record, "a result in the mesh's cache could not be used: {e:#}"),
+                }
+            }
+            None
+        })
+    }
+}
+
+/// Record `record` of `action` and everything it names into this store, and this store's action
+/// cache pointed at it. The record's signature is checked, and that it is of this action.
+async fn take_cached(shared: &Shared, action: Hash, record: Hash, providers: &[NodeId]) -> Result<()> {
+    let rec = fetch_record(&shared.store, &shared.blobs, record, providers).await?;
+    anyhow::ensure!(rec.action_key == action, "its record is of another action, {}", rec.action_key);
+    for d in rec.outputs.values().chain([&rec.stdout, &rec.stderr]) {
+        fetch_digest(shared, d, providers).await?;
+    }
+    shared.store.action_put(&action, &record)?;
+    Ok(())
 }
 
 /// A run record into this store (verified: it comes from elsewhere), and decoded.

@@ -366,6 +366,8 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
     let (store, runner) = (s.store.clone(), s.runner.clone());
     let json_out = req.json;
     let counted = Counted::new();
+    // A local run takes results from the mesh's cache too (it offers the mesh no job).
+    let mesh_cache: Arc<dyn run::RemoteCache> = Arc::new(super::exec::MeshCache(s.clone()));
     let task = tokio::spawn(async move {
         let _counted = counted;
         let forward = {
@@ -376,7 +378,7 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
                 }
             })
         };
-        let source = RunSource { files: Some(files), events: Some(events_tx) };
+        let source = RunSource { files: Some(files), events: Some(events_tx), remote_cache: Some(mesh_cache) };
         let result = run::run_dag(&runner, dag, PathBuf::new(), &opts, source).await;
         let _ = forward.await;
         // As a local run ends: its records on disk.

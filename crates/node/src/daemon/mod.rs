@@ -752,7 +752,11 @@ impl Node {
             None => {
                 let mut opts = self.opts.run.clone();
                 opts.json = true;
-                let c = self.shared.runner.prepare(dag, PathBuf::new(), &opts, RunSource::default());
+                let source = RunSource {
+                    remote_cache: Some(Arc::new(exec::MeshCache(self.shared.clone()))),
+                    ..RunSource::default()
+                };
+                let c = self.shared.runner.prepare(dag, PathBuf::new(), &opts, source);
                 self.ctxs.insert(dag_hash, c.clone());
                 c
             }

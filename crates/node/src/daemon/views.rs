@@ -53,7 +53,7 @@ fn job_view(state: JobState, reason: Option<String>, runs: Vec<DoneRun>) -> JobV
     };
     let reason = reason.filter(|_| state == JobStatus::Open);
     let state = if reason.is_some() { JobStatus::Unschedulable } else { state };
-    JobView { state, node, record, failures, runs, nondeterministic: None, reason }
+    JobView { state, node, record, failures, runs, nondeterministic: None, reason, cached_from: None }
 }
 
 /// A fact as `/v1/dags/{dag}/facts` shows it.
@@ -181,7 +181,14 @@ impl Node {
                 let mut runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
                 runs.retain(|r| !lost.contains(&r.record));
                 let runs = if runs.len() > 1 { runs } else { Vec::new() };
-                jobs.insert(id, job_view(js, reason, runs));
+                // Done with a record another node made first: a hit of the mesh-wide cache.
+                let cached_from = match &js {
+                    JobState::Done { node, record, .. } => ledger.made_by(record).filter(|m| m != node),
+                    _ => None,
+                };
+                let mut view = job_view(js, reason, runs);
+                view.cached_from = cached_from.map(hex::encode);
+                jobs.insert(id, view);
             }
             dags.insert(hash, DagView { jobs, known: dag.is_some(), group: self.group_view(&hash) });
         }
@@ -416,7 +423,7 @@ mod tests {
         );
         check(Body::Claim { dag, job: "build".into(), lease_until_ms: 5 }, EventKind::Claimed, Some("build"), None);
         let done = record.to_string();
-        check(Body::Done { claim, record, bytes: 1 }, EventKind::Done, Some("build"), Some(&done));
+        check(Body::Done { claim, record, bytes: 1, action: None }, EventKind::Done, Some("build"), Some(&done));
         check(Body::Fail { claim, reason: "exit 1".into() }, EventKind::Failed, Some("build"), Some("exit 1"));
         check(Body::Cancel { dag }, EventKind::Cancelled, None, None);
         let lost = format!("no node holds the outputs of {record}: the job runs again");
@@ -429,7 +436,7 @@ mod tests {
         let known = |_: &Hash| None;
         assert_eq!(event_of(&fact(Body::Renew { claim: hash(2), lease_until_ms: 5 }), known), None);
         for body in [
-            Body::Done { claim: hash(2), record: hash(3), bytes: 0 },
+            Body::Done { claim: hash(2), record: hash(3), bytes: 0, action: None },
             Body::Fail { claim: hash(2), reason: "x".into() },
             Body::Release { claim: hash(2) },
         ] {

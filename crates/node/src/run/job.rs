@@ -66,12 +66,23 @@ async fn run_job(
     let action_key = resolved.action_key();
     tracing::debug!(%action_key, "resolved");
 
-    if ctx.use_cache
-        && let Some(report) = cached_report(ctx, job, &action_key).await?
-    {
-        if report.record.is_some_and(|r| stale.contains(&r)) {
+    if ctx.use_cache {
+        let mut hit = cached_report(ctx, job, &action_key).await?;
+        if hit.as_ref().is_some_and(|r| r.record.is_some_and(|r| stale.contains(&r))) {
             tracing::info!(%action_key, "the cached record's outputs were reported lost: running the job again");
-        } else {
+            hit = None;
+        }
+        if hit.is_none()
+            && let Some(remote) = &ctx.remote_cache
+            && let Some(maker) = remote.fetch(action_key, stale).await
+        {
+            hit = cached_report(ctx, job, &action_key).await?;
+            if let Some(report) = &mut hit {
+                tracing::info!(%action_key, maker, "a result from the mesh-wide action cache");
+                report.cached_from = Some(maker);
+            }
+        }
+        if let Some(report) = hit {
             return Ok(report);
         }
     }

@@ -126,6 +126,9 @@ pub struct JobReport {
     pub job: String,
     pub status: Status,
     pub cached: bool,
+    /// A result of another node's, taken from the mesh-wide action cache: that node's id (hex).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_from: Option<String>,
     pub wall_ms: Option<u64>,
     /// By output name, sorted; serialized as a map.
     #[serde(serialize_with = "outputs_as_map")]
@@ -152,6 +155,7 @@ impl JobReport {
             job: job.to_string(),
             status,
             cached: false,
+            cached_from: None,
             wall_ms: None,
             outputs: Vec::new(),
             record: None,
@@ -183,6 +187,23 @@ pub struct RunSource {
     /// not read one: the job fails with that); `None`: read them from the DAG file's directory.
     pub files: Option<BTreeMap<String, Result<Digest, String>>>,
     pub events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+    /// Where a job whose action this store has no record of asks next (a node's mesh-wide
+    /// action cache); `None`: this store alone.
+    pub remote_cache: Option<std::sync::Arc<dyn RemoteCache>>,
+}
+
+/// Results made elsewhere: a node's mesh-wide action cache, asked by a run for an action its own
+/// store has no record of.
+pub trait RemoteCache: Send + Sync {
+    /// A record of `action` made elsewhere, its signature verified, with its outputs, stdout and
+    /// stderr now in this store and this store's action cache pointing at it; returns who made
+    /// it (a node id, hex). `None` when no node has one to give, or none could be fetched.
+    /// `stale`: records not to use (their outputs were reported lost).
+    fn fetch<'a>(
+        &'a self,
+        action: Hash,
+        stale: &'a std::collections::BTreeSet<Hash>,
+    ) -> futures::future::BoxFuture<'a, Option<String>>;
 }
 
 /// What `shoal run` prints once its jobs have ended: stdout (the table or the JSON), stderr (each

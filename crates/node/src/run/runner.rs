@@ -49,6 +49,8 @@ pub(crate) struct Ctx {
     pub(super) files: Option<BTreeMap<String, Result<Digest, String>>>,
     /// Where jobs starting and ending are told, for a client following the run from afar.
     pub(super) events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
+    /// Asked for an action this store has no record of (see [`RunSource::remote_cache`]).
+    pub(super) remote_cache: Option<Arc<dyn super::RemoteCache>>,
 }
 
 /// What every run of a process shares; built once per process (`shoal run` builds its own, a
@@ -212,6 +214,7 @@ impl Runner {
             images: std::sync::Mutex::new(BTreeMap::new()),
             files: source.files,
             events: source.events,
+            remote_cache: source.remote_cache,
         })
     }
 
