@@ -14,6 +14,9 @@ use super::{Node, now_unix_ms};
 use crate::api::{FactView, Metrics, Peers};
 
 /// What the API asks of the loop; each is answered on its `reply` channel.
+/// Completions of an action as (record, maker), earliest first, and the live peers.
+pub(crate) type CacheCandidates = (Vec<(Hash, NodeId)>, Vec<NodeId>);
+
 pub(crate) enum Cmd {
     /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
     /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
@@ -74,7 +77,7 @@ pub(crate) enum Cmd {
     /// its maker), earliest first, and the live peers (who else may hold their blobs).
     Cached {
         action: Hash,
-        reply: oneshot::Sender<(Vec<(Hash, NodeId)>, Vec<NodeId>)>,
+        reply: oneshot::Sender<CacheCandidates>,
     },
 }
 
