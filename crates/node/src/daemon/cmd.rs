@@ -13,10 +13,10 @@ use super::views::StatusView;
 use super::{Node, now_unix_ms};
 use crate::api::{FactView, Metrics, Peers};
 
-/// What the API asks of the loop; each is answered on its `reply` channel.
 /// Completions of an action as (record, maker), earliest first, and the live peers.
 pub(crate) type CacheCandidates = (Vec<(Hash, NodeId)>, Vec<NodeId>);
 
+/// What the API asks of the loop; each is answered on its `reply` channel.
 pub(crate) enum Cmd {
     /// A pinned DAG (stored as a blob already) to submit from here; answered once other nodes
     /// hold the blobs it needs (or none is connected) and the Submit fact is durable, or with
