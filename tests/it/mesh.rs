@@ -333,6 +333,72 @@ fn an_edited_dag_resubmitted_elsewhere_runs_only_the_edited_job_and_its_dependan
     assert!(stdout(&out).contains(&format!("cached: made by {maker}")), "{}", stdout(&out));
 }
 
+/// The cache's trust (issue 20): a node whose RAM flips a bit of every output it makes. Its
+/// result answers a trusting node's cache, not one that wants 2 agreeing runs; `shoal verify` on
+/// another node runs the job again, finds the difference and quarantines it: its result leaves
+/// every cache (a store that took it included), the job runs again on another node, and the
+/// quarantined node claims nothing more.
+#[test]
+fn a_node_whose_outputs_are_wrong_is_found_by_verify_and_quarantined_out_of_the_cache() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let bad = MeshNode::start(first, &key, &[], &["--test-flip-outputs"]);
+    let hello = r#"{"version": 1, "jobs": [{"id": "hello", "image": "busybox:latest",
+        "command": ["echo", "hello world"], "outputs": {"out": "stdout"}}]}"#;
+    // Alone, it runs the DAG itself: "hello" with its first byte flipped.
+    let dag = submit(&bad, &bad.home.write("hello.json", hello));
+    wait_dag(&bad, &dag, Duration::from_secs(60), "hello done", |v| all_in(v, "done"));
+    let out = |n: &MeshNode, dag: &str| n.get(&format!("/v1/dags/{dag}/jobs/hello/outputs/out")).1;
+    assert_eq!(out(&bad, &dag), b"iello world\n");
+
+    let careful = MeshNode::start(Home::with_busybox(), &key, &[&bad.listen], &["--cache-agree", "2"]);
+    let trusting = MeshNode::start(Home::with_busybox(), &key, &[&bad.listen], &[]);
+    wait_for_mesh(&[&bad, &careful, &trusting]);
+    let run_here = |n: &MeshNode| -> Value {
+        let o = n.home.shoal(&["run", n.home.write("hello.json", hello).to_str().unwrap(), "--json"]);
+        assert_success(&o, "shoal run");
+        serde_json::from_str::<Value>(&stdout(&o)).unwrap()["jobs"][0].clone()
+    };
+    let got = run_here(&trusting);
+    assert_eq!((got["cached"].as_bool(), got["cached_from"].as_str()), (Some(true), Some(bad.node.as_str())), "{got}");
+    let got = run_here(&careful);
+    assert_eq!(got["cached"], false, "one node's result is not enough for --cache-agree 2: {got}");
+    let good_out = got["outputs"]["out"]["hash"].clone();
+    // Down while the rest happens: its store keeps the bad result, and it cannot run the job again.
+    let mut trusting = trusting;
+    trusting.kill();
+
+    // Verified on another node: the difference, and the quarantine.
+    let v = careful.cli(&["verify", &dag]);
+    assert_eq!(v.status.code(), Some(1), "a differing result exits 1: {}", stdout(&v));
+    assert!(stdout(&v).contains("differs: maker quarantined") && stdout(&v).contains("output `out`"), "{}", stdout(&v));
+    // The job runs again on the one node that is not quarantined, with the right output.
+    let v = wait_dag(&careful, &dag, Duration::from_secs(60), "hello done again elsewhere", |v| {
+        v["jobs"]["hello"]["state"] == "done" && v["jobs"]["hello"]["node"] != bad.node.as_str()
+    });
+    assert_eq!(v["jobs"]["hello"]["node"], careful.node.as_str(), "{v}");
+    assert_eq!(out(&careful, &dag), b"hello world\n", "{v}");
+
+    // Back, the trusting node learns of the quarantine, and its store no longer answers with the
+    // bad result it took: the job's result now comes from the careful node's run.
+    let trusting = trusting.restart(&key, &[&bad.listen]);
+    let start = Instant::now();
+    while trusting.get_json("/v1/peers")["quarantined"][0]["node"] != bad.node.as_str() {
+        assert!(start.elapsed() < Duration::from_secs(30), "the quarantine reaches every node");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peers = trusting.cli(&["peers"]);
+    assert!(stdout(&peers).contains(&format!("quarantined: {} by {}", &bad.node[..12], &careful.node[..12])));
+    let got = run_here(&trusting);
+    assert_eq!(got["outputs"]["out"]["hash"], good_out, "{got}");
+    assert_eq!(got["cached_from"].as_str(), Some(careful.node.as_str()), "{got}");
+    // A DAG submitted at the quarantined node runs elsewhere.
+    let other = bad.home.write("other.json", &hello.replace("hello world", "another"));
+    let dag2 = submit(&bad, &other);
+    let v = wait_dag(&trusting, &dag2, Duration::from_secs(60), "the other DAG done", |v| all_in(v, "done"));
+    assert_ne!(v["jobs"]["hello"]["node"], bad.node.as_str(), "a quarantined node claims nothing: {v}");
+}
+
 #[test]
 fn a_dag_with_a_topic_of_its_own_runs_in_its_group_of_3_and_its_facts_stay_there() {
     // Five nodes told that a mesh above 2 nodes gives each DAG a group of 3 on its own topic.

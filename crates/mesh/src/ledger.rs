@@ -147,6 +147,16 @@ pub enum Body {
     Release {
         claim: Hash,
     },
+    /// Its author ran the action of `record` again (`shoal verify`) and its outputs differ from
+    /// what `node`, which made `record`, signed: `node`'s results no longer answer the mesh-wide
+    /// cache, and it claims no job. `rerun` is the author's own record of that run (the evidence,
+    /// fetchable by hash like any record); `reason` names the outputs that differ.
+    Quarantine {
+        node: NodeId,
+        record: Hash,
+        rerun: Hash,
+        reason: String,
+    },
 }
 
 impl Body {
@@ -162,6 +172,7 @@ impl Body {
             Body::Cancel { .. } => "cancel",
             Body::Lost { .. } => "lost",
             Body::Release { .. } => "release",
+            Body::Quarantine { .. } => "quarantine",
         }
     }
 }
@@ -234,8 +245,11 @@ impl Fact {
                     return Err(LedgerError::Malformed("max_attempts must be at least 1".into()));
                 }
             }
-            Body::Fail { reason, .. } if reason.len() > REASON_BYTES_MAX => {
-                return Err(LedgerError::Malformed(format!("a failure reason is at most {REASON_BYTES_MAX} bytes")));
+            Body::Fail { reason, .. } | Body::Quarantine { reason, .. } if reason.len() > REASON_BYTES_MAX => {
+                return Err(LedgerError::Malformed(format!("a reason is at most {REASON_BYTES_MAX} bytes")));
+            }
+            Body::Quarantine { node, .. } if *node == self.author => {
+                return Err(LedgerError::Malformed("a node cannot quarantine itself".into()));
             }
             _ => {}
         }
@@ -394,6 +408,8 @@ struct View {
     made: BTreeMap<Hash, (Hlc, NodeId)>,
     /// Records some node reported lost, in any DAG: they answer no lookup.
     lost: BTreeSet<Hash>,
+    /// Quarantined nodes: the earliest `Quarantine` of each, as (hlc, its id).
+    quarantined: BTreeMap<NodeId, (Hlc, Hash)>,
 }
 
 #[derive(Clone, Debug)]
@@ -503,6 +519,12 @@ impl View {
             Body::Lost { record, .. } => {
                 self.lost.insert(*record);
             }
+            Body::Quarantine { node, .. } => {
+                let q = self.quarantined.entry(*node).or_insert((fact.hlc, id));
+                if (fact.hlc, id) < *q {
+                    *q = (fact.hlc, id);
+                }
+            }
             _ => {}
         }
         match &fact.body {
@@ -527,6 +549,8 @@ impl View {
                     self.by_dag.entry(c.dag).or_default().insert(id);
                 }
             }
+            // The mesh's, of no DAG (and folded above).
+            Body::Quarantine { .. } => {}
         }
         match &fact.body {
             Body::Submit { dag, jobs, max_attempts, topic_nodes } => {
@@ -615,6 +639,7 @@ impl View {
                     Touched::Nothing
                 }
             }
+            Body::Quarantine { .. } => Touched::Nothing,
             Body::Alive { dag, lease_until_ms, since } => {
                 // The ledger let it in only if it is the author's latest for the DAG.
                 let until = believed_lease(fact, *lease_until_ms, lease_ms);
@@ -806,6 +831,7 @@ impl Ledger {
             | Body::Done { claim, .. }
             | Body::Fail { claim, .. }
             | Body::Release { claim } => self.view.claims.get(claim).map(|c| c.dag),
+            Body::Quarantine { .. } => None,
         }
     }
 
@@ -956,7 +982,18 @@ impl Ledger {
             .flatten()
             .filter(|(_, _, record)| !self.view.lost.contains(record) && seen.insert(*record))
             .map(|(_, author, record)| (*record, *author))
+            .filter(|(record, _)| self.made_by(record).is_none_or(|m| !self.view.quarantined.contains_key(&m)))
             .collect()
+    }
+
+    /// Whether some node found `node`'s outputs wrong (a [`Body::Quarantine`]), and its fact.
+    pub fn quarantine_of(&self, node: &NodeId) -> Option<&Fact> {
+        self.view.quarantined.get(node).and_then(|(_, id)| self.facts.get(id)).map(|f| &**f)
+    }
+
+    /// Every quarantined node, with the earliest fact that says why.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&NodeId, &Fact)> + '_ {
+        self.view.quarantined.iter().filter_map(|(n, (_, id))| self.facts.get(id).map(|f| (n, &**f)))
     }
 
     /// Who made `record`: the author of its earliest completion (a later one by another node

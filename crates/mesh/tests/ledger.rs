@@ -258,6 +258,7 @@ proptest! {
                     Body::Renew { claim, .. } | Body::Done { claim, .. } | Body::Fail { claim, .. } | Body::Release { claim } => {
                         l.get(claim).is_some_and(|c| matches!(&c.body, Body::Claim { dag, .. } if *dag == d))
                     }
+                    Body::Quarantine { .. } => false,
                 };
                 let want: std::collections::BTreeSet<Hash> =
                     l.verified_facts().filter(|f| names(f.fact())).map(|f| f.id()).collect();

@@ -176,6 +176,32 @@ pub struct JobView {
     pub cached_from: Option<String>,
 }
 
+/// `POST /v1/dags/{dag}/verify`: the done jobs the node ran again, and what it found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    pub dag: Hash,
+    /// The node that ran them again (hex).
+    pub node: String,
+    pub jobs: Vec<VerifiedJob>,
+}
+
+/// One job run again by `shoal verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedJob {
+    pub job: String,
+    /// The completion checked, and the node that made it (hex).
+    pub record: Hash,
+    pub maker: String,
+    /// The record of the run again, when it ran.
+    pub rerun: Option<Hash>,
+    /// Whether the outputs and exit are the same; absent when the run again did not end.
+    pub agrees: Option<bool>,
+    /// What differs (`output `o``, `the exit`); the maker is then quarantined.
+    pub differs: Vec<String>,
+    /// Why the job could not be run again.
+    pub error: Option<String>,
+}
+
 /// A run of a job reported done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneRun {
@@ -224,6 +250,23 @@ pub struct Peers {
     /// a node older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatView>,
+    /// Nodes whose outputs another node's `shoal verify` found wrong: their results answer no
+    /// cache and they claim no job.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<QuarantinedNode>,
+}
+
+/// A quarantined node, and why (the ledger's `Quarantine` fact).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantinedNode {
+    pub node: String,
+    /// The node whose run again disagreed (hex).
+    pub by: String,
+    /// The quarantined node's record, and the record of the run again.
+    pub record: Hash,
+    pub rerun: Hash,
+    pub reason: String,
+    pub at_unix_ms: u64,
 }
 
 /// This node behind NAT or not: what AutoNAT found and the relays it reserved a slot on by itself.
@@ -718,7 +761,7 @@ mod tests {
             summary: "s".into(),
         };
         check(
-            Peers { peers: vec![me, other], refused: vec![refused], clock, nat: None },
+            Peers { peers: vec![me, other], refused: vec![refused], clock, nat: None, quarantined: vec![] },
             &format!(
                 concat!(
                     r#"{{"peers":[{{"node":"ab","peer_id":"12D3","hostname":"h","me":true,"connected":true,"#,

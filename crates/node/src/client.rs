@@ -321,6 +321,34 @@ fn event_line(ev: &Event) -> String {
     )
 }
 
+/// `shoal verify`'s table: per job run again, whether it agrees with its maker's result.
+pub fn print_verified(v: &crate::api::Verified) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["job", "verdict", "maker", "record", "rerun", "note"]);
+    let short = |s: &str| s.trim_start_matches("blake3:").chars().take(12).collect::<String>();
+    for j in &v.jobs {
+        let verdict = match j.agrees {
+            Some(true) => "agrees",
+            Some(false) => "differs: maker quarantined",
+            None => "not run",
+        };
+        let note = j.error.clone().unwrap_or_else(|| j.differs.join(", "));
+        table.add_row([
+            j.job.clone(),
+            verdict.to_string(),
+            short(&j.maker),
+            short(&j.record.to_string()),
+            j.rerun.map(|r| short(&r.to_string())).unwrap_or_default(),
+            note,
+        ]);
+    }
+    println!("{table}");
+    if v.jobs.is_empty() {
+        println!("no job to run again: none is done, or this node made every result (ask another node)");
+    }
+}
+
 /// `shoal peers`.
 pub fn peers(client: &Client, json: bool) -> Result<()> {
     let v: Peers = client.get_json("/v1/peers")?;
@@ -336,6 +364,10 @@ pub fn peers(client: &Client, json: bool) -> Result<()> {
             [] => println!("reachability: {}", nat.reachability),
             relays => println!("reachability: {}, through relays {}", nat.reachability, relays.join(", ")),
         }
+    }
+    for q in &v.quarantined {
+        let (node, by): (String, String) = (q.node.chars().take(12).collect(), q.by.chars().take(12).collect());
+        println!("quarantined: {node} by {by}: {}", q.reason);
     }
     for r in &v.refused {
         let addr = r.addr.as_deref().unwrap_or("an unknown address");

@@ -778,6 +778,8 @@ impl Sim {
             | Body::Done { claim, .. }
             | Body::Fail { claim, .. }
             | Body::Release { claim } => *self.claim_topic.get(claim).expect("a node finishes only claims it made"),
+            // The simulated nodes verify nothing, so quarantine no one.
+            Body::Quarantine { .. } => unreachable!("no simulated node quarantines"),
         };
         if matches!(f.fact().body, Body::Claim { .. }) {
             self.claim_topic.insert(id, topic);

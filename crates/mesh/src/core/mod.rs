@@ -392,7 +392,12 @@ impl NodeCore {
     /// waiting keep their place; the new ranks count for jobs that open from now on (re-ranking
     /// every waiting job on every change of membership would cost O(jobs × peers) per change).
     pub fn handle_peers(&mut self, now_ms: u64, peers: impl IntoIterator<Item = NodeId>) {
-        self.peers = peers.into_iter().map(|p| key64(&p)).chain([self.me]).collect();
+        self.peers = peers
+            .into_iter()
+            .filter(|p| self.ledger.quarantine_of(p).is_none())
+            .map(|p| key64(&p))
+            .chain([self.me])
+            .collect();
         self.peers.sort_unstable();
         self.peers.dedup();
         self.settle(now_ms);
@@ -487,9 +492,17 @@ impl NodeCore {
     /// the mesh's time, must not drop what it held). Returns whether it was new.
     pub fn restore_fact(&mut self, now_ms: u64, fact: VerifiedFact) -> bool {
         let hlc = fact.fact().hlc;
+        let quarantined = match &fact.fact().body {
+            Body::Quarantine { node, .. } if *node != self.id => Some(key64(node)),
+            _ => None,
+        };
         let touched = self.ledger.insert_verified(fact);
         if touched == Touched::Duplicate {
             return false;
+        }
+        if let Some(key) = quarantined {
+            // Ranked among no job's runners any more (it claims nothing).
+            self.peers.retain(|k| *k != key);
         }
         self.hlc = self.hlc.observe(hlc, now_ms, self.cfg.clock_skew_max_ms);
         self.touch(now_ms, touched);
@@ -535,6 +548,28 @@ impl NodeCore {
     pub fn report_lost(&mut self, now_ms: u64, dag: Hash, job: String, record: Hash) {
         self.emit(now_ms, Body::Lost { dag, job, record });
         self.settle(now_ms);
+    }
+
+    /// This node ran the action of `record` (a completion of `job` of `dag`, made by `node`)
+    /// again and got other outputs (`rerun`, its record; `reason`, which differ): `node` is
+    /// quarantined, and the completion reported lost, so the job runs again elsewhere.
+    pub fn quarantine(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        (dag, job): (Hash, String),
+        record: Hash,
+        rerun: Hash,
+        reason: String,
+    ) {
+        self.emit(now_ms, Body::Quarantine { node, record, rerun, reason });
+        self.emit(now_ms, Body::Lost { dag, job, record });
+        self.settle(now_ms);
+    }
+
+    /// Whether some node found this node's outputs wrong: it claims nothing then.
+    pub fn quarantined(&self) -> bool {
+        self.ledger.quarantine_of(&self.id).is_some()
     }
 
     /// Time passed: say this node is alive in each DAG whose claims' leases are half gone (one
@@ -758,7 +793,7 @@ impl NodeCore {
             self.lease_of.remove(&(dag, idx));
             self.evaluate(now_ms, dag, idx);
         }
-        while self.claiming {
+        while self.claiming && !self.quarantined() {
             let free = self.free_cores();
             let next =
                 self.queues.range(..=free).filter_map(|(_, q)| q.first().copied()).filter(|(t, ..)| *t <= now_ms).min();

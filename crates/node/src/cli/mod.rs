@@ -110,6 +110,19 @@ enum Command {
         #[command(flatten)]
         node: NodeArg,
     },
+    /// Run a DAG's done jobs (or one) again on the node, without any cache, and compare with what
+    /// their makers signed: a maker whose outputs differ is quarantined (its results answer no
+    /// cache and it claims no job; `shoal peers` says why) and the job runs again elsewhere.
+    /// Exits 1 when a result differs. Ask a node that did not make the results.
+    Verify {
+        dag: String,
+        /// Only this job.
+        job: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Every node of the mesh: capabilities, load, when last heard from.
     Peers {
         #[command(flatten)]
@@ -250,6 +263,15 @@ struct NodeArgs {
     /// Accept only these peer ids (repeatable); default: any node holding the mesh key.
     #[arg(long = "allow")]
     allow: Vec<String>,
+    /// How many nodes must have made a result with the same outputs before this node takes it
+    /// from the mesh's cache (redundant runs, BOINC's way); results of this node and of
+    /// `--trust-node`s count alone. 1: every member's result counts alone.
+    #[arg(long, default_value_t = 1)]
+    cache_agree: u32,
+    /// A node (id, hex) whose results count alone in the mesh's cache, whatever `--cache-agree`
+    /// says (repeatable).
+    #[arg(long)]
+    trust_node: Vec<String>,
     /// Find peers on the local network by mDNS (multicast on every interface; off by default).
     #[arg(long)]
     mdns: bool,
@@ -328,6 +350,10 @@ struct NodeArgs {
     /// and says once when the mesh's is more than a minute away.
     #[arg(long)]
     clock_from_mesh: bool,
+    /// Flip the first byte of every job's stdout before it is stored (tests of `shoal verify`:
+    /// a machine with failing RAM).
+    #[arg(long, hide = true)]
+    test_flip_outputs: bool,
     /// Claim to speak this mesh protocol version (tests of a node from an older image).
     #[arg(long, hide = true, default_value_t = shoal_mesh::wire::PROTOCOL_VERSION)]
     test_protocol_version: u32,
@@ -606,6 +632,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 // A local run flushes the store at its end (`shutdown` below).
                 records: Durability::Soon,
                 dag_bytes_max,
+                test_flip_outputs: false,
             };
             if !args.join.is_empty() {
                 return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
@@ -650,6 +677,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         | Command::Status { .. }
         | Command::Watch { .. }
         | Command::Cancel { .. }
+        | Command::Verify { .. }
         | Command::Peers { .. } => {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
             tokio::task::spawn_blocking(move || client_command(&home, cli.command)).await?

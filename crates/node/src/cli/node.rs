@@ -51,7 +51,20 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
     };
     let upload_bytes_max = size("upload-size-max", &args.upload_size_max)?;
     let dag_bytes_max = usize::try_from(size("dag-size-max", &args.dag_size_max)?)?;
+    let trusted = args
+        .trust_node
+        .iter()
+        .map(|n| {
+            let bytes = hex::decode(n).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            bytes.with_context(|| format!("--trust-node `{n}`: write a node id, 64 hex digits (`shoal peers --json`)"))
+        })
+        .collect::<Result<_>>()?;
+    if args.cache_agree == 0 {
+        bail!("--cache-agree is at least 1 (runs by different nodes with the same outputs)");
+    }
+    let cache_trust = shoal_node::daemon::CacheTrust { agree: args.cache_agree, trusted };
     Ok(shoal_node::daemon::NodeOptions {
+        cache_trust,
         listen,
         join,
         http: args.http,
@@ -69,6 +82,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
             warm_vms: args.warm_vms,
             records: Durability::Now,
             dag_bytes_max,
+            test_flip_outputs: args.test_flip_outputs,
         },
         labels,
         speed: args.speed,
@@ -146,6 +160,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         blobs: "127.0.0.1:0".parse().expect("static address"),
         mesh_key: args.mesh_key.clone().unwrap_or_else(|| store.home().join("mesh.key")),
         allow: None,
+        cache_trust: Default::default(),
         mdns: false,
         relay_server: false,
         autonat_private_ips: false,

@@ -1,10 +1,10 @@
-//! The commands that talk to a node over its HTTP API: submit, status, watch, cancel, peers.
+//! The commands that talk to a node over its HTTP API: submit, status, watch, cancel, verify, peers.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use shoal_node::api::{Cancelled, DagList, DagStatus};
+use shoal_node::api::{Cancelled, DagList, DagStatus, Verified};
 
 use super::{Command, EXIT_JOB_FAILED, NodeArg};
 
@@ -46,6 +46,21 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
             let v: Cancelled = connect(node)?.post(&format!("/v1/dags/{dag}/cancel"), "application/json", b"")?;
             println!("{}", serde_json::to_value(&v)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { dag, job, node, json } => {
+            let dag = dag.strip_prefix("blake3:").unwrap_or(&dag).to_string();
+            let path = match &job {
+                Some(j) => format!("/v1/dags/blake3:{dag}/verify?job={}", shoal_node::human::percent_encode(j)),
+                None => format!("/v1/dags/blake3:{dag}/verify"),
+            };
+            let v: Verified = connect(node)?.post(&path, "application/json", b"")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&v)?)?);
+            } else {
+                client::print_verified(&v);
+            }
+            let differs = v.jobs.iter().any(|j| j.agrees == Some(false));
+            Ok(if differs { ExitCode::from(EXIT_JOB_FAILED) } else { ExitCode::SUCCESS })
         }
         Command::Peers { node, json } => {
             client::peers(&connect(node)?, json)?;

@@ -21,6 +21,7 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
         | Command::Status { .. }
         | Command::Watch { .. }
         | Command::Cancel { .. }
+        | Command::Verify { .. }
         | Command::Peers { .. }
         | Command::Explore(_)
         | Command::Live(_)

@@ -45,6 +45,7 @@ pub(crate) fn router(shared: Shr, test_partitions: bool, guard: Arc<auth::Guard>
         .route("/v1/dags/{dag}", get(dag_status))
         .route("/v1/dags/{dag}/facts", get(dag_facts))
         .route("/v1/dags/{dag}/cancel", post(cancel))
+        .route("/v1/dags/{dag}/verify", post(super::verify::verify))
         .route("/v1/dags/{dag}/jobs/{job}/outputs/{output}", get(job_output))
         .route("/v1/records/{record}", get(record))
         .route("/v1/blobs", post(upload).layer(DefaultBodyLimit::disable()))
@@ -589,7 +590,8 @@ mod tests {
         };
         let asked = ask_with(&api, |c| c.get_json::<Peers>("/v1/peers"));
         let Some(Cmd::Peers { reply }) = api.cmds.recv().await else { panic!("not peers") };
-        let body = Peers { peers: vec![me], refused: vec![], clock: Default::default(), nat: None };
+        let body =
+            Peers { peers: vec![me], refused: vec![], clock: Default::default(), nat: None, quarantined: vec![] };
         reply.send(body.clone()).unwrap();
         assert_eq!(asked.await.unwrap().unwrap(), body);
 

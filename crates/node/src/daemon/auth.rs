@@ -106,7 +106,7 @@ fn body_types(path: &str) -> &'static [&'static str] {
         "/v1/dags" | "/v1/test/block" => &["application/json"],
         "/v1/blobs" => &["application/octet-stream"],
         "/v1/explorer/runs" => &["multipart/form-data"],
-        p if p.starts_with("/v1/dags/") && p.ends_with("/cancel") => &[],
+        p if p.starts_with("/v1/dags/") && (p.ends_with("/cancel") || p.ends_with("/verify")) => &[],
         // Routes added later: a type a page elsewhere cannot send without a preflight, or bytes.
         _ => &["application/json", "multipart/form-data", "application/octet-stream"],
     }

@@ -79,6 +79,28 @@ pub(crate) enum Cmd {
         action: Hash,
         reply: oneshot::Sender<CacheCandidates>,
     },
+    /// Whether `record` was made by a quarantined node.
+    Refused {
+        record: Hash,
+        reply: oneshot::Sender<bool>,
+    },
+    /// `shoal verify`: the done jobs of `dag` (or `job`) to run again here, or why none can be.
+    VerifyPlan {
+        dag: Hash,
+        job: Option<String>,
+        reply: oneshot::Sender<Result<super::verify::Plan, String>>,
+    },
+    /// A run again of `record` (made by `node`, a completion of `job` of `dag`) here gave other
+    /// outputs (`rerun`): quarantine `node` and report the completion lost.
+    Quarantine {
+        node: NodeId,
+        dag: Hash,
+        job: String,
+        record: Hash,
+        rerun: Hash,
+        reason: String,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// An acknowledged submit.
@@ -146,6 +168,19 @@ impl Node {
                     self.after_step().await;
                 }
                 let _ = reply.send(report);
+            }
+            Cmd::Refused { record, reply } => {
+                let ledger = self.core.ledger();
+                let _ = reply.send(ledger.made_by(&record).is_some_and(|m| ledger.quarantine_of(&m).is_some()));
+            }
+            Cmd::VerifyPlan { dag, job, reply } => {
+                let plan = super::verify::plan(&self.core, self.core.id(), dag, job.as_deref(), self.live_peers(), now);
+                let _ = reply.send(plan);
+            }
+            Cmd::Quarantine { node, dag, job, record, rerun, reason, reply } => {
+                self.core.quarantine(now, node, (dag, job), record, rerun, reason);
+                self.after_step().await;
+                let _ = reply.send(());
             }
             Cmd::Cached { action, reply } => {
                 let _ = reply.send((self.core.ledger().cached(&action), self.live_peers()));

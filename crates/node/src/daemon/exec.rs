@@ -1,7 +1,7 @@
 //! Running a job this node claimed: fetch what it needs from peers, then run it exactly as
 //! `shoal run` does (the same action key, cache, backends and records).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result, anyhow};
 use shoal_blobs::Store;
@@ -263,30 +263,77 @@ pub(crate) async fn fetch_bare(shared: &Shared, hash: Hash, providers: &[NodeId]
 /// Candidates of the mesh-wide action cache tried for one job before it runs (each a record
 /// fetch, and its outputs' when it checks out).
 const CACHE_CANDIDATES_MAX: usize = 3;
+/// Records of untrusted makers read for one job to count agreeing runs (`--cache-agree`).
+const CACHE_AGREE_RECORDS_MAX: usize = 8;
+
+/// Whose results the mesh-wide cache takes: a result of this node or of a `trusted` one counts
+/// alone; any other only once `agree` nodes made results of the action with the same outputs.
+#[derive(Clone, Debug)]
+pub struct CacheTrust {
+    pub agree: u32,
+    pub trusted: BTreeSet<NodeId>,
+}
+
+impl Default for CacheTrust {
+    /// Every member's result counts alone.
+    fn default() -> CacheTrust {
+        CacheTrust { agree: 1, trusted: BTreeSet::new() }
+    }
+}
 
 /// The mesh-wide action cache, as a node's runs ask it: the completions of an action in any DAG
-/// its ledger holds, made by any node.
+/// its ledger holds, made by any node (quarantined ones excepted: the ledger leaves them out).
 pub(crate) struct MeshCache(pub(crate) std::sync::Arc<Shared>);
 
 impl run::RemoteCache for MeshCache {
-    fn fetch<'a>(
-        &'a self,
-        action: Hash,
-        stale: &'a std::collections::BTreeSet<Hash>,
-    ) -> futures::future::BoxFuture<'a, Option<String>> {
+    fn fetch<'a>(&'a self, action: Hash, stale: &'a BTreeSet<Hash>) -> futures::future::BoxFuture<'a, Option<String>> {
         Box::pin(async move {
             let shared = &*self.0;
             let (tx, rx) = tokio::sync::oneshot::channel();
             shared.cmds.send(Cmd::Cached { action, reply: tx }).await.ok()?;
             let (candidates, peers) = rx.await.ok()?;
-            for (record, maker) in candidates.into_iter().filter(|(r, _)| !stale.contains(r)).take(CACHE_CANDIDATES_MAX)
-            {
+            let trust = &shared.cache_trust;
+            let counts_alone = |m: &NodeId| trust.agree <= 1 || *m == shared.node || trust.trusted.contains(m);
+            let (alone, others): (Vec<_>, Vec<_>) =
+                candidates.into_iter().filter(|(r, _)| !stale.contains(r)).partition(|(_, m)| counts_alone(m));
+            for (record, maker) in alone.into_iter().take(CACHE_CANDIDATES_MAX) {
                 match take_cached(shared, action, record, &providers(maker, &peers)).await {
                     Ok(()) => return Some(hex::encode(maker)),
                     Err(e) => tracing::info!(%action, %record, "a result in the mesh's cache could not be used: {e:#}"),
                 }
             }
+            if others.len() < trust.agree as usize {
+                return None;
+            }
+            // Runs by different nodes with the same outputs and exit: the first group with
+            // `agree` makers answers.
+            let mut groups: BTreeMap<Vec<u8>, Vec<(Hash, NodeId)>> = BTreeMap::new();
+            for (record, maker) in others.into_iter().take(CACHE_AGREE_RECORDS_MAX) {
+                let from = providers(maker, &peers);
+                let Ok(rec) = fetch_record(&shared.store, &shared.blobs, record, &from).await else { continue };
+                let outputs: Vec<(&String, Hash)> = rec.outputs.iter().map(|(n, d)| (n, d.hash)).collect();
+                let group = groups.entry(shoal_dag::canonical_cbor(&(outputs, &rec.exit))).or_default();
+                if !group.iter().any(|(_, m)| *m == maker) {
+                    group.push((record, maker));
+                }
+                if group.len() >= trust.agree as usize {
+                    let (record, maker) = group[0];
+                    match take_cached(shared, action, record, &providers(maker, &peers)).await {
+                        Ok(()) => return Some(hex::encode(maker)),
+                        Err(e) => tracing::info!(%action, %record, "an agreed result could not be used: {e:#}"),
+                    }
+                }
+            }
             None
+        })
+    }
+    fn refuses(&self, record: Hash) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.0.cmds.send(Cmd::Refused { record, reply: tx }).await.is_err() {
+                return false;
+            }
+            rx.await.unwrap_or(false)
         })
     }
 }

@@ -360,6 +360,7 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
         warm_vms: req.warm_vms,
         records: Durability::Soon,
         dag_bytes_max: s.dag_bytes_max,
+        test_flip_outputs: false,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();

@@ -42,6 +42,7 @@ pub mod serve;
 #[cfg(test)]
 pub(crate) mod testing;
 mod topics;
+mod verify;
 mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -149,6 +150,8 @@ pub struct NodeOptions {
     /// live image passes when NTP failed): now is the local clock plus the median offset of the
     /// peers' announced clocks, and the node claims no job before it has heard one.
     pub clock_from_mesh: bool,
+    /// Which other nodes' results the mesh-wide cache takes (`--trust-node`, `--cache-agree`).
+    pub cache_trust: exec::CacheTrust,
     /// Tests: the protocol version this node claims to speak (`--test-protocol-version`).
     pub protocol: u32,
     /// Tests: how far this machine's clock reads off the system's, in ms (`--test-clock-offset-ms`).
@@ -165,6 +168,7 @@ pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 
 pub(crate) use crate::mesh::keys::{node_of_peer, peer_id_of_node};
 pub(crate) use cmd::{Cmd, SubmitAck};
+pub use exec::CacheTrust;
 pub use keys::{read_mesh_key, write_mesh_key};
 
 /// Everything the loop's helpers share with the API.
@@ -191,6 +195,8 @@ pub(crate) struct Shared {
     /// `Settings::lost_recheck_ms`: how long a claimed job waits before it asks again for an
     /// input nobody served.
     pub lost_recheck_ms: u64,
+    /// See [`NodeOptions::cache_trust`].
+    pub cache_trust: exec::CacheTrust,
 }
 
 /// Runs the node until ctrl-c or SIGTERM.
@@ -312,6 +318,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         dag_bytes_max: opts.dag_bytes_max,
         local_upload_bytes_max: opts.local_upload_bytes_max,
         lost_recheck_ms: opts.settings.lost_recheck_ms,
+        cache_trust: opts.cache_trust.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.http)
         .await

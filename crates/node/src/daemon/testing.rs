@@ -34,6 +34,7 @@ pub(crate) async fn api() -> Api {
         warm_vms: 0,
         records: shoal_blobs::Durability::Now,
         dag_bytes_max: super::DAG_BYTES_MAX_DEFAULT,
+        test_flip_outputs: false,
     };
     let runner = crate::run::Runner::new(&store, &run).unwrap();
     let (tx, cmds) = mpsc::channel(8);
@@ -52,6 +53,7 @@ pub(crate) async fn api() -> Api {
         dag_bytes_max: super::DAG_BYTES_MAX_DEFAULT,
         local_upload_bytes_max: 1 << 20,
         lost_recheck_ms: shoal_mesh::Settings::default().lost_recheck_ms,
+        cache_trust: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bound = listener.local_addr().unwrap();

@@ -10,7 +10,7 @@ use shoal_mesh::ledger::{Body, Fact, JobState};
 use super::{Node, peer_id_of_node};
 use crate::api::{
     ClockView, DagSummary, DoneRun, Event, EventKind, FactView, JobStatus, JobView, Metrics, NatView, PeerView, Peers,
-    RefusedPeer,
+    QuarantinedNode, RefusedPeer,
 };
 use crate::mesh::net::Path;
 
@@ -106,7 +106,8 @@ fn event_of(fact: &Fact, claim_job: impl Fn(&Hash) -> Option<(Hash, String)>) ->
             let (dag, job) = claim_job(claim)?;
             Event { kind: EventKind::Released, dag, job: Some(job), node, detail: None, at_unix_ms: at }
         }
-        Body::Renew { .. } | Body::Alive { .. } => return None,
+        // A quarantine is of no DAG: `shoal peers` shows it (and the `Lost` it comes with, here).
+        Body::Renew { .. } | Body::Alive { .. } | Body::Quarantine { .. } => return None,
     };
     Some(event)
 }
@@ -268,7 +269,23 @@ impl Node {
             reachability: reachability.as_str().to_string(),
             relays: relays.iter().map(ToString::to_string).collect(),
         };
-        Peers { peers: self.peer_views(), refused, clock, nat: Some(nat) }
+        let quarantined = self
+            .core
+            .ledger()
+            .quarantined()
+            .filter_map(|(node, f)| match &f.body {
+                Body::Quarantine { record, rerun, reason, .. } => Some(QuarantinedNode {
+                    node: hex::encode(node),
+                    by: hex::encode(f.author),
+                    record: *record,
+                    rerun: *rerun,
+                    reason: reason.clone(),
+                    at_unix_ms: f.hlc.wall_ms,
+                }),
+                _ => None,
+            })
+            .collect();
+        Peers { peers: self.peer_views(), refused, clock, nat: Some(nat), quarantined }
     }
 
     pub(super) fn peer_views(&self) -> Vec<PeerView> {

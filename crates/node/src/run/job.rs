@@ -72,6 +72,12 @@ async fn run_job(
             tracing::info!(%action_key, "the cached record's outputs were reported lost: running the job again");
             hit = None;
         }
+        if let (Some(remote), Some(record)) = (&ctx.remote_cache, hit.as_ref().and_then(|r| r.record))
+            && remote.refuses(record).await
+        {
+            tracing::info!(%action_key, %record, "the cached record was made by a quarantined node: not using it");
+            hit = None;
+        }
         if hit.is_none()
             && let Some(remote) = &ctx.remote_cache
             && let Some(maker) = remote.fetch(action_key, stale).await
@@ -312,7 +318,12 @@ async fn execute(
 
     let mut outputs = BTreeMap::new();
     let mut exit = outcome.exit.clone();
-    let stdout = put_captured(ctx, &outcome.stdout).await?;
+    let stdout = if ctx.runner.test_flip_outputs {
+        tracing::warn!("--test-flip-outputs: flipping the first byte of the job's stdout");
+        flipped(ctx, &outcome.stdout).await?
+    } else {
+        put_captured(ctx, &outcome.stdout).await?
+    };
     let stderr = put_captured(ctx, &outcome.stderr).await?;
     for (name, spec) in &job.outputs {
         let digest = match spec {
@@ -430,6 +441,18 @@ async fn put_captured(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest
             Ok(Digest { hash, kind: DigestKind::File, size })
         }
     }
+}
+
+/// What was captured with its first byte flipped, stored (`--test-flip-outputs`).
+async fn flipped(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest> {
+    let mut bytes = match captured {
+        shoal_vm::Captured::Bytes(b) => b.clone(),
+        shoal_vm::Captured::File { path, .. } => tokio::fs::read(path).await?,
+    };
+    if let Some(b) = bytes.first_mut() {
+        *b ^= 1;
+    }
+    put_bytes(ctx, bytes).await
 }
 
 async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {

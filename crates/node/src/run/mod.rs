@@ -98,6 +98,9 @@ pub struct RunOptions {
     pub records: Durability,
     /// Largest DAG file read, bytes.
     pub dag_bytes_max: usize,
+    /// Tests only: flip the first byte of every job's stdout before it is stored (a machine
+    /// with failing RAM, for the tests of `shoal verify`); read when the runner is built.
+    pub test_flip_outputs: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -204,6 +207,10 @@ pub trait RemoteCache: Send + Sync {
         action: Hash,
         stale: &'a std::collections::BTreeSet<Hash>,
     ) -> futures::future::BoxFuture<'a, Option<String>>;
+
+    /// Whether `record`, which this store's own action cache names, was made by a node the mesh
+    /// quarantined since (its results answer no cache, this store's included).
+    fn refuses(&self, record: Hash) -> futures::future::BoxFuture<'_, bool>;
 }
 
 /// What `shoal run` prints once its jobs have ended: stdout (the table or the JSON), stderr (each

@@ -67,6 +67,8 @@ pub(crate) struct Runner {
     budget: Budget,
     /// Runs prepared and not yet ended (per-DAG state alive), and the free work directories.
     pub(super) work_dirs: Arc<WorkDirs>,
+    /// See [`RunOptions::test_flip_outputs`].
+    pub(super) test_flip_outputs: bool,
 }
 
 /// Cores given to jobs and jobs in flight: the runner's, or a run's own smaller share of them.
@@ -182,6 +184,7 @@ impl Runner {
             },
             budget: Budget::new(cores_total),
             work_dirs: Arc::new(WorkDirs::default()),
+            test_flip_outputs: opts.test_flip_outputs,
         }))
     }
 
@@ -429,6 +432,7 @@ mod tests {
             warm_vms: 0,
             records: Durability::Soon,
             dag_bytes_max: 1 << 20,
+            test_flip_outputs: false,
         }
     }
 
