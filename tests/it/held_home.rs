@@ -244,7 +244,8 @@ fn signal_group(pgid: u32, signal: libc::c_int) -> bool {
 
 #[test]
 fn readme_three_nodes_on_one_machine_runs_as_written() {
-    let block = readme_block("Three nodes on one machine");
+    // The mesh-wide cache's example continues it, in the same shell.
+    let block = readme_block("Three nodes on one machine") + &readme_block("### One cache for the whole mesh");
     let tmp = Home::empty();
     let rootfs = tmp.path().join("rootfs");
     make_busybox_rootfs(&rootfs);
@@ -305,6 +306,10 @@ fn readme_three_nodes_on_one_machine_runs_as_written() {
     for line in ["lines and words: 200 2200", "parts: part-1 part-2 part-3 part-4", "vowel e: 800"] {
         assert!(out.contains(line), "`{line}` not in the report:\n{out}\nstderr:\n{err}");
     }
+    // The edited DAG: `count` ran again (characters now), `report` with it; node 2 ran the
+    // others' results again and found them equal.
+    assert!(out.contains("lines and words: 200 10692"), "the edited count in the report:\n{out}");
+    assert!(out.contains("agrees") && !out.contains("differs"), "verify agrees:\n{out}");
     // `shoal watch` in the background followed the mesh. It shows events from when it connected,
     // which a loaded machine may put after the first claims, but before the DAG's last job ended
     // (the submit waits for that): so its line for `report` is there.
