@@ -26,9 +26,11 @@ cd "$(dirname "$0")/.."
 #   ovmf             UEFI firmware for QEMU, to boot the image the way a UEFI PC does
 #   kmod, binutils   depmod and modprobe for the module trees; strip and readelf for the binaries
 #   qemu-utils (from bookworm-backports, below)   qemu-img, the cloud image's qcow2
+# and for jobs of other architectures (issue 20):
+#   qemu-user-static   qemu-user and its binfmt_misc handlers (registered below where no systemd does)
 PACKAGES=(busybox-static docker-registry skopeo iproute2 nftables iputils-ping iperf3 make util-linux python3-venv
   linux-image-cloud-amd64 squashfs-tools erofs-utils cpio debootstrap chromium chromium-driver
-  grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools ovmf kmod binutils)
+  grub-pc-bin grub-efi-amd64-bin xorriso mtools dosfstools ovmf kmod binutils qemu-user-static)
 BACKPORTS=(qemu-system-x86 qemu-system-data qemu-utils)
 
 SUDO=""
@@ -67,6 +69,31 @@ fi
 # Debian's docker-registry package starts a service on :5000 where it can; tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet docker-registry 2>/dev/null; then
   $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+# Jobs of other architectures run under qemu-user: its binfmt_misc handlers, with the F flag (the
+# kernel opens the interpreter at registration, so it works inside a sandbox's own root), registered
+# here where no systemd-binfmt did; and Debian's arm64 busybox-static, for the tests' arm64 image.
+if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+  $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+fi
+for a in aarch64 riscv64; do
+  if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$a" ] && [ -f "/usr/lib/binfmt.d/qemu-$a.conf" ]; then
+    $SUDO sh -c "cat /usr/lib/binfmt.d/qemu-$a.conf > /proc/sys/fs/binfmt_misc/register"
+  fi
+done
+ARM64=/var/cache/shoal/arm64
+if [ ! -x "$ARM64/busybox" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    $SUDO dpkg --add-architecture arm64
+  fi
+  $SUDO apt-get update -qq
+  tmp=$(mktemp -d)
+  chmod 0755 "$tmp"   # apt downloads as its own user
+  (cd "$tmp" && apt-get download -qq busybox-static:arm64 >/dev/null && dpkg-deb -x busybox-static_*_arm64.deb x)
+  $SUDO mkdir -p "$ARM64"
+  $SUDO install -m 0755 "$tmp/x/bin/busybox" "$ARM64/busybox"
+  rm -rf "$tmp"
 fi
 
 # One debug build serves the example and the tests (dependencies are optimised, see Cargo.toml).

@@ -4,6 +4,7 @@
 mod api_security;
 mod architecture;
 mod cli;
+mod emulation;
 mod explorer;
 mod federation;
 mod federation_blobs;

@@ -133,6 +133,10 @@ pub struct Machine {
     pub accelerator: Option<String>,
     pub qemu: Option<String>,
     pub guest_kernel: Option<String>,
+    /// How a job of another architecture ran here (qemu-user through binfmt_misc); absent when
+    /// it ran natively.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulation: Option<String>,
 }
 
 /// What a run produced (the seeds' "output description").

@@ -273,6 +273,7 @@ fn record(exit: Exit) -> RunRecord {
             accelerator: None,
             qemu: None,
             guest_kernel: None,
+            emulation: None,
         },
         holders: vec!["n1".into()],
     }

@@ -28,6 +28,34 @@ pub struct Capabilities {
     /// scheduler puts a job on the fastest free node that fits. Measured at start.
     #[serde(default = "speed_reference")]
     pub speed: u32,
+    /// Architectures it runs under emulation (qemu-user through binfmt_misc, in its namespace
+    /// sandbox), each with its speed per core as [`Capabilities::speed`] counts it: a job of such
+    /// an arch fits it, and placement prefers a node that runs the arch natively.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emulated: Vec<Emulated>,
+}
+
+/// An architecture a node runs under emulation, and how fast.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Emulated {
+    pub arch: Arch,
+    pub speed: u32,
+}
+
+/// What a core emulating another architecture (qemu-user) counts for, per mille of the node's
+/// native speed: qemu-user translates every instruction, several times slower than native.
+pub const EMULATED_SPEED_PER_MILLE: u32 = 150;
+
+impl Capabilities {
+    /// The speed of one core for a job of `arch` (None: any): native, emulated, or None when the
+    /// node runs it neither way.
+    pub fn speed_for(&self, arch: Option<Arch>) -> Option<u32> {
+        match arch {
+            None => Some(self.speed),
+            Some(a) if a == self.arch => Some(self.speed),
+            Some(a) => self.emulated.iter().find(|e| e.arch == a).map(|e| e.speed),
+        }
+    }
 }
 
 /// How a node runs microVMs.
@@ -99,7 +127,7 @@ impl std::fmt::Display for Mismatch {
 pub fn mismatches(req: &Requirements, caps: &Capabilities) -> Vec<Mismatch> {
     let mut out = Vec::new();
     if let Some(arch) = req.arch
-        && arch != caps.arch
+        && caps.speed_for(Some(arch)).is_none()
     {
         out.push(Mismatch::Arch { wanted: arch, has: caps.arch });
     }
@@ -165,6 +193,7 @@ mod tests {
             microvm: true,
             vm_accel: Some(VmAccel::Kvm),
             speed: SPEED_REFERENCE,
+            emulated: Vec::new(),
         }
     }
 

@@ -133,6 +133,7 @@ mod tests {
             microvm: true,
             vm_accel: None,
             speed,
+            emulated: Vec::new(),
         }
     }
 

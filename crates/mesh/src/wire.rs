@@ -259,6 +259,7 @@ mod tests {
                 microvm: false,
                 vm_accel: None,
                 speed: crate::capabilities::SPEED_REFERENCE,
+                emulated: Vec::new(),
             }),
             blob_addrs: vec!["10.1.2.3:41234".parse().unwrap()],
             listen: vec!["/ip4/10.1.2.3/tcp/7171".into()],

@@ -724,6 +724,7 @@ mod tests {
             microvm: true,
             vm_accel: None,
             speed: 1000,
+            emulated: Vec::new(),
         };
         let caps_json = serde_json::to_string(&caps).unwrap();
         let me = PeerView {

@@ -400,7 +400,12 @@ fn peers_table(v: &Peers) -> comfy_table::Table {
             p.hostname.clone(),
             p.version.clone(),
             caps.map(|c| {
-                serde_json::to_value(c.arch).ok().and_then(|a| a.as_str().map(str::to_string)).unwrap_or_default()
+                let name = |a| serde_json::to_value(a).ok().and_then(|v| v.as_str().map(str::to_string));
+                // Emulated architectures after the native one: `x86_64 +aarch64`.
+                std::iter::once(name(c.arch).unwrap_or_default())
+                    .chain(c.emulated.iter().filter_map(|e| name(e.arch)).map(|n| format!("+{n}")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             })
             .unwrap_or_default(),
             or_null(caps.map(|c| c.cores.to_string())),

@@ -21,6 +21,53 @@ pub fn dag_arch() -> shoal_dag::Arch {
     }
 }
 
+/// Where the kernel lists its binfmt_misc handlers.
+const BINFMT_DIR: &str = "/proc/sys/fs/binfmt_misc";
+
+/// The architectures this host runs through qemu-user, each with its interpreter: a binfmt_misc
+/// handler `qemu-<arch>` that is enabled and has the `F` flag (the kernel opened the interpreter
+/// when it was registered, so it works inside a sandbox's own root). Debian's `qemu-user-static`
+/// ships the handlers; `scripts/setup.sh` registers them where no systemd does. Read once.
+pub fn emulated_arches() -> &'static [(shoal_dag::Arch, String)] {
+    static FOUND: std::sync::OnceLock<Vec<(shoal_dag::Arch, String)>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        [
+            (shoal_dag::Arch::Aarch64, "aarch64"),
+            (shoal_dag::Arch::Riscv64, "riscv64"),
+            (shoal_dag::Arch::X86_64, "x86_64"),
+        ]
+        .into_iter()
+        .filter(|(arch, _)| *arch != dag_arch())
+        .filter_map(|(arch, name)| {
+            let text = std::fs::read_to_string(format!("{BINFMT_DIR}/qemu-{name}")).ok()?;
+            let mut lines = text.lines();
+            if lines.next() != Some("enabled") {
+                return None;
+            }
+            let field = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+            let fixed = field("flags:").is_some_and(|f| f.contains('F'));
+            let interpreter = field("interpreter")?;
+            fixed.then(|| (arch, interpreter.to_string()))
+        })
+        .collect()
+    })
+}
+
+/// How this host runs a job of `arch`: None natively, else the emulation's description for its
+/// run record; an error when it cannot.
+pub fn emulation_for(arch: Option<shoal_dag::Arch>) -> Result<Option<String>, String> {
+    let Some(arch) = arch.filter(|a| *a != dag_arch()) else { return Ok(None) };
+    let name = serde_json::to_value(arch).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    match emulated_arches().iter().find(|(a, _)| *a == arch) {
+        Some((_, interpreter)) => Ok(Some(format!("qemu-user {name} through binfmt_misc ({interpreter})"))),
+        None => Err(format!(
+            "it needs arch {name} and this {} machine neither is one nor emulates one: install \
+             qemu-user-static and register its binfmt_misc handlers (scripts/setup.sh does)",
+            std::env::consts::ARCH
+        )),
+    }
+}
+
 /// Reads the facts that go into every run record; done once per `shoal run`.
 pub fn describe(node_id: &str, backend: &str) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -48,6 +95,7 @@ pub fn describe(node_id: &str, backend: &str) -> Machine {
         accelerator: None,
         qemu: None,
         guest_kernel: None,
+        emulation: None,
     }
 }
 

@@ -410,6 +410,7 @@ impl Sim {
                 // The simulator runs no microVMs: no accelerator to rank by.
                 vm_accel: None,
                 speed: SPEED_REFERENCE,
+                emulated: Vec::new(),
             };
             let speed = 1.0 - self.cfg.speed_spread + 2.0 * self.cfg.speed_spread * self.rng.unit();
             let caps = Capabilities { speed: ((speed * f64::from(SPEED_REFERENCE)) as u32).max(1), ..caps };
@@ -425,6 +426,7 @@ impl Sim {
                 microvm: true,
                 vm_accel: None,
                 speed: SPEED_REFERENCE,
+                emulated: Vec::new(),
             };
             (caps, 1.0)
         };

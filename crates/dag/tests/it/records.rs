@@ -55,6 +55,7 @@ fn record() -> RunRecord {
             accelerator: None,
             qemu: None,
             guest_kernel: None,
+            emulation: None,
         },
         holders: vec!["n".into()],
     }

@@ -45,9 +45,14 @@ pub(super) fn ln_speed(speed: u32) -> f64 {
 }
 
 /// What a node's ln(speed) counts for in placing a job: less for an `isolation: vm` job on a node
-/// that runs microVMs under TCG ([`TCG_VM_SPEED_PER_MILLE`]).
-fn ln_speed_for(ln_speed: f64, vm_job: bool, caps: &Capabilities) -> f64 {
-    if vm_job && caps.vm_accel == Some(VmAccel::Tcg) {
+/// that runs microVMs under TCG ([`TCG_VM_SPEED_PER_MILLE`]), and its emulated speed for a job of
+/// an architecture it emulates.
+fn ln_speed_for(ln_speed: f64, req: &shoal_dag::Requirements, caps: &Capabilities) -> f64 {
+    let ln_speed = match req.arch {
+        Some(a) if a != caps.arch => caps.speed_for(Some(a)).map_or(ln_speed, self::ln_speed),
+        _ => ln_speed,
+    };
+    if req.isolation == Some(shoal_dag::Isolation::Vm) && caps.vm_accel == Some(VmAccel::Tcg) {
         ln_speed + (f64::from(TCG_VM_SPEED_PER_MILLE) / 1000.0).ln()
     } else {
         ln_speed
@@ -107,14 +112,13 @@ impl NodeCore {
             let u = ((mix(point ^ p) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
             (-u.ln()).ln() - k * ln_speed
         };
-        let vm_job = req.isolation == Some(shoal_dag::Isolation::Vm);
-        let mine = (local(self.me), weighted(self.me, ln_speed_for(self.ln_speed, vm_job, &self.caps)));
+        let mine = (local(self.me), weighted(self.me, ln_speed_for(self.ln_speed, req, &self.caps)));
         let peers = self.dag_peers.get(dag).unwrap_or(&self.peers);
         let mut rank = 0;
         for &p in peers.iter().filter(|&&p| p != self.me) {
             let ln_speed = match self.peer_caps.peers.get(&p) {
                 Some((c, _)) if !mismatches(req, c).is_empty() => continue,
-                Some((c, ln)) => ln_speed_for(*ln, vm_job, c),
+                Some((c, ln)) => ln_speed_for(*ln, req, c),
                 None => 0.0,
             };
             let theirs = local(p);

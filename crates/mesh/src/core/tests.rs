@@ -14,6 +14,7 @@ fn caps(cores: u32) -> Capabilities {
         microvm: true,
         vm_accel: None,
         speed: crate::capabilities::SPEED_REFERENCE,
+        emulated: Vec::new(),
     }
 }
 
@@ -356,6 +357,36 @@ fn faster_peers_rank_first_for_most_jobs() {
     lone.handle_peer_caps(0, peers.iter().map(|p| (*p, Capabilities { speed: 9000, ..caps(0) })));
     lone.submit(0, h, dag.clone(), 1);
     assert!((0..200).all(|i| lone.rank_for(&h, i, 0) == 0));
+}
+
+#[test]
+fn a_native_node_ranks_before_one_that_emulates_the_jobs_arch() {
+    let jobs: Vec<String> = (0..200)
+        .map(|i| {
+            format!(r#"{{"id": "j{i}", "image": "b:1", "command": ["x"], "requirements": {{"arch": "aarch64"}}}}"#)
+        })
+        .collect();
+    let text = format!(r#"{{"version": 1, "jobs": [{}]}}"#, jobs.join(","));
+    let (h, dag) = (Hash::of(text.as_bytes()), parse_dag("d.json", &text).unwrap());
+    let emulating = Capabilities {
+        emulated: vec![crate::capabilities::Emulated { arch: Arch::Aarch64, speed: 150 }],
+        ..caps(1000)
+    };
+    let native = Capabilities { arch: Arch::Aarch64, ..caps(1000) };
+    // An x86 node that emulates aarch64, among 3 native aarch64 peers of its own speed: it is
+    // first for almost no job; with no native peer it is first for all of them.
+    let peers: Vec<NodeId> = (10..13).map(id_of).collect();
+    let mut n = NodeCore::new(SigningKey::from_bytes(&[4; 32]), emulating.clone());
+    n.handle_peers(0, peers.clone());
+    n.handle_peer_caps(0, peers.iter().map(|p| (*p, native.clone())));
+    n.submit(0, h, dag.clone(), 1);
+    let first = (0..200).filter(|&i| n.rank_for(&h, i, 0) == 0).count();
+    assert!(first < 5, "native peers come first: the emulating node first for {first}/200");
+    let mut alone = NodeCore::new(SigningKey::from_bytes(&[4; 32]), emulating);
+    alone.handle_peers(0, peers.clone());
+    alone.handle_peer_caps(0, peers.iter().map(|p| (*p, caps(1000))));
+    alone.submit(0, h, dag, 1);
+    assert!((0..200).all(|i| alone.rank_for(&h, i, 0) == 0), "x86 peers that do not emulate cannot run them");
 }
 
 #[test]

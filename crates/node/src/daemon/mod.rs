@@ -244,6 +244,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     // The cores announced to the mesh are the runner's budget, which explorer and local runs share.
     let runner = Runner::new(&store, &opts.run)?;
     let machine = runner.machine();
+    let speed = opts.speed.unwrap_or_else(crate::machine::core_speed);
     let caps = Capabilities {
         arch: crate::machine::dag_arch(),
         cores: runner.cores_total(),
@@ -260,7 +261,14 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
                 shoal_vm::microvm::Accel::Tcg => shoal_mesh::capabilities::VmAccel::Tcg,
             }
         }),
-        speed: opts.speed.unwrap_or_else(crate::machine::core_speed),
+        speed,
+        emulated: crate::machine::emulated_arches()
+            .iter()
+            .map(|(arch, _)| shoal_mesh::capabilities::Emulated {
+                arch: *arch,
+                speed: speed * shoal_mesh::capabilities::EMULATED_SPEED_PER_MILLE / 1000,
+            })
+            .collect(),
     };
     let settings = opts.settings.clone();
     let mut core = NodeCore::with_config(key.clone(), caps, settings.core);

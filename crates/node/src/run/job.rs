@@ -351,6 +351,7 @@ async fn execute(
     machine.backend = outcome.backend.clone();
     machine.qemu = outcome.vm.as_ref().map(|v| v.qemu.clone());
     machine.guest_kernel = outcome.vm.as_ref().map(|v| v.guest_kernel.clone());
+    machine.emulation = crate::machine::emulation_for(job.requirements.arch).ok().flatten();
     if let Some(vm) = &outcome.vm {
         tracing::debug!(timeline = ?vm.timeline, "microVM boot timeline (ms since QEMU started)");
     }
@@ -527,6 +528,10 @@ fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Op
         microvm: true,
         vm_accel: None,
         speed: SPEED_REFERENCE,
+        emulated: crate::machine::emulated_arches()
+            .iter()
+            .map(|(arch, _)| shoal_mesh::capabilities::Emulated { arch: *arch, speed: SPEED_REFERENCE })
+            .collect(),
     };
     let unmet: Vec<String> = mismatches(req, &here)
         .into_iter()
@@ -584,6 +589,7 @@ mod unmet_tests {
             accelerator: None,
             qemu: None,
             guest_kernel: None,
+            emulation: None,
         }
     }
 

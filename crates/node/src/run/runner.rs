@@ -375,6 +375,18 @@ fn sandbox_helper() -> Result<HelperCommand> {
 pub(super) async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
     use shoal_dag::Isolation;
     let backends = &ctx.runner.backends;
+    // Another architecture runs under qemu-user in the namespace sandbox: the host kernel's
+    // binfmt_misc handler is what runs its binaries, and a microVM's guest kernel has none.
+    if crate::machine::emulation_for(job.requirements.arch).map_err(|e| anyhow!("{e}"))?.is_some() {
+        match (job.requirements.isolation, ctx.backend) {
+            (Some(Isolation::Vm), _) | (_, BackendChoice::MicrovmOnly) => bail!(
+                "it needs an architecture this machine emulates, which runs in the namespace sandbox only, and \
+                 `isolation: vm` or --backend microvm-only; drop one of the two, or run it on a node of that \
+                 architecture"
+            ),
+            _ => return Ok(backends.namespace.clone()),
+        }
+    }
     let vm = match (job.requirements.isolation, ctx.backend) {
         (Some(Isolation::Vm), BackendChoice::Namespace) => bail!(
             "it requires `isolation: vm` and this run uses --backend namespace; run with --backend microvm \
