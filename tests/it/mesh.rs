@@ -205,14 +205,20 @@ fn fan_out_dag() -> String {
     serde_json::to_string_pretty(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap()
 }
 
-#[test]
-fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
+/// Four nodes in one mesh, the first holding busybox:latest: it, and the other three.
+fn four_nodes() -> (MeshNode, Vec<MeshNode>) {
     let first = Home::with_busybox();
     let key = mesh_key(first.path());
     let n0 = MeshNode::start(first, &key, &[], &[]);
     let others: Vec<MeshNode> = (0..3).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], &[])).collect();
+    wait_for_mesh(&std::iter::once(&n0).chain(others.iter()).collect::<Vec<_>>());
+    (n0, others)
+}
+
+#[test]
+fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
+    let (n0, others) = four_nodes();
     let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
-    wait_for_mesh(&all);
 
     let dag_file = n0.home.write("fan.json", &fan_out_dag());
     let dag = submit(&n0, &dag_file);
@@ -280,12 +286,7 @@ fn a_50_job_dag_spreads_over_4_nodes_and_every_output_is_everywhere() {
 /// answered with the record of its first run, wherever that ran, and its outputs are the same.
 #[test]
 fn an_edited_dag_resubmitted_elsewhere_runs_only_the_edited_job_and_its_dependants() {
-    let first = Home::with_busybox();
-    let key = mesh_key(first.path());
-    let n0 = MeshNode::start(first, &key, &[], &[]);
-    let others: Vec<MeshNode> = (0..3).map(|_| MeshNode::start(Home::empty(), &key, &[&n0.listen], &[])).collect();
-    let all: Vec<&MeshNode> = std::iter::once(&n0).chain(others.iter()).collect();
-    wait_for_mesh(&all);
+    let (n0, others) = four_nodes();
     let text = fan_out_dag();
     let dag = submit(&n0, &n0.home.write("fan.json", &text));
     let before = wait_dag(&n0, &dag, Duration::from_secs(120), "all 50 jobs done", |v| all_in(v, "done"));
