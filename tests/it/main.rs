@@ -12,6 +12,7 @@ mod federation_nat;
 mod federation_readme;
 mod federation_scale;
 mod fedlab;
+mod gpu;
 mod hardening;
 mod held_home;
 mod live;

@@ -137,6 +137,9 @@ pub struct Machine {
     /// it ran natively.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emulation: Option<String>,
+    /// The GPUs the job was given: model, vendor and driver version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
 }
 
 /// What a run produced (the seeds' "output description").

@@ -274,6 +274,7 @@ fn record(exit: Exit) -> RunRecord {
             qemu: None,
             guest_kernel: None,
             emulation: None,
+            gpus: Vec::new(),
         },
         holders: vec!["n1".into()],
     }

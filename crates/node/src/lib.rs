@@ -30,6 +30,7 @@ pub mod client;
 pub mod clock;
 pub mod daemon;
 pub mod explorer;
+pub mod gpu;
 pub mod held;
 pub mod human;
 pub mod identity;

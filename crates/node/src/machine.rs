@@ -96,6 +96,7 @@ pub fn describe(node_id: &str, backend: &str) -> Machine {
         qemu: None,
         guest_kernel: None,
         emulation: None,
+        gpus: Vec::new(),
     }
 }
 

@@ -66,6 +66,21 @@ pub struct Request {
     pub network: bool,
     /// A fresh host directory the backend may use; the caller deletes it.
     pub work_dir: PathBuf,
+    /// Host device nodes and files shown at their own paths (a GPU's nodes, its driver's
+    /// libraries: see [`HostMount`]); the namespace sandbox only.
+    #[serde(default)]
+    pub host_mounts: Vec<HostMount>,
+}
+
+/// A host file shown in the sandbox at `path` (absolute): a device node (usable: the sandbox's
+/// `/dev` allows devices) or, read-only, a file such as a GPU driver's library. A symlink is made
+/// again as a symlink with the same target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostMount {
+    pub host_path: PathBuf,
+    pub path: String,
+    /// A device node: bound as it is (not read-only).
+    pub device: bool,
 }
 
 /// A host file or directory shown read-only at `/input/<name>`.

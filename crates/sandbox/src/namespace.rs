@@ -354,6 +354,7 @@ impl NamespaceBackend {
             job: JobSpec::of(req),
             rootfs: req.rootfs.clone(),
             inputs: req.inputs.clone(),
+            host_mounts: req.host_mounts.clone(),
             staging_dir,
             cgroup_tasks,
             cgroup_procs,

@@ -275,6 +275,9 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
         return Err(e);
     }
     setup_dev(&root, mem)?;
+    for m in &req.host_mounts {
+        host_mount(&root, m)?;
+    }
 
     match fs::symlink_metadata(root.join("tmp")) {
         Ok(m) if m.is_dir() || m.file_type().is_symlink() => {}
@@ -334,6 +337,31 @@ fn setup_root(req: &HelperRequest) -> Result<(), String> {
     nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    Ok(())
+}
+
+/// Shows a host file in the sandbox at its path (see [`crate::HostMount`]): a symlink made again,
+/// a device node bound as it is, any other file bound read-only.
+fn host_mount(root: &Path, m: &crate::HostMount) -> Result<(), String> {
+    let rel = m.path.strip_prefix('/').filter(|r| !r.is_empty() && !r.split('/').any(|c| c == ".." || c.is_empty()));
+    let rel = rel.ok_or_else(|| format!("host mount path `{}` is not a plain absolute path", m.path))?;
+    let target = root.join(rel);
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    let meta = fs::symlink_metadata(&m.host_path).map_err(|e| format!("{}: {e}", m.host_path.display()))?;
+    if meta.file_type().is_symlink() {
+        let to = fs::read_link(&m.host_path).map_err(|e| format!("{}: {e}", m.host_path.display()))?;
+        let _ = fs::remove_file(&target);
+        return std::os::unix::fs::symlink(&to, &target).map_err(|e| format!("symlink {}: {e}", target.display()));
+    }
+    if fs::symlink_metadata(&target).is_err() {
+        File::create(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
+    }
+    mnt(m.host_path.to_str(), &target, None, MsFlags::MS_BIND, None)?;
+    if !m.device {
+        remount_ro(&target, &m.host_path)?;
+    }
     Ok(())
 }
 

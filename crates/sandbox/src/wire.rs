@@ -76,6 +76,9 @@ pub struct HelperRequest {
     /// Read-only lower layer of the overlay.
     pub rootfs: PathBuf,
     pub inputs: Vec<InputMount>,
+    /// See [`crate::Request::host_mounts`].
+    #[serde(default)]
+    pub host_mounts: Vec<crate::HostMount>,
     /// An empty host directory the sandbox mounts its staging tmpfs on.
     pub staging_dir: PathBuf,
     /// cgroup v1 `tasks` files the helper writes `0` into, joining the job's cgroups itself

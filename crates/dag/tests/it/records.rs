@@ -56,6 +56,7 @@ fn record() -> RunRecord {
             qemu: None,
             guest_kernel: None,
             emulation: None,
+            gpus: Vec::new(),
         },
         holders: vec!["n".into()],
     }

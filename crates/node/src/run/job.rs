@@ -273,6 +273,29 @@ async fn execute(
     let mut argv = image.config.entrypoint.clone();
     argv.extend(job.command.iter().cloned());
     let r = &job.requirements;
+    // GPUs asked for: lent for the run, their device nodes and driver libraries shown at their
+    // own paths.
+    let gpus = match &r.gpu {
+        Some(g) if g.count > 0 => {
+            Some(ctx.runner.gpus.take(g.count, g.model.as_deref()).await.map_err(|e| anyhow!(e))?)
+        }
+        _ => None,
+    };
+    let mut host_mounts: Vec<shoal_vm::HostMount> = Vec::new();
+    for gpu in gpus.iter().flat_map(|l| l.gpus()) {
+        for (host, device) in gpu
+            .nodes
+            .iter()
+            .map(|n| (n, true))
+            .chain(gpu.shared.iter().map(|s| (s, s.starts_with(gpu_root().join("dev")))))
+        {
+            if host_mounts.iter().any(|m| m.host_path == *host) {
+                continue;
+            }
+            let path = Path::new("/").join(host.strip_prefix(gpu_root()).unwrap_or(host));
+            host_mounts.push(shoal_vm::HostMount { host_path: host.clone(), path: path.display().to_string(), device });
+        }
+    }
     let request = Request {
         rootfs,
         argv,
@@ -294,6 +317,7 @@ async fn execute(
         },
         network: r.network,
         work_dir: work.path().to_path_buf(),
+        host_mounts,
     };
     let started_unix_ms = now_unix_ms();
     let backend = backend_for(ctx, job).await?;
@@ -352,6 +376,8 @@ async fn execute(
     machine.qemu = outcome.vm.as_ref().map(|v| v.qemu.clone());
     machine.guest_kernel = outcome.vm.as_ref().map(|v| v.guest_kernel.clone());
     machine.emulation = crate::machine::emulation_for(job.requirements.arch).ok().flatten();
+    machine.gpus = gpus.iter().flat_map(|l| l.gpus()).map(crate::gpu::Gpu::describe).collect();
+    drop(gpus);
     if let Some(vm) = &outcome.vm {
         tracing::debug!(timeline = ?vm.timeline, "microVM boot timeline (ms since QEMU started)");
     }
@@ -456,6 +482,11 @@ async fn flipped(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest> {
     put_bytes(ctx, bytes).await
 }
 
+/// The root GPUs are found under (see [`crate::gpu::GPU_ROOT_ENV`]).
+fn gpu_root() -> std::path::PathBuf {
+    std::env::var_os(crate::gpu::GPU_ROOT_ENV).map_or_else(|| "/".into(), Into::into)
+}
+
 async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {
     let size = bytes.len() as u64;
     let hash = ctx.runner.store.put_bytes(bytes).await?;
@@ -523,7 +554,7 @@ fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Op
         cores: u32::MAX,
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
-        gpus: Vec::new(),
+        gpus: crate::gpu::host().iter().map(|g| g.model.clone()).collect(),
         labels: Default::default(),
         microvm: true,
         vm_accel: None,
@@ -590,6 +621,7 @@ mod unmet_tests {
             qemu: None,
             guest_kernel: None,
             emulation: None,
+            gpus: Vec::new(),
         }
     }
 

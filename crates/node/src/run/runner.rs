@@ -69,6 +69,8 @@ pub(crate) struct Runner {
     pub(super) work_dirs: Arc<WorkDirs>,
     /// See [`RunOptions::test_flip_outputs`].
     pub(super) test_flip_outputs: bool,
+    /// This host's GPUs, each lent to one job at a time.
+    pub(super) gpus: crate::gpu::GpuPool,
 }
 
 /// Cores given to jobs and jobs in flight: the runner's, or a run's own smaller share of them.
@@ -185,6 +187,7 @@ impl Runner {
             budget: Budget::new(cores_total),
             work_dirs: Arc::new(WorkDirs::default()),
             test_flip_outputs: opts.test_flip_outputs,
+            gpus: crate::gpu::GpuPool::new(crate::gpu::host().to_vec()),
         }))
     }
 
@@ -375,6 +378,18 @@ fn sandbox_helper() -> Result<HelperCommand> {
 pub(super) async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
     use shoal_dag::Isolation;
     let backends = &ctx.runner.backends;
+    // GPUs are handed to the namespace sandbox (their nodes and driver libraries bound in);
+    // passing one to a microVM (VFIO) is not built.
+    if job.requirements.gpu.as_ref().is_some_and(|g| g.count > 0) {
+        match (job.requirements.isolation, ctx.backend) {
+            (Some(Isolation::Vm), _) | (_, BackendChoice::MicrovmOnly) => bail!(
+                "it needs a GPU, which this node hands to the namespace sandbox only (a GPU in a microVM \
+                 needs VFIO passthrough, not built yet), and `isolation: vm` or --backend microvm-only; \
+                 drop one of the two"
+            ),
+            _ => return Ok(backends.namespace.clone()),
+        }
+    }
     // Another architecture runs under qemu-user in the namespace sandbox: the host kernel's
     // binfmt_misc handler is what runs its binaries, and a microVM's guest kernel has none.
     if crate::machine::emulation_for(job.requirements.arch).map_err(|e| anyhow!("{e}"))?.is_some() {

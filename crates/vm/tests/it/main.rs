@@ -162,6 +162,7 @@ impl Fixture {
             limits: Limits { timeout_ms: 20_000, memory_bytes: 256 << 20, ..Limits::default() },
             network: false,
             work_dir,
+            host_mounts: Vec::new(),
         }
     }
 

@@ -1,0 +1,82 @@
+//! GPUs (issue 20, item 4), on a fake machine: `SHOAL_GPU_ROOT` points the node's detection at a
+//! tree that looks like the /proc, /sys and /dev of a host with two NVIDIA GPUs (and their driver)
+//! and an AMD one. A job asking for a GPU gets one of them: its device node, the driver's shared
+//! nodes and user-space libraries at their own paths, and the record names it with the driver.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const MODEL: &str = "NVIDIA GeForce RTX 3060";
+
+fn fake_machine(dir: &Path) {
+    let w = |p: &str, text: &str| {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    for (i, bus) in ["0000:01:00.0", "0000:02:00.0"].iter().enumerate() {
+        w(
+            &format!("proc/driver/nvidia/gpus/{bus}/information"),
+            &format!("Model: \t\t {MODEL}\nDevice Minor: \t {i}\n"),
+        );
+        w(&format!("dev/nvidia{i}"), &format!("fake nvidia{i}\n"));
+    }
+    w("proc/driver/nvidia/version", "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.54.03  Tue Jun  6 2023\n");
+    w("dev/nvidiactl", "fake nvidiactl\n");
+    w("usr/lib/x86_64-linux-gnu/libcuda.so.535.54.03", "fake libcuda\n");
+    std::os::unix::fs::symlink("libcuda.so.535.54.03", dir.join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap();
+    w("sys/class/drm/renderD128/device/vendor", "0x1002\n");
+    w("sys/class/drm/renderD128/device/device", "0x73bf\n");
+    w("dev/dri/renderD128", "fake render\n");
+}
+
+fn shoal(home: &Home, root: Option<&Path>, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(shoal_bin());
+    cmd.args(args).env("SHOAL_HOME", home.store()).env_remove("RUST_LOG").current_dir(home.path());
+    match root {
+        Some(r) => cmd.env("SHOAL_GPU_ROOT", r),
+        None => cmd.env_remove("SHOAL_GPU_ROOT"),
+    };
+    run_with_deadline(cmd)
+}
+
+#[test]
+fn a_job_asking_for_a_gpu_gets_one_of_the_machines_with_its_driver() {
+    let home = Home::with_busybox();
+    let root = home.path().join("machine");
+    fake_machine(&root);
+    let dag = |count: u32| {
+        format!(
+            r#"{{"version": 1, "jobs": [{{"id": "g", "image": "busybox:latest",
+                "command": ["sh", "-c", "cat /dev/nvidia* /usr/lib/x86_64-linux-gnu/libcuda.so.1; ls /dev"],
+                "outputs": {{"o": "stdout"}}, "requirements": {{"gpu": {{"count": {count}, "model": "{MODEL}"}}}}}}]}}"#
+        )
+    };
+    let one = home.write("gpu.json", &dag(1));
+    let run = shoal(&home, Some(&root), &["run", one.to_str().unwrap()]);
+    assert_success(&run, "shoal run of a GPU job");
+    let out = stdout(&shoal(&home, Some(&root), &["get", "g", "o"]));
+    // One GPU of the two: its node and the shared control node, the driver's library through its
+    // symlink; not the other GPU's node.
+    assert!(out.contains("fake nvidia0\n") && out.contains("fake nvidiactl\n"), "{out}");
+    assert!(out.contains("fake libcuda\n"), "{out}");
+    assert!(!out.contains("nvidia1"), "only the lent GPU: {out}");
+    let record: Value = serde_json::from_str(&stdout(&shoal(&home, Some(&root), &["show", "g"]))).unwrap();
+    assert_eq!(record["machine"]["gpus"], serde_json::json!([format!("{MODEL} (nvidia, driver 535.54.03)")]));
+    assert_eq!(record["machine"]["backend"], "namespace");
+
+    // More than the machine has, or a machine without any: refused with what it lacks.
+    let three = home.write("gpu3.json", &dag(3));
+    let run = shoal(&home, Some(&root), &["run", "--no-cache", three.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("needs 3 GPU(s)") && err.contains("has 2"), "{err}");
+    let run = shoal(&home, None, &["run", "--no-cache", one.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("needs 1 GPU(s)") && err.contains("has 0"), "{err}");
+}
