@@ -29,9 +29,32 @@ fn fake_machine(dir: &Path) {
     w("dev/nvidiactl", "fake nvidiactl\n");
     w("usr/lib/x86_64-linux-gnu/libcuda.so.535.54.03", "fake libcuda\n");
     std::os::unix::fs::symlink("libcuda.so.535.54.03", dir.join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap();
+    w("usr/lib/x86_64-linux-gnu/libc.so.6", "not a driver library\n");
     w("sys/class/drm/renderD128/device/vendor", "0x1002\n");
     w("sys/class/drm/renderD128/device/device", "0x73bf\n");
+    w("sys/class/drm/renderD128/device/mem_info_vram_total", "17163091968\n");
     w("dev/dri/renderD128", "fake render\n");
+}
+
+#[test]
+fn doctor_lists_the_fake_machines_nvidia_gpus_with_their_driver_and_its_render_node() {
+    let home = Home::empty();
+    let root = home.path().join("machine");
+    fake_machine(&root);
+    let out = shoal(&home, Some(&root), &["doctor", "--json"]);
+    assert_success(&out, "shoal doctor");
+    let checks: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let gpus = checks.as_array().unwrap().iter().find(|c| c["check"] == "GPUs").unwrap()["detail"].clone();
+    let r = root.display();
+    assert_eq!(
+        gpus.as_str().unwrap(),
+        format!(
+            "{MODEL} (nvidia, driver 535.54.03) at {r}/dev/nvidia0; {MODEL} (nvidia, driver 535.54.03) at \
+             {r}/dev/nvidia1; amd 0x73bf (amd), 16.0 GiB at {r}/dev/dri/renderD128"
+        )
+    );
+    let none = shoal(&home, Some(&root.join("nowhere")), &["doctor", "--json"]);
+    assert!(stdout(&none).contains("\"none found\""), "{}", stdout(&none));
 }
 
 fn shoal(home: &Home, root: Option<&Path>, args: &[&str]) -> std::process::Output {

@@ -390,6 +390,12 @@ fn a_node_whose_outputs_are_wrong_is_found_by_verify_and_quarantined_out_of_the_
     }
     let peers = trusting.cli(&["peers"]);
     assert!(stdout(&peers).contains(&format!("quarantined: {} by {}", &bad.node[..12], &careful.node[..12])));
+    // The careful node's run too (the quarantine can arrive first), and the careful node itself,
+    // which holds it (just restarted, a node that cannot reach the maker yet runs the job itself).
+    wait_dag(&trusting, &dag, Duration::from_secs(30), "the careful node's run heard", |v| {
+        v["jobs"]["hello"]["node"] == careful.node.as_str()
+    });
+    wait_for_mesh(&[&bad, &careful, &trusting]);
     let got = run_here(&trusting);
     assert_eq!(got["outputs"]["out"]["hash"], good_out, "{got}");
     assert_eq!(got["cached_from"].as_str(), Some(careful.node.as_str()), "{got}");

@@ -131,6 +131,26 @@ pub fn doctor(home: &std::path::Path, json: bool) -> Result<()> {
         Ok(()) => checks.push(("namespace backend", true, "user, mount, pid, net, ipc, uts namespaces work".into())),
         Err(why) => checks.push(("namespace backend", false, why.to_string())),
     }
+    let gpus = crate::gpu::host();
+    let described: Vec<String> = gpus
+        .iter()
+        .map(|g| {
+            let memory = g.memory_bytes.map(|m| format!(", {}", crate::output::bytes(m))).unwrap_or_default();
+            let nodes: Vec<String> = g.nodes.iter().map(|n| n.display().to_string()).collect();
+            format!("{}{memory} at {}", g.describe(), nodes.join(" "))
+        })
+        .collect();
+    checks.push(("GPUs", true, if gpus.is_empty() { "none found".into() } else { described.join("; ") }));
+    let emulated: Vec<String> = emulated_arches().iter().map(|(a, i)| format!("{a:?} ({i})").to_lowercase()).collect();
+    checks.push((
+        "emulated architectures",
+        true,
+        if emulated.is_empty() {
+            "none (install qemu-user-static: scripts/setup.sh)".into()
+        } else {
+            emulated.join(", ")
+        },
+    ));
     let registry = which("docker-registry");
     checks.push((
         "docker-registry (tests)",
