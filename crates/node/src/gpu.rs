@@ -75,13 +75,33 @@ pub fn detect(root: &Path) -> Vec<Gpu> {
 pub fn host() -> &'static [Gpu] {
     static FOUND: std::sync::OnceLock<Vec<Gpu>> = std::sync::OnceLock::new();
     FOUND.get_or_init(|| {
-        let root = std::env::var_os(GPU_ROOT_ENV).map_or_else(|| PathBuf::from("/"), PathBuf::from);
-        let gpus = detect(&root);
+        let gpus = detect(&root());
         for g in &gpus {
             tracing::info!(vendor = g.vendor, model = g.model, driver = ?g.driver, "GPU found");
         }
         gpus
     })
+}
+
+/// Where GPUs are looked for: `/`, or `SHOAL_GPU_ROOT`.
+fn root() -> PathBuf {
+    std::env::var_os(GPU_ROOT_ENV).map_or_else(|| PathBuf::from("/"), PathBuf::from)
+}
+
+/// What a job lent `gpus` (of [`host`]) sees: each one's nodes and the shared nodes and libraries,
+/// once each, at their paths on the machine (the root taken off); what is under `dev/` is a device.
+pub(crate) fn host_mounts<'a>(gpus: impl Iterator<Item = &'a Gpu>) -> Vec<shoal_vm::HostMount> {
+    let (root, mut mounts) = (root(), Vec::<shoal_vm::HostMount>::new());
+    for host in gpus.flat_map(|g| g.nodes.iter().chain(g.shared.iter())) {
+        if mounts.iter().any(|m| m.host_path == *host) {
+            continue;
+        }
+        let inside = host.strip_prefix(&root).unwrap_or(host);
+        let device = inside.starts_with("dev");
+        let path = Path::new("/").join(inside).display().to_string();
+        mounts.push(shoal_vm::HostMount { host_path: host.clone(), path, device });
+    }
+    mounts
 }
 
 fn nvidia(root: &Path) -> Vec<Gpu> {

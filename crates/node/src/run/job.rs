@@ -281,21 +281,7 @@ async fn execute(
         }
         _ => None,
     };
-    let mut host_mounts: Vec<shoal_vm::HostMount> = Vec::new();
-    for gpu in gpus.iter().flat_map(|l| l.gpus()) {
-        for (host, device) in gpu
-            .nodes
-            .iter()
-            .map(|n| (n, true))
-            .chain(gpu.shared.iter().map(|s| (s, s.starts_with(gpu_root().join("dev")))))
-        {
-            if host_mounts.iter().any(|m| m.host_path == *host) {
-                continue;
-            }
-            let path = Path::new("/").join(host.strip_prefix(gpu_root()).unwrap_or(host));
-            host_mounts.push(shoal_vm::HostMount { host_path: host.clone(), path: path.display().to_string(), device });
-        }
-    }
+    let host_mounts = gpus.as_ref().map(|l| crate::gpu::host_mounts(l.gpus())).unwrap_or_default();
     let request = Request {
         rootfs,
         argv,
@@ -480,11 +466,6 @@ async fn flipped(ctx: &Ctx, captured: &shoal_vm::Captured) -> Result<Digest> {
         *b ^= 1;
     }
     put_bytes(ctx, bytes).await
-}
-
-/// The root GPUs are found under (see [`crate::gpu::GPU_ROOT_ENV`]).
-fn gpu_root() -> std::path::PathBuf {
-    std::env::var_os(crate::gpu::GPU_ROOT_ENV).map_or_else(|| "/".into(), Into::into)
 }
 
 async fn put_bytes(ctx: &Ctx, bytes: Vec<u8>) -> Result<Digest> {
