@@ -126,6 +126,14 @@ pub enum ImageError {
     /// No image carries the tag.
     #[error("no image tagged `{tag}`; run `shoal image ls`, or `shoal image import`/`pull` it")]
     UnknownTag { tag: String },
+    /// The tag's image is for another platform than the job's, and no import gave the tag one
+    /// for the job's.
+    #[error(
+        "image `{tag}` is linux/{has}, the job asks for {wants}; import the image's linux/{wants_oci} \
+         entry too (`shoal image import --platform linux/{wants_oci} ...` or `shoal image pull --platform \
+         linux/{wants_oci} ...`), or drop `requirements.arch`"
+    )]
+    WrongPlatform { tag: String, has: String, wants: String, wants_oci: String },
     /// No image has the OCI digest.
     #[error("no image with digest `sha256:{digest}`; run `shoal image ls`, or `shoal image import`/`pull` it")]
     UnknownDigest { digest: String },

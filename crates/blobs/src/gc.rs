@@ -84,7 +84,7 @@ impl Store {
         let m = self.meta();
         let mut live: HashSet<Hash> = HashSet::new();
         let mut image_ids: HashSet<Hash> = HashSet::new();
-        for tree in [&m.images, &m.image_digests] {
+        for tree in [&m.images, &m.image_platforms, &m.image_digests] {
             for kv in tree.iter() {
                 let (_, v) = kv.map_err(StoreError::meta("read"))?;
                 image_ids.extend(hash_of(&v));

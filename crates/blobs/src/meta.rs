@@ -6,6 +6,7 @@
 //! | `records_by_job` | job id (UTF-8) | latest record hash |
 //! | `records` | record hash | the record's CBOR (a cache of the blob, for the hot path) |
 //! | `images` | tag (UTF-8) | image id |
+//! | `image_platforms` | tag ‖ 0 ‖ arch (`x86_64`, `aarch64`, ...) | image id: the tag's image for that platform |
 //! | `image_digests` | `sha256` hex of a manifest or config | image id |
 //! | `image_blobs` | image id | CBOR `ImageInfo`: blobs the image keeps, its OCI digest |
 //! | `sha256` | sha256 hex | blake3 hash of the same bytes |
@@ -33,6 +34,7 @@ pub(crate) struct Meta {
     pub records_by_job: sled::Tree,
     pub records: sled::Tree,
     pub images: sled::Tree,
+    pub image_platforms: sled::Tree,
     pub image_digests: sled::Tree,
     pub image_blobs: sled::Tree,
     pub sha256: sled::Tree,
@@ -56,6 +58,7 @@ impl Meta {
             records_by_job: db.open_tree("records_by_job")?,
             records: db.open_tree("records")?,
             images: db.open_tree("images")?,
+            image_platforms: db.open_tree("image_platforms")?,
             image_digests: db.open_tree("image_digests")?,
             image_blobs: db.open_tree("image_blobs")?,
             sha256: db.open_tree("sha256")?,

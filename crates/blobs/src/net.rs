@@ -833,7 +833,11 @@ impl BlobNode {
         bytes += self.fetch_tree(image.rootfs, providers).await?;
         let m = store.meta();
         if !m.image_blobs.contains_key(id.0).map_err(StoreError::meta("read"))? {
-            let info = ImageInfo { keeps: Vec::new(), oci_digest: image.oci_digest.clone() };
+            let info = ImageInfo {
+                keeps: Vec::new(),
+                oci_digest: image.oci_digest.clone(),
+                arch: Some(image.config.arch.clone()),
+            };
             let mut cbor = Vec::new();
             ciborium::into_writer(&info, &mut cbor).expect("writing to a Vec cannot fail");
             Meta::put(&m.image_blobs, &id.0, &cbor)?;

@@ -99,6 +99,17 @@ pub enum Arch {
     Riscv64,
 }
 
+impl Arch {
+    /// As DAGs, images and `uname -m` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+            Arch::Riscv64 => "riscv64",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
     pub count: u32,

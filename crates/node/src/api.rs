@@ -464,6 +464,9 @@ pub struct PullRequest {
     pub reference: String,
     /// A local tag for it.
     pub tag: Option<String>,
+    /// The platform to pull, `linux/arm64` (default: the node's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// `POST /v1/local/gc`: what the collection did (`shoal_blobs::GcReport`).
@@ -849,7 +852,7 @@ mod tests {
     fn local_images_pull_and_gc() {
         check(StoredImage { image: h(H1) }, &format!(r#"{{"image":"{H1}"}}"#));
         check(
-            PullRequest { insecure: false, reference: "alpine:3".into(), tag: None },
+            PullRequest { insecure: false, reference: "alpine:3".into(), tag: None, platform: None },
             r#"{"insecure":false,"reference":"alpine:3","tag":null}"#,
         );
         // An older client may leave `insecure` out.

@@ -205,10 +205,18 @@ impl Held {
     }
 
     /// `shoal image import PATH` (an OCI layout directory, sent as an OCI archive, or an archive).
-    pub fn image_import(&self, path: &Path, tag: Option<&str>) -> Result<Hash> {
+    pub fn image_import(
+        &self,
+        path: &Path,
+        tag: Option<&str>,
+        platform: Option<&shoal_blobs::image::ImagePlatform>,
+    ) -> Result<Hash> {
         let mut query = format!("?name={}", percent_encode(&path.display().to_string()));
         if let Some(tag) = tag {
             query.push_str(&format!("&tag={}", percent_encode(tag)));
+        }
+        if let Some(p) = platform {
+            query.push_str(&format!("&platform={}", percent_encode(&p.to_string())));
         }
         let route = format!("/v1/local/images/import{query}");
         let meta = std::fs::metadata(path).map_err(|source| shoal_blobs::ImageError::Io {
@@ -226,8 +234,19 @@ impl Held {
     }
 
     /// `shoal image pull`.
-    pub fn image_pull(&self, reference: &str, tag: Option<&str>, insecure: bool) -> Result<Hash> {
-        let request = PullRequest { insecure, reference: reference.to_string(), tag: tag.map(str::to_string) };
+    pub fn image_pull(
+        &self,
+        reference: &str,
+        tag: Option<&str>,
+        insecure: bool,
+        platform: Option<&shoal_blobs::image::ImagePlatform>,
+    ) -> Result<Hash> {
+        let request = PullRequest {
+            insecure,
+            reference: reference.to_string(),
+            tag: tag.map(str::to_string),
+            platform: platform.map(|p| p.to_string()),
+        };
         let reply: StoredImage = self.post_json("/v1/local/images/pull", &request)?;
         Ok(reply.image)
     }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use build::build_oci_layout_from_dir;
+pub use oci::ImagePlatform;
 pub use registry::PullOptions;
 
 use crate::error::ImageError;
@@ -65,6 +66,9 @@ pub(crate) struct ImageInfo {
     /// Blobs kept with the image: manifest, config, layer trees.
     pub keeps: Vec<Hash>,
     pub oci_digest: Option<String>,
+    /// Its config's architecture (absent in entries of stores older than platforms).
+    #[serde(default)]
+    pub arch: Option<String>,
 }
 
 /// One tag of the index.
@@ -109,7 +113,7 @@ pub mod fuzz {
         let m: Manifest =
             serde_json::from_slice(raw).map_err(|e| ImageError::format(source, format!("manifest: {e}")))?;
         if m.is_index() {
-            let picked = pick_platform(&m, source)?.digest.clone();
+            let picked = pick_platform(&m, source, None)?.digest.clone();
             return Ok(ManifestRead::Index { picked: sha256_of_digest(&picked, source)? });
         }
         let config = m.config.as_ref().ok_or_else(|| ImageError::format(source, "the manifest has no config"))?;
@@ -145,6 +149,15 @@ pub mod fuzz {
     pub async fn merge_layers(store: &Store, lower: Option<Hash>, upper: Hash) -> Result<Hash, StoreError> {
         store.merge_trees(lower, upper).await
     }
+}
+
+/// The `image_platforms` key of `tag`'s image for `arch`; with `arch` empty, the prefix of all.
+fn platform_key(tag: &str, arch: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tag.len() + 1 + arch.len());
+    k.extend_from_slice(tag.as_bytes());
+    k.push(0);
+    k.extend_from_slice(arch.as_bytes());
+    k
 }
 
 pub(crate) fn oci_arch_to_shoal(arch: &str) -> String {
@@ -184,15 +197,22 @@ impl Store {
     }
 
     fn image_digest_of(&self, id: Hash) -> Option<String> {
-        let bytes = self.meta().image_blobs.get(id.0).ok()??;
-        let info: ImageInfo = crate::from_cbor(&bytes).ok()?;
-        info.oci_digest
+        self.image_info(id)?.oci_digest
     }
 
-    /// Points `tag` (a bare name means `:latest`) at image `id`.
+    fn image_info(&self, id: Hash) -> Option<ImageInfo> {
+        let bytes = self.meta().image_blobs.get(id.0).ok()??;
+        crate::from_cbor(&bytes).ok()
+    }
+
+    /// Points `tag` (a bare name means `:latest`) at image `id`, and the tag's image for `id`'s
+    /// platform at it too: a tag names one image per platform, and the last import's unqualified.
     pub fn tag_image(&self, tag: &str, id: Hash) -> Result<(), ImageError> {
         let tag = normalize_tag(tag);
         Meta::put(&self.meta().images, tag.as_bytes(), &id.0)?;
+        if let Some(arch) = self.image_info(id).and_then(|i| i.arch) {
+            Meta::put(&self.meta().image_platforms, &platform_key(&tag, &arch), &id.0)?;
+        }
         self.meta().flush()?;
         tracing::info!(%tag, %id, "tagged image");
         Ok(())
@@ -206,6 +226,9 @@ impl Store {
         let Some(old) = m.images.remove(tag.as_bytes()).map_err(StoreError::meta("write"))? else {
             return Ok(false);
         };
+        for k in m.image_platforms.scan_prefix(platform_key(&tag, "")).keys() {
+            m.image_platforms.remove(k.map_err(StoreError::meta("read"))?).map_err(StoreError::meta("write"))?;
+        }
         let id = hash_of(&old);
         let still_tagged = m.images.iter().values().any(|v| v.ok().and_then(|v| hash_of(&v)) == id);
         if !still_tagged {
@@ -229,11 +252,34 @@ impl Store {
     /// Finds an image by tag (`busybox:latest`; a bare name means `:latest`), by `sha256:` digest
     /// of its manifest (or of its config, docker's image id), or by `blake3:` id.
     pub async fn resolve_image(&self, r: &ImageRef) -> Result<(Hash, Image), ImageError> {
+        self.resolve_image_for(r, None).await
+    }
+
+    /// [`Store::resolve_image`] for a job of architecture `arch` (shoal's name; `None`: this
+    /// machine's, preferred but not required): a tag gives its image for that platform where
+    /// one was imported, else its last import's, which must then be for `arch`.
+    pub async fn resolve_image_for(&self, r: &ImageRef, arch: Option<&str>) -> Result<(Hash, Image), ImageError> {
         let m = self.meta();
         let id = match r {
             ImageRef::Tag(t) => {
                 let tag = normalize_tag(t);
-                Meta::get_hash(&m.images, tag.as_bytes())?.ok_or(ImageError::UnknownTag { tag })?
+                let want = arch.unwrap_or(std::env::consts::ARCH);
+                let id = match Meta::get_hash(&m.image_platforms, &platform_key(&tag, want))? {
+                    Some(id) => id,
+                    None => {
+                        Meta::get_hash(&m.images, tag.as_bytes())?.ok_or(ImageError::UnknownTag { tag: tag.clone() })?
+                    }
+                };
+                let image = self.get_image(id).await?.ok_or(ImageError::UnknownId { id })?;
+                if let Some(wants) = arch.filter(|a| *a != image.config.arch) {
+                    return Err(ImageError::WrongPlatform {
+                        tag,
+                        has: shoal_arch_to_oci(&image.config.arch),
+                        wants: wants.to_owned(),
+                        wants_oci: shoal_arch_to_oci(wants),
+                    });
+                }
+                return Ok((id, image));
             }
             ImageRef::Sha256(hex) => {
                 let hex = hex.strip_prefix("sha256:").unwrap_or(hex).to_owned();
@@ -261,7 +307,11 @@ impl Store {
         for d in digests {
             Meta::put(&m.image_digests, d.as_bytes(), &id.0)?;
         }
-        let info = ImageInfo { keeps: keeps.to_vec(), oci_digest: image.oci_digest.clone() };
+        let info = ImageInfo {
+            keeps: keeps.to_vec(),
+            oci_digest: image.oci_digest.clone(),
+            arch: Some(image.config.arch.clone()),
+        };
         let mut info_cbor = Vec::new();
         ciborium::into_writer(&info, &mut info_cbor).expect("writing to a Vec cannot fail");
         Meta::put(&m.image_blobs, &id.0, &info_cbor)?;

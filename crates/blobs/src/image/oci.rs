@@ -26,6 +26,8 @@ pub(crate) struct Platform {
     pub architecture: String,
     #[serde(default)]
     pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,18 +116,102 @@ pub(crate) fn sha256_of_digest(digest: &str, source: &str) -> Result<String, Ima
     }
 }
 
-/// Picks the linux/amd64 entry of an index (or its only entry).
-pub(crate) fn pick_platform<'a>(index: &'a Manifest, source: &str) -> Result<&'a Descriptor, ImageError> {
-    if index.manifests.len() == 1 {
+/// Picks the entry of an index for `want` (an import's `--platform`), or else this machine's
+/// platform; an index of one image gives it, whatever its platform, unless one was asked for.
+/// Entries for no platform (`unknown/unknown`: build attestations) are never picked.
+pub(crate) fn pick_platform<'a>(
+    index: &'a Manifest,
+    source: &str,
+    want: Option<&ImagePlatform>,
+) -> Result<&'a Descriptor, ImageError> {
+    if index.manifests.len() == 1 && want.is_none() {
         return Ok(&index.manifests[0]);
     }
-    index
-        .manifests
-        .iter()
-        .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
-        .ok_or_else(|| {
-            ImageError::format(source, "the image index has no linux/amd64 image; shoal runs linux/amd64 only")
-        })
+    let host = ImagePlatform::host();
+    let goal = want.unwrap_or(&host);
+    let found = index.manifests.iter().find(|d| match &d.platform {
+        Some(p) => goal.matches(p),
+        // An entry without a platform (older docker lists) is the only one of its index.
+        None => index.manifests.len() == 1 && want.is_some_and(|w| *w == host),
+    });
+    found.ok_or_else(|| {
+        let has: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .filter(|p| p.os != "unknown")
+            .map(|p| match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            })
+            .collect();
+        let has = if has.is_empty() { "no platform named".to_owned() } else { has.join(", ") };
+        ImageError::format(
+            source,
+            format!("the image index has no {goal} image (it has {has}); pick one with `--platform`"),
+        )
+    })
+}
+
+/// An image platform, as `--platform` names it: `linux/arm64`, `linux/arm/v7`, `arm64`, or
+/// shoal's architecture names (`aarch64`). Only linux images run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePlatform {
+    /// OCI's name: `amd64`, `arm64`, `riscv64`.
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl ImagePlatform {
+    /// This machine's.
+    pub fn host() -> ImagePlatform {
+        ImagePlatform::for_arch(std::env::consts::ARCH)
+    }
+
+    /// The platform of shoal's architecture `arch` (`x86_64`, `aarch64`, `riscv64`).
+    pub fn for_arch(arch: &str) -> ImagePlatform {
+        ImagePlatform { arch: super::shoal_arch_to_oci(arch), variant: None }
+    }
+
+    /// shoal's name of the architecture (`x86_64`, `aarch64`), as images and jobs say it.
+    pub fn shoal_arch(&self) -> String {
+        super::oci_arch_to_shoal(&self.arch)
+    }
+
+    fn matches(&self, p: &Platform) -> bool {
+        p.os == "linux"
+            && p.architecture == self.arch
+            && self.variant.as_ref().is_none_or(|v| p.variant.as_deref() == Some(v.as_str()))
+    }
+}
+
+impl std::str::FromStr for ImagePlatform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ImagePlatform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (arch, variant) = match parts.as_slice() {
+            ["linux", arch] | [arch] => (*arch, None),
+            ["linux", arch, variant] => (*arch, Some((*variant).to_owned())),
+            _ => return Err(format!("`{s}` is not a platform; write it as docker does: `linux/arm64`, `linux/amd64`")),
+        };
+        let known = ["amd64", "arm64", "riscv64", "arm", "386", "ppc64le", "s390x", "x86_64", "aarch64"];
+        if !known.contains(&arch) {
+            return Err(format!(
+                "`{s}`: unknown architecture `{arch}`; shoal runs linux/amd64, linux/arm64 and linux/riscv64"
+            ));
+        }
+        Ok(ImagePlatform { arch: super::shoal_arch_to_oci(arch), variant })
+    }
+}
+
+impl std::fmt::Display for ImagePlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.variant {
+            Some(v) => write!(f, "linux/{}/{v}", self.arch),
+            None => write!(f, "linux/{}", self.arch),
+        }
+    }
 }
 
 /// Removes a temporary directory when dropped.
@@ -279,18 +365,17 @@ impl Store {
         tag: Option<&str>,
         progress: Option<ProgressFn>,
     ) -> Result<ImageId, ImageError> {
-        let plan = layout_plan(dir, tag, None)?;
-        self.run_import(plan, progress).await
+        self.import_image_for(dir, tag, None, progress).await
     }
 
     /// Imports a `docker save` archive, or an OCI archive (a layout packed in a tar).
     pub async fn import_docker_archive(&self, tar: &Path, tag: Option<&str>) -> Result<ImageId, ImageError> {
-        self.import_archive(tar, tag, None).await
+        self.import_image_for(tar, tag, None, None).await
     }
 
     /// A directory is read as an OCI layout; a file as a `docker save` or OCI archive.
     pub async fn import_image_path(&self, path: &Path, tag: Option<&str>) -> Result<ImageId, ImageError> {
-        self.import_image_path_with_progress(path, tag, None).await
+        self.import_image_for(path, tag, None, None).await
     }
 
     pub async fn import_image_path_with_progress(
@@ -299,11 +384,26 @@ impl Store {
         tag: Option<&str>,
         progress: Option<ProgressFn>,
     ) -> Result<ImageId, ImageError> {
+        self.import_image_for(path, tag, None, progress).await
+    }
+
+    /// Imports the image at `path` (an OCI layout directory, an OCI archive or a `docker save`
+    /// archive) for `platform`: an index's entry for it, and an error when the image is for
+    /// another. Without `platform`, an index's entry for this machine, or its only entry.
+    pub async fn import_image_for(
+        &self,
+        path: &Path,
+        tag: Option<&str>,
+        platform: Option<&ImagePlatform>,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImageId, ImageError> {
         let md = std::fs::metadata(path).map_err(ImageError::io("cannot read", path))?;
         if md.is_dir() {
-            self.import_oci_layout_with_progress(path, tag, progress).await
+            let plan = layout_plan(path, tag, None, platform)?;
+            check_platform(&plan, platform)?;
+            self.run_import(plan, progress).await
         } else {
-            self.import_archive(path, tag, progress).await
+            self.import_archive(path, tag, platform, progress).await
         }
     }
 
@@ -311,6 +411,7 @@ impl Store {
         &self,
         tar: &Path,
         tag: Option<&str>,
+        platform: Option<&ImagePlatform>,
         progress: Option<ProgressFn>,
     ) -> Result<ImageId, ImageError> {
         let dir = self.temp_dir("archive")?;
@@ -327,7 +428,7 @@ impl Store {
             let docker_tag = docker_repo_tag(&dir);
             let tag = tag.map(str::to_owned).or(docker_tag);
             let plan = if dir.join("index.json").is_file() && dir.join("oci-layout").is_file() {
-                layout_plan(&dir, tag.as_deref(), Some(tar))?
+                layout_plan(&dir, tag.as_deref(), Some(tar), platform)?
             } else if dir.join("manifest.json").is_file() {
                 docker_plan(&dir, tag, tar)?
             } else {
@@ -336,12 +437,30 @@ impl Store {
                     "neither a `docker save` archive (manifest.json) nor an OCI archive (index.json, oci-layout)",
                 ));
             };
+            check_platform(&plan, platform)?;
             self.run_import(plan, progress).await
         }
         .await;
         let _ = crate::tree::remove_tree_forcefully(&dir);
         result
     }
+}
+
+/// An image asked for by platform must be for that platform (an archive of one image, or an
+/// index's only entry, may not be).
+pub(crate) fn check_platform(plan: &ImportPlan, want: Option<&ImagePlatform>) -> Result<(), ImageError> {
+    let Some(want) = want else { return Ok(()) };
+    let config = parse_config(&plan.config, &plan.source_name)?;
+    if config.arch != want.shoal_arch() {
+        return Err(ImageError::format(
+            &plan.source_name,
+            format!(
+                "its image is linux/{}, not {want}; import it without `--platform`, or import an image built for {want}",
+                super::shoal_arch_to_oci(&config.arch)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -422,7 +541,12 @@ fn read_blob(dir: &Path, digest: &str, source: &str) -> Result<(PathBuf, String)
     Ok((regular_file_inside(dir, &dir.join("blobs/sha256").join(&hex), source)?, hex))
 }
 
-fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<ImportPlan, ImageError> {
+fn layout_plan(
+    dir: &Path,
+    tag: Option<&str>,
+    archive: Option<&Path>,
+    platform: Option<&ImagePlatform>,
+) -> Result<ImportPlan, ImageError> {
     let source = archive.unwrap_or(dir).display().to_string();
     let index_path = regular_file_inside(dir, &dir.join("index.json"), &source)?;
     let raw = std::fs::read(&index_path).map_err(ImageError::io("cannot read the OCI layout index", &index_path))?;
@@ -432,8 +556,10 @@ fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<
         return Err(ImageError::format(&source, "index.json lists no image"));
     }
     let ref_name = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned();
-    let chosen = if index.manifests.len() == 1 {
+    let chosen = if index.manifests.len() == 1 && platform.is_none() {
         &index.manifests[0]
+    } else if platform.is_some() {
+        pick_platform(&index, &source, platform)?
     } else {
         let by_tag = tag.and_then(|t| {
             let short = t.rsplit(':').next().unwrap_or(t);
@@ -441,7 +567,7 @@ fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<
         });
         match by_tag {
             Some(d) => d,
-            None => pick_platform(&index, &source)?,
+            None => pick_platform(&index, &source, platform)?,
         }
     };
     let local_tag = tag.map(str::to_owned).or_else(|| {
@@ -467,7 +593,7 @@ fn layout_plan(dir: &Path, tag: Option<&str>, archive: Option<&Path>) -> Result<
             if hops > 4 {
                 return Err(ImageError::format(&source, "image indexes nest more than 4 deep"));
             }
-            desc = pick_platform(&m, &source)?.clone();
+            desc = pick_platform(&m, &source, platform)?.clone();
             continue;
         }
         let config_desc = m.config.as_ref().ok_or_else(|| ImageError::format(&source, "the manifest has no config"))?;

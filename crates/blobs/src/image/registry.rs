@@ -25,6 +25,8 @@ const MANIFEST_BYTES_MAX: u64 = 8 << 20;
 pub struct PullOptions {
     /// Speak plain http (always done for 127.0.0.1 and localhost).
     pub insecure_http: bool,
+    /// The platform whose image an index's entries are picked for (default: this machine's).
+    pub platform: Option<super::ImagePlatform>,
 }
 
 pub(crate) struct Reference {
@@ -282,13 +284,14 @@ impl Store {
         let r = parse_reference(reference)?;
         let client = Arc::new(RegistryClient::new(&r, &opts));
         let (c, source, want) = (client.clone(), reference.to_owned(), r.reference.clone());
+        let platform = opts.platform.clone();
         let (manifest, config, layers) = tokio::task::spawn_blocking(move || -> Result<_, ImageError> {
             let mut raw = c.manifest(&want)?;
             for _ in 0..4 {
                 let m: Manifest =
                     serde_json::from_slice(&raw).map_err(|e| ImageError::format(&source, format!("manifest: {e}")))?;
                 if m.is_index() {
-                    let d = pick_platform(&m, &source)?.digest.clone();
+                    let d = pick_platform(&m, &source, platform.as_ref())?.digest.clone();
                     raw = c.manifest(&d)?;
                     continue;
                 }
@@ -318,6 +321,7 @@ impl Store {
                 .collect(),
             tag: r.local_tag,
         };
+        super::oci::check_platform(&plan, opts.platform.as_ref())?;
         self.run_import(plan, progress).await
     }
 }

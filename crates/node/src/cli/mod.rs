@@ -509,6 +509,10 @@ enum ImageCommand {
         /// Tag to give it (default: the tag recorded in the archive, if any).
         #[arg(long)]
         tag: Option<String>,
+        /// The platform to import, e.g. `linux/arm64`: an index's entry for it (default: this
+        /// machine's, or an index's only image). A job whose `requirements.arch` names it gets it.
+        #[arg(long, value_parser = clap::value_parser!(shoal_blobs::image::ImagePlatform))]
+        platform: Option<shoal_blobs::image::ImagePlatform>,
         #[arg(long)]
         json: bool,
     },
@@ -521,6 +525,10 @@ enum ImageCommand {
         /// Speak plain HTTP to the registry (always so for 127.0.0.1 and localhost).
         #[arg(long)]
         insecure: bool,
+        /// The platform to import, e.g. `linux/arm64`: an index's entry for it (default: this
+        /// machine's, or an index's only image). A job whose `requirements.arch` names it gets it.
+        #[arg(long, value_parser = clap::value_parser!(shoal_blobs::image::ImagePlatform))]
+        platform: Option<shoal_blobs::image::ImagePlatform>,
         #[arg(long)]
         json: bool,
     },
@@ -541,6 +549,9 @@ enum ImageCommand {
         cmd: Vec<String>,
         #[arg(long)]
         workdir: Option<String>,
+        /// The platform its files are for, e.g. `linux/arm64` (default: this machine's).
+        #[arg(long, value_parser = clap::value_parser!(shoal_blobs::image::ImagePlatform))]
+        platform: Option<shoal_blobs::image::ImagePlatform>,
         #[arg(long)]
         json: bool,
     },

@@ -74,16 +74,16 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
             held.write_digest(&digest, out.as_deref())
         }
         Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
-        Command::Image(ImageCommand::Import { path, tag, json }) => {
-            print_image_id(held.image_import(&path, tag.as_deref())?, json)
+        Command::Image(ImageCommand::Import { path, tag, platform, json }) => {
+            print_image_id(held.image_import(&path, tag.as_deref(), platform.as_ref())?, json)
         }
-        Command::Image(ImageCommand::Pull { reference, tag, insecure, json }) => {
-            print_image_id(held.image_pull(&reference, tag.as_deref(), insecure)?, json)
+        Command::Image(ImageCommand::Pull { reference, tag, insecure, platform, json }) => {
+            print_image_id(held.image_pull(&reference, tag.as_deref(), insecure, platform.as_ref())?, json)
         }
-        Command::Image(ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json }) => {
+        Command::Image(ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, platform, json }) => {
             let (layout, _tmp) = shoal_node::held::layout_dir(oci_out)?;
-            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
-            print_image_id(held.image_import(&layout, Some(&tag))?, json)
+            build_layout(&rootfs, &tag, env, cmd, workdir, platform.as_ref(), &layout)?;
+            print_image_id(held.image_import(&layout, Some(&tag), None)?, json)
         }
         Command::Image(ImageCommand::Ls { json }) => print_images(&held.images()?, json),
         Command::Gc { json } => print_gc(&held.gc()?, json),
@@ -202,18 +202,20 @@ fn print_blob_list(list: &[(Hash, u64)], json: bool) -> Result<()> {
 
 async fn image_command(store: &Store, cmd: ImageCommand) -> Result<()> {
     let (id, json) = match cmd {
-        ImageCommand::Import { path, tag, json } => (store.import_image_path(&path, tag.as_deref()).await?, json),
-        ImageCommand::Pull { reference, tag, insecure, json } => {
-            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure };
+        ImageCommand::Import { path, tag, platform, json } => {
+            (store.import_image_for(&path, tag.as_deref(), platform.as_ref(), None).await?, json)
+        }
+        ImageCommand::Pull { reference, tag, insecure, platform, json } => {
+            let opts = shoal_blobs::image::PullOptions { insecure_http: insecure, platform };
             let id = store.pull(&reference, opts).await?;
             if let Some(tag) = tag {
                 store.tag_image(&tag, id)?;
             }
             (id, json)
         }
-        ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, json } => {
+        ImageCommand::Build { rootfs, tag, oci_out, env, cmd, workdir, platform, json } => {
             let (layout, _tmp) = shoal_node::held::layout_dir(oci_out)?;
-            build_layout(&rootfs, &tag, env, cmd, workdir, &layout)?;
+            build_layout(&rootfs, &tag, env, cmd, workdir, platform.as_ref(), &layout)?;
             (store.import_oci_layout(&layout, Some(&tag)).await?, json)
         }
         ImageCommand::Ls { json } => return print_images(&store.images()?, json),
@@ -228,6 +230,7 @@ fn build_layout(
     env: Vec<String>,
     cmd: Vec<String>,
     workdir: Option<String>,
+    platform: Option<&shoal_blobs::image::ImagePlatform>,
     layout: &Path,
 ) -> Result<()> {
     let config = shoal_blobs::image::ImageConfig {
@@ -236,7 +239,10 @@ fn build_layout(
         cmd,
         workdir,
         user: None,
-        arch: shoal_node::machine::oci_arch().to_string(),
+        arch: match platform {
+            Some(p) => p.shoal_arch(),
+            None => std::env::consts::ARCH.to_owned(),
+        },
     };
     shoal_blobs::image::build_oci_layout_from_dir(rootfs, &config, layout, tag)
         .with_context(|| format!("building an OCI layout from {}", rootfs.display()))

@@ -151,15 +151,22 @@ async fn put_tree(State(s): State<Shr>, Query(q): Query<NameQuery>, body: Body) 
 struct ImportQuery {
     tag: Option<String>,
     name: Option<String>,
+    /// `linux/arm64`: the index entry to import (default: the node's platform).
+    platform: Option<String>,
+}
+
+fn platform_of(p: Option<&str>) -> Result<Option<shoal_blobs::image::ImagePlatform>, ApiError> {
+    p.map(|p| p.parse().map_err(|e: String| unprocessable(format!("platform: {e}")))).transpose()
 }
 
 /// `shoal image import` and `shoal image build`: the body is an OCI archive (a layout the client
 /// sent as a tar) or a `docker save` archive.
 async fn import_image(State(s): State<Shr>, Query(q): Query<ImportQuery>, body: Body) -> Result<Response, ApiError> {
+    let platform = platform_of(q.platform.as_deref())?;
     let tmp = receive(&s.store, body, s.local_upload_bytes_max).await?;
     let id = s
         .store
-        .import_image_path(tmp.path(), q.tag.as_deref())
+        .import_image_for(tmp.path(), q.tag.as_deref(), platform.as_ref(), None)
         .await
         .map_err(|e| unprocessable(rename_in(e.to_string(), tmp.path(), q.name.as_deref())))?;
     s.store.flush().await.map_err(unprocessable)?;
@@ -168,7 +175,8 @@ async fn import_image(State(s): State<Shr>, Query(q): Query<ImportQuery>, body: 
 
 /// `shoal image pull`: this node pulls from the registry.
 async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullRequest>) -> Result<Response, ApiError> {
-    let opts = shoal_blobs::image::PullOptions { insecure_http: b.insecure };
+    let opts =
+        shoal_blobs::image::PullOptions { insecure_http: b.insecure, platform: platform_of(b.platform.as_deref())? };
     let id = s.store.pull(&b.reference, opts).await.map_err(unprocessable)?;
     if let Some(tag) = &b.tag {
         s.store.tag_image(tag, id).map_err(unprocessable)?;

@@ -24,21 +24,22 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
     let dag = shoal_dag::parse_dag(name, text).map_err(|d| anyhow!("{d}"))?;
     // What each job's references become, looked up first (the store is async, the rewrite is
     // not); each image once.
-    let mut images: BTreeMap<&ImageRef, Arc<str>> = BTreeMap::new();
+    let mut images: BTreeMap<(&ImageRef, Option<shoal_dag::Arch>), Arc<str>> = BTreeMap::new();
     let mut pins = Vec::with_capacity(dag.jobs.len());
     for job in &dag.jobs {
         let image = match &job.image {
-            ImageRef::Tag(_) | ImageRef::Sha256(_) => Some(match images.get(&job.image) {
+            ImageRef::Tag(_) | ImageRef::Sha256(_) => Some(match images.get(&(&job.image, job.requirements.arch)) {
                 Some(id) => id.clone(),
                 None => {
-                    let (id, _) = store.resolve_image(&job.image).await.map_err(|e| {
+                    let arch = job.requirements.arch.map(|a| a.name());
+                    let (id, _) = store.resolve_image_for(&job.image, arch).await.map_err(|e| {
                         anyhow!(
                             "job `{}`: {e}; import the image on the node you submit to (`shoal image import`)",
                             job.id
                         )
                     })?;
                     let id: Arc<str> = id.to_string().into();
-                    images.insert(&job.image, id.clone());
+                    images.insert((&job.image, job.requirements.arch), id.clone());
                     id
                 }
             }),

@@ -52,7 +52,7 @@ async fn run_job(
     stale: &BTreeSet<Hash>,
 ) -> Result<JobReport> {
     let queued_unix_ms = now_unix_ms();
-    let (image_id, image) = resolve_image(ctx, &job.image, upstream).await?;
+    let (image_id, image) = resolve_image(ctx, &job.image, job.requirements.arch, upstream).await?;
     let mut inputs = BTreeMap::new();
     for (name, input) in &job.inputs {
         let digest = resolve_input(ctx, input, upstream).await.with_context(|| format!("resolving input `{name}`"))?;
@@ -145,6 +145,7 @@ async fn cached_report(ctx: &Ctx, job: &Job, action_key: &Hash) -> Result<Option
 async fn resolve_image(
     ctx: &Ctx,
     image: &ImageRef,
+    arch: Option<shoal_dag::Arch>,
     upstream: &BTreeMap<String, BTreeMap<String, Digest>>,
 ) -> Result<(Hash, Arc<Image>)> {
     match image {
@@ -165,11 +166,11 @@ async fn resolve_image(
         }
         other => {
             // One resolution per image per run: jobs asking at once wait for the first.
-            let name = format!("{other:?}");
+            let name = format!("{other:?} {arch:?}");
             let cell = ctx.images.lock().expect("image cache lock").entry(name).or_default().clone();
             let resolved = cell
                 .get_or_try_init(|| async {
-                    let (id, image) = ctx.runner.store.resolve_image(other).await?;
+                    let (id, image) = ctx.runner.store.resolve_image_for(other, arch.map(|a| a.name())).await?;
                     Ok::<_, anyhow::Error>((id, Arc::new(image)))
                 })
                 .await?;
