@@ -1102,3 +1102,112 @@ fn the_simulator_and_three_real_nodes_record_the_same_facts_per_job() {
     assert!(simulated.values().all(|k| *k == claim_done), "a quiet mesh claims each job once: {simulated:?}");
     assert_eq!(real, simulated, "the real nodes' facts per job ({facts:#}) against the simulator's");
 }
+
+/// The bytes of every blob in a node's store, as `shoal blob ls` lists them.
+fn stored_bytes(node: &MeshNode) -> u64 {
+    let out = node.cli(&["blob", "ls", "--json"]);
+    assert_success(&out, "shoal blob ls");
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum()
+}
+
+/// A bounded store (issue 20): a node whose budget is 4 MiB above its image runs a chain of 12
+/// jobs that each write 1 MiB and read the one before. While the DAG runs, the node evicts the
+/// outputs no job still needs, least recently used first, never the input of the job running,
+/// never the DAG's final output; the DAG finishes and the store ends within its budget.
+#[test]
+fn a_dag_whose_outputs_exceed_the_store_budget_finishes_and_the_store_stays_within_it() {
+    const MIB: u64 = 1 << 20;
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let base = {
+        let out = home.shoal(&["blob", "ls", "--json"]);
+        assert_success(&out, "shoal blob ls");
+        let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum::<u64>()
+    };
+    let budget = base + 4 * MIB;
+    let node = MeshNode::start(home, &key, &[], &["--store-size-max", &budget.to_string()]);
+    let mut jobs = Vec::new();
+    for i in 0..12 {
+        let mut job = serde_json::json!({"id": format!("step{i}"), "image": "busybox:latest",
+            "command": ["sh", "-c", "test ! -e /input/prev || test $(wc -c < /input/prev) = 1048576 || exit 3; \
+                                     sleep 1; head -c 1048576 /dev/urandom > /output/data"],
+            "outputs": {"data": "file:/output/data"}});
+        if i > 0 {
+            job["inputs"] = serde_json::json!({"prev": format!("jobs:step{}/data", i - 1)});
+        }
+        jobs.push(job);
+    }
+    jobs.push(
+        serde_json::json!({"id": "size", "image": "busybox:latest", "command": ["sh", "-c", "wc -c < /input/last"],
+        "inputs": {"last": "jobs:step11/data"}, "outputs": {"out": "stdout"}}),
+    );
+    let text = serde_json::to_string(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap();
+    let dag = submit(&node, &node.home.write("chain.json", &text));
+    wait_dag(&node, &dag, Duration::from_secs(180), "all 13 jobs done", |v| all_in(v, "done"));
+    let log = node.log();
+    assert!(
+        log.contains("evicted the results of the least recently used records"),
+        "the node never evicted while the DAG ran:\n{log}"
+    );
+    // Within the budget once the last results are old enough to go.
+    let start = Instant::now();
+    let mut used = stored_bytes(&node);
+    while used > budget && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(500));
+        used = stored_bytes(&node);
+    }
+    assert!(used <= budget, "the store holds {used} bytes, over its budget of {budget}:\n{}", node.log());
+    // The final output stays; the first step's went (it is the oldest, and nothing reads it now).
+    let (status, body) = node.get(&format!("/v1/dags/{dag}/jobs/size/outputs/out"));
+    assert_eq!((status, String::from_utf8_lossy(&body).trim()), (200, "1048576"));
+    let (status, body) = node.get(&format!("/v1/dags/{dag}/jobs/step0/outputs/data"));
+    assert_ne!(status, 200, "step0's output is still here: {}", String::from_utf8_lossy(&body));
+    assert!(!log.contains("claiming no job until it is under"), "{log}");
+}
+
+/// A store that fills with results the mesh counts on its node for (a DAG's final outputs, here
+/// on a mesh of one) does not stop the node: it stops claiming jobs, says why and what to do,
+/// keeps serving what it holds, and takes the rest of the DAG once its budget allows.
+#[test]
+fn a_store_full_of_results_the_mesh_needs_stops_claiming_and_resumes_with_room() {
+    const MIB: u64 = 1 << 20;
+    let home = Home::with_busybox();
+    let key = mesh_key(home.path());
+    let base = {
+        let out = home.shoal(&["blob", "ls", "--json"]);
+        assert_success(&out, "shoal blob ls");
+        let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum::<u64>()
+    };
+    let budget = (base + 2 * MIB).to_string();
+    let node = MeshNode::start(home, &key, &[], &["--store-size-max", &budget, "--cores", "1"]);
+    // Four final outputs of 3 MiB, one job at a time.
+    let jobs: Vec<Value> = (0..4)
+        .map(|i| {
+            serde_json::json!({"id": format!("big{i}"), "image": "busybox:latest",
+                "command": ["sh", "-c", format!("sleep 3; head -c 3145728 /dev/urandom > /output/data # {i}")],
+                "outputs": {"data": "file:/output/data"}})
+        })
+        .collect();
+    let text = serde_json::to_string(&serde_json::json!({"version": 1, "jobs": jobs})).unwrap();
+    let dag = submit(&node, &node.home.write("big.json", &text));
+    let start = Instant::now();
+    while !node.log().contains("claiming no job until it is under") {
+        assert!(start.elapsed() < Duration::from_secs(60), "the store never filled:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Well after it said so, some job is still waiting, and the node still serves what it made.
+    std::thread::sleep(Duration::from_secs(8));
+    let (_, view) = node.get(&format!("/v1/dags/{dag}"));
+    let view: Value = serde_json::from_slice(&view).unwrap();
+    let done: Vec<&String> =
+        view["jobs"].as_object().unwrap().iter().filter(|(_, j)| j["state"] == "done").map(|(id, _)| id).collect();
+    assert!(!done.is_empty() && done.len() < 4, "{view:#}");
+    let (status, body) = node.get(&format!("/v1/dags/{dag}/jobs/{}/outputs/data", done[0]));
+    assert_eq!((status, body.len() as u64), (200, 3 * MIB));
+    // With room, it takes the rest.
+    let node = node.restart_with(&key, &[], &["--store-size-max", "1GiB", "--cores", "1"]);
+    wait_dag(&node, &dag, Duration::from_secs(120), "all 4 jobs done", |v| all_in(v, "done"));
+}

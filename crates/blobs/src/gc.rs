@@ -1,17 +1,18 @@
 //! Garbage collection.
 //!
-//! Mark: the roots are the records the action cache and `records_by_job` point at (the record blob
-//! and every blob hash inside the record: outputs, stdout, stderr, inputs, trees followed
-//! recursively; image ids inside records are not roots), the pins whose end has not passed, and
-//! every indexed image (its blob, rootfs tree, manifest, config and layer trees).
+//! Mark: the roots are the records the action cache and `records_by_job` point at (the record blob,
+//! its outputs, stdout and stderr unless they were evicted, and every other blob hash inside it
+//! that is no such record's result, such as an input put by hand; trees followed recursively;
+//! image ids inside records are not roots), the pins whose end has not passed, every indexed
+//! image (its blob, rootfs tree, manifest, config and layer trees), and what running jobs hold.
 //!
 //! Sweep: iroh-blobs deletes only through its own collector, so the store is opened with that
 //! collector configured to wait for our requests: each `gc` hands it the live set and waits for the
 //! sweep to finish. iroh-blobs also protects blobs written since the sweep started. Indexes that
 //! point at deleted blobs are pruned, and `rootfs/` directories of dead trees are removed.
 //!
-//! A `gc` while jobs are writing outputs may collect an output whose record is not written yet:
-//! the node runs `gc` when idle.
+//! A `gc` waits for writers (`Store::writing`: a job between its first output and its record), so
+//! it never collects an output whose record is about to be written.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ impl Store {
     /// rootfs directories of dead trees.
     pub async fn gc(&self) -> Result<GcReport, StoreError> {
         let _one = self.inner.gc_lock.lock().await;
+        // No writer is between storing blobs and referencing them while this runs.
+        let _alone = self.exclusive().await;
         let m = self.meta();
         let mut live: HashSet<Hash> = HashSet::new();
         let mut image_ids: HashSet<Hash> = HashSet::new();
@@ -101,14 +104,36 @@ impl Store {
                 records.extend(hash_of(&v));
             }
         }
+        // A record keeps its results (unless they were evicted) and whatever else it names that
+        // is no record's result (a `blob put` input, say): an input made by another record is
+        // that record's to keep, so evicting it frees it.
         let mut roots = Vec::new();
+        let mut produced: HashSet<Hash> = HashSet::new();
+        let mut named = Vec::new();
         for rec in &records {
             live.insert(*rec);
             let Some(signed) = self.get_record(*rec).await? else { continue };
-            if let Ok(v) = crate::from_cbor::<ciborium::Value>(&signed.record) {
-                collect_hashes(&v, &mut roots);
+            let evicted = m.evicted.contains_key(rec.0).map_err(StoreError::meta("read"))?;
+            match signed.record_trusted() {
+                Ok(r) => {
+                    let results = r.outputs.values().chain([&r.stdout, &r.stderr]).map(|d| d.hash);
+                    produced.extend(results.clone());
+                    if !evicted {
+                        roots.extend(results);
+                    }
+                    if let Ok(v) = crate::from_cbor::<ciborium::Value>(&signed.record) {
+                        collect_hashes(&v, &mut named);
+                    }
+                }
+                // A record this version cannot read keeps everything it names.
+                Err(_) => {
+                    if let Ok(v) = crate::from_cbor::<ciborium::Value>(&signed.record) {
+                        collect_hashes(&v, &mut roots);
+                    }
+                }
             }
         }
+        roots.extend(named.into_iter().filter(|h| !produced.contains(h)));
         roots.retain(|h| !all_images.contains(h));
         // Pins.
         // A pin whose end has passed is dropped, and what it kept goes unless something else keeps it.
@@ -123,6 +148,13 @@ impl Store {
                 continue;
             }
             roots.extend(hash_of(&k));
+        }
+        // What running jobs hold (an image with what it keeps).
+        for h in self.held_roots() {
+            roots.push(h);
+            if m.image_blobs.contains_key(h.0).map_err(StoreError::meta("read"))? {
+                image_ids.insert(h);
+            }
         }
         // Images.
         for id in &image_ids {
@@ -200,6 +232,14 @@ impl Store {
             for k in tree.iter().keys() {
                 let k = k.map_err(StoreError::meta("read"))?;
                 if hash_of(&k).is_some_and(|h| gone(&h)) {
+                    tree.remove(k).map_err(StoreError::meta("write"))?;
+                }
+            }
+        }
+        for tree in [&m.used, &m.evicted] {
+            for k in tree.iter().keys() {
+                let k = k.map_err(StoreError::meta("read"))?;
+                if !m.records.contains_key(&k).map_err(StoreError::meta("read"))? {
                     tree.remove(k).map_err(StoreError::meta("write"))?;
                 }
             }

@@ -29,6 +29,7 @@
 
 mod compat;
 mod error;
+mod evict;
 mod facts;
 mod gc;
 pub mod image;
@@ -48,6 +49,7 @@ use tracing::debug;
 
 pub use compat::{Digest, DigestKind, Hash, ImageRef, SignedRecord, canonical_cbor, from_cbor};
 pub use error::{ImageError, OpenError, StoreError};
+pub use evict::{EvictReport, Held, Writing};
 pub use gc::GcReport;
 pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
 pub use open::is_blob_store_open_panic;
@@ -87,6 +89,10 @@ struct Inner {
     rootfs_locks: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes `gc` runs.
     gc_lock: tokio::sync::Mutex<()>,
+    /// Writers of blobs nothing references yet read-lock it; `gc` write-locks it (see `evict`).
+    writes: Arc<tokio::sync::RwLock<()>>,
+    /// Roots running jobs hold, with how many holders each (see [`Store::hold`]).
+    held: Mutex<HashMap<Hash, usize>>,
     /// Bounds reads in flight (see [`READS_IN_FLIGHT_MAX`]).
     reads: tokio::sync::Semaphore,
     /// Blobs whose bytes on disk did not match their hash when read (kept in the `corrupt`
@@ -216,6 +222,8 @@ impl Store {
                 gc_tx,
                 rootfs_locks: Mutex::new(HashMap::new()),
                 gc_lock: tokio::sync::Mutex::new(()),
+                writes: Arc::new(tokio::sync::RwLock::new(())),
+                held: Mutex::new(HashMap::new()),
                 reads: tokio::sync::Semaphore::new(READS_IN_FLIGHT_MAX),
                 corrupt: Mutex::new(corrupt),
                 data_dir: blobs_dir.join("data"),
@@ -551,6 +559,7 @@ impl Store {
             tracing::warn!(%record, "the action cache names a record whose blob is not in the store (lost in a crash?); running the job again");
             return Ok(None);
         }
+        self.touch_record(record)?;
         Ok(Some(record))
     }
 
@@ -595,6 +604,9 @@ impl Store {
         }
         let m = self.meta();
         Meta::put(&m.records, &hash.0, &bytes)?;
+        // Stored again (made again, or fetched back): its results are here again.
+        m.evicted.remove(hash.0).map_err(StoreError::meta("write"))?;
+        self.touch_record(hash)?;
         if let Some(job_id) = job_id {
             Meta::put(&m.records_by_job, job_id.as_bytes(), &hash.0)?;
         }

@@ -15,6 +15,8 @@
 //! | `layers` | layer `sha256` hex | the layer's expanded tree (whiteouts still in it) |
 //! | `merges` | lower hash ‖ upper hash | merged tree |
 //! | `facts` | fact id (32 bytes) | the signed fact's CBOR (the mesh ledger, opaque here) |
+//! | `used` | record hash | when its results were last made, asked for or read (Unix ms, 8 bytes big-endian) |
+//! | `evicted` | record hash | empty: its results were evicted (the record stays) |
 //! | `corrupt` | hash | empty: its bytes on disk did not match it; never served, dropped by `gc` |
 
 use std::path::{Path, PathBuf};
@@ -44,6 +46,8 @@ pub(crate) struct Meta {
     pub merges: sled::Tree,
     pub facts: sled::Tree,
     pub corrupt: sled::Tree,
+    pub used: sled::Tree,
+    pub evicted: sled::Tree,
 }
 
 pub(crate) fn hash_of(v: &[u8]) -> Option<Hash> {
@@ -68,6 +72,8 @@ impl Meta {
             merges: db.open_tree("merges")?,
             facts: db.open_tree("facts")?,
             corrupt: db.open_tree("corrupt")?,
+            used: db.open_tree("used")?,
+            evicted: db.open_tree("evicted")?,
             db,
         })
     }

@@ -323,3 +323,118 @@ async fn blobs_over_the_inline_size_are_files_of_their_own() {
     assert_eq!(s.get_bytes(hr).await.unwrap().as_deref(), Some(&record_sized[..]));
     assert_eq!(s.get_bytes(hs).await.unwrap().as_deref(), Some(&small[..]));
 }
+
+/// A real run record (unsigned: the store trusts what it is given) of `job` whose outputs are
+/// `outputs` (files of `size` bytes each) and which read `inputs`.
+fn run_record(job: &str, outputs: &[(Hash, u64)], inputs: &[Hash]) -> SignedRecord {
+    use shoal_dag::{Digest, DigestKind, Exit, Machine, Requirements, ResolvedJob, RunRecord, Timing};
+    let file = |hash: Hash, size: u64| Digest { hash, kind: DigestKind::File, size };
+    let empty = file(Hash::of(b""), 0);
+    let record = RunRecord {
+        version: 1,
+        job_id: job.into(),
+        action_key: Hash::of(job.as_bytes()),
+        job: ResolvedJob {
+            image: Hash::of(b"image"),
+            command: vec![job.into()],
+            env: Default::default(),
+            workdir: None,
+            user: None,
+            stdin: None,
+            inputs: inputs.iter().enumerate().map(|(i, h)| (format!("i{i}"), file(*h, 1))).collect(),
+            outputs: Default::default(),
+            arch: None,
+            cpu_flags: Vec::new(),
+            network: false,
+        },
+        requirements: Requirements::default(),
+        outputs: outputs.iter().enumerate().map(|(i, (h, size))| (format!("o{i}"), file(*h, *size))).collect(),
+        stdout: empty.clone(),
+        stderr: empty,
+        exit: Exit::Code(0),
+        timing: Timing {
+            queued_unix_ms: 0,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            wall_ms: 0,
+            user_ms: 0,
+            sys_ms: 0,
+            peak_memory_bytes: 0,
+        },
+        machine: Machine {
+            node_id: "n".into(),
+            hostname: "h".into(),
+            kernel: "k".into(),
+            cpu_model: "c".into(),
+            cpu_flags: Vec::new(),
+            arch: "x86_64".into(),
+            cores: 1,
+            memory_bytes: 1 << 30,
+            backend: "namespace".into(),
+            accelerator: None,
+            qemu: None,
+            guest_kernel: None,
+            emulation: None,
+            gpus: Vec::new(),
+        },
+        holders: Vec::new(),
+    };
+    SignedRecord { record: record.to_cbor(), signer: [7; 32], signature: vec![1; 64] }
+}
+
+/// Over its budget, the store evicts the results of the least recently used records first,
+/// never those the caller keeps or a running job holds; an evicted record's action-cache entry
+/// goes, the record stays, and a result another record reads as an input goes with its maker.
+#[tokio::test]
+async fn eviction_takes_the_least_recently_used_results_and_spares_the_kept_and_the_held() {
+    let (_home, s) = store().await;
+    const MIB: u64 = 1 << 20;
+    let mut records = Vec::new();
+    let mut outputs = Vec::new();
+    for i in 0..6u8 {
+        let out = s.put_bytes(vec![i; MIB as usize]).await.unwrap();
+        // Each reads the one before, as a chain of jobs does.
+        let inputs: Vec<Hash> = outputs.last().copied().into_iter().collect();
+        let rec = run_record(&format!("step{i}"), &[(out, MIB)], &inputs);
+        let h = s.put_record_for_action(&rec, &Hash::of(format!("step{i}").as_bytes()), Durability::Now).await.unwrap();
+        records.push(h);
+        outputs.push(out);
+        // Distinct times of last use, oldest first.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let before = s.stored_bytes().await.unwrap();
+    assert!(before >= 6 * MIB, "{before}");
+    // step0 is the oldest, but the caller keeps it; step1 a running job holds.
+    let held = s.hold([outputs[1]]);
+    let keep = records[0];
+    let report = s.evict(4 * MIB, 0, &|r| r == keep).await.unwrap();
+    assert!(report.bytes_after <= 4 * MIB, "{report:?}");
+    assert!(!report.over);
+    let present = |h: Hash| {
+        let s = s.clone();
+        async move { s.has(h).await.unwrap() }
+    };
+    assert!(present(outputs[0]).await, "a kept result was evicted");
+    assert!(present(outputs[1]).await, "a held result was evicted");
+    for (i, out) in outputs.iter().enumerate().take(5).skip(2) {
+        assert!(!present(*out).await, "step{i}, among the least recently used, stayed: {report:?}");
+    }
+    assert!(present(outputs[5]).await, "the most recently used went");
+    assert!(s.evicted(records[2]) && !s.evicted(records[5]));
+    // The record stays, its cache entry goes.
+    assert!(s.get_record(records[2]).await.unwrap().is_some());
+    assert_eq!(s.action_get(&Hash::of(b"step2")).await.unwrap(), None);
+    assert_eq!(s.action_get(&Hash::of(b"step5")).await.unwrap(), Some(records[5]));
+
+    // Results used in the last minute are spared.
+    let report = s.evict(MIB, 60_000, &|_| false).await.unwrap();
+    assert!(present(outputs[5]).await && present(outputs[0]).await, "{report:?}");
+    assert!(report.over && report.young > 0, "too young to go now, not for good: {report:?}");
+    // Once no job holds it, step1 may go too; step0 never while kept.
+    drop(held);
+    let report = s.evict(MIB, 0, &|r| r == keep).await.unwrap();
+    assert!(!present(outputs[1]).await && !present(outputs[5]).await);
+    assert!(present(outputs[0]).await);
+    assert!(report.over, "only a kept result is left, and it is the budget's size: {report:?}");
+    s.shutdown().await;
+}

@@ -272,6 +272,11 @@ struct NodeArgs {
     /// says (repeatable).
     #[arg(long)]
     trust_node: Vec<String>,
+    /// The most the store's blobs may take, e.g. 20GiB (default: 80 % of its file system). Over
+    /// it the node evicts the least recently used results nobody needs from it; with nothing
+    /// left to evict it claims no job until it is under.
+    #[arg(long)]
+    store_size_max: Option<String>,
     /// Find peers on the local network by mDNS (multicast on every interface; off by default).
     #[arg(long)]
     mdns: bool,

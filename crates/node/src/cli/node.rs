@@ -65,6 +65,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
     let cache_trust = shoal_node::daemon::CacheTrust { agree: args.cache_agree, trusted };
     Ok(shoal_node::daemon::NodeOptions {
         cache_trust,
+        store_bytes_max: args.store_size_max.as_deref().map(|m| size("store-size-max", m)).transpose()?,
         listen,
         join,
         http: args.http,
@@ -161,6 +162,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         mesh_key: args.mesh_key.clone().unwrap_or_else(|| store.home().join("mesh.key")),
         allow: None,
         cache_trust: Default::default(),
+        store_bytes_max: None,
         mdns: false,
         relay_server: false,
         autonat_private_ips: false,

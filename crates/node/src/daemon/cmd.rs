@@ -79,6 +79,15 @@ pub(crate) enum Cmd {
         action: Hash,
         reply: oneshot::Sender<CacheCandidates>,
     },
+    /// The records whose results this node must keep whatever its store's budget
+    /// (`budget::kept_results`).
+    KeptResults {
+        reply: oneshot::Sender<std::collections::HashSet<Hash>>,
+    },
+    /// The store is over its budget with nothing left to evict (`full`), or under it again.
+    StoreFull {
+        full: bool,
+    },
     /// Whether `record` was made by a quarantined node.
     Refused {
         record: Hash,
@@ -181,6 +190,16 @@ impl Node {
                 self.core.quarantine(now, node, (dag, job), record, rerun, reason);
                 self.after_step().await;
                 let _ = reply.send(());
+            }
+            Cmd::KeptResults { reply } => {
+                let mut nodes = self.live_peers();
+                nodes.push(self.core.id());
+                let holders = self.opts.settings.replicas;
+                let _ = reply.send(super::budget::kept_results(&self.core, self.core.id(), &nodes, holders, now));
+            }
+            Cmd::StoreFull { full } => {
+                self.claim_waits.store_full = full;
+                self.update_claiming();
             }
             Cmd::Cached { action, reply } => {
                 let _ = reply.send((self.core.ledger().cached(&action), self.live_peers()));

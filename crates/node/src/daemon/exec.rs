@@ -132,8 +132,21 @@ async fn run_claimed_inner(
         };
         let judge = || judge_lost(shared, dag, dep, *record, *holder);
         let rec = from_upstream(dep, *record, shared.lost_recheck_ms, fetch, judge).await?;
+        // Used as an input now: the last of its results to evict.
+        let _ = shared.store.touch_record(*record);
         outputs.insert(dep.clone(), rec.outputs);
     }
+    // What the job reads stays out of eviction and gc from before it arrives until the job ends.
+    let blake3_refs = job.inputs.values().chain(job.stdin.iter()).filter_map(|r| match r {
+        InputRef::Blake3(h) => Some(*h),
+        _ => None,
+    });
+    let image_id = match &job.image {
+        ImageRef::Blake3(id) => Some(*id),
+        _ => None,
+    };
+    let _held =
+        shared.store.hold(outputs.values().flat_map(|o| o.values().map(|d| d.hash)).chain(blake3_refs).chain(image_id));
     let upstream_output = |j: &str, output: &str, providers: &[NodeId]| {
         let made = upstream.iter().find(|(dep, ..)| dep == j).map(|(_, record, runner)| (*record, *runner));
         let (outputs, j, output) = (&outputs, j.to_string(), output.to_string());
@@ -343,6 +356,8 @@ impl run::RemoteCache for MeshCache {
 async fn take_cached(shared: &Shared, action: Hash, record: Hash, providers: &[NodeId]) -> Result<()> {
     let rec = fetch_record(&shared.store, &shared.blobs, record, providers).await?;
     anyhow::ensure!(rec.action_key == action, "its record is of another action, {}", rec.action_key);
+    // Its results are fetched to be kept, even where they were evicted before.
+    shared.store.keep_results(record)?;
     for d in rec.outputs.values().chain([&rec.stdout, &rec.stderr]) {
         fetch_digest(shared, d, providers).await?;
     }
@@ -371,6 +386,7 @@ pub(crate) async fn fetch_record(
 /// Keeps a copy of a run's record, outputs, stdout and stderr in this store; the bytes fetched.
 pub(crate) async fn replicate(shared: &Shared, record: Hash, providers: &[NodeId]) -> Result<u64> {
     let rec = fetch_record(&shared.store, &shared.blobs, record, providers).await?;
+    shared.store.keep_results(record)?;
     let mut total = 0;
     for d in rec.outputs.values().chain([&rec.stdout, &rec.stderr]) {
         fetch_digest(shared, d, providers).await?;

@@ -31,6 +31,7 @@
 
 mod api;
 pub mod auth;
+mod budget;
 mod cmd;
 mod exec;
 mod hold;
@@ -152,6 +153,9 @@ pub struct NodeOptions {
     pub clock_from_mesh: bool,
     /// Which other nodes' results the mesh-wide cache takes (`--trust-node`, `--cache-agree`).
     pub cache_trust: exec::CacheTrust,
+    /// The store's budget for blobs, bytes (`--store-size-max`); None: a share of its file
+    /// system ([`store_budget_default`]).
+    pub store_bytes_max: Option<u64>,
     /// Tests: the protocol version this node claims to speak (`--test-protocol-version`).
     pub protocol: u32,
     /// Tests: how far this machine's clock reads off the system's, in ms (`--test-clock-offset-ms`).
@@ -167,6 +171,7 @@ pub const DAG_BYTES_MAX_DEFAULT: usize = 16 << 20;
 pub use local::LOCAL_UPLOAD_BYTES_MAX_DEFAULT;
 
 pub(crate) use crate::mesh::keys::{node_of_peer, peer_id_of_node};
+pub use budget::{STORE_SHARE_OF_DISK_PERCENT, store_budget_default};
 pub(crate) use cmd::{Cmd, SubmitAck};
 pub use exec::CacheTrust;
 pub use keys::{read_mesh_key, write_mesh_key};
@@ -301,6 +306,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         }
     }
     let claim_waits = ClaimWaits {
+        store_full: false,
         clock: opts.clock_from_mesh,
         catch_up: CatchUp::after_restart(started.elapsed().as_millis() as u64, others, &settings),
     };
@@ -343,6 +349,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         ..opts.http_limits
     };
     tokio::spawn(serve::serve(listener, app, http_limits));
+    let budget = opts.store_bytes_max.unwrap_or_else(|| budget::store_budget_default(shared.store.home()));
+    tokio::spawn(budget::keep_within(shared.clone(), budget));
     if let Some(t) = tokens {
         // When each token was last used, for `shoal token ls`: written off the request path.
         tokio::spawn(async move {
@@ -450,12 +458,14 @@ struct Node {
     claim_waits: ClaimWaits,
 }
 
-/// Why a node claims no job yet; it claims when neither holds.
+/// Why a node claims no job yet; it claims when none holds.
 struct ClaimWaits {
     /// `--clock-from-mesh` and no peer's time heard yet.
     clock: bool,
     /// Restarted from stored facts naming other nodes, and not caught up with the mesh yet.
     catch_up: Option<CatchUp>,
+    /// The store is over its budget with nothing left to evict (see `budget.rs`).
+    store_full: bool,
 }
 
 impl Node {
@@ -481,7 +491,7 @@ impl Node {
                 self.claim_waits.catch_up = None;
             }
         }
-        let on = !self.claim_waits.clock && self.claim_waits.catch_up.is_none();
+        let on = !self.claim_waits.clock && self.claim_waits.catch_up.is_none() && !self.claim_waits.store_full;
         if on != self.core.claiming() {
             self.core.set_claiming(now_unix_ms(), on);
         }

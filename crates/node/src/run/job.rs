@@ -62,6 +62,11 @@ async fn run_job(
         Some(input) => Some(resolve_input(ctx, input, upstream).await.context("resolving stdin")?),
         None => None,
     };
+    // The image and inputs stay out of eviction and gc while the job runs.
+    let _held = ctx
+        .runner
+        .store
+        .hold([image_id, image.rootfs].into_iter().chain(inputs.values().chain(stdin.as_ref()).map(|d| d.hash)));
     let resolved = ResolvedJob::from_job(job, image_id, inputs, stdin);
     let action_key = resolved.action_key();
     tracing::debug!(%action_key, "resolved");
@@ -327,6 +332,8 @@ async fn execute(
     let outcome = outcome?;
     tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, exit = ?outcome.exit, "job finished");
 
+    // From the first output stored to the record that keeps them, gc waits.
+    let _writing = ctx.runner.store.writing().await;
     let mut outputs = BTreeMap::new();
     let mut exit = outcome.exit.clone();
     let stdout = if ctx.runner.test_flip_outputs {
