@@ -26,6 +26,9 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use shoal_dag::{Hash, canonical_cbor};
 
+mod compact;
+pub use compact::{Compacted, DagSummary, SummaryJob};
+
 /// A node's ed25519 public key.
 pub type NodeId = [u8; 32];
 
@@ -320,9 +323,16 @@ pub struct Ledger {
     digest: std::sync::OnceLock<Hash>,
     /// [`Ledger::mesh_digest`] and its count once computed, until the next new fact.
     mesh_digest: std::sync::OnceLock<(Hash, usize)>,
-    /// Ids of `Alive` facts replaced by a later one since [`Ledger::take_replaced`] last ran: a
-    /// driver that stores facts deletes them.
+    /// Ids of `Alive` facts replaced by a later one, and of facts compaction dropped, since
+    /// [`Ledger::take_replaced`] last ran: a driver that stores facts deletes them.
     replaced: Vec<Hash>,
+    /// DAGs compacted out (see `compact.rs`): their tombstones.
+    compacted: BTreeMap<Hash, Compacted>,
+    /// The completions of compacted DAGs by action key, as (record, maker): the mesh-wide cache
+    /// of what compaction dropped.
+    archived: BTreeMap<Hash, BTreeSet<(Hash, NodeId)>>,
+    /// Facts older than this (HLC wall ms) about no DAG here are refused (see `compact.rs`).
+    horizon_ms: u64,
 }
 
 impl Default for Ledger {
@@ -341,7 +351,7 @@ impl PartialEq for Ledger {
 impl Eq for Ledger {}
 
 /// Where one job stands in a view of the ledger.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Claimable; `failures` attempts failed so far.
@@ -730,6 +740,9 @@ impl Ledger {
             digest: std::sync::OnceLock::new(),
             mesh_digest: std::sync::OnceLock::new(),
             replaced: Vec::new(),
+            compacted: BTreeMap::new(),
+            archived: BTreeMap::new(),
+            horizon_ms: 0,
         }
     }
 
@@ -755,7 +768,7 @@ impl Ledger {
     /// Adds a checked fact and folds it into the view; says what it may have changed.
     pub fn insert_verified(&mut self, fact: VerifiedFact) -> Touched {
         let id = fact.id;
-        if self.facts.contains_key(&id) {
+        if self.facts.contains_key(&id) || self.refuses(&fact.fact) {
             return Touched::Duplicate;
         }
         if let Body::Alive { dag, .. } = &fact.fact.body {
@@ -972,7 +985,8 @@ impl Ledger {
     }
 
     /// The mesh-wide action cache: the completions of `action` in any DAG whose records no node
-    /// reported lost, as (record, author), earliest first; each record once.
+    /// reported lost, as (record, author), earliest first, then those of compacted DAGs; each
+    /// record once.
     pub fn cached(&self, action: &Hash) -> Vec<(Hash, NodeId)> {
         let mut seen = BTreeSet::new();
         self.view
@@ -980,9 +994,10 @@ impl Ledger {
             .get(action)
             .into_iter()
             .flatten()
-            .filter(|(_, _, record)| !self.view.lost.contains(record) && seen.insert(*record))
             .map(|(_, author, record)| (*record, *author))
-            .filter(|(record, _)| self.made_by(record).is_none_or(|m| !self.view.quarantined.contains_key(&m)))
+            .chain(self.archived_for(action))
+            .filter(|(record, _)| !self.view.lost.contains(record) && seen.insert(*record))
+            .filter(|(record, author)| !self.view.quarantined.contains_key(&self.made_by(record).unwrap_or(*author)))
             .collect()
     }
 
