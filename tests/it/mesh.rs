@@ -1211,3 +1211,62 @@ fn a_store_full_of_results_the_mesh_needs_stops_claiming_and_resumes_with_room()
     let node = node.restart_with(&key, &[], &["--store-size-max", "1GiB", "--cores", "1"]);
     wait_dag(&node, &dag, Duration::from_secs(120), "all 4 jobs done", |v| all_in(v, "done"));
 }
+
+/// A bounded ledger (issue 20): with a retention of 2 s, a DAG that ended leaves both nodes'
+/// ledgers (every fact of it gone, the same on both: equal digests) and a summary stays:
+/// `shoal status` and its outputs still answer, on both nodes and after a restart; submitting it
+/// again answers from the summary; the mesh-wide cache still finds its results.
+#[test]
+fn an_ended_dag_is_compacted_out_of_every_ledger_and_still_answers() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let retention = ["--ledger-retention-s", "2"];
+    let n0 = MeshNode::start(first, &key, &[], &retention);
+    let n1 = MeshNode::start(Home::empty(), &key, &[n0.listen.as_str()], &retention);
+    let text = r#"{"version": 1, "jobs": [
+        {"id": "a", "image": "busybox:latest", "command": ["echo", "compact me"], "outputs": {"o": "stdout"}},
+        {"id": "b", "image": "busybox:latest", "command": ["sh", "-c", "tr a-z A-Z < /input/x"],
+         "inputs": {"x": "jobs:a/o"}, "outputs": {"o": "stdout"}}]}"#;
+    let path = n0.home.write("c.json", text);
+    let dag = submit(&n0, &path);
+    let before = wait_dag(&n1, &dag, Duration::from_secs(60), "both jobs done", |v| all_in(v, "done"));
+    let start = Instant::now();
+    loop {
+        let (m0, m1) = (n0.get_json("/v1/metrics"), n1.get_json("/v1/metrics"));
+        if m0["compacted_dags"] == 1 && m1["compacted_dags"] == 1 && m0["facts"] == 0 && m1["facts"] == 0 {
+            assert_eq!(m0["ledger_digest"], m1["ledger_digest"]);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "not compacted: {m0}\n{m1}\n{}", n0.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(n0.log().contains("compacted ended DAGs out of the ledger"), "{}", n0.log());
+    let check = |node: &MeshNode| {
+        let after = wait_dag(node, &dag, Duration::from_secs(10), "both jobs done", |v| all_in(v, "done"));
+        for job in ["a", "b"] {
+            assert_eq!(after["jobs"][job]["record"], before["jobs"][job]["record"], "{after:#}");
+        }
+        let (status, body) = node.get(&format!("/v1/dags/{dag}/jobs/b/outputs/o"));
+        assert_eq!((status, String::from_utf8_lossy(&body).into_owned()), (200, "COMPACT ME\n".to_string()));
+    };
+    check(&n0);
+    check(&n1);
+    let out = n1.cli(&["status", &dag]);
+    assert_success(&out, "shoal status of a compacted DAG");
+
+    // A restart reads the summaries back, and the DAG's facts stay out.
+    let n0 = n0.restart_with(&key, &[n1.listen.as_str()], &retention);
+    check(&n0);
+    let m = n0.get_json("/v1/metrics");
+    assert_eq!((m["facts"].as_u64(), m["compacted_dags"].as_u64()), (Some(0), Some(1)), "{m}");
+
+    // The same DAG again is what its summary says; a DAG sharing job `a` takes a's result from
+    // the cache (its completion is in the summary, no longer in a fact).
+    let again = submit(&n0, &path);
+    assert_eq!(again, dag);
+    check(&n0);
+    let shared = text.replace("tr a-z A-Z", "rev");
+    let other = submit(&n0, &n0.home.write("d.json", &shared));
+    let v = wait_dag(&n1, &other, Duration::from_secs(60), "both jobs done", |v| all_in(v, "done"));
+    assert_eq!(v["jobs"]["a"]["record"], before["jobs"]["a"]["record"], "a is a cache hit: {v:#}");
+}

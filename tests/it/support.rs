@@ -160,7 +160,11 @@ pub fn wait_dag_view(
             }
             assert!(start.elapsed() < within, "{what}: not reached in {within:?}; last view: {v:#}");
         } else {
-            assert!(start.elapsed() < within, "{what}: DAG unknown after {within:?}");
+            assert!(
+                start.elapsed() < within,
+                "{what}: DAG unknown after {within:?}: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
         }
         std::thread::sleep(poll);
     }

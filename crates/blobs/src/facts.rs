@@ -53,3 +53,42 @@ impl Store {
         self.meta().facts.len()
     }
 }
+
+impl Store {
+    /// Keeps a compacted DAG's summary: its bytes as a blob, kept for good (pinned), and the DAG's
+    /// entry in the `compacted` index naming it. Durable when it returns, so the DAG's facts may
+    /// be deleted after.
+    pub async fn put_compacted(&self, dag: Hash, summary: Vec<u8>) -> Result<Hash, StoreError> {
+        let hash = self.put_bytes(summary).await?;
+        self.iroh().sync_db().await.map_err(|e| self.write_failed("syncing the blob database", &e))?;
+        self.pin(hash)?;
+        let m = self.meta();
+        m.compacted.insert(dag.0, &hash.0).map_err(StoreError::meta("write"))?;
+        m.flush_async().await?;
+        Ok(hash)
+    }
+
+    /// Every compacted DAG and its summary's hash.
+    pub fn compacted(&self) -> Result<Vec<(Hash, Hash)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.meta().compacted.iter() {
+            let (k, v) = kv.map_err(StoreError::meta("read"))?;
+            if let (Some(dag), Some(summary)) = (meta::hash_of(&k), meta::hash_of(&v)) {
+                out.push((dag, summary));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The summary hash of a compacted DAG.
+    pub fn compacted_summary(&self, dag: Hash) -> Result<Option<Hash>, StoreError> {
+        Ok(self.meta().compacted.get(dag.0).map_err(StoreError::meta("read"))?.and_then(|v| meta::hash_of(&v)))
+    }
+
+    /// Bytes of the ledger as stored: the facts and the compacted index (keys and values), for
+    /// the figures of a bounded ledger.
+    pub fn ledger_bytes(&self) -> u64 {
+        let m = self.meta();
+        [&m.facts, &m.compacted].iter().flat_map(|t| t.iter().flatten()).map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    }
+}

@@ -17,6 +17,7 @@
 //! | `facts` | fact id (32 bytes) | the signed fact's CBOR (the mesh ledger, opaque here) |
 //! | `used` | record hash | when its results were last made, asked for or read (Unix ms, 8 bytes big-endian) |
 //! | `evicted` | record hash | empty: its results were evicted (the record stays) |
+//! | `compacted` | DAG hash | the hash of its summary blob (a DAG compacted out of the mesh ledger) |
 //! | `corrupt` | hash | empty: its bytes on disk did not match it; never served, dropped by `gc` |
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,7 @@ pub(crate) struct Meta {
     pub corrupt: sled::Tree,
     pub used: sled::Tree,
     pub evicted: sled::Tree,
+    pub compacted: sled::Tree,
 }
 
 pub(crate) fn hash_of(v: &[u8]) -> Option<Hash> {
@@ -74,6 +76,7 @@ impl Meta {
             corrupt: db.open_tree("corrupt")?,
             used: db.open_tree("used")?,
             evicted: db.open_tree("evicted")?,
+            compacted: db.open_tree("compacted")?,
             db,
         })
     }

@@ -358,6 +358,12 @@ pub struct Metrics {
     pub cpu_user_ms: u64,
     /// Facts in the ledger.
     pub facts: usize,
+    /// DAGs compacted out of the ledger (their summaries kept).
+    #[serde(default)]
+    pub compacted_dags: usize,
+    /// Bytes of the ledger as stored (facts and the compacted index).
+    #[serde(default)]
+    pub ledger_bytes: u64,
     /// Relayed connections DCUtR replaced by a direct one, and attempts that failed (the
     /// connection stayed relayed), since start.
     #[serde(default)]

@@ -87,6 +87,19 @@ pub struct CoreConfig {
     pub speed_exponent: u32,
     /// See [`CLOCK_SKEW_MAX_MS`](crate::settings::CLOCK_SKEW_MAX_MS).
     pub clock_skew_max_ms: u64,
+    /// How long an ended DAG stays in the ledger after its last fact, ms (see
+    /// [`LEDGER_RETENTION_MS`] and [`NodeCore::compact`]).
+    pub ledger_retention_ms: u64,
+}
+
+/// [`CoreConfig::ledger_retention_ms`] unless told otherwise: a day, so `shoal status` of last
+/// night's DAG reads its facts, and the ledger holds about a day of DAGs.
+pub const LEDGER_RETENTION_MS: u64 = 86_400_000;
+
+/// How often a node looks for DAGs to compact: a quarter of the retention, between a second and
+/// an hour, ms.
+pub fn compact_every_ms(retention_ms: u64) -> u64 {
+    (retention_ms / 4).clamp(1_000, 3_600_000)
 }
 
 impl Default for CoreConfig {
@@ -97,6 +110,7 @@ impl Default for CoreConfig {
             locality_bytes_min: LOCALITY_BYTES_MIN,
             speed_exponent: SPEED_EXPONENT,
             clock_skew_max_ms: crate::settings::CLOCK_SKEW_MAX_MS,
+            ledger_retention_ms: LEDGER_RETENTION_MS,
         }
     }
 }
@@ -204,6 +218,8 @@ pub struct NodeCore {
     /// The HLC of this core's first claim: its `Alive`s keep its claims from then on, not those
     /// of an earlier run of the node (`Body::Alive::since`).
     since: Option<Hlc>,
+    /// When `handle_tick` next looks for DAGs to compact, ms.
+    next_compact_ms: u64,
 }
 
 /// How long peers' claims take to reach this node: now minus the claim's HLC when it arrives,
@@ -268,6 +284,7 @@ impl NodeCore {
             claiming: true,
             propagation: Propagation::default(),
             since: None,
+            next_compact_ms: 0,
         }
     }
 
@@ -366,6 +383,10 @@ impl NodeCore {
         max_attempts: u32,
         topic_nodes: u32,
     ) {
+        if self.ledger.compacted(&dag_hash).is_some() {
+            // It ran and was compacted: what became of it is its summary, not a new run.
+            return;
+        }
         let dag = dag.into();
         let jobs = dag.jobs.iter().map(|j| j.id.clone()).collect();
         self.dags.insert(dag_hash, dag);
@@ -375,7 +396,7 @@ impl NodeCore {
 
     /// The content of a DAG this node learned about from a `Submit` (fetched by hash).
     pub fn handle_dag(&mut self, now_ms: u64, dag_hash: Hash, dag: impl Into<Arc<Dag>>) {
-        if self.dags.contains_key(&dag_hash) {
+        if self.dags.contains_key(&dag_hash) || self.ledger.compacted(&dag_hash).is_some() {
             return;
         }
         self.dags.insert(dag_hash, dag.into());
@@ -587,6 +608,56 @@ impl NodeCore {
             self.emit(now_ms, Body::Alive { dag, lease_until_ms: lease, since });
         }
         self.settle(now_ms);
+    }
+
+    /// When the driver should next call [`NodeCore::compact`], ms.
+    pub fn next_compact_ms(&self) -> u64 {
+        self.next_compact_ms
+    }
+
+    /// Compacts the ledger at `now_ms` (see `ledger/compact.rs`): each DAG that ended more than
+    /// the retention ago leaves it, and this core forgets it. Returns their summaries, for the
+    /// driver to keep (as blobs; handed back with [`NodeCore::restore_compacted`] at its next
+    /// start) before it deletes the facts [`NodeCore::take_replaced_facts`] names. A driver
+    /// calls it at start and every [`compact_every_ms`] ([`NodeCore::next_compact_ms`]).
+    pub fn compact(&mut self, now_ms: u64) -> Vec<crate::ledger::DagSummary> {
+        self.next_compact_ms = now_ms + compact_every_ms(self.cfg.ledger_retention_ms);
+        let summaries = self.ledger.compact(now_ms, self.cfg.ledger_retention_ms);
+        for s in &summaries {
+            self.forget_dag(&s.dag);
+        }
+        if !summaries.is_empty() {
+            self.settle(now_ms);
+        }
+        summaries
+    }
+
+    /// Takes in a DAG compacted before, from the summary a driver stored (see
+    /// [`Ledger::restore_compacted`]); before the stored facts, at start.
+    pub fn restore_compacted(&mut self, summary: &crate::ledger::DagSummary) {
+        self.ledger.restore_compacted(summary);
+        self.forget_dag(&summary.dag);
+    }
+
+    /// Drops what this core keeps about `dag` besides the ledger (it ended: nothing runs or waits).
+    fn forget_dag(&mut self, dag: &Hash) {
+        self.dags.remove(dag);
+        self.sched.remove(dag);
+        self.dag_peers.remove(dag);
+        self.outside.remove(dag);
+        let stale: Vec<Hash> = self.running.iter().filter(|(_, r)| r.dag == *dag).map(|(c, _)| *c).collect();
+        for claim in stale {
+            if let Some(r) = self.running.remove(&claim) {
+                self.running_by_job.remove(&(r.dag, r.job));
+            }
+            self.out_actions.push_back(Action::Stop { claim });
+        }
+        self.candidates.retain(|(d, _), _| d != dag);
+        for q in self.queues.values_mut() {
+            q.retain(|(_, d, _)| d != dag);
+        }
+        self.leases.retain(|(_, d, _)| d != dag);
+        self.lease_of.retain(|(d, _), _| d != dag);
     }
 
     /// When `handle_tick` is next needed: the earliest `Alive` due, a lease expiring, or a waiting job

@@ -255,7 +255,9 @@ mod tests {
         assert!(matches!(l.job_state(&open, "b", now), Some(JobState::Open { .. })), "its lease ran out, it is open");
         assert!(matches!(l.job_state(&young, "b", now), Some(JobState::Done { .. })));
         // The cache still answers for the compacted DAG's completion.
-        assert!(l.cached(&Hash::of(b"action a")).iter().any(|(r, _)| *r == Hash::of(&[old.0.as_slice(), b"ra"].concat())));
+        assert!(
+            l.cached(&Hash::of(b"action a")).iter().any(|(r, _)| *r == Hash::of(&[old.0.as_slice(), b"ra"].concat()))
+        );
         // Anti-entropy from a peer that has not compacted brings none of it back.
         for f in &old_facts {
             assert_eq!(l.insert(f.clone()), Ok(false), "{:?} came back", f.body.kind());
@@ -284,11 +286,7 @@ mod tests {
         );
         assert_eq!(l.insert(late), Ok(false));
         // A young orphan is kept until it is as old.
-        let young = Fact::sign(
-            &k,
-            at(t0 + 2 * DAY),
-            Body::Release { claim: Hash::of(b"a claim not here yet") },
-        );
+        let young = Fact::sign(&k, at(t0 + 2 * DAY), Body::Release { claim: Hash::of(b"a claim not here yet") });
         assert_eq!(l.insert(young.clone()), Ok(true));
         l.compact(t0 + 2 * DAY + 1, DAY);
         assert!(l.get(&young.id()).is_some());

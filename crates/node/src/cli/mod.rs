@@ -323,6 +323,12 @@ struct NodeArgs {
     #[arg(long, default_value_t = shoal_mesh::core::CLAIM_STAGGER_MS,
         value_parser = clap::value_parser!(u64).range(0..=60_000))]
     claim_stagger_ms: u64,
+    /// How long a DAG whose jobs all ended stays in the ledger after its last fact, in seconds;
+    /// then its facts leave it and a summary stays (`shoal status` still answers). A setting of
+    /// the mesh protocol: give every node of a mesh the same.
+    #[arg(long, default_value_t = shoal_mesh::core::LEDGER_RETENTION_MS / 1000,
+        value_parser = clap::value_parser!(u64).range(1..=365 * 86_400))]
+    ledger_retention_s: u64,
     /// Nodes in the group that schedules a DAG submitted here, on a gossip topic of the DAG's
     /// own, when the mesh is larger than --dag-topics-above-nodes (0: every DAG on the mesh's
     /// one topic). The value the simulator validated at 1,000 and 10,000 nodes.

@@ -95,6 +95,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
             core: shoal_mesh::core::CoreConfig {
                 lease_ms: args.lease_ms,
                 claim_stagger_ms: args.claim_stagger_ms,
+                ledger_retention_ms: args.ledger_retention_s * 1000,
                 ..Default::default()
             },
             ..Default::default()

@@ -137,13 +137,24 @@ async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
     Ok(axum::Json(DagList { dags, node: status.node }).into_response())
 }
 
+/// One DAG as the ledger shows it, or, once compacted out of it, as its summary says.
+async fn dag_view(s: &Shared, hash: Hash) -> Result<super::views::DagView, ApiError> {
+    let mut status = ask(s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
+    if let Some(view) = status.dags.remove(&hash) {
+        return Ok(view);
+    }
+    if let Some(summary) = s.store.compacted_summary(hash).map_err(|e| internal(e.to_string()))? {
+        let bytes = s.store.get_bytes(summary).await.map_err(|e| internal(e.to_string()))?;
+        if let Some(summary) = bytes.and_then(|b| shoal_mesh::ledger::DagSummary::from_cbor(&b).ok()) {
+            return Ok(super::views::DagView::of_summary(&summary));
+        }
+    }
+    Err(not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))
+}
+
 async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
-    let mut status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
-    let mut view = status
-        .dags
-        .remove(&hash)
-        .ok_or_else(|| not_found(format!("this node's ledger has no DAG {hash}; submit it, or wait for gossip")))?;
+    let mut view = dag_view(&s, hash).await?;
     // A job finished more than once: compare what the runs produced. Their records are fetched
     // at once, for at most RUNS_COMPARE_MS (one at a time, a DAG with many reruns after a
     // partition took a minute: each record of a runner gone waited for every provider); a job
@@ -180,8 +191,8 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
             jv.nondeterministic = Some(outputs.len() > 1);
         }
     }
-    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node: status.node, group: view.group })
-        .into_response())
+    let node = hex::encode(s.node);
+    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node, group: view.group }).into_response())
 }
 
 /// Every fact about each job of a DAG, in clock order: what the ledger says happened to it
@@ -240,8 +251,7 @@ async fn job_output(
     Path((dag, job, output)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let hash = parse_hash(&dag)?;
-    let status = ask(&s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
-    let view = status.dags.get(&hash).ok_or_else(|| not_found(format!("no DAG {hash} in the ledger")))?;
+    let view = dag_view(&s, hash).await?;
     let jv = view.jobs.get(&job).ok_or_else(|| not_found(format!("DAG {hash} has no job `{job}`")))?;
     let record = jv.record.ok_or_else(|| {
         ApiError::new(

@@ -291,6 +291,16 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     if restarted {
         core.set_claiming(now_unix_ms(), false);
     }
+    // DAGs compacted before: their facts stay out (a kill may have left some in the store).
+    for (dag, summary) in store.compacted()? {
+        match store.get_bytes(summary).await? {
+            Some(bytes) => match shoal_mesh::ledger::DagSummary::from_cbor(&bytes) {
+                Ok(s) => core.restore_compacted(&s),
+                Err(e) => warn!(%dag, %summary, "the summary of a compacted DAG does not decode ({e}); ignored"),
+            },
+            None => warn!(%dag, %summary, "the summary of a compacted DAG is missing from the store; ignored"),
+        }
+    }
     let mut others = false;
     for (id, bytes) in stored {
         match wire::decode::<Fact>(&bytes) {
@@ -497,6 +507,22 @@ impl Node {
         }
     }
 
+    /// Compacts the ledger (`NodeCore::compact`): each summary is stored before the facts it
+    /// replaces are deleted (by the caller, with the replaced facts), so a kill between the two
+    /// leaves both (the next start compacts again), never neither. Whether any DAG left.
+    async fn compact_ledger(&mut self) -> bool {
+        let summaries = self.core.compact(now_unix_ms());
+        for s in &summaries {
+            if let Err(e) = self.shared.store.put_compacted(s.dag, s.to_cbor()).await {
+                warn!(dag = %s.dag, "cannot store the summary of a compacted DAG: {e:#}");
+            }
+        }
+        if !summaries.is_empty() {
+            info!(dags = summaries.len(), facts = self.core.ledger().len(), "compacted ended DAGs out of the ledger");
+        }
+        !summaries.is_empty()
+    }
+
     /// Drops the prepared runner of `dag` once none of its jobs runs here.
     fn drop_ctx_unless_running(&mut self, dag: &Hash) {
         if !self.running.values().any(|(d, _)| d == dag) {
@@ -600,7 +626,8 @@ impl Node {
             }
             self.to_persist.extend(own);
         }
-        if !self.to_persist.is_empty() {
+        let compacted = now_unix_ms() >= self.core.next_compact_ms() && self.compact_ledger().await;
+        if !self.to_persist.is_empty() || compacted {
             let facts = std::mem::take(&mut self.to_persist);
             for f in &facts {
                 self.note_event(f);

@@ -31,6 +31,12 @@ pub(crate) struct DagView {
 }
 
 impl DagView {
+    /// A DAG compacted out of the ledger, as its summary says (see `shoal_mesh::ledger::DagSummary`).
+    pub(crate) fn of_summary(summary: &shoal_mesh::ledger::DagSummary) -> DagView {
+        let jobs = summary.jobs.iter().map(|(id, j)| (id.clone(), job_view(j.state.clone(), None, vec![]))).collect();
+        DagView { jobs, known: false, group: None }
+    }
+
     /// The DAG as `GET /v1/dags` lists it: how many of its jobs are in each state.
     pub(crate) fn summary(&self, dag: Hash) -> DagSummary {
         let mut states = BTreeMap::new();
@@ -216,6 +222,8 @@ impl Node {
             cpu_sys_ms,
             cpu_user_ms,
             facts: self.core.ledger().len(),
+            compacted_dags: self.core.ledger().compacted_count(),
+            ledger_bytes: self.shared.store.ledger_bytes(),
             ledger_digest: self.core.ledger().digest().to_string(),
             libp2p_bytes_in,
             libp2p_bytes_out,
