@@ -79,6 +79,8 @@ pub(crate) fn metrics(running: usize) -> Metrics {
         cpu_sys_ms: 2,
         cpu_user_ms: 3,
         facts: 4,
+        compacted_dags: 0,
+        ledger_bytes: 0,
         ledger_digest: "d".into(),
         libp2p_bytes_in: 5,
         libp2p_bytes_out: 6,
