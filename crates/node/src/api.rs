@@ -352,24 +352,24 @@ pub struct StoredBlob {
 /// `GET /v1/metrics`: counters of this node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metrics {
+    /// DAGs compacted out of the ledger (their summaries kept).
+    #[serde(default)]
+    pub compacted_dags: usize,
     /// Peers with a connection now.
     pub connected: usize,
     pub cpu_sys_ms: u64,
     pub cpu_user_ms: u64,
     /// Facts in the ledger.
     pub facts: usize,
-    /// DAGs compacted out of the ledger (their summaries kept).
-    #[serde(default)]
-    pub compacted_dags: usize,
-    /// Bytes of the ledger as stored (facts and the compacted index).
-    #[serde(default)]
-    pub ledger_bytes: u64,
     /// Relayed connections DCUtR replaced by a direct one, and attempts that failed (the
     /// connection stayed relayed), since start.
     #[serde(default)]
     pub hole_punches: u64,
     #[serde(default)]
     pub hole_punches_failed: u64,
+    /// Bytes of the ledger as stored (facts and the compacted index).
+    #[serde(default)]
+    pub ledger_bytes: u64,
     /// Equal on two nodes exactly when they hold the same facts (the soak compares them).
     pub ledger_digest: String,
     pub libp2p_bytes_in: u64,
@@ -797,8 +797,8 @@ mod tests {
             // The fixture the handlers' tests serve: each counter told apart by its value.
             crate::daemon::testing::metrics(9),
             concat!(
-                r#"{"connected":1,"cpu_sys_ms":2,"cpu_user_ms":3,"facts":4,"hole_punches":12,"#,
-                r#""hole_punches_failed":13,"ledger_digest":"d","#,
+                r#"{"compacted_dags":15,"connected":1,"cpu_sys_ms":2,"cpu_user_ms":3,"facts":4,"hole_punches":12,"#,
+                r#""hole_punches_failed":13,"ledger_bytes":16,"ledger_digest":"d","#,
                 r#""libp2p_bytes_in":5,"libp2p_bytes_out":6,"node":"ab","peers_live":7,"prepared_dags":8,"#,
                 r#""relays_reserved":14,"running":9,"runs_live":10,"uptime_ms":11}"#
             ),
