@@ -72,7 +72,7 @@ def need_packages(*packages):
         sh(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)
 
 
-def start_node(shoal, key, ready, home, log, join=(), extra=(), rust_log="warn", start_timeout_s=60):
+def start_node(shoal, key, ready, home, log, join=(), extra=(), rust_log=os.environ.get("BENCH_RUST_LOG", "warn"), start_timeout_s=60):
     """Starts `shoal node` on loopback (every port 0, namespace backend) with its store at `home`,
     logging to the open file `log`; waits for its ready file. Returns (process, the ready file's JSON:
     node, http, listen)."""

@@ -50,6 +50,7 @@ def all_done(http, dags):
 
 def measure(shoal, key, n0, n1, idle_s):
     m = get(n0["http"], "/v1/metrics")
+    m1 = get(n1["http"], "/v1/metrics")
     t0, b0 = time.time(), m["libp2p_bytes_out"]
     time.sleep(idle_s)
     b1 = get(n0["http"], "/v1/metrics")["libp2p_bytes_out"]
@@ -63,6 +64,8 @@ def measure(shoal, key, n0, n1, idle_s):
     start_s = time.time() - started
     n0.update(proc=proc, http=v["http"], listen=v["listen"][0])
     return {"ledger_bytes": m["ledger_bytes"], "facts": m["facts"], "compacted": m["compacted_dags"],
+            "peer_facts": m1["facts"], "peer_compacted": m1["compacted_dags"],
+            "same_digest": m["ledger_digest"] == m1["ledger_digest"],
             "start_s": round(start_s, 2), "idle_bytes_per_s": round(idle)}
 
 
@@ -93,10 +96,20 @@ def run(shoal, counts, retention_s, idle_s):
             while not all_done(n0["http"], submitted):
                 time.sleep(1)
             ran_s = time.time() - t
-            # Past the retention, and a compaction round after it.
+            # Past the retention, and until both nodes compacted every DAG.
+            done_at = time.time()
             if retention_s < YEAR_S:
-                time.sleep(retention_s + max(1, retention_s / 4) + 2)
+                while any(get(n["http"], "/v1/metrics")["compacted_dags"] < target for n in nodes):
+                    if time.time() - done_at > 10 * retention_s + 60:
+                        for n in nodes:
+                            m = get(n["http"], "/v1/metrics")
+                            print(json.dumps({k: m[k] for k in ["facts", "compacted_dags", "ledger_digest"]}))
+                            print(json.dumps(get(n["http"], "/v1/dags"))[:1500])
+                        raise SystemExit(f"not every DAG was compacted {time.time() - done_at:.0f} s after the last ended")
+                    time.sleep(0.5)
+            compacted_s = time.time() - done_at
             row = measure(shoal, key, n0, n1, idle_s)
+            row["compacted_after_s"] = round(compacted_s, 1)
             row.update(dags=target, retention_s=retention_s, ran_s=round(ran_s, 1))
             rows.append(row)
             print(json.dumps(row))

@@ -68,6 +68,14 @@ impl Store {
         Ok(hash)
     }
 
+    /// Records that `dag` was compacted with the summary `summary` (a peer's word; its blob may
+    /// not be here yet), kept for good once it is.
+    pub fn keep_compacted(&self, dag: Hash, summary: Hash) -> Result<(), StoreError> {
+        self.pin(summary)?;
+        self.meta().compacted.insert(dag.0, &summary.0).map_err(StoreError::meta("write"))?;
+        Ok(())
+    }
+
     /// Every compacted DAG and its summary's hash.
     pub fn compacted(&self) -> Result<Vec<(Hash, Hash)>, StoreError> {
         let mut out = Vec::new();

@@ -96,7 +96,7 @@ fn main() {
         SyncResp::Same,
         SyncResp::Ids { ids: vec![facts[0].id()], dag: None },
         SyncResp::Facts { facts: facts[2..4].to_vec() },
-        SyncResp::Stored { added: 2, refused: 1 },
+        SyncResp::Stored { added: 2, refused: 1, compacted: vec![] },
         SyncResp::Refused { reason: "another wire version".into() },
     ] {
         w.put("wire", &[&[3u8][..], &wire::encode(&resp)].concat());

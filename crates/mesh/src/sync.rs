@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use shoal_dag::Hash;
 
 use crate::Settings;
-use crate::ledger::{Fact, Ledger, NodeId};
+use crate::ledger::{Compacted, Fact, Ledger, NodeId};
 use crate::wire::{self, SyncReq, SyncResp};
 
 /// A restarted node's wait before it claims jobs: its stored view has every other node's lease
@@ -91,8 +91,10 @@ impl CatchUp {
 pub enum Inbound {
     /// Answer with this.
     Answer(SyncResp),
-    /// Store these facts (through the core), then answer `SyncResp::Stored` with the counts.
-    Store(Vec<Fact>),
+    /// Store these facts (through the core), then answer `SyncResp::Stored` with the counts and
+    /// `compacted`: the DAGs some of them were about that this node compacted, so the sender,
+    /// which still holds facts of theirs, drops them too.
+    Store { facts: Vec<Fact>, compacted: Vec<(Hash, Compacted)> },
 }
 
 /// What one exchange compares: the whole ledger (`None`) or one DAG's facts.
@@ -118,6 +120,9 @@ pub struct Sync {
     out: VecDeque<(NodeId, SyncReq)>,
     /// An exchange with a peer has ended since this machine started (see [`Sync::caught_up`]).
     caught_up: bool,
+    /// DAGs a peer said it compacted, for the driver to compact here too
+    /// ([`Sync::poll_compacted`]), with the peer that said so (it holds the summary).
+    compacted: VecDeque<(Hash, Compacted, NodeId)>,
 }
 
 impl Sync {
@@ -131,6 +136,7 @@ impl Sync {
             new_scopes: VecDeque::new(),
             out: VecDeque::new(),
             caught_up: false,
+            compacted: VecDeque::new(),
         }
     }
 
@@ -221,6 +227,12 @@ impl Sync {
         self.out.pop_front()
     }
 
+    /// A DAG a peer compacted and this node still holds facts of: the driver compacts it here
+    /// too (`NodeCore::adopt_compacted`) and fetches its summary from that peer.
+    pub fn poll_compacted(&mut self) -> Option<(Hash, Compacted, NodeId)> {
+        self.compacted.pop_front()
+    }
+
     /// A peer's request, answered from `ledger`.
     pub fn handle_request(&mut self, _now_ms: u64, ledger: &Ledger, req: SyncReq) -> Inbound {
         match req {
@@ -243,7 +255,12 @@ impl Sync {
             SyncReq::Get { ids } => Inbound::Answer(SyncResp::Facts {
                 facts: ids.iter().take(wire::FACTS_PER_MESSAGE_MAX).filter_map(|id| ledger.get(id).cloned()).collect(),
             }),
-            SyncReq::Put { facts } => Inbound::Store(facts.into_iter().take(wire::FACTS_PER_MESSAGE_MAX).collect()),
+            SyncReq::Put { facts } => {
+                let facts: Vec<Fact> = facts.into_iter().take(wire::FACTS_PER_MESSAGE_MAX).collect();
+                let compacted: BTreeMap<Hash, Compacted> =
+                    facts.iter().filter_map(|f| ledger.compacted_of(f)).collect();
+                Inbound::Store { facts, compacted: compacted.into_iter().collect() }
+            }
             SyncReq::Hold { dag } => {
                 Inbound::Answer(SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") })
             }
@@ -285,9 +302,15 @@ impl Sync {
                 self.caught_up = true;
                 Vec::new()
             }
-            SyncResp::Stored { .. } | SyncResp::Holding { .. } | SyncResp::Refused { .. } | SyncResp::Heard => {
+            SyncResp::Stored { compacted, .. } => {
+                for (dag, c) in compacted {
+                    if ledger.compacted(&dag).is_none() && !self.compacted.iter().any(|(d, ..)| *d == dag) {
+                        self.compacted.push_back((dag, c, from));
+                    }
+                }
                 Vec::new()
             }
+            SyncResp::Holding { .. } | SyncResp::Refused { .. } | SyncResp::Heard => Vec::new(),
         }
     }
 }
@@ -374,16 +397,19 @@ mod tests {
             any = true;
             let resp = match peer.0.handle_request(0, &peer.1, req) {
                 Inbound::Answer(r) => r,
-                Inbound::Store(facts) => {
-                    let n = facts.len() as u64;
+                Inbound::Store { facts, compacted } => {
+                    let mut added = 0;
                     for f in facts {
-                        peer.1.insert(f).expect("valid");
+                        added += u64::from(peer.1.insert(f).expect("valid"));
                     }
-                    SyncResp::Stored { added: n, refused: 0 }
+                    SyncResp::Stored { added, refused: 0, compacted }
                 }
             };
             for f in me.0.handle_response(0, &me.1, from, resp) {
                 me.1.insert(f).expect("valid");
+            }
+            while let Some((dag, c, _)) = me.0.poll_compacted() {
+                me.1.adopt_compacted(dag, c);
             }
         }
         any
@@ -399,6 +425,40 @@ mod tests {
             }
         }
         panic!("the exchange did not end");
+    }
+
+    /// A node that missed the end of a DAG (here its completion) still holds its facts after
+    /// the others compacted it: pushing them to a peer that compacted it brings back the word,
+    /// and it compacts the DAG too; the ledgers end equal.
+    #[test]
+    fn a_node_that_missed_a_compaction_learns_it_from_the_peer_it_pushes_to() {
+        let settings = Settings::default();
+        let (ida, idb) = ([1; 32], [2; 32]);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let dag = Hash::of(b"x");
+        let at = |ms| Hlc { wall_ms: ms, counter: 0 };
+        let submit =
+            Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
+        let done =
+            Fact::sign(&key, at(3), Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1, action: None });
+        let mut a = (Sync::new(&settings), Ledger::new());
+        let mut b = (Sync::new(&settings), Ledger::new());
+        for f in [&submit, &claim, &done] {
+            a.1.insert(f.clone()).expect("valid");
+        }
+        for f in [&submit, &claim] {
+            b.1.insert(f.clone()).expect("valid");
+        }
+        assert_eq!(a.1.compact(100_000, 1_000).len(), 1);
+        assert!(b.1.compact(100_000, 1_000).is_empty(), "b does not know the DAG ended");
+        a.0.handle_connected(0, idb);
+        b.0.handle_connected(0, ida);
+        b.0.handle_tick(0, &b.1);
+        exchange(&mut b, &mut a, (ida, idb));
+        assert_eq!(b.1.compacted(&dag), a.1.compacted(&dag));
+        assert!(b.1.is_empty() && a.1.is_empty());
+        assert_eq!(a.1.digest(), b.1.digest());
     }
 
     #[test]

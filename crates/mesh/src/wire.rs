@@ -167,6 +167,10 @@ pub enum SyncResp {
     Stored {
         added: u64,
         refused: u64,
+        /// DAGs some of the facts were about that the answering node compacted (see
+        /// `ledger/compact.rs`): the sender holds facts of theirs it should drop too.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        compacted: Vec<(Hash, crate::ledger::Compacted)>,
     },
     Refused {
         reason: String,

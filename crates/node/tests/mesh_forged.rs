@@ -110,7 +110,7 @@ async fn forged_and_altered_facts_are_refused_by_a_running_node() {
     })
     .await
     .expect("the node answered the push");
-    assert_eq!(resp, SyncResp::Stored { added: 1, refused: 2 }, "only the genuine fact is kept");
+    assert_eq!(resp, SyncResp::Stored { added: 1, refused: 2, compacted: vec![] }, "only the genuine fact is kept");
 
     // The same forgeries by gossip change nothing either; the node's ledger holds one fact.
     let batch = FactBatch { v: WIRE_VERSION, facts: vec![forged, altered], dags: vec![] };

@@ -77,9 +77,9 @@ impl Sim {
         let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else { return };
         let resp = match sync.handle_request(now, core.ledger(), req) {
             Inbound::Answer(resp) => resp,
-            Inbound::Store(facts) => {
+            Inbound::Store { facts, compacted } => {
                 let added = self.store_synced(to, facts);
-                SyncResp::Stored { added, refused: 0 }
+                SyncResp::Stored { added, refused: 0, compacted }
             }
         };
         let bytes = response_bytes(&resp, &self.meta);
@@ -103,6 +103,12 @@ impl Sim {
         let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_ref()) else { return };
         let facts = sync.handle_response(now, core.ledger(), peer, resp);
         self.store_synced(to, facts);
+        let node = &mut self.nodes[to as usize];
+        if let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_mut()) {
+            while let Some((dag, c, _)) = sync.poll_compacted() {
+                core.adopt_compacted(now, dag, c);
+            }
+        }
         self.end_catch_up(to);
         self.send_sync_requests(to);
     }

@@ -639,6 +639,17 @@ impl NodeCore {
         self.forget_dag(&summary.dag);
     }
 
+    /// A peer said it compacted `dag` (`Sync::poll_compacted`): this node, which still held facts
+    /// of it, compacts it too (see [`Ledger::adopt_compacted`]). Whether it was new here.
+    pub fn adopt_compacted(&mut self, now_ms: u64, dag: Hash, compacted: crate::ledger::Compacted) -> bool {
+        if !self.ledger.adopt_compacted(dag, compacted) {
+            return false;
+        }
+        self.forget_dag(&dag);
+        self.settle(now_ms);
+        true
+    }
+
     /// Drops what this core keeps about `dag` besides the ledger (it ended: nothing runs or waits).
     fn forget_dag(&mut self, dag: &Hash) {
         self.dags.remove(dag);

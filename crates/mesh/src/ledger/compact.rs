@@ -116,19 +116,55 @@ impl Ledger {
         for s in &summaries {
             self.archive(s);
         }
+        self.rebuild_without(drop);
+        summaries
+    }
+
+    /// Takes in a peer's word that `dag` was compacted (anti-entropy: this node still held facts
+    /// of it, having missed some, or been away): its facts here are dropped (named by
+    /// [`Ledger::take_replaced`]) and refused from now on. Its summary, a blob named by
+    /// `compacted.summary`, is the driver's to fetch. False if it was compacted here already.
+    pub fn adopt_compacted(&mut self, dag: Hash, compacted: Compacted) -> bool {
+        if self.compacted.contains_key(&dag) {
+            return false;
+        }
+        self.compacted.insert(dag, compacted);
+        let drop: BTreeSet<Hash> = self.dag_ids(&dag).copied().collect();
+        if !drop.is_empty() {
+            self.rebuild_without(drop);
+        }
+        true
+    }
+
+    /// The tombstone of the compacted DAG a fact is about, if it is about one: what a node tells
+    /// a peer that sent it (see `Sync`).
+    pub fn compacted_of(&self, fact: &super::Fact) -> Option<(Hash, Compacted)> {
+        let dag = self.dag_of(fact)?;
+        self.compacted.get(&dag).map(|c| (dag, *c))
+    }
+
+    /// Folds the view again from every fact but `drop`, which [`Ledger::take_replaced`] names.
+    fn rebuild_without(&mut self, drop: BTreeSet<Hash>) {
         let kept: Vec<_> = self.facts.iter().filter(|(id, _)| !drop.contains(id)).map(|(_, f)| f.clone()).collect();
         let mut fresh = Ledger::with_lease_ms(self.lease_ms);
         fresh.compacted = std::mem::take(&mut self.compacted);
         fresh.archived = std::mem::take(&mut self.archived);
-        fresh.horizon_ms = self.horizon_ms;
         fresh.replaced = std::mem::take(&mut self.replaced);
+        let mut refused = Vec::new();
         for fact in kept {
-            let verified = super::VerifiedFact { id: fact.id(), fact };
-            fresh.insert_verified(verified);
+            let id = fact.id();
+            fresh.insert_verified(super::VerifiedFact { id, fact });
+            // Now about a compacted DAG, or an orphan past the horizon: it goes too.
+            if !fresh.facts.contains_key(&id) {
+                refused.push(id);
+            }
         }
+        // The horizon only after: facts go back in id order, so a completion may come before its
+        // claim (an orphan for a moment) and must not be refused as an old orphan.
+        fresh.horizon_ms = self.horizon_ms;
         fresh.replaced.extend(drop);
+        fresh.replaced.extend(refused);
         *self = fresh;
-        summaries
     }
 
     /// Takes in a DAG compacted before (a driver's stored summary, at start): its facts are
@@ -269,6 +305,51 @@ mod tests {
         peer.compact(now + 5, DAY);
         assert_eq!(peer.digest(), l.digest());
         assert_eq!(peer.compacted(&old), l.compacted(&old));
+    }
+
+    /// A DAG still running after the retention keeps every fact, its old completions included,
+    /// through another DAG's compaction (the view is folded again from the facts in id order, where
+    /// a completion may come before its claim).
+    #[test]
+    fn a_long_running_dag_keeps_its_old_completions_when_another_is_compacted() {
+        let t0 = 10 * DAY;
+        let (long, old) = (Hash::of(b"long"), Hash::of(b"old"));
+        let k = SigningKey::from_bytes(&[4; 32]);
+        let mut jobs: Vec<String> = (0..8).map(|i| format!("j{i}")).collect();
+        jobs.push("last".into());
+        let mut facts = vec![Fact::sign(
+            &k,
+            at(t0),
+            Body::Submit { dag: long, jobs: jobs.clone(), max_attempts: 1, topic_nodes: 0 },
+        )];
+        for (i, job) in jobs.iter().enumerate() {
+            let claim = Fact::sign(
+                &k,
+                at(t0 + 1 + 2 * i as u64),
+                Body::Claim { dag: long, job: job.clone(), lease_until_ms: u64::MAX },
+            );
+            if job != "last" {
+                let record = Hash::of(job.as_bytes());
+                facts.push(Fact::sign(
+                    &k,
+                    at(t0 + 2 + 2 * i as u64),
+                    Body::Done { claim: claim.id(), record, bytes: 0, action: None },
+                ));
+            }
+            facts.push(claim);
+        }
+        facts.extend(dag_facts(old, t0, true));
+        let mut l = ledger_of(&facts);
+        let now = t0 + 2 * DAY;
+        // `last` still runs: its claim's lease is believed `lease_ms` past its fact, so keep it
+        // alive with a fresh `Alive`.
+        l.insert(Fact::sign(&k, at(now - 1), Body::Alive { dag: long, lease_until_ms: now + 60_000, since: at(t0) }))
+            .unwrap();
+        assert_eq!(l.compact(now, DAY).len(), 1);
+        for job in &jobs[..8] {
+            assert!(matches!(l.job_state(&long, job, now), Some(JobState::Done { .. })), "{job} lost its completion");
+        }
+        assert!(matches!(l.job_state(&long, "last", now), Some(JobState::Claimed { .. })));
     }
 
     #[test]

@@ -293,14 +293,20 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     }
     // DAGs compacted before: their facts stay out (a kill may have left some in the store).
     for (dag, summary) in store.compacted()? {
-        match store.get_bytes(summary).await? {
-            Some(bytes) => match shoal_mesh::ledger::DagSummary::from_cbor(&bytes) {
-                Ok(s) => core.restore_compacted(&s),
-                Err(e) => warn!(%dag, %summary, "the summary of a compacted DAG does not decode ({e}); ignored"),
-            },
-            None => warn!(%dag, %summary, "the summary of a compacted DAG is missing from the store; ignored"),
+        let read = store.get_bytes(summary).await?.map(|b| shoal_mesh::ledger::DagSummary::from_cbor(&b));
+        match read {
+            Some(Ok(s)) => core.restore_compacted(&s),
+            // A peer's word not followed by its summary yet: the tombstone alone.
+            other => {
+                if let Some(Err(e)) = other {
+                    warn!(%dag, %summary, "the summary of a compacted DAG does not decode ({e})");
+                }
+                let tombstone = shoal_mesh::ledger::Compacted { summary, last_ms: 0 };
+                core.adopt_compacted(now_unix_ms(), dag, tombstone);
+            }
         }
     }
+    let stored_ids: Vec<Hash> = stored.iter().map(|(id, _)| *id).collect();
     let mut others = false;
     for (id, bytes) in stored {
         match wire::decode::<Fact>(&bytes) {
@@ -315,6 +321,14 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
             _ => warn!(%id, "a stored fact does not decode or match its id; ignored"),
         }
     }
+    // Stored facts the ledger did not take back (of a compacted DAG: a kill came between a
+    // compaction and the deletion of its facts; an `Alive` a later one replaced) leave the store.
+    let stale: Vec<Hash> = stored_ids.into_iter().filter(|id| core.ledger().get(id).is_none()).collect();
+    if !stale.is_empty() {
+        store.forget_facts(&stale).await?;
+        info!(facts = stale.len(), "deleted stored facts the ledger no longer holds");
+    }
+    let _ = core.take_replaced_facts();
     let claim_waits = ClaimWaits {
         store_full: false,
         clock: opts.clock_from_mesh,
@@ -403,6 +417,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         ahead_logged: BTreeSet::new(),
         dag_topics: topics::DagTopics::default(),
         claim_waits,
+        ledger_dropped: false,
     };
     node.run(cmd_rx).await
 }
@@ -466,6 +481,9 @@ struct Node {
     dag_topics: topics::DagTopics,
     /// What keeps this node from claiming jobs for now.
     claim_waits: ClaimWaits,
+    /// Facts left the ledger outside a compaction (a peer's word that a DAG was compacted): the
+    /// next step deletes them from the store.
+    ledger_dropped: bool,
 }
 
 /// Why a node claims no job yet; it claims when none holds.
@@ -626,7 +644,8 @@ impl Node {
             }
             self.to_persist.extend(own);
         }
-        let compacted = now_unix_ms() >= self.core.next_compact_ms() && self.compact_ledger().await;
+        let compacted = (now_unix_ms() >= self.core.next_compact_ms() && self.compact_ledger().await)
+            | std::mem::take(&mut self.ledger_dropped);
         if !self.to_persist.is_empty() || compacted {
             let facts = std::mem::take(&mut self.to_persist);
             for f in &facts {

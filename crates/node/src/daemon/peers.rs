@@ -102,9 +102,9 @@ impl Node {
                     }
                     Ok(req) => match self.sync.handle_request(self.mono_ms(), self.core.ledger(), req) {
                         Inbound::Answer(resp) => resp,
-                        Inbound::Store(facts) => {
+                        Inbound::Store { facts, compacted } => {
                             let (added, refused) = self.take_facts(now, facts, &peer);
-                            SyncResp::Stored { added, refused }
+                            SyncResp::Stored { added, refused, compacted }
                         }
                     },
                     Err(e) => SyncResp::Refused { reason: e.to_string() },
@@ -239,6 +239,23 @@ impl Node {
         let facts = self.sync.handle_response(self.mono_ms(), self.core.ledger(), node, resp);
         if !facts.is_empty() {
             self.take_facts(now, facts, peer);
+        }
+        while let Some((dag, compacted, from)) = self.sync.poll_compacted() {
+            if !self.core.adopt_compacted(now, dag, compacted) {
+                continue;
+            }
+            info!(%dag, from = %hex::encode(&from[..6]), "a peer compacted a DAG this node still held facts of: compacted here too");
+            if let Err(e) = self.shared.store.keep_compacted(dag, compacted.summary) {
+                warn!(%dag, "cannot record a compacted DAG: {e:#}");
+            }
+            self.ledger_dropped = true;
+            // Its summary, from the peer that has it (for `shoal status` of it here).
+            let (blobs, summary) = (self.shared.blobs.clone(), compacted.summary);
+            tokio::spawn(async move {
+                if let Err(e) = blobs.fetch(summary, &[from]).await {
+                    debug!(%summary, "cannot fetch a compacted DAG's summary: {e}");
+                }
+            });
         }
     }
 
