@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, print, shoal_home_with_busybox, start_node, work_dir  # noqa: E402
 
 JOBS = 20
+RUN_TIMEOUT_S = 1800
 YEAR_S = 365 * 86_400
 
 
@@ -94,6 +95,8 @@ def run(shoal, counts, retention_s, idle_s):
                 submitted.append(post(n0["http"], "/v1/dags?name=d.json", dag_text(k))["dag"])
                 k += 1
             while not all_done(n0["http"], submitted):
+                if time.time() - t > RUN_TIMEOUT_S:
+                    raise SystemExit(f"the {target} DAGs were not all done within {RUN_TIMEOUT_S} s")
                 time.sleep(1)
             ran_s = time.time() - t
             # Past the retention, and until both nodes compacted every DAG.
