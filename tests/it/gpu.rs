@@ -103,3 +103,31 @@ fn a_job_asking_for_a_gpu_gets_one_of_the_machines_with_its_driver() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("needs 1 GPU(s)") && err.contains("has 0"), "{err}");
 }
+
+/// A node announces the GPUs it found with vendor, model and memory (where the driver says), and
+/// a mesh job asking for the AMD one by model is placed on it and gets it.
+#[test]
+fn a_node_announces_its_gpus_and_a_mesh_job_gets_one() {
+    let home = Home::with_busybox();
+    let root = home.path().join("machine");
+    fake_machine(&root);
+    // The node inherits it: each test runs in a process of its own.
+    unsafe { std::env::set_var("SHOAL_GPU_ROOT", &root) };
+    let key = crate::mesh::mesh_key(home.path());
+    let node = crate::mesh::MeshNode::start(home, &key, &[], &[]);
+    let peers = node.get_json("/v1/peers");
+    let me = peers["peers"].as_array().unwrap().iter().find(|p| p["me"] == true).unwrap().clone();
+    let gpus = me["caps"]["gpus"].as_array().unwrap().clone();
+    assert_eq!(gpus.len(), 3, "{me:#}");
+    assert_eq!((gpus[0]["vendor"].as_str(), gpus[0]["model"].as_str()), (Some("nvidia"), Some(MODEL)));
+    assert_eq!(gpus[2]["vendor"], "amd");
+    assert_eq!(gpus[2]["memory_bytes"], 17_163_091_968u64);
+    let dag = r#"{"version": 1, "jobs": [{"id": "g", "image": "busybox:latest",
+        "command": ["sh", "-c", "ls /dev/dri"], "outputs": {"o": "stdout"},
+        "requirements": {"gpu": {"count": 1, "model": "amd 0x73bf"}}}]}"#;
+    let out = node.cli(&["submit", "--wait", node.home.write("g.json", dag).to_str().unwrap()]);
+    assert_success(&out, "shoal submit of a GPU job");
+    let out = node.cli(&["get", "g", "o"]);
+    assert_success(&out, "shoal get");
+    assert_eq!(stdout(&out), "renderD128\n");
+}

@@ -14,8 +14,8 @@ pub struct Capabilities {
     pub cores: u32,
     pub memory_bytes: u64,
     pub cpu_flags: BTreeSet<String>,
-    /// One entry per GPU: its model.
-    pub gpus: Vec<String>,
+    /// One entry per GPU.
+    pub gpus: Vec<GpuCap>,
     pub labels: BTreeMap<String, String>,
     /// Whether the node can run microVMs (QEMU, guest kernel and guest-init present).
     pub microvm: bool,
@@ -33,6 +33,49 @@ pub struct Capabilities {
     /// an arch fits it, and placement prefers a node that runs the arch natively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub emulated: Vec<Emulated>,
+}
+
+/// A GPU as a node announces it. Nodes before vendor and memory were announced sent the model
+/// alone, as a string: it still reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "GpuWire")]
+pub struct GpuCap {
+    pub model: String,
+    /// `nvidia`, `amd`, `intel`, or the PCI vendor id; empty when not said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vendor: String,
+    /// Its memory, where its driver says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+impl GpuCap {
+    /// A GPU known by its model alone.
+    pub fn model(model: impl Into<String>) -> GpuCap {
+        GpuCap { model: model.into(), vendor: String::new(), memory_bytes: None }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GpuWire {
+    Model(String),
+    Full {
+        model: String,
+        #[serde(default)]
+        vendor: String,
+        #[serde(default)]
+        memory_bytes: Option<u64>,
+    },
+}
+
+impl From<GpuWire> for GpuCap {
+    fn from(w: GpuWire) -> GpuCap {
+        match w {
+            GpuWire::Model(model) => GpuCap::model(model),
+            GpuWire::Full { model, vendor, memory_bytes } => GpuCap { model, vendor, memory_bytes },
+        }
+    }
 }
 
 /// An architecture a node runs under emulation, and how fast.
@@ -142,7 +185,7 @@ pub fn mismatches(req: &Requirements, caps: &Capabilities) -> Vec<Mismatch> {
         out.push(Mismatch::CpuFlags { missing });
     }
     if let Some(gpu) = &req.gpu {
-        let has = caps.gpus.iter().filter(|m| gpu.model.as_ref().is_none_or(|want| *m == want)).count() as u32;
+        let has = caps.gpus.iter().filter(|g| gpu.model.as_ref().is_none_or(|want| g.model == *want)).count() as u32;
         if has < gpu.count {
             out.push(Mismatch::Gpu { wanted: gpu.count, model: gpu.model.clone(), has });
         }
@@ -229,7 +272,7 @@ mod tests {
         let why = unschedulable(&req, &mesh).expect("unschedulable");
         assert!(why.contains("a: needs 1 GPU(s), has 0") && why.contains("b: needs 1 GPU(s), has 0"), "{why}");
         let mut gpu_node = node();
-        gpu_node.gpus = vec!["A100".into()];
+        gpu_node.gpus = vec![GpuCap::model("A100")];
         let mesh = vec![("a".to_string(), node()), ("g".to_string(), gpu_node.clone())];
         assert_eq!(unschedulable(&req, &mesh), None);
         let h100 = Requirements { gpu: Some(Gpu { count: 1, model: Some("H100".into()) }), ..Requirements::default() };
@@ -249,5 +292,20 @@ mod tests {
         let old: Capabilities = shoal_dag::from_cbor(&bytes).unwrap();
         assert_eq!(old, Capabilities { vm_accel: None, ..node() });
         assert_eq!(shoal_dag::from_cbor::<Capabilities>(&shoal_dag::canonical_cbor(&node())).unwrap(), node());
+    }
+}
+
+#[cfg(test)]
+mod gpu_wire_tests {
+    use super::*;
+
+    /// A GPU reads from an older node's announcement (the model as a string) and a newer one's.
+    #[test]
+    fn a_gpu_reads_from_its_model_alone_or_with_vendor_and_memory() {
+        let full = GpuCap { model: "A100".into(), vendor: "nvidia".into(), memory_bytes: Some(80 << 30) };
+        let bytes = shoal_dag::canonical_cbor(&vec![full.clone()]);
+        assert_eq!(shoal_dag::from_cbor::<Vec<GpuCap>>(&bytes).unwrap(), vec![full]);
+        let old = shoal_dag::canonical_cbor(&vec!["A100".to_string()]);
+        assert_eq!(shoal_dag::from_cbor::<Vec<GpuCap>>(&old).unwrap(), vec![GpuCap::model("A100")]);
     }
 }

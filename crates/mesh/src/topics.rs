@@ -128,7 +128,7 @@ mod tests {
             cores: 4,
             memory_bytes: 8 << 30,
             cpu_flags: BTreeSet::new(),
-            gpus: if gpu { vec!["g".into()] } else { vec![] },
+            gpus: if gpu { vec![crate::capabilities::GpuCap::model("g")] } else { vec![] },
             labels: Default::default(),
             microvm: true,
             vm_accel: None,

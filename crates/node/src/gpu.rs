@@ -54,6 +54,15 @@ pub struct Gpu {
 }
 
 impl Gpu {
+    /// As the node announces it to the mesh.
+    pub fn cap(&self) -> shoal_mesh::capabilities::GpuCap {
+        shoal_mesh::capabilities::GpuCap {
+            model: self.model.clone(),
+            vendor: self.vendor.clone(),
+            memory_bytes: self.memory_bytes,
+        }
+    }
+
     /// As a run record names it: `NVIDIA GeForce RTX 3060 (nvidia, driver 535.54.03)`.
     pub fn describe(&self) -> String {
         match &self.driver {

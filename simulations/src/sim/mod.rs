@@ -398,7 +398,11 @@ impl Sim {
                 _ => 16,
             };
             let arch = if self.rng.range(0, 9) == 0 { Arch::Aarch64 } else { Arch::X86_64 };
-            let gpus = if self.rng.range(0, 19) == 0 { vec!["sim-gpu".to_string()] } else { vec![] };
+            let gpus = if self.rng.range(0, 19) == 0 {
+                vec![shoal_mesh::capabilities::GpuCap::model("sim-gpu")]
+            } else {
+                vec![]
+            };
             let caps = Capabilities {
                 arch,
                 cores,

@@ -255,7 +255,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
         cores: runner.cores_total(),
         memory_bytes: opts.memory_bytes.map_or(machine.memory_bytes, |m| m.min(machine.memory_bytes)),
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
-        gpus: crate::gpu::host().iter().map(|g| g.model.clone()).collect(),
+        gpus: crate::gpu::host().iter().map(crate::gpu::Gpu::cap).collect(),
         labels: opts.labels.clone(),
         microvm: opts.run.backend.has_microvm(),
         vm_accel: opts.run.backend.has_microvm().then(|| {

@@ -543,7 +543,7 @@ fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Op
         cores: u32::MAX,
         memory_bytes: machine.memory_bytes,
         cpu_flags: machine.cpu_flags.iter().cloned().collect(),
-        gpus: crate::gpu::host().iter().map(|g| g.model.clone()).collect(),
+        gpus: crate::gpu::host().iter().map(crate::gpu::Gpu::cap).collect(),
         labels: Default::default(),
         microvm: true,
         vm_accel: None,
