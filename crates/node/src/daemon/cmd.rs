@@ -54,6 +54,11 @@ pub(crate) enum Cmd {
         block: bool,
         reply: oneshot::Sender<()>,
     },
+    /// A compacted DAG's summary, read back after the start: its completions answer the
+    /// mesh-wide cache again.
+    Summary {
+        summary: Box<shoal_mesh::ledger::DagSummary>,
+    },
     /// Who may hold the blobs of a run record: its runner first, then every live peer.
     Providers {
         first: Option<NodeId>,
@@ -204,6 +209,7 @@ impl Node {
             Cmd::Cached { action, reply } => {
                 let _ = reply.send((self.core.ledger().cached(&action), self.live_peers()));
             }
+            Cmd::Summary { summary } => self.core.restore_compacted(&summary),
             Cmd::Providers { first, reply } => {
                 let mut list: Vec<NodeId> = first.into_iter().collect();
                 list.extend(self.live_peers().into_iter().filter(|p| Some(*p) != first));

@@ -291,20 +291,12 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     if restarted {
         core.set_claiming(now_unix_ms(), false);
     }
-    // DAGs compacted before: their facts stay out (a kill may have left some in the store).
-    for (dag, summary) in store.compacted()? {
-        let read = store.get_bytes(summary).await?.map(|b| shoal_mesh::ledger::DagSummary::from_cbor(&b));
-        match read {
-            Some(Ok(s)) => core.restore_compacted(&s),
-            // A peer's word not followed by its summary yet: the tombstone alone.
-            other => {
-                if let Some(Err(e)) = other {
-                    warn!(%dag, %summary, "the summary of a compacted DAG does not decode ({e})");
-                }
-                let tombstone = shoal_mesh::ledger::Compacted { summary, last_ms: 0 };
-                core.adopt_compacted(now_unix_ms(), dag, tombstone);
-            }
-        }
+    // DAGs compacted before: their tombstones first, so their facts stay out (a kill may have
+    // left some in the store); their summaries are read after the start (`Cmd::Summary`): one
+    // blob each, a second for a thousand DAGs, which the start need not wait for.
+    let compacted = store.compacted()?;
+    for (dag, summary) in &compacted {
+        core.adopt_compacted(now_unix_ms(), *dag, shoal_mesh::ledger::Compacted { summary: *summary, last_ms: 0 });
     }
     let stored_ids: Vec<Hash> = stored.iter().map(|(id, _)| *id).collect();
     let mut others = false;
@@ -375,6 +367,21 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     tokio::spawn(serve::serve(listener, app, http_limits));
     let budget = opts.store_bytes_max.unwrap_or_else(|| budget::store_budget_default(shared.store.home()));
     tokio::spawn(budget::keep_within(shared.clone(), budget));
+    let read = shared.clone();
+    tokio::spawn(async move {
+        for (dag, summary) in compacted {
+            match read.store.get_bytes(summary).await {
+                Ok(Some(bytes)) => match shoal_mesh::ledger::DagSummary::from_cbor(&bytes) {
+                    Ok(s) => {
+                        let _ = read.cmds.send(Cmd::Summary { summary: Box::new(s) }).await;
+                    }
+                    Err(e) => warn!(%dag, %summary, "the summary of a compacted DAG does not decode ({e})"),
+                },
+                Ok(None) => debug!(%dag, %summary, "the summary of a compacted DAG is not here (a peer's word)"),
+                Err(e) => warn!(%dag, %summary, "cannot read the summary of a compacted DAG: {e}"),
+            }
+        }
+    });
     if let Some(t) = tokens {
         // When each token was last used, for `shoal token ls`: written off the request path.
         tokio::spawn(async move {
