@@ -1105,9 +1105,13 @@ fn the_simulator_and_three_real_nodes_record_the_same_facts_per_job() {
 
 /// The bytes of every blob in a node's store, as `shoal blob ls` lists them.
 fn stored_bytes(node: &MeshNode) -> u64 {
-    let out = node.cli(&["blob", "ls", "--json"]);
-    assert_success(&out, "shoal blob ls");
-    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    blob_bytes(&node.cli(&["blob", "ls", "--json"]))
+}
+
+/// The bytes of every blob `shoal blob ls --json` listed.
+fn blob_bytes(out: &std::process::Output) -> u64 {
+    assert_success(out, "shoal blob ls");
+    let list: Value = serde_json::from_str(&stdout(out)).unwrap();
     list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum()
 }
 
@@ -1120,12 +1124,7 @@ fn a_dag_whose_outputs_exceed_the_store_budget_finishes_and_the_store_stays_with
     const MIB: u64 = 1 << 20;
     let home = Home::with_busybox();
     let key = mesh_key(home.path());
-    let base = {
-        let out = home.shoal(&["blob", "ls", "--json"]);
-        assert_success(&out, "shoal blob ls");
-        let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
-        list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum::<u64>()
-    };
+    let base = blob_bytes(&home.shoal(&["blob", "ls", "--json"]));
     let budget = base + 4 * MIB;
     let node = MeshNode::start(home, &key, &[], &["--store-size-max", &budget.to_string()]);
     let mut jobs = Vec::new();
@@ -1175,12 +1174,7 @@ fn a_store_full_of_results_the_mesh_needs_stops_claiming_and_resumes_with_room()
     const MIB: u64 = 1 << 20;
     let home = Home::with_busybox();
     let key = mesh_key(home.path());
-    let base = {
-        let out = home.shoal(&["blob", "ls", "--json"]);
-        assert_success(&out, "shoal blob ls");
-        let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
-        list.as_array().unwrap().iter().map(|b| b["size"].as_u64().unwrap()).sum::<u64>()
-    };
+    let base = blob_bytes(&home.shoal(&["blob", "ls", "--json"]));
     let budget = (base + 2 * MIB).to_string();
     let node = MeshNode::start(home, &key, &[], &["--store-size-max", &budget, "--cores", "1"]);
     // Four final outputs of 3 MiB, one job at a time.
