@@ -1259,6 +1259,15 @@ fn an_ended_dag_is_compacted_out_of_every_ledger_and_still_answers() {
     let again = submit(&n0, &path);
     assert_eq!(again, dag);
     check(&n0);
+    // A node that joins after the compaction learns of it from a peer (its tombstone), and
+    // answers for the DAG from the summary it fetches.
+    let n2 = MeshNode::start(Home::empty(), &key, &[n1.listen.as_str()], &retention);
+    let start = Instant::now();
+    while n2.get_json("/v1/metrics")["compacted_dags"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(60), "the late node never learnt of the compaction:\n{}", n2.log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    check(&n2);
     let shared = text.replace("tr a-z A-Z", "rev");
     let other = submit(&n0, &n0.home.write("d.json", &shared));
     let v = wait_dag(&n1, &other, Duration::from_secs(60), "both jobs done", |v| all_in(v, "done"));

@@ -333,6 +333,8 @@ pub struct Ledger {
     archived: BTreeMap<Hash, BTreeSet<(Hash, NodeId)>>,
     /// Facts older than this (HLC wall ms) about no DAG here are refused (see `compact.rs`).
     horizon_ms: u64,
+    /// [`Ledger::compacted_digest`] once computed, until the next tombstone.
+    compacted_digest: std::sync::OnceLock<(Hash, usize)>,
 }
 
 impl Default for Ledger {
@@ -743,6 +745,7 @@ impl Ledger {
             compacted: BTreeMap::new(),
             archived: BTreeMap::new(),
             horizon_ms: 0,
+            compacted_digest: std::sync::OnceLock::new(),
         }
     }
 

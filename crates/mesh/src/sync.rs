@@ -123,7 +123,15 @@ pub struct Sync {
     /// DAGs a peer said it compacted, for the driver to compact here too
     /// ([`Sync::poll_compacted`]), with the peer that said so (it holds the summary).
     compacted: VecDeque<(Hash, Compacted, NodeId)>,
+    /// Exchanges of the mesh's scope so far: every [`TOMBSTONES_EVERY`]th also compares the
+    /// tombstones of compacted DAGs.
+    mesh_turns: u64,
 }
+
+/// One exchange of the mesh's scope in this many also compares tombstones of compacted DAGs
+/// (`SyncReq::Tombstones`): a node that joined after a compaction learns of it within a few
+/// periods, and an idle mesh sends one more small request every few periods.
+pub const TOMBSTONES_EVERY: u64 = 4;
 
 impl Sync {
     pub fn new(settings: &Settings) -> Sync {
@@ -137,6 +145,7 @@ impl Sync {
             out: VecDeque::new(),
             caught_up: false,
             compacted: VecDeque::new(),
+            mesh_turns: 0,
         }
     }
 
@@ -207,6 +216,11 @@ impl Sync {
         self.last_scope = scope;
         let req = match scope {
             None => {
+                if self.mesh_turns.is_multiple_of(TOMBSTONES_EVERY) {
+                    let (digest, count) = ledger.compacted_digest();
+                    self.out.push_back((peer, SyncReq::Tombstones { digest, count: count as u64, after: None }));
+                }
+                self.mesh_turns += 1;
                 let (digest, count) = ledger.mesh_digest();
                 SyncReq::Digest { digest, count: count as u64, dag: None }
             }
@@ -261,6 +275,14 @@ impl Sync {
                     facts.iter().filter_map(|f| ledger.compacted_of(f)).collect();
                 Inbound::Store { facts, compacted: compacted.into_iter().collect() }
             }
+            SyncReq::Tombstones { digest, after, .. } => {
+                if after.is_none() && digest == ledger.compacted_digest().0 {
+                    Inbound::Answer(SyncResp::Same)
+                } else {
+                    let (list, more) = ledger.compacted_page(after, wire::TOMBSTONES_PER_MESSAGE_MAX);
+                    Inbound::Answer(SyncResp::Tombstones { list, more })
+                }
+            }
             SyncReq::Hold { dag } => {
                 Inbound::Answer(SyncResp::Refused { reason: format!("a Hold of {dag} is answered apart") })
             }
@@ -307,6 +329,19 @@ impl Sync {
                     if ledger.compacted(&dag).is_none() && !self.compacted.iter().any(|(d, ..)| *d == dag) {
                         self.compacted.push_back((dag, c, from));
                     }
+                }
+                Vec::new()
+            }
+            SyncResp::Tombstones { list, more } => {
+                let last = list.last().map(|(d, _)| *d);
+                for (dag, c) in list {
+                    if ledger.compacted(&dag).is_none() && !self.compacted.iter().any(|(d, ..)| *d == dag) {
+                        self.compacted.push_back((dag, c, from));
+                    }
+                }
+                if more && let Some(after) = last {
+                    let (digest, count) = ledger.compacted_digest();
+                    self.out.push_back((from, SyncReq::Tombstones { digest, count: count as u64, after: Some(after) }));
                 }
                 Vec::new()
             }
@@ -482,18 +517,58 @@ mod tests {
         assert_eq!(a.1.len(), 6);
     }
 
+    /// Equal ledgers cost a digest and a `Same`; one period in [`TOMBSTONES_EVERY`] the digest
+    /// of compacted DAGs' tombstones too.
     #[test]
     fn equal_ledgers_cost_one_digest_and_a_same() {
         let mut s = Sync::new(&Settings::default());
         let l = ledger_with(3);
         s.handle_connected(0, [2; 32]);
         s.handle_tick(0, &l);
-        let (to, req) = s.poll_request().expect("a digest is due at once");
-        assert_eq!(to, [2; 32]);
         let mut peer = Sync::new(&Settings::default());
-        assert_eq!(peer.handle_request(0, &ledger_with(3), req), Inbound::Answer(SyncResp::Same));
-        assert!(s.handle_response(0, &l, to, SyncResp::Same).is_empty());
+        let mut kinds = Vec::new();
+        while let Some((to, req)) = s.poll_request() {
+            assert_eq!(to, [2; 32]);
+            kinds.push(matches!(req, SyncReq::Tombstones { .. }));
+            assert_eq!(peer.handle_request(0, &ledger_with(3), req), Inbound::Answer(SyncResp::Same));
+            assert!(s.handle_response(0, &l, to, SyncResp::Same).is_empty());
+        }
+        assert_eq!(kinds, [true, false], "the tombstones' digest, then the facts'");
+        s.handle_tick(5_000, &l);
+        assert!(matches!(s.poll_request(), Some((_, SyncReq::Digest { .. }))));
         assert!(s.poll_request().is_none());
+    }
+
+    /// A node that joins after a DAG was compacted learns its tombstone from a peer, page by page.
+    #[test]
+    fn a_node_that_joins_after_a_compaction_learns_its_tombstones() {
+        let settings = Settings::default();
+        let (ida, idb) = ([1; 32], [2; 32]);
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut a = (Sync::new(&settings), Ledger::new());
+        for i in 0..3u8 {
+            let dag = Hash::of(&[i]);
+            let at = |ms| Hlc { wall_ms: ms, counter: 0 };
+            let submit =
+                Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+            let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
+            let done = Fact::sign(
+                &key,
+                at(3),
+                Body::Done { claim: claim.id(), record: Hash::of(&[i, 1]), bytes: 1, action: None },
+            );
+            for f in [submit, claim, done] {
+                a.1.insert(f).expect("valid");
+            }
+        }
+        assert_eq!(a.1.compact(100_000, 1_000).len(), 3);
+        let mut b = (Sync::new(&settings), Ledger::new());
+        b.0.handle_connected(0, ida);
+        a.0.handle_connected(0, idb);
+        b.0.handle_tick(0, &b.1);
+        exchange(&mut b, &mut a, (ida, idb));
+        assert_eq!(b.1.compacted_digest(), a.1.compacted_digest());
+        assert_eq!(b.1.compacted_count(), 3);
     }
 
     #[test]
@@ -507,8 +582,10 @@ mod tests {
         let mut asked = Vec::new();
         for now in (0..3_000).step_by(250) {
             s.handle_tick(now, &l);
-            while let Some((p, _)) = s.poll_request() {
-                asked.push((now, p[0]));
+            while let Some((p, req)) = s.poll_request() {
+                if matches!(req, SyncReq::Digest { .. }) {
+                    asked.push((now, p[0]));
+                }
             }
         }
         assert_eq!(asked, vec![(0, 2), (1_000, 3), (2_000, 1)]);
@@ -628,10 +705,12 @@ mod tests {
         s.handle_tick(0, &l);
         let digests = |s: &mut Sync| -> Vec<(u8, usize, u64)> {
             std::iter::from_fn(|| s.poll_request())
-                .map(|(p, r)| match r {
+                .filter_map(|(p, r)| match r {
                     SyncReq::Digest { dag, count, .. } => {
-                        (p[0], [None, Some(dag_a), Some(dag_b)].iter().position(|d| *d == dag).unwrap(), count)
+                        Some((p[0], [None, Some(dag_a), Some(dag_b)].iter().position(|d| *d == dag).unwrap(), count))
                     }
+                    // The mesh scope's turns compare tombstones too, now and then.
+                    SyncReq::Tombstones { .. } => None,
                     other => panic!("{other:?}"),
                 })
                 .collect()

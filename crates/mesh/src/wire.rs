@@ -39,6 +39,8 @@ const PROTOCOL_PREFIX: &str = "/shoal/";
 pub const FACTS_PER_MESSAGE_MAX: usize = 1024;
 /// Most fact ids in one `Ids` answer (32 bytes each: 32 MiB at most, the response size limit).
 pub const IDS_PER_MESSAGE_MAX: usize = 1_000_000;
+/// Tombstones of compacted DAGs in one `SyncResp::Tombstones` (about 100 bytes each).
+pub const TOMBSTONES_PER_MESSAGE_MAX: usize = 4_096;
 
 /// Largest DAG file sent inline with its `Submit` fact, in bytes; larger ones are fetched by hash.
 pub const DAG_INLINE_BYTES_MAX: usize = 256 * 1024;
@@ -143,6 +145,15 @@ pub enum SyncReq {
     Hold {
         dag: Hash,
     },
+    /// The DAGs compacted out of the ledger: this node's digest of their tombstones, and where a
+    /// page of them should start (after this DAG hash). Answered `Same` when the digests are
+    /// equal, else `Tombstones` (a node that joined after a compaction learns of it this way).
+    Tombstones {
+        digest: Hash,
+        count: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<Hash>,
+    },
     /// A heartbeat or greeting straight to one peer (`liveness::Audience::Peer`/`Connected`);
     /// answered `Heard`.
     Announce {
@@ -182,6 +193,11 @@ pub enum SyncResp {
     },
     /// An `Announce` arrived.
     Heard,
+    /// A page of tombstones of compacted DAGs, by DAG hash, and whether more follow.
+    Tombstones {
+        list: Vec<(Hash, crate::ledger::Compacted)>,
+        more: bool,
+    },
 }
 
 /// A peer's progress in holding a DAG's blobs.

@@ -24,7 +24,7 @@ pub(super) const ID_BYTES: u64 = 34;
 /// [`ID_BYTES`], framing included.
 pub(super) fn request_bytes(req: &SyncReq, meta: &HashMap<Hash, FactMeta>) -> u64 {
     match req {
-        SyncReq::Digest { .. } => DIGEST_BYTES,
+        SyncReq::Digest { .. } | SyncReq::Tombstones { .. } => DIGEST_BYTES,
         SyncReq::Get { ids } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
         SyncReq::Put { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
         SyncReq::Hold { .. } => DIGEST_BYTES,
@@ -37,6 +37,10 @@ pub(super) fn response_bytes(resp: &SyncResp, meta: &HashMap<Hash, FactMeta>) ->
     match resp {
         SyncResp::Ids { ids, .. } => MESSAGE_OVERHEAD_BYTES + ID_BYTES * ids.len() as u64,
         SyncResp::Facts { facts } => MESSAGE_OVERHEAD_BYTES + facts_bytes(facts, meta),
+        // A DAG hash, a summary hash and a time each.
+        SyncResp::Tombstones { list, .. } => {
+            MESSAGE_OVERHEAD_BYTES + 2 * ID_BYTES * list.len() as u64 + 9 * list.len() as u64
+        }
         _ => DIGEST_BYTES,
     }
 }

@@ -129,6 +129,7 @@ impl Ledger {
             return false;
         }
         self.compacted.insert(dag, compacted);
+        self.compacted_digest.take();
         let drop: BTreeSet<Hash> = self.dag_ids(&dag).copied().collect();
         if !drop.is_empty() {
             self.rebuild_without(drop);
@@ -175,11 +176,37 @@ impl Ledger {
 
     fn archive(&mut self, s: &DagSummary) {
         self.compacted.insert(s.dag, Compacted { summary: s.hash(), last_ms: s.last_ms });
+        self.compacted_digest.take();
         for job in s.jobs.values() {
             if let (JobState::Done { node, record, .. }, Some(action)) = (&job.state, job.action) {
                 self.archived.entry(action).or_default().insert((*record, *node));
             }
         }
+    }
+
+    /// One hash of every tombstone (DAG and summary, in DAG order) and their count: equal digests,
+    /// the same DAGs compacted.
+    pub fn compacted_digest(&self) -> (Hash, usize) {
+        *self.compacted_digest.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            for (dag, c) in &self.compacted {
+                h.update(&dag.0);
+                h.update(&c.summary.0);
+            }
+            (Hash(*h.finalize().as_bytes()), self.compacted.len())
+        })
+    }
+
+    /// Up to `n` tombstones of DAGs after `after` (all from the first without it), in DAG order,
+    /// and whether more follow.
+    pub fn compacted_page(&self, after: Option<Hash>, n: usize) -> (Vec<(Hash, Compacted)>, bool) {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page: Vec<(Hash, Compacted)> =
+            self.compacted.range((from, Bound::Unbounded)).take(n + 1).map(|(d, c)| (*d, *c)).collect();
+        let more = page.len() > n;
+        page.truncate(n);
+        (page, more)
     }
 
     /// The tombstone of `dag`, if it was compacted.
