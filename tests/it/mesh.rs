@@ -1264,7 +1264,11 @@ fn an_ended_dag_is_compacted_out_of_every_ledger_and_still_answers() {
     let n2 = MeshNode::start(Home::empty(), &key, &[n1.listen.as_str()], &retention);
     let start = Instant::now();
     while n2.get_json("/v1/metrics")["compacted_dags"] != 1 {
-        assert!(start.elapsed() < Duration::from_secs(60), "the late node never learnt of the compaction:\n{}", n2.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the late node never learnt of the compaction:\n{}",
+            n2.log()
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     check(&n2);

@@ -276,8 +276,10 @@ impl Sync {
                 Inbound::Store { facts, compacted: compacted.into_iter().collect() }
             }
             SyncReq::Tombstones { digest, after, .. } => {
+                // Never `Same`: that says the facts are equal, which ends a restarted node's
+                // catch-up (`Sync::caught_up`); the tombstones' being equal says nothing of them.
                 if after.is_none() && digest == ledger.compacted_digest().0 {
-                    Inbound::Answer(SyncResp::Same)
+                    Inbound::Answer(SyncResp::Tombstones { list: Vec::new(), more: false })
                 } else {
                     let (list, more) = ledger.compacted_page(after, wire::TOMBSTONES_PER_MESSAGE_MAX);
                     Inbound::Answer(SyncResp::Tombstones { list, more })
@@ -529,9 +531,19 @@ mod tests {
         let mut kinds = Vec::new();
         while let Some((to, req)) = s.poll_request() {
             assert_eq!(to, [2; 32]);
-            kinds.push(matches!(req, SyncReq::Tombstones { .. }));
-            assert_eq!(peer.handle_request(0, &ledger_with(3), req), Inbound::Answer(SyncResp::Same));
-            assert!(s.handle_response(0, &l, to, SyncResp::Same).is_empty());
+            let tombstones = matches!(req, SyncReq::Tombstones { .. });
+            kinds.push(tombstones);
+            let Inbound::Answer(resp) = peer.handle_request(0, &ledger_with(3), req) else { panic!("not an answer") };
+            if tombstones {
+                // Equal tombstones are an empty page, not `Same`: they say nothing of the facts.
+                assert_eq!(resp, SyncResp::Tombstones { list: vec![], more: false });
+                assert!(s.handle_response(0, &l, to, resp).is_empty());
+                assert!(!s.caught_up(), "equal tombstones ended a catch-up");
+            } else {
+                assert_eq!(resp, SyncResp::Same);
+                assert!(s.handle_response(0, &l, to, resp).is_empty());
+                assert!(s.caught_up());
+            }
         }
         assert_eq!(kinds, [true, false], "the tombstones' digest, then the facts'");
         s.handle_tick(5_000, &l);
@@ -682,10 +694,11 @@ mod tests {
         assert_eq!(a.1.mesh_digest(), b.1.mesh_digest());
         assert_eq!(b.1.len(), 3, "the grouped DAG's claim and completion stayed with its group");
         assert!(b.1.get(&p_claim.id()).is_some() && b.1.get(&g_claim.id()).is_none());
-        // Equal mesh scopes cost a digest and a `Same`.
+        // Equal mesh scopes cost a digest and a `Same` (after the tombstones' digest, this turn).
         b.0.handle_tick(0, &b.1);
-        let (_, req) = b.0.poll_request().expect("b's turn");
-        assert_eq!(a.0.handle_request(0, &a.1, req), Inbound::Answer(SyncResp::Same));
+        let req =
+            std::iter::from_fn(|| b.0.poll_request()).map(|(_, r)| r).find(|r| matches!(r, SyncReq::Digest { .. }));
+        assert_eq!(a.0.handle_request(0, &a.1, req.expect("b's turn")), Inbound::Answer(SyncResp::Same));
     }
 
     #[test]

@@ -146,8 +146,8 @@ pub enum SyncReq {
         dag: Hash,
     },
     /// The DAGs compacted out of the ledger: this node's digest of their tombstones, and where a
-    /// page of them should start (after this DAG hash). Answered `Same` when the digests are
-    /// equal, else `Tombstones` (a node that joined after a compaction learns of it this way).
+    /// page of them should start (after this DAG hash). Answered `Tombstones`: an empty page when
+    /// the digests are equal (a node that joined after a compaction learns of it this way).
     Tombstones {
         digest: Hash,
         count: u64,
