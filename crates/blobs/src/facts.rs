@@ -55,17 +55,24 @@ impl Store {
 }
 
 impl Store {
-    /// Keeps a compacted DAG's summary: its bytes as a blob, kept for good (pinned), and the DAG's
-    /// entry in the `compacted` index naming it. Durable when it returns, so the DAG's facts may
-    /// be deleted after.
-    pub async fn put_compacted(&self, dag: Hash, summary: Vec<u8>) -> Result<Hash, StoreError> {
-        let hash = self.put_bytes(summary).await?;
+    /// Keeps compacted DAGs' summaries (DAG, summary bytes): each as a blob, kept for good
+    /// (pinned), and the DAG's entry in the `compacted` index naming it. Durable when it returns
+    /// (one sync of each database for them all), so the DAGs' facts may be deleted after.
+    pub async fn put_compacted(&self, summaries: Vec<(Hash, Vec<u8>)>) -> Result<(), StoreError> {
+        if summaries.is_empty() {
+            return Ok(());
+        }
+        let mut entries = Vec::with_capacity(summaries.len());
+        for (dag, bytes) in summaries {
+            entries.push((dag, self.put_bytes(bytes).await?));
+        }
         self.iroh().sync_db().await.map_err(|e| self.write_failed("syncing the blob database", &e))?;
-        self.pin(hash)?;
         let m = self.meta();
-        m.compacted.insert(dag.0, &hash.0).map_err(StoreError::meta("write"))?;
-        m.flush_async().await?;
-        Ok(hash)
+        for (dag, hash) in entries {
+            self.pin(hash)?;
+            m.compacted.insert(dag.0, &hash.0).map_err(StoreError::meta("write"))?;
+        }
+        m.flush_async().await
     }
 
     /// Records that `dag` was compacted with the summary `summary` (a peer's word; its blob may

@@ -426,6 +426,18 @@ mod tests {
         l
     }
 
+    /// A DAG of one job that ended: its submit, claim and completion.
+    fn ended_dag(dag: Hash) -> [Fact; 3] {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let at = |ms| Hlc { wall_ms: ms, counter: 0 };
+        let submit =
+            Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
+        let record = Hash::of(&[dag.0.as_slice(), b"r"].concat());
+        let done = Fact::sign(&key, at(3), Body::Done { claim: claim.id(), record, bytes: 1, action: None });
+        [submit, claim, done]
+    }
+
     /// Sends every request `me` has to `peer` and takes the answers; whether there was any.
     /// `from` is `peer`'s id as `me` knows it.
     fn drain(me: &mut (Sync, Ledger), peer: &mut (Sync, Ledger), from: NodeId) -> bool {
@@ -471,14 +483,8 @@ mod tests {
     fn a_node_that_missed_a_compaction_learns_it_from_the_peer_it_pushes_to() {
         let settings = Settings::default();
         let (ida, idb) = ([1; 32], [2; 32]);
-        let key = SigningKey::from_bytes(&[7; 32]);
         let dag = Hash::of(b"x");
-        let at = |ms| Hlc { wall_ms: ms, counter: 0 };
-        let submit =
-            Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
-        let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
-        let done =
-            Fact::sign(&key, at(3), Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1, action: None });
+        let [submit, claim, done] = ended_dag(dag);
         let mut a = (Sync::new(&settings), Ledger::new());
         let mut b = (Sync::new(&settings), Ledger::new());
         for f in [&submit, &claim, &done] {
@@ -556,20 +562,9 @@ mod tests {
     fn a_node_that_joins_after_a_compaction_learns_its_tombstones() {
         let settings = Settings::default();
         let (ida, idb) = ([1; 32], [2; 32]);
-        let key = SigningKey::from_bytes(&[7; 32]);
         let mut a = (Sync::new(&settings), Ledger::new());
         for i in 0..3u8 {
-            let dag = Hash::of(&[i]);
-            let at = |ms| Hlc { wall_ms: ms, counter: 0 };
-            let submit =
-                Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
-            let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
-            let done = Fact::sign(
-                &key,
-                at(3),
-                Body::Done { claim: claim.id(), record: Hash::of(&[i, 1]), bytes: 1, action: None },
-            );
-            for f in [submit, claim, done] {
+            for f in ended_dag(Hash::of(&[i])) {
                 a.1.insert(f).expect("valid");
             }
         }

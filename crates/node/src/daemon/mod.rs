@@ -537,10 +537,12 @@ impl Node {
     /// leaves both (the next start compacts again), never neither. Whether any DAG left.
     async fn compact_ledger(&mut self) -> bool {
         let summaries = self.core.compact(now_unix_ms());
-        for s in &summaries {
-            if let Err(e) = self.shared.store.put_compacted(s.dag, s.to_cbor()).await {
-                warn!(dag = %s.dag, "cannot store the summary of a compacted DAG: {e:#}");
-            }
+        let rows = summaries.iter().map(|s| (s.dag, s.to_cbor())).collect();
+        if let Err(e) = self.shared.store.put_compacted(rows).await {
+            // Their facts stay stored: the next start holds the DAGs again and compacts them anew.
+            warn!(dags = summaries.len(), "cannot store the summaries of compacted DAGs, keeping their facts: {e:#}");
+            let _ = self.core.take_replaced_facts();
+            return false;
         }
         if !summaries.is_empty() {
             info!(dags = summaries.len(), facts = self.core.ledger().len(), "compacted ended DAGs out of the ledger");
