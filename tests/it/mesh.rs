@@ -406,6 +406,66 @@ fn a_node_whose_outputs_are_wrong_is_found_by_verify_and_quarantined_out_of_the_
     assert_ne!(v["jobs"]["hello"]["node"], bad.node.as_str(), "a quarantined node claims nothing: {v}");
 }
 
+/// Redundant runs, BOINC's way (issue 20): a DAG submitted by a node with `--cache-agree 2` and
+/// no other trust counts a job once two workers made the same outputs. The first worker up flips
+/// a byte of its outputs: its run alone does not count (`shoal status` says the job waits for
+/// another node), an honest second run disagrees with it, a third agrees with the second and
+/// counts, the flipper is quarantined by the node that made the quorum, and the next job runs
+/// on the two honest workers only, from the right input.
+#[test]
+fn under_a_quorum_a_job_counts_once_two_workers_agree_and_the_one_that_flips_bytes_is_outvoted() {
+    let first = Home::with_busybox();
+    let key = mesh_key(first.path());
+    let submitter = MeshNode::start(first, &key, &[], &["--cache-agree", "2"]);
+    let worker = |extra: &[&str]| {
+        let args: Vec<&str> = ["--label", "pool=w"].iter().chain(extra).copied().collect();
+        MeshNode::start(Home::empty(), &key, &[&submitter.listen], &args)
+    };
+    let flipper = worker(&["--test-flip-outputs"]);
+    wait_for_mesh(&[&submitter, &flipper]);
+    let text = r#"{"version": 1, "jobs": [
+        {"id": "hello", "image": "busybox:latest", "command": ["echo", "hello world"],
+         "outputs": {"out": "stdout"}, "requirements": {"labels": {"pool": "w"}}},
+        {"id": "shout", "image": "busybox:latest", "command": ["tr", "a-z", "A-Z"], "stdin": "jobs:hello/out",
+         "outputs": {"out": "stdout"}, "requirements": {"labels": {"pool": "w"}}}]}"#;
+    let dag = submit(&submitter, &submitter.home.write("quorum.json", text));
+    let waiting = |v: &Value| {
+        v["jobs"]["hello"]["state"] == "open"
+            && v["jobs"]["hello"]["reason"].as_str().is_some_and(|r| r.contains("must agree"))
+    };
+    let v = wait_dag(&submitter, &dag, Duration::from_secs(60), "hello run once, waiting for agreement", waiting);
+    assert_eq!(v["jobs"]["shout"]["state"], "open", "shout waits for hello: {v}");
+    let status = submitter.cli(&["status", &dag]);
+    assert!(stdout(&status).contains("1 run(s) made, 2 must agree"), "{}", stdout(&status));
+
+    // An honest worker: its run disagrees with the flipper's, so the job still waits.
+    let honest1 = worker(&[]);
+    let v = wait_dag(&submitter, &dag, Duration::from_secs(60), "two runs that disagree", |v| {
+        v["jobs"]["hello"]["reason"].as_str().is_some_and(|r| r.starts_with("2 run(s) made"))
+    });
+    assert_eq!(v["jobs"]["hello"]["state"], "open", "{v}");
+    // A second honest worker agrees with the first: both jobs end, with the honest outputs.
+    let honest2 = worker(&[]);
+    let v = wait_dag(&submitter, &dag, Duration::from_secs(120), "both jobs done", |v| all_in(v, "done"));
+    let honest = [honest1.node.as_str(), honest2.node.as_str()];
+    for job in ["hello", "shout"] {
+        assert!(honest.contains(&v["jobs"][job]["node"].as_str().unwrap()), "{job} counts an honest run: {v}");
+    }
+    let out = |job: &str| submitter.get(&format!("/v1/dags/{dag}/jobs/{job}/outputs/out"));
+    assert_eq!(out("hello"), (200, b"hello world\n".to_vec()));
+    assert_eq!(out("shout"), (200, b"HELLO WORLD\n".to_vec()));
+    // The flipper is quarantined by whichever honest worker made the quorum, and ran no more.
+    let peers = submitter.get_json("/v1/peers");
+    assert_eq!(peers["quarantined"][0]["node"], flipper.node.as_str(), "{peers:#}");
+    assert!(honest.contains(&peers["quarantined"][0]["by"].as_str().unwrap()), "{peers:#}");
+    let facts = submitter.get_json(&format!("/v1/dags/{dag}/facts"));
+    let claims_by = |node: &str| {
+        facts["jobs"]["shout"].as_array().unwrap().iter().filter(|f| f["kind"] == "claim" && f["node"] == node).count()
+    };
+    assert_eq!(claims_by(&flipper.node), 0, "a quarantined node claims nothing: {facts:#}");
+    assert!(claims_by(&honest1.node) >= 1 && claims_by(&honest2.node) >= 1, "shout ran on both: {facts:#}");
+}
+
 #[test]
 fn a_dag_with_a_topic_of_its_own_runs_in_its_group_of_3_and_its_facts_stay_there() {
     // Five nodes told that a mesh above 2 nodes gives each DAG a group of 3 on its own topic.

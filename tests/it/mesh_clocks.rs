@@ -59,8 +59,8 @@ fn of_kind<'a>(facts: &'a Value, job: &str, kind: &str) -> Vec<&'a Value> {
 /// the other at connection time with one ERROR line naming it, and `shoal peers` says why.
 #[test]
 fn a_node_of_the_previous_protocol_is_refused_once_and_shown_in_peers() {
-    // This build's `shoal_mesh::wire::PROTOCOL_VERSION` (3 since a `Done` names its action key).
-    const PROTOCOL: u32 = 3;
+    // This build's `shoal_mesh::wire::PROTOCOL_VERSION` (4 since a `Submit` may carry a quorum).
+    const PROTOCOL: u32 = 4;
     let home = Home::empty();
     let key = mesh_key(home.path());
     let new = MeshNode::start(home, &key, &[], &[]);

@@ -188,6 +188,14 @@ impl RunRecord {
         canonical_cbor(self)
     }
 
+    /// What two runs of one action must share to agree (redundant runs, `shoal node
+    /// --cache-agree`): the BLAKE3 of the canonical CBOR of its outputs' (name, hash) and its
+    /// exit. Timing, machine and holders differ from run to run and stay out.
+    pub fn result_digest(&self) -> Hash {
+        let outputs: Vec<(&String, Hash)> = self.outputs.iter().map(|(n, d)| (n, d.hash)).collect();
+        Hash::of(&canonical_cbor(&(outputs, &self.exit)))
+    }
+
     pub fn sign(&self, key: &SigningKey) -> SignedRecord {
         let record = self.to_cbor();
         let signature = key.sign(&record).to_bytes().to_vec();

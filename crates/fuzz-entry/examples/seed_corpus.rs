@@ -285,7 +285,7 @@ fn facts(key: &SigningKey, dag: Hash) -> Vec<Fact> {
     let submit = Fact::sign(
         key,
         hlc(1),
-        Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 2, topic_nodes: 0 },
+        Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 2, topic_nodes: 0, quorum: None },
     );
     let claim = Fact::sign(key, hlc(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_002 });
     let c = claim.id();
@@ -294,7 +294,11 @@ fn facts(key: &SigningKey, dag: Hash) -> Vec<Fact> {
         submit,
         claim.clone(),
         Fact::sign(key, hlc(3), Body::Renew { claim: c, lease_until_ms: 20_000 }),
-        Fact::sign(key, hlc(4), Body::Done { claim: c, record: Hash::of(b"rec"), bytes: 12, action: None }),
+        Fact::sign(
+            key,
+            hlc(4),
+            Body::Done { claim: c, record: Hash::of(b"rec"), bytes: 12, action: None, result: None },
+        ),
         Fact::sign(&other, hlc(5), Body::Claim { dag, job: "b".into(), lease_until_ms: 10_005 }),
         Fact::sign(key, hlc(6), Body::Fail { claim: c, reason: "exit 1".into() }),
         Fact::sign(&other, hlc(7), Body::Lost { dag, job: "a".into(), record: Hash::of(b"rec") }),

@@ -97,6 +97,10 @@ pub enum Body {
         /// the submitter, so every node agrees on it whatever it knows of the mesh's size.
         #[serde(default, skip_serializing_if = "is_zero")]
         topic_nodes: u32,
+        /// Whose completions of its jobs count (the submitter's trust policy); absent: every
+        /// member's first completion does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quorum: Option<Quorum>,
     },
     Claim {
         dag: Hash,
@@ -130,6 +134,12 @@ pub enum Body {
         /// in the facts of nodes that did not say it, which answer no lookup.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         action: Option<Hash>,
+        /// The digest of the run's outputs and exit ([`RunRecord::result_digest`]
+        /// (shoal_dag::RunRecord::result_digest)): completions of a DAG with a [`Quorum`] agree
+        /// when theirs are equal. Absent in the facts of nodes that did not say it, which agree
+        /// with none.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Hash>,
     },
     Fail {
         claim: Hash,
@@ -178,6 +188,78 @@ impl Body {
             Body::Quarantine { .. } => "quarantine",
         }
     }
+}
+
+/// Most nodes a DAG's [`Quorum`] may ask to agree.
+pub const QUORUM_AGREE_MAX: u32 = 16;
+/// Most nodes a DAG's [`Quorum`] may name as trusted.
+pub const QUORUM_TRUSTED_MAX: usize = 256;
+
+/// Whose completions of a DAG's jobs count, redundant runs BOINC's way: a completion by a
+/// `trusted` node counts alone; any other only once the completions of `agree` different nodes
+/// name the same result (outputs and exit). Until then the job is open to nodes that have not run
+/// it, which run it without the action cache. The submitter writes its policy into the DAG's
+/// submit, so every node folds the DAG alike whatever its own policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    pub agree: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted: Vec<NodeId>,
+}
+
+/// How a job's completions stand under its DAG's [`Quorum`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agreement<T> {
+    /// This completion counts (the first, without a quorum; a trusted node's; the first of the
+    /// first `agree` that agree).
+    Counts(T),
+    /// No completion counts yet; `runs` nodes completed it.
+    Waiting { runs: u32 },
+}
+
+/// Weighs a job's completions, in (hlc, author, record) order with lost ones left out, each as
+/// (author, result, what to return); the fold and the incremental view both ask this.
+pub fn agreement<T: Copy>(
+    quorum: Option<&Quorum>,
+    dones: impl IntoIterator<Item = (NodeId, Option<Hash>, T)>,
+) -> Agreement<T> {
+    let mut groups: BTreeMap<Hash, (T, BTreeSet<NodeId>)> = BTreeMap::new();
+    let mut authors: BTreeSet<NodeId> = BTreeSet::new();
+    for (author, result, t) in dones {
+        let Some(q) = quorum.filter(|q| q.agree > 1) else { return Agreement::Counts(t) };
+        if q.trusted.contains(&author) {
+            return Agreement::Counts(t);
+        }
+        authors.insert(author);
+        if let Some(r) = result {
+            let (first, group) = groups.entry(r).or_insert_with(|| (t, BTreeSet::new()));
+            group.insert(author);
+            if group.len() >= q.agree as usize {
+                return Agreement::Counts(*first);
+            }
+        }
+    }
+    Agreement::Waiting { runs: authors.len() as u32 }
+}
+
+/// A job done by a quorum, as [`Ledger::dissent`] tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dissent {
+    /// The author whose completion made the quorum (the last of the agreeing group, by order).
+    pub completer: NodeId,
+    /// Its record.
+    pub agreed: Hash,
+    /// Every completion of another result, as (author, record).
+    pub outvoted: Vec<(NodeId, Hash)>,
+}
+
+/// Whether a job waiting for agreement has run out of attempts: the runs of `agree +
+/// max_attempts - 1` nodes and no `agree` of them the same.
+fn disagreement(quorum: Option<&Quorum>, max_attempts: u32, runs: u32) -> Option<String> {
+    let q = quorum.filter(|q| q.agree > 1)?;
+    (runs >= q.agree + max_attempts.saturating_sub(1)).then(|| {
+        format!("the runs of {runs} nodes disagree: no {} of them made the same outputs (the DAG's quorum)", q.agree)
+    })
 }
 
 /// A signed fact. Its id is the BLAKE3 of a domain prefix and the canonical CBOR of
@@ -240,12 +322,19 @@ impl Fact {
         key.verify(&signed_bytes(&self.author, &self.hlc, &self.body), &Signature::from_bytes(&self.signature))
             .map_err(|_| LedgerError::BadSignature)?;
         match &self.body {
-            Body::Submit { jobs, max_attempts, .. } => {
+            Body::Submit { jobs, max_attempts, quorum, .. } => {
                 if jobs.is_empty() || jobs.len() > JOBS_PER_DAG_MAX {
                     return Err(LedgerError::Malformed(format!("a DAG names 1 to {JOBS_PER_DAG_MAX} jobs")));
                 }
                 if *max_attempts == 0 {
                     return Err(LedgerError::Malformed("max_attempts must be at least 1".into()));
+                }
+                if let Some(q) = quorum
+                    && (q.agree == 0 || q.agree > QUORUM_AGREE_MAX || q.trusted.len() > QUORUM_TRUSTED_MAX)
+                {
+                    return Err(LedgerError::Malformed(format!(
+                        "a quorum asks 1 to {QUORUM_AGREE_MAX} nodes to agree and trusts at most {QUORUM_TRUSTED_MAX}"
+                    )));
                 }
             }
             Body::Fail { reason, .. } | Body::Quarantine { reason, .. } if reason.len() > REASON_BYTES_MAX => {
@@ -431,6 +520,8 @@ struct DagView {
     max_attempts: u32,
     /// The winning submit's `topic_nodes`.
     topic_nodes: u32,
+    /// The winning submit's `quorum`.
+    quorum: Option<Quorum>,
 }
 
 #[derive(Clone, Debug)]
@@ -440,8 +531,8 @@ struct ClaimIx {
     author: NodeId,
     hlc: Hlc,
     lease_until_ms: u64,
-    /// Its author's completions: (hlc, author, record) and the bytes of the record's outputs.
-    dones: Vec<((Hlc, NodeId, Hash), u64)>,
+    /// Its author's completions: (hlc, author, record) and what else they say.
+    dones: Vec<(OrderKey, Completion)>,
     /// The smallest reason among its author's failures.
     failed: Option<String>,
     /// Its author gave it up.
@@ -486,6 +577,14 @@ impl DagIds {
 /// (hlc, author, id or record): the order facts compete in.
 type OrderKey = (Hlc, NodeId, Hash);
 
+/// What a completion says besides its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Completion {
+    /// The bytes of the record's outputs.
+    bytes: u64,
+    result: Option<Hash>,
+}
+
 /// A node's latest `Alive` for a DAG: its (hlc, id), which a later one must exceed, the lease end
 /// believed, and `since`.
 type AliveIx = ((Hlc, Hash), u64, Hlc);
@@ -496,9 +595,9 @@ struct JobIx {
     listed: bool,
     /// (hlc, author, id) of every claim on it, ascending: the first live one wins.
     claims: Vec<(Hlc, NodeId, Hash)>,
-    /// Every completion: (done key, claim key) -> its outputs' bytes; the smallest whose record
-    /// is not lost wins.
-    dones: BTreeMap<(OrderKey, OrderKey), u64>,
+    /// Every completion: (done key, claim key) -> what else it says; the smallest whose record
+    /// is not lost wins (under a quorum, [`agreement`] picks).
+    dones: BTreeMap<(OrderKey, OrderKey), Completion>,
     /// Records reported lost.
     lost: BTreeSet<Hash>,
 }
@@ -508,7 +607,7 @@ struct FoldClaim<'a> {
     id: Hash,
     fact: &'a Fact,
     lease_until_ms: u64,
-    dones: Vec<((Hlc, NodeId, Hash), u64)>,
+    dones: Vec<(OrderKey, Completion)>,
     failed: Option<String>,
     released: bool,
 }
@@ -565,7 +664,7 @@ impl View {
             Body::Quarantine { .. } => {}
         }
         match &fact.body {
-            Body::Submit { dag, jobs, max_attempts, topic_nodes } => {
+            Body::Submit { dag, jobs, max_attempts, topic_nodes, quorum } => {
                 let key = (fact.hlc, fact.author, id);
                 // Ties on (hlc, author) go to the smaller id, as in the fold (which meets ids in order).
                 if self.dags.get(dag).is_some_and(|d| d.key <= key) {
@@ -580,7 +679,10 @@ impl View {
                 for job in jobs {
                     listing.entry(job.clone()).or_default().listed = true;
                 }
-                self.dags.insert(*dag, DagView { key, max_attempts: *max_attempts, topic_nodes: *topic_nodes });
+                self.dags.insert(
+                    *dag,
+                    DagView { key, max_attempts: *max_attempts, topic_nodes: *topic_nodes, quorum: quorum.clone() },
+                );
                 Touched::Dag(*dag)
             }
             Body::Cancel { dag } => {
@@ -610,7 +712,7 @@ impl View {
                 let key = (fact.hlc, fact.author, id);
                 let at = ix.claims.partition_point(|c| *c < key);
                 ix.claims.insert(at, key);
-                ix.dones.extend(claim.dones.iter().map(|(d, bytes)| ((*d, key), *bytes)));
+                ix.dones.extend(claim.dones.iter().map(|(d, c)| ((*d, key), *c)));
                 if !claim.finished_or_given_up() {
                     self.unfinished.entry((fact.author, *dag)).or_default().insert(id);
                 }
@@ -637,10 +739,11 @@ impl View {
                         self.unfinished.remove(&(c.author, dag));
                     }
                 }
-                if let Body::Done { record, bytes, .. } = &fact.body
+                if let Body::Done { record, bytes, result, .. } = &fact.body
                     && let Some(ix) = self.jobs.get_mut(&dag).and_then(|j| j.get_mut(&job))
                 {
-                    ix.dones.insert(((fact.hlc, fact.author, *record), key), *bytes);
+                    ix.dones
+                        .insert(((fact.hlc, fact.author, *record), key), Completion { bytes: *bytes, result: *result });
                 }
                 Touched::Job { dag, job }
             }
@@ -681,7 +784,9 @@ impl View {
             Body::Renew { lease_until_ms, .. } => {
                 c.lease_until_ms = c.lease_until_ms.max(believed_lease(fact, *lease_until_ms, lease_ms))
             }
-            Body::Done { record, bytes, .. } => c.dones.push(((fact.hlc, fact.author, *record), *bytes)),
+            Body::Done { record, bytes, result, .. } => {
+                c.dones.push(((fact.hlc, fact.author, *record), Completion { bytes: *bytes, result: *result }))
+            }
             Body::Fail { reason, .. } => {
                 if c.failed.as_ref().is_none_or(|f| reason < f) {
                     c.failed = Some(reason.clone());
@@ -700,17 +805,24 @@ impl View {
     }
 
     fn state_of(&self, d: &DagView, ix: &JobIx, dag: &Hash, now_ms: u64) -> JobState {
-        if let Some((((_, _, record), (_, node, claim)), bytes)) =
-            ix.dones.iter().find(|((d, _), _)| !ix.lost.contains(&d.2))
-        {
-            return JobState::Done { claim: *claim, node: *node, record: *record, bytes: *bytes };
-        }
+        let dones =
+            ix.dones.iter().filter(|((d, _), _)| !ix.lost.contains(&d.2)).map(
+                |(((_, author, record), (_, node, claim)), c)| (*author, c.result, (*claim, *node, *record, c.bytes)),
+            );
+        let runs = match agreement(d.quorum.as_ref(), dones) {
+            Agreement::Counts((claim, node, record, bytes)) => return JobState::Done { claim, node, record, bytes },
+            Agreement::Waiting { runs } => runs,
+        };
         if self.cancelled.contains(dag) {
             return JobState::Cancelled;
         }
         let claims = ix.claims.iter().map(|(.., id)| (id, &self.claims[id]));
-        let failures: Vec<String> = claims.clone().filter_map(|(_, c)| c.failed.clone()).collect();
+        let mut failures: Vec<String> = claims.clone().filter_map(|(_, c)| c.failed.clone()).collect();
         if failures.len() >= d.max_attempts as usize {
+            return JobState::Failed { failures };
+        }
+        if let Some(why) = disagreement(d.quorum.as_ref(), d.max_attempts, runs) {
+            failures.push(why);
             return JobState::Failed { failures };
         }
         match claims.clone().find(|(_, c)| c.live(self.lease_of(c), now_ms)) {
@@ -987,6 +1099,89 @@ impl Ledger {
         self.view.jobs.get(dag).and_then(|jobs| jobs.get(job)).map(|ix| ix.lost.clone()).unwrap_or_default()
     }
 
+    /// The completions of `job` that count towards its DAG's quorum (records not lost), in order,
+    /// as (author, record, result).
+    pub fn completions(&self, dag: &Hash, job: &str) -> Vec<(NodeId, Hash, Option<Hash>)> {
+        let Some(ix) = self.view.jobs.get(dag).and_then(|jobs| jobs.get(job)) else { return Vec::new() };
+        ix.dones
+            .iter()
+            .filter(|((d, _), _)| !ix.lost.contains(&d.2))
+            .map(|(((_, author, record), _), c)| (*author, *record, c.result))
+            .collect()
+    }
+
+    /// The DAG's quorum, if its submit set one.
+    pub fn quorum(&self, dag: &Hash) -> Option<&Quorum> {
+        self.view.dags.get(dag)?.quorum.as_ref().filter(|q| q.agree > 1)
+    }
+
+    /// Under its DAG's quorum, whether `job` waits for more agreeing runs: some node completed
+    /// it and no completion counts yet. Such a run is made afresh (no action cache), by a node
+    /// that has not run it ([`Ledger::ran`]).
+    pub fn confirming(&self, dag: &Hash, job: &str, now_ms: u64) -> bool {
+        self.quorum(dag).is_some()
+            && !matches!(self.job_state(dag, job, now_ms), Some(JobState::Done { .. }))
+            && !self.completions(dag, job).is_empty()
+    }
+
+    /// Whether `node` completed `job` of `dag` with a record not lost: under a quorum it does
+    /// not run the job again (its second run would agree with itself).
+    pub fn ran(&self, dag: &Hash, job: &str, node: &NodeId) -> bool {
+        self.completions(dag, job).iter().any(|(author, ..)| author == node)
+    }
+
+    /// Under a quorum, once `job` is done by agreement: who made the quorum and whom it
+    /// outvoted (the completer quarantines them); None when a trusted node's completion counted.
+    pub fn dissent(&self, dag: &Hash, job: &str, now_ms: u64) -> Option<Dissent> {
+        let q = self.quorum(dag)?;
+        let Some(JobState::Done { record, .. }) = self.job_state(dag, job, now_ms) else { return None };
+        let all = self.completions(dag, job);
+        let result = all.iter().find(|(_, r, _)| *r == record)?.2?;
+        let mut agreeing = BTreeSet::new();
+        let mut completer = None;
+        for (author, rec, res) in &all {
+            if *res == Some(result) && agreeing.insert(*author) && agreeing.len() == q.agree as usize {
+                completer = Some((*author, *rec));
+            }
+        }
+        // Done by a trusted node's completion: nobody made a quorum.
+        let (completer, completer_record) = completer?;
+        let dissenters: Vec<(NodeId, Hash)> = all
+            .iter()
+            .filter(|(author, _, res)| *res != Some(result) && res.is_some() && !q.trusted.contains(author))
+            .map(|(author, rec, _)| (*author, *rec))
+            .collect();
+        Some(Dissent { completer, agreed: completer_record, outvoted: dissenters })
+    }
+
+    /// Under a quorum, before `author` says it completed `job` with `result`: whether that
+    /// completion will make the quorum, and if so the completions of another result it outvotes,
+    /// as (author, record). The completer says their quarantine first, so no outvoted node hears
+    /// of the job done (and claims its dependants) before it hears it is quarantined.
+    pub fn would_outvote(
+        &self,
+        dag: &Hash,
+        job: &str,
+        author: &NodeId,
+        result: Hash,
+        now_ms: u64,
+    ) -> Vec<(NodeId, Hash)> {
+        let Some(q) = self.quorum(dag) else { return Vec::new() };
+        if q.trusted.contains(author) || matches!(self.job_state(dag, job, now_ms), Some(JobState::Done { .. })) {
+            return Vec::new();
+        }
+        let all = self.completions(dag, job);
+        let agreeing: BTreeSet<&NodeId> =
+            all.iter().filter(|(a, _, r)| *r == Some(result) && a != author).map(|(a, ..)| a).collect();
+        if agreeing.len() + 1 != q.agree as usize {
+            return Vec::new();
+        }
+        all.iter()
+            .filter(|(a, _, r)| r.is_some_and(|r| r != result) && a != author && !q.trusted.contains(a))
+            .map(|(a, rec, _)| (*a, *rec))
+            .collect()
+    }
+
     /// The mesh-wide action cache: the completions of `action` in any DAG whose records no node
     /// reported lost, as (record, author), earliest first, then those of compacted DAGs; each
     /// record once.
@@ -1048,7 +1243,9 @@ impl Ledger {
     /// set (O(facts)). [`Ledger::state`] answers the same from the incremental view; property tests
     /// hold the two equal for any delivery order. Kept as the definition the view must match.
     pub fn fold(&self, now_ms: u64) -> State {
-        let mut submits: BTreeMap<Hash, (&Fact, &Vec<String>, u32)> = BTreeMap::new();
+        // Per DAG, its winning submit: the fact, its jobs, attempts and quorum.
+        type Winner<'a> = (&'a Fact, &'a Vec<String>, u32, Option<&'a Quorum>);
+        let mut submits: BTreeMap<Hash, Winner<'_>> = BTreeMap::new();
         let mut cancelled: BTreeSet<Hash> = BTreeSet::new();
         let mut claims: BTreeMap<(Hash, &str), Vec<FoldClaim<'_>>> = BTreeMap::new();
         let mut claim_of: BTreeMap<Hash, (Hash, &str)> = BTreeMap::new();
@@ -1057,13 +1254,13 @@ impl Ledger {
         let mut alive: BTreeMap<(NodeId, Hash), AliveIx> = BTreeMap::new();
         for (id, fact) in self.facts.iter().map(|(id, f)| (id, &**f)) {
             match &fact.body {
-                Body::Submit { dag, jobs, max_attempts, .. } => {
+                Body::Submit { dag, jobs, max_attempts, quorum, .. } => {
                     // One DAG hash is one DAG; the earliest submission sets its attempt budget.
                     let key = (fact.hlc, fact.author);
                     match submits.get(dag) {
                         Some((f, ..)) if (f.hlc, f.author) <= key => {}
                         _ => {
-                            submits.insert(*dag, (fact, jobs, *max_attempts));
+                            submits.insert(*dag, (fact, jobs, *max_attempts, quorum.as_ref()));
                         }
                     }
                 }
@@ -1101,9 +1298,9 @@ impl Ledger {
                     let until = believed_lease(fact, *lease_until_ms, self.lease_ms);
                     (claim, &move |c: &mut FoldClaim<'_>| c.lease_until_ms = c.lease_until_ms.max(until))
                 }
-                Body::Done { claim, record, bytes, .. } => {
-                    (claim, &move |c: &mut FoldClaim<'_>| c.dones.push(((fact.hlc, fact.author, *record), *bytes)))
-                }
+                Body::Done { claim, record, bytes, result, .. } => (claim, &move |c: &mut FoldClaim<'_>| {
+                    c.dones.push(((fact.hlc, fact.author, *record), Completion { bytes: *bytes, result: *result }))
+                }),
                 Body::Release { claim } => (claim, &|c: &mut FoldClaim<'_>| c.released = true),
                 Body::Fail { claim, reason } => (claim, &move |c: &mut FoldClaim<'_>| {
                     if c.failed.as_ref().is_none_or(|f| reason < f) {
@@ -1120,23 +1317,36 @@ impl Ledger {
             }
         }
         let mut state = State::default();
-        for (dag, (_, jobs, max_attempts)) in submits {
+        for (dag, (_, jobs, max_attempts, quorum)) in submits {
             let mut job_states = BTreeMap::new();
             for job in jobs {
                 let mut list = claims.remove(&(dag, job.as_str())).unwrap_or_default();
                 list.sort_by_key(|c| (c.fact.hlc, c.fact.author));
-                let js = if let Some(done) = list
+                let mut dones: Vec<_> = list
                     .iter()
-                    .flat_map(|c| c.dones.iter().map(|(d, bytes)| (*d, c.id, c.fact.author, *bytes)))
+                    .flat_map(|c| c.dones.iter().map(|(d, done)| (*d, (c.fact.hlc, c.fact.author, c.id), *done)))
                     .filter(|(d, ..)| !lost.contains(&(dag, job.as_str(), d.2)))
-                    .min_by_key(|(d, ..)| *d)
-                {
-                    JobState::Done { claim: done.1, node: done.2, record: done.0.2, bytes: done.3 }
+                    .collect();
+                dones.sort_by_key(|(d, claim, _)| (*d, *claim));
+                let agreed = agreement(
+                    quorum,
+                    dones.iter().map(|(d, claim, done)| (d.1, done.result, (claim.2, claim.1, d.2, done.bytes))),
+                );
+                let js = if let Agreement::Counts((claim, node, record, bytes)) = agreed {
+                    JobState::Done { claim, node, record, bytes }
                 } else if cancelled.contains(&dag) {
                     JobState::Cancelled
                 } else {
-                    let failures: Vec<String> = list.iter().filter_map(|c| c.failed.clone()).collect();
+                    let mut failures: Vec<String> = list.iter().filter_map(|c| c.failed.clone()).collect();
+                    let runs = match agreed {
+                        Agreement::Waiting { runs } => runs,
+                        Agreement::Counts(_) => 0,
+                    };
+                    let disagree = disagreement(quorum, max_attempts, runs);
                     if failures.len() >= max_attempts as usize {
+                        JobState::Failed { failures }
+                    } else if let Some(why) = disagree {
+                        failures.push(why);
                         JobState::Failed { failures }
                     } else if let Some((w, until)) = list
                         .iter()

@@ -69,10 +69,14 @@ mod tests {
         let dag = Hash::of(b"dag");
         let mut l = Ledger::new();
         let hlc = |t| Hlc { wall_ms: t, counter: 0 };
-        let submit =
-            Fact::sign(runner, hlc(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let submit = Fact::sign(
+            runner,
+            hlc(1),
+            Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
+        );
         let claim = Fact::sign(runner, hlc(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 1_000_000 });
-        let done = Fact::sign(runner, hlc(3), Body::Done { claim: claim.id(), record, bytes: 0, action: None });
+        let done =
+            Fact::sign(runner, hlc(3), Body::Done { claim: claim.id(), record, bytes: 0, action: None, result: None });
         for f in [submit, claim, done] {
             l.insert(f).expect("valid");
         }

@@ -420,6 +420,7 @@ mod tests {
                 jobs: vec!["a".into()],
                 max_attempts: 1,
                 topic_nodes: 0,
+                quorum: None,
             };
             l.insert(Fact::sign(&key, Hlc { wall_ms: i, counter: 0 }, body)).expect("valid");
         }
@@ -430,11 +431,15 @@ mod tests {
     fn ended_dag(dag: Hash) -> [Fact; 3] {
         let key = SigningKey::from_bytes(&[7; 32]);
         let at = |ms| Hlc { wall_ms: ms, counter: 0 };
-        let submit =
-            Fact::sign(&key, at(1), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let submit = Fact::sign(
+            &key,
+            at(1),
+            Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
+        );
         let claim = Fact::sign(&key, at(2), Body::Claim { dag, job: "a".into(), lease_until_ms: 10_000 });
         let record = Hash::of(&[dag.0.as_slice(), b"r"].concat());
-        let done = Fact::sign(&key, at(3), Body::Done { claim: claim.id(), record, bytes: 1, action: None });
+        let done =
+            Fact::sign(&key, at(3), Body::Done { claim: claim.id(), record, bytes: 1, action: None, result: None });
         [submit, claim, done]
     }
 
@@ -622,12 +627,13 @@ mod tests {
             facts.push(Fact::sign(
                 &k,
                 hlc(i),
-                Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes: 0 },
+                Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
             ));
             let claim = Fact::sign(&k, hlc(i + 1), Body::Claim { dag, job: "j".into(), lease_until_ms: at + 99 });
             facts.push(claim.clone());
             if dag == b {
-                let done = Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1, action: None };
+                let done =
+                    Body::Done { claim: claim.id(), record: Hash::of(b"r"), bytes: 1, action: None, result: None };
                 facts.push(Fact::sign(&k, hlc(i + 2), done));
             }
         }
@@ -666,12 +672,19 @@ mod tests {
         let hlc = |wall_ms| Hlc { wall_ms, counter: 0 };
         let (grouped, plain) = (Hash::of(b"grouped"), Hash::of(b"plain"));
         let submit = |dag, topic_nodes, at| {
-            Fact::sign(&k, hlc(at), Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes })
+            Fact::sign(
+                &k,
+                hlc(at),
+                Body::Submit { dag, jobs: vec!["j".into()], max_attempts: 1, topic_nodes, quorum: None },
+            )
         };
         let claim = |dag, at| Fact::sign(&k, hlc(at), Body::Claim { dag, job: "j".into(), lease_until_ms: 999 });
         let (g_claim, p_claim) = (claim(grouped, 2), claim(plain, 4));
-        let g_done =
-            Fact::sign(&k, hlc(5), Body::Done { claim: g_claim.id(), record: Hash::of(b"r"), bytes: 1, action: None });
+        let g_done = Fact::sign(
+            &k,
+            hlc(5),
+            Body::Done { claim: g_claim.id(), record: Hash::of(b"r"), bytes: 1, action: None, result: None },
+        );
         // a is in the group: it holds everything. b is not: it has the grouped DAG's submit only.
         let mut a = (Sync::new(&settings), Ledger::new());
         let mut b = (Sync::new(&settings), Ledger::new());

@@ -29,8 +29,9 @@ use crate::ledger::{Fact, NodeId};
 /// (defence in depth: gossip relayed by a third node arrives without a connection to judge).
 /// Raised with any change an older node would misread. A new field of a message with a serde
 /// default is not one; a new field of a fact is (an older node decodes the fact without it, and
-/// the signature no longer checks). 3: `Done` names its action key (the mesh-wide cache).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// the signature no longer checks). 3: `Done` names its action key (the mesh-wide cache). 4: a
+/// `Submit` may carry a `Quorum` and a `Done` its `result` (redundant runs).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Version of these messages: the protocol's.
 pub const WIRE_VERSION: u32 = PROTOCOL_VERSION;
 /// How identify names a shoal protocol: `/shoal/<version>`.

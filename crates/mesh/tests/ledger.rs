@@ -7,7 +7,11 @@
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 use shoal_dag::Hash;
-use shoal_mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, Touched};
+use shoal_mesh::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, Quorum, Touched};
+
+fn node_id(n: u8) -> [u8; 32] {
+    key(n).verifying_key().to_bytes()
+}
 
 fn key(n: u8) -> SigningKey {
     SigningKey::from_bytes(&[n.max(1); 32])
@@ -29,6 +33,7 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
             jobs: JOBS.iter().map(|j| j.to_string()).collect(),
             max_attempts: 2,
             topic_nodes: 0,
+            quorum: None,
         };
         let mut facts = vec![Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)];
         let mut claims: Vec<(Hash, u8)> = Vec::new();
@@ -40,9 +45,10 @@ fn history() -> impl Strategy<Value = Vec<Fact>> {
                     (node, Body::Claim { dag: dag(), job: JOBS[job].into(), lease_until_ms: t + 30 })
                 }
                 (2, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
-                (3, Some((claim, owner))) => {
-                    (owner, Body::Done { claim, record: Hash::of(&[owner, job as u8]), bytes: t, action: None })
-                }
+                (3, Some((claim, owner))) => (
+                    owner,
+                    Body::Done { claim, record: Hash::of(&[owner, job as u8]), bytes: t, action: None, result: None },
+                ),
                 (4, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {i}") }),
                 // Any node may report a completion's outputs lost; only the claimant releases.
                 (6, _) => (
@@ -88,18 +94,37 @@ fn rich_history() -> impl Strategy<Value = Vec<Fact>> {
                         jobs: jobs_of(pick),
                         max_attempts: 1 + (pick % 3) as u32,
                         topic_nodes: 0,
+                        // Some submits ask 2 or 3 nodes to agree, one trusting signer 0's key.
+                        quorum: (pick % 4 != 0).then(|| Quorum {
+                            agree: 1 + (pick % 3) as u32,
+                            trusted: if pick % 5 == 0 { vec![node_id(2)] } else { vec![] },
+                        }),
                     },
                 ),
                 (1 | 2, _) | (3..=5, None) => (node, Body::Claim { dag: dag(), job: job_name, lease_until_ms: t + 30 }),
                 (3, Some((claim, owner))) => (owner, Body::Renew { claim, lease_until_ms: t + 60 }),
                 (4, Some((claim, owner))) => {
-                    (owner, Body::Done { claim, record: Hash::of(&[owner, pick as u8 % 3]), bytes: t, action: None })
+                    {
+                        // Results: two that agree, one that does not, or none said.
+                        let result = [Some(Hash::of(b"r")), Some(Hash::of(b"r")), Some(Hash::of(b"x")), None][pick % 4];
+                        (
+                            owner,
+                            Body::Done {
+                                claim,
+                                record: Hash::of(&[owner, pick as u8 % 3]),
+                                bytes: t,
+                                action: None,
+                                result,
+                            },
+                        )
+                    }
                 }
                 (5, Some((claim, owner))) => (owner, Body::Fail { claim, reason: format!("attempt {}", pick % 5) }),
                 // Someone else than the claimant renews, finishes or fails it: ignored by the fold.
-                (6, Some((claim, owner))) => {
-                    ((owner + 1) % 4, Body::Done { claim, record: Hash::of(b"forged"), bytes: 1, action: None })
-                }
+                (6, Some((claim, owner))) => (
+                    (owner + 1) % 4,
+                    Body::Done { claim, record: Hash::of(b"forged"), bytes: 1, action: None, result: None },
+                ),
                 (10, Some((claim, owner))) => (owner, Body::Release { claim }),
                 // A release by someone else than the claimant: ignored.
                 (11, Some((claim, owner))) => ((owner + 1) % 4, Body::Release { claim }),
@@ -340,8 +365,11 @@ fn forged_altered_and_unsigned_facts_are_refused() {
     unsigned.signature = [0; 64];
     assert_eq!(ledger.insert(unsigned), Err(LedgerError::BadSignature));
 
-    let empty =
-        Fact::sign(&key(1), Hlc::default(), Body::Submit { dag: dag(), jobs: vec![], max_attempts: 1, topic_nodes: 0 });
+    let empty = Fact::sign(
+        &key(1),
+        Hlc::default(),
+        Body::Submit { dag: dag(), jobs: vec![], max_attempts: 1, topic_nodes: 0, quorum: None },
+    );
     assert!(matches!(ledger.insert(empty), Err(LedgerError::Malformed(_))));
     assert_eq!(ledger.len(), 1, "refused facts leave the ledger as it was");
 }
@@ -349,7 +377,7 @@ fn forged_altered_and_unsigned_facts_are_refused() {
 #[test]
 fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
     let mut l = Ledger::new();
-    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 3, topic_nodes: 0 };
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 3, topic_nodes: 0, quorum: None };
     l.insert(Fact::sign(&key(1), Hlc { wall_ms: 1, counter: 0 }, submit)).unwrap();
     let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 };
     let claim = Fact::sign(&key(2), Hlc { wall_ms: 10, counter: 0 }, claim);
@@ -363,7 +391,7 @@ fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
     assert!(matches!(job(&l, 150), JobState::Open { .. }), "a renewal by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 90, counter: 1 }, renew(200))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { lease_until_ms: 200, .. }));
-    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r), bytes: 0, action: None };
+    let done = |r: &[u8]| Body::Done { claim: claim_id, record: Hash::of(r), bytes: 0, action: None, result: None };
     l.insert(Fact::sign(&key(3), Hlc { wall_ms: 95, counter: 0 }, done(b"x"))).unwrap();
     assert!(matches!(job(&l, 150), JobState::Claimed { .. }), "a Done by another node counts for nothing");
     l.insert(Fact::sign(&key(2), Hlc { wall_ms: 95, counter: 1 }, done(b"r"))).unwrap();
@@ -373,7 +401,7 @@ fn leases_expire_renewals_extend_and_only_the_claimant_may_renew_or_finish() {
 #[test]
 fn a_job_failed_max_attempts_times_has_failed_with_every_reason() {
     let mut l = Ledger::new();
-    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 2, topic_nodes: 0 };
+    let submit = Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 2, topic_nodes: 0, quorum: None };
     l.insert(Fact::sign(&key(1), Hlc::default(), submit)).unwrap();
     for (i, node) in [2u8, 3].into_iter().enumerate() {
         let claim = Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 1000 };
@@ -418,7 +446,7 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     let submit = Fact::sign(
         &k1,
         Hlc::default(),
-        Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 },
+        Body::Submit { dag: dag(), jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
     );
     let claim = Fact::sign(
         &k1,
@@ -429,7 +457,7 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     let done = Fact::sign(
         &k1,
         Hlc { wall_ms: 2, counter: 0 },
-        Body::Done { claim: claim.id(), record, bytes: 7, action: None },
+        Body::Done { claim: claim.id(), record, bytes: 7, action: None, result: None },
     );
     let mut l = Ledger::new();
     for f in [submit, claim.clone(), done] {
@@ -464,7 +492,7 @@ fn a_lost_completion_reopens_its_job_and_a_release_spends_no_attempt() {
     l.insert(Fact::sign(
         &k2,
         Hlc { wall_ms: 8, counter: 0 },
-        Body::Done { claim: third.id(), record: r2, bytes: 7, action: None },
+        Body::Done { claim: third.id(), record: r2, bytes: 7, action: None, result: None },
     ))
     .unwrap();
     assert!(matches!(l.job_state(&dag(), "a", 9), Some(JobState::Done { record, .. }) if record == r2));
@@ -482,6 +510,7 @@ fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
             jobs: JOBS.iter().map(|j| j.to_string()).collect(),
             max_attempts: 2,
             topic_nodes: 0,
+            quorum: None,
         },
     );
     let claim_a = Fact::sign(&key(2), hlc(2), Body::Claim { dag: dag(), job: "a".into(), lease_until_ms: 100 });
@@ -492,7 +521,7 @@ fn a_jobs_history_is_its_facts_in_clock_order_whatever_the_arrival() {
     let done = Fact::sign(
         &key(3),
         hlc(7),
-        Body::Done { claim: claim_a2.id(), record: Hash::of(b"r"), bytes: 1, action: None },
+        Body::Done { claim: claim_a2.id(), record: Hash::of(b"r"), bytes: 1, action: None, result: None },
     );
     let other_dag =
         Fact::sign(&key(3), hlc(8), Body::Claim { dag: Hash::of(b"other"), job: "a".into(), lease_until_ms: 1 });
@@ -519,10 +548,13 @@ fn completions_are_found_by_action_key_across_dags_until_lost() {
     let at = |ms| Hlc { wall_ms: ms, counter: 0 };
     let mut l = Ledger::new();
     let mut done_in = |dag: Hash, k: &SigningKey, ms: u64, record: Hash, action: Option<Hash>| {
-        let submit =
-            Fact::sign(k, at(ms), Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0 });
+        let submit = Fact::sign(
+            k,
+            at(ms),
+            Body::Submit { dag, jobs: vec!["a".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
+        );
         let claim = Fact::sign(k, at(ms + 1), Body::Claim { dag, job: "a".into(), lease_until_ms: 1000 });
-        let done = Fact::sign(k, at(ms + 2), Body::Done { claim: claim.id(), record, bytes: 1, action });
+        let done = Fact::sign(k, at(ms + 2), Body::Done { claim: claim.id(), record, bytes: 1, action, result: None });
         for f in [submit, claim, done] {
             l.insert(f).unwrap();
         }

@@ -167,7 +167,8 @@ pub struct JobView {
     /// Set by the API once it compared the runs' outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nondeterministic: Option<bool>,
-    /// Why no node of the mesh can run it, when none can.
+    /// Why no node of the mesh can run it, when none can; or, open under the DAG's quorum, that
+    /// it waits for another node to run it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Done with a result of the mesh-wide action cache: the node that made it (hex), which is

@@ -548,7 +548,7 @@ impl Sim {
                         // (a record reported lost never counts again, so a rerun must not reuse it).
                         let record = Hash::of(format!("{}/{job}/{claim}", self.dags[dag as usize].hash).as_bytes());
                         self.job_of_record.insert(record, (dag, job));
-                        Finished::Done { record, bytes: 0, action: None }
+                        Finished::Done { record, bytes: 0, action: None, result: None }
                     } else {
                         Finished::Failed("simulated failure".to_string())
                     };

@@ -36,7 +36,7 @@ use ed25519_dalek::SigningKey;
 use shoal_dag::{Dag, Hash};
 
 use crate::capabilities::{Capabilities, mismatches};
-use crate::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId, Touched, VerifiedFact};
+use crate::ledger::{Body, Fact, Hlc, JobState, Ledger, LedgerError, NodeId, Quorum, Touched, VerifiedFact};
 
 mod rank;
 
@@ -120,7 +120,9 @@ impl Default for CoreConfig {
 pub enum Finished {
     /// It succeeded with this run record, whose outputs weigh `bytes`; `action` is the job's
     /// action key (the mesh-wide cache's index), where the runner knows it.
-    Done { record: Hash, bytes: u64, action: Option<Hash> },
+    /// `result` is the digest of its outputs and exit (`RunRecord::result_digest`), which
+    /// completions under a DAG's [`Quorum`] compare.
+    Done { record: Hash, bytes: u64, action: Option<Hash>, result: Option<Hash> },
     /// It failed: the attempt counts.
     Failed(String),
     /// It could not start: the outputs of `record`, the completion of its dependency `job`, could
@@ -218,6 +220,8 @@ pub struct NodeCore {
     /// The HLC of this core's first claim: its `Alive`s keep its claims from then on, not those
     /// of an earlier run of the node (`Body::Alive::since`).
     since: Option<Hlc>,
+    /// The trust policy written into the DAGs this node submits ([`NodeCore::set_quorum`]).
+    quorum: Option<Quorum>,
     /// When `handle_tick` next looks for DAGs to compact, ms.
     next_compact_ms: u64,
 }
@@ -284,6 +288,7 @@ impl NodeCore {
             claiming: true,
             propagation: Propagation::default(),
             since: None,
+            quorum: None,
             next_compact_ms: 0,
         }
     }
@@ -294,6 +299,17 @@ impl NodeCore {
     pub fn set_claiming(&mut self, now_ms: u64, on: bool) {
         self.claiming = on;
         self.settle(now_ms);
+    }
+
+    /// The trust policy of the DAGs this node submits from now on: their jobs' completions
+    /// count once `agree` nodes made the same outputs, a completion by this node or one of
+    /// `trusted` alone (see [`Quorum`]). `agree` of 1 or less: every completion counts alone.
+    pub fn set_quorum(&mut self, agree: u32, trusted: impl IntoIterator<Item = NodeId>) {
+        self.quorum = (agree > 1).then(|| {
+            let mut trusted: BTreeSet<NodeId> = trusted.into_iter().collect();
+            trusted.insert(self.id);
+            Quorum { agree: agree.min(crate::ledger::QUORUM_AGREE_MAX), trusted: trusted.into_iter().collect() }
+        });
     }
 
     pub fn claiming(&self) -> bool {
@@ -390,7 +406,8 @@ impl NodeCore {
         let dag = dag.into();
         let jobs = dag.jobs.iter().map(|j| j.id.clone()).collect();
         self.dags.insert(dag_hash, dag);
-        self.emit(now_ms, Body::Submit { dag: dag_hash, jobs, max_attempts, topic_nodes });
+        let quorum = self.quorum.clone();
+        self.emit(now_ms, Body::Submit { dag: dag_hash, jobs, max_attempts, topic_nodes, quorum });
         self.settle(now_ms);
     }
 
@@ -544,8 +561,14 @@ impl NodeCore {
         self.running.remove(&claim);
         self.running_by_job.remove(&(dag, job));
         match result {
-            Finished::Done { record, bytes, action } => {
-                self.emit(now_ms, Body::Done { claim, record, bytes, action });
+            Finished::Done { record, bytes, action, result } => {
+                let job_id = self.sched.get(&dag).map(|s| s.dag.jobs[job as usize].id.clone());
+                if let (Some(r), Some(job_id)) = (result, job_id) {
+                    for (node, theirs) in self.ledger.would_outvote(&dag, &job_id, &self.id, r, now_ms) {
+                        self.quarantine_outvoted(now_ms, dag, &job_id, node, theirs, record);
+                    }
+                }
+                self.emit(now_ms, Body::Done { claim, record, bytes, action, result });
             }
             Finished::Failed(mut reason) => {
                 if reason.len() > crate::ledger::REASON_BYTES_MAX {
@@ -586,6 +609,16 @@ impl NodeCore {
         self.emit(now_ms, Body::Quarantine { node, record, rerun, reason });
         self.emit(now_ms, Body::Lost { dag, job, record });
         self.settle(now_ms);
+    }
+
+    /// `node`'s completion `record` of `job` disagreed with the quorum this node's `rerun` made.
+    fn quarantine_outvoted(&mut self, now_ms: u64, dag: Hash, job: &str, node: NodeId, record: Hash, rerun: Hash) {
+        if node == self.id || self.ledger.quarantine_of(&node).is_some() {
+            return;
+        }
+        let agree = self.ledger.quorum(&dag).map_or(0, |q| q.agree);
+        let reason = format!("its outputs of job `{job}` of DAG {dag} differ from those {agree} other nodes agree on");
+        self.emit(now_ms, Body::Quarantine { node, record, rerun, reason });
     }
 
     /// Whether some node found this node's outputs wrong: it claims nothing then.
@@ -775,6 +808,8 @@ impl NodeCore {
         // Claims of ours another claim beat: given up at once, so that if the winner fails or
         // releases, a claim nobody runs does not hold the job until its lease ends.
         let mut beaten = Vec::new();
+        // Nodes whose completions a quorum this node completed disagrees with.
+        let mut dissenters = Vec::new();
         while let Some(idx) = work.pop() {
             let Some(s) = self.sched.get_mut(&dag) else { break };
             // A handle of its own on the DAG (an Arc), so the job can be read while `self` is.
@@ -786,6 +821,13 @@ impl NodeCore {
                 // Done, or no longer done (its outputs were lost): its dependants wait one
                 // dependency less, or one more.
                 s.done[idx as usize] = done;
+                if done
+                    && let Some(d) = self.ledger.dissent(&dag, &job.id, now_ms)
+                    && d.completer == self.id
+                {
+                    dissenters
+                        .extend(d.outvoted.into_iter().map(|(node, record)| (node, record, d.agreed, job.id.clone())));
+                }
                 for &k in &s.dependants[idx as usize] {
                     if done {
                         s.waiting[k as usize] -= 1;
@@ -802,6 +844,7 @@ impl NodeCore {
             }
             let key = (dag, idx);
             let claimable = matches!(state, Some(JobState::Open { .. }))
+                && !(self.ledger.quorum(&dag).is_some() && self.ledger.ran(&dag, &job.id, &self.id))
                 && s.waiting[idx as usize] == 0
                 && s.fits[idx as usize]
                 && schedules(&self.ledger, &self.dag_peers, &self.outside, &dag);
@@ -862,6 +905,11 @@ impl NodeCore {
         beaten.dedup();
         for claim in beaten {
             self.emit(now_ms, Body::Release { claim });
+        }
+        // The quorum this node's run completed outvoted them: their results answer no cache and
+        // they claim nothing, as after a failed `shoal verify`.
+        for (node, record, rerun, job) in dissenters {
+            self.quarantine_outvoted(now_ms, dag, &job, node, record, rerun);
         }
     }
 

@@ -77,7 +77,11 @@ fn a_submitted_chain_runs_in_order_on_the_node_that_claims_first() {
     nodes[1].handle_dag(1, h, dag);
     assert!(starts(&mut nodes[1]).is_empty(), "a is claimed and b waits for a");
     let Action::Start { claim, .. } = a0[0].clone() else { unreachable!() };
-    nodes[0].handle_job_finished(5, claim, Finished::Done { record: Hash::of(b"record a"), bytes: 3, action: None });
+    nodes[0].handle_job_finished(
+        5,
+        claim,
+        Finished::Done { record: Hash::of(b"record a"), bytes: 3, action: None, result: None },
+    );
     gossip(&mut nodes, 6);
     // Both may claim b the moment a is done (each claims before it hears the other); the smaller
     // claim wins and the other run is stopped: one node is left running b.
@@ -282,7 +286,11 @@ fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_at
     let Some(Action::Start { claim, .. }) = starts(&mut nodes[0]).pop() else { panic!("a starts") };
     gossip(&mut nodes, 1);
     let lost_record = Hash::of(b"record a");
-    nodes[0].handle_job_finished(2, claim, Finished::Done { record: lost_record, bytes: 10, action: None });
+    nodes[0].handle_job_finished(
+        2,
+        claim,
+        Finished::Done { record: lost_record, bytes: 10, action: None, result: None },
+    );
     gossip(&mut nodes, 3);
     // Whoever runs b finds a's outputs gone.
     let (runner, b_claim) = (0..2)
@@ -322,7 +330,7 @@ fn a_job_whose_input_is_lost_runs_its_upstream_again_and_the_release_costs_no_at
     nodes[i].handle_job_finished(
         7,
         c,
-        Finished::Done { record: Hash::of(b"record a, again"), bytes: 10, action: None },
+        Finished::Done { record: Hash::of(b"record a, again"), bytes: 10, action: None, result: None },
     );
     gossip(&mut nodes, 8);
     let running_b: Vec<String> = (0..2).flat_map(|i| net_running(&starts(&mut nodes[i]))).collect();
@@ -406,7 +414,7 @@ fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
         let submit = Fact::sign(
             &holder,
             Hlc::default(),
-            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
+            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
         );
         let claim = Fact::sign(
             &holder,
@@ -416,7 +424,7 @@ fn the_holder_of_big_inputs_ranks_first_and_of_small_ones_does_not() {
         let done = Fact::sign(
             &holder,
             Hlc { wall_ms: 1, counter: 0 },
-            Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes, action: None },
+            Body::Done { claim: claim.id(), record: Hash::of(b"a"), bytes, action: None, result: None },
         );
         me.handle_dag(0, h, dag.clone());
         for f in [submit, claim, done] {
@@ -439,7 +447,10 @@ fn facts_from_a_clock_far_ahead_are_refused_and_do_not_move_the_hlc() {
     let mut honest = NodeCore::new(SigningKey::from_bytes(&[21; 32]), caps(0));
     let ahead = |wall_ms, body| Fact::sign(&liar, Hlc { wall_ms, counter: 0 }, body);
     let submit = |wall_ms| {
-        ahead(wall_ms, Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 })
+        ahead(
+            wall_ms,
+            Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
+        )
     };
     let err = honest.handle_fact(now, submit(now + YEAR_MS)).unwrap_err();
     assert_eq!(err, LedgerError::Ahead { ahead_ms: YEAR_MS, skew_max_ms: SKEW });
@@ -479,7 +490,7 @@ fn a_lease_is_believed_for_lease_ms_past_its_fact_at_most() {
     let submit = Fact::sign(
         &grabber,
         Hlc::default(),
-        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
     );
     let claim = Fact::sign(
         &grabber,
@@ -573,7 +584,7 @@ fn stored_facts_are_restored_whatever_the_clock() {
     let submit = Fact::sign(
         &author,
         Hlc { wall_ms: YEAR_MS, counter: 0 },
-        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0 },
+        Body::Submit { dag: h, jobs: vec!["a".into(), "b".into()], max_attempts: 1, topic_nodes: 0, quorum: None },
     );
     let mut me = NodeCore::new(SigningKey::from_bytes(&[31; 32]), caps(0));
     assert!(me.handle_fact(0, submit.clone()).is_err(), "from a peer: refused");
@@ -720,4 +731,129 @@ fn a_dag_whose_submit_names_a_group_waits_for_the_group_before_any_claim() {
     assert_eq!(net_running(&starts(&mut nodes[0])).len(), 4, "the member fills its 4 cores");
     nodes[1].handle_tick(t + 10 * CLAIM_STAGGER_MS);
     assert!(net_running(&starts(&mut nodes[1])).is_empty());
+}
+
+/// Runs `dags` on `nodes` to the end: every started job finishes at once, Done with the result
+/// `result_of(node index)`, each run its own record. Returns the time it ended.
+fn drive(nodes: &mut [NodeCore], dags: &[Hash], result_of: impl Fn(usize) -> Hash) -> u64 {
+    let mut now = 1;
+    for _ in 0..10_000 {
+        gossip(nodes, now);
+        let mut acted = false;
+        for (i, node) in nodes.iter_mut().enumerate() {
+            for a in starts(node) {
+                if let Action::Start { claim, .. } = a {
+                    acted = true;
+                    let record = Hash::of(&[&claim.0[..], b"record"].concat());
+                    let done = Finished::Done { record, bytes: 1, action: None, result: Some(result_of(i)) };
+                    node.handle_job_finished(now, claim, done);
+                }
+            }
+        }
+        let ended = dags.iter().all(|d| {
+            nodes[0]
+                .ledger()
+                .dag_state(d, now)
+                .is_some_and(|s| s.jobs.values().all(|j| matches!(j, JobState::Done { .. } | JobState::Failed { .. })))
+        });
+        if ended {
+            return now;
+        }
+        if !acted {
+            now = nodes.iter().filter_map(|n| n.poll_timeout(now)).min().unwrap_or(now + 1).max(now + 1);
+            nodes.iter_mut().for_each(|n| n.handle_tick(now));
+        }
+    }
+    panic!("the DAGs did not end");
+}
+
+/// Workers labelled `pool=w` and a submitter without the label (it runs nothing), which asks
+/// for `agree` agreeing runs.
+fn quorum_mesh(workers: u8, agree: u32) -> Vec<NodeCore> {
+    let mut w = caps(1);
+    w.labels.insert("pool".into(), "w".into());
+    let mut nodes = vec![NodeCore::new(SigningKey::from_bytes(&[1; 32]), caps(1))];
+    nodes.extend((0..workers).map(|i| NodeCore::new(SigningKey::from_bytes(&[10 + i; 32]), w.clone())));
+    nodes[0].set_quorum(agree, []);
+    let ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
+    for n in nodes.iter_mut() {
+        n.handle_peers(0, ids.clone());
+        n.handle_peer_caps(0, ids.iter().skip(1).map(|id| (*id, w.clone())));
+    }
+    nodes
+}
+
+fn pooled_dag(n: usize) -> (Hash, Dag) {
+    let text = format!(
+        r#"{{"version": 1, "jobs": [{{"id": "j{n}", "image": "b:1", "command": ["x"], "outputs": {{"o": "stdout"}},
+           "requirements": {{"labels": {{"pool": "w"}}}}}}]}}"#
+    );
+    (Hash::of(text.as_bytes()), parse_dag("d.json", &text).unwrap())
+}
+
+#[test]
+fn under_a_quorum_a_job_counts_once_two_nodes_agree_and_the_node_that_disagreed_is_quarantined() {
+    let mut nodes = quorum_mesh(3, 2);
+    let flipper = nodes[3].id();
+    let dags: Vec<(Hash, Dag)> = (0..8).map(pooled_dag).collect();
+    for (h, d) in &dags {
+        nodes[0].submit(0, *h, d.clone(), 3);
+    }
+    for n in nodes.iter_mut().skip(1) {
+        for (h, d) in &dags {
+            n.handle_dag(0, *h, d.clone());
+        }
+    }
+    let hashes: Vec<Hash> = dags.iter().map(|(h, _)| *h).collect();
+    let now = drive(&mut nodes, &hashes, |i| if i == 3 { Hash::of(b"flipped") } else { Hash::of(b"right") });
+    let mut flipper_ran = 0;
+    for (h, d) in &dags {
+        let job = &d.jobs[0].id;
+        let l = nodes[0].ledger();
+        let Some(JobState::Done { node, record, .. }) = l.job_state(h, job, now) else {
+            panic!("{job} is done: {:?}", l.job_state(h, job, now))
+        };
+        assert_ne!(node, flipper, "the counted run is not the flipper's");
+        let runs = l.completions(h, job);
+        let right: Vec<_> = runs.iter().filter(|(_, _, r)| *r == Some(Hash::of(b"right"))).collect();
+        assert_eq!(right.len(), 2, "two runs agree: {runs:?}");
+        assert!(right.iter().any(|(_, r, _)| *r == record), "the counted record is one of them");
+        let mut authors: Vec<_> = runs.iter().map(|(a, ..)| *a).collect();
+        authors.sort();
+        authors.dedup();
+        assert_eq!(authors.len(), runs.len(), "no node ran a job twice: {runs:?}");
+        flipper_ran += runs.iter().filter(|(a, ..)| *a == flipper).count();
+        assert!(!l.confirming(h, job, now));
+    }
+    assert!(flipper_ran >= 1, "the flipper ran something (else the test shows nothing)");
+    for n in &nodes {
+        let q = n.ledger().quarantine_of(&flipper).expect("every node knows the flipper is quarantined");
+        assert!(matches!(&q.body, Body::Quarantine { reason, .. } if reason.contains("differ")), "{q:?}");
+        assert_eq!(n.ledger().quarantined().count(), 1, "only the flipper");
+    }
+    assert_eq!(nodes[0].ledger().state(now), nodes[1].ledger().state(now));
+    assert_eq!(nodes[0].ledger().state(now), nodes[0].ledger().fold(now));
+}
+
+#[test]
+fn under_a_quorum_runs_that_never_agree_fail_the_job_and_a_dag_without_one_counts_the_first_run() {
+    let mut nodes = quorum_mesh(2, 2);
+    let (h, d) = pooled_dag(0);
+    nodes[0].submit(0, h, d.clone(), 1);
+    nodes[1].handle_dag(0, h, d.clone());
+    nodes[2].handle_dag(0, h, d.clone());
+    let now = drive(&mut nodes, &[h], |i| Hash::of(&[i as u8]));
+    let Some(JobState::Failed { failures }) = nodes[0].ledger().job_state(&h, "j0", now) else { panic!() };
+    assert!(failures.iter().any(|f| f.contains("the runs of 2 nodes disagree")), "{failures:?}");
+    assert_eq!(nodes[0].ledger().quarantined().count(), 0, "no quorum outvoted anyone");
+
+    // The same with no quorum: the first run counts, one run in all.
+    let mut nodes = quorum_mesh(2, 1);
+    let (h, d) = pooled_dag(1);
+    nodes[0].submit(0, h, d.clone(), 1);
+    nodes[1].handle_dag(0, h, d.clone());
+    nodes[2].handle_dag(0, h, d);
+    let now = drive(&mut nodes, &[h], |i| Hash::of(&[i as u8]));
+    assert!(matches!(nodes[0].ledger().job_state(&h, "j1", now), Some(JobState::Done { .. })));
+    assert_eq!(nodes[0].ledger().completions(&h, "j1").len(), 1);
 }

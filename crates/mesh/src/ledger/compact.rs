@@ -257,7 +257,7 @@ mod tests {
         let submit = Fact::sign(
             &n1,
             at(t),
-            Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 3, topic_nodes: 0 },
+            Body::Submit { dag, jobs: vec!["a".into(), "b".into()], max_attempts: 3, topic_nodes: 0, quorum: None },
         );
         let claim_a = Fact::sign(&n1, at(t + 1), Body::Claim { dag, job: "a".into(), lease_until_ms: t + 60_000 });
         let done_a = Fact::sign(
@@ -268,6 +268,7 @@ mod tests {
                 record: Hash::of(&[dag.0.as_slice(), b"ra"].concat()),
                 bytes: 3,
                 action: Some(Hash::of(b"action a")),
+                result: None,
             },
         );
         let alive = Fact::sign(&n2, at(t + 3), Body::Alive { dag, lease_until_ms: t + 60_000, since: at(t + 3) });
@@ -275,7 +276,11 @@ mod tests {
         let mut facts = vec![submit, claim_a, done_a, alive, claim_b.clone()];
         if finish {
             let record = Hash::of(&[dag.0.as_slice(), b"rb"].concat());
-            facts.push(Fact::sign(&n2, at(t + 4), Body::Done { claim: claim_b.id(), record, bytes: 1, action: None }));
+            facts.push(Fact::sign(
+                &n2,
+                at(t + 4),
+                Body::Done { claim: claim_b.id(), record, bytes: 1, action: None, result: None },
+            ));
         }
         facts
     }
@@ -347,7 +352,7 @@ mod tests {
         let mut facts = vec![Fact::sign(
             &k,
             at(t0),
-            Body::Submit { dag: long, jobs: jobs.clone(), max_attempts: 1, topic_nodes: 0 },
+            Body::Submit { dag: long, jobs: jobs.clone(), max_attempts: 1, topic_nodes: 0, quorum: None },
         )];
         for (i, job) in jobs.iter().enumerate() {
             let claim = Fact::sign(
@@ -360,7 +365,7 @@ mod tests {
                 facts.push(Fact::sign(
                     &k,
                     at(t0 + 2 + 2 * i as u64),
-                    Body::Done { claim: claim.id(), record, bytes: 0, action: None },
+                    Body::Done { claim: claim.id(), record, bytes: 0, action: None, result: None },
                 ));
             }
             facts.push(claim);
@@ -390,7 +395,7 @@ mod tests {
         let late = Fact::sign(
             &k,
             at(t0 + 5),
-            Body::Done { claim: Hash::of(b"gone claim"), record: Hash::of(b"r"), bytes: 0, action: None },
+            Body::Done { claim: Hash::of(b"gone claim"), record: Hash::of(b"r"), bytes: 0, action: None, result: None },
         );
         assert_eq!(l.insert(late), Ok(false));
         // A young orphan is kept until it is as old.

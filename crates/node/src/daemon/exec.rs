@@ -49,6 +49,11 @@ pub(crate) async fn run_claimed(
                 record,
                 bytes: report.outputs.iter().map(|(_, d)| d.size).sum(),
                 action: report.action_key,
+                // From the record as stored (signed here, or checked when it came).
+                result: match shared.store.get_record(record).await {
+                    Ok(Some(signed)) => signed.record_trusted().ok().map(|r| r.result_digest()),
+                    _ => None,
+                },
             },
             None => Finished::Failed("no run record".into()),
         },
@@ -320,12 +325,11 @@ impl run::RemoteCache for MeshCache {
             }
             // Runs by different nodes with the same outputs and exit: the first group with
             // `agree` makers answers.
-            let mut groups: BTreeMap<Vec<u8>, Vec<(Hash, NodeId)>> = BTreeMap::new();
+            let mut groups: BTreeMap<Hash, Vec<(Hash, NodeId)>> = BTreeMap::new();
             for (record, maker) in others.into_iter().take(CACHE_AGREE_RECORDS_MAX) {
                 let from = providers(maker, &peers);
                 let Ok(rec) = fetch_record(&shared.store, &shared.blobs, record, &from).await else { continue };
-                let outputs: Vec<(&String, Hash)> = rec.outputs.iter().map(|(n, d)| (n, d.hash)).collect();
-                let group = groups.entry(shoal_dag::canonical_cbor(&(outputs, &rec.exit))).or_default();
+                let group = groups.entry(rec.result_digest()).or_default();
                 if !group.iter().any(|(_, m)| *m == maker) {
                     group.push((record, maker));
                 }

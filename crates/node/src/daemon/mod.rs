@@ -277,6 +277,8 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     };
     let settings = opts.settings.clone();
     let mut core = NodeCore::with_config(key.clone(), caps, settings.core);
+    // The DAGs this node submits carry its trust policy: the mesh folds them by it.
+    core.set_quorum(opts.cache_trust.agree, opts.cache_trust.trusted.iter().copied());
     if opts.clock_from_mesh {
         // Until a peer's time is heard this node's clock is one it knows may be wrong.
         core.set_claiming(now_unix_ms(), false);
@@ -463,7 +465,7 @@ struct Node {
     /// The runs (per-DAG contexts on the runner) of the DAGs with a job running here, dropped
     /// with their last job: a node that kept every DAG's grew without end; preparing again
     /// costs microseconds (the key, machine facts, cores and work directories are the runner's).
-    ctxs: BTreeMap<Hash, Arc<crate::run::Ctx>>,
+    ctxs: BTreeMap<(Hash, bool), Arc<crate::run::Ctx>>,
     /// Facts received or made since the last persist.
     to_persist: Vec<Fact>,
     /// DAG contents that came inline with gossip, to store and hand to the core.
@@ -553,7 +555,8 @@ impl Node {
     /// Drops the prepared runner of `dag` once none of its jobs runs here.
     fn drop_ctx_unless_running(&mut self, dag: &Hash) {
         if !self.running.values().any(|(d, _)| d == dag) {
-            self.ctxs.remove(dag);
+            self.ctxs.remove(&(*dag, false));
+            self.ctxs.remove(&(*dag, true));
         }
     }
 
@@ -827,17 +830,21 @@ impl Node {
                 }
             }
         }
-        let ctx = match self.ctxs.get(&dag_hash) {
+        // Under the DAG's quorum a run that confirms another node's is made afresh: an answer
+        // from a cache would be that node's result again, or this node's, agreeing with itself.
+        let confirming = self.core.ledger().confirming(&dag_hash, &job, now);
+        let ctx = match self.ctxs.get(&(dag_hash, confirming)) {
             Some(c) => c.clone(),
             None => {
                 let mut opts = self.opts.run.clone();
                 opts.json = true;
+                opts.use_cache &= !confirming;
                 let source = RunSource {
                     remote_cache: Some(Arc::new(exec::MeshCache(self.shared.clone()))),
                     ..RunSource::default()
                 };
                 let c = self.shared.runner.prepare(dag, PathBuf::new(), &opts, source);
-                self.ctxs.insert(dag_hash, c.clone());
+                self.ctxs.insert((dag_hash, confirming), c.clone());
                 c
             }
         };

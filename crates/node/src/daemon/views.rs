@@ -185,6 +185,17 @@ impl Node {
                     .then(|| dag.and_then(|d| d.jobs.iter().find(|j| j.id == id)))
                     .flatten()
                     .and_then(|j| shoal_mesh::capabilities::unschedulable(&j.requirements, &mesh));
+                // Open, under a quorum, with runs that do not agree yet: why it waits.
+                let confirming = ledger.quorum(&hash).filter(|_| matches!(js, JobState::Open { .. })).and_then(|q| {
+                    let made = ledger.completions(&hash, &id).len();
+                    (made > 0).then(|| {
+                        format!(
+                            "{made} run(s) made, {} must agree (the DAG's quorum): waiting for a node that has not \
+                             run it to run it again",
+                            q.agree
+                        )
+                    })
+                });
                 let mut runs = done_runs.remove(&(hash, id.clone())).unwrap_or_default();
                 runs.retain(|r| !lost.contains(&r.record));
                 let runs = if runs.len() > 1 { runs } else { Vec::new() };
@@ -195,6 +206,9 @@ impl Node {
                 };
                 let mut view = job_view(js, reason, runs);
                 view.cached_from = cached_from.map(hex::encode);
+                if view.state == JobStatus::Open {
+                    view.reason = view.reason.or(confirming);
+                }
                 jobs.insert(id, view);
             }
             dags.insert(hash, DagView { jobs, known: dag.is_some(), group: self.group_view(&hash) });
@@ -441,14 +455,25 @@ mod tests {
             assert_eq!((ev.node, ev.at_unix_ms), (author(), 1_000));
         };
         check(
-            Body::Submit { dag, jobs: vec!["build".into(), "test".into()], max_attempts: 3, topic_nodes: 0 },
+            Body::Submit {
+                dag,
+                jobs: vec!["build".into(), "test".into()],
+                max_attempts: 3,
+                topic_nodes: 0,
+                quorum: None,
+            },
             EventKind::Submitted,
             None,
             Some("2 jobs"),
         );
         check(Body::Claim { dag, job: "build".into(), lease_until_ms: 5 }, EventKind::Claimed, Some("build"), None);
         let done = record.to_string();
-        check(Body::Done { claim, record, bytes: 1, action: None }, EventKind::Done, Some("build"), Some(&done));
+        check(
+            Body::Done { claim, record, bytes: 1, action: None, result: None },
+            EventKind::Done,
+            Some("build"),
+            Some(&done),
+        );
         check(Body::Fail { claim, reason: "exit 1".into() }, EventKind::Failed, Some("build"), Some("exit 1"));
         check(Body::Cancel { dag }, EventKind::Cancelled, None, None);
         let lost = format!("no node holds the outputs of {record}: the job runs again");
@@ -461,7 +486,7 @@ mod tests {
         let known = |_: &Hash| None;
         assert_eq!(event_of(&fact(Body::Renew { claim: hash(2), lease_until_ms: 5 }), known), None);
         for body in [
-            Body::Done { claim: hash(2), record: hash(3), bytes: 0, action: None },
+            Body::Done { claim: hash(2), record: hash(3), bytes: 0, action: None, result: None },
             Body::Fail { claim: hash(2), reason: "x".into() },
             Body::Release { claim: hash(2) },
         ] {
