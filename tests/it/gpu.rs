@@ -131,3 +131,94 @@ fn a_node_announces_its_gpus_and_a_mesh_job_gets_one() {
     assert_success(&out, "shoal get");
     assert_eq!(stdout(&out), "renderD128\n");
 }
+
+/// A fake machine whose GPUs are set aside for virtual machines (bound to vfio-pci): an AMD one
+/// in IOMMU group 12 with its audio function (bound to vfio-pci too), an NVIDIA one whose group
+/// also holds a device its host driver keeps, and one with no IOMMU group at all.
+fn vfio_machine(dir: &Path) {
+    let w = |p: &str, text: &str| {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let link = |target: &str, p: &str| {
+        let path = dir.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, path).unwrap();
+    };
+    let device = |addr: &str, class: &str, vendor: &str, driver: &str, group: Option<u32>| {
+        let d = format!("sys/bus/pci/devices/{addr}");
+        w(&format!("{d}/class"), &format!("{class}\n"));
+        w(&format!("{d}/vendor"), &format!("{vendor}\n"));
+        w(&format!("{d}/device"), "0x73bf\n");
+        link(&format!("../../../bus/pci/drivers/{driver}"), &format!("{d}/driver"));
+        if let Some(g) = group {
+            link(&format!("../../../kernel/iommu_groups/{g}"), &format!("{d}/iommu_group"));
+            link(
+                &format!("../../../../devices/pci0000:00/{addr}"),
+                &format!("sys/kernel/iommu_groups/{g}/devices/{addr}"),
+            );
+            w(&format!("dev/vfio/{g}"), "fake vfio group\n");
+        }
+    };
+    device("0000:03:00.0", "0x030000", "0x1002", "vfio-pci", Some(12));
+    device("0000:03:00.1", "0x040300", "0x1002", "vfio-pci", Some(12));
+    device("0000:04:00.0", "0x030200", "0x10de", "vfio-pci", Some(13));
+    device("0000:04:00.1", "0x040300", "0x10de", "snd_hda_intel", Some(13));
+    device("0000:05:00.0", "0x030000", "0x8086", "vfio-pci", None);
+    // A network card bound to vfio-pci is no GPU.
+    device("0000:06:00.0", "0x020000", "0x8086", "vfio-pci", Some(14));
+    w("dev/vfio/vfio", "fake vfio container\n");
+}
+
+/// VFIO passthrough (issue 20, item 4) on a fake sysfs/devfs: the GPU a microVM can take is
+/// announced, `shoal doctor` says why the others cannot be, and an `isolation: vm` job lent it
+/// boots QEMU with the device passed (`-device vfio-pci,host=...` on microvm's PCIe bus). This
+/// machine has no IOMMU, so real QEMU then refuses the device: the job fails with QEMU's own
+/// words about that address, which is as far as a machine without the hardware goes.
+#[test]
+fn a_gpu_bound_to_vfio_is_passed_to_a_microvm_job_and_doctor_says_why_another_is_not() {
+    let home = Home::with_busybox();
+    let root = home.path().join("machine");
+    vfio_machine(&root);
+    let out = shoal(&home, Some(&root), &["doctor", "--json"]);
+    let checks: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let rows = checks.as_array().unwrap();
+    let gpus = rows.iter().find(|c| c["check"] == "GPUs").unwrap()["detail"].as_str().unwrap().to_string();
+    assert_eq!(
+        gpus,
+        format!("amd 0x73bf (amd, VFIO passthrough of 0000:03:00.0, IOMMU group 12) at {}/dev/vfio/12", root.display())
+    );
+    let refused: Vec<&str> =
+        rows.iter().filter(|c| c["check"] == "GPU for microVMs").map(|c| c["detail"].as_str().unwrap()).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("0000:04:00.0") && refused[0].contains("0000:04:00.1, bound to snd_hda_intel"));
+    assert!(refused[1].contains("0000:05:00.0 is bound to vfio-pci but has no IOMMU group"), "{}", refused[1]);
+
+    let dag = |isolation: &str| {
+        format!(
+            r#"{{"version": 1, "jobs": [{{"id": "g", "image": "busybox:latest", "command": ["true"],
+                "requirements": {{"gpu": {{"count": 1}}{isolation}}}}}]}}"#
+        )
+    };
+    // Asked for in the namespace sandbox: a GPU bound to vfio-pci goes to microVMs only.
+    let ns = home.write("ns.json", &dag(r#", "isolation": "namespace""#));
+    let run = shoal(&home, Some(&root), &["run", ns.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("bound to vfio-pci, which only a microVM takes"), "{err}");
+    // Two for a microVM: the machine has one it can pass.
+    let two = home.write("two.json", &dag(r#", "isolation": "vm""#).replace(r#""count": 1"#, r#""count": 2"#));
+    let run = shoal(&home, Some(&root), &["run", two.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("needs 2 GPU(s) a microVM can take") && err.contains("has 1"), "{err}");
+
+    if !crate::microvm::vm_ready(&home) {
+        return;
+    }
+    let vm = home.write("vm.json", &dag(r#", "isolation": "vm""#));
+    let run = shoal(&home, Some(&root), &["run", vm.to_str().unwrap()]);
+    assert!(!run.status.success(), "no IOMMU here: QEMU cannot take the device");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("-device vfio-pci,host=0000:03:00.0"), "QEMU was given the device: {err}");
+}

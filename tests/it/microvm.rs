@@ -6,7 +6,7 @@ use crate::support::*;
 
 /// Whether `shoal doctor` finds a working microVM backend; without one the VM tests skip,
 /// unless `SHOAL_REQUIRE_VM=1` makes that a failure.
-fn vm_ready(home: &Home) -> bool {
+pub(crate) fn vm_ready(home: &Home) -> bool {
     let out = home.shoal(&["doctor", "--json"]);
     assert_success(&out, "shoal doctor --json");
     let rows = json(&out);

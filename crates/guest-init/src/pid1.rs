@@ -191,6 +191,7 @@ fn pid1(timeline: &mut GuestTimeline, reply_dev: &mut Option<File>) -> Result<()
         network: job.network,
         work_dir: PathBuf::from(WORK_DIR),
         host_mounts: Vec::new(),
+        pci_devices: Vec::new(),
     };
     let mut reply = reply;
     let reply_len = reply.seek(SeekFrom::End(0)).map_err(|e| format!("sizing the reply disk: {e}"))?;

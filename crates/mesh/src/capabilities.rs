@@ -47,12 +47,16 @@ pub struct GpuCap {
     /// Its memory, where its driver says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Bound to vfio-pci in an IOMMU group of its own: passed whole to a microVM (an
+    /// `isolation: vm` job), not to the namespace sandbox.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vfio: bool,
 }
 
 impl GpuCap {
     /// A GPU known by its model alone.
     pub fn model(model: impl Into<String>) -> GpuCap {
-        GpuCap { model: model.into(), vendor: String::new(), memory_bytes: None }
+        GpuCap { model: model.into(), vendor: String::new(), memory_bytes: None, vfio: false }
     }
 }
 
@@ -66,6 +70,8 @@ enum GpuWire {
         vendor: String,
         #[serde(default)]
         memory_bytes: Option<u64>,
+        #[serde(default)]
+        vfio: bool,
     },
 }
 
@@ -73,7 +79,7 @@ impl From<GpuWire> for GpuCap {
     fn from(w: GpuWire) -> GpuCap {
         match w {
             GpuWire::Model(model) => GpuCap::model(model),
-            GpuWire::Full { model, vendor, memory_bytes } => GpuCap { model, vendor, memory_bytes },
+            GpuWire::Full { model, vendor, memory_bytes, vfio } => GpuCap { model, vendor, memory_bytes, vfio },
         }
     }
 }
@@ -135,12 +141,33 @@ fn speed_reference() -> u32 {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mismatch {
-    Arch { wanted: Arch, has: Arch },
-    Cores { wanted: u32, has: u32 },
-    Memory { wanted_bytes: u64, has_bytes: u64 },
-    CpuFlags { missing: Vec<String> },
-    Gpu { wanted: u32, model: Option<String>, has: u32 },
-    Label { key: String, wanted: String, has: Option<String> },
+    Arch {
+        wanted: Arch,
+        has: Arch,
+    },
+    Cores {
+        wanted: u32,
+        has: u32,
+    },
+    Memory {
+        wanted_bytes: u64,
+        has_bytes: u64,
+    },
+    CpuFlags {
+        missing: Vec<String>,
+    },
+    /// `vfio`: counted are the GPUs a microVM can take (an `isolation: vm` job).
+    Gpu {
+        wanted: u32,
+        model: Option<String>,
+        has: u32,
+        vfio: bool,
+    },
+    Label {
+        key: String,
+        wanted: String,
+        has: Option<String>,
+    },
     NoMicrovm,
 }
 
@@ -153,10 +180,13 @@ impl std::fmt::Display for Mismatch {
                 write!(f, "needs {} MiB of memory, has {} MiB", wanted_bytes >> 20, has_bytes >> 20)
             }
             Mismatch::CpuFlags { missing } => write!(f, "lacks CPU flags {}", missing.join(", ")),
-            Mismatch::Gpu { wanted, model, has } => match model {
-                Some(m) => write!(f, "needs {wanted} GPU(s) of model {m}, has {has} of it"),
-                None => write!(f, "needs {wanted} GPU(s), has {has}"),
-            },
+            Mismatch::Gpu { wanted, model, has, vfio } => {
+                let what = if *vfio { " a microVM can take (bound to vfio-pci, for isolation: vm)" } else { "" };
+                match model {
+                    Some(m) => write!(f, "needs {wanted} GPU(s) of model {m}{what}, has {has} of it"),
+                    None => write!(f, "needs {wanted} GPU(s){what}, has {has}"),
+                }
+            }
             Mismatch::Label { key, wanted, has } => match has {
                 Some(h) => write!(f, "needs label {key}={wanted}, has {key}={h}"),
                 None => write!(f, "needs label {key}={wanted}, has none"),
@@ -185,9 +215,16 @@ pub fn mismatches(req: &Requirements, caps: &Capabilities) -> Vec<Mismatch> {
         out.push(Mismatch::CpuFlags { missing });
     }
     if let Some(gpu) = &req.gpu {
-        let has = caps.gpus.iter().filter(|g| gpu.model.as_ref().is_none_or(|want| g.model == *want)).count() as u32;
+        // An `isolation: vm` job gets GPUs passed to its microVM by VFIO; any other the
+        // namespace sandbox's, or VFIO ones in a microVM when those are all there is.
+        let vm = req.isolation == Some(Isolation::Vm);
+        let has = caps
+            .gpus
+            .iter()
+            .filter(|g| gpu.model.as_ref().is_none_or(|want| g.model == *want) && (g.vfio || !vm))
+            .count() as u32;
         if has < gpu.count {
-            out.push(Mismatch::Gpu { wanted: gpu.count, model: gpu.model.clone(), has });
+            out.push(Mismatch::Gpu { wanted: gpu.count, model: gpu.model.clone(), has, vfio: vm });
         }
     }
     for (key, wanted) in &req.labels {
@@ -302,7 +339,7 @@ mod gpu_wire_tests {
     /// A GPU reads from an older node's announcement (the model as a string) and a newer one's.
     #[test]
     fn a_gpu_reads_from_its_model_alone_or_with_vendor_and_memory() {
-        let full = GpuCap { model: "A100".into(), vendor: "nvidia".into(), memory_bytes: Some(80 << 30) };
+        let full = GpuCap { model: "A100".into(), vendor: "nvidia".into(), memory_bytes: Some(80 << 30), vfio: false };
         let bytes = shoal_dag::canonical_cbor(&vec![full.clone()]);
         assert_eq!(shoal_dag::from_cbor::<Vec<GpuCap>>(&bytes).unwrap(), vec![full]);
         let old = shoal_dag::canonical_cbor(&vec!["A100".to_string()]);

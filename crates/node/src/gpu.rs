@@ -9,6 +9,14 @@
 //! Other GPUs through their DRM render nodes: `/sys/class/drm/renderD*`, the PCI vendor and device
 //! of its `device/`, VRAM from `device/mem_info_vram_total` (amdgpu), the node `/dev/dri/renderD*`.
 //!
+//! GPUs set aside for virtual machines are bound to `vfio-pci` instead (no driver of their own, so
+//! neither of the above sees them): `/sys/bus/pci/devices/*` of a display class, the `driver`
+//! link naming `vfio-pci`, an `iommu_group` link whose `/dev/vfio/<group>` exists, and every
+//! other device of the group unbound, bound to `vfio-pci` or `pci-stub`, or a PCI bridge (the
+//! group is passed whole). Such a GPU goes to an `isolation: vm` job's microVM by VFIO
+//! (`-device vfio-pci,host=<address>`); one that falls short is not announced, and `shoal
+//! doctor` says why.
+//!
 //! Everything is read under a root directory: `/`, or (`SHOAL_GPU_ROOT`) a fake sysfs/devfs tree,
 //! which is how the tests give a machine without a GPU one.
 
@@ -51,6 +59,8 @@ pub struct Gpu {
     pub nodes: Vec<PathBuf>,
     /// Device nodes and libraries any job using it needs too (host paths, under the root).
     pub shared: Vec<PathBuf>,
+    /// Bound to vfio-pci: passed whole to a microVM, never to the namespace sandbox.
+    pub vfio: Option<shoal_vm::PciDevice>,
 }
 
 impl Gpu {
@@ -60,11 +70,18 @@ impl Gpu {
             model: self.model.clone(),
             vendor: self.vendor.clone(),
             memory_bytes: self.memory_bytes,
+            vfio: self.vfio.is_some(),
         }
     }
 
     /// As a run record names it: `NVIDIA GeForce RTX 3060 (nvidia, driver 535.54.03)`.
     pub fn describe(&self) -> String {
+        if let Some(d) = &self.vfio {
+            return format!(
+                "{} ({}, VFIO passthrough of {}, IOMMU group {})",
+                self.model, self.vendor, d.address, d.group
+            );
+        }
         match &self.driver {
             Some(d) => format!("{} ({}, driver {d})", self.model, self.vendor),
             None => format!("{} ({})", self.model, self.vendor),
@@ -77,7 +94,101 @@ pub fn detect(root: &Path) -> Vec<Gpu> {
     let mut gpus = nvidia(root);
     let nvidia_found = !gpus.is_empty();
     gpus.extend(drm(root).into_iter().filter(|g| !(nvidia_found && g.vendor == "nvidia")));
+    gpus.extend(vfio(root).into_iter().filter_map(Result::ok));
     gpus
+}
+
+/// Why each display device bound to vfio-pci under `root` cannot be passed to a microVM.
+pub fn vfio_refusals(root: &Path) -> Vec<String> {
+    vfio(root).into_iter().filter_map(Result::err).collect()
+}
+
+/// [`vfio_refusals`] of this host (under `SHOAL_GPU_ROOT` when set).
+pub fn host_vfio_refusals() -> Vec<String> {
+    vfio_refusals(&root())
+}
+
+/// PCI classes: display controllers (the class's first byte), and PCI-to-PCI bridges.
+const PCI_CLASS_DISPLAY: &str = "0x03";
+const PCI_CLASS_BRIDGE: &str = "0x0604";
+/// Drivers that leave a device free for VFIO: its own, and the placeholder.
+const VFIO_FREE_DRIVERS: &[&str] = &["vfio-pci", "pci-stub"];
+
+/// The display devices bound to vfio-pci under `root`: each a GPU a microVM can take, or why not.
+fn vfio(root: &Path) -> Vec<Result<Gpu, String>> {
+    let devices = root.join("sys/bus/pci/devices");
+    let Ok(dirs) = std::fs::read_dir(&devices) else { return Vec::new() };
+    let mut names: Vec<String> =
+        dirs.filter_map(|d| d.ok().map(|d| d.file_name().to_string_lossy().into_owned())).collect();
+    names.sort();
+    let read =
+        |addr: &str, f: &str| std::fs::read_to_string(devices.join(addr).join(f)).ok().map(|s| s.trim().to_string());
+    let link_name = |path: PathBuf| {
+        std::fs::read_link(path).ok().and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+    };
+    let driver = |addr: &str| link_name(devices.join(addr).join("driver"));
+    names
+        .into_iter()
+        .filter(|addr| {
+            read(addr, "class").is_some_and(|c| c.starts_with(PCI_CLASS_DISPLAY))
+                && driver(addr).as_deref() == Some("vfio-pci")
+        })
+        .take(GPUS_MAX)
+        .map(|addr| {
+            if !shoal_vm::PciDevice::valid_address(&addr) {
+                return Err(format!("{addr}: not a PCI address QEMU takes"));
+            }
+            let group: u32 =
+                link_name(devices.join(&addr).join("iommu_group")).and_then(|g| g.parse().ok()).ok_or_else(|| {
+                    format!(
+                        "{addr} is bound to vfio-pci but has no IOMMU group: turn the IOMMU on (intel_iommu=on or \
+                         amd_iommu=on on the kernel command line)"
+                    )
+                })?;
+            let node = root.join(format!("dev/vfio/{group}"));
+            if !node.exists() {
+                return Err(format!(
+                    "{addr} is in IOMMU group {group} but {} is missing: load vfio-pci",
+                    node.display()
+                ));
+            }
+            let members = std::fs::read_dir(root.join(format!("sys/kernel/iommu_groups/{group}/devices")))
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+                .unwrap_or_else(|_| Vec::<String>::new());
+            for other in members.iter().filter(|m| **m != addr) {
+                let bridge = read(other, "class").is_some_and(|c| c.starts_with(PCI_CLASS_BRIDGE));
+                match driver(other) {
+                    Some(d) if !bridge && !VFIO_FREE_DRIVERS.contains(&d.as_str()) => {
+                        return Err(format!(
+                            "{addr}: its IOMMU group {group} also holds {other}, bound to {d}; a group is passed \
+                             whole: bind {other} to vfio-pci too"
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            let vendor = match read(&addr, "vendor").as_deref() {
+                Some("0x1002") => "amd".to_string(),
+                Some("0x8086") => "intel".to_string(),
+                Some("0x10de") => "nvidia".to_string(),
+                Some(other) => other.to_string(),
+                None => "unknown".to_string(),
+            };
+            let model = read(&addr, "label")
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("{vendor} {}", read(&addr, "device").unwrap_or_default()));
+            let container = root.join("dev/vfio/vfio");
+            Ok(Gpu {
+                vendor,
+                model,
+                memory_bytes: None,
+                driver: None,
+                nodes: vec![node],
+                shared: container.exists().then_some(container).into_iter().collect(),
+                vfio: Some(shoal_vm::PciDevice { address: addr, group }),
+            })
+        })
+        .collect()
 }
 
 /// This host's GPUs (under `SHOAL_GPU_ROOT` when set), read once.
@@ -141,6 +252,7 @@ fn nvidia(root: &Path) -> Vec<Gpu> {
                 driver: driver.clone(),
                 nodes: vec![root.join(format!("dev/nvidia{minor}"))],
                 shared: shared.clone(),
+                vfio: None,
             })
         })
         .collect()
@@ -177,6 +289,7 @@ fn drm(root: &Path) -> Vec<Gpu> {
                 driver: None,
                 nodes: vec![root.join("dev/dri").join(&name)],
                 shared: Vec::new(),
+                vfio: None,
             })
         })
         .collect()
@@ -215,6 +328,16 @@ impl GpuLease<'_> {
     pub(crate) fn gpus(&self) -> impl Iterator<Item = &Gpu> + '_ {
         self.taken.iter().map(|&i| &self.pool.gpus[i])
     }
+
+    /// The GPUs are bound to vfio-pci: the job runs in a microVM they are passed to.
+    pub(crate) fn vfio(&self) -> bool {
+        self.gpus().any(|g| g.vfio.is_some())
+    }
+
+    /// Their PCI devices, for the microVM.
+    pub(crate) fn pci_devices(&self) -> Vec<shoal_vm::PciDevice> {
+        self.gpus().filter_map(|g| g.vfio.clone()).collect()
+    }
 }
 
 impl Drop for GpuLease<'_> {
@@ -235,14 +358,21 @@ impl GpuPool {
     }
 
     /// `count` GPUs (of `model`, when given) once that many are free; an error when this host
-    /// has fewer, however long it waits.
-    pub(crate) async fn take(&self, count: u32, model: Option<&str>) -> Result<GpuLease<'_>, String> {
-        let fits = |g: &Gpu| model.is_none_or(|m| g.model == m);
-        let have = self.gpus.iter().filter(|g| fits(g)).count();
-        if have < count as usize {
+    /// has fewer, however long it waits. `vm`: for a job that must run in a microVM, GPUs bound
+    /// to vfio-pci only; otherwise those the namespace sandbox takes when this host has enough,
+    /// else vfio-pci ones (the job then runs in a microVM). One kind per job.
+    pub(crate) async fn take(&self, count: u32, model: Option<&str>, vm: bool) -> Result<GpuLease<'_>, String> {
+        let of_model = |g: &Gpu| model.is_none_or(|m| g.model == m);
+        let have = |vfio: bool| self.gpus.iter().filter(|g| of_model(g) && g.vfio.is_some() == vfio).count();
+        let vfio = vm || have(false) < count as usize;
+        let fits = |g: &Gpu| of_model(g) && g.vfio.is_some() == vfio;
+        if have(vfio) < count as usize {
+            let kind =
+                if vm { " a microVM can take (bound to vfio-pci: `shoal doctor` says why one is not)" } else { "" };
             return Err(format!(
-                "it needs {count} GPU(s){} and this machine has {have}",
-                model.map(|m| format!(" of model `{m}`")).unwrap_or_default()
+                "it needs {count} GPU(s){}{kind} and this machine has {}",
+                model.map(|m| format!(" of model `{m}`")).unwrap_or_default(),
+                have(vfio).max(if vm { 0 } else { have(false) })
             ));
         }
         loop {
@@ -275,6 +405,7 @@ mod tests {
             driver: None,
             nodes: Vec::new(),
             shared: Vec::new(),
+            vfio: None,
         }
     }
 
@@ -283,16 +414,34 @@ mod tests {
     #[tokio::test]
     async fn a_gpu_is_lent_to_one_job_at_a_time() {
         let pool = GpuPool::new(vec![gpu("a"), gpu("a"), gpu("b")]);
-        let two = pool.take(2, Some("a")).await.unwrap();
+        let two = pool.take(2, Some("a"), false).await.unwrap();
         assert_eq!(two.gpus().count(), 2);
-        let err = pool.take(3, Some("a")).await.err().unwrap();
+        let err = pool.take(3, Some("a"), false).await.err().unwrap();
         assert!(err.contains("needs 3 GPU(s) of model `a` and this machine has 2"), "{err}");
         // Another model is free; a third `a` waits for one of the two.
-        assert_eq!(pool.take(1, None).await.unwrap().gpus().next().unwrap().model, "b");
-        let waiting = pool.take(1, Some("a"));
+        assert_eq!(pool.take(1, None, false).await.unwrap().gpus().next().unwrap().model, "b");
+        let waiting = pool.take(1, Some("a"), false);
         tokio::pin!(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending());
         drop(two);
         assert_eq!(waiting.await.unwrap().gpus().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_microvm_gets_gpus_bound_to_vfio_and_the_sandbox_prefers_the_others() {
+        let mut passed = gpu("a");
+        passed.vfio = Some(shoal_vm::PciDevice { address: "0000:01:00.0".into(), group: 7 });
+        let pool = GpuPool::new(vec![gpu("a"), passed]);
+        let vm = pool.take(1, None, true).await.unwrap();
+        assert!(vm.vfio());
+        assert_eq!(vm.pci_devices()[0].address, "0000:01:00.0");
+        let err = pool.take(2, None, true).await.err().unwrap();
+        assert!(err.contains("needs 2 GPU(s) a microVM can take") && err.contains("has 1"), "{err}");
+        drop(vm);
+        let sandbox = pool.take(1, None, false).await.unwrap();
+        assert!(!sandbox.vfio(), "the namespace sandbox's GPU first");
+        // Two for a job with no isolation: only the VFIO kind has... one, so two of the sandbox's
+        // kind are missing: refused rather than mixed.
+        assert!(pool.take(2, None, false).await.is_err());
     }
 }

@@ -141,6 +141,9 @@ pub fn doctor(home: &std::path::Path, json: bool) -> Result<()> {
         })
         .collect();
     checks.push(("GPUs", true, if gpus.is_empty() { "none found".into() } else { described.join("; ") }));
+    for why in crate::gpu::host_vfio_refusals() {
+        checks.push(("GPU for microVMs", false, why));
+    }
     let emulated: Vec<String> = emulated_arches().iter().map(|(a, i)| format!("{a:?} ({i})").to_lowercase()).collect();
     checks.push((
         "emulated architectures",

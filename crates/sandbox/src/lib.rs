@@ -70,6 +70,34 @@ pub struct Request {
     /// libraries: see [`HostMount`]); the namespace sandbox only.
     #[serde(default)]
     pub host_mounts: Vec<HostMount>,
+    /// Host PCI devices passed whole to the job's microVM by VFIO (a GPU bound to vfio-pci);
+    /// the microVM backend only: the namespace sandbox refuses a request that has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pci_devices: Vec<PciDevice>,
+}
+
+/// A host PCI device bound to vfio-pci, as QEMU's `-device vfio-pci,host=` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PciDevice {
+    /// Its address, `domain:bus:device.function` (`0000:01:00.0`).
+    pub address: String,
+    /// Its IOMMU group (`/dev/vfio/<group>`), which only it and devices no one uses are in.
+    pub group: u32,
+}
+
+impl PciDevice {
+    /// Whether `address` is a PCI address as sysfs spells it: `0000:01:00.0` (hex digits), nothing
+    /// QEMU's option parser would read otherwise (no `,`).
+    pub fn valid_address(address: &str) -> bool {
+        let b = address.as_bytes();
+        b.len() == 12
+            && b.iter().enumerate().all(|(i, c)| match i {
+                4 | 7 => *c == b':',
+                10 => *c == b'.',
+                11 => (b'0'..=b'7').contains(c),
+                _ => c.is_ascii_hexdigit(),
+            })
+    }
 }
 
 /// A host file shown in the sandbox at `path` (absolute): a device node (usable: the sandbox's

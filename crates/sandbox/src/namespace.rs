@@ -330,6 +330,13 @@ impl NamespaceBackend {
         };
         let root = nix::unistd::geteuid().is_root();
         validate(req, root)?;
+        if let Some(d) = req.pci_devices.first() {
+            return Err(invalid(format!(
+                "PCI device {} is passed by VFIO to a microVM, and this is the namespace sandbox: run the job \
+                 with `isolation: vm`",
+                d.address
+            )));
+        }
         let staging_dir = self.staging_dir()?;
         let mut cgroup = match &self.cgroups {
             None => {

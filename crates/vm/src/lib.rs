@@ -24,7 +24,7 @@ mod sys;
 pub use microvm::{MicrovmBackend, MicrovmConfig};
 pub use shoal_sandbox::{
     Captured, CollectedOutput, Exit, HelperCommand, HostMount, InputMount, Limits, NamespaceBackend, OutputSpec,
-    RawRun, Request, RunError, cgroup, collect, sandbox_helper_main, wire,
+    PciDevice, RawRun, Request, RunError, cgroup, collect, sandbox_helper_main, wire,
 };
 
 /// What a run produced. A job that failed is still an `Outcome`; see `exit`.

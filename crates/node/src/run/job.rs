@@ -279,15 +279,21 @@ async fn execute(
     let mut argv = image.config.entrypoint.clone();
     argv.extend(job.command.iter().cloned());
     let r = &job.requirements;
-    // GPUs asked for: lent for the run, their device nodes and driver libraries shown at their
-    // own paths.
+    // GPUs asked for: lent for the run; their device nodes and driver libraries shown at their
+    // own paths in the namespace sandbox, or (bound to vfio-pci) passed whole to the microVM.
+    let in_vm = r.isolation == Some(shoal_dag::Isolation::Vm) || ctx.backend == super::BackendChoice::MicrovmOnly;
     let gpus = match &r.gpu {
         Some(g) if g.count > 0 => {
-            Some(ctx.runner.gpus.take(g.count, g.model.as_deref()).await.map_err(|e| anyhow!(e))?)
+            Some(ctx.runner.gpus.take(g.count, g.model.as_deref(), in_vm).await.map_err(|e| anyhow!(e))?)
         }
         _ => None,
     };
-    let host_mounts = gpus.as_ref().map(|l| crate::gpu::host_mounts(l.gpus())).unwrap_or_default();
+    let gpus_vfio = gpus.as_ref().map(|l| l.vfio());
+    let (host_mounts, pci_devices) = match &gpus {
+        Some(l) if l.vfio() => (Vec::new(), l.pci_devices()),
+        Some(l) => (crate::gpu::host_mounts(l.gpus()), Vec::new()),
+        None => (Vec::new(), Vec::new()),
+    };
     let request = Request {
         rootfs,
         argv,
@@ -310,9 +316,10 @@ async fn execute(
         network: r.network,
         work_dir: work.path().to_path_buf(),
         host_mounts,
+        pci_devices,
     };
     let started_unix_ms = now_unix_ms();
-    let backend = backend_for(ctx, job).await?;
+    let backend = backend_for(ctx, job, gpus_vfio).await?;
     // Cores are held while the job runs, not while its inputs are written, its sandbox is
     // built (the backend calls the gate when it is) or its outputs stored: those overlap with
     // other jobs' runs.

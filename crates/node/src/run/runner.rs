@@ -374,21 +374,25 @@ fn sandbox_helper() -> Result<HelperCommand> {
     Ok(HelperCommand { program, args: vec![SANDBOX_SUBCOMMAND.into()] })
 }
 
-/// The backend for one job: its `isolation` if it states one, else the run's choice.
-pub(super) async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>> {
+/// The backend for one job: its `isolation` if it states one, else the run's choice. `gpus_vfio`:
+/// the job was lent GPUs, bound to vfio-pci (`true`: passed to its microVM) or not (`false`:
+/// their nodes and driver libraries bound into the namespace sandbox).
+pub(super) async fn backend_for(ctx: &Ctx, job: &Job, gpus_vfio: Option<bool>) -> Result<Arc<dyn Backend>> {
     use shoal_dag::Isolation;
     let backends = &ctx.runner.backends;
-    // GPUs are handed to the namespace sandbox (their nodes and driver libraries bound in);
-    // passing one to a microVM (VFIO) is not built.
-    if job.requirements.gpu.as_ref().is_some_and(|g| g.count > 0) {
-        match (job.requirements.isolation, ctx.backend) {
-            (Some(Isolation::Vm), _) | (_, BackendChoice::MicrovmOnly) => bail!(
-                "it needs a GPU, which this node hands to the namespace sandbox only (a GPU in a microVM \
-                 needs VFIO passthrough, not built yet), and `isolation: vm` or --backend microvm-only; \
-                 drop one of the two"
-            ),
-            _ => return Ok(backends.namespace.clone()),
-        }
+    match (gpus_vfio, job.requirements.isolation, ctx.backend) {
+        (Some(false), Some(Isolation::Vm), _) | (Some(false), _, BackendChoice::MicrovmOnly) => bail!(
+            "it needs a GPU, and this machine's are driven by their host driver, which the namespace sandbox \
+             uses; a microVM (`isolation: vm`, --backend microvm-only) takes only GPUs bound to vfio-pci; drop \
+             the isolation, or bind a GPU to vfio-pci"
+        ),
+        (Some(false), ..) => return Ok(backends.namespace.clone()),
+        (Some(true), Some(Isolation::Namespace), _) | (Some(true), _, BackendChoice::Namespace) => bail!(
+            "its GPUs are bound to vfio-pci, which only a microVM takes, and the job asks for `isolation: \
+             namespace` or the run uses --backend namespace; drop one of the two"
+        ),
+        (Some(true), ..) => return microvm(ctx).await,
+        (None, ..) => {}
     }
     // Another architecture runs under qemu-user in the namespace sandbox: the host kernel's
     // binfmt_misc handler is what runs its binaries, and a microVM's guest kernel has none.
@@ -416,6 +420,12 @@ pub(super) async fn backend_for(ctx: &Ctx, job: &Job) -> Result<Arc<dyn Backend>
     if !vm {
         return Ok(backends.namespace.clone());
     }
+    microvm(ctx).await
+}
+
+/// The run's microVM backend, set up at its first use.
+async fn microvm(ctx: &Ctx) -> Result<Arc<dyn Backend>> {
+    let backends = &ctx.runner.backends;
     let home = ctx.runner.store.home().to_path_buf();
     let warm = backends.warm_vms;
     let backend = backends

@@ -243,7 +243,18 @@ impl MicrovmBackend {
     fn run_vm(&self, req: Request) -> Result<Outcome, RunError> {
         let started = Instant::now();
         shoal_sandbox::namespace::validate(&req, true)?;
-        let key = WarmKey::of(&squashfs_for(&req.rootfs)?, &req.limits, req.network);
+        let mut key = WarmKey::of(&squashfs_for(&req.rootfs)?, &req.limits, req.network);
+        if !req.pci_devices.is_empty() {
+            // A device passed by VFIO is in one VM at a time: booted for this job, never ahead.
+            if let Some(d) = req.pci_devices.iter().find(|d| !shoal_sandbox::PciDevice::valid_address(&d.address)) {
+                return Err(RunError::InvalidRequest(format!(
+                    "PCI address `{}` is not of the form 0000:01:00.0",
+                    d.address
+                )));
+            }
+            key.pci = req.pci_devices.clone();
+            return self.run_cold(&req, &key, started);
+        }
         if let Some(pool) = &self.pool {
             let warm = pool.take(&key);
             // The next job of this kind finds a VM booted.

@@ -55,7 +55,13 @@ impl MicrovmBackend {
             cmdline.push_str(" shoal.net");
             cmd.args(["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]);
         }
-        cmd.args(["-M", "microvm", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        // PCI devices passed by VFIO need a PCI bus: microvm's PCIe host bridge (GPEX), off
+        // otherwise (it costs boot time).
+        let machine = if key.pci.is_empty() { "microvm" } else { "microvm,pcie=on" };
+        for d in &key.pci {
+            cmd.arg("-device").arg(format!("vfio-pci,host={}", d.address));
+        }
+        cmd.args(["-M", machine, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
             .args(["-serial", "stdio", "-accel", self.accel.as_str(), "-cpu"])
             .arg(if self.accel == Accel::Kvm { "host" } else { "max" })
             .arg("-m")

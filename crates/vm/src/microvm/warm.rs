@@ -27,6 +27,9 @@ pub(super) struct WarmKey {
     pub(super) cores: u32,
     pub(super) reply_len: u64,
     pub(super) network: bool,
+    /// Host PCI devices passed by VFIO (a GPU): such a VM is never booted ahead (it would hold
+    /// the device), so this is empty for every warm one.
+    pub(super) pci: Vec<shoal_sandbox::PciDevice>,
 }
 
 impl WarmKey {
@@ -37,6 +40,7 @@ impl WarmKey {
             cores: limits.cores.max(1),
             reply_len: round_up(DATA_OFFSET + limits.output_stream_bytes_max() + 2 * limits.stdout_bytes_max, 1 << 20),
             network,
+            pci: Vec::new(),
         }
     }
 }

@@ -163,6 +163,7 @@ impl Fixture {
             network: false,
             work_dir,
             host_mounts: Vec::new(),
+            pci_devices: Vec::new(),
         }
     }
 
