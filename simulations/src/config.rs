@@ -257,6 +257,31 @@ impl Config {
                 overnight(&mut c);
                 c.partition = Some(Partition { at_ms: 20 * 60_000, for_ms: 20 * 60_000, fraction: 0.3 });
             }
+            "month" => {
+                // A month of a pool's steady traffic under 1 %/h churn, for the ledger's size
+                // per node over time (compaction after `ledger_retention_ms`, a day as in the
+                // node). The node's settings, with per-DAG topics as `shoal node` takes them
+                // above 500 nodes and its periods scaled ×30 (heartbeat 5 min, anti-entropy
+                // 2.5 min, leases 10 min) so that a month of 1,000 nodes fits in minutes: the
+                // ledger's size follows the DAGs and the retention, not these periods.
+                overnight(&mut c);
+                c.workload = Workload::Steady;
+                c.heterogeneous = false;
+                c.work = WorkDist { median_ms: 2 * 60_000, sigma: 0.7, max_ms: 3_600_000 };
+                c.submit_window_ms = 30 * 86_400_000;
+                c.limit_ms = 33 * 86_400_000;
+                c.sample_ms = 6 * 3_600_000;
+                c.churn_per_hour = 0.01;
+                let s = &mut c.settings;
+                s.heartbeat_ms *= 30;
+                s.liveness_timeout_ms = 3 * s.heartbeat_ms + 1_000;
+                s.forget_after_ms = 4 * s.liveness_timeout_ms;
+                s.sync_period_ms *= 30;
+                s.catch_up_max_ms = 3 * s.sync_period_ms;
+                s.core.lease_ms = 600_000;
+                s.core.claim_stagger_ms = 1_000;
+                s.topics = shoal_mesh::settings::topic_mode(shoal_mesh::settings::DAG_TOPIC_NODES, nodes);
+            }
             "skew" => {
                 // A PC whose clock reads a year ahead, one ten minutes behind, one 30 s ahead
                 // (within the mesh's bound): the first two have their facts refused (the
@@ -268,7 +293,7 @@ impl Config {
             }
             _ => {
                 return Err(format!(
-                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn, partition or skew"
+                    "unknown scenario `{name}`: basic, layered, fanout, chains, mixed, overnight, churn, partition, skew or month"
                 ));
             }
         }

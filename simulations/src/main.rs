@@ -43,6 +43,10 @@ struct Args {
     /// Claim lease, ms (renewed at half).
     #[arg(long)]
     lease_ms: Option<u64>,
+    /// How long an ended DAG stays in the ledger before it is compacted, ms (the node's
+    /// `--ledger-retention-s`, a day; 0: never, to see the ledger grow without compaction).
+    #[arg(long)]
+    ledger_retention_ms: Option<u64>,
     /// Claim stagger per rank place, ms.
     #[arg(long)]
     stagger_ms: Option<u64>,
@@ -103,6 +107,14 @@ struct Args {
     /// for all.
     #[arg(long)]
     job_work: Option<PathBuf>,
+    /// Runs nothing: plots column `--plot-column` of these `*-metrics.csv` files (repeatable,
+    /// `LABEL=FILE`) on one chart, written to `--plot-out` (an SVG).
+    #[arg(long = "plot-csv")]
+    plot_csv: Vec<String>,
+    #[arg(long, default_value = "ledger_bytes_mean")]
+    plot_column: String,
+    #[arg(long, default_value = "target/sim/plot.svg")]
+    plot_out: PathBuf,
 }
 
 fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
@@ -129,6 +141,9 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
     }
     if let Some(l) = a.lease_ms {
         c.settings.core.lease_ms = l;
+    }
+    if let Some(r) = a.ledger_retention_ms {
+        c.settings.core.ledger_retention_ms = if r == 0 { u64::MAX / 4 } else { r };
     }
     if let Some(k) = a.speed_exponent {
         c.settings.core.speed_exponent = k;
@@ -202,6 +217,21 @@ fn config(a: &Args, seed: u64) -> anyhow::Result<Config> {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if !a.plot_csv.is_empty() {
+        let runs = a
+            .plot_csv
+            .iter()
+            .map(|s| {
+                let (label, file) = s
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--plot-csv `{s}`: write LABEL=FILE (a *-metrics.csv)"))?;
+                Ok((label.to_string(), PathBuf::from(file)))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        output::plot_runs(&runs, &a.plot_column, &a.plot_out)?;
+        eprintln!("wrote {}", a.plot_out.display());
+        return Ok(());
+    }
     println!("{}", output::TABLE_HEADER);
     let seeds = a.seed..a.seed + a.sweep.unwrap_or(1);
     let mut failed = Vec::new();

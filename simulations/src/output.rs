@@ -41,13 +41,24 @@ pub fn table_row(scenario: &str, r: &Report, wall_s: f64) -> String {
 pub fn write(dir: &Path, name: &str, r: &Report, wall_s: f64) -> anyhow::Result<Vec<std::path::PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
-    let mut csv =
-        String::from("t_s,done,running,up_nodes,gossip_bytes_per_node_s,starts,concurrent_duplicates,events\n");
+    let mut csv = String::from(
+        "t_s,done,running,up_nodes,gossip_bytes_per_node_s,starts,concurrent_duplicates,events,ledger_bytes_mean,ledger_bytes_max,ledger_facts_mean\n",
+    );
     for s in &r.samples {
         writeln!(
             csv,
-            "{:.0},{},{},{},{:.1},{},{},{}",
-            s.t_s, s.done, s.running, s.up_nodes, s.gossip_bytes_per_node_s, s.starts, s.duplicates, s.events
+            "{:.0},{},{},{},{:.1},{},{},{},{:.0},{},{:.1}",
+            s.t_s,
+            s.done,
+            s.running,
+            s.up_nodes,
+            s.gossip_bytes_per_node_s,
+            s.starts,
+            s.duplicates,
+            s.events,
+            s.ledger_bytes_mean,
+            s.ledger_bytes_max,
+            s.ledger_facts_mean
         )?;
     }
     let path = dir.join(format!("{name}-metrics.csv"));
@@ -90,7 +101,8 @@ pub fn write(dir: &Path, name: &str, r: &Report, wall_s: f64) -> anyhow::Result<
     std::fs::write(&path, summary)?;
     written.push(path);
     let t_h: Vec<f64> = r.samples.iter().map(|s| s.t_s / 3600.0).collect();
-    let plots: [(&str, &str, Vec<f64>); 4] = [
+    let plots: [(&str, &str, Vec<f64>); 5] = [
+        ("ledger", "ledger KB per node (mean)", r.samples.iter().map(|s| s.ledger_bytes_mean / 1000.0).collect()),
         ("progress", "jobs done", r.samples.iter().map(|s| s.done as f64).collect()),
         ("running", "jobs running", r.samples.iter().map(|s| s.running as f64).collect()),
         (
@@ -106,6 +118,51 @@ pub fn write(dir: &Path, name: &str, r: &Report, wall_s: f64) -> anyhow::Result<
         written.push(path);
     }
     Ok(written)
+}
+
+/// One chart of `column` of each run's `*-metrics.csv` against simulated time (days), a line per
+/// run, labelled: several runs compared (the month's ledger with and without compaction).
+pub fn plot_runs(runs: &[(String, std::path::PathBuf)], column: &str, out: &Path) -> anyhow::Result<()> {
+    let mut series = Vec::new();
+    for (label, file) in runs {
+        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let col = header.iter().position(|h| *h == column).ok_or_else(|| {
+            anyhow::anyhow!("{}: no column `{column}` (it has {})", file.display(), header.join(", "))
+        })?;
+        let points: Vec<(f64, f64)> = lines
+            .filter_map(|l| {
+                let v: Vec<&str> = l.split(',').collect();
+                Some((v.first()?.parse::<f64>().ok()? / 86_400.0, v.get(col)?.parse::<f64>().ok()?))
+            })
+            .collect();
+        series.push((label.clone(), points));
+    }
+    let x_max = series.iter().flat_map(|(_, p)| p.iter().map(|(x, _)| *x)).fold(1e-3, f64::max);
+    let y_max = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y)).fold(1e-3, f64::max) * 1.05;
+    let root = SVGBackend::new(out, (800, 400)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| anyhow::anyhow!("{e}");
+    root.fill(&WHITE).map_err(e)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{column} per node"), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(72)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(e)?;
+    chart.configure_mesh().x_desc("simulated time (days)").y_desc(column).draw().map_err(e)?;
+    for (i, (label, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), color))
+            .map_err(e)?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart.configure_series_labels().background_style(WHITE).border_style(BLACK).draw().map_err(e)?;
+    root.present().map_err(e)?;
+    Ok(())
 }
 
 fn plot(path: &Path, title: &str, label: &str, xs: &[f64], ys: &[f64]) -> anyhow::Result<()> {

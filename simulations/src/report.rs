@@ -14,6 +14,12 @@ pub struct SampleRow {
     pub starts: u64,
     pub duplicates: u64,
     pub events: u64,
+    /// The bytes of each up node's ledger (its facts' CBOR, 64 per compacted DAG): the mean and
+    /// the largest.
+    pub ledger_bytes_mean: f64,
+    pub ledger_bytes_max: u64,
+    /// Facts per up node's ledger, mean.
+    pub ledger_facts_mean: f64,
 }
 
 /// What a run measured.
@@ -73,6 +79,8 @@ pub struct Report {
     pub facts_held: u64,
     /// Distinct facts made in the run.
     pub facts_made: u64,
+    /// DAGs compacted out of a node's ledger, summed over nodes (adoptions not counted).
+    pub compacted: u64,
     pub violations: Vec<String>,
     pub samples: Vec<SampleRow>,
     /// Events handled, by kind.

@@ -20,7 +20,13 @@ pub enum Workload {
     /// An overnight mix: DAGs of every shape and size (10 to 500 jobs), some needing several
     /// cores, a GPU or aarch64, submitted over the first part of the night.
     Mixed,
+    /// A pool's steady traffic: layered DAGs of [`STEADY_DAG_JOBS`] jobs submitted at random
+    /// over the whole submit window (a month, for the ledger's size over time).
+    Steady,
 }
+
+/// Jobs per DAG of the steady workload (issue 20 measures the ledger after DAGs of 20 jobs).
+pub const STEADY_DAG_JOBS: usize = 20;
 
 impl std::str::FromStr for Workload {
     type Err = String;
@@ -30,7 +36,8 @@ impl std::str::FromStr for Workload {
             "fanout" => Workload::FanOut,
             "chains" => Workload::Chains,
             "mixed" => Workload::Mixed,
-            _ => return Err(format!("unknown workload `{s}`: layered, fanout, chains or mixed")),
+            "steady" => Workload::Steady,
+            _ => return Err(format!("unknown workload `{s}`: layered, fanout, chains, mixed or steady")),
         })
     }
 }
@@ -197,6 +204,17 @@ pub fn generate(kind: Workload, jobs: usize, work: &WorkDist, submit_window_ms: 
                 out.push(build(out.len(), deps, &plain(n), work, 0, rng));
                 left = left.saturating_sub(n);
             }
+            out
+        }
+        Workload::Steady => {
+            let mut out: Vec<SimDag> = (0..jobs.div_ceil(STEADY_DAG_JOBS))
+                .map(|i| {
+                    let n = STEADY_DAG_JOBS.min(jobs - i * STEADY_DAG_JOBS);
+                    let at = if submit_window_ms == 0 { 0 } else { rng.range(0, submit_window_ms) };
+                    build(i, layered(n, rng), &plain(n), work, at, rng)
+                })
+                .collect();
+            out.sort_by_key(|d| d.submit_at_ms);
             out
         }
         Workload::Mixed => {

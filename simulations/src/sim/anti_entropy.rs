@@ -104,10 +104,16 @@ impl Sim {
         let facts = sync.handle_response(now, core.ledger(), peer, resp);
         self.store_synced(to, facts);
         let node = &mut self.nodes[to as usize];
+        let mut adopted = Vec::new();
         if let (Some(sync), Some(core)) = (node.sync.as_mut(), node.core.as_mut()) {
             while let Some((dag, c, _)) = sync.poll_compacted() {
-                core.adopt_compacted(now, dag, c);
+                if core.adopt_compacted(now, dag, c) {
+                    adopted.push(dag);
+                }
             }
+        }
+        for dag in adopted {
+            self.adopted(to, dag);
         }
         self.end_catch_up(to);
         self.send_sync_requests(to);

@@ -86,6 +86,7 @@ impl Sim {
         if permanent {
             self.report.leaves += 1;
             self.nodes[n as usize].persisted.clear();
+            self.nodes[n as usize].compacted.clear();
         } else {
             self.report.crashes += 1;
             let back = self.rng.exp(DOWNTIME_MEAN_MS) as u64;
@@ -149,6 +150,12 @@ impl Sim {
         node.catch_up = CatchUp::after_restart(now, others, &self.cfg.settings);
         if node.catch_up.is_some() {
             core.set_claiming(clock, false);
+        }
+        // The compacted DAGs' summaries first, as the daemon: their facts are refused after.
+        for dag in &node.compacted {
+            if let Some(s) = self.summaries.get(dag) {
+                core.restore_compacted(s);
+            }
         }
         for f in std::mem::take(&mut node.persisted) {
             // What it stored, it admitted before: not judged by the clock again, as the daemon.

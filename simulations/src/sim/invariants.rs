@@ -49,6 +49,7 @@ impl Sim {
                 continue;
             }
             match marks {
+                None if self.compacting(t, &up) => {}
                 None => {
                     let d0 = self.nodes[up[0] as usize].digest.get(&(t as u32));
                     if up.iter().any(|&m| self.nodes[m as usize].digest.get(&(t as u32)) != d0) {
@@ -75,18 +76,14 @@ impl Sim {
 
     /// Every DAG ended in the view of every up member of its topic (whose clock is in bound).
     pub(super) fn views_ended(&self) -> bool {
-        self.dags.iter().enumerate().all(|(d, sd)| {
+        (0..self.dags.len()).all(|d| {
             let t = self.topic_of_dag[d];
             t != u32::MAX
-                && self.topics[t as usize].members.iter().filter(|&&m| self.clock_in_bound(m)).all(|&m| {
-                    self.nodes[m as usize].core.as_ref().is_none_or(|core| {
-                        core.ledger().dag_state(&sd.hash, self.clock(m)).is_some_and(|s| {
-                            s.jobs.values().all(|j| {
-                                matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled)
-                            })
-                        })
-                    })
-                })
+                && self.topics[t as usize]
+                    .members
+                    .iter()
+                    .filter(|&&m| self.clock_in_bound(m))
+                    .all(|&m| self.ended_at(m, d))
         })
     }
 

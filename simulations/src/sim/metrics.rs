@@ -13,9 +13,13 @@ impl Sim {
     /// Metrics over time, and the invariants that cost more than a step: two members of a topic
     /// holding the same facts agree on every job of it.
     pub(super) fn sample(&mut self) {
-        let up: Vec<&Node> = self.nodes.iter().filter(|n| n.status == Status::Up).collect();
         let bytes: u64 = self.nodes.iter().map(|n| n.bytes_in).sum();
         let dt_s = (self.now - self.last_sample.0) as f64 / 1000.0;
+        let ups: Vec<u32> = (0..self.nodes.len() as u32).filter(|&n| self.up(n)).collect();
+        let ledger: Vec<u64> = ups.iter().map(|&n| self.ledger_bytes(n)).collect();
+        let facts: usize =
+            ups.iter().filter_map(|&n| self.nodes[n as usize].core.as_ref()).map(|c| c.ledger().len()).sum();
+        let up: Vec<&Node> = self.nodes.iter().filter(|n| n.status == Status::Up).collect();
         let row = SampleRow {
             t_s: self.now as f64 / 1000.0,
             done: self.truth.iter().flatten().filter(|t| t.done_at.is_some()).count(),
@@ -25,17 +29,21 @@ impl Sim {
             starts: self.report.starts,
             duplicates: self.truth.iter().flatten().map(|t| u64::from(t.concurrent)).sum(),
             events: self.processed,
+            ledger_bytes_mean: ledger.iter().sum::<u64>() as f64 / ledger.len().max(1) as f64,
+            ledger_bytes_max: ledger.iter().copied().max().unwrap_or(0),
+            ledger_facts_mean: facts as f64 / ups.len().max(1) as f64,
         };
         self.last_sample = (self.now, bytes);
         if self.cfg.progress {
             eprintln!(
-                "t={:.2} h: {} of {} jobs done, {} running, {} nodes up, {:.2} kbit/s/node, {} events",
+                "t={:.2} h: {} of {} jobs done, {} running, {} nodes up, {:.2} kbit/s/node, ledger {:.1} KB/node, {} events",
                 row.t_s / 3600.0,
                 row.done,
                 self.report.jobs,
                 row.running,
                 row.up_nodes,
                 row.gossip_bytes_per_node_s * 8.0 / 1000.0,
+                row.ledger_bytes_mean / 1000.0,
                 row.events
             );
         }
@@ -176,12 +184,10 @@ impl Sim {
             let members: Vec<u32> =
                 self.topics[t as usize].members.iter().copied().filter(|&m| self.clock_in_bound(m)).collect();
             for m in members {
-                let Some(core) = self.nodes[m as usize].core.as_ref() else { continue };
-                let ended = core.ledger().dag_state(&sd.hash, self.clock(m)).is_some_and(|s| {
-                    s.jobs
-                        .values()
-                        .all(|j| matches!(j, JobState::Done { .. } | JobState::Failed { .. } | JobState::Cancelled))
-                });
+                if self.nodes[m as usize].core.is_none() {
+                    continue;
+                }
+                let ended = self.ended_at(m, d);
                 if !ended && self.violations.len() < 20 {
                     self.violations.insert(format!("DAG {} has not ended in node {m}'s view", sd.hash.short()));
                 }
@@ -197,8 +203,12 @@ impl Sim {
         // is still held by such a node (the lineage), so it can be run again from its inputs.
         for (d, jobs) in self.truth.iter().enumerate() {
             let t = self.topic_of_dag[d];
-            let dag_held = t != u32::MAX
-                && self.topics[t as usize].members.iter().any(|&m| self.nodes[m as usize].status != Status::Gone);
+            // A compacted DAG is history: its summary names its records, and what became of
+            // their outputs is the holders' (re-replication when they leave is not built).
+            let compacted = self.summaries.contains_key(&self.dags[d].hash);
+            let dag_held = compacted
+                || t != u32::MAX
+                    && self.topics[t as usize].members.iter().any(|&m| self.nodes[m as usize].status != Status::Gone);
             for (j, tr) in jobs.iter().enumerate() {
                 if tr.done_at.is_none() {
                     continue;

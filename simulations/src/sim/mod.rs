@@ -15,6 +15,7 @@
 
 mod anti_entropy;
 mod churn;
+mod compaction;
 mod gossip;
 mod invariants;
 mod liveness;
@@ -197,6 +198,9 @@ struct Node {
     /// What survives a crash: the ledger's facts and the DAG files (sled and the blob store).
     persisted: Vec<VerifiedFact>,
     persisted_dags: Vec<Hash>,
+    /// The DAGs its ledger compacted or adopted as compacted (their summaries are in the store:
+    /// [`Sim::summaries`]); they survive a crash.
+    compacted: Vec<Hash>,
     /// Restarted from persisted facts and not caught up with the mesh yet: it claims nothing
     /// until this says, as `shoal node`.
     catch_up: Option<shoal_mesh::sync::CatchUp>,
@@ -275,6 +279,9 @@ pub struct Sim {
     forgotten_silent_ms: Vec<u64>,
     /// (DAG, job) by run record.
     job_of_record: HashMap<Hash, (u32, u32)>,
+    /// Every compacted DAG's summary (every node makes the same one; a node that adopts a
+    /// compaction fetches it from a peer, as the daemon does).
+    summaries: HashMap<Hash, shoal_mesh::ledger::DagSummary>,
 }
 
 fn node_key(i: usize) -> SigningKey {
@@ -321,6 +328,7 @@ impl Sim {
             peer_table: Arc::default(),
             index_of: HashMap::new(),
             job_of_record: HashMap::new(),
+            summaries: HashMap::new(),
             forgotten_silent_ms: Vec::new(),
             cfg,
         };
@@ -462,6 +470,7 @@ impl Sim {
             synced: BTreeMap::new(),
             persisted: vec![],
             persisted_dags: vec![],
+            compacted: vec![],
             catch_up: None,
             side,
             clock_offset_ms: self.cfg.clock_offsets_ms.iter().find(|(k, _)| *k == i).map_or(0, |(_, o)| *o),
@@ -560,6 +569,9 @@ impl Sim {
             Ev::AntiEntropy { node, epoch } => {
                 if self.nodes[node as usize].epoch == epoch && self.up(node) {
                     self.sync_dag_peers(node);
+                    // The daemon compacts from its loop; here at each anti-entropy turn, when
+                    // the core says it is due.
+                    self.compact(node);
                     let next = self.sync_tick(node);
                     self.push(next, Ev::AntiEntropy { node, epoch });
                 }
