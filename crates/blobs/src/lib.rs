@@ -36,6 +36,7 @@ pub mod image;
 mod meta;
 pub mod net;
 mod open;
+mod select;
 pub mod tree;
 
 use std::collections::{HashMap, HashSet};
@@ -53,6 +54,7 @@ pub use evict::{EvictReport, Held, Writing};
 pub use gc::GcReport;
 pub use image::{ImageEntry, ImageId, ProgressFn, PullOptions};
 pub use open::is_blob_store_open_panic;
+pub use select::TreePathError;
 pub use tree::remove_tree_forcefully;
 
 use meta::Meta;

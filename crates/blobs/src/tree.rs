@@ -156,6 +156,12 @@ impl Tree {
     }
 }
 
+/// The names in `dir` nearest to `name` (by edit distance), a few: what an error about a name
+/// that is not there suggests.
+pub fn nearest_names(dir: &Tree, name: &str) -> Vec<String> {
+    crate::select::nearest(dir, name)
+}
+
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Files met twice in one build (hard links): (dev, ino) -> (hash, size).

@@ -14,10 +14,12 @@ pub struct JobPins {
     pub id: String,
     /// The image id its tag or `sha256:` stands for.
     pub image: Option<Arc<str>>,
-    /// (input, `blake3:` reference) of each input given by `sha256:` or `file:`.
-    pub inputs: Vec<(String, String)>,
-    /// The `blake3:` reference its stdin becomes.
-    pub stdin: Option<String>,
+    /// (input, what it becomes) of each input whose reference starts from `sha256:` or `file:`:
+    /// a `blake3:` reference's string (with its path inside the tree), or a selection's object
+    /// ([`crate::InputRef::to_json`]).
+    pub inputs: Vec<(String, Value)>,
+    /// What its stdin becomes.
+    pub stdin: Option<Value>,
 }
 
 /// One job's references in its JSON object replaced by their pins.
@@ -28,10 +30,10 @@ fn apply(jv: &mut Value, pins: &JobPins) -> Result<(), String> {
         obj.insert(key.into(), Value::String(id.to_string()));
     }
     for (input, h) in &pins.inputs {
-        obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone().into()));
+        obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone()));
     }
     if let Some(h) = &pins.stdin {
-        obj.insert("stdin".into(), h.clone().into());
+        obj.insert("stdin".into(), h.clone());
     }
     Ok(())
 }
@@ -134,8 +136,8 @@ mod tests {
                 .map(|i| JobPins {
                     id: format!("j{i}"),
                     image: (i % 2 == 0).then(|| id.clone()),
-                    inputs: if i == 0 { vec![("z".into(), h.clone())] } else { vec![] },
-                    stdin: (i == 0).then(|| h.clone()),
+                    inputs: if i == 0 { vec![("z".into(), h.clone().into())] } else { vec![] },
+                    stdin: (i == 0).then(|| h.clone().into()),
                 })
                 .collect()
         };

@@ -57,6 +57,82 @@ pub enum InputRef {
     },
     /// A host path, relative to the DAG file; hashed and stored when the DAG is run.
     File(String),
+    /// The file or directory at `path` inside the tree `base` names (`blake3:<tree>/lib/a.c`,
+    /// `jobs:<id>/<output>/dir`): only its bytes enter the job and its action key. `path` is
+    /// relative and normalised (no `.`, `..`, empty components or trailing `/`).
+    Path {
+        base: Box<InputRef>,
+        path: String,
+    },
+    /// The tree `base` names narrowed to the entries `include` matches (every one when empty) and
+    /// `exclude` does not, each at its path (`{"tree": ..., "include": ["*.h"], "exclude":
+    /// ["test/**"]}`); the action key covers the narrowed tree. Globs match paths relative to the
+    /// tree: `*` and `?` within a component, `**` across them, `[...]` classes.
+    Select {
+        base: Box<InputRef>,
+        include: Vec<String>,
+        exclude: Vec<String>,
+    },
+}
+
+impl InputRef {
+    /// The reference a sub-path or selection starts from (itself for the plain ones): what is
+    /// fetched, pinned or waited for.
+    pub fn root(&self) -> &InputRef {
+        match self {
+            InputRef::Path { base, .. } | InputRef::Select { base, .. } => base.root(),
+            other => other,
+        }
+    }
+
+    /// This reference with its [`root`](InputRef::root) replaced (pinning a `file:` tree under a
+    /// selection to its `blake3:` hash).
+    pub fn with_root(&self, root: InputRef) -> InputRef {
+        match self {
+            InputRef::Path { base, path } => {
+                InputRef::Path { base: Box::new(base.with_root(root)), path: path.clone() }
+            }
+            InputRef::Select { base, include, exclude } => InputRef::Select {
+                base: Box::new(base.with_root(root)),
+                include: include.clone(),
+                exclude: exclude.clone(),
+            },
+            _ => root,
+        }
+    }
+
+    /// As a DAG file writes it: the reference's string, or a selection's object.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            InputRef::Select { base, include, exclude } => {
+                let mut m = serde_json::Map::new();
+                m.insert("tree".into(), base.to_json());
+                if !include.is_empty() {
+                    m.insert("include".into(), include.clone().into());
+                }
+                if !exclude.is_empty() {
+                    m.insert("exclude".into(), exclude.clone().into());
+                }
+                serde_json::Value::Object(m)
+            }
+            other => serde_json::Value::String(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for InputRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputRef::Blake3(h) => write!(f, "{h}"),
+            InputRef::Sha256(hex) => write!(f, "sha256:{hex}"),
+            InputRef::Job { job, output } => write!(f, "jobs:{job}/{output}"),
+            InputRef::File(p) => write!(f, "file:{p}"),
+            InputRef::Path { base, path } => write!(f, "{base}/{path}"),
+            InputRef::Select { base, include, exclude } => {
+                write!(f, "{base} [include {}; exclude {}]", include.join(" "), exclude.join(" "))
+            }
+        }
+    }
 }
 
 /// A declared output.
@@ -225,7 +301,7 @@ pub(crate) fn job_refs(job: &Job) -> Vec<(String, String)> {
         refs.push((job.clone(), output.clone()));
     }
     for input in job.inputs.values().chain(job.stdin.iter()) {
-        if let InputRef::Job { job, output } = input {
+        if let InputRef::Job { job, output } = input.root() {
             refs.push((job.clone(), output.clone()));
         }
     }

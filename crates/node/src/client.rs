@@ -149,7 +149,7 @@ fn submit_inner(
         let mut refs: Vec<(Option<&String>, &InputRef)> = job.inputs.iter().map(|(n, r)| (Some(n), r)).collect();
         refs.extend(job.stdin.iter().map(|r| (None, r)));
         for (name, r) in refs {
-            let InputRef::File(p) = r else { continue };
+            let InputRef::File(p) = r.root() else { continue };
             let file = dir.join(p);
             if file.is_dir() {
                 bail!(
@@ -174,9 +174,10 @@ fn submit_inner(
             let bytes =
                 std::fs::read(&file).with_context(|| format!("job `{}`: reading {}", job.id, file.display()))?;
             let reply: StoredBlob = client.post("/v1/blobs", "application/octet-stream", &bytes)?;
+            let pinned = r.with_root(InputRef::Blake3(reply.hash)).to_json();
             match name {
-                Some(n) => pin.inputs.push((n.clone(), reply.hash.to_string())),
-                None => pin.stdin = Some(reply.hash.to_string()),
+                Some(n) => pin.inputs.push((n.clone(), pinned)),
+                None => pin.stdin = Some(pinned),
             }
         }
         pins.push(pin);

@@ -279,7 +279,7 @@ impl Held {
         let mut files: BTreeMap<String, FileInput> = BTreeMap::new();
         for job in &dag.jobs {
             for input in job.inputs.values().chain(job.stdin.iter()) {
-                let InputRef::File(p) = input else { continue };
+                let InputRef::File(p) = input.root() else { continue };
                 if files.contains_key(p) {
                     continue;
                 }

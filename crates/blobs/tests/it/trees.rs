@@ -336,3 +336,72 @@ async fn trees_deeper_than_the_limit_are_refused() {
     assert!(err.to_string().contains("more than 64 directories deep"), "{err}");
     s.shutdown().await;
 }
+
+/// Issue 21: a path inside a tree names its file or subtree; a selection narrows a tree to the
+/// entries its globs pick, at their paths, and the narrowed tree's hash changes only when a
+/// picked entry does.
+#[tokio::test]
+async fn a_path_names_part_of_a_tree_and_a_selection_keeps_only_what_its_globs_pick() {
+    use shoal_blobs::TreePathError;
+    let (home, s) = crate::store().await;
+    let src = home.path().join("src");
+    let w = |p: &str, text: &str| {
+        let path = src.join(p);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    w("zlib.h", "zlib header\n");
+    w("zutil.h", "zutil header\n");
+    w("adler32.c", "adler\n");
+    w("crc32.c", "crc\n");
+    w("contrib/minizip/unzip.h", "minizip header\n");
+    w("test/example.c", "test\n");
+    w("test/helper.h", "test header\n");
+    let tree = s.put_tree_from_dir(&src).await.unwrap();
+
+    let file = s.tree_path(&tree, "contrib/minizip/unzip.h").await.unwrap();
+    assert_eq!(file.hash, shoal_blobs::Hash::of(b"minizip header\n"));
+    let dir = s.tree_path(&tree, "test").await.unwrap();
+    assert_eq!((dir.kind, dir.size), (shoal_blobs::DigestKind::Tree, 17));
+    let err = s.tree_path(&tree, "contrib/minizp/unzip.h").await.unwrap_err();
+    assert!(matches!(&err, TreePathError::Missing(m) if m.missing == "minizp" && m.dir == "contrib"));
+    assert!(err.to_string().contains("nearest there: minizip"), "{err}");
+    assert!(matches!(s.tree_path(&file, "x").await.unwrap_err(), TreePathError::NotATree { .. }));
+
+    // Headers at any depth (a glob without `/` matches names), one source, no tests.
+    let inc = |v: &[&str]| v.iter().map(|g| g.to_string()).collect::<Vec<_>>();
+    let picked = s.select(&tree, &inc(&["*.h", "adler32.c"]), &inc(&["test/**"])).await.unwrap();
+    let dest = home.path().join("picked");
+    s.materialize(picked.hash, &dest).await.unwrap();
+    let mut found: Vec<String> = walk(&dest);
+    found.sort();
+    assert_eq!(found, ["adler32.c", "contrib/minizip/unzip.h", "zlib.h", "zutil.h"]);
+    assert_eq!(picked.size, "zlib header\nzutil header\nadler\nminizip header\n".len() as u64);
+
+    // Editing a file the selection does not pick leaves its hash; editing a picked one changes it.
+    w("crc32.c", "crc, edited\n");
+    let edited = s.put_tree_from_dir(&src).await.unwrap();
+    assert_ne!(edited.hash, tree.hash);
+    assert_eq!(s.select(&edited, &inc(&["*.h", "adler32.c"]), &inc(&["test/**"])).await.unwrap(), picked);
+    w("zutil.h", "zutil header, edited\n");
+    let edited = s.put_tree_from_dir(&src).await.unwrap();
+    assert_ne!(s.select(&edited, &inc(&["*.h", "adler32.c"]), &inc(&["test/**"])).await.unwrap().hash, picked.hash);
+    // A directory named by an include comes whole; a selection of nothing is an error.
+    let whole = s.select(&tree, &inc(&["test"]), &[]).await.unwrap();
+    assert_eq!(whole.size, 17);
+    let err = s.select(&tree, &inc(&["*.rs"]), &[]).await.unwrap_err();
+    assert!(matches!(err, TreePathError::SelectsNothing { .. }), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()).into_iter().map(|p| format!("{name}/{p}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}

@@ -371,9 +371,8 @@ impl Cx {
         let user = fields.get("user").and_then(|m| self.string(&m.value, "`user`").map(str::to_string));
         let mut refs = Vec::new();
         let stdin = fields.get("stdin").and_then(|m| {
-            let s = self.string(&m.value, "`stdin`")?;
-            let r = self.input_ref(s, m.value.pos)?;
-            if let InputRef::Job { job, output } = &r {
+            let r = self.input_value(&m.value, "`stdin`", true)?;
+            if let InputRef::Job { job, output } = r.root() {
                 refs.push((job.clone(), output.clone(), m.value.pos));
             }
             Some(r)
@@ -387,11 +386,8 @@ impl Cx {
                     self.report(member.key_pos, format!("`{name}` is not a valid input name"), NAME_HELP);
                     continue;
                 }
-                let Some(s) = self.string(&member.value, &format!("input `{name}`")) else {
-                    continue;
-                };
-                if let Some(r) = self.input_ref(s, member.value.pos) {
-                    if let InputRef::Job { job, output } = &r {
+                if let Some(r) = self.input_value(&member.value, &format!("input `{name}`"), false) {
+                    if let InputRef::Job { job, output } = r.root() {
                         refs.push((job.clone(), output.clone(), member.value.pos));
                     }
                     inputs.insert(name.to_string(), r);

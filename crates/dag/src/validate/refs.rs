@@ -30,14 +30,125 @@ impl Cx {
         false
     }
 
+    /// An input as the DAG gives it: a reference's string, or a selection's object (`{"tree":
+    /// ..., "include": [...], "exclude": [...]}`; not for stdin, which is a file).
+    pub(super) fn input_value(&mut self, node: &Node, what: &str, stdin: bool) -> Option<InputRef> {
+        if let Value::String(s) = &node.value {
+            return self.input_ref(s, node.pos);
+        }
+        if !matches!(node.value, Value::Object(_)) {
+            self.report(
+                node.pos,
+                format!("{what} must be a reference string or a selection object, not {}", node.value.type_name()),
+                SELECT_HELP,
+            );
+            return None;
+        }
+        if stdin {
+            self.report(
+                node.pos,
+                format!("{what} is a file, and a selection is a tree"),
+                "give stdin a file: a reference, or a path inside a tree (`blake3:<tree>/path/to/file`)",
+            );
+            return None;
+        }
+        let fields = self.object(node, what, &["tree", "include", "exclude"])?;
+        let Some(tree) = fields.get("tree") else {
+            self.report(node.pos, format!("{what} has no `tree`"), SELECT_HELP);
+            return None;
+        };
+        let base = self.string(&tree.value, "`tree`").and_then(|s| self.input_ref(s, tree.value.pos));
+        let mut globs = |key: &str| -> Option<Vec<String>> {
+            let Some(m) = fields.get(key) else { return Some(Vec::new()) };
+            let Value::Array(items) = &m.value.value else {
+                self.report(m.value.pos, format!("`{key}` must be an array of globs"), SELECT_HELP);
+                return None;
+            };
+            let mut out = Vec::new();
+            for item in items {
+                let g = self.string(item, &format!("a glob of `{key}`"))?;
+                if let Err(why) = selection_glob(g) {
+                    self.report(item.pos, format!("`{g}` is not a glob of a selection: {why}"), SELECT_HELP);
+                    return None;
+                }
+                out.push(g.to_string());
+            }
+            Some(out)
+        };
+        let (include, exclude) = (globs("include"), globs("exclude"));
+        Some(InputRef::Select { base: Box::new(base?), include: include?, exclude: exclude? })
+    }
+
+    /// `rest` of a `blake3:`/`sha256:` reference: the hash, and the path inside its tree after
+    /// the first `/`, if any.
+    fn hash_with_path(&mut self, scheme: &str, rest: &str, pos: Pos) -> Option<(String, Option<String>)> {
+        let (hex, path) = match rest.split_once('/') {
+            Some((hex, path)) => (hex, Some(path)),
+            None => (rest, None),
+        };
+        if !self.hash_ref(scheme, hex, pos) {
+            return None;
+        }
+        let path = match path {
+            Some(p) => Some(self.sub_path(&format!("{scheme}:{rest}"), p, pos)?),
+            None => None,
+        };
+        Some((hex.to_string(), path))
+    }
+
+    /// A path inside a tree, as a reference names it after its tree: relative and normalised.
+    fn sub_path(&mut self, reference: &str, path: &str, pos: Pos) -> Option<String> {
+        let why = if path.is_empty() {
+            Some("it is empty (a trailing `/`?)")
+        } else if path.starts_with('/') {
+            Some("it is absolute")
+        } else if path.len() > SUB_PATH_BYTES_MAX {
+            Some("it is longer than 4096 bytes")
+        } else if path.split('/').any(|c| c == "..") {
+            Some("it climbs out with `..`")
+        } else if path.split('/').any(|c| c.is_empty() || c == "." || c.contains('\0')) {
+            Some("it has an empty or `.` component, or a NUL")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                self.report(
+                    pos,
+                    format!("the path inside the tree in `{reference}` is not one: {why}"),
+                    "write the path relative to the tree's top, e.g. `blake3:<tree>/lib/adler32.c` or `jobs:<id>/<output>/include`",
+                );
+                None
+            }
+            None => Some(path.to_string()),
+        }
+    }
+
     pub(super) fn input_ref(&mut self, s: &str, pos: Pos) -> Option<InputRef> {
         let (scheme, rest) = s.split_once(':').unwrap_or(("", s));
+        let at = |base: InputRef, path: Option<String>| match path {
+            Some(path) => InputRef::Path { base: Box::new(base), path },
+            None => base,
+        };
         match scheme {
-            "blake3" => {
-                self.hash_ref("blake3", rest, pos).then(|| InputRef::Blake3(Hash::from_hex(rest).expect("checked")))
+            "blake3" => self
+                .hash_with_path("blake3", rest, pos)
+                .map(|(hex, path)| at(InputRef::Blake3(Hash::from_hex(&hex).expect("checked")), path)),
+            "sha256" => self.hash_with_path("sha256", rest, pos).map(|(hex, path)| at(InputRef::Sha256(hex), path)),
+            "jobs" => {
+                let mut parts = rest.splitn(3, '/');
+                let (job, output) = (parts.next().unwrap_or(""), parts.next());
+                let named = match output {
+                    Some(output) => format!("{job}/{output}"),
+                    None => job.to_string(),
+                };
+                let (job, output) = self.job_ref(&named, pos)?;
+                let path = match parts.next() {
+                    Some(p) => Some(self.sub_path(s, p, pos)?),
+                    None => None,
+                };
+                Some(at(InputRef::Job { job, output }, path))
             }
-            "sha256" => self.hash_ref("sha256", rest, pos).then(|| InputRef::Sha256(rest.to_string())),
-            "jobs" => self.job_ref(rest, pos).map(|(job, output)| InputRef::Job { job, output }),
             "file" => {
                 if rest.is_empty() {
                     self.report(
@@ -144,6 +255,25 @@ impl Cx {
             }
         }
     }
+}
+
+/// Most bytes of a path inside a tree that a reference names.
+const SUB_PATH_BYTES_MAX: usize = 4096;
+
+const SELECT_HELP: &str = "a selection is `{\"tree\": \"<reference to a tree>\", \"include\": [\"*.h\", \"lib/*.c\"], \"exclude\": [\"test/**\"]}`, globs relative to the tree's top";
+
+/// A glob of a selection: relative to the tree's top, no `..`, and valid as a glob.
+fn selection_glob(g: &str) -> Result<(), String> {
+    if g.is_empty() {
+        return Err("it is empty".into());
+    }
+    if g.starts_with('/') {
+        return Err("it is absolute; globs are relative to the tree's top".into());
+    }
+    if g.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+        return Err("it has a `..`, `.` or empty component".into());
+    }
+    check_glob(&format!("/{g}"))
 }
 
 /// Checks a glob pattern's syntax: balanced, non-empty `[...]` classes, `**` only as a whole component.

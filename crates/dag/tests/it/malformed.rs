@@ -432,6 +432,38 @@ const CASES: &[Case] = &[
             (2, 53, Some("a"), "`command` is empty"),
         ],
     },
+    Case {
+        name: "a path inside a tree that climbs out",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262/lib/../../etc\"}}]}",
+        want: &[(3, 20, Some("a"), "it climbs out with `..`")],
+    },
+    Case {
+        name: "an absolute path inside a job's output",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"jobs:b/out//etc\"}}]}",
+        want: &[(3, 20, Some("a"), "it is absolute")],
+    },
+    Case {
+        name: "a trailing slash after a tree",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262/\"}}]}",
+        want: &[(3, 20, Some("a"), "it is empty (a trailing `/`?)")],
+    },
+    Case {
+        name: "a selection without its tree, with an unknown field",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": {\"include\": [\"/etc/*\"], \"excluded\": []}}}]}",
+        want: &[
+            (3, 20, Some("a"), "input `x` has no `tree`"),
+            (3, 44, Some("a"), "unknown field `excluded` in input `x`"),
+        ],
+    },
+    Case {
+        name: "a selection's bad glob and a selection as stdin",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": {\"tree\": \"jobs:b/src\", \"include\": [\"[a-\"], \"exclude\": [\"../x\"]}},\n   \"stdin\": {\"tree\": \"jobs:b/src\"}}]}",
+        want: &[
+            (3, 55, Some("a"), "`[a-` is not a glob of a selection"),
+            (3, 75, Some("a"), "`../x` is not a glob of a selection"),
+            (4, 13, Some("a"), "`stdin` is a file, and a selection is a tree"),
+        ],
+    },
 ];
 
 #[test]

@@ -137,3 +137,35 @@ fn many_problems_are_all_reported_in_file_order() {
     assert!(lines.windows(2).all(|w| w[0] <= w[1]));
     assert_eq!(err.0[59].job.as_deref(), Some("j29"));
 }
+
+/// Issue 21: paths inside trees and selections parse to what they name, a selection's `jobs:`
+/// tree is a dependency, and each writes back as the DAG file wrote it.
+#[test]
+fn paths_inside_trees_and_selections_parse_and_write_back() {
+    let h = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+    let text = format!(
+        r#"{{"version": 1, "jobs": [
+  {{"id": "src", "image": "busybox:latest", "command": ["true"], "outputs": {{"tree": "dir:/output/src"}}}},
+  {{"id": "cc", "image": "gcc:latest", "command": ["cc", "-c", "/input/c/adler32.c"],
+   "stdin": "blake3:{h}/README",
+   "inputs": {{"c": "blake3:{h}/lib/adler32.c",
+              "inc": "jobs:src/tree/include",
+              "hdrs": {{"tree": "jobs:src/tree", "include": ["*.h", "adler32.c"], "exclude": ["test/**"]}}}}}}]}}"#
+    );
+    let dag = parse_dag("sel.json", &text).unwrap_or_else(|e| panic!("{e}"));
+    let cc = dag.job("cc").unwrap();
+    let tree = InputRef::Blake3(format!("blake3:{h}").parse().unwrap());
+    assert_eq!(cc.inputs["c"], InputRef::Path { base: Box::new(tree.clone()), path: "lib/adler32.c".into() });
+    assert_eq!(cc.stdin, Some(InputRef::Path { base: Box::new(tree), path: "README".into() }));
+    let src = InputRef::Job { job: "src".into(), output: "tree".into() };
+    assert_eq!(cc.inputs["inc"], InputRef::Path { base: Box::new(src.clone()), path: "include".into() });
+    let sel = &cc.inputs["hdrs"];
+    assert_eq!(sel.root(), &src);
+    assert_eq!(
+        sel.to_json(),
+        serde_json::json!({"tree": "jobs:src/tree", "include": ["*.h", "adler32.c"], "exclude": ["test/**"]})
+    );
+    assert_eq!(cc.inputs["c"].to_json(), serde_json::json!(format!("blake3:{h}/lib/adler32.c")));
+    // `cc` reads `src`'s output through the path and the selection: it runs after it.
+    assert_eq!(dag.all_dependencies()[1], vec![0]);
+}

@@ -143,6 +143,9 @@ enum Command {
     /// Store bytes and read them back by hash.
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// Look inside stored trees (what a `blake3:<tree>/path` input names).
+    #[command(subcommand)]
+    Tree(TreeCommand),
     /// Import, pull, build and list container images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -507,6 +510,17 @@ enum BlobCommand {
     },
     /// List stored blobs.
     Ls {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TreeCommand {
+    /// List a tree, or the directory at PATH inside it: `shoal tree ls blake3:<hex>/lib`.
+    Ls {
+        /// `blake3:<tree>` or `blake3:<tree>/PATH`.
+        what: String,
         #[arg(long)]
         json: bool,
     },

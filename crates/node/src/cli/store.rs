@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use shoal_blobs::Store;
 use shoal_dag::Hash;
 
-use super::{BlobCommand, Command, ImageCommand};
+use super::{BlobCommand, Command, ImageCommand, TreeCommand};
 use shoal_node::output;
 use shoal_node::run;
 
@@ -42,6 +42,17 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
             Ok(())
         }
         Command::Blob(cmd) => blob_command(store, cmd).await,
+        Command::Tree(TreeCommand::Ls { what, json }) => {
+            let (mut hash, path) = parse_tree_path(&what)?;
+            let mut walked = Vec::new();
+            loop {
+                let tree = decode_tree(hash, &read_blob(store, hash).await?)?;
+                match tree_step(&what, &tree, &path, &mut walked)? {
+                    Step::Into(next) => hash = next,
+                    Step::Rows(rows) => return print_tree(&rows, json),
+                }
+            }
+        }
         Command::Image(cmd) => image_command(store, cmd).await,
         Command::Gc { json } => print_gc(&store.gc().await?, json),
     }
@@ -74,6 +85,17 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
             held.write_digest(&digest, out.as_deref())
         }
         Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
+        Command::Tree(TreeCommand::Ls { what, json }) => {
+            let (mut hash, path) = parse_tree_path(&what)?;
+            let mut walked = Vec::new();
+            loop {
+                let tree = decode_tree(hash, &held.read_blob(hash)?)?;
+                match tree_step(&what, &tree, &path, &mut walked)? {
+                    Step::Into(next) => hash = next,
+                    Step::Rows(rows) => return print_tree(&rows, json),
+                }
+            }
+        }
         Command::Image(ImageCommand::Import { path, tag, platform, json }) => {
             print_image_id(held.image_import(&path, tag.as_deref(), platform.as_ref())?, json)
         }
@@ -262,6 +284,91 @@ fn print_image_id(id: Hash, json: bool) -> Result<()> {
         println!("{}", serde_json::json!({"image": id.to_string()}));
     } else {
         println!("{id}");
+    }
+    Ok(())
+}
+
+/// `blake3:<tree>[/PATH]`: the tree and the path's components.
+fn parse_tree_path(what: &str) -> Result<(Hash, Vec<String>)> {
+    let (hash, path) = match what.trim_start_matches("blake3:").split_once('/') {
+        Some((hex, path)) => (hex, path),
+        None => (what.trim_start_matches("blake3:"), ""),
+    };
+    let hash = parse_blob_hash(&format!("blake3:{hash}"))?;
+    let path: Vec<String> = path.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+    if path.iter().any(|c| c == ".." || c == ".") {
+        bail!("`{what}`: a path inside a tree has no `.` or `..`; write it from the tree's top");
+    }
+    Ok((hash, path))
+}
+
+fn decode_tree(hash: Hash, bytes: &[u8]) -> Result<shoal_blobs::tree::Tree> {
+    shoal_blobs::tree::Tree::decode(bytes)
+        .map_err(|why| anyhow::anyhow!("{hash} is not a tree ({why}): `shoal blob get` reads a file"))
+}
+
+/// One line of `shoal tree ls`.
+#[derive(serde::Serialize)]
+struct TreeRow {
+    name: String,
+    kind: &'static str,
+    mode: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+enum Step {
+    /// The walk goes on into this tree.
+    Into(Hash),
+    Rows(Vec<TreeRow>),
+}
+
+/// One level of the walk down `path` (`walked`: the components taken so far): the next tree, or
+/// the rows to print (the directory reached, or the one file the path names).
+fn tree_step(what: &str, tree: &shoal_blobs::tree::Tree, path: &[String], walked: &mut Vec<String>) -> Result<Step> {
+    use shoal_blobs::tree::EntryKind;
+    let row = |e: &shoal_blobs::tree::Entry| {
+        let (kind, size, hash, target) = match &e.kind {
+            EntryKind::File { hash, size } => ("file", Some(*size), Some(*hash), None),
+            EntryKind::Dir { hash } => ("dir", None, Some(*hash), None),
+            EntryKind::Symlink { target } => ("symlink", None, None, Some(target.clone())),
+        };
+        TreeRow { name: e.name.clone(), kind, mode: format!("{:04o}", e.mode), size, hash, target }
+    };
+    let Some(name) = path.get(walked.len()) else {
+        return Ok(Step::Rows(tree.entries.iter().map(row).collect()));
+    };
+    let Some(e) = tree.get(name) else {
+        let nearest = shoal_blobs::tree::nearest_names(tree, name);
+        let dir = if walked.is_empty() { "the tree's top".to_string() } else { format!("`{}`", walked.join("/")) };
+        bail!("`{what}`: there is no `{name}` in {dir}; nearest there: {}", nearest.join(", "));
+    };
+    walked.push(name.clone());
+    match &e.kind {
+        EntryKind::Dir { hash } => Ok(Step::Into(*hash)),
+        _ if walked.len() == path.len() => Ok(Step::Rows(vec![row(e)])),
+        _ => bail!("`{what}`: `{}` is not a directory", walked.join("/")),
+    }
+}
+
+fn print_tree(rows: &[TreeRow], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rows)?);
+        return Ok(());
+    }
+    for r in rows {
+        let what = match (r.kind, &r.target) {
+            ("symlink", Some(t)) => format!("{} -> {t}", r.name),
+            ("dir", _) => format!("{}/", r.name),
+            _ => r.name.clone(),
+        };
+        let size = r.size.map(output::bytes).unwrap_or_default();
+        let hash = r.hash.map(|h| h.to_string()).unwrap_or_default();
+        println!("{:<7} {} {:>10}  {:<71}  {what}", r.kind, r.mode, size, hash);
     }
     Ok(())
 }

@@ -142,7 +142,7 @@ async fn run_claimed_inner(
         outputs.insert(dep.clone(), rec.outputs);
     }
     // What the job reads stays out of eviction and gc from before it arrives until the job ends.
-    let blake3_refs = job.inputs.values().chain(job.stdin.iter()).filter_map(|r| match r {
+    let blake3_refs = job.inputs.values().chain(job.stdin.iter()).filter_map(|r| match r.root() {
         InputRef::Blake3(h) => Some(*h),
         _ => None,
     });
@@ -183,8 +183,9 @@ async fn run_claimed_inner(
         ImageRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
         _ => {}
     }
+    // What a path or selection starts from comes whole; the job narrows it here.
     for r in job.inputs.values().chain(job.stdin.iter()) {
-        match r {
+        match r.root() {
             InputRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
             InputRef::Blake3(h) => {
                 fetch_bare(shared, *h, &providers_all).await?;

@@ -461,7 +461,7 @@ async fn hold_dag(
             images.insert(*id);
         }
         for r in job.inputs.values().chain(job.stdin.iter()) {
-            if let InputRef::Blake3(h) = r {
+            if let InputRef::Blake3(h) = r.root() {
                 inputs.insert(*h);
             }
         }

@@ -70,20 +70,21 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
     Ok(Pinned { hash, dag })
 }
 
-/// The `blake3:` reference an input becomes, or None when it is one already (or a job's output).
-fn pinned_input(store: &Store, job: &str, input: &str, r: &InputRef) -> Result<Option<String>> {
-    match r {
-        InputRef::Blake3(_) | InputRef::Job { .. } => Ok(None),
+/// What an input becomes (its `blake3:` reference, with the path or selection it had), or None
+/// when it starts from one already (or from a job's output).
+fn pinned_input(store: &Store, job: &str, input: &str, r: &InputRef) -> Result<Option<serde_json::Value>> {
+    match r.root() {
         InputRef::Sha256(hex) => {
             let h: Hash = store.by_sha256(hex)?.ok_or_else(|| {
                 anyhow!("job `{job}`, input `{input}`: no blob here has sha256:{hex}; `shoal blob put` it")
             })?;
-            Ok(Some(h.to_string()))
+            Ok(Some(r.with_root(InputRef::Blake3(h)).to_json()))
         }
         InputRef::File(path) => bail!(
             "job `{job}`, input `{input}`: `file:{}` names a file on the submitting machine; submit with \
              `shoal submit`, which uploads it, or store it with `shoal blob put` and use its blake3: hash",
             path
         ),
+        _ => Ok(None),
     }
 }

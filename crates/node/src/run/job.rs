@@ -215,6 +215,14 @@ async fn resolve_input(
             Some(Err(why)) => Err(anyhow!("{why}")),
             None => bail!("the client sent no content for `file:{path}`; send every `file:` input with the DAG"),
         },
+        InputRef::Path { base, path } => {
+            let tree = Box::pin(resolve_input(ctx, base, upstream)).await?;
+            Ok(ctx.runner.store.tree_path(&tree, path).await?)
+        }
+        InputRef::Select { base, include, exclude } => {
+            let tree = Box::pin(resolve_input(ctx, base, upstream)).await?;
+            Ok(ctx.runner.store.select(&tree, include, exclude).await?)
+        }
         InputRef::File(path) => {
             let path = ctx.dag_dir.join(path);
             let meta =
