@@ -324,7 +324,7 @@ fn a_permalink_works_on_another_node_of_the_mesh() {
 }
 
 /// The root filesystems scripts/build-explorer-images.sh keeps (the same default).
-fn explorer_rootfs(tool: &str) -> PathBuf {
+pub(crate) fn explorer_rootfs(tool: &str) -> PathBuf {
     let cache = std::env::var_os("SHOAL_EXPLORER_ROOTFS").map(PathBuf::from).unwrap_or_else(|| {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)

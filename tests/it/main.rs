@@ -15,6 +15,7 @@ mod fedlab;
 mod gpu;
 mod hardening;
 mod held_home;
+mod incremental;
 mod live;
 mod live_run;
 mod load;

@@ -180,11 +180,11 @@ pub fn wait_dag(node: &MeshNode, dag: &str, within: Duration, what: &str, pred: 
     crate::support::wait_dag_view(|path| node.get(path), dag, within, Duration::from_millis(100), what, pred)
 }
 
-fn all_in(v: &Value, state: &str) -> bool {
+pub(crate) fn all_in(v: &Value, state: &str) -> bool {
     v["jobs"].as_object().is_some_and(|j| !j.is_empty() && j.values().all(|j| j["state"] == state))
 }
 
-fn submit(node: &MeshNode, dag: &Path) -> String {
+pub(crate) fn submit(node: &MeshNode, dag: &Path) -> String {
     let out = node.cli(&["submit", dag.to_str().unwrap()]);
     assert_success(&out, "shoal submit");
     stdout(&out).trim().to_string()

@@ -151,6 +151,13 @@ impl Held {
         self.get_json(&format!("/v1/local/records/{}", percent_encode(what)))
     }
 
+    /// A blob's bytes as stored (a tree's own blob, not its files as a tar): `shoal tree ls`.
+    pub fn raw_blob(&self, hash: Hash) -> Result<Vec<u8>> {
+        let path = format!("/v1/blobs/{hash}");
+        let body = self.reply(&path, self.get_request(&path).call())?;
+        Ok(body.into_with_config().limit(BLOB_BYTES_MAX).read_to_vec()?)
+    }
+
     /// The bytes of a blob that must be stored (`shoal log`).
     pub fn read_blob(&self, hash: Hash) -> Result<Vec<u8>> {
         match self.blob(hash)? {

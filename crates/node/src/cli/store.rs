@@ -89,7 +89,7 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
             let (mut hash, path) = parse_tree_path(&what)?;
             let mut walked = Vec::new();
             loop {
-                let tree = decode_tree(hash, &held.read_blob(hash)?)?;
+                let tree = decode_tree(hash, &held.raw_blob(hash)?)?;
                 match tree_step(&what, &tree, &path, &mut walked)? {
                     Step::Into(next) => hash = next,
                     Step::Rows(rows) => return print_tree(&rows, json),
