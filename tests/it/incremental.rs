@@ -153,3 +153,31 @@ fn a_c_build_through_three_nodes_reruns_exactly_the_compiles_an_edit_touches() {
         (200, "hello says hello to the mesh\nsum of squares 1..10 = 385\n".into())
     );
 }
+
+/// The README's incremental build, as written: its own directory for /tmp/ and its own store.
+#[test]
+fn readme_incremental_build_runs_as_written() {
+    let home = Home::empty();
+    if gcc_image(&home).is_none() {
+        return;
+    }
+    let block = crate::held_home::readme_block("**Incremental builds.**");
+    let script = block.replace("/tmp/", &format!("{}/", home.path().display()));
+    let bin_dir = shoal_bin().parent().unwrap().to_path_buf();
+    let mut cmd = std::process::Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("set -euo pipefail\nexport PATH={}:$PATH\n{script}", bin_dir.display()))
+        .current_dir(repo_root())
+        .env("SHOAL_HOME", home.store())
+        .env_remove("RUST_LOG");
+    let out = run_with_deadline(cmd);
+    assert_success(&out, "the README's incremental build");
+    let text = stdout(&out);
+    assert!(text.contains("hello says hello to the mesh\n"), "{text}");
+    assert!(text.contains("check.c"), "{text}");
+    // The second run's table: cc-mathx ran again, cc-greet came from the cache.
+    let second = &text[text.rfind("│ job").expect("two tables")..];
+    let row = |job: &str| second.lines().find(|l| l.contains(&format!(" {job} "))).unwrap_or_default().to_string();
+    assert!(row("cc-mathx").contains(" no "), "{second}");
+    assert!(row("cc-greet").contains(" yes "), "{second}");
+}
