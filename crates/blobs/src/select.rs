@@ -232,22 +232,7 @@ fn include_globs(p: &[Pattern]) -> Vec<String> {
 /// The names of `dir` nearest to `name` (by edit distance), a few.
 pub(crate) fn nearest(dir: &Tree, name: &str) -> Vec<String> {
     let mut scored: Vec<(usize, &str)> =
-        dir.entries.iter().map(|e| (edit_distance(&e.name, name), e.name.as_str())).collect();
+        dir.entries.iter().map(|e| (shoal_dag::edit_distance(&e.name, name), e.name.as_str())).collect();
     scored.sort();
     scored.into_iter().take(NEAREST_NAMES).map(|(_, n)| n.to_string()).collect()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }

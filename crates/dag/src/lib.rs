@@ -34,4 +34,4 @@ pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, Ru
 pub use sorted_map::SortedMap;
 pub use spec::{Arch, Dag, Gpu, ImageRef, InputRef, Isolation, Job, OutputSpec, PIDS_MAX_DEFAULT, Requirements};
 pub use units::{parse_duration_ms, parse_size};
-pub use validate::{parse_dag, parse_dag_bytes};
+pub use validate::{edit_distance, parse_dag, parse_dag_bytes};

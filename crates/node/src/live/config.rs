@@ -441,28 +441,12 @@ fn explain_toml_error(message: &str) -> String {
 }
 
 fn unknown_key(key: &str) -> String {
-    let nearest = KEYS.iter().min_by_key(|k| edit_distance(key, k)).expect("KEYS is not empty");
-    if edit_distance(key, nearest) <= 3 {
+    let nearest = KEYS.iter().min_by_key(|k| shoal_dag::edit_distance(key, k)).expect("KEYS is not empty");
+    if shoal_dag::edit_distance(key, nearest) <= 3 {
         format!("unknown key `{key}`; did you mean `{nearest}`?")
     } else {
         format!("unknown key `{key}`; the keys are {}", KEYS.join(", "))
     }
-}
-
-/// Levenshtein distance, in characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// 1-based line and column (in characters) of byte `offset` of `text`.
