@@ -140,6 +140,14 @@ fn a_c_build_through_three_nodes_reruns_exactly_the_compiles_an_edit_touches() {
     let tree = put();
     let listing = n0.cli(&["tree", "ls", &format!("{tree}/test")]);
     assert!(stdout(&listing).contains("check.c"), "{}{}", stdout(&listing), String::from_utf8_lossy(&listing.stderr));
+    // A path inside a tree the node holds (the one the sources were put on) is checked at the
+    // submit, not by a job later.
+    let text = std::fs::read_to_string(dag_for(&tree)).unwrap();
+    let bad = n0.home.write("bad-path.json", &text.replace(&format!("\"{tree}\""), &format!("\"{tree}/sub\"")));
+    let out = n0.cli(&["submit", bad.to_str().unwrap()]);
+    assert!(!out.status.success(), "a path not in the tree is refused at the submit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`sub` is not in `/`") && err.contains("nearest there: "), "{err}");
     let second = submit(&others[1], &dag_for(&tree));
     let after = wait_dag(&others[0], &second, Duration::from_secs(180), "the edited build done", |v| all_in(v, "done"));
     let mut reran: Vec<&str> =

@@ -46,6 +46,18 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
             ImageRef::Blake3(_) | ImageRef::Job { .. } => None,
         };
         let mut inputs = Vec::new();
+        for (input, r) in job.inputs.iter().map(|(n, r)| (n.as_str(), r)).chain(job.stdin.iter().map(|r| ("stdin", r)))
+        {
+            // A path or selection of a tree this store holds is checked now: a name that is not
+            // there fails the submit, not a job on some node later.
+            match Box::pin(narrowed(store, r)).await {
+                Err(e) => bail!("job `{}`, input `{input}`: {e:#}", job.id),
+                Ok(Some(d)) if input == "stdin" && d.kind == shoal_dag::DigestKind::Tree => {
+                    bail!("job `{}`: stdin `{r}` is a directory; name a file inside it", job.id)
+                }
+                Ok(_) => {}
+            }
+        }
         for (input, r) in &job.inputs {
             if let Some(h) = pinned_input(store, &job.id, input, r)? {
                 inputs.push((input.clone(), h));
@@ -68,6 +80,23 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
     // nobody can do.
     store.flush().await?;
     Ok(Pinned { hash, dag })
+}
+
+/// What a path or selection names, where this store holds the tree it starts from (None where it
+/// does not: another node may, and the job then checks).
+async fn narrowed(store: &Store, r: &InputRef) -> Result<Option<shoal_dag::Digest>> {
+    Ok(match r {
+        InputRef::Blake3(h) if store.is_tree(*h) => Some(crate::run::digest_of_stored(store, *h).await?),
+        InputRef::Path { base, path } => match Box::pin(narrowed(store, base)).await? {
+            Some(tree) => Some(store.tree_path(&tree, path).await?),
+            None => None,
+        },
+        InputRef::Select { base, include, exclude } => match Box::pin(narrowed(store, base)).await? {
+            Some(tree) => Some(store.select(&tree, include, exclude).await?),
+            None => None,
+        },
+        _ => None,
+    })
 }
 
 /// What an input becomes (its `blake3:` reference, with the path or selection it had), or None
