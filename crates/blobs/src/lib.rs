@@ -307,23 +307,46 @@ impl Store {
         let file = open_regular(path)?;
         let len = file.metadata().map_err(StoreError::io("cannot stat", path))?.len();
         self.check_room(path, len)?;
+        use std::io::Read;
+        // A file that grows while it is read is stored as it was when opened.
+        let (hash, size, sha) =
+            self.put_reader_sha256(file.take(len)).await.map_err(StoreError::io("cannot read", path))?;
+        if self.is_corrupt(hash) {
+            self.repair(hash, Source::File(path)).await?;
+        }
+        Ok((hash, size, sha))
+    }
+
+    /// Stores what `reader` gives until its end (a download's body), streaming it, and indexes
+    /// its sha256. Returns its hash, size and sha256 hex; a read error stores nothing and is
+    /// returned as it was (the reader decides what is too much).
+    pub async fn put_reader(
+        &self,
+        reader: impl std::io::Read + Send + 'static,
+    ) -> Result<(Hash, u64, String), std::io::Error> {
+        let (hash, size, sha) = self.put_reader_sha256(reader).await?;
+        Meta::put(&self.meta().sha256, sha.as_bytes(), &hash.0).map_err(std::io::Error::other)?;
+        Ok((hash, size, sha))
+    }
+
+    async fn put_reader_sha256(
+        &self,
+        mut reader: impl std::io::Read + Send + 'static,
+    ) -> Result<(Hash, u64, String), std::io::Error> {
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
-        let reader = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            // A file that grows while it is read is stored as it was when opened.
-            let mut file = file.take(len);
+        let read = tokio::task::spawn_blocking(move || {
             let mut sha = sha2::Sha256::new();
             let mut size = 0u64;
             loop {
                 let mut buf = vec![0u8; 1 << 20];
-                let n = match file.read(&mut buf) {
+                let n = match reader.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        let kind = e.kind();
+                        let copy = std::io::Error::new(e.kind(), e.to_string());
                         let _ = tx.blocking_send(Err(e));
-                        return Err(std::io::Error::from(kind));
+                        return Err(copy);
                     }
                 };
                 buf.truncate(n);
@@ -336,21 +359,24 @@ impl Store {
             Ok((size, hex::encode(sha.finalize())))
         });
         let stream = futures_lite::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        let added =
-            self.iroh().add_stream(stream).await.temp_tag().await.map_err(|e| self.write_failed("adding a file", &e));
-        let read = reader.await.map_err(|e| StoreError::Io {
-            what: "cannot read",
-            path: path.to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        // A failed store stops the reader: its error is the one that says what happened.
-        let added = added?;
-        let (size, sha) = read.map_err(StoreError::io("cannot read", path))?;
-        let hash = from_iroh(added.hash());
-        if self.is_corrupt(hash) {
-            self.repair(hash, Source::File(path)).await?;
-        }
+        let added = self
+            .iroh()
+            .add_stream(stream)
+            .await
+            .temp_tag()
+            .await
+            .map_err(|e| std::io::Error::other(format!("the blob store failed: {e}")));
+        let read = read.await.map_err(std::io::Error::other)?;
+        // A failed read stops the store: the read's error is the one that says what happened.
+        let (size, sha) = read?;
+        let hash = from_iroh(added?.hash());
         Ok((hash, size, sha))
+    }
+
+    /// A reader of a stored blob's bytes, from its start (an upload's body). The caller checks
+    /// the bytes against `hash` as they pass: iroh-blobs does not re-verify its own files.
+    pub fn reader(&self, hash: Hash) -> impl tokio::io::AsyncRead + Unpin + Send + 'static {
+        self.iroh().reader(to_iroh(hash))
     }
 
     /// Refuses to store `len` bytes from `path` when the store's file system would be left with

@@ -10,6 +10,7 @@
 //! - `units`: sizes (`256MiB`) and durations (`1h30m`).
 //! - `cbor`: [`canonical_cbor`], the one encoding that is ever hashed.
 //! - `record`: [`ResolvedJob`] and its action key, [`RunRecord`] and its signature.
+//! - `location`: URLs and `s3://` objects (inputs, upload targets), their pins and redaction.
 //! - `sorted_map`: [`SortedMap`], the small map of a job's inputs, outputs and variables.
 //!
 //! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
@@ -20,6 +21,7 @@ mod cbor;
 mod diagnostic;
 mod hash;
 mod json;
+pub mod location;
 pub mod pin;
 mod record;
 mod sorted_map;
@@ -32,6 +34,9 @@ pub use diagnostic::{Diagnostic, Diagnostics, Location, escape_for_terminal};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
 pub use sorted_map::SortedMap;
-pub use spec::{Arch, Dag, Gpu, ImageRef, InputRef, Isolation, Job, OutputSpec, PIDS_MAX_DEFAULT, Requirements};
+pub use location::{S3Object, UploadTarget, UrlPin};
+pub use spec::{
+    Arch, Dag, FD_OUTPUT_MAX, Gpu, ImageRef, InputRef, Isolation, Job, OutputSpec, PIDS_MAX_DEFAULT, Requirements,
+};
 pub use units::{parse_duration_ms, parse_size};
-pub use validate::{edit_distance, parse_dag, parse_dag_bytes};
+pub use validate::{edit_distance, parse_dag, parse_dag_bytes, parse_dag_warned};

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::Hash;
+use crate::location::{S3Object, UploadTarget, UrlPin, redact};
 use crate::record::DigestKind;
 use crate::sorted_map::SortedMap;
 
@@ -29,6 +30,10 @@ pub struct Job {
     pub inputs: SortedMap<String, InputRef>,
     pub outputs: SortedMap<String, OutputSpec>,
     pub requirements: Requirements,
+    /// Where outputs are sent after the job succeeds, by output name. Not part of the action
+    /// key: the destination does not change what the job computes.
+    #[serde(default)]
+    pub uploads: SortedMap<String, UploadTarget>,
 }
 
 /// Which image a job runs.
@@ -73,6 +78,18 @@ pub enum InputRef {
         include: Vec<String>,
         exclude: Vec<String>,
     },
+    /// The bytes at an `https:`/`http:` URL, fetched by the node (never the job), checked
+    /// against `pin` when there is one. A node pins an unpinned URL when the DAG is submitted or
+    /// run, so the action key and the record name exact bytes.
+    Url {
+        url: String,
+        pin: Option<UrlPin>,
+    },
+    /// An object the node reads with its own credentials.
+    S3 {
+        object: S3Object,
+        pin: Option<UrlPin>,
+    },
 }
 
 impl InputRef {
@@ -82,6 +99,17 @@ impl InputRef {
         match self {
             InputRef::Path { base, .. } | InputRef::Select { base, .. } => base.root(),
             other => other,
+        }
+    }
+
+    /// The `blake3:` hash this reference's bytes are known to have without fetching anything:
+    /// a `blake3:` reference's, or a URL's or object's pinned by BLAKE3.
+    pub fn known_blake3(&self) -> Option<Hash> {
+        match self {
+            InputRef::Blake3(h)
+            | InputRef::Url { pin: Some(UrlPin::Blake3(h)), .. }
+            | InputRef::S3 { pin: Some(UrlPin::Blake3(h)), .. } => Some(*h),
+            _ => None,
         }
     }
 
@@ -128,6 +156,14 @@ impl fmt::Display for InputRef {
             InputRef::Job { job, output } => write!(f, "jobs:{job}/{output}"),
             InputRef::File(p) => write!(f, "file:{p}"),
             InputRef::Path { base, path } => write!(f, "{base}/{path}"),
+            InputRef::Url { url, pin } => {
+                f.write_str(&redact(url))?;
+                pin.as_ref().map_or(Ok(()), |p| write!(f, "#{p}"))
+            }
+            InputRef::S3 { object, pin } => {
+                write!(f, "{object}")?;
+                pin.as_ref().map_or(Ok(()), |p| write!(f, "#{p}"))
+            }
             InputRef::Select { base, include, exclude } => {
                 write!(f, "{base} [include {}; exclude {}]", include.join(" "), exclude.join(" "))
             }
@@ -144,12 +180,18 @@ pub enum OutputSpec {
     File(String),
     Dir(String),
     Glob(String),
+    /// File descriptor N (3 to [`FD_OUTPUT_MAX`]) the sandbox opens for the job: what it
+    /// writes there is the output, capped like stdout.
+    Fd(u32),
 }
+
+/// The highest fd an `fd:N` output may name.
+pub const FD_OUTPUT_MAX: u32 = 63;
 
 impl OutputSpec {
     pub fn kind(&self) -> DigestKind {
         match self {
-            OutputSpec::Stdout | OutputSpec::Stderr | OutputSpec::File(_) => DigestKind::File,
+            OutputSpec::Stdout | OutputSpec::Stderr | OutputSpec::File(_) | OutputSpec::Fd(_) => DigestKind::File,
             OutputSpec::Dir(_) | OutputSpec::Glob(_) => DigestKind::Tree,
         }
     }
@@ -163,6 +205,7 @@ impl fmt::Display for OutputSpec {
             OutputSpec::File(p) => write!(f, "file:{p}"),
             OutputSpec::Dir(p) => write!(f, "dir:{p}"),
             OutputSpec::Glob(p) => write!(f, "glob:{p}"),
+            OutputSpec::Fd(n) => write!(f, "fd:{n}"),
         }
     }
 }

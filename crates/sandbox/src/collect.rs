@@ -83,6 +83,11 @@ enum ItemKind {
     Symlink {
         target: PathBuf,
     },
+    /// A file the sandbox holds open (an `fd:N` output's), read by reopening its
+    /// `/proc/self/fd` link, which O_NOFOLLOW would refuse.
+    Opened {
+        size: u64,
+    },
     /// A FIFO, socket or device: no tree can hold it, and dropping it silently would lose it.
     Special {
         kind: &'static str,
@@ -94,11 +99,31 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
+/// The files the sandbox gave the job for its `fd:N` outputs.
+#[derive(Debug, Clone, Default)]
+pub struct FdFiles {
+    /// N → the fd the sandbox's PID 1 keeps of the file (read back by `/proc/self/fd`).
+    pub fds: BTreeMap<u32, i32>,
+    /// Most bytes of each, as stdout's cap.
+    pub cap_bytes: u64,
+}
+
 /// Collects `specs` from under `root` into one tar written to `out`, refusing (before writing
 /// anything but an empty archive) when the total exceeds `limit_bytes`.
 pub fn collect<W: Write>(
     root: &Path,
     specs: &BTreeMap<String, OutputSpec>,
+    limit_bytes: u64,
+    out: W,
+) -> Result<CollectReport, CollectError> {
+    collect_with_fds(root, specs, &FdFiles::default(), limit_bytes, out)
+}
+
+/// [`collect`], with the files of the job's `fd:N` outputs.
+pub fn collect_with_fds<W: Write>(
+    root: &Path,
+    specs: &BTreeMap<String, OutputSpec>,
+    fds: &FdFiles,
     limit_bytes: u64,
     out: W,
 ) -> Result<CollectReport, CollectError> {
@@ -113,11 +138,18 @@ pub fn collect<W: Write>(
             OutputSpec::File(path) => plan_file(root, name, path, &mut report)?,
             OutputSpec::Dir(path) => plan_dir(root, name, path, &mut report)?,
             OutputSpec::Glob(pattern) => plan_glob(root, name, pattern, &mut report)?,
+            OutputSpec::Fd(n) => plan_fd(name, *n, fds, &mut report)?,
         };
         let Some(items) = items else { continue };
         let bytes = items
             .iter()
-            .map(|i| ENTRY_OVERHEAD_BYTES + if let ItemKind::File { size } = i.what { size } else { 0 })
+            .map(|i| {
+                ENTRY_OVERHEAD_BYTES
+                    + match i.what {
+                        ItemKind::File { size } | ItemKind::Opened { size } => size,
+                        _ => 0,
+                    }
+            })
             .sum();
         report.total_bytes += bytes;
         plan.push((name.clone(), items, bytes));
@@ -144,7 +176,7 @@ pub fn collect<W: Write>(
 
 fn spec_kind(spec: &OutputSpec) -> Option<Kind> {
     match spec {
-        OutputSpec::File(_) => Some(Kind::File),
+        OutputSpec::File(_) | OutputSpec::Fd(_) => Some(Kind::File),
         OutputSpec::Dir(_) | OutputSpec::Glob(_) => Some(Kind::Dir),
         OutputSpec::Stdout | OutputSpec::Stderr => None,
     }
@@ -183,6 +215,20 @@ fn plan_file(
         what: ItemKind::File { size: meta.len() },
         mode: meta.mode() & 0o7777,
     }]))
+}
+
+/// The file behind fd `n`: not a path of the job's, so read through PID 1's own fd of it.
+fn plan_fd(name: &str, n: u32, fds: &FdFiles, report: &mut CollectReport) -> Result<Option<Vec<Item>>, CollectError> {
+    let Some(fd) = fds.fds.get(&n) else {
+        report.problems.insert(name.into(), format!("output `{name}`: fd {n} was not given to the job"));
+        return Ok(None);
+    };
+    let source = PathBuf::from(format!("/proc/self/fd/{fd}"));
+    let size = fs::metadata(&source).map_err(io_err(&source))?.len();
+    if size > fds.cap_bytes {
+        return Err(CollectError::TooLarge { output: name.into(), limit_bytes: fds.cap_bytes });
+    }
+    Ok(Some(vec![Item { archive_path: PathBuf::from(name), source, what: ItemKind::Opened { size }, mode: 0o644 }]))
 }
 
 fn plan_dir(
@@ -380,6 +426,13 @@ fn write_item<W: Write>(builder: &mut tar::Builder<W>, item: &Item) -> Result<()
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&item.source)
                 .map_err(io_err(&item.source))?;
+            let mut data = ExactReader { inner: file.take(*size), left: *size };
+            builder.append_data(&mut header, &item.archive_path, &mut data).map_err(err)
+        }
+        ItemKind::Opened { size } => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(*size);
+            let file = fs::File::open(&item.source).map_err(io_err(&item.source))?;
             let mut data = ExactReader { inner: file.take(*size), left: *size };
             builder.append_data(&mut header, &item.archive_path, &mut data).map_err(err)
         }

@@ -775,6 +775,10 @@ pub fn validate(req: &Request, root: bool) -> Result<(), RunError> {
         }
         let path = match spec {
             OutputSpec::Stdout | OutputSpec::Stderr => continue,
+            OutputSpec::Fd(n) if (3..=shoal_dag::FD_OUTPUT_MAX).contains(n) => continue,
+            OutputSpec::Fd(n) => {
+                return Err(invalid(format!("output `{name}`: fd {n} is not from 3 to {}", shoal_dag::FD_OUTPUT_MAX)));
+            }
             OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => p,
         };
         let under = |base: &str| path == base || path.starts_with(&format!("{base}/"));

@@ -441,13 +441,42 @@ struct Exec {
     uid: Uid,
     gid: Gid,
     setgroups: bool,
+    /// (the sandbox's fd, the job's fd N) of each `fd:N` output.
+    fds: Vec<(i32, i32)>,
+}
+
+/// Lowest fd PID 1 keeps its `fd:N` files at: above every N a job may name, so moving them
+/// into place in the child never overwrites one not yet moved.
+const FD_KEEP_MIN: i32 = 100;
+
+/// A file for each `fd:N` output: unnamed (O_TMPFILE) in the `/output` tmpfs, so it counts
+/// against the output limit and nothing the job lists shows it. PID 1 keeps one fd of each at
+/// [`FD_KEEP_MIN`] and up; the job gets it at N.
+fn open_fd_files(job: &crate::wire::JobSpec) -> Result<Vec<(u32, OwnedFd)>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut files = Vec::new();
+    for (name, spec) in &job.outputs {
+        let crate::OutputSpec::Fd(n) = spec else { continue };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open("/output")
+            .map_err(|e| format!("output `{name}`: opening a file for fd {n} in /output: {e}"))?;
+        let kept = nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(FD_KEEP_MIN))
+            .map_err(|e| format!("output `{name}`: fd {n}: {e}"))?;
+        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+        files.push((*n, unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(kept) }));
+    }
+    Ok(files)
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
-fn prepare_exec(req: &HelperRequest) -> Result<Exec, String> {
+fn prepare_exec(req: &HelperRequest, fds: &[(u32, OwnedFd)]) -> Result<Exec, String> {
     let job = &req.job;
     let argv0 = job.argv.first().ok_or("empty argv")?;
     let argv = job.argv.iter().map(|a| cstring(a, "argv")).collect::<Result<Vec<_>, _>>()?;
@@ -473,6 +502,7 @@ fn prepare_exec(req: &HelperRequest) -> Result<Exec, String> {
         uid: Uid::from_raw(job.uid),
         gid: Gid::from_raw(job.gid),
         setgroups: matches!(req.id_map, IdMap::Identity { .. }),
+        fds: fds.iter().map(|(n, f)| (f.as_raw_fd(), *n as i32)).collect(),
     })
 }
 
@@ -506,6 +536,12 @@ fn exec_job(x: &Exec) -> (&'static str, Errno) {
     if let Err(e) = sys::cloexec_from(3) {
         return ("close_range", Errno::from_raw(e.raw_os_error().unwrap_or(0)));
     }
+    // The `fd:N` outputs' files, at N and inheritable (dup2 clears CLOEXEC on the copy).
+    for &(ours, n) in &x.fds {
+        if let Err(e) = nix::unistd::dup2(ours, n) {
+            return ("dup2 of an fd output", e);
+        }
+    }
     let mut err = Errno::ENOENT;
     for c in &x.candidates {
         let Err(e) = unistd::execve(c, &x.argv, &x.env);
@@ -520,7 +556,16 @@ fn exec_job(x: &Exec) -> (&'static str, Errno) {
 fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
     let job = &req.job;
     let started = Instant::now();
-    let exec_result = prepare_exec(req).and_then(|x| spawn_and_wait(&x, job.limits.timeout_ms, started));
+    let fd_files = match open_fd_files(job) {
+        Ok(f) => f,
+        Err(msg) => return Finished { exit: Exit::Error(msg), user_ms: 0, sys_ms: 0, max_rss_bytes: 0, output_bytes: 0 },
+    };
+    let fds = collect::FdFiles {
+        fds: fd_files.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect(),
+        cap_bytes: job.limits.stdout_bytes_max,
+    };
+    let exec_result =
+        prepare_exec(req, &fd_files).and_then(|x| spawn_and_wait(&x, job.limits.timeout_ms, started));
     let (mut exit, timed_out) = match exec_result {
         Ok((exit, timed_out)) => (exit, timed_out),
         Err(msg) => (Exit::Error(msg), false),
@@ -544,7 +589,7 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
     let used = output_used_bytes();
     let mut output_bytes = 0;
     if used > limit {
-        let largest = match collect::collect(Path::new("/"), &job.outputs, 0, std::io::sink()) {
+        let largest = match collect::collect_with_fds(Path::new("/"), &job.outputs, &fds, 0, std::io::sink()) {
             Err(collect::CollectError::TooLarge { output, .. }) if !output.is_empty() => output,
             _ => "/output".to_string(),
         };
@@ -553,7 +598,7 @@ fn run_job(req: &HelperRequest, mut tar: File) -> Finished {
             exit = Exit::OutputTooLarge { output: largest, limit_bytes: limit };
         }
     } else {
-        match collect::collect(Path::new("/"), &job.outputs, limit, &mut tar) {
+        match collect::collect_with_fds(Path::new("/"), &job.outputs, &fds, limit, &mut tar) {
             Ok(report) => {
                 output_bytes = report.total_bytes;
                 if exit.success()

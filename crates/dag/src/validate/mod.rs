@@ -36,7 +36,13 @@ pub fn parse_dag_bytes(file_name: &str, bytes: &[u8]) -> Result<Dag, Diagnostics
 
 /// Parses and validates a DAG, reporting every problem at once.
 pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
-    let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new() };
+    parse_dag_warned(file_name, text).map(|(dag, _)| dag)
+}
+
+/// [`parse_dag`], with the warnings of a DAG that parsed: spellings read another way than
+/// written (the seed's `fd:0` output read as stdout), each located with its help.
+pub fn parse_dag_warned(file_name: &str, text: &str) -> Result<(Dag, Vec<Diagnostic>), Diagnostics> {
+    let mut cx = Cx { file: file_name.to_string(), job: None, diags: Vec::new(), warnings: Vec::new() };
     // Each job is converted as soon as it is parsed and its located tree dropped: the tree of a
     // whole DAG took about twice the memory of the DAG itself.
     let mut converted = Converted::default();
@@ -66,7 +72,7 @@ pub fn parse_dag(file_name: &str, text: &str) -> Result<Dag, Diagnostics> {
     if cx.diags.is_empty()
         && let Some(dag) = dag
     {
-        return Ok(dag);
+        return Ok((dag, cx.warnings));
     }
     let mut diags = cx.diags;
     diags.sort_by_key(|d| (d.location.line, d.location.col));
@@ -97,11 +103,25 @@ struct Cx {
     file: String,
     job: Option<String>,
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 const TOP_FIELDS: &[&str] = &["version", "jobs"];
-const JOB_FIELDS: &[&str] =
-    &["id", "image", "container", "command", "env", "workdir", "user", "stdin", "inputs", "outputs", "requirements"];
+const JOB_FIELDS: &[&str] = &[
+    "id",
+    "image",
+    "container",
+    "command",
+    "env",
+    "workdir",
+    "user",
+    "stdin",
+    "inputs",
+    "outputs",
+    "upload",
+    "net",
+    "requirements",
+];
 const REQ_FIELDS: &[&str] = &[
     "cores",
     "memory",
@@ -162,12 +182,22 @@ fn is_hex64(s: &str) -> bool {
 
 impl Cx {
     fn report(&mut self, pos: Pos, message: impl Into<String>, help: impl Into<String>) {
-        self.diags.push(Diagnostic {
+        let d = self.diagnostic(pos, message, help);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, pos: Pos, message: impl Into<String>, help: impl Into<String>) {
+        let d = self.diagnostic(pos, message, help);
+        self.warnings.push(d);
+    }
+
+    fn diagnostic(&self, pos: Pos, message: impl Into<String>, help: impl Into<String>) -> Diagnostic {
+        Diagnostic {
             location: Location { file: self.file.clone(), line: pos.line, col: pos.col },
             job: self.job.clone(),
             message: message.into(),
             help: help.into(),
-        });
+        }
     }
 
     /// The members of an object, reporting duplicates and unknown keys; None if not an object.
@@ -413,6 +443,7 @@ impl Cx {
                 };
                 let path = match &spec {
                     OutputSpec::File(p) | OutputSpec::Dir(p) | OutputSpec::Glob(p) => Some(p.clone()),
+                    OutputSpec::Fd(n) => Some(format!("fd:{n}")),
                     _ => None,
                 };
                 if let Some(path) = path {
@@ -429,9 +460,40 @@ impl Cx {
                 outputs.insert(name.to_string(), spec);
             }
         }
-        let requirements = match fields.get("requirements") {
+        let mut requirements = match fields.get("requirements") {
             Some(m) => self.requirements(&m.value),
             None => Requirements::default(),
+        };
+        // The seed's spelling: `"net": true` beside the job's other fields.
+        if let Some(m) = fields.get("net") {
+            match &m.value.value {
+                Value::Bool(b) => {
+                    let said = fields
+                        .get("requirements")
+                        .and_then(|r| match &r.value.value {
+                            Value::Object(ms) => ms.iter().find(|x| x.key == "network"),
+                            _ => None,
+                        })
+                        .map(|x| matches!(x.value.value, Value::Bool(v) if v == *b));
+                    if said == Some(false) {
+                        self.report(
+                            m.key_pos,
+                            "`net` and `requirements.network` disagree",
+                            "`net` is another name for `requirements.network`; keep one",
+                        );
+                    }
+                    requirements.network = *b;
+                }
+                other => self.report(
+                    m.value.pos,
+                    format!("`net` must be true or false, not {}", other.type_name()),
+                    "write `\"net\": true` or `false` (the same as `requirements.network`)",
+                ),
+            }
+        }
+        let uploads = match fields.get("upload") {
+            Some(m) => self.uploads(&m.value, &outputs, &mut requirements),
+            None => BTreeMap::new(),
         };
         if self.diags.len() != before {
             // Still return what parsed, so graph checks can run on the rest of the DAG.
@@ -447,8 +509,72 @@ impl Cx {
             inputs: inputs.into(),
             outputs: outputs.into(),
             requirements,
+            uploads: uploads.into(),
         };
         Some((job, JobPlaces { id_pos, refs, image_ref }))
+    }
+
+    /// `"upload": {"<output>": "https://...presigned PUT..." | "s3://bucket/key"}`. A job that
+    /// writes to a bucket requires the bucket's label: only nodes with credentials for it take it.
+    fn uploads(
+        &mut self,
+        node: &Node,
+        outputs: &BTreeMap<String, OutputSpec>,
+        requirements: &mut Requirements,
+    ) -> BTreeMap<String, crate::UploadTarget> {
+        use crate::location::{self, UploadTarget};
+        let mut out = BTreeMap::new();
+        let Some(members) = self.object(node, "`upload`", &[]) else { return out };
+        for (name, member) in members {
+            if !outputs.contains_key(name) {
+                let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
+                self.report(member.key_pos, format!("`upload` names `{name}`, which is not an output of this job"), suggest(name, &known));
+                continue;
+            }
+            if outputs[name].kind() == crate::DigestKind::Tree {
+                self.report(
+                    member.key_pos,
+                    format!("output `{name}` is a directory; an upload sends one file"),
+                    "upload a file output (`file:`, `stdout`, `fd:N`); pack a directory with tar in the job first",
+                );
+                continue;
+            }
+            let Some(s) = self.string(&member.value, &format!("the upload of `{name}`")) else { continue };
+            let target = if s.starts_with("s3://") {
+                match location::parse_s3(s) {
+                    Ok((object, None)) => UploadTarget::S3(object),
+                    Ok((_, Some(_))) => {
+                        self.report(member.value.pos, "an upload destination has no pin", "remove the `#...` part");
+                        continue;
+                    }
+                    Err(why) => {
+                        self.report(member.value.pos, format!("`{s}` is not an S3 object: {why}"), "write `s3://<bucket>/<key>`");
+                        continue;
+                    }
+                }
+            } else {
+                match location::parse_url(s) {
+                    Ok((url, None)) => UploadTarget::Url(url),
+                    Ok((_, Some(_))) => {
+                        self.report(member.value.pos, "an upload destination has no pin", "remove the `#...` part");
+                        continue;
+                    }
+                    Err(why) => {
+                        self.report(
+                            member.value.pos,
+                            format!("`{}` is not an upload destination: {why}", location::redact(s)),
+                            "write a URL the node may PUT to (a presigned S3 PUT) or `s3://<bucket>/<key>`",
+                        );
+                        continue;
+                    }
+                }
+            };
+            if let UploadTarget::S3(o) = &target {
+                requirements.labels.entry(location::bucket_label(&o.bucket)).or_insert_with(|| "write".into());
+            }
+            out.insert(name.to_string(), target);
+        }
+        out
     }
 
     fn command(&mut self, node: &Node) -> Option<Vec<String>> {

@@ -149,6 +149,28 @@ impl Cx {
                 };
                 Some(at(InputRef::Job { job, output }, path))
             }
+            "https" | "http" => match crate::location::parse_url(s) {
+                Ok((url, pin)) => Some(InputRef::Url { url, pin }),
+                Err(why) => {
+                    self.report(
+                        pos,
+                        format!("`{}` is not a URL input: {why}", crate::location::redact(s)),
+                        "write `https://host/path`, optionally pinned: `https://host/path#sha256=<64 hex>` or `#blake3=<64 hex>`",
+                    );
+                    None
+                }
+            },
+            "s3" => match crate::location::parse_s3(s) {
+                Ok((object, pin)) => Some(InputRef::S3 { object, pin }),
+                Err(why) => {
+                    self.report(
+                        pos,
+                        format!("`{s}` is not an S3 object: {why}"),
+                        "write `s3://<bucket>/<key>`, optionally pinned with `#sha256=<64 hex>` or `#blake3=<64 hex>`",
+                    );
+                    None
+                }
+            },
             "file" => {
                 if rest.is_empty() {
                     self.report(
@@ -225,7 +247,30 @@ impl Cx {
         match s {
             "stdout" | "fd:1" => return Some(OutputSpec::Stdout),
             "stderr" | "fd:2" => return Some(OutputSpec::Stderr),
+            "fd:0" => {
+                self.warn(
+                    pos,
+                    "`fd:0` is the job's stdin, which it reads: this output is read as `stdout`",
+                    "write `stdout` (or `fd:1`); for an extra stream of results write `fd:3` and up",
+                );
+                return Some(OutputSpec::Stdout);
+            }
             _ => {}
+        }
+        if let Some(digits) = s.strip_prefix("fd:") {
+            return match digits.parse::<u32>() {
+                Ok(n) if (3..=crate::FD_OUTPUT_MAX).contains(&n) && !digits.starts_with('0') => {
+                    Some(OutputSpec::Fd(n))
+                }
+                _ => {
+                    self.report(
+                        pos,
+                        format!("`{s}` is not an fd output"),
+                        format!("write `fd:N` with N from 3 to {} (fd:1 is stdout, fd:2 stderr)", crate::FD_OUTPUT_MAX),
+                    );
+                    None
+                }
+            };
         }
         let (kind, path) = s.split_once(':').unwrap_or(("", s));
         match kind {
@@ -249,7 +294,7 @@ impl Cx {
                 self.report(
                     pos,
                     format!("`{s}` is not an output"),
-                    "an output is `stdout`, `stderr`, `file:<path>`, `dir:<path>` or `glob:<pattern>`",
+                    "an output is `stdout`, `stderr`, `fd:<3..63>`, `file:<path>`, `dir:<path>` or `glob:<pattern>`",
                 );
                 None
             }

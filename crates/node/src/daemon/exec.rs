@@ -142,10 +142,7 @@ async fn run_claimed_inner(
         outputs.insert(dep.clone(), rec.outputs);
     }
     // What the job reads stays out of eviction and gc from before it arrives until the job ends.
-    let blake3_refs = job.inputs.values().chain(job.stdin.iter()).filter_map(|r| match r.root() {
-        InputRef::Blake3(h) => Some(*h),
-        _ => None,
-    });
+    let blake3_refs = job.inputs.values().chain(job.stdin.iter()).filter_map(|r| r.root().known_blake3());
     let image_id = match &job.image {
         ImageRef::Blake3(id) => Some(*id),
         _ => None,
@@ -187,10 +184,13 @@ async fn run_claimed_inner(
     for r in job.inputs.values().chain(job.stdin.iter()) {
         match r.root() {
             InputRef::Job { job: j, output } => upstream_output(j, output, &providers_all).await?,
-            InputRef::Blake3(h) => {
-                fetch_bare(shared, *h, &providers_all).await?;
+            // A URL's or object's bytes were fetched and pinned by the submitting node: from the
+            // mesh like any blob (a redacted URL could not be fetched again).
+            other => {
+                if let Some(h) = other.known_blake3() {
+                    fetch_bare(shared, h, &providers_all).await?;
+                }
             }
-            _ => {}
         }
     }
     Ok(run::run_one_fresh(ctx, idx, &outputs, stale).await)

@@ -461,8 +461,8 @@ async fn hold_dag(
             images.insert(*id);
         }
         for r in job.inputs.values().chain(job.stdin.iter()) {
-            if let InputRef::Blake3(h) = r.root() {
-                inputs.insert(*h);
+            if let Some(h) = r.root().known_blake3() {
+                inputs.insert(h);
             }
         }
     }
