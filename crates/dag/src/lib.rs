@@ -39,4 +39,4 @@ pub use spec::{
     Arch, Dag, FD_OUTPUT_MAX, Gpu, ImageRef, InputRef, Isolation, Job, OutputSpec, PIDS_MAX_DEFAULT, Requirements,
 };
 pub use units::{parse_duration_ms, parse_size};
-pub use validate::{edit_distance, parse_dag, parse_dag_bytes, parse_dag_warned};
+pub use validate::{edit_distance, parse_dag, parse_dag_bytes, parse_dag_bytes_warned, parse_dag_warned};

@@ -269,13 +269,26 @@ impl Held {
         Ok(collected.into())
     }
 
+    /// `shoal upload ls`.
+    pub fn uploads(&self) -> Result<Vec<crate::data::upload::UploadRecord>> {
+        self.get_json("/v1/local/uploads")
+    }
+
+    /// `shoal upload retry [JOB]`, by the node (with its transfer limits and credentials).
+    pub fn retry_uploads(&self, job: Option<&str>) -> Result<Vec<crate::data::upload::UploadRecord>> {
+        self.post_json("/v1/local/uploads/retry", &serde_json::json!({ "job": job }))
+    }
+
     /// `shoal run DAG`, run by the node as a local run of its store: the DAG's `file:` inputs are
     /// uploaded, the progress drawn from the node's events, and the same table or JSON printed.
     pub fn run(&self, path: &Path, opts: &HeldRun) -> Result<ExitCode> {
         let bytes = crate::run::read_dag_file(path, opts.dag_bytes_max)?;
         let name = path.display().to_string();
-        let dag = match shoal_dag::parse_dag_bytes(&name, &bytes) {
-            Ok(dag) => dag,
+        let dag = match shoal_dag::parse_dag_bytes_warned(&name, &bytes) {
+            Ok((dag, warnings)) => {
+                crate::output::print_warnings(&warnings);
+                dag
+            }
             Err(diagnostics) => {
                 eprintln!("{diagnostics}");
                 return Ok(ExitCode::from(crate::EXIT_ERROR));

@@ -9,6 +9,7 @@
 //!   `shoal run DAG`, the embedded single-node pipeline (resolve, cache lookup, execute, record).
 //! - `daemon`: `shoal node`, a mesh peer: the loop around the sans-IO core (`shoal-mesh`), its
 //!   HTTP API, the executor.
+//! - `data`: URL and `s3://` inputs the node fetches, outputs it uploads, and their records.
 //! - `mesh`: the libp2p transport the daemon moves the protocol's bytes over.
 //! - `explorer`: the Program Explorer, a web page on every node that runs catalogue images on
 //!   your files.
@@ -29,6 +30,7 @@ pub mod api_error;
 pub mod client;
 pub mod clock;
 pub mod daemon;
+pub mod data;
 pub mod explorer;
 pub mod gpu;
 pub mod held;

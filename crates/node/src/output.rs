@@ -29,6 +29,13 @@ pub fn summary(reports: &[JobReport]) -> String {
     table.to_string()
 }
 
+/// Prints a DAG's warnings (spellings read another way than written) to stderr.
+pub fn print_warnings(warnings: &[shoal_dag::Diagnostic]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
 pub fn print_images(images: &[shoal_blobs::image::ImageEntry]) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);

@@ -13,8 +13,13 @@ use crate::spec::{Dag, ImageRef, InputRef, Job, OutputSpec, Requirements, job_re
 /// [`parse_dag`] of a file's bytes: text that is not UTF-8 is reported at the line and column of
 /// its first bad byte.
 pub fn parse_dag_bytes(file_name: &str, bytes: &[u8]) -> Result<Dag, Diagnostics> {
+    parse_dag_bytes_warned(file_name, bytes).map(|(dag, _)| dag)
+}
+
+/// [`parse_dag_bytes`] with the warnings of [`parse_dag_warned`].
+pub fn parse_dag_bytes_warned(file_name: &str, bytes: &[u8]) -> Result<(Dag, Vec<Diagnostic>), Diagnostics> {
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse_dag(file_name, text),
+        Ok(text) => parse_dag_warned(file_name, text),
         Err(e) => {
             let good = &bytes[..e.valid_up_to()];
             let line = good.iter().filter(|&&b| b == b'\n').count() as u32 + 1;

@@ -146,6 +146,12 @@ enum Command {
     /// Look inside stored trees (what a `blake3:<tree>/path` input names).
     #[command(subcommand)]
     Tree(TreeCommand),
+    /// Outputs sent to URLs and buckets (a job's `upload`): list the outcomes, resend failed ones.
+    #[command(subcommand)]
+    Upload(UploadCommand),
+    /// S3 with this machine's AWS credentials: presign a URL for someone without them.
+    #[command(subcommand)]
+    S3(S3Command),
     /// Import, pull, build and list container images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -197,6 +203,46 @@ struct RunArgs {
     /// Largest DAG file accepted, e.g. 16MiB (its parse takes about 8 times its size in memory).
     #[arg(long, default_value = "16MiB")]
     dag_size_max: String,
+    #[command(flatten)]
+    transfers: TransferArgs,
+}
+
+/// Limits of URL and `s3://` inputs and of uploads (`shoal run` and `shoal node`).
+#[derive(Args, Debug)]
+pub(crate) struct TransferArgs {
+    /// Largest URL or `s3://` input fetched, e.g. 64GiB.
+    #[arg(long, default_value = "64GiB")]
+    fetch_size_max: String,
+    /// Longest wait for a server on one connect, read or write of a transfer, e.g. 30s; a
+    /// stalled transfer fails after it and is tried again.
+    #[arg(long, default_value = "30s")]
+    transfer_timeout: String,
+    /// Tries of each transfer, the first included (waiting 0.5 s, 1 s, 2 s ... between).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    transfer_attempts: u32,
+    /// Uploads to `s3://` larger than this go in parts, e.g. 5GiB (S3's largest single PUT).
+    #[arg(long, default_value = "5GiB")]
+    s3_multipart_above: String,
+    /// Size of each part of a multipart upload, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    s3_part_size: String,
+}
+
+impl TransferArgs {
+    pub(crate) fn limits(&self) -> Result<shoal_node::data::TransferLimits> {
+        let size = |flag: &str, v: &str| {
+            shoal_dag::parse_size(v).map_err(|e| anyhow::anyhow!("--{flag} `{v}`: {e} (write e.g. 64MiB)"))
+        };
+        Ok(shoal_node::data::TransferLimits {
+            fetch_bytes_max: size("fetch-size-max", &self.fetch_size_max)?,
+            timeout_ms: shoal_dag::parse_duration_ms(&self.transfer_timeout)
+                .map_err(|e| anyhow::anyhow!("--transfer-timeout `{}`: {e} (write e.g. 30s)", self.transfer_timeout))?
+                .max(1),
+            attempts: self.transfer_attempts,
+            multipart_above_bytes: size("s3-multipart-above", &self.s3_multipart_above)?,
+            part_bytes: size("s3-part-size", &self.s3_part_size)?.max(1),
+        })
+    }
 }
 
 /// `--warm-vms`: 0 to [`shoal_vm::microvm::WARM_PER_KIND_MAX`].
@@ -247,6 +293,8 @@ enum TokenCommand {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
+    #[command(flatten)]
+    transfers: TransferArgs,
     /// libp2p listen address (repeatable); behind NAT, through a relay:
     /// /ip4/RELAY_IP/tcp/PORT/p2p/RELAY_ID/p2p-circuit.
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/7171")]
@@ -527,6 +575,39 @@ enum TreeCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum UploadCommand {
+    /// The uploads of this store's runs, newest first: where, state, HTTP status, ETag, bytes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send every failed upload again (of JOB alone when given); exits 1 if one still fails.
+    Retry {
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        transfers: TransferArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum S3Command {
+    /// Print a presigned URL of `s3://BUCKET/KEY`: a GET (a DAG's URL input), or with --put an
+    /// upload destination. It is a secret until it expires: whoever has it may read (or write).
+    Presign {
+        /// `s3://bucket/key`.
+        object: String,
+        /// A URL to PUT to, not to GET.
+        #[arg(long)]
+        put: bool,
+        /// How long it is valid, e.g. 1h (at most 7d).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum ImageCommand {
     /// Import an OCI layout directory, an OCI archive or a `docker save` archive.
     Import {
@@ -669,6 +750,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 records: Durability::Soon,
                 dag_bytes_max,
                 test_flip_outputs: false,
+                transfers: args.transfers.limits()?,
             };
             if !args.join.is_empty() {
                 return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
@@ -721,6 +803,18 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Live(cmd) => tokio::task::spawn_blocking(move || live::live_command(cmd)).await?,
         // It reads no store: it works beside a node as well.
         Command::Doctor { json } => shoal_node::machine::doctor(&home, json).map(|()| ExitCode::SUCCESS),
+        Command::S3(S3Command::Presign { object, put, expires }) => {
+            let (object, pin) = shoal_dag::location::parse_s3(&object).map_err(|e| anyhow::anyhow!("`{object}`: {e}"))?;
+            if pin.is_some() {
+                anyhow::bail!("a presigned URL names no pin: remove the `#...` part");
+            }
+            let ms = shoal_dag::parse_duration_ms(&expires)
+                .map_err(|e| anyhow::anyhow!("--expires `{expires}`: {e} (write e.g. 1h)"))?;
+            let config = shoal_node::data::s3::S3Config::from_environment()?;
+            let verb = if put { shoal_node::data::s3::Verb::Put } else { shoal_node::data::s3::Verb::Get };
+            println!("{}", config.presign(verb, &object, std::time::Duration::from_millis(ms.max(1000)))?);
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             if let Some(held) = held_by_node(&home).await? {
                 tokio::task::spawn_blocking(move || held_command(&held, command)).await??;

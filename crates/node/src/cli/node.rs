@@ -84,6 +84,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
             records: Durability::Now,
             dag_bytes_max,
             test_flip_outputs: args.test_flip_outputs,
+            transfers: args.transfers.limits()?,
         },
         labels,
         speed: args.speed,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use shoal_blobs::Store;
 use shoal_dag::Hash;
 
-use super::{BlobCommand, Command, ImageCommand, TreeCommand};
+use super::{BlobCommand, Command, ImageCommand, TreeCommand, UploadCommand};
 use shoal_node::output;
 use shoal_node::run;
 
@@ -25,7 +25,14 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
         | Command::Peers { .. }
         | Command::Explore(_)
         | Command::Live(_)
+        | Command::S3(_)
         | Command::Doctor { .. } => unreachable!("handled by dispatch"),
+        Command::Upload(UploadCommand::Ls { json }) => print_uploads(&shoal_node::data::upload::list(store)?, json),
+        Command::Upload(UploadCommand::Retry { job, json, transfers }) => {
+            let transfers = shoal_node::data::Transfers::new(transfers.limits()?);
+            let records = shoal_node::data::upload::retry_failed(&transfers, store, job.as_deref()).await?;
+            retried(&records, json)
+        }
         Command::Get { job, output, out, .. } => get_output(store, &job, &output, out.as_deref()).await,
         Command::Log { job } => {
             let record = run::find_record(store, &job).await?;
@@ -109,8 +116,38 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
         }
         Command::Image(ImageCommand::Ls { json }) => print_images(&held.images()?, json),
         Command::Gc { json } => print_gc(&held.gc()?, json),
+        Command::Upload(UploadCommand::Ls { json }) => print_uploads(&held.uploads()?, json),
+        Command::Upload(UploadCommand::Retry { job, json, .. }) => retried(&held.retry_uploads(job.as_deref())?, json),
         _ => unreachable!("handled by dispatch"),
     }
+}
+
+fn print_uploads(records: &[shoal_node::data::upload::UploadRecord], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(records)?);
+    } else if records.is_empty() {
+        println!("no uploads");
+    } else {
+        for r in records {
+            println!("{} {}", output::unix_ms_utc(r.started_unix_ms), r.line());
+        }
+    }
+    Ok(())
+}
+
+/// The outcome of `shoal upload retry`: an error when one still failed.
+fn retried(records: &[shoal_node::data::upload::UploadRecord], json: bool) -> Result<()> {
+    use shoal_node::data::upload::UploadState;
+    if records.is_empty() && !json {
+        println!("no failed uploads to send again");
+        return Ok(());
+    }
+    print_uploads(records, json)?;
+    let failed = records.iter().filter(|r| r.state == UploadState::Failed).count();
+    if failed > 0 {
+        bail!("{failed} upload(s) failed again; the outputs stay stored");
+    }
+    Ok(())
 }
 
 fn print_gc(r: &shoal_blobs::GcReport, json: bool) -> Result<()> {

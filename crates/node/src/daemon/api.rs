@@ -119,7 +119,7 @@ async fn submit(State(s): State<Shr>, Query(q): Query<SubmitQuery>, body: String
     if !(1..=MAX_ATTEMPTS_MAX).contains(&max_attempts) {
         return Err(bad(format!("max_attempts is 1 to {MAX_ATTEMPTS_MAX}")));
     }
-    let pinned = pin::pin_dag(&s.store, &name, &body).await.map_err(|e| bad(format!("{e:#}")))?;
+    let pinned = pin::pin_dag(&s.store, &s.runner.transfers, &name, &body).await.map_err(|e| bad(format!("{e:#}")))?;
     let jobs: Vec<String> = pinned.dag.jobs.iter().map(|j| j.id.clone()).collect();
     let hash = pinned.hash;
     // Answered once other nodes hold the DAG's blobs: refused (503) when none could in time.

@@ -23,7 +23,7 @@ use crate::mesh::net::{SyncRequest, SyncResponse};
 use anyhow::{Result, anyhow};
 use libp2p::PeerId;
 use libp2p::request_response::{OutboundRequestId, ResponseChannel};
-use shoal_dag::{Dag, Hash, ImageRef, InputRef};
+use shoal_dag::{Dag, Hash, ImageRef};
 use shoal_mesh::ledger::NodeId;
 use shoal_mesh::wire::{self, HoldState, SyncReq, SyncResp};
 use tokio::sync::{mpsc, oneshot};

@@ -64,6 +64,8 @@ pub(crate) fn router() -> Router<Shr> {
         .route("/v1/local/images/import", post(import_image).layer(DefaultBodyLimit::disable()))
         .route("/v1/local/images/pull", post(pull_image))
         .route("/v1/local/gc", post(gc))
+        .route("/v1/local/uploads", get(uploads))
+        .route("/v1/local/uploads/retry", post(retry_uploads))
         .route("/v1/local/ready", post(ready))
 }
 
@@ -188,6 +190,24 @@ async fn pull_image(State(s): State<Shr>, axum::Json(b): axum::Json<PullRequest>
 /// `shoal image ls`.
 async fn images(State(s): State<Shr>) -> Result<Response, ApiError> {
     Ok(axum::Json(s.store.images().map_err(unprocessable)?).into_response())
+}
+
+/// `shoal upload ls`.
+async fn uploads(State(s): State<Shr>) -> Result<Response, ApiError> {
+    Ok(axum::Json(crate::data::upload::list(&s.store).map_err(unprocessable)?).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct RetryUploads {
+    job: Option<String>,
+}
+
+/// `shoal upload retry [JOB]`.
+async fn retry_uploads(State(s): State<Shr>, axum::Json(req): axum::Json<RetryUploads>) -> Result<Response, ApiError> {
+    let records = crate::data::upload::retry_failed(&s.runner.transfers, &s.store, req.job.as_deref())
+        .await
+        .map_err(unprocessable)?;
+    Ok(axum::Json(records).into_response())
 }
 
 /// `shoal blob ls`.
@@ -369,6 +389,8 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
         records: Durability::Soon,
         dag_bytes_max: s.dag_bytes_max,
         test_flip_outputs: false,
+        // The node's runner was built with the node's own.
+        transfers: Default::default(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
     let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel::<RunEvent>();

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::{Result, anyhow, bail};
 use shoal_blobs::Store;
 use shoal_dag::pin::{JobPins, rewrite};
-use shoal_dag::{Dag, Hash, ImageRef, InputRef};
+use shoal_dag::{Dag, Hash, ImageRef, InputRef, UrlPin};
+
+use crate::data::{Source, Transfers};
 
 /// A DAG with every reference a hash, stored as a pinned blob named by `hash`.
 pub struct Pinned {
@@ -20,12 +22,14 @@ pub struct Pinned {
 
 /// Parses, checks and pins `text` (the DAG file `name`). Errors carry the parser's located
 /// diagnostics, or name the job and reference that cannot be resolved here.
-pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
+pub async fn pin_dag(store: &Store, transfers: &Transfers, name: &str, text: &str) -> Result<Pinned> {
     let dag = shoal_dag::parse_dag(name, text).map_err(|d| anyhow!("{d}"))?;
     // What each job's references become, looked up first (the store is async, the rewrite is
     // not); each image once.
     let mut images: BTreeMap<(&ImageRef, Option<shoal_dag::Arch>), Arc<str>> = BTreeMap::new();
     let mut pins = Vec::with_capacity(dag.jobs.len());
+    // URLs and objects, fetched once each whatever the jobs naming them.
+    let mut fetched: BTreeMap<String, Hash> = BTreeMap::new();
     for job in &dag.jobs {
         let image = match &job.image {
             ImageRef::Tag(_) | ImageRef::Sha256(_) => Some(match images.get(&(&job.image, job.requirements.arch)) {
@@ -59,12 +63,17 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
             }
         }
         for (input, r) in &job.inputs {
-            if let Some(h) = pinned_input(store, &job.id, input, r)? {
+            if let Some(h) = pinned_remote(store, transfers, &mut fetched, &job.id, input, r).await? {
+                inputs.push((input.clone(), h));
+            } else if let Some(h) = pinned_input(store, &job.id, input, r)? {
                 inputs.push((input.clone(), h));
             }
         }
         let stdin = match &job.stdin {
-            Some(r) => pinned_input(store, &job.id, "stdin", r)?,
+            Some(r) => match pinned_remote(store, transfers, &mut fetched, &job.id, "stdin", r).await? {
+                Some(h) => Some(h),
+                None => pinned_input(store, &job.id, "stdin", r)?,
+            },
             None => None,
         };
         pins.push(JobPins { id: job.id.clone(), image, inputs, stdin });
@@ -80,6 +89,48 @@ pub async fn pin_dag(store: &Store, name: &str, text: &str) -> Result<Pinned> {
     // nobody can do.
     store.flush().await?;
     Ok(Pinned { hash, dag })
+}
+
+/// A URL or `s3://` input fetched now, so the DAG names exact bytes: it becomes the same
+/// reference pinned by BLAKE3, its URL [`redact`](shoal_dag::location::redact)ed (the secret
+/// of a presigned GET stays on this node; every other node reads the bytes from the mesh).
+/// None for other inputs, and for one pinned by BLAKE3 already (the job fetches it where it runs).
+async fn pinned_remote(
+    store: &Store,
+    transfers: &Transfers,
+    fetched: &mut BTreeMap<String, Hash>,
+    job: &str,
+    input: &str,
+    r: &InputRef,
+) -> Result<Option<serde_json::Value>> {
+    let (source, pin) = match r {
+        InputRef::Url { url, pin } => (Source::Url(url.clone()), pin),
+        InputRef::S3 { object, pin } => (Source::S3(object.clone()), pin),
+        _ => return Ok(None),
+    };
+    if matches!(pin, Some(UrlPin::Blake3(_))) && !matches!(source, Source::Url(ref u) if shoal_dag::location::has_secret(u)) {
+        return Ok(None);
+    }
+    let key = format!("{r:?}");
+    let hash = match fetched.get(&key) {
+        Some(h) => *h,
+        None => {
+            let d = transfers
+                .fetch(store, &source, pin.as_ref())
+                .await
+                .map_err(|e| anyhow!("job `{job}`, input `{input}`: {e:#}"))?;
+            // Held by this node until the DAG's blobs are replicated (the DAG pins what it names).
+            store.pin(d.hash)?;
+            fetched.insert(key, d.hash);
+            d.hash
+        }
+    };
+    let pinned = match r {
+        InputRef::Url { url, .. } => InputRef::Url { url: url.clone(), pin: Some(UrlPin::Blake3(hash)) },
+        InputRef::S3 { object, .. } => InputRef::S3 { object: object.clone(), pin: Some(UrlPin::Blake3(hash)) },
+        _ => unreachable!("matched above"),
+    };
+    Ok(Some(pinned.to_json()))
 }
 
 /// What a path or selection names, where this store holds the tree it starts from (None where it

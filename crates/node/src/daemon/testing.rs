@@ -35,6 +35,7 @@ pub(crate) async fn api() -> Api {
         records: shoal_blobs::Durability::Now,
         dag_bytes_max: super::DAG_BYTES_MAX_DEFAULT,
         test_flip_outputs: false,
+        transfers: Default::default(),
     };
     let runner = crate::run::Runner::new(&store, &run).unwrap();
     let (tx, cmds) = mpsc::channel(8);

@@ -333,6 +333,7 @@ fn job_of(r: &Received) -> Result<Job, ApiError> {
             network: r.entry.network,
             ..Requirements::default()
         },
+        uploads: Default::default(),
     })
 }
 

@@ -36,7 +36,12 @@ pub(super) async fn job_task(
 ) -> JobReport {
     let job = &ctx.dag.jobs[idx];
     match run_job(ctx, job, upstream, stale).await {
-        Ok(report) => report,
+        Ok(mut report) => {
+            if report.status == Status::Done && !job.uploads.is_empty() {
+                report.uploads = upload_outputs(ctx, job, &report).await;
+            }
+            report
+        }
         Err(e) => {
             let mut report = JobReport::new(&job.id, Status::Failed);
             report.error = Some(format!("{e:#}"));
@@ -123,6 +128,26 @@ async fn run_job(
         ctx.progress.remove(&bar);
     }
     result
+}
+
+/// Sends the job's outputs its `upload` map names, one after another, and returns their records.
+async fn upload_outputs(ctx: &Ctx, job: &Job, report: &JobReport) -> Vec<crate::data::upload::UploadRecord> {
+    let mut records = Vec::new();
+    for (output, target) in &job.uploads {
+        let Some((_, digest)) = report.outputs.iter().find(|(n, _)| n == output) else { continue };
+        let r = crate::data::upload::upload_output(
+            &ctx.runner.transfers,
+            &ctx.runner.store,
+            &job.id,
+            output,
+            digest.hash,
+            target,
+            report.record,
+        )
+        .await;
+        records.push(r);
+    }
+    records
 }
 
 /// The report for a job the action cache answers, if it does.
@@ -215,6 +240,8 @@ async fn resolve_input(
             Some(Err(why)) => Err(anyhow!("{why}")),
             None => bail!("the client sent no content for `file:{path}`; send every `file:` input with the DAG"),
         },
+        InputRef::Url { url, pin } => fetched(ctx, crate::data::Source::Url(url.clone()), pin.as_ref(), input).await,
+        InputRef::S3 { object, pin } => fetched(ctx, crate::data::Source::S3(object.clone()), pin.as_ref(), input).await,
         InputRef::Path { base, path } => {
             let tree = Box::pin(resolve_input(ctx, base, upstream)).await?;
             Ok(ctx.runner.store.tree_path(&tree, path).await?)
@@ -235,6 +262,21 @@ async fn resolve_input(
             }
         }
     }
+}
+
+/// A URL or object fetched into the store, once per run whatever the jobs reading it.
+async fn fetched(ctx: &Ctx, source: crate::data::Source, pin: Option<&shoal_dag::UrlPin>, input: &InputRef) -> Result<Digest> {
+    let key = match &source {
+        crate::data::Source::Url(u) => format!("{u}#{pin:?}"),
+        crate::data::Source::S3(o) => format!("{o}#{pin:?}"),
+    };
+    let cell = ctx.fetched.lock().expect("fetch cache lock").entry(key).or_default().clone();
+    let digest = cell
+        .get_or_try_init(|| async {
+            ctx.runner.transfers.fetch(&ctx.runner.store, &source, pin).await.with_context(|| format!("fetching {input}"))
+        })
+        .await?;
+    Ok(digest.clone())
 }
 
 /// The digest of a stored blob given by hash alone (the store knows which hashes are trees).

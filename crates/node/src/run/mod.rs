@@ -101,6 +101,8 @@ pub struct RunOptions {
     /// Tests only: flip the first byte of every job's stdout before it is stored (a machine
     /// with failing RAM, for the tests of `shoal verify`); read when the runner is built.
     pub test_flip_outputs: bool,
+    /// Limits of URL and `s3://` transfers; read once, when the runner is built.
+    pub transfers: crate::data::TransferLimits,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -146,6 +148,9 @@ pub struct JobReport {
     /// guest-init, job start and end, reply written, QEMU's exit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_timeline: Option<Box<shoal_vm::microvm::BootTimeline>>,
+    /// The outcomes of the job's uploads (its `upload` map), after it succeeded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<crate::data::upload::UploadRecord>,
 }
 
 fn outputs_as_map<S: serde::Serializer>(outputs: &[(String, Digest)], s: S) -> Result<S::Ok, S::Error> {
@@ -167,6 +172,7 @@ impl JobReport {
             error: None,
             stderr_tail: None,
             vm_timeline: None,
+            uploads: Vec::new(),
         }
     }
 }
@@ -224,13 +230,22 @@ pub struct Rendered {
 /// The output of `shoal run` for these reports, the same wherever the run happened.
 pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
     use std::fmt::Write;
-    let ok = reports.iter().all(|r| r.status == Status::Done);
+    use crate::data::upload::UploadState;
+    // A failed upload fails the run (the output is stored: `shoal upload retry` sends it).
+    let ok = reports.iter().all(|r| r.status == Status::Done && r.uploads.iter().all(|u| u.state == UploadState::Done));
     let mut stdout = String::new();
     let mut stderr = String::new();
     if json {
         writeln!(stdout, "{}", json_text(ok, reports)?)?;
     } else {
         writeln!(stdout, "{}", output::summary(reports))?;
+        for u in reports.iter().flat_map(|r| &r.uploads) {
+            match u.state {
+                UploadState::Done => writeln!(stdout, "uploaded {}", u.line())?,
+                UploadState::Failed => writeln!(stderr, "
+upload {}", u.line())?,
+            }
+        }
         for r in reports.iter().filter(|r| r.status == Status::Failed) {
             writeln!(stderr, "\njob `{}` failed: {}", r.job, r.error.as_deref().unwrap_or("see its stderr"))?;
             if let Some(tail) = r.stderr_tail.as_deref().filter(|t| !t.is_empty()) {
@@ -270,8 +285,11 @@ pub fn read_dag_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>> {
 
 pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
     let bytes = read_dag_file(path, opts.dag_bytes_max)?;
-    let dag = match shoal_dag::parse_dag_bytes(&path.display().to_string(), &bytes) {
-        Ok(dag) => dag,
+    let dag = match shoal_dag::parse_dag_bytes_warned(&path.display().to_string(), &bytes) {
+        Ok((dag, warnings)) => {
+            output::print_warnings(&warnings);
+            dag
+        }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             return Ok(ExitCode::from(EXIT_ERROR));

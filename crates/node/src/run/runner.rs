@@ -44,6 +44,9 @@ pub(crate) struct Ctx {
     /// Images already resolved in this run, by the reference as written (most DAGs use one or two
     /// images for all their jobs, and a cached run must not read the same image blob a thousand times).
     pub(super) images: std::sync::Mutex<BTreeMap<String, Arc<ImageOnce>>>,
+    /// URL and `s3://` inputs fetched in this run, by the reference as written: jobs reading
+    /// the same one share one download.
+    pub(super) fetched: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::OnceCell<Digest>>>>,
     /// The contents of the DAG's `file:` inputs by path as written, when a client sent them with
     /// the DAG (a node running a client's DAG never opens a path of the client's machine).
     pub(super) files: Option<BTreeMap<String, Result<Digest, String>>>,
@@ -71,6 +74,8 @@ pub(crate) struct Runner {
     pub(super) test_flip_outputs: bool,
     /// This host's GPUs, each lent to one job at a time.
     pub(super) gpus: crate::gpu::GpuPool,
+    /// The HTTP client and S3 configuration of URL and `s3://` inputs and uploads.
+    pub(crate) transfers: Arc<crate::data::Transfers>,
 }
 
 /// Cores given to jobs and jobs in flight: the runner's, or a run's own smaller share of them.
@@ -188,6 +193,7 @@ impl Runner {
             work_dirs: Arc::new(WorkDirs::default()),
             test_flip_outputs: opts.test_flip_outputs,
             gpus: crate::gpu::GpuPool::new(crate::gpu::host().to_vec()),
+            transfers: Arc::new(crate::data::Transfers::new(opts.transfers.clone())),
         }))
     }
 
@@ -218,6 +224,7 @@ impl Runner {
             own,
             progress,
             images: std::sync::Mutex::new(BTreeMap::new()),
+            fetched: std::sync::Mutex::new(BTreeMap::new()),
             files: source.files,
             events: source.events,
             remote_cache: source.remote_cache,
@@ -470,6 +477,7 @@ mod tests {
             records: Durability::Soon,
             dag_bytes_max: 1 << 20,
             test_flip_outputs: false,
+            transfers: Default::default(),
         }
     }
 
