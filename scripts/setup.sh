@@ -96,6 +96,15 @@ if [ ! -x "$ARM64/busybox" ]; then
   rm -rf "$tmp"
 fi
 
+# The S3-compatible server of the data tests and bench/s3.sh (issue 22): s3s-fs checks SigV4
+# signatures and presigned URLs' expiry against the access keys it is started with (moto's server
+# checks no signature unless IAM auth is switched on), stores objects as plain files, and is one
+# `cargo install` from the Rust registry. 0.14.1 is the last release this toolchain builds.
+S3S_VERSION=0.14.1
+if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $S3S_VERSION"; then
+  cargo install ${CARGO_QUIET:+--quiet} --locked --features binary "s3s-fs@$S3S_VERSION"
+fi
+
 # One debug build serves the example and the tests (dependencies are optimised, see Cargo.toml).
 cargo build --workspace --all-targets ${CARGO_QUIET:+--quiet}
 # guest-init, PID 1 of the microVMs: static, so it gets its own target directory.

@@ -726,8 +726,14 @@ impl Cx {
                             .image_ref
                             .as_ref()
                             .is_some_and(|(j, o, p)| j == target && o == output && p == pos);
-                        if is_image && !matches!(spec, OutputSpec::File(_) | OutputSpec::Dir(_)) {
-                            self.report(*pos, format!("output `{output}` of job `{target}` is `{spec}`, which cannot hold an image"), "an image built by a job is a `file:` output (an OCI or docker-save archive) or a `dir:` output (an OCI layout)");
+                        // An archive is a file, wherever the job wrote it (the seed's `fd:0`:
+                        // an image written to stdout).
+                        let holds_image = matches!(
+                            spec,
+                            OutputSpec::File(_) | OutputSpec::Dir(_) | OutputSpec::Stdout | OutputSpec::Fd(_)
+                        );
+                        if is_image && !holds_image {
+                            self.report(*pos, format!("output `{output}` of job `{target}` is `{spec}`, which cannot hold an image"), "an image built by a job is a `file:`, `stdout` or `fd:N` output (an OCI or docker-save archive) or a `dir:` output (an OCI layout)");
                         }
                     }
                 }

@@ -561,6 +561,25 @@ enum BlobCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Store the bytes of a URL (`https://...`, optionally `#sha256=<hex>`) or of an object read
+    /// with this machine's AWS credentials (`s3://bucket/key`), and print their hash.
+    Fetch {
+        source: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        transfers: TransferArgs,
+    },
+    /// Send a stored blob to a URL (a presigned PUT) or to `s3://bucket/key`, as a job's
+    /// `upload` does; prints the upload's record.
+    Send {
+        hash: String,
+        destination: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        transfers: TransferArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -92,6 +92,11 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
             held.write_digest(&digest, out.as_deref())
         }
         Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
+        Command::Blob(BlobCommand::Fetch { .. } | BlobCommand::Send { .. }) => bail!(
+            "this store is held by a running node, and `shoal blob fetch` and `shoal blob send` open it \
+             themselves: stop the node, use another SHOAL_HOME, or let the node fetch and send (a DAG's URL \
+             input and `upload`)"
+        ),
         Command::Tree(TreeCommand::Ls { what, json }) => {
             let (mut hash, path) = parse_tree_path(&what)?;
             let mut walked = Vec::new();
@@ -231,7 +236,43 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
             write_digest(store, &digest, out.as_deref()).await
         }
         BlobCommand::Ls { json } => print_blob_list(&store.list().await?, json),
+        BlobCommand::Fetch { source, json, transfers } => {
+            let transfers = shoal_node::data::Transfers::new(transfers.limits()?);
+            let (source, pin) = parse_source(&source)?;
+            print_digest(&transfers.fetch(store, &source, pin.as_ref()).await?, json)
+        }
+        BlobCommand::Send { hash, destination, json, transfers } => {
+            let transfers = shoal_node::data::Transfers::new(transfers.limits()?);
+            let hash = parse_blob_hash(&hash)?;
+            let target = parse_destination(&destination)?;
+            let record =
+                shoal_node::data::upload::upload_output(&transfers, store, "-", "blob", hash, &target, None).await;
+            retried(std::slice::from_ref(&record), json)
+        }
     }
+}
+
+/// A URL or `s3://` object given on the command line, with its pin.
+fn parse_source(s: &str) -> Result<(shoal_node::data::Source, Option<shoal_dag::UrlPin>)> {
+    use shoal_dag::location;
+    if s.starts_with("s3://") {
+        let (o, pin) = location::parse_s3(s).map_err(|e| anyhow::anyhow!("`{s}`: {e}"))?;
+        Ok((shoal_node::data::Source::S3(o), pin))
+    } else {
+        let (u, pin) = location::parse_url(s).map_err(|e| anyhow::anyhow!("`{}`: {e}", location::redact(s)))?;
+        Ok((shoal_node::data::Source::Url(u), pin))
+    }
+}
+
+fn parse_destination(s: &str) -> Result<shoal_dag::UploadTarget> {
+    let (source, pin) = parse_source(s)?;
+    if pin.is_some() {
+        bail!("a destination has no pin: remove the `#...` part");
+    }
+    Ok(match source {
+        shoal_node::data::Source::S3(o) => shoal_dag::UploadTarget::S3(o),
+        shoal_node::data::Source::Url(u) => shoal_dag::UploadTarget::Url(u),
+    })
 }
 
 fn parse_blob_hash(hash: &str) -> Result<Hash> {
