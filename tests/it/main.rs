@@ -4,6 +4,7 @@
 mod api_security;
 mod architecture;
 mod cli;
+mod data;
 mod emulation;
 mod explorer;
 mod federation;

@@ -70,20 +70,36 @@ impl Home {
 }
 
 pub fn run_with_deadline(mut cmd: Command) -> Output {
+    use std::io::Read;
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
+    // Read both pipes as the command writes: a command that writes more than a pipe holds
+    // (64 KiB) would otherwise wait for a reader that waits for it to exit.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out_reader = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let err_reader = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if start.elapsed() > COMMAND_TIMEOUT {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!("{cmd:?} did not finish in {COMMAND_TIMEOUT:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+            let _ = child.wait();
+            let stderr = err_reader.join().unwrap_or_default();
+            panic!("{cmd:?} did not finish in {COMMAND_TIMEOUT:?}; stderr:\n{}", String::from_utf8_lossy(&stderr));
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    Output { status, stdout: out_reader.join().unwrap_or_default(), stderr: err_reader.join().unwrap_or_default() }
 }
 
 pub fn assert_success(out: &Output, what: &str) {

@@ -456,7 +456,7 @@ impl Cx {
                         self.report(
                             member.value.pos,
                             format!("outputs `{other}` (line {line}) and `{name}` both name `{path}`"),
-                            "declare each path once",
+                            "declare each path (or fd) once",
                         );
                         continue;
                     }

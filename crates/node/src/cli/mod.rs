@@ -223,7 +223,7 @@ pub(crate) struct TransferArgs {
     /// Uploads to `s3://` larger than this go in parts, e.g. 5GiB (S3's largest single PUT).
     #[arg(long, default_value = "5GiB")]
     s3_multipart_above: String,
-    /// Size of each part of a multipart upload, e.g. 64MiB.
+    /// Size of each part of a multipart upload, e.g. 64MiB (5MiB at least: S3's smallest part).
     #[arg(long, default_value = "64MiB")]
     s3_part_size: String,
 }
@@ -240,7 +240,13 @@ impl TransferArgs {
                 .max(1),
             attempts: self.transfer_attempts,
             multipart_above_bytes: size("s3-multipart-above", &self.s3_multipart_above)?,
-            part_bytes: size("s3-part-size", &self.s3_part_size)?.max(1),
+            part_bytes: match size("s3-part-size", &self.s3_part_size)? {
+                b if b < shoal_node::data::S3_PART_BYTES_MIN => anyhow::bail!(
+                    "--s3-part-size `{}`: S3 takes parts of 5MiB at least (all but the last)",
+                    self.s3_part_size
+                ),
+                b => b,
+            },
         })
     }
 }

@@ -27,10 +27,13 @@ const ERROR_BODY_BYTES_MAX: u64 = 4096;
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 
+/// S3's smallest part of a multipart upload (all but the last), bytes.
+pub const S3_PART_BYTES_MIN: u64 = 5 << 20;
+
 /// Limits of the node's transfers (`shoal run` and `shoal node` flags).
 #[derive(Clone, Debug)]
 pub struct TransferLimits {
-    /// Largest URL or object a node fetches, bytes.
+    /// Largest URL or object a node fetches, bytes (`--fetch-size-max`).
     pub fetch_bytes_max: u64,
     /// Longest wait for the server on one connect, read or write, ms (a stalled transfer fails
     /// after it and is retried).
@@ -39,7 +42,8 @@ pub struct TransferLimits {
     pub attempts: u32,
     /// Objects larger than this go to `s3://` in parts, bytes (S3's single PUT takes 5 GiB).
     pub multipart_above_bytes: u64,
-    /// Size of each part of a multipart upload, bytes (the last may be smaller).
+    /// Size of each part of a multipart upload, bytes (the last may be smaller; at least
+    /// [`S3_PART_BYTES_MIN`]).
     pub part_bytes: u64,
 }
 
@@ -189,7 +193,7 @@ pub enum Source {
 fn too_large(shown: &str, len: Option<u64>, max: u64) -> anyhow::Error {
     let says = len.map(|l| format!(" ({l} bytes)")).unwrap_or_default();
     anyhow!(
-        "{shown}{says} is larger than this node fetches, {max} bytes; raise --fetch-bytes-max (of `shoal run` or \
+        "{shown}{says} is larger than this node fetches, {max} bytes; raise --fetch-size-max (of `shoal run` or \
          `shoal node`), or have a job fetch it with network"
     )
 }

@@ -345,7 +345,7 @@ async fn multipart(
 ) -> Result<Sent> {
     let s3 = transfers.s3()?;
     let shown = object.to_string();
-    let part_bytes = transfers.limits.part_bytes.min(transfers.limits.multipart_above_bytes).max(1);
+    let part_bytes = transfers.limits.part_bytes.max(super::S3_PART_BYTES_MIN);
     let parts = bytes.div_ceil(part_bytes);
     if parts > 10_000 {
         bail!("{shown}: {bytes} bytes in parts of {part_bytes} make {parts} parts, over S3's 10000; raise --s3-part-size");
