@@ -142,7 +142,7 @@ const REQ_FIELDS: &[&str] = &[
     "labels",
 ];
 const GPU_FIELDS: &[&str] = &["count", "model"];
-const REF_HELP: &str = "a reference is `blake3:<64 hex>`, `sha256:<64 hex>`, `jobs:<id>/<output>` or `file:<path>`";
+const REF_HELP: &str = "a reference is `blake3:<64 hex>`, `sha256:<64 hex>`, `jobs:<id>/<output>`, `file:<path>`, `https://<host>/<path>` or `s3://<bucket>/<key>`";
 const NAME_HELP: &str =
     "names start with a letter or digit and use only letters, digits, `.`, `_` and `-` (at most 128 characters)";
 const MEMORY_MIN_BYTES: u64 = 16 << 20;

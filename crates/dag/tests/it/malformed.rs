@@ -271,6 +271,51 @@ const CASES: &[Case] = &[
         text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"outputs\": {\"my out\": \"stdout\"}}]}",
         want: &[(3, 16, Some("a"), "`my out` is not a valid output name")],
     },
+    Case {
+        name: "URL input without a host",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"https:///x\"}}]}",
+        want: &[(3, 20, Some("a"), "it has no host")],
+    },
+    Case {
+        name: "URL input with an unknown pin",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"https://h/x#md5=00\"}}]}",
+        want: &[(3, 20, Some("a"), "is not a pin")],
+    },
+    Case {
+        name: "ftp URL input",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"ftp://h/x\"}}]}",
+        want: &[(3, 20, Some("a"), "`ftp://h/x` is not a reference")],
+    },
+    Case {
+        name: "S3 input with a bad bucket name",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"inputs\": {\"x\": \"s3://B/x\"}}]}",
+        want: &[(3, 20, Some("a"), "`B` is not a bucket name")],
+    },
+    Case {
+        name: "upload of an undeclared output",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"upload\": {\"p\": \"s3://results/x\"}}]}",
+        want: &[(3, 15, Some("a"), "`upload` names `p`, which is not an output of this job")],
+    },
+    Case {
+        name: "upload of a directory",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"outputs\": {\"d\": \"dir:/output/d\"},\n   \"upload\": {\"d\": \"s3://results/x\"}}]}",
+        want: &[(4, 15, Some("a"), "output `d` is a directory; an upload sends one file")],
+    },
+    Case {
+        name: "upload destination with a pin",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"outputs\": {\"o\": \"stdout\"},\n   \"upload\": {\"o\": \"https://h/x#sha256=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}]}",
+        want: &[(4, 20, Some("a"), "an upload destination has no pin")],
+    },
+    Case {
+        name: "fd output past 63",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"outputs\": {\"o\": \"fd:64\"}}]}",
+        want: &[(3, 21, Some("a"), "`fd:64` is not an fd output")],
+    },
+    Case {
+        name: "net that is not a boolean",
+        text: "{\"version\": 1, \"jobs\": [\n  {\"id\": \"a\", \"image\": \"busybox:latest\", \"command\": [\"true\"],\n   \"net\": \"yes\"}]}",
+        want: &[(3, 11, Some("a"), "`net` must be true or false")],
+    },
     // ---- requirements ----
     Case {
         name: "requirements is a string",

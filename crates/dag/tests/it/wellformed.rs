@@ -169,3 +169,53 @@ fn paths_inside_trees_and_selections_parse_and_write_back() {
     // `cc` reads `src`'s output through the path and the selection: it runs after it.
     assert_eq!(dag.all_dependencies()[1], vec![0]);
 }
+
+/// Issue 22: URL and `s3://` inputs with their pins, upload destinations (a bucket's label
+/// required), `fd:N` outputs, the seed's `net` and `fd:0` (read as stdout, with a warning); a
+/// presigned URL prints redacted and writes back pinned, and no destination enters the action key.
+#[test]
+fn urls_buckets_uploads_and_fd_outputs_parse_and_the_seeds_spellings_are_read() {
+    let h = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+    let presigned = "https://s3.example.org/b/k?X-Amz-Credential=AKIA%2F1&X-Amz-Date=20261207T000000Z&X-Amz-Expires=60&X-Amz-Signature=deadbeef";
+    let text = format!(
+        r#"{{"version": 1, "jobs": [
+  {{"id": "a", "image": "busybox:latest", "command": ["true"], "net": true,
+   "inputs": {{"web": "https://example.org/data.csv#sha256={h}", "signed": "{presigned}",
+              "obj": "s3://my-bucket/in/x.bin", "pinned": "s3://my-bucket/y#blake3={h}"}},
+   "outputs": {{"o": "stdout", "three": "fd:3", "zero": "fd:0"}},
+   "upload": {{"o": "s3://results/out.txt", "three": "http://127.0.0.1:9/put?sig=s3cret"}}}}]}}"#
+    );
+    let (dag, warnings) = shoal_dag::parse_dag_warned("u.json", &text).unwrap_or_else(|e| panic!("{e}"));
+    let a = dag.job("a").unwrap();
+    assert!(a.requirements.network, "`net: true` is `requirements.network`");
+    assert_eq!(a.outputs["three"], OutputSpec::Fd(3));
+    assert_eq!(a.outputs["zero"], OutputSpec::Stdout);
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].to_string().contains("u.json:5:56"), "{}", warnings[0]);
+    assert!(warnings[0].message.contains("`fd:0` is the job's stdin"), "{}", warnings[0]);
+    assert_eq!(
+        a.inputs["web"],
+        InputRef::Url { url: "https://example.org/data.csv".into(), pin: Some(shoal_dag::UrlPin::Sha256(h.into())) }
+    );
+    let shown = a.inputs["signed"].to_string();
+    assert!(shown.contains("X-Amz-Signature=REDACTED") && shown.contains("X-Amz-Credential=REDACTED"), "{shown}");
+    assert!(!shown.contains("deadbeef") && shown.contains("X-Amz-Expires=60"), "{shown}");
+    let blake: shoal_dag::Hash = format!("blake3:{h}").parse().unwrap();
+    assert_eq!(a.inputs["pinned"].known_blake3(), Some(blake));
+    assert_eq!(a.inputs["obj"].to_string(), "s3://my-bucket/in/x.bin");
+    assert_eq!(a.inputs["pinned"].to_json(), serde_json::json!(format!("s3://my-bucket/y#blake3={h}")));
+    assert_eq!(
+        a.uploads["o"],
+        shoal_dag::UploadTarget::S3(shoal_dag::S3Object { bucket: "results".into(), key: "out.txt".into() })
+    );
+    assert_eq!(a.uploads["three"].redacted(), "http://127.0.0.1:9/put?sig=REDACTED");
+    // Only nodes with credentials for the bucket take the job.
+    assert_eq!(a.requirements.labels.get("s3:results").map(String::as_str), Some("write"));
+    // The destinations are no part of the action key.
+    let key = |job: &shoal_dag::Job| {
+        shoal_dag::ResolvedJob::from_job(job, blake, Default::default(), None).action_key()
+    };
+    let mut moved = a.clone();
+    moved.uploads = Default::default();
+    assert_eq!(key(a), key(&moved));
+}
