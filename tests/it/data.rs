@@ -558,3 +558,59 @@ fn fd_outputs_come_back_from_a_microvm() {
     assert_eq!(get_output(&home, "vm", "seven"), vec![0u8; 1 << 20]);
     assert_eq!(get_output(&home, "vm", "none"), b"");
 }
+
+/// Through a mesh: the submitting node fetches a presigned GET input and pins it (the DAG every
+/// node reads names its bytes by BLAKE3 and its URL redacted), and a job that uploads to a bucket
+/// runs only on the node whose credentials may write there (`--label s3:results=write`).
+#[test]
+fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buckets_label_uploads() {
+    use crate::mesh::{MeshNode, all_in, mesh_key, submit, wait_dag, wait_for_mesh};
+    let Some(s3) = S3Server::start() else { return };
+    let results = s3.bucket("results");
+    s3.bucket("data");
+    std::fs::write(s3.root.path().join("data/words.txt"), "one two three\nfour five\n").unwrap();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = mesh_key(key_dir.path());
+    let at = ("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0");
+    // A has no credentials; B has them and says so with the bucket's label.
+    let a = MeshNode::start_env(Home::with_busybox(), &key, &[], at, &[], &[]);
+    let b = MeshNode::start_env(
+        Home::with_busybox(),
+        &key,
+        &[a.listen.as_str()],
+        at,
+        &["--label", "s3:results=write"],
+        &s3.env(),
+    );
+    wait_for_mesh(&[&a, &b]);
+    let get = presign(&a.home, &s3, "s3://data/words.txt", &[]);
+    let signature = get.split("X-Amz-Signature=").nth(1).unwrap().to_string();
+    let d = dag(
+        &a.home,
+        "mesh.json",
+        serde_json::json!([{"id": "count", "image": "busybox:latest", "command": ["wc", "-w", "/input/words"],
+            "inputs": {"words": get}, "outputs": {"n": "stdout"}, "upload": {"n": "s3://results/count.txt"}}]),
+    );
+    let dag_hash = submit(&a, &d);
+    wait_dag(&a, &dag_hash, Duration::from_secs(120), "the DAG done", |v| all_in(v, "done"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !results.join("count.txt").exists() {
+        assert!(Instant::now() < deadline, "no upload; B's log:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(results.join("count.txt")).unwrap(), "5 /input/words\n");
+    // The DAG every node read: the input pinned, the signature gone.
+    let (status, blob) = a.get(&format!("/v1/blobs/{dag_hash}"));
+    assert_eq!(status, 200);
+    let text = String::from_utf8(blob).unwrap();
+    assert!(text.contains("X-Amz-Signature=REDACTED") && text.contains("#blake3="), "{text}");
+    assert!(!text.contains(&signature), "{text}");
+    // B ran it and keeps the upload's record; A ran nothing.
+    let ups = json(&b.cli(&["upload", "ls", "--json"]));
+    assert_eq!(ups[0]["state"], "done", "{ups}");
+    assert_eq!(ups[0]["destination"], "s3://results/count.txt");
+    assert_eq!(json(&a.cli(&["upload", "ls", "--json"])), serde_json::json!([]));
+    for n in [&a, &b] {
+        assert!(!n.log().contains(&signature), "a node's log shows the signature");
+    }
+}

@@ -40,6 +40,18 @@ impl MeshNode {
 
     /// A node whose libp2p and blob endpoints listen at `(multiaddr, socket address)`.
     pub fn start_at(home: Home, key: &Path, join: &[&str], at: (&str, &str), extra: &[&str]) -> MeshNode {
+        MeshNode::start_env(home, key, join, at, extra, &[])
+    }
+
+    /// [`MeshNode::start_at`] with these environment variables.
+    pub fn start_env(
+        home: Home,
+        key: &Path,
+        join: &[&str],
+        at: (&str, &str),
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> MeshNode {
         let ready = home.path().join("ready.json");
         let _ = std::fs::remove_file(&ready);
         let log = home.path().join("node.log");
@@ -57,6 +69,9 @@ impl MeshNode {
             cmd.args(["--join", j]);
         }
         let logf = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.env("SHOAL_HOME", home.store())
             .env("RUST_LOG", "shoal=debug,shoal_node=debug,warn")
             .stdin(Stdio::null())
