@@ -614,3 +614,45 @@ fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buck
         assert!(!n.log().contains(&signature), "a node's log shows the signature");
     }
 }
+
+/// The README's data example, as written: its own directory for /tmp/ and its own store; the
+/// servers it starts are stopped when it ends.
+#[test]
+fn readme_data_in_and_out_runs_as_written() {
+    if S3Server::start().is_none() {
+        return;
+    }
+    let home = Home::with_busybox();
+    let block = crate::held_home::readme_block("**Data in and out.**");
+    let script = block.replace("/tmp/", &format!("{}/", home.path().display()));
+    let bin_dir = shoal_bin().parent().unwrap().to_path_buf();
+    let cargo_bin = s3s_fs().unwrap().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\nexport PATH={}:{}:$PATH\n{script}",
+            bin_dir.display(),
+            cargo_bin.display()
+        ))
+        .current_dir(repo_root())
+        .env("SHOAL_HOME", home.store())
+        .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
+        .env("AWS_CONFIG_FILE", home.path().join("none"))
+        .env_remove("RUST_LOG");
+    let out = run_with_deadline(cmd);
+    assert_success(&out, "the README's data example");
+    for leftover in ["s3s-fs --host 127.0.0.1 --port 9014", "http.server 18714"] {
+        let still = Command::new("pgrep").args(["-f", leftover]).output().unwrap();
+        assert!(!still.status.success(), "`{leftover}` still runs after the example");
+    }
+    let text = stdout(&out);
+    assert!(text.contains("uploaded count/n → s3://results/word-count.txt: done (HTTP 200"), "{text}");
+    assert!(text.contains("\n9\n"), "{text}");
+    let words = std::fs::read(repo_root().join("examples/data/words.txt")).unwrap();
+    let sum = std::fs::read_to_string(home.path().join("s3/results/words.sha256")).unwrap();
+    assert_eq!(sum, format!("{}  /input/words\n", sha256_hex(&words)));
+    // `shoal blob fetch` printed the hash of the count's bytes.
+    let count_hash = text.lines().find(|l| l.starts_with("blake3:")).expect("a hash");
+    let out = home.shoal(&["blob", "get", count_hash]);
+    assert_eq!(stdout(&out), "9\n");
+}
