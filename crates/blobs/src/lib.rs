@@ -373,6 +373,18 @@ impl Store {
         Ok((hash, size, sha))
     }
 
+    /// The file holding a stored blob's bytes, opened for reading, where iroh-blobs keeps it as
+    /// one (complete blobs past its inline size); None otherwise. The fast way to stream a large
+    /// blob out (an upload): the reader of [`Store::reader`] goes through the store's actor a
+    /// range at a time. The caller holds the blob ([`Store::hold`]) while it reads and checks
+    /// the bytes against the hash as they pass.
+    pub async fn data_file(&self, hash: Hash) -> Option<std::fs::File> {
+        let size = self.size(hash).await.ok().flatten()?;
+        let path = self.inner.data_dir.join(format!("{}.data", hash.to_hex()));
+        let file = std::fs::File::open(&path).ok()?;
+        (file.metadata().ok()?.len() == size).then_some(file)
+    }
+
     /// A reader of a stored blob's bytes, from its start (an upload's body). The caller checks
     /// the bytes against `hash` as they pass: iroh-blobs does not re-verify its own files.
     pub fn reader(&self, hash: Hash) -> impl tokio::io::AsyncRead + Unpin + Send + 'static {

@@ -25,6 +25,9 @@ use super::s3::Verb;
 use super::{Attempt, Transfers, s3};
 use crate::clock::now_unix_ms;
 
+/// Bytes read from the store at a time while an output is sent.
+const READ_BUFFER_BYTES: usize = 4 << 20;
+
 /// Most upload records a store keeps; the oldest done ones go first.
 pub const UPLOAD_RECORDS_MAX: usize = 10_000;
 
@@ -264,6 +267,8 @@ async fn send(
     if !store.has(blob).await? {
         bail!("the output's blob {blob} is not in this store");
     }
+    // Out of eviction and gc while it is read.
+    let _held = store.hold([blob]);
     match target {
         UploadTarget::Url(url) => {
             let shown = redact(url);
@@ -292,6 +297,18 @@ async fn send(
     }
 }
 
+/// The blob's bytes: its data file where the store keeps one, else the store's reader, in large
+/// reads (each one a request to the store's actor).
+async fn blob_reader(store: &Store, blob: Hash) -> Box<dyn Read + Send> {
+    match store.data_file(blob).await {
+        Some(file) => Box::new(file),
+        None => Box::new(std::io::BufReader::with_capacity(
+            READ_BUFFER_BYTES,
+            tokio_util::io::SyncIoBridge::new(store.reader(blob)),
+        )),
+    }
+}
+
 /// One PUT of the whole blob, streamed from the store and checked against its hash as it goes.
 async fn put_blob(
     transfers: &Transfers,
@@ -301,7 +318,7 @@ async fn put_blob(
     url: &str,
     shown: &str,
 ) -> Result<Sent, Attempt> {
-    let reader = tokio_util::io::SyncIoBridge::new(store.reader(blob));
+    let reader = blob_reader(store, blob).await;
     let agent = transfers.agent().clone();
     let (url, shown_owned) = (url.to_string(), shown.to_string());
     let (resp, actual) = tokio::task::spawn_blocking(move || {
@@ -398,7 +415,7 @@ async fn send_parts(
     let s3 = transfers.s3()?;
     let shown = object.to_string();
     let agent = transfers.agent().clone();
-    let mut reader = tokio_util::io::SyncIoBridge::new(store.reader(blob));
+    let mut reader = blob_reader(store, blob).await;
     let mut hasher = blake3::Hasher::new();
     let mut etags = Vec::new();
     let mut left = bytes;
