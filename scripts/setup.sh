@@ -105,6 +105,11 @@ if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $S3S_VERSION"; then
   cargo install ${CARGO_QUIET:+--quiet} --locked --features binary "s3s-fs@$S3S_VERSION"
 fi
 
+# Every crate Cargo.lock names, for every platform: the build downloads only those it compiles,
+# and the architecture test's `cargo metadata --offline` resolves them all (rusty-s3's jiff has
+# a proc-macro crate only some platforms use).
+cargo fetch ${CARGO_QUIET:+--quiet}
+
 # One debug build serves the example and the tests (dependencies are optimised, see Cargo.toml).
 cargo build --workspace --all-targets ${CARGO_QUIET:+--quiet}
 # guest-init, PID 1 of the microVMs: static, so it gets its own target directory.
