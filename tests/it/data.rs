@@ -560,8 +560,9 @@ fn fd_outputs_come_back_from_a_microvm() {
 }
 
 /// Through a mesh: the submitting node fetches a presigned GET input and pins it (the DAG every
-/// node reads names its bytes by BLAKE3 and its URL redacted), and a job that uploads to a bucket
-/// runs only on the node whose credentials may write there (`--label s3:results=write`).
+/// node reads names its bytes by BLAKE3 and its URL redacted), a job that uploads to a bucket runs
+/// only on the node whose credentials may write there (`--label s3:results=write`), and a presigned
+/// PUT is kept whole by the submitting node alone, which sends that output and then forgets it.
 #[test]
 fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buckets_label_uploads() {
     use crate::mesh::{MeshNode, all_in, mesh_key, submit, wait_dag, wait_for_mesh};
@@ -585,11 +586,16 @@ fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buck
     wait_for_mesh(&[&a, &b]);
     let get = presign(&a.home, &s3, "s3://data/words.txt", &[]);
     let signature = get.split("X-Amz-Signature=").nth(1).unwrap().to_string();
+    // A presigned PUT: A keeps it whole, the mesh sees it redacted, and A sends the output.
+    let put = presign(&a.home, &s3, "s3://results/sum.txt", &["--put"]);
+    let put_signature = put.split("X-Amz-Signature=").nth(1).unwrap().to_string();
     let d = dag(
         &a.home,
         "mesh.json",
-        serde_json::json!([{"id": "count", "image": "busybox:latest", "command": ["wc", "-w", "/input/words"],
-            "inputs": {"words": get}, "outputs": {"n": "stdout"}, "upload": {"n": "s3://results/count.txt"}}]),
+        serde_json::json!([{"id": "count", "image": "busybox:latest",
+            "command": ["sh", "-c", "wc -w /input/words; md5sum /input/words >&3"],
+            "inputs": {"words": get}, "outputs": {"n": "stdout", "sum": "fd:3"},
+            "upload": {"n": "s3://results/count.txt", "sum": put}}]),
     );
     let dag_hash = submit(&a, &d);
     wait_dag(&a, &dag_hash, Duration::from_secs(120), "the DAG done", |v| all_in(v, "done"));
@@ -599,19 +605,39 @@ fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buck
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(std::fs::read_to_string(results.join("count.txt")).unwrap(), "5 /input/words\n");
+    while !results.join("sum.txt").exists() {
+        assert!(Instant::now() < deadline, "no upload by the submitting node; A's log:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(std::fs::read_to_string(results.join("sum.txt")).unwrap().ends_with("  /input/words\n"));
     // The DAG every node read: the input pinned, the signature gone.
     let (status, blob) = a.get(&format!("/v1/blobs/{dag_hash}"));
     assert_eq!(status, 200);
     let text = String::from_utf8(blob).unwrap();
     assert!(text.contains("X-Amz-Signature=REDACTED") && text.contains("#blake3="), "{text}");
-    assert!(!text.contains(&signature), "{text}");
-    // B ran it and keeps the upload's record; A ran nothing.
+    assert!(!text.contains(&signature) && !text.contains(&put_signature), "{text}");
+    // B ran it and sent the output to the bucket its label names; A sent the presigned one, and
+    // once sent keeps its URL nowhere.
     let ups = json(&b.cli(&["upload", "ls", "--json"]));
+    assert_eq!(ups.as_array().unwrap().len(), 1, "{ups}");
     assert_eq!(ups[0]["state"], "done", "{ups}");
     assert_eq!(ups[0]["destination"], "s3://results/count.txt");
-    assert_eq!(json(&a.cli(&["upload", "ls", "--json"])), serde_json::json!([]));
+    let ups = json(&a.cli(&["upload", "ls", "--json"]));
+    assert_eq!(ups.as_array().unwrap().len(), 1, "{ups}");
+    assert_eq!(ups[0]["state"], "done", "{ups}");
+    assert_eq!(ups[0]["dag"], dag_hash.as_str());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let kept = a.home.store().join("uploads/kept");
+    while std::fs::read_dir(&kept).map(|d| d.count()).unwrap_or(0) > 0 {
+        assert!(Instant::now() < deadline, "A still keeps the presigned URL after sending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     for n in [&a, &b] {
-        assert!(!n.log().contains(&signature), "a node's log shows the signature");
+        for secret in [&signature, &put_signature] {
+            assert!(!n.log().contains(secret.as_str()), "a node's log shows a signature");
+        }
+        let files = Command::new("grep").args(["-rlF", &put_signature]).arg(n.home.store()).output().unwrap();
+        assert!(stdout(&files).trim().is_empty(), "the presigned PUT is still stored in {}", stdout(&files));
     }
 }
 

@@ -63,6 +63,17 @@ impl UploadTarget {
         }
     }
 
+    /// A URL whose secret was taken out ([`redact`]ed when the DAG entered a mesh): the node that
+    /// pinned the DAG keeps the whole URL and sends this output itself.
+    pub fn is_kept_elsewhere(&self) -> bool {
+        match self {
+            UploadTarget::Url(u) => {
+                u.split_once('?').is_some_and(|(_, q)| q.split('&').any(|kv| kv.ends_with("=REDACTED")))
+            }
+            UploadTarget::S3(_) => false,
+        }
+    }
+
     /// The string a DAG file writes.
     pub fn as_written(&self) -> String {
         match self {

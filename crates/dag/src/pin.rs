@@ -20,6 +20,8 @@ pub struct JobPins {
     pub inputs: Vec<(String, Value)>,
     /// What its stdin becomes.
     pub stdin: Option<Value>,
+    /// (output, what its upload destination becomes): a presigned URL, redacted.
+    pub uploads: Vec<(String, Value)>,
 }
 
 /// One job's references in its JSON object replaced by their pins.
@@ -31,6 +33,9 @@ fn apply(jv: &mut Value, pins: &JobPins) -> Result<(), String> {
     }
     for (input, h) in &pins.inputs {
         obj.get_mut("inputs").and_then(Value::as_object_mut).map(|m| m.insert(input.clone(), h.clone()));
+    }
+    for (output, v) in &pins.uploads {
+        obj.get_mut("upload").and_then(Value::as_object_mut).map(|m| m.insert(output.clone(), v.clone()));
     }
     if let Some(h) = &pins.stdin {
         obj.insert("stdin".into(), h.clone());
@@ -138,6 +143,7 @@ mod tests {
                     image: (i % 2 == 0).then(|| id.clone()),
                     inputs: if i == 0 { vec![("z".into(), h.clone().into())] } else { vec![] },
                     stdin: (i == 0).then(|| h.clone().into()),
+                    uploads: Vec::new(),
                 })
                 .collect()
         };

@@ -147,7 +147,7 @@ fn submit_inner(
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut pins = Vec::with_capacity(dag.jobs.len());
     for job in &dag.jobs {
-        let mut pin = JobPins { id: job.id.clone(), image: None, inputs: Vec::new(), stdin: None };
+        let mut pin = JobPins { id: job.id.clone(), image: None, inputs: Vec::new(), stdin: None, uploads: Vec::new() };
         let mut refs: Vec<(Option<&String>, &InputRef)> = job.inputs.iter().map(|(n, r)| (Some(n), r)).collect();
         refs.extend(job.stdin.iter().map(|r| (None, r)));
         for (name, r) in refs {

@@ -246,7 +246,8 @@ async fn blob_command(store: &Store, cmd: BlobCommand) -> Result<()> {
             let hash = parse_blob_hash(&hash)?;
             let target = parse_destination(&destination)?;
             let record =
-                shoal_node::data::upload::upload_output(&transfers, store, "-", "blob", hash, &target, None).await;
+                shoal_node::data::upload::upload_output(&transfers, store, "-", "blob", hash, &target, None, None)
+                    .await;
             retried(std::slice::from_ref(&record), json)
         }
     }

@@ -72,7 +72,7 @@ const FETCH_RETRY_PAUSE_MS: u64 = 250;
 
 /// Runs `fetch` with the providers the loop names (`first` leading), asking again for providers
 /// and retrying for up to [`FETCH_RETRY_WINDOW_MS`] while it fails.
-async fn with_providers<T, F, Fut>(s: &Shared, first: Option<[u8; 32]>, fetch: F) -> anyhow::Result<T>
+pub(super) async fn with_providers<T, F, Fut>(s: &Shared, first: Option<[u8; 32]>, fetch: F) -> anyhow::Result<T>
 where
     F: Fn(Vec<[u8; 32]>) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -138,7 +138,7 @@ async fn list_dags(State(s): State<Shr>) -> Result<Response, ApiError> {
 }
 
 /// One DAG as the ledger shows it, or, once compacted out of it, as its summary says.
-async fn dag_view(s: &Shared, hash: Hash) -> Result<super::views::DagView, ApiError> {
+pub(super) async fn dag_view(s: &Shared, hash: Hash) -> Result<super::views::DagView, ApiError> {
     let mut status = ask(s, |reply| Cmd::Status { dag: Some(hash), reply }).await?;
     if let Some(view) = status.dags.remove(&hash) {
         return Ok(view);

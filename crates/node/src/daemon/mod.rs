@@ -43,6 +43,7 @@ pub mod serve;
 #[cfg(test)]
 pub(crate) mod testing;
 mod topics;
+mod uploads;
 mod verify;
 mod views;
 
@@ -369,6 +370,7 @@ pub async fn run_node(store: Store, opts: NodeOptions) -> Result<()> {
     tokio::spawn(serve::serve(listener, app, http_limits));
     let budget = opts.store_bytes_max.unwrap_or_else(|| budget::store_budget_default(shared.store.home()));
     tokio::spawn(budget::keep_within(shared.clone(), budget));
+    tokio::spawn(uploads::keep_sending(shared.clone()));
     let read = shared.clone();
     tokio::spawn(async move {
         for (dag, summary) in compacted {

@@ -2,7 +2,10 @@
 //! `file:`, which mean something only on the machine that wrote it. Before it enters the ledger
 //! the submitting node rewrites every such reference to the `blake3:` hash it stands for here, so
 //! the DAG blob every node fetches means the same computation everywhere (and the action keys
-//! agree). `file:` inputs are uploaded by `shoal submit` first and arrive here as `blake3:`.
+//! agree). `file:` inputs are uploaded by `shoal submit` first and arrive here as `blake3:`. URL
+//! and `s3://` inputs are fetched here and pinned by BLAKE3, their URLs redacted; a presigned
+//! upload destination is redacted too, and kept whole by this node, which sends that output
+//! (`daemon/uploads.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub async fn pin_dag(store: &Store, transfers: &Transfers, name: &str, text: &st
     let mut pins = Vec::with_capacity(dag.jobs.len());
     // URLs and objects, fetched once each whatever the jobs naming them.
     let mut fetched: BTreeMap<String, Hash> = BTreeMap::new();
+    // Presigned upload destinations: redacted in the DAG the mesh stores, kept here whole.
+    let mut kept = Vec::new();
     for job in &dag.jobs {
         let image = match &job.image {
             ImageRef::Tag(_) | ImageRef::Sha256(_) => Some(match images.get(&(&job.image, job.requirements.arch)) {
@@ -76,7 +81,22 @@ pub async fn pin_dag(store: &Store, transfers: &Transfers, name: &str, text: &st
             },
             None => None,
         };
-        pins.push(JobPins { id: job.id.clone(), image, inputs, stdin });
+        let mut uploads = Vec::new();
+        for (output, target) in &job.uploads {
+            if let shoal_dag::UploadTarget::Url(u) = target
+                && shoal_dag::location::has_secret(u)
+            {
+                uploads.push((output.clone(), serde_json::Value::String(target.redacted())));
+                kept.push(crate::data::upload::Kept {
+                    job: job.id.clone(),
+                    output: output.clone(),
+                    target: target.clone(),
+                    settled: false,
+                    failed_unix_ms: None,
+                });
+            }
+        }
+        pins.push(JobPins { id: job.id.clone(), image, inputs, stdin, uploads });
     }
     drop(images);
     drop(dag);
@@ -85,6 +105,9 @@ pub async fn pin_dag(store: &Store, transfers: &Transfers, name: &str, text: &st
     let dag = shoal_dag::parse_dag(name, &pinned_text).map_err(|d| anyhow!("the pinned DAG does not parse: {d}"))?;
     let hash = store.put_bytes(pinned_text.into_bytes()).await?;
     store.pin(hash)?;
+    if !kept.is_empty() {
+        crate::data::upload::keep_for_dag(store, hash, &kept)?;
+    }
     // Durable before the Submit is acknowledged: a fact whose DAG is lost in a crash names work
     // nobody can do.
     store.flush().await?;

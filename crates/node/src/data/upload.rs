@@ -36,6 +36,8 @@ pub const UPLOAD_RECORDS_MAX: usize = 10_000;
 pub enum UploadState {
     Done,
     Failed,
+    /// Kept by this node for a DAG submitted through it: sent once its job is done.
+    Pending,
 }
 
 /// The outcome of one upload: what was sent where, and how it went.
@@ -60,6 +62,9 @@ pub struct UploadRecord {
     pub error: Option<String>,
     /// The run record of the output's run.
     pub run_record: Option<Hash>,
+    /// The mesh DAG it belongs to, for an upload this node keeps for a DAG submitted through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dag: Option<Hash>,
 }
 
 impl UploadRecord {
@@ -75,6 +80,10 @@ impl UploadRecord {
                 self.bytes,
                 self.etag.as_ref().map(|e| format!(", ETag {e}")).unwrap_or_default(),
                 self.ms
+            ),
+            UploadState::Pending => format!(
+                "{}/{} → {}: pending: this node sends it once the job is done",
+                self.job, self.output, self.destination
             ),
             UploadState::Failed => format!(
                 "{}/{} → {}: FAILED after {} attempt(s): {}; the output is stored, `shoal upload retry` sends it again",
@@ -111,6 +120,7 @@ pub async fn upload_output(
     blob: Hash,
     target: &UploadTarget,
     run_record: Option<Hash>,
+    dag: Option<Hash>,
 ) -> UploadRecord {
     let started_unix_ms = now_unix_ms();
     let t0 = Instant::now();
@@ -143,6 +153,7 @@ pub async fn upload_output(
         ms: t0.elapsed().as_millis() as u64,
         error,
         run_record,
+        dag,
     };
     if let Err(e) = write_record(&dir, &id, &record) {
         tracing::warn!("cannot write the upload record {id}: {e:#}");
@@ -220,6 +231,93 @@ fn list_in(dir: &Path) -> Result<Vec<(String, UploadRecord)>> {
     Ok(out)
 }
 
+/// An upload this node keeps for a DAG submitted through it: the destination is a secret the DAG
+/// that entered the mesh holds redacted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Kept {
+    pub job: String,
+    pub output: String,
+    pub target: UploadTarget,
+    /// Sent, or nothing to send (the job failed or was cancelled).
+    pub settled: bool,
+    /// When the last attempt failed, Unix ms (the next waits [`KEPT_RETRY_MS`]).
+    pub failed_unix_ms: Option<u64>,
+}
+
+/// Wait after a failed attempt at a kept upload before the keeper tries it again, ms.
+pub const KEPT_RETRY_MS: u64 = 60_000;
+
+fn kept_path(store: &Store, dag: Hash) -> PathBuf {
+    dir(store).join("kept").join(format!("{}.json", dag.to_hex()))
+}
+
+/// Keeps `kept` for `dag` (mode 0600) and records each as pending.
+pub fn keep_for_dag(store: &Store, dag: Hash, kept: &[Kept]) -> Result<()> {
+    std::fs::create_dir_all(dir(store).join("kept"))?;
+    keep_file(store, dag, kept)?;
+    for k in kept {
+        let record = UploadRecord {
+            job: k.job.clone(),
+            output: k.output.clone(),
+            blob: Hash([0; 32]),
+            bytes: 0,
+            destination: k.target.redacted(),
+            state: UploadState::Pending,
+            http_status: None,
+            etag: None,
+            parts: None,
+            attempts: 0,
+            started_unix_ms: now_unix_ms(),
+            ms: 0,
+            error: None,
+            run_record: None,
+            dag: Some(dag),
+        };
+        write_record(&dir(store), &record_id(&k.job, &k.output, &k.target), &record)?;
+    }
+    Ok(())
+}
+
+/// The uploads this node keeps, by DAG.
+pub fn kept(store: &Store) -> Vec<(Hash, Vec<Kept>)> {
+    let Ok(entries) = std::fs::read_dir(dir(store).join("kept")) else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(hex) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        let (Some(dag), Ok(bytes)) = (Hash::from_hex(hex), std::fs::read(&path)) else { continue };
+        match serde_json::from_slice(&bytes) {
+            Ok(k) => out.push((dag, k)),
+            Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
+        }
+    }
+    out
+}
+
+/// Writes back what is left of `dag`'s kept uploads; once all are settled the file (and with it
+/// every full destination of the DAG) is deleted.
+pub fn update_kept(store: &Store, dag: Hash, kept: &[Kept]) -> Result<()> {
+    if kept.iter().all(|k| k.settled) {
+        let _ = std::fs::remove_file(kept_path(store, dag));
+        return Ok(());
+    }
+    keep_file(store, dag, kept)
+}
+
+fn keep_file(store: &Store, dag: Hash, kept: &[Kept]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = kept_path(store, dag);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    std::io::Write::write_all(&mut f, &serde_json::to_vec(kept)?)?;
+    // On disk before the DAG is acknowledged: a crash must not lose where its outputs go.
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
 /// This store's upload records, newest first.
 pub fn list(store: &Store) -> Result<Vec<UploadRecord>> {
     let mut v: Vec<UploadRecord> = list_in(&dir(store))?.into_iter().map(|(_, r)| r).collect();
@@ -244,7 +342,17 @@ pub async fn retry_failed(transfers: &Transfers, store: &Store, job: Option<&str
                 r.destination
             ),
         };
-        out.push(upload_output(transfers, store, &r.job, &r.output, r.blob, &target, r.run_record).await);
+        let sent = upload_output(transfers, store, &r.job, &r.output, r.blob, &target, r.run_record, r.dag).await;
+        // A kept upload sent by hand is settled: the node does not send it again.
+        if let (UploadState::Done, Some(dag)) = (sent.state, sent.dag)
+            && let Some((_, mut kept)) = kept(store).into_iter().find(|(d, _)| *d == dag)
+        {
+            for k in kept.iter_mut().filter(|k| k.job == sent.job && k.output == sent.output) {
+                k.settled = true;
+            }
+            update_kept(store, dag, &kept)?;
+        }
+        out.push(sent);
     }
     Ok(out)
 }

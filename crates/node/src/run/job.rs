@@ -135,6 +135,12 @@ async fn upload_outputs(ctx: &Ctx, job: &Job, report: &JobReport) -> Vec<crate::
     let mut records = Vec::new();
     for (output, target) in &job.uploads {
         let Some((_, digest)) = report.outputs.iter().find(|(n, _)| n == output) else { continue };
+        if target.is_kept_elsewhere() {
+            // A presigned URL of a mesh DAG: the node it was submitted to holds it whole, and
+            // sends this output itself.
+            tracing::info!(job = %job.id, output, destination = %target.redacted(), "sent by the submitting node");
+            continue;
+        }
         let r = crate::data::upload::upload_output(
             &ctx.runner.transfers,
             &ctx.runner.store,
@@ -143,6 +149,7 @@ async fn upload_outputs(ctx: &Ctx, job: &Job, report: &JobReport) -> Vec<crate::
             digest.hash,
             target,
             report.record,
+            None,
         )
         .await;
         records.push(r);

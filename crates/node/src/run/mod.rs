@@ -242,6 +242,7 @@ pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
         for u in reports.iter().flat_map(|r| &r.uploads) {
             match u.state {
                 UploadState::Done => writeln!(stdout, "uploaded {}", u.line())?,
+                UploadState::Pending => writeln!(stdout, "upload {}", u.line())?,
                 UploadState::Failed => writeln!(stderr, "
 upload {}", u.line())?,
             }
