@@ -626,6 +626,12 @@ fn in_a_mesh_a_presigned_input_is_pinned_at_submit_and_only_a_node_with_the_buck
     assert_eq!(ups.as_array().unwrap().len(), 1, "{ups}");
     assert_eq!(ups[0]["state"], "done", "{ups}");
     assert_eq!(ups[0]["dag"], dag_hash.as_str());
+    // `shoal status` on A says where the DAG's outputs went.
+    let status = a.cli(&["status", &dag_hash]);
+    assert_success(&status, "shoal status");
+    let text = stdout(&status);
+    assert!(text.contains("upload count/sum → http://127.0.0.1:") && text.contains(": done (HTTP 200"), "{text}");
+    assert!(!text.contains(&put_signature), "{text}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let kept = a.home.store().join("uploads/kept");
     while std::fs::read_dir(&kept).map(|d| d.count()).unwrap_or(0) > 0 {

@@ -135,6 +135,10 @@ pub struct DagStatus {
     /// `--dag-topics-above-nodes` when it was submitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<DagGroup>,
+    /// This node's uploads of the DAG's outputs: the presigned ones it keeps (as the node the DAG
+    /// was submitted to) and those of the jobs it ran; pending, done or failed and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<crate::data::upload::UploadRecord>,
 }
 
 /// The nodes that schedule a DAG with a topic of its own, as this node works them out.
@@ -695,6 +699,7 @@ mod tests {
                 known: true,
                 node: "ab".into(),
                 group: None,
+                uploads: Vec::new(),
             },
             &format!(
                 concat!(

@@ -264,6 +264,9 @@ fn progress(status: &DagStatus) -> (usize, usize) {
 /// The table of a DAG's jobs: state, the node that ran or runs it, its record, why it failed.
 pub fn print_status(status: &DagStatus) {
     println!("{}", status_table(status));
+    for u in &status.uploads {
+        println!("upload {}", u.line());
+    }
 }
 
 fn status_table(status: &DagStatus) -> comfy_table::Table {
@@ -568,6 +571,7 @@ mod tests {
             known: true,
             node: "ab".into(),
             group: None,
+            uploads: Vec::new(),
         }
     }
 

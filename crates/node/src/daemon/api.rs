@@ -192,7 +192,13 @@ async fn dag_status(State(s): State<Shr>, Path(dag): Path<String>) -> Result<Res
         }
     }
     let node = hex::encode(s.node);
-    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node, group: view.group }).into_response())
+    let uploads = crate::data::upload::list(&s.store)
+        .map_err(|e| internal(format!("{e:#}")))?
+        .into_iter()
+        .filter(|u| u.dag == Some(hash))
+        .collect();
+    Ok(axum::Json(DagStatus { dag: hash, jobs: view.jobs, known: view.known, node, group: view.group, uploads })
+        .into_response())
 }
 
 /// Every fact about each job of a DAG, in clock order: what the ledger says happened to it

@@ -409,7 +409,8 @@ async fn run_dag(State(s): State<Shr>, axum::Json(req): axum::Json<RunRequest>) 
                 }
             })
         };
-        let source = RunSource { files: Some(files), events: Some(events_tx), remote_cache: Some(mesh_cache) };
+        let source =
+            RunSource { files: Some(files), events: Some(events_tx), remote_cache: Some(mesh_cache), mesh_dag: None };
         let result = run::run_dag(&runner, dag, PathBuf::new(), &opts, source).await;
         let _ = forward.await;
         // As a local run ends: its records on disk.

@@ -843,6 +843,7 @@ impl Node {
                 opts.use_cache &= !confirming;
                 let source = RunSource {
                     remote_cache: Some(Arc::new(exec::MeshCache(self.shared.clone()))),
+                    mesh_dag: Some(dag_hash),
                     ..RunSource::default()
                 };
                 let c = self.shared.runner.prepare(dag, PathBuf::new(), &opts, source);

@@ -149,7 +149,7 @@ async fn upload_outputs(ctx: &Ctx, job: &Job, report: &JobReport) -> Vec<crate::
             digest.hash,
             target,
             report.record,
-            None,
+            ctx.mesh_dag,
         )
         .await;
         records.push(r);

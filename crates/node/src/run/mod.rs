@@ -199,6 +199,8 @@ pub struct RunSource {
     /// Where a job whose action this store has no record of asks next (a node's mesh-wide
     /// action cache); `None`: this store alone.
     pub remote_cache: Option<std::sync::Arc<dyn RemoteCache>>,
+    /// The mesh DAG this run belongs to (its upload records name it).
+    pub mesh_dag: Option<Hash>,
 }
 
 /// Results made elsewhere: a node's mesh-wide action cache, asked by a run for an action its own

@@ -54,6 +54,8 @@ pub(crate) struct Ctx {
     pub(super) events: Option<tokio::sync::mpsc::UnboundedSender<RunEvent>>,
     /// Asked for an action this store has no record of (see [`RunSource::remote_cache`]).
     pub(super) remote_cache: Option<Arc<dyn super::RemoteCache>>,
+    /// See [`RunSource::mesh_dag`].
+    pub(super) mesh_dag: Option<shoal_dag::Hash>,
 }
 
 /// What every run of a process shares; built once per process (`shoal run` builds its own, a
@@ -228,6 +230,7 @@ impl Runner {
             files: source.files,
             events: source.events,
             remote_cache: source.remote_cache,
+            mesh_dag: source.mesh_dag,
         })
     }
 
