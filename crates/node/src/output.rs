@@ -57,12 +57,17 @@ pub fn tail(bytes: &[u8], lines: usize) -> String {
 /// A Unix time in ms as `YYYY-MM-DD HH:MM UTC` (`never` past year 9999).
 pub fn unix_ms_utc(ms: u64) -> String {
     let secs = ms / 1000;
-    let days = secs / 86_400;
-    if days > 2_932_896 {
+    if secs / 86_400 > 2_932_896 {
         return "never".into();
     }
+    let (y, m, d, hh, mm, _) = civil(secs);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+/// Unix seconds as (year, month, day, hour, minute, second), UTC.
+pub fn civil(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-    let z = days as i64 + 719_468;
+    let z = (secs / 86_400) as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -72,7 +77,7 @@ pub fn unix_ms_utc(ms: u64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

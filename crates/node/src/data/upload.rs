@@ -168,21 +168,8 @@ pub async fn upload_output(
 }
 
 fn keep_target(dir: &Path, id: &str, target: &UploadTarget) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join(format!("{id}.target"));
-    let tmp = dir.join(format!("{id}.target.tmp"));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(serde_json::to_string(target)?.as_bytes())?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    crate::identity::write_private(&dir.join(format!("{id}.target")), serde_json::to_string(target)?.as_bytes())
 }
 
 fn write_record(dir: &Path, id: &str, record: &UploadRecord) -> Result<()> {
@@ -306,16 +293,9 @@ pub fn update_kept(store: &Store, dag: Hash, kept: &[Kept]) -> Result<()> {
     keep_file(store, dag, kept)
 }
 
+/// On disk (synced) before the DAG is acknowledged: a crash must not lose where its outputs go.
 fn keep_file(store: &Store, dag: Hash, kept: &[Kept]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = kept_path(store, dag);
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    std::io::Write::write_all(&mut f, &serde_json::to_vec(kept)?)?;
-    // On disk before the DAG is acknowledged: a crash must not lose where its outputs go.
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    crate::identity::write_private(&kept_path(store, dag), &serde_json::to_vec(kept)?)
 }
 
 /// This store's upload records, newest first.
