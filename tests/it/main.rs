@@ -27,3 +27,4 @@ mod microvm;
 mod netlab;
 mod runner;
 mod support;
+mod why;

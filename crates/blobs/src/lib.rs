@@ -648,6 +648,11 @@ impl Store {
         m.evicted.remove(hash.0).map_err(StoreError::meta("write"))?;
         self.touch_record(hash)?;
         if let Some(job_id) = job_id {
+            if let Some(before) = Meta::get_hash(&m.records_by_job, job_id.as_bytes())?
+                && before != hash
+            {
+                Meta::put(&m.records_by_job_previous, job_id.as_bytes(), &before.0)?;
+            }
             Meta::put(&m.records_by_job, job_id.as_bytes(), &hash.0)?;
         }
         if let Some(key) = action_key {
@@ -682,6 +687,11 @@ impl Store {
 
     pub fn latest_record_for_job(&self, job_id: &str) -> Result<Option<Hash>, StoreError> {
         Meta::get_hash(&self.meta().records_by_job, job_id.as_bytes())
+    }
+
+    /// The record of the job's run before its latest (a run that made another record).
+    pub fn previous_record_for_job(&self, job_id: &str) -> Result<Option<Hash>, StoreError> {
+        Meta::get_hash(&self.meta().records_by_job_previous, job_id.as_bytes())
     }
 
     // ---- pins ----

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `actions` | action key (32 bytes) | record hash (32 bytes) |
 //! | `records_by_job` | job id (UTF-8) | latest record hash |
+//! | `records_by_job_previous` | job id (UTF-8) | the record that was latest before it (`shoal why`) |
 //! | `records` | record hash | the record's CBOR (a cache of the blob, for the hot path) |
 //! | `images` | tag (UTF-8) | image id |
 //! | `image_platforms` | tag ‖ 0 ‖ arch (`x86_64`, `aarch64`, ...) | image id: the tag's image for that platform |
@@ -35,6 +36,7 @@ pub(crate) struct Meta {
     db: sled::Db,
     pub actions: sled::Tree,
     pub records_by_job: sled::Tree,
+    pub records_by_job_previous: sled::Tree,
     pub records: sled::Tree,
     pub images: sled::Tree,
     pub image_platforms: sled::Tree,
@@ -62,6 +64,7 @@ impl Meta {
         Ok(Meta {
             actions: db.open_tree("actions")?,
             records_by_job: db.open_tree("records_by_job")?,
+            records_by_job_previous: db.open_tree("records_by_job_previous")?,
             records: db.open_tree("records")?,
             images: db.open_tree("images")?,
             image_platforms: db.open_tree("image_platforms")?,

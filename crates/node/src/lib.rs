@@ -18,6 +18,7 @@
 //! - `client`: the CLI side of the HTTP API (`submit`, `status`, `watch`, `cancel`, `peers`,
 //!   `get --node`).
 //! - `held`: the CLI on the home of a running node: its commands go through that node.
+//! - `why`: `shoal why JOB`, the parts of two runs' actions that differ.
 //! - `machine`: facts about this host for run records; `identity`: the node's ed25519 key, which
 //!   signs run records; `tokens`: API tokens, kept hashed in `$SHOAL_HOME/tokens.json`.
 //! - `output`, `human`: tables, stderr tails and other human output; `api_error`: the API's
@@ -42,6 +43,7 @@ pub mod mesh;
 pub mod output;
 pub mod run;
 pub mod tokens;
+pub mod why;
 
 /// Exit code when the command worked but a job it ran failed.
 pub const EXIT_JOB_FAILED: u8 = 1;

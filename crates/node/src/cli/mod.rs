@@ -135,6 +135,16 @@ enum Command {
         /// Job id, or a run record hash.
         job: String,
     },
+    /// Why a job's latest run is another action than its run before (or than `--against`'s):
+    /// the parts that differ, down to the files of the image and of tree inputs.
+    Why {
+        job: String,
+        /// A run record to compare with (`blake3:<record>`, `shoal show` prints one).
+        #[arg(long)]
+        against: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a run record as JSON.
     Show {
         /// Job id (its latest run), or a run record hash.

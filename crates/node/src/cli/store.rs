@@ -43,6 +43,16 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
             std::io::stderr().write_all(&stderr)?;
             Ok(())
         }
+        Command::Why { job, against, json } => {
+            let against = against.as_deref().map(parse_blob_hash).transpose()?;
+            let why = shoal_node::why::why(store, &job, against).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&why)?);
+            } else {
+                print!("{}", why.render());
+            }
+            Ok(())
+        }
         Command::Show { what } => {
             let record = run::find_record(store, &what).await?;
             println!("{}", serde_json::to_string_pretty(&record)?);
@@ -92,6 +102,10 @@ pub(super) fn held_command(held: &shoal_node::held::Held, command: Command) -> R
             held.write_digest(&digest, out.as_deref())
         }
         Command::Blob(BlobCommand::Ls { json }) => print_blob_list(&held.blob_ls()?, json),
+        Command::Why { .. } => bail!(
+            "this store is held by a running node, and `shoal why` reads it itself: stop the node or use \
+             another SHOAL_HOME"
+        ),
         Command::Blob(BlobCommand::Fetch { .. } | BlobCommand::Send { .. }) => bail!(
             "this store is held by a running node, and `shoal blob fetch` and `shoal blob send` open it \
              themselves: stop the node, use another SHOAL_HOME, or let the node fetch and send (a DAG's URL \
