@@ -117,7 +117,8 @@ pub async fn pin_dag(store: &Store, transfers: &Transfers, name: &str, text: &st
 /// A URL or `s3://` input fetched now, so the DAG names exact bytes: it becomes the same
 /// reference pinned by BLAKE3, its URL [`redact`](shoal_dag::location::redact)ed (the secret
 /// of a presigned GET stays on this node; every other node reads the bytes from the mesh).
-/// None for other inputs, and for one pinned by BLAKE3 already (the job fetches it where it runs).
+/// None for other inputs. One pinned by BLAKE3 already is fetched too (not at all when this store
+/// holds its bytes): the job's node fetches it from the mesh, never from the URL.
 async fn pinned_remote(
     store: &Store,
     transfers: &Transfers,
@@ -131,9 +132,6 @@ async fn pinned_remote(
         InputRef::S3 { object, pin } => (Source::S3(object.clone()), pin),
         _ => return Ok(None),
     };
-    if matches!(pin, Some(UrlPin::Blake3(_))) && !matches!(source, Source::Url(ref u) if shoal_dag::location::has_secret(u)) {
-        return Ok(None);
-    }
     let key = format!("{r:?}");
     let hash = match fetched.get(&key) {
         Some(h) => *h,
