@@ -30,7 +30,13 @@ impl Home {
         let home = Home::empty();
         let rootfs = home.dir.path().join("busybox-rootfs");
         make_busybox_rootfs(&rootfs);
-        let out = home.shoal(&[
+        home.build_busybox(&rootfs);
+        home
+    }
+
+    /// `busybox:latest` built again from `rootfs` (the tests change a file of it).
+    pub fn build_busybox(&self, rootfs: &Path) {
+        let out = self.shoal(&[
             "image",
             "build",
             rootfs.to_str().unwrap(),
@@ -40,7 +46,6 @@ impl Home {
             "PATH=/bin:/sbin:/usr/bin:/usr/sbin",
         ]);
         assert_success(&out, "shoal image build");
-        home
     }
 
     pub fn empty() -> Home {

@@ -73,16 +73,7 @@ fn why_names_what_changed_an_env_var_a_file_in_a_tree_a_requirement_and_an_image
     // The image with one file more, under the same tag.
     let rootfs = home.path().join("busybox-rootfs");
     std::fs::write(rootfs.join("etc/motd"), "hello\n").unwrap();
-    let out = home.shoal(&[
-        "image",
-        "build",
-        rootfs.to_str().unwrap(),
-        "--tag",
-        "busybox:latest",
-        "--env",
-        "PATH=/bin:/sbin:/usr/bin:/usr/sbin",
-    ]);
-    assert_success(&out, "shoal image build");
+    home.build_busybox(&rootfs);
     run(&home, &home.path().join("w.json"));
     let text = why(&home, &["w"]);
     assert!(text.contains("image (") && text.contains("+ etc/motd"), "{text}");

@@ -176,19 +176,23 @@ fn write_record(dir: &Path, id: &str, record: &UploadRecord) -> Result<()> {
     let tmp = dir.join(format!("{id}.json.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(record)?)?;
     std::fs::rename(&tmp, dir.join(format!("{id}.json")))?;
-    prune(dir);
+    prune(dir, UPLOAD_RECORDS_MAX);
     Ok(())
 }
 
-/// Keeps at most [`UPLOAD_RECORDS_MAX`] records: the oldest done ones go.
-fn prune(dir: &Path) {
-    let Ok(mut records) = list_in(dir) else { return };
-    if records.len() <= UPLOAD_RECORDS_MAX {
+/// Keeps at most `max` records: past it, the oldest done ones go until half of `max` done ones
+/// are left. The records are read only then: every upload writes one, and counting names is cheap.
+fn prune(dir: &Path, max: usize) {
+    let count = std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten().filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json"))).count()
+    });
+    if count <= max {
         return;
     }
+    let Ok(mut records) = list_in(dir) else { return };
     records.retain(|(_, r)| r.state == UploadState::Done);
     records.sort_by_key(|(_, r)| r.started_unix_ms);
-    let excess = records.len().saturating_sub(UPLOAD_RECORDS_MAX / 2);
+    let excess = records.len().saturating_sub(max / 2);
     for (id, _) in records.into_iter().take(excess) {
         let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
     }
@@ -587,5 +591,48 @@ impl<R: Read> Read for Hashing<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job: &str, state: UploadState, at: u64) -> UploadRecord {
+        UploadRecord {
+            job: job.into(),
+            output: "o".into(),
+            blob: Hash([0; 32]),
+            bytes: 0,
+            destination: "s3://b/k".into(),
+            state,
+            http_status: None,
+            etag: None,
+            parts: None,
+            attempts: 1,
+            started_unix_ms: at,
+            ms: 0,
+            error: None,
+            run_record: None,
+            dag: None,
+        }
+    }
+
+    #[test]
+    fn past_the_limit_the_oldest_done_records_go_and_failed_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |id: &str, r: &UploadRecord| {
+            std::fs::write(dir.path().join(format!("{id}.json")), serde_json::to_vec(r).unwrap()).unwrap()
+        };
+        for (i, state) in [UploadState::Done, UploadState::Failed, UploadState::Done, UploadState::Done].iter().enumerate() {
+            write(&format!("r{i}"), &record(&format!("j{i}"), *state, i as u64));
+        }
+        prune(dir.path(), 4);
+        assert_eq!(list_in(dir.path()).unwrap().len(), 4, "at the limit nothing goes");
+        prune(dir.path(), 3);
+        let mut left: Vec<String> = list_in(dir.path()).unwrap().into_iter().map(|(_, r)| r.job).collect();
+        left.sort();
+        // 3 done past a limit of 3: the oldest 2 go (1 done left), the failed one stays.
+        assert_eq!(left, ["j1", "j3"]);
     }
 }
