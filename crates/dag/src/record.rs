@@ -140,6 +140,14 @@ pub struct Machine {
     /// The GPUs the job was given: model, vendor and driver version.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<String>,
+    /// BLAKE3 of the host kernel's build configuration (`/proc/config.gz` or
+    /// `/boot/config-<release>`), when the host has one: two kernels of one release built
+    /// differently tell apart here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_config: Option<Hash>,
+    /// The shoal that ran the job (`shoal --version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shoal_version: Option<String>,
 }
 
 /// What a run produced (the seeds' "output description").

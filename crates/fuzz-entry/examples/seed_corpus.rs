@@ -275,6 +275,8 @@ fn record(exit: Exit) -> RunRecord {
             guest_kernel: None,
             emulation: None,
             gpus: Vec::new(),
+            kernel_config: None,
+            shoal_version: None,
         },
         holders: vec!["n1".into()],
     }

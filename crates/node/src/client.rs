@@ -113,6 +113,12 @@ impl Client {
         Ok(resp.body_mut().with_config().limit(REPLY_BYTES_MAX).read_json()?)
     }
 
+    /// GETs `path`'s body, at most `limit` bytes.
+    pub fn get_bytes(&self, path: &str, limit: u64) -> Result<Vec<u8>> {
+        let mut resp = self.get_stream(path)?;
+        Ok(resp.body_mut().with_config().limit(limit).read_to_vec()?)
+    }
+
     fn get_stream(&self, path: &str) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         let resp = self.get_req(&url).call().map_err(|e| self.unreachable(e))?;

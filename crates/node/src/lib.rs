@@ -43,6 +43,7 @@ pub mod mesh;
 pub mod output;
 pub mod run;
 pub mod tokens;
+pub mod provenance;
 pub mod why;
 
 /// Exit code when the command worked but a job it ran failed.

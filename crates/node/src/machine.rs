@@ -82,6 +82,7 @@ pub fn describe(node_id: &str, backend: &str) -> Machine {
     let mut cpu_flags: Vec<String> = field("flags").split_whitespace().map(str::to_string).collect();
     cpu_flags.sort();
     let uts = nix_uname();
+    let kernel_config = kernel_config(&uts.1);
     Machine {
         node_id: node_id.to_string(),
         hostname: uts.0,
@@ -97,7 +98,18 @@ pub fn describe(node_id: &str, backend: &str) -> Machine {
         guest_kernel: None,
         emulation: None,
         gpus: Vec::new(),
+        kernel_config,
+        shoal_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     }
+}
+
+/// BLAKE3 of the running kernel's build configuration: `/proc/config.gz` (compressed bytes, as
+/// the kernel gives them) or else `/boot/config-<release>`; None when neither is readable.
+fn kernel_config(release: &str) -> Option<shoal_dag::Hash> {
+    ["/proc/config.gz".to_string(), format!("/boot/config-{release}")]
+        .iter()
+        .find_map(|p| std::fs::read(p).ok())
+        .map(|bytes| shoal_dag::Hash::of(&bytes))
 }
 
 /// (hostname, kernel release) from uname(2).

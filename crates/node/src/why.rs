@@ -67,24 +67,37 @@ impl Why {
     }
 }
 
-/// Why the latest run of `job` differs from `against` (a record hash), or from the run of the same
-/// job before it.
-pub async fn why(store: &Store, job: &str, against: Option<Hash>) -> Result<Why> {
+/// What a run is compared with.
+pub enum Against {
+    /// A record in this store.
+    Record(Hash),
+    /// The job's record in a provenance commit (verified when the commit was read).
+    Committed { record: Box<RunRecord>, hash: Option<Hash>, commit: String },
+}
+
+/// Why the latest run of `job` differs from `against`, or from the run of the same job before it.
+pub async fn why(store: &Store, job: &str, against: Option<Against>) -> Result<Why> {
     let record = store.latest_record_for_job(job)?.ok_or_else(|| {
         anyhow!("no run of a job `{job}` is recorded here; run a DAG with `shoal run DAG.json` first")
     })?;
-    let against = match against {
-        Some(h) => h,
-        None => store.previous_record_for_job(job)?.ok_or_else(|| {
-            anyhow!(
-                "job `{job}` has one recorded run here ({}); run it again after a change, or compare with \
-                 another run: `shoal why {job} --against blake3:<record>`",
-                record.short()
-            )
-        })?,
-    };
     let a = load(store, record).await?;
-    let b = load(store, against).await.with_context(|| format!("the run to compare with, {against}"))?;
+    let (against, b) = match against {
+        Some(Against::Record(h)) => (h, load(store, h).await.with_context(|| format!("the run to compare with, {h}"))?),
+        Some(Against::Committed { record, hash, commit }) => {
+            let hash = hash.ok_or_else(|| anyhow!("commit {commit} names no record of job `{job}`"))?;
+            (hash, *record)
+        }
+        None => {
+            let h = store.previous_record_for_job(job)?.ok_or_else(|| {
+                anyhow!(
+                    "job `{job}` has one recorded run here ({}); run it again after a change, or compare with \
+                     another run: `shoal why {job} --against blake3:<record>` or `--against REPO@COMMIT`",
+                    record.short()
+                )
+            })?;
+            (h, load(store, h).await.with_context(|| format!("the run to compare with, {h}"))?)
+        }
+    };
     let changes = diff(store, &a.job, &b.job).await?;
     Ok(Why {
         job: job.to_string(),

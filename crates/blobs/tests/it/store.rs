@@ -376,6 +376,8 @@ fn run_record(job: &str, outputs: &[(Hash, u64)], inputs: &[Hash]) -> SignedReco
             guest_kernel: None,
             emulation: None,
             gpus: Vec::new(),
+            kernel_config: None,
+            shoal_version: None,
         },
         holders: Vec::new(),
     };

@@ -57,6 +57,8 @@ fn record() -> RunRecord {
             guest_kernel: None,
             emulation: None,
             gpus: Vec::new(),
+            kernel_config: None,
+            shoal_version: None,
         },
         holders: vec!["n".into()],
     }

@@ -9,6 +9,7 @@
 
 mod live;
 mod node;
+mod provenance;
 mod remote;
 mod store;
 mod token;
@@ -87,6 +88,9 @@ enum Command {
         max_attempts: Option<u32>,
         #[arg(long)]
         json: bool,
+        /// With --wait: commit the run when the DAG ends.
+        #[command(flatten)]
+        provenance: ProvenanceArgs,
     },
     /// The state of a DAG's jobs across the mesh (all DAGs when none is given).
     Status {
@@ -139,12 +143,20 @@ enum Command {
     /// the parts that differ, down to the files of the image and of tree inputs.
     Why {
         job: String,
-        /// A run record to compare with (`blake3:<record>`, `shoal show` prints one).
+        /// A run to compare with: a record (`blake3:<record>`, `shoal show` prints one) or the
+        /// job's run in a provenance commit (`REPO@COMMIT`, `REPO` for its HEAD).
         #[arg(long)]
         against: Option<String>,
         #[arg(long)]
         json: bool,
     },
+    /// Run again what a provenance commit records (images by id, inputs by hash), then compare
+    /// each output with the recorded one and this machine with the recorded machine. Exits 0
+    /// when every output matches, 1 when one differs or a job fails, 2 on an error.
+    Rerun(RerunArgs),
+    /// Provenance repositories: commit a mesh DAG's run or an explorer permalink's.
+    #[command(subcommand)]
+    Provenance(ProvenanceCommand),
     /// Print a run record as JSON.
     Show {
         /// Job id (its latest run), or a run record hash.
@@ -184,9 +196,51 @@ enum Command {
 }
 
 #[derive(Args, Debug)]
+pub(crate) struct RerunArgs {
+    /// The repository, and the commit (default HEAD): `runs@3f2a9c1`, `runs@main~2`.
+    what: String,
+    /// Run every job, even those the action cache has a result for.
+    #[arg(long)]
+    no_cache: bool,
+    /// Where jobs run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
+    backend: BackendArg,
+    /// Cores to use for jobs (default: all of this machine's).
+    #[arg(long)]
+    cores: Option<u32>,
+    /// Fetch what this store lacks from a mesh: join through this peer (repeatable) for the
+    /// length of the rerun.
+    #[arg(long)]
+    join: Vec<String>,
+    /// With --join: the mesh key (default: $SHOAL_HOME/mesh.key).
+    #[arg(long)]
+    mesh_key: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ProvenanceCommand {
+    /// Commit a run to a repository: a mesh DAG (`blake3:<dag>`, from the node, which may run it
+    /// long after its submitter left) or an explorer permalink (`/r/<record>`, or a record hash).
+    Export {
+        what: String,
+        #[arg(long, value_name = "REPO")]
+        repo: PathBuf,
+        /// After committing, push the branch to the repository's `origin`.
+        #[arg(long)]
+        push: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Args, Debug)]
 struct RunArgs {
-    /// The DAG file (JSON).
+    /// The DAG file (JSON), or a run file (`FROM`, `RUN`, `INPUT`, `OUTPUT` lines; docs/RUNFILE.md).
     dag: PathBuf,
+    #[command(flatten)]
+    provenance: ProvenanceArgs,
     /// Where jobs run.
     #[arg(long, value_enum, default_value_t = BackendArg::Microvm)]
     backend: BackendArg,
@@ -215,6 +269,24 @@ struct RunArgs {
     dag_size_max: String,
     #[command(flatten)]
     transfers: TransferArgs,
+}
+
+/// Where a run is committed (`shoal run`, `shoal submit --wait`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ProvenanceArgs {
+    /// Commit the run to this git repository (created when it does not exist): the DAG as
+    /// written and pinned, the signed records, the machines. A run that fails is committed too.
+    #[arg(long, value_name = "REPO")]
+    provenance: Option<PathBuf>,
+    /// After committing, push the branch to the repository's `origin`.
+    #[arg(long, requires = "provenance")]
+    push: bool,
+}
+
+impl ProvenanceArgs {
+    pub(crate) fn target(&self) -> Option<shoal_node::run::ProvenanceTarget> {
+        self.provenance.clone().map(|repo| shoal_node::run::ProvenanceTarget { repo, push: self.push })
+    }
 }
 
 /// Limits of URL and `s3://` inputs and of uploads (`shoal run` and `shoal node`).
@@ -272,7 +344,7 @@ fn warm_vms_in_range(text: &str) -> Result<usize, String> {
 
 /// Which node a mesh command talks to, and with which token.
 #[derive(Args, Debug)]
-struct NodeArg {
+pub(crate) struct NodeArg {
     /// The node's HTTP API (default: $SHOAL_NODE, else the node running with this store).
     #[arg(long = "node", env = "SHOAL_NODE")]
     url: Option<String>,
@@ -758,6 +830,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     .map_err(|e| anyhow::anyhow!("--dag-size-max `{}`: {e} (write e.g. 16MiB)", args.dag_size_max))?,
             )?;
             if let Some(held) = held_by_node(&home).await? {
+                if args.provenance.provenance.is_some() {
+                    return Err(held.refuse(
+                        &home,
+                        "`shoal submit DAG --wait --provenance REPO` runs it there and commits the run",
+                    ));
+                }
                 if !args.join.is_empty() {
                     return Err(held.refuse(
                         &home,
@@ -790,9 +868,19 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             if !args.join.is_empty() {
                 return run_in_mesh(store, args, RunOptions { records: Durability::Now, ..opts }).await;
             }
-            let result = run::run_dag_file(&store, &args.dag, &opts).await;
+            let result = run::run_dag_file(&store, &args.dag, &opts, args.provenance.target().as_ref()).await;
             store.shutdown().await;
             result
+        }
+        Command::Rerun(args) => {
+            if held_by_node(&home).await?.is_some() {
+                anyhow::bail!(
+                    "a node holds the store at {}: rerun with another SHOAL_HOME, or through the mesh with \
+                     `--join <the node's multiaddr>` from another home",
+                    home.display()
+                );
+            }
+            provenance::rerun_command(&cli.home, args).await
         }
         Command::Node(args) => {
             if let Some(held) = held_by_node(&home).await? {
@@ -827,6 +915,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             tokio::task::spawn_blocking(move || shoal_node::explorer::explore(&home, args)).await?
         }
         Command::Submit { .. }
+        | Command::Provenance(_)
         | Command::Status { .. }
         | Command::Watch { .. }
         | Command::Cancel { .. }

@@ -148,10 +148,49 @@ const EMBEDDED_NODE_START_S: u64 = 30;
 
 /// `shoal run DAG --join ADDR`: this process becomes a node of the mesh for the length of the run.
 pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -> Result<ExitCode> {
+    let (dag, json) = (args.dag.clone(), args.json);
+    let target = args.provenance.target();
+    let repo = match &target {
+        Some(t) => {
+            let repo = shoal_node::provenance::Repo::open(&t.repo)?;
+            repo.check_ready()?;
+            Some(repo)
+        }
+        None => None,
+    };
+    let ok = with_embedded_node(store, &args.join, args.mesh_key.clone(), opts, move |client| -> Result<bool> {
+        let (ok, hash) = shoal_node::client::submit_and_wait(client, &dag, None, json)?;
+        if let (Some(repo), Some(t)) = (&repo, &target) {
+            let bytes = shoal_node::run::read_dag_file(&dag, shoal_node::daemon::DAG_BYTES_MAX_DEFAULT)?;
+            let (_, text, _) = shoal_node::provenance::parse_dag_or_run_file(&dag.display().to_string(), &bytes)
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            let mut facts =
+                shoal_node::provenance::node::facts(client, &hash, Some(dag.display().to_string()), Some(text))?;
+            facts.command = "shoal run";
+            shoal_node::provenance::commit_run(repo, &facts, t.push)?;
+        }
+        match shoal_node::client::hand_off(client, &hash) {
+            Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),
+            Err(e) => tracing::warn!("could not hand this node's outputs to a peer before leaving: {e:#}"),
+        }
+        Ok(ok)
+    })
+    .await?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+}
+
+/// Runs `work` against the HTTP API of a node this process starts for it (joined through
+/// `join`, with `store`), then stops the node.
+pub(super) async fn with_embedded_node<T: Send + 'static>(
+    store: Store,
+    join: &[String],
+    mesh_key: Option<std::path::PathBuf>,
+    opts: RunOptions,
+    work: impl FnOnce(&shoal_node::client::Client) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let tmp = tempfile::tempdir()?;
     let ready = tmp.path().join("ready.json");
-    let join = args
-        .join
+    let join = join
         .iter()
         .map(|a| a.parse().with_context(|| format!("--join `{a}` is not a multiaddr (/ip4/HOST/tcp/PORT/p2p/ID)")))
         .collect::<Result<Vec<libp2p::Multiaddr>>>()?;
@@ -161,7 +200,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
         join,
         http: "127.0.0.1:0".parse().expect("static address"),
         blobs: "127.0.0.1:0".parse().expect("static address"),
-        mesh_key: args.mesh_key.clone().unwrap_or_else(|| store.home().join("mesh.key")),
+        mesh_key: mesh_key.unwrap_or_else(|| store.home().join("mesh.key")),
         allow: None,
         cache_trust: Default::default(),
         store_bytes_max: None,
@@ -209,19 +248,13 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
     };
     // Give the mesh a moment to hear of us, so ranks and fetches include this node's peers.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let (dag, json) = (args.dag.clone(), args.json);
-    let ok = tokio::task::spawn_blocking(move || -> Result<bool> {
+    let result = tokio::task::spawn_blocking(move || -> Result<T> {
         // The embedded node's API is on loopback without tokens; the token (if any) is for peers.
         let client = shoal_node::client::Client::new(http, shoal_node::tokens::client_secret(None)?);
-        let (ok, hash) = shoal_node::client::submit_and_wait(&client, &dag, None, json)?;
-        match shoal_node::client::hand_off(&client, &hash) {
-            Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),
-            Err(e) => tracing::warn!("could not hand this node's outputs to a peer before leaving: {e:#}"),
-        }
-        Ok(ok)
+        work(&client)
     })
-    .await?;
+    .await;
     shutdown.notify_one();
     node.await??;
-    Ok(if ok? { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+    result?
 }

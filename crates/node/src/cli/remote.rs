@@ -15,9 +15,39 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
         Ok(Client::new(client::node_url(arg.url, home)?, token))
     };
     match command {
-        Command::Submit { dag, node, wait, max_attempts, json } => {
-            let ok = client::submit(&connect(node)?, &dag, max_attempts, wait, json)?;
+        Command::Submit { dag, node, wait, max_attempts, json, provenance } => {
+            let c = connect(node)?;
+            let Some(target) = provenance.target() else {
+                let ok = client::submit(&c, &dag, max_attempts, wait, json)?;
+                return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) });
+            };
+            if !wait {
+                anyhow::bail!(
+                    "--provenance commits the run when the DAG ends, so it needs --wait; for a DAG left to run, \
+                     `shoal provenance export DAG --repo REPO` commits it later"
+                );
+            }
+            let repo = shoal_node::provenance::Repo::open(&target.repo)?;
+            repo.check_ready()?;
+            let (ok, hash) = client::submit_and_wait(&c, &dag, max_attempts, json)?;
+            let bytes = shoal_node::run::read_dag_file(&dag, shoal_node::daemon::DAG_BYTES_MAX_DEFAULT)?;
+            let (_, text, _) = shoal_node::provenance::parse_dag_or_run_file(&dag.display().to_string(), &bytes)
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            let facts = shoal_node::provenance::node::facts(&c, &hash, Some(dag.display().to_string()), Some(text))?;
+            shoal_node::provenance::commit_run(&repo, &facts, target.push)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
+        }
+        Command::Provenance(super::ProvenanceCommand::Export { what, repo, push, node }) => {
+            let c = connect(node)?;
+            let repo = shoal_node::provenance::Repo::open(&repo)?;
+            repo.check_ready()?;
+            let mut facts = match what.strip_prefix("/r/") {
+                Some(record) => shoal_node::provenance::node::record_facts(&c, record)?,
+                None => shoal_node::provenance::node::facts(&c, what.trim_start_matches("/d/"), None, None)?,
+            };
+            facts.command = "shoal provenance export";
+            shoal_node::provenance::commit_run(&repo, &facts, push)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { dag, node, json } => {
             let c = connect(node)?;

@@ -18,6 +18,8 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
         | Command::Mesh(_)
         | Command::Token(_)
         | Command::Submit { .. }
+        | Command::Rerun(_)
+        | Command::Provenance(_)
         | Command::Status { .. }
         | Command::Watch { .. }
         | Command::Cancel { .. }
@@ -44,7 +46,19 @@ pub(super) async fn dispatch_store_command(store: &Store, command: Command) -> R
             Ok(())
         }
         Command::Why { job, against, json } => {
-            let against = against.as_deref().map(parse_blob_hash).transpose()?;
+            let against = match against.as_deref() {
+                None => None,
+                Some(a) if a.starts_with("blake3:") => Some(shoal_node::why::Against::Record(parse_blob_hash(a)?)),
+                Some(a) => {
+                    let (repo, rev) = shoal_node::provenance::split_repo_rev(a);
+                    let committed = shoal_node::provenance::Repo::open_existing(&repo)?.read_run(rev.as_deref())?;
+                    let record = committed.records.get(&job).cloned().ok_or_else(|| {
+                        anyhow::anyhow!("commit {} of {} has no run of a job `{job}`", &committed.id[..12], repo.display())
+                    })?;
+                    let hash = committed.run.jobs.iter().find(|j| j.job == job).and_then(|j| j.record);
+                    Some(shoal_node::why::Against::Committed { record: Box::new(record), hash, commit: committed.id })
+                }
+            };
             let why = shoal_node::why::why(store, &job, against).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&why)?);

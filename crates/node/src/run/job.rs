@@ -675,6 +675,8 @@ mod unmet_tests {
             guest_kernel: None,
             emulation: None,
             gpus: Vec::new(),
+            kernel_config: None,
+            shoal_version: None,
         }
     }
 

@@ -105,7 +105,7 @@ pub struct RunOptions {
     pub transfers: crate::data::TransferLimits,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Done,
@@ -286,12 +286,25 @@ pub fn read_dag_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Result<ExitCode> {
+/// Where `shoal run --provenance` commits the run.
+#[derive(Clone, Debug)]
+pub struct ProvenanceTarget {
+    pub repo: PathBuf,
+    /// Push the branch to `origin` after committing.
+    pub push: bool,
+}
+
+pub async fn run_dag_file(
+    store: &Store,
+    path: &Path,
+    opts: &RunOptions,
+    provenance: Option<&ProvenanceTarget>,
+) -> Result<ExitCode> {
     let bytes = read_dag_file(path, opts.dag_bytes_max)?;
-    let dag = match shoal_dag::parse_dag_bytes_warned(&path.display().to_string(), &bytes) {
-        Ok((dag, warnings)) => {
+    let (dag, json_text) = match crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes) {
+        Ok((dag, json_text, warnings)) => {
             output::print_warnings(&warnings);
-            dag
+            (dag, json_text)
         }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
@@ -299,12 +312,35 @@ pub async fn run_dag_file(store: &Store, path: &Path, opts: &RunOptions) -> Resu
         }
     };
     drop(bytes);
+    // Everything the commit at the end needs is checked before any job runs.
+    let repo = match provenance {
+        Some(p) => Some(tokio::task::block_in_place(|| crate::provenance::Repo::open(&p.repo))?),
+        None => None,
+    };
+    if let Some(repo) = &repo {
+        repo.check_ready()?;
+    }
     let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let runner = Runner::new(store, opts)?;
+    let started = std::time::Instant::now();
+    let kept = repo.as_ref().map(|_| dag.clone());
     let reports = run_dag(&runner, dag, dag_dir, opts, RunSource::default()).await?;
+    let wall_ms = started.elapsed().as_millis() as u64;
     let out = render(&reports, opts.json)?;
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
+    if let (Some(repo), Some(dag), Some(p)) = (&repo, kept, provenance) {
+        let facts = crate::provenance::RunFacts::local(
+            store,
+            path.display().to_string(),
+            json_text,
+            dag,
+            &reports,
+            wall_ms,
+        )
+        .await?;
+        tokio::task::block_in_place(|| crate::provenance::commit_run(repo, &facts, p.push))?;
+    }
     Ok(if out.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
 }
 

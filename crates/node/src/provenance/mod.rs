@@ -1,0 +1,596 @@
+//! Provenance in git: a DAG run as one commit of a repository people already keep their work
+//! in, and the same commit read back to run it again (`shoal rerun`).
+//!
+//! A run's commit changes these paths of the repository's tree, and nothing else:
+//! - `dag.json`: the DAG as written (a run file's translation into the format, for a run file),
+//!   with the secrets of presigned URLs redacted;
+//! - `pinned.json`: the DAG every job of which names what ran: images by image id, inputs and
+//!   stdin by `blake3:` hash (a URL keeps its redacted address with a `#blake3=` pin); `shoal run
+//!   pinned.json` runs it again;
+//! - `run.json`: each job's status, whether the cache answered it, its action key, record and
+//!   outputs, in the DAG's order;
+//! - `records/<job>.json`: each job's signed run record, readable, with the signed CBOR and
+//!   signature beside it (the readable part must equal the signed one);
+//! - `machine/<node>.json`: the facts of each machine that ran a job (CPU, flags, cores, memory,
+//!   kernel release and config hash, accelerator, shoal version).
+//!
+//! Files are written from the run's facts alone (no clock, no host name of the committer), so
+//! one run committed twice has one tree hash. The commit's author is the user's git identity;
+//! the records stay signed by the nodes that made them. The code here is synchronous: git2 is.
+
+pub mod node;
+pub mod rerun;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use shoal_dag::{Dag, Digest, Hash, InputRef, Machine, RunRecord, SignedRecord};
+
+use crate::run::{JobReport, Status};
+
+/// The file of a commit that says it is a shoal run.
+pub const PINNED: &str = "pinned.json";
+const DAG: &str = "dag.json";
+const RUN: &str = "run.json";
+const RECORDS: &str = "records";
+const MACHINES: &str = "machine";
+/// Dirty paths an error names before it says "and N more".
+const DIRTY_NAMED_MAX: usize = 5;
+
+/// One job of a run, as `run.json` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobFact {
+    pub job: String,
+    pub status: Status,
+    pub cached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_key: Option<Hash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Hash>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, Hash>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `run.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunFile {
+    /// Where the DAG came from: its file as given, or `dag blake3:<hash>` of a mesh DAG.
+    pub source: String,
+    /// The hash of `pinned.json`'s bytes.
+    pub pinned: Hash,
+    pub ok: bool,
+    pub jobs: Vec<JobFact>,
+}
+
+/// What a run's commit is made of.
+pub struct RunFacts {
+    pub source: String,
+    /// The DAG's JSON as written.
+    pub dag_text: String,
+    pub dag: Dag,
+    pub jobs: Vec<JobFact>,
+    /// Each job's signed record, by job id.
+    pub records: BTreeMap<String, SignedRecord>,
+    /// The run's wall time, for the commit message only.
+    pub wall_ms: u64,
+    /// What made the commit: `shoal run`, `shoal submit`, `shoal provenance export`.
+    pub command: &'static str,
+}
+
+impl RunFacts {
+    /// The facts of a run that ended in this process: its reports, and their records read back
+    /// from `store`.
+    pub async fn local(
+        store: &shoal_blobs::Store,
+        source: String,
+        dag_text: String,
+        dag: Dag,
+        reports: &[JobReport],
+        wall_ms: u64,
+    ) -> Result<RunFacts> {
+        let mut records = BTreeMap::new();
+        for r in reports {
+            if let Some(h) = r.record
+                && let Some(signed) = store.get_record(h).await?
+            {
+                records.insert(r.job.clone(), signed);
+            }
+        }
+        let jobs = reports
+            .iter()
+            .map(|r| JobFact {
+                job: r.job.clone(),
+                status: r.status,
+                cached: r.cached,
+                action_key: r.action_key,
+                record: r.record,
+                outputs: r.outputs.iter().map(|(k, d)| (k.clone(), d.hash)).collect(),
+                error: r.error.clone(),
+            })
+            .collect();
+        Ok(RunFacts { source, dag_text, dag, jobs, records, wall_ms, command: "shoal run" })
+    }
+
+    pub fn ok(&self) -> bool {
+        self.jobs.iter().all(|j| j.status == Status::Done)
+    }
+}
+
+/// A provenance repository, opened: a work tree (kept clean) or a bare one.
+pub struct Repo {
+    git: git2::Repository,
+    path: PathBuf,
+}
+
+impl Repo {
+    /// Opens the repository at `path`, creating one where `path` does not exist or is an empty
+    /// directory. Refuses a directory that is not a repository's top and a work tree with
+    /// changes not committed (shoal's files would overwrite them).
+    pub fn open(path: &Path) -> Result<Repo> {
+        let empty = |p: &Path| std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let git = if !path.exists() || empty(path) {
+            std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+            git2::Repository::init(path).with_context(|| format!("creating a git repository at {}", path.display()))?
+        } else {
+            git2::Repository::open(path).map_err(|e| {
+                anyhow!(
+                    "{} is not a git repository ({}): name a repository's top directory, a new \
+                     directory, or run `git init {}` first",
+                    path.display(),
+                    e.message(),
+                    path.display()
+                )
+            })?
+        };
+        let repo = Repo { git, path: path.to_path_buf() };
+        repo.check_clean()?;
+        Ok(repo)
+    }
+
+    /// Opens an existing repository to read (`shoal rerun`): no clean-tree check.
+    pub fn open_existing(path: &Path) -> Result<Repo> {
+        let git = git2::Repository::open(path).map_err(|e| {
+            anyhow!("{} is not a git repository ({}): name the repository a `--provenance` run wrote", path.display(), e.message())
+        })?;
+        Ok(Repo { git, path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Refuses a work tree with changes or untracked files.
+    pub fn check_clean(&self) -> Result<()> {
+        if self.git.is_bare() {
+            return Ok(());
+        }
+        let mut opts = git2::StatusOptions::new();
+        opts.include_untracked(true).include_ignored(false).recurse_untracked_dirs(true);
+        let statuses = self.git.statuses(Some(&mut opts)).context("reading the work tree's status")?;
+        if statuses.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> =
+            statuses.iter().take(DIRTY_NAMED_MAX).filter_map(|s| s.path().map(str::to_string)).collect();
+        let more = statuses.len().saturating_sub(DIRTY_NAMED_MAX);
+        bail!(
+            "the work tree of {} has changes not committed ({}{}): commit or stash them first (`git -C {} \
+             status`); shoal commits its own files there and would overwrite them",
+            self.path.display(),
+            named.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+            self.path.display()
+        )
+    }
+
+    /// The committer: `GIT_AUTHOR_NAME`/`GIT_AUTHOR_EMAIL` when both are set, else git's
+    /// `user.name`/`user.email`.
+    fn signature(&self) -> Result<git2::Signature<'static>> {
+        if let (Ok(name), Ok(email)) = (std::env::var("GIT_AUTHOR_NAME"), std::env::var("GIT_AUTHOR_EMAIL")) {
+            return git2::Signature::now(&name, &email).context("GIT_AUTHOR_NAME/GIT_AUTHOR_EMAIL");
+        }
+        self.git.signature().map_err(|_| {
+            anyhow!(
+                "git has no identity to commit with in {}: set one with `git config --global user.name \"Your Name\"` \
+                 and `git config --global user.email you@example.org`",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Checks, before a run starts, everything a commit at its end needs: a clean work tree and
+    /// an identity.
+    pub fn check_ready(&self) -> Result<()> {
+        self.check_clean()?;
+        self.signature().map(drop)
+    }
+
+    /// Commits `files` (shoal's paths, replacing those of the current tree) on the checked-out
+    /// branch, and updates the work tree. Returns the commit id.
+    pub fn commit(&self, files: &Files, message: &str) -> Result<git2::Oid> {
+        self.check_clean()?;
+        let sig = self.signature()?;
+        let parent = match self.git.head() {
+            Ok(head) => Some(head.peel_to_commit().context("reading HEAD's commit")?),
+            Err(e) if e.code() == git2::ErrorCode::UnbornBranch || e.code() == git2::ErrorCode::NotFound => None,
+            Err(e) => return Err(e).context("reading HEAD"),
+        };
+        let base = parent.as_ref().map(|c| c.tree()).transpose()?;
+        let tree = files.write_tree(&self.git, base.as_ref())?;
+        let tree = self.git.find_tree(tree)?;
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).context("committing the run")?;
+        if !self.git.is_bare() {
+            let mut co = git2::build::CheckoutBuilder::new();
+            co.force();
+            self.git.checkout_head(Some(&mut co)).context("updating the work tree to the run's commit")?;
+        }
+        Ok(oid)
+    }
+
+    /// Pushes the checked-out branch to `origin`.
+    pub fn push(&self) -> Result<String> {
+        let head = self.git.head().context("reading HEAD")?;
+        let name = head.name().ok_or_else(|| anyhow!("HEAD is not a branch"))?.to_string();
+        let mut remote = self
+            .git
+            .find_remote("origin")
+            .map_err(|_| anyhow!("{} has no remote `origin` to push to: `git -C {} remote add origin URL`", self.path.display(), self.path.display()))?;
+        let url = remote.url().unwrap_or("").to_string();
+        remote.push(&[format!("{name}:{name}")], None).with_context(|| format!("pushing {name} to origin ({url})"))?;
+        Ok(format!("{name} → origin ({url})"))
+    }
+
+    /// The commit `rev` names (HEAD when None), with its shoal files read and checked.
+    pub fn read_run(&self, rev: Option<&str>) -> Result<Committed> {
+        let rev = rev.unwrap_or("HEAD");
+        let commit = self
+            .git
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|e| anyhow!("{} has no commit `{rev}` ({}): `git -C {} log` lists them", self.path.display(), e.message(), self.path.display()))?;
+        let tree = commit.tree()?;
+        let read = |path: &str| -> Result<Option<Vec<u8>>> {
+            match tree.get_path(Path::new(path)) {
+                Ok(entry) => {
+                    let blob = entry.to_object(&self.git)?.peel_to_blob().with_context(|| format!("{path} in commit {}", commit.id()))?;
+                    Ok(Some(blob.content().to_vec()))
+                }
+                Err(_) => Ok(None),
+            }
+        };
+        let id = commit.id().to_string();
+        let Some(pinned) = read(PINNED)? else {
+            bail!(
+                "commit {} of {} holds no shoal run (it has no {PINNED}): name a commit a `--provenance` run made \
+                 (`git -C {} log -- {PINNED}` lists them)",
+                &id[..12],
+                self.path.display(),
+                self.path.display()
+            );
+        };
+        let pinned = String::from_utf8(pinned).map_err(|_| anyhow!("{PINNED} of commit {} is not UTF-8", &id[..12]))?;
+        let run: RunFile = match read(RUN)? {
+            Some(b) => serde_json::from_slice(&b).with_context(|| format!("{RUN} of commit {}", &id[..12]))?,
+            None => bail!("commit {} has {PINNED} but no {RUN}: it was not written by shoal, or was edited", &id[..12]),
+        };
+        if Hash::of(pinned.as_bytes()) != run.pinned {
+            bail!(
+                "{PINNED} of commit {} hashes to {}, and {RUN} says the run pinned {}: {PINNED} was edited after the run",
+                &id[..12],
+                Hash::of(pinned.as_bytes()),
+                run.pinned
+            );
+        }
+        let mut records = BTreeMap::new();
+        for job in &run.jobs {
+            let Some(hash) = job.record else { continue };
+            let path = format!("{RECORDS}/{}.json", job.job);
+            let bytes = read(&path)?.ok_or_else(|| anyhow!("commit {} lacks {path}, which {RUN} names", &id[..12]))?;
+            let rec = RecordFile::verify(&bytes, hash).with_context(|| format!("{path} of commit {}", &id[..12]))?;
+            records.insert(job.job.clone(), rec);
+        }
+        Ok(Committed { id, pinned, run, records })
+    }
+}
+
+/// A run read back from a commit, every record verified.
+pub struct Committed {
+    pub id: String,
+    pub pinned: String,
+    pub run: RunFile,
+    pub records: BTreeMap<String, RunRecord>,
+}
+
+/// `records/<job>.json`: the record readable, and what was signed.
+#[derive(Serialize, Deserialize)]
+struct RecordFile {
+    /// BLAKE3 of the signed record's CBOR: the hash stores and `shoal show` name it by.
+    hash: Hash,
+    record: serde_json::Value,
+    /// The signer's ed25519 public key, hex.
+    signer: String,
+    /// The ed25519 signature over `signed`, hex.
+    signature: String,
+    /// The record's canonical CBOR, hex: what was signed.
+    signed: String,
+}
+
+impl RecordFile {
+    fn new(signed: &SignedRecord) -> Result<RecordFile> {
+        let record = signed.record_trusted()?;
+        Ok(RecordFile {
+            hash: Hash::of(&signed.to_cbor()),
+            record: serde_json::to_value(&record)?,
+            signer: hex::encode(signed.signer),
+            signature: hex::encode(&signed.signature),
+            signed: hex::encode(&signed.record),
+        })
+    }
+
+    /// Checks the file's signature, hash and readable part; returns the record.
+    fn verify(bytes: &[u8], expected: Hash) -> Result<RunRecord> {
+        let file: RecordFile = serde_json::from_slice(bytes).context("not a shoal record file")?;
+        let signer: [u8; 32] = hex::decode(&file.signer)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow!("its signer is not a 32-byte hex key"))?;
+        let signed = SignedRecord {
+            record: hex::decode(&file.signed).map_err(|_| anyhow!("its `signed` field is not hex"))?,
+            signer,
+            signature: hex::decode(&file.signature).map_err(|_| anyhow!("its signature is not hex"))?,
+        };
+        let record = signed.verify().map_err(|e| anyhow!("{e}"))?;
+        let hash = Hash::of(&signed.to_cbor());
+        if hash != file.hash || hash != expected {
+            bail!("the signed record hashes to {hash}, and the file says {} (run.json: {expected})", file.hash);
+        }
+        if serde_json::to_value(&record)? != file.record {
+            bail!("its readable `record` differs from the one signed: it was edited after the run");
+        }
+        Ok(record)
+    }
+}
+
+/// The files of a run's commit, by path; serialized bytes, ready to write.
+pub struct Files {
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Files {
+    /// Writes the blobs and trees: the base tree's entries with shoal's top-level files replaced
+    /// and its `records/` and `machine/` trees made anew.
+    fn write_tree(&self, git: &git2::Repository, base: Option<&git2::Tree>) -> Result<git2::Oid> {
+        let mut root = git.treebuilder(base)?;
+        for dir in [RECORDS, MACHINES] {
+            if root.get(dir)?.is_some() {
+                root.remove(dir)?;
+            }
+        }
+        let mut subtrees: BTreeMap<&str, git2::TreeBuilder> = BTreeMap::new();
+        for (path, bytes) in &self.files {
+            let blob = git.blob(bytes)?;
+            match path.split_once('/') {
+                Some((dir, name)) => {
+                    let builder = match subtrees.entry(dir) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(v) => v.insert(git.treebuilder(None)?),
+                    };
+                    builder.insert(name, blob, 0o100644)?;
+                }
+                None => {
+                    root.insert(path, blob, 0o100644)?;
+                }
+            }
+        }
+        for (dir, builder) in subtrees {
+            let oid = builder.write()?;
+            root.insert(dir, oid, 0o040000)?;
+        }
+        Ok(root.write()?)
+    }
+}
+
+/// Pretty JSON with a final newline.
+fn pretty<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    let mut out = serde_json::to_vec_pretty(v)?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// `text` with every presigned URL's secrets redacted (the DAG's URL inputs and upload targets,
+/// as the JSON text writes them).
+fn redact_text(text: &str, dag: &Dag) -> String {
+    let mut out = text.to_string();
+    let mut urls: Vec<String> = Vec::new();
+    for job in &dag.jobs {
+        for input in job.inputs.values().chain(job.stdin.iter()) {
+            if let InputRef::Url { url, .. } = input.root() {
+                urls.push(url.clone());
+            }
+        }
+        for target in job.uploads.values() {
+            urls.push(target.as_written());
+        }
+    }
+    for url in urls.into_iter().filter(|u| shoal_dag::location::has_secret(u)) {
+        let redacted = shoal_dag::location::redact(&url);
+        out = out.replace(&url, &redacted);
+        // As JSON escapes it (`\/`, `\u0026`, ...), when written so.
+        if let (Ok(esc), Ok(red)) = (serde_json::to_string(&url), serde_json::to_string(&redacted)) {
+            out = out.replace(&esc[1..esc.len() - 1], &red[1..red.len() - 1]);
+        }
+    }
+    out
+}
+
+/// Each job's references pinned to what its record says ran, in the DAG's job order.
+fn pins(dag: &Dag, records: &BTreeMap<String, RunRecord>) -> Vec<shoal_dag::pin::JobPins> {
+    dag.jobs
+        .iter()
+        .map(|job| {
+            let mut p = shoal_dag::pin::JobPins {
+                id: job.id.clone(),
+                image: None,
+                inputs: Vec::new(),
+                stdin: None,
+                uploads: Vec::new(),
+            };
+            for (output, target) in job.uploads.iter() {
+                p.uploads.push((output.clone(), serde_json::Value::String(target.redacted())));
+            }
+            let Some(rec) = records.get(&job.id) else { return p };
+            if !matches!(job.image, shoal_dag::ImageRef::Job { .. }) {
+                p.image = Some(rec.job.image.to_string().into());
+            }
+            let pin = |r: &InputRef, d: &Digest| -> Option<serde_json::Value> {
+                match r {
+                    InputRef::Job { .. } => None,
+                    InputRef::Url { url, .. } => Some(
+                        InputRef::Url { url: url.clone(), pin: Some(shoal_dag::UrlPin::Blake3(d.hash)) }.to_json(),
+                    ),
+                    InputRef::S3 { object, .. } => Some(
+                        InputRef::S3 { object: object.clone(), pin: Some(shoal_dag::UrlPin::Blake3(d.hash)) }.to_json(),
+                    ),
+                    // A selection or sub-path names exactly the digest it resolved to.
+                    r if matches!(r.root(), InputRef::Job { .. }) => None,
+                    _ => Some(InputRef::Blake3(d.hash).to_json()),
+                }
+            };
+            for (name, r) in job.inputs.iter() {
+                if let Some(d) = rec.job.inputs.get(name)
+                    && let Some(v) = pin(r, d)
+                {
+                    p.inputs.push((name.clone(), v));
+                }
+            }
+            if let (Some(r), Some(d)) = (&job.stdin, &rec.job.stdin) {
+                p.stdin = pin(r, d);
+            }
+            p
+        })
+        .collect()
+}
+
+/// The files of a run's commit, and its message.
+pub fn files_of(facts: &RunFacts) -> Result<(Files, String)> {
+    let mut records = BTreeMap::new();
+    let mut files = BTreeMap::new();
+    let mut machines: BTreeMap<String, (u64, Machine)> = BTreeMap::new();
+    for (job, signed) in &facts.records {
+        let rec = signed.record_trusted()?;
+        files.insert(format!("{RECORDS}/{job}.json"), pretty(&RecordFile::new(signed)?)?);
+        // The machine as its latest record here saw it.
+        let at = rec.timing.finished_unix_ms;
+        match machines.get(&rec.machine.node_id) {
+            Some((t, m)) if (*t, m.kernel.as_str()) >= (at, rec.machine.kernel.as_str()) => {}
+            _ => {
+                machines.insert(rec.machine.node_id.clone(), (at, rec.machine.clone()));
+            }
+        }
+        records.insert(job.clone(), rec);
+    }
+    for (node, (_, machine)) in &machines {
+        let mut m = machine.clone();
+        // Per job, not per machine.
+        m.emulation = None;
+        m.gpus.clear();
+        files.insert(format!("{MACHINES}/{node}.json"), pretty(&m)?);
+    }
+    let dag_text = redact_text(&facts.dag_text, &facts.dag);
+    let pinned = shoal_dag::pin::rewrite(&dag_text, &pins(&facts.dag, &records)).context("pinning the DAG's references")?;
+    let run = RunFile {
+        source: facts.source.clone(),
+        pinned: Hash::of(pinned.as_bytes()),
+        ok: facts.ok(),
+        jobs: facts.jobs.clone(),
+    };
+    files.insert(DAG.into(), dag_text.into_bytes());
+    files.insert(PINNED.into(), pinned.into_bytes());
+    files.insert(RUN.into(), pretty(&run)?);
+    Ok((Files { files }, message(facts, &run)))
+}
+
+/// The commit message: a subject that summarises the run, then a line per job.
+fn message(facts: &RunFacts, run: &RunFile) -> String {
+    use std::fmt::Write;
+    let n = run.jobs.len();
+    let cached = run.jobs.iter().filter(|j| j.cached).count();
+    let failed = run.jobs.iter().filter(|j| j.status == Status::Failed).count();
+    let skipped = run.jobs.iter().filter(|j| j.status == Status::Skipped).count();
+    let wall = crate::output::millis(facts.wall_ms);
+    let mut m = if run.ok {
+        format!("{} {}: {n} jobs, {cached} cached, 0 failed, wall {wall}", facts.command, facts.source)
+    } else {
+        format!(
+            "{} {}: FAILED, {failed} of {n} jobs failed, {skipped} skipped, {cached} cached, wall {wall}",
+            facts.command, facts.source
+        )
+    };
+    let _ = write!(m, "\n\npinned DAG {} (pinned.json); `shoal rerun` runs it again.\n", run.pinned);
+    // At most this many job lines: the rest is in run.json.
+    const JOB_LINES_MAX: usize = 50;
+    for j in run.jobs.iter().take(JOB_LINES_MAX) {
+        let how = match (j.status, j.cached) {
+            (Status::Done, true) => "cached".to_string(),
+            (s, _) => s.to_string(),
+        };
+        let _ = write!(m, "\n{:<20} {:<8}", j.job, how);
+        if let Some(r) = j.record {
+            let _ = write!(m, " record {}", r.short());
+        }
+        if let Some(e) = &j.error {
+            let first = e.lines().next().unwrap_or_default();
+            let _ = write!(m, " ({})", first.chars().take(120).collect::<String>());
+        }
+    }
+    if n > JOB_LINES_MAX {
+        let _ = write!(m, "\n... and {} more jobs (run.json)", n - JOB_LINES_MAX);
+    }
+    m.push('\n');
+    m
+}
+
+/// Commits `facts` to `repo` (pushing to `origin` when `push`), and says so on stderr.
+pub fn commit_run(repo: &Repo, facts: &RunFacts, push: bool) -> Result<git2::Oid> {
+    let (files, message) = files_of(facts)?;
+    let oid = repo.commit(&files, &message)?;
+    let short = &oid.to_string()[..12];
+    eprintln!(
+        "provenance: commit {short} in {}{}",
+        repo.path().display(),
+        if facts.ok() { String::new() } else { " (the run failed; its records are in the commit)".into() }
+    );
+    if push {
+        let pushed = repo.push()?;
+        eprintln!("provenance: pushed {pushed}");
+    }
+    Ok(oid)
+}
+
+/// `REPO[@COMMIT]`: the repository and the revision, if one is named. A path that exists as
+/// written is a repository even if it holds an `@`.
+pub fn split_repo_rev(arg: &str) -> (PathBuf, Option<String>) {
+    if Path::new(arg).exists() {
+        return (PathBuf::from(arg), None);
+    }
+    match arg.rsplit_once('@') {
+        Some((repo, rev)) if !rev.is_empty() && !rev.contains('/') => (PathBuf::from(repo), Some(rev.to_string())),
+        _ => (PathBuf::from(arg), None),
+    }
+}
+
+/// A DAG file in JSON, or a run file: the DAG, its JSON text (a run file's translation), and
+/// the warnings of its parse.
+pub fn parse_dag_or_run_file(
+    file_name: &str,
+    bytes: &[u8],
+) -> Result<(Dag, String, Vec<shoal_dag::Diagnostic>), shoal_dag::Diagnostics> {
+    let (dag, warnings) = shoal_dag::parse_dag_bytes_warned(file_name, bytes)?;
+    // It parsed, so it is UTF-8.
+    Ok((dag, String::from_utf8_lossy(bytes).into_owned(), warnings))
+}
