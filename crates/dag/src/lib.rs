@@ -12,6 +12,8 @@
 //! - `record`: [`ResolvedJob`] and its action key, [`RunRecord`] and its signature.
 //! - `location`: URLs and `s3://` objects (inputs, upload targets), their pins and redaction.
 //! - `sorted_map`: [`SortedMap`], the small map of a job's inputs, outputs and variables.
+//! - `runfile`: run files, a Dockerfile-like text for a DAG of one job ([`parse_run_file`]), and
+//!   [`parse_any_bytes`], which takes either kind of file.
 //!
 //! Invariant: this crate does no I/O, reads no clock and draws no random numbers.
 
@@ -24,6 +26,7 @@ mod json;
 pub mod location;
 pub mod pin;
 mod record;
+mod runfile;
 mod sorted_map;
 mod spec;
 mod units;
@@ -33,6 +36,7 @@ pub use cbor::{canonical_cbor, from_cbor};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, escape_for_terminal};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
+pub use runfile::{parse_any_bytes, parse_run_file, translate_run_file};
 pub use sorted_map::SortedMap;
 pub use location::{S3Object, UploadTarget, UrlPin};
 pub use spec::{

@@ -146,10 +146,9 @@ fn submit_inner(
 ) -> Result<(bool, String)> {
     let bytes = crate::run::read_dag_file(path, crate::daemon::DAG_BYTES_MAX_DEFAULT)?;
     // Parse here first: located errors from the file as the user wrote it.
-    let (dag, warnings) =
-        shoal_dag::parse_dag_bytes_warned(&path.display().to_string(), &bytes).map_err(|d| anyhow!("{d}"))?;
+    let (dag, text, warnings) = crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes)
+        .map_err(|d| anyhow!("{d}"))?;
     crate::output::print_warnings(&warnings);
-    let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut pins = Vec::with_capacity(dag.jobs.len());
     for job in &dag.jobs {

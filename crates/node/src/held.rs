@@ -284,17 +284,16 @@ impl Held {
     pub fn run(&self, path: &Path, opts: &HeldRun) -> Result<ExitCode> {
         let bytes = crate::run::read_dag_file(path, opts.dag_bytes_max)?;
         let name = path.display().to_string();
-        let dag = match shoal_dag::parse_dag_bytes_warned(&name, &bytes) {
-            Ok((dag, warnings)) => {
+        let (dag, text) = match crate::provenance::parse_dag_or_run_file(&name, &bytes) {
+            Ok((dag, text, warnings)) => {
                 crate::output::print_warnings(&warnings);
-                dag
+                (dag, text)
             }
             Err(diagnostics) => {
                 eprintln!("{diagnostics}");
                 return Ok(ExitCode::from(crate::EXIT_ERROR));
             }
         };
-        let text = String::from_utf8(bytes).expect("parse_dag_bytes checked it is UTF-8");
         let dag_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut files: BTreeMap<String, FileInput> = BTreeMap::new();
         for job in &dag.jobs {

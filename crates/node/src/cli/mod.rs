@@ -914,6 +914,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
             tokio::task::spawn_blocking(move || shoal_node::explorer::explore(&home, args)).await?
         }
+        Command::Provenance(ProvenanceCommand::Export { what, repo, push, node })
+            if node.url.is_none()
+                && (what.starts_with("/r/") || what.starts_with("blake3:") && held_by_node(&home).await?.is_none()) =>
+        {
+            if what.starts_with("/r/") && held_by_node(&home).await?.is_some() {
+                let command = Command::Provenance(ProvenanceCommand::Export { what, repo, push, node });
+                return tokio::task::spawn_blocking(move || client_command(&home, command)).await?;
+            }
+            provenance::export_local_record(&cli.home, &what, &repo, push).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Submit { .. }
         | Command::Provenance(_)
         | Command::Status { .. }

@@ -7,6 +7,7 @@
 //! - `pinned.json`: the DAG every job of which names what ran: images by image id, inputs and
 //!   stdin by `blake3:` hash (a URL keeps its redacted address with a `#blake3=` pin); `shoal run
 //!   pinned.json` runs it again;
+//! - `Runfile`: the run file as written, when the DAG came from one (else no such file);
 //! - `run.json`: each job's status, whether the cache answered it, its action key, record and
 //!   outputs, in the DAG's order;
 //! - `records/<job>.json`: each job's signed run record, readable, with the signed CBOR and
@@ -34,6 +35,7 @@ use crate::run::{JobReport, Status};
 pub const PINNED: &str = "pinned.json";
 const DAG: &str = "dag.json";
 const RUN: &str = "run.json";
+const RUN_FILE: &str = "Runfile";
 const RECORDS: &str = "records";
 const MACHINES: &str = "machine";
 /// Dirty paths an error names before it says "and N more".
@@ -79,6 +81,8 @@ pub struct RunFacts {
     pub wall_ms: u64,
     /// What made the commit: `shoal run`, `shoal submit`, `shoal provenance export`.
     pub command: &'static str,
+    /// The run file as written, when the DAG came from one (committed as `Runfile`).
+    pub run_file: Option<String>,
 }
 
 impl RunFacts {
@@ -112,7 +116,7 @@ impl RunFacts {
                 error: r.error.clone(),
             })
             .collect();
-        Ok(RunFacts { source, dag_text, dag, jobs, records, wall_ms, command: "shoal run" })
+        Ok(RunFacts { source, dag_text, dag, jobs, records, wall_ms, command: "shoal run", run_file: None })
     }
 
     pub fn ok(&self) -> bool {
@@ -366,9 +370,9 @@ impl Files {
     /// and its `records/` and `machine/` trees made anew.
     fn write_tree(&self, git: &git2::Repository, base: Option<&git2::Tree>) -> Result<git2::Oid> {
         let mut root = git.treebuilder(base)?;
-        for dir in [RECORDS, MACHINES] {
-            if root.get(dir)?.is_some() {
-                root.remove(dir)?;
+        for stale in [RECORDS, MACHINES, RUN_FILE] {
+            if root.get(stale)?.is_some() {
+                root.remove(stale)?;
             }
         }
         let mut subtrees: BTreeMap<&str, git2::TreeBuilder> = BTreeMap::new();
@@ -510,6 +514,9 @@ pub fn files_of(facts: &RunFacts) -> Result<(Files, String)> {
         jobs: facts.jobs.clone(),
     };
     files.insert(DAG.into(), dag_text.into_bytes());
+    if let Some(text) = &facts.run_file {
+        files.insert(RUN_FILE.into(), text.clone().into_bytes());
+    }
     files.insert(PINNED.into(), pinned.into_bytes());
     files.insert(RUN.into(), pretty(&run)?);
     Ok((Files { files }, message(facts, &run)))
@@ -584,13 +591,26 @@ pub fn split_repo_rev(arg: &str) -> (PathBuf, Option<String>) {
     }
 }
 
-/// A DAG file in JSON, or a run file: the DAG, its JSON text (a run file's translation), and
-/// the warnings of its parse.
+/// A DAG file in JSON, or a run file (told apart as [`shoal_dag::parse_any_bytes`] does): the
+/// DAG, its JSON text (a run file's translation, pretty-printed), and the warnings of its parse.
 pub fn parse_dag_or_run_file(
     file_name: &str,
     bytes: &[u8],
 ) -> Result<(Dag, String, Vec<shoal_dag::Diagnostic>), shoal_dag::Diagnostics> {
-    let (dag, warnings) = shoal_dag::parse_dag_bytes_warned(file_name, bytes)?;
-    // It parsed, so it is UTF-8.
-    Ok((dag, String::from_utf8_lossy(bytes).into_owned(), warnings))
+    let body = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+    let is_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if is_json {
+        let (dag, warnings) = shoal_dag::parse_dag_bytes_warned(file_name, bytes)?;
+        // It parsed, so it is UTF-8.
+        return Ok((dag, String::from_utf8_lossy(bytes).into_owned(), warnings));
+    }
+    // The run file's errors, UTF-8 ones included, come from the parser that reads it.
+    let (dag, warnings) = shoal_dag::parse_any_bytes(file_name, bytes)?;
+    let text = std::str::from_utf8(bytes).unwrap_or_default();
+    let (_, json, _) = shoal_dag::translate_run_file(file_name, text)?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&json)
+        .and_then(|v| serde_json::to_string_pretty(&v))
+        .map(|t| t + "\n")
+        .unwrap_or(json);
+    Ok((dag, pretty, warnings))
 }

@@ -88,6 +88,7 @@ pub fn facts(client: &Client, dag: &str, source: Option<String>, dag_text: Optio
         records,
         wall_ms: last.saturating_sub(first),
         command: "shoal submit",
+        run_file: None,
     })
 }
 
@@ -169,5 +170,6 @@ pub fn facts_of_record(signed: SignedRecord, source: String) -> Result<RunFacts>
         records: BTreeMap::from([(rec.job_id.clone(), signed)]),
         wall_ms: rec.timing.wall_ms,
         command: "shoal provenance export",
+        run_file: None,
     })
 }

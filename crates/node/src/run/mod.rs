@@ -311,6 +311,9 @@ pub async fn run_dag_file(
             return Ok(ExitCode::from(EXIT_ERROR));
         }
     };
+    // A run file (not JSON) is committed as written beside its translation.
+    let run_file = (String::from_utf8_lossy(&bytes).trim_start_matches('\u{feff}').trim_start().chars().next() != Some('{'))
+        .then(|| String::from_utf8_lossy(&bytes).into_owned());
     drop(bytes);
     // Everything the commit at the end needs is checked before any job runs.
     let repo = match provenance {
@@ -339,6 +342,7 @@ pub async fn run_dag_file(
             wall_ms,
         )
         .await?;
+        let facts = crate::provenance::RunFacts { run_file, ..facts };
         tokio::task::block_in_place(|| crate::provenance::commit_run(repo, &facts, p.push))?;
     }
     Ok(if out.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
