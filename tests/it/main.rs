@@ -27,4 +27,5 @@ mod microvm;
 mod netlab;
 mod runner;
 mod support;
+mod provenance;
 mod why;
