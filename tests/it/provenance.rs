@@ -243,3 +243,49 @@ fn push_sends_the_commit_to_a_bare_origin_and_a_run_file_is_committed_as_written
     assert!(stderr(&out).contains("has no remote `origin`"), "{}", stderr(&out));
     assert_eq!(git(&lone, &["log", "--format=%s"]).lines().count(), 1);
 }
+
+/// In a mesh: `submit --wait --provenance` commits when the DAG ends; another node, asked later,
+/// writes the same records (`shoal provenance export DAG`); and a fresh store with nothing in it
+/// reruns the commit by joining the mesh, which has every blob it names.
+#[test]
+fn a_mesh_run_is_committed_at_its_end_exported_by_another_node_and_rerun_from_a_fresh_store() {
+    use crate::mesh::{MeshNode, mesh_key, wait_for_mesh};
+    let key_dir = tempfile::tempdir().unwrap();
+    let key = mesh_key(key_dir.path());
+    let a = MeshNode::start(Home::with_busybox(), &key, &[], &[]);
+    let b = MeshNode::start(Home::empty(), &key, &[a.listen.as_str()], &[]);
+    wait_for_mesh(&[&a, &b]);
+    let work = Home::empty();
+    work.write("words.txt", "one two three\n");
+    let dag = work.write("two.json", TWO_JOBS);
+    let repo = new_repo(&work, "runs");
+    let out = work.shoal(&["submit", "--node", &a.http, "--wait", "--provenance", repo.to_str().unwrap(), dag.to_str().unwrap()]);
+    assert_success(&out, "shoal submit --wait --provenance");
+    let subject = git(&repo, &["log", "-1", "--format=%s"]);
+    assert!(subject.starts_with("shoal submit ") && subject.contains("2 jobs"), "{subject}");
+    assert_eq!(git(&repo, &["show", "HEAD:dag.json"]), TWO_JOBS);
+    // --provenance without --wait says what to do instead.
+    let out = work.shoal(&["submit", "--node", &a.http, "--provenance", repo.to_str().unwrap(), dag.to_str().unwrap()]);
+    assert!(stderr(&out).contains("needs --wait") && stderr(&out).contains("shoal provenance export"), "{}", stderr(&out));
+
+    // The other node writes the same records for the DAG, any time after.
+    let dags = a.get_json("/v1/dags");
+    let hash = dags["dags"][0]["dag"].as_str().unwrap().to_string();
+    let later = new_repo(&work, "later");
+    let out = work.shoal(&["provenance", "export", &hash, "--repo", later.to_str().unwrap(), "--node", &b.http]);
+    assert_success(&out, "shoal provenance export DAG");
+    for f in ["records/make.json", "records/count.json", "pinned.json"] {
+        assert_eq!(git(&later, &["show", &format!("HEAD:{f}")]), git(&repo, &["show", &format!("HEAD:{f}")]), "{f}");
+    }
+    assert!(git(&later, &["log", "-1", "--format=%s"]).starts_with("shoal provenance export dag blake3:"));
+
+    // A fresh store lacks every blob; joined to the mesh, it reruns the commit and matches.
+    let fresh = Home::empty();
+    let out = fresh.shoal(&["rerun", "--backend", "namespace", repo.to_str().unwrap()]);
+    assert!(stderr(&out).contains("the image of job `make`") && stderr(&out).contains("input `words` of job `make`"), "{}", stderr(&out));
+    let out = fresh.shoal(&[
+        "rerun", "--backend", "namespace", "--join", &a.listen, "--mesh-key", key.to_str().unwrap(), repo.to_str().unwrap(),
+    ]);
+    assert_success(&out, "shoal rerun --join from a fresh store");
+    assert!(stdout(&out).contains("every output matches (2 outputs)"), "{}", stdout(&out));
+}
