@@ -430,3 +430,66 @@ impl Drop for Stop {
         }
     }
 }
+
+/// `--explorer-provenance REPO`: each explorer run that the cache did not answer is a commit,
+/// `/c/<commit>` opens it (the permalink of its run), and `shoal provenance export /r/<record>`
+/// writes a permalink's run to another repository.
+#[test]
+fn explorer_runs_are_committed_and_a_commit_opens_its_permalink() {
+    let home = home();
+    let key = mesh_key(home.path());
+    let repo = home.path().join("explorer-runs");
+    let n = MeshNode::start_env(
+        home,
+        &key,
+        &[],
+        ("/ip4/127.0.0.1/tcp/0", "127.0.0.1:0"),
+        &["--explorer-provenance", repo.to_str().unwrap()],
+        &[("GIT_AUTHOR_NAME", "Explorer".to_string()), ("GIT_AUTHOR_EMAIL", "explorer@example.org".to_string())],
+    );
+    let request = json!({"entry": "sh", "options": {"count": 1}, "main": "script.sh"});
+    let files: &[(&str, &[u8])] = &[("script.sh", SCRIPT.as_bytes()), ("data.txt", b"to the repo\n")];
+    let (status, first) = run(&n, &request, files, Some(b"x\n"));
+    assert_eq!(status, 200, "{first:#}");
+    let (_, again) = run(&n, &request, files, Some(b"x\n"));
+    assert_eq!(again["cached"], true);
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").arg("-C").arg(&repo).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // One commit: the cached answer is the same run.
+    let log = git(&["log", "--format=%H %an %s"]);
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let permalink = first["permalink"].as_str().unwrap();
+    assert!(log.contains(&format!("Explorer shoal provenance export {permalink}")), "{log}");
+    let commit = log.split_whitespace().next().unwrap().to_string();
+    let dag: Value = serde_json::from_str(&git(&["show", "HEAD:dag.json"])).unwrap();
+    assert!(dag["jobs"][0]["image"].as_str().unwrap().starts_with("blake3:"), "{dag}");
+    // /c/<commit> sends the browser to the run's permalink.
+    let no_redirects = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build(),
+    );
+    let resp = no_redirects.get(format!("{}/c/{commit}", n.http)).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers().get("location").unwrap().to_str().unwrap(), permalink);
+    let (status, _, body) = get(&n, "/c/0123456789abcdef0123");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("has no commit"), "{body}");
+    // The CLI exports a permalink's run through the node, the same tree as the node's commit.
+    let other = Home::empty();
+    let dest = other.path().join("mine");
+    let out = Command::new(shoal_bin())
+        .args(["provenance", "export", permalink, "--repo", dest.to_str().unwrap(), "--node", &n.http])
+        .env("SHOAL_HOME", other.store())
+        .env("GIT_AUTHOR_NAME", "Ada")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.org")
+        .output()
+        .unwrap();
+    assert_success(&out, "shoal provenance export /r/ --node");
+    let tree = |r: &Path| {
+        let out = std::process::Command::new("git").arg("-C").arg(r).args(["rev-parse", "HEAD^{tree}"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(tree(&dest), tree(&repo));
+}

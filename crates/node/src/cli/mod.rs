@@ -551,6 +551,10 @@ struct NodeArgs {
     /// so permalinks keep working; `shoal gc` keeps them until then.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     explorer_keep_days: u32,
+    /// Commit every explorer run to this git repository (created when it does not exist), and
+    /// open its commits at /c/<commit>.
+    #[arg(long, value_name = "REPO")]
+    explorer_provenance: Option<PathBuf>,
     /// Largest blob one `POST /v1/blobs` may carry, e.g. 4GiB (also refused when the store's file
     /// system has no room for it).
     #[arg(long, default_value = "4GiB")]

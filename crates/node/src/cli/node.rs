@@ -121,6 +121,7 @@ pub(super) fn node_options(store: &Store, args: NodeArgs) -> Result<shoal_node::
             upload_bytes_per_day,
             disk_free_percent_min: args.explorer_disk_free_min_percent,
             keep_days: args.explorer_keep_days,
+            provenance: args.explorer_provenance.clone(),
         },
         upload_bytes_max,
         dag_bytes_max,

@@ -75,10 +75,7 @@ pub(super) async fn rerun_command(home: &Option<PathBuf>, args: RerunArgs) -> Re
 /// `shoal provenance export /r/<record>` with no node named and none holding the store: the
 /// record from this store.
 pub(super) async fn export_local_record(home: &Option<PathBuf>, what: &str, repo: &std::path::Path, push: bool) -> Result<()> {
-    let hash: shoal_dag::Hash = what
-        .trim_start_matches("/r/")
-        .parse()
-        .map_err(|_| anyhow::anyhow!("`{what}` names no run record: write `/r/blake3:<64 hex>` or the hash the page shows"))?;
+    let hash = shoal_node::provenance::node::parse_record_ref(what)?;
     let store = super::open_store(home).await?;
     let signed = store.get_record(hash).await;
     store.shutdown().await;
@@ -86,7 +83,7 @@ pub(super) async fn export_local_record(home: &Option<PathBuf>, what: &str, repo
         anyhow::anyhow!("run record {hash} is not in this store: name the node that has it (`--node URL`)")
     })?;
     signed.verify().map_err(|e| anyhow::anyhow!("run record {hash}: {e}"))?;
-    let facts = shoal_node::provenance::node::facts_of_record(signed, format!("/r/{hash}"))?;
+    let facts = shoal_node::provenance::node::facts_of_record(signed, shoal_node::provenance::node::permalink(hash))?;
     tokio::task::block_in_place(|| {
         let repo = Repo::open(repo)?;
         shoal_node::provenance::commit_run(&repo, &facts, push).map(drop)

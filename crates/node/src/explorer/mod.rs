@@ -94,6 +94,9 @@ struct Explorer {
     runs: Semaphore,
     /// What anonymous callers of a public explorer may do; the retention of every run.
     limits: Limits,
+    /// The repository every run is committed to (`--explorer-provenance`), and the lock that
+    /// makes its commits one at a time.
+    provenance: Option<(PathBuf, std::sync::Mutex<()>)>,
 }
 
 struct Loaded {
@@ -138,15 +141,18 @@ fn load_catalogue(home: &std::path::Path) -> Result<Arc<Loaded>, String> {
 
 /// The explorer's routes, merged into the node's router (which adds the state).
 pub(crate) fn router(public: PublicOptions) -> Router<Shr> {
+    let provenance = public.provenance.clone().map(|p| (p, std::sync::Mutex::new(())));
     let explorer = Arc::new(Explorer {
         catalogue: OnceLock::new(),
         runs: Semaphore::new(RUNS_IN_FLIGHT_MAX),
         limits: Limits::new(public),
+        provenance,
     });
     Router::new()
         .route("/", get(page))
         .route("/explore", get(page))
         .route("/r/{record}", get(page))
+        .route("/c/{commit}", get(open_commit))
         .route("/explorer/app.js", get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }))
         .route("/explorer/app.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
         .route("/v1/explorer/catalogue", get(catalogue_json))
@@ -183,6 +189,83 @@ async fn page() -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+/// Commits a run that was not answered from the cache to the node's provenance repository, if
+/// it keeps one. A failed commit is logged: the run stands.
+async fn commit_run(s: &Shared, ex: &Arc<Explorer>, record: Hash) {
+    if ex.provenance.is_none() {
+        return;
+    }
+    let signed = match s.store.get_record(record).await {
+        Ok(Some(signed)) => signed,
+        _ => return,
+    };
+    let ex = ex.clone();
+    let done = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let Some((repo, lock)) = &ex.provenance else { return Ok(()) };
+        let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let facts = crate::provenance::node::facts_of_record(signed, crate::provenance::node::permalink(record))?;
+        let repo = crate::provenance::Repo::open(repo)?;
+        crate::provenance::commit_run(&repo, &facts, false).map(drop)
+    })
+    .await;
+    match done {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(%record, "could not commit the explorer run to the provenance repository: {e:#}"),
+        Err(e) => tracing::warn!(%record, "the provenance commit's task failed: {e}"),
+    }
+}
+
+/// `/c/<commit>`: a commit of the node's provenance repository, opened. Its records enter the
+/// store (they are verified); a commit of one job opens that run's permalink, one of more lists
+/// them.
+async fn open_commit(
+    State(s): State<Shr>,
+    Extension(ex): Extension<Arc<Explorer>>,
+    Path(commit): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some((repo, _)) = &ex.provenance else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this node keeps no provenance repository: start it with `--explorer-provenance REPO`",
+        ));
+    };
+    if commit.is_empty() || commit.len() > 64 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("`{commit}` is not a commit id (hex)")));
+    }
+    let repo = repo.clone();
+    let rev = commit.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        crate::provenance::Repo::open_existing(&repo)?.read_run(Some(&rev))
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("{e:#}")))?;
+    let mut links = Vec::new();
+    for job in &committed.run.jobs {
+        let (Some(hash), Some(signed)) = (job.record, committed.signed.get(&job.job)) else { continue };
+        if s.store.get_record(hash).await.map_err(internal)?.is_none() {
+            s.store.put_record(signed, shoal_blobs::Durability::Now).await.map_err(internal)?;
+        }
+        links.push((job.job.clone(), hash));
+    }
+    if let [(_, hash)] = links.as_slice() {
+        return Ok(axum::response::Redirect::to(&crate::provenance::node::permalink(*hash)).into_response());
+    }
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    let items: String = links
+        .iter()
+        .map(|(job, hash)| format!("<li><a href=\"{}\">{}</a></li>", crate::provenance::node::permalink(*hash), esc(job)))
+        .collect();
+    let html = format!(
+        "<!doctype html><meta charset=utf-8><title>commit {}</title><link rel=stylesheet href=/explorer/app.css>\
+         <h1>commit {}</h1><p>{}</p><ul>{items}</ul>",
+        &committed.id[..12],
+        &committed.id[..12],
+        esc(&committed.run.source)
+    );
+    Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response())
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -259,6 +342,9 @@ async fn run_request(
     let received = receive(&s.store, &loaded.catalogue, multipart, tmp.path(), &mut gate).await?;
     drop(tmp);
     let (record, cached) = execute(&s, &ex, received).await?;
+    if !cached {
+        commit_run(&s, &ex, record).await;
+    }
     // An anonymous run's place among those in progress is held until it is answered.
     drop(gate);
     keep(&s, &ex.limits, record).await;

@@ -46,6 +46,8 @@ pub struct PublicOptions {
     /// Every explorer run's record and files are kept (pinned against `shoal gc`) for at least
     /// this many days after its last run, so its permalink keeps working.
     pub keep_days: u32,
+    /// Every run is committed to this git repository, whose commits open at `/c/<commit>`.
+    pub provenance: Option<std::path::PathBuf>,
 }
 
 impl Default for PublicOptions {
@@ -57,6 +59,7 @@ impl Default for PublicOptions {
             upload_bytes_per_day: 256 << 20,
             disk_free_percent_min: 10,
             keep_days: 30,
+            provenance: None,
         }
     }
 }

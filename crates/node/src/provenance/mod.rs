@@ -291,14 +291,16 @@ impl Repo {
             );
         }
         let mut records = BTreeMap::new();
+        let mut signed = BTreeMap::new();
         for job in &run.jobs {
             let Some(hash) = job.record else { continue };
             let path = format!("{RECORDS}/{}.json", job.job);
             let bytes = read(&path)?.ok_or_else(|| anyhow!("commit {} lacks {path}, which {RUN} names", &id[..12]))?;
-            let rec = RecordFile::verify(&bytes, hash).with_context(|| format!("{path} of commit {}", &id[..12]))?;
+            let (rec, s) = RecordFile::verify(&bytes, hash).with_context(|| format!("{path} of commit {}", &id[..12]))?;
             records.insert(job.job.clone(), rec);
+            signed.insert(job.job.clone(), s);
         }
-        Ok(Committed { id, pinned, run, records })
+        Ok(Committed { id, pinned, run, records, signed })
     }
 }
 
@@ -308,6 +310,8 @@ pub struct Committed {
     pub pinned: String,
     pub run: RunFile,
     pub records: BTreeMap<String, RunRecord>,
+    /// The same records as signed, by job id.
+    pub signed: BTreeMap<String, SignedRecord>,
 }
 
 /// `records/<job>.json`: the record readable, and what was signed.
@@ -337,7 +341,7 @@ impl RecordFile {
     }
 
     /// Checks the file's signature, hash and readable part; returns the record.
-    fn verify(bytes: &[u8], expected: Hash) -> Result<RunRecord> {
+    fn verify(bytes: &[u8], expected: Hash) -> Result<(RunRecord, SignedRecord)> {
         let file: RecordFile = serde_json::from_slice(bytes).context("not a shoal record file")?;
         let signer: [u8; 32] = hex::decode(&file.signer)
             .ok()
@@ -356,7 +360,7 @@ impl RecordFile {
         if serde_json::to_value(&record)? != file.record {
             bail!("its readable `record` differs from the one signed: it was edited after the run");
         }
-        Ok(record)
+        Ok((record, signed))
     }
 }
 

@@ -139,12 +139,21 @@ pub fn dag_of_record(rec: &shoal_dag::RunRecord) -> Result<String> {
 
 /// The facts of the one-job run of `record` (an explorer permalink's), from the node.
 pub fn record_facts(client: &Client, record: &str) -> Result<RunFacts> {
-    let hash: Hash = record
-        .trim_start_matches("/r/")
-        .parse()
-        .map_err(|_| anyhow!("`{record}` names no run record: write `/r/blake3:<64 hex>` or the hash the page shows"))?;
+    let hash = parse_record_ref(record)?;
     let signed = signed_record(client, hash)?;
-    facts_of_record(signed, format!("/r/{hash}"))
+    facts_of_record(signed, permalink(hash))
+}
+
+/// The explorer's permalink of a run: `/r/<64 hex>`.
+pub fn permalink(record: Hash) -> String {
+    format!("/r/{}", hex::encode(record.0))
+}
+
+/// A record as a permalink names it: `/r/<hex>`, `/r/blake3:<hex>`, `blake3:<hex>` or `<hex>`.
+pub fn parse_record_ref(what: &str) -> Result<Hash> {
+    let bare = what.trim_start_matches("/r/");
+    let full = if bare.starts_with("blake3:") { bare.to_string() } else { format!("blake3:{bare}") };
+    full.parse().map_err(|_| anyhow!("`{what}` names no run record: write `/r/<64 hex>` as the explorer's permalink does, or `blake3:<64 hex>`"))
 }
 
 /// [`record_facts`] of a record at hand.
