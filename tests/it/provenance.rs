@@ -289,3 +289,61 @@ fn a_mesh_run_is_committed_at_its_end_exported_by_another_node_and_rerun_from_a_
     assert_success(&out, "shoal rerun --join from a fresh store");
     assert!(stdout(&out).contains("every output matches (2 outputs)"), "{}", stdout(&out));
 }
+
+/// Every kind of input is pinned in pinned.json to what the job read — a URL (its signature
+/// redacted, its bytes pinned by BLAKE3), a path inside a stored tree, a selection of a `file:`
+/// tree — and a presigned upload's signature is in no file of the commit; the rerun matches.
+#[test]
+fn every_kind_of_input_is_pinned_and_no_signature_enters_the_repository() {
+    use crate::data::{Route, Web};
+    let home = Home::with_busybox();
+    let web = Web::start();
+    web.route("/words.txt", Route::Bytes(b"alpha beta\n".to_vec()));
+    let src = home.path().join("src");
+    std::fs::create_dir_all(src.join("lib")).unwrap();
+    std::fs::write(src.join("lib/a.c"), "int a;\n").unwrap();
+    std::fs::write(src.join("lib/b.h"), "#define B\n").unwrap();
+    std::fs::write(src.join("main.c"), "int main;\n").unwrap();
+    let out = home.shoal(&["blob", "put", src.to_str().unwrap()]);
+    assert_success(&out, "shoal blob put");
+    let tree = stdout(&out).split_whitespace().find(|w| w.starts_with("blake3:")).unwrap().to_string();
+    let (get_sig, put_sig) = ("0123456789abcdef0123", "fedcba9876543210fedc");
+    let dag = home.write(
+        "kinds.json",
+        &serde_json::json!({"version": 1, "jobs": [{
+            "id": "kinds", "image": "busybox:latest",
+            "command": ["sh", "-c", "cat /input/words /input/one; ls -R /input/sel"],
+            "inputs": {
+                "words": format!("{}/words.txt?X-Amz-Expires=3600&X-Amz-Signature={get_sig}", web.base),
+                "one": format!("{tree}/lib/a.c"),
+                "sel": {"tree": "file:src", "include": ["**/*.c"]}
+            },
+            "outputs": {"o": "stdout"},
+            "upload": {"o": format!("{}/up/o.txt?X-Amz-Expires=3600&X-Amz-Signature={put_sig}", web.base)}
+        }]})
+        .to_string(),
+    );
+    let repo = new_repo(&home, "runs");
+    let out = run_prov(&home, &dag, &repo, &[]);
+    assert_success(&out, "the run of every kind of input");
+    assert!(stdout(&out).contains("uploaded"), "{}", stdout(&out));
+    let pinned: serde_json::Value = serde_json::from_str(&git(&repo, &["show", "HEAD:pinned.json"])).unwrap();
+    let inputs = &pinned["jobs"][0]["inputs"];
+    let words = inputs["words"].as_str().unwrap();
+    assert!(words.contains("X-Amz-Signature=REDACTED") && words.contains("#blake3="), "{pinned}");
+    assert!(inputs["one"].as_str().unwrap().starts_with("blake3:"), "{pinned}");
+    assert!(inputs["sel"].as_str().unwrap().starts_with("blake3:"), "{pinned}");
+    assert!(pinned["jobs"][0]["upload"]["o"].as_str().unwrap().contains("X-Amz-Signature=REDACTED"), "{pinned}");
+    // No file of any commit holds either signature.
+    for sig in [get_sig, put_sig] {
+        let found = Command::new("git").arg("-C").arg(&repo).args(["grep", "-c", sig, "HEAD"]).output().unwrap();
+        assert_eq!(found.status.code(), Some(1), "{sig} is in the commit: {}", String::from_utf8_lossy(&found.stdout));
+    }
+    // The rerun reads what was pinned (no fetch: the bytes are here) and uploads nothing.
+    let fetched = web.hits("/words.txt");
+    let out = home.shoal(&["rerun", "--backend", "namespace", "--no-cache", repo.to_str().unwrap()]);
+    assert_success(&out, "the rerun");
+    assert!(stdout(&out).contains("every output matches (1 outputs)"), "{}", stdout(&out));
+    assert_eq!(web.hits("/words.txt"), fetched);
+    assert_eq!(web.hits("/up/o.txt"), 1);
+}

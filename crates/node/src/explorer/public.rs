@@ -215,6 +215,7 @@ mod tests {
             upload_bytes_per_day: 1000,
             disk_free_percent_min: 0,
             keep_days: 1,
+            provenance: None,
         })
     }
 

@@ -239,28 +239,15 @@ impl Compared {
     }
 }
 
-/// Checks, before running, the jobs whose requirements name the machine (arch, CPU flags)
-/// against this one: a job the recorded machine ran but this one cannot is named.
+/// Checks, before anything runs, every job's requirements that name the machine (arch, CPU
+/// flags, memory, GPUs) against this one, as the runner would one job at a time: a rerun that
+/// cannot be exact here is refused whole, each job named with what this machine lacks.
 pub fn check_compatible(dag: &Dag, here: &Machine) -> Result<()> {
-    let mut refused = Vec::new();
-    for job in &dag.jobs {
-        let missing: Vec<&str> = job
-            .requirements
-            .cpu_flags
-            .iter()
-            .filter(|f| !here.cpu_flags.iter().any(|h| h == *f))
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            refused.push(format!("job `{}` requires CPU flags this machine lacks: {}", job.id, missing.join(" ")));
-        }
-        if let Some(arch) = job.requirements.arch
-            && arch != crate::machine::dag_arch()
-            && crate::machine::emulation_for(Some(arch)).is_err()
-        {
-            refused.push(format!("job `{}` requires arch {arch:?}, which this machine neither is nor emulates", job.id));
-        }
-    }
+    let refused: Vec<String> = dag
+        .jobs
+        .iter()
+        .filter_map(|job| crate::run::unmet_here(&job.requirements, here).map(|why| format!("job `{}`: {why}", job.id)))
+        .collect();
     if !refused.is_empty() {
         bail!("this machine cannot rerun the commit as recorded:\n  {}", refused.join("\n  "));
     }
@@ -294,4 +281,112 @@ pub async fn run_local(
         }
     }
     Ok((records, failed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_dag::{Digest, DigestKind, Exit, ResolvedJob, Timing};
+
+    fn machine(kernel: &str, flags: &[&str]) -> Machine {
+        Machine {
+            node_id: "n1".into(),
+            hostname: "h".into(),
+            kernel: kernel.into(),
+            cpu_model: "c".into(),
+            cpu_flags: flags.iter().map(|f| f.to_string()).collect(),
+            arch: "x86_64".into(),
+            cores: 2,
+            memory_bytes: 8 << 30,
+            backend: "microvm".into(),
+            accelerator: Some("tcg".into()),
+            qemu: None,
+            guest_kernel: None,
+            emulation: None,
+            gpus: Vec::new(),
+            kernel_config: None,
+            shoal_version: None,
+        }
+    }
+
+    fn record(out: u8, m: Machine) -> RunRecord {
+        let d = |b: u8| Digest { hash: Hash([b; 32]), kind: DigestKind::File, size: 1 };
+        RunRecord {
+            version: 1,
+            job_id: "j".into(),
+            action_key: Hash([9; 32]),
+            job: ResolvedJob {
+                image: Hash([1; 32]),
+                command: vec![],
+                env: BTreeMap::new(),
+                workdir: None,
+                user: None,
+                stdin: None,
+                inputs: BTreeMap::new(),
+                outputs: BTreeMap::new(),
+                arch: None,
+                cpu_flags: vec![],
+                network: false,
+            },
+            requirements: Default::default(),
+            outputs: BTreeMap::from([("o".to_string(), d(out))]),
+            stdout: d(0),
+            stderr: d(0),
+            exit: Exit::Code(0),
+            timing: Timing {
+                queued_unix_ms: 0,
+                started_unix_ms: 0,
+                finished_unix_ms: 0,
+                wall_ms: 0,
+                user_ms: 0,
+                sys_ms: 0,
+                peak_memory_bytes: 0,
+            },
+            machine: m,
+            holders: vec![],
+        }
+    }
+
+    fn committed(rec: RunRecord) -> Committed {
+        Committed {
+            id: "0123456789abcdef0123456789abcdef01234567".into(),
+            pinned: String::new(),
+            run: super::super::RunFile {
+                source: "s".into(),
+                pinned: Hash([0; 32]),
+                ok: true,
+                jobs: vec![super::super::JobFact {
+                    job: "j".into(),
+                    status: crate::run::Status::Done,
+                    cached: false,
+                    action_key: None,
+                    record: None,
+                    outputs: BTreeMap::new(),
+                    error: None,
+                }],
+            },
+            records: BTreeMap::from([("j".to_string(), rec)]),
+            signed: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn another_kernel_and_cpu_flags_are_named_in_a_warning_and_outputs_compared() {
+        let was = committed(record(5, machine("6.1.0", &["avx2", "sse4_2"])));
+        let same = BTreeMap::from([("j".to_string(), record(5, machine("6.1.0", &["avx2", "sse4_2"])))]);
+        let c = compare(&was, &same, vec![]);
+        assert!(c.matched && c.warnings.is_empty(), "{c:?}");
+        let mut other = machine("6.12.0", &["avx2", "avx512f"]);
+        other.accelerator = Some("kvm".into());
+        let now = BTreeMap::from([("j".to_string(), record(6, other))]);
+        let c = compare(&was, &now, vec![]);
+        assert!(!c.matched);
+        assert_eq!(c.warnings.len(), 1);
+        let w = &c.warnings[0];
+        assert!(w.contains("kernel") && w.contains("cpu flags") && w.contains("accelerator"), "{w}");
+        assert!(!w.contains("cores"), "{w}");
+        let flags = c.machine.iter().find(|f| f.fact == "cpu flags").unwrap();
+        assert!(flags.recorded.contains("not now: sse4_2") && flags.now.contains("new: avx512f"), "{flags:?}");
+        assert!(c.render().contains("DIFFERENT") && c.render().contains("1 of 1 outputs differ"));
+    }
 }

@@ -600,7 +600,7 @@ fn user_ids(rootfs: &Path, user: Option<&str>) -> Result<(u32, u32)> {
 /// are checked against the run's budget, isolation by the backend, and labels only place jobs on
 /// a mesh's nodes. A job run anyway would fail in ways that name nothing, or, worse, succeed and
 /// cache a result keyed for a CPU it did not run on.
-fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Option<String> {
+pub(crate) fn unmet_here(req: &shoal_dag::Requirements, machine: &shoal_dag::Machine) -> Option<String> {
     use shoal_mesh::capabilities::{Capabilities, Mismatch, SPEED_REFERENCE, mismatches};
     let here = Capabilities {
         arch: crate::machine::dag_arch(),

@@ -39,7 +39,7 @@ use crate::output;
 use crate::{EXIT_ERROR, EXIT_JOB_FAILED};
 pub use job::digest_of_stored;
 use job::job_task;
-pub(crate) use job::{LimitsOf, describe_exit};
+pub(crate) use job::{LimitsOf, describe_exit, unmet_here};
 use runner::JOBS_IN_FLIGHT_PER_CORE;
 pub use runner::SANDBOX_SUBCOMMAND;
 pub(crate) use runner::{Ctx, Runner};
