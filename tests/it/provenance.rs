@@ -75,6 +75,7 @@ fn a_run_becomes_one_commit_that_git_reads_and_rerun_matches_it() {
     let rec: serde_json::Value = serde_json::from_str(&git(&repo, &["show", "HEAD:records/count.json"])).unwrap();
     assert_eq!(rec["record"]["exit"]["code"], 0, "{rec}");
     assert_eq!(rec["signer"].as_str().unwrap().len(), 64);
+    assert!(rec.get("signed").is_none(), "the readable record encodes back to the signed bytes: {rec}");
     let machine_file = files.lines().find(|l| l.starts_with("machine/")).unwrap();
     let machine: serde_json::Value = serde_json::from_str(&git(&repo, &["show", &format!("HEAD:{machine_file}")])).unwrap();
     for fact in ["kernel", "cpu_model", "cpu_flags", "cores", "memory_bytes", "shoal_version"] {
@@ -279,6 +280,12 @@ fn a_mesh_run_is_committed_at_its_end_exported_by_another_node_and_rerun_from_a_
     }
     assert!(git(&later, &["log", "-1", "--format=%s"]).starts_with("shoal provenance export dag blake3:"));
 
+    // A run file goes to a node as its translation.
+    let shout = work.write("shout.run", "FROM busybox:latest\nRUN echo mesh | tr a-z A-Z\nOUTPUT o stdout\n");
+    let out = work.shoal(&["submit", "--node", &a.http, "--wait", shout.to_str().unwrap()]);
+    assert_success(&out, "shoal submit of a run file");
+    assert!(stderr(&out).contains("shout.run:1:6: `busybox:latest` is a tag"), "{}", stderr(&out));
+
     // A fresh store lacks every blob; joined to the mesh, it reruns the commit and matches.
     let fresh = Home::empty();
     let out = fresh.shoal(&["rerun", "--backend", "namespace", repo.to_str().unwrap()]);
@@ -346,4 +353,56 @@ fn every_kind_of_input_is_pinned_and_no_signature_enters_the_repository() {
     assert!(stdout(&out).contains("every output matches (1 outputs)"), "{}", stdout(&out));
     assert_eq!(web.hits("/words.txt"), fetched);
     assert_eq!(web.hits("/up/o.txt"), 1);
+}
+
+/// The README's provenance example, as written (jobs in microVMs): its own directory for /tmp/ and
+/// its own store; git reads the commit, the rerun matches, and `why` names the changed command.
+#[test]
+fn readme_provenance_runs_as_written() {
+    let home = Home::with_busybox();
+    if !crate::microvm::vm_ready(&home) {
+        return;
+    }
+    let block = crate::held_home::readme_block("**Provenance in git.**");
+    let script = block.replace("/tmp/", &format!("{}/", home.path().display()));
+    let bin_dir = shoal_bin().parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!("set -euo pipefail\nexport PATH={}:$PATH\n{script}", bin_dir.display()))
+        .current_dir(repo_root())
+        .env("SHOAL_HOME", home.store())
+        .env("GIT_AUTHOR_NAME", "Ada Lovelace")
+        .env("GIT_AUTHOR_EMAIL", "ada@example.org")
+        .env("GIT_COMMITTER_NAME", "Ada Lovelace")
+        .env("GIT_COMMITTER_EMAIL", "ada@example.org")
+        .env_remove("RUST_LOG");
+    let out = run_with_deadline(cmd);
+    assert_success(&out, "the README's provenance example");
+    let text = stdout(&out);
+    for part in ["pinned.json", "records/report.json", "run.json", "machine/"] {
+        assert!(text.contains(part), "git log --stat lacks {part}: {text}");
+    }
+    assert!(text.contains("every output matches (6 outputs)"), "{text}");
+    assert!(text.contains("command") && text.contains("slow red fox"), "{text}");
+    let runs = home.path().join("runs");
+    let log = git(&runs, &["log", "--format=%an|%s"]);
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.lines().all(|l| l.starts_with("Ada Lovelace|shoal run ") && l.contains("5 jobs")), "{log}");
+}
+
+#[test]
+fn a_run_file_with_mistakes_is_refused_at_its_lines_and_columns() {
+    let home = Home::with_busybox();
+    let bad = home.write("bad.run", "FROM busybox:latest\nRUNN echo hi\nOUTPUT o /tmp/nowhere\n");
+    let out = home.shoal(&["run", "--backend", "namespace", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("bad.run:2:1: unknown instruction `RUNN`") && err.contains("did you mean `RUN`?"), "{err}");
+    assert!(err.contains("bad.run:3:10:") && err.contains("`/tmp/nowhere` is not an output"), "{err}");
+    let good = home.write("good.run", "# comment\nFROM busybox:latest\nENV W=\"two words\"\nRUN echo \"$W\"\nOUTPUT o stdout\n");
+    let out = home.shoal(&["run", "--backend", "namespace", "--json", good.to_str().unwrap()]);
+    assert_success(&out, "a run file");
+    assert_eq!(json(&out)["jobs"][0]["job"], "main");
+    let out = home.shoal(&["get", "main", "o"]);
+    assert_eq!(stdout(&out), "two words\n");
 }

@@ -10,9 +10,9 @@
 //! - `Runfile`: the run file as written, when the DAG came from one (else no such file);
 //! - `run.json`: each job's status, whether the cache answered it, its action key, record and
 //!   outputs, in the DAG's order;
-//! - `records/<job>.json`: each job's signed run record, readable, with the signed CBOR and
-//!   signature beside it (the readable part must equal the signed one);
-//! - `machine/<node>.json`: the facts of each machine that ran a job (CPU, flags, cores, memory,
+//! - `records/<job>.json`: each job's signed run record, readable, with its signer and signature
+//!   (over the record's canonical CBOR, which the readable record encodes back to);
+//! - `machine/<node>.json` (the node id's first 16 hex digits): the facts of each machine that ran a job (CPU, flags, cores, memory,
 //!   kernel release and config hash, accelerator, shoal version).
 //!
 //! Files are written from the run's facts alone (no clock, no host name of the committer), so
@@ -38,6 +38,11 @@ const RUN: &str = "run.json";
 const RUN_FILE: &str = "Runfile";
 const RECORDS: &str = "records";
 const MACHINES: &str = "machine";
+/// The priority of the in-memory object store a commit is written to before it is packed: above
+/// the repository's own backends, so every object written goes there.
+const MEMPACK_PRIORITY: i32 = 1000;
+/// Hex digits of a node id that name its machine file.
+const MACHINE_NAME_HEX: usize = 16;
 /// Dirty paths an error names before it says "and N more".
 const DIRTY_NAMED_MAX: usize = 5;
 
@@ -224,13 +229,41 @@ impl Repo {
             Err(e) => return Err(e).context("reading HEAD"),
         };
         let base = parent.as_ref().map(|c| c.tree()).transpose()?;
-        let tree = files.write_tree(&self.git, base.as_ref())?;
-        let tree = self.git.find_tree(tree)?;
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let oid = self.git.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents).context("committing the run")?;
+        // The objects go into one pack, not a file each: a 1000-job run's 2000 loose objects took
+        // most of the commit's time (an open, write, link and utime each).
+        let odb = self.git.odb()?;
+        let mempack = odb.add_new_mempack_backend(MEMPACK_PRIORITY)?;
+        let written = (|| -> Result<git2::Oid> {
+            let tree = files.write_tree(&self.git, base.as_ref())?;
+            let tree = self.git.find_tree(tree)?;
+            let parents: Vec<&git2::Commit> = parent.iter().collect();
+            let oid = self.git.commit(None, &sig, &sig, message, &tree, &parents).context("committing the run")?;
+            let mut pack = git2::Buf::new();
+            mempack.dump(&self.git, &mut pack)?;
+            let mut writer = odb.packwriter()?;
+            std::io::Write::write_all(&mut writer, &pack)?;
+            writer.commit()?;
+            Ok(oid)
+        })();
+        mempack.reset()?;
+        let oid = written?;
+        odb.refresh()?;
+        // HEAD moves from the parent to the commit, or fails if another commit got there first.
+        let subject = message.lines().next().unwrap_or_default();
+        let head = self.git.find_reference("HEAD")?;
+        match (head.symbolic_target(), &parent) {
+            (Some(branch), Some(p)) => {
+                self.git.reference_matching(branch, oid, true, p.id(), subject).context("moving the branch to the run")?
+            }
+            (Some(branch), None) => self.git.reference(branch, oid, false, subject).context("starting the branch")?,
+            (None, _) => {
+                self.git.set_head_detached(oid)?;
+                return Ok(oid);
+            }
+        };
         if !self.git.is_bare() {
             let mut co = git2::build::CheckoutBuilder::new();
-            co.force();
+            co.force().disable_filters(true);
             self.git.checkout_head(Some(&mut co)).context("updating the work tree to the run's commit")?;
         }
         Ok(oid)
@@ -322,21 +355,26 @@ struct RecordFile {
     record: serde_json::Value,
     /// The signer's ed25519 public key, hex.
     signer: String,
-    /// The ed25519 signature over `signed`, hex.
+    /// The ed25519 signature over the record's canonical CBOR, hex.
     signature: String,
-    /// The record's canonical CBOR, hex: what was signed.
-    signed: String,
+    /// The record's canonical CBOR, hex: what was signed. Absent when `record` encodes back to
+    /// those bytes, as it does for every record of this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signed: Option<String>,
 }
 
 impl RecordFile {
     fn new(signed: &SignedRecord) -> Result<RecordFile> {
         let record = signed.record_trusted()?;
+        let readable = serde_json::to_value(&record)?;
+        let again: RunRecord = serde_json::from_value(readable.clone())?;
+        let encodes_back = shoal_dag::canonical_cbor(&again) == signed.record;
         Ok(RecordFile {
             hash: Hash::of(&signed.to_cbor()),
-            record: serde_json::to_value(&record)?,
+            record: readable,
             signer: hex::encode(signed.signer),
             signature: hex::encode(&signed.signature),
-            signed: hex::encode(&signed.record),
+            signed: (!encodes_back).then(|| hex::encode(&signed.record)),
         })
     }
 
@@ -347,12 +385,26 @@ impl RecordFile {
             .ok()
             .and_then(|b| b.try_into().ok())
             .ok_or_else(|| anyhow!("its signer is not a 32-byte hex key"))?;
+        let bytes = match &file.signed {
+            Some(h) => hex::decode(h).map_err(|_| anyhow!("its `signed` field is not hex"))?,
+            None => {
+                let record: RunRecord = serde_json::from_value(file.record.clone())
+                    .map_err(|e| anyhow!("its `record` is not a run record ({e}): it was edited after the run"))?;
+                shoal_dag::canonical_cbor(&record)
+            }
+        };
         let signed = SignedRecord {
-            record: hex::decode(&file.signed).map_err(|_| anyhow!("its `signed` field is not hex"))?,
+            record: bytes,
             signer,
             signature: hex::decode(&file.signature).map_err(|_| anyhow!("its signature is not hex"))?,
         };
-        let record = signed.verify().map_err(|e| anyhow!("{e}"))?;
+        let record = signed.verify().map_err(|e| match e {
+            shoal_dag::RecordError::BadSignature => anyhow!(
+                "the run record's signature does not verify: the record was edited after the run, or was not signed \
+                 by the key it names"
+            ),
+            e => anyhow!("{e}"),
+        })?;
         let hash = Hash::of(&signed.to_cbor());
         if hash != file.hash || hash != expected {
             bail!("the signed record hashes to {hash}, and the file says {} (run.json: {expected})", file.hash);
@@ -507,7 +559,9 @@ pub fn files_of(facts: &RunFacts) -> Result<(Files, String)> {
         // Per job, not per machine.
         m.emulation = None;
         m.gpus.clear();
-        files.insert(format!("{MACHINES}/{node}.json"), pretty(&m)?);
+        // The node id's first 16 hex digits: unique among a mesh's nodes, and short enough for
+        // `git log --stat` to show whole.
+        files.insert(format!("{MACHINES}/{}.json", &node[..node.len().min(MACHINE_NAME_HEX)]), pretty(&m)?);
     }
     let dag_text = redact_text(&facts.dag_text, &facts.dag);
     let pinned = shoal_dag::pin::rewrite(&dag_text, &pins(&facts.dag, &records)).context("pinning the DAG's references")?;
