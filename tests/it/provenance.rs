@@ -64,6 +64,8 @@ fn a_run_becomes_one_commit_that_git_reads_and_rerun_matches_it() {
     // The user's files stay, and the work tree is the commit's.
     assert_eq!(git(&repo, &["show", "HEAD:NOTES.md"]), "my notes\n");
     assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    // The pack shoal wrote and its index are whole, as git checks them.
+    git(&repo, &["fsck", "--strict", "--no-progress"]);
     // dag.json as written; pinned.json with the tag and the file: input resolved.
     assert_eq!(git(&repo, &["show", "HEAD:dag.json"]), TWO_JOBS);
     let pinned: serde_json::Value = serde_json::from_str(&git(&repo, &["show", "HEAD:pinned.json"])).unwrap();
@@ -139,6 +141,11 @@ fn a_failed_run_is_committed_as_failed_and_a_nondeterministic_rerun_differs() {
         r#"{"version": 1, "jobs": [{"id": "clock", "image": "busybox:latest", "command": ["sh", "-c", "date; cat /proc/uptime"], "outputs": {"t": "stdout"}}]}"#,
     );
     assert_success(&run_prov(&home, &clock, &repo, &[]), "the clock run");
+    // The new commit's records replace the old ones, in the tree, the index and the work tree.
+    assert_eq!(git(&repo, &["ls-files", "records"]), "records/clock.json\n");
+    assert!(!repo.join("records/bad.json").exists() && repo.join("records/clock.json").exists());
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    git(&repo, &["fsck", "--strict", "--no-progress"]);
     let out = home.shoal(&["rerun", "--backend", "namespace", "--no-cache", repo.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stdout(&out).contains("DIFFERENT") && stdout(&out).contains("1 of 1 outputs differ"), "{}", stdout(&out));
