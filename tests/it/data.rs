@@ -258,7 +258,7 @@ fn get_output(home: &Home, job: &str, output: &str) -> Vec<u8> {
 
 /// 1 MiB and a bit of bytes no two tests share.
 fn data(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[(i % 4) as usize] ^ seed).collect()
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ seed).collect()
 }
 
 fn sha256_hex(b: &[u8]) -> String {

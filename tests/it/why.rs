@@ -17,12 +17,12 @@ fn why(home: &Home, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn write_dag(home: &Home, foo: &str, flags: &str) -> std::path::PathBuf {
+fn write_dag(home: &Home, foo_value: &str, flags: &str) -> std::path::PathBuf {
     home.write(
         "w.json",
         &format!(
             r#"{{"version": 1, "jobs": [{{"id": "w", "image": "busybox:latest", "command": ["sh", "-c", "ls -R /input/src; echo $FOO"],
-              "env": {{"FOO": "{foo}"}}, "inputs": {{"src": "file:src"}}, "outputs": {{"o": "stdout"}},
+              "env": {{"FOO": "{foo_value}"}}, "inputs": {{"src": "file:src"}}, "outputs": {{"o": "stdout"}},
               "requirements": {{"cpu_flags": [{flags}]}}}}]}}"#
         ),
     )

@@ -112,6 +112,7 @@ fn record_id(job: &str, output: &str, target: &UploadTarget) -> String {
 }
 
 /// Uploads output `output` of job `job` (blob `blob`) to `target` and records the outcome.
+#[allow(clippy::too_many_arguments)] // each names one thing an upload record says; a struct would only rename them
 pub async fn upload_output(
     transfers: &Transfers,
     store: &Store,

@@ -685,6 +685,9 @@ fn write_pack(git_dir: &Path, objects: &[(git2::Oid, git2::ObjectType, std::borr
     Ok(())
 }
 
+/// One record's file: (job id, the record, the file's bytes).
+type RecordWritten = (String, RunRecord, Vec<u8>);
+
 /// Threads that write a commit's record files, at most.
 const RECORD_THREADS_MAX: usize = 8;
 
@@ -818,11 +821,11 @@ pub fn files_of(facts: &RunFacts) -> Result<(Files, String)> {
     let signed: Vec<(&String, &SignedRecord)> = facts.records.iter().collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(RECORD_THREADS_MAX);
     let chunk = signed.len().div_ceil(threads).max(1);
-    let done: Vec<Result<Vec<(String, RunRecord, Vec<u8>)>>> = std::thread::scope(|scope| {
+    let done: Vec<Result<Vec<RecordWritten>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = signed
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || -> Result<Vec<(String, RunRecord, Vec<u8>)>> {
+                scope.spawn(move || -> Result<Vec<RecordWritten>> {
                     part.iter()
                         .map(|(job, signed)| {
                             let rec = signed.record_trusted()?;

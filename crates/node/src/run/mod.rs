@@ -312,8 +312,9 @@ pub async fn run_dag_file(
         }
     };
     // A run file (not JSON) is committed as written beside its translation.
-    let run_file = (String::from_utf8_lossy(&bytes).trim_start_matches('\u{feff}').trim_start().chars().next() != Some('{'))
-        .then(|| String::from_utf8_lossy(&bytes).into_owned());
+    let text = String::from_utf8_lossy(&bytes);
+    let run_file = (!text.trim_start_matches('\u{feff}').trim_start().starts_with('{')).then(|| text.clone().into_owned());
+    drop(text);
     drop(bytes);
     // Everything the commit at the end needs is checked before any job runs.
     let repo = match provenance {
