@@ -287,11 +287,16 @@ fn a_mesh_run_is_committed_at_its_end_exported_by_another_node_and_rerun_from_a_
     }
     assert!(git(&later, &["log", "-1", "--format=%s"]).starts_with("shoal provenance export dag blake3:"));
 
-    // A run file goes to a node as its translation.
-    let shout = work.write("shout.run", "FROM busybox:latest\nRUN echo mesh | tr a-z A-Z\nOUTPUT o stdout\n");
-    let out = work.shoal(&["submit", "--node", &a.http, "--wait", shout.to_str().unwrap()]);
+    // A run file goes to a node as its translation, and its commit keeps it as written.
+    let run_file = "FROM busybox:latest\nRUN echo mesh | tr a-z A-Z\nOUTPUT o stdout\n";
+    let shout = work.write("shout.run", run_file);
+    let shouts = new_repo(&work, "shouts");
+    let out = work.shoal(&["submit", "--node", &a.http, "--wait", "--provenance", shouts.to_str().unwrap(), shout.to_str().unwrap()]);
     assert_success(&out, "shoal submit of a run file");
     assert!(stderr(&out).contains("shout.run:1:6: `busybox:latest` is a tag"), "{}", stderr(&out));
+    assert_eq!(git(&shouts, &["show", "HEAD:Runfile"]), run_file);
+    let dag: serde_json::Value = serde_json::from_str(&git(&shouts, &["show", "HEAD:dag.json"])).unwrap();
+    assert_eq!(dag["jobs"][0]["id"], "main");
 
     // A fresh store lacks every blob; joined to the mesh, it reruns the commit and matches.
     let fresh = Home::empty();

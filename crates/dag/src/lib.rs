@@ -36,7 +36,7 @@ pub use cbor::{canonical_cbor, from_cbor};
 pub use diagnostic::{Diagnostic, Diagnostics, Location, escape_for_terminal};
 pub use hash::Hash;
 pub use record::{Digest, DigestKind, Exit, Machine, RecordError, ResolvedJob, RunRecord, SignedRecord, Timing};
-pub use runfile::{parse_any_bytes, parse_run_file, translate_run_file};
+pub use runfile::{Translated, parse_any_bytes, parse_run_file, translate_any_bytes, translate_run_file};
 pub use sorted_map::SortedMap;
 pub use location::{S3Object, UploadTarget, UrlPin};
 pub use spec::{

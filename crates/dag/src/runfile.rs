@@ -134,12 +134,32 @@ fn unpinned(file_name: &str, dag: &Dag, image_at: Option<Pos>) -> Option<Diagnos
 /// ([`parse_dag_bytes_warned`]), anything else a run file ([`parse_run_file`]). Text that is not
 /// UTF-8 is reported at the line and column of its first bad byte.
 pub fn parse_any_bytes(file_name: &str, bytes: &[u8]) -> Result<(Dag, Vec<Diagnostic>), Diagnostics> {
+    translate_any_bytes(file_name, bytes).map(|t| (t.dag, t.warnings))
+}
+
+/// A DAG file or a run file, parsed as [`parse_any_bytes`] does.
+pub struct Translated {
+    pub dag: Dag,
+    /// For a run file: its text as written, and the DAG file's JSON text it translates to.
+    /// `None` for a DAG file, whose bytes are its JSON text.
+    pub run_file: Option<(String, String)>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// [`parse_any_bytes`], keeping a run file's text and its translation (what a node is sent and a
+/// provenance commit keeps).
+pub fn translate_any_bytes(file_name: &str, bytes: &[u8]) -> Result<Translated, Diagnostics> {
     let body = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        return parse_dag_bytes_warned(file_name, bytes);
+        let (dag, warnings) = parse_dag_bytes_warned(file_name, bytes)?;
+        return Ok(Translated { dag, run_file: None, warnings });
     }
     match std::str::from_utf8(bytes) {
-        Ok(text) => parse_run_file(file_name, text),
+        Ok(text) => translate_run_file(file_name, text).map(|(dag, json, warnings)| Translated {
+            dag,
+            run_file: Some((text.to_string(), json)),
+            warnings,
+        }),
         Err(e) => {
             let good = &bytes[..e.valid_up_to()];
             let line = good.iter().filter(|&&b| b == b'\n').count() + 1;

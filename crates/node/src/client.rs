@@ -146,8 +146,8 @@ fn submit_inner(
 ) -> Result<(bool, String)> {
     let bytes = crate::run::read_dag_file(path, crate::daemon::DAG_BYTES_MAX_DEFAULT)?;
     // Parse here first: located errors from the file as the user wrote it.
-    let (dag, text, warnings) = crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes)
-        .map_err(|d| anyhow!("{d}"))?;
+    let crate::provenance::ParsedDag { dag, json_text: text, warnings, .. } =
+        crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes).map_err(|d| anyhow!("{d}"))?;
     crate::output::print_warnings(&warnings);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut pins = Vec::with_capacity(dag.jobs.len());

@@ -285,9 +285,9 @@ impl Held {
         let bytes = crate::run::read_dag_file(path, opts.dag_bytes_max)?;
         let name = path.display().to_string();
         let (dag, text) = match crate::provenance::parse_dag_or_run_file(&name, &bytes) {
-            Ok((dag, text, warnings)) => {
-                crate::output::print_warnings(&warnings);
-                (dag, text)
+            Ok(parsed) => {
+                crate::output::print_warnings(&parsed.warnings);
+                (parsed.dag, parsed.json_text)
             }
             Err(diagnostics) => {
                 eprintln!("{diagnostics}");

@@ -222,7 +222,8 @@ pub(crate) struct RerunArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum ProvenanceCommand {
     /// Commit a run to a repository: a mesh DAG (`blake3:<dag>`, from the node, which may run it
-    /// long after its submitter left) or an explorer permalink (`/r/<record>`, or a record hash).
+    /// long after its submitter left) or an explorer permalink (`/r/<record>`: from the node
+    /// named or holding this store, else from this store).
     Export {
         what: String,
         #[arg(long, value_name = "REPO")]
@@ -918,14 +919,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let home = cli.home.clone().unwrap_or_else(Store::default_home);
             tokio::task::spawn_blocking(move || shoal_node::explorer::explore(&home, args)).await?
         }
+        // A permalink's record with no node named or holding the store: from this store.
         Command::Provenance(ProvenanceCommand::Export { what, repo, push, node })
-            if node.url.is_none()
-                && (what.starts_with("/r/") || what.starts_with("blake3:") && held_by_node(&home).await?.is_none()) =>
+            if what.starts_with("/r/") && node.url.is_none() && held_by_node(&home).await?.is_none() =>
         {
-            if what.starts_with("/r/") && held_by_node(&home).await?.is_some() {
-                let command = Command::Provenance(ProvenanceCommand::Export { what, repo, push, node });
-                return tokio::task::spawn_blocking(move || client_command(&home, command)).await?;
-            }
             provenance::export_local_record(&cli.home, &what, &repo, push).await?;
             Ok(ExitCode::SUCCESS)
         }

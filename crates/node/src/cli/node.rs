@@ -162,13 +162,7 @@ pub(super) async fn run_in_mesh(store: Store, args: RunArgs, opts: RunOptions) -
     let ok = with_embedded_node(store, &args.join, args.mesh_key.clone(), opts, move |client| -> Result<bool> {
         let (ok, hash) = shoal_node::client::submit_and_wait(client, &dag, None, json)?;
         if let (Some(repo), Some(t)) = (&repo, &target) {
-            let bytes = shoal_node::run::read_dag_file(&dag, shoal_node::daemon::DAG_BYTES_MAX_DEFAULT)?;
-            let (_, text, _) = shoal_node::provenance::parse_dag_or_run_file(&dag.display().to_string(), &bytes)
-                .map_err(|d| anyhow::anyhow!("{d}"))?;
-            let mut facts =
-                shoal_node::provenance::node::facts(client, &hash, Some(dag.display().to_string()), Some(text))?;
-            facts.command = "shoal run";
-            shoal_node::provenance::commit_run(repo, &facts, t.push)?;
+            shoal_node::provenance::node::commit_submitted(client, repo, &dag, &hash, "shoal run", t.push)?;
         }
         match shoal_node::client::hand_off(client, &hash) {
             Ok(n) => tracing::debug!(outputs = n, "handed this node's outputs to peers before leaving"),

@@ -74,7 +74,12 @@ pub(super) async fn rerun_command(home: &Option<PathBuf>, args: RerunArgs) -> Re
 
 /// `shoal provenance export /r/<record>` with no node named and none holding the store: the
 /// record from this store.
-pub(super) async fn export_local_record(home: &Option<PathBuf>, what: &str, repo: &std::path::Path, push: bool) -> Result<()> {
+pub(super) async fn export_local_record(
+    home: &Option<PathBuf>,
+    what: &str,
+    repo: &std::path::Path,
+    push: bool,
+) -> Result<()> {
     let hash = shoal_node::provenance::node::parse_record_ref(what)?;
     let store = super::open_store(home).await?;
     let signed = store.get_record(hash).await;

@@ -30,11 +30,7 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
             let repo = shoal_node::provenance::Repo::open(&target.repo)?;
             repo.check_ready()?;
             let (ok, hash) = client::submit_and_wait(&c, &dag, max_attempts, json)?;
-            let bytes = shoal_node::run::read_dag_file(&dag, shoal_node::daemon::DAG_BYTES_MAX_DEFAULT)?;
-            let (_, text, _) = shoal_node::provenance::parse_dag_or_run_file(&dag.display().to_string(), &bytes)
-                .map_err(|d| anyhow::anyhow!("{d}"))?;
-            let facts = shoal_node::provenance::node::facts(&c, &hash, Some(dag.display().to_string()), Some(text))?;
-            shoal_node::provenance::commit_run(&repo, &facts, target.push)?;
+            shoal_node::provenance::node::commit_submitted(&c, &repo, &dag, &hash, "shoal submit", target.push)?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
         }
         Command::Provenance(super::ProvenanceCommand::Export { what, repo, push, node }) => {
@@ -43,7 +39,7 @@ pub(super) fn client_command(home: &Path, command: Command) -> Result<ExitCode> 
             repo.check_ready()?;
             let mut facts = match what.strip_prefix("/r/") {
                 Some(record) => shoal_node::provenance::node::record_facts(&c, record)?,
-                None => shoal_node::provenance::node::facts(&c, what.trim_start_matches("/d/"), None, None)?,
+                None => shoal_node::provenance::node::facts(&c, &what, None, None)?,
             };
             facts.command = "shoal provenance export";
             shoal_node::provenance::commit_run(&repo, &facts, push)?;

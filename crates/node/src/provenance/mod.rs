@@ -41,6 +41,9 @@ const MACHINES: &str = "machine";
 /// The priority of the in-memory object store a commit is written to before it is packed: above
 /// the repository's own backends, so every object written goes there.
 const MEMPACK_PRIORITY: i32 = 1000;
+/// Largest shoal file of a commit read back, bytes: the DAG files are at most 16 MiB, run.json
+/// of a DAG that size about as much.
+const COMMIT_FILE_BYTES_MAX: usize = 64 << 20;
 /// Hex digits of a node id that name its machine file.
 const MACHINE_NAME_HEX: usize = 16;
 /// Dirty paths an error names before it says "and N more".
@@ -163,7 +166,11 @@ impl Repo {
     /// Opens an existing repository to read (`shoal rerun`): no clean-tree check.
     pub fn open_existing(path: &Path) -> Result<Repo> {
         let git = git2::Repository::open(path).map_err(|e| {
-            anyhow!("{} is not a git repository ({}): name the repository a `--provenance` run wrote", path.display(), e.message())
+            anyhow!(
+                "{} is not a git repository ({}): name the repository a `--provenance` run wrote",
+                path.display(),
+                e.message()
+            )
         })?;
         Ok(Repo { git, path: path.to_path_buf() })
     }
@@ -261,9 +268,10 @@ impl Repo {
         let subject = message.lines().next().unwrap_or_default();
         let head = self.git.find_reference("HEAD")?;
         match (head.symbolic_target(), &parent) {
-            (Some(branch), Some(p)) => {
-                self.git.reference_matching(branch, oid, true, p.id(), subject).context("moving the branch to the run")?
-            }
+            (Some(branch), Some(p)) => self
+                .git
+                .reference_matching(branch, oid, true, p.id(), subject)
+                .context("moving the branch to the run")?,
             (Some(branch), None) => self.git.reference(branch, oid, false, subject).context("starting the branch")?,
             (None, _) => {
                 self.git.set_head_detached(oid)?;
@@ -271,7 +279,8 @@ impl Repo {
             }
         };
         if !self.git.is_bare() {
-            self.update_work_tree(base.as_ref(), &written, files).context("updating the work tree to the run's commit")?;
+            self.update_work_tree(base.as_ref(), &written, files)
+                .context("updating the work tree to the run's commit")?;
         }
         Ok(oid)
     }
@@ -303,8 +312,10 @@ impl Repo {
                 }
             }
             for stale in [RECORDS, MACHINES, RUN_FILE] {
-                let old: Vec<&String> =
-                    before.keys().filter(|p| *p == stale || p.strip_prefix(stale).is_some_and(|r| r.starts_with('/'))).collect();
+                let old: Vec<&String> = before
+                    .keys()
+                    .filter(|p| *p == stale || p.strip_prefix(stale).is_some_and(|r| r.starts_with('/')))
+                    .collect();
                 for path in old.into_iter().filter(|p| !files.files.contains_key(*p)) {
                     match std::fs::remove_file(root.join(path)) {
                         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -354,10 +365,13 @@ impl Repo {
     pub fn push(&self) -> Result<String> {
         let head = self.git.head().context("reading HEAD")?;
         let name = head.name().ok_or_else(|| anyhow!("HEAD is not a branch"))?.to_string();
-        let mut remote = self
-            .git
-            .find_remote("origin")
-            .map_err(|_| anyhow!("{} has no remote `origin` to push to: `git -C {} remote add origin URL`", self.path.display(), self.path.display()))?;
+        let mut remote = self.git.find_remote("origin").map_err(|_| {
+            anyhow!(
+                "{} has no remote `origin` to push to: `git -C {} remote add origin URL`",
+                self.path.display(),
+                self.path.display()
+            )
+        })?;
         let url = remote.url().unwrap_or("").to_string();
         remote.push(&[format!("{name}:{name}")], None).with_context(|| format!("pushing {name} to origin ({url})"))?;
         Ok(format!("{name} → origin ({url})"))
@@ -366,16 +380,30 @@ impl Repo {
     /// The commit `rev` names (HEAD when None), with its shoal files read and checked.
     pub fn read_run(&self, rev: Option<&str>) -> Result<Committed> {
         let rev = rev.unwrap_or("HEAD");
-        let commit = self
-            .git
-            .revparse_single(rev)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(|e| anyhow!("{} has no commit `{rev}` ({}): `git -C {} log` lists them", self.path.display(), e.message(), self.path.display()))?;
+        let commit = self.git.revparse_single(rev).and_then(|o| o.peel_to_commit()).map_err(|e| {
+            anyhow!(
+                "{} has no commit `{rev}` ({}): `git -C {} log` lists them",
+                self.path.display(),
+                e.message(),
+                self.path.display()
+            )
+        })?;
         let tree = commit.tree()?;
         let read = |path: &str| -> Result<Option<Vec<u8>>> {
             match tree.get_path(Path::new(path)) {
                 Ok(entry) => {
-                    let blob = entry.to_object(&self.git)?.peel_to_blob().with_context(|| format!("{path} in commit {}", commit.id()))?;
+                    let blob = entry
+                        .to_object(&self.git)?
+                        .peel_to_blob()
+                        .with_context(|| format!("{path} in commit {}", commit.id()))?;
+                    if blob.size() > COMMIT_FILE_BYTES_MAX {
+                        bail!(
+                            "{path} of commit {} is {} bytes; shoal writes none past {COMMIT_FILE_BYTES_MAX}: it is not a \
+                             shoal run's file",
+                            commit.id(),
+                            blob.size()
+                        );
+                    }
                     Ok(Some(blob.content().to_vec()))
                 }
                 Err(_) => Ok(None),
@@ -410,7 +438,8 @@ impl Repo {
             let Some(hash) = job.record else { continue };
             let path = format!("{RECORDS}/{}.json", job.job);
             let bytes = read(&path)?.ok_or_else(|| anyhow!("commit {} lacks {path}, which {RUN} names", &id[..12]))?;
-            let (rec, s) = RecordFile::verify(&bytes, hash).with_context(|| format!("{path} of commit {}", &id[..12]))?;
+            let (rec, s) =
+                RecordFile::verify(&bytes, hash).with_context(|| format!("{path} of commit {}", &id[..12]))?;
             records.insert(job.job.clone(), rec);
             signed.insert(job.job.clone(), s);
         }
@@ -679,7 +708,11 @@ fn write_pack(git_dir: &Path, objects: &[(git2::Oid, git2::ObjectType, std::borr
     let name = format!("pack-{}", hex::encode(pack_sum));
     for (ext, bytes) in [("pack", &pack), ("idx", &idx)] {
         let tmp = dir.join(format!("tmp_{name}.{ext}"));
-        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            // A full disk leaves no half-written pack behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", tmp.display()));
+        }
         std::fs::rename(&tmp, dir.join(format!("{name}.{ext}")))?;
     }
     Ok(())
@@ -789,9 +822,9 @@ fn pins(dag: &Dag, records: &BTreeMap<String, RunRecord>) -> Vec<shoal_dag::pin:
             let pin = |r: &InputRef, d: &Digest| -> Option<serde_json::Value> {
                 match r {
                     InputRef::Job { .. } => None,
-                    InputRef::Url { url, .. } => Some(
-                        InputRef::Url { url: url.clone(), pin: Some(shoal_dag::UrlPin::Blake3(d.hash)) }.to_json(),
-                    ),
+                    InputRef::Url { url, .. } => {
+                        Some(InputRef::Url { url: url.clone(), pin: Some(shoal_dag::UrlPin::Blake3(d.hash)) }.to_json())
+                    }
                     InputRef::S3 { object, .. } => Some(
                         InputRef::S3 { object: object.clone(), pin: Some(shoal_dag::UrlPin::Blake3(d.hash)) }.to_json(),
                     ),
@@ -863,7 +896,8 @@ pub fn files_of(facts: &RunFacts) -> Result<(Files, String)> {
         files.insert(format!("{MACHINES}/{}.json", &node[..node.len().min(MACHINE_NAME_HEX)]), pretty(&m)?);
     }
     let dag_text = redact_text(&facts.dag_text, &facts.dag);
-    let pinned = shoal_dag::pin::rewrite(&dag_text, &pins(&facts.dag, &records)).context("pinning the DAG's references")?;
+    let pinned =
+        shoal_dag::pin::rewrite(&dag_text, &pins(&facts.dag, &records)).context("pinning the DAG's references")?;
     let run = RunFile {
         source: facts.source.clone(),
         pinned: Hash::of(pinned.as_bytes()),
@@ -948,26 +982,29 @@ pub fn split_repo_rev(arg: &str) -> (PathBuf, Option<String>) {
     }
 }
 
-/// A DAG file in JSON, or a run file (told apart as [`shoal_dag::parse_any_bytes`] does): the
-/// DAG, its JSON text (a run file's translation, pretty-printed), and the warnings of its parse.
-pub fn parse_dag_or_run_file(
-    file_name: &str,
-    bytes: &[u8],
-) -> Result<(Dag, String, Vec<shoal_dag::Diagnostic>), shoal_dag::Diagnostics> {
-    let body = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
-    let is_json = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    if is_json {
-        let (dag, warnings) = shoal_dag::parse_dag_bytes_warned(file_name, bytes)?;
+/// A DAG file in JSON, or a run file, parsed ([`shoal_dag::translate_any_bytes`]).
+pub struct ParsedDag {
+    pub dag: Dag,
+    /// The DAG file's JSON text: the file's own, or a run file's translation, pretty-printed.
+    pub json_text: String,
+    /// A run file as written (committed as `Runfile`); `None` for a DAG file.
+    pub run_file: Option<String>,
+    pub warnings: Vec<shoal_dag::Diagnostic>,
+}
+
+/// Parses `bytes`, a DAG file or a run file, reporting every problem at its `file:line:col`.
+pub fn parse_dag_or_run_file(file_name: &str, bytes: &[u8]) -> Result<ParsedDag, shoal_dag::Diagnostics> {
+    let t = shoal_dag::translate_any_bytes(file_name, bytes)?;
+    let (json_text, run_file) = match t.run_file {
         // It parsed, so it is UTF-8.
-        return Ok((dag, String::from_utf8_lossy(bytes).into_owned(), warnings));
-    }
-    // The run file's errors, UTF-8 ones included, come from the parser that reads it.
-    let (dag, warnings) = shoal_dag::parse_any_bytes(file_name, bytes)?;
-    let text = std::str::from_utf8(bytes).unwrap_or_default();
-    let (_, json, _) = shoal_dag::translate_run_file(file_name, text)?;
-    let pretty = serde_json::from_str::<serde_json::Value>(&json)
-        .and_then(|v| serde_json::to_string_pretty(&v))
-        .map(|t| t + "\n")
-        .unwrap_or(json);
-    Ok((dag, pretty, warnings))
+        None => (String::from_utf8_lossy(bytes).into_owned(), None),
+        Some((text, json)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&json)
+                .and_then(|v| serde_json::to_string_pretty(&v))
+                .map(|t| t + "\n")
+                .unwrap_or(json);
+            (pretty, Some(text))
+        }
+    };
+    Ok(ParsedDag { dag: t.dag, json_text, run_file, warnings: t.warnings })
 }

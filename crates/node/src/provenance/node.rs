@@ -43,7 +43,8 @@ pub fn facts(client: &Client, dag: &str, source: Option<String>, dag_text: Optio
     let dag_text = match dag_text {
         Some(t) => t,
         None => {
-            let bytes = client.get_bytes(&format!("/v1/blobs/{}", status.dag), crate::daemon::DAG_BYTES_MAX_DEFAULT as u64)?;
+            let bytes =
+                client.get_bytes(&format!("/v1/blobs/{}", status.dag), crate::daemon::DAG_BYTES_MAX_DEFAULT as u64)?;
             String::from_utf8(bytes).context("the DAG's text is not UTF-8")?
         }
     };
@@ -53,7 +54,10 @@ pub fn facts(client: &Client, dag: &str, source: Option<String>, dag_text: Optio
     let mut jobs = Vec::new();
     let (mut first, mut last) = (u64::MAX, 0u64);
     for job in &parsed.jobs {
-        let view = status.jobs.get(&job.id).ok_or_else(|| anyhow!("the node's status of DAG {} lacks job `{}`", status.dag, job.id))?;
+        let view = status
+            .jobs
+            .get(&job.id)
+            .ok_or_else(|| anyhow!("the node's status of DAG {} lacks job `{}`", status.dag, job.id))?;
         let mut fact = JobFact {
             job: job.id.clone(),
             status: match view.state {
@@ -90,6 +94,25 @@ pub fn facts(client: &Client, dag: &str, source: Option<String>, dag_text: Optio
         command: "shoal submit",
         run_file: None,
     })
+}
+
+/// Commits the run of the DAG file at `path`, which the node `client` talks to ran as mesh DAG
+/// `hash` and which has ended: `dag.json` is the file's JSON as written (a run file's
+/// translation, the run file beside it), the rest from the node.
+pub fn commit_submitted(
+    client: &Client,
+    repo: &super::Repo,
+    path: &std::path::Path,
+    hash: &str,
+    command: &'static str,
+    push: bool,
+) -> Result<()> {
+    let bytes = crate::run::read_dag_file(path, crate::daemon::DAG_BYTES_MAX_DEFAULT)?;
+    let source = path.display().to_string();
+    let parsed = super::parse_dag_or_run_file(&source, &bytes).map_err(|d| anyhow!("{d}"))?;
+    let facts = facts(client, hash, Some(source), Some(parsed.json_text))?;
+    let facts = RunFacts { command, run_file: parsed.run_file, ..facts };
+    super::commit_run(repo, &facts, push).map(drop)
 }
 
 /// The one-job DAG a run record describes, every reference by hash: what an explorer permalink
@@ -153,7 +176,11 @@ pub fn permalink(record: Hash) -> String {
 pub fn parse_record_ref(what: &str) -> Result<Hash> {
     let bare = what.trim_start_matches("/r/");
     let full = if bare.starts_with("blake3:") { bare.to_string() } else { format!("blake3:{bare}") };
-    full.parse().map_err(|_| anyhow!("`{what}` names no run record: write `/r/<64 hex>` as the explorer's permalink does, or `blake3:<64 hex>`"))
+    full.parse().map_err(|_| {
+        anyhow!(
+            "`{what}` names no run record: write `/r/<64 hex>` as the explorer's permalink does, or `blake3:<64 hex>`"
+        )
+    })
 }
 
 /// [`record_facts`] of a record at hand.

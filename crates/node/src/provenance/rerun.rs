@@ -232,7 +232,11 @@ impl Compared {
                 "commit {}: {differ} of {} outputs differ{}\n",
                 &self.commit[..12],
                 self.outputs.len(),
-                if self.failed.is_empty() { String::new() } else { format!(", {} job(s) did not finish", self.failed.len()) }
+                if self.failed.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} job(s) did not finish", self.failed.len())
+                }
             )
         });
         out

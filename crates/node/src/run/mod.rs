@@ -231,8 +231,8 @@ pub struct Rendered {
 
 /// The output of `shoal run` for these reports, the same wherever the run happened.
 pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
-    use std::fmt::Write;
     use crate::data::upload::UploadState;
+    use std::fmt::Write;
     // A failed upload fails the run (the output is stored: `shoal upload retry` sends it).
     let ok = reports.iter().all(|r| r.status == Status::Done && r.uploads.iter().all(|u| u.state == UploadState::Done));
     let mut stdout = String::new();
@@ -245,8 +245,12 @@ pub fn render(reports: &[JobReport], json: bool) -> Result<Rendered> {
             match u.state {
                 UploadState::Done => writeln!(stdout, "uploaded {}", u.line())?,
                 UploadState::Pending => writeln!(stdout, "upload {}", u.line())?,
-                UploadState::Failed => writeln!(stderr, "
-upload {}", u.line())?,
+                UploadState::Failed => writeln!(
+                    stderr,
+                    "
+upload {}",
+                    u.line()
+                )?,
             }
         }
         for r in reports.iter().filter(|r| r.status == Status::Failed) {
@@ -301,20 +305,17 @@ pub async fn run_dag_file(
     provenance: Option<&ProvenanceTarget>,
 ) -> Result<ExitCode> {
     let bytes = read_dag_file(path, opts.dag_bytes_max)?;
-    let (dag, json_text) = match crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes) {
-        Ok((dag, json_text, warnings)) => {
-            output::print_warnings(&warnings);
-            (dag, json_text)
-        }
-        Err(diagnostics) => {
-            eprintln!("{diagnostics}");
-            return Ok(ExitCode::from(EXIT_ERROR));
-        }
-    };
-    // A run file (not JSON) is committed as written beside its translation.
-    let text = String::from_utf8_lossy(&bytes);
-    let run_file = (!text.trim_start_matches('\u{feff}').trim_start().starts_with('{')).then(|| text.clone().into_owned());
-    drop(text);
+    let crate::provenance::ParsedDag { dag, json_text, run_file, .. } =
+        match crate::provenance::parse_dag_or_run_file(&path.display().to_string(), &bytes) {
+            Ok(parsed) => {
+                output::print_warnings(&parsed.warnings);
+                parsed
+            }
+            Err(diagnostics) => {
+                eprintln!("{diagnostics}");
+                return Ok(ExitCode::from(EXIT_ERROR));
+            }
+        };
     drop(bytes);
     // Everything the commit at the end needs is checked before any job runs.
     let repo = match provenance {
@@ -334,15 +335,9 @@ pub async fn run_dag_file(
     print!("{}", out.stdout);
     eprint!("{}", out.stderr);
     if let (Some(repo), Some(dag), Some(p)) = (&repo, kept, provenance) {
-        let facts = crate::provenance::RunFacts::local(
-            store,
-            path.display().to_string(),
-            json_text,
-            dag,
-            &reports,
-            wall_ms,
-        )
-        .await?;
+        let facts =
+            crate::provenance::RunFacts::local(store, path.display().to_string(), json_text, dag, &reports, wall_ms)
+                .await?;
         let facts = crate::provenance::RunFacts { run_file, ..facts };
         tokio::task::block_in_place(|| crate::provenance::commit_run(repo, &facts, p.push))?;
     }
